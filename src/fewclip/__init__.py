@@ -1,0 +1,20 @@
+"""fewclip: the best small classifier from a frozen CLIP and a handful of labelled images per class.
+
+The library (backbones, data, features, heads, metrics) stands alone; ``pipeline`` chains the stages
+and ``cli`` puts a command line on top.
+"""
+
+from .backbones import CLIPBackbone, ImageTransform, list_backbones, load_backbone
+from .config import Config, ConfigError, load_config
+from .data import list_sources
+from .features import FeatureCache, extract_features, load_features
+from .heads import FeatureSet, Task, list_heads, load_head, save_head
+from .pipeline import RunContext, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIPBackbone", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform", "RunContext", "Task",
+    "extract_features", "list_backbones", "list_heads", "list_sources", "load_backbone", "load_config",
+    "load_features", "load_head", "run", "save_head",
+]

@@ -1,0 +1,162 @@
+"""A frozen Hugging Face ``CLIPModel`` (hub id or local folder) with its tokenizer and preprocessing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+from pydantic import Field
+
+from ..configbase import ConfigBlock
+from .preprocess import ImageTransform
+
+Precision = Literal["fp32", "bf16", "fp16"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ModelConfig(ConfigBlock):
+    """The `model` block: which CLIP, where it runs and at what precision."""
+
+    id: str = Field("openai/clip-vit-base-patch32", description="Hub id or local folder in Hugging Face format.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+    precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 autocast for the encoders.")
+    batch_size: int = Field(64, ge=1, description="Images per forward pass during feature extraction.")
+    loader_threads: int = Field(2, ge=0, description="Threads that read and preprocess images ahead of the encoder.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"model.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device: cuda was asked for but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def _resolve_file(model_id: str, filename: str, revision: str | None) -> Path | None:
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        path = local / filename
+        return path if path.is_file() else None
+    from transformers.utils import cached_file
+
+    found = cached_file(model_id, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+    return Path(found) if found else None
+
+
+def weights_digest(folder: Path, memo_file: Path | None = None) -> str:
+    """sha256 over the weight files of a model folder; memoised by (path, size, mtime)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    memo: dict[str, str] = {}
+    if memo_file is not None and memo_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            memo = json.loads(memo_file.read_text())
+    total = hashlib.sha256()
+    for path in files:
+        real = path.resolve()
+        stat = real.stat()
+        key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in memo:
+            digest = hashlib.sha256()
+            with open(real, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            memo[key] = digest.hexdigest()
+        total.update(f"{path.name}:{memo[key]}".encode())
+    if memo_file is not None:
+        from ..fileio import write_json
+
+        with contextlib.suppress(OSError):
+            write_json(memo_file, memo)
+    return total.hexdigest()
+
+
+class CLIPBackbone:
+    """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
+
+    Both return projected, *unnormalised* features as float32 on the CPU.
+    """
+
+    def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        try:
+            self.model = CLIPModel.from_pretrained(config.id, revision=config.revision)
+            self.tokenizer = AutoTokenizer.from_pretrained(config.id, revision=config.revision)
+        except OSError as err:
+            offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+            raise OSError(f"model.id: cannot load CLIP {config.id!r}{offline}: {err}") from err
+        self.model.eval().requires_grad_(False).to(self.device)
+        processor_file = _resolve_file(config.id, "preprocessor_config.json", config.revision)
+        if processor_file is None:
+            raise FileNotFoundError(f"model.id: {config.id} has no preprocessor_config.json")
+        self.transform = ImageTransform.from_file(processor_file)
+        weights_file = _resolve_file(config.id, "config.json", config.revision)
+        assert weights_file is not None
+        self.weights_sha256 = weights_digest(weights_file.parent, cache_dir / "weights_sha256.json" if cache_dir else None)
+        self.image_batches_encoded = 0  # counted so tests and logs can see cache hits
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes an image feature: weights, preprocessing, precision."""
+        return {
+            "model": self.config.id,
+            "revision": self.config.revision,
+            "weights_sha256": self.weights_sha256,
+            "preprocess": self.transform.to_dict(),
+            "precision": self.config.precision,
+            "feature": "projected image embedding, unnormalised, float32",
+        }
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) float pixels -> (batch, dim) features."""
+        self.image_batches_encoded += 1
+        with self.autocast():
+            out = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output
+        return out.float().cpu()
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Strings -> (n, dim) features. Padded to the longest in each batch (exact under the causal mask)."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            ).to(self.device)
+            with self.autocast():
+                out = self.model.get_text_features(**tokens).pooler_output
+            chunks.append(out.float().cpu())
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
+
+    def batches(self, items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+        for start in range(0, len(items), size):
+            yield items[start : start + size]

@@ -1,0 +1,77 @@
+"""CLIP's image preprocessing in PIL + numpy (no torchvision): resize shortest side, center crop, normalise.
+
+Parameters come from the model's ``preprocessor_config.json``; the result matches transformers'
+``CLIPImageProcessorPil`` (tested).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    resize: int  # shortest side after resizing
+    crop: tuple[int, int]  # (height, width) of the center crop
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    resample: int = Image.Resampling.BICUBIC
+    rescale: float = 1 / 255
+
+    @classmethod
+    def from_processor_config(cls, config: dict[str, Any]) -> "ImageTransform":
+        size = config.get("size", {"shortest_edge": 224})
+        resize = size["shortest_edge"] if isinstance(size, dict) else int(size)
+        crop = config.get("crop_size", {"height": resize, "width": resize})
+        crop_hw = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+        return cls(
+            resize=int(resize),
+            crop=crop_hw,
+            mean=tuple(config.get("image_mean", OPENAI_MEAN)),  # type: ignore[arg-type]
+            std=tuple(config.get("image_std", OPENAI_STD)),  # type: ignore[arg-type]
+            resample=int(config.get("resample", Image.Resampling.BICUBIC)),
+            rescale=float(config.get("rescale_factor", 1 / 255)),
+        )
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> "ImageTransform":
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_processor_config(json.load(handle))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long / short)
+        return (self.resize, new_long) if width <= height else (new_long, self.resize)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> float32 array (3, crop_h, crop_w)."""
+        image = image.resize(self.resized_size(*image.size), resample=self.resample)
+        crop_h, crop_w = self.crop
+        top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = _pad_to(pixels, crop_h, crop_w)[max(top, 0) : max(top, 0) + crop_h, max(left, 0) : max(left, 0) + crop_w]
+        pixels = (pixels * self.rescale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _pad_to(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Zero-pad (centered) an image smaller than the crop, as the reference processor does."""
+    h, w = pixels.shape[:2]
+    if h >= height and w >= width:
+        return pixels
+    out = np.zeros((max(h, height), max(w, width), 3), dtype=pixels.dtype)
+    top, left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+    out[top : top + h, left : left + w] = pixels
+    return out

@@ -1,0 +1,219 @@
+"""The run config: one YAML with typed, validated blocks and dotted ``key=value`` overrides.
+
+Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, wandb, output,
+cache, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from .backbones.hf_clip import ModelConfig
+from .configbase import ConfigBlock
+from .data.sources import SOURCES, DatasetConfig
+from .heads import list_heads
+from .heads.coop import CoOpConfig
+from .heads.linear_probe import LinearProbeConfig
+
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a good photo of the {}.",
+    "an image of a {}.",
+]
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names each bad key and what is allowed."""
+
+
+class PromptsConfig(ConfigBlock):
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1,
+                                 description="Zero-shot templates; '{}' is replaced by the class name.")
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, templates: list[str]) -> list[str]:
+        for template in templates:
+            if template.count("{}") != 1:
+                raise ValueError(f"template {template!r} must contain '{{}}' exactly once (where the class name goes)")
+        return templates
+
+
+class FewShotConfig(ConfigBlock):
+    shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1,
+                             description="Support images per class, one experiment per value.")
+    allow_fewer: bool = Field(False, description="Cap classes that have fewer images instead of failing.")
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_sorted(cls, shots: list[int]) -> list[int]:
+        if any(k < 1 for k in shots):
+            raise ValueError(f"shots must be >= 1, got {shots}")
+        return sorted(set(shots))
+
+
+class SplitsConfig(ConfigBlock):
+    val_per_class: int = Field(4, ge=0, description="Validation images per class (model selection only).")
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="One split per seed.")
+
+
+class WandbConfig(ConfigBlock):
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "fewclip"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class OutputConfig(ConfigBlock):
+    dir: str = Field("runs/default", description="Run directory: data, splits, heads, results.")
+    progress: bool = Field(True, description="Progress bars; false for quiet runs (CI, scripts).")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FEWCLIP_CACHE", str(Path("~/.cache/fewclip").expanduser()))
+
+
+class CacheConfig(ConfigBlock):
+    dir: str = Field(default_factory=default_cache_dir, description="Shared feature cache (env FEWCLIP_CACHE).")
+
+
+class Config(ConfigBlock):
+    name: str = Field("experiment", description="A label for the run.")
+    methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe"],
+                               description="Registered heads to train and evaluate.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dataset: DatasetConfig
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    training: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
+    coop: CoOpConfig = Field(default_factory=CoOpConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        from .registry import unknown_name_message
+
+        for method in methods:
+            if method not in list_heads():
+                raise ValueError(unknown_name_message("method", method, list_heads()))
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods listed twice: {methods}")
+        return methods
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``few_shot.shots=[8,16]`` -> (['few_shot', 'shots'], [8, 16]); values parse as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict) and "{" in raw and ":" not in raw:
+        value = raw  # "{}" in a template is text, not an empty mapping
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: depth + 1])} is a value, not a block")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _block_class(annotation: Any, tag: str | None = None) -> Any:
+    """The config class behind a field annotation (resolving the dataset union by its source tag)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _block_class(typing.get_args(annotation)[0], tag)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for member in members:
+            if tag is not None and member.model_fields.get("source") and member.model_fields["source"].default == tag:
+                return member
+        return members[0] if len(members) == 1 else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
+        loc.pop(1)  # the union tag pydantic inserts
+    block: Any = Config
+    raw: Any = data
+    for part in loc[:-1]:
+        raw = raw.get(part, {}) if isinstance(raw, dict) else {}
+        field = block.model_fields.get(part) if block else None
+        block = _block_class(field.annotation, raw.get("source") if isinstance(raw, dict) else None) if field else None
+    key = ".".join(loc) or "<root>"
+    if error["type"] == "extra_forbidden" and block is not None:
+        valid = list(block.model_fields)
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        parent = ".".join(loc[:-1])
+        hint = f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys{' in ' + parent if parent else ''}: {', '.join(valid)})"
+    if error["type"] == "union_tag_invalid":
+        return f"{key}.source: unknown data source {error['input'].get('source')!r}; valid: {', '.join(SOURCES.names())}"
+    if error["type"] == "union_tag_not_found":
+        return f"{key}.source: missing; valid: {', '.join(SOURCES.names())}"
+    got = error.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict) and error["type"] != "missing" else ""
+    return f"{key}: {error['msg']}{shown}"
+
+
+def validate_config(data: dict[str, Any], origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        lines = [_describe(e, data) for e in err.errors()]
+        raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
+        data.update(loaded or {})
+    data = apply_overrides(data, overrides)
+    if "dataset" not in data:
+        raise ConfigError(f"{origin}: no `dataset` block; add one (see the README's config reference)")
+    return validate_config(data, origin)

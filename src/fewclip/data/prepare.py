@@ -1,0 +1,162 @@
+"""The prepare stage: resolve classes, export every image to disk, write train_full.csv and test.csv."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..fileio import atomic_write_bytes, read_json, write_csv, write_json
+from ..layout import RunLayout
+from .images import UnreadableImage, image_format_suffix, verify_image
+from .records import Record, read_records, write_records
+from .sources import SourceConfig, SourceItem, build_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """Raw names (as the source spells them) and readable names (used in prompts), by label index."""
+
+    raw: list[str]
+    readable: list[str]
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"raw": self.raw, "readable": self.readable}
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassNames":
+        data = read_json(path)
+        return cls(raw=list(data["raw"]), readable=list(data["readable"]))
+
+
+def humanize(name: str) -> str:
+    """``apple_pie`` -> ``apple pie``; ``n01440764``-style ids are left as they are."""
+    return re.sub(r"\s+", " ", name.replace("_", " ")).strip()
+
+
+def resolve_classes(config: SourceConfig, available: list[str]) -> ClassNames:
+    selected = list(config.classes) if config.classes else list(available)
+    unknown = [name for name in selected if name not in available]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, available, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
+        raise ValueError(f"dataset.classes: unknown class {', '.join(hints)}; the dataset has: {shown}")
+    duplicates = sorted({n for n in selected if selected.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"dataset.classes: listed more than once: {duplicates}")
+    bad_renames = sorted(set(config.rename) - set(selected))
+    if bad_renames:
+        raise ValueError(f"dataset.rename: {bad_renames} are not among the selected classes {selected}")
+    readable = [config.rename.get(name, humanize(name)) for name in selected]
+    return ClassNames(raw=selected, readable=readable)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "class"
+
+
+@dataclass
+class _Checked:
+    item: SourceItem
+    data: bytes | None
+    error: str | None
+
+
+def _check(item: SourceItem) -> _Checked:
+    """Read the bytes and decode them once, so unreadable images are caught here, not mid-training."""
+    if item.path is not None and not item.path.is_file():
+        return _Checked(item, None, "missing")
+    try:
+        data = item.path.read_bytes() if item.path is not None else item.read_bytes()  # type: ignore[misc]
+        verify_image(data, item.origin)
+        return _Checked(item, data, None)
+    except (UnreadableImage, OSError) as err:
+        return _Checked(item, None, str(err))
+
+
+def _checked_items(items: Iterable[SourceItem], workers: int) -> Iterator[_Checked]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_check, items, chunksize=1) if workers > 1 else map(_check, items)
+
+
+def export_split(
+    split: str, items: Iterable[SourceItem], classes: ClassNames, layout: RunLayout, cap: int | None, workers: int = 2
+) -> tuple[list[Record], list[tuple[str, str, str]], list[str]]:
+    """Check and export one split. Returns (records, exclusions, missing files)."""
+    label_of = {name: i for i, name in enumerate(classes.raw)}
+    counts = {name: 0 for name in classes.raw}
+    records, exclusions, missing = [], [], []
+    for checked in _checked_items(items, workers):
+        item = checked.item
+        if cap is not None and counts[item.class_name] >= cap:
+            continue
+        if checked.error == "missing":
+            missing.append(f"{item.origin}: {item.path}")
+            continue
+        if checked.error is not None:
+            log.warning("skipping unreadable image %s: %s", item.origin, checked.error)
+            exclusions.append((split, item.origin, checked.error))
+            continue
+        assert checked.data is not None
+        sha1 = hashlib.sha1(checked.data).hexdigest()
+        label = label_of[item.class_name]
+        if item.path is not None:
+            path = str(item.path.resolve())
+        else:
+            relative = Path("images", split, f"{label:04d}_{_safe(item.class_name)}",
+                            f"{counts[item.class_name]:06d}{image_format_suffix(checked.data)}")
+            target = layout.data / relative
+            if not target.is_file() or target.stat().st_size != len(checked.data):
+                atomic_write_bytes(target, checked.data)
+            path = relative.as_posix()
+        counts[item.class_name] += 1
+        records.append(Record(path=path, label=label, class_name=classes.readable[label], sha1=sha1))
+    return records, exclusions, missing
+
+
+def prepare(config: SourceConfig, layout: RunLayout, workers: int = 2) -> ClassNames:
+    """Run the prepare stage for one dataset config into ``layout``; returns the class names."""
+    source = build_source(config)
+    classes = resolve_classes(config, source.class_names())
+    all_exclusions: list[tuple[str, str, str]] = []
+    for split, cap, target in (
+        ("train", config.max_train_per_class, layout.train_full),
+        ("test", config.max_test_per_class, layout.test),
+    ):
+        records, exclusions, missing = export_split(
+            split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
+        )
+        if missing:
+            listed = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise FileNotFoundError(
+                f"{len(missing)} image file(s) listed by the dataset do not exist:\n  {listed}\n"
+                "Fix the paths (or remove those rows) and run prepare again."
+            )
+        present = {r.label for r in records}
+        empty = [classes.raw[i] for i in range(len(classes.raw)) if i not in present]
+        if empty:
+            raise ValueError(
+                f"dataset: class(es) {empty} have no readable {split} images; "
+                "remove them from dataset.classes or add images"
+            )
+        write_records(target, records)
+        all_exclusions.extend(exclusions)
+    write_json(layout.classes, classes.to_json())
+    write_csv(layout.exclusions, ("split", "image", "reason"), all_exclusions)
+    return classes
+
+
+def load_prepared(layout: RunLayout) -> tuple[ClassNames, list[Record], list[Record]]:
+    if not layout.classes.is_file():
+        raise FileNotFoundError(f"{layout.classes} does not exist; run `fewclip prepare` with this config first")
+    return ClassNames.load(layout.classes), read_records(layout.train_full), read_records(layout.test)

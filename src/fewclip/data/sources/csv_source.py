@@ -1,0 +1,60 @@
+"""A CSV of ``path,label`` rows (paths absolute or relative to the CSV's folder or ``root``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import Field
+
+from .base import SourceConfig, SourceItem, Split
+from .folder import in_test_share
+
+
+class CsvSourceConfig(SourceConfig):
+    source: Literal["csv"] = "csv"
+    train: str = Field(description="CSV with columns path,label for the train split (or all data).")
+    test: str | None = Field(None, description="CSV for the test split; without it test_fraction is held out.")
+    root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
+    path_column: str = "path"
+    label_column: str = "label"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class CsvSource:
+    def __init__(self, config: CsvSourceConfig) -> None:
+        self.config = config
+        self.rows = {"train": self._read(config.train), "test": self._read(config.test) if config.test else None}
+
+    def _read(self, csv_path: str) -> list[tuple[Path, str, str]]:
+        file = Path(csv_path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"dataset: CSV file {file} does not exist")
+        root = Path(self.config.root).expanduser() if self.config.root else file.parent
+        cols = (self.config.path_column, self.config.label_column)
+        with open(file, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in cols if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{file}: missing column(s) {missing}; found {reader.fieldnames}")
+            rows = []
+            for line, row in enumerate(reader, start=2):
+                raw = row[cols[0]].strip()
+                path = Path(raw) if Path(raw).is_absolute() else root / raw
+                rows.append((path, row[cols[1]].strip(), f"{file}:{line}"))
+        return rows
+
+    def class_names(self) -> list[str]:
+        return sorted({label for _, label, _ in self.rows["train"]})
+
+    def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
+        wanted = set(classes)
+        held_out_split = self.rows["test"] is None
+        rows = self.rows["train"] if held_out_split else self.rows[split]
+        for path, label, where in rows:
+            if label not in wanted:
+                continue
+            if held_out_split and in_test_share(f"{label}/{path.name}/{where}", self.config.test_fraction) != (split == "test"):
+                continue
+            yield SourceItem(class_name=label, origin=where, path=path)

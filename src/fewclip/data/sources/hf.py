@@ -1,0 +1,86 @@
+"""A Hugging Face ``datasets`` dataset: a hub id (``ethz/food101``) or a local dataset folder."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Literal
+
+from pydantic import Field
+
+from .base import SourceConfig, SourceItem, Split
+
+
+class HFSourceConfig(SourceConfig):
+    source: Literal["hf"] = "hf"
+    id: str = Field(description="Dataset id on the hub (e.g. ethz/food101) or a local folder load_dataset reads.")
+    name: str | None = Field(None, description="Dataset configuration name, if the dataset has several.")
+    revision: str | None = Field(None, description="Git revision of the dataset repo.")
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+class HFSource:
+    def __init__(self, config: HFSourceConfig) -> None:
+        import datasets
+
+        self.config = config
+        self._splits: dict[str, Any] = {}
+        self._datasets = datasets
+
+    def _split(self, split: Split) -> Any:
+        name = self.config.train_split if split == "train" else self.config.test_split
+        if name not in self._splits:
+            try:
+                ds = self._datasets.load_dataset(
+                    self.config.id, self.config.name, revision=self.config.revision, split=name
+                )
+            except ValueError as err:
+                raise ValueError(
+                    f"dataset.{split}_split: could not load split {name!r} of {self.config.id}: {err}"
+                ) from err
+            for key in ("image_column", "label_column"):
+                column = getattr(self.config, key)
+                if column not in ds.column_names:
+                    raise ValueError(
+                        f"dataset.{key}: column {column!r} not in {self.config.id}[{name}]; "
+                        f"columns: {ds.column_names}"
+                    )
+            self._splits[name] = ds.cast_column(self.config.image_column, self._datasets.Image(decode=False))
+        return self._splits[name]
+
+    def _label_names(self, ds: Any) -> list[str] | None:
+        feature = ds.features[self.config.label_column]
+        return list(feature.names) if hasattr(feature, "names") else None
+
+    def class_names(self) -> list[str]:
+        ds = self._split("train")
+        names = self._label_names(ds)
+        if names is None:
+            names = sorted({str(v) for v in ds[self.config.label_column]})
+        return names
+
+    def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
+        ds = self._split(split)
+        names = self._label_names(ds)
+        labels = ds[self.config.label_column]
+        label_name = (lambda v: names[v]) if names is not None else str
+        wanted = set(classes)
+        split_name = self.config.train_split if split == "train" else self.config.test_split
+        for row, value in enumerate(labels):
+            name = label_name(value)
+            if name not in wanted:
+                continue
+            yield SourceItem(
+                class_name=name,
+                origin=f"{self.config.id}[{split_name}][{row}]",
+                read_bytes=lambda row=row, ds=ds: _image_bytes(ds[row][self.config.image_column]),
+            )
+
+
+def _image_bytes(cell: dict[str, Any]) -> bytes:
+    if cell.get("bytes") is not None:
+        return cell["bytes"]
+    with open(cell["path"], "rb") as handle:
+        return handle.read()
+

@@ -1,0 +1,22 @@
+"""Classifier heads behind one registry (``list_heads()``); each follows the contract in ``base``."""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import FeatureSet, Head, Task, load_head, normalize, read_head_meta, save_head
+from .linear_probe import LinearProbeConfig, LinearProbeHead
+from .zero_shot import ZeroShotConfig, ZeroShotHead
+
+HEADS: Registry[type] = Registry("head")
+HEADS.register(ZeroShotHead.name, ZeroShotHead)
+HEADS.register(LinearProbeHead.name, LinearProbeHead)
+
+
+def list_heads() -> list[str]:
+    return HEADS.names()
+
+
+__all__ = [
+    "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "ZeroShotConfig",
+    "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",
+]

@@ -1,0 +1,93 @@
+"""Linear probe: Linear(d -> C) on L2-normalised frozen image features, AdamW, val macro-F1 selection."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..configbase import ConfigBlock
+from ..metrics import summarize
+from .base import FeatureSet, Task, normalize
+
+
+class LinearProbeConfig(ConfigBlock):
+    """The `training` block (the linear probe's optimiser)."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0)
+    select: Literal["val_macro_f1", "last"] = Field(
+        "val_macro_f1", description="Which epoch's weights to keep: best on val macro-F1 (never test) or the last."
+    )
+
+
+class LinearProbeHead:
+    name: ClassVar[str] = "linear_probe"
+    uses_shots: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
+    Config = LinearProbeConfig
+
+    def __init__(self, config: LinearProbeConfig | None = None) -> None:
+        self.config = config or LinearProbeConfig()
+        self.history_: list[dict[str, float]] = []
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LinearProbeHead":
+        if train is None or len(train) == 0:
+            raise ValueError("linear_probe needs training features")
+        cfg, n_classes = self.config, len(task.class_names)
+        generator = torch.Generator().manual_seed(task.seed)
+        x, y = normalize(train.features), train.labels
+        layer = nn.Linear(x.shape[1], n_classes)
+        with torch.no_grad():  # seeded init, independent of global RNG state
+            bound = 1 / x.shape[1] ** 0.5
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+        optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        best_score, best_state, self.history_ = -1.0, None, []
+        for epoch in range(1, cfg.epochs + 1):
+            order = torch.randperm(len(y), generator=generator)
+            total = 0.0
+            for start in range(0, len(y), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = nn.functional.cross_entropy(layer(x[idx]), y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            row = {"epoch": float(epoch), "train_loss": total / len(y)}
+            if val is not None and len(val):
+                with torch.no_grad():
+                    pred = layer(normalize(val.features)).argmax(-1)
+                scores = summarize(val.labels.numpy(), pred.numpy(), n_classes)
+                row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"])
+                if cfg.select == "val_macro_f1" and scores["macro_f1"] > best_score:
+                    best_score, best_state = scores["macro_f1"], (epoch, copy.deepcopy(layer.state_dict()))
+            self.history_.append(row)
+        if best_state is not None:
+            self.best_epoch_ = best_state[0]
+            layer.load_state_dict(best_state[1])
+        else:
+            self.best_epoch_ = cfg.epochs
+        self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
+        return self
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return normalize(features) @ self.weight_.T + self.bias_
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight_, "bias": self.bias_}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.weight_, self.bias_ = tensors["weight"], tensors["bias"]
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return self.weight_.numel() + self.bias_.numel() if hasattr(self, "weight_") else 0

@@ -1,0 +1,63 @@
+"""Zero-shot prompt ensemble: class prototype = renormalised mean of L2-normalised prompt embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..configbase import ConfigBlock
+from .base import FeatureSet, Task, normalize
+
+
+class ZeroShotConfig(ConfigBlock):
+    """Zero-shot has no hyperparameters of its own; its templates come from the `prompts` block."""
+
+
+class ZeroShotHead:
+    name: ClassVar[str] = "zero_shot"
+    uses_shots: ClassVar[bool] = False
+    config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
+    Config = ZeroShotConfig
+
+    def __init__(self, config: ZeroShotConfig | None = None) -> None:
+        self.config = config or ZeroShotConfig()
+        self.history_: list[dict[str, float]] = []
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
+        if task.backbone is None:
+            raise ValueError("zero_shot needs the backbone's text encoder (Task.backbone is None)")
+        prompts = [template.format(name) for template in task.templates for name in task.class_names]
+        text = normalize(task.backbone.encode_text(prompts))
+        self.template_prototypes_ = text.reshape(len(task.templates), len(task.class_names), -1)  # (T, C, d)
+        self.prototypes_ = normalize(self.template_prototypes_.mean(dim=0))  # (C, d)
+        self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
+        self.templates_ = list(task.templates)
+        return self
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) image features -> (n, C) = logit_scale * cos(image, prototype)."""
+        return self.logit_scale_ * normalize(features) @ self.prototypes_.T
+
+    def template_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(T, n, C): the logits each single template would give on its own."""
+        return self.logit_scale_ * torch.einsum("nd,tcd->tnc", normalize(features), self.template_prototypes_)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "prototypes": self.prototypes_,
+            "template_prototypes": self.template_prototypes_,
+            "logit_scale": self.logit_scale_.reshape(1),
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.prototypes_ = tensors["prototypes"]
+        self.template_prototypes_ = tensors["template_prototypes"]
+        self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.templates_ = list(meta.get("templates", []))
+
+    def trainable_parameters(self) -> int:
+        return 0

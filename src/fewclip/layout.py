@@ -1,0 +1,59 @@
+"""Where every stage reads and writes inside a run directory (the files are the stages' interface)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def classes(self) -> Path:
+        return self.data / "classes.json"
+
+    @property
+    def train_full(self) -> Path:
+        return self.data / "train_full.csv"
+
+    @property
+    def test(self) -> Path:
+        return self.data / "test.csv"
+
+    @property
+    def exclusions(self) -> Path:
+        return self.root / "exclusions.csv"
+
+    def split_dir(self, seed: int, shots: int) -> Path:
+        return self.root / "splits" / f"seed_{seed}" / f"shot_{shots}"
+
+    @property
+    def heads(self) -> Path:
+        return self.root / "heads"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def summary(self) -> Path:
+        return self.results / "summary.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+
+def unit_name(method: str, shots: int, seed: int) -> str:
+    """The file stem of one trained head: ``linear_probe/shot_16-seed_1``."""
+    return f"{method}/shot_{shots}-seed_{seed}"

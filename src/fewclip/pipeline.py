@@ -1,0 +1,235 @@
+"""The stages of a run, each a plain function that reads what the last one wrote:
+
+prepare  -> data/{classes.json,train_full.csv,test.csv}, splits/seed_S/shot_K/{train,val}.csv
+features -> image features in the shared cache (content-addressed, resumable)
+train    -> heads/<method>/shot_K-seed_S.{safetensors,json}, results/history/...
+evaluate -> results/summary.csv, results/per_class.csv, results/zero_shot_templates.csv, predictions/...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
+from .data.records import Record
+from .data.splits import load_split, write_splits
+from .features import FeatureCache, extract_features, load_features
+from .fileio import atomic_write_bytes, atomic_write_text, read_csv, write_csv
+from .heads import HEADS, FeatureSet, Task, load_head, read_head_meta, save_head
+from .layout import RunLayout, unit_name
+from .metrics import confusion_matrix, per_class, summarize
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "trainable_params",
+                   "train_seconds", "n_eval", "best_epoch")
+
+
+@dataclass
+class RunContext:
+    """A config, its run directory, and the backbone and feature cache, loaded on first use."""
+
+    config: Config
+    _backbone: Any = field(default=None, repr=False)
+    _cache: FeatureCache | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(Path(self.config.output.dir).expanduser())
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache.dir).expanduser()
+
+    @property
+    def backbone(self) -> Any:
+        if self._backbone is None:
+            from .backbones import load_backbone
+
+            self._backbone = load_backbone(self.config.model, cache_dir=self.cache_root)
+        return self._backbone
+
+    @property
+    def cache(self) -> FeatureCache:
+        if self._cache is None:
+            self._cache = FeatureCache(self.cache_root, self.backbone.fingerprint())
+        return self._cache
+
+    def write_config(self) -> None:
+        atomic_write_text(self.layout.config, self.config.to_yaml())
+
+
+def prepare(ctx: RunContext) -> ClassNames:
+    """Export the dataset and write the few-shot splits."""
+    ctx.write_config()
+    cfg = ctx.config
+    classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1))
+    write_splits(ctx.layout, classes.readable, cfg.splits.seeds, cfg.few_shot.shots,
+                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+    return classes
+
+
+def features(ctx: RunContext) -> int:
+    """Encode every prepared image not yet in the cache; returns how many were unreadable."""
+    ctx.write_config()
+    _, train_full, test = load_prepared(ctx.layout)
+    failures = extract_features(
+        train_full + test, ctx.layout.data, ctx.backbone, ctx.cache,
+        batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
+        progress=ctx.config.output.progress,
+    )
+    if failures:
+        _append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
+    return len(failures)
+
+
+def _append_exclusions(layout: RunLayout, rows: list[tuple[str, str, str]]) -> None:
+    existing = [(r["split"], r["image"], r["reason"]) for r in read_csv(layout.exclusions)] if layout.exclusions.is_file() else []
+    write_csv(layout.exclusions, ("split", "image", "reason"), existing + [r for r in rows if r not in existing])
+
+
+def _available(ctx: RunContext, records: list[Record]) -> list[Record]:
+    """Drop records whose image could not be encoded (listed in exclusions.csv); any other gap is an error."""
+    layout = ctx.layout
+    excluded = {r["image"] for r in read_csv(layout.exclusions) if r["split"] == "features"} if layout.exclusions.is_file() else set()
+    return [r for r in records if r.path not in excluded or r.sha1 in ctx.cache]
+
+
+def _feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
+    x, y = load_features(ctx.cache, _available(ctx, records))
+    return FeatureSet(x, y)
+
+
+def units(config: Config) -> Iterator[tuple[str, int, int]]:
+    """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
+    for method in config.methods:
+        if not HEADS.get(method).uses_shots:
+            yield method, 0, 0
+            continue
+        for seed in config.splits.seeds:
+            for shots in config.few_shot.shots:
+                yield method, shots, seed
+
+
+def _head_config(config: Config, method: str) -> Any:
+    head_cls = HEADS.get(method)
+    return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
+
+
+def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record], classes: ClassNames) -> str:
+    """Hash of everything a trained head depends on; a changed input retrains, an unchanged one is skipped."""
+    payload = {
+        "method": method,
+        "config": _head_config(ctx.config, method).model_dump(mode="json"),
+        "features": ctx.cache.key,
+        "train": [r.sha1 for r in train],
+        "val": [r.sha1 for r in val],
+        "classes": classes.readable,
+        "templates": ctx.config.prompts.templates,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def train(ctx: RunContext) -> list[str]:
+    """Fit every (method, shots, seed); already-trained units with the same inputs are skipped."""
+    ctx.write_config()
+    classes, _, _ = load_prepared(ctx.layout)
+    trained = []
+    for method, shots, seed in units(ctx.config):
+        stem = ctx.layout.heads / unit_name(method, shots, seed)
+        train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
+        train_records, val_records = _available(ctx, train_records), _available(ctx, val_records)
+        key = _fit_key(ctx, method, train_records, val_records, classes)
+        meta = read_head_meta(stem)
+        if meta is not None and meta.get("fit_key") == key:
+            continue
+        head_cls = HEADS.get(method)
+        head = head_cls(_head_config(ctx.config, method))
+        task = Task(classes.readable, ctx.config.prompts.templates, ctx.backbone, seed, ctx.config.output.progress)
+        start = time.perf_counter()
+        if shots:
+            head.fit(task, _feature_set(ctx, train_records), _feature_set(ctx, val_records))
+        else:
+            head.fit(task)
+        seconds = time.perf_counter() - start
+        extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
+                 "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
+                 "backbone": ctx.backbone.fingerprint()}
+        save_head(head, stem, classes.readable, extra)
+        if head.history_:
+            cols = list(head.history_[0])
+            write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
+                      ([row.get(c, "") for c in cols] for row in head.history_))
+        log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
+        trained.append(unit_name(method, shots, seed))
+    return trained
+
+
+def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, classes: ClassNames) -> np.ndarray:
+    probs = torch.softmax(logits.float(), dim=-1)
+    confidence, pred = probs.max(dim=-1)
+    write_csv(path.with_suffix(".csv"), ("path", "label", "class_name", "pred", "pred_name", "confidence"),
+              ((r.path, r.label, r.class_name, int(p), classes.readable[int(p)], f"{float(c):.6f}")
+               for r, p, c in zip(records, pred, confidence)))
+    buffer = __import__("io").BytesIO()
+    np.save(buffer, logits.float().numpy())
+    atomic_write_bytes(path.with_suffix(".logits.npy"), buffer.getvalue())
+    return pred.numpy()
+
+
+def evaluate(ctx: RunContext) -> Path:
+    """Score every trained head on the test split; write summary, per-class metrics and predictions."""
+    ctx.write_config()
+    classes, _, test_records = load_prepared(ctx.layout)
+    test_records = _available(ctx, test_records)
+    test = _feature_set(ctx, test_records)
+    n_classes = len(classes.readable)
+    summary, per_class_rows, template_rows = [], [], []
+    for method, shots, seed in units(ctx.config):
+        stem = ctx.layout.heads / unit_name(method, shots, seed)
+        if read_head_meta(stem) is None:
+            log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
+            continue
+        head, meta = load_head(stem)
+        logits = head.logits(test.features)
+        pred = _save_predictions(ctx.layout.predictions / f"{unit_name(method, shots, seed)}-test", test_records, logits, classes)
+        scores = summarize(test.labels.numpy(), pred, n_classes)
+        summary.append((method, shots, seed, "test", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
+                        meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test), meta.get("best_epoch") or ""))
+        stats = per_class(confusion_matrix(test.labels.numpy(), pred, n_classes))
+        for c in range(n_classes):
+            per_class_rows.append((method, shots, seed, "test", classes.readable[c], f"{stats['precision'][c]:.6f}",
+                                   f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c])))
+        if hasattr(head, "template_logits"):
+            for template, t_logits in zip(meta.get("templates", []), head.template_logits(test.features)):
+                t_scores = summarize(test.labels.numpy(), t_logits.argmax(-1).numpy(), n_classes)
+                template_rows.append((template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"))
+            template_rows.append(("<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}"))
+    results = ctx.layout.results
+    write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
+    write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",
+                                          "f1", "support"), per_class_rows)
+    if template_rows:
+        write_csv(results / "zero_shot_templates.csv", ("template", "accuracy", "macro_f1"), template_rows)
+    return ctx.layout.summary
+
+
+STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": evaluate}
+
+
+def run(config: Config) -> Path:
+    """Every stage in order; each skips what an earlier (possibly killed) run already finished."""
+    ctx = RunContext(config)
+    for stage in STAGES.values():
+        stage(ctx)
+    return ctx.layout.summary
