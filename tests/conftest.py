@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny CLIP saved in hub format, synthetic image folders, offline hub settings."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fewclip.config import load_config  # noqa: E402
+from fewclip.embedded import build_shapes_dataset, build_tiny_clip  # noqa: E402
+
+CLASSES = ["red_circle", "green_square", "blue_triangle"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random CLIPModel (+ CLIP-format tokenizer, preprocessor) written by save_pretrained.
+
+    Its tokenizer knows only byte symbols and a few merges, so class names split into several tokens.
+    """
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """<root>/{train,test}/<class>/NNNN.png for three classes: 12 train and 6 test images each."""
+    return build_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", CLASSES, 12, 6, seed=0)
+
+
+@pytest.fixture()
+def make_config(tiny_clip: Path, shapes_dir: Path, tmp_path: Path):
+    """Build a Config from the real defaults plus the given dotted overrides (tiny model, shapes data)."""
+
+    def build(*overrides: str, **blocks: Any):
+        base: dict[str, Any] = {
+            "model": {"id": str(tiny_clip), "batch_size": 16},
+            "dataset": {"source": "folder", "path": str(shapes_dir)},
+            "few_shot": {"shots": [1, 2, 4]},
+            "splits": {"seeds": [1], "val_per_class": 2},
+            "training": {"epochs": 20},
+            "output": {"dir": str(tmp_path / "run"), "progress": False},
+            "cache": {"dir": str(tmp_path / "cache")},
+        }
+        for key, value in blocks.items():
+            merge = isinstance(value, dict) and key != "dataset"  # a dataset block replaces the default whole
+            base[key] = {**base.get(key, {}), **value} if merge else value
+        return load_config(None, list(overrides), base=base)
+
+    return build
