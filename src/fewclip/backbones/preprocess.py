@@ -67,11 +67,15 @@ class ImageTransform:
 
 
 def _pad_to(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Zero-pad (centered) an image smaller than the crop, as the reference processor does."""
+    """Zero-pad (centered) an image smaller than the crop, as the reference processor does.
+
+    An odd margin puts the extra row/column on the top/left (``ceil``), as transformers'
+    ``center_crop`` does; torchvision's ``CenterCrop`` would put it on the bottom/right.
+    """
     h, w = pixels.shape[:2]
     if h >= height and w >= width:
         return pixels
     out = np.zeros((max(h, height), max(w, width), 3), dtype=pixels.dtype)
-    top, left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+    top, left = -(-(out.shape[0] - h) // 2), -(-(out.shape[1] - w) // 2)  # ceil
     out[top : top + h, left : left + w] = pixels
     return out
