@@ -6,6 +6,7 @@ cache, plus ``methods`` (which registered heads run). Each method's block is def
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import typing
@@ -120,6 +121,9 @@ class Config(ConfigBlock):
 # --- loading -------------------------------------------------------------------------------------
 
 
+_SLOT = "FEWCLIP_CLASS_SLOT_e3b0c442"  # stands in for "{}" while an override value is parsed as YAML
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``few_shot.shots=[8,16]`` -> (['few_shot', 'shots'], [8, 16]); values parse as YAML scalars/lists."""
     if "=" not in text:
@@ -128,12 +132,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: malformed key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        # "{}" is a template's class slot, never a YAML mapping: hide it from the parser, then put it back
+        value = _restore_slots(yaml.safe_load(raw.replace("{}", _SLOT))) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, dict) and "{" in raw and ":" not in raw:
         value = raw  # "{}" in a template is text, not an empty mapping
     return key.split("."), value
+
+
+def _restore_slots(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_SLOT, "{}")
+    if isinstance(value, list):
+        return [_restore_slots(v) for v in value]
+    if isinstance(value, dict):
+        return {_restore_slots(k): _restore_slots(v) for k, v in value.items()}
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -199,7 +214,7 @@ def validate_config(data: dict[str, Any], origin: str = "config") -> Config:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(base or {})  # overrides edit nested blocks; never the caller's
     origin = "config"
     if path is not None:
         path = Path(path)

@@ -22,7 +22,7 @@ import torch
 from .config import Config
 from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
-from .data.splits import load_split, write_splits
+from .data.splits import check_budget, load_split, write_splits
 from .features import FeatureCache, extract_features, load_features
 from .fileio import atomic_write_bytes, atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet, Task, load_head, read_head_meta, save_head
@@ -71,11 +71,15 @@ class RunContext:
 
 def prepare(ctx: RunContext) -> ClassNames:
     """Export the dataset and write the few-shot splits."""
-    ctx.write_config()
     cfg = ctx.config
-    classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1))
-    write_splits(ctx.layout, classes.readable, cfg.splits.seeds, cfg.few_shot.shots,
+
+    def check_shots(classes: ClassNames, train_records: list[Record]) -> None:
+        check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+
+    classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
+    write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
                  cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+    ctx.write_config()
     return classes
 
 

@@ -9,13 +9,13 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..fileio import atomic_write_bytes, read_json, write_csv, write_json
 from ..layout import RunLayout
 from .images import UnreadableImage, image_format_suffix, verify_image
 from .records import Record, read_records, write_records
-from .sources import SourceConfig, SourceItem, build_source
+from .sources import Source, SourceConfig, SourceItem, build_source
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,12 @@ def export_split(
         if item.path is not None:
             path = str(item.path.resolve())
         else:
+            # Named by content: re-exporting is idempotent and never overwrites an image another
+            # (older) train_full.csv still points to.
             relative = Path("images", split, f"{label:04d}_{_safe(item.class_name)}",
-                            f"{counts[item.class_name]:06d}{image_format_suffix(checked.data)}")
+                            f"{sha1[:20]}{image_format_suffix(checked.data)}")
             target = layout.data / relative
-            if not target.is_file() or target.stat().st_size != len(checked.data):
+            if not target.is_file():
                 atomic_write_bytes(target, checked.data)
             path = relative.as_posix()
         counts[item.class_name] += 1
@@ -124,11 +126,40 @@ def export_split(
     return records, exclusions, missing
 
 
-def prepare(config: SourceConfig, layout: RunLayout, workers: int = 2) -> ClassNames:
-    """Run the prepare stage for one dataset config into ``layout``; returns the class names."""
+def source_signature(config: SourceConfig, source: Source, classes: ClassNames) -> str:
+    """Hash of the dataset config and, for files on disk, each file's path, size and mtime."""
+    digest = hashlib.sha256(config.model_dump_json().encode())
+    for split in ("train", "test"):
+        for item in source.items(split, classes.raw):  # type: ignore[arg-type]
+            digest.update(item.origin.encode())
+            if item.path is not None:
+                stat = item.path.stat() if item.path.is_file() else None
+                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode() if stat else b"missing")
+    return digest.hexdigest()
+
+
+def prepare(
+    config: SourceConfig,
+    layout: RunLayout,
+    workers: int = 2,
+    validate: Callable[[ClassNames, list[Record]], None] | None = None,
+) -> ClassNames:
+    """Run the prepare stage for one dataset config into ``layout``; returns the class names.
+
+    ``validate(classes, train_records)`` runs before anything is written (e.g. the shot budget check).
+    When the dataset config and its files are unchanged since the last prepare, nothing is re-read.
+    """
     source = build_source(config)
     classes = resolve_classes(config, source.class_names())
+    signature = source_signature(config, source, classes)
+    done = layout.data / "prepare.json"
+    if done.is_file() and layout.train_full.is_file() and layout.test.is_file():
+        if read_json(done).get("signature") == signature:
+            if validate is not None:
+                validate(classes, read_records(layout.train_full))
+            return ClassNames.load(layout.classes)
     all_exclusions: list[tuple[str, str, str]] = []
+    outputs: list[tuple[Path, list[Record]]] = []
     for split, cap, target in (
         ("train", config.max_train_per_class, layout.train_full),
         ("test", config.max_test_per_class, layout.test),
@@ -149,10 +180,17 @@ def prepare(config: SourceConfig, layout: RunLayout, workers: int = 2) -> ClassN
                 f"dataset: class(es) {empty} have no readable {split} images; "
                 "remove them from dataset.classes or add images"
             )
-        write_records(target, records)
+        outputs.append((target, records))
         all_exclusions.extend(exclusions)
+    if validate is not None:
+        validate(classes, outputs[0][1])
+    # Written only once everything is sound, so a failure keeps the last good files.
+    done.unlink(missing_ok=True)
+    for target, records in outputs:
+        write_records(target, records)
     write_json(layout.classes, classes.to_json())
     write_csv(layout.exclusions, ("split", "image", "reason"), all_exclusions)
+    write_json(done, {"signature": signature})
     return classes
 
 

@@ -74,7 +74,7 @@ def write_splits(
     allow_fewer: bool = False,
 ) -> None:
     records = read_records(layout.train_full)
-    check_budget(records, class_names, shots, val_per_class, allow_fewer)
+    check_budget(records, class_names, shots, val_per_class, allow_fewer)  # before anything is written
     for seed in seeds:
         for k, (train, val) in make_splits(records, seed, shots, val_per_class).items():
             folder = layout.split_dir(seed, k)

@@ -1,0 +1,280 @@
+"""fewclip.config: defaults, strict keys with suggestions, typed errors, dotted overrides, YAML round trip."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fewclip.config import DEFAULT_TEMPLATES, Config, ConfigError, load_config, parse_override
+from fewclip.heads import list_heads
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED_CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+
+
+def _minimal(tmp_path: Path) -> dict:
+    """The smallest valid config: only the required dataset block."""
+    return {"dataset": {"source": "folder", "path": str(tmp_path)}, "cache": {"dir": str(tmp_path / "cache")}}
+
+
+# --- defaults ------------------------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_blocks(make_config) -> None:
+    config = make_config()
+    assert config.coop.n_ctx == 16
+    assert config.coop.lr == 0.002
+    assert config.coop.precision == "fp32"
+    assert config.model.precision == "fp32"
+    assert config.prompts.templates == DEFAULT_TEMPLATES
+    assert config.methods == ["zero_shot", "linear_probe"]
+    assert config.training.epochs == 20  # the fixture's override of the block default
+    assert config.wandb.mode == "disabled"
+
+
+def test_untouched_blocks_equal_fresh_defaults(tmp_path: Path) -> None:
+    config = load_config(None, base=_minimal(tmp_path))
+    assert config.few_shot.shots == [1, 2, 4, 8, 16]
+    assert config.splits.seeds == [1, 2, 3]
+    assert config.splits.val_per_class == 4
+    assert config.training == type(config.training)()
+    assert config.coop == type(config.coop)()
+
+
+def test_shots_are_sorted_and_deduplicated(make_config) -> None:
+    assert make_config("few_shot.shots=[16,1,4,4]").few_shot.shots == [1, 4, 16]
+
+
+def test_shots_below_one_fail(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"few_shot\.shots.*>= 1"):
+        make_config("few_shot.shots=[0,2]")
+
+
+def test_base_dict_is_not_mutated_by_overrides(tmp_path: Path) -> None:
+    base = _minimal(tmp_path)
+    base["few_shot"] = {"shots": [1]}
+    before = copy.deepcopy(base)
+    load_config(None, ["few_shot.shots=[2]", "dataset.test_fraction=0.5"], base=base)
+    assert base == before
+
+
+# --- unknown keys --------------------------------------------------------------------------------
+
+
+def test_unknown_key_names_it_and_the_closest_valid_one(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("few_shot.shot=[8]")
+    message = str(info.value)
+    assert "few_shot.shot:" in message
+    assert "'few_shot.shots'" in message
+
+
+def test_unknown_key_in_dataset_block_uses_the_sources_keys(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("dataset.pth=/data")
+    message = str(info.value)
+    assert "dataset.pth" in message
+    assert "'dataset.path'" in message
+    assert "test_fraction" in message  # a folder-source key, listed among the valid ones
+
+
+def test_unknown_key_in_hf_dataset_block_suggests_an_hf_key(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(dataset={"source": "hf", "id": "ethz/food101", "image_colum": "img"})
+    message = str(info.value)
+    assert "dataset.image_colum" in message
+    assert "'dataset.image_column'" in message
+    assert "train_dir" not in message  # the folder source's keys are not offered for an hf dataset
+
+
+def test_unknown_source_lists_the_registered_ones(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(dataset={"source": "fodler", "path": "/data"})
+    message = str(info.value)
+    assert "'fodler'" in message
+    for name in ("hf", "folder", "csv"):
+        assert name in message
+
+
+def test_unknown_key_in_yaml_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    data = _minimal(tmp_path)
+    data["coop"] = {"n_ctxx": 4}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "coop.n_ctxx" in message
+    assert "'coop.n_ctx'" in message
+
+
+def test_unknown_top_level_block(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["trainng.epochs=3"], base=_minimal(tmp_path))
+    assert "trainng" in str(info.value)
+    assert "'training'" in str(info.value)
+
+
+def test_missing_dataset_block_fails(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=r"no `dataset` block") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# --- types ---------------------------------------------------------------------------------------
+
+
+def test_wrong_type_names_the_key_and_the_value(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("training.epochs=ten")
+    message = str(info.value)
+    assert "training.epochs" in message
+    assert "integer" in message
+    assert "'ten'" in message
+
+
+def test_wrong_literal_lists_what_is_allowed(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("model.precision=fp8")
+    message = str(info.value)
+    assert "model.precision" in message
+    assert "'fp8'" in message
+    for allowed in ("fp32", "bf16", "fp16"):
+        assert allowed in message
+
+
+def test_every_error_is_reported_at_once(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("training.epochs=ten", "few_shot.shot=[8]")
+    assert "training.epochs" in str(info.value)
+    assert "few_shot.shot" in str(info.value)
+
+
+# --- overrides -----------------------------------------------------------------------------------
+
+
+def test_overrides_parse_lists_and_numbers(make_config) -> None:
+    config = make_config("few_shot.shots=[8,16]", "training.lr=0.5", "splits.seeds=[4]", "coop.n_ctx=4")
+    assert config.few_shot.shots == [8, 16]
+    assert config.training.lr == 0.5
+    assert config.splits.seeds == [4]
+    assert config.coop.n_ctx == 4
+
+
+def test_override_in_scientific_notation(make_config) -> None:
+    assert make_config("training.lr=1e-3").training.lr == pytest.approx(0.001)
+
+
+def test_override_booleans_and_null(make_config) -> None:
+    config = make_config("few_shot.allow_fewer=true", "coop.ctx_init=null")
+    assert config.few_shot.allow_fewer is True
+    assert config.coop.ctx_init is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("prompts.templates=a photo of a {}.", "a photo of a {}."),
+        ("x.y={}", "{}"),
+        ("x.y={} photo", "{} photo"),
+        ("x.y=[8,16]", [8, 16]),
+        ("x.y=0.5", 0.5),
+        ("x.y=a=b", "a=b"),
+    ],
+)
+def test_parse_override_values(text: str, value: object) -> None:
+    assert parse_override(text)[1] == value
+
+
+def test_template_list_override_keeps_slots_as_text(make_config) -> None:
+    config = make_config("prompts.templates=['a photo of a {}.', 'art of the {}']")
+    assert config.prompts.templates == ["a photo of a {}.", "art of the {}"]
+
+
+def test_unquoted_template_list_override(make_config) -> None:
+    config = make_config("prompts.templates=[a photo of a {}., a sketch of a {}]")
+    assert config.prompts.templates == ["a photo of a {}.", "a sketch of a {}"]
+
+
+@pytest.mark.parametrize("text", ["few_shot.shots", "=3", "few_shot..shots=3"])
+def test_malformed_override_fails(text: str) -> None:
+    with pytest.raises(ConfigError, match="override"):
+        parse_override(text)
+
+
+def test_override_into_a_value_fails(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"few_shot\.shots is a value, not a block"):
+        make_config("few_shot.shots.first=1")
+
+
+# --- validators ----------------------------------------------------------------------------------
+
+
+def test_unknown_method_suggests_the_closest(make_config) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config("methods=[zero_shot, linaer_probe]")
+    message = str(info.value)
+    assert "'linaer_probe'" in message
+    assert "did you mean 'linear_probe'" in message
+    for name in list_heads():
+        assert name in message
+
+
+def test_method_listed_twice_fails(make_config) -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        make_config("methods=[zero_shot, zero_shot]")
+
+
+@pytest.mark.parametrize("template", ["a photo of a cat", "{} and {}"])
+def test_template_needs_exactly_one_slot(make_config, template: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(prompts={"templates": [template]})
+    message = str(info.value)
+    assert "prompts.templates" in message
+    assert repr(template) in message
+
+
+# --- serialisation -------------------------------------------------------------------------------
+
+
+def test_to_yaml_round_trips(make_config, tmp_path: Path) -> None:
+    config = make_config("few_shot.shots=[2,8]", "coop.ctx_init=a photo of a", "model.precision=bf16",
+                         prompts={"templates": ["a {} here"]}, dataset={"source": "hf", "id": "x/y", "classes": ["b", "a"]})
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml(), encoding="utf-8")
+    again = load_config(path)
+    assert again == config
+    assert again.dataset.classes == ["b", "a"]
+    assert isinstance(again, Config)
+
+
+# --- shipped configs -----------------------------------------------------------------------------
+
+
+def test_configs_folder_holds_yaml_when_not_empty() -> None:
+    """An empty configs/ parametrizes nothing below (pytest reports it); a non-empty one must hold YAML."""
+    entries = [p for p in CONFIGS_DIR.iterdir() if not p.name.startswith(".")] if CONFIGS_DIR.is_dir() else []
+    if entries:
+        assert SHIPPED_CONFIGS, f"{CONFIGS_DIR} has files but no *.yaml: {[p.name for p in entries]}"
+    else:
+        assert not SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[p.name for p in SHIPPED_CONFIGS])
+def test_shipped_config_loads(path: Path, tmp_path: Path) -> None:
+    config = load_config(path)
+    assert config.dataset.source == yaml.safe_load(path.read_text(encoding="utf-8"))["dataset"]["source"]
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(config.to_yaml(), encoding="utf-8")
+    assert load_config(resolved) == config
