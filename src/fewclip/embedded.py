@@ -53,7 +53,7 @@ def write_byte_tokenizer(folder: Path, merge_words: Iterable[str] = (), model_ma
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("".join(line + "\n" for line in ["#version: 0.2", *merges]), encoding="utf-8")
     tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
                               model_max_length=model_max_length)
     tokenizer.save_pretrained(str(folder))  # writes tokenizer.json + tokenizer_config.json only

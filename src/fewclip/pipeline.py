@@ -62,7 +62,11 @@ class RunContext:
     @property
     def cache(self) -> FeatureCache:
         if self._cache is None:
-            self._cache = FeatureCache(self.cache_root, self.backbone.fingerprint())
+            from .backbones.hf_clip import model_fingerprint
+
+            # Read from the model's files, so a fully cached run never loads the model.
+            fingerprint = model_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
+            self._cache = FeatureCache(self.cache_root, fingerprint)
         return self._cache
 
     def write_config(self) -> None:
@@ -87,6 +91,8 @@ def features(ctx: RunContext) -> int:
     """Encode every prepared image not yet in the cache; returns how many were unreadable."""
     ctx.write_config()
     _, train_full, test = load_prepared(ctx.layout)
+    if not ctx.cache.missing([r.sha1 for r in train_full + test]):
+        return 0  # everything cached: the model is not even loaded
     failures = extract_features(
         train_full + test, ctx.layout.data, ctx.backbone, ctx.cache,
         batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
@@ -168,7 +174,7 @@ def train(ctx: RunContext) -> list[str]:
         seconds = time.perf_counter() - start
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
-                 "backbone": ctx.backbone.fingerprint()}
+                 "features_key": ctx.cache.key}
         save_head(head, stem, classes.readable, extra)
         if head.history_:
             cols = list(head.history_[0])

@@ -53,7 +53,10 @@ def _resolve_file(model_id: str, filename: str, revision: str | None) -> Path | 
         return path if path.is_file() else None
     from transformers.utils import cached_file
 
-    found = cached_file(model_id, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+    try:
+        found = cached_file(model_id, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None  # not a valid hub id (e.g. a missing local folder): loading the model reports it as model.id
     return Path(found) if found else None
 
 
@@ -84,6 +87,31 @@ def weights_digest(folder: Path, memo_file: Path | None = None) -> str:
     return total.hexdigest()
 
 
+def load_transform(config: ModelConfig) -> ImageTransform:
+    processor_file = _resolve_file(config.id, "preprocessor_config.json", config.revision)
+    if processor_file is None:
+        raise FileNotFoundError(f"model.id: {config.id} has no preprocessor_config.json")
+    return ImageTransform.from_file(processor_file)
+
+
+def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The feature-cache identity of a model, read from its files without loading it.
+
+    None when the weights are not on disk yet (a hub model never downloaded): load the backbone first.
+    """
+    config_file = _resolve_file(config.id, "config.json", config.revision)
+    if config_file is None or not any(p.suffix in WEIGHT_SUFFIXES for p in config_file.parent.iterdir()):
+        return None
+    return {
+        "model": config.id,
+        "revision": config.revision,
+        "weights_sha256": weights_digest(config_file.parent, cache_dir / "weights_sha256.json" if cache_dir else None),
+        "preprocess": load_transform(config).to_dict(),
+        "precision": config.precision,
+        "feature": "projected image embedding, unnormalised, float32",
+    }
+
+
 class CLIPBackbone:
     """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
 
@@ -102,13 +130,10 @@ class CLIPBackbone:
             offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
             raise OSError(f"model.id: cannot load CLIP {config.id!r}{offline}: {err}") from err
         self.model.eval().requires_grad_(False).to(self.device)
-        processor_file = _resolve_file(config.id, "preprocessor_config.json", config.revision)
-        if processor_file is None:
-            raise FileNotFoundError(f"model.id: {config.id} has no preprocessor_config.json")
-        self.transform = ImageTransform.from_file(processor_file)
-        weights_file = _resolve_file(config.id, "config.json", config.revision)
-        assert weights_file is not None
-        self.weights_sha256 = weights_digest(weights_file.parent, cache_dir / "weights_sha256.json" if cache_dir else None)
+        self.transform = load_transform(config)
+        fingerprint = model_fingerprint(config, cache_dir)
+        assert fingerprint is not None, f"model.id: no weight files found for {config.id}"
+        self._fingerprint = fingerprint
         self.image_batches_encoded = 0  # counted so tests and logs can see cache hits
 
     @property
@@ -127,14 +152,7 @@ class CLIPBackbone:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes an image feature: weights, preprocessing, precision."""
-        return {
-            "model": self.config.id,
-            "revision": self.config.revision,
-            "weights_sha256": self.weights_sha256,
-            "preprocess": self.transform.to_dict(),
-            "precision": self.config.precision,
-            "feature": "projected image embedding, unnormalised, float32",
-        }
+        return dict(self._fingerprint)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -156,7 +174,3 @@ class CLIPBackbone:
                 out = self.model.get_text_features(**tokens).pooler_output
             chunks.append(out.float().cpu())
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
-
-    def batches(self, items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-        for start in range(0, len(items), size):
-            yield items[start : start + size]

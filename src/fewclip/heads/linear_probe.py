@@ -34,7 +34,6 @@ class LinearProbeHead:
 
     def __init__(self, config: LinearProbeConfig | None = None) -> None:
         self.config = config or LinearProbeConfig()
-        self.history_: list[dict[str, float]] = []
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LinearProbeHead":
         if train is None or len(train) == 0:

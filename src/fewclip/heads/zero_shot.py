@@ -22,7 +22,6 @@ class ZeroShotHead:
 
     def __init__(self, config: ZeroShotConfig | None = None) -> None:
         self.config = config or ZeroShotConfig()
-        self.history_: list[dict[str, float]] = []
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         if task.backbone is None:
@@ -33,6 +32,7 @@ class ZeroShotHead:
         self.prototypes_ = normalize(self.template_prototypes_.mean(dim=0))  # (C, d)
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
         self.templates_ = list(task.templates)
+        self.history_: list[dict[str, float]] = []  # nothing is trained, so no epochs to log
         return self
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,188 @@
+"""One contract suite over every registered head (scikit-learn's ``parametrize_with_checks`` idea).
+
+A head added to ``fewclip.heads.HEADS`` is picked up by ``list_heads()`` and must pass all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import fewclip.backbones
+from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.configbase import ConfigBlock
+from fewclip.data.images import read_image
+from fewclip.heads import HEADS, FeatureSet, Task, list_heads, load_head, save_head
+from fewclip.pipeline import _head_config
+
+# trainable parameter count per head, as a function of (feature dim d, classes C); a new head adds its own
+EXPECTED_TRAINABLE: dict[str, Callable[[int, int], int]] = {
+    "zero_shot": lambda d, c: 0,
+    "linear_probe": lambda d, c: d * c + c,
+}
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_clip: Path) -> CLIPBackbone:
+    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def shape_data(shapes_dir: Path, backbone: CLIPBackbone) -> dict[str, Any]:
+    """Tiny-CLIP features of the shapes images: train (first 2 per class are val) and test."""
+    classes = sorted(p.name for p in (shapes_dir / "train").iterdir())
+
+    def encode(split: str, pick: slice) -> FeatureSet:
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted((shapes_dir / split / name).glob("*.png"))[pick]
+            paths += files
+            labels += [label] * len(files)
+        pixels = torch.stack([torch.from_numpy(backbone.transform(read_image(p))) for p in paths])
+        return FeatureSet(backbone.encode_images(pixels), torch.tensor(labels))
+
+    return {"classes": [c.replace("_", " ") for c in classes], "val": encode("train", slice(0, 2)),
+            "train": encode("train", slice(2, None)), "test": encode("test", slice(None))}
+
+
+def build_head(name: str, make_config: Callable[..., Any]) -> Any:
+    head_cls = HEADS.get(name)
+    return head_cls(_head_config(make_config(), name))
+
+
+def fit(head: Any, data: dict[str, Any], backbone: CLIPBackbone, make_config: Callable[..., Any], seed: int = 1) -> Any:
+    """Fit the way the pipeline does: shot-free heads see no images."""
+    task = Task(data["classes"], make_config().prompts.templates, backbone, seed)
+    return head.fit(task, data["train"], data["val"]) if head.uses_shots else head.fit(task)
+
+
+@pytest.fixture(params=list_heads())
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_registry_lists_the_builtin_heads() -> None:
+    assert {"zero_shot", "linear_probe"} <= set(list_heads())
+
+
+def test_head_class_declares_name_config_and_shots(name: str) -> None:
+    head_cls = HEADS.get(name)
+    assert head_cls.name == name
+    assert isinstance(head_cls.uses_shots, bool)
+    assert issubclass(head_cls.Config, ConfigBlock)
+    assert head_cls().config == head_cls.Config()  # every hyperparameter has a default
+
+
+def test_init_only_stores_config(name: str, make_config: Callable[..., Any]) -> None:
+    config = _head_config(make_config(), name)
+    head = HEADS.get(name)(config)
+    assert vars(head) == {"config": config}  # no learned state (nothing ending in "_") before fit
+    assert head.config is config
+
+
+def test_fit_returns_self_and_learned_state_ends_in_underscore(name: str, shape_data: dict, backbone: CLIPBackbone,
+                                                               make_config: Callable[..., Any]) -> None:
+    head = build_head(name, make_config)
+    assert fit(head, shape_data, backbone, make_config) is head
+    learned = set(vars(head)) - {"config"}
+    assert learned and all(attr.endswith("_") for attr in learned), learned
+    assert isinstance(head.history_, list)
+
+
+def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbone: CLIPBackbone,
+                                            make_config: Callable[..., Any]) -> None:
+    head = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    test = shape_data["test"].features
+    logits = head.logits(test)
+    assert logits.shape == (len(test), len(shape_data["classes"]))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert not logits.requires_grad
+    predictions = head.predict(test)
+    assert predictions.dtype == torch.long
+    assert torch.equal(predictions, logits.argmax(dim=-1))
+    assert torch.equal(head.logits(test[3:5]), logits[3:5])  # one image's logits do not depend on the batch
+
+
+def test_same_seed_fits_the_same_head(name: str, shape_data: dict, backbone: CLIPBackbone,
+                                      make_config: Callable[..., Any]) -> None:
+    first = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    second = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    test = shape_data["test"].features
+    assert torch.equal(first.logits(test), second.logits(test))
+
+
+def test_trainable_parameters_count(name: str, shape_data: dict, backbone: CLIPBackbone,
+                                    make_config: Callable[..., Any]) -> None:
+    if name not in EXPECTED_TRAINABLE:
+        pytest.fail(f"head {name!r}: add its trainable-parameter count to EXPECTED_TRAINABLE in {__file__}")
+    head = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    count = head.trainable_parameters()
+    assert type(count) is int
+    assert count == EXPECTED_TRAINABLE[name](backbone.dim, len(shape_data["classes"]))
+
+
+def test_linear_probe_trainable_parameters_on_512_dim_features(make_config: Callable[..., Any]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 512, generator=generator)
+    labels = torch.arange(40) % 10
+    head = HEADS.get("linear_probe")(make_config("training.epochs=2").training)
+    head.fit(Task([f"class {i}" for i in range(10)], seed=0), FeatureSet(features, labels))
+    assert head.trainable_parameters() == 5130 == EXPECTED_TRAINABLE["linear_probe"](512, 10)
+    assert sum(t.numel() for t in head.state_dict().values()) == 5130
+
+
+def test_save_then_load_gives_identical_logits_without_backbone(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    head = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    templates = make_config().prompts.templates
+    stem = tmp_path / "heads" / name / "shot_1-seed_1"
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a head was pickled or needed the backbone")
+
+    for module, attr in ((pickle, "dump"), (pickle, "dumps"), (torch, "save"), (torch, "load"),
+                         (fewclip.backbones, "load_backbone"), (fewclip.backbones.CLIPBackbone, "__init__")):
+        monkeypatch.setattr(module, attr, refuse)
+    save_head(head, stem, shape_data["classes"], {"templates": templates})
+    loaded, meta = load_head(stem)
+    monkeypatch.undo()
+
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [f"heads/{name}/shot_1-seed_1.json", f"heads/{name}/shot_1-seed_1.safetensors"]
+    with safe_open(str(stem.with_suffix(".safetensors")), framework="pt") as tensors:
+        assert set(tensors.keys()) == set(head.state_dict())
+    on_disk = json.loads(stem.with_suffix(".json").read_text())
+    assert on_disk == meta
+    assert meta["head"] == name and meta["class_names"] == shape_data["classes"]
+    assert meta["config"] == head.config.model_dump(mode="json")
+    assert meta["trainable_params"] == head.trainable_parameters()
+
+    assert type(loaded) is type(head)
+    assert loaded.config == head.config
+    test = shape_data["test"].features
+    assert torch.equal(loaded.logits(test), head.logits(test))
+    assert torch.equal(loaded.predict(test), head.predict(test))
+    assert loaded.trainable_parameters() == head.trainable_parameters()
+    assert loaded.history_ == head.history_
+
+
+def test_load_of_an_untrained_head_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="was not trained"):
+        load_head(tmp_path / "linear_probe" / "shot_1-seed_1")
+
+
+def test_shape_features_are_what_the_suite_thinks(shape_data: dict) -> None:
+    """Guard the fixture: 3 classes, 10 train / 2 val per class, distinct images."""
+    assert [len(shape_data[s]) for s in ("train", "val", "test")] == [30, 6, 18]
+    digests = {hashlib.sha1(row.numpy().tobytes()).hexdigest() for s in ("train", "val", "test")
+               for row in shape_data[s].features}
+    assert len(digests) == 54
