@@ -165,7 +165,8 @@ def train(ctx: RunContext) -> list[str]:
             continue
         head_cls = HEADS.get(method)
         head = head_cls(_head_config(ctx.config, method))
-        task = Task(classes.readable, ctx.config.prompts.templates, ctx.backbone, seed, ctx.config.output.progress)
+        backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
+        task = Task(classes.readable, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress)
         start = time.perf_counter()
         if shots:
             head.fit(task, _feature_set(ctx, train_records), _feature_set(ctx, val_records))

@@ -43,6 +43,7 @@ class Task:
 class Head(Protocol):
     name: ClassVar[str]
     uses_shots: ClassVar[bool]  # False: trained once, without images (zero-shot)
+    uses_text: ClassVar[bool]  # True: fit needs Task.backbone (the text tower)
     history_: list[dict[str, float]]
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "Head": ...
@@ -80,6 +81,7 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
             "class_names": list(class_names),
             "trainable_params": head.trainable_parameters(),
             "history": head.history_,
+            "best_epoch": getattr(head, "best_epoch_", None),
             **(meta or {}),
         },
     )

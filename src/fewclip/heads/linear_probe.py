@@ -28,6 +28,7 @@ class LinearProbeConfig(ConfigBlock):
 
 class LinearProbeHead:
     name: ClassVar[str] = "linear_probe"
+    uses_text: ClassVar[bool] = False
     uses_shots: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
     Config = LinearProbeConfig

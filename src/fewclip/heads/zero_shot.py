@@ -16,6 +16,7 @@ class ZeroShotConfig(ConfigBlock):
 
 class ZeroShotHead:
     name: ClassVar[str] = "zero_shot"
+    uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = False
     config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
