@@ -1,6 +1,6 @@
 """The run config: one YAML with typed, validated blocks and dotted ``key=value`` overrides.
 
-Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, wandb, output,
+Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, cocoop, wandb, output,
 cache, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
 """
 
@@ -20,6 +20,7 @@ from .backbones.hf_clip import ModelConfig
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .heads import list_heads
+from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
 from .heads.linear_probe import LinearProbeConfig
 
@@ -98,6 +99,7 @@ class Config(ConfigBlock):
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     training: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
     coop: CoOpConfig = Field(default_factory=CoOpConfig)
+    cocoop: CoCoOpConfig = Field(default_factory=CoCoOpConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

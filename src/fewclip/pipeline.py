@@ -166,7 +166,9 @@ def train(ctx: RunContext) -> list[str]:
         head_cls = HEADS.get(method)
         head = head_cls(_head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
-        task = Task(classes.readable, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress)
+        checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
+        task = Task(classes.readable, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
+                    shots=shots, checkpoint=checkpoint)
         start = time.perf_counter()
         if shots:
             head.fit(task, _feature_set(ctx, train_records), _feature_set(ctx, val_records))
@@ -177,6 +179,8 @@ def train(ctx: RunContext) -> list[str]:
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
                  "features_key": ctx.cache.key}
         save_head(head, stem, classes.readable, extra)
+        checkpoint.unlink(missing_ok=True)
+        checkpoint.with_suffix(".json").unlink(missing_ok=True)
         if head.history_:
             cols = list(head.history_[0])
             write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
@@ -212,6 +216,8 @@ def evaluate(ctx: RunContext) -> Path:
             log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
             continue
         head, meta = load_head(stem)
+        if hasattr(head, "attach"):  # heads whose prompts depend on the image need the text tower
+            head.attach(ctx.backbone, classes.readable)
         logits = head.logits(test.features)
         pred = _save_predictions(ctx.layout.predictions / f"{unit_name(method, shots, seed)}-test", test_records, logits, classes)
         scores = summarize(test.labels.numpy(), pred, n_classes)

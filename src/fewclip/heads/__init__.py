@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import FeatureSet, Head, Task, load_head, normalize, read_head_meta, save_head
+from .cocoop import CoCoOpConfig, CoCoOpHead
+from .coop import CoOpConfig, CoOpHead
 from .linear_probe import LinearProbeConfig, LinearProbeHead
 from .zero_shot import ZeroShotConfig, ZeroShotHead
 
 HEADS: Registry[type] = Registry("head")
 HEADS.register(ZeroShotHead.name, ZeroShotHead)
 HEADS.register(LinearProbeHead.name, LinearProbeHead)
+HEADS.register(CoOpHead.name, CoOpHead)
+HEADS.register(CoCoOpHead.name, CoCoOpHead)
 
 
 def list_heads() -> list[str]:
@@ -17,6 +21,6 @@ def list_heads() -> list[str]:
 
 
 __all__ = [
-    "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "ZeroShotConfig",
+    "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "ZeroShotConfig",
     "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",
 ]

@@ -38,6 +38,8 @@ class Task:
     backbone: Any = None  # CLIPBackbone; needed by heads that read text (zero-shot, prompt learning)
     seed: int = 0
     progress: bool = False
+    shots: int = 0  # the shot budget being trained (some heads scale epochs with it)
+    checkpoint: Path | None = None  # where an iterative head saves per-epoch state to resume from
 
 
 class Head(Protocol):

@@ -1,30 +1,170 @@
-"""CoOp (context optimisation): the `coop` config block.
-
-The block is validated today so reference configs load unchanged; the head itself (learned context
-through the frozen text tower) is the prompt-learning issue's work and registers here when it lands.
+"""CoOp (context optimisation): learned context vectors in front of (or around) the class name,
+through the frozen text tower. CLIP stays frozen; only the context trains (16 x 512 = 8,192
+parameters for ViT-B/32 with shared context). A trained CoOp reduces to fixed class text features,
+so predicting is one matmul.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
+from torch import nn
 
+from ..backbones.prompt_tower import PromptTextTower
 from ..configbase import ConfigBlock
+from .base import FeatureSet, Task, normalize
+from .prompt_learning import TrainSettings, assemble, build_layout, init_context, train_prompt_module
 
 
 class CoOpConfig(ConfigBlock):
     """The `coop` block, with the reference CoOp defaults."""
 
-    n_ctx: int = Field(16, ge=1, description="Learnable context tokens (ignored when ctx_init is set).")
+    n_ctx: int = Field(16, ge=1, description="Learnable context tokens (ctx_init's token count when it is set).")
     ctx_init: str | None = Field(None, description="Words whose token embeddings initialise the context.")
     class_token_position: Literal["end", "middle", "front"] = "end"
-    class_specific_context: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    epochs: int = Field(50, ge=1)
+    class_specific_context: bool = Field(False, description="One context per class (C x n_ctx x width).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
+    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.002, gt=0)
+    lr: float = Field(0.002, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-5, gt=0)
+    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
+    select: Literal["val_macro_f1", "last"] = Field("val_macro_f1", description="Keep the best epoch on val, or the last.")
+
+    @model_validator(mode="after")
+    def _init_is_shared(self) -> "CoOpConfig":
+        if self.ctx_init and self.class_specific_context:
+            raise ValueError(
+                "ctx_init and class_specific_context: true cannot be combined (as in the reference CoOp, "
+                "ctx_init wins there and gives one shared context); drop ctx_init for per-class contexts, "
+                "or set class_specific_context: false"
+            )
+        return self
+
+    def epochs_for(self, shots: int) -> int:
+        if isinstance(self.epochs, int):
+            return self.epochs
+        if shots in self.epochs:
+            return self.epochs[shots]
+        smaller = [k for k in self.epochs if k <= shots]
+        return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
+
+    def settings(self, shots: int) -> TrainSettings:
+        return TrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr)
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class ContextParams(nn.Module):
+    """The trainable part of CoOp: context vectors (n_ctx, w) or (C, n_ctx, w)."""
+
+    def __init__(self, ctx: torch.Tensor) -> None:
+        super().__init__()
+        self.ctx = nn.Parameter(ctx)
+
+
+class CoOpPrompts:
+    """Class prompts with learned context -> class text features, on a frozen tower."""
+
+    def __init__(self, backbone: Any, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
+        self.tower = PromptTextTower(backbone.model)
+        self.device = next(backbone.model.parameters()).device
+        self.layout = build_layout(backbone.tokenizer, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
+        with torch.no_grad():
+            self.base = self.tower.embed_tokens(self.layout.token_ids.to(self.device)).detach()  # (C, L, w)
+        self.precision = precision
+
+    def features(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx (n_ctx, w) or (C, n_ctx, w) -> (C, d) normalised class text features."""
+        ctx = ctx.to(self.device)
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(self.base.shape[0], -1, -1)
+        with autocast_for(self.precision, self.device):
+            prompts = assemble(self.base, ctx, self.layout.ctx_positions.to(self.device))
+            out = self.tower(prompts, self.layout.eot_positions.to(self.device))
+        return normalize(out.float()).cpu()
+
+
+class CoOpHead:
+    name: ClassVar[str] = "coop"
+    uses_text: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = "coop"
+    Config = CoOpConfig
+
+    def __init__(self, config: CoOpConfig | None = None) -> None:
+        self.config = config or CoOpConfig()
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
+        if task.backbone is None:
+            raise ValueError("coop needs the backbone's text tower (Task.backbone is None)")
+        if train is None or len(train) == 0:
+            raise ValueError("coop needs training features")
+        cfg, n_classes = self.config, len(task.class_names)
+        generator = torch.Generator().manual_seed(task.seed)
+        ctx, n_ctx = init_context(PromptTextTower(task.backbone.model), task.backbone.tokenizer, cfg.n_ctx,
+                                  cfg.ctx_init, n_classes, cfg.class_specific_context, generator)
+        prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, "coop")
+        params = ContextParams(ctx)
+        scale = task.backbone.logit_scale
+
+        def logits_fn(features: torch.Tensor) -> torch.Tensor:
+            return scale * normalize(features) @ prompts.features(params.ctx).T
+
+        settings = cfg.settings(task.shots)
+        history, best_epoch, last = train_prompt_module(
+            params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, settings,
+            task.seed, task.checkpoint)
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.n_ctx_ = n_ctx
+        self.ctx_ = params.ctx.detach().clone()
+        self.last_ctx_ = last["ctx"]
+        self.logit_scale_ = torch.tensor(scale)
+        with torch.no_grad():
+            self.class_text_features_ = prompts.features(self.ctx_)
+        return self
+
+    def transfer(self, backbone: Any, class_names: list[str]) -> "CoOpHead":
+        """The same learned context on other class names (base-to-new evaluation)."""
+        head = CoOpHead(self.config)
+        head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
+        prompts = CoOpPrompts(backbone, class_names, self.n_ctx_, self.config.class_token_position,
+                              self.config.precision, "coop")
+        if self.ctx_.dim() == 3:
+            raise ValueError("coop: class-specific contexts cannot be transferred to new classes")
+        with torch.no_grad():
+            head.class_text_features_ = prompts.features(self.ctx_)
+        return head
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale_ * normalize(features) @ self.class_text_features_.T
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.ctx_, "last_ctx": self.last_ctx_, "class_text_features": self.class_text_features_,
+                "logit_scale": self.logit_scale_.reshape(1)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.ctx_, self.last_ctx_ = tensors["ctx"], tensors["last_ctx"]
+        self.class_text_features_ = tensors["class_text_features"]
+        self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.n_ctx_ = int(self.ctx_.shape[-2])
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return int(self.ctx_.numel()) if hasattr(self, "ctx_") else 0

@@ -1,0 +1,163 @@
+"""CoCoOp (conditional context optimisation): CoOp's context plus a per-image shift from a meta-net.
+
+meta-net: Linear(d -> d/16) -> ReLU -> Linear(-> text width) on the normalised image feature; its
+output is added to every context token, so each image gets its own prompts for every class. All
+(image, class) prompts of a step go through the text tower in chunked batched calls; under autograd
+each chunk is checkpointed, so peak memory is bounded by one chunk (``max_prompts_per_call``), and the
+batch size is a free parameter (the reference trains at batch 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.checkpoint import checkpoint as grad_checkpoint
+
+from ..configbase import ConfigBlock
+from .base import FeatureSet, Task, normalize
+from .coop import CoOpPrompts
+from .prompt_learning import TrainSettings, assemble, init_context, train_prompt_module
+from ..backbones.prompt_tower import PromptTextTower
+
+
+class CoCoOpConfig(ConfigBlock):
+    """The `cocoop` block, with the reference CoCoOp defaults (batch size is free here)."""
+
+    n_ctx: int = Field(4, ge=1, description="Context tokens (ctx_init's token count when it is set).")
+    ctx_init: str | None = Field("a photo of a", description="Words whose token embeddings initialise the context.")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1, description="Images per step; every image runs all class prompts.")
+    lr: float = Field(0.002, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+    max_prompts_per_call: int = Field(1024, ge=1, description="Memory budget: prompts per text-tower call.")
+    select: Literal["val_macro_f1", "last"] = "val_macro_f1"
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr)
+
+
+class CoCoOpParams(nn.Module):
+    def __init__(self, ctx: torch.Tensor, image_dim: int) -> None:
+        super().__init__()
+        self.ctx = nn.Parameter(ctx)  # (n_ctx, w)
+        hidden = max(image_dim // 16, 1)
+        self.meta_net = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, ctx.shape[-1]))
+
+
+class CoCoOpHead:
+    name: ClassVar[str] = "cocoop"
+    uses_text: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = "cocoop"
+    Config = CoCoOpConfig
+
+    def __init__(self, config: CoCoOpConfig | None = None) -> None:
+        self.config = config or CoCoOpConfig()
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def _conditional_logits(self, params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor,
+                            scale: float) -> torch.Tensor:
+        """(b, d) image features -> (b, C) logits, every (image, class) prompt through the tower."""
+        image = normalize(features.float()).to(prompts.device)
+        shifted = params.ctx.to(prompts.device)[None] + params.meta_net.to(prompts.device)(image)[:, None]  # (b, n_ctx, w)
+        n_images, n_classes = image.shape[0], prompts.base.shape[0]
+        positions = prompts.layout.ctx_positions.to(prompts.device)
+        eot = prompts.layout.eot_positions.to(prompts.device).repeat(n_images)  # (b*C,)
+        flat_ctx = shifted[:, None].expand(-1, n_classes, -1, -1).reshape(n_images * n_classes, *shifted.shape[1:])
+        flat_base = prompts.base[None].expand(n_images, -1, -1, -1).reshape(n_images * n_classes, *prompts.base.shape[1:])
+        flat_pos = positions.repeat(n_images, 1)
+        chunk = self.config.max_prompts_per_call
+        outputs = []
+        for start in range(0, flat_ctx.shape[0], chunk):
+            stop = start + chunk
+            args = (flat_base[start:stop], flat_ctx[start:stop], flat_pos[start:stop], eot[start:stop])
+            if torch.is_grad_enabled():
+                outputs.append(grad_checkpoint(self._tower_call, prompts, *args, use_reentrant=False))
+            else:
+                outputs.append(self._tower_call(prompts, *args))
+        text = normalize(torch.cat(outputs).float()).reshape(n_images, n_classes, -1)  # (b, C, d)
+        return (scale * torch.einsum("bd,bcd->bc", image, text)).cpu()
+
+    @staticmethod
+    def _tower_call(prompts: CoOpPrompts, base: torch.Tensor, ctx: torch.Tensor, positions: torch.Tensor,
+                    eot: torch.Tensor) -> torch.Tensor:
+        from .coop import autocast_for
+
+        with autocast_for(prompts.precision, prompts.device):
+            return prompts.tower(assemble(base, ctx, positions), eot).float()
+
+    # -- the contract ----------------------------------------------------------------------------
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
+        if task.backbone is None:
+            raise ValueError("cocoop needs the backbone's text tower (Task.backbone is None)")
+        if train is None or len(train) == 0:
+            raise ValueError("cocoop needs training features")
+        cfg, n_classes = self.config, len(task.class_names)
+        generator = torch.Generator().manual_seed(task.seed)
+        ctx, n_ctx = init_context(PromptTextTower(task.backbone.model), task.backbone.tokenizer, cfg.n_ctx,
+                                  cfg.ctx_init, n_classes, False, generator)
+        torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
+        params = CoCoOpParams(ctx, train.features.shape[1])
+        self.attach(task.backbone, task.class_names, n_ctx)
+        scale = task.backbone.logit_scale
+
+        def logits_fn(features: torch.Tensor) -> torch.Tensor:
+            return self._conditional_logits(params, self.prompts_, features, scale)
+
+        history, best_epoch, _ = train_prompt_module(
+            params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, cfg.settings(),
+            task.seed, task.checkpoint)
+        self.history_, self.best_epoch_, self.n_ctx_ = history, best_epoch, n_ctx
+        self.params_ = params.requires_grad_(False)
+        self.logit_scale_ = torch.tensor(scale)
+        return self
+
+    def attach(self, backbone: Any, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
+        """Bind the frozen text tower and class names (needed to predict: prompts depend on the image)."""
+        n_ctx = n_ctx if n_ctx is not None else self.n_ctx_
+        self.prompts_ = CoOpPrompts(backbone, list(class_names), n_ctx, "end", self.config.precision, "cocoop")
+        return self
+
+    def transfer(self, backbone: Any, class_names: list[str]) -> "CoCoOpHead":
+        head = CoCoOpHead(self.config)
+        head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
+        return head.attach(backbone, class_names)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "prompts_"):
+            raise RuntimeError("cocoop: call attach(backbone, class_names) after loading, before predicting")
+        with torch.no_grad():
+            chunks = [self._conditional_logits(self.params_, self.prompts_, features[i : i + 256], float(self.logit_scale_))
+                      for i in range(0, features.shape[0], 256)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.prompts_.base.shape[0])
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}
+        tensors["logit_scale"] = self.logit_scale_.reshape(1)
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        ctx = tensors["params.ctx"]
+        image_dim = tensors["params.meta_net.0.weight"].shape[1]
+        self.params_ = CoCoOpParams(ctx.clone(), image_dim).requires_grad_(False)
+        self.params_.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("params.")})
+        self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.n_ctx_ = int(ctx.shape[0])
+        self.best_epoch_ = meta.get("best_epoch")
+        self.history_ = meta.get("history", [])
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.params_.parameters()) if hasattr(self, "params_") else 0

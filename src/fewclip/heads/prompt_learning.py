@@ -1,0 +1,232 @@
+"""What CoOp and CoCoOp share: prompt layouts, context initialisation, the schedule and the training loop.
+
+A prompt for class c is ``[SOS] [ctx]*n [name tokens] [.] [EOT]`` (``end``), ``[SOS] [ctx]*n/2 [name]
+[ctx]*n/2 [.] [EOT]`` (``middle``) or ``[SOS] [name] [ctx]*n [.] [EOT]`` (``front``); the context
+vectors are scattered into the token embeddings at ``ctx_positions`` so one code path serves all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..fileio import atomic_write_text
+from ..metrics import summarize
+from .base import FeatureSet
+
+Position = Literal["end", "middle", "front"]
+
+
+@dataclass
+class PromptLayout:
+    token_ids: torch.Tensor  # (C, L) ids; context slots hold the SOS id as a placeholder
+    ctx_positions: torch.Tensor  # (C, n_ctx) where each class's context vectors go
+    eot_positions: torch.Tensor  # (C,)
+
+    @property
+    def length(self) -> int:
+        return int(self.token_ids.shape[1])
+
+
+def _word_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def context_init_ids(tokenizer: Any, words: str) -> list[int]:
+    """Token ids of ``ctx_init`` words ("a photo of a" -> 4 ids); their count becomes n_ctx."""
+    ids = _word_ids(tokenizer, words.replace("_", " ").strip())
+    if not ids:
+        raise ValueError(f"ctx_init {words!r} has no tokens")
+    return ids
+
+
+def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
+                 key: str = "coop") -> PromptLayout:
+    """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask)."""
+    sos, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
+    period = _word_ids(tokenizer, ".")
+    rows, ctx_rows, eots = [], [], []
+    for name in class_names:
+        name_ids = _word_ids(tokenizer, name)
+        if position == "end":
+            parts = [[sos], None, name_ids]
+        elif position == "front":
+            parts = [[sos], name_ids, None]
+        else:
+            parts = [[sos], None, name_ids, None]
+        ids: list[int] = []
+        ctx_pos: list[int] = []
+        halves = [n_ctx // 2, n_ctx - n_ctx // 2] if position == "middle" else [n_ctx]
+        for part in parts:
+            if part is None:
+                count = halves.pop(0)
+                ctx_pos += range(len(ids), len(ids) + count)
+                ids += [sos] * count
+            else:
+                ids += part
+        ids += period + [eot]
+        if len(ids) > max_positions:
+            raise ValueError(
+                f"{key}: the prompt for class {name!r} needs {len(ids)} tokens ({n_ctx} context + "
+                f"{len(name_ids)} for the name + SOS, '.', EOT) but the model has {max_positions} positions; "
+                f"lower {key}.n_ctx or shorten the class name (dataset.rename)"
+            )
+        rows.append(ids)
+        ctx_rows.append(ctx_pos)
+        eots.append(len(ids) - 1)
+    length = max(len(r) for r in rows)
+    token_ids = torch.tensor([r + [eot] * (length - len(r)) for r in rows], dtype=torch.long)
+    return PromptLayout(token_ids, torch.tensor(ctx_rows, dtype=torch.long), torch.tensor(eots, dtype=torch.long))
+
+
+def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:
+    """Put context vectors into prompt embeddings.
+
+    base_embeds: (..., C, L, w) token embeddings; ctx: (..., C, n_ctx, w) (broadcast over leading dims);
+    ctx_positions: (C, n_ctx). Returns (..., C, L, w), differentiable w.r.t. ctx.
+    """
+    lead = torch.broadcast_shapes(base_embeds.shape[:-2], ctx.shape[:-2])
+    base = base_embeds.expand(*lead, *base_embeds.shape[-2:])
+    index = ctx_positions.expand(*lead[:-1], *ctx_positions.shape).unsqueeze(-1).expand(*lead, ctx_positions.shape[1], base.shape[-1])
+    return base.scatter(-2, index, ctx.expand(*lead, *ctx.shape[-2:]).to(base.dtype))
+
+
+def init_context(tower: Any, tokenizer: Any, n_ctx: int, ctx_init: str | None, n_classes: int,
+                 class_specific: bool, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Context vectors (n_ctx, w) or (C, n_ctx, w): ctx_init's token embeddings, else N(0, 0.02)."""
+    if ctx_init:
+        ids = torch.tensor(context_init_ids(tokenizer, ctx_init))
+        with torch.no_grad():
+            ctx = tower.embed_tokens(ids).detach().float().clone()
+        return ctx, len(ids)
+    shape = (n_classes, n_ctx, tower.width) if class_specific else (n_ctx, tower.width)
+    return torch.randn(shape, generator=generator) * 0.02, n_ctx
+
+
+def lr_at_epoch(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """Constant warm-up then cosine annealing over the remaining epochs (epoch is 0-based)."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    span = max(epochs - warmup_epochs, 1)
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    warmup_lr: float
+
+
+def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                     history: list[dict[str, float]], best: tuple[int, float, dict[str, torch.Tensor]] | None) -> None:
+    tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
+    for i, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{i}.{name}"] = value.detach().clone()
+    if best is not None:
+        tensors.update({f"best.{k}": v for k, v in best[2].items()})
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    meta = {"epoch": epoch, "history": history, "best_epoch": best[0] if best else None,
+            "best_score": best[1] if best else None}
+    # The JSON is written last and names the epoch its tensors belong to.
+    tmp.replace(path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+
+
+def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list, Any] | None:
+    meta_file = path.with_suffix(".json")
+    if not (path.is_file() and meta_file.is_file()):
+        return None
+    meta = json.loads(meta_file.read_text())
+    tensors = load_file(str(path))
+    module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+    best = None
+    if meta["best_epoch"] is not None:
+        best = (meta["best_epoch"], meta["best_score"], {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+    return meta["epoch"], meta["history"], best
+
+
+def train_prompt_module(
+    module: nn.Module,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: FeatureSet,
+    val: FeatureSet | None,
+    n_classes: int,
+    settings: TrainSettings,
+    seed: int,
+    checkpoint: Path | None = None,
+    val_logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[list[dict[str, float]], int, dict[str, torch.Tensor]]:
+    """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
+
+    Leaves the epoch best on val macro-F1 (the last one without val) in ``module`` and returns
+    (history, best_epoch, state of the last epoch). With ``checkpoint``, state is saved after every epoch and a killed run
+    resumes from the last saved epoch (same result as an uninterrupted run: the data order of each
+    epoch is drawn from a generator seeded by (seed, epoch)).
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    history: list[dict[str, float]] = []
+    best: tuple[int, float, dict[str, torch.Tensor]] | None = None
+    start_epoch = 0
+    if checkpoint is not None:
+        resumed = _load_checkpoint(checkpoint, module, optimizer)
+        if resumed is not None:
+            start_epoch, history, best = resumed
+    x, y = train.features, train.labels
+    for epoch in range(start_epoch, settings.epochs):
+        lr = lr_at_epoch(epoch, settings.epochs, settings.lr, settings.warmup_epochs, settings.warmup_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        total = 0.0
+        module.train()
+        for start in range(0, len(y), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            loss = nn.functional.cross_entropy(logits_fn(x[idx]).float(), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        module.eval()
+        row = {"epoch": float(epoch + 1), "train_loss": total / len(y), "lr": lr}
+        if val is not None and len(val):
+            with torch.no_grad():
+                pred = (val_logits_fn or logits_fn)(val.features).argmax(-1)
+            scores = summarize(val.labels.numpy(), pred.numpy(), n_classes)
+            row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"])
+            if best is None or scores["macro_f1"] > best[1]:
+                best = (epoch + 1, scores["macro_f1"], _module_state(module))
+        history.append(row)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best)
+    last = _module_state(module)
+    if best is not None:
+        module.load_state_dict(best[2])
+        return history, best[0], last
+    return history, settings.epochs, last
