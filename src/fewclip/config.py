@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from .backbones.hf_clip import ModelConfig
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
+from .data.subsample import Subsample
 from .heads import list_heads
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
@@ -66,6 +67,9 @@ class FewShotConfig(ConfigBlock):
 class SplitsConfig(ConfigBlock):
     val_per_class: int = Field(4, ge=0, description="Validation images per class (model selection only).")
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="One split per seed.")
+    subsample: Subsample = Field(
+        "all", description="all | base | new classes, or base2new: train on base, evaluate on base and new."
+    )
 
 
 class WandbConfig(ConfigBlock):

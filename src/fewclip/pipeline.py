@@ -9,6 +9,7 @@ evaluate -> results/summary.csv, results/per_class.csv, results/zero_shot_templa
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from .config import Config
 from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
+from .data.subsample import eval_views, train_view
 from .features import FeatureCache, extract_features, load_features
 from .fileio import atomic_write_bytes, atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet, Task, load_head, read_head_meta, save_head
@@ -136,7 +138,7 @@ def _head_config(config: Config, method: str) -> Any:
     return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
 
 
-def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record], classes: ClassNames) -> str:
+def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record], class_names: list[str]) -> str:
     """Hash of everything a trained head depends on; a changed input retrains, an unchanged one is skipped."""
     payload = {
         "method": method,
@@ -144,7 +146,7 @@ def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record
         "features": ctx.cache.key,
         "train": [r.sha1 for r in train],
         "val": [r.sha1 for r in val],
-        "classes": classes.readable,
+        "classes": class_names,
         "templates": ctx.config.prompts.templates,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -154,12 +156,15 @@ def train(ctx: RunContext) -> list[str]:
     """Fit every (method, shots, seed); already-trained units with the same inputs are skipped."""
     ctx.write_config()
     classes, _, _ = load_prepared(ctx.layout)
+    view = train_view(len(classes.readable), ctx.config.splits.subsample)
+    class_names = view.names(classes.readable)
     trained = []
     for method, shots, seed in units(ctx.config):
         stem = ctx.layout.heads / unit_name(method, shots, seed)
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
-        train_records, val_records = _available(ctx, train_records), _available(ctx, val_records)
-        key = _fit_key(ctx, method, train_records, val_records, classes)
+        train_records = view.select(_available(ctx, train_records))
+        val_records = view.select(_available(ctx, val_records))
+        key = _fit_key(ctx, method, train_records, val_records, class_names)
         meta = read_head_meta(stem)
         if meta is not None and meta.get("fit_key") == key:
             continue
@@ -167,7 +172,7 @@ def train(ctx: RunContext) -> list[str]:
         head = head_cls(_head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
-        task = Task(classes.readable, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
+        task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
                     shots=shots, checkpoint=checkpoint)
         start = time.perf_counter()
         if shots:
@@ -178,7 +183,7 @@ def train(ctx: RunContext) -> list[str]:
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
                  "features_key": ctx.cache.key}
-        save_head(head, stem, classes.readable, extra)
+        save_head(head, stem, class_names, extra)
         checkpoint.unlink(missing_ok=True)
         checkpoint.with_suffix(".json").unlink(missing_ok=True)
         if head.history_:
@@ -190,54 +195,86 @@ def train(ctx: RunContext) -> list[str]:
     return trained
 
 
-def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, classes: ClassNames) -> np.ndarray:
+def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> np.ndarray:
     probs = torch.softmax(logits.float(), dim=-1)
     confidence, pred = probs.max(dim=-1)
     write_csv(path.with_suffix(".csv"), ("path", "label", "class_name", "pred", "pred_name", "confidence"),
-              ((r.path, r.label, r.class_name, int(p), classes.readable[int(p)], f"{float(c):.6f}")
+              ((r.path, r.label, r.class_name, int(p), class_names[int(p)], f"{float(c):.6f}")
                for r, p, c in zip(records, pred, confidence)))
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     np.save(buffer, logits.float().numpy())
     atomic_write_bytes(path.with_suffix(".logits.npy"), buffer.getvalue())
     return pred.numpy()
 
 
+def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list[str]) -> Any:
+    """The trained head, or its transfer to other class names (base-to-new); None if it cannot."""
+    if names == meta["class_names"]:
+        if hasattr(head, "attach"):  # prompts that depend on the image need the text tower
+            head.attach(ctx.backbone, names)
+        return head
+    if not hasattr(head, "transfer"):
+        return None
+    return head.transfer(ctx.backbone, names)
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
 def evaluate(ctx: RunContext) -> Path:
-    """Score every trained head on the test split; write summary, per-class metrics and predictions."""
+    """Score every trained head on each evaluation view of the test split (all classes, or base and new);
+    write summary (with the base/new harmonic mean), per-class metrics and predictions."""
     ctx.write_config()
-    classes, _, test_records = load_prepared(ctx.layout)
-    test_records = _available(ctx, test_records)
-    test = _feature_set(ctx, test_records)
-    n_classes = len(classes.readable)
+    classes, _, all_test = load_prepared(ctx.layout)
+    all_test = _available(ctx, all_test)
+    views = eval_views(len(classes.readable), ctx.config.splits.subsample)
     summary, per_class_rows, template_rows = [], [], []
+    warned: set[tuple[str, str]] = set()
     for method, shots, seed in units(ctx.config):
         stem = ctx.layout.heads / unit_name(method, shots, seed)
         if read_head_meta(stem) is None:
             log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
             continue
         head, meta = load_head(stem)
-        if hasattr(head, "attach"):  # heads whose prompts depend on the image need the text tower
-            head.attach(ctx.backbone, classes.readable)
-        logits = head.logits(test.features)
-        pred = _save_predictions(ctx.layout.predictions / f"{unit_name(method, shots, seed)}-test", test_records, logits, classes)
-        scores = summarize(test.labels.numpy(), pred, n_classes)
-        summary.append((method, shots, seed, "test", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
-                        meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test), meta.get("best_epoch") or ""))
-        stats = per_class(confusion_matrix(test.labels.numpy(), pred, n_classes))
-        for c in range(n_classes):
-            per_class_rows.append((method, shots, seed, "test", classes.readable[c], f"{stats['precision'][c]:.6f}",
-                                   f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c])))
-        if hasattr(head, "template_logits"):
-            for template, t_logits in zip(meta.get("templates", []), head.template_logits(test.features)):
-                t_scores = summarize(test.labels.numpy(), t_logits.argmax(-1).numpy(), n_classes)
-                template_rows.append((template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"))
-            template_rows.append(("<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}"))
+        accuracy: dict[str, tuple[float, float]] = {}
+        for view in views:
+            names, records = view.names(classes.readable), view.select(all_test)
+            view_head = _head_for_view(ctx, head, meta, names)
+            if view_head is None:
+                if (method, view.split) not in warned:
+                    log.warning("%s cannot classify classes it was not trained on; no %s rows", method, view.split)
+                    warned.add((method, view.split))
+                continue
+            test = _feature_set(ctx, records)
+            logits = view_head.logits(test.features)
+            pred = _save_predictions(ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{view.split}",
+                                     records, logits, names)
+            truth = test.labels.numpy()
+            scores = summarize(truth, pred, len(names))
+            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"])
+            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
+                            meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test), meta.get("best_epoch") or ""))
+            stats = per_class(confusion_matrix(truth, pred, len(names)))
+            per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
+                                f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c]))
+                               for c in range(len(names))]
+            if hasattr(view_head, "template_logits"):
+                for template, t_logits in zip(view_head.templates_, view_head.template_logits(test.features)):
+                    t_scores = summarize(truth, t_logits.argmax(-1).numpy(), len(names))
+                    template_rows.append((view.split, template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"))
+                template_rows.append((view.split, "<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}"))
+        if "base" in accuracy and "new" in accuracy:
+            (acc_b, f1_b), (acc_n, f1_n) = accuracy["base"], accuracy["new"]
+            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}",
+                            f"{harmonic_mean(f1_b, f1_n):.6f}", meta["trainable_params"],
+                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
     write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",
                                           "f1", "support"), per_class_rows)
     if template_rows:
-        write_csv(results / "zero_shot_templates.csv", ("template", "accuracy", "macro_f1"), template_rows)
+        write_csv(results / "zero_shot_templates.csv", ("split", "template", "accuracy", "macro_f1"), template_rows)
     return ctx.layout.summary
 
 

@@ -36,6 +36,10 @@ class ZeroShotHead:
         self.history_: list[dict[str, float]] = []  # nothing is trained, so no epochs to log
         return self
 
+    def transfer(self, backbone: Any, class_names: list[str]) -> "ZeroShotHead":
+        """The same templates on other class names (base-to-new evaluation)."""
+        return ZeroShotHead(self.config).fit(Task(list(class_names), self.templates_, backbone))
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) image features -> (n, C) = logit_scale * cos(image, prototype)."""
         return self.logit_scale_ * normalize(features) @ self.prototypes_.T

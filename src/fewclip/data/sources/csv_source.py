@@ -27,7 +27,7 @@ class CsvSource:
         self.config = config
         self.rows = {"train": self._read(config.train), "test": self._read(config.test) if config.test else None}
 
-    def _read(self, csv_path: str) -> list[tuple[Path, str, str]]:
+    def _read(self, csv_path: str) -> list[tuple[Path, str, str, str]]:
         file = Path(csv_path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"dataset: CSV file {file} does not exist")
@@ -42,19 +42,20 @@ class CsvSource:
             for line, row in enumerate(reader, start=2):
                 raw = row[cols[0]].strip()
                 path = Path(raw) if Path(raw).is_absolute() else root / raw
-                rows.append((path, row[cols[1]].strip(), f"{file}:{line}"))
+                rows.append((path, row[cols[1]].strip(), f"{file}:{line}", raw))
         return rows
 
     def class_names(self) -> list[str]:
-        return sorted({label for _, label, _ in self.rows["train"]})
+        return sorted({label for _, label, _, _ in self.rows["train"]})
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
         wanted = set(classes)
         held_out_split = self.rows["test"] is None
         rows = self.rows["train"] if held_out_split else self.rows[split]
-        for path, label, where in rows:
+        for path, label, where, raw in rows:
             if label not in wanted:
                 continue
-            if held_out_split and in_test_share(f"{label}/{path.name}/{where}", self.config.test_fraction) != (split == "test"):
+            # Keyed by the path as written in the CSV, so the hold-out is the same wherever the CSV lives.
+            if held_out_split and in_test_share(f"{label}/{raw}", self.config.test_fraction) != (split == "test"):
                 continue
             yield SourceItem(class_name=label, origin=where, path=path)
