@@ -14,16 +14,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+BENCH_WORDS = ["a", "photo", "of", "apple", "pie", "bibimbap", "cannoli", "edamame", "falafel", "french", "toast",
+               "ice", "cream", "ramen", "sushi", "tiramisu", "class", "number"]
+
+
 def vit_b32_random(folder: Path, seed: int = 0) -> Path:
-    """Default ``CLIPConfig()`` (= ViT-B/32: 224 px, patch 32, 512-d projection), random weights."""
+    """Default ``CLIPConfig()`` (= ViT-B/32: 224 px, patch 32, 512-d projection), random weights.
+
+    Its tokenizer has byte symbols plus one merge chain per benchmark word, so class names take about
+    as many tokens as with OpenAI's vocabulary (one or two per word)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
     from fewclip.embedded import write_byte_tokenizer
 
-    if (folder / "model.safetensors").is_file():
+    if (folder / "model.safetensors").is_file() and (folder / ".words").is_file() \
+            and (folder / ".words").read_text() == " ".join(BENCH_WORDS):
         return folder
-    vocab = write_byte_tokenizer(folder, model_max_length=77)
+    vocab = write_byte_tokenizer(folder, BENCH_WORDS, model_max_length=77)
     torch.manual_seed(seed)
     config = CLIPConfig(text_config={"vocab_size": vocab, "bos_token_id": vocab - 2, "eos_token_id": vocab - 1,
                                      "pad_token_id": vocab - 1})
@@ -31,6 +39,7 @@ def vit_b32_random(folder: Path, seed: int = 0) -> Path:
     processor = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3,
                  "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    (folder / ".words").write_text(" ".join(BENCH_WORDS))
     return folder
 
 

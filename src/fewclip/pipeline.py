@@ -185,7 +185,6 @@ def train(ctx: RunContext) -> list[str]:
                  "features_key": ctx.cache.key}
         save_head(head, stem, class_names, extra)
         checkpoint.unlink(missing_ok=True)
-        checkpoint.with_suffix(".json").unlink(missing_ok=True)
         if head.history_:
             cols = list(head.history_[0])
             write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,

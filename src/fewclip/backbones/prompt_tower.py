@@ -47,3 +47,61 @@ class PromptTextTower(nn.Module):
         hidden = self.text_model.final_layer_norm(hidden)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions]
         return self.text_projection(pooled)
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(..., L, w) -> (..., H, L, w/H)."""
+    return x.unflatten(-1, (n_heads, -1)).transpose(-3, -2)
+
+
+def _shared_prefix_layer(layer: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CLIPEncoderLayer on prompts that share a prefix.
+
+    prefix: (G, P, w), the same for every prompt of a group; suffix: (G, C, S, w), C prompts per group.
+    Under the causal mask the prefix never sees the suffix, so it is computed once per group, and each
+    suffix attends to its group's prefix keys/values plus its own causal past: the same arithmetic as
+    running every full prompt, with the prefix's share done once instead of C times.
+    """
+    attn = layer.self_attn
+    n_heads, scale = attn.num_heads, attn.scale
+    n_suffix = suffix.shape[-2]
+
+    def qkv(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = layer.layer_norm1(h)
+        return _heads(attn.q_proj(h), n_heads), _heads(attn.k_proj(h), n_heads), _heads(attn.v_proj(h), n_heads)
+
+    q_p, k_p, v_p = qkv(prefix)  # (G, H, P, hd)
+    q_s, k_s, v_s = qkv(suffix)  # (G, C, H, S, hd)
+    out_p = nn.functional.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True, scale=scale)
+    groups, n_prompts = suffix.shape[0], suffix.shape[1]
+    k_all = torch.cat([k_p[:, None].expand(-1, n_prompts, -1, -1, -1), k_s], dim=-2)  # (G, C, H, P+S, hd)
+    v_all = torch.cat([v_p[:, None].expand(-1, n_prompts, -1, -1, -1), v_s], dim=-2)
+    n_prefix = prefix.shape[-2]
+    allowed = torch.ones(n_suffix, n_prefix + n_suffix, dtype=torch.bool, device=suffix.device)
+    allowed[:, n_prefix:] = torch.tril(allowed[:, n_prefix:])
+    out_s = nn.functional.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed, scale=scale)
+
+    def finish(h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = h + attn.out_proj(out.transpose(-3, -2).flatten(-2))
+        return h + layer.mlp(layer.layer_norm2(h))
+
+    return finish(prefix, out_p), finish(suffix, out_s)
+
+
+def encode_shared_prefix(tower: PromptTextTower, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
+                         eot_in_suffix: torch.Tensor) -> torch.Tensor:
+    """Text features of prompts ``prefix + suffix[c]`` without recomputing the shared prefix.
+
+    prefix_embeds: (G, P, w) token embeddings (with learned context) shared by a group's prompts;
+    suffix_embeds: (G, C, S, w); eot_in_suffix: (C,) EOT index within the suffix. Returns (G, C, d),
+    equal (to float rounding) to ``tower(full prompts, eot)`` (tested).
+    """
+    n_prefix, n_suffix = prefix_embeds.shape[-2], suffix_embeds.shape[-2]
+    positions = tower.text_model.embeddings.position_embedding.weight
+    prefix = prefix_embeds + positions[:n_prefix]
+    suffix = suffix_embeds + positions[n_prefix : n_prefix + n_suffix]
+    for layer in tower.text_model.encoder.layers:
+        prefix, suffix = _shared_prefix_layer(layer, prefix, suffix)
+    index = eot_in_suffix.to(suffix.device)
+    pooled = suffix[:, torch.arange(suffix.shape[1], device=suffix.device), index]  # (G, C, w)
+    return tower.text_projection(tower.text_model.final_layer_norm(pooled))

@@ -19,8 +19,8 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .coop import CoOpPrompts
-from .prompt_learning import TrainSettings, assemble, init_context, train_prompt_module
-from ..backbones.prompt_tower import PromptTextTower
+from .prompt_learning import TrainSettings, assemble, head_checkpoint_key, init_context, train_prompt_module
+from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 
 
 class CoCoOpConfig(ConfigBlock):
@@ -66,34 +66,42 @@ class CoCoOpHead:
 
     def _conditional_logits(self, params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor,
                             scale: float) -> torch.Tensor:
-        """(b, d) image features -> (b, C) logits, every (image, class) prompt through the tower."""
+        """(b, d) image features -> (b, C) logits, every (image, class) prompt through the tower.
+
+        Each image's [SOS][shifted context] prefix is shared by its C prompts and computed once; images
+        go through the tower in chunks of at most ``max_prompts_per_call`` prompts (checkpointed under
+        autograd, so memory is bounded by one chunk).
+        """
         image = normalize(features.float()).to(prompts.device)
         shifted = params.ctx.to(prompts.device)[None] + params.meta_net.to(prompts.device)(image)[:, None]  # (b, n_ctx, w)
-        n_images, n_classes = image.shape[0], prompts.base.shape[0]
-        positions = prompts.layout.ctx_positions.to(prompts.device)
-        eot = prompts.layout.eot_positions.to(prompts.device).repeat(n_images)  # (b*C,)
-        flat_ctx = shifted[:, None].expand(-1, n_classes, -1, -1).reshape(n_images * n_classes, *shifted.shape[1:])
-        flat_base = prompts.base[None].expand(n_images, -1, -1, -1).reshape(n_images * n_classes, *prompts.base.shape[1:])
-        flat_pos = positions.repeat(n_images, 1)
-        chunk = self.config.max_prompts_per_call
+        n_classes = prompts.base.shape[0]
+        per_chunk = max(1, self.config.max_prompts_per_call // n_classes)
         outputs = []
-        for start in range(0, flat_ctx.shape[0], chunk):
-            stop = start + chunk
-            args = (flat_base[start:stop], flat_ctx[start:stop], flat_pos[start:stop], eot[start:stop])
+        for start in range(0, shifted.shape[0], per_chunk):
+            chunk = shifted[start : start + per_chunk]
             if torch.is_grad_enabled():
-                outputs.append(grad_checkpoint(self._tower_call, prompts, *args, use_reentrant=False))
+                outputs.append(grad_checkpoint(self._tower_call, prompts, chunk, use_reentrant=False))
             else:
-                outputs.append(self._tower_call(prompts, *args))
-        text = normalize(torch.cat(outputs).float()).reshape(n_images, n_classes, -1)  # (b, C, d)
+                outputs.append(self._tower_call(prompts, chunk))
+        text = normalize(torch.cat(outputs).float())  # (b, C, d)
         return (scale * torch.einsum("bd,bcd->bc", image, text)).cpu()
 
     @staticmethod
-    def _tower_call(prompts: CoOpPrompts, base: torch.Tensor, ctx: torch.Tensor, positions: torch.Tensor,
-                    eot: torch.Tensor) -> torch.Tensor:
+    def _tower_call(prompts: CoOpPrompts, shifted: torch.Tensor) -> torch.Tensor:
+        """(g, n_ctx, w) per-image contexts -> (g, C, d) text features of every class prompt."""
         from .coop import autocast_for
 
+        n_images, n_classes = shifted.shape[0], prompts.base.shape[0]
+        shared = prompts.layout.shared_prefix
+        eot = prompts.layout.eot_positions.to(prompts.device)
         with autocast_for(prompts.precision, prompts.device):
-            return prompts.tower(assemble(base, ctx, positions), eot).float()
+            full = assemble(prompts.base[None], shifted[:, None].expand(-1, n_classes, -1, -1),
+                            prompts.layout.ctx_positions.to(prompts.device))  # (g, C, L, w)
+            if shared > 1:
+                out = encode_shared_prefix(prompts.tower, full[:, 0, :shared], full[:, :, shared:], eot - shared)
+            else:
+                out = prompts.tower(full.flatten(0, 1), eot.repeat(n_images)).unflatten(0, (n_images, n_classes))
+        return out.float()
 
     # -- the contract ----------------------------------------------------------------------------
 
@@ -116,7 +124,7 @@ class CoCoOpHead:
 
         history, best_epoch, _ = train_prompt_module(
             params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, cfg.settings(),
-            task.seed, task.checkpoint)
+            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg))
         self.history_, self.best_epoch_, self.n_ctx_ = history, best_epoch, n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)

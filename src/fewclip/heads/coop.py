@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from ..backbones.prompt_tower import PromptTextTower
+from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
-from .prompt_learning import TrainSettings, assemble, build_layout, init_context, train_prompt_module
+from .prompt_learning import (TrainSettings, assemble, build_layout, head_checkpoint_key, init_context,
+                              train_prompt_module)
 
 
 class CoOpConfig(ConfigBlock):
@@ -35,6 +36,14 @@ class CoOpConfig(ConfigBlock):
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     select: Literal["val_macro_f1", "last"] = Field("val_macro_f1", description="Keep the best epoch on val, or the last.")
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, epochs: int | dict[int, int]) -> int | dict[int, int]:
+        pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
+        if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
+            raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
+        return epochs
 
     @model_validator(mode="after")
     def _init_is_shared(self) -> "CoOpConfig":
@@ -89,11 +98,17 @@ class CoOpPrompts:
     def features(self, ctx: torch.Tensor) -> torch.Tensor:
         """ctx (n_ctx, w) or (C, n_ctx, w) -> (C, d) normalised class text features."""
         ctx = ctx.to(self.device)
-        if ctx.dim() == 2:
+        shared_context = ctx.dim() == 2
+        if shared_context:
             ctx = ctx.unsqueeze(0).expand(self.base.shape[0], -1, -1)
+        shared = self.layout.shared_prefix if shared_context else 1
         with autocast_for(self.precision, self.device):
-            prompts = assemble(self.base, ctx, self.layout.ctx_positions.to(self.device))
-            out = self.tower(prompts, self.layout.eot_positions.to(self.device))
+            prompts = assemble(self.base, ctx, self.layout.ctx_positions.to(self.device))  # (C, L, w)
+            eot = self.layout.eot_positions.to(self.device)
+            if shared > 1:  # the shared [SOS][context] part runs once, not once per class
+                out = encode_shared_prefix(self.tower, prompts[:1, :shared], prompts[None, :, shared:], eot - shared)[0]
+            else:
+                out = self.tower(prompts, eot)
         return normalize(out.float()).cpu()
 
 
@@ -126,7 +141,7 @@ class CoOpHead:
         settings = cfg.settings(task.shots)
         history, best_epoch, last = train_prompt_module(
             params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, settings,
-            task.seed, task.checkpoint)
+            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg))
         self.history_ = history
         self.best_epoch_ = best_epoch
         self.n_ctx_ = n_ctx

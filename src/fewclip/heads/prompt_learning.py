@@ -7,21 +7,24 @@ vectors are scattered into the token embeddings at ``ctx_positions`` so one code
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..fileio import atomic_write_text
 from ..metrics import summarize
-from .base import FeatureSet
+from .base import FeatureSet, Task
 
 Position = Literal["end", "middle", "front"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,27 @@ class PromptLayout:
     @property
     def length(self) -> int:
         return int(self.token_ids.shape[1])
+
+    @property
+    def shared_prefix(self) -> int:
+        """Leading positions identical in every class prompt when the context is shared: computed once.
+
+        ``end``: SOS + all context; ``middle``: SOS + the first half; ``front``: SOS (+ any common name
+        tokens). Capped so every prompt keeps its EOT in its own part.
+        """
+        same = (self.token_ids == self.token_ids[:1]).all(dim=0)
+        ctx_same = torch.zeros_like(same)
+        if self.ctx_positions.numel():
+            for column in range(self.ctx_positions.shape[1]):
+                if (self.ctx_positions[:, column] == self.ctx_positions[0, column]).all():
+                    ctx_same[self.ctx_positions[0, column]] = True
+        is_ctx = torch.zeros(self.token_ids.shape, dtype=torch.bool)
+        is_ctx.scatter_(1, self.ctx_positions, True)
+        # a position is shared if its token is the same everywhere and, where it holds context, it holds
+        # the same context slot everywhere
+        shared = same & (~is_ctx.any(dim=0) | ctx_same)
+        length = int(shared.int().cumprod(0).sum())
+        return min(length, int(self.eot_positions.min()))
 
 
 def _word_ids(tokenizer: Any, text: str) -> list[int]:
@@ -133,8 +157,31 @@ def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def run_key(module: nn.Module, settings: TrainSettings, seed: int, n_classes: int, train: FeatureSet,
+            val: FeatureSet | None, extra: str = "") -> str:
+    """What a checkpoint must match to be resumed: the schedule, the seed, the initial parameters, the
+    features and labels, and ``extra`` (the head's class names, config, backbone)."""
+    digest = hashlib.sha256(json.dumps([asdict(settings), seed, n_classes, extra]).encode())
+    named = sorted(module.state_dict().items()) + [("train.x", train.features), ("train.y", train.labels)]
+    if val is not None:
+        named += [("val.x", val.features), ("val.y", val.labels)]
+    for name, tensor in named:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def head_checkpoint_key(task: Task, config: Any) -> str:
+    """What else a prompt learner's checkpoint depends on: class names, the head's config, the backbone."""
+    fingerprint = getattr(task.backbone, "fingerprint", None)
+    return json.dumps({"classes": list(task.class_names), "config": config.model_dump(mode="json"),
+                       "backbone": fingerprint() if callable(fingerprint) else None}, sort_keys=True, default=str)
+
+
 def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, float]], best: tuple[int, float, dict[str, torch.Tensor]] | None) -> None:
+                     history: list[dict[str, float]], best: tuple[int, float, dict[str, torch.Tensor]] | None,
+                     key: str) -> None:
     tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
     for i, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
@@ -142,28 +189,34 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
                 tensors[f"optim.{i}.{name}"] = value.detach().clone()
     if best is not None:
         tensors.update({f"best.{k}": v for k, v in best[2].items()})
+    meta = {"epoch": epoch, "history": history, "best_epoch": best[0] if best else None,
+            "best_score": best[1] if best else None, "run_key": key}
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    meta = {"epoch": epoch, "history": history, "best_epoch": best[0] if best else None,
-            "best_score": best[1] if best else None}
-    # The JSON is written last and names the epoch its tensors belong to.
+    # The epoch and history travel in the same file as their tensors: one rename commits both, so a
+    # kill can never leave tensors of one epoch beside the history of another.
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"fewclip": json.dumps(meta)})
     tmp.replace(path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
 
 
-def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list, Any] | None:
-    meta_file = path.with_suffix(".json")
-    if not (path.is_file() and meta_file.is_file()):
+def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+                     key: str) -> tuple[int, list, Any] | None:
+    """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
+    checkpoint or it belongs to another run (other settings, data or initial parameters)."""
+    if not path.is_file():
         return None
-    meta = json.loads(meta_file.read_text())
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads((handle.metadata() or {}).get("fewclip", "{}"))
+    if meta.get("run_key") != key:
+        log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
+        return None
     tensors = load_file(str(path))
     module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, field = name.split(".", 2)
+            state["state"].setdefault(int(index), {})[field] = value
     optimizer.load_state_dict(state)
     best = None
     if meta["best_epoch"] is not None:
@@ -181,21 +234,24 @@ def train_prompt_module(
     seed: int,
     checkpoint: Path | None = None,
     val_logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    checkpoint_key: str = "",
 ) -> tuple[list[dict[str, float]], int, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
 
     Leaves the epoch best on val macro-F1 (the last one without val) in ``module`` and returns
     (history, best_epoch, state of the last epoch). With ``checkpoint``, state is saved after every epoch and a killed run
     resumes from the last saved epoch (same result as an uninterrupted run: the data order of each
-    epoch is drawn from a generator seeded by (seed, epoch)).
+    epoch is drawn from a generator seeded by (seed, epoch)). A checkpoint left by a run with other
+    settings, seed, data, initial parameters or ``checkpoint_key`` is ignored and overwritten.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     history: list[dict[str, float]] = []
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
     start_epoch = 0
+    key = run_key(module, settings, seed, n_classes, train, val, checkpoint_key) if checkpoint is not None else ""
     if checkpoint is not None:
-        resumed = _load_checkpoint(checkpoint, module, optimizer)
+        resumed = _load_checkpoint(checkpoint, module, optimizer, key)
         if resumed is not None:
             start_epoch, history, best = resumed
     x, y = train.features, train.labels
@@ -224,7 +280,7 @@ def train_prompt_module(
                 best = (epoch + 1, scores["macro_f1"], _module_state(module))
         history.append(row)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best)
+            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best, key)
     last = _module_state(module)
     if best is not None:
         module.load_state_dict(best[2])
