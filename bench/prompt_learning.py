@@ -137,7 +137,7 @@ def cocoop_step_bench(backbone, steps: int) -> None:
 
 
 MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, os, sys, threading, time, torch
 sys.path.insert(0, sys.argv[1])
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.heads import CoCoOpConfig, CoCoOpHead
@@ -153,23 +153,34 @@ prompts = CoOpPrompts(backbone, names, n_ctx, "end", "fp32", "cocoop")
 params = CoCoOpParams(ctx, backbone.dim)
 head = CoCoOpHead(CoCoOpConfig(max_prompts_per_call=int(sys.argv[3])))
 images = torch.randn(32, backbone.dim)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page / 2**20
+base, peak, done = rss(), [0.0], False
+def sample():
+    while not done:
+        peak[0] = max(peak[0], rss()); time.sleep(0.002)
+thread = threading.Thread(target=sample); thread.start()
+start = time.perf_counter()
 loss = torch.nn.functional.cross_entropy(head._conditional_logits(params, prompts, images, backbone.logit_scale), torch.arange(32) % 100)
 loss.backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_mb": before / 1024, "peak_mb": after / 1024}))
+seconds = time.perf_counter() - start
+done = True; thread.join()
+print(json.dumps({"base_mb": base, "peak_mb": peak[0], "seconds": seconds}))
 """
 
 
 def memory_bench(model_dir: Path) -> None:
-    print("\n[CoCoOp memory] one training step, 100 classes, batch 32 (3,200 prompts), peak RSS of a fresh process")
+    print("\n[CoCoOp memory] one training step, 100 classes, batch 32 (3,200 prompts), peak RSS sampled during the step")
     src = str(Path(__file__).resolve().parents[1] / "src")
     for budget in (256, 1024, 100000):
         out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, src, str(model_dir), str(budget)],
                              capture_output=True, text=True, check=True)
         numbers = json.loads(out.stdout.strip().splitlines()[-1])
         label = "unchunked" if budget >= 3200 else f"max_prompts_per_call={budget}"
-        print(f"  {label:28s} peak {numbers['peak_mb']:8.0f} MB   step adds {numbers['peak_mb'] - numbers['before_mb']:8.0f} MB")
+        print(f"  {label:28s} step adds {numbers['peak_mb'] - numbers['base_mb']:7.0f} MB over the loaded model "
+              f"({numbers['base_mb']:.0f} MB)   {numbers['seconds']:.1f} s")
 
 
 def full_run_bench(backbone) -> None:
