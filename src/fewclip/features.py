@@ -9,11 +9,13 @@ hash, so features are shared across runs, methods, shots and seeds, and a rename
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backbones.preprocess import AUGMENT_PARAMS, augment_rng, augment_view
 from .data.images import UnreadableImage, read_image
 from .data.records import Record
 from .fileio import atomic_write_bytes, atomic_write_text, write_json
@@ -100,11 +103,55 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _load_pixels(path: Path, transform: Callable[[Any], np.ndarray]) -> np.ndarray | str:
+@dataclass(frozen=True)
+class Job:
+    """One image to encode: its cache key, its file, and how its pixels are made."""
+
+    key: str
+    path: Path
+    label: str  # for messages: the record's path as written
+    transform: Callable[[Any], np.ndarray]
+
+
+def _load_pixels(job: Job) -> np.ndarray | str:
     try:
-        return transform(read_image(path))
+        return job.transform(read_image(job.path))
     except UnreadableImage as err:
         return str(err)
+
+
+def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
+                progress: bool = True, desc: str = "features") -> list[tuple[str, str]]:
+    """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones.
+
+    Images are read and preprocessed by a thread pool a few batches ahead of the encoder; each
+    encoded batch is committed as one shard, so a killed run loses at most one batch.
+    """
+    missing = set(cache.missing([j.key for j in jobs]))
+    todo = [j for j in {j.key: j for j in jobs}.values() if j.key in missing]
+    failures: list[tuple[str, str]] = []
+    if not todo:
+        return failures
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+        pending: deque[list[Future[np.ndarray | str]]] = deque()
+        for batch in batches[:2]:
+            pending.append([pool.submit(_load_pixels, job) for job in batch])
+        for index, batch in enumerate(batches):
+            loaded = [f.result() for f in pending.popleft()]
+            if index + 2 < len(batches):
+                pending.append([pool.submit(_load_pixels, job) for job in batches[index + 2]])
+            good = [(job, px) for job, px in zip(batch, loaded) if not isinstance(px, str)]
+            failures += [(job.label, px) for job, px in zip(batch, loaded) if isinstance(px, str)]
+            if good:
+                pixels = torch.from_numpy(np.stack([px for _, px in good]))
+                cache.add([job.key for job, _ in good], backbone.encode_images(pixels).numpy())
+            bar.update(len(batch))
+    bar.close()
+    for _, reason in failures:
+        log.warning("skipping unreadable image %s", reason)
+    return failures
 
 
 def extract_features(
@@ -116,41 +163,45 @@ def extract_features(
     threads: int = 2,
     progress: bool = True,
 ) -> list[tuple[str, str]]:
-    """Encode every record whose image is not cached yet; returns (image, reason) for unreadable ones.
+    """Encode every record whose image is not cached yet (CLIP's eval preprocessing)."""
+    jobs = [Job(r.sha1, r.resolve(data_dir), r.path, backbone.transform) for r in records]
+    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress)
 
-    Images are read and preprocessed by a thread pool a few batches ahead of the encoder; each
-    encoded batch is committed as one shard, so a killed run loses at most one batch.
+
+def view_key(sha1: str, view: int) -> str:
+    return f"{sha1}:{view}"
+
+
+def extract_views(
+    records: Sequence[Record],
+    data_dir: Path,
+    backbone: Any,
+    cache: FeatureCache,
+    views: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    threads: int = 2,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Encode ``views`` augmented views (random resized crop + flip) of each record, once.
+
+    ``cache`` must be the augmentation's own cache (see ``augmented_fingerprint``); view v of an
+    image is drawn from a generator seeded by (seed, image sha1, v), so it is the same on every run.
     """
-    by_sha1 = {r.sha1: r for r in records}
-    todo = [by_sha1[s] for s in cache.missing([r.sha1 for r in records])]
-    failures: list[tuple[str, str]] = []
-    if not todo:
-        return failures
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-        pending: deque[list[Future[np.ndarray | str]]] = deque()
+    jobs = []
+    for record in records:
+        for view in range(views):
+            transform = functools.partial(_augmented, backbone.transform, seed, record.sha1, view)
+            jobs.append(Job(view_key(record.sha1, view), record.resolve(data_dir), record.path, transform))
+    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, desc="augmented views")
 
-        def submit(batch: list[Record]) -> None:
-            pending.append([pool.submit(_load_pixels, r.resolve(data_dir), backbone.transform) for r in batch])
 
-        for batch in batches[:2]:
-            submit(batch)
-        for index, batch in enumerate(batches):
-            loaded = [f.result() for f in pending.popleft()]
-            if index + 2 < len(batches):
-                submit(batches[index + 2])
-            good = [(r, px) for r, px in zip(batch, loaded) if not isinstance(px, str)]
-            failures += [(r.path, px) for r, px in zip(batch, loaded) if isinstance(px, str)]
-            if good:
-                pixels = torch.from_numpy(np.stack([px for _, px in good]))
-                features = backbone.encode_images(pixels).numpy()
-                cache.add([r.sha1 for r, _ in good], features)
-            bar.update(len(batch))
-    bar.close()
-    for path, reason in failures:
-        log.warning("skipping unreadable image %s", reason)
-    return failures
+def _augmented(transform: Any, seed: int, sha1: str, view: int, image: Any) -> np.ndarray:
+    return augment_view(transform, augment_rng(seed, sha1, view), image)
+
+
+def augmented_fingerprint(fingerprint: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {**fingerprint, "augment": {**AUGMENT_PARAMS, "seed": seed}}
 
 
 def load_features(cache: FeatureCache, records: Sequence[Record]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,3 +209,9 @@ def load_features(cache: FeatureCache, records: Sequence[Record]) -> tuple[torch
     features = torch.from_numpy(cache.get([r.sha1 for r in records]))
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
     return features, labels
+
+
+def load_views(cache: FeatureCache, records: Sequence[Record], views: int) -> torch.Tensor:
+    """(n, views, dim) augmented-view features for records, in order."""
+    keys = [view_key(r.sha1, v) for r in records for v in range(views)]
+    return torch.from_numpy(cache.get(keys)).reshape(len(records), views, -1)

@@ -25,13 +25,16 @@ from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import eval_views, train_view
-from .features import FeatureCache, extract_features, load_features
+from .features import (FeatureCache, augmented_fingerprint, extract_features, extract_views, load_features,
+                       load_views, view_key)
 from .fileio import atomic_write_bytes, atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet, Task, load_head, read_head_meta, save_head
 from .layout import RunLayout, unit_name
 from .metrics import confusion_matrix, per_class, summarize
 
 log = logging.getLogger(__name__)
+
+AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
 
 SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "trainable_params",
                    "train_seconds", "n_eval", "best_epoch")
@@ -44,6 +47,7 @@ class RunContext:
     config: Config
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
+    _view_cache: FeatureCache | None = field(default=None, repr=False)
 
     @property
     def layout(self) -> RunLayout:
@@ -71,6 +75,21 @@ class RunContext:
             self._cache = FeatureCache(self.cache_root, fingerprint)
         return self._cache
 
+    @property
+    def view_cache(self) -> FeatureCache:
+        """Features of augmented views: their own cache key (backbone + augmentation parameters)."""
+        if self._view_cache is None:
+            self._view_cache = FeatureCache(self.cache_root, augmented_fingerprint(self.cache_fingerprint, AUGMENT_SEED))
+        return self._view_cache
+
+    @property
+    def cache_fingerprint(self) -> dict[str, Any]:
+        return json.loads((self.cache.dir / "fingerprint.json").read_text())
+
+    def augment_views(self) -> int:
+        """The most augmented views any selected head asks for (0: none)."""
+        return max((getattr(_head_config(self.config, m), "augment_views", 0) for m in self.config.methods), default=0)
+
     def write_config(self) -> None:
         atomic_write_text(self.layout.config, self.config.to_yaml())
 
@@ -93,16 +112,30 @@ def features(ctx: RunContext) -> int:
     """Encode every prepared image not yet in the cache; returns how many were unreadable."""
     ctx.write_config()
     _, train_full, test = load_prepared(ctx.layout)
-    if not ctx.cache.missing([r.sha1 for r in train_full + test]):
-        return 0  # everything cached: the model is not even loaded
-    failures = extract_features(
-        train_full + test, ctx.layout.data, ctx.backbone, ctx.cache,
-        batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
-        progress=ctx.config.output.progress,
-    )
+    options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
+                   progress=ctx.config.output.progress)
+    failures = []
+    if ctx.cache.missing([r.sha1 for r in train_full + test]):  # all cached: the model is not even loaded
+        failures = extract_features(train_full + test, ctx.layout.data, ctx.backbone, ctx.cache, **options)
+    views = ctx.augment_views()
+    if views:
+        support = _support_records(ctx)
+        view_cache = ctx.view_cache
+        if view_cache.missing([view_key(r.sha1, v) for r in support for v in range(views)]):
+            failures += extract_views(support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options)
     if failures:
         _append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
     return len(failures)
+
+
+def _support_records(ctx: RunContext) -> list[Record]:
+    """Every image in some few-shot train split of this config (the only ones that need views)."""
+    seen: dict[str, Record] = {}
+    for seed in ctx.config.splits.seeds:
+        for shots in ctx.config.few_shot.shots:
+            for record in load_split(ctx.layout, seed, shots)[0]:
+                seen.setdefault(record.sha1, record)
+    return list(seen.values())
 
 
 def _append_exclusions(layout: RunLayout, rows: list[tuple[str, str, str]]) -> None:
@@ -176,7 +209,11 @@ def train(ctx: RunContext) -> list[str]:
                     shots=shots, checkpoint=checkpoint)
         start = time.perf_counter()
         if shots:
-            head.fit(task, _feature_set(ctx, train_records), _feature_set(ctx, val_records))
+            train_set = _feature_set(ctx, train_records)
+            views = getattr(head.config, "augment_views", 0)
+            if views:
+                train_set.views = load_views(ctx.view_cache, train_records, views)
+            head.fit(task, train_set, _feature_set(ctx, val_records))
         else:
             head.fit(task)
         seconds = time.perf_counter() - start

@@ -20,10 +20,11 @@ from ..fileio import read_json, write_json
 
 @dataclass
 class FeatureSet:
-    """Image features (n, dim) float32, unnormalised, and their labels (n,)."""
+    """Image features (n, dim) float32, unnormalised, and their labels (n,); optionally augmented views."""
 
     features: torch.Tensor
     labels: torch.Tensor
+    views: torch.Tensor | None = None  # (n, V, dim) features of V augmented views of each image, if cached
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -37,6 +37,8 @@ class CoCoOpConfig(ConfigBlock):
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
     max_prompts_per_call: int = Field(1024, ge=1, description="Memory budget: prompts per text-tower call.")
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
+                               "crop + flip, encoded once by the features stage); 0: the plain features.")
     select: Literal["val_macro_f1", "last"] = "val_macro_f1"
 
     def settings(self) -> TrainSettings:

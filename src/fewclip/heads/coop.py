@@ -35,6 +35,8 @@ class CoOpConfig(ConfigBlock):
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
+                               "crop + flip, encoded once by the features stage); 0: the plain features.")
     select: Literal["val_macro_f1", "last"] = Field("val_macro_f1", description="Keep the best epoch on val, or the last.")
 
     @field_validator("epochs")

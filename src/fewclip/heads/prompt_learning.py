@@ -259,7 +259,11 @@ def train_prompt_module(
         lr = lr_at_epoch(epoch, settings.epochs, settings.lr, settings.warmup_epochs, settings.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        epoch_generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        order = torch.randperm(len(y), generator=epoch_generator)
+        if train.views is not None:  # one random augmented view of every image per epoch, as the reference trains
+            pick = torch.randint(train.views.shape[1], (len(y),), generator=epoch_generator)
+            x = train.views[torch.arange(len(y)), pick]
         total = 0.0
         module.train()
         for start in range(0, len(y), settings.batch_size):
