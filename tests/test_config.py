@@ -30,7 +30,8 @@ def test_defaults_come_from_the_blocks(make_config) -> None:
     assert config.coop.precision == "fp32"
     assert config.model.precision == "fp32"
     assert config.prompts.templates == DEFAULT_TEMPLATES
-    assert config.methods == ["zero_shot", "linear_probe"]
+    assert config.methods == ["zero_shot", "linear_probe"]  # the fixture names them
+    assert Config.model_fields["methods"].default_factory() == ["zero_shot", "linear_probe", "coop"]
     assert config.training.epochs == 20  # the fixture's override of the block default
     assert config.wandb.mode == "disabled"
 

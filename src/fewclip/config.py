@@ -94,7 +94,7 @@ class CacheConfig(ConfigBlock):
 
 class Config(ConfigBlock):
     name: str = Field("experiment", description="A label for the run.")
-    methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe"],
+    methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
                                description="Registered heads to train and evaluate.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     dataset: DatasetConfig

@@ -102,6 +102,7 @@ def prepare(ctx: RunContext) -> ClassNames:
         check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
 
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
+    train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
     write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
                  cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
     ctx.write_config()
@@ -191,6 +192,10 @@ def train(ctx: RunContext) -> list[str]:
     classes, _, _ = load_prepared(ctx.layout)
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
+    for method in ctx.config.methods:  # bad input (e.g. a prompt too long) fails before any training starts
+        head = HEADS.get(method)(_head_config(ctx.config, method))
+        if hasattr(head, "check"):
+            head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
     trained = []
     for method, shots, seed in units(ctx.config):
         stem = ctx.layout.heads / unit_name(method, shots, seed)
