@@ -12,7 +12,8 @@ from fewclip.data.records import Record
 from fewclip.data.subsample import base_new, eval_views, train_view
 from fewclip.fileio import read_csv
 from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, features, harmonic_mean, prepare, run, train
+from fewclip.metrics import harmonic_mean
+from fewclip.pipeline import RunContext, features, prepare, run, train
 
 
 def test_base_is_the_first_half_rounded_up_and_both_are_relabelled_from_zero() -> None:

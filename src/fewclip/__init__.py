@@ -10,11 +10,12 @@ from .data import list_sources
 from .features import FeatureCache, extract_features, load_features
 from .heads import FeatureSet, Task, list_heads, load_head, save_head
 from .pipeline import RunContext, run
+from .predict import Classifier, Prediction, load_classifier
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLIPBackbone", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform", "RunContext", "Task",
-    "extract_features", "list_backbones", "list_heads", "list_sources", "load_backbone", "load_config",
-    "load_features", "load_head", "run", "save_head",
+    "CLIPBackbone", "Classifier", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform",
+    "Prediction", "RunContext", "Task", "extract_features", "list_backbones", "list_heads", "list_sources",
+    "load_backbone", "load_classifier", "load_config", "load_features", "load_head", "run", "save_head",
 ]

@@ -1,17 +1,21 @@
-"""``fewclip run [CONFIG] [key=value ...]`` and one command per stage."""
+"""``fewclip run [CONFIG] [key=value ...]``, one command per stage, and ``fewclip predict`` with a saved head."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError, default_cache_dir, load_config
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-STAGE_NAMES = ("prepare", "features", "train", "evaluate")
+from .config import Config, ConfigError, default_cache_dir, load_config
+from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
+
+STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +29,89 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(stage, help=f"the {stage} stage only")
         sub.add_argument("config", help="YAML config, or 'default' for the embedded default")
         sub.add_argument("overrides", nargs="*")
+    world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
+    world_commands = world.add_subparsers(dest="world_command", required=True)
+    pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
+    pretrain.add_argument("--out", required=True, help="folder for the checkpoint (Hugging Face format)")
+    pretrain.add_argument("--minutes", type=float, default=12.0, help="optimisation time budget")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--images-per-class", type=int, default=400)
+    pretrain.add_argument("--batch-size", type=int, default=256)
+    predict = commands.add_parser("predict", help="classify images with a head a run trained")
+    predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
+    predict.add_argument("--method", help="default: the first of the run's methods with a trained head")
+    predict.add_argument("--shots", type=int, help="default: the largest shot budget trained for the method")
+    predict.add_argument("--seed", type=int, help="default: the smallest seed trained")
+    predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
+    predict.add_argument("--out", help="also write the predictions to a .csv or .json file")
+    predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
     return parser
+
+
+def _world(args: argparse.Namespace) -> int:
+    from .world.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(minutes=args.minutes, seed=args.seed, images_per_class=args.images_per_class,
+                            batch_size=args.batch_size)
+    command = (f"fewclip world pretrain --out {args.out} --minutes {args.minutes:g} --seed {args.seed} "
+               f"--images-per-class {args.images_per_class} --batch-size {args.batch_size}")
+    pretrain(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when each library is first imported
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    if "datasets" in sys.modules:
+        from datasets.utils.tqdm import disable_progress_bars as disable_dataset_bars
+
+        disable_dataset_bars()
+
+
+def _error(message: object) -> int:
+    print(f"fewclip: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Exit 0 if at least one image was classified, 1 if none could be, 2 on usage errors."""
+    from .predict import HeadNotTrained, expand_images, load_classifier, write_predictions
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        return _error(f"--out {out}: the file name must end in .csv or .json")
+    if args.top_k < 1:
+        return _error(f"--top-k must be >= 1, got {args.top_k}")
+    images = expand_images(args.images)
+    if not images:
+        return _error(f"no images in {', '.join(args.images)} (suffixes .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif)")
+    try:
+        classifier = load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device)
+    except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError) as err:
+        return _error(err)
+    logging.info("predicting with %s", classifier.unit)
+    results = classifier.predict(images, top_k=args.top_k, progress=not args.quiet)
+    for result in results:
+        if result.error is not None:
+            print(f"fewclip: skipped {result.error}", file=sys.stderr)
+            continue
+        print(result.path)
+        for label, probability in result.top_k:
+            print(f"  {probability:.4f}  {label}")
+    if out is not None:
+        write_predictions(out, results, classifier)
+        print(f"predictions: {out}")
+    return 0 if any(r.error is None for r in results) else 1
 
 
 def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -38,6 +124,12 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if args.quiet:
+        _quiet_libraries()
+    if args.command == "world":
+        return _world(args)
+    if args.command == "predict":
+        return _predict(args)
     from . import pipeline
     from .embedded import embedded_config
 
@@ -47,19 +139,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
+        if args.command == "run" and config.wandb.mode != "disabled":  # fail before the stages, not after
+            import_wandb(config.wandb.mode)
         ctx = pipeline.RunContext(config)
-        stages = STAGE_NAMES if args.command == "run" else (args.command,)
-        for stage in stages:
-            start = time.perf_counter()
-            pipeline.STAGES[stage](ctx)
-            logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"fewclip: error: {message}", file=sys.stderr)
-        return 2
+        stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
+        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+            for stage in stages:
+                start = time.perf_counter()
+                pipeline.STAGES[stage](ctx)
+                logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, TrackingError) as err:
+        return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
     if args.command in ("run", "evaluate"):
         print(f"results: {ctx.layout.summary}")
         print(ctx.layout.summary.read_text())
+    if args.command in ("run", "report") and ctx.layout.report.is_file():
+        print(f"report: {ctx.layout.report}")
+    if args.command == "run" and config.wandb.mode != "disabled":
+        return _track(config, args.quiet)
+    return 0
+
+
+def _track(config: Config, quiet: bool) -> int:
+    """Log the finished run to wandb (the results on disk are complete whether or not this works)."""
+    try:
+        folder = track_run(config, quiet)
+    except TrackingError as err:
+        return _error(err)
+    if folder is not None and config.wandb.mode == "offline":
+        print(f"wandb: offline run in {folder} (upload with `wandb sync {folder}`)")
     return 0
 
 

@@ -82,6 +82,8 @@ class WandbConfig(ConfigBlock):
 class OutputConfig(ConfigBlock):
     dir: str = Field("runs/default", description="Run directory: data, splits, heads, results.")
     progress: bool = Field(True, description="Progress bars; false for quiet runs (CI, scripts).")
+    figures: bool = Field(True, description="Write PNG figures (confusion, reliability, saliency, plots).")
+    saliency_images: int = Field(6, ge=0, description="Test images with saliency overlays, per method (0: none).")
 
 
 def default_cache_dir() -> str:

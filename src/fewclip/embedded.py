@@ -1,10 +1,9 @@
-"""The embedded offline default: a tiny CLIP in Hugging Face format and a synthetic shapes dataset,
-both generated on first use into the cache, so ``fewclip run`` works with no network.
+"""The embedded offline default and tiny models for tests.
 
-The model is saved with ``save_pretrained`` and loaded back through ``CLIPModel.from_pretrained`` and
-``AutoTokenizer.from_pretrained``, exactly the path a hub id takes. Its weights are random (seeded):
-zero-shot is at chance until the world-pretrained checkpoint replaces it; image features still carry
-colour and layout, so the linear probe learns.
+``fewclip run`` with no config uses the CLIP pretrained on the procedural world (shipped in
+``fewclip/world/checkpoint``, Hugging Face format, loaded through ``CLIPModel.from_pretrained`` exactly
+as a hub id) on world images rendered by the ``world`` source. ``build_tiny_clip`` and
+``build_shapes_dataset`` make seeded random models and image folders for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -16,48 +15,17 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .world.tokenizer import chain_merges, write_clip_tokenizer
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 DEFAULT_CLASSES = [f"{colour}_{shape}" for colour in ("red", "green", "blue") for shape in SHAPES][:6]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's byte -> printable-character table (the base of its BPE vocabulary)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
 def write_byte_tokenizer(folder: Path, merge_words: Iterable[str] = (), model_max_length: int = 32) -> int:
-    """A CLIP-format BPE tokenizer (vocab.json + merges.txt + tokenizer.json) with byte symbols and a
-    few merges for ``merge_words``; returns the vocabulary size. Other words split into characters."""
-    from transformers import CLIPTokenizer
-
-    symbols = list(_bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    for word in sorted(set(merge_words)):
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            if f"{pieces[0]} {pieces[1]}" not in merges:
-                merges.append(f"{pieces[0]} {pieces[1]}")
-                if merged not in vocab:
-                    vocab.append(merged)
-            pieces = [merged] + pieces[2:]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("".join(line + "\n" for line in ["#version: 0.2", *merges]), encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                              model_max_length=model_max_length)
-    tokenizer.save_pretrained(str(folder))  # writes tokenizer.json + tokenizer_config.json only
-    return len(vocab)
+    """A CLIP-format BPE tokenizer with byte symbols and one merge chain per word in ``merge_words``;
+    returns the vocabulary size. Other words split into characters."""
+    return write_clip_tokenizer(folder, chain_merges(merge_words), model_max_length)
 
 
 def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 64,
@@ -121,38 +89,28 @@ def build_shapes_dataset(folder: Path, classes: list[str] = DEFAULT_CLASSES, tra
     return folder
 
 
-def _ensure(folder: Path, build: Any) -> Path:
-    """Build into a temporary sibling and rename, so an interrupted build is never used."""
-    if (folder / ".complete").is_file():
-        return folder
-    import shutil
-    import tempfile
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    build(tmp)
-    (tmp / ".complete").write_text("ok\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
+# The default run's classes: five seen in pretraining (base) and five new ones, four of them colour-shape
+# combinations the shipped CLIP never saw (fewclip.world.HELD_OUT).
+DEFAULT_WORLD_CLASSES = ["red circle", "blue square", "yellow triangle", "green star", "purple hexagon",
+                         "orange ring", "red square", "blue circle", "green triangle", "pink diamond"]
+DEFAULT_WORLD_TEMPLATES = ["a photo of a {}.", "the {}.", "a {} on a background.", "a small {}.", "a large {}."]
 
 
 def embedded_config(cache_dir: Path) -> dict[str, Any]:
-    """The default run's config as a dict: tiny CLIP + shapes, every registered head, seeds 1-3."""
+    """The default run: the shipped world CLIP on world images, every registered head, shots 1-16,
+    seeds 1-3, base-to-new (train on the first five classes, evaluate on them and on the other five)."""
     from .heads import list_heads
+    from .world import CHECKPOINT
 
-    root = Path(cache_dir) / "embedded"
-    words = ["a", "photo", "of", "the"] + [w for name in DEFAULT_CLASSES for w in name.split("_")]
-    model = _ensure(root / "tiny-clip-v1", lambda p: build_tiny_clip(p, merge_words=words))
-    data = _ensure(root / "shapes-v1", build_shapes_dataset)
     return {
-        "name": "embedded-default",
+        "name": "embedded-world",
         "methods": list_heads(),
-        "model": {"id": str(model), "batch_size": 64},
-        "dataset": {"source": "folder", "path": str(data)},
+        "model": {"id": str(CHECKPOINT), "batch_size": 128},
+        "dataset": {"source": "world", "classes": DEFAULT_WORLD_CLASSES, "train_per_class": 40,
+                    "test_per_class": 40, "image_size": 64, "seed": 1},
+        "prompts": {"templates": DEFAULT_WORLD_TEMPLATES},
         "few_shot": {"shots": [1, 2, 4, 8, 16]},
-        "splits": {"seeds": [1, 2, 3], "val_per_class": 4},
+        "splits": {"seeds": [1, 2, 3], "val_per_class": 4, "subsample": "base2new"},
         "output": {"dir": "runs/default"},
         "cache": {"dir": str(cache_dir)},
     }

@@ -53,6 +53,24 @@ class RunLayout:
     def predictions(self) -> Path:
         return self.root / "predictions"
 
+    def unit_results(self, method: str, shots: int, seed: int, split: str) -> Path:
+        """Per-unit evaluation artifacts: confusion.{csv,png}, confused_pairs.csv, mistakes.csv,
+        calibration.csv, reliability.png."""
+        return self.results / "units" / f"{unit_name(method, shots, seed)}-{split}"
+
+    def saliency(self, method: str, shots: int, seed: int) -> Path:
+        """saliency.png (overlays) and saliency.csv (path, label, pred) for a sample of test images."""
+        return self.results / "saliency" / unit_name(method, shots, seed)
+
+    @property
+    def aggregate(self) -> Path:
+        """Tables and plots over seeds and methods, built from the CSVs above."""
+        return self.results / "aggregate"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
 
 def unit_name(method: str, shots: int, seed: int) -> str:
     """The file stem of one trained head: ``linear_probe/shot_16-seed_1``."""

@@ -35,3 +35,8 @@ def summarize(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.nda
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "macro_f1": float(stats["f1"][present].mean()) if present.any() else 0.0,
     }
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """The base-to-new summary: 2ab / (a + b)."""
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0

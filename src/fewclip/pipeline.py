@@ -3,13 +3,13 @@
 prepare  -> data/{classes.json,train_full.csv,test.csv}, splits/seed_S/shot_K/{train,val}.csv
 features -> image features in the shared cache (content-addressed, resumable)
 train    -> heads/<method>/shot_K-seed_S.{safetensors,json}, results/history/...
-evaluate -> results/summary.csv, results/per_class.csv, results/zero_shot_templates.csv, predictions/...
+evaluate -> results/ (summary, per-class, per-unit analyses, saliency), predictions/ (see evaluation.py)
+report   -> results/aggregate/ (tables over seeds, plots), report.html (see fewclip.report)
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -17,27 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-import torch
-
 from .config import Config
 from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
-from .data.subsample import eval_views, train_view
+from .data.subsample import train_view
 from .features import (FeatureCache, augmented_fingerprint, extract_features, extract_views, load_features,
                        load_views, view_key)
-from .fileio import atomic_write_bytes, atomic_write_text, read_csv, write_csv
-from .heads import HEADS, FeatureSet, Task, load_head, read_head_meta, save_head
+from .fileio import atomic_write_text, read_csv, write_csv
+from .heads import HEADS, FeatureSet, Task, read_head_meta, save_head
 from .layout import RunLayout, unit_name
-from .metrics import confusion_matrix, per_class, summarize
 
 log = logging.getLogger(__name__)
 
 AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
 
-SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "trainable_params",
-                   "train_seconds", "n_eval", "best_epoch")
 
 
 @dataclass
@@ -196,8 +190,12 @@ def train(ctx: RunContext) -> list[str]:
         head = HEADS.get(method)(_head_config(ctx.config, method))
         if hasattr(head, "check"):
             head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
+    from tqdm.auto import tqdm
+
     trained = []
-    for method, shots, seed in units(ctx.config):
+    bar = tqdm(list(units(ctx.config)), desc="train", unit="head", disable=not ctx.config.output.progress)
+    for method, shots, seed in bar:
+        bar.set_postfix_str(unit_name(method, shots, seed))
         stem = ctx.layout.heads / unit_name(method, shots, seed)
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
         train_records = view.select(_available(ctx, train_records))
@@ -236,90 +234,22 @@ def train(ctx: RunContext) -> list[str]:
     return trained
 
 
-def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> np.ndarray:
-    probs = torch.softmax(logits.float(), dim=-1)
-    confidence, pred = probs.max(dim=-1)
-    write_csv(path.with_suffix(".csv"), ("path", "label", "class_name", "pred", "pred_name", "confidence"),
-              ((r.path, r.label, r.class_name, int(p), class_names[int(p)], f"{float(c):.6f}")
-               for r, p, c in zip(records, pred, confidence)))
-    buffer = io.BytesIO()
-    np.save(buffer, logits.float().numpy())
-    atomic_write_bytes(path.with_suffix(".logits.npy"), buffer.getvalue())
-    return pred.numpy()
-
-
-def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list[str]) -> Any:
-    """The trained head, or its transfer to other class names (base-to-new); None if it cannot."""
-    if names == meta["class_names"]:
-        if hasattr(head, "attach"):  # prompts that depend on the image need the text tower
-            head.attach(ctx.backbone, names)
-        return head
-    if not hasattr(head, "transfer"):
-        return None
-    return head.transfer(ctx.backbone, names)
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
-
-
 def evaluate(ctx: RunContext) -> Path:
-    """Score every trained head on each evaluation view of the test split (all classes, or base and new);
-    write summary (with the base/new harmonic mean), per-class metrics and predictions."""
+    """Score every trained head and write the evaluation artifacts (see ``fewclip.evaluation``)."""
+    from .evaluation import evaluate_run
+
+    return evaluate_run(ctx)
+
+
+def report(ctx: RunContext) -> Path:
+    """Aggregate tables, plots (if output.figures) and report.html, all read from the evaluate stage's CSVs."""
+    from .report.html import build_report
+
     ctx.write_config()
-    classes, _, all_test = load_prepared(ctx.layout)
-    all_test = _available(ctx, all_test)
-    views = eval_views(len(classes.readable), ctx.config.splits.subsample)
-    summary, per_class_rows, template_rows = [], [], []
-    warned: set[tuple[str, str]] = set()
-    for method, shots, seed in units(ctx.config):
-        stem = ctx.layout.heads / unit_name(method, shots, seed)
-        if read_head_meta(stem) is None:
-            log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
-            continue
-        head, meta = load_head(stem)
-        accuracy: dict[str, tuple[float, float]] = {}
-        for view in views:
-            names, records = view.names(classes.readable), view.select(all_test)
-            view_head = _head_for_view(ctx, head, meta, names)
-            if view_head is None:
-                if (method, view.split) not in warned:
-                    log.warning("%s cannot classify classes it was not trained on; no %s rows", method, view.split)
-                    warned.add((method, view.split))
-                continue
-            test = _feature_set(ctx, records)
-            logits = view_head.logits(test.features)
-            pred = _save_predictions(ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{view.split}",
-                                     records, logits, names)
-            truth = test.labels.numpy()
-            scores = summarize(truth, pred, len(names))
-            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"])
-            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
-                            meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test), meta.get("best_epoch") or ""))
-            stats = per_class(confusion_matrix(truth, pred, len(names)))
-            per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
-                                f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c]))
-                               for c in range(len(names))]
-            if hasattr(view_head, "template_logits"):
-                for template, t_logits in zip(view_head.templates_, view_head.template_logits(test.features)):
-                    t_scores = summarize(truth, t_logits.argmax(-1).numpy(), len(names))
-                    template_rows.append((view.split, template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"))
-                template_rows.append((view.split, "<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}"))
-        if "base" in accuracy and "new" in accuracy:
-            (acc_b, f1_b), (acc_n, f1_n) = accuracy["base"], accuracy["new"]
-            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}",
-                            f"{harmonic_mean(f1_b, f1_n):.6f}", meta["trainable_params"],
-                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
-    results = ctx.layout.results
-    write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
-    write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",
-                                          "f1", "support"), per_class_rows)
-    if template_rows:
-        write_csv(results / "zero_shot_templates.csv", ("split", "template", "accuracy", "macro_f1"), template_rows)
-    return ctx.layout.summary
+    return build_report(ctx.layout.root, ctx.config)
 
 
-STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": evaluate}
+STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": evaluate, "report": report}
 
 
 def run(config: Config) -> Path:

@@ -15,7 +15,7 @@ from fewclip.features import load_features
 from fewclip.heads import FeatureSet, LinearProbeHead, Task, normalize
 
 CLASSES = ["a", "b", "c"]
-HISTORY_KEYS = ["epoch", "train_loss", "val_accuracy", "val_macro_f1"]
+HISTORY_KEYS = ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_loss"]
 
 
 def separable(per_class: int, seed: int, dim: int = 16, noise: float = 0.3) -> FeatureSet:
@@ -55,8 +55,11 @@ def test_learns_a_separable_task(make_config: Callable[..., Any]) -> None:
     assert all(later < earlier for earlier, later in zip(losses, losses[5:]))  # falling, allowing for noise
     assert max(row["val_accuracy"] for row in head.history_) == 1.0
     scores = [row["val_macro_f1"] for row in head.history_]
-    assert scores.count(1.0) > 1  # a plateau: ties go to the first best epoch (np.argmax), not the last
-    assert head.best_epoch_ == int(np.argmax(scores)) + 1 == scores.index(1.0) + 1
+    assert scores.count(1.0) > 1  # a plateau: among the tied epochs the lowest val loss wins
+    tied = [i for i, score in enumerate(scores) if score == 1.0]
+    best_tied = min(tied, key=lambda i: (head.history_[i]["val_loss"], i))
+    assert head.best_epoch_ == best_tied + 1
+    assert head.best_epoch_ > tied[0] + 1  # the loss keeps falling on the plateau: not the first tied epoch
     assert (head.predict(val.features) == val.labels).all()
     assert (head.predict(train.features) == train.labels).all()
 
@@ -80,7 +83,9 @@ def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable
     task = Task(CLASSES, seed=1)
     head = probe(make_config).fit(task, train, val)
     scores = [row["val_macro_f1"] for row in head.history_]
-    assert head.best_epoch_ == int(np.argmax(scores)) + 1
+    key = [(row["val_macro_f1"], -row["val_loss"]) for row in head.history_]
+    assert head.best_epoch_ == max(range(len(key)), key=lambda i: (key[i], -i)) + 1
+    assert scores[head.best_epoch_ - 1] == max(scores)
     assert head.best_epoch_ < len(scores)  # precondition: selection differs from simply stopping at the end
 
     # the kept weights are that epoch's: the same run stopped there gives them bit for bit

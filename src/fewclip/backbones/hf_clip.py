@@ -124,7 +124,9 @@ class CLIPBackbone:
         self.config = config
         self.device = resolve_device(config.device)
         try:
-            self.model = CLIPModel.from_pretrained(config.id, revision=config.revision)
+            # fp32 weights whatever the checkpoint stores (the shipped world CLIP is fp16 on disk);
+            # model.precision sets the autocast compute type
+            self.model = CLIPModel.from_pretrained(config.id, revision=config.revision, dtype=torch.float32)
             self.tokenizer = AutoTokenizer.from_pretrained(config.id, revision=config.revision)
         except OSError as err:
             offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""

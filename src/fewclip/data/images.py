@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # A truncated file must fail loudly, never decode as a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -37,6 +37,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _reason(err: BaseException) -> str:
+    """PIL's messages name a BytesIO object for unknown formats; say what it means instead."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not a recognised image format"
+    return str(err)
+
+
 def decode_image(data: bytes, origin: str) -> Image.Image:
     """Decode encoded image bytes fully to RGB, or raise UnreadableImage naming ``origin``."""
     try:
@@ -46,7 +53,7 @@ def decode_image(data: bytes, origin: str) -> Image.Image:
             image.load()
         return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(f"{origin}: cannot decode image ({err})") from err
+        raise UnreadableImage(f"{origin}: cannot decode image ({_reason(err)})") from err
 
 
 def verify_image(data: bytes, origin: str) -> None:
@@ -56,7 +63,7 @@ def verify_image(data: bytes, origin: str) -> None:
             image.draft("RGB", (64, 64))
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(f"{origin}: cannot decode image ({err})") from err
+        raise UnreadableImage(f"{origin}: cannot decode image ({_reason(err)})") from err
 
 
 def read_image(path: Path | str) -> Image.Image:

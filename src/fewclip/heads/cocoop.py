@@ -134,7 +134,7 @@ class CoCoOpHead:
 
         history, best_epoch, _ = train_prompt_module(
             params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, cfg.settings(),
-            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg))
+            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress)
         self.history_, self.best_epoch_, self.n_ctx_ = history, best_epoch, n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)
@@ -158,6 +158,10 @@ class CoCoOpHead:
             chunks = [self._conditional_logits(self.params_, self.prompts_, features[i : i + 256], float(self.logit_scale_))
                       for i in range(0, features.shape[0], 256)]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.prompts_.base.shape[0])
+
+    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits with autograd on (for saliency); ``logits`` runs without gradients."""
+        return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_))
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)

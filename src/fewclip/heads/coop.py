@@ -150,7 +150,7 @@ class CoOpHead:
         settings = cfg.settings(task.shots)
         history, best_epoch, last = train_prompt_module(
             params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, settings,
-            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg))
+            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress)
         self.history_ = history
         self.best_epoch_ = best_epoch
         self.n_ctx_ = n_ctx

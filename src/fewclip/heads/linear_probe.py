@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..configbase import ConfigBlock
 from ..metrics import summarize
@@ -48,8 +49,9 @@ class LinearProbeHead:
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
         optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best_score, best_state, self.history_ = -1.0, None, []
-        for epoch in range(1, cfg.epochs + 1):
+        best_score, best_state, self.history_ = (-1.0, 0.0), None, []
+        bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", leave=False, disable=not task.progress)
+        for epoch in bar:
             order = torch.randperm(len(y), generator=generator)
             total = 0.0
             for start in range(0, len(y), cfg.batch_size):
@@ -62,12 +64,15 @@ class LinearProbeHead:
             row = {"epoch": float(epoch), "train_loss": total / len(y)}
             if val is not None and len(val):
                 with torch.no_grad():
-                    pred = layer(normalize(val.features)).argmax(-1)
-                scores = summarize(val.labels.numpy(), pred.numpy(), n_classes)
-                row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"])
-                if cfg.select == "val_macro_f1" and scores["macro_f1"] > best_score:
-                    best_score, best_state = scores["macro_f1"], (epoch, copy.deepcopy(layer.state_dict()))
+                    val_logits = layer(normalize(val.features))
+                scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
+                val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
+                row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
+                # best macro-F1; among equal ones (a saturated val set) the lowest val loss
+                if cfg.select == "val_macro_f1" and (scores["macro_f1"], -val_loss) > best_score:
+                    best_score, best_state = (scores["macro_f1"], -val_loss), (epoch, copy.deepcopy(layer.state_dict()))
             self.history_.append(row)
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if best_state is not None:
             self.best_epoch_ = best_state[0]
             layer.load_state_dict(best_state[1])

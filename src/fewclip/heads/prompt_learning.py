@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..metrics import summarize
 from .base import FeatureSet, Task
@@ -220,7 +221,7 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     optimizer.load_state_dict(state)
     best = None
     if meta["best_epoch"] is not None:
-        best = (meta["best_epoch"], meta["best_score"], {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        best = (meta["best_epoch"], list(meta["best_score"]), {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
     return meta["epoch"], meta["history"], best
 
 
@@ -235,14 +236,17 @@ def train_prompt_module(
     checkpoint: Path | None = None,
     val_logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint_key: str = "",
+    progress: bool = False,
 ) -> tuple[list[dict[str, float]], int, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
 
-    Leaves the epoch best on val macro-F1 (the last one without val) in ``module`` and returns
+    Leaves the epoch best on val macro-F1, ties broken by the lower val loss (the last epoch without
+    val), in ``module`` and returns
     (history, best_epoch, state of the last epoch). With ``checkpoint``, state is saved after every epoch and a killed run
     resumes from the last saved epoch (same result as an uninterrupted run: the data order of each
     epoch is drawn from a generator seeded by (seed, epoch)). A checkpoint left by a run with other
     settings, seed, data, initial parameters or ``checkpoint_key`` is ignored and overwritten.
+    ``progress`` shows a bar over the epochs (rate, ETA, loss and val macro-F1).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -255,7 +259,9 @@ def train_prompt_module(
         if resumed is not None:
             start_epoch, history, best = resumed
     x, y = train.features, train.labels
-    for epoch in range(start_epoch, settings.epochs):
+    bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
+               unit="epoch", leave=False, disable=not progress)
+    for epoch in bar:
         lr = lr_at_epoch(epoch, settings.epochs, settings.lr, settings.warmup_epochs, settings.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -277,12 +283,16 @@ def train_prompt_module(
         row = {"epoch": float(epoch + 1), "train_loss": total / len(y), "lr": lr}
         if val is not None and len(val):
             with torch.no_grad():
-                pred = (val_logits_fn or logits_fn)(val.features).argmax(-1)
-            scores = summarize(val.labels.numpy(), pred.numpy(), n_classes)
-            row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"])
-            if best is None or scores["macro_f1"] > best[1]:
-                best = (epoch + 1, scores["macro_f1"], _module_state(module))
+                val_logits = (val_logits_fn or logits_fn)(val.features).float()
+            scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
+            val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
+            row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
+            # best macro-F1; among equal ones (a saturated val set) the lowest val loss
+            score = [scores["macro_f1"], -val_loss]
+            if best is None or tuple(score) > tuple(best[1]):
+                best = (epoch + 1, score, _module_state(module))
         history.append(row)
+        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best, key)
     last = _module_state(module)

@@ -11,15 +11,17 @@ from .base import Source, SourceConfig, SourceItem
 from .csv_source import CsvSource, CsvSourceConfig
 from .folder import FolderSource, FolderSourceConfig
 from .hf import HFSource, HFSourceConfig
+from .world import WorldSource, WorldSourceConfig
 
 SOURCES: Registry[tuple[type[SourceConfig], Callable[[Any], Source]]] = Registry("data source")
 SOURCES.register("hf", (HFSourceConfig, HFSource))
 SOURCES.register("folder", (FolderSourceConfig, FolderSource))
 SOURCES.register("csv", (CsvSourceConfig, CsvSource))
+SOURCES.register("world", (WorldSourceConfig, WorldSource))
 
 # The `dataset` config block: one config class per source, chosen by the `source` key.
 DatasetConfig = Annotated[
-    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig], Field(discriminator="source")
+    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig], Field(discriminator="source")
 ]
 
 

@@ -1,0 +1,170 @@
+"""Classify new images with a head a run saved: ``load_classifier(run_dir)`` then ``predict(paths)``.
+
+The backbone comes from the run's ``config.yaml`` and images take the training feature path
+(``backbone.transform(read_image(path))`` then ``backbone.encode_images``), so a test image gets the
+same label here as in the run's ``predictions/`` files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import load_config
+from .data.images import UnreadableImage, read_image
+from .fileio import write_csv, write_json
+from .layout import RunLayout, unit_name
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_HEAD_FILE = re.compile(r"shot_(\d+)-seed_(\d+)\.json")
+
+
+class HeadNotTrained(LookupError):
+    """The asked-for (method, shots, seed) has no saved head; the message lists the ones that exist."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image: its top-k (label, probability), most likely first, or why it could not be classified."""
+
+    path: str
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.top_k[0][0] if self.top_k else None
+
+
+def trained_heads(run_dir: Path | str) -> list[tuple[str, int, int]]:
+    """(method, shots, seed) of every complete head under ``<run_dir>/heads`` (its JSON is written last)."""
+    heads_dir = RunLayout(Path(run_dir)).heads
+    found = []
+    if heads_dir.is_dir():
+        for method_dir in heads_dir.iterdir():
+            for file in method_dir.glob("*.json") if method_dir.is_dir() else ():
+                match = _HEAD_FILE.fullmatch(file.name)
+                if match and file.with_suffix(".safetensors").is_file():
+                    found.append((method_dir.name, int(match[1]), int(match[2])))
+    return sorted(found)
+
+
+def describe_heads(heads: Sequence[tuple[str, int, int]]) -> str:
+    if not heads:
+        return "none (run `fewclip train` first)"
+    return ", ".join(f"{method} shots={shots} seed={seed}" for method, shots, seed in heads)
+
+
+def choose_head(heads: Sequence[tuple[str, int, int]], methods: Sequence[str], method: str | None = None,
+                shots: int | None = None, seed: int | None = None) -> tuple[str, int, int]:
+    """Pick a trained head: ``method`` defaults to the first of ``methods`` with a head that matches
+    ``shots``/``seed``, ``shots`` to the largest trained for it, ``seed`` to the smallest."""
+    matching = [h for h in heads if (shots is None or h[1] == shots) and (seed is None or h[2] == seed)]
+    if method is None:
+        method = next((m for m in methods if any(h[0] == m for h in matching)), None)
+    candidates = [h for h in matching if h[0] == method]
+    if not candidates:
+        asked = ", ".join(f"{k}={v}" for k, v in (("method", method), ("shots", shots), ("seed", seed)) if v is not None)
+        raise HeadNotTrained(f"no trained head for {asked or 'this run'}; trained heads: {describe_heads(heads)}")
+    best_shots = max(h[1] for h in candidates)
+    return min((h for h in candidates if h[1] == best_shots), key=lambda h: h[2])
+
+
+def expand_images(paths: Iterable[Path | str]) -> list[Path]:
+    """Files as given (whatever their suffix); folders become their images by suffix, recursive, sorted."""
+    images: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            images.append(path)  # a missing file is reported by predict, by name
+    return images
+
+
+class Classifier:
+    """A saved head on its frozen backbone: image files in, top-k labels with probabilities out."""
+
+    def __init__(self, backbone: Any, head: Any, class_names: list[str], method: str, shots: int, seed: int,
+                 batch_size: int = 64) -> None:
+        if hasattr(head, "attach"):  # prompts that depend on the image (CoCoOp) need the text tower
+            head.attach(backbone, class_names)
+        self.backbone, self.head, self.class_names = backbone, head, list(class_names)
+        self.method, self.shots, self.seed, self.batch_size = method, shots, seed, batch_size
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.method, self.shots, self.seed)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, dim) unnormalised image features -> (n, C) softmax over the head's classes."""
+        return torch.softmax(self.head.logits(features).float(), dim=-1)
+
+    def predict(self, paths: Iterable[Path | str], top_k: int = 5, progress: bool = False) -> list[Prediction]:
+        """Top-k labels of each image (files, or folders of images); unreadable ones carry an error."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        images = expand_images(paths)
+        results: dict[int, Prediction] = {}
+        batch: list[tuple[int, np.ndarray]] = []
+        bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
+        for index, path in enumerate(images):
+            try:
+                batch.append((index, self.backbone.transform(read_image(path))))
+            except UnreadableImage as err:
+                results[index] = Prediction(str(path), error=str(err))
+            if batch and (len(batch) == self.batch_size or index == len(images) - 1):
+                results.update(self._classify(images, batch, top_k))
+                batch = []
+            bar.update(1)
+        bar.close()
+        return [results[i] for i in range(len(images))]
+
+    def _classify(self, images: list[Path], batch: list[tuple[int, np.ndarray]], top_k: int) -> dict[int, Prediction]:
+        pixels = torch.from_numpy(np.stack([px for _, px in batch]))
+        probs = self.probabilities(self.backbone.encode_images(pixels))
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)  # sorted, most likely first
+        return {i: Prediction(str(images[i]), [(self.class_names[c], float(p)) for p, c in zip(v.tolist(), k.tolist())])
+                for (i, _), v, k in zip(batch, values, indices)}
+
+
+def load_classifier(run_dir: Path | str, method: str | None = None, shots: int | None = None,
+                    seed: int | None = None, device: str | None = None) -> Classifier:
+    """The classifier a run trained; defaults: the first of the run's methods with a trained head, its
+    largest shot budget, its smallest seed. ``device`` overrides the run's ``model.device``."""
+    from .backbones import load_backbone
+    from .heads import load_head
+
+    layout = RunLayout(Path(run_dir).expanduser())
+    if not layout.config.is_file():
+        raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
+    config = load_config(layout.config)
+    method, shots, seed = choose_head(trained_heads(layout.root), config.methods, method, shots, seed)
+    head, meta = load_head(layout.heads / unit_name(method, shots, seed))
+    model = config.model if device is None else config.model.model_copy(update={"device": device})
+    backbone = load_backbone(model, cache_dir=Path(config.cache.dir).expanduser())
+    return Classifier(backbone, head, meta["class_names"], method, shots, seed, batch_size=config.model.batch_size)
+
+
+def write_predictions(path: Path | str, results: Sequence[Prediction], classifier: Classifier) -> None:
+    """``.csv``: one row per (image, rank) -- path, rank, label, probability, error (one row with the
+    error for an image that could not be read); ``.json``: the head and a list of per-image results."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        write_json(path, {
+            "method": classifier.method, "shots": classifier.shots, "seed": classifier.seed,
+            "predictions": [{"path": r.path, "top_k": [{"label": label, "probability": p} for label, p in r.top_k],
+                             "error": r.error} for r in results]})
+    elif path.suffix.lower() == ".csv":
+        rows = []
+        for r in results:
+            rows += [(r.path, rank, label, f"{p:.6f}", "") for rank, (label, p) in enumerate(r.top_k, 1)]
+            rows += [(r.path, "", "", "", r.error)] if r.error is not None else []
+        write_csv(path, ("path", "rank", "label", "probability", "error"), rows)
+    else:
+        raise ValueError(f"{path}: predictions are written as .csv or .json")

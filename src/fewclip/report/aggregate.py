@@ -1,0 +1,149 @@
+"""Tables over seeds and methods, computed from ``results/summary.csv`` and written to ``results/aggregate/``.
+
+accuracy_table.csv  method, shots, split, n_seeds, accuracy_mean/std, macro_f1_mean/std
+trainable_params.csv  method, shots, trainable_params
+base_new.csv  method, shots, base/new/hm mean and std of accuracy (only in the base-to-new mode)
+
+Means are over seeds; std is the sample standard deviation (n - 1), 0 for a single seed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..fileio import read_csv, write_csv
+from ..layout import RunLayout
+
+ACCURACY_COLUMNS = ("method", "shots", "split", "n_seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
+                    "macro_f1_std")
+PARAMS_COLUMNS = ("method", "shots", "trainable_params")
+BASE_NEW_COLUMNS = ("method", "shots", "base_mean", "base_std", "new_mean", "new_std", "hm_mean", "hm_std")
+SPLIT_ORDER = ("test", "base", "new", "hm")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); std is 0 for a single value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def split_key(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def _first_seen(values: Sequence[str]) -> dict[str, int]:
+    order: dict[str, int] = {}
+    for value in values:
+        order.setdefault(value, len(order))
+    return order
+
+
+def accuracy_table(summary: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """One row per (method, shots, split): mean and std of accuracy and macro-F1 over seeds.
+
+    Methods keep their order in summary.csv (the config's order); shots ascend; splits test, base, new, hm.
+    """
+    groups: dict[tuple[str, int, str], list[dict[str, str]]] = {}
+    for row in summary:
+        groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(row)
+    method_order = _first_seen([row["method"] for row in summary])
+    rows = []
+    for (method, shots, split), members in sorted(groups.items(), key=lambda kv: (method_order[kv[0][0]], kv[0][1],
+                                                                                  split_key(kv[0][2]))):
+        acc_mean, acc_std = mean_std([float(r["accuracy"]) for r in members])
+        f1_mean, f1_std = mean_std([float(r["macro_f1"]) for r in members])
+        rows.append({"method": method, "shots": shots, "split": split, "n_seeds": len(members),
+                     "accuracy_mean": acc_mean, "accuracy_std": acc_std, "macro_f1_mean": f1_mean,
+                     "macro_f1_std": f1_std})
+    return rows
+
+
+def trainable_params(summary: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """One row per (method, shots) and distinct parameter count (the count never varies with the seed)."""
+    seen: dict[tuple[str, int, int], None] = {}
+    for row in summary:
+        seen.setdefault((row["method"], int(row["shots"]), int(row["trainable_params"])), None)
+    return [{"method": m, "shots": k, "trainable_params": p} for m, k, p in seen]
+
+
+def base_new_table(accuracy: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy on base, new and their harmonic mean per (method, shots); [] outside the base-to-new mode.
+
+    A head that cannot name unseen classes (a linear probe) has base values and empty new / hm.
+    """
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in accuracy:
+        if row["split"] in ("base", "new", "hm"):
+            cell = cells.setdefault((row["method"], row["shots"]), {"method": row["method"], "shots": row["shots"]})
+            cell[f"{row['split']}_mean"] = row["accuracy_mean"]
+            cell[f"{row['split']}_std"] = row["accuracy_std"]
+    return [{column: cell.get(column) for column in BASE_NEW_COLUMNS} for cell in cells.values()]
+
+
+def mean_curves(histories: dict[tuple[int, int], Sequence[dict[str, str]]]) -> dict[int, list[dict[str, float]]]:
+    """Per shot budget, the per-epoch mean over seeds of train_loss and val_macro_f1.
+
+    ``histories`` maps (shots, seed) to the rows of one history CSV. An epoch averages the seeds that reached
+    it (early stopping may end some sooner); a blank cell is left out of its mean.
+    """
+    per_epoch: dict[int, dict[int, dict[str, list[float]]]] = {}
+    for (shots, _seed), rows in histories.items():
+        for row in rows:
+            epoch = per_epoch.setdefault(shots, {}).setdefault(int(float(row["epoch"])), {"train_loss": [], "val_macro_f1": []})
+            for column in epoch:
+                if row.get(column, "") not in ("", None):
+                    epoch[column].append(float(row[column]))
+    return {shots: [{"epoch": e, **{c: (sum(v) / len(v) if v else math.nan) for c, v in values.items()}}
+                    for e, values in sorted(epochs.items())]
+            for shots, epochs in sorted(per_epoch.items())}
+
+
+def read_histories(layout: RunLayout, summary: Sequence[dict[str, str]], method: str) -> dict[tuple[int, int], list[dict[str, str]]]:
+    """The history CSVs of ``method``'s units in summary.csv (stale files of other budgets are ignored)."""
+    histories = {}
+    for shots, seed in sorted({(int(r["shots"]), int(r["seed"])) for r in summary if r["method"] == method}):
+        path = layout.results / "history" / method / f"shot_{shots}-seed_{seed}.csv"
+        if path.is_file():
+            histories[(shots, seed)] = read_csv(path)
+    return histories
+
+
+def read_accuracy_table(path: Path) -> list[dict[str, Any]]:
+    """accuracy_table.csv back as typed rows (the report and the plots read the file, not a recomputation)."""
+    return [{"method": r["method"], "shots": int(r["shots"]), "split": r["split"], "n_seeds": int(r["n_seeds"]),
+             **{c: float(r[c]) for c in ACCURACY_COLUMNS[4:]}} for r in read_csv(path)]
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else value
+
+
+def _write(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    write_csv(path, columns, ([_cell(row[c]) for c in columns] for row in rows))
+
+
+def write_aggregates(layout: RunLayout) -> dict[str, Path]:
+    """Write the aggregate tables from summary.csv; returns {name: path} of what was written.
+
+    A base_new.csv from an earlier run in another mode is removed, so the folder mirrors summary.csv.
+    """
+    summary = read_csv(layout.summary)
+    accuracy = accuracy_table(summary)
+    written = {"accuracy_table": layout.aggregate / "accuracy_table.csv",
+               "trainable_params": layout.aggregate / "trainable_params.csv"}
+    _write(written["accuracy_table"], ACCURACY_COLUMNS, accuracy)
+    _write(written["trainable_params"], PARAMS_COLUMNS, trainable_params(summary))
+    base_new = base_new_table(accuracy)
+    base_new_path = layout.aggregate / "base_new.csv"
+    if base_new:
+        _write(base_new_path, BASE_NEW_COLUMNS, base_new)
+        written["base_new"] = base_new_path
+    else:
+        base_new_path.unlink(missing_ok=True)
+    return written

@@ -1,0 +1,104 @@
+"""Run-level plots in ``results/aggregate/``: accuracy vs shots, and training curves per method.
+
+Both are drawn from the CSVs (accuracy_table.csv, results/history/...), never from in-memory results.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..fileio import read_csv
+from ..layout import RunLayout
+from .aggregate import mean_curves, read_accuracy_table, read_histories, split_key
+from .answer import shots_text
+from .unit_figures import _pyplot, _save
+
+SPLIT_TITLES = {"test": "test (all classes)", "base": "base classes", "new": "new classes",
+                "hm": "harmonic mean of base and new"}
+
+
+def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path) -> None:
+    """One panel per split: mean accuracy ± std over seeds per method; shot-free methods as horizontal lines."""
+    plt = _pyplot()
+    splits = sorted({row["split"] for row in accuracy}, key=split_key)
+    figure, axes = plt.subplots(1, len(splits), figsize=(5.6 * len(splits), 4.2), squeeze=False)
+    methods = list(dict.fromkeys(row["method"] for row in accuracy))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    budgets = sorted({row["shots"] for row in accuracy if row["shots"] > 0})
+    for axis, split in zip(axes[0], splits):
+        for method in methods:
+            rows = sorted((r for r in accuracy if r["method"] == method and r["split"] == split), key=lambda r: r["shots"])
+            if not rows:
+                continue
+            if all(r["shots"] == 0 for r in rows):
+                axis.axhline(rows[0]["accuracy_mean"], color=colours[method], linestyle="--", label=method)
+                continue
+            rows = [r for r in rows if r["shots"] > 0]
+            axis.errorbar([r["shots"] for r in rows], [r["accuracy_mean"] for r in rows],
+                          yerr=[r["accuracy_std"] for r in rows], color=colours[method], marker="o", capsize=3,
+                          label=method)
+        if budgets:
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(budgets, [str(b) for b in budgets])
+            axis.minorticks_off()
+        axis.set_ylim(0, 1.02)
+        axis.set_xlabel("shots per class")
+        axis.set_ylabel("accuracy (mean ± std over seeds)")
+        axis.set_title(SPLIT_TITLES.get(split, split), fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def training_curves_png(method: str, curves: dict[int, list[dict[str, float]]], path: Path) -> None:
+    """Train loss and validation macro-F1 per epoch, one line per shot budget (mean over seeds)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (loss_axis, f1_axis) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for shots, rows in curves.items():
+        epochs = [r["epoch"] for r in rows]
+        loss_axis.plot(epochs, [r["train_loss"] for r in rows], marker=".", label=shots_text(shots))
+        if any(not math.isnan(r["val_macro_f1"]) for r in rows):
+            f1_axis.plot(epochs, [r["val_macro_f1"] for r in rows], marker=".", label=shots_text(shots))
+    loss_axis.set_title(f"{method}: train loss", fontsize=9)
+    f1_axis.set_title(f"{method}: validation macro-F1", fontsize=9)
+    f1_axis.set_ylim(0, 1.02)
+    for axis in (loss_axis, f1_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def curves_path(layout: RunLayout, method: str) -> Path:
+    return layout.aggregate / f"training_curves-{method}.png"
+
+
+def accuracy_plot_path(layout: RunLayout) -> Path:
+    return layout.aggregate / "accuracy_vs_shots.png"
+
+
+def write_figures(layout: RunLayout) -> list[Path]:
+    """The accuracy-vs-shots plot and one training-curves plot per method with history; returns the paths.
+
+    Needs accuracy_table.csv (``aggregate.write_aggregates``).
+    """
+    written = []
+    accuracy = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
+    if accuracy:
+        accuracy_vs_shots_png(accuracy, accuracy_plot_path(layout))
+        written.append(accuracy_plot_path(layout))
+    summary = read_csv(layout.summary)
+    for method in dict.fromkeys(row["method"] for row in summary):
+        histories = read_histories(layout, summary, method)
+        path = curves_path(layout, method)
+        if histories:
+            training_curves_png(method, mean_curves(histories), path)
+            written.append(path)
+        else:
+            path.unlink(missing_ok=True)  # a stale plot would no longer mirror the CSVs
+    return written

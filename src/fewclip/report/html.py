@@ -1,0 +1,351 @@
+"""``report.html``: one self-contained page (images as base64 data URIs, inline CSS, no script) that opens
+offline and mirrors the CSVs and PNGs in the run directory. Numbers are read from those files, never
+recomputed; every piece of text that comes from a file (class names, templates, paths, config) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..config import Config, load_config
+from ..fileio import atomic_write_text, read_csv
+from ..layout import RunLayout
+from .aggregate import read_accuracy_table, split_key, write_aggregates
+from .answer import SPLIT_NAMES, headline, pct, sentence, verdicts
+from .figures import accuracy_plot_path, curves_path, write_figures
+from .missing import missing_splits, missing_units
+
+THUMBNAIL_PX = 96
+CONFUSION_TABLE_MAX_CLASSES = 30
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #1d2330; background: #fff; line-height: 1.45; padding: 0 1em; }
+h1 { border-bottom: 3px solid #4c72b0; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ccd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; vertical-align: middle; }
+th { background: #eef1f7; }
+td.text, th.text { text-align: left; }
+tr.ensemble td { font-weight: bold; }
+.headline { font-size: 1.2em; background: #e8f0fb; border-left: 5px solid #4c72b0; padding: .6em 1em; }
+.missing { background: #fff4e5; border-left: 5px solid #e69500; padding: .4em 1em; }
+.f1 { color: #555; font-size: .85em; }
+.note { color: #666; font-style: italic; }
+.placeholder { display: inline-block; width: 96px; height: 60px; background: #eee; color: #a00;
+               font-size: .75em; text-align: center; padding-top: 30px; }
+img { max-width: 100%; }
+pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+class Page:
+    """Collects the sections of the report and whatever it expected on disk but did not find."""
+
+    def __init__(self, layout: RunLayout, config: Config) -> None:
+        self.layout = layout
+        self.figures = config.output.figures
+        self.saliency_images = config.output.saliency_images
+        self.missing_files: list[str] = []
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.layout.root))
+        except ValueError:
+            return str(path)
+
+    def image(self, path: Path, alt: str) -> str:
+        """The PNG as an <img> data URI, or a note (and a missing-artifact entry) when the file is absent.
+
+        With output.figures off nothing is embedded: a PNG left by an earlier run may not match the CSVs.
+        """
+        if not self.figures:
+            return f'<p class="note">{esc(alt)}: no figure (output.figures is false)</p>'
+        if not path.is_file():
+            self.missing_files.append(self.relative(path))
+            return f'<p class="note">{esc(alt)}: no figure ({esc(self.relative(path))} is absent)</p>'
+        return f'<img src="{data_uri(path.read_bytes())}" alt="{esc(alt)}">'
+
+    def csv(self, path: Path) -> list[dict[str, str]] | None:
+        if not path.is_file():
+            self.missing_files.append(self.relative(path))
+            return None
+        return read_csv(path)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "",
+          text_columns: Sequence[int] = (0,)) -> str:
+    """Cells are HTML already (callers escape); columns in ``text_columns`` align left, numbers right."""
+    def cell(tag: str, i: int, content: str) -> str:
+        return f'<{tag} class="text">{content}</{tag}>' if i in text_columns else f"<{tag}>{content}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def mean_std_text(mean: float, std: float) -> str:
+    """Percent, two decimals: ``47.22 ± 11.79``."""
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+# --- sections ------------------------------------------------------------------------------------------------
+
+
+def answer_section(accuracy: list[dict[str, Any]], config: Config) -> str:
+    found = verdicts(accuracy, config.few_shot.shots)
+    parts = [f'<p class="headline">{esc(headline(found, accuracy))}</p>']
+    for split in sorted({v.split for v in found}, key=split_key):
+        parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3><ul>")
+        parts += [f"<li>{esc(sentence(v))}</li>" for v in found if v.split == split]
+        parts.append("</ul>")
+    return "".join(parts)
+
+
+def missing_section(config: Config, summary: list[dict[str, str]], missing_files: list[str]) -> str:
+    """'' when the run is complete; otherwise a list of what the config asked for and the disk lacks."""
+    lines = missing_units(config, summary) + missing_splits(config, summary)[0]
+    lines += [f"file not found: {path}" for path in dict.fromkeys(missing_files)]
+    if not config.output.figures:
+        lines.append("output.figures is false: the run wrote no PNG figures, so the report has none")
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (f'<div class="missing"><p>Compared with what the config asks for (methods {esc(", ".join(config.methods))}'
+            f" x shots {esc(config.few_shot.shots)} x seeds {esc(config.splits.seeds)}), this run lacks:</p>"
+            f"<ul>{items}</ul></div>")
+
+
+def accuracy_section(accuracy: list[dict[str, Any]], config: Config) -> str:
+    """Per split, methods x shots: accuracy (and macro-F1 below it), mean ± std over seeds, in percent."""
+    if not accuracy:
+        return '<p class="note">No results.</p>'
+    budgets = sorted({r["shots"] for r in accuracy} | set(config.few_shot.shots))
+    methods = list(dict.fromkeys(r["method"] for r in accuracy))
+    n_seeds = len(config.splits.seeds)
+    parts = ['<p>Accuracy in percent, mean ± sample std over seeds; macro-F1 below it. '
+             '"n=" marks a cell with fewer seeds than the config asks for.</p>']
+    for split in sorted({r["split"] for r in accuracy}, key=split_key):
+        cells = {(r["method"], r["shots"]): r for r in accuracy if r["split"] == split}
+        rows = []
+        for method in methods:
+            row = [esc(method)]
+            for shots in budgets:
+                r = cells.get((method, shots))
+                if r is None:
+                    row.append("—")
+                    continue
+                short = f' <span class="note">n={r["n_seeds"]}</span>' if shots and r["n_seeds"] < n_seeds else ""
+                row.append(f'<span class="acc" data-method="{esc(method)}" data-shots="{shots}" data-split="{esc(split)}">'
+                           f'{mean_std_text(r["accuracy_mean"], r["accuracy_std"])}</span>{short}<br>'
+                           f'<span class="f1">F1 {mean_std_text(r["macro_f1_mean"], r["macro_f1_std"])}</span>')
+            rows.append(row)
+        header = ["method", *[("0 (zero-shot)" if k == 0 else f"{k} shots") for k in budgets]]
+        parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>")
+        parts.append(table(header, rows, "accuracy-table"))
+    return "".join(parts)
+
+
+def base_new_section(page: Page, config: Config, summary: list[dict[str, str]]) -> str:
+    rows = read_csv(page.layout.aggregate / "base_new.csv")
+    notes = "".join(f'<p class="note">{esc(line)}.</p>' for line in missing_splits(config, summary)[1])
+
+    def cell(row: dict[str, str], split: str) -> str:
+        mean, std = row[f"{split}_mean"], row[f"{split}_std"]
+        return mean_std_text(float(mean), float(std)) if mean else "—"
+
+    return ("<p>Accuracy in percent (mean ± std over seeds). The head is trained on the base classes only; "
+            "hm is the harmonic mean of base and new.</p>"
+            + table(["method", "shots", "base", "new", "hm"],
+                    ([esc(r["method"]), esc(r["shots"]), cell(r, "base"), cell(r, "new"), cell(r, "hm")] for r in rows),
+                    "base-new") + notes)
+
+
+def params_section(page: Page) -> str:
+    rows = read_csv(page.layout.aggregate / "trainable_params.csv")
+    return table(["method", "shots", "trainable parameters"],
+                 ([esc(r["method"]), esc(r["shots"]), f"{int(r['trainable_params']):,}"] for r in rows), "params")
+
+
+def templates_section(page: Page, summary: list[dict[str, str]]) -> str:
+    path = page.layout.results / "zero_shot_templates.csv"
+    if not any(r["method"] == "zero_shot" for r in summary):  # a file left by an earlier run is not this run's
+        return '<p class="note">No per-template results (zero-shot did not run).</p>'
+    if not path.is_file():
+        page.missing_files.append(page.relative(path))
+        return '<p class="note">No per-template results.</p>'
+    rows = read_csv(path)
+    parts = ["<p>Each prompt template alone, next to their ensemble (the zero-shot head's prediction).</p>"]
+    for split in sorted(dict.fromkeys(r["split"] for r in rows), key=split_key):
+        body = "".join(f'<tr class="{"ensemble" if r["template"] == "<ensemble>" else "single"}">'
+                       f'<td class="text">{esc(r["template"])}</td><td>{pct(float(r["accuracy"]))}</td>'
+                       f'<td>{pct(float(r["macro_f1"]))}</td></tr>' for r in rows if r["split"] == split)
+        parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>"
+                     f'<table class="templates"><thead><tr><th class="text">template</th><th>accuracy</th>'
+                     f"<th>macro-F1</th></tr></thead><tbody>{body}</tbody></table>")
+    return "".join(parts)
+
+
+def curves_section(page: Page, summary: list[dict[str, str]]) -> str:
+    trained = list(dict.fromkeys(r["method"] for r in summary if int(r["shots"]) > 0))
+    if not trained:
+        return '<p class="note">No trained method (zero-shot has no epochs).</p>'
+    parts = ["<p>Mean over seeds per epoch, one line per shot budget.</p>"]
+    for method in trained:
+        if not (page.layout.results / "history" / method).is_dir():
+            parts.append(f'<p class="note">{esc(method)}: no per-epoch history.</p>')
+            continue
+        parts.append(f"<h3>{esc(method)}</h3>" + page.image(curves_path(page.layout, method), f"{method} training curves"))
+    return "".join(parts)
+
+
+def config_section(page: Page, config: Config | None) -> str:
+    """config.yaml as written, or the config the report was built against when one was passed in."""
+    text = config.to_yaml() if config is not None else page.layout.config.read_text(encoding="utf-8")
+    return f"<pre>{esc(text)}</pre>"
+
+
+# --- per-method details --------------------------------------------------------------------------------------
+
+
+def thumbnail(path: Path) -> str:
+    """A ~96 px PNG <img> of an image file, or a placeholder when it is missing or unreadable."""
+    from PIL import Image
+
+    if not path.is_file():
+        return '<span class="placeholder">image not found</span>'
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (2 * THUMBNAIL_PX, 2 * THUMBNAIL_PX))  # JPEG: decode at a reduced size
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (OSError, ValueError, SyntaxError):
+        return '<span class="placeholder">unreadable image</span>'
+    return f'<img class="thumb" src="{data_uri(buffer.getvalue())}" alt="{esc(path.name)}">'
+
+
+def detail_unit(summary: list[dict[str, str]], method: str) -> tuple[int, int]:
+    """The unit shown in detail: the largest shot budget, its smallest seed (the one with saliency maps)."""
+    shots = max(int(r["shots"]) for r in summary if r["method"] == method)
+    return shots, min(int(r["seed"]) for r in summary if r["method"] == method and int(r["shots"]) == shots)
+
+
+def confusion_table(rows: list[dict[str, str]]) -> str:
+    names = list(rows[0])[1:] if rows else []
+    if len(names) > CONFUSION_TABLE_MAX_CLASSES:
+        return f'<p class="note">{len(names)} classes: the counts are in confusion.csv.</p>'
+    return table(["true \\ predicted", *map(esc, names)],
+                 ([esc(r["true \\ predicted"]), *(esc(r[n]) for n in names)] for r in rows), "confusion")
+
+
+def unit_split_details(page: Page, summary: list[dict[str, str]], per_class: list[dict[str, str]],
+                       method: str, shots: int, seed: int, split: str) -> str:
+    folder = page.layout.unit_results(method, shots, seed, split)
+    parts = [f"<h4>{esc(SPLIT_NAMES.get(split, split))}</h4>", "<p><b>Confusion matrix</b></p>",
+             page.image(folder / "confusion.png", f"{method} confusion matrix")]
+    confusion = page.csv(folder / "confusion.csv")
+    if confusion is not None:
+        parts.append(confusion_table(confusion))
+    unit_class = [r for r in per_class if (r["method"], int(r["shots"]), int(r["seed"]), r["split"]) == (method, shots, seed, split)]
+    parts.append("<p><b>Per class</b></p>" + table(
+        ["class", "precision", "recall", "F1", "support"],
+        ([esc(r["class_name"]), f"{float(r['precision']):.3f}", f"{float(r['recall']):.3f}", f"{float(r['f1']):.3f}",
+          esc(r["support"])] for r in unit_class), "per-class"))
+    pairs = page.csv(folder / "confused_pairs.csv")
+    if pairs is not None:
+        parts.append("<p><b>Most-confused pairs</b></p>" + (table(
+            ["true", "predicted as", "count"], ([esc(r["true"]), esc(r["predicted"]), esc(r["count"])] for r in pairs),
+            "pairs", (0, 1)) if pairs else '<p class="note">No confusions.</p>'))
+    mistakes = page.csv(folder / "mistakes.csv")
+    if mistakes is not None:
+        parts.append("<p><b>Most confident mistakes</b></p>" + (table(
+            ["image", "true", "predicted", "confidence", "path"],
+            ([thumbnail(resolve_image(page.layout, r["path"])), esc(r["true"]), esc(r["predicted"]),
+              f"{float(r['confidence']):.3f}", esc(r["path"])] for r in mistakes), "mistakes", (1, 2, 4))
+            if mistakes else '<p class="note">No mistakes.</p>'))
+    ece = next((r["ece"] for r in summary if (r["method"], int(r["shots"]), int(r["seed"]), r["split"])
+                == (method, shots, seed, split)), "")
+    parts.append(f"<p><b>Calibration</b>: ECE {esc(f'{float(ece):.4f}' if ece else 'not recorded')}</p>"
+                 + page.image(folder / "reliability.png", f"{method} reliability diagram"))
+    return "".join(parts)
+
+
+def resolve_image(layout: RunLayout, path: str) -> Path:
+    """mistakes.csv paths are relative to <run>/data, or absolute (image folders used in place)."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else layout.data / candidate
+
+
+def details_section(page: Page, summary: list[dict[str, str]]) -> str:
+    per_class = read_csv(page.layout.results / "per_class.csv") if (page.layout.results / "per_class.csv").is_file() else []
+    parts = ["<p>One unit per method: the largest shot budget and its first seed.</p>"]
+    for method in dict.fromkeys(r["method"] for r in summary):
+        shots, seed = detail_unit(summary, method)
+        parts.append(f"<h3>{esc(method)}: {shots} shots, seed {seed}</h3>")
+        unit_splits = {r["split"] for r in summary if (r["method"], int(r["shots"]), int(r["seed"])) == (method, shots, seed)}
+        for split in sorted(unit_splits - {"hm"}, key=split_key):
+            parts.append(unit_split_details(page, summary, per_class, method, shots, seed, split))
+        parts.append("<p><b>Saliency</b> (where the image evidence for the prediction lies)</p>")
+        if page.figures and not page.saliency_images:
+            parts.append('<p class="note">No saliency maps (output.saliency_images is 0).</p>')
+        else:
+            parts.append(page.image(page.layout.saliency(method, shots, seed) / "saliency.png", f"{method} saliency"))
+    return "".join(parts)
+
+
+# --- the page ------------------------------------------------------------------------------------------------
+
+
+def build_report(run_dir: Path, config: Config | None = None) -> Path:
+    """Write the aggregate tables and plots, then ``<run_dir>/report.html``; returns its path.
+
+    ``config`` defaults to the run's config.yaml; what it asks for and the results lack is listed up front.
+    """
+    layout = RunLayout(Path(run_dir))
+    if not layout.summary.is_file():
+        raise FileNotFoundError(f"{layout.summary} not found: run `fewclip evaluate` before `fewclip report`")
+    given = config
+    config = config if config is not None else load_config(layout.config)
+    write_aggregates(layout)
+    if config.output.figures:
+        write_figures(layout)
+    summary = read_csv(layout.summary)
+    accuracy = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
+    page = Page(layout, config)
+    body = [("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config)),
+            ("accuracy-plot", "Accuracy vs shots",
+             page.image(accuracy_plot_path(layout), "accuracy vs shots") if accuracy else '<p class="note">No results.</p>')]
+    if (layout.aggregate / "base_new.csv").is_file():
+        body.append(("base-new", "Base / new / harmonic mean", base_new_section(page, config, summary)))
+    body += [("params", "Trainable parameters", params_section(page)),
+             ("templates", "Zero-shot accuracy per template", templates_section(page, summary)),
+             ("curves", "Training curves", curves_section(page, summary)),
+             ("details", "Per-method details", details_section(page, summary)),
+             ("config", "Resolved config", config_section(page, given))]
+    opening = [("answer", "The answer", answer_section(accuracy, config))]
+    notice = missing_section(config, summary, page.missing_files)
+    if notice:
+        opening.append(("missing", "What is missing", notice))
+    sections = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'
+                       for key, title, content in opening + body)
+    document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f"<title>fewclip report: {esc(config.name)}</title><style>{CSS}</style></head><body>"
+                f"<h1>fewclip report: {esc(config.name)}</h1>"
+                f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its CSV files.</p>'
+                f"{sections}</body></html>\n")
+    atomic_write_text(layout.report, document)
+    return layout.report

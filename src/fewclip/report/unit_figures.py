@@ -1,0 +1,76 @@
+"""Per-unit figures of the evaluate stage: confusion matrix, reliability diagram, saliency overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..fileio import atomic_write_bytes
+
+
+def _save(figure: "object", path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
+    plt.close(figure)  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(matrix: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
+    plt = _pyplot()
+    size = 2.5 + 0.35 * len(names)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(len(names)), names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title, fontsize=9)
+    if len(names) <= 20:
+        high = matrix.max() / 2 if matrix.size else 0
+        for (i, j), count in np.ndenumerate(matrix):
+            axis.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > high else "black")
+    _save(figure, path)
+
+
+def reliability_png(bins: Sequence[dict[str, float]], ece: float, path: Path, title: str) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(3.6, 3.4))
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
+    axis.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, color="#4c72b0",
+             edgecolor="white", label="accuracy")
+    axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"{title}\nECE {ece:.3f}", fontsize=9)
+    axis.legend(fontsize=7, loc="upper left")
+    _save(figure, path)
+
+
+def image_grid_png(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 6) -> None:
+    plt = _pyplot()
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, captions):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=7)
+    _save(figure, path)

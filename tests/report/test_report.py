@@ -1,0 +1,313 @@
+"""The report stage: aggregate tables, plots and report.html, checked against the CSVs they are read from."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import statistics
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from PIL import Image
+
+from fewclip import pipeline
+from fewclip.cli import main
+from fewclip.fileio import read_csv, write_csv
+from fewclip.layout import RunLayout
+from fewclip.report.aggregate import accuracy_table, mean_std
+from fewclip.report.answer import headline, sentence, verdicts
+from fewclip.report.html import build_report, thumbnail
+
+EVIL = "<script>alert(1)</script>"
+SECTIONS = ["The answer", "Accuracy and macro-F1 by method and shots", "Accuracy vs shots", "Trainable parameters",
+            "Zero-shot accuracy per template", "Training curves", "Per-method details", "Resolved config"]
+
+
+class ReportParser(HTMLParser):
+    """Headings, every src/href, the method x shots cells and the tables of a report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: dict[str, list[str]] = {"h2": [], "h3": []}
+        self.links: list[str] = []
+        self.cells: list[dict[str, str]] = []  # the accuracy spans: data-* attributes and text
+        self.f1: list[str] = []
+        self.tables: list[dict[str, Any]] = []  # {"class": ..., "rows": [[cell text, ...], ...]}
+        self._open: list[tuple[str, Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.links += [value or "" for key, value in attrs if key in ("src", "href")]
+        if tag in self.headings:
+            self._open.append((tag, []))
+        elif tag == "span" and attributes.get("class") in ("acc", "f1"):
+            self._open.append((attributes["class"], {**attributes, "text": ""}))
+        elif tag == "table":
+            self.tables.append({"class": attributes.get("class"), "rows": []})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th") and self.tables:
+            self.tables[-1]["rows"][-1].append("")
+            self._open.append(("cell", None))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open:
+            return
+        kind, data = self._open[-1]
+        if kind == tag and tag in self.headings:
+            self.headings[tag].append("".join(data).strip())
+        elif tag == "span" and kind == "acc":
+            self.cells.append(data)
+        elif tag == "span" and kind == "f1":
+            self.f1.append(data["text"])
+        elif tag in ("td", "th") and kind == "cell":
+            pass
+        else:
+            return
+        self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for kind, value in self._open:
+            if kind in self.headings:
+                value.append(data)
+            elif kind in ("acc", "f1"):
+                value["text"] += data
+        if self._open and self._open[-1][0] == "cell" and self.tables:
+            self.tables[-1]["rows"][-1][-1] += data
+
+
+def parse(path: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def percent_pair(text: str) -> tuple[float, float]:
+    """``F1 47.22 ± 11.79`` -> (0.4722, 0.1179)."""
+    mean, std = text.replace("F1", "").split("±")
+    return float(mean) / 100, float(std) / 100
+
+
+@pytest.fixture()
+def run_report(make_config: Callable[..., Any]) -> Callable[..., tuple[Any, RunLayout]]:
+    """Run every stage (report included) on the shapes data, one class renamed to a script tag."""
+
+    def build(*overrides: str) -> tuple[Any, RunLayout]:
+        config = make_config("few_shot.shots=[1,2]", "splits.seeds=[1,2]", "training.epochs=5",
+                             "output.saliency_images=3", *overrides,
+                             dataset={"source": "folder", "path": make_config().dataset.path,
+                                      "rename": {"red_circle": EVIL}})
+        pipeline.run(config)
+        return config, RunLayout(Path(config.output.dir))
+
+    return build
+
+
+# --- pure aggregation and wording ----------------------------------------------------------------------------
+
+
+def test_mean_std_is_the_sample_std_and_zero_for_one_seed() -> None:
+    assert mean_std([0.5]) == (0.5, 0.0)
+    mean, std = mean_std([0.2, 0.4, 0.9])
+    assert mean == pytest.approx(0.5) and std == pytest.approx(statistics.stdev([0.2, 0.4, 0.9]))
+    rows = [{"method": "m", "shots": "2", "seed": str(s), "split": "test", "accuracy": a, "macro_f1": "0.5"}
+            for s, a in ((1, "0.25"), (2, "0.75"))]
+    (row,) = accuracy_table(rows)
+    assert (row["n_seeds"], row["accuracy_mean"], row["macro_f1_std"]) == (2, 0.5, 0.0)
+    assert row["accuracy_std"] == pytest.approx(statistics.stdev([0.25, 0.75]))
+
+
+def test_the_answer_names_winner_runner_up_and_zero_shot_per_budget() -> None:
+    def row(method: str, shots: int, accuracy: float) -> dict[str, Any]:
+        return {"method": method, "shots": shots, "split": "test", "n_seeds": 3, "accuracy_mean": accuracy,
+                "accuracy_std": 0.01, "macro_f1_mean": accuracy, "macro_f1_std": 0.0}
+
+    accuracy = [row("zero_shot", 0, 0.60), row("linear_probe", 1, 0.50), row("coop", 1, 0.55),
+                row("linear_probe", 4, 0.80), row("coop", 4, 0.70)]
+    found = verdicts(accuracy, [1, 2, 4])
+    assert [v.shots for v in found] == [1, 2, 4]
+    assert sentence(found[0]) == ("At 1 shot, coop has the best mean accuracy, 55.00% ± 1.00 (3 seeds), 5.00 points "
+                                  "ahead of linear_probe (50.00%), 5.00 points below zero_shot (60.00%).")
+    assert sentence(found[1]) == "At 2 shots: no results (see what is missing below)."
+    assert "linear_probe has the best mean accuracy" in sentence(found[2]) and "20.00 points above" in sentence(found[2])
+    tie = verdicts([*accuracy, row("cocoop", 4, 0.80)], [4])[-1]
+    assert sentence(tie).startswith("At 4 shots, linear_probe and cocoop tie for the best mean accuracy, 80.00%")
+    assert "10.00 points ahead of coop (70.00%)" in sentence(tie)
+    line = headline(found, accuracy)
+    assert "coop at 1 shot; linear_probe at 4 shots" in line
+    assert "zero_shot beats every trained method at 1 shot" in line
+
+
+def test_thumbnails_are_small_embedded_pngs_and_never_crash(tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (640, 320), (200, 30, 30)).save(big)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    tag = thumbnail(big)
+    prefix = 'src="data:image/png;base64,'
+    assert prefix in tag
+    encoded = tag.split(prefix, 1)[1].split('"', 1)[0]
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as small:
+        assert small.format == "PNG" and small.size == (96, 48)
+    assert "image not found" in thumbnail(tmp_path / "gone.png")
+    assert "unreadable image" in thumbnail(tmp_path / "broken.png")
+
+
+def test_report_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="fewclip evaluate"):
+        build_report(tmp_path)
+
+
+# --- the report of a real run --------------------------------------------------------------------------------
+
+
+def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(run_report) -> None:
+    config, layout = run_report()
+    text = layout.report.read_text(encoding="utf-8")
+    page = parse(layout.report)
+    assert page.headings["h2"] == SECTIONS  # in order; nothing missing, so no notice; no base-to-new table
+    answer = text[text.index("The answer"):text.index("Accuracy and macro-F1")]
+    assert "At 1 shot, linear_probe has the best mean accuracy" in answer
+    assert "At 2 shots, linear_probe has the best mean accuracy" in answer and "zero_shot (" in answer
+    # escaped everywhere: class names in tables, templates, config
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert EVIL not in text and "<script" not in text.lower()
+    assert "&lt;ensemble&gt;" in text and "a photo of a {}." in text
+    # offline: every src/href is an embedded PNG; no external reference anywhere in an attribute
+    assert page.links and all(link.startswith("data:image/png;base64,") for link in page.links)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)|url\(|@import|<link""", text, re.I)
+    # figures, one per unit shown, the plots, and thumbnails of the mistakes
+    for name in ("accuracy vs shots", "linear_probe training curves", "linear_probe confusion matrix",
+                 "zero_shot reliability diagram", "linear_probe saliency"):
+        assert f'alt="{name}"' in text
+    assert 'class="thumb"' in text and "image not found" not in text
+    assert {"accuracy_table.csv", "trainable_params.csv", "accuracy_vs_shots.png",
+            "training_curves-linear_probe.png"} <= {p.name for p in layout.aggregate.iterdir()}
+    assert not (layout.aggregate / "base_new.csv").exists()
+
+
+def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report) -> None:
+    config, layout = run_report()
+    summary = read_csv(layout.summary)
+    table = read_csv(layout.aggregate / "accuracy_table.csv")
+    assert {(r["method"], r["shots"]) for r in table} == {("zero_shot", "0"), ("linear_probe", "1"), ("linear_probe", "2")}
+    for row in table:  # aggregate CSV == mean / sample std over seeds of summary.csv
+        seeds = [r for r in summary if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])]
+        assert int(row["n_seeds"]) == len(seeds) == (1 if row["method"] == "zero_shot" else 2)
+        for metric in ("accuracy", "macro_f1"):
+            values = [float(r[metric]) for r in seeds]
+            assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-6)
+            assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0, abs=1e-6)
+    page = parse(layout.report)
+    assert len(page.cells) == len(page.f1) == len(table)
+    shown = {(c["data-method"], c["data-shots"], c["data-split"]): (c["text"], f1) for c, f1 in zip(page.cells, page.f1)}
+    for row in table:  # the report prints the CSV's numbers, in percent with two decimals
+        acc_text, f1_text = shown[(row["method"], row["shots"], row["split"])]
+        for (mean, std), metric in ((percent_pair(acc_text), "accuracy"), (percent_pair(f1_text), "macro_f1")):
+            assert mean == pytest.approx(float(row[f"{metric}_mean"]), abs=5.1e-5)
+            assert std == pytest.approx(float(row[f"{metric}_std"]), abs=5.1e-5)
+    params = next(t for t in page.tables if t["class"] == "params")["rows"][1:]
+    assert params == [[r["method"], r["shots"], f"{int(r['trainable_params']):,}"]
+                      for r in read_csv(layout.aggregate / "trainable_params.csv")]
+    assert [p[2] for p in params] == ["0", "99", "99"]  # zero-shot; 32-dim features x 3 classes + 3 biases
+
+
+def test_confusion_matrices_in_the_report_sum_to_the_test_set_and_give_the_accuracy(run_report) -> None:
+    config, layout = run_report()
+    n_test = len(read_csv(layout.test))
+    summary = {(r["method"], int(r["shots"]), int(r["seed"])): r for r in read_csv(layout.summary)}
+    confusions = [t["rows"] for t in parse(layout.report).tables if t["class"] == "confusion"]
+    assert len(confusions) == 2  # one unit per method: zero_shot (0, 0) and linear_probe at 2 shots, seed 1
+    for rows, unit in zip(confusions, [("zero_shot", 0, 0), ("linear_probe", 2, 1)]):
+        assert rows[0][1:] == ["blue triangle", "green square", EVIL]  # parsed text: unescaped once, as written
+        counts = [[int(c) for c in row[1:]] for row in rows[1:]]
+        total = sum(map(sum, counts))
+        assert total == n_test == int(summary[unit]["n_eval"])
+        trace = sum(counts[i][i] for i in range(len(counts)))
+        assert trace / total == pytest.approx(float(summary[unit]["accuracy"]), abs=1e-6)
+
+
+def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path) -> None:
+    config, layout = run_report()
+    # one unit's rows gone, a budget the run never had, an image the mistakes table cannot find
+    summary = read_csv(layout.summary)
+    kept = [r for r in summary if (r["method"], r["shots"], r["seed"]) != ("linear_probe", "2", "2")]
+    write_csv(layout.summary, list(summary[0]), ([r[c] for c in summary[0]] for r in kept))
+    mistakes_csv = layout.unit_results("linear_probe", 2, 1, "test") / "mistakes.csv"
+    mistakes = read_csv(mistakes_csv)
+    assert mistakes
+    mistakes[0]["path"] = "images/gone.png"  # relative to <run>/data
+    write_csv(mistakes_csv, list(mistakes[0]), ([r[c] for c in mistakes[0]] for r in mistakes))
+    asking_more = config.model_copy(update={"few_shot": config.few_shot.model_copy(update={"shots": [1, 2, 4]})})
+    build_report(layout.root, asking_more)
+
+    text = layout.report.read_text(encoding="utf-8")
+    page = parse(layout.report)
+    assert page.headings["h2"][:2] == ["The answer", "What is missing"]
+    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    assert "linear_probe: no results for 2 shots (seed 2); 4 shots (seeds 1, 2)" in notice
+    assert "zero_shot" not in notice.split("</p>", 1)[1]  # zero-shot is complete
+    assert "At 4 shots: no results" in text
+    assert "image not found" in text
+    n_cell = next(c for c in page.cells if (c["data-method"], c["data-shots"]) == ("linear_probe", "2"))
+    assert "n=1" in text[text.index(n_cell["text"]):][:120]
+    table = read_csv(layout.aggregate / "accuracy_table.csv")
+    assert next(r for r in table if (r["method"], r["shots"]) == ("linear_probe", "2"))["n_seeds"] == "1"
+
+    # the CLI stage rebuilds it from the run's own config: only the deleted unit is missing now
+    assert main(["-q", "report", str(layout.config)]) == 0
+    text = layout.report.read_text(encoding="utf-8")
+    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    assert "linear_probe: no results for 2 shots (seed 2)</li>" in notice and "4 shots" not in notice
+
+
+def test_base_to_new_report_without_figures(run_report) -> None:
+    config, layout = run_report("splits.subsample=base2new", "output.figures=false")
+    page = parse(layout.report)
+    text = layout.report.read_text(encoding="utf-8")
+    assert "Base / new / harmonic mean" in page.headings["h2"]
+    assert page.headings["h2"].index("Base / new / harmonic mean") == page.headings["h2"].index("Accuracy vs shots") + 1
+    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    assert "output.figures is false" in notice and "linear_probe:" not in notice  # no new rows is by design
+    base_new_text = text[text.index("Base / new / harmonic mean"):text.index("Trainable parameters")]
+    assert "linear_probe: no new, hm rows for 4 of 4 units; it cannot classify classes it was not trained on" in base_new_text
+    assert page.links and text.count('<img class="thumb" src="data:') == len(page.links)  # thumbnails only
+    base_new = read_csv(layout.aggregate / "base_new.csv")
+    summary = read_csv(layout.summary)
+    zero_shot = next(r for r in base_new if r["method"] == "zero_shot")
+    for split in ("base", "new", "hm"):
+        row = next(r for r in summary if r["method"] == "zero_shot" and r["split"] == split)
+        assert zero_shot[f"{split}_mean"] == row["accuracy"] and zero_shot[f"{split}_std"] == "0.000000"
+    probe = next(r for r in base_new if (r["method"], r["shots"]) == ("linear_probe", "2"))
+    assert probe["new_mean"] == probe["hm_mean"] == ""
+    rows = next(t for t in page.tables if t["class"] == "base-new")["rows"]
+    assert ["linear_probe", "2", f"{100 * float(probe['base_mean']):.2f} ± {100 * float(probe['base_std']):.2f}",
+            "—", "—"] in rows
+    assert "on the harmonic mean of base and new" in text.split("</p>", 2)[1]  # the headline speaks of hm
+
+
+# --- a real browser ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path) -> None:
+    if os.environ.get("FEWCLIP_SKIP_BROWSER") == "1":
+        pytest.skip("FEWCLIP_SKIP_BROWSER=1")
+    browser = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+    if browser is None:
+        pytest.fail("chromium is not installed: `apt-get install -y chromium` (Debian), or set FEWCLIP_SKIP_BROWSER=1")
+    config, layout = run_report()
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+                    layout.report.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    assert shot.is_file()
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and an embedded plot, not a blank page
