@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
     pretrain.add_argument("--out", required=True, help="folder for the checkpoint (Hugging Face format)")
     pretrain.add_argument("--minutes", type=float, default=12.0, help="optimisation time budget")
+    pretrain.add_argument("--steps", type=int, help="a fixed number of steps instead of a time budget (reproducible)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--images-per-class", type=int, default=400)
     pretrain.add_argument("--batch-size", type=int, default=256)
@@ -52,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 def _world(args: argparse.Namespace) -> int:
     from .world.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(minutes=args.minutes, seed=args.seed, images_per_class=args.images_per_class,
-                            batch_size=args.batch_size)
-    command = (f"fewclip world pretrain --out {args.out} --minutes {args.minutes:g} --seed {args.seed} "
+    config = PretrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed,
+                            images_per_class=args.images_per_class, batch_size=args.batch_size)
+    budget = f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}"
+    command = (f"fewclip world pretrain --out {args.out} {budget} --seed {args.seed} "
                f"--images-per-class {args.images_per_class} --batch-size {args.batch_size}")
     pretrain(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
     return 0

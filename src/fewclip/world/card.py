@@ -38,10 +38,14 @@ def write_model_card(folder: Path, command: str) -> Path:
         f"- Data: {cfg['images_per_class']} rendered 'photo'-domain images per seen class (seed {cfg['seed']}), "
         "captions drawn per step from templates that name colour, shape, size and position.",
         f"- Objective: symmetric InfoNCE with a learnable logit scale; AdamW lr {cfg['lr']}, weight decay "
-        f"{cfg['weight_decay']}, batch {cfg['batch_size']}, linear warm-up then cosine over a "
-        f"{cfg['minutes']}-minute budget, {cfg['precision']} autocast on 2 CPU cores: {results['steps']} steps, "
+        f"{cfg['weight_decay']}, batch {cfg['batch_size']}, linear warm-up then cosine over "
+        + (f"{cfg['steps']} steps" if cfg.get("steps") else f"a {cfg['minutes']}-minute budget")
+        + f", {cfg['precision']} autocast on 2 CPU cores: {results['steps']} steps, "
         f"{results['pairs']:,} pairs ({results['pairs_per_second']} pairs/s); loss {results['first_loss']:.3f} -> "
         f"{results['final_loss']:.3f}.",
+        "- A time budget makes the number of steps depend on the machine (and on its load); `--steps "
+        f"{results['steps']}` instead gives a run of the same length whose schedule is a function of the "
+        "step, reproducible anywhere.",
         "",
         "## Held-out colour-shape combinations (never shown in pretraining)",
         "",

@@ -40,6 +40,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass
 class PretrainConfig:
     minutes: float = 12.0  # time budget for the optimisation (rendering and evaluation come on top)
+    steps: int | None = None  # a fixed step budget instead: the schedule runs over steps, bit-reproducible
     seed: int = 0
     images_per_class: int = 400  # rendered up front, per seen class
     batch_size: int = 256
@@ -123,7 +124,7 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> Any:
 
 
 def lr_at(elapsed: float, budget: float, peak: float, warmup_fraction: float) -> float:
-    """Linear warm-up then cosine to zero, as functions of elapsed time over the budget."""
+    """Linear warm-up then cosine to zero, as functions of progress (elapsed time or steps) over the budget."""
     progress = min(elapsed / budget, 1.0)
     if progress < warmup_fraction:
         return peak * progress / warmup_fraction
@@ -179,8 +180,16 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
     budget = cfg.minutes * 60
     history: list[dict[str, float]] = []
     step, pairs, train_start = 0, 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - train_start) < budget:
-        lr = lr_at(elapsed, budget, cfg.lr, cfg.warmup_fraction)
+    while True:
+        elapsed = time.perf_counter() - train_start
+        if cfg.steps is not None:
+            if step >= cfg.steps:
+                break
+            lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
+        else:
+            if elapsed >= budget:
+                break
+            lr = lr_at(elapsed, budget, cfg.lr, cfg.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = rng.choice(len(images), size=cfg.batch_size, replace=False)
