@@ -142,7 +142,7 @@ def test_run_dir_holds_resolved_config_heads_and_history(finished_run: tuple[Any
     for shots in (1, 2, 4):
         history = read_rows(layout.results / "history" / "linear_probe" / f"shot_{shots}-seed_1.csv")
         assert len(history) == config.training.epochs
-        assert list(history[0]) == ["epoch", "train_loss", "val_accuracy", "val_macro_f1"]
+        assert list(history[0]) == ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_loss"]
 
 
 def test_second_run_skips_training_and_extraction(finished_run: tuple[Any, RunLayout], encoder_calls: list[int],
