@@ -89,16 +89,20 @@ def build_shapes_dataset(folder: Path, classes: list[str] = DEFAULT_CLASSES, tra
     return folder
 
 
-# The default run's classes: five seen in pretraining (base) and five new ones, four of them colour-shape
-# combinations the shipped CLIP never saw (fewclip.world.HELD_OUT).
-DEFAULT_WORLD_CLASSES = ["red circle", "blue square", "yellow triangle", "green star", "purple hexagon",
-                         "orange ring", "red square", "blue circle", "green triangle", "pink diamond"]
+# The default run's classes: 16 of the 64, five of them colour-shape combinations the shipped CLIP never
+# saw (fewclip.world.HELD_OUT). Chosen among random 16-class subsets, on renders of another seed (4242)
+# than any run or test uses, for a zero-shot accuracy near 0.9 on all 16 and on each 8-class half of the
+# base-to-new split: high enough to show the CLIP understands the world, low enough to leave room for
+# few-shot learning (the 10 easy classes used before saturated at 0.99).
+DEFAULT_WORLD_CLASSES = ["green diamond", "red ring", "red cross", "red circle", "blue triangle", "blue circle",
+                         "orange star", "red hexagon", "orange hexagon", "cyan square", "pink hexagon",
+                         "purple cross", "yellow circle", "purple square", "cyan cross", "yellow star"]
 DEFAULT_WORLD_TEMPLATES = ["a photo of a {}.", "the {}.", "a {} on a background.", "a small {}.", "a large {}."]
 
 
 def embedded_config(cache_dir: Path) -> dict[str, Any]:
     """The default run: the shipped world CLIP on world images, every registered head, shots 1-16,
-    seeds 1-3, base-to-new (train on the first five classes, evaluate on them and on the other five)."""
+    seeds 1-3, base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
     from .heads import list_heads
     from .world import CHECKPOINT
 

@@ -29,7 +29,7 @@ def test_shipped_checkpoint_zero_shot_on_fresh_images_of_the_default_classes() -
     assert sum(name in HELD_OUT for name in DEFAULT_WORLD_CLASSES) >= 3
     images, labels = [], []
     for label, name in enumerate(DEFAULT_WORLD_CLASSES):
-        for index in range(30):  # seed 12345: renders no run or pretraining used
+        for index in range(30):  # seed 12345: renders no run, pretraining or class-set choice used
             image, _ = render(name, image_rng(12345, "photo", "test", name, index), 64, "photo")
             images.append(backbone.transform(image))
             labels.append(label)
