@@ -2,9 +2,9 @@
 
     python bench/world_findings.py [--seeds 1 2 3] [--shots 1 2 4 8 16] [--work DIR]
 
-1. All classes (10 world classes, 4 of them colour-shape combinations the CLIP never saw):
-   zero-shot vs linear probe vs CoOp vs CoCoOp per shot budget, test accuracy mean +- std over seeds.
-2. Base-to-new (train on the first 5 classes): base / new / harmonic mean for zero-shot, CoOp, CoCoOp.
+1. All classes (the default run's 16 world classes, 5 of them colour-shape combinations the CLIP never
+   saw): zero-shot vs linear probe vs CoOp vs CoCoOp per shot budget, test accuracy mean +- std over seeds.
+2. Base-to-new (train on the first 8 classes): base / new / harmonic mean for zero-shot, CoOp, CoCoOp.
 
 The findings of CoOp and CoCoOp (CoOp beats zero-shot on seen classes from a few shots; CoOp loses
 new-class accuracy and CoCoOp keeps more of it; a linear probe is weak at 1-2 shots) are hypotheses;
@@ -59,7 +59,8 @@ def main() -> None:
         print(f"[{mode}] ran in {time.perf_counter() - start:.0f} s")
 
     all_classes = tables["all"]
-    print(f"\nTest accuracy (%), 10 world classes, mean +- std over seeds {args.seeds}")
+    n_classes = len(base["dataset"]["classes"])
+    print(f"\nTest accuracy (%), {n_classes} world classes, mean +- std over seeds {args.seeds}")
     print(f"{'method':14s}" + "".join(f"{k:>16d}-shot" for k in args.shots))
     zero = mean_std(all_classes[("zero_shot", 0, "test")])
     print(f"{'zero_shot':14s}" + "".join(f"{zero:>21s}" for _ in args.shots))
@@ -67,7 +68,7 @@ def main() -> None:
         print(f"{method:14s}" + "".join(f"{mean_std(all_classes[(method, k, 'test')]):>21s}" for k in args.shots))
 
     b2n = tables["base2new"]
-    print(f"\nBase-to-new (%), train on 5 base classes; mean +- std over seeds {args.seeds}")
+    print(f"\nBase-to-new (%), train on {(n_classes + 1) // 2} base classes; mean +- std over seeds {args.seeds}")
     print(f"{'method':14s}{'shots':>6s}{'base':>16s}{'new':>16s}{'HM':>16s}")
     print(f"{'zero_shot':14s}{0:>6d}" + "".join(f"{mean_std(b2n[('zero_shot', 0, s)]):>16s}" for s in ("base", "new", "hm")))
     for method in ("coop", "cocoop"):
