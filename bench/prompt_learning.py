@@ -87,7 +87,7 @@ def coop_step_bench(backbone, steps: int) -> None:
             first = logits()
         results[name] = (timed(step, steps), first, prompts.layout.length if not naive else tower.max_positions)
     ref_time, ref_logits, ref_len = results["naive 77 tokens fp32"]
-    print(f"\n[CoOp step] 10 classes, batch 32, n_ctx 16, ViT-B/32 text tower")
+    print("\n[CoOp step] 10 classes, batch 32, n_ctx 16, ViT-B/32 text tower")
     for name, (seconds, logits, length) in results.items():
         diff = (logits - ref_logits).abs().max().item()
         print(f"  {name:22s} seq {length:2d} (shared prefix {prompts.layout.shared_prefix if 'ours' in name else 0:2d})  {seconds * 1000:8.1f} ms/step  speed-up {ref_time / seconds:5.2f}x  "

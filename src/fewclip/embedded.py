@@ -8,13 +8,13 @@ as a hub id) on world images rendered by the ``world`` source. ``build_tiny_clip
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .backbones.preprocess import write_processor_config
 from .world.tokenizer import chain_merges, write_clip_tokenizer
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
@@ -45,13 +45,7 @@ def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, patch_siz
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(str(folder))
-    processor = {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    write_processor_config(folder, image_size)
     return folder
 
 

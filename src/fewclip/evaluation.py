@@ -20,7 +20,7 @@ from .analysis import calibration_bins, confident_mistakes, confused_pairs, expe
 from .data.images import read_image
 from .data.prepare import load_prepared
 from .data.records import Record
-from .data.subsample import ClassView, eval_views
+from .data.subsample import eval_views
 from .fileio import atomic_write_bytes, write_csv
 from .heads import load_head, read_head_meta
 from .layout import unit_name

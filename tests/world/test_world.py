@@ -18,7 +18,7 @@ from fewclip.data.sources.world import render_png
 from fewclip.fileio import read_csv
 from fewclip.pipeline import RunContext, prepare
 from fewclip.world import CLASSES, HELD_OUT, SEEN, SHAPES, COLOURS
-from fewclip.world.pretrain import CAPTION_TEMPLATES, PretrainConfig, caption_corpus, pretrain
+from fewclip.world.pretrain import PretrainConfig, caption_corpus, pretrain
 from fewclip.world.render import DOMAINS, image_rng, render
 from fewclip.world.tokenizer import train_bpe, write_clip_tokenizer
 

@@ -18,6 +18,17 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def write_processor_config(folder: Path, image_size: int) -> None:
+    """A CLIP ``preprocessor_config.json`` (resize + center crop to ``image_size``, OpenAI statistics)."""
+    config = {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+        "image_mean": list(OPENAI_MEAN), "image_std": list(OPENAI_STD),
+    }
+    (Path(folder) / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     resize: int  # shortest side after resizing

@@ -73,7 +73,7 @@ def _shared_prefix_layer(layer: nn.Module, prefix: torch.Tensor, suffix: torch.T
     q_p, k_p, v_p = qkv(prefix)  # (G, H, P, hd)
     q_s, k_s, v_s = qkv(suffix)  # (G, C, H, S, hd)
     out_p = nn.functional.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True, scale=scale)
-    groups, n_prompts = suffix.shape[0], suffix.shape[1]
+    n_prompts = suffix.shape[1]
     k_all = torch.cat([k_p[:, None].expand(-1, n_prompts, -1, -1, -1), k_s], dim=-2)  # (G, C, H, P+S, hd)
     v_all = torch.cat([v_p[:, None].expand(-1, n_prompts, -1, -1, -1), v_s], dim=-2)
     n_prefix = prefix.shape[-2]

@@ -6,7 +6,6 @@ so predicting is one matmul.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import CLASSES, HELD_OUT, SEEN
+from ..backbones.preprocess import OPENAI_MEAN as MEAN, OPENAI_STD as STD, write_processor_config
+from . import CLASSES, HELD_OUT
 from .render import COLOURS, POSITIONS, SHAPES, SIZES, Scene, image_rng, render
 from .tokenizer import train_bpe, write_clip_tokenizer
 
@@ -33,8 +34,6 @@ CAPTION_TEMPLATES = (
     "a picture of a {size} {shape}, {colour}.",
     "a {colour} {shape} on a background.",
 )
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -238,12 +237,6 @@ def evaluate(model: Any, tokenizer: Any, cfg: PretrainConfig) -> dict[str, Any]:
 def save(model: Any, out: Path, cfg: PretrainConfig, results: dict[str, Any], history: list[dict[str, float]]) -> None:
     model.eval()
     model.half().save_pretrained(str(out))  # fp16 safetensors; fewclip loads it back in fp32
-    processor = {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": cfg.image_size},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": cfg.image_size, "width": cfg.image_size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-        "image_mean": list(MEAN), "image_std": list(STD),
-    }
-    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    write_processor_config(out, cfg.image_size)
     (out / "pretraining.json").write_text(json.dumps({"config": asdict(cfg), "results": results,
                                                       "history": history}, indent=1) + "\n")
