@@ -1,9 +1,10 @@
 """Saliency for ViT CLIP: gradient-weighted patch-token activations (Grad-CAM on tokens).
 
-For a class score s (the head's logit), at the output of the vision tower's last encoder layer with
-patch tokens A (P, width): saliency_p = ReLU(sum_d dS/dA_pd * A_pd). The CLS token is skipped; the
-P values form the patch grid, upsampled to the image. This is the token analogue of Grad-CAM and suits
-ViTs, whose last-layer patch tokens carry the spatial evidence the CLS readout attends to.
+For a class score S (the head's logit) and the patch tokens A (P, width) *entering* the vision tower's
+last encoder layer: saliency_p = ReLU(sum_d dS/dA_pd * A_pd). The CLS token is skipped; the P values
+form the patch grid, upsampled to the image. This is the token analogue of Grad-CAM and suits ViTs:
+the image feature is read from the CLS token alone, so the last layer's *output* patch tokens get no
+gradient, while its input tokens are exactly what the final CLS attention reads the evidence from.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
     captured: dict[str, torch.Tensor] = {}
     last_layer = model.vision_model.encoder.layers[-1]
 
-    def keep(_module: Any, _inputs: Any, output: Any) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def keep(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
         hidden.retain_grad()
         captured["tokens"] = hidden
 
-    handle = last_layer.register_forward_hook(keep)
+    handle = last_layer.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         with torch.enable_grad():
             # the frozen model has no trainable weights: gradients need an input that asks for them
