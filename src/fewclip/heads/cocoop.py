@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .coop import CoOpPrompts
-from .prompt_learning import (TrainSettings, assemble, build_layout, context_init_ids, head_checkpoint_key,
+from .prompt_learning import (TrainSettings, assemble, check_prompts_fit, head_checkpoint_key,
                               init_context, train_prompt_module)
 from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 
@@ -110,10 +110,7 @@ class CoCoOpHead:
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        cfg = self.config
-        n_ctx = len(context_init_ids(task.backbone.tokenizer, cfg.ctx_init)) if cfg.ctx_init else cfg.n_ctx
-        build_layout(task.backbone.tokenizer, task.class_names, n_ctx, "end",  # type: ignore[arg-type]
-                     PromptTextTower(task.backbone.model).max_positions, "cocoop")
+        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, "end", "cocoop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
         if task.backbone is None:

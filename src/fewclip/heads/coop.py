@@ -15,7 +15,7 @@ from torch import nn
 from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
-from .prompt_learning import (TrainSettings, assemble, build_layout, context_init_ids, head_checkpoint_key, init_context,
+from .prompt_learning import (TrainSettings, assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
                               train_prompt_module)
 
 
@@ -125,10 +125,7 @@ class CoOpHead:
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        cfg = self.config
-        n_ctx = len(context_init_ids(task.backbone.tokenizer, cfg.ctx_init)) if cfg.ctx_init else cfg.n_ctx
-        build_layout(task.backbone.tokenizer, task.class_names, n_ctx, self.config.class_token_position,  # type: ignore[arg-type]
-                     PromptTextTower(task.backbone.model).max_positions, "coop")
+        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, "coop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
         if task.backbone is None:

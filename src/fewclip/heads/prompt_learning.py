@@ -111,6 +111,15 @@ def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, positio
     return PromptLayout(token_ids, torch.tensor(ctx_rows, dtype=torch.long), torch.tensor(eots, dtype=torch.long))
 
 
+def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str) -> None:
+    """Fail before any training if a class prompt (context + name + SOS, '.', EOT) exceeds the positions."""
+    from ..backbones.prompt_tower import PromptTextTower
+
+    tokenizer = task.backbone.tokenizer
+    n_ctx = len(context_init_ids(tokenizer, ctx_init)) if ctx_init else n_ctx
+    build_layout(tokenizer, task.class_names, n_ctx, position, PromptTextTower(task.backbone.model).max_positions, key)
+
+
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:
     """Put context vectors into prompt embeddings.
 
