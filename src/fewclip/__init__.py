@@ -9,7 +9,8 @@ from .config import Config, ConfigError, load_config
 from .data import list_sources
 from .features import FeatureCache, extract_features, load_features
 from .heads import FeatureSet, Task, list_heads, load_head, save_head
-from .pipeline import RunContext, run
+from .pipeline import run
+from .run_context import RunContext
 from .predict import Classifier, Prediction, load_classifier
 
 __version__ = "0.1.0"

@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "predict":
         return _predict(args)
     from . import pipeline
+    from .run_context import RunContext
     from .embedded import embedded_config
 
     config_path, overrides = _split_config_arg(args.config, list(args.overrides))
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(config_path, overrides, base=base)
         if args.command == "run" and config.wandb.mode != "disabled":  # fail before the stages, not after
             import_wandb(config.wandb.mode)
-        ctx = pipeline.RunContext(config)
+        ctx = RunContext(config)
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
             for stage in stages:

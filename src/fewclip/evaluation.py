@@ -26,7 +26,7 @@ from .heads import load_head, read_head_meta
 from .layout import unit_name
 from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
-from .pipeline import RunContext, _available, _feature_set, units
+from .run_context import RunContext, available, feature_set, units
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def evaluate_run(ctx: RunContext) -> Path:
     """Score every trained head on each evaluation view; write every artifact listed in the module doc."""
     ctx.write_config()
     classes, _, all_test = load_prepared(ctx.layout)
-    all_test = _available(ctx, all_test)
+    all_test = available(ctx, all_test)
     views = eval_views(len(classes.readable), ctx.config.splits.subsample)
     figures = ctx.config.output.figures
     summary, per_class_rows, template_rows = [], [], []
@@ -127,7 +127,7 @@ def evaluate_run(ctx: RunContext) -> Path:
                     log.warning("%s cannot classify classes it was not trained on; no %s rows", method, view.split)
                     warned.add((method, view.split))
                 continue
-            test = _feature_set(ctx, records)
+            test = feature_set(ctx, records)
             logits = view_head.logits(test.features)
             pred, confidence = _save_predictions(
                 ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{view.split}", records, logits, names)

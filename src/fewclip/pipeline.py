@@ -13,79 +13,21 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 from .config import Config
 from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import train_view
-from .features import (FeatureCache, augmented_fingerprint, extract_features, extract_views, load_features,
-                       load_views, view_key)
-from .fileio import atomic_write_text, read_csv, write_csv
-from .heads import HEADS, FeatureSet, Task, read_head_meta, save_head
-from .layout import RunLayout, unit_name
+from .features import extract_features, extract_views, load_views, view_key
+from .fileio import write_csv
+from .heads import HEADS, Task, read_head_meta, save_head
+from .layout import unit_name
+from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
+                          support_records, units)
 
 log = logging.getLogger(__name__)
-
-AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
-
-
-
-@dataclass
-class RunContext:
-    """A config, its run directory, and the backbone and feature cache, loaded on first use."""
-
-    config: Config
-    _backbone: Any = field(default=None, repr=False)
-    _cache: FeatureCache | None = field(default=None, repr=False)
-    _view_cache: FeatureCache | None = field(default=None, repr=False)
-
-    @property
-    def layout(self) -> RunLayout:
-        return RunLayout(Path(self.config.output.dir).expanduser())
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.config.cache.dir).expanduser()
-
-    @property
-    def backbone(self) -> Any:
-        if self._backbone is None:
-            from .backbones import load_backbone
-
-            self._backbone = load_backbone(self.config.model, cache_dir=self.cache_root)
-        return self._backbone
-
-    @property
-    def cache(self) -> FeatureCache:
-        if self._cache is None:
-            from .backbones.hf_clip import model_fingerprint
-
-            # Read from the model's files, so a fully cached run never loads the model.
-            fingerprint = model_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
-            self._cache = FeatureCache(self.cache_root, fingerprint)
-        return self._cache
-
-    @property
-    def view_cache(self) -> FeatureCache:
-        """Features of augmented views: their own cache key (backbone + augmentation parameters)."""
-        if self._view_cache is None:
-            self._view_cache = FeatureCache(self.cache_root, augmented_fingerprint(self.cache_fingerprint, AUGMENT_SEED))
-        return self._view_cache
-
-    @property
-    def cache_fingerprint(self) -> dict[str, Any]:
-        return json.loads((self.cache.dir / "fingerprint.json").read_text())
-
-    def augment_views(self) -> int:
-        """The most augmented views any selected head asks for (0: none)."""
-        return max((getattr(_head_config(self.config, m), "augment_views", 0) for m in self.config.methods), default=0)
-
-    def write_config(self) -> None:
-        atomic_write_text(self.layout.config, self.config.to_yaml())
 
 
 def prepare(ctx: RunContext) -> ClassNames:
@@ -114,63 +56,20 @@ def features(ctx: RunContext) -> int:
         failures = extract_features(train_full + test, ctx.layout.data, ctx.backbone, ctx.cache, **options)
     views = ctx.augment_views()
     if views:
-        support = _support_records(ctx)
+        support = support_records(ctx)
         view_cache = ctx.view_cache
         if view_cache.missing([view_key(r.sha1, v) for r in support for v in range(views)]):
             failures += extract_views(support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options)
     if failures:
-        _append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
+        append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
     return len(failures)
-
-
-def _support_records(ctx: RunContext) -> list[Record]:
-    """Every image in some few-shot train split of this config (the only ones that need views)."""
-    seen: dict[str, Record] = {}
-    for seed in ctx.config.splits.seeds:
-        for shots in ctx.config.few_shot.shots:
-            for record in load_split(ctx.layout, seed, shots)[0]:
-                seen.setdefault(record.sha1, record)
-    return list(seen.values())
-
-
-def _append_exclusions(layout: RunLayout, rows: list[tuple[str, str, str]]) -> None:
-    existing = [(r["split"], r["image"], r["reason"]) for r in read_csv(layout.exclusions)] if layout.exclusions.is_file() else []
-    write_csv(layout.exclusions, ("split", "image", "reason"), existing + [r for r in rows if r not in existing])
-
-
-def _available(ctx: RunContext, records: list[Record]) -> list[Record]:
-    """Drop records whose image could not be encoded (listed in exclusions.csv); any other gap is an error."""
-    layout = ctx.layout
-    excluded = {r["image"] for r in read_csv(layout.exclusions) if r["split"] == "features"} if layout.exclusions.is_file() else set()
-    return [r for r in records if r.path not in excluded or r.sha1 in ctx.cache]
-
-
-def _feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
-    x, y = load_features(ctx.cache, _available(ctx, records))
-    return FeatureSet(x, y)
-
-
-def units(config: Config) -> Iterator[tuple[str, int, int]]:
-    """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
-    for method in config.methods:
-        if not HEADS.get(method).uses_shots:
-            yield method, 0, 0
-            continue
-        for seed in config.splits.seeds:
-            for shots in config.few_shot.shots:
-                yield method, shots, seed
-
-
-def _head_config(config: Config, method: str) -> Any:
-    head_cls = HEADS.get(method)
-    return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
 
 
 def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record], class_names: list[str]) -> str:
     """Hash of everything a trained head depends on; a changed input retrains, an unchanged one is skipped."""
     payload = {
         "method": method,
-        "config": _head_config(ctx.config, method).model_dump(mode="json"),
+        "config": head_config(ctx.config, method).model_dump(mode="json"),
         "features": ctx.cache.key,
         "train": [r.sha1 for r in train],
         "val": [r.sha1 for r in val],
@@ -187,7 +86,7 @@ def train(ctx: RunContext) -> list[str]:
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
     for method in ctx.config.methods:  # bad input (e.g. a prompt too long) fails before any training starts
-        head = HEADS.get(method)(_head_config(ctx.config, method))
+        head = HEADS.get(method)(head_config(ctx.config, method))
         if hasattr(head, "check"):
             head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
     from tqdm.auto import tqdm
@@ -198,25 +97,25 @@ def train(ctx: RunContext) -> list[str]:
         bar.set_postfix_str(unit_name(method, shots, seed))
         stem = ctx.layout.heads / unit_name(method, shots, seed)
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
-        train_records = view.select(_available(ctx, train_records))
-        val_records = view.select(_available(ctx, val_records))
+        train_records = view.select(available(ctx, train_records))
+        val_records = view.select(available(ctx, val_records))
         key = _fit_key(ctx, method, train_records, val_records, class_names)
         meta = read_head_meta(stem)
         if meta is not None and meta.get("fit_key") == key:
             continue
         head_cls = HEADS.get(method)
-        head = head_cls(_head_config(ctx.config, method))
+        head = head_cls(head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
         task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
                     shots=shots, checkpoint=checkpoint)
         start = time.perf_counter()
         if shots:
-            train_set = _feature_set(ctx, train_records)
+            train_set = feature_set(ctx, train_records)
             views = getattr(head.config, "augment_views", 0)
             if views:
                 train_set.views = load_views(ctx.view_cache, train_records, views)
-            head.fit(task, train_set, _feature_set(ctx, val_records))
+            head.fit(task, train_set, feature_set(ctx, val_records))
         else:
             head.fit(task)
         seconds = time.perf_counter() - start

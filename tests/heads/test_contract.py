@@ -20,7 +20,7 @@ from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.data.images import read_image
 from fewclip.heads import HEADS, FeatureSet, Task, list_heads, load_head, save_head
-from fewclip.pipeline import _head_config
+from fewclip.run_context import head_config
 
 # trainable parameter count per head, as a function of (feature dim d, classes C); a new head adds its own
 # (image dim d, classes c, text width w) -> trainable parameters with the head's default config.
@@ -58,7 +58,7 @@ def shape_data(shapes_dir: Path, backbone: CLIPBackbone) -> dict[str, Any]:
 
 def build_head(name: str, make_config: Callable[..., Any]) -> Any:
     head_cls = HEADS.get(name)
-    return head_cls(_head_config(make_config(), name))
+    return head_cls(head_config(make_config(), name))
 
 
 def fit(head: Any, data: dict[str, Any], backbone: CLIPBackbone, make_config: Callable[..., Any], seed: int = 1) -> Any:
@@ -85,7 +85,7 @@ def test_head_class_declares_name_config_and_shots(name: str) -> None:
 
 
 def test_init_only_stores_config(name: str, make_config: Callable[..., Any]) -> None:
-    config = _head_config(make_config(), name)
+    config = head_config(make_config(), name)
     head = HEADS.get(name)(config)
     assert vars(head) == {"config": config}  # no learned state (nothing ending in "_") before fit
     assert head.config is config

@@ -7,7 +7,7 @@ from typing import Sequence
 from ..config import Config
 from ..data.subsample import eval_views
 from ..heads import HEADS
-from ..pipeline import units
+from ..run_context import units
 
 
 def expected_splits(config: Config) -> list[str]:

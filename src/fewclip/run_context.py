@@ -1,0 +1,116 @@
+"""The run context shared by the stages, evaluation, the report and predict.
+
+A ``RunContext`` holds a config, its run directory, and the backbone and feature caches (loaded on
+first use); beside it, the enumeration of a config's units (method, shots, seed) and the loading of
+feature sets for records. Everything here is public: the pipeline, evaluation, the report and
+``predict`` all import it, and it imports none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Config
+from .data.records import Record
+from .data.splits import load_split
+from .features import FeatureCache, augmented_fingerprint, load_features
+from .fileio import atomic_write_text, read_csv, write_csv
+from .heads import HEADS, FeatureSet
+from .layout import RunLayout
+
+AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
+
+
+@dataclass
+class RunContext:
+    """A config, its run directory, and the backbone and feature cache, loaded on first use."""
+
+    config: Config
+    _backbone: Any = field(default=None, repr=False)
+    _cache: FeatureCache | None = field(default=None, repr=False)
+    _view_cache: FeatureCache | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(Path(self.config.output.dir).expanduser())
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache.dir).expanduser()
+
+    @property
+    def backbone(self) -> Any:
+        if self._backbone is None:
+            from .backbones import load_backbone
+
+            self._backbone = load_backbone(self.config.model, cache_dir=self.cache_root)
+        return self._backbone
+
+    @property
+    def cache(self) -> FeatureCache:
+        if self._cache is None:
+            from .backbones.hf_clip import model_fingerprint
+
+            # Read from the model's files, so a fully cached run never loads the model.
+            fingerprint = model_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
+            self._cache = FeatureCache(self.cache_root, fingerprint)
+        return self._cache
+
+    @property
+    def view_cache(self) -> FeatureCache:
+        """Features of augmented views: their own cache key (backbone + augmentation parameters)."""
+        if self._view_cache is None:
+            self._view_cache = FeatureCache(self.cache_root, augmented_fingerprint(self.cache_fingerprint, AUGMENT_SEED))
+        return self._view_cache
+
+    @property
+    def cache_fingerprint(self) -> dict[str, Any]:
+        return json.loads((self.cache.dir / "fingerprint.json").read_text())
+
+    def augment_views(self) -> int:
+        """The most augmented views any selected head asks for (0: none)."""
+        return max((getattr(head_config(self.config, m), "augment_views", 0) for m in self.config.methods), default=0)
+
+    def write_config(self) -> None:
+        atomic_write_text(self.layout.config, self.config.to_yaml())
+
+
+def support_records(ctx: RunContext) -> list[Record]:
+    """Every image in some few-shot train split of this config (the only ones that need views)."""
+    seen: dict[str, Record] = {}
+    for seed in ctx.config.splits.seeds:
+        for shots in ctx.config.few_shot.shots:
+            for record in load_split(ctx.layout, seed, shots)[0]:
+                seen.setdefault(record.sha1, record)
+    return list(seen.values())
+
+def append_exclusions(layout: RunLayout, rows: list[tuple[str, str, str]]) -> None:
+    existing = [(r["split"], r["image"], r["reason"]) for r in read_csv(layout.exclusions)] if layout.exclusions.is_file() else []
+    write_csv(layout.exclusions, ("split", "image", "reason"), existing + [r for r in rows if r not in existing])
+
+def available(ctx: RunContext, records: list[Record]) -> list[Record]:
+    """Drop records whose image could not be encoded (listed in exclusions.csv); any other gap is an error."""
+    layout = ctx.layout
+    excluded = {r["image"] for r in read_csv(layout.exclusions) if r["split"] == "features"} if layout.exclusions.is_file() else set()
+    return [r for r in records if r.path not in excluded or r.sha1 in ctx.cache]
+
+def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
+    x, y = load_features(ctx.cache, available(ctx, records))
+    return FeatureSet(x, y)
+
+def units(config: Config) -> Iterator[tuple[str, int, int]]:
+    """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
+    for method in config.methods:
+        if not HEADS.get(method).uses_shots:
+            yield method, 0, 0
+            continue
+        for seed in config.splits.seeds:
+            for shots in config.few_shot.shots:
+                yield method, shots, seed
+
+def head_config(config: Config, method: str) -> Any:
+    head_cls = HEADS.get(method)
+    return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
