@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import string
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .backbones.hf_clip import ModelConfig
+from .backbones.model_source import config_relative_id
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.subsample import Subsample
@@ -46,9 +48,28 @@ class PromptsConfig(ConfigBlock):
     @classmethod
     def _one_slot(cls, templates: list[str]) -> list[str]:
         for template in templates:
-            if template.count("{}") != 1:
-                raise ValueError(f"template {template!r} must contain '{{}}' exactly once (where the class name goes)")
+            template_problem(template)
         return templates
+
+
+def template_problem(template: str) -> None:
+    """Fail unless ``template.format(name)`` works and puts the name in exactly one place: one bare ``{}``
+    and no other fields (``{other}``, ``{0}``) or unpaired braces (write a literal brace as ``{{`` / ``}}``)."""
+    advice = "use one '{}' where the class name goes; write a literal brace as '{{' or '}}'"
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as err:  # a lone '{' or '}'
+        raise ValueError(f"template {template!r}: {err}; {advice}") from None
+    others = [f"{{{name}}}" for name, _, _ in fields if name != ""]
+    if others:
+        raise ValueError(f"template {template!r} has the field(s) {', '.join(others)}, which no value fills; {advice}")
+    if len(fields) != 1:
+        raise ValueError(f"template {template!r} must contain '{{}}' exactly once (where the class name goes), "
+                         f"found {len(fields)}")
+    _, spec, conversion = fields[0]
+    if spec or conversion:
+        raise ValueError(f"template {template!r}: the class slot takes no format spec or conversion; {advice}")
 
 
 class FewShotConfig(ConfigBlock):
@@ -235,6 +256,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
+        model = (loaded or {}).get("model")
+        if isinstance(model, dict) and isinstance(model.get("id"), str):
+            model["id"] = config_relative_id(model["id"], path.parent)
         data.update(loaded or {})
     data = apply_overrides(data, overrides)
     if "dataset" not in data:

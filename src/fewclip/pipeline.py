@@ -85,24 +85,29 @@ def train(ctx: RunContext) -> list[str]:
     classes, _, _ = load_prepared(ctx.layout)
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
-    for method in ctx.config.methods:  # bad input (e.g. a prompt too long) fails before any training starts
-        head = HEADS.get(method)(head_config(ctx.config, method))
-        if hasattr(head, "check"):
-            head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
-    from tqdm.auto import tqdm
-
-    trained = []
-    bar = tqdm(list(units(ctx.config)), desc="train", unit="head", disable=not ctx.config.output.progress)
-    for method, shots, seed in bar:
-        bar.set_postfix_str(unit_name(method, shots, seed))
-        stem = ctx.layout.heads / unit_name(method, shots, seed)
+    pending = []  # (unit, train records, val records, fit key) of every unit not trained with these inputs
+    for method, shots, seed in units(ctx.config):
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
         train_records = view.select(available(ctx, train_records))
         val_records = view.select(available(ctx, val_records))
         key = _fit_key(ctx, method, train_records, val_records, class_names)
-        meta = read_head_meta(stem)
-        if meta is not None and meta.get("fit_key") == key:
-            continue
+        meta = read_head_meta(ctx.layout.heads / unit_name(method, shots, seed))
+        if meta is None or meta.get("fit_key") != key:
+            pending.append(((method, shots, seed), train_records, val_records, key))
+    # Bad input (e.g. a prompt too long) fails before any training starts. Only methods with something to
+    # train are checked, so a re-run with every head trained never loads the model. Every readable class
+    # is checked: heads that transfer meet the new classes of base-to-new at evaluation.
+    for method in dict.fromkeys(unit[0] for unit, *_ in pending):
+        head = HEADS.get(method)(head_config(ctx.config, method))
+        if head.uses_text and hasattr(head, "check"):  # a linear probe alone never loads the model
+            head.check(Task(list(classes.readable), ctx.config.prompts.templates, ctx.backbone))
+    from tqdm.auto import tqdm
+
+    trained = []
+    bar = tqdm(pending, desc="train", unit="head", disable=not ctx.config.output.progress)
+    for (method, shots, seed), train_records, val_records, key in bar:
+        bar.set_postfix_str(unit_name(method, shots, seed))
+        stem = ctx.layout.heads / unit_name(method, shots, seed)
         head_cls = HEADS.get(method)
         head = head_cls(head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -13,6 +12,7 @@ import torch
 from pydantic import Field
 
 from ..configbase import ConfigBlock
+from .model_source import ModelSource, hub_offline, resolve_model
 from .preprocess import ImageTransform
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -46,17 +46,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _resolve_file(model_id: str, filename: str, revision: str | None) -> Path | None:
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        path = local / filename
+def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> Path | None:
+    if source.folder is not None:
+        path = source.folder / filename
         return path if path.is_file() else None
     from transformers.utils import cached_file
 
     try:
-        found = cached_file(model_id, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+        found = cached_file(source.location, filename, revision=revision, local_files_only=source.local_only,
+                            _raise_exceptions_for_missing_entries=False)
     except OSError:
-        return None  # not a valid hub id (e.g. a missing local folder): loading the model reports it as model.id
+        return None  # not on the hub (or not reachable): loading the model reports it as model.id
     return Path(found) if found else None
 
 
@@ -87,11 +87,31 @@ def weights_digest(folder: Path, memo_file: Path | None = None) -> str:
     return total.hexdigest()
 
 
+def image_processor_settings(source: ModelSource, revision: str | None, model_id: str) -> dict[str, Any]:
+    """The image processor's settings, as ``AutoImageProcessor`` finds them: ``preprocessor_config.json``
+    (transformers 4), else the ``image_processor`` entry of ``processor_config.json`` (transformers 5)."""
+    processor_file = _resolve_file(source, "preprocessor_config.json", revision)
+    if processor_file is not None:
+        return read_json_file(processor_file)
+    processor_file = _resolve_file(source, "processor_config.json", revision)
+    settings = read_json_file(processor_file).get("image_processor") if processor_file is not None else None
+    if not isinstance(settings, dict):
+        raise FileNotFoundError(
+            f"model.id: {model_id} has no image processor settings (neither preprocessor_config.json nor an "
+            f"image_processor entry in processor_config.json); save the model's processor beside it "
+            f"(CLIPProcessor.save_pretrained)"
+        )
+    return settings
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def load_transform(config: ModelConfig) -> ImageTransform:
-    processor_file = _resolve_file(config.id, "preprocessor_config.json", config.revision)
-    if processor_file is None:
-        raise FileNotFoundError(f"model.id: {config.id} has no preprocessor_config.json")
-    return ImageTransform.from_file(processor_file)
+    source = resolve_model(config.id, config.revision)
+    return ImageTransform.from_processor_config(image_processor_settings(source, config.revision, config.id))
 
 
 def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
@@ -99,7 +119,7 @@ def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dic
 
     None when the weights are not on disk yet (a hub model never downloaded): load the backbone first.
     """
-    config_file = _resolve_file(config.id, "config.json", config.revision)
+    config_file = _resolve_file(resolve_model(config.id, config.revision), "config.json", config.revision)
     if config_file is None or not any(p.suffix in WEIGHT_SUFFIXES for p in config_file.parent.iterdir()):
         return None
     return {
@@ -123,13 +143,15 @@ class CLIPBackbone:
 
         self.config = config
         self.device = resolve_device(config.device)
+        source = resolve_model(config.id, config.revision)  # a wrong id or an offline hub id fails here, fast
         try:
             # fp32 weights whatever the checkpoint stores (the shipped world CLIP is fp16 on disk);
             # model.precision sets the autocast compute type
-            self.model = CLIPModel.from_pretrained(config.id, revision=config.revision, dtype=torch.float32)
-            self.tokenizer = AutoTokenizer.from_pretrained(config.id, revision=config.revision)
+            options: dict[str, Any] = dict(revision=config.revision, local_files_only=source.local_only)
+            self.model = CLIPModel.from_pretrained(source.location, dtype=torch.float32, **options)
+            self.tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
         except OSError as err:
-            offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+            offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if hub_offline() else ""
             raise OSError(f"model.id: cannot load CLIP {config.id!r}{offline}: {err}") from err
         self.model.eval().requires_grad_(False).to(self.device)
         self.transform = load_transform(config)
@@ -141,6 +163,11 @@ class CLIPBackbone:
     @property
     def dim(self) -> int:
         return int(self.model.config.projection_dim)
+
+    @property
+    def max_text_positions(self) -> int:
+        """Token positions of the text tower (SOS and EOT included): the longest prompt it can read."""
+        return int(self.model.config.text_config.max_position_embeddings)
 
     @property
     def logit_scale(self) -> float:
@@ -166,13 +193,22 @@ class CLIPBackbone:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Strings -> (n, dim) features. Padded to the longest in each batch (exact under the causal mask)."""
+        """Strings -> (n, dim) features. Padded to the longest in each batch (exact under the causal mask).
+
+        Never truncates: a text longer than the text tower's positions is an error naming it.
+        """
         chunks = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(
-                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
-            ).to(self.device)
+            batch = list(texts[start : start + batch_size])
+            tokens = self.tokenizer(batch, padding=True, truncation=False, verbose=False, return_tensors="pt")
+            if tokens["input_ids"].shape[1] > self.max_text_positions:
+                lengths = tokens["attention_mask"].sum(dim=1)
+                longest = int(lengths.argmax())
+                raise ValueError(
+                    f"text {batch[longest]!r} needs {int(lengths[longest])} tokens but model {self.config.id} reads at "
+                    f"most {self.max_text_positions} (text_config.max_position_embeddings); shorten it"
+                )
             with self.autocast():
-                out = self.model.get_text_features(**tokens).pooler_output
+                out = self.model.get_text_features(**tokens.to(self.device)).pooler_output
             chunks.append(out.float().cpu())
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)

@@ -132,6 +132,7 @@ class CoOpHead:
             raise ValueError("coop needs the backbone's text tower (Task.backbone is None)")
         if train is None or len(train) == 0:
             raise ValueError("coop needs training features")
+        self.check(task)  # a prompt too long fails before any work
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
         ctx, n_ctx = init_context(PromptTextTower(task.backbone.model), task.backbone.tokenizer, cfg.n_ctx,

@@ -73,8 +73,12 @@ def context_init_ids(tokenizer: Any, words: str) -> list[int]:
 
 
 def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
-                 key: str = "coop") -> PromptLayout:
-    """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask)."""
+                 key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
+    """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
+
+    A prompt longer than ``max_positions`` is an error; ``n_ctx_key`` names the config key that set the
+    context length (``coop.n_ctx``, or ``coop.ctx_init`` whose words give it).
+    """
     sos, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
     period = _word_ids(tokenizer, ".")
     rows, ctx_rows, eots = [], [], []
@@ -98,11 +102,8 @@ def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, positio
                 ids += part
         ids += period + [eot]
         if len(ids) > max_positions:
-            raise ValueError(
-                f"{key}: the prompt for class {name!r} needs {len(ids)} tokens ({n_ctx} context + "
-                f"{len(name_ids)} for the name + SOS, '.', EOT) but the model has {max_positions} positions; "
-                f"lower {key}.n_ctx or shorten the class name (dataset.rename)"
-            )
+            raise ValueError(prompt_overflow_message(key, n_ctx_key or f"{key}.n_ctx", name, n_ctx, len(ids) - n_ctx,
+                                                     len(name_ids), max_positions))
         rows.append(ids)
         ctx_rows.append(ctx_pos)
         eots.append(len(ids) - 1)
@@ -111,13 +112,30 @@ def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, positio
     return PromptLayout(token_ids, torch.tensor(ctx_rows, dtype=torch.long), torch.tensor(eots, dtype=torch.long))
 
 
+def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, without_context: int, name_tokens: int,
+                            limit: int) -> str:
+    """What to change when a class prompt does not fit: the name alone, or the context on top of it."""
+    if without_context > limit:  # no context length can help: only the name can change
+        return (f"{key}: the prompt for class {name!r} needs {without_context} tokens before any context "
+                f"({name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions "
+                f"(text_config.max_position_embeddings); shorten the class name (dataset.rename)")
+    fix = (f"lower {n_ctx_key} to at most {limit - without_context}" if n_ctx_key.endswith("n_ctx")
+           else f"use fewer words in {n_ctx_key} (at most {limit - without_context} tokens)")
+    return (f"{key}: the prompt for class {name!r} needs {n_ctx + without_context} tokens ({n_ctx} context + "
+            f"{name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions "
+            f"(text_config.max_position_embeddings); {fix}, or shorten the class name (dataset.rename)")
+
+
 def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str) -> None:
     """Fail before any training if a class prompt (context + name + SOS, '.', EOT) exceeds the positions."""
-    from ..backbones.prompt_tower import PromptTextTower
+    from .prompt_fit import text_positions
 
+    if task.backbone is None:
+        raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
     tokenizer = task.backbone.tokenizer
     n_ctx = len(context_init_ids(tokenizer, ctx_init)) if ctx_init else n_ctx
-    build_layout(tokenizer, task.class_names, n_ctx, position, PromptTextTower(task.backbone.model).max_positions, key)
+    n_ctx_key = f"{key}.ctx_init" if ctx_init else f"{key}.n_ctx"
+    build_layout(tokenizer, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
 
 
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
+from .prompt_fit import check_templates_fit, text_positions
 
 
 class ZeroShotConfig(ConfigBlock):
@@ -24,9 +25,14 @@ class ZeroShotHead:
     def __init__(self, config: ZeroShotConfig | None = None) -> None:
         self.config = config or ZeroShotConfig()
 
-    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
+    def check(self, task: Task) -> None:
+        """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
         if task.backbone is None:
             raise ValueError("zero_shot needs the backbone's text encoder (Task.backbone is None)")
+        check_templates_fit(task.backbone.tokenizer, task.templates, task.class_names, text_positions(task.backbone))
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
+        self.check(task)
         prompts = [template.format(name) for template in task.templates for name in task.class_names]
         text = normalize(task.backbone.encode_text(prompts))
         self.template_prototypes_ = text.reshape(len(task.templates), len(task.class_names), -1)  # (T, C, d)
