@@ -209,7 +209,7 @@ def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_pat
         (["run", "{cfg}", "training.epoch=5"], "training.epoch: unknown key; did you mean 'training.epochs'?"),
         (["run", "{cfg}", "methods=[linaer_probe]"], "did you mean 'linear_probe'?"),
         (["run", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
-        (["run", "{cfg}", "model.id={tmp}/no-model"], "model.id: cannot load CLIP"),
+        (["run", "{cfg}", "model.id={tmp}/no-model"], "model.id: model folder {tmp}/no-model does not exist"),
         (["train", "{cfg}"], "run `fewclip prepare` with this config first"),
     ],
 )
