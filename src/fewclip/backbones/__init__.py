@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..registry import Registry
+from . import model_source
 from .hf_clip import CLIPBackbone, ModelConfig, resolve_device
 from .preprocess import ImageTransform
 
@@ -20,4 +21,5 @@ def load_backbone(config: ModelConfig, cache_dir: Path | None = None, kind: str 
     return BACKBONES.get(kind)(config, cache_dir=cache_dir)
 
 
-__all__ = ["BACKBONES", "CLIPBackbone", "ImageTransform", "ModelConfig", "list_backbones", "load_backbone", "resolve_device"]
+__all__ = ["BACKBONES", "CLIPBackbone", "ImageTransform", "ModelConfig", "list_backbones", "load_backbone", "model_source",
+           "resolve_device"]
