@@ -246,6 +246,31 @@ def test_template_needs_exactly_one_slot(make_config, template: str) -> None:
     assert repr(template) in message
 
 
+@pytest.mark.parametrize("template, problem", [
+    ("a {other} photo of a {}.", "has the field(s) {other}, which no value fills"),
+    ("a photo of {0}.", "has the field(s) {0}, which no value fills"),
+    ("a photo of a {}.}", "Single '}' encountered in format string"),
+    ("a {photo of a {}.", "unexpected '{' in field name"),
+    ("a photo of a {", "Single '{' encountered in format string"),
+    ("a photo of a {!r}.", "the class slot takes no format spec or conversion"),
+    ("a photo of a {:>10}.", "the class slot takes no format spec or conversion"),
+])
+def test_template_with_stray_braces_or_other_fields_fails_at_load(make_config, template: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(prompts={"templates": ["a photo of a {}.", template]})
+    message = str(info.value)
+    assert "prompts.templates" in message and f"template {template!r}" in message  # the template quoted
+    assert problem in message
+    assert "use one '{}' where the class name goes; write a literal brace as '{{' or '}}'" in message
+
+
+def test_template_with_escaped_braces_is_valid(make_config) -> None:
+    template = "a photo of a {} {{in braces}}."
+    config = make_config(prompts={"templates": [template]})
+    assert config.prompts.templates == [template]
+    assert template.format("cat") == "a photo of a cat {in braces}."
+
+
 # --- serialisation -------------------------------------------------------------------------------
 
 
