@@ -2,8 +2,9 @@
 
 ``fewclip run`` with no config uses the CLIP pretrained on the procedural world (shipped in
 ``fewclip/world/checkpoint``, Hugging Face format, loaded through ``CLIPModel.from_pretrained`` exactly
-as a hub id) on world images rendered by the ``world`` source. ``build_tiny_clip`` and
-``build_shapes_dataset`` make seeded random models and image folders for tests and benchmarks.
+as a hub id; ``model.id: fewclip/world-clip`` names it in any config) on world images rendered by the
+``world`` source. ``build_tiny_clip`` and ``build_shapes_dataset`` make seeded random models and image
+folders for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -91,19 +92,22 @@ def build_shapes_dataset(folder: Path, classes: list[str] = DEFAULT_CLASSES, tra
 DEFAULT_WORLD_CLASSES = ["green diamond", "red ring", "red cross", "red circle", "blue triangle", "blue circle",
                          "orange star", "red hexagon", "orange hexagon", "cyan square", "pink hexagon",
                          "purple cross", "yellow circle", "purple square", "cyan cross", "yellow star"]
+# Short on purpose: the world CLIP has 32 text positions and its tokenizer spells words it never saw letter
+# by letter ("close-up", "bright"), so some of config.DEFAULT_TEMPLATES run long on longer class names.
+# These take at most 9 tokens on any world class (tested).
 DEFAULT_WORLD_TEMPLATES = ["a photo of a {}.", "the {}.", "a {} on a background.", "a small {}.", "a large {}."]
 
 
 def embedded_config(cache_dir: Path) -> dict[str, Any]:
     """The default run: the shipped world CLIP on world images, every registered head, shots 1-16,
     seeds 1-3, base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
+    from .backbones.model_source import WORLD_ALIAS
     from .heads import list_heads
-    from .world import CHECKPOINT
 
     return {
         "name": "embedded-world",
         "methods": list_heads(),
-        "model": {"id": str(CHECKPOINT), "batch_size": 128},
+        "model": {"id": WORLD_ALIAS, "batch_size": 128},  # the shipped world CLIP, found without network
         "dataset": {"source": "world", "classes": DEFAULT_WORLD_CLASSES, "train_per_class": 40,
                     "test_per_class": 40, "image_size": 64, "seed": 1},
         "prompts": {"templates": DEFAULT_WORLD_TEMPLATES},
