@@ -474,3 +474,17 @@ def test_failure_in_test_split_keeps_earlier_train_full(make_config, tmp_path: P
     with pytest.raises(FileNotFoundError, match="gone.png"):  # ... and a test split that fails
         prepare(RunContext(config))
     assert snapshot([layout.train_full, layout.test, layout.classes]) == before
+
+
+def test_script_dataset_fails_with_advice(make_config, tmp_path: Path, hf_cache: Path) -> None:
+    """datasets 4+ refuses dataset scripts (RuntimeError); the error names the dataset and what to use instead."""
+    folder = tmp_path / "scripted"
+    folder.mkdir()
+    (folder / "scripted.py").write_text("import datasets\n")  # a loading script, as frgfm/imagenette ships
+    config = make_config(*SMALL, dataset={"source": "hf", "id": str(folder)})
+    with pytest.raises(ValueError) as err:
+        prepare(RunContext(config))
+    message = str(err.value)
+    assert message.startswith(f"dataset.id: {folder} is a script-based dataset, which datasets ")
+    assert "Dataset scripts are no longer supported" in message  # the library's own words, kept
+    assert "parquet" in message and "dataset.source: folder" in message

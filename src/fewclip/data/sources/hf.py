@@ -39,6 +39,10 @@ class HFSource:
                 raise ValueError(
                     f"dataset.{split}_split: could not load split {name!r} of {self.config.id}: {err}"
                 ) from err
+            except RuntimeError as err:
+                if "Dataset scripts are no longer supported" not in str(err):
+                    raise
+                raise ValueError(script_dataset_advice(self.config.id, self._datasets.__version__, err)) from None
             for key in ("image_column", "label_column"):
                 column = getattr(self.config, key)
                 if column not in ds.column_names:
@@ -84,3 +88,12 @@ def _image_bytes(cell: dict[str, Any]) -> bytes:
     with open(cell["path"], "rb") as handle:
         return handle.read()
 
+
+def script_dataset_advice(dataset_id: str, version: str, err: Exception) -> str:
+    """What to do about a dataset that is a loading script, which ``datasets`` 4 and later refuse to run."""
+    return (
+        f"dataset.id: {dataset_id} is a script-based dataset, which datasets {version} no longer runs ({err}). "
+        f"Use a copy of it stored as parquet (dataset.id of another hub repo, or a local folder of parquet "
+        f"files), or download its images and read them with the folder source "
+        f"(dataset.source: folder, dataset.path: <root>/<class>/<image> or <root>/{{train,test}}/<class>/<image>)"
+    )
