@@ -102,7 +102,9 @@ def run_report(make_config: Callable[..., Any]) -> Callable[..., tuple[Any, RunL
         config = make_config("few_shot.shots=[1,2]", "splits.seeds=[1,2]", "training.epochs=5",
                              "output.saliency_images=3", *overrides,
                              dataset={"source": "folder", "path": make_config().dataset.path,
-                                      "rename": {"red_circle": EVIL}})
+                                      "rename": {"red_circle": EVIL}},
+                             # templates short enough for the script-tag name in the tiny CLIP's 32 positions
+                             prompts={"templates": ["a photo of a {}.", "the {}.", "a {}."]})
         pipeline.run(config)
         return config, RunLayout(Path(config.output.dir))
 
