@@ -63,6 +63,6 @@ def test_a_prompt_too_long_fails_before_any_head_is_trained(make_config: Callabl
     ctx = RunContext(config)
     prepare(ctx)
     features(ctx)
-    with pytest.raises(ValueError, match=r"coop: the prompt for class '.+' needs \d+ tokens .* 32 positions"):
+    with pytest.raises(ValueError, match=r"coop: the prompt for class '.+' needs \d+ tokens .* 32 text positions.*lower coop\.n_ctx to at most"):
         train(ctx)
     assert not (ctx.layout.heads / "linear_probe").exists()
