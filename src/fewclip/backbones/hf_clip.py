@@ -22,7 +22,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 class ModelConfig(ConfigBlock):
     """The `model` block: which CLIP, where it runs and at what precision."""
 
-    id: str = Field("openai/clip-vit-base-patch32", description="Hub id or local folder in Hugging Face format.")
+    id: str = Field("openai/clip-vit-base-patch32", description="Hub id, local folder in Hugging Face format, or "
+                    "fewclip/world-clip (the shipped world CLIP); relative folders in a YAML are read from its folder.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
     precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 autocast for the encoders.")
