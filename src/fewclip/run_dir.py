@@ -24,8 +24,8 @@ from .fileio import write_json
 from .heads import HEADS, list_heads
 from .layout import RunLayout
 
-MARKER = ".fewclip-run.json"
-LOCK = ".fewclip-run.lock"
+MARKER = RunLayout(Path()).marker.name
+LOCK = RunLayout(Path()).lock.name
 
 # Keys that may change between commands on one run directory. Head blocks are free because a head
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
@@ -65,7 +65,8 @@ def check_location(config: Config) -> None:
 
 def claim(root: Path) -> None:
     """Make ``root`` a run directory (new or empty folder) or accept one that already is; refuse the rest."""
-    if (root / MARKER).is_file():
+    layout = RunLayout(root)
+    if layout.marker.is_file():
         return
     if root.exists() and not root.is_dir():
         raise RunDirError(f"output.dir {root} is a file, not a folder; choose another output.dir")
@@ -80,13 +81,13 @@ def claim(root: Path) -> None:
                 f"fewclip, create an empty {root / MARKER} to adopt it)")
     from . import __version__
 
-    write_json(root / MARKER, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
+    write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory; fail at once if another command holds it."""
-    handle = open(root / LOCK, "a+", encoding="utf-8")
+    handle = open(RunLayout(root).lock, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
