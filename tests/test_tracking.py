@@ -15,6 +15,7 @@ import pytest
 from fewclip import pipeline
 from fewclip.cli import main
 from fewclip.config import WandbConfig
+from fewclip.run_dir import MARKER
 from fewclip.tracking import Tracker, TrackingError, typed_rows
 
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type) records
@@ -109,6 +110,7 @@ def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., An
     config_file.write_text(config.to_yaml())
     run_dir = Path(config.output.dir)
     run_dir.mkdir(parents=True)
+    (run_dir / MARKER).write_text("{}")  # a fewclip run dir (fewclip writes into no other non-empty folder)
     (run_dir / "report.html").write_text("<html>report</html>")  # kept if no report stage writes one
 
     assert main(["-q", "run", str(config_file)]) == 0

@@ -16,6 +16,7 @@ from .config import Config, ConfigError, default_cache_dir, load_config
 from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
 
 STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
+FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,10 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
     run.add_argument("config", nargs="?", help="YAML config (omit for the embedded default)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. few_shot.shots=[8,16]")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
     for stage in STAGE_NAMES:
         sub = commands.add_parser(stage, help=f"the {stage} stage only")
         sub.add_argument("config", help="YAML config, or 'default' for the embedded default")
         sub.add_argument("overrides", nargs="*")
+        sub.add_argument("--force", action="store_true", help=FORCE_HELP)
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
     world_commands = world.add_subparsers(dest="world_command", required=True)
     pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
@@ -135,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import pipeline
     from .run_context import RunContext
     from .embedded import embedded_config
+    from .run_dir import open_run
 
     config_path, overrides = _split_config_arg(args.config, list(args.overrides))
     if args.quiet:
@@ -146,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import_wandb(config.wandb.mode)
         ctx = RunContext(config)
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
-        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+        # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
+        with open_run(config, force=args.force), logging_redirect_tqdm():  # logs go above the progress bars
             for stage in stages:
                 start = time.perf_counter()
                 pipeline.STAGES[stage](ctx)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .backbones.hf_clip import ModelConfig
 from .backbones.model_source import config_relative_id
+from .config_yaml import ConfigFileError, read_yaml_file
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.subsample import Subsample
@@ -92,6 +93,14 @@ class SplitsConfig(ConfigBlock):
         "all", description="all | base | new classes, or base2new: train on base, evaluate on base and new."
     )
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed(s) {repeated} listed more than once; each seed is one split, list distinct seeds")
+        return seeds
+
 
 class WandbConfig(ConfigBlock):
     mode: Literal["disabled", "offline", "online"] = "disabled"
@@ -105,6 +114,14 @@ class OutputConfig(ConfigBlock):
     progress: bool = Field(True, description="Progress bars; false for quiet runs (CI, scripts).")
     figures: bool = Field(True, description="Write PNG figures (confusion, reliability, saliency, plots).")
     saliency_images: int = Field(6, ge=0, description="Test images with saliency overlays, per method (0: none).")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir_named(cls, folder: str) -> str:
+        if not folder.strip():
+            raise ValueError("empty; name the run directory (e.g. output.dir=runs/my-run), "
+                             "an empty value would write the run into the working directory")
+        return folder
 
 
 def default_cache_dir() -> str:
@@ -141,6 +158,13 @@ class Config(ConfigBlock):
                 raise ValueError(unknown_name_message("method", method, list_heads()))
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods listed twice: {methods}")
+        return methods
+
+    @field_validator("methods")
+    @classmethod
+    def _some_method(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError(f"empty; list at least one method to run (registered: {', '.join(list_heads())})")
         return methods
 
     def to_yaml(self) -> str:
@@ -228,9 +252,19 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
         return f"{key}.source: unknown data source {error['input'].get('source')!r}; valid: {', '.join(SOURCES.names())}"
     if error["type"] == "union_tag_not_found":
         return f"{key}.source: missing; valid: {', '.join(SOURCES.names())}"
+    return f"{key}: {_clean_message(error)}"
+
+
+def _clean_message(error: dict[str, Any]) -> str:
+    """pydantic's message without its "Value error, " prefix, plus the offending value unless the message
+    (one of ours, from a validator) already names it."""
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
     got = error.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, dict) and error["type"] != "missing" else ""
-    return f"{key}: {error['msg']}{shown}"
+    if isinstance(got, dict) or error["type"] in ("missing", "value_error", "assertion_error") or repr(got) in message:
+        return message
+    return f"{message} (got {got!r})"
 
 
 def validate_config(data: dict[str, Any], origin: str = "config") -> Config:
@@ -251,9 +285,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            loaded = read_yaml_file(path)
+        except ConfigFileError as err:
+            raise ConfigError(str(err)) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
         model = (loaded or {}).get("model")

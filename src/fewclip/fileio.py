@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -31,9 +32,21 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise disk_full(path, err) from err
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path, err: OSError) -> OSError:
+    """The same OSError, with a message that names the file being written and says the disk is full."""
+    what = "disk full" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    return OSError(err.errno, f"{what} while writing {path}: free space on that disk (or choose another "
+                              "output.dir / cache.dir), then run the same command again; finished work is kept")
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

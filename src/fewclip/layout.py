@@ -15,6 +15,16 @@ class RunLayout:
         return self.root / "config.yaml"
 
     @property
+    def marker(self) -> Path:
+        """Written when fewclip creates the run directory: fewclip writes into no other non-empty folder."""
+        return self.root / ".fewclip-run.json"
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by the command using the run directory; holds that command's pid."""
+        return self.root / ".fewclip-run.lock"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

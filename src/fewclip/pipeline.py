@@ -24,6 +24,7 @@ from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
 from .heads import HEADS, Task, read_head_meta, save_head
 from .layout import unit_name
+from .run_dir import open_run
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
                           support_records, units)
 
@@ -156,9 +157,14 @@ def report(ctx: RunContext) -> Path:
 STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": evaluate, "report": report}
 
 
-def run(config: Config) -> Path:
-    """Every stage in order; each skips what an earlier (possibly killed) run already finished."""
+def run(config: Config, force: bool = False) -> Path:
+    """Every stage in order; each skips what an earlier (possibly killed) run already finished.
+
+    The run directory is claimed and locked for the whole run (see ``fewclip.run_dir``); ``force``
+    accepts a config whose run-defining keys differ from the one already there.
+    """
     ctx = RunContext(config)
-    for stage in STAGES.values():
-        stage(ctx)
+    with open_run(config, force=force):
+        for stage in STAGES.values():
+            stage(ctx)
     return ctx.layout.summary

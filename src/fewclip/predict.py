@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .config import load_config
 from .data.images import UnreadableImage, read_image
-from .fileio import write_csv, write_json
+from .features import fingerprint_key
+from .fileio import read_json, write_csv, write_json
 from .layout import RunLayout, unit_name
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -27,6 +28,10 @@ _HEAD_FILE = re.compile(r"shot_(\d+)-seed_(\d+)\.json")
 
 class HeadNotTrained(LookupError):
     """The asked-for (method, shots, seed) has no saved head; the message lists the ones that exist."""
+
+
+class HeadMismatch(ValueError):
+    """A saved head whose recorded features come from another backbone than the one predict would use."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,24 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))
     model = config.model if device is None else config.model.model_copy(update={"device": device})
     backbone = load_backbone(model, cache_dir=Path(config.cache.dir).expanduser())
+    check_features_key(meta, backbone, layout, unit_name(method, shots, seed), Path(config.cache.dir).expanduser())
     return Classifier(backbone, head, meta["class_names"], method, shots, seed, batch_size=config.model.batch_size)
+
+
+def check_features_key(meta: dict[str, Any], backbone: Any, layout: RunLayout, unit: str, cache_root: Path) -> None:
+    """Refuse a head trained on another backbone's features than the one the run's config.yaml names now
+    (the config was replaced after training); heads saved before features_key was recorded are trusted."""
+    trained_on = meta.get("features_key")
+    current = fingerprint_key(backbone.fingerprint())
+    if trained_on is None or trained_on == current:
+        return
+    recorded = cache_root / "features" / trained_on / "fingerprint.json"
+    trained_model = f" (model {read_json(recorded).get('model')!r})" if recorded.is_file() else ""
+    raise HeadMismatch(
+        f"{layout.heads / unit}.json was trained on features {trained_on}{trained_model}, but {layout.config} "
+        f"names model {backbone.fingerprint().get('model')!r} (features {current}): the run's config was replaced "
+        "after training. Run `fewclip train` with the run's current config, or use a run directory whose "
+        "config trained this head")
 
 
 def write_predictions(path: Path | str, results: Sequence[Prediction], classifier: Classifier) -> None:

@@ -20,6 +20,7 @@ from .features import FeatureCache, augmented_fingerprint, load_features
 from .fileio import atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet
 from .layout import RunLayout
+from .run_dir import check_location
 
 AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
 
@@ -32,6 +33,9 @@ class RunContext:
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_location(self.config)  # a run dir inside the dataset folder would feed the next prepare
 
     @property
     def layout(self) -> RunLayout:

@@ -124,9 +124,9 @@ def test_long_class_name_fails_cocoop_before_training(backbone: CLIPBackbone, no
 @pytest.mark.parametrize("override, shown", [
     ("coop.class_token_position=side", "coop.class_token_position: Input should be 'end', 'middle' or 'front' (got 'side')"),
     ("coop.precision=fp8", "coop.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
-    ("coop.epochs=0", "coop.epochs: Value error, epochs must be >= 1"),
-    ("coop.epochs={4: 0}", "coop.epochs: Value error, epochs must be >= 1"),
-    ("coop.epochs={0: 5}", "coop.epochs: Value error, epochs must be >= 1"),
+    ("coop.epochs=0", "coop.epochs: epochs must be >= 1"),
+    ("coop.epochs={4: 0}", "coop.epochs: epochs must be >= 1"),
+    ("coop.epochs={0: 5}", "coop.epochs: epochs must be >= 1"),
 ])
 def test_bad_coop_values_fail_config_validation_naming_the_key(override: str, shown: str,
                                                                make_config: Callable[..., Any]) -> None:

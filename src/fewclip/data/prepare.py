@@ -58,7 +58,22 @@ def resolve_classes(config: SourceConfig, available: list[str]) -> ClassNames:
     if bad_renames:
         raise ValueError(f"dataset.rename: {bad_renames} are not among the selected classes {selected}")
     readable = [config.rename.get(name, humanize(name)) for name in selected]
+    check_distinct_classes(selected, readable)
     return ClassNames(raw=selected, readable=readable)
+
+
+def check_distinct_classes(raw: list[str], readable: list[str]) -> None:
+    """At least two classes, and no two with the same readable name (they would share every prompt)."""
+    if len(raw) < 2:
+        raise ValueError(f"dataset: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
+                         "a classifier over one class is always right: add classes or widen dataset.classes")
+    by_name: dict[str, list[str]] = {}
+    for raw_name, name in zip(raw, readable):
+        by_name.setdefault(name, []).append(raw_name)
+    collisions = [f"{names} all read as {name!r}" for name, names in by_name.items() if len(names) > 1]
+    if collisions:
+        raise ValueError(f"dataset: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
+                         "them apart; give each a distinct name with dataset.rename (raw name: readable name)")
 
 
 def _safe(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -22,6 +23,18 @@ class CsvSourceConfig(SourceConfig):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+def read_csv_text(file: Path) -> str:
+    """The CSV's text: UTF-8, with or without the byte-order mark Excel writes; otherwise an error naming
+    the file, the line and the byte."""
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{file}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the CSV as UTF-8 "
+                         "(Excel: 'CSV UTF-8'), then run prepare again") from None
+
+
 class CsvSource:
     def __init__(self, config: CsvSourceConfig) -> None:
         self.config = config
@@ -33,16 +46,15 @@ class CsvSource:
             raise FileNotFoundError(f"dataset: CSV file {file} does not exist")
         root = Path(self.config.root).expanduser() if self.config.root else file.parent
         cols = (self.config.path_column, self.config.label_column)
-        with open(file, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in cols if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{file}: missing column(s) {missing}; found {reader.fieldnames}")
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                raw = row[cols[0]].strip()
-                path = Path(raw) if Path(raw).is_absolute() else root / raw
-                rows.append((path, row[cols[1]].strip(), f"{file}:{line}", raw))
+        reader = csv.DictReader(io.StringIO(read_csv_text(file), newline=""))
+        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{file}: missing column(s) {missing}; found {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            raw = (row[cols[0]] or "").strip()
+            path = Path(raw) if Path(raw).is_absolute() else root / raw
+            rows.append((path, (row[cols[1]] or "").strip(), f"{file}:{line}", raw))
         return rows
 
     def class_names(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -10,12 +11,15 @@ from pydantic import Field
 
 from .base import SourceConfig, SourceItem, Split
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 class FolderSourceConfig(SourceConfig):
     source: Literal["folder"] = "folder"
-    path: str = Field(description="Root folder: <path>/<class>/* or <path>/{train,test}/<class>/*.")
+    path: str = Field(description="Root folder: <path>/<class>/*, or <path>/{train,test}/<class>/* "
+                                  "(or {train,val}: val/ is then the test split).")
     train_dir: str = Field("train", description="Subfolder holding the train split, if present.")
     test_dir: str = Field("test", description="Subfolder holding the test split, if present.")
     test_fraction: float = Field(
@@ -33,19 +37,42 @@ def in_test_share(key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+VAL_DIR = "val"  # the test split when the root holds train/ and val/ but no test/
+
+
+def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str, str] | None:
+    """(train, test) subfolder names when ``root`` uses the split layout, None for <root>/<class>/*.
+
+    ``train/`` + ``test/`` is the split layout; so is ``train/`` + ``val/`` (val/ is then the test split:
+    fewclip draws its own validation images from train). ``train/`` alone is ambiguous: an error.
+    """
+    if not (root / train_dir).is_dir():
+        return None
+    if (root / test_dir).is_dir():
+        return train_dir, test_dir
+    if (root / VAL_DIR).is_dir():
+        log.info("dataset.path: %s has %s/ and %s/ but no %s/: using %s/ as the test split",
+                 root, train_dir, VAL_DIR, test_dir, VAL_DIR)
+        return train_dir, VAL_DIR
+    raise ValueError(
+        f"dataset.path: {root} has a {train_dir}/ folder but no {test_dir}/ or {VAL_DIR}/ beside it, so "
+        f"{train_dir!r} would become a class; add {root / test_dir}/<class>/ images, or point dataset.path "
+        f"at {root / train_dir} to hold out test_fraction of each class")
+
+
 class FolderSource:
     def __init__(self, config: FolderSourceConfig) -> None:
         self.config = config
         self.root = Path(config.path).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset.path: folder {self.root} does not exist")
-        train, test = self.root / config.train_dir, self.root / config.test_dir
-        self.has_splits = train.is_dir() and test.is_dir()
+        self.splits = split_dirs(self.root, config.train_dir, config.test_dir)
+        self.has_splits = self.splits is not None
 
     def _class_dir(self, split: Split, name: str) -> Path:
-        if not self.has_splits:
+        if self.splits is None:
             return self.root / name
-        return self.root / (self.config.train_dir if split == "train" else self.config.test_dir) / name
+        return self.root / (self.splits[0] if split == "train" else self.splits[1]) / name
 
     def class_names(self) -> list[str]:
         base = self.root / self.config.train_dir if self.has_splits else self.root

@@ -1,0 +1,160 @@
+"""Claiming a run directory for one command: where it may be, whose it is, who uses it, which config it holds.
+
+- A run directory is fewclip's once it holds ``.fewclip-run.json``, written when fewclip creates it (or
+  finds it empty). fewclip never writes into a non-empty folder without that marker, so a mistyped
+  ``output.dir`` cannot overwrite a user's ``config.yaml`` or ``data/``.
+- It may not lie inside the dataset folder (the next prepare would read the run's images as a class).
+- While a command runs it holds an exclusive ``flock`` on ``.fewclip-run.lock``: a second command on
+  the same directory fails at once, naming the process that holds it.
+- A command whose config differs from the run's ``config.yaml`` in a run-defining key (model, dataset,
+  prompts, few_shot, splits) is refused unless forced; other keys may change freely (see ``FREE_KEYS``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Config, ConfigError, load_config
+from .fileio import write_json
+from .heads import HEADS, list_heads
+from .layout import RunLayout
+
+MARKER = RunLayout(Path()).marker.name
+LOCK = RunLayout(Path()).lock.name
+
+# Keys that may change between commands on one run directory. Head blocks are free because a head
+# records a fit key over its own config and inputs and is retrained when they change; output, cache,
+# wandb, name and the model's batch size, loader threads and device change no result.
+FREE_KEYS = ("name", "methods", "wandb", "output", "cache", "model.batch_size", "model.loader_threads",
+             "model.device")
+
+
+class RunDirError(ValueError):
+    """A run directory that may not be used by this command; the message says why and what to do."""
+
+
+def run_root(config: Config) -> Path:
+    return Path(config.output.dir).expanduser()
+
+
+def dataset_folders(config: Config) -> list[Path]:
+    """Local folders the dataset is read from by listing them (a run dir inside one would become data)."""
+    dataset: Any = config.dataset
+    if dataset.source == "folder":
+        return [Path(dataset.path).expanduser()]
+    if dataset.source == "hf" and Path(dataset.id).expanduser().is_dir():
+        return [Path(dataset.id).expanduser()]
+    return []
+
+
+def check_location(config: Config) -> None:
+    """Refuse an output.dir that is, or lies inside, a folder the dataset is read from."""
+    root = run_root(config).resolve()
+    for folder in dataset_folders(config):
+        folder = folder.resolve()
+        if root == folder or folder in root.parents:
+            raise RunDirError(
+                f"output.dir {root} is inside the dataset folder {folder}: the next prepare would read the "
+                f"run's images and plots as a class; choose an output.dir outside {folder}")
+
+
+def claim(root: Path) -> None:
+    """Make ``root`` a run directory (new or empty folder) or accept one that already is; refuse the rest."""
+    layout = RunLayout(root)
+    if layout.marker.is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"output.dir {root} is a file, not a folder; choose another output.dir")
+    if root.is_dir():
+        entries = sorted(p.name for p in root.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise RunDirError(
+                f"output.dir {root} is not empty ({shown}) and is not a fewclip run directory (it has no "
+                f"{MARKER}); fewclip writes only into a new or empty folder or its own run directory, so it "
+                f"never overwrites your files: choose another output.dir (if {root} is a run of an older "
+                f"fewclip, create an empty {root / MARKER} to adopt it)")
+    from . import __version__
+
+    write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
+
+
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory; fail at once if another command holds it."""
+    handle = open(RunLayout(root).lock, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunDirError(f"run dir {root} is in use by pid {holder}; wait for it to finish "
+                              "or choose another output.dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock; a killed process releases it too
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def _is_free(key: str) -> bool:
+    head_blocks = {HEADS.get(m).config_key for m in list_heads()} - {None}
+    return any(key == free or key.startswith(free + ".") for free in (*FREE_KEYS, *head_blocks))
+
+
+def config_differences(previous: Config, current: Config) -> list[str]:
+    """``key: <run's value> -> <this value>`` for every run-defining key that differs."""
+    before, after = _flatten(previous.model_dump(mode="json")), _flatten(current.model_dump(mode="json"))
+    missing = object()
+    return [f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "(unset)")
+            for key in sorted(set(before) | set(after))
+            if not _is_free(key) and before.get(key, missing) != after.get(key, missing)]
+
+
+def check_same_config(layout: RunLayout, config: Config) -> None:
+    """Refuse a config whose run-defining keys differ from the run directory's ``config.yaml``."""
+    if not layout.config.is_file():
+        return
+    try:
+        previous = load_config(layout.config)
+    except ConfigError as err:
+        raise RunDirError(f"{layout.config} (the run's config) does not load with this fewclip: {err}\n"
+                          "Choose another output.dir, or pass --force to replace it with this config") from None
+    differences = config_differences(previous, config)
+    if differences:
+        listed = "\n  ".join(differences)
+        raise RunDirError(
+            f"output.dir {layout.root} holds a run of a different config ({layout.config}); "
+            f"run-defining keys differ (run's value -> this config's):\n  {listed}\n"
+            "Choose another output.dir for this config, or pass --force to replace the run's config "
+            "(heads trained on other inputs are then retrained by `fewclip train`)")
+
+
+@contextmanager
+def open_run(config: Config, force: bool = False) -> Iterator[RunLayout]:
+    """Claim and lock the config's run directory for one command (see the module docstring)."""
+    check_location(config)
+    root = run_root(config)
+    claim(root)
+    with locked(root):
+        layout = RunLayout(root)
+        if not force:
+            check_same_config(layout, config)
+        yield layout
