@@ -23,6 +23,7 @@ from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
 from .heads import HEADS, Task, read_head_meta, save_head
+from .heads.selection import fit_meta
 from .layout import unit_name
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
                           support_records, units)
@@ -91,7 +92,7 @@ def train(ctx: RunContext) -> list[str]:
             head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
     from tqdm.auto import tqdm
 
-    trained = []
+    trained, first_epoch = [], []
     bar = tqdm(list(units(ctx.config)), desc="train", unit="head", disable=not ctx.config.output.progress)
     for method, shots, seed in bar:
         bar.set_postfix_str(unit_name(method, shots, seed))
@@ -102,6 +103,8 @@ def train(ctx: RunContext) -> list[str]:
         key = _fit_key(ctx, method, train_records, val_records, class_names)
         meta = read_head_meta(stem)
         if meta is not None and meta.get("fit_key") == key:
+            if meta.get("kept_first_epoch"):
+                first_epoch.append(f"{unit_name(method, shots, seed)} ({meta.get('selection_rule')})")
             continue
         head_cls = HEADS.get(method)
         head = head_cls(head_config(ctx.config, method))
@@ -121,8 +124,10 @@ def train(ctx: RunContext) -> list[str]:
         seconds = time.perf_counter() - start
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
-                 "features_key": ctx.cache.key}
+                 "features_key": ctx.cache.key, **fit_meta(head)}
         save_head(head, stem, class_names, extra)
+        if extra["kept_first_epoch"]:
+            first_epoch.append(f"{unit_name(method, shots, seed)} ({extra['selection_rule']})")
         checkpoint.unlink(missing_ok=True)
         if head.history_:
             cols = list(head.history_[0])
@@ -130,6 +135,10 @@ def train(ctx: RunContext) -> list[str]:
                       ([row.get(c, "") for c in cols] for row in head.history_))
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
+    if first_epoch:
+        log.warning("%d unit(s) kept their first epoch's state (training did not beat its start on validation; "
+                    "check the learning rate and schedule, or set select: last): %s", len(first_epoch),
+                    "; ".join(first_epoch))
     return trained
 
 
