@@ -30,8 +30,8 @@ from .run_context import RunContext, available, feature_set, units
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "ece", "trainable_params",
-                   "train_seconds", "n_eval", "best_epoch")
+SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "ece", "ece_uncalibrated",
+                   "trainable_params", "train_seconds", "n_eval", "best_epoch", "selection")
 
 
 def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +55,12 @@ def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list
     if not hasattr(head, "transfer"):
         return None
     return head.transfer(ctx.backbone, names)
+
+
+def uncalibrated_ece(logits: torch.Tensor, temperature: float, correct: np.ndarray) -> float:
+    """ECE of the head's confidences before temperature scaling (``logits`` are the calibrated ones: * T)."""
+    confidence = torch.softmax(logits.float() * temperature, dim=-1).max(dim=-1).values.numpy()
+    return expected_calibration_error(calibration_bins(confidence, correct))
 
 
 def write_unit_artifacts(folder: Path, names: list[str], records: list[Record], truth: np.ndarray, pred: np.ndarray,
@@ -137,9 +143,10 @@ def evaluate_run(ctx: RunContext) -> Path:
             title = f"{method}, {shots} shots, seed {seed}, {view.split}"
             ece = write_unit_artifacts(ctx.layout.unit_results(method, shots, seed, view.split), names, records, truth,
                                        pred, confidence, title, figures)
+            ece_raw = uncalibrated_ece(logits, float(meta.get("temperature") or 1.0), truth == pred)
             summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
-                            f"{ece:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
-                            meta.get("best_epoch") or ""))
+                            f"{ece:.6f}", f"{ece_raw:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}",
+                            len(test), meta.get("best_epoch") or "", meta.get("selection_rule") or ""))
             stats = per_class(confusion_matrix(truth, pred, len(names)))
             per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
                                 f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c]))
@@ -155,8 +162,8 @@ def evaluate_run(ctx: RunContext) -> Path:
         if "base" in accuracy and "new" in accuracy:
             (acc_b, f1_b), (acc_n, f1_n) = accuracy["base"], accuracy["new"]
             summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}",
-                            f"{harmonic_mean(f1_b, f1_n):.6f}", "", meta["trainable_params"],
-                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
+                            f"{harmonic_mean(f1_b, f1_n):.6f}", "", "", meta["trainable_params"],
+                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or "", meta.get("selection_rule") or ""))
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
     write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",

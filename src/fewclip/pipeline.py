@@ -23,6 +23,7 @@ from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
 from .heads import HEADS, Task, read_head_meta, save_head
+from .heads.selection import fit_meta
 from .layout import unit_name
 from .run_dir import open_run
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
@@ -86,6 +87,7 @@ def train(ctx: RunContext) -> list[str]:
     classes, _, _ = load_prepared(ctx.layout)
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
+    first_epoch = []  # units that kept their first epoch (reported at the end, trained now or before)
     pending = []  # (unit, train records, val records, fit key) of every unit not trained with these inputs
     for method, shots, seed in units(ctx.config):
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
@@ -95,6 +97,8 @@ def train(ctx: RunContext) -> list[str]:
         meta = read_head_meta(ctx.layout.heads / unit_name(method, shots, seed))
         if meta is None or meta.get("fit_key") != key:
             pending.append(((method, shots, seed), train_records, val_records, key))
+        elif meta.get("kept_first_epoch"):
+            first_epoch.append(f"{unit_name(method, shots, seed)} ({meta.get('selection_rule')})")
     # Bad input (e.g. a prompt too long) fails before any training starts. Only methods with something to
     # train are checked, so a re-run with every head trained never loads the model. Every readable class
     # is checked: heads that transfer meet the new classes of base-to-new at evaluation.
@@ -127,8 +131,10 @@ def train(ctx: RunContext) -> list[str]:
         seconds = time.perf_counter() - start
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
-                 "features_key": ctx.cache.key}
+                 "features_key": ctx.cache.key, **fit_meta(head)}
         save_head(head, stem, class_names, extra)
+        if extra["kept_first_epoch"]:
+            first_epoch.append(f"{unit_name(method, shots, seed)} ({extra['selection_rule']})")
         checkpoint.unlink(missing_ok=True)
         if head.history_:
             cols = list(head.history_[0])
@@ -136,6 +142,10 @@ def train(ctx: RunContext) -> list[str]:
                       ([row.get(c, "") for c in cols] for row in head.history_))
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
+    if first_epoch:
+        log.warning("%d unit(s) kept their first epoch's state (training did not beat its start on validation; "
+                    "check the learning rate and schedule, or set select: last): %s", len(first_epoch),
+                    "; ".join(first_epoch))
     return trained
 
 

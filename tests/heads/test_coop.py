@@ -365,7 +365,9 @@ def test_saved_coop_is_fixed_class_text_features(backbone: CLIPBackbone, tmp_pat
     logits = loaded.logits(features)
     expected = math.exp(backbone.model.logit_scale.item()) * (
         features / features.norm(dim=-1, keepdim=True)) @ recomputed.T
-    assert (logits - expected).abs().max().item() <= 1e-5
+    assert (loaded.uncalibrated_logits(features) - expected).abs().max().item() <= 1e-5
+    assert float(loaded.temperature_) != 1.0  # fitted on val (calibrate: true), divides the CLIP logits
+    assert torch.equal(logits, loaded.uncalibrated_logits(features) / loaded.temperature_)
     assert expected.std().item() > 0.1
     assert torch.equal(logits, head.logits(features))
     # a fixed matrix: one image alone scores as in the batch (to float rounding of a vector-matrix product)

@@ -1,4 +1,4 @@
-"""Linear probe: it learns, selects its epoch on val macro-F1 (never test), and is deterministic."""
+"""Linear probe: it learns, selects its epoch on val (never test), calibrates on val, and is deterministic."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def probe(make_config: Callable[..., Any], *overrides: str) -> LinearProbeHead:
 
 def test_learns_a_separable_task(make_config: Callable[..., Any]) -> None:
     train, val = separable(10, seed=0), separable(5, seed=1)
-    head = probe(make_config, "training.epochs=40", "training.batch_size=8").fit(Task(CLASSES, seed=1), train, val)
+    head = probe(make_config, "training.epochs=40", "training.batch_size=8", "training.select=val_macro_f1").fit(
+        Task(CLASSES, seed=1), train, val)
     losses = [row["train_loss"] for row in head.history_]
     assert losses[-1] < 0.25 * losses[0]
     assert all(later < earlier for earlier, later in zip(losses, losses[5:]))  # falling, allowing for noise
@@ -81,7 +82,7 @@ def test_history_has_loss_and_val_metrics_for_every_epoch(make_config: Callable[
 def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable[..., Any]) -> None:
     train, val = random_task()
     task = Task(CLASSES, seed=1)
-    head = probe(make_config).fit(task, train, val)
+    head = probe(make_config, "training.select=val_macro_f1").fit(task, train, val)
     scores = [row["val_macro_f1"] for row in head.history_]
     key = [(row["val_macro_f1"], -row["val_loss"]) for row in head.history_]
     assert head.best_epoch_ == max(range(len(key)), key=lambda i: (key[i], -i)) + 1

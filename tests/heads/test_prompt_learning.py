@@ -163,10 +163,12 @@ class CoOpRun:
             raise Killed(f"killed at call {self.calls}")
         return self.backbone.logit_scale * normalize(features) @ self.prompts.features(self.params.ctx).T
 
-    def __call__(self, checkpoint: Path | None, settings: TrainSettings = SETTINGS) -> Any:
+    def __call__(self, checkpoint: Path | None, settings: TrainSettings = SETTINGS, select: str = "val_macro_f1") -> Any:
         train = FeatureSet(random_features(self.backbone, 12, seed=7), torch.arange(3).repeat(4))
         val = FeatureSet(random_features(self.backbone, 6, seed=8), torch.arange(3).repeat(2))
-        return train_prompt_module(self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint)
+        # val_macro_f1: the checkpoint also carries the best state so far, which a resume must restore
+        return train_prompt_module(self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint,
+                                   select=select)
 
 
 CALLS_PER_EPOCH = 3 + 1  # 12 images in batches of 4, then one val call
@@ -248,3 +250,16 @@ def test_checkpoint_of_other_settings_is_not_resumed(backbone: CLIPBackbone, tmp
     result = run(checkpoint)
     assert run.calls == SETTINGS.epochs * CALLS_PER_EPOCH
     assert_same_run(result, run, *uninterrupted)
+
+
+def test_checkpoint_of_another_selection_rule_is_not_resumed(backbone: CLIPBackbone, tmp_path: Path,
+                                                             uninterrupted: tuple[Any, CoOpRun]) -> None:
+    """The rule decides which state the checkpoint keeps as best: another rule's must not be mixed in."""
+    checkpoint = tmp_path / "unit.ckpt.safetensors"
+    with pytest.raises(Killed):
+        CoOpRun(backbone, fail_at_call=2 * CALLS_PER_EPOCH + 1)(checkpoint, SETTINGS, "val_loss")
+    run = CoOpRun(backbone)
+    result = run(checkpoint)
+    assert run.calls == SETTINGS.epochs * CALLS_PER_EPOCH
+    assert_same_run(result, run, *uninterrupted)
+    assert result[1].rule == "val_macro_f1"

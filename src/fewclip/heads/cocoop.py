@@ -18,9 +18,11 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
+from .calibration import calibrate, temperature_tensor
 from .coop import CoOpPrompts
 from .prompt_learning import (TrainSettings, assemble, check_prompts_fit, head_checkpoint_key,
                               init_context, train_prompt_module)
+from .selection import SELECT_HELP, SelectRule
 from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 
 
@@ -40,7 +42,8 @@ class CoCoOpConfig(ConfigBlock):
     max_prompts_per_call: int = Field(1024, ge=1, description="Memory budget: prompts per text-tower call.")
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
                                "crop + flip, encoded once by the features stage); 0: the plain features.")
-    select: Literal["val_macro_f1", "last"] = "val_macro_f1"
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
 
     def settings(self) -> TrainSettings:
         return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
@@ -130,12 +133,14 @@ class CoCoOpHead:
         def logits_fn(features: torch.Tensor) -> torch.Tensor:
             return self._conditional_logits(params, self.prompts_, features, scale)
 
-        history, best_epoch, _ = train_prompt_module(
-            params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, cfg.settings(),
-            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress)
-        self.history_, self.best_epoch_, self.n_ctx_ = history, best_epoch, n_ctx
+        history, selection, _ = train_prompt_module(
+            params, logits_fn, train, val, n_classes, cfg.settings(), task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select)
+        self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
     def attach(self, backbone: Any, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
@@ -149,7 +154,8 @@ class CoCoOpHead:
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
         return head.attach(backbone, class_names)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) logits before temperature scaling, without gradients."""
         if not hasattr(self, "prompts_"):
             raise RuntimeError("cocoop: call attach(backbone, class_names) after loading, before predicting")
         with torch.no_grad():
@@ -157,9 +163,13 @@ class CoCoOpHead:
                       for i in range(0, features.shape[0], 256)]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.prompts_.base.shape[0])
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_
+
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits with autograd on (for saliency); ``logits`` runs without gradients."""
-        return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_))
+        return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_)) / self.temperature_
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
@@ -167,6 +177,7 @@ class CoCoOpHead:
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}
         tensors["logit_scale"] = self.logit_scale_.reshape(1)
+        tensors["temperature"] = self.temperature_.reshape(1)
         return tensors
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -175,6 +186,7 @@ class CoCoOpHead:
         self.params_ = CoCoOpParams(ctx.clone(), image_dim).requires_grad_(False)
         self.params_.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("params.")})
         self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.temperature_ = tensors.get("temperature", torch.ones(1)).reshape(())  # heads saved before calibration: 1
         self.n_ctx_ = int(ctx.shape[0])
         self.best_epoch_ = meta.get("best_epoch")
         self.history_ = meta.get("history", [])

@@ -15,8 +15,10 @@ from torch import nn
 from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
+from .calibration import calibrate, temperature_tensor
 from .prompt_learning import (TrainSettings, assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
                               train_prompt_module)
+from .selection import SELECT_HELP, SelectRule
 
 
 class CoOpConfig(ConfigBlock):
@@ -36,7 +38,8 @@ class CoOpConfig(ConfigBlock):
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
                                "crop + flip, encoded once by the features stage); 0: the plain features.")
-    select: Literal["val_macro_f1", "last"] = Field("val_macro_f1", description="Keep the best epoch on val, or the last.")
+    select: SelectRule = Field("auto", description=SELECT_HELP + " The last epoch's context is saved too.")
+    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
 
     @field_validator("epochs")
     @classmethod
@@ -145,17 +148,18 @@ class CoOpHead:
             return scale * normalize(features) @ prompts.features(params.ctx).T
 
         settings = cfg.settings(task.shots)
-        history, best_epoch, last = train_prompt_module(
-            params, logits_fn, train, val if cfg.select == "val_macro_f1" else None, n_classes, settings,
-            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress)
-        self.history_ = history
-        self.best_epoch_ = best_epoch
+        history, selection, last = train_prompt_module(
+            params, logits_fn, train, val, n_classes, settings, task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select)
+        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.n_ctx_ = n_ctx
         self.ctx_ = params.ctx.detach().clone()
         self.last_ctx_ = last["ctx"]
         self.logit_scale_ = torch.tensor(scale)
         with torch.no_grad():
             self.class_text_features_ = prompts.features(self.ctx_)
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
     def transfer(self, backbone: Any, class_names: list[str]) -> "CoOpHead":
@@ -170,20 +174,26 @@ class CoOpHead:
             head.class_text_features_ = prompts.features(self.ctx_)
         return head
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP logits against the learned class text features, before temperature scaling."""
         return self.logit_scale_ * normalize(features) @ self.class_text_features_.T
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"ctx": self.ctx_, "last_ctx": self.last_ctx_, "class_text_features": self.class_text_features_,
-                "logit_scale": self.logit_scale_.reshape(1)}
+                "logit_scale": self.logit_scale_.reshape(1), "temperature": self.temperature_.reshape(1)}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.ctx_, self.last_ctx_ = tensors["ctx"], tensors["last_ctx"]
         self.class_text_features_ = tensors["class_text_features"]
         self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.temperature_ = tensors.get("temperature", torch.ones(1)).reshape(())  # heads saved before calibration: 1
         self.n_ctx_ = int(self.ctx_.shape[-2])
         self.best_epoch_ = meta.get("best_epoch")
 

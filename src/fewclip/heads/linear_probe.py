@@ -1,9 +1,10 @@
-"""Linear probe: Linear(d -> C) on L2-normalised frozen image features, AdamW, val macro-F1 selection."""
+"""Linear probe: Linear(d -> C) on L2-normalised frozen image features, AdamW; epoch chosen by the shared
+rule of ``selection``, logits temperature-scaled on val (``calibration``)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -13,6 +14,8 @@ from tqdm.auto import tqdm
 from ..configbase import ConfigBlock
 from ..metrics import summarize
 from .base import FeatureSet, Task, normalize
+from .calibration import calibrate, temperature_tensor
+from .selection import SELECT_HELP, SelectRule, candidate_score, select_epoch, tracks_candidate
 
 
 class LinearProbeConfig(ConfigBlock):
@@ -22,9 +25,8 @@ class LinearProbeConfig(ConfigBlock):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0)
-    select: Literal["val_macro_f1", "last"] = Field(
-        "val_macro_f1", description="Which epoch's weights to keep: best on val macro-F1 (never test) or the last."
-    )
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
 
 
 class LinearProbeHead:
@@ -49,7 +51,8 @@ class LinearProbeHead:
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
         optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best_score, best_state, self.history_ = (-1.0, 0.0), None, []
+        candidate: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
+        self.history_ = []
         bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", leave=False, disable=not task.progress)
         for epoch in bar:
             order = torch.randperm(len(y), generator=generator)
@@ -68,30 +71,36 @@ class LinearProbeHead:
                 scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
                 val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
                 row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
-                # best macro-F1; among equal ones (a saturated val set) the lowest val loss
-                if cfg.select == "val_macro_f1" and (scores["macro_f1"], -val_loss) > best_score:
-                    best_score, best_state = (scores["macro_f1"], -val_loss), (epoch, copy.deepcopy(layer.state_dict()))
+                if tracks_candidate(cfg.select) and (candidate is None or candidate_score(cfg.select, row) > candidate[0]):
+                    candidate = (candidate_score(cfg.select, row), copy.deepcopy(layer.state_dict()))
             self.history_.append(row)
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
-        if best_state is not None:
-            self.best_epoch_ = best_state[0]
-            layer.load_state_dict(best_state[1])
-        else:
-            self.best_epoch_ = cfg.epochs
+        self.selection_ = select_epoch(cfg.select, self.history_, val.labels if val is not None else None, n_classes)
+        if self.selection_.epoch != cfg.epochs:
+            layer.load_state_dict(candidate[1])  # type: ignore[index]  # an earlier epoch is always the candidate
+        self.best_epoch_ = self.selection_.epoch
         self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) logits of the linear layer, before temperature scaling."""
         return normalize(features) @ self.weight_.T + self.bias_
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight_, "bias": self.bias_}
+        return {"weight": self.weight_, "bias": self.bias_, "temperature": self.temperature_.reshape(1)}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.weight_, self.bias_ = tensors["weight"], tensors["bias"]
+        self.temperature_ = tensors.get("temperature", torch.ones(1)).reshape(())  # heads saved before calibration: 1
         self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import summarize
 from .base import FeatureSet, Task
+from .selection import SelectRule, Selection, candidate_score, select_epoch, tracks_candidate
 
 Position = Literal["end", "middle", "front"]
 log = logging.getLogger(__name__)
@@ -264,15 +265,16 @@ def train_prompt_module(
     val_logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint_key: str = "",
     progress: bool = False,
-) -> tuple[list[dict[str, float]], int, dict[str, torch.Tensor]]:
+    select: SelectRule = "auto",
+) -> tuple[list[dict[str, float]], Selection, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
 
-    Leaves the epoch best on val macro-F1, ties broken by the lower val loss (the last epoch without
-    val), in ``module`` and returns
-    (history, best_epoch, state of the last epoch). With ``checkpoint``, state is saved after every epoch and a killed run
+    Leaves the epoch chosen by ``select`` (``fewclip.heads.selection``; the last epoch without val) in
+    ``module`` and returns (history, that selection, state of the last epoch). With ``checkpoint``,
+    state is saved after every epoch and a killed run
     resumes from the last saved epoch (same result as an uninterrupted run: the data order of each
     epoch is drawn from a generator seeded by (seed, epoch)). A checkpoint left by a run with other
-    settings, seed, data, initial parameters or ``checkpoint_key`` is ignored and overwritten.
+    settings, seed, data, initial parameters, ``checkpoint_key`` or ``select`` is ignored and overwritten.
     ``progress`` shows a bar over the epochs (rate, ETA, loss and val macro-F1).
     """
     params = [p for p in module.parameters() if p.requires_grad]
@@ -280,8 +282,9 @@ def train_prompt_module(
     history: list[dict[str, float]] = []
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
     start_epoch = 0
-    key = run_key(module, settings, seed, n_classes, train, val, checkpoint_key) if checkpoint is not None else ""
-    if checkpoint is not None:
+    key = ""
+    if checkpoint is not None:  # the rule is in the key: it decides which state the checkpoint keeps as "best"
+        key = run_key(module, settings, seed, n_classes, train, val, json.dumps([checkpoint_key, select]))
         resumed = _load_checkpoint(checkpoint, module, optimizer, key)
         if resumed is not None:
             start_epoch, history, best = resumed
@@ -314,16 +317,16 @@ def train_prompt_module(
             scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
             val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
             row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
-            # best macro-F1; among equal ones (a saturated val set) the lowest val loss
-            score = [scores["macro_f1"], -val_loss]
-            if best is None or tuple(score) > tuple(best[1]):
+            score = list(candidate_score(select, row))
+            if tracks_candidate(select) and (best is None or tuple(score) > tuple(best[1])):
                 best = (epoch + 1, score, _module_state(module))
         history.append(row)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best, key)
     last = _module_state(module)
-    if best is not None:
+    selection = select_epoch(select, history, val.labels if val is not None else None, n_classes)
+    if selection.epoch != len(history):  # the rule's candidate, kept while training
+        assert best is not None and best[0] == selection.epoch, (best and best[0], selection)
         module.load_state_dict(best[2])
-        return history, best[0], last
-    return history, settings.epochs, last
+    return history, selection, last

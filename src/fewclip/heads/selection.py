@@ -1,0 +1,115 @@
+"""Which epoch an iterative head keeps: one rule shared by the linear probe, CoOp and CoCoOp.
+
+The heads' ``select`` option:
+
+- ``val_macro_f1``: the epoch best on val macro-F1, ties broken by the lower val loss.
+- ``val_loss``: the epoch with the lowest val loss.
+- ``last``: the last epoch, the end of the schedule (what CoOp, CoCoOp and CLIP's linear probe report).
+- ``auto`` (default): the last epoch, unless the validation split is large enough to tell epochs apart
+  (at least ``MIN_VAL_PER_CLASS`` images in every class) and the val-macro-F1 epoch is clearly better:
+  the last epoch's val accuracy falls below the 95% Wilson interval of that epoch's. Model selection on
+  a handful of images picks an epoch by noise (with 4 images per class one image moves a class's recall
+  by 25 points, and epochs tie), so without evidence the schedule's end wins.
+
+``select_epoch`` decides from the history rows alone; the training loops keep, while they train, the
+state of the rule's candidate (``candidate_score``) and of the last epoch, the only two it can return.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+
+SelectRule = Literal["auto", "val_macro_f1", "val_loss", "last"]
+SELECT_HELP = ("Which epoch to keep: auto (the last epoch unless val has >= 10 images per class and shows an "
+               "earlier epoch clearly better), val_macro_f1, val_loss or last.")
+
+# With k val images per class one image moves a class's recall by 1/k; below 10 that step is over 10 points
+# and the 95% interval of a class's recall spans more than half the range, so epochs cannot be ranked.
+MIN_VAL_PER_CLASS = 10
+Z_95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The kept epoch (1-based) and what chose it, e.g. ``last_epoch (val too small: 4/class < 10)``."""
+
+    epoch: int
+    rule: str
+
+
+def tracks_candidate(rule: SelectRule) -> bool:
+    """Whether the loop must keep a copy of the best state so far (``last`` needs only the final one)."""
+    return rule != "last"
+
+
+def candidate_score(rule: SelectRule, row: dict[str, float]) -> tuple[float, ...]:
+    """What the rule maximises over epochs (``auto`` starts from the val-macro-F1 candidate)."""
+    if rule == "val_loss":
+        return (-row["val_loss"],)
+    return (row["val_macro_f1"], -row["val_loss"])
+
+
+def candidate_epoch(rule: SelectRule, history: Sequence[dict[str, float]]) -> int:
+    """The first epoch with the highest ``candidate_score`` (what a loop keeping strict improvements holds)."""
+    scores = [candidate_score(rule, row) for row in history]
+    return scores.index(max(scores)) + 1
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``successes / n``."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def val_per_class(labels: torch.Tensor | None, n_classes: int) -> int:
+    """The fewest validation images of any class (0 without a validation split)."""
+    if labels is None or len(labels) == 0:
+        return 0
+    return int(torch.bincount(labels.long(), minlength=n_classes)[:n_classes].min())
+
+
+def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels: torch.Tensor | None,
+                 n_classes: int, min_per_class: int = MIN_VAL_PER_CLASS) -> Selection:
+    """The epoch to keep under ``rule`` (see the module doc), from the per-epoch history rows."""
+    last = len(history)
+    has_val = val_labels is not None and len(val_labels) > 0 and all("val_loss" in row for row in history)
+    if rule == "last":
+        return Selection(last, "last_epoch")
+    if not has_val:
+        return Selection(last, "last_epoch (no validation split)")
+    if rule in ("val_macro_f1", "val_loss"):
+        return Selection(candidate_epoch(rule, history), rule)
+    per_class = val_per_class(val_labels, n_classes)
+    if per_class < min_per_class:
+        return Selection(last, f"last_epoch (val too small: {per_class}/class < {min_per_class})")
+    best = candidate_epoch("val_macro_f1", history)
+    if best == last:
+        return Selection(last, "val_macro_f1 (the last epoch is the best)")
+    n = len(val_labels)
+    best_acc, last_acc = history[best - 1]["val_accuracy"], history[-1]["val_accuracy"]
+    low, high = wilson_interval(best_acc * n, n)
+    comparison = (f"epoch {best} val accuracy {best_acc:.3f}, last {last_acc:.3f}, 95% Wilson interval "
+                  f"[{low:.3f}, {high:.3f}] on {n} images")
+    if last_acc >= low:
+        return Selection(last, f"last_epoch (val flat: {comparison})")
+    return Selection(best, f"val_macro_f1 ({comparison})")
+
+
+def fit_meta(head: Any) -> dict[str, Any]:
+    """What the head JSON records about how a head chose its epoch and its temperature."""
+    selection: Selection | None = getattr(head, "selection_", None)
+    calibration = getattr(head, "calibration_", None)
+    return {
+        "selection_rule": selection.rule if selection else None,
+        "kept_first_epoch": bool(selection and selection.epoch == 1 and len(getattr(head, "history_", [])) > 1),
+        "temperature": calibration.temperature if calibration else 1.0,
+        "calibration": calibration.note if calibration else None,
+    }
