@@ -26,12 +26,13 @@ from .heads import load_head, read_head_meta
 from .layout import unit_name
 from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
+from .stats import wilson_interval
 from .run_context import RunContext, available, feature_set, units
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "ece", "trainable_params",
-                   "train_seconds", "n_eval", "best_epoch")
+SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "acc_low", "acc_high", "balanced_accuracy",
+                   "macro_f1", "ece", "trainable_params", "train_seconds", "n_eval", "best_epoch")
 
 
 def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +119,7 @@ def evaluate_run(ctx: RunContext) -> Path:
             log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
             continue
         head, meta = load_head(stem)
-        accuracy: dict[str, tuple[float, float]] = {}
+        accuracy: dict[str, tuple[float, float, float]] = {}  # split -> accuracy, macro-F1, balanced
         for view in views:
             names, records = view.names(classes.readable), view.select(all_test)
             view_head = _head_for_view(ctx, head, meta, names)
@@ -133,12 +134,13 @@ def evaluate_run(ctx: RunContext) -> Path:
                 ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{view.split}", records, logits, names)
             truth = test.labels.numpy()
             scores = summarize(truth, pred, len(names))
-            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"])
+            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"], scores["balanced_accuracy"])
             title = f"{method}, {shots} shots, seed {seed}, {view.split}"
             ece = write_unit_artifacts(ctx.layout.unit_results(method, shots, seed, view.split), names, records, truth,
                                        pred, confidence, title, figures)
-            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
-                            f"{ece:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
+            low, high = wilson_interval(int((truth == pred).sum()), len(truth))  # 95% over test images
+            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{low:.6f}", f"{high:.6f}",
+                            f"{scores['balanced_accuracy']:.6f}", f"{scores['macro_f1']:.6f}", f"{ece:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
                             meta.get("best_epoch") or ""))
             stats = per_class(confusion_matrix(truth, pred, len(names)))
             per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
@@ -153,9 +155,9 @@ def evaluate_run(ctx: RunContext) -> Path:
                                      or (shots == saliency_unit[method][0] and seed < saliency_unit[method][1])):
                 saliency_unit[method] = (shots, seed)
         if "base" in accuracy and "new" in accuracy:
-            (acc_b, f1_b), (acc_n, f1_n) = accuracy["base"], accuracy["new"]
-            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}",
-                            f"{harmonic_mean(f1_b, f1_n):.6f}", "", meta["trainable_params"],
+            (acc_b, f1_b, bal_b), (acc_n, f1_n, bal_n) = accuracy["base"], accuracy["new"]
+            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}", "", "",
+                            f"{harmonic_mean(bal_b, bal_n):.6f}", f"{harmonic_mean(f1_b, f1_n):.6f}", "", meta["trainable_params"],
                             f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
