@@ -140,7 +140,8 @@ def evaluate_run(ctx: RunContext) -> Path:
                                        pred, confidence, title, figures)
             low, high = wilson_interval(int((truth == pred).sum()), len(truth))  # 95% over test images
             summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{low:.6f}", f"{high:.6f}",
-                            f"{scores['balanced_accuracy']:.6f}", f"{scores['macro_f1']:.6f}", f"{ece:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
+                            f"{scores['balanced_accuracy']:.6f}", f"{scores['macro_f1']:.6f}", f"{ece:.6f}",
+                            meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
                             meta.get("best_epoch") or ""))
             stats = per_class(confusion_matrix(truth, pred, len(names)))
             per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
@@ -157,8 +158,8 @@ def evaluate_run(ctx: RunContext) -> Path:
         if "base" in accuracy and "new" in accuracy:
             (acc_b, f1_b, bal_b), (acc_n, f1_n, bal_n) = accuracy["base"], accuracy["new"]
             summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}", "", "",
-                            f"{harmonic_mean(bal_b, bal_n):.6f}", f"{harmonic_mean(f1_b, f1_n):.6f}", "", meta["trainable_params"],
-                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
+                            f"{harmonic_mean(bal_b, bal_n):.6f}", f"{harmonic_mean(f1_b, f1_n):.6f}", "",
+                            meta["trainable_params"], f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or ""))
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
     write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",
