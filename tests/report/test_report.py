@@ -186,6 +186,16 @@ def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report)
             values = [float(r[metric]) for r in seeds]
             assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-6)
             assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0, abs=1e-6)
+    n_test = len(read_csv(layout.test))
+    for row in table:  # test size, baselines (3 classes x 6 test images) and balanced accuracy beside accuracy
+        assert (row["n_test"], row["chance"], row["majority"]) == (str(n_test), "0.333333", "0.333333")
+        seeds = [float(r["balanced_accuracy"]) for r in summary
+                 if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])]
+        assert float(row["balanced_accuracy_mean"]) == pytest.approx(statistics.mean(seeds), abs=1e-6)
+    for unit in summary:  # Wilson interval around each unit's accuracy
+        assert float(unit["acc_low"]) < float(unit["accuracy"]) < float(unit["acc_high"])
+    text = layout.report.read_text(encoding="utf-8")
+    assert f"test split: test images n = {n_test}; chance 33.33%; majority-class accuracy 33.33%." in text
     page = parse(layout.report)
     assert len(page.cells) == len(page.f1) == len(table)
     shown = {(c["data-method"], c["data-shots"], c["data-split"]): (c["text"], f1) for c, f1 in zip(page.cells, page.f1)}
@@ -215,7 +225,8 @@ def test_confusion_matrices_in_the_report_sum_to_the_test_set_and_give_the_accur
         assert trace / total == pytest.approx(float(summary[unit]["accuracy"]), abs=1e-6)
 
 
-def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path) -> None:
+def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     config, layout = run_report()
     # one unit's rows gone, a budget the run never had, an image the mistakes table cannot find
     summary = read_csv(layout.summary)
@@ -238,12 +249,16 @@ def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp
     assert "At 4 shots: no results" in text
     assert "image not found" in text
     n_cell = next(c for c in page.cells if (c["data-method"], c["data-shots"]) == ("linear_probe", "2"))
-    assert "n=1" in text[text.index(n_cell["text"]):][:120]
+    assert "(1 seed)" in text[text.index(n_cell["text"]):][:120]
     table = read_csv(layout.aggregate / "accuracy_table.csv")
     assert next(r for r in table if (r["method"], r["shots"]) == ("linear_probe", "2"))["n_seeds"] == "1"
 
     # the CLI stage rebuilds it from the run's own config: only the deleted unit is missing now
+    capsys.readouterr()
     assert main(["-q", "report", str(layout.config)]) == 0
+    printed = capsys.readouterr().out.splitlines()  # the answer in a few lines, not a CSV dump
+    assert printed == [json.loads(layout.answer.read_text())["headline"],
+                       f"table: {layout.aggregate / 'accuracy_table.csv'}", f"report: {layout.report}"]
     text = layout.report.read_text(encoding="utf-8")
     notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
     assert "linear_probe: no results for 2 shots (seed 2)</li>" in notice and "4 shots" not in notice
