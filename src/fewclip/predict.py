@@ -134,7 +134,8 @@ class Classifier:
                 for (i, _), v, k in zip(batch, values, indices)}
 
 
-def recommended_head(layout: RunLayout, heads: Sequence[tuple[str, int, int]]) -> tuple[tuple[str, int, int], str] | None:
+def recommended_head(layout: RunLayout,
+                     heads: Sequence[tuple[str, int, int]]) -> tuple[tuple[str, int, int], str] | None:
     """The report's recommended (method, shots, seed) and why, if results/recommendation.json names a trained head."""
     if not layout.recommendation.is_file():
         return None
@@ -185,7 +186,8 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))
     model = config.model if device is None else config.model.model_copy(update={"device": device})
     backbone = load_backbone(model, cache_dir=Path(config.cache.dir).expanduser())
-    classifier = Classifier(backbone, head, meta["class_names"], method, shots, seed, batch_size=config.model.batch_size)
+    classifier = Classifier(backbone, head, meta["class_names"], method, shots, seed,
+                            batch_size=config.model.batch_size)
     note = classes_note(config.splits.subsample, meta["class_names"])
     classifier.why = why + (f"; {note}" if note else "")
     return classifier

@@ -129,7 +129,8 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[i
         return PairedTest(0.0, 1.0, 0, 0, len(labels), True)
     lattice = math.lcm(*map(int, np.unique(denominator[nonzero])))  # one step of the lattice is 1/lattice
     magnitudes = np.abs(numerator[nonzero]) * (lattice // denominator[nonzero])
-    if lattice < 2 ** 62 // max(int(np.abs(numerator).max()), 1) and len(np.unique(magnitudes)) * int(magnitudes.sum()) <= EXACT_LATTICE_LIMIT:
+    fits = lattice < 2 ** 62 // max(int(np.abs(numerator).max()), 1)  # int64 magnitudes do not overflow
+    if fits and len(np.unique(magnitudes)) * int(magnitudes.sum()) <= EXACT_LATTICE_LIMIT:
         observed_steps = abs(int((numerator[nonzero] * (lattice // denominator[nonzero])).sum()))
         p_value, exact = _exact_sign_flip(magnitudes.tolist(), observed_steps), True
     else:

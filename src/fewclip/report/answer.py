@@ -297,7 +297,10 @@ def answer_json(answer: Answer) -> dict[str, Any]:
                         for v in answer.verdicts]}
 
 
-def unit_table(summary: Sequence[dict[str, str]]) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], list[int]]]:
+UnitKey = tuple[str, int]  # (method, shots)
+
+
+def unit_table(summary: Sequence[dict[str, str]]) -> tuple[dict[UnitKey, int], dict[UnitKey, list[int]]]:
     """(method, shots) -> trainable parameters, and -> the seeds with results, from summary.csv rows."""
     params: dict[tuple[str, int], int] = {}
     unit_seeds: dict[tuple[str, int], list[int]] = {}

@@ -27,7 +27,8 @@ def y_limits(values: Sequence[float], margin: float = 0.1, least: float = 0.02) 
     return max(0.0, low - pad), min(1.0, high + pad)
 
 
-def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path, metrics: dict[str, str] | None = None) -> None:
+def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
+                          metrics: dict[str, str] | None = None) -> None:
     """One panel per split: the split's headline metric (accuracy, or balanced accuracy on an imbalanced split),
     mean with error bars of ± one sample std over seeds per method; zero-shot and the majority-class baseline
     as horizontal lines; the y-axis fitted to the values."""
