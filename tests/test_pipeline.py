@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -195,7 +196,10 @@ def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_pat
     assert main(["-q", "run", str(config_file), "few_shot.shots=[1,2]", "methods=[linear_probe]",
                  "training.epochs=3"]) == 0
     layout = RunLayout(tmp_path / "run")
-    assert out_mentions(capsys, f"results: {layout.summary}")
+    out = capsys.readouterr().out  # ends with the answer in three lines, not the summary.csv dump
+    assert out.splitlines()[-3:] == [json.loads(layout.answer.read_text())["headline"],
+                                     f"table: {layout.aggregate / 'accuracy_table.csv'}", f"report: {layout.report}"]
+    assert "method,shots,seed" not in out and "Recommended: linear_probe at " in out
     assert sorted(unit_of(r) for r in read_rows(layout.summary)) == [("linear_probe", 1, 1), ("linear_probe", 2, 1)]
     resolved = load_config(layout.config)
     assert resolved.few_shot.shots == [1, 2] and resolved.methods == ["linear_probe"]

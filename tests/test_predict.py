@@ -17,7 +17,7 @@ import fewclip
 from fewclip import pipeline
 from fewclip.cli import main
 from fewclip.data.images import read_image
-from fewclip.predict import HeadNotTrained, choose_head, expand_images, trained_heads
+from fewclip.predict import HeadNotTrained, choose_head, classes_note, expand_images, trained_heads
 
 PROMPT_LEARNERS = ("coop.epochs=2", "coop.n_ctx=4", "cocoop.epochs=2")
 NO_FIGURES = "output.figures=false"  # figures and saliency are not what these tests are about, and slow
@@ -99,7 +99,13 @@ def test_trained_heads_and_default_classifier_of_a_run(make_config: Callable[...
     (root / "heads" / "linear_probe" / "shot_2-seed_1.ckpt.safetensors").write_bytes(b"")  # not a head
     assert trained_heads(root) == [("linear_probe", 1, 1), ("linear_probe", 1, 2), ("linear_probe", 2, 1),
                                    ("linear_probe", 2, 2), ("zero_shot", 0, 0)]
-    assert fewclip.load_classifier(root).unit == "zero_shot/shot_0-seed_0"
+    recommendation = json.loads((root / "results" / "recommendation.json").read_text())
+    default = fewclip.load_classifier(root)  # the report's recommended head, and why
+    assert default.unit == f"{recommendation['method']}/shot_{recommendation['shots']}-seed_{recommendation['seed']}"
+    assert default.why == f"the run's recommendation ({root / 'results' / 'recommendation.json'}): {recommendation['why']}"
+    (root / "results" / "recommendation.json").unlink()  # an older run: the first method's largest budget
+    fallback = fewclip.load_classifier(root)
+    assert fallback.unit == "zero_shot/shot_0-seed_0" and fallback.why.startswith("no recommendation in the run")
     assert fewclip.load_classifier(root, method="linear_probe").unit == "linear_probe/shot_2-seed_1"
 
 
@@ -126,6 +132,7 @@ def test_cli_prints_top_k_and_writes_csv_and_json(small_run: Path, images: tuple
         captured = capsys.readouterr()
         assert f"fewclip: skipped {broken}: cannot decode image" in captured.err
         assert "%|" not in captured.err  # quiet: no progress bar
+        assert "fewclip: predicting with linear_probe/shot_1-seed_1: as asked\n" in captured.err
         first = next(r for r in expected if r.error is None)
         (label, probability), _ = first.top_k
         assert f"{first.path}\n  {probability:.4f}  {label}\n" in captured.out
@@ -180,3 +187,10 @@ def test_predicted_probabilities_equal_softmax_of_the_heads_logits(small_run: Pa
     for result, row in zip(results, expected):
         by_label = dict(result.top_k)
         np.testing.assert_allclose([by_label[name] for name in classifier.class_names], row, atol=1e-6)
+
+
+def test_a_base_to_new_head_says_it_knows_only_the_base_classes() -> None:
+    assert classes_note("all", ["a", "b"]) == ""
+    assert classes_note("base2new", ["red circle", "green square"]) == (
+        "this run trained on the base classes only (splits.subsample=base2new); the head knows 2 classes: "
+        "red circle, green square")

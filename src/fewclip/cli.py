@@ -13,6 +13,7 @@ from typing import Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import Config, ConfigError, default_cache_dir, load_config
+from .fileio import read_json
 from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
 
 STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
@@ -44,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
-    predict.add_argument("--method", help="default: the first of the run's methods with a trained head")
-    predict.add_argument("--shots", type=int, help="default: the largest shot budget trained for the method")
+    predict.add_argument("--method", help="default: the run's recommended head (results/recommendation.json), "
+                         "else the first of the run's methods with a trained head")
+    predict.add_argument("--shots", type=int, help="default: the recommended or largest shot budget of the method")
     predict.add_argument("--seed", type=int, help="default: the smallest seed trained")
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
     predict.add_argument("--out", help="also write the predictions to a .csv or .json file")
@@ -104,7 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
         classifier = load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device)
     except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         return _error(err)
-    logging.info("predicting with %s", classifier.unit)
+    print(f"fewclip: predicting with {classifier.unit}: {classifier.why}", file=sys.stderr)
     results = classifier.predict(images, top_k=args.top_k, progress=not args.quiet)
     for result in results:
         if result.error is not None:
@@ -158,9 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
-    if args.command in ("run", "evaluate"):
+    if args.command == "evaluate":
         print(f"results: {ctx.layout.summary}")
-        print(ctx.layout.summary.read_text())
+    if args.command in ("run", "report") and ctx.layout.answer.is_file():
+        print(read_json(ctx.layout.answer)["headline"])
+        print(f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}")
     if args.command in ("run", "report") and ctx.layout.report.is_file():
         print(f"report: {ctx.layout.report}")
     if args.command == "run" and config.wandb.mode != "disabled":

@@ -26,12 +26,14 @@ from .heads import load_head, read_head_meta
 from .layout import unit_name
 from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
+from .stats import wilson_interval
 from .run_context import RunContext, available, feature_set, units
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "macro_f1", "ece", "ece_uncalibrated",
-                   "trainable_params", "train_seconds", "n_eval", "best_epoch", "selection")
+SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "acc_low", "acc_high", "balanced_accuracy",
+                   "macro_f1", "ece", "ece_uncalibrated", "trainable_params", "train_seconds", "n_eval", "best_epoch",
+                   "selection")
 
 
 def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +126,7 @@ def evaluate_run(ctx: RunContext) -> Path:
             log.warning("no trained head %s; run `fewclip train` first", unit_name(method, shots, seed))
             continue
         head, meta = load_head(stem)
-        accuracy: dict[str, tuple[float, float]] = {}
+        accuracy: dict[str, tuple[float, float, float]] = {}  # split -> accuracy, macro-F1, balanced
         for view in views:
             names, records = view.names(classes.readable), view.select(all_test)
             view_head = _head_for_view(ctx, head, meta, names)
@@ -139,14 +141,16 @@ def evaluate_run(ctx: RunContext) -> Path:
                 ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{view.split}", records, logits, names)
             truth = test.labels.numpy()
             scores = summarize(truth, pred, len(names))
-            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"])
+            accuracy[view.split] = (scores["accuracy"], scores["macro_f1"], scores["balanced_accuracy"])
             title = f"{method}, {shots} shots, seed {seed}, {view.split}"
             ece = write_unit_artifacts(ctx.layout.unit_results(method, shots, seed, view.split), names, records, truth,
                                        pred, confidence, title, figures)
             ece_raw = uncalibrated_ece(logits, float(meta.get("temperature") or 1.0), truth == pred)
-            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}",
-                            f"{ece:.6f}", f"{ece_raw:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}",
-                            len(test), meta.get("best_epoch") or "", meta.get("selection_rule") or ""))
+            low, high = wilson_interval(int((truth == pred).sum()), len(truth))  # 95% over test images
+            summary.append((method, shots, seed, view.split, f"{scores['accuracy']:.6f}", f"{low:.6f}", f"{high:.6f}",
+                            f"{scores['balanced_accuracy']:.6f}", f"{scores['macro_f1']:.6f}", f"{ece:.6f}",
+                            f"{ece_raw:.6f}", meta["trainable_params"], f"{meta['train_seconds']:.3f}", len(test),
+                            meta.get("best_epoch") or "", meta.get("selection_rule") or ""))
             stats = per_class(confusion_matrix(truth, pred, len(names)))
             per_class_rows += [(method, shots, seed, view.split, names[c], f"{stats['precision'][c]:.6f}",
                                 f"{stats['recall'][c]:.6f}", f"{stats['f1'][c]:.6f}", int(stats["support"][c]))
@@ -160,10 +164,11 @@ def evaluate_run(ctx: RunContext) -> Path:
                                      or (shots == saliency_unit[method][0] and seed < saliency_unit[method][1])):
                 saliency_unit[method] = (shots, seed)
         if "base" in accuracy and "new" in accuracy:
-            (acc_b, f1_b), (acc_n, f1_n) = accuracy["base"], accuracy["new"]
-            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}",
-                            f"{harmonic_mean(f1_b, f1_n):.6f}", "", "", meta["trainable_params"],
-                            f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or "", meta.get("selection_rule") or ""))
+            (acc_b, f1_b, bal_b), (acc_n, f1_n, bal_n) = accuracy["base"], accuracy["new"]
+            summary.append((method, shots, seed, "hm", f"{harmonic_mean(acc_b, acc_n):.6f}", "", "",
+                            f"{harmonic_mean(bal_b, bal_n):.6f}", f"{harmonic_mean(f1_b, f1_n):.6f}", "", "",
+                            meta["trainable_params"], f"{meta['train_seconds']:.3f}", "", meta.get("best_epoch") or "",
+                            meta.get("selection_rule") or ""))
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, summary)
     write_csv(results / "per_class.csv", ("method", "shots", "seed", "split", "class_name", "precision", "recall",

@@ -81,6 +81,16 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def answer(self) -> Path:
+        """The report's answer (headline, per-budget verdicts and tests), computed once by the report stage."""
+        return self.results / "answer.json"
+
+    @property
+    def recommendation(self) -> Path:
+        """The recommended head (method, shots, seed, why) that ``predict`` uses by default."""
+        return self.results / "recommendation.json"
+
 
 def unit_name(method: str, shots: int, seed: int) -> str:
     """The file stem of one trained head: ``linear_probe/shot_16-seed_1``."""

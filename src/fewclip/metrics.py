@@ -26,13 +26,14 @@ def per_class(matrix: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def summarize(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> dict[str, float]:
-    """accuracy and macro-F1 (mean over classes present in y_true)."""
+    """accuracy, balanced accuracy (mean recall) and macro-F1, both means over the classes present in y_true."""
     matrix = confusion_matrix(y_true, y_pred, n_classes)
     total = matrix.sum()
     stats = per_class(matrix)
     present = stats["support"] > 0
     return {
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
+        "balanced_accuracy": float(stats["recall"][present].mean()) if present.any() else 0.0,
         "macro_f1": float(stats["f1"][present].mean()) if present.any() else 0.0,
     }
 

@@ -101,6 +101,7 @@ class Classifier:
             head.attach(backbone, class_names)
         self.backbone, self.head, self.class_names = backbone, head, list(class_names)
         self.method, self.shots, self.seed, self.batch_size = method, shots, seed, batch_size
+        self.why = ""  # why this head: the run's recommendation, the fallback rule, or the caller's choice
 
     @property
     def unit(self) -> str:
@@ -138,10 +139,47 @@ class Classifier:
                 for (i, _), v, k in zip(batch, values, indices)}
 
 
+def recommended_head(layout: RunLayout,
+                     heads: Sequence[tuple[str, int, int]]) -> tuple[tuple[str, int, int], str] | None:
+    """The report's recommended (method, shots, seed) and why, if results/recommendation.json names a trained head."""
+    if not layout.recommendation.is_file():
+        return None
+    rec = read_json(layout.recommendation)
+    unit = (rec["method"], int(rec["shots"]), int(rec["seed"]))
+    if unit not in heads:
+        return None
+    return unit, f"the run's recommendation ({layout.recommendation}): {rec['why']}"
+
+
+def default_head(layout: RunLayout, methods: Sequence[str], method: str | None, shots: int | None,
+                 seed: int | None) -> tuple[tuple[str, int, int], str]:
+    """The head ``load_classifier`` uses and why: the recommendation when nothing is asked for, else ``choose_head``."""
+    heads = trained_heads(layout.root)
+    if method is None and shots is None and seed is None:
+        recommended = recommended_head(layout, heads)
+        if recommended is not None:
+            return recommended
+        unit = choose_head(heads, methods, method, shots, seed)
+        return unit, ("no recommendation in the run (run `fewclip report`): the first of the config's methods "
+                      "with a trained head, its largest shot budget, its smallest seed")
+    return choose_head(heads, methods, method, shots, seed), "as asked"
+
+
+def classes_note(subsample: str, class_names: Sequence[str]) -> str:
+    """In a base-to-new (or base / new) run, the head knows only part of the classes: say so and name them."""
+    if subsample == "all":
+        return ""
+    part = "new" if subsample == "new" else "base"
+    return (f"this run trained on the {part} classes only (splits.subsample={subsample}); the head knows "
+            f"{len(class_names)} classes: {', '.join(class_names)}")
+
+
 def load_classifier(run_dir: Path | str, method: str | None = None, shots: int | None = None,
                     seed: int | None = None, device: str | None = None) -> Classifier:
-    """The classifier a run trained; defaults: the first of the run's methods with a trained head, its
-    largest shot budget, its smallest seed. ``device`` overrides the run's ``model.device``."""
+    """The classifier a run trained. With no method/shots/seed: the run's recommended head
+    (results/recommendation.json, written by the report), else the first of the run's methods with a trained
+    head, its largest shot budget, its smallest seed. ``classifier.why`` says which rule chose it.
+    ``device`` overrides the run's ``model.device``."""
     from .backbones import load_backbone
     from .heads import load_head
 
@@ -149,12 +187,16 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
     config = load_config(layout.config)
-    method, shots, seed = choose_head(trained_heads(layout.root), config.methods, method, shots, seed)
+    (method, shots, seed), why = default_head(layout, config.methods, method, shots, seed)
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))
     model = config.model if device is None else config.model.model_copy(update={"device": device})
     backbone = load_backbone(model, cache_dir=Path(config.cache.dir).expanduser())
     check_features_key(meta, backbone, layout, unit_name(method, shots, seed), Path(config.cache.dir).expanduser())
-    return Classifier(backbone, head, meta["class_names"], method, shots, seed, batch_size=config.model.batch_size)
+    classifier = Classifier(backbone, head, meta["class_names"], method, shots, seed,
+                            batch_size=config.model.batch_size)
+    note = classes_note(config.splits.subsample, meta["class_names"])
+    classifier.why = why + (f"; {note}" if note else "")
+    return classifier
 
 
 def check_features_key(meta: dict[str, Any], backbone: Any, layout: RunLayout, unit: str, cache_root: Path) -> None:

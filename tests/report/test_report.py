@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import json
 import io
 import os
 import re
@@ -21,7 +23,6 @@ from fewclip.cli import main
 from fewclip.fileio import read_csv, write_csv
 from fewclip.layout import RunLayout
 from fewclip.report.aggregate import accuracy_table, mean_std
-from fewclip.report.answer import headline, sentence, verdicts
 from fewclip.report.html import build_report, thumbnail
 
 EVIL = "<script>alert(1)</script>"
@@ -125,27 +126,6 @@ def test_mean_std_is_the_sample_std_and_zero_for_one_seed() -> None:
     assert row["accuracy_std"] == pytest.approx(statistics.stdev([0.25, 0.75]))
 
 
-def test_the_answer_names_winner_runner_up_and_zero_shot_per_budget() -> None:
-    def row(method: str, shots: int, accuracy: float) -> dict[str, Any]:
-        return {"method": method, "shots": shots, "split": "test", "n_seeds": 3, "accuracy_mean": accuracy,
-                "accuracy_std": 0.01, "macro_f1_mean": accuracy, "macro_f1_std": 0.0}
-
-    accuracy = [row("zero_shot", 0, 0.60), row("linear_probe", 1, 0.50), row("coop", 1, 0.55),
-                row("linear_probe", 4, 0.80), row("coop", 4, 0.70)]
-    found = verdicts(accuracy, [1, 2, 4])
-    assert [v.shots for v in found] == [1, 2, 4]
-    assert sentence(found[0]) == ("At 1 shot, coop has the best mean accuracy, 55.00% ± 1.00 (3 seeds), 5.00 points "
-                                  "ahead of linear_probe (50.00%), 5.00 points below zero_shot (60.00%).")
-    assert sentence(found[1]) == "At 2 shots: no results (see what is missing below)."
-    assert "linear_probe has the best mean accuracy" in sentence(found[2]) and "20.00 points above" in sentence(found[2])
-    tie = verdicts([*accuracy, row("cocoop", 4, 0.80)], [4])[-1]
-    assert sentence(tie).startswith("At 4 shots, linear_probe and cocoop tie for the best mean accuracy, 80.00%")
-    assert "10.00 points ahead of coop (70.00%)" in sentence(tie)
-    line = headline(found, accuracy)
-    assert "coop at 1 shot; linear_probe at 4 shots" in line
-    assert "zero_shot beats every trained method at 1 shot" in line
-
-
 def test_thumbnails_are_small_embedded_pngs_and_never_crash(tmp_path: Path) -> None:
     big = tmp_path / "big.jpg"
     Image.new("RGB", (640, 320), (200, 30, 30)).save(big)
@@ -174,8 +154,11 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
     page = parse(layout.report)
     assert page.headings["h2"] == SECTIONS  # in order; nothing missing, so no notice; no base-to-new table
     answer = text[text.index("The answer"):text.index("Accuracy and macro-F1")]
-    assert "At 1 shot, linear_probe has the best mean accuracy" in answer
-    assert "At 2 shots, linear_probe has the best mean accuracy" in answer and "zero_shot (" in answer
+    assert "On the test split (18 images), measured by accuracy, with a paired test over seeds at alpha = 0.05" in answer
+    assert "<li>At 1 shot, " in answer and "<li>At 2 shots, " in answer and "zero_shot (" in answer
+    recommendation = json.loads(layout.recommendation.read_text())
+    assert f"Recommended: {recommendation['method']} at {recommendation['shots']} shot" in answer
+    assert json.loads(layout.answer.read_text())["headline"] in html.unescape(answer)
     # escaped everywhere: class names in tables, templates, config
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert EVIL not in text and "<script" not in text.lower()
@@ -205,6 +188,16 @@ def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report)
             values = [float(r[metric]) for r in seeds]
             assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-6)
             assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0, abs=1e-6)
+    n_test = len(read_csv(layout.test))
+    for row in table:  # test size, baselines (3 classes x 6 test images) and balanced accuracy beside accuracy
+        assert (row["n_test"], row["chance"], row["majority"]) == (str(n_test), "0.333333", "0.333333")
+        seeds = [float(r["balanced_accuracy"]) for r in summary
+                 if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])]
+        assert float(row["balanced_accuracy_mean"]) == pytest.approx(statistics.mean(seeds), abs=1e-6)
+    for unit in summary:  # Wilson interval around each unit's accuracy
+        assert float(unit["acc_low"]) < float(unit["accuracy"]) < float(unit["acc_high"])
+    text = layout.report.read_text(encoding="utf-8")
+    assert f"test split: test images n = {n_test}; chance 33.33%; majority-class accuracy 33.33%." in text
     page = parse(layout.report)
     assert len(page.cells) == len(page.f1) == len(table)
     shown = {(c["data-method"], c["data-shots"], c["data-split"]): (c["text"], f1) for c, f1 in zip(page.cells, page.f1)}
@@ -234,7 +227,8 @@ def test_confusion_matrices_in_the_report_sum_to_the_test_set_and_give_the_accur
         assert trace / total == pytest.approx(float(summary[unit]["accuracy"]), abs=1e-6)
 
 
-def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path) -> None:
+def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     config, layout = run_report()
     # one unit's rows gone, a budget the run never had, an image the mistakes table cannot find
     summary = read_csv(layout.summary)
@@ -257,12 +251,16 @@ def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp
     assert "At 4 shots: no results" in text
     assert "image not found" in text
     n_cell = next(c for c in page.cells if (c["data-method"], c["data-shots"]) == ("linear_probe", "2"))
-    assert "n=1" in text[text.index(n_cell["text"]):][:120]
+    assert "(1 seed)" in text[text.index(n_cell["text"]):][:120]
     table = read_csv(layout.aggregate / "accuracy_table.csv")
     assert next(r for r in table if (r["method"], r["shots"]) == ("linear_probe", "2"))["n_seeds"] == "1"
 
     # the CLI stage rebuilds it from the run's own config: only the deleted unit is missing now
+    capsys.readouterr()
     assert main(["-q", "report", str(layout.config)]) == 0
+    printed = capsys.readouterr().out.splitlines()  # the answer in a few lines, not a CSV dump
+    assert printed == [json.loads(layout.answer.read_text())["headline"],
+                       f"table: {layout.aggregate / 'accuracy_table.csv'}", f"report: {layout.report}"]
     text = layout.report.read_text(encoding="utf-8")
     notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
     assert "linear_probe: no results for 2 shots (seed 2)</li>" in notice and "4 shots" not in notice

@@ -1,6 +1,7 @@
 """Tables over seeds and methods, computed from ``results/summary.csv`` and written to ``results/aggregate/``.
 
-accuracy_table.csv  method, shots, split, n_seeds, accuracy_mean/std, macro_f1_mean/std
+accuracy_table.csv  method, shots, split, n_seeds, n_test, accuracy / balanced_accuracy / macro_f1 mean and
+                    std, and the split's chance (1 / classes) and majority-class accuracy
 trainable_params.csv  method, shots, trainable_params
 base_new.csv  method, shots, base/new/hm mean and std of accuracy (only in the base-to-new mode)
 
@@ -15,20 +16,15 @@ from typing import Any, Sequence
 
 from ..fileio import read_csv, write_csv
 from ..layout import RunLayout
+from ..stats import chance_accuracy, majority_accuracy, mean_std
 
-ACCURACY_COLUMNS = ("method", "shots", "split", "n_seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean",
-                    "macro_f1_std")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+ACCURACY_COLUMNS = ("method", "shots", "split", "n_seeds", "n_test", "accuracy_mean", "accuracy_std",
+                    "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean", "macro_f1_std", "chance",
+                    "majority")
 PARAMS_COLUMNS = ("method", "shots", "trainable_params")
 BASE_NEW_COLUMNS = ("method", "shots", "base_mean", "base_std", "new_mean", "new_std", "hm_mean", "hm_std")
 SPLIT_ORDER = ("test", "base", "new", "hm")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1); std is 0 for a single value."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def split_key(split: str) -> tuple[int, str]:
@@ -42,11 +38,29 @@ def _first_seen(values: Sequence[str]) -> dict[str, int]:
     return order
 
 
-def accuracy_table(summary: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-    """One row per (method, shots, split): mean and std of accuracy and macro-F1 over seeds.
+def class_supports(per_class: Sequence[dict[str, str]]) -> dict[str, list[int]]:
+    """Test images per class of each split, from per_class.csv (every unit of a split sees the same images)."""
+    first: dict[str, tuple[str, str, str]] = {}
+    supports: dict[str, list[int]] = {}
+    for row in per_class:
+        unit = (row["method"], row["shots"], row["seed"])
+        if first.setdefault(row["split"], unit) == unit:
+            supports.setdefault(row["split"], []).append(int(row["support"]))
+    return supports
+
+
+def _number(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def accuracy_table(summary: Sequence[dict[str, str]],
+                   supports: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
+    """One row per (method, shots, split): mean and sample std over seeds of each metric, the seed and test
+    image counts, and the split's chance and majority-class accuracy (None where unknown, e.g. hm).
 
     Methods keep their order in summary.csv (the config's order); shots ascend; splits test, base, new, hm.
     """
+    supports = supports or {}
     groups: dict[tuple[str, int, str], list[dict[str, str]]] = {}
     for row in summary:
         groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(row)
@@ -54,11 +68,17 @@ def accuracy_table(summary: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for (method, shots, split), members in sorted(groups.items(), key=lambda kv: (method_order[kv[0][0]], kv[0][1],
                                                                                   split_key(kv[0][2]))):
-        acc_mean, acc_std = mean_std([float(r["accuracy"]) for r in members])
-        f1_mean, f1_std = mean_std([float(r["macro_f1"]) for r in members])
-        rows.append({"method": method, "shots": shots, "split": split, "n_seeds": len(members),
-                     "accuracy_mean": acc_mean, "accuracy_std": acc_std, "macro_f1_mean": f1_mean,
-                     "macro_f1_std": f1_std})
+        row: dict[str, Any] = {"method": method, "shots": shots, "split": split, "n_seeds": len(members),
+                               "n_test": int(members[0]["n_eval"]) if members[0].get("n_eval") else None}
+        for metric in METRICS:
+            values = [_number(r.get(metric)) for r in members]
+            known = [v for v in values if v is not None]  # summaries written before a metric existed lack it
+            mean, std = mean_std(known) if known else (None, None)
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+        support = supports.get(split)
+        row["chance"] = chance_accuracy(len(support)) if support else None
+        row["majority"] = majority_accuracy(support) if support else None
+        rows.append(row)
     return rows
 
 
@@ -115,7 +135,8 @@ def read_histories(layout: RunLayout, summary: Sequence[dict[str, str]], method:
 def read_accuracy_table(path: Path) -> list[dict[str, Any]]:
     """accuracy_table.csv back as typed rows (the report and the plots read the file, not a recomputation)."""
     return [{"method": r["method"], "shots": int(r["shots"]), "split": r["split"], "n_seeds": int(r["n_seeds"]),
-             **{c: float(r[c]) for c in ACCURACY_COLUMNS[4:]}} for r in read_csv(path)]
+             "n_test": int(r["n_test"]) if r.get("n_test") else None,
+             **{c: _number(r.get(c)) for c in ACCURACY_COLUMNS[5:]}} for r in read_csv(path)]
 
 
 def _cell(value: Any) -> Any:
@@ -134,7 +155,8 @@ def write_aggregates(layout: RunLayout) -> dict[str, Path]:
     A base_new.csv from an earlier run in another mode is removed, so the folder mirrors summary.csv.
     """
     summary = read_csv(layout.summary)
-    accuracy = accuracy_table(summary)
+    per_class = layout.results / "per_class.csv"
+    accuracy = accuracy_table(summary, class_supports(read_csv(per_class)) if per_class.is_file() else None)
     written = {"accuracy_table": layout.aggregate / "accuracy_table.csv",
                "trainable_params": layout.aggregate / "trainable_params.csv"}
     _write(written["accuracy_table"], ACCURACY_COLUMNS, accuracy)

@@ -1,109 +1,100 @@
-"""The report's opening: which method wins at which shot budget, in plain sentences (text, not HTML).
+"""The report's answer, computed once: which method wins at which shot budget, and which head to use.
 
-Everything here reads rows of accuracy_table.csv (``aggregate.read_accuracy_table``); shot-free methods
-(zero-shot) are the baseline every budget is compared with.
+Rules (stated in the text the report prints, so a reader can check them):
+- The headline speaks of one split: test, else the harmonic mean of base and new (hm), else the first.
+- Its metric is accuracy, or balanced accuracy (mean per-class recall) when the split is imbalanced:
+  largest class support > ``IMBALANCE_RATIO`` x the smallest, where always answering the largest class
+  already scores well and accuracy mostly measures the large classes.
+- At each budget the candidates are the trained methods at that budget and the shot-free ones (zero-shot).
+  The best mean is *named the winner* only if the paired test over seeds (``fewclip.stats.paired_test``)
+  finds it better than every other candidate at level ``ALPHA`` (needing each comparison significant is
+  an intersection-union test: no multiplicity correction is needed for "better than all"). Otherwise the
+  candidates not significantly below the best are called indistinguishable on this test set of N images.
+  On hm there are no predictions of its own: A beats B on hm only if it does on both base and new.
+- The recommendation: at the largest budget with results, take the best mean; among every (method, shots)
+  not significantly worse than it, recommend the cheapest (fewest shots, then fewest trainable parameters,
+  then highest mean), with its smallest seed (seeds are interchangeable draws: picking the best one on the
+  test set would select on the test set).
+Every section of the report and the CLI print this one answer (``results/answer.json``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..stats import IMBALANCE_RATIO, PairedTest, imbalance_ratio, paired_test
 from .aggregate import split_key
+from .evidence import Evidence
 
+ALPHA = 0.05
 SPLIT_NAMES = {"test": "test split", "base": "base classes", "new": "new classes",
                "hm": "harmonic mean of base and new"}
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}
 
 
 def pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
-def points(difference: float) -> str:
-    return f"{100 * abs(difference):.2f} points"
-
-
-def gap(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Accuracy of ``a`` minus ``b`` at the precision the report prints (0 when they print the same)."""
-    return round(100 * a["accuracy_mean"], 2) / 100 - round(100 * b["accuracy_mean"], 2) / 100
-
-
-def relation(lead: float) -> str:
-    """``8.33 points above`` / ``level with`` / ``2.10 points below``."""
-    return "level with" if lead == 0 else f"{points(lead)} {'above' if lead > 0 else 'below'}"
-
-
 def budgets_text(shots: Sequence[int]) -> str:
     return f"{', '.join(map(str, shots))} shot" + ("" if list(shots) == [1] else "s")
-
-
-def seeds(n: int) -> str:
-    return f"{n} seed" + ("" if n == 1 else "s")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The ranking of the few-shot methods at one (split, shots), best first, and the shot-free baseline."""
-
-    split: str
-    shots: int
-    ranked: list[dict[str, Any]]
-    baseline: dict[str, Any] | None
-
-    @property
-    def winner(self) -> dict[str, Any] | None:
-        return self.ranked[0] if self.ranked else None
-
-
-def verdicts(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int]) -> list[Verdict]:
-    """One verdict per split present and per shot budget (those asked for and those with results)."""
-    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in accuracy))}
-    shot_free = {r["method"] for r in accuracy} - {r["method"] for r in accuracy if r["shots"] > 0}
-    out = []
-    for split in sorted({r["split"] for r in accuracy}, key=split_key):
-        rows = [r for r in accuracy if r["split"] == split]
-        baselines = sorted((r for r in rows if r["method"] in shot_free), key=lambda r: -r["accuracy_mean"])
-        for shots in sorted(set(budgets) | {r["shots"] for r in rows if r["shots"] > 0}):
-            ranked = sorted((r for r in rows if r["shots"] == shots and r["method"] not in shot_free),
-                            key=lambda r: (-r["accuracy_mean"], order[r["method"]]))
-            out.append(Verdict(split, shots, ranked, baselines[0] if baselines else None))
-    return out
-
-
-def leaders(verdict: Verdict) -> list[str]:
-    """The methods tied for the best mean accuracy at the printed precision (usually one)."""
-    best = verdict.winner
-    return [r["method"] for r in verdict.ranked if best is not None and gap(best, r) == 0]
 
 
 def shots_text(shots: int) -> str:
     return budgets_text([shots])
 
 
-def sentence(verdict: Verdict) -> str:
-    """``At 2 shots, linear_probe has the best mean accuracy, 47.22% ± 11.79 (2 seeds), ...``."""
-    best = verdict.winner
-    if best is None:
-        return f"At {shots_text(verdict.shots)}: no results (see what is missing below)."
-    tied = leaders(verdict)[1:]
-    score = f"{pct(best['accuracy_mean'])} ± {100 * best['accuracy_std']:.2f} ({seeds(best['n_seeds'])})"
-    if tied:
-        text = f"At {shots_text(verdict.shots)}, {' and '.join([best['method'], *tied])} tie for the best mean accuracy, {score}"
-    else:
-        text = f"At {shots_text(verdict.shots)}, {best['method']} has the best mean accuracy, {score}"
-    rest = verdict.ranked[1 + len(tied):]
-    if rest:
-        text += f", {points(gap(best, rest[0]))} ahead of {rest[0]['method']} ({pct(rest[0]['accuracy_mean'])})"
-    elif len(verdict.ranked) == 1:
-        text += ", the only trained method with results at this budget"
-    base = verdict.baseline
-    if base is not None:
-        text += f", {relation(gap(best, base))} {base['method']} ({pct(base['accuracy_mean'])})"
-    return text + "."
+def seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def and_list(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The candidates at one (split, shots), best mean first, and the paired tests of the best against each."""
+
+    split: str
+    shots: int
+    metric: str
+    ranked: list[dict[str, Any]]
+    tests: dict[str, PairedTest | None]  # other candidate's method -> best vs it (None: no predictions)
+    alpha: float = ALPHA
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def winner(self) -> str | None:
+        """The best method if it is significantly better than every other candidate, else None."""
+        if len(self.ranked) < 2 or not all(t is not None and t.difference > 0 and t.significant(self.alpha)
+                                           for t in self.tests.values()):
+            return None
+        return self.ranked[0]["method"]
+
+    def indistinguishable(self) -> list[dict[str, Any]]:
+        """The best and every candidate not significantly below it."""
+        return [r for r in self.ranked if r is self.best or not _below(self.tests.get(r["method"]), self.alpha)]
+
+
+def _below(test: PairedTest | None, alpha: float) -> bool:
+    return test is not None and test.difference > 0 and test.significant(alpha)
+
+
+def headline_metric(support: Sequence[int] | None) -> str:
+    """balanced_accuracy on an imbalanced split (see the module doc), else accuracy."""
+    return "balanced_accuracy" if support and imbalance_ratio(support) > IMBALANCE_RATIO else "accuracy"
 
 
 def primary_split(accuracy: Sequence[dict[str, Any]]) -> str | None:
-    """The split the headline speaks of: test, else the harmonic mean of base and new, else the first."""
     splits = sorted({r["split"] for r in accuracy}, key=split_key)
     for preferred in ("test", "hm"):
         if preferred in splits:
@@ -111,32 +102,212 @@ def primary_split(accuracy: Sequence[dict[str, Any]]) -> str | None:
     return splits[0] if splits else None
 
 
-def headline(all_verdicts: Sequence[Verdict], accuracy: Sequence[dict[str, Any]]) -> str:
-    """One line: who wins at which budgets on the primary split, the best result, and the baseline."""
-    split = primary_split(accuracy)
-    if split is None:
-        return "No results yet: summary.csv has no rows."
-    mine = [v for v in all_verdicts if v.split == split and v.winner is not None]
-    where = SPLIT_NAMES.get(split, split)
-    if not mine:
-        base = next((r for r in accuracy if r["split"] == split), None)
-        return f"Only {base['method']} has results: {pct(base['accuracy_mean'])} on the {where}." if base else "No results."
-    wins: dict[str, list[int]] = {}
-    for v in mine:
-        wins.setdefault(" and ".join(leaders(v)), []).append(v.shots)
-    if len(wins) == 1:
-        method = next(iter(wins))
-        verb = "tie for" if " and " in method else "has"
-        text = f"{method} {verb} the best mean accuracy at every shot budget ({', '.join(map(str, wins[method]))}) on the {where}"
-    else:
-        parts = [f"{m} at {budgets_text(k)}" for m, k in wins.items()]
-        text = f"On the {where}, the best mean accuracy goes to " + "; ".join(parts)
-    top = max(mine, key=lambda v: v.winner["accuracy_mean"])  # type: ignore[index]
-    text += f". Best: {' and '.join(leaders(top))} at {shots_text(top.shots)}, {pct(top.winner['accuracy_mean'])}"  # type: ignore[index]
-    base = top.baseline
-    if base is not None:
-        text += f", {relation(gap(top.winner, base))} {base['method']} ({pct(base['accuracy_mean'])})"  # type: ignore[arg-type]
-        beaten = [v.shots for v in mine if v.baseline and gap(v.winner, v.baseline) < 0]  # type: ignore[arg-type]
-        if beaten:
-            text += f"; {base['method']} beats every trained method at {budgets_text(beaten)}"
+def compare(evidence: Evidence, a: dict[str, Any], b: dict[str, Any], split: str, metric: str) -> PairedTest | None:
+    """Paired test of row ``a`` against row ``b`` on ``split``; hm needs both base and new (intersection)."""
+    if split == "hm":
+        parts = [compare(evidence, a, b, s, metric) for s in ("base", "new")]
+        if any(p is None for p in parts):
+            return None
+        base, new = parts
+        same_way = (base.difference > 0) == (new.difference > 0)  # type: ignore[union-attr]
+        difference = a[f"{metric}_mean"] - b[f"{metric}_mean"]
+        return PairedTest(difference, max(base.p_value, new.p_value) if same_way else 1.0,  # type: ignore[union-attr]
+                          0, 0, base.n_images + new.n_images, base.exact and new.exact)  # type: ignore[union-attr]
+    correct_a, correct_b = evidence.get(a["method"], a["shots"], split), evidence.get(b["method"], b["shots"], split)
+    if correct_a is None or correct_b is None:
+        return None
+    return paired_test(correct_a, correct_b, evidence.labels[split], balanced=metric == "balanced_accuracy")
+
+
+def verdicts(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidence: Evidence,
+             metrics: dict[str, str], alpha: float = ALPHA) -> list[Verdict]:
+    """One verdict per split and per shot budget (those asked for and those with results)."""
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in accuracy))}
+    shot_free = {r["method"] for r in accuracy} - {r["method"] for r in accuracy if r["shots"] > 0}
+    out = []
+    for split in sorted({r["split"] for r in accuracy}, key=split_key):
+        metric = metrics.get(split, "accuracy")
+        rows = [r for r in accuracy if r["split"] == split and r.get(f"{metric}_mean") is not None]
+        for shots in sorted(set(budgets) | {r["shots"] for r in rows if r["shots"] > 0}):
+            trained = [r for r in rows if r["shots"] == shots and r["method"] not in shot_free]
+            ranked = sorted(trained + ([r for r in rows if r["method"] in shot_free] if trained else []),
+                            key=lambda r: (-r[f"{metric}_mean"], order[r["method"]]))
+            tests = {r["method"]: compare(evidence, ranked[0], r, split, metric) for r in ranked[1:]}
+            out.append(Verdict(split, shots, metric, ranked, tests, alpha))
+    return out
+
+
+def score(row: dict[str, Any], metric: str) -> str:
+    return f"{pct(row[f'{metric}_mean'])} ± {100 * row[f'{metric}_std']:.2f} ({seeds(row['n_seeds'])})"
+
+
+def sentence(verdict: Verdict) -> str:
+    """One budget in words: the winner and its tests, or which methods the test cannot tell apart."""
+    best, metric = verdict.best, verdict.metric
+    if best is None:
+        return f"At {shots_text(verdict.shots)}: no results (see what is missing below)."
+    name = METRIC_NAMES[metric]
+    head = f"At {shots_text(verdict.shots)}"
+    if len(verdict.ranked) == 1:
+        return f"{head}, only {best['method']} has results: {name} {score(best, metric)}."
+
+    def versus(row: dict[str, Any]) -> str:
+        test = verdict.tests[row["method"]]
+        return f"{row['method']} ({pct(row[f'{metric}_mean'])}, {p_text(test.p_value) if test else 'not tested'})"
+
+    others = verdict.ranked[1:]
+    if verdict.winner is not None:
+        return (f"{head}, {best['method']} is best: {name} {score(best, metric)}, significantly above "
+                f"{and_list([versus(r) for r in others])}.")
+    tied = [r for r in verdict.indistinguishable() if r is not best]
+    below = [r for r in others if r not in tied]
+    text = (f"{head}, no method is significantly better than all others: {best['method']} has the highest mean "
+            f"{name}, {score(best, metric)}, but is indistinguishable from {and_list([versus(r) for r in tied])}")
+    if below:
+        text += f"; it is significantly above {and_list([versus(r) for r in below])}"
     return text + "."
+
+
+@dataclass
+class Answer:
+    """The one answer of a run: its split, metric and why, the verdicts, the headline and the recommendation."""
+
+    split: str | None
+    metric: str
+    metric_reason: str
+    n_images: int | None
+    verdicts: list[Verdict]
+    recommendation: dict[str, Any] | None
+    alpha: float = ALPHA
+    headline: str = ""
+    baselines: dict[str, float] = field(default_factory=dict)
+
+    def primary(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.split == self.split and v.best is not None]
+
+
+def metric_reason(support: Sequence[int] | None) -> tuple[str, str]:
+    metric = headline_metric(support)
+    if not support:
+        return metric, "accuracy (class supports unknown)"
+    ratio = imbalance_ratio(support)
+    if metric == "balanced_accuracy":
+        return metric, (f"balanced accuracy (mean per-class recall), because the test set is imbalanced: its "
+                        f"largest class has {ratio:.1f}x the images of its smallest (> {IMBALANCE_RATIO}), so "
+                        f"accuracy would mostly measure the large classes")
+    return metric, f"accuracy (classes are balanced: largest / smallest support {ratio:.1f} <= {IMBALANCE_RATIO})"
+
+
+def recommend(answer_verdicts: Sequence[Verdict], accuracy: Sequence[dict[str, Any]], evidence: Evidence,
+              split: str, metric: str, params: dict[tuple[str, int], int], unit_seeds: dict[tuple[str, int], list[int]],
+              alpha: float = ALPHA) -> dict[str, Any] | None:
+    """The cheapest (method, shots) not significantly worse than the best at the largest budget (module doc)."""
+    mine = [v for v in answer_verdicts if v.split == split and v.best is not None]
+    if not mine:
+        return None
+    top = max(mine, key=lambda v: v.shots)
+    best = top.best
+    assert best is not None
+    rows = [r for r in accuracy if r["split"] == split and r.get(f"{metric}_mean") is not None]
+    kept = [best] + [r for r in rows if r is not best and (r[f"{metric}_mean"] >= best[f"{metric}_mean"] or not _worse(
+        compare(evidence, best, r, split, metric), alpha))]
+    chosen = min(kept, key=lambda r: (r["shots"], params.get((r["method"], r["shots"]), 0), -r[f"{metric}_mean"]))
+    seed = min(unit_seeds.get((chosen["method"], chosen["shots"]), [0]))
+    name = METRIC_NAMES[metric]
+    if chosen is best:
+        why = (f"the best mean {name} at the largest budget ({shots_text(top.shots)}), "
+               f"{score(best, metric)}, and no cheaper head is statistically as good")
+    else:
+        why = (f"the cheapest head (fewest shots, then fewest trainable parameters) whose {name}, "
+               f"{score(chosen, metric)}, is not significantly below the best at {shots_text(top.shots)}, "
+               f"{best['method']} with {pct(best[f'{metric}_mean'])} (paired test over seeds, alpha = {alpha})")
+    return {"method": chosen["method"], "shots": chosen["shots"], "seed": seed, "split": split, "metric": metric,
+            f"{metric}_mean": chosen[f"{metric}_mean"], "why": why}
+
+
+def _worse(test: PairedTest | None, alpha: float) -> bool:
+    """Untested (no predictions) counts as worse: only the paired evidence can make a head 'as good'."""
+    return test is None or (test.difference > 0 and test.significant(alpha))
+
+
+def build_answer(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidence: Evidence,
+                 supports: dict[str, list[int]], params: dict[tuple[str, int], int],
+                 unit_seeds: dict[tuple[str, int], list[int]], alpha: float = ALPHA) -> Answer:
+    """Everything the report and the CLI say about who wins, computed here once."""
+    split = primary_split(accuracy)
+    metrics = {s: headline_metric(supports.get(s)) for s in {r["split"] for r in accuracy}}
+    if split == "hm":  # hm has no classes of its own: balanced if either side is imbalanced
+        either = any(headline_metric(supports.get(s)) == "balanced_accuracy" for s in ("base", "new"))
+        metrics["hm"] = "balanced_accuracy" if either else "accuracy"
+    found = verdicts(accuracy, budgets, evidence, metrics, alpha)
+    if split is None:
+        return Answer(None, "accuracy", "", None, found, None, alpha, "No results yet: summary.csv has no rows.")
+    metric = metrics[split]
+    support = supports.get(split) if split != "hm" else None
+    _, reason = metric_reason(support) if split != "hm" else (metric, METRIC_NAMES[metric])
+    n_images = next((r["n_test"] for r in accuracy if r["split"] == split and r.get("n_test")), None)
+    if n_images is None and split == "hm":
+        n_images = sum(next((r["n_test"] for r in accuracy if r["split"] == s and r.get("n_test")), 0)
+                       for s in ("base", "new")) or None
+    answer = Answer(split, metric, reason, n_images, found,
+                    recommend(found, accuracy, evidence, split, metric, params, unit_seeds, alpha), alpha)
+    row = next((r for r in accuracy if r["split"] == split and r.get("chance") is not None), None)
+    if row is not None:
+        answer.baselines = {"chance": row["chance"], "majority": row["majority"]}
+    answer.headline = headline_text(answer)
+    return answer
+
+
+def headline_text(answer: Answer) -> str:
+    """Two or three sentences: the rule, who wins where (or that the test cannot tell), the recommendation."""
+    mine = answer.primary()
+    where = SPLIT_NAMES.get(answer.split or "", answer.split)
+    if not mine:
+        return f"No method has results on the {where}."
+    size = f"{answer.n_images} images" if answer.n_images else "an unknown number of images"
+    wins: dict[str, list[int]] = {}
+    open_budgets = []
+    for verdict in mine:
+        if verdict.winner is None:
+            open_budgets.append(verdict.shots)
+        else:
+            wins.setdefault(verdict.winner, []).append(verdict.shots)
+    parts = [f"{method} is significantly best at {budgets_text(shots)}" for method, shots in wins.items()]
+    if open_budgets:
+        parts.append(f"at {budgets_text(open_budgets)} the leading methods are indistinguishable on this test set "
+                     f"of {size}" if parts else
+                     f"at no shot budget is any method significantly better than all others: the leading methods "
+                     f"are indistinguishable on this test set of {size}")
+    text = (f"On the {where} ({size}), measured by {METRIC_NAMES[answer.metric]}, with a paired test over seeds "
+            f"at alpha = {answer.alpha}: " + "; ".join(parts) + ".")
+    rec = answer.recommendation
+    if rec is not None:
+        text += f" Recommended: {rec['method']} at {shots_text(rec['shots'])} ({rec['why']})."
+    return text
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    """What ``results/answer.json`` holds: the headline, the rule's parameters, each budget's sentence."""
+    return {"headline": answer.headline, "split": answer.split, "metric": answer.metric,
+            "metric_reason": answer.metric_reason, "alpha": answer.alpha, "n_images": answer.n_images,
+            "baselines": answer.baselines, "recommendation": answer.recommendation,
+            "budgets": [{"split": v.split, "shots": v.shots, "winner": v.winner, "sentence": sentence(v),
+                         "tests": {m: (None if t is None else {"difference": t.difference, "p_value": t.p_value,
+                                                               "exact": t.exact}) for m, t in v.tests.items()}}
+                        for v in answer.verdicts]}
+
+
+UnitKey = tuple[str, int]  # (method, shots)
+
+
+def unit_table(summary: Sequence[dict[str, str]]) -> tuple[dict[UnitKey, int], dict[UnitKey, list[int]]]:
+    """(method, shots) -> trainable parameters, and -> the seeds with results, from summary.csv rows."""
+    params: dict[tuple[str, int], int] = {}
+    unit_seeds: dict[tuple[str, int], list[int]] = {}
+    for row in summary:
+        key = (row["method"], int(row["shots"]))
+        params[key] = int(row["trainable_params"])
+        if int(row["seed"]) not in unit_seeds.setdefault(key, []):
+            unit_seeds[key].append(int(row["seed"]))
+    return params, unit_seeds
+

@@ -19,34 +19,58 @@ SPLIT_TITLES = {"test": "test (all classes)", "base": "base classes", "new": "ne
                 "hm": "harmonic mean of base and new"}
 
 
-def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path) -> None:
-    """One panel per split: mean accuracy ± std over seeds per method; shot-free methods as horizontal lines."""
+def y_limits(values: Sequence[float], margin: float = 0.1, least: float = 0.02) -> tuple[float, float]:
+    """An axis around the data (error bars and baselines included): its range plus ``margin`` of it on each
+    side (at least ``least``), clipped to [0, 1]. Differences of a few points stay visible."""
+    low, high = min(values), max(values)
+    pad = max(margin * (high - low), least)
+    return max(0.0, low - pad), min(1.0, high + pad)
+
+
+def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
+                          metrics: dict[str, str] | None = None) -> None:
+    """One panel per split: the split's headline metric (accuracy, or balanced accuracy on an imbalanced split),
+    mean with error bars of ± one sample std over seeds per method; zero-shot and the majority-class baseline
+    as horizontal lines; the y-axis fitted to the values."""
     plt = _pyplot()
+    metrics = metrics or {}
     splits = sorted({row["split"] for row in accuracy}, key=split_key)
     figure, axes = plt.subplots(1, len(splits), figsize=(5.6 * len(splits), 4.2), squeeze=False)
     methods = list(dict.fromkeys(row["method"] for row in accuracy))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     budgets = sorted({row["shots"] for row in accuracy if row["shots"] > 0})
     for axis, split in zip(axes[0], splits):
+        metric = metrics.get(split, "accuracy")
+        shown: list[float] = []
         for method in methods:
-            rows = sorted((r for r in accuracy if r["method"] == method and r["split"] == split), key=lambda r: r["shots"])
+            rows = sorted((r for r in accuracy if r["method"] == method and r["split"] == split
+                           and r.get(f"{metric}_mean") is not None), key=lambda r: r["shots"])
             if not rows:
                 continue
             if all(r["shots"] == 0 for r in rows):
-                axis.axhline(rows[0]["accuracy_mean"], color=colours[method], linestyle="--", label=method)
+                axis.axhline(rows[0][f"{metric}_mean"], color=colours[method], linestyle="--", label=method)
+                shown.append(rows[0][f"{metric}_mean"])
                 continue
             rows = [r for r in rows if r["shots"] > 0]
-            axis.errorbar([r["shots"] for r in rows], [r["accuracy_mean"] for r in rows],
-                          yerr=[r["accuracy_std"] for r in rows], color=colours[method], marker="o", capsize=3,
-                          label=method)
+            means, stds = [r[f"{metric}_mean"] for r in rows], [r[f"{metric}_std"] for r in rows]
+            axis.errorbar([r["shots"] for r in rows], means, yerr=stds, color=colours[method], marker="o", capsize=3,
+                          label=f"{method} (n={max(r['n_seeds'] for r in rows)} seeds)")
+            shown += [m - s for m, s in zip(means, stds)] + [m + s for m, s in zip(means, stds)]
+        baseline = next((r for r in accuracy if r["split"] == split and r.get("majority") is not None), None)
+        if baseline is not None:  # a constant answer's balanced accuracy is chance
+            level = baseline["majority"] if metric == "accuracy" else baseline["chance"]
+            axis.axhline(level, color="grey", linestyle=":", label="majority class")
+            shown.append(level)
         if budgets:
             axis.set_xscale("log", base=2)
             axis.set_xticks(budgets, [str(b) for b in budgets])
             axis.minorticks_off()
-        axis.set_ylim(0, 1.02)
+        if shown:
+            axis.set_ylim(*y_limits(shown))
         axis.set_xlabel("shots per class")
-        axis.set_ylabel("accuracy (mean ± std over seeds)")
-        axis.set_title(SPLIT_TITLES.get(split, split), fontsize=9)
+        axis.set_ylabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
+        n_test = next((r["n_test"] for r in accuracy if r["split"] == split and r.get("n_test")), None)
+        axis.set_title(SPLIT_TITLES.get(split, split) + (f", n = {n_test} test images" if n_test else ""), fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     _save(figure, path)
@@ -82,15 +106,16 @@ def accuracy_plot_path(layout: RunLayout) -> Path:
     return layout.aggregate / "accuracy_vs_shots.png"
 
 
-def write_figures(layout: RunLayout) -> list[Path]:
+def write_figures(layout: RunLayout, metrics: dict[str, str] | None = None) -> list[Path]:
     """The accuracy-vs-shots plot and one training-curves plot per method with history; returns the paths.
 
-    Needs accuracy_table.csv (``aggregate.write_aggregates``).
+    Needs accuracy_table.csv (``aggregate.write_aggregates``); ``metrics`` maps a split to the metric its
+    panel shows (the answer's choice; accuracy by default).
     """
     written = []
     accuracy = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
     if accuracy:
-        accuracy_vs_shots_png(accuracy, accuracy_plot_path(layout))
+        accuracy_vs_shots_png(accuracy, accuracy_plot_path(layout), metrics)
         written.append(accuracy_plot_path(layout))
     summary = read_csv(layout.summary)
     for method in dict.fromkeys(row["method"] for row in summary):

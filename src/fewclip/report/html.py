@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..config import Config, load_config
-from ..fileio import atomic_write_text, read_csv
+from ..fileio import atomic_write_text, read_csv, write_json
 from ..layout import RunLayout
-from .aggregate import read_accuracy_table, split_key, write_aggregates
-from .answer import SPLIT_NAMES, headline, pct, sentence, verdicts
+from .aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
+from .answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
+from .evidence import read_evidence
 from .figures import accuracy_plot_path, curves_path, write_figures
 from .missing import missing_splits, missing_units
 
@@ -34,7 +35,8 @@ td.text, th.text { text-align: left; }
 tr.ensemble td { font-weight: bold; }
 .headline { font-size: 1.2em; background: #e8f0fb; border-left: 5px solid #4c72b0; padding: .6em 1em; }
 .missing { background: #fff4e5; border-left: 5px solid #e69500; padding: .4em 1em; }
-.f1 { color: #555; font-size: .85em; }
+.f1, .bal { color: #555; font-size: .85em; }
+.winner { color: #1a7f37; font-size: .8em; }
 .note { color: #666; font-style: italic; }
 .placeholder { display: inline-block; width: 96px; height: 60px; background: #eee; color: #a00;
                font-size: .75em; text-align: center; padding-top: 30px; }
@@ -104,12 +106,22 @@ def mean_std_text(mean: float, std: float) -> str:
 # --- sections ------------------------------------------------------------------------------------------------
 
 
-def answer_section(accuracy: list[dict[str, Any]], config: Config) -> str:
-    found = verdicts(accuracy, config.few_shot.shots)
-    parts = [f'<p class="headline">{esc(headline(found, accuracy))}</p>']
-    for split in sorted({v.split for v in found}, key=split_key):
+def answer_section(answer: Answer) -> str:
+    """The headline, the rule behind it, the baselines, and one sentence per budget, all from ``answer``."""
+    parts = [f'<p class="headline">{esc(answer.headline)}</p>']
+    if answer.split is not None:
+        rule = (f"Metric: {answer.metric_reason}. A method is named best at a budget only if a paired sign-flip "
+                f"test on the same test images, over seeds (exact McNemar for one seed), finds it better than "
+                f"every other method at that budget, zero-shot included, at alpha = {answer.alpha}; "
+                f"otherwise the methods are called indistinguishable on this test set.")
+        if answer.baselines:
+            rule += (f" Baselines on the {SPLIT_NAMES.get(answer.split, answer.split)}: chance "
+                     f"{pct(answer.baselines['chance'])}, always answering the majority class "
+                     f"{pct(answer.baselines['majority'])} accuracy (its balanced accuracy is chance).")
+        parts.append(f'<p class="note">{esc(rule)}</p>')
+    for split in sorted({v.split for v in answer.verdicts}, key=split_key):
         parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3><ul>")
-        parts += [f"<li>{esc(sentence(v))}</li>" for v in found if v.split == split]
+        parts += [f"<li>{esc(sentence(v))}</li>" for v in answer.verdicts if v.split == split]
         parts.append("</ul>")
     return "".join(parts)
 
@@ -128,15 +140,26 @@ def missing_section(config: Config, summary: list[dict[str, str]], missing_files
             f"<ul>{items}</ul></div>")
 
 
-def accuracy_section(accuracy: list[dict[str, Any]], config: Config) -> str:
-    """Per split, methods x shots: accuracy (and macro-F1 below it), mean ± std over seeds, in percent."""
+def split_caption(rows: list[dict[str, Any]], split: str) -> str:
+    """Test size, chance and majority-class accuracy of one split (from accuracy_table.csv)."""
+    row = next((r for r in rows if r.get("n_test")), None)
+    known = next((r for r in rows if r.get("chance") is not None), None)
+    bits = [f"test images n = {row['n_test']}" if row else "test size not recorded"]
+    if known is not None:
+        bits += [f"chance {pct(known['chance'])}", f"majority-class accuracy {pct(known['majority'])}"]
+    return f'<p class="note">{esc(SPLIT_NAMES.get(split, split))}: {esc("; ".join(bits))}.</p>'
+
+
+def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Answer) -> str:
+    """Per split, methods x shots: accuracy, balanced accuracy and macro-F1, mean ± std over seeds, in percent;
+    the cell of each budget's winner (from ``answer``) is marked."""
     if not accuracy:
         return '<p class="note">No results.</p>'
     budgets = sorted({r["shots"] for r in accuracy} | set(config.few_shot.shots))
     methods = list(dict.fromkeys(r["method"] for r in accuracy))
-    n_seeds = len(config.splits.seeds)
-    parts = ['<p>Accuracy in percent, mean ± sample std over seeds; macro-F1 below it. '
-             '"n=" marks a cell with fewer seeds than the config asks for.</p>']
+    winners = {(v.split, v.shots): v.winner for v in answer.verdicts}
+    parts = ['<p>Accuracy in percent, mean ± sample std over seeds with the seed count; balanced accuracy '
+             '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>']
     for split in sorted({r["split"] for r in accuracy}, key=split_key):
         cells = {(r["method"], r["shots"]): r for r in accuracy if r["split"] == split}
         rows = []
@@ -147,13 +170,18 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config) -> str:
                 if r is None:
                     row.append("—")
                     continue
-                short = f' <span class="note">n={r["n_seeds"]}</span>' if shots and r["n_seeds"] < n_seeds else ""
-                row.append(f'<span class="acc" data-method="{esc(method)}" data-shots="{shots}" data-split="{esc(split)}">'
-                           f'{mean_std_text(r["accuracy_mean"], r["accuracy_std"])}</span>{short}<br>'
-                           f'<span class="f1">F1 {mean_std_text(r["macro_f1_mean"], r["macro_f1_std"])}</span>')
+                mark = ' <b class="winner">best</b>' if winners.get((split, shots)) == method and shots else ""
+                lines = [f'<span class="acc" data-method="{esc(method)}" data-shots="{shots}" data-split="{esc(split)}">'
+                         f'{mean_std_text(r["accuracy_mean"], r["accuracy_std"])}</span>'
+                         f' <span class="note">({seeds(r["n_seeds"])})</span>{mark}']
+                if r.get("balanced_accuracy_mean") is not None:
+                    lines.append(f'<span class="bal">bal. {mean_std_text(r["balanced_accuracy_mean"], r["balanced_accuracy_std"])}</span>')
+                lines.append(f'<span class="f1">F1 {mean_std_text(r["macro_f1_mean"], r["macro_f1_std"])}</span>')
+                row.append("<br>".join(lines))
             rows.append(row)
         header = ["method", *[("0 (zero-shot)" if k == 0 else f"{k} shots") for k in budgets]]
         parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>")
+        parts.append(split_caption(list(cells.values()), split))
         parts.append(table(header, rows, "accuracy-table"))
     return "".join(parts)
 
@@ -310,6 +338,23 @@ def details_section(page: Page, summary: list[dict[str, str]]) -> str:
 # --- the page ------------------------------------------------------------------------------------------------
 
 
+def write_answer(layout: RunLayout, accuracy: list[dict[str, Any]], config: Config,
+                 summary: list[dict[str, str]]) -> Answer:
+    """Compute the answer once; write results/answer.json and results/recommendation.json (read by predict)."""
+    per_class = layout.results / "per_class.csv"
+    supports = class_supports(read_csv(per_class)) if per_class.is_file() else {}
+    params, unit_seeds = unit_table(summary)
+    answer = build_answer(accuracy, config.few_shot.shots, read_evidence(layout, summary), supports, params,
+                          unit_seeds)
+    write_json(layout.answer, answer_json(answer))
+    if answer.recommendation is not None:
+        write_json(layout.recommendation, {**answer.recommendation,
+                                           "subsample": config.splits.subsample, "headline": answer.headline})
+    else:
+        layout.recommendation.unlink(missing_ok=True)
+    return answer
+
+
 def build_report(run_dir: Path, config: Config | None = None) -> Path:
     """Write the aggregate tables and plots, then ``<run_dir>/report.html``; returns its path.
 
@@ -321,12 +366,13 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
     given = config
     config = config if config is not None else load_config(layout.config)
     write_aggregates(layout)
-    if config.output.figures:
-        write_figures(layout)
     summary = read_csv(layout.summary)
     accuracy = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
+    answer = write_answer(layout, accuracy, config, summary)
+    if config.output.figures:
+        write_figures(layout, {v.split: v.metric for v in answer.verdicts})
     page = Page(layout, config)
-    body = [("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config)),
+    body = [("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config, answer)),
             ("accuracy-plot", "Accuracy vs shots",
              page.image(accuracy_plot_path(layout), "accuracy vs shots") if accuracy else '<p class="note">No results.</p>')]
     if (layout.aggregate / "base_new.csv").is_file():
@@ -336,7 +382,7 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
              ("curves", "Training curves", curves_section(page, summary)),
              ("details", "Per-method details", details_section(page, summary)),
              ("config", "Resolved config", config_section(page, given))]
-    opening = [("answer", "The answer", answer_section(accuracy, config))]
+    opening = [("answer", "The answer", answer_section(answer))]
     notice = missing_section(config, summary, page.missing_files)
     if notice:
         opening.append(("missing", "What is missing", notice))

@@ -1,0 +1,186 @@
+"""Uncertainty for the numbers a run compares (numpy and the standard library only).
+
+- ``wilson_interval``: a 95% interval for one accuracy on n test images (Wilson score interval; unlike
+  the normal approximation it stays inside [0, 1] and keeps its coverage near 0% and 100%).
+- ``mean_std``: mean and sample standard deviation over seeds (the seed count travels with them).
+- ``chance_accuracy`` / ``majority_accuracy``: what guessing uniformly and always answering the largest
+  class score; ``is_imbalanced``: whether accuracy is a misleading summary of a test set.
+- ``paired_test``: is method A better than method B on the same test images, over seeds?
+
+The paired test, and why this one. Every seed of every method is scored on the *same* test images, so the
+image, not the (image, seed) pair, is the independent unit: pooling McNemar's discordant counts over seeds
+counts one image S times and overstates the evidence, and Fisher's or Stouffer's combination of per-seed
+p-values assumes independent p-values, which seeds sharing one test set are not. Instead each image gets
+its seed-averaged correctness for each method, ``a_i`` and ``b_i`` (fractions of seeds that got it right),
+and the test is the paired sign-flip permutation test on ``d_i = w_i (a_i - b_i)``: under the null
+hypothesis that A and B are exchangeable on every image, each ``d_i`` is as likely to have either sign.
+The statistic ``sum(d_i)`` is exactly the difference in mean accuracy (weights ``w_i = 1/n``) or in mean
+balanced accuracy (``w_i = 1/(C n_c)`` for an image of class c), so the test's direction is the metric's.
+With one seed per method and plain accuracy it *is* the exact McNemar test (``d_i`` in {-1/n, 0, 1/n}:
+the sign-flip distribution is the binomial on the discordant pairs). The p-value is two-sided and exact
+(the permutation distribution is enumerated on the lattice of the ``d_i``) when that lattice is small,
+otherwise estimated from ``MONTE_CARLO_DRAWS`` seeded random sign flips (p = (1 + hits) / (1 + draws)).
+What it does not cover: variation from drawing another test set of the same size is covered; variation
+from drawing other training shots is covered only through the seeds averaged, not tested separately.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+import numpy as np
+
+IMBALANCE_RATIO = 1.5  # largest / smallest class support above which accuracy and balanced accuracy part
+MONTE_CARLO_DRAWS = 20_000
+EXACT_LATTICE_LIMIT = 2_000_000  # distinct step sizes x lattice span enumerated exactly (else Monte Carlo)
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion ``successes / n``; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); std is 0 for a single value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def chance_accuracy(n_classes: int) -> float:
+    """Expected accuracy of a uniform random guess (also the balanced accuracy of any constant answer)."""
+    return 1.0 / n_classes if n_classes else 0.0
+
+
+def majority_accuracy(support: Sequence[int]) -> float:
+    """Accuracy of always answering the largest class: max support / total."""
+    total = sum(support)
+    return max(support) / total if total else 0.0
+
+
+def imbalance_ratio(support: Sequence[int]) -> float:
+    """Largest over smallest class support among the classes present (inf if one is absent)."""
+    present = [s for s in support if s > 0]
+    if not present:
+        return 1.0
+    return max(present) / min(present) if len(present) == len(support) else math.inf
+
+
+def is_imbalanced(support: Sequence[int], ratio: float = IMBALANCE_RATIO) -> bool:
+    """True when the largest class has more than ``ratio`` times the test images of the smallest."""
+    return imbalance_ratio(support) > ratio
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A against B on the same images: the metric difference (A - B), its two-sided p-value, and counts."""
+
+    difference: float
+    p_value: float
+    better: int  # images on which A's seed-averaged correctness is higher
+    worse: int
+    n_images: int
+    exact: bool
+
+    def significant(self, alpha: float) -> bool:
+        return self.p_value < alpha
+
+
+def weight_denominators(labels: Sequence[int] | np.ndarray, balanced: bool) -> np.ndarray:
+    """(n,) integers D_i with per-image weight 1/D_i: weighted correctness sums to accuracy (D = n) or to
+    balanced accuracy (D = C * n_c for an image of class c, C the classes present)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not balanced:
+        return np.full(len(labels), len(labels), dtype=np.int64)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return len(classes) * counts[inverse]
+
+
+def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[int] | np.ndarray,
+                balanced: bool = False, seed: int = 0) -> PairedTest:
+    """Paired sign-flip test of A vs B (see the module docstring).
+
+    ``correct_a``: (seeds_a, n) booleans, one row per seed of A; ``correct_b`` likewise (its seed count may
+    differ, e.g. zero-shot has one); ``labels``: (n,) true classes, for the balanced weights.
+    """
+    correct_a, correct_b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
+    if correct_a.shape[1] != correct_b.shape[1] or correct_a.shape[1] != len(labels):
+        raise ValueError(f"paired test needs the same test images: {correct_a.shape[1]} vs "
+                         f"{correct_b.shape[1]} predictions for {len(labels)} labels")
+    seeds_a, seeds_b = correct_a.shape[0], correct_b.shape[0]
+    # d_i = (hits_a / S_a - hits_b / S_b) / D_i = numerator_i / (S_a S_b D_i), all integers
+    numerator = correct_a.sum(axis=0).astype(np.int64) * seeds_b - correct_b.sum(axis=0).astype(np.int64) * seeds_a
+    denominator = seeds_a * seeds_b * weight_denominators(labels, balanced)
+    steps = numerator / denominator
+    observed = float(steps.sum())
+    nonzero = numerator != 0
+    better, worse = int((numerator > 0).sum()), int((numerator < 0).sum())
+    if not nonzero.any():
+        return PairedTest(0.0, 1.0, 0, 0, len(labels), True)
+    lattice = math.lcm(*map(int, np.unique(denominator[nonzero])))  # one step of the lattice is 1/lattice
+    magnitudes = np.abs(numerator[nonzero]) * (lattice // denominator[nonzero])
+    fits = lattice < 2 ** 62 // max(int(np.abs(numerator).max()), 1)  # int64 magnitudes do not overflow
+    if fits and len(np.unique(magnitudes)) * int(magnitudes.sum()) <= EXACT_LATTICE_LIMIT:
+        observed_steps = abs(int((numerator[nonzero] * (lattice // denominator[nonzero])).sum()))
+        p_value, exact = _exact_sign_flip(magnitudes.tolist(), observed_steps), True
+    else:
+        p_value, exact = _monte_carlo_sign_flip(steps[nonzero], abs(observed), seed), False
+    return PairedTest(observed, p_value, better, worse, len(labels), exact)
+
+
+def _exact_sign_flip(magnitudes: list[int], observed: int) -> float:
+    """P(|sum of ±m_i| >= observed) with independent fair signs, by convolution over distinct magnitudes."""
+    total = sum(magnitudes)
+    distribution: np.ndarray | None = None  # index = sum + (reach so far)
+    for magnitude, count in zip(*np.unique(magnitudes, return_counts=True)):
+        magnitude, count = int(magnitude), int(count)
+        # count items of one magnitude: sum = magnitude * (2X - count), X ~ Binomial(count, 1/2)
+        kernel = np.zeros(2 * magnitude * count + 1)
+        kernel[::2 * magnitude] = binomial_half_pmf(count)
+        distribution = kernel if distribution is None else _convolve(distribution, kernel)
+    assert distribution is not None and len(distribution) == 2 * total + 1
+    sums = np.abs(np.arange(-total, total + 1))
+    return float(min(1.0, np.clip(distribution, 0, None)[sums >= observed].sum()))
+
+
+def binomial_half_pmf(n: int) -> np.ndarray:
+    """P(X = k) for X ~ Binomial(n, 1/2), k = 0..n (log-gamma: no big integers, no overflow)."""
+    k = np.arange(n + 1)
+    log_comb = math.lgamma(n + 1) - np.array([math.lgamma(i + 1) + math.lgamma(n - i + 1) for i in range(n + 1)])
+    return np.exp(log_comb - n * math.log(2)) if n else k + 1.0
+
+
+def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if min(len(a), len(b)) < 64:
+        return np.convolve(a, b)
+    size = len(a) + len(b) - 1
+    fast = 1 << (size - 1).bit_length()  # a power of two: FFTs of awkward lengths can be very slow
+    return np.fft.irfft(np.fft.rfft(a, fast) * np.fft.rfft(b, fast), fast)[:size]
+
+
+def _monte_carlo_sign_flip(steps: np.ndarray, observed: float, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    hits, chunk = 0, 1000
+    for start in range(0, MONTE_CARLO_DRAWS, chunk):
+        signs = rng.choice((-1.0, 1.0), size=(min(chunk, MONTE_CARLO_DRAWS - start), len(steps)))
+        hits += int((np.abs(signs @ steps) >= observed - 1e-12).sum())
+    return (1 + hits) / (1 + MONTE_CARLO_DRAWS)
+
+
+def mcnemar_exact(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of one pair of prediction sets: binomial(b + c, 1/2) on discordant pairs."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

@@ -1,0 +1,94 @@
+"""fewclip.stats against hand computations and known values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fewclip.metrics import summarize
+from fewclip.stats import (chance_accuracy, is_imbalanced, majority_accuracy, mcnemar_exact, mean_std, paired_test,
+                           wilson_interval)
+
+
+def test_wilson_interval_matches_the_textbook_value() -> None:
+    # Newcombe (1998), Stat Med 17:857, Table I, method 3 (Wilson score): 81/263, 15/148, 0/20
+    for (k, n), expected in (((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)), ((0, 20), (0.0, 0.1611))):
+        low, high = wilson_interval(k, n)
+        assert (round(low, 4), round(high, 4)) == expected
+    assert wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mean_std_is_the_sample_std() -> None:
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([0.2, 0.4, 0.9])[1] == pytest.approx(math.sqrt(((0.3) ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2))
+
+
+def test_majority_and_balanced_accuracy_on_an_imbalanced_set_by_hand() -> None:
+    truth = np.array([0] * 10 + [1] * 6 + [2] * 4)  # 20 images, half in class 0
+    always_zero = np.zeros(20, dtype=int)
+    assert majority_accuracy([10, 6, 4]) == 0.5 and chance_accuracy(3) == pytest.approx(1 / 3)
+    assert is_imbalanced([10, 6, 4]) and not is_imbalanced([6, 6, 5])
+    scores = summarize(truth, always_zero, 3)
+    assert scores["accuracy"] == 0.5 and scores["balanced_accuracy"] == pytest.approx(1 / 3)
+    pred = truth.copy()
+    pred[:5] = 1  # class 0 recall 5/10, class 1 6/6, class 2 4/4
+    assert summarize(truth, pred, 3)["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert summarize(truth, pred, 3)["accuracy"] == pytest.approx(15 / 20)
+
+
+def test_identical_predictions_are_indistinguishable() -> None:
+    rng = np.random.default_rng(0)
+    correct = rng.random((3, 60)) < 0.6
+    test = paired_test(correct, correct.copy(), rng.integers(0, 3, 60))
+    assert (test.difference, test.p_value, test.better, test.worse) == (0.0, 1.0, 0, 0)
+
+
+def test_one_seed_is_the_exact_mcnemar_test() -> None:
+    # 9 discordant pairs favour A, 1 favours B: p = 2 * P(Bin(10, .5) <= 1) = 2 * 11 / 1024
+    a = np.array([True] * 9 + [False] + [True] * 20)
+    b = np.array([False] * 9 + [True] + [True] * 20)
+    test = paired_test(a, b, np.zeros(30, dtype=int))
+    assert test.p_value == pytest.approx(22 / 1024) == mcnemar_exact(a, b)
+    assert test.difference == pytest.approx(8 / 30) and (test.better, test.worse) == (9, 1) and test.exact
+
+
+def test_clearly_better_over_seeds_is_significant_and_a_small_edge_is_not() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 200)
+    strong = rng.random((3, 200)) < 0.85
+    weak = rng.random((3, 200)) < 0.55
+    assert paired_test(strong, weak, labels).p_value < 1e-6
+    nudged = weak.copy()
+    nudged[:, :2] = True  # two more images right in every seed
+    assert paired_test(nudged, weak, labels).p_value > 0.05
+
+
+def test_seed_averaged_statistic_and_the_exact_distribution_by_enumeration() -> None:
+    # two seeds each, 4 images: d_i in quarters; enumerate the 2^k sign flips by hand
+    a = np.array([[1, 1, 0, 1], [1, 0, 0, 1]], dtype=bool)
+    b = np.array([[0, 0, 0, 1], [0, 1, 1, 1]], dtype=bool)
+    test = paired_test(a, b, np.zeros(4, dtype=int))
+    steps = (a.mean(0) - b.mean(0))[(a.mean(0) - b.mean(0)) != 0]  # [1, 0, -0.5] -> nonzero [1, -0.5]
+    signs = np.array(np.meshgrid(*[[-1, 1]] * len(steps))).T.reshape(-1, len(steps))
+    flips = np.abs(signs @ steps)
+    expected = np.mean([f >= abs(steps.sum()) - 1e-12 for f in flips])
+    assert test.p_value == pytest.approx(expected) and test.difference == pytest.approx(steps.sum() / 4)
+
+
+def test_balanced_weights_follow_the_metric_direction() -> None:
+    # A is right on the 2 minority images, B on 4 majority images: B has higher accuracy, A higher balanced accuracy
+    labels = np.array([0] * 16 + [1] * 2)
+    a = np.array([True] * 10 + [False] * 6 + [True] * 2)
+    b = np.array([True] * 16 + [False] * 2)
+    assert paired_test(a, b, labels).difference < 0
+    assert paired_test(a, b, labels, balanced=True).difference == pytest.approx(
+        summarize(labels, np.where(a, labels, 1 - labels), 2)["balanced_accuracy"]
+        - summarize(labels, np.where(b, labels, 1 - labels), 2)["balanced_accuracy"])
+
+
+def test_paired_test_refuses_different_test_sets() -> None:
+    with pytest.raises(ValueError, match="same test images: 3 vs 4"):
+        paired_test(np.ones((1, 3), bool), np.ones((1, 4), bool), [0, 0, 0])
