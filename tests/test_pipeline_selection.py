@@ -43,7 +43,7 @@ def test_summary_records_selection_and_ece_before_and_after_calibration(make_con
     pipeline.run(config)
     layout = RunLayout(Path(config.output.dir))
     rows = read_rows(layout.summary)
-    assert list(rows[0])[6:8] == ["ece", "ece_uncalibrated"] and list(rows[0])[-2:] == ["best_epoch", "selection"]
+    assert list(rows[0])[9:11] == ["ece", "ece_uncalibrated"] and list(rows[0])[-2:] == ["best_epoch", "selection"]
     assert len(rows) == 3
     for row in rows:
         unit = f"{row['method']}/shot_{row['shots']}-seed_{row['seed']}"
