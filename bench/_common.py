@@ -43,10 +43,13 @@ def vit_b32_random(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def photo_folder(folder: Path, classes: int, per_class: int, size: tuple[int, int] = (512, 384), seed: int = 0) -> Path:
-    """<folder>/<split>/class_i/NNN.jpg: smooth random colour fields with noise, saved as JPEG (q=90)."""
+def photo_folder(folder: Path, classes: int, per_class: int, size: tuple[int, int] = (512, 384), seed: int = 0,
+                 test_per_class: int | None = None) -> Path:
+    """<folder>/<split>/class_i/NNN.jpg: smooth random colour fields with noise, saved as JPEG (q=90);
+    ``per_class`` train and ``test_per_class`` (default half as many) test images per class."""
     rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("test", max(per_class // 2, 1))):
+    test_count = max(per_class // 2, 1) if test_per_class is None else test_per_class
+    for split, count in (("train", per_class), ("test", test_count)):
         for c in range(classes):
             target = folder / split / f"class_{c}"
             if target.is_dir() and len(list(target.iterdir())) == count:

@@ -1,13 +1,13 @@
 """CoOp and CoCoOp training steps vs naive references, ViT-B/32 architecture (default CLIPConfig) with
 random weights, 10 classes, in one run.
 
-    python bench/prompt_learning.py [--steps 3] [--skip-memory] [--skip-full-run]
+    python bench/prompt_learning.py [--steps 3] [--skip-memory] [--skip-full-run] [--only cocoop --batches 32]
 
 1. CoOp step (text features for every class, logits for a batch of 32, backward, SGD): ours (prompts
    cut to the longest real prompt, fp32 and bf16) vs a naive reference (77-token sequences, fp32);
    logits compared.
-2. CoCoOp step at batch 4 and 32: ours (all image x class prompts batched) vs the per-image loop the
-   reference runs; logits compared.
+2. CoCoOp step at batch 4 and 32: ours (all image x class prompts batched, fp32 and bf16) vs the
+   per-image loop the reference runs (77 tokens, and cut to the longest prompt); logits compared.
 3. Peak memory (RSS of a fresh process) of one CoCoOp step at 100 classes, batch 32: with the chunk
    budget (checkpointed chunks) vs one unchunked call.
 4. Wall time of a full 16-shot, 10-class CoOp run (the pipeline's training on cached features), fp32
@@ -94,15 +94,16 @@ def coop_step_bench(backbone, steps: int) -> None:
               f"max |logit diff| vs naive {diff:.2e}")
 
 
-def cocoop_step_bench(backbone, steps: int) -> None:
-    print("\n[CoCoOp step] 10 classes, n_ctx 4 ('a photo of a'): the reference's per-image loop vs ours batched")
+def cocoop_step_bench(backbone, steps: int, batches: list[int]) -> None:
+    print("\n[CoCoOp step] 10 classes, n_ctx 4 ('a photo of a'): the reference's per-image loop vs ours batched "
+          "(one training step: logits, loss, backward)")
     tower = PromptTextTower(backbone.model)
     ctx, n_ctx = init_context(tower, backbone.tokenizer, 4, "a photo of a", len(CLASSES), False, torch.Generator())
-    prompts = CoOpPrompts(backbone, CLASSES, n_ctx, "end", "fp32", "cocoop")
-    base77, eot = naive_prompts(prompts, tower)
-    positions = prompts.layout.ctx_positions
+    prompts = {p: CoOpPrompts(backbone, CLASSES, n_ctx, "end", p, "cocoop") for p in ("fp32", "bf16")}
+    base77, eot = naive_prompts(prompts["fp32"], tower)
+    positions = prompts["fp32"].layout.ctx_positions
     scale = backbone.logit_scale
-    for batch in (4, 32):
+    for batch in batches:
         images = torch.randn(batch, backbone.dim, generator=torch.Generator().manual_seed(batch))
         labels = torch.arange(batch) % len(CLASSES)
         torch.manual_seed(0)
@@ -118,8 +119,8 @@ def cocoop_step_bench(backbone, steps: int) -> None:
                 rows.append(scale * image @ normalize(tower(full, eot)).T)
             return torch.stack(rows)
 
-        def batched_logits() -> torch.Tensor:
-            return head._conditional_logits(params, prompts, images, scale)
+        def batched_logits(precision: str) -> torch.Tensor:
+            return head._conditional_logits(params, prompts[precision], images, scale)
 
         def step(fn) -> None:
             loss = torch.nn.functional.cross_entropy(fn(), labels)
@@ -127,13 +128,18 @@ def cocoop_step_bench(backbone, steps: int) -> None:
             loss.backward()  # no optimizer step: every variant times the same parameters
 
         with torch.no_grad():
-            diff = (loop_logits(base77) - batched_logits()).abs().max().item()
+            reference = loop_logits(base77)
+            diff = (reference - batched_logits("fp32")).abs().max().item()
+            diff_bf16 = (reference - batched_logits("bf16")).abs().max().item()
         loop77_s = timed(lambda: step(lambda: loop_logits(base77)), steps)
-        loop_s = timed(lambda: step(lambda: loop_logits(prompts.base)), steps)
-        batched_s = timed(lambda: step(batched_logits), steps)
-        print(f"  batch {batch:2d}: per-image loop, 77 tokens {loop77_s * 1000:8.1f} ms   per-image loop, cut "
-              f"{loop_s * 1000:8.1f} ms   ours batched {batched_s * 1000:8.1f} ms   speed-up vs reference "
-              f"{loop77_s / batched_s:5.2f}x (vs cut loop {loop_s / batched_s:4.2f}x)   max |logit diff| {diff:.2e}")
+        loop_s = timed(lambda: step(lambda: loop_logits(prompts["fp32"].base)), steps)
+        ours_s = timed(lambda: step(lambda: batched_logits("fp32")), steps)
+        bf16_s = timed(lambda: step(lambda: batched_logits("bf16")), steps)
+        print(f"  batch {batch:2d}: per-image loop 77 tokens {loop77_s * 1000:8.1f} ms | per-image loop cut {loop_s * 1000:8.1f} ms"
+              f" | ours fp32 {ours_s * 1000:8.1f} ms | ours bf16 {bf16_s * 1000:8.1f} ms")
+        print(f"            speed-up vs reference: fp32 {loop77_s / ours_s:5.2f}x, bf16 {loop77_s / bf16_s:5.2f}x"
+              f"   (vs cut loop: fp32 {loop_s / ours_s:4.2f}x, bf16 {loop_s / bf16_s:4.2f}x)"
+              f"   max |logit diff| fp32 {diff:.2e}, bf16 {diff_bf16:.2e}")
 
 
 MEMORY_CHILD = r"""
@@ -203,16 +209,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-full-run", action="store_true")
+    parser.add_argument("--only", choices=["coop", "cocoop", "memory", "full-run"], help="run one part only")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 holds up under contention")
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 32], help="CoCoOp step batch sizes")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fewclip-bench"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_dir = vit_b32_random(Path(args.work) / "vit-b32-random")
     backbone = load_backbone(ModelConfig(id=str(model_dir), device="cpu"))
     print(f"torch threads {torch.get_num_threads()}")
-    coop_step_bench(backbone, args.steps)
-    cocoop_step_bench(backbone, args.steps)
-    if not args.skip_memory:
+    def wanted(part: str) -> bool:
+        return args.only in (None, part)
+
+    if wanted("coop"):
+        coop_step_bench(backbone, args.steps)
+    if wanted("cocoop"):
+        cocoop_step_bench(backbone, args.steps, args.batches)
+    if wanted("memory") and not args.skip_memory:
         memory_bench(model_dir)
-    if not args.skip_full_run:
+    if wanted("full-run") and not args.skip_full_run:
         full_run_bench(backbone)
 
 

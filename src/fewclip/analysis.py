@@ -11,7 +11,7 @@ import numpy as np
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
-    """Equal-width confidence bins: [lower, upper), count, accuracy and mean confidence of each."""
+    """Equal-width confidence bins (lower, upper] (0 in the first): count, accuracy and mean confidence of each."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     rows = []

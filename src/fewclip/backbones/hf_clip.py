@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -185,8 +186,9 @@ class CLIPBackbone:
         return dict(self._fingerprint)
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(batch, 3, H, W) float pixels -> (batch, dim) features."""
+    def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(batch, 3, H, W) float pixels (``np.stack`` of ``transform`` outputs, or a tensor) -> (batch, dim) features."""
+        pixels = torch.as_tensor(pixels)
         self.image_batches_encoded += 1
         with self.autocast():
             out = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output

@@ -76,16 +76,18 @@ class CoCoOpHead:
 
         Each image's [SOS][shifted context] prefix is shared by its C prompts and computed once; images
         go through the tower in chunks of at most ``max_prompts_per_call`` prompts (checkpointed under
-        autograd, so memory is bounded by one chunk).
+        autograd when there are several, so memory is bounded by one chunk).
         """
         image = normalize(features.float()).to(prompts.device)
         shifted = params.ctx.to(prompts.device)[None] + params.meta_net.to(prompts.device)(image)[:, None]  # (b, n_ctx, w)
         n_classes = prompts.base.shape[0]
         per_chunk = max(1, self.config.max_prompts_per_call // n_classes)
         outputs = []
+        # one chunk holds its activations either way: recomputing it in backward would only cost time
+        checkpointed = torch.is_grad_enabled() and shifted.shape[0] > per_chunk
         for start in range(0, shifted.shape[0], per_chunk):
             chunk = shifted[start : start + per_chunk]
-            if torch.is_grad_enabled():
+            if checkpointed:
                 outputs.append(grad_checkpoint(self._tower_call, prompts, chunk, use_reentrant=False))
             else:
                 outputs.append(self._tower_call(prompts, chunk))

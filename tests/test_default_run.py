@@ -1,0 +1,45 @@
+"""``fewclip run`` with no config: the embedded default (shipped world CLIP, 16 world classes, every head,
+base-to-new), cut to one shot budget and one seed by overrides so that it takes seconds, not minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fewclip.cli import main
+from fewclip.embedded import DEFAULT_WORLD_CLASSES
+from fewclip.fileio import read_csv
+from fewclip.heads import list_heads
+from fewclip.world import CHECKPOINT
+
+
+@pytest.mark.slow
+def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output.dir is runs/default, relative to the working directory
+    monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
+    assert main(["-q", "run", "few_shot.shots=[2]", "splits.seeds=[1]"]) == 0
+    run_dir = tmp_path / "runs" / "default"
+    out = capsys.readouterr().out
+    assert f"results: {Path('runs/default/results/summary.csv')}" in out and "report: " in out
+
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert Path(resolved["model"]["id"]) == CHECKPOINT and resolved["splits"]["subsample"] == "base2new"
+    assert resolved["methods"] == list_heads() and len(DEFAULT_WORLD_CLASSES) == 16
+    assert list((tmp_path / "cache").iterdir())  # features went to $FEWCLIP_CACHE, not the home folder
+
+    rows = read_csv(run_dir / "results" / "summary.csv")
+    units = sorted((r["method"], r["shots"], r["seed"], r["split"]) for r in rows)
+    expected = [("linear_probe", "2", "1", "base")] + [
+        (method, shots, seed, split) for method, shots, seed in (("cocoop", "2", "1"), ("coop", "2", "1"), ("zero_shot", "0", "0"))
+        for split in ("base", "hm", "new")]
+    assert units == sorted(expected)
+    assert {int(r["n_eval"]) for r in rows if r["split"] in ("base", "new")} == {8 * 40}  # 8 classes x 40 test images
+    zero_shot = {r["split"]: float(r["accuracy"]) for r in rows if r["method"] == "zero_shot"}
+    assert zero_shot["base"] > 0.7 and zero_shot["new"] > 0.7  # the shipped CLIP knows the world (chance: 0.125)
+
+    report = (run_dir / "report.html").read_text()
+    assert all(name in report for name in ("zero_shot", "linear_probe", "coop", "cocoop"))
+    assert (run_dir / "results" / "aggregate" / "base_new.csv").is_file()
