@@ -13,6 +13,7 @@ from typing import Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import Config, ConfigError, default_cache_dir, load_config
+from .threads import THREADS_ENV, apply_threads
 from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
 
 STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
@@ -144,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(config_path, overrides, base=base)
         if args.command == "run" and config.wandb.mode != "disabled":  # fail before the stages, not after
             import_wandb(config.wandb.mode)
+        threads = apply_threads(config.runtime.threads)
+        logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
         ctx = RunContext(config)
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them

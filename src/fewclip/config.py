@@ -1,7 +1,7 @@
 """The run config: one YAML with typed, validated blocks and dotted ``key=value`` overrides.
 
 Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, cocoop, wandb, output,
-cache, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
+cache, runtime, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ class CacheConfig(ConfigBlock):
     dir: str = Field(default_factory=default_cache_dir, description="Shared feature cache (env FEWCLIP_CACHE).")
 
 
+class RuntimeConfig(ConfigBlock):
+    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
+                                "else the cores available to the process (affinity and cgroup quota).")
+
+
 class Config(ConfigBlock):
     name: str = Field("experiment", description="A label for the run.")
     methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
@@ -109,6 +114,7 @@ class Config(ConfigBlock):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("methods")
     @classmethod

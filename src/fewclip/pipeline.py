@@ -24,6 +24,7 @@ from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
 from .heads import HEADS, Task, read_head_meta, save_head
 from .layout import unit_name
+from .threads import apply_threads
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
                           support_records, units)
 
@@ -153,6 +154,7 @@ STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": 
 
 def run(config: Config) -> Path:
     """Every stage in order; each skips what an earlier (possibly killed) run already finished."""
+    apply_threads(config.runtime.threads)
     ctx = RunContext(config)
     for stage in STAGES.values():
         stage(ctx)
