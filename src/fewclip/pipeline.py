@@ -22,10 +22,10 @@ from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
-from .heads import HEADS, Task, read_head_meta, save_head
+from .heads import Task, read_head_meta, save_head
 from .layout import unit_name
 from .threads import apply_threads
-from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
+from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
                           support_records, units)
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def train(ctx: RunContext) -> list[str]:
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
     for method in ctx.config.methods:  # bad input (e.g. a prompt too long) fails before any training starts
-        head = HEADS.get(method)(head_config(ctx.config, method))
+        head = head_class(method)(head_config(ctx.config, method))
         if hasattr(head, "check"):
             head.check(Task(class_names, ctx.config.prompts.templates, ctx.backbone))
     from tqdm.auto import tqdm
@@ -104,7 +104,7 @@ def train(ctx: RunContext) -> list[str]:
         meta = read_head_meta(stem)
         if meta is not None and meta.get("fit_key") == key:
             continue
-        head_cls = HEADS.get(method)
+        head_cls = head_class(method)
         head = head_cls(head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")

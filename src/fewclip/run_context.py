@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import Config
+from .config import Config, method_block, split_variant
 from .data.records import Record
 from .data.splits import load_split
 from .features import FeatureCache, augmented_fingerprint, load_features
@@ -101,10 +101,14 @@ def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
     x, y = load_features(ctx.cache, available(ctx, records))
     return FeatureSet(x, y)
 
+def head_class(method: str) -> Any:
+    """The registered head class behind a method name; a variant (``coop@n4``) is its base head's class."""
+    return HEADS.get(split_variant(method)[0])
+
 def units(config: Config) -> Iterator[tuple[str, int, int]]:
     """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
     for method in config.methods:
-        if not HEADS.get(method).uses_shots:
+        if not head_class(method).uses_shots:
             yield method, 0, 0
             continue
         for seed in config.splits.seeds:
@@ -112,5 +116,5 @@ def units(config: Config) -> Iterator[tuple[str, int, int]]:
                 yield method, shots, seed
 
 def head_config(config: Config, method: str) -> Any:
-    head_cls = HEADS.get(method)
-    return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
+    """The config block ``method`` trains with (a variant's block has its own keys changed)."""
+    return method_block(config, method)
