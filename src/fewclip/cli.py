@@ -12,9 +12,9 @@ from typing import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import Config, ConfigError, default_cache_dir, load_config
+from .config import ConfigError, default_cache_dir, load_config
 from .threads import THREADS_ENV, apply_threads
-from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
+from .tracking import Tracker, TrackingError  # imports wandb only when tracking is on
 
 STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
 
@@ -140,41 +140,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path, overrides = _split_config_arg(args.config, list(args.overrides))
     if args.quiet:
         overrides.append("output.progress=false")
+    tracker = None
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
-        if args.command == "run" and config.wandb.mode != "disabled":  # fail before the stages, not after
-            import_wandb(config.wandb.mode)
         threads = apply_threads(config.runtime.threads)
         logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
-        ctx = RunContext(config)
+        tracker = Tracker.for_config(config, args.quiet)  # fails before the stages, not after; no-op when disabled
+        ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None)
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
             for stage in stages:
                 start = time.perf_counter()
                 pipeline.STAGES[stage](ctx)
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
+        _log_outputs(tracker, stages)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    finally:
+        folder = _finish(tracker)
     if args.command in ("run", "evaluate"):
         print(f"results: {ctx.layout.summary}")
         print(ctx.layout.summary.read_text())
     if args.command in ("run", "report") and ctx.layout.report.is_file():
         print(f"report: {ctx.layout.report}")
-    if args.command == "run" and config.wandb.mode != "disabled":
-        return _track(config, args.quiet)
-    return 0
-
-
-def _track(config: Config, quiet: bool) -> int:
-    """Log the finished run to wandb (the results on disk are complete whether or not this works)."""
-    try:
-        folder = track_run(config, quiet)
-    except TrackingError as err:
-        return _error(err)
     if folder is not None and config.wandb.mode == "offline":
         print(f"wandb: offline run in {folder} (upload with `wandb sync {folder}`)")
     return 0
+
+
+def _log_outputs(tracker: Tracker, stages: Sequence[str]) -> None:
+    """After the stages: histories not logged live (trained earlier), results and the report, as far as the
+    command produced them (units were logged live as they trained)."""
+    if "train" in stages or "evaluate" in stages:
+        tracker.log_histories()
+    if "evaluate" in stages:
+        tracker.log_results()
+    if "report" in stages:
+        tracker.log_report()
+
+
+def _finish(tracker: Tracker | None) -> Path | None:
+    """Close the wandb run (also after a failed stage: what was logged is kept); its local folder, if any."""
+    if tracker is None or not tracker.enabled:
+        return None
+    folder = Path(tracker.run.settings.sync_dir)
+    tracker.finish()
+    return folder
 
 
 if __name__ == "__main__":

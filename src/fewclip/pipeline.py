@@ -129,6 +129,8 @@ def train(ctx: RunContext) -> list[str]:
             cols = list(head.history_[0])
             write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
                       ([row.get(c, "") for c in cols] for row in head.history_))
+        if ctx.on_trained is not None:
+            ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
     return trained

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .config import Config, method_block, split_variant
 from .data.records import Record
@@ -29,6 +29,8 @@ class RunContext:
     """A config, its run directory, and the backbone and feature cache, loaded on first use."""
 
     config: Config
+    # called as on_trained(unit, history) when a unit has been trained (the CLI's live W&B logging)
+    on_trained: Callable[[str, list[dict[str, Any]]], None] | None = field(default=None, repr=False)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)
