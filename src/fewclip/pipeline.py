@@ -41,7 +41,7 @@ def prepare(ctx: RunContext) -> ClassNames:
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
     write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
-                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True)  # checked by prepare_data
     ctx.write_config()
     return classes
 
