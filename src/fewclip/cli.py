@@ -12,6 +12,7 @@ from typing import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import __version__
 from .config import ConfigError, default_cache_dir, load_config
 from .threads import THREADS_ENV, apply_threads
 from .tracking import Tracker, TrackingError  # imports wandb only when tracking is on
@@ -22,13 +23,15 @@ STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewclip", description="Few-shot classifiers on a frozen CLIP.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
-    run.add_argument("config", nargs="?", help="YAML config (omit for the embedded default)")
+    run.add_argument("config", nargs="?", help="YAML config or a run directory (omit for the embedded default)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. few_shot.shots=[8,16]")
     for stage in STAGE_NAMES:
         sub = commands.add_parser(stage, help=f"the {stage} stage only")
-        sub.add_argument("config", help="YAML config, or 'default' for the embedded default")
+        sub.add_argument("config", nargs="?", help="YAML config, a run directory (its config.yaml), or 'default'; "
+                         "omit for the embedded default")
         sub.add_argument("overrides", nargs="*")
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
     world_commands = world.add_subparsers(dest="world_command", required=True)
@@ -118,9 +121,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override."""
+    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
+    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from)."""
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
+    if config is not None and Path(config).is_dir():
+        resolved = Path(config) / "config.yaml"
+        if not resolved.is_file():
+            raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip run directory; "
+                              "give a YAML config file or a run directory")
+        return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
 
@@ -137,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .run_context import RunContext
     from .embedded import embedded_config
 
-    config_path, overrides = _split_config_arg(args.config, list(args.overrides))
+    try:
+        config_path, overrides = _split_config_arg(args.config, list(args.overrides))
+    except ConfigError as err:
+        return _error(err)
     if args.quiet:
         overrides.append("output.progress=false")
     tracker = None
