@@ -161,3 +161,54 @@ def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., An
 
     artifacts = [(r.artifact.name, r.artifact.type) for r in by_kind["artifact"]]
     assert ("tiny-shapes-report", "report") in artifacts
+
+
+@pytest.fixture()
+def wandb_offline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_TAGS", "WANDB_NAME", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+
+
+def test_online_without_a_reachable_server_fails_fast(make_config: Callable[..., Any], tmp_path: Path,
+                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(make_config().to_yaml())
+    start = time.perf_counter()
+    assert main(["-q", "prepare", str(config_file), "wandb.mode=online"]) == 2
+    assert time.perf_counter() - start < 20
+    err = capsys.readouterr().err
+    assert f"the wandb server http://127.0.0.1:{port} cannot be reached" in err and "wandb.mode=offline" in err
+    assert not (tmp_path / "run").exists()  # failed before prepare
+
+
+def test_each_unit_is_logged_as_soon_as_it_is_trained(make_config: Callable[..., Any], tmp_path: Path,
+                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewclip.heads import LinearProbeHead
+
+    events: list[str] = []
+    real_fit, real_log = LinearProbeHead.fit, Tracker.log_history
+    monkeypatch.setattr(LinearProbeHead, "fit", lambda self, task, *a: events.append(f"fit {task.shots}") or real_fit(self, task, *a))
+    monkeypatch.setattr(Tracker, "log_history", lambda self, unit, rows: events.append(f"log {unit} {len(rows)}")
+                        or real_log(self, unit, rows))
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "training.epochs=3",
+                                       "wandb.mode=offline").to_yaml())
+    assert main(["-q", "prepare", str(config_file)]) == 0 and main(["-q", "features", str(config_file)]) == 0
+    events.clear()
+    assert main(["-q", "train", str(config_file)]) == 0  # a single stage command logs too
+    assert events == ["fit 1", "log linear_probe/shot_1-seed_1 3", "fit 2", "log linear_probe/shot_2-seed_1 3"]
+    events.clear()
+    assert main(["-q", "train", str(config_file)]) == 0  # nothing trained: the histories on disk are logged
+    assert events == ["log linear_probe/shot_1-seed_1 3", "log linear_probe/shot_2-seed_1 3"]

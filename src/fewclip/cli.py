@@ -12,9 +12,11 @@ from typing import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .config import Config, ConfigError, default_cache_dir, load_config
+from . import __version__
+from .config import ConfigError, default_cache_dir, load_config
 from .fileio import read_json
-from .tracking import TrackingError, import_wandb, track_run  # imports wandb only when tracking is on
+from .threads import THREADS_ENV, apply_threads
+from .tracking import Tracker, TrackingError, preflight  # imports wandb only when tracking is on
 
 STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
 FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits"
@@ -23,14 +25,16 @@ FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewclip", description="Few-shot classifiers on a frozen CLIP.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
-    run.add_argument("config", nargs="?", help="YAML config (omit for the embedded default)")
+    run.add_argument("config", nargs="?", help="YAML config or a run directory (omit for the embedded default)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. few_shot.shots=[8,16]")
     run.add_argument("--force", action="store_true", help=FORCE_HELP)
     for stage in STAGE_NAMES:
         sub = commands.add_parser(stage, help=f"the {stage} stage only")
-        sub.add_argument("config", help="YAML config, or 'default' for the embedded default")
+        sub.add_argument("config", nargs="?", help="YAML config, a run directory (its config.yaml), or 'default'; "
+                         "omit for the embedded default")
         sub.add_argument("overrides", nargs="*")
         sub.add_argument("--force", action="store_true", help=FORCE_HELP)
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
@@ -122,9 +126,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override."""
+    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
+    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from)."""
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
+    if config is not None and Path(config).is_dir():
+        resolved = Path(config) / "config.yaml"
+        if not resolved.is_file():
+            raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip run directory; "
+                              "give a YAML config file or a run directory")
+        return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
 
@@ -142,24 +153,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .embedded import embedded_config
     from .run_dir import open_run
 
-    config_path, overrides = _split_config_arg(args.config, list(args.overrides))
+    try:
+        config_path, overrides = _split_config_arg(args.config, list(args.overrides))
+    except ConfigError as err:
+        return _error(err)
     if args.quiet:
         overrides.append("output.progress=false")
+    tracker = None
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
-        if args.command == "run" and config.wandb.mode != "disabled":  # fail before the stages, not after
-            import_wandb(config.wandb.mode)
-        ctx = RunContext(config)
+        threads = apply_threads(config.runtime.threads)
+        logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
+        if config.wandb.mode != "disabled":
+            preflight(config.wandb)  # fails before the run dir is touched and the stages start, not after
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
         with open_run(config, force=args.force), logging_redirect_tqdm():  # logs go above the progress bars
+            tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
+            ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None)
             for stage in stages:
                 start = time.perf_counter()
                 pipeline.STAGES[stage](ctx)
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
+            _log_outputs(tracker, stages)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    finally:
+        folder = _finish(tracker)
     if args.command == "evaluate":
         print(f"results: {ctx.layout.summary}")
     if args.command in ("run", "report") and ctx.layout.answer.is_file():
@@ -167,20 +188,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}")
     if args.command in ("run", "report") and ctx.layout.report.is_file():
         print(f"report: {ctx.layout.report}")
-    if args.command == "run" and config.wandb.mode != "disabled":
-        return _track(config, args.quiet)
-    return 0
-
-
-def _track(config: Config, quiet: bool) -> int:
-    """Log the finished run to wandb (the results on disk are complete whether or not this works)."""
-    try:
-        folder = track_run(config, quiet)
-    except TrackingError as err:
-        return _error(err)
     if folder is not None and config.wandb.mode == "offline":
         print(f"wandb: offline run in {folder} (upload with `wandb sync {folder}`)")
     return 0
+
+
+def _log_outputs(tracker: Tracker, stages: Sequence[str]) -> None:
+    """After the stages: histories not logged live (trained earlier), results and the report, as far as the
+    command produced them (units were logged live as they trained)."""
+    if "train" in stages or "evaluate" in stages:
+        tracker.log_histories()
+    if "evaluate" in stages:
+        tracker.log_results()
+    if "report" in stages:
+        tracker.log_report()
+
+
+def _finish(tracker: Tracker | None) -> Path | None:
+    """Close the wandb run (also after a failed stage: what was logged is kept); its local folder, if any."""
+    if tracker is None or not tracker.enabled:
+        return None
+    folder = Path(tracker.run.settings.sync_dir)
+    tracker.finish()
+    return folder
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The run config: one YAML with typed, validated blocks and dotted ``key=value`` overrides.
 
 Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, cocoop, wandb, output,
-cache, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
+cache, runtime, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import string
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from .backbones.hf_clip import ModelConfig
 from .backbones.model_source import config_relative_id
@@ -23,7 +24,7 @@ from .config_yaml import ConfigFileError, read_yaml_file
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.subsample import Subsample
-from .heads import list_heads
+from .heads import HEADS, list_heads
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
 from .heads.linear_probe import LinearProbeConfig
@@ -132,6 +133,11 @@ class CacheConfig(ConfigBlock):
     dir: str = Field(default_factory=default_cache_dir, description="Shared feature cache (env FEWCLIP_CACHE).")
 
 
+class RuntimeConfig(ConfigBlock):
+    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
+                                "else the cores available to the process (affinity and cgroup quota).")
+
+
 class Config(ConfigBlock):
     name: str = Field("experiment", description="A label for the run.")
     methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
@@ -147,6 +153,11 @@ class Config(ConfigBlock):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, validate_default=True,
+        description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
+                    "block changed; list the name in methods beside (or instead of) `coop`.")
 
     @field_validator("methods")
     @classmethod
@@ -154,8 +165,12 @@ class Config(ConfigBlock):
         from .registry import unknown_name_message
 
         for method in methods:
-            if method not in list_heads():
-                raise ValueError(unknown_name_message("method", method, list_heads()))
+            base, label = split_variant(method)
+            if label is not None and not VARIANT_LABEL.fullmatch(label):
+                raise ValueError(f"method {method!r}: a variant is named <head>@<label>, the label made of letters, "
+                                 "digits, '_' or '-' (e.g. coop@n4)")
+            if base not in list_heads():
+                raise ValueError(unknown_name_message("method", base, list_heads()))
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods listed twice: {methods}")
         return methods
@@ -167,8 +182,67 @@ class Config(ConfigBlock):
             raise ValueError(f"empty; list at least one method to run (registered: {', '.join(list_heads())})")
         return methods
 
+    @field_validator("variants")
+    @classmethod
+    def _valid_variants(cls, variants: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        for name, overrides in variants.items():
+            base, label = split_variant(name)
+            if label is None or base not in list_heads() or not VARIANT_LABEL.fullmatch(label):
+                raise ValueError(f"{name!r}: a variant is named <head>@<label> with a registered head "
+                                 f"({', '.join(list_heads())}) and a label of letters, digits, '_' or '-', e.g. coop@n4")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"{name}: expected a mapping of {base}'s keys to change, e.g. {{n_ctx: 4}}")
+            try:
+                block = base_block(info.data, base)
+            except KeyError:
+                continue  # the base block itself did not validate; that error is reported
+            variant_block(block, name, overrides)  # its keys are checked now, not at training
+        for method in info.data.get("methods", []):
+            if split_variant(method)[1] is not None and method not in variants:
+                base = split_variant(method)[0]
+                raise ValueError(f"methods lists {method!r} but variants has no block for it; add "
+                                 f"`variants: {{{method}: {{...}}}}` with the keys of `{base}` that differ")
+        return variants
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --- variants ------------------------------------------------------------------------------------
+
+VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def split_variant(method: str) -> tuple[str, str | None]:
+    """``coop@n4`` -> ('coop', 'n4'); a plain head name -> (name, None)."""
+    base, _, label = method.partition("@")
+    return base, (label if _ else None)
+
+
+def base_block(blocks: Any, head: str) -> ConfigBlock:
+    """The config block of a registered head, from a Config (or its validated fields while validating)."""
+    head_cls = HEADS.get(head)
+    if not head_cls.config_key:
+        return head_cls.Config()
+    return blocks[head_cls.config_key] if isinstance(blocks, dict) else getattr(blocks, head_cls.config_key)
+
+
+def variant_block(base: ConfigBlock, name: str, overrides: dict[str, Any]) -> ConfigBlock:
+    """``base`` with a variant's keys changed, validated like the block itself."""
+    try:
+        return type(base).model_validate({**base.model_dump(), **overrides})
+    except ValidationError as err:
+        valid = ", ".join(type(base).model_fields)
+        problems = [f"{name}.{'.'.join(map(str, e['loc']))}: "
+                    + ("unknown key" + f" (valid keys: {valid})" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in err.errors()]
+        raise ValueError("; ".join(problems)) from None
+
+
+def method_block(config: "Config", method: str) -> ConfigBlock:
+    """The config a method trains with: its head's block, with a variant's keys changed (``coop@n4``)."""
+    base = base_block(config, split_variant(method)[0])
+    return variant_block(base, method, config.variants[method]) if method in config.variants else base
 
 
 # --- loading -------------------------------------------------------------------------------------

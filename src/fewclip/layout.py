@@ -68,6 +68,10 @@ class RunLayout:
         calibration.csv, reliability.png."""
         return self.results / "units" / f"{unit_name(method, shots, seed)}-{split}"
 
+    def unit_evaluation(self, method: str, shots: int, seed: int) -> Path:
+        """One unit's evaluation record: the key it was computed under and its summary/per-class/template rows."""
+        return self.results / "units" / f"{unit_name(method, shots, seed)}.eval.json"
+
     def saliency(self, method: str, shots: int, seed: int) -> Path:
         """saliency.png (overlays) and saliency.csv (path, label, pred) for a sample of test images."""
         return self.results / "saliency" / unit_name(method, shots, seed)

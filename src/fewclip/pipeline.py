@@ -22,11 +22,12 @@ from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
 from .fileio import write_csv
-from .heads import HEADS, Task, read_head_meta, save_head
+from .heads import Task, read_head_meta, save_head
 from .heads.selection import fit_meta
 from .layout import unit_name
 from .run_dir import open_run
-from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_config,
+from .threads import apply_threads
+from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
                           support_records, units)
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def prepare(ctx: RunContext) -> ClassNames:
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
     write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
-                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True)  # checked by prepare_data
     ctx.write_config()
     return classes
 
@@ -103,7 +104,7 @@ def train(ctx: RunContext) -> list[str]:
     # train are checked, so a re-run with every head trained never loads the model. Every readable class
     # is checked: heads that transfer meet the new classes of base-to-new at evaluation.
     for method in dict.fromkeys(unit[0] for unit, *_ in pending):
-        head = HEADS.get(method)(head_config(ctx.config, method))
+        head = head_class(method)(head_config(ctx.config, method))
         if head.uses_text and hasattr(head, "check"):  # a linear probe alone never loads the model
             head.check(Task(list(classes.readable), ctx.config.prompts.templates, ctx.backbone))
     from tqdm.auto import tqdm
@@ -113,7 +114,7 @@ def train(ctx: RunContext) -> list[str]:
     for (method, shots, seed), train_records, val_records, key in bar:
         bar.set_postfix_str(unit_name(method, shots, seed))
         stem = ctx.layout.heads / unit_name(method, shots, seed)
-        head_cls = HEADS.get(method)
+        head_cls = head_class(method)
         head = head_cls(head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
@@ -140,6 +141,8 @@ def train(ctx: RunContext) -> list[str]:
             cols = list(head.history_[0])
             write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
                       ([row.get(c, "") for c in cols] for row in head.history_))
+        if ctx.on_trained is not None:
+            ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
     if first_epoch:
@@ -173,6 +176,7 @@ def run(config: Config, force: bool = False) -> Path:
     The run directory is claimed and locked for the whole run (see ``fewclip.run_dir``); ``force``
     accepts a config whose run-defining keys differ from the one already there.
     """
+    apply_threads(config.runtime.threads)
     ctx = RunContext(config)
     with open_run(config, force=force):
         for stage in STAGES.values():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .config import Config
+from .config import Config, method_block, split_variant
 from .data.records import Record
 from .data.splits import load_split
 from .features import FeatureCache, augmented_fingerprint, load_features
@@ -30,6 +30,8 @@ class RunContext:
     """A config, its run directory, and the backbone and feature cache, loaded on first use."""
 
     config: Config
+    # called as on_trained(unit, history) when a unit has been trained (the CLI's live W&B logging)
+    on_trained: Callable[[str, list[dict[str, Any]]], None] | None = field(default=None, repr=False)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)
@@ -105,10 +107,14 @@ def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
     x, y = load_features(ctx.cache, available(ctx, records))
     return FeatureSet(x, y)
 
+def head_class(method: str) -> Any:
+    """The registered head class behind a method name; a variant (``coop@n4``) is its base head's class."""
+    return HEADS.get(split_variant(method)[0])
+
 def units(config: Config) -> Iterator[tuple[str, int, int]]:
     """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
     for method in config.methods:
-        if not HEADS.get(method).uses_shots:
+        if not head_class(method).uses_shots:
             yield method, 0, 0
             continue
         for seed in config.splits.seeds:
@@ -116,5 +122,5 @@ def units(config: Config) -> Iterator[tuple[str, int, int]]:
                 yield method, shots, seed
 
 def head_config(config: Config, method: str) -> Any:
-    head_cls = HEADS.get(method)
-    return getattr(config, head_cls.config_key) if head_cls.config_key else head_cls.Config()
+    """The config block ``method`` trains with (a variant's block has its own keys changed)."""
+    return method_block(config, method)

@@ -1,17 +1,21 @@
-"""Weights & Biases tracking of a finished run, built from the files it wrote (runner side: the core never
-imports it).
+"""Weights & Biases tracking of a run (runner side: the core never imports it).
 
 ``wandb.mode``: ``disabled`` (the default: a no-op that never imports wandb), ``offline`` (the run is
-written under ``<run dir>/wandb/``; ``wandb sync`` uploads it later) or ``online``. What is logged: the
-resolved config, every per-epoch history (``<method>/shot_K-seed_S/<metric>`` against its own
-``.../epoch`` axis), summary.csv and results/aggregate/*.csv as tables, the PNG figures under results/
-as images, and report.html as an artifact of type ``report``.
+written under ``<run dir>/wandb/``; ``wandb sync`` uploads it later) or ``online``. One wandb run per
+command: the CLI opens it before the stages, logs each unit's per-epoch history (``<method>/shot_K-seed_S/
+<metric>`` against its own ``.../epoch`` axis) as soon as that unit is trained, and after the stages the
+histories of units trained earlier, summary.csv and results/aggregate/*.csv as tables, the PNG figures under
+results/ as images, and report.html as an artifact of type ``report``. ``online`` checks that the wandb
+server answers within a few seconds before starting, instead of stalling for minutes without a network.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import socket
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,31 @@ def import_wandb(mode: str) -> Any:
     except ImportError:
         raise TrackingError(f"wandb.mode is {mode!r} but the wandb package is not installed; run `pip install wandb` "
                             "(or `pip install 'fewclip[wandb]'`), or set wandb.mode=disabled") from None
+    return wandb
+
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+CONNECT_TIMEOUT = 5.0  # seconds: a reachable server answers well within this
+
+
+def check_reachable(base_url: str | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast when the wandb server (``WANDB_BASE_URL`` or api.wandb.ai) cannot be reached."""
+    url = base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise TrackingError(f"wandb.mode is 'online' but the wandb server {url} cannot be reached ({err}); "
+                            "check the network, or set wandb.mode=offline (upload later with `wandb sync`)") from None
+
+
+def preflight(settings: WandbConfig) -> Any:
+    """The wandb module, after failing fast on what would stop a run later (package missing, server
+    unreachable); writes nothing, so it can run before the run directory is claimed."""
+    wandb = import_wandb(settings.mode)
+    if settings.mode == "online":
+        check_reachable()
     return wandb
 
 
@@ -60,10 +89,11 @@ class Tracker:
         self.run: Any = None
         if settings.mode == "disabled":
             return
-        self._wandb = import_wandb(settings.mode)
+        self._wandb = preflight(settings)
+        self.logged_units: set[str] = set()
         self.layout.root.mkdir(parents=True, exist_ok=True)
         try:
-            # console capture is off: the run is logged after the stages finished, from their files
+            # console capture is off: what is logged comes from the stages' results, not their output
             quiet_settings = {"silent": True} if quiet else {}  # else WANDB_SILENT and the like still apply
             self.run = self._wandb.init(
                 mode=settings.mode, project=settings.project, entity=settings.entity, tags=list(settings.tags),
@@ -82,19 +112,28 @@ class Tracker:
     def enabled(self) -> bool:
         return self.run is not None
 
+    def log_history(self, unit: str, rows: list[dict[str, Any]]) -> None:
+        """One unit's per-epoch metrics (``unit`` like ``coop/shot_1-seed_1``), e.g. right after it trained."""
+        if not self.enabled or unit in self.logged_units:
+            return
+        self.run.define_metric(f"{unit}/epoch")
+        self.run.define_metric(f"{unit}/*", step_metric=f"{unit}/epoch")
+        for row in rows:
+            values = {f"{unit}/{k}": _number(v) if isinstance(v, str) else v for k, v in row.items() if v != ""}
+            self.run.log({k: v for k, v in values.items() if v is not None and not math.isnan(v)})
+        self.logged_units.add(unit)
+
     def log_histories(self) -> int:
-        """Every results/history CSV as per-epoch metrics; returns how many units were logged."""
+        """Every results/history CSV not logged yet (units trained by an earlier command); returns how many."""
         if not self.enabled:
             return 0
-        files = sorted((self.layout.results / "history").rglob("*.csv"))
-        for file in files:
+        count = 0
+        for file in sorted((self.layout.results / "history").rglob("*.csv")):
             unit = file.relative_to(self.layout.results / "history").with_suffix("").as_posix()
-            self.run.define_metric(f"{unit}/epoch")
-            self.run.define_metric(f"{unit}/*", step_metric=f"{unit}/epoch")
-            for row in read_csv(file):
-                values = {f"{unit}/{k}": _number(v) for k, v in row.items() if v != ""}
-                self.run.log({k: v for k, v in values.items() if v is not None and not math.isnan(v)})
-        return len(files)
+            if unit not in self.logged_units:
+                self.log_history(unit, read_csv(file))
+                count += 1
+        return count
 
     def log_results(self) -> None:
         """summary.csv and results/aggregate/*.csv as tables, each unit's scores in the run summary,

@@ -106,3 +106,12 @@ def test_splits_draw_only_from_train_full(run: RunLayout) -> None:
 def test_missing_split_is_reported(run: RunLayout) -> None:
     with pytest.raises(FileNotFoundError, match="fewclip prepare"):
         load_split(run, 99, 1)
+
+
+def test_capping_is_announced_once_per_class(make_config, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config("few_shot.shots=[16]", "few_shot.allow_fewer=true", f"output.dir={tmp_path / 'run'}")
+    with caplog.at_level("WARNING"):
+        prepare(RunContext(config))
+    capping = [r.getMessage() for r in caplog.records if "capping" in r.getMessage()]
+    assert sorted(capping) == sorted(f"class {name!r} has 12 train images: fewer than 16 shots + 2 val; capping"
+                                     for name in ("blue_triangle", "green_square", "red_circle"))

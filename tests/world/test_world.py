@@ -97,3 +97,25 @@ def test_short_pretraining_runs_end_to_end_and_lowers_the_loss(tmp_path: Path) -
     backbone = load_backbone(ModelConfig(id=str(tmp_path / "model")))  # the same path as a hub id
     assert next(backbone.model.parameters()).dtype == torch.float32
     assert backbone.transform.crop == (32, 32)
+
+
+def test_logged_rate_counts_the_time_the_steps_took(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 1's rate is its pairs over the time up to the end of that step (it read ~0 s before: absurd rates)."""
+    import fewclip.world.pretrain as module
+
+    class Clock:  # every reading of the clock is 0.5 s later than the one before
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 0.5
+            return cls.now
+
+    monkeypatch.setattr(module, "time", Clock)
+    lines: list[str] = []
+    config = PretrainConfig(steps=1, images_per_class=2, batch_size=8, width=32, layers=1, heads=2, image_size=32,
+                            eval_per_class=1, workers=1)
+    pretrain(config, tmp_path / "model", log=lines.append)
+    (step_line,) = [line for line in lines if line.startswith("step ")]
+    # clock readings from the start of training: the loop's check (+0.5 s), then after the step (+1.0 s)
+    assert step_line.endswith(f"{8 / 1.0:.0f} pairs/s"), step_line

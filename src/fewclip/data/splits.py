@@ -72,9 +72,12 @@ def write_splits(
     shots: Sequence[int],
     val_per_class: int,
     allow_fewer: bool = False,
+    checked: bool = False,
 ) -> None:
+    """Write every (seed, shots) split; ``checked``: the caller already ran ``check_budget`` (and warned)."""
     records = read_records(layout.train_full)
-    check_budget(records, class_names, shots, val_per_class, allow_fewer)  # before anything is written
+    if not checked:
+        check_budget(records, class_names, shots, val_per_class, allow_fewer)  # before anything is written
     for seed in seeds:
         for k, (train, val) in make_splits(records, seed, shots, val_per_class).items():
             folder = layout.split_dir(seed, k)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -10,13 +13,30 @@ import numpy as np
 from ..fileio import atomic_write_bytes
 
 
+log = logging.getLogger(__name__)
+_MISSING_GLYPH = re.compile(r"Glyph \d+ .*missing from font")
+_glyphs_noted = False
+
+
 def _save(figure: "object", path: Path) -> None:
+    """Write the figure as PNG. Labels with characters the font lacks (e.g. CJK class names without a CJK
+    font) draw as boxes: one INFO line says so, instead of a warning per glyph on every figure (also under -q)."""
     import io
 
     import matplotlib.pyplot as plt
 
+    global _glyphs_noted
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
+    for warning in caught:
+        if not _MISSING_GLYPH.search(str(warning.message)):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif not _glyphs_noted:
+            log.info("figures: some labels use characters the plotting font lacks (drawn as boxes); install a font "
+                     "with them (e.g. Noto Sans CJK) for readable labels")
+            _glyphs_noted = True
     plt.close(figure)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 

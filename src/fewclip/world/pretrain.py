@@ -200,10 +200,11 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
         optimizer.step()
         step, pairs = step + 1, pairs + cfg.batch_size
         if step % 20 == 0 or step == 1:
-            history.append({"step": step, "seconds": round(elapsed, 1), "loss": float(loss.detach()), "lr": lr,
+            done = time.perf_counter() - train_start  # after this step: `elapsed` was read before it (~0 at step 1)
+            history.append({"step": step, "seconds": round(done, 1), "loss": float(loss.detach()), "lr": lr,
                             "logit_scale": float(model.logit_scale.detach().exp())})
-            log(f"step {step:5d}  {elapsed:6.0f}s  loss {float(loss.detach()):.3f}  lr {lr:.2e}  "
-                f"scale {float(model.logit_scale.detach().exp()):.1f}  {pairs / max(elapsed, 1e-9):.0f} pairs/s")
+            log(f"step {step:5d}  {done:6.0f}s  loss {float(loss.detach()):.3f}  lr {lr:.2e}  "
+                f"scale {float(model.logit_scale.detach().exp()):.1f}  {pairs / done:.0f} pairs/s")
     train_seconds = time.perf_counter() - train_start
     results = evaluate(model, tokenizer, cfg)
     results.update(steps=step, pairs=pairs, train_seconds=round(train_seconds, 1),
