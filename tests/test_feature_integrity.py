@@ -81,10 +81,10 @@ def garbage(npy: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (nan_same_shape, "sha256 differs"),
-    (noise_same_shape, "sha256 differs"),
+    (nan_same_shape, "its sha256 differs from the one recorded when it was written"),
+    (noise_same_shape, "its sha256 differs from the one recorded when it was written"),
     (truncate, "truncated or not a NumPy array file: mmap length is greater than file size"),
-    (garbage, "garbage where the array header should be"),
+    (garbage, "truncated or not a NumPy array file: garbage where the array header should be"),
 ])
 def test_a_damaged_shard_is_named_deleted_and_reextracted(damage, reason: str, filled: tuple[FeatureCache, np.ndarray],
                                                           records: list[Record], backbone: CLIPBackbone, tmp_path: Path,
