@@ -58,13 +58,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+def is_stale_temporary(path: Path) -> bool:
     """A ``*.tmp`` whose writer is no longer running: a dead process of this host, or else old."""
     match = _TEMP_NAME.fullmatch(path.name)
     if match and match[2] == _HOST:
         return not _process_alive(int(match[1]))
     try:
-        age = (time.time() if now is None else now) - path.stat().st_mtime
+        age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return False
     return age > STALE_AFTER_SECONDS

@@ -64,8 +64,8 @@ def features(ctx: RunContext) -> int:
     """Encode every image this config uses that is not in the cache yet; returns how many were skipped
     (unreadable, or changed since prepare). A larger budget later encodes only what it adds."""
     ctx.write_config()
-    remove_stale_temporaries(ctx.cache.dir)
     records = used_records(ctx)
+    remove_stale_temporaries(ctx.cache.dir)  # left by killed extractions; live writers' are kept
     options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
                    progress=ctx.config.output.progress)
     failures = []
