@@ -2,9 +2,15 @@
 
 Layout: ``<cache>/features/<key>/`` where ``key`` hashes the backbone fingerprint (model id, weight
 bytes, preprocessing, precision). Inside, features are stored in shards: ``<id>.npy`` (n, dim) float32
-and ``<id>.keys`` (n image sha1s, one a line), each written atomically, the keys file last, so a shard
-without its keys file is an interrupted write and is ignored. Entries are keyed by the image's content
-hash, so features are shared across runs, methods, shots and seeds, and a renamed file still hits.
+and ``<id>.keys`` (a ``#sha256 <hex>`` line holding the .npy's checksum, then n image sha1s, one a
+line), each written atomically, the keys file last, so a shard without its keys file is an
+interrupted write and is ignored. Entries are keyed by the image's content hash, so features are
+shared across runs, methods, shots and seeds, and a renamed file still hits.
+
+A shard is checked when it is opened (its header and row count) and before its features are first
+read (its checksum and that every value is finite). A damaged shard is named in a warning and
+deleted, so the next ``fewclip features`` re-extracts its images. Shards written before checksums
+were recorded (no ``#sha256`` line) are accepted when they load and hold only finite values.
 """
 
 from __future__ import annotations
@@ -25,15 +31,53 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.preprocess import AUGMENT_PARAMS, augment_rng, augment_view
-from .data.images import UnreadableImage, read_image
+from .data.images import UnreadableImage, decode_image, read_file
 from .data.records import Record
 from .fileio import atomic_write_bytes, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
+_CHECKSUM_PREFIX = "#sha256 "
 
 
 def fingerprint_key(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class DamagedShard(ValueError):
+    """A cache shard that cannot be trusted; ``reason`` says why."""
+
+
+def _read_keys(keys_file: Path) -> tuple[str | None, list[str]]:
+    """(the .npy's recorded sha256 or None for an old shard, the row keys) of a keys file."""
+    lines = keys_file.read_text(encoding="utf-8").split("\n")
+    checksum = None
+    if lines and lines[0].startswith("#"):
+        header = lines.pop(0)
+        checksum = header[len(_CHECKSUM_PREFIX) :].strip() if header.startswith(_CHECKSUM_PREFIX) else ""
+        if len(checksum) != 64:
+            raise DamagedShard(f"its keys file has an unreadable checksum line {header[:80]!r}")
+    return checksum, [line.strip() for line in lines if line.strip()]
+
+
+def _open_shard(npy: Path, rows: int) -> np.ndarray:
+    """The shard's features, memory-mapped; ``DamagedShard`` if it is not an (rows, dim) float32 array."""
+    try:
+        array = np.load(npy, mmap_mode="r")
+    except FileNotFoundError as err:
+        raise DamagedShard("its .npy file is missing") from err
+    except (OSError, ValueError, EOFError) as err:
+        detail = "garbage where the array header should be" if "pickle" in str(err) else str(err)
+        raise DamagedShard(f"truncated or not a NumPy array file: {detail}") from err
+    if array.dtype != np.float32 or array.ndim != 2:
+        raise DamagedShard(f"holds a {array.dtype} array of shape {array.shape}, not (n, dim) float32")
+    if array.shape[0] != rows:
+        raise DamagedShard(f"holds {array.shape[0]} rows but its keys file lists {rows} images")
+    return array
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class FeatureCache:
@@ -47,48 +91,107 @@ class FeatureCache:
             write_json(self.dir / "fingerprint.json", fingerprint)
         self._index: dict[str, tuple[str, int]] = {}
         self._shards: dict[str, np.ndarray] = {}
+        self._keys: dict[str, list[str]] = {}
+        self._checksums: dict[str, str | None] = {}
+        self._verified: set[str] = set()
         self.refresh()
 
     def refresh(self) -> None:
+        """Index the shards committed since the last look (a damaged one is discarded here)."""
         for keys_file in sorted(self.dir.glob("*.keys")):
             shard = keys_file.stem
             if shard in self._shards:
                 continue
-            array = np.load(self.dir / f"{shard}.npy", mmap_mode="r")
-            keys = keys_file.read_text().split()
-            if len(keys) != array.shape[0]:
-                log.warning("ignoring inconsistent cache shard %s", keys_file)
+            try:
+                checksum, keys = _read_keys(keys_file)
+                array = _open_shard(self.dir / f"{shard}.npy", len(keys))
+            except FileNotFoundError:
+                continue  # removed meanwhile by another process that found it damaged
+            except (DamagedShard, OSError, ValueError) as err:  # ValueError: a keys file that is not UTF-8
+                self._discard(shard, str(err))
                 continue
-            self._shards[shard] = array
+            self._shards[shard], self._keys[shard], self._checksums[shard] = array, keys, checksum
             for row, key in enumerate(keys):
                 self._index.setdefault(key, (shard, row))
 
+    def _verify(self, shard: str) -> bool:
+        """Check a shard's checksum and values once, before its features are first used."""
+        if shard in self._verified:
+            return True
+        npy, checksum = self.dir / f"{shard}.npy", self._checksums[shard]
+        try:
+            if checksum is not None and _sha256_file(npy) != checksum:
+                raise DamagedShard("its sha256 differs from the one recorded when it was written: modified or truncated")
+            if not np.isfinite(self._shards[shard]).all():
+                raise DamagedShard("it holds non-finite values (NaN or inf)")
+        except (DamagedShard, OSError) as err:
+            self._discard(shard, str(err))
+            return False
+        self._verified.add(shard)
+        return True
+
+    def _discard(self, shard: str, reason: str) -> None:
+        """Warn, delete a damaged shard (keys file first: that un-commits it) and forget its entries."""
+        npy = self.dir / f"{shard}.npy"
+        log.warning("feature cache shard %s is damaged (%s); deleted it, `fewclip features` re-extracts its images",
+                    npy, reason)
+        try:
+            (self.dir / f"{shard}.keys").unlink(missing_ok=True)
+            npy.unlink(missing_ok=True)
+        except OSError as err:  # e.g. a read-only cache: still never used, but found again next time
+            log.warning("could not delete %s (%s); delete it by hand", npy, err)
+        self._shards.pop(shard, None)
+        self._checksums.pop(shard, None)
+        for key in self._keys.pop(shard, []):
+            if self._index.get(key, ("", 0))[0] == shard:
+                del self._index[key]
+        for other, keys in self._keys.items():  # an image also held by an intact shard stays available
+            for row, key in enumerate(keys):
+                self._index.setdefault(key, (other, row))
+
+    def _locate(self, key: str) -> tuple[str, int] | None:
+        """Where a key's features are, in a verified shard; None if nowhere."""
+        while (entry := self._index.get(key)) is not None:
+            if self._verify(entry[0]):
+                return entry
+        return None
+
     def __contains__(self, sha1: str) -> bool:
-        return sha1 in self._index
+        return self._locate(sha1) is not None
 
     def __len__(self) -> int:
+        """Entries of the shards opened so far (a shard found damaged when first read drops out)."""
         return len(self._index)
 
     def missing(self, sha1s: Sequence[str]) -> list[str]:
-        return [s for s in dict.fromkeys(sha1s) if s not in self._index]
+        """The keys with no intact cached features (checks the shards that hold the others)."""
+        return [s for s in dict.fromkeys(sha1s) if self._locate(s) is None]
 
     def add(self, sha1s: Sequence[str], features: np.ndarray) -> None:
-        """Store one shard: (n, dim) features for n image hashes."""
-        assert features.shape[0] == len(sha1s)
+        """Store one shard: (n, dim) finite features for n image hashes."""
+        if features.ndim != 2 or features.shape[0] != len(sha1s):
+            raise ValueError(f"features of shape {features.shape} do not match {len(sha1s)} keys")
+        bad = [key for key, finite in zip(sha1s, np.isfinite(features).all(axis=1)) if not finite]
+        if bad:
+            raise ValueError(f"refusing to cache non-finite features (NaN or inf) for {len(bad)} image(s) "
+                             f"(keys {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
         shard = uuid.uuid4().hex
         buffer = _npy_bytes(np.ascontiguousarray(features, dtype=np.float32))
         atomic_write_bytes(self.dir / f"{shard}.npy", buffer)
-        atomic_write_text(self.dir / f"{shard}.keys", "\n".join(sha1s) + "\n")
+        checksum = hashlib.sha256(buffer).hexdigest()
+        atomic_write_text(self.dir / f"{shard}.keys", f"{_CHECKSUM_PREFIX}{checksum}\n" + "\n".join(sha1s) + "\n")
         self.refresh()
+        self._verified.add(shard)  # its bytes are the ones just checked and written
 
     def get(self, sha1s: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 for the given hashes (read through memory maps)."""
-        absent = [s for s in sha1s if s not in self._index]
+        entries = [self._locate(s) for s in sha1s]
+        absent = [s for s, entry in zip(sha1s, entries) if entry is None]
         if absent:
             raise KeyError(f"{len(absent)} image(s) have no cached features (e.g. sha1 {absent[0]}); run `fewclip features`")
         if not sha1s:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self._shards[shard][row] for shard, row in (self._index[s] for s in sha1s)]).astype(np.float32)
+        return np.stack([self._shards[shard][row] for shard, row in entries]).astype(np.float32)
 
     @property
     def dim(self) -> int:
@@ -105,24 +208,43 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 @dataclass(frozen=True)
 class Job:
-    """One image to encode: its cache key, its file, and how its pixels are made."""
+    """One image to encode: its cache key, its file, the sha1 ``prepare`` recorded for the file's
+    bytes, and how its pixels are made."""
 
     key: str
     path: Path
     label: str  # for messages: the record's path as written
     transform: Callable[[Any], np.ndarray]
+    sha1: str
 
 
 def _load_pixels(job: Job) -> np.ndarray | str:
+    """Pixels of the bytes read now, or why not; bytes that are not the ones ``prepare`` hashed are
+    refused, so features are never stored under another image's key."""
     try:
-        return job.transform(read_image(job.path))
+        data = read_file(job.path)
+        found = hashlib.sha1(data).hexdigest()
+        if found != job.sha1:
+            return (f"{job.path}: the file changed after `fewclip prepare` (its sha1 is now {found}, prepare "
+                    f"recorded {job.sha1}); re-run `fewclip prepare` with this config to use the current file")
+        return job.transform(decode_image(data, str(job.path)))
     except UnreadableImage as err:
         return str(err)
 
 
+def _check_finite(batch: Sequence[Job], features: np.ndarray) -> None:
+    """Refuse to cache a batch in which the backbone produced NaN or inf, naming the images."""
+    bad = [job.label for job, row in zip(batch, np.isfinite(features).all(axis=1)) if not row]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"the backbone produced non-finite features (NaN or inf) for {len(bad)} image(s): {shown}; "
+                         "nothing was cached for their batch. Half precision can overflow: try model.precision=fp32")
+
+
 def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
                 progress: bool = True, desc: str = "features") -> list[tuple[str, str]]:
-    """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones.
+    """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones and for
+    files whose bytes changed since ``prepare``. Non-finite features are an error naming the images.
 
     Images are read and preprocessed by a thread pool a few batches ahead of the encoder; each
     encoded batch is committed as one shard, so a killed run loses at most one batch.
@@ -146,11 +268,13 @@ def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_s
             failures += [(job.label, px) for job, px in zip(batch, loaded) if isinstance(px, str)]
             if good:
                 pixels = torch.from_numpy(np.stack([px for _, px in good]))
-                cache.add([job.key for job, _ in good], backbone.encode_images(pixels).numpy())
+                features = backbone.encode_images(pixels).float().numpy()
+                _check_finite([job for job, _ in good], features)
+                cache.add([job.key for job, _ in good], features)
             bar.update(len(batch))
     bar.close()
     for _, reason in failures:
-        log.warning("skipping unreadable image %s", reason)
+        log.warning("skipping image %s", reason)
     return failures
 
 
@@ -164,7 +288,7 @@ def extract_features(
     progress: bool = True,
 ) -> list[tuple[str, str]]:
     """Encode every record whose image is not cached yet (CLIP's eval preprocessing)."""
-    jobs = [Job(r.sha1, r.resolve(data_dir), r.path, backbone.transform) for r in records]
+    jobs = [Job(r.sha1, r.resolve(data_dir), r.path, backbone.transform, r.sha1) for r in records]
     return encode_jobs(jobs, backbone, cache, batch_size, threads, progress)
 
 
@@ -192,7 +316,7 @@ def extract_views(
     for record in records:
         for view in range(views):
             transform = functools.partial(_augmented, backbone.transform, seed, record.sha1, view)
-            jobs.append(Job(view_key(record.sha1, view), record.resolve(data_dir), record.path, transform))
+            jobs.append(Job(view_key(record.sha1, view), record.resolve(data_dir), record.path, transform, record.sha1))
     return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, desc="augmented views")
 
 

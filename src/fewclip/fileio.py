@@ -1,13 +1,22 @@
-"""Atomic file writes: a reader never sees a half-written file, a killed writer leaves no torn one."""
+"""Atomic file writes: a reader never sees a half-written file, a killed writer leaves no torn one.
+
+A write goes to a uniquely named temporary beside its target (``.<name>.p<pid>h<host>.<random>.tmp``)
+and is renamed over it. A killed writer can leave its temporary behind; ``remove_stale_temporaries``
+deletes those whose writer is gone, and never one that a live writer is still filling.
+"""
 
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,12 +28,15 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"\..+\.p(\d+)h([0-9a-f]{8})\.[^.]+\.tmp")
+STALE_AFTER_SECONDS = 3600  # a temporary of unknown owner (another host, an old version) this old is debris
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.p{os.getpid()}h{_HOST}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; give them the usual mode
         with os.fdopen(fd, "wb") as handle:
@@ -47,6 +59,38 @@ def disk_full(path: Path, err: OSError) -> OSError:
     what = "disk full" if err.errno == errno.ENOSPC else "disk quota exceeded"
     return OSError(err.errno, f"{what} while writing {path}: free space on that disk (or choose another "
                               "output.dir / cache.dir), then run the same command again; finished work is kept")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A ``*.tmp`` whose writer is no longer running: a dead process of this host, or else old."""
+    match = _TEMP_NAME.fullmatch(path.name)
+    if match and match[2] == _HOST:
+        return not _process_alive(int(match[1]))
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_AFTER_SECONDS
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the ``*.tmp`` files under ``folder`` left by killed writers; returns what was removed."""
+    removed = []
+    for path in sorted(Path(folder).rglob("*.tmp")) if Path(folder).is_dir() else ():
+        if path.is_file() and is_stale_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

@@ -21,8 +21,9 @@ from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
-from .fileio import write_csv
-from .heads import Task, read_head_meta, save_head
+from .fileio import remove_stale_temporaries, write_csv
+from .heads import Task, save_head
+from .heads.base import intact_head_meta
 from .heads.selection import fit_meta
 from .layout import unit_name
 from .run_dir import open_run
@@ -48,19 +49,36 @@ def prepare(ctx: RunContext) -> ClassNames:
     return classes
 
 
+def used_records(ctx: RunContext) -> list[Record]:
+    """The images some unit of this config reads: every split (train + val) of a (shots, seed) it
+    trains, then the test set; images of train_full that no split draws are never encoded."""
+    _, _, test = load_prepared(ctx.layout)
+    seen: dict[str, Record] = {}
+    for shots, seed in sorted({(shots, seed) for _, shots, seed in units(ctx.config) if shots}):
+        train_records, val_records = load_split(ctx.layout, seed, shots)
+        for record in train_records + val_records:
+            seen.setdefault(record.sha1, record)
+    for record in test:
+        seen.setdefault(record.sha1, record)
+    return list(seen.values())
+
+
 def features(ctx: RunContext) -> int:
-    """Encode every prepared image not yet in the cache; returns how many were unreadable."""
+    """Encode every image this config uses that is not in the cache yet; returns how many were skipped
+    (unreadable, or changed since prepare). A larger budget later encodes only what it adds."""
     ctx.write_config()
-    _, train_full, test = load_prepared(ctx.layout)
+    records = used_records(ctx)
+    remove_stale_temporaries(ctx.cache.dir)  # left by killed extractions; live writers' are kept
     options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
                    progress=ctx.config.output.progress)
     failures = []
-    if ctx.cache.missing([r.sha1 for r in train_full + test]):  # all cached: the model is not even loaded
-        failures = extract_features(train_full + test, ctx.layout.data, ctx.backbone, ctx.cache, **options)
+    if ctx.cache.missing([r.sha1 for r in records]):  # all cached: the model is not even loaded
+        failures = extract_features(records, ctx.layout.data, ctx.backbone, ctx.cache, **options)
     views = ctx.augment_views()
     if views:
         support = support_records(ctx)
         view_cache = ctx.view_cache
+        remove_stale_temporaries(view_cache.dir)
         if view_cache.missing([view_key(r.sha1, v) for r in support for v in range(views)]):
             failures += extract_views(support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options)
     if failures:
@@ -85,6 +103,8 @@ def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record
 def train(ctx: RunContext) -> list[str]:
     """Fit every (method, shots, seed); already-trained units with the same inputs are skipped."""
     ctx.write_config()
+    for folder in (ctx.layout.heads, ctx.layout.results / "history"):
+        remove_stale_temporaries(folder)  # left by a killed run; a live writer's are kept
     classes, _, _ = load_prepared(ctx.layout)
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
@@ -95,7 +115,7 @@ def train(ctx: RunContext) -> list[str]:
         train_records = view.select(available(ctx, train_records))
         val_records = view.select(available(ctx, val_records))
         key = _fit_key(ctx, method, train_records, val_records, class_names)
-        meta = read_head_meta(ctx.layout.heads / unit_name(method, shots, seed))
+        meta = intact_head_meta(ctx.layout.heads / unit_name(method, shots, seed))  # a damaged head is retrained
         if meta is None or meta.get("fit_key") != key:
             pending.append(((method, shots, seed), train_records, val_records, key))
         elif meta.get("kept_first_epoch"):
@@ -133,14 +153,14 @@ def train(ctx: RunContext) -> list[str]:
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
                  "features_key": ctx.cache.key, **fit_meta(head)}
-        save_head(head, stem, class_names, extra)
-        if extra["kept_first_epoch"]:
-            first_epoch.append(f"{unit_name(method, shots, seed)} ({extra['selection_rule']})")
-        checkpoint.unlink(missing_ok=True)
-        if head.history_:
+        if head.history_:  # before the head: its JSON, written last, is what marks the unit done
             cols = list(head.history_[0])
             write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
                       ([row.get(c, "") for c in cols] for row in head.history_))
+        save_head(head, stem, class_names, extra)
+        checkpoint.unlink(missing_ok=True)
+        if extra["kept_first_epoch"]:
+            first_epoch.append(f"{unit_name(method, shots, seed)} ({extra['selection_rule']})")
         if ctx.on_trained is not None:
             ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)

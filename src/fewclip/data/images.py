@@ -66,13 +66,16 @@ def verify_image(data: bytes, origin: str) -> None:
         raise UnreadableImage(f"{origin}: cannot decode image ({_reason(err)})") from err
 
 
-def read_image(path: Path | str) -> Image.Image:
-    path = Path(path)
+def read_file(path: Path | str) -> bytes:
+    """An image file's bytes, or UnreadableImage naming it."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise UnreadableImage(f"{path}: cannot read file ({err})") from err
-    return decode_image(data, str(path))
+
+
+def read_image(path: Path | str) -> Image.Image:
+    return decode_image(read_file(path), str(path))
 
 
 def image_format_suffix(data: bytes) -> str:

@@ -8,14 +8,17 @@ and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..fileio import read_json, write_json
+from ..fileio import write_json
+from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,15 +72,20 @@ def normalize(features: torch.Tensor) -> torch.Tensor:
     return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+RETRAIN_ADVICE = "re-run `fewclip train` with the run's config to retrain it"
+
+
+def _files(stem: Path) -> tuple[Path, Path]:
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
 def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> None:
-    """Write ``<stem>.safetensors`` and then ``<stem>.json`` (the JSON marks a complete artifact)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    tmp = stem.with_name(stem.name + ".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(stem.with_name(stem.name + ".safetensors"))
+    """Write ``<stem>.safetensors`` and then ``<stem>.json`` with the tensors' sha256 (the JSON, written
+    last, marks a complete artifact and vouches for the tensor file)."""
+    tensor_file, json_file = _files(stem)
+    checksum = write_tensors(tensor_file, head.state_dict())
     write_json(
-        stem.with_name(stem.name + ".json"),
+        json_file,
         {
             "head": head.name,
             "config": head.config.model_dump(mode="json"),
@@ -86,17 +94,46 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
             "history": head.history_,
             "best_epoch": getattr(head, "best_epoch_", None),
             **(meta or {}),
+            SAFETENSORS_SHA256: checksum,
         },
     )
 
 
 def read_head_meta(stem: Path) -> dict[str, Any] | None:
-    file = stem.with_name(stem.name + ".json")
-    return read_json(file) if file.is_file() else None
+    """A head's JSON, None if it was never written; ``DamagedArtifact`` naming it if it is not JSON."""
+    file = _files(stem)[1]
+    if not file.is_file():
+        return None
+    meta = read_artifact_json(file, "head file", RETRAIN_ADVICE)
+    if not isinstance(meta, dict) or "head" not in meta:
+        raise DamagedArtifact(file, "head file", "not a fewclip head description", RETRAIN_ADVICE)
+    return meta
+
+
+def read_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The head's tensors, checked against the sha256 in its JSON (heads saved before checksums were
+    recorded are accepted if they load)."""
+    tensors, _ = read_tensors(_files(stem)[0], meta.get(SAFETENSORS_SHA256), "head file", RETRAIN_ADVICE)
+    return tensors
+
+
+def intact_head_meta(stem: Path) -> dict[str, Any] | None:
+    """A head's JSON if the head is complete and undamaged; None (with a warning if damaged) if not."""
+    try:
+        meta = read_head_meta(stem)
+        if meta is not None:
+            read_head_tensors(stem, meta)
+        return meta
+    except DamagedArtifact as err:
+        log.warning("%s: damaged %s (%s); retraining it", err.path, err.what, err.reason)
+        return None
 
 
 def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
-    """Rebuild a saved head (no backbone needed) and return it with its JSON metadata."""
+    """Rebuild a saved head (no backbone needed) and return it with its JSON metadata.
+
+    Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
+    """
     from . import HEADS
 
     meta = read_head_meta(stem)
@@ -104,6 +141,6 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")
     head_cls = HEADS.get(meta["head"])
     head = head_cls(head_cls.Config(**meta["config"]))
-    head.load_state(load_file(str(stem.with_name(stem.name + ".safetensors"))), meta)
+    head.load_state(read_head_tensors(stem, meta), meta)
     head.history_ = meta.get("history", [])
     return head, meta

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..metrics import summarize
+from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import FeatureSet, Task
 from .selection import SelectRule, Selection, candidate_score, select_epoch, tracks_candidate
 
@@ -220,26 +219,35 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
         tensors.update({f"best.{k}": v for k, v in best[2].items()})
     meta = {"epoch": epoch, "history": history, "best_epoch": best[0] if best else None,
             "best_score": best[1] if best else None, "run_key": key}
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The epoch and history travel in the same file as their tensors: one rename commits both, so a
-    # kill can never leave tensors of one epoch beside the history of another.
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"fewclip": json.dumps(meta)})
-    tmp.replace(path)
+    # kill can never leave tensors of one epoch beside the history of another. The file carries a
+    # digest of its tensors, so a damaged checkpoint is detected rather than resumed from.
+    write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
 
 
 def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
                      key: str) -> tuple[int, list, Any] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
-    checkpoint or it belongs to another run (other settings, data or initial parameters)."""
+    checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
+    damaged (then it is deleted with a warning and training starts over)."""
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get("fewclip", "{}"))
-    if meta.get("run_key") != key:
+    try:
+        tensors, metadata = read_tensors(path, what="checkpoint")
+        meta = json.loads(metadata.get("fewclip", "{}"))
+    except (DamagedArtifact, ValueError) as err:  # ValueError: metadata that is not JSON
+        log.warning("discarding checkpoint %s: %s; training this unit starts over", path,
+                    err.reason if isinstance(err, DamagedArtifact) else f"unreadable metadata ({err})")
+        path.unlink(missing_ok=True)
+        return None
+    if not isinstance(meta, dict) or meta.get("run_key") != key:
         log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
         return None
-    tensors = load_file(str(path))
+    return _restore(tensors, meta, module, optimizer)
+
+
+def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.Module,
+             optimizer: torch.optim.Optimizer) -> tuple[int, list, Any]:
     module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for name, value in tensors.items():
