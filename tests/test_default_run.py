@@ -12,7 +12,7 @@ from fewclip.cli import main
 from fewclip.embedded import DEFAULT_WORLD_CLASSES
 from fewclip.fileio import read_csv
 from fewclip.heads import list_heads
-from fewclip.world import CHECKPOINT
+from fewclip.backbones.model_source import WORLD_ALIAS
 
 
 @pytest.mark.slow
@@ -23,10 +23,13 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, 
     assert main(["-q", "run", "few_shot.shots=[2]", "splits.seeds=[1]"]) == 0
     run_dir = tmp_path / "runs" / "default"
     out = capsys.readouterr().out
-    assert f"results: {Path('runs/default/results/summary.csv')}" in out and "report: " in out
+    lines = out.strip().splitlines()  # the answer in three lines: headline, table, report
+    assert lines[-2:] == [f"table: {Path('runs/default/results/aggregate/accuracy_table.csv')}",
+                          f"report: {Path('runs/default/report.html')}"]
+    assert "paired test over seeds" in lines[-3]
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert Path(resolved["model"]["id"]) == CHECKPOINT and resolved["splits"]["subsample"] == "base2new"
+    assert resolved["model"]["id"] == WORLD_ALIAS and resolved["splits"]["subsample"] == "base2new"
     assert resolved["methods"] == list_heads() and len(DEFAULT_WORLD_CLASSES) == 16
     assert list((tmp_path / "cache").iterdir())  # features went to $FEWCLIP_CACHE, not the home folder
 
