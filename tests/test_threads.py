@@ -34,6 +34,7 @@ def test_default_is_the_affinity_capped_by_the_cgroup_quota(tmp_path: Path) -> N
 
 def test_config_beats_env_which_beats_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "available_cores", lambda: 7)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.0, 0.0))  # an idle machine
     assert threads.resolve_threads(None) == 7
     monkeypatch.setenv(threads.THREADS_ENV, "3")
     assert threads.resolve_threads(None) == 3 and threads.resolve_threads(2) == 2
@@ -58,3 +59,8 @@ def test_a_stage_command_sets_torch_threads(setting: str | None, env: str | None
 def test_threads_below_one_are_refused(make_config: Callable[..., Any]) -> None:
     with pytest.raises(Exception, match="runtime.threads"):
         make_config("runtime.threads=0")
+
+
+def test_default_leaves_the_cores_other_processes_keep_busy() -> None:
+    assert [threads.free_cores(2, load) for load in (0.0, 0.49, 0.5, 1.2, 1.6, 7.0)] == [2, 2, 1, 1, 1, 1]
+    assert threads.free_cores(8, 2.4) == 6 and threads.free_cores(8, 2.6) == 5

@@ -1,9 +1,10 @@
 """CPU threads for torch's intra-op parallelism: ``runtime.threads``, else env ``FEWCLIP_THREADS``, else the
-cores this process may actually use.
+cores this process may actually use that other processes are not already keeping busy.
 
-torch's own default is the machine's core count, which ignores CPU affinity and a container's CPU quota;
-with more threads than cores, contended runs collapse (a CoOp 1-shot unit took 313 s at torch's default
-versus 6.5 s with one thread at the same load).
+torch's own default is the machine's core count, which ignores CPU affinity, a container's CPU quota and
+other work on the machine; with more threads than free cores, contended runs collapse (a CoOp 1-shot unit
+took 313 s at torch's default versus 6.5 s with one thread at the same load; the default ``fewclip run``
+on 2 cores with two busy processes beside it took 303 s with 2 threads and 131 s with 1).
 """
 
 from __future__ import annotations
@@ -32,8 +33,20 @@ def available_cores(cpu_max: Path = CPU_MAX) -> int:
     return max(1, min(cores, limit) if limit else cores)
 
 
+def free_cores(cores: int, load: float | None = None) -> int:
+    """Of ``cores``, those not taken by other work: minus the 1-minute load average (read before this
+    process starts computing, so it counts the others), rounded, never below 1."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return cores
+    return max(1, min(cores, cores - math.floor(load + 0.5)))
+
+
 def resolve_threads(setting: int | None) -> int:
-    """The thread count to use: the config's value, else ``FEWCLIP_THREADS``, else ``available_cores()``."""
+    """The thread count to use: the config's value, else ``FEWCLIP_THREADS``, else the free cores among
+    ``available_cores()`` (see ``free_cores``)."""
     if setting is not None:
         return setting
     env = os.environ.get(THREADS_ENV, "").strip()
@@ -41,7 +54,7 @@ def resolve_threads(setting: int | None) -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{THREADS_ENV}={env!r}: expected a whole number of threads >= 1 (or unset it)")
         return int(env)
-    return available_cores()
+    return free_cores(available_cores())
 
 
 def apply_threads(setting: int | None) -> int:
