@@ -194,3 +194,16 @@ def test_a_base_to_new_head_says_it_knows_only_the_base_classes() -> None:
     assert classes_note("base2new", ["red circle", "green square"]) == (
         "this run trained on the base classes only (splits.subsample=base2new); the head knows 2 classes: "
         "red circle, green square")
+
+
+def test_cli_out_in_an_unwritable_place_is_a_clear_error(small_run: Path, images: tuple[Path, dict[Path, str], Path],
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _, _ = images
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # root ignores read-only modes; a file where the folder should be does not
+    out = blocker / "predictions.csv"
+    assert main(["-q", "predict", str(small_run), str(folder), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"fewclip: error: --out {out}: could not write the predictions" in captured.err
+    assert "choose a writable path" in captured.err and "Traceback" not in captured.err
+    assert captured.out  # the predictions were still printed

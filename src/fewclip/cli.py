@@ -120,7 +120,11 @@ def _predict(args: argparse.Namespace) -> int:
         for label, probability in result.top_k:
             print(f"  {probability:.4f}  {label}")
     if out is not None:
-        write_predictions(out, results, classifier)
+        try:
+            write_predictions(out, results, classifier)
+        except OSError as err:  # a read-only or missing folder, a full disk: the predictions above still stand
+            return _error(f"--out {out}: could not write the predictions ({err.strerror or err}); "
+                          "choose a writable path")
         print(f"predictions: {out}")
     return 0 if any(r.error is None for r in results) else 1
 

@@ -135,7 +135,7 @@ class CacheConfig(ConfigBlock):
 
 class RuntimeConfig(ConfigBlock):
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
-                                "else the cores available to the process (affinity and cgroup quota).")
+                                "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.")
 
 
 class Config(ConfigBlock):

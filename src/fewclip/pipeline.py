@@ -37,14 +37,18 @@ log = logging.getLogger(__name__)
 def prepare(ctx: RunContext) -> ClassNames:
     """Export the dataset and write the few-shot splits."""
     cfg = ctx.config
+    uses_shots = any(head_class(method).uses_shots for method in cfg.methods)  # zero-shot alone needs no splits
 
     def check_shots(classes: ClassNames, train_records: list[Record]) -> None:
-        check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class, cfg.few_shot.allow_fewer)
+        if uses_shots:
+            check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class,
+                         cfg.few_shot.allow_fewer)
 
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
-    write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
-                 cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True)  # checked by prepare_data
+    if uses_shots:
+        write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
+                     cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True)  # checked by prepare_data
     ctx.write_config()
     return classes
 

@@ -40,6 +40,10 @@ def check_budget(
     for record in records:
         counts[record.label] += 1
     short = [(class_names[label], n) for label, n in counts.items() if n < need]
+    if not records:
+        raise ValueError(
+            "the dataset has no train images (a test-only set), so no few-shot split can be drawn; run only "
+            "shot-free methods on it (methods: [zero_shot]), or give the dataset a train split")
     if short and not allow_fewer:
         listed = ", ".join(f"{name!r} has {n}" for name, n in short)
         raise ValueError(

@@ -20,7 +20,8 @@ class CsvSourceConfig(SourceConfig):
     root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
     path_column: str = "path"
     label_column: str = "label"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, le=1, description="Share held out for test without a test CSV (1: every "
+                                 "row is a test image, a test-only set for shot-free methods such as zero_shot).")
 
 
 def read_csv_text(file: Path) -> str:

@@ -23,7 +23,8 @@ class FolderSourceConfig(SourceConfig):
     train_dir: str = Field("train", description="Subfolder holding the train split, if present.")
     test_dir: str = Field("test", description="Subfolder holding the test split, if present.")
     test_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of each class held out for test when there are no split subfolders."
+        0.2, gt=0, le=1, description="Share of each class held out for test when there are no split subfolders "
+        "(1: every image is a test image, a test-only set for shot-free methods such as zero_shot)."
     )
 
 

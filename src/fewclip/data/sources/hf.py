@@ -16,7 +16,8 @@ class HFSourceConfig(SourceConfig):
     revision: str | None = Field(None, description="Git revision of the dataset repo.")
     image_column: str = "image"
     label_column: str = "label"
-    train_split: str = "train"
+    train_split: str | None = Field("train", description="null: a test-only dataset (shot-free methods such as "
+                                    "zero_shot evaluate the whole test split).")
     test_split: str = "test"
 
 
@@ -58,13 +59,15 @@ class HFSource:
         return list(feature.names) if hasattr(feature, "names") else None
 
     def class_names(self) -> list[str]:
-        ds = self._split("train")
+        ds = self._split("train" if self.config.train_split is not None else "test")
         names = self._label_names(ds)
         if names is None:
             names = sorted({str(v) for v in ds[self.config.label_column]})
         return names
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
+        if split == "train" and self.config.train_split is None:
+            return  # a test-only dataset
         ds = self._split(split)
         names = self._label_names(ds)
         labels = ds[self.config.label_column]
