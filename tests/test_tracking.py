@@ -212,3 +212,35 @@ def test_each_unit_is_logged_as_soon_as_it_is_trained(make_config: Callable[...,
     events.clear()
     assert main(["-q", "train", str(config_file)]) == 0  # nothing trained: the histories on disk are logged
     assert events == ["log linear_probe/shot_1-seed_1 3", "log linear_probe/shot_2-seed_1 3"]
+
+
+def test_epochs_are_logged_live_while_the_unit_trains(make_config: Callable[..., Any], tmp_path: Path,
+                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewclip.heads import LinearProbeHead
+
+    training: list[str] = []  # the unit being fitted, while it is
+    live: list[tuple[str, str, float]] = []  # (unit being fitted, unit logged, epoch) for each wandb log of an epoch
+    real_fit, real_epoch = LinearProbeHead.fit, Tracker.log_epoch
+
+    def fit(self: Any, task: Any, *args: Any) -> Any:
+        training.append(f"linear_probe/shot_{task.shots}-seed_{task.seed}")
+        try:
+            return real_fit(self, task, *args)
+        finally:
+            training.pop()
+
+    def log_epoch(self: Any, unit: str, row: dict[str, Any]) -> None:
+        before = len(self.logged_epochs.get(unit, ()))
+        real_epoch(self, unit, row)
+        if len(self.logged_epochs[unit]) > before:  # really logged, not a repeat
+            live.append((training[-1] if training else "", unit, float(row["epoch"])))
+
+    monkeypatch.setattr(LinearProbeHead, "fit", fit)
+    monkeypatch.setattr(Tracker, "log_epoch", log_epoch)
+    config = make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "training.epochs=3", "wandb.mode=offline")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.to_yaml())
+    assert main(["-q", "run", str(config_file)]) == 0
+    units = ["linear_probe/shot_1-seed_1", "linear_probe/shot_2-seed_1"]
+    # every epoch logged once, during its own unit's fit (not after the run, not again from the history)
+    assert live == [(unit, unit, float(epoch)) for unit in units for epoch in (1, 2, 3)]

@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
         with open_run(config, force=args.force), logging_redirect_tqdm():  # logs go above the progress bars
             tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
-            ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None)
+            ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None,
+                             on_epoch=tracker.log_epoch if tracker.enabled else None)
             for stage in stages:
                 start = time.perf_counter()
                 pipeline.STAGES[stage](ctx)

@@ -9,6 +9,7 @@ report   -> results/aggregate/ (tables over seeds, plots), report.html (see fewc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -142,8 +143,9 @@ def train(ctx: RunContext) -> list[str]:
         head = head_cls(head_config(ctx.config, method))
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
+        on_epoch = functools.partial(ctx.on_epoch, unit_name(method, shots, seed)) if ctx.on_epoch else None
         task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
-                    shots=shots, checkpoint=checkpoint)
+                    shots=shots, checkpoint=checkpoint, on_epoch=on_epoch)
         start = time.perf_counter()
         if shots:
             train_set = feature_set(ctx, train_records)

@@ -32,6 +32,8 @@ class RunContext:
     config: Config
     # called as on_trained(unit, history) when a unit has been trained (the CLI's live W&B logging)
     on_trained: Callable[[str, list[dict[str, Any]]], None] | None = field(default=None, repr=False)
+    # called as on_epoch(unit, row) as each epoch of a unit ends (the CLI's live W&B curves)
+    on_epoch: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)

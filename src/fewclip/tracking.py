@@ -91,6 +91,7 @@ class Tracker:
             return
         self._wandb = preflight(settings)
         self.logged_units: set[str] = set()
+        self.logged_epochs: dict[str, set[Any]] = {}  # unit -> epochs already logged (live or from its history)
         self.layout.root.mkdir(parents=True, exist_ok=True)
         try:
             # console capture is off: what is logged comes from the stages' results, not their output
@@ -112,15 +113,29 @@ class Tracker:
     def enabled(self) -> bool:
         return self.run is not None
 
+    def log_epoch(self, unit: str, row: dict[str, Any]) -> None:
+        """One epoch's row of a unit (``unit`` like ``coop/shot_1-seed_1``), as it ends: live curves."""
+        if not self.enabled:
+            return
+        epochs = self.logged_epochs.setdefault(unit, set())
+        if not epochs and unit not in self.logged_units:
+            self.run.define_metric(f"{unit}/epoch")
+            self.run.define_metric(f"{unit}/*", step_metric=f"{unit}/epoch")
+        epoch = row.get("epoch")
+        if epoch in epochs:
+            return
+        values = {f"{unit}/{k}": _number(v) if isinstance(v, str) else v for k, v in row.items() if v != ""}
+        self.run.log({k: v for k, v in values.items() if v is not None and not math.isnan(v)})
+        epochs.add(epoch)
+
     def log_history(self, unit: str, rows: list[dict[str, Any]]) -> None:
-        """One unit's per-epoch metrics (``unit`` like ``coop/shot_1-seed_1``), e.g. right after it trained."""
+        """One unit's per-epoch metrics, e.g. right after it trained: the rows not already logged live
+        (all of them for a unit trained by an earlier command; the resumed epochs of a killed one)."""
         if not self.enabled or unit in self.logged_units:
             return
-        self.run.define_metric(f"{unit}/epoch")
-        self.run.define_metric(f"{unit}/*", step_metric=f"{unit}/epoch")
         for row in rows:
-            values = {f"{unit}/{k}": _number(v) if isinstance(v, str) else v for k, v in row.items() if v != ""}
-            self.run.log({k: v for k, v in values.items() if v is not None and not math.isnan(v)})
+            epoch = row.get("epoch")
+            self.log_epoch(unit, {**row, "epoch": _number(epoch) if isinstance(epoch, str) else epoch})
         self.logged_units.add(unit)
 
     def log_histories(self) -> int:

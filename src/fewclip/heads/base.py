@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ class Task:
     progress: bool = False
     shots: int = 0  # the shot budget being trained (some heads scale epochs with it)
     checkpoint: Path | None = None  # where an iterative head saves per-epoch state to resume from
+    on_epoch: Callable[[dict[str, float]], None] | None = None  # told each history row as an epoch ends
 
 
 class Head(Protocol):

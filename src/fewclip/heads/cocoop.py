@@ -137,7 +137,8 @@ class CoCoOpHead:
 
         history, selection, _ = train_prompt_module(
             params, logits_fn, train, val, n_classes, cfg.settings(), task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select)
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch)
         self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)

@@ -150,7 +150,8 @@ class CoOpHead:
         settings = cfg.settings(task.shots)
         history, selection, last = train_prompt_module(
             params, logits_fn, train, val, n_classes, settings, task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select)
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch)
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.n_ctx_ = n_ctx
         self.ctx_ = params.ctx.detach().clone()

@@ -74,6 +74,8 @@ class LinearProbeHead:
                 if tracks_candidate(cfg.select) and (candidate is None or candidate_score(cfg.select, row) > candidate[0]):
                     candidate = (candidate_score(cfg.select, row), copy.deepcopy(layer.state_dict()))
             self.history_.append(row)
+            if task.on_epoch is not None:
+                task.on_epoch(row)
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         self.selection_ = select_epoch(cfg.select, self.history_, val.labels if val is not None else None, n_classes)
         if self.selection_.epoch != cfg.epochs:

@@ -274,6 +274,7 @@ def train_prompt_module(
     checkpoint_key: str = "",
     progress: bool = False,
     select: SelectRule = "auto",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[list[dict[str, float]], Selection, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
 
@@ -283,7 +284,8 @@ def train_prompt_module(
     resumes from the last saved epoch (same result as an uninterrupted run: the data order of each
     epoch is drawn from a generator seeded by (seed, epoch)). A checkpoint left by a run with other
     settings, seed, data, initial parameters, ``checkpoint_key`` or ``select`` is ignored and overwritten.
-    ``progress`` shows a bar over the epochs (rate, ETA, loss and val macro-F1).
+    ``progress`` shows a bar over the epochs (rate, ETA, loss and val macro-F1); ``on_epoch`` is called
+    with each epoch's history row as it ends (live tracking).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -329,6 +331,8 @@ def train_prompt_module(
             if tracks_candidate(select) and (best is None or tuple(score) > tuple(best[1])):
                 best = (epoch + 1, score, _module_state(module))
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best, key)
