@@ -130,7 +130,7 @@ def train(ctx: RunContext) -> list[str]:
     # is checked: heads that transfer meet the new classes of base-to-new at evaluation.
     for method in dict.fromkeys(unit[0] for unit, *_ in pending):
         head = head_class(method)(head_config(ctx.config, method))
-        if head.uses_text and hasattr(head, "check"):  # a linear probe alone never loads the model
+        if head.uses_text:  # every text head checks its prompts (contract); a linear probe never loads the model
             head.check(Task(list(classes.readable), ctx.config.prompts.templates, ctx.backbone))
     from tqdm.auto import tqdm
 

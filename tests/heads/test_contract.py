@@ -82,6 +82,9 @@ def test_head_class_declares_name_config_and_shots(name: str) -> None:
     assert isinstance(head_cls.uses_shots, bool)
     assert issubclass(head_cls.Config, ConfigBlock)
     assert head_cls().config == head_cls.Config()  # every hyperparameter has a default
+    assert isinstance(head_cls.uses_text, bool)
+    if head_cls.uses_text:  # a head that reads text checks every prompt before any work (the pipeline calls it)
+        assert callable(getattr(head_cls, "check", None))
 
 
 def test_init_only_stores_config(name: str, make_config: Callable[..., Any]) -> None:
