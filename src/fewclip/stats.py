@@ -38,7 +38,7 @@ MONTE_CARLO_DRAWS = 20_000
 EXACT_LATTICE_LIMIT = 2_000_000  # distinct step sizes x lattice span enumerated exactly (else Monte Carlo)
 
 
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval for a proportion ``successes / n``; (0, 1) when n is 0."""
     if n <= 0:
         return 0.0, 1.0

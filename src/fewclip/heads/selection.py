@@ -17,11 +17,12 @@ state of the rule's candidate (``candidate_score``) and of the last epoch, the o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
+
+from ..stats import wilson_interval
 
 SelectRule = Literal["auto", "val_macro_f1", "val_loss", "last"]
 SELECT_HELP = ("Which epoch to keep: auto (the last epoch unless val has >= 10 images per class and shows an "
@@ -30,7 +31,6 @@ SELECT_HELP = ("Which epoch to keep: auto (the last epoch unless val has >= 10 i
 # With k val images per class one image moves a class's recall by 1/k; below 10 that step is over 10 points
 # and the 95% interval of a class's recall spans more than half the range, so epochs cannot be ranked.
 MIN_VAL_PER_CLASS = 10
-Z_95 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,6 @@ def candidate_epoch(rule: SelectRule, history: Sequence[dict[str, float]]) -> in
     """The first epoch with the highest ``candidate_score`` (what a loop keeping strict improvements holds)."""
     scores = [candidate_score(rule, row) for row in history]
     return scores.index(max(scores)) + 1
-
-
-def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``successes / n``."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def val_per_class(labels: torch.Tensor | None, n_classes: int) -> int:
