@@ -127,7 +127,9 @@ def test_keys_that_change_no_result_may_change(make_config: Callable[..., Any]) 
     assert config_differences(base, make_config(
         "name=again", "methods=[zero_shot,linear_probe,coop]", "training.epochs=3", "coop.n_ctx=4",
         "output.progress=true", "output.figures=false", "wandb.mode=offline", "model.batch_size=4",
-        "model.device=cpu", "cache.dir=/elsewhere")) == []
+        "model.device=cpu", "cache.dir=/elsewhere", "runtime.threads=1")) == []
+    assert config_differences(base, make_config(
+        "methods=[zero_shot,coop,coop@n4]", variants={"coop@n4": {"n_ctx": 4}})) == []
     assert config_differences(base, make_config("few_shot.shots=[1]", "prompts.templates=['a {}.']",
                                                 "model.precision=bf16")) == [
         "few_shot.shots: [1, 2, 4] -> [1]", "model.precision: 'fp32' -> 'bf16'",

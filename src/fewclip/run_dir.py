@@ -30,8 +30,8 @@ LOCK = RunLayout(Path()).lock.name
 # Keys that may change between commands on one run directory. Head blocks are free because a head
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
 # wandb, name and the model's batch size, loader threads and device change no result.
-FREE_KEYS = ("name", "methods", "wandb", "output", "cache", "model.batch_size", "model.loader_threads",
-             "model.device")
+FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache", "model.batch_size",
+             "model.loader_threads", "model.device")
 
 
 class RunDirError(ValueError):
