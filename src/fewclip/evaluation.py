@@ -61,10 +61,10 @@ def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, c
 def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list[str]) -> Any:
     """The trained head, or its transfer to other class names (base-to-new); None if it cannot."""
     if names == meta["class_names"]:
-        if hasattr(head, "attach"):  # prompts that depend on the image need the text tower
+        if head.needs_text_at_predict:  # prompts that depend on the image need the text tower
             head.attach(ctx.backbone, names)
         return head
-    if not hasattr(head, "transfer"):
+    if not head.transfers:
         return None
     return head.transfer(ctx.backbone, names)
 
@@ -188,7 +188,7 @@ def _evaluate_view(ctx: RunContext, unit: tuple[str, int, int], head: Any, meta:
     record["per_class"] += [dict(zip(PER_CLASS_COLUMNS, (
         method, shots, seed, split, names[c], f"{stats['precision'][c]:.6f}", f"{stats['recall'][c]:.6f}",
         f"{stats['f1'][c]:.6f}", int(stats["support"][c])))) for c in range(len(names))]
-    if hasattr(head, "template_logits"):
+    if head.per_template_scores:
         for template, t_logits in zip(head.templates_, head.template_logits(test.features)):
             t_scores = summarize(truth, t_logits.argmax(-1).numpy(), len(names))
             record["templates"].append(dict(zip(TEMPLATE_COLUMNS, (

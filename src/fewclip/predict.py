@@ -97,7 +97,7 @@ class Classifier:
 
     def __init__(self, backbone: Any, head: Any, class_names: list[str], method: str, shots: int, seed: int,
                  batch_size: int = 64) -> None:
-        if hasattr(head, "attach"):  # prompts that depend on the image (CoCoOp) need the text tower
+        if head.needs_text_at_predict:  # prompts that depend on the image (CoCoOp) need the text tower
             head.attach(backbone, class_names)
         self.backbone, self.head, self.class_names = backbone, head, list(class_names)
         self.method, self.shots, self.seed, self.batch_size = method, shots, seed, batch_size

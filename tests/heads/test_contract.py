@@ -85,6 +85,11 @@ def test_head_class_declares_name_config_and_shots(name: str) -> None:
     assert isinstance(head_cls.uses_text, bool)
     if head_cls.uses_text:  # a head that reads text checks every prompt before any work (the pipeline calls it)
         assert callable(getattr(head_cls, "check", None))
+    # each declared capability matches the method it promises, so a misspelt method fails here
+    for flag, method in (("transfers", "transfer"), ("needs_text_at_predict", "attach"),
+                         ("per_template_scores", "template_logits")):
+        assert isinstance(getattr(head_cls, flag), bool)
+        assert getattr(head_cls, flag) == callable(getattr(head_cls, method, None)), (name, flag)
 
 
 def test_init_only_stores_config(name: str, make_config: Callable[..., Any]) -> None:

@@ -50,7 +50,11 @@ class Task:
 class Head(Protocol):
     name: ClassVar[str]
     uses_shots: ClassVar[bool]  # False: trained once, without images (zero-shot)
-    uses_text: ClassVar[bool]  # True: fit needs Task.backbone (the text tower)
+    uses_text: ClassVar[bool]  # True: fit needs Task.backbone (the text tower); the head has check(task)
+    # Declared capabilities (the contract suite checks each flag against the method it promises):
+    transfers: ClassVar[bool]  # transfer(backbone, class_names) classifies other class names (base-to-new)
+    needs_text_at_predict: ClassVar[bool]  # attach(backbone, class_names) before logits (image-dependent prompts)
+    per_template_scores: ClassVar[bool]  # template_logits(features) and templates_: one score set per template
     history_: list[dict[str, float]]
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "Head": ...

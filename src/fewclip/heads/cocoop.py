@@ -62,6 +62,9 @@ class CoCoOpHead:
     name: ClassVar[str] = "cocoop"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = True
+    needs_text_at_predict: ClassVar[bool] = True
+    per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "cocoop"
     Config = CoCoOpConfig
 

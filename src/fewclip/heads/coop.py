@@ -120,6 +120,9 @@ class CoOpHead:
     name: ClassVar[str] = "coop"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = True
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "coop"
     Config = CoOpConfig
 

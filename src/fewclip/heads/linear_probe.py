@@ -33,6 +33,9 @@ class LinearProbeHead:
     name: ClassVar[str] = "linear_probe"
     uses_text: ClassVar[bool] = False
     uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = False
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
     Config = LinearProbeConfig
 

@@ -19,6 +19,9 @@ class ZeroShotHead:
     name: ClassVar[str] = "zero_shot"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = False
+    transfers: ClassVar[bool] = True
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = True
     config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
 

@@ -55,7 +55,7 @@ def missing_splits(config: Config, summary: Sequence[dict[str, str]]) -> tuple[l
     for method in dict.fromkeys(m for m, _, _ in rows):
         method_units = [u for u in rows if u[0] == method]
         lacking = [s for s in splits if any(s not in rows[u] for u in method_units)]
-        closed = split_variant(method)[0] in HEADS and not hasattr(head_class(method), "transfer")
+        closed = split_variant(method)[0] in HEADS and not head_class(method).transfers
         designed = [s for s in lacking if closed and s in ("new", "hm")]
         absent = [s for s in lacking if s not in designed]
         for found, target, why in ((absent, missing, ""),
