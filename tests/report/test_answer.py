@@ -10,7 +10,7 @@ import pytest
 
 from fewclip.report.answer import build_answer, sentence
 from fewclip.report.evidence import Evidence
-from fewclip.report.figures import y_limits
+from fewclip.report.figures import panel_limits, y_limits
 from fewclip.stats import paired_test
 
 N = 300
@@ -109,3 +109,11 @@ def test_y_limits_hug_the_values() -> None:
     assert y_limits([0.50, 0.52]) == pytest.approx((0.48, 0.54))
     assert y_limits([0.1, 0.9]) == pytest.approx((0.02, 0.98))
     assert y_limits([0.0, 1.0]) == (0.0, 1.0)
+
+
+def test_a_far_baseline_stays_off_the_axis_and_a_near_one_is_drawn() -> None:
+    methods = [0.88, 0.90, 0.92]
+    assert panel_limits(methods, 0.125) == (pytest.approx(y_limits(methods)), False)  # 12.5% would flatten 88-92%
+    limits, drawn = panel_limits(methods, 0.86)
+    assert drawn and limits == pytest.approx(y_limits([*methods, 0.86]))
+    assert panel_limits(methods) == (pytest.approx(y_limits(methods)), False)

@@ -27,11 +27,24 @@ def y_limits(values: Sequence[float], margin: float = 0.1, least: float = 0.02) 
     return max(0.0, low - pad), min(1.0, high + pad)
 
 
+def panel_limits(values: Sequence[float], baseline: float | None = None) -> tuple[tuple[float, float], bool]:
+    """One panel's y-axis, and whether the baseline is drawn on it: only when it at most doubles the data's
+    span; a baseline far below (12.5% chance under methods at 90%) would squash their differences flat,
+    so it is named in the legend instead."""
+    if baseline is None:
+        return y_limits(values), False
+    span = max(max(values) - min(values), 0.02)
+    widened = max(max(values), baseline) - min(min(values), baseline)
+    if widened <= 2 * span:
+        return y_limits([*values, baseline]), True
+    return y_limits(values), False
+
+
 def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
                           metrics: dict[str, str] | None = None) -> None:
     """One panel per split: the split's headline metric (accuracy, or balanced accuracy on an imbalanced split),
     mean with error bars of ± one sample std over seeds per method; zero-shot and the majority-class baseline
-    as horizontal lines; the y-axis fitted to the values."""
+    as horizontal lines; the y-axis fitted to the values (see ``panel_limits`` for the baseline)."""
     plt = _pyplot()
     metrics = metrics or {}
     splits = sorted({row["split"] for row in accuracy}, key=split_key)
@@ -57,16 +70,20 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
                           label=f"{method} (n={max(r['n_seeds'] for r in rows)} seeds)")
             shown += [m - s for m, s in zip(means, stds)] + [m + s for m, s in zip(means, stds)]
         baseline = next((r for r in accuracy if r["split"] == split and r.get("majority") is not None), None)
+        level = None
         if baseline is not None:  # a constant answer's balanced accuracy is chance
             level = baseline["majority"] if metric == "accuracy" else baseline["chance"]
-            axis.axhline(level, color="grey", linestyle=":", label="majority class")
-            shown.append(level)
+        if shown:
+            limits, on_axis = panel_limits(shown, level)
+            axis.set_ylim(*limits)
+            if level is not None and on_axis:
+                axis.axhline(level, color="grey", linestyle=":", label="majority class")
+            elif level is not None:
+                axis.plot([], [], color="grey", linestyle=":", label=f"majority class: {level:.1%} (below the axis)")
         if budgets:
             axis.set_xscale("log", base=2)
             axis.set_xticks(budgets, [str(b) for b in budgets])
             axis.minorticks_off()
-        if shown:
-            axis.set_ylim(*y_limits(shown))
         axis.set_xlabel("shots per class")
         axis.set_ylabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
         n_test = next((r["n_test"] for r in accuracy if r["split"] == split and r.get("n_test")), None)
