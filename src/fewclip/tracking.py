@@ -41,13 +41,19 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 CONNECT_TIMEOUT = 5.0  # seconds: a reachable server answers well within this
 
 
+_REACHED: set[str] = set()  # servers already reached by this process (the CLI checks before the tracker does)
+
+
 def check_reachable(base_url: str | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
     """Fail fast when the wandb server (``WANDB_BASE_URL`` or api.wandb.ai) cannot be reached."""
     url = base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+    if url in _REACHED:
+        return
     parsed = urlparse(url)
     host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
+        _REACHED.add(url)
     except OSError as err:
         raise TrackingError(f"wandb.mode is 'online' but the wandb server {url} cannot be reached ({err}); "
                             "check the network, or set wandb.mode=offline (upload later with `wandb sync`)") from None
