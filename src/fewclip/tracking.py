@@ -200,15 +200,3 @@ class Tracker:
 
     def __exit__(self, *exc: object) -> None:
         self.finish()
-
-
-def track_run(config: Config, quiet: bool = False) -> Path | None:
-    """Log a finished run as configured by its ``wandb`` block; returns the local wandb folder, if any."""
-    if config.wandb.mode == "disabled":
-        return None
-    with Tracker.for_config(config, quiet) as tracker:
-        tracker.log_histories()
-        tracker.log_results()
-        tracker.log_report()
-        folder = Path(tracker.run.settings.sync_dir) if tracker.run is not None else None
-    return folder
