@@ -3,7 +3,7 @@
 ``wandb.mode``: ``disabled`` (the default: a no-op that never imports wandb), ``offline`` (the run is
 written under ``<run dir>/wandb/``; ``wandb sync`` uploads it later) or ``online``. One wandb run per
 command: the CLI opens it before the stages, logs each unit's per-epoch history (``<method>/shot_K-seed_S/
-<metric>`` against its own ``.../epoch`` axis) as soon as that unit is trained, and after the stages the
+<metric>`` against its own ``.../epoch`` axis) live, as each epoch ends, and after the stages the
 histories of units trained earlier, summary.csv and results/aggregate/*.csv as tables, the PNG figures under
 results/ as images, and report.html as an artifact of type ``report``. ``online`` checks that the wandb
 server answers within a few seconds before starting, instead of stalling for minutes without a network.
