@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "predict":
         return _predict(args)
     from . import pipeline
+    from .backbones import check_backbone
     from .run_context import RunContext
     from .embedded import embedded_config
     from .run_dir import open_run
@@ -171,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
         if config.wandb.mode != "disabled":
             preflight(config.wandb)  # fails before the run dir is touched and the stages start, not after
+        if args.command in ("run", "features", "train"):
+            check_backbone(config.model)  # a missing model or library fails before the run dir is touched
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
         with open_run(config, force=args.force), logging_redirect_tqdm():  # logs go above the progress bars
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pipeline.STAGES[stage](ctx)
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
             _log_outputs(tracker, stages)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, TrackingError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
     finally:
         folder = _finish(tracker)

@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from .backbones.hf_clip import ModelConfig
+from .backbones.config import ModelConfig
 from .backbones.model_source import config_relative_id
 from .config_yaml import ConfigFileError, read_yaml_file
 from .configbase import ConfigBlock
@@ -365,8 +365,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
         model = (loaded or {}).get("model")
-        if isinstance(model, dict) and isinstance(model.get("id"), str):
-            model["id"] = config_relative_id(model["id"], path.parent)
+        if isinstance(model, dict):
+            for key in ("id", "pretrained"):  # a relative folder or file named in a YAML is read from its folder
+                if isinstance(model.get(key), str):
+                    model[key] = config_relative_id(model[key], path.parent)
         data.update(loaded or {})
     data = apply_overrides(data, overrides)
     if "dataset" not in data:

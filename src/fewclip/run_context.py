@@ -60,10 +60,10 @@ class RunContext:
     @property
     def cache(self) -> FeatureCache:
         if self._cache is None:
-            from .backbones.hf_clip import model_fingerprint
+            from .backbones import backbone_fingerprint
 
             # Read from the model's files, so a fully cached run never loads the model.
-            fingerprint = model_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
+            fingerprint = backbone_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
             self._cache = FeatureCache(self.cache_root, fingerprint)
         return self._cache
 

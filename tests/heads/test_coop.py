@@ -55,7 +55,7 @@ def test_class_names_split_into_several_tokens(backbone: CLIPBackbone) -> None:
 
 def test_ctx_init_untrained_equals_single_template_zero_shot(backbone: CLIPBackbone) -> None:
     tower = PromptTextTower(backbone.model)
-    ctx, n_ctx = init_context(tower, backbone.tokenizer, 16, "a photo of a", len(CLASS_NAMES), False,
+    ctx, n_ctx = init_context(tower, backbone.tokens, 16, "a photo of a", len(CLASS_NAMES), False,
                               torch.Generator().manual_seed(0))
     assert n_ctx == 4 and ctx.shape == (4, width(backbone))  # ctx_init's token count overrides n_ctx
     class_text = CoOpPrompts(backbone, CLASS_NAMES, n_ctx, "end", "fp32", "coop").features(ctx)
@@ -67,7 +67,7 @@ def test_ctx_init_untrained_equals_single_template_zero_shot(backbone: CLIPBackb
     assert (class_text - zero_shot.prototypes_).abs().max().item() <= 1e-5
     assert expected.std().item() > 0.1
     # another initialisation gives other logits, so the comparison has teeth
-    other, _ = init_context(tower, backbone.tokenizer, 16, "a photo of the", 3, False, torch.Generator())
+    other, _ = init_context(tower, backbone.tokens, 16, "a photo of the", 3, False, torch.Generator())
     other_text = CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "coop").features(other)
     assert (backbone.logit_scale * normalize(features) @ other_text.T - expected).abs().max().item() > 1e-2
 
@@ -101,12 +101,12 @@ def test_prompt_longer_than_the_positions_fails_before_training(backbone: CLIPBa
 def test_the_class_that_does_not_fit_is_named(backbone: CLIPBackbone) -> None:
     """'blue triangle' is 12 tokens: n_ctx 17 fills the 32 positions exactly; 18 is one too many."""
     names = ["red circle", "blue triangle"]
-    layout = build_layout(backbone.tokenizer, names, 17, "end", 32)
+    layout = build_layout(backbone.tokens, names, 17, "end", 32)
     assert layout.length == 32
     ctx = torch.zeros(17, width(backbone))
     assert CoOpPrompts(backbone, names, 17, "middle", "fp32", "coop").features(ctx).shape == (2, backbone.dim)
     with pytest.raises(ValueError, match=r"class 'blue triangle' needs 33 tokens \(18 context \+ 12 for the name"):
-        build_layout(backbone.tokenizer, names, 18, "end", 32)
+        build_layout(backbone.tokens, names, 18, "end", 32)
 
 
 def test_long_class_name_fails_cocoop_before_training(backbone: CLIPBackbone, no_training: None,
@@ -185,7 +185,7 @@ def test_only_the_context_trains_and_clip_stays_bit_identical(backbone: CLIPBack
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
     assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
-    initial, _ = init_context(PromptTextTower(backbone.model), backbone.tokenizer, 16, None, 3, False,
+    initial, _ = init_context(PromptTextTower(backbone.model), backbone.tokens, 16, None, 3, False,
                               torch.Generator().manual_seed(2))
     assert (head.ctx_ - initial).abs().max().item() > 1e-4  # the context did train
 

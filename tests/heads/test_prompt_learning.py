@@ -56,10 +56,10 @@ def expected_prompt(position: str, ctx_words: list[str], name: str) -> str:
 @pytest.mark.parametrize("ctx_words", [["a", "photo", "of"], ["a", "photo", "of", "the"]], ids=["odd", "even"])
 def test_layout_token_ids_and_ctx_positions(backbone: CLIPBackbone, position: str, ctx_words: list[str]) -> None:
     tokenizer = backbone.tokenizer
-    ctx_ids = context_init_ids(tokenizer, " ".join(ctx_words))
+    ctx_ids = context_init_ids(backbone.tokens, " ".join(ctx_words))
     n_ctx = len(ctx_ids)
     assert n_ctx == len(ctx_words)  # one token per word (the tiny tokenizer merges these four)
-    layout = build_layout(tokenizer, CLASS_NAMES, n_ctx, position, 32)
+    layout = build_layout(backbone.tokens, CLASS_NAMES, n_ctx, position, 32)
     sos, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
     sentences = [token_ids(backbone, expected_prompt(position, ctx_words, name)) for name in CLASS_NAMES]
     length = max(map(len, sentences))
@@ -88,7 +88,7 @@ def test_layout_token_ids_and_ctx_positions(backbone: CLIPBackbone, position: st
 @pytest.mark.parametrize("n_ctx", [3, 4])
 def test_assemble_puts_context_vectors_in_their_slots(backbone: CLIPBackbone, position: str, n_ctx: int) -> None:
     tower = PromptTextTower(backbone.model)
-    layout = build_layout(backbone.tokenizer, CLASS_NAMES, n_ctx, position, 32)
+    layout = build_layout(backbone.tokens, CLASS_NAMES, n_ctx, position, 32)
     base = tower.embed_tokens(layout.token_ids).detach()  # (C, L, w)
     # context vector j is the constant 1000 + j: its place in every row is unmistakable
     ctx = (1000.0 + torch.arange(n_ctx, dtype=torch.float32))[:, None].expand(n_ctx, width(backbone))
@@ -112,7 +112,7 @@ def test_word_context_equals_the_stock_encoder_on_that_sentence(backbone: CLIPBa
                                                                 ctx_words: list[str]) -> None:
     """End to end: context = these words' embeddings -> exactly the stock features of the sentence."""
     tower = PromptTextTower(backbone.model)
-    ctx_ids = torch.tensor(context_init_ids(backbone.tokenizer, " ".join(ctx_words)))
+    ctx_ids = torch.tensor(context_init_ids(backbone.tokens, " ".join(ctx_words)))
     ctx = tower.embed_tokens(ctx_ids).detach()
     prompts = CoOpPrompts(backbone, CLASS_NAMES, len(ctx_words), position, "fp32", "coop")
     embeds = assemble(prompts.base, ctx.expand(len(CLASS_NAMES), -1, -1), prompts.layout.ctx_positions)
@@ -131,7 +131,7 @@ def test_word_context_equals_the_stock_encoder_on_that_sentence(backbone: CLIPBa
 def test_class_specific_context_gives_each_class_its_own_sentence(backbone: CLIPBackbone) -> None:
     words = [["a", "photo", "of"], ["the", "photo", "of"], ["of", "a", "the"]]
     tower = PromptTextTower(backbone.model)
-    ctx = torch.stack([tower.embed_tokens(torch.tensor(context_init_ids(backbone.tokenizer, " ".join(w)))).detach()
+    ctx = torch.stack([tower.embed_tokens(torch.tensor(context_init_ids(backbone.tokens, " ".join(w)))).detach()
                        for w in words])  # (C, 3, w)
     features = CoOpPrompts(backbone, CLASS_NAMES, 3, "end", "fp32", "coop").features(ctx)
     expected = normalize(backbone.encode_text([" ".join(w + [name]) + "." for w, name in zip(words, CLASS_NAMES)]))
@@ -152,7 +152,7 @@ class CoOpRun:
 
     def __init__(self, backbone: CLIPBackbone, fail_at_call: int | None = None) -> None:
         self.backbone, self.fail_at_call, self.calls = backbone, fail_at_call, 0
-        ctx, _ = init_context(PromptTextTower(backbone.model), backbone.tokenizer, 4, None, 3, False,
+        ctx, _ = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, None, 3, False,
                               torch.Generator().manual_seed(5))
         self.params = ContextParams(ctx)
         self.prompts = CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "coop")

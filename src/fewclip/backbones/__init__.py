@@ -1,25 +1,77 @@
-"""Backbones behind one registry (``list_backbones()``); today Hugging Face CLIP."""
+"""Backbones behind one registry, keyed by ``model.library``: ``hf`` (transformers CLIPModel) and
+``open_clip`` (OpenCLIP, imported only when chosen). Each implements ``protocol.Backbone``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..registry import Registry
 from . import model_source
-from .hf_clip import CLIPBackbone, ModelConfig, resolve_device
+from .config import LIBRARIES, ModelConfig
+from .device import resolve_device
+from .hf_clip import CLIPBackbone, model_fingerprint
 from .preprocess import ImageTransform
+from .protocol import Backbone, PromptTower, TextTokens
 
-BACKBONES: Registry[type[CLIPBackbone]] = Registry("backbone")
-BACKBONES.register("hf_clip", CLIPBackbone)
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """How one library's backbones are checked, fingerprinted and loaded."""
+
+    load: Callable[[ModelConfig, Path | None], Backbone]
+    fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
+    check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
+
+
+def _check_hf(config: ModelConfig) -> None:
+    model_source.resolve_model(config.id, config.revision)
+
+
+def _load_open_clip(config: ModelConfig, cache_dir: Path | None) -> Backbone:
+    from .open_clip_backbone import OpenCLIPBackbone
+
+    return OpenCLIPBackbone(config, cache_dir=cache_dir)
+
+
+def _open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None) -> dict[str, Any] | None:
+    from .open_clip_backbone import open_clip_fingerprint
+
+    return open_clip_fingerprint(config, cache_dir)
+
+
+def _check_open_clip(config: ModelConfig) -> None:
+    from .open_clip_backbone import check_open_clip
+
+    check_open_clip(config)
+
+
+BACKBONES: Registry[BackboneKind] = Registry("model library")
+BACKBONES.register("hf", BackboneKind(lambda c, d: CLIPBackbone(c, cache_dir=d), model_fingerprint, _check_hf))
+BACKBONES.register("open_clip", BackboneKind(_load_open_clip, _open_clip_fingerprint, _check_open_clip))
+assert tuple(BACKBONES.names()) == LIBRARIES, "config.LIBRARIES must list the registered backbones"
 
 
 def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-def load_backbone(config: ModelConfig, cache_dir: Path | None = None, kind: str = "hf_clip") -> CLIPBackbone:
-    return BACKBONES.get(kind)(config, cache_dir=cache_dir)
+def load_backbone(config: ModelConfig, cache_dir: Path | None = None) -> Backbone:
+    return BACKBONES.get(config.library).load(config, cache_dir)
 
 
-__all__ = ["BACKBONES", "CLIPBackbone", "ImageTransform", "ModelConfig", "list_backbones", "load_backbone", "model_source",
+def backbone_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The feature-cache key of ``config``'s model, read from its files without loading it (None when the
+    weights are not on disk yet: load the backbone, then ask it)."""
+    return BACKBONES.get(config.library).fingerprint_from_files(config, cache_dir)
+
+
+def check_backbone(config: ModelConfig) -> None:
+    """Fail fast, naming the key, on a model that cannot load (missing folder or file, package not installed)."""
+    BACKBONES.get(config.library).check(config)
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneKind", "CLIPBackbone", "ImageTransform", "ModelConfig", "PromptTower",
+           "TextTokens", "backbone_fingerprint", "check_backbone", "list_backbones", "load_backbone", "model_source",
            "resolve_device"]

@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from ..configbase import ConfigBlock
+from .config import ModelConfig
+from .device import autocast_for, resolve_device
 from .model_source import ModelSource, hub_offline, resolve_model
 from .preprocess import ImageTransform
-
-Precision = Literal["fp32", "bf16", "fp16"]
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-class ModelConfig(ConfigBlock):
-    """The `model` block: which CLIP, where it runs and at what precision."""
-
-    id: str = Field("openai/clip-vit-base-patch32", description="Hub id, local folder in Hugging Face format, or "
-                    "fewclip/world-clip (the shipped world CLIP); relative folders in a YAML are read from its folder.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
-    precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 autocast for the encoders.")
-    batch_size: int = Field(64, ge=1, description="Images per forward pass during feature extraction.")
-    loader_threads: int = Field(2, ge=0, description="Threads that read and preprocess images ahead of the encoder.")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"model.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device: cuda was asked for but no CUDA device is available; use auto or cpu")
-    return device
-
+from .prompt_tower import PromptTextTower
+from .weights import WEIGHT_SUFFIXES, weights_digest
 
 def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> Path | None:
     if source.folder is not None:
@@ -60,33 +29,6 @@ def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> P
     except OSError:
         return None  # not on the hub (or not reachable): loading the model reports it as model.id
     return Path(found) if found else None
-
-
-def weights_digest(folder: Path, memo_file: Path | None = None) -> str:
-    """sha256 over the weight files of a model folder; memoised by (path, size, mtime)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    memo: dict[str, str] = {}
-    if memo_file is not None and memo_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            memo = json.loads(memo_file.read_text())
-    total = hashlib.sha256()
-    for path in files:
-        real = path.resolve()
-        stat = real.stat()
-        key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
-        if key not in memo:
-            digest = hashlib.sha256()
-            with open(real, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            memo[key] = digest.hexdigest()
-        total.update(f"{path.name}:{memo[key]}".encode())
-    if memo_file is not None:
-        from ..fileio import write_json
-
-        with contextlib.suppress(OSError):
-            write_json(memo_file, memo)
-    return total.hexdigest()
 
 
 def image_processor_settings(source: ModelSource, revision: str | None, model_id: str) -> dict[str, Any]:
@@ -134,6 +76,22 @@ def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dic
     }
 
 
+class HFTextTokens:
+    """A Hugging Face CLIP tokenizer as ``TextTokens``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.sos_id, self.eot_id = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
+
+    def word_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+
+
 class CLIPBackbone:
     """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
 
@@ -160,6 +118,7 @@ class CLIPBackbone:
         fingerprint = model_fingerprint(config, cache_dir)
         assert fingerprint is not None, f"model.id: no weight files found for {config.id}"
         self._fingerprint = fingerprint
+        self.tokens = HFTextTokens(self.tokenizer)
         self.image_batches_encoded = 0  # counted so tests and logs can see cache hits
 
     @property
@@ -176,10 +135,10 @@ class CLIPBackbone:
         return float(self.model.logit_scale.exp().item())
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_for(self.config.precision, self.device)
+
+    def prompt_tower(self) -> PromptTextTower:
+        return PromptTextTower(self.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes an image feature: weights, preprocessing, precision."""
@@ -215,3 +174,30 @@ class CLIPBackbone:
                 out = self.model.get_text_features(**tokens.to(self.device)).pooler_output
             chunks.append(out.float().cpu())
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
+
+    def saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and the patch tokens *entering* the vision tower's last layer, (n, g, g, width).
+
+        The image feature is read from the CLS token alone, so the last layer's *output* patch tokens
+        get no gradient; its input tokens are what the final CLS attention reads the evidence from.
+        """
+        captured: dict[str, torch.Tensor] = {}
+
+        def route(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # the layer reads the activations through a (n, g, g, width) view, so their gradient is the
+            # gradient of the patch tokens
+            hidden = args[0] if args else kwargs["hidden_states"]
+            grid = int(round((hidden.shape[1] - 1) ** 0.5))
+            patches = hidden[:, 1:].reshape(len(hidden), grid, grid, -1)
+            patches.retain_grad()
+            captured["patches"] = patches
+            hidden = torch.cat([hidden[:, :1], patches.flatten(1, 2)], dim=1)
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        handle = self.model.vision_model.encoder.layers[-1].register_forward_pre_hook(route, with_kwargs=True)
+        try:
+            features = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output.float().cpu()
+        finally:
+            handle.remove()
+        activations = captured["patches"]
+        return features, activations

@@ -99,9 +99,10 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
 
 
 def config_relative_id(model_id: str, config_dir: Path) -> str:
-    """A relative ``model.id`` written in a YAML config names a folder beside that config when one exists
-    there (then it becomes absolute); anything else (an alias, a hub id, an absolute path) is kept."""
+    """A relative ``model.id`` (or ``model.pretrained``) written in a YAML config names a folder or file
+    beside that config when one exists there (then it becomes absolute); anything else (an alias, a hub
+    id, an OpenCLIP tag, an absolute path) is kept."""
     if model_id in model_aliases() or Path(model_id).expanduser().is_absolute():
         return model_id
     beside = config_dir / model_id
-    return str(beside.resolve()) if beside.is_dir() else model_id
+    return str(beside.resolve()) if beside.exists() else model_id

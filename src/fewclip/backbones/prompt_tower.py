@@ -48,6 +48,11 @@ class PromptTextTower(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions]
         return self.text_projection(pooled)
 
+    def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
+                             eot_in_suffix: torch.Tensor) -> torch.Tensor:
+        """``encode_shared_prefix`` on this tower (see there)."""
+        return encode_shared_prefix(self, prefix_embeds, suffix_embeds, eot_in_suffix)
+
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(..., L, w) -> (..., H, L, w/H)."""

@@ -23,7 +23,6 @@ from .coop import CoOpPrompts
 from .prompt_learning import (TrainSettings, assemble, check_prompts_fit, head_checkpoint_key,
                               init_context, train_prompt_module)
 from .selection import SELECT_HELP, SelectRule
-from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 
 
 class CoCoOpConfig(ConfigBlock):
@@ -109,7 +108,7 @@ class CoCoOpHead:
             full = assemble(prompts.base[None], shifted[:, None].expand(-1, n_classes, -1, -1),
                             prompts.layout.ctx_positions.to(prompts.device))  # (g, C, L, w)
             if shared > 1:
-                out = encode_shared_prefix(prompts.tower, full[:, 0, :shared], full[:, :, shared:], eot - shared)
+                out = prompts.tower.encode_shared_prefix(full[:, 0, :shared], full[:, :, shared:], eot - shared)
             else:
                 out = prompts.tower(full.flatten(0, 1), eot.repeat(n_images)).unflatten(0, (n_images, n_classes))
         return out.float()
@@ -128,7 +127,7 @@ class CoCoOpHead:
         self.check(task)  # a prompt too long fails before any work
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(PromptTextTower(task.backbone.model), task.backbone.tokenizer, cfg.n_ctx,
+        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
                                   cfg.ctx_init, n_classes, False, generator)
         torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
         params = CoCoOpParams(ctx, train.features.shape[1])

@@ -12,7 +12,6 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from ..backbones.prompt_tower import PromptTextTower, encode_shared_prefix
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
@@ -92,9 +91,9 @@ class CoOpPrompts:
     """Class prompts with learned context -> class text features, on a frozen tower."""
 
     def __init__(self, backbone: Any, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
-        self.tower = PromptTextTower(backbone.model)
-        self.device = next(backbone.model.parameters()).device
-        self.layout = build_layout(backbone.tokenizer, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
+        self.tower = backbone.prompt_tower()
+        self.device = backbone.device
+        self.layout = build_layout(backbone.tokens, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
         with torch.no_grad():
             self.base = self.tower.embed_tokens(self.layout.token_ids.to(self.device)).detach()  # (C, L, w)
         self.precision = precision
@@ -110,7 +109,7 @@ class CoOpPrompts:
             prompts = assemble(self.base, ctx, self.layout.ctx_positions.to(self.device))  # (C, L, w)
             eot = self.layout.eot_positions.to(self.device)
             if shared > 1:  # the shared [SOS][context] part runs once, not once per class
-                out = encode_shared_prefix(self.tower, prompts[:1, :shared], prompts[None, :, shared:], eot - shared)[0]
+                out = self.tower.encode_shared_prefix(prompts[:1, :shared], prompts[None, :, shared:], eot - shared)[0]
             else:
                 out = self.tower(prompts, eot)
         return normalize(out.float()).cpu()
@@ -141,7 +140,7 @@ class CoOpHead:
         self.check(task)  # a prompt too long fails before any work
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(PromptTextTower(task.backbone.model), task.backbone.tokenizer, cfg.n_ctx,
+        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
                                   cfg.ctx_init, n_classes, cfg.class_specific_context, generator)
         prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, "coop")
         params = ContextParams(ctx)

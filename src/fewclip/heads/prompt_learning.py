@@ -60,30 +60,26 @@ class PromptLayout:
         return min(length, int(self.eot_positions.min()))
 
 
-def _word_ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def context_init_ids(tokenizer: Any, words: str) -> list[int]:
+def context_init_ids(tokens: Any, words: str) -> list[int]:
     """Token ids of ``ctx_init`` words ("a photo of a" -> 4 ids); their count becomes n_ctx."""
-    ids = _word_ids(tokenizer, words.replace("_", " ").strip())
+    ids = tokens.word_ids(words.replace("_", " ").strip())
     if not ids:
         raise ValueError(f"ctx_init {words!r} has no tokens")
     return ids
 
 
-def build_layout(tokenizer: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
+def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
                  key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
     """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
 
     A prompt longer than ``max_positions`` is an error; ``n_ctx_key`` names the config key that set the
     context length (``coop.n_ctx``, or ``coop.ctx_init`` whose words give it).
     """
-    sos, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
-    period = _word_ids(tokenizer, ".")
+    sos, eot = tokens.sos_id, tokens.eot_id
+    period = tokens.word_ids(".")
     rows, ctx_rows, eots = [], [], []
     for name in class_names:
-        name_ids = _word_ids(tokenizer, name)
+        name_ids = tokens.word_ids(name)
         if position == "end":
             parts = [[sos], None, name_ids]
         elif position == "front":
@@ -117,13 +113,13 @@ def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, wit
     """What to change when a class prompt does not fit: the name alone, or the context on top of it."""
     if without_context > limit:  # no context length can help: only the name can change
         return (f"{key}: the prompt for class {name!r} needs {without_context} tokens before any context "
-                f"({name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions "
-                f"(text_config.max_position_embeddings); shorten the class name (dataset.rename)")
+                f"({name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
+                f"shorten the class name (dataset.rename)")
     fix = (f"lower {n_ctx_key} to at most {limit - without_context}" if n_ctx_key.endswith("n_ctx")
            else f"use fewer words in {n_ctx_key} (at most {limit - without_context} tokens)")
     return (f"{key}: the prompt for class {name!r} needs {n_ctx + without_context} tokens ({n_ctx} context + "
-            f"{name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions "
-            f"(text_config.max_position_embeddings); {fix}, or shorten the class name (dataset.rename)")
+            f"{name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
+            f"{fix}, or shorten the class name (dataset.rename)")
 
 
 def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str) -> None:
@@ -132,10 +128,10 @@ def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Pos
 
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
-    tokenizer = task.backbone.tokenizer
-    n_ctx = len(context_init_ids(tokenizer, ctx_init)) if ctx_init else n_ctx
+    tokens = task.backbone.tokens
+    n_ctx = len(context_init_ids(tokens, ctx_init)) if ctx_init else n_ctx
     n_ctx_key = f"{key}.ctx_init" if ctx_init else f"{key}.n_ctx"
-    build_layout(tokenizer, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
+    build_layout(tokens, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
 
 
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:
@@ -150,11 +146,11 @@ def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.
     return base.scatter(-2, index, ctx.expand(*lead, *ctx.shape[-2:]).to(base.dtype))
 
 
-def init_context(tower: Any, tokenizer: Any, n_ctx: int, ctx_init: str | None, n_classes: int,
+def init_context(tower: Any, tokens: Any, n_ctx: int, ctx_init: str | None, n_classes: int,
                  class_specific: bool, generator: torch.Generator) -> tuple[torch.Tensor, int]:
     """Context vectors (n_ctx, w) or (C, n_ctx, w): ctx_init's token embeddings, else N(0, 0.02)."""
     if ctx_init:
-        ids = torch.tensor(context_init_ids(tokenizer, ctx_init))
+        ids = torch.tensor(context_init_ids(tokens, ctx_init))
         with torch.no_grad():
             ctx = tower.embed_tokens(ids).detach().float().clone()
         return ctx, len(ids)

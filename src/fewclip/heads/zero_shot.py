@@ -32,7 +32,7 @@ class ZeroShotHead:
         """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
         if task.backbone is None:
             raise ValueError("zero_shot needs the backbone's text encoder (Task.backbone is None)")
-        check_templates_fit(task.backbone.tokenizer, task.templates, task.class_names, text_positions(task.backbone))
+        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone))
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         self.check(task)

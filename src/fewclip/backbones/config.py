@@ -1,0 +1,48 @@
+"""The ``model`` config block, shared by every backbone library."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..configbase import ConfigBlock
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LIBRARIES = ("hf", "open_clip")  # the backbone registry's names (fewclip.backbones.BACKBONES), checked at load
+
+
+class ModelConfig(ConfigBlock):
+    """The `model` block: which CLIP, from which library, where it runs and at what precision."""
+
+    library: str = Field("hf", description="hf (Hugging Face transformers CLIPModel) or open_clip (OpenCLIP: "
+                         "ResNet CLIPs, LAION ViTs, ConvNeXt, ...; pip install 'fewclip[open_clip]').")
+    id: str = Field("openai/clip-vit-base-patch32", description="hf: hub id, local folder in Hugging Face format, or "
+                    "fewclip/world-clip (the shipped world CLIP); open_clip: an architecture name (RN50, ViT-B-32, ...) "
+                    "or a model config JSON file. Relative paths in a YAML are read from its folder.")
+    pretrained: str | None = Field(None, description="open_clip only: a pretrained tag (openai, laion2b_s34b_b79k, "
+                                   "...) or a local checkpoint file (.pt/.bin/.safetensors).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); hf only.")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+    precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 autocast for the encoders.")
+    batch_size: int = Field(64, ge=1, description="Images per forward pass during feature extraction.")
+    loader_threads: int = Field(2, ge=0, description="Threads that read and preprocess images ahead of the encoder.")
+
+    @field_validator("library")
+    @classmethod
+    def _known_library(cls, library: str) -> str:
+        if library not in LIBRARIES:
+            from ..registry import unknown_name_message
+
+            raise ValueError(unknown_name_message("model library", library, list(LIBRARIES)))
+        return library
+
+    @model_validator(mode="after")
+    def _pretrained_for_open_clip(self) -> "ModelConfig":
+        if self.library == "hf" and self.pretrained is not None:
+            raise ValueError("model.pretrained is for model.library: open_clip; a Hugging Face CLIP's weights are "
+                             "the ones in model.id (set model.library: open_clip to load an OpenCLIP checkpoint)")
+        if self.library == "open_clip" and self.revision is not None:
+            raise ValueError("model.revision is for Hugging Face hub ids (model.library: hf); OpenCLIP weights "
+                             "are chosen with model.pretrained")
+        return self
