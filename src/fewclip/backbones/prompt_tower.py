@@ -9,6 +9,9 @@ longest real prompt: under the causal mask, tokens after EOT never reach it, so 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -48,6 +51,13 @@ class PromptTextTower(nn.Module):
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions]
         return self.text_projection(pooled)
 
+    def shared_prefix_parts(self) -> "SharedPrefixParts":
+        return SharedPrefixParts(
+            positions=self.text_model.embeddings.position_embedding.weight,
+            blocks=[hf_block_parts(layer) for layer in self.text_model.encoder.layers],
+            final=lambda hidden: self.text_projection(self.text_model.final_layer_norm(hidden)),
+        )
+
     def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
                              eot_in_suffix: torch.Tensor) -> torch.Tensor:
         """``encode_shared_prefix`` on this tower (see there)."""
@@ -65,9 +75,42 @@ def _pick_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.gather(-2, index)
 
 
-def _shared_prefix_layer(layer: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor,
+@dataclass(frozen=True)
+class BlockParts:
+    """One pre-norm transformer block as the shared-prefix encoder sees it, whatever library built it:
+    x + scale1(out(attention(norm1(x)))), then x + scale2(mlp(norm2(x)))."""
+
+    norm1: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (..., w) -> q, k, v (..., w)
+    out: Callable[[torch.Tensor], torch.Tensor]
+    norm2: Callable[[torch.Tensor], torch.Tensor]
+    mlp: Callable[[torch.Tensor], torch.Tensor]
+    n_heads: int
+    scale: float  # attention logit scale, head_dim ** -0.5
+    scale1: Callable[[torch.Tensor], torch.Tensor] = nn.Identity()
+    scale2: Callable[[torch.Tensor], torch.Tensor] = nn.Identity()
+
+
+@dataclass(frozen=True)
+class SharedPrefixParts:
+    """What ``encode_shared_prefix`` needs from a text tower."""
+
+    positions: torch.Tensor  # (max_positions, w) position embeddings, added to token embeddings
+    blocks: list[BlockParts]
+    final: Callable[[torch.Tensor], torch.Tensor]  # (..., w) EOT hidden state -> (..., dim) feature
+
+
+def hf_block_parts(layer: nn.Module) -> BlockParts:
+    """A transformers ``CLIPEncoderLayer``."""
+    attn = layer.self_attn
+    return BlockParts(norm1=layer.layer_norm1, qkv=lambda x: (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)),
+                      out=attn.out_proj, norm2=layer.layer_norm2, mlp=layer.mlp, n_heads=attn.num_heads,
+                      scale=attn.scale)
+
+
+def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
                          read_rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """One CLIPEncoderLayer on prompts that share a prefix.
+    """One transformer block on prompts that share a prefix.
 
     prefix: (G, P, w), the same for every prompt of a group; suffix: (G, C, S, w), C prompts per group.
     Under the causal mask the prefix never sees the suffix, so it is computed once per group, and each
@@ -77,48 +120,45 @@ def _shared_prefix_layer(layer: nn.Module, prefix: torch.Tensor, suffix: torch.T
     With ``read_rows`` (C,) (the last layer, where only the EOT token is read out) only that suffix row
     of each prompt is computed: (None, (G, C, 1, w)). Keys and values still come from every token.
     """
-    attn = layer.self_attn
-    n_heads, scale = attn.num_heads, attn.scale
+    n_heads, scale = block.n_heads, block.scale
     n_prefix, n_suffix, n_prompts = prefix.shape[-2], suffix.shape[-2], suffix.shape[1]
-    normed_p, normed_s = layer.layer_norm1(prefix), layer.layer_norm1(suffix)
-    k_p, v_p = _heads(attn.k_proj(normed_p), n_heads), _heads(attn.v_proj(normed_p), n_heads)  # (G, H, P, hd)
-    k_s, v_s = _heads(attn.k_proj(normed_s), n_heads), _heads(attn.v_proj(normed_s), n_heads)  # (G, C, H, S, hd)
+    q_p, k_p, v_p = (_heads(x, n_heads) for x in block.qkv(block.norm1(prefix)))  # (G, H, P, hd)
+    q_s, k_s, v_s = (_heads(x, n_heads) for x in block.qkv(block.norm1(suffix)))  # (G, C, H, S, hd)
     k_all = torch.cat([k_p[:, None].expand(-1, n_prompts, -1, -1, -1), k_s], dim=-2)  # (G, C, H, P+S, hd)
     v_all = torch.cat([v_p[:, None].expand(-1, n_prompts, -1, -1, -1), v_s], dim=-2)
     allowed = torch.ones(n_suffix, n_prefix + n_suffix, dtype=torch.bool, device=suffix.device)
     allowed[:, n_prefix:] = torch.tril(allowed[:, n_prefix:])
 
     def finish(h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        h = h + attn.out_proj(out.transpose(-3, -2).flatten(-2))
-        return h + layer.mlp(layer.layer_norm2(h))
+        h = h + block.scale1(block.out(out.transpose(-3, -2).flatten(-2)))
+        return h + block.scale2(block.mlp(block.norm2(h)))
 
     if read_rows is not None:
         suffix = _pick_rows(suffix, read_rows)  # (G, C, 1, w)
-        q_s = _heads(attn.q_proj(_pick_rows(normed_s, read_rows)), n_heads)  # (G, C, H, 1, hd)
+        q_s = _pick_rows(q_s.transpose(-3, -2).flatten(-2), read_rows)  # (G, C, 1, w)
         mask = allowed[read_rows][:, None, None]  # (C, 1, 1, P+S)
-        return None, finish(suffix, nn.functional.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=mask,
-                                                                               scale=scale))
-    q_p, q_s = _heads(attn.q_proj(normed_p), n_heads), _heads(attn.q_proj(normed_s), n_heads)
+        return None, finish(suffix, nn.functional.scaled_dot_product_attention(_heads(q_s, n_heads), k_all, v_all,
+                                                                               attn_mask=mask, scale=scale))
     out_p = nn.functional.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True, scale=scale)
     out_s = nn.functional.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed, scale=scale)
     return finish(prefix, out_p), finish(suffix, out_s)
 
 
-def encode_shared_prefix(tower: PromptTextTower, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
+def encode_shared_prefix(tower: nn.Module, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
                          eot_in_suffix: torch.Tensor) -> torch.Tensor:
     """Text features of prompts ``prefix + suffix[c]`` without recomputing the shared prefix.
 
-    prefix_embeds: (G, P, w) token embeddings (with learned context) shared by a group's prompts;
-    suffix_embeds: (G, C, S, w); eot_in_suffix: (C,) EOT index within the suffix. Returns (G, C, d),
-    equal (to float rounding) to ``tower(full prompts, eot)`` (tested). The last layer computes the EOT
-    token only, the one that is read out.
+    ``tower`` offers ``shared_prefix_parts()``. prefix_embeds: (G, P, w) token embeddings (with learned
+    context) shared by a group's prompts; suffix_embeds: (G, C, S, w); eot_in_suffix: (C,) EOT index
+    within the suffix. Returns (G, C, d), equal (to float rounding) to ``tower(full prompts, eot)``
+    (tested). The last layer computes the EOT token only, the one that is read out.
     """
+    parts = tower.shared_prefix_parts()
     n_prefix, n_suffix = prefix_embeds.shape[-2], suffix_embeds.shape[-2]
-    positions = tower.text_model.embeddings.position_embedding.weight
-    prefix = prefix_embeds + positions[:n_prefix]
-    suffix = suffix_embeds + positions[n_prefix : n_prefix + n_suffix]
-    *layers, last = tower.text_model.encoder.layers
-    for layer in layers:
-        prefix, suffix = _shared_prefix_layer(layer, prefix, suffix)
+    prefix = prefix_embeds + parts.positions[:n_prefix]
+    suffix = suffix_embeds + parts.positions[n_prefix : n_prefix + n_suffix]
+    *blocks, last = parts.blocks
+    for block in blocks:
+        prefix, suffix = _shared_prefix_layer(block, prefix, suffix)
     _, pooled = _shared_prefix_layer(last, prefix, suffix, eot_in_suffix.to(suffix.device))  # (G, C, 1, w)
-    return tower.text_projection(tower.text_model.final_layer_norm(pooled[:, :, 0]))
+    return parts.final(pooled[:, :, 0])
