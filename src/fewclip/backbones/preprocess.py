@@ -37,6 +37,10 @@ class ImageTransform:
     std: tuple[float, float, float] = OPENAI_STD
     resample: int = Image.Resampling.BICUBIC
     rescale: float = 1 / 255
+    # OpenCLIP (torchvision) variants; the defaults are transformers' CLIP processor and are left out of
+    # ``to_dict`` so feature-cache keys written before they existed stay the same
+    resize_mode: str = "shortest"  # "shortest": shortest side to ``resize``, then crop; "squash": straight to ``crop``
+    crop_rounding: str = "floor"  # crop offset: "floor" (transformers) or "round" (torchvision's CenterCrop)
 
     @classmethod
     def from_processor_config(cls, config: dict[str, Any]) -> "ImageTransform":
@@ -59,9 +63,15 @@ class ImageTransform:
             return cls.from_processor_config(json.load(handle))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        for key, default in (("resize_mode", "shortest"), ("crop_rounding", "floor")):
+            if values[key] == default:
+                del values[key]
+        return values
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.resize_mode == "squash":
+            return self.crop[1], self.crop[0]
         short, long = (width, height) if width <= height else (height, width)
         new_long = int(self.resize * long / short)
         return (self.resize, new_long) if width <= height else (new_long, self.resize)
@@ -70,7 +80,10 @@ class ImageTransform:
         """RGB PIL image -> float32 array (3, crop_h, crop_w)."""
         image = image.resize(self.resized_size(*image.size), resample=self.resample)
         crop_h, crop_w = self.crop
-        top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
+        if self.crop_rounding == "round":  # torchvision: int(round(x / 2)), Python's round (half to even)
+            top, left = int(round((image.height - crop_h) / 2.0)), int(round((image.width - crop_w) / 2.0))
+        else:
+            top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
         pixels = np.asarray(image, dtype=np.float32)
         pixels = _pad_to(pixels, crop_h, crop_w)[max(top, 0) : max(top, 0) + crop_h, max(left, 0) : max(left, 0) + crop_w]
         pixels = (pixels * self.rescale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
