@@ -418,7 +418,7 @@ class OpenCLIPBackbone:
             handle = visual.transformer.resblocks[-1].register_forward_pre_hook(route)
         else:
             raise ValueError(f"saliency: no spatial activations known for OpenCLIP image tower {type(visual).__name__} "
-                             f"(supported: ModifiedResNet, VisionTransformer); set report.saliency: 0")
+                             f"(supported: ModifiedResNet, VisionTransformer); set output.saliency_images: 0")
         try:
             features = self.model.encode_image(pixels.to(self.device)).float().cpu()
         finally:

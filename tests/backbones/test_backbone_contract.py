@@ -1,0 +1,121 @@
+"""The backbone contract: every registered backbone offers the protocol the heads, pipeline, predict and
+saliency use, and its pieces agree with each other. Parametrised over ``BACKBONES`` itself, so a new
+library is covered the moment it is registered (its builder below is then required)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fewclip.backbones import BACKBONES, ModelConfig, backbone_fingerprint, load_backbone
+from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
+from tests.open_clip_models import build_open_clip, require_open_clip
+
+
+def hf_config(folder: Path, tiny_clip: Path) -> ModelConfig:
+    return ModelConfig(id=str(tiny_clip), device="cpu")
+
+
+def open_clip_config(folder: Path, tiny_clip: Path) -> ModelConfig:
+    require_open_clip()
+    config_file, weights = build_open_clip(folder, "fewclip-tiny-vit")
+    return ModelConfig(library="open_clip", id=str(config_file), pretrained=str(weights), device="cpu")
+
+
+BUILDERS: dict[str, Callable[[Path, Path], ModelConfig]] = {"hf": hf_config, "open_clip": open_clip_config}
+
+
+def test_every_registered_backbone_has_a_builder_here() -> None:
+    assert sorted(BUILDERS) == sorted(BACKBONES.names())
+
+
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=[pytest.mark.open_clip] if name == "open_clip" else [])
+                                        for name in BACKBONES.names()])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          tiny_clip: Path) -> tuple[ModelConfig, Backbone]:
+    config = BUILDERS[request.param](tmp_path_factory.mktemp(request.param), tiny_clip)
+    return config, load_backbone(config)
+
+
+def images(backbone: Backbone, n: int) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(n)]
+    return torch.from_numpy(np.stack([backbone.transform(p) for p in pictures]))
+
+
+def test_protocol_types(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    assert isinstance(backbone, Backbone) and isinstance(backbone.tokens, TextTokens)
+    assert isinstance(backbone.prompt_tower(), PromptTower)
+    assert backbone.logit_scale > 0 and backbone.dim > 0
+    assert backbone.prompt_tower().max_positions == backbone.max_text_positions
+
+
+def test_image_features_do_not_depend_on_the_batch(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    pixels = images(backbone, 3)
+    assert pixels.dtype == torch.float32 and pixels.shape[1] == 3
+    together = backbone.encode_images(pixels)
+    assert together.shape == (3, backbone.dim) and together.dtype == torch.float32 and together.device.type == "cpu"
+    alone = torch.cat([backbone.encode_images(pixels[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_text_features_equal_the_prompt_tower_on_token_embeddings(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    texts = ["a red circle.", "a blue triangle", "square"]
+    tokens, tower = backbone.tokens, backbone.prompt_tower()
+    ids = [[tokens.sos_id, *tokens.word_ids(t), tokens.eot_id] for t in texts]
+    assert tokens.counts(texts) == [len(row) for row in ids]
+    length = max(map(len, ids))
+    padded = torch.tensor([row + [tokens.eot_id] * (length - len(row)) for row in ids], device=backbone.device)
+    with torch.no_grad():
+        from_tower = tower(tower.embed_tokens(padded), torch.tensor([len(r) - 1 for r in ids], device=backbone.device))
+    features = backbone.encode_text(texts)
+    assert features.shape == (3, backbone.dim) and features.std() > 0
+    torch.testing.assert_close(features, from_tower.float().cpu(), atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_equals_full_prompts(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    tower = backbone.prompt_tower()
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randn(2, 3, tower.width, generator=generator) * 0.02
+    suffix = tower.embed_tokens(torch.randint(1, 50, (2, 4, 5), generator=generator))
+    eot = torch.tensor([4, 2, 3, 1])
+    with torch.no_grad():
+        fast = tower.encode_shared_prefix(prefix, suffix, eot)
+        full = torch.cat([prefix[:, None].expand(-1, 4, -1, -1), suffix], dim=2)
+        slow = tower(full.flatten(0, 1), (eot + 3).repeat(2)).unflatten(0, (2, 4))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_too_long_text_is_an_error_naming_it(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    long_text = " ".join(["photo"] * (backbone.max_text_positions + 1))
+    with pytest.raises(ValueError, match="needs .* tokens but model .* reads at most"):
+        backbone.encode_text([long_text])
+
+
+def test_saliency_pass_gives_spatial_activations_on_the_feature_graph(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    pixels = images(backbone, 2)
+    with torch.enable_grad():
+        features, activations = backbone.saliency_pass(pixels.clone().requires_grad_(True))
+        features[:, 0].sum().backward()
+    assert activations.dim() == 4 and activations.shape[0] == 2
+    assert activations.grad is not None and activations.grad.abs().sum() > 0
+    torch.testing.assert_close(features.detach(), backbone.encode_images(pixels), atol=1e-5, rtol=1e-5)
+
+
+def test_fingerprint_is_readable_from_files_and_names_the_preprocessing(model: tuple[ModelConfig, Backbone]) -> None:
+    config, backbone = model
+    fingerprint = backbone.fingerprint()
+    assert backbone_fingerprint(config) == fingerprint
+    assert fingerprint["preprocess"] == backbone.transform.to_dict() and fingerprint["precision"] == "fp32"
+    assert len(fingerprint["weights_sha256"]) == 64
