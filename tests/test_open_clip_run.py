@@ -75,3 +75,24 @@ def test_open_clip_and_hf_features_never_share_a_cache_entry(tmp_path: Path, sha
                  f"model.id={tiny_clip}", "model.pretrained=null", f"output.dir={tmp_path / 'hf-run'}"]) == 0
     keys = {p.parent.name: json.loads(p.read_text()) for p in cache.rglob("fingerprint.json")}
     assert len(keys) == 3, keys  # three models, three cache entries
+
+
+def test_imagenette_rn50_config_runs_as_written_on_local_weights_and_images(tmp_path: Path, shapes_dir: Path) -> None:
+    """configs/imagenette_rn50.yaml unchanged but for what needs the internet (RN50 weights -> a local RN50
+    file of random weights; ImageNette -> the test shapes) and its length (epochs, shots)."""
+    require_open_clip()
+    from fewclip.backbones import check_backbone
+    from fewclip.config import load_config
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "imagenette_rn50.yaml"
+    check_backbone(load_config(shipped).model)  # RN50 + the openai tag are known to OpenCLIP, offline
+    _, weights = build_open_clip(tmp_path / "rn50", "RN50")
+    data = yaml.safe_load(shipped.read_text())
+    data["dataset"] = {"source": "folder", "path": str(shapes_dir)}  # ImageNette's folder layout -> the shapes'
+    config = tmp_path / "imagenette_rn50.yaml"
+    config.write_text(yaml.safe_dump(data))
+    overrides = [f"model.pretrained={weights}", "few_shot.shots=[1]", "coop.epochs=1", f"output.dir={tmp_path / 'run'}",
+                 f"cache.dir={tmp_path / 'c'}", "output.saliency_images=1", "output.progress=false"]
+    assert main(["-q", "run", str(config), *overrides]) == 0
+    rows = read_rows(RunLayout(tmp_path / "run").summary)
+    assert sorted({r["method"] for r in rows}) == ["coop", "coop@csc", "coop@ctx4", "zero_shot"]
