@@ -9,6 +9,7 @@ Target: extraction throughput >= 0.9 x bare forward throughput.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def main() -> None:
     model_dir = vit_b32_random(work / "vit-b32-random")
     data = photo_folder(work / f"photos-{args.images}", classes=1, per_class=args.images)
     paths = sorted((data / "train" / "class_0").glob("*.jpg"))[: args.images]
-    records = [Record(str(p), 0, "c", f"{i:040x}") for i, p in enumerate(paths)]
+    records = [Record(str(p), 0, "c", hashlib.sha1(p.read_bytes()).hexdigest()) for p in paths]  # as prepare records them
 
     backbone = load_backbone(ModelConfig(id=str(model_dir), precision=args.precision, device="cpu"))
     pixels = torch.from_numpy(np.stack([backbone.transform(read_image(p)) for p in paths]))
