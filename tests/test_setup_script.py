@@ -52,3 +52,30 @@ def test_another_torch_pin_or_a_forced_reinstall_installs_torch(checkout: Path) 
     calls = pip_calls(setup(checkout, FEWCLIP_TORCH_VERSION="2.12.0"))
     assert "-m pip install -q torch==2.12.0" in calls and "-m pip install -q -e .[test]" in calls
     assert "-m pip install -q torch==2.13.0" in pip_calls(setup(checkout, FEWCLIP_REINSTALL="1"))
+
+
+def test_open_clip_environment_pins_the_index_torch_build_then_skips(checkout: Path) -> None:
+    python = checkout / ".venv-open-clip" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(STUB)
+    python.chmod(0o755)
+    log = python.parent / "calls.log"
+
+    def run() -> list[str]:
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", "setup.sh", "--open-clip"], cwd=checkout, check=True, capture_output=True,
+                       env={"PATH": "/usr/bin:/bin"})
+        return pip_calls(log.read_text().splitlines() if log.is_file() else [])
+
+    calls = run()
+    # torch===: exactly the index's build, never a local +cpu wheel (no torchvision exists for it)
+    assert "-m pip install -q torch===2.13.0 torchvision==0.28.0 open_clip_torch==3.3.0" in calls
+    assert calls[-1] == "-m pip install -q -e .[test,open_clip]"
+    assert run() == []  # complete: nothing installed again
+    assert not (checkout / ".venv" / "bin" / "calls.log").exists()  # the default environment is not touched
+
+
+def test_unknown_setup_option_is_refused(checkout: Path) -> None:
+    done = subprocess.run(["bash", "setup.sh", "--openclip"], cwd=checkout, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "usage: bash setup.sh [--open-clip]" in done.stderr
