@@ -140,7 +140,7 @@ class CaptionModel(nn.Module):
             self.decoder, self.tokenizer = _load_decoder(config)
             self._build_trainable(config)
         self.to(self.device_)
-        self.encoder.eval()
+        self.eval()  # dropout only while training (train_captioner switches it on)
 
     def _build_trainable(self, config: CaptionModelConfig) -> None:
         gpt = self.decoder.config
