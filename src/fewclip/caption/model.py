@@ -1,0 +1,312 @@
+"""The captioner: a frozen CLIP vision encoder, a frozen GPT-2 decoder with new cross-attention, one PEFT method.
+
+The encoder gives CLIP's ``last_hidden_state`` (CLS + patch tokens, *before* ``post_layernorm``, which
+CLIP trains only on the pooled CLS token). A trainable linear layer projects them to the decoder width
+when the widths differ. Every GPT-2 block cross-attends to all of them (``add_cross_attention``); the
+CLS token stays in the memory as a global summary and attention maps drop it (``caption.attention``).
+
+What trains: the new cross-attention (+ its layer norm), the projection, and one method per unit:
+
+- ``adapter``: a bottleneck adapter on each block's cross-attention output (down, GELU, up, residual);
+  its up-projection starts at zero, so an untrained adapter is the identity.
+- ``prefix``: ``prefix_length`` learned key/value vectors per layer, given to the self-attention as a
+  key/value cache in front of the caption (prefix tuning). Written here rather than with peft's
+  PrefixTuning so that the caption keeps positions 0.. (peft's prefix shifts GPT-2's positions by the
+  prefix length, which overruns a small decoder's ``n_positions``) and so that masks are exact.
+- ``lora``: LoRA on the self-attention projections ``attn.c_attn`` and ``attn.c_proj`` of every block,
+  injected with peft (``inject_adapter_in_model``); B starts at zero, so an untrained LoRA is the identity.
+- ``untrained``: nothing trains; the model as built (fresh cross-attention), the baseline of the report.
+
+All new weights are drawn from a generator seeded by ``seed``, so the ``untrained`` model of a seed is
+exactly the starting point of that seed's trained methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..backbones.hf_clip import ModelConfig, load_transform, model_fingerprint, resolve_device
+from ..backbones.model_source import WORLD_ALIAS, resolve_model
+from ..configbase import ConfigBlock
+
+Method = Literal["untrained", "adapter", "prefix", "lora"]
+METHODS: tuple[str, ...] = ("untrained", "adapter", "prefix", "lora")
+LORA_TARGETS = r".*\.attn\.(c_attn|c_proj)$"  # self-attention only: not crossattention.*, not mlp.c_proj
+
+
+class CaptionModelConfig(ConfigBlock):
+    """Which encoder and decoder, and how the decoder is tuned."""
+
+    encoder: str = Field(WORLD_ALIAS, description="CLIP hub id, local folder, or fewclip/world-clip.")
+    encoder_revision: str | None = Field(None, description="Hub revision of the encoder.")
+    decoder: str = Field("gpt2", description="GPT-2-family hub id (e.g. gpt2) or local folder with its tokenizer.")
+    decoder_revision: str | None = Field(None, description="Hub revision of the decoder.")
+    method: Method = Field("adapter", description="adapter, prefix, lora, or untrained (no tuning: the baseline).")
+    adapter_bottleneck: int | None = Field(None, ge=1, description="Adapter width; None: n_embd/2 - 30 as the "
+                                           "reference (354 for GPT-2), at least n_embd/8 for tiny decoders.")
+    prefix_length: int = Field(20, ge=1, description="Learned prefix tokens per layer (prefix tuning).")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on LoRA's input.")
+    attention_layer: int = Field(-1, description="Decoder block whose cross-attention the maps show (-1: last).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast for encoding, "
+                                                "training and decoding.")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+
+
+def adapter_width(n_embd: int, bottleneck: int | None) -> int:
+    """The reference's n_embd/2 - 30, floored at n_embd/8 (a tiny decoder would get a negative width)."""
+    return bottleneck if bottleneck is not None else max(n_embd // 2 - 30, max(n_embd // 8, 1))
+
+
+class BottleneckAdapter(nn.Module):
+    """x + up(GELU(down(x))), with ``up`` zero-initialised: the identity until trained."""
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(nn.functional.gelu(self.down(x)))
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report and progress bar: the new cross-attention weights are "missing" from
+    the decoder and the text tower is "unexpected" beside the vision encoder, as intended."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_decoder(config: CaptionModelConfig) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    source = resolve_model(config.decoder, config.decoder_revision)
+    options: dict[str, Any] = dict(revision=config.decoder_revision, local_files_only=source.local_only)
+    try:
+        with quiet_loading():
+            # eager attention: it returns the cross-attention weights the attention maps read
+            decoder = GPT2LMHeadModel.from_pretrained(source.location, add_cross_attention=True, dtype=torch.float32,
+                                                      attn_implementation="eager", **options)
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
+    except OSError as err:
+        raise OSError(f"caption.model.decoder: cannot load GPT-2 decoder {config.decoder!r}: {err}") from err
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError(f"caption.model.decoder: the tokenizer of {config.decoder!r} has no BOS or EOS token; "
+                         "captions need both (set bos_token and eos_token in its tokenizer_config.json)")
+    return decoder, tokenizer
+
+
+class CaptionModel(nn.Module):
+    """Frozen CLIP vision encoder -> projection -> GPT-2 with cross-attention and one PEFT method.
+
+    ``encode_images(pixels)`` gives encoder tokens (B, T, encoder width); ``memory`` projects them to
+    the decoder width; ``decoder_step`` runs the decoder with an optional KV cache; ``loss`` is the
+    teacher-forced caption loss. Only ``trainable_parameters()`` ever receive gradients.
+    """
+
+    def __init__(self, config: CaptionModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        from transformers import CLIPVisionModel
+
+        self.config, self.seed = config, seed
+        self.device_ = resolve_device(config.device)
+        encoder_source = resolve_model(config.encoder, config.encoder_revision)
+        self.encoder_config = ModelConfig(id=config.encoder, revision=config.encoder_revision, precision=config.precision)
+        with quiet_loading():
+            self.encoder = CLIPVisionModel.from_pretrained(encoder_source.location, dtype=torch.float32,
+                                                           revision=config.encoder_revision,
+                                                           local_files_only=encoder_source.local_only)
+        self.transform = load_transform(self.encoder_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the fresh cross-attention is drawn at load time
+            self.decoder, self.tokenizer = _load_decoder(config)
+            self._build_trainable(config)
+        self.to(self.device_)
+        self.eval()  # dropout only while training (train_captioner switches it on)
+
+    def _build_trainable(self, config: CaptionModelConfig) -> None:
+        gpt = self.decoder.config
+        self.requires_grad_(False)
+        encoder_width = self.encoder.config.hidden_size
+        self.projection: nn.Module = nn.Linear(encoder_width, gpt.n_embd) if encoder_width != gpt.n_embd else nn.Identity()
+        self.adapters: nn.ModuleList | None = None
+        self.prefix: nn.Parameter | None = None
+        if config.method == "adapter":
+            width = adapter_width(gpt.n_embd, config.adapter_bottleneck)
+            self.adapters = nn.ModuleList(BottleneckAdapter(gpt.n_embd, width) for _ in range(gpt.n_layer))
+            for block, adapter in zip(self.decoder.transformer.h, self.adapters):
+                block.crossattention.register_forward_hook(_adapter_hook(adapter))
+        elif config.method == "prefix":
+            head_dim = gpt.n_embd // gpt.n_head  # (layer, key/value, head, prefix, head_dim)
+            self.prefix = nn.Parameter(torch.randn(gpt.n_layer, 2, gpt.n_head, config.prefix_length, head_dim) * 0.02)
+        elif config.method == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=LORA_TARGETS, fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
+            inject_adapter_in_model(lora, self.decoder)
+        self.requires_grad_(False)
+        if config.method == "untrained":
+            return
+        for block in self.decoder.transformer.h:
+            block.crossattention.requires_grad_(True)
+            block.ln_cross_attn.requires_grad_(True)
+        self.projection.requires_grad_(True)
+        if self.adapters is not None:
+            self.adapters.requires_grad_(True)
+        if self.prefix is not None:
+            self.prefix.requires_grad_(True)
+        for name, param in self.decoder.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+
+    # -- parameters -------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter of everything that trains (empty for ``untrained``)."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the trainable weights (what a trained captioner saves)."""
+        return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy saved trainable weights in; names must match exactly."""
+        params = self.trainable_parameters()
+        if set(state) != set(params):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise ValueError(f"trainable weights do not match this caption model ({self.config.method}): "
+                             f"missing {missing[:3]}, unexpected {extra[:3]}; were they saved with another config?")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+    # -- encoder ----------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_.type, dtype=torch.bfloat16)
+
+    def encoder_fingerprint(self) -> dict[str, Any]:
+        """Everything that changes an encoder output: weights, preprocessing, precision, what is read out."""
+        fingerprint = model_fingerprint(self.encoder_config)
+        assert fingerprint is not None, f"caption.model.encoder: no weight files found for {self.config.encoder}"
+        return {**fingerprint, "feature": "CLIPVisionModel last_hidden_state (CLS + patches), float32"}
+
+    @property
+    def encoder_tokens(self) -> int:
+        """T: 1 (CLS) + grid * grid patch tokens."""
+        vision = self.encoder.config
+        return 1 + (vision.image_size // vision.patch_size) ** 2
+
+    @property
+    def encoder_width(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, T, encoder width) float32 encoder tokens, on the model's device."""
+        with self.autocast():
+            hidden = self.encoder(pixel_values=torch.as_tensor(pixels).to(self.device_)).last_hidden_state
+        return hidden.float()
+
+    def memory(self, encoder_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, encoder width) -> (B, T, n_embd): what the decoder cross-attends to."""
+        return self.projection(encoder_tokens.to(self.device_))
+
+    # -- decoder ----------------------------------------------------------------------------------
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.tokenizer.bos_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 0 if self.prefix is None else self.config.prefix_length
+
+    def new_cache(self, batch: int) -> Any:
+        """An empty decoder cache; for ``prefix``, one that already holds the learned prefix."""
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        self_cache = DynamicCache()
+        if self.prefix is not None:
+            for layer, (keys, values) in enumerate(self.prefix):
+                self_cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer)
+        return EncoderDecoderCache(self_cache, DynamicCache())
+
+    def decoder_step(self, input_ids: torch.Tensor, memory: torch.Tensor, cache: Any = None,
+                     key_mask: torch.Tensor | None = None, output_attentions: bool = False) -> Any:
+        """Run the decoder on ``input_ids`` (B, L), continuing ``cache`` (from ``new_cache``) when given.
+
+        ``key_mask`` (B, past + L) marks real caption tokens (0 for right padding) among all tokens seen
+        so far, prefix excluded. Positions continue from the cache. Returns the HF output (logits,
+        past_key_values, cross_attentions when asked for).
+        """
+        batch, length = input_ids.shape
+        prefix = self.prefix_tokens
+        if cache is None and prefix:
+            cache = self.new_cache(batch)
+        seen = cache.get_seq_length() - prefix if cache is not None else 0
+        if key_mask is None:
+            key_mask = torch.ones(batch, seen + length, dtype=torch.bool, device=input_ids.device)
+        positions = torch.arange(seen, seen + length, device=input_ids.device)
+        mask = _additive_mask(key_mask.bool(), positions, prefix, memory.dtype if memory.is_floating_point() else torch.float32)
+        return self.decoder(input_ids=input_ids, encoder_hidden_states=memory, past_key_values=cache,
+                            attention_mask=mask, position_ids=positions[None].expand(batch, -1),
+                            use_cache=cache is not None, output_attentions=output_attentions)
+
+    def loss(self, encoder_tokens: torch.Tensor, input_ids: torch.Tensor, key_mask: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over the labels that are not -100 (right padding is -100)."""
+        device = self.device_
+        with self.autocast():
+            out = self.decoder_step(input_ids.to(device), self.memory(encoder_tokens), key_mask=key_mask.to(device))
+        logits = out.logits[:, :-1].float()
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].to(device).reshape(-1),
+                                           ignore_index=-100)
+
+
+def _additive_mask(key_mask: torch.Tensor, positions: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, L, prefix + K) additive mask: every query sees the prefix, and the caption tokens at or before
+    its own position that ``key_mask`` (B, K) marks as real. Built here so prefix and padding are exact."""
+    batch, keys = key_mask.shape
+    causal = torch.arange(keys, device=key_mask.device)[None, :] <= positions[:, None]  # (L, K)
+    allowed = causal[None] & key_mask[:, None, :]  # (B, L, K)
+    allowed = torch.cat([allowed.new_ones(batch, len(positions), prefix), allowed], dim=-1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _adapter_hook(adapter: BottleneckAdapter) -> Any:
+    """A forward hook that passes a block's cross-attention output through its adapter."""
+
+    def hook(_module: nn.Module, _args: Any, output: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, Any]:
+        return (adapter(output[0]),) + tuple(output[1:])
+
+    return hook
