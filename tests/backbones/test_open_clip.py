@@ -176,3 +176,21 @@ def test_bad_open_clip_settings_name_the_key(update: dict[str, str], message: st
     with pytest.raises((ValueError, OSError)) as err:
         check_backbone(ModelConfig(library="open_clip", **update))
     assert message in str(err.value)
+
+
+def test_coop_prompts_with_context_set_to_a_template_equal_open_clip_features(rn50: Backbone) -> None:
+    """CoOp's own path (layout, assemble, shared prefix) with ctx_init 'a photo of a': the class text features
+    are OpenCLIP's normalised encode_text of 'a photo of a {name}.', for every class token position's
+    reading of that sentence ('end' here, the template's)."""
+    from fewclip.heads.base import normalize
+    from fewclip.heads.coop import CoOpPrompts
+    from fewclip.heads.prompt_learning import init_context
+
+    ctx, n_ctx = init_context(rn50.prompt_tower(), rn50.tokens, 16, "a photo of a", len(NAMES), False,
+                              torch.Generator())
+    prompts = CoOpPrompts(rn50, NAMES, n_ctx, "end", "fp32", "coop")
+    assert n_ctx == 4 and prompts.layout.shared_prefix == 5  # SOS + the four context tokens, computed once
+    with torch.no_grad():
+        ours = prompts.features(ctx)
+    expected = normalize(reference_text(rn50, [f"a photo of a {n}." for n in NAMES]))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
