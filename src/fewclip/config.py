@@ -23,6 +23,7 @@ from .backbones.model_source import config_relative_id
 from .config_yaml import ConfigFileError, read_yaml_file
 from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
+from .data.splits import Sampler
 from .data.subsample import Subsample
 from .heads import HEADS, list_heads
 from .heads.cocoop import CoCoOpConfig
@@ -93,6 +94,8 @@ class SplitsConfig(ConfigBlock):
     subsample: Subsample = Field(
         "all", description="all | base | new classes, or base2new: train on base, evaluate on base and new."
     )
+    sampler: Sampler = Field("fewclip", description="fewclip: content-hashed, nested across shots; coop: the sets "
+                             "CoOp/CoCoOp/MaPLe drew for each seed from the split file (dataset.source: coop).")
 
     @field_validator("seeds")
     @classmethod
@@ -158,6 +161,18 @@ class Config(ConfigBlock):
         default_factory=dict, validate_default=True,
         description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
                     "block changed; list the name in methods beside (or instead of) `coop`.")
+
+    @field_validator("splits")
+    @classmethod
+    def _sampler_fits_dataset(cls, splits: SplitsConfig, info: ValidationInfo) -> SplitsConfig:
+        dataset = info.data.get("dataset")
+        if splits.sampler == "coop" and dataset is not None:
+            from .data.coop_fewshot import coop_sampler_problem
+
+            problem = coop_sampler_problem(dataset)
+            if problem:
+                raise ValueError(problem)
+        return splits
 
     @field_validator("methods")
     @classmethod

@@ -37,6 +37,11 @@ class RunLayout:
         return self.data / "train_full.csv"
 
     @property
+    def val_full(self) -> Path:
+        """The dataset's own validation split (sources with has_val_split, e.g. CoOp's split files)."""
+        return self.data / "val_full.csv"
+
+    @property
     def test(self) -> Path:
         return self.data / "test.csv"
 

@@ -43,13 +43,14 @@ def prepare(ctx: RunContext) -> ClassNames:
     def check_shots(classes: ClassNames, train_records: list[Record]) -> None:
         if uses_shots:
             check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class,
-                         cfg.few_shot.allow_fewer)
+                         cfg.few_shot.allow_fewer, cfg.splits.sampler)
 
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
     if uses_shots:
         write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
-                     cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True)  # checked by prepare_data
+                     cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True,  # checked by prepare_data
+                     sampler=cfg.splits.sampler)
     ctx.write_config()
     return classes
 

@@ -141,10 +141,15 @@ def export_split(
     return records, exclusions, missing
 
 
+def source_splits(config: SourceConfig) -> tuple[str, ...]:
+    """The splits prepare exports: train and test, and val where the source has its own."""
+    return ("train", "val", "test") if config.has_val_split else ("train", "test")
+
+
 def source_signature(config: SourceConfig, source: Source, classes: ClassNames) -> str:
     """Hash of the dataset config and, for files on disk, each file's path, size and mtime."""
     digest = hashlib.sha256(config.model_dump_json().encode())
-    for split in ("train", "test"):
+    for split in source_splits(config):
         for item in source.items(split, classes.raw):  # type: ignore[arg-type]
             digest.update(item.origin.encode())
             if item.path is not None:
@@ -175,10 +180,10 @@ def prepare(
             return ClassNames.load(layout.classes)
     all_exclusions: list[tuple[str, str, str]] = []
     outputs: list[tuple[Path, list[Record]]] = []
-    for split, cap, target in (
-        ("train", config.max_train_per_class, layout.train_full),
-        ("test", config.max_test_per_class, layout.test),
-    ):
+    targets = {"train": (config.max_train_per_class, layout.train_full), "val": (None, layout.val_full),
+               "test": (config.max_test_per_class, layout.test)}
+    for split in source_splits(config):
+        cap, target = targets[split]
         records, exclusions, missing = export_split(
             split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
         )
@@ -191,7 +196,7 @@ def prepare(
         present = {r.label for r in records}
         empty = [classes.raw[i] for i in range(len(classes.raw)) if i not in present]
         test_only = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
-        if empty and not test_only:
+        if empty and not test_only and split != "val":  # a sampler draws what val has (ImageNet has none)
             raise ValueError(
                 f"dataset: class(es) {empty} have no readable {split} images; "
                 "remove them from dataset.classes or add images"
@@ -202,6 +207,7 @@ def prepare(
         validate(classes, outputs[0][1])
     # Written only once everything is sound, so a failure keeps the last good files.
     done.unlink(missing_ok=True)
+    layout.val_full.unlink(missing_ok=True)  # from an earlier source that had a val split
     for target, records in outputs:
         write_records(target, records)
     write_json(layout.classes, classes.to_json())

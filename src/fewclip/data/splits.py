@@ -11,12 +11,15 @@ import hashlib
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from ..layout import RunLayout
+from .coop_fewshot import check_coop_budget, coop_splits_for_run
 from .records import Record, read_records, write_records
 
 log = logging.getLogger(__name__)
+
+Sampler = Literal["fewclip", "coop"]  # coop: CoOp's own sets from the dataset's split lists (coop_fewshot.py)
 
 
 def _order_key(seed: int, record: Record) -> tuple[str, str]:
@@ -32,9 +35,14 @@ def shuffled_by_class(records: Sequence[Record], seed: int) -> dict[int, list[Re
 
 
 def check_budget(
-    records: Sequence[Record], class_names: Sequence[str], shots: Sequence[int], val_per_class: int, allow_fewer: bool
+    records: Sequence[Record], class_names: Sequence[str], shots: Sequence[int], val_per_class: int, allow_fewer: bool,
+    sampler: Sampler = "fewclip",
 ) -> None:
-    """Fail before writing anything if a class cannot supply max(shots) + val_per_class images."""
+    """Fail before writing anything if a class cannot supply max(shots) + val_per_class images
+    (CoOp's sampler takes all of a short class, as CoOp does)."""
+    if sampler == "coop":
+        check_coop_budget(records, class_names, shots)
+        return
     need = max(shots) + val_per_class
     counts = {label: 0 for label in range(len(class_names))}
     for record in records:
@@ -77,13 +85,16 @@ def write_splits(
     val_per_class: int,
     allow_fewer: bool = False,
     checked: bool = False,
+    sampler: Sampler = "fewclip",
 ) -> None:
     """Write every (seed, shots) split; ``checked``: the caller already ran ``check_budget`` (and warned)."""
     records = read_records(layout.train_full)
     if not checked:
-        check_budget(records, class_names, shots, val_per_class, allow_fewer)  # before anything is written
+        check_budget(records, class_names, shots, val_per_class, allow_fewer, sampler)  # before anything is written
     for seed in seeds:
-        for k, (train, val) in make_splits(records, seed, shots, val_per_class).items():
+        drawn = (coop_splits_for_run(layout, seed, shots, val_per_class) if sampler == "coop"
+                 else make_splits(records, seed, shots, val_per_class))
+        for k, (train, val) in drawn.items():
             folder = layout.split_dir(seed, k)
             write_records(folder / "train.csv", train)
             write_records(folder / "val.csv", val)

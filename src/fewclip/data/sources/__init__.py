@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ...registry import Registry
 from .base import Source, SourceConfig, SourceItem
+from .coop import CoopSource, CoopSourceConfig
 from .csv_source import CsvSource, CsvSourceConfig
 from .folder import FolderSource, FolderSourceConfig
 from .hf import HFSource, HFSourceConfig
@@ -18,10 +19,11 @@ SOURCES.register("hf", (HFSourceConfig, HFSource))
 SOURCES.register("folder", (FolderSourceConfig, FolderSource))
 SOURCES.register("csv", (CsvSourceConfig, CsvSource))
 SOURCES.register("world", (WorldSourceConfig, WorldSource))
+SOURCES.register("coop", (CoopSourceConfig, CoopSource))
 
 # The `dataset` config block: one config class per source, chosen by the `source` key.
 DatasetConfig = Annotated[
-    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig], Field(discriminator="source")
+    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig, CoopSourceConfig], Field(discriminator="source")
 ]
 
 

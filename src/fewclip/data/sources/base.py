@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Callable, ClassVar, Iterable, Literal, Protocol
 
 from pydantic import Field
 
 from ...configbase import ConfigBlock
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]  # "val" only from sources whose config has has_val_split
 
 
 class SourceConfig(ConfigBlock):
     """Keys every data source shares."""
+
+    # Whether the source lists a validation split of its own (CoOp's split files do); prepare then
+    # exports it beside train and test for samplers that draw validation images from it.
+    has_val_split: ClassVar[bool] = False
 
     classes: list[str] | None = Field(
         None, description="Raw class names to keep, in this order (None: every class, sorted)."
