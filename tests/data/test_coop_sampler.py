@@ -92,9 +92,10 @@ def test_imagenet_draws_train_only(coop_config, tmp_path: Path) -> None:
     config = coop_config("ImageNet", "few_shot.shots=[2]", "splits.seeds=[3]",
                          counts={"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]})
     prepare(RunContext(config))
+    # the same tree again, to list ImageNet's train images as CoOp's reader does (sorted wnid folders)
+    again = build_coop_dataset(tmp_path / "again", "ImageNet", {"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]})
+    rows = [[str(p), y] for p, y in again["train"]]
     random.seed(3)
-    rows = [[str(p), y] for p, y in build_coop_dataset(tmp_path / "again", "ImageNet",
-                                                         {"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]})["train"]]
     expected = [Path(p).name for p, _ in dassl_fewshot(rows, 2)]
     train, val = split_paths(RunLayout(Path(config.output.dir)), 3, 2)
     assert [p.name for p in train] == expected and val == []
@@ -138,3 +139,13 @@ def test_run_end_to_end_on_a_coop_dataset_with_coop_sets(coop_config, tmp_path: 
                                       seed, shots)
             assert split_paths(layout, seed, shots) == expected
     assert json.loads((layout.classes).read_text())["readable"] == ["face", "airplane", "anchor"]
+
+
+def test_run_end_to_end_on_imagenet_without_a_val_split(coop_config) -> None:
+    config = coop_config("ImageNet", "few_shot.shots=[2]", "splits.seeds=[1]", "training.epochs=3")
+    pipeline.run(config)
+    layout = RunLayout(Path(config.output.dir))
+    with open(layout.summary, newline="") as handle:
+        units = {(r["method"], r["shots"]) for r in csv.DictReader(handle)}
+    assert ("linear_probe", "2") in units
+    assert split_paths(layout, 1, 2)[1] == [] and len(split_paths(layout, 1, 2)[0]) == 6

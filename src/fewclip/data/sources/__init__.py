@@ -23,7 +23,8 @@ SOURCES.register("coop", (CoopSourceConfig, CoopSource))
 
 # The `dataset` config block: one config class per source, chosen by the `source` key.
 DatasetConfig = Annotated[
-    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig, CoopSourceConfig], Field(discriminator="source")
+    Union[HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig, CoopSourceConfig],
+    Field(discriminator="source"),
 ]
 
 
