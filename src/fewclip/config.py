@@ -28,6 +28,8 @@ from .heads import HEADS, list_heads
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
 from .heads.linear_probe import LinearProbeConfig
+from .heads.tip_adapter import TipAdapterConfig
+from .heads.tip_adapter_f import TipAdapterFConfig
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.",
@@ -150,6 +152,8 @@ class Config(ConfigBlock):
     training: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
     coop: CoOpConfig = Field(default_factory=CoOpConfig)
     cocoop: CoCoOpConfig = Field(default_factory=CoCoOpConfig)
+    tip_adapter: TipAdapterConfig = Field(default_factory=TipAdapterConfig)
+    tip_adapter_f: TipAdapterFConfig = Field(default_factory=TipAdapterFConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

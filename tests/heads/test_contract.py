@@ -30,6 +30,8 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "coop": lambda d, c, w: 16 * w,  # n_ctx 16, shared context
     # ctx_init "a photo of a" (4 tokens) + meta-net d -> d/16 -> w
     "cocoop": lambda d, c, w: 4 * w + (d * (d // 16) + d // 16) + ((d // 16) * w + w),
+    "tip_adapter": lambda d, c, w: 0,  # training-free
+    "tip_adapter_f": lambda d, c, w: 10 * c * d,  # one key per support image (10 per class here)
 }
 
 

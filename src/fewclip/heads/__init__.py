@@ -7,6 +7,8 @@ from .base import FeatureSet, Head, Task, load_head, normalize, read_head_meta, 
 from .cocoop import CoCoOpConfig, CoCoOpHead
 from .coop import CoOpConfig, CoOpHead
 from .linear_probe import LinearProbeConfig, LinearProbeHead
+from .tip_adapter import TipAdapterConfig, TipAdapterHead
+from .tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
 from .zero_shot import ZeroShotConfig, ZeroShotHead
 
 HEADS: Registry[type] = Registry("head")
@@ -14,6 +16,8 @@ HEADS.register(ZeroShotHead.name, ZeroShotHead)
 HEADS.register(LinearProbeHead.name, LinearProbeHead)
 HEADS.register(CoOpHead.name, CoOpHead)
 HEADS.register(CoCoOpHead.name, CoCoOpHead)
+HEADS.register(TipAdapterHead.name, TipAdapterHead)
+HEADS.register(TipAdapterFHead.name, TipAdapterFHead)
 
 
 def list_heads() -> list[str]:
@@ -21,6 +25,7 @@ def list_heads() -> list[str]:
 
 
 __all__ = [
-    "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "ZeroShotConfig",
+    "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
+    "TipAdapterFHead", "TipAdapterHead", "ZeroShotConfig",
     "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",
 ]
