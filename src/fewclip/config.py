@@ -25,11 +25,14 @@ from .configbase import ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.subsample import Subsample
 from .heads import HEADS, list_heads
+from .heads.clap import ClapConfig
+from .heads.clip_adapter import ClipAdapterConfig
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
 from .heads.linear_probe import LinearProbeConfig
 from .heads.tip_adapter import TipAdapterConfig
 from .heads.tip_adapter_f import TipAdapterFConfig
+from .heads.zs_lp import ZsLpConfig
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.",
@@ -154,6 +157,9 @@ class Config(ConfigBlock):
     cocoop: CoCoOpConfig = Field(default_factory=CoCoOpConfig)
     tip_adapter: TipAdapterConfig = Field(default_factory=TipAdapterConfig)
     tip_adapter_f: TipAdapterFConfig = Field(default_factory=TipAdapterFConfig)
+    clip_adapter: ClipAdapterConfig = Field(default_factory=ClipAdapterConfig)
+    zs_lp: ZsLpConfig = Field(default_factory=ZsLpConfig)
+    clap: ClapConfig = Field(default_factory=ClapConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -32,6 +32,9 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "cocoop": lambda d, c, w: 4 * w + (d * (d // 16) + d // 16) + ((d // 16) * w + w),
     "tip_adapter": lambda d, c, w: 0,  # training-free
     "tip_adapter_f": lambda d, c, w: 10 * c * d,  # one key per support image (10 per class here)
+    "clip_adapter": lambda d, c, w: 2 * d * (d // 4),  # d -> d/4 -> d, no biases
+    "zs_lp": lambda d, c, w: c * d,
+    "clap": lambda d, c, w: c * d,
 }
 
 

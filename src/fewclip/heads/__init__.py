@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import FeatureSet, Head, Task, load_head, normalize, read_head_meta, save_head
+from .clap import ClapConfig, ClapHead
+from .clip_adapter import ClipAdapterConfig, ClipAdapterHead
 from .cocoop import CoCoOpConfig, CoCoOpHead
 from .coop import CoOpConfig, CoOpHead
 from .linear_probe import LinearProbeConfig, LinearProbeHead
 from .tip_adapter import TipAdapterConfig, TipAdapterHead
 from .tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
 from .zero_shot import ZeroShotConfig, ZeroShotHead
+from .zs_lp import ZsLpConfig, ZsLpHead
 
 HEADS: Registry[type] = Registry("head")
 HEADS.register(ZeroShotHead.name, ZeroShotHead)
@@ -18,6 +21,9 @@ HEADS.register(CoOpHead.name, CoOpHead)
 HEADS.register(CoCoOpHead.name, CoCoOpHead)
 HEADS.register(TipAdapterHead.name, TipAdapterHead)
 HEADS.register(TipAdapterFHead.name, TipAdapterFHead)
+HEADS.register(ClipAdapterHead.name, ClipAdapterHead)
+HEADS.register(ZsLpHead.name, ZsLpHead)
+HEADS.register(ClapHead.name, ClapHead)
 
 
 def list_heads() -> list[str]:
@@ -25,6 +31,7 @@ def list_heads() -> list[str]:
 
 
 __all__ = [
+    "ClapConfig", "ClapHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
     "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
     "TipAdapterFHead", "TipAdapterHead", "ZeroShotConfig",
     "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
+from .batch_invariant import row_dot
 from .calibration import calibrate, temperature_tensor
 from .prompt_fit import check_templates_fit, text_positions
 from .zero_shot import ZeroShotHead
@@ -50,14 +51,6 @@ def support_keys(train: FeatureSet) -> torch.Tensor:
     """(N, d) normalised cache keys: each image's feature, or the mean of its cached augmented views."""
     features = train.views.mean(dim=1) if train.views is not None else train.features
     return normalize(features.float())
-
-
-def row_dot(x: torch.Tensor, keys: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
-    """(n, d) x (N, d) -> (n, N) dot products, each row computed alone (a BLAS matmul's rounding depends on
-    the batch, so one image would score differently alone than in a batch); chunks of ~``budget`` elements."""
-    rows = max(1, budget // max(keys.numel(), 1))
-    parts = [(x[i : i + rows, None, :] * keys[None]).sum(-1) for i in range(0, x.shape[0], rows)]
-    return torch.cat(parts) if parts else x.new_zeros(0, keys.shape[0])
 
 
 class CacheModel(nn.Module):
