@@ -29,7 +29,9 @@ from .heads.clap import ClapConfig
 from .heads.clip_adapter import ClipAdapterConfig
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
+from .heads.kgcoop import KgCoOpConfig
 from .heads.linear_probe import LinearProbeConfig
+from .heads.prograd import ProGradConfig
 from .heads.tip_adapter import TipAdapterConfig
 from .heads.tip_adapter_f import TipAdapterFConfig
 from .heads.zs_lp import ZsLpConfig
@@ -160,6 +162,8 @@ class Config(ConfigBlock):
     clip_adapter: ClipAdapterConfig = Field(default_factory=ClipAdapterConfig)
     zs_lp: ZsLpConfig = Field(default_factory=ZsLpConfig)
     clap: ClapConfig = Field(default_factory=ClapConfig)
+    kgcoop: KgCoOpConfig = Field(default_factory=KgCoOpConfig)
+    prograd: ProGradConfig = Field(default_factory=ProGradConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -8,7 +8,9 @@ from .clap import ClapConfig, ClapHead
 from .clip_adapter import ClipAdapterConfig, ClipAdapterHead
 from .cocoop import CoCoOpConfig, CoCoOpHead
 from .coop import CoOpConfig, CoOpHead
+from .kgcoop import KgCoOpConfig, KgCoOpHead
 from .linear_probe import LinearProbeConfig, LinearProbeHead
+from .prograd import ProGradConfig, ProGradHead
 from .tip_adapter import TipAdapterConfig, TipAdapterHead
 from .tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
 from .zero_shot import ZeroShotConfig, ZeroShotHead
@@ -24,6 +26,8 @@ HEADS.register(TipAdapterFHead.name, TipAdapterFHead)
 HEADS.register(ClipAdapterHead.name, ClipAdapterHead)
 HEADS.register(ZsLpHead.name, ZsLpHead)
 HEADS.register(ClapHead.name, ClapHead)
+HEADS.register(KgCoOpHead.name, KgCoOpHead)
+HEADS.register(ProGradHead.name, ProGradHead)
 
 
 def list_heads() -> list[str]:
@@ -31,6 +35,7 @@ def list_heads() -> list[str]:
 
 
 __all__ = [
+    "KgCoOpConfig", "KgCoOpHead", "ProGradConfig", "ProGradHead",
     "ClapConfig", "ClapHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
     "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
     "TipAdapterFHead", "TipAdapterHead", "ZeroShotConfig",
