@@ -26,9 +26,16 @@ from .data.sources import SOURCES, DatasetConfig
 from .data.splits import Sampler
 from .data.subsample import Subsample
 from .heads import HEADS, list_heads
+from .heads.clap import ClapConfig
+from .heads.clip_adapter import ClipAdapterConfig
 from .heads.cocoop import CoCoOpConfig
 from .heads.coop import CoOpConfig
+from .heads.kgcoop import KgCoOpConfig
 from .heads.linear_probe import LinearProbeConfig
+from .heads.prograd import ProGradConfig
+from .heads.tip_adapter import TipAdapterConfig
+from .heads.tip_adapter_f import TipAdapterFConfig
+from .heads.zs_lp import ZsLpConfig
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.",
@@ -153,6 +160,13 @@ class Config(ConfigBlock):
     training: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
     coop: CoOpConfig = Field(default_factory=CoOpConfig)
     cocoop: CoCoOpConfig = Field(default_factory=CoCoOpConfig)
+    tip_adapter: TipAdapterConfig = Field(default_factory=TipAdapterConfig)
+    tip_adapter_f: TipAdapterFConfig = Field(default_factory=TipAdapterFConfig)
+    clip_adapter: ClipAdapterConfig = Field(default_factory=ClipAdapterConfig)
+    zs_lp: ZsLpConfig = Field(default_factory=ZsLpConfig)
+    clap: ClapConfig = Field(default_factory=ClapConfig)
+    kgcoop: KgCoOpConfig = Field(default_factory=KgCoOpConfig)
+    prograd: ProGradConfig = Field(default_factory=ProGradConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

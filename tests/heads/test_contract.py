@@ -30,6 +30,13 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "coop": lambda d, c, w: 16 * w,  # n_ctx 16, shared context
     # ctx_init "a photo of a" (4 tokens) + meta-net d -> d/16 -> w
     "cocoop": lambda d, c, w: 4 * w + (d * (d // 16) + d // 16) + ((d // 16) * w + w),
+    "tip_adapter": lambda d, c, w: 0,  # training-free
+    "tip_adapter_f": lambda d, c, w: 10 * c * d,  # one key per support image (10 per class here)
+    "clip_adapter": lambda d, c, w: 2 * d * (d // 4),  # d -> d/4 -> d, no biases
+    "zs_lp": lambda d, c, w: c * d,
+    "clap": lambda d, c, w: c * d,
+    "kgcoop": lambda d, c, w: 4 * w,  # ctx_init "a photo of a": 4 shared context tokens
+    "prograd": lambda d, c, w: 16 * w,  # CoOp's 16 shared context tokens
 }
 
 

@@ -6,7 +6,7 @@ so predicting is one matmul.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -130,7 +130,7 @@ class CoOpHead:
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, "coop")
+        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
         if task.backbone is None:
@@ -142,7 +142,7 @@ class CoOpHead:
         generator = torch.Generator().manual_seed(task.seed)
         ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
                                   cfg.ctx_init, n_classes, cfg.class_specific_context, generator)
-        prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, "coop")
+        prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, self.name)
         params = ContextParams(ctx)
         scale = task.backbone.logit_scale
 
@@ -153,7 +153,7 @@ class CoOpHead:
         history, selection, last = train_prompt_module(
             params, logits_fn, train, val, n_classes, settings, task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch)
+            on_epoch=task.on_epoch, train_step=self.train_step(task, prompts, params, scale))
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.n_ctx_ = n_ctx
         self.ctx_ = params.ctx.detach().clone()
@@ -165,12 +165,17 @@ class CoOpHead:
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
+    def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
+                   scale: float) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+        """One step's loss and gradient (None: plain cross-entropy); KgCoOp and ProGrad supply theirs."""
+        return None
+
     def transfer(self, backbone: Any, class_names: list[str]) -> "CoOpHead":
         """The same learned context on other class names (base-to-new evaluation)."""
-        head = CoOpHead(self.config)
+        head = type(self)(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
         prompts = CoOpPrompts(backbone, class_names, self.n_ctx_, self.config.class_token_position,
-                              self.config.precision, "coop")
+                              self.config.precision, self.name)
         if self.ctx_.dim() == 3:
             raise ValueError("coop: class-specific contexts cannot be transferred to new classes")
         with torch.no_grad():

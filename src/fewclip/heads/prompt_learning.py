@@ -271,6 +271,8 @@ def train_prompt_module(
     progress: bool = False,
     select: SelectRule = "auto",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    train_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> tuple[list[dict[str, float]], Selection, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
 
@@ -281,10 +283,13 @@ def train_prompt_module(
     epoch is drawn from a generator seeded by (seed, epoch)). A checkpoint left by a run with other
     settings, seed, data, initial parameters, ``checkpoint_key`` or ``select`` is ignored and overwritten.
     ``progress`` shows a bar over the epochs (rate, ETA, loss and val macro-F1); ``on_epoch`` is called
-    with each epoch's history row as it ends (live tracking).
+    with each epoch's history row as it ends (live tracking). ``train_step(x, y)`` replaces the
+    cross-entropy step for heads with their own loss or gradient (it fills the parameters' ``.grad`` and
+    returns the loss); ``make_optimizer`` replaces SGD (the loop still sets each epoch's learning rate).
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    optimizer = (make_optimizer(params) if make_optimizer is not None else
+                 torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay))
     history: list[dict[str, float]] = []
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
     start_epoch = 0
@@ -310,11 +315,15 @@ def train_prompt_module(
         module.train()
         for start in range(0, len(y), settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            loss = nn.functional.cross_entropy(logits_fn(x[idx]).float(), y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if train_step is None:
+                loss = nn.functional.cross_entropy(logits_fn(x[idx]).float(), y[idx])
+                loss.backward()
+                value = loss.item()
+            else:
+                value = train_step(x[idx], y[idx])
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += value * len(idx)
         module.eval()
         row = {"epoch": float(epoch + 1), "train_loss": total / len(y), "lr": lr}
         if val is not None and len(val):

@@ -1,0 +1,19 @@
+"""Products whose result for one image does not depend on the batch it is scored in.
+
+A BLAS matmul picks its kernel and its summation order by the matrix shapes, so an image's row of
+``x @ w.T`` can differ in the last bit between a batch of 18 and a batch of 2. Heads promise the same
+logits for an image alone or in a batch (the contract suite checks it with ``torch.equal``); where a
+product's output is wide (a cache of support images, an adapter's hidden layer) it is computed here,
+row by row, as an elementwise product and a sum over the last dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_dot(x: torch.Tensor, w: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
+    """(n, d) x (k, d) -> (n, k) = x @ w.T, each row computed alone, in chunks of ~``budget`` elements."""
+    rows = max(1, budget // max(w.numel(), 1))
+    parts = [(x[i : i + rows, None, :] * w[None]).sum(-1) for i in range(0, x.shape[0], rows)]
+    return torch.cat(parts) if parts else x.new_zeros(0, w.shape[0])

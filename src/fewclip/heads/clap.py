@@ -1,0 +1,57 @@
+"""CLAP, the CLass-Adaptive linear Probe (Silva-Rodriguez et al., CVPR 2024): ZS-LP plus a per-class
+penalty that keeps each prototype near its zero-shot start.
+
+``loss = CE + mean_c(lambda_c * ||w_c - w0_c||^2)`` (jusiro/CLAP ``trainers/adapters.py``
+``zero_shot_constraint`` with the default ``l2`` constraint). The multipliers are set once, before
+training, from the support set (``init_lagrangian_multipliers``): ``lambda_c`` = the mean zero-shot
+probability of class c over the support images of class c, so classes where zero-shot is already right
+are held close to it. Validation-free as in the paper: the same schedule as ZS-LP, last epoch kept.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .base import FeatureSet
+from .zero_shot import ZeroShotHead
+from .zs_lp import PrototypeModel, ZsLpConfig, ZsLpHead
+
+
+class ClapConfig(ZsLpConfig):
+    """The `clap` block: ZS-LP's validation-free schedule (the constraint has no hyperparameter)."""
+
+
+def class_multipliers(zero_shot_logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C,) lambda_c = mean over support images of class c of their zero-shot softmax probability for c."""
+    probabilities = torch.softmax(zero_shot_logits.float(), dim=-1)  # (n, C)
+    one_hot = nn.functional.one_hot(labels.long(), n_classes).float()
+    return torch.diag(probabilities.T @ one_hot) / one_hot.sum(dim=0).clamp_min(1)
+
+
+class ClapHead(ZsLpHead):
+    name: ClassVar[str] = "clap"
+    config_key: ClassVar[str | None] = "clap"
+    Config = ClapConfig
+
+    def __init__(self, config: ClapConfig | None = None) -> None:
+        self.config = config or ClapConfig()
+
+    def train_step(self, model: PrototypeModel, train: FeatureSet,
+                   zero_shot: ZeroShotHead) -> Callable[[torch.Tensor, torch.Tensor], float]:
+        features, labels = train.features, train.labels
+        if train.views is not None:  # the reference sets them on its augmented support features
+            features = train.views.flatten(0, 1)
+            labels = labels.repeat_interleave(train.views.shape[1])
+        multipliers = class_multipliers(zero_shot.logits(features), labels, model.prototypes.shape[0])
+        anchor = model.prototypes.detach().clone()  # w0: the zero-shot start
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            penalty = (multipliers * (model.prototypes - anchor).pow(2).sum(dim=-1)).mean()
+            loss = nn.functional.cross_entropy(model(x).float(), y) + penalty
+            loss.backward()
+            return loss.item()
+
+        return step

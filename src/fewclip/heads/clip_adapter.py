@@ -1,0 +1,154 @@
+"""CLIP-Adapter (Gao et al., IJCV 2023, arXiv 2110.04544): a residual bottleneck MLP on the image features.
+
+``f' = ratio * A(f) + (1 - ratio) * f`` with ``A = ReLU(W2 ReLU(W1 f))`` (no biases, d -> d/4 -> d), then
+CLIP's logits against the zero-shot class prototypes of the configured templates. Architecture, reduction 4
+and ratio 0.2 from the reference (gaopengcuhk/CLIP-Adapter ``clip_adapter.py``: ``Adapter(c_in, reduction=4)``,
+``ratio = 0.2``); that file has no optimiser settings, so the schedule is the one the CLAP authors ran
+CLIP-Adapter with (jusiro/CLAP ``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``: SGD lr 0.1, momentum 0.9,
+no weight decay, 300 epochs, batch 256, cosine after one constant 1e-5 warm-up epoch). The epoch kept is
+chosen on val by the shared rule. ratio 0 is exactly zero-shot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..configbase import ConfigBlock
+from .base import FeatureSet, Task, normalize
+from .batch_invariant import row_dot
+from .calibration import calibrate, temperature_tensor
+from .prompt_fit import check_templates_fit, text_positions
+from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
+from .selection import SELECT_HELP, SelectRule
+from .zero_shot import ZeroShotHead
+
+
+class ClipAdapterConfig(ConfigBlock):
+    """The `clip_adapter` block: the reference's adapter, the CLAP authors' schedule for it."""
+
+    reduction: int = Field(4, ge=1, description="Bottleneck width = image dim // reduction.")
+    ratio: float = Field(0.2, ge=0, le=1, description="Residual ratio: weight of the adapted feature.")
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image; 0: the plain features.")
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr)
+
+
+class AdapterModel(nn.Module):
+    """The bottleneck MLP (trainable) with the frozen class prototypes and logit scale."""
+
+    def __init__(self, down: torch.Tensor, up: torch.Tensor, ratio: float, prototypes: torch.Tensor,
+                 logit_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.down = nn.Parameter(down)  # (d / reduction, d)
+        self.up = nn.Parameter(up)  # (d, d / reduction)
+        self.ratio = ratio
+        self.register_buffer("prototypes", prototypes)  # (C, d)
+        self.register_buffer("logit_scale", logit_scale.reshape(()))
+
+    def adapted(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) raw image features -> (n, d) ratio * A(f) + (1 - ratio) * f."""
+        hidden = torch.relu(row_dot(features, self.down))
+        return self.ratio * torch.relu(row_dot(hidden, self.up)) + (1 - self.ratio) * features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * normalize(self.adapted(features)) @ self.prototypes.T
+
+
+def init_adapter(dim: int, reduction: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (down, up) weights, drawn as ``nn.Linear`` draws its default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    hidden = max(dim // reduction, 1)
+    down = (torch.rand(hidden, dim, generator=generator) * 2 - 1) / math.sqrt(dim)
+    up = (torch.rand(dim, hidden, generator=generator) * 2 - 1) / math.sqrt(hidden)
+    return down, up
+
+
+class ClipAdapterHead:
+    name: ClassVar[str] = "clip_adapter"
+    uses_text: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = True
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = False
+    config_key: ClassVar[str | None] = "clip_adapter"
+    Config = ClipAdapterConfig
+
+    def __init__(self, config: ClipAdapterConfig | None = None) -> None:
+        self.config = config or ClipAdapterConfig()
+
+    def check(self, task: Task) -> None:
+        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
+        if task.backbone is None:
+            raise ValueError(f"{self.name} needs the backbone's text encoder (Task.backbone is None)")
+        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone),
+                            self.name)
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ClipAdapterHead":
+        if train is None or len(train) == 0:
+            raise ValueError(f"{self.name} needs training features")
+        self.check(task)
+        cfg = self.config
+        zero_shot = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
+        down, up = init_adapter(train.features.shape[1], cfg.reduction, torch.Generator().manual_seed(task.seed))
+        model = AdapterModel(down, up, cfg.ratio, zero_shot.prototypes_, zero_shot.logit_scale_)
+        history, selection, _ = train_prompt_module(
+            model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch)
+        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
+        self.model_ = model.requires_grad_(False)
+        self.templates_ = list(task.templates)
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
+        return self
+
+    def transfer(self, backbone: Any, class_names: list[str]) -> "ClipAdapterHead":
+        """The same visual adapter against other class names' zero-shot prototypes (base-to-new)."""
+        head = ClipAdapterHead(self.config)
+        head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
+        zero_shot = ZeroShotHead().fit(Task(list(class_names), self.templates_, backbone))
+        head.model_ = AdapterModel(self.model_.down.detach(), self.model_.up.detach(), self.config.ratio,
+                                   zero_shot.prototypes_, zero_shot.logit_scale_).requires_grad_(False)
+        return head
+
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP logits of the adapted features, before temperature scaling."""
+        with torch.no_grad():
+            return self.model_(features)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {f"adapter.{k}": v.detach().reshape(v.shape or (1,)) for k, v in self.model_.state_dict().items()}
+        tensors["temperature"] = self.temperature_.reshape(1)
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.model_ = AdapterModel(tensors["adapter.down"], tensors["adapter.up"], self.config.ratio,
+                                   tensors["adapter.prototypes"], tensors["adapter.logit_scale"]).requires_grad_(False)
+        self.temperature_ = tensors["temperature"].reshape(())
+        self.templates_ = list(meta.get("templates", []))
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return int(self.model_.down.numel() + self.model_.up.numel()) if hasattr(self, "model_") else 0

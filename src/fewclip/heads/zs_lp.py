@@ -1,0 +1,138 @@
+"""ZS-LP (Silva-Rodriguez et al., CVPR 2024, "A Closer Look at the Few-Shot Adaptation of Large
+Vision-Language Models"): a linear probe whose class prototypes start at the zero-shot ones.
+
+``logits = logit_scale * cos(f, w_c)``: L2-normalised features and prototypes with CLIP's own temperature
+(jusiro/CLAP ``trainers/adapters.py`` ``forward_lp``). The reference initialises ``w`` with the mean of the
+raw template embeddings; here its direction is fewclip's zero-shot prototype (the renormalised mean of the
+normalised embeddings) and its length that raw mean's, so the untrained probe is exactly zero-shot and the
+steps are those of the reference's scale. Training follows the paper's validation-free recipe
+(``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``: SGD lr 0.1, momentum 0.9, no weight decay, 300 epochs,
+batch 256, cosine after one constant 1e-5 warm-up epoch) and keeps the last epoch; no temperature is fitted
+on val by default (validation-free).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..configbase import ConfigBlock
+from .base import FeatureSet, Task, normalize
+from .calibration import calibrate, temperature_tensor
+from .prompt_fit import check_templates_fit, text_positions
+from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
+from .selection import SELECT_HELP, SelectRule
+from .zero_shot import ZeroShotHead
+
+
+class ZsLpConfig(ConfigBlock):
+    """The `zs_lp` block: the CLAP paper's validation-free schedule."""
+
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (the paper "
+                               "extracts 20); 0: the plain features.")
+    select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
+    calibrate: bool = Field(False, description="Temperature-scale the logits on the validation split (off: "
+                            "validation-free, as in the paper).")
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr)
+
+
+class PrototypeModel(nn.Module):
+    """Trainable class prototypes (C, d) scored by cosine times CLIP's logit scale."""
+
+    def __init__(self, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.prototypes = nn.Parameter(prototypes.clone())
+        self.register_buffer("logit_scale", logit_scale.reshape(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * normalize(features) @ normalize(self.prototypes).T
+
+
+def zero_shot_init(task: Task) -> tuple[torch.Tensor, ZeroShotHead]:
+    """(C, d) initial prototypes (the zero-shot direction at the length of the mean raw template embedding)
+    and the zero-shot head they come from."""
+    zero_shot = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
+    prompts = [template.format(name) for template in task.templates for name in task.class_names]
+    with torch.no_grad():
+        raw = task.backbone.encode_text(prompts).float().reshape(len(task.templates), len(task.class_names), -1)
+    return zero_shot.prototypes_ * raw.mean(dim=0).norm(dim=-1, keepdim=True), zero_shot
+
+
+class ZsLpHead:
+    name: ClassVar[str] = "zs_lp"
+    uses_text: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = False
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = False
+    config_key: ClassVar[str | None] = "zs_lp"
+    Config = ZsLpConfig
+
+    def __init__(self, config: ZsLpConfig | None = None) -> None:
+        self.config = config or ZsLpConfig()
+
+    def check(self, task: Task) -> None:
+        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
+        if task.backbone is None:
+            raise ValueError(f"{self.name} needs the backbone's text encoder (Task.backbone is None)")
+        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone),
+                            self.name)
+
+    def train_step(self, model: PrototypeModel, train: FeatureSet,
+                   zero_shot: ZeroShotHead) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+        """The loss of one step (None: plain cross-entropy); CLAP adds its constraint here."""
+        return None
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZsLpHead":
+        if train is None or len(train) == 0:
+            raise ValueError(f"{self.name} needs training features")
+        self.check(task)
+        cfg = self.config
+        initial, zero_shot = zero_shot_init(task)
+        model = PrototypeModel(initial, zero_shot.logit_scale_)
+        history, selection, _ = train_prompt_module(
+            model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch, train_step=self.train_step(model, train, zero_shot))
+        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
+        self.model_ = model.requires_grad_(False)
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
+        return self
+
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP-scaled cosine logits against the learned prototypes."""
+        with torch.no_grad():
+            return self.model_(features)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) logits (divided by the val temperature only when calibrate is on)."""
+        return self.uncalibrated_logits(features) / self.temperature_
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"prototypes": self.model_.prototypes.detach(), "logit_scale": self.model_.logit_scale.reshape(1),
+                "temperature": self.temperature_.reshape(1)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.model_ = PrototypeModel(tensors["prototypes"], tensors["logit_scale"]).requires_grad_(False)
+        self.temperature_ = tensors["temperature"].reshape(())
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return int(self.model_.prototypes.numel()) if hasattr(self, "model_") else 0

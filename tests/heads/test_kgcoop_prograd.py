@@ -1,0 +1,117 @@
+"""KgCoOp and ProGrad: each reduces to CoOp step for step (weight 0; projection 0 or agreeing gradients),
+the guidance pulls class text features to the hand-crafted ones, the projection formula, a learnable task,
+resume after a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.heads import CoOpHead, FeatureSet, KgCoOpHead, ProGradHead, Task, ZeroShotHead
+from fewclip.heads.coop import CoOpPrompts
+from fewclip.heads.prograd import project_conflict
+from tests.heads.adapter_tasks import CallCounter, Killed, accuracy
+from tests.heads.test_coop import TASK_NAMES, synthetic_task
+
+TEMPLATES = ["a photo of a {}."]
+SHARED = ["n_ctx=4", "ctx_init=a photo of a", "epochs=3", "batch_size=4", "select=last"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_clip: Path) -> CLIPBackbone:
+    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
+
+
+def task(backbone: CLIPBackbone, seed: int = 3, checkpoint: Path | None = None) -> Task:
+    return Task(TASK_NAMES, TEMPLATES, backbone, seed, checkpoint=checkpoint)
+
+
+def data(backbone: CLIPBackbone) -> tuple[FeatureSet, FeatureSet]:
+    return synthetic_task(backbone, 2, seed=1), synthetic_task(backbone, 2, seed=2)
+
+
+def same_run(a: Any, b: Any) -> None:
+    assert a.history_ == b.history_
+    assert torch.equal(a.ctx_, b.ctx_) and torch.equal(a.class_text_features_, b.class_text_features_)
+
+
+@pytest.mark.parametrize("head_cls, key, off", [(KgCoOpHead, "kgcoop", "weight=0"), (ProGradHead, "prograd", "projection=0")])
+def test_switched_off_is_coop_step_for_step(head_cls: type, key: str, off: str, backbone: CLIPBackbone,
+                                            make_config: Callable[..., Any]) -> None:
+    train, val = data(backbone)
+    coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED)).coop).fit(task(backbone), train, val)
+    other = head_cls(getattr(make_config(*(f"{key}.{o}" for o in SHARED + [off])), key)).fit(task(backbone), train, val)
+    same_run(other, coop)
+    assert coop.history_[-1]["train_loss"] != coop.history_[0]["train_loss"]  # it did train
+
+
+def test_prograd_with_agreeing_gradients_is_coop(backbone: CLIPBackbone, make_config: Callable[..., Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the KL gradient the CE gradient itself (always agreeing): the full-strength projection never fires."""
+    train, val = data(backbone)
+    coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED)).coop).fit(task(backbone), train, val)
+    fired = []
+
+    def agreeing(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: float) -> torch.Tensor:
+        result = project_conflict(ce_grad, ce_grad.clone(), strength)
+        fired.append(not torch.equal(result, ce_grad))
+        return result
+
+    monkeypatch.setattr("fewclip.heads.prograd.project_conflict", agreeing)
+    prograd = ProGradHead(make_config(*(f"prograd.{o}" for o in SHARED)).prograd).fit(task(backbone), train, val)
+    same_run(prograd, coop)
+    assert fired and not any(fired)
+
+
+def test_projection_removes_the_conflicting_component() -> None:
+    ce, kl = torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0, 1.0]])
+    projected = project_conflict(ce, kl, 1.0)
+    torch.testing.assert_close(projected, torch.tensor([[0.5, 0.5]]))  # ce - (ce.k)k with k = kl/|kl|
+    assert abs(float((projected * kl).sum())) < 1e-7
+    assert torch.equal(project_conflict(ce, -kl, 1.0), ce)  # agreeing: unchanged
+
+
+def test_kgcoop_guidance_keeps_class_text_near_the_hand_crafted(backbone: CLIPBackbone,
+                                                                make_config: Callable[..., Any]) -> None:
+    train, val = data(backbone)
+    hand = ZeroShotHead().fit(task(backbone)).prototypes_
+    lr = ["lr=0.05", "epochs=6"]
+    coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED + lr)).coop).fit(task(backbone), train, val)
+    kg = KgCoOpHead(make_config(*(f"kgcoop.{o}" for o in SHARED + lr + ["weight=50"])).kgcoop).fit(task(backbone), train, val)
+    distance = lambda head: (head.class_text_features_ - hand).pow(2).sum(-1).mean().item()  # noqa: E731
+    assert distance(kg) < distance(coop)
+    assert kg.trainable_parameters() == 4 * backbone.model.config.text_config.hidden_size
+
+
+@pytest.mark.parametrize("head_cls, key", [(KgCoOpHead, "kgcoop"), (ProGradHead, "prograd")])
+def test_learns_the_coop_task_and_beats_zero_shot(head_cls: type, key: str, backbone: CLIPBackbone,
+                                                  make_config: Callable[..., Any]) -> None:
+    train, val = synthetic_task(backbone, 4, seed=1), synthetic_task(backbone, 8, seed=2)
+    config = getattr(make_config(f"{key}.n_ctx=4", f"{key}.ctx_init=null", f"{key}.epochs=20", f"{key}.batch_size=8",
+                                 f"{key}.select=last"), key)
+    if key == "kgcoop":
+        config = config.model_copy(update={"weight": 1.0})
+    head = head_cls(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, 0), train, val)
+    zero_shot = accuracy(ZeroShotHead().fit(task(backbone)).predict(val.features), val.labels)
+    assert accuracy(head.predict(val.features), val.labels) > zero_shot + 0.1
+
+
+@pytest.mark.parametrize("head_cls, key", [(KgCoOpHead, "kgcoop"), (ProGradHead, "prograd")])
+def test_resumes_a_killed_fit(head_cls: type, key: str, backbone: CLIPBackbone, make_config: Callable[..., Any],
+                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = getattr(make_config(*(f"{key}.{o}" for o in SHARED + ["epochs=4"])), key)
+    train, val = data(backbone)
+    reference = head_cls(config).fit(task(backbone), train, val)
+    per_epoch = 3 + 1  # 12 images in batches of 4, then one val pass
+    calls = CallCounter(monkeypatch, CoOpPrompts, "features", fail_at=2 * per_epoch + 2)
+    checkpoint = tmp_path / f"{key}.ckpt.safetensors"
+    with pytest.raises(Killed):
+        head_cls(config).fit(task(backbone, checkpoint=checkpoint), train, val)
+    calls.restart()
+    resumed = head_cls(config).fit(task(backbone, checkpoint=checkpoint), train, val)
+    assert calls.count == 2 * per_epoch + 1  # epochs 3 and 4, then the final class features
+    same_run(resumed, reference)
