@@ -64,6 +64,11 @@ class CoCoOpHead:
     transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = True
     per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = True
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "cocoop"
     Config = CoCoOpConfig
 

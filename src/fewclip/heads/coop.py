@@ -122,6 +122,11 @@ class CoOpHead:
     transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "coop"
     Config = CoOpConfig
 

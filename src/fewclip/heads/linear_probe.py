@@ -36,6 +36,11 @@ class LinearProbeHead:
     transfers: ClassVar[bool] = False
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = False
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = False
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
     Config = LinearProbeConfig
 

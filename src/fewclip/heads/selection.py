@@ -93,13 +93,18 @@ def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels
     return Selection(best, f"val_macro_f1 ({comparison})")
 
 
+def best_epoch(head: Any) -> int | None:
+    """The epoch a fitted head kept (None for a head that does not train over epochs)."""
+    return head.best_epoch_ if head.selects_epoch else None
+
+
 def fit_meta(head: Any) -> dict[str, Any]:
-    """What the head JSON records about how a head chose its epoch and its temperature."""
-    selection: Selection | None = getattr(head, "selection_", None)
-    calibration = getattr(head, "calibration_", None)
+    """What the head JSON records about how a freshly fitted head chose its epoch and its temperature."""
+    selection: Selection | None = head.selection_ if head.selects_epoch else None
+    calibration = head.calibration_ if head.calibrates else None
     return {
         "selection_rule": selection.rule if selection else None,
-        "kept_first_epoch": bool(selection and selection.epoch == 1 and len(getattr(head, "history_", [])) > 1),
+        "kept_first_epoch": bool(selection and selection.epoch == 1 and len(head.history_) > 1),
         "temperature": calibration.temperature if calibration else 1.0,
         "calibration": calibration.note if calibration else None,
     }
