@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewclip.heads import FeatureSet, LinearProbeHead, Task
-from fewclip.heads.selection import MIN_VAL_PER_CLASS, Selection, fit_meta, select_epoch
+from fewclip.heads.selection import MIN_VAL_PER_CLASS, BestEpoch, Selection, fit_meta, select_epoch
 from fewclip.stats import wilson_interval
 
 CLASSES = ["a", "b", "c"]
@@ -125,3 +125,28 @@ def test_linear_probe_default_falls_back_on_a_small_val(make_config: Callable[..
     last = LinearProbeHead(make_config("training.select=last").training).fit(Task(CLASSES, seed=1), train, small_val)
     assert torch.equal(head.weight_, last.weight_) and last.selection_ == Selection(epochs, "last_epoch")
     assert not math.isnan(head.history_[-1]["val_loss"])
+
+
+def test_best_epoch_copies_state_only_for_a_new_candidate_and_returns_it_when_chosen() -> None:
+    rows = [{"val_macro_f1": f1, "val_loss": loss, "val_accuracy": f1}
+            for f1, loss in ((0.5, 1.0), (0.8, 0.9), (0.8, 0.5), (0.6, 0.4))]
+    keeper, copies = BestEpoch("val_macro_f1"), []
+    for epoch, row in enumerate(rows, 1):
+        keeper.observe(epoch, row, lambda epoch=epoch: copies.append(epoch) or {"w": torch.tensor(float(epoch))})
+    assert copies == [1, 2, 3]  # epoch 3 ties on F1 and wins on loss; epoch 4 is worse: never copied
+    selection, state = keeper.choose(rows, torch.arange(4), 4)
+    assert selection == Selection(3, "val_macro_f1") and state == {"w": torch.tensor(3.0)}
+    loss_keeper = BestEpoch("val_loss")
+    for epoch, row in enumerate(rows, 1):
+        loss_keeper.observe(epoch, row, lambda: {})
+    assert loss_keeper.choose(rows, torch.arange(4), 4) == (Selection(4, "val_loss"), None)  # the last: nothing to restore
+
+
+def test_best_epoch_without_validation_keeps_nothing_and_the_last_epoch() -> None:
+    keeper = BestEpoch("auto")
+    rows = [{"train_loss": 1.0}, {"train_loss": 0.5}]
+    for epoch, row in enumerate(rows, 1):
+        keeper.observe(epoch, row, lambda: pytest.fail("no val: no state to copy"))
+    assert keeper.choose(rows, None, 3) == (Selection(2, "last_epoch (no validation split)"), None)
+    last_keeper = BestEpoch("last")
+    last_keeper.observe(1, {"val_macro_f1": 1.0, "val_loss": 0.0}, lambda: pytest.fail("'last' copies nothing"))
