@@ -147,7 +147,7 @@ def test_linear_probe_trainable_parameters_on_512_dim_features(make_config: Call
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(40, 512, generator=generator)
     labels = torch.arange(40) % 10
-    head = HEADS.get("linear_probe")(make_config("training.epochs=2").training)
+    head = HEADS.get("linear_probe")(make_config("linear_probe.epochs=2").linear_probe)
     head.fit(Task([f"class {i}" for i in range(10)], seed=0), FeatureSet(features, labels))
     assert head.trainable_parameters() == 5130 == EXPECTED_TRAINABLE["linear_probe"](512, 10, 512)
     # the temperature is fitted after training, on val: not a trained parameter

@@ -98,19 +98,19 @@ def anti_val(seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
 
 def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[..., Any]) -> None:
     train, val = anti_val()
-    head = LinearProbeHead(make_config("training.select=val_loss").training).fit(Task(CLASSES, seed=1), train, val)
+    head = LinearProbeHead(make_config("linear_probe.select=val_loss").linear_probe).fit(Task(CLASSES, seed=1), train, val)
     losses = [row["val_loss"] for row in head.history_]
     assert losses.index(min(losses)) == 0  # precondition: the first epoch is the best on val loss
     assert head.selection_ == Selection(1, "val_loss") and head.best_epoch_ == 1
     meta = fit_meta(head)
     assert meta["kept_first_epoch"] is True and meta["selection_rule"] == "val_loss"
     # auto on the same run: 10 val images per class and the last epoch is clearly worse -> the first is kept
-    auto = LinearProbeHead(make_config().training).fit(Task(CLASSES, seed=1), train, val)
+    auto = LinearProbeHead(make_config().linear_probe).fit(Task(CLASSES, seed=1), train, val)
     assert [row["val_accuracy"] for row in auto.history_][:: len(auto.history_) - 1] == [0.1, 0.0]  # precondition
     assert auto.selection_.epoch == 1 and fit_meta(auto)["kept_first_epoch"] is True
     assert auto.selection_.rule.startswith("val_macro_f1 (epoch 1 val accuracy 0.100, last 0.000, 95% Wilson")
     # the kept weights are the selected epoch's: the same run stopped there gives them bit for bit
-    stopped = LinearProbeHead(make_config(f"training.epochs={auto.best_epoch_}", "training.select=last").training)
+    stopped = LinearProbeHead(make_config(f"linear_probe.epochs={auto.best_epoch_}", "linear_probe.select=last").linear_probe)
     stopped.fit(Task(CLASSES, seed=1), train, val)
     assert torch.equal(stopped.weight_, auto.weight_)
 
@@ -118,11 +118,11 @@ def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[...,
 def test_linear_probe_default_falls_back_on_a_small_val(make_config: Callable[..., Any]) -> None:
     train, val = anti_val()
     small_val = FeatureSet(val.features[:12], val.labels[:12])  # 4 per class
-    head = LinearProbeHead(make_config().training).fit(Task(CLASSES, seed=1), train, small_val)
-    epochs = make_config().training.epochs
+    head = LinearProbeHead(make_config().linear_probe).fit(Task(CLASSES, seed=1), train, small_val)
+    epochs = make_config().linear_probe.epochs
     assert head.selection_ == Selection(epochs, "last_epoch (val too small: 4/class < 10)")
     assert fit_meta(head)["kept_first_epoch"] is False
-    last = LinearProbeHead(make_config("training.select=last").training).fit(Task(CLASSES, seed=1), train, small_val)
+    last = LinearProbeHead(make_config("linear_probe.select=last").linear_probe).fit(Task(CLASSES, seed=1), train, small_val)
     assert torch.equal(head.weight_, last.weight_) and last.selection_ == Selection(epochs, "last_epoch")
     assert not math.isnan(head.history_[-1]["val_loss"])
 

@@ -19,7 +19,7 @@ from .selection import SELECT_HELP, BestEpoch, SelectRule
 
 
 class LinearProbeConfig(ConfigBlock):
-    """The `training` block (the linear probe's optimiser)."""
+    """The `linear_probe` block (the linear probe's optimiser; `training:` is its deprecated name)."""
 
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -41,7 +41,7 @@ class LinearProbeHead:
     uses_augmented_views: ClassVar[bool] = False
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
-    config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
+    config_key: ClassVar[str | None] = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
 
     def __init__(self, config: LinearProbeConfig | None = None) -> None:

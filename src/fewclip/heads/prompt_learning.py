@@ -129,7 +129,13 @@ def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Pos
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
     tokens = task.backbone.tokens
-    n_ctx = len(context_init_ids(tokens, ctx_init)) if ctx_init else n_ctx
+    if ctx_init:  # the config resolved n_ctx to ctx_init's word count: each word must be one token
+        ids = context_init_ids(tokens, ctx_init)
+        if len(ids) != n_ctx:
+            raise ValueError(
+                f"{key}.ctx_init {ctx_init!r}: its {n_ctx} word(s) are {len(ids)} tokens for this model's tokenizer, "
+                f"and the context is one vector per word; use words the tokenizer keeps whole, or set "
+                f"{key}.ctx_init: null and {key}.n_ctx to the context length")
     n_ctx_key = f"{key}.ctx_init" if ctx_init else f"{key}.n_ctx"
     build_layout(tokens, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
 
