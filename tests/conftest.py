@@ -45,7 +45,7 @@ def make_config(tiny_clip: Path, shapes_dir: Path, tmp_path: Path):
             "dataset": {"source": "folder", "path": str(shapes_dir)},
             "few_shot": {"shots": [1, 2, 4]},
             "splits": {"seeds": [1], "val_per_class": 2},
-            "training": {"epochs": 20},
+            "linear_probe": {"epochs": 20},
             "output": {"dir": str(tmp_path / "run"), "progress": False},
             "cache": {"dir": str(tmp_path / "cache")},
         }

@@ -32,7 +32,7 @@ def test_defaults_come_from_the_blocks(make_config) -> None:
     assert config.prompts.templates == DEFAULT_TEMPLATES
     assert config.methods == ["zero_shot", "linear_probe"]  # the fixture names them
     assert Config.model_fields["methods"].default_factory() == ["zero_shot", "linear_probe", "coop"]
-    assert config.training.epochs == 20  # the fixture's override of the block default
+    assert config.linear_probe.epochs == 20  # the fixture's override of the block default
     assert config.wandb.mode == "disabled"
 
 
@@ -41,7 +41,7 @@ def test_untouched_blocks_equal_fresh_defaults(tmp_path: Path) -> None:
     assert config.few_shot.shots == [1, 2, 4, 8, 16]
     assert config.splits.seeds == [1, 2, 3]
     assert config.splits.val_per_class == 4
-    assert config.training == type(config.training)()
+    assert config.linear_probe == type(config.linear_probe)()
     assert config.coop == type(config.coop)()
 
 
@@ -117,7 +117,7 @@ def test_unknown_top_level_block(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, ["trainng.epochs=3"], base=_minimal(tmp_path))
     assert "trainng" in str(info.value)
-    assert "'training'" in str(info.value)
+    assert "did you mean 'linear_probe'" in str(info.value)
 
 
 def test_missing_dataset_block_fails(tmp_path: Path) -> None:
@@ -168,13 +168,13 @@ def test_every_error_is_reported_at_once(make_config) -> None:
 def test_overrides_parse_lists_and_numbers(make_config) -> None:
     config = make_config("few_shot.shots=[8,16]", "training.lr=0.5", "splits.seeds=[4]", "coop.n_ctx=4")
     assert config.few_shot.shots == [8, 16]
-    assert config.training.lr == 0.5
+    assert config.linear_probe.lr == 0.5
     assert config.splits.seeds == [4]
     assert config.coop.n_ctx == 4
 
 
 def test_override_in_scientific_notation(make_config) -> None:
-    assert make_config("training.lr=1e-3").training.lr == pytest.approx(0.001)
+    assert make_config("training.lr=1e-3").linear_probe.lr == pytest.approx(0.001)  # the deprecated name still works
 
 
 def test_override_booleans_and_null(make_config) -> None:

@@ -44,7 +44,7 @@ def test_rerun_recomputes_nothing_and_assembles_the_same_tables(evaluated: tuple
 def test_retrained_units_alone_are_evaluated_again(evaluated: tuple[Any, RunLayout, list[Any], list[Any]],
                                                    make_config: Callable[..., Any]) -> None:
     _, layout, units, saliency = evaluated
-    ctx = pipeline.RunContext(make_config("few_shot.shots=[1,2]", "output.saliency_images=2", "training.epochs=3"))
+    ctx = pipeline.RunContext(make_config("few_shot.shots=[1,2]", "output.saliency_images=2", "linear_probe.epochs=3"))
     assert pipeline.train(ctx) == ["linear_probe/shot_1-seed_1", "linear_probe/shot_2-seed_1"]
     pipeline.evaluate(ctx)
     assert units == [("linear_probe", 1, 1), ("linear_probe", 2, 1)]

@@ -34,7 +34,7 @@ def write_config(folder: Path, name: str, shapes_dir: Path, cache: Path) -> Path
         "variants": {"coop@n4_csc": {"n_ctx": 4, "class_specific_context": True, "class_token_position": "middle"}},
         "few_shot": {"shots": [2]},
         "splits": {"seeds": [1], "val_per_class": 2},
-        "training": {"epochs": 3},
+        "linear_probe": {"epochs": 3},
         "coop": {"epochs": 2, "n_ctx": 8},
         "cocoop": {"epochs": 1},
         "output": {"dir": str(folder / "run"), "progress": False, "saliency_images": 2},

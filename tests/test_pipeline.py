@@ -144,7 +144,7 @@ def test_run_dir_holds_resolved_config_heads_and_history(finished_run: tuple[Any
     assert head_files == sorted(f"{m}/shot_{k}-seed_{s}.{ext}" for m, k, s in UNITS for ext in ("json", "safetensors"))
     for shots in (1, 2, 4):
         history = read_rows(layout.results / "history" / "linear_probe" / f"shot_{shots}-seed_1.csv")
-        assert len(history) == config.training.epochs
+        assert len(history) == config.linear_probe.epochs
         assert list(history[0]) == ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_loss"]
 
 
@@ -170,7 +170,7 @@ def test_second_run_skips_training_and_extraction(finished_run: tuple[Any, RunLa
 def test_changed_training_config_retrains_only_the_probe(finished_run: tuple[Any, RunLayout], encoder_calls: list[int],
                                                          make_config: Callable[..., Any]) -> None:
     _, layout = finished_run
-    ctx = pipeline.RunContext(make_config("training.epochs=5"))
+    ctx = pipeline.RunContext(make_config("linear_probe.epochs=5"))
     pipeline.prepare(ctx)
     pipeline.features(ctx)
     assert pipeline.train(ctx) == [f"linear_probe/shot_{k}-seed_1" for k in (1, 2, 4)]
@@ -196,7 +196,7 @@ def config_file(make_config: Callable[..., Any], tmp_path: Path) -> Path:
 def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-q", "run", str(config_file), "few_shot.shots=[1,2]", "methods=[linear_probe]",
-                 "training.epochs=3"]) == 0
+                 "linear_probe.epochs=3"]) == 0
     layout = RunLayout(tmp_path / "run")
     out = capsys.readouterr().out  # ends with the answer in three lines, not the summary.csv dump
     assert out.splitlines()[-3:] == [json.loads(layout.answer.read_text())["headline"],
@@ -205,14 +205,14 @@ def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_pat
     assert sorted(unit_of(r) for r in read_rows(layout.summary)) == [("linear_probe", 1, 1), ("linear_probe", 2, 1)]
     resolved = load_config(layout.config)
     assert resolved.few_shot.shots == [1, 2] and resolved.methods == ["linear_probe"]
-    assert resolved.training.epochs == 3 and resolved.output.progress is False  # -q
+    assert resolved.linear_probe.epochs == 3 and resolved.output.progress is False  # -q
     assert len(read_rows(layout.results / "history" / "linear_probe" / "shot_2-seed_1.csv")) == 3
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "{cfg}", "training.epoch=5"], "training.epoch: unknown key; did you mean 'training.epochs'?"),
+        (["run", "{cfg}", "linear_probe.epoch=5"], "linear_probe.epoch: unknown key; did you mean 'linear_probe.epochs'?"),
         (["run", "{cfg}", "methods=[linaer_probe]"], "did you mean 'linear_probe'?"),
         (["run", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
         (["run", "{cfg}", "model.id={tmp}/no-model"], "model.id: model folder {tmp}/no-model does not exist"),

@@ -62,7 +62,7 @@ def test_summary_records_selection_and_ece_before_and_after_calibration(make_con
         # the predictions are the calibrated logits; before calibration they were T times larger
         assert float(row["ece_uncalibrated"]) == pytest.approx(ece(logits * temperature, labels), abs=2e-6)
         assert row["ece_uncalibrated"] != row["ece"]
-        epochs = config.training.epochs
+        epochs = config.linear_probe.epochs
         assert row["selection"] == meta["selection_rule"] == "last_epoch (val too small: 2/class < 10)"
         assert row["best_epoch"] == str(epochs) and meta["kept_first_epoch"] is False
 
@@ -78,7 +78,7 @@ def test_units_that_kept_their_first_epoch_are_named_at_the_end_of_train(
         return original_fit(self, task, train, FeatureSet(val.features, (val.labels + 1) % 3))
 
     monkeypatch.setattr(LinearProbeHead, "fit", misleading_val)
-    config = make_config("few_shot.shots=[1,2]", "training.select=val_loss")
+    config = make_config("few_shot.shots=[1,2]", "linear_probe.select=val_loss")
     layout = RunLayout(Path(config.output.dir))
     expected = ("2 unit(s) kept their first epoch's state (training did not beat its start on validation; check the "
                 "learning rate and schedule, or set select: last): linear_probe/shot_1-seed_1 (val_loss); "

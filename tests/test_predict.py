@@ -118,7 +118,7 @@ def test_expand_images_is_recursive_sorted_and_keeps_named_files(images: tuple[P
 
 @pytest.fixture()
 def small_run(make_config: Callable[..., Any]) -> Path:
-    return run_dir(make_config("few_shot.shots=[1,2]", "training.epochs=5", NO_FIGURES))
+    return run_dir(make_config("few_shot.shots=[1,2]", "linear_probe.epochs=5", NO_FIGURES))
 
 
 def test_cli_prints_top_k_and_writes_csv_and_json(small_run: Path, images: tuple[Path, dict[Path, str], Path],

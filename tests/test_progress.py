@@ -18,7 +18,7 @@ BAR = "%|"  # every tqdm bar line has the percentage followed by the bar's left 
 
 
 def prepared(make_config: Callable[..., Any], *overrides: str) -> pipeline.RunContext:
-    ctx = pipeline.RunContext(make_config("few_shot.shots=[1,2]", "training.epochs=3", *overrides))
+    ctx = pipeline.RunContext(make_config("few_shot.shots=[1,2]", "linear_probe.epochs=3", *overrides))
     pipeline.prepare(ctx)
     pipeline.features(ctx)
     return ctx

@@ -125,7 +125,7 @@ def test_a_stage_of_another_config_is_refused_unless_forced(config_file: Path, t
 def test_keys_that_change_no_result_may_change(make_config: Callable[..., Any]) -> None:
     base = make_config()
     assert config_differences(base, make_config(
-        "name=again", "methods=[zero_shot,linear_probe,coop]", "training.epochs=3", "coop.n_ctx=4",
+        "name=again", "methods=[zero_shot,linear_probe,coop]", "linear_probe.epochs=3", "coop.n_ctx=4",
         "output.progress=true", "output.figures=false", "wandb.mode=offline", "model.batch_size=4",
         "model.device=cpu", "cache.dir=/elsewhere", "runtime.threads=1")) == []
     assert config_differences(base, make_config(

@@ -22,7 +22,7 @@ from fewclip.data.prepare import load_prepared
 from fewclip.data.splits import load_split
 from fewclip.layout import RunLayout
 
-PROBE = ("methods=[linear_probe]", "few_shot.shots=[1,2]", "training.epochs=5", "output.figures=false")
+PROBE = ("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=5", "output.figures=false")
 
 
 def head_files(layout: RunLayout, shots: int) -> tuple[Path, Path]:

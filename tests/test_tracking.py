@@ -104,7 +104,7 @@ def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., An
     monkeypatch.setenv("WANDB_SILENT", "true")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # keep wandb out of the home folder
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
-    config = make_config("few_shot.shots=[1,2]", "training.epochs=4", "name=tiny shapes", "wandb.mode=offline",
+    config = make_config("few_shot.shots=[1,2]", "linear_probe.epochs=4", "name=tiny shapes", "wandb.mode=offline",
                          "wandb.tags=[ci,tiny]", "output.saliency_images=0")
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config.to_yaml())
@@ -203,7 +203,7 @@ def test_each_unit_is_logged_as_soon_as_it_is_trained(make_config: Callable[...,
     monkeypatch.setattr(Tracker, "log_history", lambda self, unit, rows: events.append(f"log {unit} {len(rows)}")
                         or real_log(self, unit, rows))
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "training.epochs=3",
+    config_file.write_text(make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3",
                                        "wandb.mode=offline").to_yaml())
     assert main(["-q", "prepare", str(config_file)]) == 0 and main(["-q", "features", str(config_file)]) == 0
     events.clear()
@@ -237,7 +237,7 @@ def test_epochs_are_logged_live_while_the_unit_trains(make_config: Callable[...,
 
     monkeypatch.setattr(LinearProbeHead, "fit", fit)
     monkeypatch.setattr(Tracker, "log_epoch", log_epoch)
-    config = make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "training.epochs=3", "wandb.mode=offline")
+    config = make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3", "wandb.mode=offline")
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config.to_yaml())
     assert main(["-q", "run", str(config_file)]) == 0

@@ -1,13 +1,15 @@
 """The run config: one YAML with typed, validated blocks and dotted ``key=value`` overrides.
 
-Blocks: model, dataset, prompts, few_shot, splits, training (linear probe), coop, cocoop, wandb, output,
-cache, runtime, plus ``methods`` (which registered heads run). Each method's block is defined beside its code.
+Blocks: model, dataset, prompts, few_shot, splits, one block per registered head (``linear_probe``, ``coop``,
+``cocoop``, ...: each head's ``Config`` under its ``config_key``, defined beside its code and added here from
+the head registry), wandb, output, cache, runtime, variants, plus ``methods`` (which registered heads run).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import os
 import re
 import string
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from .backbones.config import ModelConfig
 from .backbones.model_source import config_relative_id
@@ -26,16 +28,8 @@ from .data.sources import SOURCES, DatasetConfig
 from .data.splits import Sampler
 from .data.subsample import Subsample
 from .heads import HEADS, list_heads
-from .heads.clap import ClapConfig
-from .heads.clip_adapter import ClipAdapterConfig
-from .heads.cocoop import CoCoOpConfig
-from .heads.coop import CoOpConfig
-from .heads.kgcoop import KgCoOpConfig
-from .heads.linear_probe import LinearProbeConfig
-from .heads.prograd import ProGradConfig
-from .heads.tip_adapter import TipAdapterConfig
-from .heads.tip_adapter_f import TipAdapterFConfig
-from .heads.zs_lp import ZsLpConfig
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATES = [
     "a photo of a {}.",
@@ -148,37 +142,17 @@ class RuntimeConfig(ConfigBlock):
                                 "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.")
 
 
-class Config(ConfigBlock):
-    name: str = Field("experiment", description="A label for the run.")
-    methods: list[str] = Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
-                               description="Registered heads to train and evaluate.")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    dataset: DatasetConfig
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
-    splits: SplitsConfig = Field(default_factory=SplitsConfig)
-    training: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
-    coop: CoOpConfig = Field(default_factory=CoOpConfig)
-    cocoop: CoCoOpConfig = Field(default_factory=CoCoOpConfig)
-    tip_adapter: TipAdapterConfig = Field(default_factory=TipAdapterConfig)
-    tip_adapter_f: TipAdapterFConfig = Field(default_factory=TipAdapterFConfig)
-    clip_adapter: ClipAdapterConfig = Field(default_factory=ClipAdapterConfig)
-    zs_lp: ZsLpConfig = Field(default_factory=ZsLpConfig)
-    clap: ClapConfig = Field(default_factory=ClapConfig)
-    kgcoop: KgCoOpConfig = Field(default_factory=KgCoOpConfig)
-    prograd: ProGradConfig = Field(default_factory=ProGradConfig)
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, validate_default=True,
-        description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
-                    "block changed; list the name in methods beside (or instead of) `coop`.")
+class ConfigRules(ConfigBlock):
+    """The run-level checks and helpers of ``Config`` (whose fields are assembled below)."""
 
-    @field_validator("splits")
+    @model_validator(mode="before")
     @classmethod
-    def _sampler_fits_dataset(cls, splits: SplitsConfig, info: ValidationInfo) -> SplitsConfig:
+    def _deprecated_blocks(cls, data: Any) -> Any:
+        return rename_deprecated_blocks(data, "config")[0] if isinstance(data, dict) else data
+
+    @field_validator("splits", check_fields=False)
+    @classmethod
+    def _sampler_fits_dataset(cls, splits: Any, info: ValidationInfo) -> Any:
         dataset = info.data.get("dataset")
         if splits.sampler == "coop" and dataset is not None:
             from .data.coop_fewshot import coop_sampler_problem
@@ -188,7 +162,7 @@ class Config(ConfigBlock):
                 raise ValueError(problem)
         return splits
 
-    @field_validator("methods")
+    @field_validator("methods", check_fields=False)
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
         from .registry import unknown_name_message
@@ -204,14 +178,14 @@ class Config(ConfigBlock):
             raise ValueError(f"methods listed twice: {methods}")
         return methods
 
-    @field_validator("methods")
+    @field_validator("methods", check_fields=False)
     @classmethod
     def _some_method(cls, methods: list[str]) -> list[str]:
         if not methods:
             raise ValueError(f"empty; list at least one method to run (registered: {', '.join(list_heads())})")
         return methods
 
-    @field_validator("variants")
+    @field_validator("variants", check_fields=False)
     @classmethod
     def _valid_variants(cls, variants: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
         for name, overrides in variants.items():
@@ -237,6 +211,80 @@ class Config(ConfigBlock):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def method_block_fields() -> dict[str, Any]:
+    """One top-level block per registered head with hyperparameters: its ``config_key`` -> its ``Config``.
+    A new head gets its block by being registered in ``fewclip.heads``; nothing here names a method."""
+    fields: dict[str, Any] = {}
+    for name in list_heads():
+        head_cls = HEADS.get(name)
+        if head_cls.config_key is None:
+            continue
+        if head_cls.config_key in fields:
+            raise ValueError(f"heads {fields[head_cls.config_key][2]!r} and {name!r} both claim the config block "
+                             f"{head_cls.config_key!r}; give each head its own config_key")
+        description = f"The {name} head's hyperparameters (variants: `{name}@<label>`)."
+        fields[head_cls.config_key] = (head_cls.Config, Field(default_factory=head_cls.Config, description=description), name)
+    return {key: value[:2] for key, value in fields.items()}
+
+
+def build_config_class() -> type[ConfigRules]:
+    """The run config: the run-level blocks, then each registered head's block (``method_block_fields``)."""
+    run_blocks: dict[str, Any] = dict(
+        name=(str, Field("experiment", description="A label for the run.")),
+        methods=(list[str], Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
+                                  description="Registered heads to train and evaluate.")),
+        model=(ModelConfig, Field(default_factory=ModelConfig)),
+        dataset=(DatasetConfig, ...),
+        prompts=(PromptsConfig, Field(default_factory=PromptsConfig)),
+        few_shot=(FewShotConfig, Field(default_factory=FewShotConfig)),
+        splits=(SplitsConfig, Field(default_factory=SplitsConfig)),
+    )
+    tail_blocks: dict[str, Any] = dict(
+        wandb=(WandbConfig, Field(default_factory=WandbConfig)),
+        output=(OutputConfig, Field(default_factory=OutputConfig)),
+        cache=(CacheConfig, Field(default_factory=CacheConfig)),
+        runtime=(RuntimeConfig, Field(default_factory=RuntimeConfig)),
+        # last: its validator reads the method blocks validated before it
+        variants=(dict[str, dict[str, Any]], Field(
+            default_factory=dict, validate_default=True,
+            description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
+                        "block changed; list the name in methods beside (or instead of) `coop`.")),
+    )
+    clash = set(method_block_fields()) & (set(run_blocks) | set(tail_blocks) | set(DEPRECATED_BLOCKS))
+    if clash:
+        raise ValueError(f"head config_key(s) {sorted(clash)} clash with run-level config blocks; rename them")
+    return create_model("Config", __base__=ConfigRules, __module__=__name__,
+                        __doc__="A run's config: one typed block per YAML key (see the README's config reference).",
+                        **run_blocks, **method_block_fields(), **tail_blocks)
+
+
+# --- deprecated block names ----------------------------------------------------------------------
+
+DEPRECATED_BLOCKS = {"training": "linear_probe"}  # old top-level key -> the block it is now
+_warned: set[str] = set()  # deprecated keys already warned about in this process
+
+
+def warn_deprecated(old: str) -> None:
+    if old not in _warned:
+        _warned.add(old)
+        log.warning("%s: is deprecated, use %s: (the same keys)", old, DEPRECATED_BLOCKS[old])
+
+
+def rename_deprecated_blocks(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``data`` with deprecated top-level blocks under their new names, and {new: old} for error messages."""
+    renamed: dict[str, str] = {}
+    for old, new in DEPRECATED_BLOCKS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{origin}: both `{old}:` and `{new}:` are given; `{old}` is the deprecated name of "
+                              f"`{new}`: merge its keys into `{new}:`")
+        warn_deprecated(old)
+        data = {(new if key == old else key): value for key, value in data.items()}
+        renamed[new] = old
+    return data, renamed
+
+
 # --- variants ------------------------------------------------------------------------------------
 
 VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
@@ -258,12 +306,16 @@ def base_block(blocks: Any, head: str) -> ConfigBlock:
 
 def variant_block(base: ConfigBlock, name: str, overrides: dict[str, Any]) -> ConfigBlock:
     """``base`` with a variant's keys changed, validated like the block itself."""
+    values = base.model_dump()
+    for key, source in type(base).derived_keys.items():
+        if source in overrides and key not in overrides:
+            values.pop(key)  # it follows its source (coop's n_ctx follows ctx_init): let the block resolve it anew
     try:
-        return type(base).model_validate({**base.model_dump(), **overrides})
+        return type(base).model_validate({**values, **overrides})
     except ValidationError as err:
         valid = ", ".join(type(base).model_fields)
-        problems = [f"{name}.{'.'.join(map(str, e['loc']))}: "
-                    + ("unknown key" + f" (valid keys: {valid})" if e["type"] == "extra_forbidden" else e["msg"])
+        problems = [".".join([name, *map(str, e["loc"])]) + ": "
+                    + ("unknown key" + f" (valid keys: {valid})" if e["type"] == "extra_forbidden" else _clean_message(e))
                     for e in err.errors()]
         raise ValueError("; ".join(problems)) from None
 
@@ -272,6 +324,9 @@ def method_block(config: "Config", method: str) -> ConfigBlock:
     """The config a method trains with: its head's block, with a variant's keys changed (``coop@n4``)."""
     base = base_block(config, split_variant(method)[0])
     return variant_block(base, method, config.variants[method]) if method in config.variants else base
+
+
+Config = build_config_class()
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -310,6 +365,9 @@ def _restore_slots(value: Any) -> Any:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
+        if path[0] in DEPRECATED_BLOCKS:  # training.epochs=5 sets linear_probe.epochs
+            warn_deprecated(path[0])
+            path = [DEPRECATED_BLOCKS[path[0]], *path[1:]]
         node = data
         for depth, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
@@ -334,7 +392,8 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], data: dict[str, Any], renamed: dict[str, str] | None = None) -> str:
+    """One line per validation error, naming the key as the user wrote it (``renamed``: {block: deprecated name})."""
     loc = [str(p) for p in error["loc"]]
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
@@ -344,12 +403,15 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
         raw = raw.get(part, {}) if isinstance(raw, dict) else {}
         field = block.model_fields.get(part) if block else None
         block = _block_class(field.annotation, raw.get("source") if isinstance(raw, dict) else None) if field else None
+    if loc and renamed and loc[0] in renamed:
+        loc[0] = renamed[loc[0]]
     key = ".".join(loc) or "<root>"
     if error["type"] == "extra_forbidden" and block is not None:
         valid = list(block.model_fields)
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        spellings = {name: name for name in valid} | ({old: new for old, new in DEPRECATED_BLOCKS.items()} if len(loc) == 1 else {})
+        close = difflib.get_close_matches(loc[-1], list(spellings), n=1, cutoff=0.5)
         parent = ".".join(loc[:-1])
-        hint = f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?" if close else ""
+        hint = f"; did you mean {'.'.join(loc[:-1] + [spellings[close[0]]])!r}?" if close else ""
         return f"{key}: unknown key{hint} (valid keys{' in ' + parent if parent else ''}: {', '.join(valid)})"
     if error["type"] == "union_tag_invalid":
         return f"{key}.source: unknown data source {error['input'].get('source')!r}; valid: {', '.join(SOURCES.names())}"
@@ -370,17 +432,18 @@ def _clean_message(error: dict[str, Any]) -> str:
     return f"{message} (got {got!r})"
 
 
-def validate_config(data: dict[str, Any], origin: str = "config") -> Config:
+def validate_config(data: dict[str, Any], origin: str = "config", renamed: dict[str, str] | None = None) -> Config:
+    """``data`` as a Config; ``renamed`` ({block: deprecated name}) makes errors name keys as the user wrote them."""
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        lines = [_describe(e, data) for e in err.errors()]
+        lines = [_describe(e, data, renamed) for e in err.errors()]
         raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(lines)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
-    data: dict[str, Any] = copy.deepcopy(base or {})  # overrides edit nested blocks; never the caller's
+    data, renamed = rename_deprecated_blocks(copy.deepcopy(base or {}), "config")  # overrides edit nested blocks; never the caller's
     origin = "config"
     if path is not None:
         path = Path(path)
@@ -398,8 +461,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
             for key in ("id", "pretrained"):  # a relative folder or file named in a YAML is read from its folder
                 if isinstance(model.get(key), str):
                     model[key] = config_relative_id(model[key], path.parent)
-        data.update(loaded or {})
+        loaded, renamed_here = rename_deprecated_blocks(loaded or {}, origin)
+        renamed.update(renamed_here)
+        data.update(loaded)
     data = apply_overrides(data, overrides)
+    renamed.update({new: old for old, new in DEPRECATED_BLOCKS.items() for text in overrides if text.startswith(old + ".")})
     if "dataset" not in data:
         raise ConfigError(f"{origin}: no `dataset` block; add one (see the README's config reference)")
-    return validate_config(data, origin)
+    return validate_config(data, origin, renamed)

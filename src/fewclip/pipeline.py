@@ -25,7 +25,7 @@ from .features import extract_features, extract_views, load_views, view_key
 from .fileio import remove_stale_temporaries, write_csv
 from .heads import Task, save_head
 from .heads.base import intact_head_meta
-from .heads.selection import fit_meta
+from .heads.selection import best_epoch, fit_meta
 from .layout import unit_name
 from .run_dir import open_run
 from .threads import apply_threads
@@ -131,8 +131,9 @@ def train(ctx: RunContext) -> list[str]:
     # is checked: heads that transfer meet the new classes of base-to-new at evaluation.
     for method in dict.fromkeys(unit[0] for unit, *_ in pending):
         head = head_class(method)(head_config(ctx.config, method))
-        if head.uses_text:  # every text head checks its prompts (contract); a linear probe never loads the model
-            head.check(Task(list(classes.readable), ctx.config.prompts.templates, ctx.backbone))
+        if head.checks_task:  # every text head checks its prompts (contract); a linear probe never loads the model
+            backbone = ctx.backbone if head.uses_text else None
+            head.check(Task(list(classes.readable), ctx.config.prompts.templates, backbone))
     from tqdm.auto import tqdm
 
     trained = []
@@ -150,7 +151,7 @@ def train(ctx: RunContext) -> list[str]:
         start = time.perf_counter()
         if shots:
             train_set = feature_set(ctx, train_records)
-            views = getattr(head.config, "augment_views", 0)
+            views = head.config.augment_views if head.uses_augmented_views else 0
             if views:
                 train_set.views = load_views(ctx.view_cache, train_records, views)
             head.fit(task, train_set, feature_set(ctx, val_records))
@@ -158,7 +159,7 @@ def train(ctx: RunContext) -> list[str]:
             head.fit(task)
         seconds = time.perf_counter() - start
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
-                 "best_epoch": getattr(head, "best_epoch_", None), "templates": ctx.config.prompts.templates,
+                 "best_epoch": best_epoch(head), "templates": ctx.config.prompts.templates,
                  "features_key": ctx.cache.key, **fit_meta(head)}
         if head.history_:  # before the head: its JSON, written last, is what marks the unit done
             cols = list(head.history_[0])

@@ -80,7 +80,8 @@ class RunContext:
 
     def augment_views(self) -> int:
         """The most augmented views any selected head asks for (0: none)."""
-        return max((getattr(head_config(self.config, m), "augment_views", 0) for m in self.config.methods), default=0)
+        return max((head_config(self.config, m).augment_views for m in self.config.methods
+                    if head_class(m).uses_augmented_views), default=0)
 
     def write_config(self) -> None:
         atomic_write_text(self.layout.config, self.config.to_yaml())

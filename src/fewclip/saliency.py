@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .heads.base import differentiable_logits
+
 
 def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
                    target: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
@@ -23,7 +25,7 @@ def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
         # the frozen model has no trainable weights: gradients need an input that asks for them
         inputs = pixels.detach().to(backbone.device, copy=True).requires_grad_(True)
         features, activations = backbone.saliency_pass(inputs)
-        logits = getattr(head, "differentiable_logits", head.logits)(features)
+        logits = differentiable_logits(head, features)
         if target is None:
             target = logits.argmax(-1)
         logits.gather(1, target[:, None]).sum().backward()

@@ -93,8 +93,8 @@ def test_linear_probe_calibrates_on_val_without_moving_its_argmax(make_config: C
                                                                    tmp_path: Path) -> None:
     train, val, test = noisy(10, 0), noisy(10, 1), noisy(50, 2)
     task = Task(CLASSES, seed=1)
-    head = LinearProbeHead(make_config().training).fit(task, train, val)
-    plain = LinearProbeHead(make_config("training.calibrate=false").training).fit(task, train, val)
+    head = LinearProbeHead(make_config().linear_probe).fit(task, train, val)
+    plain = LinearProbeHead(make_config("linear_probe.calibrate=false").linear_probe).fit(task, train, val)
     assert torch.equal(head.weight_, plain.weight_) and torch.equal(head.bias_, plain.bias_)  # training untouched
     assert float(plain.temperature_) == 1.0 and torch.equal(plain.logits(test.features), plain.uncalibrated_logits(test.features))
     temperature = float(head.temperature_)
@@ -115,7 +115,7 @@ def test_linear_probe_calibrates_on_val_without_moving_its_argmax(make_config: C
 
 def test_linear_probe_saved_before_calibration_loads_with_temperature_one(make_config: Callable[..., Any],
                                                                           tmp_path: Path) -> None:
-    head = LinearProbeHead(make_config("training.calibrate=false").training).fit(Task(CLASSES, seed=1), noisy(5, 0))
+    head = LinearProbeHead(make_config("linear_probe.calibrate=false").linear_probe).fit(Task(CLASSES, seed=1), noisy(5, 0))
     state = head.state_dict()
     del state["temperature"]  # the file layout of earlier versions
     loaded = LinearProbeHead(head.config)

@@ -20,6 +20,8 @@ from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.data.images import read_image
 from fewclip.heads import HEADS, FeatureSet, Task, list_heads, load_head, save_head
+from fewclip.heads.base import differentiable_logits
+from fewclip.heads.contract import CAPABILITIES, contract_problems, fitted_problems
 from fewclip.run_context import head_config
 
 # trainable parameter count per head, as a function of (feature dim d, classes C); a new head adds its own
@@ -92,17 +94,11 @@ def test_registry_lists_the_builtin_heads() -> None:
 def test_head_class_declares_name_config_and_shots(name: str) -> None:
     head_cls = HEADS.get(name)
     assert head_cls.name == name
-    assert isinstance(head_cls.uses_shots, bool)
     assert issubclass(head_cls.Config, ConfigBlock)
     assert head_cls().config == head_cls.Config()  # every hyperparameter has a default
-    assert isinstance(head_cls.uses_text, bool)
-    if head_cls.uses_text:  # a head that reads text checks every prompt before any work (the pipeline calls it)
-        assert callable(getattr(head_cls, "check", None))
-    # each declared capability matches the method it promises, so a misspelt method fails here
-    for flag, method in (("transfers", "transfer"), ("needs_text_at_predict", "attach"),
-                         ("per_template_scores", "template_logits")):
-        assert isinstance(getattr(head_cls, flag), bool)
-        assert getattr(head_cls, flag) == callable(getattr(head_cls, method, None)), (name, flag)
+    # every capability is declared, and each declared one has the methods and config keys it promises
+    assert contract_problems(head_cls) == []
+    assert all(isinstance(getattr(head_cls, cap.flag), bool) for cap in CAPABILITIES)
 
 
 def test_init_only_stores_config(name: str, make_config: Callable[..., Any]) -> None:
@@ -119,6 +115,9 @@ def test_fit_returns_self_and_learned_state_ends_in_underscore(name: str, shape_
     learned = set(vars(head)) - {"config"}
     assert learned and all(attr.endswith("_") for attr in learned), learned
     assert isinstance(head.history_, list)
+    assert fitted_problems(head) == []  # the state its flags promise (best_epoch_, temperature_, ...), and no more
+    if head.selects_epoch:  # one rule (heads.selection) chose it, over the epochs in history_
+        assert head.best_epoch_ == head.selection_.epoch and 1 <= head.best_epoch_ <= len(head.history_)
 
 
 def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbone: CLIPBackbone,
@@ -132,7 +131,7 @@ def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbon
     predictions = head.predict(test)
     assert predictions.dtype == torch.long
     assert torch.equal(predictions, logits.argmax(dim=-1))
-    if hasattr(head, "attach"):  # image-conditioned prompts: batched text-tower calls of another shape
+    if head.needs_text_at_predict:  # image-conditioned prompts: batched text-tower calls of another shape
         torch.testing.assert_close(head.logits(test[3:5]), logits[3:5], atol=1e-5, rtol=0)
     else:
         assert torch.equal(head.logits(test[3:5]), logits[3:5])  # one image's logits do not depend on the batch
@@ -161,7 +160,7 @@ def test_linear_probe_trainable_parameters_on_512_dim_features(make_config: Call
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(40, 512, generator=generator)
     labels = torch.arange(40) % 10
-    head = HEADS.get("linear_probe")(make_config("training.epochs=2").training)
+    head = HEADS.get("linear_probe")(make_config("linear_probe.epochs=2").linear_probe)
     head.fit(Task([f"class {i}" for i in range(10)], seed=0), FeatureSet(features, labels))
     assert head.trainable_parameters() == 5130 == EXPECTED_TRAINABLE["linear_probe"](512, 10, 512)
     # the temperature is fitted after training, on val: not a trained parameter
@@ -198,13 +197,80 @@ def test_save_then_load_gives_identical_logits_without_backbone(
 
     assert type(loaded) is type(head)
     assert loaded.config == head.config
-    if hasattr(loaded, "attach"):  # prompts depend on the image: predicting needs the text tower
+    if loaded.needs_text_at_predict:  # prompts depend on the image: predicting needs the text tower
         loaded.attach(backbone, shape_data["classes"])
     test = shape_data["test"].features
     assert torch.equal(loaded.logits(test), head.logits(test))
     assert torch.equal(loaded.predict(test), head.predict(test))
     assert loaded.trainable_parameters() == head.trainable_parameters()
     assert loaded.history_ == head.history_
+    assert fitted_problems(loaded) == []
+    if loaded.selects_epoch:
+        assert loaded.best_epoch_ == head.best_epoch_ == meta["best_epoch"]
+
+
+def test_saliency_logits_carry_gradients_to_the_features(name: str, shape_data: dict, backbone: CLIPBackbone,
+                                                         make_config: Callable[..., Any]) -> None:
+    """What saliency backpropagates through: the declared differentiable path, equal to the logits."""
+    head = fit(build_head(name, make_config), shape_data, backbone, make_config)
+    features = shape_data["test"].features[:4].clone().requires_grad_(True)
+    logits = differentiable_logits(head, features)
+    logits[:, 0].sum().backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    torch.testing.assert_close(logits.detach(), head.logits(features.detach()), atol=1e-5, rtol=0)
+
+
+# --- the contract checks themselves, on deliberately broken heads ----------------------------------
+
+
+def conforming_fake() -> type:
+    """A minimal head that passes ``contract_problems``; the tests below break one thing each."""
+
+    class FakeConfig(ConfigBlock):
+        select: str = "last"
+
+    class Fake:
+        name = "fake"
+        config_key = "fake"
+        Config = FakeConfig
+        uses_shots, uses_text, checks_task, transfers, needs_text_at_predict = True, False, False, False, False
+        per_template_scores, has_differentiable_logits, uses_augmented_views = False, False, False
+        selects_epoch, calibrates = True, False
+
+    return Fake
+
+
+def test_a_conforming_fake_head_passes() -> None:
+    assert contract_problems(conforming_fake()) == []
+
+
+@pytest.mark.parametrize("breakage, problem", [
+    ({"transfers": True}, "fake: transfers is True but the class lacks transfer()"),
+    ({"tranfer": lambda self, backbone, names: self, "transfers": True}, "lacks transfer()"),  # misspelt method
+    ({"attach": lambda self, backbone, names: self}, "needs_text_at_predict is False but the class defines attach()"),
+    ({"has_differentiable_logits": True}, "has_differentiable_logits is True but the class lacks differentiable_logits()"),
+    ({"uses_augmented_views": True}, "uses_augmented_views is True but its Config lacks the key 'augment_views'"),
+    ({"selects_epoch": False}, "selects_epoch is False but its Config has the key 'select'"),
+    ({"uses_text": True}, "a head that uses_text must declare checks_task"),
+    ({"checks_task": True}, "checks_task is True but the class lacks check()"),
+    ({"calibrates": None}, "fake: declare calibrates = True or False"),
+    ({"config_key": "my block"}, "config_key must be the name of its top-level config block"),
+])
+def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage: dict, problem: str) -> None:
+    broken = type("Broken", (conforming_fake(),), breakage)
+    problems = contract_problems(broken)
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_fitted_head_without_the_state_its_flags_promise_fails() -> None:
+    head = conforming_fake()()
+    head.history_ = [{"epoch": 1.0}, {"epoch": 2.0}]
+    assert fitted_problems(head) == ["fake: selects_epoch is True but the fitted head lacks best_epoch_"]
+    head.best_epoch_ = 3
+    assert fitted_problems(head) == ["fake: best_epoch_ must be an epoch of history_ (1..2), got 3"]
+    head.best_epoch_ = 2
+    head.temperature_ = torch.ones(())
+    assert fitted_problems(head) == ["fake: calibrates is False but the fitted head has temperature_"]
 
 
 def test_load_of_an_untrained_head_names_the_file(tmp_path: Path) -> None:

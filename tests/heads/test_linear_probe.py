@@ -44,12 +44,12 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def probe(make_config: Callable[..., Any], *overrides: str) -> LinearProbeHead:
-    return LinearProbeHead(make_config(*overrides).training)
+    return LinearProbeHead(make_config(*overrides).linear_probe)
 
 
 def test_learns_a_separable_task(make_config: Callable[..., Any]) -> None:
     train, val = separable(10, seed=0), separable(5, seed=1)
-    head = probe(make_config, "training.epochs=40", "training.batch_size=8", "training.select=val_macro_f1").fit(
+    head = probe(make_config, "linear_probe.epochs=40", "linear_probe.batch_size=8", "linear_probe.select=val_macro_f1").fit(
         Task(CLASSES, seed=1), train, val)
     losses = [row["train_loss"] for row in head.history_]
     assert losses[-1] < 0.25 * losses[0]
@@ -68,7 +68,7 @@ def test_learns_a_separable_task(make_config: Callable[..., Any]) -> None:
 def test_history_has_loss_and_val_metrics_for_every_epoch(make_config: Callable[..., Any]) -> None:
     train, val = random_task()
     head = probe(make_config).fit(Task(CLASSES, seed=1), train, val)
-    epochs = make_config().training.epochs
+    epochs = make_config().linear_probe.epochs
     assert len(head.history_) == epochs == 20
     assert [list(row) for row in head.history_] == [HISTORY_KEYS] * epochs
     assert [row["epoch"] for row in head.history_] == list(range(1, epochs + 1))
@@ -82,7 +82,7 @@ def test_history_has_loss_and_val_metrics_for_every_epoch(make_config: Callable[
 def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable[..., Any]) -> None:
     train, val = random_task()
     task = Task(CLASSES, seed=1)
-    head = probe(make_config, "training.select=val_macro_f1").fit(task, train, val)
+    head = probe(make_config, "linear_probe.select=val_macro_f1").fit(task, train, val)
     scores = [row["val_macro_f1"] for row in head.history_]
     key = [(row["val_macro_f1"], -row["val_loss"]) for row in head.history_]
     assert head.best_epoch_ == max(range(len(key)), key=lambda i: (key[i], -i)) + 1
@@ -90,7 +90,7 @@ def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable
     assert head.best_epoch_ < len(scores)  # precondition: selection differs from simply stopping at the end
 
     # the kept weights are that epoch's: the same run stopped there gives them bit for bit
-    stopped = probe(make_config, f"training.epochs={head.best_epoch_}", "training.select=last").fit(task, train, val)
+    stopped = probe(make_config, f"linear_probe.epochs={head.best_epoch_}", "linear_probe.select=last").fit(task, train, val)
     assert torch.equal(head.weight_, stopped.weight_) and torch.equal(head.bias_, stopped.bias_)
     # and they score what the history says, by an independent macro-F1
     pred = head.predict(val.features).numpy()
@@ -98,7 +98,7 @@ def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable
     best_row = head.history_[head.best_epoch_ - 1]
     assert float(np.mean(pred == val.labels.numpy())) == pytest.approx(best_row["val_accuracy"])
 
-    last = probe(make_config, "training.select=last").fit(task, train, val)
+    last = probe(make_config, "linear_probe.select=last").fit(task, train, val)
     assert last.best_epoch_ == len(scores)
     assert not torch.equal(last.weight_, head.weight_)
 

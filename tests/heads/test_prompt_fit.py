@@ -126,3 +126,16 @@ def test_too_long_ctx_init_names_ctx_init(backbone: CLIPBackbone) -> None:
     words = " ".join(["photo"] * 25)  # 25 context tokens: 'photo' is one merged token
     with pytest.raises(ValueError, match=r"cocoop: .* needs .*use fewer words in cocoop\.ctx_init"):
         fewclip.heads.CoCoOpHead(CoCoOpConfig(ctx_init=words)).check(Task(["blue triangle"], backbone=backbone))
+
+
+def test_ctx_init_words_the_tokenizer_splits_are_refused_before_training(backbone: CLIPBackbone) -> None:
+    """n_ctx is ctx_init's word count (resolved with the config); a word of several tokens cannot be one vector."""
+    config = CoOpConfig(ctx_init="a photograph")
+    assert config.n_ctx == 2
+    tokens = len(backbone.tokens.word_ids("a photograph"))
+    assert tokens > 2  # the tiny tokenizer spells 'photograph' letter by letter
+    with pytest.raises(ValueError) as err:
+        CoOpHead(config).check(Task(["red circle"], backbone=backbone))
+    assert str(err.value).startswith(f"coop.ctx_init 'a photograph': its 2 word(s) are {tokens} tokens for this "
+                                     "model's tokenizer")
+    assert "set coop.ctx_init: null and coop.n_ctx" in str(err.value)

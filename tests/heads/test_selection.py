@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewclip.heads import FeatureSet, LinearProbeHead, Task
-from fewclip.heads.selection import MIN_VAL_PER_CLASS, Selection, fit_meta, select_epoch
+from fewclip.heads.selection import MIN_VAL_PER_CLASS, BestEpoch, Selection, fit_meta, select_epoch
 from fewclip.stats import wilson_interval
 
 CLASSES = ["a", "b", "c"]
@@ -98,19 +98,19 @@ def anti_val(seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
 
 def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[..., Any]) -> None:
     train, val = anti_val()
-    head = LinearProbeHead(make_config("training.select=val_loss").training).fit(Task(CLASSES, seed=1), train, val)
+    head = LinearProbeHead(make_config("linear_probe.select=val_loss").linear_probe).fit(Task(CLASSES, seed=1), train, val)
     losses = [row["val_loss"] for row in head.history_]
     assert losses.index(min(losses)) == 0  # precondition: the first epoch is the best on val loss
     assert head.selection_ == Selection(1, "val_loss") and head.best_epoch_ == 1
     meta = fit_meta(head)
     assert meta["kept_first_epoch"] is True and meta["selection_rule"] == "val_loss"
     # auto on the same run: 10 val images per class and the last epoch is clearly worse -> the first is kept
-    auto = LinearProbeHead(make_config().training).fit(Task(CLASSES, seed=1), train, val)
+    auto = LinearProbeHead(make_config().linear_probe).fit(Task(CLASSES, seed=1), train, val)
     assert [row["val_accuracy"] for row in auto.history_][:: len(auto.history_) - 1] == [0.1, 0.0]  # precondition
     assert auto.selection_.epoch == 1 and fit_meta(auto)["kept_first_epoch"] is True
     assert auto.selection_.rule.startswith("val_macro_f1 (epoch 1 val accuracy 0.100, last 0.000, 95% Wilson")
     # the kept weights are the selected epoch's: the same run stopped there gives them bit for bit
-    stopped = LinearProbeHead(make_config(f"training.epochs={auto.best_epoch_}", "training.select=last").training)
+    stopped = LinearProbeHead(make_config(f"linear_probe.epochs={auto.best_epoch_}", "linear_probe.select=last").linear_probe)
     stopped.fit(Task(CLASSES, seed=1), train, val)
     assert torch.equal(stopped.weight_, auto.weight_)
 
@@ -118,10 +118,35 @@ def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[...,
 def test_linear_probe_default_falls_back_on_a_small_val(make_config: Callable[..., Any]) -> None:
     train, val = anti_val()
     small_val = FeatureSet(val.features[:12], val.labels[:12])  # 4 per class
-    head = LinearProbeHead(make_config().training).fit(Task(CLASSES, seed=1), train, small_val)
-    epochs = make_config().training.epochs
+    head = LinearProbeHead(make_config().linear_probe).fit(Task(CLASSES, seed=1), train, small_val)
+    epochs = make_config().linear_probe.epochs
     assert head.selection_ == Selection(epochs, "last_epoch (val too small: 4/class < 10)")
     assert fit_meta(head)["kept_first_epoch"] is False
-    last = LinearProbeHead(make_config("training.select=last").training).fit(Task(CLASSES, seed=1), train, small_val)
+    last = LinearProbeHead(make_config("linear_probe.select=last").linear_probe).fit(Task(CLASSES, seed=1), train, small_val)
     assert torch.equal(head.weight_, last.weight_) and last.selection_ == Selection(epochs, "last_epoch")
     assert not math.isnan(head.history_[-1]["val_loss"])
+
+
+def test_best_epoch_copies_state_only_for_a_new_candidate_and_returns_it_when_chosen() -> None:
+    rows = [{"val_macro_f1": f1, "val_loss": loss, "val_accuracy": f1}
+            for f1, loss in ((0.5, 1.0), (0.8, 0.9), (0.8, 0.5), (0.6, 0.4))]
+    keeper, copies = BestEpoch("val_macro_f1"), []
+    for epoch, row in enumerate(rows, 1):
+        keeper.observe(epoch, row, lambda epoch=epoch: copies.append(epoch) or {"w": torch.tensor(float(epoch))})
+    assert copies == [1, 2, 3]  # epoch 3 ties on F1 and wins on loss; epoch 4 is worse: never copied
+    selection, state = keeper.choose(rows, torch.arange(4), 4)
+    assert selection == Selection(3, "val_macro_f1") and state == {"w": torch.tensor(3.0)}
+    loss_keeper = BestEpoch("val_loss")
+    for epoch, row in enumerate(rows, 1):
+        loss_keeper.observe(epoch, row, lambda: {})
+    assert loss_keeper.choose(rows, torch.arange(4), 4) == (Selection(4, "val_loss"), None)  # the last: nothing to restore
+
+
+def test_best_epoch_without_validation_keeps_nothing_and_the_last_epoch() -> None:
+    keeper = BestEpoch("auto")
+    rows = [{"train_loss": 1.0}, {"train_loss": 0.5}]
+    for epoch, row in enumerate(rows, 1):
+        keeper.observe(epoch, row, lambda: pytest.fail("no val: no state to copy"))
+    assert keeper.choose(rows, None, 3) == (Selection(2, "last_epoch (no validation split)"), None)
+    last_keeper = BestEpoch("last")
+    last_keeper.observe(1, {"val_macro_f1": 1.0, "val_loss": 0.0}, lambda: pytest.fail("'last' copies nothing"))

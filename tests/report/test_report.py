@@ -100,7 +100,7 @@ def run_report(make_config: Callable[..., Any]) -> Callable[..., tuple[Any, RunL
     """Run every stage (report included) on the shapes data, one class renamed to a script tag."""
 
     def build(*overrides: str) -> tuple[Any, RunLayout]:
-        config = make_config("few_shot.shots=[1,2]", "splits.seeds=[1,2]", "training.epochs=5",
+        config = make_config("few_shot.shots=[1,2]", "splits.seeds=[1,2]", "linear_probe.epochs=5",
                              "output.saliency_images=3", *overrides,
                              dataset={"source": "folder", "path": make_config().dataset.path,
                                       "rename": {"red_circle": EVIL}},

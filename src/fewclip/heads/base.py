@@ -17,6 +17,7 @@ import torch
 
 from ..fileio import write_json
 from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
+from .selection import best_epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,22 @@ class Task:
 
 
 class Head(Protocol):
+    """The contract. Every capability flag is declared by every head (see ``contract.CAPABILITIES`` for what
+    each promises); callers read the flags and never probe for optional methods."""
+
     name: ClassVar[str]
+    config_key: ClassVar[str | None]  # its top-level config block (``coop:``); None: no hyperparameters
+    Config: ClassVar[type]  # its config block class (a ConfigBlock, every key with a default)
     uses_shots: ClassVar[bool]  # False: trained once, without images (zero-shot)
-    uses_text: ClassVar[bool]  # True: fit needs Task.backbone (the text tower); the head has check(task)
-    # Declared capabilities (the contract suite checks each flag against the method it promises):
+    uses_text: ClassVar[bool]  # True: fit needs Task.backbone (the text tower)
+    checks_task: ClassVar[bool]  # check(task) fails before any training (every text head checks its prompts)
     transfers: ClassVar[bool]  # transfer(backbone, class_names) classifies other class names (base-to-new)
     needs_text_at_predict: ClassVar[bool]  # attach(backbone, class_names) before logits (image-dependent prompts)
     per_template_scores: ClassVar[bool]  # template_logits(features) and templates_: one score set per template
+    has_differentiable_logits: ClassVar[bool]  # differentiable_logits(features) for saliency (logits is no-grad)
+    uses_augmented_views: ClassVar[bool]  # Config.augment_views: fit gets FeatureSet.views
+    selects_epoch: ClassVar[bool]  # iterative; Config.select; best_epoch_ and selection_ after fit
+    calibrates: ClassVar[bool]  # Config.calibrate; calibration_ and temperature_ after fit
     history_: list[dict[str, float]]
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "Head": ...
@@ -71,6 +81,11 @@ class Head(Protocol):
 
     @property
     def config(self) -> Any: ...
+
+
+def differentiable_logits(head: Any, features: torch.Tensor) -> torch.Tensor:
+    """(n, d) -> (n, C) logits with autograd on (what saliency backpropagates through)."""
+    return head.differentiable_logits(features) if head.has_differentiable_logits else head.logits(features)
 
 
 def normalize(features: torch.Tensor) -> torch.Tensor:
@@ -97,7 +112,7 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
             "class_names": list(class_names),
             "trainable_params": head.trainable_parameters(),
             "history": head.history_,
-            "best_epoch": getattr(head, "best_epoch_", None),
+            "best_epoch": best_epoch(head),
             **(meta or {}),
             SAFETENSORS_SHA256: checksum,
         },

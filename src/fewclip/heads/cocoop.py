@@ -9,44 +9,28 @@ batch size is a free parameter (the reference trains at batch 1).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .coop import CoOpPrompts
-from .prompt_learning import (TrainSettings, assemble, check_prompts_fit, head_checkpoint_key,
-                              init_context, train_prompt_module)
-from .selection import SELECT_HELP, SelectRule
+from .prompt_config import PromptLearningConfig
+from .prompt_learning import assemble, check_prompts_fit, head_checkpoint_key, init_context, train_prompt_module
 
 
-class CoCoOpConfig(ConfigBlock):
+class CoCoOpConfig(PromptLearningConfig):
     """The `cocoop` block, with the reference CoCoOp defaults (batch size is free here)."""
 
-    n_ctx: int = Field(4, ge=1, description="Context tokens (ctx_init's token count when it is set).")
+    n_ctx: int = Field(4, ge=1, description="Context tokens; with ctx_init, its word count.")
     ctx_init: str | None = Field("a photo of a", description="Words whose token embeddings initialise the context.")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    epochs: int = Field(10, ge=1)
+    epochs: int | dict[int, int] = Field(10, description="Epochs, or {shots: epochs} per shot budget.")
     batch_size: int = Field(8, ge=1, description="Images per step; every image runs all class prompts.")
-    lr: float = Field(0.002, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-5, gt=0)
     max_prompts_per_call: int = Field(1024, ge=1, description="Memory budget: prompts per text-tower call.")
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
-                               "crop + flip, encoded once by the features stage); 0: the plain features.")
-    select: SelectRule = Field("auto", description=SELECT_HELP)
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
-
-    def settings(self) -> TrainSettings:
-        return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr)
 
 
 class CoCoOpParams(nn.Module):
@@ -64,6 +48,11 @@ class CoCoOpHead:
     transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = True
     per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = True
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "cocoop"
     Config = CoCoOpConfig
 
@@ -138,7 +127,7 @@ class CoCoOpHead:
             return self._conditional_logits(params, self.prompts_, features, scale)
 
         history, selection, _ = train_prompt_module(
-            params, logits_fn, train, val, n_classes, cfg.settings(), task.seed, task.checkpoint,
+            params, logits_fn, train, val, n_classes, cfg.settings(task.shots), task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch)
         self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, n_ctx

@@ -9,44 +9,23 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
-from .prompt_learning import (TrainSettings, assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
+from .prompt_config import PromptLearningConfig
+from .prompt_learning import (assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
                               train_prompt_module)
 from .selection import SELECT_HELP, SelectRule
 
 
-class CoOpConfig(ConfigBlock):
-    """The `coop` block, with the reference CoOp defaults."""
+class CoOpConfig(PromptLearningConfig):
+    """The `coop` block, with the reference CoOp defaults (the shared keys: ``PromptLearningConfig``)."""
 
-    n_ctx: int = Field(16, ge=1, description="Learnable context tokens (ctx_init's token count when it is set).")
-    ctx_init: str | None = Field(None, description="Words whose token embeddings initialise the context.")
     class_token_position: Literal["end", "middle", "front"] = "end"
     class_specific_context: bool = Field(False, description="One context per class (C x n_ctx x width).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
-    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.002, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
-                               "crop + flip, encoded once by the features stage); 0: the plain features.")
     select: SelectRule = Field("auto", description=SELECT_HELP + " The last epoch's context is saved too.")
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
-
-    @field_validator("epochs")
-    @classmethod
-    def _positive_epochs(cls, epochs: int | dict[int, int]) -> int | dict[int, int]:
-        pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
-        if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
-            raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
-        return epochs
 
     @model_validator(mode="after")
     def _init_is_shared(self) -> "CoOpConfig":
@@ -57,18 +36,6 @@ class CoOpConfig(ConfigBlock):
                 "or set class_specific_context: false"
             )
         return self
-
-    def epochs_for(self, shots: int) -> int:
-        if isinstance(self.epochs, int):
-            return self.epochs
-        if shots in self.epochs:
-            return self.epochs[shots]
-        smaller = [k for k in self.epochs if k <= shots]
-        return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
-
-    def settings(self, shots: int) -> TrainSettings:
-        return TrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr)
 
 
 def autocast_for(precision: str, device: torch.device) -> Any:
@@ -122,6 +89,11 @@ class CoOpHead:
     transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     config_key: ClassVar[str | None] = "coop"
     Config = CoOpConfig
 

@@ -15,11 +15,11 @@ from ..configbase import ConfigBlock
 from ..metrics import summarize
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
-from .selection import SELECT_HELP, SelectRule, candidate_score, select_epoch, tracks_candidate
+from .selection import SELECT_HELP, BestEpoch, SelectRule
 
 
 class LinearProbeConfig(ConfigBlock):
-    """The `training` block (the linear probe's optimiser)."""
+    """The `linear_probe` block (the linear probe's optimiser; `training:` is its deprecated name)."""
 
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -36,7 +36,12 @@ class LinearProbeHead:
     transfers: ClassVar[bool] = False
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "training"  # the top-level config block of its hyperparameters
+    checks_task: ClassVar[bool] = False
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = False
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
 
     def __init__(self, config: LinearProbeConfig | None = None) -> None:
@@ -54,7 +59,7 @@ class LinearProbeHead:
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
         optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        candidate: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
+        keeper = BestEpoch(cfg.select)
         self.history_ = []
         bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", leave=False, disable=not task.progress)
         for epoch in bar:
@@ -74,15 +79,14 @@ class LinearProbeHead:
                 scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
                 val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
                 row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
-                if tracks_candidate(cfg.select) and (candidate is None or candidate_score(cfg.select, row) > candidate[0]):
-                    candidate = (candidate_score(cfg.select, row), copy.deepcopy(layer.state_dict()))
+            keeper.observe(epoch, row, lambda: copy.deepcopy(layer.state_dict()))
             self.history_.append(row)
             if task.on_epoch is not None:
                 task.on_epoch(row)
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
-        self.selection_ = select_epoch(cfg.select, self.history_, val.labels if val is not None else None, n_classes)
-        if self.selection_.epoch != cfg.epochs:
-            layer.load_state_dict(candidate[1])  # type: ignore[index]  # an earlier epoch is always the candidate
+        self.selection_, kept = keeper.choose(self.history_, val.labels if val is not None else None, n_classes)
+        if kept is not None:
+            layer.load_state_dict(kept)
         self.best_epoch_ = self.selection_.epoch
         self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import FeatureSet, Task
-from .selection import SelectRule, Selection, candidate_score, select_epoch, tracks_candidate
+from .selection import BestEpoch, SelectRule, Selection
 
 Position = Literal["end", "middle", "front"]
 log = logging.getLogger(__name__)
@@ -129,7 +129,13 @@ def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Pos
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
     tokens = task.backbone.tokens
-    n_ctx = len(context_init_ids(tokens, ctx_init)) if ctx_init else n_ctx
+    if ctx_init:  # the config resolved n_ctx to ctx_init's word count: each word must be one token
+        ids = context_init_ids(tokens, ctx_init)
+        if len(ids) != n_ctx:
+            raise ValueError(
+                f"{key}.ctx_init {ctx_init!r}: its {n_ctx} word(s) are {len(ids)} tokens for this model's tokenizer, "
+                f"and the context is one vector per word; use words the tokenizer keeps whole, or set "
+                f"{key}.ctx_init: null and {key}.n_ctx to the context length")
     n_ctx_key = f"{key}.ctx_init" if ctx_init else f"{key}.n_ctx"
     build_layout(tokens, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
 
@@ -204,17 +210,16 @@ def head_checkpoint_key(task: Task, config: Any) -> str:
 
 
 def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, float]], best: tuple[int, float, dict[str, torch.Tensor]] | None,
-                     key: str) -> None:
+                     history: list[dict[str, float]], best: BestEpoch, key: str) -> None:
     tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
     for i, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
             if torch.is_tensor(value):
                 tensors[f"optim.{i}.{name}"] = value.detach().clone()
-    if best is not None:
-        tensors.update({f"best.{k}": v for k, v in best[2].items()})
-    meta = {"epoch": epoch, "history": history, "best_epoch": best[0] if best else None,
-            "best_score": best[1] if best else None, "run_key": key}
+    if best.state is not None:
+        tensors.update({f"best.{k}": v for k, v in best.state.items()})
+    meta = {"epoch": epoch, "history": history, "best_epoch": best.epoch,
+            "best_score": list(best.score) if best.score is not None else None, "run_key": key}
     # The epoch and history travel in the same file as their tensors: one rename commits both, so a
     # kill can never leave tensors of one epoch beside the history of another. The file carries a
     # digest of its tensors, so a damaged checkpoint is detected rather than resumed from.
@@ -222,7 +227,7 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
 
 
 def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                     key: str) -> tuple[int, list, Any] | None:
+                     key: str, select: SelectRule) -> tuple[int, list, BestEpoch] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
     checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
     damaged (then it is deleted with a warning and training starts over)."""
@@ -239,11 +244,11 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     if not isinstance(meta, dict) or meta.get("run_key") != key:
         log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
         return None
-    return _restore(tensors, meta, module, optimizer)
+    return _restore(tensors, meta, module, optimizer, select)
 
 
 def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.Module,
-             optimizer: torch.optim.Optimizer) -> tuple[int, list, Any]:
+             optimizer: torch.optim.Optimizer, select: SelectRule) -> tuple[int, list, BestEpoch]:
     module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for name, value in tensors.items():
@@ -251,9 +256,10 @@ def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.
             _, index, field = name.split(".", 2)
             state["state"].setdefault(int(index), {})[field] = value
     optimizer.load_state_dict(state)
-    best = None
+    best = BestEpoch(select)
     if meta["best_epoch"] is not None:
-        best = (meta["best_epoch"], list(meta["best_score"]), {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        best = BestEpoch(select, meta["best_epoch"], tuple(meta["best_score"]),
+                         {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
     return meta["epoch"], meta["history"], best
 
 
@@ -291,14 +297,14 @@ def train_prompt_module(
     optimizer = (make_optimizer(params) if make_optimizer is not None else
                  torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay))
     history: list[dict[str, float]] = []
-    best: tuple[int, float, dict[str, torch.Tensor]] | None = None
+    keeper = BestEpoch(select)
     start_epoch = 0
     key = ""
     if checkpoint is not None:  # the rule is in the key: it decides which state the checkpoint keeps as "best"
         key = run_key(module, settings, seed, n_classes, train, val, json.dumps([checkpoint_key, select]))
-        resumed = _load_checkpoint(checkpoint, module, optimizer, key)
+        resumed = _load_checkpoint(checkpoint, module, optimizer, key, select)
         if resumed is not None:
-            start_epoch, history, best = resumed
+            start_epoch, history, keeper = resumed
     x, y = train.features, train.labels
     bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
                unit="epoch", leave=False, disable=not progress)
@@ -332,18 +338,15 @@ def train_prompt_module(
             scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
             val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
             row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
-            score = list(candidate_score(select, row))
-            if tracks_candidate(select) and (best is None or tuple(score) > tuple(best[1])):
-                best = (epoch + 1, score, _module_state(module))
+        keeper.observe(epoch + 1, row, lambda: _module_state(module))
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, best, key)
+            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, keeper, key)
     last = _module_state(module)
-    selection = select_epoch(select, history, val.labels if val is not None else None, n_classes)
-    if selection.epoch != len(history):  # the rule's candidate, kept while training
-        assert best is not None and best[0] == selection.epoch, (best and best[0], selection)
-        module.load_state_dict(best[2])
+    selection, kept = keeper.choose(history, val.labels if val is not None else None, n_classes)
+    if kept is not None:  # the rule's candidate, kept while training
+        module.load_state_dict(kept)
     return history, selection, last

@@ -11,14 +11,14 @@ The heads' ``select`` option:
   a handful of images picks an epoch by noise (with 4 images per class one image moves a class's recall
   by 25 points, and epochs tie), so without evidence the schedule's end wins.
 
-``select_epoch`` decides from the history rows alone; the training loops keep, while they train, the
-state of the rule's candidate (``candidate_score``) and of the last epoch, the only two it can return.
+``select_epoch`` decides from the history rows alone; every training loop keeps, through ``BestEpoch``,
+the state of the rule's candidate (``candidate_score``) besides the last epoch's, the only two it can return.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -93,13 +93,50 @@ def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels
     return Selection(best, f"val_macro_f1 ({comparison})")
 
 
+def best_epoch(head: Any) -> int | None:
+    """The epoch a fitted head kept (None for a head that does not train over epochs)."""
+    return head.best_epoch_ if head.selects_epoch else None
+
+
+@dataclass
+class BestEpoch:
+    """The one path every iterative head keeps its epoch by: ``observe`` each epoch's history row as it
+    ends (a copy of the state is taken only when it is the rule's new candidate), then ``choose`` applies
+    ``select_epoch`` and returns the state to restore (None: keep the last epoch's).
+
+    ``epoch``, ``score`` and ``state`` are the candidate so far (what a checkpoint saves to resume).
+    """
+
+    rule: SelectRule
+    epoch: int | None = None
+    score: tuple[float, ...] | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def observe(self, epoch: int, row: dict[str, float], state: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Epoch ``epoch`` (1-based) ended with ``row``; ``state()`` copies the model if it is the new candidate."""
+        if not tracks_candidate(self.rule) or "val_loss" not in row:
+            return
+        score = candidate_score(self.rule, row)
+        if self.score is None or score > self.score:  # strict: ties keep the earlier epoch
+            self.epoch, self.score, self.state = epoch, score, state()
+
+    def choose(self, history: Sequence[dict[str, Any]], val_labels: torch.Tensor | None,
+               n_classes: int) -> tuple[Selection, dict[str, torch.Tensor] | None]:
+        """The rule's selection, and the kept state when it is not the last epoch's."""
+        selection = select_epoch(self.rule, history, val_labels, n_classes)
+        if selection.epoch == len(history):
+            return selection, None
+        assert self.epoch == selection.epoch and self.state is not None, (self.epoch, selection)
+        return selection, self.state
+
+
 def fit_meta(head: Any) -> dict[str, Any]:
-    """What the head JSON records about how a head chose its epoch and its temperature."""
-    selection: Selection | None = getattr(head, "selection_", None)
-    calibration = getattr(head, "calibration_", None)
+    """What the head JSON records about how a freshly fitted head chose its epoch and its temperature."""
+    selection: Selection | None = head.selection_ if head.selects_epoch else None
+    calibration = head.calibration_ if head.calibrates else None
     return {
         "selection_rule": selection.rule if selection else None,
-        "kept_first_epoch": bool(selection and selection.epoch == 1 and len(getattr(head, "history_", [])) > 1),
+        "kept_first_epoch": bool(selection and selection.epoch == 1 and len(head.history_) > 1),
         "temperature": calibration.temperature if calibration else 1.0,
         "calibration": calibration.note if calibration else None,
     }

@@ -22,6 +22,11 @@ class ZeroShotHead:
     transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = True
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = False
+    selects_epoch: ClassVar[bool] = False
+    calibrates: ClassVar[bool] = False
     config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
 

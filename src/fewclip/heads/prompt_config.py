@@ -1,0 +1,96 @@
+"""The settings every prompt learner shares (CoOp, CoCoOp and the heads built on them): context, schedule,
+epoch selection, calibration. Each head's block subclasses ``PromptLearningConfig`` and changes defaults
+or adds its own keys.
+
+``n_ctx`` is resolved here, once, where the config is read: with ``ctx_init`` set, the context is one
+vector per word of it (as in the reference CoOp), so ``n_ctx`` becomes that word count; an explicit
+``n_ctx`` that disagrees is an error naming both keys. A config thus always holds the context length
+that trains, and a unit's key (which hashes the block) changes only when that length does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..configbase import ConfigBlock
+from .prompt_learning import TrainSettings
+from .selection import SELECT_HELP, SelectRule
+
+
+def ctx_init_words(ctx_init: str) -> int:
+    """How many context vectors ``ctx_init`` gives: its words ('_' separates words too)."""
+    return len(ctx_init.replace("_", " ").split())
+
+
+def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool) -> Any:
+    """The context length a block trains with: ``ctx_init``'s word count when it is set, else ``n_ctx``.
+
+    An ``n_ctx`` the user gave (``n_ctx_given``) that differs from ``ctx_init``'s count is an error.
+    Values of the wrong type pass through unchanged (the fields' own validation reports them).
+    """
+    if not isinstance(ctx_init, str) or not ctx_init.strip():
+        return n_ctx
+    words = ctx_init_words(ctx_init)
+    if n_ctx_given and n_ctx != words:
+        raise ValueError(
+            f"n_ctx {n_ctx} conflicts with ctx_init {ctx_init!r}, whose {words} word(s) are the context "
+            f"({words} vector(s)); drop n_ctx to start from these words, or set ctx_init: null to learn "
+            f"{n_ctx} randomly initialised context vectors")
+    return words
+
+
+class PromptLearningConfig(ConfigBlock):
+    """Context, schedule (SGD, warm-up + cosine), epoch selection and calibration of a prompt learner."""
+
+    # keys that follow another one: a variant that changes ctx_init and not n_ctx lets n_ctx follow it
+    derived_keys: ClassVar[dict[str, str]] = {"n_ctx": "ctx_init"}
+
+    n_ctx: int = Field(16, ge=1, description="Learnable context tokens; with ctx_init, its word count (give "
+                       "n_ctx too only if it agrees).")
+    ctx_init: str | None = Field(None, description="Words whose token embeddings initialise the context "
+                                 "(one vector per word).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
+    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.002, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
+                               "crop + flip, encoded once by the features stage); 0: the plain features.")
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_n_ctx(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        ctx_init = data.get("ctx_init", cls.model_fields["ctx_init"].default)
+        n_ctx = data.get("n_ctx", cls.model_fields["n_ctx"].default)
+        resolved = resolve_n_ctx(n_ctx, ctx_init, "n_ctx" in data)
+        return data if resolved == n_ctx else {**data, "n_ctx": resolved}
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, epochs: int | dict[int, int]) -> int | dict[int, int]:
+        pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
+        if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
+            raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
+        return epochs
+
+    def epochs_for(self, shots: int) -> int:
+        """The epochs of a shot budget (an unlisted budget takes the largest listed one below it)."""
+        if isinstance(self.epochs, int):
+            return self.epochs
+        if shots in self.epochs:
+            return self.epochs[shots]
+        smaller = [k for k in self.epochs if k <= shots]
+        return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
+
+    def settings(self, shots: int) -> TrainSettings:
+        return TrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr)
