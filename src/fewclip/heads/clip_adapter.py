@@ -86,6 +86,11 @@ class ClipAdapterHead:
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "clip_adapter"
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = True
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     Config = ClipAdapterConfig
 
     def __init__(self, config: ClipAdapterConfig | None = None) -> None:
@@ -112,7 +117,7 @@ class ClipAdapterHead:
             on_epoch=task.on_epoch)
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.model_ = model.requires_grad_(False)
-        self.templates_ = list(task.templates)
+        self.prompt_templates_ = list(task.templates)
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
@@ -121,7 +126,7 @@ class ClipAdapterHead:
         """The same visual adapter against other class names' zero-shot prototypes (base-to-new)."""
         head = ClipAdapterHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
-        zero_shot = ZeroShotHead().fit(Task(list(class_names), self.templates_, backbone))
+        zero_shot = ZeroShotHead().fit(Task(list(class_names), self.prompt_templates_, backbone))
         head.model_ = AdapterModel(self.model_.down.detach(), self.model_.up.detach(), self.config.ratio,
                                    zero_shot.prototypes_, zero_shot.logit_scale_).requires_grad_(False)
         return head
@@ -130,6 +135,10 @@ class ClipAdapterHead:
         """(n, d) -> (n, C) CLIP logits of the adapted features, before temperature scaling."""
         with torch.no_grad():
             return self.model_(features)
+
+    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``logits`` with autograd on, for saliency."""
+        return self.model_(features) / self.temperature_
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
@@ -147,7 +156,7 @@ class ClipAdapterHead:
         self.model_ = AdapterModel(tensors["adapter.down"], tensors["adapter.up"], self.config.ratio,
                                    tensors["adapter.prototypes"], tensors["adapter.logit_scale"]).requires_grad_(False)
         self.temperature_ = tensors["temperature"].reshape(())
-        self.templates_ = list(meta.get("templates", []))
+        self.prompt_templates_ = list(meta.get("templates", []))
         self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:

@@ -104,6 +104,11 @@ class TipAdapterHead:
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "tip_adapter"
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = True
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = False
+    calibrates: ClassVar[bool] = True
     Config = TipAdapterConfig
 
     def __init__(self, config: TipAdapterConfig | None = None) -> None:
@@ -132,6 +137,10 @@ class TipAdapterHead:
         with torch.no_grad():
             return self.model_(features, self.alpha_, self.beta_)
 
+    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``logits`` with autograd on, for saliency."""
+        return self.model_(features, self.alpha_, self.beta_) / self.temperature_
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
         return self.uncalibrated_logits(features) / self.temperature_
@@ -149,7 +158,8 @@ class TipAdapterHead:
         self.model_ = cache_model_from_state(tensors)
         self.alpha_, self.beta_ = (float(v) for v in tensors["alpha_beta"])
         self.temperature_ = tensors["temperature"].reshape(())
-        self.best_epoch_ = meta.get("best_epoch")
+        if self.selects_epoch:  # Tip-Adapter-F
+            self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:
         return 0  # training-free: the cache is built, alpha and beta are searched

@@ -39,6 +39,7 @@ class TipAdapterFConfig(TipAdapterConfig):
 class TipAdapterFHead(TipAdapterHead):
     name: ClassVar[str] = "tip_adapter_f"
     config_key: ClassVar[str | None] = "tip_adapter_f"
+    selects_epoch: ClassVar[bool] = True
     Config = TipAdapterFConfig
 
     def __init__(self, config: TipAdapterFConfig | None = None) -> None:

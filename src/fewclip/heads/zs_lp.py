@@ -79,6 +79,11 @@ class ZsLpHead:
     needs_text_at_predict: ClassVar[bool] = False
     per_template_scores: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "zs_lp"
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = True
+    uses_augmented_views: ClassVar[bool] = True
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = True
     Config = ZsLpConfig
 
     def __init__(self, config: ZsLpConfig | None = None) -> None:
@@ -117,6 +122,10 @@ class ZsLpHead:
         """(n, d) -> (n, C) CLIP-scaled cosine logits against the learned prototypes."""
         with torch.no_grad():
             return self.model_(features)
+
+    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``logits`` with autograd on, for saliency."""
+        return self.model_(features) / self.temperature_
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) logits (divided by the val temperature only when calibrate is on)."""
