@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -49,8 +49,11 @@ class SkippedImage:
 
 @dataclass(frozen=True)
 class LoadedCaptions:
+    """A loader's result; ``where`` names each image's entry in the source (image id -> 'file: entry')."""
+
     items: list[CaptionItem]
     skipped: list[SkippedImage]
+    where: dict[str, str] = field(default_factory=dict)
 
 
 def list_caption_sources() -> list[str]:
@@ -98,7 +101,7 @@ def check_images(items: Sequence[CaptionItem], where: dict[str, str] | None = No
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         checked = list(pool.map(lambda item: _check_one(item, where.get(item.image_id, str(item.path))), items))
     return LoadedCaptions([c for c in checked if isinstance(c, CaptionItem)],
-                          [c for c in checked if isinstance(c, SkippedImage)])
+                          [c for c in checked if isinstance(c, SkippedImage)], where)
 
 
 def _coco_entries(captions_json: Path) -> tuple[list[Any], list[Any]]:
@@ -163,7 +166,7 @@ def load_coco(captions_json: Path | str, image_dir: Path | str, verify: bool = T
     items = [CaptionItem(image_id, root / name, tuple(captions[image_id])) for image_id, (_, name) in by_id.items()]
     where = {image_id: f"{file}: images[{i}] (id {image_id})" for image_id, (i, _) in by_id.items()}
     _check_files_exist(items, where, file)
-    return check_images(items, where) if verify else LoadedCaptions(items, [])
+    return check_images(items, where) if verify else LoadedCaptions(items, [], where)
 
 
 def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column: str = "path",
@@ -196,7 +199,7 @@ def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column:
              for raw, texts in captions.items()]
     where = {raw: f"{file}:{line}" for raw, line in first_line.items()}
     _check_files_exist(items, where, file)
-    return check_images(items, where) if verify else LoadedCaptions(items, [])
+    return check_images(items, where) if verify else LoadedCaptions(items, [], where)
 
 
 def hf_caption_texts(cell: Any, where: str) -> list[str]:
@@ -370,7 +373,7 @@ def load_caption_data(cfg: CaptionDataConfig, base_dir: Path | str, workers: int
             loaded = load_coco(cfg.captions or "", cfg.image_dir or "", verify=False)
         else:
             loaded = load_csv(cfg.captions or "", cfg.image_dir, cfg.path_column, cfg.caption_column, verify=False)
-        checked = check_images(_cap(loaded.items, cfg.max_images, cfg.seed), workers=workers)
+        checked = check_images(_cap(loaded.items, cfg.max_images, cfg.seed), loaded.where, workers)
         items, skipped = checked.items, checked.skipped
     if len(items) < 3:
         raise ValueError(f"caption data ({cfg.source}): only {len(items)} readable image(s); need at least 3 "
