@@ -70,3 +70,22 @@ def test_greedy_generation_from_bos_is_a_world_caption() -> None:
     assert out[0, -1] == tokenizer.eos_token_id
     words = tokenizer.decode(out[0, 1:-1]).replace(",", " ,").split()
     assert words and set(words) <= set(caption_words())
+
+
+def test_pretrain_decoder_command_writes_a_loadable_decoder(tmp_path) -> None:
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from fewclip.cli import main
+
+    out = tmp_path / "decoder"
+    assert main(["world", "pretrain-decoder", "--out", str(out), "--steps", "30", "--batch-size", "16",
+                 "--seed", "1"]) == 0
+    record = json.loads((out / "pretraining.json").read_text())
+    assert record["config"]["steps"] == 30 and record["config"]["batch_size"] == 16 and record["config"]["seed"] == 1
+    assert record["results"]["final_loss"] < record["results"]["first_loss"] - 2  # it learned something in 30 steps
+    card = (out / "README.md").read_text()
+    assert f"fewclip world pretrain-decoder --out {out} --steps 30 --seed 1 --batch-size 16" in card
+    model = GPT2LMHeadModel.from_pretrained(str(out), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert model.config.n_layer == 2 and tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(str(DECODER)).get_vocab()  # same tokenizer as shipped

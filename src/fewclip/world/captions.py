@@ -89,7 +89,7 @@ def world_caption_item(cfg: WorldCaptionConfig, index: int) -> tuple[np.ndarray,
     return np.asarray(image), scene, describe(scene, rng, cfg.captions_per_image)
 
 
-def caption_corpus() -> list[str]:
+def all_captions() -> list[str]:
     """Every caption the templates can produce (the decoder's language; each phrase of each position)."""
     return [t.format(size=z, colour=c, shape=s, where=w) for t in CAPTION_TEMPLATES for c in COLOURS
             for s in SHAPES for z in SIZES for phrases in POSITION_PHRASES.values() for w in phrases]
@@ -97,7 +97,7 @@ def caption_corpus() -> list[str]:
 
 def caption_words() -> list[str]:
     """The world caption vocabulary (words and the comma), sorted."""
-    words = {w for text in caption_corpus() for w in text.replace(",", " ,").split()}
+    words = {w for text in all_captions() for w in text.replace(",", " ,").split()}
     return sorted(words)
 
 

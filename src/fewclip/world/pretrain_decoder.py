@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .captions import caption_corpus, caption_words
+from .captions import all_captions, caption_words
 from .pretrain import lr_at
 from .tokenizer import gpt2_word_merges, write_gpt2_tokenizer
 
@@ -99,7 +99,7 @@ def pretrain_decoder(cfg: DecoderPretrainConfig, out: Path, log: Callable[[str],
     special = write_gpt2_tokenizer(out, gpt2_word_merges(caption_words()), cfg.n_positions,
                                    (BOS_EOS_TOKEN, PAD_TOKEN))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    corpus = caption_corpus()
+    corpus = all_captions()
     model = build_decoder(cfg, len(tokenizer), special)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
@@ -117,7 +117,7 @@ def pretrain_decoder(cfg: DecoderPretrainConfig, out: Path, log: Callable[[str],
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 100 == 0 or step == 1:
+        if step % 100 == 0 or step in (1, cfg.steps):
             history.append({"step": step, "seconds": round(time.perf_counter() - train_start, 1),
                             "loss": round(float(loss.detach()), 4), "lr": lr})
             log(f"step {step:5d}  {history[-1]['seconds']:6.1f}s  loss {history[-1]['loss']:.3f}  lr {lr:.2e}")
@@ -168,7 +168,7 @@ def write_decoder_card(folder: Path, command: str) -> Path:
         "sequences are `<|endoftext|> caption <|endoftext|>`.",
         "- Data: captions drawn uniformly from every combination of the world caption templates, 8 colours, 8 "
         "shapes, 3 sizes and the position phrases of `fewclip.world.captions` "
-        f"({len(caption_corpus()):,} distinct captions).",
+        f"({len(all_captions()):,} distinct captions).",
         f"- Objective: next-token cross-entropy (padding masked); AdamW lr {cfg['lr']}, weight decay "
         f"{cfg['weight_decay']}, batch {cfg['batch_size']}, linear warm-up then cosine over {cfg['steps']} steps "
         f"(seed {cfg['seed']}), fp32 on CPU: {results['train_seconds']} s of training; loss "
