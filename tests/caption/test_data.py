@@ -152,6 +152,8 @@ def test_split_is_deterministic_exact_in_size_and_keeps_references_together() ->
     assert (len(train), len(val), len(test)) == (130, 30, 40)
     assert split_by_image(list(reversed(items)), 0.15, 0.2, seed=3) == (train, val, test)  # order-free
     assert split_by_image(items, 0.15, 0.2, seed=4)[2] != test  # the seed matters
+    assert [len(s) for s in split_by_image(items[:3], 0.15, 0.2, seed=0)] == [1, 1, 1]  # a tiny set still has val
+    assert [len(s) for s in split_by_image(items[:10], 0.0, 0.2, seed=0)] == [8, 0, 2]
     ids = [{i.image_id for i in split} for split in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     captions = [{c for i in split for c in i.captions} for split in (train, val, test)]

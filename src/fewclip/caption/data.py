@@ -336,19 +336,22 @@ def order_key(seed: int, text: str) -> str:
 def split_by_image(items: Sequence[CaptionItem], val_fraction: float, test_fraction: float,
                    seed: int) -> tuple[list[CaptionItem], list[CaptionItem], list[CaptionItem]]:
     """(train, val, test): images ordered by a hash of (seed, image content), the first
-    round(test_fraction * n) to test, the next round(val_fraction * n) to val, the rest to train.
+    round(test_fraction * n) to test, the next round(val_fraction * n) to val (at least one each when the
+    fraction is above 0), the rest to train.
     Images with the same content go to the same split; each split is sorted by image id."""
     groups: dict[str, list[CaptionItem]] = {}
     for item in items:
         groups.setdefault(item.sha1 or item.image_id, []).append(item)
     ordered = sorted(groups, key=lambda content: order_key(seed, content))
-    n_test, n_val = round(test_fraction * len(items)), round(val_fraction * len(items))
-    splits: tuple[list[CaptionItem], list[CaptionItem], list[CaptionItem]] = ([], [], [])
+    n_test = max(1, round(test_fraction * len(items)))
+    n_val = max(1, round(val_fraction * len(items))) if val_fraction > 0 else 0
+    train: list[CaptionItem] = []
+    val: list[CaptionItem] = []
+    test: list[CaptionItem] = []
     for content in ordered:
-        taken = len(splits[2])
-        target = splits[2] if taken < n_test else splits[1] if len(splits[1]) < n_val else splits[0]
+        target = test if len(test) < n_test else val if len(val) < n_val else train
         target.extend(groups[content])
-    train, val, test = (sorted(s, key=lambda item: item.image_id) for s in splits)
+    train, val, test = (sorted(split, key=lambda item: item.image_id) for split in (train, val, test))
     return train, val, test
 
 
