@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
-from fewclip.caption.metrics import bleu, cider_d, clip_scores, encode_and_score, tokenize
+from fewclip.caption.metrics import bleu, cider_d, clip_scores, encode_and_score, image_pixels, tokenize
 
 # Several images, several references each, repeated words, lengths that differ, an n-gram in every
 # image's references (idf 0), an empty-ish candidate and a perfect one.
@@ -135,3 +137,37 @@ def test_encode_and_score_routes_references_per_image() -> None:
     expected = clip_scores(backbone.encode_images(pixels), backbone.encode_text(captions),
                            [backbone.encode_text(r) for r in references])
     assert torch.allclose(clip_s, expected[0]) and torch.allclose(ref_clip_s, expected[1])
+
+
+def test_clip_scores_with_the_world_clip_prefer_true_captions(tmp_path) -> None:
+    """Through a real backbone: the features are those of the model itself, and true captions score higher."""
+    from fewclip.backbones import ModelConfig, load_backbone
+    from fewclip.world import CHECKPOINT
+    from fewclip.world.captions import WorldCaptionConfig, world_caption_item
+    from fewclip.world.render import COLOURS
+
+    from PIL import Image
+
+    backbone = load_backbone(ModelConfig(id=str(CHECKPOINT)))
+    cfg = WorldCaptionConfig(seed=11)
+    images, true_captions, wrong_captions, references = [], [], [], []
+    for i in range(12):
+        pixels, scene, captions = world_caption_item(cfg, i)
+        images.append(Image.fromarray(pixels))
+        true_captions.append(f"a {scene.colour} {scene.shape}")
+        other = list(COLOURS)[(list(COLOURS).index(scene.colour) + 4) % 8]
+        wrong_captions.append(f"a {other} {scene.shape}")
+        references.append(captions)
+    pixels = torch.from_numpy(np.stack([backbone.transform(image) for image in images]))
+    paths = [tmp_path / f"{i}.png" for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    assert torch.equal(image_pixels(backbone, paths), pixels)  # PNG is lossless: the same pixels from files
+    clip_true, ref_true = encode_and_score(backbone, pixels, true_captions, references, batch_size=5)
+    clip_wrong, _ = encode_and_score(backbone, pixels, wrong_captions, references)
+    with torch.no_grad():
+        image_features = backbone.model.get_image_features(pixel_values=pixels).pooler_output
+    direct = 2.5 * torch.nn.functional.cosine_similarity(image_features, backbone.encode_text(true_captions)).clamp(min=0)
+    assert torch.allclose(clip_true, direct.double(), atol=1e-5)
+    assert float(clip_true.mean()) > float(clip_wrong.mean()) + 0.1
+    assert bool((ref_true > 0).all())

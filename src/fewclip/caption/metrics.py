@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -173,6 +174,13 @@ def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
     ref_clip_s = torch.where(denominator > 0, 2 * clip_s * best / denominator.clamp(min=1e-300),
                              torch.zeros_like(denominator))
     return clip_s, ref_clip_s
+
+
+def image_pixels(backbone: "CLIPBackbone", paths: Sequence[Path | str]) -> torch.Tensor:
+    """(n, 3, H, W) pixels of image files, preprocessed as ``backbone`` expects."""
+    from ..data.images import read_image
+
+    return torch.from_numpy(np.stack([backbone.transform(read_image(path)) for path in paths]))
 
 
 def encode_and_score(backbone: "CLIPBackbone", pixels: torch.Tensor, captions: Sequence[str],
