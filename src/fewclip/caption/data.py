@@ -278,7 +278,8 @@ class CaptionDataConfig(ConfigBlock):
     id: str | None = Field(None, description="hf: dataset id on the hub or a local folder load_dataset reads.")
     name: str | None = Field(None, description="hf: dataset configuration name.")
     revision: str | None = Field(None, description="hf: git revision of the dataset repo.")
-    split: str = Field("train", description="hf: the split holding the images (fewclip splits it itself).")
+    split: str = Field("train", description="hf: the split holding the images (fewclip splits it itself); a "
+                       "slice such as 'train[:5000]' reads only those rows (every row read is exported).")
     image_column: str = Field("image", description="hf: the image column.")
     caption_column: str = Field("caption", description="hf and csv: the caption column (hf: a string or a list).")
     path_column: str = Field("path", description="csv: the image path column.")
