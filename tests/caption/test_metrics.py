@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewclip.caption.metrics import bleu, cider_d, clip_scores, encode_and_score, image_pixels, tokenize
+from fewclip.caption.metrics import bleu, cider_d, clip_scores, encode_and_score, image_pixels, text_scores, tokenize
 
 # Several images, several references each, repeated words, lengths that differ, an n-gram in every
 # image's references (idf 0), an empty-ish candidate and a perfect one.
@@ -90,6 +90,18 @@ def test_bleu4_matches_pycocoevalcap() -> None:
     assert score == pytest.approx(expected[3], abs=1e-6)
     assert [per_image[k] for k in refs] == pytest.approx(expected_per_image[3], abs=1e-6)
     assert per_image["img1"] == pytest.approx(1.0)
+
+
+def test_text_scores_tokenise_both_sides_first() -> None:
+    from pycocoevalcap.cider.cider import Cider
+
+    refs, cands = _tokenised()
+    shouted = {k: c.upper() + " !!" for k, c in CANDIDATES.items()}  # case and punctuation do not count
+    scores = text_scores(REFERENCES, shouted)
+    expected, _ = Cider().compute_score(refs, {k: [c] for k, c in cands.items()})
+    assert scores.cider == pytest.approx(float(expected), abs=1e-6)
+    assert scores.bleu4 == pytest.approx(bleu(refs, cands)[0]) and scores.bleu4_per_image["img1"] == pytest.approx(1.0)
+    assert scores.cider_per_image == pytest.approx(cider_d(refs, cands)[1])
 
 
 def test_metrics_refuse_mismatched_image_sets() -> None:

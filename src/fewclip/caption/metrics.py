@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -140,6 +141,25 @@ def _bleu_from_counts(correct: Sequence[int], guess: Sequence[int], length: floa
     score = product ** (1.0 / n)
     ratio = (length + tiny) / (ref_length + small)
     return score * math.exp(1 - 1 / ratio) if ratio < 1 else score
+
+
+@dataclass(frozen=True)
+class TextScores:
+    """Corpus CIDEr-D and BLEU-4 and their per-image values (keyed like the inputs)."""
+
+    cider: float
+    bleu4: float
+    cider_per_image: dict[str, float]
+    bleu4_per_image: dict[str, float]
+
+
+def text_scores(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str]) -> TextScores:
+    """CIDEr-D and BLEU-4 of raw captions: ``tokenize`` is applied to both sides first."""
+    refs = {key: [tokenize(r) for r in texts] for key, texts in references.items()}
+    cands = {key: tokenize(text) for key, text in candidates.items()}
+    cider, cider_each = cider_d(refs, cands)
+    bleu4, bleu_each = bleu(refs, cands, n=4)
+    return TextScores(cider, bleu4, cider_each, bleu_each)
 
 
 def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
