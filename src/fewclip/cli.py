@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     decoder.add_argument("--steps", type=int, default=1500)
     decoder.add_argument("--seed", type=int, default=0)
     decoder.add_argument("--batch-size", type=int, default=64)
+    from .caption.cli import add_caption_commands
+
+    add_caption_commands(commands)
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
@@ -170,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _world(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "caption":
+        from .caption.cli import caption_main
+
+        return caption_main(args)
     from . import pipeline
     from .backbones import check_backbone
     from .run_context import RunContext

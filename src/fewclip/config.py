@@ -305,11 +305,13 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One pydantic error as a line for people: the dotted key, and for an unknown key the nearest valid one
+    among the keys of its block (``root``: the top-level config class, default ``Config``)."""
     loc = [str(p) for p in error["loc"]]
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
-    block: Any = Config
+    block: Any = root or Config
     raw: Any = data
     for part in loc[:-1]:
         raw = raw.get(part, {}) if isinstance(raw, dict) else {}
@@ -345,7 +347,7 @@ def validate_config(data: dict[str, Any], origin: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        lines = [_describe(e, data) for e in err.errors()]
+        lines = [describe_error(e, data) for e in err.errors()]
         raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(lines)) from None
 
 

@@ -1,0 +1,88 @@
+"""The caption run context shared by the stages, evaluation and predict: a config, its run directory,
+the split files and the encoder tokens (loaded on first use), and the fit key of a trained captioner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
+from .config import BASELINE, CaptionConfig
+from .data import CaptionData
+from .layout import CaptionLayout
+from .splits import SPLITS, read_splits
+
+
+@dataclass
+class CaptionRun:
+    """A caption config, its run directory, and what the stages share (loaded on first use)."""
+
+    config: CaptionConfig
+    _data: CaptionData | None = field(default=None, repr=False)
+    _tokens: Any = field(default=None, repr=False)
+    _encoder_model: Any = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> CaptionLayout:
+        return CaptionLayout(Path(self.config.output.dir).expanduser())
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache.dir).expanduser()
+
+    def write_config(self) -> None:
+        atomic_write_text(self.layout.config, self.config.to_yaml())
+
+    @property
+    def data(self) -> CaptionData:
+        if self._data is None:
+            self._data = read_splits(self.layout)
+        return self._data
+
+    def model(self, method: str, seed: int) -> Any:
+        """A fresh captioner of one unit (its new weights drawn from ``seed``)."""
+        from .model import CaptionModel
+
+        return CaptionModel(self.config.unit_model(method), seed=seed)
+
+    def tokens(self) -> Any:
+        """The encoder tokens of every split's images (``EncoderTokens``): cached within the budget."""
+        if self._tokens is None:
+            from .encoder_cache import EncoderTokens
+
+            if self._encoder_model is None:
+                self._encoder_model = self.model(BASELINE, self.config.seeds[0])
+            images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
+            remove_stale_temporaries(self.cache_root / "features")
+            self._tokens = EncoderTokens(self._encoder_model, images, self.cache_root,
+                                         self.config.training.cache_budget_mb, self.config.batch_size,
+                                         progress=self.config.output.progress)
+            if self._tokens.failures:
+                listed = "\n  ".join(f"{image}: {reason}" for image, reason in self._tokens.failures[:10])
+                raise ValueError(f"{len(self._tokens.failures)} image(s) could not be encoded (changed or unreadable "
+                                 f"since prepare):\n  {listed}\nRun `fewclip caption prepare` again after deleting "
+                                 f"{self.layout.data / '*.json'}")
+        return self._tokens
+
+
+def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData) -> str:
+    """Everything a trained captioner depends on; an unchanged key is skipped, a changed one retrained."""
+    model = config.unit_model(method).model_dump(mode="json", exclude={"device", "attention_layer"})
+    payload = {"model": model, "seed": seed, "training": config.training.model_dump(mode="json"),
+               "selection": {"max_length": config.decode.max_length},
+               "train": [[item.sha1, list(item.captions)] for item in data.train],
+               "val": [[item.sha1, list(item.captions)] for item in data.val]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def saved_fit_key(layout: CaptionLayout, method: str, seed: int) -> str | None:
+    manifest = layout.model_dir(method, seed) / "captioner.json"
+    try:
+        return read_json(manifest).get("fit_key") if manifest.is_file() else None
+    except (ValueError, OSError):
+        return None  # a damaged manifest: trained again
+
+
