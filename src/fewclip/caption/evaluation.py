@@ -28,7 +28,7 @@ from .data import CaptionItem
 from .decode import generate_ids
 from .layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
 from .metrics import clip_scores, image_pixels, text_scores
-from .run_context import CaptionRun, fit_key, saved_fit_key
+from .run_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
 from .splits import stored_path
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,7 @@ def clipscore_model(config: CaptionConfig) -> ModelConfig:
 
 def evaluation_key(config: CaptionConfig, method: str, seed: int, trained_key: str | None,
                    items: dict[str, Sequence[CaptionItem]]) -> str:
-    model = config.unit_model(method).model_dump(mode="json", exclude={"device"})
-    payload = {"model": model, "seed": seed, "trained": trained_key, "decode": config.decode.model_dump(mode="json"),
+    payload = {"model": unit_model_keys(config, method), "seed": seed, "trained": trained_key, "decode": config.decode.model_dump(mode="json"),
                "clipscore": clipscore_model(config).model_dump(mode="json", exclude={"device"}),
                "attention": config.attention.model_dump(mode="json"),
                "splits": {s: [[i.sha1, list(i.captions)] for i in v] for s, v in items.items()}}

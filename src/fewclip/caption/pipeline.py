@@ -41,9 +41,9 @@ def prepare(run: CaptionRun) -> CaptionData:
     if prepared_with(layout, key):
         log.info("prepare: %s already holds these splits", layout.data)
         return run.data
+    data = load_caption_data(run.config.data, layout.data)  # bad input fails here, before any file changes
     for split in SPLITS:  # a half-written set of split files must not pass for a prepared one
         layout.split_file(split).unlink(missing_ok=True)
-    data = load_caption_data(run.config.data, layout.data)
     write_csv(layout.skipped, ("image", "reason"), [(s.where, s.reason) for s in data.skipped])
     for split in SPLITS:
         write_json(layout.split_file(split), split_json(data.split(split), split, key, layout.root))

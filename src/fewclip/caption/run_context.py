@@ -34,7 +34,10 @@ class CaptionRun:
         return Path(self.config.cache.dir).expanduser()
 
     def write_config(self) -> None:
-        atomic_write_text(self.layout.config, self.config.to_yaml())
+        """The resolved config beside the results (left untouched when it already says the same)."""
+        text, path = self.config.to_yaml(), self.layout.config
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
 
     @property
     def data(self) -> CaptionData:
@@ -68,9 +71,22 @@ class CaptionRun:
         return self._tokens
 
 
+# The model keys that change what a method's captioner learns or says: the other methods' keys, the
+# attention layer drawn and the device do not (a changed LoRA rank retrains LoRA only).
+SHARED_MODEL_KEYS = ("encoder", "encoder_revision", "decoder", "decoder_revision", "precision", "method")
+METHOD_MODEL_KEYS = {"untrained": (), "adapter": ("adapter_bottleneck",), "prefix": ("prefix_length",),
+                     "lora": ("lora_rank", "lora_alpha", "lora_dropout")}
+
+
+def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
+    """The model config values one unit's results depend on."""
+    model = config.unit_model(method).model_dump(mode="json")
+    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *METHOD_MODEL_KEYS[method])}
+
+
 def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData) -> str:
     """Everything a trained captioner depends on; an unchanged key is skipped, a changed one retrained."""
-    model = config.unit_model(method).model_dump(mode="json", exclude={"device", "attention_layer"})
+    model = unit_model_keys(config, method)
     payload = {"model": model, "seed": seed, "training": config.training.model_dump(mode="json"),
                "selection": {"max_length": config.decode.max_length},
                "train": [[item.sha1, list(item.captions)] for item in data.train],
