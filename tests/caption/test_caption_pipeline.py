@@ -151,3 +151,18 @@ def test_prepare_stores_paths_relative_to_the_run(world_caption_config) -> None:
     prepare(run)
     stored = json.loads(run.layout.split_file("train").read_text())["images"][0]["file_name"]
     assert stored.startswith("data/world_captions/images/") and (run.layout.root / stored).is_file()
+
+
+def test_encoder_tokens_on_the_fly_give_the_cached_results(world_caption_config, tmp_path: Path) -> None:
+    """Over the budget, encoder outputs are computed on the fly: the same captions and scores as from the cache."""
+    summaries = {}
+    for name, budget in (("cached", 2048), ("on_the_fly", 0)):
+        config = world_caption_config(f"output.dir={tmp_path / name}", f"training.cache_budget_mb={budget}",
+                                      f"cache.dir={tmp_path / name / 'cache'}", "methods=[prefix]", "training.epochs=1")
+        config_file = write_config(config, tmp_path / f"{name}.yaml")
+        assert main(["-q", "caption", "run", str(config_file)]) == 0
+        assert any((tmp_path / name / "cache").rglob("*.npy")) == (budget > 0)
+        rows = read_csv(tmp_path / name / "results" / "caption_summary.csv")
+        summaries[name] = [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+        assert main(["-q", "caption", "evaluate", str(tmp_path / name)]) == 0  # a run directory as CONFIG
+    assert summaries["cached"] == summaries["on_the_fly"]

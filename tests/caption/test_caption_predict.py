@@ -80,3 +80,28 @@ def test_predict_cli_errors(caption_run: CaptionLayout, tmp_path: Path, capsys: 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     assert main(["-q", "caption", "predict", str(caption_run.root), str(bad)]) == 1  # nothing could be captioned
+
+
+def test_choose_captioner_rules(tmp_path: Path) -> None:
+    from fewclip.caption.layout import SUMMARY_COLUMNS
+    from fewclip.caption.predict import choose_captioner
+    from fewclip.fileio import write_csv
+
+    layout = CaptionLayout(tmp_path)
+    for method, seed in (("lora", 1), ("adapter", 0), ("adapter", 1)):
+        for name in ("captioner.json", "captioner.safetensors"):
+            (layout.model_dir(method, seed) / name).parent.mkdir(parents=True, exist_ok=True)
+            (layout.model_dir(method, seed) / name).write_text("{}")
+    (layout.model_dir("prefix", 0)).mkdir(parents=True)  # no manifest: not trained
+    unit, why = choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None)
+    assert unit == ("adapter", 0) and why.startswith("no scores yet")
+    rows = [("untrained", 0, 0.5), ("adapter", 0, 1.0), ("adapter", 1, 1.5), ("lora", 1, 2.0)]
+    write_csv(layout.summary, SUMMARY_COLUMNS, [(m, s, "test", c, 0, 0, 0, 0, 0, 1) for m, s, c in rows]
+              + [("adapter", 0, "val", 9.0, 0, 0, 0, 0, 0, 1)])  # val never chooses
+    assert choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None) == (
+        ("lora", 1), f"the highest test CIDEr (2.000) in {layout.summary}")
+    assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", None) == (
+        ("adapter", 1), f"the highest test CIDEr (1.500) in {layout.summary} among adapter's seeds")
+    assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", 0) == (("adapter", 0), "as asked")
+    with pytest.raises(CaptionerNotTrained, match="no captioner for method=prefix"):
+        choose_captioner(layout, ["adapter", "lora"], [0, 1], "prefix", None)

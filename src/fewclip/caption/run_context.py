@@ -87,7 +87,8 @@ def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
 def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData) -> str:
     """Everything a trained captioner depends on; an unchanged key is skipped, a changed one retrained."""
     model = unit_model_keys(config, method)
-    payload = {"model": model, "seed": seed, "training": config.training.model_dump(mode="json"),
+    payload = {"model": model, "seed": seed,  # the cache budget changes where tokens come from, not their values
+               "training": config.training.model_dump(mode="json", exclude={"cache_budget_mb"}),
                "selection": {"max_length": config.decode.max_length},
                "train": [[item.sha1, list(item.captions)] for item in data.train],
                "val": [[item.sha1, list(item.captions)] for item in data.val]}
