@@ -123,3 +123,13 @@ def test_a_folder_that_is_not_a_run_is_refused(world_caption_config, tmp_path: P
     assert main(["-q", "caption", "run", str(config_file)]) == 2
     assert "is not empty (notes.txt) and is not a fewclip run directory" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+
+
+def test_a_missing_decoder_fails_before_the_run_dir_is_touched(world_caption_config, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = tmp_path / "caption.yaml"
+    config_file.write_text(world_caption_config().to_yaml(), encoding="utf-8")
+    assert main(["-q", "caption", "run", str(config_file), f"model.decoder={tmp_path / 'no' / 'decoder'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.decoder: model folder {tmp_path / 'no' / 'decoder'} does not exist" in err
+    assert not (tmp_path / "run").exists()

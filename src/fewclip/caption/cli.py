@@ -7,8 +7,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ConfigError, default_cache_dir
+
+if TYPE_CHECKING:
+    from .config import CaptionConfig
+    from .run_context import CaptionRun
 
 STAGE_NAMES = ("prepare", "encode", "train", "evaluate", "report")
 FORCE_HELP = "use output.dir even if its config.yaml differs in model.encoder, model.decoder or data"
@@ -54,6 +59,22 @@ def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, l
     return (None if config == "default" else config), overrides
 
 
+def check_models(config: "CaptionConfig") -> None:
+    """Resolve the encoder, decoder and CLIPScore model ids (folder, alias, or hub id usable now)."""
+    from ..backbones.model_source import resolve_model
+
+    named = [("model.encoder", config.model.encoder, config.model.encoder_revision),
+             ("model.decoder", config.model.decoder, config.model.decoder_revision),
+             ("clipscore_model", config.clipscore_model, None)]
+    for key, model_id, revision in named:
+        if model_id is None:
+            continue
+        try:
+            resolve_model(model_id, revision)
+        except (FileNotFoundError, OSError) as err:  # its messages speak of model.id, the classification key
+            raise type(err)(str(err).replace("model.id: ", f"{key}: ", 1).replace("model.id", key)) from None
+
+
 def caption_main(args: argparse.Namespace) -> int:
     """Run ``fewclip caption <command>``; exit code 0, or 2 with a message naming what to fix."""
     if args.caption_command == "predict":
@@ -64,7 +85,8 @@ def caption_main(args: argparse.Namespace) -> int:
     from ..threads import apply_threads
     from .config import load_caption_config
     from .embedded import embedded_caption_config
-    from .pipeline import STAGES, CaptionRun
+    from .pipeline import STAGES
+    from .run_context import CaptionRun
     from .run_dir import open_caption_run
 
     try:
@@ -75,6 +97,8 @@ def caption_main(args: argparse.Namespace) -> int:
         config = load_caption_config(config_path, overrides, base=base)
         apply_threads(config.runtime.threads)
         stages = tuple(STAGES) if args.caption_command == "run" else (args.caption_command,)
+        if set(stages) & {"encode", "train", "evaluate"}:
+            check_models(config)  # a missing encoder or decoder fails before the run dir is touched
         with open_caption_run(config, force=args.force), logging_redirect_tqdm():
             run = CaptionRun(config)
             for stage in stages:
@@ -90,10 +114,11 @@ def caption_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(run: object) -> None:
+def _print_summary(run: "CaptionRun") -> None:
+    """The test rows of caption_summary.csv, one line per (method, seed)."""
     from ..fileio import read_csv
 
-    layout = run.layout  # type: ignore[attr-defined]
+    layout = run.layout
     if not layout.summary.is_file():
         return
     rows = [r for r in read_csv(layout.summary) if r["split"] == "test"]
