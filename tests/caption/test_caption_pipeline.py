@@ -166,3 +166,26 @@ def test_encoder_tokens_on_the_fly_give_the_cached_results(world_caption_config,
         summaries[name] = [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
         assert main(["-q", "caption", "evaluate", str(tmp_path / name)]) == 0  # a run directory as CONFIG
     assert summaries["cached"] == summaries["on_the_fly"]
+
+
+def test_decoder_weights_replaced_in_place_retrain(world_caption_config, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fewclip.world import DECODER
+
+    decoder = tmp_path / "decoder"
+    shutil.copytree(DECODER, decoder)
+    config = world_caption_config(f"model.decoder={decoder}", "methods=[adapter]", "training.epochs=1")
+    prepare(CaptionRun(config))
+    assert train(CaptionRun(config)) == ["adapter/seed_0"]
+    weights = decoder / "model.safetensors"
+    os.utime(weights)  # touched, same bytes: nothing to redo
+    assert train(CaptionRun(config)) == []
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert train(CaptionRun(config)) == ["adapter/seed_0"]

@@ -70,9 +70,10 @@ def clipscore_model(config: CaptionConfig) -> ModelConfig:
     return ModelConfig(id=config.clipscore_model, device=config.model.device)
 
 
-def evaluation_key(config: CaptionConfig, method: str, seed: int, trained_key: str | None,
+def evaluation_key(config: CaptionConfig, method: str, seed: int, trained: Any,
                    items: dict[str, Sequence[CaptionItem]]) -> str:
-    payload = {"model": unit_model_keys(config, method), "seed": seed, "trained": trained_key, "decode": config.decode.model_dump(mode="json"),
+    """What a unit's numbers depend on; ``trained``: its fit key, or the model weights for the baseline."""
+    payload = {"model": unit_model_keys(config, method), "seed": seed, "trained": trained, "decode": config.decode.model_dump(mode="json"),
                "clipscore": clipscore_model(config).model_dump(mode="json", exclude={"device"}),
                "attention": config.attention.model_dump(mode="json"),
                "splits": {s: [[i.sha1, list(i.captions)] for i in v] for s, v in items.items()}}
@@ -101,10 +102,10 @@ def evaluate_run(run: CaptionRun) -> Path:
         trained_key = None
         if method != BASELINE:
             trained_key = saved_fit_key(layout, method, seed)
-            if trained_key != fit_key(config, method, seed, run.data):
+            if trained_key != fit_key(config, method, seed, run.data, run.model_weights):
                 raise FileNotFoundError(f"{method} seed {seed} is not trained with this config "
                                         f"({layout.model_dir(method, seed)}); run `fewclip caption train` first")
-        key = evaluation_key(config, method, seed, trained_key, items)
+        key = evaluation_key(config, method, seed, trained_key or run.model_weights, items)
         if unit_done(layout, method, seed, key, rows):
             continue
         if scorer is None:
@@ -129,7 +130,7 @@ def _ordered(rows: list[dict[str, Any]], units: list[tuple[str, int]]) -> list[l
 
 def _unit_model(run: CaptionRun, method: str, seed: int) -> Any:
     if method == BASELINE:
-        return run.model(method, seed)
+        return run.baseline_model() if seed == run.config.seeds[0] else run.model(method, seed)
     from .artifacts import load_caption_model
 
     return load_caption_model(run.layout.model_dir(method, seed), device=run.config.model.device,

@@ -94,7 +94,7 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
     run.write_config()
     config, layout = run.config, run.layout
     pending = [(m, s) for m in config.methods for s in config.seeds
-               if saved_fit_key(layout, m, s) != fit_key(config, m, s, run.data)]
+               if saved_fit_key(layout, m, s) != fit_key(config, m, s, run.data, run.model_weights)]
     if not pending:
         return []
     tokens = run.tokens()
@@ -115,9 +115,9 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
                                checkpoint=folder / CHECKPOINT, on_epoch=epoch_hook, progress=config.output.progress)
         columns = ("epoch", "train_loss", "lr", "val_cider", "seconds")
         write_csv(layout.history(method, seed), columns, ([row.get(c, "") for c in columns] for row in done.history))
-        save_caption_model(model, folder, {"fit_key": fit_key(config, method, seed, data), "method": method,
-                                           "seed": seed, "train_seconds": done.seconds, "best_epoch": done.best_epoch,
-                                           "best_val_cider": done.best_score})
+        key = fit_key(config, method, seed, data, run.model_weights)
+        save_caption_model(model, folder, {"fit_key": key, "method": method, "seed": seed, "train_seconds": done.seconds,
+                                           "best_epoch": done.best_epoch, "best_val_cider": done.best_score})
         (folder / CHECKPOINT).unlink(missing_ok=True)
         log.info("train: %s seed %d done in %.1fs, best epoch %d (val CIDEr %s)", method, seed, done.seconds,
                  done.best_epoch, f"{done.best_score:.3f}" if done.best_score is not None else "n/a")

@@ -24,6 +24,7 @@ class CaptionRun:
     _data: CaptionData | None = field(default=None, repr=False)
     _tokens: Any = field(default=None, repr=False)
     _encoder_model: Any = field(default=None, repr=False)
+    _weights: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def layout(self) -> CaptionLayout:
@@ -45,6 +46,30 @@ class CaptionRun:
             self._data = read_splits(self.layout)
         return self._data
 
+    @property
+    def model_weights(self) -> dict[str, str]:
+        """sha256 of the encoder's and the decoder's weight files where they are folders (the shipped
+        aliases included), so that weights replaced in place retrain; a hub model is named by id and
+        revision (the hub's revision pins its files)."""
+        if self._weights is None:
+            from ..backbones.model_source import resolve_model
+            from ..backbones.weights import weights_digest
+
+            model, weights = self.config.model, {}
+            for part, model_id, revision in (("encoder", model.encoder, model.encoder_revision),
+                                             ("decoder", model.decoder, model.decoder_revision)):
+                folder = resolve_model(model_id, revision).folder
+                weights[part] = (weights_digest(folder, self.cache_root / "weights_sha256.json") if folder
+                                 else f"{model_id}@{revision or 'main'}")
+            self._weights = weights
+        return self._weights
+
+    def baseline_model(self) -> Any:
+        """The untrained captioner of the first seed, loaded once: it encodes the images and is evaluated."""
+        if self._encoder_model is None:
+            self._encoder_model = self.model(BASELINE, self.config.seeds[0])
+        return self._encoder_model
+
     def model(self, method: str, seed: int) -> Any:
         """A fresh captioner of one unit (its new weights drawn from ``seed``)."""
         from .model import CaptionModel
@@ -56,11 +81,9 @@ class CaptionRun:
         if self._tokens is None:
             from .encoder_cache import EncoderTokens
 
-            if self._encoder_model is None:
-                self._encoder_model = self.model(BASELINE, self.config.seeds[0])
             images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
             remove_stale_temporaries(self.cache_root / "features")
-            self._tokens = EncoderTokens(self._encoder_model, images, self.cache_root,
+            self._tokens = EncoderTokens(self.baseline_model(), images, self.cache_root,
                                          self.config.training.cache_budget_mb, self.config.batch_size,
                                          progress=self.config.output.progress)
             if self._tokens.failures:
@@ -84,10 +107,11 @@ def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
     return {key: model[key] for key in (*SHARED_MODEL_KEYS, *METHOD_MODEL_KEYS[method])}
 
 
-def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData) -> str:
-    """Everything a trained captioner depends on; an unchanged key is skipped, a changed one retrained."""
+def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, weights: dict[str, str]) -> str:
+    """Everything a trained captioner depends on (``weights``: ``CaptionRun.model_weights``); an unchanged
+    key is skipped, a changed one retrained."""
     model = unit_model_keys(config, method)
-    payload = {"model": model, "seed": seed,  # the cache budget changes where tokens come from, not their values
+    payload = {"model": model, "weights": weights, "seed": seed,  # the cache budget changes where tokens come from, not their values
                "training": config.training.model_dump(mode="json", exclude={"cache_budget_mb"}),
                "selection": {"max_length": config.decode.max_length},
                "train": [[item.sha1, list(item.captions)] for item in data.train],
