@@ -12,11 +12,12 @@ from .heads import FeatureSet, Task, list_heads, load_head, save_head
 from .pipeline import run
 from .run_context import RunContext
 from .predict import Classifier, Prediction, load_classifier
+from .caption.predict import Captioner, load_captioner
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLIPBackbone", "Classifier", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform",
+    "CLIPBackbone", "Captioner", "Classifier", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform",
     "Prediction", "RunContext", "Task", "extract_features", "list_backbones", "list_heads", "list_sources",
-    "load_backbone", "load_classifier", "load_config", "load_features", "load_head", "run", "save_head",
+    "load_backbone", "load_captioner", "load_classifier", "load_config", "load_features", "load_head", "run", "save_head",
 ]

@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--images-per-class", type=int, default=400)
     pretrain.add_argument("--batch-size", type=int, default=256)
+    decoder = world_commands.add_parser("pretrain-decoder", help="language-model pretraining of a tiny GPT-2 on "
+                                        "world captions (the captioning default's decoder)")
+    decoder.add_argument("--out", required=True, help="folder for the decoder (Hugging Face format)")
+    decoder.add_argument("--steps", type=int, default=1500)
+    decoder.add_argument("--seed", type=int, default=0)
+    decoder.add_argument("--batch-size", type=int, default=64)
+    from .caption.cli import add_caption_commands
+
+    add_caption_commands(commands)
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
@@ -60,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _world(args: argparse.Namespace) -> int:
+    if args.world_command == "pretrain-decoder":
+        return _pretrain_decoder(args)
     from .world.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed,
@@ -68,6 +79,16 @@ def _world(args: argparse.Namespace) -> int:
     command = (f"fewclip world pretrain --out {args.out} {budget} --seed {args.seed} "
                f"--images-per-class {args.images_per_class} --batch-size {args.batch_size}")
     pretrain(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
+    return 0
+
+
+def _pretrain_decoder(args: argparse.Namespace) -> int:
+    from .world.pretrain_decoder import DecoderPretrainConfig, pretrain_decoder
+
+    config = DecoderPretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    command = (f"fewclip world pretrain-decoder --out {args.out} --steps {args.steps} --seed {args.seed} "
+               f"--batch-size {args.batch_size}")
+    pretrain_decoder(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
     return 0
 
 
@@ -152,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _world(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "caption":
+        from .caption.cli import caption_main
+
+        return caption_main(args)
     from . import pipeline
     from .backbones import check_backbone
     from .run_context import RunContext

@@ -392,12 +392,15 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _describe(error: dict[str, Any], data: dict[str, Any], renamed: dict[str, str] | None = None) -> str:
-    """One line per validation error, naming the key as the user wrote it (``renamed``: {block: deprecated name})."""
+def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseModel] | None = None,
+                   renamed: dict[str, str] | None = None) -> str:
+    """One pydantic error as a line for people: the dotted key as the user wrote it (``renamed``: {block:
+    deprecated name}), and for an unknown key the nearest valid one among the keys of its block (``root``:
+    the top-level config class, default ``Config``)."""
     loc = [str(p) for p in error["loc"]]
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
-    block: Any = Config
+    block: Any = root or Config
     raw: Any = data
     for part in loc[:-1]:
         raw = raw.get(part, {}) if isinstance(raw, dict) else {}
@@ -408,7 +411,8 @@ def _describe(error: dict[str, Any], data: dict[str, Any], renamed: dict[str, st
     key = ".".join(loc) or "<root>"
     if error["type"] == "extra_forbidden" and block is not None:
         valid = list(block.model_fields)
-        spellings = {name: name for name in valid} | ({old: new for old, new in DEPRECATED_BLOCKS.items()} if len(loc) == 1 else {})
+        deprecated = len(loc) == 1 and root in (None, Config)
+        spellings = {name: name for name in valid} | ({old: new for old, new in DEPRECATED_BLOCKS.items()} if deprecated else {})
         close = difflib.get_close_matches(loc[-1], list(spellings), n=1, cutoff=0.5)
         parent = ".".join(loc[:-1])
         hint = f"; did you mean {'.'.join(loc[:-1] + [spellings[close[0]]])!r}?" if close else ""
@@ -437,7 +441,7 @@ def validate_config(data: dict[str, Any], origin: str = "config", renamed: dict[
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        lines = [_describe(e, data, renamed) for e in err.errors()]
+        lines = [describe_error(e, data, renamed=renamed) for e in err.errors()]
         raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(lines)) from None
 
 

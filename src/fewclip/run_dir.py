@@ -105,11 +105,12 @@ def locked(root: Path) -> Iterator[None]:
         handle.close()  # closing releases the lock; a killed process releases it too
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"block.key": value}``."""
     if isinstance(data, dict) and data:
         flat: dict[str, Any] = {}
         for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: data}
 
@@ -121,7 +122,7 @@ def _is_free(key: str) -> bool:
 
 def config_differences(previous: Config, current: Config) -> list[str]:
     """``key: <run's value> -> <this value>`` for every run-defining key that differs."""
-    before, after = _flatten(previous.model_dump(mode="json")), _flatten(current.model_dump(mode="json"))
+    before, after = flatten_keys(previous.model_dump(mode="json")), flatten_keys(current.model_dump(mode="json"))
     missing = object()
     return [f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "(unset)")
             for key in sorted(set(before) | set(after))

@@ -30,3 +30,25 @@ def caption_config(tiny_clip: Path, tiny_decoder: Path):
                                   prefix_length=4, **overrides)
 
     return build
+
+
+@pytest.fixture()
+def world_caption_config(tmp_path: Path):
+    """A small caption config from the real defaults: the shipped world CLIP and decoder on 30 world images
+    with 3 captions each, 2 short epochs; the given blocks are merged in, the overrides applied last."""
+    from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
+    from fewclip.caption.config import load_caption_config
+
+    def build(*overrides: str, **blocks):
+        base = {"methods": ["adapter", "prefix", "lora"], "seeds": [0],
+                "model": {"encoder": WORLD_ALIAS, "decoder": WORLD_DECODER_ALIAS, "device": "cpu", "prefix_length": 4},
+                "data": {"source": "world", "world_images": 30, "world_captions_per_image": 3},
+                "training": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+                "decode": {"max_length": 12}, "attention": {"fixed_images": 2}, "batch_size": 16,
+                "output": {"dir": str(tmp_path / "run"), "progress": False},
+                "cache": {"dir": str(tmp_path / "cache")}}
+        for key, value in blocks.items():
+            base[key] = {**base[key], **value} if isinstance(value, dict) and key != "data" else value
+        return load_caption_config(None, list(overrides), base=base)
+
+    return build

@@ -15,14 +15,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 WORLD_ALIAS = "fewclip/world-clip"  # the CLIP pretrained on the procedural world, shipped in fewclip/world/checkpoint
+WORLD_DECODER_ALIAS = "fewclip/world-decoder"  # the tiny GPT-2 pretrained on world captions, in fewclip/world/decoder
 TRUE_VALUES = {"1", "on", "yes", "true"}
 
 
 def model_aliases() -> dict[str, Path]:
     """Short ``model.id`` names of the models fewclip ships."""
-    from ..world import CHECKPOINT
+    from ..world import CHECKPOINT, DECODER
 
-    return {WORLD_ALIAS: CHECKPOINT}
+    return {WORLD_ALIAS: CHECKPOINT, WORLD_DECODER_ALIAS: DECODER}
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,2 @@
-"""Captioning: a frozen CLIP image encoder, a GPT-2 decoder tuned by adapters, prefix tuning or LoRA."""
+"""Captioning: caption data sources, caption metrics (CIDEr-D, BLEU-4, CLIPScore), and a frozen CLIP
+encoder with a GPT-2 decoder tuned by adapters, prefix tuning or LoRA."""

@@ -40,7 +40,11 @@ def word_symbols(word: str) -> tuple[str, ...]:
 def train_bpe(texts: Iterable[str], max_merges: int, min_frequency: int = 2) -> list[tuple[str, str]]:
     """Learn merges greedily: repeatedly join the most frequent adjacent pair (ties: first seen)."""
     counts = Counter(w for text in texts for w in _WORDS.findall(text.lower()))
-    words = Counter({word_symbols(w): n for w, n in counts.items()})
+    return learn_merges(Counter({word_symbols(w): n for w, n in counts.items()}), max_merges, min_frequency)
+
+
+def learn_merges(words: Counter[tuple[str, ...]], max_merges: int, min_frequency: int) -> list[tuple[str, str]]:
+    """BPE training on words given as symbol tuples with counts (ties: the shorter joined symbol first)."""
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
         pairs: Counter[tuple[str, str]] = Counter()
@@ -102,3 +106,47 @@ def write_clip_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_
     # transformers 5 writes only tokenizer.json here; vocab.json and merges.txt stay beside it
     tokenizer.save_pretrained(str(folder))
     return len(vocab)
+
+
+# GPT-2's byte-level BPE marks a word that follows a space with this symbol (byte 0x20 in the table above)
+SPACE_SYMBOL = _BYTE_TABLE[ord(" ")]
+
+
+def gpt2_word_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """GPT-2-style merges learned (BPE, run to the end) on the given words, each both at the start of a text
+    and after a space (``red`` and ``Ġred``): applied in rank order, they make every such word one token."""
+    spelled: Counter[tuple[str, ...]] = Counter()
+    for word in sorted(set(words)):  # a fixed order: ties between equally frequent pairs break the same way
+        for text in (word, " " + word):
+            spelled[tuple(_BYTE_TABLE[b] for b in text.encode("utf-8"))] += 1
+    return learn_merges(spelled, max_merges=10**6, min_frequency=1)
+
+
+def write_gpt2_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_max_length: int,
+                         special_tokens: Sequence[str] = ("<|endoftext|>", "<|pad|>")) -> dict[str, int]:
+    """Write a GPT-2-format byte-level BPE tokenizer (vocab.json, merges.txt, tokenizer.json,
+    tokenizer_config.json) that ``AutoTokenizer.from_pretrained(folder)`` loads; returns the special
+    tokens' ids. Layout: the 256 byte symbols, one token per merge, then ``special_tokens`` in order.
+
+    The first special token is BOS, EOS and UNK (as in GPT-2); the second, if given, is a distinct PAD.
+    The tokenizer adds no BOS/EOS by itself (GPT-2's behaviour): a caller puts them where it wants them.
+    """
+    from transformers import GPT2Tokenizer
+
+    vocab = list(_BYTE_TABLE.values())
+    seen = set(vocab)
+    for left, right in merges:
+        if left + right not in seen:
+            vocab.append(left + right)
+            seen.add(left + right)
+    vocab += list(special_tokens)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    main = special_tokens[0]
+    pad = special_tokens[1] if len(special_tokens) > 1 else None
+    tokenizer = GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), unk_token=main,
+                              bos_token=main, eos_token=main, pad_token=pad, model_max_length=model_max_length)
+    tokenizer.save_pretrained(str(folder))
+    return {token: vocab.index(token) for token in special_tokens}

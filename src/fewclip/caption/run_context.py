@@ -1,0 +1,129 @@
+"""The caption run context shared by the stages, evaluation and predict: a config, its run directory,
+the split files and the encoder tokens (loaded on first use), and the fit key of a trained captioner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
+from .config import BASELINE, CaptionConfig
+from .data import CaptionData
+from .layout import CaptionLayout
+from .splits import SPLITS, read_splits
+
+
+@dataclass
+class CaptionRun:
+    """A caption config, its run directory, and what the stages share (loaded on first use)."""
+
+    config: CaptionConfig
+    _data: CaptionData | None = field(default=None, repr=False)
+    _tokens: Any = field(default=None, repr=False)
+    _encoder_model: Any = field(default=None, repr=False)
+    _weights: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> CaptionLayout:
+        return CaptionLayout(Path(self.config.output.dir).expanduser())
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache.dir).expanduser()
+
+    def write_config(self) -> None:
+        """The resolved config beside the results (left untouched when it already says the same)."""
+        text, path = self.config.to_yaml(), self.layout.config
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+
+    @property
+    def data(self) -> CaptionData:
+        if self._data is None:
+            self._data = read_splits(self.layout)
+        return self._data
+
+    @property
+    def model_weights(self) -> dict[str, str]:
+        """sha256 of the encoder's and the decoder's weight files where they are folders (the shipped
+        aliases included), so that weights replaced in place retrain; a hub model is named by id and
+        revision (the hub's revision pins its files)."""
+        if self._weights is None:
+            from ..backbones.model_source import resolve_model
+            from ..backbones.weights import weights_digest
+
+            model, weights = self.config.model, {}
+            for part, model_id, revision in (("encoder", model.encoder, model.encoder_revision),
+                                             ("decoder", model.decoder, model.decoder_revision)):
+                folder = resolve_model(model_id, revision).folder
+                weights[part] = (weights_digest(folder, self.cache_root / "weights_sha256.json") if folder
+                                 else f"{model_id}@{revision or 'main'}")
+            self._weights = weights
+        return self._weights
+
+    def baseline_model(self) -> Any:
+        """The untrained captioner of the first seed, loaded once: it encodes the images and is evaluated."""
+        if self._encoder_model is None:
+            self._encoder_model = self.model(BASELINE, self.config.seeds[0])
+        return self._encoder_model
+
+    def model(self, method: str, seed: int) -> Any:
+        """A fresh captioner of one unit (its new weights drawn from ``seed``)."""
+        from .model import CaptionModel
+
+        return CaptionModel(self.config.unit_model(method), seed=seed)
+
+    def tokens(self) -> Any:
+        """The encoder tokens of every split's images (``EncoderTokens``): cached within the budget."""
+        if self._tokens is None:
+            from .encoder_cache import EncoderTokens
+
+            images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
+            remove_stale_temporaries(self.cache_root / "features")
+            self._tokens = EncoderTokens(self.baseline_model(), images, self.cache_root,
+                                         self.config.training.cache_budget_mb, self.config.batch_size,
+                                         progress=self.config.output.progress)
+            if self._tokens.failures:
+                listed = "\n  ".join(f"{image}: {reason}" for image, reason in self._tokens.failures[:10])
+                raise ValueError(f"{len(self._tokens.failures)} image(s) could not be encoded (changed or unreadable "
+                                 f"since prepare):\n  {listed}\nRun `fewclip caption prepare` again after deleting "
+                                 f"{self.layout.data / '*.json'}")
+        return self._tokens
+
+
+# The model keys that change what a method's captioner learns or says: the other methods' keys, the
+# attention layer drawn and the device do not (a changed LoRA rank retrains LoRA only).
+SHARED_MODEL_KEYS = ("encoder", "encoder_revision", "decoder", "decoder_revision", "precision", "method")
+METHOD_MODEL_KEYS = {"untrained": (), "adapter": ("adapter_bottleneck",), "prefix": ("prefix_length",),
+                     "lora": ("lora_rank", "lora_alpha", "lora_dropout")}
+
+
+def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
+    """The model config values one unit's results depend on."""
+    model = config.unit_model(method).model_dump(mode="json")
+    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *METHOD_MODEL_KEYS[method])}
+
+
+def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, weights: dict[str, str]) -> str:
+    """Everything a trained captioner depends on (``weights``: ``CaptionRun.model_weights``); an unchanged
+    key is skipped, a changed one retrained."""
+    model = unit_model_keys(config, method)
+    payload = {"model": model, "weights": weights, "seed": seed,  # the cache budget changes where tokens come from, not their values
+               "training": config.training.model_dump(mode="json", exclude={"cache_budget_mb"}),
+               "selection": {"max_length": config.decode.max_length},
+               "train": [[item.sha1, list(item.captions)] for item in data.train],
+               "val": [[item.sha1, list(item.captions)] for item in data.val]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def saved_fit_key(layout: CaptionLayout, method: str, seed: int) -> str | None:
+    manifest = layout.model_dir(method, seed) / "captioner.json"
+    try:
+        return read_json(manifest).get("fit_key") if manifest.is_file() else None
+    except (ValueError, OSError):
+        return None  # a damaged manifest: trained again
+
+

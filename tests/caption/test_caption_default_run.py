@@ -1,0 +1,40 @@
+"""``fewclip caption run`` with no config: the embedded offline default (world CLIP + world decoder on a world
+caption set, adapter / prefix / LoRA). The learnable world task: every trained method's test CIDEr is far
+above the untrained decoder's, which says one plausible caption whatever the image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
+from fewclip.caption.embedded import DEFAULT_OUTPUT
+from fewclip.cli import main
+from fewclip.fileio import read_csv
+
+
+@pytest.mark.slow
+def test_the_embedded_default_learns_to_caption_the_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output.dir is relative to the working directory
+    monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
+    assert main(["-q", "caption", "run"]) == 0
+    run_dir = tmp_path / DEFAULT_OUTPUT
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (resolved["model"]["encoder"], resolved["model"]["decoder"]) == (WORLD_ALIAS, WORLD_DECODER_ALIAS)
+    assert list((tmp_path / "cache").iterdir())  # encoder tokens went to $FEWCLIP_CACHE
+
+    test = {r["method"]: r for r in read_csv(run_dir / "results" / "caption_summary.csv") if r["split"] == "test"}
+    assert sorted(test) == ["adapter", "lora", "prefix", "untrained"]
+    untrained = float(test["untrained"]["cider"])
+    untrained_captions = {r["caption"] for r in read_csv(run_dir / "results" / "predictions" / "untrained" / "seed_0-test.csv")}
+    assert len(untrained_captions) <= 3  # the frozen decoder's language, blind to the image
+    for method in ("adapter", "prefix", "lora"):
+        cider = float(test[method]["cider"])
+        assert cider > 2.5 * untrained and cider > untrained + 0.8, (method, cider, untrained)
+        assert float(test[method]["clipscore"]) > float(test["untrained"]["clipscore"])
+        assert int(test[method]["trainable_params"]) > 0 and int(test[method]["n_eval"]) == 96
+    out = capsys.readouterr().out
+    assert "untrained seed 0: test CIDEr" in out and f"results: {Path(DEFAULT_OUTPUT) / 'results' / 'caption_summary.csv'}" in out
