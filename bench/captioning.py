@@ -7,7 +7,8 @@ measured side by side in one run. Nothing is downloaded.
 1. Generation: batched greedy decoding with the KV cache (``caption.decode.generate_ids``, ``--batch``
    images per call) vs a naive one-image, no-cache token loop (every step re-runs the whole sequence) on
    the same decoder and encoder tokens, same max length; the captions are checked identical. Decoding
-   only: both get the same precomputed encoder tokens.
+   only: both get the same precomputed encoder tokens. The captioner is trained ``--train-epochs`` first,
+   so that captions differ between images (a model as built says one caption of every image).
 2. Training step (loss, backward, AdamW step, batch ``--batch``): encoder tokens read from the
    content-addressed cache (``caption.encoder_cache.EncoderTokens`` within budget) vs the frozen encoder
    run on the batch's images every step (budget 0). The one-off cost of filling the cache is printed too.
@@ -33,7 +34,7 @@ from fewclip.backbones.model_source import WORLD_ALIAS
 from fewclip.caption.decode import DecodeConfig, generate_ids
 from fewclip.caption.encoder_cache import EncoderTokens
 from fewclip.caption.model import CaptionModel, CaptionModelConfig
-from fewclip.caption.train import caption_token_ids, pad_batch
+from fewclip.caption.train import CaptionTrainConfig, caption_token_ids, pad_batch, train_captioner
 from fewclip.fileio import read_json
 from fewclip.world import DECODER
 from fewclip.world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
@@ -64,7 +65,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return (time.perf_counter() - start) / repeats, result
 
 
-def generation_bench(model: CaptionModel, tokens: torch.Tensor, batch: int, max_length: int) -> None:
+def generation_bench(model: CaptionModel, tokens: torch.Tensor, batch: int, max_length: int, epochs: int) -> None:
     settings = DecodeConfig(max_length=max_length)
     n = len(tokens)
 
@@ -84,7 +85,7 @@ def generation_bench(model: CaptionModel, tokens: torch.Tensor, batch: int, max_
     same = naive_ids == batched_ids == cached_ids
     mean_length = sum(map(len, batched_ids)) / n
     print(f"\n[generation] {n} world images, greedy, max_length {max_length} (mean caption {mean_length:.1f} tokens), "
-          f"{model.config.method} as built, {len(set(map(tuple, batched_ids)))} distinct captions")
+          f"{model.config.method} trained {epochs} epochs, {len(set(map(tuple, batched_ids)))} distinct captions")
     print(f"  naive: one image, no cache    {n / naive_s:8.1f} captions/s")
     print(f"  one image, KV cache           {n / cached_s:8.1f} captions/s   {naive_s / cached_s:5.2f}x")
     print(f"  batch {batch:3d}, KV cache          {n / batched_s:8.1f} captions/s   {naive_s / batched_s:5.2f}x "
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--method", default="adapter", choices=["adapter", "prefix", "lora"])
+    parser.add_argument("--train-epochs", type=int, default=4, help="epochs (lr 1e-3) before the generation bench")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only", choices=["generate", "train", "memory"], help="run one part only")
@@ -194,8 +196,10 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; {len(images)} world images, {len(examples)} captions")
     if args.only in (None, "generate"):
         model = caption_model(args.method)
-        tokens = EncoderTokens(model, images, None, 0)(list(images))
-        generation_bench(model, tokens, args.batch, args.max_length)
+        cache = EncoderTokens(model, images, work / "cache", 1e9)
+        if args.train_epochs:  # a model as built says the same caption of every image: train it a little
+            train_captioner(model, examples, cache, CaptionTrainConfig(epochs=args.train_epochs, lr=1e-3))
+        generation_bench(model, cache(list(images)), args.batch, args.max_length, args.train_epochs)
     if args.only in (None, "train"):
         train_step_bench(args.method, images, examples, args.batch, args.steps, work)
     if args.only in (None, "memory") and not args.skip_memory:
