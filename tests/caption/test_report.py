@@ -205,3 +205,28 @@ def test_missing_predictions_prevent_a_winner(tmp_path: Path) -> None:
 def test_without_summary_the_error_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"caption_summary.csv not found: run `fewclip caption evaluate`"):
         write_caption_report(CaptionLayout(tmp_path))
+
+
+def test_thumbnails_follow_the_split_files_path_field(tmp_path: Path) -> None:
+    layout = separated_run(tmp_path, seeds=(0,))
+    split = json.loads(layout.split_file("test").read_text())
+    for entry in split["images"]:
+        (layout.data / "images" / entry["file_name"]).rename(layout.data / f"moved-{entry['file_name']}")
+        entry["path"] = f"moved-{entry['file_name']}"  # relative to data/
+    layout.split_file("test").write_text(json.dumps(split))
+    text = html_of(layout)
+    assert len(re.findall(r'<img class="thumb" src="data:image/png;base64,', text)) == EXAMPLE_IMAGES
+    assert "image not found" not in text
+
+
+def test_a_val_split_gets_its_own_table_after_test(tmp_path: Path) -> None:
+    layout = separated_run(tmp_path, seeds=(0,))
+    with open(layout.summary, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    val = [{**r, "split": "val", "cider": "9.5"} for r in rows if r["method"] == "lora"]
+    write_csv(layout.summary, SUMMARY_COLUMNS, [[r[c] for c in SUMMARY_COLUMNS] for r in val + rows])
+    text = html_of(layout)
+    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    assert answer["split"] == "test" and answer["winner"] == "adapter"  # val never picks the winner
+    assert text.index("<h3>test split</h3>") < text.index("<h3>val split</h3>")
+    assert "9.500 ± 0.000" in text

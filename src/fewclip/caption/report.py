@@ -13,7 +13,7 @@ winner test, see ``caption.answer``) and ``results/attention``.
                  "panel": "00012.png"}]} # a PNG file name inside that folder (no sub-folders)
 
 Predictions' ``image`` is the image's ``file_name`` in ``data/<split>.json``; its thumbnail is read from
-that file's ``path`` field when it has one, else ``data/<file_name>`` or ``data/images/<file_name>``.
+that file's ``path`` field when it has one (relative to ``data/``), else ``data/<file_name>`` or ``data/images/<file_name>``.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def image_files(layout: CaptionLayout, split: str) -> dict[str, Path]:
     files = {}
     for entry in read_json(layout.split_file(split)).get("images", []):
         name = str(entry.get("file_name", ""))
-        candidates = [Path(entry["path"])] if entry.get("path") else []
+        candidates = [layout.data / str(entry["path"])] if entry.get("path") else []  # an absolute path stays as is
         candidates += [layout.data / name, layout.data / "images" / name]
         files[name] = next((c for c in candidates if c.is_file()), candidates[0])
     return files
