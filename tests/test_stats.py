@@ -92,3 +92,30 @@ def test_balanced_weights_follow_the_metric_direction() -> None:
 def test_paired_test_refuses_different_test_sets() -> None:
     with pytest.raises(ValueError, match="same test images: 3 vs 4"):
         paired_test(np.ones((1, 3), bool), np.ones((1, 4), bool), [0, 0, 0])
+
+
+def test_paired_scores_test_enumerates_every_sign_pattern() -> None:
+    from fewclip.stats import paired_scores_test
+
+    # differences 1, 2, 3 (over n = 3): |±1 ±2 ±3| >= 6 in 2 of 8 patterns
+    test = paired_scores_test(np.array([[2.0, 4.0, 3.0]]), np.array([[1.0, 2.0, 0.0]]))
+    assert test.exact and test.p_value == pytest.approx(2 / 8)
+    assert test.difference == pytest.approx(2.0) and (test.better, test.worse, test.n_images) == (3, 0, 3)
+    # seeds are averaged per image before the test: A's two seeds average to the single-seed scores above
+    averaged = paired_scores_test(np.array([[1.0, 4.0, 2.0], [3.0, 4.0, 4.0]]), np.array([[1.0, 2.0, 0.0]]))
+    assert averaged.p_value == pytest.approx(test.p_value) and averaged.difference == pytest.approx(2.0)
+    assert paired_scores_test(np.ones((1, 5)), np.ones((2, 5))).p_value == 1.0
+
+
+def test_paired_scores_test_on_correctness_is_the_paired_test() -> None:
+    from fewclip.stats import paired_scores_test
+
+    rng = np.random.default_rng(3)
+    for n in (12, 60):  # exact enumeration, then Monte Carlo
+        a, b = rng.random((1, n)) < 0.7, rng.random((1, n)) < 0.4
+        reference = paired_test(a, b, np.zeros(n, dtype=int))
+        test = paired_scores_test(a.astype(float), b.astype(float))
+        assert test.difference == pytest.approx(reference.difference)
+        assert test.p_value == pytest.approx(reference.p_value, abs=1e-12 if test.exact else 0.01)
+    with pytest.raises(ValueError, match="same test images"):
+        paired_scores_test(np.ones((1, 3)), np.ones((1, 4)))

@@ -6,6 +6,7 @@
 - ``chance_accuracy`` / ``majority_accuracy``: what guessing uniformly and always answering the largest
   class score; ``is_imbalanced``: whether accuracy is a misleading summary of a test set.
 - ``paired_test``: is method A better than method B on the same test images, over seeds?
+- ``paired_scores_test``: the same on a real-valued per-image score (per-image CIDEr of two captioners).
 
 The paired test, and why this one. Every seed of every method is scored on the *same* test images, so the
 image, not the (image, seed) pair, is the independent unit: pooling McNemar's discordant counts over seeds
@@ -136,6 +137,36 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[i
     else:
         p_value, exact = _monte_carlo_sign_flip(steps[nonzero], abs(observed), seed), False
     return PairedTest(observed, p_value, better, worse, len(labels), exact)
+
+
+EXACT_SIGN_FLIPS_MAX = 16  # real-valued differences: all 2 ** n sign patterns enumerated up to this many images
+
+
+def paired_scores_test(scores_a: np.ndarray, scores_b: np.ndarray, seed: int = 0) -> PairedTest:
+    """Paired sign-flip test of A vs B on a real-valued per-image score (e.g. per-image CIDEr): ``scores_a``
+    (seeds_a, n) and ``scores_b`` (seeds_b, n), one row per seed, the same n images in the same order.
+
+    As ``paired_test`` but on scores rather than correctness: ``d_i`` = A's seed-mean score of image i minus
+    B's, over n; the statistic ``sum(d_i)`` is the difference of the mean scores. Exact (every sign pattern)
+    with at most ``EXACT_SIGN_FLIPS_MAX`` non-zero differences, otherwise ``MONTE_CARLO_DRAWS`` seeded draws."""
+    scores_a, scores_b = np.atleast_2d(np.asarray(scores_a, float)), np.atleast_2d(np.asarray(scores_b, float))
+    if scores_a.shape[1] != scores_b.shape[1]:
+        raise ValueError(f"paired test needs the same test images: {scores_a.shape[1]} vs {scores_b.shape[1]} scores")
+    n = scores_a.shape[1]
+    steps = (scores_a.mean(axis=0) - scores_b.mean(axis=0)) / max(n, 1)
+    scale = max(float(np.abs(steps).max(initial=0.0)), 1e-300)
+    nonzero = np.abs(steps) > 1e-12 * scale
+    better, worse = int((steps > 0).sum()), int((steps < 0).sum())
+    observed = float(steps.sum())
+    if not nonzero.any():
+        return PairedTest(0.0, 1.0, better, worse, n, True)
+    active = steps[nonzero]
+    if len(active) <= EXACT_SIGN_FLIPS_MAX:
+        patterns = np.array(np.meshgrid(*[(-1.0, 1.0)] * len(active))).reshape(len(active), -1).T  # (2^k, k)
+        sums = np.abs(patterns @ active)
+        p_value = float((sums >= abs(observed) - 1e-9 * scale).mean())
+        return PairedTest(observed, p_value, better, worse, n, True)
+    return PairedTest(observed, _monte_carlo_sign_flip(active, abs(observed), seed), better, worse, n, False)
 
 
 def _exact_sign_flip(magnitudes: list[int], observed: int) -> float:
