@@ -13,7 +13,6 @@ same evaluation key. A killed training resumes from its checkpoint (``caption.tr
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -139,11 +138,7 @@ def evaluate(run: CaptionRun) -> Path:
 def report(run: CaptionRun) -> Path | None:
     """report.html from the evaluate stage's files (``fewclip.caption.report``)."""
     run.write_config()
-    # TODO(merge): fewclip.caption.report comes from the wt-capreport branch; once merged, drop this guard.
-    if importlib.util.find_spec("fewclip.caption.report") is None:
-        log.warning("report: fewclip.caption.report is not in this fewclip; no report.html written")
-        return None
-    from .report import write_caption_report  # type: ignore[import-not-found,unused-ignore]
+    from .report import write_caption_report
 
     return write_caption_report(run.layout)
 

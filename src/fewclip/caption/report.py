@@ -184,7 +184,7 @@ def examples_section(page: CaptionPage, answer: CaptionAnswer) -> str:
     for image in images:
         first = next(p[image] for p in predictions.values() if image in p)
         references = "<br>".join(esc(r) for r in first["references"].split(REFERENCE_SEPARATOR))
-        cells = [thumbnail(files.get(image, page.layout.data / image)) + f"<br>{esc(image)}", references]
+        cells = [thumbnail(files.get(image, page.layout.root / image)) + f"<br>{esc(image)}", references]
         for method in predictions:
             row = predictions[method].get(image)
             score = optional_float(row.get("clipscore")) if row is not None else None
@@ -202,12 +202,16 @@ def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError('expected {"layer": int, "images": [...]}')
     for index, entry in enumerate(data["images"]):
+        if "why" not in entry and isinstance(entry.get("roles"), list):  # the pipeline's form: roles, one or several
+            entry["why"] = ", ".join(str(role).replace("_", " ") for role in entry["roles"])
         missing = [k for k in ("image", "why", "caption", "clipscore", "panel") if k not in entry]
         if missing:
             raise ValueError(f"images[{index}] lacks {', '.join(missing)}")
+        if entry["panel"] is None:  # no generated word to draw
+            continue
         if Path(str(entry["panel"])).name != entry["panel"]:
             raise ValueError(f"images[{index}].panel {entry['panel']!r} must be a file name inside the folder")
-    return data.get("layer"), data["images"]
+    return data.get("layer"), [entry for entry in data["images"] if entry["panel"] is not None]
 
 
 def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
@@ -229,7 +233,7 @@ def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
                          f"evaluate again to rewrite it.</p>")
             continue
         parts.append(f'<p class="note">Decoder block {esc(layer)}.</p>')
-        for entry in sorted(entries, key=lambda e: WHY.index(e["why"]) if e["why"] in WHY else len(WHY)):
+        for entry in sorted(entries, key=lambda e: next((i for i, w in enumerate(WHY) if e["why"].startswith(w)), len(WHY))):
             parts.append(f'<p><b>{esc(entry["why"])}</b>: {esc(entry["image"])}, “{esc(entry["caption"])}” '
                          f'(CLIPScore {float(entry["clipscore"]):.3f})</p>'
                          + page.image(folder / entry["panel"], f'{row.method} attention on {entry["image"]}'))
