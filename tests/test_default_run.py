@@ -11,7 +11,7 @@ import yaml
 from fewclip.cli import main
 from fewclip.embedded import DEFAULT_WORLD_CLASSES
 from fewclip.fileio import read_csv
-from fewclip.heads import list_heads
+from fewclip.heads import HEADS, list_heads
 from fewclip.backbones.model_source import WORLD_ALIAS
 
 
@@ -35,9 +35,12 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, 
 
     rows = read_csv(run_dir / "results" / "summary.csv")
     units = sorted((r["method"], r["shots"], r["seed"], r["split"]) for r in rows)
-    expected = [("linear_probe", "2", "1", "base")] + [
-        (method, shots, seed, split) for method, shots, seed in (("cocoop", "2", "1"), ("coop", "2", "1"), ("zero_shot", "0", "0"))
-        for split in ("base", "hm", "new")]
+    expected = []
+    for method in list_heads():  # every head; those that transfer to new class names also get new and hm rows
+        head = HEADS.get(method)
+        shots, seed = ("2", "1") if head.uses_shots else ("0", "0")
+        expected += [(method, shots, seed, split) for split in (("base", "hm", "new") if head.transfers else ("base",))]
+    assert ("coop", "2", "1", "new") in expected and ("linear_probe", "2", "1", "new") not in expected
     assert units == sorted(expected)
     assert {int(r["n_eval"]) for r in rows if r["split"] in ("base", "new")} == {8 * 40}  # 8 classes x 40 test images
     zero_shot = {r["split"]: float(r["accuracy"]) for r in rows if r["method"] == "zero_shot"}
