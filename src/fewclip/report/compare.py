@@ -21,7 +21,7 @@ n_seeds empty for HM and averages), reference and reference_source (the publishe
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -94,7 +94,8 @@ def read_run(path: Path | str) -> Run:
     summary = read_csv(layout.summary)
     lacking = {"method", "shots", "seed", "split", "accuracy"} - set(summary[0] if summary else ())
     if not summary or lacking:
-        raise CompareError(f"{layout.summary} has no result rows{f' (no column {sorted(lacking)})' if summary else ''}; "
+        why = f" (no column {sorted(lacking)})" if summary else ""
+        raise CompareError(f"{layout.summary} has no result rows{why}; "
                            f"re-run `fewclip evaluate {layout.root}`")
     dataset = config["dataset"]
     name = dataset.get("name") if dataset.get("source") == "coop" else config.get("name", layout.root.name)
@@ -117,7 +118,8 @@ def run_cells(run: Run) -> list[Cell]:
     for row in run.summary:
         if row["split"] != "hm":
             groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(float(row["accuracy"]))
-    cells = [Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v)) for (m, k, s), v in groups.items()]
+    cells = [Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v))
+             for (m, k, s), v in groups.items()]
     by_key = {(c.method, c.shots, c.split): c for c in cells}
     for (method, shots, split), base in list(by_key.items()):
         new = by_key.get((method, shots, "new"))
@@ -128,7 +130,8 @@ def run_cells(run: Run) -> list[Cell]:
 
 
 def average_label(datasets: Sequence[str]) -> str:
-    return "Average (11)" if set(datasets) == set(COOP_DATASETS) and len(datasets) == 11 else f"Average ({len(datasets)})"
+    all_coop = len(datasets) == len(COOP_DATASETS) and set(datasets) == set(COOP_DATASETS)
+    return f"Average ({len(datasets)})" if not all_coop else "Average (11)"
 
 
 def average_cells(cells: Sequence[Cell], datasets: Sequence[str], label: str) -> list[Cell]:
@@ -144,7 +147,8 @@ def average_cells(cells: Sequence[Cell], datasets: Sequence[str], label: str) ->
     for (method, shots, split), base in averages.items():
         new = averages.get((method, shots, "new"))
         if split == "base" and new is not None:
-            out.append(Cell(label, method, shots, first.protocol, first.backbone, "hm", harmonic_mean(base, new), None, None))
+            hm = harmonic_mean(base, new)
+            out.append(Cell(label, method, shots, first.protocol, first.backbone, "hm", hm, None, None))
     return out
 
 
@@ -169,7 +173,8 @@ class Table:
         return sorted(keys, key=lambda k: (order[k[0]], k[1], split_key(k[2])))
 
     def cell(self, dataset: str, method: str, shots: int, split: str) -> Cell | None:
-        return next((c for c in self.cells if (c.dataset, c.method, c.shots, c.split) == (dataset, method, shots, split)), None)
+        key = (dataset, method, shots, split)
+        return next((c for c in self.cells if (c.dataset, c.method, c.shots, c.split) == key), None)
 
 
 def dataset_order(names: Sequence[str]) -> list[str]:
@@ -183,7 +188,7 @@ def with_reference(cell: Cell, backbone: str | None, published: Mapping[Referenc
     if backbone is None or method is None:
         return cell
     reference = published.get((backbone, cell.protocol, cell.dataset, method, cell.shots, cell.split))
-    return cell if reference is None else Cell(**{**cell.__dict__, "reference": reference})
+    return cell if reference is None else replace(cell, reference=reference)
 
 
 def build_table(runs: list[Run], published: Mapping[ReferenceKey, Reference]) -> Table:
