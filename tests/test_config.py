@@ -12,7 +12,8 @@ from fewclip.config import DEFAULT_TEMPLATES, Config, ConfigError, load_config, 
 from fewclip.heads import list_heads
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-SHIPPED_CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.yaml") if not p.name.endswith("_caption.yaml"))  # tests/caption
+SHIPPED_CONFIGS = sorted(p for p in CONFIGS_DIR.glob("**/*.yaml")  # configs/coop_suite/ too
+                         if not p.name.endswith("_caption.yaml"))  # captioning configs: tests/caption
 
 
 def _minimal(tmp_path: Path) -> dict:
@@ -297,7 +298,7 @@ def test_configs_folder_holds_yaml_when_not_empty() -> None:
         assert not SHIPPED_CONFIGS
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[p.name for p in SHIPPED_CONFIGS])
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[p.relative_to(CONFIGS_DIR).as_posix() for p in SHIPPED_CONFIGS])
 def test_shipped_config_loads(path: Path, tmp_path: Path) -> None:
     config = load_config(path)
     assert config.dataset.source == yaml.safe_load(path.read_text(encoding="utf-8"))["dataset"]["source"]

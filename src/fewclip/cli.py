@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
     predict.add_argument("--out", help="also write the predictions to a .csv or .json file")
     predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
+    compare = commands.add_parser("compare", help="one paper-style table across runs (compare.csv, compare.html)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    compare.add_argument("--out", default="compare", help="folder for compare.csv and compare.html (default: compare)")
     return parser
 
 
@@ -177,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .caption.cli import caption_main
 
         return caption_main(args)
+    if args.command == "compare":
+        from .report.compare import compare_command
+
+        return compare_command(args.run_dirs, args.out)
     from . import pipeline
     from .backbones import check_backbone
     from .run_context import RunContext

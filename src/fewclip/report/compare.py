@@ -1,0 +1,264 @@
+"""``fewclip compare RUN_DIR...``: one paper-style table across finished runs, with published numbers beside
+fewclip's where a run follows a paper's protocol.
+
+Each run contributes its dataset (``dataset.name`` for a CoOp-layout dataset, else the config's ``name``),
+its protocol (few-shot on all classes, or base-to-new) and its backbone; runs of one protocol and backbone
+form one table: rows are methods and shot budgets (and base / new / HM in base-to-new), columns are datasets
+plus their average. Values are accuracy in percent, mean ± sample std over seeds, read from each run's
+``results/summary.csv``.
+
+- HM is the harmonic mean of the mean base and the mean new accuracy, as CoCoOp's Table 1 computes it (its
+  average row is HM(average base, average new): 2 * 80.47 * 71.69 / (80.47 + 71.69) = 75.83), not the mean of
+  per-seed HMs; so an HM has no std.
+- ``Average (n)`` is the unweighted mean over the table's n datasets of the per-dataset means (HM: of the
+  averaged base and new), given only for rows with a value in every dataset; it is ``Average (11)`` when the
+  table holds exactly CoOp's 11 datasets.
+
+compare.csv is long: dataset, method, shots, protocol, backbone, split, mean, std, n_seeds (percent; std and
+n_seeds empty for HM and averages), reference and reference_source (the published number and its citation).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config_yaml import ConfigFileError, read_yaml_file
+from ..data.sources.coop import COOP_DATASETS
+from ..fileio import atomic_write_text, read_csv, write_csv
+from ..layout import RunLayout
+from ..stats import mean_std
+from .aggregate import split_key
+from .compare_html import compare_page
+from .published import PAPER_METHODS, Reference, ReferenceKey, load_published, paper_backbone, paper_protocol
+
+CSV_COLUMNS = ("dataset", "method", "shots", "protocol", "backbone", "split", "mean", "std", "n_seeds", "reference",
+               "reference_source")
+
+
+class CompareError(ValueError):
+    """A run directory that cannot be compared; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What compare needs from one run directory."""
+
+    root: Path
+    dataset: str
+    protocol: str  # few_shot | base2new | base_classes | new_classes
+    backbone: str  # as the config names it
+    paper_backbone: str | None  # the paper's name, when the run follows the papers' data protocol
+    summary: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of a table: accuracy (fraction) of a method at a budget on a dataset's split."""
+
+    dataset: str
+    method: str
+    shots: int
+    protocol: str
+    backbone: str
+    split: str
+    mean: float
+    std: float | None  # None: HM and averages (not a mean over seeds)
+    n_seeds: int | None
+    reference: Reference | None = None
+
+
+def backbone_name(model: Mapping[str, Any]) -> str:
+    library, model_id = model.get("library", "hf"), str(model.get("id"))
+    pretrained = model.get("pretrained")
+    return f"{model_id} ({pretrained})" if library == "open_clip" and pretrained else model_id
+
+
+def read_run(path: Path | str) -> Run:
+    """A finished run's config and summary; a folder that is not one is a CompareError naming it."""
+    layout = RunLayout(Path(path))
+    if not layout.root.is_dir():
+        raise CompareError(f"{layout.root}: no such directory; give the output.dir of a fewclip run")
+    missing = [p.relative_to(layout.root).as_posix() for p in (layout.config, layout.summary) if not p.is_file()]
+    if missing:
+        raise CompareError(f"{layout.root} is not a finished fewclip run: {' and '.join(missing)} not found; give the "
+                           "output.dir of a run whose `fewclip evaluate` has finished")
+    try:
+        config = read_yaml_file(layout.config)
+    except ConfigFileError as err:
+        raise CompareError(f"{layout.root}: cannot read its config.yaml ({err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("dataset"), dict):
+        raise CompareError(f"{layout.config} has no dataset block, so {layout.root} is not a fewclip run directory")
+    summary = read_csv(layout.summary)
+    lacking = {"method", "shots", "seed", "split", "accuracy"} - set(summary[0] if summary else ())
+    if not summary or lacking:
+        why = f" (no column {sorted(lacking)})" if summary else ""
+        raise CompareError(f"{layout.summary} has no result rows{why}; "
+                           f"re-run `fewclip evaluate {layout.root}`")
+    dataset = config["dataset"]
+    name = dataset.get("name") if dataset.get("source") == "coop" else config.get("name", layout.root.name)
+    subsample = config.get("splits", {}).get("subsample", "all")
+    protocol = {"all": "few_shot", "base2new": "base2new"}.get(subsample, f"{subsample}_classes")
+    model = config.get("model", {})
+    return Run(layout.root, str(name), protocol, backbone_name(model),
+               paper_backbone(model) if paper_protocol(config) else None, summary)
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+def run_cells(run: Run) -> list[Cell]:
+    """Mean ± std over seeds per (method, shots, split); HM from the mean base and mean new (CoCoOp's way).
+
+    summary.csv's own per-seed ``hm`` rows are not used."""
+    groups: dict[tuple[str, int, str], list[float]] = {}
+    for row in run.summary:
+        if row["split"] != "hm":
+            groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(float(row["accuracy"]))
+    cells = [Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v))
+             for (m, k, s), v in groups.items()]
+    by_key = {(c.method, c.shots, c.split): c for c in cells}
+    for (method, shots, split), base in list(by_key.items()):
+        new = by_key.get((method, shots, "new"))
+        if split == "base" and new is not None:
+            cells.append(Cell(run.dataset, method, shots, run.protocol, run.backbone, "hm",
+                              harmonic_mean(base.mean, new.mean), None, None))
+    return cells
+
+
+def average_label(datasets: Sequence[str]) -> str:
+    all_coop = len(datasets) == len(COOP_DATASETS) and set(datasets) == set(COOP_DATASETS)
+    return f"Average ({len(datasets)})" if not all_coop else "Average (11)"
+
+
+def average_cells(cells: Sequence[Cell], datasets: Sequence[str], label: str) -> list[Cell]:
+    """Per (method, shots, split) with a cell in every dataset: the mean of the per-dataset means; HM of the
+    averaged base and new."""
+    values: dict[tuple[str, int, str], dict[str, float]] = {}
+    for c in cells:
+        if c.split != "hm":
+            values.setdefault((c.method, c.shots, c.split), {})[c.dataset] = c.mean
+    first = cells[0]
+    averages = {key: sum(per.values()) / len(per) for key, per in values.items() if set(per) == set(datasets)}
+    out = [Cell(label, m, k, first.protocol, first.backbone, s, v, None, None) for (m, k, s), v in averages.items()]
+    for (method, shots, split), base in averages.items():
+        new = averages.get((method, shots, "new"))
+        if split == "base" and new is not None:
+            hm = harmonic_mean(base, new)
+            out.append(Cell(label, method, shots, first.protocol, first.backbone, "hm", hm, None, None))
+    return out
+
+
+@dataclass(frozen=True)
+class Table:
+    """The runs of one protocol and backbone: their cells, datasets in column order and the average's label."""
+
+    protocol: str
+    backbone: str
+    runs: list[Run]
+    datasets: list[str]
+    average: str
+    cells: list[Cell]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(c.method for c in self.cells))
+
+    def rows(self) -> list[tuple[str, int, str]]:
+        order = {m: i for i, m in enumerate(self.methods)}
+        keys = {(c.method, c.shots, c.split) for c in self.cells}
+        return sorted(keys, key=lambda k: (order[k[0]], k[1], split_key(k[2])))
+
+    def cell(self, dataset: str, method: str, shots: int, split: str) -> Cell | None:
+        key = (dataset, method, shots, split)
+        return next((c for c in self.cells if (c.dataset, c.method, c.shots, c.split) == key), None)
+
+
+def dataset_order(names: Sequence[str]) -> list[str]:
+    """CoOp's 11 in the papers' column order, then any other dataset in the order given."""
+    coop = [n for n in COOP_DATASETS if n in names]
+    return coop + [n for n in dict.fromkeys(names) if n not in COOP_DATASETS]
+
+
+def with_reference(cell: Cell, backbone: str | None, published: Mapping[ReferenceKey, Reference]) -> Cell:
+    method = PAPER_METHODS.get(cell.method)
+    if backbone is None or method is None:
+        return cell
+    reference = published.get((backbone, cell.protocol, cell.dataset, method, cell.shots, cell.split))
+    return cell if reference is None else replace(cell, reference=reference)
+
+
+def build_table(runs: list[Run], published: Mapping[ReferenceKey, Reference]) -> Table:
+    """One table from runs that share protocol and backbone (each dataset at most once)."""
+    seen: dict[str, Run] = {}
+    for run in runs:
+        if run.dataset in seen:
+            raise CompareError(f"{seen[run.dataset].root} and {run.root} are both {run.dataset} runs of protocol "
+                               f"{run.protocol} with {run.backbone}; a table has one run per dataset: compare them "
+                               "in separate commands")
+        seen[run.dataset] = run
+    datasets = dataset_order(list(seen))
+    cells = [with_reference(c, seen[c.dataset].paper_backbone, published) for run in runs for c in run_cells(run)]
+    label = average_label(datasets)
+    averages = average_cells(cells, datasets, label) if len(datasets) > 1 else []
+    backbones = {run.paper_backbone for run in runs}
+    if label == "Average (11)" and len(backbones) == 1 and None not in backbones:  # every run follows the papers
+        averages = [with_reference(c, next(iter(backbones)), published) for c in averages]
+    return Table(runs[0].protocol, runs[0].backbone, runs, datasets, label, cells + averages)
+
+
+def build_tables(run_dirs: Sequence[Path | str], published_text: str | None = None) -> list[Table]:
+    runs = [read_run(path) for path in run_dirs]
+    published = load_published(published_text)
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.protocol, run.backbone), []).append(run)
+    return [build_table(group, published) for group in groups.values()]
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.4f}"
+
+
+def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
+    rows = []
+    for table in tables:
+        for method, shots, split in table.rows():
+            for dataset in [*table.datasets, table.average]:
+                c = table.cell(dataset, method, shots, split)
+                if c is not None:
+                    rows.append([c.dataset, c.method, c.shots, c.protocol, c.backbone, c.split, percent(c.mean),
+                                 percent(c.std), "" if c.n_seeds is None else c.n_seeds,
+                                 "" if c.reference is None else f"{c.reference.value:.2f}",
+                                 "" if c.reference is None else c.reference.citation])
+    return rows
+
+
+def write_compare(run_dirs: Sequence[Path | str], out: Path | str) -> dict[str, Path]:
+    """Write ``compare.csv`` and ``compare.html`` under ``out``; returns their paths."""
+    tables = build_tables(run_dirs)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"csv": folder / "compare.csv", "html": folder / "compare.html"}
+    write_csv(written["csv"], CSV_COLUMNS, csv_rows(tables))
+    atomic_write_text(written["html"], compare_page(tables))
+    return written
+
+
+def compare_command(run_dirs: Sequence[str], out: str) -> int:
+    """``fewclip compare``: exit 0 with both files written; 2 when a run cannot be compared or ``out`` not written."""
+    try:
+        written = write_compare(run_dirs, out)
+    except CompareError as err:
+        print(f"fewclip: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"fewclip: error: --out {out}: could not write the comparison ({err.strerror or err}); choose a "
+              "writable folder", file=sys.stderr)
+        return 2
+    print(f"table: {written['csv']}")
+    print(f"page: {written['html']}")
+    return 0
