@@ -362,10 +362,12 @@ def _restore_slots(value: Any) -> Any:
     return value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], renames: bool = True) -> dict[str, Any]:
+    """Dotted ``key=value`` overrides into ``data``; ``renames``: the run config's deprecated block names apply
+    (false for other configs, e.g. captioning's own ``training`` block)."""
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] in DEPRECATED_BLOCKS:  # training.epochs=5 sets linear_probe.epochs
+        if renames and path[0] in DEPRECATED_BLOCKS:  # training.epochs=5 sets linear_probe.epochs
             warn_deprecated(path[0])
             path = [DEPRECATED_BLOCKS[path[0]], *path[1:]]
         node = data

@@ -12,13 +12,15 @@ this test set, with its size.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..fileio import read_csv, write_json
+from ..fileio import atomic_write_text, read_csv
 from ..stats import PairedTest, mean_std, paired_scores_test
 from .layout import CaptionLayout
 from .metrics import text_scores
@@ -193,5 +195,8 @@ def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
 
 def write_caption_answer(layout: CaptionLayout, summary: Sequence[dict[str, str]]) -> CaptionAnswer:
     answer = build_caption_answer(layout, summary)
-    write_json(answer_path(layout), answer_json(answer))
+    text = json.dumps(answer_json(answer), indent=2) + "\n"
+    path = answer_path(layout)
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a re-run changes nothing
+        atomic_write_text(path, text)
     return answer

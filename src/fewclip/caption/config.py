@@ -151,4 +151,4 @@ def load_caption_config(path: str | Path | None = None, overrides: Sequence[str]
             raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, data:, ...)")
         _relative_paths(loaded or {}, path.parent)
         data.update(loaded or {})
-    return validate_caption_config(apply_overrides(data, overrides), origin)
+    return validate_caption_config(apply_overrides(data, overrides, renames=False), origin)

@@ -18,10 +18,12 @@ that file's ``path`` field when it has one (relative to ``data/``), else ``data/
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import atomic_write_text, read_csv, read_json
+from ..fileio import atomic_write_bytes, read_csv, read_json
 from ..report.html import CSS, data_uri, esc, table, thumbnail
 from .answer import (ALPHA, BASELINE, METRIC_NAMES, METRICS, REFERENCE_SEPARATOR, CaptionAnswer, MethodRow, method_rows,
                      optional_float, write_caption_answer)
@@ -140,9 +142,10 @@ def curves_png(curves: dict[str, list[list[dict[str, str]]]], path: Path) -> Pat
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
     plt.close(figure)
+    write_if_changed(path, buffer.getvalue())
     return path
 
 
@@ -273,5 +276,13 @@ def write_caption_report(layout: CaptionLayout) -> Path:
                 f"<h1>fewclip captioning report: {esc(name)}</h1>"
                 f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its files.</p>'
                 f"{sections}</body></html>\n")
-    atomic_write_text(layout.report, document)
+    write_if_changed(layout.report, document.encode("utf-8"))
     return layout.report
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically unless it already holds ``data``: a re-run of a finished run changes nothing."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
