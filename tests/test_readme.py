@@ -46,7 +46,11 @@ def stand_ins(tiny_clip: Path, tmp_path: Path) -> dict[str, Any]:
     config_file = tmp_path / "food101-stand-in.yaml"
     config_file.write_text(yaml.safe_dump(config))
     images = sorted((data / "test").rglob("*.png"))
+    caption_run = tmp_path / "caption-run"  # a small caption run for the captioning snippet
+    assert cli.main(["-q", "caption", "run", "default", "methods=[adapter]", "data.world_images=40", "training.epochs=1",
+                     f"output.dir={caption_run}", f"cache.dir={tmp_path / 'cache'}"]) == 0
     replace = {
+        '"runs/caption-default"': repr(str(caption_run)),
         '"configs/food101.yaml"': repr(str(config_file)),  # a hub dataset -> the shapes folder, tiny CLIP
         '"openai/clip-vit-base-patch32"': repr(str(tiny_clip)),  # a hub model -> the tiny CLIP fixture
         '"runs/default"': repr(str(tmp_path / "run")),  # the run the first snippet made
@@ -82,6 +86,8 @@ def test_python_snippets_run(stand_ins: dict[str, Any], capsys: pytest.CaptureFi
     assert printed[0].startswith("tensor(")  # head.predict(features[:3])
     predicted = [line for line in printed[1:] if line.startswith(str(stand_ins["replace"]['"photo.jpg"']).strip("'"))]
     assert len(predicted) == 1 and "[(" in predicted[0]  # path, then its top-3 (label, probability) pairs
+    captioned = [line for line in printed if "caption_summary.csv" in line]  # captioner.why, then the caption
+    assert len(captioned) == 1 and captioned[0].rstrip().endswith("]") and namespace["captioner"] is not None
 
 
 def test_yaml_snippets_load_as_config() -> None:
@@ -93,9 +99,10 @@ def test_yaml_snippets_load_as_config() -> None:
 
 # Placeholders in the command lines -> a concrete value each (or several: every stage), explicitly.
 PLACEHOLDERS = {"CONFIG": ["configs/food101.yaml"], "[overrides]": [], "...": [], "RUN_DIR": ["runs/default"],
-                "IMAGES...": ["photo.jpg"], "[CONFIG|RUN_DIR|default]": ["configs/food101.yaml"], "[--force]": ["--force"]}
-RUN_DIRS = ("runs/default",)  # stand for their config.yaml (a run made elsewhere): parsed, not loaded here
-ALTERNATIVES = "prepare|features|train|evaluate|report"
+                "IMAGES...": ["photo.jpg"], "[CONFIG|RUN_DIR|default]": ["configs/food101.yaml"], "[--force]": ["--force"],
+                "[key=value": [], "...]": []}
+RUN_DIRS = ("runs/default", "runs/caption-default")  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
+ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
 
 
 def fewclip_commands() -> list[list[str]]:
@@ -115,8 +122,11 @@ def fewclip_commands() -> list[list[str]]:
                 if not segment or Path(segment[0]).name != "fewclip":
                     continue
                 argv = [value for word in segment[1:] for value in PLACEHOLDERS.get(word, [word])]
-                if ALTERNATIVES in argv:
-                    commands += [[stage if w == ALTERNATIVES else w for w in argv] for stage in ALTERNATIVES.split("|")]
+                if argv[:1] == ["caption"]:  # captioning commands take captioning configs
+                    argv = [w if w != "configs/food101.yaml" else "default" for w in argv]
+                choice = next((a for a in ALTERNATIVES if a in argv), None)
+                if choice:
+                    commands += [[stage if w == choice else w for w in argv] for stage in choice.split("|")]
                 else:
                     commands.append(argv)
     return commands
@@ -134,6 +144,13 @@ def test_bash_fewclip_lines_parse_and_their_configs_validate(tmp_path: Path) -> 
             args = parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"README command does not parse: fewclip {' '.join(argv)}")
+        if args.command == "caption" and args.caption_command != "predict" and args.config not in RUN_DIRS:
+            from fewclip.caption.config import load_caption_config
+            from fewclip.caption.embedded import embedded_caption_config
+
+            config = None if args.config in (None, "default") else str(REPO / args.config)
+            base = embedded_caption_config(tmp_path / "cache") if config is None else None
+            load_caption_config(config, args.overrides, base=base)  # raises ConfigError on a bad key or value
         if args.command in ("run", *cli.STAGE_NAMES) and args.config not in RUN_DIRS:
             config = None if args.config is None or "=" in args.config else str(REPO / args.config)
             overrides = [w for w in [args.config, *args.overrides] if w and "=" in w]
