@@ -132,7 +132,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _error(f"no images in {', '.join(args.images)} (suffixes .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif)")
     try:
         classifier = load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device)
-    except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError) as err:
+    except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError, ImportError) as err:  # ImportError: open_clip missing
         return _error(err)
     print(f"fewclip: predicting with {classifier.unit}: {classifier.why}", file=sys.stderr)
     results = classifier.predict(images, top_k=args.top_k, progress=not args.quiet)

@@ -48,3 +48,21 @@ def test_open_clip_missing_says_what_to_install(make_config: Any, tmp_path: Path
     err = capsys.readouterr().err
     assert "needs the OpenCLIP package" in err and "fewclip[open_clip]" in err
     assert not (tmp_path / "run").exists()  # failed before the run dir was claimed
+
+
+@pytest.mark.usefixtures("without_open_clip")
+def test_predict_on_an_open_clip_run_without_open_clip_says_what_to_install(
+        make_config: Any, tmp_path: Path, shapes_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(make_config("methods=[zero_shot]", "few_shot.shots=[1]").to_yaml())
+    assert main(["-q", "run", str(config)]) == 0
+    resolved = tmp_path / "run" / "config.yaml"  # as a run on OpenCLIP RN50 would have written it
+    data = yaml.safe_load(resolved.read_text())
+    data["model"].update(library="open_clip", id="RN50", pretrained="openai")
+    resolved.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main(["-q", "predict", str(tmp_path / "run"), str(next(shapes_dir.rglob("*.png")))]) == 2
+    err = capsys.readouterr().err
+    assert "needs the OpenCLIP package" in err and "fewclip[open_clip]" in err
