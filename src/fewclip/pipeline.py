@@ -96,7 +96,7 @@ def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record
     """Hash of everything a trained head depends on; a changed input retrains, an unchanged one is skipped."""
     payload = {
         "method": method,
-        "config": head_config(ctx.config, method).model_dump(mode="json"),
+        "config": head_config(ctx.config, method).key_values(class_names),
         "features": ctx.cache.key,
         "train": [r.sha1 for r in train],
         "val": [r.sha1 for r in val],

@@ -10,13 +10,21 @@ that trains, and a unit's key (which hashes the block) changes only when that le
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
 from ..configbase import ConfigBlock
 from .prompt_learning import TrainSettings
+from .schedule import SCHEDULE_HELP, Schedule, schedules_agree
 from .selection import SELECT_HELP, SelectRule
+
+
+def ends_in_punctuation(name: str) -> bool:
+    """Whether a class name's last character is neither a letter, a digit nor a space: CLIP's BPE may then
+    merge it with the prompt's period."""
+    stripped = name.rstrip()
+    return bool(stripped) and not stripped[-1].isalnum()
 
 
 def ctx_init_words(ctx_init: str) -> int:
@@ -42,7 +50,8 @@ def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool) -> Any:
 
 
 class PromptLearningConfig(ConfigBlock):
-    """Context, schedule (SGD, warm-up + cosine), epoch selection and calibration of a prompt learner."""
+    """Context, schedule (SGD, warm-up + cosine as ``schedule`` says), epoch selection and calibration of a
+    prompt learner."""
 
     # keys that follow another one: a variant that changes ctx_init and not n_ctx lets n_ctx follow it
     derived_keys: ClassVar[dict[str, str]] = {"n_ctx": "ctx_init"}
@@ -59,6 +68,7 @@ class PromptLearningConfig(ConfigBlock):
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
+    schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
                                "crop + flip, encoded once by the features stage); 0: the plain features.")
     select: SelectRule = Field("auto", description=SELECT_HELP)
@@ -93,4 +103,17 @@ class PromptLearningConfig(ConfigBlock):
 
     def settings(self, shots: int) -> TrainSettings:
         return TrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr)
+                             self.warmup_epochs, self.warmup_lr, self.schedule)
+
+    def key_values(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """The block's values, without ``schedule`` where it trains as fewclip's earlier default did (every
+        epoch count of the block), so only units whose rates changed get a new key; and with
+        ``name_tokens`` where a class name ends in punctuation, whose prompt tokens changed when names
+        began to be tokenised with their period (``prompt_learning.build_layout``)."""
+        values = super().key_values(class_names)
+        counts = self.epochs.values() if isinstance(self.epochs, dict) else [self.epochs]
+        if self.schedule == "fewclip" or all(schedules_agree(count, self.warmup_epochs) for count in counts):
+            del values["schedule"]
+        if any(ends_in_punctuation(name) for name in class_names):
+            values["name_tokens"] = "with period"
+        return values

@@ -3,6 +3,12 @@
 A prompt for class c is ``[SOS] [ctx]*n [name tokens] [.] [EOT]`` (``end``), ``[SOS] [ctx]*n/2 [name]
 [ctx]*n/2 [.] [EOT]`` (``middle``) or ``[SOS] [name] [ctx]*n [.] [EOT]`` (``front``); the context
 vectors are scattered into the token embeddings at ``ctx_positions`` so one code path serves all three.
+
+As the reference CoOp code (``prompt_prefix + " " + name + "."`` tokenised whole), the name and its period
+are tokenised together: BPE keeps a name's trailing punctuation in one piece with the period ("cat!." ->
+"cat", "!."), so tokenising them apart would make a "a photo of a" context differ from zero-shot's
+"a photo of a cat!." prompt. ``middle`` and ``front`` put the context after the name's own token count,
+as the reference does.
 """
 
 from __future__ import annotations
@@ -10,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -22,6 +27,7 @@ from tqdm.auto import tqdm
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import FeatureSet, Task
+from .schedule import Schedule, lr_at_epoch, schedules_agree
 from .selection import BestEpoch, SelectRule, Selection
 
 Position = Literal["end", "middle", "front"]
@@ -68,6 +74,14 @@ def context_init_ids(tokens: Any, words: str) -> list[int]:
     return ids
 
 
+def name_and_period_ids(tokens: Any, name: str) -> tuple[list[int], list[int]]:
+    """Ids of ``name + "."`` tokenised together, split after the name's own token count (as the reference
+    CoOp splits them for ``middle`` and ``front``): (the name's part, the period's part)."""
+    ids = tokens.word_ids(name + ".")
+    count = len(tokens.word_ids(name))
+    return ids[:count], ids[count:]
+
+
 def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
                  key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
     """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
@@ -76,16 +90,15 @@ def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: 
     context length (``coop.n_ctx``, or ``coop.ctx_init`` whose words give it).
     """
     sos, eot = tokens.sos_id, tokens.eot_id
-    period = tokens.word_ids(".")
     rows, ctx_rows, eots = [], [], []
     for name in class_names:
-        name_ids = tokens.word_ids(name)
+        name_ids, period = name_and_period_ids(tokens, name)
         if position == "end":
-            parts = [[sos], None, name_ids]
+            parts = [[sos], None, name_ids + period]
         elif position == "front":
-            parts = [[sos], name_ids, None]
+            parts = [[sos], name_ids, None, period]
         else:
-            parts = [[sos], None, name_ids, None]
+            parts = [[sos], None, name_ids, None, period]
         ids: list[int] = []
         ctx_pos: list[int] = []
         halves = [n_ctx // 2, n_ctx - n_ctx // 2] if position == "middle" else [n_ctx]
@@ -96,10 +109,10 @@ def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: 
                 ids += [sos] * count
             else:
                 ids += part
-        ids += period + [eot]
+        ids += [eot]
         if len(ids) > max_positions:
             raise ValueError(prompt_overflow_message(key, n_ctx_key or f"{key}.n_ctx", name, n_ctx, len(ids) - n_ctx,
-                                                     len(name_ids), max_positions))
+                                                     len(ids) - n_ctx - 3, max_positions))  # SOS, '.', EOT
         rows.append(ids)
         ctx_rows.append(ctx_pos)
         eots.append(len(ids) - 1)
@@ -164,14 +177,6 @@ def init_context(tower: Any, tokens: Any, n_ctx: int, ctx_init: str | None, n_cl
     return torch.randn(shape, generator=generator) * 0.02, n_ctx
 
 
-def lr_at_epoch(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
-    """Constant warm-up then cosine annealing over the remaining epochs (epoch is 0-based)."""
-    if epoch < warmup_epochs:
-        return warmup_lr
-    span = max(epochs - warmup_epochs, 1)
-    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
-
-
 @dataclass
 class TrainSettings:
     epochs: int
@@ -181,6 +186,19 @@ class TrainSettings:
     weight_decay: float
     warmup_epochs: int
     warmup_lr: float
+    schedule: Schedule = "fewclip"  # the cosine's span after warm-up (fewclip.heads.schedule)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate epoch ``epoch`` (0-based) trains at."""
+        return lr_at_epoch(epoch, self.epochs, self.lr, self.warmup_epochs, self.warmup_lr, self.schedule)
+
+    def key_values(self) -> dict[str, Any]:
+        """The settings a checkpoint's key hashes; ``schedule`` only where it changes a rate, so a checkpoint
+        written before the key existed still resumes when the rates it trained at are unchanged."""
+        values = asdict(self)
+        if self.schedule == "fewclip" or schedules_agree(self.epochs, self.warmup_epochs):
+            del values["schedule"]
+        return values
 
 
 def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -191,7 +209,7 @@ def run_key(module: nn.Module, settings: TrainSettings, seed: int, n_classes: in
             val: FeatureSet | None, extra: str = "") -> str:
     """What a checkpoint must match to be resumed: the schedule, the seed, the initial parameters, the
     features and labels, and ``extra`` (the head's class names, config, backbone)."""
-    digest = hashlib.sha256(json.dumps([asdict(settings), seed, n_classes, extra]).encode())
+    digest = hashlib.sha256(json.dumps([settings.key_values(), seed, n_classes, extra]).encode())
     named = sorted(module.state_dict().items()) + [("train.x", train.features), ("train.y", train.labels)]
     if val is not None:
         named += [("val.x", val.features), ("val.y", val.labels)]
@@ -205,7 +223,7 @@ def run_key(module: nn.Module, settings: TrainSettings, seed: int, n_classes: in
 def head_checkpoint_key(task: Task, config: Any) -> str:
     """What else a prompt learner's checkpoint depends on: class names, the head's config, the backbone."""
     fingerprint = getattr(task.backbone, "fingerprint", None)
-    return json.dumps({"classes": list(task.class_names), "config": config.model_dump(mode="json"),
+    return json.dumps({"classes": list(task.class_names), "config": config.key_values(task.class_names),
                        "backbone": fingerprint() if callable(fingerprint) else None}, sort_keys=True, default=str)
 
 
@@ -309,7 +327,7 @@ def train_prompt_module(
     bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
                unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
-        lr = lr_at_epoch(epoch, settings.epochs, settings.lr, settings.warmup_epochs, settings.warmup_lr)
+        lr = settings.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         epoch_generator = torch.Generator().manual_seed(seed * 100003 + epoch)

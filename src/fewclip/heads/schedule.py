@@ -1,0 +1,39 @@
+"""The learning rate of each epoch: constant warm-up, then cosine annealing.
+
+Two schedules differ only in the span the cosine anneals over:
+
+``dassl`` (the reference CoOp/CoCoOp code): Dassl's ``build_lr_scheduler`` wraps
+``CosineAnnealingLR(optimizer, T_max=max_epoch)`` in a ``ConstantWarmupScheduler`` (``WARMUP_RECOUNT``
+true, so the cosine starts counting after the warm-up) and the trainer steps it once, after the last batch
+of each epoch. Epoch ``e`` (0-based) of ``E`` with ``W`` warm-up epochs therefore trains at ``warmup_lr``
+for ``e < W`` and at ``lr * (1 + cos(pi * (e - W) / E)) / 2`` after: the cosine spans all ``E`` epochs,
+so the last epoch never reaches 0, and with ``E <= W`` every epoch is a warm-up epoch.
+
+``fewclip`` (fewclip's schedule before it followed Dassl): the cosine spans the ``E - W`` epochs after
+the warm-up, ``lr * (1 + cos(pi * (e - W) / max(E - W, 1))) / 2``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Schedule = Literal["dassl", "fewclip"]
+SCHEDULE_HELP = ("Cosine after the constant warm-up: 'dassl' anneals over all epochs as the reference CoOp code "
+                 "(epoch e of E at lr*(1+cos(pi*(e-W)/E))/2, e 0-based, W warm-up epochs); 'fewclip' anneals over "
+                 "the E-W epochs after the warm-up (fewclip's earlier default).")
+
+
+def lr_at_epoch(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float,
+                schedule: Schedule = "fewclip") -> float:
+    """The learning rate epoch ``epoch`` (0-based) of ``epochs`` trains at."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    span = epochs if schedule == "dassl" else max(epochs - warmup_epochs, 1)
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+def schedules_agree(epochs: int, warmup_epochs: int) -> bool:
+    """Whether ``dassl`` and ``fewclip`` train every epoch at the same rate: without warm-up, or when at
+    most one epoch follows it (its rate is ``lr`` under both)."""
+    return warmup_epochs == 0 or epochs - warmup_epochs <= 1
