@@ -112,3 +112,25 @@ def test_cross_dataset_rows_come_from_the_transferred_head(dg_run) -> None:
     logits = head.transfer(RunContext(config).backbone, readable_classes("EuroSAT")).logits(x).detach().numpy()
     stored = np.load(layout.predictions / "coop" / "shot_1-seed_1-EuroSAT.logits.npy")
     np.testing.assert_allclose(stored, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_report_has_one_table_per_protocol_with_source_targets_and_cannot_transfer(dg_run) -> None:
+    layout, _ = dg_run
+    rows = read_csv(layout.aggregate / "targets_table.csv")
+    accuracy = {(r["method"], r["split"]): r for r in read_csv(layout.aggregate / "accuracy_table.csv")}
+    dg = [r for r in rows if r["protocol"] == "domain_generalisation" and r["method"] == "coop"]
+    assert [(r["dataset"], r["role"]) for r in dg] == [("ImageNet", "source"), *((v, "target") for v in VARIANTS),
+                                                       ("Average (targets)", "average")]
+    assert dg[0]["accuracy_mean"] == accuracy[("coop", "test")]["accuracy_mean"]
+    assert dg[3]["accuracy_std"] == accuracy[("coop", "ImageNetA")]["accuracy_std"] and dg[3]["n_seeds"] == "2"
+    target_means = [float(accuracy[("coop", v)]["accuracy_mean"]) for v in VARIANTS]
+    assert float(dg[-1]["accuracy_mean"]) == pytest.approx(sum(target_means) / 4, abs=1e-6)
+    xd = {(r["method"], r["dataset"]): r for r in rows if r["protocol"] == "cross_dataset"}
+    assert xd[("linear_probe", "EuroSAT")]["note"] == "cannot transfer"
+    assert xd[("linear_probe", "EuroSAT")]["accuracy_mean"] == "" and xd[("linear_probe", "Average (targets)")]["accuracy_mean"] == ""
+    assert xd[("coop", "EuroSAT")]["accuracy_mean"] == accuracy[("coop", "EuroSAT")]["accuracy_mean"]
+    page = layout.report.read_text()
+    assert "<h3>Domain generalisation</h3>" in page and "<h3>Cross-dataset transfer</h3>" in page
+    assert ('data-dataset="EuroSAT" data-method="linear_probe" data-shots="1">cannot transfer</span>') in page
+    mean, std = float(accuracy[("coop", "ImageNetA")]["accuracy_mean"]), float(accuracy[("coop", "ImageNetA")]["accuracy_std"])
+    assert f'data-dataset="ImageNetA" data-method="coop" data-shots="1">{100 * mean:.2f} ± {100 * std:.2f}</span>' in page
