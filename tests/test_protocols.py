@@ -134,3 +134,37 @@ def test_report_has_one_table_per_protocol_with_source_targets_and_cannot_transf
     assert ('data-dataset="EuroSAT" data-method="linear_probe" data-shots="1">cannot transfer</span>') in page
     mean, std = float(accuracy[("coop", "ImageNetA")]["accuracy_mean"]), float(accuracy[("coop", "ImageNetA")]["accuracy_std"])
     assert f'data-dataset="ImageNetA" data-method="coop" data-shots="1">{100 * mean:.2f} ± {100 * std:.2f}</span>' in page
+
+
+def test_compare_shows_source_targets_and_their_average_with_cannot_transfer(dg_run, tmp_path: Path) -> None:
+    import csv
+
+    from fewclip.report.compare import write_compare
+
+    layout, _ = dg_run
+    written = write_compare([layout.root], tmp_path / "cmp")
+    with open(written["csv"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    accuracy = {(r["method"], r["split"]): r for r in read_csv(layout.aggregate / "accuracy_table.csv")}
+
+    def pct(value: str) -> float:
+        return pytest.approx(100 * float(value), abs=1e-3)  # accuracy_table.csv keeps 6 decimals
+
+
+    few_shot = [r for r in rows if r["protocol"] == "few_shot"]
+    assert {r["dataset"] for r in few_shot} == {"ImageNet"}  # target rows stay out of the few-shot table
+    dg = {(r["dataset"], r["method"]): r for r in rows if r["protocol"] == "domain_generalisation"}
+    assert {d for d, _ in dg} == {"ImageNet", *VARIANTS, "Average (targets)"}
+    assert float(dg[("ImageNetSketch", "coop")]["mean"]) == pct(accuracy[("coop", "ImageNetSketch")]["accuracy_mean"])
+    assert float(dg[("ImageNetSketch", "coop")]["std"]) == pct(accuracy[("coop", "ImageNetSketch")]["accuracy_std"])
+    assert float(dg[("ImageNet", "coop")]["mean"]) == pct(accuracy[("coop", "test")]["accuracy_mean"])
+    average = sum(float(accuracy[("coop", v)]["accuracy_mean"]) for v in VARIANTS) / 4
+    assert float(dg[("Average (targets)", "coop")]["mean"]) == pytest.approx(100 * average, abs=1e-3)
+    xd = {(r["dataset"], r["method"]): r for r in rows if r["protocol"] == "cross_dataset"}
+    assert xd[("EuroSAT", "linear_probe")]["note"] == "cannot transfer" and xd[("EuroSAT", "linear_probe")]["mean"] == ""
+    assert ("Average (targets)", "linear_probe") not in xd
+    assert float(xd[("EuroSAT", "coop")]["mean"]) == pct(accuracy[("coop", "EuroSAT")]["accuracy_mean"])
+    page = written["html"].read_text()
+    assert "Domain generalisation (source and targets)" in page and "<th>ImageNet (source)</th>" in page
+    assert "<td>cannot transfer</td>" in page
+    assert page.count(f"<td class=\"text\">{layout.root}</td>") == 1  # the run is listed once
