@@ -1,4 +1,5 @@
-"""configs/coop_suite/: one config per CoOp dataset in the papers' few-shot protocol, and the 4 ImageNet variants."""
+"""configs/coop_suite/: one config per CoOp dataset in the papers' few-shot protocol (ImageNet's evaluated on its 4
+variants too), and the cross-dataset example."""
 
 from __future__ import annotations
 
@@ -17,12 +18,8 @@ COOP_TEMPLATES = {
     "Food101": "a photo of {}, a type of food.", "SUN397": "a photo of a {}.", "Caltech101": "a photo of a {}.",
     "UCF101": "a photo of a person doing {}.", "ImageNet": "a photo of a {}.",
 }
-VARIANT_FOLDERS = {
-    "imagenetv2": "data/imagenetv2/imagenetv2-matched-frequency-format-val",
-    "imagenet_sketch": "data/imagenet-sketch/images",
-    "imagenet_a": "data/imagenet-adversarial/imagenet-a",
-    "imagenet_r": "data/imagenet-rendition/imagenet-r",
-}
+VARIANTS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
+CROSS_DATASET = "imagenet_xd"  # trains ImageNet like imagenet.yaml, for the cross-dataset protocol
 
 
 def suite_configs() -> dict[str, object]:
@@ -30,7 +27,7 @@ def suite_configs() -> dict[str, object]:
 
 
 def test_every_coop_dataset_has_one_config_in_the_papers_protocol() -> None:
-    configs = [c for c in suite_configs().values() if c.dataset.source == "coop"]
+    configs = [c for stem, c in suite_configs().items() if stem != CROSS_DATASET]
     assert sorted(c.dataset.name for c in configs) == sorted(COOP_DATASETS)
     for config in configs:
         name = config.dataset.name
@@ -46,17 +43,22 @@ def test_every_coop_dataset_has_one_config_in_the_papers_protocol() -> None:
 
 
 def test_coop_epochs_follow_coop_per_budget_and_imagenet() -> None:
-    configs = {c.dataset.name: c for c in suite_configs().values() if c.dataset.source == "coop"}
+    configs = {c.dataset.name: c for stem, c in suite_configs().items() if stem != CROSS_DATASET}
     assert configs["ImageNet"].coop.epochs == 50
     assert configs["DTD"].coop.epochs == {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 
 
-def test_imagenet_variants_are_test_only_zero_shot_sets_in_coops_folders() -> None:
-    configs = suite_configs()
-    for stem, folder in VARIANT_FOLDERS.items():
-        config = configs[stem]
-        assert config.dataset.source == "folder" and config.dataset.path == folder, stem
-        assert config.dataset.test_fraction == 1 and config.methods == ["zero_shot"], stem
-        assert config.output.dir == f"runs/coop_suite_dg/{stem}", stem  # not among the 11 that compare averages
-        assert "DATASETS.md" in (SUITE / f"{stem}.yaml").read_text(encoding="utf-8")
-    assert len(configs) == len(COOP_DATASETS) + len(VARIANT_FOLDERS)
+def test_imagenet_is_evaluated_on_its_4_variants_in_coops_layout() -> None:
+    imagenet = suite_configs()["imagenet"].dataset
+    assert [(t.source, t.name, t.path) for t in imagenet.eval_on] == [("coop", v, "data") for v in VARIANTS]
+    for config in suite_configs().values():  # the variants are targets, never trained on
+        assert config.dataset.name not in VARIANTS
+
+
+def test_cross_dataset_config_trains_imagenet_and_evaluates_the_other_10() -> None:
+    config = suite_configs()[CROSS_DATASET]
+    assert (config.dataset.source, config.dataset.name, config.dataset.path) == ("coop", "ImageNet", "data")
+    assert [t.name for t in config.dataset.eval_on] == [n for n in COOP_DATASETS if n != "ImageNet"]
+    assert config.few_shot.shots == [16] and config.splits.sampler == "coop"
+    assert "linear_probe" in config.methods  # shown as "cannot transfer"
+    assert not config.output.dir.startswith("runs/coop_suite/")  # not among the 11 few-shot runs compare averages

@@ -402,6 +402,8 @@ def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseM
     loc = [str(p) for p in error["loc"]]
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
+    if loc[:2] == ["dataset", "eval_on"] and len(loc) > 3 and loc[3] in SOURCES:
+        loc.pop(3)  # the same, for a target (dataset.eval_on.<i>.<source>.key)
     block: Any = root or Config
     raw: Any = data
     for part in loc[:-1]:

@@ -26,7 +26,8 @@ from .analysis import calibration_bins, confident_mistakes, confused_pairs, expe
 from .data.images import read_image
 from .data.prepare import load_prepared
 from .data.records import Record
-from .data.subsample import eval_views
+from .data.sources import dataset_label
+from .data.subsample import eval_views, train_view
 from .fileio import atomic_write_bytes, read_json, write_csv, write_json
 from .heads import load_head, read_head_meta
 from .layout import unit_name
@@ -34,6 +35,8 @@ from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
 from .stats import wilson_interval
 from .run_context import RunContext, available, feature_set, units
+from .heads.subset import ClassSubset
+from .targets import subset_columns, target_summary, target_view, targets, write_targets
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,16 @@ def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, c
 
 
 def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list[str]) -> Any:
-    """The trained head, or its transfer to other class names (base-to-new); None if it cannot."""
+    """The trained head; its logits at some of its classes (an eval_on target of the same classes, e.g.
+    ImageNet-A's 200 of ImageNet); or its transfer to other class names (base-to-new, cross-dataset);
+    None if it cannot."""
     if names == meta["class_names"]:
         if head.needs_text_at_predict:  # prompts that depend on the image need the text tower
             head.attach(ctx.backbone, names)
         return head
+    columns = subset_columns(meta["class_names"], names)
+    if columns is not None:
+        return ClassSubset(_head_for_view(ctx, head, meta, meta["class_names"]), columns)
     if not head.transfers:
         return None
     return head.transfer(ctx.backbone, names)
@@ -263,6 +271,9 @@ def evaluate_run(ctx: RunContext) -> Path:
     all_test = available(ctx, all_test)
     views = [(v.split, v.names(classes.readable), v.select(all_test))
              for v in eval_views(len(classes.readable), ctx.config.splits.subsample)]
+    target_views = [target_view(t) for t in targets(ctx.config.dataset, ctx.layout)]
+    views += [(label, names, available(ctx, test)) for label, names, test in target_views]
+    evaluated: dict[str, set[str]] = {}  # method -> the views some unit of it was scored on
     records: list[dict[str, Any]] = []
     warned: set[tuple[str, str]] = set()
     saliency_unit: dict[str, tuple[int, int]] = {}
@@ -281,10 +292,15 @@ def evaluate_run(ctx: RunContext) -> Path:
             record = evaluate_unit(ctx, unit, views, key, warned)
             write_json(store, record)
         records.append(record)
+        evaluated.setdefault(method, set()).update(record["splits"])
         best = saliency_unit.get(method)
         if views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
             saliency_unit[method] = (shots, seed)
     bar.close()
+    trained_names = train_view(len(classes.readable), ctx.config.splits.subsample).names(classes.readable)
+    write_targets(ctx.layout, [target_summary(dataset_label(ctx.config.dataset), trained_names, view,
+                                              [m for m, seen in evaluated.items() if view[0] not in seen])
+                               for view in target_views])
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, _table(records, "summary", SUMMARY_COLUMNS))
     write_csv(results / "per_class.csv", PER_CLASS_COLUMNS, _table(records, "per_class", PER_CLASS_COLUMNS))

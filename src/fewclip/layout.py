@@ -81,6 +81,16 @@ class RunLayout:
         """saliency.png (overlays) and saliency.csv (path, label, pred) for a sample of test images."""
         return self.results / "saliency" / unit_name(method, shots, seed)
 
+    def target(self, label: str) -> "RunLayout":
+        """An eval_on target's own prepared data (``data/classes.json``, ``data/test.csv``) under ``targets/``."""
+        return RunLayout(self.root / "targets" / label)
+
+    @property
+    def targets(self) -> Path:
+        """What the evaluate stage found for each eval_on target: its protocol, classes and the methods that
+        cannot classify its classes (``fewclip.targets``)."""
+        return self.results / "targets.json"
+
     @property
     def aggregate(self) -> Path:
         """Tables and plots over seeds and methods, built from the CSVs above."""

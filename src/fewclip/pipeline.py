@@ -27,6 +27,7 @@ from .heads import Task, save_head
 from .heads.base import intact_head_meta
 from .heads.selection import best_epoch, fit_meta
 from .layout import unit_name
+from .targets import encode_targets, prepare_targets
 from .run_dir import open_run
 from .threads import apply_threads
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
@@ -47,6 +48,7 @@ def prepare(ctx: RunContext) -> ClassNames:
 
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
+    prepare_targets(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1))  # dataset.eval_on
     if uses_shots:
         write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
                      cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True,  # checked by prepare_data
@@ -80,6 +82,7 @@ def features(ctx: RunContext) -> int:
     failures = []
     if ctx.cache.missing([r.sha1 for r in records]):  # all cached: the model is not even loaded
         failures = extract_features(records, ctx.layout.data, ctx.backbone, ctx.cache, **options)
+    failures += encode_targets(ctx.config.dataset, ctx.layout, lambda: ctx.backbone, ctx.cache, **options)
     views = ctx.augment_views()
     if views:
         support = support_records(ctx)

@@ -31,7 +31,7 @@ LOCK = RunLayout(Path()).lock.name
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
 # wandb, name and the model's batch size, loader threads and device change no result.
 FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache", "model.batch_size",
-             "model.loader_threads", "model.device")
+             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label")  # targets: evaluation only
 
 
 class RunDirError(ValueError):

@@ -124,3 +124,32 @@ def _imagenet(folder: Path, counts: dict[str, list[int]]) -> dict[str, list[tupl
                 png(path)
                 expected[split].append((path, label))
     return expected
+
+
+# ImageNet's variants as DATASETS.md lays them out: <folder>/classnames.txt (a copy of ImageNet's) and an image
+# folder; ImageNetV2's class folders are ImageNet's labels 0..999, the others' are WordNet ids (-A and -R hold
+# a 200-class subset: here the last two of the three fake ImageNet classes).
+VARIANT_LAYOUTS = {
+    "ImageNetV2": ("imagenetv2", "imagenetv2-matched-frequency-format-val"),
+    "ImageNetSketch": ("imagenet-sketch", "images"),
+    "ImageNetA": ("imagenet-adversarial", "imagenet-a"),
+    "ImageNetR": ("imagenet-rendition", "imagenet-r"),
+}
+SUBSET_WNIDS = ["n01443537", "n01484850"]  # goldfish, great white shark
+
+
+def build_imagenet_variant(root: Path, name: str, per_class: int = 2) -> list[tuple[Path, str]]:
+    """Write ImageNet variant ``name`` under ``root``; returns [(image path, class name)] of its images."""
+    folder_name, image_dir = VARIANT_LAYOUTS[name]
+    folder = root / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("".join(f"{w} {n}\n" for w, n in IMAGENET_CLASSES.items()))
+    wnids = SUBSET_WNIDS if name in ("ImageNetA", "ImageNetR") else sorted(IMAGENET_CLASSES)
+    images = []
+    for wnid in wnids:
+        class_folder = str(list(IMAGENET_CLASSES).index(wnid)) if name == "ImageNetV2" else wnid
+        for i in range(per_class):
+            path = folder / image_dir / class_folder / f"{name}_{wnid}_{i}.jpg"
+            png(path)
+            images.append((path, IMAGENET_CLASSES[wnid]))
+    return images

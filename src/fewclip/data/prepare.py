@@ -147,8 +147,10 @@ def source_splits(config: SourceConfig) -> tuple[str, ...]:
 
 
 def source_signature(config: SourceConfig, source: Source, classes: ClassNames) -> str:
-    """Hash of the dataset config and, for files on disk, each file's path, size and mtime."""
-    digest = hashlib.sha256(config.model_dump_json().encode())
+    """Hash of the dataset config and, for files on disk, each file's path, size and mtime.
+
+    Its ``eval_on`` targets and ``label`` change no image of this dataset: they are left out."""
+    digest = hashlib.sha256(config.model_dump_json(exclude={"eval_on", "label"}).encode())
     for split in source_splits(config):
         for item in source.items(split, classes.raw):  # type: ignore[arg-type]
             digest.update(item.origin.encode())
@@ -163,15 +165,17 @@ def prepare(
     layout: RunLayout,
     workers: int = 2,
     validate: Callable[[ClassNames, list[Record]], None] | None = None,
+    test_only: bool = False,
 ) -> ClassNames:
     """Run the prepare stage for one dataset config into ``layout``; returns the class names.
 
     ``validate(classes, train_records)`` runs before anything is written (e.g. the shot budget check).
     When the dataset config and its files are unchanged since the last prepare, nothing is re-read.
+    ``test_only`` exports the test split alone (an eval_on target: its train and val images are never read).
     """
     source = build_source(config)
     classes = resolve_classes(config, source.class_names())
-    signature = source_signature(config, source, classes)
+    signature = source_signature(config, source, classes) + (":test-only" if test_only else "")
     done = layout.data / "prepare.json"
     if done.is_file() and layout.train_full.is_file() and layout.test.is_file():
         if read_json(done).get("signature") == signature:
@@ -184,6 +188,9 @@ def prepare(
                "test": (config.max_test_per_class, layout.test)}
     for split in source_splits(config):
         cap, target = targets[split]
+        if test_only and split != "test":
+            outputs.append((target, []))
+            continue
         records, exclusions, missing = export_split(
             split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
         )

@@ -14,14 +14,20 @@ plus their average. Values are accuracy in percent, mean ± sample std over seed
   averaged base and new), given only for rows with a value in every dataset; it is ``Average (11)`` when the
   table holds exactly CoOp's 11 datasets.
 
+- A run with ``dataset.eval_on`` targets (``results/targets.json``) adds one table per protocol it holds
+  (domain generalisation, cross-dataset transfer): columns are the source dataset (its test split), each
+  target, and ``Average (targets)``, the mean over the targets only; a head that cannot classify a target's
+  classes shows "cannot transfer". Target rows never enter the few-shot table.
+
 compare.csv is long: dataset, method, shots, protocol, backbone, split, mean, std, n_seeds (percent; std and
-n_seeds empty for HM and averages), reference and reference_source (the published number and its citation).
+n_seeds empty for HM and averages), reference and reference_source (the published number and its citation),
+and note ("cannot transfer", with no number).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,12 +36,15 @@ from ..data.sources.coop import COOP_DATASETS
 from ..fileio import atomic_write_text, read_csv, write_csv
 from ..layout import RunLayout
 from ..stats import mean_std
+from ..targets import read_targets
 from .aggregate import split_key
 from .compare_html import compare_page
 from .published import PAPER_METHODS, Reference, ReferenceKey, load_published, paper_backbone, paper_protocol
 
 CSV_COLUMNS = ("dataset", "method", "shots", "protocol", "backbone", "split", "mean", "std", "n_seeds", "reference",
-               "reference_source")
+               "reference_source", "note")
+TARGETS_AVERAGE = "Average (targets)"
+CANNOT_TRANSFER = "cannot transfer"
 
 
 class CompareError(ValueError):
@@ -52,6 +61,7 @@ class Run:
     backbone: str  # as the config names it
     paper_backbone: str | None  # the paper's name, when the run follows the papers' data protocol
     summary: list[dict[str, str]]
+    targets: list[dict[str, Any]] = field(default_factory=list)  # results/targets.json's entries (eval_on)
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ def read_run(path: Path | str) -> Run:
     protocol = {"all": "few_shot", "base2new": "base2new"}.get(subsample, f"{subsample}_classes")
     model = config.get("model", {})
     return Run(layout.root, str(name), protocol, backbone_name(model),
-               paper_backbone(model) if paper_protocol(config) else None, summary)
+               paper_backbone(model) if paper_protocol(config) else None, summary, read_targets(layout))
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -115,8 +125,9 @@ def run_cells(run: Run) -> list[Cell]:
 
     summary.csv's own per-seed ``hm`` rows are not used."""
     groups: dict[tuple[str, int, str], list[float]] = {}
+    target_splits = {t["target"] for t in run.targets}  # in their own tables (target_tables)
     for row in run.summary:
-        if row["split"] != "hm":
+        if row["split"] != "hm" and row["split"] not in target_splits:
             groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(float(row["accuracy"]))
     cells = [Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v))
              for (m, k, s), v in groups.items()]
@@ -162,6 +173,7 @@ class Table:
     datasets: list[str]
     average: str
     cells: list[Cell]
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)  # (dataset, method) -> "cannot transfer"
 
     @property
     def methods(self) -> list[str]:
@@ -216,7 +228,33 @@ def build_tables(run_dirs: Sequence[Path | str], published_text: str | None = No
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.protocol, run.backbone), []).append(run)
-    return [build_table(group, published) for group in groups.values()]
+    tables = [build_table(group, published) for group in groups.values()]
+    return tables + [table for run in runs for table in target_tables(run, published)]
+
+
+def target_tables(run: Run, published: Mapping[ReferenceKey, Reference]) -> list[Table]:
+    """Per protocol among the run's eval_on targets: source + targets + their average (see the module doc)."""
+    source_split = "test" if any(r["split"] == "test" for r in run.summary) else "base"
+    tables = []
+    for protocol in dict.fromkeys(t["protocol"] for t in run.targets):
+        chosen = [t for t in run.targets if t["protocol"] == protocol]
+        groups: dict[tuple[str, str, int], list[float]] = {}
+        for row in run.summary:
+            dataset = run.dataset if row["split"] == source_split else row["split"]
+            if dataset == run.dataset or any(t["target"] == dataset for t in chosen):
+                groups.setdefault((dataset, row["method"], int(row["shots"])), []).append(float(row["accuracy"]))
+        cells = [with_reference(Cell(d, m, k, protocol, run.backbone, "test", *mean_std(v), len(v)),
+                                run.paper_backbone, published) for (d, m, k), v in groups.items()]
+        targets = [t["target"] for t in chosen]
+        means: dict[tuple[str, int], dict[str, float]] = {}
+        for c in cells:
+            if c.dataset in targets:
+                means.setdefault((c.method, c.shots), {})[c.dataset] = c.mean
+        cells += [Cell(TARGETS_AVERAGE, m, k, protocol, run.backbone, "test", sum(per.values()) / len(per), None, None)
+                  for (m, k), per in means.items() if set(per) == set(targets)]
+        notes = {(t["target"], method): CANNOT_TRANSFER for t in chosen for method in t["cannot_transfer"]}
+        tables.append(Table(protocol, run.backbone, [run], [run.dataset, *targets], TARGETS_AVERAGE, cells, notes))
+    return tables
 
 
 def percent(value: float | None) -> str:
@@ -233,7 +271,10 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
                     rows.append([c.dataset, c.method, c.shots, c.protocol, c.backbone, c.split, percent(c.mean),
                                  percent(c.std), "" if c.n_seeds is None else c.n_seeds,
                                  "" if c.reference is None else f"{c.reference.value:.2f}",
-                                 "" if c.reference is None else c.reference.citation])
+                                 "" if c.reference is None else c.reference.citation, ""])
+                elif (dataset, method) in table.notes:
+                    rows.append([dataset, method, shots, table.protocol, table.backbone, split, "", "", "", "", "",
+                                 table.notes[(dataset, method)]])
     return rows
 
 

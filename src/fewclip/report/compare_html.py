@@ -11,7 +11,13 @@ if TYPE_CHECKING:  # compare imports this module to write the page
     from .compare import Cell, Table
 
 SPLIT_LABELS = {"test": "", "base": "base", "new": "new", "hm": "HM"}
-PROTOCOL_TITLES = {"few_shot": "Few-shot classification (all classes)", "base2new": "Base-to-new generalisation"}
+PROTOCOL_TITLES = {"few_shot": "Few-shot classification (all classes)", "base2new": "Base-to-new generalisation",
+                   "domain_generalisation": "Domain generalisation (source and targets)",
+                   "cross_dataset": "Cross-dataset transfer (source and targets)"}
+TARGET_NOTE = (
+    "Accuracy in percent, mean ± sample standard deviation over seeds: the heads trained on the first column's "
+    "dataset (source), scored on each dataset.eval_on target. {average} is the mean over the targets only. A head "
+    "that cannot classify a target's new class names says \"cannot transfer\".")
 COMPARE_CSS = CSS + """
 .ref { color: #6a3d9a; font-size: .85em; }
 body { max-width: 1400px; }
@@ -27,9 +33,9 @@ METHOD_NOTE = (
     "coop) and used the backbone, method and shot budget the paper reports.")
 
 
-def cell_html(cell: "Cell | None", citations: dict[str, int]) -> str:
+def cell_html(cell: "Cell | None", citations: dict[str, int], note: str | None = None) -> str:
     if cell is None:
-        return "—"
+        return esc(note) if note else "—"
     value = f"{100 * cell.mean:.2f}" + ("" if cell.std is None else f" ± {100 * cell.std:.2f}")
     parts = [f'<span class="acc" data-dataset="{esc(cell.dataset)}" data-method="{esc(cell.method)}" '
              f'data-shots="{cell.shots}" data-split="{esc(cell.split)}">{value}</span>']
@@ -47,24 +53,31 @@ def table_section(tab: "Table", citations: dict[str, int]) -> str:
     title = PROTOCOL_TITLES.get(tab.protocol, f"Few-shot classification ({tab.protocol.replace('_', ' ')})")
     columns = [*tab.datasets, tab.average] if len(tab.datasets) > 1 else list(tab.datasets)
     with_split = any(split != "test" for _, _, split in tab.rows())
-    header = ["method", "shots", *(["split"] if with_split else []), *map(esc, columns)]
+    is_target_table = tab.protocol in ("domain_generalisation", "cross_dataset")
+    names = [f"{column} (source)" if is_target_table and i == 0 else column for i, column in enumerate(columns)]
+    header = ["method", "shots", *(["split"] if with_split else []), *map(esc, names)]
     rows = []
     for method, shots, split in tab.rows():
         row = [esc(method), "0 (zero-shot)" if shots == 0 else str(shots)]
         if with_split:
             row.append(esc(SPLIT_LABELS.get(split, split)))
-        row += [cell_html(tab.cell(dataset, method, shots, split), citations) for dataset in columns]
+        row += [cell_html(tab.cell(dataset, method, shots, split), citations, tab.notes.get((dataset, method)))
+                for dataset in columns]
         rows.append(row)
     text_columns = (0, 2) if with_split else (0,)
     return (f"<h2>{esc(title)}: {esc(tab.backbone)}</h2>"
-            f'<p class="note">{esc(METHOD_NOTE.format(average=tab.average))}</p>'
+            f'<p class="note">{esc((TARGET_NOTE if is_target_table else METHOD_NOTE).format(average=tab.average))}</p>'
             + table(header, rows, f"compare {esc(tab.protocol)}", text_columns))
 
 
 def runs_section(tables: Sequence["Table"]) -> str:
     rows = []
+    listed = set()
     for tab in tables:
         for run in tab.runs:
+            if run.root in listed:  # a run with eval_on targets is also in its target tables
+                continue
+            listed.add(run.root)
             follows = (f"yes ({run.paper_backbone})" if run.paper_backbone else
                        "no (needs dataset.source: coop, splits.sampler: coop and a backbone a paper used)")
             rows.append([esc(run.root), esc(run.dataset), esc(run.protocol), esc(run.backbone), esc(follows)])

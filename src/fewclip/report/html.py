@@ -19,6 +19,7 @@ from .answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, 
 from .evidence import read_evidence
 from .figures import accuracy_plot_path, curves_path, write_figures
 from .missing import missing_splits, missing_units
+from .protocols import protocols_html, write_protocol_tables
 
 THUMBNAIL_PX = 96
 CONFUSION_TABLE_MAX_CLASSES = 30
@@ -377,6 +378,10 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
              page.image(accuracy_plot_path(layout), "accuracy vs shots") if accuracy else '<p class="note">No results.</p>')]
     if (layout.aggregate / "base_new.csv").is_file():
         body.append(("base-new", "Base / new / harmonic mean", base_new_section(page, config, summary)))
+    protocol_tables = write_protocol_tables(layout, accuracy)
+    if protocol_tables:
+        body.append(("targets", "Source and target datasets (dataset.eval_on)",
+                     protocols_html(protocol_tables)))
     body += [("params", "Trainable parameters", params_section(page)),
              ("templates", "Zero-shot accuracy per template", templates_section(page, summary)),
              ("curves", "Training curves", curves_section(page, summary)),

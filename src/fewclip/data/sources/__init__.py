@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Callable, Union
 
 from pydantic import Field
@@ -27,6 +28,24 @@ DatasetConfig = Annotated[
     Field(discriminator="source"),
 ]
 
+for _config_class in (SourceConfig, HFSourceConfig, FolderSourceConfig, CsvSourceConfig, WorldSourceConfig,
+                      CoopSourceConfig):  # eval_on holds dataset blocks: resolve the forward reference
+    _config_class.model_rebuild(_types_namespace={"DatasetConfig": DatasetConfig})
+
+# source -> the default name of a dataset in tables (an eval_on target's split)
+DEFAULT_LABELS: dict[str, Callable[[Any], str]] = {
+    "coop": lambda c: c.name,
+    "folder": lambda c: Path(c.path).expanduser().name or "folder",
+    "hf": lambda c: c.id.rstrip("/").split("/")[-1] + (f"-{c.name}" if c.name else ""),
+    "csv": lambda c: Path(c.train).stem,
+    "world": lambda c: "world",
+}
+
+
+def dataset_label(config: SourceConfig) -> str:
+    """The dataset's name in tables: its ``label``, else a name from its source (CoOp name, folder, id)."""
+    return config.label or DEFAULT_LABELS[config.source](config)  # type: ignore[attr-defined]
+
 
 def list_sources() -> list[str]:
     return SOURCES.names()
@@ -37,4 +56,4 @@ def build_source(config: SourceConfig) -> Source:
     return factory(config)
 
 
-__all__ = ["DatasetConfig", "Source", "SourceConfig", "SourceItem", "build_source", "list_sources", "SOURCES"]
+__all__ = ["DatasetConfig", "dataset_label", "Source", "SourceConfig", "SourceItem", "build_source", "list_sources", "SOURCES"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ...configbase import ConfigBlock
 
@@ -28,6 +29,51 @@ class SourceConfig(ConfigBlock):
     )
     max_train_per_class: int | None = Field(None, ge=1, description="Cap on exported train images per class.")
     max_test_per_class: int | None = Field(None, ge=1, description="Cap on exported test images per class.")
+    label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
+                              "summary.csv's split column (default: its CoOp name, else its folder or id's last part).")
+    # A list of dataset blocks (sources' config classes, resolved in fewclip.data.sources once they exist).
+    eval_on: list["DatasetConfig"] = Field(  # type: ignore[name-defined]  # noqa: F821
+        default_factory=list,
+        description="Target datasets the trained heads are also evaluated on (test images only): domain "
+                    "generalisation when their classes are this dataset's (ImageNet -> ImageNetV2, -A, ...), "
+                    "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...).")
+
+    @field_validator("label")
+    @classmethod
+    def _label_names_a_split(cls, label: str | None) -> str | None:
+        if label is not None:
+            target_label_problem(label)
+        return label
+
+    @field_validator("eval_on")
+    @classmethod
+    def _flat_distinct_targets(cls, targets: list[Any]) -> list[Any]:
+        from . import dataset_label
+
+        for index, target in enumerate(targets):
+            if target.eval_on:
+                raise ValueError(f"eval_on[{index}] ({dataset_label(target)}) has an eval_on of its own; targets are "
+                                 "evaluated, never trained on: list every target in the trained dataset's eval_on")
+            target_label_problem(dataset_label(target), f"eval_on[{index}]")
+        labels = [dataset_label(t) for t in targets]
+        repeated = sorted({name for name in labels if labels.count(name) > 1})
+        if repeated:
+            raise ValueError(f"targets named {repeated} more than once; give each a distinct `label:`")
+        return targets
+
+
+RESERVED_SPLITS = ("test", "base", "new", "hm")  # the splits summary.csv already uses
+TARGET_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def target_label_problem(label: str, where: str = "label") -> None:
+    """Fail unless ``label`` can name a split: file-name safe (it names prediction files) and not a split in use."""
+    if not TARGET_LABEL.fullmatch(label):
+        raise ValueError(f"{where}: {label!r} names files of the run; use letters, digits, '_', '-' or '.' "
+                         "(set `label:` on the target)")
+    if label in RESERVED_SPLITS:
+        raise ValueError(f"{where}: {label!r} is a split of the trained dataset ({', '.join(RESERVED_SPLITS)}); "
+                         "give the target another `label:`")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ datasets are read from their ``split_zhou_<Name>.json``: ``{"train"|"val"|"test"
 path, label, class name], ...]}``, paths relative to the dataset's image folder. FGVCAircraft is read
 from its own ``images_variant_{train,val,test}.txt`` lists and ``variants.txt``; ImageNet from
 ``images/{train,val}/<wnid>/`` and ``classnames.txt`` (its val folder is the test split and it has no
-validation split, as in CoOp). The ``split_fewshot/*.pkl`` pickles CoOp caches are never read: the
+validation split, as in CoOp). The ImageNet variants (ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR) are
+test-only (no train or val images), read from their image folders and their own copy of ImageNet's
+``classnames.txt``, as CoOp's readers do; they are the targets of domain generalisation (``dataset.eval_on``).
+The ``split_fewshot/*.pkl`` pickles CoOp caches are never read: the
 few-shot sets are drawn again from these files (``splits.sampler: coop``).
 
 Classes are listed in label order and each split's items keep the order of its split file: CoOp's
@@ -59,6 +62,16 @@ COOP_DATASETS: dict[str, CoopDataset] = {
     "EuroSAT": CoopDataset("eurosat", "2750", "split_zhou_EuroSAT.json", EUROSAT_NAMES),
     "UCF101": CoopDataset("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
 }
+# Test-only ImageNet variants (CoOp's datasets/imagenetv2.py, imagenet_sketch.py, imagenet_a.py, imagenet_r.py).
+# ImageNetV2's class folders are ImageNet's labels 0..999, named in classnames.txt's order; the others hold
+# one folder per WordNet id (-A and -R 200 of them), labelled in sorted order.
+IMAGENET_VARIANTS: dict[str, CoopDataset] = {
+    "ImageNetV2": CoopDataset("imagenetv2", "imagenetv2-matched-frequency-format-val", None),
+    "ImageNetSketch": CoopDataset("imagenet-sketch", "images", None),
+    "ImageNetA": CoopDataset("imagenet-adversarial", "imagenet-a", None),
+    "ImageNetR": CoopDataset("imagenet-rendition", "imagenet-r", None),
+}
+READABLE_SOURCES = {**COOP_DATASETS, **IMAGENET_VARIANTS}  # every name dataset.source: coop reads
 AIRCRAFT_LISTS = {split: f"images_variant_{split}.txt" for split in ("train", "val", "test")}
 DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
@@ -67,13 +80,14 @@ class CoopSourceConfig(SourceConfig):
     source: Literal["coop"] = "coop"
     has_val_split: ClassVar[bool] = True
     path: str = Field(description="CoOp's data root, holding e.g. caltech-101/ (or that dataset folder itself).")
-    name: str = Field(description=f"One of {', '.join(COOP_DATASETS)}.")
+    name: str = Field(description=f"One of {', '.join(COOP_DATASETS)}, or a test-only ImageNet variant "
+                      f"({', '.join(IMAGENET_VARIANTS)}) as a dataset.eval_on target.")
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in COOP_DATASETS:
-            raise ValueError(unknown_name_message("CoOp dataset", name, list(COOP_DATASETS)))
+        if name not in READABLE_SOURCES:
+            raise ValueError(unknown_name_message("CoOp dataset", name, list(READABLE_SOURCES)))
         return name
 
 
@@ -94,6 +108,8 @@ def required_files(spec: CoopDataset, folder: Path) -> list[Path]:
     """The files and folders a dataset's layout must have before any image is read."""
     if spec.split_file is not None:
         return [folder / spec.split_file] + ([folder / spec.image_dir] if spec.image_dir else [])
+    if spec in IMAGENET_VARIANTS.values():
+        return [folder / "classnames.txt", folder / spec.image_dir]
     if spec.folder == "fgvc_aircraft":
         return [folder / "variants.txt"] + [folder / name for name in AIRCRAFT_LISTS.values()] + [folder / "images"]
     return [folder / "classnames.txt", folder / "images" / "train", folder / "images" / "val"]
@@ -101,7 +117,7 @@ def required_files(spec: CoopDataset, folder: Path) -> list[Path]:
 
 def dataset_folder(root: Path, name: str) -> Path:
     """``root/<folder>``, or ``root`` itself when it already holds the dataset's files."""
-    spec = COOP_DATASETS[name]
+    spec = READABLE_SOURCES[name]
     nested = root / spec.folder
     if not nested.is_dir() and all(p.exists() for p in required_files(spec, root)):
         return root
@@ -165,6 +181,54 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def read_classnames(names_file: Path) -> dict[str, str]:
+    """``<wnid> <class name>`` per line (ImageNet's ``classnames.txt``), in file order."""
+    names: dict[str, str] = {}
+    for line in names_file.read_text(encoding="utf-8").splitlines():
+        wnid, _, name = line.strip().partition(" ")
+        if wnid:
+            names[wnid] = name.strip()
+    return names
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_variant_splits(folder: Path, name: str) -> SplitLists:
+    """A test-only ImageNet variant: every image is a test image; class names from its ``classnames.txt``.
+
+    ImageNetV2's folders ``0``..``999`` are labels naming the file's classes in order; the other variants'
+    folders are WordNet ids, labelled in sorted order (-A and -R have 200, so their labels run 0..199).
+    """
+    spec = IMAGENET_VARIANTS[name]
+    names_file, image_dir = folder / "classnames.txt", folder / spec.image_dir
+    names = read_classnames(names_file)
+    entries: list[Entry] = []
+    if name == "ImageNetV2":
+        ordered = list(names.values())
+        labels = sorted((int(f), f) for f in _class_folders(image_dir) if f.isdigit())
+        beyond = [f for label, f in labels if label >= len(ordered)]
+        if beyond:
+            raise ValueError(f"{image_dir}: folder(s) {beyond[:10]} have no class in {names_file} "
+                             f"({len(ordered)} lines); copy ImageNet's classnames.txt there")
+        for label, folder_name in labels:
+            entries.extend(Entry(p, label, ordered[label], str(p)) for p in _files(image_dir / folder_name))
+        used = sorted({e.label for e in entries})
+        # class_list needs labels 0..n-1: keep the folders present (a full download has all 1,000)
+        relabel = {old: new for new, old in enumerate(used)}
+        entries = [Entry(e.path, relabel[e.label], e.class_name, e.origin) for e in entries]
+    else:
+        wnids = [w for w in _class_folders(image_dir)]
+        unnamed = [w for w in wnids if w not in names]
+        if unnamed:
+            raise ValueError(f"{names_file}: no class name for folder(s) {unnamed[:10]} of {image_dir}; copy "
+                             "ImageNet's classnames.txt there (CoOp's DATASETS.md)")
+        for label, wnid in enumerate(wnids):
+            entries.extend(Entry(p, label, names[wnid], str(p)) for p in _files(image_dir / wnid))
+    return {"train": [], "val": [], "test": entries}
+
+
 def read_imagenet_splits(folder: Path) -> SplitLists:
     """ImageNet: labels are the sorted wnid folders of ``images/train``; names come from ``classnames.txt``
     (``<wnid> <class name>`` per line); ``images/val`` is the test split; there is no val split.
@@ -173,11 +237,7 @@ def read_imagenet_splits(folder: Path) -> SplitLists:
     a class are sorted here, so ImageNet's few-shot sets match CoOp's only where its listing was sorted.
     """
     names_file = folder / "classnames.txt"
-    names: dict[str, str] = {}
-    for line in names_file.read_text(encoding="utf-8").splitlines():
-        wnid, _, name = line.strip().partition(" ")
-        if wnid:
-            names[wnid] = name.strip()
+    names = read_classnames(names_file)
     split_dirs = {"train": folder / "images" / "train", "test": folder / "images" / "val"}
     wnids = {split: sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
              for split, d in split_dirs.items()}
@@ -220,9 +280,11 @@ class CoopSource:
     def __init__(self, config: CoopSourceConfig) -> None:
         self.config = config
         root = Path(config.path).expanduser()
-        spec = COOP_DATASETS[config.name]
+        spec = READABLE_SOURCES[config.name]
         self.folder = dataset_folder(root, config.name)
-        if spec.split_file is not None:
+        if config.name in IMAGENET_VARIANTS:
+            self.lists = read_variant_splits(self.folder, config.name)
+        elif spec.split_file is not None:
             image_root = self.folder / spec.image_dir if spec.image_dir else self.folder
             self.lists = read_json_splits(self.folder / spec.split_file, image_root, spec.class_fixes)
         elif config.name == "FGVCAircraft":

@@ -1,0 +1,27 @@
+"""A trained head seen through some of its classes: its logits restricted to those classes' columns.
+
+Domain generalisation scores a head trained on ImageNet on ImageNet-A and -R, which hold 200 of its 1,000
+classes; CoOp evaluates there with the classifier built over the target's class names, which for a head
+whose class scores are independent of each other (every head here) is the same as keeping those columns.
+Keeping columns also serves heads that cannot name new classes (a linear probe).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+class ClassSubset:
+    """``head``'s logits at ``columns`` (source class indices, in the target's label order)."""
+
+    per_template_scores = False  # the per-template table is the source's, not a subset's
+    needs_text_at_predict = False  # the wrapped head is already attached
+
+    def __init__(self, head: Any, columns: Sequence[int]) -> None:
+        self.head = head
+        self.columns = torch.as_tensor(list(columns), dtype=torch.long)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(features)[:, self.columns]  # (n, len(columns))
