@@ -103,6 +103,8 @@ DEFAULT_WORLD_TEMPLATES = ["a photo of a {}.", "the {}.", "a {} on a background.
 # ~0.42 on the 8 new classes (seed 1), so adapting matters and the heads differ. Measured in
 # bench/world_findings.py on both domains.
 DEFAULT_WORLD_DOMAIN = "sketch"
+
+
 def embedded_config(cache_dir: Path) -> dict[str, Any]:
     """The default run: the shipped world CLIP on world sketches, every registered head, shots 1/4/16,
     seeds 1-3, base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
