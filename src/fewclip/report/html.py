@@ -160,7 +160,7 @@ def validation_note(config: Config) -> str:
     searched = ["Tip-Adapter's alpha and beta (grid search)"] if {"tip_adapter", "tip_adapter_f"} & heads else []
     text = ("Hyper-parameters are chosen on the validation split only, never on test: "
             + ", ".join(searched + ["the epoch kept (select; results/summary.csv's selection column says which "
-                                    "rule each unit used)", "the temperature of calibrated heads"]) + ".")
+                                    "rule each unit used)", "and the temperature of calibrated heads"]) + ".")
     free = [m for m in config.methods if split_variant(m)[0] in VALIDATION_FREE_HEADS
             and method_block(config, m).select == "last" and not method_block(config, m).calibrate]
     if free:
