@@ -28,10 +28,19 @@ from fewclip.config import default_cache_dir, load_config
 from fewclip.embedded import embedded_config
 from fewclip.fileio import read_csv, write_csv
 from fewclip.heads import list_heads
+from fewclip.layout import RunLayout
 from fewclip.pipeline import run
+from fewclip.report.evidence import read_evidence
+from fewclip.stats import paired_test
 
 SPLITS = ("base", "new", "hm")
 Key = tuple[str, str, int, str]  # (domain, method, shots, split)
+# The papers' findings as paired comparisons (A, B, split): A - B in points and the report's paired test
+# over seeds (fewclip.stats.paired_test) at every shot budget.
+COMPARISONS = [("tip_adapter_f", "tip_adapter", "base"), ("tip_adapter", "zero_shot", "base"),
+               ("linear_probe", "zero_shot", "base"), ("clip_adapter", "zero_shot", "base"),
+               ("linear_probe", "zs_lp", "base"), ("kgcoop", "coop", "new"), ("prograd", "coop", "new"),
+               ("coop", "zero_shot", "new"), ("clap", "zs_lp", "base"), ("clap", "clip_adapter", "base")]
 
 
 def run_domain(domain: str, args: argparse.Namespace, base: dict) -> dict[Key, tuple[int, float, float]]:
@@ -66,6 +75,28 @@ def markdown(values: dict[Key, tuple[int, float, float]], domain: str, split: st
     return "\n".join(lines)
 
 
+def comparisons(run_dir: Path, domain: str, shots: list[int]) -> str:
+    """Markdown: one row per comparison in COMPARISONS, one cell per budget: A - B (points) and its p-value."""
+    layout = RunLayout(run_dir)
+    summary = read_csv(layout.summary)
+    evidence = read_evidence(layout, summary)
+    shot_free = {r["method"] for r in summary if r["shots"] == "0"}
+    lines = [f"| {domain}: A - B (p) | " + " | ".join(f"{k} shots" for k in shots) + " |",
+             "|---|" + "---:|" * len(shots)]
+    for a, b, split in COMPARISONS:
+        cells = []
+        for k in shots:
+            right_a = evidence.get(a, 0 if a in shot_free else k, split)
+            right_b = evidence.get(b, 0 if b in shot_free else k, split)
+            if right_a is None or right_b is None:
+                cells.append("-")
+                continue
+            test = paired_test(right_a, right_b, evidence.labels[split])
+            cells.append(f"{100 * test.difference:+.1f} (p {'< 0.001' if test.p_value < 0.001 else f'= {test.p_value:.3f}'})")
+        lines.append(f"| {a} - {b}, {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--domains", nargs="+", default=["photo", "sketch"])
@@ -91,6 +122,10 @@ def main() -> None:
     for domain in args.domains:
         for split in (s for s in SPLITS if s in by_split[domain]):
             print(markdown(values, domain, split, args.shots) + "\n")
+    print("The findings as paired comparisons: A - B in accuracy points (seed means), two-sided p of the paired "
+          "sign-flip test over seeds on the same 320 test images (the report's test)\n")
+    for domain in args.domains:
+        print(comparisons(Path(args.work) / domain, domain, args.shots) + "\n")
 
 
 if __name__ == "__main__":
