@@ -1,5 +1,5 @@
-"""``fewclip run`` with no config: the embedded default (shipped world CLIP, 16 world classes, every head,
-base-to-new), cut to one shot budget and one seed by overrides so that it takes seconds, not minutes."""
+"""``fewclip run`` with no config: the embedded default (shipped world CLIP, 16 world classes in the sketch
+domain, every head, base-to-new), cut to one shot budget and one seed by overrides so that it takes seconds, not minutes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, 
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["id"] == WORLD_ALIAS and resolved["splits"]["subsample"] == "base2new"
+    assert resolved["dataset"]["domain"] == "sketch" and resolved["dataset"].get("test_domain") in (None, "sketch")
     assert resolved["methods"] == list_heads() and len(DEFAULT_WORLD_CLASSES) == 16
     assert list((tmp_path / "cache").iterdir())  # features went to $FEWCLIP_CACHE, not the home folder
 
@@ -43,8 +44,17 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, 
     assert ("coop", "2", "1", "new") in expected and ("linear_probe", "2", "1", "new") not in expected
     assert units == sorted(expected)
     assert {int(r["n_eval"]) for r in rows if r["split"] in ("base", "new")} == {8 * 40}  # 8 classes x 40 test images
-    zero_shot = {r["split"]: float(r["accuracy"]) for r in rows if r["method"] == "zero_shot"}
-    assert zero_shot["base"] > 0.7 and zero_shot["new"] > 0.7  # the shipped CLIP knows the world (chance: 0.125)
+    # The photo-trained CLIP is poor on sketches (~0.9 on photos; measured here 0.30 base, 0.42 new) but above
+    # chance (0.125): adapting matters. A head trained on frozen features (none of the prompt learners, whose
+    # numbers move with their training details) gains more than 0.15 on base at 2 shots (measured: ZS-LP
+    # +0.26, CLIP-Adapter +0.24, linear probe +0.18), with Wilson intervals apart.
+    by_unit = {(r["method"], r["split"]): r for r in rows}
+    zero_shot = {split: float(by_unit[("zero_shot", split)]["accuracy"]) for split in ("base", "new")}
+    assert 0.2 < zero_shot["base"] < 0.45 and 0.3 < zero_shot["new"] < 0.55, zero_shot
+    zs_lp = by_unit[("zs_lp", "base")]
+    assert float(zs_lp["accuracy"]) > zero_shot["base"] + 0.15, (zs_lp["accuracy"], zero_shot)
+    assert float(zs_lp["acc_low"]) > float(by_unit[("zero_shot", "base")]["acc_high"])
+    assert max(float(by_unit[(m, "base")]["accuracy"]) for m in ("clip_adapter", "linear_probe")) > zero_shot["base"] + 0.15
 
     report = (run_dir / "report.html").read_text()
     assert all(name in report for name in ("zero_shot", "linear_probe", "coop", "cocoop"))

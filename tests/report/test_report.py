@@ -311,3 +311,17 @@ def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and an embedded plot, not a blank page
+
+
+def test_report_says_hyper_parameters_come_from_validation_and_which_methods_use_none(make_config) -> None:
+    from fewclip.report.html import validation_note
+
+    note = html.unescape(validation_note(make_config("methods=[zero_shot,tip_adapter,zs_lp,clap,coop]")))
+    assert note.startswith('<p class="note">Hyper-parameters are chosen on the validation split only, never on '
+                           "test: Tip-Adapter's alpha and beta (grid search), the epoch kept")
+    assert note.endswith("zs_lp and clap use no validation (the last epoch, no calibration), as in their paper.</p>")
+    # a ZS-LP told to select on val is not called validation-free; without Tip-Adapter its search goes unnamed
+    note = html.unescape(validation_note(make_config("methods=[zs_lp,clap,linear_probe]", "zs_lp.select=val_macro_f1")))
+    assert "Tip-Adapter" not in note and note.endswith(" clap use no validation (the last epoch, no calibration), "
+                                                        "as in their paper.</p>") and "zs_lp use" not in note
+    assert "use no validation" not in validation_note(make_config())

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..config import Config, load_config
+from ..config import Config, load_config, method_block, split_variant
 from ..fileio import atomic_write_text, read_csv, write_json
 from ..layout import RunLayout
 from .aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
@@ -151,6 +151,24 @@ def split_caption(rows: list[dict[str, Any]], split: str) -> str:
     return f'<p class="note">{esc(SPLIT_NAMES.get(split, split))}: {esc("; ".join(bits))}.</p>'
 
 
+VALIDATION_FREE_HEADS = ("zs_lp", "clap")  # validation-free by design (Silva-Rodriguez et al., CVPR 2024)
+
+
+def validation_note(config: Config) -> str:
+    """How the run's hyper-parameters were chosen: on the validation split, never on test; which methods
+    use no validation at all (ZS-LP and CLAP with their defaults: the last epoch, no calibration)."""
+    heads = {split_variant(m)[0] for m in config.methods}
+    searched = ["Tip-Adapter's alpha and beta (grid search)"] if {"tip_adapter", "tip_adapter_f"} & heads else []
+    text = ("Hyper-parameters are chosen on the validation split only, never on test: "
+            + ", ".join(searched + ["the epoch kept (select; results/summary.csv's selection column says which "
+                                    "rule each unit used)", "and the temperature of calibrated heads"]) + ".")
+    free = [m for m in config.methods if split_variant(m)[0] in VALIDATION_FREE_HEADS
+            and method_block(config, m).select == "last" and not method_block(config, m).calibrate]
+    if free:
+        text += f" {' and '.join(free)} use no validation (the last epoch, no calibration), as in their paper."
+    return f'<p class="note">{esc(text)}</p>'
+
+
 def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Answer) -> str:
     """Per split, methods x shots: accuracy, balanced accuracy and macro-F1, mean ± std over seeds, in percent;
     the cell of each budget's winner (from ``answer``) is marked."""
@@ -160,7 +178,7 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
     methods = list(dict.fromkeys(r["method"] for r in accuracy))
     winners = {(v.split, v.shots): v.winner for v in answer.verdicts}
     parts = ['<p>Accuracy in percent, mean ± sample std over seeds with the seed count; balanced accuracy '
-             '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>']
+             '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>', validation_note(config)]
     for split in sorted({r["split"] for r in accuracy}, key=split_key):
         cells = {(r["method"], r["shots"]): r for r in accuracy if r["split"] == split}
         rows = []
