@@ -119,3 +119,64 @@ def test_paired_scores_test_on_correctness_is_the_paired_test() -> None:
         assert test.p_value == pytest.approx(reference.p_value, abs=1e-12 if test.exact else 0.01)
     with pytest.raises(ValueError, match="same test images"):
         paired_scores_test(np.ones((1, 3)), np.ones((1, 4)))
+
+
+# --- the harmonic-mean test (base-to-new) -----------------------------------------------------------
+
+
+def _hm(x: float, y: float) -> float:
+    return 0.0 if x + y == 0 else 2 * x * y / (x + y)
+
+
+def test_hm_test_enumerates_every_swap_exactly_on_a_small_case() -> None:
+    """Brute force written here: every assignment of each differing image's two predictions to A and B."""
+    import itertools
+
+    from fewclip.stats import paired_hm_test
+
+    a_base, b_base = np.array([1, 1, 1, 0, 1]), np.array([0, 0, 1, 0, 1])
+    a_new, b_new = np.array([1, 0, 1]), np.array([0, 0, 1])
+    test = paired_hm_test((a_base, b_base, [0, 1, 0, 1, 0]), (a_new, b_new, [0, 1, 1]))
+    observed = _hm(a_base.mean(), a_new.mean()) - _hm(b_base.mean(), b_new.mean())
+    stats = []
+    for flips in itertools.product([False, True], repeat=8):
+        fa_b = np.where(flips[:5], b_base, a_base)
+        fb_b = np.where(flips[:5], a_base, b_base)
+        fa_n = np.where(flips[5:], b_new, a_new)
+        fb_n = np.where(flips[5:], a_new, b_new)
+        stats.append(_hm(fa_b.mean(), fa_n.mean()) - _hm(fb_b.mean(), fb_n.mean()))
+    expected_p = np.mean(np.abs(stats) >= abs(observed) - 1e-12)
+    assert test.exact and abs(test.difference - observed) < 1e-12
+    assert abs(test.p_value - expected_p) < 1e-12
+    assert (test.better, test.worse, test.n_images) == (3, 0, 8)
+
+
+def test_hm_test_separates_a_head_far_better_on_base_and_equal_on_new() -> None:
+    """Significant on base, no difference at all on new: HM tells them apart (asking for significance on
+    both sides, the rule before, never could)."""
+    from fewclip.stats import paired_hm_test, paired_test
+
+    rng = np.random.default_rng(0)
+    labels_base, labels_new = np.arange(80) % 8, np.arange(80) % 8
+    b_base = rng.random(80) < 0.3
+    a_base = b_base | (rng.random(80) < 0.6)  # A right wherever B is, and on many more
+    new = rng.random(80) < 0.4
+    test = paired_hm_test((a_base, b_base, labels_base), (new, new, labels_new))
+    assert test.difference > 0.1 and test.p_value < 0.01 and not test.exact
+    assert paired_test(new, new, labels_new).p_value == 1.0  # the new side alone shows nothing
+    same = paired_hm_test((b_base, b_base, labels_base), (new, new, labels_new))
+    assert same.p_value == 1.0 and same.difference == 0.0
+
+
+
+def test_hm_test_holds_its_level_when_the_heads_are_exchangeable() -> None:
+    """100 simulated pairs of equally good heads (independent coin flips, 30 images a side): about 5% are
+    called significant at 0.05, as a valid test must (the binomial's 99.9% bound for 100 draws at 5% is 13)."""
+    from fewclip.stats import paired_hm_test
+
+    rng = np.random.default_rng(1)
+    labels = np.arange(30) % 3
+    rejected = sum(paired_hm_test((rng.random(30) < 0.6, rng.random(30) < 0.6, labels),
+                                  (rng.random(30) < 0.4, rng.random(30) < 0.4, labels), seed=i).p_value < 0.05
+                   for i in range(100))
+    assert 1 <= rejected <= 13, rejected

@@ -7,6 +7,7 @@
   class score; ``is_imbalanced``: whether accuracy is a misleading summary of a test set.
 - ``paired_test``: is method A better than method B on the same test images, over seeds?
 - ``paired_scores_test``: the same on a real-valued per-image score (per-image CIDEr of two captioners).
+- ``paired_hm_test``: the same on base-to-new's harmonic mean of base and new accuracy.
 
 The paired test, and why this one. Every seed of every method is scored on the *same* test images, so the
 image, not the (image, seed) pair, is the independent unit: pooling McNemar's discordant counts over seeds
@@ -197,6 +198,68 @@ def _convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     size = len(a) + len(b) - 1
     fast = 1 << (size - 1).bit_length()  # a power of two: FFTs of awkward lengths can be very slow
     return np.fft.irfft(np.fft.rfft(a, fast) * np.fft.rfft(b, fast), fast)[:size]
+
+
+HM_DRAWS = 4_000  # random swaps for the harmonic-mean test (its statistic is not a sum: no lattice to enumerate)
+
+
+def harmonic_mean(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+    """Elementwise 2xy / (x + y), 0 where both are 0."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    total = x + y
+    return np.divide(2 * x * y, total, out=np.zeros(np.broadcast(x, y).shape), where=total > 0)
+
+
+def paired_hm_test(base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
+                   new: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
+                   balanced: bool = False, seed: int = 0) -> PairedTest:
+    """Is A better than B on the harmonic mean of base and new accuracy (base-to-new's HM)?
+
+    ``base`` and ``new``: (correct_a (seeds_a, n), correct_b (seeds_b, n), labels (n,)) of each split, as
+    ``paired_test`` takes them. Each image's seed-averaged correctness is kept per method (``a_i``, ``b_i``,
+    weighted 1/D_i as in ``paired_test``); the statistic is HM(acc_A base, acc_A new) - HM(acc_B base,
+    acc_B new). Under the null hypothesis that A and B are exchangeable on every image, swapping a_i and
+    b_i on any image of either split is as likely: a paired randomisation test, with the images of both
+    splits swapped independently. Exact (every swap pattern) with at most ``EXACT_SIGN_FLIPS_MAX`` images
+    that differ, otherwise ``HM_DRAWS`` seeded random swaps. Unlike asking for significance on base and
+    on new separately, a head far better on base and no worse on new can be told apart.
+    """
+    parts = []
+    for correct_a, correct_b, labels in (base, new):
+        correct_a, correct_b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
+        if correct_a.shape[1] != correct_b.shape[1] or correct_a.shape[1] != len(labels):
+            raise ValueError(f"paired test needs the same test images: {correct_a.shape[1]} vs "
+                             f"{correct_b.shape[1]} predictions for {len(labels)} labels")
+        weights = 1.0 / weight_denominators(labels, balanced)
+        parts.append((correct_a.mean(axis=0) * weights, correct_b.mean(axis=0) * weights))
+    (a_base, b_base), (a_new, b_new) = parts
+    observed = float(harmonic_mean(a_base.sum(), a_new.sum()) - harmonic_mean(b_base.sum(), b_new.sum()))
+    n_images = len(a_base) + len(a_new)
+    d_base, d_new = a_base - b_base, a_new - b_new
+    moving = np.concatenate([d_base != 0, d_new != 0])
+    better = int((np.concatenate([d_base, d_new]) > 0).sum())
+    worse = int((np.concatenate([d_base, d_new]) < 0).sum())
+    if not moving.any():
+        return PairedTest(0.0, 1.0, 0, 0, n_images, True)
+    exact = int(moving.sum()) <= EXACT_SIGN_FLIPS_MAX
+    if exact:  # every pattern of swaps on the images that differ (the others cannot change anything)
+        count = int(moving.sum())
+        swaps = ((np.arange(2 ** count)[:, None] >> np.arange(count)) & 1).astype(bool)
+    else:
+        swaps = np.random.default_rng(seed).random((HM_DRAWS, int(moving.sum()))) < 0.5
+    split_at = int((d_base != 0).sum())
+
+    def accuracies(a: np.ndarray, b: np.ndarray, mask: np.ndarray, swap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Totals of A and B with the images in ``swap`` (over the differing ones, ``mask``) exchanged."""
+        delta = swap.astype(float) @ (a - b)[mask]  # (patterns,): what A gives to B by the swaps
+        return a.sum() - delta, b.sum() + delta
+
+    a_b, b_b = accuracies(a_base, b_base, d_base != 0, swaps[:, :split_at])
+    a_n, b_n = accuracies(a_new, b_new, d_new != 0, swaps[:, split_at:])
+    statistics = harmonic_mean(a_b, a_n) - harmonic_mean(b_b, b_n)
+    hits = int((np.abs(statistics) >= abs(observed) - 1e-12).sum())
+    p_value = hits / len(swaps) if exact else (1 + hits) / (1 + len(swaps))
+    return PairedTest(observed, min(p_value, 1.0), better, worse, n_images, exact)
 
 
 def _monte_carlo_sign_flip(steps: np.ndarray, observed: float, seed: int) -> float:

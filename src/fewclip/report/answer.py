@@ -10,7 +10,9 @@ Rules (stated in the text the report prints, so a reader can check them):
   finds it better than every other candidate at level ``ALPHA`` (needing each comparison significant is
   an intersection-union test: no multiplicity correction is needed for "better than all"). Otherwise the
   candidates not significantly below the best are called indistinguishable on this test set of N images.
-  On hm there are no predictions of its own: A beats B on hm only if it does on both base and new.
+  On hm the test is a paired randomisation test of the harmonic mean itself (``fewclip.stats.paired_hm_test``:
+  each image's predictions of A and B swapped at random, on base and new together), so a head far better on
+  base and no worse on new is told apart from one that is only better on one side by chance.
 - The recommendation: at the largest budget with results, take the best mean; among every (method, shots)
   not significantly worse than it, recommend the cheapest (fewest shots, then fewest trainable parameters,
   then highest mean), with its smallest seed (seeds are interchangeable draws: picking the best one on the
@@ -23,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..stats import IMBALANCE_RATIO, PairedTest, imbalance_ratio, paired_test
+from ..stats import IMBALANCE_RATIO, PairedTest, imbalance_ratio, paired_hm_test, paired_test
 from .aggregate import split_key
 from .evidence import Evidence
 
@@ -105,14 +107,15 @@ def primary_split(accuracy: Sequence[dict[str, Any]]) -> str | None:
 def compare(evidence: Evidence, a: dict[str, Any], b: dict[str, Any], split: str, metric: str) -> PairedTest | None:
     """Paired test of row ``a`` against row ``b`` on ``split``; hm needs both base and new (intersection)."""
     if split == "hm":
-        parts = [compare(evidence, a, b, s, metric) for s in ("base", "new")]
-        if any(p is None for p in parts):
+        sides = [(evidence.get(a["method"], a["shots"], s), evidence.get(b["method"], b["shots"], s), evidence.labels[s])
+                 for s in ("base", "new") if s in evidence.labels]
+        if len(sides) != 2 or any(x is None for side in sides for x in side[:2]):
             return None
-        base, new = parts
-        same_way = (base.difference > 0) == (new.difference > 0)  # type: ignore[union-attr]
-        difference = a[f"{metric}_mean"] - b[f"{metric}_mean"]
-        return PairedTest(difference, max(base.p_value, new.p_value) if same_way else 1.0,  # type: ignore[union-attr]
-                          0, 0, base.n_images + new.n_images, base.exact and new.exact)  # type: ignore[union-attr]
+        test = paired_hm_test(sides[0], sides[1], balanced=metric == "balanced_accuracy")  # type: ignore[arg-type]
+        # the difference shown is the table's (mean over seeds of each seed's HM); the test's statistic is the
+        # HM of the seed-averaged accuracies, the same direction
+        return PairedTest(a[f"{metric}_mean"] - b[f"{metric}_mean"], test.p_value, test.better, test.worse,
+                          test.n_images, test.exact)
     correct_a, correct_b = evidence.get(a["method"], a["shots"], split), evidence.get(b["method"], b["shots"], split)
     if correct_a is None or correct_b is None:
         return None
