@@ -22,7 +22,7 @@ from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .batch_invariant import row_dot
 from .calibration import calibrate, temperature_tensor
-from .prompt_fit import check_templates_fit, text_positions
+from .prompt_fit import check_template_task
 from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
 from .selection import SELECT_HELP, SelectRule
 from .zero_shot import ZeroShotHead
@@ -98,10 +98,7 @@ class ClipAdapterHead:
 
     def check(self, task: Task) -> None:
         """Fail before any work if a template + class name prompt exceeds the model's text positions."""
-        if task.backbone is None:
-            raise ValueError(f"{self.name} needs the backbone's text encoder (Task.backbone is None)")
-        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone),
-                            self.name)
+        check_template_task(task, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ClipAdapterHead":
         if train is None or len(train) == 0:

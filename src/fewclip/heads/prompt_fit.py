@@ -34,3 +34,11 @@ def check_templates_fit(tokens: Any, templates: Sequence[str], class_names: Sequ
         f"names that differ only after the cut would get the same prompt:\n  " + "\n  ".join(lines) + more +
         "\nUse shorter templates (prompts.templates) or shorter class names (dataset.rename)."
     )
+
+
+def check_template_task(task: Any, key: str) -> None:
+    """The check of every head that encodes ``template.format(name)`` prompts: the backbone is there and
+    every prompt fits its text positions (``key`` names the head in the message)."""
+    if task.backbone is None:
+        raise ValueError(f"{key} needs the backbone's text encoder (Task.backbone is None)")
+    check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone), key)

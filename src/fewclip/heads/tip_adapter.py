@@ -23,7 +23,7 @@ from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .batch_invariant import row_dot
 from .calibration import calibrate, temperature_tensor
-from .prompt_fit import check_templates_fit, text_positions
+from .prompt_fit import check_template_task
 from .zero_shot import ZeroShotHead
 
 
@@ -116,10 +116,7 @@ class TipAdapterHead:
 
     def check(self, task: Task) -> None:
         """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        if task.backbone is None:
-            raise ValueError(f"{self.name} needs the backbone's text encoder (Task.backbone is None)")
-        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone),
-                            self.name)
+        check_template_task(task, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "TipAdapterHead":
         if train is None or len(train) == 0:

@@ -8,7 +8,7 @@ import torch
 
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
-from .prompt_fit import check_templates_fit, text_positions
+from .prompt_fit import check_template_task
 
 
 class ZeroShotConfig(ConfigBlock):
@@ -35,9 +35,7 @@ class ZeroShotHead:
 
     def check(self, task: Task) -> None:
         """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        if task.backbone is None:
-            raise ValueError("zero_shot needs the backbone's text encoder (Task.backbone is None)")
-        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone))
+        check_template_task(task, "zero_shot")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         self.check(task)

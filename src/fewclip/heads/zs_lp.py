@@ -22,7 +22,7 @@ from torch import nn
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
-from .prompt_fit import check_templates_fit, text_positions
+from .prompt_fit import check_template_task
 from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
 from .selection import SELECT_HELP, SelectRule
 from .zero_shot import ZeroShotHead
@@ -91,10 +91,7 @@ class ZsLpHead:
 
     def check(self, task: Task) -> None:
         """Fail before any work if a template + class name prompt exceeds the model's text positions."""
-        if task.backbone is None:
-            raise ValueError(f"{self.name} needs the backbone's text encoder (Task.backbone is None)")
-        check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone),
-                            self.name)
+        check_template_task(task, self.name)
 
     def train_step(self, model: PrototypeModel, train: FeatureSet,
                    zero_shot: ZeroShotHead) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
