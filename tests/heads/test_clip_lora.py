@@ -169,3 +169,36 @@ def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Call
     paths = [Path(row["path"]) if Path(row["path"]).is_absolute() else data / row["path"] for row in predictions]
     results = classifier.predict(paths, top_k=1)
     assert [r.label for r in results] == [row["pred_name"] for row in predictions]  # the run's own predictions
+
+
+def test_batches_are_the_same_whatever_the_workers(backbone: Any, shapes: dict[str, Any]) -> None:
+    from fewclip.heads.image_batches import epoch_batches, epoch_order
+
+    def batches(workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(epoch_batches(shapes["train"], backbone.transform, 3, epoch, 8, workers))
+
+    in_process, two_workers = batches(0, 1), batches(2, 1)
+    assert len(in_process) == 4 and [len(y) for _, y in in_process] == [8, 8, 8, 6]
+    for (x0, y0), (x2, y2) in zip(in_process, two_workers):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    order = epoch_order(3, 1, 30)
+    assert torch.equal(torch.cat([y for _, y in in_process]), shapes["train"].labels[order])
+    assert not torch.equal(in_process[0][0], batches(0, 2)[0][0])  # another epoch: another order and crops
+
+
+def test_accumulation_bf16_and_checkpointing_train(backbone: Any, shapes: dict[str, Any]) -> None:
+    """Two micro-batches of 4 give the step of one batch of 8 (no dropout, fp32); bf16 autocast and gradient
+    checkpointing train to finite losses."""
+    plain = ClipLoraHead(config(dropout=0.0)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    accumulated = ClipLoraHead(config(dropout=0.0, accumulate=2)).fit(task(backbone, shapes), shapes["train"],
+                                                                      shapes["val"])
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(accumulated.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    checkpointed = ClipLoraHead(config(dropout=0.0, gradient_checkpointing=True)).fit(
+        task(backbone, shapes), shapes["train"], shapes["val"])
+    assert checkpointed.model_.vision_model.encoder.gradient_checkpointing
+    assert not plain.model_.vision_model.encoder.gradient_checkpointing
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(checkpointed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    bf16 = ClipLoraHead(config(precision="bf16")).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    assert all(np.isfinite(row["train_loss"]) for row in bf16.history_)

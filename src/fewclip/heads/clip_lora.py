@@ -38,6 +38,10 @@ class ClipLoraConfig(ConfigBlock):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast compute type while training "
                                                        "(the reference trains in fp16).")
     select: SelectRule = Field("auto", description=SELECT_HELP)
+    augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
+                          "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
+                                         "pass: less memory for large towers (ViT-L), about a third more time.")
 
     @field_validator("accumulate")
     @classmethod
@@ -89,7 +93,9 @@ class ClipLoraHead:
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, select=cfg.select)
+                         precision=cfg.precision, select=cfg.select, augment=cfg.augment)
+        if cfg.gradient_checkpointing:
+            self.model_.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(self.model_, self.train_logits, task.backbone.transform, plan, task.seed,
                                  task.workers, len(task.class_names), self.device_)
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints

@@ -40,6 +40,7 @@ class TrainPlan:
     weight_decay: float
     precision: str
     select: SelectRule
+    augment: bool = True
 
 
 class EncoderTrainer:
@@ -95,7 +96,7 @@ class EncoderTrainer:
         """``steps`` optimiser steps over the epoch's batches; returns its history row (before validation)."""
         plan = self.plan
         micro = plan.batch_size // plan.accumulate
-        batches = epoch_batches(train, self.transform, self.seed, epoch, micro, self.workers)
+        batches = epoch_batches(train, self.transform, self.seed, epoch, micro, self.workers, plan.augment)
         self.model.train()
         total_loss, correct, seen, lr = 0.0, 0, 0, self.scheduler.get_last_lr()[0]
         for step in range(steps):

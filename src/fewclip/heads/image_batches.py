@@ -44,10 +44,11 @@ class AugmentedImages(Dataset):
 
 
 def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
-                  workers: int, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order``; the last may be short."""
+                  workers: int, augment: bool = True, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
+    the last may be short."""
     dataset = AugmentedImages(images, transform, seed, epoch, augment)
-    order = epoch_order(seed, epoch, len(images)) if augment else list(range(len(images)))
+    order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
     yield from loader
 
@@ -55,4 +56,4 @@ def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch:
 def plain_batches(images: ImageSet, transform: ImageTransform, batch_size: int,
                   workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The images in order, with the model's own preprocessing (no augmentation): validation and test."""
-    return epoch_batches(images, transform, 0, 0, batch_size, workers, augment=False)
+    return epoch_batches(images, transform, 0, 0, batch_size, workers, augment=False, shuffle=False)
