@@ -146,16 +146,27 @@ def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(backbone: Any,
         loaded.logits(torch.zeros(2, 32))
 
 
-def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Callable[..., Any],
-                                                               shapes_dir: Path) -> None:
+def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Callable[..., Any], tmp_path: Path) -> None:
     import fewclip
-    from fewclip import pipeline
+    from fewclip.cli import main
     from fewclip.fileio import read_csv
 
     cfg = make_config("clip_lora.iterations_per_shot=2", "clip_lora.batch_size=4", "clip_lora.lr=0.01",
                       methods=["zero_shot", "clip_lora"], few_shot={"shots": [2]}, output={"figures": False})
-    summary = pipeline.run(cfg)
-    rows = read_csv(summary)
+    config_file = tmp_path / "lora.yaml"
+    config_file.write_text(cfg.to_yaml())
+    assert main(["-q", "run", str(config_file)]) == 0
+    layout = RunLayout(Path(cfg.output.dir))
+    rows = read_csv(layout.summary)
+
+    def cache_files() -> dict[str, bytes]:
+        return {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+
+    cached = cache_files()
+    assert any(name.endswith(".safetensors") or name.endswith(".npy") for name in cached), sorted(cached)[:5]
+    layout.unit_evaluation("clip_lora", 2, 1).unlink()  # evaluate the tuned head again: the shared cache stays as is
+    assert main(["-q", "evaluate", str(config_file)]) == 0
+    assert cache_files() == cached
     lora_rows = [r for r in rows if r["method"] == "clip_lora"]
     assert [(r["shots"], r["seed"], r["split"]) for r in lora_rows] == [("2", "1", "test")]
     root = Path(cfg.output.dir)
