@@ -2,6 +2,7 @@
 
 A head is built from its config (``__init__`` only stores it), learns in ``fit`` (which returns
 ``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features,
+(a head that ``tunes_encoders`` trains on ``ImageSet``s and scores pixels with ``image_logits``),
 and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds the tensors,
 ``<stem>.json`` the head name, its config, class names and anything else worth keeping.
 """
@@ -80,7 +81,8 @@ class Head(Protocol):
     tunes_encoders: ClassVar[bool]  # fit gets ImageSets (images, not features); image_logits(pixels) scores
     history_: list[dict[str, float]]
 
-    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "Head": ...
+    def fit(self, task: Task, train: FeatureSet | ImageSet | None = None,
+            val: FeatureSet | ImageSet | None = None) -> "Head": ...  # ImageSets for a tunes_encoders head
 
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
 
