@@ -1,7 +1,7 @@
 """The head contract every classifier follows, and its safetensors + JSON persistence.
 
 A head is built from its config (``__init__`` only stores it), learns in ``fit`` (which returns
-``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features,
+``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features
 (a head that ``tunes_encoders`` trains on ``ImageSet``s and scores pixels with ``image_logits``),
 and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds the tensors,
 ``<stem>.json`` the head name, its config, class names and anything else worth keeping.
