@@ -213,3 +213,33 @@ def test_accumulation_bf16_and_checkpointing_train(backbone: Any, shapes: dict[s
         torch.testing.assert_close(checkpointed.state_dict()[name], value, atol=1e-5, rtol=1e-4)
     bf16 = ClipLoraHead(config(precision="bf16")).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     assert all(np.isfinite(row["train_loss"]) for row in bf16.history_)
+
+
+def test_resume_inside_an_epoch_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewclip.heads.encoder_training import EncoderTrainer
+
+    cfg = config(iterations_per_shot=2, checkpoint_every=1)
+    whole = ClipLoraHead(config(iterations_per_shot=2)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+
+    class Killed(Exception):
+        pass
+
+    save, saves = EncoderTrainer.save, []
+
+    def save_then_kill(self: Any, *args: Any, **kwargs: Any) -> None:
+        save(self, *args, **kwargs)
+        saves.append(args[-1] if len(args) > 5 else kwargs.get("partial"))
+        if len(saves) == 6:  # epoch 1 (4 steps, 3 inside + its end), then 2 steps into epoch 2
+            raise Killed
+
+    checkpoint = tmp_path / "mid.ckpt"
+    monkeypatch.setattr(EncoderTrainer, "save", save_then_kill)
+    with pytest.raises(Killed):
+        ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
+    monkeypatch.undo()
+    assert saves[-1] is not None and saves[-1]["steps"] == 2  # killed inside epoch 2
+    resumed = ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
+    assert resumed.history_ == whole.history_
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name

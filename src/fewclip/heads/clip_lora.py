@@ -40,6 +40,8 @@ class ClipLoraConfig(ConfigBlock):
     select: SelectRule = Field("auto", description=SELECT_HELP)
     augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
                           "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
+    checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
+                                  "epoch (0: at epoch ends only); a long epoch killed midway resumes there.")
     gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
                                          "pass: less memory for large towers (ViT-L), about a third more time.")
 
@@ -93,7 +95,8 @@ class ClipLoraHead:
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, select=cfg.select, augment=cfg.augment)
+                         precision=cfg.precision, select=cfg.select, augment=cfg.augment,
+                         checkpoint_every=cfg.checkpoint_every)
         if cfg.gradient_checkpointing:
             self.model_.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(self.model_, self.train_logits, task.backbone.transform, plan, task.seed,

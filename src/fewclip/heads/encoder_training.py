@@ -41,6 +41,7 @@ class TrainPlan:
     precision: str
     select: SelectRule
     augment: bool = True
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
 
 
 class EncoderTrainer:
@@ -73,13 +74,22 @@ class EncoderTrainer:
         run_key = self.run_key(train, val, key)
         history: list[dict[str, float]] = []
         keeper = BestEpoch(plan.select)
-        step, start_epoch = 0, 0
+        step, start_epoch, partial = 0, 0, None
         resumed = self.resume(checkpoint, run_key) if checkpoint is not None else None
         if resumed is not None:
-            start_epoch, step, history, keeper = resumed
+            start_epoch, step, history, keeper, partial = resumed
         for epoch in range(start_epoch, epochs):
-            row = self.train_epoch(train, epoch, min(steps_per_epoch, plan.iterations - step))
-            step += min(steps_per_epoch, plan.iterations - step)
+            epoch_start = step - (partial["steps"] if partial else 0)
+            steps = min(steps_per_epoch, plan.iterations - epoch_start)
+
+            def at_step(progress: dict[str, Any], epoch: int = epoch, epoch_start: int = epoch_start,
+                        steps: int = steps) -> None:
+                every = plan.checkpoint_every
+                if checkpoint is not None and every and progress["steps"] % every == 0 and progress["steps"] < steps:
+                    self.save(checkpoint, epoch, epoch_start + progress["steps"], history, keeper, run_key, progress)
+
+            row = self.train_epoch(train, epoch, steps, partial, at_step)
+            step, partial = epoch_start + steps, None
             row.update(self.validate(val))
             keeper.observe(epoch + 1, row, self.state)
             history.append(row)
@@ -92,14 +102,19 @@ class EncoderTrainer:
             self.load(kept)
         return history, selection
 
-    def train_epoch(self, train: ImageSet, epoch: int, steps: int) -> dict[str, float]:
-        """``steps`` optimiser steps over the epoch's batches; returns its history row (before validation)."""
+    def train_epoch(self, train: ImageSet, epoch: int, steps: int, partial: dict[str, Any] | None = None,
+                    at_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
+        """``steps`` optimiser steps over the epoch's batches, from ``partial`` (a checkpoint taken inside the
+        epoch: the steps done and the running sums) if given; returns its history row (before validation)."""
         plan = self.plan
         micro = plan.batch_size // plan.accumulate
-        batches = epoch_batches(train, self.transform, self.seed, epoch, micro, self.workers, plan.augment)
+        progress = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
+                                                  "lr": self.scheduler.get_last_lr()[0]}
+        batches = epoch_batches(train, self.transform, self.seed, epoch, micro, self.workers, plan.augment,
+                                skip=progress["steps"] * plan.batch_size)
         self.model.train()
-        total_loss, correct, seen, lr = 0.0, 0, 0, self.scheduler.get_last_lr()[0]
-        for step in range(steps):
+        total_loss, correct, seen, lr = progress["loss"], progress["correct"], progress["seen"], progress["lr"]
+        for _ in range(progress["steps"], steps):
             self.optimizer.zero_grad(set_to_none=True)
             group = [batch for _, batch in zip(range(plan.accumulate), batches)]
             images = sum(len(labels) for _, labels in group)
@@ -114,6 +129,9 @@ class EncoderTrainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            progress.update(steps=progress["steps"] + 1, loss=total_loss, correct=correct, seen=seen)
+            if at_step is not None:
+                at_step(progress)
         return {"epoch": float(epoch + 1), "lr": lr, "train_loss": total_loss / max(seen, 1),
                 "train_accuracy": correct / max(seen, 1)}
 
@@ -139,7 +157,8 @@ class EncoderTrainer:
         return digest.hexdigest()
 
     def save(self, path: Path, epoch: int, step: int, history: list[dict[str, float]], keeper: BestEpoch,
-             run_key: str) -> None:
+             run_key: str, partial: dict[str, Any] | None = None) -> None:
+        """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
         tensors = {f"model.{n}": v for n, v in self.state().items()}
         optim = self.optimizer.state_dict()
         for index, state in optim["state"].items():
@@ -151,10 +170,11 @@ class EncoderTrainer:
         meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key,
                 "best_epoch": keeper.epoch, "best_score": list(keeper.score) if keeper.score else None,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "param_groups": optim["param_groups"]}
+                "param_groups": optim["param_groups"], "partial": partial}
         write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
 
-    def resume(self, path: Path, run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch] | None:
+    def resume(self, path: Path,
+               run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
         """Restore everything from a checkpoint of this very run; None (train from the start) otherwise."""
         if not path.is_file():
             return None
@@ -182,4 +202,4 @@ class EncoderTrainer:
         if meta["best_epoch"] is not None:
             keeper = BestEpoch(self.plan.select, meta["best_epoch"], tuple(meta["best_score"]),
                                {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-        return meta["epoch"], meta["step"], meta["history"], keeper
+        return meta["epoch"], meta["step"], meta["history"], keeper, meta.get("partial")

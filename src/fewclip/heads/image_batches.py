@@ -44,12 +44,15 @@ class AugmentedImages(Dataset):
 
 
 def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
-                  workers: int, augment: bool = True, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  workers: int, augment: bool = True, shuffle: bool = True,
+                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
-    the last may be short."""
+    the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
     dataset = AugmentedImages(images, transform, seed, epoch, augment)
     order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+    # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order[skip:], num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     yield from loader
 
 
