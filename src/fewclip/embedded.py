@@ -106,14 +106,15 @@ DEFAULT_WORLD_DOMAIN = "sketch"
 
 
 def embedded_config(cache_dir: Path) -> dict[str, Any]:
-    """The default run: the shipped world CLIP on world sketches, every registered head, shots 1/4/16,
-    seeds 1-3, base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
+    """The default run: the shipped world CLIP on world sketches, every registered head that trains on cached
+    features (the encoder-tuning ones, e.g. clip_lora, run only when named), shots 1/4/16, seeds 1-3,
+    base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
     from .backbones.model_source import WORLD_ALIAS
-    from .heads import list_heads
+    from .heads import HEADS, list_heads
 
     return {
         "name": "embedded-world",
-        "methods": list_heads(),
+        "methods": [m for m in list_heads() if not HEADS.get(m).tunes_encoders],
         "model": {"id": WORLD_ALIAS, "batch_size": 128},  # the shipped world CLIP, found without network
         "dataset": {"source": "world", "classes": DEFAULT_WORLD_CLASSES, "domain": DEFAULT_WORLD_DOMAIN,
                     "train_per_class": 40, "test_per_class": 40, "image_size": 64, "seed": 1},

@@ -34,7 +34,7 @@ from .layout import unit_name
 from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
 from .stats import wilson_interval
-from .run_context import RunContext, available, feature_set, units
+from .run_context import RunContext, available, feature_set, head_class, units
 from .heads.subset import ClassSubset
 from .targets import subset_columns, target_summary, target_view, targets, write_targets
 
@@ -69,12 +69,25 @@ def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list
         if head.needs_text_at_predict:  # prompts that depend on the image need the text tower
             head.attach(ctx.backbone, names)
         return head
+    if head.tunes_encoders:  # scores images through its own towers: other class lists are not supported yet
+        return None
     columns = subset_columns(meta["class_names"], names)
     if columns is not None:
         return ClassSubset(_head_for_view(ctx, head, meta, meta["class_names"]), columns)
     if not head.transfers:
         return None
     return head.transfer(ctx.backbone, names)
+
+
+def tuned_logits(ctx: RunContext, head: Any, records: list[Record]) -> torch.Tensor:
+    """(n, C) logits of a ``tunes_encoders`` head: the test images through its own tuned towers, in memory
+    (these features depend on the head, so they never enter the shared cache of the frozen model)."""
+    chunks, size = [], ctx.config.model.batch_size
+    for start in range(0, len(records), size):
+        batch = records[start : start + size]
+        pixels = np.stack([ctx.backbone.transform(read_image(r.resolve(ctx.layout.data))) for r in batch])
+        chunks.append(head.image_logits(torch.from_numpy(pixels)))
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
 def uncalibrated_ece(logits: torch.Tensor, temperature: float, correct: np.ndarray) -> float:
@@ -182,7 +195,7 @@ def _evaluate_view(ctx: RunContext, unit: tuple[str, int, int], head: Any, meta:
     """Predictions, per-unit artifacts and every table row of one head on one view; returns its scores."""
     method, shots, seed = unit
     test = feature_set(ctx, records)
-    logits = head.logits(test.features)
+    logits = tuned_logits(ctx, head, records) if head.tunes_encoders else head.logits(test.features)
     prediction_stem = ctx.layout.predictions / f"{unit_name(method, shots, seed)}-{split}"
     pred, confidence = _save_predictions(prediction_stem, records, logits, names)
     truth = test.labels.numpy()
@@ -294,7 +307,8 @@ def evaluate_run(ctx: RunContext) -> Path:
         records.append(record)
         evaluated.setdefault(method, set()).update(record["splits"])
         best = saliency_unit.get(method)
-        if views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
+        tuned = head_class(method).tunes_encoders  # saliency backpropagates through the frozen towers
+        if not tuned and views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
             saliency_unit[method] = (shots, seed)
     bar.close()
     trained_names = train_view(len(classes.readable), ctx.config.splits.subsample).names(classes.readable)

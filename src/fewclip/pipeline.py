@@ -31,6 +31,7 @@ from .targets import encode_targets, prepare_targets
 from .run_dir import open_run
 from .threads import apply_threads
 from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
+                          image_set,
                           support_records, units)
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,10 @@ def train(ctx: RunContext) -> list[str]:
         task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
                     shots=shots, checkpoint=checkpoint, on_epoch=on_epoch)
         start = time.perf_counter()
-        if shots:
+        if shots and head_cls.tunes_encoders:  # trains on the images themselves, not on cached features
+            task.workers = ctx.config.model.loader_threads
+            head.fit(task, image_set(ctx, train_records), image_set(ctx, val_records))
+        elif shots:
             train_set = feature_set(ctx, train_records)
             views = head.config.augment_views if head.uses_augmented_views else 0
             if views:

@@ -133,7 +133,10 @@ class Classifier:
 
     def _classify(self, images: list[Path], batch: list[tuple[int, np.ndarray]], top_k: int) -> dict[int, Prediction]:
         pixels = torch.from_numpy(np.stack([px for _, px in batch]))
-        probs = self.probabilities(self.backbone.encode_images(pixels))
+        if self.head.tunes_encoders:  # its own tuned towers, not the frozen backbone's features
+            probs = torch.softmax(self.head.image_logits(pixels).float(), dim=-1)
+        else:
+            probs = self.probabilities(self.backbone.encode_images(pixels))
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)  # sorted, most likely first
         return {i: Prediction(str(images[i]), [(self.class_names[c], float(p)) for p, c in zip(v.tolist(), k.tolist())])
                 for (i, _), v, k in zip(batch, values, indices)}

@@ -18,7 +18,7 @@ from .data.records import Record
 from .data.splits import load_split
 from .features import FeatureCache, augmented_fingerprint, load_features
 from .fileio import atomic_write_text, read_csv, write_csv
-from .heads import HEADS, FeatureSet
+from .heads import HEADS, FeatureSet, ImageSet
 from .layout import RunLayout
 from .run_dir import check_location
 
@@ -109,6 +109,13 @@ def available(ctx: RunContext, records: list[Record]) -> list[Record]:
 def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
     x, y = load_features(ctx.cache, available(ctx, records))
     return FeatureSet(x, y)
+
+def image_set(ctx: RunContext, records: list[Record]) -> ImageSet:
+    """The image files and labels of ``records`` (what a ``tunes_encoders`` head trains on)."""
+    import torch
+
+    records = available(ctx, records)
+    return ImageSet([r.resolve(ctx.layout.data) for r in records], torch.tensor([r.label for r in records]))
 
 def head_class(method: str) -> Any:
     """The registered head class behind a method name; a variant (``coop@n4``) is its base head's class."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import FeatureSet, Head, Task, load_head, normalize, read_head_meta, save_head
+from .base import FeatureSet, Head, ImageSet, Task, load_head, normalize, read_head_meta, save_head
 from .clap import ClapConfig, ClapHead
+from .clip_lora import ClipLoraConfig, ClipLoraHead
 from .clip_adapter import ClipAdapterConfig, ClipAdapterHead
 from .cocoop import CoCoOpConfig, CoCoOpHead
 from .coop import CoOpConfig, CoOpHead
@@ -28,6 +29,7 @@ HEADS.register(ZsLpHead.name, ZsLpHead)
 HEADS.register(ClapHead.name, ClapHead)
 HEADS.register(KgCoOpHead.name, KgCoOpHead)
 HEADS.register(ProGradHead.name, ProGradHead)
+HEADS.register(ClipLoraHead.name, ClipLoraHead)
 
 
 def list_heads() -> list[str]:
@@ -36,8 +38,8 @@ def list_heads() -> list[str]:
 
 __all__ = [
     "KgCoOpConfig", "KgCoOpHead", "ProGradConfig", "ProGradHead",
-    "ClapConfig", "ClapHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
-    "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
+    "ClapConfig", "ClapHead", "ClipLoraConfig", "ClipLoraHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
+    "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "ImageSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
     "TipAdapterFHead", "TipAdapterHead", "ZeroShotConfig",
     "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",
 ]

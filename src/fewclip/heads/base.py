@@ -1,7 +1,8 @@
 """The head contract every classifier follows, and its safetensors + JSON persistence.
 
 A head is built from its config (``__init__`` only stores it), learns in ``fit`` (which returns
-``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features,
+``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features
+(a head that ``tunes_encoders`` trains on ``ImageSet``s and scores pixels with ``image_logits``),
 and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds the tensors,
 ``<stem>.json`` the head name, its config, class names and anything else worth keeping.
 """
@@ -35,6 +36,17 @@ class FeatureSet:
 
 
 @dataclass
+class ImageSet:
+    """Image files and their labels (n,): what a ``tunes_encoders`` head trains on instead of features."""
+
+    paths: list[Path]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
 class Task:
     """What a head may use besides features: class names, prompt templates, the frozen backbone."""
 
@@ -46,6 +58,7 @@ class Task:
     shots: int = 0  # the shot budget being trained (some heads scale epochs with it)
     checkpoint: Path | None = None  # where an iterative head saves per-epoch state to resume from
     on_epoch: Callable[[dict[str, float]], None] | None = None  # told each history row as an epoch ends
+    workers: int = 0  # DataLoader workers decoding images for a tunes_encoders head (model.loader_threads)
 
 
 class Head(Protocol):
@@ -65,9 +78,11 @@ class Head(Protocol):
     uses_augmented_views: ClassVar[bool]  # Config.augment_views: fit gets FeatureSet.views
     selects_epoch: ClassVar[bool]  # iterative; Config.select; best_epoch_ and selection_ after fit
     calibrates: ClassVar[bool]  # Config.calibrate; calibration_ and temperature_ after fit
+    tunes_encoders: ClassVar[bool]  # fit gets ImageSets (images, not features); image_logits(pixels) scores
     history_: list[dict[str, float]]
 
-    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "Head": ...
+    def fit(self, task: Task, train: FeatureSet | ImageSet | None = None,
+            val: FeatureSet | ImageSet | None = None) -> "Head": ...  # ImageSets for a tunes_encoders head
 
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
 

@@ -91,6 +91,7 @@ class ClipAdapterHead:
     uses_augmented_views: ClassVar[bool] = True
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     Config = ClipAdapterConfig
 
     def __init__(self, config: ClipAdapterConfig | None = None) -> None:

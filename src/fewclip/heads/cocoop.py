@@ -53,6 +53,7 @@ class CoCoOpHead:
     uses_augmented_views: ClassVar[bool] = True
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "cocoop"
     Config = CoCoOpConfig
 

@@ -54,6 +54,10 @@ CAPABILITIES: tuple[Capability, ...] = (
                fitted=("best_epoch_",)),
     Capability("calibrates", "temperature-scales its logits on val (the Config's calibrate); calibration_ and "
                "temperature_ record it", config_keys=("calibrate",), fitted=("temperature_",)),
+    Capability("tunes_encoders", "trains inside the encoders: fit(task, train, val) gets ImageSets (image files "
+               "and labels, decoded and augmented per step) instead of cached features, and "
+               "image_logits(pixels) scores preprocessed images through its own tuned towers (evaluation and "
+               "predict call it instead of logits on the frozen features)", methods=("image_logits",)),
 )
 
 

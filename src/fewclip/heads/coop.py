@@ -94,6 +94,7 @@ class CoOpHead:
     uses_augmented_views: ClassVar[bool] = True
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "coop"
     Config = CoOpConfig
 

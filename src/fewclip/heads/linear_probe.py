@@ -41,6 +41,7 @@ class LinearProbeHead:
     uses_augmented_views: ClassVar[bool] = False
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     config_key: ClassVar[str | None] = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
 

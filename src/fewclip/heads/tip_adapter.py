@@ -109,6 +109,7 @@ class TipAdapterHead:
     uses_augmented_views: ClassVar[bool] = True
     selects_epoch: ClassVar[bool] = False
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     Config = TipAdapterConfig
 
     def __init__(self, config: TipAdapterConfig | None = None) -> None:

@@ -27,6 +27,7 @@ class ZeroShotHead:
     uses_augmented_views: ClassVar[bool] = False
     selects_epoch: ClassVar[bool] = False
     calibrates: ClassVar[bool] = False
+    tunes_encoders: ClassVar[bool] = False
     config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
 

@@ -84,6 +84,7 @@ class ZsLpHead:
     uses_augmented_views: ClassVar[bool] = True
     selects_epoch: ClassVar[bool] = True
     calibrates: ClassVar[bool] = True
+    tunes_encoders: ClassVar[bool] = False
     Config = ZsLpConfig
 
     def __init__(self, config: ZsLpConfig | None = None) -> None:

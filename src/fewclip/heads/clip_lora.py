@@ -1,0 +1,158 @@
+"""CLIP-LoRA (Zanella & Ben Ayed, CVPR-W 2024): low-rank adapters in the q/k/v projections of every layer of
+both towers, trained end to end on augmented images. Defaults are the reference code's
+(github.com/MaxZanella/CLIP-LoRA): rank 2, alpha 1, dropout 0.25, AdamW lr 2e-4 with weight decay 1e-2,
+batch 32, 500 x shots iterations on a cosine schedule down to 1e-6, one template (the first one; the
+reference uses its dataset's ``template[0]``). The saved head is the adapter weights only; ``attach``
+rebuilds the tuned model on the run's backbone before scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from ..configbase import ConfigBlock
+from .base import ImageSet, Task
+from .encoder_training import EncoderTrainer, TrainPlan
+from .lora_clip import adapter_state, class_text_features, image_features, load_adapter, lora_clip
+from .prompt_fit import check_template_task
+from .selection import SELECT_HELP, SelectRule
+
+
+class ClipLoraConfig(ConfigBlock):
+    """The `clip_lora` block, with the reference CLIP-LoRA defaults."""
+
+    rank: int = Field(2, ge=1, description="LoRA rank r.")
+    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    dropout: float = Field(0.25, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    targets: list[str] = Field(["q_proj", "k_proj", "v_proj"], description="Attention projections that get LoRA, "
+                               "in every layer of both towers.")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine to min_lr over all iterations).")
+    min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=1, description="Images per optimiser step.")
+    accumulate: int = Field(1, ge=1, description="Micro-batches per step (batch_size / accumulate images each).")
+    iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast compute type while training "
+                                                       "(the reference trains in fp16).")
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
+                          "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
+    checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
+                                  "epoch (0: at epoch ends only); a long epoch killed midway resumes there.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
+                                         "pass: less memory for large towers (ViT-L), about a third more time.")
+
+    @field_validator("accumulate")
+    @classmethod
+    def _divides_batch(cls, value: int, info: Any) -> int:
+        batch = info.data.get("batch_size", 32)
+        if batch % value:
+            raise ValueError(f"accumulate ({value}) must divide batch_size ({batch}): each micro-batch has "
+                             "batch_size / accumulate images")
+        return value
+
+
+class ClipLoraHead:
+    name: ClassVar[str] = "clip_lora"
+    uses_text: ClassVar[bool] = True
+    uses_shots: ClassVar[bool] = True
+    transfers: ClassVar[bool] = False
+    needs_text_at_predict: ClassVar[bool] = True  # attach(backbone, class_names) rebuilds the tuned model
+    per_template_scores: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = True
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = False
+    selects_epoch: ClassVar[bool] = True
+    calibrates: ClassVar[bool] = False
+    tunes_encoders: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = "clip_lora"
+    Config = ClipLoraConfig
+
+    def __init__(self, config: ClipLoraConfig | None = None) -> None:
+        self.config = config or ClipLoraConfig()
+
+    def check(self, task: Task) -> None:
+        check_template_task(Task(task.class_names, task.templates[:1], task.backbone), self.name)
+
+    def _build(self, backbone: Any, class_names: list[str], template: str, seed: int) -> None:
+        cfg = self.config
+        self.model_ = lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed)
+        self.backbone_, self.device_ = backbone, backbone.device
+        self.prompts_ = [template.format(name) for name in class_names]
+
+    def fit(self, task: Task, train: ImageSet | None = None, val: ImageSet | None = None) -> "ClipLoraHead":
+        if task.backbone is None:
+            raise ValueError("clip_lora needs the backbone (Task.backbone is None)")
+        if not isinstance(train, ImageSet) or len(train) == 0:
+            raise ValueError("clip_lora trains on images: fit needs an ImageSet of training images")
+        self.check(task)
+        cfg = self.config
+        self.template_ = task.templates[0]
+        self._build(task.backbone, task.class_names, self.template_, task.seed)
+        self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
+        plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
+                         accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+                         precision=cfg.precision, select=cfg.select, augment=cfg.augment,
+                         checkpoint_every=cfg.checkpoint_every)
+        if cfg.gradient_checkpointing:
+            self.model_.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainer = EncoderTrainer(self.model_, self.train_logits, task.backbone.transform, plan, task.seed,
+                                 task.workers, len(task.class_names), self.device_)
+        with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
+            torch.manual_seed(task.seed)
+            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
+                                                         task.on_epoch)
+        self.best_epoch_ = self.selection_.epoch
+        self.model_.eval()
+        return self
+
+    def _checkpoint_key(self, task: Task) -> str:
+        import json
+
+        return json.dumps({"classes": task.class_names, "template": task.templates[0],
+                           "config": self.config.model_dump(mode="json"),
+                           "backbone": task.backbone.fingerprint()}, sort_keys=True, default=str)
+
+    def train_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, C) with autograd through both tuned towers (text re-encoded each step, as the
+        reference does)."""
+        text = class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_, self.device_)
+        return self.logit_scale_.to(self.device_) * image_features(self.model_, pixels, self.device_) @ text.T
+
+    def attach(self, backbone: Any, class_names: list[str]) -> None:
+        """Rebuild the tuned model on ``backbone`` from the saved adapter weights (after ``load_head``)."""
+        self._build(backbone, class_names, self.template_, 0)
+        load_adapter(self.model_, self.adapter_)
+        self.model_.eval()
+
+    @torch.no_grad()
+    def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) preprocessed images -> (n, C) logits through the tuned towers, on the CPU."""
+        self.model_.eval()
+        return self.train_logits(pixels).float().cpu()
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        raise TypeError("clip_lora tunes the image tower: frozen features cannot be scored; call image_logits(pixels)")
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    @property
+    def adapter_(self) -> dict[str, torch.Tensor]:
+        return self.__dict__.get("saved_adapter_") or adapter_state(self.model_)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.adapter_, "logit_scale": self.logit_scale_.reshape(1)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.saved_adapter_ = {k: v for k, v in tensors.items() if k != "logit_scale"}
+        self.logit_scale_ = tensors["logit_scale"].reshape(())
+        self.template_ = meta.get("templates", ["a photo of a {}."])[0]
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return sum(int(v.numel()) for v in self.adapter_.values()) if ("model_" in vars(self) or
+                                                                       "saved_adapter_" in vars(self)) else 0

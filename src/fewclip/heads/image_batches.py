@@ -1,0 +1,62 @@
+"""Images for heads that train inside the encoders: decoded and augmented in DataLoader workers.
+
+Every random choice is a function of (seed, epoch, position): the order of an epoch is a permutation drawn
+from a generator seeded by (seed, epoch), and the augmentation of one image from a numpy generator seeded
+by (seed, epoch, index). A run therefore sees the same batches whatever the number of workers, and a
+resumed run the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..backbones.preprocess import ImageTransform, augment_view
+from ..data.images import read_image
+from .base import ImageSet
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The order epoch ``epoch`` (0-based) visits the ``n`` images in."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class AugmentedImages(Dataset):
+    """Item i of epoch e: (pixels (3, H, W) of a random resized crop + flip of image i, its label)."""
+
+    def __init__(self, images: ImageSet, transform: ImageTransform, seed: int, epoch: int, augment: bool = True) -> None:
+        self.images, self.transform, self.seed, self.epoch, self.augment = images, transform, seed, epoch, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_image(self.images.paths[index])
+        if self.augment:
+            pixels = augment_view(self.transform, np.random.default_rng([self.seed, self.epoch, index]), image)
+        else:
+            pixels = self.transform(image)
+        return torch.from_numpy(pixels), int(self.images.labels[index])
+
+
+def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
+                  workers: int, augment: bool = True, shuffle: bool = True,
+                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
+    the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
+    dataset = AugmentedImages(images, transform, seed, epoch, augment)
+    order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
+    # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order[skip:], num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    yield from loader
+
+
+def plain_batches(images: ImageSet, transform: ImageTransform, batch_size: int,
+                  workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The images in order, with the model's own preprocessing (no augmentation): validation and test."""
+    return epoch_batches(images, transform, 0, 0, batch_size, workers, augment=False, shuffle=False)
