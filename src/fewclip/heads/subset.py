@@ -18,6 +18,7 @@ class ClassSubset:
 
     per_template_scores = False  # the per-template table is the source's, not a subset's
     needs_text_at_predict = False  # the wrapped head is already attached
+    tunes_encoders = False  # never wraps one: evaluation gives encoder-tuning heads no other class list yet
 
     def __init__(self, head: Any, columns: Sequence[int]) -> None:
         self.head = head
