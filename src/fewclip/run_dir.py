@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config
 from .fileio import write_json
@@ -120,32 +120,46 @@ def _is_free(key: str) -> bool:
     return any(key == free or key.startswith(free + ".") for free in (*FREE_KEYS, *head_blocks))
 
 
-def config_differences(previous: Config, current: Config) -> list[str]:
-    """``key: <run's value> -> <this value>`` for every run-defining key that differs."""
+def differing_keys(previous: Any, current: Any, counts: Callable[[str], bool]) -> list[str]:
+    """``key: <run's value> -> <this value>`` for every flattened key of two configs that ``counts`` and
+    that differs (``(unset)`` where one side lacks it)."""
     before, after = flatten_keys(previous.model_dump(mode="json")), flatten_keys(current.model_dump(mode="json"))
     missing = object()
     return [f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "(unset)")
             for key in sorted(set(before) | set(after))
-            if not _is_free(key) and before.get(key, missing) != after.get(key, missing)]
+            if counts(key) and before.get(key, missing) != after.get(key, missing)]
+
+
+def config_differences(previous: Config, current: Config) -> list[str]:
+    """``key: <run's value> -> <this value>`` for every run-defining key that differs."""
+    return differing_keys(previous, current, lambda key: not _is_free(key))
+
+
+def refuse_other_config(root: Path, config_file: Path, load: Callable[[Path], Any], differences: Callable[[Any], list[str]],
+                        kind: str, retrained: str) -> None:
+    """Raise ``RunDirError`` when the run's ``config_file`` does not load with ``load``, or when
+    ``differences(its config)`` lists run-defining keys; nothing when there is no config yet. ``kind``: what
+    sort of run ("caption"; empty for classification), ``retrained``: what --force costs."""
+    if not config_file.is_file():
+        return
+    try:
+        previous = load(config_file)
+    except ConfigError as err:
+        as_kind = f" as a {kind} config" if kind else ""
+        raise RunDirError(f"{config_file} (the run's config) does not load with this fewclip{as_kind}: "
+                          f"{err}\nChoose another output.dir, or pass --force to replace it with this config") from None
+    listed = "\n  ".join(differences(previous))
+    if listed:
+        raise RunDirError(
+            f"output.dir {root} holds a {kind + ' ' if kind else ''}run of a different config ({config_file}); "
+            f"run-defining keys differ (run's value -> this config's):\n  {listed}\n"
+            f"Choose another output.dir for this config, or pass --force to replace the run's config ({retrained})")
 
 
 def check_same_config(layout: RunLayout, config: Config) -> None:
     """Refuse a config whose run-defining keys differ from the run directory's ``config.yaml``."""
-    if not layout.config.is_file():
-        return
-    try:
-        previous = load_config(layout.config)
-    except ConfigError as err:
-        raise RunDirError(f"{layout.config} (the run's config) does not load with this fewclip: {err}\n"
-                          "Choose another output.dir, or pass --force to replace it with this config") from None
-    differences = config_differences(previous, config)
-    if differences:
-        listed = "\n  ".join(differences)
-        raise RunDirError(
-            f"output.dir {layout.root} holds a run of a different config ({layout.config}); "
-            f"run-defining keys differ (run's value -> this config's):\n  {listed}\n"
-            "Choose another output.dir for this config, or pass --force to replace the run's config "
-            "(heads trained on other inputs are then retrained by `fewclip train`)")
+    refuse_other_config(layout.root, layout.config, load_config, lambda previous: config_differences(previous, config),
+                        "", "heads trained on other inputs are then retrained by `fewclip train`")
 
 
 @contextmanager

@@ -14,8 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..config import ConfigError
-from ..run_dir import RunDirError, claim, flatten_keys, locked
+from ..run_dir import claim, differing_keys, locked, refuse_other_config
 from .config import CaptionConfig, load_caption_config
 from .layout import CaptionLayout
 
@@ -32,28 +31,14 @@ def _defining(key: str) -> bool:
 
 def caption_config_differences(previous: CaptionConfig, current: CaptionConfig) -> list[str]:
     """``key: <run's value> -> <this value>`` for every run-defining key that differs."""
-    before, after = flatten_keys(previous.model_dump(mode="json")), flatten_keys(current.model_dump(mode="json"))
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-            if _defining(key) and before.get(key) != after.get(key)]
+    return differing_keys(previous, current, _defining)
 
 
 def check_same_caption_config(layout: CaptionLayout, config: CaptionConfig) -> None:
     """Refuse a config whose encoder, decoder or data differ from the run directory's ``config.yaml``."""
-    if not layout.config.is_file():
-        return
-    try:
-        previous = load_caption_config(layout.config)
-    except ConfigError as err:
-        raise RunDirError(f"{layout.config} (the run's config) is not a caption config this fewclip loads: {err}\n"
-                          "Choose another output.dir, or pass --force to replace it with this config") from None
-    differences = caption_config_differences(previous, config)
-    if differences:
-        listed = "\n  ".join(differences)
-        raise RunDirError(
-            f"output.dir {layout.root} holds a caption run of a different config ({layout.config}); "
-            f"run-defining keys differ (run's value -> this config's):\n  {listed}\n"
-            "Choose another output.dir for this config, or pass --force to replace the run's config "
-            "(captioners trained on other inputs are then trained again)")
+    refuse_other_config(layout.root, layout.config, load_caption_config,
+                        lambda previous: caption_config_differences(previous, config), "caption",
+                        "captioners trained on other inputs are then trained again")
 
 
 @contextmanager
