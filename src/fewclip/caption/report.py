@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..fileio import atomic_write_bytes, read_csv, read_json
-from ..report.html import CSS, data_uri, esc, table, thumbnail
+from ..report.html import CSS, ArtifactPage, esc, table, thumbnail
 from .answer import (ALPHA, BASELINE, METRIC_NAMES, METRICS, REFERENCE_SEPARATOR, CaptionAnswer, MethodRow, method_rows,
                      optional_float, write_caption_answer)
 from .layout import CaptionLayout
@@ -34,30 +34,12 @@ EXAMPLE_IMAGES = 6
 WHY = ("highest clipscore", "lowest clipscore", "fixed")
 
 
-class CaptionPage:
-    """Embeds the run's files and records which expected ones it did not find."""
+class CaptionPage(ArtifactPage):
+    """Embeds the caption run's files and records which expected ones it did not find."""
 
     def __init__(self, layout: CaptionLayout) -> None:
+        super().__init__(layout.root)
         self.layout = layout
-        self.missing: list[str] = []
-
-    def relative(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.layout.root))
-        except ValueError:
-            return str(path)
-
-    def image(self, path: Path, alt: str) -> str:
-        if not path.is_file():
-            self.missing.append(self.relative(path))
-            return f'<p class="note">{esc(alt)}: no figure ({esc(self.relative(path))} is absent)</p>'
-        return f'<img src="{data_uri(path.read_bytes())}" alt="{esc(alt)}">'
-
-    def csv(self, path: Path) -> list[dict[str, str]] | None:
-        if not path.is_file():
-            self.missing.append(self.relative(path))
-            return None
-        return read_csv(path)
 
 
 def value_text(mean: float | None, std: float | None, digits: int = 3) -> str:
@@ -226,7 +208,7 @@ def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
         parts.append(f"<h3>{esc(row.method)} (seed {row.seeds[0]})</h3>")
         if not (folder / "attention.json").is_file():
             if row.method != BASELINE:  # the baseline's maps are optional
-                page.missing.append(page.relative(folder / "attention.json"))
+                page.missing_files.append(page.relative(folder / "attention.json"))
             parts.append(f'<p class="note">No attention maps ({esc(page.relative(folder))} has no attention.json).</p>')
             continue
         try:
@@ -244,9 +226,9 @@ def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
 
 
 def missing_section(page: CaptionPage) -> str:
-    if not page.missing:
+    if not page.missing_files:
         return ""
-    items = "".join(f"<li>file not found: {esc(path)}</li>" for path in dict.fromkeys(page.missing))
+    items = "".join(f"<li>file not found: {esc(path)}</li>" for path in dict.fromkeys(page.missing_files))
     return f'<div class="missing"><p>This run lacks:</p><ul>{items}</ul></div>'
 
 

@@ -54,28 +54,21 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-class Page:
-    """Collects the sections of the report and whatever it expected on disk but did not find."""
+class ArtifactPage:
+    """A page built from a run directory's files: embeds them and records the expected ones it did not find."""
 
-    def __init__(self, layout: RunLayout, config: Config) -> None:
-        self.layout = layout
-        self.figures = config.output.figures
-        self.saliency_images = config.output.saliency_images
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.missing_files: list[str] = []
 
     def relative(self, path: Path) -> str:
         try:
-            return str(path.relative_to(self.layout.root))
+            return str(path.relative_to(self.root))
         except ValueError:
             return str(path)
 
     def image(self, path: Path, alt: str) -> str:
-        """The PNG as an <img> data URI, or a note (and a missing-artifact entry) when the file is absent.
-
-        With output.figures off nothing is embedded: a PNG left by an earlier run may not match the CSVs.
-        """
-        if not self.figures:
-            return f'<p class="note">{esc(alt)}: no figure (output.figures is false)</p>'
+        """The PNG as an <img> data URI, or a note (and a missing-artifact entry) when the file is absent."""
         if not path.is_file():
             self.missing_files.append(self.relative(path))
             return f'<p class="note">{esc(alt)}: no figure ({esc(self.relative(path))} is absent)</p>'
@@ -86,6 +79,23 @@ class Page:
             self.missing_files.append(self.relative(path))
             return None
         return read_csv(path)
+
+
+class Page(ArtifactPage):
+    """Collects the sections of the report and whatever it expected on disk but did not find."""
+
+    def __init__(self, layout: RunLayout, config: Config) -> None:
+        super().__init__(layout.root)
+        self.layout = layout
+        self.figures = config.output.figures
+        self.saliency_images = config.output.saliency_images
+
+    def image(self, path: Path, alt: str) -> str:
+        """As ``ArtifactPage.image``; with output.figures off nothing is embedded: a PNG left by an earlier
+        run may not match the CSVs."""
+        if not self.figures:
+            return f'<p class="note">{esc(alt)}: no figure (output.figures is false)</p>'
+        return super().image(path, alt)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "",
