@@ -196,6 +196,9 @@ class OpenCLIPPromptTower(nn.Module):
         self.ln_final = model.ln_final
         self.text_projection = model.text_projection
         self.register_buffer("attn_mask", model.attn_mask, persistent=False)
+        blocks = list(self.transformer.resblocks)
+        # OpenCLIP's plain blocks take the shared-prefix fast path; any other block runs every full prompt
+        self.plain_blocks = all(type(b).__name__ == "ResidualAttentionBlock" and not hasattr(b, "ln_1_kv") for b in blocks)
 
     @property
     def width(self) -> int:
@@ -225,15 +228,15 @@ class OpenCLIPPromptTower(nn.Module):
 
     def shared_prefix_parts(self) -> SharedPrefixParts | None:
         """The blocks as ``BlockParts``; None when one is not OpenCLIP's plain ``ResidualAttentionBlock``."""
-        blocks = list(self.transformer.resblocks)
-        if any(type(b).__name__ != "ResidualAttentionBlock" or hasattr(b, "ln_1_kv") for b in blocks):
+        if not self.plain_blocks:
             return None
-        return SharedPrefixParts(positions=self.positional_embedding, blocks=[_block_parts(b) for b in blocks],
+        return SharedPrefixParts(positions=self.positional_embedding,
+                                 blocks=[_block_parts(b) for b in self.transformer.resblocks],
                                  final=lambda hidden: self.project(self.ln_final(hidden)))
 
     def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
                              eot_in_suffix: torch.Tensor) -> torch.Tensor:
-        if self.shared_prefix_parts() is not None:
+        if self.plain_blocks:
             return encode_shared_prefix(self, prefix_embeds, suffix_embeds, eot_in_suffix)
         groups, prompts = suffix_embeds.shape[:2]  # any other block: every full prompt (the same result, slower)
         full = torch.cat([prefix_embeds[:, None].expand(-1, prompts, -1, -1), suffix_embeds], dim=2)
