@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
-
+from ..distributed import SINGLE, Ranks
 from ..fileio import write_json
 from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
 from .selection import best_epoch
@@ -59,6 +59,7 @@ class Task:
     checkpoint: Path | None = None  # where an iterative head saves per-epoch state to resume from
     on_epoch: Callable[[dict[str, float]], None] | None = None  # told each history row as an epoch ends
     workers: int = 0  # DataLoader workers decoding images for a tunes_encoders head (model.loader_threads)
+    ranks: Ranks = SINGLE  # under torchrun: a tunes_encoders head trains on every rank with DDP
 
 
 class Head(Protocol):

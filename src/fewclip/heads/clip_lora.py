@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
 from pydantic import Field, field_validator
 
 from ..configbase import ConfigBlock
@@ -53,6 +54,18 @@ class ClipLoraConfig(ConfigBlock):
             raise ValueError(f"accumulate ({value}) must divide batch_size ({batch}): each micro-batch has "
                              "batch_size / accumulate images")
         return value
+
+
+class TunedLogits(nn.Module):
+    """The head's tuned CLIP as a module (pixels -> logits), what the trainer (and DDP) wraps."""
+
+    def __init__(self, head: "ClipLoraHead") -> None:
+        super().__init__()
+        self.model = head.model_
+        self.head = [head]  # a list: not registered as a submodule
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head[0].train_logits(pixels)
 
 
 class ClipLoraHead:
@@ -99,10 +112,10 @@ class ClipLoraHead:
                          checkpoint_every=cfg.checkpoint_every)
         if cfg.gradient_checkpointing:
             self.model_.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainer = EncoderTrainer(self.model_, self.train_logits, task.backbone.transform, plan, task.seed,
-                                 task.workers, len(task.class_names), self.device_)
+        trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,
+                                 len(task.class_names), self.device_, task.ranks)
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
-            torch.manual_seed(task.seed)
+            torch.manual_seed(task.seed + task.ranks.rank * 1_000_003)  # each rank its own dropout stream
             self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
                                                          task.on_epoch)
         self.best_epoch_ = self.selection_.epoch

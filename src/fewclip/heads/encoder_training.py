@@ -5,6 +5,14 @@ A checkpoint (safetensors, no pickle) holds the trainable weights, the optimiser
 epoch's weights and, in its JSON metadata, the epoch, step, history, scheduler, grad scaler, optimiser
 groups and torch RNG (dropout). The data order and augmentation of an epoch are functions of (seed, epoch)
 (``image_batches``), so resuming at an epoch end replays exactly what an uninterrupted run does.
+
+Under torchrun (``ranks.world > 1``) the network is wrapped in ``DistributedDataParallel``: each optimiser
+step's ``batch_size`` images are the one-process run's, cut into one contiguous part per rank (per-rank batch =
+global / world); each rank's loss is its images' summed cross-entropy over the step's global image count,
+times the world size, so DDP's gradient average is the one-process gradient up to reduction order.
+Validation is shared out the same way and gathered; rank 0 alone writes checkpoints, which hold every
+rank's RNG state. Dropout draws differ between ranks (rank r seeds with ``seed + r * 1_000_003``), so with
+dropout > 0 a many-process run is statistically, not numerically, the one-process run.
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ from torch import nn
 
 from ..backbones.device import autocast_for
 from ..backbones.preprocess import ImageTransform
+from ..distributed import SINGLE, Ranks
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import ImageSet
-from .image_batches import epoch_batches, plain_batches
+from .image_batches import plain_batches, rank_batches, rank_part
 from .selection import BestEpoch, SelectRule, Selection
 
 log = logging.getLogger(__name__)
@@ -45,13 +54,24 @@ class TrainPlan:
 
 
 class EncoderTrainer:
-    """Trains the ``requires_grad`` parameters of ``model`` with ``logits_fn(pixels) -> (n, C)``."""
+    """Trains the ``requires_grad`` parameters of ``net``, a module whose forward maps (n, 3, H, W) preprocessed
+    pixels to (n, C) logits."""
 
-    def __init__(self, model: nn.Module, logits_fn: Callable[[torch.Tensor], torch.Tensor], transform: ImageTransform,
-                 plan: TrainPlan, seed: int, workers: int, n_classes: int, device: torch.device) -> None:
-        self.model, self.logits_fn, self.transform, self.plan = model, logits_fn, transform, plan
-        self.seed, self.workers, self.n_classes, self.device = seed, workers, n_classes, device
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    def __init__(self, net: nn.Module, transform: ImageTransform, plan: TrainPlan, seed: int, workers: int,
+                 n_classes: int, device: torch.device, ranks: Ranks = SINGLE) -> None:
+        self.net, self.transform, self.plan = net, transform, plan
+        self.seed, self.workers, self.n_classes, self.device, self.ranks = seed, workers, n_classes, device, ranks
+        self.params = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        self.forward: nn.Module = net
+        if ranks.distributed:
+            if (plan.batch_size // plan.accumulate) < ranks.world:
+                raise ValueError(f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
+                                 f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate")
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=plan.lr, weight_decay=plan.weight_decay,
                                            betas=(0.9, 0.999))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, plan.iterations, eta_min=plan.min_lr)
@@ -82,11 +102,11 @@ class EncoderTrainer:
             epoch_start = step - (partial["steps"] if partial else 0)
             steps = min(steps_per_epoch, plan.iterations - epoch_start)
 
-            def at_step(progress: dict[str, Any], epoch: int = epoch, epoch_start: int = epoch_start,
-                        steps: int = steps) -> None:
+            def at_step(done: int, progress: Callable[[], dict[str, Any]], epoch: int = epoch,
+                        epoch_start: int = epoch_start, steps: int = steps) -> None:
                 every = plan.checkpoint_every
-                if checkpoint is not None and every and progress["steps"] % every == 0 and progress["steps"] < steps:
-                    self.save(checkpoint, epoch, epoch_start + progress["steps"], history, keeper, run_key, progress)
+                if checkpoint is not None and every and done % every == 0 and done < steps:
+                    self.save(checkpoint, epoch, epoch_start + done, history, keeper, run_key, progress())
 
             row = self.train_epoch(train, epoch, steps, partial, at_step)
             step, partial = epoch_start + steps, None
@@ -103,45 +123,63 @@ class EncoderTrainer:
         return history, selection
 
     def train_epoch(self, train: ImageSet, epoch: int, steps: int, partial: dict[str, Any] | None = None,
-                    at_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
+                    at_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None) -> dict[str, float]:
         """``steps`` optimiser steps over the epoch's batches, from ``partial`` (a checkpoint taken inside the
-        epoch: the steps done and the running sums) if given; returns its history row (before validation)."""
-        plan = self.plan
+        epoch: the steps done and the running sums, over all ranks) if given; returns its history row (before
+        validation)."""
+        plan, ranks = self.plan, self.ranks
         micro = plan.batch_size // plan.accumulate
         progress = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
                                                   "lr": self.scheduler.get_last_lr()[0]}
-        batches = epoch_batches(train, self.transform, self.seed, epoch, micro, self.workers, plan.augment,
-                                skip=progress["steps"] * plan.batch_size)
-        self.model.train()
-        total_loss, correct, seen, lr = progress["loss"], progress["correct"], progress["seen"], progress["lr"]
-        for _ in range(progress["steps"], steps):
+        batches = rank_batches(train, self.transform, self.seed, epoch, micro, self.workers, ranks.rank, ranks.world,
+                               plan.augment, skip=progress["steps"] * plan.batch_size)
+        self.net.train()
+        loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
+        for done in range(progress["steps"] + 1, steps + 1):
             self.optimizer.zero_grad(set_to_none=True)
             group = [batch for _, batch in zip(range(plan.accumulate), batches)]
-            images = sum(len(labels) for _, labels in group)
-            for pixels, labels in group:
-                with autocast_for(plan.precision, self.device):
-                    logits = self.logits_fn(pixels)
-                loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device))
-                self.scaler.scale(loss * (len(labels) / images)).backward()  # the mean over the step's images
-                total_loss += float(loss.detach()) * len(labels)
-                correct += int((logits.argmax(-1).cpu() == labels).sum())
+            images = sum(count for _, _, count in group)  # the step's images over all ranks
+            for index, (pixels, labels, _) in enumerate(group):
+                with self.no_sync(index < len(group) - 1):
+                    with autocast_for(plan.precision, self.device):
+                        logits = self.forward(pixels)
+                    loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device), reduction="sum")
+                    self.scaler.scale(loss * (ranks.world / images)).backward()  # DDP averages: the step's mean
+                loss_sum += float(loss.detach())
+                correct += int((logits.detach().argmax(-1).cpu() == labels).sum())
                 seen += len(labels)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            progress.update(steps=progress["steps"] + 1, loss=total_loss, correct=correct, seen=seen)
             if at_step is not None:
-                at_step(progress)
-        return {"epoch": float(epoch + 1), "lr": lr, "train_loss": total_loss / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1)}
+                at_step(done, lambda done=done: self.progress(progress, done, loss_sum, correct, seen))
+        final = self.progress(progress, steps, loss_sum, correct, seen)
+        return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
+                "train_accuracy": final["correct"] / max(final["seen"], 1)}
+
+    def progress(self, start: dict[str, Any], steps: int, loss: float, correct: int, seen: int) -> dict[str, Any]:
+        """The epoch's progress after ``steps`` steps: ``start`` plus this rank's sums since, over all ranks."""
+        rows = self.ranks.gather((loss, correct, seen))
+        return {**start, "steps": steps, "loss": start["loss"] + sum(r[0] for r in rows),
+                "correct": start["correct"] + sum(r[1] for r in rows), "seen": start["seen"] + sum(r[2] for r in rows)}
+
+    def no_sync(self, skip: bool) -> Any:
+        """DDP's ``no_sync`` for the micro-batches before a step's last (gradients are reduced once a step)."""
+        import contextlib
+
+        return self.forward.no_sync() if skip and self.ranks.distributed else contextlib.nullcontext()  # type: ignore[operator]
 
     @torch.no_grad()
     def validate(self, val: ImageSet | None) -> dict[str, float]:
         if val is None or len(val) == 0:
             return {}
-        self.model.eval()
-        logits = torch.cat([self.logits_fn(pixels).float().cpu()
-                            for pixels, _ in plain_batches(val, self.transform, self.plan.batch_size, self.workers)])
+        self.net.eval()
+        part = rank_part(range(len(val)), self.ranks.rank, self.ranks.world)  # each rank scores a contiguous part
+        mine = ImageSet([val.paths[i] for i in part], val.labels[part])
+        local = [self.net(pixels).float().cpu() for pixels, _ in
+                 plain_batches(mine, self.transform, self.plan.batch_size, self.workers)]
+        parts = [chunk for chunks in self.ranks.gather(local) for chunk in chunks]
+        logits = torch.cat(parts) if parts else torch.zeros(0, self.n_classes)
         scores = summarize(val.labels.numpy(), logits.argmax(-1).numpy(), self.n_classes)
         return {"val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
                 "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
@@ -166,12 +204,15 @@ class EncoderTrainer:
                 tensors[f"optim.{index}.{name}"] = value.detach().cpu().clone()
         if keeper.state is not None:
             tensors.update({f"best.{n}": v for n, v in keeper.state.items()})
-        tensors["rng.torch"] = torch.get_rng_state()
+        for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
+            tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
         meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key,
                 "best_epoch": keeper.epoch, "best_score": list(keeper.score) if keeper.score else None,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "param_groups": optim["param_groups"], "partial": partial}
-        write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
+        if self.ranks.is_main:
+            write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
+        self.ranks.barrier()  # no rank runs ahead of a checkpoint it could be killed without
 
     def resume(self, path: Path,
                run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
@@ -183,7 +224,8 @@ class EncoderTrainer:
             meta: Any = json.loads(metadata.get("fewclip", "{}"))
         except (DamagedArtifact, ValueError) as err:
             log.warning("discarding checkpoint %s (%s); training this unit starts over", path, err)
-            path.unlink(missing_ok=True)
+            if self.ranks.is_main:
+                path.unlink(missing_ok=True)
             return None
         if not isinstance(meta, dict) or meta.get("run_key") != run_key:
             log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
@@ -197,7 +239,12 @@ class EncoderTrainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.scheduler.load_state_dict(meta["scheduler"])
         self.scaler.load_state_dict(meta["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
+        rank = self.ranks.rank
+        rng = tensors.get("rng.torch" if rank == 0 else f"rng.torch.{rank}")
+        if rng is not None:
+            torch.set_rng_state(rng)
+        else:  # resumed with more ranks than it was saved by: this rank's dropout starts a fresh stream
+            torch.manual_seed(self.seed + rank * 1_000_003 + meta["step"])
         keeper = BestEpoch(self.plan.select)
         if meta["best_epoch"] is not None:
             keeper = BestEpoch(self.plan.select, meta["best_epoch"], tuple(meta["best_score"]),

@@ -4,11 +4,15 @@ Every random choice is a function of (seed, epoch, position): the order of an ep
 from a generator seeded by (seed, epoch), and the augmentation of one image from a numpy generator seeded
 by (seed, epoch, index). A run therefore sees the same batches whatever the number of workers, and a
 resumed run the same batches as an uninterrupted one.
+
+With several ranks (``fewclip.distributed``), every micro-batch of that global order is cut into ``world``
+contiguous parts and rank r loads part r only, so the ranks together see exactly the images, crops and
+flips of a one-process run (``rank_batches``).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +58,34 @@ def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch:
     loader = DataLoader(dataset, batch_size=batch_size, sampler=order[skip:], num_workers=workers,
                         generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     yield from loader
+
+
+def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s contiguous part of a global micro-batch (sizes differ by at most one; may be empty)."""
+    size, extra = divmod(len(indices), world)
+    start = rank * size + min(rank, extra)
+    return list(indices[start : start + size + (rank < extra)])
+
+
+def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
+                 rank: int, world: int, augment: bool = True,
+                 skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
+
+    The global micro-batches are those of ``epoch_batches`` (``batch_size`` images of ``epoch_order``,
+    after ``skip``); this rank's part of one may be empty (a short last batch), then its pixels are
+    (0, 3, H, W)."""
+    order = epoch_order(seed, epoch, len(images))[skip:]
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    parts = [rank_part(chunk, rank, world) for chunk in chunks]
+    dataset = AugmentedImages(images, transform, seed, epoch, augment)
+    loader = DataLoader(dataset, batch_sampler=[part for part in parts if part], num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    batches = iter(loader)
+    empty = (torch.zeros(0, 3, *transform.crop), torch.zeros(0, dtype=torch.long))
+    for chunk, part in zip(chunks, parts):
+        pixels, labels = next(batches) if part else empty
+        yield pixels, labels, len(chunk)
 
 
 def plain_batches(images: ImageSet, transform: ImageTransform, batch_size: int,
