@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .config import ConfigError, default_cache_dir, load_config
 from .fileio import read_json
+from .distributed import env_ranks
 from .threads import THREADS_ENV, apply_threads
 from .tracking import Tracker, TrackingError, preflight  # imports wandb only when tracking is on
 
@@ -172,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         _quiet_libraries()
+    if args.command in ("world", "predict", "caption", "compare") and env_ranks().distributed:
+        return _error(f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
+                      "evaluate and report. Start it without torchrun")
     if args.command == "world":
         return _world(args)
     if args.command == "predict":
@@ -189,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .run_context import RunContext
     from .embedded import embedded_config
     from .run_dir import open_run
+    from .distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
 
     try:
         config_path, overrides = _split_config_arg(args.config, list(args.overrides))
@@ -196,22 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(err)
     if args.quiet:
         overrides.append("output.progress=false")
-    tracker = None
+    tracker, ranks = None, SINGLE
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
+        ranks = start_ranks(config.model.device)  # joins a torchrun job; one process otherwise
         threads = apply_threads(config.runtime.threads)
         logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
+        if not ranks.is_main:  # rank 0 alone tracks, evaluates and reports
+            config = config.model_copy(update={"wandb": config.wandb.model_copy(update={"mode": "disabled"})})
         if config.wandb.mode != "disabled":
             preflight(config.wandb)  # fails before the run dir is touched and the stages start, not after
         if args.command in ("run", "features", "train"):
             check_backbone(config.model)  # a missing model or library fails before the run dir is touched
         stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
-        with open_run(config, force=args.force), logging_redirect_tqdm():  # logs go above the progress bars
+        with open_run(config, force=args.force, ranks=ranks), logging_redirect_tqdm():  # logs above the bars
             tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
             ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None,
-                             on_epoch=tracker.log_epoch if tracker.enabled else None)
+                             on_epoch=tracker.log_epoch if tracker.enabled else None, ranks=ranks)
             for stage in stages:
                 start = time.perf_counter()
                 pipeline.STAGES[stage](ctx)
@@ -219,8 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log_outputs(tracker, stages)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except RuntimeError as err:
+        if not peer_lost(err, ranks):
+            raise
+        return _error(f"rank {ranks.rank}: another rank of this torchrun job stopped (its own error is above; "
+                      f"{str(err).splitlines()[0][:200]}). Fix that and re-run the same command: it resumes")
     finally:
         folder = _finish(tracker)
+        stop_ranks()
+    if not ranks.is_main:
+        return 0
     if args.command == "evaluate":
         print(f"results: {ctx.layout.summary}")
     if args.command in ("run", "report") and ctx.layout.answer.is_file():

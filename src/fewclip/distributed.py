@@ -125,6 +125,16 @@ def start(device: str = "auto") -> Ranks:
     return ranks
 
 
+def peer_lost(error: BaseException, ranks: Ranks) -> bool:
+    """Whether ``error`` is a collective failing because another rank of the job died or gave up."""
+    if not ranks.distributed:
+        return False
+    import torch.distributed as dist
+
+    lost = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted", "timed out")
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in lost)
+
+
 def stop() -> None:
     """Leave the process group (at the end of a command)."""
     import torch.distributed as dist

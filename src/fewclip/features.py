@@ -242,15 +242,24 @@ def _check_finite(batch: Sequence[Job], features: np.ndarray) -> None:
 
 
 def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
-                progress: bool = True, desc: str = "features") -> list[tuple[str, str]]:
+                progress: bool = True, desc: str = "features", part: tuple[int, int] = (0, 1)) -> list[tuple[str, str]]:
     """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones and for
     files whose bytes changed since ``prepare``. Non-finite features are an error naming the images.
 
     Images are read and preprocessed by a thread pool a few batches ahead of the encoder; each
     encoded batch is committed as one shard, so a killed run loses at most one batch.
+
+    ``part`` = (rank, world): the distinct jobs are cut into batches of ``batch_size`` and this process
+    encodes batches rank, rank + world, ... Each image has one owner whatever the others have cached
+    meanwhile (the ranks of a torchrun job share the work without talking), and on an empty cache every
+    image is encoded in the very batch a one-process run puts it in, so the features are bit-for-bit the same.
     """
-    missing = set(cache.missing([j.key for j in jobs]))
-    todo = [j for j in {j.key: j for j in jobs}.values() if j.key in missing]
+    rank, world = part
+    unique = list({j.key: j for j in jobs}.values())
+    mine = [job for start in range(rank * batch_size, len(unique), world * batch_size)
+            for job in unique[start : start + batch_size]]
+    missing = set(cache.missing([j.key for j in mine]))
+    todo = [j for j in mine if j.key in missing]
     failures: list[tuple[str, str]] = []
     if not todo:
         return failures
@@ -286,10 +295,12 @@ def extract_features(
     batch_size: int = 64,
     threads: int = 2,
     progress: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> list[tuple[str, str]]:
-    """Encode every record whose image is not cached yet (CLIP's eval preprocessing)."""
+    """Encode every record whose image is not cached yet (CLIP's eval preprocessing); ``part``: see
+    ``encode_jobs``."""
     jobs = [Job(r.sha1, r.resolve(data_dir), r.path, backbone.transform, r.sha1) for r in records]
-    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress)
+    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, part=part)
 
 
 def view_key(sha1: str, view: int) -> str:
@@ -306,6 +317,7 @@ def extract_views(
     batch_size: int = 64,
     threads: int = 2,
     progress: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> list[tuple[str, str]]:
     """Encode ``views`` augmented views (random resized crop + flip) of each record, once.
 
@@ -317,7 +329,7 @@ def extract_views(
         for view in range(views):
             transform = functools.partial(_augmented, backbone.transform, seed, record.sha1, view)
             jobs.append(Job(view_key(record.sha1, view), record.resolve(data_dir), record.path, transform, record.sha1))
-    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, desc="augmented views")
+    return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, desc="augmented views", part=part)
 
 
 def _augmented(transform: Any, seed: int, sha1: str, view: int, image: Any) -> np.ndarray:

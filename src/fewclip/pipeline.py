@@ -38,7 +38,17 @@ log = logging.getLogger(__name__)
 
 
 def prepare(ctx: RunContext) -> ClassNames:
-    """Export the dataset and write the few-shot splits."""
+    """Export the dataset and write the few-shot splits (rank 0 of a torchrun job; the others wait, then
+    read what it wrote)."""
+    if ctx.ranks.distributed:
+        if ctx.ranks.is_main:
+            _prepare(ctx)
+        ctx.ranks.barrier()
+        return load_prepared(ctx.layout)[0]
+    return _prepare(ctx)
+
+
+def _prepare(ctx: RunContext) -> ClassNames:
     cfg = ctx.config
     uses_shots = any(head_class(method).uses_shots for method in cfg.methods)  # zero-shot alone needs no splits
 
@@ -76,10 +86,14 @@ def features(ctx: RunContext) -> int:
     """Encode every image this config uses that is not in the cache yet; returns how many were skipped
     (unreadable, or changed since prepare). A larger budget later encodes only what it adds."""
     ctx.write_config()
+    ranks = ctx.ranks
     records = used_records(ctx)
-    remove_stale_temporaries(ctx.cache.dir)  # left by killed extractions; live writers' are kept
+    if ranks.is_main:
+        remove_stale_temporaries(ctx.cache.dir)  # left by killed extractions; live writers' are kept
+    ranks.barrier()
+    # under torchrun each rank encodes its share of the images (its own shards); all wait for all below
     options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
-                   progress=ctx.config.output.progress)
+                   progress=ctx.config.output.progress and ranks.is_main, part=(ranks.rank, ranks.world))
     failures = []
     if ctx.cache.missing([r.sha1 for r in records]):  # all cached: the model is not even loaded
         failures = extract_features(records, ctx.layout.data, ctx.backbone, ctx.cache, **options)
@@ -88,11 +102,19 @@ def features(ctx: RunContext) -> int:
     if views:
         support = support_records(ctx)
         view_cache = ctx.view_cache
-        remove_stale_temporaries(view_cache.dir)
+        if ranks.is_main:
+            remove_stale_temporaries(view_cache.dir)
+        ranks.barrier()
         if view_cache.missing([view_key(r.sha1, v) for r in support for v in range(views)]):
             failures += extract_views(support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options)
-    if failures:
+    if ranks.distributed:
+        failures = [failure for part in ranks.gather(failures) for failure in part]
+        ctx.cache.refresh()  # the shards the other ranks wrote
+        if views:
+            ctx.view_cache.refresh()
+    if failures and ranks.is_main:
         append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
+    ranks.barrier()  # exclusions.csv is written before any rank reads it
     return len(failures)
 
 
@@ -113,8 +135,11 @@ def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record
 def train(ctx: RunContext) -> list[str]:
     """Fit every (method, shots, seed); already-trained units with the same inputs are skipped."""
     ctx.write_config()
-    for folder in (ctx.layout.heads, ctx.layout.results / "history"):
-        remove_stale_temporaries(folder)  # left by a killed run; a live writer's are kept
+    ranks = ctx.ranks
+    if ranks.is_main:
+        for folder in (ctx.layout.heads, ctx.layout.results / "history"):
+            remove_stale_temporaries(folder)  # left by a killed run; a live writer's are kept
+    ranks.barrier()
     classes, _, _ = load_prepared(ctx.layout)
     view = train_view(len(classes.readable), ctx.config.splits.subsample)
     class_names = view.names(classes.readable)
@@ -140,8 +165,15 @@ def train(ctx: RunContext) -> list[str]:
             head.check(Task(list(classes.readable), ctx.config.prompts.templates, backbone))
     from tqdm.auto import tqdm
 
+    # torchrun: a unit on cached features is one rank's (dealt round-robin); an encoder-tuning unit is
+    # every rank's (DDP). Each unit is seeded by itself, so who trains it changes nothing.
+    def shared(unit: tuple[str, int, int]) -> bool:
+        return bool(unit[1]) and head_class(unit[0]).tunes_encoders
+
+    alone, together = [u for u in pending if not shared(u[0])], [u for u in pending if shared(u[0])]
+    mine = ranks.mine(alone) + together if ranks.distributed else pending
     trained = []
-    bar = tqdm(pending, desc="train", unit="head", disable=not ctx.config.output.progress)
+    bar = tqdm(mine, desc="train", unit="head", disable=not (ctx.config.output.progress and ranks.is_main))
     for (method, shots, seed), train_records, val_records, key in bar:
         bar.set_postfix_str(unit_name(method, shots, seed))
         stem = ctx.layout.heads / unit_name(method, shots, seed)
@@ -152,9 +184,10 @@ def train(ctx: RunContext) -> list[str]:
         on_epoch = functools.partial(ctx.on_epoch, unit_name(method, shots, seed)) if ctx.on_epoch else None
         task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
                     shots=shots, checkpoint=checkpoint, on_epoch=on_epoch)
+        writes = ranks.is_main or not shared((method, shots, seed))  # a DDP unit's files are rank 0's
         start = time.perf_counter()
         if shots and head_cls.tunes_encoders:  # trains on the images themselves, not on cached features
-            task.workers = ctx.config.model.loader_threads
+            task.workers, task.ranks = ctx.config.model.loader_threads, ranks
             head.fit(task, image_set(ctx, train_records), image_set(ctx, val_records))
         elif shots:
             train_set = feature_set(ctx, train_records)
@@ -165,6 +198,8 @@ def train(ctx: RunContext) -> list[str]:
         else:
             head.fit(task)
         seconds = time.perf_counter() - start
+        if not writes:
+            continue
         extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
                  "best_epoch": best_epoch(head), "templates": ctx.config.prompts.templates,
                  "features_key": ctx.cache.key, **fit_meta(head)}
@@ -180,6 +215,11 @@ def train(ctx: RunContext) -> list[str]:
             ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
+    if ranks.distributed:
+        trained = sorted({name for names in ranks.gather(trained) for name in names})
+        first_epoch = sorted({unit for units_ in ranks.gather(first_epoch) for unit in units_})
+        if not ranks.is_main:
+            first_epoch = []  # rank 0 says it once
     if first_epoch:
         log.warning("%d unit(s) kept their first epoch's state (training did not beat its start on validation; "
                     "check the learning rate and schedule, or set select: last): %s", len(first_epoch),
@@ -188,15 +228,23 @@ def train(ctx: RunContext) -> list[str]:
 
 
 def evaluate(ctx: RunContext) -> Path:
-    """Score every trained head and write the evaluation artifacts (see ``fewclip.evaluation``)."""
+    """Score every trained head and write the evaluation artifacts (see ``fewclip.evaluation``); rank 0 of
+    a torchrun job alone."""
     from .evaluation import evaluate_run
+
+    if not ctx.ranks.is_main:
+        return ctx.layout.summary
 
     return evaluate_run(ctx)
 
 
 def report(ctx: RunContext) -> Path:
-    """Aggregate tables, plots (if output.figures) and report.html, all read from the evaluate stage's CSVs."""
+    """Aggregate tables, plots (if output.figures) and report.html, all read from the evaluate stage's CSVs
+    (rank 0 of a torchrun job alone)."""
     from .report.html import build_report
+
+    if not ctx.ranks.is_main:
+        return ctx.layout.report
 
     ctx.write_config()
     return build_report(ctx.layout.root, ctx.config)
@@ -211,9 +259,12 @@ def run(config: Config, force: bool = False) -> Path:
     The run directory is claimed and locked for the whole run (see ``fewclip.run_dir``); ``force``
     accepts a config whose run-defining keys differ from the one already there.
     """
+    from .distributed import start
+
+    ranks = start(config.model.device)  # a torchrun job's process group; one process otherwise
     apply_threads(config.runtime.threads)
-    ctx = RunContext(config)
-    with open_run(config, force=force):
+    ctx = RunContext(config, ranks=ranks)
+    with open_run(config, force=force, ranks=ranks):
         for stage in STAGES.values():
             stage(ctx)
     return ctx.layout.summary

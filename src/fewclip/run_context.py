@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 from .config import Config, method_block, split_variant
 from .data.records import Record
 from .data.splits import load_split
+from .distributed import SINGLE, Ranks
 from .features import FeatureCache, augmented_fingerprint, load_features
 from .fileio import atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet, ImageSet
@@ -34,6 +35,7 @@ class RunContext:
     on_trained: Callable[[str, list[dict[str, Any]]], None] | None = field(default=None, repr=False)
     # called as on_epoch(unit, row) as each epoch of a unit ends (the CLI's live W&B curves)
     on_epoch: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
+    ranks: Ranks = SINGLE  # this process's place in a torchrun job (see fewclip.distributed)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)
@@ -84,7 +86,8 @@ class RunContext:
                     if head_class(m).uses_augmented_views), default=0)
 
     def write_config(self) -> None:
-        atomic_write_text(self.layout.config, self.config.to_yaml())
+        if self.ranks.is_main:  # every file has one writer
+            atomic_write_text(self.layout.config, self.config.to_yaml())
 
 
 def support_records(ctx: RunContext) -> list[Record]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config
+from .distributed import SINGLE, Ranks
 from .fileio import write_json
 from .heads import HEADS, list_heads
 from .layout import RunLayout
@@ -163,13 +164,29 @@ def check_same_config(layout: RunLayout, config: Config) -> None:
 
 
 @contextmanager
-def open_run(config: Config, force: bool = False) -> Iterator[RunLayout]:
-    """Claim and lock the config's run directory for one command (see the module docstring)."""
-    check_location(config)
-    root = run_root(config)
-    claim(root)
-    with locked(root):
-        layout = RunLayout(root)
-        if not force:
-            check_same_config(layout, config)
-        yield layout
+def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iterator[RunLayout]:
+    """Claim and lock the config's run directory for one command (see the module docstring).
+
+    In a torchrun job rank 0 claims and locks it for all ranks; the others wait for its verdict and fail
+    with the same message if it was refused."""
+    if ranks.distributed and not ranks.is_main:
+        refusal = ranks.share(None)
+        if refusal is not None:
+            raise RunDirError(refusal)
+        yield RunLayout(run_root(config))
+        return
+    told = False  # whether the other ranks have heard the verdict
+    try:
+        check_location(config)
+        root = run_root(config)
+        claim(root)
+        with locked(root):
+            layout = RunLayout(root)
+            if not force:
+                check_same_config(layout, config)
+            told = ranks.share(None) is None
+            yield layout
+    except RunDirError as err:
+        if not told:
+            ranks.share(str(err))
+        raise

@@ -46,7 +46,8 @@ def free_cores(cores: int, load: float | None = None) -> int:
 
 def resolve_threads(setting: int | None) -> int:
     """The thread count to use: the config's value, else ``FEWCLIP_THREADS``, else the free cores among
-    ``available_cores()`` (see ``free_cores``)."""
+    ``available_cores()`` (see ``free_cores``), shared out among the processes torchrun started on this
+    machine (``LOCAL_WORLD_SIZE``)."""
     if setting is not None:
         return setting
     env = os.environ.get(THREADS_ENV, "").strip()
@@ -54,7 +55,8 @@ def resolve_threads(setting: int | None) -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{THREADS_ENV}={env!r}: expected a whole number of threads >= 1 (or unset it)")
         return int(env)
-    return free_cores(available_cores())
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, free_cores(available_cores()) // (int(local) if local.isdigit() and int(local) > 0 else 1))
 
 
 def apply_threads(setting: int | None) -> int:

@@ -33,7 +33,7 @@ from ..distributed import SINGLE, Ranks
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import ImageSet
-from .image_batches import plain_batches, rank_batches, rank_part
+from .image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from .selection import BestEpoch, SelectRule, Selection
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,12 @@ class EncoderTrainer:
                 with self.no_sync(index < len(group) - 1):
                     with autocast_for(plan.precision, self.device):
                         logits = self.forward(pixels)
-                    loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device), reduction="sum")
+                    loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
+                                                       ignore_index=PAD_LABEL)
                     self.scaler.scale(loss * (ranks.world / images)).backward()  # DDP averages: the step's mean
                 loss_sum += float(loss.detach())
                 correct += int((logits.detach().argmax(-1).cpu() == labels).sum())
-                seen += len(labels)
+                seen += int((labels != PAD_LABEL).sum())
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()

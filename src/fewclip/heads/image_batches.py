@@ -67,25 +67,26 @@ def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
     return list(indices[start : start + size + (rank < extra)])
 
 
+PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothing
+
+
 def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
                  rank: int, world: int, augment: bool = True,
                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
 
     The global micro-batches are those of ``epoch_batches`` (``batch_size`` images of ``epoch_order``,
-    after ``skip``); this rank's part of one may be empty (a short last batch), then its pixels are
-    (0, 3, H, W)."""
+    after ``skip``). When this rank's part of one is empty (a short last batch), it gets the batch's first
+    image labelled ``PAD_LABEL``: its loss and accuracy count for nothing, but the rank still runs forward
+    and backward, so DDP's gradient reduction has every rank's hooks."""
     order = epoch_order(seed, epoch, len(images))[skip:]
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     parts = [rank_part(chunk, rank, world) for chunk in chunks]
     dataset = AugmentedImages(images, transform, seed, epoch, augment)
-    loader = DataLoader(dataset, batch_sampler=[part for part in parts if part], num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    batches = iter(loader)
-    empty = (torch.zeros(0, 3, *transform.crop), torch.zeros(0, dtype=torch.long))
-    for chunk, part in zip(chunks, parts):
-        pixels, labels = next(batches) if part else empty
-        yield pixels, labels, len(chunk)
+    loader = DataLoader(dataset, batch_sampler=[part or chunk[:1] for chunk, part in zip(chunks, parts)],
+                        num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    for chunk, part, (pixels, labels) in zip(chunks, parts, loader):
+        yield pixels, labels if part else torch.full_like(labels, PAD_LABEL), len(chunk)
 
 
 def plain_batches(images: ImageSet, transform: ImageTransform, batch_size: int,

@@ -1,0 +1,44 @@
+"""How a torchrun job's ranks share an encoder-tuning step's images (heads/image_batches.rank_batches)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fewclip.backbones.preprocess import ImageTransform
+from fewclip.heads.base import ImageSet
+from fewclip.heads.image_batches import PAD_LABEL, epoch_batches, rank_batches, rank_part
+
+
+def images(folder: Path, n: int) -> ImageSet:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(paths[-1])
+    return ImageSet(paths, torch.arange(n) % 3)
+
+
+def test_rank_parts_cover_each_batch_once() -> None:
+    assert [rank_part(range(5), r, 2) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert [rank_part([7], r, 2) for r in range(2)] == [[7], []]
+    assert [rank_part(range(8), r, 3) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_ranks_together_see_the_one_process_batches(tmp_path: Path) -> None:
+    data, transform = images(tmp_path, 9), ImageTransform(resize=16, crop=(16, 16))
+    whole: list[Any] = list(epoch_batches(data, transform, 5, 2, 4, 0))  # 4, 4, 1 images
+    parts = [list(rank_batches(data, transform, 5, 2, 4, 0, rank, 2)) for rank in range(2)]
+    assert [count for _, _, count in parts[0]] == [4, 4, 1] == [count for _, _, count in parts[1]]
+    for (pixels, labels), first, second in list(zip(whole, *parts))[:2]:
+        assert torch.equal(torch.cat([first[0], second[0]]), pixels)  # same crops and flips, same order
+        assert torch.equal(torch.cat([first[1], second[1]]), labels)
+    (pixels, labels), first, second = whole[2], parts[0][2], parts[1][2]
+    assert torch.equal(first[0], pixels) and torch.equal(first[1], labels)  # the last image is rank 0's
+    assert torch.equal(second[0], pixels) and second[1].tolist() == [PAD_LABEL]  # rank 1: a copy that counts nil
+    skipped = list(rank_batches(data, transform, 5, 2, 4, 0, 1, 2, skip=4))  # resuming after one step
+    assert torch.equal(skipped[0][0], parts[1][1][0])
