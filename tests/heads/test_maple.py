@@ -280,3 +280,14 @@ def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tm
     data = RunLayout(root).data
     paths = [Path(row["path"]) if Path(row["path"]).is_absolute() else data / row["path"] for row in predictions]
     assert [r.label for r in classifier.predict(paths, top_k=1)] == [row["pred_name"] for row in predictions]
+
+
+def test_gradient_checkpointing_gives_the_same_training_and_bf16_trains(backbone: Any, shapes: dict[str, Any]) -> None:
+    plain = MapleHead(config(epochs=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    recomputed = MapleHead(config(epochs=1, gradient_checkpointing=True)).fit(task(backbone, shapes), shapes["train"],
+                                                                              shapes["val"])
+    assert recomputed.net_.recompute and not plain.net_.recompute
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(recomputed.state_dict()[name], value, atol=1e-6, rtol=1e-5)
+    bf16 = MapleHead(config(epochs=1, precision="bf16")).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    assert all(np.isfinite(row["train_loss"]) for row in bf16.history_)
