@@ -173,7 +173,7 @@ def test_check_refuses_open_clip_a_depth_beyond_the_towers_and_a_short_ctx_init(
         MapleHead(config(ctx_init="a")).check(Task(shapes["classes"], [TEMPLATE], backbone))
 
 
-def test_the_sgd_plan_sets_daessls_rate_per_epoch() -> None:
+def test_the_sgd_plan_sets_dassls_rate_per_epoch() -> None:
     """Three steps an epoch, five epochs, one warm-up epoch: epoch e trains at 1e-5, then lr(1+cos(pi(e-1)/5))/2."""
     plan = SimpleNamespace(optimizer="sgd", lr=0.0035, momentum=0.9, weight_decay=5e-4, iterations=15,
                            steps_per_epoch=3, warmup_epochs=1, warmup_lr=1e-5)
