@@ -11,6 +11,7 @@ from .cocoop import CoCoOpConfig, CoCoOpHead
 from .coop import CoOpConfig, CoOpHead
 from .kgcoop import KgCoOpConfig, KgCoOpHead
 from .linear_probe import LinearProbeConfig, LinearProbeHead
+from .maple import MapleConfig, MapleHead
 from .prograd import ProGradConfig, ProGradHead
 from .tip_adapter import TipAdapterConfig, TipAdapterHead
 from .tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
@@ -30,6 +31,7 @@ HEADS.register(ClapHead.name, ClapHead)
 HEADS.register(KgCoOpHead.name, KgCoOpHead)
 HEADS.register(ProGradHead.name, ProGradHead)
 HEADS.register(ClipLoraHead.name, ClipLoraHead)
+HEADS.register(MapleHead.name, MapleHead)
 
 
 def list_heads() -> list[str]:
@@ -38,7 +40,7 @@ def list_heads() -> list[str]:
 
 __all__ = [
     "KgCoOpConfig", "KgCoOpHead", "ProGradConfig", "ProGradHead",
-    "ClapConfig", "ClapHead", "ClipLoraConfig", "ClipLoraHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
+    "ClapConfig", "ClapHead", "ClipLoraConfig", "ClipLoraHead", "MapleConfig", "MapleHead", "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead",
     "CoCoOpConfig", "CoCoOpHead", "CoOpConfig", "CoOpHead", "FeatureSet", "ImageSet", "HEADS", "Head", "LinearProbeConfig", "LinearProbeHead", "Task", "TipAdapterConfig", "TipAdapterFConfig",
     "TipAdapterFHead", "TipAdapterHead", "ZeroShotConfig",
     "ZeroShotHead", "list_heads", "load_head", "normalize", "read_head_meta", "save_head",

@@ -1,5 +1,6 @@
-"""The training loop of heads that tune inside the encoders: AdamW + cosine over a fixed number of
-optimiser steps, on augmented images, validated and checkpointed at every epoch end.
+"""The training loop of heads that tune inside the encoders: AdamW + cosine (or SGD with Dassl's per-epoch
+warm-up + cosine: ``encoder_schedule``) over a fixed number of optimiser steps, on augmented images, validated
+and checkpointed at every epoch end.
 
 A checkpoint (safetensors, no pickle) holds the trainable weights, the optimiser's moments, the best
 epoch's weights and, in its JSON metadata, the epoch, step, history, scheduler, grad scaler, optimiser
@@ -33,6 +34,7 @@ from ..distributed import SINGLE, Ranks
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import ImageSet
+from .encoder_schedule import build_optimizer
 from .image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from .selection import BestEpoch, SelectRule, Selection
 
@@ -51,6 +53,13 @@ class TrainPlan:
     select: SelectRule
     augment: bool = True
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    # "adamw" (per-step cosine to min_lr) or "sgd" (Dassl: momentum, constant warm-up, per-epoch cosine over
+    # epochs of steps_per_epoch steps); see encoder_schedule
+    optimizer: str = "adamw"
+    momentum: float = 0.0
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    steps_per_epoch: int = 0
 
 
 class EncoderTrainer:
@@ -72,9 +81,7 @@ class EncoderTrainer:
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
             self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=plan.lr, weight_decay=plan.weight_decay,
-                                           betas=(0.9, 0.999))
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, plan.iterations, eta_min=plan.min_lr)
+        self.optimizer, self.scheduler = build_optimizer(list(self.params.values()), plan)
         self.scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
 
     def state(self) -> dict[str, torch.Tensor]:
