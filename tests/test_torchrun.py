@@ -1,8 +1,9 @@
 """``torchrun --nproc-per-node 2 -m fewclip run``: on the CPU with gloo, against a one-process run.
 
-- The embedded default config (world CLIP, every frozen-feature head) plus clip_lora, at one budget and seed:
-  every image is encoded once, into the same features; every frozen-feature head is bit-for-bit the
-  one-process head; clip_lora (DDP, dropout off) within 1e-4; the same files and the same results.
+- The embedded default config (world CLIP, every frozen-feature head) plus clip_lora and maple, at one budget
+  and seed: every image is encoded once, into the same features; every frozen-feature head is bit-for-bit the
+  one-process head; clip_lora (dropout off) and maple, trained with DDP, within 1e-4; the same files and the
+  same results.
 - A rank killed in the middle of clip_lora: the restarted job keeps the finished units and resumes the unit
   from its checkpoint, ending where an uninterrupted job ends.
 """
@@ -68,7 +69,8 @@ def default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = {}
     for name, ranks in (("one", 1), ("two", 2)):
         runs[name] = root / name
-        check(fewclip("run", "default", f"methods=[{','.join(FROZEN)},clip_lora]", "few_shot.shots=[1]",
+        check(fewclip("run", "default", f"methods=[{','.join(FROZEN)},clip_lora,maple]", "few_shot.shots=[1]",
+                      "maple.depth=3", "maple.epochs=2",  # the world CLIP has 4 layers; 8 images: 2 steps of 4
                       "splits.seeds=[1]", "clip_lora.iterations_per_shot=6", "clip_lora.batch_size=7",  # 8 images: steps of 7 and 1 (rank 1 gets none)
                       "clip_lora.dropout=0", "runtime.threads=1", "output.figures=false", "output.saliency_images=0",
                       f"output.dir={runs[name]}", f"cache.dir={root / name}-cache", ranks=ranks))
@@ -86,14 +88,15 @@ def test_units_equal_a_one_process_run(default_runs: dict[str, Path]) -> None:
     one, two = default_runs["one"], default_runs["two"]
     assert files(one) == files(two)
     heads = sorted((one / "heads").rglob("*.safetensors"))
-    assert len(heads) == len(FROZEN) * 1 + 1  # zero-shot once; the others and clip_lora at (1 shot, seed 1)
+    assert len(heads) == len(FROZEN) + 2  # zero-shot once; the others, clip_lora and maple at (1 shot, seed 1)
     for path in heads:
         mine, theirs = load_file(path), load_file(two / path.relative_to(one))
-        tolerance = 1e-4 if "clip_lora" in path.parts else 0.0  # DDP's reduction order; the others exactly
+        tuned = "clip_lora" in path.parts or "maple" in path.parts
+        tolerance = 1e-4 if tuned else 0.0  # DDP's reduction order; the others exactly
         for name, value in mine.items():
             assert value.numel() == 0 or float((value - theirs[name]).abs().max()) <= tolerance, (path.name, name)
     rows_one, rows_two = summary(one), summary(two)
-    assert rows_one.keys() == rows_two.keys() and len(rows_one) >= 2 * (len(FROZEN) + 1)
+    assert rows_one.keys() == rows_two.keys() and len(rows_one) >= 2 * (len(FROZEN) + 2)
     for key, row in rows_one.items():
         for column in ("accuracy", "macro_f1", "n_eval", "best_epoch"):
             assert row[column] == rows_two[key][column], (key, column)

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 PUBLISHED_FILE = "published.csv"
 
 # fewclip's head name -> the name the papers print
-PAPER_METHODS = {"zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp"}
+PAPER_METHODS = {"zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp",
+                 "maple": "MaPLe"}
 
 # The paper's backbone name -> the (library, model id, pretrained tag) that load the same OpenAI weights
 PAPER_BACKBONES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
