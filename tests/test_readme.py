@@ -106,10 +106,11 @@ ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|
 
 
 def fewclip_commands() -> list[list[str]]:
-    """Every ``fewclip ...`` command of the bash blocks as argv, placeholders filled in."""
+    """Every ``fewclip ...`` command of the bash blocks as argv (also ``torchrun ... -m fewclip ...``, lines
+    continued with a backslash joined), placeholders filled in."""
     commands = []
     for source in blocks("bash"):
-        for line in source.splitlines():
+        for line in source.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             segments, current = [], []
             for word in words + ["&&"]:
@@ -119,6 +120,10 @@ def fewclip_commands() -> list[list[str]]:
                 else:
                     current.append(word)
             for segment in segments:
+                if segment[:1] == ["torchrun"] and "fewclip" in segment:  # torchrun [options] -m fewclip ARGS
+                    start = segment.index("fewclip")
+                    assert segment[start - 1] == "-m", f"README: torchrun must start `-m fewclip`: {line}"
+                    segment = segment[start:]
                 if not segment or Path(segment[0]).name != "fewclip":
                     continue
                 argv = [value for word in segment[1:] for value in PLACEHOLDERS.get(word, [word])]
