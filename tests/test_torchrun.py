@@ -153,3 +153,19 @@ def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path
     history = [read_csv(tmp_path / run / "results" / "history" / "clip_lora" / "shot_2-seed_1.csv")
                for run in ("whole", "killed")]
     assert [r["val_accuracy"] for r in history[0]] == [r["val_accuracy"] for r in history[1]]
+
+
+def test_every_rank_reports_a_refused_run_directory(tiny_clip: Path, shapes_dir: Path, tmp_path: Path) -> None:
+    """Rank 0 claims the run directory; when it is refused, every rank stops with that message."""
+    taken = tmp_path / "someone-elses"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("not a fewclip run")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"methods": ["zero_shot"], "model": {"id": str(tiny_clip)},
+                                      "dataset": {"source": "folder", "path": str(shapes_dir)},
+                                      "output": {"dir": str(taken)}, "cache": {"dir": str(tmp_path / "cache")}}))
+    result = fewclip("prepare", str(config), ranks=2, timeout=120)
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if line.startswith("fewclip: error:")]
+    assert len(refusals) == 2 and all(str(taken) in line for line in refusals), result.stderr[-3000:]
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]  # nothing written there
