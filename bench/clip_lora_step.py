@@ -20,18 +20,20 @@ what the allocator keeps. It is not torch's allocator statistics (torch keeps no
 ``--quick`` (the smoke test: a tiny batch, 1-layer towers for the random CLIP) rows run in this process and
 their memory numbers are not isolated from each other.
 
-What changes on a GPU box. On this CPU (AVX-512 with bf16 dot products, no AMX) bf16 autocast saves little
-or costs time: the matmuls are not much faster in bf16 and autocast adds casts. On an A100/H100 the bf16
-(or fp16) matmuls run on tensor cores at many times the fp32 rate, so autocast is a large win there
-(often 2-3x per step for ViT-B/16, more for ViT-L/14) and halves activation memory; fp32 matmuls on
-Ampere and later can also use TF32 (``torch.backends.cuda.matmul.allow_tf32``). The step time per image
-falls with batch until the GPU is saturated, while activation memory grows linearly with batch (here the
-RSS delta grows the same way); gradient checkpointing recomputes the forward inside the backward, costing
-about a third more time for most of the activation memory, which is what lets ViT-L/14 at batch 32 fit on
-one card. Under torchrun with DistributedDataParallel the configured batch is global: each of N ranks
-runs batch / N images, so per-rank activation memory shrinks by N and the step time approaches 1/N plus an
-all-reduce of the LoRA gradients (a few MB, cheap) -- unlike these 2 shared CPU cores, where processes
-only compete for the same cores.
+What changes on a GPU box (``--device cuda`` runs the same rows there; memory is then torch's CUDA
+allocator peak). On this CPU (AVX-512 with bf16 dot-product instructions, no AMX) bf16 autocast helps by a
+factor that varies from run to run on the 2 shared cores (about 0.3x to 0.9x of fp32's step time in our
+runs, slower in some smoke runs): the matmuls gain only what the AVX-512 bf16 units give, and autocast adds
+casts. On an A100/H100 bf16 (or fp16) matmuls run on tensor cores at many times the fp32 rate, so autocast
+is a large win there (typically 2-3x per step for ViT-B/16, more for ViT-L/14) and roughly halves the
+activation memory; fp32 matmuls on Ampere and later can use TF32 instead
+(``torch.backends.cuda.matmul.allow_tf32``). The time per image falls with batch until the GPU is
+saturated, while activation memory grows linearly with batch; gradient checkpointing recomputes each
+layer's forward inside the backward, about a third more time for most of the activation memory, which is
+what lets ViT-L/14 at batch 32 fit on one card. Under torchrun with DistributedDataParallel the configured
+batch is global: each of N ranks runs batch / N images, so per-rank activation memory shrinks by N and the
+step time approaches 1/N plus an all-reduce of the LoRA gradients (a few MB) -- unlike these 2 shared CPU
+cores, where processes only compete for the same cores.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
     from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
     from fewclip.heads.image_batches import rank_batches
 
-    backbone = load_backbone(ModelConfig(id=row["id"], device="cpu"))
+    backbone = load_backbone(ModelConfig(id=row["id"], device=row["device"]))
+    cuda = backbone.device.type == "cuda"
     paths = sorted((Path(row["images"]) / "train" / "class_0").glob("*.jpg"))[: row["batch"]]
     train = ImageSet(paths, torch.arange(len(paths)) % len(row["classes"]))
     data_times = []
@@ -154,14 +157,21 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
     task = Task(row["classes"], [TEMPLATE], backbone, seed=1, shots=1, workers=0,
                 on_epoch=lambda _: stamps.append(time.perf_counter()))
     head = ClipLoraHead(config)
+    allocated_mb = 0.0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        allocated_mb = torch.cuda.memory_allocated() / 2**20
     with PeakRss() as rss:
         base_mb = rss.now_mb()
         start = time.perf_counter()
         head.fit(task, train, None)
+    # on a GPU: torch's allocator peak over what was allocated before fit (the tuned copy included), not RSS
+    memory_mb = torch.cuda.max_memory_allocated() / 2**20 - allocated_mb if cuda else rss.peak_mb - base_mb
     steps = [b - a for a, b in zip([start] + stamps, stamps)][row["warmup"]:]
     weights_mb = sum(p.numel() * p.element_size() for p in backbone.model.parameters()) / 2**20
     return {**row, "step_times": steps, "s_per_step": statistics.median(steps), "data_s": min(data_times[1:]),
-            "rss_delta_mb": rss.peak_mb - base_mb, "rss_before_mb": base_mb, "weights_mb": weights_mb,
+            "memory_mb": memory_mb, "memory_kind": "CUDA allocator peak" if cuda else "RSS peak",
+            "rss_before_mb": base_mb, "weights_mb": weights_mb,
             "threads": torch.get_num_threads(), "final_train_loss": head.history_[-1]["train_loss"]}
 
 
@@ -183,18 +193,19 @@ def print_table(results: list[dict[str, Any]]) -> None:
         return next((o for o in results if all(o[k] == v for k, v in want.items())), None)
 
     print(f"\n{'model':24s} {'prec':4s} {'ckpt':4s} {'batch':>5s} {'s/step':>8s} {'ms/img':>8s} {'img/s':>7s} "
-          f"{'data s':>7s} {'bf16/fp32':>9s} {'ckpt on/off':>11s} {'RSS +MB':>8s} {'ckpt mem':>8s}")
+          f"{'data s':>7s} {'bf16/fp32':>9s} {'ckpt on/off':>11s} {'mem +MB':>8s} {'ckpt mem':>8s}")
     for r in results:
         fp32, off = twin(r, precision="fp32"), twin(r, checkpointing=False)
         ratio = f"{r['s_per_step'] / fp32['s_per_step']:9.2f}" if fp32 and r["precision"] != "fp32" else f"{'-':>9s}"
         ckpt = f"{r['s_per_step'] / off['s_per_step']:11.2f}" if off and r["checkpointing"] else f"{'-':>11s}"
-        mem = f"{r['rss_delta_mb'] / off['rss_delta_mb']:8.2f}" if off and r["checkpointing"] else f"{'-':>8s}"
+        mem = f"{r['memory_mb'] / off['memory_mb']:8.2f}" if off and r["checkpointing"] else f"{'-':>8s}"
         print(f"{r['model']:24s} {r['precision']:4s} {'on' if r['checkpointing'] else 'off':4s} {r['batch']:5d} "
               f"{r['s_per_step']:8.3f} {1000 * r['s_per_step'] / r['batch']:8.1f} {r['batch'] / r['s_per_step']:7.1f} "
-              f"{r['data_s']:7.3f} {ratio} {ckpt} {r['rss_delta_mb']:8.0f} {mem}")
+              f"{r['data_s']:7.3f} {ratio} {ckpt} {r['memory_mb']:8.0f} {mem}")
     for model in dict.fromkeys(r["model"] for r in results):
         first = next(r for r in results if r["model"] == model)
-        print(f"  {model}: weights {first['weights_mb']:.0f} MB (copied once by the head: part of RSS +MB), "
+        print(f"  {model}: weights {first['weights_mb']:.0f} MB (copied once by the head: part of mem +MB, the "
+              f"{first['memory_kind']} over fit), "
               f"{len(first['classes'])} class prompts per step, RSS before fit {first['rss_before_mb']:.0f} MB")
 
 
@@ -211,6 +222,8 @@ def main() -> None:
                         help="gradient checkpointing rows (on: fp32 only, unless --checkpointing-all)")
     parser.add_argument("--checkpointing-all", action="store_true", help="checkpointing rows for every precision")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (memory is then torch's CUDA allocator "
+                        "peak; not run in this repository's sessions, which have no GPU)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 warm-up + 2 steps, 1-layer "
                         "random ViT-B/16, rows in this process")
     parser.add_argument("--json", help="also write the rows (with every timed step) to this file")
@@ -230,7 +243,7 @@ def main() -> None:
     load_before = os.getloadavg()
     specs = model_specs(args, Path(args.work))
     rows = [{**spec, "precision": precision, "checkpointing": ckpt == "on", "steps": args.steps,
-             "warmup": args.warmup}
+             "warmup": args.warmup, "device": args.device}
             for spec in specs for ckpt in args.checkpointing for precision in args.precisions
             if ckpt == "off" or precision == "fp32" or args.checkpointing_all]
     print(f"clip_lora step: {args.warmup} warm-up + {args.steps} timed steps per row, torch threads "

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_run_times_only_the_steps_after_warm_up_and_its_ratios_are_its_rows(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "clip_lora_step.py"), "--quick", "--models", "world",
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "clip_lora_step.py"), "--quick", "--models", "world", "--threads", "1",
                           "--work", str(tmp_path), "--json", str(tmp_path / "rows.json")],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
