@@ -111,7 +111,7 @@ class ClipLoraHead:
                          precision=cfg.precision, select=cfg.select, augment=cfg.augment,
                          checkpoint_every=cfg.checkpoint_every)
         if cfg.gradient_checkpointing:
-            self.model_.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model_.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,
                                  len(task.class_names), self.device_, task.ranks)
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
