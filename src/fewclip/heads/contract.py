@@ -37,7 +37,8 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("uses_text", "fit needs Task.backbone (the text tower); a text head must also declare checks_task"),
     Capability("checks_task", "check(task) fails before any training on bad input (e.g. a prompt too long)",
                methods=("check",)),
-    Capability("transfers", "transfer(backbone, class_names) gives the head for other class names (base-to-new)",
+    Capability("transfers", "transfer(backbone, class_names) gives the head for other class names (base-to-new); "
+               "for a tunes_encoders head, one whose image_logits score them through the same tuned towers",
                methods=("transfer",)),
     Capability("needs_text_at_predict", "attach(backbone, class_names) after loading, before logits "
                "(prompts that depend on the image)", methods=("attach",)),
@@ -57,7 +58,9 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("tunes_encoders", "trains inside the encoders: fit(task, train, val) gets ImageSets (image files "
                "and labels, decoded and augmented per step) instead of cached features, and "
                "image_logits(pixels) scores preprocessed images through its own tuned towers (evaluation and "
-               "predict call it instead of logits on the frozen features)", methods=("image_logits",)),
+               "predict call it instead of logits on the frozen features); image_saliency_pass(pixels) gives "
+               "(logits, spatial activations) of its tuned image tower on one autograd graph (saliency)",
+               methods=("image_logits", "image_saliency_pass")),
 )
 
 
