@@ -28,7 +28,7 @@ from fewclip.fileio import read_csv, write_csv
 from fewclip.layout import RunLayout
 from fewclip.pipeline import run
 from fewclip.report.evidence import read_evidence
-from fewclip.stats import mean_std, paired_test, wilson_interval
+from fewclip.stats import mean_std, paired_hm_test, paired_test, wilson_interval
 
 METHODS = ["zero_shot", "clip_lora", "zs_lp", "clip_adapter", "coop", "linear_probe"]
 COLUMNS = ("domain", "method", "shots", "split", "n_seeds", "n_test", "accuracy_mean", "accuracy_std", "acc_low",
@@ -69,21 +69,21 @@ def markdown_table(rows: list[dict[str, str]], split: str) -> str:
 
 def comparisons(layout: RunLayout, summary: list[dict[str, str]], shots: list[int], methods: list[str]) -> str:
     """clip_lora - X per split and budget: accuracy points (seed means) and the report's paired sign-flip test
-    over the same test images."""
+    over the same test images; on hm, the report's paired randomisation test of the harmonic mean."""
     evidence = read_evidence(layout, summary)
     shot_free = {r["method"] for r in summary if r["shots"] == "0"}
     lines = ["| clip_lora - X (p) | split | " + " | ".join(f"{k} shots" for k in shots) + " |",
              "|---|---|" + "---:|" * len(shots)]
     for other in (m for m in methods if m != "clip_lora"):
-        for split in ("base", "new"):
+        for split in ("base", "new", "hm"):
             cells = []
             for k in shots:
-                a = evidence.get("clip_lora", k, split)
-                b = evidence.get(other, 0 if other in shot_free else k, split)
-                if a is None or b is None:
+                sides = [(evidence.get("clip_lora", k, part), evidence.get(other, 0 if other in shot_free else k, part),
+                          evidence.labels.get(part)) for part in (("base", "new") if split == "hm" else (split,))]
+                if any(a is None or b is None for a, b, _ in sides):
                     cells.append("-")
                     continue
-                test = paired_test(a, b, evidence.labels[split])
+                test = paired_hm_test(*sides) if split == "hm" else paired_test(*sides[0])
                 p = "< 0.001" if test.p_value < 0.001 else f"= {test.p_value:.3f}"
                 cells.append(f"{100 * test.difference:+.1f} (p {p})")
             if any(c != "-" for c in cells):
