@@ -5,7 +5,7 @@ overlays; each set of logits against an independent computation through the tune
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,7 +51,7 @@ def tuned_reference_logits(stem: Path, model_id: str, names: list[str], images: 
 
 
 @pytest.fixture(scope="module")
-def base2new(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path, shapes_dir: Path) -> tuple[RunLayout, Any]:
+def base2new(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[RunLayout, Any]:
     from fewclip.config import load_config
 
     root = tmp_path_factory.mktemp("tuned_b2n")
@@ -110,7 +110,6 @@ def test_transfer_shares_the_tuned_model_and_scores_the_new_names(base2new: tupl
     assert new.model_ is head.model_  # one tuned model: the image tower is not copied for the new classes
     assert head.prompts_ == [f"a photo of a {n}." for n in meta["class_names"]]  # the source head is unchanged
     assert new.prompts_ == [f"a photo of a {n}." for n in NEW]
-    assert not ({"tranfer", "transfer"} & set(vars(new)))
 
 
 @pytest.fixture(scope="module")
