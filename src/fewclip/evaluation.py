@@ -34,7 +34,7 @@ from .layout import unit_name
 from .metrics import confusion_matrix, per_class, summarize
 from .metrics import harmonic_mean
 from .stats import wilson_interval
-from .run_context import RunContext, available, feature_set, head_class, units
+from .run_context import RunContext, available, feature_set, units
 from .heads.subset import ClassSubset
 from .targets import subset_columns, target_summary, target_view, targets, write_targets
 
@@ -69,8 +69,6 @@ def _head_for_view(ctx: RunContext, head: Any, meta: dict[str, Any], names: list
         if head.needs_text_at_predict:  # prompts that depend on the image need the text tower
             head.attach(ctx.backbone, names)
         return head
-    if head.tunes_encoders:  # scores images through its own towers: other class lists are not supported yet
-        return None
     columns = subset_columns(meta["class_names"], names)
     if columns is not None:
         return ClassSubset(_head_for_view(ctx, head, meta, meta["class_names"]), columns)
@@ -307,8 +305,7 @@ def evaluate_run(ctx: RunContext) -> Path:
         records.append(record)
         evaluated.setdefault(method, set()).update(record["splits"])
         best = saliency_unit.get(method)
-        tuned = head_class(method).tunes_encoders  # saliency backpropagates through the frozen towers
-        if not tuned and views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
+        if views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
             saliency_unit[method] = (shots, seed)
     bar.close()
     trained_names = train_view(len(classes.readable), ctx.config.splits.subsample).names(classes.readable)

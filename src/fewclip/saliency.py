@@ -1,7 +1,8 @@
 """Saliency on any backbone: gradient-weighted spatial activations (element-wise Grad-CAM).
 
 For a class score S (the head's logit) and the activations A (gh, gw, c) the backbone's
-``saliency_pass`` exposes (a ViT's patch tokens entering its last layer, a ResNet's last convolutional
+``saliency_pass`` exposes (or, for a head that tunes the encoders, its own ``image_saliency_pass`` through
+its tuned image tower) (a ViT's patch tokens entering its last layer, a ResNet's last convolutional
 stage before attention pooling): saliency_xy = ReLU(sum_c dS/dA_xyc * A_xyc), upsampled to the image.
 Weighting each location by its own gradient (not the gradient averaged over the map, as classic
 Grad-CAM does) keeps the map faithful to where the evidence is (HiResCAM).
@@ -24,14 +25,18 @@ def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
     with torch.enable_grad():
         # the frozen model has no trainable weights: gradients need an input that asks for them
         inputs = pixels.detach().to(backbone.device, copy=True).requires_grad_(True)
-        features, activations = backbone.saliency_pass(inputs)
-        logits = differentiable_logits(head, features)
+        if head.tunes_encoders:
+            logits, activations = head.image_saliency_pass(inputs)
+        else:
+            features, activations = backbone.saliency_pass(inputs)
+            logits = differentiable_logits(head, features)
         if target is None:
             target = logits.argmax(-1)
-        logits.gather(1, target[:, None]).sum().backward()
-    maps = (activations.grad * activations).sum(-1).clamp_min(0).detach().float().cpu().numpy()  # (n, gh, gw)
+        # autograd.grad, not backward: a tuned head's trainable weights keep no .grad from a saliency map
+        (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None].to(logits.device)).sum(), activations)
+    maps = (gradient * activations).sum(-1).clamp_min(0).detach().float().cpu().numpy()  # (n, gh, gw)
     peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
-    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), logits.detach()
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), logits.detach().float().cpu()
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -72,7 +72,8 @@ def test_accumulate_must_divide_the_batch() -> None:
 def test_before_training_the_logits_are_zero_shot_exactly(backbone: Any, shapes: dict[str, Any]) -> None:
     head = ClipLoraHead(config())
     head.template_ = TEMPLATE
-    head._build(backbone, shapes["classes"], TEMPLATE, seed=0)  # LoRA B starts at zero
+    head._build(backbone, seed=0)  # LoRA B starts at zero
+    head.prompts_ = [TEMPLATE.format(name) for name in shapes["classes"]]
     head.logit_scale_ = torch.tensor(backbone.logit_scale)
     lora_b = [p for n, p in head.model_.named_parameters() if "lora_B" in n]
     assert len(lora_b) == 2 * 2 * 3  # 2 towers x 2 layers x q/k/v

@@ -261,11 +261,30 @@ def test_a_conforming_fake_head_passes() -> None:
     ({"checks_task": True}, "checks_task is True but the class lacks check()"),
     ({"calibrates": None}, "fake: declare calibrates = True or False"),
     ({"config_key": "my block"}, "config_key must be the name of its top-level config block"),
+    ({"tunes_encoders": True, "image_logits": lambda self, pixels: pixels},
+     "tunes_encoders is True but the class lacks image_saliency_pass()"),
+    ({"transfers": True, "transfer": lambda self, names: self},
+     "transfer() must take (backbone, class_names) after self, as callers pass them; it takes (names)"),
+    ({"tunes_encoders": True, "image_logits": lambda self, images: images,
+      "image_saliency_pass": lambda self, pixels: (pixels, pixels)}, "image_logits() must take (pixels) after self"),
 ])
 def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage: dict, problem: str) -> None:
     broken = type("Broken", (conforming_fake(),), breakage)
     problems = contract_problems(broken)
     assert any(problem in p for p in problems), problems
+
+
+def test_a_conforming_encoder_tuning_head_that_transfers_passes() -> None:
+    tuned = type("Tuned", (conforming_fake(),), {
+        "tunes_encoders": True, "transfers": True, "transfer": lambda self, backbone, class_names: self,
+        "image_logits": lambda self, pixels: pixels, "image_saliency_pass": lambda self, pixels: (pixels, pixels)})
+    assert contract_problems(tuned) == []
+
+
+def test_every_registered_encoder_tuning_head_transfers_and_has_saliency() -> None:
+    """base-to-new and cross-dataset rows and saliency overlays exist for every head, tuned or not."""
+    tuned = [HEADS.get(n) for n in list_heads() if HEADS.get(n).tunes_encoders]
+    assert tuned and all(head_cls.transfers and callable(head_cls.image_saliency_pass) for head_cls in tuned)
 
 
 def test_a_fitted_head_without_the_state_its_flags_promise_fails() -> None:

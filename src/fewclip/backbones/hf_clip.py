@@ -176,28 +176,35 @@ class CLIPBackbone:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
 
     def saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and the patch tokens *entering* the vision tower's last layer, (n, g, g, width).
+        """Features and the patch tokens *entering* the vision tower's last layer (``vision_saliency_pass``)."""
+        features, activations = vision_saliency_pass(self.model, pixels, self.device)
+        return features.cpu(), activations
 
-        The image feature is read from the CLS token alone, so the last layer's *output* patch tokens
-        get no gradient; its input tokens are what the final CLS attention reads the evidence from.
-        """
-        captured: dict[str, torch.Tensor] = {}
 
-        def route(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            # the layer reads the activations through a (n, g, g, width) view, so their gradient is the
-            # gradient of the patch tokens
-            hidden = args[0] if args else kwargs["hidden_states"]
-            grid = int(round((hidden.shape[1] - 1) ** 0.5))
-            patches = hidden[:, 1:].reshape(len(hidden), grid, grid, -1)
-            patches.retain_grad()
-            captured["patches"] = patches
-            hidden = torch.cat([hidden[:, :1], patches.flatten(1, 2)], dim=1)
-            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+def vision_saliency_pass(model: Any, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the patch tokens *entering*
+    its vision tower's last layer, (n, g, g, width), on one autograd graph.
 
-        handle = self.model.vision_model.encoder.layers[-1].register_forward_pre_hook(route, with_kwargs=True)
-        try:
-            features = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output.float().cpu()
-        finally:
-            handle.remove()
-        activations = captured["patches"]
-        return features, activations
+    The image feature is read from the CLS token alone, so the last layer's *output* patch tokens get no
+    gradient; its input tokens are what the final CLS attention reads the evidence from. Serves the frozen
+    backbone and a head's tuned copy of the model alike (clip_lora).
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def route(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # the layer reads the activations through a (n, g, g, width) view, so their gradient is the
+        # gradient of the patch tokens
+        hidden = args[0] if args else kwargs["hidden_states"]
+        grid = int(round((hidden.shape[1] - 1) ** 0.5))
+        patches = hidden[:, 1:].reshape(len(hidden), grid, grid, -1)
+        patches.retain_grad()
+        captured["patches"] = patches
+        hidden = torch.cat([hidden[:, :1], patches.flatten(1, 2)], dim=1)
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    handle = model.vision_model.encoder.layers[-1].register_forward_pre_hook(route, with_kwargs=True)
+    try:
+        features = model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float()
+    finally:
+        handle.remove()
+    return features, captured["patches"]

@@ -3,7 +3,8 @@ both towers, trained end to end on augmented images. Defaults are the reference 
 (github.com/MaxZanella/CLIP-LoRA): rank 2, alpha 1, dropout 0.25, AdamW lr 2e-4 with weight decay 1e-2,
 batch 32, 500 x shots iterations on a cosine schedule down to 1e-6, one template (the first one; the
 reference uses its dataset's ``template[0]``). The saved head is the adapter weights only; ``attach``
-rebuilds the tuned model on the run's backbone before scoring.
+rebuilds the tuned model on the run's backbone before scoring, and ``transfer`` scores other class names
+(base-to-new) with the same tuned towers: the tuned text tower encodes the new names in the template.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 from pydantic import Field, field_validator
 
 from ..configbase import ConfigBlock
-from .base import ImageSet, Task
+from ..backbones.hf_clip import vision_saliency_pass
+from .base import ImageSet, Task, normalize
 from .encoder_training import EncoderTrainer, TrainPlan
 from .lora_clip import adapter_state, class_text_features, image_features, load_adapter, lora_clip
 from .prompt_fit import check_template_task
@@ -72,7 +74,7 @@ class ClipLoraHead:
     name: ClassVar[str] = "clip_lora"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = False
+    transfers: ClassVar[bool] = True
     needs_text_at_predict: ClassVar[bool] = True  # attach(backbone, class_names) rebuilds the tuned model
     per_template_scores: ClassVar[bool] = False
     checks_task: ClassVar[bool] = True
@@ -90,11 +92,10 @@ class ClipLoraHead:
     def check(self, task: Task) -> None:
         check_template_task(Task(task.class_names, task.templates[:1], task.backbone), self.name)
 
-    def _build(self, backbone: Any, class_names: list[str], template: str, seed: int) -> None:
+    def _build(self, backbone: Any, seed: int) -> None:
         cfg = self.config
         self.model_ = lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed)
         self.backbone_, self.device_ = backbone, backbone.device
-        self.prompts_ = [template.format(name) for name in class_names]
 
     def fit(self, task: Task, train: ImageSet | None = None, val: ImageSet | None = None) -> "ClipLoraHead":
         if task.backbone is None:
@@ -104,7 +105,8 @@ class ClipLoraHead:
         self.check(task)
         cfg = self.config
         self.template_ = task.templates[0]
-        self._build(task.backbone, task.class_names, self.template_, task.seed)
+        self._build(task.backbone, task.seed)
+        self.prompts_ = [self.template_.format(name) for name in task.class_names]
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
@@ -135,17 +137,45 @@ class ClipLoraHead:
         text = class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_, self.device_)
         return self.logit_scale_.to(self.device_) * image_features(self.model_, pixels, self.device_) @ text.T
 
-    def attach(self, backbone: Any, class_names: list[str]) -> None:
-        """Rebuild the tuned model on ``backbone`` from the saved adapter weights (after ``load_head``)."""
-        self._build(backbone, class_names, self.template_, 0)
-        load_adapter(self.model_, self.adapter_)
+    def _tune(self, backbone: Any) -> None:
+        """The tuned model on ``backbone``: rebuilt from the adapter weights once (after ``load_head``), kept
+        while the backbone stays the same one."""
+        if vars(self).get("backbone_") is backbone:
+            return
+        adapter = self.adapter_  # read before _build replaces model_ (a fitted head's adapter lives in it)
+        self._build(backbone, 0)
+        load_adapter(self.model_, adapter)
         self.model_.eval()
+
+    def attach(self, backbone: Any, class_names: list[str]) -> None:
+        """Score ``class_names`` with the tuned model on ``backbone`` (after ``load_head``)."""
+        self._tune(backbone)
+        self.prompts_ = [self.template_.format(name) for name in class_names]
+
+    def transfer(self, backbone: Any, class_names: list[str]) -> "ClipLoraHead":
+        """The head for other class names (base-to-new): the same tuned towers -- one model, shared with this
+        head, not copied -- with the tuned text tower encoding the new names in the head's template."""
+        self._tune(backbone)
+        other = ClipLoraHead(self.config)
+        other.__dict__.update({key: value for key, value in vars(self).items() if key != "config"})
+        other.prompts_ = [self.template_.format(name) for name in class_names]
+        return other
 
     @torch.no_grad()
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the tuned towers, on the CPU."""
         self.model_.eval()
         return self.train_logits(pixels).float().cpu()
+
+    def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, C) logits with autograd and the patch tokens entering the tuned vision tower's last layer,
+        (n, g, g, width), on one graph: what ``fewclip.saliency`` backpropagates through (the backbone's
+        ``saliency_pass`` for the frozen towers). The class texts are constants here: the map is the image's."""
+        self.model_.eval()
+        features, activations = vision_saliency_pass(self.model_, pixels, self.device_)
+        with torch.no_grad():
+            text = class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_, self.device_)
+        return self.logit_scale_.to(self.device_) * normalize(features) @ text.T, activations
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         raise TypeError("clip_lora tunes the image tower: frozen features cannot be scored; call image_logits(pixels)")

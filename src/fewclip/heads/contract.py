@@ -9,6 +9,7 @@ method that callers would otherwise silently skip.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ class Capability:
 
     A head declaring the flag must have ``methods`` and its Config the ``config_keys``; one that does not
     declare it must have neither (an undeclared method is never called). ``fitted`` is state ``fit`` (and
-    ``load_head``) sets only when the flag is on.
+    ``load_head``) sets only when the flag is on. ``arguments`` names, per method, the parameters callers
+    pass (after ``self``): a head whose method takes others fails before a caller does.
     """
 
     flag: str
@@ -29,6 +31,7 @@ class Capability:
     methods: tuple[str, ...] = ()
     config_keys: tuple[str, ...] = ()
     fitted: tuple[str, ...] = ()
+    arguments: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 CAPABILITIES: tuple[Capability, ...] = (
@@ -37,8 +40,9 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("uses_text", "fit needs Task.backbone (the text tower); a text head must also declare checks_task"),
     Capability("checks_task", "check(task) fails before any training on bad input (e.g. a prompt too long)",
                methods=("check",)),
-    Capability("transfers", "transfer(backbone, class_names) gives the head for other class names (base-to-new)",
-               methods=("transfer",)),
+    Capability("transfers", "transfer(backbone, class_names) gives the head for other class names (base-to-new); "
+               "for a tunes_encoders head, one whose image_logits score them through the same tuned towers",
+               methods=("transfer",), arguments=(("transfer", ("backbone", "class_names")),)),
     Capability("needs_text_at_predict", "attach(backbone, class_names) after loading, before logits "
                "(prompts that depend on the image)", methods=("attach",)),
     Capability("per_template_scores", "template_logits(features) -> (T, n, C), one score set per template in "
@@ -57,7 +61,10 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("tunes_encoders", "trains inside the encoders: fit(task, train, val) gets ImageSets (image files "
                "and labels, decoded and augmented per step) instead of cached features, and "
                "image_logits(pixels) scores preprocessed images through its own tuned towers (evaluation and "
-               "predict call it instead of logits on the frozen features)", methods=("image_logits",)),
+               "predict call it instead of logits on the frozen features); image_saliency_pass(pixels) gives "
+               "(logits, spatial activations) of its tuned image tower on one autograd graph (saliency)",
+               methods=("image_logits", "image_saliency_pass"),
+               arguments=(("image_logits", ("pixels",)), ("image_saliency_pass", ("pixels",)))),
 )
 
 
@@ -89,12 +96,28 @@ def contract_problems(head_cls: type) -> list[str]:
             if callable(getattr(head_cls, method, None)) != declared:
                 problems.append(f"{name}: {cap.flag} is {declared} but the class "
                                 f"{'lacks' if declared else 'defines'} {method}() ({cap.meaning})")
+        if declared:
+            problems += argument_problems(name, head_cls, cap)
         for config_key in cap.config_keys:
             if (config_key in config_keys) != declared:
                 problems.append(f"{name}: {cap.flag} is {declared} but its Config "
                                 f"{'lacks' if declared else 'has'} the key {config_key!r} ({cap.meaning})")
     if getattr(head_cls, "uses_text", False) is True and getattr(head_cls, "checks_task", False) is not True:
         problems.append(f"{name}: a head that uses_text must declare checks_task and check every prompt in check(task)")
+    return problems
+
+
+def argument_problems(name: str, head_cls: type, cap: Capability) -> list[str]:
+    """The declared methods of ``cap`` whose parameters (after ``self``) are not the ones callers pass."""
+    problems = []
+    for method, expected in cap.arguments:
+        function = getattr(head_cls, method, None)
+        if not callable(function):
+            continue  # reported as missing
+        taken = tuple(inspect.signature(function).parameters)[1:]
+        if taken != expected:
+            problems.append(f"{name}: {method}() must take ({', '.join(expected)}) after self, as callers pass "
+                            f"them; it takes ({', '.join(taken)}) ({cap.meaning})")
     return problems
 
 
