@@ -138,6 +138,26 @@ class MapleNet(nn.Module):
         shallow, deep = self.prompts.vision()
         return normalize(image_features(self.frozen[0], pixels, shallow, deep, self.recompute).float())
 
+    def saliency_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, dim) normalised image features and the patch tokens entering the last vision layer, (n, g, g, w),
+        on one autograd graph (the CLS token and the appended vision prompts are left out of the grid)."""
+        shallow, deep = self.prompts.vision()
+        last = len(self.frozen[0].vision_model.encoder.layers) - 1
+        captured: dict[str, torch.Tensor] = {}
+
+        def route(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            if index != last:
+                return None
+            prompts = 0 if shallow is None else shallow.shape[0]
+            patches = hidden[:, 1 : hidden.shape[1] - prompts]
+            grid = int(round(patches.shape[1] ** 0.5))
+            patches = patches.reshape(len(hidden), grid, grid, -1)
+            captured["patches"] = patches
+            return torch.cat([hidden[:, :1], patches.flatten(1, 2), hidden[:, hidden.shape[1] - prompts :]], dim=1)
+
+        features = image_features(self.frozen[0], pixels, shallow, deep, False, on_layer=route)
+        return normalize(features.float()), captured["patches"]
+
     def forward(self, pixels: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) logits; the text is re-encoded (each step, as the reference) unless given."""
         text = self.class_text_features() if text is None else text
@@ -244,6 +264,14 @@ class MapleHead:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the prompted towers, on the CPU."""
         self.net_.eval()
         return self.net_(pixels.to(self.device_), self.class_text_features_).float().cpu()
+
+    def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, C) logits with autograd and the patch tokens entering the prompted vision tower's last layer,
+        (n, g, g, width), on one graph (what ``fewclip.saliency`` backpropagates through); the class texts are
+        constants here."""
+        self.net_.eval()
+        features, patches = self.net_.saliency_features(pixels.to(self.device_))
+        return self.net_.logit_scale * features @ self.class_text_features_.T, patches
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         raise TypeError("maple prompts the image tower: frozen features cannot be scored; call image_logits(pixels)")

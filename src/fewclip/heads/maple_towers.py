@@ -101,11 +101,12 @@ def text_features(clip_model: nn.Module, prompt_embeds: torch.Tensor, eot_positi
 
 def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.Tensor | None,
                    deep_vision: list[torch.Tensor], recompute: bool = False,
-                   on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                   on_layer: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor:
     """(n, 3, H, W) pixels -> (n, dim) unnormalised image features with the vision prompts.
 
     ``shallow`` (k, vision width) is appended after the patch tokens before ``pre_layrnorm``; ``deep_vision[i]``
-    replaces the last k tokens before layer i + 1. ``shallow`` None: the frozen tower (no prompts)."""
+    replaces the last k tokens before layer i + 1. ``shallow`` None: the frozen tower (no prompts).
+    ``on_layer(i, hidden)`` sees what enters layer i; a tensor it returns enters instead (saliency's route)."""
     vision = clip_model.vision_model
     hidden = vision.embeddings(pixels.to(vision.embeddings.patch_embedding.weight.device))  # (n, 1 + P, w)
     if shallow is not None:
@@ -115,7 +116,8 @@ def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.T
         if shallow is not None and 1 <= index <= len(deep_vision):
             hidden = replace_rows(hidden, hidden.shape[1] - shallow.shape[0], deep_vision[index - 1])
         if on_layer is not None:
-            on_layer(index, hidden)
+            routed = on_layer(index, hidden)
+            hidden = hidden if routed is None else routed
         hidden = run_layer(layer, hidden, None, recompute)
     return clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
 
