@@ -138,7 +138,8 @@ class EncoderTrainer:
         micro = plan.batch_size // plan.accumulate
         progress = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
                                                   "lr": self.scheduler.get_last_lr()[0]}
-        batches = rank_batches(train, self.transform, self.seed, epoch, micro, self.workers, ranks.rank, ranks.world,
+        workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
+        batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
                                plan.augment, skip=progress["steps"] * plan.batch_size)
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
@@ -165,6 +166,12 @@ class EncoderTrainer:
         return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
                 "train_accuracy": final["correct"] / max(final["seen"], 1)}
 
+    def loader_workers(self, batches: int) -> int:
+        """DataLoader workers for a loader of ``batches`` batches: none for one or two (starting worker processes
+        costs more than decoding a couple of batches in process: a 1-shot epoch is one step); the batches are the
+        same either way (``image_batches``)."""
+        return self.workers if batches > 2 else 0
+
     def progress(self, start: dict[str, Any], steps: int, loss: float, correct: int, seen: int) -> dict[str, Any]:
         """The epoch's progress after ``steps`` steps: ``start`` plus this rank's sums since, over all ranks."""
         rows = self.ranks.gather((loss, correct, seen))
@@ -185,7 +192,8 @@ class EncoderTrainer:
         part = rank_part(range(len(val)), self.ranks.rank, self.ranks.world)  # each rank scores a contiguous part
         mine = ImageSet([val.paths[i] for i in part], val.labels[part])
         local = [self.net(pixels).float().cpu() for pixels, _ in
-                 plain_batches(mine, self.transform, self.plan.batch_size, self.workers)]
+                 plain_batches(mine, self.transform, self.plan.batch_size,
+                               self.loader_workers(-(-len(mine) // self.plan.batch_size)))]
         parts = [chunk for chunks in self.ranks.gather(local) for chunk in chunks]
         logits = torch.cat(parts) if parts else torch.zeros(0, self.n_classes)
         scores = summarize(val.labels.numpy(), logits.argmax(-1).numpy(), self.n_classes)
