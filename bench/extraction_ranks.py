@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from _common import photo_folder, vit_b32_random
 
@@ -64,12 +65,14 @@ def main() -> None:
     times, rows = {}, {}
     for ranks in (1, 2):
         root = Path(tempfile.mkdtemp(prefix=f"ranks{ranks}-", dir=work))
-        config = ["methods=[zero_shot]", f"model.id={model}", f"model.batch_size={args.batch}",
-                  "dataset.source=folder", f"dataset.path={data}", f"output.dir={root / 'run'}",
-                  f"cache.dir={root / 'cache'}", "output.figures=false", "model.loader_threads=2",
-                  f"runtime.threads={args.threads_per_rank * (2 if ranks == 1 else 1)}"]
-        fewclip(["prepare", "default", *config], 1)
-        times[ranks] = fewclip(["features", "default", *config], ranks)
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "methods": ["zero_shot"], "model": {"id": str(model), "batch_size": args.batch, "loader_threads": 2},
+            "dataset": {"source": "folder", "path": str(data)}, "output": {"dir": str(root / "run"), "figures": False},
+            "cache": {"dir": str(root / "cache")},
+            "runtime": {"threads": args.threads_per_rank * (2 if ranks == 1 else 1)}}))
+        fewclip(["prepare", str(config)], 1)
+        times[ranks] = fewclip(["features", str(config)], ranks)
         rows[ranks] = cached(root / "cache")
     same = rows[1].keys() == rows[2].keys() and all(np.array_equal(v, rows[2][k]) for k, v in rows[1].items())
     print(f"load after: {os.getloadavg()[0]:.2f}")
