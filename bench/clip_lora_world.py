@@ -111,7 +111,8 @@ def main() -> None:
         overrides.append(f"model.loader_threads={args.loader_threads}")
     started = load()
     start = time.perf_counter()
-    run(load_config(None, overrides, base=embedded_config(Path(default_cache_dir()))))
+    # force: another --shots/--seeds on the same --work reuses every unit already trained with the same inputs
+    run(load_config(None, overrides, base=embedded_config(Path(default_cache_dir()))), force=True)
     wall = time.perf_counter() - start
     layout = RunLayout(work)
     summary = read_csv(layout.summary)
