@@ -9,22 +9,21 @@ rebuilds the tuned model on the run's backbone before scoring, and ``transfer`` 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ..configbase import ConfigBlock
 from ..backbones.hf_clip import vision_saliency_pass
 from .base import ImageSet, Task, normalize
+from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .lora_clip import adapter_state, class_text_features, image_features, load_adapter, lora_clip
 from .prompt_fit import check_template_task
-from .selection import SELECT_HELP, SelectRule
 
 
-class ClipLoraConfig(ConfigBlock):
+class ClipLoraConfig(EncoderTrainingConfig):
     """The `clip_lora` block, with the reference CLIP-LoRA defaults."""
 
     rank: int = Field(2, ge=1, description="LoRA rank r.")
@@ -35,27 +34,7 @@ class ClipLoraConfig(ConfigBlock):
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine to min_lr over all iterations).")
     min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
-    batch_size: int = Field(32, ge=1, description="Images per optimiser step.")
-    accumulate: int = Field(1, ge=1, description="Micro-batches per step (batch_size / accumulate images each).")
     iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast compute type while training "
-                                                       "(the reference trains in fp16).")
-    select: SelectRule = Field("auto", description=SELECT_HELP)
-    augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
-                          "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
-    checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
-                                  "epoch (0: at epoch ends only); a long epoch killed midway resumes there.")
-    gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
-                                         "pass: less memory for large towers (ViT-L), about a third more time.")
-
-    @field_validator("accumulate")
-    @classmethod
-    def _divides_batch(cls, value: int, info: Any) -> int:
-        batch = info.data.get("batch_size", 32)
-        if batch % value:
-            raise ValueError(f"accumulate ({value}) must divide batch_size ({batch}): each micro-batch has "
-                             "batch_size / accumulate images")
-        return value
 
 
 class TunedLogits(nn.Module):

@@ -20,21 +20,20 @@ prompted towers on the run's backbone, and ``transfer`` scores other class names
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
-from ..configbase import ConfigBlock
 from .base import ImageSet, Task, normalize
+from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .maple_towers import MaplePrompts, image_features, text_features, tower_layers
 from .prompt_learning import context_init_ids, name_and_period_ids
-from .selection import SELECT_HELP, SelectRule
 
 
-class MapleConfig(ConfigBlock):
+class MapleConfig(EncoderTrainingConfig):
     """The `maple` block, with the reference MaPLe defaults (base-to-new, ViT-B/16)."""
 
     depth: int = Field(9, ge=1, description="Prompt depth J: prompts enter layer 0 and replace the previous ones "
@@ -48,29 +47,11 @@ class MapleConfig(ConfigBlock):
     lr: float = Field(0.0035, gt=0, description="SGD learning rate after the warm-up (cosine over all epochs).")
     momentum: float = Field(0.9, ge=0, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
-    batch_size: int = Field(4, ge=1, description="Images per optimiser step.")
-    accumulate: int = Field(1, ge=1, description="Micro-batches per step (batch_size / accumulate images each).")
+    batch_size: int = Field(4, ge=1, description="Images per optimiser step (the global batch under "
+                            "torchrun: each of N ranks takes batch_size / N).")
     epochs: int = Field(5, ge=1, description="Epochs over the training images.")
     warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
     warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast compute type while training "
-                                                       "(the reference trains in fp16).")
-    select: SelectRule = Field("auto", description=SELECT_HELP)
-    augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
-                          "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
-    checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
-                                  "epoch (0: at epoch ends only).")
-    gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
-                                         "pass: less memory for large towers (ViT-L), about a third more time.")
-
-    @field_validator("accumulate")
-    @classmethod
-    def _divides_batch(cls, value: int, info: Any) -> int:
-        batch = info.data.get("batch_size", 4)
-        if batch % value:
-            raise ValueError(f"accumulate ({value}) must divide batch_size ({batch}): each micro-batch has "
-                             "batch_size / accumulate images")
-        return value
 
 
 def prompt_token_ids(tokens: Any, class_names: list[str], n_ctx: int, ctx_init: str | None,
