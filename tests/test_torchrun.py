@@ -135,11 +135,16 @@ def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path
     agent = subprocess.Popen([*launcher, "-m", "fewclip", "run", str(killed)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     checkpoint = tmp_path / "killed" / "heads" / "clip_lora" / "shot_2-seed_1.ckpt.safetensors"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and agent.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(_workers(agent.pid)[1], signal.SIGKILL)
-    assert agent.wait(timeout=120) != 0  # torchrun stops the job when a rank dies
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and agent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(_workers(agent.pid)[1], signal.SIGKILL)
+        assert agent.wait(timeout=120) != 0  # torchrun stops the job when a rank dies
+    finally:
+        if agent.poll() is None:  # never leave a job running
+            agent.kill()
+            agent.wait()
     assert checkpoint.exists() and not checkpoint.with_name("shot_2-seed_1.json").exists()  # killed mid-unit
     probe = tmp_path / "killed" / "heads" / "linear_probe" / "shot_2-seed_1.safetensors"
     before = probe.stat().st_mtime_ns
