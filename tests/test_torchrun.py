@@ -133,7 +133,8 @@ def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path
     killed = config("killed")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     agent = subprocess.Popen([*launcher, "-m", "fewclip", "run", str(killed)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             start_new_session=True)  # its own process group: the finally below ends all of it
     checkpoint = tmp_path / "killed" / "heads" / "clip_lora" / "shot_2-seed_1.ckpt.safetensors"
     try:
         deadline = time.monotonic() + 300
@@ -143,7 +144,7 @@ def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path
         assert agent.wait(timeout=120) != 0  # torchrun stops the job when a rank dies
     finally:
         if agent.poll() is None:  # never leave a job running
-            agent.kill()
+            os.killpg(agent.pid, signal.SIGKILL)
             agent.wait()
     assert checkpoint.exists() and not checkpoint.with_name("shot_2-seed_1.json").exists()  # killed mid-unit
     probe = tmp_path / "killed" / "heads" / "linear_probe" / "shot_2-seed_1.safetensors"
