@@ -10,9 +10,9 @@ bench/results/world_findings.md (zs_lp, clip_adapter, coop, linear_probe). Write
 method, shots and split: seed mean and std, the 95% Wilson interval of the seed-mean accuracy over the test
 images, mean training seconds) and ``<out>.md`` (the tables, the paired tests of clip_lora against every other
 head, the load average). clip_lora trains inside the encoders: every step runs images through the towers, so
-it is by far the slowest unit here; the CPU time it took is in the table (train s). ``--loader-threads 0``
-decodes in-process: the same batches (image_batches is worker-independent), ~4x faster at 1 shot, where every
-epoch is one step and DataLoader workers are started per epoch.
+it is by far the slowest unit here; the CPU time it took is in the table (train s). ``--loader-threads N``
+sets the DataLoader workers (the batches are the same for any N; loaders of one or two batches, e.g. every
+1-shot epoch, decode in process anyway).
 """
 
 from __future__ import annotations
