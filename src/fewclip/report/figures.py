@@ -89,7 +89,8 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
         n_test = next((r["n_test"] for r in accuracy if r["split"] == split and r.get("n_test")), None)
         axis.set_title(SPLIT_TITLES.get(split, split) + (f", n = {n_test} test images" if n_test else ""), fontsize=9)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a unit without validation curves has nothing to label
+            axis.legend(fontsize=7)
     _save(figure, path)
 
 
@@ -111,7 +112,8 @@ def training_curves_png(method: str, curves: dict[int, list[dict[str, float]]], 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a unit without validation curves has nothing to label
+            axis.legend(fontsize=7)
     _save(figure, path)
 
 
