@@ -84,6 +84,35 @@ def test_before_training_the_logits_are_zero_shot_exactly(backbone: Any, shapes:
     torch.testing.assert_close(head.image_logits(pixels), expected, atol=1e-5, rtol=0)
 
 
+def test_scoring_encodes_the_class_texts_once_per_adapter_state(backbone: Any, shapes: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import fewclip.heads.clip_lora as module
+
+    head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    pixels = pixels_of(backbone, shapes["test"])
+    encode, calls = module.class_text_features, []
+    monkeypatch.setattr(module, "class_text_features", lambda *a: calls.append(1) or encode(*a))
+
+    def independent() -> torch.Tensor:  # the text re-encoded now, as training does
+        with torch.no_grad():
+            return head.train_logits(pixels).float().cpu()
+
+    first = head.image_logits(pixels)
+    torch.testing.assert_close(head.image_logits(pixels[:3]), first[:3], atol=1e-5, rtol=0)
+    assert len(calls) == 1  # two batches scored, the class texts encoded once
+    torch.testing.assert_close(first, independent(), atol=1e-5, rtol=0)
+    with torch.no_grad():  # the adapter changes in place: the cached texts must not be used
+        for name, param in head.model_.text_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    changed = head.image_logits(pixels)
+    assert len(calls) == 3  # re-encoded (plus the independent computation's own)
+    torch.testing.assert_close(changed, independent(), atol=1e-5, rtol=0)
+    assert not torch.allclose(changed, first, atol=1e-3)
+    other = head.transfer(backbone, list(reversed(shapes["classes"])))
+    torch.testing.assert_close(other.image_logits(pixels), changed.flip(-1), atol=1e-5, rtol=0)  # its own texts
+
+
 def test_training_changes_only_lora_and_learns_the_shapes(backbone: Any, shapes: dict[str, Any]) -> None:
     frozen_before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     train_pixels = pixels_of(backbone, shapes["train"])

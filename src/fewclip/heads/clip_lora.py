@@ -19,7 +19,7 @@ from ..backbones.hf_clip import vision_saliency_pass
 from .base import ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
-from .lora_clip import adapter_state, class_text_features, image_features, load_adapter, lora_clip
+from .lora_clip import adapter_state, class_text_features, image_features, is_lora, load_adapter, lora_clip
 from .prompt_fit import check_template_task
 
 
@@ -144,7 +144,22 @@ class ClipLoraHead:
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the tuned towers, on the CPU."""
         self.model_.eval()
-        return self.train_logits(pixels).float().cpu()
+        logits = self.logit_scale_.to(self.device_) * image_features(self.model_, pixels, self.device_) @ self.scoring_text().T
+        return logits.float().cpu()
+
+    @torch.no_grad()
+    def scoring_text(self) -> torch.Tensor:
+        """(C, d) class text features through the tuned text tower (eval mode), encoded once per class list and
+        adapter state: the key holds the prompts and every LoRA tensor's version counter, which any in-place
+        change (an optimiser step, ``load_adapter``) bumps."""
+        lora = tuple(p._version for n, p in self.model_.named_parameters() if is_lora(n))
+        key = (id(self.model_), tuple(self.prompts_), lora)
+        cached = vars(self).get("text_cache_")
+        if cached is None or cached[0] != key:
+            self.model_.eval()
+            self.text_cache_ = (key, class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_,
+                                                         self.device_))
+        return self.text_cache_[1]
 
     def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, C) logits with autograd and the patch tokens entering the tuned vision tower's last layer,
@@ -152,8 +167,7 @@ class ClipLoraHead:
         ``saliency_pass`` for the frozen towers). The class texts are constants here: the map is the image's."""
         self.model_.eval()
         features, activations = vision_saliency_pass(self.model_, pixels, self.device_)
-        with torch.no_grad():
-            text = class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_, self.device_)
+        text = self.scoring_text()
         return self.logit_scale_.to(self.device_) * normalize(features) @ text.T, activations
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
