@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.heads.base import ImageSet
-from fewclip.heads.image_batches import PAD_LABEL, epoch_batches, rank_batches, rank_part
+from fewclip.data.images import read_image as read
+from fewclip.heads.image_batches import PAD_LABEL, epoch_batches, epoch_order, rank_batches, rank_part
 
 
 def images(folder: Path, n: int) -> ImageSet:
@@ -42,3 +44,28 @@ def test_ranks_together_see_the_one_process_batches(tmp_path: Path) -> None:
     assert torch.equal(second[0], pixels) and second[1].tolist() == [PAD_LABEL]  # rank 1: a copy that counts nil
     skipped = list(rank_batches(data, transform, 5, 2, 4, 0, 1, 2, skip=4))  # resuming after one step
     assert torch.equal(skipped[0][0], parts[1][1][0])
+
+
+def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
+    from fewclip.backbones.preprocess import Augmentation
+    from fewclip.heads.clip_lora import ClipLoraConfig
+    from fewclip.heads.encoder_training import TrainPlan
+
+    data, transform = images(tmp_path, 4), ImageTransform(resize=16, crop=(16, 16))
+
+    def first(augment: Any) -> torch.Tensor:
+        return next(iter(epoch_batches(data, transform, 5, 0, 4, 0, augment)))[0]
+
+    papers = first(True)
+    assert torch.equal(first(Augmentation()), papers)  # True is the papers' crop + flip
+    assert torch.equal(first(False), torch.stack([torch.from_numpy(transform(read(p))) for p in
+                                                 [data.paths[i] for i in epoch_order(5, 0, 4)]]))
+    whole, unflipped = first(Augmentation(scale=(1.0, 1.0), ratio=(1.2, 1.2), flip=0.0)), first(Augmentation(flip=0.0))
+    assert not torch.equal(whole, papers) and not torch.equal(unflipped, papers)
+    flips = [torch.equal(u, p) or torch.equal(u.flip(-1), p) for u, p in zip(unflipped, papers)]
+    assert all(flips) and not all(torch.equal(u, p) for u, p in zip(unflipped, papers))  # same crops, unflipped
+    plan = TrainPlan(1, 4, 1, 1e-3, 0.0, 0.0, "fp32", "last", crop_scale=(0.5, 0.9), flip=False)
+    assert plan.augmentation() == Augmentation(scale=(0.5, 0.9), flip=0.0)
+    assert TrainPlan(1, 4, 1, 1e-3, 0.0, 0.0, "fp32", "last", augment=False).augmentation() is None
+    with pytest.raises(ValueError, match=r"crop_scale \[0.9, 0.5\]: give \[low, high\]"):
+        ClipLoraConfig(crop_scale=(0.9, 0.5))

@@ -106,19 +106,32 @@ def _pad_to(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # The reference CoOp trains on random resized crops (scale 0.08-1, ratio 3/4-4/3) and horizontal flips.
-AUGMENT_PARAMS = {"kind": "random_resized_crop+hflip", "scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "flip": 0.5}
+@dataclass(frozen=True)
+class Augmentation:
+    """torchvision's RandomResizedCrop (area ``scale``, aspect ``ratio``) + a horizontal flip with probability
+    ``flip``: what the papers train with."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+
+PAPERS_AUGMENTATION = Augmentation()
+AUGMENT_PARAMS = {"kind": "random_resized_crop+hflip", "scale": PAPERS_AUGMENTATION.scale,
+                  "ratio": PAPERS_AUGMENTATION.ratio, "flip": PAPERS_AUGMENTATION.flip}  # in view-cache keys
 
 
 def augment_rng(seed: int, sha1: str, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, int(sha1[:15], 16), view])
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            augmentation: Augmentation = PAPERS_AUGMENTATION) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height), sampled as torchvision's RandomResizedCrop does."""
     area = width * height
-    low, high = np.log(AUGMENT_PARAMS["ratio"][0]), np.log(AUGMENT_PARAMS["ratio"][1])
+    low, high = np.log(augmentation.ratio[0]), np.log(augmentation.ratio[1])
     for _ in range(10):
-        target = area * rng.uniform(*AUGMENT_PARAMS["scale"])
+        target = area * rng.uniform(*augmentation.scale)
         ratio = float(np.exp(rng.uniform(low, high)))
         w, h = int(round((target * ratio) ** 0.5)), int(round((target / ratio) ** 0.5))
         if 0 < w <= width and 0 < h <= height:
@@ -127,12 +140,13 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator) -
     return (width - side) // 2, (height - side) // 2, side, side
 
 
-def augment_view(transform: ImageTransform, rng: np.random.Generator, image: Image.Image) -> np.ndarray:
+def augment_view(transform: ImageTransform, rng: np.random.Generator, image: Image.Image,
+                 augmentation: Augmentation = PAPERS_AUGMENTATION) -> np.ndarray:
     """A random resized crop (to the model's crop size) + a random horizontal flip, normalised."""
-    left, top, w, h = random_resized_crop_box(image.width, image.height, rng)
+    left, top, w, h = random_resized_crop_box(image.width, image.height, rng, augmentation)
     crop_h, crop_w = transform.crop
     image = image.resize((crop_w, crop_h), resample=transform.resample, box=(left, top, left + w, top + h))
-    if rng.uniform() < AUGMENT_PARAMS["flip"]:
+    if rng.uniform() < augmentation.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = np.asarray(image, dtype=np.float32) * transform.rescale
     pixels = (pixels - np.asarray(transform.mean, np.float32)) / np.asarray(transform.std, np.float32)

@@ -89,8 +89,8 @@ class ClipLoraHead:
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, select=cfg.select, augment=cfg.augment,
-                         checkpoint_every=cfg.checkpoint_every)
+                         precision=cfg.precision, select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale,
+                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every)
         if cfg.gradient_checkpointing:
             self.model_.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,

@@ -22,12 +22,23 @@ class EncoderTrainingConfig(ConfigBlock):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast compute type while training "
                                                        "(the reference trains in fp16).")
     select: SelectRule = Field("auto", description=SELECT_HELP)
-    augment: bool = Field(True, description="Random resized crop (scale 0.08-1) + horizontal flip of each training "
-                          "image, drawn anew each epoch (the reference's); false: the model's own preprocessing.")
+    augment: bool = Field(True, description="Random resized crop + horizontal flip of each training image, drawn "
+                          "anew each epoch (the reference's); false: the model's own preprocessing.")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="The random resized crop's range of image "
+                                            "area (torchvision's scale; the papers' 0.08-1).")
+    flip: bool = Field(True, description="Flip half the training crops horizontally (false: never).")
     checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
                                   "epoch (0: at epoch ends only); a long epoch killed midway resumes there.")
     gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "
                                          "pass: less memory for large towers (ViT-L), about a third more time.")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale {list(value)}: give [low, high] with 0 < low <= high <= 1 (fractions of "
+                             "the image's area)")
+        return value
 
     @field_validator("accumulate")
     @classmethod

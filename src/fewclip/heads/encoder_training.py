@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..backbones.device import autocast_for
-from ..backbones.preprocess import ImageTransform
+from ..backbones.preprocess import Augmentation, ImageTransform
 from ..distributed import SINGLE, Ranks
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
@@ -52,6 +52,8 @@ class TrainPlan:
     precision: str
     select: SelectRule
     augment: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+    flip: bool = True
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     # "adamw" (per-step cosine to min_lr) or "sgd" (Dassl: momentum, constant warm-up, per-epoch cosine over
     # epochs of steps_per_epoch steps); see encoder_schedule
@@ -60,6 +62,12 @@ class TrainPlan:
     warmup_epochs: int = 0
     warmup_lr: float = 0.0
     steps_per_epoch: int = 0
+
+    def augmentation(self) -> Augmentation | None:
+        """The training images' augmentation; None: the model's own preprocessing."""
+        if not self.augment:
+            return None
+        return Augmentation(scale=self.crop_scale, flip=0.5 if self.flip else 0.0)
 
 
 class EncoderTrainer:
@@ -140,7 +148,7 @@ class EncoderTrainer:
                                                   "lr": self.scheduler.get_last_lr()[0]}
         workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
         batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
-                               plan.augment, skip=progress["steps"] * plan.batch_size)
+                               plan.augmentation(), skip=progress["steps"] * plan.batch_size)
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
         for done in range(progress["steps"] + 1, steps + 1):

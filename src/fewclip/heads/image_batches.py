@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones.preprocess import ImageTransform, augment_view
+from ..backbones.preprocess import PAPERS_AUGMENTATION, Augmentation, ImageTransform, augment_view
 from ..data.images import read_image
 from .base import ImageSet
 
@@ -32,23 +32,27 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 class AugmentedImages(Dataset):
     """Item i of epoch e: (pixels (3, H, W) of a random resized crop + flip of image i, its label)."""
 
-    def __init__(self, images: ImageSet, transform: ImageTransform, seed: int, epoch: int, augment: bool = True) -> None:
-        self.images, self.transform, self.seed, self.epoch, self.augment = images, transform, seed, epoch, augment
+    def __init__(self, images: ImageSet, transform: ImageTransform, seed: int, epoch: int,
+                 augment: Augmentation | bool = True) -> None:
+        self.images, self.transform, self.seed, self.epoch = images, transform, seed, epoch
+        # True: the papers' crop + flip; an Augmentation: those settings; False: the model's own preprocessing
+        self.augmentation = PAPERS_AUGMENTATION if augment is True else (augment or None)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = read_image(self.images.paths[index])
-        if self.augment:
-            pixels = augment_view(self.transform, np.random.default_rng([self.seed, self.epoch, index]), image)
+        if self.augmentation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            pixels = augment_view(self.transform, rng, image, self.augmentation)
         else:
             pixels = self.transform(image)
         return torch.from_numpy(pixels), int(self.images.labels[index])
 
 
 def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
-                  workers: int, augment: bool = True, shuffle: bool = True,
+                  workers: int, augment: Augmentation | bool = True, shuffle: bool = True,
                   skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
     the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
@@ -71,7 +75,7 @@ PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothi
 
 
 def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
-                 rank: int, world: int, augment: bool = True,
+                 rank: int, world: int, augment: Augmentation | bool = True,
                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
 

@@ -196,7 +196,8 @@ class MapleHead:
         steps_per_epoch = -(-len(train) // cfg.batch_size)
         plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
                          lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, precision=cfg.precision,
-                         select=cfg.select, augment=cfg.augment, checkpoint_every=cfg.checkpoint_every,
+                         select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale, flip=cfg.flip,
+                         checkpoint_every=cfg.checkpoint_every,
                          optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
         trainer = EncoderTrainer(self.net_, task.backbone.transform, plan, task.seed, task.workers,
