@@ -18,6 +18,7 @@ dropout > 0 a many-process run is statistically, not numerically, the one-proces
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -188,8 +189,6 @@ class EncoderTrainer:
 
     def no_sync(self, skip: bool) -> Any:
         """DDP's ``no_sync`` for the micro-batches before a step's last (gradients are reduced once a step)."""
-        import contextlib
-
         return self.forward.no_sync() if skip and self.ranks.distributed else contextlib.nullcontext()  # type: ignore[operator]
 
     @torch.no_grad()

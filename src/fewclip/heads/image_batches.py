@@ -51,17 +51,27 @@ class AugmentedImages(Dataset):
         return torch.from_numpy(pixels), int(self.images.labels[index])
 
 
+def batch_loader(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, augment: Augmentation | bool,
+                 batches: list[list[int]], workers: int) -> DataLoader:
+    """A DataLoader yielding (pixels, labels) for each list of image indices in ``batches``, decoded (and
+    augmented as epoch ``epoch`` of ``seed``) in ``workers`` worker processes."""
+    # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
+    return DataLoader(AugmentedImages(images, transform, seed, epoch, augment), batch_sampler=batches,
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``order`` cut into batches of ``batch_size`` (the last may be short)."""
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
 def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
                   workers: int, augment: Augmentation | bool = True, shuffle: bool = True,
                   skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
     the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
-    dataset = AugmentedImages(images, transform, seed, epoch, augment)
     order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
-    # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order[skip:], num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    yield from loader
+    yield from batch_loader(images, transform, seed, epoch, augment, chunks(order[skip:], batch_size), workers)
 
 
 def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
@@ -83,13 +93,11 @@ def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: 
     after ``skip``). When this rank's part of one is empty (a short last batch), it gets the batch's first
     image labelled ``PAD_LABEL``: its loss and accuracy count for nothing, but the rank still runs forward
     and backward, so DDP's gradient reduction has every rank's hooks."""
-    order = epoch_order(seed, epoch, len(images))[skip:]
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    parts = [rank_part(chunk, rank, world) for chunk in chunks]
-    dataset = AugmentedImages(images, transform, seed, epoch, augment)
-    loader = DataLoader(dataset, batch_sampler=[part or chunk[:1] for chunk, part in zip(chunks, parts)],
-                        num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    for chunk, part, (pixels, labels) in zip(chunks, parts, loader):
+    steps = chunks(epoch_order(seed, epoch, len(images))[skip:], batch_size)
+    parts = [rank_part(chunk, rank, world) for chunk in steps]
+    loader = batch_loader(images, transform, seed, epoch, augment,
+                          [part or chunk[:1] for chunk, part in zip(steps, parts)], workers)
+    for chunk, part, (pixels, labels) in zip(steps, parts, loader):
         yield pixels, labels if part else torch.full_like(labels, PAD_LABEL), len(chunk)
 
 
