@@ -11,12 +11,13 @@ import torch
 
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.data.images import read_image
 from fewclip.heads import HEADS, ImageSet, Task, load_head, save_head
 from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.zero_shot import ZeroShotHead
 from fewclip.layout import RunLayout
+
+from tests.heads.image_tasks import pixels_of, shapes_sets
 
 TEMPLATE = "a photo of a {}."
 
@@ -28,22 +29,7 @@ def backbone(tiny_clip: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def shapes(shapes_dir: Path) -> dict[str, Any]:
-    classes = sorted(p.name for p in (shapes_dir / "train").iterdir())
-
-    def images(split: str, pick: slice) -> ImageSet:
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            files = sorted((shapes_dir / split / name).glob("*.png"))[pick]
-            paths += files
-            labels += [label] * len(files)
-        return ImageSet(paths, torch.tensor(labels))
-
-    return {"classes": [c.replace("_", " ") for c in classes], "val": images("train", slice(0, 2)),
-            "train": images("train", slice(2, None)), "test": images("test", slice(None))}
-
-
-def pixels_of(backbone: Any, images: ImageSet) -> torch.Tensor:
-    return torch.from_numpy(np.stack([backbone.transform(read_image(p)) for p in images.paths]))
+    return shapes_sets(shapes_dir)
 
 
 def config(**changes: Any) -> ClipLoraConfig:
