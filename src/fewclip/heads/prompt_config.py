@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from ..configbase import ConfigBlock
-from .prompt_learning import TrainSettings
+from .prompt_learning import DROP_LAST_HELP, TrainSettings
 from .schedule import SCHEDULE_HELP, Schedule, schedules_agree
 from .selection import SELECT_HELP, SelectRule
 
@@ -69,6 +69,7 @@ class PromptLearningConfig(ConfigBlock):
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
                                "crop + flip, encoded once by the features stage); 0: the plain features.")
     select: SelectRule = Field("auto", description=SELECT_HELP)
@@ -103,7 +104,7 @@ class PromptLearningConfig(ConfigBlock):
 
     def settings(self, shots: int) -> TrainSettings:
         return TrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr, self.schedule)
+                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last)
 
     def key_values(self, class_names: Sequence[str]) -> dict[str, Any]:
         """The block's values, without ``schedule`` where it trains as fewclip's earlier default did (every

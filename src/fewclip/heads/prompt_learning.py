@@ -31,6 +31,11 @@ from .schedule import Schedule, lr_at_epoch, schedules_agree
 from .selection import BestEpoch, SelectRule, Selection
 
 Position = Literal["end", "middle", "front"]
+ViewSampling = Literal["per_image", "pool"]
+DROP_LAST_HELP = ("Drop each epoch's last partial batch when there are at least batch_size training images, as "
+                  "Dassl's loader does (the reference code's); false: train on it too.")
+VIEWS_HELP = ("With augment_views: 'pool' cuts each epoch's batches from all N views of every image, shuffled "
+              "together (the CLAP repository's adapters); 'per_image' takes one random view of each image per epoch.")
 log = logging.getLogger(__name__)
 
 
@@ -187,18 +192,56 @@ class TrainSettings:
     warmup_epochs: int
     warmup_lr: float
     schedule: Schedule = "fewclip"  # the cosine's span after warm-up (fewclip.heads.schedule)
+    drop_last: bool = False  # Dassl's train loader: drop an epoch's last partial batch (see ``batch_count``)
+    views: ViewSampling = "per_image"  # with cached augmented views: how an epoch draws them (``epoch_batches``)
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate epoch ``epoch`` (0-based) trains at."""
         return lr_at_epoch(epoch, self.epochs, self.lr, self.warmup_epochs, self.warmup_lr, self.schedule)
 
     def key_values(self) -> dict[str, Any]:
-        """The settings a checkpoint's key hashes; ``schedule`` only where it changes a rate, so a checkpoint
-        written before the key existed still resumes when the rates it trained at are unchanged."""
+        """The settings a checkpoint's key hashes; ``schedule``, ``drop_last`` and ``views`` only where they
+        differ from fewclip's earlier behaviour, so a checkpoint written before they existed still resumes
+        when nothing it trained on changed."""
         values = asdict(self)
         if self.schedule == "fewclip" or schedules_agree(self.epochs, self.warmup_epochs):
             del values["schedule"]
+        for name, before in (("drop_last", False), ("views", "per_image")):
+            if values[name] == before:
+                del values[name]
         return values
+
+
+def batch_count(n_images: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch over ``n_images``. Dassl's train loader (``dassl/data/data_manager.py``
+    ``build_data_loader``: ``drop_last=is_train and len(data_source) >= batch_size``) drops the last
+    partial batch, but keeps a lone short batch when there are fewer images than one batch."""
+    if drop_last and n_images >= batch_size:
+        return n_images // batch_size
+    return -(-n_images // batch_size)
+
+
+def epoch_batches(train: FeatureSet, settings: TrainSettings,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One epoch's (features (m, d), labels (m,), batches of row indices into them).
+
+    Without views: the plain features in a random order. With cached views (n, V, d), ``per_image`` takes one
+    random view of every image (as Dassl's loader augments each image once an epoch); ``pool`` shuffles all
+    n * V views and cuts the epoch's batches from them (jusiro/CLAP ``trainers/adapters.py``
+    ``TrainerXCostume.run_epoch``: as many batches as the image loader has, sliced from the shuffled pool).
+    """
+    n, size = len(train.labels), settings.batch_size
+    if train.views is not None and settings.views == "pool":
+        x = train.views.flatten(0, 1)  # image-major: image i's views are rows i*V .. i*V + V-1
+        y = train.labels.repeat_interleave(train.views.shape[1])
+    else:
+        x, y = train.features, train.labels
+    order = torch.randperm(len(y), generator=generator)
+    if train.views is not None and settings.views == "per_image":
+        pick = torch.randint(train.views.shape[1], (n,), generator=generator)
+        x = train.views[torch.arange(n), pick]
+    count = batch_count(n, size, settings.drop_last)
+    return x, y, [order[i * size : (i + 1) * size] for i in range(count)]
 
 
 def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -323,22 +366,16 @@ def train_prompt_module(
         resumed = _load_checkpoint(checkpoint, module, optimizer, key, select)
         if resumed is not None:
             start_epoch, history, keeper = resumed
-    x, y = train.features, train.labels
     bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
                unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
         lr = settings.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        epoch_generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-        order = torch.randperm(len(y), generator=epoch_generator)
-        if train.views is not None:  # one random augmented view of every image per epoch, as the reference trains
-            pick = torch.randint(train.views.shape[1], (len(y),), generator=epoch_generator)
-            x = train.views[torch.arange(len(y)), pick]
-        total = 0.0
+        x, y, batches = epoch_batches(train, settings, torch.Generator().manual_seed(seed * 100003 + epoch))
+        total, seen = 0.0, 0
         module.train()
-        for start in range(0, len(y), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
+        for idx in batches:
             optimizer.zero_grad(set_to_none=True)
             if train_step is None:
                 loss = nn.functional.cross_entropy(logits_fn(x[idx]).float(), y[idx])
@@ -347,9 +384,9 @@ def train_prompt_module(
             else:
                 value = train_step(x[idx], y[idx])
             optimizer.step()
-            total += value * len(idx)
+            total, seen = total + value * len(idx), seen + len(idx)
         module.eval()
-        row = {"epoch": float(epoch + 1), "train_loss": total / len(y), "lr": lr}
+        row = {"epoch": float(epoch + 1), "train_loss": total / seen, "lr": lr}
         if val is not None and len(val):
             with torch.no_grad():
                 val_logits = (val_logits_fn or logits_fn)(val.features).float()

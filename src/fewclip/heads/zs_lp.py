@@ -23,7 +23,9 @@ from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .prompt_fit import check_template_task
-from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
+from .prompt_learning import (DROP_LAST_HELP, VIEWS_HELP, TrainSettings, ViewSampling, head_checkpoint_key,
+                              train_prompt_module)
+from .schedule import SCHEDULE_HELP, Schedule
 from .selection import SELECT_HELP, SelectRule
 from .zero_shot import ZeroShotHead
 
@@ -38,15 +40,18 @@ class ZsLpConfig(ConfigBlock):
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
+    schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (the paper "
                                "extracts 20); 0: the plain features.")
+    view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
     select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
     calibrate: bool = Field(False, description="Temperature-scale the logits on the validation split (off: "
                             "validation-free, as in the paper).")
 
     def settings(self) -> TrainSettings:
         return TrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr)
+                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last, self.view_sampling)
 
 
 class PrototypeModel(nn.Module):
