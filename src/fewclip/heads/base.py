@@ -79,6 +79,8 @@ class Head(Protocol):
     uses_augmented_views: ClassVar[bool]  # Config.augment_views: fit gets FeatureSet.views
     selects_epoch: ClassVar[bool]  # iterative; Config.select; best_epoch_ and selection_ after fit
     calibrates: ClassVar[bool]  # Config.calibrate; calibration_ and temperature_ after fit
+    paper: ClassVar[str | None]  # the paper the head reproduces (None: fewclip's own), declared in the class itself
+    official_code: ClassVar[str | None]  # the repository whose computation it follows (tests/reference/ proves it)
     tunes_encoders: ClassVar[bool]  # fit gets ImageSets (images, not features); image_logits(pixels) scores,
     # image_saliency_pass(pixels) gives saliency its tuned tower
     history_: list[dict[str, float]]

@@ -33,6 +33,8 @@ def class_multipliers(zero_shot_logits: torch.Tensor, labels: torch.Tensor, n_cl
 
 class ClapHead(ZsLpHead):
     name: ClassVar[str] = "clap"
+    paper: ClassVar[str | None] = "Silva-Rodriguez et al., CVPR 2024 (CLAP)"
+    official_code: ClassVar[str | None] = "jusiro/CLAP"
     config_key: ClassVar[str | None] = "clap"
     Config = ClapConfig
 

@@ -85,6 +85,8 @@ def init_adapter(dim: int, reduction: int, generator: torch.Generator) -> tuple[
 
 class ClipAdapterHead:
     name: ClassVar[str] = "clip_adapter"
+    paper: ClassVar[str | None] = "Gao et al., IJCV 2023 (CLIP-Adapter)"
+    official_code: ClassVar[str | None] = "jusiro/CLAP"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = True

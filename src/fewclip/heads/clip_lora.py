@@ -51,6 +51,8 @@ class TunedLogits(nn.Module):
 
 class ClipLoraHead:
     name: ClassVar[str] = "clip_lora"
+    paper: ClassVar[str | None] = "Zanella & Ben Ayed, CVPR-W 2024 (CLIP-LoRA)"
+    official_code: ClassVar[str | None] = "MaxZanella/CLIP-LoRA"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = True

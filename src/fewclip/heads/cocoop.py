@@ -43,6 +43,8 @@ class CoCoOpParams(nn.Module):
 
 class CoCoOpHead:
     name: ClassVar[str] = "cocoop"
+    paper: ClassVar[str | None] = "Zhou et al., CVPR 2022 (CoCoOp)"
+    official_code: ClassVar[str | None] = "KaiyangZhou/CoOp"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = True

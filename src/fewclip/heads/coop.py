@@ -84,6 +84,8 @@ class CoOpPrompts:
 
 class CoOpHead:
     name: ClassVar[str] = "coop"
+    paper: ClassVar[str | None] = "Zhou et al., IJCV 2022 (CoOp)"
+    official_code: ClassVar[str | None] = "KaiyangZhou/CoOp"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = True

@@ -33,6 +33,8 @@ class KgCoOpConfig(CoOpConfig):
 
 class KgCoOpHead(CoOpHead):
     name: ClassVar[str] = "kgcoop"
+    paper: ClassVar[str | None] = "Yao et al., CVPR 2023 (KgCoOp)"
+    official_code: ClassVar[str | None] = "htyao89/KgCoOp"
     config_key: ClassVar[str | None] = "kgcoop"
     Config = KgCoOpConfig
 

@@ -31,6 +31,8 @@ class LinearProbeConfig(ConfigBlock):
 
 class LinearProbeHead:
     name: ClassVar[str] = "linear_probe"
+    paper: ClassVar[str | None] = None  # fewclip's own
+    official_code: ClassVar[str | None] = None
     uses_text: ClassVar[bool] = False
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = False

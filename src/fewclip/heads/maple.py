@@ -147,6 +147,8 @@ class MapleNet(nn.Module):
 
 class MapleHead:
     name: ClassVar[str] = "maple"
+    paper: ClassVar[str | None] = "Khattak et al., CVPR 2023 (MaPLe)"
+    official_code: ClassVar[str | None] = "muzairkhattak/multimodal-prompt-learning"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = True  # the same prompts on other class names (base-to-new)

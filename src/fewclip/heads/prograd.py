@@ -41,6 +41,8 @@ def project_conflict(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: flo
 
 class ProGradHead(CoOpHead):
     name: ClassVar[str] = "prograd"
+    paper: ClassVar[str | None] = "Zhu et al., ICCV 2023 (ProGrad)"
+    official_code: ClassVar[str | None] = "BeierZhu/Prompt-align"
     config_key: ClassVar[str | None] = "prograd"
     Config = ProGradConfig
 

@@ -98,6 +98,8 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
 
 class TipAdapterHead:
     name: ClassVar[str] = "tip_adapter"
+    paper: ClassVar[str | None] = "Zhang et al., ECCV 2022 (Tip-Adapter)"
+    official_code: ClassVar[str | None] = "gaopengcuhk/Tip-Adapter"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = False  # the cache holds the training classes' labels

@@ -38,6 +38,8 @@ class TipAdapterFConfig(TipAdapterConfig):
 
 class TipAdapterFHead(TipAdapterHead):
     name: ClassVar[str] = "tip_adapter_f"
+    paper: ClassVar[str | None] = "Zhang et al., ECCV 2022 (Tip-Adapter-F)"
+    official_code: ClassVar[str | None] = "gaopengcuhk/Tip-Adapter"
     config_key: ClassVar[str | None] = "tip_adapter_f"
     selects_epoch: ClassVar[bool] = True
     Config = TipAdapterFConfig

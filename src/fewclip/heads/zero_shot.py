@@ -17,6 +17,8 @@ class ZeroShotConfig(ConfigBlock):
 
 class ZeroShotHead:
     name: ClassVar[str] = "zero_shot"
+    paper: ClassVar[str | None] = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
+    official_code: ClassVar[str | None] = "openai/CLIP"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = False
     transfers: ClassVar[bool] = True

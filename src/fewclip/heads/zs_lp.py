@@ -78,6 +78,8 @@ def zero_shot_init(task: Task) -> tuple[torch.Tensor, ZeroShotHead]:
 
 class ZsLpHead:
     name: ClassVar[str] = "zs_lp"
+    paper: ClassVar[str | None] = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
+    official_code: ClassVar[str | None] = "jusiro/CLAP"
     uses_text: ClassVar[bool] = True
     uses_shots: ClassVar[bool] = True
     transfers: ClassVar[bool] = False
