@@ -18,10 +18,11 @@ import torch
 from .heads.base import differentiable_logits
 
 
-def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
-                   target: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
-    """pixels (n, 3, H, W) -> ((n, gh, gw) saliency in [0, 1], (n, C) logits), for the ``target``
-    classes (default: the predicted ones)."""
+def saliency_terms(backbone: Any, head: Any, pixels: torch.Tensor,
+                   target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pixels (n, 3, H, W) -> (dS/dA (n, gh, gw, c), A (n, gh, gw, c), logits (n, C)) for the ``target``
+    classes' scores S (default: the predicted ones): what a map is made of, before ReLU and normalisation
+    (where float rounding is amplified: compare these, not maps, across code paths)."""
     with torch.enable_grad():
         # the frozen model has no trainable weights: gradients need an input that asks for them
         inputs = pixels.detach().to(backbone.device, copy=True).requires_grad_(True)
@@ -34,9 +35,17 @@ def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
             target = logits.argmax(-1)
         # autograd.grad, not backward: a tuned head's trainable weights keep no .grad from a saliency map
         (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None].to(logits.device)).sum(), activations)
-    maps = (gradient * activations).sum(-1).clamp_min(0).detach().float().cpu().numpy()  # (n, gh, gw)
+    return gradient.detach().float().cpu(), activations.detach().float().cpu(), logits.detach().float().cpu()
+
+
+def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
+                   target: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """pixels (n, 3, H, W) -> ((n, gh, gw) saliency in [0, 1], (n, C) logits), for the ``target``
+    classes (default: the predicted ones)."""
+    gradient, activations, logits = saliency_terms(backbone, head, pixels, target)
+    maps = (gradient * activations).sum(-1).clamp_min(0).numpy()  # (n, gh, gw)
     peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
-    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), logits.detach().float().cpu()
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), logits
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -137,10 +137,13 @@ def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbon
     predictions = head.predict(test)
     assert predictions.dtype == torch.long
     assert torch.equal(predictions, logits.argmax(dim=-1))
-    if head.needs_text_at_predict:  # image-conditioned prompts: batched text-tower calls of another shape
-        torch.testing.assert_close(head.logits(test[3:5]), logits[3:5], atol=1e-5, rtol=0)
-    else:
-        assert torch.equal(head.logits(test[3:5]), logits[3:5])  # one image's logits do not depend on the batch
+    # one image's logits do not depend on the batch beyond float32 rounding: BLAS picks its kernel (and so its
+    # summation order) by the shapes and the CPU, so bit-equality is no promise any head can keep everywhere
+    alone, tolerance = head.logits(test[3:5]), 1e-5 * float(logits.abs().max())
+    torch.testing.assert_close(alone, logits[3:5], atol=tolerance, rtol=1e-5)
+    top2 = logits[3:5].topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 10 * tolerance  # a near-tie may fall either way on another CPU
+    assert torch.equal(alone.argmax(-1)[clear], logits[3:5].argmax(-1)[clear])
 
 
 def test_same_seed_fits_the_same_head(name: str, shape_data: dict, backbone: CLIPBackbone,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -181,30 +181,38 @@ class CLIPBackbone:
         return features.cpu(), activations
 
 
-def vision_saliency_pass(model: Any, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the patch tokens *entering*
-    its vision tower's last layer, (n, g, g, width), on one autograd graph.
+@contextlib.contextmanager
+def last_layer_patches(model: Any, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, the patch tokens that an HF ``CLIPModel``'s last vision layer *normalises* for its
+    attention (``layer_norm1``'s output) are captured as a (n, g, g, width) view on the forward graph, in
+    the yielded dict under ``"patches"``. ``trailing``: tokens after the patches left out (MaPLe's prompts).
 
-    The image feature is read from the CLS token alone, so the last layer's *output* patch tokens get no
-    gradient; its input tokens are what the final CLS attention reads the evidence from. Serves the frozen
-    backbone and a head's tuned copy of the model alike (clip_lora).
+    Why the normalised tokens: the image feature is read from the CLS token, which reads the patches only
+    through this LayerNorm, and a LayerNorm ignores its input's scale, so the gradient at its *input* is
+    orthogonal to that input token by token (up to its eps): gradient x activation there sums to rounding
+    noise. At its output the product is the evidence Grad-CAM for ViTs reads (pytorch-grad-cam's ViT
+    recipe takes the last block's ``norm1`` for the same reason).
     """
     captured: dict[str, torch.Tensor] = {}
 
-    def route(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # the layer reads the activations through a (n, g, g, width) view, so their gradient is the
-        # gradient of the patch tokens
-        hidden = args[0] if args else kwargs["hidden_states"]
-        grid = int(round((hidden.shape[1] - 1) ** 0.5))
-        patches = hidden[:, 1:].reshape(len(hidden), grid, grid, -1)
-        patches.retain_grad()
+    def route(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        end = output.shape[1] - trailing
+        grid = int(round((end - 1) ** 0.5))
+        patches = output[:, 1:end].reshape(len(output), grid, grid, -1)  # the layer reads the patches through this view
         captured["patches"] = patches
-        hidden = torch.cat([hidden[:, :1], patches.flatten(1, 2)], dim=1)
-        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        return torch.cat([output[:, :1], patches.flatten(1, 2), output[:, end:]], dim=1)
 
-    handle = model.vision_model.encoder.layers[-1].register_forward_pre_hook(route, with_kwargs=True)
+    handle = model.vision_model.encoder.layers[-1].layer_norm1.register_forward_hook(route)
     try:
-        features = model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float()
+        yield captured
     finally:
         handle.remove()
+
+
+def vision_saliency_pass(model: Any, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the normalised patch tokens its
+    vision tower's last layer attends over, (n, g, g, width), on one autograd graph (``last_layer_patches``).
+    Serves the frozen backbone and a head's tuned copy of the model alike (clip_lora)."""
+    with last_layer_patches(model) as captured:
+        features = model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float()
     return features, captured["patches"]

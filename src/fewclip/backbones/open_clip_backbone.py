@@ -394,8 +394,10 @@ class OpenCLIPBackbone:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
 
     def saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A ResNet's last convolutional stage (``layer4``'s output, before the attention pooling), or a
-        ViT's patch tokens entering its last block, as (n, gh, gw, c) on the feature's graph."""
+        """A ResNet's last convolutional stage (``layer4``'s output, before the attention pooling), or the
+        patch tokens a ViT's last block normalises for its attention (``ln_1``'s output: at its input a
+        LayerNorm's scale invariance makes gradient x activation vanish, see ``hf_clip.last_layer_patches``),
+        as (n, gh, gw, c) on the feature's graph."""
         visual = self.model.visual
         captured: dict[str, torch.Tensor] = {}
         if hasattr(visual, "attnpool") and hasattr(visual, "layer4"):  # ModifiedResNet
@@ -407,18 +409,17 @@ class OpenCLIPBackbone:
 
             handle = visual.layer4.register_forward_hook(keep)
         elif hasattr(visual, "transformer") and hasattr(visual, "class_embedding"):  # VisionTransformer
-            def route(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-                tokens = args[0]  # (n, 1 + P, w), batch first
+            def route(_module: Any, _args: Any, tokens: torch.Tensor) -> torch.Tensor:
+                # tokens: (n, 1 + P, w), batch first
                 prefix = tokens.shape[1] - int(round((tokens.shape[1] - 1) ** 0.5)) ** 2
                 grid_size = int(round((tokens.shape[1] - prefix) ** 0.5))
                 grid = tokens[:, prefix:].reshape(len(tokens), grid_size, grid_size, -1)
-                grid.retain_grad()
                 captured["grid"] = grid
-                return (torch.cat([tokens[:, :prefix], grid.flatten(1, 2)], dim=1), *args[1:])
+                return torch.cat([tokens[:, :prefix], grid.flatten(1, 2)], dim=1)
 
             if not getattr(visual.transformer, "batch_first", True):
                 raise ValueError("saliency: this OpenCLIP ViT runs sequence-first; fewclip reads batch-first tokens")
-            handle = visual.transformer.resblocks[-1].register_forward_pre_hook(route)
+            handle = visual.transformer.resblocks[-1].ln_1.register_forward_hook(route)
         else:
             raise ValueError(f"saliency: no spatial activations known for OpenCLIP image tower {type(visual).__name__} "
                              f"(supported: ModifiedResNet, VisionTransformer); set output.saliency_images: 0")

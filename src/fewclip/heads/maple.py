@@ -26,6 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..backbones.hf_clip import last_layer_patches
 from .base import ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
@@ -120,23 +121,12 @@ class MapleNet(nn.Module):
         return normalize(image_features(self.frozen[0], pixels, shallow, deep, self.recompute).float())
 
     def saliency_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, dim) normalised image features and the patch tokens entering the last vision layer, (n, g, g, w),
-        on one autograd graph (the CLS token and the appended vision prompts are left out of the grid)."""
+        """(n, dim) normalised image features and the normalised patch tokens the last vision layer attends
+        over, (n, g, g, w), on one autograd graph (``hf_clip.last_layer_patches``; the CLS token and the
+        appended vision prompts are left out of the grid)."""
         shallow, deep = self.prompts.vision()
-        last = len(self.frozen[0].vision_model.encoder.layers) - 1
-        captured: dict[str, torch.Tensor] = {}
-
-        def route(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
-            if index != last:
-                return None
-            prompts = 0 if shallow is None else shallow.shape[0]
-            patches = hidden[:, 1 : hidden.shape[1] - prompts]
-            grid = int(round(patches.shape[1] ** 0.5))
-            patches = patches.reshape(len(hidden), grid, grid, -1)
-            captured["patches"] = patches
-            return torch.cat([hidden[:, :1], patches.flatten(1, 2), hidden[:, hidden.shape[1] - prompts :]], dim=1)
-
-        features = image_features(self.frozen[0], pixels, shallow, deep, False, on_layer=route)
+        with last_layer_patches(self.frozen[0], trailing=0 if shallow is None else shallow.shape[0]) as captured:
+            features = image_features(self.frozen[0], pixels, shallow, deep, False)
         return normalize(features.float()), captured["patches"]
 
     def forward(self, pixels: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
