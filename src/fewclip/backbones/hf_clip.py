@@ -199,6 +199,8 @@ def last_layer_patches(model: Any, trailing: int = 0) -> Iterator[dict[str, torc
         end = output.shape[1] - trailing
         grid = int(round((end - 1) ** 0.5))
         patches = output[:, 1:end].reshape(len(output), grid, grid, -1)  # the layer reads the patches through this view
+        if patches.requires_grad:
+            patches.retain_grad()  # .backward() callers read patches.grad
         captured["patches"] = patches
         return torch.cat([output[:, :1], patches.flatten(1, 2), output[:, end:]], dim=1)
 

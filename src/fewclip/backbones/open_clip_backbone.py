@@ -414,6 +414,7 @@ class OpenCLIPBackbone:
                 prefix = tokens.shape[1] - int(round((tokens.shape[1] - 1) ** 0.5)) ** 2
                 grid_size = int(round((tokens.shape[1] - prefix) ** 0.5))
                 grid = tokens[:, prefix:].reshape(len(tokens), grid_size, grid_size, -1)
+                grid.retain_grad()
                 captured["grid"] = grid
                 return torch.cat([tokens[:, :prefix], grid.flatten(1, 2)], dim=1)
 
