@@ -55,3 +55,18 @@ def make_config(tiny_clip: Path, shapes_dir: Path, tmp_path: Path):
         return load_config(None, list(overrides), base=base)
 
     return build
+
+
+# Tests whose assertions rest on float arithmetic agreeing across code paths: .ci/run runs them a second time
+# with one thread and other vector kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS), so an assertion that
+# holds on one machine's kernels only fails in CI rather than on a user's CPU.
+NUMERIC_FILES = ("test_contract.py", "test_saliency.py", "test_clip_lora_saliency.py", "test_maple_saliency.py")
+NUMERIC_WORDS = ("resum", "exact", "identical", "equivalen", "same_as", "matches", "bit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if (path.parent.name == "reference" or path.name in NUMERIC_FILES
+                or any(word in item.name.lower() for word in NUMERIC_WORDS)):
+            item.add_marker(pytest.mark.numerics)
