@@ -7,6 +7,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One thread count for the whole session: by default every run picks the cores that the load average leaves
+# free, and a reduction split over another number of threads rounds differently, so two runs compared bit for
+# bit (a clean and a resumed one) must not pick their counts at different loads. (.ci/run's second pass: 1.)
+os.environ.setdefault("FEWCLIP_THREADS", "2")
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
