@@ -245,6 +245,7 @@ def conforming_fake() -> type:
         uses_shots, uses_text, checks_task, transfers, needs_text_at_predict = True, False, False, False, False
         per_template_scores, has_differentiable_logits, uses_augmented_views = False, False, False
         selects_epoch, calibrates, tunes_encoders = True, False, False
+        paper, official_code = None, None
 
     return Fake
 
@@ -264,6 +265,7 @@ def test_a_conforming_fake_head_passes() -> None:
     ({"checks_task": True}, "checks_task is True but the class lacks check()"),
     ({"calibrates": None}, "fake: declare calibrates = True or False"),
     ({"config_key": "my block"}, "config_key must be the name of its top-level config block"),
+    ({"name": "other", "paper": "Someone et al."}, "other: declare official_code in the class that declares its name"),
     ({"tunes_encoders": True, "image_logits": lambda self, pixels: pixels},
      "tunes_encoders is True but the class lacks image_saliency_pass()"),
     ({"transfers": True, "transfer": lambda self, names: self},

@@ -102,10 +102,12 @@ def contract_problems(head_cls: type) -> list[str]:
             if (config_key in config_keys) != declared:
                 problems.append(f"{name}: {cap.flag} is {declared} but its Config "
                                 f"{'lacks' if declared else 'has'} the key {config_key!r} ({cap.meaning})")
+    # declared where the head's name is (a head built on another, as KgCoOp on CoOp, names its own paper)
+    owner = next((cls for cls in inspect.getmro(head_cls) if "name" in vars(cls)), head_cls)
     for attr, meaning in (("paper", "the paper it reproduces"), ("official_code", "the official repository (owner/name) "
                           "its computation follows, proven by tests/reference/test_<name>.py")):
-        if attr not in vars(head_cls) or not isinstance(vars(head_cls)[attr], (str, type(None))):
-            problems.append(f"{name}: declare {attr} in the class itself ({meaning}; None: fewclip's own)")
+        if attr not in vars(owner) or not isinstance(vars(owner)[attr], (str, type(None))):
+            problems.append(f"{name}: declare {attr} in the class that declares its name ({meaning}; None: fewclip's own)")
     if getattr(head_cls, "uses_text", False) is True and getattr(head_cls, "checks_task", False) is not True:
         problems.append(f"{name}: a head that uses_text must declare checks_task and check every prompt in check(task)")
     return problems
