@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
-from fewclip.heads import ClapHead, Task, ZeroShotHead, ZsLpHead
+from fewclip.heads import ClapHead, Task, ZeroShotHead, ZsLpHead, normalize
 from fewclip.heads.clap import class_multipliers
-from fewclip.heads.zs_lp import PrototypeModel, zero_shot_init
+from fewclip.heads.zs_lp import PrototypeModel, initial_model
 from tests.heads.adapter_tasks import TASK_NAMES, CallCounter, Killed, accuracy, cluster_task
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]
@@ -33,11 +33,21 @@ def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Calla
 
     monkeypatch.setattr("fewclip.heads.zs_lp.train_prompt_module", lambda *a, **k: ([], Selection(0, "untrained"), {}))
     test = cluster_task(backbone.dim, 5, seed=3)
+    # one template: the untrained probe is exactly zero-shot
+    one = Task(TASK_NAMES, TEMPLATES[:1], backbone, 0)
+    head = ZsLpHead(make_config().zs_lp).fit(one, cluster_task(backbone.dim, 2, seed=1))
+    assert (head.logits(test.features) - ZeroShotHead().fit(one).logits(test.features)).abs().max().item() <= 1e-5
+    # several: the start is the mean raw template embedding (the reference's), scored by CLIP's cosine logits
     head = ZsLpHead(make_config().zs_lp).fit(task(backbone), cluster_task(backbone.dim, 2, seed=1))
-    zero_shot = ZeroShotHead().fit(task(backbone))
-    assert (head.logits(test.features) - zero_shot.logits(test.features)).abs().max().item() <= 1e-5
-    # the start's length is the mean raw template embedding's (the reference's scale)
     raw = backbone.encode_text([t.format(n) for t in TEMPLATES for n in TASK_NAMES]).reshape(2, len(TASK_NAMES), -1)
+    torch.testing.assert_close(head.model_.prototypes, raw.mean(0), atol=1e-5, rtol=1e-5)
+    expected = backbone.logit_scale * normalize(test.features) @ normalize(raw.mean(0)).T
+    assert (head.logits(test.features) - expected).abs().max().item() <= 1e-5
+    # prototypes: zero_shot starts from the zero-shot ensemble, at the raw mean's length: exactly zero-shot
+    head = ZsLpHead(make_config("zs_lp.prototypes=zero_shot").zs_lp).fit(task(backbone), cluster_task(backbone.dim, 2, seed=1))
+    zero_shot = ZeroShotHead().fit(task(backbone)).logits(test.features)
+    assert (head.logits(test.features) - zero_shot).abs().max().item() <= 1e-5
+    assert (expected - zero_shot).abs().max().item() > 1e-3  # the two starts differ with two templates
     torch.testing.assert_close(head.model_.prototypes.norm(dim=-1), raw.mean(0).norm(dim=-1))
 
 
@@ -59,8 +69,7 @@ def test_clap_penalty_holds_prototypes_nearer_the_start(backbone: CLIPBackbone, 
     overrides = ("epochs=30", "batch_size=12")
     zs_lp = ZsLpHead(make_config(*(f"zs_lp.{o}" for o in overrides)).zs_lp).fit(task(backbone), train)
     clap = ClapHead(make_config(*(f"clap.{o}" for o in overrides)).clap).fit(task(backbone), train)
-    w0, _ = zero_shot_init(task(backbone))
-    assert torch.allclose(w0 / w0.norm(dim=-1, keepdim=True), ZeroShotHead().fit(task(backbone)).prototypes_, atol=1e-6)
+    w0 = initial_model(task(backbone)).prototypes.detach()
     drift_lp = (zs_lp.model_.prototypes - w0).norm(dim=-1).sum()
     drift_clap = (clap.model_.prototypes - w0).norm(dim=-1).sum()
     assert 0 < drift_clap < drift_lp
@@ -89,7 +98,9 @@ def test_clap_resumes_a_killed_fit(backbone: CLIPBackbone, make_config: Callable
         ClapHead(config).fit(task(backbone, seed=4, checkpoint=checkpoint), train, val)
     calls.restart()
     resumed = ClapHead(config).fit(task(backbone, seed=4, checkpoint=checkpoint), train, val)
-    assert calls.count == 2 * per_epoch  # epochs 3 and 4 (no calibration pass: validation-free)
+    # the untrained probe scores the support set once (the multipliers), then epochs 3 and 4 (no calibration
+    # pass: validation-free)
+    assert calls.count == 1 + 2 * per_epoch
     assert resumed.history_ == reference.history_
     for key, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key

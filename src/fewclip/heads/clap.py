@@ -1,11 +1,14 @@
 """CLAP, the CLass-Adaptive linear Probe (Silva-Rodriguez et al., CVPR 2024): ZS-LP plus a per-class
 penalty that keeps each prototype near its zero-shot start.
 
-``loss = CE + mean_c(lambda_c * ||w_c - w0_c||^2)`` (jusiro/CLAP ``trainers/adapters.py``
-``zero_shot_constraint`` with the default ``l2`` constraint). The multipliers are set once, before
-training, from the support set (``init_lagrangian_multipliers``): ``lambda_c`` = the mean zero-shot
-probability of class c over the support images of class c, so classes where zero-shot is already right
-are held close to it. Validation-free as in the paper: the same schedule as ZS-LP, last epoch kept.
+As jusiro/CLAP ``trainers/adapters.py`` (``INIT: ZS``, ``CONSTRAINT: l2``): ``loss = CE + mean_c(lambda_c *
+||w_c - w0_c||^2)`` (``AdapterMethod.zero_shot_constraint``), ``w0`` the untrained prototypes (the mean raw
+template embeddings, ``_get_base_text_features``). The multipliers are set once, before training
+(``init_lagrangian_multipliers``): ``lambda_c`` = the mean softmax probability of class c, under the untrained
+probe's logits, over the training features of class c (all augmented views when they are cached, as the
+reference computes them on its 20 augmented passes), so classes where zero-shot is already right are held close
+to it. Validation-free, with ZS-LP's schedule, batches and differences from the reference (see ``zs_lp``).
+A class with no training image gets lambda 0 where the reference divides by zero.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import torch
 from torch import nn
 
 from .base import FeatureSet
-from .zero_shot import ZeroShotHead
 from .zs_lp import PrototypeModel, ZsLpConfig, ZsLpHead
 
 
@@ -41,13 +43,13 @@ class ClapHead(ZsLpHead):
     def __init__(self, config: ClapConfig | None = None) -> None:
         self.config = config or ClapConfig()
 
-    def train_step(self, model: PrototypeModel, train: FeatureSet,
-                   zero_shot: ZeroShotHead) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def train_step(self, model: PrototypeModel, train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float]:
         features, labels = train.features, train.labels
         if train.views is not None:  # the reference sets them on its augmented support features
             features = train.views.flatten(0, 1)
             labels = labels.repeat_interleave(train.views.shape[1])
-        multipliers = class_multipliers(zero_shot.logits(features), labels, model.prototypes.shape[0])
+        with torch.no_grad():  # the untrained probe's logits: the reference's logits_zs
+            multipliers = class_multipliers(model(features), labels, model.prototypes.shape[0])
         anchor = model.prototypes.detach().clone()  # w0: the zero-shot start
 
         def step(x: torch.Tensor, y: torch.Tensor) -> float:

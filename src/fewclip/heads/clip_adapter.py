@@ -1,18 +1,31 @@
 """CLIP-Adapter (Gao et al., IJCV 2023, arXiv 2110.04544): a residual bottleneck MLP on the image features.
 
-``f' = ratio * A(f) + (1 - ratio) * f`` with ``A = ReLU(W2 ReLU(W1 f))`` (no biases, d -> d/4 -> d), then
-CLIP's logits against the zero-shot class prototypes of the configured templates. Architecture, reduction 4
-and ratio 0.2 from the reference (gaopengcuhk/CLIP-Adapter ``clip_adapter.py``: ``Adapter(c_in, reduction=4)``,
-``ratio = 0.2``); that file has no optimiser settings, so the schedule is the one the CLAP authors ran
-CLIP-Adapter with (jusiro/CLAP ``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``: SGD lr 0.1, momentum 0.9,
-no weight decay, 300 epochs, batch 256, cosine after one constant 1e-5 warm-up epoch). The epoch kept is
-chosen on val by the shared rule. ratio 0 is exactly zero-shot.
+``f' = ratio * A(f) + (1 - ratio) * f`` with ``A = ReLU(W2 ReLU(W1 f))`` (no biases, d -> d/4 -> d, drawn as
+``nn.Linear`` draws), on the raw image features, then CLIP's logits against the normalised mean raw template
+embedding of each class. Architecture, reduction 4 and ratio 0.2 from the authors' code (gaopengcuhk/CLIP-Adapter
+``clip_adapter.py``: ``Adapter(c_in, reduction=4)``, ``ratio = 0.2``); that file has no optimiser settings, so
+the head follows the CLAP authors' CLIP-Adapter (jusiro/CLAP ``trainers/adapters.py``, ``INIT: ClipA``:
+``init_clipA``, ``forward_clipadapter``, prototypes from ``_get_base_text_features``) and their
+``configs/trainers/SGD_lr1e-1_B256_ep300.yaml`` through Dassl: SGD lr 0.1, momentum 0.9, no weight decay,
+300 epochs; one constant 1e-5 warm-up epoch, then ``CosineAnnealingLR(T_max=300)`` stepped after each epoch's
+last batch (``schedule: dassl``); as many batches of 256 as Dassl's image loader (``drop_last``), cut from the
+shuffled pool of all augmented features (``TrainerXCostume.run_epoch``; ``view_sampling: pool``).
+
+Where fewclip differs, and why:
+
+- ``augment_views`` is 0 by default: the reference trains on 20 augmented passes of the support set; set
+  ``augment_views: 20`` for that (opt-in: 20 encoder passes over the support set).
+- The epoch kept is chosen on val by the shared rule (``select``) and the logits are temperature-scaled on val;
+  the reference keeps the last epoch (``select: last``, ``calibrate: false`` give exactly that).
+- The templates are fewclip's ``prompts`` block (the reference: one per dataset, plus seven for ImageNet).
+  With one template, ratio 0 is ``zero_shot``; with several, ``prototypes: zero_shot`` scores against the
+  zero-shot ensemble instead of the raw mean (fewclip's earlier choice).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from pydantic import Field
@@ -27,7 +40,7 @@ from .prompt_learning import (DROP_LAST_HELP, VIEWS_HELP, TrainSettings, ViewSam
                               train_prompt_module)
 from .schedule import SCHEDULE_HELP, Schedule
 from .selection import SELECT_HELP, SelectRule
-from .zero_shot import ZeroShotHead
+from .zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
 
 
 class ClipAdapterConfig(ConfigBlock):
@@ -42,6 +55,7 @@ class ClipAdapterConfig(ConfigBlock):
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
+    prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image; 0: the plain features.")
@@ -73,6 +87,14 @@ class AdapterModel(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * normalize(self.adapted(features)) @ self.prototypes.T
+
+
+def class_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+                     kind: StartPrototypes) -> tuple[torch.Tensor, torch.Tensor]:
+    """((C, d) normalised prototypes, by default of the mean raw template embeddings; CLIP's logit scale): the
+    frozen classifier the adapter feeds."""
+    prototypes = normalize(start_prototypes(backbone, class_names, templates, kind))
+    return prototypes, torch.tensor(float(backbone.logit_scale))
 
 
 def init_adapter(dim: int, reduction: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,9 +135,9 @@ class ClipAdapterHead:
             raise ValueError(f"{self.name} needs training features")
         self.check(task)
         cfg = self.config
-        zero_shot = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
         down, up = init_adapter(train.features.shape[1], cfg.reduction, torch.Generator().manual_seed(task.seed))
-        model = AdapterModel(down, up, cfg.ratio, zero_shot.prototypes_, zero_shot.logit_scale_)
+        prototypes = class_prototypes(task.backbone, task.class_names, task.templates, cfg.prototypes)
+        model = AdapterModel(down, up, cfg.ratio, *prototypes)
         history, selection, _ = train_prompt_module(
             model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
@@ -128,12 +150,13 @@ class ClipAdapterHead:
         return self
 
     def transfer(self, backbone: Any, class_names: list[str]) -> "ClipAdapterHead":
-        """The same visual adapter against other class names' zero-shot prototypes (base-to-new)."""
+        """The same visual adapter against other class names' prototypes (base-to-new)."""
         head = ClipAdapterHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
-        zero_shot = ZeroShotHead().fit(Task(list(class_names), self.prompt_templates_, backbone))
+        check_template_task(Task(list(class_names), self.prompt_templates_, backbone), self.name)
+        prototypes = class_prototypes(backbone, class_names, self.prompt_templates_, self.config.prototypes)
         head.model_ = AdapterModel(self.model_.down.detach(), self.model_.up.detach(), self.config.ratio,
-                                   zero_shot.prototypes_, zero_shot.logit_scale_).requires_grad_(False)
+                                   *prototypes).requires_grad_(False)
         return head
 
     def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import FeatureSet, Task
-from .schedule import Schedule, lr_at_epoch, schedules_agree
+from .schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from .selection import BestEpoch, SelectRule, Selection
 
 Position = Literal["end", "middle", "front"]
@@ -194,9 +194,16 @@ class TrainSettings:
     schedule: Schedule = "fewclip"  # the cosine's span after warm-up (fewclip.heads.schedule)
     drop_last: bool = False  # Dassl's train loader: drop an epoch's last partial batch (see ``batch_count``)
     views: ViewSampling = "per_image"  # with cached augmented views: how an epoch draws them (``epoch_batches``)
+    per_step: bool = False  # anneal every optimiser step over all epochs' steps, no warm-up (Tip-Adapter-F)
+
+    def __post_init__(self) -> None:
+        if self.per_step and self.warmup_epochs:
+            raise ValueError("a per-step cosine has no warm-up: set warmup_epochs to 0")
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate epoch ``epoch`` (0-based) trains at."""
+        """The learning rate epoch ``epoch`` (0-based) trains at (its first step's, with ``per_step``)."""
+        if self.per_step:
+            return lr_at_step(epoch, self.epochs, self.lr)  # step epoch * k of epochs * k: the same angle
         return lr_at_epoch(epoch, self.epochs, self.lr, self.warmup_epochs, self.warmup_lr, self.schedule)
 
     def key_values(self) -> dict[str, Any]:
@@ -206,7 +213,7 @@ class TrainSettings:
         values = asdict(self)
         if self.schedule == "fewclip" or schedules_agree(self.epochs, self.warmup_epochs):
             del values["schedule"]
-        for name, before in (("drop_last", False), ("views", "per_image")):
+        for name, before in (("drop_last", False), ("views", "per_image"), ("per_step", False)):
             if values[name] == before:
                 del values[name]
         return values
@@ -341,7 +348,8 @@ def train_prompt_module(
     train_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> tuple[list[dict[str, float]], Selection, dict[str, torch.Tensor]]:
-    """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time.
+    """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time (with
+    ``settings.per_step``, the cosine's rate is set before every optimiser step instead of every epoch).
 
     Leaves the epoch chosen by ``select`` (``fewclip.heads.selection``; the last epoch without val) in
     ``module`` and returns (history, that selection, state of the last epoch). With ``checkpoint``,
@@ -375,7 +383,10 @@ def train_prompt_module(
         x, y, batches = epoch_batches(train, settings, torch.Generator().manual_seed(seed * 100003 + epoch))
         total, seen = 0.0, 0
         module.train()
-        for idx in batches:
+        for step, idx in enumerate(batches):
+            if settings.per_step:  # every epoch has len(batches) steps (batch_count depends on the image count)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at_step(epoch * len(batches) + step, settings.epochs * len(batches), settings.lr)
             optimizer.zero_grad(set_to_none=True)
             if train_step is None:
                 loss = nn.functional.cross_entropy(logits_fn(x[idx]).float(), y[idx])

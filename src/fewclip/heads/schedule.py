@@ -11,6 +11,10 @@ so the last epoch never reaches 0, and with ``E <= W`` every epoch is a warm-up 
 
 ``fewclip`` (fewclip's schedule before it followed Dassl): the cosine spans the ``E - W`` epochs after
 the warm-up, ``lr * (1 + cos(pi * (e - W) / max(E - W, 1))) / 2``.
+
+Tip-Adapter-F anneals per optimiser step instead (``lr_at_step``): gaopengcuhk/Tip-Adapter ``main.py``
+``run_tip_adapter_F`` builds ``CosineAnnealingLR(optimizer, train_epoch * len(train_loader_F))`` and steps it
+after every batch, so step ``t`` of ``T`` trains at ``lr * (1 + cos(pi * t / T)) / 2``.
 """
 
 from __future__ import annotations
@@ -37,3 +41,9 @@ def schedules_agree(epochs: int, warmup_epochs: int) -> bool:
     """Whether ``dassl`` and ``fewclip`` train every epoch at the same rate: without warm-up, or when at
     most one epoch follows it (its rate is ``lr`` under both)."""
     return warmup_epochs == 0 or epochs - warmup_epochs <= 1
+
+
+def lr_at_step(step: int, steps: int, lr: float) -> float:
+    """The learning rate optimiser step ``step`` (0-based) of ``steps`` trains at: a cosine from ``lr`` towards 0
+    with no warm-up, as torch's ``CosineAnnealingLR(T_max=steps)`` stepped after every batch."""
+    return 0.5 * lr * (1 + math.cos(math.pi * step / steps))

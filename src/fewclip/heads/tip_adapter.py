@@ -1,14 +1,28 @@
 """Tip-Adapter (Zhang et al., ECCV 2022, "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
 Classification"): a training-free cache model on top of zero-shot CLIP.
 
-keys = L2-normalised support features (N, d) (the mean over augmented views when they are cached, as the
-reference averages ``augment_epoch`` = 10 augmented passes), values = one-hot labels (N, C);
-``logits = logit_scale * cos(x, prototypes) + alpha * exp(-beta * (1 - x_n @ keys.T)) @ values``.
-alpha and beta are chosen on the validation split (never on test) over the reference's grid
-(gaopengcuhk/Tip-Adapter ``utils.py`` ``search_hp``: ``search_step`` values from 0.1 up to ``search_scale``,
-first best val accuracy wins); without a validation split the initial alpha, beta are kept.
-Defaults: ``configs/imagenet.yaml`` (also pets, ucf101): search_scale [7, 3], search_step [200, 20],
-init_beta 1, init_alpha 1.17.
+As gaopengcuhk/Tip-Adapter (``utils.py`` ``build_cache_model``, ``main.py`` ``run_tip_adapter``): keys =
+the support features (N, d) averaged over their augmented passes, then L2-normalised; values = one-hot labels
+(N, C); ``logits = logit_scale * cos(x, prototypes) + alpha * exp(-beta * (1 - x_n @ keys.T)) @ values`` with
+``prototypes`` the zero-shot ensemble (``utils.py`` ``clip_classifier``, as ``zero_shot``). alpha and beta
+are searched on the validation split over the reference's grid (``utils.py`` ``search_hp``: ``search_step``
+values ``i * (scale - 0.1) / step + 0.1``, beta-major, the first best val accuracy wins; the grid values
+themselves are returned); without a validation split the initial alpha, beta are kept.
+Defaults: ``configs/imagenet.yaml`` and ``configs/oxford_pets.yaml`` (search_scale [7, 3], search_step
+[200, 20], init_beta 1, init_alpha 1.17); other datasets' files differ (``ucf101.yaml``: init_alpha 3;
+``caltech101.yaml``: search_scale [12, 5], init_alpha 3; ...), set them in the ``tip_adapter`` block.
+
+Where fewclip differs, and why:
+
+- ``augment_views`` is 0 by default (keys = the plain features): the reference averages ``augment_epoch`` = 10
+  augmented passes; set ``augment_views: 10`` for that. fewclip's cached views are drawn with the papers'
+  shared augmentation (RandomResizedCrop scale 0.08-1 + flip), the reference's cache uses scale 0.5-1.
+- The zero-shot part uses the backbone's logit scale where the reference writes ``100.``: that is CLIP's
+  learned ``logit_scale.exp()`` for the OpenAI weights, and the right scale for other backbones.
+- When no grid point classifies any val image correctly the reference returns beta = alpha = 0 (its
+  best accuracy starts at 0 and only a strict improvement is kept); fewclip keeps the first grid point.
+- ``main.py`` searches on val as here; ``main_imagenet.py`` (ImageNet has no val split there) searches on
+  test, which fewclip never does.
 """
 
 from __future__ import annotations
@@ -84,7 +98,8 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
     if val is None or len(val) == 0:
         return config.alpha, config.beta, "fixed: no validation split to search on"
     betas = search_grid(config.search_scale_beta, config.search_steps_beta)
-    alphas = torch.tensor(search_grid(config.search_scale_alpha, config.search_steps_alpha))
+    alpha_grid = search_grid(config.search_scale_alpha, config.search_steps_alpha)
+    alphas = torch.tensor(alpha_grid)
     with torch.no_grad():
         clip = model.clip_logits(val.features)
         correct = torch.stack([
@@ -92,7 +107,7 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
              == val.labels[None]).sum(-1)
             for beta in betas])  # (betas, alphas) correct counts
     best = int(correct.flatten().argmax())  # the first maximum, as the reference's strict ">" keeps
-    beta, alpha = betas[best // len(alphas)], float(alphas[best % len(alphas)])
+    beta, alpha = betas[best // len(alpha_grid)], alpha_grid[best % len(alpha_grid)]  # the grid's own values
     return alpha, beta, f"searched on {len(val)} val images: {int(correct.max())} correct"
 
 

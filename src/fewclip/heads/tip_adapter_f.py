@@ -1,16 +1,28 @@
 """Tip-Adapter-F (Zhang et al., ECCV 2022): Tip-Adapter's cache keys as trainable parameters.
 
-The reference (gaopengcuhk/Tip-Adapter ``main.py`` ``run_tip_adapter_F``) trains the keys with AdamW
-(lr 1e-3, eps 1e-4, torch's default weight decay 0.01), cosine annealing to 0 over ``train_epoch`` = 20
-epochs, batch 256, with the initial alpha and beta in the loss; then searches alpha and beta on val with
-the trained keys. Here the epoch kept is chosen on val by the shared rule (``selection``; the reference
-picks it on test), the cosine is stepped per epoch (the same schedule when an epoch is one batch) and a
-killed fit resumes from its checkpoint. Untrained, it is exactly Tip-Adapter.
+As gaopengcuhk/Tip-Adapter ``main.py`` ``run_tip_adapter_F``: the keys (N, d) are the weight of a linear
+layer, trained with AdamW (lr 1e-3, eps 1e-4, torch's default weight decay 0.01 and betas) for
+``train_epoch`` = 20 epochs in shuffled batches of 256 that keep the last partial batch (``build_data_loader``:
+``drop_last=False``), on cross-entropy of ``logit_scale * cos(x, prototypes) + init_alpha * exp(-init_beta *
+(1 - x_n @ keys.T)) @ values`` with the raw (not renormalised) key rows; the cosine annealing is stepped after
+every batch (``CosineAnnealingLR(T_max = train_epoch * len(train_loader_F))``: step t of T at
+``lr * (1 + cos(pi * t / T)) / 2``). Then alpha and beta are searched on val with the trained keys
+(``search_hp(..., adapter=adapter)``). Untrained, it is exactly Tip-Adapter.
+
+Where fewclip differs, and why:
+
+- The epoch kept is chosen on val by the shared rule (``selection``, ``select``); the reference keeps the epoch
+  with the best *test* accuracy, which would report a test score tuned on test.
+- Training images are the cached features, or with ``augment_views`` one random cached view of each image per
+  epoch; the reference re-augments every image every epoch (a fresh crop each time, not one of N).
+- The keys train in float32; the reference trains them in CLIP's float16 on GPU (its eps 1e-4 is for that).
+- The zero-shot part uses the backbone's logit scale where the reference writes ``100.`` (see ``zero_shot``).
+- A killed fit resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -27,13 +39,19 @@ class TipAdapterFConfig(TipAdapterConfig):
 
     epochs: int = Field(20, ge=1, description="Training epochs (the reference's train_epoch).")
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine-annealed to 0.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine-annealed towards 0 every step "
+                      "(over epochs * batches per epoch, as the reference).")
     eps: float = Field(1e-4, gt=0, description="AdamW epsilon.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default, as the reference).")
+    anneal: Literal["per_step", "per_epoch"] = Field(
+        "per_step", description="When the cosine steps: 'per_step' after every batch, over epochs * batches per epoch "
+        "(the reference's CosineAnnealingLR); 'per_epoch' once an epoch (fewclip's earlier schedule; the same rates "
+        "when an epoch is one batch).")
     select: SelectRule = Field("auto", description=SELECT_HELP)
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(self.epochs, self.batch_size, self.lr, 0.0, self.weight_decay, 0, self.lr)
+        return TrainSettings(self.epochs, self.batch_size, self.lr, 0.0, self.weight_decay, 0, self.lr,
+                             per_step=self.anneal == "per_step")
 
 
 class TipAdapterFHead(TipAdapterHead):

@@ -1,14 +1,42 @@
-"""Zero-shot prompt ensemble: class prototype = renormalised mean of L2-normalised prompt embeddings."""
+"""Zero-shot prompt ensemble: class prototype = renormalised mean of L2-normalised prompt embeddings.
+
+As openai/CLIP ``notebooks/Prompt_Engineering_for_ImageNet.ipynb`` (``zeroshot_classifier``: each class's
+template prompts encoded, L2-normalised, averaged, the mean renormalised; logits = scale * normalised image
+features @ prototypes). The notebook's scale is the constant ``100.``, CLIP's learned ``logit_scale.exp()``
+for the OpenAI weights; fewclip uses the backbone's own ``logit_scale``, the same 100 for those weights and the
+right temperature for others (argmax and top-k do not depend on it).
+
+``mean_template_features`` is the other classifier the adapters' code builds from the same prompts: the plain
+mean of the raw (unnormalised) embeddings (jusiro/CLAP ``trainers/adapters.py`` ``_get_base_text_features``);
+``start_prototypes`` gives the adapters the one their ``prototypes`` option names.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 
 from ..configbase import ConfigBlock
 from .base import FeatureSet, Task, normalize
 from .prompt_fit import check_template_task
+
+
+StartPrototypes = Literal["template_mean", "zero_shot"]
+PROTOTYPES_HELP = ("The class prototypes the head starts from: 'template_mean', the mean of each class's raw template "
+                   "embeddings (jusiro/CLAP's _get_base_text_features); 'zero_shot', the zero_shot head's ensemble "
+                   "(normalised embeddings averaged and renormalised), at the raw mean's length. One direction when "
+                   "there is one template.")
+
+
+def mean_template_features(backbone: Any, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """(C, d) the mean over templates of each class's raw prompt embeddings, not normalised (jusiro/CLAP
+    ``_get_base_text_features``' ``text_embeddings.mean(1)``). Its direction is the zero-shot prototype's
+    when there is one template; with several, the longer embeddings weigh more."""
+    prompts = [template.format(name) for template in templates for name in class_names]
+    with torch.no_grad():
+        raw = backbone.encode_text(prompts).float()
+    return raw.reshape(len(templates), len(class_names), -1).mean(dim=0)
 
 
 class ZeroShotConfig(ConfigBlock):
@@ -81,3 +109,13 @@ class ZeroShotHead:
 
     def trainable_parameters(self) -> int:
         return 0
+
+
+def start_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+                     kind: StartPrototypes) -> torch.Tensor:
+    """(C, d) unnormalised class prototypes an adapter starts from (see ``PROTOTYPES_HELP``)."""
+    raw_mean = mean_template_features(backbone, class_names, templates)
+    if kind == "template_mean":
+        return raw_mean
+    ensemble = ZeroShotHead().fit(Task(list(class_names), list(templates), backbone)).prototypes_
+    return ensemble * raw_mean.norm(dim=-1, keepdim=True)

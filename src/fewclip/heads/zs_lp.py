@@ -1,14 +1,27 @@
 """ZS-LP (Silva-Rodriguez et al., CVPR 2024, "A Closer Look at the Few-Shot Adaptation of Large
 Vision-Language Models"): a linear probe whose class prototypes start at the zero-shot ones.
 
-``logits = logit_scale * cos(f, w_c)``: L2-normalised features and prototypes with CLIP's own temperature
-(jusiro/CLAP ``trainers/adapters.py`` ``forward_lp``). The reference initialises ``w`` with the mean of the
-raw template embeddings; here its direction is fewclip's zero-shot prototype (the renormalised mean of the
-normalised embeddings) and its length that raw mean's, so the untrained probe is exactly zero-shot and the
-steps are those of the reference's scale. Training follows the paper's validation-free recipe
-(``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``: SGD lr 0.1, momentum 0.9, no weight decay, 300 epochs,
-batch 256, cosine after one constant 1e-5 warm-up epoch) and keeps the last epoch; no temperature is fitted
-on val by default (validation-free).
+As jusiro/CLAP ``trainers/adapters.py`` (``INIT: ZS``, ``CONSTRAINT: none``): the prototypes ``w`` (C, d) start
+at the mean of each class's raw template embeddings (``_get_base_text_features``, here
+``zero_shot.mean_template_features``); ``logits = logit_scale * cos(f, w_c)`` (``forward_lp``: L2-normalised
+features and prototypes, CLIP's own temperature). Training follows ``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``
+through Dassl's ``build_optimizer``/``build_lr_scheduler``: SGD lr 0.1, momentum 0.9, no dampening, no
+Nesterov, no weight decay, 300 epochs; one constant 1e-5 warm-up epoch, then ``CosineAnnealingLR(T_max=300)``
+stepped after each epoch's last batch (``schedule: dassl``). An epoch has as many batches of 256 as Dassl's
+image loader (``drop_last`` when there are at least 256 images), cut from the shuffled pool of all augmented
+features (``TrainerXCostume.run_epoch``; ``view_sampling: pool``). Validation-free: the last epoch is kept and
+no temperature is fitted on val.
+
+Where fewclip differs, and why:
+
+- ``augment_views`` is 0 by default (train on the plain features): the reference always extracts 20 augmented
+  passes of the support set (``epochs_aumentation``); set ``augment_views: 20`` for that. Extracting them costs
+  20 encoder passes over the support set, so it is opt-in.
+- The templates are fewclip's ``prompts`` block; the reference uses one hand-written template per dataset
+  (``CUSTOM_TEMPLATES``), plus seven for ImageNet.
+- With one template the untrained probe is ``zero_shot``; with several its prototypes have the raw mean's
+  direction, as the reference, not the normalised ensemble's (``prototypes: zero_shot`` starts from that, at
+  the raw mean's length: fewclip's earlier choice, under which the untrained probe is exactly zero-shot).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from .prompt_learning import (DROP_LAST_HELP, VIEWS_HELP, TrainSettings, ViewSam
                               train_prompt_module)
 from .schedule import SCHEDULE_HELP, Schedule
 from .selection import SELECT_HELP, SelectRule
-from .zero_shot import ZeroShotHead
+from .zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
 
 
 class ZsLpConfig(ConfigBlock):
@@ -40,6 +53,7 @@ class ZsLpConfig(ConfigBlock):
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
+    prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
     augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (the paper "
@@ -66,14 +80,11 @@ class PrototypeModel(nn.Module):
         return self.logit_scale * normalize(features) @ normalize(self.prototypes).T
 
 
-def zero_shot_init(task: Task) -> tuple[torch.Tensor, ZeroShotHead]:
-    """(C, d) initial prototypes (the zero-shot direction at the length of the mean raw template embedding)
-    and the zero-shot head they come from."""
-    zero_shot = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
-    prompts = [template.format(name) for template in task.templates for name in task.class_names]
-    with torch.no_grad():
-        raw = task.backbone.encode_text(prompts).float().reshape(len(task.templates), len(task.class_names), -1)
-    return zero_shot.prototypes_ * raw.mean(dim=0).norm(dim=-1, keepdim=True), zero_shot
+def initial_model(task: Task, prototypes: StartPrototypes = "template_mean") -> PrototypeModel:
+    """The untrained probe: the start prototypes (by default the mean raw template embedding of each class),
+    CLIP's logit scale."""
+    start = start_prototypes(task.backbone, task.class_names, task.templates, prototypes)
+    return PrototypeModel(start, torch.tensor(float(task.backbone.logit_scale)))
 
 
 class ZsLpHead:
@@ -101,9 +112,10 @@ class ZsLpHead:
         """Fail before any work if a template + class name prompt exceeds the model's text positions."""
         check_template_task(task, self.name)
 
-    def train_step(self, model: PrototypeModel, train: FeatureSet,
-                   zero_shot: ZeroShotHead) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
-        """The loss of one step (None: plain cross-entropy); CLAP adds its constraint here."""
+    def train_step(self, model: PrototypeModel,
+                   train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+        """The loss of one step for the untrained ``model`` (None: plain cross-entropy); CLAP adds its
+        constraint here."""
         return None
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZsLpHead":
@@ -111,12 +123,11 @@ class ZsLpHead:
             raise ValueError(f"{self.name} needs training features")
         self.check(task)
         cfg = self.config
-        initial, zero_shot = zero_shot_init(task)
-        model = PrototypeModel(initial, zero_shot.logit_scale_)
+        model = initial_model(task, cfg.prototypes)
         history, selection, _ = train_prompt_module(
             model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch, train_step=self.train_step(model, train, zero_shot))
+            on_epoch=task.on_epoch, train_step=self.train_step(model, train))
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.model_ = model.requires_grad_(False)
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
