@@ -15,8 +15,8 @@ from torch import nn
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .prompt_config import PromptLearningConfig
-from .prompt_learning import (assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
-                              train_prompt_module)
+from .prompt_learning import (CtxInitMode, assemble, build_layout, check_prompts_fit, head_checkpoint_key,
+                              init_context, train_prompt_module)
 from .selection import SELECT_HELP, SelectRule
 
 
@@ -103,9 +103,14 @@ class CoOpHead:
     def __init__(self, config: CoOpConfig | None = None) -> None:
         self.config = config or CoOpConfig()
 
+    def ctx_init_mode(self) -> CtxInitMode:
+        """How ``ctx_init`` fills the context: CoOp's one vector per word (ProGrad's block chooses)."""
+        return "words"
+
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name)
+        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name,
+                          self.ctx_init_mode())
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
         if task.backbone is None:
