@@ -145,6 +145,21 @@ def test_a_variant_changing_ctx_init_lets_n_ctx_follow(make_config: Callable[...
         make_config("methods=[cocoop@x]", "variants.cocoop@x.n_ctx=8")
 
 
+def test_zeros_then_words_keeps_n_ctx_and_needs_room_for_the_words(make_config: Callable[..., Any]) -> None:
+    """ProGrad's context: n_ctx vectors ending in ctx_init's words; n_ctx never follows the words."""
+    default = make_config().prograd
+    assert (default.n_ctx, default.ctx_init, default.ctx_init_mode) == (16, "a photo of a", "zeros_then_words")
+    assert make_config("prograd.ctx_init=a photo").prograd.n_ctx == 16
+    assert make_config("prograd.n_ctx=4").prograd.n_ctx == 4  # exactly the words: no zeros
+    assert make_config("prograd.ctx_init_mode=words").prograd.n_ctx == 4  # CoOp's meaning: the words' count
+    with pytest.raises(ConfigError) as err:
+        make_config("prograd.n_ctx=3")
+    assert ("prograd: n_ctx 3 cannot hold ctx_init 'a photo of a' (4 word(s)): with ctx_init_mode zeros_then_words "
+            "the context is n_ctx vectors ending in the words; raise n_ctx to at least 4") in str(err.value)
+    config = make_config("prograd.n_ctx=20", "methods=[prograd,prograd@short]", "variants.prograd@short.ctx_init=a photo")
+    assert head_config(config, "prograd@short").n_ctx == 20  # the base block's length, not the class default
+
+
 def test_resolved_config_round_trips_through_yaml(make_config: Callable[..., Any], tmp_path: Path) -> None:
     config = make_config("coop.ctx_init=a photo of the", "methods=[coop,coop@two]", "variants.coop@two.ctx_init=a b")
     path = tmp_path / "resolved.yaml"

@@ -1,6 +1,7 @@
 """KgCoOp and ProGrad: each reduces to CoOp step for step (weight 0; projection 0 or agreeing gradients),
-the guidance pulls class text features to the hand-crafted ones, the projection formula, a learnable task,
-resume after a kill."""
+the guidance pulls class text features to the hand-crafted ones, the projection formula, ProGrad's initial
+context and its check, a learnable task, resume after a kill. (Equivalence with the official code:
+tests/reference/test_kgcoop.py, test_prograd.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import CoOpHead, FeatureSet, KgCoOpHead, ProGradHead, Task, ZeroShotHead
 from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prograd import project_conflict
+from fewclip.heads.prograd import ProGradConfig, project_conflict
+from fewclip.heads.prompt_learning import init_context
 from tests.heads.adapter_tasks import CallCounter, Killed, accuracy
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 
@@ -115,3 +117,34 @@ def test_resumes_a_killed_fit(head_cls: type, key: str, backbone: CLIPBackbone, 
     resumed = head_cls(config).fit(task(backbone, checkpoint=checkpoint), train, val)
     assert calls.count == 2 * per_epoch + 1  # epochs 3 and 4, then the final class features
     same_run(resumed, reference)
+
+
+def test_prograd_context_is_zeros_then_the_words(backbone: CLIPBackbone) -> None:
+    tower = backbone.prompt_tower()
+    words, n_words = init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator())
+    ctx, n_ctx = init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator(),
+                              "zeros_then_words")
+    assert (n_words, n_ctx, ctx.shape) == (4, 16, (16, words.shape[1]))
+    assert not ctx[:12].any()
+    torch.testing.assert_close(ctx[12:], words, atol=0.0, rtol=0.0)  # both are the same embedding rows, copied
+    with pytest.raises(ValueError, match="has 4 tokens, more than the 3 context vectors"):
+        init_context(tower, backbone.tokens, 3, "a photo of a", 3, False, torch.Generator(), "zeros_then_words")
+
+
+def test_prograd_refuses_words_the_tokenizer_splits_before_training(backbone: CLIPBackbone) -> None:
+    """The reference counts words and copies that many tokens, spilling the rest of a split word into the
+    fixed prompt; fewclip refuses such words instead of training on something else."""
+    config = ProGradConfig(ctx_init="a photograph")
+    assert config.n_ctx == 16
+    with pytest.raises(ValueError, match=r"^prograd.ctx_init 'a photograph': its 2 word\(s\) are \d+ tokens"):
+        ProGradHead(config).check(task(backbone))
+
+
+def test_kgcoop_paper_guidance_keeps_the_unit_key_it_had(make_config: Callable[..., Any]) -> None:
+    """The paper's form is what fewclip trained before ``guidance`` existed: those units keep their key; the
+    code's form (the default) trains differently, so its units get a new one."""
+    names = ["red circle", "green square"]
+    paper = make_config("kgcoop.guidance=paper").kgcoop
+    assert "guidance" not in paper.key_values(names)
+    assert paper.key_values(names) == {k: v for k, v in paper.model_dump(mode="json").items() if k != "guidance"}
+    assert make_config().kgcoop.key_values(names)["guidance"] == "code"

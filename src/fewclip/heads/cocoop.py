@@ -5,6 +5,26 @@ output is added to every context token, so each image gets its own prompts for e
 (image, class) prompts of a step go through the text tower in chunked batched calls; under autograd
 each chunk is checkpointed, so peak memory is bounded by one chunk (``max_prompts_per_call``), and the
 batch size is a free parameter (the reference trains at batch 1).
+
+Follows the released code, KaiyangZhou/CoOp ``trainers/cocoop.py`` (tested step for step in
+``tests/reference/test_cocoop.py``): ``PromptLearner`` (context from "a photo of a", 4 vectors; the meta-net
+above, PyTorch's default initialisation), ``CustomCLIP.forward`` (each image's shifted context in every
+class prompt, logit scale times the cosine, cross-entropy) and Dassl's loop as
+``configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml`` sets it: SGD lr 0.002, momentum 0.9, weight
+decay 5e-4, 10 epochs, one warm-up epoch at a constant 1e-5, then the cosine stepped once per epoch, each
+epoch's last partial batch dropped.
+
+Deviations:
+
+- batch: 8 images per step by default, the reference 1 (one SGD step per image, 8 times the steps);
+  ``batch_size: 1`` follows it, as ``configs/coop_suite`` does.
+- precision: the reference trains in fp16 (its config sets ``PREC: "fp16"``, the meta-net included);
+  fewclip in fp32 by default, without fp16's rounding, and portable to CPUs.
+- the meta-net's and any random context's numbers: drawn from generators seeded with the task's seed, the
+  reference's after Dassl seeds the global one: the same distributions, other numbers.
+- the images: cached features (one fixed view per image, or ``augment_views`` cached random crops +
+  flips); the reference augments every image afresh each epoch.
+- the kept model: ``select`` / ``calibrate`` as CoOp's (``select: last`` keeps the reference's last epoch).
 """
 
 from __future__ import annotations

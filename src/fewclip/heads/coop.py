@@ -2,6 +2,30 @@
 through the frozen text tower. CLIP stays frozen; only the context trains (16 x 512 = 8,192
 parameters for ViT-B/32 with shared context). A trained CoOp reduces to fixed class text features,
 so predicting is one matmul.
+
+Follows the released code, KaiyangZhou/CoOp ``trainers/coop.py`` (tested step for step in
+``tests/reference/test_coop.py``): ``PromptLearner`` (N(0, 0.02) context, or ``ctx_init``'s word vectors
+whose count is the context length; shared or class-specific; class token at the end, middle or front, the
+name tokenised with its period), ``CustomCLIP.forward`` (logit scale times the cosine), cross-entropy, and
+Dassl's loop as ``configs/trainers/CoOp/*.yaml`` set it: SGD lr 0.002, momentum 0.9, weight decay 5e-4,
+batch 32, one warm-up epoch at a constant 1e-5, then the cosine stepped once per epoch, each epoch's last
+partial batch dropped.
+
+Deviations:
+
+- precision: the reference trains in fp16 (``TRAINER.COOP.PREC`` defaults to "fp16" in ``train.py``);
+  fewclip in fp32 by default, the same computation without fp16's rounding of the context and its
+  updates, and portable to CPUs (``precision`` autocasts the text tower; the context stays fp32).
+- epochs: the default is 50 (ImageNet's schedule, and the 1-shot one); the reference's few-shot runs
+  train 50 / 100 / 100 / 200 / 200 epochs at 1 / 2 / 4 / 8 / 16 shots (``COOP.md``): ``epochs: {1: 50,
+  2: 100, 4: 100, 8: 200, 16: 200}``, as ``configs/coop_suite`` sets it.
+- the random context is drawn from a generator seeded with the task's seed, the reference's from the
+  global generator after Dassl seeds it: the same distribution, other numbers.
+- the images: fewclip trains on cached features (one fixed view per image, or ``augment_views`` cached
+  random crops + flips); the reference augments every image afresh each epoch.
+- the kept model: ``select`` (default ``auto``) may keep an earlier epoch when val is large enough, and
+  ``calibrate`` temperature-scales the logits (argmax unchanged); the reference keeps the last epoch
+  (Dassl's ``TEST.FINAL_MODEL`` "last_step"): ``select: last`` follows it.
 """
 
 from __future__ import annotations
@@ -15,8 +39,8 @@ from torch import nn
 from .base import FeatureSet, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .prompt_config import PromptLearningConfig
-from .prompt_learning import (assemble, build_layout, check_prompts_fit, head_checkpoint_key, init_context,
-                              train_prompt_module)
+from .prompt_learning import (CtxInitMode, assemble, build_layout, check_prompts_fit, head_checkpoint_key,
+                              init_context, train_prompt_module)
 from .selection import SELECT_HELP, SelectRule
 
 
@@ -103,9 +127,14 @@ class CoOpHead:
     def __init__(self, config: CoOpConfig | None = None) -> None:
         self.config = config or CoOpConfig()
 
+    def ctx_init_mode(self) -> CtxInitMode:
+        """How ``ctx_init`` fills the context: CoOp's one vector per word (ProGrad's block chooses)."""
+        return "words"
+
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name)
+        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name,
+                          self.ctx_init_mode())
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
         if task.backbone is None:
@@ -116,7 +145,7 @@ class CoOpHead:
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
         ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
-                                  cfg.ctx_init, n_classes, cfg.class_specific_context, generator)
+                                  cfg.ctx_init, n_classes, cfg.class_specific_context, generator, self.ctx_init_mode())
         prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, self.name)
         params = ContextParams(ctx)
         scale = task.backbone.logit_scale

@@ -4,8 +4,11 @@ or adds its own keys.
 
 ``n_ctx`` is resolved here, once, where the config is read: with ``ctx_init`` set, the context is one
 vector per word of it (as in the reference CoOp), so ``n_ctx`` becomes that word count; an explicit
-``n_ctx`` that disagrees is an error naming both keys. A config thus always holds the context length
-that trains, and a unit's key (which hashes the block) changes only when that length does.
+``n_ctx`` that disagrees is an error naming both keys. A block with the key ``ctx_init_mode`` (ProGrad's)
+may instead ask for ``zeros_then_words``: ``n_ctx`` vectors, zeros and then the words, as ProGrad's
+reference builds its context; ``n_ctx`` then stays as given and must hold the words. A config thus always
+holds the context length that trains, and a unit's key (which hashes the block) changes only when that
+length does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from ..configbase import ConfigBlock
-from .prompt_learning import DROP_LAST_HELP, TrainSettings
+from .prompt_learning import DROP_LAST_HELP, CtxInitMode, TrainSettings, ctx_init_words
 from .schedule import SCHEDULE_HELP, Schedule, schedules_agree
 from .selection import SELECT_HELP, SelectRule
 
@@ -27,13 +30,14 @@ def ends_in_punctuation(name: str) -> bool:
     return bool(stripped) and not stripped[-1].isalnum()
 
 
-def ctx_init_words(ctx_init: str) -> int:
-    """How many context vectors ``ctx_init`` gives: its words ('_' separates words too)."""
-    return len(ctx_init.replace("_", " ").split())
+CTX_INIT_MODE_HELP = ("How ctx_init fills the context: 'words': one vector per word, n_ctx is their count (CoOp's "
+                      "CTX_INIT); 'zeros_then_words': n_ctx vectors, zeros then the words' vectors in the last slots "
+                      "(ProGrad's CTX_INIT; n_ctx at least the word count).")
 
 
-def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool) -> Any:
-    """The context length a block trains with: ``ctx_init``'s word count when it is set, else ``n_ctx``.
+def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool, mode: CtxInitMode = "words") -> Any:
+    """The context length a block trains with: ``ctx_init``'s word count when it is set, else ``n_ctx``;
+    with ``mode`` ``zeros_then_words``, ``n_ctx`` (which must hold the words).
 
     An ``n_ctx`` the user gave (``n_ctx_given``) that differs from ``ctx_init``'s count is an error.
     Values of the wrong type pass through unchanged (the fields' own validation reports them).
@@ -41,6 +45,13 @@ def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool) -> Any:
     if not isinstance(ctx_init, str) or not ctx_init.strip():
         return n_ctx
     words = ctx_init_words(ctx_init)
+    if mode == "zeros_then_words":
+        if isinstance(n_ctx, int) and n_ctx < words:
+            raise ValueError(
+                f"n_ctx {n_ctx} cannot hold ctx_init {ctx_init!r} ({words} word(s)): with ctx_init_mode "
+                f"zeros_then_words the context is n_ctx vectors ending in the words; raise n_ctx to at least "
+                f"{words}, or set ctx_init_mode: words to make the words the whole context")
+        return n_ctx
     if n_ctx_given and n_ctx != words:
         raise ValueError(
             f"n_ctx {n_ctx} conflicts with ctx_init {ctx_init!r}, whose {words} word(s) are the context "
@@ -82,7 +93,9 @@ class PromptLearningConfig(ConfigBlock):
             return data
         ctx_init = data.get("ctx_init", cls.model_fields["ctx_init"].default)
         n_ctx = data.get("n_ctx", cls.model_fields["n_ctx"].default)
-        resolved = resolve_n_ctx(n_ctx, ctx_init, "n_ctx" in data)
+        mode_field = cls.model_fields.get("ctx_init_mode")  # only blocks that offer ProGrad's init have it
+        mode = data.get("ctx_init_mode", mode_field.default if mode_field is not None else "words")
+        resolved = resolve_n_ctx(n_ctx, ctx_init, "n_ctx" in data, mode)
         return data if resolved == n_ctx else {**data, "n_ctx": resolved}
 
     @field_validator("epochs")
