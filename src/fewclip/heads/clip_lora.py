@@ -27,7 +27,8 @@ class ClipLoraConfig(EncoderTrainingConfig):
     """The `clip_lora` block, with the reference CLIP-LoRA defaults."""
 
     rank: int = Field(2, ge=1, description="LoRA rank r.")
-    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / sqrt(rank), as "
+                         "CLIP-LoRA's loralib scales it).")
     dropout: float = Field(0.25, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
     targets: list[str] = Field(["q_proj", "k_proj", "v_proj"], description="Attention projections that get LoRA, "
                                "in every layer of both towers.")
