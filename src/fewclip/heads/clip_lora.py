@@ -36,6 +36,9 @@ class ClipLoraConfig(EncoderTrainingConfig):
     min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
+    drop_last: bool = Field(False, description="Drop each epoch's last partial batch when there are at least "
+                            "batch_size training images (Dassl's loader); false: train on it too, as CLIP-LoRA's "
+                            "loader does (drop_last=False).")
 
 
 class TunedLogits(nn.Module):
@@ -93,7 +96,7 @@ class ClipLoraHead:
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
                          precision=cfg.precision, select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale,
-                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every)
+                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last)
         if cfg.gradient_checkpointing:
             self.model_.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,

@@ -30,7 +30,7 @@ from .base import ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .maple_towers import MaplePrompts, image_features, text_features, tower_layers
-from .prompt_learning import context_init_ids, name_and_period_ids
+from .prompt_learning import DROP_LAST_HELP, batch_count, context_init_ids, name_and_period_ids
 
 
 class MapleConfig(EncoderTrainingConfig):
@@ -50,6 +50,7 @@ class MapleConfig(EncoderTrainingConfig):
     batch_size: int = Field(4, ge=1, description="Images per optimiser step (the global batch under "
                             "torchrun: each of N ranks takes batch_size / N).")
     epochs: int = Field(5, ge=1, description="Epochs over the training images.")
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
     warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
     warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
 
@@ -195,11 +196,11 @@ class MapleHead:
         cfg = self.config
         self._build(task.backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
-        steps_per_epoch = -(-len(train) // cfg.batch_size)
+        steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
         plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
                          lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, precision=cfg.precision,
                          select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale, flip=cfg.flip,
-                         checkpoint_every=cfg.checkpoint_every,
+                         checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last,
                          optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
         trainer = EncoderTrainer(self.net_, task.backbone.transform, plan, task.seed, task.workers,
