@@ -70,7 +70,8 @@ def default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, ranks in (("one", 1), ("two", 2)):
         runs[name] = root / name
         check(fewclip("run", "default", f"methods=[{','.join(FROZEN)},clip_lora,maple]", "few_shot.shots=[1]",
-                      "maple.depth=3", "maple.epochs=2",  # the world CLIP has 4 layers; 8 images: 2 steps of 4
+                      # the world CLIP has 4 layers; 8 images: 2 steps of 3 (ranks 2 + 1), the last 2 dropped
+                      "maple.depth=3", "maple.epochs=2", "maple.batch_size=3",
                       "splits.seeds=[1]", "clip_lora.iterations_per_shot=6", "clip_lora.batch_size=7",  # 8 images: steps of 7 and 1 (rank 1 gets none)
                       "clip_lora.dropout=0", "runtime.threads=1", "output.figures=false", "output.saliency_images=0",
                       f"output.dir={runs[name]}", f"cache.dir={root / name}-cache", ranks=ranks))

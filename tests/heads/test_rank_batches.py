@@ -46,6 +46,22 @@ def test_ranks_together_see_the_one_process_batches(tmp_path: Path) -> None:
     assert torch.equal(skipped[0][0], parts[1][1][0])
 
 
+def test_a_dropped_last_step_is_the_same_images_on_every_rank(tmp_path: Path) -> None:
+    """Dassl's drop_last in the encoder trainer: 9 images in steps of 4 (two micro-batches of 2) keep the
+    order's first 8 (``stop``): both ranks drop the same tail, and a resumed epoch sees the same batches."""
+    data, transform = images(tmp_path, 9), ImageTransform(resize=16, crop=(16, 16))
+    whole: list[Any] = list(epoch_batches(data, transform, 5, 2, 2, 0))  # micro-batches of 2, 2, 2, 2, 1
+    parts = [list(rank_batches(data, transform, 5, 2, 2, 0, rank, 2, stop=8)) for rank in range(2)]
+    assert [len(part) for part in parts] == [4, 4]  # the short micro-batch of the partial step is gone everywhere
+    for (pixels, labels), first, second in zip(whole[:4], *parts):
+        assert torch.equal(torch.cat([first[0], second[0]]), pixels) and first[2] == second[2] == 2
+        assert torch.equal(torch.cat([first[1], second[1]]), labels)
+    assert sum(len(part[1]) for rank in parts for part in rank) == 8  # the order's last image is the one left out
+    for rank in range(2):  # resumed after the first step (4 images)
+        resumed = list(rank_batches(data, transform, 5, 2, 2, 0, rank, 2, skip=4, stop=8))
+        assert len(resumed) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(resumed, parts[rank][2:]))
+
+
 def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
     from fewclip.backbones.preprocess import Augmentation
     from fewclip.heads.clip_lora import ClipLoraConfig

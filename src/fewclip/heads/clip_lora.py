@@ -1,10 +1,40 @@
 """CLIP-LoRA (Zanella & Ben Ayed, CVPR-W 2024): low-rank adapters in the q/k/v projections of every layer of
-both towers, trained end to end on augmented images. Defaults are the reference code's
-(github.com/MaxZanella/CLIP-LoRA): rank 2, alpha 1, dropout 0.25, AdamW lr 2e-4 with weight decay 1e-2,
-batch 32, 500 x shots iterations on a cosine schedule down to 1e-6, one template (the first one; the
-reference uses its dataset's ``template[0]``). The saved head is the adapter weights only; ``attach``
+both towers, trained end to end on augmented images. The saved head is the adapter weights only; ``attach``
 rebuilds the tuned model on the run's backbone before scoring, and ``transfer`` scores other class names
 (base-to-new) with the same tuned towers: the tuned text tower encodes the new names in the template.
+
+What follows the reference code (github.com/MaxZanella/CLIP-LoRA; checked step by step against an independent
+re-implementation in ``tests/reference/test_clip_lora.py``):
+
+- the defaults of ``run_utils.py``: rank 2, alpha 1, dropout 0.25, lr 2e-4, batch 32, 500 x shots iterations,
+  LoRA on q, k, v of all layers of both encoders (``loralib/utils.py`` ``apply_lora``, position 'all',
+  encoder 'both');
+- the update ``(B A) * alpha / sqrt(rank)`` (``loralib/layers.py`` ``LoRALayer``: peft's ``use_rslora``), A
+  Kaiming-uniform and B zero at the start (``init_lora_param``), dropout on the LoRA branch's input only and
+  only while training (``LinearLoRA.forward``);
+- ``lora.py`` ``run_lora``: AdamW (betas 0.9/0.999, eps 1e-8, weight decay 1e-2), a cosine from lr to 1e-6
+  over all iterations stepped after each one, the class texts re-encoded by the tuned text tower (train mode)
+  at every iteration, ``logit_scale * cos`` and the mean cross-entropy; epochs over a shuffled loader that
+  keeps its last partial batch (``datasets/utils.py`` ``build_data_loader``: ``drop_last=False``) until the
+  iteration count is reached;
+- the augmentation (``main.py``): a random resized crop (scale 0.08-1, resampled as the model's preprocessing
+  resamples: bicubic for CLIP) and a horizontal flip with probability 0.5.
+
+Where it deviates, and why:
+
+- precision: the reference loads CLIP in fp16 on CUDA (its LoRA'd q/k/v projections are rebuilt in fp32)
+  and trains under fp16 autocast with a grad scaler; the default here is fp32, which runs anywhere, CPU
+  included (``precision: fp16`` or ``bf16`` autocasts on a GPU).
+- the template: the run's first ``prompts.templates``. fewclip's default, "a photo of a {}.", is the one every
+  CLIP-LoRA dataset uses (``datasets/*.py``: their dataset-specific templates are commented out); a config
+  that sets its own prompts (``configs/coop_suite``) gives clip_lora that prompt too.
+- the logit scale: the backbone's ``logit_scale.exp()``; the reference fixes 100 (``main.py``), which is the
+  value of every OpenAI CLIP it can load.
+- the kept weights: ``select`` (default ``auto``: the last iteration's, unless a validation split of at least
+  10 images a class shows an earlier epoch clearly better); the reference keeps the last (``VALIDATION =
+  False``).
+- the batch order and the crops are drawn from fewclip's seeded generators (resumable, identical whatever the
+  number of workers or ranks), not from torch's global RNG as the reference's ``DataLoader`` draws them.
 """
 
 from __future__ import annotations
@@ -27,7 +57,8 @@ class ClipLoraConfig(EncoderTrainingConfig):
     """The `clip_lora` block, with the reference CLIP-LoRA defaults."""
 
     rank: int = Field(2, ge=1, description="LoRA rank r.")
-    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / sqrt(rank), as "
+                         "CLIP-LoRA's loralib scales it).")
     dropout: float = Field(0.25, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
     targets: list[str] = Field(["q_proj", "k_proj", "v_proj"], description="Attention projections that get LoRA, "
                                "in every layer of both towers.")
@@ -35,6 +66,9 @@ class ClipLoraConfig(EncoderTrainingConfig):
     min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
+    drop_last: bool = Field(False, description="Drop each epoch's last partial batch when there are at least "
+                            "batch_size training images (Dassl's loader); false: train on it too, as CLIP-LoRA's "
+                            "loader does (drop_last=False).")
 
 
 class TunedLogits(nn.Module):
@@ -92,7 +126,7 @@ class ClipLoraHead:
         plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
                          accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
                          precision=cfg.precision, select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale,
-                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every)
+                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last)
         if cfg.gradient_checkpointing:
             self.model_.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,

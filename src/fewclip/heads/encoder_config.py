@@ -1,7 +1,8 @@
 """The training options every head that tunes inside the encoders shares (clip_lora, maple): batch and
-accumulation, autocast precision, epoch selection, augmentation, in-epoch checkpoints and gradient
-checkpointing. Each head's block subclasses ``EncoderTrainingConfig``, changes defaults (maple's batch of 4)
-and adds its own keys (optimiser, schedule, the method's own)."""
+accumulation, autocast precision, epoch selection, augmentation, in-epoch checkpoints, gradient
+checkpointing and whether an epoch drops its last partial batch. Each head's block subclasses
+``EncoderTrainingConfig``, changes defaults (maple's batch of 4 and Dassl's drop_last) and adds its own keys
+(optimiser, schedule, the method's own)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class EncoderTrainingConfig(ConfigBlock):
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="The random resized crop's range of image "
                                             "area (torchvision's scale; the papers' 0.08-1).")
     flip: bool = Field(True, description="Flip half the training crops horizontally (false: never).")
+    drop_last: bool = Field(False, description="Drop each epoch's last partial batch when there are at least "
+                            "batch_size training images, as Dassl's loader does; false: train on it too.")
     checkpoint_every: int = Field(0, ge=0, description="Also save a resumable checkpoint every N steps inside an "
                                   "epoch (0: at epoch ends only); a long epoch killed midway resumes there.")
     gradient_checkpointing: bool = Field(False, description="Recompute the towers' activations in the backward "

@@ -7,6 +7,10 @@ epoch's weights and, in its JSON metadata, the epoch, step, history, scheduler, 
 groups and torch RNG (dropout). The data order and augmentation of an epoch are functions of (seed, epoch)
 (``image_batches``), so resuming at an epoch end replays exactly what an uninterrupted run does.
 
+An epoch is ``batch_count`` steps (``plan.drop_last``: Dassl's loader, which drops the last partial batch
+when there are at least ``batch_size`` images; the dropped images are the tail of the epoch's order, the
+same on every rank and in a resumed run).
+
 Under torchrun (``ranks.world > 1``) the network is wrapped in ``DistributedDataParallel``: each optimiser
 step's ``batch_size`` images are the one-process run's, cut into one contiguous part per rank (per-rank batch =
 global / world); each rank's loss is its images' summed cross-entropy over the step's global image count,
@@ -37,6 +41,7 @@ from .artifacts import DamagedArtifact, read_tensors, write_tensors
 from .base import ImageSet
 from .encoder_schedule import build_optimizer
 from .image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
+from .prompt_learning import batch_count
 from .selection import BestEpoch, SelectRule, Selection
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ class TrainPlan:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
     flip: bool = True
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    drop_last: bool = False  # an epoch drops its last partial step when there are >= batch_size images (Dassl)
     # "adamw" (per-step cosine to min_lr) or "sgd" (Dassl: momentum, constant warm-up, per-epoch cosine over
     # epochs of steps_per_epoch steps); see encoder_schedule
     optimizer: str = "adamw"
@@ -105,7 +111,7 @@ class EncoderTrainer:
             on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], Selection]:
         """Train for ``plan.iterations`` steps; leave the selected epoch's weights in the model."""
         plan = self.plan
-        steps_per_epoch = -(-len(train) // plan.batch_size)
+        steps_per_epoch = self.epoch_steps(len(train))
         epochs = -(-plan.iterations // steps_per_epoch)
         run_key = self.run_key(train, val, key)
         history: list[dict[str, float]] = []
@@ -149,7 +155,8 @@ class EncoderTrainer:
                                                   "lr": self.scheduler.get_last_lr()[0]}
         workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
         batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
-                               plan.augmentation(), skip=progress["steps"] * plan.batch_size)
+                               plan.augmentation(), skip=progress["steps"] * plan.batch_size,
+                               stop=self.epoch_steps(len(train)) * plan.batch_size)
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
         for done in range(progress["steps"] + 1, steps + 1):
@@ -174,6 +181,10 @@ class EncoderTrainer:
         final = self.progress(progress, steps, loss_sum, correct, seen)
         return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
                 "train_accuracy": final["correct"] / max(final["seen"], 1)}
+
+    def epoch_steps(self, n_images: int) -> int:
+        """Optimiser steps in a whole epoch over ``n_images`` (without the last partial one under ``drop_last``)."""
+        return batch_count(n_images, self.plan.batch_size, self.plan.drop_last)
 
     def loader_workers(self, batches: int) -> int:
         """DataLoader workers for a loader of ``batches`` batches: none for one or two (starting worker processes

@@ -85,15 +85,17 @@ PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothi
 
 
 def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
-                 rank: int, world: int, augment: Augmentation | bool = True,
-                 skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+                 rank: int, world: int, augment: Augmentation | bool = True, skip: int = 0,
+                 stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
 
     The global micro-batches are those of ``epoch_batches`` (``batch_size`` images of ``epoch_order``,
-    after ``skip``). When this rank's part of one is empty (a short last batch), it gets the batch's first
-    image labelled ``PAD_LABEL``: its loss and accuracy count for nothing, but the rank still runs forward
-    and backward, so DDP's gradient reduction has every rank's hooks."""
-    steps = chunks(epoch_order(seed, epoch, len(images))[skip:], batch_size)
+    after ``skip`` and before ``stop``: an epoch that drops its last partial step uses the order's first
+    ``stop`` images, the same ones on every rank and in a resumed run). When this rank's part of one is
+    empty (a short last batch), it gets the batch's first image labelled ``PAD_LABEL``: its loss and
+    accuracy count for nothing, but the rank still runs forward and backward, so DDP's gradient reduction
+    has every rank's hooks."""
+    steps = chunks(epoch_order(seed, epoch, len(images))[skip:stop], batch_size)
     parts = [rank_part(chunk, rank, world) for chunk in steps]
     loader = batch_loader(images, transform, seed, epoch, augment,
                           [part or chunk[:1] for chunk, part in zip(steps, parts)], workers)

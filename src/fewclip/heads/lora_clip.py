@@ -23,13 +23,16 @@ def lora_clip(backbone: Any, rank: int, alpha: float, dropout: float, targets: S
     """The backbone's CLIPModel, copied, with LoRA on ``targets`` of every layer of both towers.
 
     LoRA A is drawn (peft's Kaiming init) from a torch generator seeded by ``seed``; B starts at zero, so the
-    tuned model starts as the frozen one."""
+    tuned model starts as the frozen one. A layer adds ``(B A) * alpha / sqrt(rank)`` times its (dropped-out,
+    while training) input, as CLIP-LoRA's ``loralib/layers.py`` ``LinearLoRA`` does."""
     from peft import LoraConfig, inject_adapter_in_model
 
     tuned = copy.deepcopy(backbone.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+        # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank)
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                            use_rslora=True)
         tuned = inject_adapter_in_model(config, tuned)
     for name, param in tuned.named_parameters():
         param.requires_grad_(is_lora(name))

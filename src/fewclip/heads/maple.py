@@ -2,19 +2,47 @@
 ``depth`` layers of both towers, the vision prompts projected from the text prompts (the coupling), trained end
 to end on augmented images with CLIP frozen. How the prompts enter the towers: ``maple_towers``.
 
-Defaults are the reference code's base-to-new setting (github.com/muzairkhattak/multimodal-prompt-learning,
-``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``, ``train.py``): 2 context tokens initialised from
-the first tokens of "a photo of a" (the prompt is "a photo of a {name}." with its first ``n_ctx`` tokens after
-SOS learned, the rest fixed), prompt depth 9, deep text prompts drawn from N(0, 0.02), the projections with
-torch's default Linear init; SGD lr 0.0035, momentum 0.9, weight decay 5e-4 (Dassl's defaults), batch 4,
-5 epochs, one warm-up epoch at a constant 1e-5, then cosine over the 5 epochs, with the rate set per epoch as
-Dassl does (``encoder_schedule``). The reference trains in fp16; the default here is fp32 (``precision``).
-Its cross-dataset setting (ImageNet source) is lr 0.0026, 2 epochs. ViT-B/16: 3,555,072 trained parameters.
-
 Only Hugging Face CLIPs (``model.library: hf``): the prompts are spliced between the layers of transformers'
 ``CLIPModel``. The saved head holds only the learned tensors (+ the logit scale); ``attach`` rebuilds the
 prompted towers on the run's backbone, and ``transfer`` scores other class names with the same prompts
 (base-to-new).
+
+What follows the reference code (github.com/muzairkhattak/multimodal-prompt-learning, trained through
+Dassl.pytorch; checked step by step against an independent re-implementation in
+``tests/reference/test_maple.py``):
+
+- the base-to-new setting's defaults (``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``): 2 context
+  tokens initialised from the first tokens of "a photo of a" (the prompt is "a photo of a {name}." with its
+  first ``n_ctx`` tokens after SOS learned, the rest fixed: ``trainers/maple.py``
+  ``MultiModalPromptLearner``), prompt depth 9, deep text prompts drawn from N(0, 0.02), the projections with
+  torch's default Linear init, the deep ones all starting equal (``_get_clones``); batch 4, 5 epochs;
+- the prompted towers (``clip/model.py`` ``ResidualAttentionBlock_MaPLe``, ``VisionTransformer_MaPLe``) and the
+  loss (``CustomCLIP.forward``: the model's ``logit_scale.exp()`` times the cosine, mean cross-entropy), the
+  class texts re-encoded at every step;
+- Dassl's training: SGD lr 0.0035, momentum 0.9, weight decay 5e-4 (``dassl/config/defaults.py``), one
+  warm-up epoch at a constant 1e-5, then a cosine over the 5 epochs with the rate set once per epoch
+  (``build_lr_scheduler``, stepped after an epoch's last batch: ``encoder_schedule``); the train loader drops
+  an epoch's last partial batch when there are at least ``batch_size`` images (``drop_last``,
+  ``dassl/data/data_manager.py`` ``build_data_loader``); random resized crop + flip; the last epoch's prompts.
+
+Where it deviates, and why:
+
+- precision: the reference trains in fp16 (``PREC: "fp16"``: CLIP, the context and the shallow projection,
+  which it casts with ``self.proj.half()``, in half precision, and SGD steps on them so); the default here is
+  fp32, which runs anywhere, CPU included (``precision: bf16`` / ``fp16`` autocast on a GPU).
+- widths: the reference hard-codes ViT-B/16's 512 (text) and 768 (vision) for the deep prompts and the
+  projections; here they are the model's own widths (the same on ViT-B/16). ViT-B/16: 3,555,072 trained
+  parameters, as the reference.
+- ``ctx_init``: the reference ignores it when ``N_CTX > 4`` (a random context after "X" placeholders); here it
+  initialises the context whenever it is given (and must be at least ``n_ctx`` tokens), so a setting is never
+  silently dropped. ``ctx_init: null`` is the random context.
+- the kept epoch: ``select`` (default ``auto``: the last epoch unless a validation split of at least 10 images
+  a class shows an earlier one clearly better); the reference tests the last epoch.
+- the batch order, the crops and the initial random tensors are drawn from fewclip's seeded generators
+  (resumable, identical whatever the number of workers or ranks), not in the reference's order from torch's
+  global RNG.
+
+Its cross-dataset setting (ImageNet source) is lr 0.0026, 2 epochs.
 """
 
 from __future__ import annotations
@@ -31,7 +59,7 @@ from .base import ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .maple_towers import MaplePrompts, image_features, text_features, tower_layers
-from .prompt_learning import context_init_ids, name_and_period_ids
+from .prompt_learning import DROP_LAST_HELP, batch_count, context_init_ids, name_and_period_ids
 
 
 class MapleConfig(EncoderTrainingConfig):
@@ -51,6 +79,7 @@ class MapleConfig(EncoderTrainingConfig):
     batch_size: int = Field(4, ge=1, description="Images per optimiser step (the global batch under "
                             "torchrun: each of N ranks takes batch_size / N).")
     epochs: int = Field(5, ge=1, description="Epochs over the training images.")
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
     warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
     warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
 
@@ -185,11 +214,11 @@ class MapleHead:
         cfg = self.config
         self._build(task.backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
-        steps_per_epoch = -(-len(train) // cfg.batch_size)
+        steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
         plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
                          lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, precision=cfg.precision,
                          select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale, flip=cfg.flip,
-                         checkpoint_every=cfg.checkpoint_every,
+                         checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last,
                          optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
         trainer = EncoderTrainer(self.net_, task.backbone.transform, plan, task.seed, task.workers,
