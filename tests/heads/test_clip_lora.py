@@ -12,6 +12,7 @@ import torch
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
 from fewclip.heads import HEADS, ImageSet, Task, load_head, save_head
+from fewclip.heads.artifacts import DamagedArtifact
 from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.zero_shot import ZeroShotHead
@@ -152,7 +153,8 @@ def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(backbone: Any,
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     stem = tmp_path / "shot_4-seed_3"
     save_head(head, stem, shapes["classes"], {"templates": [TEMPLATE]})
-    assert set(head.state_dict()) - {"logit_scale"} == {k for k in head.model_.state_dict() if "lora_" in k}
+    assert set(head.state_dict()) - {"logit_scale", "lora_scaling"} == {k for k in head.model_.state_dict() if "lora_" in k}
+    assert float(head.state_dict()["lora_scaling"]) == pytest.approx(head.config.alpha / head.config.rank ** 0.5)
     loaded, meta = load_head(stem)
     assert loaded.trainable_parameters() == head.trainable_parameters() == meta["trainable_params"]
     loaded.attach(backbone, meta["class_names"])
@@ -160,6 +162,17 @@ def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(backbone: Any,
     assert torch.equal(loaded.image_logits(pixels), head.image_logits(pixels))
     with pytest.raises(TypeError, match="call image_logits"):
         loaded.logits(torch.zeros(2, 32))
+
+
+def test_a_head_trained_with_the_earlier_scaling_is_refused_not_misread(backbone: Any, shapes: dict[str, Any],
+                                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adapters saved before fewclip scaled them by alpha / sqrt(rank) would score wrongly under the new scaling."""
+    head = ClipLoraHead(config(iterations_per_shot=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+    old_state = {k: v for k, v in head.state_dict().items() if k != "lora_scaling"}  # what earlier versions wrote
+    monkeypatch.setattr(ClipLoraHead, "state_dict", lambda self: old_state)
+    save_head(head, tmp_path / "old", shapes["classes"], {"templates": [TEMPLATE]})
+    with pytest.raises(DamagedArtifact, match=r"old\.json: damaged head file \(out of date: .*alpha / rank.*retrain"):
+        load_head(tmp_path / "old")
 
 
 def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Callable[..., Any], tmp_path: Path) -> None:

@@ -32,6 +32,11 @@ class DamagedArtifact(ValueError):
         super().__init__(f"{path}: damaged {what} ({reason})" + (f"; {advice}" if advice else ""))
 
 
+class StaleArtifact(ValueError):
+    """A head written by an earlier fewclip that computed it differently: ``load_head`` names the file and says
+    to retrain it."""
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 import torch
 from ..distributed import SINGLE, Ranks
 from ..fileio import write_json
-from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
+from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
 from .selection import best_epoch
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,9 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")
     head_cls = HEADS.get(meta["head"])
     head = head_cls(head_cls.Config(**meta["config"]))
-    head.load_state(read_head_tensors(stem, meta), meta)
+    try:
+        head.load_state(read_head_tensors(stem, meta), meta)
+    except StaleArtifact as err:
+        raise DamagedArtifact(_files(stem)[1], "head file", f"out of date: {err}", RETRAIN_ADVICE) from None
     head.history_ = meta.get("history", [])
     return head, meta

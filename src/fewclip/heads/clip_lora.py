@@ -49,7 +49,8 @@ from ..backbones.hf_clip import vision_saliency_pass
 from .base import ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
-from .lora_clip import adapter_state, class_text_features, image_features, is_lora, load_adapter, lora_clip
+from .artifacts import StaleArtifact
+from .lora_clip import adapter_state, class_text_features, image_features, is_lora, load_adapter, lora_clip, lora_scaling
 from .prompt_fit import check_template_task
 
 
@@ -217,10 +218,15 @@ class ClipLoraHead:
         return self.__dict__.get("saved_adapter_") or adapter_state(self.model_)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.adapter_, "logit_scale": self.logit_scale_.reshape(1)}
+        scaling = torch.tensor([lora_scaling(self.config.rank, self.config.alpha)])  # what the adapters were trained at
+        return {**self.adapter_, "logit_scale": self.logit_scale_.reshape(1), "lora_scaling": scaling}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.saved_adapter_ = {k: v for k, v in tensors.items() if k != "logit_scale"}
+        expected = lora_scaling(self.config.rank, self.config.alpha)
+        if "lora_scaling" not in tensors or abs(float(tensors["lora_scaling"]) - expected) > 1e-6 * expected:
+            raise StaleArtifact("its adapters were trained with fewclip's earlier LoRA scaling (alpha / rank); "
+                                "this version applies CLIP-LoRA's alpha / sqrt(rank), so they would score wrongly")
+        self.saved_adapter_ = {k: v for k, v in tensors.items() if k not in ("logit_scale", "lora_scaling")}
         self.logit_scale_ = tensors["logit_scale"].reshape(())
         self.template_ = meta.get("templates", ["a photo of a {}."])[0]
         self.best_epoch_ = meta.get("best_epoch")

@@ -7,12 +7,19 @@ run keep scoring with the frozen towers. Only parameters whose name contains ``l
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .base import normalize
+
+
+def lora_scaling(rank: int, alpha: float) -> float:
+    """The factor on every LoRA update B A x: alpha / sqrt(rank), as CLIP-LoRA's ``loralib/layers.py`` scales it
+    (``LoRALayer.__init__``; peft's own default, alpha / rank, is what fewclip used before it followed the code)."""
+    return alpha / math.sqrt(rank)
 
 
 def is_lora(name: str) -> bool:
