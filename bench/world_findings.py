@@ -27,7 +27,7 @@ from pathlib import Path
 from fewclip.config import default_cache_dir, load_config
 from fewclip.embedded import embedded_config
 from fewclip.fileio import read_csv, write_csv
-from fewclip.heads import list_heads
+from fewclip.heads import HEADS, list_heads
 from fewclip.layout import RunLayout
 from fewclip.pipeline import run
 from fewclip.report.evidence import read_evidence
@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--domains", nargs="+", default=["photo", "sketch"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--methods", nargs="+", default=list_heads())
+    # the heads that tune the encoders train for minutes per unit here: bench/clip_lora_world.py runs them
+    parser.add_argument("--methods", nargs="+", default=[n for n in list_heads() if not HEADS.get(n).tunes_encoders])
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fewclip-world-findings"))
     parser.add_argument("--csv", help="where the table goes (default: <work>/world_findings.csv)")
     args = parser.parse_args()
