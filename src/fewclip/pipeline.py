@@ -24,7 +24,7 @@ from .data.subsample import train_view
 from .features import extract_features, extract_views, load_views, view_key
 from .fileio import remove_stale_temporaries, write_csv
 from .heads import Task, save_head
-from .heads.base import intact_head_meta
+from .heads.base import TrainingDiverged, intact_head_meta
 from .heads.selection import best_epoch, fit_meta
 from .layout import unit_name
 from .targets import encode_targets, prepare_targets
@@ -186,17 +186,25 @@ def train(ctx: RunContext) -> list[str]:
                     shots=shots, checkpoint=checkpoint, on_epoch=on_epoch)
         writes = ranks.is_main or not shared((method, shots, seed))  # a DDP unit's files are rank 0's
         start = time.perf_counter()
-        if shots and head_cls.tunes_encoders:  # trains on the images themselves, not on cached features
-            task.workers, task.ranks = ctx.config.model.loader_threads, ranks
-            head.fit(task, image_set(ctx, train_records), image_set(ctx, val_records))
-        elif shots:
-            train_set = feature_set(ctx, train_records)
-            views = head.config.augment_views if head.uses_augmented_views else 0
-            if views:
-                train_set.views = load_views(ctx.view_cache, train_records, views)
-            head.fit(task, train_set, feature_set(ctx, val_records))
-        else:
-            head.fit(task)
+        try:
+            if shots and head_cls.tunes_encoders:  # trains on the images themselves, not on cached features
+                task.workers, task.ranks = ctx.config.model.loader_threads, ranks
+                head.fit(task, image_set(ctx, train_records), image_set(ctx, val_records))
+            elif shots:
+                train_set = feature_set(ctx, train_records)
+                views = head.config.augment_views if head.uses_augmented_views else 0
+                if views:
+                    train_set.views = load_views(ctx.view_cache, train_records, views)
+                head.fit(task, train_set, feature_set(ctx, val_records))
+            else:
+                head.fit(task)
+        except TrainingDiverged as err:
+            checkpoint.unlink(missing_ok=True)  # its epochs lead to the same divergence
+            raise TrainingDiverged(err.loss, err.epoch, err.lr, (
+                f"{unit_name(method, shots, seed)}: training diverged: the loss became {err.loss} in epoch "
+                f"{err.epoch} at learning rate {err.lr:g}; lower {method}'s lr (or, with precision bf16/fp16, train "
+                f"in fp32), then re-run the same command. Nothing of this unit was saved; the {len(trained)} unit(s) "
+                f"trained before it in this command are kept")) from None
         seconds = time.perf_counter() - start
         if not writes:
             continue

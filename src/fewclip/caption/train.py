@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..configbase import ConfigBlock
 from ..heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from ..heads.base import check_loss
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def train_captioner(model: Any, examples: Sequence[tuple[str, str]], encoder_tok
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         loss = _train_epoch(model, optimizer, examples, sequences, encoder_tokens, settings.batch_size, seed, epoch)
+        check_loss(loss, epoch + 1, lr)
         scheduler.step()
         row = {"epoch": float(epoch + 1), "train_loss": loss, "lr": lr}
         if val_score is not None:

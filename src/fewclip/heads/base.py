@@ -10,6 +10,7 @@ and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds t
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -102,6 +103,27 @@ class Head(Protocol):
     def config(self) -> Any: ...
 
 
+class TrainingDiverged(ValueError):
+    """Training whose loss stopped being a finite number: the state is garbage, and nothing of it is saved."""
+
+    def __init__(self, loss: float, epoch: int, lr: float, message: str = "") -> None:
+        self.loss, self.epoch, self.lr = loss, epoch, lr
+        super().__init__(message or f"training diverged: the loss became {loss} in epoch {epoch} at learning rate "
+                         f"{lr:g}; lower the learning rate (or, with precision bf16/fp16, train in fp32)")
+
+
+def check_loss(loss: float, epoch: int, lr: float) -> float:
+    """``loss``, or ``TrainingDiverged`` if it is nan or infinite (epoch 1-based)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(loss, epoch, lr)
+    return loss
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a nan or an infinity."""
+    return sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
 def differentiable_logits(head: Any, features: torch.Tensor) -> torch.Tensor:
     """(n, d) -> (n, C) logits with autograd on (what saliency backpropagates through)."""
     return head.differentiable_logits(features) if head.has_differentiable_logits else head.logits(features)
@@ -122,7 +144,11 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
     """Write ``<stem>.safetensors`` and then ``<stem>.json`` with the tensors' sha256 (the JSON, written
     last, marks a complete artifact and vouches for the tensor file)."""
     tensor_file, json_file = _files(stem)
-    checksum = write_tensors(tensor_file, head.state_dict())
+    state = head.state_dict()
+    if bad := non_finite(state):
+        raise ValueError(f"{head.name}: not saving {stem.name}: its {', '.join(bad[:3])} hold nan or infinite values "
+                         f"(training diverged; lower the learning rate)")
+    checksum = write_tensors(tensor_file, state)
     write_json(
         json_file,
         {
@@ -156,12 +182,22 @@ def read_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Tenso
     return tensors
 
 
+def finite_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``read_head_tensors``, and ``DamagedArtifact`` too if a tensor holds nan or an infinity (a checksum
+    vouches for bytes, not for their being numbers)."""
+    tensors = read_head_tensors(stem, meta)
+    if bad := non_finite(tensors):
+        raise DamagedArtifact(_files(stem)[0], "head file", f"{', '.join(bad[:3])} hold nan or infinite values",
+                              RETRAIN_ADVICE)
+    return tensors
+
+
 def intact_head_meta(stem: Path) -> dict[str, Any] | None:
     """A head's JSON if the head is complete and undamaged; None (with a warning if damaged) if not."""
     try:
         meta = read_head_meta(stem)
         if meta is not None:
-            read_head_tensors(stem, meta)
+            finite_head_tensors(stem, meta)
         return meta
     except DamagedArtifact as err:
         log.warning("%s: damaged %s (%s); retraining it", err.path, err.what, err.reason)
@@ -180,8 +216,9 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")
     head_cls = HEADS.get(meta["head"])
     head = head_cls(head_cls.Config(**meta["config"]))
+    tensors = finite_head_tensors(stem, meta)
     try:
-        head.load_state(read_head_tensors(stem, meta), meta)
+        head.load_state(tensors, meta)
     except StaleArtifact as err:
         raise DamagedArtifact(_files(stem)[1], "head file", f"out of date: {err}", RETRAIN_ADVICE) from None
     head.history_ = meta.get("history", [])

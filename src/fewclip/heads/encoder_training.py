@@ -38,7 +38,7 @@ from ..backbones.preprocess import Augmentation, ImageTransform
 from ..distributed import SINGLE, Ranks
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
-from .base import ImageSet
+from .base import ImageSet, check_loss
 from .encoder_schedule import build_optimizer
 from .image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from .prompt_learning import batch_count
@@ -179,6 +179,7 @@ class EncoderTrainer:
             if at_step is not None:
                 at_step(done, lambda done=done: self.progress(progress, done, loss_sum, correct, seen))
         final = self.progress(progress, steps, loss_sum, correct, seen)
+        check_loss(final["loss"], epoch + 1, progress["lr"])  # gathered: every rank stops together
         return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
                 "train_accuracy": final["correct"] / max(final["seen"], 1)}
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..configbase import ConfigBlock
 from ..metrics import summarize
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, Task, check_loss, normalize
 from .calibration import calibrate, temperature_tensor
 from .selection import SELECT_HELP, BestEpoch, SelectRule
 
@@ -71,6 +71,7 @@ class LinearProbeHead:
             for start in range(0, len(y), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 loss = nn.functional.cross_entropy(layer(x[idx]), y[idx])
+                check_loss(loss.item(), epoch, cfg.lr)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import summarize
 from .artifacts import DamagedArtifact, read_tensors, write_tensors
-from .base import FeatureSet, Task
+from .base import FeatureSet, Task, check_loss
 from .schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from .selection import BestEpoch, SelectRule, Selection
 
@@ -416,6 +416,7 @@ def train_prompt_module(
                 value = loss.item()
             else:
                 value = train_step(x[idx], y[idx])
+            check_loss(value, epoch + 1, optimizer.param_groups[0]["lr"])
             optimizer.step()
             total, seen = total + value * len(idx), seen + len(idx)
         module.eval()
