@@ -12,7 +12,7 @@ import torch
 from fewclip import pipeline
 from fewclip.heads import FeatureSet, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact, write_tensors
-from fewclip.heads.base import TrainingDiverged
+from fewclip.heads.base import TrainingDiverged, meaning_digest
 from fewclip.heads.coop import CoOpConfig, CoOpHead
 from fewclip.heads.linear_probe import LinearProbeConfig, LinearProbeHead
 from fewclip.backbones import load_backbone
@@ -55,6 +55,7 @@ def test_a_head_file_of_nan_with_a_recomputed_checksum_is_refused(tmp_path: Path
     meta_file = tmp_path / "unit.json"
     meta = json.loads(meta_file.read_text())
     meta["safetensors_sha256"] = write_tensors(tmp_path / "unit.safetensors", tensors)  # a consistent file of nan
+    meta["meaning_sha256"] = meaning_digest(meta)
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(DamagedArtifact, match=r"unit\.safetensors: damaged head file \(bias, temperature, weight hold nan"):
         load_head(tmp_path / "unit")
@@ -77,6 +78,7 @@ def test_fewclip_run_retrains_a_head_of_nan(make_config: Callable[..., Any]) -> 
     good = head.logits(torch.randn(3, head.weight_.shape[1]))
     tensors = {k: torch.full_like(v, float("nan")) for k, v in head.state_dict().items()}
     meta["safetensors_sha256"] = write_tensors(stem.with_name(stem.name + ".safetensors"), tensors)
+    meta["meaning_sha256"] = meaning_digest(meta)
     stem.with_name(stem.name + ".json").write_text(json.dumps(meta))
     pipeline.run(config)  # the damaged head is retrained, not evaluated
     retrained, _ = load_head(stem)

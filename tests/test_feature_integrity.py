@@ -4,6 +4,7 @@ features refused, and features keyed by the bytes actually encoded."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def extract(records: list[Record], backbone: CLIPBackbone, cache: FeatureCache) 
 
 def shard_keys(keys_file: Path) -> list[str]:
     lines = keys_file.read_text().split("\n")
-    assert lines[0].startswith("#sha256 ") and lines[-1] == ""
+    assert lines[0].startswith("#sha256") and lines[-1] == ""
     return lines[1:-1]
 
 
@@ -49,13 +50,16 @@ def filled(records: list[Record], backbone: CLIPBackbone, tmp_path: Path) -> tup
     return cache, cache.get([r.sha1 for r in records])
 
 
-def test_keys_file_records_the_npy_checksum(filled: tuple[FeatureCache, np.ndarray], records: list[Record]) -> None:
+def test_keys_file_records_the_checksum_of_the_npy_and_the_keys(filled: tuple[FeatureCache, np.ndarray],
+                                                                 records: list[Record]) -> None:
     cache, _ = filled
     keys_files = sorted(cache.dir.glob("*.keys"))
     assert len(keys_files) == 3
     for keys_file in keys_files:
         npy = keys_file.with_suffix(".npy")
-        assert keys_file.read_text().split("\n")[0] == f"#sha256 {hashlib.sha256(npy.read_bytes()).hexdigest()}"
+        keys_text = "\n".join(shard_keys(keys_file)) + "\n"
+        expected = hashlib.sha256(npy.read_bytes() + keys_text.encode()).hexdigest()
+        assert keys_file.read_text().split("\n")[0] == f"#sha256+keys {expected}"
         assert len(shard_keys(keys_file)) == BATCH
     assert sorted(k for f in keys_files for k in shard_keys(f)) == sorted(r.sha1 for r in records)
 
@@ -185,3 +189,28 @@ def test_an_image_changed_after_prepare_is_not_stored_under_its_old_hash(records
     assert cache.missing([r.sha1 for r in originals] + [records[5].sha1]) == [originals[1].sha1, records[5].sha1]
     assert sorted(k for f in cache.dir.glob("*.keys") for k in shard_keys(f)) == sorted([originals[0].sha1,
                                                                                           originals[2].sha1])
+
+
+def test_swapped_lines_of_a_keys_file_discard_the_shard(filled: tuple[FeatureCache, np.ndarray], records: list[Record],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The .npy's bytes are intact, but its rows would be attached to the wrong images."""
+    cache, _ = filled
+    keys_file = sorted(cache.dir.glob("*.keys"))[0]
+    lines = keys_file.read_text().split("\n")
+    lines[1], lines[2] = lines[2], lines[1]
+    keys_file.write_text("\n".join(lines))
+    reopened = FeatureCache(cache.dir.parent.parent, json.loads((cache.dir / "fingerprint.json").read_text()))
+    with caplog.at_level("WARNING"):
+        assert set(lines[1:3]) <= set(reopened.missing([r.sha1 for r in records]))
+    assert "keys file were modified" in caplog.text and not keys_file.exists()
+
+
+def test_a_shard_written_before_keys_were_covered_still_loads(filled: tuple[FeatureCache, np.ndarray],
+                                                             records: list[Record]) -> None:
+    cache, features = filled
+    for keys_file in cache.dir.glob("*.keys"):
+        npy_digest = hashlib.sha256(keys_file.with_suffix(".npy").read_bytes()).hexdigest()
+        keys_file.write_text(f"#sha256 {npy_digest}\n" + "\n".join(shard_keys(keys_file)) + "\n")
+    reopened = FeatureCache(cache.dir.parent.parent, json.loads((cache.dir / "fingerprint.json").read_text()))
+    assert reopened.missing([r.sha1 for r in records]) == []
+    np.testing.assert_array_equal(reopened.get([r.sha1 for r in records]), features)

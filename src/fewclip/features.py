@@ -2,8 +2,8 @@
 
 Layout: ``<cache>/features/<key>/`` where ``key`` hashes the backbone fingerprint (model id, weight
 bytes, preprocessing, precision). Inside, features are stored in shards: ``<id>.npy`` (n, dim) float32
-and ``<id>.keys`` (a ``#sha256 <hex>`` line holding the .npy's checksum, then n image sha1s, one a
-line), each written atomically, the keys file last, so a shard without its keys file is an
+and ``<id>.keys`` (a ``#sha256+keys <hex>`` line holding the checksum of the .npy's bytes and the keys, then
+n image sha1s, one a line), each written atomically, the keys file last, so a shard without its keys file is an
 interrupted write and is ignored. Entries are keyed by the image's content hash, so features are
 shared across runs, methods, shots and seeds, and a renamed file still hits.
 
@@ -36,7 +36,8 @@ from .data.records import Record
 from .fileio import atomic_write_bytes, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
-_CHECKSUM_PREFIX = "#sha256 "
+_CHECKSUM_PREFIX = "#sha256 "  # shards written before the keys were covered too
+_KEYED_PREFIX = "#sha256+keys "
 
 
 def fingerprint_key(fingerprint: dict[str, Any]) -> str:
@@ -48,15 +49,28 @@ class DamagedShard(ValueError):
 
 
 def _read_keys(keys_file: Path) -> tuple[str | None, list[str]]:
-    """(the .npy's recorded sha256 or None for an old shard, the row keys) of a keys file."""
+    """(the recorded checksum, or None for a shard written before checksums, the row keys) of a keys file.
+    A ``#sha256+keys`` checksum covers the .npy's bytes and the keys in their order (``_shard_digest``); the
+    older ``#sha256`` one covers the bytes alone and is returned prefixed ``npy:``."""
     lines = keys_file.read_text(encoding="utf-8").split("\n")
     checksum = None
     if lines and lines[0].startswith("#"):
         header = lines.pop(0)
-        checksum = header[len(_CHECKSUM_PREFIX) :].strip() if header.startswith(_CHECKSUM_PREFIX) else ""
-        if len(checksum) != 64:
+        for prefix, tag in ((_KEYED_PREFIX, ""), (_CHECKSUM_PREFIX, "npy:")):
+            if header.startswith(prefix):
+                checksum = tag + header[len(prefix) :].strip()
+                break
+        if checksum is None or len(checksum.removeprefix("npy:")) != 64:
             raise DamagedShard(f"its keys file has an unreadable checksum line {header[:80]!r}")
     return checksum, [line.strip() for line in lines if line.strip()]
+
+
+def _shard_digest(npy_bytes_digest: Any, keys: Sequence[str]) -> str:
+    """sha256 over a shard's .npy bytes (a running hashlib object) and then its keys, one a line: which row is
+    which image is part of what is checked, not only the numbers."""
+    digest = npy_bytes_digest.copy()
+    digest.update(("\n".join(keys) + "\n").encode())
+    return digest.hexdigest()
 
 
 def _open_shard(npy: Path, rows: int) -> np.ndarray:
@@ -75,9 +89,10 @@ def _open_shard(npy: Path, rows: int) -> np.ndarray:
     return array
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path) -> Any:
+    """A hashlib sha256 object fed with the file's bytes."""
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        return hashlib.file_digest(handle, "sha256")
 
 
 class FeatureCache:
@@ -120,8 +135,12 @@ class FeatureCache:
             return True
         npy, checksum = self.dir / f"{shard}.npy", self._checksums[shard]
         try:
-            if checksum is not None and _sha256_file(npy) != checksum:
-                raise DamagedShard("its sha256 differs from the one recorded when it was written: modified or truncated")
+            if checksum is not None:
+                digest = _sha256_file(npy)
+                found = digest.hexdigest() if checksum.startswith("npy:") else _shard_digest(digest, self._keys[shard])
+                if found != checksum.removeprefix("npy:"):
+                    raise DamagedShard("its sha256 differs from the one recorded when it was written: its features "
+                                       "or its keys file were modified or truncated")
             if not np.isfinite(self._shards[shard]).all():
                 raise DamagedShard("it holds non-finite values (NaN or inf)")
         except (DamagedShard, OSError) as err:
@@ -178,8 +197,8 @@ class FeatureCache:
         shard = uuid.uuid4().hex
         buffer = _npy_bytes(np.ascontiguousarray(features, dtype=np.float32))
         atomic_write_bytes(self.dir / f"{shard}.npy", buffer)
-        checksum = hashlib.sha256(buffer).hexdigest()
-        atomic_write_text(self.dir / f"{shard}.keys", f"{_CHECKSUM_PREFIX}{checksum}\n" + "\n".join(sha1s) + "\n")
+        checksum = _shard_digest(hashlib.sha256(buffer), sha1s)
+        atomic_write_text(self.dir / f"{shard}.keys", f"{_KEYED_PREFIX}{checksum}\n" + "\n".join(sha1s) + "\n")
         self.refresh()
         self._verified.add(shard)  # its bytes are the ones just checked and written
 

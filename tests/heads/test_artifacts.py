@@ -88,7 +88,7 @@ def test_a_truncated_head_json_is_named_not_a_raw_decode_error(saved: Path) -> N
 def test_a_head_saved_before_checksums_loads_if_readable(saved: Path) -> None:
     tensors, meta_file = files(saved)
     meta = json.loads(meta_file.read_text())
-    del meta["safetensors_sha256"]
+    del meta["safetensors_sha256"], meta["meaning_sha256"]  # written by a fewclip that recorded neither
     meta_file.write_text(json.dumps(meta))
     before, _ = load_head(saved)
     x = torch.randn(5, 8)
@@ -144,3 +144,19 @@ def test_a_damaged_checkpoint_is_discarded_and_training_restarts(damage, tmp_pat
     assert calls == fresh[3] == SETTINGS.epochs * 3
     assert history == fresh[0] and best == fresh[1] and torch.equal(weight, fresh[2])
     assert checkpoint.is_file() and not list(tmp_path.glob("*.tmp"))  # rewritten by the restarted run
+
+
+@pytest.mark.parametrize("edit", [
+    lambda meta: meta.update(class_names=meta["class_names"][::-1]),  # the logit columns named in another order
+    lambda meta: meta["config"].update(epochs=99),
+    lambda meta: meta.update(head="zero_shot"),
+])
+def test_editing_what_gives_the_tensors_their_meaning_damages_the_head(saved: Path, edit: Any) -> None:
+    _, meta_file = files(saved)
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DamagedArtifact, match=r"shot_4-seed_1\.json: damaged head file \(its name, config, class "
+                                              r"names or templates differ from the ones it was saved with: edited"):
+        load_head(saved)
+    assert intact_head_meta(saved) is None  # so `fewclip train` retrains it

@@ -9,6 +9,8 @@ and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -149,29 +151,43 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
         raise ValueError(f"{head.name}: not saving {stem.name}: its {', '.join(bad[:3])} hold nan or infinite values "
                          f"(training diverged; lower the learning rate)")
     checksum = write_tensors(tensor_file, state)
-    write_json(
-        json_file,
-        {
-            "head": head.name,
-            "config": head.config.model_dump(mode="json"),
-            "class_names": list(class_names),
-            "trainable_params": head.trainable_parameters(),
-            "history": head.history_,
-            "best_epoch": best_epoch(head),
-            **(meta or {}),
-            SAFETENSORS_SHA256: checksum,
-        },
-    )
+    record = {
+        "head": head.name,
+        "config": head.config.model_dump(mode="json"),
+        "class_names": list(class_names),
+        "trainable_params": head.trainable_parameters(),
+        "history": head.history_,
+        "best_epoch": best_epoch(head),
+        **(meta or {}),
+        SAFETENSORS_SHA256: checksum,
+    }
+    write_json(json_file, {**record, MEANING_SHA256: meaning_digest(record)})
+
+
+MEANING_SHA256 = "meaning_sha256"  # the JSON key of the digest over what gives a head's tensors their meaning
+MEANING_KEYS = ("head", "config", "class_names", "templates", SAFETENSORS_SHA256)
+
+
+def meaning_digest(meta: dict[str, Any]) -> str:
+    """sha256 over the head's name, config, class names (the order of its logits), templates and its tensors'
+    checksum: the tensor bytes alone do not say which column is which class."""
+    chosen = {key: meta.get(key) for key in MEANING_KEYS}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_head_meta(stem: Path) -> dict[str, Any] | None:
-    """A head's JSON, None if it was never written; ``DamagedArtifact`` naming it if it is not JSON."""
+    """A head's JSON, None if it was never written; ``DamagedArtifact`` naming it if it is not JSON or what gives
+    its tensors their meaning (``meaning_digest``) was edited."""
     file = _files(stem)[1]
     if not file.is_file():
         return None
     meta = read_artifact_json(file, "head file", RETRAIN_ADVICE)
     if not isinstance(meta, dict) or "head" not in meta:
         raise DamagedArtifact(file, "head file", "not a fewclip head description", RETRAIN_ADVICE)
+    recorded = meta.get(MEANING_SHA256)
+    if recorded is not None and recorded != meaning_digest(meta):
+        raise DamagedArtifact(file, "head file", "its name, config, class names or templates differ from the ones "
+                              "it was saved with: edited after training", RETRAIN_ADVICE)
     return meta
 
 
