@@ -163,6 +163,31 @@ def test_every_error_is_reported_at_once(make_config) -> None:
     assert "few_shot.shot" in str(info.value)
 
 
+@pytest.mark.parametrize(("override", "key", "shown"), [
+    ("few_shot.shots=[true]", "few_shot.shots", "true"),
+    ("few_shot.shots=[2.0]", "few_shot.shots", "2.0"),
+    ("splits.seeds=[1.5]", "splits.seeds", "1.5"),
+    ("splits.val_per_class=false", "splits.val_per_class", "false"),
+    ("linear_probe.epochs=true", "linear_probe.epochs", "true"),
+    ("coop.epochs={1: true}", "coop.epochs", "true"),
+    ("model.batch_size=32.0", "model.batch_size", "32.0"),
+    ("linear_probe.lr=true", "linear_probe.lr", "true"),
+])
+def test_a_bool_or_a_fraction_is_no_count(make_config, override: str, key: str, shown: str) -> None:
+    # pydantic's lax mode reads true as 1 and 2.0 as 2: a count written as a flag or a decimal is refused
+    with pytest.raises(ConfigError) as info:
+        make_config(override)
+    line = next(line for line in str(info.value).splitlines() if key in line)
+    assert shown in line and ("whole number" in line or "a number" in line), line
+
+
+def test_counts_and_rates_keep_their_ordinary_spellings(make_config) -> None:
+    config = make_config("few_shot.shots=[1, 2]", "coop.epochs={1: 5, 4: 10}", "linear_probe.lr=1", "coop.lr=2e-3",
+                         "model.batch_size=8", "output.saliency_images=0")
+    assert (config.few_shot.shots, config.coop.epochs, config.linear_probe.lr) == ([1, 2], {1: 5, 4: 10}, 1.0)
+    assert config.coop.lr == pytest.approx(0.002) and config.model.batch_size == 8
+
+
 # --- overrides -----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_m
 from .backbones.config import ModelConfig
 from .backbones.model_source import config_relative_id
 from .config_yaml import ConfigFileError, read_yaml_file
-from .configbase import ConfigBlock
+from .configbase import NUMBER_ERROR, ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.splits import Sampler
 from .data.subsample import Subsample
@@ -400,6 +400,8 @@ def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseM
     deprecated name}), and for an unknown key the nearest valid one among the keys of its block (``root``:
     the top-level config class, default ``Config``)."""
     loc = [str(p) for p in error["loc"]]
+    if error["type"] == NUMBER_ERROR:
+        loc.append(error["ctx"]["key"])  # raised by the block for one of its keys
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
     if loc[:2] == ["dataset", "eval_on"] and len(loc) > 3 and loc[3] in SOURCES:
