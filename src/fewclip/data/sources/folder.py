@@ -41,14 +41,16 @@ def in_test_share(key: str, fraction: float) -> bool:
 VAL_DIR = "val"  # the test split when the root holds train/ and val/ but no test/
 
 
-def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str, str] | None:
-    """(train, test) subfolder names when ``root`` uses the split layout, None for <root>/<class>/*.
+def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str | None, str] | None:
+    """(train, test) subfolder names when ``root`` uses the split layout (train None: a test-only set), None
+    for <root>/<class>/*.
 
     ``train/`` + ``test/`` is the split layout; so is ``train/`` + ``val/`` (val/ is then the test split:
-    fewclip draws its own validation images from train). ``train/`` alone is ambiguous: an error.
+    fewclip draws its own validation images from train). ``test/`` (or ``val/``) alone is a test-only set.
+    ``train/`` alone, or ``test/`` beside class folders, is ambiguous: an error.
     """
     if not (root / train_dir).is_dir():
-        return None
+        return test_only_dir(root, train_dir, test_dir)
     if (root / test_dir).is_dir():
         return train_dir, test_dir
     if (root / VAL_DIR).is_dir():
@@ -61,6 +63,25 @@ def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str, str] | N
         f"at {root / train_dir} to hold out test_fraction of each class")
 
 
+def test_only_dir(root: Path, train_dir: str, test_dir: str) -> tuple[None, str] | None:
+    """(None, test subfolder) when ``root`` holds only a test/ (or val/) folder of classes; None when it holds
+    neither (<root>/<class>/*). A test/ beside other folders is an error: it would become a class."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = [name for name in (test_dir, VAL_DIR) if name in folders]
+    if not present:
+        return None
+    others = [name for name in folders if name != present[0]]
+    if others:
+        raise ValueError(
+            f"dataset.path: {root} has a {present[0]}/ folder but no {train_dir}/, beside the folders {others}, so "
+            f"{present[0]!r} would become a class. Lay the images out as {root}/{{{train_dir},{test_dir}}}/<class>/, "
+            f"or as {root}/<class>/ without a {present[0]}/ folder (if {present[0]!r} really is a class, set "
+            f"dataset.test_dir to a name that is not a folder of {root})")
+    log.info("dataset.path: %s holds only %s/: a test-only set (no train images; shot-free methods such as "
+             "zero_shot evaluate all of it)", root, present[0])
+    return None, present[0]
+
+
 class FolderSource:
     def __init__(self, config: FolderSourceConfig) -> None:
         self.config = config
@@ -70,13 +91,14 @@ class FolderSource:
         self.splits = split_dirs(self.root, config.train_dir, config.test_dir)
         self.has_splits = self.splits is not None
 
-    def _class_dir(self, split: Split, name: str) -> Path:
+    def _class_dir(self, split: Split, name: str) -> Path | None:
         if self.splits is None:
             return self.root / name
-        return self.root / (self.splits[0] if split == "train" else self.splits[1]) / name
+        folder = self.splits[0] if split == "train" else self.splits[1]
+        return None if folder is None else self.root / folder / name
 
     def class_names(self) -> list[str]:
-        base = self.root / self.config.train_dir if self.has_splits else self.root
+        base = self.root if self.splits is None else self.root / (self.splits[0] or self.splits[1])
         names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
             raise ValueError(f"dataset.path: {base} has no class subfolders (expected <class>/<image>)")
@@ -85,7 +107,7 @@ class FolderSource:
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
         for name in classes:
             folder = self._class_dir(split, name)
-            if not folder.is_dir():
+            if folder is None or not folder.is_dir():  # a test-only set has no train folder
                 continue  # reported as an empty class by the prepare stage
             for path in sorted(p for p in folder.rglob("*") if _is_image(p)):
                 if not self.has_splits:
