@@ -32,7 +32,8 @@ LOCK = RunLayout(Path()).lock.name
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
 # wandb, name and the model's batch size, loader threads and device change no result.
 FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache", "model.batch_size",
-             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label")  # targets: evaluation only
+             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label",  # targets: evaluation only
+             "dataset.duplicates")  # changes no image prepare keeps, only whether it refuses them
 
 
 class RunDirError(ValueError):

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..fileio import atomic_write_bytes, read_json, write_csv, write_json
 from ..layout import RunLayout
+from .duplicates import check_duplicates
 from .images import UnreadableImage, image_format_suffix, verify_image
 from .records import Record, read_records, write_records
 from .sources import Source, SourceConfig, SourceItem, build_source
@@ -104,23 +105,33 @@ def _checked_items(items: Iterable[SourceItem], workers: int) -> Iterator[_Check
         yield from pool.map(_check, items, chunksize=1) if workers > 1 else map(_check, items)
 
 
+@dataclass
+class ExportedSplit:
+    """One split as prepare exported it: its records, where each came from, and what it could not export."""
+
+    records: list[Record]
+    origins: list[str]  # per record: a path, a CSV line or dataset[split][row], for messages
+    exclusions: list[tuple[str, str, str]]  # (split, image, reason) of unreadable images
+    missing: list[str]  # listed files that do not exist
+
+
 def export_split(
     split: str, items: Iterable[SourceItem], classes: ClassNames, layout: RunLayout, cap: int | None, workers: int = 2
-) -> tuple[list[Record], list[tuple[str, str, str]], list[str]]:
-    """Check and export one split. Returns (records, exclusions, missing files)."""
+) -> ExportedSplit:
+    """Check and export one split; each image is read once, and its sha1 computed once, here."""
     label_of = {name: i for i, name in enumerate(classes.raw)}
     counts = {name: 0 for name in classes.raw}
-    records, exclusions, missing = [], [], []
+    exported = ExportedSplit([], [], [], [])
     for checked in _checked_items(items, workers):
         item = checked.item
         if cap is not None and counts[item.class_name] >= cap:
             continue
         if checked.error == "missing":
-            missing.append(f"{item.origin}: {item.path}")
+            exported.missing.append(f"{item.origin}: {item.path}")
             continue
         if checked.error is not None:
             log.warning("skipping unreadable image %s: %s", item.origin, checked.error)
-            exclusions.append((split, item.origin, checked.error))
+            exported.exclusions.append((split, item.origin, checked.error))
             continue
         assert checked.data is not None
         sha1 = hashlib.sha1(checked.data).hexdigest()
@@ -137,8 +148,9 @@ def export_split(
                 atomic_write_bytes(target, checked.data)
             path = relative.as_posix()
         counts[item.class_name] += 1
-        records.append(Record(path=path, label=label, class_name=classes.readable[label], sha1=sha1))
-    return records, exclusions, missing
+        exported.records.append(Record(path=path, label=label, class_name=classes.readable[label], sha1=sha1))
+        exported.origins.append(item.origin)
+    return exported
 
 
 def source_splits(config: SourceConfig) -> tuple[str, ...]:
@@ -184,6 +196,7 @@ def prepare(
             return ClassNames.load(layout.classes)
     all_exclusions: list[tuple[str, str, str]] = []
     outputs: list[tuple[Path, list[Record]]] = []
+    exported: dict[str, tuple[list[Record], list[str]]] = {}  # split -> (records, origins): the duplicate check's input
     targets = {"train": (config.max_train_per_class, layout.train_full), "val": (None, layout.val_full),
                "test": (config.max_test_per_class, layout.test)}
     for split in source_splits(config):
@@ -191,25 +204,29 @@ def prepare(
         if test_only and split != "test":
             outputs.append((target, []))
             continue
-        records, exclusions, missing = export_split(
+        done_split = export_split(
             split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
         )
-        if missing:
+        if done_split.missing:
+            missing = done_split.missing
             listed = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) listed by the dataset do not exist:\n  {listed}\n"
                 "Fix the paths (or remove those rows) and run prepare again."
             )
+        records = done_split.records
         present = {r.label for r in records}
         empty = [classes.raw[i] for i in range(len(classes.raw)) if i not in present]
-        test_only = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
-        if empty and not test_only and split != "val":  # a sampler draws what val has (ImageNet has none)
+        no_train = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
+        if empty and not no_train and split != "val":  # a sampler draws what val has (ImageNet has none)
             raise ValueError(
                 f"dataset: class(es) {empty} have no readable {split} images; "
                 "remove them from dataset.classes or add images"
             )
         outputs.append((target, records))
-        all_exclusions.extend(exclusions)
+        exported[split] = (records, done_split.origins)
+        all_exclusions.extend(done_split.exclusions)
+    check_duplicates(exported, config.duplicates)
     if validate is not None:
         validate(classes, outputs[0][1])
     # Written only once everything is sound, so a failure keeps the last good files.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Pr
 from pydantic import Field, field_validator
 
 from ...configbase import ConfigBlock
+from ..duplicates import DuplicatePolicy
 
 Split = Literal["train", "val", "test"]  # "val" only from sources whose config has has_val_split
 
@@ -29,6 +30,10 @@ class SourceConfig(ConfigBlock):
     )
     max_train_per_class: int | None = Field(None, ge=1, description="Cap on exported train images per class.")
     max_test_per_class: int | None = Field(None, ge=1, description="Cap on exported test images per class.")
+    duplicates: DuplicatePolicy = Field(
+        "error", description="Images with identical bytes in two places: error (refused: in train and test, under two "
+        "labels, or twice in one split), within_split (copies in one split under one label kept, with a warning), "
+        "allow (every copy kept, with a warning; e.g. a published split reproduced as it is).")
     label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
                               "summary.csv's split column (default: its CoOp name, else its folder or id's last part).")
     # A list of dataset blocks (sources' config classes, resolved in fewclip.data.sources once they exist).

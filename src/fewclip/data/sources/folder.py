@@ -51,6 +51,7 @@ def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str | None, s
     """
     if not (root / train_dir).is_dir():
         return test_only_dir(root, train_dir, test_dir)
+    check_distinct_splits(root, train_dir, test_dir)
     if (root / test_dir).is_dir():
         return train_dir, test_dir
     if (root / VAL_DIR).is_dir():
@@ -61,6 +62,19 @@ def split_dirs(root: Path, train_dir: str, test_dir: str) -> tuple[str | None, s
         f"dataset.path: {root} has a {train_dir}/ folder but no {test_dir}/ or {VAL_DIR}/ beside it, so "
         f"{train_dir!r} would become a class; add {root / test_dir}/<class>/ images, or point dataset.path "
         f"at {root / train_dir} to hold out test_fraction of each class")
+
+
+def check_distinct_splits(root: Path, train_dir: str, test_dir: str) -> None:
+    """Refuse a train folder that is the test folder, holds it, or lies in it: its few-shot sets would be test
+    images (or test/ would be read as a class)."""
+    train, test = (root / train_dir).resolve(), (root / test_dir).resolve()
+    if train == test or train in test.parents or test in train.parents:
+        relation = "is" if train == test else ("holds" if train in test.parents else "lies inside")
+        raise ValueError(
+            f"dataset.train_dir {train_dir!r} ({train}) {relation} the test folder, dataset.test_dir {test_dir!r} "
+            f"({test}): the few-shot sets would be drawn from test images and every score would be inflated. "
+            f"Give train and test two distinct folders side by side (e.g. {root}/train/<class>/ and "
+            f"{root}/test/<class>/), or point dataset.path at one folder of classes to hold out test_fraction")
 
 
 def test_only_dir(root: Path, train_dir: str, test_dir: str) -> tuple[None, str] | None:
