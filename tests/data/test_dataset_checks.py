@@ -102,3 +102,51 @@ def test_a_csv_not_in_utf8_names_the_file_line_and_byte(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         CsvSource(CsvSourceConfig(train=str(path)))
     assert str(info.value).startswith(f"{path}:8: not UTF-8 text (byte 0xf6); save the CSV as UTF-8")
+
+
+def _fox_folder(root: Path) -> Path:
+    """train/{cat,dog} and test/{cat,dog,fox}, 5 images each: fox has no train images."""
+    for shade, name in ((0, "cat"), (120, "dog")):
+        images(root / "train" / name, 5, shade)
+    for shade, name in ((30, "cat"), (150, "dog"), (220, "fox")):
+        images(root / "test" / name, 5, shade)
+    return root
+
+
+def test_test_images_of_a_class_absent_from_train_are_an_error(tmp_path: Path, make_config) -> None:
+    root = _fox_folder(tmp_path / "fox")
+    config = make_config(*SMALL, dataset={"source": "folder", "path": str(root)})
+    with pytest.raises(ValueError) as info:
+        prepare(RunContext(config))
+    message = str(info.value)
+    assert "dataset: 5 of the 15 test images belong to class(es) the train split lacks: 'fox' (5)" in message
+    assert str(root / "test" / "fox" / "0000.png") in message
+    assert "dataset.classes" in message
+    assert not RunLayout(Path(config.output.dir)).test.exists()
+    # listing the classes to keep leaves fox's test images out on purpose
+    kept = make_config(*SMALL, dataset={"source": "folder", "path": str(root), "classes": ["cat", "dog"]})
+    prepare(RunContext(kept))
+    assert len(load_prepared(RunLayout(Path(kept.output.dir)))[2]) == 10
+
+
+def test_a_csv_test_row_with_a_label_train_lacks_is_an_error_naming_the_row(tmp_path: Path, make_config) -> None:
+    root = _fox_folder(tmp_path / "fox")
+    for split in ("train", "test"):
+        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted((root / split).rglob("*.png"))]
+        (root / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = make_config(*SMALL, dataset={"source": "csv", "train": str(root / "train.csv"),
+                                          "test": str(root / "test.csv")})
+    with pytest.raises(ValueError) as info:
+        prepare(RunContext(config))
+    message = str(info.value)
+    assert "5 of the 15 test images belong to class(es) the train split lacks: 'fox' (5)" in message
+    assert f"{root / 'test.csv'}:12" in message  # the first fox row
+
+
+def test_an_eval_on_target_keeps_the_classes_of_its_test_split(tmp_path: Path) -> None:
+    from fewclip.data.prepare import prepare as prepare_data
+
+    root = _fox_folder(tmp_path / "fox")
+    layout = RunLayout(tmp_path / "target")
+    classes = prepare_data(FolderSourceConfig(path=str(root)), layout, test_only=True)
+    assert classes.raw == ["cat", "dog", "fox"] and len(load_prepared(layout)[2]) == 15

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import logging
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,26 @@ def check_distinct_classes(raw: list[str], readable: list[str]) -> None:
     if collisions:
         raise ValueError(f"dataset: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
                          "them apart; give each a distinct name with dataset.rename (raw name: readable name)")
+
+
+def check_test_classes(source: Source, train_classes: list[str]) -> None:
+    """Refuse test images of classes the train split lacks: no head learns them, and leaving them out would
+    score a smaller test set than the user gave, without a word. (Listing dataset.classes leaves them out on
+    purpose; the source only lists the files, nothing is read.)"""
+    unseen = [name for name in source.class_names("test") if name not in train_classes]
+    if not unseen:
+        return
+    items = list(source.items("test", unseen))
+    counts = Counter(item.class_name for item in items)
+    total = len(items) + sum(1 for _ in source.items("test", train_classes))
+    listed = ", ".join(f"{name!r} ({counts[name]})" for name in unseen)
+    examples = "\n  ".join(item.origin for item in items[:3])
+    raise ValueError(
+        f"dataset: {len(items)} of the {total} test images belong to class(es) the train split lacks: {listed}; "
+        f"the class list comes from train, so no head can predict them, and they would be left out of every "
+        f"score without a word. For example:\n  "
+        f"{examples}\nAdd train images of those classes, or list the classes to keep in dataset.classes (the test "
+        f"images of the others are then left out on purpose)")
 
 
 def _safe(name: str) -> str:
@@ -186,7 +207,10 @@ def prepare(
     ``test_only`` exports the test split alone (an eval_on target: its train and val images are never read).
     """
     source = build_source(config)
-    classes = resolve_classes(config, source.class_names())
+    available = source.class_names("test" if test_only else "train")  # a target is read for its test split alone
+    if not test_only and config.classes is None:
+        check_test_classes(source, available)
+    classes = resolve_classes(config, available)
     signature = source_signature(config, source, classes) + (":test-only" if test_only else "")
     done = layout.data / "prepare.json"
     if done.is_file() and layout.train_full.is_file() and layout.test.is_file():

@@ -98,6 +98,9 @@ class SourceItem:
 class Source(Protocol):
     """Lists the raw class names and the items of a split. Implementations are small modules."""
 
-    def class_names(self) -> list[str]: ...
+    def class_names(self, split: Split = "train") -> list[str]:
+        """Raw class names found in ``split`` (train: the classes a run can learn). Sources whose splits share
+        one class list (a label feature, a split file) return it for every split."""
+        ...
 
     def items(self, split: Split, classes: list[str]) -> Iterable[SourceItem]: ...

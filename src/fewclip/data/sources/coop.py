@@ -293,7 +293,7 @@ class CoopSource:
             self.lists = read_imagenet_splits(self.folder)
         self.names = class_list(self.lists, self.folder)
 
-    def class_names(self) -> list[str]:
+    def class_names(self, split: Split = "train") -> list[str]:  # one list for every split
         return list(self.names)
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:

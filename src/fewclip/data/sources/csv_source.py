@@ -58,8 +58,9 @@ class CsvSource:
             rows.append((path, (row[cols[1]] or "").strip(), f"{file}:{line}", raw))
         return rows
 
-    def class_names(self) -> list[str]:
-        return sorted({label for _, label, _, _ in self.rows["train"]})
+    def class_names(self, split: Split = "train") -> list[str]:
+        rows = self.rows[split] if split == "test" and self.rows["test"] is not None else self.rows["train"]
+        return sorted({label for _, label, _, _ in rows})
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
         wanted = set(classes)

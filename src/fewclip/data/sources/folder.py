@@ -111,8 +111,9 @@ class FolderSource:
         folder = self.splits[0] if split == "train" else self.splits[1]
         return None if folder is None else self.root / folder / name
 
-    def class_names(self) -> list[str]:
-        base = self.root if self.splits is None else self.root / (self.splits[0] or self.splits[1])
+    def class_names(self, split: Split = "train") -> list[str]:
+        # a test-only set's classes are its test folder's, whichever split is asked
+        base = self.root if self.splits is None else self.root / ((split == "train" and self.splits[0]) or self.splits[1])
         names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
             raise ValueError(f"dataset.path: {base} has no class subfolders (expected <class>/<image>)")

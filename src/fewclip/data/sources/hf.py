@@ -58,8 +58,8 @@ class HFSource:
         feature = ds.features[self.config.label_column]
         return list(feature.names) if hasattr(feature, "names") else None
 
-    def class_names(self) -> list[str]:
-        ds = self._split("train" if self.config.train_split is not None else "test")
+    def class_names(self, split: Split = "train") -> list[str]:
+        ds = self._split("train" if split == "train" and self.config.train_split is not None else "test")
         names = self._label_names(ds)
         if names is None:
             names = sorted({str(v) for v in ds[self.config.label_column]})
