@@ -49,7 +49,7 @@ class RunContext:
 
     @property
     def cache_root(self) -> Path:
-        return Path(self.config.cache.dir).expanduser()
+        return checked_cache_dir(self.config)
 
     @property
     def backbone(self) -> Any:
@@ -88,6 +88,20 @@ class RunContext:
     def write_config(self) -> None:
         if self.ranks.is_main:  # every file has one writer
             atomic_write_text(self.layout.config, self.config.to_yaml())
+
+
+def checked_cache_dir(config: Config) -> Path:
+    """``cache.dir`` as a path; an error naming the key when it, or a folder above it, is a file (the cache is a
+    folder of shards: mkdir would fail with a bare "Not a directory" deep inside it)."""
+    root = Path(config.cache.dir).expanduser()
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == root else f"lies under {folder}, which is a file"
+                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
+                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
+            break
+    return root
 
 
 def support_records(ctx: RunContext) -> list[Record]:

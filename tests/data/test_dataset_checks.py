@@ -150,3 +150,46 @@ def test_an_eval_on_target_keeps_the_classes_of_its_test_split(tmp_path: Path) -
     layout = RunLayout(tmp_path / "target")
     classes = prepare_data(FolderSourceConfig(path=str(root)), layout, test_only=True)
     assert classes.raw == ["cat", "dog", "fox"] and len(load_prepared(layout)[2]) == 15
+
+
+# --- messages that name the key and say what is wrong --------------------------------------------
+
+
+def test_a_missing_eval_on_folder_is_named_by_its_own_key(tmp_path: Path, make_config, shapes_dir: Path) -> None:
+    missing = tmp_path / "nowhere"
+    config = make_config(*SMALL, dataset={"source": "folder", "path": str(shapes_dir),
+                                          "eval_on": [{"source": "folder", "path": str(missing), "label": "other"}]})
+    with pytest.raises(FileNotFoundError) as info:
+        prepare(RunContext(config))
+    assert str(info.value).startswith(f"dataset.eval_on[0].path: folder {missing} does not exist")
+
+
+def test_an_empty_csv_says_it_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        CsvSource(CsvSourceConfig(train=str(path)))
+    assert str(info.value) == (f"dataset.train: {path} is empty (0 bytes); a CSV source needs a header line "
+                               "`path,label`, then one row per image")
+
+
+def test_a_csv_with_only_its_header_says_it_has_no_rows(tmp_path: Path) -> None:
+    path, text = _csv_dataset(tmp_path)
+    test_csv = tmp_path / "test.csv"
+    path.write_text(text, encoding="utf-8")
+    test_csv.write_text("path,label\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        CsvSource(CsvSourceConfig(train=str(path), test=str(test_csv)))
+    assert str(info.value).startswith(f"dataset.test: {test_csv} has its header (path,label) but no rows; add one "
+                                      "row per image")
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path: Path, make_config, below: bool) -> None:
+    file = tmp_path / "cache-file"
+    file.write_text("not a folder", encoding="utf-8")
+    cache = file / "features" if below else file
+    config = make_config(f"cache.dir={cache}")
+    with pytest.raises(NotADirectoryError) as info:
+        RunContext(config).cache
+    assert str(info.value).startswith(f"cache.dir: {cache} {'lies under ' + str(file) if below else 'is a file'}")

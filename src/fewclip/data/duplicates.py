@@ -39,11 +39,11 @@ KINDS = {
                "keep each image under one class"),
     "splits": ("are in both {splits}",
                "the same image would be trained on (or validated on) and scored, which inflates accuracy",
-               "keep each image in one split; `dataset.duplicates: allow` keeps them, e.g. to reproduce a "
+               "keep each image in one split; `{key}.duplicates: allow` keeps them, e.g. to reproduce a "
                "published split as it is"),
     "repeats": ("appear more than once in one split under one label",
                 "they count twice, and a few-shot draw may take one image for both its train and val sets",
-                "remove the copies, or set `dataset.duplicates: within_split` to keep them"),
+                "remove the copies, or set `{key}.duplicates: within_split` to keep them"),
 }
 ALLOWED = {"error": (), "within_split": ("repeats",), "allow": ("labels", "splits", "repeats")}
 
@@ -81,17 +81,18 @@ def _copies(group: list[Copy]) -> str:
 def check_duplicates(splits: dict[str, tuple[Sequence[Record], Sequence[str]]], policy: DuplicatePolicy,
                      where: str = "dataset") -> None:
     """Raise for every kind of duplicate ``policy`` refuses (all kinds in one message, a few copies listed);
-    log a warning for those it keeps."""
+    log a warning for those it keeps. ``where``: the dataset block's place in the config (``dataset``, ...)."""
     problems = []
     for kind, groups in duplicated_images(splits).items():
         if not groups:
             continue
         head, why, advice = _describe(kind, groups, where, list(splits))
         if kind in ALLOWED[policy]:
-            log.warning("%s, kept (dataset.duplicates: %s): %s", head, policy, why)
+            log.warning("%s, kept (%s.duplicates: %s): %s", head, where, policy, why)
             continue
         listed = "\n  ".join(_copies(group) for group in groups[:SHOWN])
         more = f"\n  ... and {len(groups) - SHOWN} more" if len(groups) > SHOWN else ""
+        advice = advice.format(key=where)
         problems.append(f"{head}; {why}:\n  {listed}{more}\n{advice[0].upper()}{advice[1:]}.")
     if problems:
         raise ValueError("\n".join(problems))

@@ -52,30 +52,30 @@ def resolve_classes(config: SourceConfig, available: list[str]) -> ClassNames:
             close = difflib.get_close_matches(name, available, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
-        raise ValueError(f"dataset.classes: unknown class {', '.join(hints)}; the dataset has: {shown}")
+        raise ValueError(f"{config.key}.classes: unknown class {', '.join(hints)}; the dataset has: {shown}")
     duplicates = sorted({n for n in selected if selected.count(n) > 1})
     if duplicates:
-        raise ValueError(f"dataset.classes: listed more than once: {duplicates}")
+        raise ValueError(f"{config.key}.classes: listed more than once: {duplicates}")
     bad_renames = sorted(set(config.rename) - set(selected))
     if bad_renames:
-        raise ValueError(f"dataset.rename: {bad_renames} are not among the selected classes {selected}")
+        raise ValueError(f"{config.key}.rename: {bad_renames} are not among the selected classes {selected}")
     readable = [config.rename.get(name, humanize(name)) for name in selected]
-    check_distinct_classes(selected, readable)
+    check_distinct_classes(selected, readable, config.key)
     return ClassNames(raw=selected, readable=readable)
 
 
-def check_distinct_classes(raw: list[str], readable: list[str]) -> None:
+def check_distinct_classes(raw: list[str], readable: list[str], key: str = "dataset") -> None:
     """At least two classes, and no two with the same readable name (they would share every prompt)."""
     if len(raw) < 2:
-        raise ValueError(f"dataset: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
-                         "a classifier over one class is always right: add classes or widen dataset.classes")
+        raise ValueError(f"{key}: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
+                         f"a classifier over one class is always right: add classes or widen {key}.classes")
     by_name: dict[str, list[str]] = {}
     for raw_name, name in zip(raw, readable):
         by_name.setdefault(name, []).append(raw_name)
     collisions = [f"{names} all read as {name!r}" for name, names in by_name.items() if len(names) > 1]
     if collisions:
-        raise ValueError(f"dataset: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
-                         "them apart; give each a distinct name with dataset.rename (raw name: readable name)")
+        raise ValueError(f"{key}: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
+                         f"them apart; give each a distinct name with {key}.rename (raw name: readable name)")
 
 
 def check_test_classes(source: Source, train_classes: list[str]) -> None:
@@ -244,13 +244,13 @@ def prepare(
         no_train = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
         if empty and not no_train and split != "val":  # a sampler draws what val has (ImageNet has none)
             raise ValueError(
-                f"dataset: class(es) {empty} have no readable {split} images; "
-                "remove them from dataset.classes or add images"
+                f"{config.key}: class(es) {empty} have no readable {split} images; "
+                f"remove them from {config.key}.classes or add images"
             )
         outputs.append((target, records))
         exported[split] = (records, done_split.origins)
         all_exclusions.extend(done_split.exclusions)
-    check_duplicates(exported, config.duplicates)
+    check_duplicates(exported, config.duplicates, config.key)
     if validate is not None:
         validate(classes, outputs[0][1])
     # Written only once everything is sound, so a failure keeps the last good files.
