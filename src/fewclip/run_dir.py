@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import Config, ConfigError, load_config
 from .distributed import SINGLE, Ranks
@@ -63,6 +63,47 @@ def check_location(config: Config) -> None:
             raise RunDirError(
                 f"output.dir {root} is inside the dataset folder {folder}: the next prepare would read the "
                 f"run's images and plots as a class; choose an output.dir outside {folder}")
+
+
+def check_paths(config: Config, stages: Sequence[str], looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
+    """Before the run directory is created: the dataset's files and folders exist when ``stages`` prepare, and
+    cache.dir can be a folder when they use the cache (``looked_in``: where a relative path was looked for)."""
+    from .data.sources.base import check_input_paths
+    from .run_context import checked_cache_dir
+
+    if "prepare" in stages:
+        check_input_paths(config.dataset, looked_in)
+    if set(stages) & {"features", "train", "evaluate"}:
+        checked_cache_dir(config)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating ``path`` creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def abandon(root: Path, created: Path | None) -> None:
+    """After a failed first command: remove the marker and lock it left in ``root`` when nothing else was written,
+    and the folders it created (``created``: the outermost), so a typo never leaves a run directory behind."""
+    layout = RunLayout(root)
+    if not root.is_dir() or {p.name for p in root.iterdir()} - {MARKER, LOCK}:
+        return
+    layout.marker.unlink(missing_ok=True)
+    layout.lock.unlink(missing_ok=True)
+    if created is None:
+        return
+    for folder in (root, *root.parents):
+        try:
+            folder.rmdir()  # only ever empty folders
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def claim(root: Path) -> None:
@@ -177,9 +218,11 @@ def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iter
         yield RunLayout(run_root(config))
         return
     told = False  # whether the other ranks have heard the verdict
+    root = run_root(config)
+    first_command = not RunLayout(root).marker.is_file()
+    created = first_missing(root)
     try:
         check_location(config)
-        root = run_root(config)
         claim(root)
         with locked(root):
             layout = RunLayout(root)
@@ -190,4 +233,8 @@ def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iter
     except RunDirError as err:
         if not told:
             ranks.share(str(err))
+        raise
+    except BaseException:
+        if first_command:  # the run directory this command created holds nothing but its marker and lock
+            abandon(root, created)
         raise

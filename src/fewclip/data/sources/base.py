@@ -128,10 +128,11 @@ def missing_path_message(config: SourceConfig, key: str, kind: str, looked_in: S
     if path.is_absolute():
         return f"{where}: {kind} {path} does not exist"
     places = list(looked_in) or [Path.cwd()]
-    tried = " or ".join(f"{base / path}" for base in places)
-    rule = ("a relative path written in a config file is looked for beside that file, then in the working directory; "
-            "on the command line, in the working directory")
-    return f"{where}: {kind} {value} does not exist: not found as {tried} ({rule})"
+    tried = ", then ".join(f"{base / path}" for base in places)
+    rule = ("a relative path in a config file is looked for beside the file, then in the working directory" if
+            len(places) > 1 else "a relative path given on the command line or in Python is read from the working "
+            "directory")
+    return f"{where}: {kind} {value} does not exist (looked for {tried}: {rule})"
 
 
 def check_input_paths(dataset: SourceConfig, looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
