@@ -46,7 +46,8 @@ def test_a_folder_holding_only_test_is_a_test_only_set(make_config: Callable[...
     assert sorted(r["path"] for r in read_csv(layout.test)) == [str(p.resolve()) for p in images]
 
 
-def test_test_beside_class_folders_is_an_error_that_says_what_the_layout_means(tmp_path: Path, shapes_dir: Path) -> None:
+def test_test_beside_class_folders_is_an_error_that_says_what_the_layout_means(tmp_path: Path,
+                                                                               shapes_dir: Path) -> None:
     root = tmp_path / "mixed"
     shutil.copytree(shapes_dir / "test", root / "test")
     shutil.copytree(shapes_dir / "test" / "red_circle", root / "red_circle")

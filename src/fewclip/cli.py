@@ -204,9 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare_command(args.run_dirs, args.out)
     from . import pipeline
     from .backbones import check_backbone
-    from .run_context import RunContext
+    from .run_context import RunContext, check_paths
     from .embedded import embedded_config
-    from .run_dir import check_paths, open_run
+    from .run_dir import open_run
     from .distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
 
     try:

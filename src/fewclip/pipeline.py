@@ -28,10 +28,10 @@ from .heads.base import intact_head_meta
 from .heads.selection import best_epoch, fit_meta
 from .layout import unit_name
 from .targets import encode_targets, prepare_targets
-from .run_dir import check_paths, open_run
+from .run_dir import open_run
 from .threads import apply_threads
-from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
-                          image_set,
+from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, check_paths, feature_set, head_class,
+                          head_config, image_set,
                           support_records, units)
 
 log = logging.getLogger(__name__)

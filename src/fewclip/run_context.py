@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import Config, method_block, split_variant
 from .data.records import Record
+from .data.sources.base import check_input_paths
 from .data.splits import load_split
 from .distributed import SINGLE, Ranks
 from .features import FeatureCache, augmented_fingerprint, load_features
@@ -102,6 +103,16 @@ def checked_cache_dir(config: Config) -> Path:
                                          "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
             break
     return root
+
+
+def check_paths(config: Config, stages: Sequence[str],
+                looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
+    """Before the run directory is created: the dataset's files and folders exist when ``stages`` prepare, and
+    cache.dir can be a folder when they use the cache (``looked_in``: where a relative path was looked for)."""
+    if "prepare" in stages:
+        check_input_paths(config.dataset, looked_in)
+    if set(stages) & {"features", "train", "evaluate"}:
+        checked_cache_dir(config)
 
 
 def support_records(ctx: RunContext) -> list[Record]:

@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config
 from .distributed import SINGLE, Ranks
@@ -63,18 +63,6 @@ def check_location(config: Config) -> None:
             raise RunDirError(
                 f"output.dir {root} is inside the dataset folder {folder}: the next prepare would read the "
                 f"run's images and plots as a class; choose an output.dir outside {folder}")
-
-
-def check_paths(config: Config, stages: Sequence[str], looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
-    """Before the run directory is created: the dataset's files and folders exist when ``stages`` prepare, and
-    cache.dir can be a folder when they use the cache (``looked_in``: where a relative path was looked for)."""
-    from .data.sources.base import check_input_paths
-    from .run_context import checked_cache_dir
-
-    if "prepare" in stages:
-        check_input_paths(config.dataset, looked_in)
-    if set(stages) & {"features", "train", "evaluate"}:
-        checked_cache_dir(config)
 
 
 def first_missing(path: Path) -> Path | None:

@@ -115,7 +115,10 @@ class FolderSource:
 
     def class_names(self, split: Split = "train") -> list[str]:
         # a test-only set's classes are its test folder's, whichever split is asked
-        base = self.root if self.splits is None else self.root / ((split == "train" and self.splits[0]) or self.splits[1])
+        if self.splits is None:
+            base = self.root
+        else:
+            base = self.root / ((split == "train" and self.splits[0]) or self.splits[1])
         names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
             raise ValueError(f"{self.config.key}.path: {base} has no class subfolders (expected <class>/<image>)")
