@@ -36,3 +36,52 @@ def test_report_of_a_run_directory_from_anywhere(make_config: Callable[..., Any]
 def test_a_folder_without_config_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert f"{tmp_path} is a folder without config.yaml, so not a fewclip run directory" in capsys.readouterr().err
+
+
+# --- checked before anything is created ----------------------------------------------------------
+
+
+def _config_file(folder: Path, tiny_clip: Path, dataset: dict, out: Path) -> Path:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"methods": ["zero_shot", "linear_probe"], "model": {"id": str(tiny_clip)}, "dataset": dataset,
+            "few_shot": {"shots": [1]}, "splits": {"seeds": [1], "val_per_class": 1},
+            "output": {"dir": str(out), "progress": False}, "cache": {"dir": str(folder / "cache")}}
+    (folder / "run.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    return folder / "run.yaml"
+
+
+def test_a_missing_dataset_folder_fails_naming_where_it_looked_before_creating_the_run(
+        tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs" / "new"
+    config_file = _config_file(tmp_path / "configs", tiny_clip, {"source": "folder", "path": "imgs"}, out)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "run", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert (f"dataset.path: folder imgs does not exist (looked for {tmp_path / 'configs' / 'imgs'}, then "
+            f"{tmp_path / 'imgs'}") in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_first_command_leaves_no_run_directory_behind(
+        tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs" / "deep" / "new"
+    # the shapes have 12 train images per class: 16 shots cannot be drawn, which prepare finds after claiming the run
+    config_file = _config_file(tmp_path, tiny_clip, {"source": "folder", "path": str(shapes_dir)}, out)
+    assert main(["-q", "prepare", str(config_file), "few_shot.shots=[16]"]) == 2
+    assert "few_shot.shots: 16 shots" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # no marker, no stale lock, no empty folders
+    assert main(["-q", "prepare", str(config_file)]) == 0  # a run directory that worked once is kept on failure
+    assert main(["-q", "prepare", str(config_file), "few_shot.shots=[16]", "--force"]) == 2
+    assert (out / ".fewclip-run.json").is_file() and (out / "data" / "train_full.csv").is_file()
+
+
+def test_a_cache_dir_that_is_a_file_fails_before_creating_the_run(
+        tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs" / "new"
+    config_file = _config_file(tmp_path, tiny_clip, {"source": "folder", "path": str(shapes_dir)}, out)
+    (tmp_path / "cache-file").write_text("x", encoding="utf-8")
+    assert main(["-q", "run", str(config_file), f"cache.dir={tmp_path / 'cache-file'}"]) == 2
+    assert f"cache.dir: {tmp_path / 'cache-file'} is a file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -163,6 +163,31 @@ def test_every_error_is_reported_at_once(make_config) -> None:
     assert "few_shot.shot" in str(info.value)
 
 
+@pytest.mark.parametrize(("override", "key", "shown"), [
+    ("few_shot.shots=[true]", "few_shot.shots", "true"),
+    ("few_shot.shots=[2.0]", "few_shot.shots", "2.0"),
+    ("splits.seeds=[1.5]", "splits.seeds", "1.5"),
+    ("splits.val_per_class=false", "splits.val_per_class", "false"),
+    ("linear_probe.epochs=true", "linear_probe.epochs", "true"),
+    ("coop.epochs={1: true}", "coop.epochs", "true"),
+    ("model.batch_size=32.0", "model.batch_size", "32.0"),
+    ("linear_probe.lr=true", "linear_probe.lr", "true"),
+])
+def test_a_bool_or_a_fraction_is_no_count(make_config, override: str, key: str, shown: str) -> None:
+    # pydantic's lax mode reads true as 1 and 2.0 as 2: a count written as a flag or a decimal is refused
+    with pytest.raises(ConfigError) as info:
+        make_config(override)
+    line = next(line for line in str(info.value).splitlines() if key in line)
+    assert shown in line and ("whole number" in line or "a number" in line), line
+
+
+def test_counts_and_rates_keep_their_ordinary_spellings(make_config) -> None:
+    config = make_config("few_shot.shots=[1, 2]", "coop.epochs={1: 5, 4: 10}", "linear_probe.lr=1", "coop.lr=2e-3",
+                         "model.batch_size=8", "output.saliency_images=0")
+    assert (config.few_shot.shots, config.coop.epochs, config.linear_probe.lr) == ([1, 2], {1: 5, 4: 10}, 1.0)
+    assert config.coop.lr == pytest.approx(0.002) and config.model.batch_size == 8
+
+
 # --- overrides -----------------------------------------------------------------------------------
 
 
@@ -270,6 +295,48 @@ def test_template_with_escaped_braces_is_valid(make_config) -> None:
     config = make_config(prompts={"templates": [template]})
     assert config.prompts.templates == [template]
     assert template.format("cat") == "a photo of a cat {in braces}."
+
+
+# --- paths in a config file ----------------------------------------------------------------------
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_relative_paths_in_a_yaml_are_read_from_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    for folder in ("imgs", "other", "csvroot"):
+        (project / folder).mkdir(parents=True)
+    for name in ("train.csv", "test.csv"):
+        (project / name).write_text("path,label\n", encoding="utf-8")
+    folder_yaml = _write_yaml(project / "folder.yaml", {"dataset": {
+        "source": "folder", "path": "imgs", "eval_on": [{"source": "folder", "path": "other", "label": "other"}]}})
+    csv_yaml = _write_yaml(project / "csv.yaml", {"dataset": {
+        "source": "csv", "train": "train.csv", "test": "./test.csv", "root": "csvroot"}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the YAML's folder
+    dataset = load_config(folder_yaml).dataset
+    assert (dataset.path, dataset.eval_on[0].path) == (str(project / "imgs"), str(project / "other"))
+    dataset = load_config(csv_yaml).dataset
+    assert (dataset.train, dataset.test, dataset.root) == (
+        str(project / "train.csv"), str(project / "test.csv"), str(project / "csvroot"))
+    assert load_config(folder_yaml).output.dir == "runs/default"  # outputs stay relative to the working directory
+
+
+def test_a_yaml_path_missing_beside_it_is_read_from_the_working_directory_and_overrides_only_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file = _write_yaml(tmp_path / "configs" / "a.yaml", {"dataset": {"source": "folder", "path": "data"}})
+    (tmp_path / "configs" / "imgs").mkdir()  # beside the YAML, but an override names the working directory's
+    for folder in ("data", "imgs"):
+        (tmp_path / "project" / folder).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")  # a config run from its project root, as before
+    assert load_config(config_file).dataset.path == str(tmp_path / "project" / "data")
+    assert load_config(config_file, ["dataset.path=imgs"]).dataset.path == str(tmp_path / "project" / "imgs")
+    assert load_config(config_file, ["dataset.path=nowhere"]).dataset.path == "nowhere"  # the check names it
 
 
 # --- serialisation -------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .config import ConfigError, default_cache_dir, load_config
+from .config import ConfigError, default_cache_dir, load_config, parse_override
 from .fileio import read_json
 from .distributed import env_ranks
 from .threads import THREADS_ENV, apply_threads
@@ -168,6 +168,20 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
     return (None if config == "default" else config), overrides
 
 
+def _looked_in(config_path: str | None, overrides: Sequence[str]) -> Callable[[str], list[Path]]:
+    """Where a relative path under a dotted key was looked for: beside the config file and in the working directory
+    when the file wrote it, in the working directory when the command line (or the embedded default) gave it."""
+    given = [".".join(parse_override(text)[0]) for text in overrides if "=" in text]
+
+    def folders(key: str) -> list[Path]:
+        on_command_line = any(key == k or key.startswith((k + ".", k + "[")) for k in given)
+        if config_path is None or on_command_line:
+            return [Path.cwd()]
+        return [Path(config_path).parent.resolve(), Path.cwd()]
+
+    return folders
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare_command(args.run_dirs, args.out)
     from . import pipeline
     from .backbones import check_backbone
-    from .run_context import RunContext
+    from .run_context import RunContext, check_paths
     from .embedded import embedded_config
     from .run_dir import open_run
     from .distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
@@ -210,11 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
         if not ranks.is_main:  # rank 0 alone tracks, evaluates and reports
             config = config.model_copy(update={"wandb": config.wandb.model_copy(update={"mode": "disabled"})})
+        stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
         if config.wandb.mode != "disabled":
             preflight(config.wandb)  # fails before the run dir is touched and the stages start, not after
         if args.command in ("run", "features", "train"):
             check_backbone(config.model)  # a missing model or library fails before the run dir is touched
-        stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
+        check_paths(config, stages, _looked_in(config_path, overrides))  # the same: before anything is created
         # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
         with open_run(config, force=args.force, ranks=ranks), logging_redirect_tqdm():  # logs above the bars
             tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled

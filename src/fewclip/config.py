@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_m
 from .backbones.config import ModelConfig
 from .backbones.model_source import config_relative_id
 from .config_yaml import ConfigFileError, read_yaml_file
-from .configbase import ConfigBlock
+from .configbase import NUMBER_ERROR, ConfigBlock
 from .data.sources import SOURCES, DatasetConfig
 from .data.splits import Sampler
 from .data.subsample import Subsample
@@ -400,6 +400,8 @@ def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseM
     deprecated name}), and for an unknown key the nearest valid one among the keys of its block (``root``:
     the top-level config class, default ``Config``)."""
     loc = [str(p) for p in error["loc"]]
+    if error["type"] == NUMBER_ERROR:
+        loc.append(error["ctx"]["key"])  # raised by the block for one of its keys
     if loc and loc[0] == "dataset" and len(loc) > 1 and loc[1] in SOURCES:
         loc.pop(1)  # the union tag pydantic inserts
     if loc[:2] == ["dataset", "eval_on"] and len(loc) > 3 and loc[3] in SOURCES:
@@ -449,6 +451,24 @@ def validate_config(data: dict[str, Any], origin: str = "config", renamed: dict[
         raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(lines)) from None
 
 
+def resolve_dataset_paths(block: dict[str, Any], bases: Sequence[Path]) -> None:
+    """Make absolute each relative file or folder a dataset block (and each of its eval_on targets) names, found
+    under the first of ``bases`` that has it: a YAML's own folder, then the working directory (where configs run
+    from their project root found them before). Absolute, the run's config.yaml reads the same from anywhere; a
+    path found nowhere is kept as written, and the check before the run names the places looked in."""
+    targets = block.get("eval_on")
+    for values in [block, *(targets if isinstance(targets, list) else [])]:
+        if not isinstance(values, dict) or values.get("source") not in SOURCES.names():
+            continue  # validation reports it
+        for key in SOURCES.get(values["source"])[0].path_keys:
+            value = values.get(key)
+            if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+                continue
+            found = next((base / value for base in bases if (base / value).exists()), None)
+            if found is not None:
+                values[key] = str(found.resolve())
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
     data, renamed = rename_deprecated_blocks(copy.deepcopy(base or {}), "config")  # overrides edit nested blocks; never the caller's
@@ -469,10 +489,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
             for key in ("id", "pretrained"):  # a relative folder or file named in a YAML is read from its folder
                 if isinstance(model.get(key), str):
                     model[key] = config_relative_id(model[key], path.parent)
+        if isinstance((loaded or {}).get("dataset"), dict):
+            resolve_dataset_paths(loaded["dataset"], [path.parent, Path.cwd()])
         loaded, renamed_here = rename_deprecated_blocks(loaded or {}, origin)
         renamed.update(renamed_here)
         data.update(loaded)
     data = apply_overrides(data, overrides)
+    if isinstance(data.get("dataset"), dict):  # given on the command line (or in ``base``): the working directory
+        resolve_dataset_paths(data["dataset"], [Path.cwd()])
     renamed.update({new: old for old, new in DEPRECATED_BLOCKS.items() for text in overrides if text.startswith(old + ".")})
     if "dataset" not in data:
         raise ConfigError(f"{origin}: no `dataset` block; add one (see the README's config reference)")

@@ -30,8 +30,8 @@ from .layout import unit_name
 from .targets import encode_targets, prepare_targets
 from .run_dir import open_run
 from .threads import apply_threads
-from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, feature_set, head_class, head_config,
-                          image_set,
+from .run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, check_paths, feature_set, head_class,
+                          head_config, image_set,
                           support_records, units)
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ def run(config: Config, force: bool = False) -> Path:
     ranks = start(config.model.device)  # a torchrun job's process group; one process otherwise
     apply_threads(config.runtime.threads)
     ctx = RunContext(config, ranks=ranks)
+    check_paths(config, tuple(STAGES))  # a missing dataset folder fails before the run directory is created
     with open_run(config, force=force, ranks=ranks):
         for stage in STAGES.values():
             stage(ctx)

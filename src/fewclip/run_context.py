@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import Config, method_block, split_variant
 from .data.records import Record
+from .data.sources.base import check_input_paths
 from .data.splits import load_split
 from .distributed import SINGLE, Ranks
 from .features import FeatureCache, augmented_fingerprint, load_features
@@ -49,7 +50,7 @@ class RunContext:
 
     @property
     def cache_root(self) -> Path:
-        return Path(self.config.cache.dir).expanduser()
+        return checked_cache_dir(self.config)
 
     @property
     def backbone(self) -> Any:
@@ -88,6 +89,30 @@ class RunContext:
     def write_config(self) -> None:
         if self.ranks.is_main:  # every file has one writer
             atomic_write_text(self.layout.config, self.config.to_yaml())
+
+
+def checked_cache_dir(config: Config) -> Path:
+    """``cache.dir`` as a path; an error naming the key when it, or a folder above it, is a file (the cache is a
+    folder of shards: mkdir would fail with a bare "Not a directory" deep inside it)."""
+    root = Path(config.cache.dir).expanduser()
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == root else f"lies under {folder}, which is a file"
+                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
+                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
+            break
+    return root
+
+
+def check_paths(config: Config, stages: Sequence[str],
+                looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
+    """Before the run directory is created: the dataset's files and folders exist when ``stages`` prepare, and
+    cache.dir can be a folder when they use the cache (``looked_in``: where a relative path was looked for)."""
+    if "prepare" in stages:
+        check_input_paths(config.dataset, looked_in)
+    if set(stages) & {"features", "train", "evaluate"}:
+        checked_cache_dir(config)
 
 
 def support_records(ctx: RunContext) -> list[Record]:

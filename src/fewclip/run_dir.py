@@ -32,7 +32,8 @@ LOCK = RunLayout(Path()).lock.name
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
 # wandb, name and the model's batch size, loader threads and device change no result.
 FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache", "model.batch_size",
-             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label")  # targets: evaluation only
+             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label",  # targets: evaluation only
+             "dataset.duplicates")  # changes no image prepare keeps, only whether it refuses them
 
 
 class RunDirError(ValueError):
@@ -62,6 +63,35 @@ def check_location(config: Config) -> None:
             raise RunDirError(
                 f"output.dir {root} is inside the dataset folder {folder}: the next prepare would read the "
                 f"run's images and plots as a class; choose an output.dir outside {folder}")
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating ``path`` creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def abandon(root: Path, created: Path | None) -> None:
+    """After a failed first command: remove the marker and lock it left in ``root`` when nothing else was written,
+    and the folders it created (``created``: the outermost), so a typo never leaves a run directory behind."""
+    layout = RunLayout(root)
+    if not root.is_dir() or {p.name for p in root.iterdir()} - {MARKER, LOCK}:
+        return
+    layout.marker.unlink(missing_ok=True)
+    layout.lock.unlink(missing_ok=True)
+    if created is None:
+        return
+    for folder in (root, *root.parents):
+        try:
+            folder.rmdir()  # only ever empty folders
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def claim(root: Path) -> None:
@@ -176,9 +206,11 @@ def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iter
         yield RunLayout(run_root(config))
         return
     told = False  # whether the other ranks have heard the verdict
+    root = run_root(config)
+    first_command = not RunLayout(root).marker.is_file()
+    created = first_missing(root)
     try:
         check_location(config)
-        root = run_root(config)
         claim(root)
         with locked(root):
             layout = RunLayout(root)
@@ -189,4 +221,8 @@ def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iter
     except RunDirError as err:
         if not told:
             ranks.share(str(err))
+        raise
+    except BaseException:
+        if first_command:  # the run directory this command created holds nothing but its marker and lock
+            abandon(root, created)
         raise

@@ -94,3 +94,15 @@ def test_the_coco_config_names_real_hub_ids() -> None:
     assert (config.model.encoder, config.model.decoder) == ("openai/clip-vit-large-patch14-336", "gpt2")
     assert (config.data.source, config.data.id, config.data.caption_column) == ("hf", "lmms-lab/COCO-Caption2017", "answer")
     assert "NEEDS INTERNET" in CAPTION_CONFIGS[0].read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("decoder", ["gpt2-nonexist", "./decoders/missing"])
+def test_a_missing_decoder_suggests_the_shipped_decoder_not_a_clip(world_caption_config, decoder: str) -> None:
+    from fewclip.caption.cli import check_models
+
+    config = world_caption_config(f"model.decoder={decoder}")
+    with pytest.raises(OSError) as err:
+        check_models(config)
+    message = str(err.value)
+    assert message.startswith("model.decoder: ") and "model.id" not in message
+    assert "'fewclip/world-decoder'" in message and "world-clip" not in message and "CLIP" not in message

@@ -102,3 +102,94 @@ def test_a_csv_not_in_utf8_names_the_file_line_and_byte(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         CsvSource(CsvSourceConfig(train=str(path)))
     assert str(info.value).startswith(f"{path}:8: not UTF-8 text (byte 0xf6); save the CSV as UTF-8")
+
+
+def _fox_folder(root: Path) -> Path:
+    """train/{cat,dog} and test/{cat,dog,fox}, 5 images each: fox has no train images."""
+    for shade, name in ((0, "cat"), (120, "dog")):
+        images(root / "train" / name, 5, shade)
+    for shade, name in ((30, "cat"), (150, "dog"), (220, "fox")):
+        images(root / "test" / name, 5, shade)
+    return root
+
+
+def test_test_images_of_a_class_absent_from_train_are_an_error(tmp_path: Path, make_config) -> None:
+    root = _fox_folder(tmp_path / "fox")
+    config = make_config(*SMALL, dataset={"source": "folder", "path": str(root)})
+    with pytest.raises(ValueError) as info:
+        prepare(RunContext(config))
+    message = str(info.value)
+    assert "dataset: 5 of the 15 test images belong to class(es) the train split lacks: 'fox' (5)" in message
+    assert str(root / "test" / "fox" / "0000.png") in message
+    assert "dataset.classes" in message
+    assert not RunLayout(Path(config.output.dir)).test.exists()
+    # listing the classes to keep leaves fox's test images out on purpose
+    kept = make_config(*SMALL, dataset={"source": "folder", "path": str(root), "classes": ["cat", "dog"]})
+    prepare(RunContext(kept))
+    assert len(load_prepared(RunLayout(Path(kept.output.dir)))[2]) == 10
+
+
+def test_a_csv_test_row_with_a_label_train_lacks_is_an_error_naming_the_row(tmp_path: Path, make_config) -> None:
+    root = _fox_folder(tmp_path / "fox")
+    for split in ("train", "test"):
+        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted((root / split).rglob("*.png"))]
+        (root / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = make_config(*SMALL, dataset={"source": "csv", "train": str(root / "train.csv"),
+                                          "test": str(root / "test.csv")})
+    with pytest.raises(ValueError) as info:
+        prepare(RunContext(config))
+    message = str(info.value)
+    assert "5 of the 15 test images belong to class(es) the train split lacks: 'fox' (5)" in message
+    assert f"{root / 'test.csv'}:12" in message  # the first fox row
+
+
+def test_an_eval_on_target_keeps_the_classes_of_its_test_split(tmp_path: Path) -> None:
+    from fewclip.data.prepare import prepare as prepare_data
+
+    root = _fox_folder(tmp_path / "fox")
+    layout = RunLayout(tmp_path / "target")
+    classes = prepare_data(FolderSourceConfig(path=str(root)), layout, test_only=True)
+    assert classes.raw == ["cat", "dog", "fox"] and len(load_prepared(layout)[2]) == 15
+
+
+# --- messages that name the key and say what is wrong --------------------------------------------
+
+
+def test_a_missing_eval_on_folder_is_named_by_its_own_key(tmp_path: Path, make_config, shapes_dir: Path) -> None:
+    missing = tmp_path / "nowhere"
+    config = make_config(*SMALL, dataset={"source": "folder", "path": str(shapes_dir),
+                                          "eval_on": [{"source": "folder", "path": str(missing), "label": "other"}]})
+    with pytest.raises(FileNotFoundError) as info:
+        prepare(RunContext(config))
+    assert str(info.value).startswith(f"dataset.eval_on[0].path: folder {missing} does not exist")
+
+
+def test_an_empty_csv_says_it_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        CsvSource(CsvSourceConfig(train=str(path)))
+    assert str(info.value) == (f"dataset.train: {path} is empty (0 bytes); a CSV source needs a header line "
+                               "`path,label`, then one row per image")
+
+
+def test_a_csv_with_only_its_header_says_it_has_no_rows(tmp_path: Path) -> None:
+    path, text = _csv_dataset(tmp_path)
+    test_csv = tmp_path / "test.csv"
+    path.write_text(text, encoding="utf-8")
+    test_csv.write_text("path,label\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        CsvSource(CsvSourceConfig(train=str(path), test=str(test_csv)))
+    assert str(info.value).startswith(f"dataset.test: {test_csv} has its header (path,label) but no rows; add one "
+                                      "row per image")
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path: Path, make_config, below: bool) -> None:
+    file = tmp_path / "cache-file"
+    file.write_text("not a folder", encoding="utf-8")
+    cache = file / "features" if below else file
+    config = make_config(f"cache.dir={cache}")
+    with pytest.raises(NotADirectoryError) as info:
+        RunContext(config).cache
+    assert str(info.value).startswith(f"cache.dir: {cache} {'lies under ' + str(file) if below else 'is a file'}")

@@ -190,3 +190,17 @@ def test_two_runs_of_one_dataset_and_protocol_are_refused_naming_both(tmp_path: 
     third = make_run(tmp_path, "c", "DTD", base_new_rows(), subsample="base2new")
     tables = build_tables([first, third])
     assert [(t.protocol, t.datasets) for t in tables] == [("few_shot", ["DTD"]), ("base2new", ["DTD"])]
+
+
+def test_two_datasets_sharing_a_name_are_told_that_name_is_the_clash(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    first = make_run(tmp_path, "a", "folder", few_shot_rows([0.6, 0.6, 0.6], 0.4), source="folder", sampler="fewclip")
+    second = make_run(tmp_path, "b", "folder", few_shot_rows([0.7, 0.7, 0.7], 0.4), source="folder", sampler="fewclip")
+    config = yaml.safe_load((second / "config.yaml").read_text(encoding="utf-8"))
+    config["dataset"]["path"] = "other-images"
+    (second / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["compare", str(first), str(second), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{first} and {second} both have `name: folder`" in err
+    assert "but read different datasets (dataset.path: 'images' -> 'other-images')" in err
+    assert f"fewclip report {second} name=<another name>" in err

@@ -61,18 +61,14 @@ def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, l
 
 def check_models(config: "CaptionConfig") -> None:
     """Resolve the encoder, decoder and CLIPScore model ids (folder, alias, or hub id usable now)."""
-    from ..backbones.model_source import resolve_model
+    from .model import resolve_caption_model
 
     named = [("model.encoder", config.model.encoder, config.model.encoder_revision),
              ("model.decoder", config.model.decoder, config.model.decoder_revision),
              ("clipscore_model", config.clipscore_model, None)]
     for key, model_id, revision in named:
-        if model_id is None:
-            continue
-        try:
-            resolve_model(model_id, revision)
-        except (FileNotFoundError, OSError) as err:  # its messages speak of model.id, the classification key
-            raise type(err)(str(err).replace("model.id: ", f"{key}: ", 1).replace("model.id", key)) from None
+        if model_id is not None:
+            resolve_caption_model(key, model_id, revision)
 
 
 def caption_main(args: argparse.Namespace) -> int:

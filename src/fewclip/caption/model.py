@@ -24,6 +24,7 @@ exactly the starting point of that seed's trained methods.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Iterator, Literal
 
 import torch
@@ -31,7 +32,7 @@ from pydantic import Field
 from torch import nn
 
 from ..backbones.hf_clip import ModelConfig, load_transform, model_fingerprint, resolve_device
-from ..backbones.model_source import WORLD_ALIAS, resolve_model
+from ..backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
 from ..configbase import ConfigBlock
 
 Method = Literal["untrained", "adapter", "prefix", "lora"]
@@ -95,10 +96,28 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# caption key -> (what it takes, the model fewclip ships for it, that model's description), for messages
+MODEL_KEYS = {"model.encoder": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP"),
+              "model.decoder": ("a Hugging Face GPT-2", WORLD_DECODER_ALIAS, "the world decoder (a tiny GPT-2)"),
+              "clipscore_model": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP")}
+_SHIPPED_CLIP = re.compile(r"use '[^']*', the (shipped world CLIP|CLIP shipped with fewclip)")
+
+
+def resolve_caption_model(key: str, model_id: str, revision: str | None = None) -> ModelSource:
+    """``resolve_model`` for a captioning key: its errors name the key, the kind of model it takes and the model
+    fewclip ships for it (``resolve_model`` speaks of model.id and the world CLIP, classification's)."""
+    kind, alias, shipped = MODEL_KEYS[key]
+    try:
+        return resolve_model(model_id, revision)
+    except OSError as err:  # FileNotFoundError too
+        message = str(err).replace("model.id", key).replace("a Hugging Face CLIP", kind)
+        raise type(err)(_SHIPPED_CLIP.sub(f"use {alias!r}, {shipped} shipped with fewclip", message)) from None
+
+
 def _load_decoder(config: CaptionModelConfig) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    source = resolve_model(config.decoder, config.decoder_revision)
+    source = resolve_caption_model("model.decoder", config.decoder, config.decoder_revision)
     options: dict[str, Any] = dict(revision=config.decoder_revision, local_files_only=source.local_only)
     try:
         with quiet_loading():
@@ -107,9 +126,9 @@ def _load_decoder(config: CaptionModelConfig) -> tuple[Any, Any]:
                                                       attn_implementation="eager", **options)
             tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
     except OSError as err:
-        raise OSError(f"caption.model.decoder: cannot load GPT-2 decoder {config.decoder!r}: {err}") from err
+        raise OSError(f"model.decoder: cannot load GPT-2 decoder {config.decoder!r}: {err}") from err
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError(f"caption.model.decoder: the tokenizer of {config.decoder!r} has no BOS or EOS token; "
+        raise ValueError(f"model.decoder: the tokenizer of {config.decoder!r} has no BOS or EOS token; "
                          "captions need both (set bos_token and eos_token in its tokenizer_config.json)")
     return decoder, tokenizer
 
@@ -128,7 +147,7 @@ class CaptionModel(nn.Module):
 
         self.config, self.seed = config, seed
         self.device_ = resolve_device(config.device)
-        encoder_source = resolve_model(config.encoder, config.encoder_revision)
+        encoder_source = resolve_caption_model("model.encoder", config.encoder, config.encoder_revision)
         self.encoder_config = ModelConfig(id=config.encoder, revision=config.encoder_revision, precision=config.precision)
         with quiet_loading():
             self.encoder = CLIPVisionModel.from_pretrained(encoder_source.location, dtype=torch.float32,

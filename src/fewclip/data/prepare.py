@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import logging
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..fileio import atomic_write_bytes, read_json, write_csv, write_json
 from ..layout import RunLayout
+from .duplicates import check_duplicates
 from .images import UnreadableImage, image_format_suffix, verify_image
 from .records import Record, read_records, write_records
 from .sources import Source, SourceConfig, SourceItem, build_source
@@ -50,30 +52,50 @@ def resolve_classes(config: SourceConfig, available: list[str]) -> ClassNames:
             close = difflib.get_close_matches(name, available, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
-        raise ValueError(f"dataset.classes: unknown class {', '.join(hints)}; the dataset has: {shown}")
+        raise ValueError(f"{config.key}.classes: unknown class {', '.join(hints)}; the dataset has: {shown}")
     duplicates = sorted({n for n in selected if selected.count(n) > 1})
     if duplicates:
-        raise ValueError(f"dataset.classes: listed more than once: {duplicates}")
+        raise ValueError(f"{config.key}.classes: listed more than once: {duplicates}")
     bad_renames = sorted(set(config.rename) - set(selected))
     if bad_renames:
-        raise ValueError(f"dataset.rename: {bad_renames} are not among the selected classes {selected}")
+        raise ValueError(f"{config.key}.rename: {bad_renames} are not among the selected classes {selected}")
     readable = [config.rename.get(name, humanize(name)) for name in selected]
-    check_distinct_classes(selected, readable)
+    check_distinct_classes(selected, readable, config.key)
     return ClassNames(raw=selected, readable=readable)
 
 
-def check_distinct_classes(raw: list[str], readable: list[str]) -> None:
+def check_distinct_classes(raw: list[str], readable: list[str], key: str = "dataset") -> None:
     """At least two classes, and no two with the same readable name (they would share every prompt)."""
     if len(raw) < 2:
-        raise ValueError(f"dataset: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
-                         "a classifier over one class is always right: add classes or widen dataset.classes")
+        raise ValueError(f"{key}: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
+                         f"a classifier over one class is always right: add classes or widen {key}.classes")
     by_name: dict[str, list[str]] = {}
     for raw_name, name in zip(raw, readable):
         by_name.setdefault(name, []).append(raw_name)
     collisions = [f"{names} all read as {name!r}" for name, names in by_name.items() if len(names) > 1]
     if collisions:
-        raise ValueError(f"dataset: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
-                         "them apart; give each a distinct name with dataset.rename (raw name: readable name)")
+        raise ValueError(f"{key}: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
+                         f"them apart; give each a distinct name with {key}.rename (raw name: readable name)")
+
+
+def check_test_classes(source: Source, train_classes: list[str]) -> None:
+    """Refuse test images of classes the train split lacks: no head learns them, and leaving them out would
+    score a smaller test set than the user gave, without a word. (Listing dataset.classes leaves them out on
+    purpose; the source only lists the files, nothing is read.)"""
+    unseen = [name for name in source.class_names("test") if name not in train_classes]
+    if not unseen:
+        return
+    items = list(source.items("test", unseen))
+    counts = Counter(item.class_name for item in items)
+    total = len(items) + sum(1 for _ in source.items("test", train_classes))
+    listed = ", ".join(f"{name!r} ({counts[name]})" for name in unseen)
+    examples = "\n  ".join(item.origin for item in items[:3])
+    raise ValueError(
+        f"dataset: {len(items)} of the {total} test images belong to class(es) the train split lacks: {listed}; "
+        f"the class list comes from train, so no head can predict them, and they would be left out of every "
+        f"score without a word. For example:\n  "
+        f"{examples}\nAdd train images of those classes, or list the classes to keep in dataset.classes (the test "
+        f"images of the others are then left out on purpose)")
 
 
 def _safe(name: str) -> str:
@@ -104,23 +126,33 @@ def _checked_items(items: Iterable[SourceItem], workers: int) -> Iterator[_Check
         yield from pool.map(_check, items, chunksize=1) if workers > 1 else map(_check, items)
 
 
+@dataclass
+class ExportedSplit:
+    """One split as prepare exported it: its records, where each came from, and what it could not export."""
+
+    records: list[Record]
+    origins: list[str]  # per record: a path, a CSV line or dataset[split][row], for messages
+    exclusions: list[tuple[str, str, str]]  # (split, image, reason) of unreadable images
+    missing: list[str]  # listed files that do not exist
+
+
 def export_split(
     split: str, items: Iterable[SourceItem], classes: ClassNames, layout: RunLayout, cap: int | None, workers: int = 2
-) -> tuple[list[Record], list[tuple[str, str, str]], list[str]]:
-    """Check and export one split. Returns (records, exclusions, missing files)."""
+) -> ExportedSplit:
+    """Check and export one split; each image is read once, and its sha1 computed once, here."""
     label_of = {name: i for i, name in enumerate(classes.raw)}
     counts = {name: 0 for name in classes.raw}
-    records, exclusions, missing = [], [], []
+    exported = ExportedSplit([], [], [], [])
     for checked in _checked_items(items, workers):
         item = checked.item
         if cap is not None and counts[item.class_name] >= cap:
             continue
         if checked.error == "missing":
-            missing.append(f"{item.origin}: {item.path}")
+            exported.missing.append(f"{item.origin}: {item.path}")
             continue
         if checked.error is not None:
             log.warning("skipping unreadable image %s: %s", item.origin, checked.error)
-            exclusions.append((split, item.origin, checked.error))
+            exported.exclusions.append((split, item.origin, checked.error))
             continue
         assert checked.data is not None
         sha1 = hashlib.sha1(checked.data).hexdigest()
@@ -137,8 +169,9 @@ def export_split(
                 atomic_write_bytes(target, checked.data)
             path = relative.as_posix()
         counts[item.class_name] += 1
-        records.append(Record(path=path, label=label, class_name=classes.readable[label], sha1=sha1))
-    return records, exclusions, missing
+        exported.records.append(Record(path=path, label=label, class_name=classes.readable[label], sha1=sha1))
+        exported.origins.append(item.origin)
+    return exported
 
 
 def source_splits(config: SourceConfig) -> tuple[str, ...]:
@@ -174,7 +207,10 @@ def prepare(
     ``test_only`` exports the test split alone (an eval_on target: its train and val images are never read).
     """
     source = build_source(config)
-    classes = resolve_classes(config, source.class_names())
+    available = source.class_names("test" if test_only else "train")  # a target is read for its test split alone
+    if not test_only and config.classes is None:
+        check_test_classes(source, available)
+    classes = resolve_classes(config, available)
     signature = source_signature(config, source, classes) + (":test-only" if test_only else "")
     done = layout.data / "prepare.json"
     if done.is_file() and layout.train_full.is_file() and layout.test.is_file():
@@ -184,6 +220,7 @@ def prepare(
             return ClassNames.load(layout.classes)
     all_exclusions: list[tuple[str, str, str]] = []
     outputs: list[tuple[Path, list[Record]]] = []
+    exported: dict[str, tuple[list[Record], list[str]]] = {}  # split -> (records, origins): the duplicate check's input
     targets = {"train": (config.max_train_per_class, layout.train_full), "val": (None, layout.val_full),
                "test": (config.max_test_per_class, layout.test)}
     for split in source_splits(config):
@@ -191,25 +228,29 @@ def prepare(
         if test_only and split != "test":
             outputs.append((target, []))
             continue
-        records, exclusions, missing = export_split(
+        done_split = export_split(
             split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
         )
-        if missing:
+        if done_split.missing:
+            missing = done_split.missing
             listed = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) listed by the dataset do not exist:\n  {listed}\n"
                 "Fix the paths (or remove those rows) and run prepare again."
             )
+        records = done_split.records
         present = {r.label for r in records}
         empty = [classes.raw[i] for i in range(len(classes.raw)) if i not in present]
-        test_only = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
-        if empty and not test_only and split != "val":  # a sampler draws what val has (ImageNet has none)
+        no_train = split == "train" and not records  # fine for shot-free methods; ``validate`` decides
+        if empty and not no_train and split != "val":  # a sampler draws what val has (ImageNet has none)
             raise ValueError(
-                f"dataset: class(es) {empty} have no readable {split} images; "
-                "remove them from dataset.classes or add images"
+                f"{config.key}: class(es) {empty} have no readable {split} images; "
+                f"remove them from {config.key}.classes or add images"
             )
         outputs.append((target, records))
-        all_exclusions.extend(exclusions)
+        exported[split] = (records, done_split.origins)
+        all_exclusions.extend(done_split.exclusions)
+    check_duplicates(exported, config.duplicates, config.key)
     if validate is not None:
         validate(classes, outputs[0][1])
     # Written only once everything is sound, so a failure keeps the last good files.

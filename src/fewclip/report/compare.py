@@ -62,6 +62,8 @@ class Run:
     paper_backbone: str | None  # the paper's name, when the run follows the papers' data protocol
     summary: list[dict[str, str]]
     targets: list[dict[str, Any]] = field(default_factory=list)  # results/targets.json's entries (eval_on)
+    named_by: str = "name"  # the config key ``dataset`` comes from: dataset.name (CoOp layout) or name
+    dataset_config: dict[str, Any] = field(default_factory=dict)  # the run's dataset block, as config.yaml has it
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,14 @@ def read_run(path: Path | str) -> Run:
         raise CompareError(f"{layout.summary} has no result rows{why}; "
                            f"re-run `fewclip evaluate {layout.root}`")
     dataset = config["dataset"]
-    name = dataset.get("name") if dataset.get("source") == "coop" else config.get("name", layout.root.name)
+    named_by = "dataset.name" if dataset.get("source") == "coop" else "name"
+    name = dataset.get("name") if named_by == "dataset.name" else config.get("name", layout.root.name)
     subsample = config.get("splits", {}).get("subsample", "all")
     protocol = {"all": "few_shot", "base2new": "base2new"}.get(subsample, f"{subsample}_classes")
     model = config.get("model", {})
     return Run(layout.root, str(name), protocol, backbone_name(model),
-               paper_backbone(model) if paper_protocol(config) else None, summary, read_targets(layout))
+               paper_backbone(model) if paper_protocol(config) else None, summary, read_targets(layout), named_by,
+               dataset)
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -203,14 +207,31 @@ def with_reference(cell: Cell, backbone: str | None, published: Mapping[Referenc
     return cell if reference is None else replace(cell, reference=reference)
 
 
+def clash_message(first: Run, second: Run) -> str:
+    """Why two runs cannot share a table's column: one dataset run twice, or two datasets under one ``name``."""
+    from ..run_dir import flatten_keys
+
+    ignored = ("eval_on", "label")  # targets and table labels change no image the heads were trained or tested on
+    before, after = ({key: value for key, value in flatten_keys(run.dataset_config).items()
+                      if key.split(".")[0] not in ignored} for run in (first, second))
+    differ = [f"dataset.{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+              if before.get(key) != after.get(key)]
+    if second.named_by == "name" and differ:
+        shown = "; ".join(differ[:3]) + ("; ..." if len(differ) > 3 else "")
+        return (f"{first.root} and {second.root} both have `name: {second.dataset}` in their config.yaml, which "
+                f"compare uses as the dataset's column, but read different datasets ({shown}); give each run its "
+                f"own name: `fewclip report {second.root} name=<another name>` rewrites its config.yaml (name "
+                "changes no result), then compare again")
+    return (f"{first.root} and {second.root} are both {second.dataset} runs of protocol {second.protocol} with "
+            f"{second.backbone}; a table has one run per dataset: compare them in separate commands")
+
+
 def build_table(runs: list[Run], published: Mapping[ReferenceKey, Reference]) -> Table:
     """One table from runs that share protocol and backbone (each dataset at most once)."""
     seen: dict[str, Run] = {}
     for run in runs:
         if run.dataset in seen:
-            raise CompareError(f"{seen[run.dataset].root} and {run.root} are both {run.dataset} runs of protocol "
-                               f"{run.protocol} with {run.backbone}; a table has one run per dataset: compare them "
-                               "in separate commands")
+            raise CompareError(clash_message(seen[run.dataset], run))
         seen[run.dataset] = run
     datasets = dataset_order(list(seen))
     cells = [with_reference(c, seen[c.dataset].paper_backbone, published) for run in runs for c in run_cells(run)]

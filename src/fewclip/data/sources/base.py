@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequence
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from ...configbase import ConfigBlock
+from ..duplicates import DuplicatePolicy
 
 Split = Literal["train", "val", "test"]  # "val" only from sources whose config has has_val_split
 
@@ -20,6 +21,11 @@ class SourceConfig(ConfigBlock):
     # Whether the source lists a validation split of its own (CoOp's split files do); prepare then
     # exports it beside train and test for samplers that draw validation images from it.
     has_val_split: ClassVar[bool] = False
+    # key -> "file" or "folder" for the keys that name one on disk (read relative to a YAML config's folder;
+    # checked before a run starts); "folder or hub id": a folder when one exists, else left to the source
+    path_keys: ClassVar[dict[str, str]] = {}
+    # where this block sits in the run config, for messages: "dataset", or "dataset.eval_on[i]" for a target
+    _key: str = PrivateAttr("dataset")
 
     classes: list[str] | None = Field(
         None, description="Raw class names to keep, in this order (None: every class, sorted)."
@@ -29,6 +35,10 @@ class SourceConfig(ConfigBlock):
     )
     max_train_per_class: int | None = Field(None, ge=1, description="Cap on exported train images per class.")
     max_test_per_class: int | None = Field(None, ge=1, description="Cap on exported test images per class.")
+    duplicates: DuplicatePolicy = Field(
+        "error", description="Images with identical bytes in two places: error (refused: in train and test, under two "
+        "labels, or twice in one split), within_split (copies in one split under one label kept, with a warning), "
+        "allow (every copy kept, with a warning; e.g. a published split reproduced as it is).")
     label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
                               "summary.csv's split column (default: its CoOp name, else its folder or id's last part).")
     # A list of dataset blocks (sources' config classes, resolved in fewclip.data.sources once they exist).
@@ -37,6 +47,11 @@ class SourceConfig(ConfigBlock):
         description="Target datasets the trained heads are also evaluated on (test images only): domain "
                     "generalisation when their classes are this dataset's (ImageNet -> ImageNetV2, -A, ...), "
                     "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...).")
+
+    @property
+    def key(self) -> str:
+        """This block's dotted place in the run config (``dataset``, ``dataset.eval_on[0]``), for messages."""
+        return self._key
 
     @field_validator("label")
     @classmethod
@@ -55,6 +70,7 @@ class SourceConfig(ConfigBlock):
                 raise ValueError(f"eval_on[{index}] ({dataset_label(target)}) has an eval_on of its own; targets are "
                                  "evaluated, never trained on: list every target in the trained dataset's eval_on")
             target_label_problem(dataset_label(target), f"eval_on[{index}]")
+            target._key = f"dataset.eval_on[{index}]"
         labels = [dataset_label(t) for t in targets]
         repeated = sorted({name for name in labels if labels.count(name) > 1})
         if repeated:
@@ -93,6 +109,40 @@ class SourceItem:
 class Source(Protocol):
     """Lists the raw class names and the items of a split. Implementations are small modules."""
 
-    def class_names(self) -> list[str]: ...
+    def class_names(self, split: Split = "train") -> list[str]:
+        """Raw class names found in ``split`` (train: the classes a run can learn). Sources whose splits share
+        one class list (a label feature, a split file) return it for every split."""
+        ...
 
     def items(self, split: Split, classes: list[str]) -> Iterable[SourceItem]: ...
+
+
+def missing_path_message(config: SourceConfig, key: str, kind: str, looked_in: Sequence[Path] = ()) -> str:
+    """Why the ``kind`` ("file" or "folder") a dataset key names cannot be used: it is the other kind, or it
+    does not exist (a relative one: in each folder of ``looked_in``, default the working directory)."""
+    value = str(getattr(config, key))
+    path = Path(value).expanduser()
+    where = f"{config.key}.{key}"
+    if path.exists():
+        return f"{where}: {path} is a {'folder' if path.is_dir() else 'file'}, not a {kind}; name a {kind}"
+    if path.is_absolute():
+        return f"{where}: {kind} {path} does not exist"
+    places = list(looked_in) or [Path.cwd()]
+    tried = ", then ".join(f"{base / path}" for base in places)
+    rule = ("a relative path in a config file is looked for beside the file, then in the working directory" if
+            len(places) > 1 else "a relative path given on the command line or in Python is read from the working "
+            "directory")
+    return f"{where}: {kind} {value} does not exist (looked for {tried}: {rule})"
+
+
+def check_input_paths(dataset: SourceConfig, looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
+    """Fail before anything is written when a file or folder a dataset block or one of its eval_on targets
+    names is missing, naming its key and where it was looked for (``looked_in(dotted key)``)."""
+    for block in (dataset, *dataset.eval_on):
+        for name, kind in block.path_keys.items():
+            value = getattr(block, name)
+            if value is None or kind not in ("file", "folder"):
+                continue
+            path = Path(value).expanduser()
+            if not (path.is_dir() if kind == "folder" else path.is_file()):
+                raise FileNotFoundError(missing_path_message(block, name, kind, looked_in(f"{block.key}.{name}")))

@@ -26,7 +26,7 @@ from typing import ClassVar, Iterator, Literal
 from pydantic import Field, field_validator
 
 from ...registry import unknown_name_message
-from .base import SourceConfig, SourceItem, Split
+from .base import SourceConfig, SourceItem, Split, missing_path_message
 
 # The class-name fixes CoOp applies when it builds these splits (readable EuroSAT land-use names,
 # singular Caltech101 names). Published split files already carry them; a file that still has the
@@ -79,6 +79,7 @@ DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 class CoopSourceConfig(SourceConfig):
     source: Literal["coop"] = "coop"
     has_val_split: ClassVar[bool] = True
+    path_keys: ClassVar[dict[str, str]] = {"path": "folder"}
     path: str = Field(description="CoOp's data root, holding e.g. caltech-101/ (or that dataset folder itself).")
     name: str = Field(description=f"One of {', '.join(COOP_DATASETS)}, or a test-only ImageNet variant "
                       f"({', '.join(IMAGENET_VARIANTS)}) as a dataset.eval_on target.")
@@ -115,8 +116,9 @@ def required_files(spec: CoopDataset, folder: Path) -> list[Path]:
     return [folder / "classnames.txt", folder / "images" / "train", folder / "images" / "val"]
 
 
-def dataset_folder(root: Path, name: str) -> Path:
-    """``root/<folder>``, or ``root`` itself when it already holds the dataset's files."""
+def dataset_folder(root: Path, name: str, key: str = "dataset") -> Path:
+    """``root/<folder>``, or ``root`` itself when it already holds the dataset's files (``key``: the dataset
+    block's place in the config, for messages)."""
     spec = READABLE_SOURCES[name]
     nested = root / spec.folder
     if not nested.is_dir() and all(p.exists() for p in required_files(spec, root)):
@@ -125,10 +127,10 @@ def dataset_folder(root: Path, name: str) -> Path:
     if missing:
         listed = "\n  ".join(str(p) for p in missing)
         raise FileNotFoundError(
-            f"dataset: {name} in CoOp's layout is missing {len(missing)} file(s) or folder(s) under "
-            f"dataset.path={root}; the layout expects:\n  {listed}\n"
+            f"{key}: {name} in CoOp's layout is missing {len(missing)} file(s) or folder(s) under "
+            f"{key}.path={root}; the layout expects:\n  {listed}\n"
             f"Lay the dataset out as CoOp's DATASETS.md says ({DATASETS_MD}) under {root}, "
-            f"or point dataset.path at the folder that holds {spec.folder}/")
+            f"or point {key}.path at the folder that holds {spec.folder}/")
     return nested
 
 
@@ -280,8 +282,10 @@ class CoopSource:
     def __init__(self, config: CoopSourceConfig) -> None:
         self.config = config
         root = Path(config.path).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(missing_path_message(config, "path", "folder"))
         spec = READABLE_SOURCES[config.name]
-        self.folder = dataset_folder(root, config.name)
+        self.folder = dataset_folder(root, config.name, config.key)
         if config.name in IMAGENET_VARIANTS:
             self.lists = read_variant_splits(self.folder, config.name)
         elif spec.split_file is not None:
@@ -293,7 +297,7 @@ class CoopSource:
             self.lists = read_imagenet_splits(self.folder)
         self.names = class_list(self.lists, self.folder)
 
-    def class_names(self) -> list[str]:
+    def class_names(self, split: Split = "train") -> list[str]:  # one list for every split
         return list(self.names)
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from .base import SourceConfig, SourceItem, Split
+from .base import SourceConfig, SourceItem, Split, missing_path_message
 from .folder import in_test_share
 
 
 class CsvSourceConfig(SourceConfig):
     source: Literal["csv"] = "csv"
+    path_keys: ClassVar[dict[str, str]] = {"train": "file", "test": "file", "root": "folder"}
     train: str = Field(description="CSV with columns path,label for the train split (or all data).")
     test: str | None = Field(None, description="CSV for the test split; without it test_fraction is held out.")
     root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
@@ -39,15 +40,23 @@ def read_csv_text(file: Path) -> str:
 class CsvSource:
     def __init__(self, config: CsvSourceConfig) -> None:
         self.config = config
-        self.rows = {"train": self._read(config.train), "test": self._read(config.test) if config.test else None}
+        self.rows = {"train": self._read("train"), "test": self._read("test") if config.test else None}
 
-    def _read(self, csv_path: str) -> list[tuple[Path, str, str, str]]:
-        file = Path(csv_path).expanduser()
+    def _read(self, key: str) -> list[tuple[Path, str, str, str]]:
+        """The rows of the CSV named by ``key`` (train or test): (path, label, origin, path as written)."""
+        file = Path(getattr(self.config, key)).expanduser()
         if not file.is_file():
-            raise FileNotFoundError(f"dataset: CSV file {file} does not exist")
+            raise FileNotFoundError(missing_path_message(self.config, key, "file"))
         root = Path(self.config.root).expanduser() if self.config.root else file.parent
+        if self.config.root and not root.is_dir():
+            raise FileNotFoundError(missing_path_message(self.config, "root", "folder"))
         cols = (self.config.path_column, self.config.label_column)
-        reader = csv.DictReader(io.StringIO(read_csv_text(file), newline=""))
+        text = read_csv_text(file)
+        expected = f"a header line `{','.join(cols)}`, then one row per image"
+        if not text.strip():
+            raise ValueError(f"{self.config.key}.{key}: {file} is empty ({len(text.encode())} bytes); a CSV source "
+                             f"needs {expected}")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in cols if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{file}: missing column(s) {missing}; found {reader.fieldnames}")
@@ -56,10 +65,14 @@ class CsvSource:
             raw = (row[cols[0]] or "").strip()
             path = Path(raw) if Path(raw).is_absolute() else root / raw
             rows.append((path, (row[cols[1]] or "").strip(), f"{file}:{line}", raw))
+        if not rows:
+            raise ValueError(f"{self.config.key}.{key}: {file} has its header ({','.join(reader.fieldnames or [])}) "
+                             f"but no rows; add one row per image ({','.join(cols)}, e.g. images/cat/0001.jpg,cat)")
         return rows
 
-    def class_names(self) -> list[str]:
-        return sorted({label for _, label, _, _ in self.rows["train"]})
+    def class_names(self, split: Split = "train") -> list[str]:
+        rows = self.rows[split] if split == "test" and self.rows["test"] is not None else self.rows["train"]
+        return sorted({label for _, label, _, _ in rows})
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
         wanted = set(classes)

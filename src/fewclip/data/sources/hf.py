@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import Field
 
@@ -11,6 +11,7 @@ from .base import SourceConfig, SourceItem, Split
 
 class HFSourceConfig(SourceConfig):
     source: Literal["hf"] = "hf"
+    path_keys: ClassVar[dict[str, str]] = {"id": "folder or hub id"}
     id: str = Field(description="Dataset id on the hub (e.g. ethz/food101) or a local folder load_dataset reads.")
     name: str | None = Field(None, description="Dataset configuration name, if the dataset has several.")
     revision: str | None = Field(None, description="Git revision of the dataset repo.")
@@ -38,7 +39,7 @@ class HFSource:
                 )
             except ValueError as err:
                 raise ValueError(
-                    f"dataset.{split}_split: could not load split {name!r} of {self.config.id}: {err}"
+                    f"{self.config.key}.{split}_split: could not load split {name!r} of {self.config.id}: {err}"
                 ) from err
             except RuntimeError as err:
                 if "Dataset scripts are no longer supported" not in str(err):
@@ -48,7 +49,7 @@ class HFSource:
                 column = getattr(self.config, key)
                 if column not in ds.column_names:
                     raise ValueError(
-                        f"dataset.{key}: column {column!r} not in {self.config.id}[{name}]; "
+                        f"{self.config.key}.{key}: column {column!r} not in {self.config.id}[{name}]; "
                         f"columns: {ds.column_names}"
                     )
             self._splits[name] = ds.cast_column(self.config.image_column, self._datasets.Image(decode=False))
@@ -58,8 +59,8 @@ class HFSource:
         feature = ds.features[self.config.label_column]
         return list(feature.names) if hasattr(feature, "names") else None
 
-    def class_names(self) -> list[str]:
-        ds = self._split("train" if self.config.train_split is not None else "test")
+    def class_names(self, split: Split = "train") -> list[str]:
+        ds = self._split("train" if split == "train" and self.config.train_split is not None else "test")
         names = self._label_names(ds)
         if names is None:
             names = sorted({str(v) for v in ds[self.config.label_column]})

@@ -47,7 +47,7 @@ class WorldSource:
     def __init__(self, config: WorldSourceConfig) -> None:
         self.config = config
 
-    def class_names(self) -> list[str]:
+    def class_names(self, split: Split = "train") -> list[str]:
         from ...world.render import CLASSES
 
         return list(CLASSES)
