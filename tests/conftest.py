@@ -12,6 +12,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # bit (a clean and a resumed one) must not pick their counts at different loads. (.ci/run's second pass: 1.)
 os.environ.setdefault("FEWCLIP_THREADS", "2")
 
+import threading  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -59,6 +61,41 @@ def make_config(tiny_clip: Path, shapes_dir: Path, tmp_path: Path):
         return load_config(None, list(overrides), base=base)
 
     return build
+
+
+class WatchedFifo:
+    """A FIFO at ``path`` and a thread that notes whether anything opened it for reading (``was_read``).
+
+    The thread then closes its end at once, so a reader sees end-of-file instead of blocking: code that
+    wrongly reads a FIFO fails its test instead of hanging it."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path, self.was_read, self._stop = path, threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:  # succeeds only while a reader has it open (ENXIO otherwise)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+                self.was_read.set()
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture()
+def watched_fifo(tmp_path: Path):
+    """A FIFO ``pipe.png``, alone in a folder of its own (see ``WatchedFifo``)."""
+    (tmp_path / "with_fifo").mkdir()
+    fifo = WatchedFifo(tmp_path / "with_fifo" / "pipe.png")
+    yield fifo
+    fifo.close()
 
 
 # Tests whose assertions rest on float arithmetic agreeing across code paths: .ci/run runs them a second time

@@ -223,3 +223,20 @@ def test_a_zero_shot_only_run_has_an_answer_and_predict_uses_its_recommendation(
     err = capsys.readouterr().err
     assert "fewclip: predicting with zero_shot/shot_0-seed_0: the run's recommendation (" in err
     assert "run `fewclip report`" not in err
+
+
+def test_a_fifo_among_the_images_is_skipped_by_name_and_never_read(small_run: Path, shapes_dir: Path, watched_fifo,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    good = sorted((shapes_dir / "test").rglob("*.png"))[0]
+    shutil.copy(good, watched_fifo.path.parent / "good.png")
+    skipped = f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
+    for given, classified in (([watched_fifo.path, good], good),  # named, or found in a folder
+                              ([watched_fifo.path.parent], watched_fifo.path.parent / "good.png")):
+        assert main(["-q", "predict", str(small_run), *map(str, given)]) == 0
+        captured = capsys.readouterr()
+        assert skipped in captured.err
+        lines = captured.out.splitlines()
+        assert lines[0] == str(classified) and len(lines) == 1 + 3  # the good image, its 3 classes
+    assert main(["-q", "predict", str(small_run), str(watched_fifo.path)]) == 1  # nothing classified
+    assert skipped in capsys.readouterr().err
+    assert not watched_fifo.was_read.is_set()

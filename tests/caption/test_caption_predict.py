@@ -105,3 +105,19 @@ def test_choose_captioner_rules(tmp_path: Path) -> None:
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", 0) == (("adapter", 0), "as asked")
     with pytest.raises(CaptionerNotTrained, match="no captioner for method=prefix"):
         choose_captioner(layout, ["adapter", "lora"], [0, 1], "prefix", None)
+
+
+def test_predict_skips_a_fifo_by_name_and_captions_the_other_image(world_caption_config, toy_pairs, watched_fifo,
+                                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = world_caption_config()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")  # the untrained baseline
+    good = toy_pairs[0][0]
+    assert main(["-q", "caption", "predict", str(tmp_path / "run"), str(watched_fifo.path), str(good),
+                 "--method", "untrained", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert (f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
+            in captured.err)
+    (line,) = captured.out.splitlines()
+    assert line.startswith(f"{good}\t") and line != f"{good}\t"
+    assert not watched_fifo.was_read.is_set()

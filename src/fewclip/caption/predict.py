@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.images import UnreadableImage, read_image
+from ..data.images import UnreadableImage
 from ..fileio import read_csv, write_csv, write_json
-from ..predict import expand_images
+from ..predict import expand_images, read_regular_image
 from .config import BASELINE, load_caption_config
 from .decode import DecodeConfig, caption_tokens
 from .layout import CaptionLayout
@@ -96,7 +96,7 @@ class Captioner:
         images = expand_images(paths)
         for index, path in enumerate(images):
             try:
-                pixels.append((index, self.model.transform(read_image(path))))
+                pixels.append((index, self.model.transform(read_regular_image(path))))
             except UnreadableImage as err:
                 results[index] = CaptionResult(str(path), error=str(err))
         for start in range(0, len(pixels), self.batch_size):
