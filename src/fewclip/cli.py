@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .config import ConfigError, default_cache_dir, load_config
 from .fileio import read_json
+from .interrupt import EXIT_INTERRUPTED, exit_interrupted, interrupted_line
 from .distributed import env_ranks
 from .threads import THREADS_ENV, apply_threads
 from .tracking import Tracker, TrackingError, preflight  # imports wandb only when tracking is on
@@ -170,6 +171,13 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:  # the stages say how far they got (below); predict, world, compare only this
+        return exit_interrupted()
+
+
+def _command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         _quiet_libraries()
@@ -202,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         overrides.append("output.progress=false")
     tracker, ranks = None, SINGLE
+    stage: str | None = None  # the stage running, and its context: what an interrupted command reports
+    running: RunContext | None = None
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
@@ -220,13 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
             ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None,
                              on_epoch=tracker.log_epoch if tracker.enabled else None, ranks=ranks)
+            running = ctx
             for stage in stages:
-                start = time.perf_counter()
+                start, ctx.progress = time.perf_counter(), None  # each stage says its own progress, if any
                 pipeline.STAGES[stage](ctx)
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
             _log_outputs(tracker, stages)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except KeyboardInterrupt:
+        line = interrupted_line(stage, running.progress if running is not None else None)
+        return exit_interrupted(line) if ranks.is_main else EXIT_INTERRUPTED  # rank 0 speaks for a torchrun job
     except RuntimeError as err:
         if not peer_lost(err, ranks):
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, default_cache_dir
+from ..interrupt import exit_interrupted, interrupted_line
 
 if TYPE_CHECKING:
     from .config import CaptionConfig
@@ -89,6 +90,8 @@ def caption_main(args: argparse.Namespace) -> int:
     from .run_context import CaptionRun
     from .run_dir import open_caption_run
 
+    stage: str | None = None  # the stage running, and its run: what an interrupted command reports
+    running: CaptionRun | None = None
     try:
         config_path, overrides = _config_arg(args.config, list(args.overrides))
         if args.quiet:
@@ -100,13 +103,15 @@ def caption_main(args: argparse.Namespace) -> int:
         if set(stages) & {"encode", "train", "evaluate"}:
             check_models(config)  # a missing encoder or decoder fails before the run dir is touched
         with open_caption_run(config, force=args.force), logging_redirect_tqdm():
-            run = CaptionRun(config)
+            run = running = CaptionRun(config)
             for stage in stages:
-                start = time.perf_counter()
+                start, run.progress = time.perf_counter(), None  # each stage says its own progress, if any
                 STAGES[stage](run)
                 logging.info("caption %s done in %.1fs", stage, time.perf_counter() - start)
     except (ConfigError, RunDirError, FileNotFoundError, ValueError, KeyError, OSError, ImportError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except KeyboardInterrupt:
+        return exit_interrupted(interrupted_line(stage, running.progress if running is not None else None))
     if "evaluate" in stages or "report" in stages:
         _print_summary(run)
     if run.layout.report.is_file() and "report" in stages:
