@@ -5,7 +5,9 @@
   ``output.dir`` cannot overwrite a user's ``config.yaml`` or ``data/``.
 - It may not lie inside the dataset folder (the next prepare would read the run's images as a class).
 - While a command runs it holds an exclusive ``flock`` on ``.fewclip-run.lock``: a second command on
-  the same directory fails at once, naming the process that holds it.
+  the same directory fails at once, naming the process that holds it. The lock belongs to the command's
+  process alone: a process it forks (a DataLoader worker) drops its copy of the lock's descriptor, so a
+  killed command's orphaned workers never keep the directory locked (``_drop_locks_in_child``).
 - A command whose config differs from the run's ``config.yaml`` in a run-defining key (model, dataset,
   prompts, few_shot, splits) is refused unless forced; other keys may change freely (see ``FREE_KEYS``).
 """
@@ -85,6 +87,42 @@ def claim(root: Path) -> None:
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
+# Descriptors of the run-dir locks this process holds. A flock belongs to the open file, which a forked
+# child shares: DataLoader workers (forked, and living on for seconds after their parent is SIGKILLed,
+# until their watchdog notices) would otherwise keep the run directory locked for a dead command.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child: point each inherited lock descriptor at /dev/null. The parent's descriptor keeps
+    its lock (a flock lasts while any descriptor of the open file does); the child's no longer does.
+    dup2 rather than close, so the child's copy of the file object later closes /dev/null, never a
+    descriptor number reused for something else."""
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in _HELD_LOCKS:
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` exists (True when unknown or not ours to signal: assume it is live)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
+
+
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory; fail at once if another command holds it."""
@@ -95,14 +133,20 @@ def locked(root: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
+            if holder != "unknown" and not _alive(holder):  # children of a dead command that still hold it
+                raise RunDirError(f"run dir {root} is locked by processes that pid {holder}, which has ended, "
+                                  "left behind; they usually exit within seconds: run the command again (if it "
+                                  f"persists, `fuser -v {RunLayout(root).lock}` lists them; end them)") from None
             raise RunDirError(f"run dir {root} is in use by pid {holder}; wait for it to finish "
                               "or choose another output.dir") from None
+        _HELD_LOCKS.add(handle.fileno())  # forked children drop it (above)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
     finally:
+        _HELD_LOCKS.discard(handle.fileno())
         handle.close()  # closing releases the lock; a killed process releases it too
 
 
