@@ -155,9 +155,12 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if any(r.error is None for r in results) else 1
 
 
-def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+def _split_config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
     """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
-    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from)."""
+    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a captioning
+    run's directory is refused, naming ``fewclip caption <command>``."""
+    from .run_dir import check_run_kind
+
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
     if config is not None and Path(config).is_dir():
@@ -165,6 +168,7 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
         if not resolved.is_file():
             raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip run directory; "
                               "give a YAML config file or a run directory")
+        check_run_kind(Path(config), "classification", f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
@@ -200,12 +204,12 @@ def _command(args: argparse.Namespace) -> int:
     from .backbones import check_backbone
     from .run_context import RunContext
     from .embedded import embedded_config
-    from .run_dir import open_run
+    from .run_dir import RunDirError, open_run
     from .distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
 
     try:
-        config_path, overrides = _split_config_arg(args.config, list(args.overrides))
-    except ConfigError as err:
+        config_path, overrides = _split_config_arg(args.config, list(args.overrides), args.command)
+    except (ConfigError, RunDirError) as err:
         return _error(err)
     if args.quiet:
         overrides.append("output.progress=false")

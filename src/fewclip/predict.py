@@ -210,9 +210,12 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     from .backbones import load_backbone
     from .heads import load_head
 
+    from .run_dir import check_run_kind
+
     layout = RunLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
+    check_run_kind(layout.root, "classification", f"predict {layout.root} IMAGE...")
     config = load_config(layout.config)
     (method, shots, seed), why = default_head(layout, config.methods, method, shots, seed)
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config
+from .config_yaml import ConfigFileError, read_yaml_file
 from .distributed import SINGLE, Ranks
 from .fileio import write_json
 from .heads import HEADS, list_heads
@@ -39,6 +40,37 @@ FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache
 
 class RunDirError(ValueError):
     """A run directory that may not be used by this command; the message says why and what to do."""
+
+
+# Top-level config blocks only one kind of run has (classification: fewclip.config; captioning:
+# fewclip.caption.config), so a run directory handed to the other kind's command is named as such
+# instead of failing validation key by key.
+KIND_BLOCKS = {"classification": ("dataset", "few_shot", "splits", "prompts"),
+               "caption": ("data", "decode", "attention", "clipscore_model")}
+KIND_NAMES = {"classification": "a classification run", "caption": "a captioning run"}
+KIND_COMMANDS = {"classification": "fewclip", "caption": "fewclip caption"}
+
+
+def run_kind(root: Path) -> str | None:
+    """"classification" or "caption" by the top-level blocks of the run's config.yaml; None when it has
+    none, cannot be read, or shows neither (its own command then says what is wrong with it)."""
+    try:
+        blocks = read_yaml_file(RunLayout(root).config)
+    except (OSError, ConfigFileError):
+        return None
+    if not isinstance(blocks, dict):
+        return None
+    kinds = [kind for kind, keys in KIND_BLOCKS.items() if any(key in blocks for key in keys)]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def check_run_kind(root: Path, expected: str, usage: str) -> None:
+    """Refuse a run directory of the other kind, naming the command for it: ``usage`` is that command's
+    arguments (``predict RUN IMAGE...``), said after ``fewclip`` or ``fewclip caption``."""
+    kind = run_kind(root)
+    if kind is not None and kind != expected:
+        raise RunDirError(f"{root} is {KIND_NAMES[kind]}, not {KIND_NAMES[expected]}; use "
+                          f"`{KIND_COMMANDS[kind]} {usage}`")
 
 
 def run_root(config: Config) -> Path:

@@ -47,8 +47,11 @@ def _error(message: object) -> int:
     return 2
 
 
-def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """A first word with '=' is an override; a run directory stands for its config.yaml and output.dir."""
+def _config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
+    """A first word with '=' is an override; a run directory stands for its config.yaml and output.dir (a
+    classification run's directory is refused, naming ``fewclip <command>``)."""
+    from ..run_dir import check_run_kind
+
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
     if config is not None and Path(config).is_dir():
@@ -56,6 +59,7 @@ def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, l
         if not resolved.is_file():
             raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip caption run directory; "
                               "give a caption YAML config or a caption run directory")
+        check_run_kind(Path(config), "caption", f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
@@ -93,7 +97,7 @@ def caption_main(args: argparse.Namespace) -> int:
     stage: str | None = None  # the stage running, and its run: what an interrupted command reports
     running: CaptionRun | None = None
     try:
-        config_path, overrides = _config_arg(args.config, list(args.overrides))
+        config_path, overrides = _config_arg(args.config, list(args.overrides), args.caption_command)
         if args.quiet:
             overrides.append("output.progress=false")
         base = embedded_caption_config(Path(default_cache_dir())) if config_path is None else None

@@ -114,9 +114,12 @@ def load_captioner(run_dir: Path | str, method: str | None = None, seed: int | N
     from .artifacts import load_caption_model
     from .model import CaptionModel
 
+    from ..run_dir import check_run_kind
+
     layout = CaptionLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip caption run directory")
+    check_run_kind(layout.root, "caption", f"predict {layout.root} IMAGE...")
     config = load_caption_config(layout.config)
     (method, seed), why = choose_captioner(layout, config.methods, config.seeds, method, seed)
     overrides = {"attention_layer": config.attention.layer, **({"device": device} if device else {})}
