@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,3 +38,20 @@ def test_report_of_a_run_directory_from_anywhere(make_config: Callable[..., Any]
 def test_a_folder_without_config_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert f"{tmp_path} is a folder without config.yaml, so not a fewclip run directory" in capsys.readouterr().err
+
+
+def test_quiet_hides_the_libraries_deprecation_notes_but_not_fewclips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewclip import cli
+
+    monkeypatch.setattr(sys, "warnoptions", [])  # as when the user gave no -W option
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # restored after the test (set by -q)
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._quiet_libraries()
+        for module in ("transformers.utils.generic", "torch.nn.modules.module", "fewclip.config"):
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.warn_explicit(f"{module} {category.__name__}", category, "file.py", 1, module=module)
+        warnings.warn_explicit("a user warning", UserWarning, "file.py", 1, module="torch.utils.data")
+    assert [str(w.message) for w in caught] == ["fewclip.config FutureWarning", "fewclip.config DeprecationWarning",
+                                                "a user warning"]

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +27,8 @@ FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewclip", description="Few-shot classifiers on a frozen CLIP.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings that concern "
+                        "you (no library deprecation notes)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
@@ -98,17 +100,24 @@ def _pretrain_decoder(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets)."""
+    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets), and
+    none of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
+    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when each library is first imported
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
     if "transformers" in sys.modules:
-        from transformers.utils.logging import disable_progress_bar
+        from transformers.utils.logging import disable_progress_bar, set_verbosity_error
 
         disable_progress_bar()
+        set_verbosity_error()
     if "datasets" in sys.modules:
         from datasets.utils.tqdm import disable_progress_bars as disable_dataset_bars
 
