@@ -183,7 +183,7 @@ def train(ctx: RunContext) -> list[str]:
     alone, together = [u for u in pending if not shared(u[0])], [u for u in pending if shared(u[0])]
     mine = ranks.mine(alone) + together if ranks.distributed else pending
     trained = []
-    ctx.progress = Progress(len(all_units), "units trained", done=len(all_units) - len(pending))
+    progress = ctx.progress = Progress(len(all_units), "units trained", done=len(all_units) - len(pending))
     bar = tqdm(mine, desc="train", unit="head", disable=not (ctx.config.output.progress and ranks.is_main))
     for (method, shots, seed), train_records, val_records, key in bar:
         bar.set_postfix_str(unit_name(method, shots, seed))
@@ -226,7 +226,7 @@ def train(ctx: RunContext) -> list[str]:
             ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
-        ctx.progress.done += 1
+        progress.done += 1
     if ranks.distributed:
         trained = sorted({name for names in ranks.gather(trained) for name in names})
         first_epoch = sorted({unit for units_ in ranks.gather(first_epoch) for unit in units_})

@@ -99,7 +99,7 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
         return []
     tokens = run.tokens()
     units = len(config.methods) * len(config.seeds)
-    run.progress = Progress(units, "units trained", done=units - len(pending))
+    progress = run.progress = Progress(units, "units trained", done=units - len(pending))
     data = run.data
     examples = [(item.sha1, caption) for item in data.train for caption in item.captions]
     greedy = DecodeConfig(beam_size=1, max_length=config.decode.max_length)  # selection decodes greedily
@@ -124,7 +124,7 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
         log.info("train: %s seed %d done in %.1fs, best epoch %d (val CIDEr %s)", method, seed, done.seconds,
                  done.best_epoch, f"{done.best_score:.3f}" if done.best_score is not None else "n/a")
         trained.append(f"{method}/seed_{seed}")
-        run.progress.done += 1
+        progress.done += 1
     return trained
 
 
