@@ -12,8 +12,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # bit (a clean and a resumed one) must not pick their counts at different loads. (.ci/run's second pass: 1.)
 os.environ.setdefault("FEWCLIP_THREADS", "2")
 
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -59,6 +64,73 @@ def make_config(tiny_clip: Path, shapes_dir: Path, tmp_path: Path):
         return load_config(None, list(overrides), base=base)
 
     return build
+
+
+class WatchedFifo:
+    """A FIFO at ``path`` and a thread that notes whether anything opened it for reading (``was_read``).
+
+    The thread then closes its end at once, so a reader sees end-of-file instead of blocking: code that
+    wrongly reads a FIFO fails its test instead of hanging it."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path, self.was_read, self._stop = path, threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:  # succeeds only while a reader has it open (ENXIO otherwise)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+                self.was_read.set()
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture()
+def watched_fifo(tmp_path: Path):
+    """A FIFO ``pipe.png``, alone in a folder of its own (see ``WatchedFifo``)."""
+    (tmp_path / "with_fifo").mkdir()
+    fifo = WatchedFifo(tmp_path / "with_fifo" / "pipe.png")
+    yield fifo
+    fifo.close()
+
+
+def interrupted_cli(args: list[str], ready: Callable[[], bool], tmp_path: Path, prelude: str = "",
+                    timeout: float = 300) -> tuple[int, str]:
+    """Run ``fewclip <args>`` in a subprocess (its own process group, as a terminal's foreground job), send
+    the group SIGINT as Ctrl-C does once ``ready()`` holds, and return the exit status and stderr.
+    ``prelude``: Python run in the child before the CLI (e.g. to slow a stage down enough to interrupt it)."""
+    code = f"import sys\n{prelude}\nfrom fewclip.cli import main\nsys.exit(main(sys.argv[1:]))"
+    stderr_file = tmp_path / "interrupted-stderr.txt"
+    with open(stderr_file, "w", encoding="utf-8") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr,
+                                 start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the command ended (status {child.returncode}) or timed out before it "
+                                         f"could be interrupted:\n{stderr_file.read_text()}")
+                time.sleep(0.05)
+            os.killpg(child.pid, signal.SIGINT)
+            status = child.wait(timeout=60)
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    return status, stderr_file.read_text(encoding="utf-8")
+
+
+@pytest.fixture()
+def interrupt_cli(tmp_path: Path) -> Callable[..., tuple[int, str]]:
+    """``interrupted_cli`` with this test's tmp_path."""
+    return lambda args, ready, **options: interrupted_cli(args, ready, tmp_path, **options)
 
 
 # Tests whose assertions rest on float arithmetic agreeing across code paths: .ci/run runs them a second time

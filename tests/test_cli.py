@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,3 +87,20 @@ def test_a_cache_dir_that_is_a_file_fails_before_creating_the_run(
     assert main(["-q", "run", str(config_file), f"cache.dir={tmp_path / 'cache-file'}"]) == 2
     assert f"cache.dir: {tmp_path / 'cache-file'} is a file" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_quiet_hides_the_libraries_deprecation_notes_but_not_fewclips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewclip import cli
+
+    monkeypatch.setattr(sys, "warnoptions", [])  # as when the user gave no -W option
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # restored after the test (set by -q)
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._quiet_libraries()
+        for module in ("transformers.utils.generic", "torch.nn.modules.module", "fewclip.config"):
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.warn_explicit(f"{module} {category.__name__}", category, "file.py", 1, module=module)
+        warnings.warn_explicit("a user warning", UserWarning, "file.py", 1, module="torch.utils.data")
+    assert [str(w.message) for w in caught] == ["fewclip.config FutureWarning", "fewclip.config DeprecationWarning",
+                                                "a user warning"]

@@ -207,3 +207,36 @@ def test_cli_out_in_an_unwritable_place_is_a_clear_error(small_run: Path, images
     assert f"fewclip: error: --out {out}: could not write the predictions" in captured.err
     assert "choose a writable path" in captured.err and "Traceback" not in captured.err
     assert captured.out  # the predictions were still printed
+
+
+def test_a_zero_shot_only_run_has_an_answer_and_predict_uses_its_recommendation(
+        make_config: Callable[..., Any], shapes_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = run_dir(make_config("methods=[zero_shot]", NO_FIGURES))
+    answer = json.loads((root / "results" / "answer.json").read_text())
+    accuracy = float(read_rows(root / "results" / "summary.csv")[0]["accuracy"])
+    assert "No method has results" not in answer["headline"]
+    assert "only zero_shot has results at 0 shots" in answer["headline"]
+    rec = answer["recommendation"]
+    assert (rec["method"], rec["shots"], rec["seed"]) == ("zero_shot", 0, 0)
+    assert rec["accuracy_mean"] == pytest.approx(accuracy, abs=1e-6)
+    assert main(["-q", "predict", str(root), str(shapes_dir / "test" / "red_circle")]) == 0
+    err = capsys.readouterr().err
+    assert "fewclip: predicting with zero_shot/shot_0-seed_0: the run's recommendation (" in err
+    assert "run `fewclip report`" not in err
+
+
+def test_a_fifo_among_the_images_is_skipped_by_name_and_never_read(small_run: Path, shapes_dir: Path, watched_fifo,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    good = sorted((shapes_dir / "test").rglob("*.png"))[0]
+    shutil.copy(good, watched_fifo.path.parent / "good.png")
+    skipped = f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
+    for given, classified in (([watched_fifo.path, good], good),  # named, or found in a folder
+                              ([watched_fifo.path.parent], watched_fifo.path.parent / "good.png")):
+        assert main(["-q", "predict", str(small_run), *map(str, given)]) == 0
+        captured = capsys.readouterr()
+        assert skipped in captured.err
+        lines = captured.out.splitlines()
+        assert lines[0] == str(classified) and len(lines) == 1 + 3  # the good image, its 3 classes
+    assert main(["-q", "predict", str(small_run), str(watched_fifo.path)]) == 1  # nothing classified
+    assert skipped in capsys.readouterr().err
+    assert not watched_fifo.was_read.is_set()

@@ -3,9 +3,12 @@ one config per run (unless --force), and predict refusing a head trained on anot
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -103,6 +106,61 @@ def test_a_command_on_a_run_dir_another_process_uses_fails(config_file: Path, tm
     finally:
         holder.communicate("", timeout=60)  # closing stdin ends the holder, which releases the lock
     assert main(["-q", "prepare", str(config_file)]) == 0
+
+
+def test_workers_of_a_killed_command_do_not_keep_its_run_dir_locked(tmp_path: Path) -> None:
+    """A command training with DataLoader workers is SIGKILLed: its workers live on for seconds (until their
+    watchdog sees the parent gone), and must not hold the run directory's lock meanwhile."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import multiprocessing, time
+            from pathlib import Path
+            from torch.utils.data import DataLoader
+            from fewclip.run_dir import locked
+
+            class Slow:
+                def __len__(self):
+                    return 1000
+                def __getitem__(self, index):
+                    time.sleep(1)
+                    return index
+
+            with locked(Path({str(tmp_path)!r})):
+                batches = iter(DataLoader(Slow(), num_workers=2))  # forks the workers
+                print(*[child.pid for child in multiprocessing.active_children()], flush=True)
+                time.sleep(600)
+            """)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert holder.stdout is not None
+    workers = [int(pid) for pid in holder.stdout.readline().split()]
+    try:
+        assert len(workers) == 2
+        holder.kill()
+        holder.wait(timeout=60)
+        for pid in workers:
+            os.kill(pid, 0)  # still alive: orphans of the killed command
+        with locked(tmp_path):  # at once, not once the orphans have gone
+            pass
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lock_left_by_a_dead_pid_says_so(tmp_path: Path) -> None:
+    """Should a dead command's lock outlive it anyway (a child forked outside Python), the message says that
+    the named pid has ended and what to do, not that it is in use."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(tmp_path / LOCK, "a+", encoding="utf-8") as stray:  # another open file: flock conflicts with it
+        fcntl.flock(stray, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        stray.write(f"{dead.pid}\n")
+        stray.flush()
+        with pytest.raises(RunDirError) as info:
+            with locked(tmp_path):
+                pass
+    assert str(info.value).startswith(f"run dir {tmp_path} is locked by processes that pid {dead.pid}, which has "
+                                      "ended, left behind; they usually exit within seconds: run the command again")
 
 
 def test_a_stage_of_another_config_is_refused_unless_forced(config_file: Path, tiny_clip: Path, tmp_path: Path,

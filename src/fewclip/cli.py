@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .config import ConfigError, default_cache_dir, load_config, parse_override
 from .fileio import read_json
+from .interrupt import EXIT_INTERRUPTED, exit_interrupted, interrupted_line
 from .distributed import env_ranks
 from .threads import THREADS_ENV, apply_threads
 from .tracking import Tracker, TrackingError, preflight  # imports wandb only when tracking is on
@@ -25,7 +27,8 @@ FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewclip", description="Few-shot classifiers on a frozen CLIP.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings that concern "
+                        "you (no library deprecation notes)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
@@ -97,17 +100,24 @@ def _pretrain_decoder(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets)."""
+    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets), and
+    none of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
+    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when each library is first imported
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
     if "transformers" in sys.modules:
-        from transformers.utils.logging import disable_progress_bar
+        from transformers.utils.logging import disable_progress_bar, set_verbosity_error
 
         disable_progress_bar()
+        set_verbosity_error()
     if "datasets" in sys.modules:
         from datasets.utils.tqdm import disable_progress_bars as disable_dataset_bars
 
@@ -154,9 +164,12 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if any(r.error is None for r in results) else 1
 
 
-def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+def _split_config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
     """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
-    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from)."""
+    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a captioning
+    run's directory is refused, naming ``fewclip caption <command>``."""
+    from .run_dir import check_run_kind
+
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
     if config is not None and Path(config).is_dir():
@@ -164,6 +177,7 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
         if not resolved.is_file():
             raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip run directory; "
                               "give a YAML config file or a run directory")
+        check_run_kind(Path(config), "classification", f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
@@ -184,6 +198,13 @@ def _looked_in(config_path: str | None, overrides: Sequence[str]) -> Callable[[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:  # the stages say how far they got (below); predict, world, compare only this
+        return exit_interrupted()
+
+
+def _command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         _quiet_libraries()
@@ -206,16 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backbones import check_backbone
     from .run_context import RunContext, check_paths
     from .embedded import embedded_config
-    from .run_dir import open_run
+    from .run_dir import RunDirError, open_run
     from .distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
 
     try:
-        config_path, overrides = _split_config_arg(args.config, list(args.overrides))
-    except ConfigError as err:
+        config_path, overrides = _split_config_arg(args.config, list(args.overrides), args.command)
+    except (ConfigError, RunDirError) as err:
         return _error(err)
     if args.quiet:
         overrides.append("output.progress=false")
     tracker, ranks = None, SINGLE
+    stage: str | None = None  # the stage running, and its context: what an interrupted command reports
+    running: RunContext | None = None
     try:
         base = embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = load_config(config_path, overrides, base=base)
@@ -235,13 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
             ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None,
                              on_epoch=tracker.log_epoch if tracker.enabled else None, ranks=ranks)
+            running = ctx
             for stage in stages:
-                start = time.perf_counter()
+                start, ctx.progress = time.perf_counter(), None  # each stage says its own progress, if any
                 pipeline.STAGES[stage](ctx)
                 logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
             _log_outputs(tracker, stages)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except KeyboardInterrupt:
+        line = interrupted_line(stage, running.progress if running is not None else None)
+        return exit_interrupted(line) if ranks.is_main else EXIT_INTERRUPTED  # rank 0 speaks for a torchrun job
     except RuntimeError as err:
         if not peer_lost(err, ranks):
             raise

@@ -21,11 +21,12 @@ from .data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from .data.records import Record
 from .data.splits import check_budget, load_split, write_splits
 from .data.subsample import train_view
-from .features import extract_features, extract_views, load_views, view_key
+from .features import FeatureCache, extract_features, extract_views, load_views, view_key
 from .fileio import remove_stale_temporaries, write_csv
 from .heads import Task, save_head
 from .heads.base import TrainingDiverged, intact_head_meta
 from .heads.selection import best_epoch, fit_meta
+from .interrupt import Progress
 from .layout import unit_name
 from .targets import encode_targets, prepare_targets
 from .run_dir import open_run
@@ -95,7 +96,9 @@ def features(ctx: RunContext) -> int:
     options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
                    progress=ctx.config.output.progress and ranks.is_main, part=(ranks.rank, ranks.world))
     failures = []
-    if ctx.cache.missing([r.sha1 for r in records]):  # all cached: the model is not even loaded
+    sha1s = list(dict.fromkeys(r.sha1 for r in records))
+    ctx.progress = Progress(len(sha1s), "images encoded", recount=lambda: _cached_count(ctx.cache, sha1s))
+    if ctx.cache.missing(sha1s):  # all cached: the model is not even loaded
         failures = extract_features(records, ctx.layout.data, ctx.backbone, ctx.cache, **options)
     failures += encode_targets(ctx.config.dataset, ctx.layout, lambda: ctx.backbone, ctx.cache, **options)
     views = ctx.augment_views()
@@ -116,6 +119,12 @@ def features(ctx: RunContext) -> int:
         append_exclusions(ctx.layout, [("features", path, reason) for path, reason in failures])
     ranks.barrier()  # exclusions.csv is written before any rank reads it
     return len(failures)
+
+
+def _cached_count(cache: FeatureCache, sha1s: list[str]) -> int:
+    """How many of ``sha1s`` the cache holds now, shards committed since it was opened included."""
+    cache.refresh()
+    return len(sha1s) - len(cache.missing(sha1s))
 
 
 def _fit_key(ctx: RunContext, method: str, train: list[Record], val: list[Record], class_names: list[str]) -> str:
@@ -145,7 +154,8 @@ def train(ctx: RunContext) -> list[str]:
     class_names = view.names(classes.readable)
     first_epoch = []  # units that kept their first epoch (reported at the end, trained now or before)
     pending = []  # (unit, train records, val records, fit key) of every unit not trained with these inputs
-    for method, shots, seed in units(ctx.config):
+    all_units = list(units(ctx.config))
+    for method, shots, seed in all_units:
         train_records, val_records = load_split(ctx.layout, seed, shots) if shots else ([], [])
         train_records = view.select(available(ctx, train_records))
         val_records = view.select(available(ctx, val_records))
@@ -173,6 +183,7 @@ def train(ctx: RunContext) -> list[str]:
     alone, together = [u for u in pending if not shared(u[0])], [u for u in pending if shared(u[0])]
     mine = ranks.mine(alone) + together if ranks.distributed else pending
     trained = []
+    progress = ctx.progress = Progress(len(all_units), "units trained", done=len(all_units) - len(pending))
     bar = tqdm(mine, desc="train", unit="head", disable=not (ctx.config.output.progress and ranks.is_main))
     for (method, shots, seed), train_records, val_records, key in bar:
         bar.set_postfix_str(unit_name(method, shots, seed))
@@ -223,6 +234,7 @@ def train(ctx: RunContext) -> list[str]:
             ctx.on_trained(unit_name(method, shots, seed), head.history_)
         log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
         trained.append(unit_name(method, shots, seed))
+        progress.done += 1
     if ranks.distributed:
         trained = sorted({name for names in ranks.gather(trained) for name in names})
         first_epoch = sorted({unit for units_ in ranks.gather(first_epoch) for unit in units_})

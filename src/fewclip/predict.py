@@ -8,12 +8,14 @@ same label here as in the run's ``predictions/`` files.
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import load_config
@@ -82,14 +84,36 @@ def choose_head(heads: Sequence[tuple[str, int, int]], methods: Sequence[str], m
 
 
 def expand_images(paths: Iterable[Path | str]) -> list[Path]:
-    """Files as given (whatever their suffix); folders become their images by suffix, recursive, sorted."""
+    """Files as given (whatever their suffix); folders become their images by suffix, recursive, sorted.
+
+    Entries that are not folders are kept even when they are not regular files (a FIFO named ``x.png``), so
+    that ``read_regular_image`` reports them by name instead of them vanishing from the output."""
     images: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         else:
             images.append(path)  # a missing file is reported by predict, by name
     return images
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"))
+
+
+def read_regular_image(path: Path | str) -> Image.Image:
+    """``read_image`` of a regular file (symlinks followed); anything else is ``UnreadableImage`` naming it.
+
+    Reading a FIFO blocks until something writes to it, and a device such as /dev/zero never ends, so
+    predict would hang on such a path instead of classifying the other images."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return read_image(path)  # missing or not allowed: read_image names the path and the reason
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+        raise UnreadableImage(f"{path}: not a regular file ({kind}); only regular image files are read")
+    return read_image(path)
 
 
 class Classifier:
@@ -121,7 +145,7 @@ class Classifier:
         bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
         for index, path in enumerate(images):
             try:
-                batch.append((index, self.backbone.transform(read_image(path))))
+                batch.append((index, self.backbone.transform(read_regular_image(path))))
             except UnreadableImage as err:
                 results[index] = Prediction(str(path), error=str(err))
             if batch and (len(batch) == self.batch_size or index == len(images) - 1):
@@ -186,9 +210,12 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     from .backbones import load_backbone
     from .heads import load_head
 
+    from .run_dir import check_run_kind
+
     layout = RunLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
+    check_run_kind(layout.root, "classification", f"predict {layout.root} IMAGE...")
     config = load_config(layout.config)
     (method, shots, seed), why = default_head(layout, config.methods, method, shots, seed)
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))

@@ -21,6 +21,7 @@ from .distributed import SINGLE, Ranks
 from .features import FeatureCache, augmented_fingerprint, load_features
 from .fileio import atomic_write_text, read_csv, write_csv
 from .heads import HEADS, FeatureSet, ImageSet
+from .interrupt import Progress
 from .layout import RunLayout
 from .run_dir import check_location
 
@@ -37,6 +38,7 @@ class RunContext:
     # called as on_epoch(unit, row) as each epoch of a unit ends (the CLI's live W&B curves)
     on_epoch: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
     ranks: Ranks = SINGLE  # this process's place in a torchrun job (see fewclip.distributed)
+    progress: Progress | None = None  # how far the running stage got (said when a command is interrupted)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)

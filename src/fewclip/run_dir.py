@@ -5,7 +5,9 @@
   ``output.dir`` cannot overwrite a user's ``config.yaml`` or ``data/``.
 - It may not lie inside the dataset folder (the next prepare would read the run's images as a class).
 - While a command runs it holds an exclusive ``flock`` on ``.fewclip-run.lock``: a second command on
-  the same directory fails at once, naming the process that holds it.
+  the same directory fails at once, naming the process that holds it. The lock belongs to the command's
+  process alone: a process it forks (a DataLoader worker) drops its copy of the lock's descriptor, so a
+  killed command's orphaned workers never keep the directory locked (``_drop_locks_in_child``).
 - A command whose config differs from the run's ``config.yaml`` in a run-defining key (model, dataset,
   prompts, few_shot, splits) is refused unless forced; other keys may change freely (see ``FREE_KEYS``).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config
+from .config_yaml import ConfigFileError, read_yaml_file
 from .distributed import SINGLE, Ranks
 from .fileio import write_json
 from .heads import HEADS, list_heads
@@ -38,6 +41,37 @@ FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache
 
 class RunDirError(ValueError):
     """A run directory that may not be used by this command; the message says why and what to do."""
+
+
+# Top-level config blocks only one kind of run has (classification: fewclip.config; captioning:
+# fewclip.caption.config), so a run directory handed to the other kind's command is named as such
+# instead of failing validation key by key.
+KIND_BLOCKS = {"classification": ("dataset", "few_shot", "splits", "prompts"),
+               "caption": ("data", "decode", "attention", "clipscore_model")}
+KIND_NAMES = {"classification": "a classification run", "caption": "a captioning run"}
+KIND_COMMANDS = {"classification": "fewclip", "caption": "fewclip caption"}
+
+
+def run_kind(root: Path) -> str | None:
+    """"classification" or "caption" by the top-level blocks of the run's config.yaml; None when it has
+    none, cannot be read, or shows neither (its own command then says what is wrong with it)."""
+    try:
+        blocks = read_yaml_file(RunLayout(root).config)
+    except (OSError, ConfigFileError):
+        return None
+    if not isinstance(blocks, dict):
+        return None
+    kinds = [kind for kind, keys in KIND_BLOCKS.items() if any(key in blocks for key in keys)]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def check_run_kind(root: Path, expected: str, usage: str) -> None:
+    """Refuse a run directory of the other kind, naming the command for it: ``usage`` is that command's
+    arguments (``predict RUN IMAGE...``), said after ``fewclip`` or ``fewclip caption``."""
+    kind = run_kind(root)
+    if kind is not None and kind != expected:
+        raise RunDirError(f"{root} is {KIND_NAMES[kind]}, not {KIND_NAMES[expected]}; use "
+                          f"`{KIND_COMMANDS[kind]} {usage}`")
 
 
 def run_root(config: Config) -> Path:
@@ -115,6 +149,42 @@ def claim(root: Path) -> None:
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
+# Descriptors of the run-dir locks this process holds. A flock belongs to the open file, which a forked
+# child shares: DataLoader workers (forked, and living on for seconds after their parent is SIGKILLed,
+# until their watchdog notices) would otherwise keep the run directory locked for a dead command.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child: point each inherited lock descriptor at /dev/null. The parent's descriptor keeps
+    its lock (a flock lasts while any descriptor of the open file does); the child's no longer does.
+    dup2 rather than close, so the child's copy of the file object later closes /dev/null, never a
+    descriptor number reused for something else."""
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in _HELD_LOCKS:
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` exists (True when unknown or not ours to signal: assume it is live)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
+
+
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory; fail at once if another command holds it."""
@@ -125,14 +195,20 @@ def locked(root: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
+            if holder != "unknown" and not _alive(holder):  # children of a dead command that still hold it
+                raise RunDirError(f"run dir {root} is locked by processes that pid {holder}, which has ended, "
+                                  "left behind; they usually exit within seconds: run the command again (if it "
+                                  f"persists, `fuser -v {RunLayout(root).lock}` lists them; end them)") from None
             raise RunDirError(f"run dir {root} is in use by pid {holder}; wait for it to finish "
                               "or choose another output.dir") from None
+        _HELD_LOCKS.add(handle.fileno())  # forked children drop it (above)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
     finally:
+        _HELD_LOCKS.discard(handle.fileno())
         handle.close()  # closing releases the lock; a killed process releases it too
 
 

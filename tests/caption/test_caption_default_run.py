@@ -4,6 +4,8 @@ above the untrained decoder's, which says one plausible caption whatever the ima
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,14 @@ def test_the_embedded_default_learns_to_caption_the_world(tmp_path: Path, monkey
         assert int(test[method]["trainable_params"]) > 0 and int(test[method]["n_eval"]) == 96
     out = capsys.readouterr().out
     assert "untrained seed 0: test CIDEr" in out and f"results: {Path(DEFAULT_OUTPUT) / 'results' / 'caption_summary.csv'}" in out
+
+
+def test_a_quiet_caption_run_prints_nothing_on_stderr(tmp_path: Path) -> None:
+    """`fewclip -q` shows only warnings that concern the user: a clean run, made small, prints none (no
+    library deprecation notes such as GPT-2's `past_key_values`, no progress bars)."""
+    done = subprocess.run([sys.executable, "-m", "fewclip", "-q", "caption", "run", "default", "methods=[adapter]",
+                           "data.world_images=40", "training.epochs=1", f"output.dir={tmp_path / 'run'}",
+                           f"cache.dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "adapter seed 0: test CIDEr" in done.stdout

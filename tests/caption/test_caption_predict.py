@@ -4,6 +4,7 @@ the run's captions for its test images, .json/.csv output, unreadable images rep
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,47 @@ def test_choose_captioner_rules(tmp_path: Path) -> None:
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", 0) == (("adapter", 0), "as asked")
     with pytest.raises(CaptionerNotTrained, match="no captioner for method=prefix"):
         choose_captioner(layout, ["adapter", "lora"], [0, 1], "prefix", None)
+
+
+def test_predict_skips_a_fifo_by_name_and_captions_the_other_image(world_caption_config, toy_pairs, watched_fifo,
+                                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = world_caption_config()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")  # the untrained baseline
+    good = toy_pairs[0][0]
+    assert main(["-q", "caption", "predict", str(tmp_path / "run"), str(watched_fifo.path), str(good),
+                 "--method", "untrained", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert (f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
+            in captured.err)
+    (line,) = captured.out.splitlines()
+    assert line.startswith(f"{good}\t") and line != f"{good}\t"
+    assert not watched_fifo.was_read.is_set()
+
+
+def test_a_run_of_the_other_kind_is_named_with_the_command_for_it(world_caption_config, make_config, toy_pairs,
+                                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A captioning run given to `fewclip predict` (or a stage), or a classification run given to
+    `fewclip caption ...`: one line naming the right command, not the other config's unknown keys."""
+    caption_dir, classification_dir = tmp_path / "captioning", tmp_path / "classification"
+    for folder, config in ((caption_dir, world_caption_config()), (classification_dir, make_config())):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    image = str(toy_pairs[0][0])
+    cases = [(["predict", str(caption_dir), image],
+              f"{caption_dir} is a captioning run, not a classification run; use "
+              f"`fewclip caption predict {caption_dir} IMAGE...`"),
+             (["caption", "predict", str(classification_dir), image],
+              f"{classification_dir} is a classification run, not a captioning run; use "
+              f"`fewclip predict {classification_dir} IMAGE...`"),
+             (["report", str(caption_dir)],
+              f"{caption_dir} is a captioning run, not a classification run; use `fewclip caption report {caption_dir}`"),
+             (["caption", "train", str(classification_dir)],
+              f"{classification_dir} is a classification run, not a captioning run; use "
+              f"`fewclip train {classification_dir}`")]
+    for args, message in cases:
+        caplog.clear()
+        assert main(args) == 2
+        assert capsys.readouterr().err == f"fewclip: error: {message}\n"
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # no deprecation notes

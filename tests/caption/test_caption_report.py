@@ -230,3 +230,27 @@ def test_a_val_split_gets_its_own_table_after_test(tmp_path: Path) -> None:
     assert answer["split"] == "test" and answer["winner"] == "adapter"  # val never picks the winner
     assert text.index("<h3>test split</h3>") < text.index("<h3>val split</h3>")
     assert "9.500 ± 0.000" in text
+
+
+def test_the_default_runs_report_embeds_every_image_it_promises(tmp_path: Path) -> None:
+    """The embedded default (world source, whose split files name images relative to the run directory), made
+    small: each example thumbnail, the curves and each attention panel is an embedded PNG, none missing."""
+    from fewclip.cli import main
+
+    root = tmp_path / "run"
+    assert main(["-q", "caption", "run", "default", "methods=[adapter]", "data.world_images=40", "training.epochs=1",
+                 f"output.dir={root}", f"cache.dir={tmp_path / 'cache'}"]) == 0
+    layout = CaptionLayout(root)
+    text = layout.report.read_text(encoding="utf-8")
+    assert "image not found" not in text and "unreadable image" not in text and "no figure" not in text
+    assert '<div class="missing">' not in text
+    test_images = json.loads(layout.split_file("test").read_text())["images"]
+    assert all(not Path(entry["file_name"]).is_absolute() for entry in test_images)  # relative to the run dir
+    panels = sum(1 for method in ("untrained", "adapter")
+                 for entry in json.loads((layout.attention_dir(method, 0) / "attention.json").read_text())["images"]
+                 if entry["panel"] is not None)
+    thumbnails = min(EXAMPLE_IMAGES, len(test_images))
+    sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', text)
+    assert len(sources) == thumbnails + 1 + panels  # examples, the training curves, the attention panels
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert len(re.findall(r'<img class="thumb" src="data:image/png;base64,', text)) == thumbnails

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -68,3 +70,15 @@ def test_generate_ids_follows_settings(caption_config):
     out = generate_ids(model, tokens, DecodeConfig(max_length=5))
     assert all(len(row) <= 5 for row in out)
     assert generate_ids(model, tokens, DecodeConfig(beam_size=1, max_length=5)) == out
+
+
+@pytest.mark.parametrize("method", ["prefix", "lora"])
+def test_decoding_with_the_cache_uses_no_deprecated_argument(caption_config, method):
+    """The KV cache goes to GPT-2 under the name this transformers gives it: passing `past_key_values` where
+    it was renamed `cache` is a FutureWarning on every decoding step (ten lines under `fewclip -q`)."""
+    model, memory = perturbed(caption_config, method)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        greedy_ids(model, memory, 6)
+        beam_ids(model, memory, 2, 6)
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []

@@ -80,6 +80,25 @@ def test_zero_shot_winning_a_budget_is_said_once_and_not_contradicted() -> None:
     assert "every shot budget" not in answer.headline
 
 
+def test_a_zero_shot_only_run_is_answered_and_recommends_zero_shot() -> None:
+    """A run of shot-free heads only (methods=[zero_shot]) still has an answer: its accuracy, and the head."""
+    zero = correct(0.62, 1, 12)
+    evidence = Evidence({"test": LABELS}, {("zero_shot", 0, "test"): zero})
+    support = [int((LABELS == c).sum()) for c in np.unique(LABELS)]
+    answer = build_answer([row("zero_shot", 0, zero)], [1, 4, 16], evidence, {"test": support},
+                          {("zero_shot", 0): 0}, {("zero_shot", 0): [0]})
+    (verdict,) = answer.primary()
+    assert (verdict.shots, [r["method"] for r in verdict.ranked]) == (0, ["zero_shot"])
+    expected = f"{100 * zero.mean():.2f}%"
+    assert sentence(verdict) == f"At 0 shots, only zero_shot has results: accuracy {expected} ± 0.00 (1 seed)."
+    assert "No method has results" not in answer.headline
+    assert "only zero_shot has results at 0 shots" in answer.headline
+    assert "Recommended: zero_shot at 0 shots (no head trained on labelled images" in answer.headline
+    rec = answer.recommendation
+    assert (rec["method"], rec["shots"], rec["seed"], rec["accuracy_mean"]) == ("zero_shot", 0, 0, zero.mean())
+    assert expected in rec["why"]
+
+
 def test_the_recommendation_is_the_cheapest_head_not_worse_than_the_best() -> None:
     strong = correct(0.9, 3, 7)
     nearly = strong.copy()

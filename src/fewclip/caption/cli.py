@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, default_cache_dir
+from ..interrupt import exit_interrupted, interrupted_line
 
 if TYPE_CHECKING:
     from .config import CaptionConfig
@@ -46,8 +47,11 @@ def _error(message: object) -> int:
     return 2
 
 
-def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """A first word with '=' is an override; a run directory stands for its config.yaml and output.dir."""
+def _config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
+    """A first word with '=' is an override; a run directory stands for its config.yaml and output.dir (a
+    classification run's directory is refused, naming ``fewclip <command>``)."""
+    from ..run_dir import check_run_kind
+
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
     if config is not None and Path(config).is_dir():
@@ -55,6 +59,7 @@ def _config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, l
         if not resolved.is_file():
             raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip caption run directory; "
                               "give a caption YAML config or a caption run directory")
+        check_run_kind(Path(config), "caption", f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
@@ -85,8 +90,10 @@ def caption_main(args: argparse.Namespace) -> int:
     from .run_context import CaptionRun
     from .run_dir import open_caption_run
 
+    stage: str | None = None  # the stage running, and its run: what an interrupted command reports
+    running: CaptionRun | None = None
     try:
-        config_path, overrides = _config_arg(args.config, list(args.overrides))
+        config_path, overrides = _config_arg(args.config, list(args.overrides), args.caption_command)
         if args.quiet:
             overrides.append("output.progress=false")
         base = embedded_caption_config(Path(default_cache_dir())) if config_path is None else None
@@ -96,13 +103,15 @@ def caption_main(args: argparse.Namespace) -> int:
         if set(stages) & {"encode", "train", "evaluate"}:
             check_models(config)  # a missing encoder or decoder fails before the run dir is touched
         with open_caption_run(config, force=args.force), logging_redirect_tqdm():
-            run = CaptionRun(config)
+            run = running = CaptionRun(config)
             for stage in stages:
-                start = time.perf_counter()
+                start, run.progress = time.perf_counter(), None  # each stage says its own progress, if any
                 STAGES[stage](run)
                 logging.info("caption %s done in %.1fs", stage, time.perf_counter() - start)
     except (ConfigError, RunDirError, FileNotFoundError, ValueError, KeyError, OSError, ImportError) as err:
         return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except KeyboardInterrupt:
+        return exit_interrupted(interrupted_line(stage, running.progress if running is not None else None))
     if "evaluate" in stages or "report" in stages:
         _print_summary(run)
     if run.layout.report.is_file() and "report" in stages:

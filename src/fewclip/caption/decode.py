@@ -57,7 +57,7 @@ def _step(model: Any, ids: torch.Tensor, memory: torch.Tensor, cache: Any) -> tu
     if cache is None:
         return model.decoder_step(ids, memory).logits[:, -1].float(), None
     out = model.decoder_step(ids[:, -1:], memory, cache)
-    return out.logits[:, -1].float(), out.past_key_values
+    return out.logits[:, -1].float(), model.step_cache(out)
 
 
 def greedy_ids(model: Any, memory: torch.Tensor, max_length: int, use_cache: bool = True) -> list[list[int]]:

@@ -24,6 +24,8 @@ exactly the starting point of that seed's trained methods.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import re
 from typing import Any, Iterator, Literal
 
@@ -285,7 +287,7 @@ class CaptionModel(nn.Module):
 
         ``key_mask`` (B, past + L) marks real caption tokens (0 for right padding) among all tokens seen
         so far, prefix excluded. Positions continue from the cache. Returns the HF output (logits,
-        past_key_values, cross_attentions when asked for).
+        the cache (``step_cache``), cross_attentions when asked for).
         """
         batch, length = input_ids.shape
         prefix = self.prefix_tokens
@@ -296,9 +298,14 @@ class CaptionModel(nn.Module):
             key_mask = torch.ones(batch, seen + length, dtype=torch.bool, device=input_ids.device)
         positions = torch.arange(seen, seen + length, device=input_ids.device)
         mask = _additive_mask(key_mask.bool(), positions, prefix, memory.dtype if memory.is_floating_point() else torch.float32)
-        return self.decoder(input_ids=input_ids, encoder_hidden_states=memory, past_key_values=cache,
+        return self.decoder(input_ids=input_ids, encoder_hidden_states=memory, **{cache_keyword(): cache},
                             attention_mask=mask, position_ids=positions[None].expand(batch, -1),
                             use_cache=cache is not None, output_attentions=output_attentions)
+
+    @staticmethod
+    def step_cache(output: Any) -> Any:
+        """The updated KV cache of a ``decoder_step`` output."""
+        return getattr(output, cache_keyword())
 
     def loss(self, encoder_tokens: torch.Tensor, input_ids: torch.Tensor, key_mask: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:
@@ -309,6 +316,16 @@ class CaptionModel(nn.Module):
         logits = out.logits[:, :-1].float()
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].to(device).reshape(-1),
                                            ignore_index=-100)
+
+
+@functools.cache
+def cache_keyword() -> str:
+    """What GPT-2's forward calls its KV cache, argument and output field alike: ``cache`` in the
+    transformers releases that renamed it (``past_key_values`` there is deprecated: a FutureWarning on every
+    call), ``past_key_values`` in the 5.x releases before."""
+    from transformers import GPT2LMHeadModel
+
+    return "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
 
 
 def _additive_mask(key_mask: torch.Tensor, positions: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:

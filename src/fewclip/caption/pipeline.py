@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..fileio import remove_stale_temporaries, write_csv, write_json
+from ..interrupt import Progress
 from .config import CaptionConfig
 from .data import CaptionData, CaptionItem, load_caption_data
 from .decode import DecodeConfig, caption_tokens
@@ -97,6 +98,8 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
     if not pending:
         return []
     tokens = run.tokens()
+    units = len(config.methods) * len(config.seeds)
+    progress = run.progress = Progress(units, "units trained", done=units - len(pending))
     data = run.data
     examples = [(item.sha1, caption) for item in data.train for caption in item.captions]
     greedy = DecodeConfig(beam_size=1, max_length=config.decode.max_length)  # selection decodes greedily
@@ -121,6 +124,7 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
         log.info("train: %s seed %d done in %.1fs, best epoch %d (val CIDEr %s)", method, seed, done.seconds,
                  done.best_epoch, f"{done.best_score:.3f}" if done.best_score is not None else "n/a")
         trained.append(f"{method}/seed_{seed}")
+        progress.done += 1
     return trained
 
 

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.images import UnreadableImage, read_image
+from ..data.images import UnreadableImage
 from ..fileio import read_csv, write_csv, write_json
-from ..predict import expand_images
+from ..predict import expand_images, read_regular_image
 from .config import BASELINE, load_caption_config
 from .decode import DecodeConfig, caption_tokens
 from .layout import CaptionLayout
@@ -96,7 +96,7 @@ class Captioner:
         images = expand_images(paths)
         for index, path in enumerate(images):
             try:
-                pixels.append((index, self.model.transform(read_image(path))))
+                pixels.append((index, self.model.transform(read_regular_image(path))))
             except UnreadableImage as err:
                 results[index] = CaptionResult(str(path), error=str(err))
         for start in range(0, len(pixels), self.batch_size):
@@ -114,9 +114,12 @@ def load_captioner(run_dir: Path | str, method: str | None = None, seed: int | N
     from .artifacts import load_caption_model
     from .model import CaptionModel
 
+    from ..run_dir import check_run_kind
+
     layout = CaptionLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip caption run directory")
+    check_run_kind(layout.root, "caption", f"predict {layout.root} IMAGE...")
     config = load_caption_config(layout.config)
     (method, seed), why = choose_captioner(layout, config.methods, config.seeds, method, seed)
     overrides = {"attention_layer": config.attention.layer, **({"device": device} if device else {})}

@@ -13,7 +13,9 @@ winner test, see ``caption.answer``) and ``results/attention``.
                  "panel": "00012.png"}]} # a PNG file name inside that folder (no sub-folders)
 
 Predictions' ``image`` is the image's ``file_name`` in ``data/<split>.json``; its thumbnail is read from
-that file's ``path`` field when it has one (relative to ``data/``), else ``data/<file_name>`` or ``data/images/<file_name>``.
+that file's ``path`` field when it has one (relative to ``data/``), else from ``file_name`` as prepare writes
+it (relative to the run directory, or absolute), else ``data/<file_name>`` or ``data/images/<file_name>``
+(COCO-style names).
 """
 
 from __future__ import annotations
@@ -141,14 +143,17 @@ def curves_section(page: CaptionPage, summary: list[dict[str, str]]) -> str:
 
 
 def image_files(layout: CaptionLayout, split: str) -> dict[str, Path]:
-    """file_name in data/<split>.json -> the image file (its ``path`` field, else under data/)."""
+    """file_name in data/<split>.json -> the image file (the first of the places in the module doc that
+    holds it; the first place when none does)."""
     if not layout.split_file(split).is_file():
         return {}
     files = {}
     for entry in read_json(layout.split_file(split)).get("images", []):
         name = str(entry.get("file_name", ""))
         candidates = [layout.data / str(entry["path"])] if entry.get("path") else []  # an absolute path stays as is
-        candidates += [layout.data / name, layout.data / "images" / name]
+        # prepare's file_name is relative to the run directory (``splits.stored_path``), like the attention
+        # panels' images; an absolute one stays as is
+        candidates += [layout.root / name, layout.data / name, layout.data / "images" / name]
         files[name] = next((c for c in candidates if c.is_file()), candidates[0])
     return files
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
+from ..interrupt import Progress
 from .config import BASELINE, CaptionConfig
 from .data import CaptionData
 from .layout import CaptionLayout
@@ -21,6 +22,7 @@ class CaptionRun:
     """A caption config, its run directory, and what the stages share (loaded on first use)."""
 
     config: CaptionConfig
+    progress: Progress | None = None  # how far the running stage got (said when a command is interrupted)
     _data: CaptionData | None = field(default=None, repr=False)
     _tokens: Any = field(default=None, repr=False)
     _encoder_model: Any = field(default=None, repr=False)
@@ -83,6 +85,7 @@ class CaptionRun:
 
             images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
             remove_stale_temporaries(self.cache_root / "features")
+            self.progress = Progress(len(images), "images encoded", recount=lambda: self._cached_count(list(images)))
             self._tokens = EncoderTokens(self.baseline_model(), images, self.cache_root,
                                          self.config.training.cache_budget_mb, self.config.batch_size,
                                          progress=self.config.output.progress)
@@ -92,6 +95,13 @@ class CaptionRun:
                                  f"since prepare):\n  {listed}\nRun `fewclip caption prepare` again after deleting "
                                  f"{self.layout.data / '*.json'}")
         return self._tokens
+
+    def _cached_count(self, sha1s: list[str]) -> int:
+        """How many of ``sha1s`` have their encoder tokens cached now (while ``tokens()`` encodes them)."""
+        from ..features import FeatureCache
+
+        cache = FeatureCache(self.cache_root, self.baseline_model().encoder_fingerprint())
+        return len(sha1s) - len(cache.missing(sha1s))
 
 
 # The model keys that change what a method's captioner learns or says: the other methods' keys, the

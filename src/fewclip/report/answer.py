@@ -6,6 +6,8 @@ Rules (stated in the text the report prints, so a reader can check them):
   largest class support > ``IMBALANCE_RATIO`` x the smallest, where always answering the largest class
   already scores well and accuracy mostly measures the large classes.
 - At each budget the candidates are the trained methods at that budget and the shot-free ones (zero-shot).
+  Where no trained method has results on the split (a run of ``methods=[zero_shot]``), the shot-free ones are
+  the candidates at one budget, 0 shots, and the recommendation is among them: a shot-free head is an answer too.
   The best mean is *named the winner* only if the paired test over seeds (``fewclip.stats.paired_test``)
   finds it better than every other candidate at level ``ALPHA`` (needing each comparison significant is
   an intersection-union test: no multiplicity correction is needed for "better than all"). Otherwise the
@@ -131,13 +133,23 @@ def verdicts(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidenc
     for split in sorted({r["split"] for r in accuracy}, key=split_key):
         metric = metrics.get(split, "accuracy")
         rows = [r for r in accuracy if r["split"] == split and r.get(f"{metric}_mean") is not None]
+        free_rows = [r for r in rows if r["method"] in shot_free]
+        if free_rows and not any(r["method"] not in shot_free for r in rows):
+            # only shot-free heads have results (a zero-shot-only run): they are the answer, at 0 shots
+            out.append(_verdict(split, 0, metric, free_rows, evidence, order, alpha))
+            continue
         for shots in sorted(set(budgets) | {r["shots"] for r in rows if r["shots"] > 0}):
             trained = [r for r in rows if r["shots"] == shots and r["method"] not in shot_free]
-            ranked = sorted(trained + ([r for r in rows if r["method"] in shot_free] if trained else []),
-                            key=lambda r: (-r[f"{metric}_mean"], order[r["method"]]))
-            tests = {r["method"]: compare(evidence, ranked[0], r, split, metric) for r in ranked[1:]}
-            out.append(Verdict(split, shots, metric, ranked, tests, alpha))
+            out.append(_verdict(split, shots, metric, trained + (free_rows if trained else []), evidence, order, alpha))
     return out
+
+
+def _verdict(split: str, shots: int, metric: str, candidates: Sequence[dict[str, Any]], evidence: Evidence,
+             order: dict[str, int], alpha: float) -> Verdict:
+    """The candidates at one budget, best mean first, with the paired test of the best against each other."""
+    ranked = sorted(candidates, key=lambda r: (-r[f"{metric}_mean"], order[r["method"]]))
+    tests = {r["method"]: compare(evidence, ranked[0], r, split, metric) for r in ranked[1:]}
+    return Verdict(split, shots, metric, ranked, tests, alpha)
 
 
 def score(row: dict[str, Any], metric: str) -> str:
@@ -217,7 +229,10 @@ def recommend(answer_verdicts: Sequence[Verdict], accuracy: Sequence[dict[str, A
     chosen = min(kept, key=lambda r: (r["shots"], params.get((r["method"], r["shots"]), 0), -r[f"{metric}_mean"]))
     seed = min(unit_seeds.get((chosen["method"], chosen["shots"]), [0]))
     name = METRIC_NAMES[metric]
-    if chosen is best:
+    if top.shots == 0:
+        why = (f"no head trained on labelled images has results on the {SPLIT_NAMES.get(split, split)}; "
+               f"{chosen['method']} has the best mean {name} of the heads that need none, {score(chosen, metric)}")
+    elif chosen is best:
         why = (f"the best mean {name} at the largest budget ({shots_text(top.shots)}), "
                f"{score(best, metric)}, and no cheaper head is statistically as good")
     else:
@@ -269,13 +284,17 @@ def headline_text(answer: Answer) -> str:
         return f"No method has results on the {where}."
     size = f"{answer.n_images} images" if answer.n_images else "an unknown number of images"
     wins: dict[str, list[int]] = {}
+    alone: dict[str, list[int]] = {}  # budgets where one method alone has results: nothing to test
     open_budgets = []
     for verdict in mine:
-        if verdict.winner is None:
+        if len(verdict.ranked) == 1:
+            alone.setdefault(verdict.ranked[0]["method"], []).append(verdict.shots)
+        elif verdict.winner is None:
             open_budgets.append(verdict.shots)
         else:
             wins.setdefault(verdict.winner, []).append(verdict.shots)
     parts = [f"{method} is significantly best at {budgets_text(shots)}" for method, shots in wins.items()]
+    parts += [f"only {method} has results at {budgets_text(shots)}" for method, shots in alone.items()]
     if open_budgets:
         parts.append(f"at {budgets_text(open_budgets)} the leading methods are indistinguishable on this test set "
                      f"of {size}" if parts else
