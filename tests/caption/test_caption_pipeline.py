@@ -146,6 +146,21 @@ def test_a_changed_recipe_retrains_only_that_method(world_caption_config, tmp_pa
     assert train(CaptionRun(changed)) == ["prefix/seed_0"]  # adapter's fit key ignores prefix_length
 
 
+def test_a_truncated_captioner_is_named_and_trained_again(world_caption_config, caplog: pytest.LogCaptureFixture) -> None:
+    run = CaptionRun(world_caption_config("methods=[lora]", "training.epochs=1"))
+    prepare(run)
+    assert train(run) == ["lora/seed_0"]
+    weights = run.layout.model_dir("lora", 0) / WEIGHTS
+    intact = load_caption_model(weights.parent).trainable_state()
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert train(CaptionRun(run.config)) == ["lora/seed_0"]  # not skipped as trained
+    assert f"{weights}: damaged captioner weights" in caplog.text and "training this captioner again" in caplog.text
+    retrained = load_caption_model(weights.parent).trainable_state()
+    assert retrained.keys() == intact.keys()
+    assert train(CaptionRun(run.config)) == []
+
+
 def test_prepare_stores_paths_relative_to_the_run(world_caption_config) -> None:
     run = CaptionRun(world_caption_config())
     prepare(run)

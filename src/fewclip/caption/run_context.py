@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
+from ..heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_tensors
 from ..interrupt import Progress
 from .config import BASELINE, CaptionConfig
 from .data import CaptionData
 from .layout import CaptionLayout
 from .splits import SPLITS, read_splits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,10 +134,20 @@ def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, we
 
 
 def saved_fit_key(layout: CaptionLayout, method: str, seed: int) -> str | None:
-    manifest = layout.model_dir(method, seed) / "captioner.json"
+    """The fit key of a saved captioner whose weights are intact; None (trained again) when there is none, or
+    its manifest or weights are damaged (then a warning names the file)."""
+    folder = layout.model_dir(method, seed)
+    manifest = folder / "captioner.json"
     try:
-        return read_json(manifest).get("fit_key") if manifest.is_file() else None
-    except (ValueError, OSError):
-        return None  # a damaged manifest: trained again
+        meta = read_json(manifest) if manifest.is_file() else None
+        if meta is not None and meta.get("config", {}).get("method") != BASELINE:  # the untrained baseline has none
+            read_tensors(folder / "captioner.safetensors", meta.get(SAFETENSORS_SHA256), "captioner weights")
+    except DamagedArtifact as err:
+        log.warning("%s: damaged %s (%s); training this captioner again", err.path, err.what, err.reason)
+        return None
+    except (ValueError, OSError) as err:
+        log.warning("%s: unreadable (%s); training this captioner again", manifest, err)
+        return None
+    return meta.get("fit_key") if isinstance(meta, dict) else None
 
 
