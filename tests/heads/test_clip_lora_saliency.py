@@ -16,9 +16,10 @@ from fewclip.heads import Task
 from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.subset import ClassSubset
 from fewclip.heads.zero_shot import ZeroShotHead
-from fewclip.saliency import patch_saliency, saliency_terms
+from fewclip.saliency import patch_saliency
 from fewclip.world import CHECKPOINT
 from fewclip.world.render import image_rng, render
+from tests.heads.image_tasks import assert_same_map_terms
 
 TEMPLATE = "a photo of a {}."
 NAMES = ["red cross", "blue circle", "green diamond", "orange star"]
@@ -52,20 +53,6 @@ def lora_b(head: ClipLoraHead) -> list[torch.nn.Parameter]:
 
 
 
-def assert_same_map_terms(backbone: Any, head: Any, frozen: Any, pixels: torch.Tensor) -> None:
-    """The head's map is built from the frozen model's gradient and activations: compared before the ReLU and
-    the max-normalisation, which amplify rounding (on the tiny CLIP a cell's evidence is a sum of terms that
-    nearly cancel, so BLAS's summation order alone can move a normalised cell by 0.15 on another CPU); the
-    normalised maps are compared where a cell's evidence is clear of that cancellation."""
-    gradient, activations, _ = saliency_terms(backbone, head, pixels)
-    frozen_gradient, frozen_activations, _ = saliency_terms(backbone, frozen, pixels)
-    torch.testing.assert_close(activations, frozen_activations, atol=1e-5 * float(frozen_activations.abs().max()), rtol=1e-4)
-    torch.testing.assert_close(gradient, frozen_gradient, atol=1e-5 * float(frozen_gradient.abs().max()), rtol=1e-4)
-    terms = frozen_gradient * frozen_activations
-    clear = (terms.sum(-1).abs() > 1e-2 * terms.abs().sum(-1)).numpy()
-    maps, frozen_maps = patch_saliency(backbone, head, pixels)[0], patch_saliency(backbone, frozen, pixels)[0]
-    assert clear.mean() > 0.5, clear.mean()  # most cells are compared
-    np.testing.assert_allclose(maps[clear], frozen_maps[clear], atol=1e-4, rtol=0)
 
 def test_with_b_zero_the_map_is_the_frozen_zero_shot_map(backbone: Any, setting: tuple) -> None:
     names, pixels = setting

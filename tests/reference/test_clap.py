@@ -5,7 +5,6 @@ averaged per class) and ``AdapterMethod.zero_shot_constraint`` (``mean(alpha * |
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -13,17 +12,12 @@ import torch
 from torch import nn
 
 import fewclip.heads.zs_lp as zs_lp_module
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClapHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 from tests.reference.clap_trainer import (CASES, EPOCHS, TEMPLATES, YAML, base_text_features, forward_lp,
                                           reference_pool_orders, run_epochs, with_views)
 from tests.reference.recording import recording
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
 
 
 def init_lagrangian_multipliers(labels_ds: torch.Tensor, logits_ds: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ and ``ratio = 0.2``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -16,17 +15,12 @@ import torch
 from torch import nn
 
 import fewclip.heads.clip_adapter as clip_adapter_module
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClipAdapterHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 from tests.reference.clap_trainer import (CASES, EPOCHS, TEMPLATES, YAML, base_text_features,
                                           reference_pool_orders, run_epochs, with_views)
 from tests.reference.recording import recording
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
 
 
 class ClipAdapterReference(nn.Module):

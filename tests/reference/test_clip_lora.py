@@ -31,21 +31,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from fewclip.backbones import load_backbone
-from fewclip.backbones.config import ModelConfig
 from fewclip.heads import Task
 from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.image_batches import epoch_order
 from fewclip.heads.lora_clip import adapter_state, lora_clip
 
-from tests.heads.image_tasks import pixels_of, shapes_sets
+from tests.heads.image_tasks import pixels_of
 from tests.reference.plain_clip import PlainClip, normalize
 
 SEED = 3
@@ -132,16 +129,6 @@ def reference_run(model: LoraReference, args: Args, token_ids: torch.Tensor, pix
         epoch += 1
     model.training = False
     return epoch_rates
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> Any:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir: Path) -> dict[str, Any]:
-    return shapes_sets(shapes_dir)
 
 
 def reference_name(peft_name: str) -> tuple[str, str]:

@@ -14,7 +14,6 @@ it by ~0.5 (keeping the partial batch would move it ~0.3 elsewhere).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import fewclip.heads.coop
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import CoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
@@ -31,16 +30,6 @@ from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPTe
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05  # a large rate: the context moves by ~0.5, so any wrong step shows
 LOGITS_TOL = dict(atol=1e-5, rtol=1e-5)  # logits ~10: the logit scale times fp32 rounding of the cosines
 PARAMS_TOL = dict(atol=1e-5, rtol=0.0)  # observed <= 1e-6 after 6 steps that move the context by ~0.5
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def clip(backbone: CLIPBackbone) -> ReferenceCLIPText:
-    return ReferenceCLIPText(backbone)
 
 
 class ReferenceCoOp:

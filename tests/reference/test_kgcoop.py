@@ -12,7 +12,6 @@ the context after 3 epochs, each epoch's loss and the logits, with ``test_coop``
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import fewclip.heads.coop
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import KgCoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
@@ -30,16 +29,6 @@ from tests.reference.test_coop import LOGITS_TOL, PARAMS_TOL, epoch_means
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05
 TEMPLATE = "a photo of the {}."  # the dataset's CUSTOM_TEMPLATES entry (fewclip: prompts.templates)
 W = 8.0  # scripts/run.sh -> base2new_train.sh, scripts/xd_train.sh: TRAINER.COOP.W 8.0
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def clip(backbone: CLIPBackbone) -> ReferenceCLIPText:
-    return ReferenceCLIPText(backbone)
 
 
 class ReferenceKgCoOp:

@@ -32,20 +32,17 @@ prompts and projections. Precision is fp32 on both sides (the reference trains i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from fewclip.backbones import load_backbone
-from fewclip.backbones.config import ModelConfig
 from fewclip.heads import ImageSet, Task
 from fewclip.heads.image_batches import epoch_order
 from fewclip.heads.maple import MapleConfig, MapleHead, MapleNet
 
-from tests.heads.image_tasks import pixels_of, shapes_sets
+from tests.heads.image_tasks import pixels_of
 from tests.reference.plain_clip import Hook, PlainClip, normalize
 
 SEED = 5
@@ -186,16 +183,6 @@ def reference_run(model: MapleReference, cfg: Cfg, pixels: torch.Tensor, labels:
             if batch_idx + 1 == len(batches):
                 scheduler.step()
     return rates
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> Any:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir: Path) -> dict[str, Any]:
-    return shapes_sets(shapes_dir)
 
 
 def test_defaults_are_the_official_config() -> None:

@@ -15,7 +15,6 @@ epochs, each epoch's cross-entropy and the logits, with ``test_coop``'s toleranc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fewclip.heads.coop
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ProGradHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
@@ -34,16 +33,6 @@ SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05
 TEMPLATE = "a photo of a {}."  # CUSTOM_TEMPLATES["ImageNet"] in trainers/prograd.py
 N_CTX, LAMBDA, T = 16, 1.0, 1.0  # scripts/prograd.sh: N_CTX 16, LOSS.LAMBDA 1.0; configs: LOSS.T 1.0
 NAMES = TASK_NAMES[::-1]  # names that zero-shot maps to the wrong features: CE and KL pull apart
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def clip(backbone: CLIPBackbone) -> ReferenceCLIPText:
-    return ReferenceCLIPText(backbone)
 
 
 class ReferenceProGrad:

@@ -7,25 +7,19 @@ model's is not 100)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import FeatureSet, Task, TipAdapterHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]
 IMAGENET_YAML = {"search_scale": [7, 3], "search_step": [200, 20], "init_beta": 1, "init_alpha": 1.17}  # configs/imagenet.yaml
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
 
 
 def clip_classifier(backbone: CLIPBackbone, classnames: list[str], template: list[str]) -> torch.Tensor:

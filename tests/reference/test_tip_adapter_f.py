@@ -8,7 +8,6 @@ both keep the last epoch (``select: last``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -17,17 +16,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import fewclip.heads.tip_adapter_f as tip_adapter_f_module
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import FeatureSet, Task, TipAdapterFHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 from tests.reference.recording import FitRecord, recording
 from tests.reference.test_tip_adapter import (IMAGENET_YAML, TEMPLATES, augmented_passes, build_cache_model,
                                               clip_classifier, normalized, search_hp, tip_logits)
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
 
 
 IMAGENET_F = {"lr": 0.001, "train_epoch": 20, "batch_size": 256, "eps": 1e-4}  # configs/imagenet.yaml, main.py

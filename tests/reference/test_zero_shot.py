@@ -7,22 +7,15 @@ by the backbone's ``logit_scale`` (a documented deviation of ``zero_shot``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
 import torch
 
-from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
+from fewclip.backbones import CLIPBackbone
 from fewclip.heads import Task, ZeroShotHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 
 
 TEMPLATES = ["a photo of a {}.", "a bad photo of the {}.", "a drawing of a {}."]
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> CLIPBackbone:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
 
 
 def zeroshot_classifier(backbone: CLIPBackbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
