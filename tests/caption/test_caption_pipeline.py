@@ -19,6 +19,7 @@ from fewclip.caption.run_context import CaptionRun
 from fewclip.caption.splits import SPLITS, read_split
 from fewclip.cli import main
 from fewclip.fileio import read_csv, read_json
+from fewclip.heads.artifacts import DamagedArtifact
 
 
 def write_config(config, path: Path) -> Path:
@@ -159,6 +160,23 @@ def test_a_truncated_captioner_is_named_and_trained_again(world_caption_config, 
     retrained = load_caption_model(weights.parent).trainable_state()
     assert retrained.keys() == intact.keys()
     assert train(CaptionRun(run.config)) == []
+
+
+def test_an_edited_captioner_manifest_is_named_and_trained_again(world_caption_config,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    run = CaptionRun(world_caption_config("methods=[lora]", "training.epochs=1"))
+    prepare(run)
+    assert train(run) == ["lora/seed_0"]
+    folder = run.layout.model_dir("lora", 0)
+    manifest = json.loads((folder / "captioner.json").read_text())
+    manifest["seed"] = 7  # the weights would be read into a model built for another seed
+    (folder / "captioner.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedArtifact, match="captioner.json: damaged captioner manifest .*edited after training"):
+        load_caption_model(folder)
+    with caplog.at_level("WARNING"):
+        assert train(CaptionRun(run.config)) == ["lora/seed_0"]
+    assert "edited after training); training this captioner again" in caplog.text
+    assert json.loads((folder / "captioner.json").read_text())["seed"] == 0
 
 
 def test_prepare_stores_paths_relative_to_the_run(world_caption_config) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import write_json
-from ..heads.artifacts import SAFETENSORS_SHA256, read_artifact_json, read_tensors, write_tensors
+from ..heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
+from ..heads.base import MEANING_SHA256, meaning_digest
 from .model import CaptionModel, CaptionModelConfig
 
 WEIGHTS, MANIFEST = "captioner.safetensors", "captioner.json"
@@ -22,17 +23,32 @@ def save_caption_model(model: CaptionModel, folder: Path | str, extra: dict[str,
     """Write ``folder``/captioner.{safetensors,json}; ``extra`` (e.g. history) goes into the JSON."""
     folder = Path(folder)
     sha256 = write_tensors(folder / WEIGHTS, model.trainable_state())
-    write_json(folder / MANIFEST, {"config": model.config.model_dump(mode="json"), "seed": model.seed,
-                                   "trainable_params": model.trainable_count(), SAFETENSORS_SHA256: sha256,
-                                   **(extra or {})})
+    manifest = {"config": model.config.model_dump(mode="json"), "seed": model.seed,
+                "trainable_params": model.trainable_count(), SAFETENSORS_SHA256: sha256, **(extra or {})}
+    write_json(folder / MANIFEST, {**manifest, MEANING_SHA256: meaning_digest(manifest, MEANING)})
     return folder
+
+
+MEANING = ("config", "seed", SAFETENSORS_SHA256)  # what rebuilds the model the weights belong to
+
+
+def check_manifest(folder: Path, manifest: Any, advice: str) -> dict[str, Any]:
+    """``manifest`` if it is a captioner's and unedited (``MEANING``); ``DamagedArtifact`` naming it if not."""
+    file = folder / MANIFEST
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise DamagedArtifact(file, "captioner manifest", "not a fewclip captioner description", advice)
+    recorded = manifest.get(MEANING_SHA256)
+    if recorded is not None and recorded != meaning_digest(manifest, MEANING):
+        raise DamagedArtifact(file, "captioner manifest", "its config, seed or weights' checksum differ from the "
+                              "ones it was saved with: edited after training", advice)
+    return manifest
 
 
 def load_caption_model(folder: Path | str, **overrides: Any) -> CaptionModel:
     """Rebuild a saved captioner; ``overrides`` replace config keys (e.g. ``device="cpu"``)."""
     folder = Path(folder)
     advice = "train this captioner again"
-    manifest = read_artifact_json(folder / MANIFEST, "captioner manifest", advice)
+    manifest = check_manifest(folder, read_artifact_json(folder / MANIFEST, "captioner manifest", advice), advice)
     config = CaptionModelConfig(**{**manifest["config"], **overrides})
     model = CaptionModel(config, seed=int(manifest["seed"]))
     if config.method != "untrained":

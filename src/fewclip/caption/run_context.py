@@ -13,6 +13,7 @@ from typing import Any
 from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
 from ..heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_tensors
 from ..interrupt import Progress
+from .artifacts import check_manifest
 from .config import BASELINE, CaptionConfig
 from .data import CaptionData
 from .layout import CaptionLayout
@@ -139,8 +140,8 @@ def saved_fit_key(layout: CaptionLayout, method: str, seed: int) -> str | None:
     folder = layout.model_dir(method, seed)
     manifest = folder / "captioner.json"
     try:
-        meta = read_json(manifest) if manifest.is_file() else None
-        if meta is not None and meta.get("config", {}).get("method") != BASELINE:  # the untrained baseline has none
+        meta = check_manifest(folder, read_json(manifest), "") if manifest.is_file() else None
+        if meta is not None and meta["config"].get("method") != BASELINE:  # the untrained baseline has no weights
             read_tensors(folder / "captioner.safetensors", meta.get(SAFETENSORS_SHA256), "captioner weights")
     except DamagedArtifact as err:
         log.warning("%s: damaged %s (%s); training this captioner again", err.path, err.what, err.reason)

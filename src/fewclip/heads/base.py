@@ -168,10 +168,10 @@ MEANING_SHA256 = "meaning_sha256"  # the JSON key of the digest over what gives 
 MEANING_KEYS = ("head", "config", "class_names", "templates", SAFETENSORS_SHA256)
 
 
-def meaning_digest(meta: dict[str, Any]) -> str:
+def meaning_digest(meta: dict[str, Any], keys: Sequence[str] = MEANING_KEYS) -> str:
     """sha256 over the head's name, config, class names (the order of its logits), templates and its tensors'
-    checksum: the tensor bytes alone do not say which column is which class."""
-    chosen = {key: meta.get(key) for key in MEANING_KEYS}
+    checksum (or another artifact's ``keys``): the tensor bytes alone do not say which column is which class."""
+    chosen = {key: meta.get(key) for key in keys}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()
 
 
