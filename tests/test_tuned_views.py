@@ -40,7 +40,7 @@ def tuned_reference_logits(stem: Path, model_id: str, names: list[str], images: 
     tensors = read_head_tensors(stem, meta)
     cfg = head.config
     model = lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed=123)  # A is overwritten
-    load_adapter(model, {k: v for k, v in tensors.items() if k != "logit_scale"})
+    load_adapter(model, {k: v for k, v in tensors.items() if k not in ("logit_scale", "lora_scaling")})
     model.eval()
     pixels = torch.from_numpy(np.stack([backbone.transform(read_image(p)) for p in images]))
     with torch.no_grad():
