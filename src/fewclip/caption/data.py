@@ -56,10 +56,6 @@ class LoadedCaptions:
     where: dict[str, str] = field(default_factory=dict)
 
 
-def list_caption_sources() -> list[str]:
-    return list(CAPTION_SOURCES)
-
-
 def clean_caption(text: Any, where: str) -> str:
     """Collapse runs of spaces, tabs and newlines to one space and strip; an empty result is an error
     naming ``where`` (the file and entry)."""

@@ -14,13 +14,11 @@ same evaluation key. A killed training resumes from its checkpoint (``caption.tr
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..fileio import remove_stale_temporaries, write_csv, write_json
 from ..interrupt import Progress
-from .config import CaptionConfig
 from .data import CaptionData, CaptionItem, load_caption_data
 from .decode import DecodeConfig, caption_tokens
 from .metrics import text_scores
@@ -149,18 +147,3 @@ def report(run: CaptionRun) -> Path | None:
 
 STAGES: dict[str, Callable[[CaptionRun], Any]] = {"prepare": prepare, "encode": encode, "train": train,
                                                   "evaluate": evaluate, "report": report}
-
-
-def run_captioning(config: CaptionConfig, force: bool = False) -> Path:
-    """Every stage in order in the config's run directory (claimed and locked); returns the summary CSV."""
-    from ..threads import apply_threads
-    from .run_dir import open_caption_run
-
-    apply_threads(config.runtime.threads)
-    run = CaptionRun(config)
-    with open_caption_run(config, force=force):
-        for name, stage in STAGES.items():
-            start = time.perf_counter()
-            stage(run)
-            log.info("caption %s done in %.1fs", name, time.perf_counter() - start)
-    return run.layout.summary

@@ -23,9 +23,6 @@ from .sources import SourceConfig
 
 log = logging.getLogger(__name__)
 
-COOP_VAL_SHOTS = 4  # CoOp's validation sets hold min(K, 4) images per class
-
-
 def fewshot_subset(records: Sequence[Record], shots: int, rng: random.Random) -> list[Record]:
     """Dassl's ``generate_fewshot_dataset(records, num_shots=shots)`` with ``rng`` as its ``random``."""
     by_label: dict[int, list[Record]] = {}

@@ -108,10 +108,6 @@ def write_clip_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_
     return len(vocab)
 
 
-# GPT-2's byte-level BPE marks a word that follows a space with this symbol (byte 0x20 in the table above)
-SPACE_SYMBOL = _BYTE_TABLE[ord(" ")]
-
-
 def gpt2_word_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     """GPT-2-style merges learned (BPE, run to the end) on the given words, each both at the start of a text
     and after a space (``red`` and ``Ġred``): applied in rank order, they make every such word one token."""
