@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import photo_folder
@@ -57,7 +56,6 @@ def timed(fn, steps: int) -> float:
 
 
 def extraction_bench(backbone, work: Path, n_images: int, batch: int, threads: int) -> None:
-    import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     data = photo_folder(work / f"photos-{n_images}", classes=1, per_class=n_images)

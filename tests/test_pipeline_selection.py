@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from fewclip import pipeline

@@ -11,7 +11,7 @@ import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
-from fewclip.heads import CoCoOpHead, Task, ZeroShotHead, normalize
+from fewclip.heads import CoCoOpHead, Task, ZeroShotHead
 from fewclip.heads.cocoop import CoCoOpConfig, CoCoOpParams
 from fewclip.heads.coop import CoOpPrompts
 from fewclip.heads.prompt_learning import build_layout, init_context

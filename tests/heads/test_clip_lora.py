@@ -11,7 +11,7 @@ import torch
 
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.heads import HEADS, ImageSet, Task, load_head, save_head
+from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact
 from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.contract import contract_problems, fitted_problems

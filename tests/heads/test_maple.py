@@ -15,7 +15,7 @@ import torch
 
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.heads import HEADS, ImageSet, Task, load_head, save_head
+from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.coop import CoOpPrompts
 from fewclip.heads.encoder_schedule import build_optimizer

@@ -17,6 +17,10 @@ N = 300
 LABELS = np.arange(N) % 3  # balanced: 100 per class
 
 
+def _sample_std(values: Any) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def correct(rate: float, seeds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((seeds, N)) < rate
 
@@ -26,11 +30,10 @@ def row(method: str, shots: int, matrix: np.ndarray, labels: np.ndarray = LABELS
     acc = matrix.mean(axis=1)
     classes = np.unique(labels)
     bal = np.array([np.mean([m[labels == c].mean() for c in classes]) for m in matrix])
-    std = (lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
     support = [int((labels == c).sum()) for c in classes]
     return {"method": method, "shots": shots, "split": "test", "n_seeds": len(matrix), "n_test": len(labels),
-            "accuracy_mean": float(acc.mean()), "accuracy_std": std(acc), "balanced_accuracy_mean": float(bal.mean()),
-            "balanced_accuracy_std": std(bal), "macro_f1_mean": 0.5, "macro_f1_std": 0.0,
+            "accuracy_mean": float(acc.mean()), "accuracy_std": _sample_std(acc), "balanced_accuracy_mean": float(bal.mean()),
+            "balanced_accuracy_std": _sample_std(bal), "macro_f1_mean": 0.5, "macro_f1_std": 0.0,
             "chance": 1 / len(classes), "majority": max(support) / len(labels)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequence
 
 from pydantic import Field, PrivateAttr, field_validator
 
