@@ -66,8 +66,8 @@ class Task:
 
 
 class Head(Protocol):
-    """The contract. Every capability flag is declared by every head (see ``contract.CAPABILITIES`` for what
-    each promises); callers read the flags and never probe for optional methods."""
+    """The contract. Every head has every capability flag (``HeadBase`` gives each its default; see
+    ``contract.CAPABILITIES`` for what each promises); callers read the flags and never probe for optional methods."""
 
     name: ClassVar[str]
     config_key: ClassVar[str | None]  # its top-level config block (``coop:``); None: no hyperparameters
@@ -103,6 +103,32 @@ class Head(Protocol):
 
     @property
     def config(self) -> Any: ...
+
+
+class HeadBase:
+    """What a head class subclasses: every capability flag (``contract.CAPABILITIES``) defaults to False here, in one
+    place (scikit-learn's ``_DEFAULT_TAGS``), so a head declares only the flags it turns on.
+
+    It holds declarations only, no behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config``
+    have no default: every head says them (``paper`` and ``official_code`` in the class that declares its ``name``).
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str | None]
+    official_code: ClassVar[str | None]
+    config_key: ClassVar[str | None]
+    Config: ClassVar[type]
+    uses_shots: ClassVar[bool] = False
+    uses_text: ClassVar[bool] = False
+    checks_task: ClassVar[bool] = False
+    transfers: ClassVar[bool] = False
+    needs_text_at_predict: ClassVar[bool] = False
+    per_template_scores: ClassVar[bool] = False
+    has_differentiable_logits: ClassVar[bool] = False
+    uses_augmented_views: ClassVar[bool] = False
+    selects_epoch: ClassVar[bool] = False
+    calibrates: ClassVar[bool] = False
+    tunes_encoders: ClassVar[bool] = False
 
 
 class TrainingDiverged(ValueError):

@@ -13,12 +13,13 @@ A class with no training image gets lambda 0 where the reference divides by zero
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .base import FeatureSet
+from .registry import register_head
 from .zs_lp import PrototypeModel, ZsLpConfig, ZsLpHead
 
 
@@ -33,11 +34,12 @@ def class_multipliers(zero_shot_logits: torch.Tensor, labels: torch.Tensor, n_cl
     return torch.diag(probabilities.T @ one_hot) / one_hot.sum(dim=0).clamp_min(1)
 
 
+@register_head
 class ClapHead(ZsLpHead):
-    name: ClassVar[str] = "clap"
-    paper: ClassVar[str | None] = "Silva-Rodriguez et al., CVPR 2024 (CLAP)"
-    official_code: ClassVar[str | None] = "jusiro/CLAP"
-    config_key: ClassVar[str | None] = "clap"
+    name = "clap"
+    paper = "Silva-Rodriguez et al., CVPR 2024 (CLAP)"
+    official_code = "jusiro/CLAP"
+    config_key = "clap"
     Config = ClapConfig
 
     def __init__(self, config: ClapConfig | None = None) -> None:

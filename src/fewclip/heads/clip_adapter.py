@@ -25,19 +25,20 @@ Where fewclip differs, and why:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..configbase import ConfigBlock
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .batch_invariant import row_dot
 from .calibration import calibrate, temperature_tensor
 from .prompt_fit import check_template_task
 from .prompt_learning import (DROP_LAST_HELP, VIEWS_HELP, TrainSettings, ViewSampling, head_checkpoint_key,
                               train_prompt_module)
+from .registry import register_head
 from .schedule import SCHEDULE_HELP, Schedule
 from .selection import SELECT_HELP, SelectRule
 from .zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
@@ -105,23 +106,21 @@ def init_adapter(dim: int, reduction: int, generator: torch.Generator) -> tuple[
     return down, up
 
 
-class ClipAdapterHead:
-    name: ClassVar[str] = "clip_adapter"
-    paper: ClassVar[str | None] = "Gao et al., IJCV 2023 (CLIP-Adapter)"
-    official_code: ClassVar[str | None] = "jusiro/CLAP"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "clip_adapter"
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = True
-    uses_augmented_views: ClassVar[bool] = True
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
+@register_head
+class ClipAdapterHead(HeadBase):
+    name = "clip_adapter"
+    paper = "Gao et al., IJCV 2023 (CLIP-Adapter)"
+    official_code = "jusiro/CLAP"
+    config_key = "clip_adapter"
     Config = ClipAdapterConfig
+    uses_text = True
+    uses_shots = True
+    transfers = True
+    checks_task = True
+    has_differentiable_logits = True
+    uses_augmented_views = True
+    selects_epoch = True
+    calibrates = True
 
     def __init__(self, config: ClipAdapterConfig | None = None) -> None:
         self.config = config or ClipAdapterConfig()

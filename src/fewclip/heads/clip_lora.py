@@ -39,19 +39,20 @@ Where it deviates, and why:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 from pydantic import Field
 
 from ..backbones.hf_clip import vision_saliency_pass
-from .base import ImageSet, Task, normalize
+from .base import HeadBase, ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .artifacts import StaleArtifact
 from .lora_clip import adapter_state, class_text_features, image_features, is_lora, load_adapter, lora_clip, lora_scaling
 from .prompt_fit import check_template_task
+from .registry import register_head
 
 
 class ClipLoraConfig(EncoderTrainingConfig):
@@ -84,23 +85,20 @@ class TunedLogits(nn.Module):
         return self.head[0].train_logits(pixels)
 
 
-class ClipLoraHead:
-    name: ClassVar[str] = "clip_lora"
-    paper: ClassVar[str | None] = "Zanella & Ben Ayed, CVPR-W 2024 (CLIP-LoRA)"
-    official_code: ClassVar[str | None] = "MaxZanella/CLIP-LoRA"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True
-    needs_text_at_predict: ClassVar[bool] = True  # attach(backbone, class_names) rebuilds the tuned model
-    per_template_scores: ClassVar[bool] = False
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = False
-    uses_augmented_views: ClassVar[bool] = False
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = False
-    tunes_encoders: ClassVar[bool] = True
-    config_key: ClassVar[str | None] = "clip_lora"
+@register_head
+class ClipLoraHead(HeadBase):
+    name = "clip_lora"
+    paper = "Zanella & Ben Ayed, CVPR-W 2024 (CLIP-LoRA)"
+    official_code = "MaxZanella/CLIP-LoRA"
+    config_key = "clip_lora"
     Config = ClipLoraConfig
+    uses_text = True
+    uses_shots = True
+    transfers = True
+    needs_text_at_predict = True  # attach(backbone, class_names) rebuilds the tuned model
+    checks_task = True
+    selects_epoch = True
+    tunes_encoders = True
 
     def __init__(self, config: ClipLoraConfig | None = None) -> None:
         self.config = config or ClipLoraConfig()

@@ -29,18 +29,19 @@ Deviations:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .coop import CoOpPrompts
 from .prompt_config import PromptLearningConfig
 from .prompt_learning import assemble, check_prompts_fit, head_checkpoint_key, init_context, train_prompt_module
+from .registry import register_head
 
 
 class CoCoOpConfig(PromptLearningConfig):
@@ -61,23 +62,22 @@ class CoCoOpParams(nn.Module):
         self.meta_net = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, ctx.shape[-1]))
 
 
-class CoCoOpHead:
-    name: ClassVar[str] = "cocoop"
-    paper: ClassVar[str | None] = "Zhou et al., CVPR 2022 (CoCoOp)"
-    official_code: ClassVar[str | None] = "KaiyangZhou/CoOp"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True
-    needs_text_at_predict: ClassVar[bool] = True
-    per_template_scores: ClassVar[bool] = False
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = True
-    uses_augmented_views: ClassVar[bool] = True
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "cocoop"
+@register_head
+class CoCoOpHead(HeadBase):
+    name = "cocoop"
+    paper = "Zhou et al., CVPR 2022 (CoCoOp)"
+    official_code = "KaiyangZhou/CoOp"
+    config_key = "cocoop"
     Config = CoCoOpConfig
+    uses_text = True
+    uses_shots = True
+    transfers = True
+    needs_text_at_predict = True
+    checks_task = True
+    has_differentiable_logits = True
+    uses_augmented_views = True
+    selects_epoch = True
+    calibrates = True
 
     def __init__(self, config: CoCoOpConfig | None = None) -> None:
         self.config = config or CoCoOpConfig()

@@ -1,7 +1,7 @@
 """What a head declares about itself, and the checks that hold a head to its declarations.
 
-Every optional capability is a boolean class attribute (scikit-learn's estimator tags): callers read the
-flag, never probe with ``hasattr``. Each ``Capability`` names what the flag promises -- methods, config
+Every optional capability is a boolean class attribute (scikit-learn's estimator tags; ``base.HeadBase`` gives
+each its default, False): callers read the flag, never probe with ``hasattr``. Each ``Capability`` names what the flag promises -- methods, config
 keys, learned state after ``fit`` -- so ``contract_problems`` (run over every registered head by
 ``tests/heads/test_contract.py``) fails a head whose flag and code disagree, e.g. a misspelt optional
 method that callers would otherwise silently skip.

@@ -30,17 +30,18 @@ Deviations:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .prompt_config import PromptLearningConfig
 from .prompt_learning import (CtxInitMode, assemble, build_layout, check_prompts_fit, head_checkpoint_key,
                               init_context, train_prompt_module)
+from .registry import register_head
 from .selection import SELECT_HELP, SelectRule
 
 
@@ -106,23 +107,20 @@ class CoOpPrompts:
         return normalize(out.float()).cpu()
 
 
-class CoOpHead:
-    name: ClassVar[str] = "coop"
-    paper: ClassVar[str | None] = "Zhou et al., IJCV 2022 (CoOp)"
-    official_code: ClassVar[str | None] = "KaiyangZhou/CoOp"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = False
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = False
-    uses_augmented_views: ClassVar[bool] = True
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "coop"
+@register_head
+class CoOpHead(HeadBase):
+    name = "coop"
+    paper = "Zhou et al., IJCV 2022 (CoOp)"
+    official_code = "KaiyangZhou/CoOp"
+    config_key = "coop"
     Config = CoOpConfig
+    uses_text = True
+    uses_shots = True
+    transfers = True
+    checks_task = True
+    uses_augmented_views = True
+    selects_epoch = True
+    calibrates = True
 
     def __init__(self, config: CoOpConfig | None = None) -> None:
         self.config = config or CoOpConfig()

@@ -37,7 +37,7 @@ Deviations:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from pydantic import Field
@@ -45,6 +45,7 @@ from torch import nn
 
 from .base import Task, normalize
 from .coop import ContextParams, CoOpConfig, CoOpHead, CoOpPrompts
+from .registry import register_head
 from .zero_shot import ZeroShotHead
 
 Guidance = Literal["code", "paper"]
@@ -79,11 +80,12 @@ def guidance_term(class_text: torch.Tensor, hand_crafted: torch.Tensor, guidance
     return (class_text - hand_crafted).pow(2).sum(dim=-1).mean()
 
 
+@register_head
 class KgCoOpHead(CoOpHead):
-    name: ClassVar[str] = "kgcoop"
-    paper: ClassVar[str | None] = "Yao et al., CVPR 2023 (KgCoOp)"
-    official_code: ClassVar[str | None] = "htyao89/KgCoOp"
-    config_key: ClassVar[str | None] = "kgcoop"
+    name = "kgcoop"
+    paper = "Yao et al., CVPR 2023 (KgCoOp)"
+    official_code = "htyao89/KgCoOp"
+    config_key = "kgcoop"
     Config = KgCoOpConfig
 
     def __init__(self, config: KgCoOpConfig | None = None) -> None:

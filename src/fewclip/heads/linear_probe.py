@@ -4,7 +4,7 @@ rule of ``selection``, logits temperature-scaled on val (``calibration``)."""
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -13,8 +13,9 @@ from tqdm.auto import tqdm
 
 from ..configbase import ConfigBlock
 from ..metrics import summarize
-from .base import FeatureSet, Task, check_loss, normalize
+from .base import FeatureSet, HeadBase, Task, check_loss, normalize
 from .calibration import calibrate, temperature_tensor
+from .registry import register_head
 from .selection import SELECT_HELP, BestEpoch, SelectRule
 
 
@@ -29,23 +30,16 @@ class LinearProbeConfig(ConfigBlock):
     calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
 
 
-class LinearProbeHead:
-    name: ClassVar[str] = "linear_probe"
-    paper: ClassVar[str | None] = None  # fewclip's own
-    official_code: ClassVar[str | None] = None
-    uses_text: ClassVar[bool] = False
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = False
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = False
-    checks_task: ClassVar[bool] = False
-    has_differentiable_logits: ClassVar[bool] = False
-    uses_augmented_views: ClassVar[bool] = False
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "linear_probe"  # its top-level config block (`training:` before, deprecated)
+@register_head
+class LinearProbeHead(HeadBase):
+    name = "linear_probe"
+    paper = None  # fewclip's own
+    official_code = None
+    config_key = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
+    uses_shots = True
+    selects_epoch = True
+    calibrates = True
 
     def __init__(self, config: LinearProbeConfig | None = None) -> None:
         self.config = config or LinearProbeConfig()

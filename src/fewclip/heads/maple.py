@@ -48,18 +48,19 @@ Its cross-dataset setting (ImageNet source) is lr 0.0026, 2 epochs.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..backbones.hf_clip import last_layer_patches
-from .base import ImageSet, Task, normalize
+from .base import HeadBase, ImageSet, Task, normalize
 from .encoder_config import EncoderTrainingConfig
 from .encoder_training import EncoderTrainer, TrainPlan
 from .maple_towers import MaplePrompts, image_features, text_features, tower_layers
 from .prompt_learning import DROP_LAST_HELP, batch_count, context_init_ids, name_and_period_ids
+from .registry import register_head
 
 
 class MapleConfig(EncoderTrainingConfig):
@@ -164,23 +165,20 @@ class MapleNet(nn.Module):
         return self.logit_scale * self.image_features(pixels) @ text.T
 
 
-class MapleHead:
-    name: ClassVar[str] = "maple"
-    paper: ClassVar[str | None] = "Khattak et al., CVPR 2023 (MaPLe)"
-    official_code: ClassVar[str | None] = "muzairkhattak/multimodal-prompt-learning"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True  # the same prompts on other class names (base-to-new)
-    needs_text_at_predict: ClassVar[bool] = True  # attach(backbone, class_names) rebuilds the prompted towers
-    per_template_scores: ClassVar[bool] = False
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = False
-    uses_augmented_views: ClassVar[bool] = False
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = False
-    tunes_encoders: ClassVar[bool] = True  # its image tower runs with prompts: cached features cannot be used
-    config_key: ClassVar[str | None] = "maple"
+@register_head
+class MapleHead(HeadBase):
+    name = "maple"
+    paper = "Khattak et al., CVPR 2023 (MaPLe)"
+    official_code = "muzairkhattak/multimodal-prompt-learning"
+    config_key = "maple"
     Config = MapleConfig
+    uses_text = True
+    uses_shots = True
+    transfers = True  # the same prompts on other class names (base-to-new)
+    needs_text_at_predict = True  # attach(backbone, class_names) rebuilds the prompted towers
+    checks_task = True
+    selects_epoch = True
+    tunes_encoders = True  # its image tower runs with prompts: cached features cannot be used
 
     def __init__(self, config: MapleConfig | None = None) -> None:
         self.config = config or MapleConfig()

@@ -51,6 +51,7 @@ from .base import Task, normalize
 from .coop import ContextParams, CoOpConfig, CoOpHead, CoOpPrompts
 from .prompt_config import CTX_INIT_MODE_HELP
 from .prompt_learning import CtxInitMode
+from .registry import register_head
 from .zero_shot import ZeroShotHead
 
 
@@ -81,11 +82,12 @@ def project_conflict(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: flo
     return ce_grad
 
 
+@register_head
 class ProGradHead(CoOpHead):
-    name: ClassVar[str] = "prograd"
-    paper: ClassVar[str | None] = "Zhu et al., ICCV 2023 (ProGrad)"
-    official_code: ClassVar[str | None] = "BeierZhu/Prompt-align"
-    config_key: ClassVar[str | None] = "prograd"
+    name = "prograd"
+    paper = "Zhu et al., ICCV 2023 (ProGrad)"
+    official_code = "BeierZhu/Prompt-align"
+    config_key = "prograd"
     Config = ProGradConfig
 
     def __init__(self, config: ProGradConfig | None = None) -> None:

@@ -27,17 +27,18 @@ Where fewclip differs, and why:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..configbase import ConfigBlock
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .batch_invariant import row_dot
 from .calibration import calibrate, temperature_tensor
 from .prompt_fit import check_template_task
+from .registry import register_head
 from .zero_shot import ZeroShotHead
 
 
@@ -111,23 +112,20 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
     return alpha, beta, f"searched on {len(val)} val images: {int(correct.max())} correct"
 
 
-class TipAdapterHead:
-    name: ClassVar[str] = "tip_adapter"
-    paper: ClassVar[str | None] = "Zhang et al., ECCV 2022 (Tip-Adapter)"
-    official_code: ClassVar[str | None] = "gaopengcuhk/Tip-Adapter"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = False  # the cache holds the training classes' labels
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "tip_adapter"
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = True
-    uses_augmented_views: ClassVar[bool] = True
-    selects_epoch: ClassVar[bool] = False
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
+@register_head
+class TipAdapterHead(HeadBase):
+    name = "tip_adapter"
+    paper = "Zhang et al., ECCV 2022 (Tip-Adapter)"
+    official_code = "gaopengcuhk/Tip-Adapter"
+    config_key = "tip_adapter"
     Config = TipAdapterConfig
+    uses_text = True
+    uses_shots = True
+    transfers = False  # the cache holds the training classes' labels
+    checks_task = True
+    has_differentiable_logits = True
+    uses_augmented_views = True
+    calibrates = True
 
     def __init__(self, config: TipAdapterConfig | None = None) -> None:
         self.config = config or TipAdapterConfig()

@@ -22,7 +22,7 @@ Where fewclip differs, and why:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -30,6 +30,7 @@ from pydantic import Field
 from .base import FeatureSet, Task
 from .calibration import calibrate, temperature_tensor
 from .prompt_learning import TrainSettings, head_checkpoint_key, train_prompt_module
+from .registry import register_head
 from .selection import SELECT_HELP, SelectRule
 from .tip_adapter import TipAdapterConfig, TipAdapterHead, build_cache_model, search_alpha_beta
 
@@ -54,13 +55,14 @@ class TipAdapterFConfig(TipAdapterConfig):
                              per_step=self.anneal == "per_step")
 
 
+@register_head
 class TipAdapterFHead(TipAdapterHead):
-    name: ClassVar[str] = "tip_adapter_f"
-    paper: ClassVar[str | None] = "Zhang et al., ECCV 2022 (Tip-Adapter-F)"
-    official_code: ClassVar[str | None] = "gaopengcuhk/Tip-Adapter"
-    config_key: ClassVar[str | None] = "tip_adapter_f"
-    selects_epoch: ClassVar[bool] = True
+    name = "tip_adapter_f"
+    paper = "Zhang et al., ECCV 2022 (Tip-Adapter-F)"
+    official_code = "gaopengcuhk/Tip-Adapter"
+    config_key = "tip_adapter_f"
     Config = TipAdapterFConfig
+    selects_epoch = True
 
     def __init__(self, config: TipAdapterFConfig | None = None) -> None:
         self.config = config or TipAdapterFConfig()

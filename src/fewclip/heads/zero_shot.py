@@ -13,13 +13,14 @@ mean of the raw (unnormalised) embeddings (jusiro/CLAP ``trainers/adapters.py`` 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
 from ..configbase import ConfigBlock
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .prompt_fit import check_template_task
+from .registry import register_head
 
 
 StartPrototypes = Literal["template_mean", "zero_shot"]
@@ -43,23 +44,17 @@ class ZeroShotConfig(ConfigBlock):
     """Zero-shot has no hyperparameters of its own; its templates come from the `prompts` block."""
 
 
-class ZeroShotHead:
-    name: ClassVar[str] = "zero_shot"
-    paper: ClassVar[str | None] = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
-    official_code: ClassVar[str | None] = "openai/CLIP"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = False
-    transfers: ClassVar[bool] = True
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = True
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = False
-    uses_augmented_views: ClassVar[bool] = False
-    selects_epoch: ClassVar[bool] = False
-    calibrates: ClassVar[bool] = False
-    tunes_encoders: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = None  # the top-level config block of its hyperparameters
+@register_head
+class ZeroShotHead(HeadBase):
+    name = "zero_shot"
+    paper = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
+    official_code = "openai/CLIP"
+    config_key = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
+    uses_text = True
+    transfers = True
+    per_template_scores = True
+    checks_task = True
 
     def __init__(self, config: ZeroShotConfig | None = None) -> None:
         self.config = config or ZeroShotConfig()

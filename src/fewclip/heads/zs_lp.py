@@ -26,18 +26,19 @@ Where fewclip differs, and why:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from ..configbase import ConfigBlock
-from .base import FeatureSet, Task, normalize
+from .base import FeatureSet, HeadBase, Task, normalize
 from .calibration import calibrate, temperature_tensor
 from .prompt_fit import check_template_task
 from .prompt_learning import (DROP_LAST_HELP, VIEWS_HELP, TrainSettings, ViewSampling, head_checkpoint_key,
                               train_prompt_module)
+from .registry import register_head
 from .schedule import SCHEDULE_HELP, Schedule
 from .selection import SELECT_HELP, SelectRule
 from .zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
@@ -87,23 +88,20 @@ def initial_model(task: Task, prototypes: StartPrototypes = "template_mean") -> 
     return PrototypeModel(start, torch.tensor(float(task.backbone.logit_scale)))
 
 
-class ZsLpHead:
-    name: ClassVar[str] = "zs_lp"
-    paper: ClassVar[str | None] = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
-    official_code: ClassVar[str | None] = "jusiro/CLAP"
-    uses_text: ClassVar[bool] = True
-    uses_shots: ClassVar[bool] = True
-    transfers: ClassVar[bool] = False
-    needs_text_at_predict: ClassVar[bool] = False
-    per_template_scores: ClassVar[bool] = False
-    config_key: ClassVar[str | None] = "zs_lp"
-    checks_task: ClassVar[bool] = True
-    has_differentiable_logits: ClassVar[bool] = True
-    uses_augmented_views: ClassVar[bool] = True
-    selects_epoch: ClassVar[bool] = True
-    calibrates: ClassVar[bool] = True
-    tunes_encoders: ClassVar[bool] = False
+@register_head
+class ZsLpHead(HeadBase):
+    name = "zs_lp"
+    paper = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
+    official_code = "jusiro/CLAP"
+    config_key = "zs_lp"
     Config = ZsLpConfig
+    uses_text = True
+    uses_shots = True
+    checks_task = True
+    has_differentiable_logits = True
+    uses_augmented_views = True
+    selects_epoch = True
+    calibrates = True
 
     def __init__(self, config: ZsLpConfig | None = None) -> None:
         self.config = config or ZsLpConfig()
