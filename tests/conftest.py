@@ -109,7 +109,11 @@ def interrupted_cli(args: list[str], ready: Callable[[], bool], tmp_path: Path, 
     """Run ``fewclip <args>`` in a subprocess (its own process group, as a terminal's foreground job), send
     the group SIGINT as Ctrl-C does once ``ready()`` holds, and return the exit status and stderr.
     ``prelude``: Python run in the child before the CLI (e.g. to slow a stage down enough to interrupt it)."""
-    code = f"import sys\n{prelude}\nfrom fewclip.cli import main\nsys.exit(main(sys.argv[1:]))"
+    # A terminal's job takes SIGINT as Python's KeyboardInterrupt; a background job of a non-interactive shell
+    # (a CI script started with &, nohup) inherits SIGINT ignored, and Python then keeps ignoring it: the child
+    # restores the terminal's handling first.
+    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            f"{prelude}\nfrom fewclip.cli import main\nsys.exit(main(sys.argv[1:]))")
     stderr_file = tmp_path / "interrupted-stderr.txt"
     with open(stderr_file, "w", encoding="utf-8") as stderr:
         child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr,
