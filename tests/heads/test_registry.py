@@ -96,8 +96,9 @@ def test_the_builtin_heads_register_themselves_in_their_order() -> None:
 
 
 def test_head_base_defaults_every_capability_to_false_and_nothing_else() -> None:
+    report_declarations = {"validation_free": False}  # what the report reads off a head, not a capability
     assert {name: value for name, value in vars(HeadBase).items() if isinstance(value, bool)} == {
-        cap.flag: False for cap in CAPABILITIES}
+        **{cap.flag: False for cap in CAPABILITIES}, **report_declarations}
     # name, paper, official_code, config_key and Config are only typed here: every head says them
     assert not {"name", "paper", "official_code", "config_key", "Config"} & set(vars(HeadBase))
 
@@ -176,3 +177,16 @@ def test_a_name_registered_twice_is_refused(scratch_registry: None) -> None:
     with pytest.raises(ValueError, match="head 'zero_shot' is registered twice"):
         register_head(again)
     assert HEADS.get("zero_shot").__name__ == "ZeroShotHead"
+
+
+def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
+    """The papers' names, validation-free heads and validation searches: read off the heads, not listed by name."""
+    from fewclip.heads.base import own_declaration
+    from fewclip.report.published import paper_method
+
+    assert {n: paper_method(n) for n in list_heads() if paper_method(n)} == {
+        "zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe"}
+    assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
+    assert paper_method("coop@n4") is None  # a variant is not the paper's method
+    assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap"]
+    assert [n for n in list_heads() if HEADS.get(n).validation_search] == ["tip_adapter", "tip_adapter_f"]

@@ -129,6 +129,17 @@ class HeadBase:
     selects_epoch: ClassVar[bool] = False
     calibrates: ClassVar[bool] = False
     tunes_encoders: ClassVar[bool] = False
+    # What the report says of a head, declared here and never listed by name in the report:
+    published_as: ClassVar[str | None] = None  # its name in the papers' tables (report/published.csv); read only
+    # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp
+    validation_free: ClassVar[bool] = False  # its paper chooses nothing on validation (last epoch, no calibration)
+    validation_search: ClassVar[str | None] = None  # what it searches on the validation split, in words
+
+
+def own_declaration(head_cls: type, attr: str) -> Any:
+    """``attr`` as the class that declares the head's ``name`` sets it (None if that class does not)."""
+    owner = next((cls for cls in head_cls.__mro__ if "name" in vars(cls)), head_cls)
+    return vars(owner).get(attr)
 
 
 class TrainingDiverged(ValueError):

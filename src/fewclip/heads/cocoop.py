@@ -69,6 +69,7 @@ class CoCoOpHead(HeadBase):
     official_code = "KaiyangZhou/CoOp"
     config_key = "cocoop"
     Config = CoCoOpConfig
+    published_as = "CoCoOp"
     uses_text = True
     uses_shots = True
     transfers = True

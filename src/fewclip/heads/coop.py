@@ -114,6 +114,7 @@ class CoOpHead(HeadBase):
     official_code = "KaiyangZhou/CoOp"
     config_key = "coop"
     Config = CoOpConfig
+    published_as = "CoOp"
     uses_text = True
     uses_shots = True
     transfers = True

@@ -37,6 +37,7 @@ class LinearProbeHead(HeadBase):
     official_code = None
     config_key = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
+    published_as = "Linear probe CLIP"
     uses_shots = True
     selects_epoch = True
     calibrates = True

@@ -172,6 +172,7 @@ class MapleHead(HeadBase):
     official_code = "muzairkhattak/multimodal-prompt-learning"
     config_key = "maple"
     Config = MapleConfig
+    published_as = "MaPLe"
     uses_text = True
     uses_shots = True
     transfers = True  # the same prompts on other class names (base-to-new)

@@ -119,6 +119,7 @@ class TipAdapterHead(HeadBase):
     official_code = "gaopengcuhk/Tip-Adapter"
     config_key = "tip_adapter"
     Config = TipAdapterConfig
+    validation_search = "Tip-Adapter's alpha and beta (grid search)"
     uses_text = True
     uses_shots = True
     transfers = False  # the cache holds the training classes' labels

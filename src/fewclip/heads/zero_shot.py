@@ -51,6 +51,7 @@ class ZeroShotHead(HeadBase):
     official_code = "openai/CLIP"
     config_key = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
+    published_as = "CLIP"
     uses_text = True
     transfers = True
     per_template_scores = True

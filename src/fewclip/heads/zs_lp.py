@@ -95,6 +95,7 @@ class ZsLpHead(HeadBase):
     official_code = "jusiro/CLAP"
     config_key = "zs_lp"
     Config = ZsLpConfig
+    validation_free = True  # Silva-Rodriguez et al., CVPR 2024 (CLAP inherits it)
     uses_text = True
     uses_shots = True
     checks_task = True

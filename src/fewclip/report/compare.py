@@ -39,7 +39,7 @@ from ..stats import mean_std
 from ..targets import read_targets
 from .aggregate import split_key
 from .compare_html import compare_page
-from .published import PAPER_METHODS, Reference, ReferenceKey, load_published, paper_backbone, paper_protocol
+from .published import Reference, ReferenceKey, load_published, paper_backbone, paper_method, paper_protocol
 
 CSV_COLUMNS = ("dataset", "method", "shots", "protocol", "backbone", "split", "mean", "std", "n_seeds", "reference",
                "reference_source", "note")
@@ -200,7 +200,7 @@ def dataset_order(names: Sequence[str]) -> list[str]:
 
 
 def with_reference(cell: Cell, backbone: str | None, published: Mapping[ReferenceKey, Reference]) -> Cell:
-    method = PAPER_METHODS.get(cell.method)
+    method = paper_method(cell.method)
     if backbone is None or method is None:
         return cell
     reference = published.get((backbone, cell.protocol, cell.dataset, method, cell.shots, cell.split))

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from ..config import Config, load_config, method_block, split_variant
 from ..fileio import atomic_write_text, read_csv, write_json
+from ..heads import HEADS
 from ..layout import RunLayout
 from .aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
 from .answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
@@ -161,18 +162,16 @@ def split_caption(rows: list[dict[str, Any]], split: str) -> str:
     return f'<p class="note">{esc(SPLIT_NAMES.get(split, split))}: {esc("; ".join(bits))}.</p>'
 
 
-VALIDATION_FREE_HEADS = ("zs_lp", "clap")  # validation-free by design (Silva-Rodriguez et al., CVPR 2024)
-
-
 def validation_note(config: Config) -> str:
-    """How the run's hyper-parameters were chosen: on the validation split, never on test; which methods
-    use no validation at all (ZS-LP and CLAP with their defaults: the last epoch, no calibration)."""
-    heads = {split_variant(m)[0] for m in config.methods}
-    searched = ["Tip-Adapter's alpha and beta (grid search)"] if {"tip_adapter", "tip_adapter_f"} & heads else []
+    """How the run's hyper-parameters were chosen: on the validation split, never on test; what the heads search
+    there (``validation_search``); which methods use no validation at all (a ``validation_free`` head left at its
+    paper's defaults: the last epoch, no calibration)."""
+    heads = [HEADS.get(split_variant(m)[0]) for m in config.methods]
+    searched = list(dict.fromkeys(h.validation_search for h in heads if h.validation_search))
     text = ("Hyper-parameters are chosen on the validation split only, never on test: "
             + ", ".join(searched + ["the epoch kept (select; results/summary.csv's selection column says which "
                                     "rule each unit used)", "and the temperature of calibrated heads"]) + ".")
-    free = [m for m in config.methods if split_variant(m)[0] in VALIDATION_FREE_HEADS
+    free = [m for m, h in zip(config.methods, heads) if h.validation_free
             and method_block(config, m).select == "last" and not method_block(config, m).calibrate]
     if free:
         text += f" {' and '.join(free)} use no validation (the last epoch, no calibration), as in their paper."

@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Mapping
 
+from ..heads import HEADS, list_heads
+from ..heads.base import own_declaration
+
 PUBLISHED_FILE = "published.csv"
 
-# fewclip's head name -> the name the papers print
-PAPER_METHODS = {"zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp",
-                 "maple": "MaPLe"}
+def paper_method(method: str) -> str | None:
+    """The name the papers print for a registered head (its ``published_as``); None for a variant (``coop@n4``),
+    an unknown name or a head the papers do not list."""
+    return own_declaration(HEADS.get(method), "published_as") if method in list_heads() else None
 
 # The paper's backbone name -> the (library, model id, pretrained tag) that load the same OpenAI weights
 PAPER_BACKBONES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
