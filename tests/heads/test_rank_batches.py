@@ -85,3 +85,28 @@ def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
     assert TrainPlan(1, 4, 1, 1e-3, 0.0, 0.0, "fp32", "last", augment=False).augmentation() is None
     with pytest.raises(ValueError, match=r"crop_scale \[0.9, 0.5\]: give \[low, high\]"):
         ClipLoraConfig(crop_scale=(0.9, 0.5))
+
+
+
+def test_a_new_worker_loader_waits_for_the_last_loaders_queue_threads_to_end() -> None:
+    """A worker forked while a finished loader's feeder thread is ending its thread state can hang in CPython's
+    after-fork clean-up; batch_loader lets those threads end first, and never waits long for a live one."""
+    import multiprocessing
+    import threading
+    import time
+
+    from fewclip.heads.image_batches import settle_queue_threads
+
+    def feeders() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
+
+    queue = multiprocessing.get_context("fork").Queue()
+    queue.put(1)  # starts its feeder thread
+    assert feeders()
+    start = time.perf_counter()
+    settle_queue_threads(timeout=0.2)  # a live queue's thread: waited for briefly, not forever
+    assert time.perf_counter() - start < 2 and feeders()
+    queue.get()
+    queue.close()  # finished, as a loader's queues are when it shuts down: its thread ends
+    settle_queue_threads()
+    assert not feeders()
