@@ -88,25 +88,12 @@ def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
 
 
 
-def test_a_new_worker_loader_waits_for_the_last_loaders_queue_threads_to_end() -> None:
-    """A worker forked while a finished loader's feeder thread is ending its thread state can hang in CPython's
-    after-fork clean-up; batch_loader lets those threads end first, and never waits long for a live one."""
-    import multiprocessing
-    import threading
-    import time
 
-    from fewclip.heads.image_batches import settle_queue_threads
+def test_workers_come_from_a_fork_server_not_a_fork_of_the_training_process(tmp_path: Path) -> None:
+    """Forking a process with other threads can hang a worker in CPython's after-fork clean-up."""
+    from fewclip.heads.image_batches import batch_loader
 
-    def feeders() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
-
-    queue = multiprocessing.get_context("fork").Queue()
-    queue.put(1)  # starts its feeder thread
-    assert feeders()
-    start = time.perf_counter()
-    settle_queue_threads(timeout=0.2)  # a live queue's thread: waited for briefly, not forever
-    assert time.perf_counter() - start < 2 and feeders()
-    queue.get()
-    queue.close()  # finished, as a loader's queues are when it shuts down: its thread ends
-    settle_queue_threads()
-    assert not feeders()
+    images = ImageSet([tmp_path / "x.png"], torch.tensor([0]))
+    loader = batch_loader(images, None, 0, 0, False, [[0]], workers=2)  # type: ignore[arg-type]
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert batch_loader(images, None, 0, 0, False, [[0]], workers=0).multiprocessing_context is None

@@ -12,7 +12,8 @@ flips of a one-process run (``rank_batches``).
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
+import multiprocessing.context
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -52,28 +53,27 @@ class AugmentedImages(Dataset):
         return torch.from_numpy(pixels), int(self.images.labels[index])
 
 
-def settle_queue_threads(timeout: float = 1.0) -> None:
-    """Wait for the queue threads of finished loaders to end before the next loader forks its workers.
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where DataLoader workers come from: a fork server, started once per process with this module imported.
 
-    A finished DataLoader closes its queues without joining their feeder threads; one that is still ending its
-    Python thread state holds the interpreter's thread-list lock, and a worker forked at that moment starts with
-    that lock held and hangs forever in CPython's after-fork clean-up (seen under torchrun: a rank waited on a
-    validation worker stuck in ``PyOS_AfterFork_Child``). Only one loader is open at a time here, so any feeder
-    thread left is a finished loader's, ending."""
-    for thread in threading.enumerate():
-        if thread.name == "QueueFeederThread" and thread is not threading.current_thread():
-            thread.join(timeout)
+    Forking the training process itself is unsafe once it has other threads (torch.distributed's, queue feeders,
+    tqdm's monitor): a worker forked while one of them holds an interpreter lock starts with that lock held and
+    hangs forever in CPython's after-fork clean-up (seen under torchrun: a rank waited on a validation worker
+    stuck in ``PyOS_AfterFork_Child``). The fork server is single-threaded; its forks are as cheap as a fork and
+    get the dataset pickled (paths, labels and the transform's settings)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def batch_loader(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, augment: Augmentation | bool,
                  batches: list[list[int]], workers: int) -> DataLoader:
     """A DataLoader yielding (pixels, labels) for each list of image indices in ``batches``, decoded (and
     augmented as epoch ``epoch`` of ``seed``) in ``workers`` worker processes."""
-    if workers:
-        settle_queue_threads()
     # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
     return DataLoader(AugmentedImages(images, transform, seed, epoch, augment), batch_sampler=batches,
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
+                      multiprocessing_context=worker_context() if workers else None)
 
 
 def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
