@@ -14,6 +14,7 @@ from fewclip.data.sources.csv_source import CsvSource, CsvSourceConfig
 from fewclip.data.sources.folder import FolderSource, FolderSourceConfig
 from fewclip.layout import RunLayout
 from fewclip.pipeline import RunContext, prepare
+from tests.data.csv_splits import csv_splits
 
 SMALL = ("few_shot.shots=[1]", "splits.val_per_class=1")
 
@@ -131,11 +132,7 @@ def test_test_images_of_a_class_absent_from_train_are_an_error(tmp_path: Path, m
 
 def test_a_csv_test_row_with_a_label_train_lacks_is_an_error_naming_the_row(tmp_path: Path, make_config) -> None:
     root = _fox_folder(tmp_path / "fox")
-    for split in ("train", "test"):
-        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted((root / split).rglob("*.png"))]
-        (root / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    config = make_config(*SMALL, dataset={"source": "csv", "train": str(root / "train.csv"),
-                                          "test": str(root / "test.csv")})
+    config = make_config(*SMALL, dataset=csv_splits(root))
     with pytest.raises(ValueError) as info:
         prepare(RunContext(config))
     message = str(info.value)

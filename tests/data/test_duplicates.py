@@ -14,6 +14,7 @@ from fewclip.data.prepare import load_prepared
 from fewclip.data.sources.folder import FolderSource, FolderSourceConfig
 from fewclip.layout import RunLayout
 from fewclip.pipeline import RunContext, prepare
+from tests.data.csv_splits import csv_splits
 
 SMALL = ("few_shot.shots=[1]", "splits.val_per_class=1", "methods=[linear_probe]")
 
@@ -75,13 +76,7 @@ def test_one_image_under_two_labels_is_an_error(tmp_path: Path, make_config) -> 
 
 def test_a_csv_listing_one_path_under_two_labels_is_an_error(tmp_path: Path, make_config) -> None:
     root = split_folder(tmp_path / "data")
-    for split in ("train", "test"):
-        rows = [f"{p.relative_to(root).as_posix()},{p.parent.name}" for p in sorted((root / split).rglob("*.png"))]
-        if split == "train":
-            rows.append("train/cat/0003.png,dog")
-        (root / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    config = make_config(*SMALL, dataset={"source": "csv", "train": str(root / "train.csv"),
-                                          "test": str(root / "test.csv")})
+    config = make_config(*SMALL, dataset=csv_splits(root, ["train/cat/0003.png,dog"]))
     with pytest.raises(ValueError) as info:
         prepare(RunContext(config))
     message = str(info.value)
