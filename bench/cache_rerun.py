@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from _common import photo_folder, vit_b32_random
-from fewclip.config import load_config
-from fewclip.pipeline import run
+from fewclip.runner.config import load_config
+from fewclip.runner.pipeline import run
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ def vit_b16_random(folder: Path, layers: int = 12, seed: int = 0) -> Path:
     """``vit_b16_config`` with random weights, in hub format, with the benchmarks' byte tokenizer."""
     from transformers import CLIPModel
 
-    from fewclip.embedded import write_byte_tokenizer
+    from fewclip.runner.demo import write_byte_tokenizer
 
     if (folder / "model.safetensors").is_file():
         return folder
@@ -139,8 +139,8 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
     """One row: ``row['warmup'] + row['steps']`` clip_lora optimiser steps through ``ClipLoraHead.fit``."""
     from fewclip.backbones import ModelConfig, load_backbone
     from fewclip.heads import ImageSet, Task
-    from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
-    from fewclip.heads.image_batches import rank_batches
+    from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
+    from fewclip.training.image_batches import rank_batches
 
     backbone = load_backbone(ModelConfig(id=row["id"], device=row["device"]))
     cuda = backbone.device.type == "cuda"

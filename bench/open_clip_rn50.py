@@ -27,8 +27,8 @@ from fewclip.data.images import read_image
 from fewclip.data.records import Record
 from fewclip.features import FeatureCache, extract_features
 from fewclip.heads.base import normalize
-from fewclip.heads.coop import ContextParams, CoOpPrompts
-from fewclip.heads.prompt_learning import assemble, init_context
+from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
+from fewclip.heads.prompts.learning import assemble, init_context
 
 CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn", "garbage truck",
            "gas pump", "golf ball", "parachute"]

@@ -31,9 +31,9 @@ from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.heads import CoCoOpConfig, CoCoOpHead, CoOpConfig, CoOpHead, FeatureSet, Task
 from fewclip.heads.base import normalize
-from fewclip.heads.cocoop import CoCoOpParams
-from fewclip.heads.coop import ContextParams, CoOpPrompts
-from fewclip.heads.prompt_learning import assemble, init_context
+from fewclip.heads.prompts.cocoop import CoCoOpParams
+from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
+from fewclip.heads.prompts.learning import assemble, init_context
 
 CLASSES = ["apple pie", "bibimbap", "cannoli", "edamame", "falafel", "french toast", "ice cream", "ramen",
            "sushi", "tiramisu"]
@@ -147,9 +147,9 @@ import json, os, sys, threading, time, torch
 sys.path.insert(0, sys.argv[1])
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.heads import CoCoOpConfig, CoCoOpHead
-from fewclip.heads.cocoop import CoCoOpParams
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prompt_learning import init_context
+from fewclip.heads.prompts.cocoop import CoCoOpParams
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.heads.prompts.learning import init_context
 from fewclip.backbones.prompt_tower import PromptTextTower
 backbone = load_backbone(ModelConfig(id=sys.argv[2], device="cpu"))
 names = [f"class number {i}" for i in range(100)]

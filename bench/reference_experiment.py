@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from _common import photo_folder, vit_b32_random
-from fewclip.config import load_config
+from fewclip.runner.config import load_config
 from fewclip.fileio import read_csv
-from fewclip.pipeline import STAGES
-from fewclip.run_context import RunContext
+from fewclip.runner.pipeline import STAGES
+from fewclip.runner.run_context import RunContext
 
 REFERENCE = Path(__file__).resolve().parents[1] / "configs" / "food101.yaml"
 

@@ -24,12 +24,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from fewclip.config import default_cache_dir, load_config
-from fewclip.embedded import embedded_config
+from fewclip.runner.config import default_cache_dir, load_config
+from fewclip.runner.demo import embedded_config
 from fewclip.fileio import read_csv, write_csv
 from fewclip.heads import HEADS, list_heads
-from fewclip.layout import RunLayout
-from fewclip.pipeline import run
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import run
 from fewclip.report.evidence import read_evidence
 from fewclip.stats import paired_test
 

@@ -25,8 +25,8 @@ from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
-from fewclip.config import load_config  # noqa: E402
-from fewclip.embedded import build_shapes_dataset, build_tiny_clip  # noqa: E402
+from fewclip.runner.config import load_config  # noqa: E402
+from fewclip.runner.demo import build_shapes_dataset, build_tiny_clip  # noqa: E402
 
 CLASSES = ["red_circle", "green_square", "blue_triangle"]
 
@@ -113,7 +113,7 @@ def interrupted_cli(args: list[str], ready: Callable[[], bool], tmp_path: Path, 
     # (a CI script started with &, nohup) inherits SIGINT ignored, and Python then keeps ignoring it: the child
     # restores the terminal's handling first.
     code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            f"{prelude}\nfrom fewclip.cli import main\nsys.exit(main(sys.argv[1:]))")
+            f"{prelude}\nfrom fewclip.runner.cli import main\nsys.exit(main(sys.argv[1:]))")
     stderr_file = tmp_path / "interrupted-stderr.txt"
     with open(stderr_file, "w", encoding="utf-8") as stderr:
         child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr,

@@ -16,9 +16,9 @@ from fewclip.backbones.preprocess import augment_rng, augment_view, random_resiz
 from fewclip.data import load_split
 from fewclip.features import FeatureCache, load_views
 from fewclip.heads import FeatureSet
-from fewclip.heads.prompt_learning import TrainSettings, train_prompt_module
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, features, prepare, train
+from fewclip.training.features_loop import FeatureTrainSettings, train_on_features
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, features, prepare, train
 
 
 def _photo(seed: int = 0) -> Image.Image:
@@ -52,13 +52,13 @@ def test_views_replace_the_features_each_epoch() -> None:
     """Views equal to the features give the plain run exactly; different views change the result."""
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 8, generator=generator), torch.arange(12) % 3
-    settings = TrainSettings(epochs=3, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=0,
+    settings = FeatureTrainSettings(epochs=3, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=0,
                              warmup_lr=1e-5)
 
     def run(views: torch.Tensor | None) -> torch.Tensor:
         module = torch.nn.Linear(8, 3)
         torch.nn.init.zeros_(module.weight), torch.nn.init.zeros_(module.bias)
-        train_prompt_module(module, module, FeatureSet(x, y, views), None, 3, settings, seed=1)
+        train_on_features(module, module, FeatureSet(x, y, views), None, 3, settings, seed=1)
         return module.weight.detach().clone()
 
     plain = run(None)

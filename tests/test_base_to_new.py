@@ -11,9 +11,9 @@ import pytest
 from fewclip.data.records import Record
 from fewclip.data.subsample import base_new, eval_views, train_view
 from fewclip.fileio import read_csv
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 from fewclip.metrics import harmonic_mean
-from fewclip.pipeline import RunContext, features, prepare, run, train
+from fewclip.runner.pipeline import RunContext, features, prepare, run, train
 
 
 def test_base_is_the_first_half_rounded_up_and_both_are_relabelled_from_zero() -> None:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from fewclip.backbones import ModelConfig, load_backbone
-from fewclip.embedded import build_shapes_dataset
+from fewclip.runner.demo import build_shapes_dataset
 from fewclip.fileio import read_csv
-from fewclip.layout import RunLayout
-from fewclip.pipeline import run
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import run
 
 # sorted: base = blue_circle, blue_square, green_circle; new = green_triangle, red_square, yellow_triangle
 CLASSES = ["red_square", "blue_circle", "green_triangle", "yellow_triangle", "green_circle", "blue_square"]

@@ -10,8 +10,8 @@ from typing import Any, Callable
 import pytest
 
 import fewclip
-from fewclip import pipeline
-from fewclip.cli import main
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +90,7 @@ def test_a_cache_dir_that_is_a_file_fails_before_creating_the_run(
 
 
 def test_quiet_hides_the_libraries_deprecation_notes_but_not_fewclips(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fewclip import cli
+    from fewclip.runner import cli
 
     monkeypatch.setattr(sys, "warnoptions", [])  # as when the user gave no -W option
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # restored after the test (set by -q)
@@ -98,9 +98,9 @@ def test_quiet_hides_the_libraries_deprecation_notes_but_not_fewclips(monkeypatc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cli._quiet_libraries()
-        for module in ("transformers.utils.generic", "torch.nn.modules.module", "fewclip.config"):
+        for module in ("transformers.utils.generic", "torch.nn.modules.module", "fewclip.runner.config"):
             for category in (FutureWarning, DeprecationWarning):
                 warnings.warn_explicit(f"{module} {category.__name__}", category, "file.py", 1, module=module)
         warnings.warn_explicit("a user warning", UserWarning, "file.py", 1, module="torch.utils.data")
-    assert [str(w.message) for w in caught] == ["fewclip.config FutureWarning", "fewclip.config DeprecationWarning",
+    assert [str(w.message) for w in caught] == ["fewclip.runner.config FutureWarning", "fewclip.runner.config DeprecationWarning",
                                                 "a user warning"]

@@ -1,4 +1,4 @@
-"""fewclip.config: defaults, strict keys with suggestions, typed errors, dotted overrides, YAML round trip."""
+"""fewclip.runner.config: defaults, strict keys with suggestions, typed errors, dotted overrides, YAML round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewclip.config import DEFAULT_TEMPLATES, Config, ConfigError, load_config, parse_override
+from fewclip.runner.config import DEFAULT_TEMPLATES, Config, ConfigError, load_config, parse_override
 from fewclip.heads import list_heads
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"

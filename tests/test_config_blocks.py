@@ -10,12 +10,12 @@ from typing import Any, Callable, ClassVar
 import pytest
 import yaml
 
-import fewclip.config
-from fewclip.config import ConfigError, build_config_class, load_config
+import fewclip.runner.config
+from fewclip.runner.config import ConfigError, build_config_class, load_config
 from fewclip.configbase import ConfigBlock
 from fewclip.heads import HEADS, list_heads
 from fewclip.registry import Registry
-from fewclip.run_context import head_config
+from fewclip.runner.run_context import head_config
 
 
 # --- blocks from the registry --------------------------------------------------------------------
@@ -44,8 +44,8 @@ def test_a_newly_registered_head_gets_its_block_without_touching_config(monkeypa
     for name in list_heads():
         registry.register(name, HEADS.get(name))
     registry.register("my_head", MyHead)
-    monkeypatch.setattr(fewclip.config, "HEADS", registry)
-    monkeypatch.setattr(fewclip.config, "list_heads", registry.names)
+    monkeypatch.setattr(fewclip.runner.config, "HEADS", registry)
+    monkeypatch.setattr(fewclip.runner.config, "list_heads", registry.names)
     config_cls = build_config_class()
     dataset = {"source": "folder", "path": str(tmp_path)}
     config = config_cls.model_validate({"dataset": dataset, "methods": ["my_head"], "my_head": {"alpha": 0.5}})
@@ -59,8 +59,8 @@ def test_two_heads_claiming_one_block_are_refused(monkeypatch: pytest.MonkeyPatc
     registry: Registry[type] = Registry("head")
     registry.register("coop", HEADS.get("coop"))
     registry.register("coop_again", type("Again", (), {"config_key": "coop", "Config": ConfigBlock}))
-    monkeypatch.setattr(fewclip.config, "HEADS", registry)
-    monkeypatch.setattr(fewclip.config, "list_heads", registry.names)
+    monkeypatch.setattr(fewclip.runner.config, "HEADS", registry)
+    monkeypatch.setattr(fewclip.runner.config, "list_heads", registry.names)
     with pytest.raises(ValueError, match="heads 'coop' and 'coop_again' both claim the config block 'coop'"):
         build_config_class()
 
@@ -70,7 +70,7 @@ def test_two_heads_claiming_one_block_are_refused(monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture()
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fewclip.config, "_warned", set())
+    monkeypatch.setattr(fewclip.runner.config, "_warned", set())
 
 
 def _write(tmp_path: Path, blocks: dict[str, Any]) -> Path:
@@ -82,7 +82,7 @@ def _write(tmp_path: Path, blocks: dict[str, Any]) -> Path:
 def test_training_block_is_read_as_linear_probe_and_warned_about_once(tmp_path: Path, fresh_warnings: None,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     path = _write(tmp_path, {"training": {"epochs": 7, "lr": 0.5}})
-    with caplog.at_level(logging.WARNING, logger="fewclip.config"):
+    with caplog.at_level(logging.WARNING, logger="fewclip.runner.config"):
         first = load_config(path)
         second = load_config(path, ["training.batch_size=4"])
     assert (first.linear_probe.epochs, first.linear_probe.lr) == (7, 0.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewclip.config import ConfigError, load_config
+from fewclip.runner.config import ConfigError, load_config
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewclip.cli import main
-from fewclip.embedded import DEFAULT_WORLD_CLASSES
+from fewclip.runner.cli import main
+from fewclip.runner.demo import DEFAULT_WORLD_CLASSES
 from fewclip.fileio import read_csv
 from fewclip.heads import HEADS, list_heads
 from fewclip.backbones.model_source import WORLD_ALIAS

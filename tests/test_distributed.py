@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.distributed import SINGLE, Ranks, env_ranks
 from fewclip.threads import resolve_threads
 

@@ -9,15 +9,15 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.heads import FeatureSet, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact, write_tensors
 from fewclip.heads.base import TrainingDiverged, meaning_digest
-from fewclip.heads.coop import CoOpConfig, CoOpHead
-from fewclip.heads.linear_probe import LinearProbeConfig, LinearProbeHead
+from fewclip.heads.prompts.coop import CoOpConfig, CoOpHead
+from fewclip.heads.on_features.linear_probe import LinearProbeConfig, LinearProbeHead
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 
 
 @pytest.fixture(scope="module")

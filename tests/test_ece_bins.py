@@ -1,11 +1,11 @@
-"""Calibration bins and ECE against hand-computed values (fewclip.analysis)."""
+"""Calibration bins and ECE against hand-computed values (fewclip.runner.analysis)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fewclip.analysis import calibration_bins, expected_calibration_error
+from fewclip.runner.analysis import calibration_bins, expected_calibration_error
 
 # Ten predictions placed inside five of the 15 equal-width bins (width 1/15 = 0.0667), by hand:
 #   bin  0 (0.0000, 0.0667]: 0.05 wrong                 -> accuracy 0,   confidence 0.05, gap 0.05

@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import pytest
 
-from fewclip import evaluation, pipeline
-from fewclip.layout import RunLayout
+from fewclip.runner import evaluation, pipeline
+from fewclip.runner.layout import RunLayout
 
 TABLES = ("summary.csv", "per_class.csv", "zero_shot_templates.csv")
 

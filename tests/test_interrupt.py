@@ -69,7 +69,7 @@ def test_the_line_without_progress_and_when_counting_fails() -> None:
 def test_ctrl_c_in_a_command_without_stages_is_one_line_too(monkeypatch, capsys) -> None:
     import signal
 
-    from fewclip import cli
+    from fewclip.runner import cli
 
     def interrupted_predict(args: Any) -> int:
         raise KeyboardInterrupt

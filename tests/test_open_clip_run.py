@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewclip.cli import main
-from fewclip.layout import RunLayout
-from fewclip.predict import load_classifier
+from fewclip.runner.cli import main
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.predict import load_classifier
 from tests.open_clip_models import build_open_clip, require_open_clip
 
 pytestmark = [pytest.mark.open_clip, pytest.mark.slow]
@@ -82,7 +82,7 @@ def test_imagenette_rn50_config_runs_as_written_on_local_weights_and_images(tmp_
     file of random weights; ImageNette -> the test shapes) and its length (epochs, shots)."""
     require_open_clip()
     from fewclip.backbones import check_backbone
-    from fewclip.config import load_config
+    from fewclip.runner.config import load_config
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "imagenette_rn50.yaml"
     check_backbone(load_config(shipped).model)  # RN50 + the openai tag are known to OpenCLIP, offline

@@ -17,15 +17,15 @@ import pytest
 import torch
 import yaml
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.backbones import CLIPBackbone
-from fewclip.cli import main
-from fewclip.config import load_config
+from fewclip.runner.cli import main
+from fewclip.runner.config import load_config
 from fewclip.data.prepare import load_prepared
-from fewclip.embedded import build_shapes_dataset, build_tiny_clip
+from fewclip.runner.demo import build_shapes_dataset, build_tiny_clip
 from fewclip.features import load_features
 from fewclip.heads import LinearProbeHead, load_head
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 
 REQUIRED_COLUMNS = {"method", "shots", "seed", "split", "accuracy", "macro_f1", "trainable_params", "train_seconds"}
 UNITS = [("zero_shot", 0, 0), ("linear_probe", 1, 1), ("linear_probe", 2, 1), ("linear_probe", 4, 1)]
@@ -264,7 +264,7 @@ def test_run_killed_during_extraction_resumes_to_the_same_summary(make_config: C
         return path
 
     def command(config: Path) -> list[str]:
-        return [sys.executable, "-m", "fewclip.cli", "-q", "run", str(config)]
+        return [sys.executable, "-m", "fewclip.runner.cli", "-q", "run", str(config)]
 
     killed_config, fresh_config = write_config("killed"), write_config("fresh")
     cache = tmp_path / "killed" / "cache"

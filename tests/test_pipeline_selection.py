@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.heads import FeatureSet, LinearProbeHead, Task
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -24,7 +24,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Independent of fewclip.analysis: 15 equal-width bins (lower edge open, the first closed)."""
+    """Independent of fewclip.runner.analysis: 15 equal-width bins (lower edge open, the first closed)."""
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
@@ -88,7 +88,7 @@ def test_units_that_kept_their_first_epoch_are_named_at_the_end_of_train(
             pipeline.prepare(ctx)
             pipeline.features(ctx)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="fewclip.pipeline"):
+        with caplog.at_level(logging.WARNING, logger="fewclip.runner.pipeline"):
             trained = pipeline.train(ctx)
         assert len(trained) == (3 if attempt == "trains" else 0)
         assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [expected], attempt

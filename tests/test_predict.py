@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import fewclip
-from fewclip import pipeline
-from fewclip.cli import main
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
 from fewclip.data.images import read_image
-from fewclip.predict import HeadNotTrained, choose_head, classes_note, expand_images, trained_heads
+from fewclip.runner.predict import HeadNotTrained, choose_head, classes_note, expand_images, trained_heads
 
 PROMPT_LEARNERS = ("coop.epochs=2", "coop.n_ctx=4", "cocoop.epochs=2")
 NO_FIGURES = "output.figures=false"  # figures and saliency are not what these tests are about, and slow

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.heads import FeatureSet
-from fewclip.heads.prompt_learning import TrainSettings, train_prompt_module
+from fewclip.training.features_loop import FeatureTrainSettings, train_on_features
 
 BAR = "%|"  # every tqdm bar line has the percentage followed by the bar's left edge
 
@@ -42,7 +42,7 @@ def test_training_shows_units_and_epochs(make_config: Callable[..., Any], capsys
     assert re.search(r"epochs: +\d+%\|[^\r\n]*/3 \[", err)  # the linear probe's 3 epochs (cleared when done)
 
 
-def tiny_problem() -> tuple[nn.Module, FeatureSet, FeatureSet, TrainSettings]:
+def tiny_problem() -> tuple[nn.Module, FeatureSet, FeatureSet, FeatureTrainSettings]:
     generator = torch.Generator().manual_seed(0)
     train = FeatureSet(torch.randn(12, 4, generator=generator), torch.arange(12) % 3)
     val = FeatureSet(torch.randn(6, 4, generator=generator), torch.arange(6) % 3)
@@ -50,7 +50,7 @@ def tiny_problem() -> tuple[nn.Module, FeatureSet, FeatureSet, TrainSettings]:
     with torch.no_grad():
         module.weight.copy_(torch.randn(3, 4, generator=generator))
         module.bias.zero_()
-    settings = TrainSettings(epochs=4, batch_size=5, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
+    settings = FeatureTrainSettings(epochs=4, batch_size=5, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
                              warmup_lr=0.01)
     return module, train, val, settings
 
@@ -59,7 +59,7 @@ def test_prompt_learning_epochs_bar_only_when_asked_and_same_result(capsys: pyte
     runs = []
     for progress in (False, True):
         module, train, val, settings = tiny_problem()
-        history, best_epoch, _ = train_prompt_module(module, module, train, val, 3, settings, seed=1, progress=progress)
+        history, best_epoch, _ = train_on_features(module, module, train, val, 3, settings, seed=1, progress=progress)
         runs.append((history, best_epoch, module.weight.detach().clone()))
         err = capsys.readouterr().err
         assert (BAR in err) is progress

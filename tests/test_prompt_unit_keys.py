@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 
 
 def train(make_config: Callable[..., Any], *overrides: str) -> list[str]:

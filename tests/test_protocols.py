@@ -12,8 +12,8 @@ from fewclip.data.records import read_records
 from fewclip.features import load_features
 from fewclip.fileio import read_csv, read_json
 from fewclip.heads import load_head
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, run
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, run
 
 from tests.data.coop_layout import IMAGENET_CLASSES, build_coop_dataset, build_imagenet_variant, readable_classes
 
@@ -28,7 +28,7 @@ def dg_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[R
     data = root / "DATA"
     images = {name: build_imagenet_variant(data, name) for name in VARIANTS}
     build_coop_dataset(data, "EuroSAT")
-    from fewclip.config import load_config
+    from fewclip.runner.config import load_config
 
     build_coop_dataset(data, "ImageNet", counts={"train": [4, 4, 4], "test": [2, 2, 2]})
     targets = [{"source": "coop", "path": str(data), "name": n} for n in VARIANTS]

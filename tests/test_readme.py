@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fewclip import cli
-from fewclip.config import load_config
-from fewclip.embedded import build_shapes_dataset, embedded_config
+from fewclip.runner import cli
+from fewclip.runner.config import load_config
+from fewclip.runner.demo import build_shapes_dataset, embedded_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 REPO = README.parent

@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import pytest
 
-from fewclip import pipeline
-from fewclip.cli import main
-from fewclip.predict import HeadMismatch, load_classifier
-from fewclip.run_dir import LOCK, MARKER, RunDirError, claim, config_differences, locked, open_run
-from fewclip.run_context import RunContext
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
+from fewclip.runner.predict import HeadMismatch, load_classifier
+from fewclip.runner.run_dir import LOCK, MARKER, RunDirError, claim, config_differences, locked, open_run
+from fewclip.runner.run_context import RunContext
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -93,7 +93,7 @@ def test_a_command_on_a_run_dir_another_process_uses_fails(config_file: Path, tm
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from fewclip.run_dir import locked
+            from fewclip.runner.run_dir import locked
             with locked(Path({str(run_root)!r})):
                 print("held", flush=True)
                 sys.stdin.read()
@@ -116,7 +116,7 @@ def test_workers_of_a_killed_command_do_not_keep_its_run_dir_locked(tmp_path: Pa
             import multiprocessing, time
             from pathlib import Path
             from torch.utils.data import DataLoader
-            from fewclip.run_dir import locked
+            from fewclip.runner.run_dir import locked
 
             class Slow:
                 def __len__(self):

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fewclip import pipeline
-from fewclip.cli import main
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
 from fewclip.data.prepare import load_prepared
 from fewclip.data.splits import load_split
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 
 PROBE = ("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=5", "output.figures=false")
 

@@ -8,10 +8,10 @@ from typing import Any, Callable
 
 import pytest
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.data.sources.folder import FolderSource, FolderSourceConfig
 from fewclip.fileio import read_csv, read_json
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 
 
 def test_zero_shot_runs_on_a_test_only_folder(make_config: Callable[..., Any], shapes_dir: Path) -> None:

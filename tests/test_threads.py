@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewclip import threads
-from fewclip.cli import main
+from fewclip.runner.cli import main
 
 
 @pytest.fixture(autouse=True)

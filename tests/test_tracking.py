@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 import pytest
 
-from fewclip import pipeline
-from fewclip.cli import main
-from fewclip.config import WandbConfig
-from fewclip.run_dir import MARKER
-from fewclip.tracking import Tracker, TrackingError, typed_rows
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
+from fewclip.runner.config import WandbConfig
+from fewclip.runner.run_dir import MARKER
+from fewclip.runner.tracking import Tracker, TrackingError, typed_rows
 
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type) records
 

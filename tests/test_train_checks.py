@@ -9,8 +9,8 @@ from typing import Any, Callable
 import pytest
 
 import fewclip.backbones
-from fewclip import pipeline
-from fewclip.run_context import RunContext
+from fewclip.runner import pipeline
+from fewclip.runner.run_context import RunContext
 
 LONG_NAME = "red circle " * 5 + "in a very long name"  # far over the tiny CLIP's 32 text positions
 

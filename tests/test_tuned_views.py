@@ -14,13 +14,13 @@ import torch
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.data.images import read_image
 from fewclip.data.records import read_records
-from fewclip.embedded import build_shapes_dataset
+from fewclip.runner.demo import build_shapes_dataset
 from fewclip.fileio import read_csv, read_json
 from fewclip.heads import load_head
 from fewclip.heads.base import read_head_tensors
-from fewclip.heads.lora_clip import load_adapter, lora_clip
-from fewclip.layout import RunLayout
-from fewclip.pipeline import run
+from fewclip.heads.encoders.lora_layers import load_adapter, lora_clip
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import run
 
 from tests.data.coop_layout import IMAGENET_CLASSES, build_coop_dataset, build_imagenet_variant, readable_classes
 
@@ -52,7 +52,7 @@ def tuned_reference_logits(stem: Path, model_id: str, names: list[str], images: 
 
 @pytest.fixture(scope="module")
 def base2new(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[RunLayout, Any]:
-    from fewclip.config import load_config
+    from fewclip.runner.config import load_config
 
     root = tmp_path_factory.mktemp("tuned_b2n")
     data = build_shapes_dataset(root / "six", CLASSES, 8, 6, seed=3)
@@ -115,7 +115,7 @@ def test_transfer_shares_the_tuned_model_and_scores_the_new_names(base2new: tupl
 @pytest.fixture(scope="module")
 def dg_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[RunLayout, Any]:
     """ImageNet trained, evaluated on ImageNet-A (2 of its 3 classes) and EuroSAT (other class names)."""
-    from fewclip.config import load_config
+    from fewclip.runner.config import load_config
 
     root = tmp_path_factory.mktemp("tuned_dg")
     data = root / "DATA"

@@ -8,13 +8,13 @@ from typing import Any, Callable
 
 import pytest
 
-from fewclip import pipeline
-from fewclip.config import ConfigError
+from fewclip.runner import pipeline
+from fewclip.runner.config import ConfigError
 from fewclip.heads import read_head_meta
-from fewclip.layout import RunLayout
-from fewclip.predict import load_classifier
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.predict import load_classifier
 from fewclip.report.missing import missing_units
-from fewclip.run_context import head_class, head_config
+from fewclip.runner.run_context import head_class, head_config
 
 VARIANT = ("methods=[coop,coop@n4]", "variants.coop@n4.n_ctx=4", "coop.epochs=1", "few_shot.shots=[1]",
            "output.saliency_images=0")

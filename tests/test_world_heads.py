@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 from fewclip.heads import HEADS, list_heads
 

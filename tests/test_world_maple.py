@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 from fewclip.stats import wilson_interval
 

@@ -4,15 +4,15 @@ The library (backbones, data, features, heads, metrics) stands alone; ``pipeline
 and ``cli`` puts a command line on top.
 """
 
-from .backbones import CLIPBackbone, ImageTransform, list_backbones, load_backbone
-from .config import Config, ConfigError, load_config
-from .data import list_sources
-from .features import FeatureCache, extract_features, load_features
-from .heads import FeatureSet, Task, list_heads, load_head, save_head
-from .pipeline import run
-from .run_context import RunContext
-from .predict import Classifier, Prediction, load_classifier
-from .caption.predict import Captioner, load_captioner
+from fewclip.backbones import CLIPBackbone, ImageTransform, list_backbones, load_backbone
+from fewclip.runner.config import Config, ConfigError, load_config
+from fewclip.data import list_sources
+from fewclip.features import FeatureCache, extract_features, load_features
+from fewclip.heads import FeatureSet, Task, list_heads, load_head, save_head
+from fewclip.runner.pipeline import run
+from fewclip.runner.run_context import RunContext
+from fewclip.runner.predict import Classifier, Prediction, load_classifier
+from fewclip.caption.predict import Captioner, load_captioner
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 torchrun (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``PORT``)
 starts N copies of the command; ``start`` joins them into one process group (``nccl`` when the model runs
 on CUDA, ``gloo`` otherwise) and pins each rank to GPU ``LOCAL_RANK``. What each stage does with the
-ranks (see ``fewclip.pipeline``):
+ranks (see ``fewclip.runner.pipeline``):
 
 - prepare: rank 0 writes the splits, the others wait;
 - features: every image has one owner rank (its position modulo the world size), which encodes it and

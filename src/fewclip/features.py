@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones.preprocess import AUGMENT_PARAMS, augment_rng, augment_view
-from .data.images import UnreadableImage, decode_image, read_file
-from .data.records import Record
-from .fileio import atomic_write_bytes, atomic_write_text, write_json
+from fewclip.backbones.preprocess import AUGMENT_PARAMS, augment_rng, augment_view
+from fewclip.data.images import UnreadableImage, decode_image, read_file
+from fewclip.data.records import Record
+from fewclip.fileio import atomic_write_bytes, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 _CHECKSUM_PREFIX = "#sha256 "  # shards written before the keys were covered too

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .heads.base import differentiable_logits
+from fewclip.heads.base import differentiable_logits
 
 
 def saliency_terms(backbone: Any, head: Any, pixels: torch.Tensor,

@@ -10,8 +10,8 @@ import pytest
 
 from fewclip.backbones import check_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.cli import main
-from fewclip.config import ConfigError
+from fewclip.runner.cli import main
+from fewclip.runner.config import ConfigError
 
 
 def test_unknown_library_names_the_nearest(make_config: Any) -> None:

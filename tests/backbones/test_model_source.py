@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPImageProcessor, 
 from fewclip.backbones import ModelConfig, load_backbone, model_source
 from fewclip.backbones.hf_clip import load_transform, model_fingerprint
 from fewclip.backbones.model_source import WORLD_ALIAS, resolve_model
-from fewclip.config import load_config
+from fewclip.runner.config import load_config
 from fewclip.world import CHECKPOINT
 
 

@@ -183,8 +183,8 @@ def test_coop_prompts_with_context_set_to_a_template_equal_open_clip_features(rn
     are OpenCLIP's normalised encode_text of 'a photo of a {name}.', for every class token position's
     reading of that sentence ('end' here, the template's)."""
     from fewclip.heads.base import normalize
-    from fewclip.heads.coop import CoOpPrompts
-    from fewclip.heads.prompt_learning import init_context
+    from fewclip.heads.prompts.coop import CoOpPrompts
+    from fewclip.heads.prompts.learning import init_context
 
     ctx, n_ctx = init_context(rn50.prompt_tower(), rn50.tokens, 16, "a photo of a", len(NAMES), False,
                               torch.Generator())

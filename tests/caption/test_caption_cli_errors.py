@@ -10,7 +10,7 @@ import pytest
 
 from fewclip.caption.layout import CaptionLayout
 from fewclip.caption.tiny import toy_caption_images
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 
 

@@ -12,7 +12,7 @@ from fewclip.caption.data import CaptionDataConfig
 from fewclip.caption.embedded import embedded_caption_config
 from fewclip.caption.model import CaptionModelConfig
 from fewclip.caption.train import CaptionTrainConfig
-from fewclip.config import ConfigError
+from fewclip.runner.config import ConfigError
 
 CAPTION_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*_caption.yaml"))
 

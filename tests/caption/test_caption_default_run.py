@@ -13,7 +13,7 @@ import yaml
 
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
 from fewclip.caption.embedded import DEFAULT_OUTPUT
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 
 

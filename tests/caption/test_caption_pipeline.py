@@ -17,7 +17,7 @@ from fewclip.caption.metrics import text_scores
 from fewclip.caption.pipeline import CHECKPOINT, prepare, train
 from fewclip.caption.run_context import CaptionRun
 from fewclip.caption.splits import SPLITS, read_split
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv, read_json
 from fewclip.heads.artifacts import DamagedArtifact
 

@@ -12,7 +12,7 @@ import pytest
 import fewclip
 from fewclip.caption.layout import CaptionLayout
 from fewclip.caption.predict import CaptionerNotTrained
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 
 

@@ -235,7 +235,7 @@ def test_a_val_split_gets_its_own_table_after_test(tmp_path: Path) -> None:
 def test_the_default_runs_report_embeds_every_image_it_promises(tmp_path: Path) -> None:
     """The embedded default (world source, whose split files name images relative to the run directory), made
     small: each example thumbnail, the curves and each attention panel is an embedded PNG, none missing."""
-    from fewclip.cli import main
+    from fewclip.runner.cli import main
 
     root = tmp_path / "run"
     assert main(["-q", "caption", "run", "default", "methods=[adapter]", "data.world_images=40", "training.epochs=1",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fewclip import pipeline
-from fewclip.config import ConfigError
+from fewclip.runner import pipeline
+from fewclip.runner.config import ConfigError
 from fewclip.data.records import read_records
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, prepare
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, prepare
 from tests.data.coop_layout import build_coop_dataset
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from fewclip.data.prepare import load_prepared
 from fewclip.data.sources.folder import FolderSource, FolderSourceConfig
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, prepare
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, prepare
 from tests.data.csv_splits import csv_splits
 
 SMALL = ("few_shot.shots=[1]", "splits.val_per_class=1", "methods=[linear_probe]")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fewclip.config import ConfigError
+from fewclip.runner.config import ConfigError
 from fewclip.data.sources import build_source
 from fewclip.data.sources.coop import CoopSourceConfig
-from fewclip.run_dir import config_differences
+from fewclip.runner.run_dir import config_differences
 
 from tests.data.coop_layout import IMAGENET_CLASSES, build_imagenet_variant
 

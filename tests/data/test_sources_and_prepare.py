@@ -17,8 +17,8 @@ from PIL import Image
 from fewclip.data.images import UnreadableImage, read_image
 from fewclip.data.records import read_records
 from fewclip.fileio import read_csv, read_json
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, prepare
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, prepare
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import pytest
 
 from fewclip.data.records import Record, read_records
 from fewclip.data.splits import load_split
-from fewclip.layout import RunLayout
-from fewclip.pipeline import RunContext, prepare
+from fewclip.runner.layout import RunLayout
+from fewclip.runner.pipeline import RunContext, prepare
 
 SHOTS = [1, 2, 4]
 SEEDS = [1, 2]

@@ -19,7 +19,7 @@ from torch import nn
 from fewclip.heads import FeatureSet, LinearProbeHead, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact
 from fewclip.heads.base import intact_head_meta
-from fewclip.heads.prompt_learning import TrainSettings, train_prompt_module
+from fewclip.training.features_loop import FeatureTrainSettings, train_on_features
 
 CLASSES = ["a", "b", "c"]
 
@@ -102,7 +102,7 @@ def test_a_head_saved_before_checksums_loads_if_readable(saved: Path) -> None:
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
-SETTINGS = TrainSettings(epochs=4, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
+SETTINGS = FeatureTrainSettings(epochs=4, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
                          warmup_lr=0.01)
 
 
@@ -118,7 +118,7 @@ def train_linear(checkpoint: Path | None) -> tuple[list, int, torch.Tensor, int]
         calls.append(1)
         return module(x)
 
-    history, best, _ = train_prompt_module(module, logits, data, None, 3, SETTINGS, seed=1, checkpoint=checkpoint)
+    history, best, _ = train_on_features(module, logits, data, None, 3, SETTINGS, seed=1, checkpoint=checkpoint)
     return history, best, module.weight.detach().clone(), len(calls)
 
 
@@ -139,7 +139,7 @@ def test_a_damaged_checkpoint_is_discarded_and_training_restarts(damage, tmp_pat
     train_linear(checkpoint)
     assert train_linear(checkpoint)[3] == 0  # intact and complete: nothing left to train
     damage(checkpoint)
-    with caplog.at_level(logging.WARNING, logger="fewclip.heads.prompt_learning"):
+    with caplog.at_level(logging.WARNING, logger="fewclip.training.features_loop"):
         history, best, weight, calls = train_linear(checkpoint)
     assert f"discarding checkpoint {checkpoint}: " in caplog.text and "training this unit starts over" in caplog.text
     assert calls == fresh[3] == SETTINGS.epochs * 3

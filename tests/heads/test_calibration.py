@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fewclip.analysis import calibration_bins, expected_calibration_error
+from fewclip.runner.analysis import calibration_bins, expected_calibration_error
 from fewclip.heads import FeatureSet, LinearProbeHead, Task, load_head, save_head
-from fewclip.heads.calibration import T_MAX, T_MIN, calibrate, fit_temperature
+from fewclip.training.calibration import T_MAX, T_MIN, calibrate, fit_temperature
 
 CLASSES = ["a", "b", "c"]
 

@@ -12,9 +12,9 @@ import torch
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.heads import CoCoOpHead, Task, ZeroShotHead
-from fewclip.heads.cocoop import CoCoOpConfig, CoCoOpParams
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prompt_learning import build_layout, init_context
+from fewclip.heads.prompts.cocoop import CoCoOpConfig, CoCoOpParams
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.heads.prompts.learning import build_layout, init_context
 from fewclip.world import CHECKPOINT
 
 NAMES = ["e.g.", "cat!", "U.S. flag", "Mr. Potato", "red circle"]

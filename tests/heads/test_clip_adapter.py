@@ -11,7 +11,7 @@ import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import ClipAdapterHead, Task, ZeroShotHead, normalize
-from fewclip.heads.clip_adapter import AdapterModel
+from fewclip.heads.on_features.clip_adapter import AdapterModel
 from tests.heads.adapter_tasks import TASK_NAMES, CallCounter, Killed, accuracy, cluster_task
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]

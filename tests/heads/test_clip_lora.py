@@ -13,10 +13,10 @@ from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
 from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact
-from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
+from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.contract import contract_problems, fitted_problems
-from fewclip.heads.zero_shot import ZeroShotHead
-from fewclip.layout import RunLayout
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
+from fewclip.runner.layout import RunLayout
 
 from tests.heads.image_tasks import pixels_of, shapes_sets
 
@@ -73,7 +73,7 @@ def test_before_training_the_logits_are_zero_shot_exactly(backbone: Any, shapes:
 
 def test_scoring_encodes_the_class_texts_once_per_adapter_state(backbone: Any, shapes: dict[str, Any],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import fewclip.heads.clip_lora as module
+    import fewclip.heads.encoders.clip_lora as module
 
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     pixels = pixels_of(backbone, shapes["test"])
@@ -177,7 +177,7 @@ def test_a_head_trained_with_the_earlier_scaling_is_refused_not_misread(backbone
 
 def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Callable[..., Any], tmp_path: Path) -> None:
     import fewclip
-    from fewclip.cli import main
+    from fewclip.runner.cli import main
     from fewclip.fileio import read_csv
 
     cfg = make_config("clip_lora.iterations_per_shot=2", "clip_lora.batch_size=4", "clip_lora.lr=0.01",
@@ -212,7 +212,7 @@ def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Call
 
 
 def test_batches_are_the_same_whatever_the_workers(backbone: Any, shapes: dict[str, Any]) -> None:
-    from fewclip.heads.image_batches import epoch_batches, epoch_order
+    from fewclip.training.image_batches import epoch_batches, epoch_order
 
     def batches(workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(epoch_batches(shapes["train"], backbone.transform, 3, epoch, 8, workers))
@@ -246,7 +246,7 @@ def test_accumulation_bf16_and_checkpointing_train(backbone: Any, shapes: dict[s
 
 def test_resume_inside_an_epoch_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from fewclip.heads.encoder_training import EncoderTrainer
+    from fewclip.training.images_loop import EncoderTrainer
 
     cfg = config(iterations_per_shot=2, checkpoint_every=1)
     whole = ClipLoraHead(config(iterations_per_shot=2)).fit(task(backbone, shapes), shapes["train"], shapes["val"])

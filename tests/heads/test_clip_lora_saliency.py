@@ -13,9 +13,9 @@ import torch
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
 from fewclip.heads import Task
-from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
+from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.subset import ClassSubset
-from fewclip.heads.zero_shot import ZeroShotHead
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.saliency import patch_saliency
 from fewclip.world import CHECKPOINT
 from fewclip.world.render import image_rng, render

@@ -12,9 +12,9 @@ import torch
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.heads import CoCoOpHead, FeatureSet, Task, ZeroShotHead, normalize
-from fewclip.heads.cocoop import CoCoOpConfig, CoCoOpParams
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prompt_learning import assemble, init_context
+from fewclip.heads.prompts.cocoop import CoCoOpConfig, CoCoOpParams
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.heads.prompts.learning import assemble, init_context
 
 CLASS_NAMES = ["red circle", "green square", "blue triangle"]
 

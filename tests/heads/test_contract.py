@@ -22,7 +22,7 @@ from fewclip.data.images import read_image
 from fewclip.heads import HEADS, FeatureSet, Task, list_heads, load_head, save_head
 from fewclip.heads.base import differentiable_logits
 from fewclip.heads.contract import CAPABILITIES, contract_problems, fitted_problems
-from fewclip.run_context import head_config
+from fewclip.runner.run_context import head_config
 
 # trainable parameter count per head, as a function of (feature dim d, classes C); a new head adds its own
 # (image dim d, classes c, text width w) -> trainable parameters with the head's default config.

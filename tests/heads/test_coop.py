@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 import fewclip.backbones
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
-from fewclip.config import ConfigError
+from fewclip.runner.config import ConfigError
 from fewclip.heads import CoOpHead, FeatureSet, Task, ZeroShotHead, load_head, normalize, save_head
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prompt_learning import assemble, build_layout, init_context
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.heads.prompts.learning import assemble, build_layout, init_context
 
 CLASS_NAMES = ["red circle", "green square", "blue triangle"]
 # six classes for the learnable task: more classes make zero-shot weaker
@@ -85,8 +85,8 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("training started")
 
-    for module in ("fewclip.heads.coop", "fewclip.heads.cocoop"):
-        monkeypatch.setattr(f"{module}.train_prompt_module", refuse)
+    for module in ("fewclip.heads.prompts.coop", "fewclip.heads.prompts.cocoop"):
+        monkeypatch.setattr(f"{module}.train_on_features", refuse)
 
 
 def test_prompt_longer_than_the_positions_fails_before_training(backbone: CLIPBackbone, no_training: None,

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from fewclip.heads import CoOpConfig
-from fewclip.pipeline import run
+from fewclip.runner.pipeline import run
 
 
 def test_an_int_is_the_same_for_every_shot_budget() -> None:

@@ -13,9 +13,9 @@ import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import CoOpHead, FeatureSet, KgCoOpHead, ProGradHead, Task, ZeroShotHead
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.prograd import ProGradConfig, project_conflict
-from fewclip.heads.prompt_learning import init_context
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.heads.prompts.prograd import ProGradConfig, project_conflict
+from fewclip.heads.prompts.learning import init_context
 from tests.heads.adapter_tasks import CallCounter, Killed, accuracy
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 
@@ -63,7 +63,7 @@ def test_prograd_with_agreeing_gradients_is_coop(backbone: CLIPBackbone, make_co
         fired.append(not torch.equal(result, ce_grad))
         return result
 
-    monkeypatch.setattr("fewclip.heads.prograd.project_conflict", agreeing)
+    monkeypatch.setattr("fewclip.heads.prompts.prograd.project_conflict", agreeing)
     prograd = ProGradHead(make_config(*(f"prograd.{o}" for o in SHARED)).prograd).fit(task(backbone), train, val)
     same_run(prograd, coop)
     assert fired and not any(fired)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewclip import pipeline
+from fewclip.runner import pipeline
 from fewclip.data.prepare import load_prepared
 from fewclip.data.splits import load_split
 from fewclip.features import load_features

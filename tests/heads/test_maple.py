@@ -17,12 +17,12 @@ from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
 from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.contract import contract_problems, fitted_problems
-from fewclip.heads.coop import CoOpPrompts
-from fewclip.heads.encoder_schedule import build_optimizer
-from fewclip.heads.maple import MapleConfig, MapleHead, MapleNet
-from fewclip.heads.maple_towers import MaplePrompts, image_features, text_hidden
-from fewclip.heads.zero_shot import ZeroShotHead
-from fewclip.layout import RunLayout
+from fewclip.heads.prompts.coop import CoOpPrompts
+from fewclip.training.encoder_schedule import build_optimizer
+from fewclip.heads.encoders.maple import MapleConfig, MapleHead, MapleNet
+from fewclip.heads.encoders.maple_towers import MaplePrompts, image_features, text_hidden
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
+from fewclip.runner.layout import RunLayout
 
 from tests.heads.image_tasks import pixels_of, shapes_sets
 
@@ -249,7 +249,7 @@ def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(back
 
 def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tmp_path: Path) -> None:
     import fewclip
-    from fewclip.cli import main
+    from fewclip.runner.cli import main
     from fewclip.fileio import read_csv
 
     cfg = make_config("maple.depth=2", "maple.epochs=2", "maple.batch_size=4", methods=["maple"],

@@ -13,8 +13,8 @@ import torch
 from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
 from fewclip.heads import Task
-from fewclip.heads.maple import MapleConfig, MapleHead
-from fewclip.heads.zero_shot import ZeroShotHead
+from fewclip.heads.encoders.maple import MapleConfig, MapleHead
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.saliency import patch_saliency
 from fewclip.world import CHECKPOINT
 from fewclip.world.render import image_rng, render

@@ -19,8 +19,8 @@ from transformers import AutoTokenizer
 import fewclip.heads
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import CoOpHead, FeatureSet, Task, ZeroShotHead
-from fewclip.heads.cocoop import CoCoOpConfig
-from fewclip.heads.coop import CoOpConfig
+from fewclip.heads.prompts.cocoop import CoCoOpConfig
+from fewclip.heads.prompts.coop import CoOpConfig
 
 LIMIT = 32
 # two names far longer than 32 tokens that differ only at their end: truncated, they would be one prompt

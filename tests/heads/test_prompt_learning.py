@@ -13,9 +13,9 @@ import torch
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.heads import FeatureSet, normalize
-from fewclip.heads.coop import ContextParams, CoOpPrompts
-from fewclip.heads.prompt_learning import (TrainSettings, assemble, build_layout, context_init_ids, init_context,
-                                           train_prompt_module)
+from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
+from fewclip.heads.prompts.learning import assemble, build_layout, context_init_ids, init_context
+from fewclip.training.features_loop import FeatureTrainSettings, train_on_features
 
 CLASS_NAMES = ["red circle", "green square", "blue triangle"]
 
@@ -143,12 +143,12 @@ def test_class_specific_context_gives_each_class_its_own_sentence(backbone: CLIP
 # --- resuming -------------------------------------------------------------------------------------
 
 
-SETTINGS = TrainSettings(epochs=5, batch_size=4, lr=0.02, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
+SETTINGS = FeatureTrainSettings(epochs=5, batch_size=4, lr=0.02, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
                          warmup_lr=1e-3)
 
 
 class CoOpRun:
-    """train_prompt_module on CoOp prompts, counting (and optionally failing) logits calls."""
+    """train_on_features on CoOp prompts, counting (and optionally failing) logits calls."""
 
     def __init__(self, backbone: CLIPBackbone, fail_at_call: int | None = None) -> None:
         self.backbone, self.fail_at_call, self.calls = backbone, fail_at_call, 0
@@ -163,11 +163,11 @@ class CoOpRun:
             raise Killed(f"killed at call {self.calls}")
         return self.backbone.logit_scale * normalize(features) @ self.prompts.features(self.params.ctx).T
 
-    def __call__(self, checkpoint: Path | None, settings: TrainSettings = SETTINGS, select: str = "val_macro_f1") -> Any:
+    def __call__(self, checkpoint: Path | None, settings: FeatureTrainSettings = SETTINGS, select: str = "val_macro_f1") -> Any:
         train = FeatureSet(random_features(self.backbone, 12, seed=7), torch.arange(3).repeat(4))
         val = FeatureSet(random_features(self.backbone, 6, seed=8), torch.arange(3).repeat(2))
         # val_macro_f1: the checkpoint also carries the best state so far, which a resume must restore
-        return train_prompt_module(self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint,
+        return train_on_features(self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint,
                                    select=select)
 
 
@@ -209,7 +209,7 @@ def test_kill_at_any_file_write_resumes_to_the_same_result(backbone: CLIPBackbon
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed right after each file operation that commits a checkpoint (every os.replace), in turn."""
     real_replace = os.replace
-    settings = TrainSettings(**{**vars(SETTINGS), "epochs": 3})
+    settings = FeatureTrainSettings(**{**vars(SETTINGS), "epochs": 3})
     reference_run = CoOpRun(backbone)
     reference = reference_run(None, settings)
     commits = 0
@@ -243,7 +243,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(backbone: CLIPBackbone, tmp
                                                      uninterrupted: tuple[Any, CoOpRun]) -> None:
     """A run killed, then started again with another lr: the stale checkpoint must not be mixed in."""
     checkpoint = tmp_path / "unit.ckpt.safetensors"
-    other = TrainSettings(**{**vars(SETTINGS), "lr": 0.005})
+    other = FeatureTrainSettings(**{**vars(SETTINGS), "lr": 0.005})
     with pytest.raises(Killed):
         CoOpRun(backbone, fail_at_call=2 * CALLS_PER_EPOCH + 1)(checkpoint, other)
     run = CoOpRun(backbone)

@@ -13,7 +13,7 @@ from PIL import Image
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.heads.base import ImageSet
 from fewclip.data.images import read_image as read
-from fewclip.heads.image_batches import PAD_LABEL, epoch_batches, epoch_order, rank_batches, rank_part
+from fewclip.training.image_batches import PAD_LABEL, epoch_batches, epoch_order, rank_batches, rank_part
 
 
 def images(folder: Path, n: int) -> ImageSet:
@@ -64,8 +64,8 @@ def test_a_dropped_last_step_is_the_same_images_on_every_rank(tmp_path: Path) ->
 
 def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
     from fewclip.backbones.preprocess import Augmentation
-    from fewclip.heads.clip_lora import ClipLoraConfig
-    from fewclip.heads.encoder_training import TrainPlan
+    from fewclip.heads.encoders.clip_lora import ClipLoraConfig
+    from fewclip.training.images_loop import TrainPlan
 
     data, transform = images(tmp_path, 4), ImageTransform(resize=16, crop=(16, 16))
 
@@ -91,7 +91,7 @@ def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
 
 def test_workers_come_from_a_fork_server_not_a_fork_of_the_training_process(tmp_path: Path) -> None:
     """Forking a process with other threads can hang a worker in CPython's after-fork clean-up."""
-    from fewclip.heads.image_batches import batch_loader
+    from fewclip.training.image_batches import batch_loader
 
     images = ImageSet([tmp_path / "x.png"], torch.tensor([0]))
     loader = batch_loader(images, None, 0, 0, False, [[0]], workers=2)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fewclip.heads.registry
-from fewclip.config import build_config_class
+from fewclip.runner.config import build_config_class
 from fewclip.configbase import ConfigBlock
 from fewclip.heads import HEADS, FeatureSet, Task, list_heads, load_head, save_head
 from fewclip.heads.base import HeadBase

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from fewclip.heads import FeatureSet
-from fewclip.heads.prompt_learning import TrainSettings, run_key, train_prompt_module
+from fewclip.training.features_loop import FeatureTrainSettings, run_key, train_on_features
 
 
 class ConstantWarmup(LRScheduler):
@@ -53,7 +53,7 @@ def dassl_rates(epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) ->
     return rates
 
 
-def coop_settings(make_config: Callable[..., Any], *overrides: str) -> TrainSettings:
+def coop_settings(make_config: Callable[..., Any], *overrides: str) -> FeatureTrainSettings:
     return make_config(*overrides).coop.settings(16)
 
 
@@ -99,7 +99,7 @@ def test_training_loop_steps_at_dassls_rates(make_config: Callable[..., Any]) ->
     settings = coop_settings(make_config, "coop.epochs=5", "coop.batch_size=4")
     module = nn.Linear(3, 2)
     data = FeatureSet(torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(2).repeat(4))
-    history, _, _ = train_prompt_module(module, module, data, None, 2, settings, seed=0)
+    history, _, _ = train_on_features(module, module, data, None, 2, settings, seed=0)
     assert [row["lr"] for row in history] == pytest.approx(dassl_rates(5, 0.002, 1, 1e-5), rel=1e-12)
 
 
@@ -136,16 +136,16 @@ def test_unit_key_marks_names_ending_in_punctuation(make_config: Callable[..., A
 def test_checkpoint_key_keeps_its_value_where_the_rates_do() -> None:
     module = nn.Linear(3, 2)
     data = FeatureSet(torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))
-    fewclip = TrainSettings(50, 4, 0.002, 0.9, 5e-4, 1, 1e-5, "fewclip")
+    fewclip = FeatureTrainSettings(50, 4, 0.002, 0.9, 5e-4, 1, 1e-5, "fewclip")
     later = ("schedule", "drop_last", "views", "per_step")  # keys added after checkpoints were first written
     assert fewclip.key_values() == {k: v for k, v in vars(fewclip).items() if k not in later}
-    assert run_key(module, TrainSettings(**{**vars(fewclip), "drop_last": True}), 0, 2, data, None) != \
+    assert run_key(module, FeatureTrainSettings(**{**vars(fewclip), "drop_last": True}), 0, 2, data, None) != \
         run_key(module, fewclip, 0, 2, data, None)
-    per_step = TrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "per_step": True})
+    per_step = FeatureTrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "per_step": True})
     assert run_key(module, per_step, 0, 2, data, None) != \
-        run_key(module, TrainSettings(**{**vars(per_step), "per_step": False}), 0, 2, data, None)
-    dassl = TrainSettings(**{**vars(fewclip), "schedule": "dassl"})
+        run_key(module, FeatureTrainSettings(**{**vars(per_step), "per_step": False}), 0, 2, data, None)
+    dassl = FeatureTrainSettings(**{**vars(fewclip), "schedule": "dassl"})
     assert run_key(module, dassl, 0, 2, data, None) != run_key(module, fewclip, 0, 2, data, None)
-    short = TrainSettings(**{**vars(dassl), "epochs": 2})
-    short_fewclip = TrainSettings(**{**vars(short), "schedule": "fewclip"})
+    short = FeatureTrainSettings(**{**vars(dassl), "epochs": 2})
+    short_fewclip = FeatureTrainSettings(**{**vars(short), "schedule": "fewclip"})
     assert run_key(module, short, 0, 2, data, None) == run_key(module, short_fewclip, 0, 2, data, None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewclip.heads import FeatureSet, LinearProbeHead, Task
-from fewclip.heads.selection import MIN_VAL_PER_CLASS, BestEpoch, Selection, fit_meta, select_epoch
+from fewclip.training.selection import MIN_VAL_PER_CLASS, BestEpoch, Selection, fit_meta, select_epoch
 from fewclip.stats import wilson_interval
 
 CLASSES = ["a", "b", "c"]

@@ -11,8 +11,8 @@ import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import FeatureSet, Task, TipAdapterFHead, TipAdapterHead, ZeroShotHead, load_head, normalize, save_head
-from fewclip.heads.selection import Selection
-from fewclip.heads.tip_adapter import CacheModel, search_grid
+from fewclip.training.selection import Selection
+from fewclip.heads.on_features.tip_adapter import CacheModel, search_grid
 from tests.heads.adapter_tasks import TASK_NAMES, CallCounter, Killed, accuracy, cluster_task
 
 
@@ -101,7 +101,7 @@ def test_tip_adapter_beats_zero_shot_on_a_task_only_the_cache_solves(backbone: C
 
 def test_untrained_tip_adapter_f_is_tip_adapter(backbone: CLIPBackbone, make_config: Callable[..., Any],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fewclip.heads.tip_adapter_f.train_prompt_module",
+    monkeypatch.setattr("fewclip.heads.on_features.tip_adapter_f.train_on_features",
                         lambda *args, **kwargs: ([], Selection(0, "untrained"), {}))
     train, val, test = (cluster_task(backbone.dim, k, seed=s, noise=1.5) for k, s in ((1, 1), (4, 2), (5, 3)))
     tip = TipAdapterHead(make_config().tip_adapter).fit(task(backbone), train, val)

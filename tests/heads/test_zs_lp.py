@@ -11,8 +11,8 @@ import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.heads import ClapHead, Task, ZeroShotHead, ZsLpHead, normalize
-from fewclip.heads.clap import class_multipliers
-from fewclip.heads.zs_lp import PrototypeModel, initial_model
+from fewclip.heads.on_features.clap import class_multipliers
+from fewclip.heads.on_features.zs_lp import PrototypeModel, initial_model
 from tests.heads.adapter_tasks import TASK_NAMES, CallCounter, Killed, accuracy, cluster_task
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]
@@ -29,9 +29,9 @@ def task(backbone: CLIPBackbone, seed: int = 0, checkpoint: Path | None = None) 
 
 def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Callable[..., Any],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from fewclip.heads.selection import Selection
+    from fewclip.training.selection import Selection
 
-    monkeypatch.setattr("fewclip.heads.zs_lp.train_prompt_module", lambda *a, **k: ([], Selection(0, "untrained"), {}))
+    monkeypatch.setattr("fewclip.heads.on_features.zs_lp.train_on_features", lambda *a, **k: ([], Selection(0, "untrained"), {}))
     test = cluster_task(backbone.dim, 5, seed=3)
     # one template: the untrained probe is exactly zero-shot
     one = Task(TASK_NAMES, TEMPLATES[:1], backbone, 0)

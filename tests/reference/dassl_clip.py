@@ -186,23 +186,23 @@ def fewclip_orders(n_images: int, seed: int, epochs: int) -> list[torch.Tensor]:
 
 class FitRecorder:
     """Records, while a prompt learner fits, the trainable state its loop starts from and the batches each
-    epoch trains on (``head_module`` is the head's module, whose ``train_prompt_module`` is wrapped)."""
+    epoch trains on (``head_module`` is the head's module, whose ``train_on_features`` is wrapped)."""
 
     def __init__(self, monkeypatch: Any, head_module: Any) -> None:
-        from fewclip.heads import prompt_learning
+        from fewclip.training import features_loop as prompt_learning
 
         self.initial: dict[str, torch.Tensor] = {}
         self.batches: list[list[torch.Tensor]] = []
-        train_prompt_module, epoch_batches = head_module.train_prompt_module, prompt_learning.epoch_batches
+        train_on_features, epoch_batches = head_module.train_on_features, prompt_learning.epoch_batches
 
         def recording_train(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             self.initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            return train_prompt_module(module, *args, **kwargs)
+            return train_on_features(module, *args, **kwargs)
 
         def recording_batches(*args: Any, **kwargs: Any) -> Any:
             x, y, batches = epoch_batches(*args, **kwargs)
             self.batches.append([b.clone() for b in batches])
             return x, y, batches
 
-        monkeypatch.setattr(head_module, "train_prompt_module", recording_train)
+        monkeypatch.setattr(head_module, "train_on_features", recording_train)
         monkeypatch.setattr(prompt_learning, "epoch_batches", recording_batches)

@@ -2,7 +2,7 @@
 module's initial state, each epoch's shuffled order (and drawn features), and the rate of every optimiser step.
 
 Nothing here computes anything the reference computes; it only watches the shared loop
-(``fewclip.heads.prompt_learning``) while a head fits.
+(``fewclip.training.features_loop``) while a head fits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-import fewclip.heads.prompt_learning as loop
+import fewclip.training.features_loop as loop
 
 
 @dataclass
@@ -39,10 +39,10 @@ class FitRecord:
 
 @contextmanager
 def recording(head_module: ModuleType) -> Iterator[FitRecord]:
-    """Record the fits run inside the block of a head whose file (``head_module``) calls ``train_prompt_module``."""
+    """Record the fits run inside the block of a head whose file (``head_module``) calls ``train_on_features``."""
     record = FitRecord()
     active = [False]
-    train = head_module.train_prompt_module
+    train = head_module.train_on_features
     draw = loop.epoch_batches
 
     def training(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -70,7 +70,7 @@ def recording(head_module: ModuleType) -> Iterator[FitRecord]:
     handle = register_optimizer_step_pre_hook(step_hook)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(head_module, "train_prompt_module", training)
+            patch.setattr(head_module, "train_on_features", training)
             patch.setattr(loop, "epoch_batches", drawing)
             yield record
     finally:

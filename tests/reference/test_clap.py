@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import fewclip.heads.zs_lp as zs_lp_module
+import fewclip.heads.on_features.zs_lp as zs_lp_module
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClapHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task

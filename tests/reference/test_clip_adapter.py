@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import fewclip.heads.clip_adapter as clip_adapter_module
+import fewclip.heads.on_features.clip_adapter as clip_adapter_module
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClipAdapterHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task

@@ -38,9 +38,9 @@ import torch
 from torch.nn import functional as F
 
 from fewclip.heads import Task
-from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
-from fewclip.heads.image_batches import epoch_order
-from fewclip.heads.lora_clip import adapter_state, lora_clip
+from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
+from fewclip.training.image_batches import epoch_order
+from fewclip.heads.encoders.lora_layers import adapter_state, lora_clip
 
 from tests.heads.image_tasks import pixels_of
 from tests.reference.plain_clip import PlainClip, normalize

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fewclip.heads.cocoop
+import fewclip.heads.prompts.cocoop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import CoCoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
@@ -79,7 +79,7 @@ def test_cocoop_trains_as_the_official_code(backbone: CLIPBackbone, clip: Refere
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false"]
     config = make_config(*(f"cocoop.{o}" for o in overrides)).cocoop
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
-    recorder = FitRecorder(monkeypatch, fewclip.heads.cocoop)
+    recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.cocoop)
     head = CoCoOpHead(config).fit(Task(TASK_NAMES, ["a photo of a {}."], backbone, SEED), train)
 
     meta_net = {k[len("meta_net."):]: v for k, v in recorder.initial.items() if k.startswith("meta_net.")}

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fewclip.heads.coop
+import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import CoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
@@ -109,7 +109,7 @@ def test_coop_trains_as_the_official_code(case: str, backbone: CLIPBackbone, cli
                  f"ctx_init={ctx_init or 'null'}"]
     config = make_config(*(f"coop.{o}" for o in overrides)).coop
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
-    recorder = FitRecorder(monkeypatch, fewclip.heads.coop)
+    recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.coop)
     head = CoOpHead(config).fit(Task(TASK_NAMES, ["a photo of a {}."], backbone, SEED), train)
 
     reference = ReferenceCoOp(clip, TASK_NAMES, config.n_ctx, ctx_init, position,

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fewclip.heads.coop
+import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import KgCoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
@@ -76,7 +76,7 @@ def fit_and_reference(backbone: CLIPBackbone, clip: ReferenceCLIPText, make_conf
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false", *extra]
     config = make_config(*(f"kgcoop.{o}" for o in overrides)).kgcoop
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
-    recorder = FitRecorder(monkeypatch, fewclip.heads.coop)
+    recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.coop)
     head = KgCoOpHead(config).fit(Task(TASK_NAMES, [TEMPLATE], backbone, SEED), train)
 
     reference = ReferenceKgCoOp(clip, TASK_NAMES, TEMPLATE, W)

@@ -39,8 +39,8 @@ import torch
 from torch.nn import functional as F
 
 from fewclip.heads import ImageSet, Task
-from fewclip.heads.image_batches import epoch_order
-from fewclip.heads.maple import MapleConfig, MapleHead, MapleNet
+from fewclip.training.image_batches import epoch_order
+from fewclip.heads.encoders.maple import MapleConfig, MapleHead, MapleNet
 
 from tests.heads.image_tasks import pixels_of
 from tests.reference.plain_clip import Hook, PlainClip, normalize

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fewclip.heads.coop
+import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ProGradHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
@@ -111,7 +111,7 @@ def test_prograd_starts_and_trains_as_the_official_code(backbone: CLIPBackbone, 
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false"]
     config = make_config(*(f"prograd.{o}" for o in overrides)).prograd  # the context keys: the defaults
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
-    recorder = FitRecorder(monkeypatch, fewclip.heads.coop)
+    recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.coop)
     head = ProGradHead(config).fit(Task(NAMES, [TEMPLATE], backbone, SEED), train)
 
     reference = ReferenceProGrad(clip, NAMES, TEMPLATE, N_CTX)

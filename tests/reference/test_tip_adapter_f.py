@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import fewclip.heads.tip_adapter_f as tip_adapter_f_module
+import fewclip.heads.on_features.tip_adapter_f as tip_adapter_f_module
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import FeatureSet, Task, TipAdapterFHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task

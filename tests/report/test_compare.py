@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fewclip.cli import main
+from fewclip.runner.cli import main
 from fewclip.report.compare import build_tables, csv_rows, write_compare
 
 COOP_11 = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",

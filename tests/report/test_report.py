@@ -18,10 +18,10 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
-from fewclip import pipeline
-from fewclip.cli import main
+from fewclip.runner import pipeline
+from fewclip.runner.cli import main
 from fewclip.fileio import read_csv, write_csv
-from fewclip.layout import RunLayout
+from fewclip.runner.layout import RunLayout
 from fewclip.report.aggregate import accuracy_table, mean_std
 from fewclip.report.html import build_report, thumbnail
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fewclip.backbones import ModelConfig, load_backbone
-from fewclip.embedded import DEFAULT_WORLD_CLASSES, DEFAULT_WORLD_TEMPLATES
+from fewclip.runner.demo import DEFAULT_WORLD_CLASSES, DEFAULT_WORLD_TEMPLATES
 from fewclip.heads import Task, ZeroShotHead
 from fewclip.world import CHECKPOINT, HELD_OUT
 from fewclip.world.render import image_rng, render

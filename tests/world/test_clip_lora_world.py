@@ -12,10 +12,10 @@ import torch
 
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.data.images import read_image
-from fewclip.embedded import DEFAULT_WORLD_CLASSES
+from fewclip.runner.demo import DEFAULT_WORLD_CLASSES
 from fewclip.heads import ImageSet, Task
-from fewclip.heads.clip_lora import ClipLoraConfig, ClipLoraHead
-from fewclip.heads.zero_shot import ZeroShotHead
+from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.world import CHECKPOINT
 from fewclip.world.render import image_rng, render
 

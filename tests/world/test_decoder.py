@@ -75,7 +75,7 @@ def test_greedy_generation_from_bos_is_a_world_caption() -> None:
 def test_pretrain_decoder_command_writes_a_loadable_decoder(tmp_path) -> None:
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from fewclip.cli import main
+    from fewclip.runner.cli import main
 
     out = tmp_path / "decoder"
     assert main(["world", "pretrain-decoder", "--out", str(out), "--steps", "30", "--batch-size", "16",

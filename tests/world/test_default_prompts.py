@@ -9,10 +9,10 @@ from transformers import AutoTokenizer
 
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.backbones.model_source import WORLD_ALIAS
-from fewclip.config import load_config
-from fewclip.embedded import DEFAULT_WORLD_CLASSES, DEFAULT_WORLD_TEMPLATES, embedded_config
+from fewclip.runner.config import load_config
+from fewclip.runner.demo import DEFAULT_WORLD_CLASSES, DEFAULT_WORLD_TEMPLATES, embedded_config
 from fewclip.heads import HEADS, Task
-from fewclip.run_context import head_config
+from fewclip.runner.run_context import head_config
 from fewclip.world import CHECKPOINT, CLASSES
 
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from fewclip.config import ConfigError
+from fewclip.runner.config import ConfigError
 from fewclip.data.sources.world import render_png
 from fewclip.fileio import read_csv
-from fewclip.pipeline import RunContext, prepare
+from fewclip.runner.pipeline import RunContext, prepare
 from fewclip.world import CLASSES, HELD_OUT, SEEN, SHAPES, COLOURS
 from fewclip.world.pretrain import PretrainConfig, caption_corpus, pretrain
 from fewclip.world.render import DOMAINS, image_rng, render

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..registry import Registry
-from . import model_source
-from .config import LIBRARIES, ModelConfig
-from .device import resolve_device
-from .hf_clip import CLIPBackbone, model_fingerprint
-from .preprocess import ImageTransform
-from .protocol import Backbone, PromptTower, TextTokens
+from fewclip.registry import Registry
+from fewclip.backbones import model_source
+from fewclip.backbones.config import LIBRARIES, ModelConfig
+from fewclip.backbones.device import resolve_device
+from fewclip.backbones.hf_clip import CLIPBackbone, model_fingerprint
+from fewclip.backbones.preprocess import ImageTransform
+from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,19 @@ def _check_hf(config: ModelConfig) -> None:
 
 
 def _load_open_clip(config: ModelConfig, cache_dir: Path | None) -> Backbone:
-    from .open_clip_backbone import OpenCLIPBackbone
+    from fewclip.backbones.open_clip_backbone import OpenCLIPBackbone
 
     return OpenCLIPBackbone(config, cache_dir=cache_dir)
 
 
 def _open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None) -> dict[str, Any] | None:
-    from .open_clip_backbone import open_clip_fingerprint
+    from fewclip.backbones.open_clip_backbone import open_clip_fingerprint
 
     return open_clip_fingerprint(config, cache_dir)
 
 
 def _check_open_clip(config: ModelConfig) -> None:
-    from .open_clip_backbone import check_open_clip
+    from fewclip.backbones.open_clip_backbone import check_open_clip
 
     check_open_clip(config)
 

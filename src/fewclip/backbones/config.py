@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..configbase import ConfigBlock
+from fewclip.configbase import ConfigBlock
 
 Precision = Literal["fp32", "bf16", "fp16"]
 LIBRARIES = ("hf", "open_clip")  # the backbone registry's names (fewclip.backbones.BACKBONES), checked at load
@@ -32,7 +32,7 @@ class ModelConfig(ConfigBlock):
     @classmethod
     def _known_library(cls, library: str) -> str:
         if library not in LIBRARIES:
-            from ..registry import unknown_name_message
+            from fewclip.registry import unknown_name_message
 
             raise ValueError(unknown_name_message("model library", library, list(LIBRARIES)))
         return library

@@ -10,12 +10,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .device import autocast_for, resolve_device
-from .model_source import ModelSource, hub_offline, resolve_model
-from .preprocess import ImageTransform
-from .prompt_tower import PromptTextTower
-from .weights import WEIGHT_SUFFIXES, weights_digest
+from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.device import autocast_for, resolve_device
+from fewclip.backbones.model_source import ModelSource, hub_offline, resolve_model
+from fewclip.backbones.preprocess import ImageTransform
+from fewclip.backbones.prompt_tower import PromptTextTower
+from fewclip.backbones.weights import WEIGHT_SUFFIXES, weights_digest
 
 def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> Path | None:
     if source.folder is not None:

@@ -21,7 +21,7 @@ TRUE_VALUES = {"1", "on", "yes", "true"}
 
 def model_aliases() -> dict[str, Path]:
     """Short ``model.id`` names of the models fewclip ships."""
-    from ..world import CHECKPOINT, DECODER
+    from fewclip.world import CHECKPOINT, DECODER
 
     return {WORLD_ALIAS: CHECKPOINT, WORLD_DECODER_ALIAS: DECODER}
 

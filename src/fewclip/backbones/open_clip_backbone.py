@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .device import autocast_for, resolve_device
-from .preprocess import ImageTransform
-from .prompt_tower import BlockParts, SharedPrefixParts, encode_shared_prefix
-from .weights import WEIGHT_SUFFIXES, files_digest, weights_digest
+from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.device import autocast_for, resolve_device
+from fewclip.backbones.preprocess import ImageTransform
+from fewclip.backbones.prompt_tower import BlockParts, SharedPrefixParts, encode_shared_prefix
+from fewclip.backbones.weights import WEIGHT_SUFFIXES, files_digest, weights_digest
 
 INSTALL_HINT = ("pip install 'fewclip[open_clip]' (OpenCLIP needs torchvision; on a CPU-only machine the index only "
                 "has CUDA builds of it, which need torch from the index too: `bash setup.sh --open-clip` builds "
@@ -69,7 +69,7 @@ def architecture(config: ModelConfig) -> str:
         return path.stem
     open_clip = require_open_clip()
     if model_id not in open_clip.list_models():
-        from ..registry import unknown_name_message
+        from fewclip.registry import unknown_name_message
 
         raise ValueError("model.id: " + unknown_name_message("OpenCLIP architecture", model_id, open_clip.list_models()))
     return model_id
@@ -106,7 +106,7 @@ def weight_file(config: ModelConfig, download: bool) -> Path | None:
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
-        from ..registry import unknown_name_message
+        from fewclip.registry import unknown_name_message
 
         raise ValueError("model.pretrained: " + unknown_name_message(f"pretrained tag for {name}", pretrained, tags)
                          + " (or a checkpoint file)")

@@ -16,8 +16,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .preprocess import ImageTransform
+from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.preprocess import ImageTransform
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ def files_digest(files: Iterable[Path], memo_file: Path | None = None) -> str:
             memo[key] = digest.hexdigest()
         total.update(f"{path.name}:{memo[key]}".encode())
     if memo_file is not None:
-        from ..fileio import write_json
+        from fewclip.fileio import write_json
 
         with contextlib.suppress(OSError):
             write_json(memo_file, memo)

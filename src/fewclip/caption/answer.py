@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write_text, read_csv
-from ..stats import PairedTest, mean_std, paired_scores_test
-from .layout import CaptionLayout
-from .metrics import text_scores
+from fewclip.fileio import atomic_write_text, read_csv
+from fewclip.stats import PairedTest, mean_std, paired_scores_test
+from fewclip.caption.layout import CaptionLayout
+from fewclip.caption.metrics import text_scores
 
 ALPHA = 0.05
 BASELINE = "untrained"

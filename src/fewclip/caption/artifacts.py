@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json
-from ..heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
-from ..heads.base import MEANING_SHA256, meaning_digest
-from .model import CaptionModel, CaptionModelConfig
+from fewclip.fileio import write_json
+from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
+from fewclip.heads.base import MEANING_SHA256, meaning_digest
+from fewclip.caption.model import CaptionModel, CaptionModelConfig
 
 WEIGHTS, MANIFEST = "captioner.safetensors", "captioner.json"
 

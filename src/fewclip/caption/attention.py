@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..saliency import overlay
+from fewclip.saliency import overlay
 
 
 @torch.no_grad()

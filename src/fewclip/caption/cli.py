@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import ConfigError, default_cache_dir
-from ..interrupt import exit_interrupted, interrupted_line
+from fewclip.runner.config import ConfigError, default_cache_dir
+from fewclip.interrupt import exit_interrupted, interrupted_line
 
 if TYPE_CHECKING:
-    from .config import CaptionConfig
-    from .run_context import CaptionRun
+    from fewclip.caption.config import CaptionConfig
+    from fewclip.caption.run_context import CaptionRun
 
 STAGE_NAMES = ("prepare", "encode", "train", "evaluate", "report")
 FORCE_HELP = "use output.dir even if its config.yaml differs in model.encoder, model.decoder or data"
@@ -50,7 +50,7 @@ def _error(message: object) -> int:
 def _config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
     """A first word with '=' is an override; a run directory stands for its config.yaml and output.dir (a
     classification run's directory is refused, naming ``fewclip <command>``)."""
-    from ..run_dir import check_run_kind
+    from fewclip.runner.run_dir import check_run_kind
 
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
@@ -66,7 +66,7 @@ def _config_arg(config: str | None, overrides: list[str], command: str) -> tuple
 
 def check_models(config: "CaptionConfig") -> None:
     """Resolve the encoder, decoder and CLIPScore model ids (folder, alias, or hub id usable now)."""
-    from .model import resolve_caption_model
+    from fewclip.caption.model import resolve_caption_model
 
     named = [("model.encoder", config.model.encoder, config.model.encoder_revision),
              ("model.decoder", config.model.decoder, config.model.decoder_revision),
@@ -82,13 +82,13 @@ def caption_main(args: argparse.Namespace) -> int:
         return _predict(args)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..run_dir import RunDirError
-    from ..threads import apply_threads
-    from .config import load_caption_config
-    from .embedded import embedded_caption_config
-    from .pipeline import STAGES
-    from .run_context import CaptionRun
-    from .run_dir import open_caption_run
+    from fewclip.runner.run_dir import RunDirError
+    from fewclip.threads import apply_threads
+    from fewclip.caption.config import load_caption_config
+    from fewclip.caption.embedded import embedded_caption_config
+    from fewclip.caption.pipeline import STAGES
+    from fewclip.caption.run_context import CaptionRun
+    from fewclip.caption.run_dir import open_caption_run
 
     stage: str | None = None  # the stage running, and its run: what an interrupted command reports
     running: CaptionRun | None = None
@@ -121,7 +121,7 @@ def caption_main(args: argparse.Namespace) -> int:
 
 def _print_summary(run: "CaptionRun") -> None:
     """The test rows of caption_summary.csv, one line per (method, seed)."""
-    from ..fileio import read_csv
+    from fewclip.fileio import read_csv
 
     layout = run.layout
     if not layout.summary.is_file():
@@ -136,8 +136,8 @@ def _print_summary(run: "CaptionRun") -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Exit 0 if at least one image was captioned, 1 if none could be, 2 on usage errors."""
-    from ..predict import expand_images
-    from .predict import CaptionerNotTrained, load_captioner, write_caption_predictions
+    from fewclip.runner.predict import expand_images
+    from fewclip.caption.predict import CaptionerNotTrained, load_captioner, write_caption_predictions
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):

@@ -1,4 +1,4 @@
-"""The captioning config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.config``.
+"""The captioning config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.runner.config``.
 
 Blocks: ``model`` (encoder, decoder and every method's keys), ``data``, ``training``, ``decode``,
 ``attention``, ``output``, ``cache``, ``runtime``, plus ``methods`` (which of adapter / prefix / lora
@@ -14,15 +14,15 @@ from typing import Any, Sequence
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..backbones.model_source import config_relative_id
-from ..config import CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error
-from ..config_yaml import ConfigFileError, read_yaml_file
-from ..configbase import ConfigBlock
-from ..registry import unknown_name_message
-from .data import CaptionDataConfig
-from .decode import DecodeConfig
-from .model import METHODS, CaptionModelConfig
-from .train import CaptionTrainConfig
+from fewclip.backbones.model_source import config_relative_id
+from fewclip.runner.config import CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error
+from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
+from fewclip.configbase import ConfigBlock
+from fewclip.registry import unknown_name_message
+from fewclip.caption.data import CaptionDataConfig
+from fewclip.caption.decode import DecodeConfig
+from fewclip.caption.model import METHODS, CaptionModelConfig
+from fewclip.caption.train import CaptionTrainConfig
 
 TRAINED_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "untrained")
 BASELINE = "untrained"

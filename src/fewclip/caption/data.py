@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from ..configbase import ConfigBlock
-from ..data.images import UnreadableImage, image_format_suffix, read_file, verify_image
-from ..fileio import atomic_write_bytes
-from ..registry import unknown_name_message
+from fewclip.configbase import ConfigBlock
+from fewclip.data.images import UnreadableImage, image_format_suffix, read_file, verify_image
+from fewclip.fileio import atomic_write_bytes
+from fewclip.registry import unknown_name_message
 
 CAPTION_SOURCES = ("world", "coco", "csv", "hf")
 FORMAT_HINT = ('expected COCO caption format: {"images": [{"id": ..., "file_name": ...}, ...], '
@@ -172,7 +172,7 @@ def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column:
     import csv
     import io
 
-    from ..data.sources.csv_source import read_csv_text
+    from fewclip.data.sources.csv_source import read_csv_text
 
     file = Path(path).expanduser()
     if not file.is_file():
@@ -216,7 +216,7 @@ def load_hf(dataset_id: str, split: str, image_column: str, caption_column: str,
     """
     import datasets
 
-    from ..data.sources.hf import script_dataset_advice
+    from fewclip.data.sources.hf import script_dataset_advice
 
     try:
         ds = datasets.load_dataset(dataset_id, name, revision=revision, split=split)
@@ -383,7 +383,7 @@ def load_caption_data(cfg: CaptionDataConfig, base_dir: Path | str, workers: int
 
 
 def _load_world(cfg: CaptionDataConfig, base: Path) -> LoadedCaptions:
-    from ..world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
+    from fewclip.world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
 
     world = WorldCaptionConfig(n_images=cfg.world_images, captions_per_image=cfg.world_captions_per_image,
                                image_size=cfg.world_image_size, seed=cfg.world_seed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from ..configbase import ConfigBlock
+from fewclip.configbase import ConfigBlock
 
 
 class DecodeConfig(ConfigBlock):

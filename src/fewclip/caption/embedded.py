@@ -16,7 +16,7 @@ DEFAULT_OUTPUT = "runs/caption-default"
 
 def embedded_caption_config(cache_dir: Path) -> dict[str, Any]:
     """The default caption run: adapter, prefix and LoRA, one seed, 480 world images with 5 captions each."""
-    from ..backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
+    from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
 
     return {
         "name": "embedded-world-captions",

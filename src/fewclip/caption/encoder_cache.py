@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..data.images import decode_image, read_file
-from ..features import FeatureCache, Job, encode_jobs
+from fewclip.data.images import decode_image, read_file
+from fewclip.features import FeatureCache, Job, encode_jobs
 
 
 class _FlatEncoder:

@@ -19,17 +19,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..backbones.config import ModelConfig
-from ..data.images import read_image
-from ..fileio import read_csv, read_json, write_csv, write_json
-from .attention import cross_attention_maps, draw_attention_panels, token_words
-from .config import BASELINE, CaptionConfig
-from .data import CaptionItem
-from .decode import generate_ids
-from .layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
-from .metrics import clip_scores, image_pixels, text_scores
-from .run_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
-from .splits import stored_path
+from fewclip.backbones.config import ModelConfig
+from fewclip.data.images import read_image
+from fewclip.fileio import read_csv, read_json, write_csv, write_json
+from fewclip.caption.attention import cross_attention_maps, draw_attention_panels, token_words
+from fewclip.caption.config import BASELINE, CaptionConfig
+from fewclip.caption.data import CaptionItem
+from fewclip.caption.decode import generate_ids
+from fewclip.caption.layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
+from fewclip.caption.metrics import clip_scores, image_pixels, text_scores
+from fewclip.caption.run_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
+from fewclip.caption.splits import stored_path
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = ("val", "test")
@@ -40,7 +40,7 @@ class ClipScorer:
     """CLIPScore / RefCLIPScore with one CLIP; image and reference features computed once per split."""
 
     def __init__(self, model: ModelConfig, cache_dir: Path, batch_size: int) -> None:
-        from ..backbones import load_backbone
+        from fewclip.backbones import load_backbone
 
         self.backbone = load_backbone(model, cache_dir=cache_dir)
         self.batch_size = batch_size
@@ -131,7 +131,7 @@ def _ordered(rows: list[dict[str, Any]], units: list[tuple[str, int]]) -> list[l
 def _unit_model(run: CaptionRun, method: str, seed: int) -> Any:
     if method == BASELINE:
         return run.baseline_model() if seed == run.config.seeds[0] else run.model(method, seed)
-    from .artifacts import load_caption_model
+    from fewclip.caption.artifacts import load_caption_model
 
     return load_caption_model(run.layout.model_dir(method, seed), device=run.config.model.device,
                               attention_layer=run.config.attention.layer)

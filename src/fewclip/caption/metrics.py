@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ..backbones import CLIPBackbone
+    from fewclip.backbones import CLIPBackbone
 
 _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
 Ngrams = Counter  # n-gram tuple -> count, for n = 1..4 together
@@ -198,7 +198,7 @@ def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
 
 def image_pixels(backbone: "CLIPBackbone", paths: Sequence[Path | str]) -> torch.Tensor:
     """(n, 3, H, W) pixels of image files, preprocessed as ``backbone`` expects."""
-    from ..data.images import read_image
+    from fewclip.data.images import read_image
 
     return torch.from_numpy(np.stack([backbone.transform(read_image(path)) for path in paths]))
 

@@ -33,9 +33,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..backbones.hf_clip import ModelConfig, load_transform, model_fingerprint, resolve_device
-from ..backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
-from ..configbase import ConfigBlock
+from fewclip.backbones.hf_clip import ModelConfig, load_transform, model_fingerprint, resolve_device
+from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
+from fewclip.configbase import ConfigBlock
 
 Method = Literal["untrained", "adapter", "prefix", "lora"]
 METHODS: tuple[str, ...] = ("untrained", "adapter", "prefix", "lora")

@@ -17,13 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..fileio import remove_stale_temporaries, write_csv, write_json
-from ..interrupt import Progress
-from .data import CaptionData, CaptionItem, load_caption_data
-from .decode import DecodeConfig, caption_tokens
-from .metrics import text_scores
-from .run_context import CaptionRun, fit_key, saved_fit_key
-from .splits import SPLITS, prepare_key, prepared_with, split_json
+from fewclip.fileio import remove_stale_temporaries, write_csv, write_json
+from fewclip.interrupt import Progress
+from fewclip.caption.data import CaptionData, CaptionItem, load_caption_data
+from fewclip.caption.decode import DecodeConfig, caption_tokens
+from fewclip.caption.metrics import text_scores
+from fewclip.caption.run_context import CaptionRun, fit_key, saved_fit_key
+from fewclip.caption.splits import SPLITS, prepare_key, prepared_with, split_json
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"  # beside the captioner in its model_dir while it trains
@@ -86,8 +86,8 @@ def split_cider(model: Any, tokens: Any, items: Sequence[CaptionItem], settings:
 
 def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None] | None = None) -> list[str]:
     """Train every (method, seed) not trained with these inputs; returns the units trained now."""
-    from .artifacts import save_caption_model
-    from .train import train_captioner
+    from fewclip.caption.artifacts import save_caption_model
+    from fewclip.caption.train import train_captioner
 
     run.write_config()
     config, layout = run.config, run.layout
@@ -131,7 +131,7 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
 
 def evaluate(run: CaptionRun) -> Path:
     """Score every unit, the untrained baseline included (see ``fewclip.caption.evaluation``)."""
-    from .evaluation import evaluate_run
+    from fewclip.caption.evaluation import evaluate_run
 
     run.write_config()
     return evaluate_run(run)
@@ -140,7 +140,7 @@ def evaluate(run: CaptionRun) -> Path:
 def report(run: CaptionRun) -> Path | None:
     """report.html from the evaluate stage's files (``fewclip.caption.report``)."""
     run.write_config()
-    from .report import write_caption_report
+    from fewclip.caption.report import write_caption_report
 
     return write_caption_report(run.layout)
 

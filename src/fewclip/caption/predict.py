@@ -14,12 +14,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.images import UnreadableImage
-from ..fileio import read_csv, write_csv, write_json
-from ..predict import expand_images, read_regular_image
-from .config import BASELINE, load_caption_config
-from .decode import DecodeConfig, caption_tokens
-from .layout import CaptionLayout
+from fewclip.data.images import UnreadableImage
+from fewclip.fileio import read_csv, write_csv, write_json
+from fewclip.runner.predict import expand_images, read_regular_image
+from fewclip.caption.config import BASELINE, load_caption_config
+from fewclip.caption.decode import DecodeConfig, caption_tokens
+from fewclip.caption.layout import CaptionLayout
 
 
 class CaptionerNotTrained(LookupError):
@@ -111,10 +111,10 @@ def load_captioner(run_dir: Path | str, method: str | None = None, seed: int | N
                    device: str | None = None) -> Captioner:
     """The captioner a caption run trained. With no method/seed: the highest test CIDEr in the run's
     caption_summary.csv; ``captioner.why`` says which rule chose it. ``device`` overrides model.device."""
-    from .artifacts import load_caption_model
-    from .model import CaptionModel
+    from fewclip.caption.artifacts import load_caption_model
+    from fewclip.caption.model import CaptionModel
 
-    from ..run_dir import check_run_kind
+    from fewclip.runner.run_dir import check_run_kind
 
     layout = CaptionLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():

@@ -25,11 +25,11 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import atomic_write_bytes, read_csv, read_json
-from ..report.html import CSS, ArtifactPage, esc, table, thumbnail
-from .answer import (ALPHA, BASELINE, METRIC_NAMES, METRICS, REFERENCE_SEPARATOR, CaptionAnswer, MethodRow, method_rows,
+from fewclip.fileio import atomic_write_bytes, read_csv, read_json
+from fewclip.report.html import CSS, ArtifactPage, esc, table, thumbnail
+from fewclip.caption.answer import (ALPHA, BASELINE, METRIC_NAMES, METRICS, REFERENCE_SEPARATOR, CaptionAnswer, MethodRow, method_rows,
                      optional_float, write_caption_answer)
-from .layout import CaptionLayout
+from fewclip.caption.layout import CaptionLayout
 
 CURVES_FILE = "caption_curves.png"  # in results/
 EXAMPLE_IMAGES = 6

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_text, read_json, remove_stale_temporaries
-from ..heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_tensors
-from ..interrupt import Progress
-from .artifacts import check_manifest
-from .config import BASELINE, CaptionConfig
-from .data import CaptionData
-from .layout import CaptionLayout
-from .splits import SPLITS, read_splits
+from fewclip.fileio import atomic_write_text, read_json, remove_stale_temporaries
+from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_tensors
+from fewclip.interrupt import Progress
+from fewclip.caption.artifacts import check_manifest
+from fewclip.caption.config import BASELINE, CaptionConfig
+from fewclip.caption.data import CaptionData
+from fewclip.caption.layout import CaptionLayout
+from fewclip.caption.splits import SPLITS, read_splits
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class CaptionRun:
         aliases included), so that weights replaced in place retrain; a hub model is named by id and
         revision (the hub's revision pins its files)."""
         if self._weights is None:
-            from ..backbones.model_source import resolve_model
-            from ..backbones.weights import weights_digest
+            from fewclip.backbones.model_source import resolve_model
+            from fewclip.backbones.weights import weights_digest
 
             model, weights = self.config.model, {}
             for part, model_id, revision in (("encoder", model.encoder, model.encoder_revision),
@@ -79,14 +79,14 @@ class CaptionRun:
 
     def model(self, method: str, seed: int) -> Any:
         """A fresh captioner of one unit (its new weights drawn from ``seed``)."""
-        from .model import CaptionModel
+        from fewclip.caption.model import CaptionModel
 
         return CaptionModel(self.config.unit_model(method), seed=seed)
 
     def tokens(self) -> Any:
         """The encoder tokens of every split's images (``EncoderTokens``): cached within the budget."""
         if self._tokens is None:
-            from .encoder_cache import EncoderTokens
+            from fewclip.caption.encoder_cache import EncoderTokens
 
             images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
             remove_stale_temporaries(self.cache_root / "features")
@@ -103,7 +103,7 @@ class CaptionRun:
 
     def _cached_count(self, sha1s: list[str]) -> int:
         """How many of ``sha1s`` have their encoder tokens cached now (while ``tokens()`` encodes them)."""
-        from ..features import FeatureCache
+        from fewclip.features import FeatureCache
 
         cache = FeatureCache(self.cache_root, self.baseline_model().encoder_fingerprint())
         return len(sha1s) - len(cache.missing(sha1s))

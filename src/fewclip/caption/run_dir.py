@@ -1,4 +1,4 @@
-"""Claiming a caption run directory for one command, with the rules of ``fewclip.run_dir``.
+"""Claiming a caption run directory for one command, with the rules of ``fewclip.runner.run_dir``.
 
 The same marker (a folder fewclip created or found empty), the same exclusive lock, and the same
 refusal of a config whose run-defining keys differ from the run's ``config.yaml`` unless forced. For
@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..run_dir import claim, differing_keys, locked, refuse_other_config
-from .config import CaptionConfig, load_caption_config
-from .layout import CaptionLayout
+from fewclip.runner.run_dir import claim, differing_keys, locked, refuse_other_config
+from fewclip.caption.config import CaptionConfig, load_caption_config
+from fewclip.caption.layout import CaptionLayout
 
 RUN_DEFINING = ("model.encoder", "model.encoder_revision", "model.decoder", "model.decoder_revision", "data")
 

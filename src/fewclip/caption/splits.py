@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import read_json
-from .config import CaptionConfig
-from .data import CaptionData, CaptionItem
-from .layout import CaptionLayout
+from fewclip.fileio import read_json
+from fewclip.caption.config import CaptionConfig
+from fewclip.caption.data import CaptionData, CaptionItem
+from fewclip.caption.layout import CaptionLayout
 
 SPLITS = ("train", "val", "test")
 

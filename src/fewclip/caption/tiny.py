@@ -8,8 +8,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..embedded import COLOURS
-from ..world.tokenizer import chain_merges, write_clip_tokenizer
+from fewclip.runner.demo import COLOURS
+from fewclip.world.tokenizer import chain_merges, write_clip_tokenizer
 
 TOY_WORDS = ("a", "square", "on", "grey", *COLOURS)
 

@@ -27,9 +27,9 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..configbase import ConfigBlock
-from ..heads.artifacts import DamagedArtifact, read_tensors, write_tensors
-from ..heads.base import check_loss
+from fewclip.configbase import ConfigBlock
+from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.base import check_loss
 
 log = logging.getLogger(__name__)
 

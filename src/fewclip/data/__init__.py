@@ -1,10 +1,10 @@
 """Data: sources, the prepare stage, records and few-shot splits."""
 
-from .images import UnreadableImage, read_image, to_rgb
-from .prepare import ClassNames, load_prepared, prepare
-from .records import Record, read_records, write_records
-from .sources import list_sources
-from .splits import load_split, make_splits, write_splits
+from fewclip.data.images import UnreadableImage, read_image, to_rgb
+from fewclip.data.prepare import ClassNames, load_prepared, prepare
+from fewclip.data.records import Record, read_records, write_records
+from fewclip.data.sources import list_sources
+from fewclip.data.splits import load_split, make_splits, write_splits
 
 __all__ = [
     "ClassNames", "Record", "UnreadableImage", "list_sources", "load_prepared", "load_split", "make_splits",

@@ -16,10 +16,10 @@ import logging
 import random
 from typing import Sequence
 
-from ..fileio import read_csv
-from ..layout import RunLayout
-from .records import Record, read_records
-from .sources import SourceConfig
+from fewclip.fileio import read_csv
+from fewclip.runner.layout import RunLayout
+from fewclip.data.records import Record, read_records
+from fewclip.data.sources import SourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .records import Record
+from fewclip.data.records import Record
 
 log = logging.getLogger(__name__)
 

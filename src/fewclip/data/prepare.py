@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..fileio import atomic_write_bytes, read_json, write_csv, write_json
-from ..layout import RunLayout
-from .duplicates import check_duplicates
-from .images import UnreadableImage, image_format_suffix, verify_image
-from .records import Record, read_records, write_records
-from .sources import Source, SourceConfig, SourceItem, build_source
+from fewclip.fileio import atomic_write_bytes, read_json, write_csv, write_json
+from fewclip.runner.layout import RunLayout
+from fewclip.data.duplicates import check_duplicates
+from fewclip.data.images import UnreadableImage, image_format_suffix, verify_image
+from fewclip.data.records import Record, read_records, write_records
+from fewclip.data.sources import Source, SourceConfig, SourceItem, build_source
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..fileio import read_csv, write_csv
+from fewclip.fileio import read_csv, write_csv
 
 RECORD_COLUMNS = ("path", "label", "class_name", "sha1")
 

@@ -13,9 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Sequence
 
-from ..layout import RunLayout
-from .coop_fewshot import check_coop_budget, coop_splits_for_run
-from .records import Record, read_records, write_records
+from fewclip.runner.layout import RunLayout
+from fewclip.data.coop_fewshot import check_coop_budget, coop_splits_for_run
+from fewclip.data.records import Record, read_records, write_records
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
-from .records import Record
+from fewclip.data.records import Record
 
 Subsample = Literal["all", "base", "new", "base2new"]
 

@@ -6,21 +6,21 @@ here fills the registry, in this order, which is the order of ``list_heads()``.
 
 from __future__ import annotations
 
-from .base import FeatureSet, Head, ImageSet, Task, load_head, normalize, read_head_meta, save_head
-from .registry import HEADS, list_heads
-from .zero_shot import ZeroShotConfig, ZeroShotHead
-from .linear_probe import LinearProbeConfig, LinearProbeHead
-from .coop import CoOpConfig, CoOpHead
-from .cocoop import CoCoOpConfig, CoCoOpHead
-from .tip_adapter import TipAdapterConfig, TipAdapterHead
-from .tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
-from .clip_adapter import ClipAdapterConfig, ClipAdapterHead
-from .zs_lp import ZsLpConfig, ZsLpHead
-from .clap import ClapConfig, ClapHead
-from .kgcoop import KgCoOpConfig, KgCoOpHead
-from .prograd import ProGradConfig, ProGradHead
-from .clip_lora import ClipLoraConfig, ClipLoraHead
-from .maple import MapleConfig, MapleHead
+from fewclip.heads.base import FeatureSet, Head, ImageSet, Task, load_head, normalize, read_head_meta, save_head
+from fewclip.heads.registry import HEADS, list_heads
+from fewclip.heads.on_features.zero_shot import ZeroShotConfig, ZeroShotHead
+from fewclip.heads.on_features.linear_probe import LinearProbeConfig, LinearProbeHead
+from fewclip.heads.prompts.coop import CoOpConfig, CoOpHead
+from fewclip.heads.prompts.cocoop import CoCoOpConfig, CoCoOpHead
+from fewclip.heads.on_features.tip_adapter import TipAdapterConfig, TipAdapterHead
+from fewclip.heads.on_features.tip_adapter_f import TipAdapterFConfig, TipAdapterFHead
+from fewclip.heads.on_features.clip_adapter import ClipAdapterConfig, ClipAdapterHead
+from fewclip.heads.on_features.zs_lp import ZsLpConfig, ZsLpHead
+from fewclip.heads.on_features.clap import ClapConfig, ClapHead
+from fewclip.heads.prompts.kgcoop import KgCoOpConfig, KgCoOpHead
+from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
+from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
+from fewclip.heads.encoders.maple import MapleConfig, MapleHead
 
 __all__ = [
     "FeatureSet", "HEADS", "Head", "ImageSet", "Task",

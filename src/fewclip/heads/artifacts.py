@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
 
-from ..fileio import atomic_write_bytes, read_json
+from fewclip.fileio import atomic_write_bytes, read_json
 
 SAFETENSORS_SHA256 = "safetensors_sha256"  # the JSON key that holds a head's tensor-file checksum
 _TENSORS_DIGEST = "tensors_sha256"  # the metadata key that holds a checkpoint's own tensor digest

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
-from ..distributed import SINGLE, Ranks
-from ..fileio import write_json
-from .artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
-from .selection import best_epoch
+from fewclip.distributed import SINGLE, Ranks
+from fewclip.fileio import write_json
+from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
+from fewclip.training.selection import best_epoch
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
 
     Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
     """
-    from . import HEADS
+    from fewclip.heads import HEADS
 
     meta = read_head_meta(stem)
     if meta is None:

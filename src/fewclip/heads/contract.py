@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from ..configbase import ConfigBlock
+from fewclip.configbase import ConfigBlock
 
 
 @dataclass(frozen=True)

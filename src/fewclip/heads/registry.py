@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ..registry import Registry
-from .contract import contract_problems
+from fewclip.registry import Registry
+from fewclip.heads.contract import contract_problems
 
 HEADS: Registry[type] = Registry("head")
 

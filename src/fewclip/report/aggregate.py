@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import read_csv, write_csv
-from ..layout import RunLayout
-from ..stats import chance_accuracy, majority_accuracy, mean_std
+from fewclip.fileio import read_csv, write_csv
+from fewclip.runner.layout import RunLayout
+from fewclip.stats import chance_accuracy, majority_accuracy, mean_std
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 ACCURACY_COLUMNS = ("method", "shots", "split", "n_seeds", "n_test", "accuracy_mean", "accuracy_std",

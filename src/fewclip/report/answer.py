@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..stats import IMBALANCE_RATIO, PairedTest, imbalance_ratio, paired_hm_test, paired_test
-from .aggregate import split_key
-from .evidence import Evidence
+from fewclip.stats import IMBALANCE_RATIO, PairedTest, imbalance_ratio, paired_hm_test, paired_test
+from fewclip.report.aggregate import split_key
+from fewclip.report.evidence import Evidence
 
 ALPHA = 0.05
 SPLIT_NAMES = {"test": "test split", "base": "base classes", "new": "new classes",

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config_yaml import ConfigFileError, read_yaml_file
-from ..data.sources.coop import COOP_DATASETS
-from ..fileio import atomic_write_text, read_csv, write_csv
-from ..layout import RunLayout
-from ..stats import mean_std
-from ..targets import read_targets
-from .aggregate import split_key
-from .compare_html import compare_page
-from .published import Reference, ReferenceKey, load_published, paper_backbone, paper_method, paper_protocol
+from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
+from fewclip.data.sources.coop import COOP_DATASETS
+from fewclip.fileio import atomic_write_text, read_csv, write_csv
+from fewclip.runner.layout import RunLayout
+from fewclip.stats import mean_std
+from fewclip.data.eval_targets import read_targets
+from fewclip.report.aggregate import split_key
+from fewclip.report.compare_html import compare_page
+from fewclip.report.published import Reference, ReferenceKey, load_published, paper_backbone, paper_method, paper_protocol
 
 CSV_COLUMNS = ("dataset", "method", "shots", "protocol", "backbone", "split", "mean", "std", "n_seeds", "reference",
                "reference_source", "note")
@@ -209,7 +209,7 @@ def with_reference(cell: Cell, backbone: str | None, published: Mapping[Referenc
 
 def clash_message(first: Run, second: Run) -> str:
     """Why two runs cannot share a table's column: one dataset run twice, or two datasets under one ``name``."""
-    from ..run_dir import flatten_keys
+    from fewclip.runner.run_dir import flatten_keys
 
     ignored = ("eval_on", "label")  # targets and table labels change no image the heads were trained or tested on
     before, after = ({key: value for key, value in flatten_keys(run.dataset_config).items()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from .html import CSS, esc, table
+from fewclip.report.html import CSS, esc, table
 
 if TYPE_CHECKING:  # compare imports this module to write the page
-    from .compare import Cell, Table
+    from fewclip.report.compare import Cell, Table
 
 SPLIT_LABELS = {"test": "", "base": "base", "new": "new", "hm": "HM"}
 PROTOCOL_TITLES = {"few_shot": "Few-shot classification (all classes)", "base2new": "Base-to-new generalisation",

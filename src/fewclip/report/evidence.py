@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..fileio import read_csv
-from ..layout import RunLayout
+from fewclip.fileio import read_csv
+from fewclip.runner.layout import RunLayout
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fileio import read_csv
-from ..layout import RunLayout
-from .aggregate import mean_curves, read_accuracy_table, read_histories, split_key
-from .answer import shots_text
-from .unit_figures import _pyplot, _save
+from fewclip.fileio import read_csv
+from fewclip.runner.layout import RunLayout
+from fewclip.report.aggregate import mean_curves, read_accuracy_table, read_histories, split_key
+from fewclip.report.answer import shots_text
+from fewclip.report.unit_figures import _pyplot, _save
 
 SPLIT_TITLES = {"test": "test (all classes)", "base": "base classes", "new": "new classes",
                 "hm": "harmonic mean of base and new"}

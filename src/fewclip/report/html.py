@@ -11,16 +11,16 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..config import Config, load_config, method_block, split_variant
-from ..fileio import atomic_write_text, read_csv, write_json
-from ..heads import HEADS
-from ..layout import RunLayout
-from .aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
-from .answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
-from .evidence import read_evidence
-from .figures import accuracy_plot_path, curves_path, write_figures
-from .missing import missing_splits, missing_units
-from .protocols import protocols_html, write_protocol_tables
+from fewclip.runner.config import Config, load_config, method_block, split_variant
+from fewclip.fileio import atomic_write_text, read_csv, write_json
+from fewclip.heads import HEADS
+from fewclip.runner.layout import RunLayout
+from fewclip.report.aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
+from fewclip.report.answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
+from fewclip.report.evidence import read_evidence
+from fewclip.report.figures import accuracy_plot_path, curves_path, write_figures
+from fewclip.report.missing import missing_splits, missing_units
+from fewclip.report.protocols import protocols_html, write_protocol_tables
 
 THUMBNAIL_PX = 96
 CONFUSION_TABLE_MAX_CLASSES = 30

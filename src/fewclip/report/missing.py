@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..config import Config
-from ..data.subsample import eval_views
-from ..config import split_variant
-from ..heads import HEADS
-from ..run_context import head_class, units
+from fewclip.runner.config import Config
+from fewclip.data.subsample import eval_views
+from fewclip.runner.config import split_variant
+from fewclip.heads import HEADS
+from fewclip.runner.run_context import head_class, units
 
 
 def expected_splits(config: Config) -> list[str]:

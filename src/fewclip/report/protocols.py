@@ -1,6 +1,6 @@
 """The domain-generalisation and cross-dataset tables of a run with ``dataset.eval_on`` targets.
 
-One table per protocol (``fewclip.targets``): rows are methods and shot budgets; columns are the source
+One table per protocol (``fewclip.data.eval_targets``): rows are methods and shot budgets; columns are the source
 (the trained dataset's own test split) and each target of that protocol, then the unweighted average over
 the targets (as the papers' "Average" over target datasets), given only when every target has a value.
 Values are accuracy mean ± sample std over seeds, read from ``aggregate/accuracy_table.csv``. A method
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..fileio import write_csv
-from ..layout import RunLayout
-from ..targets import PROTOCOL_TITLES, read_targets
+from fewclip.fileio import write_csv
+from fewclip.runner.layout import RunLayout
+from fewclip.data.eval_targets import PROTOCOL_TITLES, read_targets
 
 CANNOT_TRANSFER = "cannot transfer"
 TABLE_COLUMNS = ("protocol", "method", "shots", "dataset", "role", "n_seeds", "accuracy_mean", "accuracy_std", "note")
@@ -111,7 +111,7 @@ def cell_text(cell: ProtocolCell) -> str:
 
 def protocols_html(tables: Sequence[ProtocolTable]) -> str:
     """The report's section: one HTML table per protocol."""
-    from .html import esc, table  # html builds the page from this section: imported when it is drawn
+    from fewclip.report.html import esc, table  # html builds the page from this section: imported when it is drawn
 
     parts = ['<p class="note">Accuracy in percent, mean ± std over seeds: the heads trained on the source, scored '
              "on each dataset.eval_on target's test images. Domain generalisation uses the head's own logits at "

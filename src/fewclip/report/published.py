@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Mapping
 
-from ..heads import HEADS, list_heads
-from ..heads.base import own_declaration
+from fewclip.heads import HEADS, list_heads
+from fewclip.heads.base import own_declaration
 
 PUBLISHED_FILE = "published.csv"
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write_bytes
+from fewclip.fileio import atomic_write_bytes
 
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ sets and a tiny GPT-2 pretrained on world captions (shipped in ``decoder/``) for
 
 from pathlib import Path
 
-from .render import CLASSES, COLOURS, DOMAINS, SHAPES, parse_class, render
+from fewclip.world.render import CLASSES, COLOURS, DOMAINS, SHAPES, parse_class, render
 
 CHECKPOINT = Path(__file__).parent / "checkpoint"
 DECODER = Path(__file__).parent / "decoder"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..fileio import atomic_write_bytes, read_json, write_json
-from .render import CLASSES, COLOURS, POSITIONS, SHAPES, SIZES, Scene, render
+from fewclip.fileio import atomic_write_bytes, read_json, write_json
+from fewclip.world.render import CLASSES, COLOURS, POSITIONS, SHAPES, SIZES, Scene, render
 
 CAPTIONS_FILE = "captions.json"
 IMAGE_DIR = "images"

@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..backbones.preprocess import OPENAI_MEAN as MEAN, OPENAI_STD as STD, write_processor_config
-from . import CLASSES, HELD_OUT
-from .render import COLOURS, POSITIONS, SHAPES, SIZES, Scene, image_rng, render
-from .tokenizer import train_bpe, write_clip_tokenizer
+from fewclip.backbones.preprocess import OPENAI_MEAN as MEAN, OPENAI_STD as STD, write_processor_config
+from fewclip.world import CLASSES, HELD_OUT
+from fewclip.world.render import COLOURS, POSITIONS, SHAPES, SIZES, Scene, image_rng, render
+from fewclip.world.tokenizer import train_bpe, write_clip_tokenizer
 
 CAPTION_TEMPLATES = (
     "a photo of a {colour} {shape}.",
@@ -211,7 +211,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
                    pairs_per_second=round(pairs / train_seconds, 1), final_loss=history[-1]["loss"] if history else None,
                    first_loss=history[0]["loss"] if history else None)
     save(model, out, cfg, results, history)
-    from .card import write_model_card
+    from fewclip.world.card import write_model_card
 
     write_model_card(out, command or f"fewclip world pretrain --out {out} --minutes {cfg.minutes} --seed {cfg.seed}")
     log(json.dumps(results))

@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .captions import all_captions, caption_words
-from .pretrain import lr_at
-from .tokenizer import gpt2_word_merges, write_gpt2_tokenizer
+from fewclip.world.captions import all_captions, caption_words
+from fewclip.world.pretrain import lr_at
+from fewclip.world.tokenizer import gpt2_word_merges, write_gpt2_tokenizer
 
 BOS_EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -7,13 +7,13 @@ from typing import Annotated, Any, Callable, Union
 
 from pydantic import Field
 
-from ...registry import Registry
-from .base import Source, SourceConfig, SourceItem
-from .coop import CoopSource, CoopSourceConfig
-from .csv_source import CsvSource, CsvSourceConfig
-from .folder import FolderSource, FolderSourceConfig
-from .hf import HFSource, HFSourceConfig
-from .world import WorldSource, WorldSourceConfig
+from fewclip.registry import Registry
+from fewclip.data.sources.base import Source, SourceConfig, SourceItem
+from fewclip.data.sources.coop import CoopSource, CoopSourceConfig
+from fewclip.data.sources.csv_source import CsvSource, CsvSourceConfig
+from fewclip.data.sources.folder import FolderSource, FolderSourceConfig
+from fewclip.data.sources.hf import HFSource, HFSourceConfig
+from fewclip.data.sources.world import WorldSource, WorldSourceConfig
 
 SOURCES: Registry[tuple[type[SourceConfig], Callable[[Any], Source]]] = Registry("data source")
 SOURCES.register("hf", (HFSourceConfig, HFSource))

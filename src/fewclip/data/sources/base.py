@@ -9,8 +9,8 @@ from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequenc
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from ...configbase import ConfigBlock
-from ..duplicates import DuplicatePolicy
+from fewclip.configbase import ConfigBlock
+from fewclip.data.duplicates import DuplicatePolicy
 
 Split = Literal["train", "val", "test"]  # "val" only from sources whose config has has_val_split
 
@@ -63,7 +63,7 @@ class SourceConfig(ConfigBlock):
     @field_validator("eval_on")
     @classmethod
     def _flat_distinct_targets(cls, targets: list[Any]) -> list[Any]:
-        from . import dataset_label
+        from fewclip.data.sources import dataset_label
 
         for index, target in enumerate(targets):
             if target.eval_on:

@@ -25,8 +25,8 @@ from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field, field_validator
 
-from ...registry import unknown_name_message
-from .base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.registry import unknown_name_message
+from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
 
 # The class-name fixes CoOp applies when it builds these splits (readable EuroSAT land-use names,
 # singular Caltech101 names). Published split files already carry them; a file that still has the

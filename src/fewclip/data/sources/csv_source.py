@@ -9,8 +9,8 @@ from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from .base import SourceConfig, SourceItem, Split, missing_path_message
-from .folder import in_test_share
+from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.folder import in_test_share
 
 
 class CsvSourceConfig(SourceConfig):

@@ -9,7 +9,7 @@ from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from .base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from .base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.base import SourceConfig, SourceItem, Split
 
 
 class HFSourceConfig(SourceConfig):

@@ -9,7 +9,7 @@ from typing import Iterator, Literal
 
 from pydantic import Field, field_validator
 
-from .base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.base import SourceConfig, SourceItem, Split
 
 
 class WorldSourceConfig(SourceConfig):
@@ -26,7 +26,7 @@ class WorldSourceConfig(SourceConfig):
     @field_validator("classes")
     @classmethod
     def _world_classes(cls, classes: list[str] | None) -> list[str] | None:
-        from ...world.render import CLASSES
+        from fewclip.world.render import CLASSES
 
         for name in classes or []:
             if name not in CLASSES:
@@ -35,7 +35,7 @@ class WorldSourceConfig(SourceConfig):
 
 
 def render_png(class_name: str, seed: int, domain: str, split: str, index: int, size: int) -> bytes:
-    from ...world.render import image_rng, render
+    from fewclip.world.render import image_rng, render
 
     image, _ = render(class_name, image_rng(seed, domain, split, class_name, index), size, domain)
     buffer = io.BytesIO()
@@ -48,7 +48,7 @@ class WorldSource:
         self.config = config
 
     def class_names(self, split: Split = "train") -> list[str]:
-        from ...world.render import CLASSES
+        from fewclip.world.render import CLASSES
 
         return list(CLASSES)
 

@@ -1,0 +1,1 @@
+"""Heads that tune inside the encoders (LoRA, deep prompts): trained on images, not cached features."""

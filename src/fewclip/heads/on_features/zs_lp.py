@@ -1,0 +1,161 @@
+"""ZS-LP (Silva-Rodriguez et al., CVPR 2024, "A Closer Look at the Few-Shot Adaptation of Large
+Vision-Language Models"): a linear probe whose class prototypes start at the zero-shot ones.
+
+As jusiro/CLAP ``trainers/adapters.py`` (``INIT: ZS``, ``CONSTRAINT: none``): the prototypes ``w`` (C, d) start
+at the mean of each class's raw template embeddings (``_get_base_text_features``, here
+``zero_shot.mean_template_features``); ``logits = logit_scale * cos(f, w_c)`` (``forward_lp``: L2-normalised
+features and prototypes, CLIP's own temperature). Training follows ``configs/trainers/SGD_lr1e-1_B256_ep300.yaml``
+through Dassl's ``build_optimizer``/``build_lr_scheduler``: SGD lr 0.1, momentum 0.9, no dampening, no
+Nesterov, no weight decay, 300 epochs; one constant 1e-5 warm-up epoch, then ``CosineAnnealingLR(T_max=300)``
+stepped after each epoch's last batch (``schedule: dassl``). An epoch has as many batches of 256 as Dassl's
+image loader (``drop_last`` when there are at least 256 images), cut from the shuffled pool of all augmented
+features (``TrainerXCostume.run_epoch``; ``view_sampling: pool``). Validation-free: the last epoch is kept and
+no temperature is fitted on val.
+
+Where fewclip differs, and why:
+
+- ``augment_views`` is 0 by default (train on the plain features): the reference always extracts 20 augmented
+  passes of the support set (``epochs_aumentation``); set ``augment_views: 20`` for that. Extracting them costs
+  20 encoder passes over the support set, so it is opt-in.
+- The templates are fewclip's ``prompts`` block; the reference uses one hand-written template per dataset
+  (``CUSTOM_TEMPLATES``), plus seven for ImageNet.
+- With one template the untrained probe is ``zero_shot``; with several its prototypes have the raw mean's
+  direction, as the reference, not the normalised ensemble's (``prototypes: zero_shot`` starts from that, at
+  the raw mean's length: fewclip's earlier choice, under which the untrained probe is exactly zero-shot).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fewclip.configbase import ConfigBlock
+from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, head_checkpoint_key, train_on_features
+from fewclip.heads.registry import register_head
+from fewclip.training.schedule import SCHEDULE_HELP, Schedule
+from fewclip.training.selection import SELECT_HELP, SelectRule
+from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
+
+
+class ZsLpConfig(ConfigBlock):
+    """The `zs_lp` block: the CLAP paper's validation-free schedule."""
+
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+    prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
+    schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
+    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (the paper "
+                               "extracts 20); 0: the plain features.")
+    view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
+    select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
+    calibrate: bool = Field(False, description="Temperature-scale the logits on the validation split (off: "
+                            "validation-free, as in the paper).")
+
+    def settings(self) -> FeatureTrainSettings:
+        return FeatureTrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
+                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last, self.view_sampling)
+
+
+class PrototypeModel(nn.Module):
+    """Trainable class prototypes (C, d) scored by cosine times CLIP's logit scale."""
+
+    def __init__(self, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.prototypes = nn.Parameter(prototypes.clone())
+        self.register_buffer("logit_scale", logit_scale.reshape(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * normalize(features) @ normalize(self.prototypes).T
+
+
+def initial_model(task: Task, prototypes: StartPrototypes = "template_mean") -> PrototypeModel:
+    """The untrained probe: the start prototypes (by default the mean raw template embedding of each class),
+    CLIP's logit scale."""
+    start = start_prototypes(task.backbone, task.class_names, task.templates, prototypes)
+    return PrototypeModel(start, torch.tensor(float(task.backbone.logit_scale)))
+
+
+@register_head
+class ZsLpHead(HeadBase):
+    name = "zs_lp"
+    paper = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
+    official_code = "jusiro/CLAP"
+    config_key = "zs_lp"
+    Config = ZsLpConfig
+    validation_free = True  # Silva-Rodriguez et al., CVPR 2024 (CLAP inherits it)
+    uses_text = True
+    uses_shots = True
+    checks_task = True
+    has_differentiable_logits = True
+    uses_augmented_views = True
+    selects_epoch = True
+    calibrates = True
+
+    def __init__(self, config: ZsLpConfig | None = None) -> None:
+        self.config = config or ZsLpConfig()
+
+    def check(self, task: Task) -> None:
+        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
+        check_template_task(task, self.name)
+
+    def train_step(self, model: PrototypeModel,
+                   train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+        """The loss of one step for the untrained ``model`` (None: plain cross-entropy); CLAP adds its
+        constraint here."""
+        return None
+
+    def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZsLpHead":
+        if train is None or len(train) == 0:
+            raise ValueError(f"{self.name} needs training features")
+        self.check(task)
+        cfg = self.config
+        model = initial_model(task, cfg.prototypes)
+        history, selection, _ = train_on_features(
+            model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch, train_step=self.train_step(model, train))
+        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
+        self.model_ = model.requires_grad_(False)
+        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
+        self.temperature_ = temperature_tensor(self.calibration_)
+        return self
+
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP-scaled cosine logits against the learned prototypes."""
+        with torch.no_grad():
+            return self.model_(features)
+
+    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``logits`` with autograd on, for saliency."""
+        return self.model_(features) / self.temperature_
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) logits (divided by the val temperature only when calibrate is on)."""
+        return self.uncalibrated_logits(features) / self.temperature_
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(dim=-1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"prototypes": self.model_.prototypes.detach(), "logit_scale": self.model_.logit_scale.reshape(1),
+                "temperature": self.temperature_.reshape(1)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.model_ = PrototypeModel(tensors["prototypes"], tensors["logit_scale"]).requires_grad_(False)
+        self.temperature_ = tensors["temperature"].reshape(())
+        self.best_epoch_ = meta.get("best_epoch")
+
+    def trainable_parameters(self) -> int:
+        return int(self.model_.prototypes.numel()) if hasattr(self, "model_") else 0

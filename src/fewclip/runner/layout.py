@@ -1,0 +1,116 @@
+"""Where every stage reads and writes inside a run directory (the files are the stages' interface)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def marker(self) -> Path:
+        """Written when fewclip creates the run directory: fewclip writes into no other non-empty folder."""
+        return self.root / ".fewclip-run.json"
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by the command using the run directory; holds that command's pid."""
+        return self.root / ".fewclip-run.lock"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def classes(self) -> Path:
+        return self.data / "classes.json"
+
+    @property
+    def train_full(self) -> Path:
+        return self.data / "train_full.csv"
+
+    @property
+    def val_full(self) -> Path:
+        """The dataset's own validation split (sources with has_val_split, e.g. CoOp's split files)."""
+        return self.data / "val_full.csv"
+
+    @property
+    def test(self) -> Path:
+        return self.data / "test.csv"
+
+    @property
+    def exclusions(self) -> Path:
+        return self.root / "exclusions.csv"
+
+    def split_dir(self, seed: int, shots: int) -> Path:
+        return self.root / "splits" / f"seed_{seed}" / f"shot_{shots}"
+
+    @property
+    def heads(self) -> Path:
+        return self.root / "heads"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def summary(self) -> Path:
+        return self.results / "summary.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    def unit_results(self, method: str, shots: int, seed: int, split: str) -> Path:
+        """Per-unit evaluation artifacts: confusion.{csv,png}, confused_pairs.csv, mistakes.csv,
+        calibration.csv, reliability.png."""
+        return self.results / "units" / f"{unit_name(method, shots, seed)}-{split}"
+
+    def unit_evaluation(self, method: str, shots: int, seed: int) -> Path:
+        """One unit's evaluation record: the key it was computed under and its summary/per-class/template rows."""
+        return self.results / "units" / f"{unit_name(method, shots, seed)}.eval.json"
+
+    def saliency(self, method: str, shots: int, seed: int) -> Path:
+        """saliency.png (overlays) and saliency.csv (path, label, pred) for a sample of test images."""
+        return self.results / "saliency" / unit_name(method, shots, seed)
+
+    def target(self, label: str) -> "RunLayout":
+        """An eval_on target's own prepared data (``data/classes.json``, ``data/test.csv``) under ``targets/``."""
+        return RunLayout(self.root / "targets" / label)
+
+    @property
+    def targets(self) -> Path:
+        """What the evaluate stage found for each eval_on target: its protocol, classes and the methods that
+        cannot classify its classes (``fewclip.data.eval_targets``)."""
+        return self.results / "targets.json"
+
+    @property
+    def aggregate(self) -> Path:
+        """Tables and plots over seeds and methods, built from the CSVs above."""
+        return self.results / "aggregate"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def answer(self) -> Path:
+        """The report's answer (headline, per-budget verdicts and tests), computed once by the report stage."""
+        return self.results / "answer.json"
+
+    @property
+    def recommendation(self) -> Path:
+        """The recommended head (method, shots, seed, why) that ``predict`` uses by default."""
+        return self.results / "recommendation.json"
+
+
+def unit_name(method: str, shots: int, seed: int) -> str:
+    """The file stem of one trained head: ``linear_probe/shot_16-seed_1``."""
+    return f"{method}/shot_{shots}-seed_{seed}"

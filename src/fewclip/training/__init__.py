@@ -1,0 +1,1 @@
+"""Training loops (one on cached features, one on images), learning-rate schedules, epoch selection and calibration."""

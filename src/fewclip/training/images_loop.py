@@ -1,0 +1,287 @@
+"""The training loop of heads that tune inside the encoders: AdamW + cosine (or SGD with Dassl's per-epoch
+warm-up + cosine: ``encoder_schedule``) over a fixed number of optimiser steps, on augmented images, validated
+and checkpointed at every epoch end.
+
+A checkpoint (safetensors, no pickle) holds the trainable weights, the optimiser's moments, the best
+epoch's weights and, in its JSON metadata, the epoch, step, history, scheduler, grad scaler, optimiser
+groups and torch RNG (dropout). The data order and augmentation of an epoch are functions of (seed, epoch)
+(``image_batches``), so resuming at an epoch end replays exactly what an uninterrupted run does.
+
+An epoch is ``batch_count`` steps (``plan.drop_last``: Dassl's loader, which drops the last partial batch
+when there are at least ``batch_size`` images; the dropped images are the tail of the epoch's order, the
+same on every rank and in a resumed run).
+
+Under torchrun (``ranks.world > 1``) the network is wrapped in ``DistributedDataParallel``: each optimiser
+step's ``batch_size`` images are the one-process run's, cut into one contiguous part per rank (per-rank batch =
+global / world); each rank's loss is its images' summed cross-entropy over the step's global image count,
+times the world size, so DDP's gradient average is the one-process gradient up to reduction order.
+Validation is shared out the same way and gathered; rank 0 alone writes checkpoints, which hold every
+rank's RNG state. Dropout draws differ between ranks (rank r seeds with ``seed + r * 1_000_003``), so with
+dropout > 0 a many-process run is statistically, not numerically, the one-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fewclip.backbones.device import autocast_for
+from fewclip.backbones.preprocess import Augmentation, ImageTransform
+from fewclip.distributed import SINGLE, Ranks
+from fewclip.metrics import summarize
+from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.base import ImageSet, check_loss
+from fewclip.training.encoder_schedule import build_optimizer
+from fewclip.training.image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
+from fewclip.training.features_loop import batch_count
+from fewclip.training.selection import BestEpoch, SelectRule, Selection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    iterations: int  # optimiser steps in all
+    batch_size: int  # images per step
+    accumulate: int
+    lr: float
+    min_lr: float
+    weight_decay: float
+    precision: str
+    select: SelectRule
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+    flip: bool = True
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    drop_last: bool = False  # an epoch drops its last partial step when there are >= batch_size images (Dassl)
+    # "adamw" (per-step cosine to min_lr) or "sgd" (Dassl: momentum, constant warm-up, per-epoch cosine over
+    # epochs of steps_per_epoch steps); see encoder_schedule
+    optimizer: str = "adamw"
+    momentum: float = 0.0
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    steps_per_epoch: int = 0
+
+    def augmentation(self) -> Augmentation | None:
+        """The training images' augmentation; None: the model's own preprocessing."""
+        if not self.augment:
+            return None
+        return Augmentation(scale=self.crop_scale, flip=0.5 if self.flip else 0.0)
+
+
+class EncoderTrainer:
+    """Trains the ``requires_grad`` parameters of ``net``, a module whose forward maps (n, 3, H, W) preprocessed
+    pixels to (n, C) logits."""
+
+    def __init__(self, net: nn.Module, transform: ImageTransform, plan: TrainPlan, seed: int, workers: int,
+                 n_classes: int, device: torch.device, ranks: Ranks = SINGLE) -> None:
+        self.net, self.transform, self.plan = net, transform, plan
+        self.seed, self.workers, self.n_classes, self.device, self.ranks = seed, workers, n_classes, device, ranks
+        self.params = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        self.forward: nn.Module = net
+        if ranks.distributed:
+            if (plan.batch_size // plan.accumulate) < ranks.world:
+                raise ValueError(f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
+                                 f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate")
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
+        self.optimizer, self.scheduler = build_optimizer(list(self.params.values()), plan)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.params.items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(state[name].to(param.device, param.dtype))
+
+    def fit(self, train: ImageSet, val: ImageSet | None, checkpoint: Path | None, key: str,
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], Selection]:
+        """Train for ``plan.iterations`` steps; leave the selected epoch's weights in the model."""
+        plan = self.plan
+        steps_per_epoch = self.epoch_steps(len(train))
+        epochs = -(-plan.iterations // steps_per_epoch)
+        run_key = self.run_key(train, val, key)
+        history: list[dict[str, float]] = []
+        keeper = BestEpoch(plan.select)
+        step, start_epoch, partial = 0, 0, None
+        resumed = self.resume(checkpoint, run_key) if checkpoint is not None else None
+        if resumed is not None:
+            start_epoch, step, history, keeper, partial = resumed
+        for epoch in range(start_epoch, epochs):
+            epoch_start = step - (partial["steps"] if partial else 0)
+            steps = min(steps_per_epoch, plan.iterations - epoch_start)
+
+            def at_step(done: int, progress: Callable[[], dict[str, Any]], epoch: int = epoch,
+                        epoch_start: int = epoch_start, steps: int = steps) -> None:
+                every = plan.checkpoint_every
+                if checkpoint is not None and every and done % every == 0 and done < steps:
+                    self.save(checkpoint, epoch, epoch_start + done, history, keeper, run_key, progress())
+
+            row = self.train_epoch(train, epoch, steps, partial, at_step)
+            step, partial = epoch_start + steps, None
+            row.update(self.validate(val))
+            keeper.observe(epoch + 1, row, self.state)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if checkpoint is not None:
+                self.save(checkpoint, epoch + 1, step, history, keeper, run_key)
+        selection, kept = keeper.choose(history, val.labels if val is not None else None, self.n_classes)
+        if kept is not None:
+            self.load(kept)
+        return history, selection
+
+    def train_epoch(self, train: ImageSet, epoch: int, steps: int, partial: dict[str, Any] | None = None,
+                    at_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None) -> dict[str, float]:
+        """``steps`` optimiser steps over the epoch's batches, from ``partial`` (a checkpoint taken inside the
+        epoch: the steps done and the running sums, over all ranks) if given; returns its history row (before
+        validation)."""
+        plan, ranks = self.plan, self.ranks
+        micro = plan.batch_size // plan.accumulate
+        progress = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
+                                                  "lr": self.scheduler.get_last_lr()[0]}
+        workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
+        batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
+                               plan.augmentation(), skip=progress["steps"] * plan.batch_size,
+                               stop=self.epoch_steps(len(train)) * plan.batch_size)
+        self.net.train()
+        loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
+        for done in range(progress["steps"] + 1, steps + 1):
+            self.optimizer.zero_grad(set_to_none=True)
+            group = [batch for _, batch in zip(range(plan.accumulate), batches)]
+            images = sum(count for _, _, count in group)  # the step's images over all ranks
+            for index, (pixels, labels, _) in enumerate(group):
+                with self.no_sync(index < len(group) - 1):
+                    with autocast_for(plan.precision, self.device):
+                        logits = self.forward(pixels)
+                    loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
+                                                       ignore_index=PAD_LABEL)
+                    self.scaler.scale(loss * (ranks.world / images)).backward()  # DDP averages: the step's mean
+                loss_sum += float(loss.detach())
+                correct += int((logits.detach().argmax(-1).cpu() == labels).sum())
+                seen += int((labels != PAD_LABEL).sum())
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if at_step is not None:
+                at_step(done, lambda done=done: self.progress(progress, done, loss_sum, correct, seen))
+        final = self.progress(progress, steps, loss_sum, correct, seen)
+        check_loss(final["loss"], epoch + 1, progress["lr"])  # gathered: every rank stops together
+        return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
+                "train_accuracy": final["correct"] / max(final["seen"], 1)}
+
+    def epoch_steps(self, n_images: int) -> int:
+        """Optimiser steps in a whole epoch over ``n_images`` (without the last partial one under ``drop_last``)."""
+        return batch_count(n_images, self.plan.batch_size, self.plan.drop_last)
+
+    def loader_workers(self, batches: int) -> int:
+        """DataLoader workers for a loader of ``batches`` batches: none for one or two (starting worker processes
+        costs more than decoding a couple of batches in process: a 1-shot epoch is one step); the batches are the
+        same either way (``image_batches``)."""
+        return self.workers if batches > 2 else 0
+
+    def progress(self, start: dict[str, Any], steps: int, loss: float, correct: int, seen: int) -> dict[str, Any]:
+        """The epoch's progress after ``steps`` steps: ``start`` plus this rank's sums since, over all ranks."""
+        rows = self.ranks.gather((loss, correct, seen))
+        return {**start, "steps": steps, "loss": start["loss"] + sum(r[0] for r in rows),
+                "correct": start["correct"] + sum(r[1] for r in rows), "seen": start["seen"] + sum(r[2] for r in rows)}
+
+    def no_sync(self, skip: bool) -> Any:
+        """DDP's ``no_sync`` for the micro-batches before a step's last (gradients are reduced once a step)."""
+        return self.forward.no_sync() if skip and self.ranks.distributed else contextlib.nullcontext()  # type: ignore[operator]
+
+    @torch.no_grad()
+    def validate(self, val: ImageSet | None) -> dict[str, float]:
+        if val is None or len(val) == 0:
+            return {}
+        self.net.eval()
+        part = rank_part(range(len(val)), self.ranks.rank, self.ranks.world)  # each rank scores a contiguous part
+        mine = ImageSet([val.paths[i] for i in part], val.labels[part])
+        local = [self.net(pixels).float().cpu() for pixels, _ in
+                 plain_batches(mine, self.transform, self.plan.batch_size,
+                               self.loader_workers(-(-len(mine) // self.plan.batch_size)))]
+        parts = [chunk for chunks in self.ranks.gather(local) for chunk in chunks]
+        logits = torch.cat(parts) if parts else torch.zeros(0, self.n_classes)
+        scores = summarize(val.labels.numpy(), logits.argmax(-1).numpy(), self.n_classes)
+        return {"val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
+                "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+
+    def run_key(self, train: ImageSet, val: ImageSet | None, key: str) -> str:
+        """What a checkpoint must match to be resumed: the plan, seed, data, initial weights and ``key``."""
+        digest = hashlib.sha256(json.dumps([asdict(self.plan), self.seed, key]).encode())
+        for images in (train, val):
+            if images is not None:
+                digest.update(json.dumps([str(p) for p in images.paths] + images.labels.tolist()).encode())
+        for name, tensor in sorted(self.state().items()):
+            digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def save(self, path: Path, epoch: int, step: int, history: list[dict[str, float]], keeper: BestEpoch,
+             run_key: str, partial: dict[str, Any] | None = None) -> None:
+        """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
+        tensors = {f"model.{n}": v for n, v in self.state().items()}
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for name, value in state.items():
+                tensors[f"optim.{index}.{name}"] = value.detach().cpu().clone()
+        if keeper.state is not None:
+            tensors.update({f"best.{n}": v for n, v in keeper.state.items()})
+        for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
+            tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
+        meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key,
+                "best_epoch": keeper.epoch, "best_score": list(keeper.score) if keeper.score else None,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "param_groups": optim["param_groups"], "partial": partial}
+        if self.ranks.is_main:
+            write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
+        self.ranks.barrier()  # no rank runs ahead of a checkpoint it could be killed without
+
+    def resume(self, path: Path,
+               run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
+        """Restore everything from a checkpoint of this very run; None (train from the start) otherwise."""
+        if not path.is_file():
+            return None
+        try:
+            tensors, metadata = read_tensors(path, what="checkpoint")
+            meta: Any = json.loads(metadata.get("fewclip", "{}"))
+        except (DamagedArtifact, ValueError) as err:
+            log.warning("discarding checkpoint %s (%s); training this unit starts over", path, err)
+            if self.ranks.is_main:
+                path.unlink(missing_ok=True)
+            return None
+        if not isinstance(meta, dict) or meta.get("run_key") != run_key:
+            log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
+            return None
+        self.load({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, index, field = name.split(".", 2)
+                state.setdefault(int(index), {})[field] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.scaler.load_state_dict(meta["scaler"])
+        rank = self.ranks.rank
+        rng = tensors.get("rng.torch" if rank == 0 else f"rng.torch.{rank}")
+        if rng is not None:
+            torch.set_rng_state(rng)
+        else:  # resumed with more ranks than it was saved by: this rank's dropout starts a fresh stream
+            torch.manual_seed(self.seed + rank * 1_000_003 + meta["step"])
+        keeper = BestEpoch(self.plan.select)
+        if meta["best_epoch"] is not None:
+            keeper = BestEpoch(self.plan.select, meta["best_epoch"], tuple(meta["best_score"]),
+                               {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        return meta["epoch"], meta["step"], meta["history"], keeper, meta.get("partial")
