@@ -70,13 +70,13 @@ def _shard_digest(npy_bytes_digest: Any, keys: Sequence[str]) -> str:
     which image is part of what is checked, not only the numbers."""
     digest = npy_bytes_digest.copy()
     digest.update(("\n".join(keys) + "\n").encode())
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 def _open_shard(npy: Path, rows: int) -> np.ndarray:
     """The shard's features, memory-mapped; ``DamagedShard`` if it is not an (rows, dim) float32 array."""
     try:
-        array = np.load(npy, mmap_mode="r")
+        array: np.ndarray = np.load(npy, mmap_mode="r")
     except FileNotFoundError as err:
         raise DamagedShard("its .npy file is missing") from err
     except (OSError, ValueError, EOFError) as err:
@@ -210,7 +210,8 @@ class FeatureCache:
             raise KeyError(f"{len(absent)} image(s) have no cached features (e.g. sha1 {absent[0]}); run `fewclip features`")
         if not sha1s:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self._shards[shard][row] for shard, row in entries]).astype(np.float32)
+        located = [entry for entry in entries if entry is not None]
+        return np.stack([self._shards[shard][row] for shard, row in located]).astype(np.float32)
 
     @property
     def dim(self) -> int:

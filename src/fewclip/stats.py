@@ -207,7 +207,8 @@ def harmonic_mean(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
     """Elementwise 2xy / (x + y), 0 where both are 0."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     total = x + y
-    return np.divide(2 * x * y, total, out=np.zeros(np.broadcast(x, y).shape), where=total > 0)
+    out: np.ndarray = np.divide(2 * x * y, total, out=np.zeros(np.broadcast(x, y).shape), where=total > 0)
+    return out
 
 
 def paired_hm_test(base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
@@ -276,5 +277,5 @@ def mcnemar_exact(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bo
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / float(2 ** n)
     return min(1.0, 2 * tail)

@@ -14,6 +14,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -117,7 +118,8 @@ def write_world_captions(folder: Path, cfg: WorldCaptionConfig) -> Path:
     if captions_file.is_file() and params_file.is_file() and read_json(params_file).get("digest") == digest:
         return captions_file
     captions_file.unlink(missing_ok=True)  # an older set's file must not outlive a regeneration killed midway
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(cfg.n_images):
         pixels, scene, captions = world_caption_item(cfg, index)
         file_name = f"{index:05d}.png"

@@ -57,7 +57,7 @@ def learn_merges(words: Counter[tuple[str, ...]], max_merges: int, min_frequency
         if count < min_frequency:
             break
         merges.append(pair)
-        merged: Counter[tuple[str, str]] = Counter()
+        merged: Counter[tuple[str, ...]] = Counter()
         for symbols, n in words.items():
             out, i = [], 0
             while i < len(symbols):
