@@ -1,38 +1,58 @@
-"""Every README snippet runs: the ```python blocks execute (in order, in one namespace, as in a notebook),
-the ```yaml blocks load as config, and every ``fewclip ...`` line of the ```bash blocks parses with the
-CLI's parser and its config + overrides validate.
+"""Every snippet of the README and of docs/*.md runs: the ```python blocks execute (in order, one namespace per
+file, as in a notebook), the ```yaml blocks load as config, and every ``fewclip ...`` line of the ```bash blocks
+parses with the CLI's parser and its config + overrides validate.
 
-The README names a hub model, a hub dataset config, a run folder and the reader's own images; the test
-swaps them for local stand-ins through the explicit tables below (a README change that drops one of
-these strings fails the test, so the tables stay in sync).
+The pages name a hub model, a hub dataset config, run folders and the reader's own images; the test swaps them
+for local stand-ins through the explicit tables below (a page change that drops one of these strings fails the
+test, so the tables stay in sync). The README's python block runs first: it makes the run that the docs'
+snippets read (``runs/default``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
 
+from fewclip.caption.config import load_caption_config
+from fewclip.caption.embedded import embedded_caption_config
 from fewclip.runner import cli
 from fewclip.runner.config import load_config
 from fewclip.runner.demo import build_shapes_dataset, embedded_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-REPO = README.parent
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]  # the README first: its run is the docs' run
 CLASSES = ["red_circle", "green_square", "blue_triangle"]
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"^ *```{language}\n(.*?)^ *```", README.read_text(), flags=re.S | re.M)
+def name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
 
 
-@pytest.fixture()
-def stand_ins(tiny_clip: Path, tmp_path: Path) -> dict[str, Any]:
-    """What each README name becomes here (Python source text -> replacement), and the reader's inputs."""
+def blocks(page: Path, language: str) -> list[str]:
+    return re.findall(rf"^ *```{language}\n(.*?)^ *```", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+def pages_with(language: str) -> list[Any]:
+    return [pytest.param(page, id=name(page)) for page in PAGES if blocks(page, language)]
+
+
+# Python source text in the pages -> what it names here (filled in by the stand_ins fixture).
+STAND_INS = ('"runs/caption-default"', '"configs/food101.yaml"', '"openai/clip-vit-base-patch32"', '"runs/default"',
+             '"photo.jpg"', '"more_photos/"')
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tiny_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What each page's name becomes here (Python source text -> replacement), and the reader's inputs."""
+    tmp_path = tmp_path_factory.mktemp("snippets")
     data = build_shapes_dataset(tmp_path / "shapes", CLASSES, 20, 4, seed=0)  # 16 shots + 4 val per class
     config = {
         "methods": ["zero_shot", "linear_probe", "coop"],
@@ -53,11 +73,12 @@ def stand_ins(tiny_clip: Path, tmp_path: Path) -> dict[str, Any]:
         '"runs/caption-default"': repr(str(caption_run)),
         '"configs/food101.yaml"': repr(str(config_file)),  # a hub dataset -> the shapes folder, tiny CLIP
         '"openai/clip-vit-base-patch32"': repr(str(tiny_clip)),  # a hub model -> the tiny CLIP fixture
-        '"runs/default"': repr(str(tmp_path / "run")),  # the run the first snippet made
+        '"runs/default"': repr(str(tmp_path / "run")),  # the run the README's snippet made
         '"photo.jpg"': repr(str(images[0])),
         '"more_photos/"': repr(str(data / "test" / "green_square")),
     }
-    given = {  # names the README leaves to the reader ("your images")
+    assert set(replace) == set(STAND_INS)
+    given = {  # names the pages leave to the reader ("your images")
         "paths": [str(p) for p in images],
         "labels": [sorted(CLASSES).index(p.parent.name) for p in images],
         "class_names": sorted(CLASSES),
@@ -65,35 +86,79 @@ def stand_ins(tiny_clip: Path, tmp_path: Path) -> dict[str, Any]:
     return {"replace": replace, "given": given, "run_dir": tmp_path / "run"}
 
 
-def test_python_snippets_run(stand_ins: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    sources = blocks("python")
-    assert len(sources) >= 2
-    text = "\n".join(sources)
-    for original in stand_ins["replace"]:
-        assert original in text, f"README.md no longer contains {original}: update the table in {__file__}"
+def run_python(page: Path, stand_ins: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Execute a page's python blocks in order in one namespace; return it and the lines they printed."""
     namespace: dict[str, Any] = dict(stand_ins["given"])
-    for index, source in enumerate(sources):
+    printed = io.StringIO()
+    for index, source in enumerate(blocks(page, "python")):
         for original, replacement in stand_ins["replace"].items():
             source = source.replace(original, replacement)
-        exec(compile(source, f"README.md python block {index + 1}", "exec"), namespace)  # noqa: S102
+        with contextlib.redirect_stdout(printed):
+            exec(compile(source, f"{name(page)} python block {index + 1}", "exec"), namespace)  # noqa: S102
+    return namespace, printed.getvalue().splitlines()
 
+
+@pytest.fixture(scope="module")
+def readme_python(stand_ins: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The README's snippet, run once: it makes the run the docs' snippets read."""
+    return run_python(README, stand_ins)
+
+
+def predicted_lines(printed: list[str], stand_ins: dict[str, Any]) -> list[str]:
+    photo = str(stand_ins["replace"]['"photo.jpg"']).strip("'")
+    return [line for line in printed if line.startswith(photo)]
+
+
+def check_readme(namespace: dict[str, Any], printed: list[str], stand_ins: dict[str, Any]) -> None:
     assert (stand_ins["run_dir"] / "heads" / "coop" / "shot_16-seed_1.json").is_file()  # fewclip.run(config)
+    assert namespace["classifier"].unit.split("/")[0] in ("zero_shot", "linear_probe", "coop")  # recommended
+    predicted = predicted_lines(printed, stand_ins)
+    assert len(predicted) == 1 and "[(" in predicted[0]  # path, then its top-3 (label, probability) pairs
+
+
+def check_commands(namespace: dict[str, Any], printed: list[str], stand_ins: dict[str, Any]) -> None:
     features = namespace["features"]
     assert tuple(features.shape) == (len(stand_ins["given"]["paths"]), 32)  # the tiny CLIP projects to 32
     assert tuple(namespace["head"].weight_.shape) == (len(CLASSES), 32)  # LinearProbeHead().fit(...)
     assert namespace["classifier"].unit == "coop/shot_16-seed_1"  # load_classifier(..., method="coop", shots=16)
-    printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("tensor(")  # head.predict(features[:3])
-    predicted = [line for line in printed[1:] if line.startswith(str(stand_ins["replace"]['"photo.jpg"']).strip("'"))]
+    predicted = predicted_lines(printed, stand_ins)
     assert len(predicted) == 1 and "[(" in predicted[0]  # path, then its top-3 (label, probability) pairs
+
+
+def check_captioning(namespace: dict[str, Any], printed: list[str], stand_ins: dict[str, Any]) -> None:
     captioned = [line for line in printed if "caption_summary.csv" in line]  # captioner.why, then the caption
     assert len(captioned) == 1 and captioned[0].rstrip().endswith("]") and namespace["captioner"] is not None
 
 
-def test_yaml_snippets_load_as_config() -> None:
-    sources = blocks("yaml")
-    assert sources
-    for source in sources:
+# What each page's snippets must have done, beyond running (a page with python blocks and no entry here only
+# has to run them without error).
+CHECKS: dict[str, Callable[[dict[str, Any], list[str], dict[str, Any]], None]] = {
+    "README.md": check_readme, "docs/commands.md": check_commands, "docs/captioning.md": check_captioning}
+
+
+def test_the_checked_pages_have_their_snippets_and_the_stand_ins_are_used() -> None:
+    assert len(blocks(README, "python")) >= 1
+    assert sum(len(blocks(page, "python")) for page in PAGES) >= 2
+    for page in CHECKS:
+        assert blocks(REPO / page, "python"), f"{page} has no python block any more: update CHECKS in {__file__}"
+    text = "\n".join(source for page in PAGES for source in blocks(page, "python"))
+    for original in STAND_INS:
+        assert original in text, f"no page contains {original} any more: update STAND_INS in {__file__}"
+
+
+@pytest.mark.parametrize("page", pages_with("python"))
+def test_python_snippets_run(page: Path, stand_ins: dict[str, Any],
+                             readme_python: tuple[dict[str, Any], list[str]]) -> None:
+    namespace, printed = readme_python if page == README else run_python(page, stand_ins)
+    check = CHECKS.get(name(page))
+    if check is not None:
+        check(namespace, printed, stand_ins)
+
+
+@pytest.mark.parametrize("page", pages_with("yaml"))
+def test_yaml_snippets_load_as_config(page: Path) -> None:
+    for source in blocks(page, "yaml"):
         load_config(None, [], base=yaml.safe_load(source))
 
 
@@ -105,11 +170,11 @@ RUN_DIRS = ("runs/default", "runs/caption-default")  # stand for their config.ya
 ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
 
 
-def fewclip_commands() -> list[list[str]]:
-    """Every ``fewclip ...`` command of the bash blocks as argv (also ``torchrun ... -m fewclip ...``, lines
+def fewclip_commands(page: Path) -> list[list[str]]:
+    """Every ``fewclip ...`` command of a page's bash blocks as argv (also ``torchrun ... -m fewclip ...``, lines
     continued with a backslash joined), placeholders filled in."""
     commands = []
-    for source in blocks("bash"):
+    for source in blocks(page, "bash"):
         for line in source.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             segments, current = [], []
@@ -122,7 +187,7 @@ def fewclip_commands() -> list[list[str]]:
             for segment in segments:
                 if segment[:1] == ["torchrun"] and "fewclip" in segment:  # torchrun [options] -m fewclip ARGS
                     start = segment.index("fewclip")
-                    assert segment[start - 1] == "-m", f"README: torchrun must start `-m fewclip`: {line}"
+                    assert segment[start - 1] == "-m", f"{name(page)}: torchrun must start `-m fewclip`: {line}"
                     segment = segment[start:]
                 if not segment or Path(segment[0]).name != "fewclip":
                     continue
@@ -137,22 +202,23 @@ def fewclip_commands() -> list[list[str]]:
     return commands
 
 
-def test_bash_fewclip_lines_parse_and_their_configs_validate(tmp_path: Path) -> None:
-    commands = fewclip_commands()
+def test_the_readme_shows_the_main_commands() -> None:
+    commands = fewclip_commands(README)
     assert ["run"] in commands and ["predict", "runs/default", "photo.jpg", "more_photos/"] in commands
     assert len(commands) >= 10
-    parser = cli._parser()  # noqa: SLF001 -- the CLI's own parser, so the README is checked against it
-    for argv in commands:
+
+
+@pytest.mark.parametrize("page", pages_with("bash"))
+def test_bash_fewclip_lines_parse_and_their_configs_validate(page: Path, tmp_path: Path) -> None:
+    parser = cli._parser()  # noqa: SLF001 -- the CLI's own parser, so the pages are checked against it
+    for argv in fewclip_commands(page):
         if argv == ["--version"]:
             continue  # argparse prints the version and exits; tested in tests/test_cli.py
         try:
             args = parser.parse_args(argv)
         except SystemExit:
-            pytest.fail(f"README command does not parse: fewclip {' '.join(argv)}")
+            pytest.fail(f"{name(page)}: command does not parse: fewclip {' '.join(argv)}")
         if args.command == "caption" and args.caption_command != "predict" and args.config not in RUN_DIRS:
-            from fewclip.caption.config import load_caption_config
-            from fewclip.caption.embedded import embedded_caption_config
-
             config = None if args.config in (None, "default") else str(REPO / args.config)
             base = embedded_caption_config(tmp_path / "cache") if config is None else None
             load_caption_config(config, args.overrides, base=base)  # raises ConfigError on a bad key or value

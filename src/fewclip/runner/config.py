@@ -45,8 +45,13 @@ class ConfigError(ValueError):
 
 
 class PromptsConfig(ConfigBlock):
-    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1,
-                                 description="Zero-shot templates; '{}' is replaced by the class name.")
+    """The `prompts` block: the hand-written prompts zero-shot (and the heads that start from it) encode."""
+
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1,
+        description="Zero-shot templates, each with exactly one '{}' where the class name goes and no other field "
+        "(a literal brace: '{{' or '}}'). A prompt longer than the model's text positions (77 for OpenAI CLIP, 32 "
+        "for the world CLIP) is an error naming template, class and token count, never truncated.")
 
     @field_validator("templates")
     @classmethod
@@ -77,6 +82,8 @@ def template_problem(template: str) -> None:
 
 
 class FewShotConfig(ConfigBlock):
+    """The `few_shot` block: the shot budgets, each a separate experiment."""
+
     shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1,
                              description="Support images per class, one experiment per value.")
     allow_fewer: bool = Field(False, description="Cap classes that have fewer images instead of failing.")
@@ -90,13 +97,20 @@ class FewShotConfig(ConfigBlock):
 
 
 class SplitsConfig(ConfigBlock):
-    val_per_class: int = Field(4, ge=0, description="Validation images per class (model selection only).")
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="One split per seed.")
+    """The `splits` block: how the few-shot train and validation sets are drawn, and which classes train."""
+
+    val_per_class: int = Field(4, ge=0, description="Validation images per class, for epoch selection and "
+                               "temperature scaling only (below 10, select: auto keeps the last epoch).")
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+                             description="One split (and one training run per method and budget) per seed; distinct.")
     subsample: Subsample = Field(
         "all", description="all | base | new classes, or base2new: train on base, evaluate on base and new."
     )
     sampler: Sampler = Field("fewclip", description="fewclip: content-hashed, nested across shots; coop: the sets "
-                             "CoOp/CoCoOp/MaPLe drew for each seed from the split file (dataset.source: coop).")
+                             "CoOp/CoCoOp/MaPLe drew for each seed from the split file, as Dassl draws them (needs "
+                             "dataset.source: coop, all classes, no max_train_per_class): a fresh draw per budget, "
+                             "so not nested, a class with fewer images taken whole; val: min(shots, val_per_class) "
+                             "per class from the dataset's val split.")
 
     @field_validator("seeds")
     @classmethod
@@ -108,14 +122,22 @@ class SplitsConfig(ConfigBlock):
 
 
 class WandbConfig(ConfigBlock):
-    mode: Literal["disabled", "offline", "online"] = "disabled"
-    project: str = "fewclip"
-    entity: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    """The `wandb` block: Weights & Biases tracking (`pip install 'fewclip[wandb]'`)."""
+
+    mode: Literal["disabled", "offline", "online"] = Field(
+        "disabled", description="disabled (wandb is never imported), offline (the run is written under "
+        "<output.dir>/wandb/, to upload later with `wandb sync`) or online (logged to project / entity; a server "
+        "that does not answer within 5 s fails the command before it touches the run directory).")
+    project: str = Field("fewclip", description="The W&B project the run is logged to.")
+    entity: str | None = Field(None, description="The W&B user or team (null: your default entity).")
+    tags: list[str] = Field(default_factory=list, description="Tags on the W&B run.")
 
 
 class OutputConfig(ConfigBlock):
-    dir: str = Field("runs/default", description="Run directory: data, splits, heads, results.")
+    """The `output` block: where the run is written and what it draws."""
+
+    dir: str = Field("runs/default", description="Run directory: data, splits, heads, results (a new or empty "
+                     "folder, or this config's run directory; never inside the dataset folder).")
     progress: bool = Field(True, description="Progress bars; false for quiet runs (CI, scripts).")
     figures: bool = Field(True, description="Write PNG figures (confusion, reliability, saliency, plots).")
     saliency_images: int = Field(6, ge=0, description="Test images with saliency overlays, per method (0: none).")
@@ -134,10 +156,14 @@ def default_cache_dir() -> str:
 
 
 class CacheConfig(ConfigBlock):
+    """The `cache` block: the content-addressed cache that runs share."""
+
     dir: str = Field(default_factory=default_cache_dir, description="Shared feature cache (env FEWCLIP_CACHE).")
 
 
 class RuntimeConfig(ConfigBlock):
+    """The `runtime` block: how much of the machine a command uses."""
+
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
                                 "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.")
 
@@ -232,7 +258,8 @@ def build_config_class() -> type[ConfigRules]:
     run_blocks: dict[str, Any] = dict(
         name=(str, Field("experiment", description="A label for the run.")),
         methods=(list[str], Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
-                                  description="Registered heads to train and evaluate.")),
+                                  description="Registered heads to train and evaluate (the heads' blocks below), "
+                                  "or named variants <head>@<label>; at least one, each once.")),
         model=(ModelConfig, Field(default_factory=ModelConfig)),
         dataset=(DatasetConfig, ...),
         prompts=(PromptsConfig, Field(default_factory=PromptsConfig)),

@@ -28,10 +28,13 @@ class SourceConfig(ConfigBlock):
     _key: str = PrivateAttr("dataset")
 
     classes: list[str] | None = Field(
-        None, description="Raw class names to keep, in this order (None: every class, sorted)."
+        None, description="Raw class names to keep, in this order, at least two (null: every class, sorted; then "
+        "test images of a class the train split lacks are an error naming the classes, where listing the classes "
+        "leaves them out on purpose)."
     )
     rename: dict[str, str] = Field(
-        default_factory=dict, description="Raw class name -> readable name used in prompts."
+        default_factory=dict, description="Raw class name -> readable name used in prompts (by default "
+        "underscores become spaces: apple_pie -> apple pie); the readable names must be distinct."
     )
     max_train_per_class: int | None = Field(None, ge=1, description="Cap on exported train images per class.")
     max_test_per_class: int | None = Field(None, ge=1, description="Cap on exported test images per class.")
@@ -40,13 +43,15 @@ class SourceConfig(ConfigBlock):
         "labels, or twice in one split), within_split (copies in one split under one label kept, with a warning), "
         "allow (every copy kept, with a warning; e.g. a published split reproduced as it is).")
     label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
-                              "summary.csv's split column (default: its CoOp name, else its folder or id's last part).")
+                              "summary.csv's split column (default: its CoOp name, else its folder or id's last part). "
+                              "Letters, digits, '_', '-' and '.'; not test, base, new or hm.")
     # A list of dataset blocks (sources' config classes, resolved in fewclip.data.sources once they exist).
     eval_on: list["DatasetConfig"] = Field(  # type: ignore[name-defined]  # noqa: F821
         default_factory=list,
         description="Target datasets the trained heads are also evaluated on (test images only): domain "
                     "generalisation when their classes are this dataset's (ImageNet -> ImageNetV2, -A, ...), "
-                    "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...).")
+                    "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...), "
+                    "e.g. {source: coop, name: ImageNetA, path: data}; changing it retrains nothing.")
 
     @property
     def key(self) -> str:

@@ -19,8 +19,8 @@ class CsvSourceConfig(SourceConfig):
     train: str = Field(description="CSV with columns path,label for the train split (or all data).")
     test: str | None = Field(None, description="CSV for the test split; without it test_fraction is held out.")
     root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
-    path_column: str = "path"
-    label_column: str = "label"
+    path_column: str = Field("path", description="The column holding each image's path.")
+    label_column: str = Field("label", description="The column holding each image's class name.")
     test_fraction: float = Field(0.2, gt=0, le=1, description="Share held out for test without a test CSV (1: every "
                                  "row is a test image, a test-only set for shot-free methods such as zero_shot).")
 

@@ -20,7 +20,9 @@ class FolderSourceConfig(SourceConfig):
     source: Literal["folder"] = "folder"
     path_keys: ClassVar[dict[str, str]] = {"path": "folder"}
     path: str = Field(description="Root folder: <path>/<class>/*, or <path>/{train,test}/<class>/* "
-                                  "(or {train,val}: val/ is then the test split).")
+                                  "(or {train,val}: val/ is then the test split; with test/ present, val/ is "
+                                  "ignored), or <path>/test/<class>/* alone: a test-only set for shot-free methods "
+                                  "(zero_shot).")
     train_dir: str = Field("train", description="Subfolder holding the train split, if present.")
     test_dir: str = Field("test", description="Subfolder holding the test split, if present.")
     test_fraction: float = Field(

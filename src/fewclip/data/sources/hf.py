@@ -15,11 +15,12 @@ class HFSourceConfig(SourceConfig):
     id: str = Field(description="Dataset id on the hub (e.g. ethz/food101) or a local folder load_dataset reads.")
     name: str | None = Field(None, description="Dataset configuration name, if the dataset has several.")
     revision: str | None = Field(None, description="Git revision of the dataset repo.")
-    image_column: str = "image"
-    label_column: str = "label"
+    image_column: str = Field("image", description="The column holding the images.")
+    label_column: str = Field("label", description="The column holding the class labels (a ClassLabel, or values "
+                              "taken as class names).")
     train_split: str | None = Field("train", description="null: a test-only dataset (shot-free methods such as "
                                     "zero_shot evaluate the whole test split).")
-    test_split: str = "test"
+    test_split: str = Field("test", description="The split evaluated as the test set.")
 
 
 class HFSource:

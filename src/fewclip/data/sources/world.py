@@ -16,7 +16,7 @@ class WorldSourceConfig(SourceConfig):
     source: Literal["world"] = "world"
     train_per_class: int = Field(32, ge=1, description="Rendered train images per class.")
     test_per_class: int = Field(32, ge=1, description="Rendered test images per class.")
-    image_size: int = Field(64, ge=16, le=1024)
+    image_size: int = Field(64, ge=16, le=1024, description="Side of the rendered square images, in pixels.")
     seed: int = Field(0, description="World seed: the same seed renders the same bytes.")
     domain: Literal["photo", "sketch", "texture"] = Field("photo", description="Style of the train images.")
     test_domain: Literal["photo", "sketch", "texture"] | None = Field(

@@ -22,10 +22,10 @@ from fewclip.training.selection import SELECT_HELP, BestEpoch, SelectRule
 class LinearProbeConfig(ConfigBlock):
     """The `linear_probe` block (the linear probe's optimiser; `training:` is its deprecated name)."""
 
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(200, ge=1, description="Epochs over the support features.")
+    batch_size: int = Field(32, ge=1, description="Support features per step.")
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     select: SelectRule = Field("auto", description=SELECT_HELP)
     calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
 

@@ -39,7 +39,8 @@ class TipAdapterFConfig(TipAdapterConfig):
     """The `tip_adapter_f` block: Tip-Adapter's search plus the reference's fine-tuning recipe."""
 
     epochs: int = Field(20, ge=1, description="Training epochs (the reference's train_epoch).")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="Support features per step; the last partial batch trains too, "
+                            "as the reference's loader.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine-annealed towards 0 every step "
                       "(over epochs * batches per epoch, as the reference).")
     eps: float = Field(1e-4, gt=0, description="AdamW epsilon.")

@@ -46,13 +46,13 @@ from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes
 class ZsLpConfig(ConfigBlock):
     """The `zs_lp` block: the CLAP paper's validation-free schedule."""
 
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(300, ge=1, description="Epochs over the support features.")
+    batch_size: int = Field(256, ge=1, description="Support features per SGD step.")
     lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-5, gt=0)
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay.")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
+    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)

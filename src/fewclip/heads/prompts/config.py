@@ -71,14 +71,16 @@ class PromptLearningConfig(ConfigBlock):
     n_ctx: int = Field(16, ge=1, description="Learnable context tokens; with ctx_init, its word count (give "
                        "n_ctx too only if it agrees).")
     ctx_init: str | None = Field(None, description="Words whose token embeddings initialise the context "
-                                 "(one vector per word).")
+                                 "(one vector per word; each word must be one token of the model's tokenizer).")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
-    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
-    batch_size: int = Field(32, ge=1)
+    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget, e.g. {1: 50, "
+                                         "2: 100, 4: 100, 8: 200, 16: 200} (an unlisted budget takes the largest "
+                                         "listed one below it; below the smallest, the smallest).")
+    batch_size: int = Field(32, ge=1, description="Support images per SGD step.")
     lr: float = Field(0.002, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)

@@ -48,8 +48,12 @@ from fewclip.training.selection import SELECT_HELP, SelectRule
 class CoOpConfig(PromptLearningConfig):
     """The `coop` block, with the reference CoOp defaults (the shared keys: ``PromptLearningConfig``)."""
 
-    class_token_position: Literal["end", "middle", "front"] = "end"
-    class_specific_context: bool = Field(False, description="One context per class (C x n_ctx x width).")
+    class_token_position: Literal["end", "middle", "front"] = Field(
+        "end", description="Where the class name sits among the context tokens. As the reference, the name is "
+        "tokenised with the prompt's period (name + '.'), so ctx_init 'a photo of a' starts exactly at "
+        "zero-shot's 'a photo of a {name}.'; middle / front put the context after the name's own token count.")
+    class_specific_context: bool = Field(False, description="One context per class (C x n_ctx x width); cannot be "
+                                         "combined with ctx_init.")
     select: SelectRule = Field("auto", description=SELECT_HELP + " The last epoch's context is saved too.")
 
     @model_validator(mode="after")

@@ -57,7 +57,7 @@ class KgCoOpConfig(CoOpConfig):
     n_ctx: int = Field(4, ge=1, description="Learnable context tokens (ctx_init's token count when it is set).")
     ctx_init: str | None = Field("a photo of a", description="Words whose token embeddings initialise the context.")
     epochs: int | dict[int, int] = Field(100, description="Epochs, or {shots: epochs} per shot budget.")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="Support images per SGD step (the reference's scripts: 128).")
     weight: float = Field(8.0, ge=0, description="Weight of the guidance term: the code's W (its scripts: 8.0), "
                           "or the paper's lambda with guidance: paper.")
     guidance: Guidance = Field("code", description="'code': weight * (1 - mean_c cos(w_c, w_c^clip)), as the "
