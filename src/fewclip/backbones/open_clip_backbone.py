@@ -24,7 +24,7 @@ import functools
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torch import nn
 from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.preprocess import ImageTransform
+from fewclip.backbones.protocol import DeepPromptTowers, NotOffered, TunableTowers
 from fewclip.backbones.prompt_tower import BlockParts, SharedPrefixParts, encode_shared_prefix
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, files_digest, weights_digest
 
@@ -309,7 +310,14 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
 
 
 class OpenCLIPBackbone:
-    """A frozen OpenCLIP model behind the ``Backbone`` protocol."""
+    """A frozen OpenCLIP model behind the ``Backbone`` protocol.
+
+    Offers ``image_tokens`` (of a ViT image tower). Not ``lora_targets``: OpenCLIP's attention is
+    ``nn.MultiheadAttention`` with one fused ``in_proj_weight`` parameter for q, k and v, which LoRA (peft)
+    cannot wrap as the separate q/k/v linear layers CLIP-LoRA adapts.
+    """
+
+    offers: ClassVar[frozenset[str]] = frozenset({"image_tokens"})
 
     def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
         open_clip = require_open_clip()
@@ -360,6 +368,41 @@ class OpenCLIPBackbone:
 
     def prompt_tower(self) -> OpenCLIPPromptTower:
         return OpenCLIPPromptTower(self.model)
+
+    def tunable_towers(self) -> TunableTowers:
+        raise NotOffered("open_clip", "lora_targets", "OpenCLIP fuses q, k and v into one in_proj_weight of "
+                         "nn.MultiheadAttention, which LoRA cannot wrap; use model.library: hf")
+
+    def deep_prompt_towers(self) -> DeepPromptTowers:
+        raise NotOffered("open_clip", "deep_prompts", "use model.library: hf")
+
+    def _vision_transformer(self) -> nn.Module:
+        visual = self.model.visual
+        if not (hasattr(visual, "transformer") and hasattr(visual, "class_embedding")):
+            raise NotOffered("open_clip", "image_tokens", f"this model's image tower is {type(visual).__name__}, "
+                             "not a VisionTransformer with patch tokens; choose a ViT model.id")
+        return visual
+
+    @property
+    def image_token_shape(self) -> tuple[int, int]:
+        visual = self._vision_transformer()
+        grid_h, grid_w = visual.grid_size
+        return 1 + grid_h * grid_w, int(visual.transformer.width)
+
+    @torch.no_grad()
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The class and patch tokens leaving the ViT's last block, before ``ln_post`` (as the Hugging Face
+        backbone gives ``last_hidden_state``, before ``post_layernorm``)."""
+        visual = self._vision_transformer()
+        with self.autocast():
+            out = visual.forward_intermediates(torch.as_tensor(pixels).to(self.device), indices=1,
+                                               intermediates_only=True, output_fmt="NLC", output_extra_tokens=True)
+        tokens = torch.cat([out["image_intermediates_prefix"][-1], out["image_intermediates"][-1]], dim=1)
+        return tokens.float()
+
+    def image_tokens_fingerprint(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "feature": "OpenCLIP ViT tokens after the last block, before ln_post "
+                                                 "(class + patches), float32"}
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
