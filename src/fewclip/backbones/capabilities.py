@@ -40,10 +40,9 @@ def capability_problem(method: str, needs: Iterable[str], library: str,
     if not missing:
         return None
     what = " and ".join(missing)
-    choices = [name for name in libraries_offering(needs) if name != library]
-    instead = (" or ".join(f"model.library={name}" for name in choices) + f" or remove {method} from methods"
-               if choices else f"remove {method} from methods")
-    return f"{method} needs {what}, which the {library} backbone does not offer; use {instead}"
+    choices = [f"use model.library={name}" for name in libraries_offering(needs) if name != library]
+    return f"{method} needs {what}, which the {library} backbone does not offer; " + " or ".join(
+        [*choices, f"remove {method} from methods"])
 
 
 def require(method: str, needs: Iterable[str], backbone: Backbone) -> None:
