@@ -21,7 +21,7 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIPAttent
 class HFTunableTowers:
     """A deep copy of ``clip_model`` with its tokenizer; the frozen original is never modified."""
 
-    lora_targets = ATTENTION_PROJECTIONS
+    lora_targets: tuple[str, ...] = ATTENTION_PROJECTIONS
 
     def __init__(self, clip_model: nn.Module, tokenizer: Any, device: torch.device) -> None:
         self.module = copy.deepcopy(clip_model)

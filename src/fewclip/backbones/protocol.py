@@ -54,8 +54,13 @@ class TextTokens(Protocol):
 class PromptTower(Protocol):
     """The frozen text tower run on prompt embeddings; gradients flow to the embeddings only."""
 
-    width: int  # token embedding width
-    max_positions: int  # token positions, start and end included
+    @property
+    def width(self) -> int:
+        """Token embedding width."""
+
+    @property
+    def max_positions(self) -> int:
+        """Token positions, start and end included."""
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(..., L) ids -> (..., L, width) token embeddings, without positions."""
@@ -154,8 +159,10 @@ class Backbone(Protocol):
     config: ModelConfig
     device: torch.device
     transform: ImageTransform  # PIL image -> (3, H, W) float32 pixels, the model's own preprocessing
-    tokens: TextTokens
     image_batches_encoded: int  # counted so tests and logs can see cache hits
+
+    @property
+    def tokens(self) -> TextTokens: ...
 
     @property
     def dim(self) -> int: ...
