@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fewclip.backbones.hf_saliency import last_layer_patches
-from fewclip.backbones.prompt_tower import causal_mask
+from fewclip.backbones.prompt_tower import causal_mask, replace_rows
 
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool,
@@ -32,13 +32,6 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
     if recompute and torch.is_grad_enabled():
         return checkpoint(layer, hidden, mask, use_reentrant=False, **kwargs)
     return layer(hidden, mask, **kwargs)
-
-
-def replace_rows(hidden: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
-    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt`` (k, w), for every sequence."""
-    stop = start + prompt.shape[0]
-    rows = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-    return torch.cat([hidden[:, :start], rows, hidden[:, stop:]], dim=1)
 
 
 def text_hidden(clip_model: nn.Module, prompt_embeds: torch.Tensor, deep_text: list[torch.Tensor],

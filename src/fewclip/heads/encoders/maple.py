@@ -1,8 +1,9 @@
 """MaPLe (Khattak et al., CVPR 2023, "MaPLe: Multi-modal Prompt Learning"): learned prompts in the first
 ``depth`` layers of both towers, the vision prompts projected from the text prompts (the coupling), trained end
 to end on augmented images with CLIP frozen. The learned tensors: ``maple_prompts``; how they enter the towers
-is the backbone's (``Backbone.deep_prompt_towers``, the ``deep_prompts`` capability: a Hugging Face CLIP,
-``backbones.hf_deep_prompts``; a library without it is refused when the config is loaded). The saved head
+is the backbone's (``Backbone.deep_prompt_towers``, the ``deep_prompts`` capability: ``backbones.hf_deep_prompts``
+for a Hugging Face CLIP, ``backbones.open_clip_towers`` for OpenCLIP, whose vision prompts need a ViT; a library
+without it is refused when the config is loaded). The saved head
 holds only the learned tensors (+ the logit scale); ``attach`` rebuilds the prompted towers on the run's
 backbone, and ``transfer`` scores other class names with the same prompts (base-to-new).
 
@@ -192,6 +193,10 @@ class MapleHead(HeadBase):
         cfg = self.config
         towers = backbone.deep_prompt_towers()
         text_layers, vision_layers = towers.text_layers, towers.vision_layers
+        if cfg.coupling and not vision_layers:
+            raise ValueError(f"maple.coupling: vision prompts need a ViT image tower read at its class token; this "
+                             f"{backbone.config.library} model's image tower takes none: set maple.coupling: false "
+                             "(deep text prompts only) or choose a ViT model")
         layers = min(text_layers, vision_layers) if cfg.coupling else text_layers
         if cfg.depth > layers:
             raise ValueError(f"maple.depth {cfg.depth} exceeds the model's {layers} layers "
