@@ -3,9 +3,9 @@
 to end on augmented images with CLIP frozen. The learned tensors: ``maple_prompts``; how they enter the towers
 is the backbone's (``Backbone.deep_prompt_towers``, the ``deep_prompts`` capability: ``backbones.hf_deep_prompts``
 for a Hugging Face CLIP, ``backbones.open_clip_towers`` for OpenCLIP, whose vision prompts need a ViT; a library
-without it is refused when the config is loaded). The saved head
-holds only the learned tensors (+ the logit scale); ``attach`` rebuilds the prompted towers on the run's
-backbone, and ``transfer`` scores other class names with the same prompts (base-to-new).
+without it is refused when the config is loaded). The saved head holds only the learned tensors (+ the logit
+scale); ``attach`` rebuilds the prompted towers on the run's backbone, and ``transfer`` scores other class names
+with the same prompts (base-to-new).
 
 What follows the reference code (github.com/muzairkhattak/multimodal-prompt-learning, trained through
 Dassl.pytorch; checked step by step against an independent re-implementation in
