@@ -12,44 +12,30 @@ from fewclip.backbones import model_source
 from fewclip.backbones.config import LIBRARIES, ModelConfig
 from fewclip.backbones.device import resolve_device
 from fewclip.backbones.hf_clip import CLIPBackbone, model_fingerprint
+from fewclip.backbones.open_clip_backbone import OpenCLIPBackbone, check_open_clip, open_clip_fingerprint
 from fewclip.backbones.preprocess import ImageTransform
-from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
+from fewclip.backbones.protocol import Backbone, DeepPromptTowers, NotOffered, PromptTower, TextTokens, TunableTowers
 
 
 @dataclass(frozen=True)
 class BackboneKind:
-    """How one library's backbones are checked, fingerprinted and loaded."""
+    """How one library's backbones are checked, fingerprinted and loaded, and what they offer."""
 
     load: Callable[[ModelConfig, Path | None], Backbone]
     fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
     check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
+    offers: frozenset[str]  # its class's ``offers`` (protocol.CAPABILITIES), known without loading a model
 
 
 def _check_hf(config: ModelConfig) -> None:
     model_source.resolve_model(config.id, config.revision)
 
 
-def _load_open_clip(config: ModelConfig, cache_dir: Path | None) -> Backbone:
-    from fewclip.backbones.open_clip_backbone import OpenCLIPBackbone
-
-    return OpenCLIPBackbone(config, cache_dir=cache_dir)
-
-
-def _open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None) -> dict[str, Any] | None:
-    from fewclip.backbones.open_clip_backbone import open_clip_fingerprint
-
-    return open_clip_fingerprint(config, cache_dir)
-
-
-def _check_open_clip(config: ModelConfig) -> None:
-    from fewclip.backbones.open_clip_backbone import check_open_clip
-
-    check_open_clip(config)
-
-
 BACKBONES: Registry[BackboneKind] = Registry("model library")
-BACKBONES.register("hf", BackboneKind(lambda c, d: CLIPBackbone(c, cache_dir=d), model_fingerprint, _check_hf))
-BACKBONES.register("open_clip", BackboneKind(_load_open_clip, _open_clip_fingerprint, _check_open_clip))
+BACKBONES.register("hf", BackboneKind(lambda c, d: CLIPBackbone(c, cache_dir=d), model_fingerprint, _check_hf,
+                                      CLIPBackbone.offers))
+BACKBONES.register("open_clip", BackboneKind(lambda c, d: OpenCLIPBackbone(c, cache_dir=d), open_clip_fingerprint,
+                                             check_open_clip, OpenCLIPBackbone.offers))
 assert tuple(BACKBONES.names()) == LIBRARIES, "config.LIBRARIES must list the registered backbones"
 
 
@@ -72,6 +58,6 @@ def check_backbone(config: ModelConfig) -> None:
     BACKBONES.get(config.library).check(config)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneKind", "CLIPBackbone", "ImageTransform", "ModelConfig", "PromptTower",
-           "TextTokens", "backbone_fingerprint", "check_backbone", "list_backbones", "load_backbone", "model_source",
-           "resolve_device"]
+__all__ = ["BACKBONES", "Backbone", "BackboneKind", "CLIPBackbone", "DeepPromptTowers", "ImageTransform", "ModelConfig",
+           "NotOffered", "OpenCLIPBackbone", "PromptTower", "TextTokens", "TunableTowers", "backbone_fingerprint",
+           "check_backbone", "list_backbones", "load_backbone", "model_source", "resolve_device"]

@@ -22,6 +22,13 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
     return torch.triu(mask, diagonal=1)[None, None]
 
 
+def replace_rows(hidden: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
+    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt`` (k, w), for every sequence."""
+    stop = start + prompt.shape[0]
+    rows = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    return torch.cat([hidden[:, :start], rows, hidden[:, stop:]], dim=1)
+
+
 class PromptTextTower(nn.Module):
     """Frozen text encoder + projection of a ``CLIPModel``; gradients flow to the prompt embeddings only."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
+from fewclip.backbones.protocol import Backbone
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
@@ -55,7 +56,7 @@ class Task:
 
     class_names: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    backbone: Any = None  # CLIPBackbone; needed by heads that read text (zero-shot, prompt learning)
+    backbone: Backbone | None = None  # needed by heads that read text (zero-shot, prompt learning) or tune encoders
     seed: int = 0
     progress: bool = False
     shots: int = 0  # the shot budget being trained (some heads scale epochs with it)
@@ -86,6 +87,7 @@ class Head(Protocol):
     official_code: ClassVar[str | None]  # the repository whose computation it follows (tests/reference/ proves it)
     tunes_encoders: ClassVar[bool]  # fit gets ImageSets (images, not features); image_logits(pixels) scores,
     # image_saliency_pass(pixels) gives saliency its tuned tower
+    needs: ClassVar[frozenset[str]]  # backbone capabilities (backbones.protocol.CAPABILITIES) it cannot run without
     history_: list[dict[str, float]]
 
     def fit(self, task: Task, train: FeatureSet | ImageSet | None = None,
@@ -129,6 +131,7 @@ class HeadBase:
     selects_epoch: ClassVar[bool] = False
     calibrates: ClassVar[bool] = False
     tunes_encoders: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()  # refused at config load on a model.library that lacks one
     # What the report says of a head, declared here and never listed by name in the report:
     published_as: ClassVar[str | None] = None  # its name in the papers' tables (report/published.csv); read only
     # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp

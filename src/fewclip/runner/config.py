@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from fewclip.backbones.capabilities import capability_problem
 from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
@@ -203,6 +204,17 @@ class ConfigRules(ConfigBlock):
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods listed twice: {methods}")
         return methods
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _methods_run_on_the_library(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        """A head that needs what the chosen library's backbones do not offer is refused here, before any stage
+        runs (``methods`` is validated before ``model``; absent when it did not validate)."""
+        problems = [capability_problem(method, HEADS.get(split_variant(method)[0]).needs, model.library)
+                    for method in info.data.get("methods", [])]
+        if any(problems):
+            raise ValueError("; ".join(problem for problem in problems if problem))
+        return model
 
     @field_validator("methods", check_fields=False)
     @classmethod

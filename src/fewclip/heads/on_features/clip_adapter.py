@@ -31,6 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.batch_invariant import row_dot
@@ -89,7 +90,7 @@ class AdapterModel(nn.Module):
         return self.logit_scale * normalize(self.adapted(features)) @ self.prototypes.T
 
 
-def class_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+def class_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
                      kind: StartPrototypes) -> tuple[torch.Tensor, torch.Tensor]:
     """((C, d) normalised prototypes, by default of the mean raw template embeddings; CLIP's logit scale): the
     frozen classifier the adapter feeds."""
@@ -147,7 +148,7 @@ class ClipAdapterHead(HeadBase):
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "ClipAdapterHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "ClipAdapterHead":
         """The same visual adapter against other class names' prototypes (base-to-new)."""
         head = ClipAdapterHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})

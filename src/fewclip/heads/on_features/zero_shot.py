@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.prompts.lengths import check_template_task
@@ -30,7 +31,7 @@ PROTOTYPES_HELP = ("The class prototypes the head starts from: 'template_mean', 
                    "there is one template.")
 
 
-def mean_template_features(backbone: Any, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def mean_template_features(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """(C, d) the mean over templates of each class's raw prompt embeddings, not normalised (jusiro/CLAP
     ``_get_base_text_features``' ``text_embeddings.mean(1)``). Its direction is the zero-shot prototype's
     when there is one template; with several, the longer embeddings weigh more."""
@@ -75,7 +76,7 @@ class ZeroShotHead(HeadBase):
         self.history_: list[dict[str, float]] = []  # nothing is trained, so no epochs to log
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "ZeroShotHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "ZeroShotHead":
         """The same templates on other class names (base-to-new evaluation)."""
         return ZeroShotHead(self.config).fit(Task(list(class_names), self.templates_, backbone))
 
@@ -107,7 +108,7 @@ class ZeroShotHead(HeadBase):
         return 0
 
 
-def start_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+def start_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
                      kind: StartPrototypes) -> torch.Tensor:
     """(C, d) unnormalised class prototypes an adapter starts from (see ``PROTOTYPES_HELP``)."""
     raw_mean = mean_template_features(backbone, class_names, templates)

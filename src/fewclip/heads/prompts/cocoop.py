@@ -36,6 +36,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
@@ -162,13 +163,13 @@ class CoCoOpHead(HeadBase):
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def attach(self, backbone: Any, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
+    def attach(self, backbone: Backbone, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
         """Bind the frozen text tower and class names (needed to predict: prompts depend on the image)."""
         n_ctx = n_ctx if n_ctx is not None else self.n_ctx_
         self.prompts_ = CoOpPrompts(backbone, list(class_names), n_ctx, "end", self.config.precision, "cocoop")
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "CoCoOpHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "CoCoOpHead":
         head = CoCoOpHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
         return head.attach(backbone, class_names)

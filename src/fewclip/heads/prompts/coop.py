@@ -36,6 +36,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
@@ -86,7 +87,7 @@ class ContextParams(nn.Module):
 class CoOpPrompts:
     """Class prompts with learned context -> class text features, on a frozen tower."""
 
-    def __init__(self, backbone: Any, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
+    def __init__(self, backbone: Backbone, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
         self.tower = backbone.prompt_tower()
         self.device = backbone.device
         self.layout = build_layout(backbone.tokens, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
@@ -177,7 +178,7 @@ class CoOpHead(HeadBase):
         """One step's loss and gradient (None: plain cross-entropy); KgCoOp and ProGrad supply theirs."""
         return None
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "CoOpHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "CoOpHead":
         """The same learned context on other class names (base-to-new evaluation)."""
         head = type(self)(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})

@@ -14,9 +14,12 @@ as the reference does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
+
+from fewclip.backbones.protocol import PromptTower, TextTokens
+from fewclip.heads.base import Task
 
 
 Position = Literal["end", "middle", "front"]
@@ -61,7 +64,7 @@ def ctx_init_words(ctx_init: str) -> int:
     return len(ctx_init.replace("_", " ").split())
 
 
-def context_init_ids(tokens: Any, words: str) -> list[int]:
+def context_init_ids(tokens: TextTokens, words: str) -> list[int]:
     """Token ids of ``ctx_init`` words ("a photo of a" -> 4 ids); their count becomes n_ctx."""
     ids = tokens.word_ids(words.replace("_", " ").strip())
     if not ids:
@@ -69,7 +72,7 @@ def context_init_ids(tokens: Any, words: str) -> list[int]:
     return ids
 
 
-def name_and_period_ids(tokens: Any, name: str) -> tuple[list[int], list[int]]:
+def name_and_period_ids(tokens: TextTokens, name: str) -> tuple[list[int], list[int]]:
     """Ids of ``name + "."`` tokenised together, split after the name's own token count (as the reference
     CoOp splits them for ``middle`` and ``front``): (the name's part, the period's part)."""
     ids = tokens.word_ids(name + ".")
@@ -77,7 +80,7 @@ def name_and_period_ids(tokens: Any, name: str) -> tuple[list[int], list[int]]:
     return ids[:count], ids[count:]
 
 
-def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
+def build_layout(tokens: TextTokens, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
                  key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
     """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
 
@@ -130,7 +133,7 @@ def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, wit
             f"{fix}, or shorten the class name (dataset.rename)")
 
 
-def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str,
+def check_prompts_fit(task: Task, n_ctx: int, ctx_init: str | None, position: Position, key: str,
                       mode: CtxInitMode = "words") -> None:
     """Fail before any training if a class prompt (context + name + SOS, '.', EOT) exceeds the positions."""
     from fewclip.heads.prompts.lengths import text_positions
@@ -162,7 +165,7 @@ def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.
     return base.scatter(-2, index, ctx.expand(*lead, *ctx.shape[-2:]).to(base.dtype))
 
 
-def init_context(tower: Any, tokens: Any, n_ctx: int, ctx_init: str | None, n_classes: int,
+def init_context(tower: PromptTower, tokens: TextTokens, n_ctx: int, ctx_init: str | None, n_classes: int,
                  class_specific: bool, generator: torch.Generator,
                  mode: CtxInitMode = "words") -> tuple[torch.Tensor, int]:
     """Context vectors (n_ctx, w) or (C, n_ctx, w) and their count.

@@ -8,17 +8,20 @@ count, the limit and what to change.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
+
+from fewclip.backbones.protocol import Backbone, TextTokens
+from fewclip.heads.base import Task
 
 SHOWN = 5  # offending prompts listed in one message
 
 
-def text_positions(backbone: Any) -> int:
+def text_positions(backbone: Backbone) -> int:
     """How many token positions the backbone's text tower has (SOS and EOT included)."""
     return int(backbone.max_text_positions)
 
 
-def check_templates_fit(tokens: Any, templates: Sequence[str], class_names: Sequence[str], limit: int,
+def check_templates_fit(tokens: TextTokens, templates: Sequence[str], class_names: Sequence[str], limit: int,
                         key: str = "zero_shot") -> None:
     """Fail if any ``template.format(name)`` needs more than ``limit`` tokens (every pair is checked)."""
     pairs = [(template, name) for template in templates for name in class_names]
@@ -36,7 +39,7 @@ def check_templates_fit(tokens: Any, templates: Sequence[str], class_names: Sequ
     )
 
 
-def check_template_task(task: Any, key: str) -> None:
+def check_template_task(task: Task, key: str) -> None:
     """The check of every head that encodes ``template.format(name)`` prompts: the backbone is there and
     every prompt fits its text positions (``key`` names the head in the message)."""
     if task.backbone is None:

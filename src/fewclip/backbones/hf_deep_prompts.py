@@ -1,60 +1,29 @@
-"""MaPLe's deep multimodal prompts and the frozen Hugging Face CLIP towers run with them.
+"""Deep prompts (MaPLe) in a frozen Hugging Face ``CLIPModel``, layer by layer (``DeepPromptTowers``).
 
-What the reference (github.com/muzairkhattak/multimodal-prompt-learning: ``trainers/maple.py``,
-``clip/model.py``: ``ResidualAttentionBlock_MaPLe``, ``VisionTransformer_MaPLe``) does, re-done on
-transformers' ``CLIPModel`` layer by layer:
+What the MaPLe reference (github.com/muzairkhattak/multimodal-prompt-learning: ``clip/model.py``:
+``ResidualAttentionBlock_MaPLe``, ``VisionTransformer_MaPLe``) does, re-done on transformers' towers:
 
-- text: the prompt ``[SOS] [ctx]*n_ctx [rest of ctx_init] [name tokens] [.] [EOT]`` enters as token
-  embeddings with ``ctx`` at positions 1..n_ctx, plus the position embeddings (so ``ctx`` gets positions, as
-  the reference adds ``positional_embedding`` to the whole prompt). Before layers 1..depth-1 those n_ctx
-  positions of the hidden states are *replaced* by that layer's deep text prompt (no position embedding
-  added). Then the causal encoder, ``final_layer_norm``, the EOT token, ``text_projection``.
-- vision: the n_ctx vision prompts are appended *after* the class and patch tokens, after the position
+- text: the prompt enters as token embeddings (learned rows among them) plus the position embeddings.
+  Before layers 1..depth-1 the prompt rows 1..k of the hidden states are *replaced* by that layer's deep
+  text prompt (no position embedding added). Then the causal encoder, ``final_layer_norm``, the EOT token,
+  ``text_projection``.
+- vision: the k shallow vision prompts are appended *after* the class and patch tokens, after the position
   embeddings were added to those (the prompts get none), and *before* ``pre_layrnorm`` (CLIP's ``ln_pre``),
-  which therefore normalises them too. Before layers 1..depth-1 the last n_ctx tokens are replaced by that
+  which therefore normalises them too. Before layers 1..depth-1 the last k tokens are replaced by that
   layer's deep vision prompt. The image feature is ``post_layernorm`` of the class token, projected.
-- coupling: the vision prompts are functions of the text prompts, ``proj(ctx)`` at layer 0 and
-  ``deep_proj[i](deep_text[i])`` before layer i + 1, each a Linear(text width -> vision width). Only these
-  tensors train; with ``coupling`` off there are no vision prompts at all (text-only deep prompting) and the
-  image tower is the frozen one, exactly.
+  Without prompts (``shallow`` None) the image tower is the frozen one, exactly.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fewclip.backbones.prompt_tower import causal_mask
-
-
-class MaplePrompts(nn.Module):
-    """The learned tensors: ``ctx`` (n_ctx, text width), ``deep_text`` (depth - 1 of (n_ctx, text width)),
-    and with coupling ``proj`` and ``deep_proj`` (depth - 1 Linears, text width -> vision width)."""
-
-    def __init__(self, ctx: torch.Tensor, depth: int, coupling: bool, vision_width: int) -> None:
-        super().__init__()
-        n_ctx, width = ctx.shape
-        self.ctx = nn.Parameter(ctx.clone())
-        self.deep_text = nn.ParameterList([nn.Parameter(torch.randn(n_ctx, width) * 0.02) for _ in range(depth - 1)])
-        self.coupling = coupling
-        if coupling:
-            self.proj = nn.Linear(width, vision_width)
-            one = nn.Linear(width, vision_width)  # the reference clones one layer: every deep projection starts alike
-            self.deep_proj = nn.ModuleList([copy.deepcopy(one) for _ in range(depth - 1)])
-
-    @property
-    def n_ctx(self) -> int:
-        return int(self.ctx.shape[0])
-
-    def vision(self) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """(shallow (n_ctx, vision width) or None, deep vision prompts, one per layer 1..depth-1)."""
-        if not self.coupling:
-            return None, []
-        return self.proj(self.ctx), [layer(prompt) for layer, prompt in zip(self.deep_proj, self.deep_text)]
+from fewclip.backbones.hf_saliency import last_layer_patches
+from fewclip.backbones.prompt_tower import causal_mask, replace_rows
 
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool,
@@ -63,13 +32,6 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
     if recompute and torch.is_grad_enabled():
         return checkpoint(layer, hidden, mask, use_reentrant=False, **kwargs)
     return layer(hidden, mask, **kwargs)
-
-
-def replace_rows(hidden: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
-    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt`` (k, w), for every sequence."""
-    stop = start + prompt.shape[0]
-    rows = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-    return torch.cat([hidden[:, :start], rows, hidden[:, stop:]], dim=1)
 
 
 def text_hidden(clip_model: nn.Module, prompt_embeds: torch.Tensor, deep_text: list[torch.Tensor],
@@ -122,6 +84,28 @@ def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.T
     return clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
 
 
-def tower_layers(clip_model: nn.Module) -> tuple[int, int]:
-    """(text layers, vision layers) of a transformers ``CLIPModel``."""
-    return len(clip_model.text_model.encoder.layers), len(clip_model.vision_model.encoder.layers)
+class HFDeepPromptTowers:
+    """A frozen ``CLIPModel``'s towers run with deep prompts (``DeepPromptTowers``)."""
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        self.clip_model = clip_model
+        self.text_width = int(clip_model.text_model.config.hidden_size)
+        self.vision_width = int(clip_model.vision_model.config.hidden_size)
+        self.text_layers = len(clip_model.text_model.encoder.layers)
+        self.vision_layers = len(clip_model.vision_model.encoder.layers)
+
+    def text_features(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
+                      deep_text: Sequence[torch.Tensor], recompute: bool = False) -> torch.Tensor:
+        return text_features(self.clip_model, prompt_embeds, eot_positions, list(deep_text), recompute)
+
+    def image_features(self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor],
+                       recompute: bool = False) -> torch.Tensor:
+        return image_features(self.clip_model, pixels, shallow, list(deep_vision), recompute)
+
+    def saliency_pass(self, pixels: torch.Tensor, shallow: torch.Tensor | None,
+                      deep_vision: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CLS token and the appended vision prompts are left out of the grid (``last_layer_patches``)."""
+        trailing = 0 if shallow is None else shallow.shape[0]
+        with last_layer_patches(self.clip_model, trailing=trailing) as captured:
+            features = image_features(self.clip_model, pixels, shallow, list(deep_vision), False)
+        return features, captured["patches"]
