@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from fewclip.backbones.preprocess import ImageTransform
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, weights_digest
 
+if TYPE_CHECKING:  # for annotations only: transformers is imported where a model is loaded
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPVisionModel
+
 IMAGE_TOKENS_FEATURE = "CLIPVisionModel last_hidden_state (CLS + patches), float32"  # the image-token cache's key
 
 
@@ -31,7 +34,7 @@ def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> P
     if source.folder is not None:
         path = source.folder / filename
         return path if path.is_file() else None
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
 
     try:
         found = cached_file(source.location, filename, revision=revision, local_files_only=source.local_only,
@@ -60,7 +63,8 @@ def image_processor_settings(source: ModelSource, revision: str | None, model_id
 
 def read_json_file(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        settings: dict[str, Any] = json.load(handle)
+    return settings
 
 
 def load_transform(config: ModelConfig, source: ModelSource | None = None) -> ImageTransform:
@@ -129,7 +133,8 @@ class CLIPBackbone:
         except OSError as err:
             offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if hub_offline() else ""
             raise OSError(f"model.id: cannot load CLIP {config.id!r}{offline}: {err}") from err
-        self.model.eval().requires_grad_(False).to(self.device)
+        # transformers leaves PreTrainedModel.eval() unannotated
+        self.model.eval().requires_grad_(False).to(self.device)  # type: ignore[no-untyped-call]
         self.source, self.cache_dir = source, cache_dir
         self.transform = load_transform(config, source)
         self._fingerprint: dict[str, Any] | None = None  # hashed when first asked for (the weights may be large)
@@ -138,12 +143,13 @@ class CLIPBackbone:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return self.model.text_projection.out_features
 
     @property
     def max_text_positions(self) -> int:
         """Token positions of the text tower (SOS and EOT included): the longest prompt it can read."""
-        return int(self.model.config.text_config.max_position_embeddings)
+        text: CLIPTextModel = self.model.text_model  # transformers builds it untyped (_from_config)
+        return int(text.config.max_position_embeddings)
 
     @property
     def logit_scale(self) -> float:
@@ -172,7 +178,7 @@ class CLIPBackbone:
         pixels = torch.as_tensor(pixels)
         self.image_batches_encoded += 1
         with self.autocast():
-            out = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output
+            out: torch.Tensor = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output
         return out.float().cpu()
 
     @torch.no_grad()
@@ -210,13 +216,14 @@ class CLIPBackbone:
 
     @property
     def image_token_shape(self) -> tuple[int, int]:
-        vision = self.model.config.vision_config
-        return 1 + (vision.image_size // vision.patch_size) ** 2, int(vision.hidden_size)
+        vision: CLIPVisionModel = self.model.vision_model  # transformers builds it untyped (_from_config)
+        return vision.embeddings.num_positions, int(vision.config.hidden_size)  # positions: class token + patches
 
     @torch.no_grad()
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision tower's ``last_hidden_state``: CLS + patch tokens, before ``post_layernorm`` (which CLIP
         trains only on the pooled CLS token)."""
         with self.autocast():
-            hidden = self.model.vision_model(pixel_values=torch.as_tensor(pixels).to(self.device)).last_hidden_state
+            out = self.model.vision_model(pixel_values=torch.as_tensor(pixels).to(self.device))
+        hidden: torch.Tensor = out.last_hidden_state
         return hidden.float()

@@ -16,7 +16,7 @@ What the MaPLe reference (github.com/muzairkhattak/multimodal-prompt-learning: `
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,24 +25,29 @@ from torch.utils.checkpoint import checkpoint
 from fewclip.backbones.hf_saliency import last_layer_patches
 from fewclip.backbones.prompt_tower import causal_mask, replace_rows
 
+if TYPE_CHECKING:  # for annotations only: importing transformers' CLIP modules takes a while
+    from transformers.models.clip.modeling_clip import CLIPModel, CLIPTextModel, CLIPVisionModel
+
 
 def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool,
               **kwargs: Any) -> torch.Tensor:
     """One ``CLIPEncoderLayer``; ``recompute``: its activations are recomputed in the backward pass."""
     if recompute and torch.is_grad_enabled():
-        return checkpoint(layer, hidden, mask, use_reentrant=False, **kwargs)
-    return layer(hidden, mask, **kwargs)
+        out: torch.Tensor = checkpoint(layer, hidden, mask, use_reentrant=False, **kwargs)
+    else:
+        out = layer(hidden, mask, **kwargs)
+    return out
 
 
-def text_hidden(clip_model: nn.Module, prompt_embeds: torch.Tensor, deep_text: list[torch.Tensor],
+def text_hidden(clip_model: CLIPModel, prompt_embeds: torch.Tensor, deep_text: list[torch.Tensor],
                 recompute: bool = False,
                 on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """(C, L, w) prompt token embeddings (ctx already at 1..n_ctx) -> (C, L, w) final-layer-normed states.
 
     ``deep_text[i]`` replaces positions 1..n_ctx before layer i + 1; ``on_layer(i, hidden)`` sees each layer's
     input (tests)."""
-    text = clip_model.text_model
-    hidden = text.embeddings(inputs_embeds=prompt_embeds)
+    text: CLIPTextModel = clip_model.text_model  # transformers builds it untyped (_from_config)
+    hidden: torch.Tensor = text.embeddings(inputs_embeds=prompt_embeds)
     mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
     for index, layer in enumerate(text.encoder.layers):
         if 1 <= index <= len(deep_text):
@@ -50,18 +55,20 @@ def text_hidden(clip_model: nn.Module, prompt_embeds: torch.Tensor, deep_text: l
         if on_layer is not None:
             on_layer(index, hidden)
         hidden = run_layer(layer, hidden, mask, recompute, is_causal=True)
-    return text.final_layer_norm(hidden)
+    hidden = text.final_layer_norm(hidden)
+    return hidden
 
 
-def text_features(clip_model: nn.Module, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
+def text_features(clip_model: CLIPModel, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
                   deep_text: list[torch.Tensor], recompute: bool = False) -> torch.Tensor:
     """(C, L, w) prompt embeddings, (C,) EOT index -> (C, dim) unnormalised text features."""
     hidden = text_hidden(clip_model, prompt_embeds, deep_text, recompute)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions.to(hidden.device)]
-    return clip_model.text_projection(pooled)
+    features: torch.Tensor = clip_model.text_projection(pooled)
+    return features
 
 
-def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.Tensor | None,
+def image_features(clip_model: CLIPModel, pixels: torch.Tensor, shallow: torch.Tensor | None,
                    deep_vision: list[torch.Tensor], recompute: bool = False,
                    on_layer: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor:
     """(n, 3, H, W) pixels -> (n, dim) unnormalised image features with the vision prompts.
@@ -69,8 +76,8 @@ def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.T
     ``shallow`` (k, vision width) is appended after the patch tokens before ``pre_layrnorm``; ``deep_vision[i]``
     replaces the last k tokens before layer i + 1. ``shallow`` None: the frozen tower (no prompts).
     ``on_layer(i, hidden)`` sees what enters layer i; a tensor it returns enters instead (saliency's route)."""
-    vision = clip_model.vision_model
-    hidden = vision.embeddings(pixels.to(vision.embeddings.patch_embedding.weight.device))  # (n, 1 + P, w)
+    vision: CLIPVisionModel = clip_model.vision_model
+    hidden: torch.Tensor = vision.embeddings(pixels.to(vision.embeddings.patch_embedding.weight.device))  # (n, 1+P, w)
     if shallow is not None:
         hidden = replace_rows(hidden, hidden.shape[1], shallow)  # appended: nothing after it to keep
     hidden = vision.pre_layrnorm(hidden)
@@ -81,18 +88,21 @@ def image_features(clip_model: nn.Module, pixels: torch.Tensor, shallow: torch.T
             routed = on_layer(index, hidden)
             hidden = hidden if routed is None else routed
         hidden = run_layer(layer, hidden, None, recompute)
-    return clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
+    features: torch.Tensor = clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
+    return features
 
 
 class HFDeepPromptTowers:
     """A frozen ``CLIPModel``'s towers run with deep prompts (``DeepPromptTowers``)."""
 
-    def __init__(self, clip_model: nn.Module) -> None:
+    def __init__(self, clip_model: CLIPModel) -> None:
         self.clip_model = clip_model
-        self.text_width = int(clip_model.text_model.config.hidden_size)
-        self.vision_width = int(clip_model.vision_model.config.hidden_size)
-        self.text_layers = len(clip_model.text_model.encoder.layers)
-        self.vision_layers = len(clip_model.vision_model.encoder.layers)
+        text: CLIPTextModel = clip_model.text_model
+        vision: CLIPVisionModel = clip_model.vision_model
+        self.text_width = int(text.config.hidden_size)
+        self.vision_width = int(vision.config.hidden_size)
+        self.text_layers = len(text.encoder.layers)
+        self.vision_layers = len(vision.encoder.layers)
 
     def text_features(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
                       deep_text: Sequence[torch.Tensor], recompute: bool = False) -> torch.Tensor:

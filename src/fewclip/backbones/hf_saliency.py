@@ -4,14 +4,18 @@ for the frozen backbone, a tuned copy (clip_lora) and the prompted towers (MaPLe
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
-from torch import nn
+
+from fewclip.backbones.prompt_tower import hf_encoder_layers
+
+if TYPE_CHECKING:  # for annotations only: importing transformers' CLIP modules takes a while
+    from transformers.models.clip.modeling_clip import CLIPModel, CLIPVisionModel
 
 
 @contextlib.contextmanager
-def last_layer_patches(model: nn.Module, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def last_layer_patches(model: CLIPModel, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """While active, the patch tokens that an HF ``CLIPModel``'s last vision layer *normalises* for its
     attention (``layer_norm1``'s output) are captured as a (n, g, g, width) view on the forward graph, in
     the yielded dict under ``"patches"``. ``trailing``: tokens after the patches left out (MaPLe's prompts).
@@ -33,14 +37,16 @@ def last_layer_patches(model: nn.Module, trailing: int = 0) -> Iterator[dict[str
         captured["patches"] = patches
         return torch.cat([output[:, :1], patches.flatten(1, 2), output[:, end:]], dim=1)
 
-    handle = model.vision_model.encoder.layers[-1].layer_norm1.register_forward_hook(route)
+    vision: CLIPVisionModel = model.vision_model  # transformers builds it untyped (_from_config)
+    handle = hf_encoder_layers(vision.encoder)[-1].layer_norm1.register_forward_hook(route)
     try:
         yield captured
     finally:
         handle.remove()
 
 
-def vision_saliency_pass(model: nn.Module, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_saliency_pass(model: CLIPModel, pixels: torch.Tensor,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the normalised patch tokens its
     vision tower's last layer attends over, (n, g, g, width), on one autograd graph (``last_layer_patches``).
     Serves the frozen backbone and a head's tuned copy of the model alike (clip_lora)."""

@@ -230,7 +230,8 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
     model_cfg = open_clip.get_model_config(name) or {}
     cfg = merge_preprocess_dict(cfg, model_cfg.get("preprocess_cfg", {}))
     cfg["size"] = model_cfg.get("vision_cfg", {}).get("image_size", cfg["size"])
-    return merge_preprocess_dict(cfg, _tag_cfg(open_clip, name, pretrained))
+    merged: dict[str, Any] = merge_preprocess_dict(cfg, _tag_cfg(open_clip, name, pretrained))
+    return merged
 
 
 class OpenCLIPBackbone:
@@ -255,7 +256,8 @@ class OpenCLIPBackbone:
             options["pretrained"] = str(weights) if weights is not None else None
         try:
             with warnings_quiet():
-                self.model = open_clip.create_model(name, device="cpu", **options)
+                # an OpenCLIP CLIP (or CustomTextCLIP); Any: open_clip ships no type hints
+                self.model: Any = open_clip.create_model(name, device="cpu", **options)
         except (RuntimeError, OSError, KeyError, ValueError) as err:
             raise OSError(f"model: cannot build OpenCLIP {name!r} with pretrained={config.pretrained!r}: {err}") from err
         self.model.eval().requires_grad_(False).to(self.device)
@@ -300,7 +302,8 @@ class OpenCLIPBackbone:
     def deep_prompt_towers(self) -> OpenCLIPDeepPromptTowers:
         return OpenCLIPDeepPromptTowers(self.model)
 
-    def _vision_transformer(self) -> nn.Module:
+    def _vision_transformer(self) -> Any:
+        """The model's ``VisionTransformer`` (Any, as ``model``); ``NotOffered`` for another image tower."""
         visual = self.model.visual
         if not (hasattr(visual, "transformer") and hasattr(visual, "class_embedding")):
             raise NotOffered("open_clip", "image_tokens", f"this model's image tower is {type(visual).__name__}, "
@@ -333,7 +336,7 @@ class OpenCLIPBackbone:
         pixels = torch.as_tensor(pixels)
         self.image_batches_encoded += 1
         with self.autocast():
-            out = self.model.encode_image(pixels.to(self.device))
+            out: torch.Tensor = self.model.encode_image(pixels.to(self.device))
         return out.float().cpu()
 
     @torch.no_grad()

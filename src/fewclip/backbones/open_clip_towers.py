@@ -28,18 +28,21 @@ class OpenCLIPPromptTower(nn.Module):
     """OpenCLIP's text tower run on prompt embeddings (``width``, ``max_positions``, ``embed_tokens``,
     ``forward(embeds, eot)``, ``encode_shared_prefix``)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    attn_mask: torch.Tensor  # a buffer: (context_length, context_length) additive causal mask
+
+    def __init__(self, model: Any) -> None:
+        """``model``: an OpenCLIP ``CLIP`` (Any: open_clip ships no type hints)."""
         super().__init__()
         pooling = getattr(model, "text_pool_type", None)
         if not hasattr(model, "token_embedding") or pooling not in PROMPT_POOLING or model.attn_mask is None:
             raise ValueError(f"prompt learning needs a causal text tower read at the EOT token; this OpenCLIP model's "
                              f"text tower ({type(model).__name__}, pooling {pooling!r}) is not one: use zero_shot or "
                              f"linear_probe with it")
-        self.token_embedding = model.token_embedding
-        self.positional_embedding = model.positional_embedding
-        self.transformer = model.transformer
-        self.ln_final = model.ln_final
-        self.text_projection = model.text_projection
+        self.token_embedding: nn.Embedding = model.token_embedding
+        self.positional_embedding: nn.Parameter = model.positional_embedding  # (context_length, width)
+        self.transformer: Any = model.transformer  # OpenCLIP's Transformer: its resblocks, get_cast_dtype()
+        self.ln_final: nn.LayerNorm = model.ln_final
+        self.text_projection: nn.Parameter | nn.Linear | None = model.text_projection
         self.register_buffer("attn_mask", model.attn_mask, persistent=False)
         blocks = list(self.transformer.resblocks)
         # OpenCLIP's plain blocks take the shared-prefix fast path; any other block runs every full prompt
@@ -54,13 +57,15 @@ class OpenCLIPPromptTower(nn.Module):
         return int(self.positional_embedding.shape[0])
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(token_ids)
+        embeds: torch.Tensor = self.token_embedding(token_ids)
+        return embeds
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.text_projection is None:
             return pooled
         if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(pooled)
+            projected: torch.Tensor = self.text_projection(pooled)
+            return projected
         return pooled @ self.text_projection
 
     def forward(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
@@ -86,11 +91,13 @@ class OpenCLIPPromptTower(nn.Module):
         groups, prompts = suffix_embeds.shape[:2]  # any other block: every full prompt (the same result, slower)
         full = torch.cat([prefix_embeds[:, None].expand(-1, prompts, -1, -1), suffix_embeds], dim=2)
         out = self(full.flatten(0, 1), (eot_in_suffix + prefix_embeds.shape[1]).repeat(groups))
-        return out.unflatten(0, (groups, prompts))
+        features: torch.Tensor = out.unflatten(0, (groups, prompts))  # torch leaves unflatten untyped
+        return features
 
 
-def _block_parts(block: nn.Module) -> BlockParts:
-    attn = block.attn  # nn.MultiheadAttention, one packed in-projection
+def _block_parts(block: Any) -> BlockParts:
+    """An OpenCLIP ``ResidualAttentionBlock`` (Any: open_clip ships no type hints)."""
+    attn: nn.MultiheadAttention = block.attn  # one packed in-projection
 
     def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -109,11 +116,12 @@ def is_plain_vit(visual: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def vit_last_block_patches(visual: nn.Module, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def vit_last_block_patches(visual: Any, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """While active, the patch tokens a ViT's last block normalises for its attention (``ln_1``'s output: at its
     input a LayerNorm's scale invariance makes gradient x activation vanish, see ``hf_saliency``) are captured
     as a (n, gh, gw, width) view on the forward graph, under ``"grid"``. ``trailing``: tokens after the patches
-    left out (MaPLe's vision prompts)."""
+    left out (MaPLe's vision prompts). ``visual``: an OpenCLIP ``VisionTransformer`` (Any: open_clip ships no
+    type hints)."""
     captured: dict[str, torch.Tensor] = {}
 
     def route(_module: Any, _args: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -137,8 +145,10 @@ def vit_last_block_patches(visual: nn.Module, trailing: int = 0) -> Iterator[dic
 def run_block(block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool) -> torch.Tensor:
     """One OpenCLIP residual block; ``recompute``: its activations are recomputed in the backward pass."""
     if recompute and torch.is_grad_enabled():
-        return checkpoint(block, hidden, None, None, mask, use_reentrant=False)
-    return block(hidden, attn_mask=mask)
+        out: torch.Tensor = checkpoint(block, hidden, None, None, mask, use_reentrant=False)
+    else:
+        out = block(hidden, attn_mask=mask)
+    return out
 
 
 class OpenCLIPDeepPromptTowers:
@@ -149,11 +159,12 @@ class OpenCLIPDeepPromptTowers:
     without vision prompts (``maple.coupling: false``) and is refused with them (its depth check).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
+        """``model``: an OpenCLIP ``CLIP`` (Any: open_clip ships no type hints)."""
         self.text = OpenCLIPPromptTower(model)
         if not getattr(self.text.transformer, "batch_first", True):
             raise ValueError("maple: this OpenCLIP text tower runs sequence-first; fewclip reads batch-first tokens")
-        self.visual = model.visual
+        self.visual: Any = model.visual  # OpenCLIP's image tower: a VisionTransformer, ModifiedResNet, ...
         self.text_width, self.text_layers = self.text.width, len(self.text.transformer.resblocks)
         vit = is_plain_vit(self.visual)
         self.vision_width = int(self.visual.transformer.width) if vit else 0
@@ -180,8 +191,9 @@ class OpenCLIPDeepPromptTowers:
             if shallow is not None:
                 raise ValueError(f"maple: vision prompts need a ViT image tower read at its class token; this OpenCLIP "
                                  f"model's is {type(visual).__name__}: set maple.coupling: false or choose a ViT")
-            return visual(pixels.to(next(visual.parameters()).device))
-        x = visual.conv1(pixels.to(visual.conv1.weight.device))  # (n, w, gh, gw)
+            features: torch.Tensor = visual(pixels.to(next(visual.parameters()).device))
+            return features
+        x: torch.Tensor = visual.conv1(pixels.to(visual.conv1.weight.device))  # (n, w, gh, gw)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (n, P, w)
         cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
         x = visual.patch_dropout(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
@@ -192,7 +204,7 @@ class OpenCLIPDeepPromptTowers:
             if shallow is not None and 1 <= index <= len(deep_vision):
                 x = replace_rows(x, x.shape[1] - shallow.shape[0], deep_vision[index - 1])
             x = run_block(block, x, None, recompute)
-        pooled = visual.ln_post(x[:, 0])
+        pooled: torch.Tensor = visual.ln_post(x[:, 0])
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     def saliency_pass(self, pixels: torch.Tensor, shallow: torch.Tensor | None,

@@ -142,18 +142,18 @@ class ClipLoraHead(HeadBase):
                                  len(task.class_names), self.device_, task.ranks)
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
             torch.manual_seed(task.seed + task.ranks.rank * 1_000_003)  # each rank its own dropout stream
-            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
-                                                         task.on_epoch)
-        self.best_epoch_ = self.selection_.epoch
+            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint,
+                                                         self._checkpoint_key(task, task.backbone), task.on_epoch)
+        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self.model_.eval()
         return self
 
-    def _checkpoint_key(self, task: Task) -> str:
+    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
         import json
 
         return json.dumps({"classes": task.class_names, "template": task.templates[0],
                            "config": self.config.model_dump(mode="json"),
-                           "backbone": task.backbone.fingerprint()}, sort_keys=True, default=str)
+                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
 
     def train_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) with autograd through both tuned towers (text re-encoded each step, as the

@@ -42,9 +42,10 @@ def lora_towers(backbone: Backbone, rank: int, alpha: float, dropout: float, tar
                          f"backbone; choose among {list(towers.lora_targets)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                            use_rslora=True)
+        # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank);
+        # peft annotates lora_alpha as int but scales by it as a number, and CLIP-LoRA's alpha may be fractional
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                            target_modules=list(targets), use_rslora=True)
         towers.module = inject_adapter_in_model(config, towers.module)
     for name, param in towers.module.named_parameters():
         param.requires_grad_(is_lora(name))

@@ -211,8 +211,10 @@ class MapleHead(HeadBase):
         if not isinstance(train, ImageSet) or len(train) == 0:
             raise ValueError("maple trains on images: fit needs an ImageSet of training images")
         self.check(task)
+        backbone = task.backbone
+        assert backbone is not None  # check() refuses a task without one
         cfg = self.config
-        self._build(task.backbone, task.class_names, task.seed)
+        self._build(backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
         steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
         plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
@@ -221,17 +223,17 @@ class MapleHead(HeadBase):
                          checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last,
                          optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
-        trainer = EncoderTrainer(self.net_, task.backbone.transform, plan, task.seed, task.workers,
+        trainer = EncoderTrainer(self.net_, backbone.transform, plan, task.seed, task.workers,
                                  len(task.class_names), self.device_, task.ranks)
-        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
+        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task, backbone),
                                                      task.on_epoch)
-        self.best_epoch_ = self.selection_.epoch
+        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self._finish()
         return self
 
-    def _checkpoint_key(self, task: Task) -> str:
+    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
         return json.dumps({"classes": task.class_names, "config": self.config.model_dump(mode="json"),
-                           "backbone": task.backbone.fingerprint()}, sort_keys=True, default=str)
+                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
 
     def _finish(self) -> None:
         """Eval mode, and the class text features computed once for scoring."""
@@ -266,7 +268,8 @@ class MapleHead(HeadBase):
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the prompted towers, on the CPU."""
         self.net_.eval()
-        return self.net_(pixels.to(self.device_), self.class_text_features_).float().cpu()
+        logits: torch.Tensor = self.net_(pixels.to(self.device_), self.class_text_features_)
+        return logits.float().cpu()
 
     def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, C) logits with autograd and the patch tokens entering the prompted vision tower's last layer,
@@ -285,7 +288,7 @@ class MapleHead(HeadBase):
     @property
     def prompts_state_(self) -> dict[str, torch.Tensor]:
         """The learned tensors (ctx, deep text prompts, projections), on the CPU."""
-        saved = self.__dict__.get("saved_prompts_")
+        saved: dict[str, torch.Tensor] | None = self.__dict__.get("saved_prompts_")
         if saved is not None:
             return saved
         return {k: v.detach().cpu().clone() for k, v in self.net_.prompts.state_dict().items()}
