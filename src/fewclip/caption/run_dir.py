@@ -11,22 +11,21 @@ one, so a run directory inside an image folder never becomes data (no location c
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
-from fewclip.runner.run_dir import claim, differing_keys, locked, refuse_other_config
+from fewclip.runner.run_dir import RunDirRules, differing_keys, open_run
 from fewclip.caption.config import CaptionConfig, load_caption_config
 from fewclip.caption.layout import CaptionLayout
 
 RUN_DEFINING = ("model.encoder", "model.encoder_revision", "model.decoder", "model.decoder_revision", "data")
 
 
-def caption_root(config: CaptionConfig) -> Path:
-    return Path(config.output.dir).expanduser()
-
-
 def _defining(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_DEFINING)
+
+
+CAPTION_RULES = RunDirRules("caption", load_caption_config, _defining,
+                            "captioners trained on other inputs are then trained again")
 
 
 def caption_config_differences(previous: CaptionConfig, current: CaptionConfig) -> list[str]:
@@ -34,20 +33,8 @@ def caption_config_differences(previous: CaptionConfig, current: CaptionConfig) 
     return differing_keys(previous, current, _defining)
 
 
-def check_same_caption_config(layout: CaptionLayout, config: CaptionConfig) -> None:
-    """Refuse a config whose encoder, decoder or data differ from the run directory's ``config.yaml``."""
-    refuse_other_config(layout.root, layout.config, load_caption_config,
-                        lambda previous: caption_config_differences(previous, config), "caption",
-                        "captioners trained on other inputs are then trained again")
-
-
 @contextmanager
 def open_caption_run(config: CaptionConfig, force: bool = False) -> Iterator[CaptionLayout]:
     """Claim and lock the config's caption run directory for one command."""
-    root = caption_root(config)
-    claim(root)
-    with locked(root):
-        layout = CaptionLayout(root)
-        if not force:
-            check_same_caption_config(layout, config)
-        yield layout
+    with open_run(config, force, rules=CAPTION_RULES) as files:
+        yield CaptionLayout(files.root)

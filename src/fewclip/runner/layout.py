@@ -1,17 +1,31 @@
-"""Where every stage reads and writes inside a run directory (the files are the stages' interface)."""
+"""Where every stage reads and writes inside a run directory (the files are the stages' interface).
+
+``RunFiles`` holds what every kind of run has (the config, fewclip's marker and lock, data, results, the
+report); ``RunLayout`` adds classification's files, ``fewclip.caption.layout`` captioning's. ``run_root`` is the one
+place a config's ``output.dir`` becomes a path.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+def run_root(config: Any) -> Path:
+    """The run directory of a config (classification's or captioning's): ``output.dir``, ``~`` expanded."""
+    return Path(config.output.dir).expanduser()
 
 
 @dataclass(frozen=True)
-class RunLayout:
+class RunFiles:
+    """The files every run directory has, whatever its kind."""
+
     root: Path
 
     @property
     def config(self) -> Path:
+        """The resolved config the run was (last) given."""
         return self.root / "config.yaml"
 
     @property
@@ -26,7 +40,21 @@ class RunLayout:
 
     @property
     def data(self) -> Path:
+        """prepare's output: what the later stages read instead of the source."""
         return self.root / "data"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+
+@dataclass(frozen=True)
+class RunLayout(RunFiles):
+    """A classification run: prepared data, few-shot splits, heads, results, predictions."""
 
     @property
     def classes(self) -> Path:
@@ -55,10 +83,6 @@ class RunLayout:
     @property
     def heads(self) -> Path:
         return self.root / "heads"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
 
     @property
     def summary(self) -> Path:
@@ -95,10 +119,6 @@ class RunLayout:
     def aggregate(self) -> Path:
         """Tables and plots over seeds and methods, built from the CSVs above."""
         return self.results / "aggregate"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
 
     @property
     def answer(self) -> Path:
