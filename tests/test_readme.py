@@ -150,8 +150,8 @@ def test_bash_fewclip_lines_parse_and_their_configs_validate(tmp_path: Path) -> 
         except SystemExit:
             pytest.fail(f"README command does not parse: fewclip {' '.join(argv)}")
         if args.command == "caption" and args.caption_command != "predict" and args.config not in RUN_DIRS:
-            from fewclip.caption.config import load_caption_config
-            from fewclip.caption.embedded import embedded_caption_config
+            from fewclip.runner.caption_config import load_caption_config
+            from fewclip.runner.captioning import embedded_caption_config
 
             config = None if args.config in (None, "default") else str(REPO / args.config)
             base = embedded_caption_config(tmp_path / "cache") if config is None else None

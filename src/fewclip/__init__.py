@@ -13,7 +13,7 @@ from fewclip.heads import FeatureSet, Task, list_heads, load_head, save_head
 from fewclip.runner.pipeline import run
 from fewclip.runner.run_context import RunContext
 from fewclip.runner.predict import Classifier, Prediction, load_classifier
-from fewclip.caption.predict import Captioner, load_captioner
+from fewclip.runner.caption_predict import Captioner, load_captioner
 
 
 __all__ = [

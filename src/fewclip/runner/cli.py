@@ -1,4 +1,7 @@
-"""``fewclip run [CONFIG] [key=value ...]``, one command per stage, and ``fewclip predict`` with a saved head."""
+"""The command line: ``fewclip run [CONFIG] [key=value ...]`` and one command per stage, ``fewclip caption ...`` the
+same for captioning (both run the stages of their task on the run skeleton, ``fewclip.runner.skeleton``),
+``predict`` with what a run trained, ``compare`` across runs, and ``world`` to pretrain the embedded world's
+models."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from fewclip.distributed import env_ranks, peer_lost, stop as stop_ranks
 from fewclip.interrupt import EXIT_INTERRUPTED, exit_interrupted
 from fewclip.report.compare import compare_command
+from fewclip.runner.caption_predict import load_captioner, write_caption_predictions
+from fewclip.runner.captioning import CAPTIONING
 from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
 from fewclip.runner.pipeline import CLASSIFICATION, STAGES
-from fewclip.runner.predict import HeadNotTrained, expand_images, load_classifier, write_predictions
+from fewclip.runner.predict import expand_images, load_classifier, write_predictions
 from fewclip.runner.run_dir import check_run_kind
 from fewclip.runner.skeleton import LookedIn, RunTask, StageRun
 from fewclip.runner.tracking import TrackingError  # the module imports wandb only when tracking is on
@@ -42,6 +47,11 @@ CLASSIFICATION_HELP = StageCommandsHelp(
     config="YAML config, a run directory (its config.yaml), or 'default'; omit for the embedded default",
     overrides="dotted overrides, e.g. few_shot.shots=[8,16]",
     force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits")
+CAPTIONING_HELP = StageCommandsHelp(
+    run="all stages",
+    config="caption YAML config, a caption run directory, or 'default'; omit for the embedded offline default",
+    overrides="dotted overrides, e.g. training.epochs=3",
+    force="use output.dir even if its config.yaml differs in model.encoder, model.decoder or data")
 
 
 def add_stage_commands(commands: argparse._SubParsersAction, task: RunTask,  # type: ignore[type-arg]
@@ -76,9 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     decoder.add_argument("--steps", type=int, default=1500)
     decoder.add_argument("--seed", type=int, default=0)
     decoder.add_argument("--batch-size", type=int, default=64)
-    from fewclip.caption.cli import add_caption_commands
-
-    add_caption_commands(commands)
+    caption = commands.add_parser("caption", help="captioning: a frozen CLIP encoder and a GPT-2 decoder tuned by "
+                                  "adapters, prefix tuning or LoRA")
+    caption_commands = caption.add_subparsers(dest="caption_command", required=True)
+    add_stage_commands(caption_commands, CAPTIONING, CAPTIONING_HELP)
+    caption_predict = caption_commands.add_parser("predict", help="caption images with a captioner a run trained")
+    caption_predict.add_argument("run_dir", help="the caption run directory (output.dir of the run)")
+    caption_predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                                 help="image files, or folders (recursive)")
+    caption_predict.add_argument("--method", help="adapter, prefix, lora or untrained; default: the highest test CIDEr")
+    caption_predict.add_argument("--seed", type=int, help="default: the seed with the highest test CIDEr")
+    caption_predict.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size; 1: greedy)")
+    caption_predict.add_argument("--max-length", type=int, help="most tokens per caption (default: the run's "
+                                 "decode.max_length)")
+    caption_predict.add_argument("--out", help="also write the captions to a .csv or .json file")
+    caption_predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
@@ -145,37 +167,75 @@ def _error(message: object) -> int:
     return 2
 
 
-def _predict(args: argparse.Namespace) -> int:
-    """Exit 0 if at least one image was classified, 1 if none could be, 2 on usage errors."""
+@dataclass(frozen=True)
+class Predicting:
+    """What one kind of ``predict`` command does, for the steps both kinds share (``_predict_images``)."""
+
+    noun: str  # what the results are called: "predictions", "captions"
+    load: Callable[[], Any]  # the predictor a run trained
+    describe: Callable[[Any], str]  # which one it is and why, said on stderr
+    run: Callable[[Any, list[Path]], Sequence[Any]]  # one result per image: .path, .error (None when it worked)
+    lines: Callable[[Any], list[str]]  # what a result prints
+    write: Callable[[Path, Sequence[Any], Any], None]  # the results to a .csv or .json file
+
+
+PREDICT_ERRORS = (LookupError, ConfigError, FileNotFoundError, ValueError, OSError, ImportError)  # ImportError: open_clip
+
+
+def _predict_images(args: argparse.Namespace, counts: Sequence[tuple[str, int | None]], predicting: Predicting) -> int:
+    """Exit 0 if at least one image got a result, 1 if none could, 2 on usage errors (``counts``: flags that must be
+    at least 1 when given)."""
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         return _error(f"--out {out}: the file name must end in .csv or .json")
-    if args.top_k < 1:
-        return _error(f"--top-k must be >= 1, got {args.top_k}")
+    for flag, value in counts:
+        if value is not None and value < 1:
+            return _error(f"{flag} must be >= 1, got {value}")
     images = expand_images(args.images)
     if not images:
         return _error(f"no images in {', '.join(args.images)} (suffixes .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif)")
     try:
-        classifier = load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device)
-    except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError, ImportError) as err:  # ImportError: open_clip missing
+        predictor = predicting.load()
+    except PREDICT_ERRORS as err:
         return _error(err)
-    print(f"fewclip: predicting with {classifier.unit}: {classifier.why}", file=sys.stderr)
-    results = classifier.predict(images, top_k=args.top_k, progress=not args.quiet)
+    print(f"fewclip: {predicting.describe(predictor)}", file=sys.stderr)
+    results = predicting.run(predictor, images)
     for result in results:
         if result.error is not None:
             print(f"fewclip: skipped {result.error}", file=sys.stderr)
             continue
-        print(result.path)
-        for label, probability in result.top_k:
-            print(f"  {probability:.4f}  {label}")
+        for line in predicting.lines(result):
+            print(line)
     if out is not None:
         try:
-            write_predictions(out, results, classifier)
-        except OSError as err:  # a read-only or missing folder, a full disk: the predictions above still stand
-            return _error(f"--out {out}: could not write the predictions ({err.strerror or err}); "
+            predicting.write(out, results, predictor)
+        except OSError as err:  # a read-only or missing folder, a full disk: the results above still stand
+            return _error(f"--out {out}: could not write the {predicting.noun} ({err.strerror or err}); "
                           "choose a writable path")
-        print(f"predictions: {out}")
+        print(f"{predicting.noun}: {out}")
     return 0 if any(r.error is None for r in results) else 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``fewclip predict``: the top-k labels of each image from a head a run trained."""
+    return _predict_images(args, [("--top-k", args.top_k)], Predicting(
+        "predictions",
+        load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
+        describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
+        run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
+        lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
+        write=write_predictions))
+
+
+def _caption_predict(args: argparse.Namespace) -> int:
+    """``fewclip caption predict``: a caption of each image from a captioner a run trained."""
+    return _predict_images(args, [("--beam", args.beam), ("--max-length", args.max_length)], Predicting(
+        "captions",
+        load=lambda: load_captioner(args.run_dir, args.method, args.seed, device=args.device),
+        describe=lambda captioner: f"captioning with {captioner.method} seed {captioner.seed}: {captioner.why}",
+        run=lambda captioner, images: captioner.caption_files(images, beam=args.beam, max_length=args.max_length),
+        lines=lambda result: [f"{result.path}\t{result.caption}"],
+        write=write_caption_predictions))
 
 
 def _split_config_arg(task: RunTask, config: str | None, overrides: list[str],
@@ -229,10 +289,10 @@ def _command(args: argparse.Namespace) -> int:
         return _world(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "caption" and args.caption_command == "predict":
+        return _caption_predict(args)
     if args.command == "caption":
-        from fewclip.caption.cli import caption_main
-
-        return caption_main(args)
+        return _run_stages(CAPTIONING, args.caption_command, args)
     if args.command == "compare":
         return compare_command(args.run_dirs, args.out)
     return _run_stages(CLASSIFICATION, args.command, args)

@@ -48,7 +48,7 @@ class RunDirError(ValueError):
 
 
 # Top-level config blocks only one kind of run has (classification: fewclip.runner.config; captioning:
-# fewclip.caption.config), so a run directory handed to the other kind's command is named as such
+# fewclip.runner.caption_config), so a run directory handed to the other kind's command is named as such
 # instead of failing validation key by key.
 KIND_BLOCKS = {"classification": ("dataset", "few_shot", "splits", "prompts"),
                "caption": ("data", "decode", "attention", "clipscore_model")}

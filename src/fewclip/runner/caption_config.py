@@ -1,4 +1,4 @@
-"""The captioning config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.runner.config``.
+"""The captioning run's config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.runner.config``.
 
 Blocks: ``model`` (encoder, decoder and every method's keys), ``data``, ``training``, ``decode``,
 ``attention``, ``output``, ``cache``, ``runtime``, plus ``methods`` (which of adapter / prefix / lora
@@ -15,8 +15,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fewclip.backbones.model_source import config_relative_id
-from fewclip.runner.config import CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error
-from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
+from fewclip.runner.config import (CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error,
+                                   read_config_file)
 from fewclip.configbase import ConfigBlock
 from fewclip.registry import unknown_name_message
 from fewclip.caption.data import CaptionDataConfig
@@ -141,14 +141,7 @@ def load_caption_config(path: str | Path | None = None, overrides: Sequence[str]
     if path is not None:
         path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"caption config file {path} does not exist")
-        try:
-            loaded = read_yaml_file(path)
-        except ConfigFileError as err:
-            raise ConfigError(str(err)) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, data:, ...)")
-        _relative_paths(loaded or {}, path.parent)
-        data.update(loaded or {})
+        loaded = read_config_file(path, "caption config file", "model:, data:, ...")
+        _relative_paths(loaded, path.parent)
+        data.update(loaded)
     return validate_caption_config(apply_overrides(data, overrides, renames=False), origin)
