@@ -9,7 +9,8 @@ import torch
 
 from fewclip.caption.artifacts import load_caption_model, save_caption_model
 from fewclip.caption.encoder_cache import EncoderTokens
-from fewclip.caption.model import CaptionModel, adapter_width
+from fewclip.caption.methods import adapter_width
+from fewclip.caption.model import CaptionModel
 from fewclip.caption.train import CaptionTrainConfig, pad_batch, caption_token_ids, train_captioner
 
 D, E, LAYERS, HEADS = 32, 64, 2, 2  # tiny decoder width, tiny CLIP width, decoder blocks, heads

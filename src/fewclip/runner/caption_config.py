@@ -21,11 +21,11 @@ from fewclip.configbase import ConfigBlock
 from fewclip.registry import unknown_name_message
 from fewclip.caption.data import CaptionDataConfig
 from fewclip.caption.decode import DecodeConfig
-from fewclip.caption.model import METHODS, CaptionModelConfig
+from fewclip.caption.methods import BASELINE, trained_methods
+from fewclip.caption.model import CaptionModelConfig
 from fewclip.caption.train import CaptionTrainConfig
 
-TRAINED_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "untrained")
-BASELINE = "untrained"
+TRAINED_METHODS: tuple[str, ...] = tuple(trained_methods())
 
 
 class AttentionConfig(ConfigBlock):

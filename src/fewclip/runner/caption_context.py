@@ -15,6 +15,7 @@ from fewclip.backbones.weights import weights_digest
 from fewclip.caption.artifacts import check_manifest
 from fewclip.caption.data import CaptionData
 from fewclip.caption.encoder_cache import EncoderTokens
+from fewclip.caption.methods import CAPTION_METHODS
 from fewclip.caption.model import CaptionModel
 from fewclip.caption.splits import SPLITS, read_splits
 from fewclip.features import FeatureCache
@@ -99,17 +100,16 @@ class CaptionRun(StageContext):
         return len(sha1s) - len(cache.missing(sha1s))
 
 
-# The model keys that change what a method's captioner learns or says: the other methods' keys, the
-# attention layer drawn and the device do not (a changed LoRA rank retrains LoRA only).
+# The model keys that change what any method's captioner learns or says; beside them each method's own keys
+# (``CaptionMethod.model_keys``). The other methods' keys, the attention layer drawn and the device change
+# nothing (a changed LoRA rank retrains LoRA only).
 SHARED_MODEL_KEYS = ("encoder", "encoder_revision", "decoder", "decoder_revision", "precision", "method")
-METHOD_MODEL_KEYS = {"untrained": (), "adapter": ("adapter_bottleneck",), "prefix": ("prefix_length",),
-                     "lora": ("lora_rank", "lora_alpha", "lora_dropout")}
 
 
 def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
     """The model config values one unit's results depend on."""
     model = config.unit_model(method).model_dump(mode="json")
-    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *METHOD_MODEL_KEYS[method])}
+    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *CAPTION_METHODS.get(method).model_keys)}
 
 
 def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, weights: dict[str, str]) -> str:
