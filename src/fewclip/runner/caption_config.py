@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config import (CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error,
-                                   read_config_file)
+                                   distinct_seeds, read_config_file)
 from fewclip.configbase import ConfigBlock
 from fewclip.registry import unknown_name_message
 from fewclip.caption.data import CaptionDataConfig
@@ -85,10 +85,7 @@ class CaptionConfig(ConfigBlock):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed(s) {repeated} listed more than once; list distinct seeds")
-        return seeds
+        return distinct_seeds(seeds)
 
     @model_validator(mode="after")
     def _one_place_per_value(self) -> "CaptionConfig":

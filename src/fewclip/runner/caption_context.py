@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fewclip.backbones.model_source import resolve_model
@@ -42,10 +41,6 @@ class CaptionRun(StageContext):
     @property
     def layout(self) -> CaptionLayout:
         return CaptionLayout(self.root)
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.config.cache.dir).expanduser()
 
     @property
     def data(self) -> CaptionData:

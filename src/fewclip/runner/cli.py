@@ -147,6 +147,8 @@ def _quiet_libraries() -> None:
     if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
+    # the libraries already loaded are told directly; one not loaded yet is not imported to be told (that takes
+    # seconds): the variables above reach it when it loads
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 

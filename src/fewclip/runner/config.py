@@ -104,10 +104,16 @@ class SplitsConfig(ConfigBlock):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed(s) {repeated} listed more than once; each seed is one split, list distinct seeds")
-        return seeds
+        return distinct_seeds(seeds, "each seed is one split, ")
+
+
+def distinct_seeds(seeds: list[int], why: str = "") -> list[int]:
+    """``seeds`` when none repeats; a ValueError naming the repeated ones otherwise (``why``: what a seed stands for,
+    said before "list distinct seeds")."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} listed more than once; {why}list distinct seeds")
+    return seeds
 
 
 class WandbConfig(ConfigBlock):

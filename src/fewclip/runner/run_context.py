@@ -25,7 +25,7 @@ from fewclip.fileio import read_csv, write_csv
 from fewclip.heads import HEADS, FeatureSet, ImageSet
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.run_dir import check_location
-from fewclip.runner.skeleton import StageContext
+from fewclip.runner.skeleton import StageContext, checked_cache_dir
 
 AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
 
@@ -45,10 +45,6 @@ class RunContext(StageContext):
     @property
     def layout(self) -> RunLayout:
         return RunLayout(self.root)
-
-    @property
-    def cache_root(self) -> Path:
-        return checked_cache_dir(self.config)
 
     @property
     def backbone(self) -> Any:
@@ -79,20 +75,6 @@ class RunContext(StageContext):
         """The most augmented views any selected head asks for (0: none)."""
         return max((head_config(self.config, m).augment_views for m in self.config.methods
                     if head_class(m).uses_augmented_views), default=0)
-
-
-def checked_cache_dir(config: Config) -> Path:
-    """``cache.dir`` as a path; an error naming the key when it, or a folder above it, is a file (the cache is a
-    folder of shards: mkdir would fail with a bare "Not a directory" deep inside it)."""
-    root = Path(config.cache.dir).expanduser()
-    for folder in (root, *root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == root else f"lies under {folder}, which is a file"
-                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
-                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
-            break
-    return root
 
 
 def check_paths(config: Config, stages: Sequence[str],

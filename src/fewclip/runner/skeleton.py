@@ -56,12 +56,31 @@ class StageContext:
     def root(self) -> Path:
         return run_root(self.config)
 
+    @property
+    def cache_root(self) -> Path:
+        """``cache.dir``, the cache shared by runs (features, encoder tokens, weight digests)."""
+        return checked_cache_dir(self.config)
+
     def write_config(self) -> None:
         """The resolved config beside the results, by rank 0 alone; left untouched when it already says the same
         (a re-run of a finished run changes no file)."""
         text, path = self.config.to_yaml(), self.root / "config.yaml"
         if self.ranks.is_main and not (path.is_file() and path.read_text(encoding="utf-8") == text):
             atomic_write_text(path, text)
+
+
+def checked_cache_dir(config: Any) -> Path:
+    """``cache.dir`` as a path; an error naming the key when it, or a folder above it, is a file (the cache is a
+    folder of shards: mkdir would fail with a bare "Not a directory" deep inside it)."""
+    root = Path(config.cache.dir).expanduser()
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == root else f"lies under {folder}, which is a file"
+                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
+                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
+            break
+    return root
 
 
 @dataclass(frozen=True)
