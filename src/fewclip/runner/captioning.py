@@ -228,7 +228,7 @@ def outcome(run: CaptionRun, stages: tuple[str, ...]) -> list[str]:
     return lines
 
 
-CAPTIONING = RunTask(kind="caption", command="fewclip caption", stages=STAGES, context=CaptionRun,
+CAPTIONING = RunTask(kind="caption", stages=STAGES, context=CaptionRun,
                      load_config=load_caption_config, embedded_config=embedded_caption_config, rules=CAPTION_RULES,
                      check=check, outcome=outcome, folder_words=("caption run", "caption YAML config"),
                      stage_log="caption %s done in %.1fs")

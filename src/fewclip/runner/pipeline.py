@@ -290,7 +290,7 @@ def outcome(ctx: RunContext, stages: tuple[str, ...]) -> list[str]:
     return lines
 
 
-CLASSIFICATION = RunTask(kind="classification", command="fewclip", stages=STAGES, context=RunContext,
+CLASSIFICATION = RunTask(kind="classification", stages=STAGES, context=RunContext,
                          load_config=load_config, embedded_config=embedded_config, rules=CLASSIFICATION_RULES,
                          check=check, outcome=outcome, distributed=True, tracked=True)
 

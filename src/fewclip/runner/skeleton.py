@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fewclip.distributed import SINGLE, Ranks, start as start_ranks
 from fewclip.fileio import atomic_write_text
 from fewclip.interrupt import Progress, interrupted_line
-from fewclip.runner.layout import run_root
+from fewclip.runner.layout import RunFiles, run_root
 from fewclip.runner.run_dir import RunDirRules, open_run
 from fewclip.runner.tracking import Tracker, preflight
 from fewclip.threads import THREADS_ENV, apply_threads
@@ -64,7 +64,7 @@ class StageContext:
     def write_config(self) -> None:
         """The resolved config beside the results, by rank 0 alone; left untouched when it already says the same
         (a re-run of a finished run changes no file)."""
-        text, path = self.config.to_yaml(), self.root / "config.yaml"
+        text, path = self.config.to_yaml(), RunFiles(self.root).config
         if self.ranks.is_main and not (path.is_file() and path.read_text(encoding="utf-8") == text):
             atomic_write_text(path, text)
 
@@ -88,7 +88,6 @@ class RunTask:
     """A kind of run (classification, captioning): what it plugs into the skeleton."""
 
     kind: str  # "classification" | "caption", as fewclip.runner.run_dir.KIND_BLOCKS tells run directories apart
-    command: str  # how users start it: "fewclip" | "fewclip caption"
     stages: Mapping[str, Callable[[Any], Any]]  # name -> stage, in run order
     context: Callable[..., StageContext]  # (config, ranks=...) -> the context the stages share
     load_config: Callable[..., Any]  # (path | None, overrides, base=...) -> a validated config
