@@ -13,7 +13,8 @@ from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.backbones.protocol import NotOffered
 from fewclip.caption.artifacts import load_caption_model, save_caption_model
 from fewclip.caption.encoder_cache import EncoderTokens
-from fewclip.caption.model import CaptionModel, adapter_width
+from fewclip.caption.methods import adapter_width
+from fewclip.caption.model import CaptionModel
 from fewclip.data.images import read_image
 from fewclip.caption.train import CaptionTrainConfig, pad_batch, caption_token_ids, train_captioner
 from tests.open_clip_models import build_open_clip, require_open_clip

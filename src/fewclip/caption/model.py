@@ -7,17 +7,9 @@ hand ``CaptionModel`` any other backbone (an OpenCLIP ViT). A trainable linear l
 the decoder width when the widths differ. Every GPT-2 block cross-attends to all of them (``add_cross_attention``); the
 CLS token stays in the memory as a global summary and attention maps drop it (``caption.attention``).
 
-What trains: the new cross-attention (+ its layer norm), the projection, and one method per unit:
-
-- ``adapter``: a bottleneck adapter on each block's cross-attention output (down, GELU, up, residual);
-  its up-projection starts at zero, so an untrained adapter is the identity.
-- ``prefix``: ``prefix_length`` learned key/value vectors per layer, given to the self-attention as a
-  key/value cache in front of the caption (prefix tuning). Written here rather than with peft's
-  PrefixTuning so that the caption keeps positions 0.. (peft's prefix shifts GPT-2's positions by the
-  prefix length, which overruns a small decoder's ``n_positions``) and so that masks are exact.
-- ``lora``: LoRA on the self-attention projections ``attn.c_attn`` and ``attn.c_proj`` of every block,
-  injected with peft (``inject_adapter_in_model``); B starts at zero, so an untrained LoRA is the identity.
-- ``untrained``: nothing trains; the model as built (fresh cross-attention), the baseline of the report.
+What trains: the new cross-attention (+ its layer norm), the projection, and one method per unit, registered in
+``caption.methods`` (``untrained``, ``adapter``, ``prefix``, ``lora``): ``untrained``, the baseline of the
+report, trains nothing.
 
 All new weights are drawn from a generator seeded by ``seed``, so the ``untrained`` model of a seed is
 exactly the starting point of that seed's trained methods.
@@ -39,12 +31,11 @@ from fewclip.backbones import ModelConfig, load_backbone, resolve_device
 from fewclip.backbones.capabilities import require
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
 from fewclip.backbones.protocol import Backbone
+from fewclip.caption.methods import CAPTION_METHODS
 from fewclip.configbase import ConfigBlock
 
-Method = Literal["untrained", "adapter", "prefix", "lora"]
-METHODS: tuple[str, ...] = ("untrained", "adapter", "prefix", "lora")
+Method = Literal[tuple(CAPTION_METHODS.names())]  # type: ignore[valid-type]  # the registered caption methods
 NEEDS = frozenset({"image_tokens"})  # what every method needs of its encoder (backbones.protocol.CAPABILITIES)
-LORA_TARGETS = r".*\.attn\.(c_attn|c_proj)$"  # self-attention only: not crossattention.*, not mlp.c_proj
 
 
 class CaptionModelConfig(ConfigBlock):
@@ -65,25 +56,6 @@ class CaptionModelConfig(ConfigBlock):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast for encoding, "
                                                 "training and decoding.")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
-
-
-def adapter_width(n_embd: int, bottleneck: int | None) -> int:
-    """The reference's n_embd/2 - 30, floored at n_embd/8 (a tiny decoder would get a negative width)."""
-    return bottleneck if bottleneck is not None else max(n_embd // 2 - 30, max(n_embd // 8, 1))
-
-
-class BottleneckAdapter(nn.Module):
-    """x + up(GELU(down(x))), with ``up`` zero-initialised: the identity until trained."""
-
-    def __init__(self, width: int, bottleneck: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.up = nn.Linear(bottleneck, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(nn.functional.gelu(self.down(x)))
 
 
 @contextlib.contextmanager
@@ -186,36 +158,19 @@ class CaptionModel(nn.Module):
         self.requires_grad_(False)
         encoder_width = self.encoder_width
         self.projection: nn.Module = nn.Linear(encoder_width, gpt.n_embd) if encoder_width != gpt.n_embd else nn.Identity()
-        self.adapters: nn.ModuleList | None = None
-        self.prefix: nn.Parameter | None = None
-        if config.method == "adapter":
-            width = adapter_width(gpt.n_embd, config.adapter_bottleneck)
-            self.adapters = nn.ModuleList(BottleneckAdapter(gpt.n_embd, width) for _ in range(gpt.n_layer))
-            for block, adapter in zip(self.decoder.transformer.h, self.adapters):
-                block.crossattention.register_forward_hook(_adapter_hook(adapter))
-        elif config.method == "prefix":
-            head_dim = gpt.n_embd // gpt.n_head  # (layer, key/value, head, prefix, head_dim)
-            self.prefix = nn.Parameter(torch.randn(gpt.n_layer, 2, gpt.n_head, config.prefix_length, head_dim) * 0.02)
-        elif config.method == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=LORA_TARGETS, fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
-            inject_adapter_in_model(lora, self.decoder)
+        self.adapters: nn.ModuleList | None = None  # the adapter method's, one per block
+        self.prefix: nn.Parameter | None = None  # the prefix method's, (layer, key/value, head, prefix, head_dim)
+        method = CAPTION_METHODS.get(config.method)
+        own = method.build(self)  # draws its new weights after the projection's, from the seeded generator
         self.requires_grad_(False)
-        if config.method == "untrained":
+        if not method.trains:
             return
         for block in self.decoder.transformer.h:
             block.crossattention.requires_grad_(True)
             block.ln_cross_attn.requires_grad_(True)
         self.projection.requires_grad_(True)
-        if self.adapters is not None:
-            self.adapters.requires_grad_(True)
-        if self.prefix is not None:
-            self.prefix.requires_grad_(True)
-        for name, param in self.decoder.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(True)
+        for param in own:
+            param.requires_grad_(True)
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -353,12 +308,3 @@ def _additive_mask(key_mask: torch.Tensor, positions: torch.Tensor, prefix: int,
     allowed = torch.cat([allowed.new_ones(batch, len(positions), prefix), allowed], dim=-1)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def _adapter_hook(adapter: BottleneckAdapter) -> Any:
-    """A forward hook that passes a block's cross-attention output through its adapter."""
-
-    def hook(_module: nn.Module, _args: Any, output: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, Any]:
-        return (adapter(output[0]),) + tuple(output[1:])
-
-    return hook

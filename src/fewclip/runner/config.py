@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import string
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -25,10 +26,12 @@ from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.configbase import NUMBER_ERROR, ConfigBlock
+from fewclip.data.coop_fewshot import coop_sampler_problem
 from fewclip.data.sources import SOURCES, DatasetConfig
 from fewclip.data.splits import Sampler
 from fewclip.data.subsample import Subsample
 from fewclip.heads import HEADS, list_heads
+from fewclip.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +119,16 @@ class SplitsConfig(ConfigBlock):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed(s) {repeated} listed more than once; each seed is one split, list distinct seeds")
-        return seeds
+        return distinct_seeds(seeds, "each seed is one split, ")
+
+
+def distinct_seeds(seeds: list[int], why: str = "") -> list[int]:
+    """``seeds`` when none repeats; a ValueError naming the repeated ones otherwise (``why``: what a seed stands for,
+    said before "list distinct seeds")."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} listed more than once; {why}list distinct seeds")
+    return seeds
 
 
 class WandbConfig(ConfigBlock):
@@ -182,8 +191,6 @@ class ConfigRules(ConfigBlock):
     def _sampler_fits_dataset(cls, splits: Any, info: ValidationInfo) -> Any:
         dataset = info.data.get("dataset")
         if splits.sampler == "coop" and dataset is not None:
-            from fewclip.data.coop_fewshot import coop_sampler_problem
-
             problem = coop_sampler_problem(dataset)
             if problem:
                 raise ValueError(problem)
@@ -192,8 +199,6 @@ class ConfigRules(ConfigBlock):
     @field_validator("methods", check_fields=False)
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from fewclip.registry import unknown_name_message
-
         for method in methods:
             base, label = split_variant(method)
             if label is not None and not VARIANT_LABEL.fullmatch(label):
@@ -424,7 +429,7 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _block_class(typing.get_args(annotation)[0], tag)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
         members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         for member in members:
             if tag is not None and member.model_fields.get("source") and member.model_fields["source"].default == tag:
@@ -508,6 +513,21 @@ def resolve_dataset_paths(block: dict[str, Any], bases: Sequence[Path]) -> None:
                 values[key] = str(found.resolve())
 
 
+def read_config_file(path: Path, what: str, blocks: str) -> dict[str, Any]:
+    """The mapping of blocks a YAML config file holds (empty for an empty file); a ``ConfigError`` naming the file
+    when it is missing, does not parse, or is not a mapping. ``what``: the file in messages ("config file"),
+    ``blocks``: the blocks it should hold ("model:, dataset:, ...")."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = read_yaml_file(path)
+    except ConfigFileError as err:
+        raise ConfigError(str(err)) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of blocks ({blocks})")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
     data, renamed = rename_deprecated_blocks(copy.deepcopy(base or {}), "config")  # overrides edit nested blocks; never the caller's
@@ -515,22 +535,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
     if path is not None:
         path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = read_yaml_file(path)
-        except ConfigFileError as err:
-            raise ConfigError(str(err)) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
-        model = (loaded or {}).get("model")
+        loaded = read_config_file(path, "config file", "model:, dataset:, ...")
+        model = loaded.get("model")
         if isinstance(model, dict):
             for key in ("id", "pretrained"):  # a relative folder or file named in a YAML is read from its folder
                 if isinstance(model.get(key), str):
                     model[key] = config_relative_id(model[key], path.parent)
-        if isinstance((loaded or {}).get("dataset"), dict):
+        if isinstance(loaded.get("dataset"), dict):
             resolve_dataset_paths(loaded["dataset"], [path.parent, Path.cwd()])
-        loaded, renamed_here = rename_deprecated_blocks(loaded or {}, origin)
+        loaded, renamed_here = rename_deprecated_blocks(loaded, origin)
         renamed.update(renamed_here)
         data.update(loaded)
     data = apply_overrides(data, overrides)

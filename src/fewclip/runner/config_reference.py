@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from fewclip.caption.config import CaptionConfig
+from fewclip.runner.caption_config import CaptionConfig
 from fewclip.data.sources import SOURCES, SourceConfig
 from fewclip.heads import HEADS, list_heads
 from fewclip.runner.config import Config, default_cache_dir
