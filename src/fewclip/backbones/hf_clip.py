@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.model_source import ModelSource, hub_offline, resolve_model
 from fewclip.backbones.preprocess import ImageTransform
@@ -76,6 +76,11 @@ def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dic
     }
 
 
+def check_hf_model(config: ModelConfig) -> None:
+    """Fail fast, naming the key, on a model that is neither a folder nor a hub id that can be reached."""
+    resolve_model(config.id, config.revision)
+
+
 class HFTextTokens:
     """A Hugging Face CLIP tokenizer as ``TextTokens``."""
 
@@ -92,6 +97,7 @@ class HFTextTokens:
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
 
+@register_backbone("hf", check=check_hf_model, fingerprint_from_files=model_fingerprint)
 class CLIPBackbone:
     """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
 

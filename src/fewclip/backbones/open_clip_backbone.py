@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.backbones.prompt_tower import BlockParts, SharedPrefixParts, encode_shared_prefix
@@ -308,6 +308,7 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
     return merge_preprocess_dict(cfg, _tag_cfg(open_clip, name, pretrained))
 
 
+@register_backbone("open_clip", check=check_open_clip, fingerprint_from_files=open_clip_fingerprint)
 class OpenCLIPBackbone:
     """A frozen OpenCLIP model behind the ``Backbone`` protocol."""
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
-from fewclip.data.sources.coop import COOP_DATASETS
+from fewclip.data.sources.dassl_layouts import COOP_DATASETS
 from fewclip.fileio import atomic_write_text, read_csv, write_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.stats import mean_std

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterator, Literal
 from pydantic import Field
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.registry import register_source
 
 
 class HFSourceConfig(SourceConfig):
@@ -21,8 +22,14 @@ class HFSourceConfig(SourceConfig):
                                     "zero_shot evaluate the whole test split).")
     test_split: str = "test"
 
+    def default_label(self) -> str:
+        return self.id.rstrip("/").split("/")[-1] + (f"-{self.name}" if self.name else "")
 
+
+@register_source
 class HFSource:
+    Config = HFSourceConfig
+
     def __init__(self, config: HFSourceConfig) -> None:
         import datasets
 

@@ -10,6 +10,7 @@ from typing import Iterator, Literal
 from pydantic import Field, field_validator
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.registry import register_source
 
 
 class WorldSourceConfig(SourceConfig):
@@ -43,7 +44,10 @@ def render_png(class_name: str, seed: int, domain: str, split: str, index: int, 
     return buffer.getvalue()
 
 
+@register_source
 class WorldSource:
+    Config = WorldSourceConfig
+
     def __init__(self, config: WorldSourceConfig) -> None:
         self.config = config
 
