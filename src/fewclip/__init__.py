@@ -13,8 +13,7 @@ from fewclip.runner.pipeline import run
 from fewclip.runner.run_context import RunContext
 from fewclip.runner.predict import Classifier, Prediction, load_classifier
 from fewclip.caption.predict import Captioner, load_captioner
-
-__version__ = "0.1.0"
+from fewclip.version import __version__ as __version__
 
 __all__ = [
     "CLIPBackbone", "Captioner", "Classifier", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform",

@@ -21,6 +21,7 @@ import torch
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
+from fewclip.heads.registry import HEADS
 from fewclip.training.selection import best_epoch
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,6 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
 
     Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
     """
-    from fewclip.heads import HEADS
-
     meta = read_head_meta(stem)
     if meta is None:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")

@@ -27,6 +27,7 @@ from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads import HEADS, list_heads
 from fewclip.runner.layout import RunLayout
+from fewclip.version import __version__
 
 MARKER = RunLayout(Path()).marker.name
 LOCK = RunLayout(Path()).lock.name
@@ -144,8 +145,6 @@ def claim(root: Path) -> None:
                 f"{MARKER}); fewclip writes only into a new or empty folder or its own run directory, so it "
                 f"never overwrites your files: choose another output.dir (if {root} is a run of an older "
                 f"fewclip, create an empty {root / MARKER} to adopt it)")
-    from fewclip import __version__
-
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fewclip.backbones.device import autocast_for
 from fewclip.backbones.preprocess import Augmentation, ImageTransform
@@ -91,8 +92,6 @@ class EncoderTrainer:
             if (plan.batch_size // plan.accumulate) < ranks.world:
                 raise ValueError(f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
                                  f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate")
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
             self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights

@@ -36,6 +36,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
@@ -113,8 +114,6 @@ class CoCoOpHead(HeadBase):
     @staticmethod
     def _tower_call(prompts: CoOpPrompts, shifted: torch.Tensor) -> torch.Tensor:
         """(g, n_ctx, w) per-image contexts -> (g, C, d) text features of every class prompt."""
-        from fewclip.heads.prompts.coop import autocast_for
-
         n_images, n_classes = shifted.shape[0], prompts.base.shape[0]
         shared = prompts.layout.shared_prefix
         eot = prompts.layout.eot_positions.to(prompts.device)

@@ -36,6 +36,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
@@ -61,14 +62,6 @@ class CoOpConfig(PromptLearningConfig):
                 "or set class_specific_context: false"
             )
         return self
-
-
-def autocast_for(precision: str, device: torch.device) -> Any:
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class ContextParams(nn.Module):

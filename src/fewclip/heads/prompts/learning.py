@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from fewclip.heads.prompts.lengths import text_positions
 
 Position = Literal["end", "middle", "front"]
 CtxInitMode = Literal["words", "zeros_then_words"]  # how ctx_init fills the context (``init_context``)
@@ -133,8 +134,6 @@ def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, wit
 def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str,
                       mode: CtxInitMode = "words") -> None:
     """Fail before any training if a class prompt (context + name + SOS, '.', EOT) exceeds the positions."""
-    from fewclip.heads.prompts.lengths import text_positions
-
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
     tokens = task.backbone.tokens
