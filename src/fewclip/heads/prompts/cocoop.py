@@ -130,7 +130,7 @@ class CoCoOpHead(HeadBase):
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, "end", "cocoop")
+        check_prompts_fit(task, self.config, "end", "cocoop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
         if task.backbone is None:
@@ -140,11 +140,11 @@ class CoCoOpHead(HeadBase):
         self.check(task)  # a prompt too long fails before any work
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
-                                  cfg.ctx_init, n_classes, False, generator)
+        ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init, n_classes,
+                           False, generator)
         torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
         params = CoCoOpParams(ctx, train.features.shape[1])
-        self.attach(task.backbone, task.class_names, n_ctx)
+        self.attach(task.backbone, task.class_names, cfg.n_ctx)
         scale = task.backbone.logit_scale
 
         def logits_fn(features: torch.Tensor) -> torch.Tensor:
@@ -154,7 +154,7 @@ class CoCoOpHead(HeadBase):
             params, logits_fn, train, val, n_classes, cfg.settings(task.shots), task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch)
-        self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, n_ctx
+        self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, cfg.n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)

@@ -40,7 +40,7 @@ from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import CtxInitMode, assemble, build_layout, check_prompts_fit, init_context
+from fewclip.heads.prompts.learning import assemble, build_layout, check_prompts_fit, init_context
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
@@ -119,14 +119,9 @@ class CoOpHead(HeadBase):
     def __init__(self, config: CoOpConfig | None = None) -> None:
         self.config = config or CoOpConfig()
 
-    def ctx_init_mode(self) -> CtxInitMode:
-        """How ``ctx_init`` fills the context: CoOp's one vector per word (ProGrad's block chooses)."""
-        return "words"
-
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name,
-                          self.ctx_init_mode())
+        check_prompts_fit(task, self.config, self.config.class_token_position, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
         if task.backbone is None:
@@ -136,9 +131,10 @@ class CoOpHead(HeadBase):
         self.check(task)  # a prompt too long fails before any work
         cfg, n_classes = self.config, len(task.class_names)
         generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
-                                  cfg.ctx_init, n_classes, cfg.class_specific_context, generator, self.ctx_init_mode())
-        prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, self.name)
+        ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init, n_classes,
+                           cfg.class_specific_context, generator, cfg.init_mode)
+        prompts = CoOpPrompts(task.backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision,
+                              self.name)
         params = ContextParams(ctx)
         scale = task.backbone.logit_scale
 
@@ -151,7 +147,7 @@ class CoOpHead(HeadBase):
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch, train_step=self.train_step(task, prompts, params, scale))
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
-        self.n_ctx_ = n_ctx
+        self.n_ctx_ = cfg.n_ctx
         self.ctx_ = params.ctx.detach().clone()
         self.last_ctx_ = last["ctx"]
         self.logit_scale_ = torch.tensor(scale)
