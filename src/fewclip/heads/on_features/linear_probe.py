@@ -41,9 +41,6 @@ class LinearProbeHead(HeadBase):
     selects_epoch = True
     calibrates = True
 
-    def __init__(self, config: LinearProbeConfig | None = None) -> None:
-        self.config = config or LinearProbeConfig()
-
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LinearProbeHead":
         if train is None or len(train) == 0:
             raise ValueError("linear_probe needs training features")
@@ -76,9 +73,6 @@ class LinearProbeHead(HeadBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
         return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight_, "bias": self.bias_, "temperature": self.temperature_.reshape(1)}

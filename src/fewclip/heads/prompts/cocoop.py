@@ -41,7 +41,7 @@ from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import assemble, check_prompts_fit, init_context
+from fewclip.heads.prompts.learning import assemble, check_prompts_fit, starting_context
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 
@@ -81,9 +81,6 @@ class CoCoOpHead(HeadBase):
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
-
-    def __init__(self, config: CoCoOpConfig | None = None) -> None:
-        self.config = config or CoCoOpConfig()
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -133,15 +130,8 @@ class CoCoOpHead(HeadBase):
         check_prompts_fit(task, self.config, "end", "cocoop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
-        if task.backbone is None:
-            raise ValueError("cocoop needs the backbone's text tower (Task.backbone is None)")
-        if train is None or len(train) == 0:
-            raise ValueError("cocoop needs training features")
-        self.check(task)  # a prompt too long fails before any work
+        ctx = starting_context(self, task, train)
         cfg, n_classes = self.config, len(task.class_names)
-        generator = torch.Generator().manual_seed(task.seed)
-        ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init, n_classes,
-                           False, generator)
         torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
         params = CoCoOpParams(ctx, train.features.shape[1])
         self.attach(task.backbone, task.class_names, cfg.n_ctx)
@@ -188,9 +178,6 @@ class CoCoOpHead(HeadBase):
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits with autograd on (for saliency); ``logits`` runs without gradients."""
         return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_)) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}

@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from fewclip.heads.base import FeatureSet
 from fewclip.heads.prompts.config import CtxInitMode, PromptLearningConfig
 from fewclip.heads.prompts.lengths import text_positions
 
@@ -141,6 +142,20 @@ def check_prompts_fit(task: Any, config: PromptLearningConfig, position: Positio
                 f"{key}.ctx_init: null and {key}.n_ctx to the context length")
     n_ctx_key = f"{key}.ctx_init" if ctx_init and config.init_mode == "words" else f"{key}.n_ctx"  # sets the length
     build_layout(tokens, task.class_names, config.n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
+
+
+def starting_context(head: Any, task: Any, train: FeatureSet | None, class_specific: bool = False) -> torch.Tensor:
+    """A prompt learner's context before training, once the checks that fail before any work have passed (the text
+    tower is there, there are training features, ``head.check``: every prompt fits): the config's ``n_ctx`` vectors
+    (``init_context``), random ones drawn from a generator seeded with the task's seed."""
+    if task.backbone is None:
+        raise ValueError(f"{head.name} needs the backbone's text tower (Task.backbone is None)")
+    if train is None or len(train) == 0:
+        raise ValueError(f"{head.name} needs training features")
+    head.check(task)
+    cfg = head.config
+    return init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init,
+                        len(task.class_names), class_specific, torch.Generator().manual_seed(task.seed), cfg.init_mode)
 
 
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:

@@ -89,9 +89,6 @@ class ProGradHead(CoOpHead):
     config_key = "prograd"
     Config = ProGradConfig
 
-    def __init__(self, config: ProGradConfig | None = None) -> None:
-        self.config = config or ProGradConfig()
-
     def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
                    scale: float) -> Callable[[torch.Tensor, torch.Tensor], float]:
         teacher = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
