@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -19,9 +18,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import FeatureSet, Task, check_loss
 from fewclip.metrics import summarize
+from fewclip.training.checkpoint import (best_metadata, best_tensors, optimizer_tensors, read_checkpoint,
+                                         restore_optimizer, restored_best)
 from fewclip.training.schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from fewclip.training.selection import BestEpoch, SelectRule, Selection
 
@@ -30,7 +31,6 @@ DROP_LAST_HELP = ("Drop each epoch's last partial batch when there are at least 
                   "Dassl's loader does (the reference code's); false: train on it too.")
 VIEWS_HELP = ("With augment_views: 'pool' cuts each epoch's batches from all N views of every image, shuffled "
               "together (the CLAP repository's adapters); 'per_image' takes one random view of each image per epoch.")
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,14 +142,8 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
     if generator is not None:  # where the next epoch's order continues the stream
         tensors["generator"] = generator.get_state()
-    for i, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{i}.{name}"] = value.detach().clone()
-    if best.state is not None:
-        tensors.update({f"best.{k}": v for k, v in best.state.items()})
-    meta = {"epoch": epoch, "history": history, "best_epoch": best.epoch,
-            "best_score": list(best.score) if best.score is not None else None, "run_key": key}
+    tensors.update(optimizer_tensors(optimizer) | best_tensors(best))
+    meta = {"epoch": epoch, "history": history, **best_metadata(best), "run_key": key}
     # The epoch and history travel in the same file as their tensors: one rename commits both, so a
     # kill can never leave tensors of one epoch beside the history of another. The file carries a
     # digest of its tensors, so a damaged checkpoint is detected rather than resumed from.
@@ -160,40 +154,16 @@ def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
                      generator: torch.Generator | None) -> tuple[int, list, BestEpoch] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
     checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
-    damaged (then it is deleted with a warning and training starts over)."""
-    if not path.is_file():
+    damaged (then it is deleted with a warning and training starts over: ``checkpoint.read_checkpoint``)."""
+    saved = read_checkpoint(path, key)
+    if saved is None:
         return None
-    try:
-        tensors, metadata = read_tensors(path, what="checkpoint")
-        meta = json.loads(metadata.get("fewclip", "{}"))
-    except (DamagedArtifact, ValueError) as err:  # ValueError: metadata that is not JSON
-        log.warning("discarding checkpoint %s: %s; training this unit starts over", path,
-                    err.reason if isinstance(err, DamagedArtifact) else f"unreadable metadata ({err})")
-        path.unlink(missing_ok=True)
-        return None
-    if not isinstance(meta, dict) or meta.get("run_key") != key:
-        log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
-        return None
-    return _restore(tensors, meta, module, optimizer, select, generator)
-
-
-def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.Module,
-             optimizer: torch.optim.Optimizer, select: SelectRule,
-             generator: torch.Generator | None) -> tuple[int, list, BestEpoch]:
+    tensors, meta = saved
     module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if generator is not None:
         generator.set_state(tensors["generator"])
-    state = optimizer.state_dict()
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, field = name.split(".", 2)
-            state["state"].setdefault(int(index), {})[field] = value
-    optimizer.load_state_dict(state)
-    best = BestEpoch(select)
-    if meta["best_epoch"] is not None:
-        best = BestEpoch(select, meta["best_epoch"], tuple(meta["best_score"]),
-                         {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-    return meta["epoch"], meta["history"], best
+    restore_optimizer(optimizer, tensors)
+    return meta["epoch"], meta["history"], restored_best(select, meta, tensors)
 
 
 def train_on_features(
