@@ -17,7 +17,7 @@ from pydantic import Field
 from fewclip.data.sources.base import Source, SourceConfig
 from fewclip.registry import Registry
 
-SOURCES: Registry[type] = Registry("data source")
+SOURCES: Registry[Any] = Registry("data source")  # source classes, each with its config block as `Config`
 
 SourceClass = TypeVar("SourceClass", bound=type)
 
