@@ -4,7 +4,7 @@ The library (backbones, data, features, heads, metrics) stands alone; ``pipeline
 and ``cli`` puts a command line on top.
 """
 
-from fewclip.version import __version__
+from fewclip.version import __version__ as __version__
 from fewclip.backbones import CLIPBackbone, ImageTransform, list_backbones, load_backbone
 from fewclip.runner.config import Config, ConfigError, load_config
 from fewclip.data import list_sources

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.hf_deep_prompts import HFDeepPromptTowers
 from fewclip.backbones.hf_saliency import vision_saliency_pass
@@ -94,6 +94,11 @@ def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None,
     }
 
 
+def check_hf_model(config: ModelConfig) -> None:
+    """Fail fast, naming the key, on a model that is neither a folder nor a hub id that can be reached."""
+    resolve_model(config.id, config.revision)
+
+
 class HFTextTokens:
     """A Hugging Face CLIP tokenizer as ``TextTokens``."""
 
@@ -110,6 +115,7 @@ class HFTextTokens:
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
 
+@register_backbone("hf", check=check_hf_model, fingerprint_from_files=model_fingerprint)
 class CLIPBackbone:
     """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.backbones.open_clip_towers import (PROMPT_POOLING, OpenCLIPDeepPromptTowers, OpenCLIPPromptTower,
@@ -234,6 +234,7 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
     return merged
 
 
+@register_backbone("open_clip", check=check_open_clip, fingerprint_from_files=open_clip_fingerprint)
 class OpenCLIPBackbone:
     """A frozen OpenCLIP model behind the ``Backbone`` protocol.
 

@@ -22,6 +22,7 @@ from fewclip.backbones.protocol import Backbone
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
+from fewclip.heads.registry import HEADS
 from fewclip.training.selection import best_epoch
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ class HeadBase:
     """What a head class subclasses: every capability flag (``contract.CAPABILITIES``) defaults to False here, in one
     place (scikit-learn's ``_DEFAULT_TAGS``), so a head declares only the flags it turns on.
 
-    It holds declarations only, no behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config``
-    have no default: every head says them (``paper`` and ``official_code`` in the class that declares its ``name``).
+    It holds declarations, the contract's ``__init__`` (which only stores the config: the head's own ``Config``
+    with its defaults when none is given) and ``predict`` (the argmax of the head's ``logits``), no other
+    behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config`` have no default: every head
+    says them (``paper`` and ``official_code`` in the class that declares its ``name``).
     """
 
     name: ClassVar[str]
@@ -137,6 +140,13 @@ class HeadBase:
     # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp
     validation_free: ClassVar[bool] = False  # its paper chooses nothing on validation (last epoch, no calibration)
     validation_search: ClassVar[str | None] = None  # what it searches on the validation split, in words
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n,) the class each row scores highest (the argmax of ``logits``, which every head defines)."""
+        return self.logits(features).argmax(dim=-1)  # type: ignore[attr-defined]
 
 
 def own_declaration(head_cls: type, attr: str) -> Any:
@@ -265,8 +275,6 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
 
     Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
     """
-    from fewclip.heads import HEADS
-
     meta = read_head_meta(stem)
     if meta is None:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")

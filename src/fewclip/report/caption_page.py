@@ -29,7 +29,7 @@ import numpy as np
 from fewclip.fileio import atomic_write_bytes, read_csv, read_json
 from fewclip.report.caption_answer import (ALPHA, METRIC_NAMES, METRICS, CaptionAnswer, MethodRow, method_rows,
                                            optional_float, write_caption_answer)
-from fewclip.report.html import CSS, ArtifactPage, esc, table, thumbnail
+from fewclip.report.html_kit import CSS, ArtifactPage, esc, table, thumbnail
 from fewclip.runner.caption_config import BASELINE
 from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
 

@@ -26,8 +26,8 @@ from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.configbase import NUMBER_ERROR, ConfigBlock
-from fewclip.data.coop_fewshot import coop_sampler_problem
-from fewclip.data.sources import SOURCES, DatasetConfig
+from fewclip.data.dassl_fewshot import coop_sampler_problem
+from fewclip.data.sources import SOURCES, dataset_config
 from fewclip.data.splits import Sampler
 from fewclip.data.subsample import Subsample
 from fewclip.heads import HEADS, list_heads
@@ -278,7 +278,7 @@ def build_config_class() -> type[ConfigRules]:
                                   description="Registered heads to train and evaluate (the heads' blocks below), "
                                   "or named variants <head>@<label>; at least one, each once.")),
         model=(ModelConfig, Field(default_factory=ModelConfig)),
-        dataset=(DatasetConfig, ...),
+        dataset=(dataset_config(), ...),  # one block per registered data source
         prompts=(PromptsConfig, Field(default_factory=PromptsConfig)),
         few_shot=(FewShotConfig, Field(default_factory=FewShotConfig)),
         splits=(SplitsConfig, Field(default_factory=SplitsConfig)),
@@ -504,7 +504,7 @@ def resolve_dataset_paths(block: dict[str, Any], bases: Sequence[Path]) -> None:
     for values in [block, *(targets if isinstance(targets, list) else [])]:
         if not isinstance(values, dict) or values.get("source") not in SOURCES.names():
             continue  # validation reports it
-        for key in SOURCES.get(values["source"])[0].path_keys:
+        for key in SOURCES.get(values["source"]).Config.path_keys:
             value = values.get(key)
             if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
                 continue

@@ -20,7 +20,7 @@ import torch
 from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
-from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 
 
@@ -46,24 +46,15 @@ class ZeroShotConfig(ConfigBlock):
 
 
 @register_head
-class ZeroShotHead(HeadBase):
+class ZeroShotHead(ChecksTemplates, HeadBase):
     name = "zero_shot"
     paper = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
     official_code = "openai/CLIP"
     config_key = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
     published_as = "CLIP"
-    uses_text = True
     transfers = True
     per_template_scores = True
-    checks_task = True
-
-    def __init__(self, config: ZeroShotConfig | None = None) -> None:
-        self.config = config or ZeroShotConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, "zero_shot")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         self.check(task)
@@ -87,9 +78,6 @@ class ZeroShotHead(HeadBase):
     def template_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(T, n, C): the logits each single template would give on its own."""
         return self.logit_scale_ * torch.einsum("nd,tcd->tnc", normalize(features), self.template_prototypes_)
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

@@ -8,7 +8,7 @@ count, the limit and what to change.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from fewclip.backbones.protocol import Backbone, TextTokens
 from fewclip.heads.base import Task
@@ -45,3 +45,17 @@ def check_template_task(task: Task, key: str) -> None:
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text encoder (Task.backbone is None)")
     check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone), key)
+
+
+class ChecksTemplates:
+    """What a head that encodes ``template.format(name)`` prompts declares (zero-shot, Tip-Adapter, CLIP-Adapter,
+    ZS-LP, CLAP): it reads the text tower, and its ``check`` refuses, before any work, a prompt that does not fit.
+    Listed before ``HeadBase`` among a head's bases, so that its flags win over the base's defaults."""
+
+    name: ClassVar[str]
+    uses_text: ClassVar[bool] = True
+    checks_task: ClassVar[bool] = True
+
+    def check(self, task: Task) -> None:
+        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
+        check_template_task(task, self.name)
