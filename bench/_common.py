@@ -26,7 +26,7 @@ def vit_b32_random(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from fewclip.runner.demo import write_byte_tokenizer
+    from fewclip.world.toy import write_byte_tokenizer
 
     if (folder / "model.safetensors").is_file() and (folder / ".words").is_file() \
             and (folder / ".words").read_text() == " ".join(BENCH_WORDS):

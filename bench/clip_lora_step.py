@@ -77,7 +77,7 @@ def vit_b16_random(folder: Path, layers: int = 12, seed: int = 0) -> Path:
     """``vit_b16_config`` with random weights, in hub format, with the benchmarks' byte tokenizer."""
     from transformers import CLIPModel
 
-    from fewclip.runner.demo import write_byte_tokenizer
+    from fewclip.world.toy import write_byte_tokenizer
 
     if (folder / "model.safetensors").is_file():
         return folder

@@ -26,7 +26,7 @@ from typing import Any, Callable  # noqa: E402
 import pytest  # noqa: E402
 
 from fewclip.runner.config import load_config  # noqa: E402
-from fewclip.runner.demo import build_shapes_dataset, build_tiny_clip  # noqa: E402
+from fewclip.world.toy import build_shapes_dataset, build_tiny_clip  # noqa: E402
 
 CLASSES = ["red_circle", "green_square", "blue_triangle"]
 

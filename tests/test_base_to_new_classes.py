@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from fewclip.backbones import ModelConfig, load_backbone
-from fewclip.runner.demo import build_shapes_dataset
+from fewclip.world.toy import build_shapes_dataset
 from fewclip.fileio import read_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.pipeline import run

@@ -22,7 +22,7 @@ from fewclip.backbones import CLIPBackbone
 from fewclip.runner.cli import main
 from fewclip.runner.config import load_config
 from fewclip.data.prepare import load_prepared
-from fewclip.runner.demo import build_shapes_dataset, build_tiny_clip
+from fewclip.world.toy import build_shapes_dataset, build_tiny_clip
 from fewclip.features import load_features
 from fewclip.heads import LinearProbeHead, load_head
 from fewclip.runner.layout import RunLayout

@@ -24,7 +24,8 @@ from fewclip.runner.caption_config import load_caption_config
 from fewclip.runner.captioning import embedded_caption_config
 from fewclip.runner import cli
 from fewclip.runner.config import load_config
-from fewclip.runner.demo import build_shapes_dataset, embedded_config
+from fewclip.runner.demo import embedded_config
+from fewclip.world.toy import build_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -14,7 +14,7 @@ import torch
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.data.images import read_image
 from fewclip.data.records import read_records
-from fewclip.runner.demo import build_shapes_dataset
+from fewclip.world.toy import build_shapes_dataset
 from fewclip.fileio import read_csv, read_json
 from fewclip.heads import load_head
 from fewclip.heads.base import read_head_tensors

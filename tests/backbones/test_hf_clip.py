@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from fewclip.backbones import CLIPBackbone, ImageTransform, ModelConfig, load_backbone
-from fewclip.runner.demo import draw_shape
+from fewclip.world.toy import draw_shape
 from fewclip.features import fingerprint_key
 
 

@@ -21,15 +21,23 @@ trains. The captioning config's method names (``model.method``, ``methods``) com
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from fewclip.registry import Registry
 
-if TYPE_CHECKING:  # the model builds itself with the registered methods: the type alone, no import cycle
-    from fewclip.caption.model import CaptionModel
+
+
+class CaptionModelParts(Protocol):
+    """What a method's ``build`` reads and sets on the captioner (``fewclip.caption.model.CaptionModel``, which
+    builds itself with the registered methods, so this module cannot import it)."""
+
+    decoder: Any  # the GPT-2 LMHeadModel (transformers)
+    config: Any  # its CaptionModelConfig
+    adapters: nn.ModuleList | None
+    prefix: nn.Parameter | None
 
 LORA_TARGETS = r".*\.attn\.(c_attn|c_proj)$"  # self-attention only: not crossattention.*, not mlp.c_proj
 BASELINE = "untrained"  # the method that trains nothing: evaluated in every run, never listed in `methods`
@@ -40,7 +48,7 @@ class CaptionMethod:
     """One way of tuning the decoder."""
 
     name: str
-    build: Callable[["CaptionModel"], list[nn.Parameter]]  # adds the method's parts; the parameters it trains
+    build: Callable[[CaptionModelParts], list[nn.Parameter]]  # adds the method's parts; the parameters it trains
     model_keys: tuple[str, ...] = ()  # keys of the model block only this method reads: a change retrains it alone
     trains: bool = True  # False for the baseline: no weights are trained or saved
 
@@ -49,10 +57,10 @@ CAPTION_METHODS: Registry[CaptionMethod] = Registry("caption method")
 
 
 def register_caption_method(name: str, model_keys: tuple[str, ...] = (),
-                            trains: bool = True) -> Callable[[Callable[["CaptionModel"], list[nn.Parameter]]], Any]:
+                            trains: bool = True) -> Callable[[Callable[[CaptionModelParts], list[nn.Parameter]]], Any]:
     """Function decorator: register ``build`` as the caption method ``name``."""
 
-    def register(build: Callable[["CaptionModel"], list[nn.Parameter]]) -> Callable[["CaptionModel"], list[nn.Parameter]]:
+    def register(build: Callable[[CaptionModelParts], list[nn.Parameter]]) -> Callable[[CaptionModelParts], list[nn.Parameter]]:
         CAPTION_METHODS.register(name, CaptionMethod(name, build, model_keys, trains))
         return build
 
@@ -69,7 +77,7 @@ def trained_methods() -> list[str]:
 
 
 @register_caption_method(BASELINE, trains=False)
-def untrained(model: "CaptionModel") -> list[nn.Parameter]:
+def untrained(model: CaptionModelParts) -> list[nn.Parameter]:
     return []
 
 
@@ -102,7 +110,7 @@ def _adapter_hook(adapter: BottleneckAdapter) -> Any:
 
 
 @register_caption_method("adapter", model_keys=("adapter_bottleneck",))
-def adapters(model: "CaptionModel") -> list[nn.Parameter]:
+def adapters(model: CaptionModelParts) -> list[nn.Parameter]:
     gpt = model.decoder.config
     width = adapter_width(gpt.n_embd, model.config.adapter_bottleneck)
     model.adapters = nn.ModuleList(BottleneckAdapter(gpt.n_embd, width) for _ in range(gpt.n_layer))
@@ -112,7 +120,7 @@ def adapters(model: "CaptionModel") -> list[nn.Parameter]:
 
 
 @register_caption_method("prefix", model_keys=("prefix_length",))
-def prefix(model: "CaptionModel") -> list[nn.Parameter]:
+def prefix(model: CaptionModelParts) -> list[nn.Parameter]:
     gpt = model.decoder.config
     head_dim = gpt.n_embd // gpt.n_head  # (layer, key/value, head, prefix, head_dim)
     model.prefix = nn.Parameter(torch.randn(gpt.n_layer, 2, gpt.n_head, model.config.prefix_length, head_dim) * 0.02)
@@ -120,7 +128,7 @@ def prefix(model: "CaptionModel") -> list[nn.Parameter]:
 
 
 @register_caption_method("lora", model_keys=("lora_rank", "lora_alpha", "lora_dropout"))
-def lora(model: "CaptionModel") -> list[nn.Parameter]:
+def lora(model: CaptionModelParts) -> list[nn.Parameter]:
     # peft is imported when a LoRA captioner is built: importing it takes seconds (it loads transformers' model
     # code), which every other command, `fewclip --version` included, would pay at start
     from peft import LoraConfig, inject_adapter_in_model

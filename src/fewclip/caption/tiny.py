@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fewclip.runner.demo import COLOURS
+from fewclip.world.toy import COLOURS
 from fewclip.world.tokenizer import chain_merges, write_clip_tokenizer
 
 TOY_WORDS = ("a", "square", "on", "grey", *COLOURS)

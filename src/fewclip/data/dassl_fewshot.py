@@ -17,7 +17,7 @@ import random
 from typing import Sequence
 
 from fewclip.fileio import read_csv
-from fewclip.runner.layout import RunLayout
+from fewclip.data.files import DataFiles
 from fewclip.data.records import Record, read_records
 from fewclip.data.sources import SourceConfig
 
@@ -62,7 +62,7 @@ def check_coop_budget(records: Sequence[Record], class_names: Sequence[str], sho
                         class_names[label], n, max(shots), n)
 
 
-def check_nothing_excluded(layout: RunLayout) -> None:
+def check_nothing_excluded(layout: DataFiles) -> None:
     """An image prepare skipped (unreadable) would shift every later draw: CoOp's sets need all of them."""
     if not layout.exclusions.is_file():
         return
@@ -75,7 +75,7 @@ def check_nothing_excluded(layout: RunLayout) -> None:
 
 
 def coop_splits_for_run(
-    layout: RunLayout, seed: int, shots: Sequence[int], val_per_class: int
+    layout: DataFiles, seed: int, shots: Sequence[int], val_per_class: int
 ) -> dict[int, tuple[list[Record], list[Record]]]:
     """CoOp's sets for one seed from the prepared ``train_full.csv`` and ``val_full.csv``."""
     check_nothing_excluded(layout)

@@ -23,7 +23,7 @@ from fewclip.data.records import Record
 from fewclip.data.sources import SourceConfig, dataset_label
 from fewclip.features import extract_features
 from fewclip.fileio import read_json, write_json
-from fewclip.runner.layout import RunLayout
+from fewclip.data.files import DataFiles
 
 Protocol = Literal["domain_generalisation", "cross_dataset"]
 PROTOCOL_TITLES: dict[str, str] = {"domain_generalisation": "Domain generalisation",
@@ -36,15 +36,15 @@ class Target:
 
     label: str
     config: SourceConfig
-    layout: RunLayout
+    layout: DataFiles
 
 
-def targets(dataset: SourceConfig, layout: RunLayout) -> list[Target]:
+def targets(dataset: SourceConfig, layout: DataFiles) -> list[Target]:
     """The eval_on targets of a run's dataset, in config order."""
     return [Target(dataset_label(t), t, layout.target(dataset_label(t))) for t in dataset.eval_on]
 
 
-def prepare_targets(dataset: SourceConfig, layout: RunLayout, workers: int = 2) -> None:
+def prepare_targets(dataset: SourceConfig, layout: DataFiles, workers: int = 2) -> None:
     """Export each target's test split (its own classes, readable names) under ``targets/<label>/``."""
     for target in targets(dataset, layout):
         prepare_data(target.config, target.layout, workers=workers, test_only=True)
@@ -75,7 +75,7 @@ def target_summary(source: str, source_names: list[str], view: tuple[str, list[s
             "n_classes": len(names), "n_test": len(records), "cannot_transfer": cannot_transfer}
 
 
-def write_targets(layout: RunLayout, entries: list[dict[str, Any]]) -> None:
+def write_targets(layout: DataFiles, entries: list[dict[str, Any]]) -> None:
     """``results/targets.json`` (absent when the run has no targets, so an old one never lingers)."""
     if entries:
         write_json(layout.targets, {"targets": entries})
@@ -83,14 +83,14 @@ def write_targets(layout: RunLayout, entries: list[dict[str, Any]]) -> None:
         layout.targets.unlink(missing_ok=True)
 
 
-def read_targets(layout: RunLayout) -> list[dict[str, Any]]:
+def read_targets(layout: DataFiles) -> list[dict[str, Any]]:
     """The entries ``write_targets`` wrote; [] for a run without targets."""
     if not layout.targets.is_file():
         return []
     return list(read_json(layout.targets).get("targets", []))
 
 
-def encode_targets(dataset: SourceConfig, layout: RunLayout, backbone: Any, cache: Any,
+def encode_targets(dataset: SourceConfig, layout: DataFiles, backbone: Any, cache: Any,
                    **options: Any) -> list[tuple[str, str]]:
     """Encode every target test image not in the feature cache; returns (path, reason) of those that failed.
     ``backbone`` may be a zero-argument callable, called only when something is missing."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from fewclip.fileio import atomic_write_bytes, read_json, write_csv, write_json
-from fewclip.runner.layout import RunLayout
+from fewclip.data.files import DataFiles
 from fewclip.data.duplicates import check_duplicates
 from fewclip.data.images import UnreadableImage, image_format_suffix, verify_image
 from fewclip.data.records import Record, read_records, write_records
@@ -137,7 +137,7 @@ class ExportedSplit:
 
 
 def export_split(
-    split: str, items: Iterable[SourceItem], classes: ClassNames, layout: RunLayout, cap: int | None, workers: int = 2
+    split: str, items: Iterable[SourceItem], classes: ClassNames, layout: DataFiles, cap: int | None, workers: int = 2
 ) -> ExportedSplit:
     """Check and export one split; each image is read once, and its sha1 computed once, here."""
     label_of = {name: i for i, name in enumerate(classes.raw)}
@@ -195,7 +195,7 @@ def source_signature(config: SourceConfig, source: Source, classes: ClassNames) 
 
 def prepare(
     config: SourceConfig,
-    layout: RunLayout,
+    layout: DataFiles,
     workers: int = 2,
     validate: Callable[[ClassNames, list[Record]], None] | None = None,
     test_only: bool = False,
@@ -264,7 +264,7 @@ def prepare(
     return classes
 
 
-def load_prepared(layout: RunLayout) -> tuple[ClassNames, list[Record], list[Record]]:
+def load_prepared(layout: DataFiles) -> tuple[ClassNames, list[Record], list[Record]]:
     if not layout.classes.is_file():
         raise FileNotFoundError(f"{layout.classes} does not exist; run `fewclip prepare` with this config first")
     return ClassNames.load(layout.classes), read_records(layout.train_full), read_records(layout.test)

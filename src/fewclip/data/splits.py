@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal, Sequence
 
-from fewclip.runner.layout import RunLayout
+from fewclip.data.files import DataFiles
 from fewclip.data.dassl_fewshot import check_coop_budget, coop_splits_for_run
 from fewclip.data.records import Record, read_records, write_records
 
@@ -78,7 +78,7 @@ def make_splits(
 
 
 def write_splits(
-    layout: RunLayout,
+    layout: DataFiles,
     class_names: Sequence[str],
     seeds: Sequence[int],
     shots: Sequence[int],
@@ -100,6 +100,6 @@ def write_splits(
             write_records(folder / "val.csv", val)
 
 
-def load_split(layout: RunLayout, seed: int, shots: int) -> tuple[list[Record], list[Record]]:
+def load_split(layout: DataFiles, seed: int, shots: int) -> tuple[list[Record], list[Record]]:
     folder = layout.split_dir(seed, shots)
     return read_records(folder / "train.csv"), read_records(folder / "val.csv")
