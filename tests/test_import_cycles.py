@@ -96,3 +96,22 @@ def test_find_cycle_finds_one() -> None:
 def test_no_import_cycle_among_fewclip_modules() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+LIBRARY = ("backbones", "data", "features", "heads", "training", "metrics", "stats", "saliency", "fileio", "registry",
+           "configbase", "threads", "interrupt", "distributed", "world", "version", "caption")
+ON_TOP = ("fewclip.runner", "fewclip.report")
+
+
+def test_the_library_imports_no_runner_or_report() -> None:
+    """Imports run one way, library <- runner <- report (STYLE.md): a notebook user imports the library alone."""
+    graph = import_graph()
+    library = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in LIBRARY]
+    assert "fewclip.heads.base" in library and "fewclip.data.prepare" in library
+    upward = {m: sorted(t for t in graph[m] if t.startswith(ON_TOP)) for m in library}
+    assert not {m: t for m, t in upward.items() if t}, upward
+
+
+def test_the_layering_check_sees_an_upward_import() -> None:
+    graph = import_graph()
+    assert any(t.startswith("fewclip.runner") for t in graph["fewclip.report.html"])  # report sits on the runner
