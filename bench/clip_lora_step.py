@@ -14,7 +14,7 @@ tower on every class prompt + the image tower on the batch + backward through bo
 ``--warmup`` steps are dropped; ``s/step`` is the median of the next ``--steps``.
 
 Memory is the peak resident set size (RSS, sampled every 5 ms by a thread) during ``fit`` minus the RSS
-just before it, in a fresh process per row: it includes the head's copy of the model (``lora_clip``
+just before it, in a fresh process per row: it includes the head's copy of the model (``lora_towers``
 deep-copies the backbone's CLIPModel; its size is printed as ``weights``), the LoRA moments, activations and
 what the allocator keeps. It is not torch's allocator statistics (torch keeps none on the CPU). With
 ``--quick`` (the smoke test: a tiny batch, 1-layer towers for the random CLIP) rows run in this process and

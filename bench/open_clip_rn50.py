@@ -94,7 +94,8 @@ def extraction_bench(backbone, work: Path, n_images: int, batch: int, threads: i
 
 def coop_step_bench(backbone, steps: int) -> None:
     tower = backbone.prompt_tower()
-    ctx, n_ctx = init_context(tower, backbone.tokens, 16, None, len(CLASSES), False, torch.Generator().manual_seed(0))
+    n_ctx = 16
+    ctx = init_context(tower, backbone.tokens, n_ctx, None, len(CLASSES), False, torch.Generator().manual_seed(0))
     images = normalize(torch.randn(32, backbone.dim, generator=torch.Generator().manual_seed(1)))
     labels = torch.arange(32) % len(CLASSES)
     scale = backbone.logit_scale

@@ -58,7 +58,8 @@ def naive_prompts(prompts: CoOpPrompts, tower: PromptTextTower) -> tuple[torch.T
 
 def coop_step_bench(backbone, steps: int) -> None:
     tower = PromptTextTower(backbone.model)
-    ctx, n_ctx = init_context(tower, backbone.tokens, 16, None, len(CLASSES), False, torch.Generator().manual_seed(0))
+    n_ctx = 16
+    ctx = init_context(tower, backbone.tokens, n_ctx, None, len(CLASSES), False, torch.Generator().manual_seed(0))
     images = normalize(torch.randn(32, backbone.dim, generator=torch.Generator().manual_seed(1)))
     labels = torch.arange(32) % len(CLASSES)
     scale = backbone.logit_scale
@@ -98,7 +99,8 @@ def cocoop_step_bench(backbone, steps: int, batches: list[int]) -> None:
     print("\n[CoCoOp step] 10 classes, n_ctx 4 ('a photo of a'): the reference's per-image loop vs ours batched "
           "(one training step: logits, loss, backward)")
     tower = PromptTextTower(backbone.model)
-    ctx, n_ctx = init_context(tower, backbone.tokens, 4, "a photo of a", len(CLASSES), False, torch.Generator())
+    n_ctx = 4  # "a photo of a": one vector per word
+    ctx = init_context(tower, backbone.tokens, n_ctx, "a photo of a", len(CLASSES), False, torch.Generator())
     prompts = {p: CoOpPrompts(backbone, CLASSES, n_ctx, "end", p, "cocoop") for p in ("fp32", "bf16")}
     base77, eot = naive_prompts(prompts["fp32"], tower)
     positions = prompts["fp32"].layout.ctx_positions
@@ -154,7 +156,8 @@ from fewclip.backbones.prompt_tower import PromptTextTower
 backbone = load_backbone(ModelConfig(id=sys.argv[2], device="cpu"))
 names = [f"class number {i}" for i in range(100)]
 tower = PromptTextTower(backbone.model)
-ctx, n_ctx = init_context(tower, backbone.tokens, 4, "a photo of a", 100, False, torch.Generator())
+n_ctx = 4  # "a photo of a": one vector per word
+ctx = init_context(tower, backbone.tokens, n_ctx, "a photo of a", 100, False, torch.Generator())
 prompts = CoOpPrompts(backbone, names, n_ctx, "end", "fp32", "cocoop")
 params = CoCoOpParams(ctx, backbone.dim)
 head = CoCoOpHead(CoCoOpConfig(max_prompts_per_call=int(sys.argv[3])))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fewclip.runner.config import load_config
-from fewclip.data.sources.coop import COOP_DATASETS
+from fewclip.data.sources.dassl_layouts import COOP_DATASETS
 
 SUITE = Path(__file__).resolve().parents[1] / "configs" / "coop_suite"
 

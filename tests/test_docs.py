@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from fewclip.caption.config import load_caption_config
-from fewclip.caption.embedded import embedded_caption_config
+from fewclip.runner.caption_config import load_caption_config
+from fewclip.runner.captioning import embedded_caption_config
 from fewclip.configbase import ConfigBlock
 from fewclip.data.sources import SOURCES
 from fewclip.heads import HEADS, list_heads

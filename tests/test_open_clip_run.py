@@ -1,5 +1,5 @@
 """`fewclip run` end to end on OpenCLIP models (a tiny ResNet and a tiny ViT, config JSON + local checkpoint),
-every head and saliency, and `predict` on the result. Runs where open_clip is installed."""
+every head and saliency (MaPLe on the ViT), and `predict` on the result. Runs where open_clip is installed."""
 
 from __future__ import annotations
 
@@ -62,6 +62,20 @@ def test_run_every_head_on_open_clip(tmp_path: Path, shapes_dir: Path, name: str
     classifier = load_classifier(layout.root, method="coop@n4_csc")
     image = next(shapes_dir.rglob("*.png"))
     assert len(classifier.predict([image])) == 1
+
+
+def test_maple_runs_on_an_open_clip_vit_then_predicts(tmp_path: Path, shapes_dir: Path) -> None:
+    """MaPLe's deep prompts in OpenCLIP's blocks through the run: trained, evaluated, saliency drawn, predicted."""
+    require_open_clip()
+    config = write_config(tmp_path, "fewclip-tiny-vit", shapes_dir, tmp_path / "cache")
+    overrides = ["methods=[zero_shot,maple]", "maple.depth=2", "maple.epochs=2", "maple.batch_size=4"]
+    assert main(["-q", "run", str(config), *overrides]) == 0
+    layout = RunLayout(tmp_path / "run")
+    rows = [r for r in read_rows(layout.summary) if r["method"] == "maple"]
+    assert rows and all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    assert (layout.saliency("maple", 2, 1) / "saliency.png").is_file()
+    classifier = load_classifier(layout.root, method="maple")
+    assert len(classifier.predict([next(shapes_dir.rglob("*.png"))])) == 1
 
 
 def test_open_clip_and_hf_features_never_share_a_cache_entry(tmp_path: Path, shapes_dir: Path, tiny_clip: Path) -> None:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from fewclip.caption.config import load_caption_config
-from fewclip.caption.embedded import embedded_caption_config
+from fewclip.runner.caption_config import load_caption_config
+from fewclip.runner.captioning import embedded_caption_config
 from fewclip.runner import cli
 from fewclip.runner.config import load_config
 from fewclip.runner.demo import build_shapes_dataset, embedded_config

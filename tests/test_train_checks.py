@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-import fewclip.backbones
+import fewclip.runner.run_context
 from fewclip.runner import pipeline
 from fewclip.runner.run_context import RunContext
 
@@ -17,15 +17,15 @@ LONG_NAME = "red circle " * 5 + "in a very long name"  # far over the tiny CLIP'
 
 @pytest.fixture()
 def backbone_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every backbone load (the load itself still happens)."""
+    """Records every backbone load the run context makes (the load itself still happens)."""
     loads: list[str] = []
-    original = fewclip.backbones.load_backbone
+    original = fewclip.runner.run_context.load_backbone
 
     def recording(config: Any, *args: Any, **kwargs: Any) -> Any:
         loads.append(config.id)
         return original(config, *args, **kwargs)
 
-    monkeypatch.setattr(fewclip.backbones, "load_backbone", recording)
+    monkeypatch.setattr(fewclip.runner.run_context, "load_backbone", recording)
     return loads
 
 

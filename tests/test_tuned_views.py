@@ -18,7 +18,7 @@ from fewclip.runner.demo import build_shapes_dataset
 from fewclip.fileio import read_csv, read_json
 from fewclip.heads import load_head
 from fewclip.heads.base import read_head_tensors
-from fewclip.heads.encoders.lora_layers import load_adapter, lora_clip
+from fewclip.heads.encoders.lora_layers import load_adapter, lora_towers
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.pipeline import run
 
@@ -39,7 +39,7 @@ def tuned_reference_logits(stem: Path, model_id: str, names: list[str], images: 
     prompts = [meta["templates"][0].format(name) for name in names]
     tensors = read_head_tensors(stem, meta)
     cfg = head.config
-    model = lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed=123)  # A is overwritten
+    model = lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed=123).module  # A is overwritten
     load_adapter(model, {k: v for k, v in tensors.items() if k not in ("logit_scale", "lora_scaling")})
     model.eval()
     pixels = torch.from_numpy(np.stack([backbone.transform(read_image(p)) for p in images]))

@@ -4,6 +4,7 @@ The library (backbones, data, features, heads, metrics) stands alone; ``pipeline
 and ``cli`` puts a command line on top.
 """
 
+from fewclip.version import __version__ as __version__
 from fewclip.backbones import CLIPBackbone, ImageTransform, list_backbones, load_backbone
 from fewclip.runner.config import Config, ConfigError, load_config
 from fewclip.data import list_sources
@@ -12,12 +13,12 @@ from fewclip.heads import FeatureSet, Task, list_heads, load_head, save_head
 from fewclip.runner.pipeline import run
 from fewclip.runner.run_context import RunContext
 from fewclip.runner.predict import Classifier, Prediction, load_classifier
-from fewclip.caption.predict import Captioner, load_captioner
+from fewclip.runner.caption_predict import Captioner, load_captioner
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CLIPBackbone", "Captioner", "Classifier", "Config", "ConfigError", "FeatureCache", "FeatureSet", "ImageTransform",
     "Prediction", "RunContext", "Task", "extract_features", "list_backbones", "list_heads", "list_sources",
     "load_backbone", "load_captioner", "load_classifier", "load_config", "load_features", "load_head", "run", "save_head",
+    "__version__",
 ]

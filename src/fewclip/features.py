@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fewclip.backbones.preprocess import AUGMENT_PARAMS, augment_rng, augment_view
+from fewclip.backbones.preprocess import AUGMENT_PARAMS, ImageTransform, augment_rng, augment_view
+from fewclip.backbones.protocol import Backbone
 from fewclip.data.images import UnreadableImage, decode_image, read_file
 from fewclip.data.records import Record
 from fewclip.fileio import atomic_write_bytes, atomic_write_text, write_json
@@ -261,7 +262,7 @@ def _check_finite(batch: Sequence[Job], features: np.ndarray) -> None:
                          "nothing was cached for their batch. Half precision can overflow: try model.precision=fp32")
 
 
-def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
+def encode_jobs(jobs: Sequence[Job], backbone: Backbone, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
                 progress: bool = True, desc: str = "features", part: tuple[int, int] = (0, 1)) -> list[tuple[str, str]]:
     """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones and for
     files whose bytes changed since ``prepare``. Non-finite features are an error naming the images.
@@ -310,7 +311,7 @@ def encode_jobs(jobs: Sequence[Job], backbone: Any, cache: FeatureCache, batch_s
 def extract_features(
     records: Sequence[Record],
     data_dir: Path,
-    backbone: Any,
+    backbone: Backbone,
     cache: FeatureCache,
     batch_size: int = 64,
     threads: int = 2,
@@ -330,7 +331,7 @@ def view_key(sha1: str, view: int) -> str:
 def extract_views(
     records: Sequence[Record],
     data_dir: Path,
-    backbone: Any,
+    backbone: Backbone,
     cache: FeatureCache,
     views: int,
     seed: int = 0,
@@ -352,7 +353,7 @@ def extract_views(
     return encode_jobs(jobs, backbone, cache, batch_size, threads, progress, desc="augmented views", part=part)
 
 
-def _augmented(transform: Any, seed: int, sha1: str, view: int, image: Any) -> np.ndarray:
+def _augmented(transform: ImageTransform, seed: int, sha1: str, view: int, image: Any) -> np.ndarray:
     return augment_view(transform, augment_rng(seed, sha1, view), image)
 
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.heads.base import differentiable_logits
 
 
-def saliency_terms(backbone: Any, head: Any, pixels: torch.Tensor,
+def saliency_terms(backbone: Backbone, head: Any, pixels: torch.Tensor,
                    target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """pixels (n, 3, H, W) -> (dS/dA (n, gh, gw, c), A (n, gh, gw, c), logits (n, C)) for the ``target``
     classes' scores S (default: the predicted ones): what a map is made of, before ReLU and normalisation
@@ -38,7 +39,7 @@ def saliency_terms(backbone: Any, head: Any, pixels: torch.Tensor,
     return gradient.detach().float().cpu(), activations.detach().float().cpu(), logits.detach().float().cpu()
 
 
-def patch_saliency(backbone: Any, head: Any, pixels: torch.Tensor,
+def patch_saliency(backbone: Backbone, head: Any, pixels: torch.Tensor,
                    target: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """pixels (n, 3, H, W) -> ((n, gh, gw) saliency in [0, 1], (n, C) logits), for the ``target``
     classes (default: the predicted ones)."""

@@ -1,6 +1,8 @@
 """The backbone contract: every registered backbone offers the protocol the heads, pipeline, predict and
 saliency use, and its pieces agree with each other. Parametrised over ``BACKBONES`` itself, so a new
-library is covered the moment it is registered (its builder below is then required)."""
+library is covered the moment it is registered (its builder below is then required). Each capability a
+backbone declares in ``offers`` is checked against the frozen towers; each one it does not declare must
+raise ``NotOffered``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 from PIL import Image
 
 from fewclip.backbones import BACKBONES, ModelConfig, backbone_fingerprint, load_backbone
-from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
+from fewclip.backbones.protocol import (CAPABILITIES, Backbone, DeepPromptTowers, NotOffered, PromptTower, TextTokens,
+                                        TunableTowers)
 from tests.open_clip_models import build_open_clip, require_open_clip
 
 
@@ -119,3 +122,110 @@ def test_fingerprint_is_readable_from_files_and_names_the_preprocessing(model: t
     assert backbone_fingerprint(config) == fingerprint
     assert fingerprint["preprocess"] == backbone.transform.to_dict() and fingerprint["precision"] == "fp32"
     assert len(fingerprint["weights_sha256"]) == 64
+
+
+# --- capabilities ---------------------------------------------------------------------------------------------
+
+TEXTS = ["a red circle.", "a blue triangle", "square"]
+
+
+def offered(backbone: Backbone, capability: str) -> None:
+    if capability not in backbone.offers:
+        pytest.skip(f"{backbone.config.library} does not offer {capability} (test_what_is_not_offered_raises)")
+
+
+def token_embeddings(backbone: Backbone, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, L, width) token embeddings of ``texts`` padded with EOT, and their (n,) EOT positions."""
+    tokens, tower = backbone.tokens, backbone.prompt_tower()
+    ids = [[tokens.sos_id, *tokens.word_ids(t), tokens.eot_id] for t in texts]
+    length = max(map(len, ids))
+    padded = torch.tensor([row + [tokens.eot_id] * (length - len(row)) for row in ids], device=backbone.device)
+    return tower.embed_tokens(padded), torch.tensor([len(r) - 1 for r in ids], device=backbone.device)
+
+
+def test_what_is_not_offered_raises(model: tuple[ModelConfig, Backbone]) -> None:
+    config, backbone = model
+    assert isinstance(type(backbone).offers, frozenset) and backbone.offers <= set(CAPABILITIES)
+    assert BACKBONES.get(config.library).offers == backbone.offers  # known without loading, for config checks
+    asks = {"lora_targets": backbone.tunable_towers, "deep_prompts": backbone.deep_prompt_towers,
+            "image_tokens": lambda: backbone.image_tokens(images(backbone, 1))}
+    assert set(asks) == set(CAPABILITIES)
+    for capability in set(CAPABILITIES) - backbone.offers:
+        with pytest.raises(NotOffered, match=f"the {config.library} backbone does not offer {capability} "):
+            asks[capability]()
+
+
+# the library's own final norm and projection of the class token: what the image feature is read from
+READOUTS: dict[str, Callable[[Backbone, torch.Tensor], torch.Tensor]] = {
+    "hf": lambda b, t: b.model.visual_projection(b.model.vision_model.post_layernorm(t[:, 0])),
+    "open_clip": lambda b, t: b.model.visual.ln_post(t[:, 0]) @ b.model.visual.proj,
+}
+
+
+def test_image_tokens_are_what_the_image_feature_is_read_from(model: tuple[ModelConfig, Backbone]) -> None:
+    config, backbone = model
+    offered(backbone, "image_tokens")
+    pixels = images(backbone, 2)
+    tokens = backbone.image_tokens(pixels)
+    assert tokens.shape == (2, *backbone.image_token_shape) and tokens.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(READOUTS[config.library](backbone, tokens).cpu(), backbone.encode_images(pixels),
+                                   atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(backbone.image_tokens(pixels[1:]), tokens[1:], atol=1e-5, rtol=1e-5)
+    key = backbone.image_tokens_fingerprint()
+    assert key["weights_sha256"] == backbone.fingerprint()["weights_sha256"] and key != backbone.fingerprint()
+
+
+def test_tunable_towers_are_a_copy_that_starts_as_the_frozen_towers(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    offered(backbone, "lora_targets")
+    towers = backbone.tunable_towers()
+    assert isinstance(towers, TunableTowers)
+    pixels = images(backbone, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(towers.image_features(pixels).cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=0)
+        torch.testing.assert_close(towers.text_features(TEXTS).cpu(), backbone.encode_text(TEXTS), atol=1e-5, rtol=0)
+    wrapped = {name.rsplit(".", 1)[-1] for name, module in towers.module.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    assert towers.lora_targets and set(towers.lora_targets) <= wrapped
+    with torch.enable_grad():
+        features, activations = towers.saliency_pass(pixels.clone().requires_grad_(True))
+        features[:, 0].sum().backward()
+    assert activations.dim() == 4 and activations.grad is not None and activations.grad.abs().sum() > 0
+    frozen = backbone.encode_images(pixels)
+    with torch.no_grad():
+        for param in towers.module.parameters():
+            param.add_(0.01)
+        assert not torch.allclose(towers.image_features(pixels).cpu(), frozen, atol=1e-4)
+    torch.testing.assert_close(backbone.encode_images(pixels), frozen, atol=0, rtol=0)  # the backbone is untouched
+
+
+def test_deep_prompt_towers_without_prompts_are_the_frozen_towers(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    offered(backbone, "deep_prompts")
+    towers = backbone.deep_prompt_towers()
+    assert isinstance(towers, DeepPromptTowers)
+    assert towers.text_width == backbone.prompt_tower().width and min(towers.text_layers, towers.vision_layers) >= 1
+    pixels = images(backbone, 2)
+    embeds, eot = token_embeddings(backbone, TEXTS)
+    with torch.no_grad():
+        frozen = towers.image_features(pixels, None, [])
+        torch.testing.assert_close(frozen.cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=0)
+        torch.testing.assert_close(towers.text_features(embeds, eot, []).cpu(), backbone.encode_text(TEXTS),
+                                   atol=1e-5, rtol=0)
+        deep_text = [torch.randn(2, towers.text_width, generator=torch.Generator().manual_seed(1))]
+        assert not torch.allclose(towers.text_features(embeds, eot, deep_text).cpu(), backbone.encode_text(TEXTS),
+                                  atol=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    shallow = torch.randn(2, towers.vision_width, generator=generator).requires_grad_(True)  # learned, as MaPLe's
+    deep = [torch.randn(2, towers.vision_width, generator=generator) for _ in range(towers.vision_layers - 1)]
+    with torch.enable_grad():
+        features, patches = towers.saliency_pass(pixels, shallow, deep)
+        features[:, 0].sum().backward()
+    grid = backbone.image_token_shape[0] - 1 if "image_tokens" in backbone.offers else patches.shape[1] ** 2
+    assert patches.shape[:3] == (2, *[int(round(grid ** 0.5))] * 2)  # the prompts are not in the grid
+    assert patches.grad is not None and patches.grad.abs().sum() > 0
+    with torch.no_grad():
+        prompted = towers.image_features(pixels, shallow, deep)
+    torch.testing.assert_close(features.detach(), prompted, atol=1e-5, rtol=0)
+    assert not torch.allclose(prompted, frozen, atol=1e-4)

@@ -186,10 +186,9 @@ def test_coop_prompts_with_context_set_to_a_template_equal_open_clip_features(rn
     from fewclip.heads.prompts.coop import CoOpPrompts
     from fewclip.heads.prompts.learning import init_context
 
-    ctx, n_ctx = init_context(rn50.prompt_tower(), rn50.tokens, 16, "a photo of a", len(NAMES), False,
-                              torch.Generator())
-    prompts = CoOpPrompts(rn50, NAMES, n_ctx, "end", "fp32", "coop")
-    assert n_ctx == 4 and prompts.layout.shared_prefix == 5  # SOS + the four context tokens, computed once
+    ctx = init_context(rn50.prompt_tower(), rn50.tokens, 4, "a photo of a", len(NAMES), False, torch.Generator())
+    prompts = CoOpPrompts(rn50, NAMES, 4, "end", "fp32", "coop")
+    assert ctx.shape[0] == 4 and prompts.layout.shared_prefix == 5  # SOS + the four context tokens, computed once
     with torch.no_grad():
         ours = prompts.features(ctx)
     expected = normalize(reference_text(rn50, [f"a photo of a {n}." for n in NAMES]))

@@ -37,7 +37,7 @@ def world_caption_config(tmp_path: Path):
     """A small caption config from the real defaults: the shipped world CLIP and decoder on 30 world images
     with 3 captions each, 2 short epochs; the given blocks are merged in, the overrides applied last."""
     from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
-    from fewclip.caption.config import load_caption_config
+    from fewclip.runner.caption_config import load_caption_config
 
     def build(*overrides: str, **blocks):
         base = {"methods": ["adapter", "prefix", "lora"], "seeds": [0],

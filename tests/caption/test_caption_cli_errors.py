@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fewclip.caption.layout import CaptionLayout
+from fewclip.runner.layout import CaptionLayout
 from fewclip.caption.tiny import toy_caption_images
 from fewclip.runner.cli import main
 from fewclip.fileio import read_csv

@@ -1,4 +1,4 @@
-"""fewclip.caption.config: defaults from the blocks, strict keys with suggestions, overrides, shipped caption configs."""
+"""fewclip.runner.caption_config: defaults from the blocks, strict keys with suggestions, overrides, shipped caption configs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewclip.caption.config import CaptionConfig, load_caption_config
+from fewclip.runner.caption_config import CaptionConfig, load_caption_config
 from fewclip.caption.data import CaptionDataConfig
-from fewclip.caption.embedded import embedded_caption_config
+from fewclip.runner.captioning import embedded_caption_config
 from fewclip.caption.model import CaptionModelConfig
 from fewclip.caption.train import CaptionTrainConfig
 from fewclip.runner.config import ConfigError
@@ -98,7 +98,7 @@ def test_the_coco_config_names_real_hub_ids() -> None:
 
 @pytest.mark.parametrize("decoder", ["gpt2-nonexist", "./decoders/missing"])
 def test_a_missing_decoder_suggests_the_shipped_decoder_not_a_clip(world_caption_config, decoder: str) -> None:
-    from fewclip.caption.cli import check_models
+    from fewclip.runner.captioning import check_models
 
     config = world_caption_config(f"model.decoder={decoder}")
     with pytest.raises(OSError) as err:

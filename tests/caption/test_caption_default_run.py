@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
-from fewclip.caption.embedded import DEFAULT_OUTPUT
+from fewclip.runner.captioning import DEFAULT_OUTPUT
 from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from fewclip.caption.artifacts import WEIGHTS, load_caption_model
-from fewclip.caption.layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
+from fewclip.runner.layout import CAPTION_PREDICTION_COLUMNS, CAPTION_SUMMARY_COLUMNS, CaptionLayout
 from fewclip.caption.metrics import text_scores
-from fewclip.caption.pipeline import CHECKPOINT, prepare, train
-from fewclip.caption.run_context import CaptionRun
+from fewclip.runner.captioning import CHECKPOINT, prepare, train
+from fewclip.runner.caption_context import CaptionRun
 from fewclip.caption.splits import SPLITS, read_split
 from fewclip.runner.cli import main
 from fewclip.fileio import read_csv, read_json
@@ -54,7 +54,7 @@ def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption
 
     # summary: one row per (method, seed, split), the untrained baseline with nothing trained
     rows = read_csv(layout.summary)
-    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert tuple(rows[0]) == CAPTION_SUMMARY_COLUMNS
     assert [(r["method"], r["split"]) for r in rows] == [(m, s) for m in ("untrained", "adapter", "prefix", "lora")
                                                          for s in ("val", "test")]
     untrained = [r for r in rows if r["method"] == "untrained"]
@@ -71,7 +71,7 @@ def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption
     for method in ("untrained", "adapter", "prefix", "lora"):
         for split in ("val", "test"):
             predicted = read_csv(layout.predictions(method, 0, split))
-            assert tuple(predicted[0]) == PREDICTION_COLUMNS
+            assert tuple(predicted[0]) == CAPTION_PREDICTION_COLUMNS
             assert [layout.root / p["image"] for p in predicted] == [i.path for i in items[split]]
             assert [p["references"].split(" | ") for p in predicted] == [list(i.captions) for i in items[split]]
             cider = text_scores({p["image"]: p["references"].split(" | ") for p in predicted},

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import fewclip
-from fewclip.caption.layout import CaptionLayout
-from fewclip.caption.predict import CaptionerNotTrained
+from fewclip.runner.layout import CaptionLayout
+from fewclip.runner.caption_predict import CaptionerNotTrained
 from fewclip.runner.cli import main
 from fewclip.fileio import read_csv
 
@@ -84,8 +84,8 @@ def test_predict_cli_errors(caption_run: CaptionLayout, tmp_path: Path, capsys: 
 
 
 def test_choose_captioner_rules(tmp_path: Path) -> None:
-    from fewclip.caption.layout import SUMMARY_COLUMNS
-    from fewclip.caption.predict import choose_captioner
+    from fewclip.runner.layout import CAPTION_SUMMARY_COLUMNS
+    from fewclip.runner.caption_predict import choose_captioner
     from fewclip.fileio import write_csv
 
     layout = CaptionLayout(tmp_path)
@@ -97,7 +97,7 @@ def test_choose_captioner_rules(tmp_path: Path) -> None:
     unit, why = choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None)
     assert unit == ("adapter", 0) and why.startswith("no scores yet")
     rows = [("untrained", 0, 0.5), ("adapter", 0, 1.0), ("adapter", 1, 1.5), ("lora", 1, 2.0)]
-    write_csv(layout.summary, SUMMARY_COLUMNS, [(m, s, "test", c, 0, 0, 0, 0, 0, 1) for m, s, c in rows]
+    write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, [(m, s, "test", c, 0, 0, 0, 0, 0, 1) for m, s, c in rows]
               + [("adapter", 0, "val", 9.0, 0, 0, 0, 0, 0, 1)])  # val never chooses
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None) == (
         ("lora", 1), f"the highest test CIDEr (2.000) in {layout.summary}")

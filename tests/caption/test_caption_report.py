@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewclip.caption.answer import ANSWER_FILE, REFERENCE_SEPARATOR
-from fewclip.caption.layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
+from fewclip.runner.layout import REFERENCE_SEPARATOR
+from fewclip.runner.layout import CAPTION_PREDICTION_COLUMNS, CAPTION_SUMMARY_COLUMNS, CaptionLayout
 from fewclip.caption.metrics import text_scores
-from fewclip.caption.report import CURVES_FILE, EXAMPLE_IMAGES, write_caption_report
+from fewclip.report.caption_page import CURVES_FILE, EXAMPLE_IMAGES, write_caption_report
 
 EVIL = "<script>alert(1)</script>"
 N_IMAGES = 20
@@ -61,7 +61,7 @@ def make_run(root: Path, captions: dict[str, dict[int, list[str]]], attention: b
         for seed, texts in seeds.items():
             scores = text_scores(refs, dict(zip(names, texts)))
             clip = [0.5 + 0.01 * ((i * 7 + seed + len(method)) % 13) for i in range(N_IMAGES)]
-            write_csv(layout.predictions(method, seed), PREDICTION_COLUMNS,
+            write_csv(layout.predictions(method, seed), CAPTION_PREDICTION_COLUMNS,
                       [(n, t, REFERENCE_SEPARATOR.join(refs[n]), c) for n, t, c in zip(names, texts, clip)])
             trainable = 0 if method == "untrained" else 1000 + len(method)
             summary.append((method, seed, "test", scores.cider, float(np.mean(clip)), 0.3 + 0.01 * seed + 0.001 * len(method),
@@ -77,7 +77,7 @@ def make_run(root: Path, captions: dict[str, dict[int, list[str]]], attention: b
                     {"image": "00002.png", "why": "lowest clipscore", "caption": EVIL, "clipscore": 0.1, "panel": "00002.png"},
                     {"image": "00001.png", "why": "highest clipscore", "caption": "a red square", "clipscore": 0.9,
                      "panel": "00001.png"}]}))
-    write_csv(layout.summary, SUMMARY_COLUMNS, summary)
+    write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, summary)
     return layout
 
 
@@ -104,7 +104,7 @@ def test_table_is_mean_and_std_of_the_summary(tmp_path: Path) -> None:
     text = html_of(layout)
     with open(layout.summary, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     for method in ("untrained", "adapter", "lora"):
         for metric, digits in (("cider", 3), ("clipscore", 3), ("refclipscore", 3), ("bleu4", 3), ("train_seconds", 1)):
             values = np.array([float(r[metric]) for r in rows if r["method"] == method])
@@ -121,7 +121,7 @@ def test_table_is_mean_and_std_of_the_summary(tmp_path: Path) -> None:
 def test_winner_named_when_the_paired_test_separates(tmp_path: Path) -> None:
     layout = separated_run(tmp_path)
     text = html_of(layout)
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     assert answer["winner"] == "adapter" and answer["indistinguishable"] == []
     assert answer["headline"].startswith("adapter captions best: CIDEr")
     lora = next(c for c in answer["comparisons"] if c["other"] == "lora")
@@ -138,7 +138,7 @@ def test_no_winner_when_the_leaders_are_not_separated(tmp_path: Path) -> None:
                                  "adapter": {0: right_on(set(range(11)))},
                                  "lora": {0: right_on(set(range(5, 15)))}})
     text = html_of(layout)
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     assert answer["winner"] is None and answer["leader"] == "adapter"
     assert answer["indistinguishable"] == ["adapter", "lora"]
     assert "adapter and lora are indistinguishable by CIDEr on this test set (20 test images, 1 seed" in answer["headline"]
@@ -151,7 +151,7 @@ def test_no_winner_when_the_leaders_are_not_separated(tmp_path: Path) -> None:
 def test_single_seed_is_a_paired_test_over_images(tmp_path: Path) -> None:
     layout = separated_run(tmp_path, seeds=(3,))
     text = html_of(layout)
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     assert answer["winner"] == "adapter" and answer["methods"]["adapter"]["seeds"] == [3]
     assert "1 seed;" in answer["headline"]
     shown = re.search(r'data-method="lora" data-metric="cider">([^<]*)</span>', text).group(1)
@@ -196,7 +196,7 @@ def test_missing_predictions_prevent_a_winner(tmp_path: Path) -> None:
     layout = separated_run(tmp_path, seeds=(0,))
     layout.predictions("lora", 0).unlink()
     text = html_of(layout)
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     assert answer["winner"] is None and "lora" in answer["indistinguishable"]
     assert "no per-image predictions to compare" in answer["headline"]
     assert "file not found: results/predictions/lora/seed_0-test.csv" in text
@@ -224,9 +224,9 @@ def test_a_val_split_gets_its_own_table_after_test(tmp_path: Path) -> None:
     with open(layout.summary, newline="") as handle:
         rows = list(csv.DictReader(handle))
     val = [{**r, "split": "val", "cider": "9.5"} for r in rows if r["method"] == "lora"]
-    write_csv(layout.summary, SUMMARY_COLUMNS, [[r[c] for c in SUMMARY_COLUMNS] for r in val + rows])
+    write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, [[r[c] for c in CAPTION_SUMMARY_COLUMNS] for r in val + rows])
     text = html_of(layout)
-    answer = json.loads((layout.results / ANSWER_FILE).read_text())
+    answer = json.loads(layout.answer.read_text())
     assert answer["split"] == "test" and answer["winner"] == "adapter"  # val never picks the winner
     assert text.index("<h3>test split</h3>") < text.index("<h3>val split</h3>")
     assert "9.500 ± 0.000" in text

@@ -1,16 +1,23 @@
-"""Caption model: what trains (counts against a hand count), what stays frozen (bit for bit), identity inits."""
+"""Caption model: what trains (counts against a hand count), what stays frozen (bit for bit), identity inits, and
+any backbone that offers image tokens as its encoder."""
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 
+from fewclip.backbones import ModelConfig, load_backbone
+from fewclip.backbones.protocol import NotOffered
 from fewclip.caption.artifacts import load_caption_model, save_caption_model
 from fewclip.caption.encoder_cache import EncoderTokens
-from fewclip.caption.model import CaptionModel, adapter_width
+from fewclip.caption.methods import adapter_width
+from fewclip.caption.model import CaptionModel
+from fewclip.data.images import read_image
 from fewclip.caption.train import CaptionTrainConfig, pad_batch, caption_token_ids, train_captioner
+from tests.open_clip_models import build_open_clip, require_open_clip
 
 D, E, LAYERS, HEADS = 32, 64, 2, 2  # tiny decoder width, tiny CLIP width, decoder blocks, heads
 
@@ -57,6 +64,7 @@ def test_training_changes_every_trainable_and_no_frozen_parameter(caption_config
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     images, examples = _toy_examples(model, toy_pairs)
     tokens = EncoderTokens(model, images, None, 0)
+    encoded = tokens(list(images)[:4]).clone()
     train_captioner(model, examples[:8], tokens, CaptionTrainConfig(epochs=2, batch_size=4, lr=1e-3))
     trainable = set(model.trainable_parameters())
     for name, param in model.named_parameters():
@@ -64,6 +72,8 @@ def test_training_changes_every_trainable_and_no_frozen_parameter(caption_config
             assert not torch.equal(param, before[name]), f"{name} did not change"
         else:
             assert torch.equal(param, before[name]), f"frozen {name} changed"
+    fresh = EncoderTokens(model, images, None, 0)  # nothing cached: the encoder runs again
+    assert torch.equal(fresh(list(images)[:4]), encoded)  # the encoder (outside the module) stayed frozen
 
 
 def test_identity_inits_and_seeded_cross_attention(caption_config, toy_pairs):
@@ -113,3 +123,27 @@ def test_saved_captioner_reloads_exactly(caption_config, toy_pairs, tmp_path, me
     ids = torch.tensor([[model.bos_id, 320]] * 2)
     assert torch.equal(model.decoder_step(ids, model.memory(tokens)).logits,
                        loaded.decoder_step(ids, loaded.memory(tokens)).logits)
+
+
+@pytest.mark.open_clip
+def test_any_backbone_with_image_tokens_encodes_for_the_captioner(caption_config, toy_pairs, tmp_path):
+    """An OpenCLIP ViT as the encoder: its class + patch tokens are what the decoder cross-attends to, and the
+    captioner trains on them; an OpenCLIP ResNet, without patch tokens, is refused naming the model."""
+    require_open_clip()
+    config_file, weights = build_open_clip(tmp_path / "vit", "fewclip-tiny-vit")
+    encoder = load_backbone(ModelConfig(library="open_clip", id=str(config_file), pretrained=str(weights), device="cpu"))
+    model = CaptionModel(caption_config(method="lora"), encoder=encoder)
+    assert model.transform is encoder.transform and (model.encoder_tokens, model.encoder_width) == (1 + 4 * 4, 32)
+    assert model.encoder_fingerprint()["library"] == "open_clip"
+    images, examples = _toy_examples(model, toy_pairs)
+    tokens = EncoderTokens(model, images, None, 0)
+    first = list(images)[:2]
+    pixels = torch.from_numpy(np.stack([encoder.transform(read_image(images[key])) for key in first]))
+    torch.testing.assert_close(tokens(first), encoder.image_tokens(pixels), atol=1e-6, rtol=0)
+    before = {name: p.detach().clone() for name, p in model.trainable_parameters().items()}
+    train_captioner(model, examples[:8], tokens, CaptionTrainConfig(epochs=2, batch_size=4, lr=1e-3))
+    assert before and all(not torch.equal(p, before[n]) for n, p in model.trainable_parameters().items())
+    rn_config, rn_weights = build_open_clip(tmp_path / "rn", "fewclip-tiny-rn")
+    resnet = load_backbone(ModelConfig(library="open_clip", id=str(rn_config), pretrained=str(rn_weights), device="cpu"))
+    with pytest.raises(NotOffered, match="does not offer image_tokens .*ModifiedResNet.*choose a ViT"):
+        CaptionModel(caption_config(method="adapter"), encoder=resnet)

@@ -10,7 +10,7 @@ import pytest
 from fewclip.runner.config import ConfigError, load_config
 from fewclip.data.records import read_records
 from fewclip.data.sources import build_source
-from fewclip.data.sources.coop import CoopSourceConfig
+from fewclip.data.sources.dassl_layouts import CoopSourceConfig
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.pipeline import RunContext, prepare
 from tests.data.coop_layout import ALL_NAMES, IMAGENET_CLASSES, JSON_LAYOUTS, build_coop_dataset, readable_classes

@@ -8,7 +8,7 @@ import pytest
 
 from fewclip.runner.config import ConfigError
 from fewclip.data.sources import build_source
-from fewclip.data.sources.coop import CoopSourceConfig
+from fewclip.data.sources.dassl_layouts import CoopSourceConfig
 from fewclip.runner.run_dir import config_differences
 
 from tests.data.coop_layout import IMAGENET_CLASSES, build_imagenet_variant

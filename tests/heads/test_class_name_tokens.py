@@ -38,9 +38,9 @@ def test_the_names_merge_with_the_period(backbone: CLIPBackbone) -> None:
 
 
 def photo_of_a(backbone: CLIPBackbone) -> tuple[torch.Tensor, CoOpPrompts]:
-    ctx, n_ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a", len(NAMES), False,
-                              torch.Generator().manual_seed(0))
-    return ctx, CoOpPrompts(backbone, NAMES, n_ctx, "end", "fp32", "coop")
+    ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a", len(NAMES), False,
+                       torch.Generator().manual_seed(0))
+    return ctx, CoOpPrompts(backbone, NAMES, 4, "end", "fp32", "coop")
 
 
 def zero_shot(backbone: CLIPBackbone) -> ZeroShotHead:

@@ -34,11 +34,11 @@ def random_features(backbone: CLIPBackbone, n: int, seed: int = 0) -> torch.Tens
 
 def build(backbone: CLIPBackbone, seed: int = 0) -> tuple[CoCoOpParams, CoOpPrompts]:
     """Context from "a photo of a" and a meta-net initialised as fit does, with CoCoOp's prompts."""
-    ctx, n_ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a",
-                              len(CLASS_NAMES), False, torch.Generator().manual_seed(seed))
+    ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a",
+                       len(CLASS_NAMES), False, torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
     params = CoCoOpParams(ctx, backbone.dim).requires_grad_(False)
-    return params, CoOpPrompts(backbone, CLASS_NAMES, n_ctx, "end", "fp32", "cocoop")
+    return params, CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "cocoop")
 
 
 def plain_class_features(prompts: CoOpPrompts, ctx: torch.Tensor) -> torch.Tensor:

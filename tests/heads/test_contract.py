@@ -248,6 +248,7 @@ def conforming_fake() -> type:
         per_template_scores, has_differentiable_logits, uses_augmented_views = False, False, False
         selects_epoch, calibrates, tunes_encoders = True, False, False
         paper, official_code = None, None
+        needs: frozenset[str] = frozenset()
 
     return Fake
 
@@ -274,6 +275,8 @@ def test_a_conforming_fake_head_passes() -> None:
      "transfer() must take (backbone, class_names) after self, as callers pass them; it takes (names)"),
     ({"tunes_encoders": True, "image_logits": lambda self, images: images,
       "image_saliency_pass": lambda self, pixels: (pixels, pixels)}, "image_logits() must take (pixels) after self"),
+    ({"needs": frozenset({"lora_target"})}, "fake: needs must be a frozenset of backbone capabilities (lora_targets, "),
+    ({"needs": {"lora_targets"}}, "fake: needs must be a frozenset of backbone capabilities"),
 ])
 def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage: dict, problem: str) -> None:
     broken = type("Broken", (conforming_fake(),), breakage)

@@ -19,7 +19,7 @@ from fewclip.runner import pipeline
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.runner.config import ConfigError
-from fewclip.heads import CoOpHead, FeatureSet, Task, ZeroShotHead, load_head, normalize, save_head
+from fewclip.heads import CoOpConfig, CoOpHead, FeatureSet, Task, ZeroShotHead, load_head, normalize, save_head
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.learning import assemble, build_layout, init_context
 
@@ -55,9 +55,10 @@ def test_class_names_split_into_several_tokens(backbone: CLIPBackbone) -> None:
 
 def test_ctx_init_untrained_equals_single_template_zero_shot(backbone: CLIPBackbone) -> None:
     tower = PromptTextTower(backbone.model)
-    ctx, n_ctx = init_context(tower, backbone.tokens, 16, "a photo of a", len(CLASS_NAMES), False,
-                              torch.Generator().manual_seed(0))
-    assert n_ctx == 4 and ctx.shape == (4, width(backbone))  # ctx_init's token count overrides n_ctx
+    n_ctx = CoOpConfig(ctx_init="a photo of a").n_ctx  # the config resolves it: one vector per word
+    ctx = init_context(tower, backbone.tokens, n_ctx, "a photo of a", len(CLASS_NAMES), False,
+                       torch.Generator().manual_seed(0))
+    assert n_ctx == 4 and ctx.shape == (4, width(backbone))
     class_text = CoOpPrompts(backbone, CLASS_NAMES, n_ctx, "end", "fp32", "coop").features(ctx)
     zero_shot = ZeroShotHead().fit(Task(CLASS_NAMES, ["a photo of a {}."], backbone))
     features = random_features(backbone, 20)
@@ -67,9 +68,19 @@ def test_ctx_init_untrained_equals_single_template_zero_shot(backbone: CLIPBackb
     assert (class_text - zero_shot.prototypes_).abs().max().item() <= 1e-5
     assert expected.std().item() > 0.1
     # another initialisation gives other logits, so the comparison has teeth
-    other, _ = init_context(tower, backbone.tokens, 16, "a photo of the", 3, False, torch.Generator())
+    other = init_context(tower, backbone.tokens, 4, "a photo of the", 3, False, torch.Generator())
     other_text = CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "coop").features(other)
     assert (backbone.logit_scale * normalize(features) @ other_text.T - expected).abs().max().item() > 1e-2
+
+
+def test_init_context_fills_the_n_ctx_the_config_resolved(backbone: CLIPBackbone) -> None:
+    """ctx_init's length is counted once, where the config is read; init_context fills that many vectors."""
+    tower = PromptTextTower(backbone.model)
+    with pytest.raises(ValueError, match="ctx_init 'a photo of a' has 4 tokens, not the 16 context vectors"):
+        init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator())
+    head = CoOpHead(CoOpConfig(ctx_init="a photo of a", epochs=1)).fit(
+        Task(CLASS_NAMES, backbone=backbone, seed=1), tiny_task_data(backbone, CLASS_NAMES, per_class=2))
+    assert head.n_ctx_ == head.config.n_ctx == 4 and head.ctx_.shape == (4, width(backbone))
 
 
 # --- errors before training and at config load ----------------------------------------------------
@@ -185,8 +196,8 @@ def test_only_the_context_trains_and_clip_stays_bit_identical(backbone: CLIPBack
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
     assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
-    initial, _ = init_context(PromptTextTower(backbone.model), backbone.tokens, 16, None, 3, False,
-                              torch.Generator().manual_seed(2))
+    initial = init_context(PromptTextTower(backbone.model), backbone.tokens, 16, None, 3, False,
+                           torch.Generator().manual_seed(2))
     assert (head.ctx_ - initial).abs().max().item() > 1e-4  # the context did train
 
 

@@ -121,10 +121,9 @@ def test_resumes_a_killed_fit(head_cls: type, key: str, backbone: CLIPBackbone, 
 
 def test_prograd_context_is_zeros_then_the_words(backbone: CLIPBackbone) -> None:
     tower = backbone.prompt_tower()
-    words, n_words = init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator())
-    ctx, n_ctx = init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator(),
-                              "zeros_then_words")
-    assert (n_words, n_ctx, ctx.shape) == (4, 16, (16, words.shape[1]))
+    words = init_context(tower, backbone.tokens, 4, "a photo of a", 3, False, torch.Generator())
+    ctx = init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator(), "zeros_then_words")
+    assert (words.shape[0], ctx.shape) == (4, (16, words.shape[1]))
     assert not ctx[:12].any()
     torch.testing.assert_close(ctx[12:], words, atol=0.0, rtol=0.0)  # both are the same embedding rows, copied
     with pytest.raises(ValueError, match="has 4 tokens, more than the 3 context vectors"):

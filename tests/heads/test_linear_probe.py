@@ -1,18 +1,22 @@
-"""Linear probe: it learns, selects its epoch on val (never test), calibrates on val, and is deterministic."""
+"""Linear probe: it learns, selects its epoch on val (never test), calibrates on val, is deterministic, and
+resumes a killed fit to the same head file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fewclip.runner import pipeline
 from fewclip.data.prepare import load_prepared
 from fewclip.data.splits import load_split
 from fewclip.features import load_features
-from fewclip.heads import FeatureSet, LinearProbeHead, Task, normalize
+from fewclip.heads import FeatureSet, LinearProbeHead, Task, normalize, save_head
+from tests.heads.adapter_tasks import CallCounter, Killed
 
 CLASSES = ["a", "b", "c"]
 HISTORY_KEYS = ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_loss"]
@@ -114,6 +118,33 @@ def test_same_seed_gives_identical_weights(make_config: Callable[..., Any]) -> N
     assert first.history_ == second.history_
     other = probe(make_config).fit(Task(CLASSES, seed=8), train, val)
     assert not torch.equal(first.weight_, other.weight_)
+
+
+def test_resumes_a_killed_fit_to_the_same_head_file(make_config: Callable[..., Any], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in epoch 3, a fit resumes from epoch 2's checkpoint (weights, AdamW state, the generator's place in
+    its stream, the kept best epoch) and saves the bytes an uninterrupted fit saves."""
+    config = make_config("linear_probe.epochs=6", "linear_probe.batch_size=8").linear_probe
+    train, val = random_task()  # 25 train images: 4 batches of 8; best epoch not the last
+
+    def fit(checkpoint: Path | None) -> LinearProbeHead:
+        return LinearProbeHead(config).fit(Task(CLASSES, seed=3, checkpoint=checkpoint), train, val)
+
+    reference = fit(None)
+    per_epoch = 4 + 1  # four batches, then one val pass
+    calls = CallCounter(monkeypatch, nn.Linear, "forward", fail_at=2 * per_epoch + 3)
+    checkpoint = tmp_path / "linear_probe.ckpt.safetensors"
+    with pytest.raises(Killed):
+        fit(checkpoint)
+    assert checkpoint.is_file()
+    calls.restart()
+    resumed = fit(checkpoint)
+    assert calls.count == 4 * per_epoch  # epochs 3 to 6 only
+    assert resumed.history_ == reference.history_ and resumed.best_epoch_ == reference.best_epoch_
+    save_head(reference, tmp_path / "reference", CLASSES)
+    save_head(resumed, tmp_path / "resumed", CLASSES)
+    for suffix in (".safetensors", ".json"):
+        assert (tmp_path / f"resumed{suffix}").read_bytes() == (tmp_path / f"reference{suffix}").read_bytes()
 
 
 def test_logits_are_a_linear_map_of_normalised_features(make_config: Callable[..., Any]) -> None:

@@ -20,7 +20,8 @@ from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.training.encoder_schedule import build_optimizer
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead, MapleNet
-from fewclip.heads.encoders.maple_towers import MaplePrompts, image_features, text_hidden
+from fewclip.backbones.hf_deep_prompts import image_features, text_hidden
+from fewclip.heads.encoders.maple_prompts import MaplePrompts
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.runner.layout import RunLayout
 
@@ -152,8 +153,9 @@ def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(
 
 def test_check_refuses_open_clip_a_depth_beyond_the_towers_and_a_short_ctx_init(backbone: Any,
                                                                                 shapes: dict[str, Any]) -> None:
-    open_clip = SimpleNamespace(config=SimpleNamespace(library="open_clip"))
-    with pytest.raises(ValueError, match="maple.*model.library is 'open_clip': use model.library: hf"):
+    open_clip = SimpleNamespace(config=SimpleNamespace(library="open_clip"), offers=frozenset())  # no deep prompts
+    with pytest.raises(ValueError, match="maple needs deep_prompts, which the open_clip backbone does not offer; "
+                                         "use model.library=hf or remove maple from methods"):
         MapleHead().check(Task(shapes["classes"], [TEMPLATE], open_clip))
     with pytest.raises(ValueError, match=r"maple.depth 9 exceeds the model's 2 layers .*at most 2"):
         MapleHead().check(Task(shapes["classes"], [TEMPLATE], backbone))

@@ -152,8 +152,8 @@ class CoOpRun:
 
     def __init__(self, backbone: CLIPBackbone, fail_at_call: int | None = None) -> None:
         self.backbone, self.fail_at_call, self.calls = backbone, fail_at_call, 0
-        ctx, _ = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, None, 3, False,
-                              torch.Generator().manual_seed(5))
+        ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, None, 3, False,
+                           torch.Generator().manual_seed(5))
         self.params = ContextParams(ctx)
         self.prompts = CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "coop")
 

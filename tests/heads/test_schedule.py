@@ -137,13 +137,16 @@ def test_checkpoint_key_keeps_its_value_where_the_rates_do() -> None:
     module = nn.Linear(3, 2)
     data = FeatureSet(torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))
     fewclip = FeatureTrainSettings(50, 4, 0.002, 0.9, 5e-4, 1, 1e-5, "fewclip")
-    later = ("schedule", "drop_last", "views", "per_step")  # keys added after checkpoints were first written
+    later = ("schedule", "drop_last", "views", "per_step", "constant_lr")  # keys added after the first checkpoints
     assert fewclip.key_values() == {k: v for k, v in vars(fewclip).items() if k not in later}
     assert run_key(module, FeatureTrainSettings(**{**vars(fewclip), "drop_last": True}), 0, 2, data, None) != \
         run_key(module, fewclip, 0, 2, data, None)
     per_step = FeatureTrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "per_step": True})
     assert run_key(module, per_step, 0, 2, data, None) != \
         run_key(module, FeatureTrainSettings(**{**vars(per_step), "per_step": False}), 0, 2, data, None)
+    constant = FeatureTrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "constant_lr": True})
+    assert run_key(module, constant, 0, 2, data, None) != \
+        run_key(module, FeatureTrainSettings(**{**vars(constant), "constant_lr": False}), 0, 2, data, None)
     dassl = FeatureTrainSettings(**{**vars(fewclip), "schedule": "dassl"})
     assert run_key(module, dassl, 0, 2, data, None) != run_key(module, fewclip, 0, 2, data, None)
     short = FeatureTrainSettings(**{**vars(dassl), "epochs": 2})

@@ -31,7 +31,7 @@ def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Calla
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from fewclip.training.selection import Selection
 
-    monkeypatch.setattr("fewclip.heads.on_features.zs_lp.train_on_features", lambda *a, **k: ([], Selection(0, "untrained"), {}))
+    monkeypatch.setattr("fewclip.heads.on_features.trained_module.train_on_features", lambda *a, **k: ([], Selection(0, "untrained"), {}))
     test = cluster_task(backbone.dim, 5, seed=3)
     # one template: the untrained probe is exactly zero-shot
     one = Task(TASK_NAMES, TEMPLATES[:1], backbone, 0)

@@ -39,7 +39,7 @@ class FitRecord:
 
 @contextmanager
 def recording(head_module: ModuleType) -> Iterator[FitRecord]:
-    """Record the fits run inside the block of a head whose file (``head_module``) calls ``train_on_features``."""
+    """Record the fits run inside the block of a head whose ``train_on_features`` call is in ``head_module``."""
     record = FitRecord()
     active = [False]
     train = head_module.train_on_features

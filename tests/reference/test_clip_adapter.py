@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import fewclip.heads.on_features.clip_adapter as clip_adapter_module
+import fewclip.heads.on_features.trained_module as trained_module  # its fit_module trains the head
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClipAdapterHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
@@ -59,7 +59,7 @@ def test_clip_adapter_trains_as_the_clap_repository(backbone: CLIPBackbone, make
                          "clip_adapter.select=last", "clip_adapter.calibrate=false").clip_adapter
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)
     test = cluster_task(backbone.dim, 4, seed=3)
-    with recording(clip_adapter_module) as record:
+    with recording(trained_module) as record:
         head = ClipAdapterHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, seed=2), train)
 
     reference = ClipAdapterReference(base_text_features(backbone, TASK_NAMES, TEMPLATES), backbone.logit_scale)

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from fewclip.heads import Task
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.training.image_batches import epoch_order
-from fewclip.heads.encoders.lora_layers import adapter_state, lora_clip
+from fewclip.heads.encoders.lora_layers import adapter_state, lora_towers
 
 from tests.heads.image_tasks import pixels_of
 from tests.reference.plain_clip import PlainClip, normalize
@@ -180,7 +180,7 @@ def test_training_steps_equal_the_reference(backbone: Any, shapes: dict[str, Any
     cfg = ClipLoraConfig(lr=args.lr, iterations_per_shot=args.n_iters, batch_size=args.batch_size, augment=False,
                          select="last")
     train = shapes["train"]
-    initial = adapter_state(lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, SEED))  # fit's init
+    initial = adapter_state(lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, SEED).module)  # fit's init
     for name, value in initial.items():  # init_lora_param: B zero, A Kaiming-uniform(a=sqrt(5)): |A| <= 1/sqrt(in)
         if reference_name(name)[1] == "B":
             assert torch.count_nonzero(value) == 0, name

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import fewclip.heads.on_features.zs_lp as zs_lp_module
+import fewclip.heads.on_features.trained_module as trained_module  # its fit_module trains the head
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import Task, ZsLpHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
@@ -35,7 +35,7 @@ def test_zs_lp_trains_as_the_clap_repository(backbone: CLIPBackbone, make_config
     config = make_config(f"zs_lp.epochs={EPOCHS}", f"zs_lp.batch_size={batch_size}").zs_lp
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)
     test = cluster_task(backbone.dim, 4, seed=3)
-    with recording(zs_lp_module) as record:
+    with recording(trained_module) as record:
         head = ZsLpHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, seed=2), train)
 
     base = base_text_features(backbone, TASK_NAMES, TEMPLATES)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from fewclip.runner.cli import main
-from fewclip.report.compare import build_tables, csv_rows, write_compare
+from fewclip.report.compare import write_compare
+from fewclip.report.compare_tables import build_tables, csv_rows
 
 COOP_11 = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
            "SUN397", "DTD", "EuroSAT", "UCF101"]

@@ -23,7 +23,8 @@ from fewclip.runner.cli import main
 from fewclip.fileio import read_csv, write_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.report.aggregate import accuracy_table, mean_std
-from fewclip.report.html import build_report, thumbnail
+from fewclip.report.html import build_report
+from fewclip.report.html_kit import thumbnail
 
 EVIL = "<script>alert(1)</script>"
 SECTIONS = ["The answer", "Accuracy and macro-F1 by method and shots", "Accuracy vs shots", "Trainable parameters",

@@ -1,56 +1,20 @@
 """Backbones behind one registry, keyed by ``model.library``: ``hf`` (transformers CLIPModel) and
-``open_clip`` (OpenCLIP, imported only when chosen). Each implements ``protocol.Backbone``."""
+``open_clip`` (OpenCLIP; importing its module does not import ``open_clip``). Each implements ``protocol.Backbone``
+and registers itself where it is defined (``@register_backbone`` above its class, ``config.py``); importing the
+library modules here fills the registry, in this order."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from fewclip.registry import Registry
 from fewclip.backbones import model_source
-from fewclip.backbones.config import LIBRARIES, ModelConfig
+from fewclip.backbones.config import BACKBONES, BackboneLibrary, ModelConfig, register_backbone
 from fewclip.backbones.device import resolve_device
-from fewclip.backbones.hf_clip import CLIPBackbone, model_fingerprint
+from fewclip.backbones.hf_clip import CLIPBackbone
+from fewclip.backbones.open_clip_backbone import OpenCLIPBackbone
 from fewclip.backbones.preprocess import ImageTransform
-from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
-
-
-@dataclass(frozen=True)
-class BackboneKind:
-    """How one library's backbones are checked, fingerprinted and loaded."""
-
-    load: Callable[[ModelConfig, Path | None], Backbone]
-    fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
-    check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
-
-
-def _check_hf(config: ModelConfig) -> None:
-    model_source.resolve_model(config.id, config.revision)
-
-
-def _load_open_clip(config: ModelConfig, cache_dir: Path | None) -> Backbone:
-    from fewclip.backbones.open_clip_backbone import OpenCLIPBackbone
-
-    return OpenCLIPBackbone(config, cache_dir=cache_dir)
-
-
-def _open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None) -> dict[str, Any] | None:
-    from fewclip.backbones.open_clip_backbone import open_clip_fingerprint
-
-    return open_clip_fingerprint(config, cache_dir)
-
-
-def _check_open_clip(config: ModelConfig) -> None:
-    from fewclip.backbones.open_clip_backbone import check_open_clip
-
-    check_open_clip(config)
-
-
-BACKBONES: Registry[BackboneKind] = Registry("model library")
-BACKBONES.register("hf", BackboneKind(lambda c, d: CLIPBackbone(c, cache_dir=d), model_fingerprint, _check_hf))
-BACKBONES.register("open_clip", BackboneKind(_load_open_clip, _open_clip_fingerprint, _check_open_clip))
-assert tuple(BACKBONES.names()) == LIBRARIES, "config.LIBRARIES must list the registered backbones"
+from fewclip.backbones.protocol import Backbone, DeepPromptTowers, NotOffered, PromptTower, TextTokens, TunableTowers
 
 
 def list_backbones() -> list[str]:
@@ -58,7 +22,7 @@ def list_backbones() -> list[str]:
 
 
 def load_backbone(config: ModelConfig, cache_dir: Path | None = None) -> Backbone:
-    return BACKBONES.get(config.library).load(config, cache_dir)
+    return BACKBONES.get(config.library).backbone(config, cache_dir=cache_dir)
 
 
 def backbone_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
@@ -72,6 +36,6 @@ def check_backbone(config: ModelConfig) -> None:
     BACKBONES.get(config.library).check(config)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneKind", "CLIPBackbone", "ImageTransform", "ModelConfig", "PromptTower",
-           "TextTokens", "backbone_fingerprint", "check_backbone", "list_backbones", "load_backbone", "model_source",
-           "resolve_device"]
+__all__ = ["BACKBONES", "Backbone", "BackboneLibrary", "CLIPBackbone", "DeepPromptTowers", "ImageTransform", "ModelConfig",
+           "NotOffered", "OpenCLIPBackbone", "PromptTower", "TextTokens", "TunableTowers", "backbone_fingerprint",
+           "check_backbone", "list_backbones", "load_backbone", "model_source", "register_backbone", "resolve_device"]

@@ -1,15 +1,54 @@
-"""The ``model`` config block, shared by every backbone library."""
+"""The ``model`` config block, shared by every backbone library, and the registry of those libraries
+(``BACKBONES``, filled by ``@register_backbone`` above each library's backbone class), which ``model.library``
+names.
+
+A backbone library is one file: its backbone class, registered with the functions that check a ``model`` block
+before any run and fingerprint its weights without loading them; ``fewclip.backbones`` imports the file.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from fewclip.configbase import ConfigBlock
+from fewclip.registry import Registry, unknown_name_message
 
 Precision = Literal["fp32", "bf16", "fp16"]
-LIBRARIES = ("hf", "open_clip")  # the backbone registry's names (fewclip.backbones.BACKBONES), checked at load
+
+
+@dataclass(frozen=True)
+class BackboneLibrary:
+    """How one library's backbones are loaded, checked and fingerprinted."""
+
+    backbone: Callable[..., Any]  # its backbone class: (ModelConfig, cache_dir=...) -> a protocol.Backbone
+    check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
+    fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
+
+    @property
+    def offers(self) -> frozenset[str]:
+        """What its backbones offer beyond features (``protocol.CAPABILITIES``), known without loading a model."""
+        offers: frozenset[str] = self.backbone.offers
+        return offers
+
+
+BACKBONES: Registry[BackboneLibrary] = Registry("model library")
+
+BackboneClass = TypeVar("BackboneClass", bound=type)
+
+
+def register_backbone(library: str, *, check: Callable[[ModelConfig], None],
+                      fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None],
+                      ) -> Callable[[BackboneClass], BackboneClass]:
+    """Class decorator: register the backbone class of ``library`` (the ``model.library`` value that chooses it)."""
+    def register(backbone_cls: BackboneClass) -> BackboneClass:
+        BACKBONES.register(library, BackboneLibrary(backbone_cls, check, fingerprint_from_files))
+        return backbone_cls
+
+    return register
 
 
 class ModelConfig(ConfigBlock):
@@ -37,10 +76,8 @@ class ModelConfig(ConfigBlock):
     @field_validator("library")
     @classmethod
     def _known_library(cls, library: str) -> str:
-        if library not in LIBRARIES:
-            from fewclip.registry import unknown_name_message
-
-            raise ValueError(unknown_name_message("model library", library, list(LIBRARIES)))
+        if library not in BACKBONES:
+            raise ValueError(unknown_name_message("model library", library, BACKBONES.names()))
         return library
 
     @model_validator(mode="after")

@@ -1,27 +1,40 @@
-"""A frozen Hugging Face ``CLIPModel`` (hub id or local folder) with its tokenizer and preprocessing."""
+"""A frozen Hugging Face ``CLIPModel`` (hub id or local folder) with its tokenizer and preprocessing.
+
+It offers every capability (``protocol.CAPABILITIES``): a tunable copy for LoRA (``hf_tunable``), deep
+prompts between its layers (``hf_deep_prompts``) and its vision tower's output tokens (captioning).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
+from fewclip.backbones.hf_deep_prompts import HFDeepPromptTowers
+from fewclip.backbones.hf_saliency import vision_saliency_pass
+from fewclip.backbones.hf_tunable import HFTunableTowers
 from fewclip.backbones.model_source import ModelSource, hub_offline, resolve_model
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, weights_digest
 
+if TYPE_CHECKING:  # for annotations only: transformers is imported where a model is loaded
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPVisionModel
+
+IMAGE_TOKENS_FEATURE = "CLIPVisionModel last_hidden_state (CLS + patches), float32"  # the image-token cache's key
+
+
 def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> Path | None:
     if source.folder is not None:
         path = source.folder / filename
         return path if path.is_file() else None
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
 
     try:
         found = cached_file(source.location, filename, revision=revision, local_files_only=source.local_only,
@@ -50,30 +63,40 @@ def image_processor_settings(source: ModelSource, revision: str | None, model_id
 
 def read_json_file(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        settings: dict[str, Any] = json.load(handle)
+    return settings
 
 
-def load_transform(config: ModelConfig) -> ImageTransform:
-    source = resolve_model(config.id, config.revision)
+def load_transform(config: ModelConfig, source: ModelSource | None = None) -> ImageTransform:
+    """The model's preprocessing; ``source``: ``config.id`` already resolved (``resolve_model``)."""
+    source = source or resolve_model(config.id, config.revision)
     return ImageTransform.from_processor_config(image_processor_settings(source, config.revision, config.id))
 
 
-def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
-    """The feature-cache identity of a model, read from its files without loading it.
+def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None,
+                      source: ModelSource | None = None) -> dict[str, Any] | None:
+    """The feature-cache identity of a model, read from its files without loading it (``source``: ``config.id``
+    already resolved).
 
     None when the weights are not on disk yet (a hub model never downloaded): load the backbone first.
     """
-    config_file = _resolve_file(resolve_model(config.id, config.revision), "config.json", config.revision)
+    source = source or resolve_model(config.id, config.revision)
+    config_file = _resolve_file(source, "config.json", config.revision)
     if config_file is None or not any(p.suffix in WEIGHT_SUFFIXES for p in config_file.parent.iterdir()):
         return None
     return {
         "model": config.id,
         "revision": config.revision,
         "weights_sha256": weights_digest(config_file.parent, cache_dir / "weights_sha256.json" if cache_dir else None),
-        "preprocess": load_transform(config).to_dict(),
+        "preprocess": load_transform(config, source).to_dict(),
         "precision": config.precision,
         "feature": "projected image embedding, unnormalised, float32",
     }
+
+
+def check_hf_model(config: ModelConfig) -> None:
+    """Fail fast, naming the key, on a model that is neither a folder nor a hub id that can be reached."""
+    resolve_model(config.id, config.revision)
 
 
 class HFTextTokens:
@@ -92,11 +115,14 @@ class HFTextTokens:
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
 
+@register_backbone("hf", check=check_hf_model, fingerprint_from_files=model_fingerprint)
 class CLIPBackbone:
     """Frozen CLIP: ``encode_images`` on preprocessed pixels, ``encode_text`` on strings.
 
     Both return projected, *unnormalised* features as float32 on the CPU.
     """
+
+    offers: ClassVar[frozenset[str]] = frozenset({"lora_targets", "deep_prompts", "image_tokens"})
 
     def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
         from transformers import AutoTokenizer, CLIPModel
@@ -113,22 +139,23 @@ class CLIPBackbone:
         except OSError as err:
             offline = " (HF_HUB_OFFLINE is set: only local folders and cached models load)" if hub_offline() else ""
             raise OSError(f"model.id: cannot load CLIP {config.id!r}{offline}: {err}") from err
-        self.model.eval().requires_grad_(False).to(self.device)
-        self.transform = load_transform(config)
-        fingerprint = model_fingerprint(config, cache_dir)
-        assert fingerprint is not None, f"model.id: no weight files found for {config.id}"
-        self._fingerprint = fingerprint
+        # transformers leaves PreTrainedModel.eval() unannotated
+        self.model.eval().requires_grad_(False).to(self.device)  # type: ignore[no-untyped-call]
+        self.source, self.cache_dir = source, cache_dir
+        self.transform = load_transform(config, source)
+        self._fingerprint: dict[str, Any] | None = None  # hashed when first asked for (the weights may be large)
         self.tokens = HFTextTokens(self.tokenizer)
         self.image_batches_encoded = 0  # counted so tests and logs can see cache hits
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return self.model.text_projection.out_features
 
     @property
     def max_text_positions(self) -> int:
         """Token positions of the text tower (SOS and EOT included): the longest prompt it can read."""
-        return int(self.model.config.text_config.max_position_embeddings)
+        text: CLIPTextModel = self.model.text_model  # transformers builds it untyped (_from_config)
+        return int(text.config.max_position_embeddings)
 
     @property
     def logit_scale(self) -> float:
@@ -142,7 +169,14 @@ class CLIPBackbone:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes an image feature: weights, preprocessing, precision."""
+        if self._fingerprint is None:
+            fingerprint = model_fingerprint(self.config, self.cache_dir, self.source)
+            assert fingerprint is not None, f"model.id: no weight files found for {self.config.id}"
+            self._fingerprint = fingerprint
         return dict(self._fingerprint)
+
+    def image_tokens_fingerprint(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "feature": IMAGE_TOKENS_FEATURE}
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -150,7 +184,7 @@ class CLIPBackbone:
         pixels = torch.as_tensor(pixels)
         self.image_batches_encoded += 1
         with self.autocast():
-            out = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output
+            out: torch.Tensor = self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output
         return out.float().cpu()
 
     @torch.no_grad()
@@ -176,45 +210,26 @@ class CLIPBackbone:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
 
     def saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and the patch tokens *entering* the vision tower's last layer (``vision_saliency_pass``)."""
+        """Features and the patch tokens the vision tower's last layer attends over (``vision_saliency_pass``)."""
         features, activations = vision_saliency_pass(self.model, pixels, self.device)
         return features.cpu(), activations
 
+    def tunable_towers(self) -> HFTunableTowers:
+        return HFTunableTowers(self.model, self.tokenizer, self.device)
 
-@contextlib.contextmanager
-def last_layer_patches(model: Any, trailing: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """While active, the patch tokens that an HF ``CLIPModel``'s last vision layer *normalises* for its
-    attention (``layer_norm1``'s output) are captured as a (n, g, g, width) view on the forward graph, in
-    the yielded dict under ``"patches"``. ``trailing``: tokens after the patches left out (MaPLe's prompts).
+    def deep_prompt_towers(self) -> HFDeepPromptTowers:
+        return HFDeepPromptTowers(self.model)
 
-    Why the normalised tokens: the image feature is read from the CLS token, which reads the patches only
-    through this LayerNorm, and a LayerNorm ignores its input's scale, so the gradient at its *input* is
-    orthogonal to that input token by token (up to its eps): gradient x activation there sums to rounding
-    noise. At its output the product is the evidence Grad-CAM for ViTs reads (pytorch-grad-cam's ViT
-    recipe takes the last block's ``norm1`` for the same reason).
-    """
-    captured: dict[str, torch.Tensor] = {}
+    @property
+    def image_token_shape(self) -> tuple[int, int]:
+        vision: CLIPVisionModel = self.model.vision_model  # transformers builds it untyped (_from_config)
+        return vision.embeddings.num_positions, int(vision.config.hidden_size)  # positions: class token + patches
 
-    def route(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        end = output.shape[1] - trailing
-        grid = int(round((end - 1) ** 0.5))
-        patches = output[:, 1:end].reshape(len(output), grid, grid, -1)  # the layer reads the patches through this view
-        if patches.requires_grad:
-            patches.retain_grad()  # .backward() callers read patches.grad
-        captured["patches"] = patches
-        return torch.cat([output[:, :1], patches.flatten(1, 2), output[:, end:]], dim=1)
-
-    handle = model.vision_model.encoder.layers[-1].layer_norm1.register_forward_hook(route)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def vision_saliency_pass(model: Any, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the normalised patch tokens its
-    vision tower's last layer attends over, (n, g, g, width), on one autograd graph (``last_layer_patches``).
-    Serves the frozen backbone and a head's tuned copy of the model alike (clip_lora)."""
-    with last_layer_patches(model) as captured:
-        features = model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float()
-    return features, captured["patches"]
+    @torch.no_grad()
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's ``last_hidden_state``: CLS + patch tokens, before ``post_layernorm`` (which CLIP
+        trains only on the pooled CLS token)."""
+        with self.autocast():
+            out = self.model.vision_model(pixel_values=torch.as_tensor(pixels).to(self.device))
+        hidden: torch.Tensor = out.last_hidden_state
+        return hidden.float()

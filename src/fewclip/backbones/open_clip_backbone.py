@@ -24,23 +24,24 @@ import functools
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from fewclip.backbones.config import ModelConfig
+from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.preprocess import ImageTransform
-from fewclip.backbones.prompt_tower import BlockParts, SharedPrefixParts, encode_shared_prefix
+from fewclip.backbones.open_clip_towers import (PROMPT_POOLING, OpenCLIPDeepPromptTowers, OpenCLIPPromptTower,
+                                                vit_last_block_patches)
+from fewclip.backbones.protocol import NotOffered, TunableTowers
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, files_digest, weights_digest
 
 INSTALL_HINT = ("pip install 'fewclip[open_clip]' (OpenCLIP needs torchvision; on a CPU-only machine the index only "
                 "has CUDA builds of it, which need torch from the index too: `bash setup.sh --open-clip` builds "
                 ".venv-open-clip with torch 2.13.0 + torchvision 0.28.0 + open_clip_torch 3.3.0)")
 SCHEMAS = ("local-dir:", "hf-hub:")
-PROMPT_POOLING = ("argmax", "eos")  # text towers read at the EOT position: what prompt learning needs
 
 
 def require_open_clip() -> Any:
@@ -179,82 +180,6 @@ class OpenCLIPTokens:
         return [len(self.word_ids(text)) + 2 for text in texts]
 
 
-class OpenCLIPPromptTower(nn.Module):
-    """OpenCLIP's text tower run on prompt embeddings (``width``, ``max_positions``, ``embed_tokens``,
-    ``forward(embeds, eot)``, ``encode_shared_prefix``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        pooling = getattr(model, "text_pool_type", None)
-        if not hasattr(model, "token_embedding") or pooling not in PROMPT_POOLING or model.attn_mask is None:
-            raise ValueError(f"prompt learning needs a causal text tower read at the EOT token; this OpenCLIP model's "
-                             f"text tower ({type(model).__name__}, pooling {pooling!r}) is not one: use zero_shot or "
-                             f"linear_probe with it")
-        self.token_embedding = model.token_embedding
-        self.positional_embedding = model.positional_embedding
-        self.transformer = model.transformer
-        self.ln_final = model.ln_final
-        self.text_projection = model.text_projection
-        self.register_buffer("attn_mask", model.attn_mask, persistent=False)
-        blocks = list(self.transformer.resblocks)
-        # OpenCLIP's plain blocks take the shared-prefix fast path; any other block runs every full prompt
-        self.plain_blocks = all(type(b).__name__ == "ResidualAttentionBlock" and not hasattr(b, "ln_1_kv") for b in blocks)
-
-    @property
-    def width(self) -> int:
-        return int(self.token_embedding.embedding_dim)
-
-    @property
-    def max_positions(self) -> int:
-        return int(self.positional_embedding.shape[0])
-
-    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(token_ids)
-
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        if self.text_projection is None:
-            return pooled
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(pooled)
-        return pooled @ self.text_projection
-
-    def forward(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
-        length = prompt_embeds.shape[1]
-        cast = self.transformer.get_cast_dtype()
-        hidden = prompt_embeds.to(cast) + self.positional_embedding[:length].to(cast)
-        hidden = self.transformer(hidden, attn_mask=self.attn_mask[:length, :length])
-        hidden = self.ln_final(hidden)
-        return self.project(hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions])
-
-    def shared_prefix_parts(self) -> SharedPrefixParts | None:
-        """The blocks as ``BlockParts``; None when one is not OpenCLIP's plain ``ResidualAttentionBlock``."""
-        if not self.plain_blocks:
-            return None
-        return SharedPrefixParts(positions=self.positional_embedding,
-                                 blocks=[_block_parts(b) for b in self.transformer.resblocks],
-                                 final=lambda hidden: self.project(self.ln_final(hidden)))
-
-    def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                             eot_in_suffix: torch.Tensor) -> torch.Tensor:
-        if self.plain_blocks:
-            return encode_shared_prefix(self, prefix_embeds, suffix_embeds, eot_in_suffix)
-        groups, prompts = suffix_embeds.shape[:2]  # any other block: every full prompt (the same result, slower)
-        full = torch.cat([prefix_embeds[:, None].expand(-1, prompts, -1, -1), suffix_embeds], dim=2)
-        out = self(full.flatten(0, 1), (eot_in_suffix + prefix_embeds.shape[1]).repeat(groups))
-        return out.unflatten(0, (groups, prompts))
-
-
-def _block_parts(block: nn.Module) -> BlockParts:
-    attn = block.attn  # nn.MultiheadAttention, one packed in-projection
-
-    def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        return q, k, v
-
-    return BlockParts(norm1=block.ln_1, qkv=qkv, out=attn.out_proj, norm2=block.ln_2, mlp=block.mlp,
-                      n_heads=attn.num_heads, scale=attn.head_dim ** -0.5, scale1=block.ls_1, scale2=block.ls_2)
-
-
 def open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:
     """Architecture + weight file hash + preprocessing + precision; None when a tag's weights are not
     downloaded yet."""
@@ -305,11 +230,20 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
     model_cfg = open_clip.get_model_config(name) or {}
     cfg = merge_preprocess_dict(cfg, model_cfg.get("preprocess_cfg", {}))
     cfg["size"] = model_cfg.get("vision_cfg", {}).get("image_size", cfg["size"])
-    return merge_preprocess_dict(cfg, _tag_cfg(open_clip, name, pretrained))
+    merged: dict[str, Any] = merge_preprocess_dict(cfg, _tag_cfg(open_clip, name, pretrained))
+    return merged
 
 
+@register_backbone("open_clip", check=check_open_clip, fingerprint_from_files=open_clip_fingerprint)
 class OpenCLIPBackbone:
-    """A frozen OpenCLIP model behind the ``Backbone`` protocol."""
+    """A frozen OpenCLIP model behind the ``Backbone`` protocol.
+
+    Offers ``deep_prompts`` (``open_clip_towers``; vision prompts need a ViT) and ``image_tokens`` (of a ViT).
+    Not ``lora_targets``: OpenCLIP's attention is ``nn.MultiheadAttention`` with one fused ``in_proj_weight``
+    parameter for q, k and v, which LoRA (peft) cannot wrap as the separate q/k/v linear layers CLIP-LoRA adapts.
+    """
+
+    offers: ClassVar[frozenset[str]] = frozenset({"deep_prompts", "image_tokens"})
 
     def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
         open_clip = require_open_clip()
@@ -323,7 +257,8 @@ class OpenCLIPBackbone:
             options["pretrained"] = str(weights) if weights is not None else None
         try:
             with warnings_quiet():
-                self.model = open_clip.create_model(name, device="cpu", **options)
+                # an OpenCLIP CLIP (or CustomTextCLIP); Any: open_clip ships no type hints
+                self.model: Any = open_clip.create_model(name, device="cpu", **options)
         except (RuntimeError, OSError, KeyError, ValueError) as err:
             raise OSError(f"model: cannot build OpenCLIP {name!r} with pretrained={config.pretrained!r}: {err}") from err
         self.model.eval().requires_grad_(False).to(self.device)
@@ -361,12 +296,48 @@ class OpenCLIPBackbone:
     def prompt_tower(self) -> OpenCLIPPromptTower:
         return OpenCLIPPromptTower(self.model)
 
+    def tunable_towers(self) -> TunableTowers:
+        raise NotOffered("open_clip", "lora_targets", "OpenCLIP fuses q, k and v into one in_proj_weight of "
+                         "nn.MultiheadAttention, which LoRA cannot wrap; use model.library: hf")
+
+    def deep_prompt_towers(self) -> OpenCLIPDeepPromptTowers:
+        return OpenCLIPDeepPromptTowers(self.model)
+
+    def _vision_transformer(self) -> Any:
+        """The model's ``VisionTransformer`` (Any, as ``model``); ``NotOffered`` for another image tower."""
+        visual = self.model.visual
+        if not (hasattr(visual, "transformer") and hasattr(visual, "class_embedding")):
+            raise NotOffered("open_clip", "image_tokens", f"this model's image tower is {type(visual).__name__}, "
+                             "not a VisionTransformer with patch tokens; choose a ViT model.id")
+        return visual
+
+    @property
+    def image_token_shape(self) -> tuple[int, int]:
+        visual = self._vision_transformer()
+        grid_h, grid_w = visual.grid_size
+        return 1 + grid_h * grid_w, int(visual.transformer.width)
+
+    @torch.no_grad()
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The class and patch tokens leaving the ViT's last block, before ``ln_post`` (as the Hugging Face
+        backbone gives ``last_hidden_state``, before ``post_layernorm``)."""
+        visual = self._vision_transformer()
+        with self.autocast():
+            out = visual.forward_intermediates(torch.as_tensor(pixels).to(self.device), indices=1,
+                                               intermediates_only=True, output_fmt="NLC", output_extra_tokens=True)
+        tokens = torch.cat([out["image_intermediates_prefix"][-1], out["image_intermediates"][-1]], dim=1)
+        return tokens.float()
+
+    def image_tokens_fingerprint(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "feature": "OpenCLIP ViT tokens after the last block, before ln_post "
+                                                 "(class + patches), float32"}
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         pixels = torch.as_tensor(pixels)
         self.image_batches_encoded += 1
         with self.autocast():
-            out = self.model.encode_image(pixels.to(self.device))
+            out: torch.Tensor = self.model.encode_image(pixels.to(self.device))
         return out.float().cpu()
 
     @torch.no_grad()
@@ -396,7 +367,7 @@ class OpenCLIPBackbone:
     def saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A ResNet's last convolutional stage (``layer4``'s output, before the attention pooling), or the
         patch tokens a ViT's last block normalises for its attention (``ln_1``'s output: at its input a
-        LayerNorm's scale invariance makes gradient x activation vanish, see ``hf_clip.last_layer_patches``),
+        LayerNorm's scale invariance makes gradient x activation vanish, see ``hf_saliency.last_layer_patches``),
         as (n, gh, gw, c) on the feature's graph."""
         visual = self.model.visual
         captured: dict[str, torch.Tensor] = {}
@@ -409,18 +380,11 @@ class OpenCLIPBackbone:
 
             handle = visual.layer4.register_forward_hook(keep)
         elif hasattr(visual, "transformer") and hasattr(visual, "class_embedding"):  # VisionTransformer
-            def route(_module: Any, _args: Any, tokens: torch.Tensor) -> torch.Tensor:
-                # tokens: (n, 1 + P, w), batch first
-                prefix = tokens.shape[1] - int(round((tokens.shape[1] - 1) ** 0.5)) ** 2
-                grid_size = int(round((tokens.shape[1] - prefix) ** 0.5))
-                grid = tokens[:, prefix:].reshape(len(tokens), grid_size, grid_size, -1)
-                grid.retain_grad()
-                captured["grid"] = grid
-                return torch.cat([tokens[:, :prefix], grid.flatten(1, 2)], dim=1)
-
             if not getattr(visual.transformer, "batch_first", True):
                 raise ValueError("saliency: this OpenCLIP ViT runs sequence-first; fewclip reads batch-first tokens")
-            handle = visual.transformer.resblocks[-1].ln_1.register_forward_hook(route)
+            with vit_last_block_patches(visual) as grid:
+                features = self.model.encode_image(pixels.to(self.device)).float().cpu()
+            return features, grid["grid"]
         else:
             raise ValueError(f"saliency: no spatial activations known for OpenCLIP image tower {type(visual).__name__} "
                              f"(supported: ModifiedResNet, VisionTransformer); set output.saliency_images: 0")

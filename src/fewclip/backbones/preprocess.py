@@ -51,8 +51,8 @@ class ImageTransform:
         return cls(
             resize=int(resize),
             crop=crop_hw,
-            mean=tuple(config.get("image_mean", OPENAI_MEAN)),  # type: ignore[arg-type]
-            std=tuple(config.get("image_std", OPENAI_STD)),  # type: ignore[arg-type]
+            mean=tuple(config.get("image_mean", OPENAI_MEAN)),
+            std=tuple(config.get("image_std", OPENAI_STD)),
             resample=int(config.get("resample", Image.Resampling.BICUBIC)),
             rescale=float(config.get("rescale_factor", 1 / 255)),
         )
@@ -84,7 +84,8 @@ class ImageTransform:
             top, left = int(round((image.height - crop_h) / 2.0)), int(round((image.width - crop_w) / 2.0))
         else:
             top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
-        pixels = np.asarray(image, dtype=np.float32)
+        # float32 throughout (numpy's stubs would type the normalisation below as complex128)
+        pixels: np.ndarray = np.asarray(image, dtype=np.float32)
         pixels = _pad_to(pixels, crop_h, crop_w)[max(top, 0) : max(top, 0) + crop_h, max(left, 0) : max(left, 0) + crop_w]
         pixels = (pixels * self.rescale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
@@ -148,6 +149,7 @@ def augment_view(transform: ImageTransform, rng: np.random.Generator, image: Ima
     image = image.resize((crop_w, crop_h), resample=transform.resample, box=(left, top, left + w, top + h))
     if rng.uniform() < augmentation.flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = np.asarray(image, dtype=np.float32) * transform.rescale
+    # float32 throughout (numpy's stubs would type the normalisation below as complex128)
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32) * transform.rescale
     pixels = (pixels - np.asarray(transform.mean, np.float32)) / np.asarray(transform.std, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

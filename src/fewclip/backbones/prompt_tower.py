@@ -10,10 +10,13 @@ longest real prompt: under the causal mask, tokens after EOT never reach it, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol, cast, overload
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # for annotations only: importing transformers' CLIP modules takes a while
+    from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPModel, CLIPTextModel
 
 
 def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -22,12 +25,19 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
     return torch.triu(mask, diagonal=1)[None, None]
 
 
+def replace_rows(hidden: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
+    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt`` (k, w), for every sequence."""
+    stop = start + prompt.shape[0]
+    rows = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    return torch.cat([hidden[:, :start], rows, hidden[:, stop:]], dim=1)
+
+
 class PromptTextTower(nn.Module):
     """Frozen text encoder + projection of a ``CLIPModel``; gradients flow to the prompt embeddings only."""
 
-    def __init__(self, clip_model: nn.Module) -> None:
+    def __init__(self, clip_model: CLIPModel) -> None:
         super().__init__()
-        self.text_model = clip_model.text_model
+        self.text_model: CLIPTextModel = clip_model.text_model  # transformers builds it untyped (_from_config)
         self.text_projection = clip_model.text_projection
 
     @property
@@ -40,21 +50,23 @@ class PromptTextTower(nn.Module):
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(..., L) ids -> (..., L, width) token embeddings (no positions)."""
-        return self.text_model.embeddings.token_embedding(token_ids)
+        embeds: torch.Tensor = self.text_model.embeddings.token_embedding(token_ids)
+        return embeds
 
     def forward(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         """(n, L, width) prompt embeddings, (n,) EOT index -> (n, projection_dim) unnormalised features."""
-        hidden = self.text_model.embeddings(inputs_embeds=prompt_embeds)
+        hidden: torch.Tensor = self.text_model.embeddings(inputs_embeds=prompt_embeds)
         mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
         hidden = self.text_model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         hidden = self.text_model.final_layer_norm(hidden)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions]
-        return self.text_projection(pooled)
+        features: torch.Tensor = self.text_projection(pooled)
+        return features
 
     def shared_prefix_parts(self) -> "SharedPrefixParts":
         return SharedPrefixParts(
             positions=self.text_model.embeddings.position_embedding.weight,
-            blocks=[hf_block_parts(layer) for layer in self.text_model.encoder.layers],
+            blocks=[hf_block_parts(layer) for layer in hf_encoder_layers(self.text_model.encoder)],
             final=lambda hidden: self.text_projection(self.text_model.final_layer_norm(hidden)),
         )
 
@@ -66,7 +78,8 @@ class PromptTextTower(nn.Module):
 
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(..., L, w) -> (..., H, L, w/H)."""
-    return x.unflatten(-1, (n_heads, -1)).transpose(-3, -2)
+    split: torch.Tensor = x.unflatten(-1, (n_heads, -1))  # (..., L, H, w/H); torch leaves unflatten untyped
+    return split.transpose(-3, -2)
 
 
 def _pick_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -100,7 +113,18 @@ class SharedPrefixParts:
     final: Callable[[torch.Tensor], torch.Tensor]  # (..., w) EOT hidden state -> (..., dim) feature
 
 
-def hf_block_parts(layer: nn.Module) -> BlockParts:
+class SharedPrefixTower(Protocol):
+    """A text tower ``encode_shared_prefix`` runs on; None: its blocks are not ones it can split."""
+
+    def shared_prefix_parts(self) -> SharedPrefixParts | None: ...
+
+
+def hf_encoder_layers(encoder: CLIPEncoder) -> list[CLIPEncoderLayer]:
+    """A transformers ``CLIPEncoder``'s layers, typed (``nn.ModuleList`` types its items as ``nn.Module``)."""
+    return cast("list[CLIPEncoderLayer]", list(encoder.layers))
+
+
+def hf_block_parts(layer: CLIPEncoderLayer) -> BlockParts:
     """A transformers ``CLIPEncoderLayer``."""
     attn = layer.self_attn
     return BlockParts(norm1=layer.layer_norm1, qkv=lambda x: (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)),
@@ -108,6 +132,12 @@ def hf_block_parts(layer: nn.Module) -> BlockParts:
                       scale=attn.scale)
 
 
+@overload
+def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
+                         read_rows: None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
+                         read_rows: torch.Tensor) -> tuple[None, torch.Tensor]: ...
 def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
                          read_rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One transformer block on prompts that share a prefix.
@@ -144,7 +174,7 @@ def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.
     return finish(prefix, out_p), finish(suffix, out_s)
 
 
-def encode_shared_prefix(tower: nn.Module, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
+def encode_shared_prefix(tower: SharedPrefixTower, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
                          eot_in_suffix: torch.Tensor) -> torch.Tensor:
     """Text features of prompts ``prefix + suffix[c]`` without recomputing the shared prefix.
 
@@ -154,6 +184,9 @@ def encode_shared_prefix(tower: nn.Module, prefix_embeds: torch.Tensor, suffix_e
     (tested). The last layer computes the EOT token only, the one that is read out.
     """
     parts = tower.shared_prefix_parts()
+    if parts is None:
+        raise ValueError(f"encode_shared_prefix: {type(tower).__name__} has blocks it cannot split at the prefix; "
+                         "run every full prompt through the tower instead")
     n_prefix, n_suffix = prefix_embeds.shape[-2], suffix_embeds.shape[-2]
     prefix = prefix_embeds + parts.positions[:n_prefix]
     suffix = suffix_embeds + parts.positions[n_prefix : n_prefix + n_suffix]

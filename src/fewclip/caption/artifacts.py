@@ -14,6 +14,7 @@ from typing import Any
 from fewclip.fileio import write_json
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
 from fewclip.heads.base import MEANING_SHA256, meaning_digest
+from fewclip.caption.methods import CAPTION_METHODS
 from fewclip.caption.model import CaptionModel, CaptionModelConfig
 
 WEIGHTS, MANIFEST = "captioner.safetensors", "captioner.json"
@@ -51,7 +52,7 @@ def load_caption_model(folder: Path | str, **overrides: Any) -> CaptionModel:
     manifest = check_manifest(folder, read_artifact_json(folder / MANIFEST, "captioner manifest", advice), advice)
     config = CaptionModelConfig(**{**manifest["config"], **overrides})
     model = CaptionModel(config, seed=int(manifest["seed"]))
-    if config.method != "untrained":
+    if CAPTION_METHODS.get(config.method).trains:
         tensors, _ = read_tensors(folder / WEIGHTS, manifest[SAFETENSORS_SHA256], "captioner weights", advice)
         model.load_trainable_state(tensors)
     return model

@@ -3,27 +3,33 @@
 Every loader returns ``CaptionItem``s (one per image, all its captions as references) and the images it
 had to skip because they do not decode. Input that cannot be right is an error naming the file and the
 entry: a caption pointing to a missing image, an image without a caption, an empty caption, an image file
-that does not exist, a JSON file that is not in COCO format. ``load_caption_data`` splits the images into
-train / val / test by image content, so an image's references never straddle two splits.
+that does not exist, a JSON file that is not in COCO format. The sources (``world``, ``coco``, ``csv``, ``hf``)
+are registered in ``CAPTION_SOURCES`` (``@register_caption_source`` above each one's loader); the config's
+``data.source`` is one of their names. ``load_caption_data`` splits the images into train / val / test by image
+content, so an image's references never straddle two splits.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
 from fewclip.configbase import ConfigBlock
 from fewclip.data.images import UnreadableImage, image_format_suffix, read_file, verify_image
+from fewclip.data.sources.csv_source import read_csv_text
+from fewclip.data.sources.hf import script_dataset_advice
 from fewclip.fileio import atomic_write_bytes
-from fewclip.registry import unknown_name_message
+from fewclip.registry import Registry, unknown_name_message
+from fewclip.world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
 
-CAPTION_SOURCES = ("world", "coco", "csv", "hf")
 FORMAT_HINT = ('expected COCO caption format: {"images": [{"id": ..., "file_name": ...}, ...], '
                '"annotations": [{"image_id": ..., "caption": ...}, ...]}')
 
@@ -169,11 +175,6 @@ def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column:
              caption_column: str = "caption", verify: bool = True) -> LoadedCaptions:
     """A CSV with one row per (image, caption); several rows of one image are its references. Relative image
     paths resolve against ``image_dir`` (default: the CSV's folder)."""
-    import csv
-    import io
-
-    from fewclip.data.sources.csv_source import read_csv_text
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"caption CSV {file} does not exist")
@@ -214,9 +215,7 @@ def load_hf(dataset_id: str, split: str, image_column: str, caption_column: str,
     rows with the same image bytes are one image whose captions are all its references (datasets with one
     row per caption), so no image's references straddle two splits.
     """
-    import datasets
-
-    from fewclip.data.sources.hf import script_dataset_advice
+    import datasets  # imported when a dataset is loaded: the import takes seconds (as fewclip.data.sources.hf)
 
     try:
         ds = datasets.load_dataset(dataset_id, name, revision=revision, split=split)
@@ -264,10 +263,67 @@ def _cell_bytes(cell: Any, where: str) -> bytes:
     raise UnreadableImage(f"{where}: the image cell holds neither bytes nor a path")
 
 
+# --- the sources ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionSource:
+    """One kind of caption data: its loader and the ``data`` keys it needs."""
+
+    name: str
+    load: Callable[["CaptionDataConfig", Path], LoadedCaptions]  # (data block, the run's data folder)
+    needs: tuple[str, ...] = ()  # keys of the data block it cannot do without
+    verifies_images: bool = False  # it decodes every image as it loads (else the images are checked after)
+
+
+CAPTION_SOURCES: Registry[CaptionSource] = Registry("caption data source")
+
+
+def register_caption_source(name: str, needs: tuple[str, ...] = (), verifies_images: bool = False) -> Callable[
+        [Callable[["CaptionDataConfig", Path], LoadedCaptions]], Callable[["CaptionDataConfig", Path], LoadedCaptions]]:
+    """Function decorator: register ``load`` as the caption source ``name``."""
+
+    def register(load: Callable[["CaptionDataConfig", Path], LoadedCaptions]) -> Callable[
+            ["CaptionDataConfig", Path], LoadedCaptions]:
+        CAPTION_SOURCES.register(name, CaptionSource(name, load, needs, verifies_images))
+        return load
+
+    return register
+
+
+def list_caption_sources() -> list[str]:
+    return CAPTION_SOURCES.names()
+
+
+@register_caption_source("world")
+def world_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
+    """The embedded world, rendered into the run's data folder (the same seed renders the same set)."""
+    world = WorldCaptionConfig(n_images=cfg.world_images, captions_per_image=cfg.world_captions_per_image,
+                               image_size=cfg.world_image_size, seed=cfg.world_seed)
+    folder = base / "world_captions"
+    return load_coco(write_world_captions(folder, world), folder / IMAGE_DIR, verify=False)
+
+
+@register_caption_source("coco", needs=("captions", "image_dir"))
+def coco_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
+    return load_coco(cfg.captions or "", cfg.image_dir or "", verify=False)
+
+
+@register_caption_source("csv", needs=("captions",))
+def csv_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
+    return load_csv(cfg.captions or "", cfg.image_dir, cfg.path_column, cfg.caption_column, verify=False)
+
+
+@register_caption_source("hf", needs=("id",), verifies_images=True)
+def hf_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
+    return load_hf(cfg.id or "", cfg.split, cfg.image_column, cfg.caption_column, base / "hf_captions", cfg.name,
+                   cfg.revision)
+
+
 class CaptionDataConfig(ConfigBlock):
     """Where the captions come from and how the images split into train / val / test."""
 
-    source: str = Field("world", description=f"One of {', '.join(CAPTION_SOURCES)}.")
+    source: str = Field("world", description=f"One of {', '.join(list_caption_sources())}.")
     captions: str | None = Field(None, description="coco: the caption JSON; csv: the CSV with path,caption rows.")
     image_dir: str | None = Field(None, description="coco: the image folder; csv: relative paths resolve here "
                                   "(default: the CSV's folder).")
@@ -294,13 +350,12 @@ class CaptionDataConfig(ConfigBlock):
     @classmethod
     def _known_source(cls, source: str) -> str:
         if source not in CAPTION_SOURCES:
-            raise ValueError(unknown_name_message("caption data source", source, list(CAPTION_SOURCES)))
+            raise ValueError(unknown_name_message("caption data source", source, list_caption_sources()))
         return source
 
     @model_validator(mode="after")
     def _source_keys(self) -> "CaptionDataConfig":
-        needed = {"coco": ("captions", "image_dir"), "csv": ("captions",), "hf": ("id",)}.get(self.source, ())
-        missing = [key for key in needed if getattr(self, key) is None]
+        missing = [key for key in CAPTION_SOURCES.get(self.source).needs if getattr(self, key) is None]
         if missing:
             raise ValueError(f"source {self.source!r} needs {' and '.join(missing)} (set "
                              f"{', '.join(f'{key}=...' for key in missing)})")
@@ -361,18 +416,11 @@ def _cap(items: Sequence[CaptionItem], max_images: int | None, seed: int) -> lis
 def load_caption_data(cfg: CaptionDataConfig, base_dir: Path | str, workers: int = 2) -> CaptionData:
     """Load ``cfg``'s captions and split them. ``base_dir`` (the run's data folder) receives what the source
     writes: the rendered world set, images exported from a Hugging Face dataset."""
-    base = Path(base_dir)
-    if cfg.source == "hf":
-        loaded = load_hf(cfg.id or "", cfg.split, cfg.image_column, cfg.caption_column, base / "hf_captions",
-                         cfg.name, cfg.revision)
+    source = CAPTION_SOURCES.get(cfg.source)
+    loaded = source.load(cfg, Path(base_dir))
+    if source.verifies_images:
         items, skipped = _cap(loaded.items, cfg.max_images, cfg.seed), loaded.skipped
     else:
-        if cfg.source == "world":
-            loaded = _load_world(cfg, base)
-        elif cfg.source == "coco":
-            loaded = load_coco(cfg.captions or "", cfg.image_dir or "", verify=False)
-        else:
-            loaded = load_csv(cfg.captions or "", cfg.image_dir, cfg.path_column, cfg.caption_column, verify=False)
         checked = check_images(_cap(loaded.items, cfg.max_images, cfg.seed), loaded.where, workers)
         items, skipped = checked.items, checked.skipped
     if len(items) < 3:
@@ -380,12 +428,3 @@ def load_caption_data(cfg: CaptionDataConfig, base_dir: Path | str, workers: int
                          "(train, val, test)")
     train, val, test = split_by_image(items, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     return CaptionData(train, val, test, skipped)
-
-
-def _load_world(cfg: CaptionDataConfig, base: Path) -> LoadedCaptions:
-    from fewclip.world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
-
-    world = WorldCaptionConfig(n_images=cfg.world_images, captions_per_image=cfg.world_captions_per_image,
-                               image_size=cfg.world_image_size, seed=cfg.world_seed)
-    folder = base / "world_captions"
-    return load_coco(write_world_captions(folder, world), folder / IMAGE_DIR, verify=False)

@@ -20,13 +20,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from fewclip.backbones import CLIPBackbone
+from fewclip.backbones.protocol import Backbone
 
 _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
 Ngrams = Counter  # n-gram tuple -> count, for n = 1..4 together
@@ -196,18 +195,18 @@ def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
     return clip_s, ref_clip_s
 
 
-def image_pixels(backbone: "CLIPBackbone", paths: Sequence[Path | str]) -> torch.Tensor:
+def image_pixels(backbone: Backbone, paths: Sequence[Path | str]) -> torch.Tensor:
     """(n, 3, H, W) pixels of image files, preprocessed as ``backbone`` expects."""
     from fewclip.data.images import read_image
 
     return torch.from_numpy(np.stack([backbone.transform(read_image(path)) for path in paths]))
 
 
-def encode_and_score(backbone: "CLIPBackbone", pixels: torch.Tensor, captions: Sequence[str],
+def encode_and_score(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
                      references: Sequence[Sequence[str]] | None = None,
                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CLIPScore and RefCLIPScore of ``captions`` for images given as preprocessed ``pixels`` (n, 3, H, W),
-    with a fewclip CLIP backbone (``backbone.encode_images`` / ``backbone.encode_text``)."""
+    with any fewclip backbone (``backbone.encode_images`` / ``backbone.encode_text``)."""
     image_features = torch.cat([backbone.encode_images(pixels[i : i + batch_size])
                                 for i in range(0, len(pixels), batch_size)])
     caption_features = backbone.encode_text(list(captions))

@@ -1,21 +1,15 @@
 """The captioner: a frozen CLIP vision encoder, a frozen GPT-2 decoder with new cross-attention, one PEFT method.
 
-The encoder gives CLIP's ``last_hidden_state`` (CLS + patch tokens, *before* ``post_layernorm``, which
-CLIP trains only on the pooled CLS token). A trainable linear layer projects them to the decoder width
-when the widths differ. Every GPT-2 block cross-attends to all of them (``add_cross_attention``); the
+The encoder is any backbone that offers ``image_tokens`` (``backbones.protocol``): the image tower's output
+tokens (a Hugging Face CLIP's ``last_hidden_state``: CLS + patch tokens, *before* ``post_layernorm``, which
+CLIP trains only on the pooled CLS token). ``model.encoder`` names a Hugging Face CLIP; a library user may
+hand ``CaptionModel`` any other backbone (an OpenCLIP ViT). A trainable linear layer projects the tokens to
+the decoder width when the widths differ. Every GPT-2 block cross-attends to all of them (``add_cross_attention``); the
 CLS token stays in the memory as a global summary and attention maps drop it (``caption.attention``).
 
-What trains: the new cross-attention (+ its layer norm), the projection, and one method per unit:
-
-- ``adapter``: a bottleneck adapter on each block's cross-attention output (down, GELU, up, residual);
-  its up-projection starts at zero, so an untrained adapter is the identity.
-- ``prefix``: ``prefix_length`` learned key/value vectors per layer, given to the self-attention as a
-  key/value cache in front of the caption (prefix tuning). Written here rather than with peft's
-  PrefixTuning so that the caption keeps positions 0.. (peft's prefix shifts GPT-2's positions by the
-  prefix length, which overruns a small decoder's ``n_positions``) and so that masks are exact.
-- ``lora``: LoRA on the self-attention projections ``attn.c_attn`` and ``attn.c_proj`` of every block,
-  injected with peft (``inject_adapter_in_model``); B starts at zero, so an untrained LoRA is the identity.
-- ``untrained``: nothing trains; the model as built (fresh cross-attention), the baseline of the report.
+What trains: the new cross-attention (+ its layer norm), the projection, and one method per unit, registered in
+``caption.methods`` (``untrained``, ``adapter``, ``prefix``, ``lora``): ``untrained``, the baseline of the
+report, trains nothing.
 
 All new weights are drawn from a generator seeded by ``seed``, so the ``untrained`` model of a seed is
 exactly the starting point of that seed's trained methods.
@@ -33,13 +27,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fewclip.backbones.hf_clip import ModelConfig, load_transform, model_fingerprint, resolve_device
+from fewclip.backbones import ModelConfig, load_backbone, resolve_device
+from fewclip.backbones.capabilities import require
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
+from fewclip.backbones.protocol import Backbone
+from fewclip.caption.methods import CAPTION_METHODS
 from fewclip.configbase import ConfigBlock
 
-Method = Literal["untrained", "adapter", "prefix", "lora"]
-METHODS: tuple[str, ...] = ("untrained", "adapter", "prefix", "lora")
-LORA_TARGETS = r".*\.attn\.(c_attn|c_proj)$"  # self-attention only: not crossattention.*, not mlp.c_proj
+Method = Literal[tuple(CAPTION_METHODS.names())]  # type: ignore[valid-type]  # the registered caption methods
+NEEDS = frozenset({"image_tokens"})  # what every method needs of its encoder (backbones.protocol.CAPABILITIES)
 
 
 class CaptionModelConfig(ConfigBlock):
@@ -62,29 +58,10 @@ class CaptionModelConfig(ConfigBlock):
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
 
 
-def adapter_width(n_embd: int, bottleneck: int | None) -> int:
-    """The reference's n_embd/2 - 30, floored at n_embd/8 (a tiny decoder would get a negative width)."""
-    return bottleneck if bottleneck is not None else max(n_embd // 2 - 30, max(n_embd // 8, 1))
-
-
-class BottleneckAdapter(nn.Module):
-    """x + up(GELU(down(x))), with ``up`` zero-initialised: the identity until trained."""
-
-    def __init__(self, width: int, bottleneck: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.up = nn.Linear(bottleneck, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(nn.functional.gelu(self.down(x)))
-
-
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """Silence transformers' load report and progress bar: the new cross-attention weights are "missing" from
-    the decoder and the text tower is "unexpected" beside the vision encoder, as intended."""
+    the decoder, as intended."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -105,15 +82,30 @@ MODEL_KEYS = {"model.encoder": ("a Hugging Face CLIP", WORLD_ALIAS, "the world C
 _SHIPPED_CLIP = re.compile(r"use '[^']*', the (shipped world CLIP|CLIP shipped with fewclip)")
 
 
-def resolve_caption_model(key: str, model_id: str, revision: str | None = None) -> ModelSource:
-    """``resolve_model`` for a captioning key: its errors name the key, the kind of model it takes and the model
-    fewclip ships for it (``resolve_model`` speaks of model.id and the world CLIP, classification's)."""
+def caption_key_message(key: str, message: str) -> str:
+    """A model error of classification's (which speaks of model.id and the world CLIP) for a captioning key: it
+    names the key, the kind of model the key takes and the model fewclip ships for it."""
     kind, alias, shipped = MODEL_KEYS[key]
+    message = message.replace("model.id", key).replace("a Hugging Face CLIP", kind)
+    return _SHIPPED_CLIP.sub(f"use {alias!r}, {shipped} shipped with fewclip", message)
+
+
+def resolve_caption_model(key: str, model_id: str, revision: str | None = None) -> ModelSource:
+    """``resolve_model`` for a captioning key, its errors in the key's words (``caption_key_message``)."""
     try:
         return resolve_model(model_id, revision)
     except OSError as err:  # FileNotFoundError too
-        message = str(err).replace("model.id", key).replace("a Hugging Face CLIP", kind)
-        raise type(err)(_SHIPPED_CLIP.sub(f"use {alias!r}, {shipped} shipped with fewclip", message)) from None
+        raise type(err)(caption_key_message(key, str(err))) from None
+
+
+def load_encoder(config: CaptionModelConfig) -> Backbone:
+    """The Hugging Face CLIP ``model.encoder`` names, as a backbone (its errors name ``model.encoder``)."""
+    model = ModelConfig(id=config.encoder, revision=config.encoder_revision, precision=config.precision,
+                        device=config.device)
+    try:
+        return load_backbone(model)
+    except OSError as err:  # FileNotFoundError too
+        raise type(err)(caption_key_message("model.encoder", str(err))) from None
 
 
 def _load_decoder(config: CaptionModelConfig) -> tuple[Any, Any]:
@@ -141,21 +133,19 @@ class CaptionModel(nn.Module):
     ``encode_images(pixels)`` gives encoder tokens (B, T, encoder width); ``memory`` projects them to
     the decoder width; ``decoder_step`` runs the decoder with an optional KV cache; ``loss`` is the
     teacher-forced caption loss. Only ``trainable_parameters()`` ever receive gradients.
+
+    ``encoder``: the backbone whose image tokens are read (default: ``model.encoder``'s CLIP, loaded); it is
+    held outside the module tree (frozen, never saved with the captioner).
     """
 
-    def __init__(self, config: CaptionModelConfig, seed: int = 0) -> None:
+    def __init__(self, config: CaptionModelConfig, seed: int = 0, encoder: Backbone | None = None) -> None:
         super().__init__()
-        from transformers import CLIPVisionModel
-
         self.config, self.seed = config, seed
         self.device_ = resolve_device(config.device)
-        encoder_source = resolve_caption_model("model.encoder", config.encoder, config.encoder_revision)
-        self.encoder_config = ModelConfig(id=config.encoder, revision=config.encoder_revision, precision=config.precision)
-        with quiet_loading():
-            self.encoder = CLIPVisionModel.from_pretrained(encoder_source.location, dtype=torch.float32,
-                                                           revision=config.encoder_revision,
-                                                           local_files_only=encoder_source.local_only)
-        self.transform = load_transform(self.encoder_config)
+        encoder = encoder or load_encoder(config)
+        require(config.method, NEEDS, encoder)
+        self.encoder_backbone = [encoder]  # a list: not registered as a submodule
+        self.transform = encoder.transform
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the fresh cross-attention is drawn at load time
             self.decoder, self.tokenizer = _load_decoder(config)
@@ -166,38 +156,21 @@ class CaptionModel(nn.Module):
     def _build_trainable(self, config: CaptionModelConfig) -> None:
         gpt = self.decoder.config
         self.requires_grad_(False)
-        encoder_width = self.encoder.config.hidden_size
+        encoder_width = self.encoder_width
         self.projection: nn.Module = nn.Linear(encoder_width, gpt.n_embd) if encoder_width != gpt.n_embd else nn.Identity()
-        self.adapters: nn.ModuleList | None = None
-        self.prefix: nn.Parameter | None = None
-        if config.method == "adapter":
-            width = adapter_width(gpt.n_embd, config.adapter_bottleneck)
-            self.adapters = nn.ModuleList(BottleneckAdapter(gpt.n_embd, width) for _ in range(gpt.n_layer))
-            for block, adapter in zip(self.decoder.transformer.h, self.adapters):
-                block.crossattention.register_forward_hook(_adapter_hook(adapter))
-        elif config.method == "prefix":
-            head_dim = gpt.n_embd // gpt.n_head  # (layer, key/value, head, prefix, head_dim)
-            self.prefix = nn.Parameter(torch.randn(gpt.n_layer, 2, gpt.n_head, config.prefix_length, head_dim) * 0.02)
-        elif config.method == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=LORA_TARGETS, fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
-            inject_adapter_in_model(lora, self.decoder)
+        self.adapters: nn.ModuleList | None = None  # the adapter method's, one per block
+        self.prefix: nn.Parameter | None = None  # the prefix method's, (layer, key/value, head, prefix, head_dim)
+        method = CAPTION_METHODS.get(config.method)
+        own = method.build(self)  # draws its new weights after the projection's, from the seeded generator
         self.requires_grad_(False)
-        if config.method == "untrained":
+        if not method.trains:
             return
         for block in self.decoder.transformer.h:
             block.crossattention.requires_grad_(True)
             block.ln_cross_attn.requires_grad_(True)
         self.projection.requires_grad_(True)
-        if self.adapters is not None:
-            self.adapters.requires_grad_(True)
-        if self.prefix is not None:
-            self.prefix.requires_grad_(True)
-        for name, param in self.decoder.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(True)
+        for param in own:
+            param.requires_grad_(True)
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -230,28 +203,26 @@ class CaptionModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_.type, dtype=torch.bfloat16)
 
+    @property
+    def encoder(self) -> Backbone:
+        return self.encoder_backbone[0]
+
     def encoder_fingerprint(self) -> dict[str, Any]:
         """Everything that changes an encoder output: weights, preprocessing, precision, what is read out."""
-        fingerprint = model_fingerprint(self.encoder_config)
-        assert fingerprint is not None, f"caption.model.encoder: no weight files found for {self.config.encoder}"
-        return {**fingerprint, "feature": "CLIPVisionModel last_hidden_state (CLS + patches), float32"}
+        return self.encoder.image_tokens_fingerprint()
 
     @property
     def encoder_tokens(self) -> int:
         """T: 1 (CLS) + grid * grid patch tokens."""
-        vision = self.encoder.config
-        return 1 + (vision.image_size // vision.patch_size) ** 2
+        return self.encoder.image_token_shape[0]
 
     @property
     def encoder_width(self) -> int:
-        return int(self.encoder.config.hidden_size)
+        return self.encoder.image_token_shape[1]
 
-    @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed pixels -> (B, T, encoder width) float32 encoder tokens, on the model's device."""
-        with self.autocast():
-            hidden = self.encoder(pixel_values=torch.as_tensor(pixels).to(self.device_)).last_hidden_state
-        return hidden.float()
+        return self.encoder.image_tokens(torch.as_tensor(pixels)).to(self.device_)
 
     def memory(self, encoder_tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, encoder width) -> (B, T, n_embd): what the decoder cross-attends to."""
@@ -337,12 +308,3 @@ def _additive_mask(key_mask: torch.Tensor, positions: torch.Tensor, prefix: int,
     allowed = torch.cat([allowed.new_ones(batch, len(positions), prefix), allowed], dim=-1)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def _adapter_hook(adapter: BottleneckAdapter) -> Any:
-    """A forward hook that passes a block's cross-attention output through its adapter."""
-
-    def hook(_module: nn.Module, _args: Any, output: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, Any]:
-        return (adapter(output[0]),) + tuple(output[1:])
-
-    return hook

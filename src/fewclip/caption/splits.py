@@ -10,19 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from fewclip.fileio import read_json
-from fewclip.caption.config import CaptionConfig
-from fewclip.caption.data import CaptionData, CaptionItem
-from fewclip.caption.layout import CaptionLayout
+from fewclip.caption.data import CaptionData, CaptionDataConfig, CaptionItem
 
 SPLITS = ("train", "val", "test")
 
 
-def prepare_key(config: CaptionConfig) -> str:
+class SplitFiles(Protocol):
+    """Where a run keeps its split files (``fewclip.runner.layout.CaptionLayout``)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def split_file(self, split: str) -> Path: ...
+
+
+def prepare_key(data: CaptionDataConfig) -> str:
     """What the split files depend on: the data block, and the bytes of a caption file it names."""
-    data = config.data
     payload: dict[str, Any] = {"data": data.model_dump(mode="json")}
     if data.source in ("coco", "csv") and data.captions and Path(data.captions).expanduser().is_file():
         payload["captions_sha1"] = hashlib.sha1(Path(data.captions).expanduser().read_bytes()).hexdigest()
@@ -45,7 +51,7 @@ def split_json(items: Sequence[CaptionItem], split: str, key: str, root: Path) -
             "annotations": annotations}
 
 
-def read_split(layout: CaptionLayout, split: str) -> list[CaptionItem]:
+def read_split(layout: SplitFiles, split: str) -> list[CaptionItem]:
     data = read_json(layout.split_file(split))
     captions: dict[str, list[str]] = {}
     for annotation in data["annotations"]:
@@ -54,14 +60,14 @@ def read_split(layout: CaptionLayout, split: str) -> list[CaptionItem]:
                         image["sha1"]) for image in data["images"]]
 
 
-def read_splits(layout: CaptionLayout) -> CaptionData:
+def read_splits(layout: SplitFiles) -> CaptionData:
     missing = [str(layout.split_file(s)) for s in SPLITS if not layout.split_file(s).is_file()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} missing: run `fewclip caption prepare` first")
     return CaptionData(*(read_split(layout, s) for s in SPLITS), skipped=[])
 
 
-def prepared_with(layout: CaptionLayout, key: str) -> bool:
+def prepared_with(layout: SplitFiles, key: str) -> bool:
     files = [layout.split_file(s) for s in SPLITS]
     return all(f.is_file() and read_json(f).get("info", {}).get("prepare_key") == key for f in files)
 

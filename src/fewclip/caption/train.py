@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,9 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from fewclip.configbase import ConfigBlock
-from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import check_loss
-
-log = logging.getLogger(__name__)
+from fewclip.training.checkpoint import optimizer_tensors, read_checkpoint, restore_optimizer
 
 
 class CaptionTrainConfig(ConfigBlock):
@@ -94,11 +92,7 @@ def save_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
                     best_state: dict[str, torch.Tensor] | None, key: str) -> None:
     """Tensors in safetensors (weights, AdamW moments and steps, best weights); scalars in its JSON metadata.
     One atomic rename commits both, so tensors and history always belong to the same epoch."""
-    tensors = {f"model.{k}": v for k, v in model.trainable_state().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{index}.{name}"] = value.detach().clone()
+    tensors = {f"model.{k}": v for k, v in model.trainable_state().items()} | optimizer_tensors(optimizer)
     tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
     meta = {"run_key": key, "history": done.history, "best_epoch": done.best_epoch, "best_score": done.best_score,
             "scheduler": scheduler.state_dict(), "lrs": [group["lr"] for group in optimizer.param_groups]}
@@ -109,25 +103,12 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
                     key: str) -> tuple[CaptionTraining, dict[str, torch.Tensor] | None] | None:
     """Restore a checkpoint of this run into model, optimizer and scheduler; None when there is none, it
     belongs to another run, or it is damaged (deleted with a warning: training starts over)."""
-    if not path.is_file():
+    saved = read_checkpoint(path, key, "caption training checkpoint", changed="recipe, data, model or seed")
+    if saved is None:
         return None
-    try:
-        tensors, metadata = read_tensors(path, what="caption training checkpoint")
-        meta = json.loads(metadata.get("fewclip", "{}"))
-    except (DamagedArtifact, ValueError) as err:
-        log.warning("discarding checkpoint %s: %s; training starts over", path, err)
-        path.unlink(missing_ok=True)
-        return None
-    if not isinstance(meta, dict) or meta.get("run_key") != key:
-        log.info("ignoring checkpoint %s: it belongs to another run (recipe, data, model or seed changed)", path)
-        return None
+    tensors, meta = saved
     model.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = optimizer.state_dict()
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, what = name.split(".", 2)
-            state["state"].setdefault(int(index), {})[what] = value
-    optimizer.load_state_dict(state)
+    restore_optimizer(optimizer, tensors)
     for group, lr in zip(optimizer.param_groups, meta["lrs"]):
         group["lr"] = lr
     scheduler.load_state_dict(meta["scheduler"])

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from fewclip.data.prepare import load_prepared, prepare as prepare_data
 from fewclip.data.records import Record
 from fewclip.data.sources import SourceConfig, dataset_label
+from fewclip.features import extract_features
 from fewclip.fileio import read_json, write_json
 from fewclip.runner.layout import RunLayout
 
@@ -93,8 +94,6 @@ def encode_targets(dataset: SourceConfig, layout: RunLayout, backbone: Any, cach
                    **options: Any) -> list[tuple[str, str]]:
     """Encode every target test image not in the feature cache; returns (path, reason) of those that failed.
     ``backbone`` may be a zero-argument callable, called only when something is missing."""
-    from fewclip.features import extract_features
-
     failures: list[tuple[str, str]] = []
     for target in targets(dataset, layout):
         _, _, test = load_prepared(target.layout)

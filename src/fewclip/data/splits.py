@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from fewclip.runner.layout import RunLayout
-from fewclip.data.coop_fewshot import check_coop_budget, coop_splits_for_run
+from fewclip.data.dassl_fewshot import check_coop_budget, coop_splits_for_run
 from fewclip.data.records import Record, read_records, write_records
 
 log = logging.getLogger(__name__)
 
-Sampler = Literal["fewclip", "coop"]  # coop: CoOp's own sets from the dataset's split lists (coop_fewshot.py)
+Sampler = Literal["fewclip", "coop"]  # coop: CoOp's own sets from the dataset's split lists (dassl_fewshot.py)
 
 
 def _order_key(seed: int, record: Record) -> tuple[str, str]:

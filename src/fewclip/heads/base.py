@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
+from fewclip.backbones.protocol import Backbone
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
+from fewclip.heads.registry import HEADS
 from fewclip.training.selection import best_epoch
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class Task:
 
     class_names: list[str]
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    backbone: Any = None  # CLIPBackbone; needed by heads that read text (zero-shot, prompt learning)
+    backbone: Backbone | None = None  # needed by heads that read text (zero-shot, prompt learning) or tune encoders
     seed: int = 0
     progress: bool = False
     shots: int = 0  # the shot budget being trained (some heads scale epochs with it)
@@ -86,6 +88,7 @@ class Head(Protocol):
     official_code: ClassVar[str | None]  # the repository whose computation it follows (tests/reference/ proves it)
     tunes_encoders: ClassVar[bool]  # fit gets ImageSets (images, not features); image_logits(pixels) scores,
     # image_saliency_pass(pixels) gives saliency its tuned tower
+    needs: ClassVar[frozenset[str]]  # backbone capabilities (backbones.protocol.CAPABILITIES) it cannot run without
     history_: list[dict[str, float]]
 
     def fit(self, task: Task, train: FeatureSet | ImageSet | None = None,
@@ -109,8 +112,10 @@ class HeadBase:
     """What a head class subclasses: every capability flag (``contract.CAPABILITIES``) defaults to False here, in one
     place (scikit-learn's ``_DEFAULT_TAGS``), so a head declares only the flags it turns on.
 
-    It holds declarations only, no behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config``
-    have no default: every head says them (``paper`` and ``official_code`` in the class that declares its ``name``).
+    It holds declarations, the contract's ``__init__`` (which only stores the config: the head's own ``Config``
+    with its defaults when none is given) and ``predict`` (the argmax of the head's ``logits``), no other
+    behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config`` have no default: every head
+    says them (``paper`` and ``official_code`` in the class that declares its ``name``).
     """
 
     name: ClassVar[str]
@@ -129,11 +134,19 @@ class HeadBase:
     selects_epoch: ClassVar[bool] = False
     calibrates: ClassVar[bool] = False
     tunes_encoders: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()  # refused at config load on a model.library that lacks one
     # What the report says of a head, declared here and never listed by name in the report:
     published_as: ClassVar[str | None] = None  # its name in the papers' tables (report/published.csv); read only
     # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp
     validation_free: ClassVar[bool] = False  # its paper chooses nothing on validation (last epoch, no calibration)
     validation_search: ClassVar[str | None] = None  # what it searches on the validation split, in words
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n,) the class each row scores highest (the argmax of ``logits``, which every head defines)."""
+        return self.logits(features).argmax(dim=-1)  # type: ignore[attr-defined]
 
 
 def own_declaration(head_cls: type, attr: str) -> Any:
@@ -262,8 +275,6 @@ def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
 
     Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
     """
-    from fewclip.heads import HEADS
-
     meta = read_head_meta(stem)
     if meta is None:
         raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")

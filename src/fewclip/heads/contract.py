@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from fewclip.backbones.protocol import CAPABILITIES as BACKBONE_CAPABILITIES
 from fewclip.configbase import ConfigBlock
 
 
@@ -110,6 +111,10 @@ def contract_problems(head_cls: type) -> list[str]:
             problems.append(f"{name}: declare {attr} in the class that declares its name ({meaning}; None: fewclip's own)")
     if getattr(head_cls, "uses_text", False) is True and getattr(head_cls, "checks_task", False) is not True:
         problems.append(f"{name}: a head that uses_text must declare checks_task and check every prompt in check(task)")
+    needs = getattr(head_cls, "needs", None)
+    if not isinstance(needs, frozenset) or not needs <= set(BACKBONE_CAPABILITIES):
+        problems.append(f"{name}: needs must be a frozenset of backbone capabilities "
+                        f"({', '.join(BACKBONE_CAPABILITIES)}), got {needs!r}")
     return problems
 
 

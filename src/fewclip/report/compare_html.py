@@ -3,12 +3,10 @@ resource); every piece of text from a run (dataset, method, paths, backbone) is 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from fewclip.report.html import CSS, esc, table
-
-if TYPE_CHECKING:  # compare imports this module to write the page
-    from fewclip.report.compare import Cell, Table
+from fewclip.report.compare_tables import Cell, Table
+from fewclip.report.html_kit import CSS, esc, table
 
 SPLIT_LABELS = {"test": "", "base": "base", "new": "new", "hm": "HM"}
 PROTOCOL_TITLES = {"few_shot": "Few-shot classification (all classes)", "base2new": "Base-to-new generalisation",
@@ -33,7 +31,7 @@ METHOD_NOTE = (
     "coop) and used the backbone, method and shot budget the paper reports.")
 
 
-def cell_html(cell: "Cell | None", citations: dict[str, int], note: str | None = None) -> str:
+def cell_html(cell: Cell | None, citations: dict[str, int], note: str | None = None) -> str:
     if cell is None:
         return esc(note) if note else "—"
     value = f"{100 * cell.mean:.2f}" + ("" if cell.std is None else f" ± {100 * cell.std:.2f}")
@@ -49,7 +47,7 @@ def cell_html(cell: "Cell | None", citations: dict[str, int], note: str | None =
     return "".join(parts)
 
 
-def table_section(tab: "Table", citations: dict[str, int]) -> str:
+def table_section(tab: Table, citations: dict[str, int]) -> str:
     title = PROTOCOL_TITLES.get(tab.protocol, f"Few-shot classification ({tab.protocol.replace('_', ' ')})")
     columns = [*tab.datasets, tab.average] if len(tab.datasets) > 1 else list(tab.datasets)
     with_split = any(split != "test" for _, _, split in tab.rows())
@@ -70,7 +68,7 @@ def table_section(tab: "Table", citations: dict[str, int]) -> str:
             + table(header, rows, f"compare {esc(tab.protocol)}", text_columns))
 
 
-def runs_section(tables: Sequence["Table"]) -> str:
+def runs_section(tables: Sequence[Table]) -> str:
     rows = []
     listed = set()
     for tab in tables:
@@ -93,7 +91,7 @@ def citations_section(citations: dict[str, int]) -> str:
     return f"<h2>Published numbers</h2><ul>{items}</ul>"
 
 
-def compare_page(tables: Sequence["Table"]) -> str:
+def compare_page(tables: Sequence[Table]) -> str:
     citations: dict[str, int] = {}
     sections = "".join(table_section(tab, citations) for tab in tables)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fewclip compare</title>'

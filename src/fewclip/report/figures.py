@@ -13,7 +13,7 @@ from fewclip.fileio import read_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.report.aggregate import mean_curves, read_accuracy_table, read_histories, split_key
 from fewclip.report.answer import shots_text
-from fewclip.report.unit_figures import _pyplot, _save
+from fewclip.report.unit_figures import pyplot, save_png
 
 SPLIT_TITLES = {"test": "test (all classes)", "base": "base classes", "new": "new classes",
                 "hm": "harmonic mean of base and new"}
@@ -45,7 +45,7 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
     """One panel per split: the split's headline metric (accuracy, or balanced accuracy on an imbalanced split),
     mean with error bars of ± one sample std over seeds per method; zero-shot and the majority-class baseline
     as horizontal lines; the y-axis fitted to the values (see ``panel_limits`` for the baseline)."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = metrics or {}
     splits = sorted({row["split"] for row in accuracy}, key=split_key)
     figure, axes = plt.subplots(1, len(splits), figsize=(5.6 * len(splits), 4.2), squeeze=False)
@@ -91,14 +91,12 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:  # a unit without validation curves has nothing to label
             axis.legend(fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def training_curves_png(method: str, curves: dict[int, list[dict[str, float]]], path: Path) -> None:
     """Train loss and validation macro-F1 per epoch, one line per shot budget (mean over seeds)."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
+    plt = pyplot()
     figure, (loss_axis, f1_axis) = plt.subplots(1, 2, figsize=(8.4, 3.2))
     for shots, rows in curves.items():
         epochs = [r["epoch"] for r in rows]
@@ -109,12 +107,12 @@ def training_curves_png(method: str, curves: dict[int, list[dict[str, float]]], 
     f1_axis.set_title(f"{method}: validation macro-F1", fontsize=9)
     f1_axis.set_ylim(0, 1.02)
     for axis in (loss_axis, f1_axis):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:  # a unit without validation curves has nothing to label
             axis.legend(fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def curves_path(layout: RunLayout, method: str) -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from fewclip.fileio import write_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.data.eval_targets import PROTOCOL_TITLES, read_targets
+from fewclip.report.html_kit import esc, table
 
 CANNOT_TRANSFER = "cannot transfer"
 TABLE_COLUMNS = ("protocol", "method", "shots", "dataset", "role", "n_seeds", "accuracy_mean", "accuracy_std", "note")
@@ -111,8 +112,6 @@ def cell_text(cell: ProtocolCell) -> str:
 
 def protocols_html(tables: Sequence[ProtocolTable]) -> str:
     """The report's section: one HTML table per protocol."""
-    from fewclip.report.html import esc, table  # html builds the page from this section: imported when it is drawn
-
     parts = ['<p class="note">Accuracy in percent, mean ± std over seeds: the heads trained on the source, scored '
              "on each dataset.eval_on target's test images. Domain generalisation uses the head's own logits at "
              "the target's classes; cross-dataset transfer needs a head that can classify new class names "

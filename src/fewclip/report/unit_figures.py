@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,13 +19,9 @@ _MISSING_GLYPH = re.compile(r"Glyph \d+ .*missing from font")
 _glyphs_noted = False
 
 
-def _save(figure: "object", path: Path) -> None:
+def save_png(figure: Any, path: Path) -> None:
     """Write the figure as PNG. Labels with characters the font lacks (e.g. CJK class names without a CJK
     font) draw as boxes: one INFO line says so, instead of a warning per glyph on every figure (also under -q)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
     global _glyphs_noted
     buffer = io.BytesIO()
     with warnings.catch_warnings(record=True) as caught:
@@ -37,11 +34,14 @@ def _save(figure: "object", path: Path) -> None:
             log.info("figures: some labels use characters the plotting font lacks (drawn as boxes); install a font "
                      "with them (e.g. Noto Sans CJK) for readable labels")
             _glyphs_noted = True
-    plt.close(figure)  # type: ignore[arg-type]
+    pyplot().close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files, no display). matplotlib is imported here, when a figure is
+    drawn, and not at module top: it takes about a second to import, which every ``import fewclip`` (the CLI's
+    start included) would otherwise pay; the backend is chosen before pyplot loads."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +51,7 @@ def _pyplot():
 
 
 def confusion_png(matrix: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     size = 2.5 + 0.35 * len(names)
     figure, axis = plt.subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
@@ -64,11 +64,11 @@ def confusion_png(matrix: np.ndarray, names: Sequence[str], path: Path, title: s
         high = matrix.max() / 2 if matrix.size else 0
         for (i, j), count in np.ndenumerate(matrix):
             axis.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > high else "black")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def reliability_png(bins: Sequence[dict[str, float]], ece: float, path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(3.6, 3.4))
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
@@ -81,11 +81,11 @@ def reliability_png(bins: Sequence[dict[str, float]], ece: float, path: Path, ti
     axis.set_ylabel("accuracy")
     axis.set_title(f"{title}\nECE {ece:.3f}", fontsize=9)
     axis.legend(fontsize=7, loc="upper left")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def image_grid_png(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 6) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(1, int(np.ceil(len(images) / columns)))
     figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
     for axis in axes.flat:
@@ -93,4 +93,4 @@ def image_grid_png(images: Sequence[np.ndarray], captions: Sequence[str], path: 
     for axis, image, caption in zip(axes.flat, images, captions):
         axis.imshow(image)
         axis.set_title(caption, fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)

@@ -1,4 +1,7 @@
-"""``fewclip run [CONFIG] [key=value ...]``, one command per stage, and ``fewclip predict`` with a saved head."""
+"""The command line: ``fewclip run [CONFIG] [key=value ...]`` and one command per stage, ``fewclip caption ...`` the
+same for captioning (both run the stages of their task on the run skeleton, ``fewclip.runner.skeleton``),
+``predict`` with what a run trained, ``compare`` across runs, and ``world`` to pretrain the embedded world's
+models."""
 
 from __future__ import annotations
 
@@ -6,23 +9,59 @@ import argparse
 import logging
 import os
 import sys
-import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+from fewclip.distributed import env_ranks, peer_lost, stop as stop_ranks
+from fewclip.interrupt import EXIT_INTERRUPTED, exit_interrupted
+from fewclip.report.compare import compare_command
+from fewclip.runner.caption_predict import load_captioner, write_caption_predictions
+from fewclip.runner.captioning import CAPTIONING
+from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
+from fewclip.runner.pipeline import CLASSIFICATION, STAGES
+from fewclip.runner.predict import expand_images, load_classifier, write_predictions
+from fewclip.runner.run_dir import check_run_kind
+from fewclip.runner.skeleton import LookedIn, RunTask, StageRun
+from fewclip.runner.tracking import TrackingError  # the module imports wandb only when tracking is on
+from fewclip.version import __version__
+from fewclip.world.pretrain import PretrainConfig, pretrain
+from fewclip.world.pretrain_decoder import DecoderPretrainConfig, pretrain_decoder
 
-from fewclip import __version__
-from fewclip.runner.config import ConfigError, default_cache_dir, load_config, parse_override
-from fewclip.fileio import read_json
-from fewclip.interrupt import EXIT_INTERRUPTED, exit_interrupted, interrupted_line
-from fewclip.distributed import env_ranks
-from fewclip.threads import THREADS_ENV, apply_threads
-from fewclip.runner.tracking import Tracker, TrackingError, preflight  # imports wandb only when tracking is on
+STAGE_NAMES = tuple(STAGES)
 
-STAGE_NAMES = ("prepare", "features", "train", "evaluate", "report")
-FORCE_HELP = "use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits"
+
+@dataclass(frozen=True)
+class StageCommandsHelp:
+    """The help of a task's ``run`` and stage commands."""
+
+    run: str
+    config: str
+    overrides: str
+    force: str
+
+
+CLASSIFICATION_HELP = StageCommandsHelp(
+    run="all stages; without CONFIG, the embedded offline default",
+    config="YAML config, a run directory (its config.yaml), or 'default'; omit for the embedded default",
+    overrides="dotted overrides, e.g. few_shot.shots=[8,16]",
+    force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits")
+CAPTIONING_HELP = StageCommandsHelp(
+    run="all stages",
+    config="caption YAML config, a caption run directory, or 'default'; omit for the embedded offline default",
+    overrides="dotted overrides, e.g. training.epochs=3",
+    force="use output.dir even if its config.yaml differs in model.encoder, model.decoder or data")
+
+
+def add_stage_commands(commands: argparse._SubParsersAction, task: RunTask,  # type: ignore[type-arg]
+                       texts: StageCommandsHelp) -> None:
+    """``run`` and one command per stage of ``task``, each taking a config (or run directory), overrides, --force."""
+    for name in ("run", *task.stages):
+        command = commands.add_parser(name, help=texts.run if name == "run" else f"the {name} stage only")
+        command.add_argument("config", nargs="?", help=texts.config)
+        command.add_argument("overrides", nargs="*", help=texts.overrides)
+        command.add_argument("--force", action="store_true", help=texts.force)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,16 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                         "you (no library deprecation notes)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="all stages; without CONFIG, the embedded offline default")
-    run.add_argument("config", nargs="?", help="YAML config or a run directory (omit for the embedded default)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. few_shot.shots=[8,16]")
-    run.add_argument("--force", action="store_true", help=FORCE_HELP)
-    for stage in STAGE_NAMES:
-        sub = commands.add_parser(stage, help=f"the {stage} stage only")
-        sub.add_argument("config", nargs="?", help="YAML config, a run directory (its config.yaml), or 'default'; "
-                         "omit for the embedded default")
-        sub.add_argument("overrides", nargs="*")
-        sub.add_argument("--force", action="store_true", help=FORCE_HELP)
+    add_stage_commands(commands, CLASSIFICATION, CLASSIFICATION_HELP)
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
     world_commands = world.add_subparsers(dest="world_command", required=True)
     pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
@@ -56,9 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     decoder.add_argument("--steps", type=int, default=1500)
     decoder.add_argument("--seed", type=int, default=0)
     decoder.add_argument("--batch-size", type=int, default=64)
-    from fewclip.caption.cli import add_caption_commands
-
-    add_caption_commands(commands)
+    caption = commands.add_parser("caption", help="captioning: a frozen CLIP encoder and a GPT-2 decoder tuned by "
+                                  "adapters, prefix tuning or LoRA")
+    caption_commands = caption.add_subparsers(dest="caption_command", required=True)
+    add_stage_commands(caption_commands, CAPTIONING, CAPTIONING_HELP)
+    caption_predict = caption_commands.add_parser("predict", help="caption images with a captioner a run trained")
+    caption_predict.add_argument("run_dir", help="the caption run directory (output.dir of the run)")
+    caption_predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                                 help="image files, or folders (recursive)")
+    caption_predict.add_argument("--method", help="adapter, prefix, lora or untrained; default: the highest test CIDEr")
+    caption_predict.add_argument("--seed", type=int, help="default: the seed with the highest test CIDEr")
+    caption_predict.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size; 1: greedy)")
+    caption_predict.add_argument("--max-length", type=int, help="most tokens per caption (default: the run's "
+                                 "decode.max_length)")
+    caption_predict.add_argument("--out", help="also write the captions to a .csv or .json file")
+    caption_predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
@@ -78,8 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 def _world(args: argparse.Namespace) -> int:
     if args.world_command == "pretrain-decoder":
         return _pretrain_decoder(args)
-    from fewclip.world.pretrain import PretrainConfig, pretrain
-
     config = PretrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed,
                             images_per_class=args.images_per_class, batch_size=args.batch_size)
     budget = f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}"
@@ -90,8 +130,6 @@ def _world(args: argparse.Namespace) -> int:
 
 
 def _pretrain_decoder(args: argparse.Namespace) -> int:
-    from fewclip.world.pretrain_decoder import DecoderPretrainConfig, pretrain_decoder
-
     config = DecoderPretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size)
     command = (f"fewclip world pretrain-decoder --out {args.out} --steps {args.steps} --seed {args.seed} "
                f"--batch-size {args.batch_size}")
@@ -109,6 +147,8 @@ def _quiet_libraries() -> None:
     if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
+    # the libraries already loaded are told directly; one not loaded yet is not imported to be told (that takes
+    # seconds): the variables above reach it when it loads
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 
@@ -129,60 +169,96 @@ def _error(message: object) -> int:
     return 2
 
 
-def _predict(args: argparse.Namespace) -> int:
-    """Exit 0 if at least one image was classified, 1 if none could be, 2 on usage errors."""
-    from fewclip.runner.predict import HeadNotTrained, expand_images, load_classifier, write_predictions
+@dataclass(frozen=True)
+class Predicting:
+    """What one kind of ``predict`` command does, for the steps both kinds share (``_predict_images``)."""
 
+    noun: str  # what the results are called: "predictions", "captions"
+    load: Callable[[], Any]  # the predictor a run trained
+    describe: Callable[[Any], str]  # which one it is and why, said on stderr
+    run: Callable[[Any, list[Path]], Sequence[Any]]  # one result per image: .path, .error (None when it worked)
+    lines: Callable[[Any], list[str]]  # what a result prints
+    write: Callable[[Path, Sequence[Any], Any], None]  # the results to a .csv or .json file
+
+
+PREDICT_ERRORS = (LookupError, ConfigError, FileNotFoundError, ValueError, OSError, ImportError)  # ImportError: open_clip
+
+
+def _predict_images(args: argparse.Namespace, counts: Sequence[tuple[str, int | None]], predicting: Predicting) -> int:
+    """Exit 0 if at least one image got a result, 1 if none could, 2 on usage errors (``counts``: flags that must be
+    at least 1 when given)."""
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         return _error(f"--out {out}: the file name must end in .csv or .json")
-    if args.top_k < 1:
-        return _error(f"--top-k must be >= 1, got {args.top_k}")
+    for flag, value in counts:
+        if value is not None and value < 1:
+            return _error(f"{flag} must be >= 1, got {value}")
     images = expand_images(args.images)
     if not images:
         return _error(f"no images in {', '.join(args.images)} (suffixes .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif)")
     try:
-        classifier = load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device)
-    except (HeadNotTrained, ConfigError, FileNotFoundError, ValueError, OSError, ImportError) as err:  # ImportError: open_clip missing
+        predictor = predicting.load()
+    except PREDICT_ERRORS as err:
         return _error(err)
-    print(f"fewclip: predicting with {classifier.unit}: {classifier.why}", file=sys.stderr)
-    results = classifier.predict(images, top_k=args.top_k, progress=not args.quiet)
+    print(f"fewclip: {predicting.describe(predictor)}", file=sys.stderr)
+    results = predicting.run(predictor, images)
     for result in results:
         if result.error is not None:
             print(f"fewclip: skipped {result.error}", file=sys.stderr)
             continue
-        print(result.path)
-        for label, probability in result.top_k:
-            print(f"  {probability:.4f}  {label}")
+        for line in predicting.lines(result):
+            print(line)
     if out is not None:
         try:
-            write_predictions(out, results, classifier)
-        except OSError as err:  # a read-only or missing folder, a full disk: the predictions above still stand
-            return _error(f"--out {out}: could not write the predictions ({err.strerror or err}); "
+            predicting.write(out, results, predictor)
+        except OSError as err:  # a read-only or missing folder, a full disk: the results above still stand
+            return _error(f"--out {out}: could not write the {predicting.noun} ({err.strerror or err}); "
                           "choose a writable path")
-        print(f"predictions: {out}")
+        print(f"{predicting.noun}: {out}")
     return 0 if any(r.error is None for r in results) else 1
 
 
-def _split_config_arg(config: str | None, overrides: list[str], command: str) -> tuple[str | None, list[str]]:
-    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
-    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a captioning
-    run's directory is refused, naming ``fewclip caption <command>``."""
-    from fewclip.runner.run_dir import check_run_kind
+def _predict(args: argparse.Namespace) -> int:
+    """``fewclip predict``: the top-k labels of each image from a head a run trained."""
+    return _predict_images(args, [("--top-k", args.top_k)], Predicting(
+        "predictions",
+        load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
+        describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
+        run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
+        lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
+        write=write_predictions))
 
+
+def _caption_predict(args: argparse.Namespace) -> int:
+    """``fewclip caption predict``: a caption of each image from a captioner a run trained."""
+    return _predict_images(args, [("--beam", args.beam), ("--max-length", args.max_length)], Predicting(
+        "captions",
+        load=lambda: load_captioner(args.run_dir, args.method, args.seed, device=args.device),
+        describe=lambda captioner: f"captioning with {captioner.method} seed {captioner.seed}: {captioner.why}",
+        run=lambda captioner, images: captioner.caption_files(images, beam=args.beam, max_length=args.max_length),
+        lines=lambda result: [f"{result.path}\t{result.caption}"],
+        write=write_caption_predictions))
+
+
+def _split_config_arg(task: RunTask, config: str | None, overrides: list[str],
+                      command: str) -> tuple[str | None, list[str]]:
+    """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
+    stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a run directory
+    of the other kind (captioning, classification) is refused, naming the command for it."""
     if config is not None and "=" in config and not Path(config).is_file():
         return None, [config, *overrides]
     if config is not None and Path(config).is_dir():
         resolved = Path(config) / "config.yaml"
+        run, config_file = task.folder_words
         if not resolved.is_file():
-            raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip run directory; "
-                              "give a YAML config file or a run directory")
-        check_run_kind(Path(config), "classification", f"{command} {config}")
+            raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip {run} directory; "
+                              f"give a {config_file} or a {run} directory")
+        check_run_kind(Path(config), task.kind, f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
 
 
-def _looked_in(config_path: str | None, overrides: Sequence[str]) -> Callable[[str], list[Path]]:
+def _looked_in(config_path: str | None, overrides: Sequence[str]) -> LookedIn:
     """Where a relative path under a dotted key was looked for: beside the config file and in the working directory
     when the file wrote it, in the working directory when the command line (or the embedded default) gave it."""
     given = [".".join(parse_override(text)[0]) for text in overrides if "=" in text]
@@ -215,100 +291,45 @@ def _command(args: argparse.Namespace) -> int:
         return _world(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "caption" and args.caption_command == "predict":
+        return _caption_predict(args)
     if args.command == "caption":
-        from fewclip.caption.cli import caption_main
-
-        return caption_main(args)
+        return _run_stages(CAPTIONING, args.caption_command, args)
     if args.command == "compare":
-        from fewclip.report.compare import compare_command
-
         return compare_command(args.run_dirs, args.out)
-    from fewclip.runner import pipeline
-    from fewclip.backbones import check_backbone
-    from fewclip.runner.run_context import RunContext, check_paths
-    from fewclip.runner.demo import embedded_config
-    from fewclip.runner.run_dir import RunDirError, open_run
-    from fewclip.distributed import SINGLE, peer_lost, start as start_ranks, stop as stop_ranks
+    return _run_stages(CLASSIFICATION, args.command, args)
 
+
+def _run_stages(task: RunTask, command: str, args: argparse.Namespace) -> int:
+    """``command`` (``run`` or one stage) of ``task``: exit 0, 2 with a message naming what to fix, 130 when
+    interrupted (the line says how far the stage got)."""
+    stages = tuple(task.stages) if command == "run" else (command,)
+    session = StageRun(task, stages)
     try:
-        config_path, overrides = _split_config_arg(args.config, list(args.overrides), args.command)
-    except (ConfigError, RunDirError) as err:
-        return _error(err)
-    if args.quiet:
-        overrides.append("output.progress=false")
-    tracker, ranks = None, SINGLE
-    stage: str | None = None  # the stage running, and its context: what an interrupted command reports
-    running: RunContext | None = None
-    try:
-        base = embedded_config(Path(default_cache_dir())) if config_path is None else None
-        config = load_config(config_path, overrides, base=base)
-        ranks = start_ranks(config.model.device)  # joins a torchrun job; one process otherwise
-        threads = apply_threads(config.runtime.threads)
-        logging.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
-        if not ranks.is_main:  # rank 0 alone tracks, evaluates and reports
-            config = config.model_copy(update={"wandb": config.wandb.model_copy(update={"mode": "disabled"})})
-        stages = tuple(pipeline.STAGES) if args.command == "run" else (args.command,)
-        if config.wandb.mode != "disabled":
-            preflight(config.wandb)  # fails before the run dir is touched and the stages start, not after
-        if args.command in ("run", "features", "train"):
-            check_backbone(config.model)  # a missing model or library fails before the run dir is touched
-        check_paths(config, stages, _looked_in(config_path, overrides))  # the same: before anything is created
-        # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
-        with open_run(config, force=args.force, ranks=ranks), logging_redirect_tqdm():  # logs above the bars
-            tracker = Tracker.for_config(config, args.quiet)  # no-op when disabled
-            ctx = RunContext(config, on_trained=tracker.log_history if tracker.enabled else None,
-                             on_epoch=tracker.log_epoch if tracker.enabled else None, ranks=ranks)
-            running = ctx
-            for stage in stages:
-                start, ctx.progress = time.perf_counter(), None  # each stage says its own progress, if any
-                pipeline.STAGES[stage](ctx)
-                logging.info("%s done in %.1fs", stage, time.perf_counter() - start)
-            _log_outputs(tracker, stages)
+        config_path, overrides = _split_config_arg(task, args.config, list(args.overrides), command)
+        if args.quiet:
+            overrides.append("output.progress=false")
+        base = task.embedded_config(Path(default_cache_dir())) if config_path is None else None
+        config = task.load_config(config_path, overrides, base=base)
+        context = session(config, force=args.force, quiet=args.quiet, looked_in=_looked_in(config_path, overrides))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
-        return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        return _error(err.args[0] if isinstance(err, KeyError) and err.args else err)  # RunDirError: a ValueError
     except KeyboardInterrupt:
-        line = interrupted_line(stage, running.progress if running is not None else None)
-        return exit_interrupted(line) if ranks.is_main else EXIT_INTERRUPTED  # rank 0 speaks for a torchrun job
+        return exit_interrupted(session.interrupted_line()) if session.ranks.is_main else EXIT_INTERRUPTED
     except RuntimeError as err:
-        if not peer_lost(err, ranks):
+        if not peer_lost(err, session.ranks):
             raise
-        return _error(f"rank {ranks.rank}: another rank of this torchrun job stopped (its own error is above; "
+        return _error(f"rank {session.ranks.rank}: another rank of this torchrun job stopped (its own error is above; "
                       f"{str(err).splitlines()[0][:200]}). Fix that and re-run the same command: it resumes")
     finally:
-        folder = _finish(tracker)
         stop_ranks()
-    if not ranks.is_main:
+    if not session.ranks.is_main:  # rank 0 speaks for a torchrun job
         return 0
-    if args.command == "evaluate":
-        print(f"results: {ctx.layout.summary}")
-    if args.command in ("run", "report") and ctx.layout.answer.is_file():
-        print(read_json(ctx.layout.answer)["headline"])
-        print(f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}")
-    if args.command in ("run", "report") and ctx.layout.report.is_file():
-        print(f"report: {ctx.layout.report}")
-    if folder is not None and config.wandb.mode == "offline":
-        print(f"wandb: offline run in {folder} (upload with `wandb sync {folder}`)")
+    for line in task.outcome(context, stages):
+        print(line)
+    if session.offline_wandb is not None:
+        print(f"wandb: offline run in {session.offline_wandb} (upload with `wandb sync {session.offline_wandb}`)")
     return 0
-
-
-def _log_outputs(tracker: Tracker, stages: Sequence[str]) -> None:
-    """After the stages: histories not logged live (trained earlier), results and the report, as far as the
-    command produced them (units were logged live as they trained)."""
-    if "train" in stages or "evaluate" in stages:
-        tracker.log_histories()
-    if "evaluate" in stages:
-        tracker.log_results()
-    if "report" in stages:
-        tracker.log_report()
-
-
-def _finish(tracker: Tracker | None) -> Path | None:
-    """Close the wandb run (also after a failed stage: what was logged is kept); its local folder, if any."""
-    if tracker is None or not tracker.enabled:
-        return None
-    folder = Path(tracker.run.settings.sync_dir)
-    tracker.finish()
-    return folder
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import string
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -20,14 +21,17 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from fewclip.backbones.capabilities import capability_problem
 from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.configbase import NUMBER_ERROR, ConfigBlock
-from fewclip.data.sources import SOURCES, DatasetConfig
+from fewclip.data.dassl_fewshot import coop_sampler_problem
+from fewclip.data.sources import SOURCES, dataset_config
 from fewclip.data.splits import Sampler
 from fewclip.data.subsample import Subsample
 from fewclip.heads import HEADS, list_heads
+from fewclip.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +119,16 @@ class SplitsConfig(ConfigBlock):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed(s) {repeated} listed more than once; each seed is one split, list distinct seeds")
-        return seeds
+        return distinct_seeds(seeds, "each seed is one split, ")
+
+
+def distinct_seeds(seeds: list[int], why: str = "") -> list[int]:
+    """``seeds`` when none repeats; a ValueError naming the repeated ones otherwise (``why``: what a seed stands for,
+    said before "list distinct seeds")."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} listed more than once; {why}list distinct seeds")
+    return seeds
 
 
 class WandbConfig(ConfigBlock):
@@ -181,8 +191,6 @@ class ConfigRules(ConfigBlock):
     def _sampler_fits_dataset(cls, splits: Any, info: ValidationInfo) -> Any:
         dataset = info.data.get("dataset")
         if splits.sampler == "coop" and dataset is not None:
-            from fewclip.data.coop_fewshot import coop_sampler_problem
-
             problem = coop_sampler_problem(dataset)
             if problem:
                 raise ValueError(problem)
@@ -191,8 +199,6 @@ class ConfigRules(ConfigBlock):
     @field_validator("methods", check_fields=False)
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from fewclip.registry import unknown_name_message
-
         for method in methods:
             base, label = split_variant(method)
             if label is not None and not VARIANT_LABEL.fullmatch(label):
@@ -203,6 +209,17 @@ class ConfigRules(ConfigBlock):
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods listed twice: {methods}")
         return methods
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _methods_run_on_the_library(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        """A head that needs what the chosen library's backbones do not offer is refused here, before any stage
+        runs (``methods`` is validated before ``model``; absent when it did not validate)."""
+        problems = [capability_problem(method, HEADS.get(split_variant(method)[0]).needs, model.library)
+                    for method in info.data.get("methods", [])]
+        if any(problems):
+            raise ValueError("; ".join(problem for problem in problems if problem))
+        return model
 
     @field_validator("methods", check_fields=False)
     @classmethod
@@ -261,7 +278,7 @@ def build_config_class() -> type[ConfigRules]:
                                   description="Registered heads to train and evaluate (the heads' blocks below), "
                                   "or named variants <head>@<label>; at least one, each once.")),
         model=(ModelConfig, Field(default_factory=ModelConfig)),
-        dataset=(DatasetConfig, ...),
+        dataset=(dataset_config(), ...),  # one block per registered data source
         prompts=(PromptsConfig, Field(default_factory=PromptsConfig)),
         few_shot=(FewShotConfig, Field(default_factory=FewShotConfig)),
         splits=(SplitsConfig, Field(default_factory=SplitsConfig)),
@@ -412,7 +429,7 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _block_class(typing.get_args(annotation)[0], tag)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
         members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         for member in members:
             if tag is not None and member.model_fields.get("source") and member.model_fields["source"].default == tag:
@@ -487,13 +504,28 @@ def resolve_dataset_paths(block: dict[str, Any], bases: Sequence[Path]) -> None:
     for values in [block, *(targets if isinstance(targets, list) else [])]:
         if not isinstance(values, dict) or values.get("source") not in SOURCES.names():
             continue  # validation reports it
-        for key in SOURCES.get(values["source"])[0].path_keys:
+        for key in SOURCES.get(values["source"]).Config.path_keys:
             value = values.get(key)
             if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
                 continue
             found = next((base / value for base in bases if (base / value).exists()), None)
             if found is not None:
                 values[key] = str(found.resolve())
+
+
+def read_config_file(path: Path, what: str, blocks: str) -> dict[str, Any]:
+    """The mapping of blocks a YAML config file holds (empty for an empty file); a ``ConfigError`` naming the file
+    when it is missing, does not parse, or is not a mapping. ``what``: the file in messages ("config file"),
+    ``blocks``: the blocks it should hold ("model:, dataset:, ...")."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = read_yaml_file(path)
+    except ConfigFileError as err:
+        raise ConfigError(str(err)) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of blocks ({blocks})")
+    return loaded or {}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
@@ -503,22 +535,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
     if path is not None:
         path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = read_yaml_file(path)
-        except ConfigFileError as err:
-            raise ConfigError(str(err)) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, dataset:, ...)")
-        model = (loaded or {}).get("model")
+        loaded = read_config_file(path, "config file", "model:, dataset:, ...")
+        model = loaded.get("model")
         if isinstance(model, dict):
             for key in ("id", "pretrained"):  # a relative folder or file named in a YAML is read from its folder
                 if isinstance(model.get(key), str):
                     model[key] = config_relative_id(model[key], path.parent)
-        if isinstance((loaded or {}).get("dataset"), dict):
+        if isinstance(loaded.get("dataset"), dict):
             resolve_dataset_paths(loaded["dataset"], [path.parent, Path.cwd()])
-        loaded, renamed_here = rename_deprecated_blocks(loaded or {}, origin)
+        loaded, renamed_here = rename_deprecated_blocks(loaded, origin)
         renamed.update(renamed_here)
         data.update(loaded)
     data = apply_overrides(data, overrides)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from fewclip.caption.config import CaptionConfig
+from fewclip.runner.caption_config import CaptionConfig
 from fewclip.data.sources import SOURCES, SourceConfig
 from fewclip.heads import HEADS, list_heads
 from fewclip.runner.config import Config, default_cache_dir
@@ -246,7 +246,7 @@ def dataset_section() -> Iterator[str]:
     yield from key_lines(SourceConfig, "dataset.")
     yield ""
     for source in SOURCES.names():
-        config_cls = SOURCES.get(source)[0]
+        config_cls = SOURCES.get(source).Config
         yield f"#### `dataset.source: {source}`"
         yield ""
         yield wrapped(" ".join(part for part in (module_doc(config_cls), class_doc(config_cls)) if part))

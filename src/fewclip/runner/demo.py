@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from fewclip.backbones.model_source import WORLD_ALIAS
 from fewclip.backbones.preprocess import write_processor_config
+from fewclip.heads import HEADS, list_heads
 from fewclip.world.tokenizer import chain_merges, write_clip_tokenizer
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
@@ -33,7 +36,8 @@ def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, patch_siz
                     layers: int = 2, heads: int = 2, projection_dim: int = 32, max_positions: int = 32,
                     merge_words: Iterable[str] = ("a", "photo", "of", "the")) -> Path:
     """Save a randomly initialised (seeded) CLIPModel with tokenizer and preprocessor in hub format."""
-    import torch
+    # transformers' model classes are imported when a tiny CLIP is built (tests, the world's pretraining):
+    # importing them takes seconds, which every command would pay at start, as this module serves the default run
     from transformers import CLIPConfig, CLIPModel
 
     folder = Path(folder)
@@ -109,9 +113,6 @@ def embedded_config(cache_dir: Path) -> dict[str, Any]:
     """The default run: the shipped world CLIP on world sketches, every registered head that trains on cached
     features (the encoder-tuning ones, e.g. clip_lora, run only when named), shots 1/4/16, seeds 1-3,
     base-to-new (train on the first eight classes, evaluate on them and on the other eight)."""
-    from fewclip.backbones.model_source import WORLD_ALIAS
-    from fewclip.heads import HEADS, list_heads
-
     return {
         "name": "embedded-world",
         "methods": [m for m in list_heads() if not HEADS.get(m).tunes_encoders],

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fewclip.runner.analysis import calibration_bins, confident_mistakes, confused_pairs, expected_calibration_error
 from fewclip.data.images import read_image
@@ -34,7 +35,9 @@ from fewclip.runner.layout import unit_name
 from fewclip.metrics import confusion_matrix, per_class, summarize
 from fewclip.metrics import harmonic_mean
 from fewclip.stats import wilson_interval
+from fewclip.report.unit_figures import confusion_png, image_grid_png, reliability_png
 from fewclip.runner.run_context import RunContext, available, feature_set, units
+from fewclip.saliency import overlay, patch_saliency
 from fewclip.heads.subset import ClassSubset
 from fewclip.data.eval_targets import subset_columns, target_summary, target_view, targets, write_targets
 
@@ -97,8 +100,6 @@ def uncalibrated_ece(logits: torch.Tensor, temperature: float, correct: np.ndarr
 def write_unit_artifacts(folder: Path, names: list[str], records: list[Record], truth: np.ndarray, pred: np.ndarray,
                          confidence: np.ndarray, title: str, figures: bool = True) -> float:
     """Confusion matrix, confused pairs, confident mistakes and calibration of one unit; returns ECE."""
-    from fewclip.report.unit_figures import confusion_png, reliability_png
-
     matrix = confusion_matrix(truth, pred, len(names))
     write_csv(folder / "confusion.csv", ["true \\ predicted", *names],
               ([names[i], *map(int, row)] for i, row in enumerate(matrix)))
@@ -121,9 +122,6 @@ def write_unit_artifacts(folder: Path, names: list[str], records: list[Record], 
 def write_saliency(ctx: RunContext, head: Any, method: str, shots: int, seed: int, records: list[Record],
                    names: list[str], count: int) -> None:
     """Gradient-weighted patch-token saliency (``fewclip.saliency``) for ``count`` test images."""
-    from fewclip.report.unit_figures import image_grid_png
-    from fewclip.saliency import overlay, patch_saliency
-
     backbone = ctx.backbone
     step = max(len(records) // count, 1)
     sample = records[::step][:count]
@@ -275,8 +273,6 @@ def evaluate_run(ctx: RunContext) -> Path:
 
     A unit whose stored key matches (see ``evaluation_key``) is not evaluated again: its stored rows are used.
     """
-    from tqdm.auto import tqdm
-
     ctx.write_config()
     classes, _, all_test = load_prepared(ctx.layout)
     all_test = available(ctx, all_test)

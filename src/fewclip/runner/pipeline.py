@@ -16,24 +16,29 @@ import logging
 import time
 from pathlib import Path
 
-from fewclip.runner.config import Config
+from tqdm.auto import tqdm
+
+from fewclip.backbones import check_backbone
+from fewclip.runner.config import Config, load_config
 from fewclip.data.prepare import ClassNames, load_prepared, prepare as prepare_data
 from fewclip.data.records import Record
 from fewclip.data.splits import check_budget, load_split, write_splits
 from fewclip.data.subsample import train_view
 from fewclip.features import FeatureCache, extract_features, extract_views, load_views, view_key
-from fewclip.fileio import remove_stale_temporaries, write_csv
+from fewclip.fileio import read_json, remove_stale_temporaries, write_csv
 from fewclip.heads import Task, save_head
 from fewclip.heads.base import TrainingDiverged, intact_head_meta
 from fewclip.training.selection import best_epoch, fit_meta
 from fewclip.interrupt import Progress
 from fewclip.runner.layout import unit_name
 from fewclip.data.eval_targets import encode_targets, prepare_targets
-from fewclip.runner.run_dir import open_run
-from fewclip.threads import apply_threads
-from fewclip.runner.run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, check_paths, feature_set, head_class,
-                          head_config, image_set,
-                          support_records, units)
+from fewclip.report.html import build_report
+from fewclip.runner.demo import embedded_config
+from fewclip.runner.evaluation import evaluate_run
+from fewclip.runner.run_dir import CLASSIFICATION_RULES
+from fewclip.runner.run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, check_paths, feature_set,
+                                        head_class, head_config, image_set, support_records, units)
+from fewclip.runner.skeleton import LookedIn, RunTask, StageRun
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +178,6 @@ def train(ctx: RunContext) -> list[str]:
         if head.checks_task:  # every text head checks its prompts (contract); a linear probe never loads the model
             backbone = ctx.backbone if head.uses_text else None
             head.check(Task(list(classes.readable), ctx.config.prompts.templates, backbone))
-    from tqdm.auto import tqdm
 
     # torchrun: a unit on cached features is one rank's (dealt round-robin); an encoder-tuning unit is
     # every rank's (DDP). Each unit is seeded by itself, so who trains it changes nothing.
@@ -250,22 +254,16 @@ def train(ctx: RunContext) -> list[str]:
 def evaluate(ctx: RunContext) -> Path:
     """Score every trained head and write the evaluation artifacts (see ``fewclip.runner.evaluation``); rank 0 of
     a torchrun job alone."""
-    from fewclip.runner.evaluation import evaluate_run
-
     if not ctx.ranks.is_main:
         return ctx.layout.summary
-
     return evaluate_run(ctx)
 
 
 def report(ctx: RunContext) -> Path:
     """Aggregate tables, plots (if output.figures) and report.html, all read from the evaluate stage's CSVs
     (rank 0 of a torchrun job alone)."""
-    from fewclip.report.html import build_report
-
     if not ctx.ranks.is_main:
         return ctx.layout.report
-
     ctx.write_config()
     return build_report(ctx.layout.root, ctx.config)
 
@@ -273,19 +271,35 @@ def report(ctx: RunContext) -> Path:
 STAGES = {"prepare": prepare, "features": features, "train": train, "evaluate": evaluate, "report": report}
 
 
+def check(config: Config, stages: tuple[str, ...], looked_in: LookedIn) -> None:
+    """Before the run directory is touched: the model loads where the stages encode or train, the dataset's
+    files exist where they prepare, cache.dir can be a folder where they use it."""
+    if "features" in stages or "train" in stages:
+        check_backbone(config.model)
+    check_paths(config, stages, looked_in)
+
+
+def outcome(ctx: RunContext, stages: tuple[str, ...]) -> list[str]:
+    """What a finished command prints: the results file after evaluate alone; the answer's headline, the table
+    and the report after a report."""
+    lines = [f"results: {ctx.layout.summary}"] if stages == ("evaluate",) else []
+    if "report" in stages and ctx.layout.answer.is_file():
+        lines += [read_json(ctx.layout.answer)["headline"], f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}"]
+    if "report" in stages and ctx.layout.report.is_file():
+        lines.append(f"report: {ctx.layout.report}")
+    return lines
+
+
+CLASSIFICATION = RunTask(kind="classification", stages=STAGES, context=RunContext,
+                         load_config=load_config, embedded_config=embedded_config, rules=CLASSIFICATION_RULES,
+                         check=check, outcome=outcome, distributed=True, tracked=True)
+
+
 def run(config: Config, force: bool = False) -> Path:
-    """Every stage in order; each skips what an earlier (possibly killed) run already finished.
+    """Every stage in order, as ``fewclip run`` runs them (tracking included when ``config.wandb`` asks for
+    it); each skips what an earlier (possibly killed) run already finished.
 
     The run directory is claimed and locked for the whole run (see ``fewclip.runner.run_dir``); ``force``
     accepts a config whose run-defining keys differ from the one already there.
     """
-    from fewclip.distributed import start
-
-    ranks = start(config.model.device)  # a torchrun job's process group; one process otherwise
-    apply_threads(config.runtime.threads)
-    ctx = RunContext(config, ranks=ranks)
-    check_paths(config, tuple(STAGES))  # a missing dataset folder fails before the run directory is created
-    with open_run(config, force=force, ranks=ranks):
-        for stage in STAGES.values():
-            stage(ctx)
-    return ctx.layout.summary
+    return StageRun(CLASSIFICATION, tuple(STAGES))(config, force=force).layout.summary

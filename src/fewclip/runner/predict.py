@@ -18,11 +18,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fewclip.runner.config import load_config
+from fewclip.backbones import load_backbone
 from fewclip.data.images import UnreadableImage, read_image
 from fewclip.features import fingerprint_key
 from fewclip.fileio import read_json, write_csv, write_json
+from fewclip.heads import load_head
+from fewclip.runner.config import load_config
 from fewclip.runner.layout import RunLayout, unit_name
+from fewclip.runner.run_dir import check_run_kind
+from fewclip.runner.skeleton import checked_cache_dir
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _HEAD_FILE = re.compile(r"shot_(\d+)-seed_(\d+)\.json")
@@ -207,11 +211,6 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     (results/recommendation.json, written by the report), else the first of the run's methods with a trained
     head, its largest shot budget, its smallest seed. ``classifier.why`` says which rule chose it.
     ``device`` overrides the run's ``model.device``."""
-    from fewclip.backbones import load_backbone
-    from fewclip.heads import load_head
-
-    from fewclip.runner.run_dir import check_run_kind
-
     layout = RunLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
@@ -220,8 +219,9 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     (method, shots, seed), why = default_head(layout, config.methods, method, shots, seed)
     head, meta = load_head(layout.heads / unit_name(method, shots, seed))
     model = config.model if device is None else config.model.model_copy(update={"device": device})
-    backbone = load_backbone(model, cache_dir=Path(config.cache.dir).expanduser())
-    check_features_key(meta, backbone, layout, unit_name(method, shots, seed), Path(config.cache.dir).expanduser())
+    cache_root = checked_cache_dir(config)
+    backbone = load_backbone(model, cache_dir=cache_root)
+    check_features_key(meta, backbone, layout, unit_name(method, shots, seed), cache_root)
     classifier = Classifier(backbone, head, meta["class_names"], method, shots, seed,
                             batch_size=config.model.batch_size)
     note = classes_note(config.splits.subsample, meta["class_names"])

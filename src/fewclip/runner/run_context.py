@@ -13,32 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import torch
+
+from fewclip.backbones import backbone_fingerprint, load_backbone
 from fewclip.runner.config import Config, method_block, split_variant
 from fewclip.data.records import Record
 from fewclip.data.sources.base import check_input_paths
 from fewclip.data.splits import load_split
-from fewclip.distributed import SINGLE, Ranks
 from fewclip.features import FeatureCache, augmented_fingerprint, load_features
-from fewclip.fileio import atomic_write_text, read_csv, write_csv
+from fewclip.fileio import read_csv, write_csv
 from fewclip.heads import HEADS, FeatureSet, ImageSet
-from fewclip.interrupt import Progress
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.run_dir import check_location
+from fewclip.runner.skeleton import StageContext, checked_cache_dir
 
 AUGMENT_SEED = 0  # augmented views are a property of the image, shared by every seed and run
 
 
 @dataclass
-class RunContext:
+class RunContext(StageContext):
     """A config, its run directory, and the backbone and feature cache, loaded on first use."""
 
     config: Config
-    # called as on_trained(unit, history) when a unit has been trained (the CLI's live W&B logging)
-    on_trained: Callable[[str, list[dict[str, Any]]], None] | None = field(default=None, repr=False)
-    # called as on_epoch(unit, row) as each epoch of a unit ends (the CLI's live W&B curves)
-    on_epoch: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
-    ranks: Ranks = SINGLE  # this process's place in a torchrun job (see fewclip.distributed)
-    progress: Progress | None = None  # how far the running stage got (said when a command is interrupted)
     _backbone: Any = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
     _view_cache: FeatureCache | None = field(default=None, repr=False)
@@ -48,25 +44,17 @@ class RunContext:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(Path(self.config.output.dir).expanduser())
-
-    @property
-    def cache_root(self) -> Path:
-        return checked_cache_dir(self.config)
+        return RunLayout(self.root)
 
     @property
     def backbone(self) -> Any:
         if self._backbone is None:
-            from fewclip.backbones import load_backbone
-
             self._backbone = load_backbone(self.config.model, cache_dir=self.cache_root)
         return self._backbone
 
     @property
     def cache(self) -> FeatureCache:
         if self._cache is None:
-            from fewclip.backbones import backbone_fingerprint
-
             # Read from the model's files, so a fully cached run never loads the model.
             fingerprint = backbone_fingerprint(self.config.model, self.cache_root) or self.backbone.fingerprint()
             self._cache = FeatureCache(self.cache_root, fingerprint)
@@ -87,24 +75,6 @@ class RunContext:
         """The most augmented views any selected head asks for (0: none)."""
         return max((head_config(self.config, m).augment_views for m in self.config.methods
                     if head_class(m).uses_augmented_views), default=0)
-
-    def write_config(self) -> None:
-        if self.ranks.is_main:  # every file has one writer
-            atomic_write_text(self.layout.config, self.config.to_yaml())
-
-
-def checked_cache_dir(config: Config) -> Path:
-    """``cache.dir`` as a path; an error naming the key when it, or a folder above it, is a file (the cache is a
-    folder of shards: mkdir would fail with a bare "Not a directory" deep inside it)."""
-    root = Path(config.cache.dir).expanduser()
-    for folder in (root, *root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == root else f"lies under {folder}, which is a file"
-                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
-                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
-            break
-    return root
 
 
 def check_paths(config: Config, stages: Sequence[str],
@@ -142,8 +112,6 @@ def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
 
 def image_set(ctx: RunContext, records: list[Record]) -> ImageSet:
     """The image files and labels of ``records`` (what a ``tunes_encoders`` head trains on)."""
-    import torch
-
     records = available(ctx, records)
     return ImageSet([r.resolve(ctx.layout.data) for r in records], torch.tensor([r.label for r in records]))
 

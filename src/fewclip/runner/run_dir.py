@@ -8,8 +8,10 @@
   the same directory fails at once, naming the process that holds it. The lock belongs to the command's
   process alone: a process it forks (a DataLoader worker) drops its copy of the lock's descriptor, so a
   killed command's orphaned workers never keep the directory locked (``_drop_locks_in_child``).
-- A command whose config differs from the run's ``config.yaml`` in a run-defining key (model, dataset,
-  prompts, few_shot, splits) is refused unless forced; other keys may change freely (see ``FREE_KEYS``).
+- A command whose config differs from the run's ``config.yaml`` in a run-defining key is refused unless
+  forced; other keys may change freely. Each kind of run says which keys define it in its ``RunDirRules``
+  (classification's here, ``CLASSIFICATION_RULES``: model, dataset, prompts, few_shot, splits, see ``FREE_KEYS``;
+  captioning's in ``fewclip.runner.captioning``).
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fewclip.version import __version__
 from fewclip.runner.config import Config, ConfigError, load_config
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
 from fewclip.heads import HEADS, list_heads
-from fewclip.runner.layout import RunLayout
+from fewclip.runner.layout import RunFiles, run_root
 
-MARKER = RunLayout(Path()).marker.name
-LOCK = RunLayout(Path()).lock.name
+MARKER = RunFiles(Path()).marker.name
+LOCK = RunFiles(Path()).lock.name
 
 # Keys that may change between commands on one run directory. Head blocks are free because a head
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
@@ -44,7 +48,7 @@ class RunDirError(ValueError):
 
 
 # Top-level config blocks only one kind of run has (classification: fewclip.runner.config; captioning:
-# fewclip.caption.config), so a run directory handed to the other kind's command is named as such
+# fewclip.runner.caption_config), so a run directory handed to the other kind's command is named as such
 # instead of failing validation key by key.
 KIND_BLOCKS = {"classification": ("dataset", "few_shot", "splits", "prompts"),
                "caption": ("data", "decode", "attention", "clipscore_model")}
@@ -56,7 +60,7 @@ def run_kind(root: Path) -> str | None:
     """"classification" or "caption" by the top-level blocks of the run's config.yaml; None when it has
     none, cannot be read, or shows neither (its own command then says what is wrong with it)."""
     try:
-        blocks = read_yaml_file(RunLayout(root).config)
+        blocks = read_yaml_file(RunFiles(root).config)
     except (OSError, ConfigFileError):
         return None
     if not isinstance(blocks, dict):
@@ -74,10 +78,6 @@ def check_run_kind(root: Path, expected: str, usage: str) -> None:
                           f"`{KIND_COMMANDS[kind]} {usage}`")
 
 
-def run_root(config: Config) -> Path:
-    return Path(config.output.dir).expanduser()
-
-
 def dataset_folders(config: Config) -> list[Path]:
     """Local folders the dataset is read from by listing them (a run dir inside one would become data)."""
     dataset: Any = config.dataset
@@ -88,10 +88,11 @@ def dataset_folders(config: Config) -> list[Path]:
     return []
 
 
-def check_location(config: Config) -> None:
-    """Refuse an output.dir that is, or lies inside, a folder the dataset is read from."""
+def check_location(config: Any, folders: Callable[[Any], list[Path]] = dataset_folders) -> None:
+    """Refuse an output.dir that is, or lies inside, a folder the dataset is read from (``folders``: those of
+    the config's kind; classification's by default)."""
     root = run_root(config).resolve()
-    for folder in dataset_folders(config):
+    for folder in folders(config):
         folder = folder.resolve()
         if root == folder or folder in root.parents:
             raise RunDirError(
@@ -112,7 +113,7 @@ def first_missing(path: Path) -> Path | None:
 def abandon(root: Path, created: Path | None) -> None:
     """After a failed first command: remove the marker and lock it left in ``root`` when nothing else was written,
     and the folders it created (``created``: the outermost), so a typo never leaves a run directory behind."""
-    layout = RunLayout(root)
+    layout = RunFiles(root)
     if not root.is_dir() or {p.name for p in root.iterdir()} - {MARKER, LOCK}:
         return
     layout.marker.unlink(missing_ok=True)
@@ -130,7 +131,7 @@ def abandon(root: Path, created: Path | None) -> None:
 
 def claim(root: Path) -> None:
     """Make ``root`` a run directory (new or empty folder) or accept one that already is; refuse the rest."""
-    layout = RunLayout(root)
+    layout = RunFiles(root)
     if layout.marker.is_file():
         return
     if root.exists() and not root.is_dir():
@@ -144,8 +145,6 @@ def claim(root: Path) -> None:
                 f"{MARKER}); fewclip writes only into a new or empty folder or its own run directory, so it "
                 f"never overwrites your files: choose another output.dir (if {root} is a run of an older "
                 f"fewclip, create an empty {root / MARKER} to adopt it)")
-    from fewclip import __version__
-
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
@@ -188,7 +187,7 @@ def _alive(pid: str) -> bool:
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory; fail at once if another command holds it."""
-    handle = open(RunLayout(root).lock, "a+", encoding="utf-8")
+    handle = open(RunFiles(root).lock, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,7 +197,7 @@ def locked(root: Path) -> Iterator[None]:
             if holder != "unknown" and not _alive(holder):  # children of a dead command that still hold it
                 raise RunDirError(f"run dir {root} is locked by processes that pid {holder}, which has ended, "
                                   "left behind; they usually exit within seconds: run the command again (if it "
-                                  f"persists, `fuser -v {RunLayout(root).lock}` lists them; end them)") from None
+                                  f"persists, `fuser -v {RunFiles(root).lock}` lists them; end them)") from None
             raise RunDirError(f"run dir {root} is in use by pid {holder}; wait for it to finish "
                               "or choose another output.dir") from None
         _HELD_LOCKS.add(handle.fileno())  # forked children drop it (above)
@@ -242,56 +241,66 @@ def config_differences(previous: Config, current: Config) -> list[str]:
     return differing_keys(previous, current, lambda key: not _is_free(key))
 
 
-def refuse_other_config(root: Path, config_file: Path, load: Callable[[Path], Any], differences: Callable[[Any], list[str]],
-                        kind: str, retrained: str) -> None:
-    """Raise ``RunDirError`` when the run's ``config_file`` does not load with ``load``, or when
-    ``differences(its config)`` lists run-defining keys; nothing when there is no config yet. ``kind``: what
-    sort of run ("caption"; empty for classification), ``retrained``: what --force costs."""
-    if not config_file.is_file():
-        return
-    try:
-        previous = load(config_file)
-    except ConfigError as err:
-        as_kind = f" as a {kind} config" if kind else ""
-        raise RunDirError(f"{config_file} (the run's config) does not load with this fewclip{as_kind}: "
-                          f"{err}\nChoose another output.dir, or pass --force to replace it with this config") from None
-    listed = "\n  ".join(differences(previous))
-    if listed:
-        raise RunDirError(
-            f"output.dir {root} holds a {kind + ' ' if kind else ''}run of a different config ({config_file}); "
-            f"run-defining keys differ (run's value -> this config's):\n  {listed}\n"
-            f"Choose another output.dir for this config, or pass --force to replace the run's config ({retrained})")
+@dataclass(frozen=True)
+class RunDirRules:
+    """What claiming a run directory checks for one kind of run (classification, captioning)."""
+
+    kind: str  # in the refusal: "holds a <kind> run of a different config" ("" for classification)
+    load: Callable[[Path], Any]  # the run's config.yaml as this kind's config
+    defining: Callable[[str], bool]  # whether a flattened key ("model.id") defines the run
+    retrained: str  # what --force costs, said in the refusal
+    data_folders: Callable[[Any], list[Path]] = lambda config: []  # folders the run directory may not lie in
+
+    def check_same_config(self, layout: RunFiles, config: Any) -> None:
+        """Refuse a config whose run-defining keys differ from the run directory's ``config.yaml``, or a
+        ``config.yaml`` that does not load as this kind's config; nothing when there is no config yet."""
+        if not layout.config.is_file():
+            return
+        try:
+            previous = self.load(layout.config)
+        except ConfigError as err:
+            as_kind = f" as a {self.kind} config" if self.kind else ""
+            raise RunDirError(f"{layout.config} (the run's config) does not load with this fewclip{as_kind}: "
+                              f"{err}\nChoose another output.dir, or pass --force to replace it with this config") from None
+        listed = "\n  ".join(differing_keys(previous, config, self.defining))
+        if listed:
+            raise RunDirError(
+                f"output.dir {layout.root} holds a {self.kind + ' ' if self.kind else ''}run of a different config "
+                f"({layout.config}); run-defining keys differ (run's value -> this config's):\n  {listed}\n"
+                f"Choose another output.dir for this config, or pass --force to replace the run's config "
+                f"({self.retrained})")
 
 
-def check_same_config(layout: RunLayout, config: Config) -> None:
-    """Refuse a config whose run-defining keys differ from the run directory's ``config.yaml``."""
-    refuse_other_config(layout.root, layout.config, load_config, lambda previous: config_differences(previous, config),
-                        "", "heads trained on other inputs are then retrained by `fewclip train`")
+CLASSIFICATION_RULES = RunDirRules("", load_config, lambda key: not _is_free(key),
+                                   "heads trained on other inputs are then retrained by `fewclip train`",
+                                   dataset_folders)
 
 
 @contextmanager
-def open_run(config: Config, force: bool = False, ranks: Ranks = SINGLE) -> Iterator[RunLayout]:
-    """Claim and lock the config's run directory for one command (see the module docstring).
+def open_run(config: Any, force: bool = False, ranks: Ranks = SINGLE,
+             rules: RunDirRules = CLASSIFICATION_RULES) -> Iterator[RunFiles]:
+    """Claim and lock the config's run directory for one command (see the module docstring); ``rules``: those of
+    the config's kind (classification's by default).
 
     In a torchrun job rank 0 claims and locks it for all ranks; the others wait for its verdict and fail
     with the same message if it was refused."""
+    root = run_root(config)
     if ranks.distributed and not ranks.is_main:
         refusal = ranks.share(None)
         if refusal is not None:
             raise RunDirError(refusal)
-        yield RunLayout(run_root(config))
+        yield RunFiles(root)
         return
     told = False  # whether the other ranks have heard the verdict
-    root = run_root(config)
-    first_command = not RunLayout(root).marker.is_file()
+    first_command = not RunFiles(root).marker.is_file()
     created = first_missing(root)
     try:
-        check_location(config)
+        check_location(config, rules.data_folders)
         claim(root)
         with locked(root):
-            layout = RunLayout(root)
+            layout = RunFiles(root)
             if not force:
-                check_same_config(layout, config)
+                rules.check_same_config(layout, config)
             told = ranks.share(None) is None
             yield layout
     except RunDirError as err:

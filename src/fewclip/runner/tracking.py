@@ -21,7 +21,7 @@ from typing import Any
 
 from fewclip.runner.config import Config, WandbConfig
 from fewclip.fileio import read_csv
-from fewclip.runner.layout import RunLayout
+from fewclip.runner.layout import RunLayout, run_root
 
 
 class TrackingError(RuntimeError):
@@ -113,7 +113,7 @@ class Tracker:
     @classmethod
     def for_config(cls, config: Config, quiet: bool = False) -> "Tracker":
         """A tracker for ``config``'s run directory, logging its resolved config under its name."""
-        return cls(config.wandb, config.output.dir, config.model_dump(mode="json"), config.name, quiet)
+        return cls(config.wandb, run_root(config), config.model_dump(mode="json"), config.name, quiet)
 
     @property
     def enabled(self) -> bool:

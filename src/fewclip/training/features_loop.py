@@ -1,16 +1,15 @@
-"""The training loop on cached image features: prompt learners (CoOp, CoCoOp, KgCoOp, ProGrad) and the adapters
-(CLIP-Adapter, Tip-Adapter-F, ZS-LP) train through it.
+"""The training loop on cached image features: the linear probe, the prompt learners (CoOp, CoCoOp, KgCoOp,
+ProGrad) and the adapters (CLIP-Adapter, Tip-Adapter-F, ZS-LP, CLAP) train through it.
 
-One plain function (``train_on_features``): SGD with the schedule of ``fewclip.training.schedule``, epoch
-selection on validation (``fewclip.training.selection``), and a checkpoint after every epoch that a killed run
-resumes from when nothing it trained on changed (``run_key``).
+One plain function (``train_on_features``): SGD (or the head's optimiser) with the schedule of
+``fewclip.training.schedule`` or a constant rate, epoch selection on validation (``fewclip.training.selection``),
+and a checkpoint after every epoch that a killed run resumes from when nothing it trained on changed (``run_key``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -19,9 +18,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import FeatureSet, Task, check_loss
 from fewclip.metrics import summarize
+from fewclip.training.checkpoint import (best_metadata, best_tensors, optimizer_tensors, read_checkpoint,
+                                         restore_optimizer, restored_best)
 from fewclip.training.schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from fewclip.training.selection import BestEpoch, SelectRule, Selection
 
@@ -30,7 +31,6 @@ DROP_LAST_HELP = ("Drop each epoch's last partial batch when there are at least 
                   "Dassl's loader does (the reference code's); false: train on it too.")
 VIEWS_HELP = ("With augment_views: 'pool' cuts each epoch's batches from all N views of every image, shuffled "
               "together (the CLAP repository's adapters); 'per_image' takes one random view of each image per epoch.")
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,13 +46,18 @@ class FeatureTrainSettings:
     drop_last: bool = False  # Dassl's train loader: drop an epoch's last partial batch (see ``batch_count``)
     views: ViewSampling = "per_image"  # with cached augmented views: how an epoch draws them (``epoch_batches``)
     per_step: bool = False  # anneal every optimiser step over all epochs' steps, no warm-up (Tip-Adapter-F)
+    constant_lr: bool = False  # every epoch at ``lr``, no warm-up (the linear probe's AdamW); not logged per epoch
 
     def __post_init__(self) -> None:
-        if self.per_step and self.warmup_epochs:
-            raise ValueError("a per-step cosine has no warm-up: set warmup_epochs to 0")
+        if (self.per_step or self.constant_lr) and self.warmup_epochs:
+            raise ValueError("a per-step cosine or a constant rate has no warm-up: set warmup_epochs to 0")
+        if self.per_step and self.constant_lr:
+            raise ValueError("per_step anneals the rate and constant_lr keeps it: choose one")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate epoch ``epoch`` (0-based) trains at (its first step's, with ``per_step``)."""
+        if self.constant_lr:
+            return self.lr
         if self.per_step:
             return lr_at_step(epoch, self.epochs, self.lr)  # step epoch * k of epochs * k: the same angle
         return lr_at_epoch(epoch, self.epochs, self.lr, self.warmup_epochs, self.warmup_lr, self.schedule)
@@ -64,7 +69,7 @@ class FeatureTrainSettings:
         values = asdict(self)
         if self.schedule == "fewclip" or schedules_agree(self.epochs, self.warmup_epochs):
             del values["schedule"]
-        for name, before in (("drop_last", False), ("views", "per_image"), ("per_step", False)):
+        for name, before in (("drop_last", False), ("views", "per_image"), ("per_step", False), ("constant_lr", False)):
             if values[name] == before:
                 del values[name]
         return values
@@ -107,13 +112,16 @@ def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def run_key(module: nn.Module, settings: FeatureTrainSettings, seed: int, n_classes: int, train: FeatureSet,
-            val: FeatureSet | None, extra: str = "") -> str:
-    """What a checkpoint must match to be resumed: the schedule, the seed, the initial parameters, the
-    features and labels, and ``extra`` (the head's class names, config, backbone)."""
+            val: FeatureSet | None, extra: str = "", generator: torch.Generator | None = None) -> str:
+    """What a checkpoint must match to be resumed: the schedule, the seed, the initial parameters (and the
+    initial state of ``generator``), the features and labels, and ``extra`` (the head's class names, config,
+    backbone)."""
     digest = hashlib.sha256(json.dumps([settings.key_values(), seed, n_classes, extra]).encode())
     named = sorted(module.state_dict().items()) + [("train.x", train.features), ("train.y", train.labels)]
     if val is not None:
         named += [("val.x", val.features), ("val.y", val.labels)]
+    if generator is not None:
+        named.append(("generator", generator.get_state()))
     for name, tensor in named:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -129,57 +137,33 @@ def head_checkpoint_key(task: Task, config: Any) -> str:
 
 
 def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, float]], best: BestEpoch, key: str) -> None:
+                     history: list[dict[str, float]], best: BestEpoch, key: str,
+                     generator: torch.Generator | None) -> None:
     tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
-    for i, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{i}.{name}"] = value.detach().clone()
-    if best.state is not None:
-        tensors.update({f"best.{k}": v for k, v in best.state.items()})
-    meta = {"epoch": epoch, "history": history, "best_epoch": best.epoch,
-            "best_score": list(best.score) if best.score is not None else None, "run_key": key}
+    if generator is not None:  # where the next epoch's order continues the stream
+        tensors["generator"] = generator.get_state()
+    tensors.update(optimizer_tensors(optimizer) | best_tensors(best))
+    meta = {"epoch": epoch, "history": history, **best_metadata(best), "run_key": key}
     # The epoch and history travel in the same file as their tensors: one rename commits both, so a
     # kill can never leave tensors of one epoch beside the history of another. The file carries a
     # digest of its tensors, so a damaged checkpoint is detected rather than resumed from.
     write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
 
 
-def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                     key: str, select: SelectRule) -> tuple[int, list, BestEpoch] | None:
+def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, key: str, select: SelectRule,
+                     generator: torch.Generator | None) -> tuple[int, list, BestEpoch] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
     checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
-    damaged (then it is deleted with a warning and training starts over)."""
-    if not path.is_file():
+    damaged (then it is deleted with a warning and training starts over: ``checkpoint.read_checkpoint``)."""
+    saved = read_checkpoint(path, key)
+    if saved is None:
         return None
-    try:
-        tensors, metadata = read_tensors(path, what="checkpoint")
-        meta = json.loads(metadata.get("fewclip", "{}"))
-    except (DamagedArtifact, ValueError) as err:  # ValueError: metadata that is not JSON
-        log.warning("discarding checkpoint %s: %s; training this unit starts over", path,
-                    err.reason if isinstance(err, DamagedArtifact) else f"unreadable metadata ({err})")
-        path.unlink(missing_ok=True)
-        return None
-    if not isinstance(meta, dict) or meta.get("run_key") != key:
-        log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
-        return None
-    return _restore(tensors, meta, module, optimizer, select)
-
-
-def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], module: nn.Module,
-             optimizer: torch.optim.Optimizer, select: SelectRule) -> tuple[int, list, BestEpoch]:
+    tensors, meta = saved
     module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = optimizer.state_dict()
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, field = name.split(".", 2)
-            state["state"].setdefault(int(index), {})[field] = value
-    optimizer.load_state_dict(state)
-    best = BestEpoch(select)
-    if meta["best_epoch"] is not None:
-        best = BestEpoch(select, meta["best_epoch"], tuple(meta["best_score"]),
-                         {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-    return meta["epoch"], meta["history"], best
+    if generator is not None:
+        generator.set_state(tensors["generator"])
+    restore_optimizer(optimizer, tensors)
+    return meta["epoch"], meta["history"], restored_best(select, meta, tensors)
 
 
 def train_on_features(
@@ -198,6 +182,7 @@ def train_on_features(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     train_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[list[dict[str, float]], Selection, dict[str, torch.Tensor]]:
     """SGD over ``module``'s trainable parameters with warm-up + cosine, one epoch at a time (with
     ``settings.per_step``, the cosine's rate is set before every optimiser step instead of every epoch).
@@ -212,6 +197,9 @@ def train_on_features(
     with each epoch's history row as it ends (live tracking). ``train_step(x, y)`` replaces the
     cross-entropy step for heads with their own loss or gradient (it fills the parameters' ``.grad`` and
     returns the loss); ``make_optimizer`` replaces SGD (the loop still sets each epoch's learning rate).
+    ``generator``: one stream every epoch's order is drawn from in turn (the linear probe's, which drew its
+    initial weights from it first), saved with each checkpoint; without it, epoch e's order comes from a
+    generator seeded with (seed, e).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = (make_optimizer(params) if make_optimizer is not None else
@@ -221,8 +209,8 @@ def train_on_features(
     start_epoch = 0
     key = ""
     if checkpoint is not None:  # the rule is in the key: it decides which state the checkpoint keeps as "best"
-        key = run_key(module, settings, seed, n_classes, train, val, json.dumps([checkpoint_key, select]))
-        resumed = _load_checkpoint(checkpoint, module, optimizer, key, select)
+        key = run_key(module, settings, seed, n_classes, train, val, json.dumps([checkpoint_key, select]), generator)
+        resumed = _load_checkpoint(checkpoint, module, optimizer, key, select, generator)
         if resumed is not None:
             start_epoch, history, keeper = resumed
     bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
@@ -231,7 +219,8 @@ def train_on_features(
         lr = settings.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y, batches = epoch_batches(train, settings, torch.Generator().manual_seed(seed * 100003 + epoch))
+        order = generator if generator is not None else torch.Generator().manual_seed(seed * 100003 + epoch)
+        x, y, batches = epoch_batches(train, settings, order)
         total, seen = 0.0, 0
         module.train()
         for step, idx in enumerate(batches):
@@ -249,7 +238,9 @@ def train_on_features(
             optimizer.step()
             total, seen = total + value * len(idx), seen + len(idx)
         module.eval()
-        row = {"epoch": float(epoch + 1), "train_loss": total / seen, "lr": lr}
+        row = {"epoch": float(epoch + 1), "train_loss": total / seen}
+        if not settings.constant_lr:
+            row["lr"] = lr
         if val is not None and len(val):
             with torch.no_grad():
                 val_logits = (val_logits_fn or logits_fn)(val.features).float()
@@ -262,7 +253,7 @@ def train_on_features(
             on_epoch(row)
         bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, keeper, key)
+            _save_checkpoint(checkpoint, module, optimizer, epoch + 1, history, keeper, key, generator)
     last = _module_state(module)
     selection, kept = keeper.choose(history, val.labels if val is not None else None, n_classes)
     if kept is not None:  # the rule's candidate, kept while training

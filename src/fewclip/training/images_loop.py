@@ -32,13 +32,16 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fewclip.backbones.device import autocast_for
 from fewclip.backbones.preprocess import Augmentation, ImageTransform
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.metrics import summarize
-from fewclip.heads.artifacts import DamagedArtifact, read_tensors, write_tensors
+from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import ImageSet, check_loss
+from fewclip.training.checkpoint import (best_metadata, best_tensors, optimizer_tensors, read_checkpoint,
+                                         restore_optimizer, restored_best)
 from fewclip.training.encoder_schedule import build_optimizer
 from fewclip.training.image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from fewclip.training.features_loop import batch_count
@@ -91,8 +94,6 @@ class EncoderTrainer:
             if (plan.batch_size // plan.accumulate) < ranks.world:
                 raise ValueError(f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
                                  f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate")
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
             self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
@@ -232,19 +233,13 @@ class EncoderTrainer:
     def save(self, path: Path, epoch: int, step: int, history: list[dict[str, float]], keeper: BestEpoch,
              run_key: str, partial: dict[str, Any] | None = None) -> None:
         """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
-        tensors = {f"model.{n}": v for n, v in self.state().items()}
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for name, value in state.items():
-                tensors[f"optim.{index}.{name}"] = value.detach().cpu().clone()
-        if keeper.state is not None:
-            tensors.update({f"best.{n}": v for n, v in keeper.state.items()})
+        tensors = {f"model.{n}": v for n, v in self.state().items()} | optimizer_tensors(self.optimizer)
+        tensors.update(best_tensors(keeper))
         for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
             tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
-        meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key,
-                "best_epoch": keeper.epoch, "best_score": list(keeper.score) if keeper.score else None,
+        meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key, **best_metadata(keeper),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "param_groups": optim["param_groups"], "partial": partial}
+                "param_groups": self.optimizer.state_dict()["param_groups"], "partial": partial}
         if self.ranks.is_main:
             write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
         self.ranks.barrier()  # no rank runs ahead of a checkpoint it could be killed without
@@ -252,26 +247,12 @@ class EncoderTrainer:
     def resume(self, path: Path,
                run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
         """Restore everything from a checkpoint of this very run; None (train from the start) otherwise."""
-        if not path.is_file():
+        saved = read_checkpoint(path, run_key, delete_damaged=self.ranks.is_main)
+        if saved is None:
             return None
-        try:
-            tensors, metadata = read_tensors(path, what="checkpoint")
-            meta: Any = json.loads(metadata.get("fewclip", "{}"))
-        except (DamagedArtifact, ValueError) as err:
-            log.warning("discarding checkpoint %s (%s); training this unit starts over", path, err)
-            if self.ranks.is_main:
-                path.unlink(missing_ok=True)
-            return None
-        if not isinstance(meta, dict) or meta.get("run_key") != run_key:
-            log.info("ignoring checkpoint %s: it belongs to another run (settings, data or initialisation changed)", path)
-            return None
+        tensors, meta = saved
         self.load({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            if name.startswith("optim."):
-                _, index, field = name.split(".", 2)
-                state.setdefault(int(index), {})[field] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        restore_optimizer(self.optimizer, tensors, meta["param_groups"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.scaler.load_state_dict(meta["scaler"])
         rank = self.ranks.rank
@@ -280,8 +261,5 @@ class EncoderTrainer:
             torch.set_rng_state(rng)
         else:  # resumed with more ranks than it was saved by: this rank's dropout starts a fresh stream
             torch.manual_seed(self.seed + rank * 1_000_003 + meta["step"])
-        keeper = BestEpoch(self.plan.select)
-        if meta["best_epoch"] is not None:
-            keeper = BestEpoch(self.plan.select, meta["best_epoch"], tuple(meta["best_score"]),
-                               {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        keeper = restored_best(self.plan.select, meta, tensors)
         return meta["epoch"], meta["step"], meta["history"], keeper, meta.get("partial")

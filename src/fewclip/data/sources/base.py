@@ -45,7 +45,7 @@ class SourceConfig(ConfigBlock):
     label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
                               "summary.csv's split column (default: its CoOp name, else its folder or id's last part). "
                               "Letters, digits, '_', '-' and '.'; not test, base, new or hm.")
-    # A list of dataset blocks (sources' config classes, resolved in fewclip.data.sources once they exist).
+    # A list of dataset blocks: the registered sources' config classes (``registry.rebuild_source_configs``).
     eval_on: list["DatasetConfig"] = Field(  # type: ignore[name-defined]  # noqa: F821
         default_factory=list,
         description="Target datasets the trained heads are also evaluated on (test images only): domain "
@@ -58,6 +58,11 @@ class SourceConfig(ConfigBlock):
         """This block's dotted place in the run config (``dataset``, ``dataset.eval_on[0]``), for messages."""
         return self._key
 
+    def default_label(self) -> str:
+        """This dataset's name in tables when ``label`` is not set: the source's name, unless a source says better
+        (a CoOp dataset's name, a folder's, a hub id's last part)."""
+        return str(self.source)  # type: ignore[attr-defined]  # each source's block declares its `source` key
+
     @field_validator("label")
     @classmethod
     def _label_names_a_split(cls, label: str | None) -> str | None:
@@ -68,8 +73,6 @@ class SourceConfig(ConfigBlock):
     @field_validator("eval_on")
     @classmethod
     def _flat_distinct_targets(cls, targets: list[Any]) -> list[Any]:
-        from fewclip.data.sources import dataset_label
-
         for index, target in enumerate(targets):
             if target.eval_on:
                 raise ValueError(f"eval_on[{index}] ({dataset_label(target)}) has an eval_on of its own; targets are "
@@ -81,6 +84,11 @@ class SourceConfig(ConfigBlock):
         if repeated:
             raise ValueError(f"targets named {repeated} more than once; give each a distinct `label:`")
         return targets
+
+
+def dataset_label(config: SourceConfig) -> str:
+    """The dataset's name in tables: its ``label``, else its source's default (``SourceConfig.default_label``)."""
+    return config.label or config.default_label()
 
 
 RESERVED_SPLITS = ("test", "base", "new", "hm")  # the splits summary.csv already uses

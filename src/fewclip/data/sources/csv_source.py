@@ -11,6 +11,7 @@ from pydantic import Field
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
 from fewclip.data.sources.folder import in_test_share
+from fewclip.data.sources.registry import register_source
 
 
 class CsvSourceConfig(SourceConfig):
@@ -23,6 +24,9 @@ class CsvSourceConfig(SourceConfig):
     label_column: str = Field("label", description="The column holding each image's class name.")
     test_fraction: float = Field(0.2, gt=0, le=1, description="Share held out for test without a test CSV (1: every "
                                  "row is a test image, a test-only set for shot-free methods such as zero_shot).")
+
+    def default_label(self) -> str:
+        return Path(self.train).stem
 
 
 def read_csv_text(file: Path) -> str:
@@ -37,7 +41,10 @@ def read_csv_text(file: Path) -> str:
                          "(Excel: 'CSV UTF-8'), then run prepare again") from None
 
 
+@register_source
 class CsvSource:
+    Config = CsvSourceConfig
+
     def __init__(self, config: CsvSourceConfig) -> None:
         self.config = config
         self.rows = {"train": self._read("train"), "test": self._read("test") if config.test else None}

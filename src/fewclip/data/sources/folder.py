@@ -10,6 +10,7 @@ from typing import ClassVar, Iterator, Literal
 from pydantic import Field
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.registry import register_source
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class FolderSourceConfig(SourceConfig):
         0.2, gt=0, le=1, description="Share of each class held out for test when there are no split subfolders "
         "(1: every image is a test image, a test-only set for shot-free methods such as zero_shot)."
     )
+
+    def default_label(self) -> str:
+        return Path(self.path).expanduser().name or "folder"
 
 
 def _is_image(path: Path) -> bool:
@@ -100,7 +104,10 @@ def test_only_dir(root: Path, train_dir: str, test_dir: str, key: str = "dataset
     return None, present[0]
 
 
+@register_source
 class FolderSource:
+    Config = FolderSourceConfig
+
     def __init__(self, config: FolderSourceConfig) -> None:
         self.config = config
         self.root = Path(config.path).expanduser()

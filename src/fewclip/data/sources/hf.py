@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterator, Literal
 from pydantic import Field
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.registry import register_source
 
 
 class HFSourceConfig(SourceConfig):
@@ -22,10 +23,16 @@ class HFSourceConfig(SourceConfig):
                                     "zero_shot evaluate the whole test split).")
     test_split: str = Field("test", description="The split evaluated as the test set.")
 
+    def default_label(self) -> str:
+        return self.id.rstrip("/").split("/")[-1] + (f"-{self.name}" if self.name else "")
 
+
+@register_source
 class HFSource:
+    Config = HFSourceConfig
+
     def __init__(self, config: HFSourceConfig) -> None:
-        import datasets
+        import datasets  # Hugging Face datasets: imported when a hub dataset is read (about 2 s, pyarrow and pandas)
 
         self.config = config
         self._splits: dict[str, Any] = {}

@@ -10,6 +10,8 @@ from typing import Iterator, Literal
 from pydantic import Field, field_validator
 
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split
+from fewclip.data.sources.registry import register_source
+from fewclip.world.render import CLASSES, image_rng, render
 
 
 class WorldSourceConfig(SourceConfig):
@@ -26,8 +28,6 @@ class WorldSourceConfig(SourceConfig):
     @field_validator("classes")
     @classmethod
     def _world_classes(cls, classes: list[str] | None) -> list[str] | None:
-        from fewclip.world.render import CLASSES
-
         for name in classes or []:
             if name not in CLASSES:
                 raise ValueError(f"unknown world class {name!r}; valid: {', '.join(CLASSES)}")
@@ -35,21 +35,20 @@ class WorldSourceConfig(SourceConfig):
 
 
 def render_png(class_name: str, seed: int, domain: str, split: str, index: int, size: int) -> bytes:
-    from fewclip.world.render import image_rng, render
-
     image, _ = render(class_name, image_rng(seed, domain, split, class_name, index), size, domain)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
+@register_source
 class WorldSource:
+    Config = WorldSourceConfig
+
     def __init__(self, config: WorldSourceConfig) -> None:
         self.config = config
 
     def class_names(self, split: Split = "train") -> list[str]:
-        from fewclip.world.render import CLASSES
-
         return list(CLASSES)
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:

@@ -45,12 +45,14 @@ import torch
 from torch import nn
 from pydantic import Field
 
-from fewclip.backbones.hf_clip import vision_saliency_pass
+from fewclip.backbones.capabilities import require
+from fewclip.backbones.protocol import Backbone, TunableTowers
 from fewclip.heads.base import HeadBase, ImageSet, Task, normalize
 from fewclip.heads.encoders.config import EncoderTrainingConfig
 from fewclip.training.images_loop import EncoderTrainer, TrainPlan
 from fewclip.heads.artifacts import StaleArtifact
-from fewclip.heads.encoders.lora_layers import adapter_state, class_text_features, image_features, is_lora, load_adapter, lora_clip, lora_scaling
+from fewclip.heads.encoders.lora_layers import (adapter_state, class_text_features, image_features, is_lora, load_adapter,
+                                                lora_scaling, lora_towers)
 from fewclip.heads.prompts.lengths import check_template_task
 from fewclip.heads.registry import register_head
 
@@ -63,7 +65,7 @@ class ClipLoraConfig(EncoderTrainingConfig):
                          "CLIP-LoRA's loralib scales it).")
     dropout: float = Field(0.25, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
     targets: list[str] = Field(["q_proj", "k_proj", "v_proj"], description="Attention projections that get LoRA, "
-                               "in every layer of both towers.")
+                               "in every layer of both towers (q_proj, k_proj, v_proj, out_proj).")
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine to min_lr over all iterations).")
     min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
@@ -99,16 +101,24 @@ class ClipLoraHead(HeadBase):
     checks_task = True
     selects_epoch = True
     tunes_encoders = True
+    needs = frozenset({"lora_targets"})
 
     def __init__(self, config: ClipLoraConfig | None = None) -> None:
         self.config = config or ClipLoraConfig()
 
     def check(self, task: Task) -> None:
+        if task.backbone is not None:
+            require(self.name, self.needs, task.backbone)
         check_template_task(Task(task.class_names, task.templates[:1], task.backbone), self.name)
 
-    def _build(self, backbone: Any, seed: int) -> None:
+    @property
+    def model_(self) -> nn.Module:
+        """The tuned copy of the backbone's model (the library's own module, carrying the adapters)."""
+        return self.towers_.module
+
+    def _build(self, backbone: Backbone, seed: int) -> None:
         cfg = self.config
-        self.model_ = lora_clip(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed)
+        self.towers_: TunableTowers = lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed)
         self.backbone_, self.device_ = backbone, backbone.device
 
     def fit(self, task: Task, train: ImageSet | None = None, val: ImageSet | None = None) -> "ClipLoraHead":
@@ -127,31 +137,31 @@ class ClipLoraHead(HeadBase):
                          precision=cfg.precision, select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale,
                          flip=cfg.flip, checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last)
         if cfg.gradient_checkpointing:
-            self.model_.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            self.towers_.checkpoint_activations()
         trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,
                                  len(task.class_names), self.device_, task.ranks)
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
             torch.manual_seed(task.seed + task.ranks.rank * 1_000_003)  # each rank its own dropout stream
-            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
-                                                         task.on_epoch)
-        self.best_epoch_ = self.selection_.epoch
+            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint,
+                                                         self._checkpoint_key(task, task.backbone), task.on_epoch)
+        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self.model_.eval()
         return self
 
-    def _checkpoint_key(self, task: Task) -> str:
+    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
         import json
 
         return json.dumps({"classes": task.class_names, "template": task.templates[0],
                            "config": self.config.model_dump(mode="json"),
-                           "backbone": task.backbone.fingerprint()}, sort_keys=True, default=str)
+                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
 
     def train_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) with autograd through both tuned towers (text re-encoded each step, as the
         reference does)."""
-        text = class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_, self.device_)
-        return self.logit_scale_.to(self.device_) * image_features(self.model_, pixels, self.device_) @ text.T
+        text = class_text_features(self.towers_, self.prompts_)
+        return self.logit_scale_.to(self.device_) * image_features(self.towers_, pixels) @ text.T
 
-    def _tune(self, backbone: Any) -> None:
+    def _tune(self, backbone: Backbone) -> None:
         """The tuned model on ``backbone``: rebuilt from the adapter weights once (after ``load_head``), kept
         while the backbone stays the same one."""
         if vars(self).get("backbone_") is backbone:
@@ -161,12 +171,12 @@ class ClipLoraHead(HeadBase):
         load_adapter(self.model_, adapter)
         self.model_.eval()
 
-    def attach(self, backbone: Any, class_names: list[str]) -> None:
+    def attach(self, backbone: Backbone, class_names: list[str]) -> None:
         """Score ``class_names`` with the tuned model on ``backbone`` (after ``load_head``)."""
         self._tune(backbone)
         self.prompts_ = [self.template_.format(name) for name in class_names]
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "ClipLoraHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "ClipLoraHead":
         """The head for other class names (base-to-new): the same tuned towers -- one model, shared with this
         head, not copied -- with the tuned text tower encoding the new names in the head's template."""
         self._tune(backbone)
@@ -179,7 +189,7 @@ class ClipLoraHead(HeadBase):
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the tuned towers, on the CPU."""
         self.model_.eval()
-        logits = self.logit_scale_.to(self.device_) * image_features(self.model_, pixels, self.device_) @ self.scoring_text().T
+        logits = self.logit_scale_.to(self.device_) * image_features(self.towers_, pixels) @ self.scoring_text().T
         return logits.float().cpu()
 
     @torch.no_grad()
@@ -192,8 +202,7 @@ class ClipLoraHead(HeadBase):
         cached = vars(self).get("text_cache_")
         if cached is None or cached[0] != key:
             self.model_.eval()
-            self.text_cache_ = (key, class_text_features(self.model_, self.backbone_.tokenizer, self.prompts_,
-                                                         self.device_))
+            self.text_cache_ = (key, class_text_features(self.towers_, self.prompts_))
         return self.text_cache_[1]
 
     def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +210,7 @@ class ClipLoraHead(HeadBase):
         (n, g, g, width), on one graph: what ``fewclip.saliency`` backpropagates through (the backbone's
         ``saliency_pass`` for the frozen towers). The class texts are constants here: the map is the image's."""
         self.model_.eval()
-        features, activations = vision_saliency_pass(self.model_, pixels, self.device_)
+        features, activations = self.towers_.saliency_pass(pixels)
         text = self.scoring_text()
         return self.logit_scale_.to(self.device_) * normalize(features) @ text.T, activations
 
@@ -230,5 +239,5 @@ class ClipLoraHead(HeadBase):
         self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:
-        return sum(int(v.numel()) for v in self.adapter_.values()) if ("model_" in vars(self) or
+        return sum(int(v.numel()) for v in self.adapter_.values()) if ("towers_" in vars(self) or
                                                                        "saved_adapter_" in vars(self)) else 0

@@ -1,4 +1,4 @@
-"""A copy of the backbone's HF ``CLIPModel`` with LoRA (``peft``) in its attention projections.
+"""The backbone's towers, copied (``Backbone.tunable_towers``), with LoRA (``peft``) in their attention projections.
 
 The backbone's own model is never modified: the copy carries the adapters, so other heads of the same
 run keep scoring with the frozen towers. Only parameters whose name contains ``lora_`` train.
@@ -6,13 +6,13 @@ run keep scoring with the frozen towers. Only parameters whose name contains ``l
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from fewclip.backbones.protocol import Backbone, TunableTowers
 from fewclip.heads.base import normalize
 
 
@@ -26,24 +26,31 @@ def is_lora(name: str) -> bool:
     return "lora_" in name
 
 
-def lora_clip(backbone: Any, rank: int, alpha: float, dropout: float, targets: Sequence[str], seed: int) -> nn.Module:
-    """The backbone's CLIPModel, copied, with LoRA on ``targets`` of every layer of both towers.
+def lora_towers(backbone: Backbone, rank: int, alpha: float, dropout: float, targets: Sequence[str],
+                seed: int) -> TunableTowers:
+    """The backbone's towers, copied, with LoRA on ``targets`` of every layer of both towers.
 
     LoRA A is drawn (peft's Kaiming init) from a torch generator seeded by ``seed``; B starts at zero, so the
     tuned model starts as the frozen one. A layer adds ``(B A) * alpha / sqrt(rank)`` times its (dropped-out,
     while training) input, as CLIP-LoRA's ``loralib/layers.py`` ``LinearLoRA`` does."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model  # on use: importing peft takes seconds
 
-    tuned = copy.deepcopy(backbone.model)
+    towers = backbone.tunable_towers()
+    unknown = [name for name in targets if name not in towers.lora_targets]
+    if unknown:
+        raise ValueError(f"clip_lora.targets: {unknown} are not attention projections of this {backbone.config.library} "
+                         f"backbone; choose among {list(towers.lora_targets)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                            use_rslora=True)
-        tuned = inject_adapter_in_model(config, tuned)
-    for name, param in tuned.named_parameters():
+        # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank);
+        # peft annotates lora_alpha as int but scales by it as a number, and CLIP-LoRA's alpha may be fractional
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                            target_modules=list(targets), use_rslora=True)
+        towers.module = inject_adapter_in_model(config, towers.module)
+    for name, param in towers.module.named_parameters():
         param.requires_grad_(is_lora(name))
-    return tuned.to(backbone.device)
+    towers.module.to(backbone.device)
+    return towers
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -52,7 +59,7 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Put saved LoRA weights into a model built by ``lora_clip`` with the same settings."""
+    """Put saved LoRA weights into the module of towers built by ``lora_towers`` with the same settings."""
     expected = set(adapter_state(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
@@ -64,12 +71,11 @@ def load_adapter(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 param.copy_(state[name].to(param.device, param.dtype))
 
 
-def class_text_features(model: nn.Module, tokenizer: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
-    """(C, d) normalised text features of the class prompts through ``model``'s (tuned) text tower."""
-    tokens = tokenizer(list(prompts), padding=True, return_tensors="pt").to(device)
-    return normalize(model.get_text_features(**tokens).pooler_output.float())
+def class_text_features(towers: TunableTowers, prompts: Sequence[str]) -> torch.Tensor:
+    """(C, d) normalised text features of the class prompts through the (tuned) text tower."""
+    return normalize(towers.text_features(prompts))
 
 
-def image_features(model: nn.Module, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(n, d) normalised image features of preprocessed pixels through ``model``'s (tuned) vision tower."""
-    return normalize(model.get_image_features(pixel_values=pixels.to(device)).pooler_output.float())
+def image_features(towers: TunableTowers, pixels: torch.Tensor) -> torch.Tensor:
+    """(n, d) normalised image features of preprocessed pixels through the (tuned) vision tower."""
+    return normalize(towers.image_features(pixels))

@@ -1,11 +1,11 @@
 """MaPLe (Khattak et al., CVPR 2023, "MaPLe: Multi-modal Prompt Learning"): learned prompts in the first
 ``depth`` layers of both towers, the vision prompts projected from the text prompts (the coupling), trained end
-to end on augmented images with CLIP frozen. How the prompts enter the towers: ``maple_towers``.
-
-Only Hugging Face CLIPs (``model.library: hf``): the prompts are spliced between the layers of transformers'
-``CLIPModel``. The saved head holds only the learned tensors (+ the logit scale); ``attach`` rebuilds the
-prompted towers on the run's backbone, and ``transfer`` scores other class names with the same prompts
-(base-to-new).
+to end on augmented images with CLIP frozen. The learned tensors: ``maple_prompts``; how they enter the towers
+is the backbone's (``Backbone.deep_prompt_towers``, the ``deep_prompts`` capability: ``backbones.hf_deep_prompts``
+for a Hugging Face CLIP, ``backbones.open_clip_towers`` for OpenCLIP, whose vision prompts need a ViT; a library
+without it is refused when the config is loaded). The saved head holds only the learned tensors (+ the logit
+scale); ``attach`` rebuilds the prompted towers on the run's backbone, and ``transfer`` scores other class names
+with the same prompts (base-to-new).
 
 What follows the reference code (github.com/muzairkhattak/multimodal-prompt-learning, trained through
 Dassl.pytorch; checked step by step against an independent re-implementation in
@@ -54,11 +54,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fewclip.backbones.hf_clip import last_layer_patches
+from fewclip.backbones.capabilities import require
+from fewclip.backbones.protocol import Backbone, DeepPromptTowers, TextTokens
 from fewclip.heads.base import HeadBase, ImageSet, Task, normalize
 from fewclip.heads.encoders.config import EncoderTrainingConfig
 from fewclip.training.images_loop import EncoderTrainer, TrainPlan
-from fewclip.heads.encoders.maple_towers import MaplePrompts, image_features, text_features, tower_layers
+from fewclip.heads.encoders.maple_prompts import MaplePrompts
 from fewclip.heads.prompts.learning import context_init_ids, name_and_period_ids
 from fewclip.training.features_loop import DROP_LAST_HELP, batch_count
 from fewclip.heads.registry import register_head
@@ -86,7 +87,7 @@ class MapleConfig(EncoderTrainingConfig):
     warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
 
 
-def prompt_token_ids(tokens: Any, class_names: list[str], n_ctx: int, ctx_init: str | None,
+def prompt_token_ids(tokens: TextTokens, class_names: list[str], n_ctx: int, ctx_init: str | None,
                      max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, L) token ids of ``[SOS] ctx_init-tokens name. [EOT]`` (``ctx_init`` null: n_ctx SOS placeholders),
     padded with EOT to the longest, and the (C,) EOT positions. The name and its period are tokenised together
@@ -113,28 +114,25 @@ def prompt_token_ids(tokens: Any, class_names: list[str], n_ctx: int, ctx_init: 
 
 class MapleNet(nn.Module):
     """Frozen CLIP + MaPLe prompts as a module (pixels -> logits): what the trainer (and DDP) wraps. Only the
-    prompts are registered; the frozen CLIP is held outside the module tree (DDP need not broadcast it)."""
+    prompts are registered; the frozen towers are held outside the module tree (DDP need not broadcast them)."""
 
-    def __init__(self, backbone: Any, class_names: list[str], config: MapleConfig, seed: int) -> None:
+    def __init__(self, backbone: Backbone, class_names: list[str], config: MapleConfig, seed: int) -> None:
         super().__init__()
-        model = backbone.model
-        self.frozen = [model]  # a list: not registered as a submodule
+        self.towers: DeepPromptTowers = backbone.deep_prompt_towers()  # not an nn.Module: not registered
         self.recompute = config.gradient_checkpointing
         self.logit_scale = float(backbone.logit_scale)
         self.n_ctx = config.n_ctx
         token_ids, self.eot_positions = prompt_token_ids(backbone.tokens, class_names, config.n_ctx, config.ctx_init,
                                                          backbone.max_text_positions)
-        embedding = model.text_model.embeddings.token_embedding
         with torch.no_grad():
-            self.base_embeds = embedding(token_ids.to(backbone.device)).detach()  # (C, L, w)
+            self.base_embeds = backbone.prompt_tower().embed_tokens(token_ids.to(backbone.device)).detach()  # (C, L, w)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if config.ctx_init:  # the init words' own embeddings, as the reference
                 ctx = self.base_embeds[0, 1 : 1 + config.n_ctx].float().cpu()
             else:
-                ctx = torch.randn(config.n_ctx, embedding.embedding_dim) * 0.02
-            vision_width = int(model.vision_model.config.hidden_size)
-            self.prompts = MaplePrompts(ctx, config.depth, config.coupling, vision_width)
+                ctx = torch.randn(config.n_ctx, self.towers.text_width) * 0.02
+            self.prompts = MaplePrompts(ctx, config.depth, config.coupling, self.towers.vision_width)
         self.prompts.to(backbone.device)
 
     def class_text_features(self) -> torch.Tensor:
@@ -143,22 +141,21 @@ class MapleNet(nn.Module):
         embeds = self.base_embeds
         ctx = prompts.ctx.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
         embeds = torch.cat([embeds[:, :1], ctx, embeds[:, 1 + self.n_ctx :]], dim=1)
-        out = text_features(self.frozen[0], embeds, self.eot_positions, list(prompts.deep_text), self.recompute)
+        out = self.towers.text_features(embeds, self.eot_positions, list(prompts.deep_text), self.recompute)
         return normalize(out.float())
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, dim) normalised image features through the prompted vision tower."""
         shallow, deep = self.prompts.vision()
-        return normalize(image_features(self.frozen[0], pixels, shallow, deep, self.recompute).float())
+        return normalize(self.towers.image_features(pixels, shallow, deep, self.recompute).float())
 
     def saliency_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, dim) normalised image features and the normalised patch tokens the last vision layer attends
-        over, (n, g, g, w), on one autograd graph (``hf_clip.last_layer_patches``; the CLS token and the
+        over, (n, g, g, w), on one autograd graph (``DeepPromptTowers.saliency_pass``: the CLS token and the
         appended vision prompts are left out of the grid)."""
         shallow, deep = self.prompts.vision()
-        with last_layer_patches(self.frozen[0], trailing=0 if shallow is None else shallow.shape[0]) as captured:
-            features = image_features(self.frozen[0], pixels, shallow, deep, False)
-        return normalize(features.float()), captured["patches"]
+        features, patches = self.towers.saliency_pass(pixels, shallow, deep)
+        return normalize(features.float()), patches
 
     def forward(self, pixels: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) logits; the text is re-encoded (each step, as the reference) unless given."""
@@ -181,29 +178,32 @@ class MapleHead(HeadBase):
     checks_task = True
     selects_epoch = True
     tunes_encoders = True  # its image tower runs with prompts: cached features cannot be used
+    needs = frozenset({"deep_prompts"})
 
     def __init__(self, config: MapleConfig | None = None) -> None:
         self.config = config or MapleConfig()
 
     def check(self, task: Task) -> None:
-        """Fail before any training: not a Hugging Face CLIP, a depth beyond the towers, prompts that do not fit."""
+        """Fail before any training: a backbone without deep prompts, a depth beyond the towers, prompts that do
+        not fit."""
         backbone = task.backbone
         if backbone is None:
             raise ValueError("maple needs the backbone (Task.backbone is None)")
-        library = getattr(getattr(backbone, "config", None), "library", "hf")
-        if library != "hf":
-            raise ValueError(f"maple splices its prompts between the layers of a Hugging Face CLIP; this run's "
-                             f"model.library is {library!r}: use model.library: hf (a transformers CLIPModel) "
-                             "for maple, or drop maple from methods")
+        require(self.name, self.needs, backbone)
         cfg = self.config
-        text_layers, vision_layers = tower_layers(backbone.model)
+        towers = backbone.deep_prompt_towers()
+        text_layers, vision_layers = towers.text_layers, towers.vision_layers
+        if cfg.coupling and not vision_layers:
+            raise ValueError(f"maple.coupling: vision prompts need a ViT image tower read at its class token; this "
+                             f"{backbone.config.library} model's image tower takes none: set maple.coupling: false "
+                             "(deep text prompts only) or choose a ViT model")
         layers = min(text_layers, vision_layers) if cfg.coupling else text_layers
         if cfg.depth > layers:
             raise ValueError(f"maple.depth {cfg.depth} exceeds the model's {layers} layers "
                              f"(text {text_layers}, vision {vision_layers}); set maple.depth to at most {layers}")
         prompt_token_ids(backbone.tokens, task.class_names, cfg.n_ctx, cfg.ctx_init, backbone.max_text_positions)
 
-    def _build(self, backbone: Any, class_names: list[str], seed: int) -> None:
+    def _build(self, backbone: Backbone, class_names: list[str], seed: int) -> None:
         self.net_ = MapleNet(backbone, class_names, self.config, seed)
         self.device_ = backbone.device
 
@@ -211,8 +211,10 @@ class MapleHead(HeadBase):
         if not isinstance(train, ImageSet) or len(train) == 0:
             raise ValueError("maple trains on images: fit needs an ImageSet of training images")
         self.check(task)
+        backbone = task.backbone
+        assert backbone is not None  # check() refuses a task without one
         cfg = self.config
-        self._build(task.backbone, task.class_names, task.seed)
+        self._build(backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
         steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
         plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
@@ -221,17 +223,17 @@ class MapleHead(HeadBase):
                          checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last,
                          optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
-        trainer = EncoderTrainer(self.net_, task.backbone.transform, plan, task.seed, task.workers,
+        trainer = EncoderTrainer(self.net_, backbone.transform, plan, task.seed, task.workers,
                                  len(task.class_names), self.device_, task.ranks)
-        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task),
+        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task, backbone),
                                                      task.on_epoch)
-        self.best_epoch_ = self.selection_.epoch
+        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self._finish()
         return self
 
-    def _checkpoint_key(self, task: Task) -> str:
+    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
         return json.dumps({"classes": task.class_names, "config": self.config.model_dump(mode="json"),
-                           "backbone": task.backbone.fingerprint()}, sort_keys=True, default=str)
+                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
 
     def _finish(self) -> None:
         """Eval mode, and the class text features computed once for scoring."""
@@ -239,7 +241,7 @@ class MapleHead(HeadBase):
         with torch.no_grad():
             self.class_text_features_ = self.net_.class_text_features()
 
-    def attach(self, backbone: Any, class_names: list[str]) -> None:
+    def attach(self, backbone: Backbone, class_names: list[str]) -> None:
         """Rebuild the prompted towers on ``backbone`` for ``class_names`` from the learned tensors."""
         state = self.prompts_state_
         self._build(backbone, class_names, 0)
@@ -252,7 +254,7 @@ class MapleHead(HeadBase):
         self.net_.logit_scale = float(self.logit_scale_)
         self._finish()
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "MapleHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "MapleHead":
         """The same learned prompts on other class names (base-to-new: the new classes' prompts carry the same
         context, deep prompts and vision prompts)."""
         head = type(self)(self.config)
@@ -266,7 +268,8 @@ class MapleHead(HeadBase):
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) preprocessed images -> (n, C) logits through the prompted towers, on the CPU."""
         self.net_.eval()
-        return self.net_(pixels.to(self.device_), self.class_text_features_).float().cpu()
+        logits: torch.Tensor = self.net_(pixels.to(self.device_), self.class_text_features_)
+        return logits.float().cpu()
 
     def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, C) logits with autograd and the patch tokens entering the prompted vision tower's last layer,
@@ -285,7 +288,7 @@ class MapleHead(HeadBase):
     @property
     def prompts_state_(self) -> dict[str, torch.Tensor]:
         """The learned tensors (ctx, deep text prompts, projections), on the CPU."""
-        saved = self.__dict__.get("saved_prompts_")
+        saved: dict[str, torch.Tensor] | None = self.__dict__.get("saved_prompts_")
         if saved is not None:
             return saved
         return {k: v.detach().cpu().clone() for k, v in self.net_.prompts.state_dict().items()}

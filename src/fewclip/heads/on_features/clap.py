@@ -42,9 +42,6 @@ class ClapHead(ZsLpHead):
     config_key = "clap"
     Config = ClapConfig
 
-    def __init__(self, config: ClapConfig | None = None) -> None:
-        self.config = config or ClapConfig()
-
     def train_step(self, model: PrototypeModel, train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float]:
         features, labels = train.features, train.labels
         if train.views is not None:  # the reference sets them on its augmented support features

@@ -31,15 +31,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.batch_invariant import row_dot
-from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.heads.prompts.lengths import check_template_task
-from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, head_checkpoint_key, train_on_features
+from fewclip.heads.prompts.lengths import ChecksTemplates, check_template_task
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling
 from fewclip.heads.registry import register_head
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
+from fewclip.heads.on_features.trained_module import ModuleScores, fit_module
 from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
 
 
@@ -89,7 +90,7 @@ class AdapterModel(nn.Module):
         return self.logit_scale * normalize(self.adapted(features)) @ self.prototypes.T
 
 
-def class_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+def class_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
                      kind: StartPrototypes) -> tuple[torch.Tensor, torch.Tensor]:
     """((C, d) normalised prototypes, by default of the mean raw template embeddings; CLIP's logit scale): the
     frozen classifier the adapter feeds."""
@@ -106,27 +107,18 @@ def init_adapter(dim: int, reduction: int, generator: torch.Generator) -> tuple[
 
 
 @register_head
-class ClipAdapterHead(HeadBase):
+class ClipAdapterHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "clip_adapter"
     paper = "Gao et al., IJCV 2023 (CLIP-Adapter)"
     official_code = "jusiro/CLAP"
     config_key = "clip_adapter"
     Config = ClipAdapterConfig
-    uses_text = True
     uses_shots = True
     transfers = True
-    checks_task = True
     has_differentiable_logits = True
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
-
-    def __init__(self, config: ClipAdapterConfig | None = None) -> None:
-        self.config = config or ClipAdapterConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ClipAdapterHead":
         if train is None or len(train) == 0:
@@ -135,19 +127,11 @@ class ClipAdapterHead(HeadBase):
         cfg = self.config
         down, up = init_adapter(train.features.shape[1], cfg.reduction, torch.Generator().manual_seed(task.seed))
         prototypes = class_prototypes(task.backbone, task.class_names, task.templates, cfg.prototypes)
-        model = AdapterModel(down, up, cfg.ratio, *prototypes)
-        history, selection, _ = train_on_features(
-            model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch)
-        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
-        self.model_ = model.requires_grad_(False)
+        fit_module(self, AdapterModel(down, up, cfg.ratio, *prototypes), task, train, val, cfg.settings())
         self.prompt_templates_ = list(task.templates)
-        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
-        self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "ClipAdapterHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "ClipAdapterHead":
         """The same visual adapter against other class names' prototypes (base-to-new)."""
         head = ClipAdapterHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
@@ -156,22 +140,6 @@ class ClipAdapterHead(HeadBase):
         head.model_ = AdapterModel(self.model_.down.detach(), self.model_.up.detach(), self.config.ratio,
                                    *prototypes).requires_grad_(False)
         return head
-
-    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) CLIP logits of the adapted features, before temperature scaling."""
-        with torch.no_grad():
-            return self.model_(features)
-
-    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``logits`` with autograd on, for saliency."""
-        return self.model_(features) / self.temperature_
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
-        return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"adapter.{k}": v.detach().reshape(v.shape or (1,)) for k, v in self.model_.state_dict().items()}

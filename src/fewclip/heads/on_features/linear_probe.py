@@ -1,22 +1,21 @@
-"""Linear probe: Linear(d -> C) on L2-normalised frozen image features, AdamW; epoch chosen by the shared
+"""Linear probe: Linear(d -> C) on L2-normalised frozen image features, AdamW at a constant rate, trained by the
+loop on cached features (``training.features_loop``: per-epoch checkpoint and resume); epoch chosen by the shared
 rule of ``selection``, logits temperature-scaled on val (``calibration``)."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from pydantic import Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from fewclip.configbase import ConfigBlock
-from fewclip.metrics import summarize
-from fewclip.heads.base import FeatureSet, HeadBase, Task, check_loss, normalize
-from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.registry import register_head
-from fewclip.training.selection import SELECT_HELP, BestEpoch, SelectRule
+from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.training.features_loop import FeatureTrainSettings, head_checkpoint_key, train_on_features
+from fewclip.training.selection import SELECT_HELP, SelectRule
 
 
 class LinearProbeConfig(ConfigBlock):
@@ -42,50 +41,25 @@ class LinearProbeHead(HeadBase):
     selects_epoch = True
     calibrates = True
 
-    def __init__(self, config: LinearProbeConfig | None = None) -> None:
-        self.config = config or LinearProbeConfig()
-
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LinearProbeHead":
         if train is None or len(train) == 0:
             raise ValueError("linear_probe needs training features")
         cfg, n_classes = self.config, len(task.class_names)
-        generator = torch.Generator().manual_seed(task.seed)
-        x, y = normalize(train.features), train.labels
-        layer = nn.Linear(x.shape[1], n_classes)
+        generator = torch.Generator().manual_seed(task.seed)  # draws the init, then every epoch's order
+        layer = nn.Linear(train.features.shape[1], n_classes)
         with torch.no_grad():  # seeded init, independent of global RNG state
-            bound = 1 / x.shape[1] ** 0.5
+            bound = 1 / train.features.shape[1] ** 0.5
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
-        optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        keeper = BestEpoch(cfg.select)
-        self.history_ = []
-        bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", leave=False, disable=not task.progress)
-        for epoch in bar:
-            order = torch.randperm(len(y), generator=generator)
-            total = 0.0
-            for start in range(0, len(y), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = nn.functional.cross_entropy(layer(x[idx]), y[idx])
-                check_loss(loss.item(), epoch, cfg.lr)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-            row = {"epoch": float(epoch), "train_loss": total / len(y)}
-            if val is not None and len(val):
-                with torch.no_grad():
-                    val_logits = layer(normalize(val.features))
-                scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
-                val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
-                row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
-            keeper.observe(epoch, row, lambda: copy.deepcopy(layer.state_dict()))
-            self.history_.append(row)
-            if task.on_epoch is not None:
-                task.on_epoch(row)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("train_loss", "val_macro_f1") if k in row}, refresh=False)
-        self.selection_, kept = keeper.choose(self.history_, val.labels if val is not None else None, n_classes)
-        if kept is not None:
-            layer.load_state_dict(kept)
+        settings = FeatureTrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.weight_decay, 0, cfg.lr,
+                                        constant_lr=True)
+        normalized = FeatureSet(normalize(train.features), train.labels)
+        normalized_val = FeatureSet(normalize(val.features), val.labels) if val is not None else None
+        self.history_, self.selection_, _ = train_on_features(
+            layer, layer, normalized, normalized_val, n_classes, settings, task.seed, task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
+            on_epoch=task.on_epoch, generator=generator,
+            make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
         self.best_epoch_ = self.selection_.epoch
         self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
@@ -99,9 +73,6 @@ class LinearProbeHead(HeadBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
         return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight_, "bias": self.bias_, "temperature": self.temperature_.reshape(1)}

@@ -37,7 +37,7 @@ from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.batch_invariant import row_dot
 from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 
@@ -113,27 +113,18 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
 
 
 @register_head
-class TipAdapterHead(HeadBase):
+class TipAdapterHead(ChecksTemplates, HeadBase):
     name = "tip_adapter"
     paper = "Zhang et al., ECCV 2022 (Tip-Adapter)"
     official_code = "gaopengcuhk/Tip-Adapter"
     config_key = "tip_adapter"
     Config = TipAdapterConfig
     validation_search = "Tip-Adapter's alpha and beta (grid search)"
-    uses_text = True
     uses_shots = True
     transfers = False  # the cache holds the training classes' labels
-    checks_task = True
     has_differentiable_logits = True
     uses_augmented_views = True
     calibrates = True
-
-    def __init__(self, config: TipAdapterConfig | None = None) -> None:
-        self.config = config or TipAdapterConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "TipAdapterHead":
         if train is None or len(train) == 0:
@@ -158,9 +149,6 @@ class TipAdapterHead(HeadBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
         return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"cache.{k}": v.detach().reshape(v.shape or (1,)) for k, v in self.model_.state_dict().items()}

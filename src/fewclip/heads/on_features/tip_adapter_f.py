@@ -65,9 +65,6 @@ class TipAdapterFHead(TipAdapterHead):
     Config = TipAdapterFConfig
     selects_epoch = True
 
-    def __init__(self, config: TipAdapterFConfig | None = None) -> None:
-        self.config = config or TipAdapterFConfig()
-
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "TipAdapterFHead":
         if train is None or len(train) == 0:
             raise ValueError(f"{self.name} needs training features (the cache is built from them)")

@@ -17,9 +17,10 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
-from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 
 
@@ -30,7 +31,7 @@ PROTOTYPES_HELP = ("The class prototypes the head starts from: 'template_mean', 
                    "there is one template.")
 
 
-def mean_template_features(backbone: Any, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def mean_template_features(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """(C, d) the mean over templates of each class's raw prompt embeddings, not normalised (jusiro/CLAP
     ``_get_base_text_features``' ``text_embeddings.mean(1)``). Its direction is the zero-shot prototype's
     when there is one template; with several, the longer embeddings weigh more."""
@@ -45,24 +46,15 @@ class ZeroShotConfig(ConfigBlock):
 
 
 @register_head
-class ZeroShotHead(HeadBase):
+class ZeroShotHead(ChecksTemplates, HeadBase):
     name = "zero_shot"
     paper = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
     official_code = "openai/CLIP"
     config_key = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
     published_as = "CLIP"
-    uses_text = True
     transfers = True
     per_template_scores = True
-    checks_task = True
-
-    def __init__(self, config: ZeroShotConfig | None = None) -> None:
-        self.config = config or ZeroShotConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, "zero_shot")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         self.check(task)
@@ -75,7 +67,7 @@ class ZeroShotHead(HeadBase):
         self.history_: list[dict[str, float]] = []  # nothing is trained, so no epochs to log
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "ZeroShotHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "ZeroShotHead":
         """The same templates on other class names (base-to-new evaluation)."""
         return ZeroShotHead(self.config).fit(Task(list(class_names), self.templates_, backbone))
 
@@ -86,9 +78,6 @@ class ZeroShotHead(HeadBase):
     def template_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(T, n, C): the logits each single template would give on its own."""
         return self.logit_scale_ * torch.einsum("nd,tcd->tnc", normalize(features), self.template_prototypes_)
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
@@ -107,7 +96,7 @@ class ZeroShotHead(HeadBase):
         return 0
 
 
-def start_prototypes(backbone: Any, class_names: Sequence[str], templates: Sequence[str],
+def start_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
                      kind: StartPrototypes) -> torch.Tensor:
     """(C, d) unnormalised class prototypes an adapter starts from (see ``PROTOTYPES_HELP``)."""
     raw_mean = mean_template_features(backbone, class_names, templates)

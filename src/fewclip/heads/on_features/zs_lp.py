@@ -34,12 +34,12 @@ from torch import nn
 
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
-from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.heads.prompts.lengths import check_template_task
-from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, head_checkpoint_key, train_on_features
+from fewclip.heads.prompts.lengths import ChecksTemplates
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling
 from fewclip.heads.registry import register_head
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
+from fewclip.heads.on_features.trained_module import ModuleScores, fit_module
 from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
 
 
@@ -88,27 +88,18 @@ def initial_model(task: Task, prototypes: StartPrototypes = "template_mean") -> 
 
 
 @register_head
-class ZsLpHead(HeadBase):
+class ZsLpHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "zs_lp"
     paper = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
     official_code = "jusiro/CLAP"
     config_key = "zs_lp"
     Config = ZsLpConfig
     validation_free = True  # Silva-Rodriguez et al., CVPR 2024 (CLAP inherits it)
-    uses_text = True
     uses_shots = True
-    checks_task = True
     has_differentiable_logits = True
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
-
-    def __init__(self, config: ZsLpConfig | None = None) -> None:
-        self.config = config or ZsLpConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, self.name)
 
     def train_step(self, model: PrototypeModel,
                    train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
@@ -122,31 +113,8 @@ class ZsLpHead(HeadBase):
         self.check(task)
         cfg = self.config
         model = initial_model(task, cfg.prototypes)
-        history, selection, _ = train_on_features(
-            model, model, train, val, len(task.class_names), cfg.settings(), task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch, train_step=self.train_step(model, train))
-        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
-        self.model_ = model.requires_grad_(False)
-        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
-        self.temperature_ = temperature_tensor(self.calibration_)
+        fit_module(self, model, task, train, val, cfg.settings(), self.train_step(model, train))
         return self
-
-    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) CLIP-scaled cosine logits against the learned prototypes."""
-        with torch.no_grad():
-            return self.model_(features)
-
-    def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``logits`` with autograd on, for saliency."""
-        return self.model_(features) / self.temperature_
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) logits (divided by the val temperature only when calibrate is on)."""
-        return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"prototypes": self.model_.prototypes.detach(), "logit_scale": self.model_.logit_scale.reshape(1),

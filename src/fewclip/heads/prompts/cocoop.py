@@ -36,11 +36,13 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from fewclip.backbones.protocol import Backbone
+from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import assemble, check_prompts_fit, init_context
+from fewclip.heads.prompts.learning import assemble, check_prompts_fit, starting_context
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 
@@ -81,9 +83,6 @@ class CoCoOpHead(HeadBase):
     selects_epoch = True
     calibrates = True
 
-    def __init__(self, config: CoCoOpConfig | None = None) -> None:
-        self.config = config or CoCoOpConfig()
-
     # -- the model -------------------------------------------------------------------------------
 
     def _conditional_logits(self, params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor,
@@ -113,8 +112,6 @@ class CoCoOpHead(HeadBase):
     @staticmethod
     def _tower_call(prompts: CoOpPrompts, shifted: torch.Tensor) -> torch.Tensor:
         """(g, n_ctx, w) per-image contexts -> (g, C, d) text features of every class prompt."""
-        from fewclip.heads.prompts.coop import autocast_for
-
         n_images, n_classes = shifted.shape[0], prompts.base.shape[0]
         shared = prompts.layout.shared_prefix
         eot = prompts.layout.eot_positions.to(prompts.device)
@@ -131,21 +128,14 @@ class CoCoOpHead(HeadBase):
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, "end", "cocoop")
+        check_prompts_fit(task, self.config, "end", "cocoop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
-        if task.backbone is None:
-            raise ValueError("cocoop needs the backbone's text tower (Task.backbone is None)")
-        if train is None or len(train) == 0:
-            raise ValueError("cocoop needs training features")
-        self.check(task)  # a prompt too long fails before any work
+        ctx = starting_context(self, task, train)
         cfg, n_classes = self.config, len(task.class_names)
-        generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
-                                  cfg.ctx_init, n_classes, False, generator)
         torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
         params = CoCoOpParams(ctx, train.features.shape[1])
-        self.attach(task.backbone, task.class_names, n_ctx)
+        self.attach(task.backbone, task.class_names, cfg.n_ctx)
         scale = task.backbone.logit_scale
 
         def logits_fn(features: torch.Tensor) -> torch.Tensor:
@@ -155,20 +145,20 @@ class CoCoOpHead(HeadBase):
             params, logits_fn, train, val, n_classes, cfg.settings(task.shots), task.seed, task.checkpoint,
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch)
-        self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, n_ctx
+        self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, cfg.n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def attach(self, backbone: Any, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
+    def attach(self, backbone: Backbone, class_names: list[str], n_ctx: int | None = None) -> "CoCoOpHead":
         """Bind the frozen text tower and class names (needed to predict: prompts depend on the image)."""
         n_ctx = n_ctx if n_ctx is not None else self.n_ctx_
         self.prompts_ = CoOpPrompts(backbone, list(class_names), n_ctx, "end", self.config.precision, "cocoop")
         return self
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "CoCoOpHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "CoCoOpHead":
         head = CoCoOpHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
         return head.attach(backbone, class_names)
@@ -189,9 +179,6 @@ class CoCoOpHead(HeadBase):
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits with autograd on (for saliency); ``logits`` runs without gradients."""
         return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_)) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}

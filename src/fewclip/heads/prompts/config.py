@@ -8,7 +8,8 @@ vector per word of it (as in the reference CoOp), so ``n_ctx`` becomes that word
 may instead ask for ``zeros_then_words``: ``n_ctx`` vectors, zeros and then the words, as ProGrad's
 reference builds its context; ``n_ctx`` then stays as given and must hold the words. A config thus always
 holds the context length that trains, and a unit's key (which hashes the block) changes only when that
-length does.
+length does; the heads take ``n_ctx`` from it and never count ctx_init's words again (``learning.check_prompts_fit``
+checks that the tokenizer keeps each word one token, ``learning.init_context`` fills ``n_ctx`` vectors).
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from typing import Any, ClassVar, Literal, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from fewclip.configbase import ConfigBlock
-from fewclip.heads.prompts.learning import CtxInitMode, ctx_init_words
 from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule, schedules_agree
 from fewclip.training.selection import SELECT_HELP, SelectRule
+
+
+CtxInitMode = Literal["words", "zeros_then_words"]  # how ctx_init fills the context (``learning.init_context``)
+
+
+def ctx_init_words(ctx_init: str) -> int:
+    """How many words ``ctx_init`` has ('_' separates words too): the reference CoOp and ProGrad count the
+    context's vectors from them (``len(ctx_init.split(" "))``)."""
+    return len(ctx_init.replace("_", " ").split())
 
 
 def ends_in_punctuation(name: str) -> bool:
@@ -108,6 +117,17 @@ class PromptLearningConfig(ConfigBlock):
         if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
             raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
         return epochs
+
+    @property
+    def init_mode(self) -> CtxInitMode:
+        """How ``ctx_init`` fills the context: one vector per word, unless the block offers ProGrad's
+        ``ctx_init_mode``."""
+        return getattr(self, "ctx_init_mode", "words")
+
+    @property
+    def context_words(self) -> int:
+        """``ctx_init``'s word count (0 without it): ``n_ctx`` in ``words`` mode, the filled last slots otherwise."""
+        return ctx_init_words(self.ctx_init) if self.ctx_init else 0
 
     def epochs_for(self, shots: int) -> int:
         """The epochs of a shot budget (an unlisted budget takes the largest listed one below it)."""

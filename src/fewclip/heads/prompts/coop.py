@@ -36,10 +36,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from fewclip.backbones.protocol import Backbone
+from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import CtxInitMode, assemble, build_layout, check_prompts_fit, init_context
+from fewclip.heads.prompts.learning import assemble, build_layout, check_prompts_fit, starting_context
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
@@ -67,14 +69,6 @@ class CoOpConfig(PromptLearningConfig):
         return self
 
 
-def autocast_for(precision: str, device: torch.device) -> Any:
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 class ContextParams(nn.Module):
     """The trainable part of CoOp: context vectors (n_ctx, w) or (C, n_ctx, w)."""
 
@@ -86,7 +80,7 @@ class ContextParams(nn.Module):
 class CoOpPrompts:
     """Class prompts with learned context -> class text features, on a frozen tower."""
 
-    def __init__(self, backbone: Any, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
+    def __init__(self, backbone: Backbone, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
         self.tower = backbone.prompt_tower()
         self.device = backbone.device
         self.layout = build_layout(backbone.tokens, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
@@ -127,29 +121,15 @@ class CoOpHead(HeadBase):
     selects_epoch = True
     calibrates = True
 
-    def __init__(self, config: CoOpConfig | None = None) -> None:
-        self.config = config or CoOpConfig()
-
-    def ctx_init_mode(self) -> CtxInitMode:
-        """How ``ctx_init`` fills the context: CoOp's one vector per word (ProGrad's block chooses)."""
-        return "words"
-
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
-        check_prompts_fit(task, self.config.n_ctx, self.config.ctx_init, self.config.class_token_position, self.name,
-                          self.ctx_init_mode())
+        check_prompts_fit(task, self.config, self.config.class_token_position, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
-        if task.backbone is None:
-            raise ValueError("coop needs the backbone's text tower (Task.backbone is None)")
-        if train is None or len(train) == 0:
-            raise ValueError("coop needs training features")
-        self.check(task)  # a prompt too long fails before any work
+        ctx = starting_context(self, task, train, self.config.class_specific_context)
         cfg, n_classes = self.config, len(task.class_names)
-        generator = torch.Generator().manual_seed(task.seed)
-        ctx, n_ctx = init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx,
-                                  cfg.ctx_init, n_classes, cfg.class_specific_context, generator, self.ctx_init_mode())
-        prompts = CoOpPrompts(task.backbone, task.class_names, n_ctx, cfg.class_token_position, cfg.precision, self.name)
+        prompts = CoOpPrompts(task.backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision,
+                              self.name)
         params = ContextParams(ctx)
         scale = task.backbone.logit_scale
 
@@ -162,7 +142,7 @@ class CoOpHead(HeadBase):
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch, train_step=self.train_step(task, prompts, params, scale))
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
-        self.n_ctx_ = n_ctx
+        self.n_ctx_ = cfg.n_ctx
         self.ctx_ = params.ctx.detach().clone()
         self.last_ctx_ = last["ctx"]
         self.logit_scale_ = torch.tensor(scale)
@@ -177,7 +157,7 @@ class CoOpHead(HeadBase):
         """One step's loss and gradient (None: plain cross-entropy); KgCoOp and ProGrad supply theirs."""
         return None
 
-    def transfer(self, backbone: Any, class_names: list[str]) -> "CoOpHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "CoOpHead":
         """The same learned context on other class names (base-to-new evaluation)."""
         head = type(self)(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
@@ -196,9 +176,6 @@ class CoOpHead(HeadBase):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
         return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"ctx": self.ctx_, "last_ctx": self.last_ctx_, "class_text_features": self.class_text_features_,

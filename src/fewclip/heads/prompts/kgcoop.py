@@ -88,9 +88,6 @@ class KgCoOpHead(CoOpHead):
     config_key = "kgcoop"
     Config = KgCoOpConfig
 
-    def __init__(self, config: KgCoOpConfig | None = None) -> None:
-        self.config = config or KgCoOpConfig()
-
     def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
                    scale: float) -> Callable[[torch.Tensor, torch.Tensor], float]:
         hand_crafted = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone)).prototypes_

@@ -18,9 +18,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from fewclip.backbones.protocol import PromptTower, TextTokens
+from fewclip.heads.base import FeatureSet, Task
+from fewclip.heads.prompts.config import CtxInitMode, PromptLearningConfig
+from fewclip.heads.prompts.lengths import text_positions
 
 Position = Literal["end", "middle", "front"]
-CtxInitMode = Literal["words", "zeros_then_words"]  # how ctx_init fills the context (``init_context``)
 
 
 @dataclass
@@ -55,13 +58,7 @@ class PromptLayout:
         return min(length, int(self.eot_positions.min()))
 
 
-def ctx_init_words(ctx_init: str) -> int:
-    """How many words ``ctx_init`` has ('_' separates words too): the reference CoOp and ProGrad count the
-    context's vectors from them (``len(ctx_init.split(" "))``)."""
-    return len(ctx_init.replace("_", " ").split())
-
-
-def context_init_ids(tokens: Any, words: str) -> list[int]:
+def context_init_ids(tokens: TextTokens, words: str) -> list[int]:
     """Token ids of ``ctx_init`` words ("a photo of a" -> 4 ids); their count becomes n_ctx."""
     ids = tokens.word_ids(words.replace("_", " ").strip())
     if not ids:
@@ -69,7 +66,7 @@ def context_init_ids(tokens: Any, words: str) -> list[int]:
     return ids
 
 
-def name_and_period_ids(tokens: Any, name: str) -> tuple[list[int], list[int]]:
+def name_and_period_ids(tokens: TextTokens, name: str) -> tuple[list[int], list[int]]:
     """Ids of ``name + "."`` tokenised together, split after the name's own token count (as the reference
     CoOp splits them for ``middle`` and ``front``): (the name's part, the period's part)."""
     ids = tokens.word_ids(name + ".")
@@ -77,7 +74,7 @@ def name_and_period_ids(tokens: Any, name: str) -> tuple[list[int], list[int]]:
     return ids[:count], ids[count:]
 
 
-def build_layout(tokens: Any, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
+def build_layout(tokens: TextTokens, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
                  key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
     """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
 
@@ -130,24 +127,36 @@ def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, wit
             f"{fix}, or shorten the class name (dataset.rename)")
 
 
-def check_prompts_fit(task: Any, n_ctx: int, ctx_init: str | None, position: Position, key: str,
-                      mode: CtxInitMode = "words") -> None:
-    """Fail before any training if a class prompt (context + name + SOS, '.', EOT) exceeds the positions."""
-    from fewclip.heads.prompts.lengths import text_positions
-
+def check_prompts_fit(task: Task, config: PromptLearningConfig, position: Position, key: str) -> None:
+    """Fail before any training if ctx_init's words are not one token each for this tokenizer, or a class prompt
+    (the config's ``n_ctx`` context + name + SOS, '.', EOT) exceeds the positions."""
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
-    tokens = task.backbone.tokens
+    tokens, ctx_init = task.backbone.tokens, config.ctx_init
     if ctx_init:  # the config counted ctx_init's words (n_ctx, or what n_ctx must hold): each must be one token
         ids = context_init_ids(tokens, ctx_init)
-        words = ctx_init_words(ctx_init)
+        words = config.context_words
         if len(ids) != words:
             raise ValueError(
                 f"{key}.ctx_init {ctx_init!r}: its {words} word(s) are {len(ids)} tokens for this model's tokenizer, "
                 f"and the context takes one vector per word; use words the tokenizer keeps whole, or set "
                 f"{key}.ctx_init: null and {key}.n_ctx to the context length")
-    n_ctx_key = f"{key}.ctx_init" if ctx_init and mode == "words" else f"{key}.n_ctx"  # the key that sets the length
-    build_layout(tokens, task.class_names, n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
+    n_ctx_key = f"{key}.ctx_init" if ctx_init and config.init_mode == "words" else f"{key}.n_ctx"  # sets the length
+    build_layout(tokens, task.class_names, config.n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
+
+
+def starting_context(head: Any, task: Task, train: FeatureSet | None, class_specific: bool = False) -> torch.Tensor:
+    """A prompt learner's context before training, once the checks that fail before any work have passed (the text
+    tower is there, there are training features, ``head.check``: every prompt fits): the config's ``n_ctx`` vectors
+    (``init_context``), random ones drawn from a generator seeded with the task's seed."""
+    if task.backbone is None:
+        raise ValueError(f"{head.name} needs the backbone's text tower (Task.backbone is None)")
+    if train is None or len(train) == 0:
+        raise ValueError(f"{head.name} needs training features")
+    head.check(task)
+    cfg = head.config
+    return init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init,
+                        len(task.class_names), class_specific, torch.Generator().manual_seed(task.seed), cfg.init_mode)
 
 
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:
@@ -162,26 +171,28 @@ def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.
     return base.scatter(-2, index, ctx.expand(*lead, *ctx.shape[-2:]).to(base.dtype))
 
 
-def init_context(tower: Any, tokens: Any, n_ctx: int, ctx_init: str | None, n_classes: int,
-                 class_specific: bool, generator: torch.Generator,
-                 mode: CtxInitMode = "words") -> tuple[torch.Tensor, int]:
-    """Context vectors (n_ctx, w) or (C, n_ctx, w) and their count.
+def init_context(tower: PromptTower, tokens: TextTokens, n_ctx: int, ctx_init: str | None, n_classes: int,
+                 class_specific: bool, generator: torch.Generator, mode: CtxInitMode = "words") -> torch.Tensor:
+    """Context vectors (n_ctx, w) or (C, n_ctx, w), ``n_ctx`` as the config resolved it (``PromptLearningConfig``:
+    with ctx_init in ``words`` mode, its word count, which ``check_prompts_fit`` has matched to its tokens).
 
-    With ``ctx_init``: ``words``, its token embeddings, one per token, whose count overrides ``n_ctx``
-    (the reference CoOp's CTX_INIT); ``zeros_then_words``, ``n_ctx`` vectors, zeros and then the token
-    embeddings in the last slots (BeierZhu/Prompt-align ``trainers/prograd.py`` ``PromptLearner.__init__``).
-    Without: N(0, 0.02).
+    With ``ctx_init``: ``words``, its token embeddings, one per token (the reference CoOp's CTX_INIT);
+    ``zeros_then_words``, ``n_ctx`` vectors, zeros and then the token embeddings in the last slots
+    (BeierZhu/Prompt-align ``trainers/prograd.py`` ``PromptLearner.__init__``). Without: N(0, 0.02).
     """
     if ctx_init:
         ids = torch.tensor(context_init_ids(tokens, ctx_init))
         with torch.no_grad():
             words = tower.embed_tokens(ids).detach().float().clone()  # (len(ids), w)
         if mode == "words":
-            return words, len(ids)
+            if len(ids) != n_ctx:
+                raise ValueError(f"ctx_init {ctx_init!r} has {len(ids)} tokens, not the {n_ctx} context vectors: with "
+                                 "ctx_init the context is its words (n_ctx as the config resolves it)")
+            return words
         if n_ctx < len(ids):
             raise ValueError(f"ctx_init {ctx_init!r} has {len(ids)} tokens, more than the {n_ctx} context vectors")
         ctx = torch.zeros(n_ctx, words.shape[1], dtype=words.dtype, device=words.device)
         ctx[n_ctx - len(ids):] = words
-        return ctx, n_ctx
+        return ctx
     shape = (n_classes, n_ctx, tower.width) if class_specific else (n_ctx, tower.width)
-    return torch.randn(shape, generator=generator) * 0.02, n_ctx
+    return torch.randn(shape, generator=generator) * 0.02

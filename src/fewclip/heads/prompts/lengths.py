@@ -8,17 +8,20 @@ count, the limit and what to change.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import ClassVar, Sequence
+
+from fewclip.backbones.protocol import Backbone, TextTokens
+from fewclip.heads.base import Task
 
 SHOWN = 5  # offending prompts listed in one message
 
 
-def text_positions(backbone: Any) -> int:
+def text_positions(backbone: Backbone) -> int:
     """How many token positions the backbone's text tower has (SOS and EOT included)."""
     return int(backbone.max_text_positions)
 
 
-def check_templates_fit(tokens: Any, templates: Sequence[str], class_names: Sequence[str], limit: int,
+def check_templates_fit(tokens: TextTokens, templates: Sequence[str], class_names: Sequence[str], limit: int,
                         key: str = "zero_shot") -> None:
     """Fail if any ``template.format(name)`` needs more than ``limit`` tokens (every pair is checked)."""
     pairs = [(template, name) for template in templates for name in class_names]
@@ -36,9 +39,23 @@ def check_templates_fit(tokens: Any, templates: Sequence[str], class_names: Sequ
     )
 
 
-def check_template_task(task: Any, key: str) -> None:
+def check_template_task(task: Task, key: str) -> None:
     """The check of every head that encodes ``template.format(name)`` prompts: the backbone is there and
     every prompt fits its text positions (``key`` names the head in the message)."""
     if task.backbone is None:
         raise ValueError(f"{key} needs the backbone's text encoder (Task.backbone is None)")
     check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone), key)
+
+
+class ChecksTemplates:
+    """What a head that encodes ``template.format(name)`` prompts declares (zero-shot, Tip-Adapter, CLIP-Adapter,
+    ZS-LP, CLAP): it reads the text tower, and its ``check`` refuses, before any work, a prompt that does not fit.
+    Listed before ``HeadBase`` among a head's bases, so that its flags win over the base's defaults."""
+
+    name: ClassVar[str]
+    uses_text: ClassVar[bool] = True
+    checks_task: ClassVar[bool] = True
+
+    def check(self, task: Task) -> None:
+        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
+        check_template_task(task, self.name)

@@ -49,8 +49,7 @@ from torch import nn
 
 from fewclip.heads.base import Task, normalize
 from fewclip.heads.prompts.coop import ContextParams, CoOpConfig, CoOpHead, CoOpPrompts
-from fewclip.heads.prompts.config import CTX_INIT_MODE_HELP
-from fewclip.heads.prompts.learning import CtxInitMode
+from fewclip.heads.prompts.config import CTX_INIT_MODE_HELP, CtxInitMode
 from fewclip.heads.registry import register_head
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 
@@ -89,12 +88,6 @@ class ProGradHead(CoOpHead):
     official_code = "BeierZhu/Prompt-align"
     config_key = "prograd"
     Config = ProGradConfig
-
-    def __init__(self, config: ProGradConfig | None = None) -> None:
-        self.config = config or ProGradConfig()
-
-    def ctx_init_mode(self) -> CtxInitMode:
-        return self.config.ctx_init_mode
 
     def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
                    scale: float) -> Callable[[torch.Tensor, torch.Tensor], float]:

@@ -1,4 +1,4 @@
-"""The captioning config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.runner.config``.
+"""The captioning run's config: one YAML with typed blocks and dotted ``key=value`` overrides, as ``fewclip.runner.config``.
 
 Blocks: ``model`` (encoder, decoder and every method's keys), ``data``, ``training``, ``decode``,
 ``attention``, ``output``, ``cache``, ``runtime``, plus ``methods`` (which of adapter / prefix / lora
@@ -15,17 +15,17 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fewclip.backbones.model_source import config_relative_id
-from fewclip.runner.config import CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error
-from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
+from fewclip.runner.config import (CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error,
+                                   distinct_seeds, read_config_file)
 from fewclip.configbase import ConfigBlock
 from fewclip.registry import unknown_name_message
 from fewclip.caption.data import CaptionDataConfig
 from fewclip.caption.decode import DecodeConfig
-from fewclip.caption.model import METHODS, CaptionModelConfig
+from fewclip.caption.methods import BASELINE, trained_methods
+from fewclip.caption.model import CaptionModelConfig
 from fewclip.caption.train import CaptionTrainConfig
 
-TRAINED_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "untrained")
-BASELINE = "untrained"
+TRAINED_METHODS: tuple[str, ...] = tuple(trained_methods())
 
 
 class AttentionConfig(ConfigBlock):
@@ -85,10 +85,7 @@ class CaptionConfig(ConfigBlock):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed(s) {repeated} listed more than once; list distinct seeds")
-        return seeds
+        return distinct_seeds(seeds)
 
     @model_validator(mode="after")
     def _one_place_per_value(self) -> "CaptionConfig":
@@ -141,14 +138,7 @@ def load_caption_config(path: str | Path | None = None, overrides: Sequence[str]
     if path is not None:
         path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"caption config file {path} does not exist")
-        try:
-            loaded = read_yaml_file(path)
-        except ConfigFileError as err:
-            raise ConfigError(str(err)) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of blocks (model:, data:, ...)")
-        _relative_paths(loaded or {}, path.parent)
-        data.update(loaded or {})
+        loaded = read_config_file(path, "caption config file", "model:, data:, ...")
+        _relative_paths(loaded, path.parent)
+        data.update(loaded)
     return validate_caption_config(apply_overrides(data, overrides, renames=False), origin)

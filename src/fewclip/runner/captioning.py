@@ -1,10 +1,12 @@
-"""The captioning stages, each a plain function that reads what the last one wrote (``CaptionLayout``):
+"""The captioning task on the run skeleton (``CAPTIONING``: ``fewclip caption run`` and its stage commands), and
+its stages, each a plain function that reads what the last one wrote (``CaptionLayout``):
 
 prepare  -> data/{train,val,test}.json (COCO format, each image with its sha1), data/skipped.csv
 encode   -> frozen encoder tokens of every split's images in the shared cache (when within the budget)
 train    -> models/<method>/seed_S/captioner.{safetensors,json}, results/history/<method>/seed_S.csv
-evaluate -> results/caption_summary.csv, results/predictions/..., results/attention/... (``caption.evaluation``)
-report   -> report.html (``fewclip.caption.report``)
+evaluate -> results/caption_summary.csv, results/predictions/..., results/attention/...
+            (``fewclip.runner.caption_evaluation``)
+report   -> results/caption_answer.json, report.html (``fewclip.report.caption_page``)
 
 Every stage skips what is done: prepare when the split files were written from the same data, train a
 (method, seed) whose saved captioner has the same fit key, evaluate a unit whose attention.json has the
@@ -17,13 +19,23 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fewclip.fileio import remove_stale_temporaries, write_csv, write_json
-from fewclip.interrupt import Progress
+from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
+from fewclip.caption.artifacts import save_caption_model
 from fewclip.caption.data import CaptionData, CaptionItem, load_caption_data
 from fewclip.caption.decode import DecodeConfig, caption_tokens
+from fewclip.caption.encoder_cache import EncoderTokens
 from fewclip.caption.metrics import text_scores
-from fewclip.caption.run_context import CaptionRun, fit_key, saved_fit_key
+from fewclip.caption.model import CaptionModel, resolve_caption_model
 from fewclip.caption.splits import SPLITS, prepare_key, prepared_with, split_json
+from fewclip.caption.train import train_captioner
+from fewclip.fileio import read_csv, remove_stale_temporaries, write_csv, write_json
+from fewclip.interrupt import Progress
+from fewclip.report.caption_page import write_caption_report
+from fewclip.runner.caption_config import CaptionConfig, load_caption_config
+from fewclip.runner.caption_context import CaptionRun, fit_key, saved_fit_key
+from fewclip.runner.caption_evaluation import evaluate_run
+from fewclip.runner.run_dir import RunDirRules
+from fewclip.runner.skeleton import LookedIn, RunTask
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"  # beside the captioner in its model_dir while it trains
@@ -34,7 +46,7 @@ CHECKPOINT = "checkpoint.safetensors"  # beside the captioner in its model_dir w
 
 def prepare(run: CaptionRun) -> CaptionData:
     """Load and split the captions; write the split files and the skipped images (kept if already there)."""
-    layout, key = run.layout, prepare_key(run.config)
+    layout, key = run.layout, prepare_key(run.config.data)
     run.write_config()
     if prepared_with(layout, key):
         log.info("prepare: %s already holds these splits", layout.data)
@@ -68,7 +80,7 @@ def encode(run: CaptionRun) -> bool:
 # --- train ---------------------------------------------------------------------------------------
 
 
-def decode_split(model: Any, tokens: Callable[[Sequence[str]], Any], items: Sequence[CaptionItem],
+def decode_split(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem],
                  settings: DecodeConfig, batch_size: int) -> list[str]:
     """Captions of ``items`` in order, decoded in batches."""
     captions: list[str] = []
@@ -78,17 +90,17 @@ def decode_split(model: Any, tokens: Callable[[Sequence[str]], Any], items: Sequ
     return captions
 
 
-def split_cider(model: Any, tokens: Any, items: Sequence[CaptionItem], settings: DecodeConfig, batch_size: int) -> float:
+def split_cider(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], settings: DecodeConfig,
+                batch_size: int) -> float:
+    """CIDEr-D of ``model``'s captions of ``items`` (what selects a training epoch)."""
     captions = decode_split(model, tokens, items, settings, batch_size)
     references = {item.image_id: list(item.captions) for item in items}
     return text_scores(references, {item.image_id: c for item, c in zip(items, captions)}).cider
 
 
 def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None] | None = None) -> list[str]:
-    """Train every (method, seed) not trained with these inputs; returns the units trained now."""
-    from fewclip.caption.artifacts import save_caption_model
-    from fewclip.caption.train import train_captioner
-
+    """Train every (method, seed) not trained with these inputs; returns the units trained now. ``on_epoch(method,
+    seed, row)`` is called as each epoch ends."""
     run.write_config()
     config, layout = run.config, run.layout
     pending = [(m, s) for m in config.methods for s in config.seeds
@@ -130,20 +142,93 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
 
 
 def evaluate(run: CaptionRun) -> Path:
-    """Score every unit, the untrained baseline included (see ``fewclip.caption.evaluation``)."""
-    from fewclip.caption.evaluation import evaluate_run
-
+    """Score every unit, the untrained baseline included (see ``fewclip.runner.caption_evaluation``)."""
     run.write_config()
     return evaluate_run(run)
 
 
 def report(run: CaptionRun) -> Path | None:
-    """report.html from the evaluate stage's files (``fewclip.caption.report``)."""
+    """results/caption_answer.json and report.html from the evaluate stage's files (``fewclip.report.caption_page``)."""
     run.write_config()
-    from fewclip.caption.report import write_caption_report
-
     return write_caption_report(run.layout)
 
 
 STAGES: dict[str, Callable[[CaptionRun], Any]] = {"prepare": prepare, "encode": encode, "train": train,
                                                   "evaluate": evaluate, "report": report}
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+# A captioning run is defined by its encoder, decoder and data; every other key may change, because a trained
+# captioner records a fit key over its own inputs (and is retrained when it changes) and an evaluation records its
+# key likewise. Caption sources list their image files one by one, so a run directory inside an image folder never
+# becomes data: there are no folders to keep it out of.
+RUN_DEFINING = ("model.encoder", "model.encoder_revision", "model.decoder", "model.decoder_revision", "data")
+
+
+def run_defining(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RUN_DEFINING)
+
+
+CAPTION_RULES = RunDirRules("caption", load_caption_config, run_defining,
+                            "captioners trained on other inputs are then trained again")
+DEFAULT_OUTPUT = "runs/caption-default"
+
+
+def embedded_caption_config(cache_dir: Path) -> dict[str, Any]:
+    """The embedded offline default (``fewclip caption run`` with no config): the shipped world CLIP and world
+    decoder on a world caption set, adapter, prefix and LoRA, one seed, 480 images with 5 captions each. Every
+    world image has several true captions (colour, shape, size, position in different words) and the decoder
+    already speaks the world's language, so what the methods must learn is to read the image: the untrained
+    decoder says one plausible caption for every image, a tuned one names what is there. Sized to take a few
+    minutes on 2 CPU cores."""
+    return {
+        "name": "embedded-world-captions",
+        "methods": ["adapter", "prefix", "lora"],
+        "seeds": [0],
+        "model": {"encoder": WORLD_ALIAS, "decoder": WORLD_DECODER_ALIAS},
+        "data": {"source": "world", "world_images": 480, "world_captions_per_image": 5, "seed": 0},
+        # the reference recipe's schedule, with the rate a 2-layer, 128-wide decoder needs (1e-4 is for GPT-2)
+        "training": {"epochs": 10, "batch_size": 32, "lr": 3e-3, "lr_step_epochs": 3, "lr_gamma": 0.5},
+        "decode": {"beam_size": 1, "max_length": 20},
+        "attention": {"fixed_images": 3},
+        "output": {"dir": DEFAULT_OUTPUT},
+        "cache": {"dir": str(cache_dir)},
+    }
+
+
+def check_models(config: CaptionConfig) -> None:
+    """Resolve the encoder, decoder and CLIPScore model ids (folder, alias, or hub id usable now)."""
+    named = [("model.encoder", config.model.encoder, config.model.encoder_revision),
+             ("model.decoder", config.model.decoder, config.model.decoder_revision),
+             ("clipscore_model", config.clipscore_model, None)]
+    for key, model_id, revision in named:
+        if model_id is not None:
+            resolve_caption_model(key, model_id, revision)
+
+
+def check(config: CaptionConfig, stages: tuple[str, ...], looked_in: LookedIn) -> None:
+    """Before the run directory is touched: a missing encoder or decoder fails where the stages load them."""
+    if set(stages) & {"encode", "train", "evaluate"}:
+        check_models(config)
+
+
+def outcome(run: CaptionRun, stages: tuple[str, ...]) -> list[str]:
+    """What a finished command prints: after evaluate or report, the test rows of caption_summary.csv, one line per
+    (method, seed), and the file; after report, the report."""
+    lines = []
+    if ("evaluate" in stages or "report" in stages) and run.layout.summary.is_file():
+        for row in (r for r in read_csv(run.layout.summary) if r["split"] == "test"):
+            lines.append(f"{row['method']:>9} seed {row['seed']}: test CIDEr {float(row['cider']):.3f}  "
+                         f"CLIPScore {float(row['clipscore']):.3f}  RefCLIPScore {float(row['refclipscore']):.3f}  "
+                         f"BLEU-4 {float(row['bleu4']):.3f}  trainable {row['trainable_params']}")
+        lines.append(f"results: {run.layout.summary}")
+    if "report" in stages and run.layout.report.is_file():
+        lines.append(f"report: {run.layout.report}")
+    return lines
+
+
+CAPTIONING = RunTask(kind="caption", stages=STAGES, context=CaptionRun,
+                     load_config=load_caption_config, embedded_config=embedded_caption_config, rules=CAPTION_RULES,
+                     check=check, outcome=outcome, folder_words=("caption run", "caption YAML config"),
+                     stage_log="caption %s done in %.1fs")

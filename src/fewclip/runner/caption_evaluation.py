@@ -19,29 +19,31 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from fewclip.backbones import load_backbone
 from fewclip.backbones.config import ModelConfig
-from fewclip.data.images import read_image
-from fewclip.fileio import read_csv, read_json, write_csv, write_json
+from fewclip.caption.artifacts import load_caption_model
 from fewclip.caption.attention import cross_attention_maps, draw_attention_panels, token_words
-from fewclip.caption.config import BASELINE, CaptionConfig
 from fewclip.caption.data import CaptionItem
 from fewclip.caption.decode import generate_ids
-from fewclip.caption.layout import PREDICTION_COLUMNS, SUMMARY_COLUMNS, CaptionLayout
+from fewclip.caption.encoder_cache import EncoderTokens
 from fewclip.caption.metrics import clip_scores, image_pixels, text_scores
-from fewclip.caption.run_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
+from fewclip.caption.model import CaptionModel
 from fewclip.caption.splits import stored_path
+from fewclip.data.images import read_image
+from fewclip.fileio import read_csv, read_json, write_csv, write_json
+from fewclip.runner.caption_config import BASELINE, CaptionConfig
+from fewclip.runner.caption_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
+from fewclip.runner.layout import (CAPTION_PREDICTION_COLUMNS, CAPTION_SUMMARY_COLUMNS, REFERENCE_SEPARATOR,
+                                   CaptionLayout)
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = ("val", "test")
-REFERENCE_SEPARATOR = " | "
 
 
 class ClipScorer:
     """CLIPScore / RefCLIPScore with one CLIP; image and reference features computed once per split."""
 
     def __init__(self, model: ModelConfig, cache_dir: Path, batch_size: int) -> None:
-        from fewclip.backbones import load_backbone
-
         self.backbone = load_backbone(model, cache_dir=cache_dir)
         self.batch_size = batch_size
         self._split_features: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
@@ -113,10 +115,10 @@ def evaluate_run(run: CaptionRun) -> Path:
         model = _unit_model(run, method, seed)
         unit_rows = evaluate_unit(run, model, scorer, method, seed, items, key)
         rows = [r for r in rows if (r["method"], r["seed"]) != (method, str(seed))] + unit_rows
-        write_csv(layout.summary, SUMMARY_COLUMNS, _ordered(rows, units))
+        write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, _ordered(rows, units))
     on_disk = read_csv(layout.summary) if layout.summary.is_file() else []
-    if [[r[c] for c in SUMMARY_COLUMNS] for r in on_disk] != _ordered(rows, units):  # units left the config
-        write_csv(layout.summary, SUMMARY_COLUMNS, _ordered(rows, units))
+    if [[r[c] for c in CAPTION_SUMMARY_COLUMNS] for r in on_disk] != _ordered(rows, units):  # units left the config
+        write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, _ordered(rows, units))
     return layout.summary
 
 
@@ -125,19 +127,17 @@ def _ordered(rows: list[dict[str, Any]], units: list[tuple[str, int]]) -> list[l
     order = {(m, str(s)): i for i, (m, s) in enumerate(units)}
     kept = sorted((r for r in rows if (r["method"], str(r["seed"])) in order),
                   key=lambda r: (order[(r["method"], str(r["seed"]))], EVAL_SPLITS.index(r["split"])))
-    return [[r[c] for c in SUMMARY_COLUMNS] for r in kept]
+    return [[r[c] for c in CAPTION_SUMMARY_COLUMNS] for r in kept]
 
 
-def _unit_model(run: CaptionRun, method: str, seed: int) -> Any:
+def _unit_model(run: CaptionRun, method: str, seed: int) -> CaptionModel:
     if method == BASELINE:
         return run.baseline_model() if seed == run.config.seeds[0] else run.model(method, seed)
-    from fewclip.caption.artifacts import load_caption_model
-
     return load_caption_model(run.layout.model_dir(method, seed), device=run.config.model.device,
                               attention_layer=run.config.attention.layer)
 
 
-def evaluate_unit(run: CaptionRun, model: Any, scorer: ClipScorer, method: str, seed: int,
+def evaluate_unit(run: CaptionRun, model: CaptionModel, scorer: ClipScorer, method: str, seed: int,
                   items: dict[str, Sequence[CaptionItem]], key: str) -> list[dict[str, Any]]:
     """Decode and score one unit on every split; write its predictions and attention; its summary rows."""
     config, layout = run.config, run.layout
@@ -149,7 +149,7 @@ def evaluate_unit(run: CaptionRun, model: Any, scorer: ClipScorer, method: str, 
         scores = text_scores({i.image_id: list(i.captions) for i in split_items},
                              {i.image_id: c for i, c in zip(split_items, captions)})
         clip_s, ref_clip_s = scorer.score(split, split_items, captions)
-        write_csv(layout.predictions(method, seed, split), PREDICTION_COLUMNS,
+        write_csv(layout.predictions(method, seed, split), CAPTION_PREDICTION_COLUMNS,
                   [(stored_path(i.path, layout.root), c, REFERENCE_SEPARATOR.join(i.captions), f"{s:.6f}")
                    for i, c, s in zip(split_items, captions, clip_s)])
         rows.append({"method": method, "seed": str(seed), "split": split, "cider": f"{scores.cider:.6f}",
@@ -165,7 +165,7 @@ def evaluate_unit(run: CaptionRun, model: Any, scorer: ClipScorer, method: str, 
     return rows
 
 
-def _generate(model: Any, tokens: Any, items: Sequence[CaptionItem], config: CaptionConfig) -> list[list[int]]:
+def _generate(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], config: CaptionConfig) -> list[list[int]]:
     ids: list[list[int]] = []
     for start in range(0, len(items), config.batch_size):
         batch = items[start : start + config.batch_size]
@@ -184,7 +184,7 @@ def attention_images(clip_s: np.ndarray, fixed: int) -> dict[int, list[str]]:
     return dict(sorted(roles.items()))
 
 
-def write_attention(run: CaptionRun, model: Any, method: str, seed: int, items: Sequence[CaptionItem],
+def write_attention(run: CaptionRun, model: CaptionModel, method: str, seed: int, items: Sequence[CaptionItem],
                     ids: list[list[int]], captions: list[str], clip_s: np.ndarray, key: str) -> Path:
     """Panels (<image stem>.png) and attention.json (written last: it marks the unit evaluated)."""
     folder = run.layout.attention_dir(method, seed)

@@ -1,5 +1,5 @@
-"""The caption run context shared by the stages, evaluation and predict: a config, its run directory,
-the split files and the encoder tokens (loaded on first use), and the fit key of a trained captioner."""
+"""The captioning run's context, shared by its stages and its evaluation: a config, its run directory, the split
+files and the encoder tokens (loaded on first use); beside it, the fit key of a trained captioner."""
 
 from __future__ import annotations
 
@@ -7,45 +7,40 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fewclip.fileio import atomic_write_text, read_json, remove_stale_temporaries
+from fewclip.backbones.model_source import resolve_model
+from fewclip.backbones.weights import weights_digest
+from fewclip.caption.artifacts import check_manifest
+from fewclip.caption.data import CaptionData
+from fewclip.caption.encoder_cache import EncoderTokens
+from fewclip.caption.methods import CAPTION_METHODS
+from fewclip.caption.model import CaptionModel
+from fewclip.caption.splits import SPLITS, read_splits
+from fewclip.features import FeatureCache
+from fewclip.fileio import read_json, remove_stale_temporaries
 from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_tensors
 from fewclip.interrupt import Progress
-from fewclip.caption.artifacts import check_manifest
-from fewclip.caption.config import BASELINE, CaptionConfig
-from fewclip.caption.data import CaptionData
-from fewclip.caption.layout import CaptionLayout
-from fewclip.caption.splits import SPLITS, read_splits
+from fewclip.runner.caption_config import BASELINE, CaptionConfig
+from fewclip.runner.layout import CaptionLayout
+from fewclip.runner.skeleton import StageContext
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CaptionRun:
+class CaptionRun(StageContext):
     """A caption config, its run directory, and what the stages share (loaded on first use)."""
 
     config: CaptionConfig
-    progress: Progress | None = None  # how far the running stage got (said when a command is interrupted)
     _data: CaptionData | None = field(default=None, repr=False)
-    _tokens: Any = field(default=None, repr=False)
-    _encoder_model: Any = field(default=None, repr=False)
+    _tokens: EncoderTokens | None = field(default=None, repr=False)
+    _encoder_model: CaptionModel | None = field(default=None, repr=False)
     _weights: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def layout(self) -> CaptionLayout:
-        return CaptionLayout(Path(self.config.output.dir).expanduser())
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.config.cache.dir).expanduser()
-
-    def write_config(self) -> None:
-        """The resolved config beside the results (left untouched when it already says the same)."""
-        text, path = self.config.to_yaml(), self.layout.config
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            atomic_write_text(path, text)
+        return CaptionLayout(self.root)
 
     @property
     def data(self) -> CaptionData:
@@ -59,9 +54,6 @@ class CaptionRun:
         aliases included), so that weights replaced in place retrain; a hub model is named by id and
         revision (the hub's revision pins its files)."""
         if self._weights is None:
-            from fewclip.backbones.model_source import resolve_model
-            from fewclip.backbones.weights import weights_digest
-
             model, weights = self.config.model, {}
             for part, model_id, revision in (("encoder", model.encoder, model.encoder_revision),
                                              ("decoder", model.decoder, model.decoder_revision)):
@@ -71,23 +63,19 @@ class CaptionRun:
             self._weights = weights
         return self._weights
 
-    def baseline_model(self) -> Any:
+    def baseline_model(self) -> CaptionModel:
         """The untrained captioner of the first seed, loaded once: it encodes the images and is evaluated."""
         if self._encoder_model is None:
             self._encoder_model = self.model(BASELINE, self.config.seeds[0])
         return self._encoder_model
 
-    def model(self, method: str, seed: int) -> Any:
+    def model(self, method: str, seed: int) -> CaptionModel:
         """A fresh captioner of one unit (its new weights drawn from ``seed``)."""
-        from fewclip.caption.model import CaptionModel
-
         return CaptionModel(self.config.unit_model(method), seed=seed)
 
-    def tokens(self) -> Any:
-        """The encoder tokens of every split's images (``EncoderTokens``): cached within the budget."""
+    def tokens(self) -> EncoderTokens:
+        """The encoder tokens of every split's images: cached within the budget."""
         if self._tokens is None:
-            from fewclip.caption.encoder_cache import EncoderTokens
-
             images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
             remove_stale_temporaries(self.cache_root / "features")
             self.progress = Progress(len(images), "images encoded", recount=lambda: self._cached_count(list(images)))
@@ -103,23 +91,20 @@ class CaptionRun:
 
     def _cached_count(self, sha1s: list[str]) -> int:
         """How many of ``sha1s`` have their encoder tokens cached now (while ``tokens()`` encodes them)."""
-        from fewclip.features import FeatureCache
-
         cache = FeatureCache(self.cache_root, self.baseline_model().encoder_fingerprint())
         return len(sha1s) - len(cache.missing(sha1s))
 
 
-# The model keys that change what a method's captioner learns or says: the other methods' keys, the
-# attention layer drawn and the device do not (a changed LoRA rank retrains LoRA only).
+# The model keys that change what any method's captioner learns or says; beside them each method's own keys
+# (``CaptionMethod.model_keys``). The other methods' keys, the attention layer drawn and the device change
+# nothing (a changed LoRA rank retrains LoRA only).
 SHARED_MODEL_KEYS = ("encoder", "encoder_revision", "decoder", "decoder_revision", "precision", "method")
-METHOD_MODEL_KEYS = {"untrained": (), "adapter": ("adapter_bottleneck",), "prefix": ("prefix_length",),
-                     "lora": ("lora_rank", "lora_alpha", "lora_dropout")}
 
 
 def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:
     """The model config values one unit's results depend on."""
     model = config.unit_model(method).model_dump(mode="json")
-    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *METHOD_MODEL_KEYS[method])}
+    return {key: model[key] for key in (*SHARED_MODEL_KEYS, *CAPTION_METHODS.get(method).model_keys)}
 
 
 def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, weights: dict[str, str]) -> str:

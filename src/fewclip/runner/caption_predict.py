@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from fewclip.caption.artifacts import load_caption_model
+from fewclip.caption.decode import DecodeConfig, caption_tokens
+from fewclip.caption.model import CaptionModel
 from fewclip.data.images import UnreadableImage
 from fewclip.fileio import read_csv, write_csv, write_json
+from fewclip.runner.caption_config import BASELINE, load_caption_config
+from fewclip.runner.layout import CaptionLayout
 from fewclip.runner.predict import expand_images, read_regular_image
-from fewclip.caption.config import BASELINE, load_caption_config
-from fewclip.caption.decode import DecodeConfig, caption_tokens
-from fewclip.caption.layout import CaptionLayout
+from fewclip.runner.run_dir import check_run_kind
 
 
 class CaptionerNotTrained(LookupError):
@@ -74,7 +77,7 @@ def choose_captioner(layout: CaptionLayout, methods: Sequence[str], seeds: Seque
 class Captioner:
     """A trained captioner: image files in, captions out."""
 
-    def __init__(self, model: Any, settings: DecodeConfig, method: str, seed: int, batch_size: int = 32) -> None:
+    def __init__(self, model: CaptionModel, settings: DecodeConfig, method: str, seed: int, batch_size: int = 32) -> None:
         self.model, self.settings, self.method, self.seed, self.batch_size = model, settings, method, seed, batch_size
         self.why = ""  # which rule chose this captioner
 
@@ -111,11 +114,6 @@ def load_captioner(run_dir: Path | str, method: str | None = None, seed: int | N
                    device: str | None = None) -> Captioner:
     """The captioner a caption run trained. With no method/seed: the highest test CIDEr in the run's
     caption_summary.csv; ``captioner.why`` says which rule chose it. ``device`` overrides model.device."""
-    from fewclip.caption.artifacts import load_caption_model
-    from fewclip.caption.model import CaptionModel
-
-    from fewclip.runner.run_dir import check_run_kind
-
     layout = CaptionLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip caption run directory")

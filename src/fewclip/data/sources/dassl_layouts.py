@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from fewclip.registry import unknown_name_message
 from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.registry import register_source
 
 # The class-name fixes CoOp applies when it builds these splits (readable EuroSAT land-use names,
 # singular Caltech101 names). Published split files already carry them; a file that still has the
@@ -90,6 +91,9 @@ class CoopSourceConfig(SourceConfig):
         if name not in READABLE_SOURCES:
             raise ValueError(unknown_name_message("CoOp dataset", name, list(READABLE_SOURCES)))
         return name
+
+    def default_label(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -276,8 +280,11 @@ def class_list(lists: SplitLists, where: Path) -> list[str]:
     return names
 
 
+@register_source
 class CoopSource:
     """A CoOp-layout dataset; ``items`` yields each split's images in split-file order."""
+
+    Config = CoopSourceConfig
 
     def __init__(self, config: CoopSourceConfig) -> None:
         self.config = config

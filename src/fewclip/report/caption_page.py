@@ -1,8 +1,8 @@
-"""The caption run's ``report.html``: self-contained (PNGs as data URIs, inline CSS, no script) and escaped,
+"""The captioning run's ``report.html``: self-contained (PNGs as data URIs, inline CSS, no script) and escaped,
 built with the classification report's helpers (``report.html``). Every number is read from the run's
 files: ``results/caption_summary.csv`` (the methods table), ``results/history`` (training curves, drawn
 into ``results/caption_curves.png``), ``results/predictions`` (example captions, per-image CIDEr for the
-winner test, see ``caption.answer``) and ``results/attention``.
+winner test, see ``fewclip.report.caption_answer``) and ``results/attention``.
 
 ``results/attention/<method>/seed_<S>/attention.json`` (written by the pipeline, read here)::
 
@@ -21,15 +21,17 @@ it (relative to the run directory, or absolute), else ``data/<file_name>`` or ``
 from __future__ import annotations
 
 import io
-
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from fewclip.fileio import atomic_write_bytes, read_csv, read_json
-from fewclip.report.html import CSS, ArtifactPage, esc, table, thumbnail
-from fewclip.caption.answer import (ALPHA, BASELINE, METRIC_NAMES, METRICS, REFERENCE_SEPARATOR, CaptionAnswer, MethodRow, method_rows,
-                     optional_float, write_caption_answer)
-from fewclip.caption.layout import CaptionLayout
+from fewclip.report.caption_answer import (ALPHA, METRIC_NAMES, METRICS, CaptionAnswer, MethodRow, method_rows,
+                                           optional_float, write_caption_answer)
+from fewclip.report.html_kit import CSS, ArtifactPage, esc, table, thumbnail
+from fewclip.runner.caption_config import BASELINE
+from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
 
 CURVES_FILE = "caption_curves.png"  # in results/
 EXAMPLE_IMAGES = 6
@@ -104,11 +106,10 @@ def histories(page: CaptionPage, summary: list[dict[str, str]]) -> dict[str, lis
 def curves_png(curves: dict[str, list[list[dict[str, str]]]], path: Path) -> Path:
     """Two panels, validation CIDEr and training loss per epoch: per method the mean over seeds, the seeds'
     range shaded."""
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn, as for the classification report: Agg before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for index, (method, runs) in enumerate(curves.items()):

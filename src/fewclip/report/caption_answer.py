@@ -13,28 +13,21 @@ this test set, with its size.
 from __future__ import annotations
 
 import json
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from fewclip.fileio import atomic_write_text, read_csv
-from fewclip.stats import PairedTest, mean_std, paired_scores_test
-from fewclip.caption.layout import CaptionLayout
 from fewclip.caption.metrics import text_scores
+from fewclip.fileio import atomic_write_text, read_csv
+from fewclip.runner.caption_config import BASELINE
+from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
+from fewclip.stats import PairedTest, mean_std, paired_scores_test
 
 ALPHA = 0.05
-BASELINE = "untrained"
-ANSWER_FILE = "caption_answer.json"  # in results/
-REFERENCE_SEPARATOR = " | "  # the predictions CSV's references column joins the references with it
 METRICS = ("cider", "clipscore", "refclipscore", "bleu4")
 METRIC_NAMES = {"cider": "CIDEr", "clipscore": "CLIPScore", "refclipscore": "RefCLIPScore", "bleu4": "BLEU-4"}
-
-
-def answer_path(layout: CaptionLayout) -> Path:
-    return layout.results / ANSWER_FILE
 
 
 def optional_float(text: str | None) -> float | None:
@@ -196,7 +189,7 @@ def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
 def write_caption_answer(layout: CaptionLayout, summary: Sequence[dict[str, str]]) -> CaptionAnswer:
     answer = build_caption_answer(layout, summary)
     text = json.dumps(answer_json(answer), indent=2) + "\n"
-    path = answer_path(layout)
+    path = layout.answer
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a re-run changes nothing
         atomic_write_text(path, text)
     return answer
