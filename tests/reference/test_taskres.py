@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-import fewclip.heads.on_features.taskres as taskres_module
+import fewclip.heads.on_features.trained_module as trained_module  # its fit_module trains the head
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import FeatureSet, Task, TaskResHead
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
@@ -111,7 +111,7 @@ def test_taskres_trains_as_the_official_code(backbone: CLIPBackbone, make_config
                          f"taskres.augment_views={views}", f"taskres.weight_decay={weight_decay}").taskres
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)  # 18 images: 2 batches of 8, or one lone batch
     test = cluster_task(backbone.dim, 4, seed=3)
-    with recording(taskres_module) as record:
+    with recording(trained_module) as record:
         head = TaskResHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, seed=2), train)
 
     base = get_base_text_features(backbone, TASK_NAMES, TEMPLATES)

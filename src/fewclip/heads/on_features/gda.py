@@ -49,10 +49,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
-from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.prompts.lengths import ChecksTemplates, check_template_task
 from fewclip.heads.registry import register_head
 from fewclip.training.calibration import calibrate, temperature_tensor
 
@@ -112,7 +113,8 @@ def ks_precision(scatter: torch.Tensor, samples: int) -> torch.Tensor:
     """(d, d) the reference's KS estimator from a scatter matrix of ``samples`` rows: d * pinv(S + tr(S/(n-1)) I)."""
     dim = scatter.shape[0]
     shrink = scatter.trace() / (samples - 1) * torch.eye(dim, dtype=scatter.dtype)
-    return dim * torch.linalg.pinv(scatter + shrink, hermitian=True)
+    inverse: torch.Tensor = torch.linalg.pinv(scatter + shrink, hermitian=True)
+    return dim * inverse
 
 
 def shared_precision(samples: torch.Tensor, labels: torch.Tensor, means: torch.Tensor,
@@ -129,7 +131,8 @@ def shared_precision(samples: torch.Tensor, labels: torch.Tensor, means: torch.T
         raise ValueError("gda: estimator 'pooled' needs at least two samples of every class (shots x augment_views) "
                          "for the classes' covariances; use gda.estimator=ks or more augment_views")
     per_sample = 1.0 / (counts[labels] - 1).to(samples.dtype)  # each class's unbiased covariance, then their mean
-    return torch.linalg.pinv((centred * per_sample[:, None]).T @ centred / len(means), hermitian=True)
+    pooled: torch.Tensor = torch.linalg.pinv((centred * per_sample[:, None]).T @ centred / len(means), hermitian=True)
+    return pooled
 
 
 def discriminant(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +170,7 @@ def search_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tenso
 
 
 @register_head
-class GdaHead(HeadBase):
+class GdaHead(ChecksTemplates, HeadBase):
     name = "gda"
     paper = "Wang et al., ICLR 2024 (GDA)"
     official_code = "mrflogs/ICLR24"
@@ -175,19 +178,11 @@ class GdaHead(HeadBase):
     Config = GdaConfig
     published_as = "GDA"
     validation_search = "GDA's ensemble weight alpha (the reference's grid of 7 values)"
-    uses_text = True
     uses_shots = True
     transfers = True  # new classes' Gaussians are synthesised from the support samples near their text prototypes
-    checks_task = True
     uses_augmented_views = True
     calibrates = True
-
-    def __init__(self, config: GdaConfig | None = None) -> None:
-        self.config = config or GdaConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any encoding if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, self.name)
+    config: GdaConfig
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "GdaHead":
         if train is None or len(train) == 0:
@@ -236,10 +231,7 @@ class GdaHead(HeadBase):
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones); differentiable."""
         return self.uncalibrated_logits(features) / self.temperature_
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
-
-    def transfer(self, backbone: Any, class_names: list[str]) -> "GdaHead":
+    def transfer(self, backbone: Backbone, class_names: list[str]) -> "GdaHead":
         """GDA for other class names (base-to-new): their Gaussians synthesised from the support samples nearest
         to their zero-shot prototypes; the same alpha and temperature."""
         task = Task(list(class_names), self.prompt_templates_, backbone)

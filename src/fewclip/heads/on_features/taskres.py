@@ -42,12 +42,11 @@ from torch import nn
 
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.on_features.trained_module import ModuleScores, fit_module
 from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
-from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
-from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.training.features_loop import (DROP_LAST_HELP, VIEWS_HELP, FeatureTrainSettings, ViewSampling,
-                                            head_checkpoint_key, train_on_features)
+from fewclip.training.features_loop import DROP_LAST_HELP, VIEWS_HELP, FeatureTrainSettings, ViewSampling
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
@@ -107,6 +106,9 @@ class TaskResConfig(ConfigBlock):
 class ResidualClassifier(nn.Module):
     """The frozen base classifier (C, d), the trainable residual (C, d) and CLIP's logit scale."""
 
+    base: torch.Tensor  # buffers, typed (``register_buffer`` leaves them ``Tensor | Module`` to mypy)
+    logit_scale: torch.Tensor
+
     def __init__(self, base: torch.Tensor, residual: torch.Tensor, scale: float, logit_scale: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("base", base)
@@ -119,11 +121,12 @@ class ResidualClassifier(nn.Module):
         return self.base + self.scale * self.residual
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP-scaled cosine logits against t + alpha * x."""
         return self.logit_scale * normalize(features) @ normalize(self.classifier()).T
 
 
 @register_head
-class TaskResHead(HeadBase):
+class TaskResHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "taskres"
     paper = "Yu et al., CVPR 2023 (TaskRes)"
     official_code = "geekyutao/TaskRes"
@@ -131,49 +134,27 @@ class TaskResHead(HeadBase):
     Config = TaskResConfig
     published_as = "TaskRes"
     validation_free = True  # last epoch, fixed alpha (train_regular.sh), no calibration
-    uses_text = True
     uses_shots = True
     transfers = False  # one residual row per training class: nothing learned for a new class name
-    checks_task = True
+    has_differentiable_logits = True
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
-
-    def __init__(self, config: TaskResConfig | None = None) -> None:
-        self.config = config or TaskResConfig()
-
-    def check(self, task: Task) -> None:
-        """Fail before any work if a template + class name prompt exceeds the model's text positions."""
-        check_template_task(task, self.name)
+    config: TaskResConfig
+    model_: ResidualClassifier
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "TaskResHead":
         if train is None or len(train) == 0:
             raise ValueError(f"{self.name} needs training features")
         self.check(task)
+        backbone = task.backbone
+        assert backbone is not None  # check(task) refused a task without one
         cfg = self.config
-        base = start_prototypes(task.backbone, task.class_names, task.templates, cfg.prototypes)
+        base = start_prototypes(backbone, task.class_names, task.templates, cfg.prototypes)
         model = ResidualClassifier(base, torch.zeros_like(base), cfg.residual_scale,
-                                   torch.tensor(float(task.backbone.logit_scale)))
-        history, selection, _ = train_on_features(
-            model, model, train, val, len(task.class_names), cfg.settings(task.shots), task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch, make_optimizer=cfg.adam)
-        self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
-        self.model_ = model.requires_grad_(False)
-        self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
-        self.temperature_ = temperature_tensor(self.calibration_)
+                                   torch.tensor(float(backbone.logit_scale)))
+        fit_module(self, model, task, train, val, cfg.settings(task.shots), make_optimizer=cfg.adam)
         return self
-
-    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) CLIP-scaled cosine logits against t + alpha * x."""
-        return self.model_(features)
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) logits (divided by the val temperature only when calibrate is on); differentiable."""
-        return self.uncalibrated_logits(features) / self.temperature_
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"base": self.model_.base, "residual": self.model_.residual.detach(),
@@ -183,7 +164,7 @@ class TaskResHead(HeadBase):
         self.model_ = ResidualClassifier(tensors["base"], tensors["residual"], self.config.residual_scale,
                                          tensors["logit_scale"]).requires_grad_(False)
         self.temperature_ = tensors["temperature"].reshape(())
-        self.best_epoch_ = meta.get("best_epoch")
+        self.best_epoch_: int | None = meta.get("best_epoch")  # None: saved without it
 
     def trainable_parameters(self) -> int:
         return int(self.model_.residual.numel()) if hasattr(self, "model_") else 0
