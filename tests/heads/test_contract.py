@@ -37,6 +37,8 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "clip_adapter": lambda d, c, w: 2 * d * (d // 4),  # d -> d/4 -> d, no biases
     "zs_lp": lambda d, c, w: c * d,
     "clap": lambda d, c, w: c * d,
+    "gda": lambda d, c, w: 0,  # training-free: Gaussians estimated, alpha searched
+    "taskres": lambda d, c, w: c * d,  # one residual row per class
     "kgcoop": lambda d, c, w: 4 * w,  # ctx_init "a photo of a": 4 shared context tokens
     "prograd": lambda d, c, w: 16 * w,  # CoOp's 16 shared context tokens
 }

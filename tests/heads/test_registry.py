@@ -22,7 +22,7 @@ from fewclip.heads.registry import HeadContractError, register_head
 
 # the order the report and the CLI list the heads in: the package's __init__ imports the head modules in it
 BUILTIN_ORDER = ["zero_shot", "linear_probe", "coop", "cocoop", "tip_adapter", "tip_adapter_f", "clip_adapter",
-                 "zs_lp", "clap", "kgcoop", "prograd", "clip_lora", "maple"]
+                 "zs_lp", "clap", "gda", "taskres", "kgcoop", "prograd", "clip_lora", "maple"]
 
 NEAREST_MEAN_MODULE = '''
 """Nearest class mean on normalised features: everything a new head needs, in one file."""
@@ -185,8 +185,9 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
     from fewclip.report.published import paper_method
 
     assert {n: paper_method(n) for n in list_heads() if paper_method(n)} == {
-        "zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe"}
+        "zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp", "gda": "GDA",
+        "taskres": "TaskRes", "maple": "MaPLe"}
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
-    assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap"]
-    assert [n for n in list_heads() if HEADS.get(n).validation_search] == ["tip_adapter", "tip_adapter_f"]
+    assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap", "taskres"]
+    assert [n for n in list_heads() if HEADS.get(n).validation_search] == ["tip_adapter", "tip_adapter_f", "gda"]

@@ -17,6 +17,8 @@ from fewclip.heads.on_features.tip_adapter_f import TipAdapterFConfig, TipAdapte
 from fewclip.heads.on_features.clip_adapter import ClipAdapterConfig, ClipAdapterHead
 from fewclip.heads.on_features.zs_lp import ZsLpConfig, ZsLpHead
 from fewclip.heads.on_features.clap import ClapConfig, ClapHead
+from fewclip.heads.on_features.gda import GdaConfig, GdaHead
+from fewclip.heads.on_features.taskres import TaskResConfig, TaskResHead
 from fewclip.heads.prompts.kgcoop import KgCoOpConfig, KgCoOpHead
 from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
@@ -30,4 +32,5 @@ __all__ = [
     "ClipAdapterConfig", "ClipAdapterHead", "ZsLpConfig", "ZsLpHead", "ClapConfig", "ClapHead",
     "KgCoOpConfig", "KgCoOpHead", "ProGradConfig", "ProGradHead",
     "ClipLoraConfig", "ClipLoraHead", "MapleConfig", "MapleHead",
+    "GdaConfig", "GdaHead", "TaskResConfig", "TaskResHead",
 ]
