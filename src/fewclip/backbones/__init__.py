@@ -22,7 +22,8 @@ def list_backbones() -> list[str]:
 
 
 def load_backbone(config: ModelConfig, cache_dir: Path | None = None) -> Backbone:
-    return BACKBONES.get(config.library).backbone(config, cache_dir=cache_dir)
+    backbone: Backbone = BACKBONES.get(config.library).backbone(config, cache_dir=cache_dir)
+    return backbone
 
 
 def backbone_fingerprint(config: ModelConfig, cache_dir: Path | None = None) -> dict[str, Any] | None:

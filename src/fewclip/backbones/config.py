@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, Protocol, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,31 +20,39 @@ from fewclip.registry import Registry, unknown_name_message
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
+class BackboneClass(Protocol):
+    """A library's backbone class: what it offers is known without loading a model; calling it loads one."""
+
+    offers: frozenset[str]  # names from protocol.CAPABILITIES
+
+    # returns a protocol.Backbone (Any here: protocol.py imports this module)
+    def __call__(self, config: ModelConfig, cache_dir: Path | None = None) -> Any: ...
+
+
 @dataclass(frozen=True)
 class BackboneLibrary:
     """How one library's backbones are loaded, checked and fingerprinted."""
 
-    backbone: Callable[..., Any]  # its backbone class: (ModelConfig, cache_dir=...) -> a protocol.Backbone
+    backbone: BackboneClass
     check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
     fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
 
     @property
     def offers(self) -> frozenset[str]:
         """What its backbones offer beyond features (``protocol.CAPABILITIES``), known without loading a model."""
-        offers: frozenset[str] = self.backbone.offers
-        return offers
+        return self.backbone.offers
 
 
 BACKBONES: Registry[BackboneLibrary] = Registry("model library")
 
-BackboneClass = TypeVar("BackboneClass", bound=type)
+RegisteredClass = TypeVar("RegisteredClass", bound=BackboneClass)
 
 
 def register_backbone(library: str, *, check: Callable[[ModelConfig], None],
                       fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None],
-                      ) -> Callable[[BackboneClass], BackboneClass]:
+                      ) -> Callable[[RegisteredClass], RegisteredClass]:
     """Class decorator: register the backbone class of ``library`` (the ``model.library`` value that chooses it)."""
-    def register(backbone_cls: BackboneClass) -> BackboneClass:
+    def register(backbone_cls: RegisteredClass) -> RegisteredClass:
         BACKBONES.register(library, BackboneLibrary(backbone_cls, check, fingerprint_from_files))
         return backbone_cls
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 from fewclip.data.records import Record
 
@@ -48,7 +48,7 @@ KINDS = {
 ALLOWED = {"error": (), "within_split": ("repeats",), "allow": ("labels", "splits", "repeats")}
 
 
-def duplicated_images(splits: dict[str, tuple[Sequence[Record], Sequence[str]]]) -> dict[str, list[list[Copy]]]:
+def duplicated_images(splits: Mapping[str, tuple[Sequence[Record], Sequence[str]]]) -> dict[str, list[list[Copy]]]:
     """kind -> the copies of each image found in more than one place, from each split's (records, origins)."""
     copies: dict[str, list[Copy]] = defaultdict(list)
     for split, (records, origins) in splits.items():
@@ -78,7 +78,7 @@ def _copies(group: list[Copy]) -> str:
     return shown + (f" (and {len(group) - SHOWN} more copies)" if len(group) > SHOWN else "")
 
 
-def check_duplicates(splits: dict[str, tuple[Sequence[Record], Sequence[str]]], policy: DuplicatePolicy,
+def check_duplicates(splits: Mapping[str, tuple[Sequence[Record], Sequence[str]]], policy: DuplicatePolicy,
                      where: str = "dataset") -> None:
     """Raise for every kind of duplicate ``policy`` refuses (all kinds in one message, a few copies listed);
     log a warning for those it keeps. ``where``: the dataset block's place in the config (``dataset``, ...)."""

@@ -18,6 +18,7 @@ from fewclip.data.duplicates import check_duplicates
 from fewclip.data.images import UnreadableImage, image_format_suffix, verify_image
 from fewclip.data.records import Record, read_records, write_records
 from fewclip.data.sources import Source, SourceConfig, SourceItem, build_source
+from fewclip.data.sources.base import Split
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def export_split(
     return exported
 
 
-def source_splits(config: SourceConfig) -> tuple[str, ...]:
+def source_splits(config: SourceConfig) -> tuple[Split, ...]:
     """The splits prepare exports: train and test, and val where the source has its own."""
     return ("train", "val", "test") if config.has_val_split else ("train", "test")
 
@@ -185,7 +186,7 @@ def source_signature(config: SourceConfig, source: Source, classes: ClassNames) 
     Its ``eval_on`` targets and ``label`` change no image of this dataset: they are left out."""
     digest = hashlib.sha256(config.model_dump_json(exclude={"eval_on", "label"}).encode())
     for split in source_splits(config):
-        for item in source.items(split, classes.raw):  # type: ignore[arg-type]
+        for item in source.items(split, classes.raw):
             digest.update(item.origin.encode())
             if item.path is not None:
                 stat = item.path.stat() if item.path.is_file() else None
@@ -229,7 +230,7 @@ def prepare(
             outputs.append((target, []))
             continue
         done_split = export_split(
-            split, source.items(split, classes.raw), classes, layout, cap, workers  # type: ignore[arg-type]
+            split, source.items(split, classes.raw), classes, layout, cap, workers
         )
         if done_split.missing:
             missing = done_split.missing

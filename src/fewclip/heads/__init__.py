@@ -6,8 +6,8 @@ here fills the registry, in this order, which is the order of ``list_heads()``.
 
 from __future__ import annotations
 
-from fewclip.heads.base import FeatureSet, Head, ImageSet, Task, load_head, normalize, read_head_meta, save_head
-from fewclip.heads.registry import HEADS, list_heads
+from fewclip.heads.base import FeatureSet, Head, ImageSet, Task, normalize, read_head_meta, save_head
+from fewclip.heads.registry import HEADS, list_heads, load_head
 from fewclip.heads.on_features.zero_shot import ZeroShotConfig, ZeroShotHead
 from fewclip.heads.on_features.linear_probe import LinearProbeConfig, LinearProbeHead
 from fewclip.heads.prompts.coop import CoOpConfig, CoOpHead

@@ -3,7 +3,7 @@
 A head is built from its config (``__init__`` only stores it), learns in ``fit`` (which returns
 ``self``; learned state ends in ``_``), scores with ``logits`` / ``predict`` on image features
 (a head that ``tunes_encoders`` trains on ``ImageSet``s and scores pixels with ``image_logits``),
-and round-trips through ``save`` / ``load_head``: ``<stem>.safetensors`` holds the tensors,
+and round-trips through ``save_head`` / ``registry.load_head``: ``<stem>.safetensors`` holds the tensors,
 ``<stem>.json`` the head name, its config, class names and anything else worth keeping.
 """
 
@@ -21,8 +21,7 @@ import torch
 from fewclip.backbones.protocol import Backbone
 from fewclip.distributed import SINGLE, Ranks
 from fewclip.fileio import write_json
-from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, StaleArtifact, read_artifact_json, read_tensors, write_tensors
-from fewclip.heads.registry import HEADS
+from fewclip.heads.artifacts import SAFETENSORS_SHA256, DamagedArtifact, read_artifact_json, read_tensors, write_tensors
 from fewclip.training.selection import best_epoch
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,13 @@ class Task:
     on_epoch: Callable[[dict[str, float]], None] | None = None  # told each history row as an epoch ends
     workers: int = 0  # DataLoader workers decoding images for a tunes_encoders head (model.loader_threads)
     ranks: Ranks = SINGLE  # under torchrun: a tunes_encoders head trains on every rank with DDP
+
+
+def task_backbone(task: Task, head: str) -> Backbone:
+    """``task.backbone``, or the ValueError saying that ``head`` (a head's name) needs it."""
+    if task.backbone is None:
+        raise ValueError(f"{head} needs the backbone's text tower (Task.backbone is None)")
+    return task.backbone
 
 
 class Head(Protocol):
@@ -146,7 +152,8 @@ class HeadBase:
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n,) the class each row scores highest (the argmax of ``logits``, which every head defines)."""
-        return self.logits(features).argmax(dim=-1)  # type: ignore[attr-defined]
+        scores: torch.Tensor = self.logits(features)  # type: ignore[attr-defined]  # every head defines logits
+        return scores.argmax(dim=-1)
 
 
 def own_declaration(head_cls: type, attr: str) -> Any:
@@ -178,24 +185,28 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def differentiable_logits(head: Any, features: torch.Tensor) -> torch.Tensor:
     """(n, d) -> (n, C) logits with autograd on (what saliency backpropagates through)."""
-    return head.differentiable_logits(features) if head.has_differentiable_logits else head.logits(features)
+    scores: torch.Tensor = (head.differentiable_logits(features) if head.has_differentiable_logits else
+                            head.logits(features))
+    return scores
 
 
 def normalize(features: torch.Tensor) -> torch.Tensor:
-    return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    normalized: torch.Tensor = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return normalized
 
 
 RETRAIN_ADVICE = "re-run `fewclip train` with the run's config to retrain it"
 
 
-def _files(stem: Path) -> tuple[Path, Path]:
+def head_files(stem: Path) -> tuple[Path, Path]:
+    """A saved head's (tensor file, JSON file)."""
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str, Any] | None = None) -> None:
     """Write ``<stem>.safetensors`` and then ``<stem>.json`` with the tensors' sha256 (the JSON, written
     last, marks a complete artifact and vouches for the tensor file)."""
-    tensor_file, json_file = _files(stem)
+    tensor_file, json_file = head_files(stem)
     state = head.state_dict()
     if bad := non_finite(state):
         raise ValueError(f"{head.name}: not saving {stem.name}: its {', '.join(bad[:3])} hold nan or infinite values "
@@ -228,7 +239,7 @@ def meaning_digest(meta: dict[str, Any], keys: Sequence[str] = MEANING_KEYS) -> 
 def read_head_meta(stem: Path) -> dict[str, Any] | None:
     """A head's JSON, None if it was never written; ``DamagedArtifact`` naming it if it is not JSON or what gives
     its tensors their meaning (``meaning_digest``) was edited."""
-    file = _files(stem)[1]
+    file = head_files(stem)[1]
     if not file.is_file():
         return None
     meta = read_artifact_json(file, "head file", RETRAIN_ADVICE)
@@ -244,7 +255,7 @@ def read_head_meta(stem: Path) -> dict[str, Any] | None:
 def read_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The head's tensors, checked against the sha256 in its JSON (heads saved before checksums were
     recorded are accepted if they load)."""
-    tensors, _ = read_tensors(_files(stem)[0], meta.get(SAFETENSORS_SHA256), "head file", RETRAIN_ADVICE)
+    tensors, _ = read_tensors(head_files(stem)[0], meta.get(SAFETENSORS_SHA256), "head file", RETRAIN_ADVICE)
     return tensors
 
 
@@ -253,7 +264,7 @@ def finite_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Ten
     vouches for bytes, not for their being numbers)."""
     tensors = read_head_tensors(stem, meta)
     if bad := non_finite(tensors):
-        raise DamagedArtifact(_files(stem)[0], "head file", f"{', '.join(bad[:3])} hold nan or infinite values",
+        raise DamagedArtifact(head_files(stem)[0], "head file", f"{', '.join(bad[:3])} hold nan or infinite values",
                               RETRAIN_ADVICE)
     return tensors
 
@@ -268,22 +279,3 @@ def intact_head_meta(stem: Path) -> dict[str, Any] | None:
     except DamagedArtifact as err:
         log.warning("%s: damaged %s (%s); retraining it", err.path, err.what, err.reason)
         return None
-
-
-def load_head(stem: Path) -> tuple[Head, dict[str, Any]]:
-    """Rebuild a saved head (no backbone needed) and return it with its JSON metadata.
-
-    Raises ``DamagedArtifact`` (a ValueError naming the file) if the JSON or the tensors are damaged.
-    """
-    meta = read_head_meta(stem)
-    if meta is None:
-        raise FileNotFoundError(f"{stem}.json does not exist: that head was not trained")
-    head_cls = HEADS.get(meta["head"])
-    head = head_cls(head_cls.Config(**meta["config"]))
-    tensors = finite_head_tensors(stem, meta)
-    try:
-        head.load_state(tensors, meta)
-    except StaleArtifact as err:
-        raise DamagedArtifact(_files(stem)[1], "head file", f"out of date: {err}", RETRAIN_ADVICE) from None
-    head.history_ = meta.get("history", [])
-    return head, meta

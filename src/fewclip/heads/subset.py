@@ -26,11 +26,13 @@ class ClassSubset:
         self.tunes_encoders: bool = head.tunes_encoders  # scored as the wrapped head is: features or pixels
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head.logits(features)[:, self.columns]  # (n, len(columns))
+        scores: torch.Tensor = self.head.logits(features)
+        return scores[:, self.columns]  # (n, len(columns))
 
     def image_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, len(columns)): a ``tunes_encoders`` head's image logits at the columns."""
-        return self.head.image_logits(pixels)[:, self.columns]
+        scores: torch.Tensor = self.head.image_logits(pixels)
+        return scores[:, self.columns]
 
     def image_saliency_pass(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, activations = self.head.image_saliency_pass(pixels)

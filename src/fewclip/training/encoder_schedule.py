@@ -21,11 +21,12 @@ from torch import nn
 from fewclip.training.schedule import lr_at_epoch
 
 
-def epoch_rate_factor(step: int, plan: Any) -> float:
+def epoch_rate_factor(step: int, plan: Any) -> float:  # plan: a TrainPlan (Any: images_loop imports this module)
     """The rate of step ``step`` (0-based) over ``plan.lr``: its epoch's Dassl rate."""
     epochs = -(-plan.iterations // plan.steps_per_epoch)
     rate = lr_at_epoch(step // plan.steps_per_epoch, epochs, plan.lr, plan.warmup_epochs, plan.warmup_lr, "dassl")
-    return rate / plan.lr
+    factor: float = rate / plan.lr
+    return factor
 
 
 def build_optimizer(params: list[nn.Parameter],

@@ -151,7 +151,7 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
 
 
 def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, key: str, select: SelectRule,
-                     generator: torch.Generator | None) -> tuple[int, list, BestEpoch] | None:
+                     generator: torch.Generator | None) -> tuple[int, list[dict[str, float]], BestEpoch] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
     checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
     damaged (then it is deleted with a warning and training starts over: ``checkpoint.read_checkpoint``)."""

@@ -31,13 +31,13 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-class AugmentedImages(Dataset):
+class AugmentedImages(Dataset[tuple[torch.Tensor, int]]):
     """Item i of epoch e: (pixels (3, H, W) of a random resized crop + flip of image i, its label)."""
 
     def __init__(self, images: ImageSet, transform: ImageTransform, seed: int, epoch: int,
-                 augment: Augmentation | bool = True) -> None:
+                 augment: Augmentation | bool | None = True) -> None:
         self.images, self.transform, self.seed, self.epoch = images, transform, seed, epoch
-        # True: the papers' crop + flip; an Augmentation: those settings; False: the model's own preprocessing
+        # True: the papers' crop + flip; an Augmentation: those settings; False or None: the model's own preprocessing
         self.augmentation = PAPERS_AUGMENTATION if augment is True else (augment or None)
 
     def __len__(self) -> int:
@@ -66,8 +66,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def batch_loader(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, augment: Augmentation | bool,
-                 batches: list[list[int]], workers: int) -> DataLoader:
+def batch_loader(images: ImageSet, transform: ImageTransform, seed: int, epoch: int,
+                 augment: Augmentation | bool | None, batches: list[list[int]],
+                 workers: int) -> DataLoader[tuple[torch.Tensor, int]]:
     """A DataLoader yielding (pixels, labels) for each list of image indices in ``batches``, decoded (and
     augmented as epoch ``epoch`` of ``seed``) in ``workers`` worker processes."""
     # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
@@ -82,7 +83,7 @@ def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
-                  workers: int, augment: Augmentation | bool = True, shuffle: bool = True,
+                  workers: int, augment: Augmentation | bool | None = True, shuffle: bool = True,
                   skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
     the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
@@ -101,7 +102,7 @@ PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothi
 
 
 def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
-                 rank: int, world: int, augment: Augmentation | bool = True, skip: int = 0,
+                 rank: int, world: int, augment: Augmentation | bool | None = True, skip: int = 0,
                  stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
 

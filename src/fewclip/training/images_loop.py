@@ -23,6 +23,7 @@ dropout > 0 a many-process run is statistically, not numerically, the one-proces
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -152,7 +153,7 @@ class EncoderTrainer:
         validation)."""
         plan, ranks = self.plan, self.ranks
         micro = plan.batch_size // plan.accumulate
-        progress = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
+        progress: dict[str, Any] = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
                                                   "lr": self.scheduler.get_last_lr()[0]}
         workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
         batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
@@ -178,7 +179,7 @@ class EncoderTrainer:
             self.scaler.update()
             self.scheduler.step()
             if at_step is not None:
-                at_step(done, lambda done=done: self.progress(progress, done, loss_sum, correct, seen))
+                at_step(done, functools.partial(self.progress, progress, done, loss_sum, correct, seen))
         final = self.progress(progress, steps, loss_sum, correct, seen)
         check_loss(final["loss"], epoch + 1, progress["lr"])  # gathered: every rank stops together
         return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),

@@ -70,10 +70,9 @@ def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels
                  n_classes: int, min_per_class: int = MIN_VAL_PER_CLASS) -> Selection:
     """The epoch to keep under ``rule`` (see the module doc), from the per-epoch history rows."""
     last = len(history)
-    has_val = val_labels is not None and len(val_labels) > 0 and all("val_loss" in row for row in history)
     if rule == "last":
         return Selection(last, "last_epoch")
-    if not has_val:
+    if val_labels is None or len(val_labels) == 0 or not all("val_loss" in row for row in history):
         return Selection(last, "last_epoch (no validation split)")
     if rule in ("val_macro_f1", "val_loss"):
         return Selection(candidate_epoch(rule, history), rule)

@@ -47,7 +47,8 @@ class CsvSource:
 
     def __init__(self, config: CsvSourceConfig) -> None:
         self.config = config
-        self.rows = {"train": self._read("train"), "test": self._read("test") if config.test else None}
+        self.train_rows = self._read("train")
+        self.test_rows = self._read("test") if config.test else None  # None: the test share is held out of train
 
     def _read(self, key: str) -> list[tuple[Path, str, str, str]]:
         """The rows of the CSV named by ``key`` (train or test): (path, label, origin, path as written)."""
@@ -77,15 +78,17 @@ class CsvSource:
                              f"but no rows; add one row per image ({','.join(cols)}, e.g. images/cat/0001.jpg,cat)")
         return rows
 
+    def _rows(self, split: Split) -> list[tuple[Path, str, str, str]]:
+        """The rows that list ``split``'s images: the test CSV's for test when there is one, else the train CSV's."""
+        return self.test_rows if split == "test" and self.test_rows is not None else self.train_rows
+
     def class_names(self, split: Split = "train") -> list[str]:
-        rows = self.rows[split] if split == "test" and self.rows["test"] is not None else self.rows["train"]
-        return sorted({label for _, label, _, _ in rows})
+        return sorted({label for _, label, _, _ in self._rows(split)})
 
     def items(self, split: Split, classes: list[str]) -> Iterator[SourceItem]:
         wanted = set(classes)
-        held_out_split = self.rows["test"] is None
-        rows = self.rows["train"] if held_out_split else self.rows[split]
-        for path, label, where, raw in rows:
+        held_out_split = self.test_rows is None
+        for path, label, where, raw in self._rows(split):
             if label not in wanted:
                 continue
             # Keyed by the path as written in the CSV, so the hold-out is the same wherever the CSV lives.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import Field
@@ -40,6 +41,8 @@ class HFSource:
 
     def _split(self, split: Split) -> Any:
         name = self.config.train_split if split == "train" else self.config.test_split
+        if name is None:  # class_names and items ask a test-only dataset for its test split only
+            raise ValueError(f"{self.config.key}.train_split is null: {self.config.id} is read as test-only")
         if name not in self._splits:
             try:
                 ds = self._datasets.load_dataset(
@@ -90,13 +93,19 @@ class HFSource:
             yield SourceItem(
                 class_name=name,
                 origin=f"{self.config.id}[{split_name}][{row}]",
-                read_bytes=lambda row=row, ds=ds: _image_bytes(ds[row][self.config.image_column]),
+                read_bytes=functools.partial(_row_image_bytes, ds, row, self.config.image_column),
             )
+
+
+def _row_image_bytes(ds: Any, row: int, column: str) -> bytes:
+    """The encoded image in ``column`` of row ``row`` (read when the image is exported, not when listed)."""
+    return _image_bytes(ds[row][column])
 
 
 def _image_bytes(cell: dict[str, Any]) -> bytes:
     if cell.get("bytes") is not None:
-        return cell["bytes"]
+        encoded: bytes = cell["bytes"]
+        return encoded
     with open(cell["path"], "rb") as handle:
         return handle.read()
 

@@ -50,7 +50,7 @@ def dataset_config() -> Any:
     configs = tuple(SOURCES.get(name).Config for name in SOURCES)
     if len(configs) == 1:  # a one-member union is its member; a discriminator needs two
         return configs[0]
-    return Annotated[Union[configs], Field(discriminator="source")]  # type: ignore[valid-type]
+    return Annotated[Union[configs], Field(discriminator="source")]
 
 
 def rebuild_source_configs() -> None:
@@ -71,4 +71,5 @@ def list_sources() -> list[str]:
 
 def build_source(config: SourceConfig) -> Source:
     """The source that reads ``config``'s images (the class registered under its ``source``)."""
-    return SOURCES.get(config.source)(config)  # type: ignore[attr-defined]
+    source: Source = SOURCES.get(config.source)(config)  # type: ignore[attr-defined]  # each block declares `source`
+    return source

@@ -33,7 +33,7 @@ from torch import nn
 
 from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.batch_invariant import row_dot
 from fewclip.heads.prompts.lengths import ChecksTemplates, check_template_task
 from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling
@@ -71,6 +71,9 @@ class ClipAdapterConfig(ConfigBlock):
 
 class AdapterModel(nn.Module):
     """The bottleneck MLP (trainable) with the frozen class prototypes and logit scale."""
+
+    prototypes: torch.Tensor  # buffers: (C, d) and ()
+    logit_scale: torch.Tensor
 
     def __init__(self, down: torch.Tensor, up: torch.Tensor, ratio: float, prototypes: torch.Tensor,
                  logit_scale: torch.Tensor) -> None:
@@ -120,13 +123,16 @@ class ClipAdapterHead(ModuleScores, ChecksTemplates, HeadBase):
     selects_epoch = True
     calibrates = True
 
+    model_: AdapterModel  # set by fit_module
+
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ClipAdapterHead":
         if train is None or len(train) == 0:
             raise ValueError(f"{self.name} needs training features")
         self.check(task)
+        backbone = task_backbone(task, self.name)
         cfg = self.config
         down, up = init_adapter(train.features.shape[1], cfg.reduction, torch.Generator().manual_seed(task.seed))
-        prototypes = class_prototypes(task.backbone, task.class_names, task.templates, cfg.prototypes)
+        prototypes = class_prototypes(backbone, task.class_names, task.templates, cfg.prototypes)
         fit_module(self, AdapterModel(down, up, cfg.ratio, *prototypes), task, train, val, cfg.settings())
         self.prompt_templates_ = list(task.templates)
         return self

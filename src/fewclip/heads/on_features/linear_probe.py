@@ -60,7 +60,7 @@ class LinearProbeHead(HeadBase):
             checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
             on_epoch=task.on_epoch, generator=generator,
             make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-        self.best_epoch_ = self.selection_.epoch
+        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)
         self.temperature_ = temperature_tensor(self.calibration_)

@@ -71,6 +71,10 @@ def support_keys(train: FeatureSet) -> torch.Tensor:
 class CacheModel(nn.Module):
     """Zero-shot logits plus the cache logits; ``keys`` is a parameter (Tip-Adapter-F trains it)."""
 
+    values: torch.Tensor  # buffers: (N, C), (C, d) and ()
+    prototypes: torch.Tensor
+    logit_scale: torch.Tensor
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> None:
         super().__init__()
         self.keys = nn.Parameter(keys.clone())  # (N, d)
@@ -140,11 +144,13 @@ class TipAdapterHead(ChecksTemplates, HeadBase):
     def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) zero-shot + alpha * cache logits, before temperature scaling."""
         with torch.no_grad():
-            return self.model_(features, self.alpha_, self.beta_)
+            scores: torch.Tensor = self.model_(features, self.alpha_, self.beta_)
+        return scores
 
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """``logits`` with autograd on, for saliency."""
-        return self.model_(features, self.alpha_, self.beta_) / self.temperature_
+        scores: torch.Tensor = self.model_(features, self.alpha_, self.beta_)
+        return scores / self.temperature_
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""

@@ -43,11 +43,13 @@ class ModuleScores:
     def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) the module's logits, before temperature scaling."""
         with torch.no_grad():
-            return self.model_(features)
+            scores: torch.Tensor = self.model_(features)
+        return scores
 
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """``logits`` with autograd on, for saliency."""
-        return self.model_(features) / self.temperature_
+        scores: torch.Tensor = self.model_(features)
+        return scores / self.temperature_
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""

@@ -19,7 +19,7 @@ import torch
 
 from fewclip.backbones.protocol import Backbone
 from fewclip.configbase import ConfigBlock
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 
@@ -58,11 +58,12 @@ class ZeroShotHead(ChecksTemplates, HeadBase):
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ZeroShotHead":
         self.check(task)
+        backbone = task_backbone(task, self.name)
         prompts = [template.format(name) for template in task.templates for name in task.class_names]
-        text = normalize(task.backbone.encode_text(prompts))
+        text = normalize(backbone.encode_text(prompts))
         self.template_prototypes_ = text.reshape(len(task.templates), len(task.class_names), -1)  # (T, C, d)
         self.prototypes_ = normalize(self.template_prototypes_.mean(dim=0))  # (C, d)
-        self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
+        self.logit_scale_ = torch.tensor(backbone.logit_scale)
         self.templates_ = list(task.templates)
         self.history_: list[dict[str, float]] = []  # nothing is trained, so no epochs to log
         return self
@@ -103,4 +104,5 @@ def start_prototypes(backbone: Backbone, class_names: Sequence[str], templates: 
     if kind == "template_mean":
         return raw_mean
     ensemble = ZeroShotHead().fit(Task(list(class_names), list(templates), backbone)).prototypes_
-    return ensemble * raw_mean.norm(dim=-1, keepdim=True)
+    scaled: torch.Tensor = ensemble * raw_mean.norm(dim=-1, keepdim=True)
+    return scaled

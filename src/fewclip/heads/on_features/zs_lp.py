@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from fewclip.configbase import ConfigBlock
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling
 from fewclip.heads.registry import register_head
@@ -71,6 +71,8 @@ class ZsLpConfig(ConfigBlock):
 class PrototypeModel(nn.Module):
     """Trainable class prototypes (C, d) scored by cosine times CLIP's logit scale."""
 
+    logit_scale: torch.Tensor  # a buffer, ()
+
     def __init__(self, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> None:
         super().__init__()
         self.prototypes = nn.Parameter(prototypes.clone())
@@ -83,8 +85,9 @@ class PrototypeModel(nn.Module):
 def initial_model(task: Task, prototypes: StartPrototypes = "template_mean") -> PrototypeModel:
     """The untrained probe: the start prototypes (by default the mean raw template embedding of each class),
     CLIP's logit scale."""
-    start = start_prototypes(task.backbone, task.class_names, task.templates, prototypes)
-    return PrototypeModel(start, torch.tensor(float(task.backbone.logit_scale)))
+    backbone = task_backbone(task, "zs_lp")
+    start = start_prototypes(backbone, task.class_names, task.templates, prototypes)
+    return PrototypeModel(start, torch.tensor(float(backbone.logit_scale)))
 
 
 @register_head
@@ -100,6 +103,8 @@ class ZsLpHead(ModuleScores, ChecksTemplates, HeadBase):
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
+
+    model_: PrototypeModel  # set by fit_module
 
     def train_step(self, model: PrototypeModel,
                    train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float] | None:

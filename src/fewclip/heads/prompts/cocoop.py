@@ -42,7 +42,7 @@ from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import assemble, check_prompts_fit, starting_context
+from fewclip.heads.prompts.learning import assemble, check_prompts_fit, checked_fit_inputs, starting_context
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 
@@ -82,6 +82,8 @@ class CoCoOpHead(HeadBase):
     uses_augmented_views = True
     selects_epoch = True
     calibrates = True
+
+    best_epoch_: int | None  # None: loaded from a head saved without it
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -131,12 +133,13 @@ class CoCoOpHead(HeadBase):
         check_prompts_fit(task, self.config, "end", "cocoop")
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoCoOpHead":
-        ctx = starting_context(self, task, train)
+        backbone, train = checked_fit_inputs(self, task, train)
+        ctx = starting_context(self, backbone, task)
         cfg, n_classes = self.config, len(task.class_names)
         torch.manual_seed(task.seed)  # the meta-net's default init draws from the global generator
         params = CoCoOpParams(ctx, train.features.shape[1])
-        self.attach(task.backbone, task.class_names, cfg.n_ctx)
-        scale = task.backbone.logit_scale
+        self.attach(backbone, task.class_names, cfg.n_ctx)
+        scale = backbone.logit_scale
 
         def logits_fn(features: torch.Tensor) -> torch.Tensor:
             return self._conditional_logits(params, self.prompts_, features, scale)

@@ -41,7 +41,8 @@ from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import assemble, build_layout, check_prompts_fit, starting_context
+from fewclip.heads.prompts.learning import (assemble, build_layout, check_prompts_fit, checked_fit_inputs,
+                                            starting_context)
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
@@ -121,17 +122,20 @@ class CoOpHead(HeadBase):
     selects_epoch = True
     calibrates = True
 
+    best_epoch_: int | None  # None: loaded from a head saved without it
+
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""
         check_prompts_fit(task, self.config, self.config.class_token_position, self.name)
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "CoOpHead":
-        ctx = starting_context(self, task, train, self.config.class_specific_context)
+        backbone, train = checked_fit_inputs(self, task, train)
+        ctx = starting_context(self, backbone, task, self.config.class_specific_context)
         cfg, n_classes = self.config, len(task.class_names)
-        prompts = CoOpPrompts(task.backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision,
+        prompts = CoOpPrompts(backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision,
                               self.name)
         params = ContextParams(ctx)
-        scale = task.backbone.logit_scale
+        scale = backbone.logit_scale
 
         def logits_fn(features: torch.Tensor) -> torch.Tensor:
             return scale * normalize(features) @ prompts.features(params.ctx).T

@@ -96,7 +96,7 @@ class KgCoOpHead(CoOpHead):
         def step(features: torch.Tensor, labels: torch.Tensor) -> float:
             class_text = prompts.features(params.ctx)  # (C, d) normalised
             logits = scale * normalize(features) @ class_text.T
-            loss = nn.functional.cross_entropy(logits.float(), labels) + weight * guidance_term(
+            loss: torch.Tensor = nn.functional.cross_entropy(logits.float(), labels) + weight * guidance_term(
                 class_text, hand_crafted, guidance)
             loss.backward()
             return loss.item()

@@ -18,8 +18,8 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from fewclip.backbones.protocol import PromptTower, TextTokens
-from fewclip.heads.base import FeatureSet, Task
+from fewclip.backbones.protocol import Backbone, PromptTower, TextTokens
+from fewclip.heads.base import FeatureSet, Task, task_backbone
 from fewclip.heads.prompts.config import CtxInitMode, PromptLearningConfig
 from fewclip.heads.prompts.lengths import text_positions
 
@@ -130,9 +130,8 @@ def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, wit
 def check_prompts_fit(task: Task, config: PromptLearningConfig, position: Position, key: str) -> None:
     """Fail before any training if ctx_init's words are not one token each for this tokenizer, or a class prompt
     (the config's ``n_ctx`` context + name + SOS, '.', EOT) exceeds the positions."""
-    if task.backbone is None:
-        raise ValueError(f"{key} needs the backbone's text tower (Task.backbone is None)")
-    tokens, ctx_init = task.backbone.tokens, config.ctx_init
+    backbone = task_backbone(task, key)
+    tokens, ctx_init = backbone.tokens, config.ctx_init
     if ctx_init:  # the config counted ctx_init's words (n_ctx, or what n_ctx must hold): each must be one token
         ids = context_init_ids(tokens, ctx_init)
         words = config.context_words
@@ -142,20 +141,24 @@ def check_prompts_fit(task: Task, config: PromptLearningConfig, position: Positi
                 f"and the context takes one vector per word; use words the tokenizer keeps whole, or set "
                 f"{key}.ctx_init: null and {key}.n_ctx to the context length")
     n_ctx_key = f"{key}.ctx_init" if ctx_init and config.init_mode == "words" else f"{key}.n_ctx"  # sets the length
-    build_layout(tokens, task.class_names, config.n_ctx, position, text_positions(task.backbone), key, n_ctx_key)
+    build_layout(tokens, task.class_names, config.n_ctx, position, text_positions(backbone), key, n_ctx_key)
 
 
-def starting_context(head: Any, task: Task, train: FeatureSet | None, class_specific: bool = False) -> torch.Tensor:
-    """A prompt learner's context before training, once the checks that fail before any work have passed (the text
-    tower is there, there are training features, ``head.check``: every prompt fits): the config's ``n_ctx`` vectors
-    (``init_context``), random ones drawn from a generator seeded with the task's seed."""
-    if task.backbone is None:
-        raise ValueError(f"{head.name} needs the backbone's text tower (Task.backbone is None)")
+def checked_fit_inputs(head: Any, task: Task, train: FeatureSet | None) -> tuple[Backbone, FeatureSet]:
+    """A prompt learner's backbone and training features, once the checks that fail before any work have passed: the
+    text tower is there, there are training features, ``head.check`` (every prompt fits)."""
+    backbone = task_backbone(task, head.name)
     if train is None or len(train) == 0:
         raise ValueError(f"{head.name} needs training features")
     head.check(task)
+    return backbone, train
+
+
+def starting_context(head: Any, backbone: Backbone, task: Task, class_specific: bool = False) -> torch.Tensor:
+    """A prompt learner's context before training (after ``checked_fit_inputs``): the config's ``n_ctx`` vectors
+    (``init_context``), random ones drawn from a generator seeded with the task's seed."""
     cfg = head.config
-    return init_context(task.backbone.prompt_tower(), task.backbone.tokens, cfg.n_ctx, cfg.ctx_init,
+    return init_context(backbone.prompt_tower(), backbone.tokens, cfg.n_ctx, cfg.ctx_init,
                         len(task.class_names), class_specific, torch.Generator().manual_seed(task.seed), cfg.init_mode)
 
 

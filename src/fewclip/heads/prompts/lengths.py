@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Sequence
 
 from fewclip.backbones.protocol import Backbone, TextTokens
-from fewclip.heads.base import Task
+from fewclip.heads.base import Task, task_backbone
 
 SHOWN = 5  # offending prompts listed in one message
 
@@ -42,9 +42,8 @@ def check_templates_fit(tokens: TextTokens, templates: Sequence[str], class_name
 def check_template_task(task: Task, key: str) -> None:
     """The check of every head that encodes ``template.format(name)`` prompts: the backbone is there and
     every prompt fits its text positions (``key`` names the head in the message)."""
-    if task.backbone is None:
-        raise ValueError(f"{key} needs the backbone's text encoder (Task.backbone is None)")
-    check_templates_fit(task.backbone.tokens, task.templates, task.class_names, text_positions(task.backbone), key)
+    backbone = task_backbone(task, key)
+    check_templates_fit(backbone.tokens, task.templates, task.class_names, text_positions(backbone), key)
 
 
 class ChecksTemplates:

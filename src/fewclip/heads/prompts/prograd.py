@@ -77,7 +77,8 @@ def project_conflict(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: flo
     kl_unit = kl_grad / torch.linalg.norm(kl_grad)
     ce_unit = ce_grad / torch.linalg.norm(ce_grad)
     if torch.dot(ce_unit.flatten(), kl_unit.flatten()) < 0:
-        return ce_grad - strength * torch.dot(ce_grad.flatten(), kl_unit.flatten()) * kl_unit
+        projected: torch.Tensor = ce_grad - strength * torch.dot(ce_grad.flatten(), kl_unit.flatten()) * kl_unit
+        return projected
     return ce_grad
 
 
