@@ -14,8 +14,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-BENCH_WORDS = ["a", "photo", "of", "apple", "pie", "bibimbap", "cannoli", "edamame", "falafel", "french", "toast",
-               "ice", "cream", "ramen", "sushi", "tiramisu", "class", "number"]
+BENCH_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "apple",
+    "pie",
+    "bibimbap",
+    "cannoli",
+    "edamame",
+    "falafel",
+    "french",
+    "toast",
+    "ice",
+    "cream",
+    "ramen",
+    "sushi",
+    "tiramisu",
+    "class",
+    "number",
+]
 
 
 def vit_b32_random(folder: Path, seed: int = 0) -> Path:
@@ -28,23 +46,43 @@ def vit_b32_random(folder: Path, seed: int = 0) -> Path:
 
     from fewclip.world.toy import write_byte_tokenizer
 
-    if (folder / "model.safetensors").is_file() and (folder / ".words").is_file() \
-            and (folder / ".words").read_text() == " ".join(BENCH_WORDS):
+    if (
+        (folder / "model.safetensors").is_file()
+        and (folder / ".words").is_file()
+        and (folder / ".words").read_text() == " ".join(BENCH_WORDS)
+    ):
         return folder
     vocab = write_byte_tokenizer(folder, BENCH_WORDS, model_max_length=77)
     torch.manual_seed(seed)
-    config = CLIPConfig(text_config={"vocab_size": vocab, "bos_token_id": vocab - 2, "eos_token_id": vocab - 1,
-                                     "pad_token_id": vocab - 1})
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab,
+            "bos_token_id": vocab - 2,
+            "eos_token_id": vocab - 1,
+            "pad_token_id": vocab - 1,
+        }
+    )
     CLIPModel(config).save_pretrained(str(folder))
-    processor = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3,
-                 "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    processor = {
+        "size": {"shortest_edge": 224},
+        "crop_size": {"height": 224, "width": 224},
+        "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     (folder / ".words").write_text(" ".join(BENCH_WORDS))
     return folder
 
 
-def photo_folder(folder: Path, classes: int, per_class: int, size: tuple[int, int] = (512, 384), seed: int = 0,
-                 test_per_class: int | None = None) -> Path:
+def photo_folder(
+    folder: Path,
+    classes: int,
+    per_class: int,
+    size: tuple[int, int] = (512, 384),
+    seed: int = 0,
+    test_per_class: int | None = None,
+) -> Path:
     """<folder>/<split>/class_i/NNN.jpg: smooth random colour fields with noise, saved as JPEG (q=90);
     ``per_class`` train and ``test_per_class`` (default half as many) test images per class."""
     rng = np.random.default_rng(seed)

@@ -31,9 +31,17 @@ def main() -> None:
     run_dir, cache_dir = work / "rerun-run", work / "rerun-cache"
     for folder in (run_dir, cache_dir):
         shutil.rmtree(folder, ignore_errors=True)
-    overrides = [f"model.id={model_dir}", "model.device=cpu", "dataset.source=folder", f"dataset.path={data}",
-                 "few_shot.shots=[1,2,4,8]", "splits.seeds=[1]", f"output.dir={run_dir}", "output.progress=false",
-                 f"cache.dir={cache_dir}"]
+    overrides = [
+        f"model.id={model_dir}",
+        "model.device=cpu",
+        "dataset.source=folder",
+        f"dataset.path={data}",
+        "few_shot.shots=[1,2,4,8]",
+        "splits.seeds=[1]",
+        f"output.dir={run_dir}",
+        "output.progress=false",
+        f"cache.dir={cache_dir}",
+    ]
     times = []
     for _ in range(2):
         config = load_config(None, overrides)

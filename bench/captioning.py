@@ -70,8 +70,11 @@ def generation_bench(model: CaptionModel, tokens: torch.Tensor, batch: int, max_
     n = len(tokens)
 
     def batched() -> list[list[int]]:
-        return [ids for start in range(0, n, batch)
-                for ids in generate_ids(model, tokens[start : start + batch], settings, use_cache=True)]
+        return [
+            ids
+            for start in range(0, n, batch)
+            for ids in generate_ids(model, tokens[start : start + batch], settings, use_cache=True)
+        ]
 
     def naive() -> list[list[int]]:
         return [generate_ids(model, tokens[i : i + 1], settings, use_cache=False)[0] for i in range(n)]
@@ -84,19 +87,24 @@ def generation_bench(model: CaptionModel, tokens: torch.Tensor, batch: int, max_
     batched_s, batched_ids = timed(batched)
     same = naive_ids == batched_ids == cached_ids
     mean_length = sum(map(len, batched_ids)) / n
-    print(f"\n[generation] {n} world images, greedy, max_length {max_length} (mean caption {mean_length:.1f} tokens), "
-          f"{model.config.method} trained {epochs} epochs, {len(set(map(tuple, batched_ids)))} distinct captions")
+    print(
+        f"\n[generation] {n} world images, greedy, max_length {max_length} (mean caption {mean_length:.1f} tokens), "
+        f"{model.config.method} trained {epochs} epochs, {len(set(map(tuple, batched_ids)))} distinct captions"
+    )
     print(f"  naive: one image, no cache    {n / naive_s:8.1f} captions/s")
     print(f"  one image, KV cache           {n / cached_s:8.1f} captions/s   {naive_s / cached_s:5.2f}x")
-    print(f"  batch {batch:3d}, KV cache          {n / batched_s:8.1f} captions/s   {naive_s / batched_s:5.2f}x "
-          f"(target >= 5x)")
+    print(
+        f"  batch {batch:3d}, KV cache          {n / batched_s:8.1f} captions/s   {naive_s / batched_s:5.2f}x "
+        f"(target >= 5x)"
+    )
     print(f"  captions identical: {same}")
     if not same:
         raise SystemExit("batched / cached captions differ from the naive loop's")
 
 
-def train_step_bench(method: str, images: dict[str, Path], examples: list[tuple[str, str]], batch: int, steps: int,
-                     work: Path) -> None:
+def train_step_bench(
+    method: str, images: dict[str, Path], examples: list[tuple[str, str]], batch: int, steps: int, work: Path
+) -> None:
     results = {}
     for name, root, budget in (("encoder every step", None, 0.0), ("cached encoder tokens", work / "cache", 1e9)):
         model = caption_model(method)
@@ -104,7 +112,7 @@ def train_step_bench(method: str, images: dict[str, Path], examples: list[tuple[
         tokens = EncoderTokens(model, images, root, budget)
         setup = time.perf_counter() - start
         optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-4, weight_decay=1e-5)
-        batches = [examples[(i * batch) % len(examples):][:batch] for i in range(steps + 1)]
+        batches = [examples[(i * batch) % len(examples) :][:batch] for i in range(steps + 1)]
 
         def step(chosen: list[tuple[str, str]]) -> float:
             ids, mask, labels = pad_batch([caption_token_ids(model.tokenizer, c, 32) for _, c in chosen], model.eos_id)
@@ -168,13 +176,30 @@ def memory_bench(work: Path, threads: int, n_images: int) -> None:
     print("\n[memory] one training step at batch 32 in a fresh process (world CLIP + world decoder, CPU)")
     root = Path(__file__).resolve().parents[1]
     for method, mode in (("adapter", "cached"), ("adapter", "encoder"), ("prefix", "cached"), ("lora", "cached")):
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(root / "src"), str(root / "bench"), str(work),
-                              method, mode, str(threads), str(n_images)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MEMORY_CHILD,
+                str(root / "src"),
+                str(root / "bench"),
+                str(work),
+                method,
+                mode,
+                str(threads),
+                str(n_images),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         n = json.loads(out.stdout.strip().splitlines()[-1])
         label = f"{method}, {'cached tokens' if mode == 'cached' else 'encoder in the step'}"
-        print(f"  {label:32s} peak RSS {n['peak_mb']:6.0f} MB during the step (loaded: {n['base_mb']:5.0f} MB, "
-              f"step adds {n['peak_mb'] - n['base_mb']:4.0f} MB; process peak {n['maxrss_mb']:5.0f} MB)  "
-              f"{n['seconds'] * 1000:6.0f} ms  {n['trainable']:,} trainable")
+        print(
+            f"  {label:32s} peak RSS {n['peak_mb']:6.0f} MB during the step (loaded: {n['base_mb']:5.0f} MB, "
+            f"step adds {n['peak_mb'] - n['base_mb']:4.0f} MB; process peak {n['maxrss_mb']:5.0f} MB)  "
+            f"{n['seconds'] * 1000:6.0f} ms  {n['trainable']:,} trainable"
+        )
 
 
 def main() -> None:

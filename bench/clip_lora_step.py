@@ -54,8 +54,18 @@ import torch
 
 from _common import BENCH_WORDS, photo_folder
 
-VIT_CLASSES = ["apple pie", "bibimbap", "cannoli", "edamame", "falafel", "french toast", "ice cream", "ramen",
-               "sushi", "tiramisu"]
+VIT_CLASSES = [
+    "apple pie",
+    "bibimbap",
+    "cannoli",
+    "edamame",
+    "falafel",
+    "french toast",
+    "ice cream",
+    "ramen",
+    "sushi",
+    "tiramisu",
+]
 TEMPLATE = "a photo of a {}."
 
 
@@ -65,11 +75,25 @@ def vit_b16_config(layers: int = 12, tokens: int = 49408) -> Any:
     ``tokens``: the tokenizer's size (its last two ids are BOS and EOS; the embedding stays 49408 rows)."""
     from transformers import CLIPConfig
 
-    text = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": layers,
-            "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": tokens - 2,
-            "eos_token_id": tokens - 1, "pad_token_id": tokens - 1}
-    vision = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": layers, "num_attention_heads": 12,
-              "patch_size": 16, "image_size": 224}
+    text = {
+        "vocab_size": 49408,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "max_position_embeddings": 77,
+        "bos_token_id": tokens - 2,
+        "eos_token_id": tokens - 1,
+        "pad_token_id": tokens - 1,
+    }
+    vision = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 12,
+        "patch_size": 16,
+        "image_size": 224,
+    }
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
 
 
@@ -84,8 +108,13 @@ def vit_b16_random(folder: Path, layers: int = 12, seed: int = 0) -> Path:
     tokens = write_byte_tokenizer(folder, BENCH_WORDS, model_max_length=77)
     torch.manual_seed(seed)
     CLIPModel(vit_b16_config(layers, tokens)).save_pretrained(str(folder))
-    processor = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3,
-                 "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    processor = {
+        "size": {"shortest_edge": 224},
+        "crop_size": {"height": 224, "width": 224},
+        "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     return folder
 
@@ -98,14 +127,22 @@ def model_specs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     specs = []
     if "world" in args.models:
         images = photo_folder(work / "photos-64", classes=1, per_class=args.batch_world, size=(64, 64))
-        specs.append({"model": "world", "id": WORLD_ALIAS, "classes": list(CLASSES[:16]), "batch": args.batch_world,
-                      "images": str(images)})
+        specs.append(
+            {
+                "model": "world",
+                "id": WORLD_ALIAS,
+                "classes": list(CLASSES[:16]),
+                "batch": args.batch_world,
+                "images": str(images),
+            }
+        )
     if "vit-b16" in args.models:
         name = "vit-b16-random" if args.layers == 12 else f"vit-b16-random-{args.layers}layer"
         folder = vit_b16_random(work / name, args.layers)
         images = photo_folder(work / "photos-512x384", classes=1, per_class=args.batch_vit)
-        specs.append({"model": name, "id": str(folder), "classes": VIT_CLASSES, "batch": args.batch_vit,
-                      "images": str(images)})
+        specs.append(
+            {"model": name, "id": str(folder), "classes": VIT_CLASSES, "batch": args.batch_vit, "images": str(images)}
+        )
     return specs
 
 
@@ -151,11 +188,23 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         next(rank_batches(train, backbone.transform, 1, epoch, row["batch"], 0, 0, 1))
         data_times.append(time.perf_counter() - start)
-    config = ClipLoraConfig(batch_size=row["batch"], iterations_per_shot=row["warmup"] + row["steps"],
-                            precision=row["precision"], gradient_checkpointing=row["checkpointing"], select="last")
+    config = ClipLoraConfig(
+        batch_size=row["batch"],
+        iterations_per_shot=row["warmup"] + row["steps"],
+        precision=row["precision"],
+        gradient_checkpointing=row["checkpointing"],
+        select="last",
+    )
     stamps: list[float] = []
-    task = Task(row["classes"], [TEMPLATE], backbone, seed=1, shots=1, workers=0,
-                on_epoch=lambda _: stamps.append(time.perf_counter()))
+    task = Task(
+        row["classes"],
+        [TEMPLATE],
+        backbone,
+        seed=1,
+        shots=1,
+        workers=0,
+        on_epoch=lambda _: stamps.append(time.perf_counter()),
+    )
     head = ClipLoraHead(config)
     allocated_mb = 0.0
     if cuda:
@@ -167,12 +216,20 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
         head.fit(task, train, None)
     # on a GPU: torch's allocator peak over what was allocated before fit (the tuned copy included), not RSS
     memory_mb = torch.cuda.max_memory_allocated() / 2**20 - allocated_mb if cuda else rss.peak_mb - base_mb
-    steps = [b - a for a, b in zip([start] + stamps, stamps)][row["warmup"]:]
+    steps = [b - a for a, b in zip([start] + stamps, stamps)][row["warmup"] :]
     weights_mb = sum(p.numel() * p.element_size() for p in backbone.model.parameters()) / 2**20
-    return {**row, "step_times": steps, "s_per_step": statistics.median(steps), "data_s": min(data_times[1:]),
-            "memory_mb": memory_mb, "memory_kind": "CUDA allocator peak" if cuda else "RSS peak",
-            "rss_before_mb": base_mb, "weights_mb": weights_mb,
-            "threads": torch.get_num_threads(), "final_train_loss": head.history_[-1]["train_loss"]}
+    return {
+        **row,
+        "step_times": steps,
+        "s_per_step": statistics.median(steps),
+        "data_s": min(data_times[1:]),
+        "memory_mb": memory_mb,
+        "memory_kind": "CUDA allocator peak" if cuda else "RSS peak",
+        "rss_before_mb": base_mb,
+        "weights_mb": weights_mb,
+        "threads": torch.get_num_threads(),
+        "final_train_loss": head.history_[-1]["train_loss"],
+    }
 
 
 def run_row(row: dict[str, Any], in_process: bool, threads: int | None) -> dict[str, Any]:
@@ -188,25 +245,32 @@ def run_row(row: dict[str, Any], in_process: bool, threads: int | None) -> dict[
 def print_table(results: list[dict[str, Any]]) -> None:
     """Side by side; ``bf16/fp32`` is the row's s/step over the fp32 row of the same model, batch and
     checkpointing, ``ckpt on/off`` its s/step over the same row without checkpointing."""
+
     def twin(r: dict[str, Any], **change: Any) -> dict[str, Any] | None:
         want = {**{k: r[k] for k in ("model", "batch", "precision", "checkpointing")}, **change}
         return next((o for o in results if all(o[k] == v for k, v in want.items())), None)
 
-    print(f"\n{'model':24s} {'prec':4s} {'ckpt':4s} {'batch':>5s} {'s/step':>8s} {'ms/img':>8s} {'img/s':>7s} "
-          f"{'data s':>7s} {'bf16/fp32':>9s} {'ckpt on/off':>11s} {'mem +MB':>8s} {'ckpt mem':>8s}")
+    print(
+        f"\n{'model':24s} {'prec':4s} {'ckpt':4s} {'batch':>5s} {'s/step':>8s} {'ms/img':>8s} {'img/s':>7s} "
+        f"{'data s':>7s} {'bf16/fp32':>9s} {'ckpt on/off':>11s} {'mem +MB':>8s} {'ckpt mem':>8s}"
+    )
     for r in results:
         fp32, off = twin(r, precision="fp32"), twin(r, checkpointing=False)
         ratio = f"{r['s_per_step'] / fp32['s_per_step']:9.2f}" if fp32 and r["precision"] != "fp32" else f"{'-':>9s}"
         ckpt = f"{r['s_per_step'] / off['s_per_step']:11.2f}" if off and r["checkpointing"] else f"{'-':>11s}"
         mem = f"{r['memory_mb'] / off['memory_mb']:8.2f}" if off and r["checkpointing"] else f"{'-':>8s}"
-        print(f"{r['model']:24s} {r['precision']:4s} {'on' if r['checkpointing'] else 'off':4s} {r['batch']:5d} "
-              f"{r['s_per_step']:8.3f} {1000 * r['s_per_step'] / r['batch']:8.1f} {r['batch'] / r['s_per_step']:7.1f} "
-              f"{r['data_s']:7.3f} {ratio} {ckpt} {r['memory_mb']:8.0f} {mem}")
+        print(
+            f"{r['model']:24s} {r['precision']:4s} {'on' if r['checkpointing'] else 'off':4s} {r['batch']:5d} "
+            f"{r['s_per_step']:8.3f} {1000 * r['s_per_step'] / r['batch']:8.1f} {r['batch'] / r['s_per_step']:7.1f} "
+            f"{r['data_s']:7.3f} {ratio} {ckpt} {r['memory_mb']:8.0f} {mem}"
+        )
     for model in dict.fromkeys(r["model"] for r in results):
         first = next(r for r in results if r["model"] == model)
-        print(f"  {model}: weights {first['weights_mb']:.0f} MB (copied once by the head: part of mem +MB, the "
-              f"{first['memory_kind']} over fit), "
-              f"{len(first['classes'])} class prompts per step, RSS before fit {first['rss_before_mb']:.0f} MB")
+        print(
+            f"  {model}: weights {first['weights_mb']:.0f} MB (copied once by the head: part of mem +MB, the "
+            f"{first['memory_kind']} over fit), "
+            f"{len(first['classes'])} class prompts per step, RSS before fit {first['rss_before_mb']:.0f} MB"
+        )
 
 
 def main() -> None:
@@ -218,14 +282,26 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="layers per tower of the random ViT-B/16 CLIP")
     parser.add_argument("--models", nargs="+", choices=["world", "vit-b16"], default=["world", "vit-b16"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32", "bf16"])
-    parser.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"],
-                        help="gradient checkpointing rows (on: fp32 only, unless --checkpointing-all)")
+    parser.add_argument(
+        "--checkpointing",
+        nargs="+",
+        choices=["off", "on"],
+        default=["off", "on"],
+        help="gradient checkpointing rows (on: fp32 only, unless --checkpointing-all)",
+    )
     parser.add_argument("--checkpointing-all", action="store_true", help="checkpointing rows for every precision")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (memory is then torch's CUDA allocator "
-                        "peak; not run in this repository's sessions, which have no GPU)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 warm-up + 2 steps, 1-layer "
-                        "random ViT-B/16, rows in this process")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:i] (memory is then torch's CUDA allocator "
+        "peak; not run in this repository's sessions, which have no GPU)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: batch 2, 1 warm-up + 2 steps, 1-layer random ViT-B/16, rows in this process",
+    )
     parser.add_argument("--json", help="also write the rows (with every timed step) to this file")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fewclip-bench"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -242,18 +318,33 @@ def main() -> None:
         args.steps, args.warmup, args.batch_world, args.batch_vit, args.layers = 2, 1, 2, 2, 1
     load_before = os.getloadavg()
     specs = model_specs(args, Path(args.work))
-    rows = [{**spec, "precision": precision, "checkpointing": ckpt == "on", "steps": args.steps,
-             "warmup": args.warmup, "device": args.device}
-            for spec in specs for ckpt in args.checkpointing for precision in args.precisions
-            if ckpt == "off" or precision == "fp32" or args.checkpointing_all]
-    print(f"clip_lora step: {args.warmup} warm-up + {args.steps} timed steps per row, torch threads "
-          f"{torch.get_num_threads()}, {'in this process' if args.quick else 'one process per row'}")
+    rows = [
+        {
+            **spec,
+            "precision": precision,
+            "checkpointing": ckpt == "on",
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "device": args.device,
+        }
+        for spec in specs
+        for ckpt in args.checkpointing
+        for precision in args.precisions
+        if ckpt == "off" or precision == "fp32" or args.checkpointing_all
+    ]
+    print(
+        f"clip_lora step: {args.warmup} warm-up + {args.steps} timed steps per row, torch threads "
+        f"{torch.get_num_threads()}, {'in this process' if args.quick else 'one process per row'}"
+    )
     print(f"load average before (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_before)}")
     results = []
     for row in rows:
         results.append(run_row(row, args.quick, args.threads))
-        print(f"  {row['model']} {row['precision']} ckpt {'on' if row['checkpointing'] else 'off'}: "
-              f"{results[-1]['s_per_step']:.3f} s/step", flush=True)
+        print(
+            f"  {row['model']} {row['precision']} ckpt {'on' if row['checkpointing'] else 'off'}: "
+            f"{results[-1]['s_per_step']:.3f} s/step",
+            flush=True,
+        )
     print_table(results)
     print(f"load average after (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:

@@ -33,8 +33,19 @@ from fewclip.report.evidence import read_evidence
 from fewclip.stats import mean_std, paired_hm_test, paired_test, wilson_interval
 
 METHODS = ["zero_shot", "clip_lora", "zs_lp", "clip_adapter", "coop", "linear_probe"]
-COLUMNS = ("domain", "method", "shots", "split", "n_seeds", "n_test", "accuracy_mean", "accuracy_std", "acc_low",
-           "acc_high", "train_seconds_mean")
+COLUMNS = (
+    "domain",
+    "method",
+    "shots",
+    "split",
+    "n_seeds",
+    "n_test",
+    "accuracy_mean",
+    "accuracy_std",
+    "acc_low",
+    "acc_high",
+    "train_seconds_mean",
+)
 
 
 def load() -> str:
@@ -52,20 +63,41 @@ def table_rows(summary: list[dict[str, str]], domain: str) -> list[dict[str, str
         n_test = int(members[0]["n_eval"]) if members[0]["n_eval"] else 0
         low, high = wilson_interval(mean * n_test, n_test) if n_test else (float("nan"), float("nan"))
         seconds = sum(float(r["train_seconds"]) for r in members) / len(members)
-        rows.append(dict(zip(COLUMNS, (domain, method, shots, split, len(members), n_test or "", f"{mean:.6f}",
-                                       f"{std:.6f}", f"{low:.6f}" if n_test else "", f"{high:.6f}" if n_test else "",
-                                       f"{seconds:.1f}"))))
+        rows.append(
+            dict(
+                zip(
+                    COLUMNS,
+                    (
+                        domain,
+                        method,
+                        shots,
+                        split,
+                        len(members),
+                        n_test or "",
+                        f"{mean:.6f}",
+                        f"{std:.6f}",
+                        f"{low:.6f}" if n_test else "",
+                        f"{high:.6f}" if n_test else "",
+                        f"{seconds:.1f}",
+                    ),
+                )
+            )
+        )
     return rows
 
 
 def markdown_table(rows: list[dict[str, str]], split: str) -> str:
-    lines = [f"| {split} | shots | seeds | test images | accuracy % (mean ± std) | 95% interval (test images) | "
-             "train s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| {split} | shots | seeds | test images | accuracy % (mean ± std) | 95% interval (test images) | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in (r for r in rows if r["split"] == split):
         interval = f"{100 * float(r['acc_low']):.1f}-{100 * float(r['acc_high']):.1f}" if r["acc_low"] else "-"
-        lines.append(f"| {r['method']} | {r['shots']} | {r['n_seeds']} | {r['n_test'] or '-'} | "
-                     f"{100 * float(r['accuracy_mean']):.1f} ± {100 * float(r['accuracy_std']):.1f} | {interval} | "
-                     f"{r['train_seconds_mean']} |")
+        lines.append(
+            f"| {r['method']} | {r['shots']} | {r['n_seeds']} | {r['n_test'] or '-'} | "
+            f"{100 * float(r['accuracy_mean']):.1f} ± {100 * float(r['accuracy_std']):.1f} | {interval} | "
+            f"{r['train_seconds_mean']} |"
+        )
     return "\n".join(lines)
 
 
@@ -74,14 +106,22 @@ def comparisons(layout: RunLayout, summary: list[dict[str, str]], shots: list[in
     over the same test images; on hm, the report's paired randomisation test of the harmonic mean."""
     evidence = read_evidence(layout, summary)
     shot_free = {r["method"] for r in summary if r["shots"] == "0"}
-    lines = ["| clip_lora - X (p) | split | " + " | ".join(f"{k} shots" for k in shots) + " |",
-             "|---|---|" + "---:|" * len(shots)]
+    lines = [
+        "| clip_lora - X (p) | split | " + " | ".join(f"{k} shots" for k in shots) + " |",
+        "|---|---|" + "---:|" * len(shots),
+    ]
     for other in (m for m in methods if m != "clip_lora"):
         for split in ("base", "new", "hm"):
             cells = []
             for k in shots:
-                sides = [(evidence.get("clip_lora", k, part), evidence.get(other, 0 if other in shot_free else k, part),
-                          evidence.labels.get(part)) for part in (("base", "new") if split == "hm" else (split,))]
+                sides = [
+                    (
+                        evidence.get("clip_lora", k, part),
+                        evidence.get(other, 0 if other in shot_free else k, part),
+                        evidence.labels.get(part),
+                    )
+                    for part in (("base", "new") if split == "hm" else (split,))
+                ]
                 if any(a is None or b is None for a, b, _ in sides):
                     cells.append("-")
                     continue
@@ -104,9 +144,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "clip_lora_world"))
     args = parser.parse_args()
     work = Path(args.work) / args.domain
-    overrides = [f"dataset.domain={args.domain}", f"splits.seeds={args.seeds}", f"few_shot.shots={args.shots}",
-                 f"methods={args.methods}", "splits.subsample=base2new", "output.progress=false",
-                 "output.figures=false", f"output.dir={work}"]
+    overrides = [
+        f"dataset.domain={args.domain}",
+        f"splits.seeds={args.seeds}",
+        f"few_shot.shots={args.shots}",
+        f"methods={args.methods}",
+        "splits.subsample=base2new",
+        "output.progress=false",
+        "output.figures=false",
+        f"output.dir={work}",
+    ]
     if args.loader_threads is not None:
         overrides.append(f"model.loader_threads={args.loader_threads}")
     started = load()
@@ -118,20 +165,25 @@ def main() -> None:
     summary = read_csv(layout.summary)
     rows = table_rows(summary, args.domain)
     write_csv(Path(args.out + ".csv"), COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
-    text = "\n\n".join([
-        "# bench/clip_lora_world.py output",
-        f"Command: `python bench/clip_lora_world.py --domain {args.domain} --shots {' '.join(map(str, args.shots))} "
-        f"--seeds {' '.join(map(str, args.seeds))}`; run wall time {wall:.0f} s (training units that a previous "
-        f"run in the same --work left are reused); {started} at the start, {load()} at the end (2 CPU cores, "
-        "shared).",
-        f"Domain {args.domain}, base-to-new: 8 base classes trained, 8 new ones held out. Accuracy over the seeds; "
-        "the interval is the 95% Wilson interval of the seed-mean accuracy over the test images (test-set "
-        "sampling only: the seed spread is the ± std).",
-        *(markdown_table(rows, split) for split in ("base", "new", "hm")),
-        "clip_lora against every other head: accuracy points and the two-sided p of the paired sign-flip test "
-        "over the same test images (fewclip.stats.paired_test, the report's test).",
-        comparisons(layout, summary, args.shots, args.methods),
-    ]) + "\n"
+    text = (
+        "\n\n".join(
+            [
+                "# bench/clip_lora_world.py output",
+                f"Command: `python bench/clip_lora_world.py --domain {args.domain} --shots {' '.join(map(str, args.shots))} "
+                f"--seeds {' '.join(map(str, args.seeds))}`; run wall time {wall:.0f} s (training units that a previous "
+                f"run in the same --work left are reused); {started} at the start, {load()} at the end (2 CPU cores, "
+                "shared).",
+                f"Domain {args.domain}, base-to-new: 8 base classes trained, 8 new ones held out. Accuracy over the seeds; "
+                "the interval is the 95% Wilson interval of the seed-mean accuracy over the test images (test-set "
+                "sampling only: the seed spread is the ± std).",
+                *(markdown_table(rows, split) for split in ("base", "new", "hm")),
+                "clip_lora against every other head: accuracy points and the two-sided p of the paired sign-flip test "
+                "over the same test images (fewclip.stats.paired_test, the report's test).",
+                comparisons(layout, summary, args.shots, args.methods),
+            ]
+        )
+        + "\n"
+    )
     Path(args.out + ".md").write_text(text)
     print(text)
 

@@ -59,18 +59,24 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     model = vit_b32_random(work / "vit-b32-random")
-    data = photo_folder(work / f"photos-ranks-{args.images}", classes=4, per_class=2,
-                        test_per_class=args.images // 4)
+    data = photo_folder(work / f"photos-ranks-{args.images}", classes=4, per_class=2, test_per_class=args.images // 4)
     print(f"load before: {os.getloadavg()[0]:.2f} (1-min average)")
     times, rows = {}, {}
     for ranks in (1, 2):
         root = Path(tempfile.mkdtemp(prefix=f"ranks{ranks}-", dir=work))
         config = root / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "methods": ["zero_shot"], "model": {"id": str(model), "batch_size": args.batch, "loader_threads": 2},
-            "dataset": {"source": "folder", "path": str(data)}, "output": {"dir": str(root / "run"), "figures": False},
-            "cache": {"dir": str(root / "cache")},
-            "runtime": {"threads": args.threads_per_rank * (2 if ranks == 1 else 1)}}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "methods": ["zero_shot"],
+                    "model": {"id": str(model), "batch_size": args.batch, "loader_threads": 2},
+                    "dataset": {"source": "folder", "path": str(data)},
+                    "output": {"dir": str(root / "run"), "figures": False},
+                    "cache": {"dir": str(root / "cache")},
+                    "runtime": {"threads": args.threads_per_rank * (2 if ranks == 1 else 1)},
+                }
+            )
+        )
         fewclip(["prepare", str(config)], 1)
         times[ranks] = fewclip(["features", str(config)], ranks)
         rows[ranks] = cached(root / "cache")

@@ -36,7 +36,9 @@ def main() -> None:
     model_dir = vit_b32_random(work / "vit-b32-random")
     data = photo_folder(work / f"photos-{args.images}", classes=1, per_class=args.images)
     paths = sorted((data / "train" / "class_0").glob("*.jpg"))[: args.images]
-    records = [Record(str(p), 0, "c", hashlib.sha1(p.read_bytes()).hexdigest()) for p in paths]  # as prepare records them
+    records = [
+        Record(str(p), 0, "c", hashlib.sha1(p.read_bytes()).hexdigest()) for p in paths
+    ]  # as prepare records them
 
     backbone = load_backbone(ModelConfig(id=str(model_dir), precision=args.precision, device="cpu"))
     pixels = torch.from_numpy(np.stack([backbone.transform(read_image(p)) for p in paths]))
@@ -52,7 +54,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache_dir:
             cache = FeatureCache(Path(cache_dir), backbone.fingerprint())
             start = time.perf_counter()
-            extract_features(records, data, backbone, cache, batch_size=args.batch, threads=args.threads, progress=False)
+            extract_features(
+                records, data, backbone, cache, batch_size=args.batch, threads=args.threads, progress=False
+            )
             return time.perf_counter() - start
 
     # Alternate to spread any drift in machine speed over both measurements.
@@ -62,7 +66,9 @@ def main() -> None:
         full_times.append(full())
     bare_s, full_s = min(bare_times), min(full_times)
     n = len(paths)
-    print(f"images={n} batch={args.batch} precision={args.precision} torch_threads={torch.get_num_threads()} loader_threads={args.threads}")
+    print(
+        f"images={n} batch={args.batch} precision={args.precision} torch_threads={torch.get_num_threads()} loader_threads={args.threads}"
+    )
     print(f"bare forward on pre-made tensors : {bare_s:7.2f} s  {n / bare_s:6.1f} img/s")
     print(f"extraction (read+decode+prep+fwd): {full_s:7.2f} s  {n / full_s:6.1f} img/s")
     print(f"ratio extraction / bare throughput: {bare_s / full_s:.3f}  (target >= 0.9)")

@@ -30,8 +30,18 @@ from fewclip.heads.base import normalize
 from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
 from fewclip.heads.prompts.learning import assemble, init_context
 
-CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn", "garbage truck",
-           "gas pump", "golf ball", "parachute"]
+CLASSES = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
 
 
 def rn50_random(folder: Path) -> Path:
@@ -60,7 +70,9 @@ def extraction_bench(backbone, work: Path, n_images: int, batch: int, threads: i
 
     data = photo_folder(work / f"photos-{n_images}", classes=1, per_class=n_images)
     paths = sorted((data / "train" / "class_0").glob("*.jpg"))[:n_images]
-    records = [Record(str(p), 0, "c", hashlib.sha1(p.read_bytes()).hexdigest()) for p in paths]  # as prepare records them
+    records = [
+        Record(str(p), 0, "c", hashlib.sha1(p.read_bytes()).hexdigest()) for p in paths
+    ]  # as prepare records them
     reference = image_transform_v2(PreprocessCfg(**backbone.model.visual.preprocess_cfg), is_train=False)
     pixels = torch.stack([reference(read_image(p)) for p in paths])  # OpenCLIP's own preprocessing
     model = backbone.model
@@ -85,8 +97,10 @@ def extraction_bench(backbone, work: Path, n_images: int, batch: int, threads: i
         bare_times.append(bare())
         full_times.append(full())
     bare_s, full_s = min(bare_times), min(full_times)
-    print(f"\n[features] RN50, {len(paths)} JPEGs 512x384, batch {batch}, torch threads {torch.get_num_threads()}, "
-          f"loader threads {threads}")
+    print(
+        f"\n[features] RN50, {len(paths)} JPEGs 512x384, batch {batch}, torch threads {torch.get_num_threads()}, "
+        f"loader threads {threads}"
+    )
     print(f"  OpenCLIP encode_image on pre-made tensors : {bare_s:7.2f} s  {len(paths) / bare_s:6.1f} img/s")
     print(f"  fewclip features stage (read..forward)    : {full_s:7.2f} s  {len(paths) / full_s:6.1f} img/s")
     print(f"  ratio fewclip / OpenCLIP throughput: {bare_s / full_s:.3f}  (target >= 0.9)")
@@ -136,8 +150,10 @@ def coop_step_bench(backbone, steps: int) -> None:
     print("\n[CoOp step] RN50 text tower (OpenCLIP), 10 classes, n_ctx 16, batch 32")
     for name, (seconds, out, length) in results.items():
         diff = (out - ref_logits).abs().max().item()
-        print(f"  {name:16s} seq {length:2d}  {seconds * 1000:8.1f} ms/step  speed-up {ref_time / seconds:5.2f}x  "
-              f"max |logit diff| vs naive {diff:.2e}")
+        print(
+            f"  {name:16s} seq {length:2d}  {seconds * 1000:8.1f} ms/step  speed-up {ref_time / seconds:5.2f}x  "
+            f"max |logit diff| vs naive {diff:.2e}"
+        )
     print("  target: >= 4x")
 
 

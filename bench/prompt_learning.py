@@ -35,8 +35,18 @@ from fewclip.heads.prompts.cocoop import CoCoOpParams
 from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
 from fewclip.heads.prompts.learning import assemble, init_context
 
-CLASSES = ["apple pie", "bibimbap", "cannoli", "edamame", "falafel", "french toast", "ice cream", "ramen",
-           "sushi", "tiramisu"]
+CLASSES = [
+    "apple pie",
+    "bibimbap",
+    "cannoli",
+    "edamame",
+    "falafel",
+    "french toast",
+    "ice cream",
+    "ramen",
+    "sushi",
+    "tiramisu",
+]
 
 
 def timed(fn, steps: int) -> float:
@@ -64,8 +74,11 @@ def coop_step_bench(backbone, steps: int) -> None:
     labels = torch.arange(32) % len(CLASSES)
     scale = backbone.logit_scale
     results = {}
-    for name, precision, naive in (("naive 77 tokens fp32", "fp32", True), ("ours fp32", "fp32", False),
-                                   ("ours bf16", "bf16", False)):
+    for name, precision, naive in (
+        ("naive 77 tokens fp32", "fp32", True),
+        ("ours fp32", "fp32", False),
+        ("ours bf16", "bf16", False),
+    ):
         prompts = CoOpPrompts(backbone, CLASSES, n_ctx, "end", precision, "coop")
         params = ContextParams(ctx.clone())
         optimizer = torch.optim.SGD(params.parameters(), lr=0.002, momentum=0.9)
@@ -91,13 +104,17 @@ def coop_step_bench(backbone, steps: int) -> None:
     print("\n[CoOp step] 10 classes, batch 32, n_ctx 16, ViT-B/32 text tower")
     for name, (seconds, logits, length) in results.items():
         diff = (logits - ref_logits).abs().max().item()
-        print(f"  {name:22s} seq {length:2d} (shared prefix {prompts.layout.shared_prefix if 'ours' in name else 0:2d})  {seconds * 1000:8.1f} ms/step  speed-up {ref_time / seconds:5.2f}x  "
-              f"max |logit diff| vs naive {diff:.2e}")
+        print(
+            f"  {name:22s} seq {length:2d} (shared prefix {prompts.layout.shared_prefix if 'ours' in name else 0:2d})  {seconds * 1000:8.1f} ms/step  speed-up {ref_time / seconds:5.2f}x  "
+            f"max |logit diff| vs naive {diff:.2e}"
+        )
 
 
 def cocoop_step_bench(backbone, steps: int, batches: list[int]) -> None:
-    print("\n[CoCoOp step] 10 classes, n_ctx 4 ('a photo of a'): the reference's per-image loop vs ours batched "
-          "(one training step: logits, loss, backward)")
+    print(
+        "\n[CoCoOp step] 10 classes, n_ctx 4 ('a photo of a'): the reference's per-image loop vs ours batched "
+        "(one training step: logits, loss, backward)"
+    )
     tower = PromptTextTower(backbone.model)
     n_ctx = 4  # "a photo of a": one vector per word
     ctx = init_context(tower, backbone.tokens, n_ctx, "a photo of a", len(CLASSES), False, torch.Generator())
@@ -137,11 +154,15 @@ def cocoop_step_bench(backbone, steps: int, batches: list[int]) -> None:
         loop_s = timed(lambda: step(lambda: loop_logits(prompts["fp32"].base)), steps)
         ours_s = timed(lambda: step(lambda: batched_logits("fp32")), steps)
         bf16_s = timed(lambda: step(lambda: batched_logits("bf16")), steps)
-        print(f"  batch {batch:2d}: per-image loop 77 tokens {loop77_s * 1000:8.1f} ms | per-image loop cut {loop_s * 1000:8.1f} ms"
-              f" | ours fp32 {ours_s * 1000:8.1f} ms | ours bf16 {bf16_s * 1000:8.1f} ms")
-        print(f"            speed-up vs reference: fp32 {loop77_s / ours_s:5.2f}x, bf16 {loop77_s / bf16_s:5.2f}x"
-              f"   (vs cut loop: fp32 {loop_s / ours_s:4.2f}x, bf16 {loop_s / bf16_s:4.2f}x)"
-              f"   max |logit diff| fp32 {diff:.2e}, bf16 {diff_bf16:.2e}")
+        print(
+            f"  batch {batch:2d}: per-image loop 77 tokens {loop77_s * 1000:8.1f} ms | per-image loop cut {loop_s * 1000:8.1f} ms"
+            f" | ours fp32 {ours_s * 1000:8.1f} ms | ours bf16 {bf16_s * 1000:8.1f} ms"
+        )
+        print(
+            f"            speed-up vs reference: fp32 {loop77_s / ours_s:5.2f}x, bf16 {loop77_s / bf16_s:5.2f}x"
+            f"   (vs cut loop: fp32 {loop_s / ours_s:4.2f}x, bf16 {loop_s / bf16_s:4.2f}x)"
+            f"   max |logit diff| fp32 {diff:.2e}, bf16 {diff_bf16:.2e}"
+        )
 
 
 MEMORY_CHILD = r"""
@@ -181,30 +202,42 @@ print(json.dumps({"base_mb": base, "peak_mb": peak[0], "seconds": seconds}))
 
 
 def memory_bench(model_dir: Path) -> None:
-    print("\n[CoCoOp memory] one training step, 100 classes, batch 32 (3,200 prompts), peak RSS sampled during the step")
+    print(
+        "\n[CoCoOp memory] one training step, 100 classes, batch 32 (3,200 prompts), peak RSS sampled during the step"
+    )
     src = str(Path(__file__).resolve().parents[1] / "src")
     for budget in (256, 1024, 100000):
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, src, str(model_dir), str(budget)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, src, str(model_dir), str(budget)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         numbers = json.loads(out.stdout.strip().splitlines()[-1])
         label = "unchunked" if budget >= 3200 else f"max_prompts_per_call={budget}"
-        print(f"  {label:28s} step adds {numbers['peak_mb'] - numbers['base_mb']:7.0f} MB over the loaded model "
-              f"({numbers['base_mb']:.0f} MB)   {numbers['seconds']:.1f} s")
+        print(
+            f"  {label:28s} step adds {numbers['peak_mb'] - numbers['base_mb']:7.0f} MB over the loaded model "
+            f"({numbers['base_mb']:.0f} MB)   {numbers['seconds']:.1f} s"
+        )
 
 
 def full_run_bench(backbone) -> None:
     print("\n[CoOp full run] 16 shots x 10 classes on cached features, 4 val/class, 50 epochs, batch 32")
     generator = torch.Generator().manual_seed(0)
     centers = torch.randn(len(CLASSES), backbone.dim, generator=generator)
+
     def features(n: int) -> FeatureSet:
         labels = torch.arange(n * len(CLASSES)) % len(CLASSES)
         return FeatureSet(centers[labels] + 0.5 * torch.randn(len(labels), backbone.dim, generator=generator), labels)
+
     train, val = features(16), features(4)
     for precision in ("fp32", "bf16"):
         head = CoOpHead(CoOpConfig(precision=precision, epochs=50))
         start = time.perf_counter()
         head.fit(Task(CLASSES, backbone=backbone, seed=1, shots=16), train, val)
-        print(f"  {precision}: {time.perf_counter() - start:7.1f} s  (final train loss {head.history_[-1]['train_loss']:.3f})")
+        print(
+            f"  {precision}: {time.perf_counter() - start:7.1f} s  (final train loss {head.history_[-1]['train_loss']:.3f})"
+        )
 
 
 def main() -> None:
@@ -213,7 +246,9 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-full-run", action="store_true")
     parser.add_argument("--only", choices=["coop", "cocoop", "memory", "full-run"], help="run one part only")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 holds up under contention")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's); 1 holds up under contention"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 32], help="CoCoOp step batch sizes")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fewclip-bench"))
     args = parser.parse_args()
@@ -222,6 +257,7 @@ def main() -> None:
     model_dir = vit_b32_random(Path(args.work) / "vit-b32-random")
     backbone = load_backbone(ModelConfig(id=str(model_dir), device="cpu"))
     print(f"torch threads {torch.get_num_threads()}")
+
     def wanted(part: str) -> bool:
         return args.only in (None, part)
 

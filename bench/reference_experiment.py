@@ -38,8 +38,11 @@ def reference_config(args: argparse.Namespace, model_dir: Path, data: Path, prec
     config["dataset"] = {"source": "folder", "path": str(data)}
     config["few_shot"] = {"shots": args.shots}
     config["splits"] = {**config["splits"], "seeds": args.seeds}
-    config["coop"] = {**config["coop"], "precision": precision,
-                      **({"epochs": args.coop_epochs} if args.coop_epochs else {})}
+    config["coop"] = {
+        **config["coop"],
+        "precision": precision,
+        **({"epochs": args.coop_epochs} if args.coop_epochs else {}),
+    }
     config["output"] = {"dir": str(work / f"run-{precision}"), "progress": args.progress}
     config["cache"] = {"dir": str(work / f"cache-{precision}")}  # cold: the features stage is timed too
     return config
@@ -76,7 +79,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--coop-epochs", type=int, help="default: the reference's (configs/food101.yaml)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 holds up under contention")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's); 1 holds up under contention"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--progress", action="store_true", help="show the stages' progress bars")
     parser.add_argument("--keep", action="store_true", help="keep the run folders and feature caches")
@@ -88,8 +93,12 @@ def main() -> None:
     work = Path(args.work)
     model_dir = vit_b32_random(work / "vit-b32-random")
     start = time.perf_counter()
-    data = photo_folder(work / f"reference-{args.classes}x{args.train_per_class}+{args.test_per_class}",
-                        args.classes, args.train_per_class, test_per_class=args.test_per_class)
+    data = photo_folder(
+        work / f"reference-{args.classes}x{args.train_per_class}+{args.test_per_class}",
+        args.classes,
+        args.train_per_class,
+        test_per_class=args.test_per_class,
+    )
     print(f"images ready in {time.perf_counter() - start:.1f} s: {data}")
     runs = work / "reference-runs"
     results = {}
@@ -106,11 +115,17 @@ def main() -> None:
 
 def report(args: argparse.Namespace, results: dict[str, tuple[dict[str, float], dict[str, float]]]) -> None:
     n_train, n_test = args.classes * args.train_per_class, args.classes * args.test_per_class
-    print(f"\nViT-B/32 random weights, {args.classes} classes, {n_train} train / {n_test} test JPEGs 512x384, "
-          f"shots {args.shots}, seeds {args.seeds}, zero_shot + linear_probe + coop"
-          f"{f' ({args.coop_epochs} CoOp epochs)' if args.coop_epochs else ''}; torch threads {torch.get_num_threads()}")
+    print(
+        f"\nViT-B/32 random weights, {args.classes} classes, {n_train} train / {n_test} test JPEGs 512x384, "
+        f"shots {args.shots}, seeds {args.seeds}, zero_shot + linear_probe + coop"
+        f"{f' ({args.coop_epochs} CoOp epochs)' if args.coop_epochs else ''}; torch threads {torch.get_num_threads()}"
+    )
     precisions = list(results)
-    print(f"\n{'stage':12s}" + "".join(f"{p:>12s}" for p in precisions) + ("   bf16 / fp32" if {"fp32", "bf16"} <= set(results) else ""))
+    print(
+        f"\n{'stage':12s}"
+        + "".join(f"{p:>12s}" for p in precisions)
+        + ("   bf16 / fp32" if {"fp32", "bf16"} <= set(results) else "")
+    )
     for stage in [*STAGES, "total"]:
         values = [sum(results[p][0].values()) if stage == "total" else results[p][0][stage] for p in precisions]
         ratio = ""

@@ -37,23 +37,44 @@ SPLITS = ("base", "new", "hm")
 Key = tuple[str, str, int, str]  # (domain, method, shots, split)
 # The papers' findings as paired comparisons (A, B, split): A - B in points and the report's paired test
 # over seeds (fewclip.stats.paired_test) at every shot budget.
-COMPARISONS = [("tip_adapter_f", "tip_adapter", "base"), ("tip_adapter", "zero_shot", "base"),
-               ("linear_probe", "zero_shot", "base"), ("clip_adapter", "zero_shot", "base"),
-               ("linear_probe", "zs_lp", "base"), ("kgcoop", "coop", "new"), ("prograd", "coop", "new"),
-               ("coop", "zero_shot", "new"), ("clap", "zs_lp", "base"), ("clap", "clip_adapter", "base")]
+COMPARISONS = [
+    ("tip_adapter_f", "tip_adapter", "base"),
+    ("tip_adapter", "zero_shot", "base"),
+    ("linear_probe", "zero_shot", "base"),
+    ("clip_adapter", "zero_shot", "base"),
+    ("linear_probe", "zs_lp", "base"),
+    ("kgcoop", "coop", "new"),
+    ("prograd", "coop", "new"),
+    ("coop", "zero_shot", "new"),
+    ("clap", "zs_lp", "base"),
+    ("clap", "clip_adapter", "base"),
+]
 
 
 def run_domain(domain: str, args: argparse.Namespace, base: dict) -> dict[Key, tuple[int, float, float]]:
     """Run the default config in ``domain``; returns (n_seeds, mean, std) of accuracy per unit of the table."""
-    overrides = [f"dataset.domain={domain}", f"splits.seeds={args.seeds}", f"few_shot.shots={args.shots}",
-                 f"methods={args.methods}", "splits.subsample=base2new", "output.progress=false",
-                 "output.figures=false", f"output.dir={Path(args.work) / domain}"]
+    overrides = [
+        f"dataset.domain={domain}",
+        f"splits.seeds={args.seeds}",
+        f"few_shot.shots={args.shots}",
+        f"methods={args.methods}",
+        "splits.subsample=base2new",
+        "output.progress=false",
+        "output.figures=false",
+        f"output.dir={Path(args.work) / domain}",
+    ]
     start = time.perf_counter()
     run(load_config(None, overrides, base=base))
     print(f"[{domain}] ran in {time.perf_counter() - start:.0f} s")
     table = Path(args.work) / domain / "results" / "aggregate" / "accuracy_table.csv"
-    return {(domain, r["method"], int(r["shots"]), r["split"]):
-            (int(r["n_seeds"]), float(r["accuracy_mean"]), float(r["accuracy_std"])) for r in read_csv(table)}
+    return {
+        (domain, r["method"], int(r["shots"]), r["split"]): (
+            int(r["n_seeds"]),
+            float(r["accuracy_mean"]),
+            float(r["accuracy_std"]),
+        )
+        for r in read_csv(table)
+    }
 
 
 def cell(values: dict[Key, tuple[int, float, float]], key: Key) -> str:
@@ -66,8 +87,7 @@ def cell(values: dict[Key, tuple[int, float, float]], key: Key) -> str:
 def markdown(values: dict[Key, tuple[int, float, float]], domain: str, split: str, shots: list[int]) -> str:
     """Heads x shot budgets; zero-shot (shot-free) repeats its one value in every column."""
     methods = list(dict.fromkeys(m for d, m, _, s in values if d == domain and s == split))
-    lines = [f"| {domain}, {split} | " + " | ".join(f"{k} shots" for k in shots) + " |",
-             "|---|" + "---:|" * len(shots)]
+    lines = [f"| {domain}, {split} | " + " | ".join(f"{k} shots" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
     for method in methods:
         shot_free = (domain, method, 0, split) in values
         cells = [cell(values, (domain, method, 0 if shot_free else k, split)) for k in shots]
@@ -81,8 +101,10 @@ def comparisons(run_dir: Path, domain: str, shots: list[int]) -> str:
     summary = read_csv(layout.summary)
     evidence = read_evidence(layout, summary)
     shot_free = {r["method"] for r in summary if r["shots"] == "0"}
-    lines = [f"| {domain}: A - B (p) | " + " | ".join(f"{k} shots" for k in shots) + " |",
-             "|---|" + "---:|" * len(shots)]
+    lines = [
+        f"| {domain}: A - B (p) | " + " | ".join(f"{k} shots" for k in shots) + " |",
+        "|---|" + "---:|" * len(shots),
+    ]
     for a, b, split in COMPARISONS:
         cells = []
         for k in shots:
@@ -92,7 +114,9 @@ def comparisons(run_dir: Path, domain: str, shots: list[int]) -> str:
                 cells.append("-")
                 continue
             test = paired_test(right_a, right_b, evidence.labels[split])
-            cells.append(f"{100 * test.difference:+.1f} (p {'< 0.001' if test.p_value < 0.001 else f'= {test.p_value:.3f}'})")
+            cells.append(
+                f"{100 * test.difference:+.1f} (p {'< 0.001' if test.p_value < 0.001 else f'= {test.p_value:.3f}'})"
+            )
         lines.append(f"| {a} - {b}, {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,18 +137,25 @@ def main() -> None:
         values.update(run_domain(domain, args, base))
 
     csv_path = Path(args.csv or Path(args.work) / "world_findings.csv")
-    write_csv(csv_path, ("domain", "method", "shots", "split", "n_seeds", "accuracy_mean", "accuracy_std"),
-              (( *key, n, f"{mean:.6f}", f"{std:.6f}") for key, (n, mean, std) in values.items()))
-    print(f"\nAccuracy (%), mean ± std over seeds {args.seeds}; 8 base classes trained, 8 new ones held out; "
-          f"written to {csv_path}\n")
+    write_csv(
+        csv_path,
+        ("domain", "method", "shots", "split", "n_seeds", "accuracy_mean", "accuracy_std"),
+        ((*key, n, f"{mean:.6f}", f"{std:.6f}") for key, (n, mean, std) in values.items()),
+    )
+    print(
+        f"\nAccuracy (%), mean ± std over seeds {args.seeds}; 8 base classes trained, 8 new ones held out; "
+        f"written to {csv_path}\n"
+    )
     by_split = defaultdict(set)
     for domain, _, _, split in values:
         by_split[domain].add(split)
     for domain in args.domains:
         for split in (s for s in SPLITS if s in by_split[domain]):
             print(markdown(values, domain, split, args.shots) + "\n")
-    print("The findings as paired comparisons: A - B in accuracy points (seed means), two-sided p of the paired "
-          "sign-flip test over seeds on the same 320 test images (the report's test)\n")
+    print(
+        "The findings as paired comparisons: A - B in accuracy points (seed means), two-sided p of the paired "
+        "sign-flip test over seeds on the same 320 test images (the report's test)\n"
+    )
     for domain in args.domains:
         print(comparisons(Path(args.work) / domain, domain, args.shots) + "\n")
 

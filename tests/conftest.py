@@ -104,26 +104,32 @@ def watched_fifo(tmp_path: Path):
     fifo.close()
 
 
-def interrupted_cli(args: list[str], ready: Callable[[], bool], tmp_path: Path, prelude: str = "",
-                    timeout: float = 300) -> tuple[int, str]:
+def interrupted_cli(
+    args: list[str], ready: Callable[[], bool], tmp_path: Path, prelude: str = "", timeout: float = 300
+) -> tuple[int, str]:
     """Run ``fewclip <args>`` in a subprocess (its own process group, as a terminal's foreground job), send
     the group SIGINT as Ctrl-C does once ``ready()`` holds, and return the exit status and stderr.
     ``prelude``: Python run in the child before the CLI (e.g. to slow a stage down enough to interrupt it)."""
     # A terminal's job takes SIGINT as Python's KeyboardInterrupt; a background job of a non-interactive shell
     # (a CI script started with &, nohup) inherits SIGINT ignored, and Python then keeps ignoring it: the child
     # restores the terminal's handling first.
-    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            f"{prelude}\nfrom fewclip.runner.cli import main\nsys.exit(main(sys.argv[1:]))")
+    code = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"{prelude}\nfrom fewclip.runner.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
     stderr_file = tmp_path / "interrupted-stderr.txt"
     with open(stderr_file, "w", encoding="utf-8") as stderr:
-        child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + timeout
             while not ready():
                 if child.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the command ended (status {child.returncode}) or timed out before it "
-                                         f"could be interrupted:\n{stderr_file.read_text()}")
+                    raise AssertionError(
+                        f"the command ended (status {child.returncode}) or timed out before it "
+                        f"could be interrupted:\n{stderr_file.read_text()}"
+                    )
                 time.sleep(0.05)
             os.killpg(child.pid, signal.SIGINT)
             status = child.wait(timeout=60)
@@ -150,6 +156,9 @@ NUMERIC_WORDS = ("resum", "exact", "identical", "equivalen", "same_as", "matches
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
-        if (path.parent.name == "reference" or path.name in NUMERIC_FILES
-                or any(word in item.name.lower() for word in NUMERIC_WORDS)):
+        if (
+            path.parent.name == "reference"
+            or path.name in NUMERIC_FILES
+            or any(word in item.name.lower() for word in NUMERIC_WORDS)
+        ):
             item.add_marker(pytest.mark.numerics)

@@ -16,10 +16,16 @@ import torch
 
 TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 TINY_CONFIGS = {
-    "fewclip-tiny-rn": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8,
-                                                        "head_width": 16, "patch_size": None}, "text_cfg": TINY_TEXT},
-    "fewclip-tiny-vit": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16,
-                                                         "patch_size": 16}, "text_cfg": TINY_TEXT},
+    "fewclip-tiny-rn": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16, "patch_size": None},
+        "text_cfg": TINY_TEXT,
+    },
+    "fewclip-tiny-vit": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": TINY_TEXT,
+    },
 }
 
 

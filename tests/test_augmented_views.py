@@ -52,8 +52,9 @@ def test_views_replace_the_features_each_epoch() -> None:
     """Views equal to the features give the plain run exactly; different views change the result."""
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 8, generator=generator), torch.arange(12) % 3
-    settings = FeatureTrainSettings(epochs=3, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=0,
-                             warmup_lr=1e-5)
+    settings = FeatureTrainSettings(
+        epochs=3, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=0, warmup_lr=1e-5
+    )
 
     def run(views: torch.Tensor | None) -> torch.Tensor:
         module = torch.nn.Linear(8, 3)
@@ -66,13 +67,19 @@ def test_views_replace_the_features_each_epoch() -> None:
     assert not torch.equal(run(x[:, None] + torch.randn(12, 4, 8, generator=generator)), plain)
 
 
-def test_pipeline_encodes_views_of_support_images_once(make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_encodes_views_of_support_images_once(
+    make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("methods=[coop]", "coop.augment_views=3", "coop.epochs=2")
     ctx = RunContext(config)
     prepare(ctx)
     features(ctx)
-    support = {r.sha1 for seed in config.splits.seeds for k in config.few_shot.shots
-               for r in load_split(ctx.layout, seed, k)[0]}
+    support = {
+        r.sha1
+        for seed in config.splits.seeds
+        for k in config.few_shot.shots
+        for r in load_split(ctx.layout, seed, k)[0]
+    }
     view_cache = FeatureCache(ctx.cache_root, json.loads((ctx.view_cache.dir / "fingerprint.json").read_text()))
     assert len(view_cache) == 3 * len(support)
     assert view_cache.key != ctx.cache.key

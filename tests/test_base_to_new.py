@@ -29,8 +29,13 @@ def test_base_is_the_first_half_rounded_up_and_both_are_relabelled_from_zero() -
 
 
 def test_base2new_run_writes_base_new_and_harmonic_mean_rows(make_config: Callable[..., Any]) -> None:
-    config = make_config("methods=[zero_shot,linear_probe,coop,cocoop]", "splits.subsample=base2new",
-                         "few_shot.shots=[2]", "coop.epochs=3", "cocoop.epochs=2")
+    config = make_config(
+        "methods=[zero_shot,linear_probe,coop,cocoop]",
+        "splits.subsample=base2new",
+        "few_shot.shots=[2]",
+        "coop.epochs=3",
+        "cocoop.epochs=2",
+    )
     run(config)
     layout = RunLayout(Path(config.output.dir))
     rows = read_csv(layout.summary)
@@ -40,9 +45,13 @@ def test_base2new_run_writes_base_new_and_harmonic_mean_rows(make_config: Callab
     assert ("linear_probe", "base") in splits and ("linear_probe", "new") not in splits  # it cannot name new classes
     for r in rows:
         if r["split"] == "hm":
-            base = next(x for x in rows if x["method"] == r["method"] and x["seed"] == r["seed"] and x["split"] == "base")
+            base = next(
+                x for x in rows if x["method"] == r["method"] and x["seed"] == r["seed"] and x["split"] == "base"
+            )
             new = next(x for x in rows if x["method"] == r["method"] and x["seed"] == r["seed"] and x["split"] == "new")
-            assert float(r["accuracy"]) == pytest.approx(harmonic_mean(float(base["accuracy"]), float(new["accuracy"])), abs=1e-6)
+            assert float(r["accuracy"]) == pytest.approx(
+                harmonic_mean(float(base["accuracy"]), float(new["accuracy"])), abs=1e-6
+            )
     # labels follow the sorted raw names (blue_triangle, green_square, red_circle): base = first two, new = the third
     with open(layout.predictions / "coop" / "shot_2-seed_1-new.csv", newline="") as handle:
         new_predictions = list(csv.DictReader(handle))
@@ -63,6 +72,9 @@ def test_a_prompt_too_long_fails_before_any_head_is_trained(make_config: Callabl
     ctx = RunContext(config)
     prepare(ctx)
     features(ctx)
-    with pytest.raises(ValueError, match=r"coop: the prompt for class '.+' needs \d+ tokens .* 32 text positions.*lower coop\.n_ctx to at most"):
+    with pytest.raises(
+        ValueError,
+        match=r"coop: the prompt for class '.+' needs \d+ tokens .* 32 text positions.*lower coop\.n_ctx to at most",
+    ):
         train(ctx)
     assert not (ctx.layout.heads / "linear_probe").exists()

@@ -30,8 +30,11 @@ def reference_ece(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> f
     probs = shifted / shifted.sum(axis=1, keepdims=True)
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
     members = np.maximum(np.ceil(confidence * n_bins).astype(int) - 1, 0)
-    return sum(abs(correct[members == m].mean() - confidence[members == m].mean()) * (members == m).sum()
-               for m in range(n_bins) if (members == m).any()) / len(labels)
+    return sum(
+        abs(correct[members == m].mean() - confidence[members == m].mean()) * (members == m).sum()
+        for m in range(n_bins)
+        if (members == m).any()
+    ) / len(labels)
 
 
 def saved_new_split(layout: RunLayout, method: str) -> tuple[list[dict[str, str]], np.ndarray]:
@@ -43,11 +46,18 @@ def saved_new_split(layout: RunLayout, method: str) -> tuple[list[dict[str, str]
 
 
 def test_new_split_of_three_classes_matches_an_independent_computation(
-        make_config: Callable[..., Any], tiny_clip: Path, tmp_path: Path) -> None:
+    make_config: Callable[..., Any], tiny_clip: Path, tmp_path: Path
+) -> None:
     data = build_shapes_dataset(tmp_path / "six", CLASSES, 8, 6, seed=3)
-    config = make_config("methods=[zero_shot,coop]", "splits.subsample=base2new", "few_shot.shots=[2]",
-                         "coop.epochs=2", "coop.n_ctx=2", dataset={"source": "folder", "path": str(data)},
-                         prompts={"templates": TEMPLATES})
+    config = make_config(
+        "methods=[zero_shot,coop]",
+        "splits.subsample=base2new",
+        "few_shot.shots=[2]",
+        "coop.epochs=2",
+        "coop.n_ctx=2",
+        dataset={"source": "folder", "path": str(data)},
+        prompts={"templates": TEMPLATES},
+    )
     run(config)
     layout = RunLayout(Path(config.output.dir))
     summary = {(r["method"], r["split"]): r for r in read_csv(layout.summary)}
@@ -59,8 +69,14 @@ def test_new_split_of_three_classes_matches_an_independent_computation(
     folders = [Path(r["path"]).parent.name for r in rows]
     assert sorted(set(folders)) == NEW
     labels = np.array([NEW.index(name) for name in folders])
-    pixels = torch.from_numpy(np.stack([backbone.transform(Image.open(data / "test" / f / Path(r["path"]).name).convert("RGB"))
-                                        for f, r in zip(folders, rows)]))
+    pixels = torch.from_numpy(
+        np.stack(
+            [
+                backbone.transform(Image.open(data / "test" / f / Path(r["path"]).name).convert("RGB"))
+                for f, r in zip(folders, rows)
+            ]
+        )
+    )
     image = torch.nn.functional.normalize(backbone.encode_images(pixels), dim=-1)
     names = [n.replace("_", " ") for n in NEW]
     text = torch.nn.functional.normalize(backbone.encode_text([t.format(n) for t in TEMPLATES for n in names]), dim=-1)

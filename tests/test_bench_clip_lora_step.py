@@ -17,13 +17,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_run_times_only_the_steps_after_warm_up_and_its_ratios_are_its_rows(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "clip_lora_step.py"), "--quick", "--models", "world", "--threads", "1",
-                          "--work", str(tmp_path), "--json", str(tmp_path / "rows.json")],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "clip_lora_step.py"),
+            "--quick",
+            "--models",
+            "world",
+            "--threads",
+            "1",
+            "--work",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "rows.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [(r["precision"], r["checkpointing"], r["batch"]) for r in rows] == \
-        [("fp32", False, 2), ("bf16", False, 2), ("fp32", True, 2)]
+    assert [(r["precision"], r["checkpointing"], r["batch"]) for r in rows] == [
+        ("fp32", False, 2),
+        ("bf16", False, 2),
+        ("fp32", True, 2),
+    ]
     for row in rows:
         assert len(row["step_times"]) == 2  # --quick: 1 warm-up step (not timed) + 2 timed
         assert row["s_per_step"] == statistics.median(row["step_times"]) > 0
@@ -43,8 +63,20 @@ def test_the_random_clip_has_vit_b16_dimensions(monkeypatch: pytest.MonkeyPatch)
 
     config = vit_b16_config()
     vision, text = config.vision_config, config.text_config
-    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.patch_size,
-            vision.image_size, vision.intermediate_size) == (768, 12, 12, 16, 224, 3072)
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.intermediate_size,
-            text.max_position_embeddings, text.vocab_size) == (512, 12, 8, 2048, 77, 49408)
+    assert (
+        vision.hidden_size,
+        vision.num_hidden_layers,
+        vision.num_attention_heads,
+        vision.patch_size,
+        vision.image_size,
+        vision.intermediate_size,
+    ) == (768, 12, 12, 16, 224, 3072)
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.intermediate_size,
+        text.max_position_embeddings,
+        text.vocab_size,
+    ) == (512, 12, 8, 2048, 77, 49408)
     assert config.projection_dim == 512

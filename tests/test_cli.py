@@ -21,8 +21,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"fewclip {fewclip.__version__}"
 
 
-def test_report_of_a_run_directory_from_anywhere(make_config: Callable[..., Any], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_of_a_run_directory_from_anywhere(
+    make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = make_config("few_shot.shots=[1]", "output.figures=false", "methods=[zero_shot]")
     pipeline.run(config)
     run_dir = Path(config.output.dir)
@@ -47,27 +48,37 @@ def _config_file(folder: Path, tiny_clip: Path, dataset: dict, out: Path) -> Pat
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"methods": ["zero_shot", "linear_probe"], "model": {"id": str(tiny_clip)}, "dataset": dataset,
-            "few_shot": {"shots": [1]}, "splits": {"seeds": [1], "val_per_class": 1},
-            "output": {"dir": str(out), "progress": False}, "cache": {"dir": str(folder / "cache")}}
+    data = {
+        "methods": ["zero_shot", "linear_probe"],
+        "model": {"id": str(tiny_clip)},
+        "dataset": dataset,
+        "few_shot": {"shots": [1]},
+        "splits": {"seeds": [1], "val_per_class": 1},
+        "output": {"dir": str(out), "progress": False},
+        "cache": {"dir": str(folder / "cache")},
+    }
     (folder / "run.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     return folder / "run.yaml"
 
 
 def test_a_missing_dataset_folder_fails_naming_where_it_looked_before_creating_the_run(
-        tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "runs" / "new"
     config_file = _config_file(tmp_path / "configs", tiny_clip, {"source": "folder", "path": "imgs"}, out)
     monkeypatch.chdir(tmp_path)
     assert main(["-q", "run", str(config_file)]) == 2
     err = capsys.readouterr().err
-    assert (f"dataset.path: folder imgs does not exist (looked for {tmp_path / 'configs' / 'imgs'}, then "
-            f"{tmp_path / 'imgs'}") in err
+    assert (
+        f"dataset.path: folder imgs does not exist (looked for {tmp_path / 'configs' / 'imgs'}, then "
+        f"{tmp_path / 'imgs'}"
+    ) in err
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_failed_first_command_leaves_no_run_directory_behind(
-        tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "runs" / "deep" / "new"
     # the shapes have 12 train images per class: 16 shots cannot be drawn, which prepare finds after claiming the run
     config_file = _config_file(tmp_path, tiny_clip, {"source": "folder", "path": str(shapes_dir)}, out)
@@ -80,7 +91,8 @@ def test_a_failed_first_command_leaves_no_run_directory_behind(
 
 
 def test_a_cache_dir_that_is_a_file_fails_before_creating_the_run(
-        tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_clip: Path, shapes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "runs" / "new"
     config_file = _config_file(tmp_path, tiny_clip, {"source": "folder", "path": str(shapes_dir)}, out)
     (tmp_path / "cache-file").write_text("x", encoding="utf-8")
@@ -102,5 +114,8 @@ def test_quiet_hides_the_libraries_deprecation_notes_but_not_fewclips(monkeypatc
             for category in (FutureWarning, DeprecationWarning):
                 warnings.warn_explicit(f"{module} {category.__name__}", category, "file.py", 1, module=module)
         warnings.warn_explicit("a user warning", UserWarning, "file.py", 1, module="torch.utils.data")
-    assert [str(w.message) for w in caught] == ["fewclip.runner.config FutureWarning", "fewclip.runner.config DeprecationWarning",
-                                                "a user warning"]
+    assert [str(w.message) for w in caught] == [
+        "fewclip.runner.config FutureWarning",
+        "fewclip.runner.config DeprecationWarning",
+        "a user warning",
+    ]

@@ -12,8 +12,11 @@ from fewclip.runner.config import DEFAULT_TEMPLATES, Config, ConfigError, load_c
 from fewclip.heads import list_heads
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-SHIPPED_CONFIGS = sorted(p for p in CONFIGS_DIR.glob("**/*.yaml")  # configs/coop_suite/ too
-                         if not p.name.endswith("_caption.yaml"))  # captioning configs: tests/caption
+SHIPPED_CONFIGS = sorted(
+    p
+    for p in CONFIGS_DIR.glob("**/*.yaml")  # configs/coop_suite/ too
+    if not p.name.endswith("_caption.yaml")
+)  # captioning configs: tests/caption
 
 
 def _minimal(tmp_path: Path) -> dict:
@@ -163,16 +166,19 @@ def test_every_error_is_reported_at_once(make_config) -> None:
     assert "few_shot.shot" in str(info.value)
 
 
-@pytest.mark.parametrize(("override", "key", "shown"), [
-    ("few_shot.shots=[true]", "few_shot.shots", "true"),
-    ("few_shot.shots=[2.0]", "few_shot.shots", "2.0"),
-    ("splits.seeds=[1.5]", "splits.seeds", "1.5"),
-    ("splits.val_per_class=false", "splits.val_per_class", "false"),
-    ("linear_probe.epochs=true", "linear_probe.epochs", "true"),
-    ("coop.epochs={1: true}", "coop.epochs", "true"),
-    ("model.batch_size=32.0", "model.batch_size", "32.0"),
-    ("linear_probe.lr=true", "linear_probe.lr", "true"),
-])
+@pytest.mark.parametrize(
+    ("override", "key", "shown"),
+    [
+        ("few_shot.shots=[true]", "few_shot.shots", "true"),
+        ("few_shot.shots=[2.0]", "few_shot.shots", "2.0"),
+        ("splits.seeds=[1.5]", "splits.seeds", "1.5"),
+        ("splits.val_per_class=false", "splits.val_per_class", "false"),
+        ("linear_probe.epochs=true", "linear_probe.epochs", "true"),
+        ("coop.epochs={1: true}", "coop.epochs", "true"),
+        ("model.batch_size=32.0", "model.batch_size", "32.0"),
+        ("linear_probe.lr=true", "linear_probe.lr", "true"),
+    ],
+)
 def test_a_bool_or_a_fraction_is_no_count(make_config, override: str, key: str, shown: str) -> None:
     # pydantic's lax mode reads true as 1 and 2.0 as 2: a count written as a flag or a decimal is refused
     with pytest.raises(ConfigError) as info:
@@ -182,8 +188,14 @@ def test_a_bool_or_a_fraction_is_no_count(make_config, override: str, key: str, 
 
 
 def test_counts_and_rates_keep_their_ordinary_spellings(make_config) -> None:
-    config = make_config("few_shot.shots=[1, 2]", "coop.epochs={1: 5, 4: 10}", "linear_probe.lr=1", "coop.lr=2e-3",
-                         "model.batch_size=8", "output.saliency_images=0")
+    config = make_config(
+        "few_shot.shots=[1, 2]",
+        "coop.epochs={1: 5, 4: 10}",
+        "linear_probe.lr=1",
+        "coop.lr=2e-3",
+        "model.batch_size=8",
+        "output.saliency_images=0",
+    )
     assert (config.few_shot.shots, config.coop.epochs, config.linear_probe.lr) == ([1, 2], {1: 5, 4: 10}, 1.0)
     assert config.coop.lr == pytest.approx(0.002) and config.model.batch_size == 8
 
@@ -272,15 +284,18 @@ def test_template_needs_exactly_one_slot(make_config, template: str) -> None:
     assert repr(template) in message
 
 
-@pytest.mark.parametrize("template, problem", [
-    ("a {other} photo of a {}.", "has the field(s) {other}, which no value fills"),
-    ("a photo of {0}.", "has the field(s) {0}, which no value fills"),
-    ("a photo of a {}.}", "Single '}' encountered in format string"),
-    ("a {photo of a {}.", "unexpected '{' in field name"),
-    ("a photo of a {", "Single '{' encountered in format string"),
-    ("a photo of a {!r}.", "the class slot takes no format spec or conversion"),
-    ("a photo of a {:>10}.", "the class slot takes no format spec or conversion"),
-])
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("a {other} photo of a {}.", "has the field(s) {other}, which no value fills"),
+        ("a photo of {0}.", "has the field(s) {0}, which no value fills"),
+        ("a photo of a {}.}", "Single '}' encountered in format string"),
+        ("a {photo of a {}.", "unexpected '{' in field name"),
+        ("a photo of a {", "Single '{' encountered in format string"),
+        ("a photo of a {!r}.", "the class slot takes no format spec or conversion"),
+        ("a photo of a {:>10}.", "the class slot takes no format spec or conversion"),
+    ],
+)
 def test_template_with_stray_braces_or_other_fields_fails_at_load(make_config, template: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(prompts={"templates": ["a photo of a {}.", template]})
@@ -312,10 +327,20 @@ def test_relative_paths_in_a_yaml_are_read_from_its_folder(tmp_path: Path, monke
         (project / folder).mkdir(parents=True)
     for name in ("train.csv", "test.csv"):
         (project / name).write_text("path,label\n", encoding="utf-8")
-    folder_yaml = _write_yaml(project / "folder.yaml", {"dataset": {
-        "source": "folder", "path": "imgs", "eval_on": [{"source": "folder", "path": "other", "label": "other"}]}})
-    csv_yaml = _write_yaml(project / "csv.yaml", {"dataset": {
-        "source": "csv", "train": "train.csv", "test": "./test.csv", "root": "csvroot"}})
+    folder_yaml = _write_yaml(
+        project / "folder.yaml",
+        {
+            "dataset": {
+                "source": "folder",
+                "path": "imgs",
+                "eval_on": [{"source": "folder", "path": "other", "label": "other"}],
+            }
+        },
+    )
+    csv_yaml = _write_yaml(
+        project / "csv.yaml",
+        {"dataset": {"source": "csv", "train": "train.csv", "test": "./test.csv", "root": "csvroot"}},
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not the YAML's folder
@@ -323,12 +348,16 @@ def test_relative_paths_in_a_yaml_are_read_from_its_folder(tmp_path: Path, monke
     assert (dataset.path, dataset.eval_on[0].path) == (str(project / "imgs"), str(project / "other"))
     dataset = load_config(csv_yaml).dataset
     assert (dataset.train, dataset.test, dataset.root) == (
-        str(project / "train.csv"), str(project / "test.csv"), str(project / "csvroot"))
+        str(project / "train.csv"),
+        str(project / "test.csv"),
+        str(project / "csvroot"),
+    )
     assert load_config(folder_yaml).output.dir == "runs/default"  # outputs stay relative to the working directory
 
 
 def test_a_yaml_path_missing_beside_it_is_read_from_the_working_directory_and_overrides_only_there(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config_file = _write_yaml(tmp_path / "configs" / "a.yaml", {"dataset": {"source": "folder", "path": "data"}})
     (tmp_path / "configs" / "imgs").mkdir()  # beside the YAML, but an override names the working directory's
     for folder in ("data", "imgs"):
@@ -343,8 +372,13 @@ def test_a_yaml_path_missing_beside_it_is_read_from_the_working_directory_and_ov
 
 
 def test_to_yaml_round_trips(make_config, tmp_path: Path) -> None:
-    config = make_config("few_shot.shots=[2,8]", "coop.ctx_init=a photo of a", "model.precision=bf16",
-                         prompts={"templates": ["a {} here"]}, dataset={"source": "hf", "id": "x/y", "classes": ["b", "a"]})
+    config = make_config(
+        "few_shot.shots=[2,8]",
+        "coop.ctx_init=a photo of a",
+        "model.precision=bf16",
+        prompts={"templates": ["a {} here"]},
+        dataset={"source": "hf", "id": "x/y", "classes": ["b", "a"]},
+    )
     path = tmp_path / "resolved.yaml"
     path.write_text(config.to_yaml(), encoding="utf-8")
     again = load_config(path)

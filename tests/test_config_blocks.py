@@ -30,8 +30,9 @@ def test_every_registered_head_with_hyperparameters_has_its_block(make_config: C
     assert "linear_probe" in type(config).model_fields and "training" not in type(config).model_fields
 
 
-def test_a_newly_registered_head_gets_its_block_without_touching_config(monkeypatch: pytest.MonkeyPatch,
-                                                                         tmp_path: Path) -> None:
+def test_a_newly_registered_head_gets_its_block_without_touching_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     class MyConfig(ConfigBlock):
         alpha: float = 1.0
 
@@ -79,8 +80,9 @@ def _write(tmp_path: Path, blocks: dict[str, Any]) -> Path:
     return path
 
 
-def test_training_block_is_read_as_linear_probe_and_warned_about_once(tmp_path: Path, fresh_warnings: None,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_training_block_is_read_as_linear_probe_and_warned_about_once(
+    tmp_path: Path, fresh_warnings: None, caplog: pytest.LogCaptureFixture
+) -> None:
     path = _write(tmp_path, {"training": {"epochs": 7, "lr": 0.5}})
     with caplog.at_level(logging.WARNING, logger="fewclip.runner.config"):
         first = load_config(path)
@@ -89,7 +91,10 @@ def test_training_block_is_read_as_linear_probe_and_warned_about_once(tmp_path: 
     assert (second.linear_probe.epochs, second.linear_probe.batch_size) == (7, 4)
     warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
     assert warnings == ["training: is deprecated, use linear_probe: (the same keys)"]
-    assert "training" not in yaml.safe_load(first.to_yaml()) and yaml.safe_load(first.to_yaml())["linear_probe"]["epochs"] == 7
+    assert (
+        "training" not in yaml.safe_load(first.to_yaml())
+        and yaml.safe_load(first.to_yaml())["linear_probe"]["epochs"] == 7
+    )
 
 
 def test_training_override_on_a_linear_probe_block_changes_that_block(tmp_path: Path, fresh_warnings: None) -> None:
@@ -101,8 +106,10 @@ def test_training_and_linear_probe_together_are_refused(tmp_path: Path, fresh_wa
     path = _write(tmp_path, {"training": {"epochs": 7}, "linear_probe": {"lr": 0.5}})
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert str(err.value) == (f"{path}: both `training:` and `linear_probe:` are given; `training` is the deprecated "
-                              "name of `linear_probe`: merge its keys into `linear_probe:`")
+    assert str(err.value) == (
+        f"{path}: both `training:` and `linear_probe:` are given; `training` is the deprecated "
+        "name of `linear_probe`: merge its keys into `linear_probe:`"
+    )
 
 
 def test_errors_in_a_training_block_name_the_key_as_written(tmp_path: Path, fresh_warnings: None) -> None:
@@ -137,8 +144,12 @@ def test_ctx_init_resolves_n_ctx_and_an_agreeing_n_ctx_is_the_same_block(make_co
 
 
 def test_a_variant_changing_ctx_init_lets_n_ctx_follow(make_config: Callable[..., Any]) -> None:
-    config = make_config("methods=[cocoop,cocoop@short,cocoop@rand]", "variants.cocoop@short.ctx_init=a photo",
-                         "variants.cocoop@rand.ctx_init=null", "variants.cocoop@rand.n_ctx=6")
+    config = make_config(
+        "methods=[cocoop,cocoop@short,cocoop@rand]",
+        "variants.cocoop@short.ctx_init=a photo",
+        "variants.cocoop@rand.ctx_init=null",
+        "variants.cocoop@rand.n_ctx=6",
+    )
     assert head_config(config, "cocoop@short").n_ctx == 2
     assert head_config(config, "cocoop@rand").n_ctx == 6
     with pytest.raises(ConfigError, match="cocoop@x: n_ctx 8 conflicts with ctx_init 'a photo of a'"):
@@ -154,9 +165,13 @@ def test_zeros_then_words_keeps_n_ctx_and_needs_room_for_the_words(make_config: 
     assert make_config("prograd.ctx_init_mode=words").prograd.n_ctx == 4  # CoOp's meaning: the words' count
     with pytest.raises(ConfigError) as err:
         make_config("prograd.n_ctx=3")
-    assert ("prograd: n_ctx 3 cannot hold ctx_init 'a photo of a' (4 word(s)): with ctx_init_mode zeros_then_words "
-            "the context is n_ctx vectors ending in the words; raise n_ctx to at least 4") in str(err.value)
-    config = make_config("prograd.n_ctx=20", "methods=[prograd,prograd@short]", "variants.prograd@short.ctx_init=a photo")
+    assert (
+        "prograd: n_ctx 3 cannot hold ctx_init 'a photo of a' (4 word(s)): with ctx_init_mode zeros_then_words "
+        "the context is n_ctx vectors ending in the words; raise n_ctx to at least 4"
+    ) in str(err.value)
+    config = make_config(
+        "prograd.n_ctx=20", "methods=[prograd,prograd@short]", "variants.prograd@short.ctx_init=a photo"
+    )
     assert head_config(config, "prograd@short").n_ctx == 20  # the base block's length, not the class default
 
 

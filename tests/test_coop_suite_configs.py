@@ -12,11 +12,17 @@ SUITE = Path(__file__).resolve().parents[1] / "configs" / "coop_suite"
 
 # CoOp's trainers/zsclip.py CUSTOM_TEMPLATES, written out here (keys are fewclip's dataset names)
 COOP_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.", "Flowers102": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.", "DTD": "{} texture.",
-    "EuroSAT": "a centered satellite photo of {}.", "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.", "SUN397": "a photo of a {}.", "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.", "ImageNet": "a photo of a {}.",
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "Flowers102": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DTD": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
 }
 VARIANTS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 CROSS_DATASET = "imagenet_xd"  # trains ImageNet like imagenet.yaml, for the cross-dataset protocol
@@ -38,7 +44,11 @@ def test_every_coop_dataset_has_one_config_in_the_papers_protocol() -> None:
         assert config.prompts.templates == [COOP_TEMPLATES[name]], name
         assert config.methods == ["zero_shot", "linear_probe", "coop"], name
         assert (config.cocoop.n_ctx, config.cocoop.ctx_init, config.cocoop.epochs, config.cocoop.batch_size) == (
-            4, "a photo of a", 10, 1), name
+            4,
+            "a photo of a",
+            10,
+            1,
+        ), name
         assert config.output.dir.startswith("runs/coop_suite/"), name
 
 

@@ -16,16 +16,19 @@ from fewclip.backbones.model_source import WORLD_ALIAS
 
 
 @pytest.mark.slow
-def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_fewclip_run_without_a_config_runs_the_embedded_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)  # the default output.dir is runs/default, relative to the working directory
     monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
     assert main(["-q", "run", "few_shot.shots=[2]", "splits.seeds=[1]"]) == 0
     run_dir = tmp_path / "runs" / "default"
     out = capsys.readouterr().out
     lines = out.strip().splitlines()  # the answer in three lines: headline, table, report
-    assert lines[-2:] == [f"table: {Path('runs/default/results/aggregate/accuracy_table.csv')}",
-                          f"report: {Path('runs/default/report.html')}"]
+    assert lines[-2:] == [
+        f"table: {Path('runs/default/results/aggregate/accuracy_table.csv')}",
+        f"report: {Path('runs/default/report.html')}",
+    ]
     assert "paired test over seeds" in lines[-3]
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -55,7 +58,10 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(tmp_path: Path, 
     zs_lp = by_unit[("zs_lp", "base")]
     assert float(zs_lp["accuracy"]) > zero_shot["base"] + 0.15, (zs_lp["accuracy"], zero_shot)
     assert float(zs_lp["acc_low"]) > float(by_unit[("zero_shot", "base")]["acc_high"])
-    assert max(float(by_unit[(m, "base")]["accuracy"]) for m in ("clip_adapter", "linear_probe")) > zero_shot["base"] + 0.15
+    assert (
+        max(float(by_unit[(m, "base")]["accuracy"]) for m in ("clip_adapter", "linear_probe"))
+        > zero_shot["base"] + 0.15
+    )
 
     report = (run_dir / "report.html").read_text()
     assert all(name in report for name in ("zero_shot", "linear_probe", "coop", "cocoop"))

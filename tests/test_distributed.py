@@ -50,8 +50,9 @@ def test_threads_are_shared_by_the_local_processes(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("command", [["predict", "runs/x", "a.jpg"], ["caption", "run"], ["compare", "runs/x"]])
-def test_one_process_commands_refuse_torchrun(command: list[str], monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_process_commands_refuse_torchrun(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert main(command) == 2

@@ -26,12 +26,17 @@ def backbone(tiny_clip: Path) -> Any:
 
 
 @pytest.mark.parametrize("method", ["linear_probe", "coop"])
-def test_a_diverging_unit_stops_the_run_naming_it_and_saves_nothing(make_config: Callable[..., Any],
-                                                                    method: str) -> None:
-    config = make_config(f"methods=[zero_shot,{method}]", "few_shot.shots=[2]", f"{method}.lr=1e12",
-                         f"{method}.epochs=10")
-    with pytest.raises(TrainingDiverged, match=rf"{method}/shot_2-seed_1: training diverged: the loss became "
-                                               rf"(nan|inf) in epoch \d+ at learning rate .*lower {method}'s lr"):
+def test_a_diverging_unit_stops_the_run_naming_it_and_saves_nothing(
+    make_config: Callable[..., Any], method: str
+) -> None:
+    config = make_config(
+        f"methods=[zero_shot,{method}]", "few_shot.shots=[2]", f"{method}.lr=1e12", f"{method}.epochs=10"
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=rf"{method}/shot_2-seed_1: training diverged: the loss became "
+        rf"(nan|inf) in epoch \d+ at learning rate .*lower {method}'s lr",
+    ):
         pipeline.run(config)
     heads = RunLayout(Path(config.output.dir)).heads
     assert not list((heads / method).glob("shot_2-seed_1*"))  # neither head nor checkpoint
@@ -51,13 +56,17 @@ def test_a_head_file_of_nan_with_a_recomputed_checksum_is_refused(tmp_path: Path
     train = FeatureSet(torch.randn(6, 8), torch.tensor([0, 1, 0, 1, 0, 1]))
     head = LinearProbeHead(LinearProbeConfig(epochs=1)).fit(Task(["a", "b"]), train)
     save_head(head, tmp_path / "unit", ["a", "b"])
-    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in head.state_dict().items()}
+    tensors = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in head.state_dict().items()
+    }
     meta_file = tmp_path / "unit.json"
     meta = json.loads(meta_file.read_text())
     meta["safetensors_sha256"] = write_tensors(tmp_path / "unit.safetensors", tensors)  # a consistent file of nan
     meta["meaning_sha256"] = meaning_digest(meta)
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(DamagedArtifact, match=r"unit\.safetensors: damaged head file \(bias, temperature, weight hold nan"):
+    with pytest.raises(
+        DamagedArtifact, match=r"unit\.safetensors: damaged head file \(bias, temperature, weight hold nan"
+    ):
         load_head(tmp_path / "unit")
 
 

@@ -33,11 +33,18 @@ def test_the_configuration_page_is_what_the_command_prints_now() -> None:
     """Run the command as the docs give it, on another home folder and cache setting: the page is the models'
     descriptions and holds nothing of the machine that wrote it."""
     env = {**os.environ, "HOME": "/nonexistent-home", "FEWCLIP_CACHE": "/elsewhere/cache"}
-    printed = subprocess.run([sys.executable, "-m", "fewclip.runner.config_reference"], capture_output=True, text=True,
-                             env=env, cwd=REPO, check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "fewclip.runner.config_reference"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    ).stdout
     assert printed == config_reference.render()
     assert REFERENCE.read_text(encoding="utf-8") == printed, (
-        f"docs/configuration.md is out of date: run `{config_reference.COMMAND}` and commit the result")
+        f"docs/configuration.md is out of date: run `{config_reference.COMMAND}` and commit the result"
+    )
 
 
 def test_the_reference_has_every_head_block_and_data_source() -> None:
@@ -56,8 +63,11 @@ def test_a_key_without_a_description_is_an_error_naming_it() -> None:
         described: int = Field(1, description="Has one.")
         bare: int = 2
 
-    with pytest.raises(config_reference.UndescribedKey, match=r"config key `block\.bare` \(.*Undocumented\.bare\) "
-                       r"has no description"):
+    with pytest.raises(
+        config_reference.UndescribedKey,
+        match=r"config key `block\.bare` \(.*Undocumented\.bare\) "
+        r"has no description",
+    ):
         list(config_reference.key_lines(Undocumented, "block."))
 
 
@@ -119,11 +129,15 @@ def test_relative_links_land_on_files_and_headings_that_exist(page: Path) -> Non
         assert file.exists(), f"{page.name}: [{text}]({target}) points at {file}, which does not exist"
         if anchor:
             assert file.suffix == ".md" and anchor in anchors(file), (
-                f"{page.name}: [{text}]({target}): {file.name} has no heading with the anchor #{anchor}")
+                f"{page.name}: [{text}]({target}): {file.name} has no heading with the anchor #{anchor}"
+            )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_lines_are_short(page: Path) -> None:
-    long = [(number, len(line)) for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
-            if len(line) > MAX_LINE]
+    long = [
+        (number, len(line))
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if len(line) > MAX_LINE
+    ]
     assert not long, f"{page.name}: lines over {MAX_LINE} characters (line, length): {long}"

@@ -18,20 +18,29 @@ def tables(layout: RunLayout) -> dict[str, str]:
 
 
 @pytest.fixture()
-def evaluated(make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, RunLayout, list[Any], list[Any]]:
+def evaluated(
+    make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, RunLayout, list[Any], list[Any]]:
     """A finished run (zero-shot + linear probe, 1 and 2 shots) and counters of units / saliency computed after it."""
     config = make_config("few_shot.shots=[1,2]", "output.saliency_images=2")
     pipeline.run(config)
     evaluated_units: list[Any] = []
     saliency_calls: list[Any] = []
     real_unit, real_saliency = evaluation.evaluate_unit, evaluation.write_saliency
-    monkeypatch.setattr(evaluation, "evaluate_unit", lambda ctx, unit, *a: evaluated_units.append(unit) or real_unit(ctx, unit, *a))
-    monkeypatch.setattr(evaluation, "write_saliency", lambda ctx, head, method, *a: saliency_calls.append(method)
-                        or real_saliency(ctx, head, method, *a))
+    monkeypatch.setattr(
+        evaluation, "evaluate_unit", lambda ctx, unit, *a: evaluated_units.append(unit) or real_unit(ctx, unit, *a)
+    )
+    monkeypatch.setattr(
+        evaluation,
+        "write_saliency",
+        lambda ctx, head, method, *a: saliency_calls.append(method) or real_saliency(ctx, head, method, *a),
+    )
     return config, RunLayout(Path(config.output.dir)), evaluated_units, saliency_calls
 
 
-def test_rerun_recomputes_nothing_and_assembles_the_same_tables(evaluated: tuple[Any, RunLayout, list[Any], list[Any]]) -> None:
+def test_rerun_recomputes_nothing_and_assembles_the_same_tables(
+    evaluated: tuple[Any, RunLayout, list[Any], list[Any]],
+) -> None:
     config, layout, units, saliency = evaluated
     before = tables(layout)
     assert before["summary.csv"].count("\n") == 1 + 3  # header, zero_shot, linear_probe x 2 shot budgets
@@ -41,8 +50,9 @@ def test_rerun_recomputes_nothing_and_assembles_the_same_tables(evaluated: tuple
     assert tables(layout) == before
 
 
-def test_retrained_units_alone_are_evaluated_again(evaluated: tuple[Any, RunLayout, list[Any], list[Any]],
-                                                   make_config: Callable[..., Any]) -> None:
+def test_retrained_units_alone_are_evaluated_again(
+    evaluated: tuple[Any, RunLayout, list[Any], list[Any]], make_config: Callable[..., Any]
+) -> None:
     _, layout, units, saliency = evaluated
     ctx = pipeline.RunContext(make_config("few_shot.shots=[1,2]", "output.saliency_images=2", "linear_probe.epochs=3"))
     assert pipeline.train(ctx) == ["linear_probe/shot_1-seed_1", "linear_probe/shot_2-seed_1"]
@@ -53,16 +63,18 @@ def test_retrained_units_alone_are_evaluated_again(evaluated: tuple[Any, RunLayo
     assert len(rows) == 4 and rows[1].startswith("zero_shot,0,0,test,")
 
 
-def test_a_deleted_prediction_or_changed_setting_is_redone(evaluated: tuple[Any, RunLayout, list[Any], list[Any]],
-                                                          make_config: Callable[..., Any]) -> None:
+def test_a_deleted_prediction_or_changed_setting_is_redone(
+    evaluated: tuple[Any, RunLayout, list[Any], list[Any]], make_config: Callable[..., Any]
+) -> None:
     config, layout, units, _ = evaluated
     (layout.predictions / "linear_probe" / "shot_2-seed_1-test.csv").unlink()
     pipeline.evaluate(pipeline.RunContext(config))
     assert units == [("linear_probe", 2, 1)]
     assert (layout.predictions / "linear_probe" / "shot_2-seed_1-test.csv").is_file()
     units.clear()
-    pipeline.evaluate(pipeline.RunContext(make_config("few_shot.shots=[1,2]", "output.saliency_images=2",
-                                                      "output.figures=false")))
+    pipeline.evaluate(
+        pipeline.RunContext(make_config("few_shot.shots=[1,2]", "output.saliency_images=2", "output.figures=false"))
+    )
     assert units == [("zero_shot", 0, 0), ("linear_probe", 1, 1), ("linear_probe", 2, 1)]
 
 
@@ -78,8 +90,9 @@ def test_evaluation_shows_a_bar_over_units(make_config: Callable[..., Any], caps
     config = make_config("few_shot.shots=[1]", "output.saliency_images=0")
     pipeline.run(config)
     capsys.readouterr()
-    pipeline.evaluate(pipeline.RunContext(make_config("few_shot.shots=[1]", "output.saliency_images=0",
-                                                      "output.progress=true")))
+    pipeline.evaluate(
+        pipeline.RunContext(make_config("few_shot.shots=[1]", "output.saliency_images=0", "output.progress=true"))
+    )
     err = capsys.readouterr().err
     assert "evaluate" in err and "2/2" in err
     pipeline.evaluate(pipeline.RunContext(config))

@@ -32,8 +32,9 @@ def records(shapes_dir: Path) -> list[Record]:
 
 def extract(records: list[Record], backbone: CLIPBackbone, cache: FeatureCache) -> tuple[list, int]:
     before = backbone.image_batches_encoded
-    failures = extract_features(records, Path("/nonexistent"), backbone, cache, batch_size=BATCH, threads=1,
-                                progress=False)
+    failures = extract_features(
+        records, Path("/nonexistent"), backbone, cache, batch_size=BATCH, threads=1, progress=False
+    )
     return failures, backbone.image_batches_encoded - before
 
 
@@ -50,8 +51,9 @@ def filled(records: list[Record], backbone: CLIPBackbone, tmp_path: Path) -> tup
     return cache, cache.get([r.sha1 for r in records])
 
 
-def test_keys_file_records_the_checksum_of_the_npy_and_the_keys(filled: tuple[FeatureCache, np.ndarray],
-                                                                 records: list[Record]) -> None:
+def test_keys_file_records_the_checksum_of_the_npy_and_the_keys(
+    filled: tuple[FeatureCache, np.ndarray], records: list[Record]
+) -> None:
     cache, _ = filled
     keys_files = sorted(cache.dir.glob("*.keys"))
     assert len(keys_files) == 3
@@ -83,15 +85,24 @@ def garbage(npy: Path) -> None:
     npy.write_bytes(np.random.default_rng(0).bytes(npy.stat().st_size))
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (nan_same_shape, "its sha256 differs from the one recorded when it was written"),
-    (noise_same_shape, "its sha256 differs from the one recorded when it was written"),
-    (truncate, "truncated or not a NumPy array file: mmap length is greater than file size"),
-    (garbage, "truncated or not a NumPy array file: garbage where the array header should be"),
-])
-def test_a_damaged_shard_is_named_deleted_and_reextracted(damage, reason: str, filled: tuple[FeatureCache, np.ndarray],
-                                                          records: list[Record], backbone: CLIPBackbone, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (nan_same_shape, "its sha256 differs from the one recorded when it was written"),
+        (noise_same_shape, "its sha256 differs from the one recorded when it was written"),
+        (truncate, "truncated or not a NumPy array file: mmap length is greater than file size"),
+        (garbage, "truncated or not a NumPy array file: garbage where the array header should be"),
+    ],
+)
+def test_a_damaged_shard_is_named_deleted_and_reextracted(
+    damage,
+    reason: str,
+    filled: tuple[FeatureCache, np.ndarray],
+    records: list[Record],
+    backbone: CLIPBackbone,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     cache, expected = filled
     keys_file = sorted(cache.dir.glob("*.keys"))[1]
     lost = shard_keys(keys_file)
@@ -111,24 +122,30 @@ def test_a_damaged_shard_is_named_deleted_and_reextracted(damage, reason: str, f
     assert again.missing([r.sha1 for r in records]) == []
 
 
-def test_get_on_a_shard_damaged_after_opening_fails_clearly_once(filled: tuple[FeatureCache, np.ndarray],
-                                                                 records: list[Record], backbone: CLIPBackbone,
-                                                                 tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_get_on_a_shard_damaged_after_opening_fails_clearly_once(
+    filled: tuple[FeatureCache, np.ndarray],
+    records: list[Record],
+    backbone: CLIPBackbone,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Opened (indexed) first, overwritten before its features are read: a KeyError naming the fix, not NaN."""
     cache, _ = filled
     reopened = FeatureCache(tmp_path, backbone.fingerprint())
     keys_file = sorted(cache.dir.glob("*.keys"))[0]
     nan_same_shape(keys_file.with_suffix(".npy"))
-    with pytest.raises(KeyError, match=r"have no cached features .*run `fewclip features`"), \
-            caplog.at_level(logging.WARNING, logger="fewclip.features"):
+    with (
+        pytest.raises(KeyError, match=r"have no cached features .*run `fewclip features`"),
+        caplog.at_level(logging.WARNING, logger="fewclip.features"),
+    ):
         reopened.get([shard_keys(keys_file)[0]])
     assert "is damaged (its sha256 differs" in caplog.text
     assert len(FeatureCache(tmp_path, backbone.fingerprint())) == len(records) - BATCH
 
 
-def test_old_shards_without_a_checksum_are_accepted_if_finite(filled: tuple[FeatureCache, np.ndarray],
-                                                              records: list[Record], backbone: CLIPBackbone,
-                                                              tmp_path: Path) -> None:
+def test_old_shards_without_a_checksum_are_accepted_if_finite(
+    filled: tuple[FeatureCache, np.ndarray], records: list[Record], backbone: CLIPBackbone, tmp_path: Path
+) -> None:
     cache, expected = filled
     old, poisoned = sorted(cache.dir.glob("*.keys"))[:2]
     old_keys, poisoned_keys = shard_keys(old), shard_keys(poisoned)
@@ -144,8 +161,9 @@ def test_old_shards_without_a_checksum_are_accepted_if_finite(filled: tuple[Feat
     np.testing.assert_array_equal(reopened.get(old_keys), expected[[sha1s.index(k) for k in old_keys]])
 
 
-def test_non_finite_features_are_refused_naming_the_images(records: list[Record], backbone: CLIPBackbone,
-                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_features_are_refused_naming_the_images(
+    records: list[Record], backbone: CLIPBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = CLIPBackbone.encode_images
     poisoned_batch = []
 
@@ -160,17 +178,22 @@ def test_non_finite_features_are_refused_naming_the_images(records: list[Record]
     cache = FeatureCache(tmp_path, backbone.fingerprint())
     with pytest.raises(ValueError) as err:
         extract(records, backbone, cache)
-    assert str(err.value).startswith(f"the backbone produced non-finite features (NaN or inf) for 1 image(s): "
-                                     f"{records[BATCH + 1].path}; nothing was cached")
+    assert str(err.value).startswith(
+        f"the backbone produced non-finite features (NaN or inf) for 1 image(s): "
+        f"{records[BATCH + 1].path}; nothing was cached"
+    )
     assert "model.precision=fp32" in str(err.value)
     assert cache.missing([r.sha1 for r in records]) == [r.sha1 for r in records[BATCH:]]  # the first batch stays
 
-    with pytest.raises(ValueError, match=rf"non-finite features \(NaN or inf\) for 1 image\(s\) \(keys {records[0].sha1}\)"):
+    with pytest.raises(
+        ValueError, match=rf"non-finite features \(NaN or inf\) for 1 image\(s\) \(keys {records[0].sha1}\)"
+    ):
         cache.add([records[0].sha1, records[1].sha1], np.array([[np.inf, 0.0], [1.0, 0.0]], np.float32))
 
 
-def test_an_image_changed_after_prepare_is_not_stored_under_its_old_hash(records: list[Record], backbone: CLIPBackbone,
-                                                                         tmp_path: Path) -> None:
+def test_an_image_changed_after_prepare_is_not_stored_under_its_old_hash(
+    records: list[Record], backbone: CLIPBackbone, tmp_path: Path
+) -> None:
     originals = records[:3]
     copies = []
     for index, record in enumerate(originals):
@@ -183,16 +206,23 @@ def test_an_image_changed_after_prepare_is_not_stored_under_its_old_hash(records
     cache = FeatureCache(tmp_path / "cache", backbone.fingerprint())
     failures, calls = extract(copies, backbone, cache)
     assert calls == 1
-    assert failures == [(str(changed), f"{changed}: the file changed after `fewclip prepare` (its sha1 is now "
-                                        f"{records[5].sha1}, prepare recorded {originals[1].sha1}); re-run "
-                                        "`fewclip prepare` with this config to use the current file")]
+    assert failures == [
+        (
+            str(changed),
+            f"{changed}: the file changed after `fewclip prepare` (its sha1 is now "
+            f"{records[5].sha1}, prepare recorded {originals[1].sha1}); re-run "
+            "`fewclip prepare` with this config to use the current file",
+        )
+    ]
     assert cache.missing([r.sha1 for r in originals] + [records[5].sha1]) == [originals[1].sha1, records[5].sha1]
-    assert sorted(k for f in cache.dir.glob("*.keys") for k in shard_keys(f)) == sorted([originals[0].sha1,
-                                                                                          originals[2].sha1])
+    assert sorted(k for f in cache.dir.glob("*.keys") for k in shard_keys(f)) == sorted(
+        [originals[0].sha1, originals[2].sha1]
+    )
 
 
-def test_swapped_lines_of_a_keys_file_discard_the_shard(filled: tuple[FeatureCache, np.ndarray], records: list[Record],
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_swapped_lines_of_a_keys_file_discard_the_shard(
+    filled: tuple[FeatureCache, np.ndarray], records: list[Record], caplog: pytest.LogCaptureFixture
+) -> None:
     """The .npy's bytes are intact, but its rows would be attached to the wrong images."""
     cache, _ = filled
     keys_file = sorted(cache.dir.glob("*.keys"))[0]
@@ -205,8 +235,9 @@ def test_swapped_lines_of_a_keys_file_discard_the_shard(filled: tuple[FeatureCac
     assert "keys file were modified" in caplog.text and not keys_file.exists()
 
 
-def test_a_shard_written_before_keys_were_covered_still_loads(filled: tuple[FeatureCache, np.ndarray],
-                                                             records: list[Record]) -> None:
+def test_a_shard_written_before_keys_were_covered_still_loads(
+    filled: tuple[FeatureCache, np.ndarray], records: list[Record]
+) -> None:
     cache, features = filled
     for keys_file in cache.dir.glob("*.keys"):
         npy_digest = hashlib.sha256(keys_file.with_suffix(".npy").read_bytes()).hexdigest()

@@ -46,8 +46,9 @@ def records(shapes_dir: Path) -> list[Record]:
 def extract(records: list[Record], backbone: CLIPBackbone, cache: FeatureCache) -> tuple[list, int]:
     """Run extraction; return (failures, number of encoder calls it made)."""
     before = backbone.image_batches_encoded
-    failures = extract_features(records, Path("/nonexistent"), backbone, cache, batch_size=BATCH, threads=2,
-                                progress=False)
+    failures = extract_features(
+        records, Path("/nonexistent"), backbone, cache, batch_size=BATCH, threads=2, progress=False
+    )
     return failures, backbone.image_batches_encoded - before
 
 
@@ -81,8 +82,9 @@ def test_second_extraction_hits_the_cache(records: list[Record], backbone: CLIPB
     assert extract([Record(str(renamed), 0, "x", records[0].sha1)], backbone, reopened) == ([], 0)
 
 
-def test_changed_preprocessing_misses(records: list[Record], backbone: CLIPBackbone, tiny_clip: Path,
-                                      tmp_path: Path) -> None:
+def test_changed_preprocessing_misses(
+    records: list[Record], backbone: CLIPBackbone, tiny_clip: Path, tmp_path: Path
+) -> None:
     cache = FeatureCache(tmp_path / "cache", backbone.fingerprint())
     extract(records, backbone, cache)
 
@@ -101,8 +103,9 @@ def test_changed_preprocessing_misses(records: list[Record], backbone: CLIPBackb
     assert len(FeatureCache(tmp_path / "cache", backbone.fingerprint())) == 54  # the first cache is untouched
 
 
-def test_changed_precision_misses(records: list[Record], backbone: CLIPBackbone, tiny_clip: Path,
-                                  tmp_path: Path) -> None:
+def test_changed_precision_misses(
+    records: list[Record], backbone: CLIPBackbone, tiny_clip: Path, tmp_path: Path
+) -> None:
     cache = FeatureCache(tmp_path, backbone.fingerprint())
     extract(records, backbone, cache)
     bf16 = load_backbone(ModelConfig(id=str(tiny_clip), device="cpu", precision="bf16"))
@@ -117,8 +120,9 @@ def test_changed_precision_misses(records: list[Record], backbone: CLIPBackbone,
     np.testing.assert_allclose(bf16_features, fp32_features, atol=0.05)
 
 
-def test_shard_without_keys_file_is_ignored_and_reextracted(records: list[Record], backbone: CLIPBackbone,
-                                                             tmp_path: Path) -> None:
+def test_shard_without_keys_file_is_ignored_and_reextracted(
+    records: list[Record], backbone: CLIPBackbone, tmp_path: Path
+) -> None:
     cache = FeatureCache(tmp_path, backbone.fingerprint())
     extract(records, backbone, cache)
     shards = sorted(cache.dir.glob("*.keys"))
@@ -155,8 +159,9 @@ class Killed(BaseException):
 
 
 @pytest.mark.parametrize("step", ["atomic_write_bytes", "atomic_write_text"])
-def test_a_write_killed_at_either_step_leaves_no_shard(step: str, records: list[Record], backbone: CLIPBackbone,
-                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_killed_at_either_step_leaves_no_shard(
+    step: str, records: list[Record], backbone: CLIPBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Killed while writing the features (.npy) or the keys: the cache still opens and lacks that batch."""
     cache = FeatureCache(tmp_path, backbone.fingerprint())
     features = np.ones((2, 32), np.float32)
@@ -188,8 +193,9 @@ def test_cache_shards_are_memory_mapped(records: list[Record], backbone: CLIPBac
     assert cache.dim == 32
 
 
-def test_unreadable_image_is_a_failure_entry_not_a_crash(records: list[Record], backbone: CLIPBackbone,
-                                                         tmp_path: Path) -> None:
+def test_unreadable_image_is_a_failure_entry_not_a_crash(
+    records: list[Record], backbone: CLIPBackbone, tmp_path: Path
+) -> None:
     good = records[:5]
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"this is not an image")
@@ -197,8 +203,10 @@ def test_unreadable_image_is_a_failure_entry_not_a_crash(records: list[Record], 
     data = Path(good[0].path).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     missing = tmp_path / "gone.png"
-    bad = [Record(str(p), 0, "red_circle", hashlib.sha1(p.name.encode()).hexdigest())
-           for p in (corrupt, truncated, missing)]
+    bad = [
+        Record(str(p), 0, "red_circle", hashlib.sha1(p.name.encode()).hexdigest())
+        for p in (corrupt, truncated, missing)
+    ]
     mixed = good[:2] + bad[:1] + good[2:] + bad[1:]
 
     cache = FeatureCache(tmp_path / "cache", backbone.fingerprint())

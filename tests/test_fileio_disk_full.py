@@ -20,9 +20,11 @@ def test_disk_full_names_the_file_and_leaves_no_temporary(tmp_path: Path, monkey
     with pytest.raises(OSError) as info:
         fileio.write_csv(target, ("a",), [(1,)])
     assert info.value.errno == errno.ENOSPC
-    assert str(info.value) == (f"[Errno {errno.ENOSPC}] disk full while writing {target}: free space on that disk "
-                               "(or choose another output.dir / cache.dir), then run the same command again; "
-                               "finished work is kept")
+    assert str(info.value) == (
+        f"[Errno {errno.ENOSPC}] disk full while writing {target}: free space on that disk "
+        "(or choose another output.dir / cache.dir), then run the same command again; "
+        "finished work is kept"
+    )
     assert list(target.parent.iterdir()) == []
 
 

@@ -63,7 +63,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == "on path":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         state[module] = "done"
@@ -81,8 +81,9 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert "fewclip.heads.base" in graph["fewclip.heads.registry"]  # module top, from-import of a name
     assert "fewclip.heads.on_features.linear_probe" in graph["fewclip.heads"]  # a package's __init__
     assert len(graph) == len(module_files()) > 100
-    nested = ast.parse("def f():\n    from fewclip.report.html import esc\n"
-                       "if TYPE_CHECKING:\n    import fewclip.report.compare\n")
+    nested = ast.parse(
+        "def f():\n    from fewclip.report.html import esc\nif TYPE_CHECKING:\n    import fewclip.report.compare\n"
+    )
     assert imported_names(nested, "fewclip.x", False) == ["fewclip.report.html.esc", "fewclip.report.compare"]
     relative = ast.parse("from . import base\nfrom .registry import HEADS\n")
     assert imported_names(relative, "fewclip.heads", True) == ["fewclip.heads.base", "fewclip.heads.registry.HEADS"]
@@ -98,8 +99,25 @@ def test_no_import_cycle_among_fewclip_modules() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-LIBRARY = ("backbones", "data", "features", "heads", "training", "metrics", "stats", "saliency", "fileio", "registry",
-           "configbase", "threads", "interrupt", "distributed", "world", "version", "caption")
+LIBRARY = (
+    "backbones",
+    "data",
+    "features",
+    "heads",
+    "training",
+    "metrics",
+    "stats",
+    "saliency",
+    "fileio",
+    "registry",
+    "configbase",
+    "threads",
+    "interrupt",
+    "distributed",
+    "world",
+    "version",
+    "caption",
+)
 ON_TOP = ("fewclip.runner", "fewclip.report")
 
 

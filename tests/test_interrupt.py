@@ -10,9 +10,11 @@ from typing import Any, Callable
 from fewclip.interrupt import Progress, interrupted_line
 
 # features: each image's reading waits, so the stage is still running after its first batch is committed
-SLOW_READS = ("import time, fewclip.features as features\n"
-              "read = features._load_pixels\n"
-              "features._load_pixels = lambda job: (time.sleep(0.3), read(job))[1]")
+SLOW_READS = (
+    "import time, fewclip.features as features\n"
+    "read = features._load_pixels\n"
+    "features._load_pixels = lambda job: (time.sleep(0.3), read(job))[1]"
+)
 LINE = re.compile(r"fewclip: interrupted during (\w+); (\d+) of (\d+) ([a-z ]+), re-run the same command to resume")
 
 
@@ -32,20 +34,23 @@ def the_one_line(stderr: str) -> re.Match[str]:
     return match
 
 
-def test_ctrl_c_during_features_says_how_many_images_are_encoded(make_config: Callable[..., Any], tmp_path: Path,
-                                                                 interrupt_cli) -> None:
+def test_ctrl_c_during_features_says_how_many_images_are_encoded(
+    make_config: Callable[..., Any], tmp_path: Path, interrupt_cli
+) -> None:
     path, config = config_file(make_config, tmp_path, "model.batch_size=4")
     cache = Path(config.cache.dir)
-    status, stderr = interrupt_cli(["-q", "run", str(path)], lambda: any(cache.glob("features/*/*.keys")),
-                                   prelude=SLOW_READS)
+    status, stderr = interrupt_cli(
+        ["-q", "run", str(path)], lambda: any(cache.glob("features/*/*.keys")), prelude=SLOW_READS
+    )
     assert status == 130
     stage, done, total, noun = the_one_line(stderr).groups()
     assert (stage, noun) == ("features", "images encoded")
     assert 4 <= int(done) < int(total)  # at least the first batch of 4 was committed, not all
 
 
-def test_ctrl_c_during_train_says_how_many_units_are_trained(make_config: Callable[..., Any], tmp_path: Path,
-                                                             interrupt_cli) -> None:
+def test_ctrl_c_during_train_says_how_many_units_are_trained(
+    make_config: Callable[..., Any], tmp_path: Path, interrupt_cli
+) -> None:
     path, config = config_file(make_config, tmp_path, "linear_probe.epochs=1000000")  # never ends by itself
     zero_shot = Path(config.output.dir) / "heads" / "zero_shot" / "shot_0-seed_0.json"  # the first unit
     status, stderr = interrupt_cli(["-q", "run", str(path)], zero_shot.is_file)
@@ -61,9 +66,11 @@ def test_the_line_without_progress_and_when_counting_fails() -> None:
         raise OSError("disk gone")
 
     assert interrupted_line("features", Progress(9, "images encoded", recount=broken)) == (
-        "interrupted during features, re-run the same command to resume")
+        "interrupted during features, re-run the same command to resume"
+    )
     assert interrupted_line("train", Progress(4, "units trained", done=2)) == (
-        "interrupted during train; 2 of 4 units trained, re-run the same command to resume")
+        "interrupted during train; 2 of 4 units trained, re-run the same command to resume"
+    )
 
 
 def test_ctrl_c_in_a_command_without_stages_is_one_line_too(monkeypatch, capsys) -> None:

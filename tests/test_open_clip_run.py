@@ -27,8 +27,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def write_config(folder: Path, name: str, shapes_dir: Path, cache: Path) -> Path:
     config_json, weights = build_open_clip(folder / "model", name)
     config = {
-        "model": {"library": "open_clip", "id": f"model/{config_json.name}", "pretrained": f"model/{weights.name}",
-                  "batch_size": 16},
+        "model": {
+            "library": "open_clip",
+            "id": f"model/{config_json.name}",
+            "pretrained": f"model/{weights.name}",
+            "batch_size": 16,
+        },
         "dataset": {"source": "folder", "path": str(shapes_dir)},
         "methods": METHODS,
         "variants": {"coop@n4_csc": {"n_ctx": 4, "class_specific_context": True, "class_token_position": "middle"}},
@@ -85,8 +89,21 @@ def test_open_clip_and_hf_features_never_share_a_cache_entry(tmp_path: Path, sha
     vit_config = write_config(tmp_path / "vit", "fewclip-tiny-vit", shapes_dir, cache)
     for config in (rn_config, vit_config):
         assert main(["-q", "run", str(config), "methods=[linear_probe]"]) == 0
-    assert main(["-q", "run", str(vit_config), "methods=[linear_probe]", "model.library=hf",
-                 f"model.id={tiny_clip}", "model.pretrained=null", f"output.dir={tmp_path / 'hf-run'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(vit_config),
+                "methods=[linear_probe]",
+                "model.library=hf",
+                f"model.id={tiny_clip}",
+                "model.pretrained=null",
+                f"output.dir={tmp_path / 'hf-run'}",
+            ]
+        )
+        == 0
+    )
     keys = {p.parent.name: json.loads(p.read_text()) for p in cache.rglob("fingerprint.json")}
     assert len(keys) == 3, keys  # three models, three cache entries
 
@@ -105,8 +122,15 @@ def test_imagenette_rn50_config_runs_as_written_on_local_weights_and_images(tmp_
     data["dataset"] = {"source": "folder", "path": str(shapes_dir)}  # ImageNette's folder layout -> the shapes'
     config = tmp_path / "imagenette_rn50.yaml"
     config.write_text(yaml.safe_dump(data))
-    overrides = [f"model.pretrained={weights}", "few_shot.shots=[1]", "coop.epochs=1", f"output.dir={tmp_path / 'run'}",
-                 f"cache.dir={tmp_path / 'c'}", "output.saliency_images=1", "output.progress=false"]
+    overrides = [
+        f"model.pretrained={weights}",
+        "few_shot.shots=[1]",
+        "coop.epochs=1",
+        f"output.dir={tmp_path / 'run'}",
+        f"cache.dir={tmp_path / 'c'}",
+        "output.saliency_images=1",
+        "output.progress=false",
+    ]
     assert main(["-q", "run", str(config), *overrides]) == 0
     rows = read_rows(RunLayout(tmp_path / "run").summary)
     assert sorted({r["method"] for r in rows}) == ["coop", "coop@csc", "coop@ctx4", "zero_shot"]

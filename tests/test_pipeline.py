@@ -148,8 +148,9 @@ def test_run_dir_holds_resolved_config_heads_and_history(finished_run: tuple[Any
         assert list(history[0]) == ["epoch", "train_loss", "val_accuracy", "val_macro_f1", "val_loss"]
 
 
-def test_second_run_skips_training_and_extraction(finished_run: tuple[Any, RunLayout], encoder_calls: list[int],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_run_skips_training_and_extraction(
+    finished_run: tuple[Any, RunLayout], encoder_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, layout = finished_run
     summary_before = layout.summary.read_text()
     heads_before = {p: p.stat().st_mtime_ns for p in layout.heads.rglob("*") if p.is_file()}
@@ -167,8 +168,9 @@ def test_second_run_skips_training_and_extraction(finished_run: tuple[Any, RunLa
     assert {p: p.stat().st_mtime_ns for p in layout.heads.rglob("*") if p.is_file()} == heads_before
 
 
-def test_changed_training_config_retrains_only_the_probe(finished_run: tuple[Any, RunLayout], encoder_calls: list[int],
-                                                         make_config: Callable[..., Any]) -> None:
+def test_changed_training_config_retrains_only_the_probe(
+    finished_run: tuple[Any, RunLayout], encoder_calls: list[int], make_config: Callable[..., Any]
+) -> None:
     _, layout = finished_run
     ctx = pipeline.RunContext(make_config("linear_probe.epochs=5"))
     pipeline.prepare(ctx)
@@ -193,14 +195,20 @@ def config_file(make_config: Callable[..., Any], tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-q", "run", str(config_file), "few_shot.shots=[1,2]", "methods=[linear_probe]",
-                 "linear_probe.epochs=3"]) == 0
+def test_cli_runs_a_yaml_config_with_dotted_overrides(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["-q", "run", str(config_file), "few_shot.shots=[1,2]", "methods=[linear_probe]", "linear_probe.epochs=3"])
+        == 0
+    )
     layout = RunLayout(tmp_path / "run")
     out = capsys.readouterr().out  # ends with the answer in three lines, not the summary.csv dump
-    assert out.splitlines()[-3:] == [json.loads(layout.answer.read_text())["headline"],
-                                     f"table: {layout.aggregate / 'accuracy_table.csv'}", f"report: {layout.report}"]
+    assert out.splitlines()[-3:] == [
+        json.loads(layout.answer.read_text())["headline"],
+        f"table: {layout.aggregate / 'accuracy_table.csv'}",
+        f"report: {layout.report}",
+    ]
     assert "method,shots,seed" not in out and "Recommended: linear_probe at " in out
     assert sorted(unit_of(r) for r in read_rows(layout.summary)) == [("linear_probe", 1, 1), ("linear_probe", 2, 1)]
     resolved = load_config(layout.config)
@@ -212,15 +220,19 @@ def test_cli_runs_a_yaml_config_with_dotted_overrides(config_file: Path, tmp_pat
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "{cfg}", "linear_probe.epoch=5"], "linear_probe.epoch: unknown key; did you mean 'linear_probe.epochs'?"),
+        (
+            ["run", "{cfg}", "linear_probe.epoch=5"],
+            "linear_probe.epoch: unknown key; did you mean 'linear_probe.epochs'?",
+        ),
         (["run", "{cfg}", "methods=[linaer_probe]"], "did you mean 'linear_probe'?"),
         (["run", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
         (["run", "{cfg}", "model.id={tmp}/no-model"], "model.id: model folder {tmp}/no-model does not exist"),
         (["train", "{cfg}"], "run `fewclip prepare` with this config first"),
     ],
 )
-def test_cli_reports_a_bad_config_and_returns_2(argv: list[str], message: str, config_file: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_bad_config_and_returns_2(
+    argv: list[str], message: str, config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [a.format(cfg=config_file, tmp=tmp_path) for a in argv]
     assert main(["-q", *argv]) == 2
     captured = capsys.readouterr()
@@ -235,8 +247,10 @@ def test_cli_reports_a_bad_config_and_returns_2(argv: list[str], message: str, c
 
 def cache_keys(cache_dir: Path) -> dict[str, list[str]]:
     """{shard: image sha1s} for every committed shard under a cache dir."""
-    return {p.stem: [k for k in p.read_text().split("\n") if k and not k.startswith("#")]  # "#sha256 ..." header
-            for p in cache_dir.glob("features/*/*.keys")}
+    return {
+        p.stem: [k for k in p.read_text().split("\n") if k and not k.startswith("#")]  # "#sha256 ..." header
+        for p in cache_dir.glob("features/*/*.keys")
+    }
 
 
 def summary_without_timing(path: Path) -> list[dict[str, str]]:
@@ -246,8 +260,9 @@ def summary_without_timing(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_run_killed_during_extraction_resumes_to_the_same_summary(make_config: Callable[..., Any],
-                                                                  tmp_path: Path) -> None:
+def test_run_killed_during_extraction_resumes_to_the_same_summary(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
     data = build_shapes_dataset(tmp_path / "data", ["red_circle", "green_square", "blue_triangle"], 120, 40)
     model = build_tiny_clip(tmp_path / "model", image_size=64, width=128, layers=4)  # ~60 ms per batch of 8
 

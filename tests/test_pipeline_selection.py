@@ -67,21 +67,25 @@ def test_summary_records_selection_and_ece_before_and_after_calibration(make_con
 
 
 def test_units_that_kept_their_first_epoch_are_named_at_the_end_of_train(
-        make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Val labels shifted by one class: every epoch of learning raises the val loss, so epoch 1 is kept."""
     original_fit = LinearProbeHead.fit
 
-    def misleading_val(self: LinearProbeHead, task: Task, train: FeatureSet | None = None,
-                       val: FeatureSet | None = None) -> LinearProbeHead:
+    def misleading_val(
+        self: LinearProbeHead, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None
+    ) -> LinearProbeHead:
         assert val is not None
         return original_fit(self, task, train, FeatureSet(val.features, (val.labels + 1) % 3))
 
     monkeypatch.setattr(LinearProbeHead, "fit", misleading_val)
     config = make_config("few_shot.shots=[1,2]", "linear_probe.select=val_loss")
     layout = RunLayout(Path(config.output.dir))
-    expected = ("2 unit(s) kept their first epoch's state (training did not beat its start on validation; check the "
-                "learning rate and schedule, or set select: last): linear_probe/shot_1-seed_1 (val_loss); "
-                "linear_probe/shot_2-seed_1 (val_loss)")
+    expected = (
+        "2 unit(s) kept their first epoch's state (training did not beat its start on validation; check the "
+        "learning rate and schedule, or set select: last): linear_probe/shot_1-seed_1 (val_loss); "
+        "linear_probe/shot_2-seed_1 (val_loss)"
+    )
     for attempt in ("trains", "skips the trained units and still says it"):
         ctx = pipeline.RunContext(config)
         if attempt == "trains":

@@ -52,9 +52,13 @@ def run_dir(config: Any) -> Path:
 
 
 def test_each_head_predicts_the_runs_own_labels_and_names_the_unreadable_image(
-        make_config: Callable[..., Any], images: tuple[Path, dict[Path, str], Path]) -> None:
-    root = run_dir(make_config("methods=[zero_shot,linear_probe,coop,cocoop]", "few_shot.shots=[1,2]",
-                               *PROMPT_LEARNERS, NO_FIGURES))
+    make_config: Callable[..., Any], images: tuple[Path, dict[Path, str], Path]
+) -> None:
+    root = run_dir(
+        make_config(
+            "methods=[zero_shot,linear_probe,coop,cocoop]", "few_shot.shots=[1,2]", *PROMPT_LEARNERS, NO_FIGURES
+        )
+    )
     folder, copies, broken = images
     for method, shots, seed in [("zero_shot", 0, 0), ("linear_probe", 1, 1), ("coop", 2, 1), ("cocoop", 2, 1)]:
         classifier = fewclip.load_classifier(root, method=method, shots=shots, seed=seed)
@@ -97,20 +101,28 @@ def test_defaults_pick_the_first_method_the_largest_budget_and_the_smallest_seed
 def test_trained_heads_and_default_classifier_of_a_run(make_config: Callable[..., Any]) -> None:
     root = run_dir(make_config("few_shot.shots=[1,2]", "splits.seeds=[2,1]", NO_FIGURES))
     (root / "heads" / "linear_probe" / "shot_2-seed_1.ckpt.safetensors").write_bytes(b"")  # not a head
-    assert trained_heads(root) == [("linear_probe", 1, 1), ("linear_probe", 1, 2), ("linear_probe", 2, 1),
-                                   ("linear_probe", 2, 2), ("zero_shot", 0, 0)]
+    assert trained_heads(root) == [
+        ("linear_probe", 1, 1),
+        ("linear_probe", 1, 2),
+        ("linear_probe", 2, 1),
+        ("linear_probe", 2, 2),
+        ("zero_shot", 0, 0),
+    ]
     recommendation = json.loads((root / "results" / "recommendation.json").read_text())
     default = fewclip.load_classifier(root)  # the report's recommended head, and why
     assert default.unit == f"{recommendation['method']}/shot_{recommendation['shots']}-seed_{recommendation['seed']}"
-    assert default.why == f"the run's recommendation ({root / 'results' / 'recommendation.json'}): {recommendation['why']}"
+    assert (
+        default.why == f"the run's recommendation ({root / 'results' / 'recommendation.json'}): {recommendation['why']}"
+    )
     (root / "results" / "recommendation.json").unlink()  # an older run: the first method's largest budget
     fallback = fewclip.load_classifier(root)
     assert fallback.unit == "zero_shot/shot_0-seed_0" and fallback.why.startswith("no recommendation in the run")
     assert fewclip.load_classifier(root, method="linear_probe").unit == "linear_probe/shot_2-seed_1"
 
 
-def test_expand_images_is_recursive_sorted_and_keeps_named_files(images: tuple[Path, dict[Path, str], Path],
-                                                                 tmp_path: Path) -> None:
+def test_expand_images_is_recursive_sorted_and_keeps_named_files(
+    images: tuple[Path, dict[Path, str], Path], tmp_path: Path
+) -> None:
     folder, copies, broken = images
     named = tmp_path / "named.txt"
     assert expand_images([named, folder]) == [named, *sorted([*copies, broken])]
@@ -121,14 +133,32 @@ def small_run(make_config: Callable[..., Any]) -> Path:
     return run_dir(make_config("few_shot.shots=[1,2]", "linear_probe.epochs=5", NO_FIGURES))
 
 
-def test_cli_prints_top_k_and_writes_csv_and_json(small_run: Path, images: tuple[Path, dict[Path, str], Path],
-                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_top_k_and_writes_csv_and_json(
+    small_run: Path, images: tuple[Path, dict[Path, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, copies, broken = images
     expected = fewclip.load_classifier(small_run, method="linear_probe", shots=1).predict([folder], top_k=2)
     capsys.readouterr()
     for out in (tmp_path / "x.csv", tmp_path / "x.json"):
-        assert main(["-q", "predict", str(small_run), str(folder), "--method", "linear_probe", "--shots", "1",
-                     "--top-k", "2", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "predict",
+                    str(small_run),
+                    str(folder),
+                    "--method",
+                    "linear_probe",
+                    "--shots",
+                    "1",
+                    "--top-k",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         captured = capsys.readouterr()
         assert f"fewclip: skipped {broken}: cannot decode image" in captured.err
         assert "%|" not in captured.err  # quiet: no progress bar
@@ -142,7 +172,9 @@ def test_cli_prints_top_k_and_writes_csv_and_json(small_run: Path, images: tuple
     assert bad["error"].startswith(f"{broken}: cannot decode image")
     assert [row for row in rows if not row["error"]] == [
         {"path": r.path, "rank": str(k), "label": label, "probability": f"{p:.6f}", "error": ""}
-        for r in expected for k, (label, p) in enumerate(r.top_k, 1)]
+        for r in expected
+        for k, (label, p) in enumerate(r.top_k, 1)
+    ]
     written = json.loads((tmp_path / "x.json").read_text())
     assert (written["method"], written["shots"], written["seed"]) == ("linear_probe", 1, 1)
     assert [p["path"] for p in written["predictions"]] == [r.path for r in expected]
@@ -151,18 +183,25 @@ def test_cli_prints_top_k_and_writes_csv_and_json(small_run: Path, images: tuple
         assert [(t["label"], t["probability"]) for t in entry["top_k"]] == result.top_k
 
 
-def test_cli_lists_the_trained_heads_when_the_asked_one_is_missing(small_run: Path, shapes_dir: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    for args, asked in [(["--shots", "16"], "shots=16"), (["--method", "cocoop"], "method=cocoop"),
-                        (["--method", "linear_probe", "--seed", "7"], "method=linear_probe, seed=7")]:
+def test_cli_lists_the_trained_heads_when_the_asked_one_is_missing(
+    small_run: Path, shapes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, asked in [
+        (["--shots", "16"], "shots=16"),
+        (["--method", "cocoop"], "method=cocoop"),
+        (["--method", "linear_probe", "--seed", "7"], "method=linear_probe, seed=7"),
+    ]:
         assert main(["-q", "predict", str(small_run), str(shapes_dir / "test"), *args]) == 2
         err = capsys.readouterr().err
-        assert f"fewclip: error: no trained head for {asked}; trained heads: linear_probe shots=1 seed=1, " \
-               "linear_probe shots=2 seed=1, zero_shot shots=0 seed=0\n" in err
+        assert (
+            f"fewclip: error: no trained head for {asked}; trained heads: linear_probe shots=1 seed=1, "
+            "linear_probe shots=2 seed=1, zero_shot shots=0 seed=0\n" in err
+        )
 
 
-def test_cli_usage_errors_and_nothing_classified(small_run: Path, images: tuple[Path, dict[Path, str], Path],
-                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_usage_errors_and_nothing_classified(
+    small_run: Path, images: tuple[Path, dict[Path, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _, broken = images
     assert main(["-q", "predict", str(small_run), str(folder), "--out", str(tmp_path / "x.txt")]) == 2
     assert "must end in .csv or .json" in capsys.readouterr().err
@@ -193,11 +232,13 @@ def test_a_base_to_new_head_says_it_knows_only_the_base_classes() -> None:
     assert classes_note("all", ["a", "b"]) == ""
     assert classes_note("base2new", ["red circle", "green square"]) == (
         "this run trained on the base classes only (splits.subsample=base2new); the head knows 2 classes: "
-        "red circle, green square")
+        "red circle, green square"
+    )
 
 
-def test_cli_out_in_an_unwritable_place_is_a_clear_error(small_run: Path, images: tuple[Path, dict[Path, str], Path],
-                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_out_in_an_unwritable_place_is_a_clear_error(
+    small_run: Path, images: tuple[Path, dict[Path, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _, _ = images
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")  # root ignores read-only modes; a file where the folder should be does not
@@ -210,7 +251,8 @@ def test_cli_out_in_an_unwritable_place_is_a_clear_error(small_run: Path, images
 
 
 def test_a_zero_shot_only_run_has_an_answer_and_predict_uses_its_recommendation(
-        make_config: Callable[..., Any], shapes_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_config: Callable[..., Any], shapes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = run_dir(make_config("methods=[zero_shot]", NO_FIGURES))
     answer = json.loads((root / "results" / "answer.json").read_text())
     accuracy = float(read_rows(root / "results" / "summary.csv")[0]["accuracy"])
@@ -225,13 +267,16 @@ def test_a_zero_shot_only_run_has_an_answer_and_predict_uses_its_recommendation(
     assert "run `fewclip report`" not in err
 
 
-def test_a_fifo_among_the_images_is_skipped_by_name_and_never_read(small_run: Path, shapes_dir: Path, watched_fifo,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_fifo_among_the_images_is_skipped_by_name_and_never_read(
+    small_run: Path, shapes_dir: Path, watched_fifo, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = sorted((shapes_dir / "test").rglob("*.png"))[0]
     shutil.copy(good, watched_fifo.path.parent / "good.png")
     skipped = f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
-    for given, classified in (([watched_fifo.path, good], good),  # named, or found in a folder
-                              ([watched_fifo.path.parent], watched_fifo.path.parent / "good.png")):
+    for given, classified in (
+        ([watched_fifo.path, good], good),  # named, or found in a folder
+        ([watched_fifo.path.parent], watched_fifo.path.parent / "good.png"),
+    ):
         assert main(["-q", "predict", str(small_run), *map(str, given)]) == 0
         captured = capsys.readouterr()
         assert skipped in captured.err

@@ -27,7 +27,11 @@ def prepared(make_config: Callable[..., Any], *overrides: str) -> pipeline.RunCo
 def test_quiet_training_prints_no_bar(make_config: Callable[..., Any], capsys: pytest.CaptureFixture[str]) -> None:
     ctx = prepared(make_config, "output.progress=false")
     capsys.readouterr()
-    assert pipeline.train(ctx) == ["zero_shot/shot_0-seed_0", "linear_probe/shot_1-seed_1", "linear_probe/shot_2-seed_1"]
+    assert pipeline.train(ctx) == [
+        "zero_shot/shot_0-seed_0",
+        "linear_probe/shot_1-seed_1",
+        "linear_probe/shot_2-seed_1",
+    ]
     assert BAR not in capsys.readouterr().err
 
 
@@ -50,8 +54,9 @@ def tiny_problem() -> tuple[nn.Module, FeatureSet, FeatureSet, FeatureTrainSetti
     with torch.no_grad():
         module.weight.copy_(torch.randn(3, 4, generator=generator))
         module.bias.zero_()
-    settings = FeatureTrainSettings(epochs=4, batch_size=5, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
-                             warmup_lr=0.01)
+    settings = FeatureTrainSettings(
+        epochs=4, batch_size=5, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1, warmup_lr=0.01
+    )
     return module, train, val, settings
 
 

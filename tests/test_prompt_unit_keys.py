@@ -9,8 +9,9 @@ from fewclip.runner import pipeline
 
 
 def train(make_config: Callable[..., Any], *overrides: str) -> list[str]:
-    ctx = pipeline.RunContext(make_config("methods=[coop]", "few_shot.shots=[1]", "coop.n_ctx=2",
-                                          "coop.batch_size=4", *overrides))
+    ctx = pipeline.RunContext(
+        make_config("methods=[coop]", "few_shot.shots=[1]", "coop.n_ctx=2", "coop.batch_size=4", *overrides)
+    )
     pipeline.prepare(ctx)
     pipeline.features(ctx)
     return pipeline.train(ctx)

@@ -46,8 +46,14 @@ def pages_with(language: str) -> list[Any]:
 
 
 # Python source text in the pages -> what it names here (filled in by the stand_ins fixture).
-STAND_INS = ('"runs/caption-default"', '"configs/food101.yaml"', '"openai/clip-vit-base-patch32"', '"runs/default"',
-             '"photo.jpg"', '"more_photos/"')
+STAND_INS = (
+    '"runs/caption-default"',
+    '"configs/food101.yaml"',
+    '"openai/clip-vit-base-patch32"',
+    '"runs/default"',
+    '"photo.jpg"',
+    '"more_photos/"',
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,22 @@ def stand_ins(tiny_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     config_file.write_text(yaml.safe_dump(config))
     images = sorted((data / "test").rglob("*.png"))
     caption_run = tmp_path / "caption-run"  # a small caption run for the captioning snippet
-    assert cli.main(["-q", "caption", "run", "default", "methods=[adapter]", "data.world_images=40", "training.epochs=1",
-                     f"output.dir={caption_run}", f"cache.dir={tmp_path / 'cache'}"]) == 0
+    assert (
+        cli.main(
+            [
+                "-q",
+                "caption",
+                "run",
+                "default",
+                "methods=[adapter]",
+                "data.world_images=40",
+                "training.epochs=1",
+                f"output.dir={caption_run}",
+                f"cache.dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 0
+    )
     replace = {
         '"runs/caption-default"': repr(str(caption_run)),
         '"configs/food101.yaml"': repr(str(config_file)),  # a hub dataset -> the shapes folder, tiny CLIP
@@ -135,7 +155,10 @@ def check_captioning(namespace: dict[str, Any], printed: list[str], stand_ins: d
 # What each page's snippets must have done, beyond running (a page with python blocks and no entry here only
 # has to run them without error).
 CHECKS: dict[str, Callable[[dict[str, Any], list[str], dict[str, Any]], None]] = {
-    "README.md": check_readme, "docs/commands.md": check_commands, "docs/captioning.md": check_captioning}
+    "README.md": check_readme,
+    "docs/commands.md": check_commands,
+    "docs/captioning.md": check_captioning,
+}
 
 
 def test_the_checked_pages_have_their_snippets_and_the_stand_ins_are_used() -> None:
@@ -149,8 +172,9 @@ def test_the_checked_pages_have_their_snippets_and_the_stand_ins_are_used() -> N
 
 
 @pytest.mark.parametrize("page", pages_with("python"))
-def test_python_snippets_run(page: Path, stand_ins: dict[str, Any],
-                             readme_python: tuple[dict[str, Any], list[str]]) -> None:
+def test_python_snippets_run(
+    page: Path, stand_ins: dict[str, Any], readme_python: tuple[dict[str, Any], list[str]]
+) -> None:
     namespace, printed = readme_python if page == README else run_python(page, stand_ins)
     check = CHECKS.get(name(page))
     if check is not None:
@@ -164,10 +188,21 @@ def test_yaml_snippets_load_as_config(page: Path) -> None:
 
 
 # Placeholders in the command lines -> a concrete value each (or several: every stage), explicitly.
-PLACEHOLDERS = {"CONFIG": ["configs/food101.yaml"], "[overrides]": [], "...": [], "RUN_DIR": ["runs/default"],
-                "IMAGES...": ["photo.jpg"], "[CONFIG|RUN_DIR|default]": ["configs/food101.yaml"], "[--force]": ["--force"],
-                "[key=value": [], "...]": []}
-RUN_DIRS = ("runs/default", "runs/caption-default")  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
+PLACEHOLDERS = {
+    "CONFIG": ["configs/food101.yaml"],
+    "[overrides]": [],
+    "...": [],
+    "RUN_DIR": ["runs/default"],
+    "IMAGES...": ["photo.jpg"],
+    "[CONFIG|RUN_DIR|default]": ["configs/food101.yaml"],
+    "[--force]": ["--force"],
+    "[key=value": [],
+    "...]": [],
+}
+RUN_DIRS = (
+    "runs/default",
+    "runs/caption-default",
+)  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
 ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
 
 

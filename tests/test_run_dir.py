@@ -50,8 +50,10 @@ def test_a_users_folder_is_never_written(config_file: Path, tmp_path: Path, caps
     before = sorted((p.relative_to(home), p.read_bytes()) for p in home.rglob("*") if p.is_file())
     assert main(["-q", "prepare", str(config_file), f"output.dir={home}"]) == 2
     err = capsys.readouterr().err
-    assert f"fewclip: error: output.dir {home} is not empty (config.yaml, data) and is not a fewclip run " \
-           f"directory (it has no {MARKER})" in err
+    assert (
+        f"fewclip: error: output.dir {home} is not empty (config.yaml, data) and is not a fewclip run "
+        f"directory (it has no {MARKER})" in err
+    )
     assert "choose another output.dir" in err
     assert sorted((p.relative_to(home), p.read_bytes()) for p in home.rglob("*") if p.is_file()) == before
 
@@ -64,13 +66,15 @@ def test_an_empty_existing_folder_is_claimed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("inside", ["", "runs/x"])
-def test_a_run_dir_inside_the_dataset_folder_fails(make_config: Callable[..., Any], shapes_dir: Path,
-                                                   inside: str) -> None:
+def test_a_run_dir_inside_the_dataset_folder_fails(
+    make_config: Callable[..., Any], shapes_dir: Path, inside: str
+) -> None:
     config = make_config(f"output.dir={shapes_dir / inside}")
     with pytest.raises(RunDirError) as info:
         RunContext(config)
-    assert str(info.value).startswith(f"output.dir {(shapes_dir / inside).resolve()} is inside the dataset "
-                                      f"folder {shapes_dir.resolve()}")
+    assert str(info.value).startswith(
+        f"output.dir {(shapes_dir / inside).resolve()} is inside the dataset folder {shapes_dir.resolve()}"
+    )
     assert not (shapes_dir / "runs").exists()
 
 
@@ -79,26 +83,36 @@ def test_a_second_lock_on_a_run_dir_fails_at_once(tmp_path: Path) -> None:
         with pytest.raises(RunDirError) as info:
             with locked(tmp_path):
                 pass
-        assert str(info.value) == (f"run dir {tmp_path} is in use by pid {os.getpid()}; "
-                                   "wait for it to finish or choose another output.dir")
+        assert str(info.value) == (
+            f"run dir {tmp_path} is in use by pid {os.getpid()}; wait for it to finish or choose another output.dir"
+        )
     with locked(tmp_path):  # released when the first command ends
         pass
 
 
-def test_a_command_on_a_run_dir_another_process_uses_fails(config_file: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_command_on_a_run_dir_another_process_uses_fails(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_root = tmp_path / "run"
     assert main(["-q", "prepare", str(config_file)]) == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
             from fewclip.runner.run_dir import locked
             with locked(Path({str(run_root)!r})):
                 print("held", flush=True)
                 sys.stdin.read()
-            """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+            """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         assert main(["-q", "prepare", str(config_file)]) == 2
@@ -112,7 +126,10 @@ def test_workers_of_a_killed_command_do_not_keep_its_run_dir_locked(tmp_path: Pa
     """A command training with DataLoader workers is SIGKILLed: its workers live on for seconds (until their
     watchdog sees the parent gone), and must not hold the run directory's lock meanwhile."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import multiprocessing, time
             from pathlib import Path
             from torch.utils.data import DataLoader
@@ -129,8 +146,12 @@ def test_workers_of_a_killed_command_do_not_keep_its_run_dir_locked(tmp_path: Pa
                 batches = iter(DataLoader(Slow(), num_workers=2))  # forks the workers
                 print(*[child.pid for child in multiprocessing.active_children()], flush=True)
                 time.sleep(600)
-            """)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+            """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert holder.stdout is not None
     workers = [int(pid) for pid in holder.stdout.readline().split()]
     try:
@@ -159,12 +180,15 @@ def test_a_lock_left_by_a_dead_pid_says_so(tmp_path: Path) -> None:
         with pytest.raises(RunDirError) as info:
             with locked(tmp_path):
                 pass
-    assert str(info.value).startswith(f"run dir {tmp_path} is locked by processes that pid {dead.pid}, which has "
-                                      "ended, left behind; they usually exit within seconds: run the command again")
+    assert str(info.value).startswith(
+        f"run dir {tmp_path} is locked by processes that pid {dead.pid}, which has "
+        "ended, left behind; they usually exit within seconds: run the command again"
+    )
 
 
-def test_a_stage_of_another_config_is_refused_unless_forced(config_file: Path, tiny_clip: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_stage_of_another_config_is_refused_unless_forced(
+    config_file: Path, tiny_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other_model = tmp_path / "other-clip"
     shutil.copytree(tiny_clip, other_model)
     assert main(["-q", "prepare", str(config_file)]) == 0
@@ -182,20 +206,41 @@ def test_a_stage_of_another_config_is_refused_unless_forced(config_file: Path, t
 
 def test_keys_that_change_no_result_may_change(make_config: Callable[..., Any]) -> None:
     base = make_config()
-    assert config_differences(base, make_config(
-        "name=again", "methods=[zero_shot,linear_probe,coop]", "linear_probe.epochs=3", "coop.n_ctx=4",
-        "output.progress=true", "output.figures=false", "wandb.mode=offline", "model.batch_size=4",
-        "model.device=cpu", "cache.dir=/elsewhere", "runtime.threads=1")) == []
-    assert config_differences(base, make_config(
-        "methods=[zero_shot,coop,coop@n4]", variants={"coop@n4": {"n_ctx": 4}})) == []
-    assert config_differences(base, make_config("few_shot.shots=[1]", "prompts.templates=['a {}.']",
-                                                "model.precision=bf16")) == [
-        "few_shot.shots: [1, 2, 4] -> [1]", "model.precision: 'fp32' -> 'bf16'",
-        f"prompts.templates: {base.prompts.templates!r} -> ['a {{}}.']"]
+    assert (
+        config_differences(
+            base,
+            make_config(
+                "name=again",
+                "methods=[zero_shot,linear_probe,coop]",
+                "linear_probe.epochs=3",
+                "coop.n_ctx=4",
+                "output.progress=true",
+                "output.figures=false",
+                "wandb.mode=offline",
+                "model.batch_size=4",
+                "model.device=cpu",
+                "cache.dir=/elsewhere",
+                "runtime.threads=1",
+            ),
+        )
+        == []
+    )
+    assert (
+        config_differences(base, make_config("methods=[zero_shot,coop,coop@n4]", variants={"coop@n4": {"n_ctx": 4}}))
+        == []
+    )
+    assert config_differences(
+        base, make_config("few_shot.shots=[1]", "prompts.templates=['a {}.']", "model.precision=bf16")
+    ) == [
+        "few_shot.shots: [1, 2, 4] -> [1]",
+        "model.precision: 'fp32' -> 'bf16'",
+        f"prompts.templates: {base.prompts.templates!r} -> ['a {{}}.']",
+    ]
 
 
-def test_predict_refuses_a_head_trained_on_another_backbone(make_config: Callable[..., Any], tiny_clip: Path,
-                                                            tmp_path: Path) -> None:
+def test_predict_refuses_a_head_trained_on_another_backbone(
+    make_config: Callable[..., Any], tiny_clip: Path, tmp_path: Path
+) -> None:
     config = make_config("few_shot.shots=[1]", "methods=[linear_probe]", "output.figures=false")
     pipeline.run(config)
     root = Path(config.output.dir)
@@ -203,8 +248,9 @@ def test_predict_refuses_a_head_trained_on_another_backbone(make_config: Callabl
     other_model = tmp_path / "other-clip"
     shutil.copytree(tiny_clip, other_model)
     # what `fewclip features other.yaml --force` into this run dir leaves: another backbone in config.yaml
-    (root / "config.yaml").write_text(make_config("few_shot.shots=[1]", "methods=[linear_probe]",
-                                                  f"model.id={other_model}").to_yaml())
+    (root / "config.yaml").write_text(
+        make_config("few_shot.shots=[1]", "methods=[linear_probe]", f"model.id={other_model}").to_yaml()
+    )
     with pytest.raises(HeadMismatch) as info:
         load_classifier(root)
     message = str(info.value)

@@ -38,8 +38,9 @@ def trained(make_config: Callable[..., Any]) -> tuple[pipeline.RunContext, RunLa
     return ctx, ctx.layout
 
 
-def test_train_retrains_damaged_heads_to_the_same_tensors(trained: tuple[pipeline.RunContext, RunLayout],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_train_retrains_damaged_heads_to_the_same_tensors(
+    trained: tuple[pipeline.RunContext, RunLayout], caplog: pytest.LogCaptureFixture
+) -> None:
     ctx, layout = trained
     zeroed, _ = head_files(layout, 1)
     good = zeroed.read_bytes()
@@ -55,23 +56,27 @@ def test_train_retrains_damaged_heads_to_the_same_tensors(trained: tuple[pipelin
     assert pipeline.train(ctx) == []
 
 
-def test_predict_names_a_damaged_head_and_says_to_retrain(trained: tuple[pipeline.RunContext, RunLayout],
-                                                          shapes_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_names_a_damaged_head_and_says_to_retrain(
+    trained: tuple[pipeline.RunContext, RunLayout], shapes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, layout = trained
     tensors, _ = head_files(layout, 2)
     tensors.write_bytes(tensors.read_bytes()[:-7])
     assert main(["-q", "predict", str(layout.root), str(shapes_dir / "test")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"fewclip: error: {tensors}: damaged head file (its sha256 differs from the one recorded when it "
-                   "was written: truncated or modified); re-run `fewclip train` with the run's config to retrain it\n")
+    assert err == (
+        f"fewclip: error: {tensors}: damaged head file (its sha256 differs from the one recorded when it "
+        "was written: truncated or modified); re-run `fewclip train` with the run's config to retrain it\n"
+    )
 
 
 class Killed(BaseException):
     """Stands in for SIGKILL."""
 
 
-def test_history_is_written_before_the_head_json(make_config: Callable[..., Any],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_history_is_written_before_the_head_json(
+    make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = pipeline.RunContext(make_config(*PROBE, "few_shot.shots=[1]"))
     pipeline.prepare(ctx)
     pipeline.features(ctx)
@@ -91,8 +96,10 @@ def test_history_is_written_before_the_head_json(make_config: Callable[..., Any]
 
 def leave_temporary(target: Path) -> Path:
     """Kill a process in the middle of an atomic write of ``target``: its temporary stays behind."""
-    code = ("import os, sys; from fewclip import fileio; "
-            "os.replace = lambda *a: os._exit(9); fileio.atomic_write_bytes(sys.argv[1], b'partial')")
+    code = (
+        "import os, sys; from fewclip import fileio; "
+        "os.replace = lambda *a: os._exit(9); fileio.atomic_write_bytes(sys.argv[1], b'partial')"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 9
     (temporary,) = target.parent.glob(f".{target.name}.*.tmp")
@@ -121,16 +128,18 @@ def test_features_encode_exactly_the_split_and_test_images(make_config: Callable
     pipeline.prepare(ctx)
     pipeline.features(ctx)
     _, train_full, test = load_prepared(ctx.layout)
-    used = {r.sha1 for seed in (1, 2) for shots in (1, 2) for part in load_split(ctx.layout, seed, shots)
-            for r in part} | {r.sha1 for r in test}
+    used = {
+        r.sha1 for seed in (1, 2) for shots in (1, 2) for part in load_split(ctx.layout, seed, shots) for r in part
+    } | {r.sha1 for r in test}
     cached = {k for f in ctx.cache.dir.glob("*.keys") for k in f.read_text().split("\n")[1:] if k}
     assert cached == used
     assert len(used) < len(train_full) + len(test)  # some training images are never encoded
     pipeline.train(ctx)
     pipeline.evaluate(ctx)  # needs nothing else
 
-    larger = pipeline.RunContext(make_config("few_shot.shots=[1,4]", "splits.seeds=[1,2]",
-                                             output={"dir": str(tmp_path / "larger")}))
+    larger = pipeline.RunContext(
+        make_config("few_shot.shots=[1,4]", "splits.seeds=[1,2]", output={"dir": str(tmp_path / "larger")})
+    )
     pipeline.prepare(larger)
     before = len(cached)
     pipeline.features(larger)

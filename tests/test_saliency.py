@@ -49,7 +49,9 @@ def test_the_evidence_is_not_rounding_noise() -> None:
     backbone = load_backbone(ModelConfig(id=str(CHECKPOINT)))
     head = ZeroShotHead().fit(Task(NAMES, ["a photo of a {}."], backbone))
     images = [render(name, image_rng(5, "sketch", "test", name, 0), 64, "sketch")[0] for name in NAMES]
-    gradient, activations, _ = saliency_terms(backbone, head, torch.from_numpy(np.stack([backbone.transform(i) for i in images])))
+    gradient, activations, _ = saliency_terms(
+        backbone, head, torch.from_numpy(np.stack([backbone.transform(i) for i in images]))
+    )
     terms = gradient * activations  # (n, g, g, width)
     share = terms.sum(-1).abs() / terms.abs().sum(-1)  # how much of a cell's evidence survives cancellation
     assert float(share.median()) > 1e-2, float(share.median())  # measured 0.07 (0.0000003 before)

@@ -31,8 +31,9 @@ def checkout(tmp_path: Path) -> Path:
 def setup(checkout: Path, **env: str) -> list[str]:
     log = checkout / ".venv" / "bin" / "calls.log"
     log.unlink(missing_ok=True)
-    subprocess.run(["bash", "setup.sh"], cwd=checkout, check=True, capture_output=True,
-                   env={"PATH": "/usr/bin:/bin", **env})
+    subprocess.run(
+        ["bash", "setup.sh"], cwd=checkout, check=True, capture_output=True, env={"PATH": "/usr/bin:/bin", **env}
+    )
     return log.read_text().splitlines() if log.is_file() else []
 
 
@@ -63,8 +64,13 @@ def test_open_clip_environment_pins_the_index_torch_build_then_skips(checkout: P
 
     def run() -> list[str]:
         log.unlink(missing_ok=True)
-        subprocess.run(["bash", "setup.sh", "--open-clip"], cwd=checkout, check=True, capture_output=True,
-                       env={"PATH": "/usr/bin:/bin"})
+        subprocess.run(
+            ["bash", "setup.sh", "--open-clip"],
+            cwd=checkout,
+            check=True,
+            capture_output=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )
         return pip_calls(log.read_text().splitlines() if log.is_file() else [])
 
     calls = run()
@@ -76,6 +82,7 @@ def test_open_clip_environment_pins_the_index_torch_build_then_skips(checkout: P
 
 
 def test_unknown_setup_option_is_refused(checkout: Path) -> None:
-    done = subprocess.run(["bash", "setup.sh", "--openclip"], cwd=checkout, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        ["bash", "setup.sh", "--openclip"], cwd=checkout, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert done.returncode == 2 and "usage: bash setup.sh [--open-clip]" in done.stderr

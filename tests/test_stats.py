@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from fewclip.metrics import summarize
-from fewclip.stats import (chance_accuracy, is_imbalanced, majority_accuracy, mcnemar_exact, mean_std, paired_test,
-                           wilson_interval)
+from fewclip.stats import (
+    chance_accuracy,
+    is_imbalanced,
+    majority_accuracy,
+    mcnemar_exact,
+    mean_std,
+    paired_test,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_the_textbook_value() -> None:
@@ -23,7 +30,7 @@ def test_wilson_interval_matches_the_textbook_value() -> None:
 
 def test_mean_std_is_the_sample_std() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
-    assert mean_std([0.2, 0.4, 0.9])[1] == pytest.approx(math.sqrt(((0.3) ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2))
+    assert mean_std([0.2, 0.4, 0.9])[1] == pytest.approx(math.sqrt(((0.3) ** 2 + 0.1**2 + 0.4**2) / 2))
 
 
 def test_majority_and_balanced_accuracy_on_an_imbalanced_set_by_hand() -> None:
@@ -86,7 +93,8 @@ def test_balanced_weights_follow_the_metric_direction() -> None:
     assert paired_test(a, b, labels).difference < 0
     assert paired_test(a, b, labels, balanced=True).difference == pytest.approx(
         summarize(labels, np.where(a, labels, 1 - labels), 2)["balanced_accuracy"]
-        - summarize(labels, np.where(b, labels, 1 - labels), 2)["balanced_accuracy"])
+        - summarize(labels, np.where(b, labels, 1 - labels), 2)["balanced_accuracy"]
+    )
 
 
 def test_paired_test_refuses_different_test_sets() -> None:
@@ -168,7 +176,6 @@ def test_hm_test_separates_a_head_far_better_on_base_and_equal_on_new() -> None:
     assert same.p_value == 1.0 and same.difference == 0.0
 
 
-
 def test_hm_test_holds_its_level_when_the_heads_are_exchangeable() -> None:
     """100 simulated pairs of equally good heads (independent coin flips, 30 images a side): about 5% are
     called significant at 0.05, as a valid test must (the binomial's 99.9% bound for 100 draws at 5% is 13)."""
@@ -176,7 +183,13 @@ def test_hm_test_holds_its_level_when_the_heads_are_exchangeable() -> None:
 
     rng = np.random.default_rng(1)
     labels = np.arange(30) % 3
-    rejected = sum(paired_hm_test((rng.random(30) < 0.6, rng.random(30) < 0.6, labels),
-                                  (rng.random(30) < 0.4, rng.random(30) < 0.4, labels), seed=i).p_value < 0.05
-                   for i in range(100))
+    rejected = sum(
+        paired_hm_test(
+            (rng.random(30) < 0.6, rng.random(30) < 0.6, labels),
+            (rng.random(30) < 0.4, rng.random(30) < 0.4, labels),
+            seed=i,
+        ).p_value
+        < 0.05
+        for i in range(100)
+    )
     assert 1 <= rejected <= 13, rejected

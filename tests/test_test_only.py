@@ -16,8 +16,9 @@ from fewclip.runner.layout import RunLayout
 
 def test_zero_shot_runs_on_a_test_only_folder(make_config: Callable[..., Any], shapes_dir: Path) -> None:
     # <root>/<class>/* with test_fraction 1: every image is a test image
-    config = make_config("methods=[zero_shot]", dataset={"source": "folder", "path": str(shapes_dir / "test"),
-                                                          "test_fraction": 1.0})
+    config = make_config(
+        "methods=[zero_shot]", dataset={"source": "folder", "path": str(shapes_dir / "test"), "test_fraction": 1.0}
+    )
     pipeline.run(config)
     layout = RunLayout(Path(config.output.dir))
     assert read_csv(layout.train_full) == [] and not (layout.root / "splits").exists()
@@ -32,8 +33,9 @@ def test_few_shot_methods_on_a_test_only_set_say_what_to_do(make_config: Callabl
         pipeline.run(config)
 
 
-def test_a_folder_holding_only_test_is_a_test_only_set(make_config: Callable[..., Any], shapes_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_a_folder_holding_only_test_is_a_test_only_set(
+    make_config: Callable[..., Any], shapes_dir: Path, tmp_path: Path
+) -> None:
     # <root>/test/<class>/* and nothing else: test/ is the split, never a class of its own
     root = tmp_path / "only-test"
     shutil.copytree(shapes_dir / "test", root / "test")
@@ -46,8 +48,9 @@ def test_a_folder_holding_only_test_is_a_test_only_set(make_config: Callable[...
     assert sorted(r["path"] for r in read_csv(layout.test)) == [str(p.resolve()) for p in images]
 
 
-def test_test_beside_class_folders_is_an_error_that_says_what_the_layout_means(tmp_path: Path,
-                                                                               shapes_dir: Path) -> None:
+def test_test_beside_class_folders_is_an_error_that_says_what_the_layout_means(
+    tmp_path: Path, shapes_dir: Path
+) -> None:
     root = tmp_path / "mixed"
     shutil.copytree(shapes_dir / "test", root / "test")
     shutil.copytree(shapes_dir / "test" / "red_circle", root / "red_circle")

@@ -43,10 +43,17 @@ def test_config_beats_env_which_beats_the_default(monkeypatch: pytest.MonkeyPatc
         threads.resolve_threads(None)
 
 
-@pytest.mark.parametrize("setting, env, expected", [("runtime.threads=1", None, 1), (None, "2", 2), ("runtime.threads=3", "2", 3)])
-def test_a_stage_command_sets_torch_threads(setting: str | None, env: str | None, expected: int,
-                                           make_config: Callable[..., Any], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "setting, env, expected", [("runtime.threads=1", None, 1), (None, "2", 2), ("runtime.threads=3", "2", 3)]
+)
+def test_a_stage_command_sets_torch_threads(
+    setting: str | None,
+    env: str | None,
+    expected: int,
+    make_config: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if env:
         monkeypatch.setenv(threads.THREADS_ENV, env)
     torch.set_num_threads(5 if expected != 5 else 4)

@@ -26,8 +26,19 @@ from fewclip.fileio import read_csv
 
 pytestmark = pytest.mark.slow
 
-FROZEN = ["zero_shot", "linear_probe", "coop", "cocoop", "tip_adapter", "tip_adapter_f", "clip_adapter", "zs_lp",
-          "clap", "kgcoop", "prograd"]
+FROZEN = [
+    "zero_shot",
+    "linear_probe",
+    "coop",
+    "cocoop",
+    "tip_adapter",
+    "tip_adapter_f",
+    "clip_adapter",
+    "zs_lp",
+    "clap",
+    "kgcoop",
+    "prograd",
+]
 
 
 def fewclip(*args: str, ranks: int = 1, timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -69,12 +80,28 @@ def default_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = {}
     for name, ranks in (("one", 1), ("two", 2)):
         runs[name] = root / name
-        check(fewclip("run", "default", f"methods=[{','.join(FROZEN)},clip_lora,maple]", "few_shot.shots=[1]",
-                      # the world CLIP has 4 layers; 8 images: 2 steps of 3 (ranks 2 + 1), the last 2 dropped
-                      "maple.depth=3", "maple.epochs=2", "maple.batch_size=3",
-                      "splits.seeds=[1]", "clip_lora.iterations_per_shot=6", "clip_lora.batch_size=7",  # 8 images: steps of 7 and 1 (rank 1 gets none)
-                      "clip_lora.dropout=0", "runtime.threads=1", "output.figures=false", "output.saliency_images=0",
-                      f"output.dir={runs[name]}", f"cache.dir={root / name}-cache", ranks=ranks))
+        check(
+            fewclip(
+                "run",
+                "default",
+                f"methods=[{','.join(FROZEN)},clip_lora,maple]",
+                "few_shot.shots=[1]",
+                # the world CLIP has 4 layers; 8 images: 2 steps of 3 (ranks 2 + 1), the last 2 dropped
+                "maple.depth=3",
+                "maple.epochs=2",
+                "maple.batch_size=3",
+                "splits.seeds=[1]",
+                "clip_lora.iterations_per_shot=6",
+                "clip_lora.batch_size=7",  # 8 images: steps of 7 and 1 (rank 1 gets none)
+                "clip_lora.dropout=0",
+                "runtime.threads=1",
+                "output.figures=false",
+                "output.saliency_images=0",
+                f"output.dir={runs[name]}",
+                f"cache.dir={root / name}-cache",
+                ranks=ranks,
+            )
+        )
     return runs
 
 
@@ -106,8 +133,9 @@ def test_units_equal_a_one_process_run(default_runs: dict[str, Path]) -> None:
 def _workers(agent: int) -> dict[int, int]:
     """{rank: pid} of the processes a torchrun agent started."""
     found = {}
-    for child in subprocess.run(["ps", "-o", "pid=", "--ppid", str(agent)], capture_output=True,
-                                text=True).stdout.split():
+    for child in subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(agent)], capture_output=True, text=True
+    ).stdout.split():
         try:
             environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -121,21 +149,34 @@ def _workers(agent: int) -> dict[int, int]:
 def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path) -> None:
     def config(name: str) -> Path:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({
-            "methods": ["linear_probe", "clip_lora"], "model": {"id": str(tiny_clip), "batch_size": 16},
-            "dataset": {"source": "folder", "path": str(shapes_dir)}, "few_shot": {"shots": [2]},
-            "splits": {"seeds": [1], "val_per_class": 2}, "linear_probe": {"epochs": 20},
-            "clip_lora": {"iterations_per_shot": 40, "batch_size": 4, "checkpoint_every": 1},  # dropout 0.25
-            "runtime": {"threads": 1}, "output": {"dir": str(tmp_path / name), "progress": False, "figures": False},
-            "cache": {"dir": str(tmp_path / f"{name}-cache")}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "methods": ["linear_probe", "clip_lora"],
+                    "model": {"id": str(tiny_clip), "batch_size": 16},
+                    "dataset": {"source": "folder", "path": str(shapes_dir)},
+                    "few_shot": {"shots": [2]},
+                    "splits": {"seeds": [1], "val_per_class": 2},
+                    "linear_probe": {"epochs": 20},
+                    "clip_lora": {"iterations_per_shot": 40, "batch_size": 4, "checkpoint_every": 1},  # dropout 0.25
+                    "runtime": {"threads": 1},
+                    "output": {"dir": str(tmp_path / name), "progress": False, "figures": False},
+                    "cache": {"dir": str(tmp_path / f"{name}-cache")},
+                }
+            )
+        )
         return path
 
     check(fewclip("run", str(config("whole")), ranks=2))
     killed = config("killed")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    agent = subprocess.Popen([*launcher, "-m", "fewclip", "run", str(killed)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             start_new_session=True)  # its own process group: the finally below ends all of it
+    agent = subprocess.Popen(
+        [*launcher, "-m", "fewclip", "run", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        start_new_session=True,
+    )  # its own process group: the finally below ends all of it
     checkpoint = tmp_path / "killed" / "heads" / "clip_lora" / "shot_2-seed_1.ckpt.safetensors"
     try:
         deadline = time.monotonic() + 300
@@ -157,8 +198,10 @@ def test_a_killed_rank_resumes(tiny_clip: Path, shapes_dir: Path, tmp_path: Path
     for name, value in whole.items():  # dropout on: each rank's RNG came back from the checkpoint
         assert float((value - resumed[name]).abs().max()) <= 1e-6, name
     assert not checkpoint.exists()
-    history = [read_csv(tmp_path / run / "results" / "history" / "clip_lora" / "shot_2-seed_1.csv")
-               for run in ("whole", "killed")]
+    history = [
+        read_csv(tmp_path / run / "results" / "history" / "clip_lora" / "shot_2-seed_1.csv")
+        for run in ("whole", "killed")
+    ]
     assert [r["val_accuracy"] for r in history[0]] == [r["val_accuracy"] for r in history[1]]
 
 
@@ -168,9 +211,17 @@ def test_every_rank_reports_a_refused_run_directory(tiny_clip: Path, shapes_dir:
     taken.mkdir()
     (taken / "notes.txt").write_text("not a fewclip run")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"methods": ["zero_shot"], "model": {"id": str(tiny_clip)},
-                                      "dataset": {"source": "folder", "path": str(shapes_dir)},
-                                      "output": {"dir": str(taken)}, "cache": {"dir": str(tmp_path / "cache")}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "methods": ["zero_shot"],
+                "model": {"id": str(tiny_clip)},
+                "dataset": {"source": "folder", "path": str(shapes_dir)},
+                "output": {"dir": str(taken)},
+                "cache": {"dir": str(tmp_path / "cache")},
+            }
+        )
+    )
     result = fewclip("prepare", str(config), ranks=2, timeout=120)
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if line.startswith("fewclip: error:")]

@@ -75,8 +75,9 @@ def test_disabled_tracking_imports_nothing_and_writes_nothing(make_config: Calla
     assert files_of(run_dir) == before
 
 
-def test_missing_wandb_is_a_clear_error_before_any_stage(make_config: Callable[..., Any], tmp_path: Path,
-                                                         no_wandb: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_wandb_is_a_clear_error_before_any_stage(
+    make_config: Callable[..., Any], tmp_path: Path, no_wandb: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(TrackingError, match=r"pip install wandb"):
         Tracker(WandbConfig(mode="offline"), tmp_path)
     config_file = tmp_path / "config.yaml"
@@ -88,24 +89,42 @@ def test_missing_wandb_is_a_clear_error_before_any_stage(make_config: Callable[.
 
 
 def test_typed_rows_make_numeric_columns_numbers() -> None:
-    rows = [{"method": "coop", "shots": "16", "accuracy": "0.5", "best_epoch": ""},
-            {"method": "zero_shot", "shots": "0", "accuracy": "1e-3", "best_epoch": "7"}]
-    assert typed_rows(rows) == (["method", "shots", "accuracy", "best_epoch"],
-                                [["coop", 16, 0.5, None], ["zero_shot", 0, 0.001, 7]])
+    rows = [
+        {"method": "coop", "shots": "16", "accuracy": "0.5", "best_epoch": ""},
+        {"method": "zero_shot", "shots": "0", "accuracy": "1e-3", "best_epoch": "7"},
+    ]
+    assert typed_rows(rows) == (
+        ["method", "shots", "accuracy", "best_epoch"],
+        [["coop", 16, 0.5, None], ["zero_shot", 0, 0.001, 7]],
+    )
 
 
 @pytest.mark.slow
-def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., Any], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_run_lands_under_the_run_directory(
+    make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("wandb")  # in the `test` extra
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_TAGS", "WANDB_NAME", "WANDB_RUN_ID"):
+    for name in (
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_TAGS",
+        "WANDB_NAME",
+        "WANDB_RUN_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # keep wandb out of the home folder
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
-    config = make_config("few_shot.shots=[1,2]", "linear_probe.epochs=4", "name=tiny shapes", "wandb.mode=offline",
-                         "wandb.tags=[ci,tiny]", "output.saliency_images=0")
+    config = make_config(
+        "few_shot.shots=[1,2]",
+        "linear_probe.epochs=4",
+        "name=tiny shapes",
+        "wandb.mode=offline",
+        "wandb.tags=[ci,tiny]",
+        "output.saliency_images=0",
+    )
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config.to_yaml())
     run_dir = Path(config.output.dir)
@@ -131,8 +150,9 @@ def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., An
     (run,) = [r.run for r in by_kind["run"]]
     assert (run.display_name, run.project, list(run.tags)) == ("tiny shapes", "fewclip", ["ci", "tiny"])
     logged_config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert {k: v for k, v in logged_config.items() if k != "_wandb"} == json.loads(json.dumps(
-        config.model_dump(mode="json")))
+    assert {k: v for k, v in logged_config.items() if k != "_wandb"} == json.loads(
+        json.dumps(config.model_dump(mode="json"))
+    )
 
     history: dict[str, list[float]] = {}
     for record in by_kind["history"]:
@@ -166,16 +186,28 @@ def test_offline_run_lands_under_the_run_directory(make_config: Callable[..., An
 @pytest.fixture()
 def wandb_offline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_TAGS", "WANDB_NAME", "WANDB_RUN_ID"):
+    for name in (
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_TAGS",
+        "WANDB_NAME",
+        "WANDB_RUN_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
 
 
-def test_online_without_a_reachable_server_fails_fast(make_config: Callable[..., Any], tmp_path: Path,
-                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_online_without_a_reachable_server_fails_fast(
+    make_config: Callable[..., Any],
+    tmp_path: Path,
+    wandb_offline_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import socket
     import time
 
@@ -193,18 +225,27 @@ def test_online_without_a_reachable_server_fails_fast(make_config: Callable[...,
     assert not (tmp_path / "run").exists()  # failed before prepare
 
 
-def test_each_unit_is_logged_as_soon_as_it_is_trained(make_config: Callable[..., Any], tmp_path: Path,
-                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_unit_is_logged_as_soon_as_it_is_trained(
+    make_config: Callable[..., Any], tmp_path: Path, wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fewclip.heads import LinearProbeHead
 
     events: list[str] = []
     real_fit, real_log = LinearProbeHead.fit, Tracker.log_history
-    monkeypatch.setattr(LinearProbeHead, "fit", lambda self, task, *a: events.append(f"fit {task.shots}") or real_fit(self, task, *a))
-    monkeypatch.setattr(Tracker, "log_history", lambda self, unit, rows: events.append(f"log {unit} {len(rows)}")
-                        or real_log(self, unit, rows))
+    monkeypatch.setattr(
+        LinearProbeHead, "fit", lambda self, task, *a: events.append(f"fit {task.shots}") or real_fit(self, task, *a)
+    )
+    monkeypatch.setattr(
+        Tracker,
+        "log_history",
+        lambda self, unit, rows: events.append(f"log {unit} {len(rows)}") or real_log(self, unit, rows),
+    )
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3",
-                                       "wandb.mode=offline").to_yaml())
+    config_file.write_text(
+        make_config(
+            "methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3", "wandb.mode=offline"
+        ).to_yaml()
+    )
     assert main(["-q", "prepare", str(config_file)]) == 0 and main(["-q", "features", str(config_file)]) == 0
     events.clear()
     assert main(["-q", "train", str(config_file)]) == 0  # a single stage command logs too
@@ -214,8 +255,9 @@ def test_each_unit_is_logged_as_soon_as_it_is_trained(make_config: Callable[...,
     assert events == ["log linear_probe/shot_1-seed_1 3", "log linear_probe/shot_2-seed_1 3"]
 
 
-def test_epochs_are_logged_live_while_the_unit_trains(make_config: Callable[..., Any], tmp_path: Path,
-                                                      wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_epochs_are_logged_live_while_the_unit_trains(
+    make_config: Callable[..., Any], tmp_path: Path, wandb_offline_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fewclip.heads import LinearProbeHead
 
     training: list[str] = []  # the unit being fitted, while it is
@@ -237,7 +279,9 @@ def test_epochs_are_logged_live_while_the_unit_trains(make_config: Callable[...,
 
     monkeypatch.setattr(LinearProbeHead, "fit", fit)
     monkeypatch.setattr(Tracker, "log_epoch", log_epoch)
-    config = make_config("methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3", "wandb.mode=offline")
+    config = make_config(
+        "methods=[linear_probe]", "few_shot.shots=[1,2]", "linear_probe.epochs=3", "wandb.mode=offline"
+    )
     config_file = tmp_path / "config.yaml"
     config_file.write_text(config.to_yaml())
     assert main(["-q", "run", str(config_file)]) == 0

@@ -36,8 +36,9 @@ def prepared(config: Any) -> RunContext:
     return RunContext(config)  # a fresh context: nothing loaded yet
 
 
-def test_fully_trained_rerun_with_coop_does_not_load_clip(make_config: Callable[..., Any],
-                                                          backbone_loads: list[str]) -> None:
+def test_fully_trained_rerun_with_coop_does_not_load_clip(
+    make_config: Callable[..., Any], backbone_loads: list[str]
+) -> None:
     config = make_config("methods=[zero_shot, linear_probe, coop]", "few_shot.shots=[1]", "coop.epochs=1")
     ctx = prepared(config)
     assert len(pipeline.train(ctx)) == 3
@@ -57,19 +58,22 @@ def folder_with_long_name(shapes_dir: Path, raw: str = "red_circle") -> dict[str
 
 
 def test_a_prompt_too_long_fails_before_any_unit_trains(make_config: Callable[..., Any], shapes_dir: Path) -> None:
-    config = make_config("methods=[linear_probe, zero_shot]", "few_shot.shots=[1]",
-                         dataset=folder_with_long_name(shapes_dir))
+    config = make_config(
+        "methods=[linear_probe, zero_shot]", "few_shot.shots=[1]", dataset=folder_with_long_name(shapes_dir)
+    )
     ctx = prepared(config)
     with pytest.raises(ValueError, match=rf"(?s)^zero_shot: .* with class {LONG_NAME!r}"):
         pipeline.train(ctx)
     assert not list(ctx.layout.heads.rglob("*.json"))  # the linear probe, listed first, did not train either
 
 
-def test_new_classes_of_base_to_new_are_checked_before_training(make_config: Callable[..., Any],
-                                                                shapes_dir: Path) -> None:
+def test_new_classes_of_base_to_new_are_checked_before_training(
+    make_config: Callable[..., Any], shapes_dir: Path
+) -> None:
     """The zero-shot head trains on the base classes only; the long name is a new class met at evaluation."""
-    config = make_config("methods=[zero_shot]", "splits.subsample=base2new",
-                         dataset=folder_with_long_name(shapes_dir, "red_circle"))
+    config = make_config(
+        "methods=[zero_shot]", "splits.subsample=base2new", dataset=folder_with_long_name(shapes_dir, "red_circle")
+    )
     ctx = prepared(config)
     classes = ctx.layout.data / "classes.json"
     assert LONG_NAME in classes.read_text(encoding="utf-8")

@@ -56,12 +56,20 @@ def base2new(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple
 
     root = tmp_path_factory.mktemp("tuned_b2n")
     data = build_shapes_dataset(root / "six", CLASSES, 8, 6, seed=3)
-    config = load_config(None, ["splits.subsample=base2new", *LORA], base={
-        "methods": ["zero_shot", "clip_lora"], "model": {"id": str(tiny_clip), "batch_size": 16},
-        "dataset": {"source": "folder", "path": str(data)}, "few_shot": {"shots": [2]},
-        "splits": {"seeds": [1], "val_per_class": 2}, "prompts": {"templates": ["a photo of a {}.", "the {}."]},
-        "output": {"dir": str(root / "run"), "progress": False, "figures": True, "saliency_images": 3},
-        "cache": {"dir": str(root / "cache")}})
+    config = load_config(
+        None,
+        ["splits.subsample=base2new", *LORA],
+        base={
+            "methods": ["zero_shot", "clip_lora"],
+            "model": {"id": str(tiny_clip), "batch_size": 16},
+            "dataset": {"source": "folder", "path": str(data)},
+            "few_shot": {"shots": [2]},
+            "splits": {"seeds": [1], "val_per_class": 2},
+            "prompts": {"templates": ["a photo of a {}.", "the {}."]},
+            "output": {"dir": str(root / "run"), "progress": False, "figures": True, "saliency_images": 3},
+            "cache": {"dir": str(root / "cache")},
+        },
+    )
     run(config)
     return RunLayout(root / "run"), config
 
@@ -87,8 +95,7 @@ def test_new_class_logits_are_the_tuned_towers_on_the_new_prompts(base2new: tupl
     assert load_head(layout.heads / "clip_lora" / "shot_2-seed_1")[1]["templates"][0] == "a photo of a {}."
     assert stored.shape == (18, 3) and {p["class_name"] for p in predictions} == set(NEW)
     images = [Path(p["path"]) if Path(p["path"]).is_absolute() else layout.data / p["path"] for p in predictions]
-    expected = tuned_reference_logits(layout.heads / "clip_lora" / "shot_2-seed_1", config.model.id,
-                                      NEW, images)
+    expected = tuned_reference_logits(layout.heads / "clip_lora" / "shot_2-seed_1", config.model.id, NEW, images)
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
     zero_shot = np.load(layout.predictions / "zero_shot" / "shot_0-seed_0-new.logits.npy")
     assert not np.allclose(stored, zero_shot, atol=1e-3)  # the tuned towers, not the frozen ones
@@ -123,12 +130,19 @@ def dg_run(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> tuple[R
     build_coop_dataset(data, "EuroSAT")
     build_coop_dataset(data, "ImageNet", counts={"train": [4, 4, 4], "test": [2, 2, 2]})
     targets = [{"source": "coop", "path": str(data), "name": n} for n in ("ImageNetA", "EuroSAT")]
-    config = load_config(None, list(LORA), base={
-        "methods": ["clip_lora"], "model": {"id": str(tiny_clip), "batch_size": 16},
-        "dataset": {"source": "coop", "path": str(data), "name": "ImageNet", "eval_on": targets},
-        "few_shot": {"shots": [1]}, "splits": {"seeds": [1], "val_per_class": 1},
-        "output": {"dir": str(root / "run"), "progress": False, "figures": False},
-        "cache": {"dir": str(root / "cache")}})
+    config = load_config(
+        None,
+        list(LORA),
+        base={
+            "methods": ["clip_lora"],
+            "model": {"id": str(tiny_clip), "batch_size": 16},
+            "dataset": {"source": "coop", "path": str(data), "name": "ImageNet", "eval_on": targets},
+            "few_shot": {"shots": [1]},
+            "splits": {"seeds": [1], "val_per_class": 1},
+            "output": {"dir": str(root / "run"), "progress": False, "figures": False},
+            "cache": {"dir": str(root / "cache")},
+        },
+    )
     run(config)
     return RunLayout(root / "run"), config
 
@@ -142,8 +156,7 @@ def test_subset_target_is_the_tuned_logits_at_its_columns(dg_run: tuple[RunLayou
     stem = layout.heads / "clip_lora" / "shot_1-seed_1"
     names = list(IMAGENET_CLASSES.values())
     assert load_head(stem)[1]["class_names"] == names
-    full = tuned_reference_logits(stem, config.model.id, names,
-                                  target_images(layout, "ImageNetA"))
+    full = tuned_reference_logits(stem, config.model.id, names, target_images(layout, "ImageNetA"))
     stored = np.load(layout.predictions / "clip_lora" / "shot_1-seed_1-ImageNetA.logits.npy")
     np.testing.assert_allclose(stored, full[:, [1, 2]], rtol=1e-4, atol=1e-4)  # ImageNet-A: labels 1 and 2
 
@@ -151,9 +164,12 @@ def test_subset_target_is_the_tuned_logits_at_its_columns(dg_run: tuple[RunLayou
 def test_cross_dataset_target_is_the_transfer_and_every_target_has_rows(dg_run: tuple[RunLayout, Any]) -> None:
     layout, config = dg_run
     stored = np.load(layout.predictions / "clip_lora" / "shot_1-seed_1-EuroSAT.logits.npy")
-    expected = tuned_reference_logits(layout.heads / "clip_lora" / "shot_1-seed_1", config.model.id,
-                                      readable_classes("EuroSAT"),
-                                      target_images(layout, "EuroSAT"))
+    expected = tuned_reference_logits(
+        layout.heads / "clip_lora" / "shot_1-seed_1",
+        config.model.id,
+        readable_classes("EuroSAT"),
+        target_images(layout, "EuroSAT"),
+    )
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-4)
     splits = {r["split"] for r in read_csv(layout.summary) if r["method"] == "clip_lora"}
     assert splits == {"test", "ImageNetA", "EuroSAT"}

@@ -16,8 +16,13 @@ from fewclip.runner.predict import load_classifier
 from fewclip.report.missing import missing_units
 from fewclip.runner.run_context import head_class, head_config
 
-VARIANT = ("methods=[coop,coop@n4]", "variants.coop@n4.n_ctx=4", "coop.epochs=1", "few_shot.shots=[1]",
-           "output.saliency_images=0")
+VARIANT = (
+    "methods=[coop,coop@n4]",
+    "variants.coop@n4.n_ctx=4",
+    "coop.epochs=1",
+    "few_shot.shots=[1]",
+    "output.saliency_images=0",
+)
 
 
 def test_variant_block_overrides_its_base_block(make_config: Callable[..., Any]) -> None:
@@ -28,16 +33,20 @@ def test_variant_block_overrides_its_base_block(make_config: Callable[..., Any])
     assert n4.lr == coop.lr == 0.01 and n4.epochs == 1  # everything else comes from the coop block
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("methods=[coop@n4]",), "methods lists 'coop@n4' but variants has no block for it"),
-    (("methods=[coop@n4]", "variants.coop@n4.nctx=4"), "coop@n4.nctx: unknown key (valid keys: n_ctx,"),
-    (("variants.coop@n4.n_ctx=0",), "coop@n4.n_ctx: Input should be greater than or equal to 1"),
-    (("variants.cop@x.n_ctx=2",), "'cop@x': a variant is named <head>@<label> with a registered head"),
-    (("methods=[coop@a.b]",), "method 'coop@a.b': a variant is named <head>@<label>"),
-    (("methods=[coop,coop]",), "methods listed twice"),
-])
-def test_bad_variants_are_refused_with_the_key(overrides: tuple[str, ...], message: str,
-                                               make_config: Callable[..., Any]) -> None:
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("methods=[coop@n4]",), "methods lists 'coop@n4' but variants has no block for it"),
+        (("methods=[coop@n4]", "variants.coop@n4.nctx=4"), "coop@n4.nctx: unknown key (valid keys: n_ctx,"),
+        (("variants.coop@n4.n_ctx=0",), "coop@n4.n_ctx: Input should be greater than or equal to 1"),
+        (("variants.cop@x.n_ctx=2",), "'cop@x': a variant is named <head>@<label> with a registered head"),
+        (("methods=[coop@a.b]",), "method 'coop@a.b': a variant is named <head>@<label>"),
+        (("methods=[coop,coop]",), "methods listed twice"),
+    ],
+)
+def test_bad_variants_are_refused_with_the_key(
+    overrides: tuple[str, ...], message: str, make_config: Callable[..., Any]
+) -> None:
     with pytest.raises(ConfigError) as err:
         make_config(*overrides)
     assert message in str(err.value)

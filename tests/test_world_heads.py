@@ -16,10 +16,25 @@ from fewclip.heads import HEADS, list_heads
 
 
 @pytest.mark.slow
-def test_every_trained_head_beats_zero_shot_on_sketch_base_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_trained_head_beats_zero_shot_on_sketch_base_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
-    assert main(["-q", "run", "default", "few_shot.shots=[16]", "splits.seeds=[1]", "output.figures=false",
-                 "output.saliency_images=0", f"output.dir={tmp_path / 'run'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                "default",
+                "few_shot.shots=[16]",
+                "splits.seeds=[1]",
+                "output.figures=false",
+                "output.saliency_images=0",
+                f"output.dir={tmp_path / 'run'}",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(tmp_path / "run" / "results" / "summary.csv")
     base = {r["method"]: float(r["accuracy"]) for r in rows if r["split"] == "base"}
     assert 0.2 < base["zero_shot"] < 0.45  # the shift: zero-shot is poor here (0.90 on photos)

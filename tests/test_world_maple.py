@@ -18,9 +18,23 @@ from fewclip.stats import wilson_interval
 @pytest.mark.slow
 def test_maple_beats_zero_shot_on_sketch_base_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
-    assert main(["-q", "run", "default", "methods=[zero_shot,maple]", "few_shot.shots=[16]", "splits.seeds=[1]",
-                 "maple.depth=3", "output.figures=false", "output.saliency_images=0",
-                 f"output.dir={tmp_path / 'run'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                "default",
+                "methods=[zero_shot,maple]",
+                "few_shot.shots=[16]",
+                "splits.seeds=[1]",
+                "maple.depth=3",
+                "output.figures=false",
+                "output.saliency_images=0",
+                f"output.dir={tmp_path / 'run'}",
+            ]
+        )
+        == 0
+    )
     rows = {(r["method"], r["split"]): r for r in read_csv(tmp_path / "run" / "results" / "summary.csv")}
     zero_shot, maple = rows["zero_shot", "base"], rows["maple", "base"]
     assert int(maple["n_eval"]) == int(zero_shot["n_eval"]) == 320

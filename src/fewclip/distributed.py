@@ -94,8 +94,10 @@ def env_ranks() -> Ranks:
         local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     except ValueError as err:
-        raise ValueError(f"torchrun's RANK / WORLD_SIZE / LOCAL_RANK are not whole numbers ({err}); "
-                         "start fewclip with torchrun, or unset them for one process") from err
+        raise ValueError(
+            f"torchrun's RANK / WORLD_SIZE / LOCAL_RANK are not whole numbers ({err}); "
+            "start fewclip with torchrun, or unset them for one process"
+        ) from err
     if world <= 1:
         return SINGLE
     if not 0 <= rank < world:
@@ -120,8 +122,14 @@ def start(device: str = "auto") -> Ranks:
         torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
     minutes = int(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=minutes))
-    log.info("rank %d of %d (local %d of %d) joined the job on %s", ranks.rank, ranks.world, ranks.local_rank,
-             ranks.local_world, "nccl" if cuda else "gloo")
+    log.info(
+        "rank %d of %d (local %d of %d) joined the job on %s",
+        ranks.rank,
+        ranks.world,
+        ranks.local_rank,
+        ranks.local_world,
+        "nccl" if cuda else "gloo",
+    )
     return ranks
 
 

@@ -140,8 +140,10 @@ class FeatureCache:
                 digest = _sha256_file(npy)
                 found = digest.hexdigest() if checksum.startswith("npy:") else _shard_digest(digest, self._keys[shard])
                 if found != checksum.removeprefix("npy:"):
-                    raise DamagedShard("its sha256 differs from the one recorded when it was written: its features "
-                                       "or its keys file were modified or truncated")
+                    raise DamagedShard(
+                        "its sha256 differs from the one recorded when it was written: its features "
+                        "or its keys file were modified or truncated"
+                    )
             if not np.isfinite(self._shards[shard]).all():
                 raise DamagedShard("it holds non-finite values (NaN or inf)")
         except (DamagedShard, OSError) as err:
@@ -153,8 +155,9 @@ class FeatureCache:
     def _discard(self, shard: str, reason: str) -> None:
         """Warn, delete a damaged shard (keys file first: that un-commits it) and forget its entries."""
         npy = self.dir / f"{shard}.npy"
-        log.warning("feature cache shard %s is damaged (%s); deleted it, `fewclip features` re-extracts its images",
-                    npy, reason)
+        log.warning(
+            "feature cache shard %s is damaged (%s); deleted it, `fewclip features` re-extracts its images", npy, reason
+        )
         try:
             (self.dir / f"{shard}.keys").unlink(missing_ok=True)
             npy.unlink(missing_ok=True)
@@ -193,8 +196,10 @@ class FeatureCache:
             raise ValueError(f"features of shape {features.shape} do not match {len(sha1s)} keys")
         bad = [key for key, finite in zip(sha1s, np.isfinite(features).all(axis=1)) if not finite]
         if bad:
-            raise ValueError(f"refusing to cache non-finite features (NaN or inf) for {len(bad)} image(s) "
-                             f"(keys {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+            raise ValueError(
+                f"refusing to cache non-finite features (NaN or inf) for {len(bad)} image(s) "
+                f"(keys {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})"
+            )
         shard = uuid.uuid4().hex
         buffer = _npy_bytes(np.ascontiguousarray(features, dtype=np.float32))
         atomic_write_bytes(self.dir / f"{shard}.npy", buffer)
@@ -208,7 +213,9 @@ class FeatureCache:
         entries = [self._locate(s) for s in sha1s]
         absent = [s for s, entry in zip(sha1s, entries) if entry is None]
         if absent:
-            raise KeyError(f"{len(absent)} image(s) have no cached features (e.g. sha1 {absent[0]}); run `fewclip features`")
+            raise KeyError(
+                f"{len(absent)} image(s) have no cached features (e.g. sha1 {absent[0]}); run `fewclip features`"
+            )
         if not sha1s:
             return np.zeros((0, self.dim), np.float32)
         located = [entry for entry in entries if entry is not None]
@@ -246,8 +253,10 @@ def _load_pixels(job: Job) -> np.ndarray | str:
         data = read_file(job.path)
         found = hashlib.sha1(data).hexdigest()
         if found != job.sha1:
-            return (f"{job.path}: the file changed after `fewclip prepare` (its sha1 is now {found}, prepare "
-                    f"recorded {job.sha1}); re-run `fewclip prepare` with this config to use the current file")
+            return (
+                f"{job.path}: the file changed after `fewclip prepare` (its sha1 is now {found}, prepare "
+                f"recorded {job.sha1}); re-run `fewclip prepare` with this config to use the current file"
+            )
         return job.transform(decode_image(data, str(job.path)))
     except UnreadableImage as err:
         return str(err)
@@ -258,12 +267,22 @@ def _check_finite(batch: Sequence[Job], features: np.ndarray) -> None:
     bad = [job.label for job, row in zip(batch, np.isfinite(features).all(axis=1)) if not row]
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"the backbone produced non-finite features (NaN or inf) for {len(bad)} image(s): {shown}; "
-                         "nothing was cached for their batch. Half precision can overflow: try model.precision=fp32")
+        raise ValueError(
+            f"the backbone produced non-finite features (NaN or inf) for {len(bad)} image(s): {shown}; "
+            "nothing was cached for their batch. Half precision can overflow: try model.precision=fp32"
+        )
 
 
-def encode_jobs(jobs: Sequence[Job], backbone: Backbone, cache: FeatureCache, batch_size: int = 64, threads: int = 2,
-                progress: bool = True, desc: str = "features", part: tuple[int, int] = (0, 1)) -> list[tuple[str, str]]:
+def encode_jobs(
+    jobs: Sequence[Job],
+    backbone: Backbone,
+    cache: FeatureCache,
+    batch_size: int = 64,
+    threads: int = 2,
+    progress: bool = True,
+    desc: str = "features",
+    part: tuple[int, int] = (0, 1),
+) -> list[tuple[str, str]]:
     """Encode the jobs whose key is not cached yet; returns (image, reason) for unreadable ones and for
     files whose bytes changed since ``prepare``. Non-finite features are an error naming the images.
 
@@ -277,8 +296,11 @@ def encode_jobs(jobs: Sequence[Job], backbone: Backbone, cache: FeatureCache, ba
     """
     rank, world = part
     unique = list({j.key: j for j in jobs}.values())
-    mine = [job for start in range(rank * batch_size, len(unique), world * batch_size)
-            for job in unique[start : start + batch_size]]
+    mine = [
+        job
+        for start in range(rank * batch_size, len(unique), world * batch_size)
+        for job in unique[start : start + batch_size]
+    ]
     missing = set(cache.missing([j.key for j in mine]))
     todo = [j for j in mine if j.key in missing]
     failures: list[tuple[str, str]] = []

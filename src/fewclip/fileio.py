@@ -57,8 +57,11 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def disk_full(path: Path, err: OSError) -> OSError:
     """The same OSError, with a message that names the file being written and says the disk is full."""
     what = "disk full" if err.errno == errno.ENOSPC else "disk quota exceeded"
-    return OSError(err.errno, f"{what} while writing {path}: free space on that disk (or choose another "
-                              "output.dir / cache.dir), then run the same command again; finished work is kept")
+    return OSError(
+        err.errno,
+        f"{what} while writing {path}: free space on that disk (or choose another "
+        "output.dir / cache.dir), then run the same command again; finished work is kept",
+    )
 
 
 def _process_alive(pid: int) -> bool:

@@ -7,7 +7,9 @@ from typing import Sequence
 import numpy as np
 
 
-def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> np.ndarray:
     """(n_classes, n_classes) counts; rows are true labels, columns predictions."""
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
@@ -25,7 +27,9 @@ def per_class(matrix: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
-def summarize(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> dict[str, float]:
+def summarize(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> dict[str, float]:
     """accuracy, balanced accuracy (mean recall) and macro-F1, both means over the classes present in y_true."""
     matrix = confusion_matrix(y_true, y_pred, n_classes)
     total = matrix.sum()

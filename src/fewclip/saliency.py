@@ -19,8 +19,9 @@ from fewclip.backbones.protocol import Backbone
 from fewclip.heads.base import differentiable_logits
 
 
-def saliency_terms(backbone: Backbone, head: Any, pixels: torch.Tensor,
-                   target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def saliency_terms(
+    backbone: Backbone, head: Any, pixels: torch.Tensor, target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """pixels (n, 3, H, W) -> (dS/dA (n, gh, gw, c), A (n, gh, gw, c), logits (n, C)) for the ``target``
     classes' scores S (default: the predicted ones): what a map is made of, before ReLU and normalisation
     (where float rounding is amplified: compare these, not maps, across code paths)."""
@@ -39,8 +40,9 @@ def saliency_terms(backbone: Backbone, head: Any, pixels: torch.Tensor,
     return gradient.detach().float().cpu(), activations.detach().float().cpu(), logits.detach().float().cpu()
 
 
-def patch_saliency(backbone: Backbone, head: Any, pixels: torch.Tensor,
-                   target: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+def patch_saliency(
+    backbone: Backbone, head: Any, pixels: torch.Tensor, target: torch.Tensor | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
     """pixels (n, 3, H, W) -> ((n, gh, gw) saliency in [0, 1], (n, C) logits), for the ``target``
     classes (default: the predicted ones)."""
     gradient, activations, logits = saliency_terms(backbone, head, pixels, target)
@@ -53,8 +55,13 @@ def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.n
     """(H, W, 3) uint8 image + (g, g) saliency -> (H, W, 3) uint8 with a red-yellow heat map."""
     from PIL import Image
 
-    heat = np.asarray(Image.fromarray((saliency * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.Resampling.BILINEAR),
-                      dtype=np.float32) / 255
+    heat = (
+        np.asarray(
+            Image.fromarray((saliency * 255).astype(np.uint8)).resize(image.shape[1::-1], Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255
+    )
     colour = np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], -1) * 255
     mix = image.astype(np.float32) * (1 - alpha * heat[..., None]) + colour * alpha * heat[..., None]
     return np.clip(mix, 0, 255).astype(np.uint8)

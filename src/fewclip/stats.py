@@ -108,8 +108,13 @@ def weight_denominators(labels: Sequence[int] | np.ndarray, balanced: bool) -> n
     return len(classes) * counts[inverse]
 
 
-def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[int] | np.ndarray,
-                balanced: bool = False, seed: int = 0) -> PairedTest:
+def paired_test(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    balanced: bool = False,
+    seed: int = 0,
+) -> PairedTest:
     """Paired sign-flip test of A vs B (see the module docstring).
 
     ``correct_a``: (seeds_a, n) booleans, one row per seed of A; ``correct_b`` likewise (its seed count may
@@ -117,8 +122,10 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[i
     """
     correct_a, correct_b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
     if correct_a.shape[1] != correct_b.shape[1] or correct_a.shape[1] != len(labels):
-        raise ValueError(f"paired test needs the same test images: {correct_a.shape[1]} vs "
-                         f"{correct_b.shape[1]} predictions for {len(labels)} labels")
+        raise ValueError(
+            f"paired test needs the same test images: {correct_a.shape[1]} vs "
+            f"{correct_b.shape[1]} predictions for {len(labels)} labels"
+        )
     seeds_a, seeds_b = correct_a.shape[0], correct_b.shape[0]
     # d_i = (hits_a / S_a - hits_b / S_b) / D_i = numerator_i / (S_a S_b D_i), all integers
     numerator = correct_a.sum(axis=0).astype(np.int64) * seeds_b - correct_b.sum(axis=0).astype(np.int64) * seeds_a
@@ -131,7 +138,7 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray, labels: Sequence[i
         return PairedTest(0.0, 1.0, 0, 0, len(labels), True)
     lattice = math.lcm(*map(int, np.unique(denominator[nonzero])))  # one step of the lattice is 1/lattice
     magnitudes = np.abs(numerator[nonzero]) * (lattice // denominator[nonzero])
-    fits = lattice < 2 ** 62 // max(int(np.abs(numerator).max()), 1)  # int64 magnitudes do not overflow
+    fits = lattice < 2**62 // max(int(np.abs(numerator).max()), 1)  # int64 magnitudes do not overflow
     if fits and len(np.unique(magnitudes)) * int(magnitudes.sum()) <= EXACT_LATTICE_LIMIT:
         observed_steps = abs(int((numerator[nonzero] * (lattice // denominator[nonzero])).sum()))
         p_value, exact = _exact_sign_flip(magnitudes.tolist(), observed_steps), True
@@ -178,7 +185,7 @@ def _exact_sign_flip(magnitudes: list[int], observed: int) -> float:
         magnitude, count = int(magnitude), int(count)
         # count items of one magnitude: sum = magnitude * (2X - count), X ~ Binomial(count, 1/2)
         kernel = np.zeros(2 * magnitude * count + 1)
-        kernel[::2 * magnitude] = binomial_half_pmf(count)
+        kernel[:: 2 * magnitude] = binomial_half_pmf(count)
         distribution = kernel if distribution is None else _convolve(distribution, kernel)
     assert distribution is not None and len(distribution) == 2 * total + 1
     sums = np.abs(np.arange(-total, total + 1))
@@ -211,9 +218,12 @@ def harmonic_mean(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
     return out
 
 
-def paired_hm_test(base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
-                   new: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
-                   balanced: bool = False, seed: int = 0) -> PairedTest:
+def paired_hm_test(
+    base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
+    new: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarray],
+    balanced: bool = False,
+    seed: int = 0,
+) -> PairedTest:
     """Is A better than B on the harmonic mean of base and new accuracy (base-to-new's HM)?
 
     ``base`` and ``new``: (correct_a (seeds_a, n), correct_b (seeds_b, n), labels (n,)) of each split, as
@@ -229,8 +239,10 @@ def paired_hm_test(base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarra
     for correct_a, correct_b, labels in (base, new):
         correct_a, correct_b = np.atleast_2d(correct_a), np.atleast_2d(correct_b)
         if correct_a.shape[1] != correct_b.shape[1] or correct_a.shape[1] != len(labels):
-            raise ValueError(f"paired test needs the same test images: {correct_a.shape[1]} vs "
-                             f"{correct_b.shape[1]} predictions for {len(labels)} labels")
+            raise ValueError(
+                f"paired test needs the same test images: {correct_a.shape[1]} vs "
+                f"{correct_b.shape[1]} predictions for {len(labels)} labels"
+            )
         weights = 1.0 / weight_denominators(labels, balanced)
         parts.append((correct_a.mean(axis=0) * weights, correct_b.mean(axis=0) * weights))
     (a_base, b_base), (a_new, b_new) = parts
@@ -245,7 +257,7 @@ def paired_hm_test(base: tuple[np.ndarray, np.ndarray, Sequence[int] | np.ndarra
     exact = int(moving.sum()) <= EXACT_SIGN_FLIPS_MAX
     if exact:  # every pattern of swaps on the images that differ (the others cannot change anything)
         count = int(moving.sum())
-        swaps = ((np.arange(2 ** count)[:, None] >> np.arange(count)) & 1).astype(bool)
+        swaps = ((np.arange(2**count)[:, None] >> np.arange(count)) & 1).astype(bool)
     else:
         swaps = np.random.default_rng(seed).random((HM_DRAWS, int(moving.sum()))) < 0.5
     split_at = int((d_base != 0).sum())
@@ -277,5 +289,5 @@ def mcnemar_exact(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bo
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / float(2 ** n)
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / float(2**n)
     return min(1.0, 2 * tail)

@@ -15,8 +15,15 @@ import torch
 from PIL import Image
 
 from fewclip.backbones import BACKBONES, ModelConfig, backbone_fingerprint, load_backbone
-from fewclip.backbones.protocol import (CAPABILITIES, Backbone, DeepPromptTowers, NotOffered, PromptTower, TextTokens,
-                                        TunableTowers)
+from fewclip.backbones.protocol import (
+    CAPABILITIES,
+    Backbone,
+    DeepPromptTowers,
+    NotOffered,
+    PromptTower,
+    TextTokens,
+    TunableTowers,
+)
 from tests.open_clip_models import build_open_clip, require_open_clip
 
 
@@ -37,10 +44,15 @@ def test_every_registered_backbone_has_a_builder_here() -> None:
     assert sorted(BUILDERS) == sorted(BACKBONES.names())
 
 
-@pytest.fixture(scope="module", params=[pytest.param(name, marks=[pytest.mark.open_clip] if name == "open_clip" else [])
-                                        for name in BACKBONES.names()])
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          tiny_clip: Path) -> tuple[ModelConfig, Backbone]:
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=[pytest.mark.open_clip] if name == "open_clip" else []) for name in BACKBONES.names()
+    ],
+)
+def model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path
+) -> tuple[ModelConfig, Backbone]:
     config = BUILDERS[request.param](tmp_path_factory.mktemp(request.param), tiny_clip)
     return config, load_backbone(config)
 
@@ -147,8 +159,11 @@ def test_what_is_not_offered_raises(model: tuple[ModelConfig, Backbone]) -> None
     config, backbone = model
     assert isinstance(type(backbone).offers, frozenset) and backbone.offers <= set(CAPABILITIES)
     assert BACKBONES.get(config.library).offers == backbone.offers  # known without loading, for config checks
-    asks = {"lora_targets": backbone.tunable_towers, "deep_prompts": backbone.deep_prompt_towers,
-            "image_tokens": lambda: backbone.image_tokens(images(backbone, 1))}
+    asks = {
+        "lora_targets": backbone.tunable_towers,
+        "deep_prompts": backbone.deep_prompt_towers,
+        "image_tokens": lambda: backbone.image_tokens(images(backbone, 1)),
+    }
     assert set(asks) == set(CAPABILITIES)
     for capability in set(CAPABILITIES) - backbone.offers:
         with pytest.raises(NotOffered, match=f"the {config.library} backbone does not offer {capability} "):
@@ -169,8 +184,9 @@ def test_image_tokens_are_what_the_image_feature_is_read_from(model: tuple[Model
     tokens = backbone.image_tokens(pixels)
     assert tokens.shape == (2, *backbone.image_token_shape) and tokens.dtype == torch.float32
     with torch.no_grad():
-        torch.testing.assert_close(READOUTS[config.library](backbone, tokens).cpu(), backbone.encode_images(pixels),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            READOUTS[config.library](backbone, tokens).cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=1e-5
+        )
     torch.testing.assert_close(backbone.image_tokens(pixels[1:]), tokens[1:], atol=1e-5, rtol=1e-5)
     key = backbone.image_tokens_fingerprint()
     assert key["weights_sha256"] == backbone.fingerprint()["weights_sha256"] and key != backbone.fingerprint()
@@ -183,10 +199,13 @@ def test_tunable_towers_are_a_copy_that_starts_as_the_frozen_towers(model: tuple
     assert isinstance(towers, TunableTowers)
     pixels = images(backbone, 2)
     with torch.no_grad():
-        torch.testing.assert_close(towers.image_features(pixels).cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            towers.image_features(pixels).cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(towers.text_features(TEXTS).cpu(), backbone.encode_text(TEXTS), atol=1e-5, rtol=0)
-    wrapped = {name.rsplit(".", 1)[-1] for name, module in towers.module.named_modules()
-               if isinstance(module, torch.nn.Linear)}
+    wrapped = {
+        name.rsplit(".", 1)[-1] for name, module in towers.module.named_modules() if isinstance(module, torch.nn.Linear)
+    }
     assert towers.lora_targets and set(towers.lora_targets) <= wrapped
     with torch.enable_grad():
         features, activations = towers.saliency_pass(pixels.clone().requires_grad_(True))
@@ -211,11 +230,13 @@ def test_deep_prompt_towers_without_prompts_are_the_frozen_towers(model: tuple[M
     with torch.no_grad():
         frozen = towers.image_features(pixels, None, [])
         torch.testing.assert_close(frozen.cpu(), backbone.encode_images(pixels), atol=1e-5, rtol=0)
-        torch.testing.assert_close(towers.text_features(embeds, eot, []).cpu(), backbone.encode_text(TEXTS),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            towers.text_features(embeds, eot, []).cpu(), backbone.encode_text(TEXTS), atol=1e-5, rtol=0
+        )
         deep_text = [torch.randn(2, towers.text_width, generator=torch.Generator().manual_seed(1))]
-        assert not torch.allclose(towers.text_features(embeds, eot, deep_text).cpu(), backbone.encode_text(TEXTS),
-                                  atol=1e-4)
+        assert not torch.allclose(
+            towers.text_features(embeds, eot, deep_text).cpu(), backbone.encode_text(TEXTS), atol=1e-4
+        )
     generator = torch.Generator().manual_seed(0)
     shallow = torch.randn(2, towers.vision_width, generator=generator).requires_grad_(True)  # learned, as MaPLe's
     deep = [torch.randn(2, towers.vision_width, generator=generator) for _ in range(towers.vision_layers - 1)]
@@ -223,7 +244,7 @@ def test_deep_prompt_towers_without_prompts_are_the_frozen_towers(model: tuple[M
         features, patches = towers.saliency_pass(pixels, shallow, deep)
         features[:, 0].sum().backward()
     grid = backbone.image_token_shape[0] - 1 if "image_tokens" in backbone.offers else patches.shape[1] ** 2
-    assert patches.shape[:3] == (2, *[int(round(grid ** 0.5))] * 2)  # the prompts are not in the grid
+    assert patches.shape[:3] == (2, *[int(round(grid**0.5))] * 2)  # the prompts are not in the grid
     assert patches.grad is not None and patches.grad.abs().sum() > 0
     with torch.no_grad():
         prompted = towers.image_features(pixels, shallow, deep)

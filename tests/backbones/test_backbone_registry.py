@@ -10,8 +10,17 @@ import pytest
 from pydantic import ValidationError
 
 import fewclip.backbones.config
-from fewclip.backbones import (BACKBONES, CLIPBackbone, ModelConfig, OpenCLIPBackbone, backbone_fingerprint,
-                               check_backbone, list_backbones, load_backbone, register_backbone)
+from fewclip.backbones import (
+    BACKBONES,
+    CLIPBackbone,
+    ModelConfig,
+    OpenCLIPBackbone,
+    backbone_fingerprint,
+    check_backbone,
+    list_backbones,
+    load_backbone,
+    register_backbone,
+)
 
 
 def test_the_builtin_libraries_register_themselves_in_their_order() -> None:
@@ -59,5 +68,6 @@ def test_a_library_registered_twice_is_refused() -> None:
         patch.setattr(BACKBONES, "_items", dict(BACKBONES._items))
         with pytest.raises(ValueError, match="model library 'hf' is registered twice"):
             register_backbone("hf", check=lambda config: None, fingerprint_from_files=lambda config, cache: None)(
-                type("OtherHF", (), {}))
+                type("OtherHF", (), {})
+            )
     assert BACKBONES.get("hf").backbone is CLIPBackbone

@@ -21,8 +21,10 @@ from fewclip.runner.cli import main
 from fewclip.runner.config import ConfigError
 
 OPEN_CLIP = ("model.library=open_clip", "model.id=RN50", "model.pretrained=openai")
-LORA_REFUSED = ("clip_lora needs lora_targets, which the open_clip backbone does not offer; "
-                "use model.library=hf or remove clip_lora from methods")
+LORA_REFUSED = (
+    "clip_lora needs lora_targets, which the open_clip backbone does not offer; "
+    "use model.library=hf or remove clip_lora from methods"
+)
 
 
 @pytest.fixture()
@@ -66,8 +68,9 @@ def test_heads_that_run_on_the_library_load(make_config: Any) -> None:
 
 
 @pytest.mark.usefixtures("nothing_loads")
-def test_the_cli_refuses_before_the_run_directory_is_touched(make_config: Any, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_refuses_before_the_run_directory_is_touched(
+    make_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(make_config("methods=[clip_lora]").to_yaml())
     assert main(["-q", "run", str(config), *OPEN_CLIP]) == 2
@@ -96,4 +99,5 @@ def test_a_need_no_library_offers_only_says_to_remove_the_method(monkeypatch: py
     assert capability_problem("coop", frozenset(), "open_clip") is None
     monkeypatch.setattr("fewclip.backbones.capabilities.libraries_offering", lambda needs: [])
     assert capability_problem("maple", {"deep_prompts"}, "open_clip", frozenset()) == (
-        "maple needs deep_prompts, which the open_clip backbone does not offer; remove maple from methods")
+        "maple needs deep_prompts, which the open_clip backbone does not offer; remove maple from methods"
+    )

@@ -47,8 +47,9 @@ def random_image(width: int, height: int, seed: int) -> Image.Image:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def test_hub_format_folder_loads_through_from_pretrained(tiny_clip: Path, reference_model: CLIPModel,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_format_folder_loads_through_from_pretrained(
+    tiny_clip: Path, reference_model: CLIPModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     calls: list[tuple] = []
     original = CLIPModel.from_pretrained
@@ -106,8 +107,9 @@ SIZES = [(32, 32), (48, 48), (64, 40), (40, 64), (100, 33), (33, 100), (301, 199
         pytest.param(24, (40, 40), id="crop-larger-even-margins"),
     ],
 )
-def test_image_transform_matches_transformers_pil_processor(tiny_clip: Path, size: int | None,
-                                                            crop: tuple[int, int] | None) -> None:
+def test_image_transform_matches_transformers_pil_processor(
+    tiny_clip: Path, size: int | None, crop: tuple[int, int] | None
+) -> None:
     processor_config = json.loads((tiny_clip / "preprocessor_config.json").read_text())
     if size is not None:
         processor_config["size"] = {"shortest_edge": size}
@@ -143,13 +145,14 @@ def test_image_transform_pads_with_the_normalised_zero_pixel() -> None:
 PROMPTS = ["a photo of a red circle.", "blue triangle", "an image of a green square, close up.", "x"]
 
 
-def test_encode_text_equals_clipmodel_one_prompt_at_a_time(backbone: CLIPBackbone, reference_model: CLIPModel,
-                                                            tiny_clip: Path) -> None:
+def test_encode_text_equals_clipmodel_one_prompt_at_a_time(
+    backbone: CLIPBackbone, reference_model: CLIPModel, tiny_clip: Path
+) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_clip))
     with torch.no_grad():
-        expected = torch.cat([
-            reference_model.get_text_features(**tokenizer([p], return_tensors="pt")).pooler_output for p in PROMPTS
-        ])
+        expected = torch.cat(
+            [reference_model.get_text_features(**tokenizer([p], return_tensors="pt")).pooler_output for p in PROMPTS]
+        )
     lengths = {len(tokenizer(p)["input_ids"]) for p in PROMPTS}
     assert len(lengths) == len(PROMPTS)  # different lengths: the batched call really pads
     for batch_size in (256, 3, 1):
@@ -161,8 +164,10 @@ def test_encode_text_equals_clipmodel_one_prompt_at_a_time(backbone: CLIPBackbon
 
 def test_encode_images_equals_clipmodel(backbone: CLIPBackbone, reference_model: CLIPModel, tiny_clip: Path) -> None:
     rng = np.random.default_rng(0)
-    images = [draw_shape(name, rng, size) for name, size in
-              (("red_circle", 48), ("blue_triangle", 32), ("green_square", 70), ("red_square", 20))]
+    images = [
+        draw_shape(name, rng, size)
+        for name, size in (("red_circle", 48), ("blue_triangle", 32), ("green_square", 70), ("red_square", 20))
+    ]
     reference = reference_processor(json.loads((tiny_clip / "preprocessor_config.json").read_text()))
     with torch.no_grad():
         pixel_values = reference(images=images, return_tensors="pt")["pixel_values"]
@@ -177,8 +182,10 @@ def test_encode_images_equals_clipmodel(backbone: CLIPBackbone, reference_model:
 
 def test_bf16_runs_and_differs_from_fp32_only_slightly(backbone: CLIPBackbone, backbone_bf16: CLIPBackbone) -> None:
     pixels = torch.from_numpy(np.stack([backbone.transform(random_image(40, 30, s)) for s in range(6)]))
-    for fp32, bf16 in ((backbone.encode_images(pixels), backbone_bf16.encode_images(pixels)),
-                       (backbone.encode_text(PROMPTS), backbone_bf16.encode_text(PROMPTS))):
+    for fp32, bf16 in (
+        (backbone.encode_images(pixels), backbone_bf16.encode_images(pixels)),
+        (backbone.encode_text(PROMPTS), backbone_bf16.encode_text(PROMPTS)),
+    ):
         assert bf16.dtype == torch.float32  # returned as float32 whatever the compute precision
         assert not torch.equal(fp32, bf16)  # it really ran in bf16
         assert torch.nn.functional.cosine_similarity(fp32, bf16).min().item() > 0.999
@@ -203,8 +210,12 @@ def test_fingerprint_changes_with_preprocessing(backbone: CLIPBackbone, tiny_cli
     # plain JSON: the key recomputed from the fingerprint.json written beside the cache is the same
     assert fingerprint_key(json.loads(json.dumps(fingerprint))) == fingerprint_key(fingerprint)
     assert fingerprint["preprocess"] == ImageTransform.from_file(tiny_clip / "preprocessor_config.json").to_dict()
-    for change in ({"resize": 40}, {"crop": (30, 30)}, {"resample": Image.Resampling.BILINEAR},
-                   {"mean": (0.5, 0.5, 0.5)}):
+    for change in (
+        {"resize": 40},
+        {"crop": (30, 30)},
+        {"resample": Image.Resampling.BILINEAR},
+        {"mean": (0.5, 0.5, 0.5)},
+    ):
         changed = dataclasses.replace(backbone.transform, **change)
         other = {**fingerprint, "preprocess": changed.to_dict()}
         assert fingerprint_key(other) != fingerprint_key(fingerprint), change

@@ -15,7 +15,9 @@ from fewclip.runner.config import ConfigError
 
 
 def test_unknown_library_names_the_nearest(make_config: Any) -> None:
-    with pytest.raises(ConfigError, match=r"model.library.*unknown model library 'openclip' \(did you mean 'open_clip'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"model.library.*unknown model library 'openclip' \(did you mean 'open_clip'\?\)"
+    ):
         make_config("model.library=openclip")
 
 
@@ -39,7 +41,9 @@ def without_open_clip(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("without_open_clip")
-def test_open_clip_missing_says_what_to_install(make_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_open_clip_missing_says_what_to_install(
+    make_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ImportError, match=r"pip install 'fewclip\[open_clip\]'.*bash setup.sh --open-clip"):
         check_backbone(ModelConfig(library="open_clip", id="RN50", pretrained="openai"))
     config = tmp_path / "c.yaml"
@@ -52,7 +56,8 @@ def test_open_clip_missing_says_what_to_install(make_config: Any, tmp_path: Path
 
 @pytest.mark.usefixtures("without_open_clip")
 def test_predict_on_an_open_clip_run_without_open_clip_says_what_to_install(
-        make_config: Any, tmp_path: Path, shapes_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_config: Any, tmp_path: Path, shapes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import yaml
 
     config = tmp_path / "c.yaml"

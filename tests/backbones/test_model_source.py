@@ -46,10 +46,20 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- missing folders ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_id", ["{tmp}/missing", "./missing-model", "../missing-model", "~/fewclip-missing-model",
-                                      "models/sub/missing", "existing/missing"])
-def test_a_missing_folder_says_so(model_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  no_model_loading: list[tuple[Any, ...]]) -> None:
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "{tmp}/missing",
+        "./missing-model",
+        "../missing-model",
+        "~/fewclip-missing-model",
+        "models/sub/missing",
+        "existing/missing",
+    ],
+)
+def test_a_missing_folder_says_so(
+    model_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_loading: list[tuple[Any, ...]]
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "existing").mkdir()  # "existing/missing" looks like a hub id but its first part is a local folder
     model_id = model_id.format(tmp=tmp_path)
@@ -65,9 +75,12 @@ def test_a_missing_folder_says_so(model_id: str, tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no network"])
-def test_offline_hub_id_not_in_the_cache_fails_fast(offline: str, monkeypatch: pytest.MonkeyPatch,
-                                                    no_model_loading: list[tuple[Any, ...]],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_hub_id_not_in_the_cache_fails_fast(
+    offline: str,
+    monkeypatch: pytest.MonkeyPatch,
+    no_model_loading: list[tuple[Any, ...]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     if offline == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:
@@ -79,13 +92,17 @@ def test_offline_hub_id_not_in_the_cache_fails_fast(offline: str, monkeypatch: p
     assert time.perf_counter() - start < 2
     message = str(err.value)
     reason = "HF_HUB_OFFLINE is set" if offline == "HF_HUB_OFFLINE" else "the hub cannot be reached"
-    assert message.startswith(f"model.id: 'fewclip-tests/not-cached-clip' is not in the local Hugging Face cache and {reason}")
+    assert message.startswith(
+        f"model.id: 'fewclip-tests/not-cached-clip' is not in the local Hugging Face cache and {reason}"
+    )
     assert "local model folder" in message and WORLD_ALIAS in message
     assert not no_model_loading  # no retries: transformers is never asked
     assert capsys.readouterr().err == ""  # and no warnings printed
 
 
-def test_offline_hub_id_in_the_cache_loads_from_local_files_only(no_network: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_hub_id_in_the_cache_loads_from_local_files_only(
+    no_network: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(model_source, "in_hub_cache", lambda model_id, revision: True)
     source = resolve_model("openai/clip-vit-base-patch32")
     assert source.location == "openai/clip-vit-base-patch32" and source.local_only
@@ -137,7 +154,9 @@ def test_folder_saved_by_transformers_5_loads_its_image_processor(tiny_clip: Pat
     shutil.copytree(tiny_clip, folder)
     (folder / "preprocessor_config.json").unlink()
     image_processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 34})
-    CLIPProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(str(tiny_clip))).save_pretrained(folder)
+    CLIPProcessor(
+        image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(str(tiny_clip))
+    ).save_pretrained(folder)
     assert (folder / "processor_config.json").is_file()
     assert not (folder / "preprocessor_config.json").exists()  # transformers 5 writes only processor_config.json
 
@@ -154,8 +173,10 @@ def test_folder_without_any_image_processor_names_both_files(tiny_clip: Path, tm
     folder = tmp_path / "no-processor"
     shutil.copytree(tiny_clip, folder)
     (folder / "preprocessor_config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="neither preprocessor_config.json nor an image_processor entry in "
-                                                "processor_config.json"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="neither preprocessor_config.json nor an image_processor entry in processor_config.json",
+    ):
         load_transform(ModelConfig(id=str(folder)))
 
 
@@ -169,8 +190,9 @@ def write_config(folder: Path, model_id: str) -> Path:
     return path
 
 
-def test_relative_model_id_is_read_from_the_config_folder(tiny_clip: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_model_id_is_read_from_the_config_folder(
+    tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copytree(tiny_clip, tmp_path / "project" / "models" / "tiny")
     config_file = write_config(tmp_path / "project" / "configs", "../models/tiny")
     elsewhere = tmp_path / "elsewhere"

@@ -111,15 +111,20 @@ def test_resnet_saliency_reads_the_last_conv_stage_before_attention_pooling(rn50
         stage = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels.clone())))))
         stage = stage.detach().requires_grad_(True)
         expected_features = visual.attnpool(stage)
-        (expected, ) = torch.autograd.grad((expected_features @ head_vector).sum(), stage)
+        (expected,) = torch.autograd.grad((expected_features @ head_vector).sum(), stage)
     assert grid.shape == (1, 7, 7, 2048)
     torch.testing.assert_close(features, expected_features.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(grid.grad, expected.permute(0, 2, 3, 1), atol=1e-6, rtol=1e-4)
 
 
 def test_transform_from_cfg_squash_and_unsupported_modes() -> None:
-    cfg = {"size": 64, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "resize_mode": "squash"}
+    cfg = {
+        "size": 64,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "interpolation": "bilinear",
+        "resize_mode": "squash",
+    }
     transform = transform_from_cfg(cfg)
     assert transform(Image.new("RGB", (100, 30))).shape == (3, 64, 64) and transform.resample == 2
     with pytest.raises(ValueError, match="resize_mode 'longest'"):
@@ -164,13 +169,16 @@ def test_quick_gelu_follows_the_tag() -> None:
     assert open_clip_backbone._quick_gelu(open_clip, "ViT-B-32", "laion2b_s34b_b79k") is False  # noqa: SLF001
 
 
-@pytest.mark.parametrize(("update", "message"), [
-    ({"id": "RN5O", "pretrained": "openai"}, "unknown OpenCLIP architecture 'RN5O' (did you mean 'RN50'?)"),
-    ({"id": "RN50", "pretrained": "opnai"}, "unknown pretrained tag for RN50 'opnai' (did you mean 'openai'?)"),
-    ({"id": "RN50", "pretrained": "missing/rn50.pt"}, "checkpoint file missing/rn50.pt does not exist"),
-    ({"id": "RN50"}, "an OpenCLIP model needs weights"),
-    ({"id": "nowhere/arch.json", "pretrained": "x.pt"}, "OpenCLIP model config nowhere/arch.json does not exist"),
-])
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"id": "RN5O", "pretrained": "openai"}, "unknown OpenCLIP architecture 'RN5O' (did you mean 'RN50'?)"),
+        ({"id": "RN50", "pretrained": "opnai"}, "unknown pretrained tag for RN50 'opnai' (did you mean 'openai'?)"),
+        ({"id": "RN50", "pretrained": "missing/rn50.pt"}, "checkpoint file missing/rn50.pt does not exist"),
+        ({"id": "RN50"}, "an OpenCLIP model needs weights"),
+        ({"id": "nowhere/arch.json", "pretrained": "x.pt"}, "OpenCLIP model config nowhere/arch.json does not exist"),
+    ],
+)
 def test_bad_open_clip_settings_name_the_key(update: dict[str, str], message: str) -> None:
     require_open_clip()
     with pytest.raises((ValueError, OSError)) as err:

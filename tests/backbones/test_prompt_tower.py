@@ -93,13 +93,17 @@ def test_tokens_after_eot_never_reach_it(tokens: dict, reference_model: CLIPMode
         assert torch.equal(tower(garbage, tokens["eot"]), tower(embeds, tokens["eot"]))
 
 
-def test_without_the_causal_mask_both_claims_would_fail(tokens: dict, reference_model: CLIPModel,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_causal_mask_both_claims_would_fail(
+    tokens: dict, reference_model: CLIPModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The two tests above can fail: with an all-zero mask the tower attends to padding after EOT."""
     tower = PromptTextTower(reference_model)
     expected = stock_features(reference_model, tokens["ids"], tokens["mask"])
-    monkeypatch.setattr(prompt_tower, "causal_mask",
-                        lambda length, dtype, device: torch.zeros(1, 1, length, length, dtype=dtype, device=device))
+    monkeypatch.setattr(
+        prompt_tower,
+        "causal_mask",
+        lambda length, dtype, device: torch.zeros(1, 1, length, length, dtype=dtype, device=device),
+    )
     full = tower_features(tower, tokens["ids"], tokens["eot"])
     cut = tower_features(tower, tokens["ids"][:, : tokens["longest"]], tokens["eot"])
     assert (full - expected).abs().max().item() > 1e-2

@@ -26,8 +26,9 @@ def caption_config(tiny_clip: Path, tiny_decoder: Path):
     """A CaptionModelConfig from the real defaults with the tiny models and the given overrides."""
 
     def build(**overrides) -> CaptionModelConfig:
-        return CaptionModelConfig(encoder=str(tiny_clip), decoder=str(tiny_decoder), device="cpu",
-                                  prefix_length=4, **overrides)
+        return CaptionModelConfig(
+            encoder=str(tiny_clip), decoder=str(tiny_decoder), device="cpu", prefix_length=4, **overrides
+        )
 
     return build
 
@@ -40,13 +41,18 @@ def world_caption_config(tmp_path: Path):
     from fewclip.runner.caption_config import load_caption_config
 
     def build(*overrides: str, **blocks):
-        base = {"methods": ["adapter", "prefix", "lora"], "seeds": [0],
-                "model": {"encoder": WORLD_ALIAS, "decoder": WORLD_DECODER_ALIAS, "device": "cpu", "prefix_length": 4},
-                "data": {"source": "world", "world_images": 30, "world_captions_per_image": 3},
-                "training": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
-                "decode": {"max_length": 12}, "attention": {"fixed_images": 2}, "batch_size": 16,
-                "output": {"dir": str(tmp_path / "run"), "progress": False},
-                "cache": {"dir": str(tmp_path / "cache")}}
+        base = {
+            "methods": ["adapter", "prefix", "lora"],
+            "seeds": [0],
+            "model": {"encoder": WORLD_ALIAS, "decoder": WORLD_DECODER_ALIAS, "device": "cpu", "prefix_length": 4},
+            "data": {"source": "world", "world_images": 30, "world_captions_per_image": 3},
+            "training": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+            "decode": {"max_length": 12},
+            "attention": {"fixed_images": 2},
+            "batch_size": 16,
+            "output": {"dir": str(tmp_path / "run"), "progress": False},
+            "cache": {"dir": str(tmp_path / "cache")},
+        }
         for key, value in blocks.items():
             base[key] = {**base[key], **value} if isinstance(value, dict) and key != "data" else value
         return load_caption_config(None, list(overrides), base=base)

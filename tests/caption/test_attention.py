@@ -33,8 +33,11 @@ def test_maps_sum_to_one_over_patches_and_differ_between_words(model_and_tokens)
 def test_map_is_the_head_mean_of_the_generating_step_renormalised_without_cls(model_and_tokens):
     model, tokens = model_and_tokens
     ids = model.tokenizer("a green square", add_special_tokens=False).input_ids
-    out = model.decoder(input_ids=torch.tensor([[model.bos_id, *ids]]), encoder_hidden_states=model.memory(tokens),
-                        output_attentions=True)
+    out = model.decoder(
+        input_ids=torch.tensor([[model.bos_id, *ids]]),
+        encoder_hidden_states=model.memory(tokens),
+        output_attentions=True,
+    )
     direct = out.cross_attentions[-1][0].mean(0)[:3, 1:]  # query j-1 generated token j; CLS dropped
     direct = (direct / direct.sum(-1, keepdim=True)).reshape(3, 4, 4).detach().numpy()
     assert np.allclose(cross_attention_maps(model, tokens, ids), direct, atol=1e-6)
@@ -51,7 +54,12 @@ def test_panels_are_drawn_one_per_word(model_and_tokens, toy_pairs, tmp_path):
     ids = model.tokenizer("a green square", add_special_tokens=False).input_ids
     words = token_words(model.tokenizer, ids)
     assert words == ["a", "green", "square"]
-    path = draw_attention_panels(Image.open(toy_pairs[1][0]), words, cross_attention_maps(model, tokens, ids),
-                                 tmp_path / "panels.png", title="a green square")
+    path = draw_attention_panels(
+        Image.open(toy_pairs[1][0]),
+        words,
+        cross_attention_maps(model, tokens, ids),
+        tmp_path / "panels.png",
+        title="a green square",
+    )
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size[0] > png.size[1] > 100  # four panels in one row

@@ -18,8 +18,11 @@ def coco_set(folder: Path) -> tuple[Path, dict]:
     """16 toy images (4 colours x 4) in COCO format, two captions each."""
     pairs = toy_caption_images(folder / "images", per_colour=4, seed=1)
     images = [{"id": i, "file_name": path.name} for i, (path, _) in enumerate(pairs)]
-    annotations = [{"id": 2 * i + k, "image_id": i, "caption": text if k == 0 else f"{text} on grey"}
-                   for i, (_, text) in enumerate(pairs) for k in range(2)]
+    annotations = [
+        {"id": 2 * i + k, "image_id": i, "caption": text if k == 0 else f"{text} on grey"}
+        for i, (_, text) in enumerate(pairs)
+        for k in range(2)
+    ]
     data = {"images": images, "annotations": annotations}
     captions = folder / "captions.json"
     captions.write_text(json.dumps(data), encoding="utf-8")
@@ -27,8 +30,11 @@ def coco_set(folder: Path) -> tuple[Path, dict]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".fewclip-run.lock"}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".fewclip-run.lock"
+    }
 
 
 def broken(data: dict, how: str) -> object:
@@ -56,12 +62,21 @@ EXPECTED = {
 
 
 @pytest.mark.slow
-def test_bad_caption_files_fail_with_the_entry_and_lose_nothing(world_caption_config, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_caption_files_fail_with_the_entry_and_lose_nothing(
+    world_caption_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     captions, good = coco_set(tmp_path / "coco")
-    config = world_caption_config("methods=[adapter]", "training.epochs=1", data={
-        "source": "coco", "captions": str(captions), "image_dir": str(tmp_path / "coco" / "images"),
-        "val_fraction": 0.2, "test_fraction": 0.25})
+    config = world_caption_config(
+        "methods=[adapter]",
+        "training.epochs=1",
+        data={
+            "source": "coco",
+            "captions": str(captions),
+            "image_dir": str(tmp_path / "coco" / "images"),
+            "val_fraction": 0.2,
+            "test_fraction": 0.25,
+        },
+    )
     config_file = tmp_path / "caption.yaml"
     config_file.write_text(config.to_yaml(), encoding="utf-8")
     assert main(["-q", "caption", "run", str(config_file)]) == 0
@@ -85,8 +100,9 @@ def test_bad_caption_files_fail_with_the_entry_and_lose_nothing(world_caption_co
 def test_unreadable_images_are_skipped_and_listed(world_caption_config, tmp_path: Path) -> None:
     captions, _ = coco_set(tmp_path / "coco")
     (tmp_path / "coco" / "images" / "red_001.png").write_bytes(b"not a png")
-    config = world_caption_config(data={"source": "coco", "captions": str(captions),
-                                        "image_dir": str(tmp_path / "coco" / "images")})
+    config = world_caption_config(
+        data={"source": "coco", "captions": str(captions), "image_dir": str(tmp_path / "coco" / "images")}
+    )
     config_file = tmp_path / "caption.yaml"
     config_file.write_text(config.to_yaml(), encoding="utf-8")
     assert main(["-q", "caption", "prepare", str(config_file)]) == 0
@@ -94,13 +110,17 @@ def test_unreadable_images_are_skipped_and_listed(world_caption_config, tmp_path
     skipped = read_csv(layout.skipped)
     assert len(skipped) == 1 and skipped[0]["image"] == f"{captions}: images[4] (id 4)"  # red_001: colour-major order
     assert "cannot decode image" in skipped[0]["reason"]
-    listed = [image["file_name"] for split in ("train", "val", "test")
-              for image in json.loads(layout.split_file(split).read_text())["images"]]
+    listed = [
+        image["file_name"]
+        for split in ("train", "val", "test")
+        for image in json.loads(layout.split_file(split).read_text())["images"]
+    ]
     assert len(listed) == 15 and not any(name.endswith("red_001.png") for name in listed)
 
 
-def test_a_run_dir_of_another_config_is_refused(world_caption_config, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_run_dir_of_another_config_is_refused(
+    world_caption_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config_file = tmp_path / "caption.yaml"
     config_file.write_text(world_caption_config().to_yaml(), encoding="utf-8")
     assert main(["-q", "caption", "prepare", str(config_file)]) == 0
@@ -110,12 +130,18 @@ def test_a_run_dir_of_another_config_is_refused(world_caption_config, tmp_path: 
     assert main(["-q", "caption", "prepare", str(config_file), "training.epochs=5"]) == 0  # not run-defining
     assert main(["-q", "caption", "prepare", str(config_file), "data.world_images=40", "--force"]) == 0
     assert len(read_csv(tmp_path / "run" / "data" / "skipped.csv")) == 0
-    assert sum(len(json.loads((tmp_path / "run" / "data" / f"{s}.json").read_text())["images"])
-               for s in ("train", "val", "test")) == 40
+    assert (
+        sum(
+            len(json.loads((tmp_path / "run" / "data" / f"{s}.json").read_text())["images"])
+            for s in ("train", "val", "test")
+        )
+        == 40
+    )
 
 
-def test_a_folder_that_is_not_a_run_is_refused(world_caption_config, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_that_is_not_a_run_is_refused(
+    world_caption_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     config_file = tmp_path / "caption.yaml"
@@ -125,8 +151,9 @@ def test_a_folder_that_is_not_a_run_is_refused(world_caption_config, tmp_path: P
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
 
 
-def test_a_missing_decoder_fails_before_the_run_dir_is_touched(world_caption_config, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_decoder_fails_before_the_run_dir_is_touched(
+    world_caption_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config_file = tmp_path / "caption.yaml"
     config_file.write_text(world_caption_config().to_yaml(), encoding="utf-8")
     assert main(["-q", "caption", "run", str(config_file), f"model.decoder={tmp_path / 'no' / 'decoder'}"]) == 2

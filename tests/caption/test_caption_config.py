@@ -92,7 +92,11 @@ def test_the_coco_config_names_real_hub_ids() -> None:
     assert [p.name for p in CAPTION_CONFIGS] == ["coco_caption.yaml"]
     config = load_caption_config(CAPTION_CONFIGS[0])
     assert (config.model.encoder, config.model.decoder) == ("openai/clip-vit-large-patch14-336", "gpt2")
-    assert (config.data.source, config.data.id, config.data.caption_column) == ("hf", "lmms-lab/COCO-Caption2017", "answer")
+    assert (config.data.source, config.data.id, config.data.caption_column) == (
+        "hf",
+        "lmms-lab/COCO-Caption2017",
+        "answer",
+    )
     assert "NEEDS INTERNET" in CAPTION_CONFIGS[0].read_text(encoding="utf-8")
 
 

@@ -18,8 +18,9 @@ from fewclip.fileio import read_csv
 
 
 @pytest.mark.slow
-def test_the_embedded_default_learns_to_caption_the_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_embedded_default_learns_to_caption_the_world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)  # the default output.dir is relative to the working directory
     monkeypatch.setenv("FEWCLIP_CACHE", str(tmp_path / "cache"))
     assert main(["-q", "caption", "run"]) == 0
@@ -31,7 +32,9 @@ def test_the_embedded_default_learns_to_caption_the_world(tmp_path: Path, monkey
     test = {r["method"]: r for r in read_csv(run_dir / "results" / "caption_summary.csv") if r["split"] == "test"}
     assert sorted(test) == ["adapter", "lora", "prefix", "untrained"]
     untrained = float(test["untrained"]["cider"])
-    untrained_captions = {r["caption"] for r in read_csv(run_dir / "results" / "predictions" / "untrained" / "seed_0-test.csv")}
+    untrained_captions = {
+        r["caption"] for r in read_csv(run_dir / "results" / "predictions" / "untrained" / "seed_0-test.csv")
+    }
     assert len(untrained_captions) <= 3  # the frozen decoder's language, blind to the image
     for method in ("adapter", "prefix", "lora"):
         cider = float(test[method]["cider"])
@@ -39,15 +42,34 @@ def test_the_embedded_default_learns_to_caption_the_world(tmp_path: Path, monkey
         assert float(test[method]["clipscore"]) > float(test["untrained"]["clipscore"])
         assert int(test[method]["trainable_params"]) > 0 and int(test[method]["n_eval"]) == 96
     out = capsys.readouterr().out
-    assert "untrained seed 0: test CIDEr" in out and f"results: {Path(DEFAULT_OUTPUT) / 'results' / 'caption_summary.csv'}" in out
+    assert (
+        "untrained seed 0: test CIDEr" in out
+        and f"results: {Path(DEFAULT_OUTPUT) / 'results' / 'caption_summary.csv'}" in out
+    )
 
 
 def test_a_quiet_caption_run_prints_nothing_on_stderr(tmp_path: Path) -> None:
     """`fewclip -q` shows only warnings that concern the user: a clean run, made small, prints none (no
     library deprecation notes such as GPT-2's `past_key_values`, no progress bars)."""
-    done = subprocess.run([sys.executable, "-m", "fewclip", "-q", "caption", "run", "default", "methods=[adapter]",
-                           "data.world_images=40", "training.epochs=1", f"output.dir={tmp_path / 'run'}",
-                           f"cache.dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fewclip",
+            "-q",
+            "caption",
+            "run",
+            "default",
+            "methods=[adapter]",
+            "data.world_images=40",
+            "training.epochs=1",
+            f"output.dir={tmp_path / 'run'}",
+            f"cache.dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "adapter seed 0: test CIDEr" in done.stdout

@@ -28,13 +28,17 @@ def write_config(config, path: Path) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".fewclip-run.lock"}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".fewclip-run.lock"
+    }
 
 
 @pytest.mark.slow
-def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption_config, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(
+    world_caption_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = world_caption_config()
     config_file = write_config(config, tmp_path / "caption.yaml")
     assert main(["-q", "caption", "run", str(config_file)]) == 0
@@ -55,8 +59,9 @@ def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption
     # summary: one row per (method, seed, split), the untrained baseline with nothing trained
     rows = read_csv(layout.summary)
     assert tuple(rows[0]) == CAPTION_SUMMARY_COLUMNS
-    assert [(r["method"], r["split"]) for r in rows] == [(m, s) for m in ("untrained", "adapter", "prefix", "lora")
-                                                         for s in ("val", "test")]
+    assert [(r["method"], r["split"]) for r in rows] == [
+        (m, s) for m in ("untrained", "adapter", "prefix", "lora") for s in ("val", "test")
+    ]
     untrained = [r for r in rows if r["method"] == "untrained"]
     assert {(r["trainable_params"], float(r["train_seconds"])) for r in untrained} == {("0", 0.0)}
     for row in rows:
@@ -74,8 +79,10 @@ def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption
             assert tuple(predicted[0]) == CAPTION_PREDICTION_COLUMNS
             assert [layout.root / p["image"] for p in predicted] == [i.path for i in items[split]]
             assert [p["references"].split(" | ") for p in predicted] == [list(i.captions) for i in items[split]]
-            cider = text_scores({p["image"]: p["references"].split(" | ") for p in predicted},
-                                {p["image"]: p["caption"] for p in predicted}).cider
+            cider = text_scores(
+                {p["image"]: p["references"].split(" | ") for p in predicted},
+                {p["image"]: p["caption"] for p in predicted},
+            ).cider
             summary = next(r for r in rows if (r["method"], r["split"]) == (method, split))
             assert float(summary["cider"]) == pytest.approx(cider, abs=1e-6)
             mean_clip = sum(float(p["clipscore"]) for p in predicted) / len(predicted)
@@ -107,9 +114,11 @@ def test_caption_run_writes_the_layout_and_a_rerun_changes_nothing(world_caption
 
 def test_a_killed_training_resumes_as_if_uninterrupted(world_caption_config, tmp_path: Path) -> None:
     """Through the pipeline's train stage: killed at the end of epoch 2 of 3, then run again."""
+
     def run_for(name: str) -> CaptionRun:
-        config = world_caption_config(f"output.dir={tmp_path / name}", "methods=[lora]", "training.epochs=3",
-                                      "training.lr_step_epochs=1")
+        config = world_caption_config(
+            f"output.dir={tmp_path / name}", "methods=[lora]", "training.epochs=3", "training.lr_step_epochs=1"
+        )
         run = CaptionRun(config)
         prepare(run)
         return run
@@ -118,6 +127,7 @@ def test_a_killed_training_resumes_as_if_uninterrupted(world_caption_config, tmp
     train(whole)
 
     killed = run_for("killed")
+
     def kill(method: str, seed: int, row: dict[str, float]) -> None:
         if row["epoch"] == 2:
             raise KeyboardInterrupt
@@ -147,7 +157,9 @@ def test_a_changed_recipe_retrains_only_that_method(world_caption_config, tmp_pa
     assert train(CaptionRun(changed)) == ["prefix/seed_0"]  # adapter's fit key ignores prefix_length
 
 
-def test_a_truncated_captioner_is_named_and_trained_again(world_caption_config, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_truncated_captioner_is_named_and_trained_again(
+    world_caption_config, caplog: pytest.LogCaptureFixture
+) -> None:
     run = CaptionRun(world_caption_config("methods=[lora]", "training.epochs=1"))
     prepare(run)
     assert train(run) == ["lora/seed_0"]
@@ -162,8 +174,9 @@ def test_a_truncated_captioner_is_named_and_trained_again(world_caption_config, 
     assert train(CaptionRun(run.config)) == []
 
 
-def test_an_edited_captioner_manifest_is_named_and_trained_again(world_caption_config,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_an_edited_captioner_manifest_is_named_and_trained_again(
+    world_caption_config, caplog: pytest.LogCaptureFixture
+) -> None:
     run = CaptionRun(world_caption_config("methods=[lora]", "training.epochs=1"))
     prepare(run)
     assert train(run) == ["lora/seed_0"]
@@ -190,8 +203,13 @@ def test_encoder_tokens_on_the_fly_give_the_cached_results(world_caption_config,
     """Over the budget, encoder outputs are computed on the fly: the same captions and scores as from the cache."""
     summaries = {}
     for name, budget in (("cached", 2048), ("on_the_fly", 0)):
-        config = world_caption_config(f"output.dir={tmp_path / name}", f"training.cache_budget_mb={budget}",
-                                      f"cache.dir={tmp_path / name / 'cache'}", "methods=[prefix]", "training.epochs=1")
+        config = world_caption_config(
+            f"output.dir={tmp_path / name}",
+            f"training.cache_budget_mb={budget}",
+            f"cache.dir={tmp_path / name / 'cache'}",
+            "methods=[prefix]",
+            "training.epochs=1",
+        )
         config_file = write_config(config, tmp_path / f"{name}.yaml")
         assert main(["-q", "caption", "run", str(config_file)]) == 0
         assert any((tmp_path / name / "cache").rglob("*.npy")) == (budget > 0)

@@ -41,20 +41,39 @@ def test_load_captioner_picks_the_best_test_cider_and_repeats_the_run(caption_ru
 
 
 def test_a_method_without_a_captioner_lists_those_there_are(caption_run: CaptionLayout) -> None:
-    with pytest.raises(CaptionerNotTrained, match=r"no captioner for method=prefix; available: adapter seed 0, "
-                                                  r"lora seed 0, untrained seed 0"):
+    with pytest.raises(
+        CaptionerNotTrained,
+        match=r"no captioner for method=prefix; available: adapter seed 0, "
+        r"lora seed 0, untrained seed 0",
+    ):
         fewclip.load_captioner(caption_run.root, method="prefix")
 
 
-def test_predict_cli_writes_json_and_csv(caption_run: CaptionLayout, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_cli_writes_json_and_csv(
+    caption_run: CaptionLayout, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     predicted = read_csv(caption_run.predictions("lora", 0, "test"))[:2]
     images = [str(caption_run.root / p["image"]) for p in predicted]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     out = tmp_path / "captions.json"
-    assert main(["-q", "caption", "predict", str(caption_run.root), *images, str(bad), "--method", "lora",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "caption",
+                "predict",
+                str(caption_run.root),
+                *images,
+                str(bad),
+                "--method",
+                "lora",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "captioning with lora seed 0: as asked" not in captured.err  # seed not given: chosen by CIDEr
     assert "captioning with lora seed 0" in captured.err and f"skipped {bad}" in captured.err
@@ -64,8 +83,26 @@ def test_predict_cli_writes_json_and_csv(caption_run: CaptionLayout, tmp_path: P
     assert [c["caption"] for c in written["captions"]] == [p["caption"] for p in predicted] + [None]
     assert written["captions"][2]["error"] and written["captions"][2]["path"] == str(bad)
     csv_out = tmp_path / "captions.csv"
-    assert main(["-q", "caption", "predict", str(caption_run.root), *images, "--seed", "0", "--method", "adapter",
-                 "--beam", "2", "--out", str(csv_out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "caption",
+                "predict",
+                str(caption_run.root),
+                *images,
+                "--seed",
+                "0",
+                "--method",
+                "adapter",
+                "--beam",
+                "2",
+                "--out",
+                str(csv_out),
+            ]
+        )
+        == 0
+    )
     rows = read_csv(csv_out)
     assert [r["path"] for r in rows] == images and all(r["caption"] and not r["error"] for r in rows)
 
@@ -97,36 +134,66 @@ def test_choose_captioner_rules(tmp_path: Path) -> None:
     unit, why = choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None)
     assert unit == ("adapter", 0) and why.startswith("no scores yet")
     rows = [("untrained", 0, 0.5), ("adapter", 0, 1.0), ("adapter", 1, 1.5), ("lora", 1, 2.0)]
-    write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, [(m, s, "test", c, 0, 0, 0, 0, 0, 1) for m, s, c in rows]
-              + [("adapter", 0, "val", 9.0, 0, 0, 0, 0, 0, 1)])  # val never chooses
+    write_csv(
+        layout.summary,
+        CAPTION_SUMMARY_COLUMNS,
+        [(m, s, "test", c, 0, 0, 0, 0, 0, 1) for m, s, c in rows] + [("adapter", 0, "val", 9.0, 0, 0, 0, 0, 0, 1)],
+    )  # val never chooses
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], None, None) == (
-        ("lora", 1), f"the highest test CIDEr (2.000) in {layout.summary}")
+        ("lora", 1),
+        f"the highest test CIDEr (2.000) in {layout.summary}",
+    )
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", None) == (
-        ("adapter", 1), f"the highest test CIDEr (1.500) in {layout.summary} among adapter's seeds")
+        ("adapter", 1),
+        f"the highest test CIDEr (1.500) in {layout.summary} among adapter's seeds",
+    )
     assert choose_captioner(layout, ["adapter", "lora"], [0, 1], "adapter", 0) == (("adapter", 0), "as asked")
     with pytest.raises(CaptionerNotTrained, match="no captioner for method=prefix"):
         choose_captioner(layout, ["adapter", "lora"], [0, 1], "prefix", None)
 
 
-def test_predict_skips_a_fifo_by_name_and_captions_the_other_image(world_caption_config, toy_pairs, watched_fifo,
-                                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_skips_a_fifo_by_name_and_captions_the_other_image(
+    world_caption_config, toy_pairs, watched_fifo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = world_caption_config()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")  # the untrained baseline
     good = toy_pairs[0][0]
-    assert main(["-q", "caption", "predict", str(tmp_path / "run"), str(watched_fifo.path), str(good),
-                 "--method", "untrained", "--seed", "0"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "caption",
+                "predict",
+                str(tmp_path / "run"),
+                str(watched_fifo.path),
+                str(good),
+                "--method",
+                "untrained",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert (f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
-            in captured.err)
+    assert (
+        f"fewclip: skipped {watched_fifo.path}: not a regular file (a FIFO); only regular image files are read\n"
+        in captured.err
+    )
     (line,) = captured.out.splitlines()
     assert line.startswith(f"{good}\t") and line != f"{good}\t"
     assert not watched_fifo.was_read.is_set()
 
 
-def test_a_run_of_the_other_kind_is_named_with_the_command_for_it(world_caption_config, make_config, toy_pairs,
-                                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_run_of_the_other_kind_is_named_with_the_command_for_it(
+    world_caption_config,
+    make_config,
+    toy_pairs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A captioning run given to `fewclip predict` (or a stage), or a classification run given to
     `fewclip caption ...`: one line naming the right command, not the other config's unknown keys."""
     caption_dir, classification_dir = tmp_path / "captioning", tmp_path / "classification"
@@ -134,17 +201,27 @@ def test_a_run_of_the_other_kind_is_named_with_the_command_for_it(world_caption_
         folder.mkdir()
         (folder / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     image = str(toy_pairs[0][0])
-    cases = [(["predict", str(caption_dir), image],
-              f"{caption_dir} is a captioning run, not a classification run; use "
-              f"`fewclip caption predict {caption_dir} IMAGE...`"),
-             (["caption", "predict", str(classification_dir), image],
-              f"{classification_dir} is a classification run, not a captioning run; use "
-              f"`fewclip predict {classification_dir} IMAGE...`"),
-             (["report", str(caption_dir)],
-              f"{caption_dir} is a captioning run, not a classification run; use `fewclip caption report {caption_dir}`"),
-             (["caption", "train", str(classification_dir)],
-              f"{classification_dir} is a classification run, not a captioning run; use "
-              f"`fewclip train {classification_dir}`")]
+    cases = [
+        (
+            ["predict", str(caption_dir), image],
+            f"{caption_dir} is a captioning run, not a classification run; use "
+            f"`fewclip caption predict {caption_dir} IMAGE...`",
+        ),
+        (
+            ["caption", "predict", str(classification_dir), image],
+            f"{classification_dir} is a classification run, not a captioning run; use "
+            f"`fewclip predict {classification_dir} IMAGE...`",
+        ),
+        (
+            ["report", str(caption_dir)],
+            f"{caption_dir} is a captioning run, not a classification run; use `fewclip caption report {caption_dir}`",
+        ),
+        (
+            ["caption", "train", str(classification_dir)],
+            f"{classification_dir} is a classification run, not a captioning run; use "
+            f"`fewclip train {classification_dir}`",
+        ),
+    ]
     for args, message in cases:
         caplog.clear()
         assert main(args) == 2

@@ -52,8 +52,11 @@ def make_run(root: Path, captions: dict[str, dict[int, list[str]]], attention: b
     names = [f"{i:05d}.png" for i in range(N_IMAGES)]
     for i, name in enumerate(names):
         png(layout.data / "images" / name, (10 * i, 100, 200))
-    layout.split_file("test").write_text(json.dumps({"images": [{"id": i, "file_name": n, "sha1": "0" * 40}
-                                                                for i, n in enumerate(names)], "annotations": []}))
+    layout.split_file("test").write_text(
+        json.dumps(
+            {"images": [{"id": i, "file_name": n, "sha1": "0" * 40} for i, n in enumerate(names)], "annotations": []}
+        )
+    )
     layout.config.write_text("name: fake <b>run</b>\n")
     refs = {n: references(i) for i, n in enumerate(names)}
     summary = []
@@ -61,22 +64,59 @@ def make_run(root: Path, captions: dict[str, dict[int, list[str]]], attention: b
         for seed, texts in seeds.items():
             scores = text_scores(refs, dict(zip(names, texts)))
             clip = [0.5 + 0.01 * ((i * 7 + seed + len(method)) % 13) for i in range(N_IMAGES)]
-            write_csv(layout.predictions(method, seed), CAPTION_PREDICTION_COLUMNS,
-                      [(n, t, REFERENCE_SEPARATOR.join(refs[n]), c) for n, t, c in zip(names, texts, clip)])
+            write_csv(
+                layout.predictions(method, seed),
+                CAPTION_PREDICTION_COLUMNS,
+                [(n, t, REFERENCE_SEPARATOR.join(refs[n]), c) for n, t, c in zip(names, texts, clip)],
+            )
             trainable = 0 if method == "untrained" else 1000 + len(method)
-            summary.append((method, seed, "test", scores.cider, float(np.mean(clip)), 0.3 + 0.01 * seed + 0.001 * len(method),
-                            scores.bleu4, trainable, 0.0 if method == "untrained" else 12.5 + 3 * seed, N_IMAGES))
+            summary.append(
+                (
+                    method,
+                    seed,
+                    "test",
+                    scores.cider,
+                    float(np.mean(clip)),
+                    0.3 + 0.01 * seed + 0.001 * len(method),
+                    scores.bleu4,
+                    trainable,
+                    0.0 if method == "untrained" else 12.5 + 3 * seed,
+                    N_IMAGES,
+                )
+            )
             if method != "untrained":
-                write_csv(layout.history(method, seed), ("epoch", "train_loss", "lr", "val_cider", "seconds"),
-                          [(e, 3.0 / e, 1e-4, 0.2 * e + 0.01 * seed, 4.0) for e in (1, 2, 3)])
+                write_csv(
+                    layout.history(method, seed),
+                    ("epoch", "train_loss", "lr", "val_cider", "seconds"),
+                    [(e, 3.0 / e, 1e-4, 0.2 * e + 0.01 * seed, 4.0) for e in (1, 2, 3)],
+                )
             if attention and method == "adapter":
                 folder = layout.attention_dir(method, seed)
                 png(folder / "00001.png", (255, 0, 0))
                 png(folder / "00002.png", (0, 255, 0))
-                (folder / "attention.json").write_text(json.dumps({"layer": -1, "images": [
-                    {"image": "00002.png", "why": "lowest clipscore", "caption": EVIL, "clipscore": 0.1, "panel": "00002.png"},
-                    {"image": "00001.png", "why": "highest clipscore", "caption": "a red square", "clipscore": 0.9,
-                     "panel": "00001.png"}]}))
+                (folder / "attention.json").write_text(
+                    json.dumps(
+                        {
+                            "layer": -1,
+                            "images": [
+                                {
+                                    "image": "00002.png",
+                                    "why": "lowest clipscore",
+                                    "caption": EVIL,
+                                    "clipscore": 0.1,
+                                    "panel": "00002.png",
+                                },
+                                {
+                                    "image": "00001.png",
+                                    "why": "highest clipscore",
+                                    "caption": "a red square",
+                                    "clipscore": 0.9,
+                                    "panel": "00001.png",
+                                },
+                            ],
+                        }
+                    )
+                )
     write_csv(layout.summary, CAPTION_SUMMARY_COLUMNS, summary)
     return layout
 
@@ -90,9 +130,14 @@ def right_on(indices: set[int]) -> list[str]:
 
 
 def separated_run(root: Path, seeds=(0, 1)) -> CaptionLayout:
-    return make_run(root, {"untrained": {s: [EVIL if i == 0 else "" for i in range(N_IMAGES)] for s in seeds},
-                           "adapter": {s: all_right(s) for s in seeds},
-                           "lora": {s: right_on(set(range(3 + s))) for s in seeds}})
+    return make_run(
+        root,
+        {
+            "untrained": {s: [EVIL if i == 0 else "" for i in range(N_IMAGES)] for s in seeds},
+            "adapter": {s: all_right(s) for s in seeds},
+            "lora": {s: right_on(set(range(3 + s))) for s in seeds},
+        },
+    )
 
 
 def html_of(layout: CaptionLayout) -> str:
@@ -115,7 +160,9 @@ def test_table_is_mean_and_std_of_the_summary(tmp_path: Path) -> None:
             assert answer["methods"][method][f"{metric}_std"] == pytest.approx(std, abs=1e-12)
     assert answer["methods"]["lora"]["trainable_params"] == 1004 and "1,004" in text
     # the untrained baseline is the table's first row
-    assert text.index('data-method="untrained"') < text.index('data-method="adapter"') < text.index('data-method="lora"')
+    assert (
+        text.index('data-method="untrained"') < text.index('data-method="adapter"') < text.index('data-method="lora"')
+    )
 
 
 def test_winner_named_when_the_paired_test_separates(tmp_path: Path) -> None:
@@ -127,22 +174,33 @@ def test_winner_named_when_the_paired_test_separates(tmp_path: Path) -> None:
     lora = next(c for c in answer["comparisons"] if c["other"] == "lora")
     methods = answer["methods"]
     # the test's statistic is the table's difference (per-image CIDEr averages to the corpus CIDEr)
-    assert lora["difference"] == pytest.approx(methods["adapter"]["cider_mean"] - methods["lora"]["cider_mean"], abs=1e-9)
+    assert lora["difference"] == pytest.approx(
+        methods["adapter"]["cider_mean"] - methods["lora"]["cider_mean"], abs=1e-9
+    )
     assert lora["p_value"] < 0.05 and lora["n_images"] == N_IMAGES
     assert '<b class="winner">best</b>' in text and "The untrained decoder" in answer["headline"]
 
 
 def test_no_winner_when_the_leaders_are_not_separated(tmp_path: Path) -> None:
     # adapter right on 11 images, lora on 10 (different ones): adapter leads, the test cannot separate them
-    layout = make_run(tmp_path, {"untrained": {0: [""] * N_IMAGES},
-                                 "adapter": {0: right_on(set(range(11)))},
-                                 "lora": {0: right_on(set(range(5, 15)))}})
+    layout = make_run(
+        tmp_path,
+        {
+            "untrained": {0: [""] * N_IMAGES},
+            "adapter": {0: right_on(set(range(11)))},
+            "lora": {0: right_on(set(range(5, 15)))},
+        },
+    )
     text = html_of(layout)
     answer = json.loads(layout.answer.read_text())
     assert answer["winner"] is None and answer["leader"] == "adapter"
     assert answer["indistinguishable"] == ["adapter", "lora"]
-    assert "adapter and lora are indistinguishable by CIDEr on this test set (20 test images, 1 seed" in answer["headline"]
-    assert answer["headline"].endswith("from lora (3.379; p = 1). The untrained decoder (fresh cross-attention, no tuning) scores 0.000.")
+    assert (
+        "adapter and lora are indistinguishable by CIDEr on this test set (20 test images, 1 seed" in answer["headline"]
+    )
+    assert answer["headline"].endswith(
+        "from lora (3.379; p = 1). The untrained decoder (fresh cross-attention, no tuning) scores 0.000."
+    )
     untrained = next(c for c in answer["comparisons"] if c["other"] == "untrained")
     assert untrained["p_value"] < 0.05  # the baseline is separated; only lora is not
     assert '<b class="winner">' not in text
@@ -185,8 +243,16 @@ def test_missing_attention_and_history_are_listed(tmp_path: Path) -> None:
 def test_unusable_attention_json_is_reported(tmp_path: Path) -> None:
     layout = separated_run(tmp_path, seeds=(0,))
     path = layout.attention_dir("adapter", 0) / "attention.json"
-    path.write_text(json.dumps({"layer": 0, "images": [{"image": "x", "why": "fixed", "caption": "c", "clipscore": 1,
-                                                        "panel": "../../../../config.yaml"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "layer": 0,
+                "images": [
+                    {"image": "x", "why": "fixed", "caption": "c", "clipscore": 1, "panel": "../../../../config.yaml"}
+                ],
+            }
+        )
+    )
     text = html_of(layout)
     assert "results/attention/adapter/seed_0/attention.json is unusable" in text
     assert "must be a file name inside the folder" in text
@@ -238,17 +304,34 @@ def test_the_default_runs_report_embeds_every_image_it_promises(tmp_path: Path) 
     from fewclip.runner.cli import main
 
     root = tmp_path / "run"
-    assert main(["-q", "caption", "run", "default", "methods=[adapter]", "data.world_images=40", "training.epochs=1",
-                 f"output.dir={root}", f"cache.dir={tmp_path / 'cache'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "caption",
+                "run",
+                "default",
+                "methods=[adapter]",
+                "data.world_images=40",
+                "training.epochs=1",
+                f"output.dir={root}",
+                f"cache.dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 0
+    )
     layout = CaptionLayout(root)
     text = layout.report.read_text(encoding="utf-8")
     assert "image not found" not in text and "unreadable image" not in text and "no figure" not in text
     assert '<div class="missing">' not in text
     test_images = json.loads(layout.split_file("test").read_text())["images"]
     assert all(not Path(entry["file_name"]).is_absolute() for entry in test_images)  # relative to the run dir
-    panels = sum(1 for method in ("untrained", "adapter")
-                 for entry in json.loads((layout.attention_dir(method, 0) / "attention.json").read_text())["images"]
-                 if entry["panel"] is not None)
+    panels = sum(
+        1
+        for method in ("untrained", "adapter")
+        for entry in json.loads((layout.attention_dir(method, 0) / "attention.json").read_text())["images"]
+        if entry["panel"] is not None
+    )
     thumbnails = min(EXAMPLE_IMAGES, len(test_images))
     sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', text)
     assert len(sources) == thumbnails + 1 + panels  # examples, the training curves, the attention panels

@@ -9,8 +9,16 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from fewclip.caption.data import (CaptionDataConfig, CaptionItem, clean_caption, load_caption_data, load_coco,
-                                  load_csv, load_hf, split_by_image)
+from fewclip.caption.data import (
+    CaptionDataConfig,
+    CaptionItem,
+    clean_caption,
+    load_caption_data,
+    load_coco,
+    load_csv,
+    load_hf,
+    split_by_image,
+)
 
 
 def _image(path: Path, colour: tuple[int, int, int]) -> Path:
@@ -30,14 +38,17 @@ def _coco_set(tmp_path: Path, n: int = 12, per_image: int = 3) -> Path:
     for i in range(n):
         _image(tmp_path / "img" / f"{i}.png", (i * 20 % 256, 40, 200 - i * 10))
         images.append({"id": 100 + i, "file_name": f"{i}.png"})
-        annotations += [{"id": len(annotations), "image_id": 100 + i, "caption": f"image {i} caption {k}"}
-                        for k in range(per_image)]
+        annotations += [
+            {"id": len(annotations), "image_id": 100 + i, "caption": f"image {i} caption {k}"} for k in range(per_image)
+        ]
     return _coco(tmp_path, images, annotations)
 
 
 def test_clean_caption_collapses_whitespace_and_refuses_empty() -> None:
-    assert clean_caption("  a red\n\tcircle   in  the  corner \r\n", "f.json: annotations[0]") == \
-        "a red circle in the corner"
+    assert (
+        clean_caption("  a red\n\tcircle   in  the  corner \r\n", "f.json: annotations[0]")
+        == "a red circle in the corner"
+    )
     with pytest.raises(ValueError, match=r"f\.json: annotations\[3\]: empty caption \(' \\n '\)"):
         clean_caption(" \n ", "f.json: annotations[3]")
     with pytest.raises(ValueError, match="the caption is NoneType None, not text"):
@@ -52,24 +63,45 @@ def test_load_coco_groups_references_and_cleans_them(tmp_path: Path) -> None:
     assert loaded.skipped == []
 
 
-@pytest.mark.parametrize("images, annotations, pieces", [
-    ([{"id": 1, "file_name": "0.png"}], [{"image_id": 2, "caption": "a dog"}],
-     ["annotations[0]", "'a dog'", "image_id 2", "not in 'images'", "add the image or remove the caption"]),
-    ([{"id": 1, "file_name": "0.png"}, {"id": 2, "file_name": "1.png"}], [{"image_id": 1, "caption": "a dog"}],
-     ["1 image(s) have no caption", "images[1] (id 2, file_name '1.png')", "Add captions"]),
-    ([{"id": 1, "file_name": "0.png"}], [{"image_id": 1, "caption": "  \n"}],
-     ["annotations[0] (image_id 1): empty caption", "write the caption or remove the entry"]),
-    ([{"id": 1, "file_name": "0.png"}], [{"image_id": 1, "text": "a dog"}],
-     ["annotations[0] has no 'caption' key", "found ['image_id', 'text']", "expected COCO caption format"]),
-    ([{"id": 1, "file": "0.png"}], [{"image_id": 1, "caption": "a dog"}],
-     ["images[0] has no 'file_name' key"]),
-    ([{"id": 1, "file_name": "0.png"}, {"id": 2, "file_name": "0.png"}], [],
-     ["images[1] (id 2) names file '0.png' as images[0] does"]),
-    ([{"id": 1, "file_name": "0.png"}, {"id": 1, "file_name": "1.png"}], [],
-     ["images[1] repeats id 1 of images[0]"]),
-])
-def test_bad_coco_entries_name_file_and_entry(tmp_path: Path, images: list, annotations: list,
-                                              pieces: list[str]) -> None:
+@pytest.mark.parametrize(
+    "images, annotations, pieces",
+    [
+        (
+            [{"id": 1, "file_name": "0.png"}],
+            [{"image_id": 2, "caption": "a dog"}],
+            ["annotations[0]", "'a dog'", "image_id 2", "not in 'images'", "add the image or remove the caption"],
+        ),
+        (
+            [{"id": 1, "file_name": "0.png"}, {"id": 2, "file_name": "1.png"}],
+            [{"image_id": 1, "caption": "a dog"}],
+            ["1 image(s) have no caption", "images[1] (id 2, file_name '1.png')", "Add captions"],
+        ),
+        (
+            [{"id": 1, "file_name": "0.png"}],
+            [{"image_id": 1, "caption": "  \n"}],
+            ["annotations[0] (image_id 1): empty caption", "write the caption or remove the entry"],
+        ),
+        (
+            [{"id": 1, "file_name": "0.png"}],
+            [{"image_id": 1, "text": "a dog"}],
+            ["annotations[0] has no 'caption' key", "found ['image_id', 'text']", "expected COCO caption format"],
+        ),
+        ([{"id": 1, "file": "0.png"}], [{"image_id": 1, "caption": "a dog"}], ["images[0] has no 'file_name' key"]),
+        (
+            [{"id": 1, "file_name": "0.png"}, {"id": 2, "file_name": "0.png"}],
+            [],
+            ["images[1] (id 2) names file '0.png' as images[0] does"],
+        ),
+        (
+            [{"id": 1, "file_name": "0.png"}, {"id": 1, "file_name": "1.png"}],
+            [],
+            ["images[1] repeats id 1 of images[0]"],
+        ),
+    ],
+)
+def test_bad_coco_entries_name_file_and_entry(
+    tmp_path: Path, images: list, annotations: list, pieces: list[str]
+) -> None:
     _image(tmp_path / "img" / "0.png", (1, 2, 3))
     _image(tmp_path / "img" / "1.png", (4, 5, 6))
     file = _coco(tmp_path, images, annotations)
@@ -79,12 +111,15 @@ def test_bad_coco_entries_name_file_and_entry(tmp_path: Path, images: list, anno
     assert message.startswith(str(file)) and all(piece in message for piece in pieces), message
 
 
-@pytest.mark.parametrize("content, pieces", [
-    ({"images": []}, ["not a COCO caption file: no 'annotations' key", "top-level keys: ['images']"]),
-    ({"annotations": []}, ["no 'images' key"]),
-    ([1, 2], ["the top level is a list, not an object"]),
-    ({"images": {}, "annotations": []}, ["'images' must be a list, got dict"]),
-])
+@pytest.mark.parametrize(
+    "content, pieces",
+    [
+        ({"images": []}, ["not a COCO caption file: no 'annotations' key", "top-level keys: ['images']"]),
+        ({"annotations": []}, ["no 'images' key"]),
+        ([1, 2], ["the top level is a list, not an object"]),
+        ({"images": {}, "annotations": []}, ["'images' must be a list, got dict"]),
+    ],
+)
 def test_json_that_is_not_coco_says_which_key_is_missing(tmp_path: Path, content: object, pieces: list[str]) -> None:
     file = tmp_path / "not_coco.json"
     file.write_text(json.dumps(content))
@@ -115,10 +150,15 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     assert [s.image_id for s in loaded.skipped] == ["101", "102"]
     assert "images[1] (id 101)" in loaded.skipped[0].where
     assert "not a recognised image format" in loaded.skipped[0].reason
-    data = load_caption_data(CaptionDataConfig(source="coco", captions=str(file), image_dir=str(tmp_path / "img"),
-                                               val_fraction=0.25, test_fraction=0.25), tmp_path / "run")
-    assert [(s.image_id, s.where) for s in data.skipped] == [(i, f"{file}: images[{k}] (id {i})")
-                                                             for k, i in ((1, "101"), (2, "102"))]
+    data = load_caption_data(
+        CaptionDataConfig(
+            source="coco", captions=str(file), image_dir=str(tmp_path / "img"), val_fraction=0.25, test_fraction=0.25
+        ),
+        tmp_path / "run",
+    )
+    assert [(s.image_id, s.where) for s in data.skipped] == [
+        (i, f"{file}: images[{k}] (id {i})") for k, i in ((1, "101"), (2, "102"))
+    ]
     assert sorted(i.image_id for s in (data.train, data.val, data.test) for i in s) == ["100", "103", "104"]
 
 
@@ -128,8 +168,10 @@ def test_load_csv_groups_rows_of_one_image_and_names_lines(tmp_path: Path) -> No
     csv_file = tmp_path / "caps.csv"
     csv_file.write_text('path,caption\na.png,a grey square\nsub/b.png,"a red\nsquare"\na.png,  grey  box \n')
     loaded = load_csv(csv_file)
-    assert {i.image_id: i.captions for i in loaded.items} == {"a.png": ("a grey square", "grey box"),
-                                                             "sub/b.png": ("a red square",)}
+    assert {i.image_id: i.captions for i in loaded.items} == {
+        "a.png": ("a grey square", "grey box"),
+        "sub/b.png": ("a red square",),
+    }
     csv_file.write_text("path,caption\na.png,ok\nsub/b.png,   \n")
     with pytest.raises(ValueError, match=r"caps\.csv:3 \(sub/b\.png\): empty caption"):
         load_csv(csv_file)
@@ -142,8 +184,10 @@ def test_load_csv_groups_rows_of_one_image_and_names_lines(tmp_path: Path) -> No
 
 
 def _items(n: int) -> list[CaptionItem]:
-    return [CaptionItem(f"img{i:03d}", Path(f"{i}.png"), (f"caption {i} a", f"caption {i} b"), sha1=f"{i:040x}")
-            for i in range(n)]
+    return [
+        CaptionItem(f"img{i:03d}", Path(f"{i}.png"), (f"caption {i} a", f"caption {i} b"), sha1=f"{i:040x}")
+        for i in range(n)
+    ]
 
 
 def test_split_is_deterministic_exact_in_size_and_keeps_references_together() -> None:
@@ -180,8 +224,11 @@ def test_world_caption_data_splits_and_regenerates_only_when_changed(tmp_path: P
 
 
 def test_config_errors_name_the_source_and_keys() -> None:
-    with pytest.raises(ValidationError, match=r"unknown caption data source 'cocoo' \(did you mean 'coco'\?\); "
-                                              r"valid: world, coco, csv, hf"):
+    with pytest.raises(
+        ValidationError,
+        match=r"unknown caption data source 'cocoo' \(did you mean 'coco'\?\); "
+        r"valid: world, coco, csv, hf",
+    ):
         CaptionDataConfig(source="cocoo")
     with pytest.raises(ValidationError, match=r"source 'coco' needs captions and image_dir"):
         CaptionDataConfig(source="coco")
@@ -214,23 +261,29 @@ def _hf_dataset(root: Path, rows: list[tuple[object, object]]) -> Path:
         Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")  # type: ignore[arg-type]
         return {"bytes": buffer.getvalue(), "path": None}
 
-    table = datasets.Dataset.from_dict({"image": [cell(c) for c, _ in rows], "text": [t for _, t in rows]},
-                                       features=datasets.Features({"image": datasets.Image(),
-                                                                   "text": datasets.Value("string")}))
+    table = datasets.Dataset.from_dict(
+        {"image": [cell(c) for c, _ in rows], "text": [t for _, t in rows]},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}),
+    )
     (root / "data").mkdir(parents=True, exist_ok=True)
     table.to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
     return root
 
 
 def test_load_hf_merges_rows_of_one_image_and_skips_unreadable(tmp_path: Path, hf_cache: Path) -> None:
-    root = _hf_dataset(tmp_path / "ds", [((255, 0, 0), "a red  square"), ((0, 0, 255), "blue"),
-                                         ((255, 0, 0), "red\nagain"), (b"garbage", "broken")])
+    root = _hf_dataset(
+        tmp_path / "ds",
+        [((255, 0, 0), "a red  square"), ((0, 0, 255), "blue"), ((255, 0, 0), "red\nagain"), (b"garbage", "broken")],
+    )
     loaded = load_hf(str(root), "train", "image", "text", tmp_path / "out")
     assert sorted(item.captions for item in loaded.items) == [("a red square", "red again"), ("blue",)]
     assert all(item.path.parent == tmp_path / "out" / "images" and item.path.is_file() for item in loaded.items)
     assert [s.where for s in loaded.skipped] == [f"{root}[train][3]"]
-    with pytest.raises(ValueError, match=r"caption data\.caption_column: column 'caption' not in .*columns: "
-                                         r"\['image', 'text'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"caption data\.caption_column: column 'caption' not in .*columns: "
+        r"\['image', 'text'\]",
+    ):
         load_hf(str(root), "train", "image", "caption", tmp_path / "out")
 
 

@@ -30,7 +30,9 @@ def test_cache_changes_nothing(caption_config, method):
     with torch.no_grad():
         assert greedy_ids(model, memory, 10, use_cache=True) == greedy_ids(model, memory, 10, use_cache=False)
         for beams in (2, 3):
-            assert beam_ids(model, memory, beams, 8, 1.0, use_cache=True) == beam_ids(model, memory, beams, 8, 1.0, use_cache=False)
+            assert beam_ids(model, memory, beams, 8, 1.0, use_cache=True) == beam_ids(
+                model, memory, beams, 8, 1.0, use_cache=False
+            )
 
 
 @pytest.mark.parametrize("method", ["prefix", "lora"])
@@ -54,9 +56,17 @@ def test_beam_search_equals_hugging_face_generate(caption_config):
             for beams in (2, 3, 4):
                 ours = beam_ids(model, memory, beams, 8, length_penalty)
                 theirs = model.decoder.generate(
-                    input_ids=torch.full((6, 1), model.bos_id), encoder_hidden_states=memory, num_beams=beams,
-                    max_new_tokens=8, do_sample=False, length_penalty=length_penalty, early_stopping=False,
-                    eos_token_id=model.eos_id, pad_token_id=model.eos_id, bos_token_id=model.bos_id)
+                    input_ids=torch.full((6, 1), model.bos_id),
+                    encoder_hidden_states=memory,
+                    num_beams=beams,
+                    max_new_tokens=8,
+                    do_sample=False,
+                    length_penalty=length_penalty,
+                    early_stopping=False,
+                    eos_token_id=model.eos_id,
+                    pad_token_id=model.eos_id,
+                    bos_token_id=model.bos_id,
+                )
                 theirs = [row[1:] for row in theirs.tolist()]
                 theirs = [row[: row.index(model.eos_id)] if model.eos_id in row else row for row in theirs]
                 assert ours == theirs, (beams, length_penalty)

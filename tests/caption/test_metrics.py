@@ -14,10 +14,16 @@ from fewclip.caption.metrics import bleu, cider_d, clip_scores, encode_and_score
 # Several images, several references each, repeated words, lengths that differ, an n-gram in every
 # image's references (idf 0), an empty-ish candidate and a perfect one.
 REFERENCES = {
-    "img1": ["A small red circle in the top left.", "a red circle, small, near the top-left corner",
-             "the red circle is small and red"],
-    "img2": ["A large blue square at the bottom", "a big blue square near the bottom edge of the image",
-             "blue square, large"],
+    "img1": [
+        "A small red circle in the top left.",
+        "a red circle, small, near the top-left corner",
+        "the red circle is small and red",
+    ],
+    "img2": [
+        "A large blue square at the bottom",
+        "a big blue square near the bottom edge of the image",
+        "blue square, large",
+    ],
     "img3": ["two dogs play with a ball on the grass", "dogs playing on grass", "a dog and a dog with a ball"],
     "img4": ["a red circle", "the red circle in the center of the image is red"],
 }
@@ -30,8 +36,10 @@ CANDIDATES = {
 
 
 def _tokenised() -> tuple[dict[str, list[str]], dict[str, str]]:
-    return ({k: [tokenize(r) for r in refs] for k, refs in REFERENCES.items()},
-            {k: tokenize(c) for k, c in CANDIDATES.items()})
+    return (
+        {k: [tokenize(r) for r in refs] for k, refs in REFERENCES.items()},
+        {k: tokenize(c) for k, c in CANDIDATES.items()},
+    )
 
 
 def test_tokenize_lowercases_and_drops_punctuation() -> None:
@@ -146,8 +154,9 @@ def test_encode_and_score_routes_references_per_image() -> None:
     references = [["aaa"], ["eee", "a e"], ["x", "yy", "zzz"]]
     backbone = _FakeBackbone()
     clip_s, ref_clip_s = encode_and_score(backbone, pixels, captions, references, batch_size=2)  # type: ignore[arg-type]
-    expected = clip_scores(backbone.encode_images(pixels), backbone.encode_text(captions),
-                           [backbone.encode_text(r) for r in references])
+    expected = clip_scores(
+        backbone.encode_images(pixels), backbone.encode_text(captions), [backbone.encode_text(r) for r in references]
+    )
     assert torch.allclose(clip_s, expected[0]) and torch.allclose(ref_clip_s, expected[1])
 
 
@@ -179,7 +188,9 @@ def test_clip_scores_with_the_world_clip_prefer_true_captions(tmp_path) -> None:
     clip_wrong, _ = encode_and_score(backbone, pixels, wrong_captions, references)
     with torch.no_grad():
         image_features = backbone.model.get_image_features(pixel_values=pixels).pooler_output
-    direct = 2.5 * torch.nn.functional.cosine_similarity(image_features, backbone.encode_text(true_captions)).clamp(min=0)
+    direct = 2.5 * torch.nn.functional.cosine_similarity(image_features, backbone.encode_text(true_captions)).clamp(
+        min=0
+    )
     assert torch.allclose(clip_true, direct.double(), atol=1e-5)
     assert float(clip_true.mean()) > float(clip_wrong.mean()) + 0.1
     assert bool((ref_true > 0).all())

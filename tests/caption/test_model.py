@@ -27,9 +27,11 @@ def expected_count(method: str, prefix: int = 4, rank: int = 8) -> int:
     cross = (D * 2 * D + 2 * D) + (D * D + D) + (D * D + D) + 2 * D
     base = LAYERS * cross + (E * D + D)
     bottleneck = max(D // 2 - 30, D // 8)
-    extra = {"adapter": LAYERS * (D * bottleneck + bottleneck + bottleneck * D + D),
-             "prefix": LAYERS * 2 * D * prefix,  # keys and values, all heads
-             "lora": LAYERS * ((rank * D + 3 * D * rank) + (rank * D + D * rank))}  # c_attn (D->3D), c_proj (D->D)
+    extra = {
+        "adapter": LAYERS * (D * bottleneck + bottleneck + bottleneck * D + D),
+        "prefix": LAYERS * 2 * D * prefix,  # keys and values, all heads
+        "lora": LAYERS * ((rank * D + 3 * D * rank) + (rank * D + D * rank)),
+    }  # c_attn (D->3D), c_proj (D->D)
     return 0 if method == "untrained" else base + extra[method]
 
 
@@ -39,9 +41,14 @@ def test_trainable_count_matches_hand_count(caption_config, method):
     assert model.trainable_count() == expected_count(method)
     names = set(model.trainable_parameters())
     if method != "untrained":
-        assert {"projection.weight", "decoder.transformer.h.0.crossattention.q_attn.weight",
-                "decoder.transformer.h.1.ln_cross_attn.weight"} <= names
-        assert not any(".attn.c_attn.weight" in n or "mlp" in n or "wte" in n or n.startswith("encoder.") for n in names)
+        assert {
+            "projection.weight",
+            "decoder.transformer.h.0.crossattention.q_attn.weight",
+            "decoder.transformer.h.1.ln_cross_attn.weight",
+        } <= names
+        assert not any(
+            ".attn.c_attn.weight" in n or "mlp" in n or "wte" in n or n.startswith("encoder.") for n in names
+        )
     if method == "lora":  # self-attention only, never the cross-attention's own c_attn
         assert sum("lora_A" in n for n in names) == 2 * LAYERS
         assert not any("crossattention" in n and "lora" in n for n in names)
@@ -99,7 +106,7 @@ def test_padding_is_masked_out_of_the_loss(caption_config, toy_pairs):
     long = caption_token_ids(model.tokenizer, "a red square on a grey square", 16)
     alone = model.loss(tokens[:1], *pad_batch([short], model.eos_id))
     ids, mask, labels = pad_batch([short, long], model.eos_id)
-    assert labels[0, len(short):].eq(-100).all() and len(long) > len(short)
+    assert labels[0, len(short) :].eq(-100).all() and len(long) > len(short)
     padded_logits = model.decoder_step(ids, model.memory(tokens), key_mask=mask).logits[0, : len(short)]
     alone_logits = model.decoder_step(ids[:1, : len(short)], model.memory(tokens[:1])).logits[0]
     assert torch.allclose(padded_logits, alone_logits, atol=1e-5)
@@ -121,8 +128,9 @@ def test_saved_captioner_reloads_exactly(caption_config, toy_pairs, tmp_path, me
     images, _ = _toy_examples(model, toy_pairs)
     tokens = EncoderTokens(model, images, None, 0)(list(images)[:2])
     ids = torch.tensor([[model.bos_id, 320]] * 2)
-    assert torch.equal(model.decoder_step(ids, model.memory(tokens)).logits,
-                       loaded.decoder_step(ids, loaded.memory(tokens)).logits)
+    assert torch.equal(
+        model.decoder_step(ids, model.memory(tokens)).logits, loaded.decoder_step(ids, loaded.memory(tokens)).logits
+    )
 
 
 @pytest.mark.open_clip
@@ -131,7 +139,9 @@ def test_any_backbone_with_image_tokens_encodes_for_the_captioner(caption_config
     captioner trains on them; an OpenCLIP ResNet, without patch tokens, is refused naming the model."""
     require_open_clip()
     config_file, weights = build_open_clip(tmp_path / "vit", "fewclip-tiny-vit")
-    encoder = load_backbone(ModelConfig(library="open_clip", id=str(config_file), pretrained=str(weights), device="cpu"))
+    encoder = load_backbone(
+        ModelConfig(library="open_clip", id=str(config_file), pretrained=str(weights), device="cpu")
+    )
     model = CaptionModel(caption_config(method="lora"), encoder=encoder)
     assert model.transform is encoder.transform and (model.encoder_tokens, model.encoder_width) == (1 + 4 * 4, 32)
     assert model.encoder_fingerprint()["library"] == "open_clip"
@@ -144,6 +154,8 @@ def test_any_backbone_with_image_tokens_encodes_for_the_captioner(caption_config
     train_captioner(model, examples[:8], tokens, CaptionTrainConfig(epochs=2, batch_size=4, lr=1e-3))
     assert before and all(not torch.equal(p, before[n]) for n, p in model.trainable_parameters().items())
     rn_config, rn_weights = build_open_clip(tmp_path / "rn", "fewclip-tiny-rn")
-    resnet = load_backbone(ModelConfig(library="open_clip", id=str(rn_config), pretrained=str(rn_weights), device="cpu"))
+    resnet = load_backbone(
+        ModelConfig(library="open_clip", id=str(rn_config), pretrained=str(rn_weights), device="cpu")
+    )
     with pytest.raises(NotOffered, match="does not offer image_tokens .*ModifiedResNet.*choose a ViT"):
         CaptionModel(caption_config(method="adapter"), encoder=resnet)

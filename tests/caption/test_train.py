@@ -57,12 +57,28 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(caption_config, toy_pai
 
     checkpoint = tmp_path / "ckpt.safetensors"
     with pytest.raises(KeyboardInterrupt):  # killed while epoch 2 ends, after epoch 1 was saved
-        train_captioner(CaptionModel(caption_config(method="lora")), examples, tokens, recipe, seed=5,
-                        val_score=score, checkpoint=checkpoint, on_epoch=_kill_at_epoch(2))
+        train_captioner(
+            CaptionModel(caption_config(method="lora")),
+            examples,
+            tokens,
+            recipe,
+            seed=5,
+            val_score=score,
+            checkpoint=checkpoint,
+            on_epoch=_kill_at_epoch(2),
+        )
     resumed_model = CaptionModel(caption_config(method="lora"))
     resumed_epochs: list[float] = []
-    resumed = train_captioner(resumed_model, examples, tokens, recipe, seed=5, val_score=score, checkpoint=checkpoint,
-                              on_epoch=lambda row: resumed_epochs.append(row["epoch"]))
+    resumed = train_captioner(
+        resumed_model,
+        examples,
+        tokens,
+        recipe,
+        seed=5,
+        val_score=score,
+        checkpoint=checkpoint,
+        on_epoch=lambda row: resumed_epochs.append(row["epoch"]),
+    )
     assert resumed_epochs == [2.0, 3.0]  # epoch 1 came from the checkpoint
     strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
     assert strip(resumed.history) == strip(uninterrupted.history)

@@ -36,8 +36,7 @@ FILE_CLASSES = {
     "SUN397": ["indoor abbey", "airplane cabin", "outdoor apartment building"],
     "UCF101": ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery"],
 }
-READABLE = {"Caltech101": ["face", "airplane", "anchor"],
-            "EuroSAT": ["Annual Crop Land", "Forest", "Sea or Lake"]}
+READABLE = {"Caltech101": ["face", "airplane", "anchor"], "EuroSAT": ["Annual Crop Land", "Forest", "Sea or Lake"]}
 DEFAULT_CLASSES = ["alpha_one", "beta", "gamma"]
 AIRCRAFT_VARIANTS = ["707-320", "A300B4", "F/A-18"]
 IMAGENET_CLASSES = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
@@ -66,8 +65,9 @@ def readable_classes(name: str) -> list[str]:
     return READABLE.get(name, file_classes(name))
 
 
-def build_coop_dataset(root: Path, name: str, counts: dict[str, list[int]] | None = None,
-                       label_order: list[int] | None = None) -> dict[str, list[tuple[Path, int]]]:
+def build_coop_dataset(
+    root: Path, name: str, counts: dict[str, list[int]] | None = None, label_order: list[int] | None = None
+) -> dict[str, list[tuple[Path, int]]]:
     """Write dataset ``name`` under ``root`` (CoOp's $DATA); returns per split [(image path, label)] in
     file order. ``counts[split][label]``: images per class; ``label_order``: the order classes appear in
     each list (CoOp groups by first appearance, so it matters)."""

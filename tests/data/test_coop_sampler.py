@@ -49,16 +49,26 @@ def coop_config(tmp_path: Path, make_config):
     def build(name: str = "DTD", *overrides: str, counts=None, label_order=None, write_tree: bool = True):
         if write_tree:
             build_coop_dataset(tmp_path / "DATA", name, counts, label_order)
-        return make_config("splits.sampler=coop", "splits.val_per_class=4", *overrides,
-                           dataset={"source": "coop", "path": str(tmp_path / "DATA"), "name": name})
+        return make_config(
+            "splits.sampler=coop",
+            "splits.val_per_class=4",
+            *overrides,
+            dataset={"source": "coop", "path": str(tmp_path / "DATA"), "name": name},
+        )
+
     return build
 
 
 def test_sets_equal_dassls_draw_including_short_classes_and_list_order(tmp_path: Path, coop_config) -> None:
     # Class 1 has 3 train images (< K=4: all taken, no random number drawn) and 1 val image; the lists
     # name class 2 first, so Dassl draws for it first.
-    config = coop_config("DTD", "few_shot.shots=[1,2,4,8]", "splits.seeds=[1,2,7]",
-                         counts={"train": [5, 3, 9], "val": [2, 1, 6], "test": [1, 1, 1]}, label_order=[2, 0, 1])
+    config = coop_config(
+        "DTD",
+        "few_shot.shots=[1,2,4,8]",
+        "splits.seeds=[1,2,7]",
+        counts={"train": [5, 3, 9], "val": [2, 1, 6], "test": [1, 1, 1]},
+        label_order=[2, 0, 1],
+    )
     prepare(RunContext(config))
     layout = RunLayout(Path(config.output.dir))
     folder = tmp_path / "DATA" / "dtd"
@@ -71,8 +81,12 @@ def test_sets_equal_dassls_draw_including_short_classes_and_list_order(tmp_path:
 
 
 def test_sets_differ_across_seeds_and_are_not_nested_across_shots(coop_config) -> None:
-    config = coop_config("OxfordPets", "few_shot.shots=[1,2,4]", "splits.seeds=[1,2]",
-                         counts={"train": [12, 12, 12], "val": [4, 4, 4], "test": [1, 1, 1]})
+    config = coop_config(
+        "OxfordPets",
+        "few_shot.shots=[1,2,4]",
+        "splits.seeds=[1,2]",
+        counts={"train": [12, 12, 12], "val": [4, 4, 4], "test": [1, 1, 1]},
+    )
     prepare(RunContext(config))
     layout = RunLayout(Path(config.output.dir))
     sets = {(seed, k): set(split_paths(layout, seed, k)[0]) for seed in (1, 2) for k in (1, 2, 4)}
@@ -80,20 +94,34 @@ def test_sets_differ_across_seeds_and_are_not_nested_across_shots(coop_config) -
     nested = [sets[s, 1] <= sets[s, 2] <= sets[s, 4] for s in (1, 2)]
     assert nested == [False, False]  # unlike fewclip's sampler, a larger K is a fresh draw
     # fewclip's own sampler on the same prepared data is nested
-    fewclip = coop_config("OxfordPets", "few_shot.shots=[1,2,4]", "splits.seeds=[1,2]", "splits.sampler=fewclip",
-                          "output.dir=" + str(layout.root) + "-fewclip", write_tree=False)
+    fewclip = coop_config(
+        "OxfordPets",
+        "few_shot.shots=[1,2,4]",
+        "splits.seeds=[1,2]",
+        "splits.sampler=fewclip",
+        "output.dir=" + str(layout.root) + "-fewclip",
+        write_tree=False,
+    )
     prepare(RunContext(fewclip))
     own = RunLayout(Path(fewclip.output.dir))
-    assert all(set(split_paths(own, s, 1)[0]) <= set(split_paths(own, s, 2)[0]) <= set(split_paths(own, s, 4)[0])
-               for s in (1, 2))
+    assert all(
+        set(split_paths(own, s, 1)[0]) <= set(split_paths(own, s, 2)[0]) <= set(split_paths(own, s, 4)[0])
+        for s in (1, 2)
+    )
 
 
 def test_imagenet_draws_train_only(coop_config, tmp_path: Path) -> None:
-    config = coop_config("ImageNet", "few_shot.shots=[2]", "splits.seeds=[3]",
-                         counts={"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]})
+    config = coop_config(
+        "ImageNet",
+        "few_shot.shots=[2]",
+        "splits.seeds=[3]",
+        counts={"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]},
+    )
     prepare(RunContext(config))
     # the same tree again, to list ImageNet's train images as CoOp's reader does (sorted wnid folders)
-    again = build_coop_dataset(tmp_path / "again", "ImageNet", {"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]})
+    again = build_coop_dataset(
+        tmp_path / "again", "ImageNet", {"train": [4, 1, 5], "val": [0, 0, 0], "test": [1, 1, 1]}
+    )
     rows = [[str(p), y] for p, y in again["train"]]
     random.seed(3)
     expected = [Path(p).name for p, _ in dassl_fewshot(rows, 2)]
@@ -101,12 +129,18 @@ def test_imagenet_draws_train_only(coop_config, tmp_path: Path) -> None:
     assert [p.name for p in train] == expected and val == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"source": "folder"}, "splits: sampler coop draws CoOp's sets from a CoOp split file, so it needs "
-                           "dataset.source: coop (got 'folder')"),
-    ({"classes": ["beta", "gamma"]}, "dataset.classes and dataset.max_train_per_class change that list"),
-    ({"max_train_per_class": 3}, "dataset.classes and dataset.max_train_per_class change that list"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"source": "folder"},
+            "splits: sampler coop draws CoOp's sets from a CoOp split file, so it needs "
+            "dataset.source: coop (got 'folder')",
+        ),
+        ({"classes": ["beta", "gamma"]}, "dataset.classes and dataset.max_train_per_class change that list"),
+        ({"max_train_per_class": 3}, "dataset.classes and dataset.max_train_per_class change that list"),
+    ],
+)
 def test_sampler_coop_refuses_configs_that_change_the_lists(make_config, shapes_dir: Path, overrides, message) -> None:
     dataset = {"source": "coop", "path": "/nowhere", "name": "DTD", **overrides}
     if overrides.get("source") == "folder":
@@ -135,8 +169,9 @@ def test_run_end_to_end_on_a_coop_dataset_with_coop_sets(coop_config, tmp_path: 
     folder = tmp_path / "DATA" / "caltech-101"
     for seed in (1, 2):
         for shots in (1, 2):
-            expected = coop_reference(folder / "split_zhou_Caltech101.json", folder / "101_ObjectCategories",
-                                      seed, shots)
+            expected = coop_reference(
+                folder / "split_zhou_Caltech101.json", folder / "101_ObjectCategories", seed, shots
+            )
             assert split_paths(layout, seed, shots) == expected
     assert json.loads((layout.classes).read_text())["readable"] == ["face", "airplane", "anchor"]
 

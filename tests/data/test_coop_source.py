@@ -48,9 +48,13 @@ def test_missing_layout_is_one_error_naming_every_expected_file(tmp_path: Path, 
         folder = {"ImageNet": "imagenet", "FGVCAircraft": "fgvc_aircraft"}[name]
         expected = {
             "ImageNet": ["imagenet/classnames.txt", "imagenet/images/train", "imagenet/images/val"],
-            "FGVCAircraft": ["fgvc_aircraft/variants.txt", "fgvc_aircraft/images_variant_train.txt",
-                             "fgvc_aircraft/images_variant_val.txt", "fgvc_aircraft/images_variant_test.txt",
-                             "fgvc_aircraft/images"],
+            "FGVCAircraft": [
+                "fgvc_aircraft/variants.txt",
+                "fgvc_aircraft/images_variant_train.txt",
+                "fgvc_aircraft/images_variant_val.txt",
+                "fgvc_aircraft/images_variant_test.txt",
+                "fgvc_aircraft/images",
+            ],
         }[name]
     with pytest.raises(FileNotFoundError) as err:
         coop_source(tmp_path, name)
@@ -77,8 +81,11 @@ def test_dataset_folder_itself_is_accepted_as_path(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_name_suggests_the_nearest(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"dataset.name: unknown CoOp dataset 'Caltech-101' \(did you mean "
-                                          r"'Caltech101'\?\); valid: ImageNet, Caltech101"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset.name: unknown CoOp dataset 'Caltech-101' \(did you mean "
+        r"'Caltech101'\?\); valid: ImageNet, Caltech101",
+    ):
         load_config(None, base={"dataset": {"source": "coop", "path": str(tmp_path), "name": "Caltech-101"}})
 
 
@@ -111,8 +118,9 @@ def test_split_file_with_a_label_under_two_names_is_an_error(tmp_path: Path) -> 
 
 def test_prepare_exports_the_val_split_beside_train_and_test(tmp_path: Path, make_config) -> None:
     expected = build_coop_dataset(tmp_path / "DATA", "EuroSAT")
-    config = make_config("methods=[zero_shot]", dataset={"source": "coop", "path": str(tmp_path / "DATA"),
-                                                         "name": "EuroSAT"})
+    config = make_config(
+        "methods=[zero_shot]", dataset={"source": "coop", "path": str(tmp_path / "DATA"), "name": "EuroSAT"}
+    )
     classes = prepare(RunContext(config))
     layout = RunLayout(Path(config.output.dir))
     assert classes.readable == ["Annual Crop Land", "Forest", "Sea or Lake"]

@@ -28,8 +28,9 @@ def images(folder: Path, n: int, shade: int) -> list[Path]:
     return paths
 
 
-def test_train_and_val_folders_are_the_train_and_test_splits(tmp_path: Path, make_config,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_train_and_val_folders_are_the_train_and_test_splits(
+    tmp_path: Path, make_config, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "tv"
     for shade, name in ((0, "cat"), (120, "dog")):
         images(root / "train" / name, 3, shade)
@@ -76,8 +77,11 @@ def test_two_folders_with_one_readable_name_fail(tmp_path: Path, make_config) ->
 
 def test_one_class_fails(make_config, shapes_dir: Path) -> None:
     config = make_config(*SMALL, dataset={"source": "folder", "path": str(shapes_dir), "classes": ["red_circle"]})
-    with pytest.raises(ValueError, match=r"dataset: need at least two classes, the dataset selection has 1 "
-                                         r"\(\['red_circle'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset: need at least two classes, the dataset selection has 1 "
+        r"\(\['red_circle'\]\)",
+    ):
         prepare(RunContext(config))
     assert not (Path(config.output.dir) / "data" / "classes.json").exists()
 
@@ -154,8 +158,14 @@ def test_an_eval_on_target_keeps_the_classes_of_its_test_split(tmp_path: Path) -
 
 def test_a_missing_eval_on_folder_is_named_by_its_own_key(tmp_path: Path, make_config, shapes_dir: Path) -> None:
     missing = tmp_path / "nowhere"
-    config = make_config(*SMALL, dataset={"source": "folder", "path": str(shapes_dir),
-                                          "eval_on": [{"source": "folder", "path": str(missing), "label": "other"}]})
+    config = make_config(
+        *SMALL,
+        dataset={
+            "source": "folder",
+            "path": str(shapes_dir),
+            "eval_on": [{"source": "folder", "path": str(missing), "label": "other"}],
+        },
+    )
     with pytest.raises(FileNotFoundError) as info:
         prepare(RunContext(config))
     assert str(info.value).startswith(f"dataset.eval_on[0].path: folder {missing} does not exist")
@@ -166,8 +176,10 @@ def test_an_empty_csv_says_it_is_empty(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ValueError) as info:
         CsvSource(CsvSourceConfig(train=str(path)))
-    assert str(info.value) == (f"dataset.train: {path} is empty (0 bytes); a CSV source needs a header line "
-                               "`path,label`, then one row per image")
+    assert str(info.value) == (
+        f"dataset.train: {path} is empty (0 bytes); a CSV source needs a header line "
+        "`path,label`, then one row per image"
+    )
 
 
 def test_a_csv_with_only_its_header_says_it_has_no_rows(tmp_path: Path) -> None:
@@ -177,8 +189,9 @@ def test_a_csv_with_only_its_header_says_it_has_no_rows(tmp_path: Path) -> None:
     test_csv.write_text("path,label\n", encoding="utf-8")
     with pytest.raises(ValueError) as info:
         CsvSource(CsvSourceConfig(train=str(path), test=str(test_csv)))
-    assert str(info.value).startswith(f"dataset.test: {test_csv} has its header (path,label) but no rows; add one "
-                                      "row per image")
+    assert str(info.value).startswith(
+        f"dataset.test: {test_csv} has its header (path,label) but no rows; add one row per image"
+    )
 
 
 @pytest.mark.parametrize("below", [False, True])

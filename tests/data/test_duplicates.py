@@ -84,8 +84,9 @@ def test_a_csv_listing_one_path_under_two_labels_is_an_error(tmp_path: Path, mak
     assert f"{root / 'train.csv'}:5 (train, cat) = {root / 'train.csv'}:10 (train, dog)" in message
 
 
-def test_copies_within_train_are_an_error_unless_kept_which_the_log_says(tmp_path: Path, make_config,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_copies_within_train_are_an_error_unless_kept_which_the_log_says(
+    tmp_path: Path, make_config, caplog: pytest.LogCaptureFixture
+) -> None:
     root = split_folder(tmp_path / "data")
     for i, image in enumerate(images(root / "train" / "dog", 7, 30)):  # 7 more dogs, each filed twice
         shutil.copy(image, root / "train" / "dog" / f"copy{i}.png")

@@ -19,22 +19,31 @@ def coop(name: str, **keys) -> dict:
 
 
 def test_targets_are_dataset_blocks_named_by_label_or_coop_name(make_config) -> None:
-    config = make_config(dataset=coop("ImageNet", eval_on=[coop("ImageNetA"), {"source": "folder", "path": "x/sk",
-                                                                                "label": "sketch_folder"}]))
+    config = make_config(
+        dataset=coop(
+            "ImageNet", eval_on=[coop("ImageNetA"), {"source": "folder", "path": "x/sk", "label": "sketch_folder"}]
+        )
+    )
     from fewclip.data.sources import dataset_label
 
     assert [dataset_label(t) for t in config.dataset.eval_on] == ["ImageNetA", "sketch_folder"]
     assert config.dataset.eval_on[1].test_fraction == 0.2  # a full folder block, with its defaults
 
 
-@pytest.mark.parametrize("targets, message", [
-    ([coop("ImageNetA"), coop("ImageNetA")], "targets named ['ImageNetA'] more than once; give each a distinct `label:`"),
-    ([coop("ImageNetA", label="test")], "'test' is a split of the trained dataset"),
-    ([coop("ImageNetA", label="a/b")], "'a/b' names files of the run"),
-    ([coop("ImageNetA", eval_on=[coop("ImageNetR")])], "eval_on[0] (ImageNetA) has an eval_on of its own"),
-    ([coop("ImageNetQ")], "ImageNetQ"),
-    ([{"source": "coop", "path": "data", "nme": "ImageNetA"}], "dataset.eval_on.0.nme: Extra inputs"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (
+            [coop("ImageNetA"), coop("ImageNetA")],
+            "targets named ['ImageNetA'] more than once; give each a distinct `label:`",
+        ),
+        ([coop("ImageNetA", label="test")], "'test' is a split of the trained dataset"),
+        ([coop("ImageNetA", label="a/b")], "'a/b' names files of the run"),
+        ([coop("ImageNetA", eval_on=[coop("ImageNetR")])], "eval_on[0] (ImageNetA) has an eval_on of its own"),
+        ([coop("ImageNetQ")], "ImageNetQ"),
+        ([{"source": "coop", "path": "data", "nme": "ImageNetA"}], "dataset.eval_on.0.nme: Extra inputs"),
+    ],
+)
 def test_bad_targets_are_config_errors_naming_the_problem(make_config, targets: list, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         make_config(dataset=coop("ImageNet", eval_on=targets))

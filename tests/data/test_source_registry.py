@@ -94,24 +94,32 @@ def test_the_builtin_sources_register_themselves_in_their_order() -> None:
 
 
 def test_a_source_in_one_new_file_is_registered_configured_and_prepared(
-        tmp_path: Path, scratch_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, scratch_registry: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "squares_source.py").write_text(textwrap.dedent(SQUARES_MODULE))
     module = import_file(tmp_path / "squares_source.py", monkeypatch)
     assert list_sources() == BUILTIN_ORDER + ["squares"]
     assert SOURCES.get("squares") is module.SquaresSource
 
     # the run config takes its block as `dataset`, and as an eval_on target of any source
-    config = build_config_class().model_validate({
-        "dataset": {"source": "squares", "per_class": 4,
-                    "eval_on": [{"source": "squares", "per_class": 2, "label": "few_squares"}]},
-        "methods": ["zero_shot"]})
+    config = build_config_class().model_validate(
+        {
+            "dataset": {
+                "source": "squares",
+                "per_class": 4,
+                "eval_on": [{"source": "squares", "per_class": 2, "label": "few_squares"}],
+            },
+            "methods": ["zero_shot"],
+        }
+    )
     assert isinstance(config.dataset, module.SquaresConfig) and config.dataset.per_class == 4
     target = config.dataset.eval_on[0]
     assert isinstance(target, module.SquaresConfig) and target.key == "dataset.eval_on[0]"
     assert dataset_label(config.dataset) == "squares"  # SourceConfig's default label: the source's name
     assert dataset_label(target) == "few_squares"
-    folder_target = build_config_class().model_validate({
-        "dataset": {"source": "folder", "path": str(tmp_path), "eval_on": [{"source": "squares"}]}})
+    folder_target = build_config_class().model_validate(
+        {"dataset": {"source": "folder", "path": str(tmp_path), "eval_on": [{"source": "squares"}]}}
+    )
     assert isinstance(folder_target.dataset.eval_on[0], module.SquaresConfig)
 
     # prepare reads it through the registry
@@ -135,7 +143,8 @@ def test_a_source_leaves_the_config_with_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         build_config_class().model_validate(data)
     assert [describe_error(e, data) for e in refused.value.errors()] == [
-        "dataset.eval_on.0.source: unknown data source 'squares'; valid: " + ", ".join(BUILTIN_ORDER)]
+        "dataset.eval_on.0.source: unknown data source 'squares'; valid: " + ", ".join(BUILTIN_ORDER)
+    ]
 
 
 def test_a_source_must_name_itself_in_its_config(scratch_registry: None) -> None:
@@ -145,8 +154,11 @@ def test_a_source_must_name_itself_in_its_config(scratch_registry: None) -> None
     class UnnamedSource:
         Config = Unnamed
 
-    with pytest.raises(TypeError, match=r"Unnamed: a source config names its source in one key, "
-                                        r"`source: Literal\[\"<name>\"\] = \"<name>\"`"):
+    with pytest.raises(
+        TypeError,
+        match=r"Unnamed: a source config names its source in one key, "
+        r"`source: Literal\[\"<name>\"\] = \"<name>\"`",
+    ):
         register_source(UnnamedSource)
 
     class NoConfig:

@@ -107,8 +107,9 @@ def test_folder_class_selection_keeps_the_listed_order(make_config, shapes_dir: 
 
 
 def test_folder_max_per_class_caps_in_file_order(make_config, shapes_dir: Path) -> None:
-    config = make_config(*SMALL, dataset={"source": "folder", "path": str(shapes_dir), "max_train_per_class": 5,
-                                  "max_test_per_class": 3})
+    config = make_config(
+        *SMALL, dataset={"source": "folder", "path": str(shapes_dir), "max_train_per_class": 5, "max_test_per_class": 3}
+    )
     prepare(RunContext(config))
     train = read_records(layout_of(config).train_full)
     test = read_records(layout_of(config).test)
@@ -139,7 +140,9 @@ def test_folder_without_split_subfolders_holds_out_deterministically(make_config
     third = make_config(*SMALL, f"output.dir={tmp_path / 'run3'}", dataset={**dataset, "path": str(moved)})
     prepare(RunContext(third))
     relative_test = {Path(p).relative_to(data.resolve()).as_posix() for p in test}
-    moved_test = {Path(r.path).relative_to(Path(moved).resolve()).as_posix() for r in read_records(layout_of(third).test)}
+    moved_test = {
+        Path(r.path).relative_to(Path(moved).resolve()).as_posix() for r in read_records(layout_of(third).test)
+    }
     assert moved_test == relative_test
 
 
@@ -272,7 +275,7 @@ def test_hf_source_exports_images_and_respects_class_filter(make_config, tmp_pat
         records = read_records(csv_path)
         assert Counter(r.class_name for r in records) == {"dog": n, "cat face": n}
         # rows of the source, in order, for the kept classes: dog = source label 1, cat_face = source label 0
-        expected = {0: colours[split][n:2 * n], 1: colours[split][:n]}
+        expected = {0: colours[split][n : 2 * n], 1: colours[split][:n]}
         for label in (0, 1):
             files = [layout.data / r.path for r in records if r.label == label]
             assert all(not Path(r.path).is_absolute() for r in records)
@@ -405,8 +408,14 @@ def test_unknown_class_names_it_and_a_suggestion(make_config, shapes_dir: Path) 
 
 
 def test_rename_of_unselected_class_fails(make_config, shapes_dir: Path) -> None:
-    config = make_config(dataset={"source": "folder", "path": str(shapes_dir), "classes": ["red_circle"],
-                                  "rename": {"blue_triangle": "blue wedge"}})
+    config = make_config(
+        dataset={
+            "source": "folder",
+            "path": str(shapes_dir),
+            "classes": ["red_circle"],
+            "rename": {"blue_triangle": "blue wedge"},
+        }
+    )
     with pytest.raises(ValueError, match=r"dataset\.rename: \['blue_triangle'\]"):
         prepare(RunContext(config))
 

@@ -20,8 +20,13 @@ VAL = 2
 
 def _prepared(make_config, run_dir: Path, data: Path | None = None) -> RunLayout:
     blocks = {"dataset": {"source": "folder", "path": str(data)}} if data is not None else {}
-    config = make_config(f"splits.seeds={SEEDS}", f"splits.val_per_class={VAL}",
-                         f"few_shot.shots={SHOTS}", f"output.dir={run_dir}", **blocks)
+    config = make_config(
+        f"splits.seeds={SEEDS}",
+        f"splits.val_per_class={VAL}",
+        f"few_shot.shots={SHOTS}",
+        f"output.dir={run_dir}",
+        **blocks,
+    )
     assert config.splits.seeds == SEEDS and config.few_shot.shots == SHOTS
     prepare(RunContext(config))
     return RunLayout(run_dir)
@@ -48,7 +53,9 @@ def test_same_data_same_split_files(make_config, run: RunLayout, tmp_path: Path)
                 assert mine.read_bytes() == theirs.read_bytes(), (seed, k, name)
 
 
-def test_selection_ignores_file_names_and_location(make_config, run: RunLayout, shapes_dir: Path, tmp_path: Path) -> None:
+def test_selection_ignores_file_names_and_location(
+    make_config, run: RunLayout, shapes_dir: Path, tmp_path: Path
+) -> None:
     """The same images under other names and another root give the same selection (by content)."""
     renamed = tmp_path / "renamed"
     for image in shapes_dir.glob("*/*/*.png"):
@@ -113,5 +120,7 @@ def test_capping_is_announced_once_per_class(make_config, tmp_path: Path, caplog
     with caplog.at_level("WARNING"):
         prepare(RunContext(config))
     capping = [r.getMessage() for r in caplog.records if "capping" in r.getMessage()]
-    assert sorted(capping) == sorted(f"class {name!r} has 12 train images: fewer than 16 shots + 2 val; capping"
-                                     for name in ("blue_triangle", "green_square", "red_circle"))
+    assert sorted(capping) == sorted(
+        f"class {name!r} has 12 train images: fewer than 16 shots + 2 val; capping"
+        for name in ("blue_triangle", "green_square", "red_circle")
+    )

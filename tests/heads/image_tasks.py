@@ -26,8 +26,12 @@ def shapes_sets(shapes_dir: Path) -> dict[str, Any]:
             labels += [label] * len(files)
         return ImageSet(paths, torch.tensor(labels))
 
-    return {"classes": [c.replace("_", " ") for c in classes], "val": images("train", slice(0, 2)),
-            "train": images("train", slice(2, None)), "test": images("test", slice(None))}
+    return {
+        "classes": [c.replace("_", " ") for c in classes],
+        "val": images("train", slice(0, 2)),
+        "train": images("train", slice(2, None)),
+        "test": images("test", slice(None)),
+    }
 
 
 def pixels_of(backbone: Any, images: ImageSet) -> torch.Tensor:
@@ -41,7 +45,9 @@ def assert_same_map_terms(backbone: Any, head: Any, frozen: Any, pixels: torch.T
     normalised maps are compared where a cell's evidence is clear of that cancellation."""
     gradient, activations, _ = saliency_terms(backbone, head, pixels)
     frozen_gradient, frozen_activations, _ = saliency_terms(backbone, frozen, pixels)
-    torch.testing.assert_close(activations, frozen_activations, atol=1e-5 * float(frozen_activations.abs().max()), rtol=1e-4)
+    torch.testing.assert_close(
+        activations, frozen_activations, atol=1e-5 * float(frozen_activations.abs().max()), rtol=1e-4
+    )
     torch.testing.assert_close(gradient, frozen_gradient, atol=1e-5 * float(frozen_gradient.abs().max()), rtol=1e-4)
     terms = frozen_gradient * frozen_activations
     clear = (terms.sum(-1).abs() > 1e-2 * terms.abs().sum(-1)).numpy()

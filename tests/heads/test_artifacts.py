@@ -60,17 +60,22 @@ def truncate_tensors(stem: Path) -> None:
     tensors.write_bytes(tensors.read_bytes()[:40])
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (zero_tensors, "its sha256 differs from the one recorded when it was written: truncated or modified"),
-    (truncate_tensors, "its sha256 differs from the one recorded when it was written: truncated or modified"),
-])
-def test_a_damaged_tensor_file_is_named_with_what_to_do(damage, reason: str, saved: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (zero_tensors, "its sha256 differs from the one recorded when it was written: truncated or modified"),
+        (truncate_tensors, "its sha256 differs from the one recorded when it was written: truncated or modified"),
+    ],
+)
+def test_a_damaged_tensor_file_is_named_with_what_to_do(
+    damage, reason: str, saved: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     damage(saved)
     with pytest.raises(DamagedArtifact) as err:
         load_head(saved)
-    assert str(err.value) == (f"{files(saved)[0]}: damaged head file ({reason}); "
-                              "re-run `fewclip train` with the run's config to retrain it")
+    assert str(err.value) == (
+        f"{files(saved)[0]}: damaged head file ({reason}); re-run `fewclip train` with the run's config to retrain it"
+    )
     assert isinstance(err.value, ValueError)
     with caplog.at_level(logging.WARNING, logger="fewclip.heads.base"):
         assert intact_head_meta(saved) is None
@@ -80,8 +85,12 @@ def test_a_damaged_tensor_file_is_named_with_what_to_do(damage, reason: str, sav
 def test_a_truncated_head_json_is_named_not_a_raw_decode_error(saved: Path) -> None:
     meta = files(saved)[1]
     meta.write_text(meta.read_text()[:50])
-    with pytest.raises(DamagedArtifact, match=r"^" + str(meta).replace(".", r"\.") +
-                       r": damaged head file \(not valid JSON: .*\); re-run `fewclip train`"):
+    with pytest.raises(
+        DamagedArtifact,
+        match=r"^"
+        + str(meta).replace(".", r"\.")
+        + r": damaged head file \(not valid JSON: .*\); re-run `fewclip train`",
+    ):
         load_head(saved)
     assert intact_head_meta(saved) is None
 
@@ -102,8 +111,9 @@ def test_a_head_saved_before_checksums_loads_if_readable(saved: Path) -> None:
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
-SETTINGS = FeatureTrainSettings(epochs=4, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1,
-                         warmup_lr=0.01)
+SETTINGS = FeatureTrainSettings(
+    epochs=4, batch_size=4, lr=0.1, momentum=0.9, weight_decay=0.0, warmup_epochs=1, warmup_lr=0.01
+)
 
 
 def train_linear(checkpoint: Path | None) -> tuple[list, int, torch.Tensor, int]:
@@ -130,10 +140,14 @@ def zero_checkpoint(path: Path) -> None:
     save_file({k: torch.zeros_like(v) for k, v in load_file(str(path)).items()}, str(path), metadata=metadata)
 
 
-@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(p.read_bytes()[:100]), lambda p: p.write_bytes(b"\0" * 64),
-                                    zero_checkpoint], ids=["truncated", "garbage", "zeroed"])
-def test_a_damaged_checkpoint_is_discarded_and_training_restarts(damage, tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: p.write_bytes(p.read_bytes()[:100]), lambda p: p.write_bytes(b"\0" * 64), zero_checkpoint],
+    ids=["truncated", "garbage", "zeroed"],
+)
+def test_a_damaged_checkpoint_is_discarded_and_training_restarts(
+    damage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fresh = train_linear(None)
     checkpoint = tmp_path / "unit.ckpt.safetensors"
     train_linear(checkpoint)
@@ -147,17 +161,23 @@ def test_a_damaged_checkpoint_is_discarded_and_training_restarts(damage, tmp_pat
     assert checkpoint.is_file() and not list(tmp_path.glob("*.tmp"))  # rewritten by the restarted run
 
 
-@pytest.mark.parametrize("edit", [
-    lambda meta: meta.update(class_names=meta["class_names"][::-1]),  # the logit columns named in another order
-    lambda meta: meta["config"].update(epochs=99),
-    lambda meta: meta.update(head="zero_shot"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda meta: meta.update(class_names=meta["class_names"][::-1]),  # the logit columns named in another order
+        lambda meta: meta["config"].update(epochs=99),
+        lambda meta: meta.update(head="zero_shot"),
+    ],
+)
 def test_editing_what_gives_the_tensors_their_meaning_damages_the_head(saved: Path, edit: Any) -> None:
     _, meta_file = files(saved)
     meta = json.loads(meta_file.read_text())
     edit(meta)
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(DamagedArtifact, match=r"shot_4-seed_1\.json: damaged head file \(its name, config, class "
-                                              r"names or templates differ from the ones it was saved with: edited"):
+    with pytest.raises(
+        DamagedArtifact,
+        match=r"shot_4-seed_1\.json: damaged head file \(its name, config, class "
+        r"names or templates differ from the ones it was saved with: edited",
+    ):
         load_head(saved)
     assert intact_head_meta(saved) is None  # so `fewclip train` retrains it

@@ -57,8 +57,10 @@ def test_temperature_minimises_the_val_nll_by_brute_force() -> None:
     best = min(grid, key=lambda t: nll(logits, labels, t))
     assert fitted.temperature == pytest.approx(best, rel=2e-3)
     assert nll(logits, labels, fitted.temperature) <= nll(logits, labels, best) + 1e-12
-    assert fitted.note == (f"T={fitted.temperature:.4g} fitted on 300 val images (val NLL {nll(logits, labels, 1.0):.4f}"
-                           f" -> {nll(logits, labels, fitted.temperature):.4f})")
+    assert fitted.note == (
+        f"T={fitted.temperature:.4g} fitted on 300 val images (val NLL {nll(logits, labels, 1.0):.4f}"
+        f" -> {nll(logits, labels, fitted.temperature):.4f})"
+    )
 
 
 def test_all_correct_val_matches_confidence_to_the_smoothed_accuracy() -> None:
@@ -89,14 +91,17 @@ def noisy(per_class: int, seed: int) -> FeatureSet:
     return FeatureSet(torch.eye(16)[labels] + 0.25 * torch.randn(len(labels), 16, generator=generator), labels)
 
 
-def test_linear_probe_calibrates_on_val_without_moving_its_argmax(make_config: Callable[..., Any],
-                                                                   tmp_path: Path) -> None:
+def test_linear_probe_calibrates_on_val_without_moving_its_argmax(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
     train, val, test = noisy(10, 0), noisy(10, 1), noisy(50, 2)
     task = Task(CLASSES, seed=1)
     head = LinearProbeHead(make_config().linear_probe).fit(task, train, val)
     plain = LinearProbeHead(make_config("linear_probe.calibrate=false").linear_probe).fit(task, train, val)
     assert torch.equal(head.weight_, plain.weight_) and torch.equal(head.bias_, plain.bias_)  # training untouched
-    assert float(plain.temperature_) == 1.0 and torch.equal(plain.logits(test.features), plain.uncalibrated_logits(test.features))
+    assert float(plain.temperature_) == 1.0 and torch.equal(
+        plain.logits(test.features), plain.uncalibrated_logits(test.features)
+    )
     temperature = float(head.temperature_)
     assert temperature == pytest.approx(fit_temperature(plain.logits(val.features), val.labels).temperature, rel=1e-6)
     assert temperature < 0.5  # the probe's softmax is shy after 20 epochs at lr 1e-2 (the ECE 0.74)
@@ -113,9 +118,12 @@ def test_linear_probe_calibrates_on_val_without_moving_its_argmax(make_config: C
     assert torch.equal(loaded.logits(test.features), scaled)
 
 
-def test_linear_probe_saved_before_calibration_loads_with_temperature_one(make_config: Callable[..., Any],
-                                                                          tmp_path: Path) -> None:
-    head = LinearProbeHead(make_config("linear_probe.calibrate=false").linear_probe).fit(Task(CLASSES, seed=1), noisy(5, 0))
+def test_linear_probe_saved_before_calibration_loads_with_temperature_one(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    head = LinearProbeHead(make_config("linear_probe.calibrate=false").linear_probe).fit(
+        Task(CLASSES, seed=1), noisy(5, 0)
+    )
     state = head.state_dict()
     del state["temperature"]  # the file layout of earlier versions
     loaded = LinearProbeHead(head.config)

@@ -38,8 +38,15 @@ def test_the_names_merge_with_the_period(backbone: CLIPBackbone) -> None:
 
 
 def photo_of_a(backbone: CLIPBackbone) -> tuple[torch.Tensor, CoOpPrompts]:
-    ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a", len(NAMES), False,
-                       torch.Generator().manual_seed(0))
+    ctx = init_context(
+        PromptTextTower(backbone.model),
+        backbone.tokens,
+        4,
+        "a photo of a",
+        len(NAMES),
+        False,
+        torch.Generator().manual_seed(0),
+    )
     return ctx, CoOpPrompts(backbone, NAMES, 4, "end", "fp32", "coop")
 
 
@@ -80,8 +87,10 @@ def test_layout_splits_name_and_period_as_the_reference(backbone: CLIPBackbone, 
         suffix = words(backbone, "X " * n_ctx + name + ".")[n_ctx:]
         name_len = len(words(backbone, name))
         ctx = [sos] * n_ctx  # the layout's placeholder for context slots
-        expected = {"end": [sos] + ctx + suffix,
-                    "front": [sos] + suffix[:name_len] + ctx + suffix[name_len:],
-                    "middle": [sos] + ctx[:2] + suffix[:name_len] + ctx[2:] + suffix[name_len:]}[position] + [eot]
+        expected = {
+            "end": [sos] + ctx + suffix,
+            "front": [sos] + suffix[:name_len] + ctx + suffix[name_len:],
+            "middle": [sos] + ctx[:2] + suffix[:name_len] + ctx[2:] + suffix[name_len:],
+        }[position] + [eot]
         assert layout.token_ids[row, : len(expected)].tolist() == expected, name
         assert int(layout.eot_positions[row]) == len(expected) - 1

@@ -46,8 +46,12 @@ def test_ratio_zero_is_zero_shot_exactly(backbone: CLIPBackbone, make_config: Ca
     expected = backbone.logit_scale * normalize(test.features) @ mean_template_classifier(backbone).T
     assert (head.logits(test.features) - expected).abs().max().item() <= 1e-5
     # prototypes: zero_shot scores against the zero-shot ensemble: exactly zero-shot
-    config = make_config("clip_adapter.ratio=0", "clip_adapter.epochs=3", "clip_adapter.calibrate=false",
-                         "clip_adapter.prototypes=zero_shot").clip_adapter
+    config = make_config(
+        "clip_adapter.ratio=0",
+        "clip_adapter.epochs=3",
+        "clip_adapter.calibrate=false",
+        "clip_adapter.prototypes=zero_shot",
+    ).clip_adapter
     head = ClipAdapterHead(config).fit(task(backbone), train)
     zero_shot = ZeroShotHead().fit(task(backbone)).logits(test.features)
     assert (head.logits(test.features) - zero_shot).abs().max().item() <= 1e-5
@@ -82,8 +86,9 @@ def test_clip_adapter_beats_zero_shot_and_transfers(backbone: CLIPBackbone, make
     assert torch.equal(moved.model_.down, head.model_.down) and moved.logits(test.features).shape == (len(test), 2)
 
 
-def test_clip_adapter_resumes_a_killed_fit(backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clip_adapter_resumes_a_killed_fit(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("clip_adapter.epochs=4", "clip_adapter.batch_size=4").clip_adapter
     train, val = cluster_task(backbone.dim, 2, seed=1), cluster_task(backbone.dim, 2, seed=2)
     reference = ClipAdapterHead(config).fit(task(backbone, seed=4), train, val)

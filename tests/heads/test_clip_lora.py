@@ -71,8 +71,9 @@ def test_before_training_the_logits_are_zero_shot_exactly(backbone: Any, shapes:
     torch.testing.assert_close(head.image_logits(pixels), expected, atol=1e-5, rtol=0)
 
 
-def test_scoring_encodes_the_class_texts_once_per_adapter_state(backbone: Any, shapes: dict[str, Any],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scoring_encodes_the_class_texts_once_per_adapter_state(
+    backbone: Any, shapes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fewclip.heads.encoders.clip_lora as module
 
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
@@ -124,10 +125,11 @@ def test_training_changes_only_lora_and_learns_the_shapes(backbone: Any, shapes:
     assert head.trainable_parameters() == 2 * layers * 3 * (rank * width + width * rank)
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any],
-                                                         tmp_path: Path) -> None:
+def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path) -> None:
     cfg = config(iterations_per_shot=2, select="val_loss", accumulate=2)
-    whole = ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=tmp_path / "a.ckpt"), shapes["train"], shapes["val"])
+    whole = ClipLoraHead(cfg).fit(
+        task(backbone, shapes, checkpoint=tmp_path / "a.ckpt"), shapes["train"], shapes["val"]
+    )
 
     class Killed(Exception):
         pass
@@ -138,8 +140,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: 
 
     checkpoint = tmp_path / "b.ckpt"
     with pytest.raises(Killed):
-        ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two),
-                              shapes["train"], shapes["val"])
+        ClipLoraHead(cfg).fit(
+            task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two), shapes["train"], shapes["val"]
+        )
     assert checkpoint.is_file()  # epoch 1's state: the kill came before epoch 2 was saved
     resumed = ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
     assert resumed.history_ == whole.history_
@@ -148,13 +151,16 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: 
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
-def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(backbone: Any, shapes: dict[str, Any],
-                                                                  tmp_path: Path) -> None:
+def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(
+    backbone: Any, shapes: dict[str, Any], tmp_path: Path
+) -> None:
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     stem = tmp_path / "shot_4-seed_3"
     save_head(head, stem, shapes["classes"], {"templates": [TEMPLATE]})
-    assert set(head.state_dict()) - {"logit_scale", "lora_scaling"} == {k for k in head.model_.state_dict() if "lora_" in k}
-    assert float(head.state_dict()["lora_scaling"]) == pytest.approx(head.config.alpha / head.config.rank ** 0.5)
+    assert set(head.state_dict()) - {"logit_scale", "lora_scaling"} == {
+        k for k in head.model_.state_dict() if "lora_" in k
+    }
+    assert float(head.state_dict()["lora_scaling"]) == pytest.approx(head.config.alpha / head.config.rank**0.5)
     loaded, meta = load_head(stem)
     assert loaded.trainable_parameters() == head.trainable_parameters() == meta["trainable_params"]
     loaded.attach(backbone, meta["class_names"])
@@ -164,8 +170,9 @@ def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(backbone: Any,
         loaded.logits(torch.zeros(2, 32))
 
 
-def test_a_head_trained_with_the_earlier_scaling_is_refused_not_misread(backbone: Any, shapes: dict[str, Any],
-                                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_head_trained_with_the_earlier_scaling_is_refused_not_misread(
+    backbone: Any, shapes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Adapters saved before fewclip scaled them by alpha / sqrt(rank) would score wrongly under the new scaling."""
     head = ClipLoraHead(config(iterations_per_shot=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     old_state = {k: v for k, v in head.state_dict().items() if k != "lora_scaling"}  # what earlier versions wrote
@@ -180,8 +187,14 @@ def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Call
     from fewclip.runner.cli import main
     from fewclip.fileio import read_csv
 
-    cfg = make_config("clip_lora.iterations_per_shot=2", "clip_lora.batch_size=4", "clip_lora.lr=0.01",
-                      methods=["zero_shot", "clip_lora"], few_shot={"shots": [2]}, output={"figures": False})
+    cfg = make_config(
+        "clip_lora.iterations_per_shot=2",
+        "clip_lora.batch_size=4",
+        "clip_lora.lr=0.01",
+        methods=["zero_shot", "clip_lora"],
+        few_shot={"shots": [2]},
+        output={"figures": False},
+    )
     config_file = tmp_path / "lora.yaml"
     config_file.write_text(cfg.to_yaml())
     assert main(["-q", "run", str(config_file)]) == 0
@@ -189,7 +202,9 @@ def test_fewclip_run_with_zero_shot_and_clip_lora_then_predict(make_config: Call
     rows = read_csv(layout.summary)
 
     def cache_files() -> dict[str, bytes]:
-        return {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+        return {
+            p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()
+        }
 
     cached = cache_files()
     assert any(name.endswith(".safetensors") or name.endswith(".npy") for name in cached), sorted(cached)[:5]
@@ -230,12 +245,14 @@ def test_accumulation_bf16_and_checkpointing_train(backbone: Any, shapes: dict[s
     """Two micro-batches of 4 give the step of one batch of 8 (no dropout, fp32); bf16 autocast and gradient
     checkpointing train to finite losses."""
     plain = ClipLoraHead(config(dropout=0.0)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
-    accumulated = ClipLoraHead(config(dropout=0.0, accumulate=2)).fit(task(backbone, shapes), shapes["train"],
-                                                                      shapes["val"])
+    accumulated = ClipLoraHead(config(dropout=0.0, accumulate=2)).fit(
+        task(backbone, shapes), shapes["train"], shapes["val"]
+    )
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(accumulated.state_dict()[name], value, atol=1e-5, rtol=1e-4)
     checkpointed = ClipLoraHead(config(dropout=0.0, gradient_checkpointing=True)).fit(
-        task(backbone, shapes), shapes["train"], shapes["val"])
+        task(backbone, shapes), shapes["train"], shapes["val"]
+    )
     assert checkpointed.model_.vision_model.encoder.gradient_checkpointing
     assert not plain.model_.vision_model.encoder.gradient_checkpointing
     for name, value in plain.state_dict().items():
@@ -244,8 +261,9 @@ def test_accumulation_bf16_and_checkpointing_train(backbone: Any, shapes: dict[s
     assert all(np.isfinite(row["train_loss"]) for row in bf16.history_)
 
 
-def test_resume_inside_an_epoch_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_inside_an_epoch_equals_an_uninterrupted_run(
+    backbone: Any, shapes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fewclip.training.images_loop import EncoderTrainer
 
     cfg = config(iterations_per_shot=2, checkpoint_every=1)

@@ -32,8 +32,11 @@ def backbone() -> Any:
 
 @pytest.fixture(scope="module")
 def setting(backbone: Any) -> tuple[list[str], torch.Tensor]:
-    images = [render(name, image_rng(5, "sketch", "test", name, index), 64, "sketch")[0]
-              for name in NAMES for index in range(2)]
+    images = [
+        render(name, image_rng(5, "sketch", "test", name, index), 64, "sketch")[0]
+        for name in NAMES
+        for index in range(2)
+    ]
     return NAMES, torch.from_numpy(np.stack([backbone.transform(image) for image in images]))
 
 
@@ -50,8 +53,6 @@ def untrained_head(backbone: Any, names: list[str]) -> ClipLoraHead:
 
 def lora_b(head: ClipLoraHead) -> list[torch.nn.Parameter]:
     return [p for n, p in head.model_.named_parameters() if "lora_B" in n]
-
-
 
 
 def test_with_b_zero_the_map_is_the_frozen_zero_shot_map(backbone: Any, setting: tuple) -> None:
@@ -99,4 +100,3 @@ def test_a_class_subset_of_a_tuned_head_keeps_its_columns(backbone: Any, setting
     torch.testing.assert_close(subset.image_logits(pixels), head.image_logits(pixels)[:, [2, 0]])
     logits, activations = subset.image_saliency_pass(pixels)
     assert logits.shape == (len(pixels), 2) and activations.shape[:3] == (len(pixels), 8, 8)
-

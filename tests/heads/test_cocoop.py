@@ -34,8 +34,15 @@ def random_features(backbone: CLIPBackbone, n: int, seed: int = 0) -> torch.Tens
 
 def build(backbone: CLIPBackbone, seed: int = 0) -> tuple[CoCoOpParams, CoOpPrompts]:
     """Context from "a photo of a" and a meta-net initialised as fit does, with CoCoOp's prompts."""
-    ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, "a photo of a",
-                       len(CLASS_NAMES), False, torch.Generator().manual_seed(seed))
+    ctx = init_context(
+        PromptTextTower(backbone.model),
+        backbone.tokens,
+        4,
+        "a photo of a",
+        len(CLASS_NAMES),
+        False,
+        torch.Generator().manual_seed(seed),
+    )
     torch.manual_seed(seed)
     params = CoCoOpParams(ctx, backbone.dim).requires_grad_(False)
     return params, CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "cocoop")
@@ -50,8 +57,9 @@ def plain_class_features(prompts: CoOpPrompts, ctx: torch.Tensor) -> torch.Tenso
         return normalize(prompts.tower(embeds, prompts.layout.eot_positions))
 
 
-def per_image_reference(params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor,
-                        scale: float) -> torch.Tensor:
+def per_image_reference(
+    params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor, scale: float
+) -> torch.Tensor:
     """The reference CoCoOp loop: one image at a time, its shifted context, all class prompts."""
     rows = []
     with torch.no_grad():
@@ -61,8 +69,13 @@ def per_image_reference(params: CoCoOpParams, prompts: CoOpPrompts, features: to
     return torch.stack(rows)
 
 
-def conditional_logits(backbone: CLIPBackbone, params: CoCoOpParams, prompts: CoOpPrompts,
-                       features: torch.Tensor, max_prompts_per_call: int = 1024) -> torch.Tensor:
+def conditional_logits(
+    backbone: CLIPBackbone,
+    params: CoCoOpParams,
+    prompts: CoOpPrompts,
+    features: torch.Tensor,
+    max_prompts_per_call: int = 1024,
+) -> torch.Tensor:
     head = CoCoOpHead(CoCoOpConfig(max_prompts_per_call=max_prompts_per_call))
     with torch.no_grad():
         return head._conditional_logits(params, prompts, features, backbone.logit_scale)
@@ -105,8 +118,9 @@ def test_chunk_size_does_not_change_logits(backbone: CLIPBackbone, max_prompts_p
     whole = conditional_logits(backbone, params, prompts, features, max_prompts_per_call=10_000)
     chunked = conditional_logits(backbone, params, prompts, features, max_prompts_per_call=max_prompts_per_call)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
-    torch.testing.assert_close(whole, per_image_reference(params, prompts, features, backbone.logit_scale),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        whole, per_image_reference(params, prompts, features, backbone.logit_scale), atol=1e-5, rtol=0
+    )
 
 
 def test_chunked_checkpointed_gradients_equal_unchunked(backbone: CLIPBackbone) -> None:
@@ -142,7 +156,8 @@ def task_data(backbone: CLIPBackbone, per_class: int, seed: int) -> FeatureSet:
 
 
 def test_only_context_and_meta_net_train_and_clip_stays_bit_identical(
-        backbone: CLIPBackbone, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone: CLIPBackbone, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[list[torch.Tensor]] = []
     original = torch.optim.SGD
 
@@ -154,8 +169,9 @@ def test_only_context_and_meta_net_train_and_clip_stays_bit_identical(
 
     monkeypatch.setattr(torch.optim, "SGD", Spy)
     before = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
-    config = make_config("cocoop.epochs=3", "cocoop.batch_size=3", "cocoop.warmup_epochs=0", "cocoop.select=last",
-                         "cocoop.lr=0.05").cocoop
+    config = make_config(
+        "cocoop.epochs=3", "cocoop.batch_size=3", "cocoop.warmup_epochs=0", "cocoop.select=last", "cocoop.lr=0.05"
+    ).cocoop
     head = CoCoOpHead(config).fit(Task(CLASS_NAMES, backbone=backbone, seed=2), task_data(backbone, 3, seed=1))
     assert len(seen) == 1
     initial, _ = build(backbone, seed=2)
@@ -169,9 +185,9 @@ def test_only_context_and_meta_net_train_and_clip_stays_bit_identical(
         assert (trained[name] - value).abs().max().item() > 1e-6, name
 
 
-def test_cocoop_resumes_through_task_checkpoint(backbone: CLIPBackbone, tmp_path: Path,
-                                                make_config: Callable[..., Any],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cocoop_resumes_through_task_checkpoint(
+    backbone: CLIPBackbone, tmp_path: Path, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("cocoop.epochs=4", "cocoop.batch_size=3").cocoop
     train, val = task_data(backbone, 3, seed=1), task_data(backbone, 2, seed=2)
     per_epoch = 3 + 1  # 9 images in batches of 3, then one val call

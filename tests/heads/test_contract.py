@@ -63,8 +63,12 @@ def shape_data(shapes_dir: Path, backbone: CLIPBackbone) -> dict[str, Any]:
         pixels = torch.stack([torch.from_numpy(backbone.transform(read_image(p))) for p in paths])
         return FeatureSet(backbone.encode_images(pixels), torch.tensor(labels))
 
-    return {"classes": [c.replace("_", " ") for c in classes], "val": encode("train", slice(0, 2)),
-            "train": encode("train", slice(2, None)), "test": encode("test", slice(None))}
+    return {
+        "classes": [c.replace("_", " ") for c in classes],
+        "val": encode("train", slice(0, 2)),
+        "train": encode("train", slice(2, None)),
+        "test": encode("test", slice(None)),
+    }
 
 
 CONTRACT_EPOCHS = 3  # the contract is about behaviour, not accuracy: the papers' 100-300 epochs only cost time
@@ -116,8 +120,9 @@ def test_init_only_stores_config(any_head: str, make_config: Callable[..., Any])
     assert head.config is config
 
 
-def test_fit_returns_self_and_learned_state_ends_in_underscore(name: str, shape_data: dict, backbone: CLIPBackbone,
-                                                               make_config: Callable[..., Any]) -> None:
+def test_fit_returns_self_and_learned_state_ends_in_underscore(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     head = build_head(name, make_config)
     assert fit(head, shape_data, backbone, make_config) is head
     learned = set(vars(head)) - {"config"}
@@ -128,8 +133,9 @@ def test_fit_returns_self_and_learned_state_ends_in_underscore(name: str, shape_
         assert head.best_epoch_ == head.selection_.epoch and 1 <= head.best_epoch_ <= len(head.history_)
 
 
-def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbone: CLIPBackbone,
-                                            make_config: Callable[..., Any]) -> None:
+def test_logits_shape_and_predict_is_argmax(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     head = fit(build_head(name, make_config), shape_data, backbone, make_config)
     test = shape_data["test"].features
     logits = head.logits(test)
@@ -148,16 +154,18 @@ def test_logits_shape_and_predict_is_argmax(name: str, shape_data: dict, backbon
     assert torch.equal(alone.argmax(-1)[clear], logits[3:5].argmax(-1)[clear])
 
 
-def test_same_seed_fits_the_same_head(name: str, shape_data: dict, backbone: CLIPBackbone,
-                                      make_config: Callable[..., Any]) -> None:
+def test_same_seed_fits_the_same_head(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     first = fit(build_head(name, make_config), shape_data, backbone, make_config)
     second = fit(build_head(name, make_config), shape_data, backbone, make_config)
     test = shape_data["test"].features
     assert torch.equal(first.logits(test), second.logits(test))
 
 
-def test_trainable_parameters_count(name: str, shape_data: dict, backbone: CLIPBackbone,
-                                    make_config: Callable[..., Any]) -> None:
+def test_trainable_parameters_count(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     if name not in EXPECTED_TRAINABLE:
         pytest.fail(f"head {name!r}: add its trainable-parameter count to EXPECTED_TRAINABLE in {__file__}")
     head = fit(build_head(name, make_config), shape_data, backbone, make_config)
@@ -179,7 +187,11 @@ def test_linear_probe_trainable_parameters_on_512_dim_features(make_config: Call
 
 
 def test_save_then_load_gives_identical_logits_without_backbone(
-    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path,
+    name: str,
+    shape_data: dict,
+    backbone: CLIPBackbone,
+    make_config: Callable[..., Any],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     head = fit(build_head(name, make_config), shape_data, backbone, make_config)
@@ -189,8 +201,14 @@ def test_save_then_load_gives_identical_logits_without_backbone(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a head was pickled or needed the backbone")
 
-    for module, attr in ((pickle, "dump"), (pickle, "dumps"), (torch, "save"), (torch, "load"),
-                         (fewclip.backbones, "load_backbone"), (fewclip.backbones.CLIPBackbone, "__init__")):
+    for module, attr in (
+        (pickle, "dump"),
+        (pickle, "dumps"),
+        (torch, "save"),
+        (torch, "load"),
+        (fewclip.backbones, "load_backbone"),
+        (fewclip.backbones.CLIPBackbone, "__init__"),
+    ):
         monkeypatch.setattr(module, attr, refuse)
     save_head(head, stem, shape_data["classes"], {"templates": templates})
     loaded, meta = load_head(stem)
@@ -220,8 +238,9 @@ def test_save_then_load_gives_identical_logits_without_backbone(
         assert loaded.best_epoch_ == head.best_epoch_ == meta["best_epoch"]
 
 
-def test_saliency_logits_carry_gradients_to_the_features(name: str, shape_data: dict, backbone: CLIPBackbone,
-                                                         make_config: Callable[..., Any]) -> None:
+def test_saliency_logits_carry_gradients_to_the_features(
+    name: str, shape_data: dict, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     """What saliency backpropagates through: the declared differentiable path, equal to the logits."""
     head = fit(build_head(name, make_config), shape_data, backbone, make_config)
     features = shape_data["test"].features[:4].clone().requires_grad_(True)
@@ -257,27 +276,52 @@ def test_a_conforming_fake_head_passes() -> None:
     assert contract_problems(conforming_fake()) == []
 
 
-@pytest.mark.parametrize("breakage, problem", [
-    ({"transfers": True}, "fake: transfers is True but the class lacks transfer()"),
-    ({"tranfer": lambda self, backbone, names: self, "transfers": True}, "lacks transfer()"),  # misspelt method
-    ({"attach": lambda self, backbone, names: self}, "needs_text_at_predict is False but the class defines attach()"),
-    ({"has_differentiable_logits": True}, "has_differentiable_logits is True but the class lacks differentiable_logits()"),
-    ({"uses_augmented_views": True}, "uses_augmented_views is True but its Config lacks the key 'augment_views'"),
-    ({"selects_epoch": False}, "selects_epoch is False but its Config has the key 'select'"),
-    ({"uses_text": True}, "a head that uses_text must declare checks_task"),
-    ({"checks_task": True}, "checks_task is True but the class lacks check()"),
-    ({"calibrates": None}, "fake: declare calibrates = True or False"),
-    ({"config_key": "my block"}, "config_key must be the name of its top-level config block"),
-    ({"name": "other", "paper": "Someone et al."}, "other: declare official_code in the class that declares its name"),
-    ({"tunes_encoders": True, "image_logits": lambda self, pixels: pixels},
-     "tunes_encoders is True but the class lacks image_saliency_pass()"),
-    ({"transfers": True, "transfer": lambda self, names: self},
-     "transfer() must take (backbone, class_names) after self, as callers pass them; it takes (names)"),
-    ({"tunes_encoders": True, "image_logits": lambda self, images: images,
-      "image_saliency_pass": lambda self, pixels: (pixels, pixels)}, "image_logits() must take (pixels) after self"),
-    ({"needs": frozenset({"lora_target"})}, "fake: needs must be a frozenset of backbone capabilities (lora_targets, "),
-    ({"needs": {"lora_targets"}}, "fake: needs must be a frozenset of backbone capabilities"),
-])
+@pytest.mark.parametrize(
+    "breakage, problem",
+    [
+        ({"transfers": True}, "fake: transfers is True but the class lacks transfer()"),
+        ({"tranfer": lambda self, backbone, names: self, "transfers": True}, "lacks transfer()"),  # misspelt method
+        (
+            {"attach": lambda self, backbone, names: self},
+            "needs_text_at_predict is False but the class defines attach()",
+        ),
+        (
+            {"has_differentiable_logits": True},
+            "has_differentiable_logits is True but the class lacks differentiable_logits()",
+        ),
+        ({"uses_augmented_views": True}, "uses_augmented_views is True but its Config lacks the key 'augment_views'"),
+        ({"selects_epoch": False}, "selects_epoch is False but its Config has the key 'select'"),
+        ({"uses_text": True}, "a head that uses_text must declare checks_task"),
+        ({"checks_task": True}, "checks_task is True but the class lacks check()"),
+        ({"calibrates": None}, "fake: declare calibrates = True or False"),
+        ({"config_key": "my block"}, "config_key must be the name of its top-level config block"),
+        (
+            {"name": "other", "paper": "Someone et al."},
+            "other: declare official_code in the class that declares its name",
+        ),
+        (
+            {"tunes_encoders": True, "image_logits": lambda self, pixels: pixels},
+            "tunes_encoders is True but the class lacks image_saliency_pass()",
+        ),
+        (
+            {"transfers": True, "transfer": lambda self, names: self},
+            "transfer() must take (backbone, class_names) after self, as callers pass them; it takes (names)",
+        ),
+        (
+            {
+                "tunes_encoders": True,
+                "image_logits": lambda self, images: images,
+                "image_saliency_pass": lambda self, pixels: (pixels, pixels),
+            },
+            "image_logits() must take (pixels) after self",
+        ),
+        (
+            {"needs": frozenset({"lora_target"})},
+            "fake: needs must be a frozenset of backbone capabilities (lora_targets, ",
+        ),
+        ({"needs": {"lora_targets"}}, "fake: needs must be a frozenset of backbone capabilities"),
+    ],
+)
 def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage: dict, problem: str) -> None:
     broken = type("Broken", (conforming_fake(),), breakage)
     problems = contract_problems(broken)
@@ -285,9 +329,17 @@ def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage
 
 
 def test_a_conforming_encoder_tuning_head_that_transfers_passes() -> None:
-    tuned = type("Tuned", (conforming_fake(),), {
-        "tunes_encoders": True, "transfers": True, "transfer": lambda self, backbone, class_names: self,
-        "image_logits": lambda self, pixels: pixels, "image_saliency_pass": lambda self, pixels: (pixels, pixels)})
+    tuned = type(
+        "Tuned",
+        (conforming_fake(),),
+        {
+            "tunes_encoders": True,
+            "transfers": True,
+            "transfer": lambda self, backbone, class_names: self,
+            "image_logits": lambda self, pixels: pixels,
+            "image_saliency_pass": lambda self, pixels: (pixels, pixels),
+        },
+    )
     assert contract_problems(tuned) == []
 
 
@@ -316,6 +368,9 @@ def test_load_of_an_untrained_head_names_the_file(tmp_path: Path) -> None:
 def test_shape_features_are_what_the_suite_thinks(shape_data: dict) -> None:
     """Guard the fixture: 3 classes, 10 train / 2 val per class, distinct images."""
     assert [len(shape_data[s]) for s in ("train", "val", "test")] == [30, 6, 18]
-    digests = {hashlib.sha1(row.numpy().tobytes()).hexdigest() for s in ("train", "val", "test")
-               for row in shape_data[s].features}
+    digests = {
+        hashlib.sha1(row.numpy().tobytes()).hexdigest()
+        for s in ("train", "val", "test")
+        for row in shape_data[s].features
+    }
     assert len(digests) == 54

@@ -56,8 +56,9 @@ def test_class_names_split_into_several_tokens(backbone: CLIPBackbone) -> None:
 def test_ctx_init_untrained_equals_single_template_zero_shot(backbone: CLIPBackbone) -> None:
     tower = PromptTextTower(backbone.model)
     n_ctx = CoOpConfig(ctx_init="a photo of a").n_ctx  # the config resolves it: one vector per word
-    ctx = init_context(tower, backbone.tokens, n_ctx, "a photo of a", len(CLASS_NAMES), False,
-                       torch.Generator().manual_seed(0))
+    ctx = init_context(
+        tower, backbone.tokens, n_ctx, "a photo of a", len(CLASS_NAMES), False, torch.Generator().manual_seed(0)
+    )
     assert n_ctx == 4 and ctx.shape == (4, width(backbone))
     class_text = CoOpPrompts(backbone, CLASS_NAMES, n_ctx, "end", "fp32", "coop").features(ctx)
     zero_shot = ZeroShotHead().fit(Task(CLASS_NAMES, ["a photo of a {}."], backbone))
@@ -79,7 +80,8 @@ def test_init_context_fills_the_n_ctx_the_config_resolved(backbone: CLIPBackbone
     with pytest.raises(ValueError, match="ctx_init 'a photo of a' has 4 tokens, not the 16 context vectors"):
         init_context(tower, backbone.tokens, 16, "a photo of a", 3, False, torch.Generator())
     head = CoOpHead(CoOpConfig(ctx_init="a photo of a", epochs=1)).fit(
-        Task(CLASS_NAMES, backbone=backbone, seed=1), tiny_task_data(backbone, CLASS_NAMES, per_class=2))
+        Task(CLASS_NAMES, backbone=backbone, seed=1), tiny_task_data(backbone, CLASS_NAMES, per_class=2)
+    )
     assert head.n_ctx_ == head.config.n_ctx == 4 and head.ctx_.shape == (4, width(backbone))
 
 
@@ -100,12 +102,16 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(f"{module}.train_on_features", refuse)
 
 
-def test_prompt_longer_than_the_positions_fails_before_training(backbone: CLIPBackbone, no_training: None,
-                                                                make_config: Callable[..., Any]) -> None:
+def test_prompt_longer_than_the_positions_fails_before_training(
+    backbone: CLIPBackbone, no_training: None, make_config: Callable[..., Any]
+) -> None:
     head = CoOpHead(make_config("coop.n_ctx=30").coop)
     data = tiny_task_data(backbone, CLASS_NAMES)
     # 'red circle' is 9 tokens: 30 + 9 + SOS, '.', EOT = 42 > 32
-    with pytest.raises(ValueError, match=r"class 'red circle' needs 42 tokens .* model has 32 text positions.*lower coop\.n_ctx to at most 20"):
+    with pytest.raises(
+        ValueError,
+        match=r"class 'red circle' needs 42 tokens .* model has 32 text positions.*lower coop\.n_ctx to at most 20",
+    ):
         head.fit(Task(CLASS_NAMES, backbone=backbone), data, data)
 
 
@@ -120,34 +126,44 @@ def test_the_class_that_does_not_fit_is_named(backbone: CLIPBackbone) -> None:
         build_layout(backbone.tokens, names, 18, "end", 32)
 
 
-def test_long_class_name_fails_cocoop_before_training(backbone: CLIPBackbone, no_training: None,
-                                                      make_config: Callable[..., Any]) -> None:
+def test_long_class_name_fails_cocoop_before_training(
+    backbone: CLIPBackbone, no_training: None, make_config: Callable[..., Any]
+) -> None:
     names = ["red circle", "an extremely long class name that goes on"]
     head = fewclip.heads.CoCoOpHead(make_config().cocoop)  # ctx_init "a photo of a": 4 context tokens
     data = tiny_task_data(backbone, names)
     # the name alone (33 tokens + SOS, '.', EOT) is too long: no context length can help, so n_ctx is not blamed
-    with pytest.raises(ValueError, match=r"cocoop: the prompt for class 'an extremely long class name that goes on' "
-                                         r"needs 36 tokens before any context \(33 for the name.* 32 text positions"
-                                         r".*; shorten the class name \(dataset.rename\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"cocoop: the prompt for class 'an extremely long class name that goes on' "
+        r"needs 36 tokens before any context \(33 for the name.* 32 text positions"
+        r".*; shorten the class name \(dataset.rename\)$",
+    ):
         head.fit(Task(names, backbone=backbone), data, data)
 
 
-@pytest.mark.parametrize("override, shown", [
-    ("coop.class_token_position=side", "coop.class_token_position: Input should be 'end', 'middle' or 'front' (got 'side')"),
-    ("coop.precision=fp8", "coop.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
-    ("coop.epochs=0", "coop.epochs: epochs must be >= 1"),
-    ("coop.epochs={4: 0}", "coop.epochs: epochs must be >= 1"),
-    ("coop.epochs={0: 5}", "coop.epochs: epochs must be >= 1"),
-])
-def test_bad_coop_values_fail_config_validation_naming_the_key(override: str, shown: str,
-                                                               make_config: Callable[..., Any]) -> None:
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        (
+            "coop.class_token_position=side",
+            "coop.class_token_position: Input should be 'end', 'middle' or 'front' (got 'side')",
+        ),
+        ("coop.precision=fp8", "coop.precision: Input should be 'fp32', 'bf16' or 'fp16' (got 'fp8')"),
+        ("coop.epochs=0", "coop.epochs: epochs must be >= 1"),
+        ("coop.epochs={4: 0}", "coop.epochs: epochs must be >= 1"),
+        ("coop.epochs={0: 5}", "coop.epochs: epochs must be >= 1"),
+    ],
+)
+def test_bad_coop_values_fail_config_validation_naming_the_key(
+    override: str, shown: str, make_config: Callable[..., Any]
+) -> None:
     with pytest.raises(ConfigError) as error:
         make_config(override)
     assert f"\n  {shown}" in str(error.value)
 
 
-def test_ctx_init_with_class_specific_context_fails_at_load_saying_which_wins(
-        make_config: Callable[..., Any]) -> None:
+def test_ctx_init_with_class_specific_context_fails_at_load_saying_which_wins(make_config: Callable[..., Any]) -> None:
     with pytest.raises(ConfigError) as error:
         make_config("coop.ctx_init=a photo of a", "coop.class_specific_context=true")
     message = str(error.value)
@@ -181,9 +197,9 @@ def clip_state(backbone: CLIPBackbone) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
 
 
-def test_only_the_context_trains_and_clip_stays_bit_identical(backbone: CLIPBackbone,
-                                                              optimizer_params: list[list[torch.Tensor]],
-                                                              make_config: Callable[..., Any]) -> None:
+def test_only_the_context_trains_and_clip_stays_bit_identical(
+    backbone: CLIPBackbone, optimizer_params: list[list[torch.Tensor]], make_config: Callable[..., Any]
+) -> None:
     before = clip_state(backbone)
     data = tiny_task_data(backbone, CLASS_NAMES, per_class=4)
     config = make_config("coop.epochs=3", "coop.warmup_epochs=0", "coop.select=last", "coop.lr=0.05").coop
@@ -196,8 +212,9 @@ def test_only_the_context_trains_and_clip_stays_bit_identical(backbone: CLIPBack
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
     assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
-    initial = init_context(PromptTextTower(backbone.model), backbone.tokens, 16, None, 3, False,
-                           torch.Generator().manual_seed(2))
+    initial = init_context(
+        PromptTextTower(backbone.model), backbone.tokens, 16, None, 3, False, torch.Generator().manual_seed(2)
+    )
     assert (head.ctx_ - initial).abs().max().item() > 1e-4  # the context did train
 
 
@@ -221,8 +238,9 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return (predictions == labels).float().mean().item()
 
 
-def test_coop_learns_a_learnable_task_and_beats_zero_shot(backbone: CLIPBackbone,
-                                                          make_config: Callable[..., Any]) -> None:
+def test_coop_learns_a_learnable_task_and_beats_zero_shot(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val = synthetic_task(backbone, 4, seed=1), synthetic_task(backbone, 8, seed=2)
     config = make_config("coop.n_ctx=4", "coop.epochs=20", "coop.batch_size=8").coop  # lr etc.: the defaults
     head = CoOpHead(config).fit(Task(TASK_NAMES, backbone=backbone, seed=0), train, val)
@@ -230,8 +248,9 @@ def test_coop_learns_a_learnable_task_and_beats_zero_shot(backbone: CLIPBackbone
     assert len(history) == 20
     assert history[0]["train_loss"] - history[-1]["train_loss"] > 0.4
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
-    zero_shot = accuracy(ZeroShotHead().fit(Task(TASK_NAMES, ["a photo of a {}."], backbone)).predict(val.features),
-                         val.labels)
+    zero_shot = accuracy(
+        ZeroShotHead().fit(Task(TASK_NAMES, ["a photo of a {}."], backbone)).predict(val.features), val.labels
+    )
     learned = accuracy(head.predict(val.features), val.labels)
     assert history[head.best_epoch_ - 1]["val_accuracy"] == learned  # the kept epoch is the one predicting
     assert learned >= 0.95
@@ -242,9 +261,9 @@ def test_coop_learns_a_learnable_task_and_beats_zero_shot(backbone: CLIPBackbone
 # --- resuming (the loop itself: tests/heads/test_prompt_learning.py) ---------------------------
 
 
-def test_coop_head_ignores_a_checkpoint_of_other_class_names(backbone: CLIPBackbone, tmp_path: Path,
-                                                             make_config: Callable[..., Any],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_coop_head_ignores_a_checkpoint_of_other_class_names(
+    backbone: CLIPBackbone, tmp_path: Path, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same features, labels and settings, renamed classes: other prompts, so nothing may be resumed."""
     config = make_config("coop.n_ctx=4", "coop.epochs=3", "coop.batch_size=4").coop
     train = tiny_task_data(backbone, CLASS_NAMES, per_class=4)
@@ -266,9 +285,9 @@ def test_coop_head_ignores_a_checkpoint_of_other_class_names(backbone: CLIPBackb
     assert torch.equal(again.ctx_, reference.ctx_)
 
 
-def test_coop_head_resumes_through_task_checkpoint(backbone: CLIPBackbone, tmp_path: Path,
-                                                   make_config: Callable[..., Any],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_coop_head_resumes_through_task_checkpoint(
+    backbone: CLIPBackbone, tmp_path: Path, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("coop.n_ctx=4", "coop.epochs=4", "coop.batch_size=4").coop
     train = tiny_task_data(backbone, CLASS_NAMES, per_class=4)
     val = FeatureSet(random_features(backbone, 6, seed=9), torch.arange(3).repeat(2))
@@ -315,14 +334,17 @@ def read_history(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_pipeline_resumes_a_killed_coop_unit_and_cleans_up(make_config: Callable[..., Any], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_resumes_a_killed_coop_unit_and_cleans_up(
+    make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     overrides = ["methods=[coop]", "few_shot.shots=[2]", "coop.n_ctx=4", "coop.epochs=4", "coop.batch_size=2"]
     clean = make_config(*overrides, f"output.dir={tmp_path / 'clean'}")
     killed = make_config(*overrides, f"output.dir={tmp_path / 'killed'}")
     pipeline.run(clean)
     assert sorted(p.name for p in (tmp_path / "clean" / "heads" / "coop").iterdir()) == [
-        "shot_2-seed_1.json", "shot_2-seed_1.safetensors"]  # no checkpoint left behind
+        "shot_2-seed_1.json",
+        "shot_2-seed_1.safetensors",
+    ]  # no checkpoint left behind
 
     per_epoch = 3 + 1  # 2 shots x 3 classes in batches of 2, then one val call
     calls = FeatureCalls(monkeypatch, fail_at=2 * per_epoch + 2)
@@ -348,9 +370,9 @@ def test_pipeline_resumes_a_killed_coop_unit_and_cleans_up(make_config: Callable
 # --- the trained artifact -------------------------------------------------------------------------
 
 
-def test_saved_coop_is_fixed_class_text_features(backbone: CLIPBackbone, tmp_path: Path,
-                                                 make_config: Callable[..., Any],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_saved_coop_is_fixed_class_text_features(
+    backbone: CLIPBackbone, tmp_path: Path, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     train, val = synthetic_task(backbone, 2, seed=1), synthetic_task(backbone, 2, seed=2)
     config = make_config("coop.n_ctx=4", "coop.epochs=3").coop
     head = CoOpHead(config).fit(Task(TASK_NAMES, backbone=backbone, seed=0), train, val)
@@ -368,14 +390,19 @@ def test_saved_coop_is_fixed_class_text_features(backbone: CLIPBackbone, tmp_pat
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the saved head needed the backbone or the text tower")
 
-    for target, attr in ((fewclip.backbones, "load_backbone"), (CLIPBackbone, "__init__"),
-                         (PromptTextTower, "forward"), (PromptTextTower, "__init__")):
+    for target, attr in (
+        (fewclip.backbones, "load_backbone"),
+        (CLIPBackbone, "__init__"),
+        (PromptTextTower, "forward"),
+        (PromptTextTower, "__init__"),
+    ):
         monkeypatch.setattr(target, attr, refuse)
     loaded, _ = load_head(stem)
     features = random_features(backbone, 15, seed=11)
     logits = loaded.logits(features)
-    expected = math.exp(backbone.model.logit_scale.item()) * (
-        features / features.norm(dim=-1, keepdim=True)) @ recomputed.T
+    expected = (
+        math.exp(backbone.model.logit_scale.item()) * (features / features.norm(dim=-1, keepdim=True)) @ recomputed.T
+    )
     assert (loaded.uncalibrated_logits(features) - expected).abs().max().item() <= 1e-5
     assert float(loaded.temperature_) != 1.0  # fitted on val (calibrate: true), divides the CLIP logits
     assert torch.equal(logits, loaded.uncalibrated_logits(features) / loaded.temperature_)

@@ -34,8 +34,9 @@ def test_alpha_zero_is_zero_shot(backbone: CLIPBackbone, make_config: Callable[.
     torch.testing.assert_close(head.logits(test.features), zero_shot, atol=1e-5, rtol=1e-5)
 
 
-def test_the_search_finds_an_alpha_that_solves_what_zero_shot_cannot(backbone: CLIPBackbone,
-                                                                      make_config: Callable[..., Any]) -> None:
+def test_the_search_finds_an_alpha_that_solves_what_zero_shot_cannot(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val = cluster_task(backbone.dim, 4, seed=1), cluster_task(backbone.dim, 2, seed=2)
     test = cluster_task(backbone.dim, 10, seed=3)
     head = GdaHead(make_config().gda).fit(task(backbone), train, val)
@@ -51,16 +52,20 @@ def test_without_val_alpha_is_the_configs(backbone: CLIPBackbone, make_config: C
 
 def test_every_view_is_a_sample(backbone: CLIPBackbone, make_config: Callable[..., Any]) -> None:
     train = cluster_task(backbone.dim, 2, seed=1)
-    views = train.features[:, None] + torch.randn(len(train), 3, backbone.dim, generator=torch.Generator().manual_seed(4))
+    views = train.features[:, None] + torch.randn(
+        len(train), 3, backbone.dim, generator=torch.Generator().manual_seed(4)
+    )
     head = GdaHead(make_config().gda).fit(task(backbone), FeatureSet(train.features, train.labels, views))
     expected = views.reshape(-1, backbone.dim) / views.reshape(-1, backbone.dim).norm(dim=-1, keepdim=True)
     torch.testing.assert_close(head.support_, expected)
 
 
-def test_a_saved_head_transfers_as_the_fitted_one(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                                  tmp_path: Path) -> None:
-    head = GdaHead(make_config().gda).fit(task(backbone), cluster_task(backbone.dim, 4, seed=1),
-                                          cluster_task(backbone.dim, 2, seed=2))
+def test_a_saved_head_transfers_as_the_fitted_one(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    head = GdaHead(make_config().gda).fit(
+        task(backbone), cluster_task(backbone.dim, 4, seed=1), cluster_task(backbone.dim, 2, seed=2)
+    )
     save_head(head, tmp_path / "gda", TASK_NAMES, {"templates": TEMPLATES})
     loaded, _ = load_head(tmp_path / "gda")
     test = cluster_task(backbone.dim, 2, seed=3, classes=len(NEW_NAMES))
@@ -79,8 +84,9 @@ def test_a_class_without_support_images_is_named(backbone: CLIPBackbone) -> None
         GdaHead().fit(task(backbone), FeatureSet(train.features[keep], train.labels[keep]))
 
 
-def test_the_pooled_estimator_asks_for_two_samples_per_class(backbone: CLIPBackbone,
-                                                             make_config: Callable[..., Any]) -> None:
+def test_the_pooled_estimator_asks_for_two_samples_per_class(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     head = GdaHead(make_config("gda.estimator=pooled").gda)
     with pytest.raises(ValueError, match="'pooled' needs at least two samples of every class.*gda.estimator=ks"):
         head.fit(task(backbone), cluster_task(backbone.dim, 1, seed=1))

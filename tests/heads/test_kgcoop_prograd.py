@@ -41,9 +41,12 @@ def same_run(a: Any, b: Any) -> None:
     assert torch.equal(a.ctx_, b.ctx_) and torch.equal(a.class_text_features_, b.class_text_features_)
 
 
-@pytest.mark.parametrize("head_cls, key, off", [(KgCoOpHead, "kgcoop", "weight=0"), (ProGradHead, "prograd", "projection=0")])
-def test_switched_off_is_coop_step_for_step(head_cls: type, key: str, off: str, backbone: CLIPBackbone,
-                                            make_config: Callable[..., Any]) -> None:
+@pytest.mark.parametrize(
+    "head_cls, key, off", [(KgCoOpHead, "kgcoop", "weight=0"), (ProGradHead, "prograd", "projection=0")]
+)
+def test_switched_off_is_coop_step_for_step(
+    head_cls: type, key: str, off: str, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val = data(backbone)
     coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED)).coop).fit(task(backbone), train, val)
     other = head_cls(getattr(make_config(*(f"{key}.{o}" for o in SHARED + [off])), key)).fit(task(backbone), train, val)
@@ -51,8 +54,9 @@ def test_switched_off_is_coop_step_for_step(head_cls: type, key: str, off: str, 
     assert coop.history_[-1]["train_loss"] != coop.history_[0]["train_loss"]  # it did train
 
 
-def test_prograd_with_agreeing_gradients_is_coop(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prograd_with_agreeing_gradients_is_coop(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Make the KL gradient the CE gradient itself (always agreeing): the full-strength projection never fires."""
     train, val = data(backbone)
     coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED)).coop).fit(task(backbone), train, val)
@@ -77,24 +81,32 @@ def test_projection_removes_the_conflicting_component() -> None:
     assert torch.equal(project_conflict(ce, -kl, 1.0), ce)  # agreeing: unchanged
 
 
-def test_kgcoop_guidance_keeps_class_text_near_the_hand_crafted(backbone: CLIPBackbone,
-                                                                make_config: Callable[..., Any]) -> None:
+def test_kgcoop_guidance_keeps_class_text_near_the_hand_crafted(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val = data(backbone)
     hand = ZeroShotHead().fit(task(backbone)).prototypes_
     lr = ["lr=0.05", "epochs=6"]
     coop = CoOpHead(make_config(*(f"coop.{o}" for o in SHARED + lr)).coop).fit(task(backbone), train, val)
-    kg = KgCoOpHead(make_config(*(f"kgcoop.{o}" for o in SHARED + lr + ["weight=50"])).kgcoop).fit(task(backbone), train, val)
+    kg = KgCoOpHead(make_config(*(f"kgcoop.{o}" for o in SHARED + lr + ["weight=50"])).kgcoop).fit(
+        task(backbone), train, val
+    )
     distance = lambda head: (head.class_text_features_ - hand).pow(2).sum(-1).mean().item()  # noqa: E731
     assert distance(kg) < distance(coop)
     assert kg.trainable_parameters() == 4 * backbone.model.config.text_config.hidden_size
 
 
 @pytest.mark.parametrize("head_cls, key", [(KgCoOpHead, "kgcoop"), (ProGradHead, "prograd")])
-def test_learns_the_coop_task_and_beats_zero_shot(head_cls: type, key: str, backbone: CLIPBackbone,
-                                                  make_config: Callable[..., Any]) -> None:
+def test_learns_the_coop_task_and_beats_zero_shot(
+    head_cls: type, key: str, backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val = synthetic_task(backbone, 4, seed=1), synthetic_task(backbone, 8, seed=2)
-    config = getattr(make_config(f"{key}.n_ctx=4", f"{key}.ctx_init=null", f"{key}.epochs=20", f"{key}.batch_size=8",
-                                 f"{key}.select=last"), key)
+    config = getattr(
+        make_config(
+            f"{key}.n_ctx=4", f"{key}.ctx_init=null", f"{key}.epochs=20", f"{key}.batch_size=8", f"{key}.select=last"
+        ),
+        key,
+    )
     if key == "kgcoop":
         config = config.model_copy(update={"weight": 1.0})
     head = head_cls(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, 0), train, val)
@@ -103,8 +115,14 @@ def test_learns_the_coop_task_and_beats_zero_shot(head_cls: type, key: str, back
 
 
 @pytest.mark.parametrize("head_cls, key", [(KgCoOpHead, "kgcoop"), (ProGradHead, "prograd")])
-def test_resumes_a_killed_fit(head_cls: type, key: str, backbone: CLIPBackbone, make_config: Callable[..., Any],
-                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumes_a_killed_fit(
+    head_cls: type,
+    key: str,
+    backbone: CLIPBackbone,
+    make_config: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = getattr(make_config(*(f"{key}.{o}" for o in SHARED + ["epochs=4"])), key)
     train, val = data(backbone)
     reference = head_cls(config).fit(task(backbone), train, val)

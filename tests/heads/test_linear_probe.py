@@ -53,8 +53,9 @@ def probe(make_config: Callable[..., Any], *overrides: str) -> LinearProbeHead:
 
 def test_learns_a_separable_task(make_config: Callable[..., Any]) -> None:
     train, val = separable(10, seed=0), separable(5, seed=1)
-    head = probe(make_config, "linear_probe.epochs=40", "linear_probe.batch_size=8", "linear_probe.select=val_macro_f1").fit(
-        Task(CLASSES, seed=1), train, val)
+    head = probe(
+        make_config, "linear_probe.epochs=40", "linear_probe.batch_size=8", "linear_probe.select=val_macro_f1"
+    ).fit(Task(CLASSES, seed=1), train, val)
     losses = [row["train_loss"] for row in head.history_]
     assert losses[-1] < 0.25 * losses[0]
     assert all(later < earlier for earlier, later in zip(losses, losses[5:]))  # falling, allowing for noise
@@ -94,7 +95,9 @@ def test_model_selection_keeps_the_best_val_macro_f1_epoch(make_config: Callable
     assert head.best_epoch_ < len(scores)  # precondition: selection differs from simply stopping at the end
 
     # the kept weights are that epoch's: the same run stopped there gives them bit for bit
-    stopped = probe(make_config, f"linear_probe.epochs={head.best_epoch_}", "linear_probe.select=last").fit(task, train, val)
+    stopped = probe(make_config, f"linear_probe.epochs={head.best_epoch_}", "linear_probe.select=last").fit(
+        task, train, val
+    )
     assert torch.equal(head.weight_, stopped.weight_) and torch.equal(head.bias_, stopped.bias_)
     # and they score what the history says, by an independent macro-F1
     pred = head.predict(val.features).numpy()
@@ -120,8 +123,9 @@ def test_same_seed_gives_identical_weights(make_config: Callable[..., Any]) -> N
     assert not torch.equal(first.weight_, other.weight_)
 
 
-def test_resumes_a_killed_fit_to_the_same_head_file(make_config: Callable[..., Any], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumes_a_killed_fit_to_the_same_head_file(
+    make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Killed in epoch 3, a fit resumes from epoch 2's checkpoint (weights, AdamW state, the generator's place in
     its stream, the kept best epoch) and saves the bytes an uninterrupted fit saves."""
     config = make_config("linear_probe.epochs=6", "linear_probe.batch_size=8").linear_probe
@@ -161,8 +165,9 @@ def test_needs_training_features(make_config: Callable[..., Any]) -> None:
         probe(make_config).fit(Task(CLASSES), None)
 
 
-def test_pipeline_passes_only_train_and_val_never_test(make_config: Callable[..., Any],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_passes_only_train_and_val_never_test(
+    make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[tuple[FeatureSet, FeatureSet]] = []
     original_fit = LinearProbeHead.fit
 

@@ -133,8 +133,9 @@ def test_text_attention_stays_causal(backbone: Any, shapes: dict[str, Any]) -> N
 
 
 @torch.no_grad()
-def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(backbone: Any,
-                                                                               shapes: dict[str, Any]) -> None:
+def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(
+    backbone: Any, shapes: dict[str, Any]
+) -> None:
     model = backbone.model
     pixels = pixels_of(backbone, shapes["test"])[:1]  # one image: its prompt rows' states are one tensor
     shallow = torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
@@ -151,11 +152,15 @@ def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(
     assert not torch.allclose(image_features(model, pixels, shallow, [torch.randn(2, 64)]), once, atol=1e-4)
 
 
-def test_check_refuses_open_clip_a_depth_beyond_the_towers_and_a_short_ctx_init(backbone: Any,
-                                                                                shapes: dict[str, Any]) -> None:
+def test_check_refuses_open_clip_a_depth_beyond_the_towers_and_a_short_ctx_init(
+    backbone: Any, shapes: dict[str, Any]
+) -> None:
     open_clip = SimpleNamespace(config=SimpleNamespace(library="open_clip"), offers=frozenset())  # no deep prompts
-    with pytest.raises(ValueError, match="maple needs deep_prompts, which the open_clip backbone does not offer; "
-                                         "use model.library=hf or remove maple from methods"):
+    with pytest.raises(
+        ValueError,
+        match="maple needs deep_prompts, which the open_clip backbone does not offer; "
+        "use model.library=hf or remove maple from methods",
+    ):
         MapleHead().check(Task(shapes["classes"], [TEMPLATE], open_clip))
     with pytest.raises(ValueError, match=r"maple.depth 9 exceeds the model's 2 layers .*at most 2"):
         MapleHead().check(Task(shapes["classes"], [TEMPLATE], backbone))
@@ -165,8 +170,16 @@ def test_check_refuses_open_clip_a_depth_beyond_the_towers_and_a_short_ctx_init(
 
 def test_the_sgd_plan_sets_dassls_rate_per_epoch() -> None:
     """Three steps an epoch, five epochs, one warm-up epoch: epoch e trains at 1e-5, then lr(1+cos(pi(e-1)/5))/2."""
-    plan = SimpleNamespace(optimizer="sgd", lr=0.0035, momentum=0.9, weight_decay=5e-4, iterations=15,
-                           steps_per_epoch=3, warmup_epochs=1, warmup_lr=1e-5)
+    plan = SimpleNamespace(
+        optimizer="sgd",
+        lr=0.0035,
+        momentum=0.9,
+        weight_decay=5e-4,
+        iterations=15,
+        steps_per_epoch=3,
+        warmup_epochs=1,
+        warmup_lr=1e-5,
+    )
     optimizer, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(1))], plan)
     assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 5e-4
     rates = []
@@ -198,8 +211,7 @@ def test_training_moves_only_the_prompts_and_lowers_the_loss(backbone: Any, shap
     assert head.trainable_parameters() == 4 * 64 + 4 * 64 + 2 * (64 * 64 + 64) == 8832
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any],
-                                                         tmp_path: Path) -> None:
+def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path) -> None:
     cfg = config(select="val_loss", accumulate=2)
     whole = MapleHead(cfg).fit(task(backbone, shapes, checkpoint=tmp_path / "a.ckpt"), shapes["train"], shapes["val"])
 
@@ -212,23 +224,34 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: 
 
     checkpoint = tmp_path / "b.ckpt"
     with pytest.raises(Killed):
-        MapleHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two),
-                           shapes["train"], shapes["val"])
+        MapleHead(cfg).fit(
+            task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two), shapes["train"], shapes["val"]
+        )
     assert checkpoint.is_file()
     resumed = MapleHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
     assert resumed.history_ == whole.history_ and resumed.best_epoch_ == whole.best_epoch_
-    assert [row["lr"] for row in whole.history_] == pytest.approx([1e-5, 0.0035, 0.0035 * (1 + math.cos(math.pi / 3)) / 2])
+    assert [row["lr"] for row in whole.history_] == pytest.approx(
+        [1e-5, 0.0035, 0.0035 * (1 + math.cos(math.pi / 3)) / 2]
+    )
     for name, value in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
-def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(backbone: Any, shapes: dict[str, Any],
-                                                                            tmp_path: Path) -> None:
+def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(
+    backbone: Any, shapes: dict[str, Any], tmp_path: Path
+) -> None:
     head = MapleHead(config(epochs=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     stem = tmp_path / "shot_10-seed_3"
     save_head(head, stem, shapes["classes"])
-    assert set(head.state_dict()) == {"prompts.ctx", "prompts.deep_text.0", "prompts.proj.weight", "prompts.proj.bias",
-                                      "prompts.deep_proj.0.weight", "prompts.deep_proj.0.bias", "logit_scale"}
+    assert set(head.state_dict()) == {
+        "prompts.ctx",
+        "prompts.deep_text.0",
+        "prompts.proj.weight",
+        "prompts.proj.bias",
+        "prompts.deep_proj.0.weight",
+        "prompts.deep_proj.0.bias",
+        "logit_scale",
+    }
     loaded, meta = load_head(stem)
     assert loaded.trainable_parameters() == head.trainable_parameters() == meta["trainable_params"]
     loaded.attach(backbone, meta["class_names"])
@@ -244,8 +267,9 @@ def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(back
     with torch.no_grad():
         expected = new_net(pixels)
     torch.testing.assert_close(moved.image_logits(pixels), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(moved.image_logits(pixels)[:, [2, 0]], head.image_logits(pixels)[:, [0, 2]],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        moved.image_logits(pixels)[:, [2, 0]], head.image_logits(pixels)[:, [0, 2]], atol=1e-5, rtol=0
+    )
     assert loaded.image_logits(pixels).shape == (len(pixels), 3)  # transferring leaves the source as it was
 
 
@@ -254,8 +278,14 @@ def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tm
     from fewclip.runner.cli import main
     from fewclip.fileio import read_csv
 
-    cfg = make_config("maple.depth=2", "maple.epochs=2", "maple.batch_size=4", methods=["maple"],
-                      few_shot={"shots": [2]}, output={"figures": False})
+    cfg = make_config(
+        "maple.depth=2",
+        "maple.epochs=2",
+        "maple.batch_size=4",
+        methods=["maple"],
+        few_shot={"shots": [2]},
+        output={"figures": False},
+    )
     config_file = tmp_path / "maple.yaml"
     config_file.write_text(cfg.to_yaml())
     assert main(["-q", "run", str(config_file)]) == 0
@@ -264,8 +294,10 @@ def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tm
     assert [(r["shots"], r["seed"], r["split"]) for r in rows] == [("2", "1", "test")]
     predictions = read_csv(root / "predictions" / "maple" / "shot_2-seed_1-test.csv")
     assert len(predictions) == int(rows[0]["n_eval"]) > 0
-    assert sorted(p.name for p in (root / "heads" / "maple").iterdir()) == ["shot_2-seed_1.json",
-                                                                            "shot_2-seed_1.safetensors"]
+    assert sorted(p.name for p in (root / "heads" / "maple").iterdir()) == [
+        "shot_2-seed_1.json",
+        "shot_2-seed_1.safetensors",
+    ]
     classifier = fewclip.load_classifier(root, method="maple")
     data = RunLayout(root).data
     paths = [Path(row["path"]) if Path(row["path"]).is_absolute() else data / row["path"] for row in predictions]
@@ -274,8 +306,9 @@ def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tm
 
 def test_gradient_checkpointing_gives_the_same_training_and_bf16_trains(backbone: Any, shapes: dict[str, Any]) -> None:
     plain = MapleHead(config(epochs=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
-    recomputed = MapleHead(config(epochs=1, gradient_checkpointing=True)).fit(task(backbone, shapes), shapes["train"],
-                                                                              shapes["val"])
+    recomputed = MapleHead(config(epochs=1, gradient_checkpointing=True)).fit(
+        task(backbone, shapes), shapes["train"], shapes["val"]
+    )
     assert recomputed.net_.recompute and not plain.net_.recompute
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(recomputed.state_dict()[name], value, atol=1e-6, rtol=1e-5)

@@ -54,14 +54,17 @@ def config(**changes: Any) -> MapleConfig:
 
 def block_inputs(blocks: torch.nn.ModuleList, store: dict[int, torch.Tensor]) -> list[Any]:
     """Forward pre-hooks that keep what enters each block (batch first)."""
+
     def keep(index: int) -> Any:
         return lambda _module, args: store.__setitem__(index, args[0].detach().clone())
+
     return [block.register_forward_pre_hook(keep(index)) for index, block in enumerate(blocks)]
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet"])
-def test_depth_one_without_coupling_is_zero_shot_at_init(name: str, request: pytest.FixtureRequest,
-                                                         shapes: dict[str, Any]) -> None:
+def test_depth_one_without_coupling_is_zero_shot_at_init(
+    name: str, request: pytest.FixtureRequest, shapes: dict[str, Any]
+) -> None:
     backbone = request.getfixturevalue(name)
     pixels = pixels_of(backbone, shapes["test"])
     expected = ZeroShotHead().fit(Task(shapes["classes"], [TEMPLATE], backbone)).logits(backbone.encode_images(pixels))
@@ -84,8 +87,9 @@ def test_deep_text_prompts_replace_the_context_rows(vit: Any, shapes: dict[str, 
         hook.remove()
     context_rows = inputs[1][:, 1:3]
     assert torch.equal(context_rows, context_rows[:1].expand(3, -1, -1))  # causal: the same for every class
-    torch.testing.assert_close(towers.text_features(embeds, net.eot_positions, [context_rows[0]]), shallow,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        towers.text_features(embeds, net.eot_positions, [context_rows[0]]), shallow, atol=1e-6, rtol=0
+    )
     seen: dict[int, torch.Tensor] = {}
     hooks = block_inputs(blocks, seen)
     other = torch.randn(2, towers.text_width)
@@ -98,8 +102,9 @@ def test_deep_text_prompts_replace_the_context_rows(vit: Any, shapes: dict[str, 
 
 
 @torch.no_grad()
-def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(vit: Any,
-                                                                               shapes: dict[str, Any]) -> None:
+def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(
+    vit: Any, shapes: dict[str, Any]
+) -> None:
     towers, visual = vit.deep_prompt_towers(), vit.model.visual
     pixels = pixels_of(vit, shapes["test"])[:1]  # one image: its prompt rows' states are one tensor
     frozen_inputs: dict[int, torch.Tensor] = {}
@@ -118,21 +123,24 @@ def test_vision_prompts_enter_before_ln_pre_and_deep_ones_replace_the_last_rows(
     torch.testing.assert_close(inputs[0][:, :tokens], frozen_inputs[0], atol=1e-6, rtol=0)
     deep = towers.image_features(pixels, shallow, [inputs[1][0, tokens:]])
     torch.testing.assert_close(deep, once, atol=1e-6, rtol=0)
-    assert not torch.allclose(towers.image_features(pixels, shallow, [torch.randn(2, towers.vision_width)]), once,
-                              atol=1e-4)
+    assert not torch.allclose(
+        towers.image_features(pixels, shallow, [torch.randn(2, towers.vision_width)]), once, atol=1e-4
+    )
     for hook in hooks:
         hook.remove()
 
 
 def test_vision_prompts_need_a_vit(resnet: Any, shapes: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="maple.coupling: vision prompts need a ViT image tower .* set maple.coupling: "
-                                         "false"):
+    with pytest.raises(
+        ValueError, match="maple.coupling: vision prompts need a ViT image tower .* set maple.coupling: false"
+    ):
         MapleHead(config()).check(Task(shapes["classes"], [TEMPLATE], resnet))
     MapleHead(config(coupling=False)).check(Task(shapes["classes"], [TEMPLATE], resnet))  # text prompts only: fine
 
 
-def test_fit_moves_only_the_prompts_reloads_and_draws_saliency(vit: Any, shapes: dict[str, Any],
-                                                               tmp_path: Path) -> None:
+def test_fit_moves_only_the_prompts_reloads_and_draws_saliency(
+    vit: Any, shapes: dict[str, Any], tmp_path: Path
+) -> None:
     frozen = {k: v.detach().clone() for k, v in vit.model.state_dict().items()}
     train, labels = pixels_of(vit, shapes["train"]), shapes["train"].labels
     cfg = config(lr=0.01, n_ctx=4, warmup_epochs=0, augment=False)

@@ -30,8 +30,11 @@ def backbone() -> Any:
 
 @pytest.fixture(scope="module")
 def pixels(backbone: Any) -> torch.Tensor:
-    images = [render(name, image_rng(5, "sketch", "test", name, index), 64, "sketch")[0]
-              for name in NAMES for index in range(2)]
+    images = [
+        render(name, image_rng(5, "sketch", "test", name, index), 64, "sketch")[0]
+        for name in NAMES
+        for index in range(2)
+    ]
     return torch.from_numpy(np.stack([backbone.transform(image) for image in images]))
 
 
@@ -42,8 +45,6 @@ def untrained(backbone: Any, **changes: Any) -> MapleHead:
     head.logit_scale_ = torch.tensor(head.net_.logit_scale)
     head._finish()
     return head
-
-
 
 
 def test_without_vision_prompts_the_map_is_the_frozen_zero_shot_map(backbone: Any, pixels: torch.Tensor) -> None:

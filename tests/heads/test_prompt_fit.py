@@ -57,8 +57,9 @@ def no_text_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CLIPBackbone, "encode_text", refuse)
 
 
-def test_zero_shot_names_the_template_class_count_and_limit(backbone: CLIPBackbone, tiny_clip: Path,
-                                                            no_text_encoding: None) -> None:
+def test_zero_shot_names_the_template_class_count_and_limit(
+    backbone: CLIPBackbone, tiny_clip: Path, no_text_encoding: None
+) -> None:
     templates = ["a photo of a {}.", "{}"]
     count = untruncated_count(tiny_clip, templates[0].format(LONG_A))
     assert count > LIMIT
@@ -100,9 +101,12 @@ def features(backbone: CLIPBackbone, n_classes: int) -> FeatureSet:
     return FeatureSet(torch.randn(len(labels), backbone.dim, generator=torch.Generator().manual_seed(0)), labels)
 
 
-@pytest.mark.parametrize("head_cls, config", [(CoOpHead, CoOpConfig(n_ctx=4)), (fewclip.heads.CoCoOpHead, CoCoOpConfig())])
-def test_a_name_too_long_on_its_own_does_not_blame_the_context(head_cls: Any, config: Any, backbone: CLIPBackbone,
-                                                               tiny_clip: Path) -> None:
+@pytest.mark.parametrize(
+    "head_cls, config", [(CoOpHead, CoOpConfig(n_ctx=4)), (fewclip.heads.CoCoOpHead, CoCoOpConfig())]
+)
+def test_a_name_too_long_on_its_own_does_not_blame_the_context(
+    head_cls: Any, config: Any, backbone: CLIPBackbone, tiny_clip: Path
+) -> None:
     names = ["red circle", LONG_A]
     name_tokens = untruncated_count(tiny_clip, LONG_A) - 2
     with pytest.raises(ValueError) as err:
@@ -136,6 +140,7 @@ def test_ctx_init_words_the_tokenizer_splits_are_refused_before_training(backbon
     assert tokens > 2  # the tiny tokenizer spells 'photograph' letter by letter
     with pytest.raises(ValueError) as err:
         CoOpHead(config).check(Task(["red circle"], backbone=backbone))
-    assert str(err.value).startswith(f"coop.ctx_init 'a photograph': its 2 word(s) are {tokens} tokens for this "
-                                     "model's tokenizer")
+    assert str(err.value).startswith(
+        f"coop.ctx_init 'a photograph': its 2 word(s) are {tokens} tokens for this model's tokenizer"
+    )
     assert "set coop.ctx_init: null and coop.n_ctx" in str(err.value)

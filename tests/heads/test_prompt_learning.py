@@ -47,8 +47,11 @@ def random_features(backbone: CLIPBackbone, n: int, seed: int = 0) -> torch.Tens
 def expected_prompt(position: str, ctx_words: list[str], name: str) -> str:
     """The sentence a layout spells when the context vectors are these words' token embeddings."""
     half = len(ctx_words) // 2
-    words = {"end": ctx_words + [name], "front": [name] + ctx_words,
-             "middle": ctx_words[:half] + [name] + ctx_words[half:]}[position]
+    words = {
+        "end": ctx_words + [name],
+        "front": [name] + ctx_words,
+        "middle": ctx_words[:half] + [name] + ctx_words[half:],
+    }[position]
     return " ".join(words) + "."
 
 
@@ -69,7 +72,8 @@ def test_layout_token_ids_and_ctx_positions(backbone: CLIPBackbone, position: st
         first = {"end": 1, "front": 1 + len(name_ids), "middle": 1}[position]
         if position == "middle":
             expected_positions = list(range(1, 1 + n_ctx // 2)) + list(
-                range(1 + n_ctx // 2 + len(name_ids), 1 + n_ctx + len(name_ids)))
+                range(1 + n_ctx // 2 + len(name_ids), 1 + n_ctx + len(name_ids))
+            )
         else:
             expected_positions = list(range(first, first + n_ctx))
         assert layout.ctx_positions[c].tolist() == expected_positions
@@ -108,8 +112,9 @@ def test_assemble_puts_context_vectors_in_their_slots(backbone: CLIPBackbone, po
 
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 @pytest.mark.parametrize("ctx_words", [["a", "photo", "of"], ["a", "photo", "of", "the"]], ids=["odd", "even"])
-def test_word_context_equals_the_stock_encoder_on_that_sentence(backbone: CLIPBackbone, position: str,
-                                                                ctx_words: list[str]) -> None:
+def test_word_context_equals_the_stock_encoder_on_that_sentence(
+    backbone: CLIPBackbone, position: str, ctx_words: list[str]
+) -> None:
     """End to end: context = these words' embeddings -> exactly the stock features of the sentence."""
     tower = PromptTextTower(backbone.model)
     ctx_ids = torch.tensor(context_init_ids(backbone.tokens, " ".join(ctx_words)))
@@ -131,8 +136,9 @@ def test_word_context_equals_the_stock_encoder_on_that_sentence(backbone: CLIPBa
 def test_class_specific_context_gives_each_class_its_own_sentence(backbone: CLIPBackbone) -> None:
     words = [["a", "photo", "of"], ["the", "photo", "of"], ["of", "a", "the"]]
     tower = PromptTextTower(backbone.model)
-    ctx = torch.stack([tower.embed_tokens(torch.tensor(context_init_ids(backbone.tokens, " ".join(w)))).detach()
-                       for w in words])  # (C, 3, w)
+    ctx = torch.stack(
+        [tower.embed_tokens(torch.tensor(context_init_ids(backbone.tokens, " ".join(w)))).detach() for w in words]
+    )  # (C, 3, w)
     features = CoOpPrompts(backbone, CLASS_NAMES, 3, "end", "fp32", "coop").features(ctx)
     expected = normalize(backbone.encode_text([" ".join(w + [name]) + "." for w, name in zip(words, CLASS_NAMES)]))
     assert (features - expected).abs().max().item() <= 1e-5
@@ -143,8 +149,9 @@ def test_class_specific_context_gives_each_class_its_own_sentence(backbone: CLIP
 # --- resuming -------------------------------------------------------------------------------------
 
 
-SETTINGS = FeatureTrainSettings(epochs=5, batch_size=4, lr=0.02, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
-                         warmup_lr=1e-3)
+SETTINGS = FeatureTrainSettings(
+    epochs=5, batch_size=4, lr=0.02, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, warmup_lr=1e-3
+)
 
 
 class CoOpRun:
@@ -152,8 +159,9 @@ class CoOpRun:
 
     def __init__(self, backbone: CLIPBackbone, fail_at_call: int | None = None) -> None:
         self.backbone, self.fail_at_call, self.calls = backbone, fail_at_call, 0
-        ctx = init_context(PromptTextTower(backbone.model), backbone.tokens, 4, None, 3, False,
-                           torch.Generator().manual_seed(5))
+        ctx = init_context(
+            PromptTextTower(backbone.model), backbone.tokens, 4, None, 3, False, torch.Generator().manual_seed(5)
+        )
         self.params = ContextParams(ctx)
         self.prompts = CoOpPrompts(backbone, CLASS_NAMES, 4, "end", "fp32", "coop")
 
@@ -163,12 +171,15 @@ class CoOpRun:
             raise Killed(f"killed at call {self.calls}")
         return self.backbone.logit_scale * normalize(features) @ self.prompts.features(self.params.ctx).T
 
-    def __call__(self, checkpoint: Path | None, settings: FeatureTrainSettings = SETTINGS, select: str = "val_macro_f1") -> Any:
+    def __call__(
+        self, checkpoint: Path | None, settings: FeatureTrainSettings = SETTINGS, select: str = "val_macro_f1"
+    ) -> Any:
         train = FeatureSet(random_features(self.backbone, 12, seed=7), torch.arange(3).repeat(4))
         val = FeatureSet(random_features(self.backbone, 6, seed=8), torch.arange(3).repeat(2))
         # val_macro_f1: the checkpoint also carries the best state so far, which a resume must restore
-        return train_on_features(self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint,
-                                   select=select)
+        return train_on_features(
+            self.params, self.logits, train, val, 3, settings, seed=3, checkpoint=checkpoint, select=select
+        )
 
 
 CALLS_PER_EPOCH = 3 + 1  # 12 images in batches of 4, then one val call
@@ -192,8 +203,9 @@ def uninterrupted(backbone: CLIPBackbone) -> tuple[Any, CoOpRun]:
 
 
 @pytest.mark.parametrize("killed_in_epoch", [1, 3, 5])
-def test_killed_run_resumes_from_its_last_saved_epoch(backbone: CLIPBackbone, tmp_path: Path, killed_in_epoch: int,
-                                                      uninterrupted: tuple[Any, CoOpRun]) -> None:
+def test_killed_run_resumes_from_its_last_saved_epoch(
+    backbone: CLIPBackbone, tmp_path: Path, killed_in_epoch: int, uninterrupted: tuple[Any, CoOpRun]
+) -> None:
     checkpoint = tmp_path / "unit.ckpt.safetensors"
     done = killed_in_epoch - 1
     first = CoOpRun(backbone, fail_at_call=done * CALLS_PER_EPOCH + 2)  # mid-way through the epoch
@@ -205,8 +217,9 @@ def test_killed_run_resumes_from_its_last_saved_epoch(backbone: CLIPBackbone, tm
     assert_same_run(result, second, *uninterrupted)
 
 
-def test_kill_at_any_file_write_resumes_to_the_same_result(backbone: CLIPBackbone, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_at_any_file_write_resumes_to_the_same_result(
+    backbone: CLIPBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Killed right after each file operation that commits a checkpoint (every os.replace), in turn."""
     real_replace = os.replace
     settings = FeatureTrainSettings(**{**vars(SETTINGS), "epochs": 3})
@@ -239,8 +252,9 @@ def test_kill_at_any_file_write_resumes_to_the_same_result(backbone: CLIPBackbon
     assert commits > settings.epochs  # at least one commit per epoch was interrupted
 
 
-def test_checkpoint_of_other_settings_is_not_resumed(backbone: CLIPBackbone, tmp_path: Path,
-                                                     uninterrupted: tuple[Any, CoOpRun]) -> None:
+def test_checkpoint_of_other_settings_is_not_resumed(
+    backbone: CLIPBackbone, tmp_path: Path, uninterrupted: tuple[Any, CoOpRun]
+) -> None:
     """A run killed, then started again with another lr: the stale checkpoint must not be mixed in."""
     checkpoint = tmp_path / "unit.ckpt.safetensors"
     other = FeatureTrainSettings(**{**vars(SETTINGS), "lr": 0.005})
@@ -252,8 +266,9 @@ def test_checkpoint_of_other_settings_is_not_resumed(backbone: CLIPBackbone, tmp
     assert_same_run(result, run, *uninterrupted)
 
 
-def test_checkpoint_of_another_selection_rule_is_not_resumed(backbone: CLIPBackbone, tmp_path: Path,
-                                                             uninterrupted: tuple[Any, CoOpRun]) -> None:
+def test_checkpoint_of_another_selection_rule_is_not_resumed(
+    backbone: CLIPBackbone, tmp_path: Path, uninterrupted: tuple[Any, CoOpRun]
+) -> None:
     """The rule decides which state the checkpoint keeps as best: another rule's must not be mixed in."""
     checkpoint = tmp_path / "unit.ckpt.safetensors"
     with pytest.raises(Killed):

@@ -74,8 +74,10 @@ def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
 
     papers = first(True)
     assert torch.equal(first(Augmentation()), papers)  # True is the papers' crop + flip
-    assert torch.equal(first(False), torch.stack([torch.from_numpy(transform(read(p))) for p in
-                                                 [data.paths[i] for i in epoch_order(5, 0, 4)]]))
+    assert torch.equal(
+        first(False),
+        torch.stack([torch.from_numpy(transform(read(p))) for p in [data.paths[i] for i in epoch_order(5, 0, 4)]]),
+    )
     whole, unflipped = first(Augmentation(scale=(1.0, 1.0), ratio=(1.2, 1.2), flip=0.0)), first(Augmentation(flip=0.0))
     assert not torch.equal(whole, papers) and not torch.equal(unflipped, papers)
     flips = [torch.equal(u, p) or torch.equal(u.flip(-1), p) for u, p in zip(unflipped, papers)]
@@ -85,8 +87,6 @@ def test_the_augmentation_is_configurable(tmp_path: Path) -> None:
     assert TrainPlan(1, 4, 1, 1e-3, 0.0, 0.0, "fp32", "last", augment=False).augmentation() is None
     with pytest.raises(ValueError, match=r"crop_scale \[0.9, 0.5\]: give \[low, high\]"):
         ClipLoraConfig(crop_scale=(0.9, 0.5))
-
-
 
 
 def test_workers_come_from_a_fork_server_not_a_fork_of_the_training_process(tmp_path: Path) -> None:

@@ -21,8 +21,23 @@ from fewclip.heads.contract import CAPABILITIES, contract_problems
 from fewclip.heads.registry import HeadContractError, register_head
 
 # the order the report and the CLI list the heads in: the package's __init__ imports the head modules in it
-BUILTIN_ORDER = ["zero_shot", "linear_probe", "coop", "cocoop", "tip_adapter", "tip_adapter_f", "clip_adapter",
-                 "zs_lp", "clap", "gda", "taskres", "kgcoop", "prograd", "clip_lora", "maple"]
+BUILTIN_ORDER = [
+    "zero_shot",
+    "linear_probe",
+    "coop",
+    "cocoop",
+    "tip_adapter",
+    "tip_adapter_f",
+    "clip_adapter",
+    "zs_lp",
+    "clap",
+    "gda",
+    "taskres",
+    "kgcoop",
+    "prograd",
+    "clip_lora",
+    "maple",
+]
 
 NEAREST_MEAN_MODULE = '''
 """Nearest class mean on normalised features: everything a new head needs, in one file."""
@@ -98,7 +113,9 @@ def test_the_builtin_heads_register_themselves_in_their_order() -> None:
 def test_head_base_defaults_every_capability_to_false_and_nothing_else() -> None:
     report_declarations = {"validation_free": False}  # what the report reads off a head, not a capability
     assert {name: value for name, value in vars(HeadBase).items() if isinstance(value, bool)} == {
-        **{cap.flag: False for cap in CAPABILITIES}, **report_declarations}
+        **{cap.flag: False for cap in CAPABILITIES},
+        **report_declarations,
+    }
     # name, paper, official_code, config_key and Config are only typed here: every head says them
     assert not {"name", "paper", "official_code", "config_key", "Config"} & set(vars(HeadBase))
 
@@ -115,8 +132,13 @@ def test_a_head_in_one_new_file_is_registered_checked_configured_and_loadable(tm
         assert contract_problems(head_cls) == []
         assert not head_cls.uses_text and not head_cls.transfers and not head_cls.selects_epoch  # HeadBase's
         # the config takes its block, as for a built-in head
-        config = build_config_class().model_validate({"dataset": {"source": "folder", "path": str(tmp_path)},
-                                                      "methods": ["nearest_mean"], "nearest_mean": {"scale": 5.0}})
+        config = build_config_class().model_validate(
+            {
+                "dataset": {"source": "folder", "path": str(tmp_path)},
+                "methods": ["nearest_mean"],
+                "nearest_mean": {"scale": 5.0},
+            }
+        )
         assert config.nearest_mean == module.NearestMeanConfig(scale=5.0)
 
         features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
@@ -135,6 +157,7 @@ def test_a_head_that_breaks_the_contract_is_refused_at_registration(scratch_regi
         pass
 
     with pytest.raises(HeadContractError) as refused:
+
         @register_head
         class MisspeltHead(HeadBase):
             name = "misspelt"
@@ -147,8 +170,10 @@ def test_a_head_that_breaks_the_contract_is_refused_at_registration(scratch_regi
             def tranfer(self, backbone: object, class_names: list[str]) -> "MisspeltHead":  # misspelt: never called
                 return self
 
-    assert refused.value.problems == ["misspelt: transfers is True but the class lacks transfer() "
-                                      f"({next(c.meaning for c in CAPABILITIES if c.flag == 'transfers')})"]
+    assert refused.value.problems == [
+        "misspelt: transfers is True but the class lacks transfer() "
+        f"({next(c.meaning for c in CAPABILITIES if c.flag == 'transfers')})"
+    ]
     assert "MisspeltHead is not registered" in str(refused.value)
     assert "misspelt: transfers is True but the class lacks transfer()" in str(refused.value)
     assert "misspelt" not in list_heads()
@@ -172,8 +197,9 @@ def test_a_head_must_name_its_paper_and_official_code_itself(scratch_registry: N
 
 
 def test_a_name_registered_twice_is_refused(scratch_registry: None) -> None:
-    again = type("ZeroShotAgain", (HEADS.get("zero_shot"),), {"name": "zero_shot", "paper": None,
-                                                             "official_code": None})
+    again = type(
+        "ZeroShotAgain", (HEADS.get("zero_shot"),), {"name": "zero_shot", "paper": None, "official_code": None}
+    )
     with pytest.raises(ValueError, match="head 'zero_shot' is registered twice"):
         register_head(again)
     assert HEADS.get("zero_shot").__name__ == "ZeroShotHead"
@@ -185,8 +211,14 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
     from fewclip.report.published import paper_method
 
     assert {n: paper_method(n) for n in list_heads() if paper_method(n)} == {
-        "zero_shot": "CLIP", "linear_probe": "Linear probe CLIP", "coop": "CoOp", "cocoop": "CoCoOp", "gda": "GDA",
-        "taskres": "TaskRes", "maple": "MaPLe"}
+        "zero_shot": "CLIP",
+        "linear_probe": "Linear probe CLIP",
+        "coop": "CoOp",
+        "cocoop": "CoCoOp",
+        "gda": "GDA",
+        "taskres": "TaskRes",
+        "maple": "MaPLe",
+    }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
     assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap", "taskres"]

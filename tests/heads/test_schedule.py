@@ -20,8 +20,9 @@ class ConstantWarmup(LRScheduler):
     """Dassl's ConstantWarmupScheduler (dassl/optim/lr_scheduler.py): ``warmup_epoch`` epochs at
     ``cons_lr``, then every step is the successor's."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, successor: LRScheduler, warmup_epoch: int,
-                 cons_lr: float) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, successor: LRScheduler, warmup_epoch: int, cons_lr: float
+    ) -> None:
         self.successor, self.warmup_epoch, self.cons_lr = successor, warmup_epoch, cons_lr
         super().__init__(optimizer)
 
@@ -65,8 +66,9 @@ def test_default_schedule_is_dassls(make_config: Callable[..., Any], epochs: int
     ours = [settings.lr_at(epoch) for epoch in range(epochs)]
     assert ours == pytest.approx(expected, rel=1e-12, abs=0)
     # the issue's closed form: epoch e (0-based, after the warm-up epoch) at lr * (1 + cos(pi * (e-1) / E)) / 2
-    assert ours[1:] == pytest.approx([0.001 * (1 + math.cos(math.pi * (e - 1) / epochs)) for e in range(1, epochs)],
-                                     rel=1e-12)
+    assert ours[1:] == pytest.approx(
+        [0.001 * (1 + math.cos(math.pi * (e - 1) / epochs)) for e in range(1, epochs)], rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("warmup", [0, 2])
@@ -139,14 +141,17 @@ def test_checkpoint_key_keeps_its_value_where_the_rates_do() -> None:
     fewclip = FeatureTrainSettings(50, 4, 0.002, 0.9, 5e-4, 1, 1e-5, "fewclip")
     later = ("schedule", "drop_last", "views", "per_step", "constant_lr")  # keys added after the first checkpoints
     assert fewclip.key_values() == {k: v for k, v in vars(fewclip).items() if k not in later}
-    assert run_key(module, FeatureTrainSettings(**{**vars(fewclip), "drop_last": True}), 0, 2, data, None) != \
-        run_key(module, fewclip, 0, 2, data, None)
+    assert run_key(module, FeatureTrainSettings(**{**vars(fewclip), "drop_last": True}), 0, 2, data, None) != run_key(
+        module, fewclip, 0, 2, data, None
+    )
     per_step = FeatureTrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "per_step": True})
-    assert run_key(module, per_step, 0, 2, data, None) != \
-        run_key(module, FeatureTrainSettings(**{**vars(per_step), "per_step": False}), 0, 2, data, None)
+    assert run_key(module, per_step, 0, 2, data, None) != run_key(
+        module, FeatureTrainSettings(**{**vars(per_step), "per_step": False}), 0, 2, data, None
+    )
     constant = FeatureTrainSettings(**{**vars(fewclip), "warmup_epochs": 0, "constant_lr": True})
-    assert run_key(module, constant, 0, 2, data, None) != \
-        run_key(module, FeatureTrainSettings(**{**vars(constant), "constant_lr": False}), 0, 2, data, None)
+    assert run_key(module, constant, 0, 2, data, None) != run_key(
+        module, FeatureTrainSettings(**{**vars(constant), "constant_lr": False}), 0, 2, data, None
+    )
     dassl = FeatureTrainSettings(**{**vars(fewclip), "schedule": "dassl"})
     assert run_key(module, dassl, 0, 2, data, None) != run_key(module, fewclip, 0, 2, data, None)
     short = FeatureTrainSettings(**{**vars(dassl), "epochs": 2})

@@ -20,8 +20,10 @@ CLASSES = ["a", "b", "c"]
 def history(accuracy: list[float], f1: list[float] | None = None, loss: list[float] | None = None) -> list[dict]:
     f1 = f1 or accuracy
     loss = loss or [1.0] * len(accuracy)
-    return [{"epoch": float(i + 1), "train_loss": 1.0, "val_accuracy": a, "val_macro_f1": f, "val_loss": v}
-            for i, (a, f, v) in enumerate(zip(accuracy, f1, loss))]
+    return [
+        {"epoch": float(i + 1), "train_loss": 1.0, "val_accuracy": a, "val_macro_f1": f, "val_loss": v}
+        for i, (a, f, v) in enumerate(zip(accuracy, f1, loss))
+    ]
 
 
 def labels(per_class: int, n_classes: int = 3) -> torch.Tensor:
@@ -50,8 +52,10 @@ def test_flat_curve_on_a_large_val_keeps_the_last_epoch() -> None:
     selection = select_epoch("auto", flat, labels(10), 3)
     low, high = wilson_interval(24, 30)
     assert selection.epoch == 3
-    assert selection.rule == (f"last_epoch (val flat: epoch 2 val accuracy 0.800, last 0.767, 95% Wilson interval "
-                              f"[{low:.3f}, {high:.3f}] on 30 images)")
+    assert selection.rule == (
+        f"last_epoch (val flat: epoch 2 val accuracy 0.800, last 0.767, 95% Wilson interval "
+        f"[{low:.3f}, {high:.3f}] on 30 images)"
+    )
 
 
 def test_clearly_better_epoch_on_a_large_val_is_kept() -> None:
@@ -98,7 +102,9 @@ def anti_val(seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
 
 def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[..., Any]) -> None:
     train, val = anti_val()
-    head = LinearProbeHead(make_config("linear_probe.select=val_loss").linear_probe).fit(Task(CLASSES, seed=1), train, val)
+    head = LinearProbeHead(make_config("linear_probe.select=val_loss").linear_probe).fit(
+        Task(CLASSES, seed=1), train, val
+    )
     losses = [row["val_loss"] for row in head.history_]
     assert losses.index(min(losses)) == 0  # precondition: the first epoch is the best on val loss
     assert head.selection_ == Selection(1, "val_loss") and head.best_epoch_ == 1
@@ -110,7 +116,9 @@ def test_linear_probe_records_a_first_epoch_selection(make_config: Callable[...,
     assert auto.selection_.epoch == 1 and fit_meta(auto)["kept_first_epoch"] is True
     assert auto.selection_.rule.startswith("val_macro_f1 (epoch 1 val accuracy 0.100, last 0.000, 95% Wilson")
     # the kept weights are the selected epoch's: the same run stopped there gives them bit for bit
-    stopped = LinearProbeHead(make_config(f"linear_probe.epochs={auto.best_epoch_}", "linear_probe.select=last").linear_probe)
+    stopped = LinearProbeHead(
+        make_config(f"linear_probe.epochs={auto.best_epoch_}", "linear_probe.select=last").linear_probe
+    )
     stopped.fit(Task(CLASSES, seed=1), train, val)
     assert torch.equal(stopped.weight_, auto.weight_)
 
@@ -122,14 +130,18 @@ def test_linear_probe_default_falls_back_on_a_small_val(make_config: Callable[..
     epochs = make_config().linear_probe.epochs
     assert head.selection_ == Selection(epochs, "last_epoch (val too small: 4/class < 10)")
     assert fit_meta(head)["kept_first_epoch"] is False
-    last = LinearProbeHead(make_config("linear_probe.select=last").linear_probe).fit(Task(CLASSES, seed=1), train, small_val)
+    last = LinearProbeHead(make_config("linear_probe.select=last").linear_probe).fit(
+        Task(CLASSES, seed=1), train, small_val
+    )
     assert torch.equal(head.weight_, last.weight_) and last.selection_ == Selection(epochs, "last_epoch")
     assert not math.isnan(head.history_[-1]["val_loss"])
 
 
 def test_best_epoch_copies_state_only_for_a_new_candidate_and_returns_it_when_chosen() -> None:
-    rows = [{"val_macro_f1": f1, "val_loss": loss, "val_accuracy": f1}
-            for f1, loss in ((0.5, 1.0), (0.8, 0.9), (0.8, 0.5), (0.6, 0.4))]
+    rows = [
+        {"val_macro_f1": f1, "val_loss": loss, "val_accuracy": f1}
+        for f1, loss in ((0.5, 1.0), (0.8, 0.9), (0.8, 0.5), (0.6, 0.4))
+    ]
     keeper, copies = BestEpoch("val_macro_f1"), []
     for epoch, row in enumerate(rows, 1):
         keeper.observe(epoch, row, lambda epoch=epoch: copies.append(epoch) or {"w": torch.tensor(float(epoch))})
@@ -139,7 +151,10 @@ def test_best_epoch_copies_state_only_for_a_new_candidate_and_returns_it_when_ch
     loss_keeper = BestEpoch("val_loss")
     for epoch, row in enumerate(rows, 1):
         loss_keeper.observe(epoch, row, lambda: {})
-    assert loss_keeper.choose(rows, torch.arange(4), 4) == (Selection(4, "val_loss"), None)  # the last: nothing to restore
+    assert loss_keeper.choose(rows, torch.arange(4), 4) == (
+        Selection(4, "val_loss"),
+        None,
+    )  # the last: nothing to restore
 
 
 def test_best_epoch_without_validation_keeps_nothing_and_the_last_epoch() -> None:

@@ -54,8 +54,9 @@ def test_the_default_config_survives_save_and_load(backbone: CLIPBackbone, tmp_p
     assert torch.equal(loaded.logits(test), head.logits(test)) and meta["best_epoch"] == 100
 
 
-def test_a_killed_fit_resumes_to_the_same_head(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_fit_resumes_to_the_same_head(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("taskres.epochs=6", "taskres.batch_size=8").taskres
     train, test = cluster_task(backbone.dim, 3, seed=1), cluster_task(backbone.dim, 2, seed=3).features
     whole = TaskResHead(config).fit(task(backbone), train)

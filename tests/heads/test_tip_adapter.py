@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
-from fewclip.heads import FeatureSet, Task, TipAdapterFHead, TipAdapterHead, ZeroShotHead, load_head, normalize, save_head
+from fewclip.heads import (
+    FeatureSet,
+    Task,
+    TipAdapterFHead,
+    TipAdapterHead,
+    ZeroShotHead,
+    load_head,
+    normalize,
+    save_head,
+)
 from fewclip.training.selection import Selection
 from fewclip.heads.on_features.tip_adapter import CacheModel, search_grid
 from tests.heads.adapter_tasks import TASK_NAMES, CallCounter, Killed, accuracy, cluster_task
@@ -43,7 +52,9 @@ def test_cache_logits_follow_the_formula(backbone: CLIPBackbone, make_config: Ca
     keys = train.features / train.features.norm(dim=-1, keepdim=True)
     x = test.features / test.features.norm(dim=-1, keepdim=True)
     values = torch.eye(len(TASK_NAMES))[train.labels]
-    expected = ZeroShotHead().fit(task(backbone)).logits(test.features) + 1.17 * torch.exp(-1.0 * (1 - x @ keys.T)) @ values
+    expected = (
+        ZeroShotHead().fit(task(backbone)).logits(test.features) + 1.17 * torch.exp(-1.0 * (1 - x @ keys.T)) @ values
+    )
     assert (head.logits(test.features) - expected).abs().max().item() <= 1e-4
 
 
@@ -56,7 +67,9 @@ def test_keys_average_the_cached_augmented_views(backbone: CLIPBackbone, make_co
     assert (head.model_.keys - expected).abs().max().item() <= 1e-6
 
 
-def reference_search(model: CacheModel, val: FeatureSet, scales: tuple[float, float], steps: tuple[int, int]) -> tuple[float, float]:
+def reference_search(
+    model: CacheModel, val: FeatureSet, scales: tuple[float, float], steps: tuple[int, int]
+) -> tuple[float, float]:
     """The reference's search_hp loop, transcribed: strict improvement of val accuracy, beta-major."""
     beta_list = [i * (scales[0] - 0.1) / steps[0] + 0.1 for i in range(steps[0])]
     alpha_list = [i * (scales[1] - 0.1) / steps[1] + 0.1 for i in range(steps[1])]
@@ -72,8 +85,9 @@ def reference_search(model: CacheModel, val: FeatureSet, scales: tuple[float, fl
     return best
 
 
-def test_search_picks_what_the_reference_loop_picks_on_val(backbone: CLIPBackbone,
-                                                           make_config: Callable[..., Any]) -> None:
+def test_search_picks_what_the_reference_loop_picks_on_val(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     assert search_grid(7, 200)[:2] == [0.1, 0.1 + 6.9 / 200] and len(search_grid(3, 20)) == 20
     config = make_config("tip_adapter.search_steps_beta=40", "tip_adapter.search_steps_alpha=10").tip_adapter
     train, val = cluster_task(backbone.dim, 1, seed=1, noise=1.5), cluster_task(backbone.dim, 4, seed=2, noise=1.5)
@@ -86,8 +100,9 @@ def test_search_picks_what_the_reference_loop_picks_on_val(backbone: CLIPBackbon
     assert (untuned.alpha_, untuned.beta_) == (1.17, 1.0)
 
 
-def test_tip_adapter_beats_zero_shot_on_a_task_only_the_cache_solves(backbone: CLIPBackbone,
-                                                                     make_config: Callable[..., Any]) -> None:
+def test_tip_adapter_beats_zero_shot_on_a_task_only_the_cache_solves(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val, test = (cluster_task(backbone.dim, k, seed=s) for k, s in ((2, 1), (4, 2), (10, 3)))
     head = TipAdapterHead(make_config().tip_adapter).fit(task(backbone), train, val)
     zero_shot = accuracy(ZeroShotHead().fit(task(backbone)).predict(test.features), test.labels)
@@ -99,10 +114,13 @@ def test_tip_adapter_beats_zero_shot_on_a_task_only_the_cache_solves(backbone: C
 # --- Tip-Adapter-F -----------------------------------------------------------------------------------
 
 
-def test_untrained_tip_adapter_f_is_tip_adapter(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fewclip.heads.on_features.tip_adapter_f.train_on_features",
-                        lambda *args, **kwargs: ([], Selection(0, "untrained"), {}))
+def test_untrained_tip_adapter_f_is_tip_adapter(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "fewclip.heads.on_features.tip_adapter_f.train_on_features",
+        lambda *args, **kwargs: ([], Selection(0, "untrained"), {}),
+    )
     train, val, test = (cluster_task(backbone.dim, k, seed=s, noise=1.5) for k, s in ((1, 1), (4, 2), (5, 3)))
     tip = TipAdapterHead(make_config().tip_adapter).fit(task(backbone), train, val)
     tip_f = TipAdapterFHead(make_config().tip_adapter_f).fit(task(backbone), train, val)
@@ -110,8 +128,9 @@ def test_untrained_tip_adapter_f_is_tip_adapter(backbone: CLIPBackbone, make_con
     assert (tip_f.logits(test.features) - tip.logits(test.features)).abs().max().item() <= 1e-5
 
 
-def test_tip_adapter_f_trains_the_keys_and_beats_zero_shot(backbone: CLIPBackbone,
-                                                           make_config: Callable[..., Any]) -> None:
+def test_tip_adapter_f_trains_the_keys_and_beats_zero_shot(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train, val, test = (cluster_task(backbone.dim, k, seed=s, noise=1.0) for k, s in ((2, 1), (4, 2), (10, 3)))
     head = TipAdapterFHead(make_config("tip_adapter_f.lr=0.01").tip_adapter_f).fit(task(backbone), train, val)
     assert len(head.history_) == 20 and head.history_[-1]["train_loss"] < head.history_[0]["train_loss"]
@@ -122,8 +141,9 @@ def test_tip_adapter_f_trains_the_keys_and_beats_zero_shot(backbone: CLIPBackbon
     assert accuracy(head.predict(test.features), test.labels) > zero_shot + 0.4
 
 
-def test_tip_adapter_f_resumes_a_killed_fit(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tip_adapter_f_resumes_a_killed_fit(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("tip_adapter_f.epochs=4", "tip_adapter_f.batch_size=4", "tip_adapter_f.lr=0.01").tip_adapter_f
     train, val = cluster_task(backbone.dim, 2, seed=1), cluster_task(backbone.dim, 2, seed=2)
     reference = TipAdapterFHead(config).fit(task(backbone, seed=4), train, val)
@@ -141,7 +161,9 @@ def test_tip_adapter_f_resumes_a_killed_fit(backbone: CLIPBackbone, make_config:
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_saved_tip_adapter_f_round_trips(backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path) -> None:
+def test_saved_tip_adapter_f_round_trips(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path
+) -> None:
     train, val, test = (cluster_task(backbone.dim, k, seed=s) for k, s in ((2, 1), (2, 2), (3, 3)))
     head = TipAdapterFHead(make_config("tip_adapter_f.epochs=2").tip_adapter_f).fit(task(backbone), train, val)
     save_head(head, tmp_path / "shot_2-seed_1", TASK_NAMES)

@@ -28,9 +28,11 @@ def reference(tiny_clip: Path) -> dict[str, Any]:
     """transformers' own model, tokenizer and image processor for the same checkpoint."""
     processor_config = json.loads((tiny_clip / "preprocessor_config.json").read_text())
     processor_config.pop("image_processor_type")
-    return {"model": CLIPModel.from_pretrained(str(tiny_clip)).eval(),
-            "tokenizer": AutoTokenizer.from_pretrained(str(tiny_clip)),
-            "processor": CLIPImageProcessorPil(**processor_config)}
+    return {
+        "model": CLIPModel.from_pretrained(str(tiny_clip)).eval(),
+        "tokenizer": AutoTokenizer.from_pretrained(str(tiny_clip)),
+        "processor": CLIPImageProcessorPil(**processor_config),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,9 @@ def l2(x: torch.Tensor) -> torch.Tensor:
 def reference_logits(reference: dict[str, Any], images: list[Path], templates: list[str]) -> torch.Tensor:
     """Per (template, class): embed, L2-normalise; mean over templates; renormalise; scaled cosine."""
     model = reference["model"]
-    per_template = torch.stack([
-        torch.stack([l2(reference_text_features(reference, t.format(c))) for c in CLASS_NAMES]) for t in templates
-    ])  # (T, C, d)
+    per_template = torch.stack(
+        [torch.stack([l2(reference_text_features(reference, t.format(c))) for c in CLASS_NAMES]) for t in templates]
+    )  # (T, C, d)
     prototypes = l2(per_template.mean(dim=0))  # (C, d)
     pixels = reference["processor"](images=[read_image(p) for p in images], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -65,9 +67,9 @@ def our_features(backbone: CLIPBackbone, images: list[Path]) -> torch.Tensor:
     return backbone.encode_images(torch.stack([torch.from_numpy(backbone.transform(read_image(p))) for p in images]))
 
 
-def test_logits_equal_independent_clipmodel_computation(backbone: CLIPBackbone, reference: dict[str, Any],
-                                                        test_images: list[Path],
-                                                        make_config: Callable[..., Any]) -> None:
+def test_logits_equal_independent_clipmodel_computation(
+    backbone: CLIPBackbone, reference: dict[str, Any], test_images: list[Path], make_config: Callable[..., Any]
+) -> None:
     templates = make_config().prompts.templates
     assert len(templates) == 5
     head = ZeroShotHead().fit(Task(CLASS_NAMES, templates, backbone, seed=1))
@@ -80,9 +82,9 @@ def test_logits_equal_independent_clipmodel_computation(backbone: CLIPBackbone, 
     assert head.logit_scale_.item() == pytest.approx(reference["model"].logit_scale.exp().item())
 
 
-def test_template_logits_equal_single_template_computation(backbone: CLIPBackbone, reference: dict[str, Any],
-                                                           test_images: list[Path],
-                                                           make_config: Callable[..., Any]) -> None:
+def test_template_logits_equal_single_template_computation(
+    backbone: CLIPBackbone, reference: dict[str, Any], test_images: list[Path], make_config: Callable[..., Any]
+) -> None:
     templates = make_config().prompts.templates
     features = our_features(backbone, test_images)
     ensemble = ZeroShotHead().fit(Task(CLASS_NAMES, templates, backbone, seed=1))

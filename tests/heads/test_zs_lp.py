@@ -27,11 +27,15 @@ def task(backbone: CLIPBackbone, seed: int = 0, checkpoint: Path | None = None) 
     return Task(TASK_NAMES, TEMPLATES, backbone, seed, checkpoint=checkpoint)
 
 
-def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_untrained_zs_lp_is_zero_shot(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fewclip.training.selection import Selection
 
-    monkeypatch.setattr("fewclip.heads.on_features.trained_module.train_on_features", lambda *a, **k: ([], Selection(0, "untrained"), {}))
+    monkeypatch.setattr(
+        "fewclip.heads.on_features.trained_module.train_on_features",
+        lambda *a, **k: ([], Selection(0, "untrained"), {}),
+    )
     test = cluster_task(backbone.dim, 5, seed=3)
     # one template: the untrained probe is exactly zero-shot
     one = Task(TASK_NAMES, TEMPLATES[:1], backbone, 0)
@@ -44,7 +48,9 @@ def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Calla
     expected = backbone.logit_scale * normalize(test.features) @ normalize(raw.mean(0)).T
     assert (head.logits(test.features) - expected).abs().max().item() <= 1e-5
     # prototypes: zero_shot starts from the zero-shot ensemble, at the raw mean's length: exactly zero-shot
-    head = ZsLpHead(make_config("zs_lp.prototypes=zero_shot").zs_lp).fit(task(backbone), cluster_task(backbone.dim, 2, seed=1))
+    head = ZsLpHead(make_config("zs_lp.prototypes=zero_shot").zs_lp).fit(
+        task(backbone), cluster_task(backbone.dim, 2, seed=1)
+    )
     zero_shot = ZeroShotHead().fit(task(backbone)).logits(test.features)
     assert (head.logits(test.features) - zero_shot).abs().max().item() <= 1e-5
     assert (expected - zero_shot).abs().max().item() > 1e-3  # the two starts differ with two templates
@@ -53,7 +59,13 @@ def test_untrained_zs_lp_is_zero_shot(backbone: CLIPBackbone, make_config: Calla
 
 def test_defaults_are_validation_free(make_config: Callable[..., Any]) -> None:
     for block in (make_config().zs_lp, make_config().clap):
-        assert (block.select, block.calibrate, block.epochs, block.lr, block.batch_size) == ("last", False, 300, 0.1, 256)
+        assert (block.select, block.calibrate, block.epochs, block.lr, block.batch_size) == (
+            "last",
+            False,
+            300,
+            0.1,
+            256,
+        )
 
 
 def test_clap_multipliers_are_the_zero_shot_class_confidence() -> None:
@@ -64,7 +76,9 @@ def test_clap_multipliers_are_the_zero_shot_class_confidence() -> None:
     torch.testing.assert_close(class_multipliers(logits, labels, 2), expected)
 
 
-def test_clap_penalty_holds_prototypes_nearer_the_start(backbone: CLIPBackbone, make_config: Callable[..., Any]) -> None:
+def test_clap_penalty_holds_prototypes_nearer_the_start(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     train = cluster_task(backbone.dim, 2, seed=1)
     overrides = ("epochs=30", "batch_size=12")
     zs_lp = ZsLpHead(make_config(*(f"zs_lp.{o}" for o in overrides)).zs_lp).fit(task(backbone), train)
@@ -86,8 +100,9 @@ def test_zs_lp_and_clap_beat_zero_shot(backbone: CLIPBackbone, make_config: Call
         assert head.best_epoch_ == 60  # validation-free: the last epoch
 
 
-def test_clap_resumes_a_killed_fit(backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clap_resumes_a_killed_fit(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = make_config("clap.epochs=4", "clap.batch_size=4").clap
     train, val = cluster_task(backbone.dim, 2, seed=1), cluster_task(backbone.dim, 2, seed=2)
     reference = ClapHead(config).fit(task(backbone, seed=4), train, val)

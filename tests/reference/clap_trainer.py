@@ -26,8 +26,14 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from fewclip.heads import FeatureSet
 from tests.reference.recording import FitRecord
 
-YAML = {"LR": 0.1, "MAX_EPOCH": 300, "WARMUP_EPOCH": 1, "WARMUP_CONS_LR": 1e-5, "WEIGHT_DECAY": 0.0,
-        "BATCH_SIZE": 256}  # SGD_lr1e-1_B256_ep300.yaml
+YAML = {
+    "LR": 0.1,
+    "MAX_EPOCH": 300,
+    "WARMUP_EPOCH": 1,
+    "WARMUP_CONS_LR": 1e-5,
+    "WEIGHT_DECAY": 0.0,
+    "BATCH_SIZE": 256,
+}  # SGD_lr1e-1_B256_ep300.yaml
 DASSL_DEFAULTS = {"MOMENTUM": 0.9, "SGD_DAMPNING": 0, "SGD_NESTEROV": False}
 
 
@@ -41,8 +47,9 @@ def base_text_features(backbone: Any, class_names: Sequence[str], templates: Seq
 class ConstantWarmupScheduler(LRScheduler):
     """Dassl's: ``warmup_epoch`` epochs at ``cons_lr``, then the successor's rates (it steps the successor)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, successor: LRScheduler, warmup_epoch: int,
-                 cons_lr: float) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, successor: LRScheduler, warmup_epoch: int, cons_lr: float
+    ) -> None:
         self.successor, self.warmup_epoch, self.cons_lr = successor, warmup_epoch, cons_lr
         super().__init__(optimizer)
 
@@ -59,10 +66,17 @@ class ConstantWarmupScheduler(LRScheduler):
         return [self.cons_lr for _ in self.base_lrs]
 
 
-def build_optimizer_and_scheduler(params: list[nn.Parameter], lr: float, epochs: int, warmup_epochs: int,
-                                  warmup_lr: float) -> tuple[torch.optim.Optimizer, LRScheduler]:
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=DASSL_DEFAULTS["MOMENTUM"], weight_decay=YAML["WEIGHT_DECAY"],
-                                dampening=DASSL_DEFAULTS["SGD_DAMPNING"], nesterov=DASSL_DEFAULTS["SGD_NESTEROV"])
+def build_optimizer_and_scheduler(
+    params: list[nn.Parameter], lr: float, epochs: int, warmup_epochs: int, warmup_lr: float
+) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    optimizer = torch.optim.SGD(
+        params,
+        lr=lr,
+        momentum=DASSL_DEFAULTS["MOMENTUM"],
+        weight_decay=YAML["WEIGHT_DECAY"],
+        dampening=DASSL_DEFAULTS["SGD_DAMPNING"],
+        nesterov=DASSL_DEFAULTS["SGD_NESTEROV"],
+    )
     scheduler: LRScheduler = CosineAnnealingLR(optimizer, float(epochs))
     if warmup_epochs > 0:
         scheduler = ConstantWarmupScheduler(optimizer, scheduler, warmup_epochs, warmup_lr)
@@ -90,10 +104,19 @@ def pool_order(fewclip_order: torch.Tensor, n_images: int, n_views: int) -> torc
     return (fewclip_order % n_views) * n_images + fewclip_order // n_views
 
 
-def run_epochs(params: list[nn.Parameter], forward: Callable[[torch.Tensor], torch.Tensor],
-               constraint: Callable[[], torch.Tensor] | None, features: torch.Tensor, labels: torch.Tensor,
-               n_images: int, orders: Sequence[torch.Tensor], batch_size: int, lr: float, warmup_epochs: int,
-               warmup_lr: float) -> list[float]:
+def run_epochs(
+    params: list[nn.Parameter],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    constraint: Callable[[], torch.Tensor] | None,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_images: int,
+    orders: Sequence[torch.Tensor],
+    batch_size: int,
+    lr: float,
+    warmup_epochs: int,
+    warmup_lr: float,
+) -> list[float]:
     """Train ``params`` for ``len(orders)`` epochs as the CLAP trainer does; ``orders[e]`` is epoch e's shuffle of
     the pool. Returns the learning rate of every optimiser step."""
     epochs = len(orders)
@@ -144,7 +167,9 @@ def with_views(train: FeatureSet, views: int) -> FeatureSet:
     return FeatureSet(train.features, train.labels, train.features[:, None] + 0.5 * noise)
 
 
-def reference_pool_orders(record: FitRecord, train: FeatureSet) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def reference_pool_orders(
+    record: FitRecord, train: FeatureSet
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """The reference's pool and, per epoch, fewclip's shuffle as the same shuffle of that pool (checked row for
     row: the batches hold the same features)."""
     n_views = 0 if train.views is None else train.views.shape[1]

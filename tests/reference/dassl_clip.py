@@ -91,8 +91,9 @@ class ReferenceCLIPText:
         return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def class_prompt_tokens(clip: ReferenceCLIPText, prompt_prefix: str, class_names: Sequence[str],
-                        n_ctx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_prompt_tokens(
+    clip: ReferenceCLIPText, prompt_prefix: str, class_names: Sequence[str], n_ctx: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``PromptLearner.__init__``'s fixed parts: ``prompt_prefix + " " + name + "."`` tokenised whole, its
     SOS embedding (``token_prefix``, (C, 1, w)) and what follows the n_ctx context slots (``token_suffix``)."""
     names = [name.replace("_", " ") for name in class_names]
@@ -156,15 +157,20 @@ def loader_batches(order: torch.Tensor, batch_size: int, drop_last: bool = True)
     return batches
 
 
-def dassl_train(params: list[torch.Tensor], optim: DasslOptim, orders: list[torch.Tensor],
-                forward_backward: Callable[[torch.optim.Optimizer, torch.Tensor], float],
-                drop_last: bool = True) -> list[float]:
+def dassl_train(
+    params: list[torch.Tensor],
+    optim: DasslOptim,
+    orders: list[torch.Tensor],
+    forward_backward: Callable[[torch.optim.Optimizer, torch.Tensor], float],
+    drop_last: bool = True,
+) -> list[float]:
     """``TrainerX.run_epoch`` over ``max_epoch`` epochs: each batch of ``orders[epoch]`` (the RandomSampler's
     permutation) through ``forward_backward(optimizer, batch)``, which zeroes, back-propagates and steps as
     the trainer does; the schedule steps after the epoch's last batch (``update_lr`` in ``forward_backward``).
     Returns each step's loss."""
-    optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                                dampening=0, nesterov=False)
+    optimizer = torch.optim.SGD(
+        params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, dampening=0, nesterov=False
+    )
     schedule = ConstantWarmupCosine(optimizer, optim)
     losses = []
     for epoch in range(optim.max_epoch):
@@ -177,8 +183,10 @@ def dassl_train(params: list[torch.Tensor], optim: DasslOptim, orders: list[torc
 def fewclip_orders(n_images: int, seed: int, epochs: int) -> list[torch.Tensor]:
     """The permutation fewclip's loop draws each epoch (``epoch_batches``: ``randperm`` from a generator seeded
     by (seed, epoch)), given to the reference's sampler so both see the same batches."""
-    return [torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-            for epoch in range(epochs)]
+    return [
+        torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        for epoch in range(epochs)
+    ]
 
 
 # --- what fewclip's fit did, so the reference can start from the same state -------------------------

@@ -49,8 +49,10 @@ class PlainClip:
         """``ResidualAttentionBlock.forward`` on (n, L, width)."""
         n, length, width = x.shape
         h = self.layer_norm(f"{prefix}.layer_norm1", x, eps)
-        q, k, v = [self.linear(f"{prefix}.self_attn.{p}_proj", h).reshape(n, length, heads, -1).transpose(1, 2)
-                   for p in ("q", "k", "v")]  # (n, heads, L, d_head), projected in MultiheadAttention's order
+        q, k, v = [
+            self.linear(f"{prefix}.self_attn.{p}_proj", h).reshape(n, length, heads, -1).transpose(1, 2)
+            for p in ("q", "k", "v")
+        ]  # (n, heads, L, d_head), projected in MultiheadAttention's order
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
             scores = scores + mask
@@ -63,8 +65,9 @@ class PlainClip:
         """(C, L) ids -> (C, L, width): ``token_embedding(text)``."""
         return self.weights["text_model.embeddings.token_embedding.weight"][token_ids]
 
-    def encode_text(self, token_ids: torch.Tensor, embeddings: torch.Tensor | None = None,
-                    before_layer: Hook | None = None) -> torch.Tensor:
+    def encode_text(
+        self, token_ids: torch.Tensor, embeddings: torch.Tensor | None = None, before_layer: Hook | None = None
+    ) -> torch.Tensor:
         """(C, L) token ids (and optionally their (C, L, width) embeddings, e.g. with learned context) -> (C, dim)."""
         cfg = self.config.text_config
         x = self.token_embeddings(token_ids) if embeddings is None else embeddings
@@ -78,8 +81,12 @@ class PlainClip:
         eot = x[torch.arange(x.shape[0]), token_ids.argmax(dim=-1)]
         return eot @ self.weights["text_projection.weight"].T
 
-    def encode_image(self, pixels: torch.Tensor, after_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     before_layer: Hook | None = None) -> torch.Tensor:
+    def encode_image(
+        self,
+        pixels: torch.Tensor,
+        after_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        before_layer: Hook | None = None,
+    ) -> torch.Tensor:
         """(n, 3, H, W) preprocessed pixels -> (n, dim)."""
         cfg, w = self.config.vision_config, self.weights
         patches = F.conv2d(pixels, w["vision_model.embeddings.patch_embedding.weight"], stride=cfg.patch_size)

@@ -15,8 +15,17 @@ import fewclip.heads.on_features.trained_module as trained_module  # its fit_mod
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClapHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
-from tests.reference.clap_trainer import (CASES, EPOCHS, TEMPLATES, YAML, base_text_features, forward_lp,
-                                          reference_pool_orders, run_epochs, with_views)
+from tests.reference.clap_trainer import (
+    CASES,
+    EPOCHS,
+    TEMPLATES,
+    YAML,
+    base_text_features,
+    forward_lp,
+    reference_pool_orders,
+    run_epochs,
+    with_views,
+)
 from tests.reference.recording import recording
 
 
@@ -32,8 +41,9 @@ def test_defaults_are_zs_lps(make_config: Callable[..., Any]) -> None:
 
 
 @pytest.mark.parametrize("views,batch_size", CASES)
-def test_clap_trains_as_the_clap_repository(backbone: CLIPBackbone, make_config: Callable[..., Any], views: int,
-                                            batch_size: int) -> None:
+def test_clap_trains_as_the_clap_repository(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], views: int, batch_size: int
+) -> None:
     config = make_config(f"clap.epochs={EPOCHS}", f"clap.batch_size={batch_size}").clap
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)
     test = cluster_task(backbone.dim, 4, seed=3)
@@ -52,8 +62,19 @@ def test_clap_trains_as_the_clap_repository(backbone: CLIPBackbone, make_config:
     def zero_shot_constraint() -> torch.Tensor:
         return torch.mean(alpha_constraint * (prototypes - base.clone()).pow(2).sum(-1))
 
-    rates = run_epochs([prototypes], forward, zero_shot_constraint, x, y, len(train), orders, batch_size, YAML["LR"],
-                       YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"])
+    rates = run_epochs(
+        [prototypes],
+        forward,
+        zero_shot_constraint,
+        x,
+        y,
+        len(train),
+        orders,
+        batch_size,
+        YAML["LR"],
+        YAML["WARMUP_EPOCH"],
+        YAML["WARMUP_CONS_LR"],
+    )
     assert record.step_rates == pytest.approx(rates, rel=1e-12, abs=0)
     # ~10 SGD steps at lr 0.1 from inputs equal to 1e-7: the parameters and logits agree to 1e-5
     torch.testing.assert_close(head.model_.prototypes, prototypes.detach(), atol=1e-5, rtol=1e-5)
@@ -61,6 +82,17 @@ def test_clap_trains_as_the_clap_repository(backbone: CLIPBackbone, make_config:
         torch.testing.assert_close(head.logits(test.features), forward(test.features), atol=1e-5, rtol=1e-5)
     # the penalty changed the result: the same steps without it end elsewhere
     free = nn.Parameter(base.clone())
-    run_epochs([free], forward_lp(free, backbone.logit_scale), None, x, y, len(train), orders, batch_size, YAML["LR"],
-               YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"])
+    run_epochs(
+        [free],
+        forward_lp(free, backbone.logit_scale),
+        None,
+        x,
+        y,
+        len(train),
+        orders,
+        batch_size,
+        YAML["LR"],
+        YAML["WARMUP_EPOCH"],
+        YAML["WARMUP_CONS_LR"],
+    )
     assert (free.detach() - prototypes.detach()).abs().max().item() > 1e-3

@@ -18,8 +18,16 @@ import fewclip.heads.on_features.trained_module as trained_module  # its fit_mod
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ClipAdapterHead, Task
 from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
-from tests.reference.clap_trainer import (CASES, EPOCHS, TEMPLATES, YAML, base_text_features,
-                                          reference_pool_orders, run_epochs, with_views)
+from tests.reference.clap_trainer import (
+    CASES,
+    EPOCHS,
+    TEMPLATES,
+    YAML,
+    base_text_features,
+    reference_pool_orders,
+    run_epochs,
+    with_views,
+)
 from tests.reference.recording import recording
 
 
@@ -31,8 +39,12 @@ class ClipAdapterReference(nn.Module):
         self.ratio, self.logit_scale = ratio, logit_scale
         self.prototypes = nn.Parameter(base_text_features.clone(), requires_grad=False)
         d = base_text_features.shape[-1]
-        self.mlp = nn.Sequential(nn.Linear(d, d // 4, bias=False), nn.ReLU(inplace=True),
-                                 nn.Linear(d // 4, d, bias=False), nn.ReLU(inplace=True))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, d // 4, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(d // 4, d, bias=False),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.mlp(features)
@@ -46,17 +58,28 @@ def test_defaults_are_the_clap_repositorys(make_config: Callable[..., Any]) -> N
     c = make_config().clip_adapter
     assert (c.reduction, c.ratio) == (4, 0.2)
     assert (c.lr, c.epochs, c.batch_size, c.warmup_epochs, c.warmup_lr, c.weight_decay, c.momentum) == (
-        YAML["LR"], YAML["MAX_EPOCH"], YAML["BATCH_SIZE"], YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"],
-        YAML["WEIGHT_DECAY"], 0.9)
+        YAML["LR"],
+        YAML["MAX_EPOCH"],
+        YAML["BATCH_SIZE"],
+        YAML["WARMUP_EPOCH"],
+        YAML["WARMUP_CONS_LR"],
+        YAML["WEIGHT_DECAY"],
+        0.9,
+    )
     assert (c.prototypes, c.schedule, c.drop_last, c.view_sampling) == ("template_mean", "dassl", True, "pool")
 
 
 @pytest.mark.parametrize("views,batch_size", CASES)
-def test_clip_adapter_trains_as_the_clap_repository(backbone: CLIPBackbone, make_config: Callable[..., Any],
-                                                    views: int, batch_size: int) -> None:
+def test_clip_adapter_trains_as_the_clap_repository(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], views: int, batch_size: int
+) -> None:
     # the reference keeps the last epoch and fits no temperature
-    config = make_config(f"clip_adapter.epochs={EPOCHS}", f"clip_adapter.batch_size={batch_size}",
-                         "clip_adapter.select=last", "clip_adapter.calibrate=false").clip_adapter
+    config = make_config(
+        f"clip_adapter.epochs={EPOCHS}",
+        f"clip_adapter.batch_size={batch_size}",
+        "clip_adapter.select=last",
+        "clip_adapter.calibrate=false",
+    ).clip_adapter
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)
     test = cluster_task(backbone.dim, 4, seed=3)
     with recording(trained_module) as record:
@@ -66,12 +89,27 @@ def test_clip_adapter_trains_as_the_clap_repository(backbone: CLIPBackbone, make
     with torch.no_grad():  # fewclip's initial draw (nn.Linear's distribution) as the reference's start
         reference.mlp[0].weight.copy_(record.initial_state["down"])
         reference.mlp[2].weight.copy_(record.initial_state["up"])
-        torch.testing.assert_close(head.model_.prototypes, reference.prototypes / reference.prototypes.norm(dim=-1, keepdim=True),
-                                   atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            head.model_.prototypes,
+            reference.prototypes / reference.prototypes.norm(dim=-1, keepdim=True),
+            atol=1e-6,
+            rtol=1e-5,
+        )
     x, y, orders = reference_pool_orders(record, train)
     params = list(reference.parameters())  # Dassl's build_optimizer(model.adapter): the frozen prototypes too
-    rates = run_epochs(params, reference, None, x, y, len(train), orders, batch_size, YAML["LR"],
-                       YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"])
+    rates = run_epochs(
+        params,
+        reference,
+        None,
+        x,
+        y,
+        len(train),
+        orders,
+        batch_size,
+        YAML["LR"],
+        YAML["WARMUP_EPOCH"],
+        YAML["WARMUP_CONS_LR"],
+    )
     assert record.step_rates == pytest.approx(rates, rel=1e-12, abs=0)
     # ~10 SGD steps at lr 0.1 from inputs equal to 1e-7: the weights and logits agree to 1e-5
     torch.testing.assert_close(head.model_.down, reference.mlp[0].weight.detach(), atol=1e-5, rtol=1e-5)

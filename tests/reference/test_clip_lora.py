@@ -66,17 +66,26 @@ class Args:
 class LoraReference:
     """The tiny CLIP with CLIP-LoRA's ``apply_lora`` (encoder 'both', position 'all') and ``LinearLoRA``."""
 
-    def __init__(self, model: Any, args: Args, lora_a: dict[str, torch.Tensor],
-                 lora_b: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, model: Any, args: Args, lora_a: dict[str, torch.Tensor], lora_b: dict[str, torch.Tensor] | None = None
+    ) -> None:
         self.clip = PlainClip(model, linear=self.linear)
-        layers = {"text": model.config.text_config.num_hidden_layers,
-                  "vision": model.config.vision_config.num_hidden_layers}
-        names = [f"{tower}_model.encoder.layers.{i}.self_attn.{p}_proj"
-                 for tower, count in layers.items() for i in range(count) for p in args.params]
+        layers = {
+            "text": model.config.text_config.num_hidden_layers,
+            "vision": model.config.vision_config.num_hidden_layers,
+        }
+        names = [
+            f"{tower}_model.encoder.layers.{i}.self_attn.{p}_proj"
+            for tower, count in layers.items()
+            for i in range(count)
+            for p in args.params
+        ]
         self.lora_a = {name: lora_a[name].clone().requires_grad_() for name in names}
         out = {name: self.clip.weights[f"{name}.weight"].shape[0] for name in names}
-        self.lora_b = {name: (torch.zeros(out[name], args.r) if lora_b is None else lora_b[name].clone())
-                       .requires_grad_() for name in names}  # register_lora_param + init_lora_param: B (out, r) zero
+        self.lora_b = {
+            name: (torch.zeros(out[name], args.r) if lora_b is None else lora_b[name].clone()).requires_grad_()
+            for name in names
+        }  # register_lora_param + init_lora_param: B (out, r) zero
         self.scaling = args.alpha / math.sqrt(args.r)  # LoRALayer.__init__
         self.dropout = args.dropout_rate
         self.training = True
@@ -104,8 +113,14 @@ class LoraReference:
         return self.clip.logit_scale * image @ text.T
 
 
-def reference_run(model: LoraReference, args: Args, token_ids: torch.Tensor, pixels: torch.Tensor,
-                  labels: torch.Tensor, orders: list[list[int]]) -> list[float]:
+def reference_run(
+    model: LoraReference,
+    args: Args,
+    token_ids: torch.Tensor,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    orders: list[list[int]],
+) -> list[float]:
     """``run_lora``'s training loop; ``orders[e]`` is epoch e's shuffled order. Returns the rate each epoch
     starts at."""
     total_iters = args.n_iters * args.shots
@@ -177,10 +192,13 @@ def test_training_steps_equal_the_reference(backbone: Any, shapes: dict[str, Any
     scaled update (alpha / sqrt(r) * B A) must agree within 1e-5 (it is of order 5e-3 here; fp32 rounding of
     two code paths through six Adam steps stays below 1e-7)."""
     args = Args(lr=1e-2, n_iters=3, batch_size=8, shots=2)  # a rate the tiny CLIP moves visibly with
-    cfg = ClipLoraConfig(lr=args.lr, iterations_per_shot=args.n_iters, batch_size=args.batch_size, augment=False,
-                         select="last")
+    cfg = ClipLoraConfig(
+        lr=args.lr, iterations_per_shot=args.n_iters, batch_size=args.batch_size, augment=False, select="last"
+    )
     train = shapes["train"]
-    initial = adapter_state(lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, SEED).module)  # fit's init
+    initial = adapter_state(
+        lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, SEED).module
+    )  # fit's init
     for name, value in initial.items():  # init_lora_param: B zero, A Kaiming-uniform(a=sqrt(5)): |A| <= 1/sqrt(in)
         if reference_name(name)[1] == "B":
             assert torch.count_nonzero(value) == 0, name
@@ -193,15 +211,21 @@ def test_training_steps_equal_the_reference(backbone: Any, shapes: dict[str, Any
     orders = [epoch_order(SEED, epoch, len(train)) for epoch in range(2)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)  # fewclip seeds its dropout stream with the task's seed
-        epoch_rates = reference_run(reference, args, class_tokens(backbone, shapes["classes"]),
-                                    pixels_of(backbone, train), train.labels, orders)
+        epoch_rates = reference_run(
+            reference, args, class_tokens(backbone, shapes["classes"]), pixels_of(backbone, train), train.labels, orders
+        )
 
     assert [row["lr"] for row in head.history_] == pytest.approx(epoch_rates, rel=1e-9, abs=0)
     updates = fewclip_updates(head)
     assert set(updates) == set(reference.lora_a)  # q, k, v of every layer of both towers
     for name, update in updates.items():
-        torch.testing.assert_close(update, reference.update(name).detach(), atol=1e-5, rtol=0,
-                                   msg=lambda message, name=name: f"{name}: {message}")
+        torch.testing.assert_close(
+            update,
+            reference.update(name).detach(),
+            atol=1e-5,
+            rtol=0,
+            msg=lambda message, name=name: f"{name}: {message}",
+        )
 
 
 def test_logits_equal_the_reference_with_the_learned_adapter(backbone: Any, shapes: dict[str, Any]) -> None:
@@ -209,8 +233,9 @@ def test_logits_equal_the_reference_with_the_learned_adapter(backbone: Any, shap
     A and B, within 1e-5 (fp32 rounding through two towers; logits of order 1)."""
     args = Args(lr=1e-2, n_iters=2, batch_size=8, shots=2)
     cfg = ClipLoraConfig(lr=args.lr, iterations_per_shot=args.n_iters, batch_size=args.batch_size, select="last")
-    head = ClipLoraHead(cfg).fit(Task(shapes["classes"], [TEMPLATE], backbone, seed=SEED, shots=args.shots),
-                                 shapes["train"])
+    head = ClipLoraHead(cfg).fit(
+        Task(shapes["classes"], [TEMPLATE], backbone, seed=SEED, shots=args.shots), shapes["train"]
+    )
     adapter = adapter_state(head.model_)
     reference = LoraReference(backbone.model, args, lora_tensors(adapter, "A"), lora_tensors(adapter, "B"))
     reference.training = False

@@ -22,8 +22,16 @@ import fewclip.heads.prompts.cocoop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import CoCoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
-from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
-                                        fewclip_orders, loader_batches, words_context)
+from tests.reference.dassl_clip import (
+    DasslOptim,
+    FitRecorder,
+    ReferenceCLIPText,
+    class_prompt_tokens,
+    dassl_train,
+    fewclip_orders,
+    loader_batches,
+    words_context,
+)
 from tests.reference.test_coop import LOGITS_TOL, PARAMS_TOL, epoch_means
 
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05
@@ -33,15 +41,17 @@ class ReferenceCoCoOp:
     """``PromptLearner`` (context + meta-net) and ``CustomCLIP`` of KaiyangZhou/CoOp ``trainers/cocoop.py``
     (fp32), with ctx_init set as every CoCoOp config sets it."""
 
-    def __init__(self, clip: ReferenceCLIPText, class_names: list[str], ctx_init: str,
-                 meta_net: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, clip: ReferenceCLIPText, class_names: list[str], ctx_init: str, meta_net: dict[str, torch.Tensor]
+    ) -> None:
         ctx_init = ctx_init.replace("_", " ")
         n_ctx = len(ctx_init.split(" "))
         self.clip = clip
         self.ctx = words_context(clip, ctx_init, n_ctx).requires_grad_(True)
         # meta_net: linear1 (vis_dim -> vis_dim // 16), ReLU, linear2 (-> ctx_dim); the state fewclip drew
         self.linear1_weight, self.linear1_bias, self.linear2_weight, self.linear2_bias = (
-            meta_net[k].clone().requires_grad_(True) for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+            meta_net[k].clone().requires_grad_(True) for k in ("0.weight", "0.bias", "2.weight", "2.bias")
+        )
         self.tokenized, self.token_prefix, self.token_suffix = class_prompt_tokens(clip, ctx_init, class_names, n_ctx)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -62,8 +72,14 @@ class ReferenceCoCoOp:
             rows.append(self.clip.logit_scale * image_i @ text.t())
         return torch.stack(rows)
 
-    def train(self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim, orders: list[torch.Tensor],
-              drop_last: bool = True) -> list[float]:
+    def train(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        optim: DasslOptim,
+        orders: list[torch.Tensor],
+        drop_last: bool = True,
+    ) -> list[float]:
         def forward_backward(optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
             loss = F.cross_entropy(self.logits(features[batch]), labels[batch])  # CustomCLIP.forward in training
             optimizer.zero_grad()
@@ -74,15 +90,16 @@ class ReferenceCoCoOp:
         return dassl_train(self.parameters(), optim, orders, forward_backward, drop_last)
 
 
-def test_cocoop_trains_as_the_official_code(backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                            make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cocoop_trains_as_the_official_code(
+    backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false"]
     config = make_config(*(f"cocoop.{o}" for o in overrides)).cocoop
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
     recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.cocoop)
     head = CoCoOpHead(config).fit(Task(TASK_NAMES, ["a photo of a {}."], backbone, SEED), train)
 
-    meta_net = {k[len("meta_net."):]: v for k, v in recorder.initial.items() if k.startswith("meta_net.")}
+    meta_net = {k[len("meta_net.") :]: v for k, v in recorder.initial.items() if k.startswith("meta_net.")}
     reference = ReferenceCoCoOp(clip, TASK_NAMES, config.ctx_init, meta_net)
     torch.testing.assert_close(recorder.initial["ctx"], reference.ctx.detach())  # "a photo of a", as computed here
     orders = fewclip_orders(len(train), SEED, EPOCHS)
@@ -93,13 +110,15 @@ def test_cocoop_trains_as_the_official_code(backbone: CLIPBackbone, clip: Refere
     losses = reference.train(train.features, train.labels, optim, orders)
 
     trained = head.params_.state_dict()
-    for name, value in zip(["ctx", "meta_net.0.weight", "meta_net.0.bias", "meta_net.2.weight", "meta_net.2.bias"],
-                           reference.parameters()):
+    for name, value in zip(
+        ["ctx", "meta_net.0.weight", "meta_net.0.bias", "meta_net.2.weight", "meta_net.2.bias"], reference.parameters()
+    ):
         torch.testing.assert_close(trained[name], value.detach(), **PARAMS_TOL, msg=name)
     assert [row["train_loss"] for row in head.history_] == pytest.approx(epoch_means(losses, 2), rel=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(head.uncalibrated_logits(train.features), reference.logits(train.features),
-                                   **LOGITS_TOL)
+        torch.testing.assert_close(
+            head.uncalibrated_logits(train.features), reference.logits(train.features), **LOGITS_TOL
+        )
     # teeth: the state moved far beyond the tolerance, and keeping the partial batch ends elsewhere
     assert max((p.detach() - p0).abs().max().item() for p, p0 in zip(reference.parameters(), initial)) > 1e-2
     kept_partial = ReferenceCoCoOp(clip, TASK_NAMES, config.ctx_init, meta_net)

@@ -24,8 +24,16 @@ import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import CoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
-from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
-                                        fewclip_orders, loader_batches, words_context)
+from tests.reference.dassl_clip import (
+    DasslOptim,
+    FitRecorder,
+    ReferenceCLIPText,
+    class_prompt_tokens,
+    dassl_train,
+    fewclip_orders,
+    loader_batches,
+    words_context,
+)
 
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05  # a large rate: the context moves by ~0.5, so any wrong step shows
 LOGITS_TOL = dict(atol=1e-5, rtol=1e-5)  # logits ~10: the logit scale times fp32 rounding of the cosines
@@ -35,8 +43,15 @@ PARAMS_TOL = dict(atol=1e-5, rtol=0.0)  # observed <= 1e-6 after 6 steps that mo
 class ReferenceCoOp:
     """``PromptLearner`` + ``CustomCLIP`` of KaiyangZhou/CoOp ``trainers/coop.py`` (fp32)."""
 
-    def __init__(self, clip: ReferenceCLIPText, class_names: list[str], n_ctx: int, ctx_init: str | None,
-                 position: str, ctx: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        clip: ReferenceCLIPText,
+        class_names: list[str],
+        n_ctx: int,
+        ctx_init: str | None,
+        position: str,
+        ctx: torch.Tensor | None = None,
+    ) -> None:
         if ctx_init:  # PromptLearner.__init__: the words' vectors, their count overriding N_CTX
             ctx_init = ctx_init.replace("_", " ")
             n_ctx = len(ctx_init.split(" "))
@@ -47,9 +62,12 @@ class ReferenceCoOp:
         assert ctx is not None, "random initialisation: give the context fewclip drew"
         self.clip, self.n_ctx, self.position = clip, n_ctx, position
         self.ctx = ctx.clone().requires_grad_(True)
-        self.tokenized, self.token_prefix, self.token_suffix = class_prompt_tokens(clip, prompt_prefix, class_names, n_ctx)
-        self.name_lens = [len(clip.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"])
-                          for name in class_names]
+        self.tokenized, self.token_prefix, self.token_suffix = class_prompt_tokens(
+            clip, prompt_prefix, class_names, n_ctx
+        )
+        self.name_lens = [
+            len(clip.tokenizer(name.replace("_", " "), add_special_tokens=False)["input_ids"]) for name in class_names
+        ]
 
     def prompts(self) -> torch.Tensor:
         """``PromptLearner.forward``: (C, L, w) prompt embeddings for the class token's position."""
@@ -75,8 +93,14 @@ class ReferenceCoOp:
         text = text / text.norm(dim=-1, keepdim=True)
         return self.clip.logit_scale * image @ text.t()
 
-    def train(self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim, orders: list[torch.Tensor],
-              drop_last: bool = True) -> list[float]:
+    def train(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        optim: DasslOptim,
+        orders: list[torch.Tensor],
+        drop_last: bool = True,
+    ) -> list[float]:
         def forward_backward(optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
             loss = F.cross_entropy(self.logits(features[batch]), labels[batch])  # CoOp.forward_backward
             optimizer.zero_grad()
@@ -101,19 +125,32 @@ CASES = {  # (class token position, class-specific context, ctx_init)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_coop_trains_as_the_official_code(case: str, backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                          make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_coop_trains_as_the_official_code(
+    case: str,
+    backbone: CLIPBackbone,
+    clip: ReferenceCLIPText,
+    make_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     position, csc, ctx_init = CASES[case]
-    overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false",
-                 f"class_token_position={position}", f"class_specific_context={str(csc).lower()}",
-                 f"ctx_init={ctx_init or 'null'}"]
+    overrides = [
+        f"epochs={EPOCHS}",
+        f"batch_size={BATCH}",
+        f"lr={LR}",
+        "select=last",
+        "calibrate=false",
+        f"class_token_position={position}",
+        f"class_specific_context={str(csc).lower()}",
+        f"ctx_init={ctx_init or 'null'}",
+    ]
     config = make_config(*(f"coop.{o}" for o in overrides)).coop
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
     recorder = FitRecorder(monkeypatch, fewclip.heads.prompts.coop)
     head = CoOpHead(config).fit(Task(TASK_NAMES, ["a photo of a {}."], backbone, SEED), train)
 
-    reference = ReferenceCoOp(clip, TASK_NAMES, config.n_ctx, ctx_init, position,
-                              None if ctx_init else recorder.initial["ctx"])
+    reference = ReferenceCoOp(
+        clip, TASK_NAMES, config.n_ctx, ctx_init, position, None if ctx_init else recorder.initial["ctx"]
+    )
     torch.testing.assert_close(recorder.initial["ctx"], reference.ctx.detach())  # same start (ctx_init: computed here)
     optim = DasslOptim(lr=LR, max_epoch=EPOCHS, batch_size=BATCH)
     orders = fewclip_orders(len(train), SEED, EPOCHS)
@@ -125,8 +162,9 @@ def test_coop_trains_as_the_official_code(case: str, backbone: CLIPBackbone, cli
     torch.testing.assert_close(head.ctx_, reference.ctx.detach(), **PARAMS_TOL)
     assert [row["train_loss"] for row in head.history_] == pytest.approx(epoch_means(losses, 2), rel=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(head.uncalibrated_logits(train.features), reference.logits(train.features),
-                                   **LOGITS_TOL)
+        torch.testing.assert_close(
+            head.uncalibrated_logits(train.features), reference.logits(train.features), **LOGITS_TOL
+        )
     # the comparison has teeth: training moved the context far beyond the tolerance, and keeping the
     # partial batch (Dassl drops it) would have ended elsewhere
     assert (reference.ctx.detach() - initial).abs().max() > 1e-2
@@ -139,6 +177,10 @@ def test_defaults_follow_the_official_config(make_config: Callable[..., Any]) ->
     """``configs/trainers/CoOp/*.yaml`` with ``scripts/coop/main.sh`` (M=16, end) and Dassl's defaults."""
     config = make_config().coop
     assert (config.n_ctx, config.ctx_init, config.class_token_position, config.class_specific_context) == (
-        16, None, "end", False)
+        16,
+        None,
+        "end",
+        False,
+    )
     assert (config.batch_size, config.lr, config.momentum, config.weight_decay) == (32, 0.002, 0.9, 5e-4)
     assert (config.warmup_epochs, config.warmup_lr, config.schedule, config.drop_last) == (1, 1e-5, "dassl", True)

@@ -33,7 +33,9 @@ def test_every_head_that_names_its_code_has_an_equivalence_test(name: str) -> No
         assert head.paper is None, f"{name} names a paper ({head.paper}) but no official code to test against"
         return
     tests = reference_tests(name)
-    assert tests, (f"{name} follows {head.official_code}: add tests/reference/test_{name}.py, an independent "
-                   f"re-implementation of the official computation and a comparison with the head")
+    assert tests, (
+        f"{name} follows {head.official_code}: add tests/reference/test_{name}.py, an independent "
+        f"re-implementation of the official computation and a comparison with the head"
+    )
     source = (HERE / f"test_{name}.py").read_text()
     assert head.official_code in source, f"tests/reference/test_{name}.py must cite {head.official_code}'s file"

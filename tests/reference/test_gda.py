@@ -59,7 +59,8 @@ def few_shot_classifier(vecs: torch.Tensor, labels: torch.Tensor, n_cls: int) ->
     mus = torch.cat([vecs[labels == i].mean(dim=0, keepdim=True) for i in range(n_cls)])
     center_vecs = torch.cat([vecs[labels == i] - mus[i].unsqueeze(0) for i in range(n_cls)])
     cov_inv = center_vecs.shape[1] * torch.linalg.pinv(
-        (center_vecs.shape[0] - 1) * center_vecs.T.cov() + center_vecs.T.cov().trace() * torch.eye(center_vecs.shape[1]))
+        (center_vecs.shape[0] - 1) * center_vecs.T.cov() + center_vecs.T.cov().trace() * torch.eye(center_vecs.shape[1])
+    )
     return discriminant(mus, cov_inv, n_cls)
 
 
@@ -71,35 +72,45 @@ def base2new_base_classifier(vecs: torch.Tensor, labels: torch.Tensor, n_cls: in
 
 
 def discriminant(mus: torch.Tensor, cov_inv: torch.Tensor, n_cls: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ps = torch.ones(n_cls) * 1. / n_cls
-    W = torch.einsum('nd, dc -> cn', mus, cov_inv)
-    b = ps.log() - torch.einsum('nd, dc, nc -> n', mus, cov_inv, mus) / 2
+    ps = torch.ones(n_cls) * 1.0 / n_cls
+    W = torch.einsum("nd, dc -> cn", mus, cov_inv)
+    b = ps.log() - torch.einsum("nd, dc, nc -> n", mus, cov_inv, mus) / 2
     return W, b
 
 
 def base2new_new_classifier(vecs: torch.Tensor, clip_weights_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``main_base2new.py`` ``run``'s synthesised (W_new, b_new), k = 64, the dimension for its 512."""
     k, dim = 64, vecs.shape[1]
-    mu = torch.cat([
-        torch.cat([vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], w.unsqueeze(0).repeat(16, 1)]).mean(
-            dim=0, keepdim=True)
-        for w in clip_weights_new.T])
+    mu = torch.cat(
+        [
+            torch.cat([vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], w.unsqueeze(0).repeat(16, 1)]).mean(
+                dim=0, keepdim=True
+            )
+            for w in clip_weights_new.T
+        ]
+    )
 
     def covariance(vecs: torch.Tensor, mu: Any = 0) -> torch.Tensor:
         N, D = vecs.shape
         return (vecs - mu).T @ (vecs - mu) / (N - 1)
 
-    cov_inv = torch.cat([
-        dim * torch.linalg.pinv(
-            (k - 1) * covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0))
-            + covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0)).trace() * torch.eye(dim)
-        ).unsqueeze(0)
-        for w in clip_weights_new.T]).mean(dim=0)
+    cov_inv = torch.cat(
+        [
+            dim
+            * torch.linalg.pinv(
+                (k - 1) * covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0))
+                + covariance(vecs[torch.topk(w @ vecs.T, k=k, largest=True)[1]], mu=w.unsqueeze(0)).trace()
+                * torch.eye(dim)
+            ).unsqueeze(0)
+            for w in clip_weights_new.T
+        ]
+    ).mean(dim=0)
     return discriminant(mu, cov_inv, clip_weights_new.shape[1])
 
 
-def gda_logits(features: torch.Tensor, clip_weights: torch.Tensor, W: torch.Tensor, b: torch.Tensor, scale: float,
-               alpha: float) -> torch.Tensor:
+def gda_logits(
+    features: torch.Tensor, clip_weights: torch.Tensor, W: torch.Tensor, b: torch.Tensor, scale: float, alpha: float
+) -> torch.Tensor:
     """The test logits of ``run`` on ``pre_load_features``' normalised features."""
     features = features / features.norm(dim=-1, keepdim=True)
     return scale * features.float() @ clip_weights.float() + alpha * (features.float() @ W + b)
@@ -136,18 +147,23 @@ def test_defaults_are_the_few_shot_scripts(make_config: Callable[..., Any]) -> N
 
 
 @pytest.mark.parametrize("views,estimator", [(0, "ks"), (3, "ks"), (3, "pooled")])
-def test_gda_logits_are_the_references(backbone: CLIPBackbone, make_config: Callable[..., Any], views: int,
-                                       estimator: str) -> None:
+def test_gda_logits_are_the_references(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], views: int, estimator: str
+) -> None:
     config = make_config("gda.search=false", "gda.calibrate=false", "gda.alpha=1.0", f"gda.estimator={estimator}").gda
     train, test = support(backbone.dim, 4, views), cluster_task(backbone.dim, 4, seed=3)
     head = GdaHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone), train)
     vecs, labels = parameter_estimation(train)
     estimate = few_shot_classifier if estimator == "ks" else base2new_base_classifier
     W, b = estimate(vecs, labels, len(TASK_NAMES))
-    expected = gda_logits(test.features, clip_classifier(backbone, TASK_NAMES, TEMPLATES), W, b, backbone.logit_scale, 1.0)
+    expected = gda_logits(
+        test.features, clip_classifier(backbone, TASK_NAMES, TEMPLATES), W, b, backbone.logit_scale, 1.0
+    )
     assert_logits_close(head.logits(test.features), expected)
     # the GDA part moves the prediction: the test is not passing on the zero-shot logits alone
-    zero_shot = gda_logits(test.features, clip_classifier(backbone, TASK_NAMES, TEMPLATES), W, b, backbone.logit_scale, 0.0)
+    zero_shot = gda_logits(
+        test.features, clip_classifier(backbone, TASK_NAMES, TEMPLATES), W, b, backbone.logit_scale, 0.0
+    )
     assert not torch.equal(expected.argmax(-1), zero_shot.argmax(-1))
 
 
@@ -160,12 +176,14 @@ def test_search_picks_the_references_alpha(backbone: CLIPBackbone, make_config: 
     clip_weights = clip_classifier(backbone, TASK_NAMES, TEMPLATES)
     alpha = search_alpha(lambda a: gda_logits(val.features, clip_weights, W, b, backbone.logit_scale, a), val.labels)
     assert head.alpha_ == alpha != 0.1  # the grid's own value, and not the starting one
-    assert_logits_close(head.logits(test.features), gda_logits(test.features, clip_weights, W, b, backbone.logit_scale,
-                                                               alpha))
+    assert_logits_close(
+        head.logits(test.features), gda_logits(test.features, clip_weights, W, b, backbone.logit_scale, alpha)
+    )
 
 
-def test_transfer_synthesises_new_classes_as_main_base2new(backbone: CLIPBackbone,
-                                                          make_config: Callable[..., Any]) -> None:
+def test_transfer_synthesises_new_classes_as_main_base2new(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     config = make_config("gda.search=false", "gda.calibrate=false", "gda.alpha=10.0").gda
     train = support(backbone.dim, 4, 3)  # 6 classes x 4 images x 3 views = 72 samples: the reference's k = 64 fits
     head = GdaHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone), train)

@@ -22,8 +22,16 @@ import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import KgCoOpHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
-from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
-                                        fewclip_orders, loader_batches, words_context)
+from tests.reference.dassl_clip import (
+    DasslOptim,
+    FitRecorder,
+    ReferenceCLIPText,
+    class_prompt_tokens,
+    dassl_train,
+    fewclip_orders,
+    loader_batches,
+    words_context,
+)
 from tests.reference.test_coop import LOGITS_TOL, PARAMS_TOL, epoch_means
 
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05
@@ -57,8 +65,9 @@ class ReferenceKgCoOp:
         score = 1.0 - torch.mean(F.cosine_similarity(text_features, text_features_old, dim=1, eps=1e-07))
         return logits, score
 
-    def train(self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim,
-              orders: list[torch.Tensor]) -> list[float]:
+    def train(
+        self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim, orders: list[torch.Tensor]
+    ) -> list[float]:
         def forward_backward(optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
             output, score = self.forward(features[batch])
             loss = F.cross_entropy(output, labels[batch]) + self.w * score
@@ -70,8 +79,13 @@ class ReferenceKgCoOp:
         return dassl_train([self.ctx], optim, orders, forward_backward)
 
 
-def fit_and_reference(backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any],
-                      monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Any, ReferenceKgCoOp, list[float], Any]:
+def fit_and_reference(
+    backbone: CLIPBackbone,
+    clip: ReferenceCLIPText,
+    make_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    *extra: str,
+) -> tuple[Any, ReferenceKgCoOp, list[float], Any]:
     """fewclip's KgCoOp (default config but the short schedule) and the reference trained on the same data."""
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false", *extra]
     config = make_config(*(f"kgcoop.{o}" for o in overrides)).kgcoop
@@ -84,12 +98,15 @@ def fit_and_reference(backbone: CLIPBackbone, clip: ReferenceCLIPText, make_conf
     orders = fewclip_orders(len(train), SEED, EPOCHS)
     for fewclip_batches, order in zip(recorder.batches, orders, strict=True):
         assert [b.tolist() for b in fewclip_batches] == [b.tolist() for b in loader_batches(order, BATCH)]
-    losses = reference.train(train.features, train.labels, DasslOptim(lr=LR, max_epoch=EPOCHS, batch_size=BATCH), orders)
+    losses = reference.train(
+        train.features, train.labels, DasslOptim(lr=LR, max_epoch=EPOCHS, batch_size=BATCH), orders
+    )
     return head, reference, losses, train
 
 
-def test_kgcoop_trains_with_the_official_loss(backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                              make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kgcoop_trains_with_the_official_loss(
+    backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     head, reference, losses, train = fit_and_reference(backbone, clip, make_config, monkeypatch)
     assert [row["train_loss"] for row in head.history_] == pytest.approx(epoch_means(losses, 2), rel=1e-5)
     torch.testing.assert_close(head.ctx_, reference.ctx.detach(), **PARAMS_TOL)
@@ -100,13 +117,14 @@ def test_kgcoop_trains_with_the_official_loss(backbone: CLIPBackbone, clip: Refe
     assert W * score.item() > 1e-2
 
 
-def test_paper_guidance_at_half_the_weight_is_the_code(backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                                       make_config: Callable[..., Any],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_guidance_at_half_the_weight_is_the_code(
+    backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``guidance: paper`` (Eq. 5: ||w - w^clip||^2 = 2 (1 - cos) for unit vectors) with weight W / 2 is the
     code's loss with W: the same losses and the same context after training."""
-    head, reference, losses, _ = fit_and_reference(backbone, clip, make_config, monkeypatch, "guidance=paper",
-                                                   f"weight={W / 2}")
+    head, reference, losses, _ = fit_and_reference(
+        backbone, clip, make_config, monkeypatch, "guidance=paper", f"weight={W / 2}"
+    )
     torch.testing.assert_close(head.ctx_, reference.ctx.detach(), **PARAMS_TOL)
     assert [row["train_loss"] for row in head.history_] == pytest.approx(epoch_means(losses, 2), rel=1e-5)
 
@@ -117,7 +135,16 @@ def test_defaults_follow_the_official_config(make_config: Callable[..., Any]) ->
     config = make_config().kgcoop
     assert (config.guidance, config.weight) == ("code", W)
     assert (config.n_ctx, config.ctx_init, config.class_token_position, config.class_specific_context) == (
-        4, "a photo of a", "end", False)
+        4,
+        "a photo of a",
+        "end",
+        False,
+    )
     assert (config.epochs, config.batch_size, config.lr, config.momentum, config.weight_decay) == (
-        100, 128, 0.002, 0.9, 5e-4)
+        100,
+        128,
+        0.002,
+        0.9,
+        5e-4,
+    )
     assert (config.warmup_epochs, config.warmup_lr, config.schedule, config.drop_last) == (1, 1e-5, "dassl", True)

@@ -87,8 +87,9 @@ def deep_prompts(prompts: list[torch.Tensor], replace: Callable[[torch.Tensor, t
 class MapleReference:
     """``CustomCLIP`` with its ``MultiModalPromptLearner`` on the tiny CLIP."""
 
-    def __init__(self, model: Any, tokenizer: Any, classnames: list[str], cfg: Cfg,
-                 initial: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, classnames: list[str], cfg: Cfg, initial: dict[str, torch.Tensor]
+    ) -> None:
         self.clip, self.n_ctx = PlainClip(model), cfg.n_ctx
         init_ids = tokenizer([cfg.ctx_init.replace("_", " ")], return_tensors="pt")["input_ids"]
         self.ctx = self.clip.token_embeddings(init_ids)[0, 1 : 1 + cfg.n_ctx].clone().requires_grad_()
@@ -103,12 +104,17 @@ class MapleReference:
 
         self.compound_prompts_text = [tensor(f"deep_text.{i}") for i in range(depth)]
         self.proj = {p: tensor(f"proj.{p}") for p in ("weight", "bias")}
-        self.compound_prompt_projections = [{p: tensor(f"deep_proj.{i}.{p}") for p in ("weight", "bias")}
-                                            for i in range(depth)]
+        self.compound_prompt_projections = [
+            {p: tensor(f"deep_proj.{i}.{p}") for p in ("weight", "bias")} for i in range(depth)
+        ]
 
     def parameters(self) -> list[torch.Tensor]:
-        return [self.ctx, *self.compound_prompts_text, *self.proj.values(),
-                *[t for layer in self.compound_prompt_projections for t in layer.values()]]
+        return [
+            self.ctx,
+            *self.compound_prompts_text,
+            *self.proj.values(),
+            *[t for layer in self.compound_prompt_projections for t in layer.values()],
+        ]
 
     def state(self) -> dict[str, torch.Tensor]:
         """The learned tensors under fewclip's names (``MaplePrompts``), to compare."""
@@ -125,13 +131,19 @@ class MapleReference:
         ctx = self.ctx.unsqueeze(0).expand(len(self.token_prefix), -1, -1)
         prompts = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
         shared_ctx = linear(self.proj, self.ctx)
-        visual_deep = [linear(layer, prompt) for layer, prompt in
-                       zip(self.compound_prompt_projections, self.compound_prompts_text)]
-        text = self.clip.encode_text(self.tokenized_prompts, prompts, deep_prompts(
-            self.compound_prompts_text, lambda x, p: torch.cat([x[:, :1], p, x[:, 1 + n_ctx :]], dim=1)))
+        visual_deep = [
+            linear(layer, prompt) for layer, prompt in zip(self.compound_prompt_projections, self.compound_prompts_text)
+        ]
+        text = self.clip.encode_text(
+            self.tokenized_prompts,
+            prompts,
+            deep_prompts(self.compound_prompts_text, lambda x, p: torch.cat([x[:, :1], p, x[:, 1 + n_ctx :]], dim=1)),
+        )
         features = self.clip.encode_image(
-            image, lambda x: torch.cat([x, shared_ctx.expand(x.shape[0], -1, -1)], dim=1),
-            deep_prompts(visual_deep, lambda x, p: torch.cat([x[:, : x.shape[1] - n_ctx], p], dim=1)))
+            image,
+            lambda x: torch.cat([x, shared_ctx.expand(x.shape[0], -1, -1)], dim=1),
+            deep_prompts(visual_deep, lambda x, p: torch.cat([x[:, : x.shape[1] - n_ctx], p], dim=1)),
+        )
         return self.clip.logit_scale * normalize(features) @ normalize(text).T
 
 
@@ -164,13 +176,19 @@ def dassl_batches(order: list[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
-def reference_run(model: MapleReference, cfg: Cfg, pixels: torch.Tensor, labels: torch.Tensor,
-                  orders: list[list[int]]) -> list[float]:
+def reference_run(
+    model: MapleReference, cfg: Cfg, pixels: torch.Tensor, labels: torch.Tensor, orders: list[list[int]]
+) -> list[float]:
     """Dassl's ``TrainerX.run_epoch`` with ``MaPLe.forward_backward``; returns each epoch's rate."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                dampening=0, nesterov=False)
-    scheduler = ConstantWarmup(optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.max_epoch)),
-                               cfg.warmup_epoch, cfg.warmup_cons_lr)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dampening=0, nesterov=False
+    )
+    scheduler = ConstantWarmup(
+        optimizer,
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.max_epoch)),
+        cfg.warmup_epoch,
+        cfg.warmup_cons_lr,
+    )
     rates = []
     for epoch in range(cfg.max_epoch):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -199,8 +217,14 @@ def test_training_steps_and_logits_equal_the_reference(backbone: Any, shapes: di
     dropped (7 steps an epoch); 3 images, fewer than a batch, are one short batch. The learned tensors and the
     logits must agree within 1e-5 (fp32 rounding through two towers, 21 SGD steps)."""
     cfg = Cfg(prompt_depth=2, lr=0.05, max_epoch=3, warmup_cons_lr=1e-2)  # the tiny CLIP has 2 layers
-    ours = MapleConfig(depth=cfg.prompt_depth, lr=cfg.lr, epochs=cfg.max_epoch, warmup_lr=cfg.warmup_cons_lr,
-                       augment=False, select="last")
+    ours = MapleConfig(
+        depth=cfg.prompt_depth,
+        lr=cfg.lr,
+        epochs=cfg.max_epoch,
+        warmup_lr=cfg.warmup_cons_lr,
+        augment=False,
+        select="last",
+    )
     train = shapes["train"]
     indices = list(range(len(train)))[picked] if isinstance(picked, slice) else picked
     train = ImageSet([train.paths[i] for i in indices], train.labels[indices])
@@ -218,8 +242,9 @@ def test_training_steps_and_logits_equal_the_reference(backbone: Any, shapes: di
     learned, expected = head.prompts_state_, reference.state()
     assert set(learned) == set(expected)
     for name, value in expected.items():
-        torch.testing.assert_close(learned[name], value, atol=1e-5, rtol=0,
-                                   msg=lambda message, name=name: f"{name}: {message}")
+        torch.testing.assert_close(
+            learned[name], value, atol=1e-5, rtol=0, msg=lambda message, name=name: f"{name}: {message}"
+        )
 
 
 def test_logits_equal_the_reference_with_the_learned_prompts(backbone: Any, shapes: dict[str, Any]) -> None:
@@ -227,8 +252,9 @@ def test_logits_equal_the_reference_with_the_learned_prompts(backbone: Any, shap
     tensors, within 1e-5 (fp32 rounding through two towers)."""
     cfg = Cfg(prompt_depth=2)
     ours = MapleConfig(depth=cfg.prompt_depth, lr=0.05, epochs=2, warmup_lr=1e-2, augment=False, select="last")
-    head = MapleHead(ours).fit(Task(shapes["classes"], ["a photo of a {}."], backbone, seed=SEED, shots=1),
-                               shapes["train"])
+    head = MapleHead(ours).fit(
+        Task(shapes["classes"], ["a photo of a {}."], backbone, seed=SEED, shots=1), shapes["train"]
+    )
     learned = head.prompts_state_
     reference = MapleReference(backbone.model, backbone.tokenizer, shapes["classes"], cfg, learned)
     with torch.no_grad():

@@ -25,8 +25,15 @@ import fewclip.heads.prompts.coop
 from fewclip.backbones import CLIPBackbone
 from fewclip.heads import ProGradHead, Task
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
-from tests.reference.dassl_clip import (DasslOptim, FitRecorder, ReferenceCLIPText, class_prompt_tokens, dassl_train,
-                                        fewclip_orders, loader_batches)
+from tests.reference.dassl_clip import (
+    DasslOptim,
+    FitRecorder,
+    ReferenceCLIPText,
+    class_prompt_tokens,
+    dassl_train,
+    fewclip_orders,
+    loader_batches,
+)
 from tests.reference.test_coop import LOGITS_TOL, PARAMS_TOL, epoch_means
 
 SEED, EPOCHS, BATCH, LR = 3, 3, 5, 0.05
@@ -49,7 +56,9 @@ class ReferenceProGrad:
         ctx_vectors[n_ctx - prompt_n_ctx :, :] = embedding[0, 1 : 1 + prompt_n_ctx, :]
         self.ctx = ctx_vectors.requires_grad_(True)
         prompt_prefix = " ".join(["X"] * (n_ctx - prompt_n_ctx)) + " " + ctx_init
-        self.tokenized, self.token_prefix, self.token_suffix = class_prompt_tokens(clip, prompt_prefix, class_names, n_ctx)
+        self.tokenized, self.token_prefix, self.token_suffix = class_prompt_tokens(
+            clip, prompt_prefix, class_names, n_ctx
+        )
         with torch.no_grad():  # CLIP.__init__ (the zero-shot teacher): the template's text features, normalised
             text_features = clip.encode_text([template.format(c.replace("_", " ")) for c in class_names])
             self.zs_text_features = text_features / text_features.norm(dim=-1, keepdim=True)
@@ -69,15 +78,18 @@ class ReferenceProGrad:
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         return self.clip.logit_scale * image_features @ self.zs_text_features.t()
 
-    def loss(self, output: torch.Tensor, zs_output: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, output: torch.Tensor, zs_output: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``ProGradLoss.forward``: (cross-entropy, KL toward the teacher at temperature T, times T^2)."""
         xe_loss = F.cross_entropy(output, label)
         tea_prob = F.softmax(zs_output / T, dim=-1)
         kl_loss = (-tea_prob * F.log_softmax(output / T, -1) * T * T).sum(1).mean()
         return xe_loss, kl_loss
 
-    def backward_and_update(self, optimizer: torch.optim.Optimizer, loss_a: torch.Tensor, loss_b: torch.Tensor,
-                            lambda_: float) -> None:
+    def backward_and_update(
+        self, optimizer: torch.optim.Optimizer, loss_a: torch.Tensor, loss_b: torch.Tensor, lambda_: float
+    ) -> None:
         """``prograd_backward_and_update``: the KL's gradient first, then CE's, projected on conflict."""
         optimizer.zero_grad()
         loss_b.backward(retain_graph=True)
@@ -92,8 +104,9 @@ class ReferenceProGrad:
             self.ctx.grad = a_grad - lambda_ * torch.dot(a_grad.flatten(), b_grad_norm.flatten()) * b_grad_norm
         optimizer.step()
 
-    def train(self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim,
-              orders: list[torch.Tensor]) -> list[float]:
+    def train(
+        self, features: torch.Tensor, labels: torch.Tensor, optim: DasslOptim, orders: list[torch.Tensor]
+    ) -> list[float]:
         def forward_backward(optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> float:
             output = self.logits(features[batch])
             with torch.no_grad():
@@ -105,9 +118,9 @@ class ReferenceProGrad:
         return dassl_train([self.ctx], optim, orders, forward_backward)
 
 
-def test_prograd_starts_and_trains_as_the_official_code(backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                                        make_config: Callable[..., Any],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prograd_starts_and_trains_as_the_official_code(
+    backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     overrides = [f"epochs={EPOCHS}", f"batch_size={BATCH}", f"lr={LR}", "select=last", "calibrate=false"]
     config = make_config(*(f"prograd.{o}" for o in overrides)).prograd  # the context keys: the defaults
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images
@@ -120,29 +133,39 @@ def test_prograd_starts_and_trains_as_the_official_code(backbone: CLIPBackbone, 
     for fewclip_batches, order in zip(recorder.batches, orders, strict=True):
         assert [b.tolist() for b in fewclip_batches] == [b.tolist() for b in loader_batches(order, BATCH)]
     initial = reference.ctx.detach().clone()
-    losses = reference.train(train.features, train.labels, DasslOptim(lr=LR, max_epoch=EPOCHS, batch_size=BATCH), orders)
+    losses = reference.train(
+        train.features, train.labels, DasslOptim(lr=LR, max_epoch=EPOCHS, batch_size=BATCH), orders
+    )
 
     torch.testing.assert_close(head.ctx_, reference.ctx.detach(), **PARAMS_TOL)
     assert [row["train_loss"] for row in head.history_] == pytest.approx(epoch_means(losses, 2), rel=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(head.uncalibrated_logits(train.features), reference.logits(train.features),
-                                   **LOGITS_TOL)
+        torch.testing.assert_close(
+            head.uncalibrated_logits(train.features), reference.logits(train.features), **LOGITS_TOL
+        )
     # teeth: the projection ran on some steps and not on others, and the context moved far beyond the tolerance
     assert 0 < reference.conflicts < len(losses)
     assert (reference.ctx.detach() - initial).abs().max() > 1e-2
 
 
-def test_untrained_prograd_scores_as_the_official_initial_prompt(backbone: CLIPBackbone, clip: ReferenceCLIPText,
-                                                                 make_config: Callable[..., Any]) -> None:
+def test_untrained_prograd_scores_as_the_official_initial_prompt(
+    backbone: CLIPBackbone, clip: ReferenceCLIPText, make_config: Callable[..., Any]
+) -> None:
     """The reference's untrained logits: 12 zero vectors, then "a photo of a", then the class name."""
-    config = make_config("prograd.epochs=1", "prograd.lr=1e-12", "prograd.warmup_epochs=0", "prograd.select=last",
-                         "prograd.calibrate=false").prograd  # one step at a rate that leaves the context as it was
+    config = make_config(
+        "prograd.epochs=1",
+        "prograd.lr=1e-12",
+        "prograd.warmup_epochs=0",
+        "prograd.select=last",
+        "prograd.calibrate=false",
+    ).prograd  # one step at a rate that leaves the context as it was
     train = synthetic_task(backbone, 2, seed=1)
     head = ProGradHead(config).fit(Task(NAMES, [TEMPLATE], backbone, SEED), train)
     reference = ReferenceProGrad(clip, NAMES, TEMPLATE, N_CTX)
     with torch.no_grad():
-        torch.testing.assert_close(head.uncalibrated_logits(train.features), reference.logits(train.features),
-                                   **LOGITS_TOL)
+        torch.testing.assert_close(
+            head.uncalibrated_logits(train.features), reference.logits(train.features), **LOGITS_TOL
+        )
 
 
 def test_defaults_follow_the_official_config(make_config: Callable[..., Any]) -> None:

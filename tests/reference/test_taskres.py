@@ -25,8 +25,16 @@ from tests.reference.clap_trainer import ConstantWarmupScheduler, train_loader_b
 from tests.reference.recording import FitRecord, recording
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]
-YAML = {"NAME": "adam", "LR": 0.002, "MAX_EPOCH": 100, "LR_SCHEDULER": "cosine", "WARMUP_EPOCH": 1,
-        "WARMUP_TYPE": "constant", "WARMUP_CONS_LR": 1e-5, "BATCH_SIZE": 256}  # adam_lr2e-3_B256_ep100.yaml
+YAML = {
+    "NAME": "adam",
+    "LR": 0.002,
+    "MAX_EPOCH": 100,
+    "LR_SCHEDULER": "cosine",
+    "WARMUP_EPOCH": 1,
+    "WARMUP_TYPE": "constant",
+    "WARMUP_CONS_LR": 1e-5,
+    "BATCH_SIZE": 256,
+}  # adam_lr2e-3_B256_ep100.yaml
 DASSL_DEFAULTS = {"WEIGHT_DECAY": 5e-4, "ADAM_BETA1": 0.9, "ADAM_BETA2": 0.999}  # dassl/config/defaults.py
 RESIDUAL_SCALE = 0.5  # train_regular.sh, every dataset but Flowers102
 EPOCHS = 4  # a warm-up epoch and three cosine epochs
@@ -58,13 +66,19 @@ def custom_clip_forward(image_features: torch.Tensor, learner: TaskResLearner, l
     return logit_scale * image_features @ text_features.t()
 
 
-def run_trainer(learner: TaskResLearner, logit_scale: float, record: FitRecord, n_images: int, batch_size: int,
-                weight_decay: float) -> list[float]:
+def run_trainer(
+    learner: TaskResLearner, logit_scale: float, record: FitRecord, n_images: int, batch_size: int, weight_decay: float
+) -> list[float]:
     """Dassl's TrainerX epochs over fewclip's drawn epochs; the learning rate of every optimiser step."""
-    optim = torch.optim.Adam(learner.parameters(), lr=YAML["LR"], weight_decay=weight_decay,
-                             betas=(DASSL_DEFAULTS["ADAM_BETA1"], DASSL_DEFAULTS["ADAM_BETA2"]))
-    sched = ConstantWarmupScheduler(optim, CosineAnnealingLR(optim, float(len(record.epochs))), YAML["WARMUP_EPOCH"],
-                                    YAML["WARMUP_CONS_LR"])
+    optim = torch.optim.Adam(
+        learner.parameters(),
+        lr=YAML["LR"],
+        weight_decay=weight_decay,
+        betas=(DASSL_DEFAULTS["ADAM_BETA1"], DASSL_DEFAULTS["ADAM_BETA2"]),
+    )
+    sched = ConstantWarmupScheduler(
+        optim, CosineAnnealingLR(optim, float(len(record.epochs))), YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"]
+    )
     num_batches = train_loader_batches(n_images, batch_size)
     rates = []
     for epoch in record.epochs:
@@ -93,22 +107,45 @@ def with_views(train: FeatureSet, views: int) -> FeatureSet:
 def test_defaults_are_train_regular_sh(make_config: Callable[..., Any]) -> None:
     c = make_config().taskres
     assert (c.lr, c.batch_size, c.warmup_epochs, c.warmup_lr, c.weight_decay, c.adam_betas, c.residual_scale) == (
-        YAML["LR"], YAML["BATCH_SIZE"], YAML["WARMUP_EPOCH"], YAML["WARMUP_CONS_LR"], DASSL_DEFAULTS["WEIGHT_DECAY"],
-        (DASSL_DEFAULTS["ADAM_BETA1"], DASSL_DEFAULTS["ADAM_BETA2"]), RESIDUAL_SCALE)
+        YAML["LR"],
+        YAML["BATCH_SIZE"],
+        YAML["WARMUP_EPOCH"],
+        YAML["WARMUP_CONS_LR"],
+        DASSL_DEFAULTS["WEIGHT_DECAY"],
+        (DASSL_DEFAULTS["ADAM_BETA1"], DASSL_DEFAULTS["ADAM_BETA2"]),
+        RESIDUAL_SCALE,
+    )
     # ep100 files at 1, 2 and 4 shots; ep200 at 8 and 16
     assert [c.epochs_for(shots) for shots in (1, 2, 4, 8, 16)] == [100, 100, 100, 200, 200]
     assert (c.prototypes, c.schedule, c.drop_last, c.view_sampling, c.select, c.calibrate) == (
-        "template_mean", "dassl", True, "per_image", "last", False)
+        "template_mean",
+        "dassl",
+        True,
+        "per_image",
+        "last",
+        False,
+    )
 
 
 # the last case's weight decay is large enough to matter in 4 epochs: Adam's coupled L2 (Dassl's), not AdamW's
-@pytest.mark.parametrize("views,batch_size,weight_decay", [(0, 8, DASSL_DEFAULTS["WEIGHT_DECAY"]),
-                                                           (3, 8, DASSL_DEFAULTS["WEIGHT_DECAY"]),
-                                                           (0, 32, DASSL_DEFAULTS["WEIGHT_DECAY"]), (0, 8, 2.0)])
-def test_taskres_trains_as_the_official_code(backbone: CLIPBackbone, make_config: Callable[..., Any], views: int,
-                                             batch_size: int, weight_decay: float) -> None:
-    config = make_config(f"taskres.epochs={EPOCHS}", f"taskres.batch_size={batch_size}",
-                         f"taskres.augment_views={views}", f"taskres.weight_decay={weight_decay}").taskres
+@pytest.mark.parametrize(
+    "views,batch_size,weight_decay",
+    [
+        (0, 8, DASSL_DEFAULTS["WEIGHT_DECAY"]),
+        (3, 8, DASSL_DEFAULTS["WEIGHT_DECAY"]),
+        (0, 32, DASSL_DEFAULTS["WEIGHT_DECAY"]),
+        (0, 8, 2.0),
+    ],
+)
+def test_taskres_trains_as_the_official_code(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], views: int, batch_size: int, weight_decay: float
+) -> None:
+    config = make_config(
+        f"taskres.epochs={EPOCHS}",
+        f"taskres.batch_size={batch_size}",
+        f"taskres.augment_views={views}",
+        f"taskres.weight_decay={weight_decay}",
+    ).taskres
     train = with_views(cluster_task(backbone.dim, 3, seed=1), views)  # 18 images: 2 batches of 8, or one lone batch
     test = cluster_task(backbone.dim, 4, seed=3)
     with recording(trained_module) as record:
@@ -118,8 +155,9 @@ def test_taskres_trains_as_the_official_code(backbone: CLIPBackbone, make_config
     # the frozen base is _get_base_text_features (text encoded in other batch shapes: last-bit differences)
     torch.testing.assert_close(record.initial_state["base"], base, atol=1e-5, rtol=1e-5)
     assert torch.equal(record.initial_state["residual"], torch.zeros_like(base))
-    assert len(record.epochs) == EPOCHS and all(len(e.batches) == train_loader_batches(len(train), batch_size)
-                                                for e in record.epochs)
+    assert len(record.epochs) == EPOCHS and all(
+        len(e.batches) == train_loader_batches(len(train), batch_size) for e in record.epochs
+    )
     if views:  # one of the cached views of every image per epoch, as Dassl's loader augments each image once
         assert all(len(e.features) == len(train) for e in record.epochs)
     learner = TaskResLearner(RESIDUAL_SCALE, base)

@@ -19,7 +19,12 @@ from tests.heads.adapter_tasks import TASK_NAMES, cluster_task
 
 
 TEMPLATES = ["a photo of a {}.", "an image of a {}."]
-IMAGENET_YAML = {"search_scale": [7, 3], "search_step": [200, 20], "init_beta": 1, "init_alpha": 1.17}  # configs/imagenet.yaml
+IMAGENET_YAML = {
+    "search_scale": [7, 3],
+    "search_step": [200, 20],
+    "init_beta": 1,
+    "init_alpha": 1.17,
+}  # configs/imagenet.yaml
 
 
 def clip_classifier(backbone: CLIPBackbone, classnames: list[str], template: list[str]) -> torch.Tensor:
@@ -41,8 +46,16 @@ def build_cache_model(passes: list[torch.Tensor], labels: torch.Tensor) -> tuple
     return cache_keys.permute(1, 0), F.one_hot(labels).float()
 
 
-def tip_logits(features: torch.Tensor, cache_keys: torch.Tensor, cache_values: torch.Tensor, clip_weights: torch.Tensor,
-               scale: float, alpha: float, beta: float, affinity: torch.Tensor | None = None) -> torch.Tensor:
+def tip_logits(
+    features: torch.Tensor,
+    cache_keys: torch.Tensor,
+    cache_values: torch.Tensor,
+    clip_weights: torch.Tensor,
+    scale: float,
+    alpha: float,
+    beta: float,
+    affinity: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``run_tip_adapter``'s logits on normalised ``features`` (``pre_load_features``); Tip-Adapter-F passes the
     trained adapter's ``affinity``."""
     affinity = features @ cache_keys if affinity is None else affinity
@@ -57,10 +70,13 @@ def cls_acc(output: torch.Tensor, target: torch.Tensor) -> float:
     return 100 * correct[:1].reshape(-1).float().sum(0, keepdim=True).item() / target.shape[0]
 
 
-def search_hp(cfg: dict[str, Any], logits_at: Callable[[float, float], torch.Tensor],
-              labels: torch.Tensor) -> tuple[float, float]:
+def search_hp(
+    cfg: dict[str, Any], logits_at: Callable[[float, float], torch.Tensor], labels: torch.Tensor
+) -> tuple[float, float]:
     beta_list = [i * (cfg["search_scale"][0] - 0.1) / cfg["search_step"][0] + 0.1 for i in range(cfg["search_step"][0])]
-    alpha_list = [i * (cfg["search_scale"][1] - 0.1) / cfg["search_step"][1] + 0.1 for i in range(cfg["search_step"][1])]
+    alpha_list = [
+        i * (cfg["search_scale"][1] - 0.1) / cfg["search_step"][1] + 0.1 for i in range(cfg["search_step"][1])
+    ]
     best_acc, best_beta, best_alpha = 0.0, 0.0, 0.0
     for beta in beta_list:
         for alpha in alpha_list:
@@ -89,19 +105,32 @@ def normalized(features: torch.Tensor) -> torch.Tensor:
 def test_defaults_are_the_imagenet_config(make_config: Callable[..., Any]) -> None:
     c = make_config().tip_adapter
     assert (c.search_scale_beta, c.search_scale_alpha, c.search_steps_beta, c.search_steps_alpha, c.beta, c.alpha) == (
-        *IMAGENET_YAML["search_scale"], *IMAGENET_YAML["search_step"], IMAGENET_YAML["init_beta"], IMAGENET_YAML["init_alpha"])
+        *IMAGENET_YAML["search_scale"],
+        *IMAGENET_YAML["search_step"],
+        IMAGENET_YAML["init_beta"],
+        IMAGENET_YAML["init_alpha"],
+    )
 
 
 @pytest.mark.parametrize("views", [0, 10])
-def test_tip_adapter_logits_are_the_references(backbone: CLIPBackbone, make_config: Callable[..., Any], views: int) -> None:
+def test_tip_adapter_logits_are_the_references(
+    backbone: CLIPBackbone, make_config: Callable[..., Any], views: int
+) -> None:
     config = make_config("tip_adapter.search=false", "tip_adapter.calibrate=false").tip_adapter
     train, test = support(views), cluster_task(backbone.dim, 4, seed=3)
     head = TipAdapterHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone), train)
     cache_keys, cache_values = build_cache_model(augmented_passes(train), train.labels)
     torch.testing.assert_close(head.model_.keys, cache_keys.T, atol=1e-6, rtol=1e-5)
     clip_weights = clip_classifier(backbone, TASK_NAMES, TEMPLATES)
-    expected = tip_logits(normalized(test.features), cache_keys, cache_values, clip_weights, backbone.logit_scale,
-                          IMAGENET_YAML["init_alpha"], IMAGENET_YAML["init_beta"])
+    expected = tip_logits(
+        normalized(test.features),
+        cache_keys,
+        cache_values,
+        clip_weights,
+        backbone.logit_scale,
+        IMAGENET_YAML["init_alpha"],
+        IMAGENET_YAML["init_beta"],
+    )
     # text encoded in other batch shapes, sums in another order: 1e-5
     torch.testing.assert_close(head.logits(test.features), expected, atol=1e-5, rtol=1e-5)
 
@@ -114,8 +143,13 @@ def test_search_returns_the_references_grid_values(backbone: CLIPBackbone, make_
     cache_keys, cache_values = build_cache_model(augmented_passes(train), train.labels)
     clip_weights = clip_classifier(backbone, TASK_NAMES, TEMPLATES)
     val_features = normalized(val.features)
-    best_beta, best_alpha = search_hp(cfg, lambda alpha, beta: tip_logits(
-        val_features, cache_keys, cache_values, clip_weights, backbone.logit_scale, alpha, beta), val.labels)
+    best_beta, best_alpha = search_hp(
+        cfg,
+        lambda alpha, beta: tip_logits(
+            val_features, cache_keys, cache_values, clip_weights, backbone.logit_scale, alpha, beta
+        ),
+        val.labels,
+    )
     # the same grid point, returned as the grid's own float (the index picked is what two code paths agree on)
     assert (head.alpha_, head.beta_) == (best_alpha, best_beta)
     assert (head.alpha_, head.beta_) != (IMAGENET_YAML["init_alpha"], IMAGENET_YAML["init_beta"])

@@ -31,10 +31,21 @@ def row(method: str, shots: int, matrix: np.ndarray, labels: np.ndarray = LABELS
     classes = np.unique(labels)
     bal = np.array([np.mean([m[labels == c].mean() for c in classes]) for m in matrix])
     support = [int((labels == c).sum()) for c in classes]
-    return {"method": method, "shots": shots, "split": "test", "n_seeds": len(matrix), "n_test": len(labels),
-            "accuracy_mean": float(acc.mean()), "accuracy_std": _sample_std(acc), "balanced_accuracy_mean": float(bal.mean()),
-            "balanced_accuracy_std": _sample_std(bal), "macro_f1_mean": 0.5, "macro_f1_std": 0.0,
-            "chance": 1 / len(classes), "majority": max(support) / len(labels)}
+    return {
+        "method": method,
+        "shots": shots,
+        "split": "test",
+        "n_seeds": len(matrix),
+        "n_test": len(labels),
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": _sample_std(acc),
+        "balanced_accuracy_mean": float(bal.mean()),
+        "balanced_accuracy_std": _sample_std(bal),
+        "macro_f1_mean": 0.5,
+        "macro_f1_std": 0.0,
+        "chance": 1 / len(classes),
+        "majority": max(support) / len(labels),
+    }
 
 
 def answer_for(units: dict[tuple[str, int], np.ndarray], labels: np.ndarray = LABELS, params: dict | None = None):
@@ -55,8 +66,10 @@ def test_identical_methods_are_indistinguishable_and_no_winner_is_named() -> Non
     assert f"but is indistinguishable from coop ({100 * same.mean():.2f}%, p = 1.000)" in sentence(verdict)
     assert "significantly above zero_shot" in sentence(verdict)
     assert "at 4 shots the leading methods are indistinguishable" not in answer.headline  # only one budget
-    assert ("at no shot budget is any method significantly better than all others: the leading methods are "
-            "indistinguishable on this test set of 300 images") in answer.headline
+    assert (
+        "at no shot budget is any method significantly better than all others: the leading methods are "
+        "indistinguishable on this test set of 300 images"
+    ) in answer.headline
     assert "measured by accuracy, with a paired test over seeds at alpha = 0.05" in answer.headline
 
 
@@ -88,8 +101,14 @@ def test_a_zero_shot_only_run_is_answered_and_recommends_zero_shot() -> None:
     zero = correct(0.62, 1, 12)
     evidence = Evidence({"test": LABELS}, {("zero_shot", 0, "test"): zero})
     support = [int((LABELS == c).sum()) for c in np.unique(LABELS)]
-    answer = build_answer([row("zero_shot", 0, zero)], [1, 4, 16], evidence, {"test": support},
-                          {("zero_shot", 0): 0}, {("zero_shot", 0): [0]})
+    answer = build_answer(
+        [row("zero_shot", 0, zero)],
+        [1, 4, 16],
+        evidence,
+        {"test": support},
+        {("zero_shot", 0): 0},
+        {("zero_shot", 0): [0]},
+    )
     (verdict,) = answer.primary()
     assert (verdict.shots, [r["method"] for r in verdict.ranked]) == (0, ["zero_shot"])
     expected = f"{100 * zero.mean():.2f}%"
@@ -106,8 +125,12 @@ def test_the_recommendation_is_the_cheapest_head_not_worse_than_the_best() -> No
     strong = correct(0.9, 3, 7)
     nearly = strong.copy()
     nearly[:, :3] = False  # 1 point lower: not significantly worse
-    units = {("zero_shot", 0): correct(0.5, 1, 8), ("linear_probe", 2): nearly, ("linear_probe", 16): strong,
-             ("coop", 16): correct(0.6, 3, 10)}
+    units = {
+        ("zero_shot", 0): correct(0.5, 1, 8),
+        ("linear_probe", 2): nearly,
+        ("linear_probe", 16): strong,
+        ("coop", 16): correct(0.6, 3, 10),
+    }
     rec = answer_for(units).recommendation
     assert (rec["method"], rec["shots"], rec["seed"]) == ("linear_probe", 2, 1)
     assert "cheapest head" in rec["why"] and "not significantly below the best at 16 shots" in rec["why"]

@@ -16,20 +16,46 @@ from fewclip.runner.cli import main
 from fewclip.report.compare import write_compare
 from fewclip.report.compare_tables import build_tables, csv_rows
 
-COOP_11 = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
-           "SUN397", "DTD", "EuroSAT", "UCF101"]
+COOP_11 = [
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "Flowers102",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DTD",
+    "EuroSAT",
+    "UCF101",
+]
 VIT_B16 = "openai/clip-vit-base-patch16"
 
 
-def make_run(root: Path, folder: str, dataset: str, rows: list[tuple[str, int, int, str, float]], *,
-             source: str = "coop", sampler: str = "coop", subsample: str = "all", model_id: str = VIT_B16) -> Path:
+def make_run(
+    root: Path,
+    folder: str,
+    dataset: str,
+    rows: list[tuple[str, int, int, str, float]],
+    *,
+    source: str = "coop",
+    sampler: str = "coop",
+    subsample: str = "all",
+    model_id: str = VIT_B16,
+) -> Path:
     """A run directory as fewclip leaves it, for what compare reads: config.yaml and results/summary.csv."""
     run = root / folder
     (run / "results").mkdir(parents=True)
-    data: dict[str, Any] = {"name": dataset, "model": {"library": "hf", "id": model_id},
-                            "splits": {"sampler": sampler, "subsample": subsample, "seeds": [1, 2, 3]}}
-    data["dataset"] = {"source": "coop", "name": dataset, "path": "data"} if source == "coop" else {
-        "source": source, "path": "images"}
+    data: dict[str, Any] = {
+        "name": dataset,
+        "model": {"library": "hf", "id": model_id},
+        "splits": {"sampler": sampler, "subsample": subsample, "seeds": [1, 2, 3]},
+    }
+    data["dataset"] = (
+        {"source": "coop", "name": dataset, "path": "data"}
+        if source == "coop"
+        else {"source": source, "path": "images"}
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     with open(run / "results" / "summary.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -44,22 +70,28 @@ def read_compare_csv(path: Path) -> dict[tuple[str, str, int, str], dict[str, st
 
 
 def few_shot_rows(coop: list[float], zero_shot: float) -> list[tuple[str, int, int, str, float]]:
-    return [("zero_shot", 0, 0, "test", zero_shot)] + [("coop", 16, seed, "test", acc) for seed, acc in
-                                                        zip((1, 2, 3), coop)]
+    return [("zero_shot", 0, 0, "test", zero_shot)] + [
+        ("coop", 16, seed, "test", acc) for seed, acc in zip((1, 2, 3), coop)
+    ]
 
 
 def base_new_rows(shift: float = 0.0) -> list[tuple[str, int, int, str, float]]:
     rows = [("zero_shot", 0, 0, "base", 0.70 + shift), ("zero_shot", 0, 0, "new", 0.74 + shift)]
     for seed, (base, new) in zip((1, 2, 3), [(0.80, 0.70), (0.82, 0.60), (0.78, 0.75)]):
-        rows += [("cocoop", 16, seed, "base", base + shift), ("cocoop", 16, seed, "new", new + shift),
-                 ("cocoop", 16, seed, "hm", 0.01)]  # per-seed HM rows: compare recomputes HM from the means
+        rows += [
+            ("cocoop", 16, seed, "base", base + shift),
+            ("cocoop", 16, seed, "new", new + shift),
+            ("cocoop", 16, seed, "hm", 0.01),
+        ]  # per-seed HM rows: compare recomputes HM from the means
     return rows + [("linear_probe", 16, 1, "base", 0.9)]
 
 
 def test_values_are_mean_and_sample_std_over_seeds_with_the_average_column(tmp_path: Path) -> None:
     pets, dtd = [0.91, 0.93, 0.92], [0.60, 0.66, 0.65]
-    runs = [make_run(tmp_path, "pets", "OxfordPets", few_shot_rows(pets, 0.89)),
-            make_run(tmp_path, "dtd", "DTD", few_shot_rows(dtd, 0.44))]
+    runs = [
+        make_run(tmp_path, "pets", "OxfordPets", few_shot_rows(pets, 0.89)),
+        make_run(tmp_path, "dtd", "DTD", few_shot_rows(dtd, 0.44)),
+    ]
     written = write_compare(runs, tmp_path / "out")
     table = read_compare_csv(written["csv"])
     for name, values in (("OxfordPets", pets), ("DTD", dtd)):
@@ -87,15 +119,18 @@ def test_hm_is_the_harmonic_mean_of_mean_base_and_mean_new(tmp_path: Path) -> No
     assert abs(float(hm["mean"]) - 100 * per_seed) > 0.05  # not the mean of per-seed HMs
     assert hm["std"] == "" and hm["protocol"] == "base2new"
     assert float(table[("OxfordPets", "cocoop", 16, "new")]["std"]) == pytest.approx(
-        100 * statistics.stdev([0.70, 0.60, 0.75]), abs=1e-4)
+        100 * statistics.stdev([0.70, 0.60, 0.75]), abs=1e-4
+    )
     # a head with base results only (a linear probe) has base and no new / HM
     assert ("OxfordPets", "linear_probe", 16, "base") in table
     assert ("OxfordPets", "linear_probe", 16, "hm") not in table
 
 
 def eleven_base_new_runs(root: Path, **kwargs: Any) -> list[Path]:
-    return [make_run(root, name.lower(), name, base_new_rows(0.001 * i), subsample="base2new",
-                     **(kwargs if i == 0 else {})) for i, name in enumerate(COOP_11)]
+    return [
+        make_run(root, name.lower(), name, base_new_rows(0.001 * i), subsample="base2new", **(kwargs if i == 0 else {}))
+        for i, name in enumerate(COOP_11)
+    ]
 
 
 def test_published_numbers_sit_beside_the_average_of_the_11_on_the_papers_protocol(tmp_path: Path) -> None:
@@ -111,8 +146,10 @@ def test_published_numbers_sit_beside_the_average_of_the_11_on_the_papers_protoc
     assert all(row["reference"] == "" for key, row in table.items() if key[0] != "Average (11)")  # none per dataset
     page = written["html"].read_text(encoding="utf-8")
     refs = re.findall(r'<span class="ref" data-dataset="([^"]*)" data-method="([^"]*)"[^>]*>paper ([0-9.]+)', page)
-    assert sorted(refs) == sorted([("Average (11)", "cocoop", v) for v in ("80.47", "71.69", "75.83")]
-                                  + [("Average (11)", "zero_shot", v) for v in ("69.34", "74.22", "71.70")])
+    assert sorted(refs) == sorted(
+        [("Average (11)", "cocoop", v) for v in ("80.47", "71.69", "75.83")]
+        + [("Average (11)", "zero_shot", v) for v in ("69.34", "74.22", "71.70")]
+    )
     assert "Conditional Prompt Learning for Vision-Language Models, CVPR 2022, Table 1(a), ViT-B/16" in page
 
 
@@ -133,12 +170,13 @@ def test_ten_datasets_make_average_10_without_a_published_number(tmp_path: Path)
 
 
 def test_a_per_dataset_published_number_matches_only_runs_on_the_papers_protocol(tmp_path: Path) -> None:
-    published = ("paper,table,backbone,protocol,dataset,method,shots,split,value,verified_from\n"
-                 "Test paper,Table 9,ViT-B/16,few_shot,OxfordPets,CoOp,16,test,91.00,here\n"
-                 "Test paper,Table 9,ViT-B/16,few_shot,DTD,CoOp,16,test,65.00,here\n")
+    published = (
+        "paper,table,backbone,protocol,dataset,method,shots,split,value,verified_from\n"
+        "Test paper,Table 9,ViT-B/16,few_shot,OxfordPets,CoOp,16,test,91.00,here\n"
+        "Test paper,Table 9,ViT-B/16,few_shot,DTD,CoOp,16,test,65.00,here\n"
+    )
     rows = [("coop", 16, 1, "test", 0.9), ("coop@n4", 16, 1, "test", 0.8), ("coop", 8, 1, "test", 0.85)]
-    runs = [make_run(tmp_path, "pets", "OxfordPets", rows),
-            make_run(tmp_path, "dtd", "DTD", rows, sampler="fewclip")]
+    runs = [make_run(tmp_path, "pets", "OxfordPets", rows), make_run(tmp_path, "dtd", "DTD", rows, sampler="fewclip")]
     found = {(r[0], r[1], r[2]): r[9] for r in csv_rows(build_tables(runs, published))}
     assert found[("OxfordPets", "coop", 16)] == "91.00"
     assert found[("OxfordPets", "coop@n4", 16)] == "" and found[("OxfordPets", "coop", 8)] == ""  # variant, budget
@@ -180,8 +218,9 @@ def test_a_folder_that_is_not_a_run_is_named_and_exits_2(tmp_path: Path, capsys:
     assert f"{tmp_path / 'missing'}: no such directory" in capsys.readouterr().err
 
 
-def test_two_runs_of_one_dataset_and_protocol_are_refused_naming_both(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_runs_of_one_dataset_and_protocol_are_refused_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = make_run(tmp_path, "a", "DTD", few_shot_rows([0.6, 0.6, 0.6], 0.4))
     second = make_run(tmp_path, "b", "DTD", few_shot_rows([0.7, 0.7, 0.7], 0.4))
     assert main(["compare", str(first), str(second), "--out", str(tmp_path / "cmp")]) == 2
@@ -193,8 +232,9 @@ def test_two_runs_of_one_dataset_and_protocol_are_refused_naming_both(tmp_path: 
     assert [(t.protocol, t.datasets) for t in tables] == [("few_shot", ["DTD"]), ("base2new", ["DTD"])]
 
 
-def test_two_datasets_sharing_a_name_are_told_that_name_is_the_clash(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_datasets_sharing_a_name_are_told_that_name_is_the_clash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = make_run(tmp_path, "a", "folder", few_shot_rows([0.6, 0.6, 0.6], 0.4), source="folder", sampler="fewclip")
     second = make_run(tmp_path, "b", "folder", few_shot_rows([0.7, 0.7, 0.7], 0.4), source="folder", sampler="fewclip")
     config = yaml.safe_load((second / "config.yaml").read_text(encoding="utf-8"))

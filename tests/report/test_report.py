@@ -27,8 +27,16 @@ from fewclip.report.html import build_report
 from fewclip.report.html_kit import thumbnail
 
 EVIL = "<script>alert(1)</script>"
-SECTIONS = ["The answer", "Accuracy and macro-F1 by method and shots", "Accuracy vs shots", "Trainable parameters",
-            "Zero-shot accuracy per template", "Training curves", "Per-method details", "Resolved config"]
+SECTIONS = [
+    "The answer",
+    "Accuracy and macro-F1 by method and shots",
+    "Accuracy vs shots",
+    "Trainable parameters",
+    "Zero-shot accuracy per template",
+    "Training curves",
+    "Per-method details",
+    "Resolved config",
+]
 
 
 class ReportParser(HTMLParser):
@@ -101,12 +109,16 @@ def run_report(make_config: Callable[..., Any]) -> Callable[..., tuple[Any, RunL
     """Run every stage (report included) on the shapes data, one class renamed to a script tag."""
 
     def build(*overrides: str) -> tuple[Any, RunLayout]:
-        config = make_config("few_shot.shots=[1,2]", "splits.seeds=[1,2]", "linear_probe.epochs=5",
-                             "output.saliency_images=3", *overrides,
-                             dataset={"source": "folder", "path": make_config().dataset.path,
-                                      "rename": {"red_circle": EVIL}},
-                             # templates short enough for the script-tag name in the tiny CLIP's 32 positions
-                             prompts={"templates": ["a photo of a {}.", "the {}.", "a {}."]})
+        config = make_config(
+            "few_shot.shots=[1,2]",
+            "splits.seeds=[1,2]",
+            "linear_probe.epochs=5",
+            "output.saliency_images=3",
+            *overrides,
+            dataset={"source": "folder", "path": make_config().dataset.path, "rename": {"red_circle": EVIL}},
+            # templates short enough for the script-tag name in the tiny CLIP's 32 positions
+            prompts={"templates": ["a photo of a {}.", "the {}.", "a {}."]},
+        )
         pipeline.run(config)
         return config, RunLayout(Path(config.output.dir))
 
@@ -120,8 +132,10 @@ def test_mean_std_is_the_sample_std_and_zero_for_one_seed() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
     mean, std = mean_std([0.2, 0.4, 0.9])
     assert mean == pytest.approx(0.5) and std == pytest.approx(statistics.stdev([0.2, 0.4, 0.9]))
-    rows = [{"method": "m", "shots": "2", "seed": str(s), "split": "test", "accuracy": a, "macro_f1": "0.5"}
-            for s, a in ((1, "0.25"), (2, "0.75"))]
+    rows = [
+        {"method": "m", "shots": "2", "seed": str(s), "split": "test", "accuracy": a, "macro_f1": "0.5"}
+        for s, a in ((1, "0.25"), (2, "0.75"))
+    ]
     (row,) = accuracy_table(rows)
     assert (row["n_seeds"], row["accuracy_mean"], row["macro_f1_std"]) == (2, 0.5, 0.0)
     assert row["accuracy_std"] == pytest.approx(statistics.stdev([0.25, 0.75]))
@@ -154,8 +168,10 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
     text = layout.report.read_text(encoding="utf-8")
     page = parse(layout.report)
     assert page.headings["h2"] == SECTIONS  # in order; nothing missing, so no notice; no base-to-new table
-    answer = text[text.index("The answer"):text.index("Accuracy and macro-F1")]
-    assert "On the test split (18 images), measured by accuracy, with a paired test over seeds at alpha = 0.05" in answer
+    answer = text[text.index("The answer") : text.index("Accuracy and macro-F1")]
+    assert (
+        "On the test split (18 images), measured by accuracy, with a paired test over seeds at alpha = 0.05" in answer
+    )
     assert "<li>At 1 shot, " in answer and "<li>At 2 shots, " in answer and "zero_shot (" in answer
     recommendation = json.loads(layout.recommendation.read_text())
     assert f"Recommended: {recommendation['method']} at {recommendation['shots']} shot" in answer
@@ -168,12 +184,21 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
     assert page.links and all(link.startswith("data:image/png;base64,") for link in page.links)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)|url\(|@import|<link""", text, re.I)
     # figures, one per unit shown, the plots, and thumbnails of the mistakes
-    for name in ("accuracy vs shots", "linear_probe training curves", "linear_probe confusion matrix",
-                 "zero_shot reliability diagram", "linear_probe saliency"):
+    for name in (
+        "accuracy vs shots",
+        "linear_probe training curves",
+        "linear_probe confusion matrix",
+        "zero_shot reliability diagram",
+        "linear_probe saliency",
+    ):
         assert f'alt="{name}"' in text
     assert 'class="thumb"' in text and "image not found" not in text
-    assert {"accuracy_table.csv", "trainable_params.csv", "accuracy_vs_shots.png",
-            "training_curves-linear_probe.png"} <= {p.name for p in layout.aggregate.iterdir()}
+    assert {
+        "accuracy_table.csv",
+        "trainable_params.csv",
+        "accuracy_vs_shots.png",
+        "training_curves-linear_probe.png",
+    } <= {p.name for p in layout.aggregate.iterdir()}
     assert not (layout.aggregate / "base_new.csv").exists()
 
 
@@ -181,19 +206,30 @@ def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report)
     config, layout = run_report()
     summary = read_csv(layout.summary)
     table = read_csv(layout.aggregate / "accuracy_table.csv")
-    assert {(r["method"], r["shots"]) for r in table} == {("zero_shot", "0"), ("linear_probe", "1"), ("linear_probe", "2")}
+    assert {(r["method"], r["shots"]) for r in table} == {
+        ("zero_shot", "0"),
+        ("linear_probe", "1"),
+        ("linear_probe", "2"),
+    }
     for row in table:  # aggregate CSV == mean / sample std over seeds of summary.csv
-        seeds = [r for r in summary if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])]
+        seeds = [
+            r for r in summary if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])
+        ]
         assert int(row["n_seeds"]) == len(seeds) == (1 if row["method"] == "zero_shot" else 2)
         for metric in ("accuracy", "macro_f1"):
             values = [float(r[metric]) for r in seeds]
             assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-6)
-            assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0, abs=1e-6)
+            assert float(row[f"{metric}_std"]) == pytest.approx(
+                statistics.stdev(values) if len(values) > 1 else 0, abs=1e-6
+            )
     n_test = len(read_csv(layout.test))
     for row in table:  # test size, baselines (3 classes x 6 test images) and balanced accuracy beside accuracy
         assert (row["n_test"], row["chance"], row["majority"]) == (str(n_test), "0.333333", "0.333333")
-        seeds = [float(r["balanced_accuracy"]) for r in summary
-                 if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])]
+        seeds = [
+            float(r["balanced_accuracy"])
+            for r in summary
+            if (r["method"], r["shots"], r["split"]) == (row["method"], row["shots"], row["split"])
+        ]
         assert float(row["balanced_accuracy_mean"]) == pytest.approx(statistics.mean(seeds), abs=1e-6)
     for unit in summary:  # Wilson interval around each unit's accuracy
         assert float(unit["acc_low"]) < float(unit["accuracy"]) < float(unit["acc_high"])
@@ -201,15 +237,19 @@ def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report)
     assert f"test split: test images n = {n_test}; chance 33.33%; majority-class accuracy 33.33%." in text
     page = parse(layout.report)
     assert len(page.cells) == len(page.f1) == len(table)
-    shown = {(c["data-method"], c["data-shots"], c["data-split"]): (c["text"], f1) for c, f1 in zip(page.cells, page.f1)}
+    shown = {
+        (c["data-method"], c["data-shots"], c["data-split"]): (c["text"], f1) for c, f1 in zip(page.cells, page.f1)
+    }
     for row in table:  # the report prints the CSV's numbers, in percent with two decimals
         acc_text, f1_text = shown[(row["method"], row["shots"], row["split"])]
         for (mean, std), metric in ((percent_pair(acc_text), "accuracy"), (percent_pair(f1_text), "macro_f1")):
             assert mean == pytest.approx(float(row[f"{metric}_mean"]), abs=5.1e-5)
             assert std == pytest.approx(float(row[f"{metric}_std"]), abs=5.1e-5)
     params = next(t for t in page.tables if t["class"] == "params")["rows"][1:]
-    assert params == [[r["method"], r["shots"], f"{int(r['trainable_params']):,}"]
-                      for r in read_csv(layout.aggregate / "trainable_params.csv")]
+    assert params == [
+        [r["method"], r["shots"], f"{int(r['trainable_params']):,}"]
+        for r in read_csv(layout.aggregate / "trainable_params.csv")
+    ]
     assert [p[2] for p in params] == ["0", "99", "99"]  # zero-shot; 32-dim features x 3 classes + 3 biases
 
 
@@ -228,8 +268,9 @@ def test_confusion_matrices_in_the_report_sum_to_the_test_set_and_give_the_accur
         assert trace / total == pytest.approx(float(summary[unit]["accuracy"]), abs=1e-6)
 
 
-def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_says_what_is_missing_and_survives_missing_images(
+    run_report, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, layout = run_report()
     # one unit's rows gone, a budget the run never had, an image the mistakes table cannot find
     summary = read_csv(layout.summary)
@@ -246,13 +287,13 @@ def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp
     text = layout.report.read_text(encoding="utf-8")
     page = parse(layout.report)
     assert page.headings["h2"][:2] == ["The answer", "What is missing"]
-    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    notice = text[text.index("What is missing") : text.index("Accuracy and macro-F1")]
     assert "linear_probe: no results for 2 shots (seed 2); 4 shots (seeds 1, 2)" in notice
     assert "zero_shot" not in notice.split("</p>", 1)[1]  # zero-shot is complete
     assert "At 4 shots: no results" in text
     assert "image not found" in text
     n_cell = next(c for c in page.cells if (c["data-method"], c["data-shots"]) == ("linear_probe", "2"))
-    assert "(1 seed)" in text[text.index(n_cell["text"]):][:120]
+    assert "(1 seed)" in text[text.index(n_cell["text"]) :][:120]
     table = read_csv(layout.aggregate / "accuracy_table.csv")
     assert next(r for r in table if (r["method"], r["shots"]) == ("linear_probe", "2"))["n_seeds"] == "1"
 
@@ -260,10 +301,13 @@ def test_report_says_what_is_missing_and_survives_missing_images(run_report, tmp
     capsys.readouterr()
     assert main(["-q", "report", str(layout.config)]) == 0
     printed = capsys.readouterr().out.splitlines()  # the answer in a few lines, not a CSV dump
-    assert printed == [json.loads(layout.answer.read_text())["headline"],
-                       f"table: {layout.aggregate / 'accuracy_table.csv'}", f"report: {layout.report}"]
+    assert printed == [
+        json.loads(layout.answer.read_text())["headline"],
+        f"table: {layout.aggregate / 'accuracy_table.csv'}",
+        f"report: {layout.report}",
+    ]
     text = layout.report.read_text(encoding="utf-8")
-    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    notice = text[text.index("What is missing") : text.index("Accuracy and macro-F1")]
     assert "linear_probe: no results for 2 shots (seed 2)</li>" in notice and "4 shots" not in notice
 
 
@@ -273,10 +317,13 @@ def test_base_to_new_report_without_figures(run_report) -> None:
     text = layout.report.read_text(encoding="utf-8")
     assert "Base / new / harmonic mean" in page.headings["h2"]
     assert page.headings["h2"].index("Base / new / harmonic mean") == page.headings["h2"].index("Accuracy vs shots") + 1
-    notice = text[text.index("What is missing"):text.index("Accuracy and macro-F1")]
+    notice = text[text.index("What is missing") : text.index("Accuracy and macro-F1")]
     assert "output.figures is false" in notice and "linear_probe:" not in notice  # no new rows is by design
-    base_new_text = text[text.index("Base / new / harmonic mean"):text.index("Trainable parameters")]
-    assert "linear_probe: no new, hm rows for 4 of 4 units; it cannot classify classes it was not trained on" in base_new_text
+    base_new_text = text[text.index("Base / new / harmonic mean") : text.index("Trainable parameters")]
+    assert (
+        "linear_probe: no new, hm rows for 4 of 4 units; it cannot classify classes it was not trained on"
+        in base_new_text
+    )
     assert page.links and text.count('<img class="thumb" src="data:') == len(page.links)  # thumbnails only
     base_new = read_csv(layout.aggregate / "base_new.csv")
     summary = read_csv(layout.summary)
@@ -287,8 +334,13 @@ def test_base_to_new_report_without_figures(run_report) -> None:
     probe = next(r for r in base_new if (r["method"], r["shots"]) == ("linear_probe", "2"))
     assert probe["new_mean"] == probe["hm_mean"] == ""
     rows = next(t for t in page.tables if t["class"] == "base-new")["rows"]
-    assert ["linear_probe", "2", f"{100 * float(probe['base_mean']):.2f} ± {100 * float(probe['base_std']):.2f}",
-            "—", "—"] in rows
+    assert [
+        "linear_probe",
+        "2",
+        f"{100 * float(probe['base_mean']):.2f} ± {100 * float(probe['base_std']):.2f}",
+        "—",
+        "—",
+    ] in rows
     assert "on the harmonic mean of base and new" in text.split("</p>", 2)[1]  # the headline speaks of hm
 
 
@@ -304,10 +356,26 @@ def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (Debian), or set FEWCLIP_SKIP_BROWSER=1")
     config, layout = run_report()
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-                    layout.report.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            layout.report.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file()
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
@@ -318,11 +386,16 @@ def test_report_says_hyper_parameters_come_from_validation_and_which_methods_use
     from fewclip.report.html import validation_note
 
     note = html.unescape(validation_note(make_config("methods=[zero_shot,tip_adapter,zs_lp,clap,coop]")))
-    assert note.startswith('<p class="note">Hyper-parameters are chosen on the validation split only, never on '
-                           "test: Tip-Adapter's alpha and beta (grid search), the epoch kept")
+    assert note.startswith(
+        '<p class="note">Hyper-parameters are chosen on the validation split only, never on '
+        "test: Tip-Adapter's alpha and beta (grid search), the epoch kept"
+    )
     assert note.endswith("zs_lp and clap use no validation (the last epoch, no calibration), as in their paper.</p>")
     # a ZS-LP told to select on val is not called validation-free; without Tip-Adapter its search goes unnamed
     note = html.unescape(validation_note(make_config("methods=[zs_lp,clap,linear_probe]", "zs_lp.select=val_macro_f1")))
-    assert "Tip-Adapter" not in note and note.endswith(" clap use no validation (the last epoch, no calibration), "
-                                                        "as in their paper.</p>") and "zs_lp use" not in note
+    assert (
+        "Tip-Adapter" not in note
+        and note.endswith(" clap use no validation (the last epoch, no calibration), as in their paper.</p>")
+        and "zs_lp use" not in note
+    )
     assert "use no validation" not in validation_note(make_config())

@@ -8,8 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from fewclip.caption.data import load_coco
-from fewclip.world.captions import (CAPTIONS_FILE, IMAGE_DIR, WorldCaptionConfig, world_caption_item,
-                                    write_world_captions)
+from fewclip.world.captions import (
+    CAPTIONS_FILE,
+    IMAGE_DIR,
+    WorldCaptionConfig,
+    world_caption_item,
+    write_world_captions,
+)
 from fewclip.world.render import COLOURS, SHAPES, SIZES
 
 SIDES = ("left", "right", "top", "bottom")

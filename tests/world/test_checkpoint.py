@@ -15,8 +15,15 @@ from fewclip.world.render import image_rng, render
 
 def test_shipped_checkpoint_is_small_and_complete() -> None:
     names = {p.name for p in CHECKPOINT.iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
-            "preprocessor_config.json", "README.md"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "README.md",
+    } <= names
     total = sum(p.stat().st_size for p in CHECKPOINT.iterdir() if p.is_file())
     assert total <= 5 * 2**20, f"{total / 2**20:.1f} MiB"
     card = (CHECKPOINT / "README.md").read_text()

@@ -21,8 +21,17 @@ def _load():
 
 def test_shipped_decoder_is_small_complete_and_documented() -> None:
     names = {p.name for p in DECODER.iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json", "README.md", "pretraining.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+        "pretraining.json",
+    } <= names
     total = sum(p.stat().st_size for p in DECODER.iterdir() if p.is_file())
     assert total <= 2 * 2**20, f"{total / 2**20:.2f} MiB"
     from safetensors import safe_open
@@ -38,15 +47,20 @@ def test_special_tokens_and_one_token_per_world_word() -> None:
     model, tokenizer = _load()
     assert tokenizer.bos_token_id == tokenizer.eos_token_id == model.config.eos_token_id == model.config.bos_token_id
     assert tokenizer.pad_token_id == model.config.pad_token_id != tokenizer.eos_token_id
-    assert tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id, tokenizer.pad_token_id]) == ["<|endoftext|>",
-                                                                                               "<|pad|>"]
+    assert tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id, tokenizer.pad_token_id]) == [
+        "<|endoftext|>",
+        "<|pad|>",
+    ]
     for word in caption_words():
         assert len(tokenizer(word)["input_ids"]) == 1 and len(tokenizer(" " + word)["input_ids"]) == 1, word
     text = "a small red circle, in the top left corner"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     batch = caption_batch(tokenizer, [text, "a red circle"])
-    assert batch["input_ids"][1].tolist()[:5] == [tokenizer.bos_token_id, *tokenizer("a red circle")["input_ids"],
-                                                  tokenizer.eos_token_id]
+    assert batch["input_ids"][1].tolist()[:5] == [
+        tokenizer.bos_token_id,
+        *tokenizer("a red circle")["input_ids"],
+        tokenizer.eos_token_id,
+    ]
     assert batch["labels"][1].tolist()[5:] == [-100] * (batch["labels"].shape[1] - 5)
 
 
@@ -78,8 +92,10 @@ def test_pretrain_decoder_command_writes_a_loadable_decoder(tmp_path) -> None:
     from fewclip.runner.cli import main
 
     out = tmp_path / "decoder"
-    assert main(["world", "pretrain-decoder", "--out", str(out), "--steps", "30", "--batch-size", "16",
-                 "--seed", "1"]) == 0
+    assert (
+        main(["world", "pretrain-decoder", "--out", str(out), "--steps", "30", "--batch-size", "16", "--seed", "1"])
+        == 0
+    )
     record = json.loads((out / "pretraining.json").read_text())
     assert record["config"]["steps"] == 30 and record["config"]["batch_size"] == 16 and record["config"]["seed"] == 1
     assert record["results"]["final_loss"] < record["results"]["first_loss"] - 2  # it learned something in 30 steps

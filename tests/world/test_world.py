@@ -61,8 +61,16 @@ def test_unknown_world_class_fails_listing_the_valid_names(make_config: Callable
 
 def test_world_source_exports_balanced_classes_through_prepare(make_config: Callable[..., Any]) -> None:
     names = ["red circle", "blue star", "green ring"]
-    config = make_config(dataset={"source": "world", "classes": names, "train_per_class": 9, "test_per_class": 5,
-                                  "image_size": 32, "test_domain": "sketch"})
+    config = make_config(
+        dataset={
+            "source": "world",
+            "classes": names,
+            "train_per_class": 9,
+            "test_per_class": 5,
+            "image_size": 32,
+            "test_domain": "sketch",
+        }
+    )
     prepare(RunContext(config))
     layout = RunContext(config).layout
     train, test = read_csv(layout.train_full), read_csv(layout.test)
@@ -87,8 +95,19 @@ def test_tokenizer_is_in_clip_layout_and_keeps_words_whole(tmp_path: Path) -> No
 
 
 def test_short_pretraining_runs_end_to_end_and_lowers_the_loss(tmp_path: Path) -> None:
-    config = PretrainConfig(minutes=0.3, images_per_class=6, batch_size=64, width=32, layers=1, heads=2,
-                            image_size=32, eval_per_class=2, workers=1, lr=3e-3, warmup_fraction=0.02)
+    config = PretrainConfig(
+        minutes=0.3,
+        images_per_class=6,
+        batch_size=64,
+        width=32,
+        layers=1,
+        heads=2,
+        image_size=32,
+        eval_per_class=2,
+        workers=1,
+        lr=3e-3,
+        warmup_fraction=0.02,
+    )
     results = pretrain(config, tmp_path / "model", log=lambda line: None)
     assert results["steps"] >= 10
     assert results["final_loss"] < results["first_loss"] - 0.1
@@ -113,8 +132,17 @@ def test_logged_rate_counts_the_time_the_steps_took(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(module, "time", Clock)
     lines: list[str] = []
-    config = PretrainConfig(steps=1, images_per_class=2, batch_size=8, width=32, layers=1, heads=2, image_size=32,
-                            eval_per_class=1, workers=1)
+    config = PretrainConfig(
+        steps=1,
+        images_per_class=2,
+        batch_size=8,
+        width=32,
+        layers=1,
+        heads=2,
+        image_size=32,
+        eval_per_class=1,
+        workers=1,
+    )
     pretrain(config, tmp_path / "model", log=lines.append)
     (step_line,) = [line for line in lines if line.startswith("step ")]
     # clock readings from the start of training: the loop's check (+0.5 s), then after the step (+1.0 s)

@@ -37,6 +37,24 @@ def check_backbone(config: ModelConfig) -> None:
     BACKBONES.get(config.library).check(config)
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneLibrary", "CLIPBackbone", "DeepPromptTowers", "ImageTransform", "ModelConfig",
-           "NotOffered", "OpenCLIPBackbone", "PromptTower", "TextTokens", "TunableTowers", "backbone_fingerprint",
-           "check_backbone", "list_backbones", "load_backbone", "model_source", "register_backbone", "resolve_device"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneLibrary",
+    "CLIPBackbone",
+    "DeepPromptTowers",
+    "ImageTransform",
+    "ModelConfig",
+    "NotOffered",
+    "OpenCLIPBackbone",
+    "PromptTower",
+    "TextTokens",
+    "TunableTowers",
+    "backbone_fingerprint",
+    "check_backbone",
+    "list_backbones",
+    "load_backbone",
+    "model_source",
+    "register_backbone",
+    "resolve_device",
+]

@@ -31,8 +31,9 @@ def unknown_capabilities(needs: Iterable[str]) -> list[str]:
     return sorted(set(needs) - set(CAPABILITIES))
 
 
-def capability_problem(method: str, needs: Iterable[str], library: str,
-                       offers: frozenset[str] | None = None) -> str | None:
+def capability_problem(
+    method: str, needs: Iterable[str], library: str, offers: frozenset[str] | None = None
+) -> str | None:
     """Why ``method`` cannot run on ``library`` (whose backbones offer ``offers``, by default the registered
     class's), or None when it can."""
     needs = set(needs)
@@ -42,7 +43,8 @@ def capability_problem(method: str, needs: Iterable[str], library: str,
     what = " and ".join(missing)
     choices = [f"use model.library={name}" for name in libraries_offering(needs) if name != library]
     return f"{method} needs {what}, which the {library} backbone does not offer; " + " or ".join(
-        [*choices, f"remove {method} from methods"])
+        [*choices, f"remove {method} from methods"]
+    )
 
 
 def require(method: str, needs: Iterable[str], backbone: Backbone) -> None:

@@ -48,10 +48,14 @@ BACKBONES: Registry[BackboneLibrary] = Registry("model library")
 RegisteredClass = TypeVar("RegisteredClass", bound=BackboneClass)
 
 
-def register_backbone(library: str, *, check: Callable[[ModelConfig], None],
-                      fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None],
-                      ) -> Callable[[RegisteredClass], RegisteredClass]:
+def register_backbone(
+    library: str,
+    *,
+    check: Callable[[ModelConfig], None],
+    fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None],
+) -> Callable[[RegisteredClass], RegisteredClass]:
     """Class decorator: register the backbone class of ``library`` (the ``model.library`` value that chooses it)."""
+
     def register(backbone_cls: RegisteredClass) -> RegisteredClass:
         BACKBONES.register(library, BackboneLibrary(backbone_cls, check, fingerprint_from_files))
         return backbone_cls
@@ -62,22 +66,32 @@ def register_backbone(library: str, *, check: Callable[[ModelConfig], None],
 class ModelConfig(ConfigBlock):
     """The `model` block: which CLIP, from which library, where it runs and at what precision."""
 
-    library: str = Field("hf", description="hf (Hugging Face transformers CLIPModel) or open_clip (OpenCLIP: "
-                         "ResNet CLIPs, LAION ViTs, ConvNeXt, ...; pip install 'fewclip[open_clip]', or the "
-                         ".venv-open-clip environment that `bash setup.sh --open-clip` builds).")
-    id: str = Field("openai/clip-vit-base-patch32", description="hf: hub id, local folder in Hugging Face format, or "
-                    "fewclip/world-clip (the shipped world CLIP); offline (HF_HUB_OFFLINE=1 or no network) a hub id "
-                    "not already cached fails at once. open_clip: an architecture name (RN50, ViT-B-32, ...), an "
-                    "OpenCLIP model config JSON file, or local-dir:FOLDER / hf-hub:ORG/REPO. Relative paths in a YAML "
-                    "are read from its folder.")
-    pretrained: str | None = Field(None, description="open_clip only: a pretrained tag (openai, laion2b_s34b_b79k, "
-                                   "...) or a local checkpoint file (.pt/.bin/.safetensors). A tag trained with "
-                                   "QuickGELU (every openai one) builds the model with QuickGELU; for a local file of "
-                                   "such weights name the -quickgelu architecture (RN50-quickgelu).")
+    library: str = Field(
+        "hf",
+        description="hf (Hugging Face transformers CLIPModel) or open_clip (OpenCLIP: "
+        "ResNet CLIPs, LAION ViTs, ConvNeXt, ...; pip install 'fewclip[open_clip]', or the "
+        ".venv-open-clip environment that `bash setup.sh --open-clip` builds).",
+    )
+    id: str = Field(
+        "openai/clip-vit-base-patch32",
+        description="hf: hub id, local folder in Hugging Face format, or "
+        "fewclip/world-clip (the shipped world CLIP); offline (HF_HUB_OFFLINE=1 or no network) a hub id "
+        "not already cached fails at once. open_clip: an architecture name (RN50, ViT-B-32, ...), an "
+        "OpenCLIP model config JSON file, or local-dir:FOLDER / hf-hub:ORG/REPO. Relative paths in a YAML "
+        "are read from its folder.",
+    )
+    pretrained: str | None = Field(
+        None,
+        description="open_clip only: a pretrained tag (openai, laion2b_s34b_b79k, "
+        "...) or a local checkpoint file (.pt/.bin/.safetensors). A tag trained with "
+        "QuickGELU (every openai one) builds the model with QuickGELU; for a local file of "
+        "such weights name the -quickgelu architecture (RN50-quickgelu).",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit); hf only.")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
-    precision: Precision = Field("fp32", description="fp32, or bf16 / fp16 autocast for the encoders (part of the "
-                                 "feature cache key).")
+    precision: Precision = Field(
+        "fp32", description="fp32, or bf16 / fp16 autocast for the encoders (part of the feature cache key)."
+    )
     batch_size: int = Field(64, ge=1, description="Images per forward pass during feature extraction.")
     loader_threads: int = Field(2, ge=0, description="Threads that read and preprocess images ahead of the encoder.")
 
@@ -91,9 +105,13 @@ class ModelConfig(ConfigBlock):
     @model_validator(mode="after")
     def _pretrained_for_open_clip(self) -> "ModelConfig":
         if self.library == "hf" and self.pretrained is not None:
-            raise ValueError("model.pretrained is for model.library: open_clip; a Hugging Face CLIP's weights are "
-                             "the ones in model.id (set model.library: open_clip to load an OpenCLIP checkpoint)")
+            raise ValueError(
+                "model.pretrained is for model.library: open_clip; a Hugging Face CLIP's weights are "
+                "the ones in model.id (set model.library: open_clip to load an OpenCLIP checkpoint)"
+            )
         if self.library == "open_clip" and self.revision is not None:
-            raise ValueError("model.revision is for Hugging Face hub ids (model.library: hf); OpenCLIP weights "
-                             "are chosen with model.pretrained")
+            raise ValueError(
+                "model.revision is for Hugging Face hub ids (model.library: hf); OpenCLIP weights "
+                "are chosen with model.pretrained"
+            )
         return self

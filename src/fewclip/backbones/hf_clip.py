@@ -37,8 +37,13 @@ def _resolve_file(source: ModelSource, filename: str, revision: str | None) -> P
     from transformers.utils.hub import cached_file
 
     try:
-        found = cached_file(source.location, filename, revision=revision, local_files_only=source.local_only,
-                            _raise_exceptions_for_missing_entries=False)
+        found = cached_file(
+            source.location,
+            filename,
+            revision=revision,
+            local_files_only=source.local_only,
+            _raise_exceptions_for_missing_entries=False,
+        )
     except OSError:
         return None  # not on the hub (or not reachable): loading the model reports it as model.id
     return Path(found) if found else None
@@ -73,8 +78,9 @@ def load_transform(config: ModelConfig, source: ModelSource | None = None) -> Im
     return ImageTransform.from_processor_config(image_processor_settings(source, config.revision, config.id))
 
 
-def model_fingerprint(config: ModelConfig, cache_dir: Path | None = None,
-                      source: ModelSource | None = None) -> dict[str, Any] | None:
+def model_fingerprint(
+    config: ModelConfig, cache_dir: Path | None = None, source: ModelSource | None = None
+) -> dict[str, Any] | None:
     """The feature-cache identity of a model, read from its files without loading it (``source``: ``config.id``
     already resolved).
 

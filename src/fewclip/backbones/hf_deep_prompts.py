@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # for annotations only: importing transformers' CLIP modules 
     from transformers.models.clip.modeling_clip import CLIPModel, CLIPTextModel, CLIPVisionModel
 
 
-def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool,
-              **kwargs: Any) -> torch.Tensor:
+def run_layer(
+    layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool, **kwargs: Any
+) -> torch.Tensor:
     """One ``CLIPEncoderLayer``; ``recompute``: its activations are recomputed in the backward pass."""
     if recompute and torch.is_grad_enabled():
         out: torch.Tensor = checkpoint(layer, hidden, mask, use_reentrant=False, **kwargs)
@@ -39,9 +40,13 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
     return out
 
 
-def text_hidden(clip_model: CLIPModel, prompt_embeds: torch.Tensor, deep_text: list[torch.Tensor],
-                recompute: bool = False,
-                on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def text_hidden(
+    clip_model: CLIPModel,
+    prompt_embeds: torch.Tensor,
+    deep_text: list[torch.Tensor],
+    recompute: bool = False,
+    on_layer: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """(C, L, w) prompt token embeddings (ctx already at 1..n_ctx) -> (C, L, w) final-layer-normed states.
 
     ``deep_text[i]`` replaces positions 1..n_ctx before layer i + 1; ``on_layer(i, hidden)`` sees each layer's
@@ -59,8 +64,13 @@ def text_hidden(clip_model: CLIPModel, prompt_embeds: torch.Tensor, deep_text: l
     return hidden
 
 
-def text_features(clip_model: CLIPModel, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
-                  deep_text: list[torch.Tensor], recompute: bool = False) -> torch.Tensor:
+def text_features(
+    clip_model: CLIPModel,
+    prompt_embeds: torch.Tensor,
+    eot_positions: torch.Tensor,
+    deep_text: list[torch.Tensor],
+    recompute: bool = False,
+) -> torch.Tensor:
     """(C, L, w) prompt embeddings, (C,) EOT index -> (C, dim) unnormalised text features."""
     hidden = text_hidden(clip_model, prompt_embeds, deep_text, recompute)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions.to(hidden.device)]
@@ -68,9 +78,14 @@ def text_features(clip_model: CLIPModel, prompt_embeds: torch.Tensor, eot_positi
     return features
 
 
-def image_features(clip_model: CLIPModel, pixels: torch.Tensor, shallow: torch.Tensor | None,
-                   deep_vision: list[torch.Tensor], recompute: bool = False,
-                   on_layer: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor:
+def image_features(
+    clip_model: CLIPModel,
+    pixels: torch.Tensor,
+    shallow: torch.Tensor | None,
+    deep_vision: list[torch.Tensor],
+    recompute: bool = False,
+    on_layer: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """(n, 3, H, W) pixels -> (n, dim) unnormalised image features with the vision prompts.
 
     ``shallow`` (k, vision width) is appended after the patch tokens before ``pre_layrnorm``; ``deep_vision[i]``
@@ -104,16 +119,27 @@ class HFDeepPromptTowers:
         self.text_layers = len(text.encoder.layers)
         self.vision_layers = len(vision.encoder.layers)
 
-    def text_features(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
-                      deep_text: Sequence[torch.Tensor], recompute: bool = False) -> torch.Tensor:
+    def text_features(
+        self,
+        prompt_embeds: torch.Tensor,
+        eot_positions: torch.Tensor,
+        deep_text: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         return text_features(self.clip_model, prompt_embeds, eot_positions, list(deep_text), recompute)
 
-    def image_features(self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor],
-                       recompute: bool = False) -> torch.Tensor:
+    def image_features(
+        self,
+        pixels: torch.Tensor,
+        shallow: torch.Tensor | None,
+        deep_vision: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         return image_features(self.clip_model, pixels, shallow, list(deep_vision), recompute)
 
-    def saliency_pass(self, pixels: torch.Tensor, shallow: torch.Tensor | None,
-                      deep_vision: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def saliency_pass(
+        self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The CLS token and the appended vision prompts are left out of the grid (``last_layer_patches``)."""
         trailing = 0 if shallow is None else shallow.shape[0]
         with last_layer_patches(self.clip_model, trailing=trailing) as captured:

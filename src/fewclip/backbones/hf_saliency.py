@@ -45,8 +45,9 @@ def last_layer_patches(model: CLIPModel, trailing: int = 0) -> Iterator[dict[str
         handle.remove()
 
 
-def vision_saliency_pass(model: CLIPModel, pixels: torch.Tensor,
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_saliency_pass(
+    model: CLIPModel, pixels: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An HF ``CLIPModel``'s (n, d) image features (float32, on ``device``) and the normalised patch tokens its
     vision tower's last layer attends over, (n, g, g, width), on one autograd graph (``last_layer_patches``).
     Serves the frozen backbone and a head's tuned copy of the model alike (clip_lora)."""

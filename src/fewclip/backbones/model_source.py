@@ -51,7 +51,9 @@ def looks_like_path(model_id: str) -> bool:
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in TRUE_VALUES for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in TRUE_VALUES for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,14 +33,20 @@ from torch import nn
 from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
 from fewclip.backbones.preprocess import ImageTransform
-from fewclip.backbones.open_clip_towers import (PROMPT_POOLING, OpenCLIPDeepPromptTowers, OpenCLIPPromptTower,
-                                                vit_last_block_patches)
+from fewclip.backbones.open_clip_towers import (
+    PROMPT_POOLING,
+    OpenCLIPDeepPromptTowers,
+    OpenCLIPPromptTower,
+    vit_last_block_patches,
+)
 from fewclip.backbones.protocol import NotOffered, TunableTowers
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, files_digest, weights_digest
 
-INSTALL_HINT = ("pip install 'fewclip[open_clip]' (OpenCLIP needs torchvision; on a CPU-only machine the index only "
-                "has CUDA builds of it, which need torch from the index too: `bash setup.sh --open-clip` builds "
-                ".venv-open-clip with torch 2.13.0 + torchvision 0.28.0 + open_clip_torch 3.3.0)")
+INSTALL_HINT = (
+    "pip install 'fewclip[open_clip]' (OpenCLIP needs torchvision; on a CPU-only machine the index only "
+    "has CUDA builds of it, which need torch from the index too: `bash setup.sh --open-clip` builds "
+    ".venv-open-clip with torch 2.13.0 + torchvision 0.28.0 + open_clip_torch 3.3.0)"
+)
 SCHEMAS = ("local-dir:", "hf-hub:")
 
 
@@ -49,11 +55,13 @@ def require_open_clip() -> Any:
     try:
         return importlib.import_module("open_clip")
     except ImportError as err:  # torchvision missing or mismatched is an ImportError or a RuntimeError on import
-        raise ImportError(f"model.library: open_clip needs the OpenCLIP package, which is not importable here "
-                          f"({err}); {INSTALL_HINT}") from err
+        raise ImportError(
+            f"model.library: open_clip needs the OpenCLIP package, which is not importable here ({err}); {INSTALL_HINT}"
+        ) from err
     except RuntimeError as err:
-        raise ImportError(f"model.library: open_clip: importing OpenCLIP failed ({err}); torchvision must match torch: "
-                          f"{INSTALL_HINT}") from err
+        raise ImportError(
+            f"model.library: open_clip: importing OpenCLIP failed ({err}); torchvision must match torch: {INSTALL_HINT}"
+        ) from err
 
 
 def architecture(config: ModelConfig) -> str:
@@ -64,15 +72,19 @@ def architecture(config: ModelConfig) -> str:
     path = Path(model_id).expanduser()
     if model_id.endswith(".json") or path.is_file():
         if not path.is_file():
-            raise FileNotFoundError(f"model.id: OpenCLIP model config {path} does not exist; give a built-in "
-                                    f"architecture name (RN50, ViT-B-32, ...) or an existing config JSON file")
+            raise FileNotFoundError(
+                f"model.id: OpenCLIP model config {path} does not exist; give a built-in "
+                f"architecture name (RN50, ViT-B-32, ...) or an existing config JSON file"
+            )
         register_config_file(path)
         return path.stem
     open_clip = require_open_clip()
     if model_id not in open_clip.list_models():
         from fewclip.registry import unknown_name_message
 
-        raise ValueError("model.id: " + unknown_name_message("OpenCLIP architecture", model_id, open_clip.list_models()))
+        raise ValueError(
+            "model.id: " + unknown_name_message("OpenCLIP architecture", model_id, open_clip.list_models())
+        )
     return model_id
 
 
@@ -85,8 +97,10 @@ def register_config_file(path: Path) -> None:
         raise ValueError(f"model.id: {path} is not a readable OpenCLIP model config JSON ({err})") from err
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in data]
     if missing:
-        raise ValueError(f"model.id: {path} is not an OpenCLIP model config: it has no {', '.join(missing)} "
-                         f"(see open_clip/model_configs/*.json for the format)")
+        raise ValueError(
+            f"model.id: {path} is not an OpenCLIP model config: it has no {', '.join(missing)} "
+            f"(see open_clip/model_configs/*.json for the format)"
+        )
     require_open_clip().add_model_config(path)
 
 
@@ -99,8 +113,10 @@ def weight_file(config: ModelConfig, download: bool) -> Path | None:
     path = Path(pretrained).expanduser()
     if path.suffix in WEIGHT_SUFFIXES or path.exists() or "/" in pretrained:
         if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained: checkpoint file {path} does not exist; give an existing "
-                                    f"file or an OpenCLIP tag (openai, laion2b_s34b_b79k, ...)")
+            raise FileNotFoundError(
+                f"model.pretrained: checkpoint file {path} does not exist; give an existing "
+                f"file or an OpenCLIP tag (openai, laion2b_s34b_b79k, ...)"
+            )
         return path
     open_clip = require_open_clip()
     name = architecture(config)
@@ -109,14 +125,19 @@ def weight_file(config: ModelConfig, download: bool) -> Path | None:
         tags = open_clip.list_pretrained_tags_by_model(name)
         from fewclip.registry import unknown_name_message
 
-        raise ValueError("model.pretrained: " + unknown_name_message(f"pretrained tag for {name}", pretrained, tags)
-                         + " (or a checkpoint file)")
+        raise ValueError(
+            "model.pretrained: "
+            + unknown_name_message(f"pretrained tag for {name}", pretrained, tags)
+            + " (or a checkpoint file)"
+        )
     if download:
         try:
             return Path(open_clip.download_pretrained(tag_cfg))
         except Exception as err:  # noqa: BLE001 - OpenCLIP raises whatever the hub or urllib raised
-            raise OSError(f"model.pretrained: could not get the weights of {name} {pretrained!r} ({err}); offline, "
-                          f"point model.pretrained at a local checkpoint file") from err
+            raise OSError(
+                f"model.pretrained: could not get the weights of {name} {pretrained!r} ({err}); offline, "
+                f"point model.pretrained at a local checkpoint file"
+            ) from err
     return _cached_tag_file(tag_cfg)
 
 
@@ -129,7 +150,7 @@ def _cached_tag_file(tag_cfg: dict[str, Any]) -> Path | None:
     repo, filename = hub.rstrip("/"), None
     if not hub.endswith("/"):
         repo, filename = hub.rsplit("/", 1)
-    for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+    for name in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
         found = try_to_load_from_cache(repo, name)
         if isinstance(found, str):
             return Path(found)
@@ -141,8 +162,10 @@ def check_open_clip(config: ModelConfig) -> None:
     require_open_clip()
     architecture(config)
     if config.pretrained is None and not config.id.startswith(SCHEMAS):
-        raise ValueError("model.pretrained: an OpenCLIP model needs weights: a tag (openai, laion2b_s34b_b79k, ...) "
-                         "or a local checkpoint file")
+        raise ValueError(
+            "model.pretrained: an OpenCLIP model needs weights: a tag (openai, laion2b_s34b_b79k, ...) "
+            "or a local checkpoint file"
+        )
     weight_file(config, download=False)
 
 
@@ -154,12 +177,21 @@ def transform_from_cfg(cfg: dict[str, Any]) -> ImageTransform:
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     mode = cfg.get("resize_mode", "shortest")
     if mode not in ("shortest", "squash") or (mode == "shortest" and height != width):
-        raise ValueError(f"model.id: OpenCLIP preprocessing with resize_mode {mode!r} at size {size} is not supported "
-                         f"(fewclip reproduces 'shortest' with a square crop, and 'squash')")
+        raise ValueError(
+            f"model.id: OpenCLIP preprocessing with resize_mode {mode!r} at size {size} is not supported "
+            f"(fewclip reproduces 'shortest' with a square crop, and 'squash')"
+        )
     interpolation = cfg.get("interpolation", "bicubic")
     resample = Image.Resampling.BILINEAR if interpolation == "bilinear" else Image.Resampling.BICUBIC
-    return ImageTransform(resize=height, crop=(height, width), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                          resample=int(resample), resize_mode=mode, crop_rounding="round")
+    return ImageTransform(
+        resize=height,
+        crop=(height, width),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resample=int(resample),
+        resize_mode=mode,
+        crop_rounding="round",
+    )
 
 
 class OpenCLIPTokens:
@@ -167,8 +199,10 @@ class OpenCLIPTokens:
 
     def __init__(self, tokenizer: Any) -> None:
         if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "sot_token_id"):
-            raise ValueError(f"model.id: this OpenCLIP model's tokenizer ({type(tokenizer).__name__}) is not CLIP's BPE "
-                             f"tokenizer; fewclip supports OpenCLIP models with CLIP-style text towers")
+            raise ValueError(
+                f"model.id: this OpenCLIP model's tokenizer ({type(tokenizer).__name__}) is not CLIP's BPE "
+                f"tokenizer; fewclip supports OpenCLIP models with CLIP-style text towers"
+            )
         self.tokenizer = tokenizer
         self.sos_id, self.eot_id = int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)
         self.clean = getattr(tokenizer, "clean_fn", lambda text: text)
@@ -186,7 +220,7 @@ def open_clip_fingerprint(config: ModelConfig, cache_dir: Path | None = None) ->
     open_clip = require_open_clip()
     name = architecture(config)
     if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:"):]).expanduser()
+        folder = Path(name[len("local-dir:") :]).expanduser()
         digest = weights_digest(folder, cache_dir / "weights_sha256.json" if cache_dir else None)
         preprocess = json.loads((folder / "open_clip_config.json").read_text()).get("preprocess_cfg", {})
         model_cfg: Any = None
@@ -260,15 +294,23 @@ class OpenCLIPBackbone:
                 # an OpenCLIP CLIP (or CustomTextCLIP); Any: open_clip ships no type hints
                 self.model: Any = open_clip.create_model(name, device="cpu", **options)
         except (RuntimeError, OSError, KeyError, ValueError) as err:
-            raise OSError(f"model: cannot build OpenCLIP {name!r} with pretrained={config.pretrained!r}: {err}") from err
+            raise OSError(
+                f"model: cannot build OpenCLIP {name!r} with pretrained={config.pretrained!r}: {err}"
+            ) from err
         self.model.eval().requires_grad_(False).to(self.device)
         self.transform = transform_from_cfg(dict(self.model.visual.preprocess_cfg))
         self.tokens = OpenCLIPTokens(open_clip.get_tokenizer(name))
         fingerprint = open_clip_fingerprint(config, cache_dir)
         if fingerprint is None:  # a tag just downloaded, or an hf-hub model: hash what was loaded
-            fingerprint = {"library": "open_clip", "model": name, "pretrained": config.pretrained,
-                           "weights_sha256": state_digest(self.model), "preprocess": self.transform.to_dict(),
-                           "precision": config.precision, "feature": "projected image embedding, unnormalised, float32"}
+            fingerprint = {
+                "library": "open_clip",
+                "model": name,
+                "pretrained": config.pretrained,
+                "weights_sha256": state_digest(self.model),
+                "preprocess": self.transform.to_dict(),
+                "precision": config.precision,
+                "feature": "projected image embedding, unnormalised, float32",
+            }
         self._fingerprint = fingerprint
         self.image_batches_encoded = 0
 
@@ -297,8 +339,12 @@ class OpenCLIPBackbone:
         return OpenCLIPPromptTower(self.model)
 
     def tunable_towers(self) -> TunableTowers:
-        raise NotOffered("open_clip", "lora_targets", "OpenCLIP fuses q, k and v into one in_proj_weight of "
-                         "nn.MultiheadAttention, which LoRA cannot wrap; use model.library: hf")
+        raise NotOffered(
+            "open_clip",
+            "lora_targets",
+            "OpenCLIP fuses q, k and v into one in_proj_weight of "
+            "nn.MultiheadAttention, which LoRA cannot wrap; use model.library: hf",
+        )
 
     def deep_prompt_towers(self) -> OpenCLIPDeepPromptTowers:
         return OpenCLIPDeepPromptTowers(self.model)
@@ -307,8 +353,12 @@ class OpenCLIPBackbone:
         """The model's ``VisionTransformer`` (Any, as ``model``); ``NotOffered`` for another image tower."""
         visual = self.model.visual
         if not (hasattr(visual, "transformer") and hasattr(visual, "class_embedding")):
-            raise NotOffered("open_clip", "image_tokens", f"this model's image tower is {type(visual).__name__}, "
-                             "not a VisionTransformer with patch tokens; choose a ViT model.id")
+            raise NotOffered(
+                "open_clip",
+                "image_tokens",
+                f"this model's image tower is {type(visual).__name__}, "
+                "not a VisionTransformer with patch tokens; choose a ViT model.id",
+            )
         return visual
 
     @property
@@ -323,14 +373,21 @@ class OpenCLIPBackbone:
         backbone gives ``last_hidden_state``, before ``post_layernorm``)."""
         visual = self._vision_transformer()
         with self.autocast():
-            out = visual.forward_intermediates(torch.as_tensor(pixels).to(self.device), indices=1,
-                                               intermediates_only=True, output_fmt="NLC", output_extra_tokens=True)
+            out = visual.forward_intermediates(
+                torch.as_tensor(pixels).to(self.device),
+                indices=1,
+                intermediates_only=True,
+                output_fmt="NLC",
+                output_extra_tokens=True,
+            )
         tokens = torch.cat([out["image_intermediates_prefix"][-1], out["image_intermediates"][-1]], dim=1)
         return tokens.float()
 
     def image_tokens_fingerprint(self) -> dict[str, Any]:
-        return {**self.fingerprint(), "feature": "OpenCLIP ViT tokens after the last block, before ln_post "
-                                                 "(class + patches), float32"}
+        return {
+            **self.fingerprint(),
+            "feature": "OpenCLIP ViT tokens after the last block, before ln_post (class + patches), float32",
+        }
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -351,8 +408,10 @@ class OpenCLIPBackbone:
             ids = [[self.tokens.sos_id, *self.tokens.word_ids(text), self.tokens.eot_id] for text in batch]
             longest = max(range(len(ids)), key=lambda i: len(ids[i]))
             if len(ids[longest]) > self.max_text_positions:
-                raise ValueError(f"text {batch[longest]!r} needs {len(ids[longest])} tokens but model {self.config.id} "
-                                 f"reads at most {self.max_text_positions}; shorten it")
+                raise ValueError(
+                    f"text {batch[longest]!r} needs {len(ids[longest])} tokens but model {self.config.id} "
+                    f"reads at most {self.max_text_positions}; shorten it"
+                )
             length = len(ids[longest]) if tower is not None else self.max_text_positions
             tokens = torch.tensor([row + [0] * (length - len(row)) for row in ids], device=self.device)
             with self.autocast():
@@ -372,6 +431,7 @@ class OpenCLIPBackbone:
         visual = self.model.visual
         captured: dict[str, torch.Tensor] = {}
         if hasattr(visual, "attnpool") and hasattr(visual, "layer4"):  # ModifiedResNet
+
             def keep(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
                 grid = output.permute(0, 2, 3, 1)  # (n, c, h, w) -> (n, h, w, c), read back as the stage's output
                 grid.retain_grad()
@@ -386,8 +446,10 @@ class OpenCLIPBackbone:
                 features = self.model.encode_image(pixels.to(self.device)).float().cpu()
             return features, grid["grid"]
         else:
-            raise ValueError(f"saliency: no spatial activations known for OpenCLIP image tower {type(visual).__name__} "
-                             f"(supported: ModifiedResNet, VisionTransformer); set output.saliency_images: 0")
+            raise ValueError(
+                f"saliency: no spatial activations known for OpenCLIP image tower {type(visual).__name__} "
+                f"(supported: ModifiedResNet, VisionTransformer); set output.saliency_images: 0"
+            )
         try:
             features = self.model.encode_image(pixels.to(self.device)).float().cpu()
         finally:

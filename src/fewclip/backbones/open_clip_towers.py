@@ -35,9 +35,11 @@ class OpenCLIPPromptTower(nn.Module):
         super().__init__()
         pooling = getattr(model, "text_pool_type", None)
         if not hasattr(model, "token_embedding") or pooling not in PROMPT_POOLING or model.attn_mask is None:
-            raise ValueError(f"prompt learning needs a causal text tower read at the EOT token; this OpenCLIP model's "
-                             f"text tower ({type(model).__name__}, pooling {pooling!r}) is not one: use zero_shot or "
-                             f"linear_probe with it")
+            raise ValueError(
+                f"prompt learning needs a causal text tower read at the EOT token; this OpenCLIP model's "
+                f"text tower ({type(model).__name__}, pooling {pooling!r}) is not one: use zero_shot or "
+                f"linear_probe with it"
+            )
         self.token_embedding: nn.Embedding = model.token_embedding
         self.positional_embedding: nn.Parameter = model.positional_embedding  # (context_length, width)
         self.transformer: Any = model.transformer  # OpenCLIP's Transformer: its resblocks, get_cast_dtype()
@@ -46,7 +48,9 @@ class OpenCLIPPromptTower(nn.Module):
         self.register_buffer("attn_mask", model.attn_mask, persistent=False)
         blocks = list(self.transformer.resblocks)
         # OpenCLIP's plain blocks take the shared-prefix fast path; any other block runs every full prompt
-        self.plain_blocks = all(type(b).__name__ == "ResidualAttentionBlock" and not hasattr(b, "ln_1_kv") for b in blocks)
+        self.plain_blocks = all(
+            type(b).__name__ == "ResidualAttentionBlock" and not hasattr(b, "ln_1_kv") for b in blocks
+        )
 
     @property
     def width(self) -> int:
@@ -80,12 +84,15 @@ class OpenCLIPPromptTower(nn.Module):
         """The blocks as ``BlockParts``; None when one is not OpenCLIP's plain ``ResidualAttentionBlock``."""
         if not self.plain_blocks:
             return None
-        return SharedPrefixParts(positions=self.positional_embedding,
-                                 blocks=[_block_parts(b) for b in self.transformer.resblocks],
-                                 final=lambda hidden: self.project(self.ln_final(hidden)))
+        return SharedPrefixParts(
+            positions=self.positional_embedding,
+            blocks=[_block_parts(b) for b in self.transformer.resblocks],
+            final=lambda hidden: self.project(self.ln_final(hidden)),
+        )
 
-    def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                             eot_in_suffix: torch.Tensor) -> torch.Tensor:
+    def encode_shared_prefix(
+        self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor, eot_in_suffix: torch.Tensor
+    ) -> torch.Tensor:
         if self.plain_blocks:
             return encode_shared_prefix(self, prefix_embeds, suffix_embeds, eot_in_suffix)
         groups, prompts = suffix_embeds.shape[:2]  # any other block: every full prompt (the same result, slower)
@@ -103,16 +110,29 @@ def _block_parts(block: Any) -> BlockParts:
         q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         return q, k, v
 
-    return BlockParts(norm1=block.ln_1, qkv=qkv, out=attn.out_proj, norm2=block.ln_2, mlp=block.mlp,
-                      n_heads=attn.num_heads, scale=attn.head_dim ** -0.5, scale1=block.ls_1, scale2=block.ls_2)
+    return BlockParts(
+        norm1=block.ln_1,
+        qkv=qkv,
+        out=attn.out_proj,
+        norm2=block.ln_2,
+        mlp=block.mlp,
+        n_heads=attn.num_heads,
+        scale=attn.head_dim**-0.5,
+        scale1=block.ls_1,
+        scale2=block.ls_2,
+    )
 
 
 def is_plain_vit(visual: nn.Module) -> bool:
     """An OpenCLIP ``VisionTransformer`` whose feature is its class token (no attentional pooler, batch first):
     where vision prompts can be appended and saliency reads a patch grid."""
-    return (hasattr(visual, "transformer") and hasattr(visual, "class_embedding")
-            and getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
-            and getattr(visual.transformer, "batch_first", True))
+    return (
+        hasattr(visual, "transformer")
+        and hasattr(visual, "class_embedding")
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and getattr(visual.transformer, "batch_first", True)
+    )
 
 
 @contextlib.contextmanager
@@ -170,8 +190,13 @@ class OpenCLIPDeepPromptTowers:
         self.vision_width = int(self.visual.transformer.width) if vit else 0
         self.vision_layers = len(self.visual.transformer.resblocks) if vit else 0
 
-    def text_features(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
-                      deep_text: Sequence[torch.Tensor], recompute: bool = False) -> torch.Tensor:
+    def text_features(
+        self,
+        prompt_embeds: torch.Tensor,
+        eot_positions: torch.Tensor,
+        deep_text: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         text = self.text
         length = prompt_embeds.shape[1]
         cast = text.transformer.get_cast_dtype()
@@ -182,15 +207,24 @@ class OpenCLIPDeepPromptTowers:
                 hidden = replace_rows(hidden, 1, deep_text[index - 1])
             hidden = run_block(block, hidden, mask, recompute)
         hidden = text.ln_final(hidden)
-        return text.project(hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions.to(hidden.device)])
+        return text.project(
+            hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_positions.to(hidden.device)]
+        )
 
-    def image_features(self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor],
-                       recompute: bool = False) -> torch.Tensor:
+    def image_features(
+        self,
+        pixels: torch.Tensor,
+        shallow: torch.Tensor | None,
+        deep_vision: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         visual = self.visual
         if not self.vision_layers:
             if shallow is not None:
-                raise ValueError(f"maple: vision prompts need a ViT image tower read at its class token; this OpenCLIP "
-                                 f"model's is {type(visual).__name__}: set maple.coupling: false or choose a ViT")
+                raise ValueError(
+                    f"maple: vision prompts need a ViT image tower read at its class token; this OpenCLIP "
+                    f"model's is {type(visual).__name__}: set maple.coupling: false or choose a ViT"
+                )
             features: torch.Tensor = visual(pixels.to(next(visual.parameters()).device))
             return features
         x: torch.Tensor = visual.conv1(pixels.to(visual.conv1.weight.device))  # (n, w, gh, gw)
@@ -207,11 +241,14 @@ class OpenCLIPDeepPromptTowers:
         pooled: torch.Tensor = visual.ln_post(x[:, 0])
         return pooled @ visual.proj if visual.proj is not None else pooled
 
-    def saliency_pass(self, pixels: torch.Tensor, shallow: torch.Tensor | None,
-                      deep_vision: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def saliency_pass(
+        self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.vision_layers:
-            raise ValueError(f"saliency: no patch tokens known for OpenCLIP image tower {type(self.visual).__name__} "
-                             "with deep prompts; set output.saliency_images: 0")
+            raise ValueError(
+                f"saliency: no patch tokens known for OpenCLIP image tower {type(self.visual).__name__} "
+                "with deep prompts; set output.saliency_images: 0"
+            )
         trailing = 0 if shallow is None else shallow.shape[0]
         with vit_last_block_patches(self.visual, trailing) as captured:
             features = self.image_features(pixels, shallow, deep_vision)

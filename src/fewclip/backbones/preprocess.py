@@ -21,10 +21,18 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 def write_processor_config(folder: Path, image_size: int) -> None:
     """A CLIP ``preprocessor_config.json`` (resize + center crop to ``image_size``, OpenAI statistics)."""
     config = {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-        "image_mean": list(OPENAI_MEAN), "image_std": list(OPENAI_STD),
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": list(OPENAI_MEAN),
+        "image_std": list(OPENAI_STD),
     }
     (Path(folder) / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -86,7 +94,9 @@ class ImageTransform:
             top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
         # float32 throughout (numpy's stubs would type the normalisation below as complex128)
         pixels: np.ndarray = np.asarray(image, dtype=np.float32)
-        pixels = _pad_to(pixels, crop_h, crop_w)[max(top, 0) : max(top, 0) + crop_h, max(left, 0) : max(left, 0) + crop_w]
+        pixels = _pad_to(pixels, crop_h, crop_w)[
+            max(top, 0) : max(top, 0) + crop_h, max(left, 0) : max(left, 0) + crop_w
+        ]
         pixels = (pixels * self.rescale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
@@ -118,16 +128,21 @@ class Augmentation:
 
 
 PAPERS_AUGMENTATION = Augmentation()
-AUGMENT_PARAMS = {"kind": "random_resized_crop+hflip", "scale": PAPERS_AUGMENTATION.scale,
-                  "ratio": PAPERS_AUGMENTATION.ratio, "flip": PAPERS_AUGMENTATION.flip}  # in view-cache keys
+AUGMENT_PARAMS = {
+    "kind": "random_resized_crop+hflip",
+    "scale": PAPERS_AUGMENTATION.scale,
+    "ratio": PAPERS_AUGMENTATION.ratio,
+    "flip": PAPERS_AUGMENTATION.flip,
+}  # in view-cache keys
 
 
 def augment_rng(seed: int, sha1: str, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, int(sha1[:15], 16), view])
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            augmentation: Augmentation = PAPERS_AUGMENTATION) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator, augmentation: Augmentation = PAPERS_AUGMENTATION
+) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height), sampled as torchvision's RandomResizedCrop does."""
     area = width * height
     low, high = np.log(augmentation.ratio[0]), np.log(augmentation.ratio[1])
@@ -141,8 +156,12 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return (width - side) // 2, (height - side) // 2, side, side
 
 
-def augment_view(transform: ImageTransform, rng: np.random.Generator, image: Image.Image,
-                 augmentation: Augmentation = PAPERS_AUGMENTATION) -> np.ndarray:
+def augment_view(
+    transform: ImageTransform,
+    rng: np.random.Generator,
+    image: Image.Image,
+    augmentation: Augmentation = PAPERS_AUGMENTATION,
+) -> np.ndarray:
     """A random resized crop (to the model's crop size) + a random horizontal flip, normalised."""
     left, top, w, h = random_resized_crop_box(image.width, image.height, rng, augmentation)
     crop_h, crop_w = transform.crop

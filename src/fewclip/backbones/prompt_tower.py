@@ -70,8 +70,9 @@ class PromptTextTower(nn.Module):
             final=lambda hidden: self.text_projection(self.text_model.final_layer_norm(hidden)),
         )
 
-    def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                             eot_in_suffix: torch.Tensor) -> torch.Tensor:
+    def encode_shared_prefix(
+        self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor, eot_in_suffix: torch.Tensor
+    ) -> torch.Tensor:
         """``encode_shared_prefix`` on this tower (see there)."""
         return encode_shared_prefix(self, prefix_embeds, suffix_embeds, eot_in_suffix)
 
@@ -127,19 +128,28 @@ def hf_encoder_layers(encoder: CLIPEncoder) -> list[CLIPEncoderLayer]:
 def hf_block_parts(layer: CLIPEncoderLayer) -> BlockParts:
     """A transformers ``CLIPEncoderLayer``."""
     attn = layer.self_attn
-    return BlockParts(norm1=layer.layer_norm1, qkv=lambda x: (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)),
-                      out=attn.out_proj, norm2=layer.layer_norm2, mlp=layer.mlp, n_heads=attn.num_heads,
-                      scale=attn.scale)
+    return BlockParts(
+        norm1=layer.layer_norm1,
+        qkv=lambda x: (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)),
+        out=attn.out_proj,
+        norm2=layer.layer_norm2,
+        mlp=layer.mlp,
+        n_heads=attn.num_heads,
+        scale=attn.scale,
+    )
 
 
 @overload
-def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
-                         read_rows: None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+def _shared_prefix_layer(
+    block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor, read_rows: None = None
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
-def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
-                         read_rows: torch.Tensor) -> tuple[None, torch.Tensor]: ...
-def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor,
-                         read_rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _shared_prefix_layer(
+    block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor, read_rows: torch.Tensor
+) -> tuple[None, torch.Tensor]: ...
+def _shared_prefix_layer(
+    block: BlockParts, prefix: torch.Tensor, suffix: torch.Tensor, read_rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One transformer block on prompts that share a prefix.
 
     prefix: (G, P, w), the same for every prompt of a group; suffix: (G, C, S, w), C prompts per group.
@@ -167,15 +177,18 @@ def _shared_prefix_layer(block: BlockParts, prefix: torch.Tensor, suffix: torch.
         suffix = _pick_rows(suffix, read_rows)  # (G, C, 1, w)
         q_s = _pick_rows(q_s.transpose(-3, -2).flatten(-2), read_rows)  # (G, C, 1, w)
         mask = allowed[read_rows][:, None, None]  # (C, 1, 1, P+S)
-        return None, finish(suffix, nn.functional.scaled_dot_product_attention(_heads(q_s, n_heads), k_all, v_all,
-                                                                               attn_mask=mask, scale=scale))
+        return None, finish(
+            suffix,
+            nn.functional.scaled_dot_product_attention(_heads(q_s, n_heads), k_all, v_all, attn_mask=mask, scale=scale),
+        )
     out_p = nn.functional.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True, scale=scale)
     out_s = nn.functional.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=allowed, scale=scale)
     return finish(prefix, out_p), finish(suffix, out_s)
 
 
-def encode_shared_prefix(tower: SharedPrefixTower, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                         eot_in_suffix: torch.Tensor) -> torch.Tensor:
+def encode_shared_prefix(
+    tower: SharedPrefixTower, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor, eot_in_suffix: torch.Tensor
+) -> torch.Tensor:
     """Text features of prompts ``prefix + suffix[c]`` without recomputing the shared prefix.
 
     ``tower`` offers ``shared_prefix_parts()``. prefix_embeds: (G, P, w) token embeddings (with learned
@@ -185,8 +198,10 @@ def encode_shared_prefix(tower: SharedPrefixTower, prefix_embeds: torch.Tensor, 
     """
     parts = tower.shared_prefix_parts()
     if parts is None:
-        raise ValueError(f"encode_shared_prefix: {type(tower).__name__} has blocks it cannot split at the prefix; "
-                         "run every full prompt through the tower instead")
+        raise ValueError(
+            f"encode_shared_prefix: {type(tower).__name__} has blocks it cannot split at the prefix; "
+            "run every full prompt through the tower instead"
+        )
     n_prefix, n_suffix = prefix_embeds.shape[-2], suffix_embeds.shape[-2]
     prefix = prefix_embeds + parts.positions[:n_prefix]
     suffix = suffix_embeds + parts.positions[n_prefix : n_prefix + n_suffix]

@@ -72,8 +72,9 @@ class PromptTower(Protocol):
         features (tested against the library's own ``encode_text``).
         """
 
-    def encode_shared_prefix(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                             eot_in_suffix: torch.Tensor) -> torch.Tensor:
+    def encode_shared_prefix(
+        self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor, eot_in_suffix: torch.Tensor
+    ) -> torch.Tensor:
         """Features of prompts ``prefix + suffix[c]`` ((G, P, w), (G, C, S, w), (C,)) -> (G, C, dim), equal to
         running every full prompt; the shared prefix may be computed once per group."""
 
@@ -91,8 +92,10 @@ class NotOffered(ValueError):
 
     def __init__(self, library: str, capability: str, why: str = "") -> None:
         self.library, self.capability = library, capability
-        super().__init__(f"the {library} backbone does not offer {capability} ({CAPABILITIES[capability]})"
-                         + (f": {why}" if why else "; choose another model.library for the method that needs it"))
+        super().__init__(
+            f"the {library} backbone does not offer {capability} ({CAPABILITIES[capability]})"
+            + (f": {why}" if why else "; choose another model.library for the method that needs it")
+        )
 
 
 @runtime_checkable
@@ -137,16 +140,27 @@ class DeepPromptTowers(Protocol):
     text_layers: int
     vision_layers: int
 
-    def text_features(self, prompt_embeds: torch.Tensor, eot_positions: torch.Tensor,
-                      deep_text: Sequence[torch.Tensor], recompute: bool = False) -> torch.Tensor:
+    def text_features(
+        self,
+        prompt_embeds: torch.Tensor,
+        eot_positions: torch.Tensor,
+        deep_text: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         """(C, L, text_width) embeddings, (C,) EOT index -> (C, dim) unnormalised text features."""
 
-    def image_features(self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor],
-                       recompute: bool = False) -> torch.Tensor:
+    def image_features(
+        self,
+        pixels: torch.Tensor,
+        shallow: torch.Tensor | None,
+        deep_vision: Sequence[torch.Tensor],
+        recompute: bool = False,
+    ) -> torch.Tensor:
         """(n, 3, H, W) pixels -> (n, dim) unnormalised image features; ``shallow`` None: the frozen tower."""
 
-    def saliency_pass(self, pixels: torch.Tensor, shallow: torch.Tensor | None,
-                      deep_vision: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def saliency_pass(
+        self, pixels: torch.Tensor, shallow: torch.Tensor | None, deep_vision: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image_features`` and the normalised patch tokens the last layer attends over (n, gh, gw, width),
         prompts left out of the grid, on one autograd graph (``Backbone.saliency_pass``)."""
 
@@ -209,4 +223,3 @@ class Backbone(Protocol):
 
     def image_tokens_fingerprint(self) -> dict[str, Any]:
         """``fingerprint`` for ``image_tokens`` outputs: the cache key of stored image tokens."""
-

@@ -24,8 +24,13 @@ def save_caption_model(model: CaptionModel, folder: Path | str, extra: dict[str,
     """Write ``folder``/captioner.{safetensors,json}; ``extra`` (e.g. history) goes into the JSON."""
     folder = Path(folder)
     sha256 = write_tensors(folder / WEIGHTS, model.trainable_state())
-    manifest = {"config": model.config.model_dump(mode="json"), "seed": model.seed,
-                "trainable_params": model.trainable_count(), SAFETENSORS_SHA256: sha256, **(extra or {})}
+    manifest = {
+        "config": model.config.model_dump(mode="json"),
+        "seed": model.seed,
+        "trainable_params": model.trainable_count(),
+        SAFETENSORS_SHA256: sha256,
+        **(extra or {}),
+    }
     write_json(folder / MANIFEST, {**manifest, MEANING_SHA256: meaning_digest(manifest, MEANING)})
     return folder
 
@@ -40,8 +45,12 @@ def check_manifest(folder: Path, manifest: Any, advice: str) -> dict[str, Any]:
         raise DamagedArtifact(file, "captioner manifest", "not a fewclip captioner description", advice)
     recorded = manifest.get(MEANING_SHA256)
     if recorded is not None and recorded != meaning_digest(manifest, MEANING):
-        raise DamagedArtifact(file, "captioner manifest", "its config, seed or weights' checksum differ from the "
-                              "ones it was saved with: edited after training", advice)
+        raise DamagedArtifact(
+            file,
+            "captioner manifest",
+            "its config, seed or weights' checksum differ from the ones it was saved with: edited after training",
+            advice,
+        )
     return manifest
 
 

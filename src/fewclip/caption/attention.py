@@ -19,8 +19,9 @@ from fewclip.saliency import overlay
 
 
 @torch.no_grad()
-def cross_attention_maps(model: Any, encoder_tokens: torch.Tensor, token_ids: Sequence[int],
-                         layer: int | None = None) -> np.ndarray:
+def cross_attention_maps(
+    model: Any, encoder_tokens: torch.Tensor, token_ids: Sequence[int], layer: int | None = None
+) -> np.ndarray:
     """(1, T, width) encoder tokens of one image + a caption's token ids (no BOS/EOS) ->
     (n_tokens, grid, grid) maps, each summing to 1 over the patches."""
     if not token_ids:
@@ -32,8 +33,10 @@ def cross_attention_maps(model: Any, encoder_tokens: torch.Tensor, token_ids: Se
         out = model.decoder_step(ids, model.memory(encoder_tokens), output_attentions=True)
     blocks = out.cross_attentions
     if not -len(blocks) <= layer < len(blocks):
-        raise ValueError(f"caption.model.attention_layer: {layer} is out of range for a decoder with {len(blocks)} "
-                         f"blocks; use 0..{len(blocks) - 1} or -1 for the last")
+        raise ValueError(
+            f"caption.model.attention_layer: {layer} is out of range for a decoder with {len(blocks)} "
+            f"blocks; use 0..{len(blocks) - 1} or -1 for the last"
+        )
     weights = blocks[layer][0].float().mean(0)[: len(token_ids)]  # (n_tokens, T): query j-1 generated token j
     patches = weights[:, 1:]  # drop CLS
     patches = patches / patches.sum(-1, keepdim=True)
@@ -46,8 +49,9 @@ def token_words(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([token]).strip() or "?" for token in token_ids]
 
 
-def draw_attention_panels(image: Any, words: Sequence[str], maps: np.ndarray, path: Path | str,
-                          title: str | None = None, columns: int = 6) -> Path:
+def draw_attention_panels(
+    image: Any, words: Sequence[str], maps: np.ndarray, path: Path | str, title: str | None = None, columns: int = 6
+) -> Path:
     """One panel per word: the image with its map (scaled to its own peak) as a heat overlay, into a PNG."""
     import matplotlib
 

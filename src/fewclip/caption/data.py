@@ -30,8 +30,10 @@ from fewclip.fileio import atomic_write_bytes
 from fewclip.registry import Registry, unknown_name_message
 from fewclip.world.captions import IMAGE_DIR, WorldCaptionConfig, write_world_captions
 
-FORMAT_HINT = ('expected COCO caption format: {"images": [{"id": ..., "file_name": ...}, ...], '
-               '"annotations": [{"image_id": ..., "caption": ...}, ...]}')
+FORMAT_HINT = (
+    'expected COCO caption format: {"images": [{"id": ..., "file_name": ...}, ...], '
+    '"annotations": [{"image_id": ..., "caption": ...}, ...]}'
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def clean_caption(text: Any, where: str) -> str:
     """Collapse runs of spaces, tabs and newlines to one space and strip; an empty result is an error
     naming ``where`` (the file and entry)."""
     if not isinstance(text, str):
-        raise ValueError(f"{where}: the caption is {type(text).__name__} {text!r}, not text; "
-                         "give every caption as a string")
+        raise ValueError(
+            f"{where}: the caption is {type(text).__name__} {text!r}, not text; give every caption as a string"
+        )
     cleaned = " ".join(text.split())
     if not cleaned:
         raise ValueError(f"{where}: empty caption ({text!r}); write the caption or remove the entry")
@@ -82,8 +85,10 @@ def _listed(lines: Sequence[str], limit: int = 10) -> str:
 def _check_files_exist(items: Sequence[CaptionItem], where: dict[str, str], source: Path | str) -> None:
     missing = [f"{where[item.image_id]}: {item.path}" for item in items if not item.path.is_file()]
     if missing:
-        raise ValueError(f"{source}: {len(missing)} image file(s) do not exist:{_listed(missing)}\n"
-                         "Fix image_dir or the file names (or remove those entries), then load again.")
+        raise ValueError(
+            f"{source}: {len(missing)} image file(s) do not exist:{_listed(missing)}\n"
+            "Fix image_dir or the file names (or remove those entries), then load again."
+        )
 
 
 def _check_one(item: CaptionItem, where: str) -> CaptionItem | SkippedImage:
@@ -95,15 +100,15 @@ def _check_one(item: CaptionItem, where: str) -> CaptionItem | SkippedImage:
     return replace(item, sha1=hashlib.sha1(data).hexdigest())
 
 
-def check_images(items: Sequence[CaptionItem], where: dict[str, str] | None = None,
-                 workers: int = 2) -> LoadedCaptions:
+def check_images(items: Sequence[CaptionItem], where: dict[str, str] | None = None, workers: int = 2) -> LoadedCaptions:
     """Read and decode every image once: readable ones come back with their ``sha1``, the rest as skipped
     (as the classification prepare stage does: listed, not fatal)."""
     where = where or {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         checked = list(pool.map(lambda item: _check_one(item, where.get(item.image_id, str(item.path))), items))
-    return LoadedCaptions([c for c in checked if isinstance(c, CaptionItem)],
-                          [c for c in checked if isinstance(c, SkippedImage)], where)
+    return LoadedCaptions(
+        [c for c in checked if isinstance(c, CaptionItem)], [c for c in checked if isinstance(c, SkippedImage)], where
+    )
 
 
 def _coco_entries(captions_json: Path) -> tuple[list[Any], list[Any]]:
@@ -112,17 +117,22 @@ def _coco_entries(captions_json: Path) -> tuple[list[Any], list[Any]]:
     try:
         data = json.loads(captions_json.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{captions_json}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-                         f"{FORMAT_HINT}") from None
+        raise ValueError(
+            f"{captions_json}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); {FORMAT_HINT}"
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{captions_json}: not UTF-8 text; save it as UTF-8 JSON") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{captions_json}: not a COCO caption file: the top level is a {type(data).__name__}, "
-                         f"not an object; {FORMAT_HINT}")
+        raise ValueError(
+            f"{captions_json}: not a COCO caption file: the top level is a {type(data).__name__}, "
+            f"not an object; {FORMAT_HINT}"
+        )
     for key in ("images", "annotations"):
         if key not in data:
-            raise ValueError(f"{captions_json}: not a COCO caption file: no {key!r} key (top-level keys: "
-                             f"{sorted(data)}); {FORMAT_HINT}")
+            raise ValueError(
+                f"{captions_json}: not a COCO caption file: no {key!r} key (top-level keys: "
+                f"{sorted(data)}); {FORMAT_HINT}"
+            )
         if not isinstance(data[key], list):
             raise ValueError(f"{captions_json}: {key!r} must be a list, got {type(data[key]).__name__}; {FORMAT_HINT}")
     return data["images"], data["annotations"]
@@ -146,33 +156,49 @@ def load_coco(captions_json: Path | str, image_dir: Path | str, verify: bool = T
         image_id = str(_entry_field(entry, "id", f"images[{index}]", file))
         file_name = str(_entry_field(entry, "file_name", f"images[{index}]", file))
         if image_id in by_id:
-            raise ValueError(f"{file}: images[{index}] repeats id {image_id} of images[{by_id[image_id][0]}]; "
-                             "give each image its own id")
+            raise ValueError(
+                f"{file}: images[{index}] repeats id {image_id} of images[{by_id[image_id][0]}]; "
+                "give each image its own id"
+            )
         if file_name in by_file:  # one picture under two ids could land in two splits: a leak
-            raise ValueError(f"{file}: images[{index}] (id {image_id}) names file {file_name!r} as images"
-                             f"[{by_file[file_name]}] does; list each image once and give it all its captions")
+            raise ValueError(
+                f"{file}: images[{index}] (id {image_id}) names file {file_name!r} as images"
+                f"[{by_file[file_name]}] does; list each image once and give it all its captions"
+            )
         by_id[image_id], by_file[file_name] = (index, file_name), index
     captions: dict[str, list[str]] = {image_id: [] for image_id in by_id}
     for index, entry in enumerate(annotations):
         image_id = str(_entry_field(entry, "image_id", f"annotations[{index}]", file))
         text = _entry_field(entry, "caption", f"annotations[{index}]", file)
         if image_id not in by_id:
-            raise ValueError(f"{file}: annotations[{index}] (caption {str(text)[:60]!r}) points to image_id "
-                             f"{image_id}, which is not in 'images'; add the image or remove the caption")
+            raise ValueError(
+                f"{file}: annotations[{index}] (caption {str(text)[:60]!r}) points to image_id "
+                f"{image_id}, which is not in 'images'; add the image or remove the caption"
+            )
         captions[image_id].append(clean_caption(text, f"{file}: annotations[{index}] (image_id {image_id})"))
-    uncaptioned = [f"images[{i}] (id {image_id}, file_name {name!r})" for image_id, (i, name) in by_id.items()
-                   if not captions[image_id]]
+    uncaptioned = [
+        f"images[{i}] (id {image_id}, file_name {name!r})"
+        for image_id, (i, name) in by_id.items()
+        if not captions[image_id]
+    ]
     if uncaptioned:
-        raise ValueError(f"{file}: {len(uncaptioned)} image(s) have no caption in 'annotations':"
-                         f"{_listed(uncaptioned)}\nAdd captions for them or remove them from 'images'.")
+        raise ValueError(
+            f"{file}: {len(uncaptioned)} image(s) have no caption in 'annotations':"
+            f"{_listed(uncaptioned)}\nAdd captions for them or remove them from 'images'."
+        )
     items = [CaptionItem(image_id, root / name, tuple(captions[image_id])) for image_id, (_, name) in by_id.items()]
     where = {image_id: f"{file}: images[{i}] (id {image_id})" for image_id, (i, _) in by_id.items()}
     _check_files_exist(items, where, file)
     return check_images(items, where) if verify else LoadedCaptions(items, [], where)
 
 
-def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column: str = "path",
-             caption_column: str = "caption", verify: bool = True) -> LoadedCaptions:
+def load_csv(
+    path: Path | str,
+    image_dir: Path | str | None = None,
+    path_column: str = "path",
+    caption_column: str = "caption",
+    verify: bool = True,
+) -> LoadedCaptions:
     """A CSV with one row per (image, caption); several rows of one image are its references. Relative image
     paths resolve against ``image_dir`` (default: the CSV's folder)."""
     file = Path(path).expanduser()
@@ -182,8 +208,10 @@ def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column:
     reader = csv.DictReader(io.StringIO(read_csv_text(file), newline=""))
     missing = [c for c in (path_column, caption_column) if c not in (reader.fieldnames or [])]
     if missing:
-        raise ValueError(f"{file}: missing column(s) {missing}; found {reader.fieldnames}; the header must name "
-                         f"the image column ({path_column!r}) and the caption column ({caption_column!r})")
+        raise ValueError(
+            f"{file}: missing column(s) {missing}; found {reader.fieldnames}; the header must name "
+            f"the image column ({path_column!r}) and the caption column ({caption_column!r})"
+        )
     captions: dict[str, list[str]] = {}
     first_line: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
@@ -192,8 +220,10 @@ def load_csv(path: Path | str, image_dir: Path | str | None = None, path_column:
             raise ValueError(f"{file}:{line}: empty {path_column!r}; every row needs an image path")
         captions.setdefault(raw, []).append(clean_caption(row[caption_column] or "", f"{file}:{line} ({raw})"))
         first_line.setdefault(raw, line)
-    items = [CaptionItem(raw, Path(raw) if Path(raw).is_absolute() else root / raw, tuple(texts))
-             for raw, texts in captions.items()]
+    items = [
+        CaptionItem(raw, Path(raw) if Path(raw).is_absolute() else root / raw, tuple(texts))
+        for raw, texts in captions.items()
+    ]
     where = {raw: f"{file}:{line}" for raw, line in first_line.items()}
     _check_files_exist(items, where, file)
     return check_images(items, where) if verify else LoadedCaptions(items, [], where)
@@ -207,8 +237,15 @@ def hf_caption_texts(cell: Any, where: str) -> list[str]:
     return [clean_caption(text, f"{where} caption {i}" if len(texts) > 1 else where) for i, text in enumerate(texts)]
 
 
-def load_hf(dataset_id: str, split: str, image_column: str, caption_column: str, out_dir: Path | str,
-            name: str | None = None, revision: str | None = None) -> LoadedCaptions:
+def load_hf(
+    dataset_id: str,
+    split: str,
+    image_column: str,
+    caption_column: str,
+    out_dir: Path | str,
+    name: str | None = None,
+    revision: str | None = None,
+) -> LoadedCaptions:
     """A Hugging Face dataset with an image column and a caption column (string or list of strings).
 
     Images are written to ``out_dir/images`` named by content (as the classification prepare stage does);
@@ -227,8 +264,9 @@ def load_hf(dataset_id: str, split: str, image_column: str, caption_column: str,
         raise ValueError(script_dataset_advice(dataset_id, datasets.__version__, err)) from None
     for key, column in (("image_column", image_column), ("caption_column", caption_column)):
         if column not in ds.column_names:
-            raise ValueError(f"caption data.{key}: column {column!r} not in {dataset_id}[{split}]; "
-                             f"columns: {ds.column_names}")
+            raise ValueError(
+                f"caption data.{key}: column {column!r} not in {dataset_id}[{split}]; columns: {ds.column_names}"
+            )
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
     folder = Path(out_dir) / "images"
     captions: dict[str, list[str]] = {}
@@ -279,12 +317,16 @@ class CaptionSource:
 CAPTION_SOURCES: Registry[CaptionSource] = Registry("caption data source")
 
 
-def register_caption_source(name: str, needs: tuple[str, ...] = (), verifies_images: bool = False) -> Callable[
-        [Callable[["CaptionDataConfig", Path], LoadedCaptions]], Callable[["CaptionDataConfig", Path], LoadedCaptions]]:
+def register_caption_source(
+    name: str, needs: tuple[str, ...] = (), verifies_images: bool = False
+) -> Callable[
+    [Callable[["CaptionDataConfig", Path], LoadedCaptions]], Callable[["CaptionDataConfig", Path], LoadedCaptions]
+]:
     """Function decorator: register ``load`` as the caption source ``name``."""
 
-    def register(load: Callable[["CaptionDataConfig", Path], LoadedCaptions]) -> Callable[
-            ["CaptionDataConfig", Path], LoadedCaptions]:
+    def register(
+        load: Callable[["CaptionDataConfig", Path], LoadedCaptions],
+    ) -> Callable[["CaptionDataConfig", Path], LoadedCaptions]:
         CAPTION_SOURCES.register(name, CaptionSource(name, load, needs, verifies_images))
         return load
 
@@ -298,8 +340,12 @@ def list_caption_sources() -> list[str]:
 @register_caption_source("world")
 def world_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
     """The embedded world, rendered into the run's data folder (the same seed renders the same set)."""
-    world = WorldCaptionConfig(n_images=cfg.world_images, captions_per_image=cfg.world_captions_per_image,
-                               image_size=cfg.world_image_size, seed=cfg.world_seed)
+    world = WorldCaptionConfig(
+        n_images=cfg.world_images,
+        captions_per_image=cfg.world_captions_per_image,
+        image_size=cfg.world_image_size,
+        seed=cfg.world_seed,
+    )
     folder = base / "world_captions"
     return load_coco(write_world_captions(folder, world), folder / IMAGE_DIR, verify=False)
 
@@ -316,8 +362,9 @@ def csv_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
 
 @register_caption_source("hf", needs=("id",), verifies_images=True)
 def hf_captions(cfg: "CaptionDataConfig", base: Path) -> LoadedCaptions:
-    return load_hf(cfg.id or "", cfg.split, cfg.image_column, cfg.caption_column, base / "hf_captions", cfg.name,
-                   cfg.revision)
+    return load_hf(
+        cfg.id or "", cfg.split, cfg.image_column, cfg.caption_column, base / "hf_captions", cfg.name, cfg.revision
+    )
 
 
 class CaptionDataConfig(ConfigBlock):
@@ -325,13 +372,17 @@ class CaptionDataConfig(ConfigBlock):
 
     source: str = Field("world", description=f"One of {', '.join(list_caption_sources())}.")
     captions: str | None = Field(None, description="coco: the caption JSON; csv: the CSV with path,caption rows.")
-    image_dir: str | None = Field(None, description="coco: the image folder; csv: relative paths resolve here "
-                                  "(default: the CSV's folder).")
+    image_dir: str | None = Field(
+        None, description="coco: the image folder; csv: relative paths resolve here (default: the CSV's folder)."
+    )
     id: str | None = Field(None, description="hf: dataset id on the hub or a local folder load_dataset reads.")
     name: str | None = Field(None, description="hf: dataset configuration name.")
     revision: str | None = Field(None, description="hf: git revision of the dataset repo.")
-    split: str = Field("train", description="hf: the split holding the images (fewclip splits it itself); a "
-                       "slice such as 'train[:5000]' reads only those rows (every row read is exported).")
+    split: str = Field(
+        "train",
+        description="hf: the split holding the images (fewclip splits it itself); a "
+        "slice such as 'train[:5000]' reads only those rows (every row read is exported).",
+    )
     image_column: str = Field("image", description="hf: the image column.")
     caption_column: str = Field("caption", description="hf and csv: the caption column (hf: a string or a list).")
     path_column: str = Field("path", description="csv: the image path column.")
@@ -339,12 +390,14 @@ class CaptionDataConfig(ConfigBlock):
     world_captions_per_image: int = Field(5, ge=1, le=8, description="world: reference captions per image.")
     world_image_size: int = Field(64, ge=16, le=1024, description="world: image side in pixels.")
     world_seed: int = Field(0, description="world: the same seed renders the same images and captions.")
-    val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of the images for validation (model "
-                                "selection by CIDEr).")
+    val_fraction: float = Field(
+        0.15, ge=0, lt=1, description="Share of the images for validation (model selection by CIDEr)."
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the images for the test split.")
     seed: int = Field(0, description="Seed of the split: which images go to train, val and test.")
-    max_images: int | None = Field(None, ge=3, description="Use at most this many images (a seeded choice), "
-                                   "before splitting.")
+    max_images: int | None = Field(
+        None, ge=3, description="Use at most this many images (a seeded choice), before splitting."
+    )
 
     @field_validator("source")
     @classmethod
@@ -357,11 +410,15 @@ class CaptionDataConfig(ConfigBlock):
     def _source_keys(self) -> "CaptionDataConfig":
         missing = [key for key in CAPTION_SOURCES.get(self.source).needs if getattr(self, key) is None]
         if missing:
-            raise ValueError(f"source {self.source!r} needs {' and '.join(missing)} (set "
-                             f"{', '.join(f'{key}=...' for key in missing)})")
+            raise ValueError(
+                f"source {self.source!r} needs {' and '.join(missing)} (set "
+                f"{', '.join(f'{key}=...' for key in missing)})"
+            )
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
-                             "train images; their sum must be below 1")
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
+                "train images; their sum must be below 1"
+            )
         return self
 
 
@@ -385,8 +442,9 @@ def order_key(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
-def split_by_image(items: Sequence[CaptionItem], val_fraction: float, test_fraction: float,
-                   seed: int) -> tuple[list[CaptionItem], list[CaptionItem], list[CaptionItem]]:
+def split_by_image(
+    items: Sequence[CaptionItem], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[CaptionItem], list[CaptionItem], list[CaptionItem]]:
     """(train, val, test): images ordered by a hash of (seed, image content), the first
     round(test_fraction * n) to test, the next round(val_fraction * n) to val (at least one each when the
     fraction is above 0), the rest to train.
@@ -424,7 +482,8 @@ def load_caption_data(cfg: CaptionDataConfig, base_dir: Path | str, workers: int
         checked = check_images(_cap(loaded.items, cfg.max_images, cfg.seed), loaded.where, workers)
         items, skipped = checked.items, checked.skipped
     if len(items) < 3:
-        raise ValueError(f"caption data ({cfg.source}): only {len(items)} readable image(s); need at least 3 "
-                         "(train, val, test)")
+        raise ValueError(
+            f"caption data ({cfg.source}): only {len(items)} readable image(s); need at least 3 (train, val, test)"
+        )
     train, val, test = split_by_image(items, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     return CaptionData(train, val, test, skipped)

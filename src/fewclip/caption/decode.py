@@ -35,8 +35,9 @@ def strip_eos(tokens: list[int], eos: int) -> list[int]:
 
 
 @torch.no_grad()
-def generate_ids(model: Any, encoder_tokens: torch.Tensor, settings: DecodeConfig = DecodeConfig(),
-                 use_cache: bool = True) -> list[list[int]]:
+def generate_ids(
+    model: Any, encoder_tokens: torch.Tensor, settings: DecodeConfig = DecodeConfig(), use_cache: bool = True
+) -> list[list[int]]:
     """(B, T, encoder width) encoder tokens -> B generated token-id lists (no BOS, no EOS)."""
     model.eval()
     with model.autocast():
@@ -48,8 +49,10 @@ def generate_ids(model: Any, encoder_tokens: torch.Tensor, settings: DecodeConfi
 
 def caption_tokens(model: Any, encoder_tokens: torch.Tensor, settings: DecodeConfig = DecodeConfig()) -> list[str]:
     """(B, T, encoder width) -> B captions (decoded strings, special tokens removed, stripped)."""
-    return [model.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            for ids in generate_ids(model, encoder_tokens, settings)]
+    return [
+        model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        for ids in generate_ids(model, encoder_tokens, settings)
+    ]
 
 
 def _step(model: Any, ids: torch.Tensor, memory: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
@@ -76,8 +79,9 @@ def greedy_ids(model: Any, memory: torch.Tensor, max_length: int, use_cache: boo
     return [strip_eos(row, model.eos_id) for row in ids[:, 1:].tolist()]
 
 
-def beam_ids(model: Any, memory: torch.Tensor, beams: int, max_length: int, length_penalty: float = 1.0,
-             use_cache: bool = True) -> list[list[int]]:
+def beam_ids(
+    model: Any, memory: torch.Tensor, beams: int, max_length: int, length_penalty: float = 1.0, use_cache: bool = True
+) -> list[list[int]]:
     """Batched beam search (see the module doc); returns each image's best hypothesis."""
     batch, device, eos = memory.shape[0], memory.device, model.eos_id
     memory = memory.repeat_interleave(beams, dim=0)  # (B * K, T, n_embd), beams of an image adjacent
@@ -96,8 +100,19 @@ def beam_ids(model: Any, memory: torch.Tensor, beams: int, max_length: int, leng
         length = step + 1  # generated tokens, the new one included
         rows, tokens, new_scores = [], [], []
         for image in range(batch):
-            kept = _advance(image, beams, vocab, eos, length, length_penalty, top_scores[image].tolist(),
-                            top_index[image].tolist(), ids, finished, done)
+            kept = _advance(
+                image,
+                beams,
+                vocab,
+                eos,
+                length,
+                length_penalty,
+                top_scores[image].tolist(),
+                top_index[image].tolist(),
+                ids,
+                finished,
+                done,
+            )
             for row, token, score in kept:
                 rows.append(row)
                 tokens.append(token)
@@ -113,8 +128,12 @@ def beam_ids(model: Any, memory: torch.Tensor, beams: int, max_length: int, leng
         if not done[image]:
             for k in range(beams):
                 row = image * beams + k
-                _add(finished[image], beams, scores[row].item() / (ids.shape[1] - 1) ** length_penalty,
-                     ids[row, 1:].tolist())
+                _add(
+                    finished[image],
+                    beams,
+                    scores[row].item() / (ids.shape[1] - 1) ** length_penalty,
+                    ids[row, 1:].tolist(),
+                )
     return [strip_eos(max(hyps, key=lambda h: h[0])[1], eos) for hyps in finished]
 
 
@@ -125,9 +144,19 @@ def _add(hyps: list[tuple[float, list[int]]], beams: int, score: float, tokens: 
     del hyps[beams:]
 
 
-def _advance(image: int, beams: int, vocab: int, eos: int, length: int, length_penalty: float,
-             top_scores: list[float], top_index: list[int], ids: torch.Tensor,
-             finished: list[list[tuple[float, list[int]]]], done: list[bool]) -> list[tuple[int, int, float]]:
+def _advance(
+    image: int,
+    beams: int,
+    vocab: int,
+    eos: int,
+    length: int,
+    length_penalty: float,
+    top_scores: list[float],
+    top_index: list[int],
+    ids: torch.Tensor,
+    finished: list[list[tuple[float, list[int]]]],
+    done: list[bool],
+) -> list[tuple[int, int, float]]:
     """One image's step: finish EOS continuations, keep ``beams`` running ones as (row, token, score)."""
     base = image * beams
     if done[image]:  # keep the rows aligned; their values are never used again
@@ -137,12 +166,12 @@ def _advance(image: int, beams: int, vocab: int, eos: int, length: int, length_p
         row, token = base + index // vocab, index % vocab
         if token == eos:
             if rank < beams:
-                _add(finished[image], beams, score / length ** length_penalty, ids[row, 1:].tolist() + [eos])
+                _add(finished[image], beams, score / length**length_penalty, ids[row, 1:].tolist() + [eos])
         else:
             running.append((row, token, score))
         if len(running) == beams:
             break
     hyps = finished[image]
-    if len(hyps) == beams and hyps[-1][0] >= running[0][2] / length ** length_penalty:
+    if len(hyps) == beams and hyps[-1][0] >= running[0][2] / length**length_penalty:
         done[image] = True
     return running

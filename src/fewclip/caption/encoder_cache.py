@@ -44,8 +44,16 @@ class EncoderTokens:
     ``failures`` lists (image, reason) for files that were unreadable or changed since hashed.
     """
 
-    def __init__(self, model: Any, images: Mapping[str, Path], cache_root: Path | None, budget_mb: float,
-                 batch_size: int = 64, threads: int = 2, progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: Any,
+        images: Mapping[str, Path],
+        cache_root: Path | None,
+        budget_mb: float,
+        batch_size: int = 64,
+        threads: int = 2,
+        progress: bool = False,
+    ) -> None:
         self.model, self.images = model, dict(images)
         self.shape = (model.encoder_tokens, model.encoder_width)
         self.cached = cache_root is not None and encoder_cache_mb(model, len(self.images)) <= budget_mb
@@ -55,8 +63,9 @@ class EncoderTokens:
             assert cache_root is not None
             self.cache = FeatureCache(Path(cache_root), model.encoder_fingerprint())
             jobs = [Job(sha1, Path(path), str(path), model.transform, sha1) for sha1, path in self.images.items()]
-            self.failures = encode_jobs(jobs, _FlatEncoder(model), self.cache, batch_size, threads, progress,
-                                        desc="encoder tokens")
+            self.failures = encode_jobs(
+                jobs, _FlatEncoder(model), self.cache, batch_size, threads, progress, desc="encoder tokens"
+            )
 
     def __call__(self, sha1s: Sequence[str]) -> torch.Tensor:
         if self.cache is not None:
@@ -68,6 +77,8 @@ class EncoderTokens:
         path = self.images[sha1]
         data = read_file(path)
         if hashlib.sha1(data).hexdigest() != sha1:
-            raise ValueError(f"{path}: the file changed after it was listed (its sha1 is no longer {sha1}); "
-                             "prepare the caption data again")
+            raise ValueError(
+                f"{path}: the file changed after it was listed (its sha1 is no longer {sha1}); "
+                "prepare the caption data again"
+            )
         return self.model.transform(decode_image(data, str(path)))

@@ -29,7 +29,6 @@ from torch import nn
 from fewclip.registry import Registry
 
 
-
 class CaptionModelParts(Protocol):
     """What a method's ``build`` reads and sets on the captioner (``fewclip.caption.model.CaptionModel``, which
     builds itself with the registered methods, so this module cannot import it)."""
@@ -38,6 +37,7 @@ class CaptionModelParts(Protocol):
     config: Any  # its CaptionModelConfig
     adapters: nn.ModuleList | None
     prefix: nn.Parameter | None
+
 
 LORA_TARGETS = r".*\.attn\.(c_attn|c_proj)$"  # self-attention only: not crossattention.*, not mlp.c_proj
 BASELINE = "untrained"  # the method that trains nothing: evaluated in every run, never listed in `methods`
@@ -56,11 +56,14 @@ class CaptionMethod:
 CAPTION_METHODS: Registry[CaptionMethod] = Registry("caption method")
 
 
-def register_caption_method(name: str, model_keys: tuple[str, ...] = (),
-                            trains: bool = True) -> Callable[[Callable[[CaptionModelParts], list[nn.Parameter]]], Any]:
+def register_caption_method(
+    name: str, model_keys: tuple[str, ...] = (), trains: bool = True
+) -> Callable[[Callable[[CaptionModelParts], list[nn.Parameter]]], Any]:
     """Function decorator: register ``build`` as the caption method ``name``."""
 
-    def register(build: Callable[[CaptionModelParts], list[nn.Parameter]]) -> Callable[[CaptionModelParts], list[nn.Parameter]]:
+    def register(
+        build: Callable[[CaptionModelParts], list[nn.Parameter]],
+    ) -> Callable[[CaptionModelParts], list[nn.Parameter]]:
         CAPTION_METHODS.register(name, CaptionMethod(name, build, model_keys, trains))
         return build
 
@@ -134,7 +137,12 @@ def lora(model: CaptionModelParts) -> list[nn.Parameter]:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = model.config
-    settings = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=LORA_TARGETS, fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
+    settings = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=LORA_TARGETS,
+        fan_in_fan_out=True,
+    )  # GPT-2's Conv1D stores (in, out)
     inject_adapter_in_model(settings, model.decoder)
     return [param for name, param in model.decoder.named_parameters() if "lora_" in name]

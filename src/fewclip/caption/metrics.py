@@ -47,15 +47,18 @@ def ngram_counts(text: str, n: int = 4) -> Ngrams:
 def _check_keys(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str]) -> None:
     if set(references) != set(candidates):
         missing, extra = sorted(set(references) - set(candidates)), sorted(set(candidates) - set(references))
-        raise ValueError(f"candidates and references must cover the same images; without a candidate: "
-                         f"{missing[:5]}, without references: {extra[:5]}")
+        raise ValueError(
+            f"candidates and references must cover the same images; without a candidate: "
+            f"{missing[:5]}, without references: {extra[:5]}"
+        )
     empty = [key for key, refs in references.items() if not refs]
     if empty:
         raise ValueError(f"images without reference captions: {empty[:5]}")
 
 
-def cider_d(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], n: int = 4,
-            sigma: float = 6.0) -> tuple[float, dict[str, float]]:
+def cider_d(
+    references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], n: int = 4, sigma: float = 6.0
+) -> tuple[float, dict[str, float]]:
     """CIDEr-D of tokenised ``candidates`` (image -> caption) against ``references`` (image -> captions):
     (corpus score = mean of the per-image scores, per-image scores).
 
@@ -89,8 +92,9 @@ def cider_d(references: Mapping[str, Sequence[str]], candidates: Mapping[str, st
             ref_vec, ref_norm, ref_len = tfidf(counts)
             penalty = math.exp(-((cand_len - ref_len) ** 2) / (2 * sigma**2))
             for order in range(n):
-                dot = sum(min(w, ref_vec[order].get(g, 0.0)) * ref_vec[order].get(g, 0.0)
-                          for g, w in cand_vec[order].items())
+                dot = sum(
+                    min(w, ref_vec[order].get(g, 0.0)) * ref_vec[order].get(g, 0.0) for g, w in cand_vec[order].items()
+                )
                 if cand_norm[order] != 0 and ref_norm[order] != 0:
                     dot /= cand_norm[order] * ref_norm[order]
                 total[order] += dot * penalty
@@ -98,8 +102,9 @@ def cider_d(references: Mapping[str, Sequence[str]], candidates: Mapping[str, st
     return float(np.mean(list(scores.values()))), scores
 
 
-def bleu(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str],
-         n: int = 4) -> tuple[float, dict[str, float]]:
+def bleu(
+    references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], n: int = 4
+) -> tuple[float, dict[str, float]]:
     """BLEU-n of tokenised captions as pycocoevalcap's ``Bleu(n)`` with its 'closest' reference length:
     (corpus BLEU-n from clipped n-gram matches summed over images, per-image BLEU-n).
 
@@ -132,8 +137,9 @@ def bleu(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str],
     return corpus, per_image
 
 
-def _bleu_from_counts(correct: Sequence[int], guess: Sequence[int], length: float, ref_length: float, n: int,
-                      tiny: float, small: float) -> float:
+def _bleu_from_counts(
+    correct: Sequence[int], guess: Sequence[int], length: float, ref_length: float, n: int, tiny: float, small: float
+) -> float:
     product = 1.0
     for k in range(n):
         product *= (correct[k] + tiny) / (guess[k] + small)
@@ -161,9 +167,12 @@ def text_scores(references: Mapping[str, Sequence[str]], candidates: Mapping[str
     return TextScores(cider, bleu4, cider_each, bleu_each)
 
 
-def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
-                reference_features: Sequence[torch.Tensor] | None = None,
-                weight: float = CLIP_SCORE_WEIGHT) -> tuple[torch.Tensor, torch.Tensor | None]:
+def clip_scores(
+    image_features: torch.Tensor,
+    caption_features: torch.Tensor,
+    reference_features: Sequence[torch.Tensor] | None = None,
+    weight: float = CLIP_SCORE_WEIGHT,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CLIPScore and RefCLIPScore per caption, from CLIP features (any scale: they are normalised here).
 
     image_features (n, d), caption_features (n, d), reference_features: n tensors (k_i, d), the references
@@ -180,18 +189,25 @@ def clip_scores(image_features: torch.Tensor, caption_features: torch.Tensor,
     image = torch.nn.functional.normalize(image_features.double(), dim=-1)
     caption = torch.nn.functional.normalize(caption_features.double(), dim=-1)
     if image.shape != caption.shape:
-        raise ValueError(f"image features {tuple(image.shape)} and caption features {tuple(caption.shape)} "
-                         "must have the same shape (one caption per image)")
+        raise ValueError(
+            f"image features {tuple(image.shape)} and caption features {tuple(caption.shape)} "
+            "must have the same shape (one caption per image)"
+        )
     clip_s = weight * (image * caption).sum(-1).clamp(min=0)  # (n,)
     if reference_features is None:
         return clip_s, None
     if len(reference_features) != len(caption):
         raise ValueError(f"{len(reference_features)} reference sets for {len(caption)} captions")
-    best = torch.stack([(torch.nn.functional.normalize(refs.double(), dim=-1) @ cap).max()
-                        for refs, cap in zip(reference_features, caption)]).clamp(min=0)  # (n,)
+    best = torch.stack(
+        [
+            (torch.nn.functional.normalize(refs.double(), dim=-1) @ cap).max()
+            for refs, cap in zip(reference_features, caption)
+        ]
+    ).clamp(min=0)  # (n,)
     denominator = clip_s + best
-    ref_clip_s = torch.where(denominator > 0, 2 * clip_s * best / denominator.clamp(min=1e-300),
-                             torch.zeros_like(denominator))
+    ref_clip_s = torch.where(
+        denominator > 0, 2 * clip_s * best / denominator.clamp(min=1e-300), torch.zeros_like(denominator)
+    )
     return clip_s, ref_clip_s
 
 
@@ -202,13 +218,18 @@ def image_pixels(backbone: Backbone, paths: Sequence[Path | str]) -> torch.Tenso
     return torch.from_numpy(np.stack([backbone.transform(read_image(path)) for path in paths]))
 
 
-def encode_and_score(backbone: Backbone, pixels: torch.Tensor, captions: Sequence[str],
-                     references: Sequence[Sequence[str]] | None = None,
-                     batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_and_score(
+    backbone: Backbone,
+    pixels: torch.Tensor,
+    captions: Sequence[str],
+    references: Sequence[Sequence[str]] | None = None,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CLIPScore and RefCLIPScore of ``captions`` for images given as preprocessed ``pixels`` (n, 3, H, W),
     with any fewclip backbone (``backbone.encode_images`` / ``backbone.encode_text``)."""
-    image_features = torch.cat([backbone.encode_images(pixels[i : i + batch_size])
-                                for i in range(0, len(pixels), batch_size)])
+    image_features = torch.cat(
+        [backbone.encode_images(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    )
     caption_features = backbone.encode_text(list(captions))
     if references is None:
         return clip_scores(image_features, caption_features)

@@ -46,15 +46,20 @@ class CaptionModelConfig(ConfigBlock):
     decoder: str = Field("gpt2", description="GPT-2-family hub id (e.g. gpt2) or local folder with its tokenizer.")
     decoder_revision: str | None = Field(None, description="Hub revision of the decoder.")
     method: Method = Field("adapter", description="adapter, prefix, lora, or untrained (no tuning: the baseline).")
-    adapter_bottleneck: int | None = Field(None, ge=1, description="Adapter width; None: n_embd/2 - 30 as the "
-                                           "reference (354 for GPT-2), at least n_embd/8 for tiny decoders.")
+    adapter_bottleneck: int | None = Field(
+        None,
+        ge=1,
+        description="Adapter width; None: n_embd/2 - 30 as the "
+        "reference (354 for GPT-2), at least n_embd/8 for tiny decoders.",
+    )
     prefix_length: int = Field(20, ge=1, description="Learned prefix tokens per layer (prefix tuning).")
     lora_rank: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on LoRA's input.")
     attention_layer: int = Field(-1, description="Decoder block whose cross-attention the maps show (-1: last).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 autocast for encoding, "
-                                                "training and decoding.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32, or bf16 autocast for encoding, training and decoding."
+    )
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
 
 
@@ -76,9 +81,11 @@ def quiet_loading() -> Iterator[None]:
 
 
 # caption key -> (what it takes, the model fewclip ships for it, that model's description), for messages
-MODEL_KEYS = {"model.encoder": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP"),
-              "model.decoder": ("a Hugging Face GPT-2", WORLD_DECODER_ALIAS, "the world decoder (a tiny GPT-2)"),
-              "clipscore_model": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP")}
+MODEL_KEYS = {
+    "model.encoder": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP"),
+    "model.decoder": ("a Hugging Face GPT-2", WORLD_DECODER_ALIAS, "the world decoder (a tiny GPT-2)"),
+    "clipscore_model": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP"),
+}
 _SHIPPED_CLIP = re.compile(r"use '[^']*', the (shipped world CLIP|CLIP shipped with fewclip)")
 
 
@@ -100,8 +107,9 @@ def resolve_caption_model(key: str, model_id: str, revision: str | None = None) 
 
 def load_encoder(config: CaptionModelConfig) -> Backbone:
     """The Hugging Face CLIP ``model.encoder`` names, as a backbone (its errors name ``model.encoder``)."""
-    model = ModelConfig(id=config.encoder, revision=config.encoder_revision, precision=config.precision,
-                        device=config.device)
+    model = ModelConfig(
+        id=config.encoder, revision=config.encoder_revision, precision=config.precision, device=config.device
+    )
     try:
         return load_backbone(model)
     except OSError as err:  # FileNotFoundError too
@@ -116,14 +124,17 @@ def _load_decoder(config: CaptionModelConfig) -> tuple[Any, Any]:
     try:
         with quiet_loading():
             # eager attention: it returns the cross-attention weights the attention maps read
-            decoder = GPT2LMHeadModel.from_pretrained(source.location, add_cross_attention=True, dtype=torch.float32,
-                                                      attn_implementation="eager", **options)
+            decoder = GPT2LMHeadModel.from_pretrained(
+                source.location, add_cross_attention=True, dtype=torch.float32, attn_implementation="eager", **options
+            )
             tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
     except OSError as err:
         raise OSError(f"model.decoder: cannot load GPT-2 decoder {config.decoder!r}: {err}") from err
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError(f"model.decoder: the tokenizer of {config.decoder!r} has no BOS or EOS token; "
-                         "captions need both (set bos_token and eos_token in its tokenizer_config.json)")
+        raise ValueError(
+            f"model.decoder: the tokenizer of {config.decoder!r} has no BOS or EOS token; "
+            "captions need both (set bos_token and eos_token in its tokenizer_config.json)"
+        )
     return decoder, tokenizer
 
 
@@ -157,7 +168,9 @@ class CaptionModel(nn.Module):
         gpt = self.decoder.config
         self.requires_grad_(False)
         encoder_width = self.encoder_width
-        self.projection: nn.Module = nn.Linear(encoder_width, gpt.n_embd) if encoder_width != gpt.n_embd else nn.Identity()
+        self.projection: nn.Module = (
+            nn.Linear(encoder_width, gpt.n_embd) if encoder_width != gpt.n_embd else nn.Identity()
+        )
         self.adapters: nn.ModuleList | None = None  # the adapter method's, one per block
         self.prefix: nn.Parameter | None = None  # the prefix method's, (layer, key/value, head, prefix, head_dim)
         method = CAPTION_METHODS.get(config.method)
@@ -190,8 +203,10 @@ class CaptionModel(nn.Module):
         params = self.trainable_parameters()
         if set(state) != set(params):
             missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-            raise ValueError(f"trainable weights do not match this caption model ({self.config.method}): "
-                             f"missing {missing[:3]}, unexpected {extra[:3]}; were they saved with another config?")
+            raise ValueError(
+                f"trainable weights do not match this caption model ({self.config.method}): "
+                f"missing {missing[:3]}, unexpected {extra[:3]}; were they saved with another config?"
+            )
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
@@ -252,8 +267,14 @@ class CaptionModel(nn.Module):
                 self_cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer)
         return EncoderDecoderCache(self_cache, DynamicCache())
 
-    def decoder_step(self, input_ids: torch.Tensor, memory: torch.Tensor, cache: Any = None,
-                     key_mask: torch.Tensor | None = None, output_attentions: bool = False) -> Any:
+    def decoder_step(
+        self,
+        input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        cache: Any = None,
+        key_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> Any:
         """Run the decoder on ``input_ids`` (B, L), continuing ``cache`` (from ``new_cache``) when given.
 
         ``key_mask`` (B, past + L) marks real caption tokens (0 for right padding) among all tokens seen
@@ -268,25 +289,35 @@ class CaptionModel(nn.Module):
         if key_mask is None:
             key_mask = torch.ones(batch, seen + length, dtype=torch.bool, device=input_ids.device)
         positions = torch.arange(seen, seen + length, device=input_ids.device)
-        mask = _additive_mask(key_mask.bool(), positions, prefix, memory.dtype if memory.is_floating_point() else torch.float32)
-        return self.decoder(input_ids=input_ids, encoder_hidden_states=memory, **{cache_keyword(): cache},
-                            attention_mask=mask, position_ids=positions[None].expand(batch, -1),
-                            use_cache=cache is not None, output_attentions=output_attentions)
+        mask = _additive_mask(
+            key_mask.bool(), positions, prefix, memory.dtype if memory.is_floating_point() else torch.float32
+        )
+        return self.decoder(
+            input_ids=input_ids,
+            encoder_hidden_states=memory,
+            **{cache_keyword(): cache},
+            attention_mask=mask,
+            position_ids=positions[None].expand(batch, -1),
+            use_cache=cache is not None,
+            output_attentions=output_attentions,
+        )
 
     @staticmethod
     def step_cache(output: Any) -> Any:
         """The updated KV cache of a ``decoder_step`` output."""
         return getattr(output, cache_keyword())
 
-    def loss(self, encoder_tokens: torch.Tensor, input_ids: torch.Tensor, key_mask: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, encoder_tokens: torch.Tensor, input_ids: torch.Tensor, key_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Mean next-token cross-entropy over the labels that are not -100 (right padding is -100)."""
         device = self.device_
         with self.autocast():
             out = self.decoder_step(input_ids.to(device), self.memory(encoder_tokens), key_mask=key_mask.to(device))
         logits = out.logits[:, :-1].float()
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].to(device).reshape(-1),
-                                           ignore_index=-100)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].to(device).reshape(-1), ignore_index=-100
+        )
 
 
 @functools.cache

@@ -47,8 +47,11 @@ def split_json(items: Sequence[CaptionItem], split: str, key: str, root: Path) -
     images = [{"id": item.image_id, "file_name": stored_path(item.path, root), "sha1": item.sha1} for item in items]
     annotations = [{"image_id": item.image_id, "caption": caption} for item in items for caption in item.captions]
     annotations = [{"id": index, **annotation} for index, annotation in enumerate(annotations)]
-    return {"info": {"description": f"fewclip caption split {split}", "prepare_key": key}, "images": images,
-            "annotations": annotations}
+    return {
+        "info": {"description": f"fewclip caption split {split}", "prepare_key": key},
+        "images": images,
+        "annotations": annotations,
+    }
 
 
 def read_split(layout: SplitFiles, split: str) -> list[CaptionItem]:
@@ -56,8 +59,12 @@ def read_split(layout: SplitFiles, split: str) -> list[CaptionItem]:
     captions: dict[str, list[str]] = {}
     for annotation in data["annotations"]:
         captions.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
-    return [CaptionItem(str(image["id"]), layout.root / image["file_name"], tuple(captions[str(image["id"])]),
-                        image["sha1"]) for image in data["images"]]
+    return [
+        CaptionItem(
+            str(image["id"]), layout.root / image["file_name"], tuple(captions[str(image["id"])]), image["sha1"]
+        )
+        for image in data["images"]
+    ]
 
 
 def read_splits(layout: SplitFiles) -> CaptionData:
@@ -70,5 +77,3 @@ def read_splits(layout: SplitFiles) -> CaptionData:
 def prepared_with(layout: SplitFiles, key: str) -> bool:
     files = [layout.split_file(s) for s in SPLITS]
     return all(f.is_file() and read_json(f).get("info", {}).get("prepare_key") == key for f in files)
-
-

@@ -17,9 +17,18 @@ TOY_WORDS = ("a", "square", "on", "grey", *COLOURS)
 TOY_CAPTIONS = tuple(f"a {colour} square" for colour in COLOURS)
 
 
-def build_tiny_decoder(folder: Path, seed: int = 0, words: Iterable[str] = TOY_WORDS, n_layer: int = 2,
-                       n_embd: int = 32, n_head: int = 2, n_positions: int = 32,
-                       pretrain_on: Sequence[str] = TOY_CAPTIONS, steps: int = 150, dropout: float = 0.0) -> Path:
+def build_tiny_decoder(
+    folder: Path,
+    seed: int = 0,
+    words: Iterable[str] = TOY_WORDS,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_positions: int = 32,
+    pretrain_on: Sequence[str] = TOY_CAPTIONS,
+    steps: int = 150,
+    dropout: float = 0.0,
+) -> Path:
     """Save a seeded ``GPT2LMHeadModel`` (no cross-attention) with a CLIP-format BPE tokenizer in which each
     of ``words`` is one token (bos ``<|startoftext|>``, eos ``<|endoftext|>``), pretrained for ``steps``
     full-batch Adam steps as a language model on ``pretrain_on`` (text only), as a real decoder is: it
@@ -30,16 +39,27 @@ def build_tiny_decoder(folder: Path, seed: int = 0, words: Iterable[str] = TOY_W
 
     folder = Path(folder)
     vocab_size = write_clip_tokenizer(folder, chain_merges(words), n_positions)
-    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=n_positions,
-                        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     with torch.no_grad():  # words apart from the start: text alone never separates interchangeable words
         model.transformer.wte.weight.normal_(0, 0.3)  # (colours), and the frozen tied head must tell them apart
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    rows = [[config.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids, config.eos_token_id]
-            for text in pretrain_on]
+    rows = [
+        [config.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids, config.eos_token_id]
+        for text in pretrain_on
+    ]
     if rows and steps:
         longest = max(map(len, rows))
         ids = torch.tensor([row + [config.eos_token_id] * (longest - len(row)) for row in rows])

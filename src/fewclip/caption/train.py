@@ -39,11 +39,18 @@ class CaptionTrainConfig(ConfigBlock):
     batch_size: int = Field(32, ge=1, description="(image, caption) pairs per step.")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
-    lr_step_epochs: int = Field(3, ge=1, description="Step decay: the rate is multiplied by lr_gamma every this many epochs.")
+    lr_step_epochs: int = Field(
+        3, ge=1, description="Step decay: the rate is multiplied by lr_gamma every this many epochs."
+    )
     lr_gamma: float = Field(0.5, gt=0, le=1, description="Step decay factor.")
-    max_tokens: int = Field(32, ge=3, description="Longest tokenised caption, BOS and EOS included (longer ones are cut).")
-    cache_budget_mb: float = Field(2048, ge=0, description="Cache frozen encoder outputs on disk when they fit "
-                                   "this many MB; otherwise encode every batch.")
+    max_tokens: int = Field(
+        32, ge=3, description="Longest tokenised caption, BOS and EOS included (longer ones are cut)."
+    )
+    cache_budget_mb: float = Field(
+        2048,
+        ge=0,
+        description="Cache frozen encoder outputs on disk when they fit this many MB; otherwise encode every batch.",
+    )
 
 
 @dataclass
@@ -76,11 +83,22 @@ def pad_batch(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
-def run_key(model: Any, settings: CaptionTrainConfig, seed: int, examples: Sequence[tuple[str, str]],
-            score_name: str | None) -> str:
+def run_key(
+    model: Any, settings: CaptionTrainConfig, seed: int, examples: Sequence[tuple[str, str]], score_name: str | None
+) -> str:
     """What a checkpoint must match to be resumed: recipe, seed, model config, data, initial weights."""
-    digest = hashlib.sha256(json.dumps([settings.model_dump(mode="json"), seed, model.config.model_dump(mode="json"),
-                                        model.seed, list(map(list, examples)), score_name]).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                settings.model_dump(mode="json"),
+                seed,
+                model.config.model_dump(mode="json"),
+                model.seed,
+                list(map(list, examples)),
+                score_name,
+            ]
+        ).encode()
+    )
     for name, tensor in sorted(model.trainable_state().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -88,19 +106,33 @@ def run_key(model: Any, settings: CaptionTrainConfig, seed: int, examples: Seque
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, done: CaptionTraining,
-                    best_state: dict[str, torch.Tensor] | None, key: str) -> None:
+def save_checkpoint(
+    path: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    done: CaptionTraining,
+    best_state: dict[str, torch.Tensor] | None,
+    key: str,
+) -> None:
     """Tensors in safetensors (weights, AdamW moments and steps, best weights); scalars in its JSON metadata.
     One atomic rename commits both, so tensors and history always belong to the same epoch."""
     tensors = {f"model.{k}": v for k, v in model.trainable_state().items()} | optimizer_tensors(optimizer)
     tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
-    meta = {"run_key": key, "history": done.history, "best_epoch": done.best_epoch, "best_score": done.best_score,
-            "scheduler": scheduler.state_dict(), "lrs": [group["lr"] for group in optimizer.param_groups]}
+    meta = {
+        "run_key": key,
+        "history": done.history,
+        "best_epoch": done.best_epoch,
+        "best_score": done.best_score,
+        "scheduler": scheduler.state_dict(),
+        "lrs": [group["lr"] for group in optimizer.param_groups],
+    }
     write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    key: str) -> tuple[CaptionTraining, dict[str, torch.Tensor] | None] | None:
+def load_checkpoint(
+    path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, key: str
+) -> tuple[CaptionTraining, dict[str, torch.Tensor] | None] | None:
     """Restore a checkpoint of this run into model, optimizer and scheduler; None when there is none, it
     belongs to another run, or it is damaged (deleted with a warning: training starts over)."""
     saved = read_checkpoint(path, key, "caption training checkpoint", changed="recipe, data, model or seed")
@@ -116,11 +148,18 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     return CaptionTraining(meta["history"], meta["best_epoch"], meta["best_score"]), best
 
 
-def train_captioner(model: Any, examples: Sequence[tuple[str, str]], encoder_tokens: Callable[[Sequence[str]], torch.Tensor],
-                    settings: CaptionTrainConfig = CaptionTrainConfig(), seed: int = 0,
-                    val_score: Callable[[Any], float] | None = None, score_name: str = "val_cider",
-                    checkpoint: Path | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
-                    progress: bool = False) -> CaptionTraining:
+def train_captioner(
+    model: Any,
+    examples: Sequence[tuple[str, str]],
+    encoder_tokens: Callable[[Sequence[str]], torch.Tensor],
+    settings: CaptionTrainConfig = CaptionTrainConfig(),
+    seed: int = 0,
+    val_score: Callable[[Any], float] | None = None,
+    score_name: str = "val_cider",
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> CaptionTraining:
     """Train ``model``'s trainable parameters on (image sha1, clean caption) ``examples``.
 
     ``encoder_tokens(sha1s)`` gives (n, T, width) encoder outputs (an ``EncoderTokens``). History rows:
@@ -137,8 +176,15 @@ def train_captioner(model: Any, examples: Sequence[tuple[str, str]], encoder_tok
     key = run_key(model, settings, seed, examples, score_name if val_score else None) if checkpoint else ""
     if checkpoint is not None and (resumed := load_checkpoint(checkpoint, model, optimizer, scheduler, key)):
         done, best_state = resumed
-    bar = tqdm(range(len(done.history), settings.epochs), initial=len(done.history), total=settings.epochs,
-               desc="caption epochs", unit="epoch", leave=False, disable=not progress)
+    bar = tqdm(
+        range(len(done.history), settings.epochs),
+        initial=len(done.history),
+        total=settings.epochs,
+        desc="caption epochs",
+        unit="epoch",
+        leave=False,
+        disable=not progress,
+    )
     for epoch in bar:
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -164,9 +210,16 @@ def train_captioner(model: Any, examples: Sequence[tuple[str, str]], encoder_tok
     return done
 
 
-def _train_epoch(model: Any, optimizer: torch.optim.Optimizer, examples: Sequence[tuple[str, str]],
-                 sequences: Sequence[list[int]], encoder_tokens: Callable[[Sequence[str]], torch.Tensor],
-                 batch_size: int, seed: int, epoch: int) -> float:
+def _train_epoch(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    examples: Sequence[tuple[str, str]],
+    sequences: Sequence[list[int]],
+    encoder_tokens: Callable[[Sequence[str]], torch.Tensor],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+) -> float:
     """One pass in an order drawn from (seed, epoch); dropout draws from the same seed. Mean example loss."""
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
     cuda = [model.device_] if model.device_.type == "cuda" else []

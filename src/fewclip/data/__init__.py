@@ -7,6 +7,17 @@ from fewclip.data.sources import list_sources
 from fewclip.data.splits import load_split, make_splits, write_splits
 
 __all__ = [
-    "ClassNames", "Record", "UnreadableImage", "list_sources", "load_prepared", "load_split", "make_splits",
-    "prepare", "read_image", "read_records", "to_rgb", "write_records", "write_splits",
+    "ClassNames",
+    "Record",
+    "UnreadableImage",
+    "list_sources",
+    "load_prepared",
+    "load_split",
+    "make_splits",
+    "prepare",
+    "read_image",
+    "read_records",
+    "to_rgb",
+    "write_records",
+    "write_splits",
 ]

@@ -23,6 +23,7 @@ from fewclip.data.sources import SourceConfig
 
 log = logging.getLogger(__name__)
 
+
 def fewshot_subset(records: Sequence[Record], shots: int, rng: random.Random) -> list[Record]:
     """Dassl's ``generate_fewshot_dataset(records, num_shots=shots)`` with ``rng`` as its ``random``."""
     by_label: dict[int, list[Record]] = {}
@@ -51,15 +52,22 @@ def make_coop_splits(
 def check_coop_budget(records: Sequence[Record], class_names: Sequence[str], shots: Sequence[int]) -> None:
     """CoOp's sampler takes all of a class with fewer than K images; say so, fail only without train images."""
     if not records:
-        raise ValueError("the dataset's split file has no train images, so no few-shot split can be drawn; run "
-                         "only shot-free methods on it (methods: [zero_shot])")
+        raise ValueError(
+            "the dataset's split file has no train images, so no few-shot split can be drawn; run "
+            "only shot-free methods on it (methods: [zero_shot])"
+        )
     counts = {label: 0 for label in range(len(class_names))}
     for record in records:
         counts[record.label] += 1
     for label, n in counts.items():
         if n < max(shots):
-            log.warning("class %r has %d train images, fewer than %d shots: CoOp's sampler takes all %d",
-                        class_names[label], n, max(shots), n)
+            log.warning(
+                "class %r has %d train images, fewer than %d shots: CoOp's sampler takes all %d",
+                class_names[label],
+                n,
+                max(shots),
+                n,
+            )
 
 
 def check_nothing_excluded(layout: DataFiles) -> None:
@@ -69,9 +77,11 @@ def check_nothing_excluded(layout: DataFiles) -> None:
     skipped = [row["image"] for row in read_csv(layout.exclusions) if row["split"] in ("train", "val")]
     if skipped:
         listed = "\n  ".join(skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-        raise ValueError(f"splits.sampler: coop draws from the whole split lists, but prepare skipped "
-                         f"{len(skipped)} unreadable train/val image(s) (see {layout.exclusions}):\n  {listed}\n"
-                         "Replace those files so the few-shot sets match CoOp's, or use splits.sampler: fewclip")
+        raise ValueError(
+            f"splits.sampler: coop draws from the whole split lists, but prepare skipped "
+            f"{len(skipped)} unreadable train/val image(s) (see {layout.exclusions}):\n  {listed}\n"
+            "Replace those files so the few-shot sets match CoOp's, or use splits.sampler: fewclip"
+        )
 
 
 def coop_splits_for_run(
@@ -86,10 +96,14 @@ def coop_splits_for_run(
 def coop_sampler_problem(dataset: SourceConfig) -> str | None:
     """Why ``splits.sampler: coop`` cannot reproduce CoOp's sets with this dataset config, or None."""
     if dataset.source != "coop":  # type: ignore[attr-defined]
-        return (f"sampler coop draws CoOp's sets from a CoOp split file, so it needs dataset.source: coop "
-                f"(got {dataset.source!r}); use sampler: fewclip for other sources")  # type: ignore[attr-defined]
+        return (
+            f"sampler coop draws CoOp's sets from a CoOp split file, so it needs dataset.source: coop "
+            f"(got {dataset.source!r}); use sampler: fewclip for other sources"  # type: ignore[attr-defined]
+        )
     if dataset.classes is not None or dataset.max_train_per_class is not None:
-        return ("sampler coop draws from every class's full train list, as CoOp does; dataset.classes and "
-                "dataset.max_train_per_class change that list, so the sets would not be CoOp's: unset them "
-                "(for base/new classes use splits.subsample, which CoOp also applies after drawing)")
+        return (
+            "sampler coop draws from every class's full train list, as CoOp does; dataset.classes and "
+            "dataset.max_train_per_class change that list, so the sets would not be CoOp's: unset them "
+            "(for base/new classes use splits.subsample, which CoOp also applies after drawing)"
+        )
     return None

@@ -34,16 +34,22 @@ class Copy:
 
 # kind -> (what the copies have in common, why it matters, what to do); in the order they are reported
 KINDS = {
-    "labels": ("appear under two labels",
-               "a classifier cannot be right on both labels",
-               "keep each image under one class"),
-    "splits": ("are in both {splits}",
-               "the same image would be trained on (or validated on) and scored, which inflates accuracy",
-               "keep each image in one split; `{key}.duplicates: allow` keeps them, e.g. to reproduce a "
-               "published split as it is"),
-    "repeats": ("appear more than once in one split under one label",
-                "they count twice, and a few-shot draw may take one image for both its train and val sets",
-                "remove the copies, or set `{key}.duplicates: within_split` to keep them"),
+    "labels": (
+        "appear under two labels",
+        "a classifier cannot be right on both labels",
+        "keep each image under one class",
+    ),
+    "splits": (
+        "are in both {splits}",
+        "the same image would be trained on (or validated on) and scored, which inflates accuracy",
+        "keep each image in one split; `{key}.duplicates: allow` keeps them, e.g. to reproduce a "
+        "published split as it is",
+    ),
+    "repeats": (
+        "appear more than once in one split under one label",
+        "they count twice, and a few-shot draw may take one image for both its train and val sets",
+        "remove the copies, or set `{key}.duplicates: within_split` to keep them",
+    ),
 }
 ALLOWED = {"error": (), "within_split": ("repeats",), "allow": ("labels", "splits", "repeats")}
 
@@ -58,8 +64,13 @@ def duplicated_images(splits: Mapping[str, tuple[Sequence[Record], Sequence[str]
     for group in copies.values():
         if len(group) < 2:
             continue
-        kind = ("labels" if len({c.class_name for c in group}) > 1 else
-                "splits" if len({c.split for c in group}) > 1 else "repeats")
+        kind = (
+            "labels"
+            if len({c.class_name for c in group}) > 1
+            else "splits"
+            if len({c.split for c in group}) > 1
+            else "repeats"
+        )
         found[kind].append(group)
     return found
 
@@ -69,8 +80,12 @@ def _describe(kind: str, groups: list[list[Copy]], where: str, split_order: Sequ
     splits = [split for split in split_order if any(c.split == split for group in groups for c in group)]
     what, why, advice = KINDS[kind]
     files = sum(map(len, groups))
-    return f"{where}: {len(groups)} image(s) {what.format(splits=' and '.join(splits))} ({files} files with " \
-           "identical bytes, by sha1)", why, advice
+    return (
+        f"{where}: {len(groups)} image(s) {what.format(splits=' and '.join(splits))} ({files} files with "
+        "identical bytes, by sha1)",
+        why,
+        advice,
+    )
 
 
 def _copies(group: list[Copy]) -> str:
@@ -78,8 +93,9 @@ def _copies(group: list[Copy]) -> str:
     return shown + (f" (and {len(group) - SHOWN} more copies)" if len(group) > SHOWN else "")
 
 
-def check_duplicates(splits: Mapping[str, tuple[Sequence[Record], Sequence[str]]], policy: DuplicatePolicy,
-                     where: str = "dataset") -> None:
+def check_duplicates(
+    splits: Mapping[str, tuple[Sequence[Record], Sequence[str]]], policy: DuplicatePolicy, where: str = "dataset"
+) -> None:
     """Raise for every kind of duplicate ``policy`` refuses (all kinds in one message, a few copies listed);
     log a warning for those it keeps. ``where``: the dataset block's place in the config (``dataset``, ...)."""
     problems = []

@@ -26,8 +26,10 @@ from fewclip.fileio import read_json, write_json
 from fewclip.data.files import DataFiles
 
 Protocol = Literal["domain_generalisation", "cross_dataset"]
-PROTOCOL_TITLES: dict[str, str] = {"domain_generalisation": "Domain generalisation",
-                                   "cross_dataset": "Cross-dataset transfer"}
+PROTOCOL_TITLES: dict[str, str] = {
+    "domain_generalisation": "Domain generalisation",
+    "cross_dataset": "Cross-dataset transfer",
+}
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,19 @@ def subset_columns(source_names: list[str], target_names: list[str]) -> list[int
     return [index[n] for n in target_names] if all(n in index for n in target_names) else None
 
 
-def target_summary(source: str, source_names: list[str], view: tuple[str, list[str], list[Record]],
-                   cannot_transfer: list[str]) -> dict[str, Any]:
+def target_summary(
+    source: str, source_names: list[str], view: tuple[str, list[str], list[Record]], cannot_transfer: list[str]
+) -> dict[str, Any]:
     """One entry of ``results/targets.json``."""
     label, names, records = view
-    return {"target": label, "source": source, "protocol": protocol_of(source_names, names),
-            "n_classes": len(names), "n_test": len(records), "cannot_transfer": cannot_transfer}
+    return {
+        "target": label,
+        "source": source,
+        "protocol": protocol_of(source_names, names),
+        "n_classes": len(names),
+        "n_test": len(records),
+        "cannot_transfer": cannot_transfer,
+    }
 
 
 def write_targets(layout: DataFiles, entries: list[dict[str, Any]]) -> None:
@@ -90,8 +99,9 @@ def read_targets(layout: DataFiles) -> list[dict[str, Any]]:
     return list(read_json(layout.targets).get("targets", []))
 
 
-def encode_targets(dataset: SourceConfig, layout: DataFiles, backbone: Any, cache: Any,
-                   **options: Any) -> list[tuple[str, str]]:
+def encode_targets(
+    dataset: SourceConfig, layout: DataFiles, backbone: Any, cache: Any, **options: Any
+) -> list[tuple[str, str]]:
     """Encode every target test image not in the feature cache; returns (path, reason) of those that failed.
     ``backbone`` may be a zero-argument callable, called only when something is missing."""
     failures: list[tuple[str, str]] = []

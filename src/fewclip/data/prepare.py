@@ -68,15 +68,19 @@ def resolve_classes(config: SourceConfig, available: list[str]) -> ClassNames:
 def check_distinct_classes(raw: list[str], readable: list[str], key: str = "dataset") -> None:
     """At least two classes, and no two with the same readable name (they would share every prompt)."""
     if len(raw) < 2:
-        raise ValueError(f"{key}: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
-                         f"a classifier over one class is always right: add classes or widen {key}.classes")
+        raise ValueError(
+            f"{key}: need at least two classes, the dataset selection has {len(raw)} ({raw}); "
+            f"a classifier over one class is always right: add classes or widen {key}.classes"
+        )
     by_name: dict[str, list[str]] = {}
     for raw_name, name in zip(raw, readable):
         by_name.setdefault(name, []).append(raw_name)
     collisions = [f"{names} all read as {name!r}" for name, names in by_name.items() if len(names) > 1]
     if collisions:
-        raise ValueError(f"{key}: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
-                         f"them apart; give each a distinct name with {key}.rename (raw name: readable name)")
+        raise ValueError(
+            f"{key}: classes {'; '.join(collisions)} in prompts, so a text head could not tell "
+            f"them apart; give each a distinct name with {key}.rename (raw name: readable name)"
+        )
 
 
 def check_test_classes(source: Source, train_classes: list[str]) -> None:
@@ -96,7 +100,8 @@ def check_test_classes(source: Source, train_classes: list[str]) -> None:
         f"the class list comes from train, so no head can predict them, and they would be left out of every "
         f"score without a word. For example:\n  "
         f"{examples}\nAdd train images of those classes, or list the classes to keep in dataset.classes (the test "
-        f"images of the others are then left out on purpose)")
+        f"images of the others are then left out on purpose)"
+    )
 
 
 def _safe(name: str) -> str:
@@ -163,8 +168,12 @@ def export_split(
         else:
             # Named by content: re-exporting is idempotent and never overwrites an image another
             # (older) train_full.csv still points to.
-            relative = Path("images", split, f"{label:04d}_{_safe(item.class_name)}",
-                            f"{sha1[:20]}{image_format_suffix(checked.data)}")
+            relative = Path(
+                "images",
+                split,
+                f"{label:04d}_{_safe(item.class_name)}",
+                f"{sha1[:20]}{image_format_suffix(checked.data)}",
+            )
             target = layout.data / relative
             if not target.is_file():
                 atomic_write_bytes(target, checked.data)
@@ -222,16 +231,17 @@ def prepare(
     all_exclusions: list[tuple[str, str, str]] = []
     outputs: list[tuple[Path, list[Record]]] = []
     exported: dict[str, tuple[list[Record], list[str]]] = {}  # split -> (records, origins): the duplicate check's input
-    targets = {"train": (config.max_train_per_class, layout.train_full), "val": (None, layout.val_full),
-               "test": (config.max_test_per_class, layout.test)}
+    targets = {
+        "train": (config.max_train_per_class, layout.train_full),
+        "val": (None, layout.val_full),
+        "test": (config.max_test_per_class, layout.test),
+    }
     for split in source_splits(config):
         cap, target = targets[split]
         if test_only and split != "test":
             outputs.append((target, []))
             continue
-        done_split = export_split(
-            split, source.items(split, classes.raw), classes, layout, cap, workers
-        )
+        done_split = export_split(split, source.items(split, classes.raw), classes, layout, cap, workers)
         if done_split.missing:
             missing = done_split.missing
             listed = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")

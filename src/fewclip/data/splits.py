@@ -35,7 +35,11 @@ def shuffled_by_class(records: Sequence[Record], seed: int) -> dict[int, list[Re
 
 
 def check_budget(
-    records: Sequence[Record], class_names: Sequence[str], shots: Sequence[int], val_per_class: int, allow_fewer: bool,
+    records: Sequence[Record],
+    class_names: Sequence[str],
+    shots: Sequence[int],
+    val_per_class: int,
+    allow_fewer: bool,
     sampler: Sampler = "fewclip",
 ) -> None:
     """Fail before writing anything if a class cannot supply max(shots) + val_per_class images
@@ -51,7 +55,8 @@ def check_budget(
     if not records:
         raise ValueError(
             "the dataset has no train images (a test-only set), so no few-shot split can be drawn; run only "
-            "shot-free methods on it (methods: [zero_shot]), or give the dataset a train split")
+            "shot-free methods on it (methods: [zero_shot]), or give the dataset a train split"
+        )
     if short and not allow_fewer:
         listed = ", ".join(f"{name!r} has {n}" for name, n in short)
         raise ValueError(
@@ -60,7 +65,9 @@ def check_budget(
             "or set few_shot.allow_fewer: true to cap those classes at what they have."
         )
     for name, n in short:
-        log.warning("class %r has %d train images: fewer than %d shots + %d val; capping", name, n, max(shots), val_per_class)
+        log.warning(
+            "class %r has %d train images: fewer than %d shots + %d val; capping", name, n, max(shots), val_per_class
+        )
 
 
 def make_splits(
@@ -92,8 +99,11 @@ def write_splits(
     if not checked:
         check_budget(records, class_names, shots, val_per_class, allow_fewer, sampler)  # before anything is written
     for seed in seeds:
-        drawn = (coop_splits_for_run(layout, seed, shots, val_per_class) if sampler == "coop"
-                 else make_splits(records, seed, shots, val_per_class))
+        drawn = (
+            coop_splits_for_run(layout, seed, shots, val_per_class)
+            if sampler == "coop"
+            else make_splits(records, seed, shots, val_per_class)
+        )
         for k, (train, val) in drawn.items():
             folder = layout.split_dir(seed, k)
             write_records(folder / "train.csv", train)

@@ -51,8 +51,9 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                  self_check: bool = False) -> str:
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, self_check: bool = False
+) -> str:
     """Write a safetensors file atomically (unique temporary, usual permissions); returns its sha256.
 
     ``self_check`` stores a digest of the tensors in the file's metadata, for files no JSON vouches for.
@@ -72,12 +73,14 @@ def _metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
 
 
-def read_tensors(path: Path, sha256: str | None = None, what: str = "file",
-                 advice: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(
+    path: Path, sha256: str | None = None, what: str = "file", advice: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file, verified against ``sha256`` and its own digest if any.
 
     Raises ``DamagedArtifact`` naming the file, saying what is wrong and ``advice`` on what to do.
     """
+
     def damaged(reason: str) -> DamagedArtifact:
         return DamagedArtifact(path, what, reason, advice)
 

@@ -97,8 +97,9 @@ class Head(Protocol):
     needs: ClassVar[frozenset[str]]  # backbone capabilities (backbones.protocol.CAPABILITIES) it cannot run without
     history_: list[dict[str, float]]
 
-    def fit(self, task: Task, train: FeatureSet | ImageSet | None = None,
-            val: FeatureSet | ImageSet | None = None) -> "Head": ...  # ImageSets for a tunes_encoders head
+    def fit(
+        self, task: Task, train: FeatureSet | ImageSet | None = None, val: FeatureSet | ImageSet | None = None
+    ) -> "Head": ...  # ImageSets for a tunes_encoders head
 
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
 
@@ -167,8 +168,11 @@ class TrainingDiverged(ValueError):
 
     def __init__(self, loss: float, epoch: int, lr: float, message: str = "") -> None:
         self.loss, self.epoch, self.lr = loss, epoch, lr
-        super().__init__(message or f"training diverged: the loss became {loss} in epoch {epoch} at learning rate "
-                         f"{lr:g}; lower the learning rate (or, with precision bf16/fp16, train in fp32)")
+        super().__init__(
+            message
+            or f"training diverged: the loss became {loss} in epoch {epoch} at learning rate "
+            f"{lr:g}; lower the learning rate (or, with precision bf16/fp16, train in fp32)"
+        )
 
 
 def check_loss(loss: float, epoch: int, lr: float) -> float:
@@ -185,8 +189,9 @@ def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def differentiable_logits(head: Any, features: torch.Tensor) -> torch.Tensor:
     """(n, d) -> (n, C) logits with autograd on (what saliency backpropagates through)."""
-    scores: torch.Tensor = (head.differentiable_logits(features) if head.has_differentiable_logits else
-                            head.logits(features))
+    scores: torch.Tensor = (
+        head.differentiable_logits(features) if head.has_differentiable_logits else head.logits(features)
+    )
     return scores
 
 
@@ -209,8 +214,10 @@ def save_head(head: Head, stem: Path, class_names: Sequence[str], meta: dict[str
     tensor_file, json_file = head_files(stem)
     state = head.state_dict()
     if bad := non_finite(state):
-        raise ValueError(f"{head.name}: not saving {stem.name}: its {', '.join(bad[:3])} hold nan or infinite values "
-                         f"(training diverged; lower the learning rate)")
+        raise ValueError(
+            f"{head.name}: not saving {stem.name}: its {', '.join(bad[:3])} hold nan or infinite values "
+            f"(training diverged; lower the learning rate)"
+        )
     checksum = write_tensors(tensor_file, state)
     record = {
         "head": head.name,
@@ -247,8 +254,12 @@ def read_head_meta(stem: Path) -> dict[str, Any] | None:
         raise DamagedArtifact(file, "head file", "not a fewclip head description", RETRAIN_ADVICE)
     recorded = meta.get(MEANING_SHA256)
     if recorded is not None and recorded != meaning_digest(meta):
-        raise DamagedArtifact(file, "head file", "its name, config, class names or templates differ from the ones "
-                              "it was saved with: edited after training", RETRAIN_ADVICE)
+        raise DamagedArtifact(
+            file,
+            "head file",
+            "its name, config, class names or templates differ from the ones it was saved with: edited after training",
+            RETRAIN_ADVICE,
+        )
     return meta
 
 
@@ -264,8 +275,9 @@ def finite_head_tensors(stem: Path, meta: dict[str, Any]) -> dict[str, torch.Ten
     vouches for bytes, not for their being numbers)."""
     tensors = read_head_tensors(stem, meta)
     if bad := non_finite(tensors):
-        raise DamagedArtifact(head_files(stem)[0], "head file", f"{', '.join(bad[:3])} hold nan or infinite values",
-                              RETRAIN_ADVICE)
+        raise DamagedArtifact(
+            head_files(stem)[0], "head file", f"{', '.join(bad[:3])} hold nan or infinite values", RETRAIN_ADVICE
+        )
     return tensors
 
 

@@ -27,8 +27,10 @@ class HeadContractError(TypeError):
     def __init__(self, head_cls: type, problems: list[str]) -> None:
         self.problems = problems
         listed = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{head_cls.__module__}.{head_cls.__qualname__} is not registered: it breaks the head "
-                         f"contract (fewclip.heads.contract):\n{listed}")
+        super().__init__(
+            f"{head_cls.__module__}.{head_cls.__qualname__} is not registered: it breaks the head "
+            f"contract (fewclip.heads.contract):\n{listed}"
+        )
 
 
 def register_head(head_cls: HeadClass) -> HeadClass:

@@ -19,9 +19,21 @@ from fewclip.runner.layout import RunLayout
 from fewclip.stats import chance_accuracy, majority_accuracy, mean_std
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-ACCURACY_COLUMNS = ("method", "shots", "split", "n_seeds", "n_test", "accuracy_mean", "accuracy_std",
-                    "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean", "macro_f1_std", "chance",
-                    "majority")
+ACCURACY_COLUMNS = (
+    "method",
+    "shots",
+    "split",
+    "n_seeds",
+    "n_test",
+    "accuracy_mean",
+    "accuracy_std",
+    "balanced_accuracy_mean",
+    "balanced_accuracy_std",
+    "macro_f1_mean",
+    "macro_f1_std",
+    "chance",
+    "majority",
+)
 PARAMS_COLUMNS = ("method", "shots", "trainable_params")
 BASE_NEW_COLUMNS = ("method", "shots", "base_mean", "base_std", "new_mean", "new_std", "hm_mean", "hm_std")
 SPLIT_ORDER = ("test", "base", "new", "hm")
@@ -53,8 +65,9 @@ def _number(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def accuracy_table(summary: Sequence[dict[str, str]],
-                   supports: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
+def accuracy_table(
+    summary: Sequence[dict[str, str]], supports: dict[str, list[int]] | None = None
+) -> list[dict[str, Any]]:
     """One row per (method, shots, split): mean and sample std over seeds of each metric, the seed and test
     image counts, and the split's chance and majority-class accuracy (None where unknown, e.g. hm).
 
@@ -66,10 +79,16 @@ def accuracy_table(summary: Sequence[dict[str, str]],
         groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(row)
     method_order = _first_seen([row["method"] for row in summary])
     rows = []
-    for (method, shots, split), members in sorted(groups.items(), key=lambda kv: (method_order[kv[0][0]], kv[0][1],
-                                                                                  split_key(kv[0][2]))):
-        row: dict[str, Any] = {"method": method, "shots": shots, "split": split, "n_seeds": len(members),
-                               "n_test": int(members[0]["n_eval"]) if members[0].get("n_eval") else None}
+    for (method, shots, split), members in sorted(
+        groups.items(), key=lambda kv: (method_order[kv[0][0]], kv[0][1], split_key(kv[0][2]))
+    ):
+        row: dict[str, Any] = {
+            "method": method,
+            "shots": shots,
+            "split": split,
+            "n_seeds": len(members),
+            "n_test": int(members[0]["n_eval"]) if members[0].get("n_eval") else None,
+        }
         for metric in METRICS:
             values = [_number(r.get(metric)) for r in members]
             known = [v for v in values if v is not None]  # summaries written before a metric existed lack it
@@ -113,16 +132,24 @@ def mean_curves(histories: dict[tuple[int, int], Sequence[dict[str, str]]]) -> d
     per_epoch: dict[int, dict[int, dict[str, list[float]]]] = {}
     for (shots, _seed), rows in histories.items():
         for row in rows:
-            epoch = per_epoch.setdefault(shots, {}).setdefault(int(float(row["epoch"])), {"train_loss": [], "val_macro_f1": []})
+            epoch = per_epoch.setdefault(shots, {}).setdefault(
+                int(float(row["epoch"])), {"train_loss": [], "val_macro_f1": []}
+            )
             for column in epoch:
                 if row.get(column, "") not in ("", None):
                     epoch[column].append(float(row[column]))
-    return {shots: [{"epoch": e, **{c: (sum(v) / len(v) if v else math.nan) for c, v in values.items()}}
-                    for e, values in sorted(epochs.items())]
-            for shots, epochs in sorted(per_epoch.items())}
+    return {
+        shots: [
+            {"epoch": e, **{c: (sum(v) / len(v) if v else math.nan) for c, v in values.items()}}
+            for e, values in sorted(epochs.items())
+        ]
+        for shots, epochs in sorted(per_epoch.items())
+    }
 
 
-def read_histories(layout: RunLayout, summary: Sequence[dict[str, str]], method: str) -> dict[tuple[int, int], list[dict[str, str]]]:
+def read_histories(
+    layout: RunLayout, summary: Sequence[dict[str, str]], method: str
+) -> dict[tuple[int, int], list[dict[str, str]]]:
     """The history CSVs of ``method``'s units in summary.csv (stale files of other budgets are ignored)."""
     histories = {}
     for shots, seed in sorted({(int(r["shots"]), int(r["seed"])) for r in summary if r["method"] == method}):
@@ -134,9 +161,17 @@ def read_histories(layout: RunLayout, summary: Sequence[dict[str, str]], method:
 
 def read_accuracy_table(path: Path) -> list[dict[str, Any]]:
     """accuracy_table.csv back as typed rows (the report and the plots read the file, not a recomputation)."""
-    return [{"method": r["method"], "shots": int(r["shots"]), "split": r["split"], "n_seeds": int(r["n_seeds"]),
-             "n_test": int(r["n_test"]) if r.get("n_test") else None,
-             **{c: _number(r.get(c)) for c in ACCURACY_COLUMNS[5:]}} for r in read_csv(path)]
+    return [
+        {
+            "method": r["method"],
+            "shots": int(r["shots"]),
+            "split": r["split"],
+            "n_seeds": int(r["n_seeds"]),
+            "n_test": int(r["n_test"]) if r.get("n_test") else None,
+            **{c: _number(r.get(c)) for c in ACCURACY_COLUMNS[5:]},
+        }
+        for r in read_csv(path)
+    ]
 
 
 def _cell(value: Any) -> Any:
@@ -157,8 +192,10 @@ def write_aggregates(layout: RunLayout) -> dict[str, Path]:
     summary = read_csv(layout.summary)
     per_class = layout.results / "per_class.csv"
     accuracy = accuracy_table(summary, class_supports(read_csv(per_class)) if per_class.is_file() else None)
-    written = {"accuracy_table": layout.aggregate / "accuracy_table.csv",
-               "trainable_params": layout.aggregate / "trainable_params.csv"}
+    written = {
+        "accuracy_table": layout.aggregate / "accuracy_table.csv",
+        "trainable_params": layout.aggregate / "trainable_params.csv",
+    }
     _write(written["accuracy_table"], ACCURACY_COLUMNS, accuracy)
     _write(written["trainable_params"], PARAMS_COLUMNS, trainable_params(summary))
     base_new = base_new_table(accuracy)

@@ -32,8 +32,12 @@ from fewclip.report.aggregate import split_key
 from fewclip.report.evidence import Evidence
 
 ALPHA = 0.05
-SPLIT_NAMES = {"test": "test split", "base": "base classes", "new": "new classes",
-               "hm": "harmonic mean of base and new"}
+SPLIT_NAMES = {
+    "test": "test split",
+    "base": "base classes",
+    "new": "new classes",
+    "hm": "harmonic mean of base and new",
+}
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}
 
 
@@ -79,8 +83,9 @@ class Verdict:
     @property
     def winner(self) -> str | None:
         """The best method if it is significantly better than every other candidate, else None."""
-        if len(self.ranked) < 2 or not all(t is not None and t.difference > 0 and t.significant(self.alpha)
-                                           for t in self.tests.values()):
+        if len(self.ranked) < 2 or not all(
+            t is not None and t.difference > 0 and t.significant(self.alpha) for t in self.tests.values()
+        ):
             return None
         return self.ranked[0]["method"]
 
@@ -109,23 +114,32 @@ def primary_split(accuracy: Sequence[dict[str, Any]]) -> str | None:
 def compare(evidence: Evidence, a: dict[str, Any], b: dict[str, Any], split: str, metric: str) -> PairedTest | None:
     """Paired test of row ``a`` against row ``b`` on ``split``; hm needs both base and new (intersection)."""
     if split == "hm":
-        sides = [(evidence.get(a["method"], a["shots"], s), evidence.get(b["method"], b["shots"], s), evidence.labels[s])
-                 for s in ("base", "new") if s in evidence.labels]
+        sides = [
+            (evidence.get(a["method"], a["shots"], s), evidence.get(b["method"], b["shots"], s), evidence.labels[s])
+            for s in ("base", "new")
+            if s in evidence.labels
+        ]
         if len(sides) != 2 or any(x is None for side in sides for x in side[:2]):
             return None
         test = paired_hm_test(sides[0], sides[1], balanced=metric == "balanced_accuracy")  # type: ignore[arg-type]
         # the difference shown is the table's (mean over seeds of each seed's HM); the test's statistic is the
         # HM of the seed-averaged accuracies, the same direction
-        return PairedTest(a[f"{metric}_mean"] - b[f"{metric}_mean"], test.p_value, test.better, test.worse,
-                          test.n_images, test.exact)
+        return PairedTest(
+            a[f"{metric}_mean"] - b[f"{metric}_mean"], test.p_value, test.better, test.worse, test.n_images, test.exact
+        )
     correct_a, correct_b = evidence.get(a["method"], a["shots"], split), evidence.get(b["method"], b["shots"], split)
     if correct_a is None or correct_b is None:
         return None
     return paired_test(correct_a, correct_b, evidence.labels[split], balanced=metric == "balanced_accuracy")
 
 
-def verdicts(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidence: Evidence,
-             metrics: dict[str, str], alpha: float = ALPHA) -> list[Verdict]:
+def verdicts(
+    accuracy: Sequence[dict[str, Any]],
+    budgets: Sequence[int],
+    evidence: Evidence,
+    metrics: dict[str, str],
+    alpha: float = ALPHA,
+) -> list[Verdict]:
     """One verdict per split and per shot budget (those asked for and those with results)."""
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in accuracy))}
     shot_free = {r["method"] for r in accuracy} - {r["method"] for r in accuracy if r["shots"] > 0}
@@ -144,8 +158,15 @@ def verdicts(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidenc
     return out
 
 
-def _verdict(split: str, shots: int, metric: str, candidates: Sequence[dict[str, Any]], evidence: Evidence,
-             order: dict[str, int], alpha: float) -> Verdict:
+def _verdict(
+    split: str,
+    shots: int,
+    metric: str,
+    candidates: Sequence[dict[str, Any]],
+    evidence: Evidence,
+    order: dict[str, int],
+    alpha: float,
+) -> Verdict:
     """The candidates at one budget, best mean first, with the paired test of the best against each other."""
     ranked = sorted(candidates, key=lambda r: (-r[f"{metric}_mean"], order[r["method"]]))
     tests = {r["method"]: compare(evidence, ranked[0], r, split, metric) for r in ranked[1:]}
@@ -172,12 +193,16 @@ def sentence(verdict: Verdict) -> str:
 
     others = verdict.ranked[1:]
     if verdict.winner is not None:
-        return (f"{head}, {best['method']} is best: {name} {score(best, metric)}, significantly above "
-                f"{and_list([versus(r) for r in others])}.")
+        return (
+            f"{head}, {best['method']} is best: {name} {score(best, metric)}, significantly above "
+            f"{and_list([versus(r) for r in others])}."
+        )
     tied = [r for r in verdict.indistinguishable() if r is not best]
     below = [r for r in others if r not in tied]
-    text = (f"{head}, no method is significantly better than all others: {best['method']} has the highest mean "
-            f"{name}, {score(best, metric)}, but is indistinguishable from {and_list([versus(r) for r in tied])}")
+    text = (
+        f"{head}, no method is significantly better than all others: {best['method']} has the highest mean "
+        f"{name}, {score(best, metric)}, but is indistinguishable from {and_list([versus(r) for r in tied])}"
+    )
     if below:
         text += f"; it is significantly above {and_list([versus(r) for r in below])}"
     return text + "."
@@ -207,15 +232,24 @@ def metric_reason(support: Sequence[int] | None) -> tuple[str, str]:
         return metric, "accuracy (class supports unknown)"
     ratio = imbalance_ratio(support)
     if metric == "balanced_accuracy":
-        return metric, (f"balanced accuracy (mean per-class recall), because the test set is imbalanced: its "
-                        f"largest class has {ratio:.1f}x the images of its smallest (> {IMBALANCE_RATIO}), so "
-                        f"accuracy would mostly measure the large classes")
+        return metric, (
+            f"balanced accuracy (mean per-class recall), because the test set is imbalanced: its "
+            f"largest class has {ratio:.1f}x the images of its smallest (> {IMBALANCE_RATIO}), so "
+            f"accuracy would mostly measure the large classes"
+        )
     return metric, f"accuracy (classes are balanced: largest / smallest support {ratio:.1f} <= {IMBALANCE_RATIO})"
 
 
-def recommend(answer_verdicts: Sequence[Verdict], accuracy: Sequence[dict[str, Any]], evidence: Evidence,
-              split: str, metric: str, params: dict[tuple[str, int], int], unit_seeds: dict[tuple[str, int], list[int]],
-              alpha: float = ALPHA) -> dict[str, Any] | None:
+def recommend(
+    answer_verdicts: Sequence[Verdict],
+    accuracy: Sequence[dict[str, Any]],
+    evidence: Evidence,
+    split: str,
+    metric: str,
+    params: dict[tuple[str, int], int],
+    unit_seeds: dict[tuple[str, int], list[int]],
+    alpha: float = ALPHA,
+) -> dict[str, Any] | None:
     """The cheapest (method, shots) not significantly worse than the best at the largest budget (module doc)."""
     mine = [v for v in answer_verdicts if v.split == split and v.best is not None]
     if not mine:
@@ -224,23 +258,43 @@ def recommend(answer_verdicts: Sequence[Verdict], accuracy: Sequence[dict[str, A
     best = top.best
     assert best is not None
     rows = [r for r in accuracy if r["split"] == split and r.get(f"{metric}_mean") is not None]
-    kept = [best] + [r for r in rows if r is not best and (r[f"{metric}_mean"] >= best[f"{metric}_mean"] or not _worse(
-        compare(evidence, best, r, split, metric), alpha))]
+    kept = [best] + [
+        r
+        for r in rows
+        if r is not best
+        and (
+            r[f"{metric}_mean"] >= best[f"{metric}_mean"]
+            or not _worse(compare(evidence, best, r, split, metric), alpha)
+        )
+    ]
     chosen = min(kept, key=lambda r: (r["shots"], params.get((r["method"], r["shots"]), 0), -r[f"{metric}_mean"]))
     seed = min(unit_seeds.get((chosen["method"], chosen["shots"]), [0]))
     name = METRIC_NAMES[metric]
     if top.shots == 0:
-        why = (f"no head trained on labelled images has results on the {SPLIT_NAMES.get(split, split)}; "
-               f"{chosen['method']} has the best mean {name} of the heads that need none, {score(chosen, metric)}")
+        why = (
+            f"no head trained on labelled images has results on the {SPLIT_NAMES.get(split, split)}; "
+            f"{chosen['method']} has the best mean {name} of the heads that need none, {score(chosen, metric)}"
+        )
     elif chosen is best:
-        why = (f"the best mean {name} at the largest budget ({shots_text(top.shots)}), "
-               f"{score(best, metric)}, and no cheaper head is statistically as good")
+        why = (
+            f"the best mean {name} at the largest budget ({shots_text(top.shots)}), "
+            f"{score(best, metric)}, and no cheaper head is statistically as good"
+        )
     else:
-        why = (f"the cheapest head (fewest shots, then fewest trainable parameters) whose {name}, "
-               f"{score(chosen, metric)}, is not significantly below the best at {shots_text(top.shots)}, "
-               f"{best['method']} with {pct(best[f'{metric}_mean'])} (paired test over seeds, alpha = {alpha})")
-    return {"method": chosen["method"], "shots": chosen["shots"], "seed": seed, "split": split, "metric": metric,
-            f"{metric}_mean": chosen[f"{metric}_mean"], "why": why}
+        why = (
+            f"the cheapest head (fewest shots, then fewest trainable parameters) whose {name}, "
+            f"{score(chosen, metric)}, is not significantly below the best at {shots_text(top.shots)}, "
+            f"{best['method']} with {pct(best[f'{metric}_mean'])} (paired test over seeds, alpha = {alpha})"
+        )
+    return {
+        "method": chosen["method"],
+        "shots": chosen["shots"],
+        "seed": seed,
+        "split": split,
+        "metric": metric,
+        f"{metric}_mean": chosen[f"{metric}_mean"],
+        "why": why,
+    }
 
 
 def _worse(test: PairedTest | None, alpha: float) -> bool:
@@ -248,9 +302,15 @@ def _worse(test: PairedTest | None, alpha: float) -> bool:
     return test is None or (test.difference > 0 and test.significant(alpha))
 
 
-def build_answer(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evidence: Evidence,
-                 supports: dict[str, list[int]], params: dict[tuple[str, int], int],
-                 unit_seeds: dict[tuple[str, int], list[int]], alpha: float = ALPHA) -> Answer:
+def build_answer(
+    accuracy: Sequence[dict[str, Any]],
+    budgets: Sequence[int],
+    evidence: Evidence,
+    supports: dict[str, list[int]],
+    params: dict[tuple[str, int], int],
+    unit_seeds: dict[tuple[str, int], list[int]],
+    alpha: float = ALPHA,
+) -> Answer:
     """Everything the report and the CLI say about who wins, computed here once."""
     split = primary_split(accuracy)
     metrics = {s: headline_metric(supports.get(s)) for s in {r["split"] for r in accuracy}}
@@ -265,10 +325,21 @@ def build_answer(accuracy: Sequence[dict[str, Any]], budgets: Sequence[int], evi
     _, reason = metric_reason(support) if split != "hm" else (metric, METRIC_NAMES[metric])
     n_images = next((r["n_test"] for r in accuracy if r["split"] == split and r.get("n_test")), None)
     if n_images is None and split == "hm":
-        n_images = sum(next((r["n_test"] for r in accuracy if r["split"] == s and r.get("n_test")), 0)
-                       for s in ("base", "new")) or None
-    answer = Answer(split, metric, reason, n_images, found,
-                    recommend(found, accuracy, evidence, split, metric, params, unit_seeds, alpha), alpha)
+        n_images = (
+            sum(
+                next((r["n_test"] for r in accuracy if r["split"] == s and r.get("n_test")), 0) for s in ("base", "new")
+            )
+            or None
+        )
+    answer = Answer(
+        split,
+        metric,
+        reason,
+        n_images,
+        found,
+        recommend(found, accuracy, evidence, split, metric, params, unit_seeds, alpha),
+        alpha,
+    )
     row = next((r for r in accuracy if r["split"] == split and r.get("chance") is not None), None)
     if row is not None:
         answer.baselines = {"chance": row["chance"], "majority": row["majority"]}
@@ -296,12 +367,16 @@ def headline_text(answer: Answer) -> str:
     parts = [f"{method} is significantly best at {budgets_text(shots)}" for method, shots in wins.items()]
     parts += [f"only {method} has results at {budgets_text(shots)}" for method, shots in alone.items()]
     if open_budgets:
-        parts.append(f"at {budgets_text(open_budgets)} the leading methods are indistinguishable on this test set "
-                     f"of {size}" if parts else
-                     f"at no shot budget is any method significantly better than all others: the leading methods "
-                     f"are indistinguishable on this test set of {size}")
-    text = (f"On the {where} ({size}), measured by {METRIC_NAMES[answer.metric]}, with a paired test over seeds "
-            f"at alpha = {answer.alpha}: " + "; ".join(parts) + ".")
+        parts.append(
+            f"at {budgets_text(open_budgets)} the leading methods are indistinguishable on this test set of {size}"
+            if parts
+            else f"at no shot budget is any method significantly better than all others: the leading methods "
+            f"are indistinguishable on this test set of {size}"
+        )
+    text = (
+        f"On the {where} ({size}), measured by {METRIC_NAMES[answer.metric]}, with a paired test over seeds "
+        f"at alpha = {answer.alpha}: " + "; ".join(parts) + "."
+    )
     rec = answer.recommendation
     if rec is not None:
         text += f" Recommended: {rec['method']} at {shots_text(rec['shots'])} ({rec['why']})."
@@ -310,13 +385,29 @@ def headline_text(answer: Answer) -> str:
 
 def answer_json(answer: Answer) -> dict[str, Any]:
     """What ``results/answer.json`` holds: the headline, the rule's parameters, each budget's sentence."""
-    return {"headline": answer.headline, "split": answer.split, "metric": answer.metric,
-            "metric_reason": answer.metric_reason, "alpha": answer.alpha, "n_images": answer.n_images,
-            "baselines": answer.baselines, "recommendation": answer.recommendation,
-            "budgets": [{"split": v.split, "shots": v.shots, "winner": v.winner, "sentence": sentence(v),
-                         "tests": {m: (None if t is None else {"difference": t.difference, "p_value": t.p_value,
-                                                               "exact": t.exact}) for m, t in v.tests.items()}}
-                        for v in answer.verdicts]}
+    return {
+        "headline": answer.headline,
+        "split": answer.split,
+        "metric": answer.metric,
+        "metric_reason": answer.metric_reason,
+        "alpha": answer.alpha,
+        "n_images": answer.n_images,
+        "baselines": answer.baselines,
+        "recommendation": answer.recommendation,
+        "budgets": [
+            {
+                "split": v.split,
+                "shots": v.shots,
+                "winner": v.winner,
+                "sentence": sentence(v),
+                "tests": {
+                    m: (None if t is None else {"difference": t.difference, "p_value": t.p_value, "exact": t.exact})
+                    for m, t in v.tests.items()
+                },
+            }
+            for v in answer.verdicts
+        ],
+    }
 
 
 UnitKey = tuple[str, int]  # (method, shots)
@@ -332,4 +423,3 @@ def unit_table(summary: Sequence[dict[str, str]]) -> tuple[dict[UnitKey, int], d
         if int(row["seed"]) not in unit_seeds.setdefault(key, []):
             unit_seeds[key].append(int(row["seed"]))
     return params, unit_seeds
-

@@ -54,15 +54,25 @@ def method_rows(summary: Sequence[dict[str, str]], split: str) -> list[MethodRow
     methods.sort(key=lambda m: m != BASELINE)
     rows = []
     for method in methods:
-        mine = sorted((r for r in summary if r["split"] == split and r["method"] == method), key=lambda r: int(r["seed"]))
+        mine = sorted(
+            (r for r in summary if r["split"] == split and r["method"] == method), key=lambda r: int(r["seed"])
+        )
         mean: dict[str, float | None] = {}
         std: dict[str, float | None] = {}
         for column in (*METRICS, "train_seconds"):
             values = [v for v in (optional_float(r.get(column)) for r in mine) if v is not None]
             mean[column], std[column] = mean_std(values) if values else (None, None)
-        rows.append(MethodRow(method, split, tuple(int(r["seed"]) for r in mine), mean, std,
-                              max(int(float(r["trainable_params"] or 0)) for r in mine),
-                              max(int(float(r["n_eval"] or 0)) for r in mine)))
+        rows.append(
+            MethodRow(
+                method,
+                split,
+                tuple(int(r["seed"]) for r in mine),
+                mean,
+                std,
+                max(int(float(r["trainable_params"] or 0)) for r in mine),
+                max(int(float(r["n_eval"] or 0)) for r in mine),
+            )
+        )
     return rows
 
 
@@ -81,8 +91,11 @@ def per_image_cider(predictions: Path) -> dict[str, float]:
 
 def cider_matrix(layout: CaptionLayout, row: MethodRow) -> dict[int, dict[str, float]]:
     """Seed -> per-image CIDEr, for the seeds whose predictions CSV exists."""
-    return {seed: per_image_cider(layout.predictions(row.method, seed, row.split)) for seed in row.seeds
-            if layout.predictions(row.method, seed, row.split).is_file()}
+    return {
+        seed: per_image_cider(layout.predictions(row.method, seed, row.split))
+        for seed in row.seeds
+        if layout.predictions(row.method, seed, row.split).is_file()
+    }
 
 
 @dataclass(frozen=True)
@@ -155,35 +168,58 @@ def headline(answer: CaptionAnswer) -> str:
     """One sentence on the winner (or why there is none), and one on the untrained baseline."""
     assert answer.leader is not None
     leader, seeds = answer.row(answer.leader), len(answer.row(answer.leader).seeds)
-    where = (f"{answer.n_images} {answer.split} images, {seeds} seed{'s' if seeds != 1 else ''}; paired sign-flip "
-             f"test on per-image CIDEr, alpha = {answer.alpha}")
-    baseline = (f" The untrained decoder (fresh cross-attention, no tuning) scores {cider(answer, BASELINE)}."
-                if BASELINE in {r.method for r in answer.rows} and answer.leader != BASELINE else "")
+    where = (
+        f"{answer.n_images} {answer.split} images, {seeds} seed{'s' if seeds != 1 else ''}; paired sign-flip "
+        f"test on per-image CIDEr, alpha = {answer.alpha}"
+    )
+    baseline = (
+        f" The untrained decoder (fresh cross-attention, no tuning) scores {cider(answer, BASELINE)}."
+        if BASELINE in {r.method for r in answer.rows} and answer.leader != BASELINE
+        else ""
+    )
     if not answer.comparisons:
         return f"Only {leader.method} was evaluated: CIDEr {cider(answer, leader.method)} ({where})."
     if answer.winner is not None:
         runner = max((c for c in answer.comparisons), key=lambda c: answer.row(c.other).mean["cider"] or 0.0)
         weakest = max(c.test.p_value for c in answer.comparisons if c.test is not None)
-        return (f"{leader.method} captions best: CIDEr {cider(answer, leader.method)}, ahead of {runner.other} "
-                f"({cider(answer, runner.other)}) and every other method (largest p = {weakest:.2g}; {where})."
-                + baseline)
+        return (
+            f"{leader.method} captions best: CIDEr {cider(answer, leader.method)}, ahead of {runner.other} "
+            f"({cider(answer, runner.other)}) and every other method (largest p = {weakest:.2g}; {where})." + baseline
+        )
     unseparated = [c for c in answer.comparisons if c.other in answer.tied]
     against = ", ".join(f"{c.other} ({cider(answer, c.other)}; {p_text(c.test)})" for c in unseparated)
-    return (f"{' and '.join(answer.tied)} are indistinguishable by CIDEr on this test set ({where}): "
-            f"{leader.method} leads with {cider(answer, leader.method)}, but the test does not separate it from "
-            f"{against}." + baseline)
+    return (
+        f"{' and '.join(answer.tied)} are indistinguishable by CIDEr on this test set ({where}): "
+        f"{leader.method} leads with {cider(answer, leader.method)}, but the test does not separate it from "
+        f"{against}." + baseline
+    )
 
 
 def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
-    return {"headline": answer.headline, "split": answer.split, "metric": "cider", "alpha": answer.alpha,
-            "winner": answer.winner, "leader": answer.leader, "indistinguishable": answer.tied if not answer.winner else [],
-            "n_images": answer.n_images,
-            "methods": {r.method: {"seeds": list(r.seeds), "n_eval": r.n_eval, "trainable_params": r.trainable_params,
-                                   **{f"{k}_mean": v for k, v in r.mean.items()},
-                                   **{f"{k}_std": v for k, v in r.std.items()}} for r in answer.rows},
-            "comparisons": [{"leader": answer.leader, "other": c.other,
-                             **(asdict(c.test) if c.test is not None else {"p_value": None})}
-                            for c in answer.comparisons]}
+    return {
+        "headline": answer.headline,
+        "split": answer.split,
+        "metric": "cider",
+        "alpha": answer.alpha,
+        "winner": answer.winner,
+        "leader": answer.leader,
+        "indistinguishable": answer.tied if not answer.winner else [],
+        "n_images": answer.n_images,
+        "methods": {
+            r.method: {
+                "seeds": list(r.seeds),
+                "n_eval": r.n_eval,
+                "trainable_params": r.trainable_params,
+                **{f"{k}_mean": v for k, v in r.mean.items()},
+                **{f"{k}_std": v for k, v in r.std.items()},
+            }
+            for r in answer.rows
+        },
+        "comparisons": [
+            {"leader": answer.leader, "other": c.other, **(asdict(c.test) if c.test is not None else {"p_value": None})}
+            for c in answer.comparisons
+        ],
+    }
 
 
 def write_caption_answer(layout: CaptionLayout, summary: Sequence[dict[str, str]]) -> CaptionAnswer:

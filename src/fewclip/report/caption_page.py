@@ -27,8 +27,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from fewclip.fileio import atomic_write_bytes, read_csv, read_json
-from fewclip.report.caption_answer import (ALPHA, METRIC_NAMES, METRICS, CaptionAnswer, MethodRow, method_rows,
-                                           optional_float, write_caption_answer)
+from fewclip.report.caption_answer import (
+    ALPHA,
+    METRIC_NAMES,
+    METRICS,
+    CaptionAnswer,
+    MethodRow,
+    method_rows,
+    optional_float,
+    write_caption_answer,
+)
 from fewclip.report.html_kit import CSS, ArtifactPage, esc, table, thumbnail
 from fewclip.runner.caption_config import BASELINE
 from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
@@ -54,16 +62,30 @@ def value_text(mean: float | None, std: float | None, digits: int = 3) -> str:
 
 
 def answer_section(answer: CaptionAnswer) -> str:
-    rule = (f"Rule: the method with the highest mean CIDEr is named the winner only if a paired sign-flip test on "
-            f"per-image CIDEr (seed-averaged per image, computed from the predictions CSVs) finds it better than "
-            f"every other method, the untrained baseline included, at alpha = {ALPHA}; otherwise the leading "
-            f"methods are called indistinguishable on this test set.")
-    rows = [[esc(c.other), f"{c.test.difference:+.3f}", f"{c.test.p_value:.3g}", f"{c.test.better} / {c.test.worse}",
-             str(c.test.n_images)] if c.test is not None else [esc(c.other), "—", "—", "—", "no predictions"]
-            for c in answer.comparisons]
-    tests = (f"<p>{esc(answer.leader)} against each other method:</p>"
-             + table(["other method", "CIDEr difference", "p", "images better / worse", "images"], rows, "tests")
-             if rows else "")
+    rule = (
+        f"Rule: the method with the highest mean CIDEr is named the winner only if a paired sign-flip test on "
+        f"per-image CIDEr (seed-averaged per image, computed from the predictions CSVs) finds it better than "
+        f"every other method, the untrained baseline included, at alpha = {ALPHA}; otherwise the leading "
+        f"methods are called indistinguishable on this test set."
+    )
+    rows = [
+        [
+            esc(c.other),
+            f"{c.test.difference:+.3f}",
+            f"{c.test.p_value:.3g}",
+            f"{c.test.better} / {c.test.worse}",
+            str(c.test.n_images),
+        ]
+        if c.test is not None
+        else [esc(c.other), "—", "—", "—", "no predictions"]
+        for c in answer.comparisons
+    ]
+    tests = (
+        f"<p>{esc(answer.leader)} against each other method:</p>"
+        + table(["other method", "CIDEr difference", "p", "images better / worse", "images"], rows, "tests")
+        if rows
+        else ""
+    )
     return f'<p class="headline">{esc(answer.headline)}</p><p class="note">{esc(rule)}</p>{tests}'
 
 
@@ -72,12 +94,18 @@ def methods_table(rows: Sequence[MethodRow], answer: CaptionAnswer) -> str:
     for row in rows:
         mark = ' <b class="winner">best</b>' if row.method == answer.winner and row.split == answer.split else ""
         cells = [esc(row.method) + mark]
-        cells += [f'<span class="cap" data-method="{esc(row.method)}" data-metric="{m}">'
-                  f"{value_text(row.mean[m], row.std[m])}</span>" for m in METRICS]
-        cells += [f"{row.trainable_params:,}",
-                  f'<span class="cap" data-method="{esc(row.method)}" data-metric="train_seconds">'
-                  f'{value_text(row.mean["train_seconds"], row.std["train_seconds"], 1)}</span>',
-                  str(len(row.seeds)), str(row.n_eval)]
+        cells += [
+            f'<span class="cap" data-method="{esc(row.method)}" data-metric="{m}">'
+            f"{value_text(row.mean[m], row.std[m])}</span>"
+            for m in METRICS
+        ]
+        cells += [
+            f"{row.trainable_params:,}",
+            f'<span class="cap" data-method="{esc(row.method)}" data-metric="train_seconds">'
+            f"{value_text(row.mean['train_seconds'], row.std['train_seconds'], 1)}</span>",
+            str(len(row.seeds)),
+            str(row.n_eval),
+        ]
         body.append(cells)
     header = ["method", *(METRIC_NAMES[m] for m in METRICS), "trainable params", "train time (s)", "seeds", "n_eval"]
     return table(header, body, "caption-methods")
@@ -85,9 +113,11 @@ def methods_table(rows: Sequence[MethodRow], answer: CaptionAnswer) -> str:
 
 def methods_section(summary: list[dict[str, str]], answer: CaptionAnswer) -> str:
     splits = sorted(dict.fromkeys(r["split"] for r in summary), key=lambda s: s != "test")
-    parts = ["<p>Mean ± sample std over seeds (± 0 with one seed). CIDEr is CIDEr-D as the COCO caption "
-             "evaluation computes it; CLIPScore = 2.5 max(cos, 0) and RefCLIPScore as Hessel et al. 2021. "
-             f"{esc(BASELINE)} is the decoder with fresh cross-attention and no tuning.</p>"]
+    parts = [
+        "<p>Mean ± sample std over seeds (± 0 with one seed). CIDEr is CIDEr-D as the COCO caption "
+        "evaluation computes it; CLIPScore = 2.5 max(cos, 0) and RefCLIPScore as Hessel et al. 2021. "
+        f"{esc(BASELINE)} is the decoder with fresh cross-attention and no tuning.</p>"
+    ]
     for split in splits:
         parts.append(f"<h3>{esc(split)} split</h3>" + methods_table(method_rows(summary, split), answer))
     return "".join(parts)
@@ -139,8 +169,10 @@ def curves_section(page: CaptionPage, summary: list[dict[str, str]]) -> str:
     if not curves:
         return '<p class="note">No per-epoch history (no trained method, or its history files are absent).</p>'
     path = curves_png(curves, page.layout.results / CURVES_FILE)
-    return ("<p>Validation CIDEr (used to select the epoch) and training loss per epoch; mean over seeds, "
-            "the seeds' range shaded.</p>" + page.image(path, "caption training curves"))
+    return (
+        "<p>Validation CIDEr (used to select the epoch) and training loss per epoch; mean over seeds, "
+        "the seeds' range shaded.</p>" + page.image(path, "caption training curves")
+    )
 
 
 def image_files(layout: CaptionLayout, split: str) -> dict[str, Path]:
@@ -179,12 +211,18 @@ def examples_section(page: CaptionPage, answer: CaptionAnswer) -> str:
         for method in predictions:
             row = predictions[method].get(image)
             score = optional_float(row.get("clipscore")) if row is not None else None
-            cells.append("—" if row is None else esc(row["caption"]) + (
-                f'<br><span class="note">CLIPScore {score:.3f}</span>' if score is not None else ""))
+            cells.append(
+                "—"
+                if row is None
+                else esc(row["caption"])
+                + (f'<br><span class="note">CLIPScore {score:.3f}</span>' if score is not None else "")
+            )
         body.append(cells)
     header = ["image", "references", *(esc(m) for m in predictions)]
-    return ("<p>Generated captions (greedy or beam as configured; each method's first seed) next to the "
-            "references.</p>" + table(header, body, "examples", text_columns=tuple(range(len(header)))))
+    return (
+        "<p>Generated captions (greedy or beam as configured; each method's first seed) next to the "
+        "references.</p>" + table(header, body, "examples", text_columns=tuple(range(len(header))))
+    )
 
 
 def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
@@ -206,9 +244,11 @@ def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
 
 
 def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
-    parts = ["<p>Each panel: the decoder's cross-attention from one generated word to the image patches "
-             "(averaged over heads, at the step that generated the word), over the image. Shown for each "
-             "method's highest- and lowest-CLIPScore test images and for fixed images (first seed).</p>"]
+    parts = [
+        "<p>Each panel: the decoder's cross-attention from one generated word to the image patches "
+        "(averaged over heads, at the step that generated the word), over the image. Shown for each "
+        "method's highest- and lowest-CLIPScore test images and for fixed images (first seed).</p>"
+    ]
     for row in answer.rows:
         folder = page.layout.attention_dir(row.method, row.seeds[0])
         parts.append(f"<h3>{esc(row.method)} (seed {row.seeds[0]})</h3>")
@@ -220,14 +260,20 @@ def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
         try:
             layer, entries = attention_entries(folder)
         except (ValueError, OSError) as err:
-            parts.append(f'<p class="note">{esc(page.relative(folder / "attention.json"))} is unusable: {esc(err)}; '
-                         f"evaluate again to rewrite it.</p>")
+            parts.append(
+                f'<p class="note">{esc(page.relative(folder / "attention.json"))} is unusable: {esc(err)}; '
+                f"evaluate again to rewrite it.</p>"
+            )
             continue
         parts.append(f'<p class="note">Decoder block {esc(layer)}.</p>')
-        for entry in sorted(entries, key=lambda e: next((i for i, w in enumerate(WHY) if e["why"].startswith(w)), len(WHY))):
-            parts.append(f'<p><b>{esc(entry["why"])}</b>: {esc(entry["image"])}, “{esc(entry["caption"])}” '
-                         f'(CLIPScore {float(entry["clipscore"]):.3f})</p>'
-                         + page.image(folder / entry["panel"], f'{row.method} attention on {entry["image"]}'))
+        for entry in sorted(
+            entries, key=lambda e: next((i for i, w in enumerate(WHY) if e["why"].startswith(w)), len(WHY))
+        ):
+            parts.append(
+                f"<p><b>{esc(entry['why'])}</b>: {esc(entry['image'])}, “{esc(entry['caption'])}” "
+                f"(CLIPScore {float(entry['clipscore']):.3f})</p>"
+                + page.image(folder / entry["panel"], f"{row.method} attention on {entry['image']}")
+            )
     return "".join(parts)
 
 
@@ -246,24 +292,29 @@ def write_caption_report(layout: CaptionLayout) -> Path:
     summary = read_csv(layout.summary)
     answer = write_caption_answer(layout, summary)
     page = CaptionPage(layout)
-    body = [("caption-methods", "Captioning: methods", methods_section(summary, answer)),
-            ("caption-curves", "Training curves", curves_section(page, summary)),
-            ("caption-examples", "Example captions", examples_section(page, answer)),
-            ("caption-attention", "Word-by-word attention", attention_section(page, answer))]
+    body = [
+        ("caption-methods", "Captioning: methods", methods_section(summary, answer)),
+        ("caption-curves", "Training curves", curves_section(page, summary)),
+        ("caption-examples", "Example captions", examples_section(page, answer)),
+        ("caption-attention", "Word-by-word attention", attention_section(page, answer)),
+    ]
     if layout.config.is_file():
         body.append(("config", "Resolved config", f"<pre>{esc(layout.config.read_text(encoding='utf-8'))}</pre>"))
     opening = [("caption-answer", "The answer", answer_section(answer))]
     notice = missing_section(page)
     if notice:
         opening.append(("missing", "What is missing", notice))
-    sections = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'
-                       for key, title, content in opening + body)
+    sections = "".join(
+        f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>' for key, title, content in opening + body
+    )
     name = layout.root.resolve().name
-    document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f"<title>fewclip captioning report: {esc(name)}</title><style>{CSS}</style></head><body>"
-                f"<h1>fewclip captioning report: {esc(name)}</h1>"
-                f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its files.</p>'
-                f"{sections}</body></html>\n")
+    document = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>fewclip captioning report: {esc(name)}</title><style>{CSS}</style></head><body>"
+        f"<h1>fewclip captioning report: {esc(name)}</h1>"
+        f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its files.</p>'
+        f"{sections}</body></html>\n"
+    )
     write_if_changed(layout.report, document.encode("utf-8"))
     return layout.report
 

@@ -31,8 +31,11 @@ def compare_command(run_dirs: Sequence[str], out: str) -> int:
         print(f"fewclip: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"fewclip: error: --out {out}: could not write the comparison ({err.strerror or err}); choose a "
-              "writable folder", file=sys.stderr)
+        print(
+            f"fewclip: error: --out {out}: could not write the comparison ({err.strerror or err}); choose a "
+            "writable folder",
+            file=sys.stderr,
+        )
         return 2
     print(f"table: {written['csv']}")
     print(f"page: {written['html']}")

@@ -38,10 +38,29 @@ from fewclip.runner.run_dir import flatten_keys
 from fewclip.stats import mean_std
 from fewclip.data.eval_targets import read_targets
 from fewclip.report.aggregate import split_key
-from fewclip.report.published import Reference, ReferenceKey, load_published, paper_backbone, paper_method, paper_protocol
+from fewclip.report.published import (
+    Reference,
+    ReferenceKey,
+    load_published,
+    paper_backbone,
+    paper_method,
+    paper_protocol,
+)
 
-CSV_COLUMNS = ("dataset", "method", "shots", "protocol", "backbone", "split", "mean", "std", "n_seeds", "reference",
-               "reference_source", "note")
+CSV_COLUMNS = (
+    "dataset",
+    "method",
+    "shots",
+    "protocol",
+    "backbone",
+    "split",
+    "mean",
+    "std",
+    "n_seeds",
+    "reference",
+    "reference_source",
+    "note",
+)
 TARGETS_AVERAGE = "Average (targets)"
 CANNOT_TRANSFER = "cannot transfer"
 
@@ -94,8 +113,10 @@ def read_run(path: Path | str) -> Run:
         raise CompareError(f"{layout.root}: no such directory; give the output.dir of a fewclip run")
     missing = [p.relative_to(layout.root).as_posix() for p in (layout.config, layout.summary) if not p.is_file()]
     if missing:
-        raise CompareError(f"{layout.root} is not a finished fewclip run: {' and '.join(missing)} not found; give the "
-                           "output.dir of a run whose `fewclip evaluate` has finished")
+        raise CompareError(
+            f"{layout.root} is not a finished fewclip run: {' and '.join(missing)} not found; give the "
+            "output.dir of a run whose `fewclip evaluate` has finished"
+        )
     try:
         config = read_yaml_file(layout.config)
     except ConfigFileError as err:
@@ -106,17 +127,24 @@ def read_run(path: Path | str) -> Run:
     lacking = {"method", "shots", "seed", "split", "accuracy"} - set(summary[0] if summary else ())
     if not summary or lacking:
         why = f" (no column {sorted(lacking)})" if summary else ""
-        raise CompareError(f"{layout.summary} has no result rows{why}; "
-                           f"re-run `fewclip evaluate {layout.root}`")
+        raise CompareError(f"{layout.summary} has no result rows{why}; re-run `fewclip evaluate {layout.root}`")
     dataset = config["dataset"]
     named_by = "dataset.name" if dataset.get("source") == "coop" else "name"
     name = dataset.get("name") if named_by == "dataset.name" else config.get("name", layout.root.name)
     subsample = config.get("splits", {}).get("subsample", "all")
     protocol = {"all": "few_shot", "base2new": "base2new"}.get(subsample, f"{subsample}_classes")
     model = config.get("model", {})
-    return Run(layout.root, str(name), protocol, backbone_name(model),
-               paper_backbone(model) if paper_protocol(config) else None, summary, read_targets(layout), named_by,
-               dataset)
+    return Run(
+        layout.root,
+        str(name),
+        protocol,
+        backbone_name(model),
+        paper_backbone(model) if paper_protocol(config) else None,
+        summary,
+        read_targets(layout),
+        named_by,
+        dataset,
+    )
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -132,14 +160,26 @@ def run_cells(run: Run) -> list[Cell]:
     for row in run.summary:
         if row["split"] != "hm" and row["split"] not in target_splits:
             groups.setdefault((row["method"], int(row["shots"]), row["split"]), []).append(float(row["accuracy"]))
-    cells = [Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v))
-             for (m, k, s), v in groups.items()]
+    cells = [
+        Cell(run.dataset, m, k, run.protocol, run.backbone, s, *mean_std(v), len(v)) for (m, k, s), v in groups.items()
+    ]
     by_key = {(c.method, c.shots, c.split): c for c in cells}
     for (method, shots, split), base in list(by_key.items()):
         new = by_key.get((method, shots, "new"))
         if split == "base" and new is not None:
-            cells.append(Cell(run.dataset, method, shots, run.protocol, run.backbone, "hm",
-                              harmonic_mean(base.mean, new.mean), None, None))
+            cells.append(
+                Cell(
+                    run.dataset,
+                    method,
+                    shots,
+                    run.protocol,
+                    run.backbone,
+                    "hm",
+                    harmonic_mean(base.mean, new.mean),
+                    None,
+                    None,
+                )
+            )
     return cells
 
 
@@ -209,18 +249,27 @@ def with_reference(cell: Cell, backbone: str | None, published: Mapping[Referenc
 def clash_message(first: Run, second: Run) -> str:
     """Why two runs cannot share a table's column: one dataset run twice, or two datasets under one ``name``."""
     ignored = ("eval_on", "label")  # targets and table labels change no image the heads were trained or tested on
-    before, after = ({key: value for key, value in flatten_keys(run.dataset_config).items()
-                      if key.split(".")[0] not in ignored} for run in (first, second))
-    differ = [f"dataset.{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
-              if before.get(key) != after.get(key)]
+    before, after = (
+        {key: value for key, value in flatten_keys(run.dataset_config).items() if key.split(".")[0] not in ignored}
+        for run in (first, second)
+    )
+    differ = [
+        f"dataset.{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
     if second.named_by == "name" and differ:
         shown = "; ".join(differ[:3]) + ("; ..." if len(differ) > 3 else "")
-        return (f"{first.root} and {second.root} both have `name: {second.dataset}` in their config.yaml, which "
-                f"compare uses as the dataset's column, but read different datasets ({shown}); give each run its "
-                f"own name: `fewclip report {second.root} name=<another name>` rewrites its config.yaml (name "
-                "changes no result), then compare again")
-    return (f"{first.root} and {second.root} are both {second.dataset} runs of protocol {second.protocol} with "
-            f"{second.backbone}; a table has one run per dataset: compare them in separate commands")
+        return (
+            f"{first.root} and {second.root} both have `name: {second.dataset}` in their config.yaml, which "
+            f"compare uses as the dataset's column, but read different datasets ({shown}); give each run its "
+            f"own name: `fewclip report {second.root} name=<another name>` rewrites its config.yaml (name "
+            "changes no result), then compare again"
+        )
+    return (
+        f"{first.root} and {second.root} are both {second.dataset} runs of protocol {second.protocol} with "
+        f"{second.backbone}; a table has one run per dataset: compare them in separate commands"
+    )
 
 
 def build_table(runs: list[Run], published: Mapping[ReferenceKey, Reference]) -> Table:
@@ -261,15 +310,22 @@ def target_tables(run: Run, published: Mapping[ReferenceKey, Reference]) -> list
             dataset = run.dataset if row["split"] == source_split else row["split"]
             if dataset == run.dataset or any(t["target"] == dataset for t in chosen):
                 groups.setdefault((dataset, row["method"], int(row["shots"])), []).append(float(row["accuracy"]))
-        cells = [with_reference(Cell(d, m, k, protocol, run.backbone, "test", *mean_std(v), len(v)),
-                                run.paper_backbone, published) for (d, m, k), v in groups.items()]
+        cells = [
+            with_reference(
+                Cell(d, m, k, protocol, run.backbone, "test", *mean_std(v), len(v)), run.paper_backbone, published
+            )
+            for (d, m, k), v in groups.items()
+        ]
         targets = [t["target"] for t in chosen]
         means: dict[tuple[str, int], dict[str, float]] = {}
         for c in cells:
             if c.dataset in targets:
                 means.setdefault((c.method, c.shots), {})[c.dataset] = c.mean
-        cells += [Cell(TARGETS_AVERAGE, m, k, protocol, run.backbone, "test", sum(per.values()) / len(per), None, None)
-                  for (m, k), per in means.items() if set(per) == set(targets)]
+        cells += [
+            Cell(TARGETS_AVERAGE, m, k, protocol, run.backbone, "test", sum(per.values()) / len(per), None, None)
+            for (m, k), per in means.items()
+            if set(per) == set(targets)
+        ]
         notes = {(t["target"], method): CANNOT_TRANSFER for t in chosen for method in t["cannot_transfer"]}
         tables.append(Table(protocol, run.backbone, [run], [run.dataset, *targets], TARGETS_AVERAGE, cells, notes))
     return tables
@@ -286,11 +342,37 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
             for dataset in [*table.datasets, table.average]:
                 c = table.cell(dataset, method, shots, split)
                 if c is not None:
-                    rows.append([c.dataset, c.method, c.shots, c.protocol, c.backbone, c.split, percent(c.mean),
-                                 percent(c.std), "" if c.n_seeds is None else c.n_seeds,
-                                 "" if c.reference is None else f"{c.reference.value:.2f}",
-                                 "" if c.reference is None else c.reference.citation, ""])
+                    rows.append(
+                        [
+                            c.dataset,
+                            c.method,
+                            c.shots,
+                            c.protocol,
+                            c.backbone,
+                            c.split,
+                            percent(c.mean),
+                            percent(c.std),
+                            "" if c.n_seeds is None else c.n_seeds,
+                            "" if c.reference is None else f"{c.reference.value:.2f}",
+                            "" if c.reference is None else c.reference.citation,
+                            "",
+                        ]
+                    )
                 elif (dataset, method) in table.notes:
-                    rows.append([dataset, method, shots, table.protocol, table.backbone, split, "", "", "", "", "",
-                                 table.notes[(dataset, method)]])
+                    rows.append(
+                        [
+                            dataset,
+                            method,
+                            shots,
+                            table.protocol,
+                            table.backbone,
+                            split,
+                            "",
+                            "",
+                            "",
+                            "",
+                            "",
+                            table.notes[(dataset, method)],
+                        ]
+                    )
     return rows

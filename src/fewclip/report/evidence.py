@@ -45,8 +45,9 @@ def read_evidence(layout: RunLayout, summary: list[dict[str, str]]) -> Evidence:
         rows = read_csv(file)
         order = paths.setdefault(split, [r["path"] for r in rows])
         if [r["path"] for r in rows] != order:
-            log.warning("%s lists other test images than the rest of the %s split; left out of the paired tests",
-                        file, split)
+            log.warning(
+                "%s lists other test images than the rest of the %s split; left out of the paired tests", file, split
+            )
             continue
         evidence.labels.setdefault(split, np.array([int(r["label"]) for r in rows], dtype=np.int64))
         right = np.array([r["label"] == r["pred"] for r in rows], dtype=bool)

@@ -15,8 +15,12 @@ from fewclip.report.aggregate import mean_curves, read_accuracy_table, read_hist
 from fewclip.report.answer import shots_text
 from fewclip.report.unit_figures import pyplot, save_png
 
-SPLIT_TITLES = {"test": "test (all classes)", "base": "base classes", "new": "new classes",
-                "hm": "harmonic mean of base and new"}
+SPLIT_TITLES = {
+    "test": "test (all classes)",
+    "base": "base classes",
+    "new": "new classes",
+    "hm": "harmonic mean of base and new",
+}
 
 
 def y_limits(values: Sequence[float], margin: float = 0.1, least: float = 0.02) -> tuple[float, float]:
@@ -40,8 +44,9 @@ def panel_limits(values: Sequence[float], baseline: float | None = None) -> tupl
     return y_limits(values), False
 
 
-def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
-                          metrics: dict[str, str] | None = None) -> None:
+def accuracy_vs_shots_png(
+    accuracy: Sequence[dict[str, Any]], path: Path, metrics: dict[str, str] | None = None
+) -> None:
     """One panel per split: the split's headline metric (accuracy, or balanced accuracy on an imbalanced split),
     mean with error bars of ± one sample std over seeds per method; zero-shot and the majority-class baseline
     as horizontal lines; the y-axis fitted to the values (see ``panel_limits`` for the baseline)."""
@@ -56,8 +61,14 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
         metric = metrics.get(split, "accuracy")
         shown: list[float] = []
         for method in methods:
-            rows = sorted((r for r in accuracy if r["method"] == method and r["split"] == split
-                           and r.get(f"{metric}_mean") is not None), key=lambda r: r["shots"])
+            rows = sorted(
+                (
+                    r
+                    for r in accuracy
+                    if r["method"] == method and r["split"] == split and r.get(f"{metric}_mean") is not None
+                ),
+                key=lambda r: r["shots"],
+            )
             if not rows:
                 continue
             if all(r["shots"] == 0 for r in rows):
@@ -66,8 +77,15 @@ def accuracy_vs_shots_png(accuracy: Sequence[dict[str, Any]], path: Path,
                 continue
             rows = [r for r in rows if r["shots"] > 0]
             means, stds = [r[f"{metric}_mean"] for r in rows], [r[f"{metric}_std"] for r in rows]
-            axis.errorbar([r["shots"] for r in rows], means, yerr=stds, color=colours[method], marker="o", capsize=3,
-                          label=f"{method} (n={max(r['n_seeds'] for r in rows)} seeds)")
+            axis.errorbar(
+                [r["shots"] for r in rows],
+                means,
+                yerr=stds,
+                color=colours[method],
+                marker="o",
+                capsize=3,
+                label=f"{method} (n={max(r['n_seeds'] for r in rows)} seeds)",
+            )
             shown += [m - s for m, s in zip(means, stds)] + [m + s for m, s in zip(means, stds)]
         baseline = next((r for r in accuracy if r["split"] == split and r.get("majority") is not None), None)
         level = None

@@ -48,14 +48,18 @@ def answer_section(answer: Answer) -> str:
     """The headline, the rule behind it, the baselines, and one sentence per budget, all from ``answer``."""
     parts = [f'<p class="headline">{esc(answer.headline)}</p>']
     if answer.split is not None:
-        rule = (f"Metric: {answer.metric_reason}. A method is named best at a budget only if a paired sign-flip "
-                f"test on the same test images, over seeds (exact McNemar for one seed), finds it better than "
-                f"every other method at that budget, zero-shot included, at alpha = {answer.alpha}; "
-                f"otherwise the methods are called indistinguishable on this test set.")
+        rule = (
+            f"Metric: {answer.metric_reason}. A method is named best at a budget only if a paired sign-flip "
+            f"test on the same test images, over seeds (exact McNemar for one seed), finds it better than "
+            f"every other method at that budget, zero-shot included, at alpha = {answer.alpha}; "
+            f"otherwise the methods are called indistinguishable on this test set."
+        )
         if answer.baselines:
-            rule += (f" Baselines on the {SPLIT_NAMES.get(answer.split, answer.split)}: chance "
-                     f"{pct(answer.baselines['chance'])}, always answering the majority class "
-                     f"{pct(answer.baselines['majority'])} accuracy (its balanced accuracy is chance).")
+            rule += (
+                f" Baselines on the {SPLIT_NAMES.get(answer.split, answer.split)}: chance "
+                f"{pct(answer.baselines['chance'])}, always answering the majority class "
+                f"{pct(answer.baselines['majority'])} accuracy (its balanced accuracy is chance)."
+            )
         parts.append(f'<p class="note">{esc(rule)}</p>')
     for split in sorted({v.split for v in answer.verdicts}, key=split_key):
         parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3><ul>")
@@ -73,9 +77,11 @@ def missing_section(config: Config, summary: list[dict[str, str]], missing_files
     if not lines:
         return ""
     items = "".join(f"<li>{esc(line)}</li>" for line in lines)
-    return (f'<div class="missing"><p>Compared with what the config asks for (methods {esc(", ".join(config.methods))}'
-            f" x shots {esc(config.few_shot.shots)} x seeds {esc(config.splits.seeds)}), this run lacks:</p>"
-            f"<ul>{items}</ul></div>")
+    return (
+        f'<div class="missing"><p>Compared with what the config asks for (methods {esc(", ".join(config.methods))}'
+        f" x shots {esc(config.few_shot.shots)} x seeds {esc(config.splits.seeds)}), this run lacks:</p>"
+        f"<ul>{items}</ul></div>"
+    )
 
 
 def split_caption(rows: list[dict[str, Any]], split: str) -> str:
@@ -94,11 +100,22 @@ def validation_note(config: Config) -> str:
     paper's defaults: the last epoch, no calibration)."""
     heads = [HEADS.get(split_variant(m)[0]) for m in config.methods]
     searched = list(dict.fromkeys(h.validation_search for h in heads if h.validation_search))
-    text = ("Hyper-parameters are chosen on the validation split only, never on test: "
-            + ", ".join(searched + ["the epoch kept (select; results/summary.csv's selection column says which "
-                                    "rule each unit used)", "and the temperature of calibrated heads"]) + ".")
-    free = [m for m, h in zip(config.methods, heads) if h.validation_free
-            and method_block(config, m).select == "last" and not method_block(config, m).calibrate]
+    text = (
+        "Hyper-parameters are chosen on the validation split only, never on test: "
+        + ", ".join(
+            searched
+            + [
+                "the epoch kept (select; results/summary.csv's selection column says which rule each unit used)",
+                "and the temperature of calibrated heads",
+            ]
+        )
+        + "."
+    )
+    free = [
+        m
+        for m, h in zip(config.methods, heads)
+        if h.validation_free and method_block(config, m).select == "last" and not method_block(config, m).calibrate
+    ]
     if free:
         text += f" {' and '.join(free)} use no validation (the last epoch, no calibration), as in their paper."
     return f'<p class="note">{esc(text)}</p>'
@@ -112,8 +129,11 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
     budgets = sorted({r["shots"] for r in accuracy} | set(config.few_shot.shots))
     methods = list(dict.fromkeys(r["method"] for r in accuracy))
     winners = {(v.split, v.shots): v.winner for v in answer.verdicts}
-    parts = ['<p>Accuracy in percent, mean ± sample std over seeds with the seed count; balanced accuracy '
-             '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>', validation_note(config)]
+    parts = [
+        "<p>Accuracy in percent, mean ± sample std over seeds with the seed count; balanced accuracy "
+        '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>',
+        validation_note(config),
+    ]
     for split in sorted({r["split"] for r in accuracy}, key=split_key):
         cells = {(r["method"], r["shots"]): r for r in accuracy if r["split"] == split}
         rows = []
@@ -125,11 +145,15 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
                     row.append("—")
                     continue
                 mark = ' <b class="winner">best</b>' if winners.get((split, shots)) == method and shots else ""
-                lines = [f'<span class="acc" data-method="{esc(method)}" data-shots="{shots}" data-split="{esc(split)}">'
-                         f'{mean_std_text(r["accuracy_mean"], r["accuracy_std"])}</span>'
-                         f' <span class="note">({seeds(r["n_seeds"])})</span>{mark}']
+                lines = [
+                    f'<span class="acc" data-method="{esc(method)}" data-shots="{shots}" data-split="{esc(split)}">'
+                    f"{mean_std_text(r['accuracy_mean'], r['accuracy_std'])}</span>"
+                    f' <span class="note">({seeds(r["n_seeds"])})</span>{mark}'
+                ]
                 if r.get("balanced_accuracy_mean") is not None:
-                    lines.append(f'<span class="bal">bal. {mean_std_text(r["balanced_accuracy_mean"], r["balanced_accuracy_std"])}</span>')
+                    lines.append(
+                        f'<span class="bal">bal. {mean_std_text(r["balanced_accuracy_mean"], r["balanced_accuracy_std"])}</span>'
+                    )
                 lines.append(f'<span class="f1">F1 {mean_std_text(r["macro_f1_mean"], r["macro_f1_std"])}</span>')
                 row.append("<br>".join(lines))
             rows.append(row)
@@ -148,23 +172,32 @@ def base_new_section(page: Page, config: Config, summary: list[dict[str, str]]) 
         mean, std = row[f"{split}_mean"], row[f"{split}_std"]
         return mean_std_text(float(mean), float(std)) if mean else "—"
 
-    return ("<p>Accuracy in percent (mean ± std over seeds). The head is trained on the base classes only; "
-            "hm is the harmonic mean of base and new.</p>"
-            + table(["method", "shots", "base", "new", "hm"],
-                    ([esc(r["method"]), esc(r["shots"]), cell(r, "base"), cell(r, "new"), cell(r, "hm")] for r in rows),
-                    "base-new") + notes)
+    return (
+        "<p>Accuracy in percent (mean ± std over seeds). The head is trained on the base classes only; "
+        "hm is the harmonic mean of base and new.</p>"
+        + table(
+            ["method", "shots", "base", "new", "hm"],
+            ([esc(r["method"]), esc(r["shots"]), cell(r, "base"), cell(r, "new"), cell(r, "hm")] for r in rows),
+            "base-new",
+        )
+        + notes
+    )
 
 
 def params_section(page: Page) -> str:
     rows = read_csv(page.layout.aggregate / "trainable_params.csv")
-    return table(["method", "shots", "trainable parameters"],
-                 ([esc(r["method"]), esc(r["shots"]), f"{int(r['trainable_params']):,}"] for r in rows), "params")
+    return table(
+        ["method", "shots", "trainable parameters"],
+        ([esc(r["method"]), esc(r["shots"]), f"{int(r['trainable_params']):,}"] for r in rows),
+        "params",
+    )
 
 
 def templates_section(page: Page, summary: list[dict[str, str]]) -> str:
     path = page.layout.results / "zero_shot_templates.csv"
-    if not any(split_variant(r["method"])[0] in HEADS and head_class(r["method"]).per_template_scores
-               for r in summary):  # a file left by an earlier run is not this run's
+    if not any(
+        split_variant(r["method"])[0] in HEADS and head_class(r["method"]).per_template_scores for r in summary
+    ):  # a file left by an earlier run is not this run's
         return '<p class="note">No per-template results (no head with per-template scores ran).</p>'
     if not path.is_file():
         page.missing_files.append(page.relative(path))
@@ -172,12 +205,18 @@ def templates_section(page: Page, summary: list[dict[str, str]]) -> str:
     rows = read_csv(path)
     parts = ["<p>Each prompt template alone, next to their ensemble (the zero-shot head's prediction).</p>"]
     for split in sorted(dict.fromkeys(r["split"] for r in rows), key=split_key):
-        body = "".join(f'<tr class="{"ensemble" if r["template"] == "<ensemble>" else "single"}">'
-                       f'<td class="text">{esc(r["template"])}</td><td>{pct(float(r["accuracy"]))}</td>'
-                       f'<td>{pct(float(r["macro_f1"]))}</td></tr>' for r in rows if r["split"] == split)
-        parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>"
-                     f'<table class="templates"><thead><tr><th class="text">template</th><th>accuracy</th>'
-                     f"<th>macro-F1</th></tr></thead><tbody>{body}</tbody></table>")
+        body = "".join(
+            f'<tr class="{"ensemble" if r["template"] == "<ensemble>" else "single"}">'
+            f'<td class="text">{esc(r["template"])}</td><td>{pct(float(r["accuracy"]))}</td>'
+            f"<td>{pct(float(r['macro_f1']))}</td></tr>"
+            for r in rows
+            if r["split"] == split
+        )
+        parts.append(
+            f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>"
+            f'<table class="templates"><thead><tr><th class="text">template</th><th>accuracy</th>'
+            f"<th>macro-F1</th></tr></thead><tbody>{body}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -190,7 +229,9 @@ def curves_section(page: Page, summary: list[dict[str, str]]) -> str:
         if not (page.layout.results / "history" / method).is_dir():
             parts.append(f'<p class="note">{esc(method)}: no per-epoch history.</p>')
             continue
-        parts.append(f"<h3>{esc(method)}</h3>" + page.image(curves_path(page.layout, method), f"{method} training curves"))
+        parts.append(
+            f"<h3>{esc(method)}</h3>" + page.image(curves_path(page.layout, method), f"{method} training curves")
+        )
     return "".join(parts)
 
 
@@ -213,39 +254,104 @@ def confusion_table(rows: list[dict[str, str]]) -> str:
     names = list(rows[0])[1:] if rows else []
     if len(names) > CONFUSION_TABLE_MAX_CLASSES:
         return f'<p class="note">{len(names)} classes: the counts are in confusion.csv.</p>'
-    return table(["true \\ predicted", *map(esc, names)],
-                 ([esc(r["true \\ predicted"]), *(esc(r[n]) for n in names)] for r in rows), "confusion")
+    return table(
+        ["true \\ predicted", *map(esc, names)],
+        ([esc(r["true \\ predicted"]), *(esc(r[n]) for n in names)] for r in rows),
+        "confusion",
+    )
 
 
-def unit_split_details(page: Page, summary: list[dict[str, str]], per_class: list[dict[str, str]],
-                       method: str, shots: int, seed: int, split: str) -> str:
+def unit_split_details(
+    page: Page,
+    summary: list[dict[str, str]],
+    per_class: list[dict[str, str]],
+    method: str,
+    shots: int,
+    seed: int,
+    split: str,
+) -> str:
     folder = page.layout.unit_results(method, shots, seed, split)
-    parts = [f"<h4>{esc(SPLIT_NAMES.get(split, split))}</h4>", "<p><b>Confusion matrix</b></p>",
-             page.image(folder / "confusion.png", f"{method} confusion matrix")]
+    parts = [
+        f"<h4>{esc(SPLIT_NAMES.get(split, split))}</h4>",
+        "<p><b>Confusion matrix</b></p>",
+        page.image(folder / "confusion.png", f"{method} confusion matrix"),
+    ]
     confusion = page.csv(folder / "confusion.csv")
     if confusion is not None:
         parts.append(confusion_table(confusion))
-    unit_class = [r for r in per_class if (r["method"], int(r["shots"]), int(r["seed"]), r["split"]) == (method, shots, seed, split)]
-    parts.append("<p><b>Per class</b></p>" + table(
-        ["class", "precision", "recall", "F1", "support"],
-        ([esc(r["class_name"]), f"{float(r['precision']):.3f}", f"{float(r['recall']):.3f}", f"{float(r['f1']):.3f}",
-          esc(r["support"])] for r in unit_class), "per-class"))
+    unit_class = [
+        r
+        for r in per_class
+        if (r["method"], int(r["shots"]), int(r["seed"]), r["split"]) == (method, shots, seed, split)
+    ]
+    parts.append(
+        "<p><b>Per class</b></p>"
+        + table(
+            ["class", "precision", "recall", "F1", "support"],
+            (
+                [
+                    esc(r["class_name"]),
+                    f"{float(r['precision']):.3f}",
+                    f"{float(r['recall']):.3f}",
+                    f"{float(r['f1']):.3f}",
+                    esc(r["support"]),
+                ]
+                for r in unit_class
+            ),
+            "per-class",
+        )
+    )
     pairs = page.csv(folder / "confused_pairs.csv")
     if pairs is not None:
-        parts.append("<p><b>Most-confused pairs</b></p>" + (table(
-            ["true", "predicted as", "count"], ([esc(r["true"]), esc(r["predicted"]), esc(r["count"])] for r in pairs),
-            "pairs", (0, 1)) if pairs else '<p class="note">No confusions.</p>'))
+        parts.append(
+            "<p><b>Most-confused pairs</b></p>"
+            + (
+                table(
+                    ["true", "predicted as", "count"],
+                    ([esc(r["true"]), esc(r["predicted"]), esc(r["count"])] for r in pairs),
+                    "pairs",
+                    (0, 1),
+                )
+                if pairs
+                else '<p class="note">No confusions.</p>'
+            )
+        )
     mistakes = page.csv(folder / "mistakes.csv")
     if mistakes is not None:
-        parts.append("<p><b>Most confident mistakes</b></p>" + (table(
-            ["image", "true", "predicted", "confidence", "path"],
-            ([thumbnail(resolve_image(page.layout, r["path"])), esc(r["true"]), esc(r["predicted"]),
-              f"{float(r['confidence']):.3f}", esc(r["path"])] for r in mistakes), "mistakes", (1, 2, 4))
-            if mistakes else '<p class="note">No mistakes.</p>'))
-    ece = next((r["ece"] for r in summary if (r["method"], int(r["shots"]), int(r["seed"]), r["split"])
-                == (method, shots, seed, split)), "")
-    parts.append(f"<p><b>Calibration</b>: ECE {esc(f'{float(ece):.4f}' if ece else 'not recorded')}</p>"
-                 + page.image(folder / "reliability.png", f"{method} reliability diagram"))
+        parts.append(
+            "<p><b>Most confident mistakes</b></p>"
+            + (
+                table(
+                    ["image", "true", "predicted", "confidence", "path"],
+                    (
+                        [
+                            thumbnail(resolve_image(page.layout, r["path"])),
+                            esc(r["true"]),
+                            esc(r["predicted"]),
+                            f"{float(r['confidence']):.3f}",
+                            esc(r["path"]),
+                        ]
+                        for r in mistakes
+                    ),
+                    "mistakes",
+                    (1, 2, 4),
+                )
+                if mistakes
+                else '<p class="note">No mistakes.</p>'
+            )
+        )
+    ece = next(
+        (
+            r["ece"]
+            for r in summary
+            if (r["method"], int(r["shots"]), int(r["seed"]), r["split"]) == (method, shots, seed, split)
+        ),
+        "",
+    )
+    parts.append(
+        f"<p><b>Calibration</b>: ECE {esc(f'{float(ece):.4f}' if ece else 'not recorded')}</p>"
+        + page.image(folder / "reliability.png", f"{method} reliability diagram")
+    )
     return "".join(parts)
 
 
@@ -256,12 +362,16 @@ def resolve_image(layout: RunLayout, path: str) -> Path:
 
 
 def details_section(page: Page, summary: list[dict[str, str]]) -> str:
-    per_class = read_csv(page.layout.results / "per_class.csv") if (page.layout.results / "per_class.csv").is_file() else []
+    per_class = (
+        read_csv(page.layout.results / "per_class.csv") if (page.layout.results / "per_class.csv").is_file() else []
+    )
     parts = ["<p>One unit per method: the largest shot budget and its first seed.</p>"]
     for method in dict.fromkeys(r["method"] for r in summary):
         shots, seed = detail_unit(summary, method)
         parts.append(f"<h3>{esc(method)}: {shots} shots, seed {seed}</h3>")
-        unit_splits = {r["split"] for r in summary if (r["method"], int(r["shots"]), int(r["seed"])) == (method, shots, seed)}
+        unit_splits = {
+            r["split"] for r in summary if (r["method"], int(r["shots"]), int(r["seed"])) == (method, shots, seed)
+        }
         for split in sorted(unit_splits - {"hm"}, key=split_key):
             parts.append(unit_split_details(page, summary, per_class, method, shots, seed, split))
         parts.append("<p><b>Saliency</b> (where the image evidence for the prediction lies)</p>")
@@ -275,18 +385,20 @@ def details_section(page: Page, summary: list[dict[str, str]]) -> str:
 # --- the page ------------------------------------------------------------------------------------------------
 
 
-def write_answer(layout: RunLayout, accuracy: list[dict[str, Any]], config: Config,
-                 summary: list[dict[str, str]]) -> Answer:
+def write_answer(
+    layout: RunLayout, accuracy: list[dict[str, Any]], config: Config, summary: list[dict[str, str]]
+) -> Answer:
     """Compute the answer once; write results/answer.json and results/recommendation.json (read by predict)."""
     per_class = layout.results / "per_class.csv"
     supports = class_supports(read_csv(per_class)) if per_class.is_file() else {}
     params, unit_seeds = unit_table(summary)
-    answer = build_answer(accuracy, config.few_shot.shots, read_evidence(layout, summary), supports, params,
-                          unit_seeds)
+    answer = build_answer(accuracy, config.few_shot.shots, read_evidence(layout, summary), supports, params, unit_seeds)
     write_json(layout.answer, answer_json(answer))
     if answer.recommendation is not None:
-        write_json(layout.recommendation, {**answer.recommendation,
-                                           "subsample": config.splits.subsample, "headline": answer.headline})
+        write_json(
+            layout.recommendation,
+            {**answer.recommendation, "subsample": config.splits.subsample, "headline": answer.headline},
+        )
     else:
         layout.recommendation.unlink(missing_ok=True)
     return answer
@@ -309,30 +421,41 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
     if config.output.figures:
         write_figures(layout, {v.split: v.metric for v in answer.verdicts})
     page = Page(layout, config)
-    body = [("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config, answer)),
-            ("accuracy-plot", "Accuracy vs shots",
-             page.image(accuracy_plot_path(layout), "accuracy vs shots") if accuracy else '<p class="note">No results.</p>')]
+    body = [
+        ("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config, answer)),
+        (
+            "accuracy-plot",
+            "Accuracy vs shots",
+            page.image(accuracy_plot_path(layout), "accuracy vs shots")
+            if accuracy
+            else '<p class="note">No results.</p>',
+        ),
+    ]
     if (layout.aggregate / "base_new.csv").is_file():
         body.append(("base-new", "Base / new / harmonic mean", base_new_section(page, config, summary)))
     protocol_tables = write_protocol_tables(layout, accuracy)
     if protocol_tables:
-        body.append(("targets", "Source and target datasets (dataset.eval_on)",
-                     protocols_html(protocol_tables)))
-    body += [("params", "Trainable parameters", params_section(page)),
-             ("templates", "Zero-shot accuracy per template", templates_section(page, summary)),
-             ("curves", "Training curves", curves_section(page, summary)),
-             ("details", "Per-method details", details_section(page, summary)),
-             ("config", "Resolved config", config_section(page, given))]
+        body.append(("targets", "Source and target datasets (dataset.eval_on)", protocols_html(protocol_tables)))
+    body += [
+        ("params", "Trainable parameters", params_section(page)),
+        ("templates", "Zero-shot accuracy per template", templates_section(page, summary)),
+        ("curves", "Training curves", curves_section(page, summary)),
+        ("details", "Per-method details", details_section(page, summary)),
+        ("config", "Resolved config", config_section(page, given)),
+    ]
     opening = [("answer", "The answer", answer_section(answer))]
     notice = missing_section(config, summary, page.missing_files)
     if notice:
         opening.append(("missing", "What is missing", notice))
-    sections = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'
-                       for key, title, content in opening + body)
-    document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f"<title>fewclip report: {esc(config.name)}</title><style>{CSS}</style></head><body>"
-                f"<h1>fewclip report: {esc(config.name)}</h1>"
-                f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its CSV files.</p>'
-                f"{sections}</body></html>\n")
+    sections = "".join(
+        f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>' for key, title, content in opening + body
+    )
+    document = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>fewclip report: {esc(config.name)}</title><style>{CSS}</style></head><body>"
+        f"<h1>fewclip report: {esc(config.name)}</h1>"
+        f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its CSV files.</p>'
+        f"{sections}</body></html>\n"
+    )
     atomic_write_text(layout.report, document)
     return layout.report

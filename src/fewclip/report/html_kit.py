@@ -72,9 +72,11 @@ class ArtifactPage:
         return read_csv(path)
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "",
-          text_columns: Sequence[int] = (0,)) -> str:
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "", text_columns: Sequence[int] = (0,)
+) -> str:
     """Cells are HTML already (callers escape); columns in ``text_columns`` align left, numbers right."""
+
     def cell(tag: str, i: int, content: str) -> str:
         return f'<{tag} class="text">{content}</{tag}>' if i in text_columns else f"<{tag}>{content}</{tag}>"
 

@@ -58,8 +58,10 @@ def missing_splits(config: Config, summary: Sequence[dict[str, str]]) -> tuple[l
         closed = split_variant(method)[0] in HEADS and not head_class(method).transfers
         designed = [s for s in lacking if closed and s in ("new", "hm")]
         absent = [s for s in lacking if s not in designed]
-        for found, target, why in ((absent, missing, ""),
-                                   (designed, by_design, "; it cannot classify classes it was not trained on")):
+        for found, target, why in (
+            (absent, missing, ""),
+            (designed, by_design, "; it cannot classify classes it was not trained on"),
+        ):
             if found:
                 n = sum(any(s not in rows[u] for s in found) for u in method_units)
                 target.append(f"{method}: no {', '.join(found)} rows for {n} of {len(method_units)} units{why}")

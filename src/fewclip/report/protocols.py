@@ -96,9 +96,16 @@ def write_protocol_tables(layout: RunLayout, accuracy: Sequence[dict[str, Any]])
     def number(value: float | None) -> str:
         return "" if value is None else f"{value:.6f}"
 
-    write_csv(path, TABLE_COLUMNS, ([t.protocol, method, shots, c.dataset, c.role, c.n_seeds or "", number(c.mean),
-                                    number(c.std), c.note]
-                                   for t in tables for method, shots, cells in t.rows for c in cells))
+    write_csv(
+        path,
+        TABLE_COLUMNS,
+        (
+            [t.protocol, method, shots, c.dataset, c.role, c.n_seeds or "", number(c.mean), number(c.std), c.note]
+            for t in tables
+            for method, shots, cells in t.rows
+            for c in cells
+        ),
+    )
     return tables
 
 
@@ -112,15 +119,28 @@ def cell_text(cell: ProtocolCell) -> str:
 
 def protocols_html(tables: Sequence[ProtocolTable]) -> str:
     """The report's section: one HTML table per protocol."""
-    parts = ['<p class="note">Accuracy in percent, mean ± std over seeds: the heads trained on the source, scored '
-             "on each dataset.eval_on target's test images. Domain generalisation uses the head's own logits at "
-             "the target's classes; cross-dataset transfer needs a head that can classify new class names "
-             f"(others show \"{CANNOT_TRANSFER}\"). {AVERAGE} is the mean over the targets.</p>"]
+    parts = [
+        '<p class="note">Accuracy in percent, mean ± std over seeds: the heads trained on the source, scored '
+        "on each dataset.eval_on target's test images. Domain generalisation uses the head's own logits at "
+        "the target's classes; cross-dataset transfer needs a head that can classify new class names "
+        f'(others show "{CANNOT_TRANSFER}"). {AVERAGE} is the mean over the targets.</p>'
+    ]
     for tab in tables:
         header = ["method", "shots", f"{esc(tab.source)} (source)", *map(esc, tab.targets), AVERAGE]
-        rows = [[esc(method), "0 (zero-shot)" if shots == 0 else str(shots), *(
-            f'<span class="acc" data-dataset="{esc(c.dataset)}" data-method="{esc(method)}" data-shots="{shots}">'
-            f"{esc(cell_text(c))}</span>" for c in cells)] for method, shots, cells in tab.rows]
-        parts.append(f"<h3>{esc(PROTOCOL_TITLES.get(tab.protocol, tab.protocol))}</h3>"
-                     + table(header, rows, f"protocol {esc(tab.protocol)}"))
+        rows = [
+            [
+                esc(method),
+                "0 (zero-shot)" if shots == 0 else str(shots),
+                *(
+                    f'<span class="acc" data-dataset="{esc(c.dataset)}" data-method="{esc(method)}" data-shots="{shots}">'
+                    f"{esc(cell_text(c))}</span>"
+                    for c in cells
+                ),
+            ]
+            for method, shots, cells in tab.rows
+        ]
+        parts.append(
+            f"<h3>{esc(PROTOCOL_TITLES.get(tab.protocol, tab.protocol))}</h3>"
+            + table(header, rows, f"protocol {esc(tab.protocol)}")
+        )
     return "".join(parts)

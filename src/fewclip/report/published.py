@@ -25,17 +25,25 @@ from fewclip.heads.base import own_declaration
 
 PUBLISHED_FILE = "published.csv"
 
+
 def paper_method(method: str) -> str | None:
     """The name the papers print for a registered head (its ``published_as``); None for a variant (``coop@n4``),
     an unknown name or a head the papers do not list."""
     return own_declaration(HEADS.get(method), "published_as") if method in list_heads() else None
 
+
 # The paper's backbone name -> the (library, model id, pretrained tag) that load the same OpenAI weights
 PAPER_BACKBONES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
-    "ViT-B/16": (("hf", "openai/clip-vit-base-patch16", None), ("open_clip", "ViT-B-16", "openai"),
-                 ("open_clip", "ViT-B-16-quickgelu", "openai")),
-    "ViT-B/32": (("hf", "openai/clip-vit-base-patch32", None), ("open_clip", "ViT-B-32", "openai"),
-                 ("open_clip", "ViT-B-32-quickgelu", "openai")),
+    "ViT-B/16": (
+        ("hf", "openai/clip-vit-base-patch16", None),
+        ("open_clip", "ViT-B-16", "openai"),
+        ("open_clip", "ViT-B-16-quickgelu", "openai"),
+    ),
+    "ViT-B/32": (
+        ("hf", "openai/clip-vit-base-patch32", None),
+        ("open_clip", "ViT-B-32", "openai"),
+        ("open_clip", "ViT-B-32-quickgelu", "openai"),
+    ),
     "RN50": (("open_clip", "RN50", "openai"), ("open_clip", "RN50-quickgelu", "openai")),
     "RN101": (("open_clip", "RN101", "openai"), ("open_clip", "RN101-quickgelu", "openai")),
 }

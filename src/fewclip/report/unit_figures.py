@@ -31,8 +31,10 @@ def save_png(figure: Any, path: Path) -> None:
         if not _MISSING_GLYPH.search(str(warning.message)):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         elif not _glyphs_noted:
-            log.info("figures: some labels use characters the plotting font lacks (drawn as boxes); install a font "
-                     "with them (e.g. Noto Sans CJK) for readable labels")
+            log.info(
+                "figures: some labels use characters the plotting font lacks (drawn as boxes); install a font "
+                "with them (e.g. Noto Sans CJK) for readable labels"
+            )
             _glyphs_noted = True
     pyplot().close(figure)
     atomic_write_bytes(path, buffer.getvalue())
@@ -63,7 +65,9 @@ def confusion_png(matrix: np.ndarray, names: Sequence[str], path: Path, title: s
     if len(names) <= 20:
         high = matrix.max() / 2 if matrix.size else 0
         for (i, j), count in np.ndenumerate(matrix):
-            axis.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > high else "black")
+            axis.text(
+                j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > high else "black"
+            )
     save_png(figure, path)
 
 
@@ -72,8 +76,14 @@ def reliability_png(bins: Sequence[dict[str, float]], ece: float, path: Path, ti
     figure, axis = plt.subplots(figsize=(3.6, 3.4))
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
-    axis.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, color="#4c72b0",
-             edgecolor="white", label="accuracy")
+    axis.bar(
+        centers,
+        [b["accuracy"] if b["count"] else 0 for b in bins],
+        width=width * 0.95,
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy",
+    )
     axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)

@@ -18,11 +18,15 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        rows.append({
-            "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-            "accuracy": float(correct[members].mean()) if count else 0.0,
-            "confidence": float(confidence[members].mean()) if count else 0.0,
-        })
+        rows.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "accuracy": float(correct[members].mean()) if count else 0.0,
+                "confidence": float(confidence[members].mean()) if count else 0.0,
+            }
+        )
     return rows
 
 

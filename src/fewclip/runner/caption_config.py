@@ -15,8 +15,15 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fewclip.backbones.model_source import config_relative_id
-from fewclip.runner.config import (CacheConfig, ConfigError, RuntimeConfig, apply_overrides, describe_error,
-                                   distinct_seeds, read_config_file)
+from fewclip.runner.config import (
+    CacheConfig,
+    ConfigError,
+    RuntimeConfig,
+    apply_overrides,
+    describe_error,
+    distinct_seeds,
+    read_config_file,
+)
 from fewclip.configbase import ConfigBlock
 from fewclip.registry import unknown_name_message
 from fewclip.caption.data import CaptionDataConfig
@@ -31,8 +38,12 @@ TRAINED_METHODS: tuple[str, ...] = tuple(trained_methods())
 class AttentionConfig(ConfigBlock):
     """Which test images get word-by-word attention panels, per method and seed."""
 
-    fixed_images: int = Field(3, ge=0, description="The first this many test images (by image id), the same for "
-                              "every method; the highest- and lowest-CLIPScore test images are drawn besides.")
+    fixed_images: int = Field(
+        3,
+        ge=0,
+        description="The first this many test images (by image id), the same for "
+        "every method; the highest- and lowest-CLIPScore test images are drawn besides.",
+    )
     layer: int = Field(-1, description="Decoder block whose cross-attention is drawn (-1: the last).")
 
 
@@ -50,20 +61,26 @@ class CaptionOutputConfig(ConfigBlock):
 
 class CaptionConfig(ConfigBlock):
     name: str = Field("captioning", description="A label for the run.")
-    methods: list[str] = Field(default_factory=lambda: list(TRAINED_METHODS),
-                               description=f"Methods to train, among {', '.join(TRAINED_METHODS)}; the untrained "
-                               "baseline is always evaluated.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
-                             description="One trained captioner per method and seed (the seed draws the new weights "
-                             "and the example order).")
+    methods: list[str] = Field(
+        default_factory=lambda: list(TRAINED_METHODS),
+        description=f"Methods to train, among {', '.join(TRAINED_METHODS)}; the untrained "
+        "baseline is always evaluated.",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="One trained captioner per method and seed (the seed draws the new weights and the example order).",
+    )
     model: CaptionModelConfig = Field(default_factory=CaptionModelConfig)
     data: CaptionDataConfig = Field(default_factory=CaptionDataConfig)
     training: CaptionTrainConfig = Field(default_factory=CaptionTrainConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    clipscore_model: str | None = Field(None, description="CLIP (hub id or folder) for CLIPScore and RefCLIPScore; "
-                                        "null: the encoder's own CLIP.")
-    batch_size: int = Field(64, ge=1, description="Images per batch when encoding and decoding (training batches: "
-                            "training.batch_size).")
+    clipscore_model: str | None = Field(
+        None, description="CLIP (hub id or folder) for CLIPScore and RefCLIPScore; null: the encoder's own CLIP."
+    )
+    batch_size: int = Field(
+        64, ge=1, description="Images per batch when encoding and decoding (training batches: training.batch_size)."
+    )
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     output: CaptionOutputConfig = Field(default_factory=CaptionOutputConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -74,8 +91,10 @@ class CaptionConfig(ConfigBlock):
     def _known_methods(cls, methods: list[str]) -> list[str]:
         for method in methods:
             if method == BASELINE:
-                raise ValueError(f"{BASELINE!r} is the baseline, evaluated in every run; list only the methods to "
-                                 f"train ({', '.join(TRAINED_METHODS)})")
+                raise ValueError(
+                    f"{BASELINE!r} is the baseline, evaluated in every run; list only the methods to "
+                    f"train ({', '.join(TRAINED_METHODS)})"
+                )
             if method not in TRAINED_METHODS:
                 raise ValueError(unknown_name_message("caption method", method, list(TRAINED_METHODS)))
         if len(set(methods)) != len(methods):
@@ -91,8 +110,10 @@ class CaptionConfig(ConfigBlock):
     def _one_place_per_value(self) -> "CaptionConfig":
         # a value is set in one place: methods (not model.method) and attention.layer (not model.attention_layer)
         if "method" in self.model.model_fields_set:
-            raise ValueError("model.method is set per unit from `methods` (and the untrained baseline); remove "
-                             "model.method and list the methods in `methods`")
+            raise ValueError(
+                "model.method is set per unit from `methods` (and the untrained baseline); remove "
+                "model.method and list the methods in `methods`"
+            )
         if "attention_layer" in self.model.model_fields_set:
             raise ValueError("model.attention_layer: set attention.layer instead (the block drawn in the maps)")
         return self
@@ -130,8 +151,9 @@ def _relative_paths(loaded: dict[str, Any], folder: Path) -> None:
         loaded["clipscore_model"] = config_relative_id(loaded["clipscore_model"], folder)
 
 
-def load_caption_config(path: str | Path | None = None, overrides: Sequence[str] = (),
-                        base: dict[str, Any] | None = None) -> CaptionConfig:
+def load_caption_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
+) -> CaptionConfig:
     """Read a caption YAML config (or start from ``base``), apply dotted overrides, validate."""
     data: dict[str, Any] = copy.deepcopy(base or {})
     origin = "config"

@@ -55,11 +55,16 @@ class CaptionRun(StageContext):
         revision (the hub's revision pins its files)."""
         if self._weights is None:
             model, weights = self.config.model, {}
-            for part, model_id, revision in (("encoder", model.encoder, model.encoder_revision),
-                                             ("decoder", model.decoder, model.decoder_revision)):
+            for part, model_id, revision in (
+                ("encoder", model.encoder, model.encoder_revision),
+                ("decoder", model.decoder, model.decoder_revision),
+            ):
                 folder = resolve_model(model_id, revision).folder
-                weights[part] = (weights_digest(folder, self.cache_root / "weights_sha256.json") if folder
-                                 else f"{model_id}@{revision or 'main'}")
+                weights[part] = (
+                    weights_digest(folder, self.cache_root / "weights_sha256.json")
+                    if folder
+                    else f"{model_id}@{revision or 'main'}"
+                )
             self._weights = weights
         return self._weights
 
@@ -79,14 +84,21 @@ class CaptionRun(StageContext):
             images = {item.sha1: item.path for split in SPLITS for item in self.data.split(split)}
             remove_stale_temporaries(self.cache_root / "features")
             self.progress = Progress(len(images), "images encoded", recount=lambda: self._cached_count(list(images)))
-            self._tokens = EncoderTokens(self.baseline_model(), images, self.cache_root,
-                                         self.config.training.cache_budget_mb, self.config.batch_size,
-                                         progress=self.config.output.progress)
+            self._tokens = EncoderTokens(
+                self.baseline_model(),
+                images,
+                self.cache_root,
+                self.config.training.cache_budget_mb,
+                self.config.batch_size,
+                progress=self.config.output.progress,
+            )
             if self._tokens.failures:
                 listed = "\n  ".join(f"{image}: {reason}" for image, reason in self._tokens.failures[:10])
-                raise ValueError(f"{len(self._tokens.failures)} image(s) could not be encoded (changed or unreadable "
-                                 f"since prepare):\n  {listed}\nRun `fewclip caption prepare` again after deleting "
-                                 f"{self.layout.data / '*.json'}")
+                raise ValueError(
+                    f"{len(self._tokens.failures)} image(s) could not be encoded (changed or unreadable "
+                    f"since prepare):\n  {listed}\nRun `fewclip caption prepare` again after deleting "
+                    f"{self.layout.data / '*.json'}"
+                )
         return self._tokens
 
     def _cached_count(self, sha1s: list[str]) -> int:
@@ -111,11 +123,15 @@ def fit_key(config: CaptionConfig, method: str, seed: int, data: CaptionData, we
     """Everything a trained captioner depends on (``weights``: ``CaptionRun.model_weights``); an unchanged
     key is skipped, a changed one retrained."""
     model = unit_model_keys(config, method)
-    payload = {"model": model, "weights": weights, "seed": seed,  # the cache budget changes where tokens come from, not their values
-               "training": config.training.model_dump(mode="json", exclude={"cache_budget_mb"}),
-               "selection": {"max_length": config.decode.max_length},
-               "train": [[item.sha1, list(item.captions)] for item in data.train],
-               "val": [[item.sha1, list(item.captions)] for item in data.val]}
+    payload = {
+        "model": model,
+        "weights": weights,
+        "seed": seed,  # the cache budget changes where tokens come from, not their values
+        "training": config.training.model_dump(mode="json", exclude={"cache_budget_mb"}),
+        "selection": {"max_length": config.decode.max_length},
+        "train": [[item.sha1, list(item.captions)] for item in data.train],
+        "val": [[item.sha1, list(item.captions)] for item in data.val],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -135,5 +151,3 @@ def saved_fit_key(layout: CaptionLayout, method: str, seed: int) -> str | None:
         log.warning("%s: unreadable (%s); training this captioner again", manifest, err)
         return None
     return meta.get("fit_key") if isinstance(meta, dict) else None
-
-

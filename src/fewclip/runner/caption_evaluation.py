@@ -33,8 +33,12 @@ from fewclip.data.images import read_image
 from fewclip.fileio import read_csv, read_json, write_csv, write_json
 from fewclip.runner.caption_config import BASELINE, CaptionConfig
 from fewclip.runner.caption_context import CaptionRun, fit_key, saved_fit_key, unit_model_keys
-from fewclip.runner.layout import (CAPTION_PREDICTION_COLUMNS, CAPTION_SUMMARY_COLUMNS, REFERENCE_SEPARATOR,
-                                   CaptionLayout)
+from fewclip.runner.layout import (
+    CAPTION_PREDICTION_COLUMNS,
+    CAPTION_SUMMARY_COLUMNS,
+    REFERENCE_SEPARATOR,
+    CaptionLayout,
+)
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = ("val", "test")
@@ -50,8 +54,14 @@ class ClipScorer:
 
     def _features(self, split: str, items: Sequence[CaptionItem]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if split not in self._split_features:
-            images = torch.cat([self.backbone.encode_images(image_pixels(self.backbone, [i.path for i in items[s:s + self.batch_size]]))
-                                for s in range(0, len(items), self.batch_size)])
+            images = torch.cat(
+                [
+                    self.backbone.encode_images(
+                        image_pixels(self.backbone, [i.path for i in items[s : s + self.batch_size]])
+                    )
+                    for s in range(0, len(items), self.batch_size)
+                ]
+            )
             flat = self.backbone.encode_text([ref for item in items for ref in item.captions])
             bounds = np.cumsum([0] + [len(item.captions) for item in items])
             self._split_features[split] = (images, [flat[bounds[i] : bounds[i + 1]] for i in range(len(items))])
@@ -72,13 +82,19 @@ def clipscore_model(config: CaptionConfig) -> ModelConfig:
     return ModelConfig(id=config.clipscore_model, device=config.model.device)
 
 
-def evaluation_key(config: CaptionConfig, method: str, seed: int, trained: Any,
-                   items: dict[str, Sequence[CaptionItem]]) -> str:
+def evaluation_key(
+    config: CaptionConfig, method: str, seed: int, trained: Any, items: dict[str, Sequence[CaptionItem]]
+) -> str:
     """What a unit's numbers depend on; ``trained``: its fit key, or the model weights for the baseline."""
-    payload = {"model": unit_model_keys(config, method), "seed": seed, "trained": trained, "decode": config.decode.model_dump(mode="json"),
-               "clipscore": clipscore_model(config).model_dump(mode="json", exclude={"device"}),
-               "attention": config.attention.model_dump(mode="json"),
-               "splits": {s: [[i.sha1, list(i.captions)] for i in v] for s, v in items.items()}}
+    payload = {
+        "model": unit_model_keys(config, method),
+        "seed": seed,
+        "trained": trained,
+        "decode": config.decode.model_dump(mode="json"),
+        "clipscore": clipscore_model(config).model_dump(mode="json", exclude={"device"}),
+        "attention": config.attention.model_dump(mode="json"),
+        "splits": {s: [[i.sha1, list(i.captions)] for i in v] for s, v in items.items()},
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -105,8 +121,10 @@ def evaluate_run(run: CaptionRun) -> Path:
         if method != BASELINE:
             trained_key = saved_fit_key(layout, method, seed)
             if trained_key != fit_key(config, method, seed, run.data, run.model_weights):
-                raise FileNotFoundError(f"{method} seed {seed} is not trained with this config "
-                                        f"({layout.model_dir(method, seed)}); run `fewclip caption train` first")
+                raise FileNotFoundError(
+                    f"{method} seed {seed} is not trained with this config "
+                    f"({layout.model_dir(method, seed)}); run `fewclip caption train` first"
+                )
         key = evaluation_key(config, method, seed, trained_key or run.model_weights, items)
         if unit_done(layout, method, seed, key, rows):
             continue
@@ -125,20 +143,30 @@ def evaluate_run(run: CaptionRun) -> Path:
 def _ordered(rows: list[dict[str, Any]], units: list[tuple[str, int]]) -> list[list[Any]]:
     """Rows of the config's units only (a unit dropped from the config leaves the summary), in unit order."""
     order = {(m, str(s)): i for i, (m, s) in enumerate(units)}
-    kept = sorted((r for r in rows if (r["method"], str(r["seed"])) in order),
-                  key=lambda r: (order[(r["method"], str(r["seed"]))], EVAL_SPLITS.index(r["split"])))
+    kept = sorted(
+        (r for r in rows if (r["method"], str(r["seed"])) in order),
+        key=lambda r: (order[(r["method"], str(r["seed"]))], EVAL_SPLITS.index(r["split"])),
+    )
     return [[r[c] for c in CAPTION_SUMMARY_COLUMNS] for r in kept]
 
 
 def _unit_model(run: CaptionRun, method: str, seed: int) -> CaptionModel:
     if method == BASELINE:
         return run.baseline_model() if seed == run.config.seeds[0] else run.model(method, seed)
-    return load_caption_model(run.layout.model_dir(method, seed), device=run.config.model.device,
-                              attention_layer=run.config.attention.layer)
+    return load_caption_model(
+        run.layout.model_dir(method, seed), device=run.config.model.device, attention_layer=run.config.attention.layer
+    )
 
 
-def evaluate_unit(run: CaptionRun, model: CaptionModel, scorer: ClipScorer, method: str, seed: int,
-                  items: dict[str, Sequence[CaptionItem]], key: str) -> list[dict[str, Any]]:
+def evaluate_unit(
+    run: CaptionRun,
+    model: CaptionModel,
+    scorer: ClipScorer,
+    method: str,
+    seed: int,
+    items: dict[str, Sequence[CaptionItem]],
+    key: str,
+) -> list[dict[str, Any]]:
     """Decode and score one unit on every split; write its predictions and attention; its summary rows."""
     config, layout = run.config, run.layout
     manifest = {} if method == BASELINE else read_json(layout.model_dir(method, seed) / "captioner.json")
@@ -146,26 +174,50 @@ def evaluate_unit(run: CaptionRun, model: CaptionModel, scorer: ClipScorer, meth
     for split, split_items in items.items():
         ids = _generate(model, run.tokens(), split_items, config)
         captions = [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
-        scores = text_scores({i.image_id: list(i.captions) for i in split_items},
-                             {i.image_id: c for i, c in zip(split_items, captions)})
+        scores = text_scores(
+            {i.image_id: list(i.captions) for i in split_items}, {i.image_id: c for i, c in zip(split_items, captions)}
+        )
         clip_s, ref_clip_s = scorer.score(split, split_items, captions)
-        write_csv(layout.predictions(method, seed, split), CAPTION_PREDICTION_COLUMNS,
-                  [(stored_path(i.path, layout.root), c, REFERENCE_SEPARATOR.join(i.captions), f"{s:.6f}")
-                   for i, c, s in zip(split_items, captions, clip_s)])
-        rows.append({"method": method, "seed": str(seed), "split": split, "cider": f"{scores.cider:.6f}",
-                     "clipscore": f"{float(np.mean(clip_s)):.6f}", "refclipscore": f"{float(np.mean(ref_clip_s)):.6f}",
-                     "bleu4": f"{scores.bleu4:.6f}", "trainable_params": str(int(manifest.get("trainable_params", 0))),
-                     "train_seconds": f"{float(manifest.get('train_seconds', 0.0)):.3f}", "n_eval": str(len(split_items))})
+        write_csv(
+            layout.predictions(method, seed, split),
+            CAPTION_PREDICTION_COLUMNS,
+            [
+                (stored_path(i.path, layout.root), c, REFERENCE_SEPARATOR.join(i.captions), f"{s:.6f}")
+                for i, c, s in zip(split_items, captions, clip_s)
+            ],
+        )
+        rows.append(
+            {
+                "method": method,
+                "seed": str(seed),
+                "split": split,
+                "cider": f"{scores.cider:.6f}",
+                "clipscore": f"{float(np.mean(clip_s)):.6f}",
+                "refclipscore": f"{float(np.mean(ref_clip_s)):.6f}",
+                "bleu4": f"{scores.bleu4:.6f}",
+                "trainable_params": str(int(manifest.get("trainable_params", 0))),
+                "train_seconds": f"{float(manifest.get('train_seconds', 0.0)):.3f}",
+                "n_eval": str(len(split_items)),
+            }
+        )
         if split == "test":
             test_result = (ids, captions, clip_s)
-        log.info("evaluate: %s seed %d %s: CIDEr %.3f, CLIPScore %.3f", method, seed, split, scores.cider,
-                 float(np.mean(clip_s)))
+        log.info(
+            "evaluate: %s seed %d %s: CIDEr %.3f, CLIPScore %.3f",
+            method,
+            seed,
+            split,
+            scores.cider,
+            float(np.mean(clip_s)),
+        )
     assert test_result is not None
     write_attention(run, model, method, seed, items["test"], *test_result, key=key)
     return rows
 
 
-def _generate(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], config: CaptionConfig) -> list[list[int]]:
+def _generate(
+    model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], config: CaptionConfig
+) -> list[list[int]]:
     ids: list[list[int]] = []
     for start in range(0, len(items), config.batch_size):
         batch = items[start : start + config.batch_size]
@@ -184,8 +236,17 @@ def attention_images(clip_s: np.ndarray, fixed: int) -> dict[int, list[str]]:
     return dict(sorted(roles.items()))
 
 
-def write_attention(run: CaptionRun, model: CaptionModel, method: str, seed: int, items: Sequence[CaptionItem],
-                    ids: list[list[int]], captions: list[str], clip_s: np.ndarray, key: str) -> Path:
+def write_attention(
+    run: CaptionRun,
+    model: CaptionModel,
+    method: str,
+    seed: int,
+    items: Sequence[CaptionItem],
+    ids: list[list[int]],
+    captions: list[str],
+    clip_s: np.ndarray,
+    key: str,
+) -> Path:
     """Panels (<image stem>.png) and attention.json (written last: it marks the unit evaluated)."""
     folder = run.layout.attention_dir(method, seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,10 +263,21 @@ def write_attention(run: CaptionRun, model: CaptionModel, method: str, seed: int
             maps = cross_attention_maps(model, run.tokens()([item.sha1]), ids[index], run.config.attention.layer)
             title = f"{method} seed {seed}: {captions[index]} (CLIPScore {clip_s[index]:.3f})"
             panel = draw_attention_panels(read_image(item.path), words, maps, folder / f"{stem}.png", title).name
-        entries.append({"image": stored_path(item.path, run.layout.root), "image_id": item.image_id, "roles": roles, "caption": captions[index],
-                        "references": list(item.captions), "clipscore": float(clip_s[index]), "words": words,
-                        "panel": panel})
+        entries.append(
+            {
+                "image": stored_path(item.path, run.layout.root),
+                "image_id": item.image_id,
+                "roles": roles,
+                "caption": captions[index],
+                "references": list(item.captions),
+                "clipscore": float(clip_s[index]),
+                "words": words,
+                "panel": panel,
+            }
+        )
     record = folder / "attention.json"
-    write_json(record, {"evaluation_key": key, "method": method, "seed": seed, "layer": run.config.attention.layer,
-                        "images": entries})
+    write_json(
+        record,
+        {"evaluation_key": key, "method": method, "seed": seed, "layer": run.config.attention.layer, "images": entries},
+    )
     return record

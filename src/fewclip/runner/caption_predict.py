@@ -49,8 +49,9 @@ def trained_captioners(layout: CaptionLayout) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def choose_captioner(layout: CaptionLayout, methods: Sequence[str], seeds: Sequence[int], method: str | None,
-                     seed: int | None) -> tuple[tuple[str, int], str]:
+def choose_captioner(
+    layout: CaptionLayout, methods: Sequence[str], seeds: Sequence[int], method: str | None, seed: int | None
+) -> tuple[tuple[str, int], str]:
     """The (method, seed) to use and why: the highest test CIDEr in caption_summary.csv among those that
     match the request, else the first of the config's methods with a captioner and its smallest seed."""
     available = trained_captioners(layout) + [(BASELINE, s) for s in seeds]
@@ -58,26 +59,37 @@ def choose_captioner(layout: CaptionLayout, methods: Sequence[str], seeds: Seque
     if not matching:
         listed = ", ".join(f"{m} seed {s}" for m, s in available) or "none"
         asked = ", ".join(f"{k}={v}" for k, v in (("method", method), ("seed", seed)) if v is not None)
-        raise CaptionerNotTrained(f"{layout.root}: no captioner for {asked}; available: {listed} "
-                                  "(run `fewclip caption train` to train the config's methods)")
+        raise CaptionerNotTrained(
+            f"{layout.root}: no captioner for {asked}; available: {listed} "
+            "(run `fewclip caption train` to train the config's methods)"
+        )
     asked = "as asked" if method is not None and seed is not None else ""
     if layout.summary.is_file():
-        scored = {(r["method"], int(r["seed"])): float(r["cider"]) for r in read_csv(layout.summary) if r["split"] == "test"}
+        scored = {
+            (r["method"], int(r["seed"])): float(r["cider"]) for r in read_csv(layout.summary) if r["split"] == "test"
+        }
         ranked = [u for u in matching if u in scored]
         if ranked:
             best = max(ranked, key=lambda u: scored[u])
-            return best, asked or (f"the highest test CIDEr ({scored[best]:.3f}) in {layout.summary}"
-                                   + (f" among {method}'s seeds" if method else "") + (f" for seed {seed}" if seed is not None else ""))
+            return best, asked or (
+                f"the highest test CIDEr ({scored[best]:.3f}) in {layout.summary}"
+                + (f" among {method}'s seeds" if method else "")
+                + (f" for seed {seed}" if seed is not None else "")
+            )
     order = {m: i for i, m in enumerate([*methods, BASELINE])}
     first = min(matching, key=lambda u: (order.get(u[0], len(order)), u[1]))
-    return first, asked or ("no scores yet (run `fewclip caption evaluate`): the first of the config's methods with a "
-                            "trained captioner, its smallest seed")
+    return first, asked or (
+        "no scores yet (run `fewclip caption evaluate`): the first of the config's methods with a "
+        "trained captioner, its smallest seed"
+    )
 
 
 class Captioner:
     """A trained captioner: image files in, captions out."""
 
-    def __init__(self, model: CaptionModel, settings: DecodeConfig, method: str, seed: int, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: CaptionModel, settings: DecodeConfig, method: str, seed: int, batch_size: int = 32
+    ) -> None:
         self.model, self.settings, self.method, self.seed, self.batch_size = model, settings, method, seed, batch_size
         self.why = ""  # which rule chose this captioner
 
@@ -89,11 +101,13 @@ class Captioner:
             raise UnreadableImage("; ".join(str(e) for e in failed))
         return [r.caption or "" for r in results]
 
-    def caption_files(self, paths: Iterable[Path | str], beam: int | None = None,
-                      max_length: int | None = None) -> list[CaptionResult]:
+    def caption_files(
+        self, paths: Iterable[Path | str], beam: int | None = None, max_length: int | None = None
+    ) -> list[CaptionResult]:
         """Captions of image files (folders expand to their images); unreadable ones carry an error."""
-        settings = self.settings.model_copy(update={k: v for k, v in (("beam_size", beam), ("max_length", max_length))
-                                                   if v is not None})
+        settings = self.settings.model_copy(
+            update={k: v for k, v in (("beam_size", beam), ("max_length", max_length)) if v is not None}
+        )
         results: dict[int, CaptionResult] = {}
         pixels: list[tuple[int, np.ndarray]] = []
         images = expand_images(paths)
@@ -110,8 +124,9 @@ class Captioner:
         return [results[i] for i in range(len(images))]
 
 
-def load_captioner(run_dir: Path | str, method: str | None = None, seed: int | None = None,
-                   device: str | None = None) -> Captioner:
+def load_captioner(
+    run_dir: Path | str, method: str | None = None, seed: int | None = None, device: str | None = None
+) -> Captioner:
     """The captioner a caption run trained. With no method/seed: the highest test CIDEr in the run's
     caption_summary.csv; ``captioner.why`` says which rule chose it. ``device`` overrides model.device."""
     layout = CaptionLayout(Path(run_dir).expanduser())
@@ -134,8 +149,14 @@ def write_caption_predictions(path: Path | str, results: Sequence[CaptionResult]
     """``.csv``: path, caption, error; ``.json``: the captioner (method, seed) and a list of per-image results."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_json(path, {"method": captioner.method, "seed": captioner.seed,
-                          "captions": [{"path": r.path, "caption": r.caption, "error": r.error} for r in results]})
+        write_json(
+            path,
+            {
+                "method": captioner.method,
+                "seed": captioner.seed,
+                "captions": [{"path": r.path, "caption": r.caption, "error": r.error} for r in results],
+            },
+        )
     elif path.suffix.lower() == ".csv":
         write_csv(path, ("path", "caption", "error"), [(r.path, r.caption or "", r.error or "") for r in results])
     else:

@@ -72,16 +72,19 @@ def encode(run: CaptionRun) -> bool:
     run.write_config()
     tokens = run.tokens()
     if not tokens.cached:
-        log.info("encode: the encoder tokens exceed training.cache_budget_mb=%g; they are computed on the fly",
-                 run.config.training.cache_budget_mb)
+        log.info(
+            "encode: the encoder tokens exceed training.cache_budget_mb=%g; they are computed on the fly",
+            run.config.training.cache_budget_mb,
+        )
     return bool(tokens.cached)
 
 
 # --- train ---------------------------------------------------------------------------------------
 
 
-def decode_split(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem],
-                 settings: DecodeConfig, batch_size: int) -> list[str]:
+def decode_split(
+    model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], settings: DecodeConfig, batch_size: int
+) -> list[str]:
     """Captions of ``items`` in order, decoded in batches."""
     captions: list[str] = []
     for start in range(0, len(items), batch_size):
@@ -90,8 +93,9 @@ def decode_split(model: CaptionModel, tokens: EncoderTokens, items: Sequence[Cap
     return captions
 
 
-def split_cider(model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], settings: DecodeConfig,
-                batch_size: int) -> float:
+def split_cider(
+    model: CaptionModel, tokens: EncoderTokens, items: Sequence[CaptionItem], settings: DecodeConfig, batch_size: int
+) -> float:
     """CIDEr-D of ``model``'s captions of ``items`` (what selects a training epoch)."""
     captions = decode_split(model, tokens, items, settings, batch_size)
     references = {item.image_id: list(item.captions) for item in items}
@@ -103,8 +107,12 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
     seed, row)`` is called as each epoch ends."""
     run.write_config()
     config, layout = run.config, run.layout
-    pending = [(m, s) for m in config.methods for s in config.seeds
-               if saved_fit_key(layout, m, s) != fit_key(config, m, s, run.data, run.model_weights)]
+    pending = [
+        (m, s)
+        for m in config.methods
+        for s in config.seeds
+        if saved_fit_key(layout, m, s) != fit_key(config, m, s, run.data, run.model_weights)
+    ]
     if not pending:
         return []
     tokens = run.tokens()
@@ -121,18 +129,48 @@ def train(run: CaptionRun, on_epoch: Callable[[str, int, dict[str, float]], None
         model = run.model(method, seed)
         val_score = (lambda m: split_cider(m, tokens, data.val, greedy, config.batch_size)) if data.val else None
         epoch_hook = (lambda row, m=method, s=seed: on_epoch(m, s, row)) if on_epoch else None
-        log.info("train: %s seed %d (%d trainable parameters, %d captions)", method, seed, model.trainable_count(),
-                 len(examples))
-        done = train_captioner(model, examples, tokens, config.training, seed=seed, val_score=val_score,
-                               checkpoint=folder / CHECKPOINT, on_epoch=epoch_hook, progress=config.output.progress)
+        log.info(
+            "train: %s seed %d (%d trainable parameters, %d captions)",
+            method,
+            seed,
+            model.trainable_count(),
+            len(examples),
+        )
+        done = train_captioner(
+            model,
+            examples,
+            tokens,
+            config.training,
+            seed=seed,
+            val_score=val_score,
+            checkpoint=folder / CHECKPOINT,
+            on_epoch=epoch_hook,
+            progress=config.output.progress,
+        )
         columns = ("epoch", "train_loss", "lr", "val_cider", "seconds")
         write_csv(layout.history(method, seed), columns, ([row.get(c, "") for c in columns] for row in done.history))
         key = fit_key(config, method, seed, data, run.model_weights)
-        save_caption_model(model, folder, {"fit_key": key, "method": method, "seed": seed, "train_seconds": done.seconds,
-                                           "best_epoch": done.best_epoch, "best_val_cider": done.best_score})
+        save_caption_model(
+            model,
+            folder,
+            {
+                "fit_key": key,
+                "method": method,
+                "seed": seed,
+                "train_seconds": done.seconds,
+                "best_epoch": done.best_epoch,
+                "best_val_cider": done.best_score,
+            },
+        )
         (folder / CHECKPOINT).unlink(missing_ok=True)
-        log.info("train: %s seed %d done in %.1fs, best epoch %d (val CIDEr %s)", method, seed, done.seconds,
-                 done.best_epoch, f"{done.best_score:.3f}" if done.best_score is not None else "n/a")
+        log.info(
+            "train: %s seed %d done in %.1fs, best epoch %d (val CIDEr %s)",
+            method,
+            seed,
+            done.seconds,
+            done.best_epoch,
+            f"{done.best_score:.3f}" if done.best_score is not None else "n/a",
+        )
         trained.append(f"{method}/seed_{seed}")
         progress.done += 1
     return trained
@@ -153,8 +191,13 @@ def report(run: CaptionRun) -> Path | None:
     return write_caption_report(run.layout)
 
 
-STAGES: dict[str, Callable[[CaptionRun], Any]] = {"prepare": prepare, "encode": encode, "train": train,
-                                                  "evaluate": evaluate, "report": report}
+STAGES: dict[str, Callable[[CaptionRun], Any]] = {
+    "prepare": prepare,
+    "encode": encode,
+    "train": train,
+    "evaluate": evaluate,
+    "report": report,
+}
 
 
 # --- the task ------------------------------------------------------------------------------------
@@ -170,8 +213,9 @@ def run_defining(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_DEFINING)
 
 
-CAPTION_RULES = RunDirRules("caption", load_caption_config, run_defining,
-                            "captioners trained on other inputs are then trained again")
+CAPTION_RULES = RunDirRules(
+    "caption", load_caption_config, run_defining, "captioners trained on other inputs are then trained again"
+)
 DEFAULT_OUTPUT = "runs/caption-default"
 
 
@@ -199,9 +243,11 @@ def embedded_caption_config(cache_dir: Path) -> dict[str, Any]:
 
 def check_models(config: CaptionConfig) -> None:
     """Resolve the encoder, decoder and CLIPScore model ids (folder, alias, or hub id usable now)."""
-    named = [("model.encoder", config.model.encoder, config.model.encoder_revision),
-             ("model.decoder", config.model.decoder, config.model.decoder_revision),
-             ("clipscore_model", config.clipscore_model, None)]
+    named = [
+        ("model.encoder", config.model.encoder, config.model.encoder_revision),
+        ("model.decoder", config.model.decoder, config.model.decoder_revision),
+        ("clipscore_model", config.clipscore_model, None),
+    ]
     for key, model_id, revision in named:
         if model_id is not None:
             resolve_caption_model(key, model_id, revision)
@@ -219,16 +265,26 @@ def outcome(run: CaptionRun, stages: tuple[str, ...]) -> list[str]:
     lines = []
     if ("evaluate" in stages or "report" in stages) and run.layout.summary.is_file():
         for row in (r for r in read_csv(run.layout.summary) if r["split"] == "test"):
-            lines.append(f"{row['method']:>9} seed {row['seed']}: test CIDEr {float(row['cider']):.3f}  "
-                         f"CLIPScore {float(row['clipscore']):.3f}  RefCLIPScore {float(row['refclipscore']):.3f}  "
-                         f"BLEU-4 {float(row['bleu4']):.3f}  trainable {row['trainable_params']}")
+            lines.append(
+                f"{row['method']:>9} seed {row['seed']}: test CIDEr {float(row['cider']):.3f}  "
+                f"CLIPScore {float(row['clipscore']):.3f}  RefCLIPScore {float(row['refclipscore']):.3f}  "
+                f"BLEU-4 {float(row['bleu4']):.3f}  trainable {row['trainable_params']}"
+            )
         lines.append(f"results: {run.layout.summary}")
     if "report" in stages and run.layout.report.is_file():
         lines.append(f"report: {run.layout.report}")
     return lines
 
 
-CAPTIONING = RunTask(kind="caption", stages=STAGES, context=CaptionRun,
-                     load_config=load_caption_config, embedded_config=embedded_caption_config, rules=CAPTION_RULES,
-                     check=check, outcome=outcome, folder_words=("caption run", "caption YAML config"),
-                     stage_log="caption %s done in %.1fs")
+CAPTIONING = RunTask(
+    kind="caption",
+    stages=STAGES,
+    context=CaptionRun,
+    load_config=load_caption_config,
+    embedded_config=embedded_caption_config,
+    rules=CAPTION_RULES,
+    check=check,
+    outcome=outcome,
+    folder_words=("caption run", "caption YAML config"),
+    stage_log="caption %s done in %.1fs",
+)

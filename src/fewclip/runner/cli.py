@@ -46,16 +46,21 @@ CLASSIFICATION_HELP = StageCommandsHelp(
     run="all stages; without CONFIG, the embedded offline default",
     config="YAML config, a run directory (its config.yaml), or 'default'; omit for the embedded default",
     overrides="dotted overrides, e.g. few_shot.shots=[8,16]",
-    force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits")
+    force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits",
+)
 CAPTIONING_HELP = StageCommandsHelp(
     run="all stages",
     config="caption YAML config, a caption run directory, or 'default'; omit for the embedded offline default",
     overrides="dotted overrides, e.g. training.epochs=3",
-    force="use output.dir even if its config.yaml differs in model.encoder, model.decoder or data")
+    force="use output.dir even if its config.yaml differs in model.encoder, model.decoder or data",
+)
 
 
-def add_stage_commands(commands: argparse._SubParsersAction, task: RunTask,  # type: ignore[type-arg]
-                       texts: StageCommandsHelp) -> None:
+def add_stage_commands(
+    commands: argparse._SubParsersAction,
+    task: RunTask,  # type: ignore[type-arg]
+    texts: StageCommandsHelp,
+) -> None:
     """``run`` and one command per stage of ``task``, each taking a config (or run directory), overrides, --force."""
     for name in ("run", *task.stages):
         command = commands.add_parser(name, help=texts.run if name == "run" else f"the {name} stage only")
@@ -66,8 +71,12 @@ def add_stage_commands(commands: argparse._SubParsersAction, task: RunTask,  # t
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewclip", description="Few-shot classifiers on a frozen CLIP.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only warnings that concern "
-                        "you (no library deprecation notes)")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars, only warnings that concern you (no library deprecation notes)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     add_stage_commands(commands, CLASSIFICATION, CLASSIFICATION_HELP)
@@ -80,32 +89,40 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--images-per-class", type=int, default=400)
     pretrain.add_argument("--batch-size", type=int, default=256)
-    decoder = world_commands.add_parser("pretrain-decoder", help="language-model pretraining of a tiny GPT-2 on "
-                                        "world captions (the captioning default's decoder)")
+    decoder = world_commands.add_parser(
+        "pretrain-decoder",
+        help="language-model pretraining of a tiny GPT-2 on world captions (the captioning default's decoder)",
+    )
     decoder.add_argument("--out", required=True, help="folder for the decoder (Hugging Face format)")
     decoder.add_argument("--steps", type=int, default=1500)
     decoder.add_argument("--seed", type=int, default=0)
     decoder.add_argument("--batch-size", type=int, default=64)
-    caption = commands.add_parser("caption", help="captioning: a frozen CLIP encoder and a GPT-2 decoder tuned by "
-                                  "adapters, prefix tuning or LoRA")
+    caption = commands.add_parser(
+        "caption", help="captioning: a frozen CLIP encoder and a GPT-2 decoder tuned by adapters, prefix tuning or LoRA"
+    )
     caption_commands = caption.add_subparsers(dest="caption_command", required=True)
     add_stage_commands(caption_commands, CAPTIONING, CAPTIONING_HELP)
     caption_predict = caption_commands.add_parser("predict", help="caption images with a captioner a run trained")
     caption_predict.add_argument("run_dir", help="the caption run directory (output.dir of the run)")
-    caption_predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
-                                 help="image files, or folders (recursive)")
+    caption_predict.add_argument(
+        "images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)"
+    )
     caption_predict.add_argument("--method", help="adapter, prefix, lora or untrained; default: the highest test CIDEr")
     caption_predict.add_argument("--seed", type=int, help="default: the seed with the highest test CIDEr")
     caption_predict.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam_size; 1: greedy)")
-    caption_predict.add_argument("--max-length", type=int, help="most tokens per caption (default: the run's "
-                                 "decode.max_length)")
+    caption_predict.add_argument(
+        "--max-length", type=int, help="most tokens per caption (default: the run's decode.max_length)"
+    )
     caption_predict.add_argument("--out", help="also write the captions to a .csv or .json file")
     caption_predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
     predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
-    predict.add_argument("--method", help="default: the run's recommended head (results/recommendation.json), "
-                         "else the first of the run's methods with a trained head")
+    predict.add_argument(
+        "--method",
+        help="default: the run's recommended head (results/recommendation.json), "
+        "else the first of the run's methods with a trained head",
+    )
     predict.add_argument("--shots", type=int, help="default: the recommended or largest shot budget of the method")
     predict.add_argument("--seed", type=int, help="default: the smallest seed trained")
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
@@ -120,19 +137,28 @@ def _parser() -> argparse.ArgumentParser:
 def _world(args: argparse.Namespace) -> int:
     if args.world_command == "pretrain-decoder":
         return _pretrain_decoder(args)
-    config = PretrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed,
-                            images_per_class=args.images_per_class, batch_size=args.batch_size)
+    config = PretrainConfig(
+        minutes=args.minutes,
+        steps=args.steps,
+        seed=args.seed,
+        images_per_class=args.images_per_class,
+        batch_size=args.batch_size,
+    )
     budget = f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}"
-    command = (f"fewclip world pretrain --out {args.out} {budget} --seed {args.seed} "
-               f"--images-per-class {args.images_per_class} --batch-size {args.batch_size}")
+    command = (
+        f"fewclip world pretrain --out {args.out} {budget} --seed {args.seed} "
+        f"--images-per-class {args.images_per_class} --batch-size {args.batch_size}"
+    )
     pretrain(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
     return 0
 
 
 def _pretrain_decoder(args: argparse.Namespace) -> int:
     config = DecoderPretrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size)
-    command = (f"fewclip world pretrain-decoder --out {args.out} --steps {args.steps} --seed {args.seed} "
-               f"--batch-size {args.batch_size}")
+    command = (
+        f"fewclip world pretrain-decoder --out {args.out} --steps {args.steps} --seed {args.seed} "
+        f"--batch-size {args.batch_size}"
+    )
     pretrain_decoder(config, Path(args.out), log=lambda line: print(line, flush=True), command=command)
     return 0
 
@@ -181,7 +207,14 @@ class Predicting:
     write: Callable[[Path, Sequence[Any], Any], None]  # the results to a .csv or .json file
 
 
-PREDICT_ERRORS = (LookupError, ConfigError, FileNotFoundError, ValueError, OSError, ImportError)  # ImportError: open_clip
+PREDICT_ERRORS = (
+    LookupError,
+    ConfigError,
+    FileNotFoundError,
+    ValueError,
+    OSError,
+    ImportError,
+)  # ImportError: open_clip
 
 
 def _predict_images(args: argparse.Namespace, counts: Sequence[tuple[str, int | None]], predicting: Predicting) -> int:
@@ -212,36 +245,48 @@ def _predict_images(args: argparse.Namespace, counts: Sequence[tuple[str, int | 
         try:
             predicting.write(out, results, predictor)
         except OSError as err:  # a read-only or missing folder, a full disk: the results above still stand
-            return _error(f"--out {out}: could not write the {predicting.noun} ({err.strerror or err}); "
-                          "choose a writable path")
+            return _error(
+                f"--out {out}: could not write the {predicting.noun} ({err.strerror or err}); choose a writable path"
+            )
         print(f"{predicting.noun}: {out}")
     return 0 if any(r.error is None for r in results) else 1
 
 
 def _predict(args: argparse.Namespace) -> int:
     """``fewclip predict``: the top-k labels of each image from a head a run trained."""
-    return _predict_images(args, [("--top-k", args.top_k)], Predicting(
-        "predictions",
-        load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
-        describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
-        run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
-        lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
-        write=write_predictions))
+    return _predict_images(
+        args,
+        [("--top-k", args.top_k)],
+        Predicting(
+            "predictions",
+            load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
+            describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
+            run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
+            lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
+            write=write_predictions,
+        ),
+    )
 
 
 def _caption_predict(args: argparse.Namespace) -> int:
     """``fewclip caption predict``: a caption of each image from a captioner a run trained."""
-    return _predict_images(args, [("--beam", args.beam), ("--max-length", args.max_length)], Predicting(
-        "captions",
-        load=lambda: load_captioner(args.run_dir, args.method, args.seed, device=args.device),
-        describe=lambda captioner: f"captioning with {captioner.method} seed {captioner.seed}: {captioner.why}",
-        run=lambda captioner, images: captioner.caption_files(images, beam=args.beam, max_length=args.max_length),
-        lines=lambda result: [f"{result.path}\t{result.caption}"],
-        write=write_caption_predictions))
+    return _predict_images(
+        args,
+        [("--beam", args.beam), ("--max-length", args.max_length)],
+        Predicting(
+            "captions",
+            load=lambda: load_captioner(args.run_dir, args.method, args.seed, device=args.device),
+            describe=lambda captioner: f"captioning with {captioner.method} seed {captioner.seed}: {captioner.why}",
+            run=lambda captioner, images: captioner.caption_files(images, beam=args.beam, max_length=args.max_length),
+            lines=lambda result: [f"{result.path}\t{result.caption}"],
+            write=write_caption_predictions,
+        ),
+    )
 
 
-def _split_config_arg(task: RunTask, config: str | None, overrides: list[str],
-                      command: str) -> tuple[str | None, list[str]]:
+def _split_config_arg(
+    task: RunTask, config: str | None, overrides: list[str], command: str
+) -> tuple[str | None, list[str]]:
     """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
     stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a run directory
     of the other kind (captioning, classification) is refused, naming the command for it."""
@@ -251,8 +296,10 @@ def _split_config_arg(task: RunTask, config: str | None, overrides: list[str],
         resolved = Path(config) / "config.yaml"
         run, config_file = task.folder_words
         if not resolved.is_file():
-            raise ConfigError(f"{config} is a folder without config.yaml, so not a fewclip {run} directory; "
-                              f"give a {config_file} or a {run} directory")
+            raise ConfigError(
+                f"{config} is a folder without config.yaml, so not a fewclip {run} directory; "
+                f"give a {config_file} or a {run} directory"
+            )
         check_run_kind(Path(config), task.kind, f"{command} {config}")
         return str(resolved), [f"output.dir={config}", *overrides]
     return (None if config == "default" else config), overrides
@@ -285,8 +332,10 @@ def _command(args: argparse.Namespace) -> int:
     if args.quiet:
         _quiet_libraries()
     if args.command in ("world", "predict", "caption", "compare") and env_ranks().distributed:
-        return _error(f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
-                      "evaluate and report. Start it without torchrun")
+        return _error(
+            f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
+            "evaluate and report. Start it without torchrun"
+        )
     if args.command == "world":
         return _world(args)
     if args.command == "predict":
@@ -319,8 +368,10 @@ def _run_stages(task: RunTask, command: str, args: argparse.Namespace) -> int:
     except RuntimeError as err:
         if not peer_lost(err, session.ranks):
             raise
-        return _error(f"rank {session.ranks.rank}: another rank of this torchrun job stopped (its own error is above; "
-                      f"{str(err).splitlines()[0][:200]}). Fix that and re-run the same command: it resumes")
+        return _error(
+            f"rank {session.ranks.rank}: another rank of this torchrun job stopped (its own error is above; "
+            f"{str(err).splitlines()[0][:200]}). Fix that and re-run the same command: it resumes"
+        )
     finally:
         stop_ranks()
     if not session.ranks.is_main:  # rank 0 speaks for a torchrun job

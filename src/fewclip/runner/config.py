@@ -52,10 +52,12 @@ class PromptsConfig(ConfigBlock):
     """The `prompts` block: the hand-written prompts zero-shot (and the heads that start from it) encode."""
 
     templates: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1,
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        min_length=1,
         description="Zero-shot templates, each with exactly one '{}' where the class name goes and no other field "
         "(a literal brace: '{{' or '}}'). A prompt longer than the model's text positions (77 for OpenAI CLIP, 32 "
-        "for the world CLIP) is an error naming template, class and token count, never truncated.")
+        "for the world CLIP) is an error naming template, class and token count, never truncated.",
+    )
 
     @field_validator("templates")
     @classmethod
@@ -70,16 +72,20 @@ def template_problem(template: str) -> None:
     and no other fields (``{other}``, ``{0}``) or unpaired braces (write a literal brace as ``{{`` / ``}}``)."""
     advice = "use one '{}' where the class name goes; write a literal brace as '{{' or '}}'"
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
-                  if name is not None]
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
     except ValueError as err:  # a lone '{' or '}'
         raise ValueError(f"template {template!r}: {err}; {advice}") from None
     others = [f"{{{name}}}" for name, _, _ in fields if name != ""]
     if others:
         raise ValueError(f"template {template!r} has the field(s) {', '.join(others)}, which no value fills; {advice}")
     if len(fields) != 1:
-        raise ValueError(f"template {template!r} must contain '{{}}' exactly once (where the class name goes), "
-                         f"found {len(fields)}")
+        raise ValueError(
+            f"template {template!r} must contain '{{}}' exactly once (where the class name goes), found {len(fields)}"
+        )
     _, spec, conversion = fields[0]
     if spec or conversion:
         raise ValueError(f"template {template!r}: the class slot takes no format spec or conversion; {advice}")
@@ -88,8 +94,11 @@ def template_problem(template: str) -> None:
 class FewShotConfig(ConfigBlock):
     """The `few_shot` block: the shot budgets, each a separate experiment."""
 
-    shots: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1,
-                             description="Support images per class, one experiment per value.")
+    shots: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        min_length=1,
+        description="Support images per class, one experiment per value.",
+    )
     allow_fewer: bool = Field(False, description="Cap classes that have fewer images instead of failing.")
 
     @field_validator("shots")
@@ -103,18 +112,28 @@ class FewShotConfig(ConfigBlock):
 class SplitsConfig(ConfigBlock):
     """The `splits` block: how the few-shot train and validation sets are drawn, and which classes train."""
 
-    val_per_class: int = Field(4, ge=0, description="Validation images per class, for epoch selection and "
-                               "temperature scaling only (below 10, select: auto keeps the last epoch).")
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
-                             description="One split (and one training run per method and budget) per seed; distinct.")
+    val_per_class: int = Field(
+        4,
+        ge=0,
+        description="Validation images per class, for epoch selection and "
+        "temperature scaling only (below 10, select: auto keeps the last epoch).",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [1, 2, 3],
+        min_length=1,
+        description="One split (and one training run per method and budget) per seed; distinct.",
+    )
     subsample: Subsample = Field(
         "all", description="all | base | new classes, or base2new: train on base, evaluate on base and new."
     )
-    sampler: Sampler = Field("fewclip", description="fewclip: content-hashed, nested across shots; coop: the sets "
-                             "CoOp/CoCoOp/MaPLe drew for each seed from the split file, as Dassl draws them (needs "
-                             "dataset.source: coop, all classes, no max_train_per_class): a fresh draw per budget, "
-                             "so not nested, a class with fewer images taken whole; val: min(shots, val_per_class) "
-                             "per class from the dataset's val split.")
+    sampler: Sampler = Field(
+        "fewclip",
+        description="fewclip: content-hashed, nested across shots; coop: the sets "
+        "CoOp/CoCoOp/MaPLe drew for each seed from the split file, as Dassl draws them (needs "
+        "dataset.source: coop, all classes, no max_train_per_class): a fresh draw per budget, "
+        "so not nested, a class with fewer images taken whole; val: min(shots, val_per_class) "
+        "per class from the dataset's val split.",
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -135,9 +154,11 @@ class WandbConfig(ConfigBlock):
     """The `wandb` block: Weights & Biases tracking (`pip install 'fewclip[wandb]'`)."""
 
     mode: Literal["disabled", "offline", "online"] = Field(
-        "disabled", description="disabled (wandb is never imported), offline (the run is written under "
+        "disabled",
+        description="disabled (wandb is never imported), offline (the run is written under "
         "<output.dir>/wandb/, to upload later with `wandb sync`) or online (logged to project / entity; a server "
-        "that does not answer within 5 s fails the command before it touches the run directory).")
+        "that does not answer within 5 s fails the command before it touches the run directory).",
+    )
     project: str = Field("fewclip", description="The W&B project the run is logged to.")
     entity: str | None = Field(None, description="The W&B user or team (null: your default entity).")
     tags: list[str] = Field(default_factory=list, description="Tags on the W&B run.")
@@ -146,8 +167,11 @@ class WandbConfig(ConfigBlock):
 class OutputConfig(ConfigBlock):
     """The `output` block: where the run is written and what it draws."""
 
-    dir: str = Field("runs/default", description="Run directory: data, splits, heads, results (a new or empty "
-                     "folder, or this config's run directory; never inside the dataset folder).")
+    dir: str = Field(
+        "runs/default",
+        description="Run directory: data, splits, heads, results (a new or empty "
+        "folder, or this config's run directory; never inside the dataset folder).",
+    )
     progress: bool = Field(True, description="Progress bars; false for quiet runs (CI, scripts).")
     figures: bool = Field(True, description="Write PNG figures (confusion, reliability, saliency, plots).")
     saliency_images: int = Field(6, ge=0, description="Test images with saliency overlays, per method (0: none).")
@@ -156,8 +180,10 @@ class OutputConfig(ConfigBlock):
     @classmethod
     def _dir_named(cls, folder: str) -> str:
         if not folder.strip():
-            raise ValueError("empty; name the run directory (e.g. output.dir=runs/my-run), "
-                             "an empty value would write the run into the working directory")
+            raise ValueError(
+                "empty; name the run directory (e.g. output.dir=runs/my-run), "
+                "an empty value would write the run into the working directory"
+            )
         return folder
 
 
@@ -174,8 +200,12 @@ class CacheConfig(ConfigBlock):
 class RuntimeConfig(ConfigBlock):
     """The `runtime` block: how much of the machine a command uses."""
 
-    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
-                                "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
+        "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.",
+    )
 
 
 class ConfigRules(ConfigBlock):
@@ -202,8 +232,10 @@ class ConfigRules(ConfigBlock):
         for method in methods:
             base, label = split_variant(method)
             if label is not None and not VARIANT_LABEL.fullmatch(label):
-                raise ValueError(f"method {method!r}: a variant is named <head>@<label>, the label made of letters, "
-                                 "digits, '_' or '-' (e.g. coop@n4)")
+                raise ValueError(
+                    f"method {method!r}: a variant is named <head>@<label>, the label made of letters, "
+                    "digits, '_' or '-' (e.g. coop@n4)"
+                )
             if base not in list_heads():
                 raise ValueError(unknown_name_message("method", base, list_heads()))
         if len(set(methods)) != len(methods):
@@ -215,8 +247,10 @@ class ConfigRules(ConfigBlock):
     def _methods_run_on_the_library(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
         """A head that needs what the chosen library's backbones do not offer is refused here, before any stage
         runs (``methods`` is validated before ``model``; absent when it did not validate)."""
-        problems = [capability_problem(method, HEADS.get(split_variant(method)[0]).needs, model.library)
-                    for method in info.data.get("methods", [])]
+        problems = [
+            capability_problem(method, HEADS.get(split_variant(method)[0]).needs, model.library)
+            for method in info.data.get("methods", [])
+        ]
         if any(problems):
             raise ValueError("; ".join(problem for problem in problems if problem))
         return model
@@ -234,8 +268,10 @@ class ConfigRules(ConfigBlock):
         for name, overrides in variants.items():
             base, label = split_variant(name)
             if label is None or base not in list_heads() or not VARIANT_LABEL.fullmatch(label):
-                raise ValueError(f"{name!r}: a variant is named <head>@<label> with a registered head "
-                                 f"({', '.join(list_heads())}) and a label of letters, digits, '_' or '-', e.g. coop@n4")
+                raise ValueError(
+                    f"{name!r}: a variant is named <head>@<label> with a registered head "
+                    f"({', '.join(list_heads())}) and a label of letters, digits, '_' or '-', e.g. coop@n4"
+                )
             if not isinstance(overrides, dict):
                 raise ValueError(f"{name}: expected a mapping of {base}'s keys to change, e.g. {{n_ctx: 4}}")
             try:
@@ -246,8 +282,10 @@ class ConfigRules(ConfigBlock):
         for method in info.data.get("methods", []):
             if split_variant(method)[1] is not None and method not in variants:
                 base = split_variant(method)[0]
-                raise ValueError(f"methods lists {method!r} but variants has no block for it; add "
-                                 f"`variants: {{{method}: {{...}}}}` with the keys of `{base}` that differ")
+                raise ValueError(
+                    f"methods lists {method!r} but variants has no block for it; add "
+                    f"`variants: {{{method}: {{...}}}}` with the keys of `{base}` that differ"
+                )
         return variants
 
     def to_yaml(self) -> str:
@@ -263,10 +301,16 @@ def method_block_fields() -> dict[str, Any]:
         if head_cls.config_key is None:
             continue
         if head_cls.config_key in fields:
-            raise ValueError(f"heads {fields[head_cls.config_key][2]!r} and {name!r} both claim the config block "
-                             f"{head_cls.config_key!r}; give each head its own config_key")
+            raise ValueError(
+                f"heads {fields[head_cls.config_key][2]!r} and {name!r} both claim the config block "
+                f"{head_cls.config_key!r}; give each head its own config_key"
+            )
         description = f"The {name} head's hyperparameters (variants: `{name}@<label>`)."
-        fields[head_cls.config_key] = (head_cls.Config, Field(default_factory=head_cls.Config, description=description), name)
+        fields[head_cls.config_key] = (
+            head_cls.Config,
+            Field(default_factory=head_cls.Config, description=description),
+            name,
+        )
     return {key: value[:2] for key, value in fields.items()}
 
 
@@ -274,9 +318,14 @@ def build_config_class() -> type[ConfigRules]:
     """The run config: the run-level blocks, then each registered head's block (``method_block_fields``)."""
     run_blocks: dict[str, Any] = dict(
         name=(str, Field("experiment", description="A label for the run.")),
-        methods=(list[str], Field(default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
-                                  description="Registered heads to train and evaluate (the heads' blocks below), "
-                                  "or named variants <head>@<label>; at least one, each once.")),
+        methods=(
+            list[str],
+            Field(
+                default_factory=lambda: ["zero_shot", "linear_probe", "coop"],
+                description="Registered heads to train and evaluate (the heads' blocks below), "
+                "or named variants <head>@<label>; at least one, each once.",
+            ),
+        ),
         model=(ModelConfig, Field(default_factory=ModelConfig)),
         dataset=(dataset_config(), ...),  # one block per registered data source
         prompts=(PromptsConfig, Field(default_factory=PromptsConfig)),
@@ -289,17 +338,28 @@ def build_config_class() -> type[ConfigRules]:
         cache=(CacheConfig, Field(default_factory=CacheConfig)),
         runtime=(RuntimeConfig, Field(default_factory=RuntimeConfig)),
         # last: its validator reads the method blocks validated before it
-        variants=(dict[str, dict[str, Any]], Field(
-            default_factory=dict, validate_default=True,
-            description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
-                        "block changed; list the name in methods beside (or instead of) `coop`.")),
+        variants=(
+            dict[str, dict[str, Any]],
+            Field(
+                default_factory=dict,
+                validate_default=True,
+                description="Named variants of a head, e.g. `coop@n4: {n_ctx: 4}`: the `coop` head with these keys of its "
+                "block changed; list the name in methods beside (or instead of) `coop`.",
+            ),
+        ),
     )
     clash = set(method_block_fields()) & (set(run_blocks) | set(tail_blocks) | set(DEPRECATED_BLOCKS))
     if clash:
         raise ValueError(f"head config_key(s) {sorted(clash)} clash with run-level config blocks; rename them")
-    return create_model("Config", __base__=ConfigRules, __module__=__name__,
-                        __doc__="A run's config: one typed block per YAML key (see the README's config reference).",
-                        **run_blocks, **method_block_fields(), **tail_blocks)
+    return create_model(
+        "Config",
+        __base__=ConfigRules,
+        __module__=__name__,
+        __doc__="A run's config: one typed block per YAML key (see the README's config reference).",
+        **run_blocks,
+        **method_block_fields(),
+        **tail_blocks,
+    )
 
 
 # --- deprecated block names ----------------------------------------------------------------------
@@ -321,8 +381,10 @@ def rename_deprecated_blocks(data: dict[str, Any], origin: str) -> tuple[dict[st
         if old not in data:
             continue
         if new in data:
-            raise ConfigError(f"{origin}: both `{old}:` and `{new}:` are given; `{old}` is the deprecated name of "
-                              f"`{new}`: merge its keys into `{new}:`")
+            raise ConfigError(
+                f"{origin}: both `{old}:` and `{new}:` are given; `{old}` is the deprecated name of "
+                f"`{new}`: merge its keys into `{new}:`"
+            )
         warn_deprecated(old)
         data = {(new if key == old else key): value for key, value in data.items()}
         renamed[new] = old
@@ -358,9 +420,12 @@ def variant_block(base: ConfigBlock, name: str, overrides: dict[str, Any]) -> Co
         return type(base).model_validate({**values, **overrides})
     except ValidationError as err:
         valid = ", ".join(type(base).model_fields)
-        problems = [".".join([name, *map(str, e["loc"])]) + ": "
-                    + ("unknown key" + f" (valid keys: {valid})" if e["type"] == "extra_forbidden" else _clean_message(e))
-                    for e in err.errors()]
+        problems = [
+            ".".join([name, *map(str, e["loc"])])
+            + ": "
+            + ("unknown key" + f" (valid keys: {valid})" if e["type"] == "extra_forbidden" else _clean_message(e))
+            for e in err.errors()
+        ]
         raise ValueError("; ".join(problems)) from None
 
 
@@ -438,8 +503,12 @@ def _block_class(annotation: Any, tag: str | None = None) -> Any:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseModel] | None = None,
-                   renamed: dict[str, str] | None = None) -> str:
+def describe_error(
+    error: dict[str, Any],
+    data: dict[str, Any],
+    root: type[BaseModel] | None = None,
+    renamed: dict[str, str] | None = None,
+) -> str:
     """One pydantic error as a line for people: the dotted key as the user wrote it (``renamed``: {block:
     deprecated name}), and for an unknown key the nearest valid one among the keys of its block (``root``:
     the top-level config class, default ``Config``)."""
@@ -462,13 +531,17 @@ def describe_error(error: dict[str, Any], data: dict[str, Any], root: type[BaseM
     if error["type"] == "extra_forbidden" and block is not None:
         valid = list(block.model_fields)
         deprecated = len(loc) == 1 and root in (None, Config)
-        spellings = {name: name for name in valid} | ({old: new for old, new in DEPRECATED_BLOCKS.items()} if deprecated else {})
+        spellings = {name: name for name in valid} | (
+            {old: new for old, new in DEPRECATED_BLOCKS.items()} if deprecated else {}
+        )
         close = difflib.get_close_matches(loc[-1], list(spellings), n=1, cutoff=0.5)
         parent = ".".join(loc[:-1])
         hint = f"; did you mean {'.'.join(loc[:-1] + [spellings[close[0]]])!r}?" if close else ""
         return f"{key}: unknown key{hint} (valid keys{' in ' + parent if parent else ''}: {', '.join(valid)})"
     if error["type"] == "union_tag_invalid":
-        return f"{key}.source: unknown data source {error['input'].get('source')!r}; valid: {', '.join(SOURCES.names())}"
+        return (
+            f"{key}.source: unknown data source {error['input'].get('source')!r}; valid: {', '.join(SOURCES.names())}"
+        )
     if error["type"] == "union_tag_not_found":
         return f"{key}.source: missing; valid: {', '.join(SOURCES.names())}"
     return f"{key}: {_clean_message(error)}"
@@ -528,9 +601,13 @@ def read_config_file(path: Path, what: str, blocks: str) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
+) -> Config:
     """Read a YAML config (or start from ``base``), apply dotted overrides, validate."""
-    data, renamed = rename_deprecated_blocks(copy.deepcopy(base or {}), "config")  # overrides edit nested blocks; never the caller's
+    data, renamed = rename_deprecated_blocks(
+        copy.deepcopy(base or {}), "config"
+    )  # overrides edit nested blocks; never the caller's
     origin = "config"
     if path is not None:
         path = Path(path)
@@ -549,7 +626,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
     data = apply_overrides(data, overrides)
     if isinstance(data.get("dataset"), dict):  # given on the command line (or in ``base``): the working directory
         resolve_dataset_paths(data["dataset"], [Path.cwd()])
-    renamed.update({new: old for old, new in DEPRECATED_BLOCKS.items() for text in overrides if text.startswith(old + ".")})
+    renamed.update(
+        {new: old for old, new in DEPRECATED_BLOCKS.items() for text in overrides if text.startswith(old + ".")}
+    )
     if "dataset" not in data:
         raise ConfigError(f"{origin}: no `dataset` block; add one (see the README's config reference)")
     return validate_config(data, origin, renamed)

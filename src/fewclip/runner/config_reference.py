@@ -99,8 +99,12 @@ def constraints(field: FieldInfo) -> str:
     """The bounds pydantic enforces on a field (``>= 1``, ``at least 1 item``), as words."""
     shown = []
     for item in field.metadata:
-        for kind, attr, symbol in ((annotated_types.Ge, "ge", ">="), (annotated_types.Gt, "gt", ">"),
-                                   (annotated_types.Le, "le", "<="), (annotated_types.Lt, "lt", "<")):
+        for kind, attr, symbol in (
+            (annotated_types.Ge, "ge", ">="),
+            (annotated_types.Gt, "gt", ">"),
+            (annotated_types.Le, "le", "<="),
+            (annotated_types.Lt, "lt", "<"),
+        ):
             if isinstance(item, kind):
                 shown.append(f"{symbol} {getattr(item, attr)}")
         if isinstance(item, annotated_types.MinLen) and item.min_length:
@@ -136,8 +140,10 @@ def prose(text: str) -> str:
     """A docstring or description as Markdown: reST's ``double`` backticks become single ones, lines rejoined,
     and a word with a placeholder in angle brackets (`<output.dir>/wandb/`) set as code, which Markdown would
     otherwise read as an HTML tag and drop."""
-    return " ".join(as_code(word) if PLACEHOLDER.search(word) and "`" not in word else word
-                    for word in text.replace("``", "`").split())
+    return " ".join(
+        as_code(word) if PLACEHOLDER.search(word) and "`" not in word else word
+        for word in text.replace("``", "`").split()
+    )
 
 
 PLACEHOLDER = re.compile(r"<[A-Za-z_.]+>")
@@ -152,25 +158,28 @@ def as_code(word: str) -> str:
 
 
 def wrapped(text: str, first: str = "", rest: str = "") -> str:
-    return textwrap.fill(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_long_words=False,
-                         break_on_hyphens=False)
+    return textwrap.fill(
+        text, WIDTH, initial_indent=first, subsequent_indent=rest, break_long_words=False, break_on_hyphens=False
+    )
 
 
 class UndescribedKey(ValueError):
     """A config key without ``Field(description=...)``: the reference would have a hole where it belongs."""
 
 
-def key_line(dotted: str, model: type[BaseModel], name: str, field: FieldInfo,
-             resolved: dict[str, Any] | None) -> str:
+def key_line(dotted: str, model: type[BaseModel], name: str, field: FieldInfo, resolved: dict[str, Any] | None) -> str:
     if not field.description:
-        raise UndescribedKey(f"config key `{dotted}` ({model.__module__}.{model.__qualname__}.{name}) has no "
-                             "description: give its Field a description=... saying what it does, then run "
-                             f"`{COMMAND}`")
+        raise UndescribedKey(
+            f"config key `{dotted}` ({model.__module__}.{model.__qualname__}.{name}) has no "
+            "description: give its Field a description=... saying what it does, then run "
+            f"`{COMMAND}`"
+        )
     kind = type_name(field.annotation)
     bounds = constraints(field)
     default = default_text(model, name, field, resolved)
     head = f"`{dotted}` ({kind}{', ' + bounds if bounds else ''}; " + (
-        "required)" if default == REQUIRED else f"default `{default}`)")
+        "required)" if default == REQUIRED else f"default `{default}`)"
+    )
     return wrapped(f"{head}: {prose(field.description)}", "- ", "  ")
 
 
@@ -207,8 +216,9 @@ def default_block(model: type[BaseModel]) -> dict[str, Any] | None:
         return None
 
 
-def key_lines(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = (),
-              only: tuple[str, ...] | None = None) -> Iterator[str]:
+def key_lines(
+    model: type[BaseModel], prefix: str, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> Iterator[str]:
     """One bullet per plain key of ``model`` (nested blocks get their own section)."""
     resolved = default_block(model)
     for name, field in model.model_fields.items():
@@ -220,8 +230,9 @@ def key_lines(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = (),
         yield key_line(dotted, model, name, field, resolved)
 
 
-def block_section(heading: str, model: type[BaseModel], prefix: str, intro: str = "",
-                  skip: tuple[str, ...] = ()) -> Iterator[str]:
+def block_section(
+    heading: str, model: type[BaseModel], prefix: str, intro: str = "", skip: tuple[str, ...] = ()
+) -> Iterator[str]:
     yield f"{heading} `{prefix.rstrip('.')}`"
     yield ""
     text = " ".join(part for part in (intro, class_doc(model)) if part)
@@ -239,9 +250,11 @@ def dataset_section() -> Iterator[str]:
     """The `dataset` block: the keys every source shares, then each registered source's own."""
     yield "### `dataset`"
     yield ""
-    yield wrapped(f"Where the images come from; `source` picks one of the registered data sources "
-                  f"({', '.join(f'`{s}`' for s in SOURCES.names())}) and with it the other keys. Keys every source "
-                  "takes:")
+    yield wrapped(
+        f"Where the images come from; `source` picks one of the registered data sources "
+        f"({', '.join(f'`{s}`' for s in SOURCES.names())}) and with it the other keys. Keys every source "
+        "takes:"
+    )
     yield ""
     yield from key_lines(SourceConfig, "dataset.")
     yield ""
@@ -251,8 +264,9 @@ def dataset_section() -> Iterator[str]:
         yield ""
         yield wrapped(" ".join(part for part in (module_doc(config_cls), class_doc(config_cls)) if part))
         yield ""
-        own = tuple(name for name in config_cls.model_fields if name not in SourceConfig.model_fields
-                    and name != "source")
+        own = tuple(
+            name for name in config_cls.model_fields if name not in SourceConfig.model_fields and name != "source"
+        )
         yield from key_lines(config_cls, "dataset.", only=own)
         yield ""
 
@@ -273,10 +287,12 @@ def head_sections() -> Iterator[str]:
     """The registered heads, then one section per head with a config block, in ``list_heads()`` order."""
     yield "### The heads' blocks"
     yield ""
-    yield wrapped("Each registered head with hyperparameters owns one top-level block, named by its `config_key` "
-                  "and defined beside its code; `methods` picks which heads run, and `variants` runs a head under "
-                  "another name with some of its keys changed (`coop@n4`). The heads are grouped by what they "
-                  "train:")
+    yield wrapped(
+        "Each registered head with hyperparameters owns one top-level block, named by its `config_key` "
+        "and defined beside its code; `methods` picks which heads run, and `variants` runs a head under "
+        "another name with some of its keys changed (`coop@n4`). The heads are grouped by what they "
+        "train:"
+    )
     yield ""
     groups = dict.fromkeys(HEADS.get(name).__module__.rpartition(".")[0] for name in list_heads())
     for package in groups:
@@ -295,8 +311,10 @@ def head_sections() -> Iterator[str]:
             continue
         if head_cls.paper:
             code = head_cls.official_code
-            intro = (f"Head `{name}`: {head_cls.paper}, as its official code [{code}](https://github.com/{code}) "
-                     f"computes it; {head_source(head_cls)} says where fewclip differs.")
+            intro = (
+                f"Head `{name}`: {head_cls.paper}, as its official code [{code}](https://github.com/{code}) "
+                f"computes it; {head_source(head_cls)} says where fewclip differs."
+            )
         else:
             intro = f"Head `{name}`: fewclip's own ({head_source(head_cls)})."
         yield from block_section("####", head_cls.Config, f"{head_cls.config_key}.", intro=intro)
@@ -324,8 +342,10 @@ def run_config_sections() -> Iterator[str]:
 def caption_config_sections() -> Iterator[str]:
     yield "## Captioning runs (`fewclip caption run`)"
     yield ""
-    yield wrapped("A captioning run has its own config (`configs/coco_caption.yaml`; the embedded default is "
-                  "`fewclip caption run`). See [captioning.md](captioning.md) for what the methods train.")
+    yield wrapped(
+        "A captioning run has its own config (`configs/coco_caption.yaml`; the embedded default is "
+        "`fewclip caption run`). See [captioning.md](captioning.md) for what the methods train."
+    )
     yield ""
     yield "### Top-level keys"
     yield ""
@@ -339,10 +359,17 @@ def caption_config_sections() -> Iterator[str]:
 
 def render() -> str:
     """The whole page, as ``docs/configuration.md`` holds it."""
-    lines = ["# Configuration reference", "",
-             f"<!-- Generated from the config models by\n     {COMMAND}\n     "
-             "Edit the models' descriptions (Field(description=...)), not this page. -->",
-             "", INTRO, "", *run_config_sections(), *caption_config_sections()]
+    lines = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated from the config models by\n     {COMMAND}\n     "
+        "Edit the models' descriptions (Field(description=...)), not this page. -->",
+        "",
+        INTRO,
+        "",
+        *run_config_sections(),
+        *caption_config_sections(),
+    ]
     while lines[-1] == "":
         lines.pop()
     return "\n".join(lines) + "\n"

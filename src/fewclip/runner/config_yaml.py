@@ -34,7 +34,8 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.value in seen:
                 raise ConfigFileError(
                     f"{self.origin}: key {key_node.value!r} appears twice in one block (lines {seen[key_node.value]} "
-                    f"and {line}); YAML would keep only the second: merge them into one")
+                    f"and {line}); YAML would keep only the second: merge them into one"
+                )
             seen[key_node.value] = line
         return super().construct_mapping(node, deep)
 
@@ -50,8 +51,10 @@ def expanded_size(node: yaml.Node, origin: str, limit: int = MAX_EXPANDED_NODES)
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            raise ConfigFileError(f"{origin}: an alias refers to a block that contains it (line "
-                                  f"{current.start_mark.line + 1}); a config cannot be recursive")
+            raise ConfigFileError(
+                f"{origin}: an alias refers to a block that contains it (line "
+                f"{current.start_mark.line + 1}); a config cannot be recursive"
+            )
         open_nodes.add(key)
         total = 1
         if isinstance(current, yaml.SequenceNode):
@@ -61,9 +64,11 @@ def expanded_size(node: yaml.Node, origin: str, limit: int = MAX_EXPANDED_NODES)
         open_nodes.discard(key)
         sizes[key] = total
         if total > limit:
-            raise ConfigFileError(f"{origin}: the YAML expands to more than {limit:,} values through aliases "
-                                  f"(&anchor / *alias, at line {current.start_mark.line + 1}); "
-                                  "a config needs far fewer: write the values out or use fewer aliases")
+            raise ConfigFileError(
+                f"{origin}: the YAML expands to more than {limit:,} values through aliases "
+                f"(&anchor / *alias, at line {current.start_mark.line + 1}); "
+                "a config needs far fewer: write the values out or use fewer aliases"
+            )
         return total
 
     return size(node)
@@ -93,5 +98,6 @@ def read_yaml_file(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise ConfigFileError(
             f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-            "save the file as UTF-8 (most editors: 'Save with encoding')") from None
+            "save the file as UTF-8 (most editors: 'Save with encoding')"
+        ) from None
     return load_yaml(text, str(path))

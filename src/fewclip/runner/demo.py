@@ -20,9 +20,24 @@ from fewclip.heads import HEADS, list_heads
 # than any run or test uses, for a zero-shot accuracy near 0.9 on all 16 and on each 8-class half of the
 # base-to-new split: high enough to show the CLIP understands the world, low enough to leave room for
 # few-shot learning (the 10 easy classes used before saturated at 0.99).
-DEFAULT_WORLD_CLASSES = ["green diamond", "red ring", "red cross", "red circle", "blue triangle", "blue circle",
-                         "orange star", "red hexagon", "orange hexagon", "cyan square", "pink hexagon",
-                         "purple cross", "yellow circle", "purple square", "cyan cross", "yellow star"]
+DEFAULT_WORLD_CLASSES = [
+    "green diamond",
+    "red ring",
+    "red cross",
+    "red circle",
+    "blue triangle",
+    "blue circle",
+    "orange star",
+    "red hexagon",
+    "orange hexagon",
+    "cyan square",
+    "pink hexagon",
+    "purple cross",
+    "yellow circle",
+    "purple square",
+    "cyan cross",
+    "yellow star",
+]
 # Short on purpose: the world CLIP has 32 text positions and its tokenizer spells words it never saw letter
 # by letter ("close-up", "bright"), so some of config.DEFAULT_TEMPLATES run long on longer class names.
 # These take at most 9 tokens on any world class (tested).
@@ -44,8 +59,15 @@ def embedded_config(cache_dir: Path) -> dict[str, Any]:
         "name": "embedded-world",
         "methods": [m for m in list_heads() if not HEADS.get(m).tunes_encoders],
         "model": {"id": WORLD_ALIAS, "batch_size": 128},  # the shipped world CLIP, found without network
-        "dataset": {"source": "world", "classes": DEFAULT_WORLD_CLASSES, "domain": DEFAULT_WORLD_DOMAIN,
-                    "train_per_class": 40, "test_per_class": 40, "image_size": 64, "seed": 1},
+        "dataset": {
+            "source": "world",
+            "classes": DEFAULT_WORLD_CLASSES,
+            "domain": DEFAULT_WORLD_DOMAIN,
+            "train_per_class": 40,
+            "test_per_class": 40,
+            "image_size": 64,
+            "seed": 1,
+        },
         "prompts": {"templates": DEFAULT_WORLD_TEMPLATES},
         # Three budgets, not five, and every head with its paper's epochs: 11 heads x 3 seeds fit in 3 minutes
         # on 2 CPU cores (five budgets would not; bench/world_findings.py runs all five).

@@ -43,21 +43,43 @@ from fewclip.data.eval_targets import subset_columns, target_summary, target_vie
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("method", "shots", "seed", "split", "accuracy", "acc_low", "acc_high", "balanced_accuracy",
-                   "macro_f1", "ece", "ece_uncalibrated", "trainable_params", "train_seconds", "n_eval", "best_epoch",
-                   "selection")
+SUMMARY_COLUMNS = (
+    "method",
+    "shots",
+    "seed",
+    "split",
+    "accuracy",
+    "acc_low",
+    "acc_high",
+    "balanced_accuracy",
+    "macro_f1",
+    "ece",
+    "ece_uncalibrated",
+    "trainable_params",
+    "train_seconds",
+    "n_eval",
+    "best_epoch",
+    "selection",
+)
 PER_CLASS_COLUMNS = ("method", "shots", "seed", "split", "class_name", "precision", "recall", "f1", "support")
 TEMPLATE_COLUMNS = ("split", "template", "accuracy", "macro_f1")
 # Bump when the evaluation code changes what it writes for the same inputs: every stored unit is redone.
 EVALUATION_VERSION = "3"
 
 
-def _save_predictions(path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _save_predictions(
+    path: Path, records: list[Record], logits: torch.Tensor, class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     probs = torch.softmax(logits.float(), dim=-1)
     confidence, pred = probs.max(dim=-1)
-    write_csv(path.with_suffix(".csv"), ("path", "label", "class_name", "pred", "pred_name", "confidence"),
-              ((r.path, r.label, r.class_name, int(p), class_names[int(p)], f"{float(c):.6f}")
-               for r, p, c in zip(records, pred, confidence)))
+    write_csv(
+        path.with_suffix(".csv"),
+        ("path", "label", "class_name", "pred", "pred_name", "confidence"),
+        (
+            (r.path, r.label, r.class_name, int(p), class_names[int(p)], f"{float(c):.6f}")
+            for r, p, c in zip(records, pred, confidence)
+        ),
+    )
     buffer = io.BytesIO()
     np.save(buffer, logits.float().numpy())
     atomic_write_bytes(path.with_suffix(".logits.npy"), buffer.getvalue())
@@ -97,30 +119,55 @@ def uncalibrated_ece(logits: torch.Tensor, temperature: float, correct: np.ndarr
     return expected_calibration_error(calibration_bins(confidence, correct))
 
 
-def write_unit_artifacts(folder: Path, names: list[str], records: list[Record], truth: np.ndarray, pred: np.ndarray,
-                         confidence: np.ndarray, title: str, figures: bool = True) -> float:
+def write_unit_artifacts(
+    folder: Path,
+    names: list[str],
+    records: list[Record],
+    truth: np.ndarray,
+    pred: np.ndarray,
+    confidence: np.ndarray,
+    title: str,
+    figures: bool = True,
+) -> float:
     """Confusion matrix, confused pairs, confident mistakes and calibration of one unit; returns ECE."""
     matrix = confusion_matrix(truth, pred, len(names))
-    write_csv(folder / "confusion.csv", ["true \\ predicted", *names],
-              ([names[i], *map(int, row)] for i, row in enumerate(matrix)))
-    write_csv(folder / "confused_pairs.csv", ("true", "predicted", "count"),
-              ((names[t], names[p], n) for t, p, n in confused_pairs(matrix)))
-    write_csv(folder / "mistakes.csv", ("path", "true", "predicted", "confidence"),
-              ((records[i].path, names[truth[i]], names[pred[i]], f"{confidence[i]:.6f}")
-               for i in confident_mistakes(truth, pred, confidence)))
+    write_csv(
+        folder / "confusion.csv",
+        ["true \\ predicted", *names],
+        ([names[i], *map(int, row)] for i, row in enumerate(matrix)),
+    )
+    write_csv(
+        folder / "confused_pairs.csv",
+        ("true", "predicted", "count"),
+        ((names[t], names[p], n) for t, p, n in confused_pairs(matrix)),
+    )
+    write_csv(
+        folder / "mistakes.csv",
+        ("path", "true", "predicted", "confidence"),
+        (
+            (records[i].path, names[truth[i]], names[pred[i]], f"{confidence[i]:.6f}")
+            for i in confident_mistakes(truth, pred, confidence)
+        ),
+    )
     bins = calibration_bins(confidence, truth == pred)
     ece = expected_calibration_error(bins)
-    write_csv(folder / "calibration.csv", ("lower", "upper", "count", "accuracy", "confidence"),
-              ((f"{b['lower']:.4f}", f"{b['upper']:.4f}", b["count"], f"{b['accuracy']:.6f}", f"{b['confidence']:.6f}")
-               for b in bins))
+    write_csv(
+        folder / "calibration.csv",
+        ("lower", "upper", "count", "accuracy", "confidence"),
+        (
+            (f"{b['lower']:.4f}", f"{b['upper']:.4f}", b["count"], f"{b['accuracy']:.6f}", f"{b['confidence']:.6f}")
+            for b in bins
+        ),
+    )
     if figures:
         confusion_png(matrix, names, folder / "confusion.png", title)
         reliability_png(bins, ece, folder / "reliability.png", title)
     return ece
 
 
-def write_saliency(ctx: RunContext, head: Any, method: str, shots: int, seed: int, records: list[Record],
-                   names: list[str], count: int) -> None:
+def write_saliency(
+    ctx: RunContext, head: Any, method: str, shots: int, seed: int, records: list[Record], names: list[str], count: int
+) -> None:
     """Gradient-weighted patch-token saliency (``fewclip.saliency``) for ``count`` test images."""
     backbone = ctx.backbone
     step = max(len(records) // count, 1)
@@ -131,10 +178,16 @@ def write_saliency(ctx: RunContext, head: Any, method: str, shots: int, seed: in
     mean, std = np.asarray(backbone.transform.mean), np.asarray(backbone.transform.std)
     shown = [np.clip((px.numpy().transpose(1, 2, 0) * std + mean) * 255, 0, 255).astype(np.uint8) for px in pixels]
     folder = ctx.layout.saliency(method, shots, seed)
-    image_grid_png([overlay(img, m) for img, m in zip(shown, maps)],
-                   [f"true: {names[r.label]}\npred: {names[p]}" for r, p in zip(sample, pred)], folder / "saliency.png")
-    write_csv(folder / "saliency.csv", ("path", "true", "predicted"),
-              ((r.path, names[r.label], names[p]) for r, p in zip(sample, pred)))
+    image_grid_png(
+        [overlay(img, m) for img, m in zip(shown, maps)],
+        [f"true: {names[r.label]}\npred: {names[p]}" for r, p in zip(sample, pred)],
+        folder / "saliency.png",
+    )
+    write_csv(
+        folder / "saliency.csv",
+        ("path", "true", "predicted"),
+        ((r.path, names[r.label], names[p]) for r, p in zip(sample, pred)),
+    )
 
 
 def file_digest(*paths: Path) -> str:
@@ -156,38 +209,68 @@ def _key(payload: dict[str, Any]) -> str:
 def evaluation_key(ctx: RunContext, head_digest: str, views: list[tuple[str, list[str], list[Record]]]) -> str:
     """Hash of everything a unit's evaluation outputs depend on: the saved head, the features, each view's
     class names and test images, the figure setting, the columns written and the evaluation code version."""
-    return _key({
-        "version": EVALUATION_VERSION,
-        "columns": [SUMMARY_COLUMNS, PER_CLASS_COLUMNS, TEMPLATE_COLUMNS],
-        "head": head_digest,
-        "features": ctx.cache.key,
-        "views": [(split, names, [r.sha1 for r in records]) for split, names, records in views],
-        "figures": ctx.config.output.figures,
-    })
+    return _key(
+        {
+            "version": EVALUATION_VERSION,
+            "columns": [SUMMARY_COLUMNS, PER_CLASS_COLUMNS, TEMPLATE_COLUMNS],
+            "head": head_digest,
+            "features": ctx.cache.key,
+            "views": [(split, names, [r.sha1 for r in records]) for split, names, records in views],
+            "figures": ctx.config.output.figures,
+        }
+    )
 
 
-def summary_row(method: str, shots: int, seed: int, split: str, scores: dict[str, float], meta: dict[str, Any],
-                n_eval: int | None = None, ece: tuple[float, float] | None = None,
-                interval: tuple[float, float] | None = None) -> dict[str, Any]:
+def summary_row(
+    method: str,
+    shots: int,
+    seed: int,
+    split: str,
+    scores: dict[str, float],
+    meta: dict[str, Any],
+    n_eval: int | None = None,
+    ece: tuple[float, float] | None = None,
+    interval: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """One row of summary.csv (columns: ``SUMMARY_COLUMNS``); the one place its columns are built.
 
     ``ece`` is (calibrated, uncalibrated); ``interval`` the 95% Wilson interval of the accuracy. Both are
     absent on the harmonic-mean rows of base-to-new, which summarise two test sets.
     """
+
     def number(value: float | None) -> str:
         return "" if value is None else f"{value:.6f}"
 
-    return {"method": method, "shots": shots, "seed": seed, "split": split,
-            "accuracy": number(scores["accuracy"]), "acc_low": number(interval and interval[0]),
-            "acc_high": number(interval and interval[1]), "balanced_accuracy": number(scores["balanced_accuracy"]),
-            "macro_f1": number(scores["macro_f1"]), "ece": number(ece and ece[0]),
-            "ece_uncalibrated": number(ece and ece[1]), "trainable_params": meta["trainable_params"],
-            "train_seconds": f"{meta['train_seconds']:.3f}", "n_eval": "" if n_eval is None else n_eval,
-            "best_epoch": meta.get("best_epoch") or "", "selection": meta.get("selection_rule") or ""}
+    return {
+        "method": method,
+        "shots": shots,
+        "seed": seed,
+        "split": split,
+        "accuracy": number(scores["accuracy"]),
+        "acc_low": number(interval and interval[0]),
+        "acc_high": number(interval and interval[1]),
+        "balanced_accuracy": number(scores["balanced_accuracy"]),
+        "macro_f1": number(scores["macro_f1"]),
+        "ece": number(ece and ece[0]),
+        "ece_uncalibrated": number(ece and ece[1]),
+        "trainable_params": meta["trainable_params"],
+        "train_seconds": f"{meta['train_seconds']:.3f}",
+        "n_eval": "" if n_eval is None else n_eval,
+        "best_epoch": meta.get("best_epoch") or "",
+        "selection": meta.get("selection_rule") or "",
+    }
 
 
-def _evaluate_view(ctx: RunContext, unit: tuple[str, int, int], head: Any, meta: dict[str, Any], split: str,
-                   names: list[str], records: list[Record], record: dict[str, Any]) -> dict[str, float]:
+def _evaluate_view(
+    ctx: RunContext,
+    unit: tuple[str, int, int],
+    head: Any,
+    meta: dict[str, Any],
+    split: str,
+    names: list[str],
+    records: list[Record],
+    record: dict[str, Any],
+) -> dict[str, float]:
     """Predictions, per-unit artifacts and every table row of one head on one view; returns its scores."""
     method, shots, seed = unit
     test = feature_set(ctx, records)
@@ -196,30 +279,69 @@ def _evaluate_view(ctx: RunContext, unit: tuple[str, int, int], head: Any, meta:
     pred, confidence = _save_predictions(prediction_stem, records, logits, names)
     truth = test.labels.numpy()
     scores = summarize(truth, pred, len(names))
-    ece = write_unit_artifacts(ctx.layout.unit_results(method, shots, seed, split), names, records, truth, pred,
-                               confidence, f"{method}, {shots} shots, seed {seed}, {split}", ctx.config.output.figures)
+    ece = write_unit_artifacts(
+        ctx.layout.unit_results(method, shots, seed, split),
+        names,
+        records,
+        truth,
+        pred,
+        confidence,
+        f"{method}, {shots} shots, seed {seed}, {split}",
+        ctx.config.output.figures,
+    )
     ece_raw = uncalibrated_ece(logits, float(meta.get("temperature") or 1.0), truth == pred)
     interval = wilson_interval(int((truth == pred).sum()), len(truth))  # 95% over test images
     record["summary"].append(summary_row(method, shots, seed, split, scores, meta, len(test), (ece, ece_raw), interval))
     stats = per_class(confusion_matrix(truth, pred, len(names)))
-    record["per_class"] += [dict(zip(PER_CLASS_COLUMNS, (
-        method, shots, seed, split, names[c], f"{stats['precision'][c]:.6f}", f"{stats['recall'][c]:.6f}",
-        f"{stats['f1'][c]:.6f}", int(stats["support"][c])))) for c in range(len(names))]
+    record["per_class"] += [
+        dict(
+            zip(
+                PER_CLASS_COLUMNS,
+                (
+                    method,
+                    shots,
+                    seed,
+                    split,
+                    names[c],
+                    f"{stats['precision'][c]:.6f}",
+                    f"{stats['recall'][c]:.6f}",
+                    f"{stats['f1'][c]:.6f}",
+                    int(stats["support"][c]),
+                ),
+            )
+        )
+        for c in range(len(names))
+    ]
     if head.per_template_scores:
         for template, t_logits in zip(head.templates_, head.template_logits(test.features)):
             t_scores = summarize(truth, t_logits.argmax(-1).numpy(), len(names))
-            record["templates"].append(dict(zip(TEMPLATE_COLUMNS, (
-                split, template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"))))
-        record["templates"].append(dict(zip(TEMPLATE_COLUMNS, (
-            split, "<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}"))))
-    written = [prediction_stem.with_suffix(".csv"), prediction_stem.with_suffix(".logits.npy"),
-               ctx.layout.unit_results(method, shots, seed, split) / "confusion.csv"]
+            record["templates"].append(
+                dict(
+                    zip(
+                        TEMPLATE_COLUMNS,
+                        (split, template, f"{t_scores['accuracy']:.6f}", f"{t_scores['macro_f1']:.6f}"),
+                    )
+                )
+            )
+        record["templates"].append(
+            dict(zip(TEMPLATE_COLUMNS, (split, "<ensemble>", f"{scores['accuracy']:.6f}", f"{scores['macro_f1']:.6f}")))
+        )
+    written = [
+        prediction_stem.with_suffix(".csv"),
+        prediction_stem.with_suffix(".logits.npy"),
+        ctx.layout.unit_results(method, shots, seed, split) / "confusion.csv",
+    ]
     record["files"] += [path.relative_to(ctx.layout.root).as_posix() for path in written]
     return scores
 
 
-def evaluate_unit(ctx: RunContext, unit: tuple[str, int, int], views: list[tuple[str, list[str], list[Record]]],
-                  key: str, warned: set[tuple[str, str]]) -> dict[str, Any]:
+def evaluate_unit(
+    ctx: RunContext,
+    unit: tuple[str, int, int],
+    views: list[tuple[str, list[str], list[Record]]],
+    key: str,
+    warned: set[tuple[str, str]],
+) -> dict[str, Any]:
     """Evaluate one saved head on every view it can classify; returns its stored record (key and rows)."""
     method, shots, seed = unit
     head, meta = load_head(ctx.layout.heads / unit_name(method, shots, seed))
@@ -235,7 +357,9 @@ def evaluate_unit(ctx: RunContext, unit: tuple[str, int, int], views: list[tuple
         scores[split] = _evaluate_view(ctx, unit, view_head, meta, split, names, records, record)
         record["splits"].append(split)
     if "base" in scores and "new" in scores:
-        hm = {m: harmonic_mean(scores["base"][m], scores["new"][m]) for m in ("accuracy", "macro_f1", "balanced_accuracy")}
+        hm = {
+            m: harmonic_mean(scores["base"][m], scores["new"][m]) for m in ("accuracy", "macro_f1", "balanced_accuracy")
+        }
         record["summary"].append(summary_row(method, shots, seed, "hm", hm, meta))
     return record
 
@@ -258,8 +382,15 @@ def _saliency(ctx: RunContext, unit: tuple[str, int, int], view: tuple[str, list
     count = ctx.config.output.saliency_images
     stem = ctx.layout.heads / unit_name(method, shots, seed)
     folder = ctx.layout.saliency(method, shots, seed)
-    key = _key({"version": EVALUATION_VERSION, "head": _head_digest(stem), "names": names, "count": count,
-                "images": [r.sha1 for r in records]})
+    key = _key(
+        {
+            "version": EVALUATION_VERSION,
+            "head": _head_digest(stem),
+            "names": names,
+            "count": count,
+            "images": [r.sha1 for r in records],
+        }
+    )
     stamp = folder / "saliency.json"
     if (folder / "saliency.png").is_file() and stamp.is_file() and read_json(stamp).get("key") == key:
         return
@@ -276,8 +407,10 @@ def evaluate_run(ctx: RunContext) -> Path:
     ctx.write_config()
     classes, _, all_test = load_prepared(ctx.layout)
     all_test = available(ctx, all_test)
-    views = [(v.split, v.names(classes.readable), v.select(all_test))
-             for v in eval_views(len(classes.readable), ctx.config.splits.subsample)]
+    views = [
+        (v.split, v.names(classes.readable), v.select(all_test))
+        for v in eval_views(len(classes.readable), ctx.config.splits.subsample)
+    ]
     target_views = [target_view(t) for t in targets(ctx.config.dataset, ctx.layout)]
     views += [(label, names, available(ctx, test)) for label, names, test in target_views]
     evaluated: dict[str, set[str]] = {}  # method -> the views some unit of it was scored on
@@ -301,13 +434,24 @@ def evaluate_run(ctx: RunContext) -> Path:
         records.append(record)
         evaluated.setdefault(method, set()).update(record["splits"])
         best = saliency_unit.get(method)
-        if views[0][0] in record["splits"] and (best is None or shots > best[0] or (shots == best[0] and seed < best[1])):
+        if views[0][0] in record["splits"] and (
+            best is None or shots > best[0] or (shots == best[0] and seed < best[1])
+        ):
             saliency_unit[method] = (shots, seed)
     bar.close()
     trained_names = train_view(len(classes.readable), ctx.config.splits.subsample).names(classes.readable)
-    write_targets(ctx.layout, [target_summary(dataset_label(ctx.config.dataset), trained_names, view,
-                                              [m for m, seen in evaluated.items() if view[0] not in seen])
-                               for view in target_views])
+    write_targets(
+        ctx.layout,
+        [
+            target_summary(
+                dataset_label(ctx.config.dataset),
+                trained_names,
+                view,
+                [m for m, seen in evaluated.items() if view[0] not in seen],
+            )
+            for view in target_views
+        ],
+    )
     results = ctx.layout.results
     write_csv(ctx.layout.summary, SUMMARY_COLUMNS, _table(records, "summary", SUMMARY_COLUMNS))
     write_csv(results / "per_class.csv", PER_CLASS_COLUMNS, _table(records, "per_class", PER_CLASS_COLUMNS))

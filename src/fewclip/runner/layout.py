@@ -136,8 +136,18 @@ def unit_name(method: str, shots: int, seed: int) -> str:
     return f"{method}/shot_{shots}-seed_{seed}"
 
 
-CAPTION_SUMMARY_COLUMNS = ("method", "seed", "split", "cider", "clipscore", "refclipscore", "bleu4", "trainable_params",
-                           "train_seconds", "n_eval")
+CAPTION_SUMMARY_COLUMNS = (
+    "method",
+    "seed",
+    "split",
+    "cider",
+    "clipscore",
+    "refclipscore",
+    "bleu4",
+    "trainable_params",
+    "train_seconds",
+    "n_eval",
+)
 CAPTION_PREDICTION_COLUMNS = ("image", "caption", "references", "clipscore")
 REFERENCE_SEPARATOR = " | "  # joins an image's reference captions in the references column
 

@@ -36,8 +36,19 @@ from fewclip.report.html import build_report
 from fewclip.runner.demo import embedded_config
 from fewclip.runner.evaluation import evaluate_run
 from fewclip.runner.run_dir import CLASSIFICATION_RULES
-from fewclip.runner.run_context import (AUGMENT_SEED, RunContext, append_exclusions, available, check_paths, feature_set,
-                                        head_class, head_config, image_set, support_records, units)
+from fewclip.runner.run_context import (
+    AUGMENT_SEED,
+    RunContext,
+    append_exclusions,
+    available,
+    check_paths,
+    feature_set,
+    head_class,
+    head_config,
+    image_set,
+    support_records,
+    units,
+)
 from fewclip.runner.skeleton import LookedIn, RunTask, StageRun
 
 log = logging.getLogger(__name__)
@@ -60,16 +71,29 @@ def _prepare(ctx: RunContext) -> ClassNames:
 
     def check_shots(classes: ClassNames, train_records: list[Record]) -> None:
         if uses_shots:
-            check_budget(train_records, classes.raw, cfg.few_shot.shots, cfg.splits.val_per_class,
-                         cfg.few_shot.allow_fewer, cfg.splits.sampler)
+            check_budget(
+                train_records,
+                classes.raw,
+                cfg.few_shot.shots,
+                cfg.splits.val_per_class,
+                cfg.few_shot.allow_fewer,
+                cfg.splits.sampler,
+            )
 
     classes = prepare_data(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1), validate=check_shots)
     train_view(len(classes.raw), cfg.splits.subsample)  # e.g. base-to-new with one class fails here
     prepare_targets(cfg.dataset, ctx.layout, workers=max(cfg.model.loader_threads, 1))  # dataset.eval_on
     if uses_shots:
-        write_splits(ctx.layout, classes.raw, cfg.splits.seeds, cfg.few_shot.shots,
-                     cfg.splits.val_per_class, cfg.few_shot.allow_fewer, checked=True,  # checked by prepare_data
-                     sampler=cfg.splits.sampler)
+        write_splits(
+            ctx.layout,
+            classes.raw,
+            cfg.splits.seeds,
+            cfg.few_shot.shots,
+            cfg.splits.val_per_class,
+            cfg.few_shot.allow_fewer,
+            checked=True,  # checked by prepare_data
+            sampler=cfg.splits.sampler,
+        )
     ctx.write_config()
     return classes
 
@@ -98,8 +122,12 @@ def features(ctx: RunContext) -> int:
         remove_stale_temporaries(ctx.cache.dir)  # left by killed extractions; live writers' are kept
     ranks.barrier()
     # under torchrun each rank encodes its share of the images (its own shards); all wait for all below
-    options = dict(batch_size=ctx.config.model.batch_size, threads=ctx.config.model.loader_threads,
-                   progress=ctx.config.output.progress and ranks.is_main, part=(ranks.rank, ranks.world))
+    options = dict(
+        batch_size=ctx.config.model.batch_size,
+        threads=ctx.config.model.loader_threads,
+        progress=ctx.config.output.progress and ranks.is_main,
+        part=(ranks.rank, ranks.world),
+    )
     failures = []
     sha1s = list(dict.fromkeys(r.sha1 for r in records))
     ctx.progress = Progress(len(sha1s), "images encoded", recount=lambda: _cached_count(ctx.cache, sha1s))
@@ -114,7 +142,9 @@ def features(ctx: RunContext) -> int:
             remove_stale_temporaries(view_cache.dir)
         ranks.barrier()
         if view_cache.missing([view_key(r.sha1, v) for r in support for v in range(views)]):
-            failures += extract_views(support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options)
+            failures += extract_views(
+                support, ctx.layout.data, ctx.backbone, view_cache, views, AUGMENT_SEED, **options
+            )
     if ranks.distributed:
         failures = [failure for part in ranks.gather(failures) for failure in part]
         ctx.cache.refresh()  # the shards the other ranks wrote
@@ -197,8 +227,16 @@ def train(ctx: RunContext) -> list[str]:
         backbone = ctx.backbone if head_cls.uses_text else None  # a linear probe never loads the model
         checkpoint = stem.with_name(stem.name + ".ckpt.safetensors")
         on_epoch = functools.partial(ctx.on_epoch, unit_name(method, shots, seed)) if ctx.on_epoch else None
-        task = Task(class_names, ctx.config.prompts.templates, backbone, seed, ctx.config.output.progress,
-                    shots=shots, checkpoint=checkpoint, on_epoch=on_epoch)
+        task = Task(
+            class_names,
+            ctx.config.prompts.templates,
+            backbone,
+            seed,
+            ctx.config.output.progress,
+            shots=shots,
+            checkpoint=checkpoint,
+            on_epoch=on_epoch,
+        )
         writes = ranks.is_main or not shared((method, shots, seed))  # a DDP unit's files are rank 0's
         start = time.perf_counter()
         try:
@@ -215,21 +253,38 @@ def train(ctx: RunContext) -> list[str]:
                 head.fit(task)
         except TrainingDiverged as err:
             checkpoint.unlink(missing_ok=True)  # its epochs lead to the same divergence
-            raise TrainingDiverged(err.loss, err.epoch, err.lr, (
-                f"{unit_name(method, shots, seed)}: training diverged: the loss became {err.loss} in epoch "
-                f"{err.epoch} at learning rate {err.lr:g}; lower {method}'s lr (or, with precision bf16/fp16, train "
-                f"in fp32), then re-run the same command. Nothing of this unit was saved; the {len(trained)} unit(s) "
-                f"trained before it in this command are kept")) from None
+            raise TrainingDiverged(
+                err.loss,
+                err.epoch,
+                err.lr,
+                (
+                    f"{unit_name(method, shots, seed)}: training diverged: the loss became {err.loss} in epoch "
+                    f"{err.epoch} at learning rate {err.lr:g}; lower {method}'s lr (or, with precision bf16/fp16, train "
+                    f"in fp32), then re-run the same command. Nothing of this unit was saved; the {len(trained)} unit(s) "
+                    f"trained before it in this command are kept"
+                ),
+            ) from None
         seconds = time.perf_counter() - start
         if not writes:
             continue
-        extra = {"fit_key": key, "method": method, "shots": shots, "seed": seed, "train_seconds": seconds,
-                 "best_epoch": best_epoch(head), "templates": ctx.config.prompts.templates,
-                 "features_key": ctx.cache.key, **fit_meta(head)}
+        extra = {
+            "fit_key": key,
+            "method": method,
+            "shots": shots,
+            "seed": seed,
+            "train_seconds": seconds,
+            "best_epoch": best_epoch(head),
+            "templates": ctx.config.prompts.templates,
+            "features_key": ctx.cache.key,
+            **fit_meta(head),
+        }
         if head.history_:  # before the head: its JSON, written last, is what marks the unit done
             cols = list(head.history_[0])
-            write_csv(ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv", cols,
-                      ([row.get(c, "") for c in cols] for row in head.history_))
+            write_csv(
+                ctx.layout.results / "history" / f"{unit_name(method, shots, seed)}.csv",
+                cols,
+                ([row.get(c, "") for c in cols] for row in head.history_),
+            )
         save_head(head, stem, class_names, extra)
         checkpoint.unlink(missing_ok=True)
         if extra["kept_first_epoch"]:
@@ -245,9 +300,12 @@ def train(ctx: RunContext) -> list[str]:
         if not ranks.is_main:
             first_epoch = []  # rank 0 says it once
     if first_epoch:
-        log.warning("%d unit(s) kept their first epoch's state (training did not beat its start on validation; "
-                    "check the learning rate and schedule, or set select: last): %s", len(first_epoch),
-                    "; ".join(first_epoch))
+        log.warning(
+            "%d unit(s) kept their first epoch's state (training did not beat its start on validation; "
+            "check the learning rate and schedule, or set select: last): %s",
+            len(first_epoch),
+            "; ".join(first_epoch),
+        )
     return trained
 
 
@@ -290,9 +348,18 @@ def outcome(ctx: RunContext, stages: tuple[str, ...]) -> list[str]:
     return lines
 
 
-CLASSIFICATION = RunTask(kind="classification", stages=STAGES, context=RunContext,
-                         load_config=load_config, embedded_config=embedded_config, rules=CLASSIFICATION_RULES,
-                         check=check, outcome=outcome, distributed=True, tracked=True)
+CLASSIFICATION = RunTask(
+    kind="classification",
+    stages=STAGES,
+    context=RunContext,
+    load_config=load_config,
+    embedded_config=embedded_config,
+    rules=CLASSIFICATION_RULES,
+    check=check,
+    outcome=outcome,
+    distributed=True,
+    tracked=True,
+)
 
 
 def run(config: Config, force: bool = False) -> Path:

@@ -72,8 +72,13 @@ def describe_heads(heads: Sequence[tuple[str, int, int]]) -> str:
     return ", ".join(f"{method} shots={shots} seed={seed}" for method, shots, seed in heads)
 
 
-def choose_head(heads: Sequence[tuple[str, int, int]], methods: Sequence[str], method: str | None = None,
-                shots: int | None = None, seed: int | None = None) -> tuple[str, int, int]:
+def choose_head(
+    heads: Sequence[tuple[str, int, int]],
+    methods: Sequence[str],
+    method: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
+) -> tuple[str, int, int]:
     """Pick a trained head: ``method`` defaults to the first of ``methods`` with a head that matches
     ``shots``/``seed``, ``shots`` to the largest trained for it, ``seed`` to the smallest."""
     matching = [h for h in heads if (shots is None or h[1] == shots) and (seed is None or h[2] == seed)]
@@ -81,7 +86,9 @@ def choose_head(heads: Sequence[tuple[str, int, int]], methods: Sequence[str], m
         method = next((m for m in methods if any(h[0] == m for h in matching)), None)
     candidates = [h for h in matching if h[0] == method]
     if not candidates:
-        asked = ", ".join(f"{k}={v}" for k, v in (("method", method), ("shots", shots), ("seed", seed)) if v is not None)
+        asked = ", ".join(
+            f"{k}={v}" for k, v in (("method", method), ("shots", shots), ("seed", seed)) if v is not None
+        )
         raise HeadNotTrained(f"no trained head for {asked or 'this run'}; trained heads: {describe_heads(heads)}")
     best_shots = max(h[1] for h in candidates)
     return min((h for h in candidates if h[1] == best_shots), key=lambda h: h[2])
@@ -101,8 +108,12 @@ def expand_images(paths: Iterable[Path | str]) -> list[Path]:
     return images
 
 
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                  (stat.S_ISSOCK, "a socket"))
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def read_regular_image(path: Path | str) -> Image.Image:
@@ -123,8 +134,9 @@ def read_regular_image(path: Path | str) -> Image.Image:
 class Classifier:
     """A saved head on its frozen backbone: image files in, top-k labels with probabilities out."""
 
-    def __init__(self, backbone: Any, head: Any, class_names: list[str], method: str, shots: int, seed: int,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, backbone: Any, head: Any, class_names: list[str], method: str, shots: int, seed: int, batch_size: int = 64
+    ) -> None:
         if head.needs_text_at_predict:  # prompts that depend on the image (CoCoOp) need the text tower
             head.attach(backbone, class_names)
         self.backbone, self.head, self.class_names = backbone, head, list(class_names)
@@ -166,12 +178,15 @@ class Classifier:
         else:
             probs = self.probabilities(self.backbone.encode_images(pixels))
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)  # sorted, most likely first
-        return {i: Prediction(str(images[i]), [(self.class_names[c], float(p)) for p, c in zip(v.tolist(), k.tolist())])
-                for (i, _), v, k in zip(batch, values, indices)}
+        return {
+            i: Prediction(str(images[i]), [(self.class_names[c], float(p)) for p, c in zip(v.tolist(), k.tolist())])
+            for (i, _), v, k in zip(batch, values, indices)
+        }
 
 
-def recommended_head(layout: RunLayout,
-                     heads: Sequence[tuple[str, int, int]]) -> tuple[tuple[str, int, int], str] | None:
+def recommended_head(
+    layout: RunLayout, heads: Sequence[tuple[str, int, int]]
+) -> tuple[tuple[str, int, int], str] | None:
     """The report's recommended (method, shots, seed) and why, if results/recommendation.json names a trained head."""
     if not layout.recommendation.is_file():
         return None
@@ -182,8 +197,9 @@ def recommended_head(layout: RunLayout,
     return unit, f"the run's recommendation ({layout.recommendation}): {rec['why']}"
 
 
-def default_head(layout: RunLayout, methods: Sequence[str], method: str | None, shots: int | None,
-                 seed: int | None) -> tuple[tuple[str, int, int], str]:
+def default_head(
+    layout: RunLayout, methods: Sequence[str], method: str | None, shots: int | None, seed: int | None
+) -> tuple[tuple[str, int, int], str]:
     """The head ``load_classifier`` uses and why: the recommendation when nothing is asked for, else ``choose_head``."""
     heads = trained_heads(layout.root)
     if method is None and shots is None and seed is None:
@@ -191,8 +207,10 @@ def default_head(layout: RunLayout, methods: Sequence[str], method: str | None, 
         if recommended is not None:
             return recommended
         unit = choose_head(heads, methods, method, shots, seed)
-        return unit, ("no recommendation in the run (run `fewclip report`): the first of the config's methods "
-                      "with a trained head, its largest shot budget, its smallest seed")
+        return unit, (
+            "no recommendation in the run (run `fewclip report`): the first of the config's methods "
+            "with a trained head, its largest shot budget, its smallest seed"
+        )
     return choose_head(heads, methods, method, shots, seed), "as asked"
 
 
@@ -201,12 +219,19 @@ def classes_note(subsample: str, class_names: Sequence[str]) -> str:
     if subsample == "all":
         return ""
     part = "new" if subsample == "new" else "base"
-    return (f"this run trained on the {part} classes only (splits.subsample={subsample}); the head knows "
-            f"{len(class_names)} classes: {', '.join(class_names)}")
+    return (
+        f"this run trained on the {part} classes only (splits.subsample={subsample}); the head knows "
+        f"{len(class_names)} classes: {', '.join(class_names)}"
+    )
 
 
-def load_classifier(run_dir: Path | str, method: str | None = None, shots: int | None = None,
-                    seed: int | None = None, device: str | None = None) -> Classifier:
+def load_classifier(
+    run_dir: Path | str,
+    method: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> Classifier:
     """The classifier a run trained. With no method/shots/seed: the run's recommended head
     (results/recommendation.json, written by the report), else the first of the run's methods with a trained
     head, its largest shot budget, its smallest seed. ``classifier.why`` says which rule chose it.
@@ -222,8 +247,9 @@ def load_classifier(run_dir: Path | str, method: str | None = None, shots: int |
     cache_root = checked_cache_dir(config)
     backbone = load_backbone(model, cache_dir=cache_root)
     check_features_key(meta, backbone, layout, unit_name(method, shots, seed), cache_root)
-    classifier = Classifier(backbone, head, meta["class_names"], method, shots, seed,
-                            batch_size=config.model.batch_size)
+    classifier = Classifier(
+        backbone, head, meta["class_names"], method, shots, seed, batch_size=config.model.batch_size
+    )
     note = classes_note(config.splits.subsample, meta["class_names"])
     classifier.why = why + (f"; {note}" if note else "")
     return classifier
@@ -242,7 +268,8 @@ def check_features_key(meta: dict[str, Any], backbone: Any, layout: RunLayout, u
         f"{layout.heads / unit}.json was trained on features {trained_on}{trained_model}, but {layout.config} "
         f"names model {backbone.fingerprint().get('model')!r} (features {current}): the run's config was replaced "
         "after training. Run `fewclip train` with the run's current config, or use a run directory whose "
-        "config trained this head")
+        "config trained this head"
+    )
 
 
 def write_predictions(path: Path | str, results: Sequence[Prediction], classifier: Classifier) -> None:
@@ -250,10 +277,22 @@ def write_predictions(path: Path | str, results: Sequence[Prediction], classifie
     error for an image that could not be read); ``.json``: the head and a list of per-image results."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_json(path, {
-            "method": classifier.method, "shots": classifier.shots, "seed": classifier.seed,
-            "predictions": [{"path": r.path, "top_k": [{"label": label, "probability": p} for label, p in r.top_k],
-                             "error": r.error} for r in results]})
+        write_json(
+            path,
+            {
+                "method": classifier.method,
+                "shots": classifier.shots,
+                "seed": classifier.seed,
+                "predictions": [
+                    {
+                        "path": r.path,
+                        "top_k": [{"label": label, "probability": p} for label, p in r.top_k],
+                        "error": r.error,
+                    }
+                    for r in results
+                ],
+            },
+        )
     elif path.suffix.lower() == ".csv":
         rows = []
         for r in results:

@@ -64,7 +64,9 @@ class RunContext(StageContext):
     def view_cache(self) -> FeatureCache:
         """Features of augmented views: their own cache key (backbone + augmentation parameters)."""
         if self._view_cache is None:
-            self._view_cache = FeatureCache(self.cache_root, augmented_fingerprint(self.cache_fingerprint, AUGMENT_SEED))
+            self._view_cache = FeatureCache(
+                self.cache_root, augmented_fingerprint(self.cache_fingerprint, AUGMENT_SEED)
+            )
         return self._view_cache
 
     @property
@@ -73,12 +75,19 @@ class RunContext(StageContext):
 
     def augment_views(self) -> int:
         """The most augmented views any selected head asks for (0: none)."""
-        return max((head_config(self.config, m).augment_views for m in self.config.methods
-                    if head_class(m).uses_augmented_views), default=0)
+        return max(
+            (
+                head_config(self.config, m).augment_views
+                for m in self.config.methods
+                if head_class(m).uses_augmented_views
+            ),
+            default=0,
+        )
 
 
-def check_paths(config: Config, stages: Sequence[str],
-                looked_in: Callable[[str], Sequence[Path]] = lambda key: ()) -> None:
+def check_paths(
+    config: Config, stages: Sequence[str], looked_in: Callable[[str], Sequence[Path]] = lambda key: ()
+) -> None:
     """Before the run directory is created: the dataset's files and folders exist when ``stages`` prepare, and
     cache.dir can be a folder when they use the cache (``looked_in``: where a relative path was looked for)."""
     if "prepare" in stages:
@@ -96,28 +105,42 @@ def support_records(ctx: RunContext) -> list[Record]:
                 seen.setdefault(record.sha1, record)
     return list(seen.values())
 
+
 def append_exclusions(layout: RunLayout, rows: list[tuple[str, str, str]]) -> None:
-    existing = [(r["split"], r["image"], r["reason"]) for r in read_csv(layout.exclusions)] if layout.exclusions.is_file() else []
+    existing = (
+        [(r["split"], r["image"], r["reason"]) for r in read_csv(layout.exclusions)]
+        if layout.exclusions.is_file()
+        else []
+    )
     write_csv(layout.exclusions, ("split", "image", "reason"), existing + [r for r in rows if r not in existing])
+
 
 def available(ctx: RunContext, records: list[Record]) -> list[Record]:
     """Drop records whose image could not be encoded (listed in exclusions.csv); any other gap is an error."""
     layout = ctx.layout
-    excluded = {r["image"] for r in read_csv(layout.exclusions) if r["split"] == "features"} if layout.exclusions.is_file() else set()
+    excluded = (
+        {r["image"] for r in read_csv(layout.exclusions) if r["split"] == "features"}
+        if layout.exclusions.is_file()
+        else set()
+    )
     return [r for r in records if r.path not in excluded or r.sha1 in ctx.cache]
+
 
 def feature_set(ctx: RunContext, records: list[Record]) -> FeatureSet:
     x, y = load_features(ctx.cache, available(ctx, records))
     return FeatureSet(x, y)
+
 
 def image_set(ctx: RunContext, records: list[Record]) -> ImageSet:
     """The image files and labels of ``records`` (what a ``tunes_encoders`` head trains on)."""
     records = available(ctx, records)
     return ImageSet([r.resolve(ctx.layout.data) for r in records], torch.tensor([r.label for r in records]))
 
+
 def head_class(method: str) -> Any:
     """The registered head class behind a method name; a variant (``coop@n4``) is its base head's class."""
     return HEADS.get(split_variant(method)[0])
+
 
 def units(config: Config) -> Iterator[tuple[str, int, int]]:
     """(method, shots, seed) for every head the config asks for; shot-free heads run once as (m, 0, 0)."""
@@ -128,6 +151,7 @@ def units(config: Config) -> Iterator[tuple[str, int, int]]:
         for seed in config.splits.seeds:
             for shots in config.few_shot.shots:
                 yield method, shots, seed
+
 
 def head_config(config: Config, method: str) -> Any:
     """The config block ``method`` trains with (a variant's block has its own keys changed)."""

@@ -38,9 +38,21 @@ LOCK = RunFiles(Path()).lock.name
 # Keys that may change between commands on one run directory. Head blocks are free because a head
 # records a fit key over its own config and inputs and is retrained when they change; output, cache,
 # wandb, name and the model's batch size, loader threads and device change no result.
-FREE_KEYS = ("name", "methods", "variants", "runtime", "wandb", "output", "cache", "model.batch_size",
-             "model.loader_threads", "model.device", "dataset.eval_on", "dataset.label",  # targets: evaluation only
-             "dataset.duplicates")  # changes no image prepare keeps, only whether it refuses them
+FREE_KEYS = (
+    "name",
+    "methods",
+    "variants",
+    "runtime",
+    "wandb",
+    "output",
+    "cache",
+    "model.batch_size",
+    "model.loader_threads",
+    "model.device",
+    "dataset.eval_on",
+    "dataset.label",  # targets: evaluation only
+    "dataset.duplicates",
+)  # changes no image prepare keeps, only whether it refuses them
 
 
 class RunDirError(ValueError):
@@ -50,14 +62,16 @@ class RunDirError(ValueError):
 # Top-level config blocks only one kind of run has (classification: fewclip.runner.config; captioning:
 # fewclip.runner.caption_config), so a run directory handed to the other kind's command is named as such
 # instead of failing validation key by key.
-KIND_BLOCKS = {"classification": ("dataset", "few_shot", "splits", "prompts"),
-               "caption": ("data", "decode", "attention", "clipscore_model")}
+KIND_BLOCKS = {
+    "classification": ("dataset", "few_shot", "splits", "prompts"),
+    "caption": ("data", "decode", "attention", "clipscore_model"),
+}
 KIND_NAMES = {"classification": "a classification run", "caption": "a captioning run"}
 KIND_COMMANDS = {"classification": "fewclip", "caption": "fewclip caption"}
 
 
 def run_kind(root: Path) -> str | None:
-    """"classification" or "caption" by the top-level blocks of the run's config.yaml; None when it has
+    """ "classification" or "caption" by the top-level blocks of the run's config.yaml; None when it has
     none, cannot be read, or shows neither (its own command then says what is wrong with it)."""
     try:
         blocks = read_yaml_file(RunFiles(root).config)
@@ -74,8 +88,9 @@ def check_run_kind(root: Path, expected: str, usage: str) -> None:
     arguments (``predict RUN IMAGE...``), said after ``fewclip`` or ``fewclip caption``."""
     kind = run_kind(root)
     if kind is not None and kind != expected:
-        raise RunDirError(f"{root} is {KIND_NAMES[kind]}, not {KIND_NAMES[expected]}; use "
-                          f"`{KIND_COMMANDS[kind]} {usage}`")
+        raise RunDirError(
+            f"{root} is {KIND_NAMES[kind]}, not {KIND_NAMES[expected]}; use `{KIND_COMMANDS[kind]} {usage}`"
+        )
 
 
 def dataset_folders(config: Config) -> list[Path]:
@@ -97,7 +112,8 @@ def check_location(config: Any, folders: Callable[[Any], list[Path]] = dataset_f
         if root == folder or folder in root.parents:
             raise RunDirError(
                 f"output.dir {root} is inside the dataset folder {folder}: the next prepare would read the "
-                f"run's images and plots as a class; choose an output.dir outside {folder}")
+                f"run's images and plots as a class; choose an output.dir outside {folder}"
+            )
 
 
 def first_missing(path: Path) -> Path | None:
@@ -144,7 +160,8 @@ def claim(root: Path) -> None:
                 f"output.dir {root} is not empty ({shown}) and is not a fewclip run directory (it has no "
                 f"{MARKER}); fewclip writes only into a new or empty folder or its own run directory, so it "
                 f"never overwrites your files: choose another output.dir (if {root} is a run of an older "
-                f"fewclip, create an empty {root / MARKER} to adopt it)")
+                f"fewclip, create an empty {root / MARKER} to adopt it)"
+            )
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
@@ -195,11 +212,14 @@ def locked(root: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             if holder != "unknown" and not _alive(holder):  # children of a dead command that still hold it
-                raise RunDirError(f"run dir {root} is locked by processes that pid {holder}, which has ended, "
-                                  "left behind; they usually exit within seconds: run the command again (if it "
-                                  f"persists, `fuser -v {RunFiles(root).lock}` lists them; end them)") from None
-            raise RunDirError(f"run dir {root} is in use by pid {holder}; wait for it to finish "
-                              "or choose another output.dir") from None
+                raise RunDirError(
+                    f"run dir {root} is locked by processes that pid {holder}, which has ended, "
+                    "left behind; they usually exit within seconds: run the command again (if it "
+                    f"persists, `fuser -v {RunFiles(root).lock}` lists them; end them)"
+                ) from None
+            raise RunDirError(
+                f"run dir {root} is in use by pid {holder}; wait for it to finish or choose another output.dir"
+            ) from None
         _HELD_LOCKS.add(handle.fileno())  # forked children drop it (above)
         handle.seek(0)
         handle.truncate()
@@ -231,9 +251,11 @@ def differing_keys(previous: Any, current: Any, counts: Callable[[str], bool]) -
     that differs (``(unset)`` where one side lacks it)."""
     before, after = flatten_keys(previous.model_dump(mode="json")), flatten_keys(current.model_dump(mode="json"))
     missing = object()
-    return [f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "(unset)")
-            for key in sorted(set(before) | set(after))
-            if counts(key) and before.get(key, missing) != after.get(key, missing)]
+    return [
+        f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}".replace(repr(missing), "(unset)")
+        for key in sorted(set(before) | set(after))
+        if counts(key) and before.get(key, missing) != after.get(key, missing)
+    ]
 
 
 def config_differences(previous: Config, current: Config) -> list[str]:
@@ -260,25 +282,33 @@ class RunDirRules:
             previous = self.load(layout.config)
         except ConfigError as err:
             as_kind = f" as a {self.kind} config" if self.kind else ""
-            raise RunDirError(f"{layout.config} (the run's config) does not load with this fewclip{as_kind}: "
-                              f"{err}\nChoose another output.dir, or pass --force to replace it with this config") from None
+            raise RunDirError(
+                f"{layout.config} (the run's config) does not load with this fewclip{as_kind}: "
+                f"{err}\nChoose another output.dir, or pass --force to replace it with this config"
+            ) from None
         listed = "\n  ".join(differing_keys(previous, config, self.defining))
         if listed:
             raise RunDirError(
                 f"output.dir {layout.root} holds a {self.kind + ' ' if self.kind else ''}run of a different config "
                 f"({layout.config}); run-defining keys differ (run's value -> this config's):\n  {listed}\n"
                 f"Choose another output.dir for this config, or pass --force to replace the run's config "
-                f"({self.retrained})")
+                f"({self.retrained})"
+            )
 
 
-CLASSIFICATION_RULES = RunDirRules("", load_config, lambda key: not _is_free(key),
-                                   "heads trained on other inputs are then retrained by `fewclip train`",
-                                   dataset_folders)
+CLASSIFICATION_RULES = RunDirRules(
+    "",
+    load_config,
+    lambda key: not _is_free(key),
+    "heads trained on other inputs are then retrained by `fewclip train`",
+    dataset_folders,
+)
 
 
 @contextmanager
-def open_run(config: Any, force: bool = False, ranks: Ranks = SINGLE,
-             rules: RunDirRules = CLASSIFICATION_RULES) -> Iterator[RunFiles]:
+def open_run(
+    config: Any, force: bool = False, ranks: Ranks = SINGLE, rules: RunDirRules = CLASSIFICATION_RULES
+) -> Iterator[RunFiles]:
     """Claim and lock the config's run directory for one command (see the module docstring); ``rules``: those of
     the config's kind (classification's by default).
 

@@ -77,8 +77,10 @@ def checked_cache_dir(config: Any) -> Path:
         if folder.exists():
             if not folder.is_dir():
                 where = "is a file" if folder == root else f"lies under {folder}, which is a file"
-                raise NotADirectoryError(f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
-                                         "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache")
+                raise NotADirectoryError(
+                    f"cache.dir: {root} {where}, not a folder; the feature cache is a folder: "
+                    "point cache.dir (or $FEWCLIP_CACHE) at a new folder or an existing cache"
+                )
             break
     return root
 
@@ -112,8 +114,9 @@ class StageRun:
     context: StageContext | None = None
     offline_wandb: Path | None = None  # the local folder of an offline W&B run, once it has finished
 
-    def __call__(self, config: Any, force: bool = False, quiet: bool = False,
-                 looked_in: LookedIn = nowhere) -> StageContext:
+    def __call__(
+        self, config: Any, force: bool = False, quiet: bool = False, looked_in: LookedIn = nowhere
+    ) -> StageContext:
         """Run the stages on ``config`` (``force``: accept a run directory holding another config); returns
         the context they shared. ``looked_in``: where relative paths were looked for, for the checks' messages."""
         self.ranks = start_ranks(config.model.device) if self.task.distributed else SINGLE

@@ -32,8 +32,10 @@ def import_wandb(mode: str) -> Any:
     try:
         import wandb
     except ImportError:
-        raise TrackingError(f"wandb.mode is {mode!r} but the wandb package is not installed; run `pip install wandb` "
-                            "(or `pip install 'fewclip[wandb]'`), or set wandb.mode=disabled") from None
+        raise TrackingError(
+            f"wandb.mode is {mode!r} but the wandb package is not installed; run `pip install wandb` "
+            "(or `pip install 'fewclip[wandb]'`), or set wandb.mode=disabled"
+        ) from None
     return wandb
 
 
@@ -55,8 +57,10 @@ def check_reachable(base_url: str | None = None, timeout: float = CONNECT_TIMEOU
         socket.create_connection((host, port), timeout=timeout).close()
         _REACHED.add(url)
     except OSError as err:
-        raise TrackingError(f"wandb.mode is 'online' but the wandb server {url} cannot be reached ({err}); "
-                            "check the network, or set wandb.mode=offline (upload later with `wandb sync`)") from None
+        raise TrackingError(
+            f"wandb.mode is 'online' but the wandb server {url} cannot be reached ({err}); "
+            "check the network, or set wandb.mode=offline (upload later with `wandb sync`)"
+        ) from None
 
 
 def preflight(settings: WandbConfig) -> Any:
@@ -88,8 +92,14 @@ def typed_rows(rows: list[dict[str, str]]) -> tuple[list[str], list[list[Any]]]:
 class Tracker:
     """One wandb run for one fewclip run directory; every method is a no-op when tracking is disabled."""
 
-    def __init__(self, settings: WandbConfig, run_dir: Path | str, config: dict[str, Any] | None = None,
-                 name: str | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        settings: WandbConfig,
+        run_dir: Path | str,
+        config: dict[str, Any] | None = None,
+        name: str | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.settings = settings
         self.layout = RunLayout(Path(run_dir).expanduser())
         self.run: Any = None
@@ -103,9 +113,15 @@ class Tracker:
             # console capture is off: what is logged comes from the stages' results, not their output
             quiet_settings = {"silent": True} if quiet else {}  # else WANDB_SILENT and the like still apply
             self.run = self._wandb.init(
-                mode=settings.mode, project=settings.project, entity=settings.entity, tags=list(settings.tags),
-                dir=str(self.layout.root), config=config or {}, name=name,
-                settings=self._wandb.Settings(console="off", **quiet_settings))
+                mode=settings.mode,
+                project=settings.project,
+                entity=settings.entity,
+                tags=list(settings.tags),
+                dir=str(self.layout.root),
+                config=config or {},
+                name=name,
+                settings=self._wandb.Settings(console="off", **quiet_settings),
+            )
         except self._wandb.errors.Error as err:
             hint = "; run `wandb login`, or set wandb.mode=offline" if settings.mode == "online" else ""
             raise TrackingError(f"wandb.init failed (wandb.mode={settings.mode}): {err}{hint}") from err
@@ -164,7 +180,8 @@ class Tracker:
         results = self.layout.results
         logged: dict[str, Any] = {}
         tables = [(self.layout.summary, "summary")] + [
-            (f, f"aggregate/{f.stem}") for f in sorted(self.layout.aggregate.glob("*.csv"))]
+            (f, f"aggregate/{f.stem}") for f in sorted(self.layout.aggregate.glob("*.csv"))
+        ]
         for file, key in tables:
             if file.is_file():
                 columns, data = typed_rows(read_csv(file))

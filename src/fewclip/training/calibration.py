@@ -77,12 +77,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     if bool((logits.argmax(dim=-1) == labels).all()):
         target = (n + 1) / (n + 2)
         log_t = _match_confidence(logits, target)
-        return Calibration(math.exp(log_t), f"T={math.exp(log_t):.4g}: all {n} val images correct, so the val NLL "
-                                            f"has no minimum; mean val confidence set to (n+1)/(n+2) = {target:.3f}")
+        return Calibration(
+            math.exp(log_t),
+            f"T={math.exp(log_t):.4g}: all {n} val images correct, so the val NLL "
+            f"has no minimum; mean val confidence set to (n+1)/(n+2) = {target:.3f}",
+        )
     log_t = _golden_section(lambda t: _nll(logits, labels, t), math.log(T_MIN), math.log(T_MAX))
     after = _nll(logits, labels, log_t)
-    return Calibration(math.exp(log_t), f"T={math.exp(log_t):.4g} fitted on {n} val images "
-                                        f"(val NLL {before:.4f} -> {after:.4f})")
+    return Calibration(
+        math.exp(log_t), f"T={math.exp(log_t):.4g} fitted on {n} val images (val NLL {before:.4f} -> {after:.4f})"
+    )
 
 
 def calibrate(enabled: bool, val: FeatureSet | None, logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> Calibration:

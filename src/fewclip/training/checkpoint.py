@@ -28,8 +28,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     return tensors
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                      param_groups: list[dict[str, Any]] | None = None) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict[str, Any]] | None = None
+) -> None:
     """Load the state ``optimizer_tensors`` saved into ``optimizer`` (a fresh one, built as the saved one was), with
     ``param_groups`` as saved when given, else the optimiser's own."""
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -55,13 +56,21 @@ def restored_best(select: SelectRule, meta: dict[str, Any], tensors: dict[str, t
     """The ``BestEpoch`` a checkpoint saved (``best_tensors`` and ``best_metadata``); a fresh one if it held none."""
     if meta["best_epoch"] is None:
         return BestEpoch(select)
-    return BestEpoch(select, meta["best_epoch"], tuple(meta["best_score"]),
-                     {k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+    return BestEpoch(
+        select,
+        meta["best_epoch"],
+        tuple(meta["best_score"]),
+        {k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
+    )
 
 
-def read_checkpoint(path: Path, key: str, what: str = "checkpoint", delete_damaged: bool = True,
-                    changed: str = "settings, data or initialisation"
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def read_checkpoint(
+    path: Path,
+    key: str,
+    what: str = "checkpoint",
+    delete_damaged: bool = True,
+    changed: str = "settings, data or initialisation",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """(tensors, metadata) of the checkpoint at ``path`` when it belongs to this run (its ``run_key`` is ``key``);
     None when there is none, when it is another run's (``changed`` says what may differ), or when it is damaged:
     then it is deleted (``delete_damaged``; a torchrun job's other ranks leave that to rank 0) with a warning, and
@@ -72,8 +81,11 @@ def read_checkpoint(path: Path, key: str, what: str = "checkpoint", delete_damag
         tensors, metadata = read_tensors(path, what=what)
         meta = json.loads(metadata.get("fewclip", "{}"))
     except (DamagedArtifact, ValueError) as err:  # ValueError: metadata that is not JSON
-        log.warning("discarding checkpoint %s: %s; training this unit starts over", path,
-                    err.reason if isinstance(err, DamagedArtifact) else f"unreadable metadata ({err})")
+        log.warning(
+            "discarding checkpoint %s: %s; training this unit starts over",
+            path,
+            err.reason if isinstance(err, DamagedArtifact) else f"unreadable metadata ({err})",
+        )
         if delete_damaged:
             path.unlink(missing_ok=True)
         return None

@@ -29,12 +29,14 @@ def epoch_rate_factor(step: int, plan: Any) -> float:  # plan: a TrainPlan (Any:
     return factor
 
 
-def build_optimizer(params: list[nn.Parameter],
-                    plan: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimizer(
+    params: list[nn.Parameter], plan: Any
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, scheduler) for ``plan.optimizer``; the scheduler is stepped after every optimiser step."""
     if plan.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay,
-                                                             betas=(0.9, 0.999))
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            params, lr=plan.lr, weight_decay=plan.weight_decay, betas=(0.9, 0.999)
+        )
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, plan.iterations, eta_min=plan.min_lr)
     if plan.optimizer != "sgd":
         raise ValueError(f"TrainPlan.optimizer must be 'adamw' or 'sgd', got {plan.optimizer!r}")

@@ -21,16 +21,26 @@ from tqdm.auto import tqdm
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import FeatureSet, Task, check_loss
 from fewclip.metrics import summarize
-from fewclip.training.checkpoint import (best_metadata, best_tensors, optimizer_tensors, read_checkpoint,
-                                         restore_optimizer, restored_best)
+from fewclip.training.checkpoint import (
+    best_metadata,
+    best_tensors,
+    optimizer_tensors,
+    read_checkpoint,
+    restore_optimizer,
+    restored_best,
+)
 from fewclip.training.schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from fewclip.training.selection import BestEpoch, SelectRule, Selection
 
 ViewSampling = Literal["per_image", "pool"]
-DROP_LAST_HELP = ("Drop each epoch's last partial batch when there are at least batch_size training images, as "
-                  "Dassl's loader does (the reference code's); false: train on it too.")
-VIEWS_HELP = ("With augment_views: 'pool' cuts each epoch's batches from all N views of every image, shuffled "
-              "together (the CLAP repository's adapters); 'per_image' takes one random view of each image per epoch.")
+DROP_LAST_HELP = (
+    "Drop each epoch's last partial batch when there are at least batch_size training images, as "
+    "Dassl's loader does (the reference code's); false: train on it too."
+)
+VIEWS_HELP = (
+    "With augment_views: 'pool' cuts each epoch's batches from all N views of every image, shuffled "
+    "together (the CLAP repository's adapters); 'per_image' takes one random view of each image per epoch."
+)
 
 
 @dataclass
@@ -84,8 +94,9 @@ def batch_count(n_images: int, batch_size: int, drop_last: bool) -> int:
     return -(-n_images // batch_size)
 
 
-def epoch_batches(train: FeatureSet, settings: FeatureTrainSettings,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def epoch_batches(
+    train: FeatureSet, settings: FeatureTrainSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """One epoch's (features (m, d), labels (m,), batches of row indices into them).
 
     Without views: the plain features in a random order. With cached views (n, V, d), ``per_image`` takes one
@@ -111,8 +122,16 @@ def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def run_key(module: nn.Module, settings: FeatureTrainSettings, seed: int, n_classes: int, train: FeatureSet,
-            val: FeatureSet | None, extra: str = "", generator: torch.Generator | None = None) -> str:
+def run_key(
+    module: nn.Module,
+    settings: FeatureTrainSettings,
+    seed: int,
+    n_classes: int,
+    train: FeatureSet,
+    val: FeatureSet | None,
+    extra: str = "",
+    generator: torch.Generator | None = None,
+) -> str:
     """What a checkpoint must match to be resumed: the schedule, the seed, the initial parameters (and the
     initial state of ``generator``), the features and labels, and ``extra`` (the head's class names, config,
     backbone)."""
@@ -132,13 +151,27 @@ def run_key(module: nn.Module, settings: FeatureTrainSettings, seed: int, n_clas
 def head_checkpoint_key(task: Task, config: Any) -> str:
     """What else a prompt learner's checkpoint depends on: class names, the head's config, the backbone."""
     fingerprint = getattr(task.backbone, "fingerprint", None)
-    return json.dumps({"classes": list(task.class_names), "config": config.key_values(task.class_names),
-                       "backbone": fingerprint() if callable(fingerprint) else None}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "classes": list(task.class_names),
+            "config": config.key_values(task.class_names),
+            "backbone": fingerprint() if callable(fingerprint) else None,
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
-def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, float]], best: BestEpoch, key: str,
-                     generator: torch.Generator | None) -> None:
+def _save_checkpoint(
+    path: Path,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, float]],
+    best: BestEpoch,
+    key: str,
+    generator: torch.Generator | None,
+) -> None:
     tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
     if generator is not None:  # where the next epoch's order continues the stream
         tensors["generator"] = generator.get_state()
@@ -150,8 +183,14 @@ def _save_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optim
     write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
 
 
-def _load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, key: str, select: SelectRule,
-                     generator: torch.Generator | None) -> tuple[int, list[dict[str, float]], BestEpoch] | None:
+def _load_checkpoint(
+    path: Path,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    key: str,
+    select: SelectRule,
+    generator: torch.Generator | None,
+) -> tuple[int, list[dict[str, float]], BestEpoch] | None:
     """The saved (epoch, history, best), loaded into module and optimizer; None when there is no
     checkpoint, it belongs to another run (other settings, data or initial parameters), or it is
     damaged (then it is deleted with a warning and training starts over: ``checkpoint.read_checkpoint``)."""
@@ -202,8 +241,11 @@ def train_on_features(
     generator seeded with (seed, e).
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = (make_optimizer(params) if make_optimizer is not None else
-                 torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay))
+    optimizer = (
+        make_optimizer(params)
+        if make_optimizer is not None
+        else torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    )
     history: list[dict[str, float]] = []
     keeper = BestEpoch(select)
     start_epoch = 0
@@ -213,8 +255,15 @@ def train_on_features(
         resumed = _load_checkpoint(checkpoint, module, optimizer, key, select, generator)
         if resumed is not None:
             start_epoch, history, keeper = resumed
-    bar = tqdm(range(start_epoch, settings.epochs), initial=start_epoch, total=settings.epochs, desc="epochs",
-               unit="epoch", leave=False, disable=not progress)
+    bar = tqdm(
+        range(start_epoch, settings.epochs),
+        initial=start_epoch,
+        total=settings.epochs,
+        desc="epochs",
+        unit="epoch",
+        leave=False,
+        disable=not progress,
+    )
     for epoch in bar:
         lr = settings.lr_at(epoch)
         for group in optimizer.param_groups:

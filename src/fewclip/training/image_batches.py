@@ -34,8 +34,14 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 class AugmentedImages(Dataset[tuple[torch.Tensor, int]]):
     """Item i of epoch e: (pixels (3, H, W) of a random resized crop + flip of image i, its label)."""
 
-    def __init__(self, images: ImageSet, transform: ImageTransform, seed: int, epoch: int,
-                 augment: Augmentation | bool | None = True) -> None:
+    def __init__(
+        self,
+        images: ImageSet,
+        transform: ImageTransform,
+        seed: int,
+        epoch: int,
+        augment: Augmentation | bool | None = True,
+    ) -> None:
         self.images, self.transform, self.seed, self.epoch = images, transform, seed, epoch
         # True: the papers' crop + flip; an Augmentation: those settings; False or None: the model's own preprocessing
         self.augmentation = PAPERS_AUGMENTATION if augment is True else (augment or None)
@@ -66,15 +72,25 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def batch_loader(images: ImageSet, transform: ImageTransform, seed: int, epoch: int,
-                 augment: Augmentation | bool | None, batches: list[list[int]],
-                 workers: int) -> DataLoader[tuple[torch.Tensor, int]]:
+def batch_loader(
+    images: ImageSet,
+    transform: ImageTransform,
+    seed: int,
+    epoch: int,
+    augment: Augmentation | bool | None,
+    batches: list[list[int]],
+    workers: int,
+) -> DataLoader[tuple[torch.Tensor, int]]:
     """A DataLoader yielding (pixels, labels) for each list of image indices in ``batches``, decoded (and
     augmented as epoch ``epoch`` of ``seed``) in ``workers`` worker processes."""
     # its own generator: the workers' seeds never draw from torch's global RNG, which dropout replays on resume
-    return DataLoader(AugmentedImages(images, transform, seed, epoch, augment), batch_sampler=batches,
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-                      multiprocessing_context=worker_context() if workers else None)
+    return DataLoader(
+        AugmentedImages(images, transform, seed, epoch, augment),
+        batch_sampler=batches,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
+        multiprocessing_context=worker_context() if workers else None,
+    )
 
 
 def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -82,9 +98,17 @@ def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
     return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
-def epoch_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int,
-                  workers: int, augment: Augmentation | bool | None = True, shuffle: bool = True,
-                  skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def epoch_batches(
+    images: ImageSet,
+    transform: ImageTransform,
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    workers: int,
+    augment: Augmentation | bool | None = True,
+    shuffle: bool = True,
+    skip: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
     the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
     order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
@@ -101,9 +125,19 @@ def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
 PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothing
 
 
-def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: int, batch_size: int, workers: int,
-                 rank: int, world: int, augment: Augmentation | bool | None = True, skip: int = 0,
-                 stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+def rank_batches(
+    images: ImageSet,
+    transform: ImageTransform,
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    workers: int,
+    rank: int,
+    world: int,
+    augment: Augmentation | bool | None = True,
+    skip: int = 0,
+    stop: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
 
     The global micro-batches are those of ``epoch_batches`` (``batch_size`` images of ``epoch_order``,
@@ -114,13 +148,15 @@ def rank_batches(images: ImageSet, transform: ImageTransform, seed: int, epoch: 
     has every rank's hooks."""
     steps = chunks(epoch_order(seed, epoch, len(images))[skip:stop], batch_size)
     parts = [rank_part(chunk, rank, world) for chunk in steps]
-    loader = batch_loader(images, transform, seed, epoch, augment,
-                          [part or chunk[:1] for chunk, part in zip(steps, parts)], workers)
+    loader = batch_loader(
+        images, transform, seed, epoch, augment, [part or chunk[:1] for chunk, part in zip(steps, parts)], workers
+    )
     for chunk, part, (pixels, labels) in zip(steps, parts, loader):
         yield pixels, labels if part else torch.full_like(labels, PAD_LABEL), len(chunk)
 
 
-def plain_batches(images: ImageSet, transform: ImageTransform, batch_size: int,
-                  workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def plain_batches(
+    images: ImageSet, transform: ImageTransform, batch_size: int, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The images in order, with the model's own preprocessing (no augmentation): validation and test."""
     return epoch_batches(images, transform, 0, 0, batch_size, workers, augment=False, shuffle=False)

@@ -41,8 +41,14 @@ from fewclip.distributed import SINGLE, Ranks
 from fewclip.metrics import summarize
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import ImageSet, check_loss
-from fewclip.training.checkpoint import (best_metadata, best_tensors, optimizer_tensors, read_checkpoint,
-                                         restore_optimizer, restored_best)
+from fewclip.training.checkpoint import (
+    best_metadata,
+    best_tensors,
+    optimizer_tensors,
+    read_checkpoint,
+    restore_optimizer,
+    restored_best,
+)
 from fewclip.training.encoder_schedule import build_optimizer
 from fewclip.training.image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from fewclip.training.features_loop import batch_count
@@ -85,18 +91,32 @@ class EncoderTrainer:
     """Trains the ``requires_grad`` parameters of ``net``, a module whose forward maps (n, 3, H, W) preprocessed
     pixels to (n, C) logits."""
 
-    def __init__(self, net: nn.Module, transform: ImageTransform, plan: TrainPlan, seed: int, workers: int,
-                 n_classes: int, device: torch.device, ranks: Ranks = SINGLE) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        transform: ImageTransform,
+        plan: TrainPlan,
+        seed: int,
+        workers: int,
+        n_classes: int,
+        device: torch.device,
+        ranks: Ranks = SINGLE,
+    ) -> None:
         self.net, self.transform, self.plan = net, transform, plan
         self.seed, self.workers, self.n_classes, self.device, self.ranks = seed, workers, n_classes, device, ranks
         self.params = {n: p for n, p in net.named_parameters() if p.requires_grad}
         self.forward: nn.Module = net
         if ranks.distributed:
             if (plan.batch_size // plan.accumulate) < ranks.world:
-                raise ValueError(f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
-                                 f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate")
-            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-                if device.type == "cuda" else None
+                raise ValueError(
+                    f"batch_size / accumulate = {plan.batch_size // plan.accumulate} images per micro-batch "
+                    f"is fewer than the {ranks.world} ranks: raise batch_size or lower accumulate"
+                )
+            ids = (
+                [device.index if device.index is not None else torch.cuda.current_device()]
+                if device.type == "cuda"
+                else None
+            )
             self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
         self.optimizer, self.scheduler = build_optimizer(list(self.params.values()), plan)
         self.scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
@@ -109,8 +129,14 @@ class EncoderTrainer:
             for name, param in self.params.items():
                 param.copy_(state[name].to(param.device, param.dtype))
 
-    def fit(self, train: ImageSet, val: ImageSet | None, checkpoint: Path | None, key: str,
-            on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[list[dict[str, float]], Selection]:
+    def fit(
+        self,
+        train: ImageSet,
+        val: ImageSet | None,
+        checkpoint: Path | None,
+        key: str,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+    ) -> tuple[list[dict[str, float]], Selection]:
         """Train for ``plan.iterations`` steps; leave the selected epoch's weights in the model."""
         plan = self.plan
         steps_per_epoch = self.epoch_steps(len(train))
@@ -126,8 +152,13 @@ class EncoderTrainer:
             epoch_start = step - (partial["steps"] if partial else 0)
             steps = min(steps_per_epoch, plan.iterations - epoch_start)
 
-            def at_step(done: int, progress: Callable[[], dict[str, Any]], epoch: int = epoch,
-                        epoch_start: int = epoch_start, steps: int = steps) -> None:
+            def at_step(
+                done: int,
+                progress: Callable[[], dict[str, Any]],
+                epoch: int = epoch,
+                epoch_start: int = epoch_start,
+                steps: int = steps,
+            ) -> None:
                 every = plan.checkpoint_every
                 if checkpoint is not None and every and done % every == 0 and done < steps:
                     self.save(checkpoint, epoch, epoch_start + done, history, keeper, run_key, progress())
@@ -146,19 +177,38 @@ class EncoderTrainer:
             self.load(kept)
         return history, selection
 
-    def train_epoch(self, train: ImageSet, epoch: int, steps: int, partial: dict[str, Any] | None = None,
-                    at_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None) -> dict[str, float]:
+    def train_epoch(
+        self,
+        train: ImageSet,
+        epoch: int,
+        steps: int,
+        partial: dict[str, Any] | None = None,
+        at_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    ) -> dict[str, float]:
         """``steps`` optimiser steps over the epoch's batches, from ``partial`` (a checkpoint taken inside the
         epoch: the steps done and the running sums, over all ranks) if given; returns its history row (before
         validation)."""
         plan, ranks = self.plan, self.ranks
         micro = plan.batch_size // plan.accumulate
-        progress: dict[str, Any] = dict(partial) if partial else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0,
-                                                  "lr": self.scheduler.get_last_lr()[0]}
+        progress: dict[str, Any] = (
+            dict(partial)
+            if partial
+            else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0, "lr": self.scheduler.get_last_lr()[0]}
+        )
         workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
-        batches = rank_batches(train, self.transform, self.seed, epoch, micro, workers, ranks.rank, ranks.world,
-                               plan.augmentation(), skip=progress["steps"] * plan.batch_size,
-                               stop=self.epoch_steps(len(train)) * plan.batch_size)
+        batches = rank_batches(
+            train,
+            self.transform,
+            self.seed,
+            epoch,
+            micro,
+            workers,
+            ranks.rank,
+            ranks.world,
+            plan.augmentation(),
+            skip=progress["steps"] * plan.batch_size,
+            stop=self.epoch_steps(len(train)) * plan.batch_size,
+        )
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
         for done in range(progress["steps"] + 1, steps + 1):
@@ -169,8 +219,9 @@ class EncoderTrainer:
                 with self.no_sync(index < len(group) - 1):
                     with autocast_for(plan.precision, self.device):
                         logits = self.forward(pixels)
-                    loss = nn.functional.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
-                                                       ignore_index=PAD_LABEL)
+                    loss = nn.functional.cross_entropy(
+                        logits.float(), labels.to(self.device), reduction="sum", ignore_index=PAD_LABEL
+                    )
                     self.scaler.scale(loss * (ranks.world / images)).backward()  # DDP averages: the step's mean
                 loss_sum += float(loss.detach())
                 correct += int((logits.detach().argmax(-1).cpu() == labels).sum())
@@ -182,8 +233,12 @@ class EncoderTrainer:
                 at_step(done, functools.partial(self.progress, progress, done, loss_sum, correct, seen))
         final = self.progress(progress, steps, loss_sum, correct, seen)
         check_loss(final["loss"], epoch + 1, progress["lr"])  # gathered: every rank stops together
-        return {"epoch": float(epoch + 1), "lr": progress["lr"], "train_loss": final["loss"] / max(final["seen"], 1),
-                "train_accuracy": final["correct"] / max(final["seen"], 1)}
+        return {
+            "epoch": float(epoch + 1),
+            "lr": progress["lr"],
+            "train_loss": final["loss"] / max(final["seen"], 1),
+            "train_accuracy": final["correct"] / max(final["seen"], 1),
+        }
 
     def epoch_steps(self, n_images: int) -> int:
         """Optimiser steps in a whole epoch over ``n_images`` (without the last partial one under ``drop_last``)."""
@@ -198,8 +253,13 @@ class EncoderTrainer:
     def progress(self, start: dict[str, Any], steps: int, loss: float, correct: int, seen: int) -> dict[str, Any]:
         """The epoch's progress after ``steps`` steps: ``start`` plus this rank's sums since, over all ranks."""
         rows = self.ranks.gather((loss, correct, seen))
-        return {**start, "steps": steps, "loss": start["loss"] + sum(r[0] for r in rows),
-                "correct": start["correct"] + sum(r[1] for r in rows), "seen": start["seen"] + sum(r[2] for r in rows)}
+        return {
+            **start,
+            "steps": steps,
+            "loss": start["loss"] + sum(r[0] for r in rows),
+            "correct": start["correct"] + sum(r[1] for r in rows),
+            "seen": start["seen"] + sum(r[2] for r in rows),
+        }
 
     def no_sync(self, skip: bool) -> Any:
         """DDP's ``no_sync`` for the micro-batches before a step's last (gradients are reduced once a step)."""
@@ -212,14 +272,20 @@ class EncoderTrainer:
         self.net.eval()
         part = rank_part(range(len(val)), self.ranks.rank, self.ranks.world)  # each rank scores a contiguous part
         mine = ImageSet([val.paths[i] for i in part], val.labels[part])
-        local = [self.net(pixels).float().cpu() for pixels, _ in
-                 plain_batches(mine, self.transform, self.plan.batch_size,
-                               self.loader_workers(-(-len(mine) // self.plan.batch_size)))]
+        local = [
+            self.net(pixels).float().cpu()
+            for pixels, _ in plain_batches(
+                mine, self.transform, self.plan.batch_size, self.loader_workers(-(-len(mine) // self.plan.batch_size))
+            )
+        ]
         parts = [chunk for chunks in self.ranks.gather(local) for chunk in chunks]
         logits = torch.cat(parts) if parts else torch.zeros(0, self.n_classes)
         scores = summarize(val.labels.numpy(), logits.argmax(-1).numpy(), self.n_classes)
-        return {"val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
-                "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+        return {
+            "val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
+            "val_accuracy": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"],
+        }
 
     def run_key(self, train: ImageSet, val: ImageSet | None, key: str) -> str:
         """What a checkpoint must match to be resumed: the plan, seed, data, initial weights and ``key``."""
@@ -231,22 +297,39 @@ class EncoderTrainer:
             digest.update(name.encode() + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def save(self, path: Path, epoch: int, step: int, history: list[dict[str, float]], keeper: BestEpoch,
-             run_key: str, partial: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        path: Path,
+        epoch: int,
+        step: int,
+        history: list[dict[str, float]],
+        keeper: BestEpoch,
+        run_key: str,
+        partial: dict[str, Any] | None = None,
+    ) -> None:
         """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
         tensors = {f"model.{n}": v for n, v in self.state().items()} | optimizer_tensors(self.optimizer)
         tensors.update(best_tensors(keeper))
         for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
             tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
-        meta = {"epoch": epoch, "step": step, "history": history, "run_key": run_key, **best_metadata(keeper),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "param_groups": self.optimizer.state_dict()["param_groups"], "partial": partial}
+        meta = {
+            "epoch": epoch,
+            "step": step,
+            "history": history,
+            "run_key": run_key,
+            **best_metadata(keeper),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "param_groups": self.optimizer.state_dict()["param_groups"],
+            "partial": partial,
+        }
         if self.ranks.is_main:
             write_tensors(path, tensors, {"fewclip": json.dumps(meta)}, self_check=True)
         self.ranks.barrier()  # no rank runs ahead of a checkpoint it could be killed without
 
-    def resume(self, path: Path,
-               run_key: str) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
+    def resume(
+        self, path: Path, run_key: str
+    ) -> tuple[int, int, list[dict[str, float]], BestEpoch, dict[str, Any] | None] | None:
         """Restore everything from a checkpoint of this very run; None (train from the start) otherwise."""
         saved = read_checkpoint(path, run_key, delete_damaged=self.ranks.is_main)
         if saved is None:

@@ -23,13 +23,16 @@ import math
 from typing import Literal
 
 Schedule = Literal["dassl", "fewclip"]
-SCHEDULE_HELP = ("Cosine after the constant warm-up: 'dassl' anneals over all epochs as the reference CoOp code "
-                 "(epoch e of E at lr*(1+cos(pi*(e-W)/E))/2, e 0-based, W warm-up epochs); 'fewclip' anneals over "
-                 "the E-W epochs after the warm-up (fewclip's earlier default).")
+SCHEDULE_HELP = (
+    "Cosine after the constant warm-up: 'dassl' anneals over all epochs as the reference CoOp code "
+    "(epoch e of E at lr*(1+cos(pi*(e-W)/E))/2, e 0-based, W warm-up epochs); 'fewclip' anneals over "
+    "the E-W epochs after the warm-up (fewclip's earlier default)."
+)
 
 
-def lr_at_epoch(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float,
-                schedule: Schedule = "fewclip") -> float:
+def lr_at_epoch(
+    epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float, schedule: Schedule = "fewclip"
+) -> float:
     """The learning rate epoch ``epoch`` (0-based) of ``epochs`` trains at."""
     if epoch < warmup_epochs:
         return warmup_lr

@@ -25,8 +25,10 @@ import torch
 from fewclip.stats import wilson_interval
 
 SelectRule = Literal["auto", "val_macro_f1", "val_loss", "last"]
-SELECT_HELP = ("Which epoch to keep: auto (the last epoch unless val has >= 10 images per class and shows an "
-               "earlier epoch clearly better), val_macro_f1, val_loss or last.")
+SELECT_HELP = (
+    "Which epoch to keep: auto (the last epoch unless val has >= 10 images per class and shows an "
+    "earlier epoch clearly better), val_macro_f1, val_loss or last."
+)
 
 # With k val images per class one image moves a class's recall by 1/k; below 10 that step is over 10 points
 # and the 95% interval of a class's recall spans more than half the range, so epochs cannot be ranked.
@@ -66,8 +68,13 @@ def val_per_class(labels: torch.Tensor | None, n_classes: int) -> int:
     return int(torch.bincount(labels.long(), minlength=n_classes)[:n_classes].min())
 
 
-def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels: torch.Tensor | None,
-                 n_classes: int, min_per_class: int = MIN_VAL_PER_CLASS) -> Selection:
+def select_epoch(
+    rule: SelectRule,
+    history: Sequence[dict[str, Any]],
+    val_labels: torch.Tensor | None,
+    n_classes: int,
+    min_per_class: int = MIN_VAL_PER_CLASS,
+) -> Selection:
     """The epoch to keep under ``rule`` (see the module doc), from the per-epoch history rows."""
     last = len(history)
     if rule == "last":
@@ -85,8 +92,10 @@ def select_epoch(rule: SelectRule, history: Sequence[dict[str, Any]], val_labels
     n = len(val_labels)
     best_acc, last_acc = history[best - 1]["val_accuracy"], history[-1]["val_accuracy"]
     low, high = wilson_interval(best_acc * n, n)
-    comparison = (f"epoch {best} val accuracy {best_acc:.3f}, last {last_acc:.3f}, 95% Wilson interval "
-                  f"[{low:.3f}, {high:.3f}] on {n} images")
+    comparison = (
+        f"epoch {best} val accuracy {best_acc:.3f}, last {last_acc:.3f}, 95% Wilson interval "
+        f"[{low:.3f}, {high:.3f}] on {n} images"
+    )
     if last_acc >= low:
         return Selection(last, f"last_epoch (val flat: {comparison})")
     return Selection(best, f"val_macro_f1 ({comparison})")
@@ -119,8 +128,9 @@ class BestEpoch:
         if self.score is None or score > self.score:  # strict: ties keep the earlier epoch
             self.epoch, self.score, self.state = epoch, score, state()
 
-    def choose(self, history: Sequence[dict[str, Any]], val_labels: torch.Tensor | None,
-               n_classes: int) -> tuple[Selection, dict[str, torch.Tensor] | None]:
+    def choose(
+        self, history: Sequence[dict[str, Any]], val_labels: torch.Tensor | None, n_classes: int
+    ) -> tuple[Selection, dict[str, torch.Tensor] | None]:
         """The rule's selection, and the kept state when it is not the last epoch's."""
         selection = select_epoch(self.rule, history, val_labels, n_classes)
         if selection.epoch == len(history):

@@ -16,4 +16,15 @@ HELD_OUT = [f"{colour} {SHAPES[(i * 3 + 1) % 8]}" for i, colour in enumerate(COL
 ]
 SEEN = [name for name in CLASSES if name not in HELD_OUT]
 
-__all__ = ["CHECKPOINT", "CLASSES", "DECODER", "COLOURS", "DOMAINS", "HELD_OUT", "SEEN", "SHAPES", "parse_class", "render"]
+__all__ = [
+    "CHECKPOINT",
+    "CLASSES",
+    "DECODER",
+    "COLOURS",
+    "DOMAINS",
+    "HELD_OUT",
+    "SEEN",
+    "SHAPES",
+    "parse_class",
+    "render",
+]

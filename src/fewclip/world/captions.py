@@ -35,11 +35,19 @@ POSITION_PHRASES: dict[str, tuple[str, ...]] = {
     "left": ("on the left", "at the left side", "near the left edge", "on the left of the image"),
     "center": ("in the center", "in the center of the image", "at the center", "near the center"),
     "right": ("on the right", "at the right side", "near the right edge", "on the right of the image"),
-    "bottom left": ("in the bottom left", "in the bottom left corner", "near the bottom left corner",
-                    "at the bottom left"),
+    "bottom left": (
+        "in the bottom left",
+        "in the bottom left corner",
+        "near the bottom left corner",
+        "at the bottom left",
+    ),
     "bottom": ("at the bottom", "near the bottom", "along the bottom edge", "at the bottom of the image"),
-    "bottom right": ("in the bottom right", "in the bottom right corner", "near the bottom right corner",
-                     "at the bottom right"),
+    "bottom right": (
+        "in the bottom right",
+        "in the bottom right corner",
+        "near the bottom right corner",
+        "at the bottom right",
+    ),
 }
 assert set(POSITION_PHRASES) == set(POSITIONS)
 
@@ -73,8 +81,12 @@ def describe(scene: Scene, rng: np.random.Generator, count: int) -> list[str]:
         raise ValueError(f"captions_per_image must be between 1 and {len(CAPTION_TEMPLATES)}, got {count}")
     templates = rng.choice(len(CAPTION_TEMPLATES), size=count, replace=False)
     phrases = POSITION_PHRASES[scene.position]
-    return [CAPTION_TEMPLATES[t].format(size=scene.size, colour=scene.colour, shape=scene.shape,
-                                        where=phrases[rng.integers(len(phrases))]) for t in templates]
+    return [
+        CAPTION_TEMPLATES[t].format(
+            size=scene.size, colour=scene.colour, shape=scene.shape, where=phrases[rng.integers(len(phrases))]
+        )
+        for t in templates
+    ]
 
 
 def caption_rng(seed: int, index: int) -> np.random.Generator:
@@ -92,8 +104,15 @@ def world_caption_item(cfg: WorldCaptionConfig, index: int) -> tuple[np.ndarray,
 
 def all_captions() -> list[str]:
     """Every caption the templates can produce (the decoder's language; each phrase of each position)."""
-    return [t.format(size=z, colour=c, shape=s, where=w) for t in CAPTION_TEMPLATES for c in COLOURS
-            for s in SHAPES for z in SIZES for phrases in POSITION_PHRASES.values() for w in phrases]
+    return [
+        t.format(size=z, colour=c, shape=s, where=w)
+        for t in CAPTION_TEMPLATES
+        for c in COLOURS
+        for s in SHAPES
+        for z in SIZES
+        for phrases in POSITION_PHRASES.values()
+        for w in phrases
+    ]
 
 
 def caption_words() -> list[str]:
@@ -104,8 +123,9 @@ def caption_words() -> list[str]:
 
 def params_digest(cfg: WorldCaptionConfig) -> str:
     """Changes whenever the set would differ: its parameters and the templates and phrases."""
-    text = json.dumps({"config": asdict(cfg), "templates": CAPTION_TEMPLATES, "phrases": POSITION_PHRASES},
-                      sort_keys=True)
+    text = json.dumps(
+        {"config": asdict(cfg), "templates": CAPTION_TEMPLATES, "phrases": POSITION_PHRASES}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -126,11 +146,18 @@ def write_world_captions(folder: Path, cfg: WorldCaptionConfig) -> Path:
         target = folder / IMAGE_DIR / file_name
         atomic_write_bytes(target, png_bytes(Image.fromarray(pixels)))
         images.append({"id": index, "file_name": file_name, "scene": asdict(scene)})
-        annotations += [{"id": len(annotations) + k, "image_id": index, "caption": text}
-                        for k, text in enumerate(captions)]
+        annotations += [
+            {"id": len(annotations) + k, "image_id": index, "caption": text} for k, text in enumerate(captions)
+        ]
     write_json(params_file, {"digest": digest, "config": asdict(cfg)})
-    write_json(captions_file, {"info": {"description": "fewclip world captions", "config": asdict(cfg)},
-                               "images": images, "annotations": annotations})
+    write_json(
+        captions_file,
+        {
+            "info": {"description": "fewclip world captions", "config": asdict(cfg)},
+            "images": images,
+            "annotations": annotations,
+        },
+    )
     return captions_file
 
 

@@ -66,8 +66,14 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def caption_corpus() -> list[str]:
     """Every caption the templates can produce, for training the tokenizer."""
-    return [t.format(colour=c, shape=s, size=z, position=p) for t in CAPTION_TEMPLATES for c in COLOURS
-            for s in SHAPES for z in SIZES for p in POSITIONS]
+    return [
+        t.format(colour=c, shape=s, size=z, position=p)
+        for t in CAPTION_TEMPLATES
+        for c in COLOURS
+        for s in SHAPES
+        for z in SIZES
+        for p in POSITIONS
+    ]
 
 
 def _render_chunk(args: tuple[list[str], int, int, int, str, str]) -> tuple[np.ndarray, list[Scene]]:
@@ -88,8 +94,15 @@ def _init_worker(seed: int) -> None:
     _SEED[0] = seed
 
 
-def render_set(names: Sequence[str], per_class: int, size: int, seed: int, workers: int, split: str = "pretrain",
-               domain: str = "photo") -> tuple[np.ndarray, list[Scene], np.ndarray]:
+def render_set(
+    names: Sequence[str],
+    per_class: int,
+    size: int,
+    seed: int,
+    workers: int,
+    split: str = "pretrain",
+    domain: str = "photo",
+) -> tuple[np.ndarray, list[Scene], np.ndarray]:
     """(images (n, H, W, 3) uint8, scenes, labels) rendered on ``workers`` processes."""
     chunks = [([name], 0, per_class, size, domain, split) for name in names]
     _init_worker(seed)
@@ -113,11 +126,25 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 def build_model(cfg: PretrainConfig, vocab_size: int) -> Any:
     from transformers import CLIPConfig, CLIPModel
 
-    text = dict(vocab_size=vocab_size, hidden_size=cfg.width, intermediate_size=cfg.width * 4,
-                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, max_position_embeddings=cfg.max_positions,
-                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    vision = dict(hidden_size=cfg.width, intermediate_size=cfg.width * 4, num_hidden_layers=cfg.layers,
-                  num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.width * 4,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_positions,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(
+        hidden_size=cfg.width,
+        intermediate_size=cfg.width * 4,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+    )
     torch.manual_seed(cfg.seed)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.width))
 
@@ -141,8 +168,14 @@ def contrastive_loss(model: Any, pixels: torch.Tensor, tokens: dict[str, torch.T
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: Any, tokenizer: Any, names: Sequence[str], images: np.ndarray, labels: np.ndarray,
-                       templates: Sequence[str] = ("a photo of a {}.",)) -> float:
+def zero_shot_accuracy(
+    model: Any,
+    tokenizer: Any,
+    names: Sequence[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    templates: Sequence[str] = ("a photo of a {}.",),
+) -> float:
     model.eval()
     prompts = [t.format(n) for t in templates for n in names]
     tokens = tokenizer(prompts, padding=True, return_tensors="pt")
@@ -155,7 +188,9 @@ def zero_shot_accuracy(model: Any, tokenizer: Any, names: Sequence[str], images:
     return correct / len(images)
 
 
-def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print, command: str | None = None
+) -> dict[str, Any]:
     """Train and save a tiny CLIP in Hugging Face format; returns the measured numbers."""
     from transformers import CLIPTokenizer
 
@@ -168,14 +203,20 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
     tokenizer = CLIPTokenizer.from_pretrained(str(out))
     seen = [name for name in CLASSES if name not in cfg.held_out]
     images, scenes, _ = render_set(seen, cfg.images_per_class, cfg.image_size, cfg.seed, cfg.workers)
-    log(f"rendered {len(images)} images of {len(seen)} seen classes in {time.perf_counter() - started:.0f}s; "
-        f"vocabulary {vocab_size} tokens")
+    log(
+        f"rendered {len(images)} images of {len(seen)} seen classes in {time.perf_counter() - started:.0f}s; "
+        f"vocabulary {vocab_size} tokens"
+    )
     model = build_model(cfg, vocab_size)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     budget = cfg.minutes * 60
     history: list[dict[str, float]] = []
     step, pairs, train_start = 0, 0, time.perf_counter()
@@ -201,15 +242,29 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
         step, pairs = step + 1, pairs + cfg.batch_size
         if step % 20 == 0 or step == 1:
             done = time.perf_counter() - train_start  # after this step: `elapsed` was read before it (~0 at step 1)
-            history.append({"step": step, "seconds": round(done, 1), "loss": float(loss.detach()), "lr": lr,
-                            "logit_scale": float(model.logit_scale.detach().exp())})
-            log(f"step {step:5d}  {done:6.0f}s  loss {float(loss.detach()):.3f}  lr {lr:.2e}  "
-                f"scale {float(model.logit_scale.detach().exp()):.1f}  {pairs / done:.0f} pairs/s")
+            history.append(
+                {
+                    "step": step,
+                    "seconds": round(done, 1),
+                    "loss": float(loss.detach()),
+                    "lr": lr,
+                    "logit_scale": float(model.logit_scale.detach().exp()),
+                }
+            )
+            log(
+                f"step {step:5d}  {done:6.0f}s  loss {float(loss.detach()):.3f}  lr {lr:.2e}  "
+                f"scale {float(model.logit_scale.detach().exp()):.1f}  {pairs / done:.0f} pairs/s"
+            )
     train_seconds = time.perf_counter() - train_start
     results = evaluate(model, tokenizer, cfg)
-    results.update(steps=step, pairs=pairs, train_seconds=round(train_seconds, 1),
-                   pairs_per_second=round(pairs / train_seconds, 1), final_loss=history[-1]["loss"] if history else None,
-                   first_loss=history[0]["loss"] if history else None)
+    results.update(
+        steps=step,
+        pairs=pairs,
+        train_seconds=round(train_seconds, 1),
+        pairs_per_second=round(pairs / train_seconds, 1),
+        final_loss=history[-1]["loss"] if history else None,
+        first_loss=history[0]["loss"] if history else None,
+    )
     save(model, out, cfg, results, history)
     from fewclip.world.card import write_model_card
 
@@ -220,6 +275,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print,
 
 def evaluate(model: Any, tokenizer: Any, cfg: PretrainConfig) -> dict[str, Any]:
     """Zero-shot accuracy on fresh images (the test split's renders, never used in pretraining)."""
+
     def accuracy(names: Sequence[str], domain: str = "photo") -> float:
         images, _, labels = render_set(names, cfg.eval_per_class, cfg.image_size, cfg.seed, cfg.workers, "test", domain)
         return round(zero_shot_accuracy(model, tokenizer, names, images, labels), 4)
@@ -239,5 +295,6 @@ def save(model: Any, out: Path, cfg: PretrainConfig, results: dict[str, Any], hi
     model.eval()
     model.half().save_pretrained(str(out))  # fp16 safetensors; fewclip loads it back in fp32
     write_processor_config(out, cfg.image_size)
-    (out / "pretraining.json").write_text(json.dumps({"config": asdict(cfg), "results": results,
-                                                      "history": history}, indent=1) + "\n")
+    (out / "pretraining.json").write_text(
+        json.dumps({"config": asdict(cfg), "results": results, "history": history}, indent=1) + "\n"
+    )

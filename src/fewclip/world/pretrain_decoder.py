@@ -48,9 +48,16 @@ class DecoderPretrainConfig:
 def build_decoder(cfg: DecoderPretrainConfig, vocab_size: int, special: dict[str, int]) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                        n_head=cfg.n_head, bos_token_id=special[BOS_EOS_TOKEN], eos_token_id=special[BOS_EOS_TOKEN],
-                        pad_token_id=special[PAD_TOKEN])
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=special[BOS_EOS_TOKEN],
+        eos_token_id=special[BOS_EOS_TOKEN],
+        pad_token_id=special[PAD_TOKEN],
+    )
     torch.manual_seed(cfg.seed)
     return GPT2LMHeadModel(config)
 
@@ -75,8 +82,9 @@ def caption_loss(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: i
         batch = caption_batch(tokenizer, texts[start : start + batch_size])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100,
-                                                   reduction="sum")
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="sum"
+        )
         total += float(losses)
         count += int((targets != -100).sum())
     return total / count
@@ -87,8 +95,9 @@ def shuffled_words(texts: Sequence[str], rng: np.random.Generator) -> list[str]:
     return [" ".join(rng.permutation(text.split()).tolist()) for text in texts]
 
 
-def pretrain_decoder(cfg: DecoderPretrainConfig, out: Path, log: Callable[[str], None] = print,
-                     command: str | None = None) -> dict[str, Any]:
+def pretrain_decoder(
+    cfg: DecoderPretrainConfig, out: Path, log: Callable[[str], None] = print, command: str | None = None
+) -> dict[str, Any]:
     """Train and save the world decoder in Hugging Face format (fp16 safetensors); returns the numbers."""
     from transformers import AutoTokenizer
 
@@ -96,15 +105,17 @@ def pretrain_decoder(cfg: DecoderPretrainConfig, out: Path, log: Callable[[str],
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    special = write_gpt2_tokenizer(out, gpt2_word_merges(caption_words()), cfg.n_positions,
-                                   (BOS_EOS_TOKEN, PAD_TOKEN))
+    special = write_gpt2_tokenizer(out, gpt2_word_merges(caption_words()), cfg.n_positions, (BOS_EOS_TOKEN, PAD_TOKEN))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     corpus = all_captions()
     model = build_decoder(cfg, len(tokenizer), special)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
     history: list[dict[str, float]] = []
     train_start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
@@ -118,26 +129,44 @@ def pretrain_decoder(cfg: DecoderPretrainConfig, out: Path, log: Callable[[str],
         loss.backward()
         optimizer.step()
         if step % 100 == 0 or step in (1, cfg.steps):
-            history.append({"step": step, "seconds": round(time.perf_counter() - train_start, 1),
-                            "loss": round(float(loss.detach()), 4), "lr": lr})
+            history.append(
+                {
+                    "step": step,
+                    "seconds": round(time.perf_counter() - train_start, 1),
+                    "loss": round(float(loss.detach()), 4),
+                    "lr": lr,
+                }
+            )
             log(f"step {step:5d}  {history[-1]['seconds']:6.1f}s  loss {history[-1]['loss']:.3f}  lr {lr:.2e}")
     train_seconds = time.perf_counter() - train_start
     eval_texts = [corpus[i] for i in rng.integers(len(corpus), size=cfg.eval_captions)]
     model.half().float()  # measured as shipped: weights rounded to fp16, loss computed in fp32
     eval_loss = caption_loss(model, tokenizer, eval_texts)
     shuffled_loss = caption_loss(model, tokenizer, shuffled_words(eval_texts, rng))
-    results = {"steps": cfg.steps, "train_seconds": round(train_seconds, 1),
-               "total_seconds": round(time.perf_counter() - started, 1),
-               "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
-               "eval_loss": round(eval_loss, 4), "eval_perplexity": round(math.exp(eval_loss), 3),
-               "shuffled_loss": round(shuffled_loss, 4), "shuffled_perplexity": round(math.exp(shuffled_loss), 3),
-               "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
-               "special_tokens": special}
+    results = {
+        "steps": cfg.steps,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "eval_loss": round(eval_loss, 4),
+        "eval_perplexity": round(math.exp(eval_loss), 3),
+        "shuffled_loss": round(shuffled_loss, 4),
+        "shuffled_perplexity": round(math.exp(shuffled_loss), 3),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "special_tokens": special,
+    }
     model.half().save_pretrained(str(out))  # fp16 safetensors; load with dtype=torch.float32 to train
-    (out / "pretraining.json").write_text(json.dumps({"config": asdict(cfg), "results": results,
-                                                      "history": history}, indent=1) + "\n")
-    write_decoder_card(out, command or f"fewclip world pretrain-decoder --out {out} --steps {cfg.steps} "
-                       f"--seed {cfg.seed} --batch-size {cfg.batch_size}")
+    (out / "pretraining.json").write_text(
+        json.dumps({"config": asdict(cfg), "results": results, "history": history}, indent=1) + "\n"
+    )
+    write_decoder_card(
+        out,
+        command
+        or f"fewclip world pretrain-decoder --out {out} --steps {cfg.steps} "
+        f"--seed {cfg.seed} --batch-size {cfg.batch_size}",
+    )
     log(json.dumps(results))
     return results
 

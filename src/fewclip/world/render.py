@@ -19,8 +19,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "orange": (245, 140, 25), "yellow": (235, 215, 35), "green": (45, 165, 60),
-    "cyan": (40, 200, 215), "blue": (40, 75, 215), "purple": (135, 55, 200), "pink": (240, 125, 185),
+    "red": (215, 40, 40),
+    "orange": (245, 140, 25),
+    "yellow": (235, 215, 35),
+    "green": (45, 165, 60),
+    "cyan": (40, 200, 215),
+    "blue": (40, 75, 215),
+    "purple": (135, 55, 200),
+    "pink": (240, 125, 185),
 }
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "ring")
 CLASSES = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
@@ -59,8 +65,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     if shape == "square":
         return ring_points(4, [1.0], math.pi / 4)
     if shape == "diamond":
-        return [(cx + r * 0.62 * math.cos(angle + a) - 0, cy + r * s * math.sin(angle + a)) for a, s in
-                ((0, 1.0), (math.pi / 2, 1.0), (math.pi, 1.0), (3 * math.pi / 2, 1.0))]
+        return [
+            (cx + r * 0.62 * math.cos(angle + a) - 0, cy + r * s * math.sin(angle + a))
+            for a, s in ((0, 1.0), (math.pi / 2, 1.0), (math.pi, 1.0), (3 * math.pi / 2, 1.0))
+        ]
     if shape == "triangle":
         return ring_points(3, [1.0], -math.pi / 2)
     if shape == "star":
@@ -69,7 +77,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return ring_points(6, [1.0], 0.0)
     if shape == "cross":
         w = 0.36
-        arm = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        arm = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
         c, s = math.cos(angle), math.sin(angle)
         return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in arm]
     raise ValueError(shape)
@@ -104,7 +125,9 @@ def _background(domain: str, size: int, rng: np.random.Generator) -> Image.Image
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def render(class_name: str, rng: np.random.Generator, size: int = 64, domain: str = "photo") -> tuple[Image.Image, Scene]:
+def render(
+    class_name: str, rng: np.random.Generator, size: int = 64, domain: str = "photo"
+) -> tuple[Image.Image, Scene]:
     """One image of ``class_name`` drawn with ``rng``; returns the image and its scene description."""
     colour, shape = parse_class(class_name)
     scale = 2  # draw at twice the size and downsample: smooth edges
@@ -151,5 +174,6 @@ def render(class_name: str, rng: np.random.Generator, size: int = 64, domain: st
 
 def image_rng(seed: int, domain: str, split: str, class_name: str, index: int) -> np.random.Generator:
     """The generator of one image: a pure function of its identity (same bytes on every machine)."""
-    return np.random.default_rng([seed, DOMAINS.index(domain), ("train", "test", "pretrain").index(split),
-                                  CLASSES.index(class_name), index])
+    return np.random.default_rng(
+        [seed, DOMAINS.index(domain), ("train", "test", "pretrain").index(split), CLASSES.index(class_name), index]
+    )

@@ -15,7 +15,9 @@ from typing import Iterable, Sequence
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's byte -> printable-character table (the base of its BPE vocabulary)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes, extra = printable[:], 0
     for b in range(256):
         if b not in printable:
@@ -101,8 +103,9 @@ def write_clip_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                              model_max_length=model_max_length)
+    tokenizer = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=model_max_length
+    )
     # transformers 5 writes only tokenizer.json here; vocab.json and merges.txt stay beside it
     tokenizer.save_pretrained(str(folder))
     return len(vocab)
@@ -118,8 +121,12 @@ def gpt2_word_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     return learn_merges(spelled, max_merges=10**6, min_frequency=1)
 
 
-def write_gpt2_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_max_length: int,
-                         special_tokens: Sequence[str] = ("<|endoftext|>", "<|pad|>")) -> dict[str, int]:
+def write_gpt2_tokenizer(
+    folder: Path,
+    merges: Sequence[tuple[str, str]],
+    model_max_length: int,
+    special_tokens: Sequence[str] = ("<|endoftext|>", "<|pad|>"),
+) -> dict[str, int]:
     """Write a GPT-2-format byte-level BPE tokenizer (vocab.json, merges.txt, tokenizer.json,
     tokenizer_config.json) that ``AutoTokenizer.from_pretrained(folder)`` loads; returns the special
     tokens' ids. Layout: the 256 byte symbols, one token per merge, then ``special_tokens`` in order.
@@ -142,7 +149,14 @@ def write_gpt2_tokenizer(folder: Path, merges: Sequence[tuple[str, str]], model_
     (folder / "merges.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     main = special_tokens[0]
     pad = special_tokens[1] if len(special_tokens) > 1 else None
-    tokenizer = GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), unk_token=main,
-                              bos_token=main, eos_token=main, pad_token=pad, model_max_length=model_max_length)
+    tokenizer = GPT2Tokenizer(
+        vocab=str(folder / "vocab.json"),
+        merges=str(folder / "merges.txt"),
+        unk_token=main,
+        bos_token=main,
+        eos_token=main,
+        pad_token=pad,
+        model_max_length=model_max_length,
+    )
     tokenizer.save_pretrained(str(folder))
     return {token: vocab.index(token) for token in special_tokens}

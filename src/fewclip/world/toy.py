@@ -25,9 +25,18 @@ def write_byte_tokenizer(folder: Path, merge_words: Iterable[str] = (), model_ma
     return write_clip_tokenizer(folder, chain_merges(merge_words), model_max_length)
 
 
-def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 64,
-                    layers: int = 2, heads: int = 2, projection_dim: int = 32, max_positions: int = 32,
-                    merge_words: Iterable[str] = ("a", "photo", "of", "the")) -> Path:
+def build_tiny_clip(
+    folder: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    projection_dim: int = 32,
+    max_positions: int = 32,
+    merge_words: Iterable[str] = ("a", "photo", "of", "the"),
+) -> Path:
     """Save a randomly initialised (seeded) CLIPModel with tokenizer and preprocessor in hub format."""
     # transformers' model classes are imported when a tiny CLIP is built (tests, the world's pretraining):
     # importing them takes seconds, which every command would pay at start, as this module serves the default run
@@ -35,11 +44,25 @@ def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, patch_siz
 
     folder = Path(folder)
     vocab_size = write_byte_tokenizer(folder, merge_words, max_positions)
-    text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=width * 4, num_hidden_layers=layers,
-                num_attention_heads=heads, max_position_embeddings=max_positions,
-                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    vision = dict(hidden_size=width, intermediate_size=width * 4, num_hidden_layers=layers,
-                  num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(str(folder))
@@ -67,8 +90,14 @@ def draw_shape(class_name: str, rng: np.random.Generator, size: int = 48) -> Ima
     return image
 
 
-def build_shapes_dataset(folder: Path, classes: list[str] = DEFAULT_CLASSES, train_per_class: int = 40,
-                         test_per_class: int = 20, seed: int = 0, size: int = 48) -> Path:
+def build_shapes_dataset(
+    folder: Path,
+    classes: list[str] = DEFAULT_CLASSES,
+    train_per_class: int = 40,
+    test_per_class: int = 20,
+    seed: int = 0,
+    size: int = 48,
+) -> Path:
     """Write <folder>/{train,test}/<class>/NNNN.png, deterministic from the seed."""
     folder = Path(folder)
     for split, count in (("train", train_per_class), ("test", test_per_class)):

@@ -15,7 +15,23 @@ from fewclip.data.sources.world import WorldSource, WorldSourceConfig
 from fewclip.data.sources.dassl_layouts import CoopSource, CoopSourceConfig
 
 __all__ = [
-    "SOURCES", "CoopSource", "CoopSourceConfig", "CsvSource", "CsvSourceConfig", "FolderSource", "FolderSourceConfig",
-    "HFSource", "HFSourceConfig", "Source", "SourceConfig", "SourceItem", "WorldSource", "WorldSourceConfig",
-    "build_source", "dataset_config", "dataset_label", "list_sources", "register_source",
+    "SOURCES",
+    "CoopSource",
+    "CoopSourceConfig",
+    "CsvSource",
+    "CsvSourceConfig",
+    "FolderSource",
+    "FolderSourceConfig",
+    "HFSource",
+    "HFSourceConfig",
+    "Source",
+    "SourceConfig",
+    "SourceItem",
+    "WorldSource",
+    "WorldSourceConfig",
+    "build_source",
+    "dataset_config",
+    "dataset_label",
+    "list_sources",
+    "register_source",
 ]

@@ -28,30 +28,38 @@ class SourceConfig(ConfigBlock):
     _key: str = PrivateAttr("dataset")
 
     classes: list[str] | None = Field(
-        None, description="Raw class names to keep, in this order, at least two (null: every class, sorted; then "
+        None,
+        description="Raw class names to keep, in this order, at least two (null: every class, sorted; then "
         "test images of a class the train split lacks are an error naming the classes, where listing the classes "
-        "leaves them out on purpose)."
+        "leaves them out on purpose).",
     )
     rename: dict[str, str] = Field(
-        default_factory=dict, description="Raw class name -> readable name used in prompts (by default "
-        "underscores become spaces: apple_pie -> apple pie); the readable names must be distinct."
+        default_factory=dict,
+        description="Raw class name -> readable name used in prompts (by default "
+        "underscores become spaces: apple_pie -> apple pie); the readable names must be distinct.",
     )
     max_train_per_class: int | None = Field(None, ge=1, description="Cap on exported train images per class.")
     max_test_per_class: int | None = Field(None, ge=1, description="Cap on exported test images per class.")
     duplicates: DuplicatePolicy = Field(
-        "error", description="Images with identical bytes in two places: error (refused: in train and test, under two "
+        "error",
+        description="Images with identical bytes in two places: error (refused: in train and test, under two "
         "labels, or twice in one split), within_split (copies in one split under one label kept, with a warning), "
-        "allow (every copy kept, with a warning; e.g. a published split reproduced as it is).")
-    label: str | None = Field(None, description="This dataset's name in tables; an eval_on target's rows carry it in "
-                              "summary.csv's split column (default: its CoOp name, else its folder or id's last part). "
-                              "Letters, digits, '_', '-' and '.'; not test, base, new or hm.")
+        "allow (every copy kept, with a warning; e.g. a published split reproduced as it is).",
+    )
+    label: str | None = Field(
+        None,
+        description="This dataset's name in tables; an eval_on target's rows carry it in "
+        "summary.csv's split column (default: its CoOp name, else its folder or id's last part). "
+        "Letters, digits, '_', '-' and '.'; not test, base, new or hm.",
+    )
     # A list of dataset blocks: the registered sources' config classes (``registry.rebuild_source_configs``).
     eval_on: list["DatasetConfig"] = Field(  # type: ignore[name-defined]  # noqa: F821
         default_factory=list,
         description="Target datasets the trained heads are also evaluated on (test images only): domain "
-                    "generalisation when their classes are this dataset's (ImageNet -> ImageNetV2, -A, ...), "
-                    "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...), "
-                    "e.g. {source: coop, name: ImageNetA, path: data}; changing it retrains nothing.")
+        "generalisation when their classes are this dataset's (ImageNet -> ImageNetV2, -A, ...), "
+        "cross-dataset transfer otherwise. Each is a dataset block (source, path, name, ...), "
+        "e.g. {source: coop, name: ImageNetA, path: data}; changing it retrains nothing.",
+    )
 
     @property
     def key(self) -> str:
@@ -75,8 +83,10 @@ class SourceConfig(ConfigBlock):
     def _flat_distinct_targets(cls, targets: list[Any]) -> list[Any]:
         for index, target in enumerate(targets):
             if target.eval_on:
-                raise ValueError(f"eval_on[{index}] ({dataset_label(target)}) has an eval_on of its own; targets are "
-                                 "evaluated, never trained on: list every target in the trained dataset's eval_on")
+                raise ValueError(
+                    f"eval_on[{index}] ({dataset_label(target)}) has an eval_on of its own; targets are "
+                    "evaluated, never trained on: list every target in the trained dataset's eval_on"
+                )
             target_label_problem(dataset_label(target), f"eval_on[{index}]")
             target._key = f"dataset.eval_on[{index}]"
         labels = [dataset_label(t) for t in targets]
@@ -98,11 +108,15 @@ TARGET_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def target_label_problem(label: str, where: str = "label") -> None:
     """Fail unless ``label`` can name a split: file-name safe (it names prediction files) and not a split in use."""
     if not TARGET_LABEL.fullmatch(label):
-        raise ValueError(f"{where}: {label!r} names files of the run; use letters, digits, '_', '-' or '.' "
-                         "(set `label:` on the target)")
+        raise ValueError(
+            f"{where}: {label!r} names files of the run; use letters, digits, '_', '-' or '.' "
+            "(set `label:` on the target)"
+        )
     if label in RESERVED_SPLITS:
-        raise ValueError(f"{where}: {label!r} is a split of the trained dataset ({', '.join(RESERVED_SPLITS)}); "
-                         "give the target another `label:`")
+        raise ValueError(
+            f"{where}: {label!r} is a split of the trained dataset ({', '.join(RESERVED_SPLITS)}); "
+            "give the target another `label:`"
+        )
 
 
 @dataclass(frozen=True)
@@ -142,9 +156,11 @@ def missing_path_message(config: SourceConfig, key: str, kind: str, looked_in: S
         return f"{where}: {kind} {path} does not exist"
     places = list(looked_in) or [Path.cwd()]
     tried = ", then ".join(f"{base / path}" for base in places)
-    rule = ("a relative path in a config file is looked for beside the file, then in the working directory" if
-            len(places) > 1 else "a relative path given on the command line or in Python is read from the working "
-            "directory")
+    rule = (
+        "a relative path in a config file is looked for beside the file, then in the working directory"
+        if len(places) > 1
+        else "a relative path given on the command line or in Python is read from the working directory"
+    )
     return f"{where}: {kind} {value} does not exist (looked for {tried}: {rule})"
 
 

@@ -22,8 +22,13 @@ class CsvSourceConfig(SourceConfig):
     root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
     path_column: str = Field("path", description="The column holding each image's path.")
     label_column: str = Field("label", description="The column holding each image's class name.")
-    test_fraction: float = Field(0.2, gt=0, le=1, description="Share held out for test without a test CSV (1: every "
-                                 "row is a test image, a test-only set for shot-free methods such as zero_shot).")
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Share held out for test without a test CSV (1: every "
+        "row is a test image, a test-only set for shot-free methods such as zero_shot).",
+    )
 
     def default_label(self) -> str:
         return Path(self.train).stem
@@ -37,8 +42,10 @@ def read_csv_text(file: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ValueError(f"{file}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the CSV as UTF-8 "
-                         "(Excel: 'CSV UTF-8'), then run prepare again") from None
+        raise ValueError(
+            f"{file}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the CSV as UTF-8 "
+            "(Excel: 'CSV UTF-8'), then run prepare again"
+        ) from None
 
 
 @register_source
@@ -62,8 +69,9 @@ class CsvSource:
         text = read_csv_text(file)
         expected = f"a header line `{','.join(cols)}`, then one row per image"
         if not text.strip():
-            raise ValueError(f"{self.config.key}.{key}: {file} is empty ({len(text.encode())} bytes); a CSV source "
-                             f"needs {expected}")
+            raise ValueError(
+                f"{self.config.key}.{key}: {file} is empty ({len(text.encode())} bytes); a CSV source needs {expected}"
+            )
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in cols if c not in (reader.fieldnames or [])]
         if missing:
@@ -74,8 +82,10 @@ class CsvSource:
             path = Path(raw) if Path(raw).is_absolute() else root / raw
             rows.append((path, (row[cols[1]] or "").strip(), f"{file}:{line}", raw))
         if not rows:
-            raise ValueError(f"{self.config.key}.{key}: {file} has its header ({','.join(reader.fieldnames or [])}) "
-                             f"but no rows; add one row per image ({','.join(cols)}, e.g. images/cat/0001.jpg,cat)")
+            raise ValueError(
+                f"{self.config.key}.{key}: {file} has its header ({','.join(reader.fieldnames or [])}) "
+                f"but no rows; add one row per image ({','.join(cols)}, e.g. images/cat/0001.jpg,cat)"
+            )
         return rows
 
     def _rows(self, split: Split) -> list[tuple[Path, str, str, str]]:

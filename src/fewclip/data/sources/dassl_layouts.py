@@ -33,9 +33,14 @@ from fewclip.data.sources.registry import register_source
 # singular Caltech101 names). Published split files already carry them; a file that still has the
 # folder names gets them here, so prompts read the same either way.
 EUROSAT_NAMES = {
-    "AnnualCrop": "Annual Crop Land", "HerbaceousVegetation": "Herbaceous Vegetation Land",
-    "Highway": "Highway or Road", "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
-    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings", "SeaLake": "Sea or Lake",
+    "AnnualCrop": "Annual Crop Land",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "SeaLake": "Sea or Lake",
 }
 CALTECH101_NAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 
@@ -82,8 +87,10 @@ class CoopSourceConfig(SourceConfig):
     has_val_split: ClassVar[bool] = True
     path_keys: ClassVar[dict[str, str]] = {"path": "folder"}
     path: str = Field(description="CoOp's data root, holding e.g. caltech-101/ (or that dataset folder itself).")
-    name: str = Field(description=f"One of {', '.join(COOP_DATASETS)}, or a test-only ImageNet variant "
-                      f"({', '.join(IMAGENET_VARIANTS)}) as a dataset.eval_on target.")
+    name: str = Field(
+        description=f"One of {', '.join(COOP_DATASETS)}, or a test-only ImageNet variant "
+        f"({', '.join(IMAGENET_VARIANTS)}) as a dataset.eval_on target."
+    )
 
     @field_validator("name")
     @classmethod
@@ -134,7 +141,8 @@ def dataset_folder(root: Path, name: str, key: str = "dataset") -> Path:
             f"{key}: {name} in CoOp's layout is missing {len(missing)} file(s) or folder(s) under "
             f"{key}.path={root}; the layout expects:\n  {listed}\n"
             f"Lay the dataset out as CoOp's DATASETS.md says ({DATASETS_MD}) under {root}, "
-            f"or point {key}.path at the folder that holds {spec.folder}/")
+            f"or point {key}.path at the folder that holds {spec.folder}/"
+        )
     return nested
 
 
@@ -146,16 +154,24 @@ def read_json_splits(file: Path, image_root: Path, fixes: dict[str, str]) -> Spl
         raise ValueError(f"{file}: not a JSON split file ({err}); download it again (see {DATASETS_MD})") from None
     absent = [s for s in ("train", "val", "test") if not isinstance(data, dict) or s not in data]
     if absent:
-        raise ValueError(f"{file}: no {', '.join(absent)} list; a CoOp split file maps train, val and test "
-                         "to lists of [image path, label, class name]")
+        raise ValueError(
+            f"{file}: no {', '.join(absent)} list; a CoOp split file maps train, val and test "
+            "to lists of [image path, label, class name]"
+        )
     lists: SplitLists = {}
     for split in ("train", "val", "test"):
         entries = []
         for index, row in enumerate(data[split]):
-            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], str)
-                    and isinstance(row[1], int)):
-                raise ValueError(f"{file}: {split}[{index}] is {row!r}; expected [image path, integer label, "
-                                 "class name]")
+            if not (
+                isinstance(row, list)
+                and len(row) == 3
+                and isinstance(row[0], str)
+                and isinstance(row[2], str)
+                and isinstance(row[1], int)
+            ):
+                raise ValueError(
+                    f"{file}: {split}[{index}] is {row!r}; expected [image path, integer label, class name]"
+                )
             entries.append(Entry(image_root / row[0], row[1], fixes.get(row[2], row[2]), f"{file}:{split}[{index}]"))
         lists[split] = entries
     return lists
@@ -175,10 +191,15 @@ def read_aircraft_splits(folder: Path) -> SplitLists:
             if not image_id:
                 continue
             if variant not in label_of:
-                raise ValueError(f"{folder / list_name}:{number}: variant {variant!r} is not in {variants_file}; "
-                                 + unknown_name_message("variant", variant, variants))
-            entries.append(Entry(folder / "images" / f"{image_id}.jpg", label_of[variant], variant,
-                                 f"{folder / list_name}:{number}"))
+                raise ValueError(
+                    f"{folder / list_name}:{number}: variant {variant!r} is not in {variants_file}; "
+                    + unknown_name_message("variant", variant, variants)
+                )
+            entries.append(
+                Entry(
+                    folder / "images" / f"{image_id}.jpg", label_of[variant], variant, f"{folder / list_name}:{number}"
+                )
+            )
         lists[split] = entries
     return lists
 
@@ -216,8 +237,10 @@ def read_variant_splits(folder: Path, name: str) -> SplitLists:
         labels = sorted((int(f), f) for f in _class_folders(image_dir) if f.isdigit())
         beyond = [f for label, f in labels if label >= len(ordered)]
         if beyond:
-            raise ValueError(f"{image_dir}: folder(s) {beyond[:10]} have no class in {names_file} "
-                             f"({len(ordered)} lines); copy ImageNet's classnames.txt there")
+            raise ValueError(
+                f"{image_dir}: folder(s) {beyond[:10]} have no class in {names_file} "
+                f"({len(ordered)} lines); copy ImageNet's classnames.txt there"
+            )
         for label, folder_name in labels:
             entries.extend(Entry(p, label, ordered[label], str(p)) for p in _files(image_dir / folder_name))
         used = sorted({e.label for e in entries})
@@ -228,8 +251,10 @@ def read_variant_splits(folder: Path, name: str) -> SplitLists:
         wnids = [w for w in _class_folders(image_dir)]
         unnamed = [w for w in wnids if w not in names]
         if unnamed:
-            raise ValueError(f"{names_file}: no class name for folder(s) {unnamed[:10]} of {image_dir}; copy "
-                             "ImageNet's classnames.txt there (CoOp's DATASETS.md)")
+            raise ValueError(
+                f"{names_file}: no class name for folder(s) {unnamed[:10]} of {image_dir}; copy "
+                "ImageNet's classnames.txt there (CoOp's DATASETS.md)"
+            )
         for label, wnid in enumerate(wnids):
             entries.extend(Entry(p, label, names[wnid], str(p)) for p in _files(image_dir / wnid))
     return {"train": [], "val": [], "test": entries}
@@ -245,12 +270,16 @@ def read_imagenet_splits(folder: Path) -> SplitLists:
     names_file = folder / "classnames.txt"
     names = read_classnames(names_file)
     split_dirs = {"train": folder / "images" / "train", "test": folder / "images" / "val"}
-    wnids = {split: sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-             for split, d in split_dirs.items()}
+    wnids = {
+        split: sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for split, d in split_dirs.items()
+    }
     if wnids["train"] != wnids["test"]:
         differ = sorted(set(wnids["train"]) ^ set(wnids["test"]))
-        raise ValueError(f"dataset: {split_dirs['train']} and {split_dirs['test']} must hold the same class folders; "
-                         f"only one of them has {differ[:10]}")
+        raise ValueError(
+            f"dataset: {split_dirs['train']} and {split_dirs['test']} must hold the same class folders; "
+            f"only one of them has {differ[:10]}"
+        )
     unnamed = [w for w in wnids["train"] if w not in names]
     if unnamed:
         raise ValueError(f"{names_file}: no class name for folder(s) {unnamed[:10]}; add '<wnid> <class name>' lines")
@@ -268,8 +297,10 @@ def class_list(lists: SplitLists, where: Path) -> list[str]:
         for entry in entries:
             known = name_of.setdefault(entry.label, entry.class_name)
             if known != entry.class_name:
-                raise ValueError(f"{entry.origin}: label {entry.label} is {entry.class_name!r} here but {known!r} "
-                                 f"elsewhere in {where}")
+                raise ValueError(
+                    f"{entry.origin}: label {entry.label} is {entry.class_name!r} here but {known!r} "
+                    f"elsewhere in {where}"
+                )
     gaps = sorted(set(range(max(name_of, default=-1) + 1)) - set(name_of))
     if gaps or min(name_of, default=0) < 0:
         raise ValueError(f"{where}: labels must run 0..n-1; missing {gaps[:10]}")

@@ -20,15 +20,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class FolderSourceConfig(SourceConfig):
     source: Literal["folder"] = "folder"
     path_keys: ClassVar[dict[str, str]] = {"path": "folder"}
-    path: str = Field(description="Root folder: <path>/<class>/*, or <path>/{train,test}/<class>/* "
-                                  "(or {train,val}: val/ is then the test split; with test/ present, val/ is "
-                                  "ignored), or <path>/test/<class>/* alone: a test-only set for shot-free methods "
-                                  "(zero_shot).")
+    path: str = Field(
+        description="Root folder: <path>/<class>/*, or <path>/{train,test}/<class>/* "
+        "(or {train,val}: val/ is then the test split; with test/ present, val/ is "
+        "ignored), or <path>/test/<class>/* alone: a test-only set for shot-free methods "
+        "(zero_shot)."
+    )
     train_dir: str = Field("train", description="Subfolder holding the train split, if present.")
     test_dir: str = Field("test", description="Subfolder holding the test split, if present.")
     test_fraction: float = Field(
-        0.2, gt=0, le=1, description="Share of each class held out for test when there are no split subfolders "
-        "(1: every image is a test image, a test-only set for shot-free methods such as zero_shot)."
+        0.2,
+        gt=0,
+        le=1,
+        description="Share of each class held out for test when there are no split subfolders "
+        "(1: every image is a test image, a test-only set for shot-free methods such as zero_shot).",
     )
 
     def default_label(self) -> str:
@@ -63,13 +68,21 @@ def split_dirs(root: Path, train_dir: str, test_dir: str, key: str = "dataset") 
     if (root / test_dir).is_dir():
         return train_dir, test_dir
     if (root / VAL_DIR).is_dir():
-        log.info("%s.path: %s has %s/ and %s/ but no %s/: using %s/ as the test split", key,
-                 root, train_dir, VAL_DIR, test_dir, VAL_DIR)
+        log.info(
+            "%s.path: %s has %s/ and %s/ but no %s/: using %s/ as the test split",
+            key,
+            root,
+            train_dir,
+            VAL_DIR,
+            test_dir,
+            VAL_DIR,
+        )
         return train_dir, VAL_DIR
     raise ValueError(
         f"{key}.path: {root} has a {train_dir}/ folder but no {test_dir}/ or {VAL_DIR}/ beside it, so "
         f"{train_dir!r} would become a class; add {root / test_dir}/<class>/ images, or point {key}.path "
-        f"at {root / train_dir} to hold out test_fraction of each class")
+        f"at {root / train_dir} to hold out test_fraction of each class"
+    )
 
 
 def check_distinct_splits(root: Path, train_dir: str, test_dir: str, key: str = "dataset") -> None:
@@ -82,7 +95,8 @@ def check_distinct_splits(root: Path, train_dir: str, test_dir: str, key: str = 
             f"{key}.train_dir {train_dir!r} ({train}) {relation} the test folder, {key}.test_dir {test_dir!r} "
             f"({test}): the few-shot sets would be drawn from test images and every score would be inflated. "
             f"Give train and test two distinct folders side by side (e.g. {root}/train/<class>/ and "
-            f"{root}/test/<class>/), or point {key}.path at one folder of classes to hold out test_fraction")
+            f"{root}/test/<class>/), or point {key}.path at one folder of classes to hold out test_fraction"
+        )
 
 
 def test_only_dir(root: Path, train_dir: str, test_dir: str, key: str = "dataset") -> tuple[None, str] | None:
@@ -98,9 +112,15 @@ def test_only_dir(root: Path, train_dir: str, test_dir: str, key: str = "dataset
             f"{key}.path: {root} has a {present[0]}/ folder but no {train_dir}/, beside the folders {others}, so "
             f"{present[0]!r} would become a class. Lay the images out as {root}/{{{train_dir},{test_dir}}}/<class>/, "
             f"or as {root}/<class>/ without a {present[0]}/ folder (if {present[0]!r} really is a class, set "
-            f"{key}.test_dir to a name that is not a folder of {root})")
-    log.info("%s.path: %s holds only %s/: a test-only set (no train images; shot-free methods such as "
-             "zero_shot evaluate all of it)", key, root, present[0])
+            f"{key}.test_dir to a name that is not a folder of {root})"
+        )
+    log.info(
+        "%s.path: %s holds only %s/: a test-only set (no train images; shot-free methods such as "
+        "zero_shot evaluate all of it)",
+        key,
+        root,
+        present[0],
+    )
     return None, present[0]
 
 

@@ -18,10 +18,13 @@ class HFSourceConfig(SourceConfig):
     name: str | None = Field(None, description="Dataset configuration name, if the dataset has several.")
     revision: str | None = Field(None, description="Git revision of the dataset repo.")
     image_column: str = Field("image", description="The column holding the images.")
-    label_column: str = Field("label", description="The column holding the class labels (a ClassLabel, or values "
-                              "taken as class names).")
-    train_split: str | None = Field("train", description="null: a test-only dataset (shot-free methods such as "
-                                    "zero_shot evaluate the whole test split).")
+    label_column: str = Field(
+        "label", description="The column holding the class labels (a ClassLabel, or values taken as class names)."
+    )
+    train_split: str | None = Field(
+        "train",
+        description="null: a test-only dataset (shot-free methods such as zero_shot evaluate the whole test split).",
+    )
     test_split: str = Field("test", description="The split evaluated as the test set.")
 
     def default_label(self) -> str:

@@ -26,10 +26,16 @@ def source_name(config_cls: type[SourceConfig]) -> str:
     """The name a source config declares in its ``source`` key; a TypeError saying how to declare it otherwise."""
     field = config_cls.model_fields.get("source")
     values = typing.get_args(field.annotation) if field is not None else ()
-    if field is None or typing.get_origin(field.annotation) is not Literal or len(values) != 1 or \
-            field.default != values[0]:
-        raise TypeError(f"{config_cls.__qualname__}: a source config names its source in one key, "
-                        "`source: Literal[\"<name>\"] = \"<name>\"`")
+    if (
+        field is None
+        or typing.get_origin(field.annotation) is not Literal
+        or len(values) != 1
+        or field.default != values[0]
+    ):
+        raise TypeError(
+            f"{config_cls.__qualname__}: a source config names its source in one key, "
+            '`source: Literal["<name>"] = "<name>"`'
+        )
     return str(values[0])
 
 
@@ -38,8 +44,10 @@ def register_source(source_cls: SourceClass) -> SourceClass:
     ``eval_on`` take it as a target."""
     config_cls = getattr(source_cls, "Config", None)
     if not (isinstance(config_cls, type) and issubclass(config_cls, SourceConfig)):
-        raise TypeError(f"{source_cls.__qualname__}: set `Config` to the source's config block (a SourceConfig "
-                        "subclass) before registering it")
+        raise TypeError(
+            f"{source_cls.__qualname__}: set `Config` to the source's config block (a SourceConfig "
+            "subclass) before registering it"
+        )
     SOURCES.register(source_name(config_cls), source_cls)
     rebuild_source_configs()
     return source_cls

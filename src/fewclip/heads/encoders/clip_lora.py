@@ -51,8 +51,15 @@ from fewclip.heads.base import HeadBase, ImageSet, Task, normalize
 from fewclip.heads.encoders.config import EncoderTrainingConfig
 from fewclip.training.images_loop import EncoderTrainer, TrainPlan
 from fewclip.heads.artifacts import StaleArtifact
-from fewclip.heads.encoders.lora_layers import (adapter_state, class_text_features, image_features, is_lora, load_adapter,
-                                                lora_scaling, lora_towers)
+from fewclip.heads.encoders.lora_layers import (
+    adapter_state,
+    class_text_features,
+    image_features,
+    is_lora,
+    load_adapter,
+    lora_scaling,
+    lora_towers,
+)
 from fewclip.heads.prompts.lengths import check_template_task
 from fewclip.heads.registry import register_head
 
@@ -61,18 +68,27 @@ class ClipLoraConfig(EncoderTrainingConfig):
     """The `clip_lora` block, with the reference CLIP-LoRA defaults."""
 
     rank: int = Field(2, ge=1, description="LoRA rank r.")
-    alpha: float = Field(1.0, gt=0, description="LoRA alpha (the update is scaled by alpha / sqrt(rank), as "
-                         "CLIP-LoRA's loralib scales it).")
+    alpha: float = Field(
+        1.0,
+        gt=0,
+        description="LoRA alpha (the update is scaled by alpha / sqrt(rank), as CLIP-LoRA's loralib scales it).",
+    )
     dropout: float = Field(0.25, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
-    targets: list[str] = Field(["q_proj", "k_proj", "v_proj"], description="Attention projections that get LoRA, "
-                               "in every layer of both towers (q_proj, k_proj, v_proj, out_proj).")
+    targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj"],
+        description="Attention projections that get LoRA, "
+        "in every layer of both towers (q_proj, k_proj, v_proj, out_proj).",
+    )
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine to min_lr over all iterations).")
     min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
     iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
-    drop_last: bool = Field(False, description="Drop each epoch's last partial batch when there are at least "
-                            "batch_size training images (Dassl's loader); false: train on it too, as CLIP-LoRA's "
-                            "loader does (drop_last=False).")
+    drop_last: bool = Field(
+        False,
+        description="Drop each epoch's last partial batch when there are at least "
+        "batch_size training images (Dassl's loader); false: train on it too, as CLIP-LoRA's "
+        "loader does (drop_last=False).",
+    )
 
 
 class TunedLogits(nn.Module):
@@ -132,18 +148,38 @@ class ClipLoraHead(HeadBase):
         self._build(task.backbone, task.seed)
         self.prompts_ = [self.template_.format(name) for name in task.class_names]
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
-        plan = TrainPlan(iterations=cfg.iterations_per_shot * max(task.shots, 1), batch_size=cfg.batch_size,
-                         accumulate=cfg.accumulate, lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                         precision=cfg.precision, select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale,
-                         flip=cfg.flip, checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last)
+        plan = TrainPlan(
+            iterations=cfg.iterations_per_shot * max(task.shots, 1),
+            batch_size=cfg.batch_size,
+            accumulate=cfg.accumulate,
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            precision=cfg.precision,
+            select=cfg.select,
+            augment=cfg.augment,
+            crop_scale=cfg.crop_scale,
+            flip=cfg.flip,
+            checkpoint_every=cfg.checkpoint_every,
+            drop_last=cfg.drop_last,
+        )
         if cfg.gradient_checkpointing:
             self.towers_.checkpoint_activations()
-        trainer = EncoderTrainer(TunedLogits(self), task.backbone.transform, plan, task.seed, task.workers,
-                                 len(task.class_names), self.device_, task.ranks)
+        trainer = EncoderTrainer(
+            TunedLogits(self),
+            task.backbone.transform,
+            plan,
+            task.seed,
+            task.workers,
+            len(task.class_names),
+            self.device_,
+            task.ranks,
+        )
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
             torch.manual_seed(task.seed + task.ranks.rank * 1_000_003)  # each rank its own dropout stream
-            self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint,
-                                                         self._checkpoint_key(task, task.backbone), task.on_epoch)
+            self.history_, self.selection_ = trainer.fit(
+                train, val, task.checkpoint, self._checkpoint_key(task, task.backbone), task.on_epoch
+            )
         self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self.model_.eval()
         return self
@@ -151,9 +187,16 @@ class ClipLoraHead(HeadBase):
     def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
         import json
 
-        return json.dumps({"classes": task.class_names, "template": task.templates[0],
-                           "config": self.config.model_dump(mode="json"),
-                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
+        return json.dumps(
+            {
+                "classes": task.class_names,
+                "template": task.templates[0],
+                "config": self.config.model_dump(mode="json"),
+                "backbone": backbone.fingerprint(),
+            },
+            sort_keys=True,
+            default=str,
+        )
 
     def train_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) with autograd through both tuned towers (text re-encoded each step, as the
@@ -231,13 +274,18 @@ class ClipLoraHead(HeadBase):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         expected = lora_scaling(self.config.rank, self.config.alpha)
         if "lora_scaling" not in tensors or abs(float(tensors["lora_scaling"]) - expected) > 1e-6 * expected:
-            raise StaleArtifact("its adapters were trained with fewclip's earlier LoRA scaling (alpha / rank); "
-                                "this version applies CLIP-LoRA's alpha / sqrt(rank), so they would score wrongly")
+            raise StaleArtifact(
+                "its adapters were trained with fewclip's earlier LoRA scaling (alpha / rank); "
+                "this version applies CLIP-LoRA's alpha / sqrt(rank), so they would score wrongly"
+            )
         self.saved_adapter_ = {k: v for k, v in tensors.items() if k not in ("logit_scale", "lora_scaling")}
         self.logit_scale_ = tensors["logit_scale"].reshape(())
         self.template_ = meta.get("templates", ["a photo of a {}."])[0]
         self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:
-        return sum(int(v.numel()) for v in self.adapter_.values()) if ("towers_" in vars(self) or
-                                                                       "saved_adapter_" in vars(self)) else 0
+        return (
+            sum(int(v.numel()) for v in self.adapter_.values())
+            if ("towers_" in vars(self) or "saved_adapter_" in vars(self))
+            else 0
+        )

@@ -26,8 +26,9 @@ def is_lora(name: str) -> bool:
     return "lora_" in name
 
 
-def lora_towers(backbone: Backbone, rank: int, alpha: float, dropout: float, targets: Sequence[str],
-                seed: int) -> TunableTowers:
+def lora_towers(
+    backbone: Backbone, rank: int, alpha: float, dropout: float, targets: Sequence[str], seed: int
+) -> TunableTowers:
     """The backbone's towers, copied, with LoRA on ``targets`` of every layer of both towers.
 
     LoRA A is drawn (peft's Kaiming init) from a torch generator seeded by ``seed``; B starts at zero, so the
@@ -38,14 +39,21 @@ def lora_towers(backbone: Backbone, rank: int, alpha: float, dropout: float, tar
     towers = backbone.tunable_towers()
     unknown = [name for name in targets if name not in towers.lora_targets]
     if unknown:
-        raise ValueError(f"clip_lora.targets: {unknown} are not attention projections of this {backbone.config.library} "
-                         f"backbone; choose among {list(towers.lora_targets)}")
+        raise ValueError(
+            f"clip_lora.targets: {unknown} are not attention projections of this {backbone.config.library} "
+            f"backbone; choose among {list(towers.lora_targets)}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # use_rslora: alpha / sqrt(rank), CLIP-LoRA's LoRALayer scaling (peft's default is alpha / rank);
         # peft annotates lora_alpha as int but scales by it as a number, and CLIP-LoRA's alpha may be fractional
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
-                            target_modules=list(targets), use_rslora=True)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,  # type: ignore[arg-type]
+            lora_dropout=dropout,
+            target_modules=list(targets),
+            use_rslora=True,
+        )
         towers.module = inject_adapter_in_model(config, towers.module)
     for name, param in towers.module.named_parameters():
         param.requires_grad_(is_lora(name))
@@ -63,8 +71,10 @@ def load_adapter(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = set(adapter_state(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-        raise ValueError(f"clip_lora: saved adapter weights do not fit this model (missing {missing}, unexpected "
-                         f"{extra}); the run's model or the clip_lora block changed: retrain with `fewclip train`")
+        raise ValueError(
+            f"clip_lora: saved adapter weights do not fit this model (missing {missing}, unexpected "
+            f"{extra}); the run's model or the clip_lora block changed: retrain with `fewclip train`"
+        )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in state:

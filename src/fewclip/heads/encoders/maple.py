@@ -68,44 +68,63 @@ from fewclip.heads.registry import register_head
 class MapleConfig(EncoderTrainingConfig):
     """The `maple` block, with the reference MaPLe defaults (base-to-new, ViT-B/16)."""
 
-    depth: int = Field(9, ge=1, description="Prompt depth J: prompts enter layer 0 and replace the previous ones "
-                       "before layers 1..J-1 of both towers (at most the towers' layer count).")
+    depth: int = Field(
+        9,
+        ge=1,
+        description="Prompt depth J: prompts enter layer 0 and replace the previous ones "
+        "before layers 1..J-1 of both towers (at most the towers' layer count).",
+    )
     n_ctx: int = Field(2, ge=1, description="Learned context tokens (text) and vision prompt tokens per layer.")
-    ctx_init: str | None = Field("a photo of a", description="The prompt's words before the class name; its first "
-                                 "n_ctx tokens initialise the context and train, the rest stay fixed. null: n_ctx "
-                                 "context vectors drawn from N(0, 0.02) before the name.")
-    coupling: bool = Field(True, description="Vision prompts projected from the text prompts (Linear text width -> "
-                           "vision width per layer); false: no vision prompts, the image tower stays frozen.")
+    ctx_init: str | None = Field(
+        "a photo of a",
+        description="The prompt's words before the class name; its first "
+        "n_ctx tokens initialise the context and train, the rest stay fixed. null: n_ctx "
+        "context vectors drawn from N(0, 0.02) before the name.",
+    )
+    coupling: bool = Field(
+        True,
+        description="Vision prompts projected from the text prompts (Linear text width -> "
+        "vision width per layer); false: no vision prompts, the image tower stays frozen.",
+    )
     lr: float = Field(0.0035, gt=0, description="SGD learning rate after the warm-up (cosine over all epochs).")
     momentum: float = Field(0.9, ge=0, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
-    batch_size: int = Field(4, ge=1, description="Images per optimiser step (the global batch under "
-                            "torchrun: each of N ranks takes batch_size / N).")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="Images per optimiser step (the global batch under "
+        "torchrun: each of N ranks takes batch_size / N).",
+    )
     epochs: int = Field(5, ge=1, description="Epochs over the training images.")
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
     warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
     warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
 
 
-def prompt_token_ids(tokens: TextTokens, class_names: list[str], n_ctx: int, ctx_init: str | None,
-                     max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_token_ids(
+    tokens: TextTokens, class_names: list[str], n_ctx: int, ctx_init: str | None, max_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, L) token ids of ``[SOS] ctx_init-tokens name. [EOT]`` (``ctx_init`` null: n_ctx SOS placeholders),
     padded with EOT to the longest, and the (C,) EOT positions. The name and its period are tokenised together
     (as the reference tokenises the whole prompt)."""
     init = context_init_ids(tokens, ctx_init) if ctx_init else [tokens.sos_id] * n_ctx
     if len(init) < n_ctx:
-        raise ValueError(f"maple.ctx_init {ctx_init!r} is {len(init)} token(s) for this model's tokenizer but "
-                         f"maple.n_ctx is {n_ctx}: its first n_ctx tokens initialise the context; lower maple.n_ctx "
-                         "or use a longer ctx_init (or ctx_init: null for a random context)")
+        raise ValueError(
+            f"maple.ctx_init {ctx_init!r} is {len(init)} token(s) for this model's tokenizer but "
+            f"maple.n_ctx is {n_ctx}: its first n_ctx tokens initialise the context; lower maple.n_ctx "
+            "or use a longer ctx_init (or ctx_init: null for a random context)"
+        )
     rows = []
     for name in class_names:
         name_ids, period = name_and_period_ids(tokens, name)
         ids = [tokens.sos_id, *init, *name_ids, *period, tokens.eot_id]
         if len(ids) > max_positions:
-            raise ValueError(f"maple: the prompt for class {name!r} needs {len(ids)} tokens ({len(init)} of "
-                             f"maple.ctx_init / n_ctx, {len(name_ids)} for the name, SOS, '.', EOT) but the model "
-                             f"has {max_positions} text positions; shorten the class name (dataset.rename) or "
-                             "maple.ctx_init")
+            raise ValueError(
+                f"maple: the prompt for class {name!r} needs {len(ids)} tokens ({len(init)} of "
+                f"maple.ctx_init / n_ctx, {len(name_ids)} for the name, SOS, '.', EOT) but the model "
+                f"has {max_positions} text positions; shorten the class name (dataset.rename) or "
+                "maple.ctx_init"
+            )
         rows.append(ids)
     length = max(len(r) for r in rows)
     token_ids = torch.tensor([r + [tokens.eot_id] * (length - len(r)) for r in rows], dtype=torch.long)
@@ -122,8 +141,9 @@ class MapleNet(nn.Module):
         self.recompute = config.gradient_checkpointing
         self.logit_scale = float(backbone.logit_scale)
         self.n_ctx = config.n_ctx
-        token_ids, self.eot_positions = prompt_token_ids(backbone.tokens, class_names, config.n_ctx, config.ctx_init,
-                                                         backbone.max_text_positions)
+        token_ids, self.eot_positions = prompt_token_ids(
+            backbone.tokens, class_names, config.n_ctx, config.ctx_init, backbone.max_text_positions
+        )
         with torch.no_grad():
             self.base_embeds = backbone.prompt_tower().embed_tokens(token_ids.to(backbone.device)).detach()  # (C, L, w)
         with torch.random.fork_rng(devices=[]):
@@ -194,13 +214,17 @@ class MapleHead(HeadBase):
         towers = backbone.deep_prompt_towers()
         text_layers, vision_layers = towers.text_layers, towers.vision_layers
         if cfg.coupling and not vision_layers:
-            raise ValueError(f"maple.coupling: vision prompts need a ViT image tower read at its class token; this "
-                             f"{backbone.config.library} model's image tower takes none: set maple.coupling: false "
-                             "(deep text prompts only) or choose a ViT model")
+            raise ValueError(
+                f"maple.coupling: vision prompts need a ViT image tower read at its class token; this "
+                f"{backbone.config.library} model's image tower takes none: set maple.coupling: false "
+                "(deep text prompts only) or choose a ViT model"
+            )
         layers = min(text_layers, vision_layers) if cfg.coupling else text_layers
         if cfg.depth > layers:
-            raise ValueError(f"maple.depth {cfg.depth} exceeds the model's {layers} layers "
-                             f"(text {text_layers}, vision {vision_layers}); set maple.depth to at most {layers}")
+            raise ValueError(
+                f"maple.depth {cfg.depth} exceeds the model's {layers} layers "
+                f"(text {text_layers}, vision {vision_layers}); set maple.depth to at most {layers}"
+            )
         prompt_token_ids(backbone.tokens, task.class_names, cfg.n_ctx, cfg.ctx_init, backbone.max_text_positions)
 
     def _build(self, backbone: Backbone, class_names: list[str], seed: int) -> None:
@@ -217,23 +241,53 @@ class MapleHead(HeadBase):
         self._build(backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
         steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
-        plan = TrainPlan(iterations=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
-                         lr=cfg.lr, min_lr=0.0, weight_decay=cfg.weight_decay, precision=cfg.precision,
-                         select=cfg.select, augment=cfg.augment, crop_scale=cfg.crop_scale, flip=cfg.flip,
-                         checkpoint_every=cfg.checkpoint_every, drop_last=cfg.drop_last,
-                         optimizer="sgd", momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
-                         warmup_lr=cfg.warmup_lr, steps_per_epoch=steps_per_epoch)
-        trainer = EncoderTrainer(self.net_, backbone.transform, plan, task.seed, task.workers,
-                                 len(task.class_names), self.device_, task.ranks)
-        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, self._checkpoint_key(task, backbone),
-                                                     task.on_epoch)
+        plan = TrainPlan(
+            iterations=cfg.epochs * steps_per_epoch,
+            batch_size=cfg.batch_size,
+            accumulate=cfg.accumulate,
+            lr=cfg.lr,
+            min_lr=0.0,
+            weight_decay=cfg.weight_decay,
+            precision=cfg.precision,
+            select=cfg.select,
+            augment=cfg.augment,
+            crop_scale=cfg.crop_scale,
+            flip=cfg.flip,
+            checkpoint_every=cfg.checkpoint_every,
+            drop_last=cfg.drop_last,
+            optimizer="sgd",
+            momentum=cfg.momentum,
+            warmup_epochs=cfg.warmup_epochs,
+            warmup_lr=cfg.warmup_lr,
+            steps_per_epoch=steps_per_epoch,
+        )
+        trainer = EncoderTrainer(
+            self.net_,
+            backbone.transform,
+            plan,
+            task.seed,
+            task.workers,
+            len(task.class_names),
+            self.device_,
+            task.ranks,
+        )
+        self.history_, self.selection_ = trainer.fit(
+            train, val, task.checkpoint, self._checkpoint_key(task, backbone), task.on_epoch
+        )
         self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self._finish()
         return self
 
     def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
-        return json.dumps({"classes": task.class_names, "config": self.config.model_dump(mode="json"),
-                           "backbone": backbone.fingerprint()}, sort_keys=True, default=str)
+        return json.dumps(
+            {
+                "classes": task.class_names,
+                "config": self.config.model_dump(mode="json"),
+                "backbone": backbone.fingerprint(),
+            },
+            sort_keys=True,
+            default=str,
+        )
 
     def _finish(self) -> None:
         """Eval mode, and the class text features computed once for scoring."""
@@ -247,9 +301,11 @@ class MapleHead(HeadBase):
         self._build(backbone, class_names, 0)
         expected = set(self.net_.prompts.state_dict())
         if set(state) != expected:
-            raise ValueError(f"maple: the saved prompts ({sorted(state)[:4]}...) do not fit this model and maple "
-                             f"block ({sorted(expected)[:4]}...); the model or the maple block changed: retrain "
-                             "with `fewclip train`")
+            raise ValueError(
+                f"maple: the saved prompts ({sorted(state)[:4]}...) do not fit this model and maple "
+                f"block ({sorted(expected)[:4]}...); the model or the maple block changed: retrain "
+                "with `fewclip train`"
+            )
         self.net_.prompts.load_state_dict({k: v.to(self.device_) for k, v in state.items()})
         self.net_.logit_scale = float(self.logit_scale_)
         self._finish()
@@ -294,10 +350,13 @@ class MapleHead(HeadBase):
         return {k: v.detach().cpu().clone() for k, v in self.net_.prompts.state_dict().items()}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**{f"prompts.{k}": v for k, v in self.prompts_state_.items()}, "logit_scale": self.logit_scale_.reshape(1)}
+        return {
+            **{f"prompts.{k}": v for k, v in self.prompts_state_.items()},
+            "logit_scale": self.logit_scale_.reshape(1),
+        }
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.saved_prompts_ = {k[len("prompts."):]: v for k, v in tensors.items() if k.startswith("prompts.")}
+        self.saved_prompts_ = {k[len("prompts.") :]: v for k, v in tensors.items() if k.startswith("prompts.")}
         self.logit_scale_ = tensors["logit_scale"].reshape(())
         self.best_epoch_ = meta.get("best_epoch")
 

@@ -59,14 +59,28 @@ class ClipAdapterConfig(ConfigBlock):
     prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image; 0: the plain features.")
+    augment_views: int = Field(
+        0, ge=0, description="Train on N cached augmented views per image; 0: the plain features."
+    )
     view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
     select: SelectRule = Field("auto", description=SELECT_HELP)
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
 
     def settings(self) -> FeatureTrainSettings:
-        return FeatureTrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last, self.view_sampling)
+        return FeatureTrainSettings(
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.warmup_epochs,
+            self.warmup_lr,
+            self.schedule,
+            self.drop_last,
+            self.view_sampling,
+        )
 
 
 class AdapterModel(nn.Module):
@@ -75,8 +89,9 @@ class AdapterModel(nn.Module):
     prototypes: torch.Tensor  # buffers: (C, d) and ()
     logit_scale: torch.Tensor
 
-    def __init__(self, down: torch.Tensor, up: torch.Tensor, ratio: float, prototypes: torch.Tensor,
-                 logit_scale: torch.Tensor) -> None:
+    def __init__(
+        self, down: torch.Tensor, up: torch.Tensor, ratio: float, prototypes: torch.Tensor, logit_scale: torch.Tensor
+    ) -> None:
         super().__init__()
         self.down = nn.Parameter(down)  # (d / reduction, d)
         self.up = nn.Parameter(up)  # (d, d / reduction)
@@ -93,8 +108,9 @@ class AdapterModel(nn.Module):
         return self.logit_scale * normalize(self.adapted(features)) @ self.prototypes.T
 
 
-def class_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
-                     kind: StartPrototypes) -> tuple[torch.Tensor, torch.Tensor]:
+def class_prototypes(
+    backbone: Backbone, class_names: Sequence[str], templates: Sequence[str], kind: StartPrototypes
+) -> tuple[torch.Tensor, torch.Tensor]:
     """((C, d) normalised prototypes, by default of the mean raw template embeddings; CLIP's logit scale): the
     frozen classifier the adapter feeds."""
     prototypes = normalize(start_prototypes(backbone, class_names, templates, kind))
@@ -143,8 +159,9 @@ class ClipAdapterHead(ModuleScores, ChecksTemplates, HeadBase):
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
         check_template_task(Task(list(class_names), self.prompt_templates_, backbone), self.name)
         prototypes = class_prototypes(backbone, class_names, self.prompt_templates_, self.config.prototypes)
-        head.model_ = AdapterModel(self.model_.down.detach(), self.model_.up.detach(), self.config.ratio,
-                                   *prototypes).requires_grad_(False)
+        head.model_ = AdapterModel(
+            self.model_.down.detach(), self.model_.up.detach(), self.config.ratio, *prototypes
+        ).requires_grad_(False)
         return head
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -153,8 +170,13 @@ class ClipAdapterHead(ModuleScores, ChecksTemplates, HeadBase):
         return tensors
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.model_ = AdapterModel(tensors["adapter.down"], tensors["adapter.up"], self.config.ratio,
-                                   tensors["adapter.prototypes"], tensors["adapter.logit_scale"]).requires_grad_(False)
+        self.model_ = AdapterModel(
+            tensors["adapter.down"],
+            tensors["adapter.up"],
+            self.config.ratio,
+            tensors["adapter.prototypes"],
+            tensors["adapter.logit_scale"],
+        ).requires_grad_(False)
         self.temperature_ = tensors["temperature"].reshape(())
         self.prompt_templates_ = list(meta.get("templates", []))
         self.best_epoch_ = meta.get("best_epoch")

@@ -64,23 +64,43 @@ Estimator = Literal["ks", "pooled"]
 class GdaConfig(ConfigBlock):
     """The `gda` block: the reference's few-shot settings (main_few_shots.py, configs/few_shots/*.yaml)."""
 
-    alphas: list[float] = Field(default_factory=lambda: list(ALPHA_GRID), description="The ensemble weights searched "
-                                "on the validation split, in this order (the first best accuracy wins).")
-    alpha: float = Field(0.1, ge=0, description="Weight of the GDA logits when not searched (the reference's "
-                         "starting value).")
+    alphas: list[float] = Field(
+        default_factory=lambda: list(ALPHA_GRID),
+        description="The ensemble weights searched "
+        "on the validation split, in this order (the first best accuracy wins).",
+    )
+    alpha: float = Field(
+        0.1, ge=0, description="Weight of the GDA logits when not searched (the reference's starting value)."
+    )
     search: bool = Field(True, description="Search alpha on the validation split (never on test).")
-    estimator: Estimator = Field("ks", description="The shared precision: 'ks', d * pinv(S + tr(S/(N-1)) I) of the "
-                                 "within-class scatter S of all N samples (main_few_shots.py); 'pooled', pinv of the "
-                                 "mean of the classes' covariances (main_base2new.py's base classes; needs two "
-                                 "samples per class).")
-    augment_views: int = Field(0, ge=0, description="Fit the Gaussians to N cached augmented views per support image "
-                               "(the paper uses 10); 0: the plain features.")
-    transfer_neighbours: int = Field(64, ge=2, description="New classes (transfer): support samples nearest to each "
-                                     "new class's zero-shot prototype that estimate its Gaussian.")
-    transfer_text_copies: int = Field(16, ge=0, description="New classes (transfer): copies of the zero-shot "
-                                      "prototype averaged with the neighbours into the class mean.")
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax "
-                            "unchanged).")
+    estimator: Estimator = Field(
+        "ks",
+        description="The shared precision: 'ks', d * pinv(S + tr(S/(N-1)) I) of the "
+        "within-class scatter S of all N samples (main_few_shots.py); 'pooled', pinv of the "
+        "mean of the classes' covariances (main_base2new.py's base classes; needs two "
+        "samples per class).",
+    )
+    augment_views: int = Field(
+        0,
+        ge=0,
+        description="Fit the Gaussians to N cached augmented views per support image "
+        "(the paper uses 10); 0: the plain features.",
+    )
+    transfer_neighbours: int = Field(
+        64,
+        ge=2,
+        description="New classes (transfer): support samples nearest to each "
+        "new class's zero-shot prototype that estimate its Gaussian.",
+    )
+    transfer_text_copies: int = Field(
+        16,
+        ge=0,
+        description="New classes (transfer): copies of the zero-shot "
+        "prototype averaged with the neighbours into the class mean.",
+    )
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
 
     @field_validator("alphas")
     @classmethod
@@ -103,8 +123,10 @@ def class_means(samples: torch.Tensor, labels: torch.Tensor, class_names: list[s
     """(C, d) each class's mean sample; a class without a sample is an error naming it."""
     counts = torch.bincount(labels, minlength=len(class_names))
     if missing := [class_names[i] for i in range(len(class_names)) if counts[i] == 0]:
-        raise ValueError(f"gda: no support image of class(es) {', '.join(map(repr, missing[:5]))}: every class's "
-                         f"Gaussian is centred on its support images' mean; give each class at least one image")
+        raise ValueError(
+            f"gda: no support image of class(es) {', '.join(map(repr, missing[:5]))}: every class's "
+            f"Gaussian is centred on its support images' mean; give each class at least one image"
+        )
     sums = torch.zeros(len(class_names), samples.shape[1], dtype=samples.dtype).index_add_(0, labels, samples)
     return sums / counts[:, None]
 
@@ -117,8 +139,9 @@ def ks_precision(scatter: torch.Tensor, samples: int) -> torch.Tensor:
     return dim * inverse
 
 
-def shared_precision(samples: torch.Tensor, labels: torch.Tensor, means: torch.Tensor,
-                     estimator: Estimator) -> torch.Tensor:
+def shared_precision(
+    samples: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, estimator: Estimator
+) -> torch.Tensor:
     """(d, d) the precision every class's Gaussian shares (``GdaConfig.estimator``)."""
     if len(samples) < 2:
         raise ValueError("gda needs at least two support samples to estimate a covariance")
@@ -128,8 +151,10 @@ def shared_precision(samples: torch.Tensor, labels: torch.Tensor, means: torch.T
         return ks_precision(centred.T @ centred, len(samples))
     counts = torch.bincount(labels, minlength=len(means))
     if int(counts.min()) < 2:
-        raise ValueError("gda: estimator 'pooled' needs at least two samples of every class (shots x augment_views) "
-                         "for the classes' covariances; use gda.estimator=ks or more augment_views")
+        raise ValueError(
+            "gda: estimator 'pooled' needs at least two samples of every class (shots x augment_views) "
+            "for the classes' covariances; use gda.estimator=ks or more augment_views"
+        )
     per_sample = 1.0 / (counts[labels] - 1).to(samples.dtype)  # each class's unbiased covariance, then their mean
     pooled: torch.Tensor = torch.linalg.pinv((centred * per_sample[:, None]).T @ centred / len(means), hermitian=True)
     return pooled
@@ -142,8 +167,9 @@ def discriminant(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Te
     return weights, bias
 
 
-def synthesized_gaussians(support: torch.Tensor, prototypes: torch.Tensor, neighbours: int,
-                          text_copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthesized_gaussians(
+    support: torch.Tensor, prototypes: torch.Tensor, neighbours: int, text_copies: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(C', d) means and the (d, d) shared precision of classes known only by their zero-shot ``prototypes``
     (C', d), from the base classes' normalised ``support`` samples (N, d) (main_base2new.py ``run``)."""
     k = min(neighbours, len(support))
@@ -160,8 +186,9 @@ def synthesized_gaussians(support: torch.Tensor, prototypes: torch.Tensor, neigh
     return torch.stack(means), precision / len(prototypes)
 
 
-def search_alpha(zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor,
-                 alphas: list[float]) -> tuple[float | None, int]:
+def search_alpha(
+    zero_shot: torch.Tensor, gda: torch.Tensor, labels: torch.Tensor, alphas: list[float]
+) -> tuple[float | None, int]:
     """(the first alpha with the most correct predictions of ``zero_shot + alpha * gda``, that count); None when
     no alpha gets any right (the reference then keeps its starting value)."""
     correct = [int(((zero_shot + alpha * gda).argmax(dim=-1) == labels).sum()) for alpha in alphas]
@@ -209,8 +236,9 @@ class GdaHead(ChecksTemplates, HeadBase):
             return cfg.alpha, "fixed (search: false)"
         if val is None or len(val) == 0:
             return cfg.alpha, "fixed: no validation split to search on"
-        alpha, correct = search_alpha(self.zero_shot_logits(val.features), self.gda_logits(val.features),
-                                      val.labels, cfg.alphas)
+        alpha, correct = search_alpha(
+            self.zero_shot_logits(val.features), self.gda_logits(val.features), val.labels, cfg.alphas
+        )
         if alpha is None:
             return cfg.alpha, f"fixed: no alpha classifies any of the {len(val)} val images correctly"
         return alpha, f"searched on {len(val)} val images: {correct} correct"
@@ -237,8 +265,12 @@ class GdaHead(ChecksTemplates, HeadBase):
         task = Task(list(class_names), self.prompt_templates_, backbone)
         check_template_task(task, self.name)
         zero_shot = ZeroShotHead().fit(task)
-        means, precision = synthesized_gaussians(self.support_.double(), zero_shot.prototypes_.double(),
-                                                 self.config.transfer_neighbours, self.config.transfer_text_copies)
+        means, precision = synthesized_gaussians(
+            self.support_.double(),
+            zero_shot.prototypes_.double(),
+            self.config.transfer_neighbours,
+            self.config.transfer_text_copies,
+        )
         weights, bias = discriminant(means, precision)
         head = GdaHead(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
@@ -247,9 +279,15 @@ class GdaHead(ChecksTemplates, HeadBase):
         return head
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"prototypes": self.prototypes_, "logit_scale": self.logit_scale_.reshape(1),
-                "weights": self.weights_, "bias": self.bias_, "support": self.support_,
-                "alpha": torch.tensor([self.alpha_], dtype=torch.float64), "temperature": self.temperature_.reshape(1)}
+        return {
+            "prototypes": self.prototypes_,
+            "logit_scale": self.logit_scale_.reshape(1),
+            "weights": self.weights_,
+            "bias": self.bias_,
+            "support": self.support_,
+            "alpha": torch.tensor([self.alpha_], dtype=torch.float64),
+            "temperature": self.temperature_.reshape(1),
+        }
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.prototypes_, self.logit_scale_ = tensors["prototypes"], tensors["logit_scale"].reshape(())

@@ -26,7 +26,9 @@ class LinearProbeConfig(ConfigBlock):
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     select: SelectRule = Field("auto", description=SELECT_HELP)
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
 
 
 @register_head
@@ -51,15 +53,27 @@ class LinearProbeHead(HeadBase):
             bound = 1 / train.features.shape[1] ** 0.5
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
-        settings = FeatureTrainSettings(cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.weight_decay, 0, cfg.lr,
-                                        constant_lr=True)
+        settings = FeatureTrainSettings(
+            cfg.epochs, cfg.batch_size, cfg.lr, 0.0, cfg.weight_decay, 0, cfg.lr, constant_lr=True
+        )
         normalized = FeatureSet(normalize(train.features), train.labels)
         normalized_val = FeatureSet(normalize(val.features), val.labels) if val is not None else None
         self.history_, self.selection_, _ = train_on_features(
-            layer, layer, normalized, normalized_val, n_classes, settings, task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch, generator=generator,
-            make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+            layer,
+            layer,
+            normalized,
+            normalized_val,
+            n_classes,
+            settings,
+            task.seed,
+            task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg),
+            progress=task.progress,
+            select=cfg.select,
+            on_epoch=task.on_epoch,
+            generator=generator,
+            make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        )
         self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
         self.weight_, self.bias_ = layer.weight.detach().clone(), layer.bias.detach().clone()
         self.calibration_ = calibrate(cfg.calibrate, val, self.uncalibrated_logits)

@@ -56,11 +56,15 @@ REFERENCE_EPOCHS = {1: 100, 2: 100, 4: 100, 8: 200, 16: 200}  # train_regular.sh
 class TaskResConfig(ConfigBlock):
     """The `taskres` block: train_regular.sh's settings for its 10 non-ImageNet datasets."""
 
-    residual_scale: float = Field(0.5, ge=0, description="alpha in t + alpha * x (the reference's RESIDUAL_SCALE; "
-                                  "1.0 for Flowers102).")
-    epochs: int | dict[int, int] = Field(default_factory=lambda: dict(REFERENCE_EPOCHS), description="Epochs, or "
-                                         "{shots: epochs} per shot budget (an unlisted budget takes the largest "
-                                         "listed one below it; below the smallest, the smallest).")
+    residual_scale: float = Field(
+        0.5, ge=0, description="alpha in t + alpha * x (the reference's RESIDUAL_SCALE; 1.0 for Flowers102)."
+    )
+    epochs: int | dict[int, int] = Field(
+        default_factory=lambda: dict(REFERENCE_EPOCHS),
+        description="Epochs, or "
+        "{shots: epochs} per shot budget (an unlisted budget takes the largest "
+        "listed one below it; below the smallest, the smallest).",
+    )
     batch_size: int = Field(256, ge=1, description="Support features per Adam step.")
     lr: float = Field(0.002, gt=0, description="Adam learning rate after warm-up (cosine-annealed; ImageNet: 2e-4).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's betas (Dassl's ADAM_BETA1, ADAM_BETA2).")
@@ -70,12 +74,15 @@ class TaskResConfig(ConfigBlock):
     prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP + " The residual is added to it.")
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image; 0: the plain "
-                               "features.")
+    augment_views: int = Field(
+        0, ge=0, description="Train on N cached augmented views per image; 0: the plain features."
+    )
     view_sampling: ViewSampling = Field("per_image", description=VIEWS_HELP)
     select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
-    calibrate: bool = Field(False, description="Temperature-scale the logits on the validation split (off: "
-                            "validation-free, as in the paper).")
+    calibrate: bool = Field(
+        False,
+        description="Temperature-scale the logits on the validation split (off: validation-free, as in the paper).",
+    )
 
     @field_validator("epochs")
     @classmethod
@@ -94,9 +101,18 @@ class TaskResConfig(ConfigBlock):
 
     def settings(self, shots: int) -> FeatureTrainSettings:
         # momentum 0: the loop's SGD is replaced by Adam (``adam``); its betas are this block's
-        return FeatureTrainSettings(self.epochs_for(shots), self.batch_size, self.lr, 0.0, self.weight_decay,
-                                    self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last,
-                                    self.view_sampling)
+        return FeatureTrainSettings(
+            self.epochs_for(shots),
+            self.batch_size,
+            self.lr,
+            0.0,
+            self.weight_decay,
+            self.warmup_epochs,
+            self.warmup_lr,
+            self.schedule,
+            self.drop_last,
+            self.view_sampling,
+        )
 
     def adam(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Dassl's ``build_optimizer`` for OPTIM.NAME adam."""
@@ -151,18 +167,24 @@ class TaskResHead(ModuleScores, ChecksTemplates, HeadBase):
         assert backbone is not None  # check(task) refused a task without one
         cfg = self.config
         base = start_prototypes(backbone, task.class_names, task.templates, cfg.prototypes)
-        model = ResidualClassifier(base, torch.zeros_like(base), cfg.residual_scale,
-                                   torch.tensor(float(backbone.logit_scale)))
+        model = ResidualClassifier(
+            base, torch.zeros_like(base), cfg.residual_scale, torch.tensor(float(backbone.logit_scale))
+        )
         fit_module(self, model, task, train, val, cfg.settings(task.shots), make_optimizer=cfg.adam)
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"base": self.model_.base, "residual": self.model_.residual.detach(),
-                "logit_scale": self.model_.logit_scale.reshape(1), "temperature": self.temperature_.reshape(1)}
+        return {
+            "base": self.model_.base,
+            "residual": self.model_.residual.detach(),
+            "logit_scale": self.model_.logit_scale.reshape(1),
+            "temperature": self.temperature_.reshape(1),
+        }
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.model_ = ResidualClassifier(tensors["base"], tensors["residual"], self.config.residual_scale,
-                                         tensors["logit_scale"]).requires_grad_(False)
+        self.model_ = ResidualClassifier(
+            tensors["base"], tensors["residual"], self.config.residual_scale, tensors["logit_scale"]
+        ).requires_grad_(False)
         self.temperature_ = tensors["temperature"].reshape(())
         self.best_epoch_: int | None = meta.get("best_epoch")  # None: saved without it
 

@@ -52,9 +52,15 @@ class TipAdapterConfig(ConfigBlock):
     search_scale_alpha: float = Field(3.0, gt=0.1, description="Largest alpha of the search grid (search_scale[1]).")
     search_steps_beta: int = Field(200, ge=1, description="Beta grid points (search_step[0]).")
     search_steps_alpha: int = Field(20, ge=1, description="Alpha grid points (search_step[1]).")
-    augment_views: int = Field(0, ge=0, description="Keys = mean of N cached augmented views per support image (the "
-                               "paper uses 10); 0: the plain features.")
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+    augment_views: int = Field(
+        0,
+        ge=0,
+        description="Keys = mean of N cached augmented views per support image (the "
+        "paper uses 10); 0: the plain features.",
+    )
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -75,7 +81,9 @@ class CacheModel(nn.Module):
     prototypes: torch.Tensor
     logit_scale: torch.Tensor
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> None:
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor
+    ) -> None:
         super().__init__()
         self.keys = nn.Parameter(keys.clone())  # (N, d)
         self.register_buffer("values", values)  # (N, C) one-hot
@@ -107,10 +115,15 @@ def search_alpha_beta(model: CacheModel, val: FeatureSet | None, config: TipAdap
     alphas = torch.tensor(alpha_grid)
     with torch.no_grad():
         clip = model.clip_logits(val.features)
-        correct = torch.stack([
-            ((clip[None] + alphas[:, None, None] * model.cache_logits(val.features, beta)[None]).argmax(-1)
-             == val.labels[None]).sum(-1)
-            for beta in betas])  # (betas, alphas) correct counts
+        correct = torch.stack(
+            [
+                (
+                    (clip[None] + alphas[:, None, None] * model.cache_logits(val.features, beta)[None]).argmax(-1)
+                    == val.labels[None]
+                ).sum(-1)
+                for beta in betas
+            ]
+        )  # (betas, alphas) correct counts
     best = int(correct.flatten().argmax())  # the first maximum, as the reference's strict ">" keeps
     beta, alpha = betas[best // len(alpha_grid)], alpha_grid[best % len(alpha_grid)]  # the grid's own values
     return alpha, beta, f"searched on {len(val)} val images: {int(correct.max())} correct"
@@ -182,6 +195,10 @@ def build_cache_model(task: Task, train: FeatureSet) -> CacheModel:
 
 def cache_model_from_state(tensors: dict[str, torch.Tensor]) -> CacheModel:
     """A cache model rebuilt from a head's saved ``cache.*`` tensors."""
-    model = CacheModel(tensors["cache.keys"], tensors["cache.values"], tensors["cache.prototypes"],
-                       tensors["cache.logit_scale"].reshape(()))
+    model = CacheModel(
+        tensors["cache.keys"],
+        tensors["cache.values"],
+        tensors["cache.prototypes"],
+        tensors["cache.logit_scale"].reshape(()),
+    )
     return model.requires_grad_(False)

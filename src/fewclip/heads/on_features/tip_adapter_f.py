@@ -39,21 +39,38 @@ class TipAdapterFConfig(TipAdapterConfig):
     """The `tip_adapter_f` block: Tip-Adapter's search plus the reference's fine-tuning recipe."""
 
     epochs: int = Field(20, ge=1, description="Training epochs (the reference's train_epoch).")
-    batch_size: int = Field(256, ge=1, description="Support features per step; the last partial batch trains too, "
-                            "as the reference's loader.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, cosine-annealed towards 0 every step "
-                      "(over epochs * batches per epoch, as the reference).")
+    batch_size: int = Field(
+        256,
+        ge=1,
+        description="Support features per step; the last partial batch trains too, as the reference's loader.",
+    )
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        description="AdamW learning rate, cosine-annealed towards 0 every step "
+        "(over epochs * batches per epoch, as the reference).",
+    )
     eps: float = Field(1e-4, gt=0, description="AdamW epsilon.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default, as the reference).")
     anneal: Literal["per_step", "per_epoch"] = Field(
-        "per_step", description="When the cosine steps: 'per_step' after every batch, over epochs * batches per epoch "
+        "per_step",
+        description="When the cosine steps: 'per_step' after every batch, over epochs * batches per epoch "
         "(the reference's CosineAnnealingLR); 'per_epoch' once an epoch (fewclip's earlier schedule; the same rates "
-        "when an epoch is one batch).")
+        "when an epoch is one batch).",
+    )
     select: SelectRule = Field("auto", description=SELECT_HELP)
 
     def settings(self) -> FeatureTrainSettings:
-        return FeatureTrainSettings(self.epochs, self.batch_size, self.lr, 0.0, self.weight_decay, 0, self.lr,
-                             per_step=self.anneal == "per_step")
+        return FeatureTrainSettings(
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            0.0,
+            self.weight_decay,
+            0,
+            self.lr,
+            per_step=self.anneal == "per_step",
+        )
 
 
 @register_head
@@ -77,9 +94,20 @@ class TipAdapterFHead(TipAdapterHead):
             return torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
         history, selection, _ = train_on_features(
-            model, lambda features: model(features, alpha, beta), train, val, len(task.class_names), cfg.settings(),
-            task.seed, task.checkpoint, checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress,
-            select=cfg.select, on_epoch=task.on_epoch, make_optimizer=make_optimizer)
+            model,
+            lambda features: model(features, alpha, beta),
+            train,
+            val,
+            len(task.class_names),
+            cfg.settings(),
+            task.seed,
+            task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg),
+            progress=task.progress,
+            select=cfg.select,
+            on_epoch=task.on_epoch,
+            make_optimizer=make_optimizer,
+        )
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.model_ = model.requires_grad_(False)
         self.alpha_, self.beta_, self.search_note_ = search_alpha_beta(model, val, cfg)

@@ -15,18 +15,36 @@ from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.training.features_loop import FeatureTrainSettings, head_checkpoint_key, train_on_features
 
 
-def fit_module(head: Any, model: nn.Module, task: Task, train: FeatureSet, val: FeatureSet | None,
-               settings: FeatureTrainSettings,
-               train_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
-               make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None) -> None:
+def fit_module(
+    head: Any,
+    model: nn.Module,
+    task: Task,
+    train: FeatureSet,
+    val: FeatureSet | None,
+    settings: FeatureTrainSettings,
+    train_step: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+) -> None:
     """Train ``model`` with ``train_on_features`` as ``head.config`` says (its epoch selection, its checkpoint key;
     ``train_step`` and ``make_optimizer`` as the loop takes them), then set the head's ``history_``, ``selection_``,
     ``best_epoch_``, ``model_`` (frozen), ``calibration_`` and ``temperature_``."""
     cfg = head.config
     history, selection, _ = train_on_features(
-        model, model, train, val, len(task.class_names), settings, task.seed, task.checkpoint,
-        checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-        on_epoch=task.on_epoch, train_step=train_step, make_optimizer=make_optimizer)
+        model,
+        model,
+        train,
+        val,
+        len(task.class_names),
+        settings,
+        task.seed,
+        task.checkpoint,
+        checkpoint_key=head_checkpoint_key(task, cfg),
+        progress=task.progress,
+        select=cfg.select,
+        on_epoch=task.on_epoch,
+        train_step=train_step,
+        make_optimizer=make_optimizer,
+    )
     head.history_, head.selection_, head.best_epoch_ = history, selection, selection.epoch
     head.model_ = model.requires_grad_(False)
     head.calibration_ = calibrate(cfg.calibrate, val, head.uncalibrated_logits)

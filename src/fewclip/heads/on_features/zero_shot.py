@@ -25,10 +25,12 @@ from fewclip.heads.registry import register_head
 
 
 StartPrototypes = Literal["template_mean", "zero_shot"]
-PROTOTYPES_HELP = ("The class prototypes the head starts from: 'template_mean', the mean of each class's raw template "
-                   "embeddings (jusiro/CLAP's _get_base_text_features); 'zero_shot', the zero_shot head's ensemble "
-                   "(normalised embeddings averaged and renormalised), at the raw mean's length. One direction when "
-                   "there is one template.")
+PROTOTYPES_HELP = (
+    "The class prototypes the head starts from: 'template_mean', the mean of each class's raw template "
+    "embeddings (jusiro/CLAP's _get_base_text_features); 'zero_shot', the zero_shot head's ensemble "
+    "(normalised embeddings averaged and renormalised), at the raw mean's length. One direction when "
+    "there is one template."
+)
 
 
 def mean_template_features(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -97,8 +99,9 @@ class ZeroShotHead(ChecksTemplates, HeadBase):
         return 0
 
 
-def start_prototypes(backbone: Backbone, class_names: Sequence[str], templates: Sequence[str],
-                     kind: StartPrototypes) -> torch.Tensor:
+def start_prototypes(
+    backbone: Backbone, class_names: Sequence[str], templates: Sequence[str], kind: StartPrototypes
+) -> torch.Tensor:
     """(C, d) unnormalised class prototypes an adapter starts from (see ``PROTOTYPES_HELP``)."""
     raw_mean = mean_template_features(backbone, class_names, templates)
     if kind == "template_mean":

@@ -56,16 +56,31 @@ class ZsLpConfig(ConfigBlock):
     prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (the paper "
-                               "extracts 20); 0: the plain features.")
+    augment_views: int = Field(
+        0,
+        ge=0,
+        description="Train on N cached augmented views per image (the paper extracts 20); 0: the plain features.",
+    )
     view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
     select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
-    calibrate: bool = Field(False, description="Temperature-scale the logits on the validation split (off: "
-                            "validation-free, as in the paper).")
+    calibrate: bool = Field(
+        False,
+        description="Temperature-scale the logits on the validation split (off: validation-free, as in the paper).",
+    )
 
     def settings(self) -> FeatureTrainSettings:
-        return FeatureTrainSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last, self.view_sampling)
+        return FeatureTrainSettings(
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.warmup_epochs,
+            self.warmup_lr,
+            self.schedule,
+            self.drop_last,
+            self.view_sampling,
+        )
 
 
 class PrototypeModel(nn.Module):
@@ -106,8 +121,9 @@ class ZsLpHead(ModuleScores, ChecksTemplates, HeadBase):
 
     model_: PrototypeModel  # set by fit_module
 
-    def train_step(self, model: PrototypeModel,
-                   train: FeatureSet) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+    def train_step(
+        self, model: PrototypeModel, train: FeatureSet
+    ) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
         """The loss of one step for the untrained ``model`` (None: plain cross-entropy); CLAP adds its
         constraint here."""
         return None
@@ -122,8 +138,11 @@ class ZsLpHead(ModuleScores, ChecksTemplates, HeadBase):
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"prototypes": self.model_.prototypes.detach(), "logit_scale": self.model_.logit_scale.reshape(1),
-                "temperature": self.temperature_.reshape(1)}
+        return {
+            "prototypes": self.model_.prototypes.detach(),
+            "logit_scale": self.model_.logit_scale.reshape(1),
+            "temperature": self.temperature_.reshape(1),
+        }
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.model_ = PrototypeModel(tensors["prototypes"], tensors["logit_scale"]).requires_grad_(False)

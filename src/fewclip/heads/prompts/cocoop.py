@@ -87,8 +87,9 @@ class CoCoOpHead(HeadBase):
 
     # -- the model -------------------------------------------------------------------------------
 
-    def _conditional_logits(self, params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor,
-                            scale: float) -> torch.Tensor:
+    def _conditional_logits(
+        self, params: CoCoOpParams, prompts: CoOpPrompts, features: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """(b, d) image features -> (b, C) logits, every (image, class) prompt through the tower.
 
         Each image's [SOS][shifted context] prefix is shared by its C prompts and computed once; images
@@ -96,7 +97,9 @@ class CoCoOpHead(HeadBase):
         autograd when there are several, so memory is bounded by one chunk).
         """
         image = normalize(features.float()).to(prompts.device)
-        shifted = params.ctx.to(prompts.device)[None] + params.meta_net.to(prompts.device)(image)[:, None]  # (b, n_ctx, w)
+        shifted = (
+            params.ctx.to(prompts.device)[None] + params.meta_net.to(prompts.device)(image)[:, None]
+        )  # (b, n_ctx, w)
         n_classes = prompts.base.shape[0]
         per_chunk = max(1, self.config.max_prompts_per_call // n_classes)
         outputs = []
@@ -118,8 +121,11 @@ class CoCoOpHead(HeadBase):
         shared = prompts.layout.shared_prefix
         eot = prompts.layout.eot_positions.to(prompts.device)
         with autocast_for(prompts.precision, prompts.device):
-            full = assemble(prompts.base[None], shifted[:, None].expand(-1, n_classes, -1, -1),
-                            prompts.layout.ctx_positions.to(prompts.device))  # (g, C, L, w)
+            full = assemble(
+                prompts.base[None],
+                shifted[:, None].expand(-1, n_classes, -1, -1),
+                prompts.layout.ctx_positions.to(prompts.device),
+            )  # (g, C, L, w)
             if shared > 1:
                 out = prompts.tower.encode_shared_prefix(full[:, 0, :shared], full[:, :, shared:], eot - shared)
             else:
@@ -145,9 +151,19 @@ class CoCoOpHead(HeadBase):
             return self._conditional_logits(params, self.prompts_, features, scale)
 
         history, selection, _ = train_on_features(
-            params, logits_fn, train, val, n_classes, cfg.settings(task.shots), task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch)
+            params,
+            logits_fn,
+            train,
+            val,
+            n_classes,
+            cfg.settings(task.shots),
+            task.seed,
+            task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg),
+            progress=task.progress,
+            select=cfg.select,
+            on_epoch=task.on_epoch,
+        )
         self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, cfg.n_ctx
         self.params_ = params.requires_grad_(False)
         self.logit_scale_ = torch.tensor(scale)
@@ -171,8 +187,10 @@ class CoCoOpHead(HeadBase):
         if not hasattr(self, "prompts_"):
             raise RuntimeError("cocoop: call attach(backbone, class_names) after loading, before predicting")
         with torch.no_grad():
-            chunks = [self._conditional_logits(self.params_, self.prompts_, features[i : i + 256], float(self.logit_scale_))
-                      for i in range(0, features.shape[0], 256)]
+            chunks = [
+                self._conditional_logits(self.params_, self.prompts_, features[i : i + 256], float(self.logit_scale_))
+                for i in range(0, features.shape[0], 256)
+            ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.prompts_.base.shape[0])
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -181,7 +199,10 @@ class CoCoOpHead(HeadBase):
 
     def differentiable_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits with autograd on (for saliency); ``logits`` runs without gradients."""
-        return self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_)) / self.temperature_
+        return (
+            self._conditional_logits(self.params_, self.prompts_, features, float(self.logit_scale_))
+            / self.temperature_
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}

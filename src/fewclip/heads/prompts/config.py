@@ -40,9 +40,11 @@ def ends_in_punctuation(name: str) -> bool:
     return bool(stripped) and not stripped[-1].isalnum()
 
 
-CTX_INIT_MODE_HELP = ("How ctx_init fills the context: 'words': one vector per word, n_ctx is their count (CoOp's "
-                      "CTX_INIT); 'zeros_then_words': n_ctx vectors, zeros then the words' vectors in the last slots "
-                      "(ProGrad's CTX_INIT; n_ctx at least the word count).")
+CTX_INIT_MODE_HELP = (
+    "How ctx_init fills the context: 'words': one vector per word, n_ctx is their count (CoOp's "
+    "CTX_INIT); 'zeros_then_words': n_ctx vectors, zeros then the words' vectors in the last slots "
+    "(ProGrad's CTX_INIT; n_ctx at least the word count)."
+)
 
 
 def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool, mode: CtxInitMode = "words") -> Any:
@@ -60,13 +62,15 @@ def resolve_n_ctx(n_ctx: Any, ctx_init: Any, n_ctx_given: bool, mode: CtxInitMod
             raise ValueError(
                 f"n_ctx {n_ctx} cannot hold ctx_init {ctx_init!r} ({words} word(s)): with ctx_init_mode "
                 f"zeros_then_words the context is n_ctx vectors ending in the words; raise n_ctx to at least "
-                f"{words}, or set ctx_init_mode: words to make the words the whole context")
+                f"{words}, or set ctx_init_mode: words to make the words the whole context"
+            )
         return n_ctx
     if n_ctx_given and n_ctx != words:
         raise ValueError(
             f"n_ctx {n_ctx} conflicts with ctx_init {ctx_init!r}, whose {words} word(s) are the context "
             f"({words} vector(s)); drop n_ctx to start from these words, or set ctx_init: null to learn "
-            f"{n_ctx} randomly initialised context vectors")
+            f"{n_ctx} randomly initialised context vectors"
+        )
     return words
 
 
@@ -77,14 +81,23 @@ class PromptLearningConfig(ConfigBlock):
     # keys that follow another one: a variant that changes ctx_init and not n_ctx lets n_ctx follow it
     derived_keys: ClassVar[dict[str, str]] = {"n_ctx": "ctx_init"}
 
-    n_ctx: int = Field(16, ge=1, description="Learnable context tokens; with ctx_init, its word count (give "
-                       "n_ctx too only if it agrees).")
-    ctx_init: str | None = Field(None, description="Words whose token embeddings initialise the context "
-                                 "(one vector per word; each word must be one token of the model's tokenizer).")
+    n_ctx: int = Field(
+        16,
+        ge=1,
+        description="Learnable context tokens; with ctx_init, its word count (give n_ctx too only if it agrees).",
+    )
+    ctx_init: str | None = Field(
+        None,
+        description="Words whose token embeddings initialise the context "
+        "(one vector per word; each word must be one token of the model's tokenizer).",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
-    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget, e.g. {1: 50, "
-                                         "2: 100, 4: 100, 8: 200, 16: 200} (an unlisted budget takes the largest "
-                                         "listed one below it; below the smallest, the smallest).")
+    epochs: int | dict[int, int] = Field(
+        50,
+        description="Epochs, or {shots: epochs} per shot budget, e.g. {1: 50, "
+        "2: 100, 4: 100, 8: 200, 16: 200} (an unlisted budget takes the largest "
+        "listed one below it; below the smallest, the smallest).",
+    )
     batch_size: int = Field(32, ge=1, description="Support images per SGD step.")
     lr: float = Field(0.002, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
     momentum: float = Field(0.9, ge=0, description="SGD momentum.")
@@ -93,10 +106,16 @@ class PromptLearningConfig(ConfigBlock):
     warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
     schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
     drop_last: bool = Field(True, description=DROP_LAST_HELP)
-    augment_views: int = Field(0, ge=0, description="Train on N cached augmented views per image (random resized "
-                               "crop + flip, encoded once by the features stage); 0: the plain features.")
+    augment_views: int = Field(
+        0,
+        ge=0,
+        description="Train on N cached augmented views per image (random resized "
+        "crop + flip, encoded once by the features stage); 0: the plain features.",
+    )
     select: SelectRule = Field("auto", description=SELECT_HELP)
-    calibrate: bool = Field(True, description="Temperature-scale the logits on the validation split (argmax unchanged).")
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -139,8 +158,17 @@ class PromptLearningConfig(ConfigBlock):
         return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
 
     def settings(self, shots: int) -> FeatureTrainSettings:
-        return FeatureTrainSettings(self.epochs_for(shots), self.batch_size, self.lr, self.momentum, self.weight_decay,
-                             self.warmup_epochs, self.warmup_lr, self.schedule, self.drop_last)
+        return FeatureTrainSettings(
+            self.epochs_for(shots),
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.warmup_epochs,
+            self.warmup_lr,
+            self.schedule,
+            self.drop_last,
+        )
 
     def key_values(self, class_names: Sequence[str]) -> dict[str, Any]:
         """The block's values, without ``schedule`` where it trains as fewclip's earlier default did (every

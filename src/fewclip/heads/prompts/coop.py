@@ -41,8 +41,13 @@ from fewclip.backbones.device import autocast_for
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
-from fewclip.heads.prompts.learning import (assemble, build_layout, check_prompts_fit, checked_fit_inputs,
-                                            starting_context)
+from fewclip.heads.prompts.learning import (
+    assemble,
+    build_layout,
+    check_prompts_fit,
+    checked_fit_inputs,
+    starting_context,
+)
 from fewclip.training.features_loop import head_checkpoint_key, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
@@ -52,11 +57,14 @@ class CoOpConfig(PromptLearningConfig):
     """The `coop` block, with the reference CoOp defaults (the shared keys: ``PromptLearningConfig``)."""
 
     class_token_position: Literal["end", "middle", "front"] = Field(
-        "end", description="Where the class name sits among the context tokens. As the reference, the name is "
+        "end",
+        description="Where the class name sits among the context tokens. As the reference, the name is "
         "tokenised with the prompt's period (name + '.'), so ctx_init 'a photo of a' starts exactly at "
-        "zero-shot's 'a photo of a {name}.'; middle / front put the context after the name's own token count.")
-    class_specific_context: bool = Field(False, description="One context per class (C x n_ctx x width); cannot be "
-                                         "combined with ctx_init.")
+        "zero-shot's 'a photo of a {name}.'; middle / front put the context after the name's own token count.",
+    )
+    class_specific_context: bool = Field(
+        False, description="One context per class (C x n_ctx x width); cannot be combined with ctx_init."
+    )
     select: SelectRule = Field("auto", description=SELECT_HELP + " The last epoch's context is saved too.")
 
     @model_validator(mode="after")
@@ -81,7 +89,9 @@ class ContextParams(nn.Module):
 class CoOpPrompts:
     """Class prompts with learned context -> class text features, on a frozen tower."""
 
-    def __init__(self, backbone: Backbone, class_names: list[str], n_ctx: int, position: str, precision: str, key: str) -> None:
+    def __init__(
+        self, backbone: Backbone, class_names: list[str], n_ctx: int, position: str, precision: str, key: str
+    ) -> None:
         self.tower = backbone.prompt_tower()
         self.device = backbone.device
         self.layout = build_layout(backbone.tokens, class_names, n_ctx, position, self.tower.max_positions, key)  # type: ignore[arg-type]
@@ -132,8 +142,7 @@ class CoOpHead(HeadBase):
         backbone, train = checked_fit_inputs(self, task, train)
         ctx = starting_context(self, backbone, task, self.config.class_specific_context)
         cfg, n_classes = self.config, len(task.class_names)
-        prompts = CoOpPrompts(backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision,
-                              self.name)
+        prompts = CoOpPrompts(backbone, task.class_names, cfg.n_ctx, cfg.class_token_position, cfg.precision, self.name)
         params = ContextParams(ctx)
         scale = backbone.logit_scale
 
@@ -142,9 +151,20 @@ class CoOpHead(HeadBase):
 
         settings = cfg.settings(task.shots)
         history, selection, last = train_on_features(
-            params, logits_fn, train, val, n_classes, settings, task.seed, task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg), progress=task.progress, select=cfg.select,
-            on_epoch=task.on_epoch, train_step=self.train_step(task, prompts, params, scale))
+            params,
+            logits_fn,
+            train,
+            val,
+            n_classes,
+            settings,
+            task.seed,
+            task.checkpoint,
+            checkpoint_key=head_checkpoint_key(task, cfg),
+            progress=task.progress,
+            select=cfg.select,
+            on_epoch=task.on_epoch,
+            train_step=self.train_step(task, prompts, params, scale),
+        )
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
         self.n_ctx_ = cfg.n_ctx
         self.ctx_ = params.ctx.detach().clone()
@@ -156,8 +176,9 @@ class CoOpHead(HeadBase):
         self.temperature_ = temperature_tensor(self.calibration_)
         return self
 
-    def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
-                   scale: float) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+    def train_step(
+        self, task: Task, prompts: CoOpPrompts, params: ContextParams, scale: float
+    ) -> Callable[[torch.Tensor, torch.Tensor], float] | None:
         """One step's loss and gradient (None: plain cross-entropy); KgCoOp and ProGrad supply theirs."""
         return None
 
@@ -165,8 +186,9 @@ class CoOpHead(HeadBase):
         """The same learned context on other class names (base-to-new evaluation)."""
         head = type(self)(self.config)
         head.__dict__.update({k: v for k, v in self.__dict__.items() if k.endswith("_")})
-        prompts = CoOpPrompts(backbone, class_names, self.n_ctx_, self.config.class_token_position,
-                              self.config.precision, self.name)
+        prompts = CoOpPrompts(
+            backbone, class_names, self.n_ctx_, self.config.class_token_position, self.config.precision, self.name
+        )
         if self.ctx_.dim() == 3:
             raise ValueError("coop: class-specific contexts cannot be transferred to new classes")
         with torch.no_grad():
@@ -182,8 +204,13 @@ class CoOpHead(HeadBase):
         return self.uncalibrated_logits(features) / self.temperature_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx_, "last_ctx": self.last_ctx_, "class_text_features": self.class_text_features_,
-                "logit_scale": self.logit_scale_.reshape(1), "temperature": self.temperature_.reshape(1)}
+        return {
+            "ctx": self.ctx_,
+            "last_ctx": self.last_ctx_,
+            "class_text_features": self.class_text_features_,
+            "logit_scale": self.logit_scale_.reshape(1),
+            "temperature": self.temperature_.reshape(1),
+        }
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.ctx_, self.last_ctx_ = tensors["ctx"], tensors["last_ctx"]

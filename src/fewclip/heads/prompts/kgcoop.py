@@ -58,11 +58,18 @@ class KgCoOpConfig(CoOpConfig):
     ctx_init: str | None = Field("a photo of a", description="Words whose token embeddings initialise the context.")
     epochs: int | dict[int, int] = Field(100, description="Epochs, or {shots: epochs} per shot budget.")
     batch_size: int = Field(128, ge=1, description="Support images per SGD step (the reference's scripts: 128).")
-    weight: float = Field(8.0, ge=0, description="Weight of the guidance term: the code's W (its scripts: 8.0), "
-                          "or the paper's lambda with guidance: paper.")
-    guidance: Guidance = Field("code", description="'code': weight * (1 - mean_c cos(w_c, w_c^clip)), as the "
-                               "released code trains (its published numbers); 'paper': weight * mean_c "
-                               "||w_c - w_c^clip||^2, the paper's Eq. 5 (twice the code's term for unit vectors).")
+    weight: float = Field(
+        8.0,
+        ge=0,
+        description="Weight of the guidance term: the code's W (its scripts: 8.0), "
+        "or the paper's lambda with guidance: paper.",
+    )
+    guidance: Guidance = Field(
+        "code",
+        description="'code': weight * (1 - mean_c cos(w_c, w_c^clip)), as the "
+        "released code trains (its published numbers); 'paper': weight * mean_c "
+        "||w_c - w_c^clip||^2, the paper's Eq. 5 (twice the code's term for unit vectors).",
+    )
 
     def key_values(self, class_names: Sequence[str]) -> dict[str, Any]:
         """As the other prompt learners', without ``guidance`` where it is ``paper``: what fewclip trained before
@@ -88,8 +95,9 @@ class KgCoOpHead(CoOpHead):
     config_key = "kgcoop"
     Config = KgCoOpConfig
 
-    def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
-                   scale: float) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def train_step(
+        self, task: Task, prompts: CoOpPrompts, params: ContextParams, scale: float
+    ) -> Callable[[torch.Tensor, torch.Tensor], float]:
         hand_crafted = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone)).prototypes_
         weight, guidance = self.config.weight, self.config.guidance
 
@@ -97,7 +105,8 @@ class KgCoOpHead(CoOpHead):
             class_text = prompts.features(params.ctx)  # (C, d) normalised
             logits = scale * normalize(features) @ class_text.T
             loss: torch.Tensor = nn.functional.cross_entropy(logits.float(), labels) + weight * guidance_term(
-                class_text, hand_crafted, guidance)
+                class_text, hand_crafted, guidance
+            )
             loss.backward()
             return loss.item()
 

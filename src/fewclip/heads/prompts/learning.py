@@ -74,8 +74,15 @@ def name_and_period_ids(tokens: TextTokens, name: str) -> tuple[list[int], list[
     return ids[:count], ids[count:]
 
 
-def build_layout(tokens: TextTokens, class_names: Sequence[str], n_ctx: int, position: Position, max_positions: int,
-                 key: str = "coop", n_ctx_key: str | None = None) -> PromptLayout:
+def build_layout(
+    tokens: TextTokens,
+    class_names: Sequence[str],
+    n_ctx: int,
+    position: Position,
+    max_positions: int,
+    key: str = "coop",
+    n_ctx_key: str | None = None,
+) -> PromptLayout:
     """Token layout of every class prompt, cut to the longest real prompt (exact under the causal mask).
 
     A prompt longer than ``max_positions`` is an error; ``n_ctx_key`` names the config key that set the
@@ -103,8 +110,11 @@ def build_layout(tokens: TextTokens, class_names: Sequence[str], n_ctx: int, pos
                 ids += part
         ids += [eot]
         if len(ids) > max_positions:
-            raise ValueError(prompt_overflow_message(key, n_ctx_key or f"{key}.n_ctx", name, n_ctx, len(ids) - n_ctx,
-                                                     len(ids) - n_ctx - 3, max_positions))  # SOS, '.', EOT
+            raise ValueError(
+                prompt_overflow_message(
+                    key, n_ctx_key or f"{key}.n_ctx", name, n_ctx, len(ids) - n_ctx, len(ids) - n_ctx - 3, max_positions
+                )
+            )  # SOS, '.', EOT
         rows.append(ids)
         ctx_rows.append(ctx_pos)
         eots.append(len(ids) - 1)
@@ -113,18 +123,26 @@ def build_layout(tokens: TextTokens, class_names: Sequence[str], n_ctx: int, pos
     return PromptLayout(token_ids, torch.tensor(ctx_rows, dtype=torch.long), torch.tensor(eots, dtype=torch.long))
 
 
-def prompt_overflow_message(key: str, n_ctx_key: str, name: str, n_ctx: int, without_context: int, name_tokens: int,
-                            limit: int) -> str:
+def prompt_overflow_message(
+    key: str, n_ctx_key: str, name: str, n_ctx: int, without_context: int, name_tokens: int, limit: int
+) -> str:
     """What to change when a class prompt does not fit: the name alone, or the context on top of it."""
     if without_context > limit:  # no context length can help: only the name can change
-        return (f"{key}: the prompt for class {name!r} needs {without_context} tokens before any context "
-                f"({name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
-                f"shorten the class name (dataset.rename)")
-    fix = (f"lower {n_ctx_key} to at most {limit - without_context}" if n_ctx_key.endswith("n_ctx")
-           else f"use fewer words in {n_ctx_key} (at most {limit - without_context} tokens)")
-    return (f"{key}: the prompt for class {name!r} needs {n_ctx + without_context} tokens ({n_ctx} context + "
-            f"{name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
-            f"{fix}, or shorten the class name (dataset.rename)")
+        return (
+            f"{key}: the prompt for class {name!r} needs {without_context} tokens before any context "
+            f"({name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
+            f"shorten the class name (dataset.rename)"
+        )
+    fix = (
+        f"lower {n_ctx_key} to at most {limit - without_context}"
+        if n_ctx_key.endswith("n_ctx")
+        else f"use fewer words in {n_ctx_key} (at most {limit - without_context} tokens)"
+    )
+    return (
+        f"{key}: the prompt for class {name!r} needs {n_ctx + without_context} tokens ({n_ctx} context + "
+        f"{name_tokens} for the name + SOS, '.', EOT) but the model has {limit} text positions; "
+        f"{fix}, or shorten the class name (dataset.rename)"
+    )
 
 
 def check_prompts_fit(task: Task, config: PromptLearningConfig, position: Position, key: str) -> None:
@@ -139,7 +157,8 @@ def check_prompts_fit(task: Task, config: PromptLearningConfig, position: Positi
             raise ValueError(
                 f"{key}.ctx_init {ctx_init!r}: its {words} word(s) are {len(ids)} tokens for this model's tokenizer, "
                 f"and the context takes one vector per word; use words the tokenizer keeps whole, or set "
-                f"{key}.ctx_init: null and {key}.n_ctx to the context length")
+                f"{key}.ctx_init: null and {key}.n_ctx to the context length"
+            )
     n_ctx_key = f"{key}.ctx_init" if ctx_init and config.init_mode == "words" else f"{key}.n_ctx"  # sets the length
     build_layout(tokens, task.class_names, config.n_ctx, position, text_positions(backbone), key, n_ctx_key)
 
@@ -158,8 +177,16 @@ def starting_context(head: Any, backbone: Backbone, task: Task, class_specific: 
     """A prompt learner's context before training (after ``checked_fit_inputs``): the config's ``n_ctx`` vectors
     (``init_context``), random ones drawn from a generator seeded with the task's seed."""
     cfg = head.config
-    return init_context(backbone.prompt_tower(), backbone.tokens, cfg.n_ctx, cfg.ctx_init,
-                        len(task.class_names), class_specific, torch.Generator().manual_seed(task.seed), cfg.init_mode)
+    return init_context(
+        backbone.prompt_tower(),
+        backbone.tokens,
+        cfg.n_ctx,
+        cfg.ctx_init,
+        len(task.class_names),
+        class_specific,
+        torch.Generator().manual_seed(task.seed),
+        cfg.init_mode,
+    )
 
 
 def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.Tensor) -> torch.Tensor:
@@ -170,12 +197,24 @@ def assemble(base_embeds: torch.Tensor, ctx: torch.Tensor, ctx_positions: torch.
     """
     lead = torch.broadcast_shapes(base_embeds.shape[:-2], ctx.shape[:-2])
     base = base_embeds.expand(*lead, *base_embeds.shape[-2:])
-    index = ctx_positions.expand(*lead[:-1], *ctx_positions.shape).unsqueeze(-1).expand(*lead, ctx_positions.shape[1], base.shape[-1])
+    index = (
+        ctx_positions.expand(*lead[:-1], *ctx_positions.shape)
+        .unsqueeze(-1)
+        .expand(*lead, ctx_positions.shape[1], base.shape[-1])
+    )
     return base.scatter(-2, index, ctx.expand(*lead, *ctx.shape[-2:]).to(base.dtype))
 
 
-def init_context(tower: PromptTower, tokens: TextTokens, n_ctx: int, ctx_init: str | None, n_classes: int,
-                 class_specific: bool, generator: torch.Generator, mode: CtxInitMode = "words") -> torch.Tensor:
+def init_context(
+    tower: PromptTower,
+    tokens: TextTokens,
+    n_ctx: int,
+    ctx_init: str | None,
+    n_classes: int,
+    class_specific: bool,
+    generator: torch.Generator,
+    mode: CtxInitMode = "words",
+) -> torch.Tensor:
     """Context vectors (n_ctx, w) or (C, n_ctx, w), ``n_ctx`` as the config resolved it (``PromptLearningConfig``:
     with ctx_init in ``words`` mode, its word count, which ``check_prompts_fit`` has matched to its tokens).
 
@@ -189,13 +228,15 @@ def init_context(tower: PromptTower, tokens: TextTokens, n_ctx: int, ctx_init: s
             words = tower.embed_tokens(ids).detach().float().clone()  # (len(ids), w)
         if mode == "words":
             if len(ids) != n_ctx:
-                raise ValueError(f"ctx_init {ctx_init!r} has {len(ids)} tokens, not the {n_ctx} context vectors: with "
-                                 "ctx_init the context is its words (n_ctx as the config resolves it)")
+                raise ValueError(
+                    f"ctx_init {ctx_init!r} has {len(ids)} tokens, not the {n_ctx} context vectors: with "
+                    "ctx_init the context is its words (n_ctx as the config resolves it)"
+                )
             return words
         if n_ctx < len(ids):
             raise ValueError(f"ctx_init {ctx_init!r} has {len(ids)} tokens, more than the {n_ctx} context vectors")
         ctx = torch.zeros(n_ctx, words.shape[1], dtype=words.dtype, device=words.device)
-        ctx[n_ctx - len(ids):] = words
+        ctx[n_ctx - len(ids) :] = words
         return ctx
     shape = (n_classes, n_ctx, tower.width) if class_specific else (n_ctx, tower.width)
     return torch.randn(shape, generator=generator) * 0.02

@@ -21,8 +21,9 @@ def text_positions(backbone: Backbone) -> int:
     return int(backbone.max_text_positions)
 
 
-def check_templates_fit(tokens: TextTokens, templates: Sequence[str], class_names: Sequence[str], limit: int,
-                        key: str = "zero_shot") -> None:
+def check_templates_fit(
+    tokens: TextTokens, templates: Sequence[str], class_names: Sequence[str], limit: int, key: str = "zero_shot"
+) -> None:
     """Fail if any ``template.format(name)`` needs more than ``limit`` tokens (every pair is checked)."""
     pairs = [(template, name) for template in templates for name in class_names]
     counts = tokens.counts([template.format(name) for template, name in pairs])
@@ -34,8 +35,10 @@ def check_templates_fit(tokens: TextTokens, templates: Sequence[str], class_name
     raise ValueError(
         f"{key}: {len(too_long)} prompt(s) need more tokens than the model's {limit} text positions "
         f"(start and end tokens included); they would be cut, and "
-        f"names that differ only after the cut would get the same prompt:\n  " + "\n  ".join(lines) + more +
-        "\nUse shorter templates (prompts.templates) or shorter class names (dataset.rename)."
+        f"names that differ only after the cut would get the same prompt:\n  "
+        + "\n  ".join(lines)
+        + more
+        + "\nUse shorter templates (prompts.templates) or shorter class names (dataset.rename)."
     )
 
 

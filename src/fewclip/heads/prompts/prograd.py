@@ -61,13 +61,21 @@ class ProGradConfig(CoOpConfig):
     # n_ctx does not follow ctx_init here: a variant that changes the words keeps the context length
     derived_keys: ClassVar[dict[str, str]] = {}
 
-    n_ctx: int = Field(16, ge=1, description="Learnable context tokens; with ctx_init, zeros then its words "
-                       "(ctx_init_mode: zeros_then_words).")
-    ctx_init: str | None = Field("a photo of a", description="Words whose token embeddings start the last context "
-                                 "slots (the reference: its dataset template without ' {}.').")
+    n_ctx: int = Field(
+        16,
+        ge=1,
+        description="Learnable context tokens; with ctx_init, zeros then its words (ctx_init_mode: zeros_then_words).",
+    )
+    ctx_init: str | None = Field(
+        "a photo of a",
+        description="Words whose token embeddings start the last context "
+        "slots (the reference: its dataset template without ' {}.').",
+    )
     ctx_init_mode: CtxInitMode = Field("zeros_then_words", description=CTX_INIT_MODE_HELP)
-    epochs: int | dict[int, int] = Field(default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200},
-                                         description="Epochs, or {shots: epochs} per shot budget.")
+    epochs: int | dict[int, int] = Field(
+        default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200},
+        description="Epochs, or {shots: epochs} per shot budget.",
+    )
     projection: float = Field(1.0, ge=0, description="lambda: how much of the conflicting component is removed.")
     temperature: float = Field(1.0, gt=0, description="T of the KL toward the zero-shot predictions.")
 
@@ -90,8 +98,9 @@ class ProGradHead(CoOpHead):
     config_key = "prograd"
     Config = ProGradConfig
 
-    def train_step(self, task: Task, prompts: CoOpPrompts, params: ContextParams,
-                   scale: float) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def train_step(
+        self, task: Task, prompts: CoOpPrompts, params: ContextParams, scale: float
+    ) -> Callable[[torch.Tensor, torch.Tensor], float]:
         teacher = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
         t, strength = self.config.temperature, self.config.projection
 
