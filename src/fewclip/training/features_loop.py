@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -85,6 +85,25 @@ class FeatureTrainSettings:
         return values
 
 
+def settings_of(config: Any, epochs: int | None = None, momentum: float | None = None) -> FeatureTrainSettings:
+    """The settings a head's config block names: its SGD keys (``epochs``, ``batch_size``, ``lr``, ``momentum``,
+    ``weight_decay``, ``warmup_epochs``, ``warmup_lr``) and, where the block has them, ``schedule``,
+    ``drop_last`` and ``view_sampling``. ``epochs``: a shot budget's count, for a block that lists epochs per
+    budget; ``momentum``: for a head whose optimiser is not the loop's SGD (0: unused)."""
+    return FeatureTrainSettings(
+        config.epochs if epochs is None else epochs,
+        config.batch_size,
+        config.lr,
+        config.momentum if momentum is None else momentum,
+        config.weight_decay,
+        config.warmup_epochs,
+        config.warmup_lr,
+        config.schedule,
+        config.drop_last,
+        getattr(config, "view_sampling", "per_image"),
+    )
+
+
 def batch_count(n_images: int, batch_size: int, drop_last: bool) -> int:
     """Batches in an epoch over ``n_images``. Dassl's train loader (``dassl/data/data_manager.py``
     ``build_data_loader``: ``drop_last=is_train and len(data_source) >= batch_size``) drops the last
@@ -146,6 +165,31 @@ def run_key(
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+class UnitOptions(TypedDict):
+    """The loop's arguments that come from the unit being trained and the head's config (``unit_options``)."""
+
+    seed: int
+    checkpoint: Path | None
+    checkpoint_key: str
+    progress: bool
+    select: SelectRule
+    on_epoch: Callable[[dict[str, float]], None] | None
+
+
+def unit_options(task: Task, config: Any) -> UnitOptions:
+    """What every head passes the loop from its task and config: the unit's seed, checkpoint file and key
+    (``head_checkpoint_key``), progress bar and epoch callback, and the head's epoch-selection rule
+    (``train_on_features(module, logits_fn, train, val, n_classes, settings, **unit_options(task, cfg))``)."""
+    return UnitOptions(
+        seed=task.seed,
+        checkpoint=task.checkpoint,
+        checkpoint_key=head_checkpoint_key(task, config),
+        progress=task.progress,
+        select=config.select,
+        on_epoch=task.on_epoch,
+    )
 
 
 def head_checkpoint_key(task: Task, config: Any) -> str:

@@ -36,7 +36,7 @@ from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.batch_invariant import row_dot
 from fewclip.heads.prompts.lengths import ChecksTemplates, check_template_task
-from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, settings_of
 from fewclip.heads.registry import register_head
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
@@ -69,18 +69,7 @@ class ClipAdapterConfig(ConfigBlock):
     )
 
     def settings(self) -> FeatureTrainSettings:
-        return FeatureTrainSettings(
-            self.epochs,
-            self.batch_size,
-            self.lr,
-            self.momentum,
-            self.weight_decay,
-            self.warmup_epochs,
-            self.warmup_lr,
-            self.schedule,
-            self.drop_last,
-            self.view_sampling,
-        )
+        return settings_of(self)
 
 
 class AdapterModel(nn.Module):

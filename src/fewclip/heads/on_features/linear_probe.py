@@ -14,7 +14,7 @@ from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.registry import register_head
 from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.training.features_loop import FeatureTrainSettings, head_checkpoint_key, train_on_features
+from fewclip.training.features_loop import FeatureTrainSettings, unit_options, train_on_features
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
 
@@ -65,12 +65,7 @@ class LinearProbeHead(HeadBase):
             normalized_val,
             n_classes,
             settings,
-            task.seed,
-            task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg),
-            progress=task.progress,
-            select=cfg.select,
-            on_epoch=task.on_epoch,
+            **unit_options(task, cfg),
             generator=generator,
             make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
         )

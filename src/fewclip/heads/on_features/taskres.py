@@ -46,7 +46,7 @@ from fewclip.heads.on_features.trained_module import ModuleScores, fit_module
 from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
-from fewclip.training.features_loop import DROP_LAST_HELP, VIEWS_HELP, FeatureTrainSettings, ViewSampling
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, settings_of
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
@@ -101,18 +101,7 @@ class TaskResConfig(ConfigBlock):
 
     def settings(self, shots: int) -> FeatureTrainSettings:
         # momentum 0: the loop's SGD is replaced by Adam (``adam``); its betas are this block's
-        return FeatureTrainSettings(
-            self.epochs_for(shots),
-            self.batch_size,
-            self.lr,
-            0.0,
-            self.weight_decay,
-            self.warmup_epochs,
-            self.warmup_lr,
-            self.schedule,
-            self.drop_last,
-            self.view_sampling,
-        )
+        return settings_of(self, self.epochs_for(shots), momentum=0.0)
 
     def adam(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Dassl's ``build_optimizer`` for OPTIM.NAME adam."""

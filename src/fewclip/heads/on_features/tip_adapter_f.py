@@ -29,7 +29,7 @@ from pydantic import Field
 
 from fewclip.heads.base import FeatureSet, Task
 from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.training.features_loop import FeatureTrainSettings, head_checkpoint_key, train_on_features
+from fewclip.training.features_loop import FeatureTrainSettings, unit_options, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
 from fewclip.heads.on_features.tip_adapter import TipAdapterConfig, TipAdapterHead, build_cache_model, search_alpha_beta
@@ -100,12 +100,7 @@ class TipAdapterFHead(TipAdapterHead):
             val,
             len(task.class_names),
             cfg.settings(),
-            task.seed,
-            task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg),
-            progress=task.progress,
-            select=cfg.select,
-            on_epoch=task.on_epoch,
+            **unit_options(task, cfg),
             make_optimizer=make_optimizer,
         )
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch

@@ -12,7 +12,7 @@ from torch import nn
 
 from fewclip.heads.base import FeatureSet, Task
 from fewclip.training.calibration import calibrate, temperature_tensor
-from fewclip.training.features_loop import FeatureTrainSettings, head_checkpoint_key, train_on_features
+from fewclip.training.features_loop import FeatureTrainSettings, unit_options, train_on_features
 
 
 def fit_module(
@@ -36,12 +36,7 @@ def fit_module(
         val,
         len(task.class_names),
         settings,
-        task.seed,
-        task.checkpoint,
-        checkpoint_key=head_checkpoint_key(task, cfg),
-        progress=task.progress,
-        select=cfg.select,
-        on_epoch=task.on_epoch,
+        **unit_options(task, cfg),
         train_step=train_step,
         make_optimizer=make_optimizer,
     )

@@ -43,7 +43,7 @@ from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.config import PromptLearningConfig
 from fewclip.heads.prompts.learning import assemble, check_prompts_fit, checked_fit_inputs, starting_context
-from fewclip.training.features_loop import head_checkpoint_key, train_on_features
+from fewclip.training.features_loop import unit_options, train_on_features
 from fewclip.heads.registry import register_head
 
 
@@ -157,12 +157,7 @@ class CoCoOpHead(HeadBase):
             val,
             n_classes,
             cfg.settings(task.shots),
-            task.seed,
-            task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg),
-            progress=task.progress,
-            select=cfg.select,
-            on_epoch=task.on_epoch,
+            **unit_options(task, cfg),
         )
         self.history_, self.selection_, self.best_epoch_, self.n_ctx_ = history, selection, selection.epoch, cfg.n_ctx
         self.params_ = params.requires_grad_(False)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from fewclip.configbase import ConfigBlock
-from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings
+from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, settings_of
 from fewclip.training.schedule import SCHEDULE_HELP, Schedule, schedules_agree
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
@@ -158,17 +158,7 @@ class PromptLearningConfig(ConfigBlock):
         return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
 
     def settings(self, shots: int) -> FeatureTrainSettings:
-        return FeatureTrainSettings(
-            self.epochs_for(shots),
-            self.batch_size,
-            self.lr,
-            self.momentum,
-            self.weight_decay,
-            self.warmup_epochs,
-            self.warmup_lr,
-            self.schedule,
-            self.drop_last,
-        )
+        return settings_of(self, self.epochs_for(shots))
 
     def key_values(self, class_names: Sequence[str]) -> dict[str, Any]:
         """The block's values, without ``schedule`` where it trains as fewclip's earlier default did (every

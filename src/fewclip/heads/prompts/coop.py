@@ -48,7 +48,7 @@ from fewclip.heads.prompts.learning import (
     checked_fit_inputs,
     starting_context,
 )
-from fewclip.training.features_loop import head_checkpoint_key, train_on_features
+from fewclip.training.features_loop import unit_options, train_on_features
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
@@ -157,12 +157,7 @@ class CoOpHead(HeadBase):
             val,
             n_classes,
             settings,
-            task.seed,
-            task.checkpoint,
-            checkpoint_key=head_checkpoint_key(task, cfg),
-            progress=task.progress,
-            select=cfg.select,
-            on_epoch=task.on_epoch,
+            **unit_options(task, cfg),
             train_step=self.train_step(task, prompts, params, scale),
         )
         self.history_, self.selection_, self.best_epoch_ = history, selection, selection.epoch
