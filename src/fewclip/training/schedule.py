@@ -20,7 +20,9 @@ after every batch, so step ``t`` of ``T`` trains at ``lr * (1 + cos(pi * t / T))
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
 
 Schedule = Literal["dassl", "fewclip"]
 SCHEDULE_HELP = (
@@ -28,6 +30,27 @@ SCHEDULE_HELP = (
     "(epoch e of E at lr*(1+cos(pi*(e-W)/E))/2, e 0-based, W warm-up epochs); 'fewclip' anneals over "
     "the E-W epochs after the warm-up (fewclip's earlier default)."
 )
+
+
+def check_epochs(epochs: int | dict[int, int]) -> int | dict[int, int]:
+    """``epochs`` if it is >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}; a ValueError otherwise."""
+    pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
+    if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
+        raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
+    return epochs
+
+
+# A config's epochs: one count, or {shots: epochs} per shot budget (``epochs_for`` reads it)
+EpochsByShots = Annotated[int | dict[int, int], AfterValidator(check_epochs)]
+
+
+def epochs_for(epochs: int | dict[int, int], shots: int) -> int:
+    """The epochs of a shot budget: an unlisted budget takes the largest listed one below it; below the smallest,
+    the smallest."""
+    if isinstance(epochs, int):
+        return epochs
+    below = [k for k in epochs if k <= shots]
+    return epochs[max(below) if below else min(epochs)]
 
 
 def lr_at_epoch(

@@ -47,9 +47,8 @@ from pydantic import Field
 
 from fewclip.backbones.capabilities import require
 from fewclip.backbones.protocol import Backbone, TunableTowers
-from fewclip.heads.base import HeadBase, ImageSet, Task, normalize
+from fewclip.heads.base import ImageSet, Task, normalize
 from fewclip.heads.encoders.config import EncoderTrainingConfig
-from fewclip.training.images_loop import EncoderTrainer, TrainPlan
 from fewclip.heads.artifacts import StaleArtifact
 from fewclip.heads.encoders.lora_layers import (
     adapter_state,
@@ -61,6 +60,7 @@ from fewclip.heads.encoders.lora_layers import (
     lora_towers,
 )
 from fewclip.heads.prompts.lengths import check_template_task
+from fewclip.heads.encoders.base import EncoderHeadBase
 from fewclip.heads.registry import register_head
 
 
@@ -104,23 +104,14 @@ class TunedLogits(nn.Module):
 
 
 @register_head
-class ClipLoraHead(HeadBase):
+class ClipLoraHead(EncoderHeadBase):
     name = "clip_lora"
     paper = "Zanella & Ben Ayed, CVPR-W 2024 (CLIP-LoRA)"
     official_code = "MaxZanella/CLIP-LoRA"
     config_key = "clip_lora"
     Config = ClipLoraConfig
-    uses_text = True
-    uses_shots = True
-    transfers = True
-    needs_text_at_predict = True  # attach(backbone, class_names) rebuilds the tuned model
-    checks_task = True
-    selects_epoch = True
-    tunes_encoders = True
     needs = frozenset({"lora_targets"})
-
-    def __init__(self, config: ClipLoraConfig | None = None) -> None:
-        self.config = config or ClipLoraConfig()
+    config: ClipLoraConfig
 
     def check(self, task: Task) -> None:
         if task.backbone is not None:
@@ -148,55 +139,16 @@ class ClipLoraHead(HeadBase):
         self._build(task.backbone, task.seed)
         self.prompts_ = [self.template_.format(name) for name in task.class_names]
         self.logit_scale_ = torch.tensor(task.backbone.logit_scale)
-        plan = TrainPlan(
-            iterations=cfg.iterations_per_shot * max(task.shots, 1),
-            batch_size=cfg.batch_size,
-            accumulate=cfg.accumulate,
-            lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            weight_decay=cfg.weight_decay,
-            precision=cfg.precision,
-            select=cfg.select,
-            augment=cfg.augment,
-            crop_scale=cfg.crop_scale,
-            flip=cfg.flip,
-            checkpoint_every=cfg.checkpoint_every,
-            drop_last=cfg.drop_last,
+        plan = cfg.plan(
+            cfg.iterations_per_shot * max(task.shots, 1), lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay
         )
         if cfg.gradient_checkpointing:
             self.towers_.checkpoint_activations()
-        trainer = EncoderTrainer(
-            TunedLogits(self),
-            task.backbone.transform,
-            plan,
-            task.seed,
-            task.workers,
-            len(task.class_names),
-            self.device_,
-            task.ranks,
-        )
         with torch.random.fork_rng(devices=[]):  # dropout draws from torch's RNG: seeded, and saved in checkpoints
             torch.manual_seed(task.seed + task.ranks.rank * 1_000_003)  # each rank its own dropout stream
-            self.history_, self.selection_ = trainer.fit(
-                train, val, task.checkpoint, self._checkpoint_key(task, task.backbone), task.on_epoch
-            )
-        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
+            self.train_net(TunedLogits(self), task, task.backbone, train, val, plan, template=task.templates[0])
         self.model_.eval()
         return self
-
-    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
-        import json
-
-        return json.dumps(
-            {
-                "classes": task.class_names,
-                "template": task.templates[0],
-                "config": self.config.model_dump(mode="json"),
-                "backbone": backbone.fingerprint(),
-            },
-            sort_keys=True,
-            default=str,
-        )
 
     def train_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, C) with autograd through both tuned towers (text re-encoded each step, as the
@@ -256,12 +208,6 @@ class ClipLoraHead(HeadBase):
         features, activations = self.towers_.saliency_pass(pixels)
         text = self.scoring_text()
         return self.logit_scale_.to(self.device_) * normalize(features) @ text.T, activations
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        raise TypeError("clip_lora tunes the image tower: frozen features cannot be scored; call image_logits(pixels)")
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     @property
     def adapter_(self) -> dict[str, torch.Tensor]:

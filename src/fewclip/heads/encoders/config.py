@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from fewclip.configbase import ConfigBlock
+from fewclip.training.images_loop import TrainPlan
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
 
@@ -54,6 +55,17 @@ class EncoderTrainingConfig(ConfigBlock):
         description="Recompute the towers' activations in the backward "
         "pass: less memory for large towers (ViT-L), about a third more time.",
     )
+
+    def plan(self, iterations: int, **schedule: Any) -> TrainPlan:
+        """The loop's plan: ``iterations`` optimiser steps with this block's shared options; ``schedule`` gives the
+        head's own (lr, min_lr, weight_decay, the optimiser and its settings)."""
+        shared = ("batch_size", "accumulate", "precision", "select", "augment", "crop_scale", "flip", "drop_last")
+        return TrainPlan(
+            iterations=iterations,
+            checkpoint_every=self.checkpoint_every,
+            **{key: getattr(self, key) for key in shared},
+            **schedule,
+        )
 
     @field_validator("crop_scale")
     @classmethod

@@ -47,7 +47,6 @@ Its cross-dataset setting (ImageNet source) is lr 0.0026, 2 epochs.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -56,12 +55,12 @@ from torch import nn
 
 from fewclip.backbones.capabilities import require
 from fewclip.backbones.protocol import Backbone, DeepPromptTowers, TextTokens
-from fewclip.heads.base import HeadBase, ImageSet, Task, normalize
+from fewclip.heads.base import ImageSet, Task, normalize
 from fewclip.heads.encoders.config import EncoderTrainingConfig
-from fewclip.training.images_loop import EncoderTrainer, TrainPlan
 from fewclip.heads.encoders.maple_prompts import MaplePrompts
 from fewclip.heads.prompts.learning import context_init_ids, name_and_period_ids
 from fewclip.training.features_loop import DROP_LAST_HELP, batch_count
+from fewclip.heads.encoders.base import EncoderHeadBase
 from fewclip.heads.registry import register_head
 
 
@@ -184,24 +183,15 @@ class MapleNet(nn.Module):
 
 
 @register_head
-class MapleHead(HeadBase):
+class MapleHead(EncoderHeadBase):
     name = "maple"
     paper = "Khattak et al., CVPR 2023 (MaPLe)"
     official_code = "muzairkhattak/multimodal-prompt-learning"
     config_key = "maple"
     Config = MapleConfig
     published_as = "MaPLe"
-    uses_text = True
-    uses_shots = True
-    transfers = True  # the same prompts on other class names (base-to-new)
-    needs_text_at_predict = True  # attach(backbone, class_names) rebuilds the prompted towers
-    checks_task = True
-    selects_epoch = True
-    tunes_encoders = True  # its image tower runs with prompts: cached features cannot be used
     needs = frozenset({"deep_prompts"})
-
-    def __init__(self, config: MapleConfig | None = None) -> None:
-        self.config = config or MapleConfig()
+    config: MapleConfig
 
     def check(self, task: Task) -> None:
         """Fail before any training: a backbone without deep prompts, a depth beyond the towers, prompts that do
@@ -241,53 +231,20 @@ class MapleHead(HeadBase):
         self._build(backbone, task.class_names, task.seed)
         self.logit_scale_ = torch.tensor(self.net_.logit_scale)
         steps_per_epoch = batch_count(len(train), cfg.batch_size, cfg.drop_last)
-        plan = TrainPlan(
-            iterations=cfg.epochs * steps_per_epoch,
-            batch_size=cfg.batch_size,
-            accumulate=cfg.accumulate,
+        plan = cfg.plan(
+            cfg.epochs * steps_per_epoch,
             lr=cfg.lr,
             min_lr=0.0,
             weight_decay=cfg.weight_decay,
-            precision=cfg.precision,
-            select=cfg.select,
-            augment=cfg.augment,
-            crop_scale=cfg.crop_scale,
-            flip=cfg.flip,
-            checkpoint_every=cfg.checkpoint_every,
-            drop_last=cfg.drop_last,
             optimizer="sgd",
             momentum=cfg.momentum,
             warmup_epochs=cfg.warmup_epochs,
             warmup_lr=cfg.warmup_lr,
             steps_per_epoch=steps_per_epoch,
         )
-        trainer = EncoderTrainer(
-            self.net_,
-            backbone.transform,
-            plan,
-            task.seed,
-            task.workers,
-            len(task.class_names),
-            self.device_,
-            task.ranks,
-        )
-        self.history_, self.selection_ = trainer.fit(
-            train, val, task.checkpoint, self._checkpoint_key(task, backbone), task.on_epoch
-        )
-        self.best_epoch_: int | None = self.selection_.epoch  # None: loaded from a head saved without it
+        self.train_net(self.net_, task, backbone, train, val, plan)
         self._finish()
         return self
-
-    def _checkpoint_key(self, task: Task, backbone: Backbone) -> str:
-        return json.dumps(
-            {
-                "classes": task.class_names,
-                "config": self.config.model_dump(mode="json"),
-                "backbone": backbone.fingerprint(),
-            },
-            sort_keys=True,
-            default=str,
-        )
 
     def _finish(self) -> None:
         """Eval mode, and the class text features computed once for scoring."""
@@ -334,12 +291,6 @@ class MapleHead(HeadBase):
         self.net_.eval()
         features, patches = self.net_.saliency_features(pixels.to(self.device_))
         return self.net_.logit_scale * features @ self.class_text_features_.T, patches
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        raise TypeError("maple prompts the image tower: frozen features cannot be scored; call image_logits(pixels)")
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(dim=-1)
 
     @property
     def prompts_state_(self) -> dict[str, torch.Tensor]:

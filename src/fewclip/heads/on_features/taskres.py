@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from fewclip.configbase import ConfigBlock
@@ -47,7 +47,7 @@ from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, settings_of
-from fewclip.training.schedule import SCHEDULE_HELP, Schedule
+from fewclip.training.schedule import SCHEDULE_HELP, EpochsByShots, Schedule, epochs_for
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
 REFERENCE_EPOCHS = {1: 100, 2: 100, 4: 100, 8: 200, 16: 200}  # train_regular.sh: ep100 files to 4 shots, ep200 after
@@ -59,7 +59,7 @@ class TaskResConfig(ConfigBlock):
     residual_scale: float = Field(
         0.5, ge=0, description="alpha in t + alpha * x (the reference's RESIDUAL_SCALE; 1.0 for Flowers102)."
     )
-    epochs: int | dict[int, int] = Field(
+    epochs: EpochsByShots = Field(
         default_factory=lambda: dict(REFERENCE_EPOCHS),
         description="Epochs, or "
         "{shots: epochs} per shot budget (an unlisted budget takes the largest "
@@ -84,20 +84,9 @@ class TaskResConfig(ConfigBlock):
         description="Temperature-scale the logits on the validation split (off: validation-free, as in the paper).",
     )
 
-    @field_validator("epochs")
-    @classmethod
-    def _positive_epochs(cls, epochs: int | dict[int, int]) -> int | dict[int, int]:
-        pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
-        if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
-            raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
-        return epochs
-
     def epochs_for(self, shots: int) -> int:
         """The epochs of a shot budget (an unlisted budget takes the largest listed one below it)."""
-        if isinstance(self.epochs, int):
-            return self.epochs
-        below = [k for k in self.epochs if k <= shots]
-        return self.epochs[max(below) if below else min(self.epochs)]
+        return epochs_for(self.epochs, shots)
 
     def settings(self, shots: int) -> FeatureTrainSettings:
         # momentum 0: the loop's SGD is replaced by Adam (``adam``); its betas are this block's

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Sequence
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from fewclip.configbase import ConfigBlock
 from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, settings_of
-from fewclip.training.schedule import SCHEDULE_HELP, Schedule, schedules_agree
+from fewclip.training.schedule import SCHEDULE_HELP, EpochsByShots, Schedule, epochs_for, schedules_agree
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
 
@@ -92,7 +92,7 @@ class PromptLearningConfig(ConfigBlock):
         "(one vector per word; each word must be one token of the model's tokenizer).",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast for the text tower.")
-    epochs: int | dict[int, int] = Field(
+    epochs: EpochsByShots = Field(
         50,
         description="Epochs, or {shots: epochs} per shot budget, e.g. {1: 50, "
         "2: 100, 4: 100, 8: 200, 16: 200} (an unlisted budget takes the largest "
@@ -129,14 +129,6 @@ class PromptLearningConfig(ConfigBlock):
         resolved = resolve_n_ctx(n_ctx, ctx_init, "n_ctx" in data, mode)
         return data if resolved == n_ctx else {**data, "n_ctx": resolved}
 
-    @field_validator("epochs")
-    @classmethod
-    def _positive_epochs(cls, epochs: int | dict[int, int]) -> int | dict[int, int]:
-        pairs = epochs.items() if isinstance(epochs, dict) else [(1, epochs)]
-        if not pairs or any(shots < 1 or count < 1 for shots, count in pairs):
-            raise ValueError("epochs must be >= 1, or a non-empty mapping {shots >= 1: epochs >= 1}")
-        return epochs
-
     @property
     def init_mode(self) -> CtxInitMode:
         """How ``ctx_init`` fills the context: one vector per word, unless the block offers ProGrad's
@@ -150,12 +142,7 @@ class PromptLearningConfig(ConfigBlock):
 
     def epochs_for(self, shots: int) -> int:
         """The epochs of a shot budget (an unlisted budget takes the largest listed one below it)."""
-        if isinstance(self.epochs, int):
-            return self.epochs
-        if shots in self.epochs:
-            return self.epochs[shots]
-        smaller = [k for k in self.epochs if k <= shots]
-        return self.epochs[max(smaller)] if smaller else self.epochs[min(self.epochs)]
+        return epochs_for(self.epochs, shots)
 
     def settings(self, shots: int) -> FeatureTrainSettings:
         return settings_of(self, self.epochs_for(shots))

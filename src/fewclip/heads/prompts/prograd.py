@@ -52,6 +52,7 @@ from fewclip.heads.prompts.coop import ContextParams, CoOpConfig, CoOpHead, CoOp
 from fewclip.heads.prompts.config import CTX_INIT_MODE_HELP, CtxInitMode
 from fewclip.heads.registry import register_head
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
+from fewclip.training.schedule import EpochsByShots
 
 
 class ProGradConfig(CoOpConfig):
@@ -72,7 +73,7 @@ class ProGradConfig(CoOpConfig):
         "slots (the reference: its dataset template without ' {}.').",
     )
     ctx_init_mode: CtxInitMode = Field("zeros_then_words", description=CTX_INIT_MODE_HELP)
-    epochs: int | dict[int, int] = Field(
+    epochs: EpochsByShots = Field(
         default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200},
         description="Epochs, or {shots: epochs} per shot budget.",
     )
