@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -104,14 +105,15 @@ def world_caption_item(cfg: WorldCaptionConfig, index: int) -> tuple[np.ndarray,
 
 def all_captions() -> list[str]:
     """Every caption the templates can produce (the decoder's language; each phrase of each position)."""
+    wheres = [w for phrases in POSITION_PHRASES.values() for w in phrases]
+    return fill_all(CAPTION_TEMPLATES, colour=COLOURS, shape=SHAPES, size=SIZES, where=wheres)
+
+
+def fill_all(templates: Sequence[str], **choices: Iterable[str]) -> list[str]:
+    """Every template filled with every combination of ``choices`` (nested in the keywords' order, the last
+    innermost)."""
     return [
-        t.format(size=z, colour=c, shape=s, where=w)
-        for t in CAPTION_TEMPLATES
-        for c in COLOURS
-        for s in SHAPES
-        for z in SIZES
-        for phrases in POSITION_PHRASES.values()
-        for w in phrases
+        t.format(**dict(zip(choices, values))) for t in templates for values in itertools.product(*choices.values())
     ]
 
 

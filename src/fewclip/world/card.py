@@ -1,14 +1,29 @@
-"""The model card of a world-pretrained CLIP, written from its ``pretraining.json``."""
+"""The model cards (README.md) of the world's pretrained models, written from their ``pretraining.json``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
+
+from fewclip.fileio import read_json
+
+
+def pretraining_record(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and the measured results a pretraining wrote to ``folder/pretraining.json``."""
+    record = read_json(folder / "pretraining.json")
+    return record["config"], record["results"]
+
+
+def write_card(folder: Path, lines: list[str]) -> Path:
+    """``folder/README.md`` holding ``lines``."""
+    card = folder / "README.md"
+    card.write_text("\n".join(lines))
+    return card
 
 
 def write_model_card(folder: Path, command: str) -> Path:
-    record = json.loads((folder / "pretraining.json").read_text())
-    cfg, results = record["config"], record["results"]
+    """The world CLIP's card."""
+    cfg, results = pretraining_record(folder)
     n_params = None
     weights = folder / "model.safetensors"
     if weights.is_file():
@@ -62,9 +77,7 @@ def write_model_card(folder: Path, command: str) -> Path:
         f"| all 64 classes, 'texture' domain | {results['zero_shot_all_64way_texture']:.3f} |",
         "",
     ]
-    card = folder / "README.md"
-    card.write_text("\n".join(lines))
-    return card
+    return write_card(folder, lines)
 
 
 def _numel(shape: list[int]) -> int:

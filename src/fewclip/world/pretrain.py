@@ -21,6 +21,8 @@ import torch
 
 from fewclip.backbones.preprocess import OPENAI_MEAN as MEAN, OPENAI_STD as STD, write_processor_config
 from fewclip.world import CLASSES, HELD_OUT
+from fewclip.world.captions import fill_all
+from fewclip.world.card import write_model_card
 from fewclip.world.render import COLOURS, POSITIONS, SHAPES, SIZES, Scene, image_rng, render
 from fewclip.world.tokenizer import train_bpe, write_clip_tokenizer
 
@@ -66,14 +68,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def caption_corpus() -> list[str]:
     """Every caption the templates can produce, for training the tokenizer."""
-    return [
-        t.format(colour=c, shape=s, size=z, position=p)
-        for t in CAPTION_TEMPLATES
-        for c in COLOURS
-        for s in SHAPES
-        for z in SIZES
-        for p in POSITIONS
-    ]
+    return fill_all(CAPTION_TEMPLATES, colour=COLOURS, shape=SHAPES, size=SIZES, position=POSITIONS)
 
 
 def _render_chunk(args: tuple[list[str], int, int, int, str, str]) -> tuple[np.ndarray, list[Scene]]:
@@ -188,16 +183,38 @@ def zero_shot_accuracy(
     return correct / len(images)
 
 
+def start_pretraining(seed: int, out: Path) -> tuple[float, np.random.Generator]:
+    """Where a pretraining starts: the clock, torch seeded, a numpy generator of the seed, the output folder."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    return started, np.random.default_rng(seed)
+
+
+def adamw(
+    model: torch.nn.Module, decays: Callable[[str], bool], lr: float, weight_decay: float, eps: float = 1e-8
+) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.98) with ``weight_decay`` on the matrices whose name ``decays`` accepts, none on the rest."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and decays(n)]
+    other = [p for n, p in named if not (p.ndim >= 2 and decays(n))]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=eps)
+
+
+def progress_row(step: int, seconds: float, loss: float, lr: float, model: Any) -> dict[str, float]:
+    """One row of the pretraining's history."""
+    scale = float(model.logit_scale.detach().exp())
+    return {"step": step, "seconds": round(seconds, 1), "loss": loss, "lr": lr, "logit_scale": scale}
+
+
 def pretrain(
     cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print, command: str | None = None
 ) -> dict[str, Any]:
     """Train and save a tiny CLIP in Hugging Face format; returns the measured numbers."""
     from transformers import CLIPTokenizer
 
-    started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    started, rng = start_pretraining(cfg.seed, out)
     merges = train_bpe(caption_corpus(), cfg.vocab_merges)
     vocab_size = write_clip_tokenizer(out, merges, cfg.max_positions)
     tokenizer = CLIPTokenizer.from_pretrained(str(out))
@@ -209,14 +226,7 @@ def pretrain(
     )
     model = build_model(cfg, vocab_size)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
+    optimizer = adamw(model, lambda name: "embedding" not in name, cfg.lr, cfg.weight_decay, eps=1e-6)
     budget = cfg.minutes * 60
     history: list[dict[str, float]] = []
     step, pairs, train_start = 0, 0, time.perf_counter()
@@ -242,20 +252,14 @@ def pretrain(
         step, pairs = step + 1, pairs + cfg.batch_size
         if step % 20 == 0 or step == 1:
             done = time.perf_counter() - train_start  # after this step: `elapsed` was read before it (~0 at step 1)
-            history.append(
-                {
-                    "step": step,
-                    "seconds": round(done, 1),
-                    "loss": float(loss.detach()),
-                    "lr": lr,
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                }
-            )
+            history.append(progress_row(step, done, float(loss.detach()), lr, model))
             log(
                 f"step {step:5d}  {done:6.0f}s  loss {float(loss.detach()):.3f}  lr {lr:.2e}  "
                 f"scale {float(model.logit_scale.detach().exp()):.1f}  {pairs / done:.0f} pairs/s"
             )
     train_seconds = time.perf_counter() - train_start
+    if history and history[-1]["step"] != step:  # the last step too: final_loss is the loss it ended at
+        history.append(progress_row(step, train_seconds, float(loss.detach()), lr, model))
     results = evaluate(model, tokenizer, cfg)
     results.update(
         steps=step,
@@ -266,8 +270,6 @@ def pretrain(
         first_loss=history[0]["loss"] if history else None,
     )
     save(model, out, cfg, results, history)
-    from fewclip.world.card import write_model_card
-
     write_model_card(out, command or f"fewclip world pretrain --out {out} --minutes {cfg.minutes} --seed {cfg.seed}")
     log(json.dumps(results))
     return results

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from fewclip.world.captions import all_captions, caption_words
-from fewclip.world.pretrain import lr_at
+from fewclip.world.card import pretraining_record, write_card
+from fewclip.world.pretrain import adamw, lr_at, start_pretraining
 from fewclip.world.tokenizer import gpt2_word_merges, write_gpt2_tokenizer
 
 BOS_EOS_TOKEN = "<|endoftext|>"
@@ -101,21 +102,12 @@ def pretrain_decoder(
     """Train and save the world decoder in Hugging Face format (fp16 safetensors); returns the numbers."""
     from transformers import AutoTokenizer
 
-    started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    started, rng = start_pretraining(cfg.seed, out)
     special = write_gpt2_tokenizer(out, gpt2_word_merges(caption_words()), cfg.n_positions, (BOS_EOS_TOKEN, PAD_TOKEN))
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     corpus = all_captions()
     model = build_decoder(cfg, len(tokenizer), special)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer = adamw(model, lambda name: "wte" not in name and "wpe" not in name, cfg.lr, cfg.weight_decay)
     history: list[dict[str, float]] = []
     train_start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
@@ -173,8 +165,7 @@ def pretrain_decoder(
 
 def write_decoder_card(folder: Path, command: str) -> Path:
     """README.md of the decoder folder, from its ``pretraining.json``."""
-    record = json.loads((folder / "pretraining.json").read_text())
-    cfg, results = record["config"], record["results"]
+    cfg, results = pretraining_record(folder)
     special = results["special_tokens"]
     lines = [
         "# fewclip world decoder",
@@ -211,6 +202,4 @@ def write_decoder_card(folder: Path, command: str) -> Path:
         f"| the same words shuffled | {results['shuffled_loss']:.3f} | {results['shuffled_perplexity']:.2f} |",
         "",
     ]
-    card = folder / "README.md"
-    card.write_text("\n".join(lines))
-    return card
+    return write_card(folder, lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, Protocol, Sequence
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -13,6 +13,10 @@ from fewclip.configbase import ConfigBlock
 from fewclip.data.duplicates import DuplicatePolicy
 
 Split = Literal["train", "val", "test"]  # "val" only from sources whose config has has_val_split
+
+# The share of a source's images held out as its test split when it names none (1: a test-only set)
+TestShare = Annotated[float, Field(gt=0, le=1)]
+TEST_ONLY = "1: every image is a test image, a test-only set for shot-free methods such as zero_shot"
 
 
 class SourceConfig(ConfigBlock):

@@ -9,7 +9,7 @@ from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.base import TEST_ONLY, SourceConfig, SourceItem, Split, TestShare, missing_path_message
 from fewclip.data.sources.folder import in_test_share
 from fewclip.data.sources.registry import register_source
 
@@ -22,13 +22,7 @@ class CsvSourceConfig(SourceConfig):
     root: str | None = Field(None, description="Folder relative paths are resolved against (default: the CSV's).")
     path_column: str = Field("path", description="The column holding each image's path.")
     label_column: str = Field("label", description="The column holding each image's class name.")
-    test_fraction: float = Field(
-        0.2,
-        gt=0,
-        le=1,
-        description="Share held out for test without a test CSV (1: every "
-        "row is a test image, a test-only set for shot-free methods such as zero_shot).",
-    )
+    test_fraction: TestShare = Field(0.2, description=f"Share held out for test without a test CSV ({TEST_ONLY}).")
 
     def default_label(self) -> str:
         return Path(self.train).stem

@@ -9,7 +9,7 @@ from typing import ClassVar, Iterator, Literal
 
 from pydantic import Field
 
-from fewclip.data.sources.base import SourceConfig, SourceItem, Split, missing_path_message
+from fewclip.data.sources.base import TEST_ONLY, SourceConfig, SourceItem, Split, TestShare, missing_path_message
 from fewclip.data.sources.registry import register_source
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,8 @@ class FolderSourceConfig(SourceConfig):
     )
     train_dir: str = Field("train", description="Subfolder holding the train split, if present.")
     test_dir: str = Field("test", description="Subfolder holding the test split, if present.")
-    test_fraction: float = Field(
-        0.2,
-        gt=0,
-        le=1,
-        description="Share of each class held out for test when there are no split subfolders "
-        "(1: every image is a test image, a test-only set for shot-free methods such as zero_shot).",
+    test_fraction: TestShare = Field(
+        0.2, description=f"Share of each class held out for test when there are no split subfolders ({TEST_ONLY})."
     )
 
     def default_label(self) -> str:
