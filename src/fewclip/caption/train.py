@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import check_loss
-from fewclip.training.checkpoint import optimizer_tensors, read_checkpoint, restore_optimizer
+from fewclip.training.checkpoint import read_checkpoint, restore_optimizer, saved_part, training_tensors
 
 
 class CaptionTrainConfig(ConfigBlock):
@@ -117,8 +117,7 @@ def save_checkpoint(
 ) -> None:
     """Tensors in safetensors (weights, AdamW moments and steps, best weights); scalars in its JSON metadata.
     One atomic rename commits both, so tensors and history always belong to the same epoch."""
-    tensors = {f"model.{k}": v for k, v in model.trainable_state().items()} | optimizer_tensors(optimizer)
-    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    tensors = training_tensors(model.trainable_state(), optimizer, best_state)
     meta = {
         "run_key": key,
         "history": done.history,
@@ -139,12 +138,12 @@ def load_checkpoint(
     if saved is None:
         return None
     tensors, meta = saved
-    model.load_trainable_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_trainable_state(saved_part(tensors, "model"))
     restore_optimizer(optimizer, tensors)
     for group, lr in zip(optimizer.param_groups, meta["lrs"]):
         group["lr"] = lr
     scheduler.load_state_dict(meta["scheduler"])
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    best = saved_part(tensors, "best") or None
     return CaptionTraining(meta["history"], meta["best_epoch"], meta["best_score"]), best
 
 

@@ -17,6 +17,21 @@ from fewclip.training.selection import BestEpoch, SelectRule
 log = logging.getLogger(__name__)
 
 
+def training_tensors(
+    model: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """What every loop's checkpoint holds as tensors: the trained state as ``model.<name>``, the optimiser's
+    (``optimizer_tensors``) and the best epoch's state so far as ``best.<name>``."""
+    tensors = {f"model.{k}": v for k, v in model.items()} | optimizer_tensors(optimizer)
+    return tensors | {f"best.{k}": v for k, v in (best or {}).items()}
+
+
+def saved_part(tensors: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """The tensors ``training_tensors`` saved under ``part`` ("model" or "best"), by their own names."""
+    prefix = part + "."
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimiser's per-parameter state (momentum buffers, Adam moments and steps) as ``optim.<index>.<name>``
     tensors on the CPU."""
@@ -42,25 +57,20 @@ def restore_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def best_tensors(keeper: BestEpoch) -> dict[str, torch.Tensor]:
-    """The state of the epoch ``keeper`` holds as the best so far, as ``best.<name>`` tensors."""
-    return {f"best.{name}": value for name, value in (keeper.state or {}).items()}
-
-
 def best_metadata(keeper: BestEpoch) -> dict[str, Any]:
     """What a checkpoint's JSON keeps of ``keeper``: its epoch and score."""
     return {"best_epoch": keeper.epoch, "best_score": list(keeper.score) if keeper.score is not None else None}
 
 
 def restored_best(select: SelectRule, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> BestEpoch:
-    """The ``BestEpoch`` a checkpoint saved (``best_tensors`` and ``best_metadata``); a fresh one if it held none."""
+    """The ``BestEpoch`` a checkpoint saved (the best state ``training_tensors`` keeps and ``best_metadata``); a fresh one if it held none."""
     if meta["best_epoch"] is None:
         return BestEpoch(select)
     return BestEpoch(
         select,
         meta["best_epoch"],
         tuple(meta["best_score"]),
-        {k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
+        saved_part(tensors, "best"),
     )
 
 

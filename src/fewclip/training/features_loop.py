@@ -23,11 +23,11 @@ from fewclip.heads.base import FeatureSet, Task, check_loss
 from fewclip.metrics import summarize
 from fewclip.training.checkpoint import (
     best_metadata,
-    best_tensors,
-    optimizer_tensors,
     read_checkpoint,
     restore_optimizer,
     restored_best,
+    saved_part,
+    training_tensors,
 )
 from fewclip.training.schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
 from fewclip.training.selection import BestEpoch, SelectRule, Selection
@@ -216,10 +216,9 @@ def _save_checkpoint(
     key: str,
     generator: torch.Generator | None,
 ) -> None:
-    tensors = {f"model.{k}": v for k, v in _module_state(module).items()}
+    tensors = training_tensors(_module_state(module), optimizer, best.state)
     if generator is not None:  # where the next epoch's order continues the stream
         tensors["generator"] = generator.get_state()
-    tensors.update(optimizer_tensors(optimizer) | best_tensors(best))
     meta = {"epoch": epoch, "history": history, **best_metadata(best), "run_key": key}
     # The epoch and history travel in the same file as their tensors: one rename commits both, so a
     # kill can never leave tensors of one epoch beside the history of another. The file carries a
@@ -242,7 +241,7 @@ def _load_checkpoint(
     if saved is None:
         return None
     tensors, meta = saved
-    module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    module.load_state_dict(saved_part(tensors, "model"))
     if generator is not None:
         generator.set_state(tensors["generator"])
     restore_optimizer(optimizer, tensors)

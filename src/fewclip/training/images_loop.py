@@ -41,14 +41,8 @@ from fewclip.distributed import SINGLE, Ranks
 from fewclip.metrics import summarize
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import ImageSet, check_loss
-from fewclip.training.checkpoint import (
-    best_metadata,
-    best_tensors,
-    optimizer_tensors,
-    read_checkpoint,
-    restore_optimizer,
-    restored_best,
-)
+from fewclip.training.checkpoint import best_metadata, read_checkpoint, restore_optimizer, restored_best, saved_part
+from fewclip.training.checkpoint import training_tensors
 from fewclip.training.encoder_schedule import build_optimizer
 from fewclip.training.image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
 from fewclip.training.features_loop import batch_count
@@ -308,8 +302,7 @@ class EncoderTrainer:
         partial: dict[str, Any] | None = None,
     ) -> None:
         """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
-        tensors = {f"model.{n}": v for n, v in self.state().items()} | optimizer_tensors(self.optimizer)
-        tensors.update(best_tensors(keeper))
+        tensors = training_tensors(self.state(), self.optimizer, keeper.state)
         for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
             tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
         meta = {
@@ -335,7 +328,7 @@ class EncoderTrainer:
         if saved is None:
             return None
         tensors, meta = saved
-        self.load({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.load(saved_part(tensors, "model"))
         restore_optimizer(self.optimizer, tensors, meta["param_groups"])
         self.scheduler.load_state_dict(meta["scheduler"])
         self.scaler.load_state_dict(meta["scaler"])
