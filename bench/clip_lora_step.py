@@ -177,7 +177,7 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
     from fewclip.backbones import ModelConfig, load_backbone
     from fewclip.heads import ImageSet, Task
     from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
-    from fewclip.training.image_batches import rank_batches
+    from fewclip.training.image_batches import epoch_batches
 
     backbone = load_backbone(ModelConfig(id=row["id"], device=row["device"]))
     cuda = backbone.device.type == "cuda"
@@ -186,7 +186,7 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
     data_times = []
     for epoch in range(3):  # the step's decode + augment alone (the first also warms the file cache)
         start = time.perf_counter()
-        next(rank_batches(train, backbone.transform, 1, epoch, row["batch"], 0, 0, 1))
+        next(epoch_batches(train, backbone.transform, 1, epoch, row["batch"], 0))
         data_times.append(time.perf_counter() - start)
     config = ClipLoraConfig(
         batch_size=row["batch"],

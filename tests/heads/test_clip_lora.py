@@ -230,7 +230,7 @@ def test_batches_are_the_same_whatever_the_workers(backbone: Any, shapes: dict[s
     from fewclip.training.image_batches import epoch_batches, epoch_order
 
     def batches(workers: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(epoch_batches(shapes["train"], backbone.transform, 3, epoch, 8, workers))
+        return [(x, y) for x, y, _ in epoch_batches(shapes["train"], backbone.transform, 3, epoch, 8, workers)]
 
     in_process, two_workers = batches(0, 1), batches(2, 1)
     assert len(in_process) == 4 and [len(y) for _, y in in_process] == [8, 8, 8, 6]

@@ -1,4 +1,4 @@
-"""How a torchrun job's ranks share an encoder-tuning step's images (heads/image_batches.rank_batches)."""
+"""How a torchrun job's ranks share an encoder-tuning step's images (training/image_batches.epoch_batches with ranks)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from PIL import Image
 from fewclip.backbones.preprocess import ImageTransform
 from fewclip.heads.base import ImageSet
 from fewclip.data.images import read_image as read
-from fewclip.training.image_batches import PAD_LABEL, epoch_batches, epoch_order, rank_batches, rank_part
+from fewclip.distributed import Ranks
+from fewclip.training.image_batches import PAD_LABEL, epoch_batches, epoch_order, rank_part
 
 
 def images(folder: Path, n: int) -> ImageSet:
@@ -33,8 +34,8 @@ def test_rank_parts_cover_each_batch_once() -> None:
 
 def test_ranks_together_see_the_one_process_batches(tmp_path: Path) -> None:
     data, transform = images(tmp_path, 9), ImageTransform(resize=16, crop=(16, 16))
-    whole: list[Any] = list(epoch_batches(data, transform, 5, 2, 4, 0))  # 4, 4, 1 images
-    parts = [list(rank_batches(data, transform, 5, 2, 4, 0, rank, 2)) for rank in range(2)]
+    whole: list[Any] = [(x, y) for x, y, _ in epoch_batches(data, transform, 5, 2, 4, 0)]  # 4, 4, 1 images
+    parts = [list(epoch_batches(data, transform, 5, 2, 4, 0, ranks=Ranks(rank, 2))) for rank in range(2)]
     assert [count for _, _, count in parts[0]] == [4, 4, 1] == [count for _, _, count in parts[1]]
     for (pixels, labels), first, second in list(zip(whole, *parts))[:2]:
         assert torch.equal(torch.cat([first[0], second[0]]), pixels)  # same crops and flips, same order
@@ -42,7 +43,7 @@ def test_ranks_together_see_the_one_process_batches(tmp_path: Path) -> None:
     (pixels, labels), first, second = whole[2], parts[0][2], parts[1][2]
     assert torch.equal(first[0], pixels) and torch.equal(first[1], labels)  # the last image is rank 0's
     assert torch.equal(second[0], pixels) and second[1].tolist() == [PAD_LABEL]  # rank 1: a copy that counts nil
-    skipped = list(rank_batches(data, transform, 5, 2, 4, 0, 1, 2, skip=4))  # resuming after one step
+    skipped = list(epoch_batches(data, transform, 5, 2, 4, 0, skip=4, ranks=Ranks(1, 2)))  # resuming after one step
     assert torch.equal(skipped[0][0], parts[1][1][0])
 
 
@@ -50,15 +51,17 @@ def test_a_dropped_last_step_is_the_same_images_on_every_rank(tmp_path: Path) ->
     """Dassl's drop_last in the encoder trainer: 9 images in steps of 4 (two micro-batches of 2) keep the
     order's first 8 (``stop``): both ranks drop the same tail, and a resumed epoch sees the same batches."""
     data, transform = images(tmp_path, 9), ImageTransform(resize=16, crop=(16, 16))
-    whole: list[Any] = list(epoch_batches(data, transform, 5, 2, 2, 0))  # micro-batches of 2, 2, 2, 2, 1
-    parts = [list(rank_batches(data, transform, 5, 2, 2, 0, rank, 2, stop=8)) for rank in range(2)]
+    whole: list[Any] = [
+        (x, y) for x, y, _ in epoch_batches(data, transform, 5, 2, 2, 0)
+    ]  # micro-batches of 2, 2, 2, 2, 1
+    parts = [list(epoch_batches(data, transform, 5, 2, 2, 0, stop=8, ranks=Ranks(rank, 2))) for rank in range(2)]
     assert [len(part) for part in parts] == [4, 4]  # the short micro-batch of the partial step is gone everywhere
     for (pixels, labels), first, second in zip(whole[:4], *parts):
         assert torch.equal(torch.cat([first[0], second[0]]), pixels) and first[2] == second[2] == 2
         assert torch.equal(torch.cat([first[1], second[1]]), labels)
     assert sum(len(part[1]) for rank in parts for part in rank) == 8  # the order's last image is the one left out
     for rank in range(2):  # resumed after the first step (4 images)
-        resumed = list(rank_batches(data, transform, 5, 2, 2, 0, rank, 2, skip=4, stop=8))
+        resumed = list(epoch_batches(data, transform, 5, 2, 2, 0, skip=4, stop=8, ranks=Ranks(rank, 2)))
         assert len(resumed) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(resumed, parts[rank][2:]))
 
 

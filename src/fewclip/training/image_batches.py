@@ -7,7 +7,7 @@ resumed run the same batches as an uninterrupted one.
 
 With several ranks (``fewclip.distributed``), every micro-batch of that global order is cut into ``world``
 contiguous parts and rank r loads part r only, so the ranks together see exactly the images, crops and
-flips of a one-process run (``rank_batches``).
+flips of a one-process run (``epoch_batches``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fewclip.backbones.preprocess import PAPERS_AUGMENTATION, Augmentation, ImageTransform, augment_view
 from fewclip.data.images import read_image
+from fewclip.distributed import SINGLE, Ranks
 from fewclip.heads.base import ImageSet
 
 
@@ -98,23 +99,6 @@ def chunks(order: Sequence[int], batch_size: int) -> list[list[int]]:
     return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
-def epoch_batches(
-    images: ImageSet,
-    transform: ImageTransform,
-    seed: int,
-    epoch: int,
-    batch_size: int,
-    workers: int,
-    augment: Augmentation | bool | None = True,
-    shuffle: bool = True,
-    skip: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(pixels (b, 3, H, W), labels (b,)) batches of one epoch, in ``epoch_order`` (``shuffle``) or in order;
-    the last may be short. ``skip``: start after that many images of the order (resuming inside an epoch)."""
-    order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
-    yield from batch_loader(images, transform, seed, epoch, augment, chunks(order[skip:], batch_size), workers)
-
-
 def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
     """Rank ``rank``'s contiguous part of a global micro-batch (sizes differ by at most one; may be empty)."""
     size, extra = divmod(len(indices), world)
@@ -125,29 +109,31 @@ def rank_part(indices: Sequence[int], rank: int, world: int) -> list[int]:
 PAD_LABEL = -100  # cross_entropy's ignore_index: an image that counts for nothing
 
 
-def rank_batches(
+def epoch_batches(
     images: ImageSet,
     transform: ImageTransform,
     seed: int,
     epoch: int,
     batch_size: int,
     workers: int,
-    rank: int,
-    world: int,
     augment: Augmentation | bool | None = True,
+    shuffle: bool = True,
     skip: int = 0,
     stop: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """``epoch_batches`` for one of ``world`` ranks: (its pixels, its labels, the global micro-batch size).
+    """(pixels (b, 3, H, W), labels (b,), the global micro-batch size) batches of one epoch for this rank.
 
-    The global micro-batches are those of ``epoch_batches`` (``batch_size`` images of ``epoch_order``,
-    after ``skip`` and before ``stop``: an epoch that drops its last partial step uses the order's first
-    ``stop`` images, the same ones on every rank and in a resumed run). When this rank's part of one is
-    empty (a short last batch), it gets the batch's first image labelled ``PAD_LABEL``: its loss and
-    accuracy count for nothing, but the rank still runs forward and backward, so DDP's gradient reduction
-    has every rank's hooks."""
-    steps = chunks(epoch_order(seed, epoch, len(images))[skip:stop], batch_size)
-    parts = [rank_part(chunk, rank, world) for chunk in steps]
+    The global micro-batches are ``batch_size`` images of ``epoch_order`` (``shuffle``; else in order) after
+    ``skip`` and before ``stop`` (resuming inside an epoch; an epoch that drops its last partial step uses the
+    order's first ``stop`` images, the same ones on every rank and in a resumed run); the last may be short.
+    Each of ``ranks.world`` ranks loads its part of each (``rank_part``). When this rank's part of one is empty
+    (a short last batch), it gets the batch's first image labelled ``PAD_LABEL``: its loss and accuracy count
+    for nothing, but the rank still runs forward and backward, so DDP's gradient reduction has every rank's
+    hooks."""
+    order = epoch_order(seed, epoch, len(images)) if shuffle else list(range(len(images)))
+    steps = chunks(order[skip:stop], batch_size)
+    parts = [rank_part(chunk, ranks.rank, ranks.world) for chunk in steps]
     loader = batch_loader(
         images, transform, seed, epoch, augment, [part or chunk[:1] for chunk, part in zip(steps, parts)], workers
     )
@@ -159,4 +145,5 @@ def plain_batches(
     images: ImageSet, transform: ImageTransform, batch_size: int, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The images in order, with the model's own preprocessing (no augmentation): validation and test."""
-    return epoch_batches(images, transform, 0, 0, batch_size, workers, augment=False, shuffle=False)
+    for pixels, labels, _ in epoch_batches(images, transform, 0, 0, batch_size, workers, False, shuffle=False):
+        yield pixels, labels

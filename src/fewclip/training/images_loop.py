@@ -44,7 +44,7 @@ from fewclip.heads.base import ImageSet, check_loss
 from fewclip.training.checkpoint import best_metadata, read_checkpoint, restore_optimizer, restored_best, saved_part
 from fewclip.training.checkpoint import training_tensors
 from fewclip.training.encoder_schedule import build_optimizer
-from fewclip.training.image_batches import PAD_LABEL, plain_batches, rank_batches, rank_part
+from fewclip.training.image_batches import PAD_LABEL, epoch_batches, plain_batches, rank_part
 from fewclip.training.features_loop import batch_count
 from fewclip.training.selection import BestEpoch, SelectRule, Selection
 
@@ -190,18 +190,17 @@ class EncoderTrainer:
             else {"steps": 0, "loss": 0.0, "correct": 0, "seen": 0, "lr": self.scheduler.get_last_lr()[0]}
         )
         workers = self.loader_workers((steps - progress["steps"]) * plan.accumulate)
-        batches = rank_batches(
+        batches = epoch_batches(
             train,
             self.transform,
             self.seed,
             epoch,
             micro,
             workers,
-            ranks.rank,
-            ranks.world,
             plan.augmentation(),
             skip=progress["steps"] * plan.batch_size,
             stop=self.epoch_steps(len(train)) * plan.batch_size,
+            ranks=ranks,
         )
         self.net.train()
         loss_sum, correct, seen = 0.0, 0, 0  # this rank's, since ``partial``
