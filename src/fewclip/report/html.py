@@ -17,7 +17,7 @@ from fewclip.report.aggregate import class_supports, read_accuracy_table, split_
 from fewclip.report.answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
 from fewclip.report.evidence import read_evidence
 from fewclip.report.figures import accuracy_plot_path, curves_path, write_figures
-from fewclip.report.html_kit import CSS, ArtifactPage, esc, mean_std_text, table, thumbnail
+from fewclip.report.html_kit import CSS, ArtifactPage, esc, mean_std_text, table, thumbnail, titled_table
 from fewclip.report.missing import missing_splits, missing_units
 from fewclip.report.protocols import protocols_html, write_protocol_tables
 
@@ -303,43 +303,23 @@ def unit_split_details(
     )
     pairs = page.csv(folder / "confused_pairs.csv")
     if pairs is not None:
-        parts.append(
-            "<p><b>Most-confused pairs</b></p>"
-            + (
-                table(
-                    ["true", "predicted as", "count"],
-                    ([esc(r["true"]), esc(r["predicted"]), esc(r["count"])] for r in pairs),
-                    "pairs",
-                    (0, 1),
-                )
-                if pairs
-                else '<p class="note">No confusions.</p>'
-            )
-        )
+        rows = [[esc(r["true"]), esc(r["predicted"]), esc(r["count"])] for r in pairs]
+        header = ["true", "predicted as", "count"]
+        parts.append(titled_table("Most-confused pairs", header, rows, "pairs", (0, 1), "No confusions."))
     mistakes = page.csv(folder / "mistakes.csv")
     if mistakes is not None:
-        parts.append(
-            "<p><b>Most confident mistakes</b></p>"
-            + (
-                table(
-                    ["image", "true", "predicted", "confidence", "path"],
-                    (
-                        [
-                            thumbnail(resolve_image(page.layout, r["path"])),
-                            esc(r["true"]),
-                            esc(r["predicted"]),
-                            f"{float(r['confidence']):.3f}",
-                            esc(r["path"]),
-                        ]
-                        for r in mistakes
-                    ),
-                    "mistakes",
-                    (1, 2, 4),
-                )
-                if mistakes
-                else '<p class="note">No mistakes.</p>'
-            )
-        )
+        rows = [
+            [
+                thumbnail(resolve_image(page.layout, r["path"])),
+                esc(r["true"]),
+                esc(r["predicted"]),
+                f"{float(r['confidence']):.3f}",
+                esc(r["path"]),
+            ]
+            for r in mistakes
+        ]
+        header = ["image", "true", "predicted", "confidence", "path"]
+        parts.append(titled_table("Most confident mistakes", header, rows, "mistakes", (1, 2, 4), "No mistakes."))
     ece = next(
         (
             r["ece"]

@@ -72,6 +72,19 @@ class ArtifactPage:
         return read_csv(path)
 
 
+def titled_table(
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    css_class: str,
+    text_columns: Sequence[int],
+    empty: str,
+) -> str:
+    """A bold title, then ``table``, or a note saying ``empty`` when there are no rows."""
+    body = table(header, rows, css_class, text_columns) if rows else f'<p class="note">{esc(empty)}</p>'
+    return f"<p><b>{esc(title)}</b></p>{body}"
+
+
 def table(
     header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "", text_columns: Sequence[int] = (0,)
 ) -> str:
