@@ -117,6 +117,20 @@ def write_csv(path: Path | str, header: Sequence[str], rows: Iterable[Sequence[A
     atomic_write_text(path, buffer.getvalue())
 
 
+def write_csv_or_json(
+    path: Path | str, what: str, document: Any, header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``path`` as its suffix says: ``.json`` holds ``document``, ``.csv`` ``header`` and ``rows``; another suffix is
+    a ValueError saying that ``what`` (e.g. "predictions") is written as .csv or .json."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ValueError(f"{path}: {what} are written as .csv or .json")
+    if suffix == ".json":
+        write_json(path, document)
+    else:
+        write_csv(path, header, rows)
+
+
 def read_csv(path: Path | str) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

@@ -18,7 +18,7 @@ from fewclip.caption.artifacts import load_caption_model
 from fewclip.caption.decode import DecodeConfig, caption_tokens
 from fewclip.caption.model import CaptionModel
 from fewclip.data.images import UnreadableImage
-from fewclip.fileio import read_csv, write_csv, write_json
+from fewclip.fileio import read_csv, write_csv_or_json
 from fewclip.runner.caption_config import BASELINE, load_caption_config
 from fewclip.runner.layout import CaptionLayout
 from fewclip.runner.predict import expand_images, read_regular_image
@@ -147,17 +147,10 @@ def load_captioner(
 
 def write_caption_predictions(path: Path | str, results: Sequence[CaptionResult], captioner: Captioner) -> None:
     """``.csv``: path, caption, error; ``.json``: the captioner (method, seed) and a list of per-image results."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        write_json(
-            path,
-            {
-                "method": captioner.method,
-                "seed": captioner.seed,
-                "captions": [{"path": r.path, "caption": r.caption, "error": r.error} for r in results],
-            },
-        )
-    elif path.suffix.lower() == ".csv":
-        write_csv(path, ("path", "caption", "error"), [(r.path, r.caption or "", r.error or "") for r in results])
-    else:
-        raise ValueError(f"{path}: captions are written as .csv or .json")
+    document = {
+        "method": captioner.method,
+        "seed": captioner.seed,
+        "captions": [{"path": r.path, "caption": r.caption, "error": r.error} for r in results],
+    }
+    rows = [(r.path, r.caption or "", r.error or "") for r in results]
+    write_csv_or_json(path, "captions", document, ("path", "caption", "error"), rows)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from fewclip.backbones import load_backbone
 from fewclip.data.images import UnreadableImage, read_image
 from fewclip.features import fingerprint_key
-from fewclip.fileio import read_json, write_csv, write_json
+from fewclip.fileio import read_json, write_csv_or_json
 from fewclip.heads import load_head
 from fewclip.runner.config import load_config
 from fewclip.runner.layout import RunLayout, unit_name
@@ -275,29 +275,17 @@ def check_features_key(meta: dict[str, Any], backbone: Any, layout: RunLayout, u
 def write_predictions(path: Path | str, results: Sequence[Prediction], classifier: Classifier) -> None:
     """``.csv``: one row per (image, rank) -- path, rank, label, probability, error (one row with the
     error for an image that could not be read); ``.json``: the head and a list of per-image results."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        write_json(
-            path,
-            {
-                "method": classifier.method,
-                "shots": classifier.shots,
-                "seed": classifier.seed,
-                "predictions": [
-                    {
-                        "path": r.path,
-                        "top_k": [{"label": label, "probability": p} for label, p in r.top_k],
-                        "error": r.error,
-                    }
-                    for r in results
-                ],
-            },
-        )
-    elif path.suffix.lower() == ".csv":
-        rows = []
-        for r in results:
-            rows += [(r.path, rank, label, f"{p:.6f}", "") for rank, (label, p) in enumerate(r.top_k, 1)]
-            rows += [(r.path, "", "", "", r.error)] if r.error is not None else []
-        write_csv(path, ("path", "rank", "label", "probability", "error"), rows)
-    else:
-        raise ValueError(f"{path}: predictions are written as .csv or .json")
+    document = {
+        "method": classifier.method,
+        "shots": classifier.shots,
+        "seed": classifier.seed,
+        "predictions": [
+            {"path": r.path, "top_k": [{"label": label, "probability": p} for label, p in r.top_k], "error": r.error}
+            for r in results
+        ],
+    }
+    rows: list[tuple[str, int | str, str, str, str]] = []
+    for r in results:
+        rows += [(r.path, rank, label, f"{p:.6f}", "") for rank, (label, p) in enumerate(r.top_k, 1)]
+        rows += [(r.path, "", "", "", r.error)] if r.error is not None else []
+    write_csv_or_json(path, "predictions", document, ("path", "rank", "label", "probability", "error"), rows)
