@@ -163,16 +163,16 @@ def _pretrain_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets), and
-    none of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
-    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars are drawn on a terminal alone: a log written to a file (stderr redirected, CI) gets one line
+    per finished stage and unit instead of every redraw of a bar (carriage returns), and ``-q`` none of either."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _no_library_bars() -> None:
+    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when each library is first imported
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
-        for category in (FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
     # the libraries already loaded are told directly; one not loaded yet is not imported to be told (that takes
     # seconds): the variables above reach it when it loads
     if "huggingface_hub" in sys.modules:
@@ -180,14 +180,26 @@ def _quiet_libraries() -> None:
 
         disable_progress_bars()
     if "transformers" in sys.modules:
-        from transformers.utils.logging import disable_progress_bar, set_verbosity_error
+        from transformers.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-        set_verbosity_error()
     if "datasets" in sys.modules:
         from datasets.utils.tqdm import disable_progress_bars as disable_dataset_bars
 
         disable_dataset_bars()
+
+
+def _quiet_libraries() -> None:
+    """None of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
+    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import set_verbosity_error
+
+        set_verbosity_error()
 
 
 def _error(message: object) -> int:
@@ -261,7 +273,7 @@ def _predict(args: argparse.Namespace) -> int:
             "predictions",
             load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
             describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
-            run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
+            run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=_bars(args)),
             lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
             write=write_predictions,
         ),
@@ -331,6 +343,8 @@ def _command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         _quiet_libraries()
+    if not _bars(args):
+        _no_library_bars()
     if args.command in ("world", "predict", "caption", "compare") and env_ranks().distributed:
         return _error(
             f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
@@ -356,7 +370,7 @@ def _run_stages(task: RunTask, command: str, args: argparse.Namespace) -> int:
     session = StageRun(task, stages)
     try:
         config_path, overrides = _split_config_arg(task, args.config, list(args.overrides), command)
-        if args.quiet:
+        if not _bars(args):
             overrides.append("output.progress=false")
         base = task.embedded_config(Path(default_cache_dir())) if config_path is None else None
         config = task.load_config(config_path, overrides, base=base)
