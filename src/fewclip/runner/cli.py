@@ -20,6 +20,7 @@ from fewclip.report.compare import compare_command
 from fewclip.runner.caption_predict import load_captioner, write_caption_predictions
 from fewclip.runner.captioning import CAPTIONING
 from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
+from fewclip.runner.folder_config import is_image_folder
 from fewclip.runner.pipeline import CLASSIFICATION, STAGES
 from fewclip.runner.predict import expand_images, load_classifier, write_predictions
 from fewclip.runner.run_dir import check_run_kind
@@ -43,8 +44,9 @@ class StageCommandsHelp:
 
 
 CLASSIFICATION_HELP = StageCommandsHelp(
-    run="all stages; without CONFIG, the embedded offline default",
-    config="YAML config, a run directory (its config.yaml), or 'default'; omit for the embedded default",
+    run="all stages; without CONFIG, the embedded offline default; `fewclip run FOLDER`: your images",
+    config="YAML config, a run directory (its config.yaml), a folder of your images (class subfolders, or train/ "
+    "and test/ of them: a config is built for it), or 'default'; omit for the embedded default",
     overrides="dotted overrides, e.g. few_shot.shots=[8,16]",
     force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits",
 )
@@ -296,25 +298,38 @@ def _caption_predict(args: argparse.Namespace) -> int:
     )
 
 
-def _split_config_arg(
-    task: RunTask, config: str | None, overrides: list[str], command: str
-) -> tuple[str | None, list[str]]:
+@dataclass(frozen=True)
+class ConfigArgument:
+    """What a command's config argument stands for: a config file (or None: a base config), the overrides (a run
+    directory adds its output.dir), and a folder of images when one was given instead."""
+
+    path: str | None
+    overrides: list[str]
+    images: Path | None = None
+
+
+def _split_config_arg(task: RunTask, config: str | None, overrides: list[str], command: str) -> ConfigArgument:
     """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
     stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a run directory
-    of the other kind (captioning, classification) is refused, naming the command for it."""
+    of the other kind (captioning, classification) is refused, naming the command for it. A folder of images
+    (class subfolders, or train/ and test/ of them) stands for the config the task builds for it."""
     if config is not None and "=" in config and not Path(config).is_file():
-        return None, [config, *overrides]
+        return ConfigArgument(None, [config, *overrides])
     if config is not None and Path(config).is_dir():
         resolved = Path(config) / "config.yaml"
         run, config_file = task.folder_words
         if not resolved.is_file():
+            if task.folder_config is not None and is_image_folder(Path(config)):
+                return ConfigArgument(None, overrides, Path(config))
+            images = ", nor a folder of images (<class>/<image>, or train/ and test/ of them)"
             raise ConfigError(
-                f"{config} is a folder without config.yaml, so not a fewclip {run} directory; "
-                f"give a {config_file} or a {run} directory"
+                f"{config} is a folder without config.yaml, so not a fewclip {run} directory"
+                f"{images if task.folder_config is not None else ''}; give a {config_file} or a {run} directory"
+                f"{', or a folder of images' if task.folder_config is not None else ''}"
             )
         check_run_kind(Path(config), task.kind, f"{command} {config}")
-        return str(resolved), [f"output.dir={config}", *overrides]
-    return (None if config == "default" else config), overrides
+        return ConfigArgument(str(resolved), [f"output.dir={config}", *overrides])
+    return ConfigArgument(None if config == "default" else config, overrides)
 
 
 def _looked_in(config_path: str | None, overrides: Sequence[str]) -> LookedIn:
@@ -363,16 +378,26 @@ def _command(args: argparse.Namespace) -> int:
     return _run_stages(CLASSIFICATION, args.command, args)
 
 
+def _base_config(task: RunTask, argument: ConfigArgument) -> dict[str, Any] | None:
+    """What the overrides apply to: the config built for a folder of images, the embedded default without a
+    config file, else nothing (the file)."""
+    cache = Path(default_cache_dir())
+    if argument.images is not None and task.folder_config is not None:
+        return task.folder_config(argument.images, argument.overrides, cache)
+    return task.embedded_config(cache) if argument.path is None else None
+
+
 def _run_stages(task: RunTask, command: str, args: argparse.Namespace) -> int:
     """``command`` (``run`` or one stage) of ``task``: exit 0, 2 with a message naming what to fix, 130 when
     interrupted (the line says how far the stage got)."""
     stages = tuple(task.stages) if command == "run" else (command,)
     session = StageRun(task, stages)
     try:
-        config_path, overrides = _split_config_arg(task, args.config, list(args.overrides), command)
+        argument = _split_config_arg(task, args.config, list(args.overrides), command)
+        config_path, overrides = argument.path, argument.overrides
         if not _bars(args):
             overrides.append("output.progress=false")
-        base = task.embedded_config(Path(default_cache_dir())) if config_path is None else None
+        base = _base_config(task, argument)
         config = task.load_config(config_path, overrides, base=base)
         context = session(config, force=args.force, quiet=args.quiet, looked_in=_looked_in(config_path, overrides))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:
