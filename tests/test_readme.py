@@ -203,6 +203,7 @@ PLACEHOLDERS = {
 RUN_DIRS = (
     "runs/default",
     "runs/caption-default",
+    "my_photos.yaml",  # the file `fewclip init my_photos/` writes
 )  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
 IMAGE_FOLDERS = ("my_photos/",)  # the reader's images: a shapes folder stands in, and its config is built
 ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
@@ -260,8 +261,9 @@ def test_bash_fewclip_lines_parse_and_their_configs_validate(page: Path, tmp_pat
             config = None if args.config in (None, "default") else str(REPO / args.config)
             base = embedded_caption_config(tmp_path / "cache") if config is None else None
             load_caption_config(config, args.overrides, base=base)  # raises ConfigError on a bad key or value
-        if args.command in ("run", *cli.STAGE_NAMES) and args.config in IMAGE_FOLDERS:
-            folder = tmp_path / args.config
+        images = args.folder if args.command == "init" else getattr(args, "config", None)
+        if args.command in ("run", "init", *cli.STAGE_NAMES) and images in IMAGE_FOLDERS:
+            folder = tmp_path / images
             if not folder.is_dir():
                 build_shapes_dataset(folder, CLASSES, 8, 2, seed=0)
             load_config(None, args.overrides, base=folder_config(folder, args.overrides, tmp_path / "cache"))

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fewclip.fileio import atomic_write_text
 from fewclip.distributed import env_ranks, peer_lost, stop as stop_ranks
 from fewclip.interrupt import EXIT_INTERRUPTED, exit_interrupted
 from fewclip.report.compare import compare_command
@@ -21,6 +23,7 @@ from fewclip.runner.caption_predict import load_captioner, write_caption_predict
 from fewclip.runner.captioning import CAPTIONING
 from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
 from fewclip.runner.folder_config import is_image_folder
+from fewclip.runner.folder_init import init_yaml
 from fewclip.runner.pipeline import CLASSIFICATION, STAGES
 from fewclip.runner.predict import expand_images, load_classifier, write_predictions
 from fewclip.runner.run_dir import check_run_kind
@@ -82,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     add_stage_commands(commands, CLASSIFICATION, CLASSIFICATION_HELP)
+    init = commands.add_parser(
+        "init", help="write a commented YAML config for a folder of your images, to edit and run with `fewclip run`"
+    )
+    init.add_argument("folder", help="class subfolders of images, or train/ and test/ (or val/) of them")
+    init.add_argument("overrides", nargs="*", help="dotted overrides written into the file, e.g. model.id=...")
+    init.add_argument("--out", help="the YAML file (default: the folder's name + .yaml in the working directory)")
+    init.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
     world_commands = world.add_subparsers(dest="world_command", required=True)
     pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
@@ -202,6 +212,26 @@ def _quiet_libraries() -> None:
         from transformers.utils.logging import set_verbosity_error
 
         set_verbosity_error()
+
+
+def _init(args: argparse.Namespace) -> int:
+    """``fewclip init FOLDER``: the config ``fewclip run FOLDER`` would run, as a commented YAML file to edit."""
+    folder = Path(args.folder)
+    if not folder.is_dir() or not is_image_folder(folder):
+        return _error(
+            f"{folder} is not a folder of images: give one with a subfolder per class (<class>/<image>), or "
+            "train/ and test/ (or val/) folders of them"
+        )
+    out = Path(args.out) if args.out else Path(f"{folder.resolve().name}.yaml")
+    if out.exists() and not args.force:
+        return _error(f"--out {out} exists; give another --out, or --force to overwrite it")
+    try:
+        text = init_yaml(folder, args.overrides, out)
+        atomic_write_text(out, text)
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
+        return _error(err)
+    print(f"config: {out} (edit it, then: fewclip run {shlex.quote(str(out))})")
+    return 0
 
 
 def _error(message: object) -> int:
@@ -360,13 +390,15 @@ def _command(args: argparse.Namespace) -> int:
         _quiet_libraries()
     if not _bars(args):
         _no_library_bars()
-    if args.command in ("world", "predict", "caption", "compare") and env_ranks().distributed:
+    if args.command in ("world", "init", "predict", "caption", "compare") and env_ranks().distributed:
         return _error(
             f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
             "evaluate and report. Start it without torchrun"
         )
     if args.command == "world":
         return _world(args)
+    if args.command == "init":
+        return _init(args)
     if args.command == "predict":
         return _predict(args)
     if args.command == "caption" and args.caption_command == "predict":

@@ -61,6 +61,14 @@ class FolderSurvey:
         name = min(self.train, key=lambda name: (self.train[name], name))
         return name, self.train[name]
 
+    def budget_text(self, shots: Sequence[int], val_per_class: int) -> str:
+        """``the smallest, 'cat', has 2 train images: shots [1] with 1 validation image(s) per class``."""
+        name, count = self.smallest
+        return (
+            f"the smallest, {name!r}, has {count} train images: shots {list(shots)} with {val_per_class} "
+            "validation image(s) per class"
+        )
+
 
 def survey(dataset: FolderSourceConfig) -> FolderSurvey:
     """Count the images of each class of ``dataset`` (its ``classes`` when listed), split as prepare splits them."""
@@ -139,14 +147,7 @@ def with_budgets(base: dict[str, Any], config: Config, overrides: Sequence[str])
             f"1 shot + {budgets.val_per_class} validation image(s); add images to it, lower splits.val_per_class, "
             "or leave it out (dataset.classes lists the classes to keep)"
         )
-    log.info(
-        "%s; the smallest, %r, has %d train images: shots %s with %d validation image(s) per class",
-        line,
-        smallest,
-        count,
-        budgets.shots,
-        budgets.val_per_class,
-    )
+    log.info("%s; %s", line, found.budget_text(budgets.shots, budgets.val_per_class))
     return {
         **base,
         "few_shot": {"shots": budgets.shots},
