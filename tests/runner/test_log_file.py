@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from fewclip.runner.cli import main
 from fewclip.runner.pipeline import STAGES
 
 UNITS = ("zero_shot/shot_0-seed_0", "linear_probe/shot_1-seed_1", "linear_probe/shot_2-seed_1")
@@ -52,3 +54,21 @@ def test_a_run_logged_to_a_file_has_one_line_per_stage_and_unit_and_no_redraws(
         else:
             assert re.fullmatch(r"INFO trained \S+ in \d+\.\ds", trained[0])
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["output"]["progress"] is False
+
+
+@pytest.mark.parametrize(
+    ("terminal", "quiet", "bars"), [(True, False, True), (False, False, False), (True, True, False)]
+)
+def test_bars_are_drawn_on_a_terminal_alone_and_never_with_q(
+    terminal: bool,
+    quiet: bool,
+    bars: bool,
+    shapes_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    run = tmp_path / "run"
+    overrides = ["model.id=fewclip/world-clip", f"output.dir={run}", f"cache.dir={tmp_path / 'cache'}"]
+    assert main([*(["-q"] if quiet else []), "prepare", str(shapes_dir), *overrides]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["output"]["progress"] is bars
