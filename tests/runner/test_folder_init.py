@@ -11,10 +11,9 @@ import pytest
 from pydantic import BaseModel
 
 from fewclip.runner.cli import main
-from fewclip.runner.config import Config, load_config
+from fewclip.runner.config import Config, default_cache_dir, load_config
 from fewclip.runner.config_template import first_sentence
 from fewclip.runner.folder_config import folder_config
-from fewclip.runner.config import default_cache_dir
 from tests.runner.image_folders import jpeg_folder
 
 TRAIN = {"red_circle": 6, "green_square": 6, "blue_triangle": 2}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fewclip.runner.cli import main
-from fewclip.runner.folder_config import BUDGETS, allowed_budgets, feature_heads
+from fewclip.runner.folder_config import BUDGETS, allowed_budgets, feature_heads, folder_config
 from fewclip.heads import HEADS, list_heads
 from tests.runner.image_folders import jpeg_folder
 
@@ -66,8 +66,6 @@ def test_a_folder_of_jpegs_runs_with_the_budgets_its_smallest_class_allows(
 
 
 def test_command_line_budgets_stand_and_every_feature_head_is_the_default(tmp_path: Path) -> None:
-    from fewclip.runner.folder_config import folder_config
-
     folder = jpeg_folder(tmp_path / "photos", "train_test", {"red_circle": 20, "green_square": 20})
     built = folder_config(folder, ["few_shot.shots=[2]", "splits.val_per_class=1"], tmp_path / "cache")
     assert "few_shot" not in built and built["splits"] == {"seeds": [1, 2, 3], "val_per_class": 1}

@@ -119,17 +119,12 @@ def folder_base(folder: Path, cache_dir: Path) -> dict[str, Any]:
     }
 
 
-def given_keys(overrides: Sequence[str]) -> dict[str, Any]:
-    """The blocks the command line sets, as a nested mapping."""
-    return apply_overrides({}, overrides)
-
-
 def with_budgets(base: dict[str, Any], config: Config, overrides: Sequence[str]) -> dict[str, Any]:
     """``base`` with the budgets the smallest class of ``config``'s folder allows (the command line's shots or
     validation images stand); a ``ConfigError`` naming the class when it allows none."""
     if not isinstance(config.dataset, FolderSourceConfig):
         return base  # the command line chose another source: it says what to read, and budgets are its own
-    given = given_keys(overrides)
+    given = apply_overrides({}, overrides)  # the blocks the command line sets
     found = survey(config.dataset)
     smallest, count = found.smallest
     line = f"{config.dataset.key}.path: {found.root}: {len(found.train)} classes ({found.layout})"
