@@ -25,6 +25,7 @@ from fewclip.runner.captioning import embedded_caption_config
 from fewclip.runner import cli
 from fewclip.runner.config import load_config
 from fewclip.runner.demo import embedded_config
+from fewclip.runner.folder_config import folder_config
 from fewclip.world.toy import build_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +203,9 @@ PLACEHOLDERS = {
 RUN_DIRS = (
     "runs/default",
     "runs/caption-default",
+    "my_photos.yaml",  # the file `fewclip init my_photos/` writes
 )  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
+IMAGE_FOLDERS = ("my_photos/",)  # the reader's images: a shapes folder stands in, and its config is built
 ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
 
 
@@ -258,7 +261,13 @@ def test_bash_fewclip_lines_parse_and_their_configs_validate(page: Path, tmp_pat
             config = None if args.config in (None, "default") else str(REPO / args.config)
             base = embedded_caption_config(tmp_path / "cache") if config is None else None
             load_caption_config(config, args.overrides, base=base)  # raises ConfigError on a bad key or value
-        if args.command in ("run", *cli.STAGE_NAMES) and args.config not in RUN_DIRS:
+        images = args.folder if args.command == "init" else getattr(args, "config", None)
+        if args.command in ("run", "init", *cli.STAGE_NAMES) and images in IMAGE_FOLDERS:
+            folder = tmp_path / images
+            if not folder.is_dir():
+                build_shapes_dataset(folder, CLASSES, 8, 2, seed=0)
+            load_config(None, args.overrides, base=folder_config(folder, args.overrides, tmp_path / "cache"))
+        elif args.command in ("run", *cli.STAGE_NAMES) and args.config not in RUN_DIRS:
             config = None if args.config is None or "=" in args.config else str(REPO / args.config)
             overrides = [w for w in [args.config, *args.overrides] if w and "=" in w]
             base = embedded_config(tmp_path / "cache") if config is None else None

@@ -96,7 +96,8 @@ def resolve_model(model_id: str, revision: str | None = None) -> ModelSource:
         raise OSError(
             f"model.id: {model_id!r} is not in the local Hugging Face cache and {offline}: only local folders and "
             f"cached models load offline. Download it once with network access, point model.id at a local model "
-            f"folder, or use {WORLD_ALIAS!r}, the CLIP shipped with fewclip"
+            f"folder (model.id=path/to/clip: config.json, weights, tokenizer), or use the CLIP shipped with fewclip "
+            f"(model.id={WORLD_ALIAS})"
         )
     return ModelSource(model_id, local_only=True)
 

@@ -8,18 +8,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fewclip.fileio import atomic_write_text
 from fewclip.distributed import env_ranks, peer_lost, stop as stop_ranks
 from fewclip.interrupt import EXIT_INTERRUPTED, exit_interrupted
 from fewclip.report.compare import compare_command
 from fewclip.runner.caption_predict import load_captioner, write_caption_predictions
 from fewclip.runner.captioning import CAPTIONING
 from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
+from fewclip.runner.folder_config import is_image_folder
+from fewclip.runner.folder_init import init_yaml
 from fewclip.runner.pipeline import CLASSIFICATION, STAGES
 from fewclip.runner.predict import expand_images, load_classifier, write_predictions
 from fewclip.runner.run_dir import check_run_kind
@@ -43,8 +47,9 @@ class StageCommandsHelp:
 
 
 CLASSIFICATION_HELP = StageCommandsHelp(
-    run="all stages; without CONFIG, the embedded offline default",
-    config="YAML config, a run directory (its config.yaml), or 'default'; omit for the embedded default",
+    run="all stages; without CONFIG, the embedded offline default; `fewclip run FOLDER`: your images",
+    config="YAML config, a run directory (its config.yaml), a folder of your images (class subfolders, or train/ "
+    "and test/ of them: a config is built for it), or 'default'; omit for the embedded default",
     overrides="dotted overrides, e.g. few_shot.shots=[8,16]",
     force="use output.dir even if its config.yaml differs in model, dataset, prompts, few_shot or splits",
 )
@@ -80,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     add_stage_commands(commands, CLASSIFICATION, CLASSIFICATION_HELP)
+    init = commands.add_parser(
+        "init", help="write a commented YAML config for a folder of your images, to edit and run with `fewclip run`"
+    )
+    init.add_argument("folder", help="class subfolders of images, or train/ and test/ (or val/) of them")
+    init.add_argument("overrides", nargs="*", help="dotted overrides written into the file, e.g. model.id=...")
+    init.add_argument("--out", help="the YAML file (default: the folder's name + .yaml in the working directory)")
+    init.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     world = commands.add_parser("world", help="the embedded world: pretrain a tiny CLIP on it")
     world_commands = world.add_subparsers(dest="world_command", required=True)
     pretrain = world_commands.add_parser("pretrain", help="contrastive pretraining of a tiny CLIP on the world")
@@ -163,16 +175,16 @@ def _pretrain_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets), and
-    none of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
-    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars are drawn on a terminal alone: a log written to a file (stderr redirected, CI) gets one line
+    per finished stage and unit instead of every redraw of a bar (carriage returns), and ``-q`` none of either."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _no_library_bars() -> None:
+    """No progress bars from the Hugging Face libraries either (weight loading, downloads, datasets)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when each library is first imported
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
-        for category in (FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
     # the libraries already loaded are told directly; one not loaded yet is not imported to be told (that takes
     # seconds): the variables above reach it when it loads
     if "huggingface_hub" in sys.modules:
@@ -180,14 +192,46 @@ def _quiet_libraries() -> None:
 
         disable_progress_bars()
     if "transformers" in sys.modules:
-        from transformers.utils.logging import disable_progress_bar, set_verbosity_error
+        from transformers.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-        set_verbosity_error()
     if "datasets" in sys.modules:
         from datasets.utils.tqdm import disable_progress_bars as disable_dataset_bars
 
         disable_dataset_bars()
+
+
+def _quiet_libraries() -> None:
+    """None of the libraries' notes to developers: deprecation warnings (FutureWarning, DeprecationWarning)
+    raised outside fewclip, and transformers' own log lines below errors. fewclip's warnings stay."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.warnoptions:  # a -W option or PYTHONWARNINGS the user gave stands
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(?!fewclip)")  # any module but fewclip's
+    if "transformers" in sys.modules:
+        from transformers.utils.logging import set_verbosity_error
+
+        set_verbosity_error()
+
+
+def _init(args: argparse.Namespace) -> int:
+    """``fewclip init FOLDER``: the config ``fewclip run FOLDER`` would run, as a commented YAML file to edit."""
+    folder = Path(args.folder)
+    if not folder.is_dir() or not is_image_folder(folder):
+        return _error(
+            f"{folder} is not a folder of images: give one with a subfolder per class (<class>/<image>), or "
+            "train/ and test/ (or val/) folders of them"
+        )
+    out = Path(args.out) if args.out else Path(f"{folder.resolve().name}.yaml")
+    if out.exists() and not args.force:
+        return _error(f"--out {out} exists; give another --out, or --force to overwrite it")
+    try:
+        text = init_yaml(folder, args.overrides, out)
+        atomic_write_text(out, text)
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
+        return _error(err)
+    print(f"config: {out} (edit it, then: fewclip run {shlex.quote(str(out))})")
+    return 0
 
 
 def _error(message: object) -> int:
@@ -261,7 +305,7 @@ def _predict(args: argparse.Namespace) -> int:
             "predictions",
             load=lambda: load_classifier(args.run_dir, args.method, args.shots, args.seed, device=args.device),
             describe=lambda classifier: f"predicting with {classifier.unit}: {classifier.why}",
-            run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=not args.quiet),
+            run=lambda classifier, images: classifier.predict(images, top_k=args.top_k, progress=_bars(args)),
             lines=lambda result: [result.path, *(f"  {p:.4f}  {label}" for label, p in result.top_k)],
             write=write_predictions,
         ),
@@ -284,25 +328,38 @@ def _caption_predict(args: argparse.Namespace) -> int:
     )
 
 
-def _split_config_arg(
-    task: RunTask, config: str | None, overrides: list[str], command: str
-) -> tuple[str | None, list[str]]:
+@dataclass(frozen=True)
+class ConfigArgument:
+    """What a command's config argument stands for: a config file (or None: a base config), the overrides (a run
+    directory adds its output.dir), and a folder of images when one was given instead."""
+
+    path: str | None
+    overrides: list[str]
+    images: Path | None = None
+
+
+def _split_config_arg(task: RunTask, config: str | None, overrides: list[str], command: str) -> ConfigArgument:
     """``fewclip run few_shot.shots=[2]`` has no config file: the first word is an override. A run directory
     stands for its config.yaml, with output.dir pointing at it (wherever the command runs from); a run directory
-    of the other kind (captioning, classification) is refused, naming the command for it."""
+    of the other kind (captioning, classification) is refused, naming the command for it. A folder of images
+    (class subfolders, or train/ and test/ of them) stands for the config the task builds for it."""
     if config is not None and "=" in config and not Path(config).is_file():
-        return None, [config, *overrides]
+        return ConfigArgument(None, [config, *overrides])
     if config is not None and Path(config).is_dir():
         resolved = Path(config) / "config.yaml"
         run, config_file = task.folder_words
         if not resolved.is_file():
+            if task.folder_config is not None and is_image_folder(Path(config)):
+                return ConfigArgument(None, overrides, Path(config))
+            images = ", nor a folder of images (<class>/<image>, or train/ and test/ of them)"
             raise ConfigError(
-                f"{config} is a folder without config.yaml, so not a fewclip {run} directory; "
-                f"give a {config_file} or a {run} directory"
+                f"{config} is a folder without config.yaml, so not a fewclip {run} directory"
+                f"{images if task.folder_config is not None else ''}; give a {config_file} or a {run} directory"
+                f"{', or a folder of images' if task.folder_config is not None else ''}"
             )
         check_run_kind(Path(config), task.kind, f"{command} {config}")
-        return str(resolved), [f"output.dir={config}", *overrides]
-    return (None if config == "default" else config), overrides
+        return ConfigArgument(str(resolved), [f"output.dir={config}", *overrides])
+    return ConfigArgument(None if config == "default" else config, overrides)
 
 
 def _looked_in(config_path: str | None, overrides: Sequence[str]) -> LookedIn:
@@ -331,13 +388,17 @@ def _command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.quiet:
         _quiet_libraries()
-    if args.command in ("world", "predict", "caption", "compare") and env_ranks().distributed:
+    if not _bars(args):
+        _no_library_bars()
+    if args.command in ("world", "init", "predict", "caption", "compare") and env_ranks().distributed:
         return _error(
             f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
             "evaluate and report. Start it without torchrun"
         )
     if args.command == "world":
         return _world(args)
+    if args.command == "init":
+        return _init(args)
     if args.command == "predict":
         return _predict(args)
     if args.command == "caption" and args.caption_command == "predict":
@@ -349,16 +410,26 @@ def _command(args: argparse.Namespace) -> int:
     return _run_stages(CLASSIFICATION, args.command, args)
 
 
+def _base_config(task: RunTask, argument: ConfigArgument) -> dict[str, Any] | None:
+    """What the overrides apply to: the config built for a folder of images, the embedded default without a
+    config file, else nothing (the file)."""
+    cache = Path(default_cache_dir())
+    if argument.images is not None and task.folder_config is not None:
+        return task.folder_config(argument.images, argument.overrides, cache)
+    return task.embedded_config(cache) if argument.path is None else None
+
+
 def _run_stages(task: RunTask, command: str, args: argparse.Namespace) -> int:
     """``command`` (``run`` or one stage) of ``task``: exit 0, 2 with a message naming what to fix, 130 when
     interrupted (the line says how far the stage got)."""
     stages = tuple(task.stages) if command == "run" else (command,)
     session = StageRun(task, stages)
     try:
-        config_path, overrides = _split_config_arg(task, args.config, list(args.overrides), command)
-        if args.quiet:
+        argument = _split_config_arg(task, args.config, list(args.overrides), command)
+        config_path, overrides = argument.path, argument.overrides
+        if not _bars(args):
             overrides.append("output.progress=false")
-        base = task.embedded_config(Path(default_cache_dir())) if config_path is None else None
+        base = _base_config(task, argument)
         config = task.load_config(config_path, overrides, base=base)
         context = session(config, force=args.force, quiet=args.quiet, looked_in=_looked_in(config_path, overrides))
     except (ConfigError, FileNotFoundError, ValueError, KeyError, OSError, ImportError, TrackingError) as err:

@@ -28,13 +28,14 @@ from fewclip.features import FeatureCache, extract_features, extract_views, load
 from fewclip.fileio import read_json, remove_stale_temporaries, write_csv
 from fewclip.heads import Task, save_head
 from fewclip.heads.base import TrainingDiverged, intact_head_meta
-from fewclip.training.selection import best_epoch, fit_meta
+from fewclip.training.selection import best_epoch, fit_meta, kept_val_accuracy
 from fewclip.interrupt import Progress
 from fewclip.runner.layout import unit_name
 from fewclip.data.eval_targets import encode_targets, prepare_targets
 from fewclip.report.html import build_report
 from fewclip.runner.demo import embedded_config
 from fewclip.runner.evaluation import evaluate_run
+from fewclip.runner.folder_config import folder_config
 from fewclip.runner.run_dir import CLASSIFICATION_RULES
 from fewclip.runner.run_context import (
     AUGMENT_SEED,
@@ -291,7 +292,9 @@ def train(ctx: RunContext) -> list[str]:
             first_epoch.append(f"{unit_name(method, shots, seed)} ({extra['selection_rule']})")
         if ctx.on_trained is not None:
             ctx.on_trained(unit_name(method, shots, seed), head.history_)
-        log.info("trained %s in %.1fs", unit_name(method, shots, seed), seconds)
+        accuracy = kept_val_accuracy(head.history_, extra["best_epoch"])
+        scored = "" if accuracy is None else f", val accuracy {accuracy:.3f}"
+        log.info("trained %s in %.1fs%s", unit_name(method, shots, seed), seconds, scored)
         trained.append(unit_name(method, shots, seed))
         progress.done += 1
     if ranks.distributed:
@@ -355,6 +358,7 @@ CLASSIFICATION = RunTask(
     load_config=load_config,
     embedded_config=embedded_config,
     rules=CLASSIFICATION_RULES,
+    folder_config=folder_config,
     check=check,
     outcome=outcome,
     distributed=True,

@@ -97,6 +97,9 @@ class RunTask:
     rules: RunDirRules  # what claiming its run directory checks
     check: Callable[[Any, tuple[str, ...], LookedIn], None]  # before the run directory is touched
     outcome: Callable[[Any, tuple[str, ...]], list[str]]  # what a finished command prints, given its context
+    # a folder of images given where the config goes: its base config, given (folder, overrides, cache folder);
+    # None: the task takes no such folder
+    folder_config: Callable[[Path, Sequence[str], Path], dict[str, Any]] | None = None
     folder_words: tuple[str, str] = ("run", "YAML config file")  # how messages name its run directory and config
     stage_log: str = "%s done in %.1fs"  # the line logged as each stage ends (its name, its seconds)
     distributed: bool = False  # joins a torchrun job (rank 0 alone writes shared files)

@@ -106,6 +106,16 @@ def best_epoch(head: Any) -> int | None:
     return head.best_epoch_ if head.selects_epoch else None
 
 
+def kept_val_accuracy(history: Sequence[dict[str, Any]], epoch: int | None) -> float | None:
+    """The validation accuracy of the epoch a head kept (``epoch``, 1-based; the last one scored when ``None``),
+    for the line said as a unit ends; ``None`` when no epoch was scored on validation images."""
+    scored = [row for row in history if "val_accuracy" in row]
+    if not scored:
+        return None
+    kept = next((row for row in scored if epoch is not None and row.get("epoch") == epoch), scored[-1])
+    return float(kept["val_accuracy"])
+
+
 @dataclass
 class BestEpoch:
     """The one path every iterative head keeps its epoch by: ``observe`` each epoch's history row as it
