@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
+from fewclip.progress import epoch_bar
 
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.artifacts import write_tensors
@@ -175,15 +175,7 @@ def train_captioner(
     key = run_key(model, settings, seed, examples, score_name if val_score else None) if checkpoint else ""
     if checkpoint is not None and (resumed := load_checkpoint(checkpoint, model, optimizer, scheduler, key)):
         done, best_state = resumed
-    bar = tqdm(
-        range(len(done.history), settings.epochs),
-        initial=len(done.history),
-        total=settings.epochs,
-        desc="caption epochs",
-        unit="epoch",
-        leave=False,
-        disable=not progress,
-    )
+    bar = epoch_bar(len(done.history), settings.epochs, "caption epochs", progress)
     for epoch in bar:
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]

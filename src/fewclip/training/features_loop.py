@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, TypedDict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from fewclip.progress import epoch_bar
 
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import FeatureSet, Task, check_loss
@@ -298,15 +298,7 @@ def train_on_features(
         resumed = _load_checkpoint(checkpoint, module, optimizer, key, select, generator)
         if resumed is not None:
             start_epoch, history, keeper = resumed
-    bar = tqdm(
-        range(start_epoch, settings.epochs),
-        initial=start_epoch,
-        total=settings.epochs,
-        desc="epochs",
-        unit="epoch",
-        leave=False,
-        disable=not progress,
-    )
+    bar = epoch_bar(start_epoch, settings.epochs, "epochs", progress)
     for epoch in bar:
         lr = settings.lr_at(epoch)
         for group in optimizer.param_groups:
