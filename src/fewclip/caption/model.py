@@ -2,8 +2,9 @@
 
 The encoder is any backbone that offers ``image_tokens`` (``backbones.protocol``): the image tower's output
 tokens (a Hugging Face CLIP's ``last_hidden_state``: CLS + patch tokens, *before* ``post_layernorm``, which
-CLIP trains only on the pooled CLS token). ``model.encoder`` names a Hugging Face CLIP; a library user may
-hand ``CaptionModel`` any other backbone (an OpenCLIP ViT). A trainable linear layer projects the tokens to
+CLIP trains only on the pooled CLS token). ``model.encoder`` names it and ``model.encoder_library`` its library
+(``hf`` by default; ``open_clip`` for an OpenCLIP ViT); a library that does not offer ``image_tokens`` is refused
+when the config is read. A library user may also hand ``CaptionModel`` any backbone object. A trainable linear layer projects the tokens to
 the decoder width when the widths differ. Every GPT-2 block cross-attends to all of them (``add_cross_attention``); the
 CLS token stays in the memory as a global summary and attention maps drop it (``caption.attention``).
 
@@ -24,11 +25,11 @@ import re
 from typing import Any, Iterator, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fewclip.backbones import ModelConfig, load_backbone, resolve_device
-from fewclip.backbones.capabilities import require
+from fewclip.backbones.capabilities import capability_problem, require
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
 from fewclip.backbones.protocol import Backbone
 from fewclip.caption.methods import CAPTION_METHODS
@@ -41,8 +42,18 @@ NEEDS = frozenset({"image_tokens"})  # what every method needs of its encoder (b
 class CaptionModelConfig(ConfigBlock):
     """Which encoder and decoder, and how the decoder is tuned."""
 
-    encoder: str = Field(WORLD_ALIAS, description="CLIP hub id, local folder, or fewclip/world-clip.")
-    encoder_revision: str | None = Field(None, description="Hub revision of the encoder.")
+    encoder: str = Field(
+        WORLD_ALIAS,
+        description="The encoder CLIP, as model.id names it for encoder_library (hf: hub id, local folder, or "
+        "fewclip/world-clip).",
+    )
+    encoder_library: str = Field(
+        "hf",
+        description="The encoder's backbone library, as model.library (hf, open_clip, ...): any that offers the "
+        "image tower's tokens.",
+    )
+    encoder_pretrained: str | None = Field(None, description="open_clip only: the encoder's pretrained tag or file.")
+    encoder_revision: str | None = Field(None, description="Hub revision of the encoder (hf only).")
     decoder: str = Field("gpt2", description="GPT-2-family hub id (e.g. gpt2) or local folder with its tokenizer.")
     decoder_revision: str | None = Field(None, description="Hub revision of the decoder.")
     method: Method = Field("adapter", description="adapter, prefix, lora, or untrained (no tuning: the baseline).")
@@ -61,6 +72,25 @@ class CaptionModelConfig(ConfigBlock):
         "fp32", description="fp32, or bf16 autocast for encoding, training and decoding."
     )
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+
+    @model_validator(mode="after")
+    def _encoder_offers_tokens(self) -> "CaptionModelConfig":
+        self.encoder_model()  # an unknown library, or a pretrained tag for hf: the model block's own errors
+        problem = capability_problem("captioning", NEEDS, self.encoder_library)
+        if problem:
+            raise ValueError(problem.replace("model.library", "model.encoder_library"))
+        return self
+
+    def encoder_model(self) -> ModelConfig:
+        """The encoder as a classification ``model`` block (library, id, pretrained tag, revision, precision)."""
+        return ModelConfig(
+            library=self.encoder_library,
+            id=self.encoder,
+            pretrained=self.encoder_pretrained,
+            revision=self.encoder_revision,
+            precision=self.precision,
+            device=self.device,
+        )
 
 
 @contextlib.contextmanager
@@ -86,14 +116,16 @@ MODEL_KEYS = {
     "model.decoder": ("a Hugging Face GPT-2", WORLD_DECODER_ALIAS, "the world decoder (a tiny GPT-2)"),
     "clipscore_model": ("a Hugging Face CLIP", WORLD_ALIAS, "the world CLIP"),
 }
-_SHIPPED_CLIP = re.compile(r"use '[^']*', the (shipped world CLIP|CLIP shipped with fewclip)")
+_SHIPPED_CLIP = re.compile(
+    r"use '[^']*', the (shipped world CLIP|CLIP shipped with fewclip)|use the CLIP shipped with fewclip \([^)]*\)"
+)
 
 
 def caption_key_message(key: str, message: str) -> str:
     """A model error of classification's (which speaks of model.id and the world CLIP) for a captioning key: it
     names the key, the kind of model the key takes and the model fewclip ships for it."""
     kind, alias, shipped = MODEL_KEYS[key]
-    message = message.replace("model.id", key).replace("a Hugging Face CLIP", kind)
+    message = message.replace("model.id", key).replace("a Hugging Face CLIP", kind).replace("/clip:", "/model:")
     return _SHIPPED_CLIP.sub(f"use {alias!r}, {shipped} shipped with fewclip", message)
 
 
@@ -106,12 +138,10 @@ def resolve_caption_model(key: str, model_id: str, revision: str | None = None) 
 
 
 def load_encoder(config: CaptionModelConfig) -> Backbone:
-    """The Hugging Face CLIP ``model.encoder`` names, as a backbone (its errors name ``model.encoder``)."""
-    model = ModelConfig(
-        id=config.encoder, revision=config.encoder_revision, precision=config.precision, device=config.device
-    )
+    """The CLIP ``model.encoder`` names, as a backbone of ``model.encoder_library`` (its errors name
+    ``model.encoder``)."""
     try:
-        return load_backbone(model)
+        return load_backbone(config.encoder_model())
     except OSError as err:  # FileNotFoundError too
         raise type(err)(caption_key_message("model.encoder", str(err))) from None
 

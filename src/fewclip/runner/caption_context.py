@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from fewclip.backbones import backbone_fingerprint
 from fewclip.backbones.model_source import resolve_model
 from fewclip.backbones.weights import weights_digest
 from fewclip.caption.artifacts import check_manifest
@@ -55,10 +56,12 @@ class CaptionRun(StageContext):
         revision (the hub's revision pins its files)."""
         if self._weights is None:
             model, weights = self.config.model, {}
-            for part, model_id, revision in (
-                ("encoder", model.encoder, model.encoder_revision),
-                ("decoder", model.decoder, model.decoder_revision),
-            ):
+            parts = [("decoder", model.decoder, model.decoder_revision)]
+            if model.encoder_library == "hf":
+                parts.insert(0, ("encoder", model.encoder, model.encoder_revision))
+            else:  # another library's model: its own fingerprint of its files
+                weights["encoder"] = json.dumps(backbone_fingerprint(model.encoder_model()), sort_keys=True)
+            for part, model_id, revision in parts:
                 folder = resolve_model(model_id, revision).folder
                 weights[part] = (
                     weights_digest(folder, self.cache_root / "weights_sha256.json")
@@ -110,7 +113,16 @@ class CaptionRun(StageContext):
 # The model keys that change what any method's captioner learns or says; beside them each method's own keys
 # (``CaptionMethod.model_keys``). The other methods' keys, the attention layer drawn and the device change
 # nothing (a changed LoRA rank retrains LoRA only).
-SHARED_MODEL_KEYS = ("encoder", "encoder_revision", "decoder", "decoder_revision", "precision", "method")
+SHARED_MODEL_KEYS = (
+    "encoder",
+    "encoder_library",
+    "encoder_pretrained",
+    "encoder_revision",
+    "decoder",
+    "decoder_revision",
+    "precision",
+    "method",
+)
 
 
 def unit_model_keys(config: CaptionConfig, method: str) -> dict[str, Any]:

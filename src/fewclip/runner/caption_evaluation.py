@@ -78,7 +78,7 @@ class ClipScorer:
 def clipscore_model(config: CaptionConfig) -> ModelConfig:
     """The CLIP that scores: ``clipscore_model``, else the encoder's own CLIP (same revision and device)."""
     if config.clipscore_model is None:
-        return ModelConfig(id=config.model.encoder, revision=config.model.encoder_revision, device=config.model.device)
+        return config.model.encoder_model().model_copy(update={"precision": "fp32"})
     return ModelConfig(id=config.clipscore_model, device=config.model.device)
 
 

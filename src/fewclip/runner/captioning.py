@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fewclip.backbones import check_backbone
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS
 from fewclip.caption.artifacts import save_caption_model
 from fewclip.caption.data import CaptionData, CaptionItem, load_caption_data
@@ -206,7 +207,15 @@ STAGES: dict[str, Callable[[CaptionRun], Any]] = {
 # captioner records a fit key over its own inputs (and is retrained when it changes) and an evaluation records its
 # key likewise. Caption sources list their image files one by one, so a run directory inside an image folder never
 # becomes data: there are no folders to keep it out of.
-RUN_DEFINING = ("model.encoder", "model.encoder_revision", "model.decoder", "model.decoder_revision", "data")
+RUN_DEFINING = (
+    "model.encoder",
+    "model.encoder_library",
+    "model.encoder_pretrained",
+    "model.encoder_revision",
+    "model.decoder",
+    "model.decoder_revision",
+    "data",
+)
 
 
 def run_defining(key: str) -> bool:
@@ -248,6 +257,9 @@ def check_models(config: CaptionConfig) -> None:
         ("model.decoder", config.model.decoder, config.model.decoder_revision),
         ("clipscore_model", config.clipscore_model, None),
     ]
+    if config.model.encoder_library != "hf":  # another library's model: its own check (files, package installed)
+        check_backbone(config.model.encoder_model())
+        named = named[1:]
     for key, model_id, revision in named:
         if model_id is not None:
             resolve_caption_model(key, model_id, revision)

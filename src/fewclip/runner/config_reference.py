@@ -320,14 +320,19 @@ def head_sections() -> Iterator[str]:
         yield from block_section("####", head_cls.Config, f"{head_cls.config_key}.", intro=intro)
 
 
+def top_level_keys(title: str, model: type[BaseModel], intro: str | None = None) -> Iterator[str]:
+    """A run kind's section title, its introduction, and its top-level keys."""
+    yield from (title, "")
+    if intro is not None:
+        yield from (intro, "")
+    yield from ("### Top-level keys", "")
+    yield from key_lines(model, "")
+    yield ""
+
+
 def run_config_sections() -> Iterator[str]:
     heads = {HEADS.get(name).config_key for name in list_heads()}
-    yield "## Classification runs (`fewclip run`)"
-    yield ""
-    yield "### Top-level keys"
-    yield ""
-    yield from key_lines(Config, "")
-    yield ""
+    yield from top_level_keys("## Classification runs (`fewclip run`)", Config)
     for name, field in Config.model_fields.items():
         if name in heads:
             continue
@@ -340,17 +345,11 @@ def run_config_sections() -> Iterator[str]:
 
 
 def caption_config_sections() -> Iterator[str]:
-    yield "## Captioning runs (`fewclip caption run`)"
-    yield ""
-    yield wrapped(
+    intro = wrapped(
         "A captioning run has its own config (`configs/coco_caption.yaml`; the embedded default is "
         "`fewclip caption run`). See [captioning.md](captioning.md) for what the methods train."
     )
-    yield ""
-    yield "### Top-level keys"
-    yield ""
-    yield from key_lines(CaptionConfig, "")
-    yield ""
+    yield from top_level_keys("## Captioning runs (`fewclip caption run`)", CaptionConfig, intro)
     for name, field in CaptionConfig.model_fields.items():
         block = block_class(field.annotation)
         if block is not None:
