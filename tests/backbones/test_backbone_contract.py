@@ -162,6 +162,10 @@ def test_what_is_not_offered_raises(model: tuple[ModelConfig, Backbone]) -> None
     asks = {
         "lora_targets": backbone.tunable_towers,
         "deep_prompts": backbone.deep_prompt_towers,
+        "vision_prompts": lambda: (
+            backbone.deep_prompt_towers().vision_layers
+            or backbone.deep_prompt_towers().image_features(images(backbone, 1), torch.zeros(1, 1), [])
+        ),
         "image_tokens": lambda: backbone.image_tokens(images(backbone, 1)),
     }
     assert set(asks) == set(CAPABILITIES)

@@ -5,6 +5,7 @@ library -- with a message naming the head, the library and what to choose instea
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -101,3 +102,29 @@ def test_a_need_no_library_offers_only_says_to_remove_the_method(monkeypatch: py
     assert capability_problem("maple", {"deep_prompts"}, "open_clip", frozenset()) == (
         "maple needs deep_prompts, which the open_clip backbone does not offer; remove maple from methods"
     )
+
+
+@pytest.mark.usefixtures("nothing_loads")
+def test_maple_coupling_on_an_open_clip_resnet_is_refused_at_config_load(make_config: Any, tmp_path: Path) -> None:
+    """What one model offers is read from its config JSON (not imported, not loaded): an OpenCLIP ResNet's image
+    tower takes no prompts, so MaPLe's coupling is refused naming the model and the key that turns it off, and
+    captioning (which needs patch tokens) is refused on it too; a ViT passes."""
+    from tests.open_clip_models import TINY_CONFIGS
+    from fewclip.caption.model import CaptionModelConfig
+
+    models = {}
+    for name in ("fewclip-tiny-rn", "fewclip-tiny-vit"):
+        models[name] = tmp_path / f"{name}.json"
+        models[name].write_text(json.dumps(TINY_CONFIGS[name]))
+    resnet = ("model.library=open_clip", f"model.id={models['fewclip-tiny-rn']}", "model.pretrained=w.pt")
+    with pytest.raises(ConfigError) as caught:
+        make_config(*resnet, "methods=[coop,maple]")
+    message = str(caught.value)
+    assert f"maple needs vision_prompts, which the open_clip model '{models['fewclip-tiny-rn']}'" in message
+    assert "does not offer; set maple.coupling: false (deep text prompts only) or use model.library=hf" in message
+    assert make_config(*resnet, "methods=[coop,maple]", maple={"coupling": False}).methods == ["coop", "maple"]
+    vit = ("model.library=open_clip", f"model.id={models['fewclip-tiny-vit']}", "model.pretrained=w.pt")
+    assert make_config(*vit, "methods=[maple]").model.id == str(models["fewclip-tiny-vit"])
+    with pytest.raises(ValueError, match="captioning needs image_tokens, which the open_clip model"):
+        CaptionModelConfig(encoder=str(models["fewclip-tiny-rn"]), encoder_library="open_clip")
+    assert CaptionModelConfig(encoder=str(models["fewclip-tiny-vit"]), encoder_library="open_clip")

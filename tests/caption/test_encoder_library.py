@@ -39,7 +39,7 @@ def test_a_library_without_image_tokens_is_refused_at_config_load() -> None:
         with pytest.raises(ValidationError) as refused:
             CaptionModelConfig(encoder="any", encoder_library="pooled")
         message = str(refused.value)
-        assert "captioning needs image_tokens, which the pooled backbone does not offer" in message
+        assert "captioning needs image_tokens, which the pooled model 'any' does not offer" in message
         assert "use model.encoder_library=hf or use model.encoder_library=open_clip" in message
 
 

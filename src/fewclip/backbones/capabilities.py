@@ -9,9 +9,10 @@ loaded backbone for callers of the library (a ``Task`` built in a notebook).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from fewclip.backbones import BACKBONES
+from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.protocol import CAPABILITIES, Backbone
 
 
@@ -31,19 +32,34 @@ def unknown_capabilities(needs: Iterable[str]) -> list[str]:
     return sorted(set(needs) - set(CAPABILITIES))
 
 
+def model_offers(config: ModelConfig) -> frozenset[str]:
+    """What the model ``config`` names offers: its library's ``model_offers`` where the model's files say it without
+    loading it, else what every backbone of the library offers."""
+    library = BACKBONES.get(config.library)
+    offers = library.model_offers(config)
+    return library.offers if offers is None else offers
+
+
 def capability_problem(
-    method: str, needs: Iterable[str], library: str, offers: frozenset[str] | None = None
+    method: str,
+    needs: Iterable[str],
+    library: str,
+    offers: frozenset[str] | None = None,
+    model: str | None = None,
+    advice: Sequence[str] = (),
 ) -> str | None:
     """Why ``method`` cannot run on ``library`` (whose backbones offer ``offers``, by default the registered
-    class's), or None when it can."""
+    class's; ``model``: the one model they are of), or None when it can. ``advice``: other ways out, said
+    before the other libraries."""
     needs = set(needs)
     missing = sorted(needs - (backbone_offers(library) if offers is None else offers))
     if not missing:
         return None
     what = " and ".join(missing)
+    holder = f"the {library} backbone" if model is None else f"the {library} model {model!r}"
     choices = [f"use model.library={name}" for name in libraries_offering(needs) if name != library]
-    return f"{method} needs {what}, which the {library} backbone does not offer; " + " or ".join(
-        [*choices, f"remove {method} from methods"]
+    return f"{method} needs {what}, which {holder} does not offer; " + " or ".join(
+        [*advice, *choices, f"remove {method} from methods"]
     )
 
 

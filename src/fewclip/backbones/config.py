@@ -36,6 +36,9 @@ class BackboneLibrary:
     backbone: BackboneClass
     check: Callable[[ModelConfig], None]  # fast, before any run dir or model load: raises with what to fix
     fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None]  # None: load it first
+    # what one model of the library offers, read from its config files without loading it; None: not known
+    # before loading (then the class's ``offers``, and the loaded backbone refuses what its model cannot give)
+    model_offers: Callable[[ModelConfig], frozenset[str] | None] = lambda config: None
 
     @property
     def offers(self) -> frozenset[str]:
@@ -53,11 +56,13 @@ def register_backbone(
     *,
     check: Callable[[ModelConfig], None],
     fingerprint_from_files: Callable[[ModelConfig, Path | None], dict[str, Any] | None],
+    model_offers: Callable[[ModelConfig], frozenset[str] | None] = lambda config: None,
 ) -> Callable[[RegisteredClass], RegisteredClass]:
-    """Class decorator: register the backbone class of ``library`` (the ``model.library`` value that chooses it)."""
+    """Class decorator: register the backbone class of ``library`` (the ``model.library`` value that chooses it);
+    ``model_offers``: what one of its models offers, where that depends on the model (``BackboneLibrary``)."""
 
     def register(backbone_cls: RegisteredClass) -> RegisteredClass:
-        BACKBONES.register(library, BackboneLibrary(backbone_cls, check, fingerprint_from_files))
+        BACKBONES.register(library, BackboneLibrary(backbone_cls, check, fingerprint_from_files, model_offers))
         return backbone_cls
 
     return register

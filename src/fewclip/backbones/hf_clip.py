@@ -128,7 +128,7 @@ class CLIPBackbone:
     Both return projected, *unnormalised* features as float32 on the CPU.
     """
 
-    offers: ClassVar[frozenset[str]] = frozenset({"lora_targets", "deep_prompts", "image_tokens"})
+    offers: ClassVar[frozenset[str]] = frozenset({"lora_targets", "deep_prompts", "vision_prompts", "image_tokens"})
 
     def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
         from transformers import AutoTokenizer, CLIPModel

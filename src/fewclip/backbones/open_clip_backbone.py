@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -268,16 +269,64 @@ def _preprocess_cfg(open_clip: Any, name: str, pretrained: str | None) -> dict[s
     return merged
 
 
-@register_backbone("open_clip", check=check_open_clip, fingerprint_from_files=open_clip_fingerprint)
+def architecture_json(config: ModelConfig) -> dict[str, Any] | None:
+    """The OpenCLIP model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) of ``model.id``, read from its file
+    without importing OpenCLIP: the JSON file itself, ``local-dir:``'s or a cached ``hf-hub:`` model's
+    ``open_clip_config.json``, or the installed package's ``model_configs/<name>.json``; None where it is not on
+    disk (the package not installed, a hub model not downloaded yet)."""
+    model_id = config.id
+    if model_id.startswith("local-dir:"):
+        file: Path | None = Path(model_id.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
+    elif model_id.startswith("hf-hub:"):
+        from huggingface_hub import try_to_load_from_cache  # installed with transformers
+
+        cached = try_to_load_from_cache(model_id.removeprefix("hf-hub:"), "open_clip_config.json")
+        file = Path(cached) if isinstance(cached, str) else None
+    elif model_id.endswith(".json") or Path(model_id).expanduser().is_file():
+        file = Path(model_id).expanduser()
+    else:
+        spec = importlib.util.find_spec("open_clip")  # finds the package without importing it (torchvision)
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        file = Path(folders[0]) / "model_configs" / f"{model_id}.json" if folders else None
+    if file is None or not file.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the check names what is wrong with it
+    model: dict[str, Any] = data.get("model_cfg", data)  # open_clip_config.json nests it under model_cfg
+    return model
+
+
+def open_clip_model_offers(config: ModelConfig) -> frozenset[str] | None:
+    """What one OpenCLIP model offers, from its config JSON (``architecture_json``): image tokens need a
+    ``VisionTransformer`` (not a ResNet or a timm tower), vision prompts a plain one (read at its class token)."""
+    model = architecture_json(config)
+    if model is None:
+        return None
+    vision = model.get("vision_cfg", {})
+    transformer = isinstance(vision.get("layers", 12), int) and not vision.get("timm_model_name")
+    plain = transformer and not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok"
+    dropped = (set() if transformer else {"image_tokens"}) | (set() if plain else {"vision_prompts"})
+    return OpenCLIPBackbone.offers - dropped
+
+
+@register_backbone(
+    "open_clip",
+    check=check_open_clip,
+    fingerprint_from_files=open_clip_fingerprint,
+    model_offers=open_clip_model_offers,
+)
 class OpenCLIPBackbone:
     """A frozen OpenCLIP model behind the ``Backbone`` protocol.
 
-    Offers ``deep_prompts`` (``open_clip_towers``; vision prompts need a ViT) and ``image_tokens`` (of a ViT).
+    Offers ``deep_prompts`` (``open_clip_towers``), ``vision_prompts`` and ``image_tokens`` where the image
+    tower is a ViT (``open_clip_model_offers`` reads which from the model's config JSON before it loads).
     Not ``lora_targets``: OpenCLIP's attention is ``nn.MultiheadAttention`` with one fused ``in_proj_weight``
     parameter for q, k and v, which LoRA (peft) cannot wrap as the separate q/k/v linear layers CLIP-LoRA adapts.
     """
 
-    offers: ClassVar[frozenset[str]] = frozenset({"deep_prompts", "image_tokens"})
+    offers: ClassVar[frozenset[str]] = frozenset({"deep_prompts", "vision_prompts", "image_tokens"})
 
     def __init__(self, config: ModelConfig, cache_dir: Path | None = None) -> None:
         open_clip = require_open_clip()

@@ -82,6 +82,7 @@ class PromptTower(Protocol):
 CAPABILITIES: dict[str, str] = {
     "lora_targets": "a trainable copy of both towers whose attention projections LoRA may wrap (tunable_towers)",
     "deep_prompts": "both towers run with prompts replacing token rows between layers (deep_prompt_towers)",
+    "vision_prompts": "the image tower takes prompt tokens between its layers (a ViT read at its class token)",
     "image_tokens": "the image tower's output tokens, a global token then the patches (image_tokens)",
 }
 

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from fewclip.backbones import ModelConfig, load_backbone, resolve_device
-from fewclip.backbones.capabilities import capability_problem, require
+from fewclip.backbones.capabilities import capability_problem, model_offers, require
 from fewclip.backbones.model_source import WORLD_ALIAS, WORLD_DECODER_ALIAS, ModelSource, resolve_model
 from fewclip.backbones.protocol import Backbone
 from fewclip.caption.methods import CAPTION_METHODS
@@ -75,8 +75,8 @@ class CaptionModelConfig(ConfigBlock):
 
     @model_validator(mode="after")
     def _encoder_offers_tokens(self) -> "CaptionModelConfig":
-        self.encoder_model()  # an unknown library, or a pretrained tag for hf: the model block's own errors
-        problem = capability_problem("captioning", NEEDS, self.encoder_library)
+        encoder = self.encoder_model()  # an unknown library, or a pretrained tag for hf: the model block's errors
+        problem = capability_problem("captioning", NEEDS, self.encoder_library, model_offers(encoder), self.encoder)
         if problem:
             raise ValueError(problem.replace("model.library", "model.encoder_library"))
         return self

@@ -142,6 +142,8 @@ class HeadBase:
     calibrates: ClassVar[bool] = False
     tunes_encoders: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()  # refused at config load on a model.library that lacks one
+    # what else a user may do when the model lacks one of ``needs_for``'s capabilities, e.g. a key to turn off
+    needs_advice: ClassVar[dict[str, str]] = {}
     # What the report says of a head, declared here and never listed by name in the report:
     published_as: ClassVar[str | None] = None  # its name in the papers' tables (report/published.csv); read only
     # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp
@@ -150,6 +152,12 @@ class HeadBase:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def needs_for(cls, config: Any) -> frozenset[str]:
+        """The capabilities the head needs with ``config`` (its block): ``needs``, and more where a key asks for
+        them (MaPLe's coupling needs vision prompts)."""
+        return cls.needs
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n,) the class each row scores highest (the argmax of ``logits``, which every head defines)."""

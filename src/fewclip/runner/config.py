@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
-from fewclip.backbones.capabilities import capability_problem
+from fewclip.backbones.capabilities import capability_problem, model_offers
 from fewclip.backbones.config import ModelConfig
 from fewclip.backbones.model_source import config_relative_id
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
@@ -254,6 +254,25 @@ class ConfigRules(ConfigBlock):
         if any(problems):
             raise ValueError("; ".join(problem for problem in problems if problem))
         return model
+
+    @model_validator(mode="after")
+    def _methods_run_on_the_model(self) -> Any:
+        """A head that needs, with its block's keys, what this very model does not offer (read from the model's
+        config files where its library can, before anything loads): MaPLe's coupling on an OpenCLIP ResNet."""
+        model: ModelConfig = getattr(self, "model")
+        offers = model_offers(model)
+        problems = []
+        for method in getattr(self, "methods"):
+            head = HEADS.get(split_variant(method)[0])
+            # HeadBase's needs_for; a class registered by hand (tests) may declare needs alone, or nothing
+            needs_for = getattr(head, "needs_for", None)
+            needs = needs_for(method_block(self, method)) if needs_for else getattr(head, "needs", frozenset())
+            known = getattr(head, "needs_advice", {})
+            advice = [known[need] for need in sorted(needs - offers) if need in known]
+            problems.append(capability_problem(method, needs, model.library, offers, model.id, advice))
+        if any(problems):
+            raise ValueError("; ".join(problem for problem in problems if problem))
+        return self
 
     @field_validator("methods", check_fields=False)
     @classmethod

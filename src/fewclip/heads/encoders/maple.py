@@ -191,7 +191,13 @@ class MapleHead(EncoderHeadBase):
     Config = MapleConfig
     published_as = "MaPLe"
     needs = frozenset({"deep_prompts"})
+    needs_advice = {"vision_prompts": "set maple.coupling: false (deep text prompts only)"}
     config: MapleConfig
+
+    @classmethod
+    def needs_for(cls, config: MapleConfig) -> frozenset[str]:
+        """Deep prompts; with ``coupling``, prompts in the image tower too."""
+        return cls.needs | ({"vision_prompts"} if config.coupling else set())
 
     def check(self, task: Task) -> None:
         """Fail before any training: a backbone without deep prompts, a depth beyond the towers, prompts that do
