@@ -97,15 +97,15 @@ def linear_probe_p2(
             assert alpha_vec.grad is not None
             alpha_vec.data -= lr_alpha * alpha_vec.grad.data
         with torch.no_grad():
-            logits_val = classifier(val_features) + torch.ones(len(val_features), 1, dtype=torch.float64) @ alpha_vec * (
-                val_features @ text_weights
-            )
+            logits_val = classifier(val_features) + torch.ones(
+                len(val_features), 1, dtype=torch.float64
+            ) @ alpha_vec * (val_features @ text_weights)
             acc_val = np.mean(logits_val.argmax(dim=1).numpy() == val_labels.numpy()) * 100.0
             if acc_val >= best_acc:
                 best_acc, best_epoch = acc_val, epoch
-                kept = classifier(test_features) + torch.ones(len(test_features), 1, dtype=torch.float64) @ alpha_vec * (
-                    test_features @ text_weights
-                )
+                kept = classifier(test_features) + torch.ones(
+                    len(test_features), 1, dtype=torch.float64
+                ) @ alpha_vec * (test_features @ text_weights)
     return kept, best_epoch + 1
 
 
@@ -161,7 +161,9 @@ def test_lp_pp_logits_and_iteration_are_the_references(
     )
 
 
-def test_the_iteration_is_chosen_on_val_and_alpha_moves(backbone: CLIPBackbone, make_config: Callable[..., Any]) -> None:
+def test_the_iteration_is_chosen_on_val_and_alpha_moves(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
     """The scenario above is not trivially the last iteration, nor alpha its start (the test can fail)."""
     config = make_config("lp_pp.calibrate=false").lp_pp
     train = cluster_task(backbone.dim, 4, seed=1, noise=1.5)

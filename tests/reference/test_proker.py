@@ -122,4 +122,3 @@ def test_without_val_the_values_are_hyperparameters_json(
     # the regression moves the prediction: the test is not passing on the zero-shot logits alone
     zero_shot = normalised(test.features) @ clip_weights
     assert not torch.equal(expected.argmax(-1), zero_shot.argmax(-1))
-

@@ -147,6 +147,7 @@ class LpPpHead(ChecksTemplates, HeadBase):
     selects_epoch = True
     calibrates = True
     config: LpPpConfig
+    best_epoch_: int | None  # None: loaded from a file saved without it
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LpPpHead":
         if train is None or len(train) == 0:
@@ -188,8 +189,10 @@ class LpPpHead(ChecksTemplates, HeadBase):
             loss.backward()
             optimizer.step()
             if (epoch + 1) % cfg.alpha_every == 0:
+                accumulated = model.alpha.grad  # the sum of every iteration's gradient so far
+                assert accumulated is not None
                 with torch.no_grad():
-                    model.alpha -= lr_alpha * model.alpha.grad
+                    model.alpha.sub_(lr_alpha * accumulated)
             row = {"epoch": float(epoch + 1), "train_loss": check_loss(loss.item(), epoch + 1, lr_w)}
             if val is not None and val_features is not None:
                 with torch.no_grad():
@@ -224,7 +227,7 @@ class LpPpHead(ChecksTemplates, HeadBase):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.weight_, self.bias_, self.alpha_ = tensors["weight"], tensors["bias"], tensors["alpha"]
         self.text_, self.temperature_ = tensors["text"], tensors["temperature"].reshape(())
-        self.best_epoch_: int | None = meta.get("best_epoch")  # None: saved without it
+        self.best_epoch_ = meta.get("best_epoch")
 
     def trainable_parameters(self) -> int:
         return int(self.weight_.numel() + self.bias_.numel() + self.alpha_.numel()) if hasattr(self, "weight_") else 0
