@@ -46,11 +46,11 @@ from torch import nn
 
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, check_loss, normalize
-from fewclip.heads.on_features.gda import support_samples
+from fewclip.heads.on_features.support import class_sums, support_samples
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
-from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
 from fewclip.training.selection import SELECT_HELP, BestEpoch, SelectRule, validation_scores
 
 
@@ -97,17 +97,6 @@ class BlendedClassifier(nn.Module):
         return samples @ self.weight.T + self.bias + self.alpha * (samples @ self.text.T)
 
 
-def class_sums(samples: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-    """(C, d) each class's sum of samples (the official visual prototypes); a class without one is an error."""
-    counts = torch.bincount(labels, minlength=len(class_names))
-    if missing := [class_names[i] for i in range(len(class_names)) if counts[i] == 0]:
-        raise ValueError(
-            f"lp_pp: no support image of class(es) {', '.join(map(repr, missing[:5]))}: each class's visual "
-            f"prototype is the sum of its support features; give each class at least one image"
-        )
-    return torch.zeros(len(class_names), samples.shape[1], dtype=samples.dtype).index_add_(0, labels, samples)
-
-
 def initial_alpha(text_logits: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
     """The official start of every alpha_c: ``scale`` x the mean over classes of each class's mean cosine to its
     own text weight (``text_logits`` (N, C) = f . t)."""
@@ -133,7 +122,7 @@ def blend_state(model: BlendedClassifier) -> dict[str, torch.Tensor]:
 
 
 @register_head
-class LpPpHead(ChecksTemplates, HeadBase):
+class LpPpHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "lp_pp"
     paper = "Huang et al., CVPR 2024 (LP++)"
     official_code = "FereshteShakeri/FewShot-CLIP-Strong-Baseline"
@@ -150,10 +139,8 @@ class LpPpHead(ChecksTemplates, HeadBase):
     best_epoch_: int | None  # None: loaded from a file saved without it
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "LpPpHead":
-        if train is None or len(train) == 0:
-            raise ValueError(f"{self.name} needs training features (its prototypes are their sums)")
+        samples, labels = support_samples(train, self.name, "its prototypes are their sums")
         self.check(task)
-        samples, labels = support_samples(train)
         text = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone)).prototypes_
         model = self.initial_model(samples, labels, text.double(), list(task.class_names), task.seed)
         self.descend(model, samples, labels, val, task)
@@ -171,7 +158,9 @@ class LpPpHead(ChecksTemplates, HeadBase):
         generator = torch.Generator().manual_seed(seed)
         bias = (torch.rand(len(class_names), generator=generator, dtype=torch.float64) * 2 - 1) * bound
         alpha = initial_alpha(samples @ text.T, labels, self.config.alpha_init_scale)
-        return BlendedClassifier(class_sums(samples, labels, class_names), bias, alpha, text)
+        role = "each class's visual prototype is the sum of its support features"
+        prototypes, _ = class_sums(samples, labels, class_names, self.name, role)
+        return BlendedClassifier(prototypes, bias, alpha, text)
 
     def descend(
         self, model: BlendedClassifier, samples: torch.Tensor, labels: torch.Tensor, val: FeatureSet | None, task: Task
@@ -210,10 +199,6 @@ class LpPpHead(ChecksTemplates, HeadBase):
         """(n, d) -> (n, C) f W^T + b + alpha * (f . t) on the normalised features, before temperature scaling."""
         samples = normalize(features.float())
         return samples @ self.weight_.T + self.bias_ + self.alpha_ * (samples @ self.text_.T)
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones); differentiable."""
-        return self.uncalibrated_logits(features) / self.temperature_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

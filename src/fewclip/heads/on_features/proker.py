@@ -44,11 +44,11 @@ from pydantic import Field, field_validator
 
 from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
-from fewclip.heads.on_features.gda import support_samples
+from fewclip.heads.on_features.support import support_samples
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
-from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
 
 # configs/RN50/configs_proker/hyperparameters.json: {shots: (beta, lambda)} chosen on ImageNet
 FIXED_BY_SHOTS = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07), 16: (1.7, 0.1)}
@@ -134,7 +134,7 @@ def search_grid(
 
 
 @register_head
-class ProkerHead(ChecksTemplates, HeadBase):
+class ProkerHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "proker"
     paper = "Bendou et al., CVPR 2025 (ProKeR)"
     official_code = "ybendou/ProKeR"
@@ -149,10 +149,8 @@ class ProkerHead(ChecksTemplates, HeadBase):
     config: ProkerConfig
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "ProkerHead":
-        if train is None or len(train) == 0:
-            raise ValueError(f"{self.name} needs training features (the kernel regression is fitted to them)")
+        samples, labels = support_samples(train, self.name, "the kernel regression is fitted to them")
         self.check(task)
-        samples, labels = support_samples(train)
         if int(labels.max()) >= len(task.class_names):
             raise ValueError(
                 f"{self.name}: a support label is {int(labels.max())} but the task has {len(task.class_names)} "
@@ -198,10 +196,6 @@ class ProkerHead(ChecksTemplates, HeadBase):
         """(n, d) -> (n, C) zero-shot cosines + K(x, S) a, before temperature scaling."""
         samples = normalize(features.float())
         return samples @ self.prototypes_.T + kernel(samples, self.support_, self.beta_) @ self.coefficients_
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones); differentiable."""
-        return self.uncalibrated_logits(features) / self.temperature_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
