@@ -48,13 +48,13 @@ class Selection:
 
 
 def validation_scores(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
-    """A history row's validation columns, which the rules read: val_loss, val_accuracy and val_macro_f1 of the
-    (n, C) float ``logits`` on the (n,) ``labels``."""
+    """A history row's validation columns, which the rules read: val_accuracy, val_macro_f1 and val_loss of the
+    (n, C) float ``logits`` on the (n,) ``labels`` (in the order the history files list them)."""
     scores = summarize(labels.numpy(), logits.argmax(-1).numpy(), n_classes)
     return {
-        "val_loss": float(nn.functional.cross_entropy(logits, labels)),
         "val_accuracy": scores["accuracy"],
         "val_macro_f1": scores["macro_f1"],
+        "val_loss": float(nn.functional.cross_entropy(logits, labels)),
     }
 
 
