@@ -1,5 +1,5 @@
-"""ProKeR against the official code (ybendou/ProKeR, read at commit f2ecb3d of its fork omarnust/BReg-Adapter, the
-last of its author), re-implemented here from reading the official files (not copied): ``trainers/proker.py``
+"""ProKeR against the official code (ybendou/ProKeR, read at commit f2ecb3d of omarnust/BReg-Adapter, whose history
+to that commit is its author's), re-implemented here from reading the official files (not copied): ``trainers/proker.py``
 (``RBF_Kernel``; ``ProKeR``: the one-hot cache minus the shots' text logits, the ``linspace`` grids of beta (outer)
 and lambda with a strict improvement of ``cls_acc``, ``torch.linalg.solve(1/lmbda K_SS + I, ...)``, the test logits
 ``text + K_XS alpha``); ``main.py`` ``run`` (the shots: every augmented pass, L2-normalised, pass after pass);

@@ -3,8 +3,9 @@ Vision-Language Models"): kernel ridge regression of the one-hot labels' residua
 a proximal term keeping the function near zero-shot. Training-free.
 
 As the official ProKeR code (``trainers/proker.py`` ``ProKeR`` and ``RBF_Kernel``, ``main.py`` ``run``,
-``utils.py``; read at commit f2ecb3d, the last of its author in omarnust/BReg-Adapter, a fork of
-ybendou/ProKeR): the samples ``s`` are the L2-normalised support features of every augmented pass
+``utils.py``; read in omarnust/BReg-Adapter, a later copy of the repository whose history up to commit
+f2ecb3d, 2025-03-05, is Yassir Bendou's ProKeR code, read at that commit; no snapshot of ybendou/ProKeR itself
+was to be had): the samples ``s`` are the L2-normalised support features of every augmented pass
 (``--augment-epoch``, 10 by default); the kernel is ``k(x, y) = exp(-beta (1 - x . y))``; the coefficients are
 ``a = (K_SS / lambda + I)^-1 (Y - T_S)`` with ``Y`` the one-hot labels and ``T_S`` the samples' zero-shot
 cosines (``utils.py`` ``get_clip_weights``, as ``zero_shot``, with no logit scale); the logits are
