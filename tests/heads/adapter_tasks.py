@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 
-from fewclip.heads import FeatureSet
+from fewclip.heads import FeatureSet, Task, ZeroShotHead, load_head, save_head
 
 # six classes: more classes make zero-shot weaker
 TASK_NAMES = ["red circle", "green square", "blue triangle", "yellow star", "pink heart", "grey moon"]
@@ -28,6 +29,24 @@ def cluster_task(dim: int, per_class: int, seed: int, noise: float = 0.5, classe
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return (predictions == labels).float().mean().item()
+
+
+def support_and_zero_shot_accuracy(head: Any, task: Task) -> tuple[float, float]:
+    """(the head's test accuracy, zero-shot's) after fitting ``head`` on 4 images per class (val: 2) of the
+    cluster task, which the class names cannot solve."""
+    assert task.backbone is not None
+    dim = task.backbone.dim
+    head.fit(task, cluster_task(dim, 4, seed=1), cluster_task(dim, 2, seed=2))
+    test = cluster_task(dim, 10, seed=3)
+    zero_shot = ZeroShotHead().fit(task).predict(test.features)
+    return accuracy(head.predict(test.features), test.labels), accuracy(zero_shot, test.labels)
+
+
+def reloaded(head: Any, stem: Path, templates: list[str]) -> Any:
+    """``head`` saved to ``stem`` with its templates and loaded back."""
+    save_head(head, stem, TASK_NAMES, {"templates": templates})
+    loaded, _ = load_head(stem)
+    return loaded
 
 
 class CallCounter:

@@ -39,6 +39,8 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "clap": lambda d, c, w: c * d,
     "gda": lambda d, c, w: 0,  # training-free: Gaussians estimated, alpha searched
     "taskres": lambda d, c, w: c * d,  # one residual row per class
+    "lp_pp": lambda d, c, w: c * d + 2 * c,  # visual weights, biases and the per-class text blend
+    "proker": lambda d, c, w: 0,  # training-free: the regression is solved, beta and lambda searched
     "kgcoop": lambda d, c, w: 4 * w,  # ctx_init "a photo of a": 4 shared context tokens
     "prograd": lambda d, c, w: 16 * w,  # CoOp's 16 shared context tokens
 }

@@ -33,6 +33,8 @@ BUILTIN_ORDER = [
     "clap",
     "gda",
     "taskres",
+    "lp_pp",
+    "proker",
     "kgcoop",
     "prograd",
     "clip_lora",
@@ -217,9 +219,17 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "cocoop": "CoCoOp",
         "gda": "GDA",
         "taskres": "TaskRes",
+        "lp_pp": "LP++",
+        "proker": "ProKeR",
         "maple": "MaPLe",
     }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
     assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap", "taskres"]
-    assert [n for n in list_heads() if HEADS.get(n).validation_search] == ["tip_adapter", "tip_adapter_f", "gda"]
+    assert [n for n in list_heads() if HEADS.get(n).validation_search] == [
+        "tip_adapter",
+        "tip_adapter_f",
+        "gda",
+        "lp_pp",
+        "proker",
+    ]

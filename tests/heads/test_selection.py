@@ -165,3 +165,15 @@ def test_best_epoch_without_validation_keeps_nothing_and_the_last_epoch() -> Non
     assert keeper.choose(rows, None, 3) == (Selection(2, "last_epoch (no validation split)"), None)
     last_keeper = BestEpoch("last")
     last_keeper.observe(1, {"val_macro_f1": 1.0, "val_loss": 0.0}, lambda: pytest.fail("'last' copies nothing"))
+
+
+def test_val_accuracy_keeps_the_latest_of_the_best_epochs() -> None:
+    """LP++'s official rule: every epoch whose val accuracy is >= the best so far replaces the kept one, even on
+    a val set too small for ``auto`` and with a worse loss."""
+    rows = history([0.5, 0.8, 0.6, 0.8, 0.7], loss=[1.0, 0.2, 1.0, 0.9, 1.0])
+    assert select_epoch("val_accuracy", rows, labels(2), 3) == Selection(4, "val_accuracy")
+    keeper = BestEpoch("val_accuracy")
+    for epoch, row in enumerate(rows, start=1):
+        keeper.observe(epoch, row, lambda: {"w": torch.tensor([float(epoch)])})
+    selection, kept = keeper.choose(rows, labels(2), 3)
+    assert selection.epoch == 4 and kept is not None and kept["w"].item() == 4.0

@@ -19,6 +19,8 @@ from fewclip.heads.on_features.zs_lp import ZsLpConfig, ZsLpHead
 from fewclip.heads.on_features.clap import ClapConfig, ClapHead
 from fewclip.heads.on_features.gda import GdaConfig, GdaHead
 from fewclip.heads.on_features.taskres import TaskResConfig, TaskResHead
+from fewclip.heads.on_features.lp_pp import LpPpConfig, LpPpHead
+from fewclip.heads.on_features.proker import ProkerConfig, ProkerHead
 from fewclip.heads.prompts.kgcoop import KgCoOpConfig, KgCoOpHead
 from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
@@ -65,4 +67,8 @@ __all__ = [
     "GdaHead",
     "TaskResConfig",
     "TaskResHead",
+    "LpPpConfig",
+    "LpPpHead",
+    "ProkerConfig",
+    "ProkerHead",
 ]

@@ -104,3 +104,17 @@ def calibrate(enabled: bool, val: FeatureSet | None, logits_fn: Callable[[torch.
 def temperature_tensor(calibration: Calibration) -> torch.Tensor:
     """T as the 0-d float32 tensor a head keeps in its state (saved as shape (1,))."""
     return torch.tensor(calibration.temperature, dtype=torch.float32)
+
+
+class TemperatureScaled:
+    """The scores of a head that calibrates: its ``uncalibrated_logits``, divided by ``temperature_`` (1 when the
+    head does not calibrate)."""
+
+    temperature_: torch.Tensor
+
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # each head computes its own
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_

@@ -20,7 +20,6 @@ from fewclip.progress import epoch_bar
 
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import FeatureSet, Task, check_loss
-from fewclip.metrics import summarize
 from fewclip.training.checkpoint import (
     best_metadata,
     read_checkpoint,
@@ -30,7 +29,7 @@ from fewclip.training.checkpoint import (
     training_tensors,
 )
 from fewclip.training.schedule import Schedule, lr_at_epoch, lr_at_step, schedules_agree
-from fewclip.training.selection import BestEpoch, SelectRule, Selection
+from fewclip.training.selection import BestEpoch, SelectRule, Selection, validation_scores
 
 ViewSampling = Literal["per_image", "pool"]
 DROP_LAST_HELP = (
@@ -328,9 +327,7 @@ def train_on_features(
         if val is not None and len(val):
             with torch.no_grad():
                 val_logits = (val_logits_fn or logits_fn)(val.features).float()
-            scores = summarize(val.labels.numpy(), val_logits.argmax(-1).numpy(), n_classes)
-            val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
-            row.update(val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_loss=val_loss)
+            row.update(validation_scores(val_logits, val.labels, n_classes))
         keeper.observe(epoch + 1, row, lambda: _module_state(module))
         history.append(row)
         if on_epoch is not None:

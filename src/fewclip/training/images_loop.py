@@ -38,7 +38,6 @@ from torch.nn.parallel import DistributedDataParallel
 from fewclip.backbones.device import autocast_for
 from fewclip.backbones.preprocess import Augmentation, ImageTransform
 from fewclip.distributed import SINGLE, Ranks
-from fewclip.metrics import summarize
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import ImageSet, check_loss
 from fewclip.training.checkpoint import best_metadata, read_checkpoint, restore_optimizer, restored_best, saved_part
@@ -46,7 +45,7 @@ from fewclip.training.checkpoint import training_tensors
 from fewclip.training.encoder_schedule import build_optimizer
 from fewclip.training.image_batches import PAD_LABEL, epoch_batches, plain_batches, rank_part
 from fewclip.training.features_loop import batch_count
-from fewclip.training.selection import BestEpoch, SelectRule, Selection
+from fewclip.training.selection import BestEpoch, SelectRule, Selection, validation_scores
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +272,7 @@ class EncoderTrainer:
         ]
         parts = [chunk for chunks in self.ranks.gather(local) for chunk in chunks]
         logits = torch.cat(parts) if parts else torch.zeros(0, self.n_classes)
-        scores = summarize(val.labels.numpy(), logits.argmax(-1).numpy(), self.n_classes)
-        return {
-            "val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
-            "val_accuracy": scores["accuracy"],
-            "val_macro_f1": scores["macro_f1"],
-        }
+        return validation_scores(logits, val.labels, self.n_classes)
 
     def run_key(self, train: ImageSet, val: ImageSet | None, key: str) -> str:
         """What a checkpoint must match to be resumed: the plan, seed, data, initial weights and ``key``."""

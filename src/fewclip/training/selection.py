@@ -4,6 +4,8 @@ The heads' ``select`` option:
 
 - ``val_macro_f1``: the epoch best on val macro-F1, ties broken by the lower val loss.
 - ``val_loss``: the epoch with the lowest val loss.
+- ``val_accuracy``: the epoch with the highest val accuracy, the latest of ties (LP++'s official code keeps the
+  test accuracy of every epoch whose val accuracy is ``>=`` the best so far).
 - ``last``: the last epoch, the end of the schedule (what CoOp, CoCoOp and CLIP's linear probe report).
 - ``auto`` (default): the last epoch, unless the validation split is large enough to tell epochs apart
   (at least ``MIN_VAL_PER_CLASS`` images in every class) and the val-macro-F1 epoch is clearly better:
@@ -21,13 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch import nn
 
+from fewclip.metrics import summarize
 from fewclip.stats import wilson_interval
 
-SelectRule = Literal["auto", "val_macro_f1", "val_loss", "last"]
+SelectRule = Literal["auto", "val_macro_f1", "val_loss", "val_accuracy", "last"]
 SELECT_HELP = (
     "Which epoch to keep: auto (the last epoch unless val has >= 10 images per class and shows an "
-    "earlier epoch clearly better), val_macro_f1, val_loss or last."
+    "earlier epoch clearly better), val_macro_f1, val_loss, val_accuracy (the latest of ties) or last."
 )
 
 # With k val images per class one image moves a class's recall by 1/k; below 10 that step is over 10 points
@@ -43,6 +47,17 @@ class Selection:
     rule: str
 
 
+def validation_scores(logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """A history row's validation columns, which the rules read: val_accuracy, val_macro_f1 and val_loss of the
+    (n, C) float ``logits`` on the (n,) ``labels`` (in the order the history files list them)."""
+    scores = summarize(labels.numpy(), logits.argmax(-1).numpy(), n_classes)
+    return {
+        "val_accuracy": scores["accuracy"],
+        "val_macro_f1": scores["macro_f1"],
+        "val_loss": float(nn.functional.cross_entropy(logits, labels)),
+    }
+
+
 def tracks_candidate(rule: SelectRule) -> bool:
     """Whether the loop must keep a copy of the best state so far (``last`` needs only the final one)."""
     return rule != "last"
@@ -52,6 +67,8 @@ def candidate_score(rule: SelectRule, row: dict[str, float]) -> tuple[float, ...
     """What the rule maximises over epochs (``auto`` starts from the val-macro-F1 candidate)."""
     if rule == "val_loss":
         return (-row["val_loss"],)
+    if rule == "val_accuracy":  # the epoch breaks ties: a later epoch with the same accuracy is a new candidate
+        return (row["val_accuracy"], row["epoch"])
     return (row["val_macro_f1"], -row["val_loss"])
 
 
@@ -81,7 +98,7 @@ def select_epoch(
         return Selection(last, "last_epoch")
     if val_labels is None or len(val_labels) == 0 or not all("val_loss" in row for row in history):
         return Selection(last, "last_epoch (no validation split)")
-    if rule in ("val_macro_f1", "val_loss"):
+    if rule in ("val_macro_f1", "val_loss", "val_accuracy"):
         return Selection(candidate_epoch(rule, history), rule)
     per_class = val_per_class(val_labels, n_classes)
     if per_class < min_per_class:

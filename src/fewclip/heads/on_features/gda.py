@@ -55,7 +55,8 @@ from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.lengths import ChecksTemplates, check_template_task
 from fewclip.heads.registry import register_head
-from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.heads.on_features.support import class_sums, support_samples
+from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
 
 ALPHA_GRID = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # main_few_shots.py run: the alphas searched on val
 Estimator = Literal["ks", "pooled"]
@@ -110,24 +111,10 @@ class GdaConfig(ConfigBlock):
         return alphas
 
 
-def support_samples(train: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, d) float64 L2-normalised samples and their labels (N,): every cached view of every support image, or
-    the plain features when there are no views."""
-    if train.views is None:
-        return normalize(train.features.double()), train.labels.long()
-    n, views, dim = train.views.shape
-    return normalize(train.views.double().reshape(n * views, dim)), train.labels.long().repeat_interleave(views)
-
-
 def class_means(samples: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> torch.Tensor:
     """(C, d) each class's mean sample; a class without a sample is an error naming it."""
-    counts = torch.bincount(labels, minlength=len(class_names))
-    if missing := [class_names[i] for i in range(len(class_names)) if counts[i] == 0]:
-        raise ValueError(
-            f"gda: no support image of class(es) {', '.join(map(repr, missing[:5]))}: every class's "
-            f"Gaussian is centred on its support images' mean; give each class at least one image"
-        )
-    sums = torch.zeros(len(class_names), samples.shape[1], dtype=samples.dtype).index_add_(0, labels, samples)
+    role = "every class's Gaussian is centred on its support images' mean"
+    sums, counts = class_sums(samples, labels, class_names, "gda", role)
     return sums / counts[:, None]
 
 
@@ -197,7 +184,7 @@ def search_alpha(
 
 
 @register_head
-class GdaHead(ChecksTemplates, HeadBase):
+class GdaHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "gda"
     paper = "Wang et al., ICLR 2024 (GDA)"
     official_code = "mrflogs/ICLR24"
@@ -212,10 +199,8 @@ class GdaHead(ChecksTemplates, HeadBase):
     config: GdaConfig
 
     def fit(self, task: Task, train: FeatureSet | None = None, val: FeatureSet | None = None) -> "GdaHead":
-        if train is None or len(train) == 0:
-            raise ValueError(f"{self.name} needs training features (its Gaussians are fitted to them)")
+        samples, labels = support_samples(train, self.name, "its Gaussians are fitted to them")
         self.check(task)
-        samples, labels = support_samples(train)
         means = class_means(samples, labels, list(task.class_names))
         weights, bias = discriminant(means, shared_precision(samples, labels, means, self.config.estimator))
         zero_shot = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
@@ -254,10 +239,6 @@ class GdaHead(ChecksTemplates, HeadBase):
     def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) -> (n, C) zero-shot + alpha * GDA logits, before temperature scaling."""
         return self.zero_shot_logits(features) + self.alpha_ * self.gda_logits(features)
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones); differentiable."""
-        return self.uncalibrated_logits(features) / self.temperature_
 
     def transfer(self, backbone: Backbone, class_names: list[str]) -> "GdaHead":
         """GDA for other class names (base-to-new): their Gaussians synthesised from the support samples nearest

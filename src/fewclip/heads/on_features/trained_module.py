@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fewclip.heads.base import FeatureSet, Task
-from fewclip.training.calibration import calibrate, temperature_tensor
+from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
 from fewclip.training.features_loop import FeatureTrainSettings, unit_options, train_on_features
 
 
@@ -46,7 +46,7 @@ def fit_module(
     head.temperature_ = temperature_tensor(head.calibration_)
 
 
-class ModuleScores:
+class ModuleScores(TemperatureScaled):
     """The scores of a head fitted by ``fit_module``: ``model_``'s logits, divided by ``temperature_`` (1 when the
     head does not calibrate)."""
 
@@ -63,7 +63,3 @@ class ModuleScores:
         """``logits`` with autograd on, for saliency."""
         scores: torch.Tensor = self.model_(features)
         return scores / self.temperature_
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
-        return self.uncalibrated_logits(features) / self.temperature_
