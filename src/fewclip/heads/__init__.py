@@ -21,6 +21,7 @@ from fewclip.heads.on_features.gda import GdaConfig, GdaHead
 from fewclip.heads.on_features.taskres import TaskResConfig, TaskResHead
 from fewclip.heads.prompts.kgcoop import KgCoOpConfig, KgCoOpHead
 from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
+from fewclip.heads.prompts.tcp import TcpConfig, TcpHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead
 
@@ -57,6 +58,8 @@ __all__ = [
     "KgCoOpHead",
     "ProGradConfig",
     "ProGradHead",
+    "TcpConfig",
+    "TcpHead",
     "ClipLoraConfig",
     "ClipLoraHead",
     "MapleConfig",
