@@ -41,6 +41,8 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "taskres": lambda d, c, w: c * d,  # one residual row per class
     "kgcoop": lambda d, c, w: 4 * w,  # ctx_init "a photo of a": 4 shared context tokens
     "prograd": lambda d, c, w: 16 * w,  # CoOp's 16 shared context tokens
+    # 4 shared context tokens + the TKE d -> d/4 -> 4 class-aware tokens of width w
+    "tcp": lambda d, c, w: 4 * w + (d * (d // 4) + d // 4) + ((d // 4) * 4 * w + 4 * w),
 }
 
 

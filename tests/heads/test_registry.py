@@ -35,6 +35,7 @@ BUILTIN_ORDER = [
     "taskres",
     "kgcoop",
     "prograd",
+    "tcp",
     "clip_lora",
     "maple",
 ]
@@ -218,6 +219,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "gda": "GDA",
         "taskres": "TaskRes",
         "maple": "MaPLe",
+        "tcp": "TCP",
     }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method

@@ -24,7 +24,7 @@ on both sides (the reference trains in fp16).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -123,9 +123,7 @@ def meta_net_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def trained(backbone: CLIPBackbone, clip: ReferenceCLIPText) -> dict[str, Any]:
     """fewclip's TCP (default config but the short schedule) and the reference, trained on the same data."""
-    config = fewclip.heads.prompts.tcp.TcpConfig(
-        epochs=EPOCHS, batch_size=BATCH, lr=LR, select="last", calibrate=False
-    )
+    config = fewclip.heads.prompts.tcp.TcpConfig(epochs=EPOCHS, batch_size=BATCH, lr=LR, select="last", calibrate=False)
     train = synthetic_task(backbone, 2, seed=1)  # 6 classes x 2 = 12 images: batches of 5, the partial one dropped
     with recording(fewclip.heads.prompts.tcp) as record:
         head = TcpHead(config).fit(Task(TASK_NAMES, [TEMPLATE], backbone, SEED), train)
@@ -212,7 +210,9 @@ def test_transfer_maps_new_names_as_the_reference(
     new = ReferenceTCP(clip, new_names, reference.ctx.detach(), {k: v.detach() for k, v in reference.meta_net.items()})
     with torch.no_grad():
         expected = new.forward(train.features)[0]
-    torch.testing.assert_close(head.transfer(backbone, new_names).uncalibrated_logits(train.features), expected, **LOGITS_TOL)
+    torch.testing.assert_close(
+        head.transfer(backbone, new_names).uncalibrated_logits(train.features), expected, **LOGITS_TOL
+    )
 
 
 def test_defaults_follow_the_official_config() -> None:

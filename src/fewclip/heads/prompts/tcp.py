@@ -141,7 +141,11 @@ class TcpParams(nn.Module):
         n_ctx, width = ctx.shape
         self.tke = nn.Sequential(
             OrderedDict(
-                [("linear1", nn.Linear(dim, hidden)), ("gelu", QuickGELU()), ("linear2", nn.Linear(hidden, n_ctx * width))]
+                [
+                    ("linear1", nn.Linear(dim, hidden)),
+                    ("gelu", QuickGELU()),
+                    ("linear2", nn.Linear(hidden, n_ctx * width)),
+                ]
             )
         )
 
@@ -181,7 +185,9 @@ class TcpPrompts:
             backbone.tokens, class_names, config.n_ctx, "end", backbone.max_text_positions, "tcp"
         )
         with torch.no_grad():
-            self.base = backbone.prompt_tower().embed_tokens(self.layout.token_ids.to(self.device)).detach()  # (C, L, w)
+            self.base = (
+                backbone.prompt_tower().embed_tokens(self.layout.token_ids.to(self.device)).detach()
+            )  # (C, L, w)
         self.zero_shot_text = zero_shot_text  # (C, d) normalised: the TKE's input and the consistency target
         self.layer, self.precision = layer, config.precision
 
