@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from fewclip.backbones import CLIPBackbone, ModelConfig, load_backbone
-from fewclip.heads import FeatureSet, Task, TcpHead, ZeroShotHead, load_head, save_head
+from fewclip.heads import Task, TcpHead, ZeroShotHead, load_head, save_head
 from fewclip.heads.prompts.tcp import TcpPrompts
 from tests.heads.adapter_tasks import CallCounter, Killed, accuracy
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
+from tests.heads.test_kgcoop_prograd import TEMPLATES, data, task
 
-TEMPLATES = ["a photo of a {}."]
 SHORT = ["epochs=4", "batch_size=4", "select=last"]
 NEW_NAMES = ["purple cross", "orange ring", "white arrow"]
 
@@ -24,14 +24,6 @@ NEW_NAMES = ["purple cross", "orange ring", "white arrow"]
 @pytest.fixture(scope="module")
 def backbone(tiny_clip: Path) -> CLIPBackbone:
     return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-def task(backbone: CLIPBackbone, seed: int = 3, checkpoint: Path | None = None) -> Task:
-    return Task(TASK_NAMES, TEMPLATES, backbone, seed, checkpoint=checkpoint)
-
-
-def data(backbone: CLIPBackbone) -> tuple[FeatureSet, FeatureSet]:
-    return synthetic_task(backbone, 2, seed=1), synthetic_task(backbone, 2, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ from fewclip.backbones.protocol import Backbone, DeepPromptTowers
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.config import PromptLearningConfig
+from fewclip.heads.prompts.coop import ClassTextScores
 from fewclip.heads.prompts.kgcoop import guidance_term
 from fewclip.heads.prompts.learning import (
     assemble,
@@ -77,6 +78,7 @@ from fewclip.heads.prompts.learning import (
 from fewclip.heads.registry import register_head
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.training.features_loop import FeatureTrainSettings, settings_of, train_on_features, unit_options
+from fewclip.training.schedule import EpochsByShots
 
 
 class TcpConfig(PromptLearningConfig):
@@ -100,7 +102,7 @@ class TcpConfig(PromptLearningConfig):
     weight: float = Field(
         8.0, ge=0, description="Weight of KgCoOp's term, weight * (1 - mean_c cos(w_c, w_c^clip)) (the code's 8.0)."
     )
-    epochs: int | dict[int, int] = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
+    epochs: EpochsByShots = Field(50, description="Epochs, or {shots: epochs} per shot budget.")
     batch_size: int = Field(32, ge=1, description="Support images per optimiser step.")
     optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="'adam' (the reference's OPTIM.NAME, with adam_betas, adam_eps); 'sgd' (with momentum)."
@@ -184,10 +186,9 @@ class TcpPrompts:
         self.layout = build_layout(
             backbone.tokens, class_names, config.n_ctx, "end", backbone.max_text_positions, "tcp"
         )
+        token_ids = self.layout.token_ids.to(self.device)
         with torch.no_grad():
-            self.base = (
-                backbone.prompt_tower().embed_tokens(self.layout.token_ids.to(self.device)).detach()
-            )  # (C, L, w)
+            self.base = backbone.prompt_tower().embed_tokens(token_ids).detach()  # (C, L, w)
         self.zero_shot_text = zero_shot_text  # (C, d) normalised: the TKE's input and the consistency target
         self.layer, self.precision = layer, config.precision
 
@@ -209,7 +210,7 @@ def zero_shot_text(backbone: Backbone, class_names: list[str], templates: list[s
 
 
 @register_head
-class TcpHead(HeadBase):
+class TcpHead(ClassTextScores, HeadBase):
     name = "tcp"
     paper = "Yao et al., CVPR 2024 (TCP)"
     official_code = "htyao89/Textual-based_Class-aware_prompt_tuning"
@@ -291,14 +292,6 @@ class TcpHead(HeadBase):
         with torch.no_grad():
             head.class_text_features_ = prompts.features(self.params_)
         return head
-
-    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) CLIP logits against the class text features, before temperature scaling."""
-        return self.logit_scale_ * normalize(features) @ self.class_text_features_.T
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
-        return self.uncalibrated_logits(features) / self.temperature_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {f"params.{k}": v for k, v in self.params_.state_dict().items()}
