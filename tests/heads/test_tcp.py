@@ -121,3 +121,14 @@ def test_a_layer_outside_the_text_tower_fails_before_training(
     with pytest.raises(ValueError, match=r"tcp\.layer 8 is not a middle layer of this model's 2-layer text tower"):
         head.fit(task(backbone), train, val)
     assert TcpHead.needs == {"deep_prompts"}
+
+
+def test_the_optimiser_is_adam_with_eps_or_sgd_with_momentum() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = TcpHead.Config().make_optimizer(params)
+    assert isinstance(adam, torch.optim.Adam)
+    assert adam.defaults["eps"] == 1e-3 and adam.defaults["betas"] == (0.9, 0.999)
+    assert adam.defaults["weight_decay"] == 5e-4 and TcpHead.Config().settings(16).momentum == 0.0
+    sgd_config = TcpHead.Config(optimizer="sgd")
+    sgd = sgd_config.make_optimizer(params)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 == sgd_config.settings(16).momentum
