@@ -11,9 +11,10 @@ seeds, and prints one markdown table per domain and split (base: every head; new
 transfer to new class names).
 
 The findings it lets one check (Tip-Adapter-F > Tip-Adapter > zero-shot at low shots; CLIP-Adapter and
-linear probes weak at 1-2 shots; KgCoOp and ProGrad keep the new-class accuracy CoOp loses; CLAP without
-validation close to validated methods) are hypotheses; this prints what comes out. Figures and saliency
-are off (output.figures=false): they cost more than the training here and the tables do not need them.
+linear probes weak at 1-2 shots; KgCoOp and ProGrad keep the new-class accuracy CoOp loses; TCP above KgCoOp on
+base and new classes; CLAP without validation close to validated methods) are hypotheses; this prints what
+comes out. Figures and saliency are off (output.figures=false): they cost more than the training here and
+the tables do not need them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ COMPARISONS = [
     ("linear_probe", "zs_lp", "base"),
     ("kgcoop", "coop", "new"),
     ("prograd", "coop", "new"),
+    ("tcp", "kgcoop", "base"),
+    ("tcp", "kgcoop", "new"),
     ("coop", "zero_shot", "new"),
     ("clap", "zs_lp", "base"),
     ("clap", "clip_adapter", "base"),

@@ -254,3 +254,25 @@ def test_deep_prompt_towers_without_prompts_are_the_frozen_towers(model: tuple[M
         prompted = towers.image_features(pixels, shallow, deep)
     torch.testing.assert_close(features.detach(), prompted, atol=1e-5, rtol=0)
     assert not torch.allclose(prompted, frozen, atol=1e-4)
+
+
+def test_deep_text_rows_per_prompt_and_layers_left_alone(model: tuple[ModelConfig, Backbone]) -> None:
+    """``deep_text`` entries may be None (that layer's rows left as they are) and (n, k, w), one set of rows per
+    prompt (TCP's class-aware tokens): each prompt then gets what it would get alone with its own (k, w) rows."""
+    _, backbone = model
+    offered(backbone, "deep_prompts")
+    towers = backbone.deep_prompt_towers()
+    embeds, eot = token_embeddings(backbone, TEXTS)
+    rows = torch.randn(len(TEXTS), 2, towers.text_width, generator=torch.Generator().manual_seed(2))
+    last = towers.text_layers - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            towers.text_features(embeds, eot, [None] * last).cpu(), backbone.encode_text(TEXTS), atol=1e-5, rtol=0
+        )
+        together = towers.text_features(embeds, eot, [None] * (last - 1) + [rows])
+        for i in range(len(TEXTS)):
+            alone = towers.text_features(embeds[i : i + 1], eot[i : i + 1], [None] * (last - 1) + [rows[i]])
+            torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+        shared = towers.text_features(embeds, eot, [None] * (last - 1) + [rows[0]])
+    assert not torch.allclose(together, shared, atol=1e-3)  # the rows differ, so the prompts' features do
+    assert not torch.allclose(together.cpu(), backbone.encode_text(TEXTS), atol=1e-3)

@@ -43,6 +43,8 @@ EXPECTED_TRAINABLE: dict[str, Callable[[int, int, int], int]] = {
     "proker": lambda d, c, w: 0,  # training-free: the regression is solved, beta and lambda searched
     "kgcoop": lambda d, c, w: 4 * w,  # ctx_init "a photo of a": 4 shared context tokens
     "prograd": lambda d, c, w: 16 * w,  # CoOp's 16 shared context tokens
+    # 4 shared context tokens + the TKE d -> d/4 -> 4 class-aware tokens of width w
+    "tcp": lambda d, c, w: 4 * w + (d * (d // 4) + d // 4) + ((d // 4) * 4 * w + 4 * w),
 }
 
 

@@ -37,6 +37,7 @@ BUILTIN_ORDER = [
     "proker",
     "kgcoop",
     "prograd",
+    "tcp",
     "clip_lora",
     "maple",
 ]
@@ -222,6 +223,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "lp_pp": "LP++",
         "proker": "ProKeR",
         "maple": "MaPLe",
+        "tcp": "TCP",
     }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method

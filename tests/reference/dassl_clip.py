@@ -4,7 +4,7 @@ Dassl's optimiser, warm-up + cosine schedule, train loader and epoch loop.
 
 Written from reading (never copied): KaiyangZhou/CoOp ``trainers/coop.py`` ``TextEncoder.forward`` and
 ``clip/model.py`` (``Transformer``, ``ResidualAttentionBlock``, ``build_attention_mask``, ``QuickGELU``),
-``clip/clip.py`` ``tokenize``; KaiyangZhou/Dassl.pytorch ``dassl/optim/optimizer.py`` ``build_optimizer``,
+``clip/clip.py`` ``tokenize``; KaiyangZhou/Dassl.pytorch ``dassl/optim/optimizer.py`` ``build_optimizer`` (SGD, Adam),
 ``dassl/optim/lr_scheduler.py`` ``build_lr_scheduler`` / ``ConstantWarmupScheduler``,
 ``dassl/data/data_manager.py`` ``build_data_loader``, ``dassl/engine/trainer.py`` ``TrainerX.run_epoch``.
 KgCoOp and ProGrad ship a modified Dassl (``Dassl.ProGrad.pytorch``) whose optimiser, schedule and loader
@@ -53,11 +53,19 @@ class ReferenceCLIPText:
         """``clip_model.token_embedding(tokens)``: (..., L) -> (..., L, w)."""
         return self.token_embedding[tokens]
 
-    def encode(self, prompts: torch.Tensor, tokenized: torch.Tensor) -> torch.Tensor:
-        """``TextEncoder.forward``: (n, L, w) prompt embeddings -> (n, d) at each EOT (the largest id)."""
+    def encode(
+        self,
+        prompts: torch.Tensor,
+        tokenized: torch.Tensor,
+        before_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``TextEncoder.forward``: (n, L, w) prompt embeddings -> (n, d) at each EOT (the largest id).
+        ``before_layer(i, x)``: what enters block i instead of x (TCP's ``ResidualAttentionBlock_MaPLe``)."""
         x = prompts + self.positional_embedding
         mask = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1)  # build_attention_mask
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if before_layer is not None:
+                x = before_layer(index, x)
             x = x + self._attention(layer, self._norm(layer.layer_norm1, x), mask)
             hidden = self._linear(layer.mlp.fc1, self._norm(layer.layer_norm2, x))
             x = x + self._linear(layer.mlp.fc2, hidden * torch.sigmoid(1.702 * hidden))  # QuickGELU
@@ -112,7 +120,8 @@ def words_context(clip: ReferenceCLIPText, ctx_init: str, n_ctx: int) -> torch.T
 
 @dataclass
 class DasslOptim:
-    """The OPTIM keys the prompt learners' configs set (Dassl's defaults for the others)."""
+    """The OPTIM keys the prompt learners' configs set (Dassl's defaults for the others). ``adam_eps``: Dassl's
+    Adam leaves torch's default; TCP's README has it edited to 1e-3."""
 
     lr: float
     max_epoch: int
@@ -121,6 +130,25 @@ class DasslOptim:
     warmup_cons_lr: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    name: str = "sgd"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+    def build_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """``build_optimizer`` for OPTIM.NAME sgd or adam."""
+        if self.name == "adam":
+            return torch.optim.Adam(
+                params,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                betas=(self.adam_beta1, self.adam_beta2),
+                eps=self.adam_eps,
+            )
+        assert self.name == "sgd", self.name
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, dampening=0, nesterov=False
+        )
 
 
 class ConstantWarmupCosine:
@@ -168,9 +196,7 @@ def dassl_train(
     permutation) through ``forward_backward(optimizer, batch)``, which zeroes, back-propagates and steps as
     the trainer does; the schedule steps after the epoch's last batch (``update_lr`` in ``forward_backward``).
     Returns each step's loss."""
-    optimizer = torch.optim.SGD(
-        params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, dampening=0, nesterov=False
-    )
+    optimizer = optim.build_optimizer(params)
     schedule = ConstantWarmupCosine(optimizer, optim)
     losses = []
     for epoch in range(optim.max_epoch):

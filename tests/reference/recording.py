@@ -35,23 +35,24 @@ class FitRecord:
     initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
     epochs: list[EpochDraw] = field(default_factory=list)
     step_rates: list[float] = field(default_factory=list)  # the learning rate of every optimiser step
+    first_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # each parameter's gradient at the first step
 
 
 @contextmanager
 def recording(head_module: ModuleType) -> Iterator[FitRecord]:
     """Record the fits run inside the block of a head whose ``train_on_features`` call is in ``head_module``."""
     record = FitRecord()
-    active = [False]
+    active: list[Any] = [False, None]  # fitting, and the module being trained
     train = head_module.train_on_features
     draw = loop.epoch_batches
 
     def training(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         record.initial_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        active[0] = True
+        active[:] = [True, module]
         try:
             return train(module, *args, **kwargs)
         finally:
-            active[0] = False
+            active[:] = [False, None]
 
     def drawing(data: Any, settings: Any, generator: torch.Generator) -> Any:
         state = generator.get_state()
@@ -66,6 +67,10 @@ def recording(head_module: ModuleType) -> Iterator[FitRecord]:
     def step_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if active[0]:
             record.step_rates.append(optimizer.param_groups[0]["lr"])
+            if not record.first_grads:
+                record.first_grads = {
+                    name: p.grad.detach().clone() for name, p in active[1].named_parameters() if p.grad is not None
+                }
 
     handle = register_optimizer_step_pre_hook(step_hook)
     try:

@@ -43,20 +43,21 @@ def run_layer(
 def text_hidden(
     clip_model: CLIPModel,
     prompt_embeds: torch.Tensor,
-    deep_text: list[torch.Tensor],
+    deep_text: list[torch.Tensor | None],
     recompute: bool = False,
     on_layer: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """(C, L, w) prompt token embeddings (ctx already at 1..n_ctx) -> (C, L, w) final-layer-normed states.
 
-    ``deep_text[i]`` replaces positions 1..n_ctx before layer i + 1; ``on_layer(i, hidden)`` sees each layer's
-    input (tests)."""
+    ``deep_text[i]`` ((k, w) or (C, k, w)) replaces positions 1..k before layer i + 1 (None: not that layer);
+    ``on_layer(i, hidden)`` sees each layer's input (tests)."""
     text: CLIPTextModel = clip_model.text_model  # transformers builds it untyped (_from_config)
     hidden: torch.Tensor = text.embeddings(inputs_embeds=prompt_embeds)
     mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
     for index, layer in enumerate(text.encoder.layers):
-        if 1 <= index <= len(deep_text):
-            hidden = replace_rows(hidden, 1, deep_text[index - 1])
+        prompt = deep_text[index - 1] if 1 <= index <= len(deep_text) else None
+        if prompt is not None:
+            hidden = replace_rows(hidden, 1, prompt)
         if on_layer is not None:
             on_layer(index, hidden)
         hidden = run_layer(layer, hidden, mask, recompute, is_causal=True)
@@ -68,7 +69,7 @@ def text_features(
     clip_model: CLIPModel,
     prompt_embeds: torch.Tensor,
     eot_positions: torch.Tensor,
-    deep_text: list[torch.Tensor],
+    deep_text: list[torch.Tensor | None],
     recompute: bool = False,
 ) -> torch.Tensor:
     """(C, L, w) prompt embeddings, (C,) EOT index -> (C, dim) unnormalised text features."""
@@ -123,7 +124,7 @@ class HFDeepPromptTowers:
         self,
         prompt_embeds: torch.Tensor,
         eot_positions: torch.Tensor,
-        deep_text: Sequence[torch.Tensor],
+        deep_text: Sequence[torch.Tensor | None],
         recompute: bool = False,
     ) -> torch.Tensor:
         return text_features(self.clip_model, prompt_embeds, eot_positions, list(deep_text), recompute)

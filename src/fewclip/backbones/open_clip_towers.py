@@ -194,7 +194,7 @@ class OpenCLIPDeepPromptTowers:
         self,
         prompt_embeds: torch.Tensor,
         eot_positions: torch.Tensor,
-        deep_text: Sequence[torch.Tensor],
+        deep_text: Sequence[torch.Tensor | None],
         recompute: bool = False,
     ) -> torch.Tensor:
         text = self.text
@@ -203,8 +203,9 @@ class OpenCLIPDeepPromptTowers:
         hidden = prompt_embeds.to(cast) + text.positional_embedding[:length].to(cast)
         mask = text.attn_mask[:length, :length]
         for index, block in enumerate(text.transformer.resblocks):
-            if 1 <= index <= len(deep_text):
-                hidden = replace_rows(hidden, 1, deep_text[index - 1])
+            prompt = deep_text[index - 1] if 1 <= index <= len(deep_text) else None
+            if prompt is not None:
+                hidden = replace_rows(hidden, 1, prompt)
             hidden = run_block(block, hidden, mask, recompute)
         hidden = text.ln_final(hidden)
         return text.project(

@@ -26,9 +26,11 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
 
 
 def replace_rows(hidden: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
-    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt`` (k, w), for every sequence."""
-    stop = start + prompt.shape[0]
-    rows = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    """(n, L, w) hidden states with rows start..start+k replaced by ``prompt``: (k, w), the same rows in every
+    sequence, or (n, k, w), each sequence its own (TCP's class-aware tokens)."""
+    stop = start + prompt.shape[-2]
+    rows = prompt.to(hidden.dtype)
+    rows = rows.unsqueeze(0).expand(hidden.shape[0], -1, -1) if rows.dim() == 2 else rows
     return torch.cat([hidden[:, :start], rows, hidden[:, stop:]], dim=1)
 
 

@@ -15,7 +15,7 @@ config is loaded (``backbones.capabilities``):
 - ``lora_targets``: ``tunable_towers()``, a trainable copy of both towers whose attention projections
   LoRA may wrap (``TunableTowers``);
 - ``deep_prompts``: ``deep_prompt_towers()``, both towers run with prompts replacing token rows between
-  their layers (MaPLe, ``DeepPromptTowers``);
+  their layers (MaPLe; TCP's class-aware tokens at one middle text layer; ``DeepPromptTowers``);
 - ``image_tokens``: ``image_tokens(pixels)``, the image tower's output tokens (captioning).
 
 A backbone that does not offer one raises ``NotOffered`` from its method. Every implementation is
@@ -127,10 +127,12 @@ class TunableTowers(Protocol):
 
 @runtime_checkable
 class DeepPromptTowers(Protocol):
-    """The frozen towers run with deep prompts (MaPLe): gradients flow to the prompts only.
+    """The frozen towers run with deep prompts (MaPLe, TCP): gradients flow to the prompts only.
 
     Text: the prompt embeddings (with learned rows among the token embeddings) get positions; before text
-    layer i + 1 the hidden rows 1..k are replaced by ``deep_text[i]`` (k, text_width). Vision: ``shallow``
+    layer i + 1 the hidden rows 1..k are replaced by ``deep_text[i]``: (k, text_width), the same in every prompt
+    (MaPLe), or (C, k, text_width), one per prompt (TCP's class-aware tokens); None leaves layer i + 1's rows as
+    they are (tokens that enter at a middle layer only). Vision: ``shallow``
     (k, vision_width) is appended after the class and patch tokens (after their positions, before the
     tower's first norm); before vision layer i + 1 the last k rows are replaced by ``deep_vision[i]``.
     ``recompute``: each layer's activations are recomputed in the backward pass.
@@ -145,7 +147,7 @@ class DeepPromptTowers(Protocol):
         self,
         prompt_embeds: torch.Tensor,
         eot_positions: torch.Tensor,
-        deep_text: Sequence[torch.Tensor],
+        deep_text: Sequence[torch.Tensor | None],
         recompute: bool = False,
     ) -> torch.Tensor:
         """(C, L, text_width) embeddings, (C,) EOT index -> (C, dim) unnormalised text features."""

@@ -23,6 +23,7 @@ from fewclip.heads.on_features.lp_pp import LpPpConfig, LpPpHead
 from fewclip.heads.on_features.proker import ProkerConfig, ProkerHead
 from fewclip.heads.prompts.kgcoop import KgCoOpConfig, KgCoOpHead
 from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
+from fewclip.heads.prompts.tcp import TcpConfig, TcpHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead
 
@@ -59,6 +60,8 @@ __all__ = [
     "KgCoOpHead",
     "ProGradConfig",
     "ProGradHead",
+    "TcpConfig",
+    "TcpHead",
     "ClipLoraConfig",
     "ClipLoraHead",
     "MapleConfig",

@@ -116,8 +116,25 @@ class CoOpPrompts:
         return normalize(out.float()).cpu()
 
 
+class ClassTextScores:
+    """How a prompt learner that reduces to fixed class text features scores (CoOp and its kin, TCP): CLIP's logits
+    against ``class_text_features_`` (C, d), then its calibration temperature. Listed before ``HeadBase``."""
+
+    logit_scale_: torch.Tensor
+    class_text_features_: torch.Tensor
+    temperature_: torch.Tensor
+
+    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) CLIP logits against the learned class text features, before temperature scaling."""
+        return self.logit_scale_ * normalize(features) @ self.class_text_features_.T
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
+        return self.uncalibrated_logits(features) / self.temperature_
+
+
 @register_head
-class CoOpHead(HeadBase):
+class CoOpHead(ClassTextScores, HeadBase):
     name = "coop"
     paper = "Zhou et al., IJCV 2022 (CoOp)"
     official_code = "KaiyangZhou/CoOp"
@@ -189,14 +206,6 @@ class CoOpHead(HeadBase):
         with torch.no_grad():
             head.class_text_features_ = prompts.features(self.ctx_)
         return head
-
-    def uncalibrated_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) CLIP logits against the learned class text features, before temperature scaling."""
-        return self.logit_scale_ * normalize(features) @ self.class_text_features_.T
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, C) temperature-scaled logits (same argmax as the uncalibrated ones)."""
-        return self.uncalibrated_logits(features) / self.temperature_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
