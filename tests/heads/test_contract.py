@@ -270,7 +270,8 @@ def conforming_fake() -> type:
         uses_shots, uses_text, checks_task, transfers, needs_text_at_predict = True, False, False, False, False
         per_template_scores, has_differentiable_logits, uses_augmented_views = False, False, False
         selects_epoch, calibrates, tunes_encoders = True, False, False
-        paper, official_code = None, None
+        paper, official_code, paper_selection = None, None, "validation-free"
+        paper_selection_except: dict[str, str] = {}
         needs: frozenset[str] = frozenset()
 
     return Fake
@@ -324,6 +325,19 @@ def test_a_conforming_fake_head_passes() -> None:
             "fake: needs must be a frozenset of backbone capabilities (lora_targets, ",
         ),
         ({"needs": {"lora_targets"}}, "fake: needs must be a frozenset of backbone capabilities"),
+        (
+            {"name": "fake", "paper_selection": "val"},
+            "fake: declare paper_selection in the class that declares its name, one of",
+        ),
+        (
+            {"name": "other", "paper": "Someone et al.", "official_code": None},
+            "other: declare paper_selection in the class that declares its name",
+        ),
+        (
+            {"paper_selection_except": {"ImageNet": "test"}},
+            "fake: paper_selection_except must map a dataset name to one of 'none', 'validation-free'",
+        ),
+        ({"validation_free": True}, "fake: validation_free is gone: declare paper_selection"),
     ],
 )
 def test_a_head_whose_declarations_and_code_disagree_fails_the_contract(breakage: dict, problem: str) -> None:

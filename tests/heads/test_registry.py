@@ -61,6 +61,7 @@ class NearestMeanHead(HeadBase):
     name = "nearest_mean"
     paper = None
     official_code = None
+    paper_selection = None
     config_key = "nearest_mean"
     Config = NearestMeanConfig
     uses_shots = True  # every other capability keeps HeadBase's default, False
@@ -114,13 +115,11 @@ def test_the_builtin_heads_register_themselves_in_their_order() -> None:
 
 
 def test_head_base_defaults_every_capability_to_false_and_nothing_else() -> None:
-    report_declarations = {"validation_free": False}  # what the report reads off a head, not a capability
     assert {name: value for name, value in vars(HeadBase).items() if isinstance(value, bool)} == {
-        **{cap.flag: False for cap in CAPABILITIES},
-        **report_declarations,
+        cap.flag: False for cap in CAPABILITIES
     }
-    # name, paper, official_code, config_key and Config are only typed here: every head says them
-    assert not {"name", "paper", "official_code", "config_key", "Config"} & set(vars(HeadBase))
+    # name, paper, official_code, paper_selection, config_key and Config are only typed here: every head says them
+    assert not {"name", "paper", "official_code", "paper_selection", "config_key", "Config"} & set(vars(HeadBase))
 
 
 def test_a_head_in_one_new_file_is_registered_checked_configured_and_loadable(tmp_path: Path) -> None:
@@ -166,6 +165,7 @@ def test_a_head_that_breaks_the_contract_is_refused_at_registration(scratch_regi
             name = "misspelt"
             paper = None
             official_code = None
+            paper_selection = None
             config_key = None
             Config = MisspeltConfig
             transfers = True
@@ -201,7 +201,9 @@ def test_a_head_must_name_its_paper_and_official_code_itself(scratch_registry: N
 
 def test_a_name_registered_twice_is_refused(scratch_registry: None) -> None:
     again = type(
-        "ZeroShotAgain", (HEADS.get("zero_shot"),), {"name": "zero_shot", "paper": None, "official_code": None}
+        "ZeroShotAgain",
+        (HEADS.get("zero_shot"),),
+        {"name": "zero_shot", "paper": None, "official_code": None, "paper_selection": None},
     )
     with pytest.raises(ValueError, match="head 'zero_shot' is registered twice"):
         register_head(again)
@@ -211,6 +213,7 @@ def test_a_name_registered_twice_is_refused(scratch_registry: None) -> None:
 def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
     """The papers' names, validation-free heads and validation searches: read off the heads, not listed by name."""
     from fewclip.heads.base import own_declaration
+    from fewclip.heads.selection_protocol import paper_selection
     from fewclip.report.published import paper_method
 
     assert {n: paper_method(n) for n in list_heads() if paper_method(n)} == {
@@ -224,10 +227,49 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "proker": "ProKeR",
         "maple": "MaPLe",
         "tcp": "TCP",
+        "tip_adapter": "Tip-Adapter",
+        "tip_adapter_f": "Tip-Adapter-F",
+        "clip_adapter": "CLIP-Adapter",
+        "zs_lp": "ZS-LP",
+        "clap": "CLAP",
+        "kgcoop": "KgCoOp",
+        "prograd": "ProGrad",
+        "clip_lora": "CLIP-LoRA",
     }
-    assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
+    assert own_declaration(HEADS.get("kgcoop"), "published_as") == "KgCoOp"  # its own, not CoOp's inherited
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
-    assert [n for n in list_heads() if HEADS.get(n).validation_free] == ["zs_lp", "clap", "taskres"]
+    assert [n for n in list_heads() if paper_selection(HEADS.get(n)) == "validation-free"] == [
+        "coop",
+        "cocoop",
+        "clip_adapter",
+        "zs_lp",
+        "clap",
+        "taskres",
+        "kgcoop",
+        "prograd",
+        "tcp",
+        "clip_lora",
+        "maple",
+    ]
+    assert {
+        n: paper_selection(HEADS.get(n))
+        for n in list_heads()
+        if paper_selection(HEADS.get(n)) not in ("validation-free",)
+    } == {
+        "zero_shot": "none",
+        "linear_probe": "few-shot validation",
+        "tip_adapter": "validation split",
+        "tip_adapter_f": "test set (released code)",
+        "gda": "validation split",
+        "lp_pp": "few-shot validation",
+        "proker": "few-shot validation",
+    }
+    # where the released code selects on ImageNet's test set (its val features are the test features)
+    assert {n for n in list_heads() if paper_selection(HEADS.get(n), "ImageNet") != paper_selection(HEADS.get(n))} == {
+        "tip_adapter",
+        "gda",
+        "proker",
+    }
     assert [n for n in list_heads() if HEADS.get(n).validation_search] == [
         "tip_adapter",
         "tip_adapter_f",

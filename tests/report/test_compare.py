@@ -151,6 +151,20 @@ def test_published_numbers_sit_beside_the_average_of_the_11_on_the_papers_protoc
         + [("Average (11)", "zero_shot", v) for v in ("69.34", "74.22", "71.70")]
     )
     assert "Conditional Prompt Learning for Vision-Language Models, CVPR 2022, Table 1(a), ViT-B/16" in page
+    # the protocol beside every number: the published number's, and each method's (its paper's, fewclip's)
+    assert {average[s]["reference_selection"] for s in ("base", "new", "hm")} == {"validation-free"}
+    assert table[("Average (11)", "zero_shot", 0, "base")]["reference_selection"] == "none"
+    assert {row["selection"] for key, row in table.items() if key[1] == "cocoop"} == {
+        "paper: validation-free; fewclip: validation split"  # CoCoOp's last epoch; fewclip calibrated on val
+    }
+    assert (
+        table[("DTD", "linear_probe", 16, "base")]["selection"]
+        == "paper: few-shot validation; fewclip: validation split"
+    )
+    assert table[("DTD", "zero_shot", 0, "new")]["selection"] == "paper: none; fewclip: none"
+    assert 'data-split="hm">paper 75.83 [1], validation-free</span>' in page
+    assert page.count('<th class="text">selection</th>') == 1
+    assert '<td class="text">paper: validation-free; fewclip: validation split</td>' in page
 
 
 @pytest.mark.parametrize("change", [{"sampler": "fewclip"}, {"model_id": "openai/clip-vit-base-patch32"}])
@@ -171,9 +185,9 @@ def test_ten_datasets_make_average_10_without_a_published_number(tmp_path: Path)
 
 def test_a_per_dataset_published_number_matches_only_runs_on_the_papers_protocol(tmp_path: Path) -> None:
     published = (
-        "paper,table,backbone,protocol,dataset,method,shots,split,value,verified_from\n"
-        "Test paper,Table 9,ViT-B/16,few_shot,OxfordPets,CoOp,16,test,91.00,here\n"
-        "Test paper,Table 9,ViT-B/16,few_shot,DTD,CoOp,16,test,65.00,here\n"
+        "paper,table,backbone,protocol,dataset,method,shots,split,value,selection,verified_from\n"
+        "Test paper,Table 9,ViT-B/16,few_shot,OxfordPets,CoOp,16,test,91.00,validation-free,here\n"
+        "Test paper,Table 9,ViT-B/16,few_shot,DTD,CoOp,16,test,65.00,validation-free,here\n"
     )
     rows = [("coop", 16, 1, "test", 0.9), ("coop@n4", 16, 1, "test", 0.8), ("coop", 8, 1, "test", 0.85)]
     runs = [make_run(tmp_path, "pets", "OxfordPets", rows), make_run(tmp_path, "dtd", "DTD", rows, sampler="fewclip")]
@@ -245,3 +259,26 @@ def test_two_datasets_sharing_a_name_are_told_that_name_is_the_clash(
     assert f"{first} and {second} both have `name: folder`" in err
     assert "but read different datasets (dataset.path: 'images' -> 'other-images')" in err
     assert f"fewclip report {second} name=<another name>" in err
+
+
+def test_the_selection_follows_each_runs_config_and_the_papers_dataset_exceptions(tmp_path: Path) -> None:
+    """GDA's released code chose alpha on ImageNet's test set (val features = test features), on val elsewhere; a
+    run told to keep the last epoch without calibration read no validation image."""
+    rows = [("gda", 16, 1, "test", 0.7), ("coop", 16, 1, "test", 0.7), ("coop@last", 16, 1, "test", 0.7)]
+    runs = [make_run(tmp_path, name.lower(), name, rows) for name in ("ImageNet", "DTD")]
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["variants"] = {"coop@last": {"select": "last", "calibrate": False}}
+        config["gda"] = {"search": True, "calibrate": False}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = read_compare_csv(write_compare(runs, tmp_path / "out")["csv"])
+    assert (
+        table[("ImageNet", "gda", 16, "test")]["selection"]
+        == "paper: test set (released code); fewclip: validation split"
+    )
+    assert table[("DTD", "gda", 16, "test")]["selection"] == "paper: validation split; fewclip: validation split"
+    assert table[("Average (2)", "gda", 16, "test")]["selection"] == (
+        "paper: validation split (ImageNet: test set (released code)); fewclip: validation split"
+    )
+    assert table[("DTD", "coop@last", 16, "test")]["selection"] == "paper: validation-free; fewclip: validation-free"
+    assert table[("DTD", "coop", 16, "test")]["selection"] == "paper: validation-free; fewclip: validation split"

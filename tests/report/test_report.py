@@ -200,6 +200,11 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
         "training_curves-linear_probe.png",
     } <= {p.name for p in layout.aggregate.iterdir()}
     assert not (layout.aggregate / "base_new.csv").exists()
+    # every accuracy table says how each method's hyper-parameters were chosen, by its paper and by this run
+    accuracy = text[text.index("Accuracy and macro-F1") : text.index("Accuracy vs shots")]
+    assert accuracy.count('<th class="text">selection</th>') == len(re.findall(r"<h3>", accuracy)) >= 1
+    assert '<td class="text">paper: none; fewclip: none</td>' in accuracy  # zero_shot
+    assert '<td class="text">paper: few-shot validation; fewclip: validation split</td>' in accuracy  # linear_probe
 
 
 def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report) -> None:
@@ -336,6 +341,7 @@ def test_base_to_new_report_without_figures(run_report) -> None:
     rows = next(t for t in page.tables if t["class"] == "base-new")["rows"]
     assert [
         "linear_probe",
+        "paper: few-shot validation; fewclip: validation split",
         "2",
         f"{100 * float(probe['base_mean']):.2f} ± {100 * float(probe['base_std']):.2f}",
         "—",
@@ -399,3 +405,33 @@ def test_report_says_hyper_parameters_come_from_validation_and_which_methods_use
         and "zs_lp use" not in note
     )
     assert "use no validation" not in validation_note(make_config())
+
+
+def test_each_methods_selection_is_its_papers_protocol_and_what_the_run_chose_on(make_config) -> None:
+    from fewclip.report.html import selections
+
+    config = make_config(
+        "methods=[zero_shot,tip_adapter,tip_adapter_f,zs_lp,coop,coop@last]",
+        variants={"coop@last": {"select": "last", "calibrate": False}},
+    )
+    assert selections(config) == {
+        "zero_shot": "paper: none; fewclip: none",
+        "tip_adapter": "paper: validation split (ImageNet: test set (released code)); fewclip: validation split",
+        "tip_adapter_f": "paper: test set (released code); fewclip: validation split",
+        "zs_lp": "paper: validation-free; fewclip: validation-free",
+        "coop": "paper: validation-free; fewclip: validation split",  # calibrated on val by default
+        "coop@last": "paper: validation-free; fewclip: validation-free",
+    }
+    # no search and no calibration: Tip-Adapter reads no validation image; without a val split nothing does
+    searchless = make_config("methods=[tip_adapter]", "tip_adapter.search=false", "tip_adapter.calibrate=false")
+    assert selections(searchless) == {
+        "tip_adapter": "paper: validation split (ImageNet: test set (released code)); fewclip: validation-free"
+    }
+    assert set(selections(make_config("methods=[coop,gda]", "splits.val_per_class=0")).values()) == {
+        "paper: validation-free; fewclip: validation-free",
+        "paper: validation split (ImageNet: test set (released code)); fewclip: validation-free",
+    }
+    # select: auto chooses on val only from MIN_VAL_PER_CLASS images a class
+    lots = make_config("methods=[zs_lp]", "zs_lp.select=auto", "splits.val_per_class=10")
+    assert selections(lots) == {"zs_lp": "paper: validation-free; fewclip: validation split"}
+    assert selections(make_config("methods=[zs_lp]", "zs_lp.select=auto"))["zs_lp"].endswith("validation-free")

@@ -121,8 +121,9 @@ class HeadBase:
 
     It holds declarations, the contract's ``__init__`` (which only stores the config: the head's own ``Config``
     with its defaults when none is given) and ``predict`` (the argmax of the head's ``logits``), no other
-    behaviour. ``name``, ``paper``, ``official_code``, ``config_key`` and ``Config`` have no default: every head
-    says them (``paper`` and ``official_code`` in the class that declares its ``name``).
+    behaviour. ``name``, ``paper``, ``official_code``, ``paper_selection``, ``config_key`` and ``Config`` have no
+    default: every head says them (``paper``, ``official_code`` and ``paper_selection`` in the class that declares
+    its ``name``).
     """
 
     name: ClassVar[str]
@@ -147,7 +148,11 @@ class HeadBase:
     # What the report says of a head, declared here and never listed by name in the report:
     published_as: ClassVar[str | None] = None  # its name in the papers' tables (report/published.csv); read only
     # from the class that declares ``name`` (``own_declaration``): KgCoOp is not published as CoOp
-    validation_free: ClassVar[bool] = False  # its paper chooses nothing on validation (last epoch, no calibration)
+    # how its paper chose hyper-parameters, one of ``selection_protocol.PAPER_SELECTIONS`` (None: no paper); no
+    # default: declared in the class that declares ``name``, as are the datasets where the released code did
+    # otherwise (``paper_selection_except``, dataset -> protocol)
+    paper_selection: ClassVar[str | None]
+    paper_selection_except: ClassVar[dict[str, str]] = {}
     validation_search: ClassVar[str | None] = None  # what it searches on the validation split, in words
 
     def __init__(self, config: Any = None) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fewclip.backbones.protocol import CAPABILITIES as BACKBONE_CAPABILITIES
 from fewclip.configbase import ConfigBlock
+from fewclip.heads.selection_protocol import selection_problems
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def contract_problems(head_cls: type) -> list[str]:
             problems.append(
                 f"{name}: declare {attr} in the class that declares its name ({meaning}; None: fewclip's own)"
             )
+    problems += selection_problems(name, head_cls, owner)
     if getattr(head_cls, "uses_text", False) is True and getattr(head_cls, "checks_task", False) is not True:
         problems.append(f"{name}: a head that uses_text must declare checks_task and check every prompt in check(task)")
     needs = getattr(head_cls, "needs", None)

@@ -35,7 +35,10 @@ METHOD_NOTE = (
     "table's datasets of the per-dataset means (for HM: the harmonic mean of the averaged base and new), shown "
     "only for rows with a value in every dataset. A published number (purple, numbered citation) appears beside "
     "a value only when the run read the dataset in CoOp's layout, drew CoOp's few-shot sets (splits.sampler: "
-    "coop) and used the backbone, method and shot budget the paper reports."
+    "coop) and used the backbone, method and shot budget the paper reports; after it, how that number's "
+    "hyper-parameters were chosen. The selection column says how each method's paper chose them (validation-free, "
+    "a few-shot validation set, the full validation split, or the test set in the released code) and what "
+    "fewclip's run chose on (never the test set)."
 )
 
 
@@ -54,7 +57,7 @@ def cell_html(cell: Cell | None, citations: dict[str, int], note: str | None = N
         parts.append(
             f'<br><span class="ref" data-dataset="{esc(cell.dataset)}" data-method="{esc(cell.method)}" '
             f'data-shots="{cell.shots}" data-split="{esc(cell.split)}">paper {cell.reference.value:.2f} '
-            f"[{number}]</span>"
+            f"[{number}], {esc(cell.reference.selection)}</span>"
         )
     return "".join(parts)
 
@@ -65,10 +68,10 @@ def table_section(tab: Table, citations: dict[str, int]) -> str:
     with_split = any(split != "test" for _, _, split in tab.rows())
     is_target_table = tab.protocol in ("domain_generalisation", "cross_dataset")
     names = [f"{column} (source)" if is_target_table and i == 0 else column for i, column in enumerate(columns)]
-    header = ["method", "shots", *(["split"] if with_split else []), *map(esc, names)]
+    header = ["method", "selection", "shots", *(["split"] if with_split else []), *map(esc, names)]
     rows = []
     for method, shots, split in tab.rows():
-        row = [esc(method), "0 (zero-shot)" if shots == 0 else str(shots)]
+        row = [esc(method), esc(tab.selection(method)), "0 (zero-shot)" if shots == 0 else str(shots)]
         if with_split:
             row.append(esc(SPLIT_LABELS.get(split, split)))
         row += [
@@ -76,7 +79,7 @@ def table_section(tab: Table, citations: dict[str, int]) -> str:
             for dataset in columns
         ]
         rows.append(row)
-    text_columns = (0, 2) if with_split else (0,)
+    text_columns = (0, 1, 3) if with_split else (0, 1)
     return (
         f"<h2>{esc(title)}: {esc(tab.backbone)}</h2>"
         f'<p class="note">{esc((TARGET_NOTE if is_target_table else METHOD_NOTE).format(average=tab.average))}</p>'

@@ -21,7 +21,9 @@ plus their average. Values are accuracy in percent, mean ± sample std over seed
 
 compare.csv is long: dataset, method, shots, protocol, backbone, split, mean, std, n_seeds (percent; std and
 n_seeds empty for HM and averages), reference and reference_source (the published number and its citation),
-and note ("cannot transfer", with no number).
+note ("cannot transfer", with no number), selection (how the method's paper chose hyper-parameters on that
+dataset and what fewclip's run chose on: ``heads.selection_protocol``) and reference_selection (how the
+published number's were chosen, from published.csv).
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fewclip.runner.config import SplitsConfig, split_variant
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
+from fewclip.heads import HEADS, list_heads
+from fewclip.heads.selection_protocol import fewclip_selection, paper_selection, paper_selection_text, selection_label
 from fewclip.data.sources.dassl_layouts import COOP_DATASETS
 from fewclip.fileio import read_csv
 from fewclip.runner.layout import RunLayout
@@ -60,6 +65,8 @@ CSV_COLUMNS = (
     "reference",
     "reference_source",
     "note",
+    "selection",
+    "reference_selection",
 )
 TARGETS_AVERAGE = "Average (targets)"
 CANNOT_TRANSFER = "cannot transfer"
@@ -82,6 +89,7 @@ class Run:
     targets: list[dict[str, Any]] = field(default_factory=list)  # results/targets.json's entries (eval_on)
     named_by: str = "name"  # the config key ``dataset`` comes from: dataset.name (CoOp layout) or name
     dataset_config: dict[str, Any] = field(default_factory=dict)  # the run's dataset block, as config.yaml has it
+    selections: dict[str, str] = field(default_factory=dict)  # method -> what fewclip chose on (fewclip_selection)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,27 @@ def read_run(path: Path | str) -> Run:
         read_targets(layout),
         named_by,
         dataset,
+        run_selections(config, [row["method"] for row in summary]),
     )
+
+
+def run_selections(config: Mapping[str, Any], methods: Sequence[str]) -> dict[str, str]:
+    """What fewclip chose on for each registered method of a run (``fewclip_selection``), from its config.yaml: the
+    head's block (defaults under what the file says, then a variant's keys) and ``splits.val_per_class``."""
+    val_per_class = int(config.get("splits", {}).get("val_per_class", SplitsConfig().val_per_class))
+    chosen = {}
+    for method in dict.fromkeys(methods):
+        head = split_variant(method)[0]
+        if head not in list_heads():
+            continue
+        head_cls = HEADS.get(head)
+        block = {
+            **head_cls.Config().model_dump(),
+            **config.get(head_cls.config_key or "", {}),
+            **config.get("variants", {}).get(method, {}),
+        }
+        chosen[method] = fewclip_selection(head_cls, block, val_per_class)
+    return chosen
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -226,6 +254,18 @@ class Table:
         order = {m: i for i, m in enumerate(self.methods)}
         keys = {(c.method, c.shots, c.split) for c in self.cells}
         return sorted(keys, key=lambda k: (order[k[0]], k[1], split_key(k[2])))
+
+    def selection(self, method: str, dataset: str | None = None) -> str:
+        """A method's selection label on ``dataset`` (its paper's protocol there, what its run chose on) or, with
+        None, over the table (every paper exception named, unless one protocol holds for all its runs)."""
+        if split_variant(method)[0] not in list_heads():
+            return ""
+        head_cls = HEADS.get(split_variant(method)[0])
+        runs = [run for run in self.runs if run.dataset == dataset] or self.runs  # averages, targets: every run
+        papers = {paper_selection(head_cls, run.dataset) for run in runs}
+        paper = papers.pop() if len(papers) == 1 else paper_selection_text(head_cls)
+        fewclip = " / ".join(dict.fromkeys(run.selections[method] for run in runs if method in run.selections))
+        return selection_label(paper, fewclip or "not recorded")
 
     def cell(self, dataset: str, method: str, shots: int, split: str) -> Cell | None:
         key = (dataset, method, shots, split)
@@ -356,6 +396,8 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
                             "" if c.reference is None else f"{c.reference.value:.2f}",
                             "" if c.reference is None else c.reference.citation,
                             "",
+                            table.selection(method, dataset),
+                            "" if c.reference is None else c.reference.selection,
                         ]
                     )
                 elif (dataset, method) in table.notes:
@@ -373,6 +415,8 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
                             "",
                             "",
                             table.notes[(dataset, method)],
+                            table.selection(method, dataset),
+                            "",
                         ]
                     )
     return rows

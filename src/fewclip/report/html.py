@@ -11,6 +11,7 @@ from typing import Any
 from fewclip.runner.config import Config, load_config, method_block, split_variant
 from fewclip.fileio import atomic_write_text, read_csv, write_json
 from fewclip.heads import HEADS
+from fewclip.heads.selection_protocol import fewclip_selection, method_selection, paper_selection
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.run_context import head_class
 from fewclip.report.aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
@@ -96,8 +97,8 @@ def split_caption(rows: list[dict[str, Any]], split: str) -> str:
 
 def validation_note(config: Config) -> str:
     """How the run's hyper-parameters were chosen: on the validation split, never on test; what the heads search
-    there (``validation_search``); which methods use no validation at all (a ``validation_free`` head left at its
-    paper's defaults: the last epoch, no calibration)."""
+    there (``validation_search``); which methods use no validation at all (``fewclip_selection``), and of those
+    which follow their validation-free paper (``paper_selection``)."""
     heads = [HEADS.get(split_variant(m)[0]) for m in config.methods]
     searched = list(dict.fromkeys(h.validation_search for h in heads if h.validation_search))
     text = (
@@ -109,16 +110,30 @@ def validation_note(config: Config) -> str:
                 "and the temperature of calibrated heads",
             ]
         )
-        + "."
+        + ". The selection column says how each method's paper chose them and how this run did "
+        "(docs/protocols.md#how-hyper-parameters-are-chosen)."
     )
     free = [
         m
         for m, h in zip(config.methods, heads)
-        if h.validation_free and method_block(config, m).select == "last" and not method_block(config, m).calibrate
+        if paper_selection(h) == "validation-free"
+        and fewclip_selection(h, method_block(config, m).model_dump(), config.splits.val_per_class) == "validation-free"
     ]
     if free:
         text += f" {' and '.join(free)} use no validation (the last epoch, no calibration), as in their paper."
     return f'<p class="note">{esc(text)}</p>'
+
+
+def selections(config: Config) -> dict[str, str]:
+    """Each method's selection label (``method_selection``): its paper's protocol on the run's dataset (a CoOp
+    dataset by name; otherwise every dataset exception named) and what this run chose on."""
+    dataset = getattr(config.dataset, "name", None) if config.dataset.source == "coop" else None
+    return {
+        m: method_selection(
+            HEADS.get(split_variant(m)[0]), method_block(config, m).model_dump(), config.splits.val_per_class, dataset
+        )
+        for m in config.methods
+    }
 
 
 def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Answer) -> str:
@@ -129,6 +144,7 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
     budgets = sorted({r["shots"] for r in accuracy} | set(config.few_shot.shots))
     methods = list(dict.fromkeys(r["method"] for r in accuracy))
     winners = {(v.split, v.shots): v.winner for v in answer.verdicts}
+    labels = selections(config)
     parts = [
         "<p>Accuracy in percent, mean ± sample std over seeds with the seed count; balanced accuracy "
         '(mean per-class recall) and macro-F1 below it. "best" marks the winner named in the answer above.</p>',
@@ -138,7 +154,7 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
         cells = {(r["method"], r["shots"]): r for r in accuracy if r["split"] == split}
         rows = []
         for method in methods:
-            row = [esc(method)]
+            row = [esc(method), esc(labels.get(method, ""))]
             for shots in budgets:
                 r = cells.get((method, shots))
                 if r is None:
@@ -157,16 +173,18 @@ def accuracy_section(accuracy: list[dict[str, Any]], config: Config, answer: Ans
                 lines.append(f'<span class="f1">F1 {mean_std_text(r["macro_f1_mean"], r["macro_f1_std"])}</span>')
                 row.append("<br>".join(lines))
             rows.append(row)
-        header = ["method", *[("0 (zero-shot)" if k == 0 else f"{k} shots") for k in budgets]]
+        header = ["method", "selection", *[("0 (zero-shot)" if k == 0 else f"{k} shots") for k in budgets]]
         parts.append(f"<h3>{esc(SPLIT_NAMES.get(split, split))}</h3>")
         parts.append(split_caption(list(cells.values()), split))
-        parts.append(table(header, rows, "accuracy-table"))
+        parts.append(table(header, rows, "accuracy-table", (0, 1)))
     return "".join(parts)
 
 
 def base_new_section(page: Page, config: Config, summary: list[dict[str, str]]) -> str:
     rows = read_csv(page.layout.aggregate / "base_new.csv")
     notes = "".join(f'<p class="note">{esc(line)}.</p>' for line in missing_splits(config, summary)[1])
+
+    labels = selections(config)
 
     def cell(row: dict[str, str], split: str) -> str:
         mean, std = row[f"{split}_mean"], row[f"{split}_std"]
@@ -176,9 +194,14 @@ def base_new_section(page: Page, config: Config, summary: list[dict[str, str]]) 
         "<p>Accuracy in percent (mean ± std over seeds). The head is trained on the base classes only; "
         "hm is the harmonic mean of base and new.</p>"
         + table(
-            ["method", "shots", "base", "new", "hm"],
-            ([esc(r["method"]), esc(r["shots"]), cell(r, "base"), cell(r, "new"), cell(r, "hm")] for r in rows),
+            ["method", "selection", "shots", "base", "new", "hm"],
+            (
+                [esc(r["method"]), esc(labels.get(r["method"], "")), esc(r["shots"])]
+                + [cell(r, "base"), cell(r, "new"), cell(r, "hm")]
+                for r in rows
+            ),
             "base-new",
+            (0, 1),
         )
         + notes
     )
@@ -415,7 +438,13 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
         body.append(("base-new", "Base / new / harmonic mean", base_new_section(page, config, summary)))
     protocol_tables = write_protocol_tables(layout, accuracy)
     if protocol_tables:
-        body.append(("targets", "Source and target datasets (dataset.eval_on)", protocols_html(protocol_tables)))
+        body.append(
+            (
+                "targets",
+                "Source and target datasets (dataset.eval_on)",
+                protocols_html(protocol_tables, selections(config)),
+            )
+        )
     body += [
         ("params", "Trainable parameters", params_section(page)),
         ("templates", "Zero-shot accuracy per template", templates_section(page, summary)),

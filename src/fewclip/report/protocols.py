@@ -13,7 +13,7 @@ target or average), n_seeds, accuracy_mean, accuracy_std, note.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from fewclip.fileio import write_csv
 from fewclip.runner.layout import RunLayout
@@ -117,8 +117,8 @@ def cell_text(cell: ProtocolCell) -> str:
     return f"{100 * cell.mean:.2f}" + ("" if cell.std is None else f" ± {100 * cell.std:.2f}")
 
 
-def protocols_html(tables: Sequence[ProtocolTable]) -> str:
-    """The report's section: one HTML table per protocol."""
+def protocols_html(tables: Sequence[ProtocolTable], selections: Mapping[str, str]) -> str:
+    """The report's section: one HTML table per protocol; ``selections``: each method's selection label."""
     parts = [
         '<p class="note">Accuracy in percent, mean ± std over seeds: the heads trained on the source, scored '
         "on each dataset.eval_on target's test images. Domain generalisation uses the head's own logits at "
@@ -126,10 +126,11 @@ def protocols_html(tables: Sequence[ProtocolTable]) -> str:
         f'(others show "{CANNOT_TRANSFER}"). {AVERAGE} is the mean over the targets.</p>'
     ]
     for tab in tables:
-        header = ["method", "shots", f"{esc(tab.source)} (source)", *map(esc, tab.targets), AVERAGE]
+        header = ["method", "selection", "shots", f"{esc(tab.source)} (source)", *map(esc, tab.targets), AVERAGE]
         rows = [
             [
                 esc(method),
+                esc(selections.get(method, "")),
                 "0 (zero-shot)" if shots == 0 else str(shots),
                 *(
                     f'<span class="acc" data-dataset="{esc(c.dataset)}" data-method="{esc(method)}" data-shots="{shots}">'
@@ -141,6 +142,6 @@ def protocols_html(tables: Sequence[ProtocolTable]) -> str:
         ]
         parts.append(
             f"<h3>{esc(PROTOCOL_TITLES.get(tab.protocol, tab.protocol))}</h3>"
-            + table(header, rows, f"protocol {esc(tab.protocol)}")
+            + table(header, rows, f"protocol {esc(tab.protocol)}", (0, 1))
         )
     return "".join(parts)

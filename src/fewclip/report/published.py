@@ -3,8 +3,10 @@
 Each row is one number a paper prints, with the paper, its table, the backbone, the protocol, the dataset (a
 CoOp dataset name, or ``Average (11)`` for the mean over CoOp's 11 datasets), the method as the paper names
 it, the shot budget (0 for zero-shot CLIP), the split (``test`` for the few-shot protocol; ``base``, ``new``
-and ``hm`` for base-to-new) and the value in percent, plus where the number was checked. A number goes into
-the file only once it has been read in a source; see the file's ``verified_from`` column.
+and ``hm`` for base-to-new) and the value in percent, how its hyper-parameters were chosen (``selection``, one of
+``selection_protocol.PAPER_SELECTIONS``: the released code's protocol on that dataset), plus where the number was
+checked. A number goes into the file only once it has been read in a source; see the file's ``verified_from``
+column.
 
 A run matches a paper's protocol when it reads the dataset in CoOp's layout (``dataset.source: coop``),
 draws CoOp's few-shot sets (``splits.sampler: coop``) and uses the backbone the paper names; a cell then
@@ -22,6 +24,7 @@ from typing import Any, Mapping
 
 from fewclip.heads import HEADS, list_heads
 from fewclip.heads.base import own_declaration
+from fewclip.heads.selection_protocol import PAPER_SELECTIONS
 
 PUBLISHED_FILE = "published.csv"
 
@@ -57,6 +60,7 @@ class Reference:
     paper: str
     table: str
     backbone: str
+    selection: str  # how the number's hyper-parameters were chosen (selection_protocol.PAPER_SELECTIONS)
 
     @property
     def citation(self) -> str:
@@ -72,9 +76,14 @@ def load_published(text: str | None = None) -> dict[ReferenceKey, Reference]:
     if text is None:
         text = resources.files("fewclip.report").joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
     table: dict[ReferenceKey, Reference] = {}
-    for row in csv.DictReader(io.StringIO(text)):
+    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        if row.get("selection") not in PAPER_SELECTIONS:
+            raise ValueError(
+                f"{PUBLISHED_FILE} line {line}: selection {row.get('selection')!r} is not one of "
+                f"{', '.join(map(repr, PAPER_SELECTIONS))}; say how the number's hyper-parameters were chosen"
+            )
         key = (row["backbone"], row["protocol"], row["dataset"], row["method"], int(row["shots"]), row["split"])
-        table[key] = Reference(float(row["value"]), row["paper"], row["table"], row["backbone"])
+        table[key] = Reference(float(row["value"]), row["paper"], row["table"], row["backbone"], row["selection"])
     return table
 
 

@@ -108,6 +108,8 @@ class ClipLoraHead(EncoderHeadBase):
     name = "clip_lora"
     paper = "Zanella & Ben Ayed, CVPR-W 2024 (CLIP-LoRA)"
     official_code = "MaxZanella/CLIP-LoRA"
+    published_as = "CLIP-LoRA"
+    paper_selection = "validation-free"  # run_utils.py VALIDATION = False: the last iteration
     config_key = "clip_lora"
     Config = ClipLoraConfig
     needs = frozenset({"lora_targets"})

@@ -187,6 +187,7 @@ class MapleHead(EncoderHeadBase):
     name = "maple"
     paper = "Khattak et al., CVPR 2023 (MaPLe)"
     official_code = "muzairkhattak/multimodal-prompt-learning"
+    paper_selection = "validation-free"  # Dassl's last epoch, fixed hyper-parameters (scripts/maple/*.sh)
     config_key = "maple"
     Config = MapleConfig
     published_as = "MaPLe"

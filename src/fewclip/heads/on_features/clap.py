@@ -39,6 +39,8 @@ class ClapHead(ZsLpHead):
     name = "clap"
     paper = "Silva-Rodriguez et al., CVPR 2024 (CLAP)"
     official_code = "jusiro/CLAP"
+    published_as = "CLAP"
+    paper_selection = "validation-free"  # jusiro/CLAP: the last epoch, nothing on val
     config_key = "clap"
     Config = ClapConfig
 

@@ -119,6 +119,8 @@ class ClipAdapterHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "clip_adapter"
     paper = "Gao et al., IJCV 2023 (CLIP-Adapter)"
     official_code = "jusiro/CLAP"
+    published_as = "CLIP-Adapter"
+    paper_selection = "validation-free"  # jusiro/CLAP's CLIP-Adapter: Dassl's last epoch
     config_key = "clip_adapter"
     Config = ClipAdapterConfig
     uses_shots = True

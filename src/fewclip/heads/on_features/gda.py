@@ -188,6 +188,8 @@ class GdaHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "gda"
     paper = "Wang et al., ICLR 2024 (GDA)"
     official_code = "mrflogs/ICLR24"
+    paper_selection = "validation split"  # main_few_shots.py: alpha on val; ImageNet: test
+    paper_selection_except = {"ImageNet": "test set (released code)"}
     config_key = "gda"
     Config = GdaConfig
     published_as = "GDA"

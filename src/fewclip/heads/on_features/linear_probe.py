@@ -36,6 +36,7 @@ class LinearProbeHead(HeadBase):
     name = "linear_probe"
     paper = None  # fewclip's own
     official_code = None
+    paper_selection = "few-shot validation"  # CoOp's lpclip/linear_probe.py: C on min(shots, 4) val a class
     config_key = "linear_probe"  # its top-level config block (`training:` before, deprecated)
     Config = LinearProbeConfig
     published_as = "Linear probe CLIP"

@@ -126,6 +126,7 @@ class LpPpHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "lp_pp"
     paper = "Huang et al., CVPR 2024 (LP++)"
     official_code = "FereshteShakeri/FewShot-CLIP-Strong-Baseline"
+    paper_selection = "few-shot validation"  # official: the latest best-val iteration, val = `shots` images a class
     config_key = "lp_pp"
     Config = LpPpConfig
     published_as = "LP++"

@@ -139,6 +139,8 @@ class ProkerHead(TemperatureScaled, ChecksTemplates, HeadBase):
     name = "proker"
     paper = "Bendou et al., CVPR 2025 (ProKeR)"
     official_code = "ybendou/ProKeR"
+    paper_selection = "few-shot validation"  # main.py: min(4, shots) val a class; ImageNet: test
+    paper_selection_except = {"ImageNet": "test set (released code)"}
     config_key = "proker"
     Config = ProkerConfig
     published_as = "ProKeR"

@@ -124,10 +124,10 @@ class TaskResHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "taskres"
     paper = "Yu et al., CVPR 2023 (TaskRes)"
     official_code = "geekyutao/TaskRes"
+    paper_selection = "validation-free"  # train_regular.sh: fixed alpha, Dassl's last epoch
     config_key = "taskres"
     Config = TaskResConfig
     published_as = "TaskRes"
-    validation_free = True  # last epoch, fixed alpha (train_regular.sh), no calibration
     uses_shots = True
     transfers = False  # one residual row per training class: nothing learned for a new class name
     has_differentiable_logits = True

@@ -134,6 +134,9 @@ class TipAdapterHead(ChecksTemplates, HeadBase):
     name = "tip_adapter"
     paper = "Zhang et al., ECCV 2022 (Tip-Adapter)"
     official_code = "gaopengcuhk/Tip-Adapter"
+    published_as = "Tip-Adapter"
+    paper_selection = "validation split"  # main.py search_hp: val; main_imagenet.py: test
+    paper_selection_except = {"ImageNet": "test set (released code)"}
     config_key = "tip_adapter"
     Config = TipAdapterConfig
     validation_search = "Tip-Adapter's alpha and beta (grid search)"

@@ -78,6 +78,8 @@ class TipAdapterFHead(TipAdapterHead):
     name = "tip_adapter_f"
     paper = "Zhang et al., ECCV 2022 (Tip-Adapter-F)"
     official_code = "gaopengcuhk/Tip-Adapter"
+    published_as = "Tip-Adapter-F"
+    paper_selection = "test set (released code)"  # main.py: the best-test-accuracy epoch
     config_key = "tip_adapter_f"
     Config = TipAdapterFConfig
     selects_epoch = True

@@ -52,6 +52,7 @@ class ZeroShotHead(ChecksTemplates, HeadBase):
     name = "zero_shot"
     paper = "Radford et al., ICML 2021 (CLIP): prompt ensembling"
     official_code = "openai/CLIP"
+    paper_selection = "none"  # nothing to choose: CLIP's prompt ensemble, fixed templates
     config_key = None  # the top-level config block of its hyperparameters
     Config = ZeroShotConfig
     published_as = "CLIP"

@@ -99,9 +99,10 @@ class ZsLpHead(ModuleScores, ChecksTemplates, HeadBase):
     name = "zs_lp"
     paper = "Silva-Rodriguez et al., CVPR 2024 (ZS-LP)"
     official_code = "jusiro/CLAP"
+    published_as = "ZS-LP"
+    paper_selection = "validation-free"  # jusiro/CLAP: fixed schedule, the last epoch
     config_key = "zs_lp"
     Config = ZsLpConfig
-    validation_free = True  # Silva-Rodriguez et al., CVPR 2024 (CLAP inherits it)
     uses_shots = True
     has_differentiable_logits = True
     uses_augmented_views = True

@@ -70,6 +70,7 @@ class CoCoOpHead(HeadBase):
     name = "cocoop"
     paper = "Zhou et al., CVPR 2022 (CoCoOp)"
     official_code = "KaiyangZhou/CoOp"
+    paper_selection = "validation-free"  # Dassl's last epoch, fixed hyper-parameters (scripts/cocoop/*.sh), as CoOp
     config_key = "cocoop"
     Config = CoCoOpConfig
     published_as = "CoCoOp"

@@ -138,6 +138,7 @@ class CoOpHead(ClassTextScores, HeadBase):
     name = "coop"
     paper = "Zhou et al., IJCV 2022 (CoOp)"
     official_code = "KaiyangZhou/CoOp"
+    paper_selection = "validation-free"  # Dassl's TEST.FINAL_MODEL last_step (scripts/coop/main.sh)
     config_key = "coop"
     Config = CoOpConfig
     published_as = "CoOp"

@@ -92,6 +92,8 @@ class KgCoOpHead(CoOpHead):
     name = "kgcoop"
     paper = "Yao et al., CVPR 2023 (KgCoOp)"
     official_code = "htyao89/KgCoOp"
+    published_as = "KgCoOp"
+    paper_selection = "validation-free"  # Dassl's last epoch (TEST.FINAL_MODEL), fixed lambda
     config_key = "kgcoop"
     Config = KgCoOpConfig
 

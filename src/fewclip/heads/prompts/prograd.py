@@ -96,6 +96,8 @@ class ProGradHead(CoOpHead):
     name = "prograd"
     paper = "Zhu et al., ICCV 2023 (ProGrad)"
     official_code = "BeierZhu/Prompt-align"
+    published_as = "ProGrad"
+    paper_selection = "validation-free"  # Dassl's last epoch (TEST.FINAL_MODEL), fixed lambda
     config_key = "prograd"
     Config = ProGradConfig
 

@@ -214,6 +214,7 @@ class TcpHead(ClassTextScores, HeadBase):
     name = "tcp"
     paper = "Yao et al., CVPR 2024 (TCP)"
     official_code = "htyao89/Textual-based_Class-aware_prompt_tuning"
+    paper_selection = "validation-free"  # Dassl's last epoch (TEST.FINAL_MODEL), fixed weight
     config_key = "tcp"
     Config = TcpConfig
     published_as = "TCP"

@@ -1,0 +1,77 @@
+"""The shipped ``published.csv``: its columns, one number per key, every row with its source and the protocol its
+hyper-parameters were chosen with, and the names the heads declare (``published_as``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from importlib import resources
+
+import pytest
+
+from fewclip.data.sources.dassl_layouts import COOP_DATASETS, IMAGENET_VARIANTS
+from fewclip.heads import HEADS, list_heads
+from fewclip.heads.base import own_declaration
+from fewclip.heads.selection_protocol import PAPER_SELECTIONS
+from fewclip.report.published import PAPER_BACKBONES, PUBLISHED_FILE, load_published
+
+COLUMNS = ["paper", "table", "backbone", "protocol", "dataset", "method", "shots", "split", "value", "selection"]
+COLUMNS += ["verified_from"]
+SPLITS = {"few_shot": {"test"}, "base2new": {"base", "new", "hm"}, "domain_generalisation": {"test"}}
+SPLITS["cross_dataset"] = {"test"}
+# heads added on other branches: their rows ship before their code
+PENDING_HEADS = {"CLIP-SVD", "PromptSRC"}
+
+
+def shipped_rows() -> list[dict[str, str]]:
+    text = resources.files("fewclip.report").joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    assert reader.fieldnames == COLUMNS
+    return list(reader)
+
+
+def test_every_row_has_a_source_a_protocol_and_a_number() -> None:
+    rows = shipped_rows()
+    assert rows
+    for line, row in enumerate(rows, start=2):
+        where = f"{PUBLISHED_FILE} line {line}: {row}"
+        assert all(row[c] and row[c].strip() == row[c] for c in COLUMNS), where  # nothing empty or padded
+        assert row["selection"] in PAPER_SELECTIONS, where
+        assert row["backbone"] in PAPER_BACKBONES, where
+        assert row["split"] in SPLITS[row["protocol"]], where
+        assert 0 < float(row["value"]) <= 100 and len(row["value"].split(".")[-1]) <= 2, where
+        assert int(row["shots"]) in (0, 1, 2, 4, 8, 16), where
+        assert (int(row["shots"]) == 0) == (row["method"] == "CLIP"), where  # only zero-shot CLIP has no shots
+        assert row["selection"] != "none" or row["method"] == "CLIP", where
+        known = (
+            row["dataset"] in COOP_DATASETS
+            or row["dataset"] in IMAGENET_VARIANTS
+            or row["dataset"].startswith("Average")
+        )
+        assert known, where
+        assert row["verified_from"].startswith("github.com/") or row["verified_from"].startswith("arxiv.org/"), where
+
+
+def test_one_number_per_key_and_the_loader_reads_them_all() -> None:
+    rows = shipped_rows()
+    keys = [(r["backbone"], r["protocol"], r["dataset"], r["method"], int(r["shots"]), r["split"]) for r in rows]
+    assert len(set(keys)) == len(keys), [k for k in keys if keys.count(k) > 1][:3]
+    published = load_published()
+    assert set(published) == set(keys)
+    assert all(published[k].selection == r["selection"] for k, r in zip(keys, rows))
+
+
+def test_every_method_is_a_heads_published_name() -> None:
+    names = {own_declaration(HEADS.get(n), "published_as") for n in list_heads()} - {None}
+    assert {r["method"] for r in shipped_rows()} <= names | PENDING_HEADS
+
+
+@pytest.mark.parametrize("bad", ["", "test", "validation"])
+def test_a_row_without_a_known_selection_is_refused_naming_its_line(bad: str) -> None:
+    text = (
+        ",".join(COLUMNS) + "\n"
+        "P,T,ViT-B/16,few_shot,DTD,CoOp,16,test,65.00,validation-free,here\n"
+        f"P,T,ViT-B/16,few_shot,DTD,CoOp,8,test,60.00,{bad},here\n"
+    )
+    with pytest.raises(ValueError, match=f"published.csv line 3: selection '{bad}' is not one of 'none'"):
+        load_published(text)
