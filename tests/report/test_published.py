@@ -12,7 +12,7 @@ import pytest
 from fewclip.data.sources.dassl_layouts import COOP_DATASETS, IMAGENET_VARIANTS
 from fewclip.heads import HEADS, list_heads
 from fewclip.heads.base import own_declaration
-from fewclip.heads.selection_protocol import PAPER_SELECTIONS
+from fewclip.heads.selection_protocol import PAPER_SELECTIONS, paper_selection
 from fewclip.report.published import PAPER_BACKBONES, PUBLISHED_FILE, load_published
 
 COLUMNS = ["paper", "table", "backbone", "protocol", "dataset", "method", "shots", "split", "value", "selection"]
@@ -75,3 +75,28 @@ def test_a_row_without_a_known_selection_is_refused_naming_its_line(bad: str) ->
     )
     with pytest.raises(ValueError, match=f"published.csv line 3: selection '{bad}' is not one of 'none'"):
         load_published(text)
+
+
+def test_the_heads_without_published_numbers_are_the_ones_docs_protocols_names() -> None:
+    """No README that could be read prints a table for these (docs/protocols.md, "What published.csv holds")."""
+    names = {own_declaration(HEADS.get(n), "published_as") for n in list_heads()} - {None}
+    assert names - {r["method"] for r in shipped_rows()} == {"Linear probe CLIP", "ZS-LP", "CLAP", "TaskRes"}
+
+
+def test_each_rows_selection_is_its_heads_released_code_on_that_dataset() -> None:
+    """A row's protocol is the head's ``paper_selection`` on its dataset; a mean over the 11 that includes a
+    dataset chosen on test (Tip-Adapter's, GDA's and ProKeR's code on ImageNet) is marked as chosen on test."""
+    by_name = {own_declaration(HEADS.get(n), "published_as"): HEADS.get(n) for n in list_heads()}
+    checked = 0
+    for row in shipped_rows():
+        head = by_name.get(row["method"])
+        if head is None:
+            continue  # a head on another branch
+        if row["dataset"].startswith("Average"):
+            on_test = "test set (released code)" in (own_declaration(head, "paper_selection_except") or {}).values()
+            expected = "test set (released code)" if on_test else paper_selection(head)
+        else:
+            expected = paper_selection(head, row["dataset"])
+        assert row["selection"] == expected, row
+        checked += 1
+    assert checked > 100
