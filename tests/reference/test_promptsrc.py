@@ -230,24 +230,35 @@ class PromptSRCReference:
         return loss_ce + (l_scl_logits + loss_scl_text + loss_scl_image)
 
 
+# fewclip's promptsrc key -> the yacs key it takes its value from
+OFFICIAL_KEYS = {
+    "n_ctx_text": "TRAINER.PROMPTSRC.N_CTX_TEXT",
+    "n_ctx_vision": "TRAINER.PROMPTSRC.N_CTX_VISION",
+    "ctx_init": "TRAINER.PROMPTSRC.CTX_INIT",
+    "text_depth": "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT",
+    "vision_depth": "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION",
+    "text_loss_weight": "TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT",
+    "image_loss_weight": "TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT",
+    "gpa_mean": "TRAINER.PROMPTSRC.GPA_MEAN",
+    "gpa_std": "TRAINER.PROMPTSRC.GPA_STD",
+    "lr": "OPTIM.LR",
+    "epochs": "OPTIM.MAX_EPOCH",
+    "warmup_epochs": "OPTIM.WARMUP_EPOCH",
+    "warmup_lr": "OPTIM.WARMUP_CONS_LR",
+    "batch_size": "DATALOADER.TRAIN_X.BATCH_SIZE",
+}
+
+
+def official_value(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def ours(cfg: Any, **changes: Any) -> PromptSRCConfig:
     """fewclip's block with the reference's settings (augmentation off: Dassl's crops draw from another RNG)."""
-    t, o = cfg.TRAINER.PROMPTSRC, cfg.OPTIM
-    values: dict[str, Any] = dict(
-        n_ctx_text=t.N_CTX_TEXT,
-        n_ctx_vision=t.N_CTX_VISION,
-        ctx_init=t.CTX_INIT,
-        text_depth=t.PROMPT_DEPTH_TEXT,
-        vision_depth=t.PROMPT_DEPTH_VISION,
-        gpa_mean=t.GPA_MEAN,
-        gpa_std=t.GPA_STD,
-        lr=o.LR,
-        epochs=o.MAX_EPOCH,
-        batch_size=cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
-        warmup_lr=o.WARMUP_CONS_LR,
-        augment=False,
-    )
-    return PromptSRCConfig(**{**values, **changes})
+    values = {key: official_value(cfg, dotted) for key, dotted in OFFICIAL_KEYS.items()}
+    return PromptSRCConfig(**{**values, "augment": False, **changes})
 
 
 def tiny_cfg(**optim: Any) -> Any:
@@ -260,16 +271,13 @@ def tiny_cfg(**optim: Any) -> Any:
 
 def test_defaults_are_the_official_config() -> None:
     cfg, mine = official_cfg(), PromptSRCConfig()
-    t, o = cfg.TRAINER.PROMPTSRC, dassl_optim(cfg)
-    assert (mine.n_ctx_text, mine.n_ctx_vision, mine.ctx_init) == (t.N_CTX_TEXT, t.N_CTX_VISION, t.CTX_INIT)
-    assert (mine.text_depth, mine.vision_depth) == (t.PROMPT_DEPTH_TEXT, t.PROMPT_DEPTH_VISION)
-    assert (mine.text_loss_weight, mine.image_loss_weight) == (t.TEXT_LOSS_WEIGHT, t.IMAGE_LOSS_WEIGHT)
-    assert (mine.gpa_mean, mine.gpa_std, mine.teacher_templates) == (t.GPA_MEAN, t.GPA_STD, "imagenet")
-    assert (mine.lr, mine.epochs, mine.batch_size) == (o.lr, o.max_epoch, o.batch_size)
-    assert (mine.warmup_epochs, mine.warmup_lr) == (o.warmup_epoch, o.warmup_cons_lr) == (1, 1e-5)
-    assert (mine.momentum, mine.weight_decay) == (o.momentum, o.weight_decay)
+    for key, dotted in OFFICIAL_KEYS.items():
+        assert getattr(mine, key) == official_value(cfg, dotted), (key, dotted)
+    o = dassl_optim(cfg)
+    assert (mine.momentum, mine.weight_decay) == (o.momentum, o.weight_decay)  # Dassl's defaults.py
     assert cfg.OPTIM.NAME == "sgd" and (cfg.OPTIM.LR_SCHEDULER, cfg.OPTIM.WARMUP_TYPE) == ("cosine", "constant")
-    assert mine.drop_last and mine.precision == "fp32" and t.PREC == "fp16"  # fp32: see the module's doc
+    assert mine.warmup_lr == 1e-5 and mine.teacher_templates == "imagenet"
+    assert mine.drop_last and mine.precision == "fp32" and cfg.TRAINER.PROMPTSRC.PREC == "fp16"  # see the doc
 
 
 def test_the_teacher_templates_are_the_official_sixty() -> None:
