@@ -40,6 +40,7 @@ BUILTIN_ORDER = [
     "tcp",
     "clip_lora",
     "maple",
+    "promptsrc",
 ]
 
 NEAREST_MEAN_MODULE = '''
@@ -224,6 +225,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "proker": "ProKeR",
         "maple": "MaPLe",
         "tcp": "TCP",
+        "promptsrc": "PromptSRC",
     }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
