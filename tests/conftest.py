@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CLIP saved in hub format, synthetic image folders, offline hub settings."""
+"""Shared fixtures: a tiny CLIP saved in hub format (and loaded as fewclip loads it), synthetic image folders (and
+the shapes' image sets), offline hub settings."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
+from fewclip.backbones import load_backbone  # noqa: E402
+from fewclip.backbones.config import ModelConfig  # noqa: E402
 from fewclip.runner.config import load_config  # noqa: E402
 from fewclip.world.toy import build_shapes_dataset, build_tiny_clip  # noqa: E402
+
+from tests.heads.image_tasks import shapes_sets  # noqa: E402
 
 CLASSES = ["red_circle", "green_square", "blue_triangle"]
 
@@ -44,6 +49,18 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """<root>/{train,test}/<class>/NNNN.png for three classes: 12 train and 6 test images each."""
     return build_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", CLASSES, 12, 6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def backbone(tiny_clip: Path) -> Any:
+    """The tiny CLIP as fewclip loads it, on the CPU (a test module may define its own ``backbone``)."""
+    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def shapes(shapes_dir: Path) -> dict[str, Any]:
+    """The shapes' class names and val / train / test ImageSets (``image_tasks.shapes_sets``)."""
+    return shapes_sets(shapes_dir)
 
 
 @pytest.fixture()

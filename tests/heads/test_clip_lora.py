@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from fewclip.backbones import load_backbone
-from fewclip.backbones.config import ModelConfig
 from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.artifacts import DamagedArtifact
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
@@ -18,19 +16,9 @@ from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.runner.layout import RunLayout
 
-from tests.heads.image_tasks import pixels_of, shapes_sets
+from tests.heads.image_tasks import assert_reloads, assert_resumes_as_whole, pixels_of
 
 TEMPLATE = "a photo of a {}."
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> Any:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir: Path) -> dict[str, Any]:
-    return shapes_sets(shapes_dir)
 
 
 def config(**changes: Any) -> ClipLoraConfig:
@@ -127,47 +115,23 @@ def test_training_changes_only_lora_and_learns_the_shapes(backbone: Any, shapes:
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path) -> None:
     cfg = config(iterations_per_shot=2, select="val_loss", accumulate=2)
-    whole = ClipLoraHead(cfg).fit(
-        task(backbone, shapes, checkpoint=tmp_path / "a.ckpt"), shapes["train"], shapes["val"]
-    )
 
-    class Killed(Exception):
-        pass
+    def fit(checkpoint: Path, on_epoch: Any) -> ClipLoraHead:
+        unit = task(backbone, shapes, checkpoint=checkpoint, on_epoch=on_epoch)
+        return ClipLoraHead(cfg).fit(unit, shapes["train"], shapes["val"])
 
-    def kill_after_two(row: dict[str, float]) -> None:
-        if row["epoch"] == 2:
-            raise Killed
-
-    checkpoint = tmp_path / "b.ckpt"
-    with pytest.raises(Killed):
-        ClipLoraHead(cfg).fit(
-            task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two), shapes["train"], shapes["val"]
-        )
-    assert checkpoint.is_file()  # epoch 1's state: the kill came before epoch 2 was saved
-    resumed = ClipLoraHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
-    assert resumed.history_ == whole.history_
-    assert resumed.best_epoch_ == whole.best_epoch_
-    for name, value in whole.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], value), name
+    assert_resumes_as_whole(fit, tmp_path)
 
 
 def test_saved_head_is_the_adapter_and_reloads_to_the_same_logits(
     backbone: Any, shapes: dict[str, Any], tmp_path: Path
 ) -> None:
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
-    stem = tmp_path / "shot_4-seed_3"
-    save_head(head, stem, shapes["classes"], {"templates": [TEMPLATE]})
+    assert_reloads(head, backbone, shapes, tmp_path / "shot_4-seed_3", {"templates": [TEMPLATE]})
     assert set(head.state_dict()) - {"logit_scale", "lora_scaling"} == {
         k for k in head.model_.state_dict() if "lora_" in k
     }
     assert float(head.state_dict()["lora_scaling"]) == pytest.approx(head.config.alpha / head.config.rank**0.5)
-    loaded, meta = load_head(stem)
-    assert loaded.trainable_parameters() == head.trainable_parameters() == meta["trainable_params"]
-    loaded.attach(backbone, meta["class_names"])
-    pixels = pixels_of(backbone, shapes["test"])
-    assert torch.equal(loaded.image_logits(pixels), head.image_logits(pixels))
-    with pytest.raises(TypeError, match="call image_logits"):
-        loaded.logits(torch.zeros(2, 32))
 
 
 def test_a_head_trained_with_the_earlier_scaling_is_refused_not_misread(

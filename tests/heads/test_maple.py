@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewclip.backbones import load_backbone
-from fewclip.backbones.config import ModelConfig
-from fewclip.heads import HEADS, Task, load_head, save_head
+from fewclip.heads import HEADS, Task
 from fewclip.heads.contract import contract_problems, fitted_problems
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.training.encoder_schedule import build_optimizer
@@ -25,19 +23,9 @@ from fewclip.heads.encoders.maple_prompts import MaplePrompts
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.runner.layout import RunLayout
 
-from tests.heads.image_tasks import pixels_of, shapes_sets
+from tests.heads.image_tasks import assert_deep_prompts_reload_and_transfer, assert_resumes_as_whole, pixels_of
 
 TEMPLATE = "a photo of a {}."
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> Any:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir: Path) -> dict[str, Any]:
-    return shapes_sets(shapes_dir)
 
 
 def config(**changes: Any) -> MapleConfig:
@@ -213,36 +201,22 @@ def test_training_moves_only_the_prompts_and_lowers_the_loss(backbone: Any, shap
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(backbone: Any, shapes: dict[str, Any], tmp_path: Path) -> None:
     cfg = config(select="val_loss", accumulate=2)
-    whole = MapleHead(cfg).fit(task(backbone, shapes, checkpoint=tmp_path / "a.ckpt"), shapes["train"], shapes["val"])
 
-    class Killed(Exception):
-        pass
+    def fit(checkpoint: Path, on_epoch: Any) -> MapleHead:
+        unit = task(backbone, shapes, checkpoint=checkpoint, on_epoch=on_epoch)
+        return MapleHead(cfg).fit(unit, shapes["train"], shapes["val"])
 
-    def kill_after_two(row: dict[str, float]) -> None:
-        if row["epoch"] == 2:
-            raise Killed
-
-    checkpoint = tmp_path / "b.ckpt"
-    with pytest.raises(Killed):
-        MapleHead(cfg).fit(
-            task(backbone, shapes, checkpoint=checkpoint, on_epoch=kill_after_two), shapes["train"], shapes["val"]
-        )
-    assert checkpoint.is_file()
-    resumed = MapleHead(cfg).fit(task(backbone, shapes, checkpoint=checkpoint), shapes["train"], shapes["val"])
-    assert resumed.history_ == whole.history_ and resumed.best_epoch_ == whole.best_epoch_
+    whole = assert_resumes_as_whole(fit, tmp_path)
     assert [row["lr"] for row in whole.history_] == pytest.approx(
         [1e-5, 0.0035, 0.0035 * (1 + math.cos(math.pi / 3)) / 2]
     )
-    for name, value in whole.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], value), name
 
 
 def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(
     backbone: Any, shapes: dict[str, Any], tmp_path: Path
 ) -> None:
     head = MapleHead(config(epochs=1)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
-    stem = tmp_path / "shot_10-seed_3"
-    save_head(head, stem, shapes["classes"])
+    assert_deep_prompts_reload_and_transfer(head, backbone, shapes, tmp_path / "shot_10-seed_3")
     assert set(head.state_dict()) == {
         "prompts.ctx",
         "prompts.deep_text.0",
@@ -252,25 +226,6 @@ def test_saved_head_is_the_prompts_reloads_to_the_same_logits_and_transfers(
         "prompts.deep_proj.0.bias",
         "logit_scale",
     }
-    loaded, meta = load_head(stem)
-    assert loaded.trainable_parameters() == head.trainable_parameters() == meta["trainable_params"]
-    loaded.attach(backbone, meta["class_names"])
-    pixels = pixels_of(backbone, shapes["test"])
-    assert torch.equal(loaded.image_logits(pixels), head.image_logits(pixels))
-    with pytest.raises(TypeError, match="call image_logits"):
-        loaded.logits(torch.zeros(2, 32))
-    # base-to-new: the same prompts with other names' tokens; the known names' columns are unchanged
-    names = [shapes["classes"][2], "purple hexagon", shapes["classes"][0]]
-    moved = loaded.transfer(backbone, names)
-    new_net = MapleNet(backbone, names, loaded.config, seed=11)
-    new_net.prompts.load_state_dict(head.net_.prompts.state_dict())
-    with torch.no_grad():
-        expected = new_net(pixels)
-    torch.testing.assert_close(moved.image_logits(pixels), expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(
-        moved.image_logits(pixels)[:, [2, 0]], head.image_logits(pixels)[:, [0, 2]], atol=1e-5, rtol=0
-    )
-    assert loaded.image_logits(pixels).shape == (len(pixels), 3)  # transferring leaves the source as it was
 
 
 def test_fewclip_run_with_maple_then_predict(make_config: Callable[..., Any], tmp_path: Path) -> None:

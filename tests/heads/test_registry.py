@@ -40,6 +40,7 @@ BUILTIN_ORDER = [
     "tcp",
     "clip_lora",
     "maple",
+    "promptsrc",
 ]
 
 NEAREST_MEAN_MODULE = '''
@@ -235,6 +236,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "kgcoop": "KgCoOp",
         "prograd": "ProGrad",
         "clip_lora": "CLIP-LoRA",
+        "promptsrc": "PromptSRC",
     }
     assert own_declaration(HEADS.get("kgcoop"), "published_as") == "KgCoOp"  # its own, not CoOp's inherited
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
@@ -250,6 +252,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "tcp",
         "clip_lora",
         "maple",
+        "promptsrc",
     ]
     assert {
         n: paper_selection(HEADS.get(n))

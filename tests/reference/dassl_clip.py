@@ -191,10 +191,12 @@ def dassl_train(
     orders: list[torch.Tensor],
     forward_backward: Callable[[torch.optim.Optimizer, torch.Tensor], float],
     drop_last: bool = True,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> list[float]:
     """``TrainerX.run_epoch`` over ``max_epoch`` epochs: each batch of ``orders[epoch]`` (the RandomSampler's
     permutation) through ``forward_backward(optimizer, batch)``, which zeroes, back-propagates and steps as
-    the trainer does; the schedule steps after the epoch's last batch (``update_lr`` in ``forward_backward``).
+    the trainer does; the schedule steps after the epoch's last batch (``update_lr`` in ``forward_backward``),
+    then ``after_epoch(epoch)`` (1-based: what a trainer's ``forward_backward`` does after ``update_lr``).
     Returns each step's loss."""
     optimizer = optim.build_optimizer(params)
     schedule = ConstantWarmupCosine(optimizer, optim)
@@ -203,6 +205,8 @@ def dassl_train(
         for batch in loader_batches(orders[epoch], optim.batch_size, drop_last):
             losses.append(forward_backward(optimizer, batch))
         schedule.step()
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
     return losses
 
 

@@ -107,6 +107,21 @@ class PlainClip:
         return self.weights["logit_scale"].exp()
 
 
+def words_prompts(
+    clip: PlainClip, tokenizer: Any, ctx_init: str, n_ctx: int, classnames: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What MaPLe's ``MultiModalPromptLearner`` and PromptSRC's ``VLPromptLearner`` build in ``__init__`` with
+    CTX_INIT and at most 4 context tokens: ``ctx``, the embedding rows 1..n_ctx of the tokenised init words (a leaf
+    that trains), the class prompts ``ctx_init + " " + name + "."`` tokenised (C, L), ``token_prefix`` (their SOS
+    embedding) and ``token_suffix`` (their embeddings after position n_ctx)."""
+    init_ids = tokenizer([ctx_init.replace("_", " ")], return_tensors="pt")["input_ids"]
+    ctx = clip.token_embeddings(init_ids)[0, 1 : 1 + n_ctx].clone().requires_grad_()
+    prompts = [ctx_init + " " + name.replace("_", " ") + "." for name in classnames]
+    tokenized_prompts = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"]
+    embedding = clip.token_embeddings(tokenized_prompts)
+    return ctx, tokenized_prompts, embedding[:, :1], embedding[:, 1 + n_ctx :]
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """``x / x.norm(dim=-1, keepdim=True)``, as the official code writes it."""
     return x / x.norm(dim=-1, keepdim=True)

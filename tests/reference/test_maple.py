@@ -43,7 +43,7 @@ from fewclip.training.image_batches import epoch_order
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead, MapleNet
 
 from tests.heads.image_tasks import pixels_of
-from tests.reference.plain_clip import Hook, PlainClip, normalize
+from tests.reference.plain_clip import Hook, PlainClip, normalize, words_prompts
 
 SEED = 5
 
@@ -91,12 +91,9 @@ class MapleReference:
         self, model: Any, tokenizer: Any, classnames: list[str], cfg: Cfg, initial: dict[str, torch.Tensor]
     ) -> None:
         self.clip, self.n_ctx = PlainClip(model), cfg.n_ctx
-        init_ids = tokenizer([cfg.ctx_init.replace("_", " ")], return_tensors="pt")["input_ids"]
-        self.ctx = self.clip.token_embeddings(init_ids)[0, 1 : 1 + cfg.n_ctx].clone().requires_grad_()
-        prompts = [cfg.ctx_init + " " + name.replace("_", " ") + "." for name in classnames]
-        self.tokenized_prompts = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"]
-        embedding = self.clip.token_embeddings(self.tokenized_prompts)
-        self.token_prefix, self.token_suffix = embedding[:, :1], embedding[:, 1 + cfg.n_ctx :]
+        self.ctx, self.tokenized_prompts, self.token_prefix, self.token_suffix = words_prompts(
+            self.clip, tokenizer, cfg.ctx_init, cfg.n_ctx, classnames
+        )
         depth = cfg.prompt_depth - 1
 
         def tensor(name: str) -> torch.Tensor:

@@ -26,6 +26,7 @@ from fewclip.heads.prompts.prograd import ProGradConfig, ProGradHead
 from fewclip.heads.prompts.tcp import TcpConfig, TcpHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead
+from fewclip.heads.encoders.promptsrc import PromptSRCConfig, PromptSRCHead
 
 __all__ = [
     "FeatureSet",
@@ -66,6 +67,8 @@ __all__ = [
     "ClipLoraHead",
     "MapleConfig",
     "MapleHead",
+    "PromptSRCConfig",
+    "PromptSRCHead",
     "GdaConfig",
     "GdaHead",
     "TaskResConfig",

@@ -73,8 +73,9 @@ def embedded_config(cache_dir: Path) -> dict[str, Any]:
         # on 2 CPU cores (five budgets would not; bench/world_findings.py runs all five).
         "few_shot": {"shots": [1, 4, 16]},
         "splits": {"seeds": [1, 2, 3], "val_per_class": 4, "subsample": "base2new"},
-        # MaPLe prompts 9 of ViT-B/16's 12 layers; the world CLIP has 4 (when maple is added to methods)
+        # MaPLe and PromptSRC prompt 9 of ViT-B/16's 12 layers; the world CLIP has 4 (when they are added to methods)
         "maple": {"depth": 3},
+        "promptsrc": {"text_depth": 3, "vision_depth": 3},
         "output": {"dir": "runs/default"},
         "cache": {"dir": str(cache_dir)},
     }

@@ -18,6 +18,12 @@ times the world size, so DDP's gradient average is the one-process gradient up t
 Validation is shared out the same way and gathered; rank 0 alone writes checkpoints, which hold every
 rank's RNG state. Dropout draws differ between ranks (rank r seeds with ``seed + r * 1_000_003``), so with
 dropout > 0 a many-process run is statistically, not numerically, the one-process run.
+
+Two things a method may add (PromptSRC does both): a regulariser, when the network's forward returns
+``PenalizedLogits`` in training (each image's penalty is added to its cross-entropy, so a step's loss is the
+mean over its images of both, whatever the micro-batches and ranks); and an average over epochs instead of
+one kept epoch (``plan.epoch_weights``: the weighted sum of every epoch's end-of-epoch weights, accumulated as
+epochs end, saved in each checkpoint and left in the model at the end).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -59,7 +65,7 @@ class TrainPlan:
     min_lr: float
     weight_decay: float
     precision: str
-    select: SelectRule
+    select: SelectRule = "last"
     augment: bool = True
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
     flip: bool = True
@@ -72,12 +78,44 @@ class TrainPlan:
     warmup_epochs: int = 0
     warmup_lr: float = 0.0
     steps_per_epoch: int = 0
+    # one weight per epoch: keep the weighted sum of the epochs' weights instead of one epoch (select is unused)
+    epoch_weights: tuple[float, ...] = ()
 
     def augmentation(self) -> Augmentation | None:
         """The training images' augmentation; None: the model's own preprocessing."""
         if not self.augment:
             return None
         return Augmentation(scale=self.crop_scale, flip=0.5 if self.flip else 0.0)
+
+
+class PenalizedLogits(NamedTuple):
+    """What a network's forward may return in training: the (n, C) logits and an (n,) penalty per image, added
+    to each image's cross-entropy (a regulariser; PromptSRC's consistency terms)."""
+
+    logits: torch.Tensor
+    penalty: torch.Tensor
+
+
+class EpochAverage:
+    """The running weighted sum of the epochs' weights (``TrainPlan.epoch_weights``): ``sum_e w_e * state_e``,
+    each epoch's term added as it ends (in float32, the trained tensors' type)."""
+
+    def __init__(self, weights: tuple[float, ...], total: dict[str, torch.Tensor] | None = None) -> None:
+        self.weights, self.total = weights, total
+
+    def add(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
+        """Epoch ``epoch`` (1-based) ended with ``state``."""
+        weight = self.weights[epoch - 1]
+        weighted = {name: tensor * weight for name, tensor in state.items()}
+        self.total = weighted if self.total is None else {k: v + self.total[k] for k, v in weighted.items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint saves: the sum so far as ``average.<name>``."""
+        return {f"average.{name}": value for name, value in (self.total or {}).items()}
+
+    @classmethod
+    def restored(cls, weights: tuple[float, ...], tensors: dict[str, torch.Tensor]) -> "EpochAverage":
+        return cls(weights, saved_part(tensors, "average") or None)
 
 
 class EncoderTrainer:
@@ -112,6 +150,7 @@ class EncoderTrainer:
             )
             self.forward = DistributedDataParallel(net, device_ids=ids)  # broadcasts rank 0's weights
         self.optimizer, self.scheduler = build_optimizer(list(self.params.values()), plan)
+        self.average = EpochAverage(plan.epoch_weights)
         self.scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -135,6 +174,8 @@ class EncoderTrainer:
         steps_per_epoch = self.epoch_steps(len(train))
         epochs = -(-plan.iterations // steps_per_epoch)
         run_key = self.run_key(train, val, key)
+        if plan.epoch_weights and len(plan.epoch_weights) != epochs:
+            raise ValueError(f"TrainPlan.epoch_weights has {len(plan.epoch_weights)} weights for {epochs} epochs")
         history: list[dict[str, float]] = []
         keeper = BestEpoch(plan.select)
         step, start_epoch, partial = 0, 0, None
@@ -160,11 +201,17 @@ class EncoderTrainer:
             step, partial = epoch_start + steps, None
             row.update(self.validate(val))
             keeper.observe(epoch + 1, row, self.state)
+            if plan.epoch_weights:
+                self.average.add(epoch + 1, self.state())
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if checkpoint is not None:
                 self.save(checkpoint, epoch + 1, step, history, keeper, run_key)
+        if plan.epoch_weights:
+            assert self.average.total is not None  # every epoch added its term
+            self.load(self.average.total)
+            return history, Selection(len(history), "weighted average over epochs")
         selection, kept = keeper.choose(history, val.labels if val is not None else None, self.n_classes)
         if kept is not None:
             self.load(kept)
@@ -210,10 +257,12 @@ class EncoderTrainer:
             for index, (pixels, labels, _) in enumerate(group):
                 with self.no_sync(index < len(group) - 1):
                     with autocast_for(plan.precision, self.device):
-                        logits = self.forward(pixels)
-                    loss = nn.functional.cross_entropy(
-                        logits.float(), labels.to(self.device), reduction="sum", ignore_index=PAD_LABEL
-                    )
+                        output = self.forward(pixels)
+                    logits = output.logits if isinstance(output, PenalizedLogits) else output
+                    targets = labels.to(self.device)
+                    loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=PAD_LABEL)
+                    if isinstance(output, PenalizedLogits):  # padded rows (PAD_LABEL) carry no penalty either
+                        loss = loss + output.penalty.float()[targets != PAD_LABEL].sum()
                     self.scaler.scale(loss * (ranks.world / images)).backward()  # DDP averages: the step's mean
                 loss_sum += float(loss.detach())
                 correct += int((logits.detach().argmax(-1).cpu() == labels).sum())
@@ -296,6 +345,7 @@ class EncoderTrainer:
     ) -> None:
         """``epoch`` epochs done, ``step`` steps in all; ``partial``: the progress inside epoch ``epoch + 1``."""
         tensors = training_tensors(self.state(), self.optimizer, keeper.state)
+        tensors.update(self.average.tensors())
         for rank, rng in enumerate(self.ranks.gather(torch.get_rng_state())):  # dropout's state on every rank
             tensors["rng.torch" if rank == 0 else f"rng.torch.{rank}"] = rng
         meta = {
@@ -332,4 +382,5 @@ class EncoderTrainer:
         else:  # resumed with more ranks than it was saved by: this rank's dropout starts a fresh stream
             torch.manual_seed(self.seed + rank * 1_000_003 + meta["step"])
         keeper = restored_best(self.plan.select, meta, tensors)
+        self.average = EpochAverage.restored(self.plan.epoch_weights, tensors)
         return meta["epoch"], meta["step"], meta["history"], keeper, meta.get("partial")

@@ -44,7 +44,8 @@ class EncoderHeadBase(HeadBase):
         **key: Any,
     ) -> None:
         """Train ``net`` (pixels -> logits) on images with the images loop, checkpointing under a key of the
-        classes, the config, the backbone and ``key``; sets ``history_``, ``selection_`` and ``best_epoch_``."""
+        classes, the config, the backbone and ``key``; sets ``history_``, and ``selection_`` and ``best_epoch_``
+        for a head that ``selects_epoch``."""
         trainer = EncoderTrainer(
             net, backbone.transform, plan, task.seed, task.workers, len(task.class_names), self.device_, task.ranks
         )
@@ -54,8 +55,9 @@ class EncoderHeadBase(HeadBase):
             "backbone": backbone.fingerprint(),
         }
         checkpoint_key = json.dumps({**unit, **key}, sort_keys=True, default=str)
-        self.history_, self.selection_ = trainer.fit(train, val, task.checkpoint, checkpoint_key, task.on_epoch)
-        self.best_epoch_ = self.selection_.epoch
+        self.history_, selection = trainer.fit(train, val, task.checkpoint, checkpoint_key, task.on_epoch)
+        if self.selects_epoch:  # a head that keeps a weighted sum of epochs (plan.epoch_weights) selects none
+            self.selection_, self.best_epoch_ = selection, selection.epoch
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         raise TypeError(

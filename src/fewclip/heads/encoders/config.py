@@ -1,8 +1,9 @@
-"""The training options every head that tunes inside the encoders shares (clip_lora, maple): batch and
-accumulation, autocast precision, epoch selection, augmentation, in-epoch checkpoints, gradient
-checkpointing and whether an epoch drops its last partial batch. Each head's block subclasses
-``EncoderTrainingConfig``, changes defaults (maple's batch of 4 and Dassl's drop_last) and adds its own keys
-(optimiser, schedule, the method's own)."""
+"""The training options every head that tunes inside the encoders shares (clip_lora, maple, promptsrc): batch
+and accumulation, autocast precision, augmentation, in-epoch checkpoints, gradient checkpointing and whether an
+epoch drops its last partial batch (``EncoderTrainingOptions``); epoch selection for the heads that keep one
+epoch (``EncoderTrainingConfig``: clip_lora, maple); Dassl's SGD schedule for the heads whose reference trains
+through Dassl (``DasslTrainingConfig``: maple, promptsrc). Each head's block subclasses one, changes defaults
+and adds its own keys (the method's own)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from fewclip.configbase import ConfigBlock
+from fewclip.training.features_loop import DROP_LAST_HELP, batch_count
 from fewclip.training.images_loop import TrainPlan
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
 
-class EncoderTrainingConfig(ConfigBlock):
-    """Options of the end-to-end training path (``encoder_training.EncoderTrainer``)."""
+class EncoderTrainingOptions(ConfigBlock):
+    """Options of the end-to-end training path (``images_loop.EncoderTrainer``)."""
 
     batch_size: int = Field(
         32,
@@ -28,7 +30,6 @@ class EncoderTrainingConfig(ConfigBlock):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast compute type while training (the reference trains in fp16)."
     )
-    select: SelectRule = Field("auto", description=SELECT_HELP)
     augment: bool = Field(
         True,
         description="Random resized crop + horizontal flip of each training image, drawn "
@@ -58,8 +59,9 @@ class EncoderTrainingConfig(ConfigBlock):
 
     def plan(self, iterations: int, **schedule: Any) -> TrainPlan:
         """The loop's plan: ``iterations`` optimiser steps with this block's shared options; ``schedule`` gives the
-        head's own (lr, min_lr, weight_decay, the optimiser and its settings)."""
-        shared = ("batch_size", "accumulate", "precision", "select", "augment", "crop_scale", "flip", "drop_last")
+        head's own (lr, min_lr, weight_decay, the optimiser and its settings, the selection rule or the epochs'
+        weights)."""
+        shared = ("batch_size", "accumulate", "precision", "augment", "crop_scale", "flip", "drop_last")
         return TrainPlan(
             iterations=iterations,
             checkpoint_every=self.checkpoint_every,
@@ -86,3 +88,49 @@ class EncoderTrainingConfig(ConfigBlock):
                 "batch_size / accumulate images"
             )
         return value
+
+
+class EncoderTrainingConfig(EncoderTrainingOptions):
+    """The options of a head that keeps one epoch's weights (``select``)."""
+
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+
+    def plan(self, iterations: int, **schedule: Any) -> TrainPlan:
+        return super().plan(iterations, select=self.select, **schedule)
+
+
+class DasslTrainingConfig(EncoderTrainingOptions):
+    """Dassl's training as the MaPLe and PromptSRC references run it (``dassl/config/defaults.py`` and their
+    yaml): SGD with momentum and weight decay, a constant warm-up, then a cosine set once per epoch; batches of
+    4, the last partial one dropped. ``lr`` and ``epochs`` are each head's."""
+
+    lr: float = Field(0.0035, gt=0, description="SGD learning rate after the warm-up (cosine over all epochs).")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="Images per optimiser step (the global batch under "
+        "torchrun: each of N ranks takes batch_size / N).",
+    )
+    epochs: int = Field(5, ge=1, description="Epochs over the training images.")
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
+    warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
+    warmup_lr: float = Field(1e-5, gt=0, description="The warm-up's constant learning rate.")
+
+    def dassl_plan(self, n_train: int, **keep: Any) -> TrainPlan:
+        """The plan over ``n_train`` images: ``epochs`` epochs of Dassl's SGD schedule; ``keep`` says which
+        weights are kept (``select``, or ``epoch_weights`` for a weighted sum of the epochs')."""
+        steps_per_epoch = batch_count(n_train, self.batch_size, self.drop_last)
+        return self.plan(
+            self.epochs * steps_per_epoch,
+            lr=self.lr,
+            min_lr=0.0,
+            weight_decay=self.weight_decay,
+            optimizer="sgd",
+            momentum=self.momentum,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            steps_per_epoch=steps_per_epoch,
+            **keep,
+        )

@@ -16,8 +16,10 @@ import copy
 import torch
 from torch import nn
 
+from fewclip.heads.encoders.deep_prompts import DeepPrompts
 
-class MaplePrompts(nn.Module):
+
+class MaplePrompts(DeepPrompts):
     """The learned tensors: ``ctx`` (n_ctx, text width), ``deep_text`` (depth - 1 of (n_ctx, text width)),
     and with coupling ``proj`` and ``deep_proj`` (depth - 1 Linears, text width -> vision width)."""
 
