@@ -26,6 +26,7 @@ def test_every_trained_head_beats_zero_shot_on_sketch_base_classes(
                 "-q",
                 "run",
                 "default",
+                f"methods=[{','.join(m for m in list_heads() if not HEADS.get(m).tunes_encoders)}]",
                 "few_shot.shots=[16]",
                 "splits.seeds=[1]",
                 "output.figures=false",
