@@ -1,0 +1,196 @@
+"""CLIP-SVD on the tiny CLIP and the shapes images: the exact start, frozen U and V, what trains and how much of it,
+learning, save/reload, transfer to new names, the choice of matrices and the refusal on OpenCLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewclip.backbones import load_backbone
+from fewclip.backbones.config import ModelConfig
+from fewclip.heads import HEADS, Task, load_head, save_head
+from fewclip.heads.base import normalize
+from fewclip.heads.contract import contract_problems, fitted_problems
+from fewclip.heads.encoders.clip_svd import ClipSvdConfig, ClipSvdHead, SingularValueLinear
+from fewclip.heads.on_features.zero_shot import ZeroShotHead
+from fewclip.runner.config import ConfigError
+
+from tests.heads.image_tasks import pixels_of, shapes_sets
+
+TEMPLATE = "a photo of a {}."
+WIDTH, LAYERS = 64, 2  # the tiny CLIP's towers: width 64, MLP 4 x 64, 2 blocks each
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_clip: Path) -> Any:
+    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def shapes(shapes_dir: Path) -> dict[str, Any]:
+    return shapes_sets(shapes_dir)
+
+
+def config(**changes: Any) -> ClipSvdConfig:
+    # the tiny random CLIP moves in a few steps only with a larger rate than the paper's 5e-4 for ViT-B
+    values = dict(iterations_per_shot=2, batch_size=8, lr=2e-2, select="last")
+    return ClipSvdConfig(**{**values, **changes})
+
+
+def task(backbone: Any, shapes: dict[str, Any], **changes: Any) -> Task:
+    return Task(shapes["classes"], [TEMPLATE], backbone, seed=3, shots=4, **changes)
+
+
+@pytest.fixture(scope="module")
+def fitted(backbone: Any, shapes: dict[str, Any]) -> ClipSvdHead:
+    """Five epochs of 4 steps (30 images, batches of 8)."""
+    return ClipSvdHead(config(iterations_per_shot=5)).fit(task(backbone, shapes), shapes["train"], shapes["val"])
+
+
+def built(backbone: Any, shapes: dict[str, Any], cfg: ClipSvdConfig) -> ClipSvdHead:
+    """A head with its factored copy built and its class prompts set, untrained."""
+    head = ClipSvdHead(cfg)
+    head.template_ = TEMPLATE
+    head._build(backbone, seed=0)
+    head.prompts_ = [TEMPLATE.format(name) for name in shapes["classes"]]
+    head.logit_scale_ = torch.tensor(backbone.logit_scale)
+    return head
+
+
+def factored(head: ClipSvdHead) -> dict[str, SingularValueLinear]:
+    return {n: m for n, m in head.model_.named_modules() if isinstance(m, SingularValueLinear)}
+
+
+def test_the_contract_holds_and_defaults_are_the_papers() -> None:
+    assert contract_problems(ClipSvdHead) == []
+    assert HEADS.get("clip_svd") is ClipSvdHead and ClipSvdHead.tunes_encoders and ClipSvdHead.transfers
+    cfg = ClipSvdConfig()
+    assert (cfg.lr, cfg.min_lr, cfg.weight_decay, cfg.batch_size, cfg.iterations_per_shot) == (
+        5e-4,
+        1e-6,
+        1e-2,
+        32,
+        200,
+    )
+    assert (cfg.towers, cfg.targets, cfg.layers) == (["text", "vision"], ["q", "k", "v", "out", "mlp"], None)
+    assert (cfg.drop_last, cfg.augment, cfg.crop_scale) == (False, True, (0.08, 1.0))
+
+
+def test_before_training_the_copy_is_the_frozen_model_factored(backbone: Any, shapes: dict[str, Any]) -> None:
+    head = built(backbone, shapes, config())
+    layers = factored(head)
+    assert len(layers) == 2 * LAYERS * 6  # q, k, v, out, fc1, fc2 of every block of both towers
+    frozen = dict(backbone.model.named_modules())
+    for name, layer in layers.items():
+        weight = frozen[name].weight
+        torch.testing.assert_close(layer.weight, weight, atol=1e-6, rtol=0)  # U diag(s) V^T = W to fp32 rounding
+        torch.testing.assert_close(layer.singular_values.detach(), torch.linalg.svdvals(weight), atol=1e-5, rtol=1e-5)
+        eye = torch.eye(layer.left.shape[1])
+        torch.testing.assert_close(layer.left.T @ layer.left, eye, atol=1e-5, rtol=0)  # orthonormal columns
+        torch.testing.assert_close(layer.right @ layer.right.T, eye, atol=1e-5, rtol=0)
+        assert layer.bias is not None and not layer.bias.requires_grad
+    pixels = pixels_of(backbone, shapes["test"])
+    zero_shot = ZeroShotHead().fit(Task(shapes["classes"], [TEMPLATE], backbone))
+    expected = zero_shot.logits(backbone.encode_images(pixels))
+    torch.testing.assert_close(head.image_logits(pixels), expected, atol=1e-4, rtol=0)
+
+
+def test_only_the_singular_values_train_and_the_shapes_are_learnt(
+    backbone: Any, shapes: dict[str, Any], fitted: ClipSvdHead
+) -> None:
+    frozen = backbone.model.state_dict()
+    head = ClipSvdHead(config())
+    untrained = built(backbone, shapes, config())
+    trained = {n for n, p in fitted.model_.named_parameters() if p.requires_grad}
+    assert trained == {f"{n}.singular_values" for n in factored(fitted)}
+    # every block matrix has min(out, in) = 64 singular values: (4 attention + 2 MLP) x 64 per block
+    assert fitted.trainable_parameters() == 2 * LAYERS * 6 * WIDTH == 1536
+    assert head.trainable_parameters() == 0  # not fitted
+    for name, value in fitted.model_.state_dict().items():
+        if "singular_values" not in name:  # the copy's other weights and biases: bit for bit the backbone's
+            assert torch.equal(value, frozen[name]), name
+    for name, layer in factored(fitted).items():  # U and V frozen: the untrained factorisation's
+        before = factored(untrained)[name]
+        assert torch.equal(layer.left, before.left) and torch.equal(layer.right, before.right), name
+        assert not layer.left.requires_grad and not layer.right.requires_grad
+    moved = [
+        float((fitted.model_.get_parameter(n) - untrained.model_.get_parameter(n)).detach().abs().max())
+        for n in trained
+    ]
+    assert min(moved) > 0  # every singular value vector trained
+    assert len(fitted.history_) == 5 and fitted.best_epoch_ == 5
+    assert fitted_problems(fitted) == []
+    pixels, labels = pixels_of(backbone, shapes["train"]), shapes["train"].labels
+    zero_shot = ZeroShotHead().fit(Task(shapes["classes"], [TEMPLATE], backbone))
+    zs_accuracy = float((zero_shot.predict(backbone.encode_images(pixels)) == labels).float().mean())
+    accuracy = float((fitted.image_logits(pixels).argmax(-1) == labels).float().mean())
+    assert accuracy > zs_accuracy, (accuracy, zs_accuracy)
+
+
+def test_the_saved_head_is_the_singular_values_and_reloads_to_the_same_logits(
+    backbone: Any, shapes: dict[str, Any], fitted: ClipSvdHead, tmp_path: Path
+) -> None:
+    stem = tmp_path / "shot_4-seed_3"
+    save_head(fitted, stem, shapes["classes"], {"templates": [TEMPLATE]})
+    stored = load_file(stem.with_suffix(".safetensors"))
+    assert set(stored) == {f"{n}.singular_values" for n in factored(fitted)} | {"logit_scale"}  # no U, no V
+    assert sum(v.numel() for v in stored.values()) == fitted.trainable_parameters() + 1
+    loaded, meta = load_head(stem)
+    assert loaded.trainable_parameters() == fitted.trainable_parameters() == meta["trainable_params"]
+    loaded.attach(backbone, meta["class_names"])
+    pixels = pixels_of(backbone, shapes["test"])
+    torch.testing.assert_close(loaded.image_logits(pixels), fitted.image_logits(pixels), atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="call image_logits"):
+        loaded.logits(torch.zeros(2, 32))
+    other = ClipSvdHead(config(targets=["q"]))
+    other.load_state(stored, meta)
+    with pytest.raises(ValueError, match=r"clip_svd: saved trained weights do not fit .*unexpected \['text_model"):
+        other.attach(backbone, meta["class_names"])
+
+
+def test_transfer_scores_new_names_through_the_tuned_text_tower(
+    backbone: Any, shapes: dict[str, Any], fitted: ClipSvdHead
+) -> None:
+    new_names = ["hexagon", "spiral", "cross"]
+    other = fitted.transfer(backbone, new_names)
+    assert other.model_ is fitted.model_  # the same tuned towers, not a copy
+    pixels = pixels_of(backbone, shapes["test"])
+    with torch.no_grad():  # written out through the library's own model, the tuned copy
+        tokens = backbone.tokenizer([TEMPLATE.format(n) for n in new_names], padding=True, return_tensors="pt")
+        text = normalize(fitted.model_.get_text_features(**tokens).pooler_output)
+        image = normalize(fitted.model_.get_image_features(pixel_values=pixels).pooler_output)
+    expected = backbone.logit_scale * image @ text.T
+    torch.testing.assert_close(other.image_logits(pixels), expected, atol=1e-5, rtol=0)
+    frozen = ZeroShotHead().fit(Task(new_names, [TEMPLATE], backbone)).logits(backbone.encode_images(pixels))
+    assert not torch.allclose(other.image_logits(pixels), frozen, atol=1e-3)  # the tuned towers, not the frozen
+    assert other.prompts_ == [TEMPLATE.format(n) for n in new_names] and fitted.prompts_ != other.prompts_
+
+
+def test_towers_targets_and_layers_choose_what_trains(backbone: Any, shapes: dict[str, Any]) -> None:
+    head = built(backbone, shapes, config(towers=["vision"], targets=["v", "mlp"], layers=[1]))
+    assert sorted(factored(head)) == [
+        "vision_model.encoder.layers.1.mlp.fc1",
+        "vision_model.encoder.layers.1.mlp.fc2",
+        "vision_model.encoder.layers.1.self_attn.v_proj",
+    ]
+    head.fit(task(backbone, shapes), shapes["train"])
+    assert head.trainable_parameters() == 3 * WIDTH
+    prompts = [TEMPLATE.format(n) for n in shapes["classes"]]
+    torch.testing.assert_close(  # the text tower is the frozen one
+        head.scoring_text(), normalize(backbone.encode_text(prompts)), atol=1e-5, rtol=0
+    )
+    with pytest.raises(ValueError, match=r"clip_svd.layers: blocks \[2, 5\] do not exist .* below 2"):
+        built(backbone, shapes, config(layers=[0, 2, 5]))
+    with pytest.raises(ValueError, match="block indices >= 0"):
+        ClipSvdConfig(layers=[-1])
+    with pytest.raises(ValueError):
+        ClipSvdConfig(targets=["mlp", "proj"])
+
+
+def test_clip_svd_on_open_clip_is_refused_when_the_config_is_loaded(make_config: Any) -> None:
+    with pytest.raises(ConfigError, match="clip_svd needs lora_targets, which the open_clip backbone does not offer"):
+        make_config("model.library=open_clip", "model.id=RN50", "model.pretrained=openai", "methods=[clip_svd]")
