@@ -1,4 +1,4 @@
-"""CLIP-SVD on the tiny CLIP and the shapes images: the exact start, frozen U and V, what trains and how much of it,
+"""CLIP-SVD on the tiny CLIP and the shapes images (``backbone`` and ``shapes`` from ``tests/conftest.py``): the exact start, frozen U and V, what trains and how much of it,
 learning, save/reload, transfer to new names, the choice of matrices and the refusal on OpenCLIP."""
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewclip.backbones import load_backbone
-from fewclip.backbones.config import ModelConfig
 from fewclip.heads import HEADS, Task, load_head, save_head
 from fewclip.heads.base import normalize
 from fewclip.heads.contract import contract_problems, fitted_problems
@@ -19,26 +17,18 @@ from fewclip.heads.encoders.clip_svd import ClipSvdConfig, ClipSvdHead, Singular
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.runner.config import ConfigError
 
-from tests.heads.image_tasks import pixels_of, shapes_sets
+from tests.heads.image_tasks import pixels_of
 
 TEMPLATE = "a photo of a {}."
 WIDTH, LAYERS = 64, 2  # the tiny CLIP's towers: width 64, MLP 4 x 64, 2 blocks each
 
 
-@pytest.fixture(scope="module")
-def backbone(tiny_clip: Path) -> Any:
-    return load_backbone(ModelConfig(id=str(tiny_clip), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir: Path) -> dict[str, Any]:
-    return shapes_sets(shapes_dir)
+# the tiny random CLIP moves in a few steps only with a larger rate than the paper's 5e-4 for ViT-B
+FAST = dict(iterations_per_shot=2, batch_size=8, lr=2e-2, select="last")
 
 
 def config(**changes: Any) -> ClipSvdConfig:
-    # the tiny random CLIP moves in a few steps only with a larger rate than the paper's 5e-4 for ViT-B
-    values = dict(iterations_per_shot=2, batch_size=8, lr=2e-2, select="last")
-    return ClipSvdConfig(**{**values, **changes})
+    return ClipSvdConfig(**(FAST | changes))
 
 
 def task(backbone: Any, shapes: dict[str, Any], **changes: Any) -> Task:

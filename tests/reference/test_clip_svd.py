@@ -47,7 +47,8 @@ from fewclip.heads.encoders.clip_svd import ClipSvdConfig, ClipSvdHead, Singular
 from fewclip.training.image_batches import epoch_order
 
 from tests.heads.image_tasks import pixels_of
-from tests.reference.plain_clip import PlainClip, normalize
+from tests.reference.lora_loop import run_lora_loop
+from tests.reference.plain_clip import PlainClip
 
 SEED = 3
 TEMPLATE = "a photo of a {}."  # the few-shot yaml's template of most natural datasets
@@ -112,6 +113,8 @@ def trains(name: str, args: Args) -> bool:
 class SvdReference:
     """The tiny CLIP with every block linear an ``SVD_Linear`` (``resolver``) and the official trainable set."""
 
+    training = True  # no dropout: train and eval compute the same
+
     def __init__(self, model: Any, args: Args) -> None:
         self.clip = PlainClip(model, linear=self.linear)
         self.u, self.v, self.s = {}, {}, {}  # by the Hugging Face name, as PlainClip calls ``linear``
@@ -138,33 +141,7 @@ class SvdReference:
         return (self.u[name] * self.s[name]) @ self.v[name]
 
     def logits(self, token_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        text = normalize(self.clip.encode_text(token_ids))
-        image = normalize(self.clip.encode_image(pixels))
-        return self.clip.logit_scale * image @ text.T
-
-
-def reference_run(
-    model: SvdReference, args: Args, token_ids: torch.Tensor, pixels: torch.Tensor, labels: torch.Tensor, orders: list
-) -> list[float]:
-    """``run_training``'s loop; ``orders[e]`` is epoch e's shuffled order. Returns the rate each epoch starts at."""
-    total_iters = args.n_iters * args.shots
-    optimizer = torch.optim.AdamW(model.parameters(), weight_decay=args.weight_decay, betas=(0.9, 0.999), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_iters, eta_min=1e-6)
-    count_iters, epoch, epoch_rates = 0, 0, []
-    while count_iters < total_iters:
-        epoch_rates.append(scheduler.get_last_lr()[0])
-        order = orders[epoch]
-        for batch in [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]:
-            loss = F.cross_entropy(model.logits(token_ids, pixels[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            count_iters += 1
-            if count_iters == total_iters:
-                break
-        epoch += 1
-    return epoch_rates
+        return self.clip.logits(token_ids, pixels)
 
 
 def class_tokens(backbone: Any, classnames: list[str]) -> torch.Tensor:
@@ -204,9 +181,9 @@ def test_training_steps_equal_the_reference(backbone: Any, shapes: dict[str, Any
     reference = SvdReference(backbone.model, args)
     initial = {name: s.detach().clone() for name, s in reference.s.items()}
     orders = [epoch_order(SEED, epoch, len(train)) for epoch in range(2)]
-    epoch_rates = reference_run(
-        reference, args, class_tokens(backbone, shapes["classes"]), pixels_of(backbone, train), train.labels, orders
-    )
+    inputs = (class_tokens(backbone, shapes["classes"]), pixels_of(backbone, train), train.labels)
+    total_iters = args.n_iters * args.shots  # run_training's loop is CLIP-LoRA's (lora_loop)
+    epoch_rates = run_lora_loop(reference, total_iters, args.batch_size, args.lr, args.weight_decay, inputs, orders)
 
     assert [row["lr"] for row in head.history_] == pytest.approx(epoch_rates, rel=1e-9, abs=0)
     layers = factored(head)

@@ -148,8 +148,8 @@ class AdamWTrainingConfig(EncoderTrainingConfig):
     drop_last: bool = Field(
         False,
         description="Drop each epoch's last partial batch when there are at least "
-        "batch_size training images (Dassl's loader); false: train on it too, as CLIP-LoRA's "
-        "loader does (drop_last=False).",
+        "batch_size training images (Dassl's loader); false: train on it too, as the CLIP-LoRA and "
+        "CLIP-SVD loaders do (drop_last=False).",
     )
 
     def adamw_plan(self, shots: int) -> TrainPlan:
