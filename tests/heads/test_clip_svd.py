@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -184,3 +185,53 @@ def test_towers_targets_and_layers_choose_what_trains(backbone: Any, shapes: dic
 def test_clip_svd_on_open_clip_is_refused_when_the_config_is_loaded(make_config: Any) -> None:
     with pytest.raises(ConfigError, match="clip_svd needs lora_targets, which the open_clip backbone does not offer"):
         make_config("model.library=open_clip", "model.id=RN50", "model.pretrained=openai", "methods=[clip_svd]")
+
+
+def test_a_base_to_new_run_scores_new_names_and_predict_repeats_it(
+    tmp_path: Path, tiny_clip: Path, backbone: Any
+) -> None:
+    """``fewclip run`` with clip_svd on six classes split base / new: rows for base, new and their harmonic mean;
+    ``load_classifier`` predicts the base images as the run did, and the saved head attached to the new names
+    gives the run's new logits."""
+    import fewclip
+    from fewclip.data.images import read_image
+    from fewclip.fileio import read_csv
+    from fewclip.runner.cli import main
+    from fewclip.runner.config import load_config
+    from fewclip.runner.layout import RunLayout
+    from fewclip.world.toy import build_shapes_dataset
+
+    classes = ["red_circle", "green_square", "blue_triangle", "red_square", "green_triangle", "blue_circle"]
+    data = build_shapes_dataset(tmp_path / "six", classes, 8, 4, seed=3)
+    config = load_config(
+        None,
+        ["splits.subsample=base2new", "clip_svd.iterations_per_shot=2", "clip_svd.batch_size=4", "clip_svd.lr=0.02"],
+        base={
+            "methods": ["zero_shot", "clip_svd"],
+            "model": {"id": str(tiny_clip), "batch_size": 16},
+            "dataset": {"source": "folder", "path": str(data)},
+            "few_shot": {"shots": [2]},
+            "splits": {"seeds": [1], "val_per_class": 2},
+            "output": {"dir": str(tmp_path / "run"), "progress": False, "figures": False, "saliency_images": 0},
+            "cache": {"dir": str(tmp_path / "cache")},
+        },
+    )
+    config_file = tmp_path / "svd.yaml"
+    config_file.write_text(config.to_yaml())
+    assert main(["-q", "run", str(config_file)]) == 0
+    layout = RunLayout(tmp_path / "run")
+    assert sorted(r["split"] for r in read_csv(layout.summary) if r["method"] == "clip_svd") == ["base", "hm", "new"]
+    predictions = layout.root / "predictions" / "clip_svd"
+    base = read_csv(predictions / "shot_2-seed_1-base.csv")
+    classifier = fewclip.load_classifier(layout.root, method="clip_svd")
+    assert [r.label for r in classifier.predict([Path(r["path"]) for r in base], top_k=1)] == [
+        r["pred_name"] for r in base
+    ]
+    new = read_csv(predictions / "shot_2-seed_1-new.csv")
+    names = [name for _, name in sorted({(int(r["label"]), r["class_name"]) for r in new})]
+    assert len(names) == 3 and not set(names) & {r["class_name"] for r in base}
+    head, _ = load_head(layout.heads / "clip_svd" / "shot_2-seed_1")
+    head.attach(backbone, names)
+    pixels = torch.from_numpy(np.stack([backbone.transform(read_image(Path(r["path"]))) for r in new]))
+    stored = torch.from_numpy(np.load(predictions / "shot_2-seed_1-new.logits.npy"))
+    torch.testing.assert_close(head.image_logits(pixels), stored.float(), atol=1e-4, rtol=0)

@@ -41,6 +41,7 @@ BUILTIN_ORDER = [
     "clip_lora",
     "maple",
     "promptsrc",
+    "clip_svd",
 ]
 
 NEAREST_MEAN_MODULE = '''
@@ -226,6 +227,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "maple": "MaPLe",
         "tcp": "TCP",
         "promptsrc": "PromptSRC",
+        "clip_svd": "CLIP-SVD",
     }
     assert paper_method("kgcoop") is None and own_declaration(HEADS.get("kgcoop"), "published_as") is None  # not CoOp
     assert paper_method("coop@n4") is None  # a variant is not the paper's method
