@@ -211,6 +211,16 @@ def test_tunable_towers_are_a_copy_that_starts_as_the_frozen_towers(model: tuple
         name.rsplit(".", 1)[-1] for name, module in towers.module.named_modules() if isinstance(module, torch.nn.Linear)
     }
     assert towers.lora_targets and set(towers.lora_targets) <= wrapped
+    linears = towers.block_linears()  # every block of both towers: q, k, v, out, fc1, fc2, each its own nn.Linear
+    towers_in_order = [b.tower for b in linears]
+    assert towers_in_order == sorted(towers_in_order) and set(towers_in_order) == {"text", "vision"}  # text first
+    assert len({b.module for b in linears}) == len(linears)
+    for tower in ("text", "vision"):
+        blocks = [b for b in linears if b.tower == tower]
+        assert len(blocks) == 6 * (max(b.layer for b in blocks) + 1)
+        assert {b.kind for b in blocks} == {"q", "k", "v", "out", "fc1", "fc2"}
+    for block in linears:
+        assert isinstance(towers.module.get_submodule(block.module), torch.nn.Linear), block
     with torch.enable_grad():
         features, activations = towers.saliency_pass(pixels.clone().requires_grad_(True))
         features[:, 0].sum().backward()

@@ -62,7 +62,7 @@ def test_before_training_the_logits_are_zero_shot_exactly(backbone: Any, shapes:
 def test_scoring_encodes_the_class_texts_once_per_adapter_state(
     backbone: Any, shapes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fewclip.heads.encoders.clip_lora as module
+    import fewclip.heads.encoders.tuned_towers as module
 
     head = ClipLoraHead(config()).fit(task(backbone, shapes), shapes["train"], shapes["val"])
     pixels = pixels_of(backbone, shapes["test"])

@@ -41,6 +41,7 @@ BUILTIN_ORDER = [
     "clip_lora",
     "maple",
     "promptsrc",
+    "clip_svd",
 ]
 
 NEAREST_MEAN_MODULE = '''
@@ -237,6 +238,7 @@ def test_what_the_report_says_of_a_head_is_declared_on_it() -> None:
         "prograd": "ProGrad",
         "clip_lora": "CLIP-LoRA",
         "promptsrc": "PromptSRC",
+        "clip_svd": "CLIP-SVD",
     }
     assert own_declaration(HEADS.get("kgcoop"), "published_as") == "KgCoOp"  # its own, not CoOp's inherited
     assert paper_method("coop@n4") is None  # a variant is not the paper's method

@@ -106,6 +106,12 @@ class PlainClip:
         """``CLIP.logit_scale.exp()``."""
         return self.weights["logit_scale"].exp()
 
+    def logits(self, token_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, C) ``logit_scale * image @ text.T`` of the normalised features (the references' training logits)."""
+        text = normalize(self.encode_text(token_ids))
+        image = normalize(self.encode_image(pixels))
+        return self.logit_scale * image @ text.T
+
 
 def words_prompts(
     clip: PlainClip, tokenizer: Any, ctx_init: str, n_ctx: int, classnames: list[str]

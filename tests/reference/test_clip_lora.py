@@ -43,7 +43,8 @@ from fewclip.training.image_batches import epoch_order
 from fewclip.heads.encoders.lora_layers import adapter_state, lora_towers
 
 from tests.heads.image_tasks import pixels_of
-from tests.reference.plain_clip import PlainClip, normalize
+from tests.reference.lora_loop import run_lora_loop
+from tests.reference.plain_clip import PlainClip
 
 SEED = 3
 TEMPLATE = "a photo of a {}."  # every dataset's ``template[0]`` in CLIP-LoRA's datasets/*.py
@@ -108,9 +109,7 @@ class LoraReference:
         return F.linear(x, weight + self.update(name), bias)  # merged (eval, or no dropout: merge_lora_param)
 
     def logits(self, token_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        text = normalize(self.clip.encode_text(token_ids))
-        image = normalize(self.clip.encode_image(pixels))
-        return self.clip.logit_scale * image @ text.T
+        return self.clip.logits(token_ids, pixels)
 
 
 def reference_run(
@@ -121,29 +120,10 @@ def reference_run(
     labels: torch.Tensor,
     orders: list[list[int]],
 ) -> list[float]:
-    """``run_lora``'s training loop; ``orders[e]`` is epoch e's shuffled order. Returns the rate each epoch
-    starts at."""
-    total_iters = args.n_iters * args.shots
-    optimizer = torch.optim.AdamW(model.parameters(), weight_decay=1e-2, betas=(0.9, 0.999), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_iters, eta_min=1e-6)
-    count_iters, epoch, epoch_rates = 0, 0, []
-    while count_iters < total_iters:
-        model.training = True
-        epoch_rates.append(scheduler.get_last_lr()[0])
-        order = orders[epoch]
-        for batch in [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]:  # drop_last=False
-            logits = model.logits(token_ids, pixels[batch])  # the texts re-encoded every iteration
-            loss = F.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            count_iters += 1
-            if count_iters == total_iters:
-                break
-        epoch += 1
-    model.training = False
-    return epoch_rates
+    """``run_lora``'s training loop (weight decay 1e-2); ``orders[e]`` is epoch e's shuffled order. Returns the
+    rate each epoch starts at."""
+    inputs = (token_ids, pixels, labels)
+    return run_lora_loop(model, args.n_iters * args.shots, args.batch_size, args.lr, 1e-2, inputs, orders)
 
 
 def reference_name(peft_name: str) -> tuple[str, str]:

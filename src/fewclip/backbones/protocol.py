@@ -13,7 +13,7 @@ declares what it ``needs``, and a head that cannot run on the chosen library is 
 config is loaded (``backbones.capabilities``):
 
 - ``lora_targets``: ``tunable_towers()``, a trainable copy of both towers whose attention projections
-  LoRA may wrap (``TunableTowers``);
+  LoRA may wrap and whose blocks' weight matrices CLIP-SVD may factor (``TunableTowers``);
 - ``deep_prompts``: ``deep_prompt_towers()``, both towers run with prompts replacing token rows between
   their layers (MaPLe; TCP's class-aware tokens at one middle text layer; ``DeepPromptTowers``);
 - ``image_tokens``: ``image_tokens(pixels)``, the image tower's output tokens (captioning).
@@ -26,6 +26,7 @@ every registered backbone and each capability it offers.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -80,7 +81,8 @@ class PromptTower(Protocol):
 
 
 CAPABILITIES: dict[str, str] = {
-    "lora_targets": "a trainable copy of both towers whose attention projections LoRA may wrap (tunable_towers)",
+    "lora_targets": "a trainable copy of both towers whose attention projections LoRA may wrap and whose blocks' "
+    "linear layers may be replaced (tunable_towers)",
     "deep_prompts": "both towers run with prompts replacing token rows between layers (deep_prompt_towers)",
     "vision_prompts": "the image tower takes prompt tokens between its layers (a ViT read at its class token)",
     "image_tokens": "the image tower's output tokens, a global token then the patches (image_tokens)",
@@ -97,6 +99,16 @@ class NotOffered(ValueError):
             f"the {library} backbone does not offer {capability} ({CAPABILITIES[capability]})"
             + (f": {why}" if why else "; choose another model.library for the method that needs it")
         )
+
+
+@dataclass(frozen=True)
+class BlockLinear:
+    """One ``nn.Linear`` of a transformer block of a ``TunableTowers`` copy (what CLIP-SVD factors)."""
+
+    tower: str  # "text" or "vision"
+    layer: int  # the block's index in its tower, 0 first
+    kind: str  # "q", "k", "v", "out" (attention projections), "fc1", "fc2" (the MLP's two layers)
+    module: str  # its dotted name in ``TunableTowers.module`` (``get_submodule``)
 
 
 @runtime_checkable
@@ -123,6 +135,10 @@ class TunableTowers(Protocol):
 
     def checkpoint_activations(self) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (less memory)."""
+
+    def block_linears(self) -> list[BlockLinear]:
+        """Every separate ``nn.Linear`` of every block of both towers (q, k, v, out, fc1, fc2), text tower first;
+        not the towers' final projections."""
 
 
 @runtime_checkable

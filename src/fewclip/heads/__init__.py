@@ -27,6 +27,7 @@ from fewclip.heads.prompts.tcp import TcpConfig, TcpHead
 from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
 from fewclip.heads.encoders.maple import MapleConfig, MapleHead
 from fewclip.heads.encoders.promptsrc import PromptSRCConfig, PromptSRCHead
+from fewclip.heads.encoders.clip_svd import ClipSvdConfig, ClipSvdHead
 
 __all__ = [
     "FeatureSet",
@@ -69,6 +70,8 @@ __all__ = [
     "MapleHead",
     "PromptSRCConfig",
     "PromptSRCHead",
+    "ClipSvdConfig",
+    "ClipSvdHead",
     "GdaConfig",
     "GdaHead",
     "TaskResConfig",

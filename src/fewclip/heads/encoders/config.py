@@ -1,9 +1,10 @@
 """The training options every head that tunes inside the encoders shares (clip_lora, maple, promptsrc): batch
 and accumulation, autocast precision, augmentation, in-epoch checkpoints, gradient checkpointing and whether an
 epoch drops its last partial batch (``EncoderTrainingOptions``); epoch selection for the heads that keep one
-epoch (``EncoderTrainingConfig``: clip_lora, maple); Dassl's SGD schedule for the heads whose reference trains
-through Dassl (``DasslTrainingConfig``: maple, promptsrc). Each head's block subclasses one, changes defaults
-and adds its own keys (the method's own)."""
+epoch (``EncoderTrainingConfig``: clip_lora, maple, clip_svd); CLIP-LoRA's AdamW loop (``AdamWTrainingConfig``:
+clip_lora, clip_svd); Dassl's SGD schedule for the heads whose reference trains through Dassl
+(``DasslTrainingConfig``: maple, promptsrc). Each head's block subclasses one, changes defaults and adds its own
+keys (the method's own)."""
 
 from __future__ import annotations
 
@@ -133,4 +134,26 @@ class DasslTrainingConfig(EncoderTrainingOptions):
             warmup_lr=self.warmup_lr,
             steps_per_epoch=steps_per_epoch,
             **keep,
+        )
+
+
+class AdamWTrainingConfig(EncoderTrainingConfig):
+    """The block of a head trained by CLIP-LoRA's loop (clip_lora, clip_svd): AdamW, a cosine to ``min_lr`` over
+    ``iterations_per_shot`` x shots steps; each head sets its own defaults."""
+
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine to min_lr over all iterations).")
+    min_lr: float = Field(1e-6, ge=0, description="The cosine schedule's final learning rate.")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay.")
+    iterations_per_shot: int = Field(500, ge=1, description="Optimiser steps = iterations_per_shot x shots.")
+    drop_last: bool = Field(
+        False,
+        description="Drop each epoch's last partial batch when there are at least "
+        "batch_size training images (Dassl's loader); false: train on it too, as the CLIP-LoRA and "
+        "CLIP-SVD loaders do (drop_last=False).",
+    )
+
+    def adamw_plan(self, shots: int) -> TrainPlan:
+        """The loop's plan for a ``shots``-shot budget: ``iterations_per_shot`` x shots AdamW steps."""
+        return self.plan(
+            self.iterations_per_shot * max(shots, 1), lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay
         )

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fewclip.backbones.protocol import Backbone, TunableTowers
-from fewclip.heads.base import normalize
+from fewclip.heads.encoders.tuned_towers import load_trained
 
 
 def lora_scaling(rank: int, alpha: float) -> float:
@@ -68,24 +68,4 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_adapter(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Put saved LoRA weights into the module of towers built by ``lora_towers`` with the same settings."""
-    expected = set(adapter_state(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-        raise ValueError(
-            f"clip_lora: saved adapter weights do not fit this model (missing {missing}, unexpected "
-            f"{extra}); the run's model or the clip_lora block changed: retrain with `fewclip train`"
-        )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in state:
-                param.copy_(state[name].to(param.device, param.dtype))
-
-
-def class_text_features(towers: TunableTowers, prompts: Sequence[str]) -> torch.Tensor:
-    """(C, d) normalised text features of the class prompts through the (tuned) text tower."""
-    return normalize(towers.text_features(prompts))
-
-
-def image_features(towers: TunableTowers, pixels: torch.Tensor) -> torch.Tensor:
-    """(n, d) normalised image features of preprocessed pixels through the (tuned) vision tower."""
-    return normalize(towers.image_features(pixels))
+    load_trained(model, state, "clip_lora")
