@@ -183,6 +183,7 @@ class ClipSvdHead(TunedTowersHead):
     paper = "Koleilat, Rivaz & Xiao, arXiv 2025 (CLIP-SVD)"
     official_code = "HealthX-Lab/CLIP-SVD"
     published_as = "CLIP-SVD"
+    paper_selection = "validation-free"  # the CLIP-LoRA loop it reuses: the last iteration, fixed settings
     config_key = "clip_svd"
     Config = ClipSvdConfig
     config: ClipSvdConfig
