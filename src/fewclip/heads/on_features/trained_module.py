@@ -8,11 +8,51 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, Task
+from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes
 from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
-from fewclip.training.features_loop import FeatureTrainSettings, unit_options, train_on_features
+from fewclip.training.features_loop import (
+    DROP_LAST_HELP,
+    VIEWS_HELP,
+    FeatureTrainSettings,
+    ViewSampling,
+    settings_of,
+    train_on_features,
+    unit_options,
+)
+from fewclip.training.schedule import SCHEDULE_HELP, Schedule
+from fewclip.training.selection import SELECT_HELP, SelectRule
+
+
+class ModuleSchedule(ConfigBlock):
+    """The schedule the CLAP authors train a module on cached features with (ZS-LP, CLIP-Adapter; CLAP is ZS-LP's):
+    SGD with momentum, one constant warm-up epoch, then Dassl's cosine, over 300 epochs of batches of 256."""
+
+    epochs: int = Field(300, ge=1, description="Epochs over the support features.")
+    batch_size: int = Field(256, ge=1, description="Support features per SGD step.")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay.")
+    warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
+    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
+    prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
+    schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
+    drop_last: bool = Field(True, description=DROP_LAST_HELP)
+    augment_views: int = Field(
+        0, ge=0, description="Train on N cached augmented views per image; 0: the plain features."
+    )
+    view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
+    select: SelectRule = Field("auto", description=SELECT_HELP)
+    calibrate: bool = Field(
+        True, description="Temperature-scale the logits on the validation split (argmax unchanged)."
+    )
+
+    def settings(self) -> FeatureTrainSettings:
+        return settings_of(self)
 
 
 def fit_module(

@@ -32,44 +32,27 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fewclip.configbase import ConfigBlock
 from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
 from fewclip.heads.prompts.lengths import ChecksTemplates
-from fewclip.training.features_loop import DROP_LAST_HELP, FeatureTrainSettings, VIEWS_HELP, ViewSampling, settings_of
 from fewclip.heads.registry import register_head
-from fewclip.training.schedule import SCHEDULE_HELP, Schedule
 from fewclip.training.selection import SELECT_HELP, SelectRule
-from fewclip.heads.on_features.trained_module import ModuleScores, fit_module
-from fewclip.heads.on_features.zero_shot import PROTOTYPES_HELP, StartPrototypes, start_prototypes
+from fewclip.heads.on_features.trained_module import ModuleSchedule, ModuleScores, fit_module
+from fewclip.heads.on_features.zero_shot import StartPrototypes, start_prototypes
 
 
-class ZsLpConfig(ConfigBlock):
+class ZsLpConfig(ModuleSchedule):
     """The `zs_lp` block: the CLAP paper's validation-free schedule."""
 
-    epochs: int = Field(300, ge=1, description="Epochs over the support features.")
-    batch_size: int = Field(256, ge=1, description="Support features per SGD step.")
-    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up (cosine-annealed).")
-    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
-    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay.")
-    warmup_epochs: int = Field(1, ge=0, description="Epochs at the constant warmup_lr before the cosine.")
-    warmup_lr: float = Field(1e-5, gt=0, description="Constant learning rate during warm-up.")
-    prototypes: StartPrototypes = Field("template_mean", description=PROTOTYPES_HELP)
-    schedule: Schedule = Field("dassl", description=SCHEDULE_HELP)
-    drop_last: bool = Field(True, description=DROP_LAST_HELP)
     augment_views: int = Field(
         0,
         ge=0,
         description="Train on N cached augmented views per image (the paper extracts 20); 0: the plain features.",
     )
-    view_sampling: ViewSampling = Field("pool", description=VIEWS_HELP)
     select: SelectRule = Field("last", description=SELECT_HELP + " The paper is validation-free: last.")
     calibrate: bool = Field(
         False,
         description="Temperature-scale the logits on the validation split (off: validation-free, as in the paper).",
     )
-
-    def settings(self) -> FeatureTrainSettings:
-        return settings_of(self)
 
 
 class PrototypeModel(nn.Module):

@@ -38,12 +38,13 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from fewclip.backbones.protocol import Backbone
 from fewclip.backbones.device import autocast_for
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.base import FeatureSet, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.config import PromptLearningConfig
 from fewclip.heads.prompts.learning import assemble, check_prompts_fit, checked_fit_inputs, starting_context
 from fewclip.training.features_loop import unit_options, train_on_features
+from fewclip.heads.prompts.base import PromptHeadBase
 from fewclip.heads.registry import register_head
 
 
@@ -66,7 +67,7 @@ class CoCoOpParams(nn.Module):
 
 
 @register_head
-class CoCoOpHead(HeadBase):
+class CoCoOpHead(PromptHeadBase):
     name = "cocoop"
     paper = "Zhou et al., CVPR 2022 (CoCoOp)"
     official_code = "KaiyangZhou/CoOp"
@@ -74,17 +75,8 @@ class CoCoOpHead(HeadBase):
     config_key = "cocoop"
     Config = CoCoOpConfig
     published_as = "CoCoOp"
-    uses_text = True
-    uses_shots = True
-    transfers = True
     needs_text_at_predict = True
-    checks_task = True
     has_differentiable_logits = True
-    uses_augmented_views = True
-    selects_epoch = True
-    calibrates = True
-
-    best_epoch_: int | None  # None: loaded from a head saved without it
 
     # -- the model -------------------------------------------------------------------------------
 

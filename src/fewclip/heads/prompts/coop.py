@@ -38,7 +38,7 @@ from torch import nn
 
 from fewclip.backbones.protocol import Backbone
 from fewclip.backbones.device import autocast_for
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize
+from fewclip.heads.base import FeatureSet, Task, normalize
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.heads.prompts.config import PromptLearningConfig
 from fewclip.heads.prompts.learning import (
@@ -49,6 +49,7 @@ from fewclip.heads.prompts.learning import (
     starting_context,
 )
 from fewclip.training.features_loop import unit_options, train_on_features
+from fewclip.heads.prompts.base import PromptHeadBase
 from fewclip.heads.registry import register_head
 from fewclip.training.selection import SELECT_HELP, SelectRule
 
@@ -134,7 +135,7 @@ class ClassTextScores:
 
 
 @register_head
-class CoOpHead(ClassTextScores, HeadBase):
+class CoOpHead(ClassTextScores, PromptHeadBase):
     name = "coop"
     paper = "Zhou et al., IJCV 2022 (CoOp)"
     official_code = "KaiyangZhou/CoOp"
@@ -142,15 +143,6 @@ class CoOpHead(ClassTextScores, HeadBase):
     config_key = "coop"
     Config = CoOpConfig
     published_as = "CoOp"
-    uses_text = True
-    uses_shots = True
-    transfers = True
-    checks_task = True
-    uses_augmented_views = True
-    selects_epoch = True
-    calibrates = True
-
-    best_epoch_: int | None  # None: loaded from a head saved without it
 
     def check(self, task: Task) -> None:
         """Fail before any training if a class prompt cannot fit the model's positions."""

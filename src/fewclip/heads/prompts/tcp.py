@@ -63,7 +63,7 @@ from torch import nn
 from fewclip.backbones.capabilities import require
 from fewclip.backbones.device import autocast_for
 from fewclip.backbones.protocol import Backbone, DeepPromptTowers
-from fewclip.heads.base import FeatureSet, HeadBase, Task, normalize, task_backbone
+from fewclip.heads.base import FeatureSet, Task, normalize, task_backbone
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.config import PromptLearningConfig
 from fewclip.heads.prompts.coop import ClassTextScores
@@ -75,6 +75,7 @@ from fewclip.heads.prompts.learning import (
     checked_fit_inputs,
     starting_context,
 )
+from fewclip.heads.prompts.base import PromptHeadBase
 from fewclip.heads.registry import register_head
 from fewclip.training.calibration import calibrate, temperature_tensor
 from fewclip.training.features_loop import FeatureTrainSettings, settings_of, train_on_features, unit_options
@@ -210,7 +211,7 @@ def zero_shot_text(backbone: Backbone, class_names: list[str], templates: list[s
 
 
 @register_head
-class TcpHead(ClassTextScores, HeadBase):
+class TcpHead(ClassTextScores, PromptHeadBase):
     name = "tcp"
     paper = "Yao et al., CVPR 2024 (TCP)"
     official_code = "htyao89/Textual-based_Class-aware_prompt_tuning"
@@ -218,17 +219,8 @@ class TcpHead(ClassTextScores, HeadBase):
     config_key = "tcp"
     Config = TcpConfig
     published_as = "TCP"
-    uses_text = True
-    uses_shots = True
-    transfers = True  # the TKE maps any class's text embedding to its tokens
-    checks_task = True
-    uses_augmented_views = True
-    selects_epoch = True
-    calibrates = True
     needs = frozenset({"deep_prompts"})
     config: TcpConfig
-
-    best_epoch_: int | None  # None: loaded from a head saved without it
 
     def check(self, task: Task) -> None:
         """Fail before any training: a backbone without deep prompts, a layer outside the text tower, a class
