@@ -174,7 +174,7 @@ def test_offline_run_lands_under_the_run_directory(
     assert table["columns"] == expected_columns and table["data"] == expected_data
 
     pngs = sorted(p.relative_to(run_dir / "results").with_suffix("") for p in (run_dir / "results").rglob("*.png"))
-    assert pngs  # confusion and reliability figures of every unit
+    assert pngs  # the confusion and reliability figures of the units the report shows, and the run's figures
     logged_images = offline / "files" / "media" / "images"
     for png in pngs:
         assert list((logged_images / png.parent).glob(f"{png.name}_*.png")), png

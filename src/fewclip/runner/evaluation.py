@@ -30,7 +30,7 @@ from fewclip.data.prepare import load_prepared
 from fewclip.data.records import Record
 from fewclip.data.sources import dataset_label
 from fewclip.data.subsample import eval_views, train_view
-from fewclip.fileio import atomic_write_bytes, read_json, write_csv, write_json
+from fewclip.fileio import atomic_write_bytes, read_csv, read_json, write_csv, write_json
 from fewclip.heads import load_head, read_head_meta
 from fewclip.runner.layout import unit_name
 from fewclip.metrics import confusion_matrix, per_class, summarize
@@ -127,10 +127,9 @@ def write_unit_artifacts(
     truth: np.ndarray,
     pred: np.ndarray,
     confidence: np.ndarray,
-    title: str,
-    figures: bool = True,
 ) -> float:
-    """Confusion matrix, confused pairs, confident mistakes and calibration of one unit; returns ECE."""
+    """Confusion matrix, confused pairs, confident mistakes and calibration of one unit; returns ECE. Their
+    figures are drawn for the units the report shows (``unit_figures``), not here."""
     matrix = confusion_matrix(truth, pred, len(names))
     write_csv(
         folder / "confusion.csv",
@@ -160,10 +159,27 @@ def write_unit_artifacts(
             for b in bins
         ),
     )
-    if figures:
-        confusion_png(matrix, names, folder / "confusion.png", title)
-        reliability_png(bins, ece, folder / "reliability.png", title)
     return ece
+
+
+def unit_figures(folder: Path, title: str, ece: float) -> None:
+    """confusion.png and reliability.png of one unit's view, from its confusion.csv and calibration.csv; skipped
+    when both figures are newer than their tables. Drawn for the unit of each method the report shows in detail
+    (the largest budget, its smallest seed: the one with saliency maps), not for every unit: matplotlib takes
+    about a quarter of a second per unit, most of the evaluate stage on small runs."""
+    tables, pngs = (
+        (folder / "confusion.csv", folder / "calibration.csv"),
+        (folder / "confusion.png", folder / "reliability.png"),
+    )
+    newest = max(path.stat().st_mtime_ns for path in tables)
+    if all(png.is_file() and png.stat().st_mtime_ns >= newest for png in pngs):
+        return
+    rows = read_csv(tables[0])
+    names = list(rows[0])[1:] if rows else []
+    matrix = np.array([[int(row[name]) for name in names] for row in rows], dtype=np.int64).reshape(len(rows), -1)
+    bins = [{key: float(value) for key, value in row.items()} for row in read_csv(tables[1])]
+    confusion_png(matrix, names, pngs[0], title)
+    reliability_png(bins, ece, pngs[1], title)
 
 
 def write_saliency(
@@ -287,8 +303,6 @@ def _evaluate_view(
         truth,
         pred,
         confidence,
-        f"{method}, {shots} shots, seed {seed}, {split}",
-        ctx.config.output.figures,
     )
     ece_raw = uncalibrated_ece(logits, float(meta.get("temperature") or 1.0), truth == pred)
     interval = wilson_interval(int((truth == pred).sum()), len(truth))  # 95% over test images
@@ -468,6 +482,18 @@ def evaluate_run(ctx: RunContext) -> Path:
     template_rows = _table(records, "templates", TEMPLATE_COLUMNS)
     if template_rows:
         write_csv(results / "zero_shot_templates.csv", TEMPLATE_COLUMNS, template_rows)
+    if ctx.config.output.figures:
+        for record in records:
+            unit = (
+                record["summary"][0]["method"],
+                int(record["summary"][0]["shots"]),
+                int(record["summary"][0]["seed"]),
+            )
+            if saliency_unit.get(unit[0]) == unit[1:]:
+                for row in record["summary"]:
+                    if row["ece"]:  # a view scored on its own test set (not the harmonic-mean row)
+                        title = f"{unit[0]}, {unit[1]} shots, seed {unit[2]}, {row['split']}"
+                        unit_figures(ctx.layout.unit_results(*unit, row["split"]), title, float(row["ece"]))
     if ctx.config.output.figures and ctx.config.output.saliency_images:
         for method, (shots, seed) in saliency_unit.items():
             _saliency(ctx, (method, shots, seed), views[0])
