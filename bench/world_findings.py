@@ -12,8 +12,10 @@ transfer to new class names).
 
 The findings it lets one check (Tip-Adapter-F > Tip-Adapter > zero-shot at low shots; CLIP-Adapter and
 linear probes weak at 1-2 shots; KgCoOp and ProGrad keep the new-class accuracy CoOp loses; TCP above KgCoOp on
-base and new classes; CLAP without validation close to validated methods) are hypotheses; this prints what
-comes out. Figures and saliency are off (output.figures=false): they cost more than the training here and
+base and new classes; CLAP without validation close to validated methods; GDA above Tip-Adapter-F and the linear
+probe; LP++ above the linear probe and level with Tip-Adapter-F; ProKeR above GDA and Tip-Adapter; TaskRes above
+zero-shot and CoOp) are hypotheses; this prints what comes out. A comparison whose heads were not both run prints
+"-". Figures and saliency are off (output.figures=false): they cost more than the training here and
 the tables do not need them.
 """
 
@@ -51,6 +53,14 @@ COMPARISONS = [
     ("coop", "zero_shot", "new"),
     ("clap", "zs_lp", "base"),
     ("clap", "clip_adapter", "base"),
+    ("gda", "tip_adapter_f", "base"),
+    ("gda", "linear_probe", "base"),
+    ("lp_pp", "linear_probe", "base"),
+    ("lp_pp", "tip_adapter_f", "base"),
+    ("proker", "gda", "base"),
+    ("proker", "tip_adapter", "base"),
+    ("taskres", "zero_shot", "base"),
+    ("taskres", "coop", "base"),
 ]
 
 

@@ -20,7 +20,10 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from fewclip.caption.tiny import toy_caption_images
+from fewclip.fileio import write_csv
 from fewclip.runner.caption_config import load_caption_config
+from fewclip.runner.caption_folder import caption_folder_config
 from fewclip.runner.captioning import embedded_caption_config
 from fewclip.runner import cli
 from fewclip.runner.config import load_config
@@ -206,6 +209,7 @@ RUN_DIRS = (
     "my_photos.yaml",  # the file `fewclip init my_photos/` writes
 )  # stand for their config.yaml (a run made elsewhere): parsed, not loaded
 IMAGE_FOLDERS = ("my_photos/",)  # the reader's images: a shapes folder stands in, and its config is built
+CAPTION_FOLDERS = ("my_captions/",)  # the reader's captioned images: toy images + captions.csv stand in
 ALTERNATIVES = ("prepare|features|train|evaluate|report", "prepare|encode|train|evaluate|report")  # one command each
 
 
@@ -257,7 +261,14 @@ def test_bash_fewclip_lines_parse_and_their_configs_validate(page: Path, tmp_pat
             args = parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{name(page)}: command does not parse: fewclip {' '.join(argv)}")
-        if args.command == "caption" and args.caption_command != "predict" and args.config not in RUN_DIRS:
+        if args.command == "caption" and getattr(args, "config", None) in CAPTION_FOLDERS:
+            folder = tmp_path / args.config
+            if not folder.is_dir():
+                pairs = toy_caption_images(folder, per_colour=1)
+                write_csv(folder / "captions.csv", ("path", "caption"), [(p.name, c) for p, c in pairs])
+            base = caption_folder_config(folder, args.overrides, tmp_path / "cache")
+            load_caption_config(None, args.overrides, base=base)
+        elif args.command == "caption" and args.caption_command != "predict" and args.config not in RUN_DIRS:
             config = None if args.config in (None, "default") else str(REPO / args.config)
             base = embedded_caption_config(tmp_path / "cache") if config is None else None
             load_caption_config(config, args.overrides, base=base)  # raises ConfigError on a bad key or value

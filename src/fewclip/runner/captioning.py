@@ -33,6 +33,7 @@ from fewclip.fileio import read_csv, remove_stale_temporaries, write_csv, write_
 from fewclip.interrupt import Progress
 from fewclip.report.caption_page import write_caption_report
 from fewclip.runner.caption_config import CaptionConfig, load_caption_config
+from fewclip.runner.caption_folder import caption_folder_config, is_caption_folder
 from fewclip.runner.caption_context import CaptionRun, fit_key, saved_fit_key
 from fewclip.runner.caption_evaluation import evaluate_run
 from fewclip.runner.run_dir import RunDirRules
@@ -298,5 +299,8 @@ CAPTIONING = RunTask(
     check=check,
     outcome=outcome,
     folder_words=("caption run", "caption YAML config"),
+    folder_config=caption_folder_config,
+    is_input_folder=is_caption_folder,
+    input_folder_words=("a folder of captioned images", "its images and one path,caption CSV or COCO JSON"),
     stage_log="caption %s done in %.1fs",
 )

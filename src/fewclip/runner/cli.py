@@ -349,13 +349,13 @@ def _split_config_arg(task: RunTask, config: str | None, overrides: list[str], c
         resolved = Path(config) / "config.yaml"
         run, config_file = task.folder_words
         if not resolved.is_file():
-            if task.folder_config is not None and is_image_folder(Path(config)):
+            if task.folder_config is not None and task.is_input_folder(Path(config)):
                 return ConfigArgument(None, overrides, Path(config))
-            images = ", nor a folder of images (<class>/<image>, or train/ and test/ of them)"
+            kind, shape = task.input_folder_words
             raise ConfigError(
                 f"{config} is a folder without config.yaml, so not a fewclip {run} directory"
-                f"{images if task.folder_config is not None else ''}; give a {config_file} or a {run} directory"
-                f"{', or a folder of images' if task.folder_config is not None else ''}"
+                f"{f', nor {kind} ({shape})' if task.folder_config is not None else ''}; give a {config_file} or a "
+                f"{run} directory{f', or {kind}' if task.folder_config is not None else ''}"
             )
         check_run_kind(Path(config), task.kind, f"{command} {config}")
         return ConfigArgument(str(resolved), [f"output.dir={config}", *overrides])

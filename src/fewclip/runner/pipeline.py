@@ -35,7 +35,7 @@ from fewclip.data.eval_targets import encode_targets, prepare_targets
 from fewclip.report.html import build_report
 from fewclip.runner.demo import embedded_config
 from fewclip.runner.evaluation import evaluate_run
-from fewclip.runner.folder_config import folder_config
+from fewclip.runner.folder_config import folder_config, is_image_folder
 from fewclip.runner.run_dir import CLASSIFICATION_RULES
 from fewclip.runner.run_context import (
     AUGMENT_SEED,
@@ -359,6 +359,7 @@ CLASSIFICATION = RunTask(
     embedded_config=embedded_config,
     rules=CLASSIFICATION_RULES,
     folder_config=folder_config,
+    is_input_folder=is_image_folder,
     check=check,
     outcome=outcome,
     distributed=True,

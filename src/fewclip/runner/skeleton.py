@@ -100,6 +100,10 @@ class RunTask:
     # a folder of images given where the config goes: its base config, given (folder, overrides, cache folder);
     # None: the task takes no such folder
     folder_config: Callable[[Path, Sequence[str], Path], dict[str, Any]] | None = None
+    # whether a folder given where the config goes is such a folder (not a run directory); with folder_config
+    is_input_folder: Callable[[Path], bool] = lambda folder: False
+    # how messages name such a folder, and its shape
+    input_folder_words: tuple[str, str] = ("a folder of images", "<class>/<image>, or train/ and test/ of them")
     folder_words: tuple[str, str] = ("run", "YAML config file")  # how messages name its run directory and config
     stage_log: str = "%s done in %.1fs"  # the line logged as each stage ends (its name, its seconds)
     distributed: bool = False  # joins a torchrun job (rank 0 alone writes shared files)
