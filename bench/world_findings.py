@@ -58,6 +58,7 @@ COMPARISONS = [
     ("lp_pp", "linear_probe", "base"),
     ("lp_pp", "tip_adapter_f", "base"),
     ("proker", "gda", "base"),
+    ("proker", "linear_probe", "base"),
     ("proker", "tip_adapter", "base"),
     ("taskres", "zero_shot", "base"),
     ("taskres", "coop", "base"),
