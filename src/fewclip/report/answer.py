@@ -221,6 +221,8 @@ class Answer:
     alpha: float = ALPHA
     headline: str = ""
     baselines: dict[str, float] = field(default_factory=dict)
+    plain: list[str] = field(default_factory=list)  # the first screen's sentences (``first_screen.plain_answer``)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # one row per method (``first_screen``)
 
     def primary(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.split == self.split and v.best is not None]
@@ -387,6 +389,8 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     """What ``results/answer.json`` holds: the headline, the rule's parameters, each budget's sentence."""
     return {
         "headline": answer.headline,
+        "plain": answer.plain,
+        "leaderboard": answer.leaderboard,
         "split": answer.split,
         "metric": answer.metric,
         "metric_reason": answer.metric_reason,
