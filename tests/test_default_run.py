@@ -59,10 +59,7 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(
     probe = by_unit[("linear_probe", "base")]
     assert float(probe["accuracy"]) > zero_shot["base"] + 0.15, (probe["accuracy"], zero_shot)
     assert float(probe["acc_low"]) > float(by_unit[("zero_shot", "base")]["acc_high"])
-    assert (
-        max(float(by_unit[(m, "base")]["accuracy"]) for m in ("gda", "linear_probe"))
-        > zero_shot["base"] + 0.15
-    )
+    assert max(float(by_unit[(m, "base")]["accuracy"]) for m in ("gda", "linear_probe")) > zero_shot["base"] + 0.15
 
     report = (run_dir / "report.html").read_text()
     assert all(name in report for name in DEFAULT_METHODS)

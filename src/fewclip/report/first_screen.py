@@ -132,18 +132,18 @@ def plain_answer(answer: Answer, accuracy: Sequence[dict[str, Any]], evidence: E
     top = max(verdicts, key=lambda v: v.shots) if verdicts else None
     if top is not None and top.best is not None and any(v.shots < top.shots for v in verdicts):
         best = top.best
-        if best is chosen or (best["method"], best["shots"]) == (rec["method"], rec["shots"]):
-            sentences.append(f"No head trained on {top.shots} shots has a higher mean.")
-        elif rec["shots"] < top.shots:
+        if rec["shots"] == top.shots:
+            sentences.append(
+                f"Fewer shots do worse: no cheaper head is statistically as good (paired test, alpha = {answer.alpha})."
+            )
+        elif (best["method"], best["shots"]) == (rec["method"], rec["shots"]):
+            sentences.append(f"No head trained on up to {top.shots} shots has a higher mean.")
+        else:
             test = compare(evidence, best, chosen, split, metric)
             tested = f" ({p_text(test.p_value)})" if test is not None else ""
             sentences.append(
                 f"More shots do not help significantly on these {size}: the best at {top.shots} shots, "
                 f"{best['method']} with {pct1(best[f'{metric}_mean'])}, is not significantly higher{tested}."
-            )
-        else:
-            sentences.append(
-                f"Every head with fewer shots is significantly below it (paired test, alpha = {answer.alpha})."
             )
     if top is not None and top.best is not None and len(top.ranked) > 1:
         tied = [r["method"] for r in top.indistinguishable()]

@@ -71,12 +71,12 @@ def answer_section(answer: Answer) -> str:
 
 
 def accuracy_plot_section(page: Page, accuracy: list[dict[str, Any]]) -> str:
-    """Every split's small multiples; with one split the figure at the top is the whole of it."""
+    """The other splits' small multiples (the answer's split is the figure at the top of the report)."""
     if not accuracy:
         return '<p class="note">No results.</p>'
     if len({r["split"] for r in accuracy}) < 2:
         return '<p class="note">One split: the figure at the top of the report shows it.</p>'
-    return "<p>Each split, one panel per trained method (as at the top).</p>" + page.image(
+    return "<p>The other splits, one panel per trained method, as in the figure at the top.</p>" + page.image(
         accuracy_plot_path(page.layout), "accuracy vs shots"
     )
 

@@ -21,7 +21,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { border-bottom: 3px solid #4c72b0; padding-bottom: .3em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ccd; padding-bottom: .2em; }
 h1 { font-size: 1.6em; margin: 0 0 .3em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.9em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.9em; display: block; max-width: 100%;
+        overflow-x: auto; }  /* a table wider than the column (30 classes) scrolls inside it */
 th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; vertical-align: middle; }
 th { background: #eef1f7; }
 td.text, th.text { text-align: left; }
