@@ -489,10 +489,21 @@ def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("methods=[zero_shot,linear_probe,tip_adapter,zs_lp]",),
+        ("methods=[zero_shot,coop]", "coop.n_ctx=4", "coop.epochs=3", "splits.subsample=base2new"),
+    ],
+    ids=["test-split", "base-to-new"],
+)
 def test_first_screen_holds_the_answer_the_figure_and_the_leaderboard_and_nothing_overflows(
-    run_report, tmp_path: Path
+    run_report, tmp_path: Path, overrides: tuple[str, ...]
 ) -> None:
-    config, layout = run_report("methods=[zero_shot,linear_probe,tip_adapter,zs_lp]")
+    config, layout = run_report(*overrides)
+    two_sided = "splits.subsample=base2new" in overrides  # the headline on hm; base and new in the section below
+    assert json.loads(layout.answer.read_text())["split"] == ("hm" if two_sided else "test")
+    assert (layout.aggregate / "accuracy_vs_shots.png").is_file() == two_sided
     width, height = FIRST_SCREEN_PX
     probed = tmp_path / "probed.html"
     probed.write_text(layout.report.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"))
