@@ -302,7 +302,7 @@ def test_first_screen_is_the_answer_the_headline_figure_and_a_leaderboard_read_f
         "method",
         "best budget (shots)",
         "accuracy (95% interval)",
-        "vs zero-shot",
+        "vs zero-shot (points)",
         "trainable params",
     ]
     assert [[r[0].replace(" recommended", ""), *r[1:5]] for r in rows[1:]] == [list(e[1:]) for e in expected]
@@ -419,7 +419,11 @@ def test_base_to_new_report_without_figures(run_report) -> None:
         "—",
         "—",
     ] in rows
-    assert "on the harmonic mean of base and new" in text.split("</p>", 2)[1]  # the headline speaks of hm
+    glance = text[: text.index("<details")]
+    assert "on the harmonic mean of base and new" in glance.split('<div id="answer">', 1)[1].split("</p>", 1)[0]
+    assert "No result on the harmonic mean of base and new, so not ranked: linear_probe (see below).</p>" in glance
+    statistics = text[text.index('<details id="statistics">') :]
+    assert '<p class="headline">On the harmonic mean of base and new' in statistics.split("</p>", 1)[0]
 
 
 # --- a real browser ------------------------------------------------------------------------------------------

@@ -91,10 +91,15 @@ class Verdict:
 
     def indistinguishable(self) -> list[dict[str, Any]]:
         """The best and every candidate not significantly below it."""
-        return [r for r in self.ranked if r is self.best or not _below(self.tests.get(r["method"]), self.alpha)]
+        return [
+            r
+            for r in self.ranked
+            if r is self.best or not significantly_better(self.tests.get(r["method"]), self.alpha)
+        ]
 
 
-def _below(test: PairedTest | None, alpha: float) -> bool:
+def significantly_better(test: PairedTest | None, alpha: float) -> bool:
+    """Whether the paired test of A against B finds A significantly better (untested: no)."""
     return test is not None and test.difference > 0 and test.significant(alpha)
 
 

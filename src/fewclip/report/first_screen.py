@@ -8,13 +8,19 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from fewclip.report.aggregate import find_row, metric_interval
-from fewclip.report.answer import METRIC_NAMES, SPLIT_NAMES, Answer, and_list, compare, p_text
+from fewclip.report.answer import (
+    METRIC_NAMES,
+    SPLIT_NAMES,
+    Answer,
+    UnitKey,
+    and_list,
+    compare,
+    p_text,
+    significantly_better,
+)
 from fewclip.report.evidence import Evidence
 from fewclip.report.figures import shot_free_methods
 from fewclip.report.html_kit import esc, table
-from fewclip.stats import PairedTest
-
-UnitKey = tuple[str, int]  # (method, shots)
 
 
 def unit_train_seconds(summary: Sequence[dict[str, str]]) -> dict[UnitKey, float]:
@@ -56,10 +62,6 @@ def best_rows(accuracy: Sequence[dict[str, Any]], split: str, metric: str) -> li
     return sorted(best.values(), key=lambda r: -r[f"{metric}_mean"])
 
 
-def significantly_above(test: PairedTest | None, alpha: float) -> bool:
-    return test is not None and test.difference > 0 and test.significant(alpha)
-
-
 def leaderboard(
     answer: Answer,
     accuracy: Sequence[dict[str, Any]],
@@ -92,7 +94,7 @@ def leaderboard(
                 "trainable_params": params.get(key),
                 "train_seconds": train_seconds.get(key),
                 "vs_top": None if test is None else {"difference": test.difference, "p_value": test.p_value},
-                "below_top": significantly_above(test, answer.alpha),
+                "below_top": significantly_better(test, answer.alpha),
                 "recommended": (rec.get("method"), rec.get("shots")) == key,
             }
         )
@@ -124,7 +126,7 @@ def plain_answer(answer: Answer, accuracy: Sequence[dict[str, Any]], evidence: E
         test = compare(evidence, chosen, zero, split, metric)
         gain = f"{points(chosen[f'{metric}_mean'] - zero[f'{metric}_mean'])} over {baseline}"
         verdict = "" if test is None else (", " + p_text(test.p_value))
-        if test is not None and not significantly_above(test, answer.alpha):
+        if test is not None and not significantly_better(test, answer.alpha):
             verdict += ", not a significant gain"
         reach += f", {gain}{verdict}"
     sentences = [opening + reach + "."]
@@ -192,19 +194,27 @@ def leaderboard_html(answer: Answer, colours: dict[str, str]) -> str:
         "method",
         "best budget (shots)",
         f"{metric} (95% interval)",
-        "vs zero-shot",
+        "vs zero-shot (points)",
         "trainable params",
         "train time",
         "paired test vs the top",
     ]
-    board = table(header, rows, "leaderboard", (0, 6)).replace(
-        '<table class="leaderboard">', '<table id="leaderboard" class="leaderboard">', 1
-    )
-    return board
+    return table(header, rows, "leaderboard", (0, 6), element_id="leaderboard")
+
+
+def absent_note(answer: Answer, methods: Sequence[str]) -> str:
+    """Which methods the leaderboard lacks (no result on its split: a linear probe has no new classes, so no hm)."""
+    ranked = {r["method"] for r in answer.leaderboard}
+    absent = [m for m in methods if m not in ranked]
+    if not absent or answer.split is None:
+        return ""
+    where = SPLIT_NAMES.get(answer.split, answer.split)
+    return f'<p class="note">No result on the {esc(where)}, so not ranked: {esc(", ".join(absent))} (see below).</p>'
 
 
 def first_screen_html(answer: Answer, figure: str, colours: dict[str, str]) -> str:
-    """The answer, the headline figure (``figure``: its <img> or a note) and the leaderboard."""
+    """The answer, the headline figure (``figure``: its <img> or a note) and the leaderboard, with the methods
+    that have no result on the answer's split named under it (``colours`` holds every method of the run)."""
     sentences = "".join(f"<p>{esc(s)}</p>" for s in answer.plain)
     where = SPLIT_NAMES.get(answer.split or "", answer.split or "")
     caption = (
@@ -216,5 +226,6 @@ def first_screen_html(answer: Answer, figure: str, colours: dict[str, str]) -> s
         f'<section id="glance"><div id="answer">{sentences}</div>'
         f'<figure id="headline-figure">{figure}<figcaption class="note">{esc(caption)}</figcaption></figure>'
         + (leaderboard_html(answer, colours) if answer.leaderboard else "")
+        + absent_note(answer, list(colours))
         + "</section>"
     )

@@ -105,7 +105,11 @@ def titled_table(
 
 
 def table(
-    header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "", text_columns: Sequence[int] = (0,)
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    css_class: str = "",
+    text_columns: Sequence[int] = (0,),
+    element_id: str = "",
 ) -> str:
     """Cells are HTML already (callers escape); columns in ``text_columns`` align left, numbers right."""
 
@@ -114,7 +118,8 @@ def table(
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    named = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<table{named} class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def mean_std_text(mean: float, std: float) -> str:
