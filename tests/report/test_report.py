@@ -22,7 +22,8 @@ from fewclip.runner import pipeline
 from fewclip.runner.cli import main
 from fewclip.fileio import read_csv, write_csv
 from fewclip.runner.layout import RunLayout
-from fewclip.report.aggregate import accuracy_table, mean_std
+from fewclip.report.aggregate import accuracy_table, constant_baseline, mean_std, metric_interval, read_accuracy_table
+from fewclip.stats import wilson_interval
 from fewclip.report.html import build_report
 from fewclip.report.html_kit import thumbnail
 
@@ -185,7 +186,7 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)|url\(|@import|<link""", text, re.I)
     # figures, one per unit shown, the plots, and thumbnails of the mistakes
     for name in (
-        "accuracy vs shots",
+        "headline: accuracy vs shots",
         "linear_probe training curves",
         "linear_probe confusion matrix",
         "zero_shot reliability diagram",
@@ -196,10 +197,11 @@ def test_report_opens_with_the_answer_has_every_section_and_is_self_contained(ru
     assert {
         "accuracy_table.csv",
         "trainable_params.csv",
-        "accuracy_vs_shots.png",
+        "headline.png",
         "training_curves-linear_probe.png",
     } <= {p.name for p in layout.aggregate.iterdir()}
     assert not (layout.aggregate / "base_new.csv").exists()
+    assert not (layout.aggregate / "accuracy_vs_shots.png").exists()  # one split: the headline figure shows it
     # every accuracy table says how each method's hyper-parameters were chosen, by its paper and by this run
     accuracy = text[text.index("Accuracy and macro-F1") : text.index("Accuracy vs shots")]
     assert accuracy.count('<th class="text">selection</th>') == len(re.findall(r"<h3>", accuracy)) >= 1
@@ -256,6 +258,76 @@ def test_report_numbers_equal_the_aggregate_csv_which_equals_summary(run_report)
         for r in read_csv(layout.aggregate / "trainable_params.csv")
     ]
     assert [p[2] for p in params] == ["0", "99", "99"]  # zero-shot; 32-dim features x 3 classes + 3 biases
+
+
+def test_first_screen_is_the_answer_the_headline_figure_and_a_leaderboard_read_from_the_tables(run_report) -> None:
+    config, layout = run_report()
+    text = layout.report.read_text(encoding="utf-8")
+    glance = text[text.index('<section id="glance">') : text.index("</section>")]
+    assert text.index("</section>") < text.index("<details")  # everything else comes after it, collapsible
+    assert text.count("<details") == len(SECTIONS) and '<details id="statistics"><summary><h2>The answer' in text
+    answer = json.loads(layout.answer.read_text())
+    assert 1 <= len(answer["plain"]) <= 3
+    assert (
+        glance.index('<div id="answer">')
+        < glance.index('<figure id="headline-figure">')
+        < glance.index('id="leaderboard"')
+    )
+    assert "".join(f"<p>{html.escape(s)}</p>" for s in answer["plain"]) in glance
+    table = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
+    params = {
+        (r["method"], int(r["shots"])): int(r["trainable_params"])
+        for r in read_csv(layout.aggregate / "trainable_params.csv")
+    }
+    zero = next(r["accuracy_mean"] for r in table if r["method"] == "zero_shot")
+    expected = []
+    for method in ("zero_shot", "linear_probe"):  # each method at its best budget, best first
+        best = max((r for r in table if r["method"] == method), key=lambda r: (r["accuracy_mean"], -r["shots"]))
+        low, high = wilson_interval(best["accuracy_mean"] * best["n_test"], best["n_test"])
+        gain = "—" if method == "zero_shot" else f"{100 * (best['accuracy_mean'] - zero):+.1f}"
+        shots = "zero-shot" if method == "zero_shot" else str(best["shots"])
+        expected.append(
+            (
+                best["accuracy_mean"],
+                method,
+                shots,
+                f"{100 * best['accuracy_mean']:.1f}% {100 * low:.1f}–{100 * high:.1f}%",
+                gain,
+                f"{params[(method, best['shots'])]:,}",
+            )
+        )
+    expected.sort(key=lambda e: -e[0])
+    rows = next(t for t in parse(layout.report).tables if t["class"] == "leaderboard")["rows"]
+    assert rows[0][:5] == [
+        "method",
+        "best budget (shots)",
+        "accuracy (95% interval)",
+        "vs zero-shot (points)",
+        "trainable params",
+    ]
+    assert [[r[0].replace(" recommended", ""), *r[1:5]] for r in rows[1:]] == [list(e[1:]) for e in expected]
+    recommended = json.loads(layout.recommendation.read_text())
+    assert [r[0] for r in rows[1:] if r[0].endswith(" recommended")] == [f"{recommended['method']} recommended"]
+    assert rows[1][6] == "top" and all(r[6].startswith(("below (p", "not separable (p")) for r in rows[2:])
+    first = answer["plain"][0]
+    mean = next(e[0] for e in expected if e[1] == recommended["method"])
+    assert f"{recommended['method']} reaches {100 * mean:.1f}% accuracy on the test split" in first
+    assert "18 test images" in first
+
+
+def test_hm_interval_is_the_harmonic_mean_of_the_sides_bonferroni_intervals() -> None:
+    rows = [
+        {"method": "m", "shots": 4, "split": s, "n_test": n, "accuracy_mean": a, "majority": maj, "chance": 0.1}
+        for s, n, a, maj in (("base", 100, 0.6, 0.2), ("new", 50, 0.3, 0.1), ("hm", None, 0.4, None))
+    ]
+    base, new = wilson_interval(60, 100, 0.975), wilson_interval(15, 50, 0.975)
+    low, high = metric_interval(rows, rows[2], "accuracy")  # type: ignore[misc]
+    assert low == pytest.approx(2 * base[0] * new[0] / (base[0] + new[0]))
+    assert high == pytest.approx(2 * base[1] * new[1] / (base[1] + new[1]))
+    assert low < 0.4 < high and metric_interval(rows, rows[0], "accuracy") == wilson_interval(60, 100)
+    assert constant_baseline(rows, "hm", "accuracy") == pytest.approx(2 * 0.2 * 0.1 / 0.3)
+    assert constant_baseline(rows, "base", "balanced_accuracy") == 0.1
+    assert metric_interval(rows[2:], rows[2], "accuracy") is None  # a side unknown
 
 
 def test_confusion_matrices_in_the_report_sum_to_the_test_set_and_give_the_accuracy(run_report) -> None:
@@ -347,22 +419,45 @@ def test_base_to_new_report_without_figures(run_report) -> None:
         "—",
         "—",
     ] in rows
-    assert "on the harmonic mean of base and new" in text.split("</p>", 2)[1]  # the headline speaks of hm
+    glance = text[: text.index("<details")]
+    assert "on the harmonic mean of base and new" in glance.split('<div id="answer">', 1)[1].split("</p>", 1)[0]
+    assert "No result on the harmonic mean of base and new, so not ranked: linear_probe (see below).</p>" in glance
+    statistics = text[text.index('<details id="statistics">') :]
+    assert '<p class="headline">On the harmonic mean of base and new' in statistics.split("</p>", 1)[0]
 
 
 # --- a real browser ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path) -> None:
+FIRST_SCREEN_PX = (1280, 1000)
+# Injected into a copy of the report (the report itself has no script): the first screen's boxes with every
+# <details> closed, as a reader opens the page; then, with all of them open, every rendered element whose right
+# edge passes its column (the body's content box), outside the boxes that scroll on purpose (<pre>, wide tables).
+LAYOUT_PROBE = """<script>
+const box = id => { const r = document.getElementById(id).getBoundingClientRect(); return [r.top, r.bottom]; };
+const probe = {answer: box("answer"), figure: box("headline-figure"), image: box("headline-image"),
+               leaderboard: box("leaderboard")};
+document.querySelectorAll("details").forEach(d => { d.open = true; });
+const style = getComputedStyle(document.body), body = document.body.getBoundingClientRect();
+const right = body.right - parseFloat(style.paddingRight);
+const scrolls = e => { for (let a = e.parentElement; a; a = a.parentElement) {
+  if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true; } return false; };
+probe.overflowing = [...document.body.querySelectorAll("*")]
+  .filter(e => e.getClientRects().length && !scrolls(e) && e.getBoundingClientRect().right > right + 1)
+  .map(e => e.tagName + "." + e.className);
+probe.page_scrolls = document.documentElement.scrollWidth > document.documentElement.clientWidth;
+document.body.setAttribute("data-probe", JSON.stringify(probe));
+</script>"""
+
+
+def chromium(tmp_path: Path, page: Path, *arguments: str) -> str:
+    """Run headless Chromium offline on ``page`` with ``arguments``; returns its stdout."""
     if os.environ.get("FEWCLIP_SKIP_BROWSER") == "1":
         pytest.skip("FEWCLIP_SKIP_BROWSER=1")
     browser = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
     if browser is None:
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (Debian), or set FEWCLIP_SKIP_BROWSER=1")
-    config, layout = run_report()
-    shot = tmp_path / "report.png"
-    subprocess.run(
+    done = subprocess.run(
         [
             browser,
             "--headless",
@@ -373,19 +468,66 @@ def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,2000",
-            layout.report.resolve().as_uri(),
+            *arguments,
+            page.resolve().as_uri(),
         ],
         check=True,
         capture_output=True,
         timeout=120,
+        text=True,
     )
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path) -> None:
+    config, layout = run_report()
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, layout.report, f"--screenshot={shot}", "--window-size=1200,2000")
     assert shot.is_file()
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and an embedded plot, not a blank page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("methods=[zero_shot,linear_probe,tip_adapter,zs_lp]",),
+        ("methods=[zero_shot,coop]", "coop.n_ctx=4", "coop.epochs=3", "splits.subsample=base2new"),
+    ],
+    ids=["test-split", "base-to-new"],
+)
+def test_first_screen_holds_the_answer_the_figure_and_the_leaderboard_and_nothing_overflows(
+    run_report, tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    config, layout = run_report(*overrides)
+    two_sided = "splits.subsample=base2new" in overrides  # the headline on hm; base and new in the section below
+    assert json.loads(layout.answer.read_text())["split"] == ("hm" if two_sided else "test")
+    assert (layout.aggregate / "accuracy_vs_shots.png").is_file() == two_sided
+    width, height = FIRST_SCREEN_PX
+    probed = tmp_path / "probed.html"
+    probed.write_text(layout.report.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"))
+    dom = chromium(tmp_path, probed, "--dump-dom", f"--window-size={width},{height}")
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, "the layout probe did not run"
+    probe = json.loads(html.unescape(found.group(1)))
+    for name in ("answer", "figure", "image", "leaderboard"):  # each box starts and ends on the first screen
+        top, bottom = probe[name]
+        assert 0 <= top < bottom <= height, (name, probe[name])
+    assert probe["answer"][1] <= probe["figure"][0] <= probe["figure"][1] <= probe["leaderboard"][0]
+    assert probe["image"][1] - probe["image"][0] > 150  # the figure is drawn at a readable size, not a thumbnail
+    assert probe["overflowing"] == [] and not probe["page_scrolls"]
+    shot = tmp_path / "first-screen.png"
+    chromium(tmp_path, layout.report, f"--screenshot={shot}", f"--window-size={width},{height}")
+    with Image.open(shot) as image:
+        assert image.size == FIRST_SCREEN_PX
+        top, bottom = (round(y) for y in probe["image"])
+        figure_colours = image.convert("RGB").crop((0, top, width, bottom)).getcolors(maxcolors=1 << 20)
+    assert figure_colours is not None and len(figure_colours) > 100  # the plot itself is on screen, not blank
 
 
 def test_report_says_hyper_parameters_come_from_validation_and_which_methods_use_none(make_config) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from fewclip.fileio import read_csv, write_csv
 from fewclip.runner.layout import RunLayout
-from fewclip.stats import chance_accuracy, majority_accuracy, mean_std
+from fewclip.stats import chance_accuracy, harmonic_mean, majority_accuracy, mean_std, wilson_interval
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 ACCURACY_COLUMNS = (
@@ -172,6 +172,39 @@ def read_accuracy_table(path: Path) -> list[dict[str, Any]]:
         }
         for r in read_csv(path)
     ]
+
+
+def find_row(accuracy: Sequence[dict[str, Any]], method: str, shots: int, split: str) -> dict[str, Any] | None:
+    return next((r for r in accuracy if (r["method"], r["shots"], r["split"]) == (method, shots, split)), None)
+
+
+def metric_interval(
+    accuracy: Sequence[dict[str, Any]], row: dict[str, Any], metric: str, level: float = 0.95
+) -> tuple[float, float] | None:
+    """The ``level`` interval of ``row``'s mean ``metric`` over its split's test images (Wilson; the seeds'
+    spread is the std beside it in the tables). On hm, the harmonic mean of the ends of the base and new
+    intervals at half the miss rate each: hm rises with both sides, so when both cover (probability at least
+    ``level``, Bonferroni) it covers. None where the test size or a side is unknown."""
+    if row["split"] == "hm":
+        sides = [find_row(accuracy, row["method"], row["shots"], s) for s in ("base", "new")]
+        ends = [metric_interval(accuracy, s, metric, 1 - (1 - level) / 2) if s else None for s in sides]
+        if ends[0] is None or ends[1] is None:
+            return None
+        return float(harmonic_mean(ends[0][0], ends[1][0])), float(harmonic_mean(ends[0][1], ends[1][1]))
+    mean, n = row.get(f"{metric}_mean"), row.get("n_test")
+    return wilson_interval(mean * n, n, level) if mean is not None and n else None
+
+
+def constant_baseline(accuracy: Sequence[dict[str, Any]], split: str, metric: str) -> float | None:
+    """What always answering the majority class scores on ``split``: its accuracy, or chance for balanced
+    accuracy (every class but one has recall 0); on hm, the harmonic mean of base's and new's."""
+    if split == "hm":
+        sides = [constant_baseline(accuracy, s, metric) for s in ("base", "new")]
+        return float(harmonic_mean(sides[0], sides[1])) if sides[0] is not None and sides[1] is not None else None
+    row = next((r for r in accuracy if r["split"] == split and r.get("majority") is not None), None)
+    if row is None:
+        return None
+    return float(row["majority"] if metric == "accuracy" else row["chance"])
 
 
 def _cell(value: Any) -> Any:

@@ -91,10 +91,15 @@ class Verdict:
 
     def indistinguishable(self) -> list[dict[str, Any]]:
         """The best and every candidate not significantly below it."""
-        return [r for r in self.ranked if r is self.best or not _below(self.tests.get(r["method"]), self.alpha)]
+        return [
+            r
+            for r in self.ranked
+            if r is self.best or not significantly_better(self.tests.get(r["method"]), self.alpha)
+        ]
 
 
-def _below(test: PairedTest | None, alpha: float) -> bool:
+def significantly_better(test: PairedTest | None, alpha: float) -> bool:
+    """Whether the paired test of A against B finds A significantly better (untested: no)."""
     return test is not None and test.difference > 0 and test.significant(alpha)
 
 
@@ -221,6 +226,8 @@ class Answer:
     alpha: float = ALPHA
     headline: str = ""
     baselines: dict[str, float] = field(default_factory=dict)
+    plain: list[str] = field(default_factory=list)  # the first screen's sentences (``first_screen.plain_answer``)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # one row per method (``first_screen``)
 
     def primary(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.split == self.split and v.best is not None]
@@ -387,6 +394,8 @@ def answer_json(answer: Answer) -> dict[str, Any]:
     """What ``results/answer.json`` holds: the headline, the rule's parameters, each budget's sentence."""
     return {
         "headline": answer.headline,
+        "plain": answer.plain,
+        "leaderboard": answer.leaderboard,
         "split": answer.split,
         "metric": answer.metric,
         "metric_reason": answer.metric_reason,

@@ -17,7 +17,8 @@ from fewclip.runner.run_context import head_class
 from fewclip.report.aggregate import class_supports, read_accuracy_table, split_key, write_aggregates
 from fewclip.report.answer import SPLIT_NAMES, Answer, answer_json, build_answer, pct, seeds, sentence, unit_table
 from fewclip.report.evidence import read_evidence
-from fewclip.report.figures import accuracy_plot_path, curves_path, write_figures
+from fewclip.report.figures import accuracy_plot_path, curves_path, headline_plot_path, method_colours, write_figures
+from fewclip.report.first_screen import first_screen_html, leaderboard, plain_answer, unit_train_seconds
 from fewclip.report.html_kit import CSS, ArtifactPage, esc, mean_std_text, table, thumbnail, titled_table
 from fewclip.report.missing import missing_splits, missing_units
 from fewclip.report.protocols import protocols_html, write_protocol_tables
@@ -34,12 +35,12 @@ class Page(ArtifactPage):
         self.figures = config.output.figures
         self.saliency_images = config.output.saliency_images
 
-    def image(self, path: Path, alt: str) -> str:
+    def image(self, path: Path, alt: str, element_id: str = "") -> str:
         """As ``ArtifactPage.image``; with output.figures off nothing is embedded: a PNG left by an earlier
         run may not match the CSVs."""
         if not self.figures:
             return f'<p class="note">{esc(alt)}: no figure (output.figures is false)</p>'
-        return super().image(path, alt)
+        return super().image(path, alt, element_id)
 
 
 # --- sections ------------------------------------------------------------------------------------------------
@@ -67,6 +68,17 @@ def answer_section(answer: Answer) -> str:
         parts += [f"<li>{esc(sentence(v))}</li>" for v in answer.verdicts if v.split == split]
         parts.append("</ul>")
     return "".join(parts)
+
+
+def accuracy_plot_section(page: Page, accuracy: list[dict[str, Any]]) -> str:
+    """The other splits' small multiples (the answer's split is the figure at the top of the report)."""
+    if not accuracy:
+        return '<p class="note">No results.</p>'
+    if len({r["split"] for r in accuracy}) < 2:
+        return '<p class="note">One split: the figure at the top of the report shows it.</p>'
+    return "<p>The other splits, one panel per trained method, as in the figure at the top.</p>" + page.image(
+        accuracy_plot_path(page.layout), "accuracy vs shots"
+    )
 
 
 def missing_section(config: Config, summary: list[dict[str, str]], missing_files: list[str]) -> str:
@@ -391,11 +403,14 @@ def details_section(page: Page, summary: list[dict[str, str]]) -> str:
 def write_answer(
     layout: RunLayout, accuracy: list[dict[str, Any]], config: Config, summary: list[dict[str, str]]
 ) -> Answer:
-    """Compute the answer once; write results/answer.json and results/recommendation.json (read by predict)."""
+    """Compute the answer once (with the first screen's sentences and leaderboard); write results/answer.json and results/recommendation.json (read by predict)."""
     per_class = layout.results / "per_class.csv"
     supports = class_supports(read_csv(per_class)) if per_class.is_file() else {}
     params, unit_seeds = unit_table(summary)
-    answer = build_answer(accuracy, config.few_shot.shots, read_evidence(layout, summary), supports, params, unit_seeds)
+    evidence = read_evidence(layout, summary)
+    answer = build_answer(accuracy, config.few_shot.shots, evidence, supports, params, unit_seeds)
+    answer.plain = plain_answer(answer, accuracy, evidence)
+    answer.leaderboard = leaderboard(answer, accuracy, evidence, params, unit_train_seconds(summary))
     write_json(layout.answer, answer_json(answer))
     if answer.recommendation is not None:
         write_json(
@@ -421,18 +436,14 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
     summary = read_csv(layout.summary)
     accuracy = read_accuracy_table(layout.aggregate / "accuracy_table.csv")
     answer = write_answer(layout, accuracy, config, summary)
+    rec = answer.recommendation
     if config.output.figures:
-        write_figures(layout, {v.split: v.metric for v in answer.verdicts})
+        recommended = (rec["method"], rec["shots"]) if rec is not None else None
+        write_figures(layout, {v.split: v.metric for v in answer.verdicts}, answer.split, recommended)
     page = Page(layout, config)
     body = [
         ("accuracy", "Accuracy and macro-F1 by method and shots", accuracy_section(accuracy, config, answer)),
-        (
-            "accuracy-plot",
-            "Accuracy vs shots",
-            page.image(accuracy_plot_path(layout), "accuracy vs shots")
-            if accuracy
-            else '<p class="note">No results.</p>',
-        ),
+        ("accuracy-plot", "Accuracy vs shots", accuracy_plot_section(page, accuracy)),
     ]
     if (layout.aggregate / "base_new.csv").is_file():
         body.append(("base-new", "Base / new / harmonic mean", base_new_section(page, config, summary)))
@@ -452,12 +463,20 @@ def build_report(run_dir: Path, config: Config | None = None) -> Path:
         ("details", "Per-method details", details_section(page, summary)),
         ("config", "Resolved config", config_section(page, given)),
     ]
-    opening = [("answer", "The answer", answer_section(answer))]
+    figure = (
+        page.image(headline_plot_path(layout), "headline: accuracy vs shots", "headline-image")
+        if accuracy
+        else '<p class="note">No results.</p>'
+    )
+    glance = first_screen_html(answer, figure, method_colours([r["method"] for r in accuracy]))
+    opening = [("statistics", "The answer", answer_section(answer))]
     notice = missing_section(config, summary, page.missing_files)
     if notice:
         opening.append(("missing", "What is missing", notice))
-    sections = "".join(
-        f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>' for key, title, content in opening + body
+    sections = glance + "".join(
+        f'<details id="{key}"{" open" if key == "missing" else ""}><summary><h2>{esc(title)}</h2></summary>'
+        f"{content}</details>"
+        for key, title, content in opening + body
     )
     document = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -20,7 +20,9 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
        color: #1d2330; background: #fff; line-height: 1.45; padding: 0 1em; }
 h1 { border-bottom: 3px solid #4c72b0; padding-bottom: .3em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ccd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.9em; }
+h1 { font-size: 1.6em; margin: 0 0 .3em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.9em; display: block; max-width: 100%;
+        overflow-x: auto; }  /* a table wider than the column (30 classes) scrolls inside it */
 th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; vertical-align: middle; }
 th { background: #eef1f7; }
 td.text, th.text { text-align: left; }
@@ -32,7 +34,19 @@ tr.ensemble td { font-weight: bold; }
 .note { color: #666; font-style: italic; }
 .placeholder { display: inline-block; width: 96px; height: 60px; background: #eee; color: #a00;
                font-size: .75em; text-align: center; padding-top: 30px; }
-img { max-width: 100%; }
+img { max-width: 100%; height: auto; }
+td.text { overflow-wrap: anywhere; }
+#answer p { font-size: 1.3em; margin: .3em 0; }
+#answer p:first-child { font-weight: 600; }
+figure { margin: .6em 0; }
+figcaption { font-size: .85em; }
+.swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .4em; }
+table.leaderboard { font-size: .95em; }
+table.leaderboard td:first-child { white-space: nowrap; }
+details { margin-top: .8em; }
+details > summary { cursor: pointer; }
+details > summary h2 { display: inline; font-size: 1.3em; }
+details[open] > summary h2 { display: inline; }
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em; }
 """
 
@@ -58,12 +72,17 @@ class ArtifactPage:
         except ValueError:
             return str(path)
 
-    def image(self, path: Path, alt: str) -> str:
-        """The PNG as an <img> data URI, or a note (and a missing-artifact entry) when the file is absent."""
+    def image(self, path: Path, alt: str, element_id: str = "") -> str:
+        """The PNG as an <img> data URI with its size (the page's layout does not wait for decoding), or a note
+        (and a missing-artifact entry) when the file is absent."""
         if not path.is_file():
             self.missing_files.append(self.relative(path))
             return f'<p class="note">{esc(alt)}: no figure ({esc(self.relative(path))} is absent)</p>'
-        return f'<img src="{data_uri(path.read_bytes())}" alt="{esc(alt)}">'
+        png = path.read_bytes()
+        with Image.open(io.BytesIO(png)) as image:
+            width, height = image.size
+        named = f' id="{esc(element_id)}"' if element_id else ""
+        return f'<img{named} src="{data_uri(png)}" width="{width}" height="{height}" alt="{esc(alt)}">'
 
     def csv(self, path: Path) -> list[dict[str, str]] | None:
         if not path.is_file():
@@ -86,7 +105,11 @@ def titled_table(
 
 
 def table(
-    header: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "", text_columns: Sequence[int] = (0,)
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    css_class: str = "",
+    text_columns: Sequence[int] = (0,),
+    element_id: str = "",
 ) -> str:
     """Cells are HTML already (callers escape); columns in ``text_columns`` align left, numbers right."""
 
@@ -95,7 +118,8 @@ def table(
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    named = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<table{named} class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def mean_std_text(mean: float, std: float) -> str:
