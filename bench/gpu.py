@@ -40,7 +40,7 @@ runs it (read, decode and preprocess in ``--loader-threads`` threads, forward, w
 per batch of ``--feature-batch`` images, the better of two passes over ``--feature-images``.
 
 On a GPU the table goes to ``bench/results/gpu.csv`` and ``gpu.md``; elsewhere, and with ``--smoke``, to a
-temporary folder (or ``--out``). ``--smoke``: a tiny CLIP (``tiny_clip_config``: 32 px, width 32, 12 layers, so
+temporary folder (or ``--out``). ``--smoke``: a tiny CLIP (``tiny_clip_config``: 32 px, width 32, 9 layers, so
 that PromptSRC's depth 9 fits) on the CPU, 4 classes, batch 2, 1 warm-up and 1 timed step, 4 feature images:
 every code path in seconds (``tests/test_bench_gpu.py``). The defaults are sized to finish well inside 10 minutes
 on one H100 (an estimate: no GPU has run it yet); ``--steps`` and ``--methods`` shorten it.
@@ -105,9 +105,9 @@ PAPER_BATCH = {"cocoop": 1}
 
 
 def tiny_clip_config(tokens: int) -> Any:
-    """A CLIP small enough for a CPU smoke run (32 px, patch 8, width 32, 2 heads, projection 16) with ViT-B/16's
-    12 layers per tower and 77 text positions, so that every head runs at its default depths."""
-    shared = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 12, "num_attention_heads": 2}
+    """A CLIP small enough for a CPU smoke run (32 px, patch 8, width 32, 2 heads, projection 16) with 9 layers per
+    tower (PromptSRC's default depth) and 77 text positions, so that every head runs at its default settings."""
+    shared = {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 9, "num_attention_heads": 2}
     text = {
         **shared,
         "vocab_size": tokens,
@@ -209,7 +209,8 @@ def training_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     for method in args.methods:
         head = HEADS[method]
         keys: dict[str, Any] = {STEP_KEY.get(method, "epochs"): args.warmup + args.steps}
-        keys.update({"batch_size": args.batch} if args.batch else PAPER_BATCH.get(method, {}))
+        batch = args.batch or PAPER_BATCH.get(method)
+        keys.update({"batch_size": batch} if batch else {})
         keys.update({"select": "last"} if "select" in head.Config.model_fields else {})
         keys.update({"calibrate": False} if "calibrate" in head.Config.model_fields else {})
         for precision in args.precisions:
