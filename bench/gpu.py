@@ -203,8 +203,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def training_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per (method, precision): the head's config (its defaults, the paper's batch, one step an epoch,
-    the last epoch kept, no calibration) and the row's labels."""
+    """One row per (method, precision): the method, precision, batch and the head's config (its defaults at the
+    paper's batch, or ``--batch``; ``warmup + steps`` epochs of one step each; the last epoch kept, no calibration)."""
     rows = []
     for method in args.methods:
         head = HEADS[method]
