@@ -45,14 +45,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from _common import BENCH_WORDS, photo_folder
+from _common import PeakRss, decode_seconds, photo_folder, vit_b16_random
 
 VIT_CLASSES = [
     "apple pie",
@@ -67,56 +66,6 @@ VIT_CLASSES = [
     "tiramisu",
 ]
 TEMPLATE = "a photo of a {}."
-
-
-def vit_b16_config(layers: int = 12, tokens: int = 49408) -> Any:
-    """``CLIPConfig`` with ViT-B/16's dimensions (vision 768 wide, 12 heads, MLP 3072, patch 16, 224 px; text 512
-    wide, 8 heads, MLP 2048, 77 positions, vocab 49408; projection 512), ``layers`` per tower (12 is ViT-B/16's).
-    ``tokens``: the tokenizer's size (its last two ids are BOS and EOS; the embedding stays 49408 rows)."""
-    from transformers import CLIPConfig
-
-    text = {
-        "vocab_size": 49408,
-        "hidden_size": 512,
-        "intermediate_size": 2048,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 8,
-        "max_position_embeddings": 77,
-        "bos_token_id": tokens - 2,
-        "eos_token_id": tokens - 1,
-        "pad_token_id": tokens - 1,
-    }
-    vision = {
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 12,
-        "patch_size": 16,
-        "image_size": 224,
-    }
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
-
-
-def vit_b16_random(folder: Path, layers: int = 12, seed: int = 0) -> Path:
-    """``vit_b16_config`` with random weights, in hub format, with the benchmarks' byte tokenizer."""
-    from transformers import CLIPModel
-
-    from fewclip.world.toy import write_byte_tokenizer
-
-    if (folder / "model.safetensors").is_file():
-        return folder
-    tokens = write_byte_tokenizer(folder, BENCH_WORDS, model_max_length=77)
-    torch.manual_seed(seed)
-    CLIPModel(vit_b16_config(layers, tokens)).save_pretrained(str(folder))
-    processor = {
-        "size": {"shortest_edge": 224},
-        "crop_size": {"height": 224, "width": 224},
-        "resample": 3,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
-    return folder
 
 
 def model_specs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -146,48 +95,17 @@ def model_specs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return specs
 
 
-class PeakRss:
-    """Samples this process's resident set size every 5 ms while active; ``peak_mb`` is the largest seen."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak_mb, self.done = self.now_mb(), False
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-
-    def now_mb(self) -> float:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self.page / 2**20
-
-    def sample(self) -> None:
-        while not self.done:
-            self.peak_mb = max(self.peak_mb, self.now_mb())
-            time.sleep(0.005)
-
-    def __enter__(self) -> "PeakRss":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.done = True
-        self.thread.join()
-
-
 def measure(row: dict[str, Any]) -> dict[str, Any]:
     """One row: ``row['warmup'] + row['steps']`` clip_lora optimiser steps through ``ClipLoraHead.fit``."""
     from fewclip.backbones import ModelConfig, load_backbone
     from fewclip.heads import ImageSet, Task
     from fewclip.heads.encoders.clip_lora import ClipLoraConfig, ClipLoraHead
-    from fewclip.training.image_batches import epoch_batches
 
     backbone = load_backbone(ModelConfig(id=row["id"], device=row["device"]))
     cuda = backbone.device.type == "cuda"
     paths = sorted((Path(row["images"]) / "train" / "class_0").glob("*.jpg"))[: row["batch"]]
     train = ImageSet(paths, torch.arange(len(paths)) % len(row["classes"]))
-    data_times = []
-    for epoch in range(3):  # the step's decode + augment alone (the first also warms the file cache)
-        start = time.perf_counter()
-        next(epoch_batches(train, backbone.transform, 1, epoch, row["batch"], 0))
-        data_times.append(time.perf_counter() - start)
+    data_s = decode_seconds(train, backbone.transform, row["batch"])  # the step's decode + augment alone
     config = ClipLoraConfig(
         batch_size=row["batch"],
         iterations_per_shot=row["warmup"] + row["steps"],
@@ -222,7 +140,7 @@ def measure(row: dict[str, Any]) -> dict[str, Any]:
         **row,
         "step_times": steps,
         "s_per_step": statistics.median(steps),
-        "data_s": min(data_times[1:]),
+        "data_s": data_s,
         "memory_mb": memory_mb,
         "memory_kind": "CUDA allocator peak" if cuda else "RSS peak",
         "rss_before_mb": base_mb,

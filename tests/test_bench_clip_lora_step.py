@@ -59,7 +59,7 @@ def test_quick_run_times_only_the_steps_after_warm_up_and_its_ratios_are_its_row
 
 def test_the_random_clip_has_vit_b16_dimensions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    from clip_lora_step import vit_b16_config
+    from _common import vit_b16_config
 
     config = vit_b16_config()
     vision, text = config.vision_config, config.text_config
