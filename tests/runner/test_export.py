@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 
 import fewclip
+from fewclip.data.images import read_image
 from fewclip.runner import pipeline
 from fewclip.runner.cli import main
 from fewclip.runner.export import export_classifier
@@ -125,3 +127,55 @@ def test_load_exported_refuses_an_asked_head_it_does_not_hold(run: Path, tmp_pat
     export_classifier(run, tmp_path / "zs", method="zero_shot")
     with pytest.raises(HeadNotTrained, match="holds one head, zero_shot shots=0 seed=0"):
         fewclip.load_classifier(tmp_path / "zs", method="linear_probe")
+
+
+def onnx_probabilities(folder: Path, images: list[Path]) -> torch.Tensor:
+    """(n, C) probabilities of ``classifier.onnx`` under onnxruntime, fed pixels preprocessed as classifier.json says
+    (here by fewclip's own transform, which that recipe describes)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    classifier = fewclip.load_classifier(folder)
+    pixels = np.stack([classifier.backbone.transform(read_image(path)) for path in images])
+    session = onnxruntime.InferenceSession(str(folder / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"pixels": pixels})
+    return torch.from_numpy(probabilities).double()
+
+
+@pytest.mark.parametrize(
+    ("method", "shots", "extra"),
+    [
+        ("zero_shot", 0, ()),
+        ("linear_probe", 2, ()),
+        ("tip_adapter", 1, ()),
+        ("coop", 1, ("coop.epochs=2", "coop.n_ctx=4")),
+    ],
+)
+def test_onnx_model_gives_the_runs_probabilities(
+    make_config: Callable[..., Any],
+    test_images: list[Path],
+    tmp_path: Path,
+    method: str,
+    shots: int,
+    extra: tuple[str, ...],
+) -> None:
+    pytest.importorskip("onnx")
+    config = make_config(f"methods=[{method}]", "few_shot.shots=[1,2]", *extra, NO_FIGURES)
+    pipeline.run(config)
+    out = tmp_path / "onnx"
+    original = export_classifier(config.output.dir, out, method=method, shots=shots, export_format="onnx")
+    expected = all_probabilities(original, test_images)
+    assert json.loads((out / "classifier.json").read_text())["onnx"] == "classifier.onnx"
+    got = onnx_probabilities(out, test_images)  # several images in one batch: the batch axis is free
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert got.argmax(dim=1).tolist() == expected.argmax(dim=1).tolist()
+    torch.testing.assert_close(onnx_probabilities(out, test_images[:1]), expected[:1], atol=1e-5, rtol=0)
+
+
+def test_onnx_refuses_heads_that_do_not_score_frozen_features(
+    make_config: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config("methods=[cocoop]", "few_shot.shots=[1]", "cocoop.epochs=1", NO_FIGURES)
+    pipeline.run(config)
+    out = tmp_path / "onnx"
+    assert main(["-q", "export", str(config.output.dir), "--format", "onnx", "--out", str(out)]) == 2
+    assert "--format onnx: cocoop builds its class prompts from each image" in capsys.readouterr().err
+    assert not out.exists()

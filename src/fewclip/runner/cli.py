@@ -151,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--shots", type=int, help="default: the recommended or largest shot budget of the method")
     export.add_argument("--seed", type=int, help="default: the smallest seed trained")
     export.add_argument("--out", required=True, help="a new (or empty) folder for the exported classifier")
+    export.add_argument(
+        "--format",
+        choices=("folder", "onnx"),
+        default="folder",
+        help="onnx: also classifier.onnx, pixels to class probabilities (heads that score frozen features; "
+        "pip install 'fewclip[onnx]')",
+    )
     compare = commands.add_parser("compare", help="one paper-style table across runs (compare.csv, compare.html)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     compare.add_argument("--out", default="compare", help="folder for compare.csv and compare.html (default: compare)")
@@ -326,7 +333,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """``fewclip export``: the head predict would use (or the one asked for) as a self-contained folder."""
     try:
-        classifier = export_classifier(args.run_dir, args.out, args.method, args.shots, args.seed)
+        classifier = export_classifier(args.run_dir, args.out, args.method, args.shots, args.seed, args.format)
     except PREDICT_ERRORS as err:
         return _error(err)
     print(f"fewclip: exported {classifier.unit}: {classifier.why}", file=sys.stderr)

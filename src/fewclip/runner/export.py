@@ -1,15 +1,26 @@
 """``fewclip export``: a head a run trained, taken out of the run directory as a self-contained classifier folder
-(``export_folder`` says what it holds) that ``load_classifier(DIR)`` and ``fewclip predict DIR`` load.
+(``export_folder`` says what it holds) that ``load_classifier(DIR)`` and ``fewclip predict DIR`` load; with
+``--format onnx`` the folder also holds ``classifier.onnx``, the frozen image tower and the head as one graph from
+preprocessed pixels to class probabilities, for onnxruntime without fewclip or torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
+
+import torch
+from PIL import Image
+from torch import nn
+
+from fewclip.backbones.protocol import TunableTowers
 
 from fewclip.fileio import atomic_write_bytes, read_json, write_json
 from fewclip.heads.base import head_files, read_head_meta
-from fewclip.runner.export_folder import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, HEAD_STEM
+from fewclip.runner.export_folder import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, HEAD_STEM, ONNX_FILE
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.predict import Classifier, load_classifier
 from fewclip.version import __version__
@@ -30,21 +41,101 @@ def run_recommendation(layout: RunLayout, classifier: Classifier) -> dict[str, A
     return recommendation if unit == (classifier.method, classifier.shots, classifier.seed) else None
 
 
+ExportFormat = Literal["folder", "onnx"]
+ONNX_OPSET = 18  # the opset torch 2.13's exporter writes by default; onnxruntime >= 1.16 runs it
+BATCH = torch.export.Dim("batch")  # the exported graph's free batch axis
+
+
+class PixelsToProbabilities(nn.Module):
+    """The frozen image tower and a head that scores features, as one module: (n, 3, H, W) preprocessed pixels ->
+    (n, C) softmax probabilities, computed as ``Classifier`` computes them (``encode_images`` then
+    ``probabilities``)."""
+
+    def __init__(self, classifier: Classifier, towers: TunableTowers) -> None:
+        super().__init__()
+        self.image_tower = towers.module  # registered: its weights are the graph's initialisers
+        self.towers, self.classifier = towers, classifier
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier.probabilities(self.towers.image_features(pixels))
+
+
+def check_onnx_exportable(classifier: Classifier) -> None:
+    """Refuse heads whose scoring is not a torch function of frozen image features, and a missing ``onnx``."""
+    head = classifier.head
+    if head.tunes_encoders or head.needs_text_at_predict:
+        why = "tunes the encoders" if head.tunes_encoders else "builds its class prompts from each image"
+        merged = " (clip_lora: use --merged for a plain transformers model)" if head.tunes_encoders else ""
+        raise ValueError(
+            f"--format onnx: {classifier.method} {why}, so it does not score cached features of the frozen image "
+            f"tower; export it without --format onnx{merged}"
+        )
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"--format onnx needs {' and '.join(missing)}: pip install 'fewclip[onnx]'")
+
+
+@torch.no_grad()
+def write_onnx(classifier: Classifier, path: Path) -> None:
+    """``classifier`` as an ONNX graph from preprocessed pixels (n, 3, H, W), n free, to probabilities (n, C)."""
+    check_onnx_exportable(classifier)
+    net = PixelsToProbabilities(classifier, classifier.backbone.tunable_towers()).eval()
+    blank = torch.from_numpy(classifier.backbone.transform(Image.new("RGB", (64, 64))))  # (3, H, W)
+    example = blank.unsqueeze(0).repeat(2, 1, 1, 1)
+    # onnxscript's graph optimiser logs each rewrite at INFO; torch.onnx warns that torchvision's ops are absent
+    with quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["pixels"],
+            output_names=["probabilities"],
+            dynamic_shapes=({0: BATCH},),  # torch.export (dynamo): a graph that fixed the batch size fails to export
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from the loggers ``names`` while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_classifier(
-    run_dir: Path | str, out: Path | str, method: str | None = None, shots: int | None = None, seed: int | None = None
+    run_dir: Path | str,
+    out: Path | str,
+    method: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
+    export_format: ExportFormat = "folder",
 ) -> Classifier:
     """Write the head ``load_classifier(run_dir, method, shots, seed)`` chooses to the folder ``out``: its files
-    copied byte for byte, then ``classifier.json`` (the model reference and fingerprint, class names, templates,
-    preprocessing, why this head). Returns the classifier, loaded (and checked against its model) from the run."""
+    copied byte for byte, ``classifier.onnx`` for ``export_format="onnx"``, then ``classifier.json`` (the model
+    reference and fingerprint, class names, templates, preprocessing, why this head). Returns the classifier,
+    loaded on the CPU (and checked against its model) from the run."""
     layout, out = RunLayout(Path(run_dir).expanduser()), Path(out).expanduser()
     check_out(out)
-    classifier = load_classifier(layout.root, method, shots, seed)  # refuses a head of another model's features
+    classifier = load_classifier(layout.root, method, shots, seed, device="cpu")  # refuses another model's head
+    if export_format == "onnx":
+        check_onnx_exportable(classifier)
     stem = layout.heads / classifier.unit
     meta = read_head_meta(stem)
     assert meta is not None, f"{stem}.json vanished while exporting it"  # load_classifier has just read it
     out.mkdir(parents=True, exist_ok=True)
     for source, target in zip(head_files(stem), head_files(out / HEAD_STEM)):
         atomic_write_bytes(target, source.read_bytes())
+    if export_format == "onnx":
+        write_onnx(classifier, out / ONNX_FILE)
     fingerprint = classifier.backbone.fingerprint()
     write_json(
         out / EXPORT_FILE,
@@ -57,9 +148,11 @@ def export_classifier(
             "seed": classifier.seed,
             "class_names": classifier.class_names,
             "templates": meta.get("templates"),  # None: a head saved before they were recorded
-            "model": classifier.backbone.config.model_dump(mode="json"),  # the run's model block
+            # the run's model block, on whatever device the loading machine has (load_classifier's device overrides)
+            "model": {**classifier.backbone.config.model_dump(mode="json"), "device": "auto"},
             "fingerprint": fingerprint,
             "preprocessing": fingerprint.get("preprocess"),
+            "onnx": ONNX_FILE if export_format == "onnx" else None,
             "why": classifier.why,
             "recommendation": run_recommendation(layout, classifier),
             "source_run": str(layout.root.resolve()),

@@ -18,6 +18,7 @@ from fewclip.heads.artifacts import DamagedArtifact, read_artifact_json
 
 EXPORT_FILE = "classifier.json"  # written last
 HEAD_STEM = "head"  # head.safetensors + head.json
+ONNX_FILE = "classifier.onnx"  # --format onnx: pixels -> probabilities
 EXPORT_FORMAT = "fewclip-classifier"
 EXPORT_VERSION = 1
 REEXPORT_ADVICE = "export it again with `fewclip export RUN_DIR --out DIR`"
