@@ -12,6 +12,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPTokenizer
 
 import fewclip
 from fewclip.data.images import read_image
@@ -179,3 +181,44 @@ def test_onnx_refuses_heads_that_do_not_score_frozen_features(
     assert main(["-q", "export", str(config.output.dir), "--format", "onnx", "--out", str(out)]) == 2
     assert "--format onnx: cocoop builds its class prompts from each image" in capsys.readouterr().err
     assert not out.exists()
+
+
+LORA = ("clip_lora.iterations_per_shot=3", "clip_lora.batch_size=4", "clip_lora.lr=0.02", "clip_lora.select=last")
+
+
+def test_merged_clip_lora_loaded_by_transformers_alone_gives_the_heads_logits(
+    make_config: Callable[..., Any], test_images: list[Path], tmp_path: Path
+) -> None:
+    config = make_config("methods=[clip_lora]", "few_shot.shots=[2]", *LORA, NO_FIGURES)
+    pipeline.run(config)
+    out = tmp_path / "lora"
+    assert main(["-q", "export", str(config.output.dir), "--merged", "--out", str(out)]) == 0
+    classifier = fewclip.load_classifier(config.output.dir)
+    pixels = torch.from_numpy(np.stack([classifier.backbone.transform(read_image(p)) for p in test_images]))
+    expected = classifier.head.image_logits(pixels)  # the adapters on top of the frozen weights
+
+    model = CLIPModel.from_pretrained(out / "merged").eval()  # transformers alone, no peft, no fewclip
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    text = load_file(out / "class_text_features.safetensors")
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixels).pooler_output
+        logits = text["logit_scale"] * torch.nn.functional.normalize(image, dim=-1) @ text["class_text_features"].T
+        tokenizer = CLIPTokenizer.from_pretrained(out / "merged")
+        prompts = [f"a photo of a {name}." for name in classifier.class_names]
+        encoded = model.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt")).pooler_output
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(  # the saved class text features are the merged text tower's
+        torch.nn.functional.normalize(encoded, dim=-1), text["class_text_features"], atol=1e-5, rtol=0
+    )
+    frozen = classifier.backbone.encode_images(pixels)  # the merge changed the image tower: LoRA trained
+    assert float((frozen - image).abs().max()) > 1e-3
+    # the folder also loads in fewclip, and its predictions are the run's
+    exported = fewclip.load_classifier(out)
+    torch.testing.assert_close(
+        all_probabilities(exported, test_images), all_probabilities(classifier, test_images), atol=1e-5, rtol=0
+    )
+
+
+def test_merged_refuses_heads_without_adapters(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--merged: linear_probe has no adapters to merge into the model"):
+        export_classifier(run, tmp_path / "probe", method="linear_probe", merged=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -139,6 +140,10 @@ class TunableTowers(Protocol):
     def block_linears(self) -> list[BlockLinear]:
         """Every separate ``nn.Linear`` of every block of both towers (q, k, v, out, fc1, fc2), text tower first;
         not the towers' final projections."""
+
+    def save_pretrained(self, folder: Path) -> None:
+        """``module`` and its tokenizer as the library's own model folder, which that library loads alone (merge
+        any adapters into ``module`` first: an injected adapter is not part of the library's model)."""
 
 
 @runtime_checkable

@@ -158,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
         help="onnx: also classifier.onnx, pixels to class probabilities (heads that score frozen features; "
         "pip install 'fewclip[onnx]')",
     )
+    export.add_argument(
+        "--merged",
+        action="store_true",
+        help="clip_lora: also the tuned CLIP with its adapters merged, as a plain transformers model folder "
+        "(merged/), and the class text features (class_text_features.safetensors)",
+    )
     compare = commands.add_parser("compare", help="one paper-style table across runs (compare.csv, compare.html)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     compare.add_argument("--out", default="compare", help="folder for compare.csv and compare.html (default: compare)")
@@ -333,7 +339,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """``fewclip export``: the head predict would use (or the one asked for) as a self-contained folder."""
     try:
-        classifier = export_classifier(args.run_dir, args.out, args.method, args.shots, args.seed, args.format)
+        classifier = export_classifier(
+            args.run_dir, args.out, args.method, args.shots, args.seed, args.format, args.merged
+        )
     except PREDICT_ERRORS as err:
         return _error(err)
     print(f"fewclip: exported {classifier.unit}: {classifier.why}", file=sys.stderr)

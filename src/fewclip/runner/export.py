@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -19,8 +20,11 @@ from torch import nn
 from fewclip.backbones.protocol import TunableTowers
 
 from fewclip.fileio import atomic_write_bytes, read_json, write_json
+from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import head_files, read_head_meta
-from fewclip.runner.export_folder import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, HEAD_STEM, ONNX_FILE
+from fewclip.heads.encoders.tuned_towers import TunedTowersHead
+from fewclip.runner.export_folder import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, HEAD_STEM, MERGED_DIR, ONNX_FILE
+from fewclip.runner.export_folder import TEXT_FEATURES_FILE
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.predict import Classifier, load_classifier
 from fewclip.version import __version__
@@ -111,6 +115,28 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+def check_mergeable(classifier: Classifier) -> None:
+    """Refuse ``--merged`` for a head whose training cannot be folded into the library's plain model."""
+    head = classifier.head
+    if not (isinstance(head, TunedTowersHead) and head.merges_into_model):
+        raise ValueError(
+            f"--merged: {classifier.method} has no adapters to merge into the model (clip_lora has); "
+            f"export it without --merged{'' if head.tunes_encoders else ' (or with --format onnx)'}"
+        )
+
+
+def write_merged(classifier: Classifier, out: Path) -> None:
+    """``out/merged``: the tuned CLIP with its adapters merged, as the library's own model folder; and
+    ``out/class_text_features.safetensors``: the class text features it scores against, (C, d) normalised, and
+    the logit scale (logits = logit_scale * normalize(image_features) @ class_text_features.T)."""
+    head = classifier.head
+    assert isinstance(head, TunedTowersHead)  # check_mergeable
+    head.merged_towers().save_pretrained(out / MERGED_DIR)
+    tensors = {"class_text_features": head.scoring_text().float().cpu(), "logit_scale": head.logit_scale_.reshape(1)}
+    metadata = {"class_names": json.dumps(classifier.class_names), "prompts": json.dumps(head.prompts_)}
+    write_tensors(out / TEXT_FEATURES_FILE, tensors, metadata, self_check=True)
+
+
 def export_classifier(
     run_dir: Path | str,
     out: Path | str,
@@ -118,6 +144,7 @@ def export_classifier(
     shots: int | None = None,
     seed: int | None = None,
     export_format: ExportFormat = "folder",
+    merged: bool = False,
 ) -> Classifier:
     """Write the head ``load_classifier(run_dir, method, shots, seed)`` chooses to the folder ``out``: its files
     copied byte for byte, ``classifier.onnx`` for ``export_format="onnx"``, then ``classifier.json`` (the model
@@ -128,6 +155,8 @@ def export_classifier(
     classifier = load_classifier(layout.root, method, shots, seed, device="cpu")  # refuses another model's head
     if export_format == "onnx":
         check_onnx_exportable(classifier)
+    if merged:
+        check_mergeable(classifier)
     stem = layout.heads / classifier.unit
     meta = read_head_meta(stem)
     assert meta is not None, f"{stem}.json vanished while exporting it"  # load_classifier has just read it
@@ -136,6 +165,8 @@ def export_classifier(
         atomic_write_bytes(target, source.read_bytes())
     if export_format == "onnx":
         write_onnx(classifier, out / ONNX_FILE)
+    if merged:
+        write_merged(classifier, out)
     fingerprint = classifier.backbone.fingerprint()
     write_json(
         out / EXPORT_FILE,
@@ -153,6 +184,7 @@ def export_classifier(
             "fingerprint": fingerprint,
             "preprocessing": fingerprint.get("preprocess"),
             "onnx": ONNX_FILE if export_format == "onnx" else None,
+            "merged": {"model": MERGED_DIR, "class_text_features": TEXT_FEATURES_FILE} if merged else None,
             "why": classifier.why,
             "recommendation": run_recommendation(layout, classifier),
             "source_run": str(layout.root.resolve()),

@@ -19,6 +19,8 @@ from fewclip.heads.artifacts import DamagedArtifact, read_artifact_json
 EXPORT_FILE = "classifier.json"  # written last
 HEAD_STEM = "head"  # head.safetensors + head.json
 ONNX_FILE = "classifier.onnx"  # --format onnx: pixels -> probabilities
+MERGED_DIR = "merged"  # --merged: the tuned CLIP, adapters merged, as the library's own model folder
+TEXT_FEATURES_FILE = "class_text_features.safetensors"  # --merged: what the merged model's images are scored against
 EXPORT_FORMAT = "fewclip-classifier"
 EXPORT_VERSION = 1
 REEXPORT_ADVICE = "export it again with `fewclip export RUN_DIR --out DIR`"
