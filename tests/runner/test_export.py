@@ -22,6 +22,7 @@ from fewclip.runner.cli import main
 from fewclip.runner.export import export_classifier
 from fewclip.runner.export_folder import ModelMismatch
 from fewclip.runner.predict import Classifier, HeadNotTrained
+from tests.open_clip_models import build_open_clip, require_open_clip
 
 NO_FIGURES = "output.figures=false"  # figures and saliency are not what these tests are about, and slow
 
@@ -222,3 +223,18 @@ def test_merged_clip_lora_loaded_by_transformers_alone_gives_the_heads_logits(
 def test_merged_refuses_heads_without_adapters(run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--merged: linear_probe has no adapters to merge into the model"):
         export_classifier(run, tmp_path / "probe", method="linear_probe", merged=True)
+
+
+@pytest.mark.open_clip
+def test_onnx_model_of_an_open_clip_backbone(
+    make_config: Callable[..., Any], test_images: list[Path], tmp_path: Path
+) -> None:
+    require_open_clip()
+    pytest.importorskip("onnx")
+    config_file, weights = build_open_clip(tmp_path / "model", "fewclip-tiny-vit")
+    model = ["model.library=open_clip", f"model.id={config_file}", f"model.pretrained={weights}"]
+    config = make_config(*model, "methods=[linear_probe]", "few_shot.shots=[1]", NO_FIGURES)
+    pipeline.run(config)
+    original = export_classifier(config.output.dir, tmp_path / "onnx", method="linear_probe", export_format="onnx")
+    got = onnx_probabilities(tmp_path / "onnx", test_images)
+    torch.testing.assert_close(got, all_probabilities(original, test_images), atol=1e-5, rtol=0)

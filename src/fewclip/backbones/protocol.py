@@ -220,6 +220,11 @@ class Backbone(Protocol):
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(n, 3, H, W) pixels from ``transform`` -> (n, dim)."""
 
+    def image_encoder(self) -> nn.Module:
+        """The frozen image tower as a module: (n, 3, H, W) pixels -> (n, dim) float32 features, as
+        ``encode_images`` computes them at fp32 but on the pixels' device, with no autocast, batch counting or
+        copy to the CPU; what ``fewclip export --format onnx`` traces. It shares the backbone's weights."""
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Strings -> (n, dim); a text longer than ``max_text_positions`` is an error naming it."""
 

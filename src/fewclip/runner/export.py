@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fewclip.backbones.protocol import TunableTowers
 
 from fewclip.fileio import atomic_write_bytes, read_json, write_json
 from fewclip.heads.artifacts import write_tensors
@@ -55,13 +54,13 @@ class PixelsToProbabilities(nn.Module):
     (n, C) softmax probabilities, computed as ``Classifier`` computes them (``encode_images`` then
     ``probabilities``)."""
 
-    def __init__(self, classifier: Classifier, towers: TunableTowers) -> None:
+    def __init__(self, classifier: Classifier) -> None:
         super().__init__()
-        self.image_tower = towers.module  # registered: its weights are the graph's initialisers
-        self.towers, self.classifier = towers, classifier
+        self.image_encoder = classifier.backbone.image_encoder()  # registered: its weights are the graph's
+        self.classifier = classifier
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier.probabilities(self.towers.image_features(pixels))
+        return self.classifier.probabilities(self.image_encoder(pixels))
 
 
 def check_onnx_exportable(classifier: Classifier) -> None:
@@ -83,7 +82,7 @@ def check_onnx_exportable(classifier: Classifier) -> None:
 def write_onnx(classifier: Classifier, path: Path) -> None:
     """``classifier`` as an ONNX graph from preprocessed pixels (n, 3, H, W), n free, to probabilities (n, C)."""
     check_onnx_exportable(classifier)
-    net = PixelsToProbabilities(classifier, classifier.backbone.tunable_towers()).eval()
+    net = PixelsToProbabilities(classifier).eval()
     blank = torch.from_numpy(classifier.backbone.transform(Image.new("RGB", (64, 64))))  # (3, H, W)
     example = blank.unsqueeze(0).repeat(2, 1, 1, 1)
     # onnxscript's graph optimiser logs each rewrite at INFO; torch.onnx warns that torchvision's ops are absent
