@@ -1,7 +1,9 @@
 """``fewclip export``: a head a run trained, taken out of the run directory as a self-contained classifier folder
 (``export_folder`` says what it holds) that ``load_classifier(DIR)`` and ``fewclip predict DIR`` load; with
 ``--format onnx`` the folder also holds ``classifier.onnx``, the frozen image tower and the head as one graph from
-preprocessed pixels to class probabilities, for onnxruntime without fewclip or torch.
+preprocessed pixels to class probabilities, for onnxruntime without fewclip or torch; with ``--merged`` (clip_lora)
+``merged/``, the tuned CLIP with its adapters merged as the library's plain model folder, and the class text
+features it scores against.
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-
 from fewclip.fileio import atomic_write_bytes, read_json, write_json
 from fewclip.heads.artifacts import write_tensors
 from fewclip.heads.base import head_files, read_head_meta
 from fewclip.heads.encoders.tuned_towers import TunedTowersHead
-from fewclip.runner.export_folder import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, HEAD_STEM, MERGED_DIR, ONNX_FILE
-from fewclip.runner.export_folder import TEXT_FEATURES_FILE
+from fewclip.runner.export_folder import (
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    HEAD_STEM,
+    MERGED_DIR,
+    ONNX_FILE,
+    TEXT_FEATURES_FILE,
+)
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.predict import Classifier, load_classifier
 from fewclip.version import __version__
@@ -146,7 +154,8 @@ def export_classifier(
     merged: bool = False,
 ) -> Classifier:
     """Write the head ``load_classifier(run_dir, method, shots, seed)`` chooses to the folder ``out``: its files
-    copied byte for byte, ``classifier.onnx`` for ``export_format="onnx"``, then ``classifier.json`` (the model
+    copied byte for byte, ``classifier.onnx`` for ``export_format="onnx"``, ``merged/`` and the class text features
+    for ``merged`` (``write_merged``), then ``classifier.json`` (the model
     reference and fingerprint, class names, templates, preprocessing, why this head). Returns the classifier,
     loaded on the CPU (and checked against its model) from the run."""
     layout, out = RunLayout(Path(run_dir).expanduser()), Path(out).expanduser()
