@@ -13,6 +13,7 @@ from fewclip.heads import FeatureSet, Task, list_heads, load_head, save_head
 from fewclip.runner.pipeline import run
 from fewclip.runner.run_context import RunContext
 from fewclip.runner.predict import Classifier, Prediction, load_classifier
+from fewclip.runner.export import export_classifier
 from fewclip.runner.caption_predict import Captioner, load_captioner
 
 
@@ -28,6 +29,7 @@ __all__ = [
     "Prediction",
     "RunContext",
     "Task",
+    "export_classifier",
     "extract_features",
     "list_backbones",
     "list_heads",

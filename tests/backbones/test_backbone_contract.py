@@ -286,3 +286,13 @@ def test_deep_text_rows_per_prompt_and_layers_left_alone(model: tuple[ModelConfi
         shared = towers.text_features(embeds, eot, [None] * (last - 1) + [rows[0]])
     assert not torch.allclose(together, shared, atol=1e-3)  # the rows differ, so the prompts' features do
     assert not torch.allclose(together.cpu(), backbone.encode_text(TEXTS), atol=1e-3)
+
+
+def test_image_encoder_module_gives_encode_images_features(model: tuple[ModelConfig, Backbone]) -> None:
+    _, backbone = model
+    pixels = images(backbone, 3)
+    encoder = backbone.image_encoder()
+    assert isinstance(encoder, torch.nn.Module) and not any(p.requires_grad for p in encoder.parameters())
+    with torch.no_grad():
+        features = encoder(pixels)
+    torch.testing.assert_close(features, backbone.encode_images(pixels), atol=1e-6, rtol=1e-5)

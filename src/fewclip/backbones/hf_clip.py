@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from fewclip.backbones.config import ModelConfig, register_backbone
 from fewclip.backbones.device import autocast_for, resolve_device
@@ -25,7 +26,7 @@ from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.backbones.weights import WEIGHT_SUFFIXES, weights_digest
 
 if TYPE_CHECKING:  # for annotations only: transformers is imported where a model is loaded
-    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPVisionModel
+    from transformers.models.clip.modeling_clip import CLIPModel, CLIPTextModel, CLIPVisionModel
 
 IMAGE_TOKENS_FEATURE = "CLIPVisionModel last_hidden_state (CLS + patches), float32"  # the image-token cache's key
 
@@ -98,6 +99,18 @@ def model_fingerprint(
         "precision": config.precision,
         "feature": "projected image embedding, unnormalised, float32",
     }
+
+
+class HFImageEncoder(nn.Module):
+    """A ``CLIPModel``'s image tower and projection: pixels -> unnormalised features (``Backbone.image_encoder``)."""
+
+    def __init__(self, clip_model: CLIPModel) -> None:
+        super().__init__()
+        self.clip_model = clip_model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.clip_model.get_image_features(pixel_values=pixels).pooler_output
+        return features.float()
 
 
 def check_hf_model(config: ModelConfig) -> None:
@@ -219,6 +232,9 @@ class CLIPBackbone:
         """Features and the patch tokens the vision tower's last layer attends over (``vision_saliency_pass``)."""
         features, activations = vision_saliency_pass(self.model, pixels, self.device)
         return features.cpu(), activations
+
+    def image_encoder(self) -> nn.Module:
+        return HFImageEncoder(self.model)
 
     def tunable_towers(self) -> HFTunableTowers:
         return HFTunableTowers(self.model, self.tokenizer, self.device)

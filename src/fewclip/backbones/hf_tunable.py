@@ -9,6 +9,7 @@ the blocks' linear layers it names (``block_linears``: each projection and MLP l
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -41,6 +42,12 @@ class HFTunableTowers:
         # to what peft's inject_adapter_in_model returns)
         self.module: Any = copy.deepcopy(clip_model)
         self.tokenizer, self.device = tokenizer, device
+
+    def save_pretrained(self, folder: Path) -> None:
+        """A transformers ``CLIPModel`` folder (safetensors weights, config, tokenizer): ``CLIPModel.from_pretrained``
+        and ``CLIPTokenizer.from_pretrained`` load it."""
+        self.module.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         features: torch.Tensor = self.module.get_image_features(pixel_values=pixels.to(self.device)).pooler_output

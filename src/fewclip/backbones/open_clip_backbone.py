@@ -195,6 +195,18 @@ def transform_from_cfg(cfg: dict[str, Any]) -> ImageTransform:
     )
 
 
+class OpenCLIPImageEncoder(nn.Module):
+    """An OpenCLIP model's ``encode_image``: pixels -> unnormalised features (``Backbone.image_encoder``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.clip_model: Any = model  # OpenCLIP's CLIP / CustomTextCLIP, untyped
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.clip_model.encode_image(pixels)
+        return features.float()
+
+
 class OpenCLIPTokens:
     """OpenCLIP's BPE tokenizer (``SimpleTokenizer``) as ``TextTokens``."""
 
@@ -386,6 +398,9 @@ class OpenCLIPBackbone:
 
     def prompt_tower(self) -> OpenCLIPPromptTower:
         return OpenCLIPPromptTower(self.model)
+
+    def image_encoder(self) -> nn.Module:
+        return OpenCLIPImageEncoder(self.model)
 
     def tunable_towers(self) -> TunableTowers:
         raise NotOffered(

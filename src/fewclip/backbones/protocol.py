@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -140,6 +141,10 @@ class TunableTowers(Protocol):
         """Every separate ``nn.Linear`` of every block of both towers (q, k, v, out, fc1, fc2), text tower first;
         not the towers' final projections."""
 
+    def save_pretrained(self, folder: Path) -> None:
+        """``module`` and its tokenizer as the library's own model folder, which that library loads alone (merge
+        any adapters into ``module`` first: an injected adapter is not part of the library's model)."""
+
 
 @runtime_checkable
 class DeepPromptTowers(Protocol):
@@ -214,6 +219,11 @@ class Backbone(Protocol):
 
     def encode_images(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(n, 3, H, W) pixels from ``transform`` -> (n, dim)."""
+
+    def image_encoder(self) -> nn.Module:
+        """The frozen image tower as a module: (n, 3, H, W) pixels -> (n, dim) float32 features, as
+        ``encode_images`` computes them at fp32 but on the pixels' device, with no autocast, batch counting or
+        copy to the CPU; what ``fewclip export --format onnx`` traces. It shares the backbone's weights."""
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Strings -> (n, dim); a text longer than ``max_text_positions`` is an error naming it."""

@@ -16,6 +16,9 @@ import torch
 
 def row_dot(x: torch.Tensor, w: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
     """(n, d) x (k, d) -> (n, k) = x @ w.T, each row computed alone, in chunks of ~``budget`` elements."""
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        # one product over the whole batch: the chunk loop below would fix the batch size in an exported graph
+        return (x[:, None, :] * w[None]).sum(-1)
     rows = max(1, budget // max(w.numel(), 1))
     parts = [(x[i : i + rows, None, :] * w[None]).sum(-1) for i in range(0, x.shape[0], rows)]
     return torch.cat(parts) if parts else x.new_zeros(0, w.shape[0])

@@ -1,6 +1,6 @@
 """The command line: ``fewclip run [CONFIG] [key=value ...]`` and one command per stage, ``fewclip caption ...`` the
 same for captioning (both run the stages of their task on the run skeleton, ``fewclip.runner.skeleton``),
-``predict`` with what a run trained, ``compare`` across runs, and ``world`` to pretrain the embedded world's
+``predict`` and ``export`` with what a run trained, ``compare`` across runs, and ``world`` to pretrain the embedded world's
 models."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fewclip.report.compare import compare_command
 from fewclip.runner.caption_predict import load_captioner, write_caption_predictions
 from fewclip.runner.captioning import CAPTIONING
 from fewclip.runner.config import ConfigError, default_cache_dir, parse_override
+from fewclip.runner.export import export_classifier
 from fewclip.runner.folder_config import is_image_folder
 from fewclip.runner.folder_init import init_yaml
 from fewclip.runner.pipeline import CLASSIFICATION, STAGES
@@ -128,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     caption_predict.add_argument("--out", help="also write the captions to a .csv or .json file")
     caption_predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
     predict = commands.add_parser("predict", help="classify images with a head a run trained")
-    predict.add_argument("run_dir", help="the run directory (output.dir of the run)")
+    predict.add_argument(
+        "run_dir", help="the run directory (output.dir of the run), or a folder `fewclip export` wrote"
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders (recursive)")
     predict.add_argument(
         "--method",
@@ -140,6 +143,27 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
     predict.add_argument("--out", help="also write the predictions to a .csv or .json file")
     predict.add_argument("--device", help="override the run's model.device (e.g. cpu)")
+    export = commands.add_parser(
+        "export", help="write a trained head as a classifier folder that predict and load_classifier take anywhere"
+    )
+    export.add_argument("run_dir", help="the run directory (output.dir of the run)")
+    export.add_argument("--method", help="default: the head `fewclip predict RUN_DIR` would use")
+    export.add_argument("--shots", type=int, help="default: the recommended or largest shot budget of the method")
+    export.add_argument("--seed", type=int, help="default: the smallest seed trained")
+    export.add_argument("--out", required=True, help="a new (or empty) folder for the exported classifier")
+    export.add_argument(
+        "--format",
+        choices=("folder", "onnx"),
+        default="folder",
+        help="onnx: also classifier.onnx, pixels to class probabilities (heads that score frozen features; "
+        "pip install 'fewclip[onnx]')",
+    )
+    export.add_argument(
+        "--merged",
+        action="store_true",
+        help="clip_lora: also the tuned CLIP with its adapters merged, as a plain transformers model folder "
+        "(merged/), and the class text features (class_text_features.safetensors)",
+    )
     compare = commands.add_parser("compare", help="one paper-style table across runs (compare.csv, compare.html)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     compare.add_argument("--out", default="compare", help="folder for compare.csv and compare.html (default: compare)")
@@ -312,6 +336,19 @@ def _predict(args: argparse.Namespace) -> int:
     )
 
 
+def _export(args: argparse.Namespace) -> int:
+    """``fewclip export``: the head predict would use (or the one asked for) as a self-contained folder."""
+    try:
+        classifier = export_classifier(
+            args.run_dir, args.out, args.method, args.shots, args.seed, args.format, args.merged
+        )
+    except PREDICT_ERRORS as err:
+        return _error(err)
+    print(f"fewclip: exported {classifier.unit}: {classifier.why}", file=sys.stderr)
+    print(f"classifier: {args.out} (fewclip predict {shlex.quote(str(args.out))} IMAGE...)")
+    return 0
+
+
 def _caption_predict(args: argparse.Namespace) -> int:
     """``fewclip caption predict``: a caption of each image from a captioner a run trained."""
     return _predict_images(
@@ -390,7 +427,7 @@ def _command(args: argparse.Namespace) -> int:
         _quiet_libraries()
     if not _bars(args):
         _no_library_bars()
-    if args.command in ("world", "init", "predict", "caption", "compare") and env_ranks().distributed:
+    if args.command in ("world", "init", "predict", "export", "caption", "compare") and env_ranks().distributed:
         return _error(
             f"`fewclip {args.command}` runs in one process; torchrun is for run, prepare, features, train, "
             "evaluate and report. Start it without torchrun"
@@ -401,6 +438,8 @@ def _command(args: argparse.Namespace) -> int:
         return _init(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "caption" and args.caption_command == "predict":
         return _caption_predict(args)
     if args.command == "caption":

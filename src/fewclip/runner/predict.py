@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fewclip.backbones import load_backbone
+from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.data.images import UnreadableImage, read_image
 from fewclip.features import fingerprint_key
 from fewclip.fileio import read_json, write_csv_or_json
 from fewclip.heads import load_head
 from fewclip.runner.config import load_config
+from fewclip.runner.export_folder import HEAD_STEM, check_model, is_export, read_export
 from fewclip.runner.layout import RunLayout, unit_name
 from fewclip.runner.run_dir import check_run_kind
 from fewclip.runner.skeleton import checked_cache_dir
@@ -235,7 +236,10 @@ def load_classifier(
     """The classifier a run trained. With no method/shots/seed: the run's recommended head
     (results/recommendation.json, written by the report), else the first of the run's methods with a trained
     head, its largest shot budget, its smallest seed. ``classifier.why`` says which rule chose it.
-    ``device`` overrides the run's ``model.device``."""
+    ``device`` overrides the run's ``model.device``. ``run_dir`` may also be a folder ``fewclip export`` wrote
+    (``load_exported``)."""
+    if is_export(Path(run_dir).expanduser()):
+        return load_exported(Path(run_dir).expanduser(), method, shots, seed, device)
     layout = RunLayout(Path(run_dir).expanduser())
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} does not exist: {layout.root} is not a fewclip run directory")
@@ -252,6 +256,29 @@ def load_classifier(
     )
     note = classes_note(config.splits.subsample, meta["class_names"])
     classifier.why = why + (f"; {note}" if note else "")
+    return classifier
+
+
+def load_exported(
+    folder: Path,
+    method: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> Classifier:
+    """The classifier of an exported folder, on the model its ``classifier.json`` names (refused, naming what
+    differs, when that model's fingerprint is not the one the head was trained on). ``method``/``shots``/``seed``,
+    when given, must be the exported head's."""
+    document = read_export(folder)
+    unit = (document["method"], int(document["shots"]), int(document["seed"]))
+    if any(asked is not None and asked != have for asked, have in zip((method, shots, seed), unit)):
+        raise HeadNotTrained(f"{folder} holds one head, {describe_heads([unit])}; drop --method/--shots/--seed")
+    head, meta = load_head(folder / HEAD_STEM)
+    model = ModelConfig(**document["model"])
+    backbone = load_backbone(model if device is None else model.model_copy(update={"device": device}))
+    check_model(document, backbone, folder)
+    classifier = Classifier(backbone, head, meta["class_names"], *unit, batch_size=model.batch_size)
+    classifier.why = f"exported to {folder}: {document['why']}"
     return classifier
 
 

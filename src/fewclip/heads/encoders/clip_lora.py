@@ -45,7 +45,7 @@ from pydantic import Field
 from fewclip.backbones.protocol import Backbone, TunableTowers
 from fewclip.heads.artifacts import StaleArtifact
 from fewclip.heads.encoders.config import AdamWTrainingConfig
-from fewclip.heads.encoders.lora_layers import lora_scaling, lora_towers
+from fewclip.heads.encoders.lora_layers import lora_scaling, lora_towers, merged_towers
 from fewclip.heads.encoders.tuned_towers import TunedTowersHead
 from fewclip.heads.registry import register_head
 
@@ -77,10 +77,14 @@ class ClipLoraHead(TunedTowersHead):
     config_key = "clip_lora"
     Config = ClipLoraConfig
     config: ClipLoraConfig
+    merges_into_model = True
 
     def make_towers(self, backbone: Backbone, seed: int) -> TunableTowers:
         cfg = self.config
         return lora_towers(backbone, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, seed)
+
+    def merged_towers(self) -> TunableTowers:
+        return merged_towers(self.towers_)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"lora_scaling": torch.tensor([lora_scaling(self.config.rank, self.config.alpha)])}  # trained at

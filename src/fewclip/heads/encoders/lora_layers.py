@@ -6,6 +6,7 @@ run keep scoring with the frozen towers. Only parameters whose name contains ``l
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -59,6 +60,23 @@ def lora_towers(
         param.requires_grad_(is_lora(name))
     towers.module.to(backbone.device)
     return towers
+
+
+def merged_towers(towers: TunableTowers) -> TunableTowers:
+    """A copy of ``towers`` whose module has every LoRA update folded into its base layer (peft's ``merge``, W +
+    (B A) * scaling) and the peft layers replaced by those base layers: the library's plain model again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # on use: importing peft takes seconds
+
+    merged = copy.copy(towers)
+    merged.module = copy.deepcopy(towers.module)
+    adapted = [(name, layer) for name, layer in merged.module.named_modules() if isinstance(layer, BaseTunerLayer)]
+    with torch.no_grad():
+        for name, layer in adapted:
+            layer.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(merged.module.get_submodule(parent), child, layer.get_base_layer())
+    merged.module.requires_grad_(False)
+    return merged
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -74,10 +74,16 @@ class TunedTowersHead(EncoderHeadBase):
     ``logit_scale * cos`` against the tuned image features. Not registered: a head subclasses it."""
 
     needs: ClassVar[frozenset[str]] = frozenset({"lora_targets"})
+    merges_into_model: ClassVar[bool] = False  # merged_towers(): its training folded into the library's plain model
     config: AdamWTrainingConfig
 
     def make_towers(self, backbone: Backbone, seed: int) -> TunableTowers:
         """The backbone's ``tunable_towers()`` with the method's trainable parameters in them, on its device."""
+        raise NotImplementedError
+
+    def merged_towers(self) -> TunableTowers:
+        """A copy of the tuned towers with the training folded into the library's plain model (a head that
+        ``merges_into_model``); after ``attach``."""
         raise NotImplementedError
 
     def extra_state(self) -> dict[str, torch.Tensor]:
