@@ -165,7 +165,9 @@ class ProkerHead(TemperatureScaled, ChecksTemplates, HeadBase):
         residual = one_hot - samples @ text.double().T  # (S, C) Y - T_S
         (self.beta_, self.lmbda_), self.search_note_ = self.choose(samples, residual, val, task.shots)
         gram = kernel(samples, samples, self.beta_)
-        self.coefficients_ = coefficients(gram, residual, self.lmbda_).float()
+        # contiguous, as a reloaded head's are: the solve returns a transposed view, and BLAS may round a product
+        # with it differently from one with the same numbers laid out by row (seen on MKL limited to SSE4.2)
+        self.coefficients_ = coefficients(gram, residual, self.lmbda_).float().contiguous()
         self.history_: list[dict[str, float]] = []  # training-free
         self.calibration_ = calibrate(self.config.calibrate, val, self.uncalibrated_logits)
         self.temperature_ = temperature_tensor(self.calibration_)
