@@ -173,6 +173,20 @@ def test_published_numbers_sit_beside_the_average_of_the_11_on_the_papers_protoc
     )
     assert table[("DTD", "zero_shot", 0, "new")]["selection"] == "paper: none; fewclip: none"
     assert re.search(r'data-split="hm">paper 75\.83 \[\d\], validation-free</span>', page)
+    # the gap to the paper's number, flagged when it is larger than the seeds' spread (no spread on HM, averages)
+    for key, row in table.items():
+        if not row["reference"]:
+            assert row["gap"] == row["gap_beyond_spread"] == ""
+            continue
+        assert float(row["gap"]) == pytest.approx(float(row["mean"]) - float(row["reference"]), abs=0.006)
+        if row["std"] == "":
+            assert row["gap_beyond_spread"] == "", key
+        else:
+            assert row["gap_beyond_spread"] == ("yes" if abs(float(row["gap"])) > float(row["std"]) else "no"), key
+    imagenet = table[("ImageNet", "cocoop", 16, "base")]
+    assert imagenet["std"] and imagenet["gap_beyond_spread"] in ("yes", "no")
+    flagged = [row for row in table.values() if row["gap_beyond_spread"] == "yes"]
+    assert len(re.findall(r'<span class="gap-beyond">gap [+-][0-9.]+: beyond the seeds', page)) == len(flagged)
     assert page.count('<th class="text">selection</th>') == 1
     assert '<td class="text">paper: validation-free; fewclip: validation split</td>' in page
 

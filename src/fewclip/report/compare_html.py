@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from fewclip.report.compare_tables import Cell, Table
+from fewclip.report.compare_tables import Cell, Table, reference_gap
 from fewclip.report.html_kit import CSS, esc, table
 
 SPLIT_LABELS = {"test": "", "base": "base", "new": "new", "hm": "HM"}
@@ -24,6 +24,8 @@ COMPARE_CSS = (
     CSS
     + """
 .ref { color: #6a3d9a; font-size: .85em; }
+.gap { color: #555; font-size: .85em; }
+.gap-beyond { color: #b2182b; font-size: .85em; font-weight: 600; }
 body { max-width: 1400px; }
 """
 )
@@ -59,6 +61,10 @@ def cell_html(cell: Cell | None, citations: dict[str, int], note: str | None = N
             f'data-shots="{cell.shots}" data-split="{esc(cell.split)}">paper {cell.reference.value:.2f} '
             f"[{number}], {esc(cell.reference.selection)}</span>"
         )
+        gap, beyond = reference_gap(cell) or (0.0, None)
+        flag = {True: "gap-beyond", False: "gap", None: "gap"}[beyond]
+        why = {True: ": beyond the seeds' spread", False: ", within the seeds' spread", None: ""}[beyond]
+        parts.append(f'<br><span class="{flag}">gap {gap:+.2f}{why}</span>')
     return "".join(parts)
 
 

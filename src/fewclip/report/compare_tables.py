@@ -22,8 +22,10 @@ plus their average. Values are accuracy in percent, mean ± sample std over seed
 compare.csv is long: dataset, method, shots, protocol, backbone, split, mean, std, n_seeds (percent; std and
 n_seeds empty for HM and averages), reference and reference_source (the published number and its citation),
 note ("cannot transfer", with no number), selection (how the method's paper chose hyper-parameters on that
-dataset and what fewclip's run chose on: ``heads.selection_protocol``) and reference_selection (how the
-published number's were chosen, from published.csv).
+dataset and what fewclip's run chose on: ``heads.selection_protocol``), reference_selection (how the
+published number's were chosen, from published.csv), gap (the run's mean less the published number, in points)
+and gap_beyond_spread ("yes" when the gap is larger than the seeds' sample std, "no" when within it, empty where
+there is no published number or no std: HM, averages).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ CSV_COLUMNS = (
     "note",
     "selection",
     "reference_selection",
+    "gap",
+    "gap_beyond_spread",
 )
 TARGETS_AVERAGE = "Average (targets)"
 CANNOT_TRANSFER = "cannot transfer"
@@ -106,6 +110,24 @@ class Cell:
     std: float | None  # None: HM and averages (not a mean over seeds)
     n_seeds: int | None
     reference: Reference | None = None
+
+
+def reference_gap(cell: Cell) -> tuple[float, bool | None] | None:
+    """(the run's mean less the published number, in points; whether it is larger than the seeds' sample std, None
+    where the cell has no std), or None without a published number."""
+    if cell.reference is None:
+        return None
+    gap = 100 * cell.mean - cell.reference.value
+    return gap, None if cell.std is None else abs(gap) > 100 * cell.std
+
+
+def gap_columns(cell: Cell) -> tuple[str, str]:
+    """compare.csv's gap and gap_beyond_spread of a cell."""
+    found = reference_gap(cell)
+    if found is None:
+        return "", ""
+    gap, beyond = found
+    return f"{gap:+.2f}", "" if beyond is None else ("yes" if beyond else "no")
 
 
 def backbone_name(model: Mapping[str, Any]) -> str:
@@ -398,6 +420,7 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
                             "",
                             table.selection(method, dataset),
                             "" if c.reference is None else c.reference.selection,
+                            *gap_columns(c),
                         ]
                     )
                 elif (dataset, method) in table.notes:
@@ -416,6 +439,8 @@ def csv_rows(tables: Sequence[Table]) -> list[list[Any]]:
                             "",
                             table.notes[(dataset, method)],
                             table.selection(method, dataset),
+                            "",
+                            "",
                             "",
                         ]
                     )
