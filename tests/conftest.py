@@ -167,7 +167,7 @@ def interrupt_cli(tmp_path: Path) -> Callable[..., tuple[int, str]]:
 # with one thread and other vector kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS), so an assertion that
 # holds on one machine's kernels only fails in CI rather than on a user's CPU.
 NUMERIC_FILES = ("test_contract.py", "test_saliency.py", "test_clip_lora_saliency.py", "test_maple_saliency.py")
-NUMERIC_WORDS = ("resum", "exact", "identical", "equivalen", "same_as", "matches", "bit")
+NUMERIC_WORDS = ("resum", "exact", "identical", "equivalen", "same_as", "matches", "bit", "reload", "saved")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
