@@ -19,6 +19,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Ten Food-101 class names, every word of them in BENCH_WORDS (the random CLIPs' vocabulary)
+FOOD_CLASSES = [
+    "apple pie",
+    "bibimbap",
+    "cannoli",
+    "edamame",
+    "falafel",
+    "french toast",
+    "ice cream",
+    "ramen",
+    "sushi",
+    "tiramisu",
+]
+
+
 BENCH_WORDS = [
     "a",
     "photo",

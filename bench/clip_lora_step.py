@@ -51,20 +51,8 @@ from typing import Any
 
 import torch
 
-from _common import PeakRss, decode_seconds, photo_folder, vit_b16_random
+from _common import FOOD_CLASSES, PeakRss, decode_seconds, photo_folder, vit_b16_random
 
-VIT_CLASSES = [
-    "apple pie",
-    "bibimbap",
-    "cannoli",
-    "edamame",
-    "falafel",
-    "french toast",
-    "ice cream",
-    "ramen",
-    "sushi",
-    "tiramisu",
-]
 TEMPLATE = "a photo of a {}."
 
 
@@ -90,7 +78,7 @@ def model_specs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         folder = vit_b16_random(work / name, args.layers)
         images = photo_folder(work / "photos-512x384", classes=1, per_class=args.batch_vit)
         specs.append(
-            {"model": name, "id": str(folder), "classes": VIT_CLASSES, "batch": args.batch_vit, "images": str(images)}
+            {"model": name, "id": str(folder), "classes": FOOD_CLASSES, "batch": args.batch_vit, "images": str(images)}
         )
     return specs
 

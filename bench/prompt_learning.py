@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from _common import vit_b32_random
+from _common import FOOD_CLASSES, vit_b32_random
 from fewclip.backbones import ModelConfig, load_backbone
 from fewclip.backbones.prompt_tower import PromptTextTower
 from fewclip.heads import CoCoOpConfig, CoCoOpHead, CoOpConfig, CoOpHead, FeatureSet, Task
@@ -35,18 +35,7 @@ from fewclip.heads.prompts.cocoop import CoCoOpParams
 from fewclip.heads.prompts.coop import ContextParams, CoOpPrompts
 from fewclip.heads.prompts.learning import assemble, init_context
 
-CLASSES = [
-    "apple pie",
-    "bibimbap",
-    "cannoli",
-    "edamame",
-    "falafel",
-    "french toast",
-    "ice cream",
-    "ramen",
-    "sushi",
-    "tiramisu",
-]
+CLASSES = FOOD_CLASSES
 
 
 def timed(fn, steps: int) -> float:
