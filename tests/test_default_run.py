@@ -3,6 +3,8 @@ domain, its six heads, base-to-new), cut to one shot budget and one seed by over
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -24,12 +26,15 @@ def test_fewclip_run_without_a_config_runs_the_embedded_default(
     assert main(["-q", "run", "few_shot.shots=[2]", "splits.seeds=[1]"]) == 0
     run_dir = tmp_path / "runs" / "default"
     out = capsys.readouterr().out
-    lines = out.strip().splitlines()  # the answer in three lines: headline, table, report
+    lines = out.strip().splitlines()  # the answer in plain sentences, the table, the report
     assert lines[-2:] == [
         f"table: {Path('runs/default/results/aggregate/accuracy_table.csv')}",
         f"report: {Path('runs/default/report.html')}",
     ]
-    assert "paired test over seeds" in lines[-3]
+    plain = json.loads((run_dir / "results" / "answer.json").read_text())["plain"]
+    assert 1 <= len(plain) <= 3 and lines[-2 - len(plain) : -2] == plain
+    assert plain[0].startswith(("With 2 labelled images per class, ", "With no labelled image, ")), plain
+    assert "95% interval" in plain[0]
 
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["id"] == WORLD_ALIAS and resolved["splits"]["subsample"] == "base2new"

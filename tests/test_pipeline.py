@@ -203,13 +203,14 @@ def test_cli_runs_a_yaml_config_with_dotted_overrides(
         == 0
     )
     layout = RunLayout(tmp_path / "run")
-    out = capsys.readouterr().out  # ends with the answer in three lines, not the summary.csv dump
-    assert out.splitlines()[-3:] == [
-        json.loads(layout.answer.read_text())["headline"],
+    out = capsys.readouterr().out  # ends with the answer in a few plain lines, not the summary.csv dump
+    plain = json.loads(layout.answer.read_text())["plain"]
+    assert 1 <= len(plain) <= 3 and out.splitlines()[-2 - len(plain) :] == [
+        *plain,
         f"table: {layout.aggregate / 'accuracy_table.csv'}",
         f"report: {layout.report}",
     ]
-    assert "method,shots,seed" not in out and "Recommended: linear_probe at " in out
+    assert "method,shots,seed" not in out and "labelled image per class, linear_probe reaches" in out
     assert sorted(unit_of(r) for r in read_rows(layout.summary)) == [("linear_probe", 1, 1), ("linear_probe", 2, 1)]
     resolved = load_config(layout.config)
     assert resolved.few_shot.shots == [1, 2] and resolved.methods == ["linear_probe"]

@@ -13,6 +13,7 @@ from fewclip.stats import (
     is_imbalanced,
     majority_accuracy,
     mcnemar_exact,
+    mean_interval,
     mean_std,
     paired_test,
     wilson_interval,
@@ -26,6 +27,21 @@ def test_wilson_interval_matches_the_textbook_value() -> None:
         assert (round(low, 4), round(high, 4)) == expected
     assert wilson_interval(20, 20)[1] == pytest.approx(1.0)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mean_interval_is_seeded_shrinks_with_n_and_covers_the_mean_about_95_percent() -> None:
+    rng = np.random.default_rng(7)
+    skewed = rng.exponential(1.0, size=200)  # per-image CIDEr is skewed like this: the true mean is 1
+    low, high = mean_interval(skewed)
+    assert low < skewed.mean() < high and mean_interval(skewed) == (low, high)  # same scores, same interval
+    low4, high4 = mean_interval(np.tile(skewed, 4))
+    assert 1.7 < (high - low) / (high4 - low4) < 2.3  # four times the images: half the width
+    assert high - low == pytest.approx(2 * 1.96 * skewed.std() / math.sqrt(200), rel=0.15)  # the normal width
+    covered = sum(low < 1.0 < high for low, high in (mean_interval(rng.exponential(1.0, 60)) for _ in range(300)))
+    assert 0.88 * 300 < covered < 0.985 * 300, covered  # about 95% (the percentile bootstrap under-covers a little)
+    assert mean_interval([0.4]) == (pytest.approx(0.4), pytest.approx(0.4))
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_interval([])
 
 
 def test_mean_std_is_the_sample_std() -> None:

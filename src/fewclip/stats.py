@@ -3,6 +3,8 @@
 - ``wilson_interval``: a 95% interval for one accuracy on n test images (Wilson score interval; unlike
   the normal approximation it stays inside [0, 1] and keeps its coverage near 0% and 100%).
 - ``mean_std``: mean and sample standard deviation over seeds (the seed count travels with them).
+- ``mean_interval``: a 95% interval for a mean of per-image scores (per-image CIDEr or CLIPScore), by the
+  percentile bootstrap over images with a fixed seed, so the same scores always give the same interval.
 - ``chance_accuracy`` / ``majority_accuracy``: what guessing uniformly and always answering the largest
   class score; ``is_imbalanced``: whether accuracy is a misleading summary of a test set.
 - ``paired_test``: is method A better than method B on the same test images, over seeds?
@@ -37,6 +39,7 @@ import numpy as np
 
 IMBALANCE_RATIO = 1.5  # largest / smallest class support above which accuracy and balanced accuracy part
 MONTE_CARLO_DRAWS = 20_000
+BOOTSTRAP_DRAWS = 10_000
 EXACT_LATTICE_LIMIT = 2_000_000  # distinct step sizes x lattice span enumerated exactly (else Monte Carlo)
 
 
@@ -57,6 +60,24 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_interval(
+    scores: Sequence[float] | np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """A ``level`` interval for the mean of per-image ``scores``: the percentile bootstrap over images (``draws``
+    resamples of n images with replacement, drawn from a generator seeded with ``seed``).
+
+    It covers drawing another test set of the same size, as the Wilson interval does for accuracy; no normal
+    approximation, because per-image CIDEr is skewed (many images near 0, a few far above). A single image gives
+    the point itself; no image raises ValueError."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"mean_interval needs a non-empty list of per-image scores, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(draws, values.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def chance_accuracy(n_classes: int) -> float:

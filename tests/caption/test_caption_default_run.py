@@ -4,6 +4,7 @@ above the untrained decoder's, which says one plausible caption whatever the ima
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_the_embedded_default_learns_to_caption_the_world(
         assert float(test[method]["clipscore"]) > float(test["untrained"]["clipscore"])
         assert int(test[method]["trainable_params"]) > 0 and int(test[method]["n_eval"]) == 96
     out = capsys.readouterr().out
+    plain = json.loads((run_dir / "results" / "caption_answer.json").read_text())["plain"]
+    assert 2 <= len(plain) <= 3 and out.splitlines()[-1 - len(plain) : -1] == plain  # the answer, then the report
     assert (
         "untrained seed 0: test CIDEr" in out
         and f"results: {Path(DEFAULT_OUTPUT) / 'results' / 'caption_summary.csv'}" in out

@@ -4,6 +4,7 @@ self-containment, and runs that lack files."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,9 @@ from PIL import Image
 from fewclip.runner.layout import REFERENCE_SEPARATOR
 from fewclip.runner.layout import CAPTION_PREDICTION_COLUMNS, CAPTION_SUMMARY_COLUMNS, CaptionLayout
 from fewclip.caption.metrics import text_scores
-from fewclip.report.caption_page import CURVES_FILE, EXAMPLE_IMAGES, write_caption_report
+from fewclip.report.caption_page import CURVES_FILE, EXAMPLE_IMAGES, HEADLINE_FILE, write_caption_report
+from fewclip.stats import mean_interval
+from tests.report.browser import check_first_screen
 
 EVIL = "<script>alert(1)</script>"
 N_IMAGES = 20
@@ -224,9 +227,10 @@ def test_escaped_and_self_contained(tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)|url\(|@import|<link""", text, re.I)
     images = re.findall(r'<img[^>]*src="([^"]*)"', text)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
-    # thumbnails of the example images, the training curves, two attention panels
-    assert len(images) == EXAMPLE_IMAGES + 1 + 2
-    assert (layout.results / CURVES_FILE).is_file()
+    # the first screen's figure, thumbnails of the example images, the training curves, two attention panels
+    # (adapter's, the winner's: shown once, in the examples up front)
+    assert len(images) == 1 + EXAMPLE_IMAGES + 1 + 2
+    assert (layout.results / CURVES_FILE).is_file() and (layout.results / HEADLINE_FILE).is_file()
     assert text.index("highest clipscore") < text.index("lowest clipscore")  # panels in a fixed order
 
 
@@ -334,6 +338,82 @@ def test_the_default_runs_report_embeds_every_image_it_promises(tmp_path: Path) 
     )
     thumbnails = min(EXAMPLE_IMAGES, len(test_images))
     sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', text)
-    assert len(sources) == thumbnails + 1 + panels  # examples, the training curves, the attention panels
+    # the first screen's figure, examples, the training curves, the attention panels (each once)
+    assert len(sources) == 1 + thumbnails + 1 + panels
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert len(re.findall(r'<img class="thumb" src="data:image/png;base64,', text)) == thumbnails
+
+
+# --- the first screen ----------------------------------------------------------------------------------------
+
+
+def per_image_seed_mean(layout: CaptionLayout, method: str, seeds, column: str) -> np.ndarray:
+    """A method's per-image score averaged over its seeds, recomputed from the predictions CSVs."""
+    per_seed = []
+    for seed in seeds:
+        with open(layout.predictions(method, seed), newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if column == "cider":
+            refs = {r["image"]: r["references"].split(REFERENCE_SEPARATOR) for r in rows}
+            scores = text_scores(refs, {r["image"]: r["caption"] for r in rows}).cider_per_image
+            per_seed.append([scores[r["image"]] for r in rows])
+        else:
+            per_seed.append([float(r[column]) for r in rows])
+    return np.mean(per_seed, axis=0)
+
+
+def test_first_screen_is_the_plain_answer_the_figure_the_leaderboard_then_the_examples(tmp_path: Path) -> None:
+    layout = separated_run(tmp_path)
+    text = html_of(layout)
+    answer = json.loads(layout.answer.read_text())
+    methods = answer["methods"]
+    for method in ("untrained", "adapter", "lora"):  # each interval is the bootstrap over the 20 images
+        for metric in ("cider", "clipscore"):
+            low, high = methods[method][f"{metric}_interval"]
+            assert (low, high) == pytest.approx(mean_interval(per_image_seed_mean(layout, method, (0, 1), metric)))
+            assert low <= methods[method][f"{metric}_mean"] + 1e-9 and methods[method][f"{metric}_mean"] <= high + 1e-9
+    adapter = methods["adapter"]
+    first, second, third = answer["plain"]
+    assert first.startswith(
+        f"adapter captions best: CIDEr {adapter['cider_mean']:.2f} (95% interval {adapter['cider_interval'][0]:.2f}"
+    )
+    assert (
+        f"20 test images), {adapter['cider_mean'] - methods['untrained']['cider_mean']:+.2f} over the untrained"
+        in first
+    )
+    assert second.startswith("The paired test on per-image CIDEr puts it ahead of every other method (largest p")
+    clip_top = max(methods, key=lambda m: methods[m]["clipscore_mean"])
+    assert f"{clip_top} {methods[clip_top]['clipscore_mean']:.2f} (95% interval" in third
+    glance, rest = text.split('<section id="examples-up-front">', 1)
+    assert "<details" not in glance and rest.index("highest clipscore") < rest.index("<details")
+    assert [f"<p>{html.escape(s, quote=True)}</p>" in glance for s in answer["plain"]] == [True] * 3
+    board = glance[glance.index('id="leaderboard"') :]
+    order = [board.index(f"</span>{m}") for m in ("adapter", "lora", "untrained")]
+    assert order == sorted(order)  # best CIDEr first
+    assert 'adapter <b class="winner">best</b>' in board and "top" in board and "below (p" in board
+    attention = rest[rest.index('<details id="caption-attention">') :]
+    assert "highest clipscore" not in attention  # adapter's panels are up front, not repeated
+
+
+def test_no_winner_says_whom_the_test_cannot_separate(tmp_path: Path) -> None:
+    layout = make_run(
+        tmp_path,
+        {
+            "untrained": {0: [""] * N_IMAGES},
+            "adapter": {0: right_on(set(range(11)))},
+            "lora": {0: right_on(set(range(5, 15)))},
+        },
+    )
+    html_of(layout)
+    answer = json.loads(layout.answer.read_text())
+    assert answer["plain"][0].startswith("adapter leads with CIDEr")
+    assert answer["plain"][1].startswith("The paired test on per-image CIDEr cannot separate it from lora (")
+    assert answer["plain"][1].endswith("p = 1.000).")
+
+
+@pytest.mark.slow
+def test_headless_chromium_shows_the_caption_answer_figure_and_leaderboard_on_the_first_screen(
+    tmp_path: Path,
+) -> None:
+    layout = separated_run(tmp_path / "run")
+    check_first_screen(tmp_path, write_caption_report(layout))

@@ -6,11 +6,8 @@ import base64
 import html
 import json
 import io
-import os
 import re
-import shutil
 import statistics
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +23,7 @@ from fewclip.report.aggregate import accuracy_table, constant_baseline, mean_std
 from fewclip.stats import wilson_interval
 from fewclip.report.html import build_report
 from fewclip.report.html_kit import thumbnail
+from tests.report.browser import check_first_screen, chromium
 
 EVIL = "<script>alert(1)</script>"
 SECTIONS = [
@@ -379,7 +377,7 @@ def test_report_says_what_is_missing_and_survives_missing_images(
     assert main(["-q", "report", str(layout.config)]) == 0
     printed = capsys.readouterr().out.splitlines()  # the answer in a few lines, not a CSV dump
     assert printed == [
-        json.loads(layout.answer.read_text())["headline"],
+        *json.loads(layout.answer.read_text())["plain"],
         f"table: {layout.aggregate / 'accuracy_table.csv'}",
         f"report: {layout.report}",
     ]
@@ -429,58 +427,6 @@ def test_base_to_new_report_without_figures(run_report) -> None:
 # --- a real browser ------------------------------------------------------------------------------------------
 
 
-FIRST_SCREEN_PX = (1280, 1000)
-# Injected into a copy of the report (the report itself has no script): the first screen's boxes with every
-# <details> closed, as a reader opens the page; then, with all of them open, every rendered element whose right
-# edge passes its column (the body's content box), outside the boxes that scroll on purpose (<pre>, wide tables).
-LAYOUT_PROBE = """<script>
-const box = id => { const r = document.getElementById(id).getBoundingClientRect(); return [r.top, r.bottom]; };
-const probe = {answer: box("answer"), figure: box("headline-figure"), image: box("headline-image"),
-               leaderboard: box("leaderboard")};
-document.querySelectorAll("details").forEach(d => { d.open = true; });
-const style = getComputedStyle(document.body), body = document.body.getBoundingClientRect();
-const right = body.right - parseFloat(style.paddingRight);
-const scrolls = e => { for (let a = e.parentElement; a; a = a.parentElement) {
-  if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true; } return false; };
-probe.overflowing = [...document.body.querySelectorAll("*")]
-  .filter(e => e.getClientRects().length && !scrolls(e) && e.getBoundingClientRect().right > right + 1)
-  .map(e => e.tagName + "." + e.className);
-probe.page_scrolls = document.documentElement.scrollWidth > document.documentElement.clientWidth;
-document.body.setAttribute("data-probe", JSON.stringify(probe));
-</script>"""
-
-
-def chromium(tmp_path: Path, page: Path, *arguments: str) -> str:
-    """Run headless Chromium offline on ``page`` with ``arguments``; returns its stdout."""
-    if os.environ.get("FEWCLIP_SKIP_BROWSER") == "1":
-        pytest.skip("FEWCLIP_SKIP_BROWSER=1")
-    browser = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
-    if browser is None:
-        pytest.fail("chromium is not installed: `apt-get install -y chromium` (Debian), or set FEWCLIP_SKIP_BROWSER=1")
-    done = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            *arguments,
-            page.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-        text=True,
-    )
-    return done.stdout
-
-
 @pytest.mark.slow
 def test_headless_chromium_renders_the_report_offline(run_report, tmp_path: Path) -> None:
     config, layout = run_report()
@@ -508,26 +454,7 @@ def test_first_screen_holds_the_answer_the_figure_and_the_leaderboard_and_nothin
     two_sided = "splits.subsample=base2new" in overrides  # the headline on hm; base and new in the section below
     assert json.loads(layout.answer.read_text())["split"] == ("hm" if two_sided else "test")
     assert (layout.aggregate / "accuracy_vs_shots.png").is_file() == two_sided
-    width, height = FIRST_SCREEN_PX
-    probed = tmp_path / "probed.html"
-    probed.write_text(layout.report.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"))
-    dom = chromium(tmp_path, probed, "--dump-dom", f"--window-size={width},{height}")
-    found = re.search(r'data-probe="([^"]*)"', dom)
-    assert found, "the layout probe did not run"
-    probe = json.loads(html.unescape(found.group(1)))
-    for name in ("answer", "figure", "image", "leaderboard"):  # each box starts and ends on the first screen
-        top, bottom = probe[name]
-        assert 0 <= top < bottom <= height, (name, probe[name])
-    assert probe["answer"][1] <= probe["figure"][0] <= probe["figure"][1] <= probe["leaderboard"][0]
-    assert probe["image"][1] - probe["image"][0] > 150  # the figure is drawn at a readable size, not a thumbnail
-    assert probe["overflowing"] == [] and not probe["page_scrolls"]
-    shot = tmp_path / "first-screen.png"
-    chromium(tmp_path, layout.report, f"--screenshot={shot}", f"--window-size={width},{height}")
-    with Image.open(shot) as image:
-        assert image.size == FIRST_SCREEN_PX
-        top, bottom = (round(y) for y in probe["image"])
-        figure_colours = image.convert("RGB").crop((0, top, width, bottom)).getcolors(maxcolors=1 << 20)
-    assert figure_colours is not None and len(figure_colours) > 100  # the plot itself is on screen, not blank
+    check_first_screen(tmp_path, layout.report)
 
 
 def test_report_says_hyper_parameters_come_from_validation_and_which_methods_use_none(make_config) -> None:

@@ -8,6 +8,10 @@ predictions CSV (caption and references per image), averaged over a method's see
 over images is the corpus CIDEr, so the test's statistic is exactly the difference in the table. With
 one seed the test is over images alone. Otherwise the leading methods are called indistinguishable on
 this test set, with its size.
+
+Each method's CIDEr and CLIPScore also get a 95% interval over the test images (``stats.mean_interval`` on the
+seed-averaged per-image scores), and the first screen's plain sentences (``plain``) are written beside the
+headline.
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ import numpy as np
 
 from fewclip.caption.metrics import text_scores
 from fewclip.fileio import atomic_write_text, read_csv
+from fewclip.report.answer import and_list
+from fewclip.report.answer import p_text as p_words
 from fewclip.runner.caption_config import BASELINE
 from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
-from fewclip.stats import PairedTest, mean_std, paired_scores_test
+from fewclip.stats import PairedTest, mean_interval, mean_std, paired_scores_test
 
 ALPHA = 0.05
+UNTRAINED = "the untrained decoder"
 METRICS = ("cider", "clipscore", "refclipscore", "bleu4")
 METRIC_NAMES = {"cider": "CIDEr", "clipscore": "CLIPScore", "refclipscore": "RefCLIPScore", "bleu4": "BLEU-4"}
+INTERVAL_METRICS = ("cider", "clipscore")  # the per-image scores the predictions CSVs give
+Interval = tuple[float, float]
 
 
 def optional_float(text: str | None) -> float | None:
@@ -98,6 +107,37 @@ def cider_matrix(layout: CaptionLayout, row: MethodRow) -> dict[int, dict[str, f
     }
 
 
+def clipscore_matrix(layout: CaptionLayout, row: MethodRow) -> dict[int, dict[str, float]]:
+    """Seed -> per-image CLIPScore as the predictions CSVs hold it; a seed with an empty cell is left out."""
+    found = {}
+    for seed in row.seeds:
+        path = layout.predictions(row.method, seed, row.split)
+        if path.is_file():
+            scores = {r["image"]: optional_float(r.get("clipscore")) for r in read_csv(path)}
+            if scores and all(v is not None for v in scores.values()):
+                found[seed] = {image: float(v) for image, v in scores.items() if v is not None}
+    return found
+
+
+def seed_mean(matrix: dict[int, dict[str, float]]) -> np.ndarray | None:
+    """Per-image scores averaged over seeds, on the images every seed scored (None when no seed did)."""
+    if not matrix:
+        return None
+    images = sorted(set.intersection(*(set(scores) for scores in matrix.values())))
+    return np.array([[scores[i] for i in images] for scores in matrix.values()]).mean(axis=0) if images else None
+
+
+def score_intervals(
+    ciders: dict[int, dict[str, float]], clipscores: dict[int, dict[str, float]]
+) -> dict[str, Interval | None]:
+    """The 95% interval over test images of a method's seed-averaged per-image CIDEr and CLIPScore."""
+    intervals: dict[str, Interval | None] = {}
+    for metric, matrix in (("cider", ciders), ("clipscore", clipscores)):
+        scores = seed_mean(matrix)
+        intervals[metric] = mean_interval(scores) if scores is not None else None
+    return intervals
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The leader against one other method on their common images; ``test`` None when either lacks predictions."""
@@ -117,17 +157,22 @@ class CaptionAnswer:
     comparisons: list[Comparison] = field(default_factory=list)
     n_images: int = 0
     alpha: float = ALPHA
+    intervals: dict[str, dict[str, Interval | None]] = field(default_factory=dict)  # method -> metric -> interval
+    plain: list[str] = field(default_factory=list)  # the first screen's sentences (``caption_first_screen``)
 
     def row(self, method: str) -> MethodRow:
         return next(r for r in self.rows if r.method == method)
 
 
-def compare(layout: CaptionLayout, leader: MethodRow, others: Sequence[MethodRow]) -> tuple[list[Comparison], int]:
-    """Paired tests of the leader against each other method on the images both were scored on."""
-    leader_scores = cider_matrix(layout, leader)
+def compare(
+    ciders: dict[str, dict[int, dict[str, float]]], leader: MethodRow, others: Sequence[MethodRow]
+) -> tuple[list[Comparison], int]:
+    """Paired tests of the leader against each other method on the images both were scored on (``ciders``:
+    method -> ``cider_matrix``)."""
+    leader_scores = ciders[leader.method]
     comparisons, n_images = [], 0
     for other in others:
-        other_scores = cider_matrix(layout, other)
+        other_scores = ciders[other.method]
         if not leader_scores or not other_scores:
             comparisons.append(Comparison(other.method, None))
             continue
@@ -145,14 +190,19 @@ def build_caption_answer(layout: CaptionLayout, summary: Sequence[dict[str, str]
     scored = [r for r in rows if r.mean["cider"] is not None]
     if not scored:
         return CaptionAnswer("No captioning results with a CIDEr score yet.", split, rows)
+    ciders = {r.method: cider_matrix(layout, r) for r in rows}
+    intervals = {r.method: score_intervals(ciders[r.method], clipscore_matrix(layout, r)) for r in rows}
     leader = max(scored, key=lambda r: r.mean["cider"])  # type: ignore[arg-type,return-value]
     others = [r for r in scored if r is not leader]
-    comparisons, n_images = compare(layout, leader, others)
+    comparisons, n_images = compare(ciders, leader, others)
     separated = [c for c in comparisons if c.test is not None and c.test.difference > 0 and c.test.significant(ALPHA)]
-    answer = CaptionAnswer("", split, rows, leader.method, comparisons=comparisons, n_images=n_images or leader.n_eval)
+    answer = CaptionAnswer(
+        "", split, rows, leader.method, comparisons=comparisons, n_images=n_images or leader.n_eval, intervals=intervals
+    )
     answer.winner = leader.method if len(separated) == len(comparisons) else None
     answer.tied = [leader.method] + [c.other for c in comparisons if c not in separated]
     answer.headline = headline(answer)
+    answer.plain = plain_caption_answer(answer)
     return answer
 
 
@@ -195,6 +245,76 @@ def headline(answer: CaptionAnswer) -> str:
     )
 
 
+def score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def interval_text(interval: Interval | None) -> str:
+    return "interval unknown" if interval is None else f"{interval[0]:.2f}–{interval[1]:.2f}"
+
+
+def comparison(answer: CaptionAnswer, other: str) -> Comparison | None:
+    return next((c for c in answer.comparisons if c.other == other), None)
+
+
+def test_text(found: Comparison | None) -> str:
+    return "no per-image predictions to compare" if found is None or found.test is None else p_words(found.test.p_value)
+
+
+def plain_caption_answer(answer: CaptionAnswer) -> list[str]:
+    """At most three short sentences: what the leading method scores (CIDEr with its interval and test size) and
+    its gain over the untrained decoder with the paired test; whom the test cannot separate it from (or that it
+    is ahead of every method); what CLIPScore, which reads no reference caption, says."""
+    if answer.leader is None:
+        return [answer.headline]
+    leader = answer.row(answer.leader)
+    intervals = answer.intervals.get(leader.method, {})
+    reach = (
+        f"CIDEr {score(leader.mean['cider'])} (95% interval {interval_text(intervals.get('cider'))}, "
+        f"{answer.n_images} {answer.split} images)"
+    )
+    rows = {r.method: r for r in answer.rows}
+    baseline = rows.get(BASELINE)
+    if baseline is not None and baseline is not leader and baseline.mean["cider"] is not None:
+        gain = (leader.mean["cider"] or 0.0) - baseline.mean["cider"]
+        reach += f", {gain:+.2f} over {UNTRAINED} ({test_text(comparison(answer, BASELINE))})"
+    sentences = [
+        f"{leader.method} captions best: {reach}."
+        if answer.winner is not None
+        else f"{leader.method} leads with {reach}."
+    ]
+    trained_others = [c for c in answer.comparisons if c.other != BASELINE]
+    if answer.winner is not None and trained_others:
+        largest = max(c.test.p_value for c in answer.comparisons if c.test is not None)
+        sentences.append(
+            f"The paired test on per-image CIDEr puts it ahead of every other method (largest {p_words(largest)})."
+        )
+    elif answer.winner is None:
+        tied = [
+            f"{c} ({score(rows[c].mean['cider'])}, {test_text(comparison(answer, c))})"
+            for c in answer.tied
+            if c != leader.method
+        ]
+        if tied:
+            sentences.append(f"The paired test on per-image CIDEr cannot separate it from {and_list(tied)}.")
+    clip_rows = [r for r in answer.rows if r.mean["clipscore"] is not None]
+    if clip_rows:
+        top = max(clip_rows, key=lambda r: r.mean["clipscore"] or 0.0)
+        said = (
+            f"{top.method} {score(top.mean['clipscore'])} "
+            f"(95% interval {interval_text(answer.intervals.get(top.method, {}).get('clipscore'))})"
+        )
+        if baseline is not None and baseline is not top and baseline.mean["clipscore"] is not None:
+            said += f", {UNTRAINED} {score(baseline.mean['clipscore'])}"
+        sentences.append(
+            f"CLIPScore, which reads no reference caption, agrees: {said}."
+            if top is leader
+            else f"By CLIPScore, which reads no reference caption, {said}; {leader.method} has "
+            f"{score(leader.mean['clipscore'])}."
+        )
+    return sentences[:3]
+
+
 def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
     return {
         "headline": answer.headline,
@@ -205,6 +325,7 @@ def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
         "leader": answer.leader,
         "indistinguishable": answer.tied if not answer.winner else [],
         "n_images": answer.n_images,
+        "plain": answer.plain,
         "methods": {
             r.method: {
                 "seeds": list(r.seeds),
@@ -212,6 +333,7 @@ def answer_json(answer: CaptionAnswer) -> dict[str, Any]:
                 "trainable_params": r.trainable_params,
                 **{f"{k}_mean": v for k, v in r.mean.items()},
                 **{f"{k}_std": v for k, v in r.std.items()},
+                **{f"{k}_interval": answer.intervals.get(r.method, {}).get(k) for k in INTERVAL_METRICS},
             }
             for r in answer.rows
         },

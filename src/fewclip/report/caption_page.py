@@ -20,7 +20,6 @@ it (relative to the run directory, or absolute), else ``data/<file_name>`` or ``
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,11 +36,15 @@ from fewclip.report.caption_answer import (
     optional_float,
     write_caption_answer,
 )
+from fewclip.report.caption_first_screen import caption_first_screen_html, headline_png
+from fewclip.report.figures import method_colours
 from fewclip.report.html_kit import CSS, ArtifactPage, esc, table, thumbnail
+from fewclip.report.unit_figures import png_bytes, pyplot
 from fewclip.runner.caption_config import BASELINE
 from fewclip.runner.layout import REFERENCE_SEPARATOR, CaptionLayout
 
 CURVES_FILE = "caption_curves.png"  # in results/
+HEADLINE_FILE = "caption_headline.png"  # in results/: the first screen's figure
 EXAMPLE_IMAGES = 6
 WHY = ("highest clipscore", "lowest clipscore", "fixed")
 
@@ -133,17 +136,13 @@ def histories(page: CaptionPage, summary: list[dict[str, str]]) -> dict[str, lis
     return found
 
 
-def curves_png(curves: dict[str, list[list[dict[str, str]]]], path: Path) -> Path:
-    """Two panels, validation CIDEr and training loss per epoch: per method the mean over seeds, the seeds'
-    range shaded."""
-    import matplotlib  # loaded when a figure is drawn, as for the classification report: Agg before pyplot
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def curves_png(curves: dict[str, list[list[dict[str, str]]]], path: Path, colours: dict[str, str]) -> Path:
+    """Two panels, validation CIDEr and training loss per epoch: per method (in its colour) the mean over seeds,
+    the seeds' range shaded."""
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for index, (method, runs) in enumerate(curves.items()):
-        colour = plt.get_cmap("tab10")(index % 10)
+    for method, runs in curves.items():
+        colour = colours.get(method, "black")
         for axis, column in zip(axes, ("val_cider", "train_loss")):
             epochs = min(len(run) for run in runs)
             values = np.array([[float(r[column]) if r.get(column) else np.nan for r in run[:epochs]] for run in runs])
@@ -157,18 +156,15 @@ def curves_png(curves: dict[str, list[list[dict[str, str]]]], path: Path) -> Pat
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    write_if_changed(path, buffer.getvalue())
+    write_if_changed(path, png_bytes(figure))
     return path
 
 
-def curves_section(page: CaptionPage, summary: list[dict[str, str]]) -> str:
+def curves_section(page: CaptionPage, summary: list[dict[str, str]], colours: dict[str, str]) -> str:
     curves = histories(page, summary)
     if not curves:
         return '<p class="note">No per-epoch history (no trained method, or its history files are absent).</p>'
-    path = curves_png(curves, page.layout.results / CURVES_FILE)
+    path = curves_png(curves, page.layout.results / CURVES_FILE, colours)
     return (
         "<p>Validation CIDEr (used to select the epoch) and training loss per epoch; mean over seeds, "
         "the seeds' range shaded.</p>" + page.image(path, "caption training curves")
@@ -191,38 +187,94 @@ def image_files(layout: CaptionLayout, split: str) -> dict[str, Path]:
     return files
 
 
-def examples_section(page: CaptionPage, answer: CaptionAnswer) -> str:
-    """The first test images of the predictions, each method's caption (its first seed) beside the references."""
+Predictions = dict[str, dict[str, dict[str, str]]]  # method -> image -> its row of the predictions CSV
+
+
+def first_seed_predictions(page: CaptionPage, answer: CaptionAnswer) -> Predictions:
+    """Each method's predictions on the answer's split, from its first seed (a missing file is recorded)."""
     split = answer.split or "test"
-    predictions: dict[str, dict[str, dict[str, str]]] = {}
+    predictions: Predictions = {}
     for row in answer.rows:
         rows = page.csv(page.layout.predictions(row.method, row.seeds[0], split))
         if rows is not None:
             predictions[row.method] = {r["image"]: r for r in rows}
+    return predictions
+
+
+def caption_cell(row: dict[str, str] | None) -> str:
+    if row is None:
+        return "—"
+    score = optional_float(row.get("clipscore"))
+    return esc(row["caption"]) + (f'<br><span class="note">CLIPScore {score:.3f}</span>' if score is not None else "")
+
+
+def examples_section(page: CaptionPage, answer: CaptionAnswer, predictions: Predictions) -> str:
+    """The first test images of the predictions, each method's caption (its first seed) beside the references."""
     if not predictions:
         return '<p class="note">No predictions to show.</p>'
     images = list(next(iter(predictions.values())))[:EXAMPLE_IMAGES]
-    files = image_files(page.layout, split)
+    files = image_files(page.layout, answer.split or "test")
     body = []
     for image in images:
         first = next(p[image] for p in predictions.values() if image in p)
         references = "<br>".join(esc(r) for r in first["references"].split(REFERENCE_SEPARATOR))
         cells = [thumbnail(files.get(image, page.layout.root / image)) + f"<br>{esc(image)}", references]
-        for method in predictions:
-            row = predictions[method].get(image)
-            score = optional_float(row.get("clipscore")) if row is not None else None
-            cells.append(
-                "—"
-                if row is None
-                else esc(row["caption"])
-                + (f'<br><span class="note">CLIPScore {score:.3f}</span>' if score is not None else "")
-            )
+        cells += [caption_cell(predictions[method].get(image)) for method in predictions]
         body.append(cells)
     header = ["image", "references", *(esc(m) for m in predictions)]
     return (
         "<p>Generated captions (greedy or beam as configured; each method's first seed) next to the "
         "references.</p>" + table(header, body, "examples", text_columns=tuple(range(len(header))))
     )
+
+
+def up_front_method(page: CaptionPage, answer: CaptionAnswer) -> str | None:
+    """Whose attention panels open the examples: the leader's, else the best-CIDEr trained method's that has them."""
+    order = sorted(
+        (r for r in answer.rows if r.method != BASELINE),
+        key=lambda r: (r.method != answer.leader, -(r.mean["cider"] or 0.0)),
+    )
+    return next(
+        (r.method for r in order if (page.layout.attention_dir(r.method, r.seeds[0]) / "attention.json").is_file()),
+        None,
+    )
+
+
+def examples_up_front(page: CaptionPage, answer: CaptionAnswer, predictions: Predictions) -> tuple[str, set[str]]:
+    """The leading method's attention panels on its highest- and lowest-CLIPScore test images and one fixed image,
+    each with every method's caption of that image and the references; returns the HTML and the panels shown."""
+    method = up_front_method(page, answer)
+    if method is None:
+        return '<p class="note">No attention maps to show; the example captions are in the sections below.</p>', set()
+    seed = answer.row(method).seeds[0]
+    folder = page.layout.attention_dir(method, seed)
+    try:
+        _, entries = attention_entries(folder)
+    except (ValueError, OSError):
+        return '<p class="note">No usable attention maps (see "Word-by-word attention" below).</p>', set()
+    chosen: dict[str, dict[str, Any]] = {}
+    for why in WHY:  # highest, lowest, then the first fixed image
+        found = next((e for e in entries if e["why"].startswith(why) and e["panel"] not in chosen), None)
+        if found is not None:
+            chosen[found["panel"]] = found
+    parts = [
+        f"<p>{esc(method)}'s cross-attention (seed {seed}) from each generated word to the image, on its highest- "
+        "and lowest-CLIPScore test images and a fixed one, with every method's caption of that image.</p>"
+    ]
+    for entry in chosen.values():
+        image = str(entry["image"])
+        rows = [[esc(m), caption_cell(by_image.get(image))] for m, by_image in predictions.items()]
+        first = next((by_image[image] for by_image in predictions.values() if image in by_image), None)
+        if first is not None:
+            references = "<br>".join(esc(r) for r in first["references"].split(REFERENCE_SEPARATOR))
+            rows.append(["references", f'<span class="note">{references}</span>'])
+        parts.append(
+            f'<div class="example"><p><b>{esc(entry["why"])}</b>: {esc(image)}</p>'
+            + page.image(folder / entry["panel"], f"{method} attention on {image}")
+            + table(["method", "caption"], rows, "example-captions", text_columns=(0, 1))
+            + "</div>"
+        )
+    return "".join(parts), set(chosen)
 
 
 def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
@@ -243,11 +295,13 @@ def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
     return data.get("layer"), [entry for entry in data["images"] if entry["panel"] is not None]
 
 
-def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
+def attention_section(page: CaptionPage, answer: CaptionAnswer, up_front: tuple[str | None, set[str]]) -> str:
+    """Every method's attention panels (first seed), but those shown up front (``up_front``: method, panels)."""
     parts = [
         "<p>Each panel: the decoder's cross-attention from one generated word to the image patches "
         "(averaged over heads, at the step that generated the word), over the image. Shown for each "
-        "method's highest- and lowest-CLIPScore test images and for fixed images (first seed).</p>"
+        "method's highest- and lowest-CLIPScore test images and for fixed images (first seed); those in the "
+        "examples at the top are not repeated.</p>"
     ]
     for row in answer.rows:
         folder = page.layout.attention_dir(row.method, row.seeds[0])
@@ -266,8 +320,10 @@ def attention_section(page: CaptionPage, answer: CaptionAnswer) -> str:
             )
             continue
         parts.append(f'<p class="note">Decoder block {esc(layer)}.</p>')
+        shown = up_front[1] if up_front[0] == row.method else set()
         for entry in sorted(
-            entries, key=lambda e: next((i for i, w in enumerate(WHY) if e["why"].startswith(w)), len(WHY))
+            (e for e in entries if e["panel"] not in shown),
+            key=lambda e: next((i for i, w in enumerate(WHY) if e["why"].startswith(w)), len(WHY)),
         ):
             parts.append(
                 f"<p><b>{esc(entry['why'])}</b>: {esc(entry['image'])}, “{esc(entry['caption'])}” "
@@ -285,27 +341,40 @@ def missing_section(page: CaptionPage) -> str:
 
 
 def write_caption_report(layout: CaptionLayout) -> Path:
-    """Write ``results/caption_answer.json``, ``results/caption_curves.png`` and ``report.html``; returns the
-    report's path. Needs ``results/caption_summary.csv``; whatever else is absent is listed in the page."""
+    """Write ``results/caption_answer.json``, the figures in ``results/`` and ``report.html``; returns the
+    report's path. Needs ``results/caption_summary.csv``; whatever else is absent is listed in the page.
+
+    The first screen is the answer, the figure and the leaderboard (``report.caption_first_screen``), then the
+    leading method's attention panels with every method's captions; everything else is in ``<details>``."""
     if not layout.summary.is_file():
         raise FileNotFoundError(f"{layout.summary} not found: run `fewclip caption evaluate` before the report")
     summary = read_csv(layout.summary)
     answer = write_caption_answer(layout, summary)
     page = CaptionPage(layout)
+    colours = method_colours([r["method"] for r in summary])
+    if answer.leader is not None:
+        write_if_changed(layout.results / HEADLINE_FILE, headline_png(answer, colours))
+        figure = page.image(layout.results / HEADLINE_FILE, "CIDEr and CLIPScore per method", "headline-image")
+    else:
+        figure = f'<p class="note">{esc(answer.headline)}</p>'
+    predictions = first_seed_predictions(page, answer)
+    examples, shown = examples_up_front(page, answer, predictions)
+    up_front = (up_front_method(page, answer), shown)
     body = [
-        ("caption-methods", "Captioning: methods", methods_section(summary, answer)),
-        ("caption-curves", "Training curves", curves_section(page, summary)),
-        ("caption-examples", "Example captions", examples_section(page, answer)),
-        ("caption-attention", "Word-by-word attention", attention_section(page, answer)),
+        ("caption-answer", "The statistics behind the answer", answer_section(answer)),
+        ("caption-methods", "Every metric, per split", methods_section(summary, answer)),
+        ("caption-curves", "Training curves", curves_section(page, summary, colours)),
+        ("caption-examples", "Example captions", examples_section(page, answer, predictions)),
+        ("caption-attention", "Word-by-word attention", attention_section(page, answer, up_front)),
     ]
     if layout.config.is_file():
         body.append(("config", "Resolved config", f"<pre>{esc(layout.config.read_text(encoding='utf-8'))}</pre>"))
-    opening = [("caption-answer", "The answer", answer_section(answer))]
     notice = missing_section(page)
-    if notice:
-        opening.append(("missing", "What is missing", notice))
+    opening = [("missing", "What is missing", notice)] if notice else []
     sections = "".join(
-        f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>' for key, title, content in opening + body
+        f'<details id="{key}"{" open" if key == "missing" else ""}><summary><h2>{esc(title)}</h2></summary>'
+        f"{content}</details>"
+        for key, title, content in opening + body
     )
     name = layout.root.resolve().name
     document = (
@@ -313,7 +382,9 @@ def write_caption_report(layout: CaptionLayout) -> Path:
         f"<title>fewclip captioning report: {esc(name)}</title><style>{CSS}</style></head><body>"
         f"<h1>fewclip captioning report: {esc(name)}</h1>"
         f'<p class="note">Run directory {esc(layout.root)}; every number below is read from its files.</p>'
-        f"{sections}</body></html>\n"
+        + caption_first_screen_html(answer, figure, colours)
+        + f'<section id="examples-up-front"><h2>Examples</h2>{examples}</section>'
+        + f"{sections}</body></html>\n"
     )
     write_if_changed(layout.report, document.encode("utf-8"))
     return layout.report

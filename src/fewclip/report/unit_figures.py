@@ -20,8 +20,14 @@ _glyphs_noted = False
 
 
 def save_png(figure: Any, path: Path) -> None:
-    """Write the figure as PNG. Labels with characters the font lacks (e.g. CJK class names without a CJK
-    font) draw as boxes: one INFO line says so, instead of a warning per glyph on every figure (also under -q)."""
+    """Write the figure as PNG (``png_bytes``) and close it."""
+    atomic_write_bytes(path, png_bytes(figure))
+
+
+def png_bytes(figure: Any) -> bytes:
+    """The figure as PNG bytes, cropped to its content, and closed. Labels with characters the font lacks (e.g.
+    CJK class names without a CJK font) draw as boxes: one INFO line says so, instead of a warning per glyph on
+    every figure (also under -q)."""
     global _glyphs_noted
     buffer = io.BytesIO()
     with warnings.catch_warnings(record=True) as caught:
@@ -37,7 +43,7 @@ def save_png(figure: Any, path: Path) -> None:
             )
             _glyphs_noted = True
     pyplot().close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def pyplot() -> Any:

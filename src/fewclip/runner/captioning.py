@@ -29,7 +29,7 @@ from fewclip.caption.metrics import text_scores
 from fewclip.caption.model import CaptionModel, resolve_caption_model
 from fewclip.caption.splits import SPLITS, prepare_key, prepared_with, split_json
 from fewclip.caption.train import train_captioner
-from fewclip.fileio import read_csv, remove_stale_temporaries, write_csv, write_json
+from fewclip.fileio import read_csv, read_json, remove_stale_temporaries, write_csv, write_json
 from fewclip.interrupt import Progress
 from fewclip.report.caption_page import write_caption_report
 from fewclip.runner.caption_config import CaptionConfig, load_caption_config
@@ -274,7 +274,8 @@ def check(config: CaptionConfig, stages: tuple[str, ...], looked_in: LookedIn) -
 
 def outcome(run: CaptionRun, stages: tuple[str, ...]) -> list[str]:
     """What a finished command prints: after evaluate or report, the test rows of caption_summary.csv, one line per
-    (method, seed), and the file; after report, the report."""
+    (method, seed), and the file; after report, the answer in plain words (the report's first sentences) and the
+    report."""
     lines = []
     if ("evaluate" in stages or "report" in stages) and run.layout.summary.is_file():
         for row in (r for r in read_csv(run.layout.summary) if r["split"] == "test"):
@@ -284,6 +285,8 @@ def outcome(run: CaptionRun, stages: tuple[str, ...]) -> list[str]:
                 f"BLEU-4 {float(row['bleu4']):.3f}  trainable {row['trainable_params']}"
             )
         lines.append(f"results: {run.layout.summary}")
+    if "report" in stages and run.layout.answer.is_file():
+        lines += read_json(run.layout.answer).get("plain", [])
     if "report" in stages and run.layout.report.is_file():
         lines.append(f"report: {run.layout.report}")
     return lines

@@ -341,11 +341,15 @@ def check(config: Config, stages: tuple[str, ...], looked_in: LookedIn) -> None:
 
 
 def outcome(ctx: RunContext, stages: tuple[str, ...]) -> list[str]:
-    """What a finished command prints: the results file after evaluate alone; the answer's headline, the table
-    and the report after a report."""
+    """What a finished command prints: the results file after evaluate alone; the answer in plain words (the
+    report's first sentences, else its headline), the table and the report after a report."""
     lines = [f"results: {ctx.layout.summary}"] if stages == ("evaluate",) else []
     if "report" in stages and ctx.layout.answer.is_file():
-        lines += [read_json(ctx.layout.answer)["headline"], f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}"]
+        answer = read_json(ctx.layout.answer)
+        lines += [
+            *(answer.get("plain") or [answer["headline"]]),
+            f"table: {ctx.layout.aggregate / 'accuracy_table.csv'}",
+        ]
     if "report" in stages and ctx.layout.report.is_file():
         lines.append(f"report: {ctx.layout.report}")
     return lines
