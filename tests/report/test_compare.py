@@ -4,6 +4,7 @@ HM as CoCoOp computes it, published numbers only beside runs on the papers' prot
 from __future__ import annotations
 
 import csv
+import json
 import re
 import statistics
 from pathlib import Path
@@ -219,6 +220,32 @@ def test_a_per_dataset_published_number_matches_only_runs_on_the_papers_protocol
     assert found[("OxfordPets", "coop", 16)] == "91.00"
     assert found[("OxfordPets", "coop@n4", 16)] == "" and found[("OxfordPets", "coop", 8)] == ""  # variant, budget
     assert found[("DTD", "coop", 16)] == ""  # fewclip's own sampler: not the sets the paper ran on
+
+
+def imagenet_run_with_targets(root: Path, folder: str, targets: dict[str, str]) -> Path:
+    """An ImageNet run with eval_on targets (label -> protocol): CoOp at 16 shots on the source and each target."""
+    rows = [("coop", 16, seed, split, 0.6) for seed in (1, 2, 3) for split in ("test", *targets)]
+    run = make_run(root, folder, "ImageNet", rows)
+    entries = [{"target": t, "source": "ImageNet", "protocol": p, "cannot_transfer": []} for t, p in targets.items()]
+    (run / "results" / "targets.json").write_text(json.dumps({"targets": entries}), encoding="utf-8")
+    return run
+
+
+def test_shipped_target_numbers_sit_beside_a_run_from_imagenet_and_their_average_only_over_the_papers_targets(
+    tmp_path: Path,
+) -> None:
+    """The shipped domain-generalisation and cross-dataset rows (published.csv) reach compare's target tables;
+    the mean over the targets gets the paper's only when the run's targets are the papers' (all 10 here)."""
+    others = {d: "cross_dataset" for d in COOP_11[1:]}
+    full = imagenet_run_with_targets(tmp_path, "full", {"ImageNetV2": "domain_generalisation", **others})
+    found = {(r[0], r[3]): r[9] for r in csv_rows(build_tables([full])) if r[1] == "coop"}
+    assert found[("ImageNetV2", "domain_generalisation")] == "64.20"
+    assert found[("ImageNet", "cross_dataset")] == "71.51" and found[("EuroSAT", "cross_dataset")] == "46.39"
+    assert found[("Average (targets)", "cross_dataset")] == "63.88"  # the paper's 10 targets
+    assert found[("Average (targets)", "domain_generalisation")] == ""  # one variant of four: not the paper's mean
+    part = imagenet_run_with_targets(tmp_path, "part", {"EuroSAT": "cross_dataset", "DTD": "cross_dataset"})
+    found = {(r[0], r[3]): r[9] for r in csv_rows(build_tables([part])) if r[1] == "coop"}
+    assert found[("EuroSAT", "cross_dataset")] == "46.39" and found[("Average (targets)", "cross_dataset")] == ""
 
 
 def test_other_datasets_are_named_by_the_config_and_the_page_is_escaped_and_self_contained(tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ def test_a_row_without_a_known_selection_is_refused_naming_its_line(bad: str) ->
 
 
 def test_the_heads_without_published_numbers_are_the_ones_docs_protocols_names() -> None:
-    """No README that could be read prints a table for these (docs/protocols.md, "What published.csv holds")."""
+    """No README that could be read prints a table for these, neither the 11-dataset mean nor a dataset of it
+    (docs/protocols.md, "What published.csv holds")."""
     names = {own_declaration(HEADS.get(n), "published_as") for n in list_heads()} - {None}
     assert names - {r["method"] for r in shipped_rows()} == {"Linear probe CLIP", "ZS-LP", "CLAP", "TaskRes"}
 
@@ -100,3 +101,47 @@ def test_each_rows_selection_is_its_heads_released_code_on_that_dataset() -> Non
         assert row["selection"] == expected, row
         checked += 1
     assert checked > 100
+
+
+def test_the_heads_with_per_dataset_numbers_are_the_ones_docs_protocols_names() -> None:
+    """Per protocol, the methods with a number for one dataset (not a mean): a source dropped from the file fails
+    here, and one added must be named in docs/protocols.md too."""
+    per_dataset: dict[str, set[str]] = {}
+    for row in shipped_rows():
+        if not row["dataset"].startswith("Average"):
+            per_dataset.setdefault(row["protocol"], set()).add(row["method"])
+    assert per_dataset == {
+        "base2new": {"CLIP", "CoOp", "CoCoOp", "MaPLe", "PromptSRC"},  # ImageNet only
+        "domain_generalisation": {"CLIP", "CoOp", "CoCoOp", "MaPLe"},
+        "cross_dataset": {"CoOp", "CoCoOp", "MaPLe"},
+    }
+
+
+def test_the_per_dataset_targets_cover_the_imagenet_variants_and_coops_ten_other_datasets() -> None:
+    """Domain generalisation rows are ImageNet and its four variants; cross-dataset rows ImageNet (the source)
+    and the ten other CoOp datasets, each method on all of them."""
+    by_method: dict[tuple[str, str], set[str]] = {}
+    for row in shipped_rows():
+        if row["protocol"] in ("domain_generalisation", "cross_dataset") and not row["dataset"].startswith("Average"):
+            by_method.setdefault((row["protocol"], row["method"]), set()).add(row["dataset"])
+    for (protocol, method), datasets in by_method.items():
+        expected = {"ImageNet", *IMAGENET_VARIANTS} if protocol == "domain_generalisation" else set(COOP_DATASETS)
+        assert datasets == expected, (protocol, method)
+
+
+# (backbone, protocol, dataset, method, shots, split) -> the value as read in the file named by verified_from
+READ_IN_SOURCES = {
+    ("ViT-B/16", "domain_generalisation", "ImageNetSketch", "CLIP", 0, "test"): 46.15,  # HPT README
+    ("ViT-B/16", "domain_generalisation", "ImageNetA", "CoOp", 16, "test"): 49.71,  # HPT and PromptAlign READMEs
+    ("ViT-B/16", "domain_generalisation", "ImageNetR", "MaPLe", 16, "test"): 76.98,  # HPT and PromptAlign READMEs
+    ("ViT-B/16", "cross_dataset", "FGVCAircraft", "CoOp", 16, "test"): 18.47,  # HPT README (row labelled CLIP)
+    ("ViT-B/16", "cross_dataset", "EuroSAT", "CoCoOp", 16, "test"): 45.37,  # HPT README
+    ("ViT-B/16", "cross_dataset", "Average (targets)", "MaPLe", 16, "test"): 66.30,  # HPT and ProText READMEs
+    ("ViT-B/16", "base2new", "ImageNet", "CoCoOp", 16, "hm"): 73.10,  # Awesome-Prompt-Learning README
+    ("ViT-B/16", "few_shot", "Average (11)", "CLIP-LoRA", 16, "test"): 82.89,  # CLIP-SVD README
+}
+
+
+def test_a_handful_of_rows_hold_the_numbers_read_in_their_sources() -> None:
+    published = load_published()
+    assert {key: published[key].value for key in READ_IN_SOURCES} == READ_IN_SOURCES

@@ -17,7 +17,8 @@ plus their average. Values are accuracy in percent, mean ± sample std over seed
 - A run with ``dataset.eval_on`` targets (``results/targets.json``) adds one table per protocol it holds
   (domain generalisation, cross-dataset transfer): columns are the source dataset (its test split), each
   target, and ``Average (targets)``, the mean over the targets only; a head that cannot classify a target's
-  classes shows "cannot transfer". Target rows never enter the few-shot table.
+  classes shows "cannot transfer". Target rows never enter the few-shot table. The average sits beside a
+  published one only when the source is ImageNet and the targets are the papers' (``PAPER_TARGETS``).
 
 compare.csv is long: dataset, method, shots, protocol, backbone, split, mean, std, n_seeds (percent; std and
 n_seeds empty for HM and averages), reference and reference_source (the published number and its citation),
@@ -38,7 +39,7 @@ from fewclip.runner.config import SplitsConfig, split_variant
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.heads import HEADS, list_heads
 from fewclip.heads.selection_protocol import fewclip_selection, paper_selection, paper_selection_text, selection_label
-from fewclip.data.sources.dassl_layouts import COOP_DATASETS
+from fewclip.data.sources.dassl_layouts import COOP_DATASETS, IMAGENET_VARIANTS
 from fewclip.fileio import read_csv
 from fewclip.runner.layout import RunLayout
 from fewclip.runner.run_dir import flatten_keys
@@ -73,6 +74,11 @@ CSV_COLUMNS = (
     "gap_beyond_spread",
 )
 TARGETS_AVERAGE = "Average (targets)"
+# The targets the papers average over from ImageNet (CoCoOp's protocol): its four variants; the other 10 datasets
+PAPER_TARGETS: dict[str, frozenset[str]] = {
+    "domain_generalisation": frozenset(IMAGENET_VARIANTS),
+    "cross_dataset": frozenset(COOP_DATASETS) - {"ImageNet"},
+}
 CANNOT_TRANSFER = "cannot transfer"
 
 
@@ -383,11 +389,13 @@ def target_tables(run: Run, published: Mapping[ReferenceKey, Reference]) -> list
         for c in cells:
             if c.dataset in targets:
                 means.setdefault((c.method, c.shots), {})[c.dataset] = c.mean
-        cells += [
+        papers_average = run.dataset == "ImageNet" and frozenset(targets) == PAPER_TARGETS.get(protocol, frozenset())
+        averages = [
             Cell(TARGETS_AVERAGE, m, k, protocol, run.backbone, "test", sum(per.values()) / len(per), None, None)
             for (m, k), per in means.items()
             if set(per) == set(targets)
         ]
+        cells += [with_reference(c, run.paper_backbone, published) if papers_average else c for c in averages]
         notes = {(t["target"], method): CANNOT_TRANSFER for t in chosen for method in t["cannot_transfer"]}
         tables.append(Table(protocol, run.backbone, [run], [run.dataset, *targets], TARGETS_AVERAGE, cells, notes))
     return tables
