@@ -1,5 +1,5 @@
 """configs/coop_suite/: one config per CoOp dataset in the papers' few-shot protocol (ImageNet's evaluated on its 4
-variants too), and the cross-dataset example."""
+variants too), and the cross-dataset example; every registered head in each, with its paper's per-dataset recipe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from fewclip.runner.config import load_config
 from fewclip.data.sources.dassl_layouts import COOP_DATASETS
 from fewclip.heads import list_heads
-from fewclip.training.schedule import for_shots
 
 SUITE = Path(__file__).resolve().parents[1] / "configs" / "coop_suite"
 
@@ -115,8 +114,10 @@ GPA_45 = {"epochs": 50, "gpa_mean": 45.0, "gpa_std": 5.0}  # StanfordCars, Flowe
 LAMBDA = {1: 1.0, 8: 0.8}
 
 
-def tip(beta_scale: float, alpha_scale: float, alpha: float) -> dict[str, float]:
-    return {"search_scale_beta": beta_scale, "search_scale_alpha": alpha_scale, "alpha": alpha}
+def tips(beta_scale: float, alpha_scale: float, alpha: float, epochs: int = 20) -> dict[str, dict[str, float]]:
+    """Tip-Adapter's and Tip-Adapter-F's blocks from one Tip-Adapter config (train_epoch: Tip-Adapter-F only)."""
+    keys = {"search_scale_beta": beta_scale, "search_scale_alpha": alpha_scale, "alpha": alpha}
+    return {"tip_adapter": keys, "tip_adapter_f": keys | ({"epochs": epochs} if epochs != 20 else {})}
 
 
 def grids(beta: tuple[float, float, int], lmbda: tuple[float, float, int]) -> dict[str, tuple[float, float, int]]:
@@ -132,40 +133,34 @@ IMAGENET = {
 }
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "caltech101": {
-        "tip_adapter": tip(12, 5, 3),  # TIP.format("caltech101")
-        "tip_adapter_f": tip(12, 5, 3),
+        **tips(12, 5, 3),  # TIP.format("caltech101")
         "promptsrc": GPA_30,  # PROMPTSRC_FS
     },
     "dtd": {
-        "tip_adapter": tip(13, 13, 2),  # TIP.format("dtd")
-        "tip_adapter_f": tip(13, 13, 2),
+        **tips(13, 13, 2),  # TIP.format("dtd")
         "proker": grids((0.1, 10, 20), (0.001, 10, 100)),  # PROKER.format("dtd")
         "prograd": {"projection": LAMBDA, "ctx_init": "a texture of"},  # PROGRAD_LAMBDA, PROGRAD_WORDS
         "promptsrc": GPA_45,  # PROMPTSRC_FS
     },
     "eurosat": {
-        "tip_adapter": tip(12, 10, 2),  # TIP.format("eurosat")
-        "tip_adapter_f": {**tip(12, 10, 2), "epochs": 100},
+        **tips(12, 10, 2, epochs=100),  # TIP.format("eurosat")
         "proker": grids((0.5, 3, 20), (0.001, 1, 100)),  # PROKER.format("eurosat")
         "prograd": {"projection": LAMBDA, "ctx_init": "a centered satellite photo of"},  # PROGRAD_*
         "promptsrc": GPA_45,  # PROMPTSRC_FS
     },
     "fgvc_aircraft": {
-        "tip_adapter": tip(30, 30, 5),  # TIP.format("fgvc")
-        "tip_adapter_f": tip(30, 30, 5),
+        **tips(30, 30, 5),  # TIP.format("fgvc")
         "promptsrc": GPA_45,  # PROMPTSRC_FS
     },
     "flowers102": {
-        "tip_adapter": tip(50, 50, 10),  # TIP.format("oxford_flowers")
-        "tip_adapter_f": tip(50, 50, 10),
+        **tips(50, 50, 10),  # TIP.format("oxford_flowers")
         "taskres": {"residual_scale": 1.0},  # TASKRES
         "proker": grids((0.1, 10, 20), (0.001, 10, 100)),  # PROKER.format("oxford_flowers")
         "prograd": {"projection": LAMBDA},  # PROGRAD_LAMBDA
         "promptsrc": GPA_45,  # PROMPTSRC_FS
     },
     "food101": {
-        "tip_adapter": tip(10, 10, 1.17),  # TIP.format("food101")
-        "tip_adapter_f": tip(10, 10, 1.17),
+        **tips(10, 10, 1.17),  # TIP.format("food101")
         "promptsrc": GPA_30,  # PROMPTSRC_FS
     },
     "imagenet": {**IMAGENET, "promptsrc": GPA_30},  # PROMPTSRC_FS; tip_adapter: configs/imagenet.yaml = defaults
@@ -178,20 +173,17 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "promptsrc": GPA_30,  # PROMPTSRC_FS
     },
     "stanford_cars": {
-        "tip_adapter": tip(20, 10, 3),  # TIP.format("stanford_cars")
-        "tip_adapter_f": tip(20, 10, 3),
+        **tips(20, 10, 3),  # TIP.format("stanford_cars")
         "proker": grids((0.1, 10, 5), (0.01, 1, 5)),  # PROKER.format("stanford_cars")
         "promptsrc": GPA_45,  # PROMPTSRC_FS
     },
     "sun397": {
-        "tip_adapter": tip(12, 10, 1.17),  # TIP.format("sun397")
-        "tip_adapter_f": tip(12, 10, 1.17),
+        **tips(12, 10, 1.17),  # TIP.format("sun397")
         "proker": grids((0.1, 10, 20), (0.01, 10, 10)),  # PROKER.format("sun397")
         "promptsrc": GPA_30,  # PROMPTSRC_FS
     },
     "ucf101": {
-        "tip_adapter": tip(7, 3, 3),  # TIP.format("ucf101")
-        "tip_adapter_f": tip(7, 3, 3),
+        **tips(7, 3, 3),  # TIP.format("ucf101")
         "prograd": {"ctx_init": "a photo of a person doing"},  # PROGRAD_WORDS
         "promptsrc": GPA_30,  # PROMPTSRC_FS
     },
@@ -246,8 +238,8 @@ def test_per_budget_settings_resolve_to_the_papers_value_at_each_budget() -> Non
     dtd, imagenet = configs["dtd"], configs["imagenet"]
     assert [dtd.coop.epochs_for(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
     assert [imagenet.coop.epochs_for(k) for k in (1, 2, 4, 8, 16)] == [50] * 5
-    assert [for_shots(dtd.prograd.projection, k) for k in (1, 2, 4, 8, 16)] == [1.0, 1.0, 1.0, 0.8, 0.8]
-    assert [for_shots(configs["caltech101"].prograd.projection, k) for k in (1, 16)] == [1.0, 1.0]
+    assert [dtd.prograd.projection_for(k) for k in (1, 2, 4, 8, 16)] == [1.0, 1.0, 1.0, 0.8, 0.8]
+    assert [configs["caltech101"].prograd.projection_for(k) for k in (1, 16)] == [1.0, 1.0]
     assert [dtd.prograd.epochs_for(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]  # the README's
     assert [imagenet.taskres.epochs_for(k) for k in (1, 4, 8, 16)] == [100, 100, 200, 200]  # lr 2e-4 at every one
 

@@ -45,18 +45,16 @@ def check_epochs(epochs: int | dict[int, int]) -> int | dict[int, int]:
 EpochsByShots = Annotated[int | dict[int, int], AfterValidator(check_epochs)]
 
 
-def for_shots(value: T | dict[int, T], shots: int) -> T:
-    """A setting's value at a shot budget, given one value or {shots: value}: an unlisted budget takes the largest
-    listed one below it; below the smallest, the smallest."""
-    if not isinstance(value, dict):
-        return value
-    below = [k for k in value if k <= shots]
-    return value[max(below) if below else min(value)]
+def for_shots(per_budget: dict[int, T], shots: int) -> T:
+    """A setting's value at a shot budget from {shots: value}: an unlisted budget takes the largest listed one below
+    it; below the smallest, the smallest."""
+    below = [k for k in per_budget if k <= shots]
+    return per_budget[max(below) if below else min(per_budget)]
 
 
 def epochs_for(epochs: int | dict[int, int], shots: int) -> int:
-    """The epochs of a shot budget (``for_shots``)."""
-    return for_shots(epochs, shots)
+    """The epochs of a shot budget: one count, or ``for_shots`` of {shots: epochs}."""
+    return epochs if isinstance(epochs, int) else for_shots(epochs, shots)
 
 
 def lr_at_epoch(

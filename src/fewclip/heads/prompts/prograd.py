@@ -93,6 +93,11 @@ class ProGradConfig(CoOpConfig):
             raise ValueError(f"projection must be >= 0, or a non-empty mapping {{shots >= 1: >= 0}}, got {projection}")
         return projection
 
+    def projection_for(self, shots: int) -> float:
+        """lambda at a shot budget: the one value, or ``for_shots`` of {shots: lambda}."""
+        projection = self.projection
+        return for_shots(projection, shots) if isinstance(projection, dict) else projection
+
 
 def project_conflict(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: float) -> torch.Tensor:
     """ce_grad, minus ``strength`` times its component along kl_grad when the two point apart (cos < 0)."""
@@ -118,7 +123,7 @@ class ProGradHead(CoOpHead):
         self, task: Task, prompts: CoOpPrompts, params: ContextParams, scale: float
     ) -> Callable[[torch.Tensor, torch.Tensor], float]:
         teacher = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
-        t, strength = self.config.temperature, for_shots(self.config.projection, task.shots)
+        t, strength = self.config.temperature, self.config.projection_for(task.shots)
 
         def step(features: torch.Tensor, labels: torch.Tensor) -> float:
             logits = (scale * normalize(features) @ prompts.features(params.ctx).T).float()
