@@ -16,6 +16,7 @@ from fewclip.heads import CoOpHead, FeatureSet, KgCoOpHead, ProGradHead, Task, Z
 from fewclip.heads.prompts.coop import CoOpPrompts
 from fewclip.heads.prompts.prograd import ProGradConfig, project_conflict
 from fewclip.heads.prompts.learning import init_context
+from fewclip.runner.config import ConfigError
 from tests.heads.adapter_tasks import CallCounter, Killed, accuracy
 from tests.heads.test_coop import TASK_NAMES, synthetic_task
 
@@ -71,6 +72,29 @@ def test_prograd_with_agreeing_gradients_is_coop(
     prograd = ProGradHead(make_config(*(f"prograd.{o}" for o in SHARED)).prograd).fit(task(backbone), train, val)
     same_run(prograd, coop)
     assert fired and not any(fired)
+
+
+def test_prograd_projection_per_shot_budget_is_that_budgets_lambda(
+    backbone: CLIPBackbone, make_config: Callable[..., Any]
+) -> None:
+    """ProGrad's README: LAMBDA 0.8 at 8 and 16 shots on some datasets, 1.0 below; {1: 1.0, 8: 0.8} trains each
+    budget exactly as the plain lambda of that budget."""
+    train, val = data(backbone)
+
+    def fit(projection: str, shots: int) -> ProGradHead:
+        config = make_config(*(f"prograd.{o}" for o in SHARED), f"prograd.projection={projection}").prograd
+        return ProGradHead(config).fit(Task(TASK_NAMES, TEMPLATES, backbone, 3, shots=shots), train, val)
+
+    per_budget = "{1: 1.0, 8: 0.8}"
+    same_run(fit(per_budget, 8), fit("0.8", 8))
+    same_run(fit(per_budget, 16), fit("0.8", 16))  # an unlisted budget: the largest listed one below it
+    same_run(fit(per_budget, 4), fit("1.0", 4))
+    assert not torch.equal(fit("0.8", 8).ctx_, fit("1.0", 8).ctx_)  # the two lambdas train differently here
+
+
+def test_prograd_projection_refuses_a_negative_lambda(make_config: Callable[..., Any]) -> None:
+    with pytest.raises(ConfigError, match=r"prograd\.projection.*>= 0"):
+        make_config("prograd.projection={1: 1.0, 8: -0.8}")
 
 
 def test_projection_removes_the_conflicting_component() -> None:

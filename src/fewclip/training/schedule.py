@@ -20,10 +20,11 @@ after every batch, so step ``t`` of ``T`` trains at ``lr * (1 + cos(pi * t / T))
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator
 
+T = TypeVar("T")
 Schedule = Literal["dassl", "fewclip"]
 SCHEDULE_HELP = (
     "Cosine after the constant warm-up: 'dassl' anneals over all epochs as the reference CoOp code "
@@ -44,13 +45,16 @@ def check_epochs(epochs: int | dict[int, int]) -> int | dict[int, int]:
 EpochsByShots = Annotated[int | dict[int, int], AfterValidator(check_epochs)]
 
 
+def for_shots(per_budget: dict[int, T], shots: int) -> T:
+    """A setting's value at a shot budget from {shots: value}: an unlisted budget takes the largest listed one below
+    it; below the smallest, the smallest."""
+    below = [k for k in per_budget if k <= shots]
+    return per_budget[max(below) if below else min(per_budget)]
+
+
 def epochs_for(epochs: int | dict[int, int], shots: int) -> int:
-    """The epochs of a shot budget: an unlisted budget takes the largest listed one below it; below the smallest,
-    the smallest."""
-    if isinstance(epochs, int):
-        return epochs
-    below = [k for k in epochs if k <= shots]
-    return epochs[max(below) if below else min(epochs)]
+    """The epochs of a shot budget: one count, or ``for_shots`` of {shots: epochs}."""
+    return epochs if isinstance(epochs, int) else for_shots(epochs, shots)
 
 
 def lr_at_epoch(

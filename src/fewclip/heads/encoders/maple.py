@@ -43,7 +43,8 @@ Where it deviates, and why:
   (resumable, identical whatever the number of workers or ranks), not in the reference's order from torch's
   global RNG.
 
-Its cross-dataset setting (ImageNet source) is lr 0.0026, 2 epochs.
+Its cross-dataset setting (ImageNet source, ``vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml``) is lr 0.0026, 2
+epochs, depth 3 (``configs/coop_suite/imagenet.yaml`` and ``imagenet_xd.yaml`` set it).
 """
 
 from __future__ import annotations

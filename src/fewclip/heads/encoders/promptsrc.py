@@ -46,7 +46,8 @@ Where fewclip differs, and why:
 - the batch order, the crops and the initial random tensors are drawn from fewclip's seeded generators.
 
 Its cross-dataset setting (ImageNet source) is depth 3 in both towers, GPA mean 6, std 10; its few-shot
-setting 50 epochs with GPA mean 30, std 30 (45, 5 for Cars, Flowers, Aircraft, DTD, EuroSAT).
+setting 50 epochs with GPA mean 30, std 30 (45, 5 for Cars, Flowers, Aircraft, DTD, EuroSAT); ``configs/coop_suite``
+sets both.
 """
 
 from __future__ import annotations

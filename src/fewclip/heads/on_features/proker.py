@@ -50,6 +50,7 @@ from fewclip.heads.on_features.zero_shot import ZeroShotHead
 from fewclip.heads.prompts.lengths import ChecksTemplates
 from fewclip.heads.registry import register_head
 from fewclip.training.calibration import TemperatureScaled, calibrate, temperature_tensor
+from fewclip.training.schedule import for_shots
 
 # configs/RN50/configs_proker/hyperparameters.json: {shots: (beta, lambda)} chosen on ImageNet
 FIXED_BY_SHOTS = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07), 16: (1.7, 0.1)}
@@ -95,8 +96,7 @@ class ProkerConfig(ConfigBlock):
 
     def fixed_for(self, shots: int) -> tuple[float, float]:
         """(beta, lambda) of a shot budget without a search."""
-        below = [k for k in self.fixed if k <= shots]
-        return self.fixed[max(below) if below else min(self.fixed)]
+        return for_shots(self.fixed, shots)
 
 
 def kernel(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ Where fewclip differs, and why:
 
 - The recipe's per-dataset settings are the user's: ImageNet trains at lr 2e-4 (``adam_lr2e-4_B256_ep*.yaml``,
   also the ViT-B/16 file), Flowers102 at alpha 1.0 (``train_regular.sh``); set ``taskres.lr`` and
-  ``taskres.residual_scale``. The paper's main results use RN50; the defaults are its 10 non-ImageNet datasets'.
+  ``taskres.residual_scale`` (``configs/coop_suite`` does). The paper's main results use RN50; the defaults are its 10 non-ImageNet datasets'.
 - ``augment_views`` is 0 by default (train on the plain features): the reference augments every image afresh
   each epoch (random resized crop + flip); ``augment_views: N`` with ``view_sampling: per_image`` trains on one
   of N cached augmented views per image per epoch, the nearest cached equivalent.

@@ -10,7 +10,8 @@ values ``i * (scale - 0.1) / step + 0.1``, beta-major, the first best val accura
 themselves are returned); without a validation split the initial alpha, beta are kept.
 Defaults: ``configs/imagenet.yaml`` and ``configs/oxford_pets.yaml`` (search_scale [7, 3], search_step
 [200, 20], init_beta 1, init_alpha 1.17); other datasets' files differ (``ucf101.yaml``: init_alpha 3;
-``caltech101.yaml``: search_scale [12, 5], init_alpha 3; ...), set them in the ``tip_adapter`` block.
+``caltech101.yaml``: search_scale [12, 5], init_alpha 3; ...), set them in the ``tip_adapter`` block
+(``configs/coop_suite`` does, for Tip-Adapter-F too).
 
 Where fewclip differs, and why:
 

@@ -32,7 +32,7 @@ Deviations:
   tokens, so a template with punctuation ("pet," is two tokens) leaves its last tokens in the fixed part
   of the prompt after the context; fewclip refuses such a ``ctx_init`` before training instead.
 - LAMBDA: the README trains Flowers102, DTD and EuroSAT at 8 and 16 shots with LAMBDA 0.8: set
-  ``projection: 0.8`` there.
+  ``projection: {1: 1.0, 8: 0.8}`` there, as ``configs/coop_suite`` does.
 - the history's ``train_loss`` is the cross-entropy (the reference logs it beside the KL).
 - as CoOp's (``coop.py``): random draws from fewclip's seeded generators, cached features instead of
   fresh augmentation each epoch, and ``select`` / ``calibrate`` (``select: last`` keeps the last epoch, as
@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import Callable, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from fewclip.heads.base import Task, normalize
@@ -52,7 +52,7 @@ from fewclip.heads.prompts.coop import ContextParams, CoOpConfig, CoOpHead, CoOp
 from fewclip.heads.prompts.config import CTX_INIT_MODE_HELP, CtxInitMode
 from fewclip.heads.registry import register_head
 from fewclip.heads.on_features.zero_shot import ZeroShotHead
-from fewclip.training.schedule import EpochsByShots
+from fewclip.training.schedule import EpochsByShots, for_shots
 
 
 class ProGradConfig(CoOpConfig):
@@ -77,8 +77,26 @@ class ProGradConfig(CoOpConfig):
         default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200},
         description="Epochs, or {shots: epochs} per shot budget.",
     )
-    projection: float = Field(1.0, ge=0, description="lambda: how much of the conflicting component is removed.")
+    projection: float | dict[int, float] = Field(
+        1.0,
+        description="lambda: how much of the conflicting component is removed, >= 0; or {shots: lambda} per shot "
+        "budget, e.g. {1: 1.0, 8: 0.8} (an unlisted budget takes the largest listed one below it; below the "
+        "smallest, the smallest).",
+    )
     temperature: float = Field(1.0, gt=0, description="T of the KL toward the zero-shot predictions.")
+
+    @field_validator("projection")
+    @classmethod
+    def _projection_at_least_zero(cls, projection: float | dict[int, float]) -> float | dict[int, float]:
+        pairs = projection.items() if isinstance(projection, dict) else [(1, projection)]
+        if not pairs or any(shots < 1 or strength < 0 for shots, strength in pairs):
+            raise ValueError(f"projection must be >= 0, or a non-empty mapping {{shots >= 1: >= 0}}, got {projection}")
+        return projection
+
+    def projection_for(self, shots: int) -> float:
+        """lambda at a shot budget: the one value, or ``for_shots`` of {shots: lambda}."""
+        projection = self.projection
+        return for_shots(projection, shots) if isinstance(projection, dict) else projection
 
 
 def project_conflict(ce_grad: torch.Tensor, kl_grad: torch.Tensor, strength: float) -> torch.Tensor:
@@ -105,7 +123,7 @@ class ProGradHead(CoOpHead):
         self, task: Task, prompts: CoOpPrompts, params: ContextParams, scale: float
     ) -> Callable[[torch.Tensor, torch.Tensor], float]:
         teacher = ZeroShotHead().fit(Task(list(task.class_names), list(task.templates), task.backbone))
-        t, strength = self.config.temperature, self.config.projection
+        t, strength = self.config.temperature, self.config.projection_for(task.shots)
 
         def step(features: torch.Tensor, labels: torch.Tensor) -> float:
             logits = (scale * normalize(features) @ prompts.features(params.ctx).T).float()
