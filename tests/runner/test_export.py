@@ -187,21 +187,23 @@ def test_onnx_refuses_heads_that_do_not_score_frozen_features(
 
 
 LORA = ("clip_lora.iterations_per_shot=3", "clip_lora.batch_size=4", "clip_lora.lr=0.02", "clip_lora.select=last")
+SVD = ("clip_svd.iterations_per_shot=3", "clip_svd.batch_size=4", "clip_svd.lr=0.05", "clip_svd.select=last")
 
 
-def test_merged_clip_lora_loaded_by_transformers_alone_gives_the_heads_logits(
-    make_config: Callable[..., Any], test_images: list[Path], tmp_path: Path
+@pytest.mark.parametrize("method, settings", [("clip_lora", LORA), ("clip_svd", SVD)])
+def test_merged_model_loaded_by_transformers_alone_gives_the_heads_logits(
+    make_config: Callable[..., Any], test_images: list[Path], tmp_path: Path, method: str, settings: tuple[str, ...]
 ) -> None:
-    config = make_config("methods=[clip_lora]", "few_shot.shots=[2]", *LORA, NO_FIGURES)
+    config = make_config(f"methods=[{method}]", "few_shot.shots=[2]", *settings, NO_FIGURES)
     pipeline.run(config)
-    out = tmp_path / "lora"
+    out = tmp_path / method
     assert main(["-q", "export", str(config.output.dir), "--merged", "--out", str(out)]) == 0
     classifier = fewclip.load_classifier(config.output.dir)
     pixels = torch.from_numpy(np.stack([classifier.backbone.transform(read_image(p)) for p in test_images]))
     expected = classifier.head.image_logits(pixels)  # the adapters on top of the frozen weights
 
     model = CLIPModel.from_pretrained(out / "merged").eval()  # transformers alone, no peft, no fewclip
-    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert not any(part in name for name, _ in model.named_parameters() for part in ("lora", "singular"))
     text = load_file(out / "class_text_features.safetensors")
     with torch.no_grad():
         image = model.get_image_features(pixel_values=pixels).pooler_output
@@ -213,7 +215,7 @@ def test_merged_clip_lora_loaded_by_transformers_alone_gives_the_heads_logits(
     torch.testing.assert_close(  # the saved class text features are the merged text tower's
         torch.nn.functional.normalize(encoded, dim=-1), text["class_text_features"], atol=1e-5, rtol=0
     )
-    frozen = classifier.backbone.encode_images(pixels)  # the merge changed the image tower: LoRA trained
+    frozen = classifier.backbone.encode_images(pixels)  # the merge changed the image tower: training moved it
     assert float((frozen - image).abs().max()) > 1e-3
     # the folder also loads in fewclip, and its predictions are the run's
     exported = fewclip.load_classifier(out)

@@ -1,7 +1,7 @@
 """``fewclip export``: a head a run trained, taken out of the run directory as a self-contained classifier folder
 (``export_folder`` says what it holds) that ``load_classifier(DIR)`` and ``fewclip predict DIR`` load; with
 ``--format onnx`` the folder also holds ``classifier.onnx``, the frozen image tower and the head as one graph from
-preprocessed pixels to class probabilities, for onnxruntime without fewclip or torch; with ``--merged`` (clip_lora)
+preprocessed pixels to class probabilities, for onnxruntime without fewclip or torch; with ``--merged`` (clip_lora, clip_svd)
 ``merged/``, the tuned CLIP with its adapters merged as the library's plain model folder, and the class text
 features it scores against.
 """
@@ -76,7 +76,7 @@ def check_onnx_exportable(classifier: Classifier) -> None:
     head = classifier.head
     if head.tunes_encoders or head.needs_text_at_predict:
         why = "tunes the encoders" if head.tunes_encoders else "builds its class prompts from each image"
-        merged = " (clip_lora: use --merged for a plain transformers model)" if head.tunes_encoders else ""
+        merged = " (clip_lora, clip_svd: use --merged for a plain model folder)" if head.tunes_encoders else ""
         raise ValueError(
             f"--format onnx: {classifier.method} {why}, so it does not score cached features of the frozen image "
             f"tower; export it without --format onnx{merged}"
@@ -127,7 +127,7 @@ def check_mergeable(classifier: Classifier) -> None:
     head = classifier.head
     if not (isinstance(head, TunedTowersHead) and head.merges_into_model):
         raise ValueError(
-            f"--merged: {classifier.method} has no adapters to merge into the model (clip_lora has); "
+            f"--merged: {classifier.method} has no adapters to merge into the model (clip_lora and clip_svd have); "
             f"export it without --merged{'' if head.tunes_encoders else ' (or with --format onnx)'}"
         )
 

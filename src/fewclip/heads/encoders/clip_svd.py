@@ -69,7 +69,7 @@ from torch.nn import functional as F
 
 from fewclip.backbones.protocol import Backbone, BlockLinear, TunableTowers
 from fewclip.heads.encoders.config import AdamWTrainingConfig
-from fewclip.heads.encoders.tuned_towers import TunedTowersHead
+from fewclip.heads.encoders.tuned_towers import TunedTowersHead, folded_copy
 from fewclip.heads.registry import register_head
 
 Target = Literal["q", "k", "v", "out", "mlp"]
@@ -144,6 +144,17 @@ class SingularValueLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+def plain_linear(layer: SingularValueLinear) -> nn.Linear:
+    """The ``nn.Linear`` that ``layer`` computes: weight U diag(s) V^T with the tuned s, the same bias."""
+    weight = layer.weight
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    linear.to(device=weight.device, dtype=weight.dtype)
+    linear.weight.copy_(weight)
+    if layer.bias is not None:
+        linear.bias.copy_(layer.bias)
+    return linear
+
+
 def chosen_linears(towers: TunableTowers, config: ClipSvdConfig) -> list[BlockLinear]:
     """The blocks' linear layers whose singular values train under ``config`` (``towers``, ``targets``,
     ``layers``); an index in ``layers`` that no chosen tower has is an error."""
@@ -188,5 +199,10 @@ class ClipSvdHead(TunedTowersHead):
     Config = ClipSvdConfig
     config: ClipSvdConfig
 
+    merges_into_model = True
+
     def make_towers(self, backbone: Backbone, seed: int) -> TunableTowers:
         return svd_towers(backbone, self.config)  # deterministic: the seed draws nothing
+
+    def merged_towers(self) -> TunableTowers:
+        return folded_copy(self.towers_, SingularValueLinear, plain_linear)

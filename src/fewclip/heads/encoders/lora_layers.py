@@ -6,15 +6,14 @@ run keep scoring with the frozen towers. Only parameters whose name contains ``l
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from fewclip.backbones.protocol import Backbone, TunableTowers
-from fewclip.heads.encoders.tuned_towers import load_trained
+from fewclip.heads.encoders.tuned_towers import folded_copy, load_trained
 
 
 def lora_scaling(rank: int, alpha: float) -> float:
@@ -67,16 +66,12 @@ def merged_towers(towers: TunableTowers) -> TunableTowers:
     (B A) * scaling) and the peft layers replaced by those base layers: the library's plain model again."""
     from peft.tuners.tuners_utils import BaseTunerLayer  # on use: importing peft takes seconds
 
-    merged = copy.copy(towers)
-    merged.module = copy.deepcopy(towers.module)
-    adapted = [(name, layer) for name, layer in merged.module.named_modules() if isinstance(layer, BaseTunerLayer)]
-    with torch.no_grad():
-        for name, layer in adapted:
-            layer.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(merged.module.get_submodule(parent), child, layer.get_base_layer())
-    merged.module.requires_grad_(False)
-    return merged
+    def merged(layer: Any) -> nn.Module:
+        layer.merge()
+        base: nn.Module = layer.get_base_layer()
+        return base
+
+    return folded_copy(towers, BaseTunerLayer, merged)
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

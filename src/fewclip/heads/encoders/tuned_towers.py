@@ -10,7 +10,8 @@ copy's parameter names, so ``attach`` rebuilds the tuned model from them on the 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+import copy
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -206,3 +207,17 @@ class TunedTowersHead(EncoderHeadBase):
         if "towers_" not in vars(self) and "saved_trained_" not in vars(self):
             return 0
         return sum(int(v.numel()) for v in self.trained_.values())
+
+
+def folded_copy(towers: TunableTowers, kind: type[nn.Module], plain: Callable[[Any], nn.Module]) -> TunableTowers:
+    """A copy of ``towers`` whose every ``kind`` layer is replaced by ``plain(layer)``, the library's own layer with
+    the training folded in (``merged_towers``); the copy is frozen and the tuned towers are left as they are."""
+    folded = copy.copy(towers)
+    folded.module = copy.deepcopy(towers.module)
+    tuned = [(name, layer) for name, layer in folded.module.named_modules() if isinstance(layer, kind)]
+    with torch.no_grad():
+        for name, layer in tuned:
+            parent, _, child = name.rpartition(".")
+            setattr(folded.module.get_submodule(parent), child, plain(layer))
+    folded.module.requires_grad_(False)
+    return folded
