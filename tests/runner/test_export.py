@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,8 @@ import fewclip
 from fewclip.data.images import read_image
 from fewclip.runner import pipeline
 from fewclip.runner.cli import main
-from fewclip.runner.export import export_classifier
+from fewclip.heads import HEADS
+from fewclip.runner.export import check_mergeable, export_classifier
 from fewclip.runner.export_folder import ModelMismatch
 from fewclip.runner.predict import Classifier, HeadNotTrained
 from tests.open_clip_models import build_open_clip, require_open_clip
@@ -227,6 +229,14 @@ def test_merged_model_loaded_by_transformers_alone_gives_the_heads_logits(
 def test_merged_refuses_heads_without_adapters(run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--merged: linear_probe has no adapters to merge into the model"):
         export_classifier(run, tmp_path / "probe", method="linear_probe", merged=True)
+
+
+@pytest.mark.parametrize("method", ["maple", "promptsrc"])
+def test_merged_refuses_deep_prompts_saying_why(method: str) -> None:
+    """MaPLe's and PromptSRC's learned prompts are extra tokens in every block: no plain CLIP holds them."""
+    classifier = SimpleNamespace(method=method, head=HEADS.get(method)())
+    with pytest.raises(ValueError, match=rf"--merged: {method} trains prompts that the library's plain model has no"):
+        check_mergeable(classifier)  # type: ignore[arg-type]
 
 
 @pytest.mark.open_clip

@@ -125,11 +125,17 @@ def quiet_loggers(*names: str) -> Iterator[None]:
 def check_mergeable(classifier: Classifier) -> None:
     """Refuse ``--merged`` for a head whose training cannot be folded into the library's plain model."""
     head = classifier.head
-    if not (isinstance(head, TunedTowersHead) and head.merges_into_model):
-        raise ValueError(
-            f"--merged: {classifier.method} has no adapters to merge into the model (clip_lora and clip_svd have); "
-            f"export it without --merged{'' if head.tunes_encoders else ' (or with --format onnx)'}"
-        )
+    if isinstance(head, TunedTowersHead) and head.merges_into_model:
+        return
+    why = (
+        "trains prompts that the library's plain model has no place for"
+        if head.tunes_encoders
+        else "has no adapters to merge into the model"
+    )
+    raise ValueError(
+        f"--merged: {classifier.method} {why} (clip_lora and clip_svd merge); "
+        f"export it without --merged{'' if head.tunes_encoders else ' (or with --format onnx)'}"
+    )
 
 
 def write_merged(classifier: Classifier, out: Path) -> None:
