@@ -209,7 +209,7 @@ class TunedTowersHead(EncoderHeadBase):
         return sum(int(v.numel()) for v in self.trained_.values())
 
 
-def folded_copy(towers: TunableTowers, kind: type[nn.Module], plain: Callable[[Any], nn.Module]) -> TunableTowers:
+def folded_copy(towers: TunableTowers, kind: type, plain: Callable[[Any], nn.Module]) -> TunableTowers:
     """A copy of ``towers`` whose every ``kind`` layer is replaced by ``plain(layer)``, the library's own layer with
     the training folded in (``merged_towers``); the copy is frozen and the tuned towers are left as they are."""
     folded = copy.copy(towers)
