@@ -184,16 +184,20 @@ def test_winner_named_when_the_paired_test_separates(tmp_path: Path) -> None:
     assert '<b class="winner">best</b>' in text and "The untrained decoder" in answer["headline"]
 
 
-def test_no_winner_when_the_leaders_are_not_separated(tmp_path: Path) -> None:
-    # adapter right on 11 images, lora on 10 (different ones): adapter leads, the test cannot separate them
-    layout = make_run(
-        tmp_path,
+def tied_run(root: Path) -> CaptionLayout:
+    """adapter right on 11 images, lora on 10 (different ones): adapter leads, the test cannot separate them."""
+    return make_run(
+        root,
         {
             "untrained": {0: [""] * N_IMAGES},
             "adapter": {0: right_on(set(range(11)))},
             "lora": {0: right_on(set(range(5, 15)))},
         },
     )
+
+
+def test_no_winner_when_the_leaders_are_not_separated(tmp_path: Path) -> None:
+    layout = tied_run(tmp_path)
     text = html_of(layout)
     answer = json.loads(layout.answer.read_text())
     assert answer["winner"] is None and answer["leader"] == "adapter"
@@ -396,14 +400,7 @@ def test_first_screen_is_the_plain_answer_the_figure_the_leaderboard_then_the_ex
 
 
 def test_no_winner_says_whom_the_test_cannot_separate(tmp_path: Path) -> None:
-    layout = make_run(
-        tmp_path,
-        {
-            "untrained": {0: [""] * N_IMAGES},
-            "adapter": {0: right_on(set(range(11)))},
-            "lora": {0: right_on(set(range(5, 15)))},
-        },
-    )
+    layout = tied_run(tmp_path)
     html_of(layout)
     answer = json.loads(layout.answer.read_text())
     assert answer["plain"][0].startswith("adapter leads with CIDEr")

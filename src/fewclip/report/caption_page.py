@@ -240,18 +240,22 @@ def up_front_method(page: CaptionPage, answer: CaptionAnswer) -> str | None:
     )
 
 
-def examples_up_front(page: CaptionPage, answer: CaptionAnswer, predictions: Predictions) -> tuple[str, set[str]]:
+UpFront = tuple[str | None, set[str]]  # whose attention panels the examples up front show, and which ones
+
+
+def examples_up_front(page: CaptionPage, answer: CaptionAnswer, predictions: Predictions) -> tuple[str, UpFront]:
     """The leading method's attention panels on its highest- and lowest-CLIPScore test images and one fixed image,
     each with every method's caption of that image and the references; returns the HTML and the panels shown."""
     method = up_front_method(page, answer)
     if method is None:
-        return '<p class="note">No attention maps to show; the example captions are in the sections below.</p>', set()
+        note = '<p class="note">No attention maps to show; the example captions are in the sections below.</p>'
+        return note, (None, set())
     seed = answer.row(method).seeds[0]
     folder = page.layout.attention_dir(method, seed)
     try:
         _, entries = attention_entries(folder)
     except (ValueError, OSError):
-        return '<p class="note">No usable attention maps (see "Word-by-word attention" below).</p>', set()
+        return '<p class="note">No usable attention maps (see "Word-by-word attention" below).</p>', (method, set())
     chosen: dict[str, dict[str, Any]] = {}
     for why in WHY:  # highest, lowest, then the first fixed image
         found = next((e for e in entries if e["why"].startswith(why) and e["panel"] not in chosen), None)
@@ -274,7 +278,7 @@ def examples_up_front(page: CaptionPage, answer: CaptionAnswer, predictions: Pre
             + table(["method", "caption"], rows, "example-captions", text_columns=(0, 1))
             + "</div>"
         )
-    return "".join(parts), set(chosen)
+    return "".join(parts), (method, set(chosen))
 
 
 def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
@@ -295,7 +299,7 @@ def attention_entries(folder: Path) -> tuple[int | None, list[dict[str, Any]]]:
     return data.get("layer"), [entry for entry in data["images"] if entry["panel"] is not None]
 
 
-def attention_section(page: CaptionPage, answer: CaptionAnswer, up_front: tuple[str | None, set[str]]) -> str:
+def attention_section(page: CaptionPage, answer: CaptionAnswer, up_front: UpFront) -> str:
     """Every method's attention panels (first seed), but those shown up front (``up_front``: method, panels)."""
     parts = [
         "<p>Each panel: the decoder's cross-attention from one generated word to the image patches "
@@ -358,8 +362,7 @@ def write_caption_report(layout: CaptionLayout) -> Path:
     else:
         figure = f'<p class="note">{esc(answer.headline)}</p>'
     predictions = first_seed_predictions(page, answer)
-    examples, shown = examples_up_front(page, answer, predictions)
-    up_front = (up_front_method(page, answer), shown)
+    examples, up_front = examples_up_front(page, answer, predictions)
     body = [
         ("caption-answer", "The statistics behind the answer", answer_section(answer)),
         ("caption-methods", "Every metric, per split", methods_section(summary, answer)),
