@@ -15,6 +15,7 @@ VENV=.venv
 EXTRAS=test
 TORCH_SPEC="torch==$TORCH_VERSION"
 OPEN_CLIP_PINS=()
+PIP_FLAGS=(-q)
 case "${1:-}" in
   "") ;;
   --open-clip)
@@ -22,6 +23,7 @@ case "${1:-}" in
     EXTRAS=test,open_clip
     TORCH_SPEC="torch===$TORCH_VERSION"  # exactly the index's build: never a local +cpu wheel (no torchvision for it)
     OPEN_CLIP_PINS=("torchvision==0.28.0" "open_clip_torch==3.3.0")
+    PIP_FLAGS=(-q --no-cache-dir)  # ~3 GB of CUDA wheels: not kept a second time in pip's cache
     ;;
   *) echo "usage: bash setup.sh [--open-clip]" >&2; exit 2 ;;
 esac
@@ -37,9 +39,9 @@ if [ "${FEWCLIP_REINSTALL:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" 
 fi
 HAVE_TORCH=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
 if [ "${FEWCLIP_REINSTALL:-0}" = 1 ] || [ "$HAVE_TORCH" != "$TORCH_VERSION" ] || [ ${#OPEN_CLIP_PINS[@]} -gt 0 ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "${OPEN_CLIP_PINS[@]}"
+  "$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" --upgrade pip
+  "$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" "$TORCH_SPEC" "${OPEN_CLIP_PINS[@]}"
 fi
-"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+"$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" -e ".[$EXTRAS]"
 echo "$WANT" > "$STAMP"
 echo "fewclip installed in $(pwd)/$VENV"
