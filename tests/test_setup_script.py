@@ -74,9 +74,10 @@ def test_open_clip_environment_pins_the_index_torch_build_then_skips(checkout: P
         return pip_calls(log.read_text().splitlines() if log.is_file() else [])
 
     calls = run()
-    # torch===: exactly the index's build, never a local +cpu wheel (no torchvision exists for it)
-    assert "-m pip install -q torch===2.13.0 torchvision==0.28.0 open_clip_torch==3.3.0" in calls
-    assert calls[-1] == "-m pip install -q -e .[test,open_clip]"
+    # torch===: exactly the index's build, never a local +cpu wheel (no torchvision exists for it); its ~3 GB of
+    # CUDA wheels are not kept a second time in pip's cache (CI once ran out of disk there)
+    assert "-m pip install -q --no-cache-dir torch===2.13.0 torchvision==0.28.0 open_clip_torch==3.3.0" in calls
+    assert calls[-1] == "-m pip install -q --no-cache-dir -e .[test,open_clip]"
     assert run() == []  # complete: nothing installed again
     assert not (checkout / ".venv" / "bin" / "calls.log").exists()  # the default environment is not touched
 
