@@ -8,13 +8,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# One thread count for the whole session, chosen once at its start as fewclip chooses (the cores the load
-# average leaves free): every run would otherwise choose again, and a reduction split over another number of
-# threads rounds differently, so two runs compared bit for bit (a clean and a resumed one) must not choose at
-# different loads. (.ci/run's second pass sets 1.)
-from fewclip.threads import THREADS_ENV, resolve_threads  # noqa: E402
+# One thread count for the whole session, chosen once at its start: the cores the load average leaves free (the
+# suite runs on shared machines, where fewer threads than cores run faster under load; fewclip's own default
+# ignores the load, see fewclip.threads). Every test's runs then use one count, as two runs compared bit for bit
+# (a clean and a resumed one) must. (.ci/run's second pass sets 1.)
+from fewclip.threads import THREADS_ENV, available_cores, free_cores  # noqa: E402
 
-os.environ.setdefault(THREADS_ENV, str(resolve_threads(None)))
+os.environ.setdefault(THREADS_ENV, str(free_cores(available_cores())))
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402

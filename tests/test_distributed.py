@@ -38,7 +38,7 @@ def test_threads_are_shared_by_the_local_processes(monkeypatch: pytest.MonkeyPat
     import fewclip.threads
 
     monkeypatch.delenv("FEWCLIP_THREADS", raising=False)
-    monkeypatch.setattr(fewclip.threads, "free_cores", lambda cores, load=None: 4)  # a machine with 4 free cores
+    monkeypatch.setattr(fewclip.threads, "available_cores", lambda: 4)  # a machine with 4 cores
     expected = {None: 4, "1": 4, "2": 2, "3": 1, "8": 1, "x": 4}  # LOCAL_WORLD_SIZE -> threads (never below 1)
     for local, threads in expected.items():
         if local is None:

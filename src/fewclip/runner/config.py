@@ -203,8 +203,9 @@ class RuntimeConfig(ConfigBlock):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, "
-        "else the cores available to the process (affinity, cgroup quota) less those the 1-minute load average says other work keeps busy.",
+        description="torch intra-op CPU threads; null: env FEWCLIP_THREADS, else the cores available to the process "
+        "(affinity, cgroup quota), whatever the load: the count changes results in float rounding, so one machine "
+        "repeats a run to the bit. On a busy machine fewer may run faster (the log says so).",
     )
 
 

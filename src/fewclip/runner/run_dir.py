@@ -28,7 +28,7 @@ from fewclip.version import __version__
 from fewclip.runner.config import Config, ConfigError, load_config
 from fewclip.runner.config_yaml import ConfigFileError, read_yaml_file
 from fewclip.distributed import SINGLE, Ranks
-from fewclip.fileio import write_json
+from fewclip.fileio import read_json, write_json
 from fewclip.heads import HEADS, list_heads
 from fewclip.runner.layout import RunFiles, run_root
 
@@ -163,6 +163,22 @@ def claim(root: Path) -> None:
                 f"fewclip, create an empty {root / MARKER} to adopt it)"
             )
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
+
+
+def record_threads(root: Path, threads: int) -> int | None:
+    """Note this command's CPU thread count in the run directory's marker; return the count its last command
+    used when that differs (None when the same or never noted). What a command computes depends on the count
+    (``fewclip.threads``), so a resume repeats an uninterrupted run to the bit only with the same count."""
+    marker = RunFiles(root).marker
+    try:
+        noted = read_json(marker)
+    except (OSError, ValueError):  # an adopted run's empty marker
+        noted = {}
+    noted = noted if isinstance(noted, dict) else {}
+    before = noted.get("threads")
+    if before != threads:
+        write_json(marker, {**noted, "threads": threads})
+    return before if isinstance(before, int) and before != threads else None
 
 
 # Descriptors of the run-dir locks this process holds. A flock belongs to the open file, which a forked

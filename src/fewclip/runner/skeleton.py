@@ -25,9 +25,9 @@ from fewclip.distributed import SINGLE, Ranks, start as start_ranks
 from fewclip.fileio import atomic_write_text
 from fewclip.interrupt import Progress, interrupted_line
 from fewclip.runner.layout import RunFiles, run_root
-from fewclip.runner.run_dir import RunDirRules, open_run
+from fewclip.runner.run_dir import RunDirRules, open_run, record_threads
 from fewclip.runner.tracking import Tracker, preflight
-from fewclip.threads import THREADS_ENV, apply_threads
+from fewclip.threads import THREADS_ENV, apply_threads, busy_hint
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,23 @@ class StageContext:
         text, path = self.config.to_yaml(), RunFiles(self.root).config
         if self.ranks.is_main and not (path.is_file() and path.read_text(encoding="utf-8") == text):
             atomic_write_text(path, text)
+
+
+def warn_other_threads(root: Path, threads: int) -> None:
+    """Note the thread count in the run directory; warn when its last command used another one."""
+    before = record_threads(root, threads)
+    if before is not None:
+        log.warning(
+            "%s was last computed with %d CPU thread%s, this command uses %d (runtime.threads / %s): what it "
+            "computes now agrees with a %d-thread run's to float rounding, not bit for bit (a resume repeats an "
+            "uninterrupted run exactly only with the same count)",
+            root,
+            before,
+            "s" * (before != 1),
+            threads,
+            THREADS_ENV,
+            before,
+        )
 
 
 def checked_cache_dir(config: Any) -> Path:
@@ -129,6 +146,9 @@ class StageRun:
         self.ranks = start_ranks(config.model.device) if self.task.distributed else SINGLE
         threads = apply_threads(config.runtime.threads)
         log.info("torch uses %d CPU thread%s (runtime.threads / %s)", threads, "s" * (threads != 1), THREADS_ENV)
+        hint = busy_hint(config.runtime.threads, threads)
+        if hint is not None:
+            log.info(hint)
         if self.task.tracked:
             if not self.ranks.is_main:  # rank 0 alone tracks, evaluates and reports
                 config = config.model_copy(update={"wandb": config.wandb.model_copy(update={"mode": "disabled"})})
@@ -138,7 +158,10 @@ class StageRun:
         tracker = None
         try:
             # open_run: the run dir is fewclip's, holds this config (or --force) and is locked for the command
-            with open_run(config, force, self.ranks, self.task.rules), logging_redirect_tqdm():  # logs above the bars
+            # logging_redirect_tqdm: the logs go above the progress bars
+            with open_run(config, force, self.ranks, self.task.rules) as layout, logging_redirect_tqdm():
+                if self.ranks.is_main:
+                    warn_other_threads(layout.root, threads)
                 tracker = Tracker.for_config(config, quiet) if self.task.tracked else None
                 context = self.context = self.task.context(config, ranks=self.ranks)
                 if tracker is not None and tracker.enabled:
