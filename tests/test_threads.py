@@ -120,3 +120,5 @@ def test_a_run_directory_notes_its_count_and_another_count_is_warned(
     assert json.loads(marker.read_text())["threads"] == 1 and prepare("1") == []
     marker.write_text("")  # an adopted older run's empty marker: noted from now on
     assert prepare("2") == [] and json.loads(marker.read_text())["threads"] == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes differ from one process's run anyway
+    assert prepare("1") == [] and json.loads(marker.read_text())["processes"] == 2

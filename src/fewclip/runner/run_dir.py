@@ -165,20 +165,23 @@ def claim(root: Path) -> None:
     write_json(layout.marker, {"fewclip": __version__, "created": datetime.now(timezone.utc).isoformat()})
 
 
-def record_threads(root: Path, threads: int) -> int | None:
-    """Note this command's CPU thread count in the run directory's marker; return the count its last command
-    used when that differs (None when the same or never noted). What a command computes depends on the count
-    (``fewclip.threads``), so a resume repeats an uninterrupted run to the bit only with the same count."""
+def record_threads(root: Path, threads: int, processes: int = 1) -> int | None:
+    """Note this command's CPU thread count (per process, and its ``processes`` on this machine: torchrun's) in
+    the run directory's marker; return the count its last command used when that ran as many processes with
+    another count (None otherwise, or when never noted). What a command computes depends on the count
+    (``fewclip.threads``), so a resume repeats an uninterrupted run to the bit only with the same count; a
+    torchrun job differs from one process anyway (docs/protocols.md)."""
     marker = RunFiles(root).marker
     try:
         noted = read_json(marker)
     except (OSError, ValueError):  # an adopted run's empty marker
         noted = {}
     noted = noted if isinstance(noted, dict) else {}
-    before = noted.get("threads")
-    if before != threads:
-        write_json(marker, {**noted, "threads": threads})
-    return before if isinstance(before, int) and before != threads else None
+    before = (noted.get("threads"), noted.get("processes", 1))
+    if before != (threads, processes):
+        write_json(marker, {**noted, "threads": threads, "processes": processes})
+    differs = isinstance(before[0], int) and before[0] != threads and before[1] == processes
+    return before[0] if differs else None
 
 
 # Descriptors of the run-dir locks this process holds. A flock belongs to the open file, which a forked

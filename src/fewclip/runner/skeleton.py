@@ -27,7 +27,7 @@ from fewclip.interrupt import Progress, interrupted_line
 from fewclip.runner.layout import RunFiles, run_root
 from fewclip.runner.run_dir import RunDirRules, open_run, record_threads
 from fewclip.runner.tracking import Tracker, preflight
-from fewclip.threads import THREADS_ENV, apply_threads, busy_hint
+from fewclip.threads import THREADS_ENV, apply_threads, busy_hint, local_processes
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class StageContext:
 
 def warn_other_threads(root: Path, threads: int) -> None:
     """Note the thread count in the run directory; warn when its last command used another one."""
-    before = record_threads(root, threads)
+    before = record_threads(root, threads, local_processes())
     if before is not None:
         log.warning(
             "%s was last computed with %d CPU thread%s, this command uses %d (runtime.threads / %s): what it "
