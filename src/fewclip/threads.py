@@ -41,14 +41,20 @@ def available_cores(cpu_max: Path = CPU_MAX) -> int:
     return max(1, min(cores, limit) if limit else cores)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def free_cores(cores: int, load: float | None = None) -> int:
     """Of ``cores``, those not taken by other work: minus the 1-minute load average (read before this
     process starts computing, so it counts the others), rounded, never below 1."""
+    load = load_average() if load is None else load
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            return cores
+        return cores
     return max(1, min(cores, cores - math.floor(load + 0.5)))
 
 
@@ -81,13 +87,9 @@ def busy_hint(setting: int | None, threads: int, load: float | None = None) -> s
     """When the thread count was not chosen and the load average says some of its cores are busy: a line saying
     fewer threads may run faster, and what that changes; else None. (The load may be fewclip's own last command:
     the line says what to try, it changes nothing.)"""
-    if chosen_threads(setting) is not None:
+    load = load_average() if load is None else load
+    if chosen_threads(setting) is not None or load is None:
         return None
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            return None
     cores = available_cores()
     fewer = max(1, free_cores(cores, load) // local_processes())
     if fewer >= threads:
